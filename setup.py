@@ -1,0 +1,111 @@
+"""Build the Cython extensions in ext/ against the system ISA-L, xxHash, LMDB and zlib.
+
+Each library is found by, in order: an environment variable naming its install prefix
+(DSBACKUP_ISAL_PREFIX, DSBACKUP_XXHASH_PREFIX, DSBACKUP_LMDB_PREFIX, DSBACKUP_ZLIB_PREFIX),
+then pkg-config. A library that cannot be found stops the build with the Debian package to install.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+
+HERE = Path(__file__).parent
+EXT_DIR = HERE / "ext"
+
+# name -> (env var, pkg-config name, library to link, Debian package)
+LIBRARIES = {
+    "isal": ("DSBACKUP_ISAL_PREFIX", "libisal", "isal", "libisal-dev"),
+    "xxhash": ("DSBACKUP_XXHASH_PREFIX", "libxxhash", "xxhash", "libxxhash-dev"),
+    "lmdb": ("DSBACKUP_LMDB_PREFIX", "lmdb", "lmdb", "liblmdb-dev"),
+    "zlib": ("DSBACKUP_ZLIB_PREFIX", "zlib", "z", "zlib1g-dev"),
+}
+
+
+def _pkg_config(name: str) -> tuple[list[str], list[str], list[str]] | None:
+    exe = shutil.which("pkg-config")
+    if exe is None:
+        return None
+    try:
+        cflags = subprocess.run(
+            [exe, "--cflags", name], check=True, capture_output=True, text=True
+        ).stdout.split()
+        libs = subprocess.run(
+            [exe, "--libs", name], check=True, capture_output=True, text=True
+        ).stdout.split()
+    except subprocess.CalledProcessError:
+        return None
+    incs = [f[2:] for f in cflags if f.startswith("-I")]
+    libdirs = [f[2:] for f in libs if f.startswith("-L")]
+    names = [f[2:] for f in libs if f.startswith("-l")]
+    return incs, libdirs, names
+
+
+def find_library(key: str) -> tuple[list[str], list[str], list[str]]:
+    env, pc_name, link_name, debian = LIBRARIES[key]
+    prefix = os.environ.get(env)
+    if prefix:
+        root = Path(prefix)
+        libdirs = [str(p) for p in (root / "lib", root / "lib64") if p.is_dir()]
+        return [str(root / "include")], libdirs, [link_name]
+    found = _pkg_config(pc_name)
+    if found is not None:
+        incs, libdirs, names = found
+        return incs, libdirs, names or [link_name]
+    sys.exit(
+        f"dsbackup: cannot find {key} (pkg-config '{pc_name}'). Install the Debian package "
+        f"'{debian}' (apt-get install {debian} pkg-config) or set {env} to its install prefix."
+    )
+
+
+def extensions() -> list[Extension]:
+    pyx_files = sorted(EXT_DIR.glob("*.pyx"))
+    if not pyx_files:
+        return []
+    include_dirs: list[str] = [str(EXT_DIR)]
+    library_dirs: list[str] = []
+    libraries: list[str] = []
+    for key in LIBRARIES:
+        incs, libdirs, names = find_library(key)
+        include_dirs += [i for i in incs if i not in include_dirs]
+        library_dirs += [d for d in libdirs if d not in library_dirs]
+        libraries += [n for n in names if n not in libraries]
+    compile_args = ["-O3", "-std=c11", "-Wno-unused-function", "-Wno-unreachable-code"]
+    if os.environ.get("DSBACKUP_NATIVE_ARCH", "") == "1":
+        compile_args.append("-march=native")
+    from Cython.Build import cythonize
+
+    exts = [
+        Extension(
+            f"dsbackup._ext.{pyx.stem}",
+            [str(pyx.relative_to(HERE))],
+            include_dirs=include_dirs,
+            library_dirs=library_dirs,
+            runtime_library_dirs=[d for d in library_dirs if not d.startswith("/usr/")],
+            libraries=libraries,
+            extra_compile_args=compile_args,
+            define_macros=[("NPY_NO_DEPRECATED_API", "0")],
+        )
+        for pyx in pyx_files
+    ]
+    return cythonize(
+        exts,
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+            "embedsignature": True,
+        },
+        include_path=[str(EXT_DIR)],
+        quiet=True,
+    )
+
+
+setup(ext_modules=extensions())

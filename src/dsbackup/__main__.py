@@ -1,0 +1,3 @@
+from dsbackup.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Compiled hot-path modules built from ext/*.pyx (see setup.py)."""

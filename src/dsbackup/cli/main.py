@@ -1,0 +1,81 @@
+"""Entry point: parse arguments, dispatch to a command module, map exceptions to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from dsbackup import cli
+from dsbackup._version import __version__
+from dsbackup.errors import EXIT_ERROR, EXIT_INTERRUPTED, DsBackupError
+
+log = logging.getLogger("dsbackup")
+
+
+def _command_modules() -> list[ModuleType]:
+    mods = []
+    for info in pkgutil.iter_modules(cli.__path__):
+        if info.name.startswith("_") or info.name == "main":
+            continue
+        mod = importlib.import_module(f"dsbackup.cli.{info.name}")
+        if hasattr(mod, "COMMAND") and hasattr(mod, "run"):
+            mods.append(mod)
+    return sorted(mods, key=lambda m: m.COMMAND)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsbackup",
+        description="Back up, restore, verify and migrate IPFS-style key/value datastores.",
+    )
+    parser.add_argument("--version", action="version", version=f"dsbackup {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _command_modules():
+        p = sub.add_parser(mod.COMMAND, help=getattr(mod, "HELP", None),
+                           description=getattr(mod, "HELP", None))
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("dsbackup: %(message)s"))
+    root = logging.getLogger("dsbackup")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    if not getattr(args, "_run", None):
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    try:
+        return int(args._run(args) or 0)
+    except DsBackupError as exc:
+        if getattr(args, "json", False):
+            json.dump({"ok": False, "error": type(exc).__name__, "message": str(exc),
+                       "exit_code": exc.exit_code}, sys.stdout)
+            sys.stdout.write("\n")
+        print(f"dsbackup: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dsbackup: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

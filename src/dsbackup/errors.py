@@ -1,0 +1,148 @@
+"""Exceptions of dsbackup. Each class carries its exit code; the CLI maps them in one place.
+
+Exit codes (docs/EXIT_CODES.md is generated from these classes by ``python -m dsbackup.errors``):
+0 ok, 1 warning, 2 error, 3 integrity failure, 4 locked/busy, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_WARNING = 1
+EXIT_ERROR = 2
+EXIT_INTEGRITY = 3
+EXIT_LOCKED = 4
+EXIT_INTERRUPTED = 130
+
+
+class DsBackupError(Exception):
+    """Base class: an error the user can act on. ``exit_code`` is what the CLI returns."""
+
+    exit_code: int = EXIT_ERROR
+    description: str = "error"
+
+
+class ConfigError(DsBackupError, ValueError):
+    """Invalid configuration, plan, URI or command-line value."""
+
+    description = "invalid configuration or argument"
+
+
+class DatastoreError(DsBackupError):
+    """A datastore could not be opened, read or written."""
+
+    description = "datastore error"
+
+
+class NotFound(DatastoreError, KeyError):
+    """A key is not in the datastore (go-datastore's ErrNotFound)."""
+
+    description = "key not found"
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the message as is
+        return str(self.args[0]) if self.args else "key not found"
+
+
+class InvalidKey(DatastoreError, ValueError):
+    """A key the backend cannot store (e.g. outside the flatfs charset)."""
+
+    description = "invalid key for this datastore"
+
+
+class LockedError(DsBackupError):
+    """A repository, datastore or state directory is locked by another process."""
+
+    exit_code = EXIT_LOCKED
+    description = "locked or busy"
+
+
+class ArchiveError(DsBackupError):
+    """An archive cannot be read or written (missing, unreadable, wrong format)."""
+
+    description = "archive error"
+
+
+class IntegrityError(ArchiveError):
+    """Stored bytes do not match their checksums, or the structure is damaged or hostile.
+
+    ``chunk`` is the chunk number at fault when known; ``part`` names the structure otherwise
+    (``"trailer"``, ``"index"``, ``"manifest"``, ``"summary"``).
+    """
+
+    exit_code = EXIT_INTEGRITY
+    description = "integrity failure"
+
+    def __init__(self, message: str, *, chunk: int | None = None, part: str | None = None):
+        super().__init__(message)
+        self.chunk = chunk
+        self.part = part
+
+
+class MissingParentError(ArchiveError):
+    """An incremental archive refers to a parent archive that cannot be found or does not match."""
+
+    description = "parent archive missing or altered"
+
+
+class BackupError(DsBackupError):
+    """A backup failed."""
+
+    description = "backup failed"
+
+
+class RestoreError(DsBackupError):
+    """A restore failed."""
+
+    description = "restore failed"
+
+
+class MigrationError(DsBackupError):
+    """A migration failed."""
+
+    description = "migration failed"
+
+
+class ValidationError(MigrationError):
+    """A migration validator rejected a record."""
+
+    description = "validation failed"
+
+
+class SchedulerError(DsBackupError):
+    """The scheduler failed."""
+
+    description = "scheduler error"
+
+
+class Cancelled(DsBackupError):
+    """The operation was cancelled or timed out; nothing partial was left at a final path."""
+
+    exit_code = EXIT_INTERRUPTED
+    description = "interrupted or timed out"
+
+
+def exit_code_table() -> str:
+    """Markdown table of exit codes, generated from the exception classes."""
+    rows = ["| exit code | meaning | raised as |", "|---|---|---|"]
+    rows.append(f"| {EXIT_OK} | success | - |")
+    rows.append(f"| {EXIT_WARNING} | finished with warnings (e.g. skipped keys) | - |")
+    seen: dict[int, list[type[DsBackupError]]] = {}
+    stack: list[type[DsBackupError]] = [DsBackupError]
+    while stack:
+        cls = stack.pop()
+        seen.setdefault(cls.exit_code, []).append(cls)
+        stack.extend(cls.__subclasses__())
+    for code in sorted(seen):
+        classes = sorted(seen[code], key=lambda c: c.__name__)
+        meaning = classes[0].description if len(classes) == 1 else {
+            EXIT_ERROR: "error",
+            EXIT_INTEGRITY: "integrity failure",
+            EXIT_LOCKED: "locked or busy",
+            EXIT_INTERRUPTED: "interrupted",
+        }.get(code, classes[0].description)
+        names = ", ".join(f"`{c.__name__}`" for c in classes)
+        rows.append(f"| {code} | {meaning} | {names} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(exit_code_table(), end="")
