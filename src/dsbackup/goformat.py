@@ -63,7 +63,7 @@ _STREAM_ERRORS: tuple[type[BaseException], ...] = (
     tarfile.TarError, EOFError, OSError, zlib.error, _InflateError,
 )
 # int fields of metadata.json must be JSON integers, the rest strings or objects; null is allowed
-_METADATA_TYPES: dict[str, type | tuple[type, ...]] = {
+_METADATA_TYPES: dict[str, type] = {
     "version": str, "timestamp": str, "total_keys": int, "total_size": int,
     "compression": str, "checksum": str, "config": dict, "statistics": dict,
     "datastore_info": dict,
@@ -227,6 +227,11 @@ def read_go_metadata(
     return meta
 
 
+def _short(key: str) -> str:
+    """A key for an error message: repr'd (no control characters) and at most ~100 chars."""
+    return repr(key) if len(key) <= 96 else repr(key[:96]) + "..."
+
+
 def _go_key(key: str) -> bytes:
     """The key the Go restore writes: ``datastore.NewKey(key)``, i.e. path.Clean of "/" + key."""
     if not (key.startswith("/") and "//" not in key and "/." not in key
@@ -275,10 +280,10 @@ def _parse_chunk(p: str, name: str, data: bytes) -> tuple[list[bytes], list[byte
             try:
                 value = _b64(text)
             except ValueError as exc:  # binascii.Error, or non-ASCII text
-                raise IntegrityError(f"{p}: member {name!r}: key {key!r}: bad base64: {exc}",
+                raise IntegrityError(f"{p}: member {name!r}: key {_short(key)}: bad base64: {exc}",
                                      part=name) from None
         else:
-            raise IntegrityError(f"{p}: member {name!r}: key {key!r}: value is a "
+            raise IntegrityError(f"{p}: member {name!r}: key {_short(key)}: value is a "
                                  f"{type(text).__name__}, not a base64 string", part=name)
         keys.append(_go_key(key))
         values.append(value)
@@ -359,7 +364,11 @@ def iter_go_records(
                 numbers.append(int(name[6:-6]) if number and len(name) < 30 else -1)
                 records += len(keys)
                 value_bytes += size
-                spool.add(keys, values)
+                try:
+                    spool.add(keys, values)
+                except sqlite3.Error as exc:  # disk full, or a record over SQLite's 1e9 bytes
+                    raise ArchiveError(f"{p}: member {name!r}: cannot spool its records in "
+                                       f"{tmp}: {exc}") from None
             _check_metadata(p, meta, numbers, records, value_bytes, require_metadata, check_totals)
             if metadata_out is not None:
                 metadata_out.clear()
