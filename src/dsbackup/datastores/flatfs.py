@@ -43,6 +43,7 @@ from dsbackup.datastores.flatfs_layout import (
     walk_disk_usage,
     write_sharding,
 )
+from dsbackup.datastores.flatfs_listing import ShardLister
 from dsbackup.errors import DatastoreError, InvalidKey, NotFound
 
 __all__ = ["FlatfsDatastore", "open_flatfs", "DEFAULT_MAX_NAMES"]
@@ -65,7 +66,6 @@ class FlatfsDatastore(BaseDatastore):
         self.path = Path(path).absolute()
         self._root = os.fsencode(self.path)
         self.sync_writes = sync
-        self.max_names = max_names
         self.read_ahead = read_ahead
         given = ShardFunc.parse(shard) if isinstance(shard, str) else shard
         recorded = read_sharding(str(self.path)) if self.path.is_dir() else None
@@ -96,6 +96,7 @@ class FlatfsDatastore(BaseDatastore):
             uri += f"?shard={self.shard.kind}/{self.shard.param}"
         super().__init__(uri, readonly=readonly)
         self._dir_of = self.shard.dir_of
+        self._lister = ShardLister(self._root, self.shard, max_names)
         self._noatime = _O_NOATIME
         self._lock = threading.Lock()
         self._du: int | None = None
@@ -104,6 +105,15 @@ class FlatfsDatastore(BaseDatastore):
         self._temp = os.path.join(self._root, TEMP_DIR.encode())
         if not readonly and self.go_layout:
             self._init_writable()
+
+    @property
+    def max_names(self) -> int:
+        """Names held in memory before a scan switches to windowed listing."""
+        return self._lister.max_names
+
+    @max_names.setter
+    def max_names(self, value: int) -> None:
+        self._lister.max_names = value
 
     # -- writable set-up, disk usage -----------------------------------------------------
     def _init_writable(self) -> None:
@@ -282,95 +292,6 @@ class FlatfsDatastore(BaseDatastore):
             for d in dirs:
                 _fsync_dir(d)
 
-    # -- listing -------------------------------------------------------------------------
-    def _shard_dirs(self) -> list[bytes]:
-        out = []
-        with os.scandir(self._root) as it:
-            for e in it:
-                if e.name[:1] != b"." and e.is_dir(follow_symlinks=False):
-                    out.append(e.name)
-        out.sort()
-        return out
-
-    def _names_in(self, shard: bytes, lo: bytes, hi: bytes | None) -> list[bytes]:
-        """Valid names (no extension) in one shard dir that map to it, in ``[lo, hi)``."""
-        try:
-            entries = os.listdir(b"%s/%s" % (self._root, shard))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        dir_of = self._dir_of
-        names = [n[:-_EXT_LEN] for n in entries if n.endswith(EXTENSION)]
-        if lo:
-            names = [n for n in names if n >= lo]
-        if hi is not None:
-            names = [n for n in names if n < hi]
-        return [n for n in names if is_valid_name(n) and dir_of(n) == shard]
-
-    @staticmethod
-    def _name_range(start: bytes, end: bytes | None) -> tuple[bytes, bytes | None] | None:
-        """Map a key range to a name range (keys are ``b"/" + name``); None when empty."""
-        if start <= b"/":
-            lo = b""
-        elif start[:1] == b"/":
-            lo = start[1:]
-        else:
-            return None
-        if end is None:
-            hi = None
-        elif end <= b"/":
-            return None
-        elif end[:1] == b"/":
-            hi = end[1:]
-        else:
-            hi = None
-        if hi is not None and lo >= hi:
-            return None
-        return lo, hi
-
-    def _sorted_names(self, start: bytes, end: bytes | None) -> Iterator[list[bytes]]:
-        """Sorted lists of names in the key range, in global order, memory-bounded."""
-        rng = self._name_range(start, end)
-        if rng is None:
-            return
-        lo, hi = rng
-        shards = self._shard_dirs()
-        if self.shard.ordered_by_shard:
-            for s in shards:
-                names = self._names_in(s, lo, hi)
-                names.sort()
-                if names:
-                    yield names
-            return
-        acc: list[bytes] = []
-        for i, s in enumerate(shards):
-            acc += self._names_in(s, lo, hi)
-            if len(acc) > self.max_names:
-                yield from self._windowed(shards, lo, hi, acc, (i + 1) / len(shards))
-                return
-        acc.sort()
-        if acc:
-            yield acc
-
-    def _windowed(self, shards: list[bytes], lo: bytes, hi: bytes | None,
-                  sample: list[bytes], fraction: float) -> Iterator[list[bytes]]:
-        sample.sort()
-        windows = int(len(sample) / fraction / self.max_names) + 1
-        step = max(len(sample) // windows, 1)
-        cuts = sorted({sample[j] for j in range(step, len(sample), step)})
-        del sample[:]
-        bounds: list[bytes | None] = [*cuts, hi]
-        w_lo = lo
-        for w_hi in bounds:
-            names: list[bytes] = []
-            for s in shards:
-                names += self._names_in(s, w_lo, w_hi)
-            names.sort()
-            if names:
-                yield names
-            if w_hi is None:
-                return
-            w_lo = w_hi
-
     # -- scans ---------------------------------------------------------------------------
     def scan_batches(self, start: bytes = b"", end: bytes | None = None, *,
                      max_records: int = DEFAULT_MAX_RECORDS,
@@ -384,7 +305,7 @@ class FlatfsDatastore(BaseDatastore):
         """
         self._check_open()
         tune_allocator()
-        names = (n for group in self._sorted_names(start, end) for n in group)
+        names = (n for group in self._lister.sorted_names(start, end) for n in group)
         keys: list[bytes] = []
         vals: list[bytes] = []
         size = 0
@@ -434,7 +355,7 @@ class FlatfsDatastore(BaseDatastore):
         file_of = self._file
         keys: list[bytes] = []
         sizes: list[int] = []
-        for names in self._sorted_names(start, end):
+        for names in self._lister.sorted_names(start, end):
             for n in names:
                 try:
                     st = stat(file_of(n))
@@ -460,7 +381,7 @@ class FlatfsDatastore(BaseDatastore):
     def approx_count(self) -> int:
         """Number of ``.data`` files (one listing, no sort)."""
         total = 0
-        for s in self._shard_dirs():
+        for s in self._lister.shard_dirs():
             try:
                 total += sum(1 for n in os.listdir(b"%s/%s" % (self._root, s))
                              if n.endswith(EXTENSION))
@@ -478,8 +399,8 @@ class FlatfsDatastore(BaseDatastore):
 
     def _extreme(self, pick: str, lo: bytes = b"") -> bytes | None:
         best: bytes | None = None
-        for s in self._shard_dirs():
-            names = self._names_in(s, lo, None)
+        for s in self._lister.shard_dirs():
+            names = self._lister.names_in(s, lo, None)
             if not names:
                 continue
             cand = min(names) if pick == "min" else max(names)
@@ -494,17 +415,17 @@ class FlatfsDatastore(BaseDatastore):
         return self._extreme("max")
 
     def seek_key(self, key: bytes) -> bytes | None:
-        rng = self._name_range(key, None)
+        rng = self._lister.name_range(key, None)
         return None if rng is None else self._extreme("min", rng[0])
 
     def is_empty(self) -> bool:
-        return all(not self._names_in(s, b"", None) for s in self._shard_dirs())
+        return all(not self._lister.names_in(s, b"", None) for s in self._lister.shard_dirs())
 
     def split_points(self, n: int) -> list[bytes]:
         """Up to ``n - 1`` keys cutting the store into ``n`` near-equal ranges (planning)."""
         names: list[bytes] = []
-        for s in self._shard_dirs():
-            names += self._names_in(s, b"", None)
+        for s in self._lister.shard_dirs():
+            names += self._lister.names_in(s, b"", None)
         names.sort()
         if n <= 1 or not names:
             return []
@@ -514,7 +435,7 @@ class FlatfsDatastore(BaseDatastore):
     def check(self) -> None:
         """Every ``.data`` file has a valid name and lives in the shard its name maps to."""
         problems = []
-        for s in self._shard_dirs():
+        for s in self._lister.shard_dirs():
             for n in os.listdir(b"%s/%s" % (self._root, s)):
                 if not n.endswith(EXTENSION):
                     continue
