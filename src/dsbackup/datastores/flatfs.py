@@ -67,6 +67,8 @@ class FlatfsDatastore(BaseDatastore):
         self._root = os.fsencode(self.path)
         self.sync_writes = sync
         self.read_ahead = read_ahead
+        if self.path.exists() and not self.path.is_dir():
+            raise DatastoreError(f"{self.path}: not a directory (flatfs is a directory)")
         given = ShardFunc.parse(shard) if isinstance(shard, str) else shard
         recorded = read_sharding(str(self.path)) if self.path.is_dir() else None
         if not self.path.is_dir():

@@ -116,14 +116,16 @@ class LmdbDatastore(BaseDatastore):
         except _lmdb.LockError as e:
             raise LockedError(f"{self.path}: LMDB lock file busy: {e}") from e
         except _lmdb.Error as e:
-            if readonly and ("Permission denied" in str(e) or "Read-only" in str(e)):
+            if readonly and "Read-only file system" in str(e):
                 # A read-only medium: no writer can exist, so lock-free reading is safe.
                 kwargs["lock"] = False
                 try:
                     return _lmdb.open(str(self.path), **kwargs)
                 except _lmdb.Error as e2:
                     raise DatastoreError(f"{self.path}: cannot open LMDB: {e2}") from e2
-            raise DatastoreError(f"{self.path}: cannot open LMDB: {e}") from e
+            hint = (" (readers need write access to lock.mdb to register in the reader "
+                    "table)" if "Permission denied" in str(e) else "")
+            raise DatastoreError(f"{self.path}: cannot open LMDB: {e}{hint}") from e
 
     # -- transactions --------------------------------------------------------------------
     def _live(self) -> _lmdb.Environment:
@@ -303,6 +305,20 @@ class LmdbDatastore(BaseDatastore):
     def disk_usage(self) -> int:
         return sum(p.stat().st_size for p in (self.path / "data.mdb", self.path / "lock.mdb")
                    if p.exists())
+
+    @contextlib.contextmanager
+    def writer_lock(self) -> Iterator[int]:
+        """Hold LMDB's writer lock (an empty write transaction) and yield the last committed
+        transaction id: read transactions begun by other processes meanwhile all see that
+        same snapshot. Needs a writable open."""
+        self._check_writable()
+        env = self._live()
+        with self._wlock:
+            txn = env.begin(write=True)
+            try:
+                yield int(env.info()["last_txnid"])
+            finally:
+                txn.abort()
 
     def last_txn_id(self) -> int:
         """The id of the last committed write transaction (snapshot identity)."""
