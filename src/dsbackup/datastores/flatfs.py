@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -90,8 +91,7 @@ class FlatfsDatastore(BaseDatastore):
             self.shard = given
         else:
             raise DatastoreError(
-                f"{self.path}: no {SHARDING_FILE} file and the directory is not empty; give "
-                "the shard function (e.g. flatfs:PATH?shard=next-to-last/2, which is what "
+                f"{self.path}: no {SHARDING_FILE} file; give the shard function (e.g. flatfs:PATH?shard=next-to-last/2, which is what "
                 "Helia's blockstore-fs uses)")
         uri = f"flatfs:{self.path}"
         if not self.go_layout:
@@ -119,8 +119,6 @@ class FlatfsDatastore(BaseDatastore):
 
     # -- writable set-up, disk usage -----------------------------------------------------
     def _init_writable(self) -> None:
-        import shutil
-
         shutil.rmtree(self._temp, ignore_errors=True)  # as go-ds-flatfs's Open does
         os.mkdir(self._temp, 0o755)
         cached = read_disk_usage(str(self.path))
