@@ -231,3 +231,21 @@ def test_writer_lock_pins_one_snapshot_for_other_processes(tmp_path):
             r.writer_lock():
         pass
     ds.close()
+
+
+def test_claims_by_other_lmdb_users(tmp_path):
+    path = tmp_path / "db"
+    LmdbDatastore(path).close()
+    with lmdb_backend.claim(path, "dsbackup._ext.lmdbscan"):
+        assert lmdb_backend.is_open(path)
+        with pytest.raises(DatastoreError, match="by dsbackup._ext.lmdbscan"):
+            LmdbDatastore(path, readonly=True)
+        with pytest.raises(DatastoreError, match="already open"), \
+                lmdb_backend.claim(path, "someone else"):
+            pass
+    assert not lmdb_backend.is_open(path)
+    ds = LmdbDatastore(path, readonly=True)
+    with pytest.raises(DatastoreError, match="already open"), \
+            lmdb_backend.claim(str(path) + "/", "dsbackup._ext.lmdbscan"):
+        pass
+    ds.close()

@@ -35,7 +35,7 @@ from dsbackup.datastores.base import (
 )
 from dsbackup.errors import DatastoreError, InvalidKey, LockedError, NotFound
 
-__all__ = ["LmdbDatastore", "is_open", "open_lmdb", "INITIAL_MAP_SIZE"]
+__all__ = ["LmdbDatastore", "claim", "is_open", "open_lmdb", "INITIAL_MAP_SIZE"]
 
 INITIAL_MAP_SIZE = 64 << 20
 _MAX_GROWTHS = 40
@@ -48,11 +48,37 @@ def _env_id(path: str | os.PathLike[str]) -> str:
     return os.path.realpath(os.fspath(path))
 
 
+_claims: dict[str, str] = {}  # env id -> owner, for environments opened by other code
+
+
 def is_open(path: str | os.PathLike[str]) -> bool:
-    """True when this process holds the LMDB environment at ``path`` open through py-lmdb."""
+    """True when this process holds the LMDB environment at ``path`` open, through this
+    backend (py-lmdb) or through a :func:`claim` (e.g. the native scanner's liblmdb)."""
+    env_id = _env_id(path)
     with _registry_lock:
-        ref = _open_envs.get(_env_id(path))
-        return ref is not None and ref() is not None
+        ref = _open_envs.get(env_id)
+        return env_id in _claims or (ref is not None and ref() is not None)
+
+
+@contextlib.contextmanager
+def claim(path: str | os.PathLike[str], owner: str) -> Iterator[None]:
+    """Mark ``path`` as open in this process by ``owner`` (code with its own liblmdb) for
+    the duration of the block; opening it here meanwhile raises :class:`DatastoreError`,
+    and claiming a path that is already open raises too."""
+    env_id = _env_id(path)
+    with _registry_lock:
+        ref = _open_envs.get(env_id)
+        if env_id in _claims or (ref is not None and ref() is not None):
+            holder = _claims.get(env_id, "dsbackup.datastores.lmdb")
+            raise DatastoreError(f"LMDB environment {path} is already open in this process "
+                                 f"(by {holder}); LMDB environments may be opened once per "
+                                 "process")
+        _claims[env_id] = owner
+    try:
+        yield
+    finally:
+        with _registry_lock:
+            _claims.pop(env_id, None)
 
 
 def _after_fork_in_child() -> None:
@@ -69,6 +95,7 @@ def _after_fork_in_child() -> None:
                     with contextlib.suppress(Exception):
                         ds._env.close()
         _open_envs.clear()
+        _claims.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -91,6 +118,10 @@ class LmdbDatastore(BaseDatastore):
         env_id = _env_id(self.path)
         with _registry_lock:
             ref = _open_envs.get(env_id)
+            if env_id in _claims:
+                raise DatastoreError(
+                    f"LMDB environment {self.path} is already open in this process (by "
+                    f"{_claims[env_id]}); LMDB environments may be opened once per process")
             if ref is not None and ref() is not None:
                 raise DatastoreError(
                     f"LMDB environment {self.path} is already open in this process; open it "
