@@ -314,11 +314,11 @@ class ParallelScan:
         spill file is on disk) and costs a copy of at most SLOTS_PER_WORKER chunks.
         """
         for r in ranges:
-            for j, (cw, slot, meta, inline, catalog) in enumerate(r.chunks):
+            for j, (cw, slot, meta, _inline, catalog) in enumerate(r.chunks):
                 if cw != w or slot < 0:
                     continue
                 if self._spill is None:
-                    self._spill = tempfile.TemporaryFile(prefix="dsbackup-spill-")
+                    self._spill = tempfile.TemporaryFile(prefix="dsbackup-spill-")  # noqa: SIM115
                 blen = meta[-1]
                 off = slot * self.slot_size
                 pos = self._spill.seek(0, os.SEEK_END)
