@@ -309,7 +309,12 @@ cdef class LmdbRangeScanner:
         if r < 0:
             raise FAPI.chunker_error(&self.c, r, PyBytes_FromStringAndSize(
                 <const char *>k.mv_data, k.mv_size), -1)
-        return FAPI.chunk_to_py(&out) if got else None
+        if not got:
+            return None
+        try:
+            return FAPI.chunk_to_py(&out)
+        finally:
+            FAPI.chunk_release(&self.c, &out)
 
     def __iter__(self):
         while True:
