@@ -90,6 +90,11 @@ ctypedef struct ds_framing_api:
     # 1: a chunk was completed into *done (before this record), 0: not, <0: FR_* error
     int (*chunker_add)(ds_chunker *c, const unsigned char *key, size_t klen,
                        const unsigned char *value, size_t vlen, ds_chunk *done) noexcept nogil
+    # chunker_add without the key checks, for keys the caller has checked (length 1..65535,
+    # strictly increasing); the caller then records the last key with chunker_set_prev
+    int (*chunker_append)(ds_chunker *c, const unsigned char *key, size_t klen,
+                          const unsigned char *value, size_t vlen, ds_chunk *done) noexcept nogil
+    int (*chunker_set_prev)(ds_chunker *c, const unsigned char *key, size_t klen) noexcept nogil
     # 1: the last chunk was completed into *done, 0: nothing pending
     int (*chunker_finish)(ds_chunker *c, ds_chunk *done) noexcept nogil
     int (*chunk_compress)(ds_chunker *c, ds_chunk *chunk, int level) noexcept nogil

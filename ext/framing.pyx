@@ -242,16 +242,8 @@ cdef int chunk_close(ds_chunker *c, ds_chunk *done) noexcept nogil:
     return FR_OK
 
 
-cdef int chunker_add(ds_chunker *c, const unsigned char *key, size_t klen,
-                     const unsigned char *value, size_t vlen, ds_chunk *done) noexcept nogil:
-    cdef ds_chunk *ch = &c.cur
-    cdef size_t enc, o
-    cdef unsigned char *p
-    cdef int closed = 0
-    if klen == 0 or klen > FR_MAX_KEY:
-        return FR_EKEYLEN
-    if c.has_prev and key_cmp(c.prev.p, c.prev.len, key, klen) >= 0:
-        return FR_EORDER
+cdef int chunker_set_prev(ds_chunker *c, const unsigned char *key, size_t klen) noexcept nogil:
+    """Remember ``key`` as the last key seen (ordering across calls)."""
     if klen > c.prev.cap:
         c.prev.len = 0
         if buf_reserve(&c.prev, klen) != FR_OK:
@@ -259,6 +251,28 @@ cdef int chunker_add(ds_chunker *c, const unsigned char *key, size_t klen,
     memcpy(c.prev.p, key, klen)
     c.prev.len = klen
     c.has_prev = 1
+    return FR_OK
+
+
+cdef int chunker_add(ds_chunker *c, const unsigned char *key, size_t klen,
+                     const unsigned char *value, size_t vlen, ds_chunk *done) noexcept nogil:
+    """Check one record's key (length, order), then frame it (see chunker_append)."""
+    if klen == 0 or klen > FR_MAX_KEY:
+        return FR_EKEYLEN
+    if c.has_prev and key_cmp(c.prev.p, c.prev.len, key, klen) >= 0:
+        return FR_EORDER
+    if chunker_set_prev(c, key, klen) != FR_OK:
+        return FR_ENOMEM
+    return chunker_append(c, key, klen, value, vlen, done)
+
+
+cdef int chunker_append(ds_chunker *c, const unsigned char *key, size_t klen,
+                        const unsigned char *value, size_t vlen, ds_chunk *done) noexcept nogil:
+    """Frame one record whose key was already checked; 1 when it closed a chunk into *done."""
+    cdef ds_chunk *ch = &c.cur
+    cdef size_t enc, o
+    cdef unsigned char *p
+    cdef int closed = 0
     if c.exclude != NULL and matcher_match(c.exclude, key, klen):
         c.excluded_records += 1
         c.excluded_bytes += klen + vlen
@@ -561,7 +575,7 @@ cdef class Chunker:
                             if out == NULL:
                                 r = FR_ENOMEM
                                 break
-                        r = chunker_add(&self.c, kp[i], kl[i], vp[i], vl[i], &out[nout])
+                        r = chunker_append(&self.c, kp[i], kl[i], vp[i], vl[i], &out[nout])
                         if r == 1:
                             r = FR_OK
                             if level >= 0:
@@ -573,6 +587,8 @@ cdef class Chunker:
                         elif r < 0:
                             bad = i
                         i += 1
+                    if i > 0 and chunker_set_prev(&self.c, kp[i - 1], kl[i - 1]) != FR_OK:
+                        r = FR_ENOMEM
             finally:
                 self._busy = False
             chunks = []
@@ -641,6 +657,8 @@ cdef ds_framing_api _api
 _api.chunker_init = chunker_init
 _api.chunker_free = chunker_free
 _api.chunker_add = chunker_add
+_api.chunker_append = chunker_append
+_api.chunker_set_prev = chunker_set_prev
 _api.chunker_finish = chunker_finish
 _api.chunk_compress = chunk_compress
 _api.chunk_free = chunk_free

@@ -16,7 +16,16 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.string cimport memcmp
 
-from framing cimport FR_OK, ds_chunk, ds_chunker, ds_framing_api
+from framing cimport (
+    FR_EKEYLEN,
+    FR_ENOMEM,
+    FR_EORDER,
+    FR_MAX_KEY,
+    FR_OK,
+    ds_chunk,
+    ds_chunker,
+    ds_framing_api,
+)
 from liblmdb cimport (
     MDB_DUPSORT,
     MDB_FIRST,
@@ -112,6 +121,15 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+cdef inline int key_order(const unsigned char *a, size_t alen, const unsigned char *b,
+                          size_t blen) noexcept nogil:
+    """FR_OK when key a < key b (bytewise), else FR_EORDER."""
+    cdef int c = memcmp(a, b, alen if alen < blen else blen)
+    if c < 0 or (c == 0 and alen < blen):
+        return FR_OK
+    return FR_EORDER
 
 
 cdef object _lmdb_error(int rc, str what):
@@ -251,10 +269,11 @@ cdef class LmdbRangeScanner:
         cdef MDB_val k, v
         cdef MDB_cursor_op op
         cdef ds_chunk out
-        cdef int rc = 0, r = 0, got = 0
+        cdef int rc = 0, r = 0, got = 0, cmp
         cdef const unsigned char *endp = NULL
         cdef const unsigned char *startp = self.start
-        cdef size_t endn = 0, n, startn = len(self.start)
+        cdef size_t endn = 0, n, startn = len(self.start), prevn = 0
+        cdef const unsigned char *prevp = NULL
         self._check()
         if self.busy:
             raise RuntimeError(f"{self.path}: scanner is being used by another thread")
@@ -283,18 +302,33 @@ cdef class LmdbRangeScanner:
                         break
                     if endp != NULL:
                         n = k.mv_size if k.mv_size < endn else endn
-                        r = memcmp(k.mv_data, endp, n)
-                        if r > 0 or (r == 0 and k.mv_size >= endn):
-                            r = 0
+                        cmp = memcmp(k.mv_data, endp, n)
+                        if cmp > 0 or (cmp == 0 and k.mv_size >= endn):
                             self.done = True
                             break
-                    r = FAPI.chunker_add(&self.c, <const unsigned char *>k.mv_data, k.mv_size,
-                                         <const unsigned char *>v.mv_data, v.mv_size, &out)
+                    # keys point into the snapshot's map, valid until the transaction ends, so
+                    # order is checked against the previous record's pointer, not a copy
+                    if k.mv_size == 0 or k.mv_size > FR_MAX_KEY:
+                        r = FR_EKEYLEN
+                        break
+                    if prevp != NULL:
+                        r = key_order(prevp, prevn, <const unsigned char *>k.mv_data, k.mv_size)
+                    elif self.c.has_prev:
+                        r = key_order(self.c.prev.p, self.c.prev.len,
+                                      <const unsigned char *>k.mv_data, k.mv_size)
+                    if r < 0:
+                        break
+                    prevp = <const unsigned char *>k.mv_data
+                    prevn = k.mv_size
+                    r = FAPI.chunker_append(&self.c, prevp, prevn,
+                                            <const unsigned char *>v.mv_data, v.mv_size, &out)
                     if r < 0:
                         break
                     if r == 1:
                         got = 1
                         break
+                if prevp != NULL and FAPI.chunker_set_prev(&self.c, prevp, prevn) != FR_OK:
+                    r = FR_ENOMEM
                 if rc == 0 and r >= 0 and not got and self.done:
                     got = FAPI.chunker_finish(&self.c, &out)
                 if got and self.level >= 0:
