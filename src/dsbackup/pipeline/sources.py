@@ -98,10 +98,10 @@ class DatastoreSource:
 
 class LmdbSource:
     def __init__(self, path: str, settings: ChunkSettings) -> None:
-        from dsbackup._ext.lmdbscan import LmdbSnapshotScanner
+        from dsbackup._ext.lmdbscan import LmdbRangeScanner
 
         self.settings = settings
-        self.scanner = LmdbSnapshotScanner(
+        self.scanner = LmdbRangeScanner(
             path, chunk_size=settings.chunk_size, chunk_max_bytes=settings.chunk_max_bytes,
             level=settings.level, exclude=settings.matcher(), catalog=settings.catalog)
 
