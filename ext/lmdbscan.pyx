@@ -356,6 +356,44 @@ cdef class LmdbRangeScanner:
         finally:
             mdb_cursor_close(cur)
 
+    def next_stripe_end(self, uint64_t min_records, uint64_t min_bytes):
+        """Planning: walk keys (and value sizes, without reading values) from where the last
+        call stopped until at least ``min_records`` records or ``min_bytes`` key+value bytes
+        have passed, then on to the next natural chunk boundary; return that key, which ends
+        this stripe and starts the next. None when the store ends first."""
+        cdef MDB_val k, v
+        cdef int rc = 0, found = 0
+        cdef uint64_t recs = 0, nbytes = 0, cs = self.chunk_size
+        cdef MDB_cursor_op op
+        self._check()
+        if self.busy:
+            raise RuntimeError(f"{self.path}: scanner is being used by another thread")
+        if self.done:
+            return None
+        self.busy = True
+        try:
+            with nogil:
+                while True:
+                    op = MDB_NEXT if self.started else MDB_FIRST
+                    self.started = True
+                    rc = mdb_cursor_get(self.cur, &k, &v, op)
+                    if rc:
+                        break
+                    if (recs >= min_records or nbytes >= min_bytes) and (
+                            XXH3_64bits(k.mv_data, k.mv_size) % cs == 0):
+                        found = 1
+                        break
+                    recs += 1
+                    nbytes += k.mv_size + v.mv_size
+        finally:
+            self.busy = False
+        if rc == MDB_NOTFOUND:
+            self.done = True
+            return None
+        if rc:
+            raise _lmdb_error(rc, f"{self.path}: cursor read failed")
+        return PyBytes_FromStringAndSize(<const char *>k.mv_data, k.mv_size)
+
     def boundary_after(self, bytes key, end=None, uint64_t max_keys=200000):
         """The first key >= ``key`` and < ``end`` where a chunk starts by content
         (XXH3-64(k) % chunk_size == 0), looking at most ``max_keys`` keys; or None."""
