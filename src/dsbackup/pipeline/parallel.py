@@ -56,6 +56,25 @@ def _shm_dir() -> str:
     return tempfile.gettempdir()
 
 
+def _remove_stale_slot_files() -> None:
+    """Slot files of a backup killed before its workers started (normally they are unlinked
+    as soon as every worker has mapped them)."""
+    d = _shm_dir()
+    for name in os.listdir(d):
+        if not name.startswith("dsbackup-slots-"):
+            continue
+        try:
+            pid = int(name.split("-")[2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(d, name))
+            except OSError:
+                pass
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
 class ParallelScan:
     """Iterate the chunks of a store scanned by `workers` processes, in key order."""
 
@@ -85,7 +104,8 @@ class ParallelScan:
         ctx = mp.get_context("forkserver")
         # the fork server imports the worker code once; each worker then starts by a fork
         ctx.set_forkserver_preload(["dsbackup.pipeline.worker", "dsbackup.datastores"])
-        fd, base = tempfile.mkstemp(prefix="dsbackup-slots-", dir=_shm_dir())
+        _remove_stale_slot_files()
+        fd, base = tempfile.mkstemp(prefix=f"dsbackup-slots-{os.getpid()}-", dir=_shm_dir())
         os.close(fd)
         os.unlink(base)
         per = SLOTS_PER_WORKER * self.slot_size
