@@ -43,7 +43,7 @@ from libisal cimport (
     NO_FLUSH,
     ZSTATE_END,
     COMP_OK,
-    IGZIP_DEFLATE,
+    IGZIP_GZIP_NO_HDR,
     crc32_gzip_refl,
     inflate_state,
     isal_deflate,
@@ -200,7 +200,7 @@ cdef int _piece(const unsigned char *data, size_t n, size_t pad, const unsigned 
 
 cdef int _deflate_isal(ds_deflater *ws, const unsigned char *data, size_t n, size_t pad,
                        int level, unsigned char *out, size_t cap, size_t *out_len) noexcept nogil:
-    """ISA-L raw deflate into ``out``; returns 1 if it fit in ``cap``, 0 if not, <0 on error."""
+    """ISA-L deflate + gzip trailer into ``out``; 1 if it fit in ``cap``, 0 if not, <0 error."""
     cdef isal_zstream *s
     cdef size_t pos = 0, plen, produced = 0, step
     cdef const unsigned char *p
@@ -222,7 +222,7 @@ cdef int _deflate_isal(ds_deflater *ws, const unsigned char *data, size_t n, siz
         s.level_buf_size = ISAL_DEF_LVL2_DEFAULT
     else:
         s.level_buf_size = ISAL_DEF_LVL3_DEFAULT
-    s.gzip_flag = IGZIP_DEFLATE
+    s.gzip_flag = IGZIP_GZIP_NO_HDR     # raw deflate + CRC-32/ISIZE trailer (8 bytes)
     s.flush = NO_FLUSH
     s.hist_bits = 0
     while True:
@@ -302,17 +302,31 @@ cdef int _deflate_zlib(ds_deflater *ws, const unsigned char *data, size_t n, siz
     return DS_EENGINE
 
 
+cdef uint32_t _crc_of(ds_deflater *ws, const unsigned char *data, size_t n,
+                      size_t pad) noexcept nogil:
+    cdef size_t pos = 0, plen
+    cdef const unsigned char *p
+    cdef uint32_t crc = 0
+    cdef int last = 0
+    if n + pad:
+        while not last:
+            last = _piece(data, n, pad, ws.zeros, &pos, &p, &plen)
+            crc = crc32_gzip_refl(crc, p, plen)
+    return crc
+
+
 cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, int level,
                         size_t pad_to, ds_body *out) noexcept nogil:
     """Compress ``data || zeros to a multiple of pad_to`` into ``out``.
 
-    ``out.data`` is reused when it is large enough (the caller owns and frees it).
+    ``out.data`` is reused when it is large enough (the caller owns and frees it). ISA-L
+    computes the CRC while it compresses (gzip mode without header: the 8-byte trailer it
+    appends is read and dropped); the other engines get a separate CRC pass.
     """
-    cdef size_t pad = 0, total, cap, pos = 0, plen
-    cdef uint32_t crc
-    cdef const unsigned char *p
+    cdef size_t pad = 0, total, cap
     cdef unsigned char *buf
-    cdef int r = 1, last = 0
+    cdef unsigned char *t
+    cdef int r = 1
     out.len = 0
     if level < 0 or level > 9:
         return DS_ELEVEL
@@ -322,31 +336,36 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
     if total < n or total > (<size_t>-1) // 2:
         return DS_ETOOBIG
     cap = stored_len(total)
-    if out.data == NULL or out.cap < cap:
-        buf = <unsigned char *>malloc(cap)
+    if out.data == NULL or out.cap < cap + 8:
+        buf = <unsigned char *>malloc(cap + 8)
         if buf == NULL:
             return DS_ENOMEM
         free(out.data)
         out.data = buf
-        out.cap = cap
-    crc = 0
-    if total:
-        while not last:
-            last = _piece(data, n, pad, ws.zeros, &pos, &p, &plen)
-            crc = crc32_gzip_refl(crc, p, plen)
-    out.crc = crc
+        out.cap = cap + 8
     out.size = total
     out.input_len = n
     if total == 0 or level == 0:
         r = 0
     elif level <= 3:
-        r = _deflate_isal(ws, data, n, pad, level, out.data, cap, &out.len)
+        r = _deflate_isal(ws, data, n, pad, level, out.data, cap + 8, &out.len)
+        if r == 1:
+            if out.len > cap:          # deflate + trailer larger than stored blocks
+                r = 0
+            else:
+                out.len -= 8
+                t = out.data + out.len
+                out.crc = (<uint32_t>t[0] | (<uint32_t>t[1] << 8) | (<uint32_t>t[2] << 16)
+                           | (<uint32_t>t[3] << 24))
     else:
         r = _deflate_zlib(ws, data, n, pad, level, out.data, cap, &out.len)
+        if r == 1:
+            out.crc = _crc_of(ws, data, n, pad)
     if r < 0:
         return r
     if r == 0:
         write_stored(data, n, pad, out.data, &out.len)
+        out.crc = _crc_of(ws, data, n, pad)
     return DS_OK
 
 
