@@ -691,4 +691,5 @@ _api.chunk_release = chunk_release
 _api.chunk_to_py = chunk_to_py
 _api.chunker_error = chunker_error
 _api.matcher_of = matcher_of
+_api.matcher_match = matcher_match
 _C_API = PyCapsule_New(&_api, "dsbackup._ext.framing._C_API", NULL)

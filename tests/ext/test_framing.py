@@ -187,6 +187,7 @@ def test_chunker_matches_reference_and_batches(rs, chunk_size, max_bytes, batch)
         assert c.payload_xxh3 == xxhash.xxh3_64_intdigest(c.payload)
         assert c.raw_bytes == sum(map(len, k)) + sum(map(len, v))
         assert c.catalog is None and c.body is None
+        assert c.payload_len == len(c.payload)
     assert (got_k, got_v) == (keys, values)
 
 
