@@ -109,15 +109,19 @@ cdef inline size_t stored_len(uint64_t total) noexcept nogil:
     return <size_t>(total + 5 * ((total + STORED_MAX - 1) // STORED_MAX))
 
 
-cdef void write_stored(const unsigned char *data, size_t n, size_t pad, unsigned char *out,
-                       size_t *out_len) noexcept nogil:
-    """Stored blocks of ``data || pad zeros`` into ``out`` (capacity stored_len(n + pad))."""
+cdef uint32_t write_stored(const unsigned char *data, size_t n, size_t pad, unsigned char *out,
+                           size_t *out_len) noexcept nogil:
+    """Stored blocks of ``data || pad zeros`` into ``out`` (capacity stored_len(n + pad)).
+
+    Returns the CRC-32 of ``data || pad zeros``, computed block by block while it is in cache.
+    """
     cdef size_t total = n + pad, off = 0, blk, from_data, o = 0
+    cdef uint32_t crc = 0
     cdef int final
     if total == 0:
         out[0] = 1; out[1] = 0; out[2] = 0; out[3] = 0xff; out[4] = 0xff
         out_len[0] = 5
-        return
+        return 0
     while off < total:
         blk = total - off
         if blk > STORED_MAX:
@@ -135,9 +139,11 @@ cdef void write_stored(const unsigned char *data, size_t n, size_t pad, unsigned
             memcpy(out + o, data + off, from_data)
         if blk > from_data:
             memset(out + o + from_data, 0, blk - from_data)
+        crc = crc32_gzip_refl(crc, out + o, blk)
         o += blk
         off += blk
     out_len[0] = o
+    return crc
 
 
 cdef int deflater_init(ds_deflater *ws) noexcept nogil:
@@ -364,8 +370,7 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
     if r < 0:
         return r
     if r == 0:
-        write_stored(data, n, pad, out.data, &out.len)
-        out.crc = _crc_of(ws, data, n, pad)
+        out.crc = write_stored(data, n, pad, out.data, &out.len)
     return DS_OK
 
 
