@@ -22,6 +22,11 @@ cdef class Chunk:
     def __dealloc__(self):
         free(self._buf)
 
+    def __reduce__(self):
+        return (_chunk_from_state, (self.payload, self.record_count, self.first_key,
+                                    self.last_key, self.keys_xxh3, self.payload_xxh3,
+                                    self.raw_bytes, self.catalog, self.body))
+
     @property
     def payload(self) -> bytes:
         if self._payload is None:
@@ -34,6 +39,24 @@ cdef class Chunk:
         return (f"Chunk(records={self.record_count}, payload={self.payload_len} B, "
                 f"first_key={self.first_key!r}, last_key={self.last_key!r}, "
                 f"compressed={None if self.body is None else len(self.body.data)})")
+
+
+def _chunk_from_state(bytes payload, uint64_t record_count, bytes first_key, bytes last_key,
+                      uint64_t keys_xxh3, uint64_t payload_xxh3, uint64_t raw_bytes, catalog,
+                      body):
+    """Rebuild a pickled :class:`Chunk`."""
+    cdef Chunk c = Chunk.__new__(Chunk)
+    c._payload = payload
+    c.payload_len = len(payload)
+    c.record_count = record_count
+    c.first_key = first_key
+    c.last_key = last_key
+    c.keys_xxh3 = keys_xxh3
+    c.payload_xxh3 = payload_xxh3
+    c.raw_bytes = raw_bytes
+    c.catalog = catalog
+    c.body = body
+    return c
 
 
 cdef class Chunker:
@@ -59,6 +82,9 @@ cdef class Chunker:
 
     def __dealloc__(self):
         chunker_free(&self.c)
+
+    def __reduce__(self):
+        raise TypeError("a Chunker holds native state and cannot be pickled")
 
     @property
     def records(self) -> int:

@@ -396,6 +396,9 @@ cdef class _Deflater:
     def __dealloc__(self):
         deflater_free(&self.ws)
 
+    def __reduce__(self):
+        raise TypeError("engine state cannot be pickled")
+
 
 _tls = threading.local()
 

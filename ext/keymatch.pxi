@@ -144,6 +144,9 @@ cdef class KeyMatcher:
                 free(self.m.pats[i].lit)
             free(self.m.pats)
 
+    def __reduce__(self):
+        return (KeyMatcher, (list(self.patterns),))
+
     def match(self, const unsigned char[::1] key) -> bool:
         """True when ``key`` matches any pattern."""
         cdef size_t n = key.shape[0]
