@@ -92,8 +92,15 @@ cdef class KeyMatcher:
         cdef bytes pb
         cdef size_t i, k, ntok
         cdef ds_pattern *pt
+        if isinstance(patterns, (str, bytes)):
+            raise TypeError("patterns must be a list of str or bytes, not a single pattern")
         for p in patterns:
-            pb = p.encode("utf-8", "surrogateescape") if isinstance(p, str) else bytes(p)
+            if isinstance(p, str):
+                pb = p.encode("utf-8", "surrogateescape")
+            elif isinstance(p, (bytes, bytearray, memoryview)):
+                pb = bytes(p)
+            else:
+                raise TypeError(f"pattern must be str or bytes, not {type(p).__name__}")
             pats.append(pb)
         self.patterns = tuple(pats)
         self.m.npats = 0

@@ -283,6 +283,16 @@ def test_key_matcher(pattern, key, expected):
     assert framing.KeyMatcher([pattern]).match(key) is expected
 
 
+def test_key_matcher_rejects_bad_patterns():
+    with pytest.raises(TypeError):
+        framing.KeyMatcher("/a/*")
+    with pytest.raises(TypeError):
+        framing.KeyMatcher([5])
+    with pytest.raises(ValueError, match="longer than"):
+        framing.KeyMatcher(["/" + "?" * 2000])
+    assert not framing.KeyMatcher([]).match(b"/x")
+
+
 def test_empty_input_and_bad_settings():
     ch = framing.Chunker(10, 1 << 20)
     assert ch.add([], []) == []
