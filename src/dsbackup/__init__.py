@@ -17,3 +17,15 @@ __all__ = [
     "LockedError",
     "NotFound",
 ]
+
+# scheduler
+from dsbackup.scheduler import (  # noqa: E402
+    BackupScheduler,
+    NotificationConfig,
+    RetentionPolicy,
+    ScheduledBackup,
+    SchedulerConfig,
+)
+
+__all__ += ["BackupScheduler", "NotificationConfig", "RetentionPolicy", "ScheduledBackup",
+            "SchedulerConfig"]
