@@ -12,6 +12,7 @@ them into instants with these rules, so that a daily job runs exactly once per l
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -51,6 +52,8 @@ class CronSchedule:
         self.expression = expr
         self.tz = get_zone(tz)
         self._period: timedelta | None = None
+        self._cursor: tuple[datetime, croniter] | None = None
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"CronSchedule({self.expression!r}, {self.tz})"
@@ -64,14 +67,19 @@ class CronSchedule:
         if after.tzinfo is None:
             raise ValueError("next_after needs a timezone-aware datetime")
         after_utc = after.astimezone(timezone.utc)
-        wall = after_utc.astimezone(self.tz).replace(tzinfo=None, fold=0)
-        # Start one hour earlier on the wall clock: after a fold, wall times that look earlier
-        # may still be later instants; the loop below discards everything not after `after`.
-        it = croniter(self.expression, wall - timedelta(hours=1))
-        for _ in range(100_000):
-            cand = self._localize(it.get_next(datetime))
-            if cand > after_utc:
-                return cand
+        with self._lock:
+            if self._cursor is not None and self._cursor[0] == after_utc:
+                it = self._cursor[1]  # continue the walk that produced ``after``
+            else:
+                wall = after_utc.astimezone(self.tz).replace(tzinfo=None, fold=0)
+                # Start one hour earlier on the wall clock: after a fold, wall times that look
+                # earlier may still be later instants; the loop discards all not after `after`.
+                it = croniter(self.expression, wall - timedelta(hours=1))
+            for _ in range(100_000):
+                cand = self._localize(it.get_next(datetime))
+                if cand > after_utc:
+                    self._cursor = (cand, it)
+                    return cand
         raise ConfigError(f"cron expression {self.expression!r} never fires")
 
     def runs_between(self, start: datetime, end: datetime) -> list[datetime]:

@@ -118,11 +118,11 @@ def _period_key(local: datetime, rule: str) -> tuple[int, ...]:
 
 
 def _item(obj: Any) -> RetentionItem:
+    if obj.timestamp.tzinfo is None:
+        raise ValueError(f"backup {obj.id!r}: timestamp must be timezone-aware")
     if isinstance(obj, RetentionItem):
         return obj
     ts = obj.timestamp
-    if ts.tzinfo is None:
-        raise ValueError(f"backup {obj.id!r}: timestamp must be timezone-aware")
     return RetentionItem(str(obj.id), ts, bool(getattr(obj, "verified", False)),
                          getattr(obj, "parent", None))
 
