@@ -27,6 +27,7 @@ class FakeRunner:
         self.max_active = 0
         self.verify_ok = True
         self.verifies: list[tuple[Path, bool, float | None]] = []
+        self.fingerprints: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def run(self, schedule, archive_path: Path, cancel_event: threading.Event, parent=None):
@@ -44,9 +45,10 @@ class FakeRunner:
                 raise BackupError(f"simulated failure of run {n}")
             archive_path.write_bytes(b"archive %d" % n)
             created = self.clock.now() if self.clock else datetime.now(timezone.utc)
+            self.fingerprints[archive_path.name] = f"fp{n:06d}"
             return RunResult(path=archive_path, created=created, fingerprint=f"fp{n:06d}",
                              size=archive_path.stat().st_size, keys=n,
-                             parent=f"fp-of-{parent.name}" if parent else None)
+                             parent=self.fingerprints[parent.name] if parent else None)
         finally:
             with self._lock:
                 self.active -= 1
