@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,12 +70,25 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
+def fast_dir(tmp_path: Path):
+    """A scratch directory on tmpfs when there is one: the scheduler fsyncs its state after
+    every run, which long simulations would otherwise spend most of their time on."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    d = Path(tempfile.mkdtemp(prefix="dsbackup-sched-", dir=shm))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
 def make_scheduler(tmp_path: Path, clock: ManualClock):
     made: list[BackupScheduler] = []
 
-    def factory(runner=None, notifiers=None, **kw) -> BackupScheduler:
-        kw.setdefault("default_backup_dir", tmp_path / "backups")
-        kw.setdefault("state_path", tmp_path / "state")
+    def factory(runner=None, notifiers=None, base: Path = tmp_path, **kw) -> BackupScheduler:
+        kw.setdefault("default_backup_dir", base / "backups")
+        kw.setdefault("state_path", base / "state")
         kw.setdefault("health_check_interval", None)
         sched = BackupScheduler(SchedulerConfig(**kw), runner=runner or FakeRunner(clock),
                                 clock=clock, notifiers=notifiers if notifiers is not None else [])

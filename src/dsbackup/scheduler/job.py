@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -50,8 +51,8 @@ def choose_parent(schedule: ScheduledBackup, archives: list[ArchiveEntry]) -> Ar
 def retention_items(archives: list[ArchiveEntry]) -> list[object]:
     from dsbackup.scheduler.retention import RetentionItem
 
-    ids = {a.fingerprint: Path(a.path).name for a in archives if a.fingerprint}
-    return [RetentionItem(Path(a.path).name, a.created, a.verified,
+    ids = {a.fingerprint: os.path.basename(a.path) for a in archives if a.fingerprint}
+    return [RetentionItem(os.path.basename(a.path), a.created, a.verified,
                           ids.get(a.parent) if a.parent else None) for a in archives]
 
 
@@ -62,7 +63,7 @@ def prune_catalog(archives: list[ArchiveEntry], policy: RetentionPolicy, now: da
     pruned = result.pruned_ids
     kept, warnings = [], []
     for a in archives:
-        if Path(a.path).name not in pruned:
+        if os.path.basename(a.path) not in pruned:
             kept.append(a)
             continue
         try:

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,13 @@ def _enc(value: Any) -> Any:
     return value
 
 
+def _record(obj: Any) -> dict[str, Any] | None:
+    """A flat dataclass as a JSON-able dict (cheaper than ``dataclasses.asdict``)."""
+    if obj is None:
+        return None
+    return {f.name: _enc(getattr(obj, f.name)) for f in fields(obj)}
+
+
 def _dec(cls: type, data: dict[str, Any] | None) -> Any:
     if data is None:
         return None
@@ -80,9 +87,9 @@ def encode_state(schedules: dict[str, ScheduleState]) -> dict[str, Any]:
     for sid, st in schedules.items():
         out[sid] = {
             "last_run": _enc(st.last_run), "next_run": _enc(st.next_run),
-            "last_result": _enc(asdict(st.last_result)) if st.last_result else None,
-            "statistics": _enc(asdict(st.statistics)) if st.statistics else None,
-            "archives": [_enc(asdict(a)) for a in st.archives or []],
+            "last_result": _record(st.last_result),
+            "statistics": _record(st.statistics),
+            "archives": [_record(a) for a in st.archives or []],
             "running": st.running,
         }
     return {"version": STATE_VERSION, "schedules": out}
@@ -144,7 +151,7 @@ class StateStore:
             raise SchedulerError(f"{self.path}: unreadable scheduler state ({exc})") from exc
 
     def save(self, schedules: dict[str, ScheduleState]) -> None:
-        data = json.dumps(encode_state(schedules), indent=1, sort_keys=True).encode()
+        data = json.dumps(encode_state(schedules), separators=(",", ":")).encode()
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
             atomic_write(self.path, data)
