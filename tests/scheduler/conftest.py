@@ -86,12 +86,13 @@ def fast_dir(tmp_path: Path):
 def make_scheduler(tmp_path: Path, clock: ManualClock):
     made: list[BackupScheduler] = []
 
-    def factory(runner=None, notifiers=None, base: Path = tmp_path, **kw) -> BackupScheduler:
+    def factory(runner=None, notifiers="off", base: Path = tmp_path, **kw) -> BackupScheduler:
+        """``notifiers``: "off" (default) for none, None for those of the configuration."""
         kw.setdefault("default_backup_dir", base / "backups")
         kw.setdefault("state_path", base / "state")
         kw.setdefault("health_check_interval", None)
         sched = BackupScheduler(SchedulerConfig(**kw), runner=runner or FakeRunner(clock),
-                                clock=clock, notifiers=notifiers if notifiers is not None else [])
+                                clock=clock, notifiers=[] if notifiers == "off" else notifiers)
         made.append(sched)
         return sched
 
