@@ -55,7 +55,8 @@ class BackupRunner(Protocol):
 
 def _manager_api() -> tuple[Any, Any]:
     try:
-        from dsbackup.backup import BackupConfig, BackupManager
+        from dsbackup.backup import BackupManager
+        from dsbackup.config import BackupConfig
     except ImportError as exc:  # the backup engine is not built or not installed
         raise SchedulerError(f"the backup engine is not available: {exc}") from exc
     return BackupManager, BackupConfig

@@ -490,6 +490,14 @@ class BackupScheduler:
             pause = min(pause, max(0.0, (min(due) - now).total_seconds()) + 0.01)
         return pause
 
+    def cancel_running(self) -> int:
+        """Ask every running job to stop cleanly (nothing partial is left); returns how many."""
+        with self._lock:
+            runs = list(self._running.values())
+        for r in runs:
+            r.cancel.set()
+        return len(runs)
+
     def stop(self, *, wait: bool = True, cancel: bool = False,
              timeout: float | None = None) -> bool:
         """Stop scheduling. Running jobs finish their archive, or with ``cancel`` stop cleanly
@@ -502,8 +510,7 @@ class BackupScheduler:
         with self._lock:
             runs = list(self._running.values())
         if cancel:
-            for r in runs:
-                r.cancel.set()
+            self.cancel_running()
         ended = True
         if wait:
             for r in runs:
