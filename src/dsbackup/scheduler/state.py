@@ -178,9 +178,12 @@ class DaemonLock:
         self._fd: int | None = None
         self.stale_pid: int | None = None
 
-    def _read_pid(self) -> int | None:
+    @staticmethod
+    def _read_pid(fd: int) -> int | None:
+        # read through the fd we hold: opening and closing the file again would drop our
+        # POSIX lock (locks belong to the process and go with any close of the file)
         try:
-            return int(self.path.read_text().split()[0])
+            return int(os.pread(fd, 64, 0).split()[0])
         except (OSError, ValueError, IndexError):
             return None
 
@@ -194,14 +197,14 @@ class DaemonLock:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
+                pid = self._read_pid(fd)
                 os.close(fd)
                 if exc.errno not in (errno.EACCES, errno.EAGAIN):
                     raise
-                pid = self._read_pid()
                 holder = f"pid {pid}" if pid else "another process"
                 raise LockedError(f"{self.path.parent}: state directory is locked by {holder} "
                                   f"(another scheduler serves it)") from None
-            old = self._read_pid()
+            old = self._read_pid(fd)
             if old is not None and old != os.getpid() and not pid_alive(old):
                 self.stale_pid = old
                 log.warning("%s: stale lock of dead pid %d taken over", self.path, old)
