@@ -327,3 +327,25 @@ def test_metrics_in_prometheus_text(make_scheduler, clock):
     nxt = datetime(2026, 1, 7, 3, 0, tzinfo=UTC).timestamp()
     assert f'dsbackup_schedule_next_run_timestamp_seconds{{schedule="db"}} {nxt:.3f}' in text
     assert "# TYPE dsbackup_schedule_runs_total counter" in text
+
+
+def test_changed_expression_recomputes_the_persisted_next_run(make_scheduler, clock):
+    s = make_scheduler()
+    s.add_schedule(daily(cron="0 3 1 * *"))  # monthly
+    assert s.get_schedule("db").next_run == datetime(2026, 2, 1, 3, 0, tzinfo=UTC)
+    s.close()
+    s2 = make_scheduler()
+    assert s2.add_schedule(daily(cron="@hourly")).next_run == datetime(2026, 1, 5, 13, 0,
+                                                                       tzinfo=UTC)
+
+
+def test_disabled_schedules_do_not_run_or_accumulate_misfires(make_scheduler, clock):
+    runner = FakeRunner(clock)
+    s = make_scheduler(runner=runner)
+    sched = s.add_schedule(daily(enabled=False))
+    assert sched.next_run is None
+    clock.set(datetime(2026, 1, 9, 3, 30, tzinfo=UTC))
+    assert s.run_pending(wait=True) == []
+    sched.enabled = True
+    assert s.run_pending(wait=True) == []  # no catch-up for the days it was disabled
+    assert sched.next_run == datetime(2026, 1, 10, 3, 0, tzinfo=UTC) and runner.calls == 0

@@ -111,7 +111,8 @@ class BackupScheduler:
             st = self._persisted.get(schedule.id)
             if st is not None:
                 schedule.last_run = st.last_run
-                schedule.next_run = st.next_run
+                if st.timing == self._timing(schedule):  # else the expression or zone changed
+                    schedule.next_run = st.next_run
                 schedule.last_result = st.last_result
                 schedule.statistics = st.statistics or ScheduleStatistics()
                 self._archives[schedule.id] = list(st.archives or [])
@@ -119,13 +120,18 @@ class BackupScheduler:
                     self._record_interrupted(schedule, st.running)
             else:
                 self._archives[schedule.id] = []
-            if schedule.next_run is None:
-                schedule.next_run = cron.next_after(now)
+            if not schedule.enabled:
+                schedule.next_run = None  # a disabled schedule accumulates no misfires
+            elif schedule.next_run is None:
+                schedule.next_run = cron.next_after(max(now, schedule.last_run or now))
             self._schedules[schedule.id] = schedule
             self._crons[schedule.id] = cron
             self._save()
         self._wake.set()
         return schedule
+
+    def _timing(self, schedule: ScheduledBackup) -> str:
+        return f"{schedule.schedule} {self.config.time_zone}"
 
     def _record_interrupted(self, schedule: ScheduledBackup, running: dict[str, str]) -> None:
         started = datetime.fromisoformat(running["started"])
@@ -178,7 +184,7 @@ class BackupScheduler:
                 self._persisted[sid] = ScheduleState(
                     last_run=s.last_run, next_run=s.next_run, last_result=s.last_result,
                     statistics=s.statistics, archives=self._archives.get(sid, []),
-                    running=run.marker if run else None,
+                    running=run.marker if run else None, timing=self._timing(s),
                 )
             self._store.save(self._persisted)
 
@@ -224,9 +230,12 @@ class BackupScheduler:
             for sid, sched in sorted(self._schedules.items()):
                 if not sched.enabled or sid in self._running or self._stopping.is_set():
                     continue
-                if sched.next_run is None or sched.next_run > now:
-                    continue
                 cron = self._crons[sid]
+                if sched.next_run is None:  # enabled since it was added
+                    sched.next_run = cron.next_after(now)
+                    continue
+                if sched.next_run > now:
+                    continue
                 count, latest = self._missed_slots(cron, sched.next_run, now)
                 grace = self.config.misfire_grace_time
                 late = now - latest

@@ -49,6 +49,7 @@ class ScheduleState:
     statistics: ScheduleStatistics | None = None
     archives: list[ArchiveEntry] | None = None
     running: dict[str, str] | None = None  # {"started", "slot", "trigger"} while a run is going
+    timing: str | None = None  # "<cron expression> <time zone>" that next_run was computed from
 
 
 def _enc(value: Any) -> Any:
@@ -91,6 +92,7 @@ def encode_state(schedules: dict[str, ScheduleState]) -> dict[str, Any]:
             "statistics": _record(st.statistics),
             "archives": [_record(a) for a in st.archives or []],
             "running": st.running,
+            "timing": st.timing,
         }
     return {"version": STATE_VERSION, "schedules": out}
 
@@ -107,6 +109,7 @@ def decode_state(doc: dict[str, Any]) -> dict[str, ScheduleState]:
             statistics=_dec(ScheduleStatistics, d.get("statistics")),
             archives=[_dec(ArchiveEntry, a) for a in d.get("archives", [])],
             running=d.get("running"),
+            timing=d.get("timing"),
         )
     return out
 
