@@ -33,7 +33,8 @@ def lmdb_source(tmp_path: Path) -> Path:
     return src
 
 
-def write_config(tmp_path: Path, source: Path, cron: str = "@daily", extra: str = "") -> Path:
+def write_config(tmp_path: Path, source: Path, cron: str = "@daily", extra: str = "",
+                 tail: str = "") -> Path:
     cfg = tmp_path / "scheduler.toml"
     cfg.write_text(f"""
 [scheduler]
@@ -55,6 +56,7 @@ source = "lmdb:{source}"
 [schedule.backup]
 workers = 1
 chunk_size = 50
+{tail}
 """)
     return cfg
 
@@ -66,10 +68,25 @@ def state_of(tmp_path: Path) -> dict:
         return {}
 
 
+SECRET_HOOK = """
+[notifications]
+timeout = "1s"
+[notifications.webhook]
+url = "http://127.0.0.1:{port}/hook?token=SECRET-TOKEN-123"
+"""
+
+
 def test_run_once_and_list_with_a_real_lmdb_source(tmp_path, lmdb_source, run_cli):
-    cfg = write_config(tmp_path, lmdb_source)
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening: the webhook fails
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = write_config(tmp_path, lmdb_source, tail=SECRET_HOOK.format(port=port))
     res = run_cli("schedule", "run-once", "ipfs", "--config", cfg, "--json")
     assert res.returncode == 0, res.stderr
+    assert "notification via webhook failed" in res.stderr
+    assert "SECRET-TOKEN-123" not in res.stderr + res.stdout
     out = json.loads(res.stdout)
     assert out["ok"] and out["keys"] == 300 and out["verified"] is True
     archive = Path(out["archive"])
@@ -85,6 +102,7 @@ def test_run_once_and_list_with_a_real_lmdb_source(tmp_path, lmdb_source, run_cl
     assert json.loads(lst.stdout)["daemon"] == {"running": False, "pid": None}
     human = run_cli("schedule", "list", "--config", cfg)
     assert "ipfs  [@daily]" in human.stdout and "runs 1, success 100%" in human.stdout
+    assert "SECRET-TOKEN-123" not in lst.stdout + human.stdout
 
 
 def test_run_once_failure_exit_code(tmp_path, run_cli):
@@ -217,3 +235,26 @@ def test_prune_cli_on_real_archives(tmp_path, lmdb_source, run_cli):
     assert sorted(p.name for p in d.iterdir()) == sorted(
         [names[0], names[2], "node_20260104_030000.tar.gz"])
     assert run_cli("prune", d).returncode == 2  # no rule given
+
+
+def test_health_check_with_the_real_engine_finds_a_damaged_archive(tmp_path, lmdb_source):
+    from dsbackup.scheduler import BackupScheduler, ScheduledBackup, SchedulerConfig
+
+    cfg = SchedulerConfig(default_backup_dir=tmp_path / "b", state_path=tmp_path / "s",
+                          health_check_interval=None, min_free_ratio=None,
+                          health_deep_sample=1.0)
+    with BackupScheduler(cfg) as s:  # the default runner: BackupManager
+        s.add_schedule(ScheduledBackup(id="ipfs", name="ipfs", schedule="@daily",
+                                       source=f"lmdb:{lmdb_source}",
+                                       backup_config={"workers": 1, "chunk_size": 20}))
+        rec = s.execute_backup("ipfs")
+        assert rec.ok and rec.verified and rec.keys == 300
+        assert [r.ok for r in s.run_health_checks()] == [True, True, True]
+        path = Path(rec.archive)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+        verify = s.run_health_checks()[0]
+        assert verify.check == "verify" and not verify.ok
+        assert str(path) in verify.message
+        assert not s.archives("ipfs")[-1].verified
