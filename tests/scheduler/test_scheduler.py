@@ -156,7 +156,7 @@ def test_at_most_concurrent_backups_jobs_run_at_once(make_scheduler, clock, limi
     time.sleep(0.2)
     assert runner.active == limit
     runner.gate.set()
-    s.stop(wait=True, timeout=5)
+    assert wait_for(lambda: sum(x.statistics.runs for x in s.list_schedules()) == 3)
     assert runner.max_active == limit and runner.calls == 3
 
 
@@ -349,3 +349,21 @@ def test_disabled_schedules_do_not_run_or_accumulate_misfires(make_scheduler, cl
     sched.enabled = True
     assert s.run_pending(wait=True) == []  # no catch-up for the days it was disabled
     assert sched.next_run == datetime(2026, 1, 10, 3, 0, tzinfo=UTC) and runner.calls == 0
+
+
+def test_runs_still_queued_when_the_scheduler_stops_are_not_started(make_scheduler, clock):
+    runner = FakeRunner(clock)
+    runner.gate = threading.Event()
+    s = make_scheduler(runner=runner, concurrent_backups=1)
+    s.add_schedule(daily("a"))
+    s.add_schedule(daily("b"))
+    clock.set(datetime(2026, 1, 6, 3, 0, tzinfo=UTC))
+    assert s.run_pending() == ["a", "b"]
+    assert wait_for(lambda: runner.calls == 1)
+    threading.Timer(0.2, runner.gate.set).start()
+    assert s.stop(wait=True, timeout=5)
+    assert runner.calls == 1
+    ran, queued = sorted(s.list_schedules(), key=lambda x: x.statistics.runs, reverse=True)
+    assert ran.statistics.runs == 1 and queued.statistics.runs == 0
+    assert queued.next_run == datetime(2026, 1, 6, 3, 0, tzinfo=UTC)  # served after a restart
+    assert not s.is_running(queued.id)

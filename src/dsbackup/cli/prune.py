@@ -29,10 +29,13 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", type=Path, help="directory of <name>_<YYYYmmdd_HHMMSS>.tar.gz "
                                                 "archives")
+    periods = {"hourly": "hours", "daily": "days", "weekly": "ISO weeks", "monthly": "months",
+               "yearly": "years"}
     for rule in RULES:
         p.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N",
-                       help=f"keep the newest archive of the last N {rule} periods"
-                       if rule != "last" else "keep the N newest archives")
+                       help=f"keep the newest archive of each of the last N {periods[rule]} "
+                            "that have archives (-1: all)" if rule != "last"
+                       else "keep the N newest archives")
     p.add_argument("--max-age", default=None, metavar="DURATION",
                    help="prune archives older than this (e.g. 90d, 1y, 12w)")
     p.add_argument("--name", default=None, help="only archives of this schedule name")

@@ -286,8 +286,11 @@ class BackupScheduler:
             run.done.set()
             self._wake.set()
 
-    def _run_job(self, sched: ScheduledBackup, run: _Running) -> RunRecord:
+    def _run_job(self, sched: ScheduledBackup, run: _Running) -> RunRecord | None:
         with self._slots:
+            if self._stopping.is_set() and run.trigger != "manual":
+                self._unstart(sched, run)
+                return None
             if run.cancel.is_set():
                 rec = RunRecord(ok=False, started=self.clock.now(), finished=self.clock.now(),
                                 trigger=run.trigger, error="cancelled before it started",
@@ -314,6 +317,18 @@ class BackupScheduler:
                 self._save()
         self._report(sched, rec, outcome.warnings)
         return rec
+
+    def _unstart(self, sched: ScheduledBackup, run: _Running) -> None:
+        """A run still waiting for a free slot when the scheduler stops is not started; its
+        slot is served after a restart, under the misfire rules."""
+        with self._lock:
+            slot = run.marker.get("slot")
+            if slot and self._schedules.get(sched.id) is sched:
+                sched.next_run = datetime.fromisoformat(slot)
+            if self._running.get(sched.id) is run:
+                self._running.pop(sched.id)
+            self._save()
+        log.info("schedule %s: not started (the scheduler is stopping)", sched.id)
 
     def _skip_passed_slots(self, sched: ScheduledBackup) -> None:
         """Slots that came while this run was going are skipped, not queued (no overlap)."""
@@ -358,7 +373,9 @@ class BackupScheduler:
             self._running[schedule_id] = run
             self._save()
         try:
-            return self._run_job(sched, run)
+            rec = self._run_job(sched, run)
+            assert rec is not None  # manual runs are never skipped
+            return rec
         finally:
             with self._lock:
                 if self._running.get(schedule_id) is run:
