@@ -98,6 +98,7 @@ def test_run_once_and_list_with_a_real_lmdb_source(tmp_path, lmdb_source, run_cl
     assert lst.returncode == 0, lst.stderr
     row = json.loads(lst.stdout)["schedules"][0]
     assert row["statistics"]["runs"] == 1 and row["last_result"]["ok"]
+    assert row["last_result"]["notified"] == {"webhook": False}
     assert row["next_run"].endswith(("+01:00", "+02:00"))  # shown in Europe/Berlin
     assert json.loads(lst.stdout)["daemon"] == {"running": False, "pid": None}
     human = run_cli("schedule", "list", "--config", cfg)

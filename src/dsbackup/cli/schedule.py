@@ -129,7 +129,7 @@ def schedule_rows(loaded: LoadedConfig) -> list[dict[str, Any]]:
             "last_result": None if last is None else {
                 "ok": last.ok, "trigger": last.trigger, "archive": last.archive,
                 "error": redact(last.error) if last.error else None,
-                "duration_s": round(last.duration, 3)},
+                "duration_s": round(last.duration, 3), "notified": last.notified},
             "running": bool(st and st.running),
             "archives": len(st.archives or []) if st else 0,
             "statistics": {"runs": stats.runs, "successes": stats.successes,

@@ -133,6 +133,7 @@ class RunRecord:
     error_type: str | None = None
     exit_code: int = 0
     pruned: list[str] = field(default_factory=list)
+    notified: dict[str, bool] = field(default_factory=dict)  # service -> delivered
 
     @property
     def duration(self) -> float:

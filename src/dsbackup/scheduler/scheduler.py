@@ -348,18 +348,24 @@ class BackupScheduler:
         if rec.ok:
             details.update(fingerprint=rec.fingerprint, size=rec.size, keys=rec.keys,
                            pruned=rec.pruned, warnings=warnings)
-            self._notify("success", sched, f"backup {sched.name} succeeded: {rec.archive}",
-                         details)
+            outcome = self._notify("success", sched,
+                                   f"backup {sched.name} succeeded: {rec.archive}", details)
         else:
             details.update(error=rec.error, error_type=rec.error_type, exit_code=rec.exit_code)
             log.error("schedule %s: backup failed: %s", sched.id, rec.error)
-            self._notify("failure", sched, f"backup {sched.name} failed: {rec.error}", details)
+            outcome = self._notify("failure", sched, f"backup {sched.name} failed: {rec.error}",
+                                   details)
+        if outcome:  # record which notifications of this result were delivered
+            with self._lock:
+                rec.notified = outcome
+                if self._schedules.get(sched.id) is sched:
+                    self._save()
 
     def _notify(self, kind: str, sched: ScheduledBackup | None, message: str,
-                details: dict[str, Any]) -> None:
+                details: dict[str, Any]) -> dict[str, bool]:
         event = Event(kind, sched.id if sched else None, sched.name if sched else None,
                       self.clock.now(), message, details)
-        self.notifications.dispatch(event)
+        return self.notifications.dispatch(event)
 
     def execute_backup(self, schedule_id: str, *, trigger: str = "manual") -> RunRecord:
         """Run a schedule now, in this thread; refused while the schedule is running."""

@@ -90,6 +90,7 @@ def test_failure_email_arrives_with_subject_and_body(make_scheduler, clock, smtp
     assert "schedule: db" in body and "error_type: BackupError" in body
     assert s.notifications.sent["email"] == 1
     assert not s.get_schedule("db").last_result.ok
+    assert s.get_schedule("db").last_result.notified == {"email": True}
 
 
 def test_success_email_only_when_asked(make_scheduler, clock, smtp):
@@ -124,7 +125,9 @@ def test_unreachable_smtp_never_fails_the_backup(make_scheduler, clock, server, 
     finally:
         if ctl is not None:
             ctl.stop()
-    assert s.get_schedule("db").last_result.ok  # the backup succeeded
+    result = s.get_schedule("db").last_result
+    assert result.ok  # the backup succeeded
+    assert result.notified == {"email": False}  # and the failed notification is recorded
     assert s.notifications.failed["email"] == 1 and s.notifications.sent["email"] == 0
     assert elapsed < 3.5  # bounded by the 1 s notification timeout (+ margin)
     assert "notification via email failed" in caplog.text
