@@ -54,7 +54,6 @@ name = "ipfs-node"
 cron = "{cron}"
 source = "lmdb:{source}"
 [schedule.backup]
-workers = 1
 chunk_size = 50
 {tail}
 """)
@@ -208,7 +207,7 @@ def test_daemon_killed_and_restarted_continues_and_a_second_daemon_is_refused(
 def test_prune_cli_on_real_archives(tmp_path, lmdb_source, run_cli):
     d = tmp_path / "archives"
     d.mkdir()
-    mgr = backup.BackupManager(backup.BackupConfig(workers=1))
+    mgr = backup.BackupManager()
     names = []
     for i in range(3):
         name = f"node_2026010{i + 1}_030000.tar.gz"
@@ -247,7 +246,7 @@ def test_health_check_with_the_real_engine_finds_a_damaged_archive(tmp_path, lmd
     with BackupScheduler(cfg) as s:  # the default runner: BackupManager
         s.add_schedule(ScheduledBackup(id="ipfs", name="ipfs", schedule="@daily",
                                        source=f"lmdb:{lmdb_source}",
-                                       backup_config={"workers": 1, "chunk_size": 20}))
+                                       backup_config={"chunk_size": 20}))
         rec = s.execute_backup("ipfs")
         assert rec.ok and rec.verified and rec.keys == 300
         assert [r.ok for r in s.run_health_checks()] == [True, True, True]
