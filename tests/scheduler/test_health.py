@@ -97,3 +97,22 @@ def test_free_space_check_walks_up_to_an_existing_directory(tmp_path):
     assert res.ok and free > 0
     res, _ = check_free_space(tmp_path, free * 4, None)
     assert not res.ok and "bytes free <" in res.message
+
+
+def test_the_loop_runs_health_checks_every_interval(make_scheduler, clock):
+    import time
+
+    s = make_scheduler(health_check_interval=timedelta(minutes=5), poll_interval=0.05,
+                       min_free_ratio=None)
+    s.add_schedule(ScheduledBackup(id="db", name="db", schedule="@daily", source="memory:"))
+    s.start()
+    time.sleep(0.2)
+    assert s.last_health_check is None  # the first check comes one interval after the start
+    clock.advance(timedelta(minutes=6))
+    s.wake()
+    deadline = time.monotonic() + 5
+    while s.last_health_check is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert s.stop(wait=True, timeout=5)
+    assert s.last_health_check == clock.now()
+    assert {r.check for r in s.health} == {"verify", "staleness", "free_space"}

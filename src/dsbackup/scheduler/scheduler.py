@@ -51,7 +51,6 @@ class _Running:
     cancel: threading.Event
     trigger: str
     marker: dict[str, str | None] = field(default_factory=dict)  # persisted while running
-    thread: threading.Thread | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -271,9 +270,8 @@ class BackupScheduler:
     def _launch(self, sched: ScheduledBackup, trigger: str, slot: datetime | None) -> _Running:
         run = self._new_run(trigger, slot)
         self._running[sched.id] = run
-        run.thread = threading.Thread(target=self._job_thread, args=(sched, run),
-                                      name=f"backup-{sched.id}", daemon=True)
-        run.thread.start()
+        threading.Thread(target=self._job_thread, args=(sched, run), name=f"backup-{sched.id}",
+                         daemon=True).start()
         return run
 
     def _job_thread(self, sched: ScheduledBackup, run: _Running) -> None:
@@ -547,6 +545,9 @@ class BackupScheduler:
         if wait:
             for r in runs:
                 ended = r.done.wait(timeout) and ended
+            if self._health_thread is not None:
+                self._health_thread.join(timeout)
+                ended = ended and not self._health_thread.is_alive()
         if self._metrics_server is not None:
             self._metrics_server.stop()
             self._metrics_server = None
