@@ -53,6 +53,14 @@ class BackupRunner(Protocol):
     def inspect(self, path: Path) -> ArchiveInfo: ...
 
 
+def parent_fingerprint(value: Any) -> str | None:
+    """The parent fingerprint from a manifest's ``parent`` (a string, or a mapping with a
+    ``fingerprint`` entry), or None for a full backup."""
+    if isinstance(value, dict):
+        value = value.get("fingerprint")
+    return str(value) if value else None
+
+
 def _manager_api() -> tuple[Any, Any]:
     try:
         from dsbackup.backup import BackupManager
@@ -85,7 +93,7 @@ class ManagerRunner:
         path = Path(getattr(meta, "path", None) or archive_path)
         return RunResult(
             path=path, created=meta.timestamp, fingerprint=meta.fingerprint,
-            size=path.stat().st_size, keys=meta.total_keys, parent=meta.parent,
+            size=path.stat().st_size, keys=meta.total_keys, parent=parent_fingerprint(meta.parent),
             duration_s=meta.statistics.duration_s if getattr(meta, "statistics", None) else None,
         )
 
@@ -96,4 +104,5 @@ class ManagerRunner:
 
     def inspect(self, path: Path) -> ArchiveInfo:
         meta = self._manager().inspect(path)
-        return ArchiveInfo(Path(path), meta.timestamp, meta.fingerprint, meta.parent)
+        return ArchiveInfo(Path(path), meta.timestamp, meta.fingerprint,
+                           parent_fingerprint(meta.parent))
