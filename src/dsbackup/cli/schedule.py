@@ -107,7 +107,7 @@ def _daemon_pid(state_dir: Path) -> int | None:
     return pid if pid_alive(pid) else None
 
 
-def schedule_rows(loaded: LoadedConfig) -> list[dict[str, Any]]:
+def schedule_rows(loaded: LoadedConfig, daemon_alive: bool) -> list[dict[str, Any]]:
     """The schedules of a configuration merged with their persisted state (no lock taken)."""
     cfg = loaded.scheduler
     tz = get_zone(cfg.time_zone)
@@ -130,7 +130,8 @@ def schedule_rows(loaded: LoadedConfig) -> list[dict[str, Any]]:
                 "ok": last.ok, "trigger": last.trigger, "archive": last.archive,
                 "error": redact(last.error) if last.error else None,
                 "duration_s": round(last.duration, 3), "notified": last.notified},
-            "running": bool(st and st.running),
+            # a run marker left by a killed daemon is not a running backup
+            "running": bool(st and st.running and daemon_alive),
             "archives": len(st.archives or []) if st else 0,
             "statistics": {"runs": stats.runs, "successes": stats.successes,
                            "failures": stats.failures, "skipped": stats.skipped,
@@ -143,8 +144,8 @@ def schedule_rows(loaded: LoadedConfig) -> list[dict[str, Any]]:
 
 
 def _list(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    rows = schedule_rows(loaded)
     pid = _daemon_pid(loaded.scheduler.state_path)
+    rows = schedule_rows(loaded, pid is not None)
     if args.json:
         emit_json("schedule list", {"ok": True, "daemon": {"running": pid is not None,
                                                            "pid": pid}, "schedules": rows})

@@ -18,7 +18,12 @@ from dsbackup.errors import DsBackupError, IntegrityError
 from dsbackup.scheduler.archives import free_archive_path
 from dsbackup.scheduler.clock import Clock
 from dsbackup.scheduler.config import RunRecord, ScheduledBackup
-from dsbackup.scheduler.retention import RetentionPolicy, RetentionResult, apply_retention
+from dsbackup.scheduler.retention import (
+    RetentionItem,
+    RetentionPolicy,
+    RetentionResult,
+    apply_retention,
+)
 from dsbackup.scheduler.runner import BackupRunner
 from dsbackup.scheduler.state import ArchiveEntry
 
@@ -42,15 +47,14 @@ def choose_parent(schedule: ScheduledBackup, archives: list[ArchiveEntry]) -> Ar
     if not Path(newest.path).exists():
         return None
     depth, cur = 1, newest
-    while cur.parent is not None and cur.parent in by_fp:
+    while cur.parent is not None and cur.parent in by_fp and depth < schedule.full_every:
         depth += 1
         cur = by_fp[cur.parent]
     return None if depth >= schedule.full_every else newest
 
 
-def retention_items(archives: list[ArchiveEntry]) -> list[object]:
-    from dsbackup.scheduler.retention import RetentionItem
-
+def retention_items(archives: list[ArchiveEntry]) -> list[RetentionItem]:
+    """Archives as retention sees them: ids are file names, parents resolved by fingerprint."""
     ids = {a.fingerprint: os.path.basename(a.path) for a in archives if a.fingerprint}
     return [RetentionItem(os.path.basename(a.path), a.created, a.verified,
                           ids.get(a.parent) if a.parent else None) for a in archives]
