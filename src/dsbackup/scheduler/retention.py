@@ -175,13 +175,13 @@ def apply_retention(backups: Iterable[Any], policy: RetentionPolicy, now: dateti
     newest_verified = next((i for i in items if i.verified), None)
     if newest_verified is not None and newest_verified.id not in kept:
         kept[newest_verified.id] = ("newest-verified", 1, "newest backup that passed verification")
-    todo = list(kept)
-    while todo:
-        child = by_id[todo.pop()]
+    pending = list(kept)
+    while pending:
+        child = by_id[pending.pop()]
         parent = child.parent
         if parent is not None and parent in by_id and parent not in kept:
             kept[parent] = ("parent", 1, f"parent of kept incremental backup {child.id}")
-            todo.append(parent)
+            pending.append(parent)
 
     for i in items:
         if i.id in kept:
