@@ -65,13 +65,7 @@ __all__ = [
 ]
 
 # scheduler
-from dsbackup.scheduler import (  # noqa: E402
-    BackupScheduler,
-    NotificationConfig,
-    RetentionPolicy,
-    ScheduledBackup,
-    SchedulerConfig,
-)
+from dsbackup._public_scheduler import PUBLIC as _SCHEDULER_NAMES  # noqa: E402
 
-__all__ += ["BackupScheduler", "NotificationConfig", "RetentionPolicy", "ScheduledBackup",
-            "SchedulerConfig"]
+_LAZY.update({name: target.split(":")[0] for name, target in _SCHEDULER_NAMES.items()})
+__all__ += list(_SCHEDULER_NAMES)
