@@ -23,14 +23,14 @@ CASES = [
      {"daily": 7, "weekly": 4, "monthly": 12, "yearly": -1}),
     ("America/New_York", "30 1 * * *", datetime(2025, 1, 1, tzinfo=UTC), 730,  # 01:30 repeats
      {"last": 2, "daily": 10, "weekly": 6, "monthly": 6, "yearly": 3}),
-    ("America/New_York", "0 * * * *", datetime(2025, 10, 20, tzinfo=UTC), 35,  # DST ends 11-02
+    ("America/New_York", "0 * * * *", datetime(2025, 10, 25, tzinfo=UTC), 20,  # DST ends 11-02
      {"last": 3, "hourly": 24, "daily": 7, "weekly": 4, "monthly": 6}),
 ]
 
 
 @pytest.mark.parametrize("zone,cron,start,days,p", CASES, ids=["berlin-daily-2y",
                                                                "new-york-daily-2y",
-                                                               "new-york-hourly-35d"])
+                                                               "new-york-hourly-20d"])
 def test_simulated_history_keeps_what_borg_keeps(make_scheduler, clock, fast_dir, zone, cron,
                                                    start, days, p):
     rng = random.Random(1234)
