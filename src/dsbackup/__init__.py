@@ -63,3 +63,9 @@ __all__ = [
     "NotFound",
     *_LAZY,
 ]
+
+# scheduler
+from dsbackup._public_scheduler import PUBLIC as _SCHEDULER_NAMES  # noqa: E402
+
+_LAZY.update({name: target.split(":")[0] for name, target in _SCHEDULER_NAMES.items()})
+__all__ += list(_SCHEDULER_NAMES)
