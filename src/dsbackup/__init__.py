@@ -34,6 +34,12 @@ _LAZY = {
     "Key": "dsbackup.keys",
     "Query": "dsbackup.datastores.query",
     "open_datastore": "dsbackup.datastores",
+    # scheduler
+    "BackupScheduler": "dsbackup.scheduler",
+    "SchedulerConfig": "dsbackup.scheduler",
+    "ScheduledBackup": "dsbackup.scheduler",
+    "RetentionPolicy": "dsbackup.scheduler",
+    "NotificationConfig": "dsbackup.scheduler",
 }
 
 
@@ -64,8 +70,3 @@ __all__ = [
     *_LAZY,
 ]
 
-# scheduler
-from dsbackup._public_scheduler import PUBLIC as _SCHEDULER_NAMES  # noqa: E402
-
-_LAZY.update({name: target.split(":")[0] for name, target in _SCHEDULER_NAMES.items()})
-__all__ += list(_SCHEDULER_NAMES)
