@@ -28,6 +28,7 @@ class ScanStats:
     excluded_records: int = 0
     excluded_bytes: int = 0
     worker_cpu_s: float = 0.0  # CPU time of worker processes (parallel scan)
+    worker_peak_rss: int = 0  # largest peak resident set of one worker process
 
 
 @dataclass(frozen=True)

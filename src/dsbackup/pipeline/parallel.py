@@ -327,6 +327,7 @@ class ParallelScan:
                         self.stats.excluded_records += msg[1]
                         self.stats.excluded_bytes += msg[2]
                     self.stats.worker_cpu_s += msg[3]
+                    self.stats.worker_peak_rss = max(self.stats.worker_peak_rss, msg[4])
                     pending.discard(w)
         if pending:
             raise BackupError(f"backup workers {sorted(pending)} did not finish")

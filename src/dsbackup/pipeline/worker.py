@@ -10,7 +10,7 @@ Messages, worker -> parent:
   ("chunk", range_id, slot, meta, inline_body, catalog)   slot -1: body is inline (too large)
   ("done", range_id)
   ("stripes", [key, ...]) and ("plan_done",)             from the planner
-  ("stats", excluded_records, excluded_bytes, cpu_seconds)  before exiting
+  ("stats", excluded_records, excluded_bytes, cpu_seconds, peak_rss_bytes)  before exiting
   ("error", message, traceback)
 Parent -> worker:
   ("range", range_id, start, end) | ("free", slot) | ("plan", min_records, min_bytes)
@@ -128,7 +128,7 @@ class _Worker:
                 break
         ru = resource.getrusage(resource.RUSAGE_SELF)
         self.conn.send(("stats", self.source.excluded_records, self.source.excluded_bytes,
-                        ru.ru_utime + ru.ru_stime))
+                        ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024))
         self.source.close()
 
 
