@@ -1,0 +1,115 @@
+"""Open a datastore from a URI: ``scheme:PATH[?param=value&...]`` or a bare path.
+
+Schemes: ``memory:``, ``lmdb:``, ``flatfs:``, ``leveldb:``, ``sqlite:``, ``kubo:``. A bare
+path is recognised by what the directory or file holds (see :func:`detect_scheme`).
+Backends are imported on first use, so plyvel is only needed for LevelDB and Kubo repos.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dsbackup.datastores.base import BaseDatastore
+from dsbackup.errors import ConfigError, DatastoreError
+
+__all__ = ["open_datastore", "parse_uri", "detect_scheme", "register_backend", "SCHEMES"]
+
+Opener = Callable[..., BaseDatastore]
+
+# scheme -> "module:function"; the function takes (path, readonly=..., **params).
+SCHEMES: dict[str, str] = {
+    "memory": "dsbackup.datastores.memory:open_memory",
+    "lmdb": "dsbackup.datastores.lmdb:open_lmdb",
+    "flatfs": "dsbackup.datastores.flatfs:open_flatfs",
+    "leveldb": "dsbackup.datastores.leveldb:open_leveldb",
+    "sqlite": "dsbackup.datastores.sqlite:open_sqlite",
+    "kubo": "dsbackup.datastores.kubo:open_kubo",
+}
+_CUSTOM: dict[str, Opener] = {}
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def register_backend(scheme: str, opener: Opener) -> None:
+    """Add a scheme: ``opener(path, readonly=..., **params)`` returns a datastore."""
+    _CUSTOM[scheme] = opener
+
+
+def parse_uri(uri: str) -> tuple[str | None, str, dict[str, str]]:
+    """Split ``scheme:PATH?k=v`` into ``(scheme, path, params)``; scheme is None for a bare
+    path. A one-letter scheme is not recognised (it would be a Windows drive)."""
+    scheme: str | None = None
+    rest = uri
+    head, sep, tail = uri.partition(":")
+    if sep and len(head) > 1 and head.isidentifier() and "/" not in head:
+        scheme, rest = head.lower(), tail
+    params: dict[str, str] = {}
+    if scheme is not None and "?" in rest:
+        rest, _, qs = rest.partition("?")
+        params = dict(urllib.parse.parse_qsl(qs, keep_blank_values=True))
+    return scheme, rest, params
+
+
+def detect_scheme(path: str | os.PathLike[str]) -> str:
+    """What a bare path holds: ``data.mdb`` -> lmdb, ``SHARDING`` -> flatfs,
+    ``datastore_spec`` -> kubo, ``CURRENT`` and ``LOCK`` -> leveldb, a file starting with
+    the SQLite header -> sqlite."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "datastore_spec").is_file():
+            return "kubo"
+        if (p / "data.mdb").is_file():
+            return "lmdb"
+        if (p / "SHARDING").is_file():
+            return "flatfs"
+        if (p / "CURRENT").is_file() and (p / "LOCK").exists():
+            return "leveldb"
+        raise DatastoreError(
+            f"{p}: directory holds no recognised datastore (no datastore_spec, data.mdb, "
+            "SHARDING, or CURRENT+LOCK); name the type with a scheme such as flatfs:PATH")
+    if p.is_file():
+        with open(p, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+        if head == SQLITE_HEADER:
+            return "sqlite"
+        if p.name == "data.mdb":
+            return "lmdb"
+        raise DatastoreError(f"{p}: file is not a recognised datastore (not SQLite)")
+    raise DatastoreError(f"{p}: no such file or directory (give a scheme to create a store)")
+
+
+def _resolve(scheme: str) -> Opener:
+    if scheme in _CUSTOM:
+        return _CUSTOM[scheme]
+    target = SCHEMES.get(scheme)
+    if target is None:
+        known = ", ".join(sorted({*SCHEMES, *_CUSTOM}))
+        raise ConfigError(f"unknown datastore scheme {scheme!r} (known: {known})")
+    mod, _, fn = target.partition(":")
+    opener: Opener = getattr(importlib.import_module(mod), fn)
+    return opener
+
+
+def open_datastore(uri: str | os.PathLike[str], *, readonly: bool = False,
+                   **kwargs: Any) -> BaseDatastore:
+    """Open a datastore. ``kwargs`` go to the backend (e.g. ``shard=`` for flatfs,
+    ``allow_live=`` for kubo) and override URI parameters of the same name."""
+    s = os.fspath(uri)
+    scheme, path, params = parse_uri(s)
+    if scheme is None:
+        scheme = detect_scheme(path)
+    elif scheme != "memory" and not path:
+        raise ConfigError(f"datastore URI {s!r} has no path")
+    params.update(kwargs)
+    return _resolve(scheme)(path, readonly=readonly, **params)
+
+
+def _bool_param(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).lower() in {"1", "true", "yes", "on"}
