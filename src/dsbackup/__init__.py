@@ -17,3 +17,18 @@ __all__ = [
     "LockedError",
     "NotFound",
 ]
+
+# migration
+from dsbackup.migration import (  # noqa: E402
+    FilterConfig,
+    MigrationConfig,
+    MigrationManager,
+    MigrationPlan,
+    MigrationResult,
+    MigrationStep,
+    MigrationType,
+    TransformationConfig,
+)
+
+__all__ += ["FilterConfig", "MigrationConfig", "MigrationManager", "MigrationPlan",
+            "MigrationResult", "MigrationStep", "MigrationType", "TransformationConfig"]
