@@ -61,7 +61,7 @@ def _prefix_end(prefix: bytes) -> bytes:
 def scan_ranges(start: bytes, end: bytes | None) -> list[tuple[bytes, bytes | None]]:
     """``[start, end)`` minus the temporary namespace."""
     out: list[tuple[bytes, bytes | None]] = []
-    first_end = TMP_ROOT if end is None or TMP_ROOT < end else end
+    first_end = TMP_ROOT if end is None or end > TMP_ROOT else end
     if start < first_end:
         out.append((start, first_end))
     second_start = max(start, TMP_END)
