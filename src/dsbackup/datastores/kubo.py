@@ -1,0 +1,136 @@
+"""Kubo (go-ipfs) repositories opened as one datastore.
+
+``kubo:PATH`` reads ``PATH/datastore_spec`` and mounts what it names, by default
+``/blocks`` (flatfs) and ``/`` (LevelDB, ``levelds``). A repo in use by a running daemon is
+refused with :class:`~dsbackup.errors.LockedError` (exit code 4): Kubo holds an fcntl
+(POSIX) write lock on ``repo.lock``, which ``flock`` cannot see, so the probe uses
+``fcntl.lockf``. While the datastore is open we hold a shared lock on ``repo.lock`` so a
+daemon cannot start underneath us. ``allow_live=True`` skips the refusal (LevelDB's own
+lock will still refuse a second opener).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from dsbackup.datastores.base import BaseDatastore
+from dsbackup.datastores.mount import MountDatastore
+from dsbackup.errors import DatastoreError, LockedError
+
+__all__ = ["KuboDatastore", "open_kubo", "probe_repo_lock", "LOCK_FILE", "SPEC_FILE"]
+
+LOCK_FILE = "repo.lock"
+SPEC_FILE = "datastore_spec"
+_WRAPPERS = ("measure", "log")
+
+
+def probe_repo_lock(repo: str | os.PathLike[str]) -> int | None:
+    """Take a shared POSIX lock on ``repo.lock`` and return its fd (caller closes it), or
+    None when there is no lock file. Raises :class:`LockedError` if a daemon holds it."""
+    path = os.path.join(os.fspath(repo), LOCK_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise LockedError(
+                f"{repo}: Kubo repo is locked ({LOCK_FILE} is held, is the daemon running?); "
+                "stop the daemon, or pass allow_live to read it anyway") from None
+        raise DatastoreError(f"{path}: cannot probe lock: {e}") from e
+    return fd
+
+
+class KuboDatastore(MountDatastore):
+    """The mounts of a Kubo repo; ``mounts`` and ``spec`` say what was opened."""
+
+    scheme = "kubo"
+
+    def __init__(self, repo: str | os.PathLike[str], *, readonly: bool = False,
+                 allow_live: bool = False) -> None:
+        self.repo = Path(repo).absolute()
+        spec_path = self.repo / SPEC_FILE
+        try:
+            self.spec: dict[str, Any] = json.loads(spec_path.read_text())
+        except FileNotFoundError:
+            raise DatastoreError(f"{self.repo}: not a Kubo repo ({SPEC_FILE} missing)") \
+                from None
+        except ValueError as e:
+            raise DatastoreError(f"{spec_path}: invalid JSON: {e}") from e
+        self._lock_fd: int | None = None
+        if not allow_live:
+            self._lock_fd = probe_repo_lock(self.repo)
+        opened: list[tuple[str, BaseDatastore]] = []
+        try:
+            for mountpoint, child in self._mount_specs(self.spec):
+                opened.append((mountpoint, self._open_child(child, readonly)))
+        except BaseException:
+            for _, ds in opened:
+                ds.close()
+            self._release_lock()
+            raise
+        uri = f"kubo:{self.repo}" + ("?allow_live=1" if allow_live else "")
+        super().__init__(opened, uri=uri, readonly=readonly)
+
+    @staticmethod
+    def _unwrap(spec: dict[str, Any]) -> dict[str, Any]:
+        while spec.get("type") in _WRAPPERS and "child" in spec:
+            spec = spec["child"]
+        return spec
+
+    def _mount_specs(self, spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        spec = self._unwrap(spec)
+        if spec.get("type") == "mount":
+            out = []
+            for m in spec.get("mounts", []):
+                child = self._unwrap(m.get("child", m))
+                mp = m.get("mountpoint") or child.get("mountpoint")
+                if not mp:
+                    raise DatastoreError(f"{self.repo}/{SPEC_FILE}: mount without mountpoint")
+                out.append((mp, child))
+            return out
+        return [("/", spec)]
+
+    def _open_child(self, spec: dict[str, Any], readonly: bool) -> BaseDatastore:
+        kind = spec.get("type")
+        rel = spec.get("path")
+        if not rel and kind in ("flatfs", "levelds"):
+            raise DatastoreError(f"{self.repo}/{SPEC_FILE}: {kind} mount without a path")
+        path = self.repo / rel if rel else self.repo
+        if kind == "flatfs":
+            from dsbackup.datastores.flatfs import FlatfsDatastore
+
+            return FlatfsDatastore(path, readonly=readonly, shard=spec.get("shardFunc"),
+                                   sync=bool(spec.get("sync", True)))
+        if kind == "levelds":
+            from dsbackup.datastores.leveldb import LevelDbDatastore
+
+            return LevelDbDatastore(path, readonly=readonly)
+        raise DatastoreError(f"{self.repo}/{SPEC_FILE}: datastore type {kind!r} is not "
+                             "supported (supported: mount, flatfs, levelds)")
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the fd releases our POSIX lock
+            self._lock_fd = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._release_lock()
+
+
+def open_kubo(path: str, *, readonly: bool = False, allow_live: bool | str = False
+              ) -> KuboDatastore:
+    from dsbackup.datastores.registry import _bool_param
+
+    return KuboDatastore(path, readonly=readonly, allow_live=_bool_param(allow_live))

@@ -1,0 +1,153 @@
+"""LevelDB datastore via plyvel (Kubo's metadata store, ``levelds``).
+
+Keys are the key bytes, values raw, in LevelDB's default bytewise order. LevelDB takes an
+exclusive lock on its directory, so only one process can have it open:
+``parallel_readable`` is False. Opening always lets LevelDB recover its write-ahead log,
+which writes to the directory even with ``readonly=True`` (that flag only refuses writes
+through this object); copy a directory you must not modify before opening it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from dsbackup.datastores.base import DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, BaseDatastore
+from dsbackup.errors import DatastoreError, LockedError, NotFound
+
+__all__ = ["LevelDbDatastore", "open_leveldb"]
+
+
+class LevelDbDatastore(BaseDatastore):
+    scheme = "leveldb"
+    parallel_readable = False
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
+                 sync: bool = False) -> None:
+        import plyvel
+
+        self.path = Path(path).absolute()
+        super().__init__(f"leveldb:{self.path}", readonly=readonly)
+        if readonly and not (self.path / "CURRENT").is_file():
+            raise DatastoreError(f"{self.path}: no LevelDB database (CURRENT missing)")
+        self.sync_writes = sync
+        try:
+            self._db = plyvel.DB(str(self.path), create_if_missing=not readonly)
+        except plyvel.IOError as e:
+            if "lock" in str(e).lower():
+                raise LockedError(f"{self.path}: LevelDB is locked by another process "
+                                  f"(is the Kubo daemon running?): {e}") from e
+            raise DatastoreError(f"{self.path}: cannot open LevelDB: {e}") from e
+        except plyvel.Error as e:
+            raise DatastoreError(f"{self.path}: cannot open LevelDB: {e}") from e
+
+    def _get(self, key: bytes) -> bytes:
+        self._check_open()
+        v = self._db.get(key)
+        if v is None:
+            raise NotFound(f"key {key!r} not found in {self.uri}")
+        return v
+
+    def _put(self, key: bytes, value: bytes) -> None:
+        self._db.put(key, value, sync=self.sync_writes)
+
+    def _delete(self, key: bytes) -> None:
+        self._db.delete(key, sync=self.sync_writes)
+
+    def _apply_batch(self, ops: list[tuple[bytes, bytes | None]]) -> None:
+        with self._db.write_batch(sync=self.sync_writes) as wb:
+            for k, v in ops:
+                if v is None:
+                    wb.delete(k)
+                else:
+                    wb.put(k, v)
+
+    def _iterator(self, start: bytes, end: bytes | None, **kw: object) -> Iterator:
+        self._check_open()
+        snap = self._db.snapshot()
+        return snap.iterator(start=start or None, stop=end, **kw)
+
+    def _iter_items(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        it = self._iterator(start, end)
+        try:
+            yield from it
+        finally:
+            it.close()
+
+    def scan_batches(self, start: bytes = b"", end: bytes | None = None, *,
+                     max_records: int = DEFAULT_MAX_RECORDS,
+                     max_bytes: int = DEFAULT_MAX_BYTES
+                     ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """Batches from one LevelDB snapshot."""
+        it = self._iterator(start, end)
+        try:
+            keys: list[bytes] = []
+            vals: list[bytes] = []
+            size = 0
+            for k, v in it:
+                keys.append(k)
+                vals.append(v)
+                size += len(v)
+                if len(keys) >= max_records or size >= max_bytes:
+                    yield keys, vals
+                    keys = []
+                    vals = []
+                    size = 0
+            if keys:
+                yield keys, vals
+        finally:
+            it.close()
+
+    def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
+        self._check_writable()
+        if len(keys) != len(values):
+            raise ValueError("put_many: keys and values differ in length")
+        with self._db.write_batch(sync=self.sync_writes) as wb:
+            for k, v in zip(keys, values):
+                wb.put(k, v)
+
+    def approx_count(self) -> None:
+        return None
+
+    def approx_size(self) -> int:
+        """LevelDB's estimate of the bytes in its table files (0 while all data is still
+        in the log)."""
+        self._check_open()
+        return int(self._db.approximate_size(b"", b"\xff" * 16))
+
+    def disk_usage(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+    def seek_key(self, key: bytes) -> bytes | None:
+        it = self._iterator(key, None, include_value=False)
+        try:
+            return next(it, None)
+        finally:
+            it.close()
+
+    def last_key(self) -> bytes | None:
+        it = self._iterator(b"", None, include_value=False, reverse=True)
+        try:
+            return next(it, None)
+        finally:
+            it.close()
+
+    def sync(self, prefix: object = "/") -> None:
+        """LevelDB has no flush call; a synced empty batch forces the log to disk."""
+        self._check_open()
+        if not self.readonly:
+            with self._db.write_batch(sync=True):
+                pass
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._db.close()
+
+
+def open_leveldb(path: str, *, readonly: bool = False, sync: bool | str = False
+                 ) -> LevelDbDatastore:
+    from dsbackup.datastores.registry import _bool_param
+
+    return LevelDbDatastore(path, readonly=readonly, sync=_bool_param(sync))

@@ -1,0 +1,247 @@
+"""Mount datastore with go-datastore's ``mount`` semantics.
+
+A key goes to the deepest mount whose prefix is a strict ancestor of it (``/blocks`` takes
+``/blocks/X`` but not ``/blocks`` itself, which goes to ``/`` if mounted); the child sees
+the key with the prefix stripped (``/X``). A key no mount takes cannot be written.
+
+Scans and queries merge children in key order without comparing keys: the children of a
+prefix ``P`` are exactly the keys in ``[P + "/", P + "0")``, so the key space splits into
+segments each served by one child, visited in order. A key stored in a child outside the
+range the mount routes to it (shadowed by a deeper mount) is never listed, matching what
+``get`` can reach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from dsbackup.datastores.base import DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, BaseDatastore
+from dsbackup.errors import DatastoreError, NotFound
+from dsbackup.keys import Key, KeyLike, key_bytes
+
+__all__ = ["Mount", "MountDatastore"]
+
+
+@dataclass(frozen=True)
+class Mount:
+    prefix: Key
+    datastore: BaseDatastore
+
+    @property
+    def raw(self) -> bytes:
+        """The prefix bytes added to child keys (empty for the root mount)."""
+        return b"" if self.prefix.raw == b"/" else self.prefix.raw
+
+
+@dataclass(frozen=True)
+class _Segment:
+    mount: Mount
+    start: bytes  # child key range
+    end: bytes | None
+
+
+class MountDatastore(BaseDatastore):
+    """Children mounted at key prefixes. Closing the mount closes the children."""
+
+    scheme = "mount"
+
+    def __init__(self, mounts: Sequence[tuple[KeyLike, BaseDatastore]] | Sequence[Mount], *,
+                 uri: str = "", readonly: bool = False) -> None:
+        ms = [m if isinstance(m, Mount) else Mount(Key(m[0]) if not isinstance(m[0], Key)
+                                                   else m[0], m[1]) for m in mounts]
+        seen = set()
+        for m in ms:
+            if m.prefix in seen:
+                raise DatastoreError(f"two datastores mounted at {m.prefix}")
+            seen.add(m.prefix)
+        # Deeper prefixes first: reverse bytewise order puts /a/b before /a.
+        self.mounts: list[Mount] = sorted(ms, key=lambda m: m.prefix.raw, reverse=True)
+        self._root = next((m for m in self.mounts if m.prefix.raw == b"/"), None)
+        self._inner = [m for m in self.mounts if m.prefix.raw != b"/"]
+        super().__init__(uri or "mount:", readonly=readonly)
+        self.parallel_readable = bool(uri) and all(
+            m.datastore.parallel_readable for m in self.mounts)
+
+    # -- routing -------------------------------------------------------------------------
+    def lookup(self, key: bytes) -> tuple[Mount, bytes] | None:
+        """The mount for a key and the key as the child sees it, or None."""
+        for m in self._inner:
+            p = m.prefix.raw
+            if len(key) > len(p) and key[len(p)] == 0x2F and key.startswith(p):
+                return m, key[len(p):]
+        if self._root is not None and len(key) > 1:
+            return self._root, key
+        return None
+
+    def _route(self, key: bytes, *, write: bool) -> tuple[Mount, bytes]:
+        r = self.lookup(key)
+        if r is None:
+            if write:
+                raise DatastoreError(f"no datastore mounted for key {key!r} in {self.uri}")
+            raise NotFound(f"key {key!r} not found in {self.uri} (no mount)")
+        return r
+
+    def _segments(self, start: bytes, end: bytes | None) -> list[_Segment]:
+        cuts = set()
+        for m in self._inner:
+            cuts.add(m.prefix.raw + b"/")
+            cuts.add(m.prefix.raw + b"0")
+        points = [start] + sorted(c for c in cuts if c > start and (end is None or c < end))
+        out = []
+        for i, a in enumerate(points):
+            b = points[i + 1] if i + 1 < len(points) else end
+            m = self._segment_mount(a)
+            if m is None:
+                continue
+            p = m.raw
+            if not p:
+                out.append(_Segment(m, a, b))
+            else:
+                cs = a[len(p):] if a.startswith(p) else b""
+                ce = b[len(p):] if b is not None and b.startswith(p) else None
+                out.append(_Segment(m, cs, ce))
+        return out
+
+    def _segment_mount(self, a: bytes) -> Mount | None:
+        for m in self._inner:
+            if a.startswith(m.prefix.raw + b"/"):
+                return m
+        return self._root
+
+    # -- primitives ----------------------------------------------------------------------
+    def _get(self, key: bytes) -> bytes:
+        m, k = self._route(key, write=False)
+        return m.datastore._get(k)
+
+    def _get_size(self, key: bytes) -> int:
+        m, k = self._route(key, write=False)
+        return m.datastore._get_size(k)
+
+    def _validate_key(self, key: bytes) -> None:
+        m, k = self._route(key, write=True)
+        m.datastore._validate_key(k)
+
+    def _put(self, key: bytes, value: bytes) -> None:
+        m, k = self._route(key, write=True)
+        m.datastore._check_writable()
+        m.datastore._put(k, value)
+
+    def _delete(self, key: bytes) -> None:
+        r = self.lookup(key)
+        if r is not None:
+            r[0].datastore._check_writable()
+            r[0].datastore._delete(r[1])
+
+    def _apply_batch(self, ops: list[tuple[bytes, bytes | None]]) -> None:
+        """One batch per child (atomic per child, not across children)."""
+        groups: dict[int, tuple[Mount, list[tuple[bytes, bytes | None]]]] = {}
+        for k, v in ops:
+            r = self.lookup(k)
+            if r is None:
+                if v is None:
+                    continue
+                raise DatastoreError(f"no datastore mounted for key {k!r} in {self.uri}")
+            groups.setdefault(id(r[0]), (r[0], []))[1].append((r[1], v))
+        for m, child_ops in groups.values():
+            m.datastore._check_writable()
+            m.datastore._apply_batch(child_ops)
+
+    def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
+        self._check_writable()
+        if len(keys) != len(values):
+            raise ValueError("put_many: keys and values differ in length")
+        groups: dict[int, tuple[Mount, list[bytes], list[bytes]]] = {}
+        for k, v in zip(keys, values):
+            m, ck = self._route(k, write=True)
+            g = groups.setdefault(id(m), (m, [], []))
+            g[1].append(ck)
+            g[2].append(v)
+        for m, ks, vs in groups.values():
+            m.datastore.put_many(ks, vs)
+
+    def _iter_items(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        for keys, vals in self.scan_batches(start, end, max_records=1024):
+            yield from zip(keys, vals)
+
+    def _iter_sizes(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, int]]:
+        for keys, sizes in self.scan_key_sizes(start, end, max_records=1024):
+            yield from zip(keys, sizes)
+
+    # -- fast paths ----------------------------------------------------------------------
+    def scan_batches(self, start: bytes = b"", end: bytes | None = None, *,
+                     max_records: int = DEFAULT_MAX_RECORDS,
+                     max_bytes: int = DEFAULT_MAX_BYTES
+                     ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        self._check_open()
+        for seg in self._segments(start, end):
+            p = seg.mount.raw
+            for keys, vals in seg.mount.datastore.scan_batches(
+                    seg.start, seg.end, max_records=max_records, max_bytes=max_bytes):
+                yield ([p + k for k in keys] if p else keys), vals
+
+    def scan_key_sizes(self, start: bytes = b"", end: bytes | None = None, *,
+                       max_records: int = DEFAULT_MAX_RECORDS
+                       ) -> Iterator[tuple[list[bytes], list[int]]]:
+        self._check_open()
+        for seg in self._segments(start, end):
+            p = seg.mount.raw
+            for keys, sizes in seg.mount.datastore.scan_key_sizes(
+                    seg.start, seg.end, max_records=max_records):
+                yield ([p + k for k in keys] if p else keys), sizes
+
+    def seek_key(self, key: bytes) -> bytes | None:
+        self._check_open()
+        for seg in self._segments(key, None):
+            k = seg.mount.datastore.seek_key(seg.start)
+            if k is not None and (seg.end is None or k < seg.end):
+                return seg.mount.raw + k
+        return None
+
+    def last_key(self) -> bytes | None:
+        self._check_open()
+        for seg in reversed(self._segments(b"", None)):
+            ds = seg.mount.datastore
+            k = ds.last_key()
+            if k is None or k < seg.start:
+                continue
+            if seg.end is None or k < seg.end:
+                return seg.mount.raw + k
+            last = None  # the child's last key lies beyond this segment: scan it
+            for keys, _ in ds.scan_key_sizes(seg.start, seg.end, max_records=65536):
+                last = keys[-1]
+            if last is not None:
+                return seg.mount.raw + last
+        return None
+
+    def approx_count(self) -> int | None:
+        counts = [m.datastore.approx_count() for m in self.mounts]
+        return None if any(c is None for c in counts) else sum(counts)  # type: ignore[arg-type]
+
+    def approx_size(self) -> int | None:
+        sizes = [m.datastore.approx_size() for m in self.mounts]
+        return None if any(s is None for s in sizes) else sum(sizes)  # type: ignore[arg-type]
+
+    def disk_usage(self) -> int:
+        return sum(int(getattr(m.datastore, "disk_usage", lambda: 0)()) for m in self.mounts)
+
+    def sync(self, prefix: KeyLike = "/") -> None:
+        self._check_open()
+        p = key_bytes(prefix)
+        pk = Key.from_raw(p)
+        for m in self.mounts:
+            if m.prefix == pk or m.prefix.is_ancestor_of(pk) or pk.is_ancestor_of(m.prefix):
+                m.datastore.sync("/")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        errors = []
+        for m in self.mounts:
+            try:
+                m.datastore.close()
+            except Exception as e:  # noqa: BLE001 - close every child, report the first
+                errors.append(e)
+        if errors:
+            raise errors[0]

@@ -1,0 +1,221 @@
+"""SQLite datastore via the standard library: one table, WAL journal, ordered scans.
+
+Schema: ``CREATE TABLE datastore (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT
+ROWID``. BLOB keys compare with ``memcmp``, so ``ORDER BY key`` is the bytewise key order.
+Several processes may read at once (WAL); each scan is one statement, hence one snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+from dsbackup.datastores.base import DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, BaseDatastore
+from dsbackup.errors import DatastoreError, LockedError, NotFound
+
+__all__ = ["SqliteDatastore", "open_sqlite", "TABLE"]
+
+TABLE = "datastore"
+_SCHEMA = f"CREATE TABLE IF NOT EXISTS {TABLE} (key BLOB PRIMARY KEY, value BLOB NOT NULL) " \
+          "WITHOUT ROWID"
+
+
+class SqliteDatastore(BaseDatastore):
+    scheme = "sqlite"
+    parallel_readable = True
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
+                 sync: bool = True, timeout: float = 30.0) -> None:
+        self.path = Path(path).absolute()
+        super().__init__(f"sqlite:{self.path}", readonly=readonly)
+        self._timeout = timeout
+        self._lock = threading.RLock()
+        if readonly and not self.path.is_file():
+            raise DatastoreError(f"{self.path}: no SQLite database")
+        try:
+            self._conn = self._connect()
+            if not readonly:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'OFF'}")
+                self._conn.execute(_SCHEMA)
+            self._conn.execute(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchall()
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise LockedError(f"{self.path}: SQLite database is locked: {e}") from e
+            raise DatastoreError(f"{self.path}: not a dsbackup SQLite datastore: {e}") from e
+        except sqlite3.DatabaseError as e:
+            raise DatastoreError(f"{self.path}: cannot open SQLite database: {e}") from e
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=ro"
+            return sqlite3.connect(uri, uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=self._timeout)
+        return sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                               timeout=self._timeout)
+
+    def _one(self, sql: str, args: tuple = ()) -> tuple | None:
+        self._check_open()
+        with self._lock:
+            return self._conn.execute(sql, args).fetchone()
+
+    def _get(self, key: bytes) -> bytes:
+        row = self._one(f"SELECT value FROM {TABLE} WHERE key = ?", (key,))
+        if row is None:
+            raise NotFound(f"key {key!r} not found in {self.uri}")
+        return bytes(row[0])
+
+    def _get_size(self, key: bytes) -> int:
+        row = self._one(f"SELECT length(value) FROM {TABLE} WHERE key = ?", (key,))
+        if row is None:
+            raise NotFound(f"key {key!r} not found in {self.uri}")
+        return int(row[0])
+
+    def _put(self, key: bytes, value: bytes) -> None:
+        with self._lock:
+            self._conn.execute(f"INSERT OR REPLACE INTO {TABLE} (key, value) VALUES (?, ?)",
+                               (key, value))
+
+    def _delete(self, key: bytes) -> None:
+        with self._lock:
+            self._conn.execute(f"DELETE FROM {TABLE} WHERE key = ?", (key,))
+
+    def _apply_batch(self, ops: list[tuple[bytes, bytes | None]]) -> None:
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for k, v in ops:
+                    if v is None:
+                        c.execute(f"DELETE FROM {TABLE} WHERE key = ?", (k,))
+                    else:
+                        c.execute(f"INSERT OR REPLACE INTO {TABLE} (key, value) VALUES (?, ?)",
+                                  (k, v))
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+
+    def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
+        """One transaction with ``executemany``."""
+        self._check_writable()
+        if len(keys) != len(values):
+            raise ValueError("put_many: keys and values differ in length")
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany(f"INSERT OR REPLACE INTO {TABLE} (key, value) VALUES (?, ?)",
+                              zip(keys, values))
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+
+    def _select(self, cols: str, start: bytes, end: bytes | None, batch: int
+                ) -> Iterator[list[tuple]]:
+        """Rows in key order from a dedicated connection (one statement: one snapshot)."""
+        self._check_open()
+        conn = self._connect()
+        try:
+            if end is None:
+                cur = conn.execute(f"SELECT {cols} FROM {TABLE} WHERE key >= ? ORDER BY key",
+                                   (start,))
+            else:
+                cur = conn.execute(f"SELECT {cols} FROM {TABLE} WHERE key >= ? AND key < ? "
+                                   "ORDER BY key", (start, end))
+            while True:
+                rows = cur.fetchmany(batch)
+                if not rows:
+                    return
+                yield rows
+        finally:
+            conn.close()
+
+    def _iter_items(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        for rows in self._select("key, value", start, end, 1024):
+            yield from rows
+
+    def _iter_sizes(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, int]]:
+        for rows in self._select("key, length(value)", start, end, 1024):
+            yield from rows
+
+    def scan_batches(self, start: bytes = b"", end: bytes | None = None, *,
+                     max_records: int = DEFAULT_MAX_RECORDS,
+                     max_bytes: int = DEFAULT_MAX_BYTES
+                     ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        keys: list[bytes] = []
+        vals: list[bytes] = []
+        size = 0
+        for rows in self._select("key, value", start, end, min(max_records, 1024)):
+            for k, v in rows:
+                keys.append(k)
+                vals.append(v)
+                size += len(v)
+                if len(keys) >= max_records or size >= max_bytes:
+                    yield keys, vals
+                    keys = []
+                    vals = []
+                    size = 0
+        if keys:
+            yield keys, vals
+
+    def scan_key_sizes(self, start: bytes = b"", end: bytes | None = None, *,
+                       max_records: int = DEFAULT_MAX_RECORDS
+                       ) -> Iterator[tuple[list[bytes], list[int]]]:
+        for rows in self._select("key, length(value)", start, end, max_records):
+            keys, sizes = zip(*rows)
+            yield list(keys), list(sizes)
+
+    def approx_count(self) -> None:
+        return None
+
+    def approx_size(self) -> int:
+        return self.disk_usage()
+
+    def disk_usage(self) -> int:
+        pc = self._one("PRAGMA page_count")
+        ps = self._one("PRAGMA page_size")
+        return int(pc[0]) * int(ps[0]) if pc and ps else 0
+
+    def seek_key(self, key: bytes) -> bytes | None:
+        row = self._one(f"SELECT key FROM {TABLE} WHERE key >= ? ORDER BY key LIMIT 1", (key,))
+        return None if row is None else bytes(row[0])
+
+    def last_key(self) -> bytes | None:
+        row = self._one(f"SELECT key FROM {TABLE} ORDER BY key DESC LIMIT 1")
+        return None if row is None else bytes(row[0])
+
+    def sync(self, prefix: object = "/") -> None:
+        self._check_open()
+        if not self.readonly:
+            with self._lock:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def check(self) -> None:
+        row = self._one("PRAGMA quick_check")
+        if row is None or row[0] != "ok":
+            raise DatastoreError(f"{self.path}: SQLite quick_check failed: {row}")
+
+    def scrub(self) -> None:
+        rows = []
+        with self._lock:
+            rows = self._conn.execute("PRAGMA integrity_check").fetchall()
+        if rows != [("ok",)]:
+            raise DatastoreError(f"{self.path}: SQLite integrity_check failed: {rows[:5]}")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._conn.close()
+
+
+def open_sqlite(path: str, *, readonly: bool = False, sync: bool | str = True
+                ) -> SqliteDatastore:
+    from dsbackup.datastores.registry import _bool_param
+
+    return SqliteDatastore(path, readonly=readonly, sync=_bool_param(sync))
