@@ -1,0 +1,131 @@
+"""XXH3 (64/128-bit, one-shot and streaming) and gzip CRC-32, with the GIL released.
+
+``crc32`` uses ISA-L's ``crc32_gzip_refl`` and equals ``zlib.crc32``; ``crc32_combine`` is
+zlib's. ``xxh3_128`` digests are the canonical big-endian form (``XXH128_canonicalFromHash``).
+"""
+
+from libc.stdint cimport uint32_t, uint64_t
+
+from libisal cimport crc32_gzip_refl
+from libxxhash cimport (
+    XXH3_128bits,
+    XXH3_128bits_digest,
+    XXH3_128bits_reset,
+    XXH3_128bits_update,
+    XXH3_64bits_digest,
+    XXH3_64bits_reset_withSeed,
+    XXH3_64bits_update,
+    XXH3_64bits_withSeed,
+    XXH3_createState,
+    XXH3_freeState,
+    XXH3_state_t,
+    XXH128_canonical_t,
+    XXH128_canonicalFromHash,
+    XXH128_hash_t,
+)
+from libz cimport crc32_combine as z_crc32_combine
+from libz cimport z_off_t
+
+
+cdef bytes _canonical128(XXH128_hash_t h):
+    cdef XXH128_canonical_t c
+    XXH128_canonicalFromHash(&c, h)
+    return (<char *>c.digest)[:16]
+
+
+def xxh3_64(const unsigned char[::1] data, uint64_t seed=0) -> int:
+    """XXH3-64 of ``data`` (any contiguous buffer) with ``seed``."""
+    cdef size_t n = data.shape[0]
+    cdef const unsigned char *p = &data[0] if n else NULL
+    cdef uint64_t h
+    with nogil:
+        h = XXH3_64bits_withSeed(p, n, seed)
+    return h
+
+
+def xxh3_128(const unsigned char[::1] data) -> bytes:
+    """XXH3-128 of ``data`` as 16 canonical (big-endian) bytes."""
+    cdef size_t n = data.shape[0]
+    cdef const unsigned char *p = &data[0] if n else NULL
+    cdef XXH128_hash_t h
+    with nogil:
+        h = XXH3_128bits(p, n)
+    return _canonical128(h)
+
+
+def crc32(const unsigned char[::1] data, uint32_t value=0) -> int:
+    """Gzip CRC-32 of ``data`` continuing from ``value`` (same result as ``zlib.crc32``)."""
+    cdef size_t n = data.shape[0]
+    cdef const unsigned char *p = &data[0] if n else NULL
+    cdef uint32_t c
+    with nogil:
+        c = crc32_gzip_refl(value, p, n)
+    return c
+
+
+def crc32_combine(uint32_t crc1, uint32_t crc2, uint64_t len2) -> int:
+    """CRC-32 of ``A || B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)`` (zlib)."""
+    return <uint32_t>z_crc32_combine(crc1, crc2, <z_off_t>len2)
+
+
+cdef class Xxh3_64:
+    """Streaming XXH3-64. ``update`` releases the GIL; not safe for concurrent use."""
+
+    cdef XXH3_state_t *_state
+    cdef uint64_t _seed
+
+    def __cinit__(self, uint64_t seed=0):
+        self._state = XXH3_createState()
+        if self._state == NULL:
+            raise MemoryError("xxh3_64: cannot allocate XXH3 state")
+        self._seed = seed
+        XXH3_64bits_reset_withSeed(self._state, seed)
+
+    def __dealloc__(self):
+        if self._state != NULL:
+            XXH3_freeState(self._state)
+
+    def update(self, const unsigned char[::1] data) -> None:
+        cdef size_t n = data.shape[0]
+        if n == 0:
+            return
+        with nogil:
+            XXH3_64bits_update(self._state, &data[0], n)
+
+    def intdigest(self) -> int:
+        return XXH3_64bits_digest(self._state)
+
+    def reset(self) -> None:
+        XXH3_64bits_reset_withSeed(self._state, self._seed)
+
+
+cdef class Xxh3_128:
+    """Streaming XXH3-128 (seed 0); ``digest`` is canonical big-endian."""
+
+    cdef XXH3_state_t *_state
+
+    def __cinit__(self):
+        self._state = XXH3_createState()
+        if self._state == NULL:
+            raise MemoryError("xxh3_128: cannot allocate XXH3 state")
+        XXH3_128bits_reset(self._state)
+
+    def __dealloc__(self):
+        if self._state != NULL:
+            XXH3_freeState(self._state)
+
+    def update(self, const unsigned char[::1] data) -> None:
+        cdef size_t n = data.shape[0]
+        if n == 0:
+            return
+        with nogil:
+            XXH3_128bits_update(self._state, &data[0], n)
+
+    def digest(self) -> bytes:
+        return _canonical128(XXH3_128bits_digest(self._state))
+
+    def hexdigest(self) -> str:
+        return self.digest().hex()
+
+    def reset(self) -> None:
+        XXH3_128bits_reset(self._state)

@@ -1,0 +1,44 @@
+# C-level types shared by compress.pyx and the modules that compress chunks in native code
+# (framing.pyx, lmdbscan.pyx). Types only: the functions are reached through the capsule
+# ``dsbackup._ext.compress._C_API`` (a ds_compress_api*), so no module is imported by its
+# bare name at run time.
+from libc.stdint cimport uint32_t, uint64_t
+
+from libisal cimport isal_zstream
+from libz cimport z_stream
+
+
+cdef enum:
+    DS_OK = 0
+    DS_ENOMEM = -1
+    DS_ELEVEL = -2
+    DS_EENGINE = -3
+    DS_ETOOBIG = -4
+
+
+ctypedef struct ds_body:
+    unsigned char *data      # raw deflate blocks (malloc'd), the last with BFINAL = 1
+    size_t len
+    uint32_t crc             # CRC-32 of input || padding
+    uint64_t size            # input length + zero padding
+    uint64_t input_len
+
+
+ctypedef struct ds_deflater:
+    # Reusable engine state (one per thread or per owning object; never shared).
+    isal_zstream *isal
+    unsigned char *level_buf
+    size_t level_buf_size
+    z_stream *zs
+    int z_level              # level zs was initialised for, -1 when none
+    unsigned char *zeros     # DS_ZERO_PIECE zero bytes for the padding
+
+
+ctypedef struct ds_compress_api:
+    int (*deflate_body)(ds_deflater *ws, const unsigned char *data, size_t n, int level,
+                        size_t pad_to, ds_body *out) noexcept nogil
+    int (*deflater_init)(ds_deflater *ws) noexcept nogil
+    void (*deflater_free)(ds_deflater *ws) noexcept nogil
+    void (*body_free)(ds_body *body) noexcept nogil
+    object (*body_to_py)(ds_body *body)      # copies into a Body and frees ``body``
+    const char *(*strerror)(int code) noexcept nogil

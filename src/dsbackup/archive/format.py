@@ -1,0 +1,229 @@
+"""Byte layouts of archive format v1. docs/FORMAT.md is the normative description."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from dsbackup._ext.checksum import xxh3_64
+from dsbackup.errors import IntegrityError
+
+FORMAT_VERSION = 1
+
+# gzip member header: ID1 ID2 CM FLG(FEXTRA) MTIME(0) XFL(0) OS(255)
+GZIP_HEAD = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff"
+SUBFIELD_ID = b"DS"
+
+TYPE_MANIFEST = 1
+TYPE_CHUNK = 2
+TYPE_INDEX = 3
+TYPE_SUMMARY = 4
+TYPE_TRAILER = 5
+TYPE_CATALOG = 6
+TYPE_NAMES = {
+    TYPE_MANIFEST: "manifest",
+    TYPE_CHUNK: "chunk",
+    TYPE_INDEX: "index",
+    TYPE_SUMMARY: "summary",
+    TYPE_TRAILER: "trailer",
+    TYPE_CATALOG: "catalog",
+}
+
+MANIFEST_NAME = b"dsbackup/manifest.json"
+INDEX_NAME = b"dsbackup/index"
+SUMMARY_NAME = b"dsbackup/summary.json"
+
+TAR_BLOCK = 512
+STORED_TAR_PREFIX = b"\x00\x00\x02\xff\xfd"  # non-final stored block, LEN=512, NLEN=~512
+MAX_JSON_BYTES = 16 << 20
+MAX_KEY_BYTES = 65535
+DEFLATE_MAX_RATIO = 1032
+
+# Subfield layouts (after the 4-byte common prefix, before the 8-byte check).
+_COMMON = struct.Struct("<BBH")
+_CHUNK_FIELDS = struct.Struct("<QQQQ")  # seq, record count, payload length, payload XXH3
+_DATA_FIELDS = struct.Struct("<QQ")  # data length, data XXH3
+_TRAILER_FIELDS = struct.Struct("<QQQQQQQQ")
+_CHECK = struct.Struct("<Q")
+_U16 = struct.Struct("<H")
+_U32x2 = struct.Struct("<II")
+
+CHUNK_SUBLEN = _COMMON.size + _CHUNK_FIELDS.size + _CHECK.size  # 44
+DATA_SUBLEN = _COMMON.size + _DATA_FIELDS.size + _CHECK.size  # 28
+TRAILER_SUBLEN = _COMMON.size + _TRAILER_FIELDS.size + _CHECK.size  # 76
+SUBFIELD_OFFSET = 16  # gzip head (10) + XLEN (2) + SI1 SI2 SUBLEN (4)
+
+TRAILER_STORED = b"\x01\x00\x04\xff\xfb"
+TRAILER_CRC = 0xEFB5AF2E  # CRC-32 of 1024 zero bytes
+TRAILER_SIZE = SUBFIELD_OFFSET + TRAILER_SUBLEN + len(TRAILER_STORED) + 1024 + 8  # 1129
+
+
+def chunk_name(seq: int) -> bytes:
+    return b"dsbackup/chunks/%08d" % seq
+
+
+def catalog_name(seq: int) -> bytes:
+    return b"dsbackup/catalog/%08d" % seq
+
+
+def padded(n: int) -> int:
+    return (n + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
+
+
+def _with_check(body: bytes) -> bytes:
+    return body + _CHECK.pack(xxh3_64(body))
+
+
+def chunk_subfield(seq: int, records: int, payload_len: int, payload_xxh3: int) -> bytes:
+    return _with_check(
+        _COMMON.pack(FORMAT_VERSION, TYPE_CHUNK, 0)
+        + _CHUNK_FIELDS.pack(seq, records, payload_len, payload_xxh3)
+    )
+
+
+def data_subfield(member_type: int, data_len: int, data_xxh3: int) -> bytes:
+    return _with_check(
+        _COMMON.pack(FORMAT_VERSION, member_type, 0) + _DATA_FIELDS.pack(data_len, data_xxh3)
+    )
+
+
+def member_head(subfield: bytes) -> bytes:
+    """gzip header with the FEXTRA field holding one `DS` subfield."""
+    return (
+        GZIP_HEAD
+        + _U16.pack(4 + len(subfield))
+        + SUBFIELD_ID
+        + _U16.pack(len(subfield))
+        + subfield
+    )
+
+
+def member_tail(crc: int, isize: int) -> bytes:
+    return _U32x2.pack(crc & 0xFFFFFFFF, isize & 0xFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class Subfield:
+    """A parsed `DS` subfield. For chunks `data_len` is the payload length."""
+
+    member_type: int
+    seq: int | None
+    records: int | None
+    data_len: int
+    data_xxh3: int
+    deflate_offset: int  # offset of the deflate stream inside the member
+
+
+def parse_member_head(buf, where: str) -> Subfield:
+    """Parse and check a member's gzip header and `DS` subfield (types 1, 2, 3, 4, 6)."""
+    n = len(buf)
+    if n < SUBFIELD_OFFSET:
+        raise IntegrityError(f"{where}: member too short for a gzip header ({n} bytes)")
+    if bytes(buf[:10]) != GZIP_HEAD:
+        raise IntegrityError(f"{where}: bad gzip member header {bytes(buf[:10]).hex()}")
+    (xlen,) = _U16.unpack_from(buf, 10)
+    if bytes(buf[12:14]) != SUBFIELD_ID:
+        raise IntegrityError(f"{where}: extra field is not a DS subfield")
+    (sublen,) = _U16.unpack_from(buf, 14)
+    if xlen != sublen + 4 or sublen not in (CHUNK_SUBLEN, DATA_SUBLEN):
+        raise IntegrityError(f"{where}: bad extra field lengths XLEN={xlen} SUBLEN={sublen}")
+    if n < SUBFIELD_OFFSET + sublen + 8:
+        raise IntegrityError(f"{where}: member truncated inside its header")
+    sub = bytes(buf[SUBFIELD_OFFSET : SUBFIELD_OFFSET + sublen])
+    (check,) = _CHECK.unpack_from(sub, sublen - 8)
+    if xxh3_64(sub[:-8]) != check:
+        raise IntegrityError(f"{where}: subfield checksum mismatch")
+    version, mtype, flags = _COMMON.unpack_from(sub, 0)
+    if version != FORMAT_VERSION:
+        raise IntegrityError(f"{where}: unsupported format version {version}")
+    if flags != 0:
+        raise IntegrityError(f"{where}: unknown subfield flags {flags:#x}")
+    deflate_offset = SUBFIELD_OFFSET + sublen
+    if mtype == TYPE_CHUNK:
+        if sublen != CHUNK_SUBLEN:
+            raise IntegrityError(f"{where}: chunk subfield has length {sublen}")
+        seq, records, plen, pxxh = _CHUNK_FIELDS.unpack_from(sub, 4)
+        return Subfield(mtype, seq, records, plen, pxxh, deflate_offset)
+    if mtype in (TYPE_MANIFEST, TYPE_INDEX, TYPE_SUMMARY, TYPE_CATALOG):
+        if sublen != DATA_SUBLEN:
+            raise IntegrityError(f"{where}: {TYPE_NAMES[mtype]} subfield has length {sublen}")
+        dlen, dxxh = _DATA_FIELDS.unpack_from(sub, 4)
+        return Subfield(mtype, None, None, dlen, dxxh, deflate_offset)
+    raise IntegrityError(f"{where}: unknown member type {mtype}")
+
+
+@dataclass(frozen=True)
+class Trailer:
+    index_offset: int
+    index_length: int
+    index_xxh3: int
+    summary_offset: int
+    summary_length: int
+    summary_xxh3: int
+    chunk_count: int
+    trailer_offset: int
+
+    def encode(self) -> bytes:
+        sub = _with_check(
+            _COMMON.pack(FORMAT_VERSION, TYPE_TRAILER, 0)
+            + _TRAILER_FIELDS.pack(
+                self.index_offset,
+                self.index_length,
+                self.index_xxh3,
+                self.summary_offset,
+                self.summary_length,
+                self.summary_xxh3,
+                self.chunk_count,
+                self.trailer_offset,
+            )
+        )
+        out = member_head(sub) + TRAILER_STORED + bytes(1024) + member_tail(TRAILER_CRC, 1024)
+        assert len(out) == TRAILER_SIZE
+        return out
+
+    @classmethod
+    def decode(cls, buf: bytes, file_size: int) -> Trailer:
+        if len(buf) != TRAILER_SIZE:
+            raise IntegrityError(
+                f"trailer: archive too short ({file_size} bytes) to hold the "
+                f"{TRAILER_SIZE}-byte trailer",
+                part="trailer",
+            )
+        expected_prefix = GZIP_HEAD + _U16.pack(TRAILER_SUBLEN + 4) + SUBFIELD_ID + _U16.pack(
+            TRAILER_SUBLEN
+        )
+        if buf[:SUBFIELD_OFFSET] != expected_prefix:
+            raise IntegrityError(
+                "trailer: the last 1129 bytes are not a dsbackup trailer (not a dsbackup "
+                "archive, truncated, or data appended after the end)",
+                part="trailer",
+            )
+        sub = buf[SUBFIELD_OFFSET : SUBFIELD_OFFSET + TRAILER_SUBLEN]
+        (check,) = _CHECK.unpack_from(sub, TRAILER_SUBLEN - 8)
+        if xxh3_64(sub[:-8]) != check:
+            raise IntegrityError("trailer: checksum mismatch", part="trailer")
+        version, mtype, flags = _COMMON.unpack_from(sub, 0)
+        if (version, mtype, flags) != (FORMAT_VERSION, TYPE_TRAILER, 0):
+            raise IntegrityError(
+                f"trailer: unexpected version/type/flags {version}/{mtype}/{flags}",
+                part="trailer",
+            )
+        tail = buf[SUBFIELD_OFFSET + TRAILER_SUBLEN :]
+        if tail != TRAILER_STORED + bytes(1024) + member_tail(TRAILER_CRC, 1024):
+            raise IntegrityError("trailer: damaged end-of-archive blocks", part="trailer")
+        t = cls(*_TRAILER_FIELDS.unpack_from(sub, 4))
+        if t.trailer_offset != file_size - TRAILER_SIZE:
+            raise IntegrityError(
+                f"trailer: records archive length {t.trailer_offset + TRAILER_SIZE} but the "
+                f"file has {file_size} bytes",
+                part="trailer",
+            )
+        if not (
+            t.index_offset > 0
+            and t.index_offset + t.index_length == t.summary_offset
+            and t.summary_offset + t.summary_length == t.trailer_offset
+        ):
+            raise IntegrityError(
+                "trailer: index/summary locations are inconsistent", part="trailer"
+            )
+        return t

@@ -1,0 +1,189 @@
+"""The chunk index (docs/FORMAT.md §5): encoding while writing, lazy decoding when reading."""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from dataclasses import dataclass
+
+from dsbackup.errors import IntegrityError
+
+INDEX_MAGIC = b"DSI1"
+_HEADER = struct.Struct("<4sIQQQQQ16s")  # 64 bytes
+_ENTRY = struct.Struct("<QQQQQQQQQIIII")  # 88 bytes
+_CATALOG = struct.Struct("<QQQQQ")  # 40 bytes
+HEADER_SIZE = _HEADER.size
+ENTRY_SIZE = _ENTRY.size
+CATALOG_ENTRY_SIZE = _CATALOG.size
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkEntry:
+    seq: int
+    offset: int
+    length: int
+    payload_len: int
+    records: int
+    payload_xxh3: int
+    member_xxh3: int
+    keys_xxh3: int
+    first_key: bytes
+    last_key: bytes
+    flags: int = 0
+
+    @property
+    def key_range(self) -> str:
+        return f"[{self.first_key!r} .. {self.last_key!r}]"
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    offset: int
+    length: int
+    member_xxh3: int
+    data_len: int
+    data_xxh3: int
+
+
+class IndexBuilder:
+    """Accumulates index entries compactly (bytes, not objects) while an archive is written."""
+
+    def __init__(self) -> None:
+        self._table = bytearray()
+        self._catalog = bytearray()
+        self._keys = bytearray()
+        self.count = 0
+        self.catalog_count = 0
+
+    def add_chunk(self, e: ChunkEntry) -> None:
+        if e.seq != self.count:
+            raise ValueError(f"chunk seq {e.seq} added out of order (expected {self.count})")
+        self._table += _ENTRY.pack(
+            e.seq, e.offset, e.length, e.payload_len, e.records, e.payload_xxh3,
+            e.member_xxh3, e.keys_xxh3, len(self._keys), len(e.first_key), len(e.last_key),
+            e.flags, 0,
+        )
+        self._keys += e.first_key
+        self._keys += e.last_key
+        self.count += 1
+
+    def add_catalog(self, c: CatalogEntry) -> None:
+        self._catalog += _CATALOG.pack(c.offset, c.length, c.member_xxh3, c.data_len, c.data_xxh3)
+        self.catalog_count += 1
+
+    def encode(self, manifest_length: int, manifest_xxh3: int) -> bytes:
+        if self.catalog_count not in (0, self.count):
+            raise ValueError("a catalog needs one entry per chunk")
+        header = _HEADER.pack(
+            INDEX_MAGIC, 0, self.count, len(self._keys), manifest_length, manifest_xxh3,
+            self.catalog_count, bytes(16),
+        )
+        return b"".join((header, self._table, self._catalog, self._keys))
+
+
+class Index:
+    """A decoded index. Entries are decoded on access; every offset is bounds-checked."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) < HEADER_SIZE:
+            raise IntegrityError(f"index: {len(data)} bytes is shorter than its header",
+                                 part="index")
+        magic, flags, count, keys_len, mlen, mxxh, ccount, reserved = _HEADER.unpack_from(data)
+        if magic != INDEX_MAGIC or flags != 0 or reserved != bytes(16):
+            raise IntegrityError("index: bad magic, flags or reserved bytes", part="index")
+        if ccount not in (0, count):
+            raise IntegrityError(f"index: {ccount} catalog entries for {count} chunks",
+                                 part="index")
+        expected = HEADER_SIZE + count * ENTRY_SIZE + ccount * CATALOG_ENTRY_SIZE + keys_len
+        if expected != len(data):
+            raise IntegrityError(
+                f"index: header declares {expected} bytes but the index has {len(data)}",
+                part="index",
+            )
+        self._data = data
+        self.chunk_count = count
+        self.catalog_count = ccount
+        self.manifest_length = mlen
+        self.manifest_xxh3 = mxxh
+        self._catalog_base = HEADER_SIZE + count * ENTRY_SIZE
+        self._keys_base = self._catalog_base + ccount * CATALOG_ENTRY_SIZE
+        self._keys_len = keys_len
+        self._entries: list[ChunkEntry] | None = None
+
+    def __len__(self) -> int:
+        return self.chunk_count
+
+    def entry(self, i: int) -> ChunkEntry:
+        if not 0 <= i < self.chunk_count:
+            raise IndexError(f"chunk {i} is not in this archive ({self.chunk_count} chunks)")
+        if self._entries is not None:
+            return self._entries[i]
+        return self._decode(i)
+
+    def _decode(self, i: int) -> ChunkEntry:
+        (seq, off, length, plen, recs, pxxh, mxxh, kxxh, koff, flen, llen, flags,
+         _res) = _ENTRY.unpack_from(self._data, HEADER_SIZE + i * ENTRY_SIZE)
+        if koff + flen + llen > self._keys_len:
+            raise IntegrityError(f"index: chunk {i} keys lie outside the keys blob",
+                                 chunk=i, part="index")
+        k = self._keys_base + koff
+        return ChunkEntry(seq, off, length, plen, recs, pxxh, mxxh, kxxh,
+                          self._data[k : k + flen], self._data[k + flen : k + flen + llen], flags)
+
+    def entries(self) -> list[ChunkEntry]:
+        if self._entries is None:
+            self._entries = [self._decode(i) for i in range(self.chunk_count)]
+        return self._entries
+
+    def catalog(self, i: int) -> CatalogEntry:
+        if not 0 <= i < self.catalog_count:
+            raise IndexError(f"archive has no catalog for chunk {i}")
+        return CatalogEntry(*_CATALOG.unpack_from(self._data,
+                                                  self._catalog_base + i * CATALOG_ENTRY_SIZE))
+
+    def check_layout(self, manifest_end: int, index_offset: int) -> list[IntegrityError]:
+        """Structural checks: seq order, members tiling the file, keys increasing."""
+        problems: list[IntegrityError] = []
+        members: list[tuple[int, int, str, int]] = []
+        prev_last: bytes | None = None
+        for i, e in enumerate(self.entries()):
+            if e.seq != i:
+                problems.append(IntegrityError(f"index: entry {i} has seq {e.seq}", chunk=i))
+            if e.flags != 0:
+                problems.append(IntegrityError(f"chunk {i}: unknown flags {e.flags:#x}", chunk=i))
+            if not e.first_key or e.first_key > e.last_key or e.records < 1:
+                problems.append(IntegrityError(f"chunk {i}: invalid key range or record count",
+                                               chunk=i))
+            if prev_last is not None and e.first_key <= prev_last:
+                problems.append(IntegrityError(
+                    f"chunk {i}: first key {e.first_key!r} does not follow the previous "
+                    f"chunk's last key", chunk=i))
+            prev_last = e.last_key
+            members.append((e.offset, e.length, "chunk", i))
+        for i in range(self.catalog_count):
+            c = self.catalog(i)
+            members.append((c.offset, c.length, "catalog", i))
+        members.sort()
+        pos = manifest_end
+        for off, length, kind, i in members:
+            if off != pos or length <= 0:
+                problems.append(IntegrityError(
+                    f"{kind} {i}: member at offset {off} (length {length}) does not follow the "
+                    f"previous member ending at {pos}", chunk=i))
+            pos = max(pos, off + length)
+        if pos != index_offset:
+            problems.append(IntegrityError(
+                f"index: members end at {pos} but the index starts at {index_offset}",
+                part="index"))
+        return problems
+
+    def chunks_overlapping(self, start: bytes, end: bytes | None) -> range:
+        """Chunks that may hold keys in [start, end) (binary search on key ranges)."""
+        entries = self.entries()
+        lasts = [e.last_key for e in entries]
+        lo = bisect.bisect_left(lasts, start)
+        if end is None:
+            return range(lo, len(entries))
+        firsts = [e.first_key for e in entries]
+        hi = bisect.bisect_left(firsts, end)
+        return range(lo, max(lo, hi))

@@ -1,0 +1,70 @@
+"""Decoding and checking one member (docs/FORMAT.md §2): header, inflate, CRC, tar header."""
+
+from __future__ import annotations
+
+import struct
+
+from dsbackup._ext.checksum import crc32, xxh3_64
+from dsbackup._ext.compress import MemberError, inflate_raw, parse_tar_header
+from dsbackup.archive import format as fmt
+from dsbackup.errors import IntegrityError
+
+_TAIL = struct.Struct("<II")
+
+
+def decode_member(
+    buf: bytes | memoryview,
+    where: str,
+    *,
+    expected_type: int,
+    expected_name: bytes | None,
+    chunk: int | None = None,
+    part: str | None = None,
+) -> tuple[fmt.Subfield, memoryview]:
+    """Check a whole member held in `buf`; return its subfield and its tar entry's data.
+
+    Raises IntegrityError naming `where` (and `chunk`/`part`) on any mismatch.
+    """
+    def fail(msg: str) -> IntegrityError:
+        return IntegrityError(f"{where}: {msg}", chunk=chunk, part=part)
+
+    try:
+        sub = fmt.parse_member_head(buf, where)
+    except IntegrityError as exc:
+        exc.chunk, exc.part = chunk, part
+        raise
+    if sub.member_type != expected_type:
+        raise fail(f"is a {fmt.TYPE_NAMES.get(sub.member_type)} member, expected "
+                   f"{fmt.TYPE_NAMES[expected_type]}")
+    mv = memoryview(buf)
+    deflate = mv[sub.deflate_offset : len(mv) - 8]
+    declared = fmt.TAR_BLOCK + fmt.padded(sub.data_len)
+    if declared > fmt.DEFLATE_MAX_RATIO * len(deflate) + 1024:
+        raise fail(f"declares {sub.data_len} bytes of data, impossible from "
+                   f"{len(deflate)} compressed bytes (decompression bomb or damage)")
+    try:
+        out, consumed = inflate_raw(deflate, declared, declared)
+    except MemberError as exc:
+        raise fail(f"cannot inflate: {exc}") from None
+    if consumed != len(deflate):
+        raise fail(f"{len(deflate) - consumed} unexpected bytes after the deflate stream")
+    crc, isize = _TAIL.unpack_from(mv, len(mv) - 8)
+    if crc32(out) != crc:
+        raise fail("CRC-32 mismatch")
+    if isize != declared & 0xFFFFFFFF:
+        raise fail(f"ISIZE {isize} does not match the declared size {declared}")
+    try:
+        name, size, _mtime = parse_tar_header(out[: fmt.TAR_BLOCK])
+    except MemberError as exc:
+        raise fail(f"bad tar header: {exc}") from None
+    if expected_name is not None and name != expected_name:
+        raise fail(f"tar entry is named {name!r}, expected {expected_name!r}")
+    if size != sub.data_len:
+        raise fail(f"tar entry size {size} differs from the declared {sub.data_len}")
+    end = fmt.TAR_BLOCK + sub.data_len
+    if out[end:].count(0) != len(out) - end:
+        raise fail("non-zero tar padding")
+    data = memoryview(out)[fmt.TAR_BLOCK : end]
+    if xxh3_64(data) != sub.data_xxh3:
+        raise fail("data XXH3 mismatch")
+    return sub, data

@@ -1,0 +1,187 @@
+"""Archive reader: O(1) open through the trailer, random access to any chunk, all checked."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from dsbackup._ext.checksum import xxh3_64
+from dsbackup.archive import format as fmt
+from dsbackup.archive.index import ChunkEntry, Index
+from dsbackup.archive.member import decode_member
+from dsbackup.errors import ArchiveError, IntegrityError
+
+
+class ArchiveReader:
+    """Read a dsbackup archive. Thread-safe for concurrent chunk reads (pread, no shared cursor)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ArchiveError(f"{self.path}: no such archive") from None
+        except IsADirectoryError:
+            raise ArchiveError(f"{self.path}: is a directory, not an archive") from None
+        except OSError as exc:
+            raise ArchiveError(f"{self.path}: cannot open: {exc}") from None
+        try:
+            self.size = os.fstat(self._fd).st_size
+            tail = self.pread(max(0, self.size - fmt.TRAILER_SIZE), fmt.TRAILER_SIZE)
+            try:
+                self.trailer = fmt.Trailer.decode(tail, self.size)
+            except IntegrityError as exc:
+                head = self.pread(0, 2)
+                if head != b"\x1f\x8b":
+                    raise ArchiveError(f"{self.path}: not a gzip file (and not a dsbackup "
+                                       "archive)") from None
+                raise IntegrityError(f"{self.path}: {exc}", part="trailer") from None
+            t = self.trailer
+            raw = self.pread(t.index_offset, t.index_length)
+            if xxh3_64(raw) != t.index_xxh3:
+                raise IntegrityError(f"{self.path}: index member checksum mismatch",
+                                     part="index")
+            _, data = decode_member(raw, f"{self.path}: index", expected_type=fmt.TYPE_INDEX,
+                                    expected_name=fmt.INDEX_NAME, part="index")
+            self.index = Index(bytes(data))
+            if self.index.chunk_count != t.chunk_count:
+                raise IntegrityError(
+                    f"{self.path}: index lists {self.index.chunk_count} chunks, trailer "
+                    f"{t.chunk_count}", part="index")
+            if not 0 < self.index.manifest_length <= t.index_offset:
+                raise IntegrityError(f"{self.path}: index gives an impossible manifest length",
+                                     part="index")
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._manifest: dict[str, Any] | None = None
+        self._summary: dict[str, Any] | None = None
+
+    # -- raw access ------------------------------------------------------------------------
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise IntegrityError(
+                f"{self.path}: read of {length} bytes at {offset} lies outside the "
+                f"{self.size}-byte file")
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise IntegrityError(f"{self.path}: short read at offset {offset} (file changed?)")
+        return data
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- JSON entries ----------------------------------------------------------------------
+
+    def _json_member(self, offset: int, length: int, expected_xxh3: int, mtype: int,
+                     name: bytes, part: str) -> dict[str, Any]:
+        raw = self.pread(offset, length)
+        if xxh3_64(raw) != expected_xxh3:
+            raise IntegrityError(f"{self.path}: {part} member checksum mismatch", part=part)
+        sub, data = decode_member(raw, f"{self.path}: {part}", expected_type=mtype,
+                                  expected_name=name, part=part)
+        if sub.data_len > fmt.MAX_JSON_BYTES:
+            raise IntegrityError(f"{self.path}: {part} is larger than 16 MiB", part=part)
+        try:
+            obj = json.loads(bytes(data))
+        except ValueError as exc:
+            raise IntegrityError(f"{self.path}: {part} is not valid JSON: {exc}",
+                                 part=part) from None
+        if not isinstance(obj, dict):
+            raise IntegrityError(f"{self.path}: {part} is not a JSON object", part=part)
+        return obj
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        if self._manifest is None:
+            m = self._json_member(0, self.index.manifest_length, self.index.manifest_xxh3,
+                                  fmt.TYPE_MANIFEST, fmt.MANIFEST_NAME, "manifest")
+            if m.get("format") != "dsbackup" or m.get("version") != fmt.FORMAT_VERSION:
+                raise IntegrityError(f"{self.path}: manifest names format "
+                                     f"{m.get('format')!r} version {m.get('version')!r}",
+                                     part="manifest")
+            self._manifest = m
+        return self._manifest
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        if self._summary is None:
+            t = self.trailer
+            self._summary = self._json_member(t.summary_offset, t.summary_length,
+                                              t.summary_xxh3, fmt.TYPE_SUMMARY,
+                                              fmt.SUMMARY_NAME, "summary")
+        return self._summary
+
+    # -- chunks ----------------------------------------------------------------------------
+
+    @property
+    def chunk_count(self) -> int:
+        return self.index.chunk_count
+
+    def entry(self, i: int) -> ChunkEntry:
+        return self.index.entry(i)
+
+    def _check_member_range(self, i: int, offset: int, length: int, what: str) -> None:
+        if not (self.index.manifest_length <= offset and length > fmt.SUBFIELD_OFFSET
+                and offset + length <= self.trailer.index_offset):
+            raise IntegrityError(
+                f"{self.path}: {what} {i}: member range {offset}+{length} lies outside the "
+                f"chunk area", chunk=i)
+
+    def read_member(self, i: int) -> bytes:
+        """The raw bytes of chunk i's member, checked against the index's member XXH3."""
+        e = self.entry(i)
+        self._check_member_range(i, e.offset, e.length, "chunk")
+        raw = self.pread(e.offset, e.length)
+        if xxh3_64(raw) != e.member_xxh3:
+            raise IntegrityError(
+                f"{self.path}: chunk {i} {e.key_range}: member checksum mismatch", chunk=i)
+        return raw
+
+    def decode_chunk_member(self, i: int, raw: bytes) -> memoryview:
+        """Inflate and check a chunk member read by read_member; return the payload."""
+        e = self.entry(i)
+        sub, payload = decode_member(raw, f"{self.path}: chunk {i} {e.key_range}",
+                                     expected_type=fmt.TYPE_CHUNK,
+                                     expected_name=fmt.chunk_name(i), chunk=i)
+        if (sub.seq, sub.records, sub.data_len, sub.data_xxh3) != (
+                i, e.records, e.payload_len, e.payload_xxh3):
+            raise IntegrityError(
+                f"{self.path}: chunk {i} {e.key_range}: member header disagrees with the index",
+                chunk=i)
+        return payload
+
+    def read_chunk(self, i: int) -> memoryview:
+        """Chunk i's payload, after every check (member XXH3, CRC, sizes, payload XXH3)."""
+        return self.decode_chunk_member(i, self.read_member(i))
+
+    def read_catalog(self, i: int) -> memoryview:
+        c = self.index.catalog(i)
+        self._check_member_range(i, c.offset, c.length, "catalog")
+        raw = self.pread(c.offset, c.length)
+        if xxh3_64(raw) != c.member_xxh3:
+            raise IntegrityError(f"{self.path}: catalog {i}: member checksum mismatch", chunk=i)
+        sub, data = decode_member(raw, f"{self.path}: catalog {i}",
+                                  expected_type=fmt.TYPE_CATALOG,
+                                  expected_name=fmt.catalog_name(i), chunk=i)
+        if (sub.data_len, sub.data_xxh3) != (c.data_len, c.data_xxh3):
+            raise IntegrityError(f"{self.path}: catalog {i}: header disagrees with the index",
+                                 chunk=i)
+        return data

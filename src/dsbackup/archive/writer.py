@@ -1,0 +1,242 @@
+"""Streaming archive writer (docs/FORMAT.md): temp file, members in order, fsync, rename."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from dsbackup._ext.checksum import Xxh3_64, Xxh3_128, crc32, crc32_combine, xxh3_64
+from dsbackup._ext.compress import deflate_body, tar_header
+from dsbackup.archive import format as fmt
+from dsbackup.archive.index import CatalogEntry, ChunkEntry, IndexBuilder
+from dsbackup.archive.tempfiles import (
+    fsync_dir,
+    remove_stale_temp_files,
+    temp_path_for,
+)
+from dsbackup.errors import ArchiveError
+
+_U64 = struct.Struct("<Q")
+
+
+class Body(Protocol):
+    """A compressed tar entry body (see dsbackup._ext.compress.Body)."""
+
+    data: bytes
+    crc32: int
+    size: int
+    input_len: int
+
+
+class ChunkLike(Protocol):
+    """What the writer needs of a finished chunk (dsbackup._ext.framing.Chunk fits)."""
+
+    record_count: int
+    first_key: bytes
+    last_key: bytes
+    keys_xxh3: int
+    payload_xxh3: int
+    raw_bytes: int
+    body: Body
+
+
+@dataclass(frozen=True)
+class WrittenArchive:
+    path: Path
+    size: int
+    chunks: int
+    records: int
+    raw_bytes: int
+    payload_bytes: int
+    chunk_bytes: int
+    fingerprint: str
+    summary: dict[str, Any]
+
+
+class ArchiveWriter:
+    """Write one archive. Use as a context manager: an exception aborts and removes the temp file.
+
+    ``add_chunk`` must be called in key order; chunk seq numbers are assigned here.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        manifest: dict[str, Any],
+        level: int = 1,
+        created: float | None = None,
+    ) -> None:
+        self.final = Path(path)
+        if not self.final.parent.is_dir():
+            raise ArchiveError(f"{self.final}: directory {self.final.parent} does not exist")
+        if self.final.is_dir():
+            raise ArchiveError(f"{self.final}: is a directory")
+        self.removed_leftovers = remove_stale_temp_files(self.final)
+        self.level = level
+        self.created = int(created if created is not None else time.time())
+        self.tmp = temp_path_for(self.final)
+        try:
+            self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                               0o644)
+        except OSError as exc:
+            raise ArchiveError(f"{self.final}: cannot create temporary file: {exc}") from exc
+        self._pos = 0
+        self._index = IndexBuilder()
+        self._fingerprint = Xxh3_128()
+        self._records = 0
+        self._raw_bytes = 0
+        self._payload_bytes = 0
+        self._closed = False
+        self._prev_last: bytes | None = None
+        data = json.dumps(manifest, sort_keys=True, indent=1).encode()
+        if len(data) > fmt.MAX_JSON_BYTES:
+            raise ArchiveError("manifest too large")
+        self._manifest_length, self._manifest_xxh3 = self._write_data_member(
+            fmt.TYPE_MANIFEST, fmt.MANIFEST_NAME, data)[1:]
+
+    # -- low level -------------------------------------------------------------------------
+
+    def _write(self, pieces: list[bytes | memoryview]) -> None:
+        views = [memoryview(p) for p in pieces if len(p)]
+        while views:
+            n = os.writev(self._fd, views)
+            self._pos += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if views and n:
+                views[0] = views[0][n:]
+
+    def _write_member(self, subfield: bytes, name: bytes, mtime: int, body: Body,
+                      ) -> tuple[int, int, int]:
+        header = tar_header(name, body.input_len, mtime)
+        crc = crc32_combine(crc32(header), body.crc32, body.size)
+        pieces = [
+            fmt.member_head(subfield),
+            fmt.STORED_TAR_PREFIX,
+            header,
+            body.data,
+            fmt.member_tail(crc, fmt.TAR_BLOCK + body.size),
+        ]
+        h = Xxh3_64()
+        for p in pieces:
+            h.update(p)
+        offset = self._pos
+        self._write(pieces)
+        return offset, self._pos - offset, h.intdigest()
+
+    def _write_data_member(self, mtype: int, name: bytes, data: bytes) -> tuple[int, int, int]:
+        body = deflate_body(data, self.level)
+        sub = fmt.data_subfield(mtype, len(data), xxh3_64(data))
+        return self._write_member(sub, name, self.created, body)
+
+    # -- public ----------------------------------------------------------------------------
+
+    @property
+    def chunk_count(self) -> int:
+        return self._index.count
+
+    @property
+    def bytes_written(self) -> int:
+        return self._pos
+
+    def add_chunk(self, chunk: ChunkLike, catalog_body: Body | None = None,
+                  catalog_xxh3: int | None = None) -> ChunkEntry:
+        """Append a compressed chunk (and its catalog member when the archive has a catalog)."""
+        if self._closed:
+            raise ArchiveError("archive writer is closed")
+        if self._prev_last is not None and chunk.first_key <= self._prev_last:
+            raise ArchiveError(
+                f"chunk {self._index.count}: first key {chunk.first_key!r} does not follow "
+                f"{self._prev_last!r} (chunks must arrive in key order)")
+        seq = self._index.count
+        body = chunk.body
+        sub = fmt.chunk_subfield(seq, chunk.record_count, body.input_len, chunk.payload_xxh3)
+        off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, body)
+        entry = ChunkEntry(seq, off, length, body.input_len, chunk.record_count,
+                           chunk.payload_xxh3, mxxh, chunk.keys_xxh3,
+                           bytes(chunk.first_key), bytes(chunk.last_key))
+        self._index.add_chunk(entry)
+        if catalog_body is not None:
+            if catalog_xxh3 is None:
+                raise ValueError("catalog_xxh3 is required with catalog_body")
+            csub = fmt.data_subfield(fmt.TYPE_CATALOG, catalog_body.input_len, catalog_xxh3)
+            coff, clen, cxxh = self._write_member(csub, fmt.catalog_name(seq), 0, catalog_body)
+            self._index.add_catalog(
+                CatalogEntry(coff, clen, cxxh, catalog_body.input_len, catalog_xxh3))
+        elif self._index.catalog_count:
+            raise ArchiveError(f"chunk {seq}: missing catalog")
+        self._prev_last = entry.last_key
+        self._fingerprint.update(_U64.pack(chunk.payload_xxh3))
+        self._records += chunk.record_count
+        self._raw_bytes += chunk.raw_bytes
+        self._payload_bytes += body.input_len
+        return entry
+
+    def finish(self, summary: dict[str, Any] | None = None,
+               before_rename: Callable[[Path], None] | None = None) -> WrittenArchive:
+        """Write index, summary and trailer; fsync; optionally check the temp file with
+        `before_rename(temp_path)`; rename into place."""
+        if self._closed:
+            raise ArchiveError("archive writer is closed")
+        try:
+            chunk_bytes = self._pos - self._manifest_length
+            index_data = self._index.encode(self._manifest_length, self._manifest_xxh3)
+            index_body = deflate_body(index_data, 0)  # stored: opening stays fast
+            isub = fmt.data_subfield(fmt.TYPE_INDEX, len(index_data), xxh3_64(index_data))
+            ioff, ilen, ixxh = self._write_member(isub, fmt.INDEX_NAME, self.created, index_body)
+            fingerprint = self._fingerprint.hexdigest()
+            full = dict(summary or {})
+            full.update(
+                chunks=self._index.count,
+                records=self._records,
+                raw_bytes=self._raw_bytes,
+                payload_bytes=self._payload_bytes,
+                chunk_bytes=chunk_bytes,
+                fingerprint=fingerprint,
+            )
+            sdata = json.dumps(full, sort_keys=True, indent=1).encode()
+            soff, slen, sxxh = self._write_data_member(fmt.TYPE_SUMMARY, fmt.SUMMARY_NAME, sdata)
+            trailer = fmt.Trailer(ioff, ilen, ixxh, soff, slen, sxxh, self._index.count,
+                                  self._pos)
+            self._write([trailer.encode()])
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._closed = True
+            if before_rename is not None:
+                before_rename(self.tmp)
+            os.rename(self.tmp, self.final)
+            fsync_dir(self.final.parent)
+        except BaseException:
+            self.abort()
+            raise
+        return WrittenArchive(self.final, self._pos, self._index.count, self._records,
+                              self._raw_bytes, self._payload_bytes, chunk_bytes, fingerprint,
+                              full)
+
+    def abort(self) -> None:
+        """Discard the temp file. Nothing is left at the final path."""
+        if not self._closed:
+            self._closed = True
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        try:
+            self.tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> ArchiveWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._closed:
+            self.abort()

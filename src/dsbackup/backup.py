@@ -1,0 +1,298 @@
+"""BackupManager: create, restore, verify and inspect backups (the public Python API)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dsbackup._ext.compress import ENGINES
+from dsbackup._version import __version__
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.verify import VerifyReport, verify_archive
+from dsbackup.archive.writer import ArchiveWriter
+from dsbackup.config import BackupConfig
+from dsbackup.errors import BackupError, Cancelled, DsBackupError, IntegrityError
+from dsbackup.metadata import (
+    BackupMetadata,
+    BackupStatistics,
+    Progress,
+    RestoreResult,
+    parse_timestamp,
+)
+from dsbackup.pipeline.central import ChunkSettings, ScanStats, central_chunks
+from dsbackup.pipeline.parallel import ParallelScan
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[Progress], None]
+PARALLEL_SCHEMES = {"lmdb", "flatfs", "sqlite"}
+
+
+def _open_source(source: Any) -> tuple[Any, bool]:
+    """(datastore, owned): URIs are opened read-only here and closed after the backup."""
+    if isinstance(source, (str, os.PathLike)):
+        from dsbackup.datastores import open_datastore
+
+        return open_datastore(str(source), readonly=True), True
+    return source, False
+
+
+def _scheme_and_location(ds: Any) -> tuple[str, str]:
+    uri = getattr(ds, "uri", "") or ""
+    scheme = getattr(ds, "scheme", "") or (uri.split(":", 1)[0] if ":" in uri else "")
+    location = uri.split(":", 1)[1] if ":" in uri else uri
+    return scheme, location
+
+
+class _Deadline:
+    """Sets `cancel` when the timeout passes; remembers that it did."""
+
+    def __init__(self, cancel: threading.Event, timeout: float | None) -> None:
+        self.fired = False
+        self._timer: threading.Timer | None = None
+        if timeout:
+            def fire() -> None:
+                self.fired = True
+                cancel.set()
+            self._timer = threading.Timer(timeout, fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class BackupManager:
+    """Back up, restore, verify and inspect datastore archives. See docs/API.md."""
+
+    def __init__(self, config: BackupConfig | None = None) -> None:
+        self.config = config or BackupConfig()
+        self._metrics: dict[str, float] = {
+            "backups_total": 0, "backups_failed": 0, "backup_bytes_total": 0,
+            "backup_records_total": 0, "backup_seconds_total": 0.0, "restores_total": 0,
+            "restores_failed": 0, "restore_bytes_total": 0, "verifies_total": 0,
+            "verify_failures_total": 0,
+        }
+        self._lock = threading.Lock()
+
+    # -- backup ------------------------------------------------------------------------------
+
+    def create_backup(
+        self,
+        source: Any,
+        path: str | os.PathLike[str],
+        *,
+        parent: str | os.PathLike[str] | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> BackupMetadata:
+        """Back up `source` (a datastore URI or object) to the archive `path`.
+
+        The archive is written to a temporary file beside `path`, checked, fsynced and renamed:
+        `path` never holds a partial archive. Raises a DsBackupError subclass on failure;
+        Cancelled (exit code 130) when `cancel` is set or the configured timeout passes.
+        """
+        if parent is not None:
+            raise BackupError("incremental backups (parent=...) are not supported by this "
+                              "version: make a full backup")
+        cfg = self.config
+        cancel = cancel or threading.Event()
+        deadline = _Deadline(cancel, cfg.timeout)
+        t0 = time.perf_counter()
+        ds, owned = _open_source(source)
+        try:
+            meta = self._create(ds, Path(path), cfg, progress, cancel, t0)
+        except Cancelled:
+            self._count("backups_failed")
+            if deadline.fired:
+                raise Cancelled(f"{path}: backup timed out after {cfg.timeout}s; nothing was "
+                                "written at the archive path") from None
+            raise Cancelled(f"{path}: backup cancelled; nothing was written at the archive "
+                            "path") from None
+        except DsBackupError:
+            self._count("backups_failed")
+            raise
+        except OSError as exc:
+            self._count("backups_failed")
+            raise BackupError(f"{path}: {exc}") from exc
+        finally:
+            deadline.stop()
+            if owned:
+                ds.close()
+        with self._lock:
+            m = self._metrics
+            m["backups_total"] += 1
+            m["backup_bytes_total"] += meta.total_size
+            m["backup_records_total"] += meta.total_keys
+            m["backup_seconds_total"] += meta.statistics.duration_s
+            m["last_backup_timestamp"] = meta.timestamp.timestamp()
+            m["last_backup_seconds"] = meta.statistics.duration_s
+        return meta
+
+    def _create(self, ds: Any, path: Path, cfg: BackupConfig,
+                progress: ProgressCallback | None, cancel: threading.Event,
+                t0: float) -> BackupMetadata:
+        approx_count = _safe(ds, "approx_count")
+        approx_size = _safe(ds, "approx_size")
+        chunk_size = cfg.resolve_chunk_size(approx_count, approx_size)
+        settings = ChunkSettings(chunk_size, cfg.chunk_max_bytes, cfg.compression_level,
+                                 tuple(cfg.exclude_patterns), cfg.include_metadata)
+        scheme, location = _scheme_and_location(ds)
+        workers = cfg.effective_workers
+        parallel = (workers > 1 and scheme in PARALLEL_SCHEMES
+                    and bool(getattr(ds, "parallel_readable", False)))
+        created = datetime.now(timezone.utc)
+        manifest = {
+            "format": "dsbackup",
+            "version": 1,
+            "tool": f"dsbackup {__version__}",
+            "created": created.isoformat(),
+            "source": {"uri": getattr(ds, "uri", type(ds).__name__), "backend": scheme or
+                       type(ds).__name__, "approx_records": approx_count,
+                       "approx_bytes": approx_size},
+            "settings": {
+                "compression_level": cfg.compression_level,
+                "engine": ENGINES[cfg.compression_level],
+                "chunk_size": chunk_size,
+                "chunk_max_bytes": cfg.chunk_max_bytes,
+                "exclude_patterns": list(cfg.exclude_patterns),
+                "include_metadata": cfg.include_metadata,
+            },
+            "parent": None,
+        }
+        stats = ScanStats()
+        if parallel:
+            kind = "lmdb" if scheme == "lmdb" else "datastore"
+            loc = location if kind == "lmdb" else ds.uri
+            chunks: Any = ParallelScan(kind, loc, settings, workers, cancel=cancel, stats=stats,
+                                       consistent=(kind == "lmdb"))
+            mode = "parallel"
+        else:
+            chunks = central_chunks(ds, settings, threads=workers, stats=stats, cancel=cancel)
+            mode = "central"
+        records = nbytes = 0
+        with ArchiveWriter(path, manifest=manifest, level=cfg.compression_level,
+                           created=created.timestamp()) as writer:
+            for c in chunks:
+                if cancel.is_set():
+                    raise Cancelled("backup cancelled")
+                writer.add_chunk(c, c.catalog_body, c.catalog_xxh3)
+                records += c.record_count
+                nbytes += c.raw_bytes
+                if progress is not None:
+                    progress(Progress(records, nbytes, writer.chunk_count,
+                                      time.perf_counter() - t0, approx_count, approx_size))
+            if cancel.is_set():
+                raise Cancelled("backup cancelled")
+            duration = time.perf_counter() - t0
+            summary = {
+                "duration_s": round(duration, 6),
+                "excluded_records": stats.excluded_records,
+                "excluded_bytes": stats.excluded_bytes,
+                "mode": mode,
+                "workers": workers if parallel else 1,
+                "snapshot": getattr(chunks, "snapshot_id", None),
+            }
+            check = _quick_check if cfg.verify_integrity else None
+            written = writer.finish(summary, before_rename=check)
+        stats_out = BackupStatistics(
+            duration_s=time.perf_counter() - t0, keys_processed=written.records,
+            bytes_processed=written.raw_bytes, bytes_compressed=written.size, errors=0,
+            skipped_keys=stats.excluded_records, skipped_bytes=stats.excluded_bytes,
+            workers=workers if parallel else 1, mode=mode)
+        return BackupMetadata(
+            path=str(path), version=1, timestamp=created, total_keys=written.records,
+            total_size=written.raw_bytes, compressed_size=written.size, chunks=written.chunks,
+            fingerprint=written.fingerprint,
+            compression={"level": cfg.compression_level,
+                         "engine": ENGINES[cfg.compression_level]},
+            config={**cfg.to_dict(), "chunk_size": chunk_size}, datastore=manifest["source"],
+            statistics=stats_out, parent=None, tool=manifest["tool"])
+
+    # -- restore / verify / inspect ----------------------------------------------------------
+
+    def restore_backup(self, path: str | os.PathLike[str], target: Any, **options: Any,
+                       ) -> RestoreResult:
+        """Restore an archive into `target` (URI or datastore). See dsbackup.restore."""
+        from dsbackup.restore import restore_archive
+
+        try:
+            result = restore_archive(path, target, workers=self.config.effective_workers,
+                                     **options)
+        except DsBackupError:
+            self._count("restores_failed")
+            raise
+        with self._lock:
+            self._metrics["restores_total"] += 1
+            self._metrics["restore_bytes_total"] += result.bytes_written
+        return result
+
+    def verify_backup(self, path: str | os.PathLike[str], deep: bool = True,
+                      sample: float | None = None) -> VerifyReport:
+        """Check an archive. quick (deep=False): structure and every member checksum; deep:
+        also inflate and parse every chunk; sample=f: quick plus deep on a fraction f."""
+        report = verify_archive(path, deep=deep, sample=sample,
+                                threads=self.config.effective_workers)
+        with self._lock:
+            self._metrics["verifies_total"] += 1
+            if not report.ok:
+                self._metrics["verify_failures_total"] += 1
+        return report
+
+    def inspect(self, path: str | os.PathLike[str]) -> BackupMetadata:
+        """Metadata from the manifest and summary (O(1): reads no chunk)."""
+        with ArchiveReader(path) as r:
+            return metadata_from_reader(r)
+
+    def get_metrics(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._metrics)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._metrics[name] += 1
+
+
+def metadata_from_reader(r: ArchiveReader) -> BackupMetadata:
+    m, s = r.manifest, r.summary
+    settings = m.get("settings", {})
+    return BackupMetadata(
+        path=str(r.path), version=m.get("version", 0),
+        timestamp=parse_timestamp(m["created"]) if "created" in m else datetime.fromtimestamp(
+            0, timezone.utc),
+        total_keys=s.get("records", 0), total_size=s.get("raw_bytes", 0),
+        compressed_size=r.size, chunks=r.chunk_count, fingerprint=s.get("fingerprint", ""),
+        compression={"level": settings.get("compression_level"),
+                     "engine": settings.get("engine")},
+        config=settings, datastore=m.get("source", {}),
+        statistics=BackupStatistics(
+            duration_s=s.get("duration_s", 0.0), keys_processed=s.get("records", 0),
+            bytes_processed=s.get("raw_bytes", 0), bytes_compressed=r.size,
+            skipped_keys=s.get("excluded_records", 0),
+            skipped_bytes=s.get("excluded_bytes", 0), workers=s.get("workers", 1),
+            mode=s.get("mode", "")),
+        parent=m.get("parent"), tool=m.get("tool", ""))
+
+
+def _quick_check(tmp_path: Path) -> None:
+    report = verify_archive(tmp_path, deep=False, threads=2)
+    if not report.ok:
+        raise IntegrityError(f"{tmp_path}: the archive just written failed its check: "
+                             + "; ".join(report.errors[:3]))
+
+
+def _safe(ds: Any, name: str) -> int | None:
+    fn = getattr(ds, name, None)
+    if fn is None:
+        return None
+    try:
+        return fn()
+    except Exception:  # estimates only
+        return None

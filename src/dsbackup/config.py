@@ -1,0 +1,81 @@
+"""Backup settings (`BackupConfig`) with documented defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dsbackup.errors import ConfigError
+
+DEFAULT_CHUNK_MAX_BYTES = 4 << 20
+# With chunk_size=None ("auto") the mean chunk aims at this many payload bytes.
+AUTO_CHUNK_TARGET_BYTES = 1 << 20
+
+
+@dataclass
+class BackupConfig:
+    """How backups are made. Every field has a default that suits a large IPFS store.
+
+    - ``compression_level`` 0-9 (default 1). Engines: 0 stored (no compression), 1-3 ISA-L
+      igzip levels 1-3 (1 is the fastest real compression; ISA-L's level 0 is not used because
+      it expands incompressible data), 4-9 zlib levels 4-9. See docs/COMPRESSION.md.
+    - ``chunk_size``: the mean number of records per chunk (content-defined boundaries, see
+      docs/FORMAT.md §4.1). ``None`` (default) picks it from the store's mean record size so a
+      mean chunk holds about 1 MiB; incremental backups reuse the parent's value.
+    - ``chunk_max_bytes`` (default 4 MiB): a chunk is cut before it grows past this size.
+    - ``timeout`` seconds (default none): the backup is cancelled when it runs longer;
+      nothing is left at the archive path.
+    - ``verify_integrity`` (default True): after writing, re-read the archive and check every
+      member checksum before reporting success.
+    - ``include_metadata`` (default False): store a key catalog (key, value size, value XXH3)
+      so `ls` and prefix restores need no inflate of the values.
+    - ``exclude_patterns``: key globs; ``*`` matches within one path segment, ``**`` across
+      segments, ``?`` one character other than ``/``. ``/pins/*`` excludes ``/pins/a`` but not
+      ``/pins/a/b``; ``/local/**`` excludes everything under ``/local``.
+    - ``workers`` (default: CPU count): parallel scan workers and compression threads.
+    """
+
+    compression_level: int = 1
+    chunk_size: int | None = None
+    chunk_max_bytes: int = DEFAULT_CHUNK_MAX_BYTES
+    timeout: float | None = None
+    verify_integrity: bool = True
+    include_metadata: bool = False
+    exclude_patterns: list[str] = field(default_factory=list)
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.compression_level, int) or not 0 <= self.compression_level <= 9:
+            raise ConfigError(f"compression_level must be 0-9, got {self.compression_level!r}")
+        if self.chunk_size is not None and (
+                not isinstance(self.chunk_size, int) or self.chunk_size < 1):
+            raise ConfigError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
+        if not isinstance(self.chunk_max_bytes, int) or not (
+                4096 <= self.chunk_max_bytes <= 1 << 30):
+            raise ConfigError(
+                f"chunk_max_bytes must be between 4096 and 1 GiB, got {self.chunk_max_bytes!r}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"timeout must be positive, got {self.timeout!r}")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise ConfigError(f"workers must be a positive integer, got {self.workers!r}")
+        if isinstance(self.exclude_patterns, str):
+            self.exclude_patterns = [self.exclude_patterns]
+        for p in self.exclude_patterns:
+            if not p:
+                raise ConfigError("empty exclude pattern")
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def resolve_chunk_size(self, approx_count: int | None, approx_size: int | None) -> int:
+        if self.chunk_size is not None:
+            return self.chunk_size
+        if not approx_count or not approx_size:
+            return 1000
+        mean = max(1.0, approx_size / approx_count)
+        return max(1, min(1_000_000, round(AUTO_CHUNK_TARGET_BYTES / mean)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,113 @@
+"""Central scan: one reader thread frames chunks from any datastore; a thread pool compresses
+them (native, GIL released); results come back in key order with bounded memory.
+
+Used for stores that one process must read alone (LevelDB), in-memory stores, and any user
+object implementing the Datastore protocol.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from dsbackup._ext.framing import Chunker, FramingError, KeyMatcher
+from dsbackup.errors import BackupError, Cancelled
+from dsbackup.pipeline.chunks import ReadyChunk, compress_chunk
+
+_END = object()
+
+
+@dataclass
+class ScanStats:
+    records: int = 0
+    raw_bytes: int = 0
+    excluded_records: int = 0
+    excluded_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    chunk_size: int
+    chunk_max_bytes: int
+    level: int
+    exclude: tuple[str, ...] = ()
+    catalog: bool = False
+
+    def matcher(self) -> KeyMatcher | None:
+        return KeyMatcher(list(self.exclude)) if self.exclude else None
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def central_chunks(
+    ds: Any,
+    settings: ChunkSettings,
+    *,
+    threads: int,
+    stats: ScanStats,
+    cancel: threading.Event | None = None,
+    scan_batch_bytes: int = 8 << 20,
+) -> Iterator[ReadyChunk]:
+    """Yield compressed chunks of the whole store in key order."""
+    threads = max(1, threads)
+    stop = threading.Event()
+    results: queue.Queue = queue.Queue(maxsize=2 * threads)
+    chunker = Chunker(settings.chunk_size, settings.chunk_max_bytes,
+                      exclude=settings.matcher(), catalog=settings.catalog)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dsbackup-compress")
+
+    def submit(c: Any) -> Future:
+        return pool.submit(compress_chunk, c, settings.level, settings.catalog)
+
+    def reader() -> None:
+        try:
+            for keys, values in ds.scan_batches(b"", None, max_bytes=scan_batch_bytes):
+                if stop.is_set() or (cancel is not None and cancel.is_set()):
+                    return
+                for c in chunker.add(keys, values):
+                    if not _put(results, submit(c), stop):
+                        return
+            last = chunker.finish()
+            if last is not None and not _put(results, submit(last), stop):
+                return
+            _put(results, _END, stop)
+        except BaseException as exc:  # handed to the consumer, which re-raises
+            _put(results, exc, stop)
+
+    t = threading.Thread(target=reader, name="dsbackup-scan", daemon=True)
+    t.start()
+    try:
+        while True:
+            try:
+                item = results.get(timeout=0.1)
+            except queue.Empty:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("backup cancelled") from None
+                continue
+            if item is _END:
+                break
+            if isinstance(item, FramingError):
+                raise BackupError(f"{getattr(ds, 'uri', ds)}: {item}") from item
+            if isinstance(item, BaseException):
+                raise item
+            yield item.result()
+    finally:
+        stop.set()
+        t.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+        stats.records = chunker.records
+        stats.raw_bytes = chunker.raw_bytes
+        stats.excluded_records = chunker.excluded_records
+        stats.excluded_bytes = chunker.excluded_bytes

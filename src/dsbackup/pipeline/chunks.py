@@ -1,0 +1,46 @@
+"""The unit the pipeline hands to the archive writer: a framed, hashed, compressed chunk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dsbackup._ext.checksum import xxh3_64
+from dsbackup._ext.compress import deflate_body
+
+
+@dataclass(slots=True)
+class BodyView:
+    """A compressed tar-entry body whose bytes may live in shared memory."""
+
+    data: Any  # bytes or memoryview
+    crc32: int
+    size: int
+    input_len: int
+
+
+@dataclass(slots=True)
+class ReadyChunk:
+    record_count: int
+    first_key: bytes
+    last_key: bytes
+    keys_xxh3: int
+    payload_xxh3: int
+    raw_bytes: int
+    body: Any  # dsbackup._ext.compress.Body or BodyView
+    catalog_body: Any = None
+    catalog_xxh3: int | None = None
+
+
+def compress_chunk(chunk: Any, level: int, catalog: bool) -> ReadyChunk:
+    """Compress a framed chunk (dsbackup._ext.framing.Chunk). Runs with the GIL released
+    inside the native calls, so a thread pool scales across cores."""
+    body = chunk.body if getattr(chunk, "body", None) is not None else deflate_body(
+        chunk.payload, level)
+    cbody = cxxh = None
+    if catalog:
+        cat = chunk.catalog
+        cbody = deflate_body(cat, level)
+        cxxh = xxh3_64(cat)
+    return ReadyChunk(chunk.record_count, bytes(chunk.first_key), bytes(chunk.last_key),
+                      chunk.keys_xxh3, chunk.payload_xxh3, chunk.raw_bytes, body, cbody, cxxh)
