@@ -29,6 +29,7 @@ from dsbackup.errors import (
     MigrationError,
 )
 from dsbackup.migration.config import MigrationConfig
+from dsbackup.migration.dryrun import open_readonly
 from dsbackup.migration.engine import ProgressEvent, RunContext, StepRunner
 from dsbackup.migration.journal import (
     Journal,
@@ -92,7 +93,7 @@ class _Stores:
             if _same_uri(known, uri):
                 return ds
         try:
-            ds = open_datastore(uri, readonly=self.readonly)
+            ds = open_readonly(uri) if self.readonly else open_datastore(uri)
         except DatastoreError:
             if must_exist or not self.readonly:
                 raise

@@ -309,9 +309,11 @@ class MigrationPlan:
         return out
 
     def digest(self) -> str:
-        """SHA-256 of the plan's canonical JSON (what it does, not how it was written)."""
+        """SHA-256 of the plan's canonical JSON: what it does, not how it was written nor
+        the ``config`` it runs with."""
         doc = self.to_dict()
         doc.pop("description", None)
+        doc.pop("config", None)  # how it runs (batch size, ...) does not change the result
         for s in doc["steps"] + doc.get("rollback", []):
             s.pop("description", None)
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
