@@ -1,0 +1,155 @@
+"""kubo: the fixture repo written by Kubo opens as one datastore; a held repo.lock is
+refused with exit code 4."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dsbackup.datastores import Query, open_datastore
+from dsbackup.datastores.kubo import KuboDatastore
+from dsbackup.errors import EXIT_LOCKED, DatastoreError, LockedError
+
+BLOCK_KEY = b"/blocks/CIQFTFEEHEDF6KLBT32BFAGLXEZL4UWFNWM4LFTLMXQBCERZ6CMLX3Y"
+LEVELDB_KEYS = [
+    b"/F5UXA3TTF4ACICABCIQGFUISDF6U6LB27EPGJNZUTGVSXOBFLOMQMRXGAO7JVMBHNBTQW2A",
+    b"/ipns/AASAQAISEBRNCEQZPVHSYOXZDZSLONEZVMV3QJK3TEDENZQDX2NLAJ3IM4FWQ",
+    b"/pins/index/cidRindex/uEiBZlIQ5Bl8pYZ70EoDLuTK-UsVtmcWWa2XgERI58Ji77w/"
+    b"uN2NlYjZlZGU0YmM0NDhjYzliOTEzNzdkOGJlMzkxMWU",
+    b"/pins/pin/7ceb6ede4bc448cc9b91377d8be3911e",
+    b"/pins/state/dirty",
+]
+
+
+@pytest.fixture
+def repo(tmp_path, go_fixtures) -> Path:
+    dst = tmp_path / "repo"
+    shutil.copytree(go_fixtures / "kubo-v16-repo", dst)
+    for p in [dst, *dst.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+    return dst
+
+
+def test_fixture_repo_opens_as_one_datastore(repo):
+    for uri in (f"kubo:{repo}", str(repo)):
+        with open_datastore(uri, readonly=True) as ds:
+            assert isinstance(ds, KuboDatastore)
+            assert [str(m.prefix) for m in ds.mounts] == ["/blocks", "/"]
+            assert ds.get(BLOCK_KEY) == b"\n\x02\x08\x01"
+            assert ds.get_size(BLOCK_KEY) == 4
+            keys = [k for ks, _ in ds.scan_batches() for k in ks]
+            assert keys == sorted(LEVELDB_KEYS + [BLOCK_KEY])
+            listed = [e.key for e in ds.query(Query(prefix="/pins", keys_only=True))]
+            assert listed == [k.decode() for k in LEVELDB_KEYS if k.startswith(b"/pins/")]
+            assert ds.get("/pins/state/dirty") == b"\x00"
+            assert ds.get(b"/ipns/AASAQAISEBRNCEQZPVHSYOXZDZSLONEZVMV3QJK3TEDENZQDX2NLAJ3IM4FWQ"
+                          ).startswith(b"\n4/ipfs/Qm")
+            assert ds.uri == f"kubo:{repo}"
+            assert not ds.parallel_readable  # LevelDB takes an exclusive lock
+
+
+def test_writes_route_to_the_right_mount(repo):
+    with open_datastore(f"kubo:{repo}") as ds:
+        ds.put("/blocks/CIQNEWBLOCK", b"block")
+        ds.put("/local/filesroot", b"root")
+    assert (repo / "blocks" / "OC" / "CIQNEWBLOCK.data").read_bytes() == b"block"
+    with open_datastore(f"leveldb:{repo / 'datastore'}", readonly=True) as ldb:
+        assert ldb.get("/local/filesroot") == b"root"
+        assert not ldb.has("/blocks/CIQNEWBLOCK")
+
+
+_HOLD_LOCK = textwrap.dedent("""
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.lockf(fd, fcntl.LOCK_EX)  # what Kubo's daemon holds (a POSIX write lock)
+    print("locked", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_held_repo_lock_is_refused_with_exit_code_4(repo):
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(repo / "repo.lock")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for uri in (f"kubo:{repo}", str(repo)):
+            with pytest.raises(LockedError, match="locked") as exc:
+                open_datastore(uri, readonly=True)
+            assert exc.value.exit_code == EXIT_LOCKED == 4
+        with open_datastore(f"kubo:{repo}?allow_live=1", readonly=True) as ds:
+            assert ds.get(BLOCK_KEY) == b"\n\x02\x08\x01"
+        with open_datastore(f"kubo:{repo}", readonly=True, allow_live=True) as ds:
+            assert ds.uri.endswith("?allow_live=1")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    with open_datastore(f"kubo:{repo}", readonly=True) as ds:  # released: opens again
+        assert ds.has(BLOCK_KEY)
+
+
+_TRY_LOCK = textwrap.dedent("""
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print("busy")
+    else:
+        print("free")
+""")
+
+
+def test_open_repo_keeps_a_daemon_from_starting(repo):
+    (repo / "repo.lock").write_bytes(b"")
+
+    def probe() -> str:
+        return subprocess.run([sys.executable, "-c", _TRY_LOCK, str(repo / "repo.lock")],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    with open_datastore(f"kubo:{repo}", readonly=True):
+        assert probe() == "busy"
+    assert probe() == "free"
+
+
+def test_flock_holder_is_not_mistaken_for_kubo(repo):
+    """flock and fcntl locks are independent on Linux: only an fcntl lock means Kubo."""
+    import fcntl
+
+    fd = os.open(repo / "repo.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with open_datastore(f"kubo:{repo}", readonly=True) as ds:
+            assert ds.has(BLOCK_KEY)
+    finally:
+        os.close(fd)
+
+
+def test_bad_specs(tmp_path, repo):
+    (tmp_path / "notrepo").mkdir()
+    with pytest.raises(DatastoreError):
+        open_datastore(f"kubo:{tmp_path / 'notrepo'}")
+    spec = json.loads((repo / "datastore_spec").read_text())
+    spec["mounts"][1]["type"] = "badgerds"
+    (repo / "datastore_spec").write_text(json.dumps(spec))
+    with pytest.raises(DatastoreError, match="badgerds"):
+        open_datastore(f"kubo:{repo}", readonly=True)
+    (repo / "datastore_spec").write_text("{not json")
+    with pytest.raises(DatastoreError, match="invalid JSON"):
+        open_datastore(f"kubo:{repo}", readonly=True)
+
+
+def test_measure_wrappers_are_unwrapped(repo):
+    spec = json.loads((repo / "datastore_spec").read_text())
+    spec["mounts"] = [{"mountpoint": m["mountpoint"],
+                       "child": {"type": "measure", "prefix": "x", "child": m}}
+                      for m in spec["mounts"]]
+    (repo / "datastore_spec").write_text(json.dumps(spec))
+    with open_datastore(f"kubo:{repo}", readonly=True) as ds:
+        assert ds.get(BLOCK_KEY) == b"\n\x02\x08\x01"
