@@ -60,8 +60,8 @@ def _now() -> datetime:
 
 
 def _store_path(ds: Any) -> Path | None:
-    """The filesystem path behind a store's URI, or ``None`` (memory and the like)."""
-    uri = getattr(ds, "uri", None)
+    """The filesystem path behind a store (URI, path or opened store), or ``None``."""
+    uri = os.fspath(ds) if isinstance(ds, (str, os.PathLike)) else getattr(ds, "uri", None)
     if not isinstance(uri, str):
         return None
     scheme, path, _ = parse_uri(uri)
@@ -156,6 +156,10 @@ class MigrationManager:
         plan = self._load(plan)
         cfg = self.config.with_overrides(plan.config)
         result = MigrationResult(plan.id, plan.version, _now(), dry_run=cfg.dry_run)
+        if not cfg.dry_run and self._already_done(plan, cfg, target, result):
+            result.finished_at = _now()
+            self._record(result)
+            return result
         stores = _Stores(readonly=cfg.dry_run)
         try:
             src = stores.add(SOURCE, source, must_exist=True)
@@ -230,6 +234,29 @@ class MigrationManager:
             state = p.with_name(p.name + ".dsmigrate")
         return Journal(state / f"{plan.id}.journal"), state / f"{plan.id}.version"
 
+    def _already_done(self, plan: MigrationPlan, cfg: MigrationConfig, target: Any,
+                      result: MigrationResult) -> bool:
+        """True (and ``result`` filled in) when the target's stamp says this plan ran; checked
+        before the stores are even opened, so a re-run touches nothing."""
+        _, stamp_path = self._state_files(plan, cfg, target)
+        stamp = read_stamp(stamp_path) if stamp_path else None
+        if stamp is None or stamp.get("plan_id") != plan.id:
+            return False
+        if stamp.get("version") != plan.version or stamp.get("digest") != plan.digest():
+            raise MigrationError(
+                f"target {stamp.get('target') or target} was migrated by plan {plan.id!r} "
+                f"version {stamp.get('version')!r} with different steps (stamp {stamp_path}); "
+                f"roll it back first or use a new plan id")
+        result.already_completed = True
+        result.success = True
+        result.stamp_path = str(stamp_path)
+        result.backup_path = stamp.get("backup_path")
+        result.steps = [StepResult(s.id, s.kind.value, status="skipped",
+                                   message="already migrated (version stamp present)")
+                        for s in plan.steps]
+        result.message = f"already migrated: stamp {stamp_path}"
+        return True
+
     def _execute(self, plan: MigrationPlan, cfg: MigrationConfig, stores: _Stores, src: Any,
                  dst: Any, result: MigrationResult,
                  progress: Callable[[ProgressEvent], None] | None,
@@ -239,20 +266,7 @@ class MigrationManager:
         if journal is not None:
             result.journal_path = str(journal.path)
             result.stamp_path = str(stamp_path)
-        stamp = read_stamp(stamp_path) if stamp_path else None
-        if stamp is not None and stamp.get("plan_id") == plan.id:
-            if stamp.get("version") != plan.version or stamp.get("digest") != digest:
-                raise MigrationError(
-                    f"target {dst.uri} was migrated by plan {plan.id!r} version "
-                    f"{stamp.get('version')!r} with different steps (stamp {stamp_path}); "
-                    f"roll it back first or use a new plan id")
-            result.already_completed = True
-            result.success = True
-            result.backup_path = stamp.get("backup_path")
-            result.steps = [StepResult(s.id, s.kind.value, status="skipped",
-                                       message="already migrated (version stamp present)")
-                            for s in plan.steps]
-            result.message = f"already migrated: stamp {stamp_path}"
+        if self._already_done(plan, cfg, dst, result):
             return
         state = journal.read() if journal is not None else JournalState()
         if state.started:

@@ -342,7 +342,12 @@ class MigrationPlan:
         if unknown:
             raise ConfigError(f"{o}: config: unknown setting(s) {', '.join(sorted(unknown))} "
                               f"(known: {', '.join(sorted(MigrationConfig.field_names()))})")
-        MigrationConfig().with_overrides(self.config)  # type-checks the values
+        try:
+            MigrationConfig().with_overrides(self.config)  # type-checks the values
+        except ConfigError as exc:
+            raise ConfigError(f"{o}: config: {exc}") from None
+        except TypeError as exc:
+            raise ConfigError(f"{o}: config: {exc}") from None
 
 
 def _steps(value: Any, where: str) -> list[MigrationStep]:
