@@ -31,3 +31,61 @@ def go_fixtures() -> Path:
     if d is None:
         pytest.skip("shared fixtures (go-path-clean.tsv, kubo-v16-repo) not found")
     return d
+
+
+# -- archives and the CLI (backup layer) ------------------------------------------------------
+
+SRC_DIR = _ROOT / "src"
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """Environment for running `python -m dsbackup` in a subprocess on this tree's code."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC_DIR) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("COLUMNS", None)
+    return env
+
+
+@pytest.fixture
+def run_cli(cli_env):
+    """Run the CLI as a subprocess; returns CompletedProcess (text)."""
+    import subprocess
+    import sys
+
+    def run(*args: str, timeout: float = 300, **kw):
+        return subprocess.run([sys.executable, "-m", "dsbackup", *map(str, args)],
+                              env=cli_env, capture_output=True, text=True, timeout=timeout,
+                              **kw)
+
+    return run
+
+
+def write_archive(path, records, *, chunk_size=4, chunk_max_bytes=1 << 20, level=1,
+                  catalog=False):
+    """Write a dsbackup archive of sorted (key, value) records with the native chunker."""
+    from dsbackup._ext.framing import Chunker
+
+    from dsbackup.archive.writer import ArchiveWriter
+    from dsbackup.pipeline.chunks import compress_chunk
+
+    chunker = Chunker(chunk_size, chunk_max_bytes, catalog=catalog)
+    manifest = {"format": "dsbackup", "version": 1, "created": "2026-01-01T00:00:00+00:00",
+                "settings": {"chunk_size": chunk_size}, "parent": None}
+    keys = [k for k, _ in records]
+    values = [v for _, v in records]
+    with ArchiveWriter(path, manifest=manifest, level=level, created=1767225600) as w:
+        chunks = chunker.add(keys, values) if keys else []
+        last = chunker.finish()
+        if last is not None:
+            chunks.append(last)
+        for c in chunks:
+            rc = compress_chunk(c, level, catalog)
+            w.add_chunk(rc, rc.catalog_body, rc.catalog_xxh3)
+        return w.finish({"note": "test"})
+
+
+@pytest.fixture
+def make_archive():
+    """write_archive(path, records, **settings) -> WrittenArchive."""
+    return write_archive

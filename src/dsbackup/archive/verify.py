@@ -142,9 +142,11 @@ def verify_archive(
                 return 0, 0, exc
 
         done = 0
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            # map() keeps results in order; chunks are read lazily by the workers.
-            for i, (nbytes, recs, exc) in enumerate(pool.map(task, range(reader.chunk_count))):
+        pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        results = (pool.map(task, range(reader.chunk_count)) if pool is not None
+                   else map(task, range(reader.chunk_count)))
+        try:
+            for i, (nbytes, recs, exc) in enumerate(results):
                 done += 1
                 if exc is not None:
                     report.add(exc, reader)
@@ -156,6 +158,9 @@ def verify_archive(
                         report.records += recs
                 if progress is not None:
                     progress(done, reader.chunk_count)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
     report.bad_chunks.sort()
     report.duration_s = time.perf_counter() - t0
     return report

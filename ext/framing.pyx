@@ -1,0 +1,596 @@
+"""Chunk payloads (docs/FORMAT.md §4): encode, decode, validate, and content-defined chunking.
+
+A payload is ``"DSC1" | flags u32 = 0 | count u64`` then records
+``op u8 = 0 | key_len uvarint | value_len uvarint | key | value`` in strictly increasing key
+order. A new chunk starts before a record when the current chunk is not empty and either
+``XXH3-64(key) % chunk_size == 0`` (natural boundary) or the record would take the payload past
+``chunk_max_bytes``. All per-record work runs in C with the GIL released.
+
+The C functions are exported to lmdbscan.pyx through the capsule ``_C_API`` (a
+``ds_framing_api*``, see framing.pxd).
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
+from cpython.tuple cimport PyTuple_GET_ITEM
+from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memset
+
+from compress cimport DS_ENOMEM, DS_OK, ds_compress_api
+from framing cimport (
+    FR_ECOMPRESS,
+    FR_EKEYLEN,
+    FR_ENOMEM,
+    FR_EORDER,
+    FR_HEADER,
+    FR_MAX_KEY,
+    FR_OK,
+    KEYHASH_BUF,
+    ds_buf,
+    ds_chunk,
+    ds_chunker,
+    ds_framing_api,
+    ds_keyhash,
+    ds_matcher,
+    ds_pattern,
+)
+from libxxhash cimport (
+    XXH3_64bits,
+    XXH3_64bits_digest,
+    XXH3_64bits_reset,
+    XXH3_64bits_update,
+    XXH3_createState,
+    XXH3_freeState,
+)
+
+include "keymatch.pxi"
+include "payload.pxi"
+
+from dsbackup._ext import compress as _compress_mod
+
+cdef const ds_compress_api *CAPI = <const ds_compress_api *>PyCapsule_GetPointer(
+    _compress_mod._C_API, "dsbackup._ext.compress._C_API")
+
+
+class FramingError(ValueError):
+    """A payload or record stream violates docs/FORMAT.md §4.
+
+    ``record`` is the record (or input key) index at fault and ``offset`` the payload byte
+    offset, when known.
+    """
+
+    def __init__(self, message: str, record: int | None = None, offset: int | None = None):
+        super().__init__(message)
+        self.record = record
+        self.offset = offset
+
+
+# ----------------------------------------------------------------------------- buffers
+
+
+cdef inline int buf_reserve(ds_buf *b, size_t extra) noexcept nogil:
+    cdef size_t need = b.len + extra, cap
+    cdef unsigned char *p
+    if need <= b.cap:
+        return FR_OK
+    cap = b.cap * 2 if b.cap else 4096
+    while cap < need:
+        cap *= 2
+    p = <unsigned char *>realloc(b.p, cap)
+    if p == NULL:
+        return FR_ENOMEM
+    b.p = p
+    b.cap = cap
+    return FR_OK
+
+
+cdef inline size_t uvarint_len(uint64_t v) noexcept nogil:
+    cdef size_t n = 1
+    while v >= 0x80:
+        v >>= 7
+        n += 1
+    return n
+
+
+cdef inline size_t put_uvarint(unsigned char *p, uint64_t v) noexcept nogil:
+    cdef size_t i = 0
+    while v >= 0x80:
+        p[i] = <unsigned char>((v & 0x7f) | 0x80)
+        v >>= 7
+        i += 1
+    p[i] = <unsigned char>v
+    return i + 1
+
+
+cdef inline void put_u64le(unsigned char *p, uint64_t v) noexcept nogil:
+    cdef int i
+    for i in range(8):
+        p[i] = <unsigned char>(v >> (8 * i))
+
+
+cdef inline int key_cmp(const unsigned char *a, size_t alen, const unsigned char *b,
+                        size_t blen) noexcept nogil:
+    cdef int c = memcmp(a, b, alen if alen < blen else blen)
+    if c:
+        return c
+    return (alen > blen) - (alen < blen)
+
+
+# ----------------------------------------------------------------------------- key digest
+
+
+cdef ds_keyhash *keyhash_new() noexcept nogil:
+    cdef ds_keyhash *kh = <ds_keyhash *>malloc(sizeof(ds_keyhash))
+    if kh == NULL:
+        return NULL
+    kh.state = XXH3_createState()
+    if kh.state == NULL:
+        free(kh)
+        return NULL
+    XXH3_64bits_reset(kh.state)
+    kh.len = 0
+    return kh
+
+
+cdef void keyhash_free(ds_keyhash *kh) noexcept nogil:
+    if kh != NULL:
+        XXH3_freeState(kh.state)
+        free(kh)
+
+
+cdef inline void keyhash_add(ds_keyhash *kh, const unsigned char *key, size_t klen) noexcept nogil:
+    cdef unsigned char lenb[4]
+    if kh.len + 4 + klen > KEYHASH_BUF:
+        XXH3_64bits_update(kh.state, kh.buf, kh.len)
+        kh.len = 0
+        if 4 + klen > KEYHASH_BUF:
+            lenb[0] = klen & 0xff; lenb[1] = (klen >> 8) & 0xff
+            lenb[2] = (klen >> 16) & 0xff; lenb[3] = (klen >> 24) & 0xff
+            XXH3_64bits_update(kh.state, lenb, 4)
+            XXH3_64bits_update(kh.state, key, klen)
+            return
+    kh.buf[kh.len] = klen & 0xff
+    kh.buf[kh.len + 1] = (klen >> 8) & 0xff
+    kh.buf[kh.len + 2] = (klen >> 16) & 0xff
+    kh.buf[kh.len + 3] = (klen >> 24) & 0xff
+    memcpy(kh.buf + kh.len + 4, key, klen)
+    kh.len += 4 + klen
+
+
+cdef uint64_t keyhash_digest_reset(ds_keyhash *kh) noexcept nogil:
+    cdef uint64_t h
+    XXH3_64bits_update(kh.state, kh.buf, kh.len)
+    h = XXH3_64bits_digest(kh.state)
+    XXH3_64bits_reset(kh.state)
+    kh.len = 0
+    return h
+
+
+# ----------------------------------------------------------------------------- chunker (C)
+
+
+cdef int chunker_init(ds_chunker *c, uint64_t chunk_size, uint64_t chunk_max_bytes,
+                      const ds_matcher *exclude, int catalog) noexcept nogil:
+    memset(c, 0, sizeof(ds_chunker))
+    c.chunk_size = chunk_size
+    c.chunk_max_bytes = chunk_max_bytes
+    c.exclude = exclude
+    c.catalog = catalog
+    c.size_hint = 65536
+    c.keys = keyhash_new()
+    return FR_OK if c.keys != NULL else FR_ENOMEM
+
+
+cdef void chunk_free(ds_chunk *ch) noexcept nogil:
+    free(ch.payload.p)
+    free(ch.catalog.p)
+    if ch.has_body:
+        CAPI.body_free(&ch.body)
+    memset(ch, 0, sizeof(ds_chunk))
+
+
+cdef void chunker_free(ds_chunker *c) noexcept nogil:
+    chunk_free(&c.cur)
+    keyhash_free(c.keys)
+    c.keys = NULL
+    free(c.prev.p)
+    c.prev.p = NULL
+    if c.deflater_ready:
+        CAPI.deflater_free(&c.deflater)
+        c.deflater_ready = 0
+
+
+cdef int chunk_close(ds_chunker *c, ds_chunk *done) noexcept nogil:
+    cdef ds_chunk *ch = &c.cur
+    cdef size_t hint
+    memcpy(ch.payload.p, b"DSC1\0\0\0\0", 8)
+    put_u64le(ch.payload.p + 8, ch.count)
+    ch.payload_xxh3 = XXH3_64bits(ch.payload.p, ch.payload.len)
+    ch.keys_xxh3 = keyhash_digest_reset(c.keys)
+    hint = ch.payload.len
+    if hint > c.chunk_max_bytes:
+        hint = c.chunk_max_bytes
+    c.size_hint = hint if hint > 4096 else 4096
+    done[0] = ch[0]
+    memset(ch, 0, sizeof(ds_chunk))
+    return FR_OK
+
+
+cdef int chunker_add(ds_chunker *c, const unsigned char *key, size_t klen,
+                     const unsigned char *value, size_t vlen, ds_chunk *done) noexcept nogil:
+    cdef ds_chunk *ch = &c.cur
+    cdef size_t enc, o
+    cdef unsigned char *p
+    cdef int closed = 0
+    if klen == 0 or klen > FR_MAX_KEY:
+        return FR_EKEYLEN
+    if c.has_prev and key_cmp(c.prev.p, c.prev.len, key, klen) >= 0:
+        return FR_EORDER
+    if klen > c.prev.cap:
+        c.prev.len = 0
+        if buf_reserve(&c.prev, klen) != FR_OK:
+            return FR_ENOMEM
+    memcpy(c.prev.p, key, klen)
+    c.prev.len = klen
+    c.has_prev = 1
+    if c.exclude != NULL and matcher_match(c.exclude, key, klen):
+        c.excluded_records += 1
+        c.excluded_bytes += klen + vlen
+        return 0
+    enc = 1 + uvarint_len(klen) + uvarint_len(vlen) + klen + vlen
+    if ch.count > 0 and (ch.payload.len + enc > c.chunk_max_bytes
+                         or XXH3_64bits(key, klen) % c.chunk_size == 0):
+        chunk_close(c, done)
+        closed = 1
+    if ch.payload.p == NULL:
+        ch.payload.p = <unsigned char *>malloc(c.size_hint)
+        if ch.payload.p == NULL:
+            if closed:
+                chunk_free(done)
+            return FR_ENOMEM
+        ch.payload.cap = c.size_hint
+        ch.payload.len = FR_HEADER
+    if buf_reserve(&ch.payload, enc) != FR_OK or (
+            c.catalog and buf_reserve(&ch.catalog, klen + 28) != FR_OK):
+        if closed:
+            chunk_free(done)
+        return FR_ENOMEM
+    p = ch.payload.p
+    o = ch.payload.len
+    p[o] = 0
+    o += 1
+    o += put_uvarint(p + o, klen)
+    o += put_uvarint(p + o, vlen)
+    if ch.count == 0:
+        ch.first_off = o
+        ch.first_len = klen
+    ch.last_off = o
+    ch.last_len = klen
+    memcpy(p + o, key, klen)
+    o += klen
+    memcpy(p + o, value, vlen)
+    ch.payload.len = o + vlen
+    keyhash_add(c.keys, key, klen)
+    if c.catalog:
+        ch.has_catalog = 1
+        p = ch.catalog.p
+        o = ch.catalog.len
+        o += put_uvarint(p + o, klen)
+        memcpy(p + o, key, klen)
+        o += klen
+        o += put_uvarint(p + o, vlen)
+        put_u64le(p + o, XXH3_64bits(value, vlen))
+        ch.catalog.len = o + 8
+    ch.count += 1
+    ch.raw_bytes += klen + vlen
+    c.records += 1
+    c.raw_bytes += klen + vlen
+    return closed
+
+
+cdef int chunker_finish(ds_chunker *c, ds_chunk *done) noexcept nogil:
+    if c.cur.count == 0:
+        return 0
+    chunk_close(c, done)
+    return 1
+
+
+cdef int chunk_compress(ds_chunker *c, ds_chunk *ch, int level) noexcept nogil:
+    cdef int r
+    if not c.deflater_ready:
+        if CAPI.deflater_init(&c.deflater) != DS_OK:
+            CAPI.deflater_free(&c.deflater)
+            return FR_ENOMEM
+        c.deflater_ready = 1
+    r = CAPI.deflate_body(&c.deflater, ch.payload.p, ch.payload.len, level, 512, &ch.body)
+    if r == DS_ENOMEM:
+        return FR_ENOMEM
+    if r != DS_OK:
+        c.err_detail = r
+        return FR_ECOMPRESS
+    ch.has_body = 1
+    return FR_OK
+
+
+cdef object chunk_to_py(ds_chunk *ch):
+    """Build a :class:`Chunk` from ``ch`` and free ``ch`` (also on error)."""
+    cdef Chunk out = Chunk.__new__(Chunk)
+    cdef const char *p = <const char *>ch.payload.p
+    try:
+        out.payload = PyBytes_FromStringAndSize(p, ch.payload.len)
+        out.first_key = PyBytes_FromStringAndSize(p + ch.first_off, ch.first_len)
+        out.last_key = PyBytes_FromStringAndSize(p + ch.last_off, ch.last_len)
+        out.record_count = ch.count
+        out.raw_bytes = ch.raw_bytes
+        out.keys_xxh3 = ch.keys_xxh3
+        out.payload_xxh3 = ch.payload_xxh3
+        if ch.has_catalog:
+            out.catalog = PyBytes_FromStringAndSize(<const char *>ch.catalog.p, ch.catalog.len)
+        if ch.has_body:
+            ch.has_body = 0
+            out.body = CAPI.body_to_py(&ch.body)
+    finally:
+        chunk_free(ch)
+    return out
+
+
+cdef object chunker_error(ds_chunker *c, int code, object key, Py_ssize_t index):
+    """The exception for chunker error ``code`` on input record ``index`` (-1: unknown)."""
+    where = f"record {index}: key {key!r}" if index >= 0 else f"key {key!r}"
+    rec = index if index >= 0 else None
+    if code == FR_ENOMEM:
+        return MemoryError("chunker: out of memory while framing a chunk")
+    if code == FR_EKEYLEN:
+        return FramingError(f"{where} has length {len(key)}; keys must be 1..65535 bytes", rec)
+    if code == FR_EORDER:
+        prev = bytes(c.prev.p[:c.prev.len]) if c.has_prev else None
+        return FramingError(f"{where} is not greater than the previous key {prev!r}; keys "
+                            f"must be strictly increasing within and across batches", rec)
+    if code == FR_ECOMPRESS:
+        return RuntimeError(f"chunker: compression failed: {CAPI.strerror(c.err_detail).decode()}")
+    return RuntimeError(f"chunker: error {code}")
+
+
+cdef const ds_matcher *matcher_of(object m) except? NULL:
+    if m is None:
+        return NULL
+    if not isinstance(m, KeyMatcher):
+        raise TypeError(f"exclude must be a KeyMatcher or None, not {type(m).__name__}")
+    return &(<KeyMatcher>m).m
+
+
+# ----------------------------------------------------------------------------- Python API
+
+
+cdef class Chunk:
+    """One framed chunk: payload, digests, keys, optional catalog and compressed body."""
+
+    cdef readonly bytes payload
+    cdef readonly uint64_t record_count
+    cdef readonly bytes first_key
+    cdef readonly bytes last_key
+    cdef readonly uint64_t keys_xxh3
+    cdef readonly uint64_t payload_xxh3
+    cdef readonly uint64_t raw_bytes
+    cdef readonly object catalog
+    cdef readonly object body
+
+    def __repr__(self) -> str:
+        return (f"Chunk(records={self.record_count}, payload={len(self.payload)} B, "
+                f"first_key={self.first_key!r}, last_key={self.last_key!r}, "
+                f"compressed={None if self.body is None else len(self.body.data)})")
+
+
+cdef class Chunker:
+    """Cut a sorted record stream into chunks (docs/FORMAT.md §4.1).
+
+    Not safe for concurrent use of one object; separate Chunkers may run in parallel.
+    """
+
+    cdef ds_chunker c
+    cdef object _exclude
+    cdef bint _busy
+
+    def __cinit__(self, uint64_t chunk_size, uint64_t chunk_max_bytes, exclude=None,
+                  bint catalog=False):
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        if chunk_max_bytes < 1:
+            raise ValueError("chunk_max_bytes must be >= 1")
+        if chunker_init(&self.c, chunk_size, chunk_max_bytes, matcher_of(exclude),
+                        catalog) != FR_OK:
+            raise MemoryError("Chunker: cannot allocate the key digest state")
+        self._exclude = exclude
+
+    def __dealloc__(self):
+        chunker_free(&self.c)
+
+    @property
+    def records(self) -> int:
+        return self.c.records
+
+    @property
+    def raw_bytes(self) -> int:
+        return self.c.raw_bytes
+
+    @property
+    def excluded_records(self) -> int:
+        return self.c.excluded_records
+
+    @property
+    def excluded_bytes(self) -> int:
+        return self.c.excluded_bytes
+
+    def add(self, keys, values) -> list:
+        """Frame records; return the chunks completed by them (the last stays open)."""
+        return self._run(keys, values, -1)
+
+    def add_compress(self, keys, values, int level) -> list:
+        """Like :meth:`add`, and compress each completed chunk (``Chunk.body``)."""
+        _check_level(level)
+        return self._run(keys, values, level)
+
+    def finish(self):
+        """Close and return the open chunk, or None when it is empty."""
+        return self._finish(-1)
+
+    def finish_compress(self, int level):
+        """Like :meth:`finish`, and compress the chunk."""
+        _check_level(level)
+        return self._finish(level)
+
+    cdef object _finish(self, int level):
+        cdef ds_chunk done
+        cdef int r = 0
+        self._enter()
+        try:
+            with nogil:
+                r = chunker_finish(&self.c, &done)
+                if r == 1 and level >= 0:
+                    r = chunk_compress(&self.c, &done, level)
+                    if r < 0:
+                        chunk_free(&done)
+                    else:
+                        r = 1
+        finally:
+            self._busy = False
+        if r < 0:
+            raise chunker_error(&self.c, r, None, -1)
+        return chunk_to_py(&done) if r == 1 else None
+
+    cdef _enter(self):
+        if self._busy:
+            raise RuntimeError("Chunker is being used by another thread")
+        self._busy = True
+
+    cdef list _run(self, keys, values, int level):
+        cdef tuple kt = tuple(keys), vt = tuple(values)
+        cdef Py_ssize_t n = len(kt), i, bad = -1
+        cdef const unsigned char **kp
+        cdef const unsigned char **vp
+        cdef size_t *kl
+        cdef size_t *vl
+        cdef ds_chunk *out = NULL
+        cdef size_t nout = 0, capout = 0
+        cdef int r = 0
+        cdef object k, v
+        if len(vt) != n:
+            raise ValueError(f"{n} keys but {len(vt)} values")
+        kp = <const unsigned char **>malloc((n + 1) * sizeof(void *) * 2)
+        kl = <size_t *>malloc((n + 1) * sizeof(size_t) * 2)
+        if kp == NULL or kl == NULL:
+            free(kp)
+            free(kl)
+            raise MemoryError(f"Chunker: cannot allocate the index of {n} records")
+        vp = kp + n + 1
+        vl = kl + n + 1
+        try:
+            for i in range(n):
+                k = <object>PyTuple_GET_ITEM(kt, i)
+                v = <object>PyTuple_GET_ITEM(vt, i)
+                if not PyBytes_Check(k) or not PyBytes_Check(v):
+                    raise TypeError(f"record {i}: keys and values must be bytes, got "
+                                    f"{type(k).__name__} and {type(v).__name__}")
+                kp[i] = <const unsigned char *>PyBytes_AS_STRING(k)
+                kl[i] = PyBytes_GET_SIZE(k)
+                vp[i] = <const unsigned char *>PyBytes_AS_STRING(v)
+                vl[i] = PyBytes_GET_SIZE(v)
+            self._enter()
+            try:
+                with nogil:
+                    r = _validate_batch(&self.c, kp, kl, n, &bad)
+                    i = 0
+                    while r == FR_OK and i < n:
+                        if nout == capout:
+                            capout = capout * 2 + 4
+                            out = <ds_chunk *>_grow(out, capout * sizeof(ds_chunk))
+                            if out == NULL:
+                                r = FR_ENOMEM
+                                break
+                        r = chunker_add(&self.c, kp[i], kl[i], vp[i], vl[i], &out[nout])
+                        if r == 1:
+                            r = FR_OK
+                            if level >= 0:
+                                r = chunk_compress(&self.c, &out[nout], level)
+                                if r < 0:
+                                    chunk_free(&out[nout])
+                                    break
+                            nout += 1
+                        elif r < 0:
+                            bad = i
+                        i += 1
+            finally:
+                self._busy = False
+            chunks = []
+            i = 0
+            try:
+                while i < <Py_ssize_t>nout:
+                    chunks.append(chunk_to_py(&out[i]))
+                    i += 1
+            finally:
+                while i < <Py_ssize_t>nout:
+                    chunk_free(&out[i])
+                    i += 1
+            if r < 0:
+                if r == FR_EORDER and bad > 0:
+                    raise FramingError(f"record {bad}: key {kt[bad]!r} is not greater than the "
+                                       f"previous key {kt[bad - 1]!r}; keys must be strictly "
+                                       f"increasing", bad)
+                raise chunker_error(&self.c, r, kt[bad] if bad >= 0 else None, bad)
+            return chunks
+        finally:
+            free(out)
+            free(kp)
+            free(kl)
+
+
+cdef void *_grow(void *p, size_t size) noexcept nogil:
+    cdef void *q = realloc(p, size)
+    if q == NULL:
+        free(p)
+    return q
+
+
+cdef int _validate_batch(ds_chunker *c, const unsigned char **kp, size_t *kl, Py_ssize_t n,
+                         Py_ssize_t *bad) noexcept nogil:
+    """Check key lengths and order of a whole batch before any state changes."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if kl[i] == 0 or kl[i] > FR_MAX_KEY:
+            bad[0] = i
+            return FR_EKEYLEN
+        if i == 0:
+            if c.has_prev and key_cmp(c.prev.p, c.prev.len, kp[0], kl[0]) >= 0:
+                bad[0] = 0
+                return FR_EORDER
+        elif key_cmp(kp[i - 1], kl[i - 1], kp[i], kl[i]) >= 0:
+            bad[0] = i
+            return FR_EORDER
+    return FR_OK
+
+
+cdef _check_level(int level):
+    if level < 0 or level > 9:
+        raise ValueError(f"compression level must be 0..9, got {level}")
+
+
+def is_boundary(const unsigned char[::1] key, uint64_t chunk_size) -> bool:
+    """True when a chunk starts before ``key`` by content: ``XXH3-64(key) % chunk_size == 0``."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    cdef size_t n = key.shape[0]
+    return XXH3_64bits(&key[0] if n else NULL, n) % chunk_size == 0
+
+
+cdef ds_framing_api _api
+_api.chunker_init = chunker_init
+_api.chunker_free = chunker_free
+_api.chunker_add = chunker_add
+_api.chunker_finish = chunker_finish
+_api.chunk_compress = chunk_compress
+_api.chunk_free = chunk_free
+_api.chunk_to_py = chunk_to_py
+_api.chunker_error = chunker_error
+_api.matcher_of = matcher_of
+_C_API = PyCapsule_New(&_api, "dsbackup._ext.framing._C_API", NULL)

@@ -1,0 +1,66 @@
+"""Listing an archive's keys: from the key catalog when the archive has one (no value is
+inflated), else by decoding the chunks' keys."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+from dsbackup._ext.framing import FramingError, decode_keys_sizes
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.errors import IntegrityError
+
+_U64 = struct.Struct("<Q")
+
+
+def _uvarint(buf: memoryview, pos: int, where: str) -> tuple[int, int]:
+    result = shift = 0
+    for i in range(10):
+        if pos + i >= len(buf):
+            raise IntegrityError(f"{where}: truncated varint at offset {pos}")
+        b = buf[pos + i]
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos + i + 1
+        shift += 7
+    raise IntegrityError(f"{where}: varint longer than 10 bytes at offset {pos}")
+
+
+def parse_catalog(data: memoryview, where: str) -> Iterator[tuple[bytes, int, int]]:
+    """(key, value size, value XXH3) for each record of a catalog (docs/FORMAT.md §8)."""
+    pos, n = 0, len(data)
+    while pos < n:
+        klen, pos = _uvarint(data, pos, where)
+        if klen < 1 or pos + klen > n:
+            raise IntegrityError(f"{where}: key length {klen} at offset {pos} is out of bounds")
+        key = bytes(data[pos : pos + klen])
+        pos += klen
+        vlen, pos = _uvarint(data, pos, where)
+        if pos + 8 > n:
+            raise IntegrityError(f"{where}: truncated value digest at offset {pos}")
+        (vx,) = _U64.unpack_from(data, pos)
+        pos += 8
+        yield key, vlen, vx
+
+
+def iter_listing(reader: ArchiveReader, start: bytes = b"", end: bytes | None = None,
+                 ) -> Iterator[tuple[bytes, int, int | None]]:
+    """(key, value size, value XXH3 or None) for keys in [start, end), in key order."""
+    use_catalog = reader.index.catalog_count > 0
+    for i in reader.index.chunks_overlapping(start, end):
+        where = f"{reader.path}: chunk {i}"
+        if use_catalog:
+            rows: Iterator[tuple[bytes, int, int | None]] = parse_catalog(
+                reader.read_catalog(i), where)
+        else:
+            try:
+                keys, sizes = decode_keys_sizes(reader.read_chunk(i))
+            except FramingError as exc:
+                raise IntegrityError(f"{where}: {exc}", chunk=i) from None
+            rows = ((k, s, None) for k, s in zip(keys, sizes))
+        for k, s, x in rows:
+            if k < start:
+                continue
+            if end is not None and k >= end:
+                return
+            yield k, s, x

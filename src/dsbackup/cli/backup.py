@@ -1,0 +1,65 @@
+"""`dsbackup backup SOURCE ARCHIVE`: back up a datastore to an archive."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dsbackup.backup import BackupManager
+from dsbackup.cli._common import (
+    add_json_flag,
+    cancel_on_signals,
+    emit_json,
+    human_bytes,
+    progress_bar,
+)
+from dsbackup.config import BackupConfig
+
+COMMAND = "backup"
+HELP = "back up a datastore (URI or path) to an archive"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="datastore: lmdb:PATH, flatfs:PATH, leveldb:PATH, sqlite:PATH, "
+                   "kubo:PATH or a path (detected)")
+    p.add_argument("archive", help="archive to write (.tar.gz)")
+    p.add_argument("--level", type=int, default=1, help="compression level 0-9 (default 1)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="mean records per chunk (default: auto, ~1 MiB chunks)")
+    p.add_argument("--chunk-max-bytes", type=int, default=4 << 20,
+                   help="largest chunk payload in bytes (default 4 MiB)")
+    p.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPUs)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="skip keys matching GLOB (* within a segment, ** across); repeatable")
+    p.add_argument("--include-metadata", action="store_true",
+                   help="store a key catalog (key, size, value XXH3) for fast ls")
+    p.add_argument("--timeout", type=float, default=None, help="give up after SECONDS")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip re-reading the archive's checksums before it is renamed into place")
+    p.add_argument("--parent", default=None, help="parent archive (incremental backup)")
+    add_json_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = BackupConfig(compression_level=args.level, chunk_size=args.chunk_size,
+                       chunk_max_bytes=args.chunk_max_bytes, timeout=args.timeout,
+                       verify_integrity=not args.no_verify,
+                       include_metadata=args.include_metadata,
+                       exclude_patterns=args.exclude, workers=args.workers)
+    mgr = BackupManager(cfg)
+    with cancel_on_signals() as cancel, progress_bar(not args.json, "backup") as bar:
+        meta = mgr.create_backup(args.source, args.archive, parent=args.parent, progress=bar,
+                                 cancel=cancel)
+    if args.json:
+        emit_json(COMMAND, {"ok": True, "backup": meta.to_json()})
+    else:
+        s = meta.statistics
+        print(f"{meta.path}: {meta.total_keys} records, {human_bytes(meta.total_size)} -> "
+              f"{human_bytes(meta.compressed_size)} (ratio {meta.compression_ratio:.2f}) in "
+              f"{meta.chunks} chunks, {s.duration_s:.2f} s, "
+              f"{human_bytes(s.throughput_bytes_s)}/s; fingerprint {meta.fingerprint}",
+              file=sys.stderr)
+        if s.skipped_keys:
+            print(f"excluded {s.skipped_keys} records ({human_bytes(s.skipped_bytes)})",
+                  file=sys.stderr)
+    return 0

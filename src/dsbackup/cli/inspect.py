@@ -1,0 +1,47 @@
+"""`dsbackup inspect ARCHIVE`: what an archive holds (reads no chunk)."""
+
+from __future__ import annotations
+
+import argparse
+
+from dsbackup.backup import BackupManager
+from dsbackup.cli._common import add_json_flag, emit_json, human_bytes
+
+COMMAND = "inspect"
+HELP = "show an archive's metadata: source, settings, totals, fingerprint"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("archive")
+    add_json_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    meta = BackupManager().inspect(args.archive)
+    if args.json:
+        emit_json(COMMAND, {"ok": True, "backup": meta.to_json()})
+        return 0
+    s = meta.statistics
+    rows = [
+        ("archive", meta.path),
+        ("created", meta.timestamp.isoformat()),
+        ("tool", meta.tool),
+        ("source", f"{meta.datastore.get('uri')} ({meta.datastore.get('backend')})"),
+        ("records", f"{meta.total_keys}"),
+        ("data", human_bytes(meta.total_size)),
+        ("archive size", f"{human_bytes(meta.compressed_size)} "
+                         f"(ratio {meta.compression_ratio:.2f})"),
+        ("chunks", f"{meta.chunks}"),
+        ("compression", f"level {meta.compression.get('level')} "
+                        f"({meta.compression.get('engine')})"),
+        ("chunk size", f"{meta.config.get('chunk_size')} records mean, max "
+                       f"{human_bytes(meta.config.get('chunk_max_bytes') or 0)}"),
+        ("excluded", f"{s.skipped_keys} records"),
+        ("duration", f"{s.duration_s:.2f} s ({s.mode}, {s.workers} workers)"),
+        ("fingerprint", meta.fingerprint),
+        ("parent", meta.parent or "none (full backup)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0

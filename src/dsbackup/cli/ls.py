@@ -1,0 +1,46 @@
+"""`dsbackup ls ARCHIVE`: list the keys an archive holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from dsbackup.archive.listing import iter_listing
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.cli._common import JSON_SCHEMA_VERSION, add_json_flag, show_key
+from dsbackup.restore import prefix_bounds
+
+COMMAND = "ls"
+HELP = "list an archive's keys (uses the key catalog when the archive has one)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("archive")
+    p.add_argument("--prefix", default=None, help="only the children of this key")
+    p.add_argument("-l", "--long", action="store_true", help="show value sizes (and digests)")
+    add_json_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    start, end = prefix_bounds(args.prefix)
+    out = sys.stdout
+    with ArchiveReader(args.archive) as r:
+        rows = iter_listing(r, start, end)
+        if args.json:
+            # JSON lines: a header object, then one object per key (streams for huge archives)
+            out.write(json.dumps({"schema": JSON_SCHEMA_VERSION, "command": COMMAND,
+                                  "archive": args.archive, "prefix": args.prefix}) + "\n")
+            for k, size, x in rows:
+                row = {"key": show_key(k), "size": size}
+                if x is not None:
+                    row["xxh3"] = f"{x:016x}"
+                out.write(json.dumps(row) + "\n")
+        elif args.long:
+            for k, size, x in rows:
+                digest = f"  {x:016x}" if x is not None else ""
+                out.write(f"{size:>12}{digest}  {show_key(k)}\n")
+        else:
+            for k, _size, _x in rows:
+                out.write(show_key(k) + "\n")
+    return 0

@@ -1,0 +1,52 @@
+"""`dsbackup restore ARCHIVE TARGET`: restore an archive into a datastore."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dsbackup.backup import BackupManager
+from dsbackup.cli._common import (
+    add_json_flag,
+    cancel_on_signals,
+    emit_json,
+    human_bytes,
+    progress_bar,
+)
+from dsbackup.config import BackupConfig
+
+COMMAND = "restore"
+HELP = "restore an archive into a datastore (empty by default)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("archive")
+    p.add_argument("target", help="datastore URI or path (created if missing)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--overwrite", action="store_true",
+                   help="restore into a non-empty target, replacing values")
+    g.add_argument("--skip-existing", action="store_true",
+                   help="restore into a non-empty target, keeping existing keys")
+    p.add_argument("--prefix", default=None, help="restore only the children of this key")
+    p.add_argument("--pattern", action="append", default=[], metavar="GLOB",
+                   help="restore only keys matching GLOB; repeatable")
+    p.add_argument("--workers", type=int, default=None)
+    add_json_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    mode = "overwrite" if args.overwrite else "skip_existing" if args.skip_existing else "empty"
+    mgr = BackupManager(BackupConfig(workers=args.workers))
+    with cancel_on_signals() as cancel, progress_bar(not args.json, "restore") as bar:
+        res = mgr.restore_backup(args.archive, args.target, mode=mode, prefix=args.prefix,
+                                 pattern=args.pattern or None, progress=bar, cancel=cancel)
+    if args.json:
+        emit_json(COMMAND, {"ok": True, "restore": res.to_json()})
+    else:
+        extra = f", resumed at chunk {res.resumed_from_chunk}" if res.resumed_from_chunk else ""
+        print(f"{res.target}: restored {res.records_written} records "
+              f"({human_bytes(res.bytes_written)}) from {res.chunks} chunks in "
+              f"{res.duration_s:.2f} s{extra}", file=sys.stderr)
+        if res.records_skipped:
+            print(f"kept {res.records_skipped} existing keys", file=sys.stderr)
+    return 0

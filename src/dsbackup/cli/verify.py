@@ -1,0 +1,48 @@
+"""`dsbackup verify ARCHIVE`: check an archive (exit code 3 when damaged)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dsbackup.backup import BackupManager
+from dsbackup.cli._common import add_json_flag, emit_json, human_bytes, show_key
+from dsbackup.config import BackupConfig
+from dsbackup.errors import EXIT_INTEGRITY
+
+COMMAND = "verify"
+HELP = "verify an archive: quick (checksums), deep (default: inflate and parse) or sampled"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("archive")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true",
+                   help="structure and member checksums only (no inflate)")
+    g.add_argument("--sample", type=float, default=None, metavar="FRACTION",
+                   help="quick check of everything, deep check of a random fraction of chunks")
+    p.add_argument("--workers", type=int, default=None)
+    add_json_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    mgr = BackupManager(BackupConfig(workers=args.workers))
+    report = mgr.verify_backup(args.archive, deep=not args.quick, sample=args.sample)
+    if args.json:
+        emit_json(COMMAND, report.to_json())
+    else:
+        if report.ok:
+            rate = report.bytes_checked / report.duration_s if report.duration_s else 0
+            print(f"{args.archive}: OK ({report.mode}): {report.checked_chunks} chunks, "
+                  f"{report.records} records checked, {human_bytes(report.bytes_checked)} in "
+                  f"{report.duration_s:.2f} s ({human_bytes(rate)}/s)", file=sys.stderr)
+        else:
+            print(f"{args.archive}: DAMAGED: {len(report.errors)} problem(s)", file=sys.stderr)
+            for e in report.errors[:50]:
+                print(f"  {e}", file=sys.stderr)
+            for r in report.bad_ranges[:50]:
+                if "first_key" in r:
+                    print(f"  chunk {r['chunk']}: keys {show_key(r['first_key'])} .. "
+                          f"{show_key(r['last_key'])} ({r['records']} records) affected",
+                          file=sys.stderr)
+    return 0 if report.ok else EXIT_INTEGRITY

@@ -1,0 +1,52 @@
+"""Restore of archives written by the Go tool dsbackup re-imagines (see docs/GOFORMAT.md)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from dsbackup._ext.framing import KeyMatcher
+from dsbackup.errors import RestoreError
+from dsbackup.goformat import iter_go_records
+from dsbackup.metadata import RestoreResult
+
+
+def restore_go_archive(path: str | os.PathLike[str], target: Any, *, mode: str = "empty",
+                       prefix: str | bytes | None = None, pattern: str | list[str] | None = None,
+                       batch_bytes: int = 64 << 20) -> RestoreResult:
+    from dsbackup.restore import prefix_bounds
+
+    t0 = time.perf_counter()
+    owned = False
+    if isinstance(target, (str, os.PathLike)):
+        from dsbackup.datastores import open_datastore
+
+        target = open_datastore(str(target), readonly=False)
+        owned = True
+    try:
+        result = RestoreResult(archive=str(path), target=getattr(target, "uri", str(target)))
+        if mode == "empty" and not target.is_empty():
+            raise RestoreError(f"{result.target}: target datastore is not empty; restore into "
+                               "an empty store, or choose mode overwrite or skip_existing")
+        start, end = prefix_bounds(prefix)
+        patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
+        matcher = KeyMatcher(patterns) if patterns else None
+        for keys, values in iter_go_records(path):
+            pairs = [(k, v) for k, v in zip(keys, values)
+                     if k >= start and (end is None or k < end)
+                     and (matcher is None or matcher.match(k))]
+            if mode == "skip_existing":
+                kept = [(k, v) for k, v in pairs if not target.has(k)]
+                result.records_skipped += len(pairs) - len(kept)
+                pairs = kept
+            if pairs:
+                target.put_many([k for k, _ in pairs], [v for _, v in pairs])
+                result.records_written += len(pairs)
+                result.bytes_written += sum(len(k) + len(v) for k, v in pairs)
+        target.sync("/")
+        result.duration_s = time.perf_counter() - t0
+        return result
+    finally:
+        if owned:
+            target.close()

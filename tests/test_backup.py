@@ -1,0 +1,217 @@
+"""BackupManager end to end: round trips across backends, determinism, exclusions, timeouts."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import threading
+
+import pytest
+
+from dsbackup import datasets
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.backup import BackupManager
+from dsbackup.config import BackupConfig
+from dsbackup.datastores import open_datastore
+from dsbackup.errors import Cancelled, ConfigError, RestoreError
+
+BACKENDS = ["memory", "lmdb", "flatfs", "leveldb", "sqlite"]
+
+
+def flatfs_safe_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
+    """Keys valid in every backend (flatfs allows only its base32 charset)."""
+    rng = random.Random(seed)
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    recs = {}
+    while len(recs) < n:
+        name = bytes(rng.choice(alphabet) for _ in range(rng.randrange(8, 20)))
+        recs[b"/" + name] = rng.randbytes(rng.randrange(0, 3000))
+    return sorted(recs.items())
+
+
+def make_store(kind: str, tmp_path, name: str):
+    if kind == "memory":
+        return open_datastore("memory:")
+    return open_datastore(f"{kind}:{tmp_path / name}")
+
+
+def contents(ds) -> list[tuple[bytes, bytes]]:
+    out = []
+    for keys, values in ds.scan_batches():
+        out += list(zip(keys, values))
+    return out
+
+
+@pytest.mark.parametrize("src_kind,dst_kind", list(itertools.product(BACKENDS, BACKENDS)))
+def test_roundtrip_every_backend_pair(tmp_path, src_kind, dst_kind):
+    records = flatfs_safe_records(120, seed=hash((src_kind, dst_kind)) & 0xFFFF)
+    src = make_store(src_kind, tmp_path, "src")
+    src.put_many([k for k, _ in records], [v for _, v in records])
+    mgr = BackupManager(BackupConfig(chunk_size=7, workers=2))
+    archive = tmp_path / "a.tar.gz"
+    meta = mgr.create_backup(src, archive)
+    assert meta.total_keys == len(records)
+    assert meta.total_size == sum(len(k) + len(v) for k, v in records)
+    dst = make_store(dst_kind, tmp_path, "dst")
+    res = mgr.restore_backup(archive, dst)
+    assert res.records_written == len(records)
+    assert contents(dst) == records
+    src.close()
+    dst.close()
+
+
+@pytest.mark.parametrize("records", [[], [(b"/one", b"1")]], ids=["empty", "one-key"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_empty_and_single_key_lmdb(tmp_path, records, workers):
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), iter(records))
+    mgr = BackupManager(BackupConfig(workers=workers))
+    meta = mgr.create_backup(f"lmdb:{src}", tmp_path / "a.tar.gz")
+    assert meta.total_keys == len(records)
+    assert mgr.verify_backup(tmp_path / "a.tar.gz").ok
+    mgr.restore_backup(tmp_path / "a.tar.gz", f"lmdb:{tmp_path / 'dst'}")
+    with open_datastore(f"lmdb:{tmp_path / 'dst'}", readonly=True) as ds:
+        assert contents(ds) == records
+
+
+@pytest.mark.slow
+def test_one_million_small_keys(tmp_path):
+    n = 1_000_000
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(n), sort=False, batch=50_000)
+    mgr = BackupManager(BackupConfig(workers=2))
+    meta = mgr.create_backup(f"lmdb:{src}", tmp_path / "a.tar.gz")
+    assert meta.total_keys == n
+    mgr.restore_backup(tmp_path / "a.tar.gz", f"lmdb:{tmp_path / 'dst'}")
+    from dsbackup.demo import store_digest
+    assert store_digest(f"lmdb:{src}") == store_digest(f"lmdb:{tmp_path / 'dst'}")
+
+
+def member_digests(path) -> list[int]:
+    with ArchiveReader(path) as r:
+        return [e.member_xxh3 for e in r.index.entries()]
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "sqlite", "flatfs"])
+def test_members_identical_for_any_worker_count(tmp_path, kind):
+    records = flatfs_safe_records(3000, seed=5)
+    src = make_store(kind, tmp_path, "src")
+    src.put_many([k for k, _ in records], [v for _, v in records])
+    src.close()
+    uri = f"{kind}:{tmp_path / 'src'}"
+    digests = []
+    for w in (1, 2, 4):
+        cfg = BackupConfig(workers=w, chunk_size=40, chunk_max_bytes=64 << 10)
+        path = tmp_path / f"w{w}.tar.gz"
+        meta = BackupManager(cfg).create_backup(uri, path)
+        assert meta.statistics.mode == ("central" if w == 1 else "parallel")
+        assert meta.total_keys == len(records)
+        digests.append(member_digests(path))
+    assert len(digests[0]) > 50
+    assert digests[0] == digests[1] == digests[2]
+
+
+def test_parallel_balances_clustered_keys(tmp_path):
+    """Keys clustered under two prefixes still get split between workers."""
+    recs = sorted(itertools.chain(
+        ((b"/blocks/%08d" % i, os.urandom(2000)) for i in range(4000)),
+        ((b"/pins/%06d" % i, b"p") for i in range(50))))
+    datasets.write_lmdb(str(tmp_path / "src"), iter(recs))
+    cfg = BackupConfig(workers=4, chunk_size=20, chunk_max_bytes=64 << 10)
+    meta = BackupManager(cfg).create_backup(f"lmdb:{tmp_path / 'src'}", tmp_path / "a.tar.gz")
+    assert meta.total_keys == len(recs)
+    one = BackupManager(BackupConfig(workers=1, chunk_size=20, chunk_max_bytes=64 << 10))
+    one.create_backup(f"lmdb:{tmp_path / 'src'}", tmp_path / "b.tar.gz")
+    assert member_digests(tmp_path / "a.tar.gz") == member_digests(tmp_path / "b.tar.gz")
+
+
+def test_exclude_patterns_are_counted(tmp_path):
+    recs = sorted([(b"/blocks/A%d" % i, b"x" * 10) for i in range(10)]
+                  + [(b"/local/x/%d" % i, b"y") for i in range(5)]
+                  + [(b"/pins/%d" % i, b"z") for i in range(3)] + [(b"/pins/a/b", b"deep")])
+    src = open_datastore("memory:")
+    src.put_many([k for k, _ in recs], [v for _, v in recs])
+    cfg = BackupConfig(exclude_patterns=["/local/**", "/pins/*"], workers=2)
+    meta = BackupManager(cfg).create_backup(src, tmp_path / "a.tar.gz")
+    assert meta.statistics.skipped_keys == 8
+    assert meta.total_keys == 11
+    dst = open_datastore("memory:")
+    BackupManager().restore_backup(tmp_path / "a.tar.gz", dst)
+    expect = [k for k, _ in recs if not (k.startswith(b"/local/") or (
+        k.startswith(b"/pins/") and k.count(b"/") == 2))]
+    assert [k for k, _ in contents(dst)] == expect
+
+
+def test_timeout_leaves_nothing(tmp_path):
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_blocks(300))
+    cfg = BackupConfig(timeout=0.05, workers=2, compression_level=9)
+    with pytest.raises(Cancelled, match="timed out"):
+        BackupManager(cfg).create_backup(f"lmdb:{src}", tmp_path / "a.tar.gz")
+    assert os.listdir(tmp_path) == ["src"]
+
+
+def test_cancel_event(tmp_path):
+    src = open_datastore("memory:")
+    recs = flatfs_safe_records(2000)
+    src.put_many([k for k, _ in recs], [v for _, v in recs])
+    cancel = threading.Event()
+    seen = []
+
+    def progress(p):
+        seen.append(p.records)
+        cancel.set()
+
+    with pytest.raises(Cancelled):
+        BackupManager(BackupConfig(chunk_size=5)).create_backup(
+            src, tmp_path / "a.tar.gz", progress=progress, cancel=cancel)
+    assert seen and not (tmp_path / "a.tar.gz").exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_restore_refuses_non_empty_target_then_modes(tmp_path):
+    recs = flatfs_safe_records(50)
+    src = open_datastore("memory:")
+    src.put_many([k for k, _ in recs], [v for _, v in recs])
+    mgr = BackupManager()
+    mgr.create_backup(src, tmp_path / "a.tar.gz")
+    dst = open_datastore(f"lmdb:{tmp_path / 'dst'}")
+    dst.put(recs[0][0], b"old")
+    dst.put(b"/EXTRA", b"keep")
+    with pytest.raises(RestoreError, match="not empty"):
+        mgr.restore_backup(tmp_path / "a.tar.gz", dst)
+    res = mgr.restore_backup(tmp_path / "a.tar.gz", dst, mode="skip_existing")
+    assert res.records_skipped == 1 and dst.get(recs[0][0]) == b"old"
+    mgr.restore_backup(tmp_path / "a.tar.gz", dst, mode="overwrite")
+    assert dst.get(recs[0][0]) == recs[0][1] and dst.get(b"/EXTRA") == b"keep"
+    dst.close()
+
+
+def test_restore_prefix_and_pattern(tmp_path):
+    recs = sorted([(b"/a/%03d" % i, b"a") for i in range(100)]
+                  + [(b"/ab/%03d" % i, b"b") for i in range(100)]
+                  + [(b"/c/x/%d" % i, b"c") for i in range(10)])
+    src = open_datastore("memory:")
+    src.put_many([k for k, _ in recs], [v for _, v in recs])
+    mgr = BackupManager(BackupConfig(chunk_size=9))
+    mgr.create_backup(src, tmp_path / "a.tar.gz")
+    dst = open_datastore("memory:")
+    mgr.restore_backup(tmp_path / "a.tar.gz", dst, prefix="/a")
+    assert [k for k, _ in contents(dst)] == [k for k, _ in recs if k.startswith(b"/a/")]
+    dst2 = open_datastore("memory:")
+    mgr.restore_backup(tmp_path / "a.tar.gz", dst2, pattern="/c/*/*")
+    assert len(contents(dst2)) == 10
+    with pytest.raises(ConfigError):
+        mgr.restore_backup(tmp_path / "a.tar.gz", dst2, mode="bogus")
+
+
+def test_inspect_and_metrics(tmp_path):
+    src = open_datastore("memory:")
+    src.put(b"/k", b"v")
+    mgr = BackupManager()
+    meta = mgr.create_backup(src, tmp_path / "a.tar.gz")
+    info = mgr.inspect(tmp_path / "a.tar.gz")
+    assert info.fingerprint == meta.fingerprint and info.total_keys == 1
+    assert info.config["engine"] == "isal-1"
+    assert mgr.get_metrics()["backups_total"] == 1
