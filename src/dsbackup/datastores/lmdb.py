@@ -13,11 +13,13 @@ lock table or lose a reader slot. This module keeps a process-global registry of
 environments: a second open of the same path raises :class:`DatastoreError`;
 :func:`is_open` lets other code check before opening the path with its own liblmdb. An
 environment opened before ``fork`` is unusable in the child (any use raises) and does not
-count as open there.
+count as open there; if no scan of it was running at the fork, the child's copy is closed
+so the child may open the path afresh (better: use spawn or forkserver workers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -60,6 +62,12 @@ def _after_fork_in_child() -> None:
             if ds is not None:
                 ds._forked = True
                 ds._finalizer.detach()  # the parent owns the environment
+                if not ds._readers:
+                    # No transaction of ours is live, so closing only unmaps and closes
+                    # this process's descriptors (POSIX locks and reader slots belong to
+                    # the parent's pid and are untouched), letting the child reopen.
+                    with contextlib.suppress(Exception):
+                        ds._env.close()
         _open_envs.clear()
 
 

@@ -1,0 +1,131 @@
+"""open_datastore: URIs, bare-path detection, clear errors, reopening by uri."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dsbackup.datastores import detect_scheme, open_datastore, parse_uri, register_backend
+from dsbackup.datastores.base import Checkable, DiskUsage, Scrubbable
+from dsbackup.datastores.flatfs import FlatfsDatastore
+from dsbackup.datastores.leveldb import LevelDbDatastore
+from dsbackup.datastores.lmdb import LmdbDatastore
+from dsbackup.datastores.memory import MemoryDatastore
+from dsbackup.datastores.sqlite import SqliteDatastore
+from dsbackup.errors import ConfigError, DatastoreError, LockedError
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def test_parse_uri():
+    assert parse_uri("lmdb:/a/b") == ("lmdb", "/a/b", {})
+    assert parse_uri("flatfs:/x?shard=prefix/2&sync=0") == (
+        "flatfs", "/x", {"shard": "prefix/2", "sync": "0"})
+    assert parse_uri("memory:") == ("memory", "", {})
+    assert parse_uri("/plain/path") == (None, "/plain/path", {})
+    assert parse_uri("relative/dir") == (None, "relative/dir", {})
+    assert parse_uri("C:/windows") == (None, "C:/windows", {})
+    assert parse_uri("/odd:name/x") == (None, "/odd:name/x", {})
+
+
+def _make_all(tmp: Path) -> dict[str, Path]:
+    paths = {k: tmp / k for k in ("lmdb", "flatfs", "leveldb")}
+    paths["sqlite"] = tmp / "store.db"
+    for scheme, p in paths.items():
+        with open_datastore(f"{scheme}:{p}") as ds:
+            ds.put("/ABC", b"value-" + scheme.encode())
+    return paths
+
+
+def test_bare_paths_are_detected(tmp_path):
+    kinds = {"lmdb": LmdbDatastore, "flatfs": FlatfsDatastore, "leveldb": LevelDbDatastore,
+             "sqlite": SqliteDatastore}
+    for scheme, p in _make_all(tmp_path).items():
+        assert detect_scheme(p) == scheme
+        with open_datastore(str(p), readonly=True) as ds:
+            assert type(ds) is kinds[scheme]
+            assert ds.get("/ABC") == b"value-" + scheme.encode()
+        with open_datastore(p, readonly=True) as ds:  # os.PathLike works too
+            assert ds.readonly
+
+
+def test_parallel_readable_flags(tmp_path):
+    want = {"lmdb": True, "flatfs": True, "sqlite": True, "leveldb": False}
+    for scheme, p in _make_all(tmp_path).items():
+        with open_datastore(f"{scheme}:{p}", readonly=True) as ds:
+            assert ds.parallel_readable is want[scheme], scheme
+    assert open_datastore("memory:").parallel_readable is False
+
+
+def test_capabilities(tmp_path):
+    for scheme, p in _make_all(tmp_path).items():
+        with open_datastore(f"{scheme}:{p}", readonly=True) as ds:
+            assert isinstance(ds, DiskUsage) and ds.disk_usage() > 0
+            if scheme != "leveldb":
+                assert isinstance(ds, Checkable) and isinstance(ds, Scrubbable)
+                ds.check()
+                ds.scrub()
+
+
+def test_uri_reopens_in_another_process(tmp_path):
+    code = ("import sys; from dsbackup.datastores import open_datastore\n"
+            "ds = open_datastore(sys.argv[1], readonly=True)\n"
+            "sys.stdout.write(ds.get('/ABC').decode()); ds.close()\n")
+    env = dict(os.environ, PYTHONPATH=SRC)
+    for scheme, p in _make_all(tmp_path).items():
+        with open_datastore(f"{scheme}:{p}", readonly=True) as ds:
+            uri = ds.uri
+        out = subprocess.run([sys.executable, "-c", code, uri], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        assert out == "value-" + scheme
+
+
+def test_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="unknown datastore scheme 'nosuch'"):
+        open_datastore(f"nosuch:{tmp_path}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatastoreError, match="no recognised datastore"):
+        open_datastore(str(tmp_path / "empty"))
+    (tmp_path / "file.txt").write_text("hello")
+    with pytest.raises(DatastoreError, match="not a recognised datastore"):
+        open_datastore(str(tmp_path / "file.txt"))
+    with pytest.raises(DatastoreError, match="no such file"):
+        open_datastore(str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="no path"):
+        open_datastore("lmdb:")
+    with pytest.raises(DatastoreError):
+        open_datastore(f"sqlite:{tmp_path / 'file.txt'}")
+    with pytest.raises(DatastoreError):
+        open_datastore(f"leveldb:{tmp_path / 'missing-ldb'}", readonly=True)
+
+
+def test_register_backend():
+    register_backend("scratch", lambda path, readonly=False: MemoryDatastore(
+        f"scratch:{path}", readonly=readonly))
+    ds = open_datastore("scratch:x", readonly=True)
+    assert ds.uri == "scratch:x" and ds.readonly
+
+
+LOCK_HOLDER = ("import sys, time; from dsbackup.datastores import open_datastore\n"
+               "ds = open_datastore(sys.argv[1]); print('open', flush=True)\n"
+               "sys.stdin.read()\n")
+
+
+def test_leveldb_is_single_process(tmp_path):
+    p = tmp_path / "ldb"
+    open_datastore(f"leveldb:{p}").close()
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, f"leveldb:{p}"],
+                              env=dict(os.environ, PYTHONPATH=SRC), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(LockedError) as exc:
+            open_datastore(f"leveldb:{p}", readonly=True)
+        assert exc.value.exit_code == 4
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
