@@ -343,7 +343,7 @@ def test_same_lmdb_given_twice_is_opened_once(tmp_path: Path) -> None:
 def test_backup_before_archives_the_source(tmp_path: Path) -> None:
     pytest.importorskip("dsbackup.backup", reason="backup layer not available")
     items = kv_items(400)
-    src, dst = f"lmdb:{tmp_path}/src", f"lmdb:{tmp_path}/dst"
+    src, dst = f"leveldb:{tmp_path}/src", f"lmdb:{tmp_path}/dst"
     fill(src, items)
     res = MigrationManager(MigrationConfig(backup_before=True)).execute_migration(
         plan_of(copy_step()), src, dst)
@@ -355,11 +355,23 @@ def test_backup_before_archives_the_source(tmp_path: Path) -> None:
     assert BackupManager().verify_backup(res.backup_path).ok
 
 
+def _require_restore_layer(tmp_path: Path) -> None:
+    """Skip when the backup/restore layer cannot round-trip a tiny store in this tree."""
+    try:
+        from dsbackup.backup import BackupManager
+
+        mem = open_datastore("memory:")
+        mem.put(b"/probe", b"1")
+        BackupManager().create_backup(mem, tmp_path / "probe.tar.gz")
+        BackupManager().restore_backup(tmp_path / "probe.tar.gz", open_datastore("memory:"))
+    except ImportError as exc:
+        pytest.skip(f"backup/restore layer not complete in this tree: {exc}")
+
+
 def test_rollback_restores_the_pre_migration_backup(tmp_path: Path) -> None:
-    pytest.importorskip("dsbackup.restore", reason="restore layer (dsbackup.restore) not on "
-                                                   "this branch yet")
+    _require_restore_layer(tmp_path)
     items = kv_items(400)
-    src, dst = f"lmdb:{tmp_path}/src", f"lmdb:{tmp_path}/dst"
+    src, dst = f"leveldb:{tmp_path}/src", f"lmdb:{tmp_path}/dst"
     fill(src, items)
     before = store_digest(src)
     plan = plan_of(MigrationStep(id="mv", type="move", filters=FilterConfig(key_prefix="/m")),

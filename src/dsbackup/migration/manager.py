@@ -532,9 +532,13 @@ class MigrationManager:
                 for k in keys:
                     b.delete(k)
             n += len(keys)
-        res = BackupManager(BackupConfig()).restore_backup(backup, source)
+        try:
+            res = BackupManager(BackupConfig()).restore_backup(backup, source)
+        except ImportError as exc:
+            raise MigrationError(f"restoring the pre-migration backup needs the restore layer, "
+                                 f"which is not available: {exc}") from None
         source.sync("/")
-        return int(getattr(res, "total_keys", getattr(res, "records", 0)) or 0)
+        return int(getattr(res, "records_written", 0) or 0)
 
     def _record(self, result: MigrationResult) -> None:
         with self._lock:
