@@ -27,6 +27,7 @@ from typing import Any
 
 from dsbackup.errors import Cancelled, MigrationError, NotFound, ValidationError
 from dsbackup.keys import key_str
+from dsbackup.migration import lmdbfast
 from dsbackup.migration.config import MigrationConfig
 from dsbackup.migration.filters import CompiledFilter
 from dsbackup.migration.journal import Journal
@@ -309,6 +310,15 @@ class StepRunner:
             start = _after(resume)
         pass_through = xf.identity and not xf.validators and filt.keep is None
         res = self.res
+        if pass_through and not self.ctx.dry_run and lmdbfast.applicable(self.src, dst):
+            for s, e in scan_ranges(start, end):
+                for last, n, nbytes in lmdbfast.copy_batches(self.src, dst, s, e, self.bs):
+                    res.records += n
+                    res.written += n
+                    res.bytes += nbytes
+                    self._checkpoint(last, (dst,))
+                    self._progress()
+            return
         for keys, values in self._scan(self.src, start, end):
             last = keys[-1]
             if transform_all and not whole:

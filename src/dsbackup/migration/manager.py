@@ -78,6 +78,16 @@ def _same_uri(a: str, b: str) -> bool:
     return os.path.realpath(pa) == os.path.realpath(pb)
 
 
+def _write_options(uri: str) -> dict[str, Any]:
+    """LMDB stores are written without an fsync per transaction: every journal checkpoint
+    syncs the store first (``sync()`` forces LMDB's flush), so nothing the journal claims is
+    lost, and a kill loses nothing the OS already has. A URI that sets ``sync`` keeps it."""
+    scheme, _path, params = parse_uri(uri)
+    if scheme == "lmdb" and "sync" not in params:
+        return {"sync": False}
+    return {}
+
+
 class _Stores:
     """The stores of one run: ``source``, ``target`` and any URI a step names, each opened
     once (an LMDB environment must never be opened twice in one process)."""
@@ -93,7 +103,8 @@ class _Stores:
             if _same_uri(known, uri):
                 return ds
         try:
-            ds = open_readonly(uri) if self.readonly else open_datastore(uri)
+            ds = (open_readonly(uri) if self.readonly
+                  else open_datastore(uri, **_write_options(uri)))
         except DatastoreError:
             if must_exist or not self.readonly:
                 raise
