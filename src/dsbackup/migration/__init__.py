@@ -1,7 +1,6 @@
 """Journaled, resumable, reversible datastore migrations. See docs/MIGRATION.md."""
 
 from dsbackup.migration.config import MigrationConfig
-from dsbackup.migration.engine import ProgressEvent
 from dsbackup.migration.journal import JournalCorrupt
 from dsbackup.migration.manager import MigrationManager
 from dsbackup.migration.plan import (
@@ -13,6 +12,7 @@ from dsbackup.migration.plan import (
     load_plan,
 )
 from dsbackup.migration.result import MigrationResult, RollbackReport, StepResult
+from dsbackup.migration.runtime import ProgressEvent
 from dsbackup.migration.transforms import register_key_transform, register_value_transform
 from dsbackup.migration.validators import register_validator
 

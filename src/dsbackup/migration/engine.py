@@ -19,133 +19,31 @@ Chains (``/a -> /p/a`` while ``/p/a -> /p/p/a``) and resumption at any point are
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from dsbackup.errors import Cancelled, MigrationError, NotFound, ValidationError
+from dsbackup.errors import MigrationError, NotFound, ValidationError
 from dsbackup.keys import key_str
 from dsbackup.migration import lmdbfast
-from dsbackup.migration.config import MigrationConfig
 from dsbackup.migration.filters import CompiledFilter
-from dsbackup.migration.journal import Journal
-from dsbackup.migration.plan import MigrationStep, MigrationType, TransformationConfig
+from dsbackup.migration.plan import MigrationStep, MigrationType
 from dsbackup.migration.result import StepResult
-from dsbackup.migration.transforms import (
-    KeyTransform,
-    ValueTransform,
-    compile_key_transform,
-    compile_value_transform,
+from dsbackup.migration.runtime import (
+    MAX_ERROR_MESSAGES,
+    TMP_END,
+    TMP_ROOT,
+    CompiledTransform,
+    ProgressEvent,
+    RunContext,
+    after,
+    prefix_end,
+    scan_ranges,
 )
-from dsbackup.migration.validators import Validator, compile_validators
 
-__all__ = ["CompiledTransform", "ProgressEvent", "RunContext", "StepRunner", "TMP_ROOT"]
+__all__ = ["StepRunner"]
 
 log = logging.getLogger(__name__)
-
-TMP_ROOT = b"/_DSMIGRATE_"
-TMP_END = b"/_DSMIGRATE`"  # the byte after "_" is "`": [TMP_ROOT, TMP_END) is every temp key
-MAX_ERROR_MESSAGES = 20
-
-
-def _after(key: bytes) -> bytes:
-    """The smallest key greater than ``key``."""
-    return key + b"\x00"
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
-
-
-def scan_ranges(start: bytes, end: bytes | None) -> list[tuple[bytes, bytes | None]]:
-    """``[start, end)`` minus the temporary namespace."""
-    out: list[tuple[bytes, bytes | None]] = []
-    first_end = TMP_ROOT if end is None or end > TMP_ROOT else end
-    if start < first_end:
-        out.append((start, first_end))
-    second_start = max(start, TMP_END)
-    if end is None or second_start < end:
-        out.append((second_start, end))
-    return out
-
-
-@dataclass
-class CompiledTransform:
-    key: KeyTransform
-    value: ValueTransform
-    validators: list[Validator]
-
-    @classmethod
-    def build(cls, cfg: TransformationConfig | None, where: str = "transform"
-              ) -> CompiledTransform:
-        cfg = cfg or TransformationConfig()
-        return cls(compile_key_transform(cfg.key_specs, cfg.mappings, where),
-                   compile_value_transform(cfg.value_specs, where),
-                   compile_validators(cfg.validators, where))
-
-    @property
-    def identity(self) -> bool:
-        return self.key.identity and self.value.identity
-
-    def apply(self, keys: list[bytes], values: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-        if not self.key.identity:
-            keys = self.key.apply_batch(keys)
-            for k in keys:
-                if TMP_ROOT <= k < TMP_END:
-                    raise MigrationError(f"a transform produced {key_str(k)!r}, inside the "
-                                         f"reserved namespace {key_str(TMP_ROOT)}*")
-        if not self.value.identity:
-            values = self.value.apply_batch(values)
-        return keys, values
-
-    def check(self, keys: list[bytes], values: list[bytes], step_id: str) -> None:
-        """Raise :class:`ValidationError` at the first record a validator rejects."""
-        for v in self.validators:
-            for k, val in zip(keys, values):
-                reason = v(k, val)
-                if reason:
-                    raise ValidationError(f"step {step_id!r}: validator {v.name} rejected "
-                                          f"key {key_str(k)}: {reason}")
-
-
-@dataclass
-class ProgressEvent:
-    step_id: str
-    step_index: int
-    steps_total: int
-    phase: str
-    records: int
-    bytes: int
-    elapsed_s: float
-
-    @property
-    def rate(self) -> float:
-        return self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-
-@dataclass
-class RunContext:
-    """What every step of one run shares."""
-
-    config: MigrationConfig
-    dry_run: bool = False
-    journal: Journal | None = None
-    progress: Callable[[ProgressEvent], None] | None = None
-    cancel: threading.Event | None = None
-    deadline: float | None = None
-    steps_total: int = 0
-    error_log: list[str] = field(default_factory=list)
-    cleanup_requested: bool = False
-
-    def check(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise Cancelled("migration cancelled; its journal is kept, re-run with --resume")
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise Cancelled(f"migration timed out after {self.config.timeout} s; its journal "
-                            f"is kept, re-run with --resume")
-
 
 class StepRunner:
     """Runs one step between two opened stores (the same object when in place)."""
@@ -307,7 +205,7 @@ class StepRunner:
         whole = transform_all and filt.keep is None and filt.start == b"" and filt.end is None
         start, end = (b"", None) if transform_all else (filt.start, filt.end)
         if resume is not None:
-            start = _after(resume)
+            start = after(resume)
         pass_through = xf.identity and not xf.validators and filt.keep is None
         res = self.res
         if pass_through and not self.ctx.dry_run and lmdbfast.applicable(self.src, dst):
@@ -380,7 +278,7 @@ class StepRunner:
         start = filt.start
         resume = self._resume_point("delete")
         if resume is not None:
-            start = _after(resume)
+            start = after(resume)
         if filt.keep is None:
             batches: Iterator[tuple[list[bytes], list[bytes] | None]] = (
                 (ks, None) for ks in self._scan_keys(self.src, start, filt.end))
@@ -401,13 +299,13 @@ class StepRunner:
         prefix = self.tmp_prefix
         order = ["stage", "delete", "apply"]
         if not self.ctx.dry_run and not self.resume:
-            self._clear_range(ds, prefix, _prefix_end(prefix))  # leftovers of an old attempt
+            self._clear_range(ds, prefix, prefix_end(prefix))  # leftovers of an old attempt
         if not self._phase_done_before("stage", order):
             self.phase = "stage"
             start = filt.start
             resume = self._resume_point("stage")
             if resume is not None:
-                start = _after(resume)
+                start = after(resume)
             res = self.res
             for keys, values in self._scan(ds, start, filt.end):
                 sel_k, sel_v, skipped = filt.select(keys, values)
@@ -435,7 +333,7 @@ class StepRunner:
             start = filt.start
             resume = self._resume_point("delete")
             if resume is not None:
-                start = _after(resume)
+                start = after(resume)
             for keys, values in self._scan(ds, start, filt.end):
                 sel_k, _, _ = filt.select(keys, values)
                 new_k = xf.key.apply_batch(sel_k) if not xf.key.identity else sel_k
@@ -456,10 +354,10 @@ class StepRunner:
         if not (self.resume and self.resume.get("phase") == "apply"):
             # count what is staged (distinct new keys) before applying, so the count is
             # exact whether or not this phase is later interrupted
-            for keys in self._scan_keys_range(ds, prefix, _prefix_end(prefix)):
+            for keys in self._scan_keys_range(ds, prefix, prefix_end(prefix)):
                 self.res.written += len(keys)
             self._checkpoint(None, (ds,), force=True)
-        for keys, values in ds.scan_batches(prefix, _prefix_end(prefix), max_records=self.bs,
+        for keys, values in ds.scan_batches(prefix, prefix_end(prefix), max_records=self.bs,
                                             max_bytes=self.bb):
             ds.put_many([b"/" + k[n:] for k in keys], values)
             with ds.batch() as b:
@@ -515,7 +413,7 @@ class StepRunner:
             got: dict[bytes, bytes] = {}
             dk_all: list[bytes] = []
             dv_all: list[bytes] = []
-            for dk, dv in dst.scan_batches(ek[0], _after(ek[-1]), max_records=1 << 30,
+            for dk, dv in dst.scan_batches(ek[0], after(ek[-1]), max_records=1 << 30,
                                            max_bytes=1 << 62):
                 dk_all += dk
                 dv_all += dv

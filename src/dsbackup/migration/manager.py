@@ -30,7 +30,7 @@ from dsbackup.errors import (
 )
 from dsbackup.migration.config import MigrationConfig
 from dsbackup.migration.dryrun import open_readonly
-from dsbackup.migration.engine import ProgressEvent, RunContext, StepRunner
+from dsbackup.migration.engine import StepRunner
 from dsbackup.migration.journal import (
     Journal,
     JournalState,
@@ -47,6 +47,7 @@ from dsbackup.migration.plan import (
     load_plan,
 )
 from dsbackup.migration.result import MigrationResult, RollbackReport, StepResult
+from dsbackup.migration.runtime import ProgressEvent, RunContext
 
 __all__ = ["MigrationManager"]
 

@@ -146,7 +146,7 @@ class TransformationConfig:
         return out
 
     def compile(self, where: str = "transform") -> Any:
-        from dsbackup.migration.engine import CompiledTransform
+        from dsbackup.migration.runtime import CompiledTransform
 
         return CompiledTransform.build(self, where)
 
