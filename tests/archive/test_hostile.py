@@ -116,7 +116,7 @@ def test_declared_size_impossible_for_compressed_length(tmp_path, rss_guard):
 
 def test_declared_size_smaller_than_data(tmp_path):
     p = payload([(b"/a", b"x" * 5000)])
-    raw = honest_member(p, fmt.TYPE_CHUNK, fmt.chunk_name(0))
+    raw = honest_member(p, fmt.TYPE_CHUNK, fmt.chunk_name(0), seq=0)
     # rewrite the subfield to declare fewer bytes (with a valid subfield check)
     sub = fmt.chunk_subfield(0, 1, 100, xxh3_64(p))
     raw = fmt.member_head(sub) + raw[fmt.SUBFIELD_OFFSET + fmt.CHUNK_SUBLEN:]
@@ -196,7 +196,7 @@ def test_tar_entry_with_dotdot_name(tmp_path):
 
 def test_manifest_not_json(tmp_path):
     p = payload([(b"/a", b"1")])
-    raw = honest_member(p, fmt.TYPE_CHUNK, fmt.chunk_name(0))
+    raw = honest_member(p, fmt.TYPE_CHUNK, fmt.chunk_name(0), seq=0)
     path = assemble(tmp_path / "m.tar.gz", [(raw, {"payload_len": len(p),
                                                     "pxxh": xxh3_64(p)})],
                     manifest=b"\xff not json")

@@ -29,12 +29,12 @@ class ArchiveReader:
             raise ArchiveError(f"{self.path}: cannot open: {exc}") from None
         try:
             self.size = os.fstat(self._fd).st_size
-            tail = self.pread(max(0, self.size - fmt.TRAILER_SIZE), fmt.TRAILER_SIZE)
+            tail = self.pread(max(0, self.size - fmt.TRAILER_SIZE), min(self.size, fmt.TRAILER_SIZE))
             try:
                 self.trailer = fmt.Trailer.decode(tail, self.size)
             except IntegrityError as exc:
-                head = self.pread(0, 2)
-                if head != b"\x1f\x8b":
+                head = self.pread(0, min(2, self.size))
+                if not b"\x1f\x8b".startswith(head):
                     raise ArchiveError(f"{self.path}: not a gzip file (and not a dsbackup "
                                        "archive)") from None
                 raise IntegrityError(f"{self.path}: {exc}", part="trailer") from None
@@ -172,12 +172,19 @@ class ArchiveReader:
         """Chunk i's payload, after every check (member XXH3, CRC, sizes, payload XXH3)."""
         return self.decode_chunk_member(i, self.read_member(i))
 
-    def read_catalog(self, i: int) -> memoryview:
+    def read_catalog_member(self, i: int) -> bytes:
+        """The raw bytes of chunk i's catalog member, checked against the index."""
         c = self.index.catalog(i)
         self._check_member_range(i, c.offset, c.length, "catalog")
         raw = self.pread(c.offset, c.length)
         if xxh3_64(raw) != c.member_xxh3:
             raise IntegrityError(f"{self.path}: catalog {i}: member checksum mismatch", chunk=i)
+        return raw
+
+    def read_catalog(self, i: int) -> memoryview:
+        """Chunk i's key catalog data, after every check."""
+        c = self.index.catalog(i)
+        raw = self.read_catalog_member(i)
         sub, data = decode_member(raw, f"{self.path}: catalog {i}",
                                   expected_type=fmt.TYPE_CATALOG,
                                   expected_name=fmt.catalog_name(i), chunk=i)

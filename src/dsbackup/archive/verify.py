@@ -73,6 +73,8 @@ def _check_chunk(reader: ArchiveReader, i: int, deep: bool) -> tuple[int, int]:
     e = reader.entry(i)
     raw = reader.read_member(i)
     if not deep:
+        if reader.index.catalog_count:
+            reader.read_catalog_member(i)
         return len(raw), e.records
     payload = reader.decode_chunk_member(i, raw)
     try:
