@@ -199,3 +199,53 @@ def test_two_readers_and_a_writer_in_separate_processes(tmp_path):
     final = LmdbDatastore(path, readonly=True)
     assert final._env.info()["map_size"] > 1 << 20  # the writer grew the map
     final.close()
+
+
+SNAPSHOT_READER = textwrap.dedent("""
+    import sys
+    from dsbackup.datastores import open_datastore
+    ds = open_datastore(sys.argv[1], readonly=True)
+    it = ds.scan_batches(max_records=3)
+    first = next(it)  # the read transaction begins here
+    print(ds.last_txn_id(), flush=True)
+    sys.stdin.readline()  # the parent commits more writes now
+    print(len(first[0]) + sum(len(k) for k, _ in it), flush=True)
+""")
+
+
+def test_writer_lock_pins_one_snapshot_for_other_processes(tmp_path):
+    ds = LmdbDatastore(tmp_path / "db", sync=False)
+    ds.put_many([b"/a%03d" % i for i in range(10)], [b"v"] * 10)
+    with ds.writer_lock() as txn_id:
+        assert txn_id == ds.last_txn_id()
+        reader = subprocess.Popen([sys.executable, "-c", SNAPSHOT_READER, ds.uri], env=_env(),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert int(reader.stdout.readline()) == txn_id
+    ds.put_many([b"/b%03d" % i for i in range(5)], [b"w"] * 5)
+    assert ds.last_txn_id() == txn_id + 1
+    out, _ = reader.communicate("go\n", timeout=60)
+    assert int(out) == 10  # the reader's scan stays on the snapshot it began under the lock
+    ro = tmp_path / "ro"
+    LmdbDatastore(ro).close()
+    with LmdbDatastore(ro, readonly=True) as r, pytest.raises(DatastoreError, match="read-only"), \
+            r.writer_lock():
+        pass
+    ds.close()
+
+
+def test_claims_by_other_lmdb_users(tmp_path):
+    path = tmp_path / "db"
+    LmdbDatastore(path).close()
+    with lmdb_backend.claim(path, "dsbackup._ext.lmdbscan"):
+        assert lmdb_backend.is_open(path)
+        with pytest.raises(DatastoreError, match="by dsbackup._ext.lmdbscan"):
+            LmdbDatastore(path, readonly=True)
+        with pytest.raises(DatastoreError, match="already open"), \
+                lmdb_backend.claim(path, "someone else"):
+            pass
+    assert not lmdb_backend.is_open(path)
+    ds = LmdbDatastore(path, readonly=True)
+    with pytest.raises(DatastoreError, match="already open"), \
+            lmdb_backend.claim(str(path) + "/", "dsbackup._ext.lmdbscan"):
+        pass
+    ds.close()

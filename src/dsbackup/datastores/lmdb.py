@@ -35,7 +35,7 @@ from dsbackup.datastores.base import (
 )
 from dsbackup.errors import DatastoreError, InvalidKey, LockedError, NotFound
 
-__all__ = ["LmdbDatastore", "is_open", "open_lmdb", "INITIAL_MAP_SIZE"]
+__all__ = ["LmdbDatastore", "claim", "is_open", "open_lmdb", "INITIAL_MAP_SIZE"]
 
 INITIAL_MAP_SIZE = 64 << 20
 _MAX_GROWTHS = 40
@@ -48,11 +48,37 @@ def _env_id(path: str | os.PathLike[str]) -> str:
     return os.path.realpath(os.fspath(path))
 
 
+_claims: dict[str, str] = {}  # env id -> owner, for environments opened by other code
+
+
 def is_open(path: str | os.PathLike[str]) -> bool:
-    """True when this process holds the LMDB environment at ``path`` open through py-lmdb."""
+    """True when this process holds the LMDB environment at ``path`` open, through this
+    backend (py-lmdb) or through a :func:`claim` (e.g. the native scanner's liblmdb)."""
+    env_id = _env_id(path)
     with _registry_lock:
-        ref = _open_envs.get(_env_id(path))
-        return ref is not None and ref() is not None
+        ref = _open_envs.get(env_id)
+        return env_id in _claims or (ref is not None and ref() is not None)
+
+
+@contextlib.contextmanager
+def claim(path: str | os.PathLike[str], owner: str) -> Iterator[None]:
+    """Mark ``path`` as open in this process by ``owner`` (code with its own liblmdb) for
+    the duration of the block; opening it here meanwhile raises :class:`DatastoreError`,
+    and claiming a path that is already open raises too."""
+    env_id = _env_id(path)
+    with _registry_lock:
+        ref = _open_envs.get(env_id)
+        if env_id in _claims or (ref is not None and ref() is not None):
+            holder = _claims.get(env_id, "dsbackup.datastores.lmdb")
+            raise DatastoreError(f"LMDB environment {path} is already open in this process "
+                                 f"(by {holder}); LMDB environments may be opened once per "
+                                 "process")
+        _claims[env_id] = owner
+    try:
+        yield
+    finally:
+        with _registry_lock:
+            _claims.pop(env_id, None)
 
 
 def _after_fork_in_child() -> None:
@@ -69,6 +95,7 @@ def _after_fork_in_child() -> None:
                     with contextlib.suppress(Exception):
                         ds._env.close()
         _open_envs.clear()
+        _claims.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -91,6 +118,10 @@ class LmdbDatastore(BaseDatastore):
         env_id = _env_id(self.path)
         with _registry_lock:
             ref = _open_envs.get(env_id)
+            if env_id in _claims:
+                raise DatastoreError(
+                    f"LMDB environment {self.path} is already open in this process (by "
+                    f"{_claims[env_id]}); LMDB environments may be opened once per process")
             if ref is not None and ref() is not None:
                 raise DatastoreError(
                     f"LMDB environment {self.path} is already open in this process; open it "
@@ -116,14 +147,16 @@ class LmdbDatastore(BaseDatastore):
         except _lmdb.LockError as e:
             raise LockedError(f"{self.path}: LMDB lock file busy: {e}") from e
         except _lmdb.Error as e:
-            if readonly and ("Permission denied" in str(e) or "Read-only" in str(e)):
+            if readonly and "Read-only file system" in str(e):
                 # A read-only medium: no writer can exist, so lock-free reading is safe.
                 kwargs["lock"] = False
                 try:
                     return _lmdb.open(str(self.path), **kwargs)
                 except _lmdb.Error as e2:
                     raise DatastoreError(f"{self.path}: cannot open LMDB: {e2}") from e2
-            raise DatastoreError(f"{self.path}: cannot open LMDB: {e}") from e
+            hint = (" (readers need write access to lock.mdb to register in the reader "
+                    "table)" if "Permission denied" in str(e) else "")
+            raise DatastoreError(f"{self.path}: cannot open LMDB: {e}{hint}") from e
 
     # -- transactions --------------------------------------------------------------------
     def _live(self) -> _lmdb.Environment:
@@ -303,6 +336,20 @@ class LmdbDatastore(BaseDatastore):
     def disk_usage(self) -> int:
         return sum(p.stat().st_size for p in (self.path / "data.mdb", self.path / "lock.mdb")
                    if p.exists())
+
+    @contextlib.contextmanager
+    def writer_lock(self) -> Iterator[int]:
+        """Hold LMDB's writer lock (an empty write transaction) and yield the last committed
+        transaction id: read transactions begun by other processes meanwhile all see that
+        same snapshot. Needs a writable open."""
+        self._check_writable()
+        env = self._live()
+        with self._wlock:
+            txn = env.begin(write=True)
+            try:
+                yield int(env.info()["last_txnid"])
+            finally:
+                txn.abort()
 
     def last_txn_id(self) -> int:
         """The id of the last committed write transaction (snapshot identity)."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from dsbackup.keys import Key, key_bytes
+from dsbackup.keys import Key
 
 __all__ = [
     "Entry",
@@ -177,7 +177,7 @@ def prefix_range(prefix: str | bytes | Key) -> tuple[bytes, bytes | None]:
     The children of ``/foo`` are exactly the keys in ``[b"/foo/", b"/foo0")`` because ``0``
     is the byte after ``/``. The root prefix gives the whole key space.
     """
-    p = key_bytes(prefix) if not isinstance(prefix, str) else Key(prefix).raw
+    p = Key(prefix).raw
     if p == b"/":
         return b"", None
     return p + b"/", p + b"0"
