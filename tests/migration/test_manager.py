@@ -389,3 +389,41 @@ def test_invalid_plan_is_rejected_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown key transform"):
         MigrationManager().execute_migration(bad, f"lmdb:{tmp_path}/s", f"lmdb:{tmp_path}/d")
     assert not (tmp_path / "s").exists() and not (tmp_path / "d").exists()
+
+
+BACKEND_URIS = {
+    "lmdb": "lmdb:{d}/db",
+    "leveldb": "leveldb:{d}/db",
+    "sqlite": "sqlite:{d}/db.sqlite",
+    "flatfs": "flatfs:{d}/db?shard=next-to-last/2&sync=false",
+}
+
+
+@pytest.mark.parametrize("backend", sorted(BACKEND_URIS))
+@pytest.mark.parametrize("stop_after", [2, 5, 9])
+def test_in_place_rekey_interrupted_and_resumed_on_each_backend(
+        tmp_path: Path, backend: str, stop_after: int) -> None:
+    before, after = block_items(120, seed=stop_after)
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref_dir.mkdir()
+    run_dir.mkdir()
+    ref, uri = (BACKEND_URIS[backend].format(d=d) for d in (ref_dir, run_dir))
+    fill(ref, before)
+    fill(uri, before)
+    plan = plan_of(MigrationStep(id="rekey", type="transform", source="target",
+                                 target="target",
+                                 transform=TransformationConfig(
+                                     key_transform="cid_to_multihash",
+                                     value_transform="gzip:1")))
+    cfg = MigrationConfig(batch_size=16, checkpoint_interval=0)
+    assert MigrationManager(cfg).execute_migration(plan, ref, ref).success
+    cancel, progress = interrupt_after(stop_after)
+    first = MigrationManager(cfg).execute_migration(plan, uri, uri, progress=progress,
+                                                    cancel=cancel)
+    assert first.error == "Cancelled"
+    done = MigrationManager(cfg).execute_migration(plan, uri, uri)
+    assert done.success and done.resumed, done.error_log
+    import gzip
+    got = records(uri)
+    assert {k: gzip.decompress(v) for k, v in got.items()} == after
+    assert store_digest(uri) == store_digest(ref)

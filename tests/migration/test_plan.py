@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
 from dsbackup.errors import ConfigError
 from dsbackup.migration import (
     MigrationPlan,
@@ -51,8 +56,7 @@ type = "cleanup"
 
 
 def doc() -> dict:
-    import tomllib
-    return tomllib.loads(TOML)
+        return tomllib.loads(TOML)
 
 
 def test_same_plan_from_toml_json_yaml(tmp_path: Path) -> None:
