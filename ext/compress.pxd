@@ -19,6 +19,7 @@ cdef enum:
 ctypedef struct ds_body:
     unsigned char *data      # raw deflate blocks (malloc'd), the last with BFINAL = 1
     size_t len
+    size_t cap               # allocated bytes at data (reused by the next deflate_body)
     uint32_t crc             # CRC-32 of input || padding
     uint64_t size            # input length + zero padding
     uint64_t input_len
@@ -31,14 +32,17 @@ ctypedef struct ds_deflater:
     size_t level_buf_size
     z_stream *zs
     int z_level              # level zs was initialised for, -1 when none
-    unsigned char *zeros     # DS_ZERO_PIECE zero bytes for the padding
+    unsigned char *zeros     # ZERO_PIECE zero bytes for the padding
+    ds_body scratch          # output buffer reused by deflate_body() calls from Python
 
 
 ctypedef struct ds_compress_api:
+    # out.data may hold a buffer from an earlier call (reused when large enough, else
+    # reallocated); on error out.data is still owned by out (free it with body_free)
     int (*deflate_body)(ds_deflater *ws, const unsigned char *data, size_t n, int level,
                         size_t pad_to, ds_body *out) noexcept nogil
     int (*deflater_init)(ds_deflater *ws) noexcept nogil
     void (*deflater_free)(ds_deflater *ws) noexcept nogil
     void (*body_free)(ds_body *body) noexcept nogil
-    object (*body_to_py)(ds_body *body)      # copies into a Body and frees ``body``
+    object (*body_to_py)(const ds_body *body)      # a Body holding a copy of ``body``
     const char *(*strerror)(int code) noexcept nogil

@@ -35,6 +35,8 @@ from compress cimport (
 )
 from libisal cimport (
     ISAL_BLOCK_FINISH,
+    ISAL_DEF_LVL1_DEFAULT,
+    ISAL_DEF_LVL2_DEFAULT,
     ISAL_DEF_LVL3_DEFAULT,
     ISAL_DEFLATE,
     ISAL_NEED_DICT,
@@ -153,6 +155,7 @@ cdef void deflater_free(ds_deflater *ws) noexcept nogil:
     free(ws.isal)
     free(ws.level_buf)
     free(ws.zeros)
+    body_free(&ws.scratch)
     memset(ws, 0, sizeof(ds_deflater))
     ws.z_level = -1
 
@@ -161,6 +164,7 @@ cdef void body_free(ds_body *body) noexcept nogil:
     free(body.data)
     body.data = NULL
     body.len = 0
+    body.cap = 0
 
 
 cdef const char *ds_strerror(int code) noexcept nogil:
@@ -211,7 +215,13 @@ cdef int _deflate_isal(ds_deflater *ws, const unsigned char *data, size_t n, siz
     isal_deflate_init(s)
     s.level = level
     s.level_buf = ws.level_buf
-    s.level_buf_size = <uint32_t>ws.level_buf_size
+    # each level's default buffer (a larger one changes block sizes and costs ~2% ratio)
+    if level == 1:
+        s.level_buf_size = ISAL_DEF_LVL1_DEFAULT
+    elif level == 2:
+        s.level_buf_size = ISAL_DEF_LVL2_DEFAULT
+    else:
+        s.level_buf_size = ISAL_DEF_LVL3_DEFAULT
     s.gzip_flag = IGZIP_DEFLATE
     s.flush = NO_FLUSH
     s.hist_bits = 0
@@ -294,12 +304,15 @@ cdef int _deflate_zlib(ds_deflater *ws, const unsigned char *data, size_t n, siz
 
 cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, int level,
                         size_t pad_to, ds_body *out) noexcept nogil:
-    """Compress ``data || zeros to a multiple of pad_to`` into ``out`` (caller frees out.data)."""
+    """Compress ``data || zeros to a multiple of pad_to`` into ``out``.
+
+    ``out.data`` is reused when it is large enough (the caller owns and frees it).
+    """
     cdef size_t pad = 0, total, cap, pos = 0, plen
     cdef uint32_t crc
     cdef const unsigned char *p
+    cdef unsigned char *buf
     cdef int r = 1, last = 0
-    out.data = NULL
     out.len = 0
     if level < 0 or level > 9:
         return DS_ELEVEL
@@ -309,9 +322,13 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
     if total < n or total > (<size_t>-1) // 2:
         return DS_ETOOBIG
     cap = stored_len(total)
-    out.data = <unsigned char *>malloc(cap)
-    if out.data == NULL:
-        return DS_ENOMEM
+    if out.data == NULL or out.cap < cap:
+        buf = <unsigned char *>malloc(cap)
+        if buf == NULL:
+            return DS_ENOMEM
+        free(out.data)
+        out.data = buf
+        out.cap = cap
     crc = 0
     if total:
         while not last:
@@ -327,21 +344,20 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
     else:
         r = _deflate_zlib(ws, data, n, pad, level, out.data, cap, &out.len)
     if r < 0:
-        body_free(out)
         return r
     if r == 0:
         write_stored(data, n, pad, out.data, &out.len)
     return DS_OK
 
 
-cdef object body_to_py(ds_body *body):
-    """Copy ``body`` into a :class:`Body` and free its buffer."""
-    cdef bytes data
-    try:
-        data = PyBytes_FromStringAndSize(<char *>body.data, body.len)
-    finally:
-        body_free(body)
-    return Body(data, body.crc, body.size, body.input_len)
+cdef object body_to_py(const ds_body *body):
+    """A :class:`Body` holding a copy of ``body``."""
+    cdef Body b = Body.__new__(Body)
+    b.data = PyBytes_FromStringAndSize(<char *>body.data, body.len)
+    b.crc32 = body.crc
+    b.size = body.size
+    b.input_len = body.input_len
+    return b
 
 
 cdef class _Deflater:
@@ -363,7 +379,6 @@ _tls = threading.local()
 def deflate_body(const unsigned char[::1] data, int level, size_t pad_to=512) -> Body:
     """Compress ``data || zero padding to a multiple of pad_to`` as raw deflate blocks."""
     cdef _Deflater d
-    cdef ds_body body
     cdef size_t n = data.shape[0]
     cdef const unsigned char *p = &data[0] if n else NULL
     cdef int r
@@ -376,12 +391,15 @@ def deflate_body(const unsigned char[::1] data, int level, size_t pad_to=512) ->
         d = _Deflater()
         _tls.deflater = d
     with nogil:
-        r = deflate_body_c(&d.ws, p, n, level, pad_to, &body)
+        r = deflate_body_c(&d.ws, p, n, level, pad_to, &d.ws.scratch)
     if r == DS_ENOMEM:
         raise MemoryError(f"deflate_body: out of memory compressing {n} bytes at level {level}")
     if r != DS_OK:
         raise RuntimeError(f"deflate_body: {ds_strerror(r).decode()} (level {level}, {n} bytes)")
-    return body_to_py(&body)
+    body = body_to_py(&d.ws.scratch)
+    if d.ws.scratch.cap > (<size_t>64 << 20):
+        body_free(&d.ws.scratch)  # keep at most 64 MiB of scratch per thread
+    return body
 
 
 # ----------------------------------------------------------------------------- tar headers

@@ -16,6 +16,7 @@ cdef enum:
     FR_MAX_KEY = 65535
     FR_HEADER = 16
     KEYHASH_BUF = 16384
+    POOL = 2                  # finished-chunk buffers kept per chunker for reuse
 
 
 ctypedef struct ds_buf:
@@ -75,6 +76,10 @@ ctypedef struct ds_chunker:
     uint64_t excluded_bytes
     ds_deflater deflater
     int deflater_ready
+    ds_buf pool_payload[POOL] # recycled payload buffers (no page faults on reuse)
+    size_t npool_payload
+    ds_body pool_body[POOL]   # recycled body buffers
+    size_t npool_body
     int err_detail            # compress error code behind FR_ECOMPRESS
 
 
@@ -85,10 +90,17 @@ ctypedef struct ds_framing_api:
     # 1: a chunk was completed into *done (before this record), 0: not, <0: FR_* error
     int (*chunker_add)(ds_chunker *c, const unsigned char *key, size_t klen,
                        const unsigned char *value, size_t vlen, ds_chunk *done) noexcept nogil
+    # chunker_add without the key checks, for keys the caller has checked (length 1..65535,
+    # strictly increasing); the caller then records the last key with chunker_set_prev
+    int (*chunker_append)(ds_chunker *c, const unsigned char *key, size_t klen,
+                          const unsigned char *value, size_t vlen, ds_chunk *done) noexcept nogil
+    int (*chunker_set_prev)(ds_chunker *c, const unsigned char *key, size_t klen) noexcept nogil
     # 1: the last chunk was completed into *done, 0: nothing pending
     int (*chunker_finish)(ds_chunker *c, ds_chunk *done) noexcept nogil
     int (*chunk_compress)(ds_chunker *c, ds_chunk *chunk, int level) noexcept nogil
     void (*chunk_free)(ds_chunk *chunk) noexcept nogil
-    object (*chunk_to_py)(ds_chunk *chunk)          # takes ownership of *chunk
+    # give a finished chunk's buffers back to the chunker (recycled or freed)
+    void (*chunk_release)(ds_chunker *c, ds_chunk *chunk) noexcept nogil
+    object (*chunk_to_py)(ds_chunk *chunk)   # a Chunk; takes the payload buffer, then release
     object (*chunker_error)(ds_chunker *c, int code, object key, Py_ssize_t index)  # exception
     const ds_matcher *(*matcher_of)(object matcher) except? NULL   # NULL for None

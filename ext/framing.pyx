@@ -27,6 +27,7 @@ from framing cimport (
     FR_MAX_KEY,
     FR_OK,
     KEYHASH_BUF,
+    POOL,
     ds_buf,
     ds_chunk,
     ds_chunker,
@@ -185,12 +186,32 @@ cdef int chunker_init(ds_chunker *c, uint64_t chunk_size, uint64_t chunk_max_byt
 cdef void chunk_free(ds_chunk *ch) noexcept nogil:
     free(ch.payload.p)
     free(ch.catalog.p)
-    if ch.has_body:
-        CAPI.body_free(&ch.body)
+    CAPI.body_free(&ch.body)
     memset(ch, 0, sizeof(ds_chunk))
 
 
+cdef void chunk_release(ds_chunker *c, ds_chunk *ch) noexcept nogil:
+    """Recycle ``ch``'s payload and body buffers into ``c``'s pool (or free them)."""
+    if ch.payload.p != NULL and c.npool_payload < POOL:
+        c.pool_payload[c.npool_payload] = ch.payload
+        c.npool_payload += 1
+        ch.payload.p = NULL
+    if ch.body.data != NULL and c.npool_body < POOL:
+        c.pool_body[c.npool_body] = ch.body
+        c.npool_body += 1
+        ch.body.data = NULL
+        ch.has_body = 0
+    chunk_free(ch)
+
+
 cdef void chunker_free(ds_chunker *c) noexcept nogil:
+    cdef size_t i
+    for i in range(c.npool_payload):
+        free(c.pool_payload[i].p)
+    for i in range(c.npool_body):
+        CAPI.body_free(&c.pool_body[i])
+    c.npool_payload = 0
+    c.npool_body = 0
     chunk_free(&c.cur)
     keyhash_free(c.keys)
     c.keys = NULL
@@ -208,25 +229,21 @@ cdef int chunk_close(ds_chunker *c, ds_chunk *done) noexcept nogil:
     put_u64le(ch.payload.p + 8, ch.count)
     ch.payload_xxh3 = XXH3_64bits(ch.payload.p, ch.payload.len)
     ch.keys_xxh3 = keyhash_digest_reset(c.keys)
-    hint = ch.payload.len
-    if hint > c.chunk_max_bytes:
-        hint = c.chunk_max_bytes
-    c.size_hint = hint if hint > 4096 else 4096
+    # next chunk's initial capacity: twice this one, at least 64 KiB, at most what a chunk of
+    # chunk_max_bytes needs, so full-size chunks are never reallocated while they are built
+    hint = ch.payload.len * 2
+    if hint < 65536:
+        hint = 65536
+    if hint > c.chunk_max_bytes + 1024:
+        hint = c.chunk_max_bytes + 1024
+    c.size_hint = hint
     done[0] = ch[0]
     memset(ch, 0, sizeof(ds_chunk))
     return FR_OK
 
 
-cdef int chunker_add(ds_chunker *c, const unsigned char *key, size_t klen,
-                     const unsigned char *value, size_t vlen, ds_chunk *done) noexcept nogil:
-    cdef ds_chunk *ch = &c.cur
-    cdef size_t enc, o
-    cdef unsigned char *p
-    cdef int closed = 0
-    if klen == 0 or klen > FR_MAX_KEY:
-        return FR_EKEYLEN
-    if c.has_prev and key_cmp(c.prev.p, c.prev.len, key, klen) >= 0:
-        return FR_EORDER
+cdef int chunker_set_prev(ds_chunker *c, const unsigned char *key, size_t klen) noexcept nogil:
+    """Remember ``key`` as the last key seen (ordering across calls)."""
     if klen > c.prev.cap:
         c.prev.len = 0
         if buf_reserve(&c.prev, klen) != FR_OK:
@@ -234,6 +251,28 @@ cdef int chunker_add(ds_chunker *c, const unsigned char *key, size_t klen,
     memcpy(c.prev.p, key, klen)
     c.prev.len = klen
     c.has_prev = 1
+    return FR_OK
+
+
+cdef int chunker_add(ds_chunker *c, const unsigned char *key, size_t klen,
+                     const unsigned char *value, size_t vlen, ds_chunk *done) noexcept nogil:
+    """Check one record's key (length, order), then frame it (see chunker_append)."""
+    if klen == 0 or klen > FR_MAX_KEY:
+        return FR_EKEYLEN
+    if c.has_prev and key_cmp(c.prev.p, c.prev.len, key, klen) >= 0:
+        return FR_EORDER
+    if chunker_set_prev(c, key, klen) != FR_OK:
+        return FR_ENOMEM
+    return chunker_append(c, key, klen, value, vlen, done)
+
+
+cdef int chunker_append(ds_chunker *c, const unsigned char *key, size_t klen,
+                        const unsigned char *value, size_t vlen, ds_chunk *done) noexcept nogil:
+    """Frame one record whose key was already checked; 1 when it closed a chunk into *done."""
+    cdef ds_chunk *ch = &c.cur
+    cdef size_t enc, o
+    cdef unsigned char *p
+    cdef int closed = 0
     if c.exclude != NULL and matcher_match(c.exclude, key, klen):
         c.excluded_records += 1
         c.excluded_bytes += klen + vlen
@@ -244,12 +283,16 @@ cdef int chunker_add(ds_chunker *c, const unsigned char *key, size_t klen,
         chunk_close(c, done)
         closed = 1
     if ch.payload.p == NULL:
-        ch.payload.p = <unsigned char *>malloc(c.size_hint)
-        if ch.payload.p == NULL:
-            if closed:
-                chunk_free(done)
-            return FR_ENOMEM
-        ch.payload.cap = c.size_hint
+        if c.npool_payload:
+            c.npool_payload -= 1
+            ch.payload = c.pool_payload[c.npool_payload]
+        else:
+            ch.payload.p = <unsigned char *>malloc(c.size_hint)
+            if ch.payload.p == NULL:
+                if closed:
+                    chunk_free(done)
+                return FR_ENOMEM
+            ch.payload.cap = c.size_hint
         ch.payload.len = FR_HEADER
     if buf_reserve(&ch.payload, enc) != FR_OK or (
             c.catalog and buf_reserve(&ch.catalog, klen + 28) != FR_OK):
@@ -303,6 +346,9 @@ cdef int chunk_compress(ds_chunker *c, ds_chunk *ch, int level) noexcept nogil:
             CAPI.deflater_free(&c.deflater)
             return FR_ENOMEM
         c.deflater_ready = 1
+    if ch.body.data == NULL and c.npool_body:
+        c.npool_body -= 1
+        ch.body = c.pool_body[c.npool_body]
     r = CAPI.deflate_body(&c.deflater, ch.payload.p, ch.payload.len, level, 512, &ch.body)
     if r == DS_ENOMEM:
         return FR_ENOMEM
@@ -314,24 +360,23 @@ cdef int chunk_compress(ds_chunker *c, ds_chunk *ch, int level) noexcept nogil:
 
 
 cdef object chunk_to_py(ds_chunk *ch):
-    """Build a :class:`Chunk` from ``ch`` and free ``ch`` (also on error)."""
+    """A :class:`Chunk` for ``ch``; it takes ``ch``'s payload buffer (bytes made on demand)."""
     cdef Chunk out = Chunk.__new__(Chunk)
     cdef const char *p = <const char *>ch.payload.p
-    try:
-        out.payload = PyBytes_FromStringAndSize(p, ch.payload.len)
-        out.first_key = PyBytes_FromStringAndSize(p + ch.first_off, ch.first_len)
-        out.last_key = PyBytes_FromStringAndSize(p + ch.last_off, ch.last_len)
-        out.record_count = ch.count
-        out.raw_bytes = ch.raw_bytes
-        out.keys_xxh3 = ch.keys_xxh3
-        out.payload_xxh3 = ch.payload_xxh3
-        if ch.has_catalog:
-            out.catalog = PyBytes_FromStringAndSize(<const char *>ch.catalog.p, ch.catalog.len)
-        if ch.has_body:
-            ch.has_body = 0
-            out.body = CAPI.body_to_py(&ch.body)
-    finally:
-        chunk_free(ch)
+    out.first_key = PyBytes_FromStringAndSize(p + ch.first_off, ch.first_len)
+    out.last_key = PyBytes_FromStringAndSize(p + ch.last_off, ch.last_len)
+    out.record_count = ch.count
+    out.raw_bytes = ch.raw_bytes
+    out.keys_xxh3 = ch.keys_xxh3
+    out.payload_xxh3 = ch.payload_xxh3
+    out.payload_len = ch.payload.len
+    if ch.has_catalog:
+        out.catalog = PyBytes_FromStringAndSize(<const char *>ch.catalog.p, ch.catalog.len)
+    if ch.has_body:
+        out.body = CAPI.body_to_py(&ch.body)
+    out._buf = ch.payload.p
+    ch.payload.p = NULL
+    ch.payload.cap = 0
     return out
 
 
@@ -364,9 +409,15 @@ cdef const ds_matcher *matcher_of(object m) except? NULL:
 
 
 cdef class Chunk:
-    """One framed chunk: payload, digests, keys, optional catalog and compressed body."""
+    """One framed chunk: payload, digests, keys, optional catalog and compressed body.
 
-    cdef readonly bytes payload
+    ``payload`` is made into ``bytes`` on first access (a compressing caller that only writes
+    ``body.data`` never pays for that copy); ``payload_len`` is its length.
+    """
+
+    cdef unsigned char *_buf
+    cdef bytes _payload
+    cdef readonly size_t payload_len
     cdef readonly uint64_t record_count
     cdef readonly bytes first_key
     cdef readonly bytes last_key
@@ -376,8 +427,19 @@ cdef class Chunk:
     cdef readonly object catalog
     cdef readonly object body
 
+    def __dealloc__(self):
+        free(self._buf)
+
+    @property
+    def payload(self) -> bytes:
+        if self._payload is None:
+            self._payload = PyBytes_FromStringAndSize(<const char *>self._buf, self.payload_len)
+            free(self._buf)
+            self._buf = NULL
+        return self._payload
+
     def __repr__(self) -> str:
-        return (f"Chunk(records={self.record_count}, payload={len(self.payload)} B, "
+        return (f"Chunk(records={self.record_count}, payload={self.payload_len} B, "
                 f"first_key={self.first_key!r}, last_key={self.last_key!r}, "
                 f"compressed={None if self.body is None else len(self.body.data)})")
 
@@ -457,7 +519,12 @@ cdef class Chunker:
             self._busy = False
         if r < 0:
             raise chunker_error(&self.c, r, None, -1)
-        return chunk_to_py(&done) if r == 1 else None
+        if r != 1:
+            return None
+        try:
+            return chunk_to_py(&done)
+        finally:
+            chunk_release(&self.c, &done)
 
     cdef _enter(self):
         if self._busy:
@@ -508,7 +575,7 @@ cdef class Chunker:
                             if out == NULL:
                                 r = FR_ENOMEM
                                 break
-                        r = chunker_add(&self.c, kp[i], kl[i], vp[i], vl[i], &out[nout])
+                        r = chunker_append(&self.c, kp[i], kl[i], vp[i], vl[i], &out[nout])
                         if r == 1:
                             r = FR_OK
                             if level >= 0:
@@ -520,6 +587,8 @@ cdef class Chunker:
                         elif r < 0:
                             bad = i
                         i += 1
+                    if i > 0 and chunker_set_prev(&self.c, kp[i - 1], kl[i - 1]) != FR_OK:
+                        r = FR_ENOMEM
             finally:
                 self._busy = False
             chunks = []
@@ -527,6 +596,7 @@ cdef class Chunker:
             try:
                 while i < <Py_ssize_t>nout:
                     chunks.append(chunk_to_py(&out[i]))
+                    chunk_release(&self.c, &out[i])
                     i += 1
             finally:
                 while i < <Py_ssize_t>nout:
@@ -587,9 +657,12 @@ cdef ds_framing_api _api
 _api.chunker_init = chunker_init
 _api.chunker_free = chunker_free
 _api.chunker_add = chunker_add
+_api.chunker_append = chunker_append
+_api.chunker_set_prev = chunker_set_prev
 _api.chunker_finish = chunker_finish
 _api.chunk_compress = chunk_compress
 _api.chunk_free = chunk_free
+_api.chunk_release = chunk_release
 _api.chunk_to_py = chunk_to_py
 _api.chunker_error = chunker_error
 _api.matcher_of = matcher_of

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SLOTS_PER_WORKER = 2
 SNAPSHOT_RETRIES = 50
+SPILLED = -2  # chunk moved from a worker's slot to the spill file
 
 
 @dataclass
@@ -42,6 +43,8 @@ class _Range:
     pos: bytes = b""
     done: bool = False
     split_pending: bool = False
+    split_refused_at: bytes | None = None  # position at which the worker last refused a split
+    split_refused_at: bytes | None = None  # position at which the worker last refused a split
     chunks: deque = field(default_factory=deque)
 
 
@@ -63,6 +66,7 @@ class ParallelScan:
         self.consistent = consistent
         self.slot_size = settings.chunk_max_bytes + settings.chunk_max_bytes // 64 + 65536
         self.snapshot_id: int | None = None
+        self._spill: Any = None
 
     # -- process management ----------------------------------------------------------------
 
@@ -115,10 +119,18 @@ class ParallelScan:
         self._wpaths = []
 
     def _cleanup(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
         for v in self._wviews:
-            v.release()
+            try:
+                v.release()
+            except BufferError:  # a slice still lives in a caller's chunk; GC frees it
+                pass
         for m in self._wmaps:
-            m.close()
+            try:
+                m.close()
+            except BufferError:
+                pass
         for p in self._wpaths:
             try:
                 os.unlink(p)
@@ -212,13 +224,16 @@ class ParallelScan:
                 r = unassigned.popleft()
                 w = min(idle)
                 idle.discard(w)
+                self._spill_slots(w, ranges)
                 r.worker = w
                 busy[w] = r
                 self.conns[w].send(("range", r.rid, r.start, r.end))
             if not idle:
                 return
             asked = sum(1 for r in busy.values() if r.split_pending)
-            candidates = [r for r in busy.values() if not r.split_pending]
+            # a range that refused a split is asked again only after it has moved on
+            candidates = [r for r in busy.values()
+                          if not r.split_pending and r.split_refused_at != r.pos]
             candidates.sort(key=lambda r: r.start)
             for r in candidates[: max(0, len(idle) - asked)]:
                 r.split_pending = True
@@ -244,6 +259,10 @@ class ParallelScan:
                     r = by_id[msg[1]]
                     r.chunks.append((w, msg[2], msg[3], msg[4], msg[5]))
                     r.pos = msg[3][2]
+                    if idle:
+                        dispatch()
+                    if idle:
+                        dispatch()
                 elif op == "done":
                     r = by_id[msg[1]]
                     r.done = True
@@ -259,6 +278,8 @@ class ParallelScan:
                         # the worker has cut its range at `key`: the rest becomes a new range
                         old_end, r.end = r.end, key
                         add_range(key, old_end)
+                    else:
+                        r.split_refused_at = r.pos
                     dispatch()
         self._collect_stats()
 
@@ -284,12 +305,37 @@ class ParallelScan:
         if pending:
             raise BackupError(f"backup workers {sorted(pending)} did not finish")
 
-    def _ready_chunk(self, w: int, slot: int, meta: tuple, inline: bytes | None,
+    def _spill_slots(self, w: int, ranges: list[_Range]) -> None:
+        """Move worker w's unwritten chunks out of its slots into the spill file.
+
+        A worker that takes a new range may still hold chunks of a finished range that waits
+        behind the range being written; if those kept its slots, it could not send the chunks
+        of an earlier range, and the pipeline would stall. Spilling keeps memory bounded (the
+        spill file is on disk) and costs a copy of at most SLOTS_PER_WORKER chunks.
+        """
+        for r in ranges:
+            for j, (cw, slot, meta, _inline, catalog) in enumerate(r.chunks):
+                if cw != w or slot < 0:
+                    continue
+                if self._spill is None:
+                    self._spill = tempfile.TemporaryFile(prefix="dsbackup-spill-")  # noqa: SIM115
+                blen = meta[-1]
+                off = slot * self.slot_size
+                pos = self._spill.seek(0, os.SEEK_END)
+                self._spill.write(self._wviews[w][off : off + blen])
+                self._spill.flush()
+                r.chunks[j] = (w, SPILLED, meta, (pos, blen), catalog)
+                self.conns[w].send(("free", slot))
+
+    def _ready_chunk(self, w: int, slot: int, meta: tuple, inline: Any,
                      catalog: tuple | None) -> ReadyChunk:
         (records, first, last, kxxh, pxxh, raw, crc, size, input_len, blen) = meta
         if slot >= 0:
             off = slot * self.slot_size
             data: Any = self._wviews[w][off : off + blen]
+        elif slot == SPILLED:
+            pos, n = inline
+            data = os.pread(self._spill.fileno(), n, pos)
         else:
             data = inline
         body = BodyView(data, crc, size, input_len)

@@ -112,8 +112,9 @@ class _Worker:
                 break
             if self.cut is not None and c.first_key >= self.cut:
                 break
-            self._send_chunk(c)
+            # committed to sending c: a split accepted while we wait for a slot must lie past it
             self.pos = bytes(c.last_key)
+            self._send_chunk(c)
         self.rid = None
         self.conn.send(("done", rid))
 

@@ -1,0 +1,400 @@
+"""Scan a key range of an LMDB environment into finished chunks with liblmdb (GIL released).
+
+For worker processes. liblmdb here and py-lmdb are separate copies of LMDB, and LMDB's POSIX
+locks are per process, so one process must never open the same environment twice (through
+this module or through py-lmdb): this module keeps a process-global registry of the
+environments it has open and refuses a second open, and callers register environments they
+open with py-lmdb through :func:`register_foreign_open` / :func:`unregister_foreign_open` so the
+guard covers both. An environment is never used after ``fork``: in a child the registry is
+emptied and inherited scanners refuse to work (and do not touch LMDB when collected).
+"""
+
+import os
+import threading
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from libc.string cimport memcmp
+
+from framing cimport (
+    FR_EKEYLEN,
+    FR_ENOMEM,
+    FR_EORDER,
+    FR_MAX_KEY,
+    FR_OK,
+    ds_chunk,
+    ds_chunker,
+    ds_framing_api,
+)
+from liblmdb cimport (
+    MDB_DUPSORT,
+    MDB_FIRST,
+    MDB_NEXT,
+    MDB_NORDAHEAD,
+    MDB_NOSUBDIR,
+    MDB_NOTFOUND,
+    MDB_NOTLS,
+    MDB_RDONLY,
+    MDB_SET_RANGE,
+    MDB_cursor,
+    MDB_cursor_op,
+    MDB_dbi,
+    MDB_env,
+    MDB_txn,
+    MDB_val,
+    mdb_cursor_close,
+    mdb_cursor_get,
+    mdb_cursor_open,
+    mdb_dbi_flags,
+    mdb_dbi_open,
+    mdb_env_close,
+    mdb_env_create,
+    mdb_env_open,
+    mdb_env_set_maxdbs,
+    mdb_strerror,
+    mdb_txn_abort,
+    mdb_txn_begin,
+    mdb_txn_id,
+)
+
+from dsbackup._ext import framing as _framing_mod
+
+cdef const ds_framing_api *FAPI = <const ds_framing_api *>PyCapsule_GetPointer(
+    _framing_mod._C_API, "dsbackup._ext.framing._C_API")
+
+
+class LmdbError(OSError):
+    """LMDB reported an error (the message names the environment and the operation)."""
+
+
+class DoubleOpenError(RuntimeError):
+    """The environment is already open in this process (here or through py-lmdb)."""
+
+
+_lock = threading.Lock()
+_own: set = set()
+_foreign: dict = {}
+
+
+def _env_key(path) -> str:
+    """Registry key of an environment: the real path of its data file."""
+    p = os.fspath(path)
+    if isinstance(p, bytes):
+        p = os.fsdecode(p)
+    if os.path.isdir(p):
+        p = os.path.join(p, "data.mdb")
+    return os.path.realpath(p)
+
+
+def register_foreign_open(path) -> None:
+    """Record that this process opened ``path`` with py-lmdb (may be called repeatedly)."""
+    key = _env_key(path)
+    with _lock:
+        if key in _own:
+            raise DoubleOpenError(f"{path}: LMDB environment is already open in this process "
+                                  "(dsbackup._ext.lmdbscan)")
+        _foreign[key] = _foreign.get(key, 0) + 1
+
+
+def unregister_foreign_open(path) -> None:
+    """Undo one :func:`register_foreign_open` of ``path``."""
+    key = _env_key(path)
+    with _lock:
+        n = _foreign.get(key, 0)
+        if n <= 1:
+            _foreign.pop(key, None)
+        else:
+            _foreign[key] = n - 1
+
+
+def open_environments() -> list:
+    """Registry keys of the environments open in this process (own and foreign)."""
+    with _lock:
+        return sorted(_own | set(_foreign))
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    _own.clear()
+    _foreign.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+cdef inline int key_order(const unsigned char *a, size_t alen, const unsigned char *b,
+                          size_t blen) noexcept nogil:
+    """FR_OK when key a < key b (bytewise), else FR_EORDER."""
+    cdef int c = memcmp(a, b, alen if alen < blen else blen)
+    if c < 0 or (c == 0 and alen < blen):
+        return FR_OK
+    return FR_EORDER
+
+
+cdef object _lmdb_error(int rc, str what):
+    msg = f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')}"
+    if rc > 0:
+        return OSError(rc, msg)
+    return LmdbError(msg)
+
+
+cdef class LmdbRangeScanner:
+    """Chunks of the key range ``[start, end)`` of one read transaction (a fixed snapshot).
+
+    ``level`` 0..9 compresses each chunk (``Chunk.body``); -1 only frames it (body None).
+    """
+
+    cdef MDB_env *env
+    cdef MDB_txn *txn
+    cdef MDB_cursor *cur
+    cdef MDB_dbi dbi
+    cdef ds_chunker c
+    cdef bint chunker_ready, started, done, busy
+    cdef bytes start
+    cdef bytes end
+    cdef int level
+    cdef object _exclude
+    cdef readonly str path
+    cdef str _key
+    cdef long _pid
+
+    def __cinit__(self):
+        self.env = NULL
+        self.txn = NULL
+        self.cur = NULL
+        self.chunker_ready = False
+        self._key = None
+
+    def __init__(self, path, bytes start=b"", end=None, *, chunk_size, chunk_max_bytes,
+                 int level, exclude=None, bint catalog=False, bint subdir=True,
+                 db_name=None, bint readahead=True):
+        cdef unsigned int flags = MDB_RDONLY | MDB_NOTLS
+        cdef unsigned int dflags = 0
+        cdef int rc
+        cdef const char *cname = NULL
+        cdef bytes bpath, bname
+        if level < -1 or level > 9:
+            raise ValueError(f"level must be -1 (frame only) or 0..9, got {level}")
+        if chunk_size < 1 or chunk_max_bytes < 1:
+            raise ValueError("chunk_size and chunk_max_bytes must be >= 1")
+        if end is not None and not isinstance(end, bytes):
+            raise TypeError("end must be bytes or None")
+        self.path = os.fsdecode(os.fspath(path))
+        self.start = start
+        self.end = end
+        self.level = level
+        self._exclude = exclude
+        key = _env_key(path)
+        with _lock:
+            if key in _own or key in _foreign:
+                raise DoubleOpenError(
+                    f"{self.path}: LMDB environment is already open in this process "
+                    f"({'py-lmdb' if key in _foreign else 'another LmdbRangeScanner'}); "
+                    "one process must never open an environment twice")
+            _own.add(key)
+        self._key = key
+        self._pid = os.getpid()
+        try:
+            if FAPI.chunker_init(&self.c, chunk_size, chunk_max_bytes,
+                                 FAPI.matcher_of(exclude), catalog) != FR_OK:
+                raise MemoryError("LmdbRangeScanner: cannot allocate the chunker")
+            self.chunker_ready = True
+            rc = mdb_env_create(&self.env)
+            if rc:
+                raise _lmdb_error(rc, f"{self.path}: mdb_env_create")
+            if db_name is not None:
+                rc = mdb_env_set_maxdbs(self.env, 1)
+                if rc:
+                    raise _lmdb_error(rc, f"{self.path}: mdb_env_set_maxdbs")
+            if not subdir:
+                flags |= MDB_NOSUBDIR
+            if not readahead:
+                flags |= MDB_NORDAHEAD
+            bpath = os.fsencode(self.path)
+            rc = mdb_env_open(self.env, bpath, flags, 0o644)
+            if rc:
+                raise _lmdb_error(rc, f"{self.path}: cannot open LMDB environment read-only")
+            rc = mdb_txn_begin(self.env, NULL, MDB_RDONLY, &self.txn)
+            if rc:
+                raise _lmdb_error(rc, f"{self.path}: cannot begin a read transaction")
+            if db_name is not None:
+                bname = db_name if isinstance(db_name, bytes) else str(db_name).encode()
+                cname = bname
+            rc = mdb_dbi_open(self.txn, cname, 0, &self.dbi)
+            if rc:
+                raise _lmdb_error(rc, f"{self.path}: cannot open database {db_name!r}")
+            mdb_dbi_flags(self.txn, self.dbi, &dflags)
+            if dflags & MDB_DUPSORT:
+                raise LmdbError(f"{self.path}: database {db_name!r} is MDB_DUPSORT, which "
+                                "dsbackup does not back up")
+            rc = mdb_cursor_open(self.txn, self.dbi, &self.cur)
+            if rc:
+                raise _lmdb_error(rc, f"{self.path}: cannot open a cursor")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def txn_id(self) -> int:
+        """Id of the snapshot this scanner reads (``mdb_txn_id``)."""
+        self._check()
+        return mdb_txn_id(self.txn)
+
+    @property
+    def records(self) -> int:
+        return self.c.records if self.chunker_ready else 0
+
+    @property
+    def raw_bytes(self) -> int:
+        return self.c.raw_bytes if self.chunker_ready else 0
+
+    @property
+    def excluded_records(self) -> int:
+        return self.c.excluded_records if self.chunker_ready else 0
+
+    @property
+    def excluded_bytes(self) -> int:
+        return self.c.excluded_bytes if self.chunker_ready else 0
+
+    cdef _check(self):
+        if self.txn == NULL:
+            raise ValueError(f"{self.path}: scanner is closed")
+        if self._pid != os.getpid():
+            raise RuntimeError(f"{self.path}: scanner was inherited across fork; LMDB "
+                               "environments must not be used in a child process")
+
+    def next_chunk(self):
+        """The next chunk of the range, or None when the range is exhausted."""
+        cdef MDB_val k, v
+        cdef MDB_cursor_op op
+        cdef ds_chunk out
+        cdef int rc = 0, r = 0, got = 0, cmp
+        cdef const unsigned char *endp = NULL
+        cdef const unsigned char *startp = self.start
+        cdef size_t endn = 0, n, startn = len(self.start), prevn = 0
+        cdef const unsigned char *prevp = NULL
+        self._check()
+        if self.busy:
+            raise RuntimeError(f"{self.path}: scanner is being used by another thread")
+        if self.end is not None:
+            endp = self.end
+            endn = len(self.end)
+        self.busy = True
+        try:
+            with nogil:
+                while not self.done:
+                    if self.started:
+                        op = MDB_NEXT
+                    elif startn:
+                        op = MDB_SET_RANGE
+                        k.mv_data = <void *>startp
+                        k.mv_size = startn
+                    else:
+                        op = MDB_FIRST
+                    self.started = True
+                    rc = mdb_cursor_get(self.cur, &k, &v, op)
+                    if rc == MDB_NOTFOUND:
+                        rc = 0
+                        self.done = True
+                        break
+                    if rc:
+                        break
+                    if endp != NULL:
+                        n = k.mv_size if k.mv_size < endn else endn
+                        cmp = memcmp(k.mv_data, endp, n)
+                        if cmp > 0 or (cmp == 0 and k.mv_size >= endn):
+                            self.done = True
+                            break
+                    # keys point into the snapshot's map, valid until the transaction ends, so
+                    # order is checked against the previous record's pointer, not a copy
+                    if k.mv_size == 0 or k.mv_size > FR_MAX_KEY:
+                        r = FR_EKEYLEN
+                        break
+                    if prevp != NULL:
+                        r = key_order(prevp, prevn, <const unsigned char *>k.mv_data, k.mv_size)
+                    elif self.c.has_prev:
+                        r = key_order(self.c.prev.p, self.c.prev.len,
+                                      <const unsigned char *>k.mv_data, k.mv_size)
+                    if r < 0:
+                        break
+                    prevp = <const unsigned char *>k.mv_data
+                    prevn = k.mv_size
+                    r = FAPI.chunker_append(&self.c, prevp, prevn,
+                                            <const unsigned char *>v.mv_data, v.mv_size, &out)
+                    if r < 0:
+                        break
+                    if r == 1:
+                        got = 1
+                        break
+                if prevp != NULL and FAPI.chunker_set_prev(&self.c, prevp, prevn) != FR_OK:
+                    r = FR_ENOMEM
+                if rc == 0 and r >= 0 and not got and self.done:
+                    got = FAPI.chunker_finish(&self.c, &out)
+                if got and self.level >= 0:
+                    r = FAPI.chunk_compress(&self.c, &out, self.level)
+                    if r < 0:
+                        FAPI.chunk_free(&out)
+                        got = 0
+        finally:
+            self.busy = False
+        if rc:
+            raise _lmdb_error(rc, f"{self.path}: cursor read failed")
+        if r < 0:
+            raise FAPI.chunker_error(&self.c, r, PyBytes_FromStringAndSize(
+                <const char *>k.mv_data, k.mv_size), -1)
+        if not got:
+            return None
+        try:
+            return FAPI.chunk_to_py(&out)
+        finally:
+            FAPI.chunk_release(&self.c, &out)
+
+    def __iter__(self):
+        while True:
+            chunk = self.next_chunk()
+            if chunk is None:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        """End the read transaction and close the environment (idempotent)."""
+        inherited = self._key is not None and self._pid != os.getpid()
+        if not inherited:
+            if self.cur != NULL:
+                mdb_cursor_close(self.cur)
+            if self.txn != NULL:
+                mdb_txn_abort(self.txn)
+            if self.env != NULL:
+                mdb_env_close(self.env)
+        self.cur = NULL
+        self.txn = NULL
+        self.env = NULL
+        if self.chunker_ready:
+            FAPI.chunker_free(&self.c)
+            self.chunker_ready = False
+        if self._key is not None:
+            if not inherited:
+                with _lock:
+                    _own.discard(self._key)
+            self._key = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __dealloc__(self):
+        if self._key is not None and self._pid != os.getpid():
+            return  # never touch an environment inherited across fork
+        if self.cur != NULL:
+            mdb_cursor_close(self.cur)
+        if self.txn != NULL:
+            mdb_txn_abort(self.txn)
+        if self.env != NULL:
+            mdb_env_close(self.env)
+        if self.chunker_ready:
+            FAPI.chunker_free(&self.c)
+        if self._key is not None:
+            _own.discard(self._key)
