@@ -9,6 +9,8 @@ in this run on the same data:
 - ``copy``: one copy step, no transform or filter, ``verify_migration`` off: whole batches
   pass from ``scan_batches`` to ``put_many`` with no per-record Python work;
 - ``copy+verify``: the same with the post-copy comparison on (what a default run does);
+- ``raw-py-lmdb``: a bare py-lmdb cursor -> ``putmulti`` loop outside dsbackup, the floor
+  for any copy through py-lmdb, to show what the migration layer itself costs;
 - ``backup+restore``: ``BackupManager.create_backup`` then ``restore_backup`` of the same
   source into a fresh LMDB, when the backup layer is available; the ratio of the copy rate
   to this one is printed.
@@ -53,6 +55,33 @@ def _copy(src: str, dst: str, verify: bool) -> dict[str, Any]:
     step = res.steps[0]
     return {"records": step.written, "bytes": step.bytes, "seconds": round(dt, 4),
             "records_per_s": round(step.written / dt), "step_seconds": round(step.duration_s, 4)}
+
+
+def _raw_py_lmdb(src_dir: Path, dst_dir: Path, n: int) -> dict[str, Any]:
+    """The floor for any copy through py-lmdb: cursor tuples into putmulti, nothing else
+    (no journal, no checkpoints, no counting), then one forced sync."""
+    import itertools
+
+    import lmdb
+
+    src = lmdb.open(str(src_dir), readonly=True, lock=False)
+    dst = lmdb.open(str(dst_dir), map_size=1 << 40, sync=False)
+    try:
+        t0 = time.perf_counter()
+        with src.begin() as rt:
+            it = rt.cursor().iternext()
+            while True:
+                chunk = list(itertools.islice(it, 20_000))
+                if not chunk:
+                    break
+                with dst.begin(write=True) as wt:
+                    wt.cursor().putmulti(chunk, append=True)
+        dst.sync(True)
+        dt = time.perf_counter() - t0
+    finally:
+        src.close()
+        dst.close()
+    return {"records": n, "seconds": round(dt, 4), "records_per_s": round(n / dt)}
 
 
 def _backup_restore(src: str, work: Path) -> dict[str, Any] | None:
@@ -105,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         sc["copy+verify"] = _copy(src, f"lmdb:{work}/dst2", verify=True)
         print(f"copy+verify:    {sc['copy+verify']['records_per_s']:>12,} records/s "
               f"({sc['copy+verify']['seconds']:.2f}s)")
+        sc["raw-py-lmdb"] = _raw_py_lmdb(work / "src", work / "raw", n)
+        print(f"raw py-lmdb:    {sc['raw-py-lmdb']['records_per_s']:>12,} records/s "
+              f"({sc['raw-py-lmdb']['seconds']:.2f}s; the floor for a py-lmdb copy)")
+        shutil.rmtree(work / "raw", ignore_errors=True)
         shutil.rmtree(work / "dst1", ignore_errors=True)
         shutil.rmtree(work / "dst2", ignore_errors=True)
         br = _backup_restore(src, work)

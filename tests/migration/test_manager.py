@@ -427,3 +427,34 @@ def test_in_place_rekey_interrupted_and_resumed_on_each_backend(
     got = records(uri)
     assert {k: gzip.decompress(v) for k, v in got.items()} == after
     assert store_digest(uri) == store_digest(ref)
+
+
+def test_missing_source_is_an_error_not_an_empty_store(tmp_path: Path) -> None:
+    from dsbackup.errors import DatastoreError
+
+    with pytest.raises(DatastoreError, match="does not exist"):
+        MigrationManager().execute_migration(plan_of(copy_step()), f"lmdb:{tmp_path}/typo",
+                                             f"lmdb:{tmp_path}/dst")
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "dst").exists()
+
+
+def test_failed_backup_runs_no_step_and_no_rollback(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    backup = pytest.importorskip("dsbackup.backup")
+    from dsbackup.errors import BackupError
+
+    def boom(self, source, path, **kw):
+        raise BackupError(f"{path}: disk full")
+    monkeypatch.setattr(backup.BackupManager, "create_backup", boom)
+    src, dst = f"lmdb:{tmp_path}/src", f"lmdb:{tmp_path}/dst"
+    fill(src, kv_items(50))
+    plan = plan_of(copy_step(), rollback=[MigrationStep(id="back", type="move",
+                                                        source="target", target="source")])
+    res = MigrationManager(MigrationConfig(backup_before=True)).execute_migration(plan, src, dst)
+    assert not res.success and res.error == "BackupError" and "disk full" in res.error_log[0]
+    assert [s.status for s in res.steps] == ["not_run"]
+    assert res.rollback is not None and not res.rollback.performed
+    assert records(dst) == {}
+    # nothing ran, so a later run starts afresh without --resume
+    res = MigrationManager(MigrationConfig(resume=False)).execute_migration(plan, src, dst)
+    assert res.success

@@ -103,6 +103,10 @@ class _Stores:
         for known, ds in self._by_uri.items():
             if _same_uri(known, uri):
                 return ds
+        scheme, path, _ = parse_uri(uri)
+        if must_exist and scheme != "memory" and path and not os.path.exists(path):
+            # opening for writing would create an empty store and "migrate" nothing
+            raise DatastoreError(f"datastore {uri} does not exist")
         try:
             ds = (open_readonly(uri) if self.readonly
                   else open_datastore(uri, **_write_options(uri)))
@@ -308,6 +312,7 @@ class MigrationManager:
                                 "digest": digest, "source": getattr(src, "uri", None),
                                 "target": getattr(dst, "uri", None),
                                 "ts": _now().isoformat()})
+        result.steps = [StepResult(s.id, s.kind.value) for s in plan.steps]
         try:
             try:
                 if cfg.backup_before:
@@ -349,7 +354,13 @@ class MigrationManager:
         result.error_log.append(f"{type(exc).__name__}: {exc}")
         if journal is not None:
             journal.append({"t": "failed", "error": f"{type(exc).__name__}: {exc}"})
-        if cfg.rollback_on_failure:
+        if not any(st.status != "not_run" for st in result.steps):
+            # e.g. the pre-migration backup failed: no step touched anything
+            result.rollback = RollbackReport(message="no step ran: nothing to roll back")
+            if journal is not None:
+                journal.retire("failed")
+                result.journal_path = None
+        elif cfg.rollback_on_failure:
             result.rollback = self._rollback(plan, cfg, stores, result, journal, stamp_path,
                                              result.backup_path)
 
