@@ -49,6 +49,33 @@ id = "move"
 type = "move"
 filters = { key_prefix = "/m" }
 """
+# a plain copy (the native LMDB copier's path) and the move
+PLAN_NATIVE = """
+id = "kill-test"
+version = "1"
+
+[config]
+batch_size = 200
+checkpoint_interval = 0
+
+[[steps]]
+id = "copy"
+type = "copy"
+
+[[steps]]
+id = "check"
+type = "validate"
+
+[[steps]]
+id = "noop"
+type = "validate"
+filters = { key_prefix = "/a" }
+
+[[steps]]
+id = "move"
+type = "move"
+filters = { key_prefix = "/m" }
+"""
 MOVE_STEP = 3
 N_KEYS = 10_000
 
@@ -69,9 +96,10 @@ def _move_started(journal: Path) -> bool:
                                           and cp.get("phase") == "delete")
 
 
-def _kill_and_resume(tmp_path: Path, cli_env: dict[str, str], points: int, seed: int) -> None:
+def _kill_and_resume(tmp_path: Path, cli_env: dict[str, str], points: int, seed: int,
+                     plan_text: str = PLAN) -> None:
     plan = tmp_path / "plan.toml"
-    plan.write_text(PLAN)
+    plan.write_text(plan_text)
     pristine = tmp_path / "pristine"
     fill(f"lmdb:{pristine}", kv_items(N_KEYS, seed=seed))
     src_digest = store_digest(f"lmdb:{pristine}")
@@ -121,6 +149,15 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path, cli_env) -> None:
     _kill_and_resume(tmp_path, cli_env, points=6, seed=11)
 
 
+def test_sigkill_during_native_lmdb_copy_then_resume(tmp_path: Path, cli_env) -> None:
+    _kill_and_resume(tmp_path, cli_env, points=3, seed=13, plan_text=PLAN_NATIVE)
+
+
 @pytest.mark.soak
 def test_sigkill_at_20_random_points_then_resume(tmp_path: Path, cli_env) -> None:
     _kill_and_resume(tmp_path, cli_env, points=20, seed=12)
+
+
+@pytest.mark.soak
+def test_sigkill_at_20_random_points_native_copy_then_resume(tmp_path: Path, cli_env) -> None:
+    _kill_and_resume(tmp_path, cli_env, points=20, seed=14, plan_text=PLAN_NATIVE)

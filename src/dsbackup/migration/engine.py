@@ -213,6 +213,8 @@ class StepRunner:
         pass_through = xf.identity and not xf.validators and filt.keep is None
         res = self.res
         if pass_through and not self.ctx.dry_run and lmdbfast.applicable(self.src, dst):
+            if self._native_copy(start, end):
+                return
             for s, e in scan_ranges(start, end):
                 for last, n, nbytes in lmdbfast.copy_batches(self.src, dst, s, e, self.bs):
                     res.records += n
@@ -249,6 +251,35 @@ class StepRunner:
                 res.bytes += sum(map(len, out_v))
             self._checkpoint(last, (dst,))
             self._progress()
+
+    def _native_copy(self, start: bytes, end: bytes | None) -> bool:
+        """Copy with liblmdb (GIL released) while the run lends both stores; False when that
+        is not possible (stores not ours to close, module not built)."""
+        lend = self.ctx.exclusive
+        if lend is None or not lmdbfast.native_available():
+            return False
+        res = self.res
+        src_path, dst_path = str(self.src.path), str(self.dst.path)
+        try:
+            holder = lend(self.src, self.dst)
+        except ValueError:
+            return False
+        with holder:
+            for s, e in scan_ranges(start, end):
+                with lmdbfast.native_copier(src_path, dst_path, s, e) as copier:
+                    target = lmdbfast.NativeTarget(copier)
+                    while True:
+                        last, n, nbytes = copier.copy(self.bs, self.bb)
+                        if not n:
+                            break
+                        res.records += n
+                        res.written += n
+                        res.bytes += nbytes
+                        self._checkpoint(last, (target,))
+                        self._progress()
+                    copier.sync()
+        self.src, self.dst = holder.stores
+        return True
 
     def _split_transform(self, keys: list[bytes], values: list[bytes]
                          ) -> tuple[list[bytes], list[bytes], int, int]:

@@ -1,5 +1,10 @@
 """LMDB -> LMDB pass-through copy with no per-record Python code.
 
+Two levels. When the manager can lend both environments exclusively (it opened them, so it
+can close them and reopen them after), :func:`native_copier` copies with liblmdb in C with
+the GIL released (``dsbackup._ext.lmdbcopy``): no Python object per record at all. Otherwise
+:func:`copy_batches` does it through py-lmdb:
+
 A copy step without transform, filter or validator moves whole batches. Between two LMDB
 stores the batches need not even be split into key and value lists: the source cursor's
 ``(key, value)`` tuples go in slices straight into the target's ``putmulti`` (append mode
@@ -17,11 +22,12 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import os
 from collections.abc import Iterator
 from operator import itemgetter
 from typing import Any
 
-__all__ = ["applicable", "copy_batches"]
+__all__ = ["applicable", "copy_batches", "native_available", "native_copier", "NativeTarget"]
 
 _first = itemgetter(0)
 _second = itemgetter(1)
@@ -67,3 +73,35 @@ def copy_batches(src: Any, dst: Any, start: bytes, end: bytes | None, max_record
                 return
     finally:
         txn.abort()
+
+
+def native_available() -> bool:
+    try:
+        from dsbackup._ext import lmdbcopy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def native_copier(src_path: str, dst_path: str, start: bytes, end: bytes | None) -> Any:
+    """An ``LmdbCopier`` for the range, or ``None`` when the native module is not built.
+    Both environments must not be open through py-lmdb in this process."""
+    try:
+        from dsbackup._ext.lmdbcopy import LmdbCopier
+    except ImportError:
+        return None
+    data = os.path.join(dst_path, "data.mdb")
+    used = os.path.getsize(data) if os.path.exists(data) else 0
+    src_used = os.path.getsize(os.path.join(src_path, "data.mdb"))
+    map_size = max(64 << 20, 2 * used, used + 2 * src_used)
+    return LmdbCopier(src_path, dst_path, start, end, map_size=map_size)
+
+
+class NativeTarget:
+    """Lets the engine's checkpoints sync the target through the native copier."""
+
+    def __init__(self, copier: Any) -> None:
+        self.copier = copier
+
+    def sync(self, prefix: object = "/") -> None:
+        self.copier.sync()

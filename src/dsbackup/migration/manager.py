@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ class _Stores:
         self.by_name: dict[str, Any] = {}
         self._owned: list[Any] = []
         self._by_uri: dict[str, Any] = {}
+        self._uri_of: dict[int, str] = {}
 
     def _open(self, uri: str, *, must_exist: bool) -> Any:
         for known, ds in self._by_uri.items():
@@ -118,6 +120,7 @@ class _Stores:
             ds.uri = uri
         self._owned.append(ds)
         self._by_uri[uri] = ds
+        self._uri_of[id(ds)] = uri
         return ds
 
     def add(self, name: str, store: StoreLike, *, must_exist: bool) -> Any:
@@ -136,6 +139,22 @@ class _Stores:
             return self.by_name[ref]
         return self._open(ref, must_exist=True)
 
+    def exclusive(self, *stores: Any) -> _Lent:
+        """Lend owned LMDB stores to code with its own liblmdb: they are closed now, claimed
+        in the one-environment-per-process registry, and reopened (same URI) on exit.
+        Raises ``ValueError`` when a store was not opened by this run or is not LMDB."""
+        for ds in stores:
+            if ds not in self._owned or getattr(ds, "scheme", "") != "lmdb":
+                raise ValueError("only LMDB stores this run opened can be lent")
+        return _Lent(self, list(stores))
+
+    def _replace(self, old: Any, new: Any) -> None:
+        self._owned[self._owned.index(old)] = new
+        for table in (self.by_name, self._by_uri):
+            for k, v in list(table.items()):
+                if v is old:
+                    table[k] = new
+
     def close(self) -> None:
         for ds in reversed(self._owned):
             try:
@@ -143,6 +162,43 @@ class _Stores:
             except Exception:  # noqa: BLE001 - closing must not hide the real outcome
                 log.exception("closing %s failed", getattr(ds, "uri", ds))
         self._owned.clear()
+
+
+class _Lent:
+    """Context manager of :meth:`_Stores.exclusive`; ``stores`` holds the reopened objects."""
+
+    def __init__(self, owner: _Stores, stores: list[Any]) -> None:
+        self.owner = owner
+        self.stores = stores
+        self._uris = [owner._uri_of[id(ds)] for ds in stores]
+        self._claims = ExitStack()
+
+    def __enter__(self) -> _Lent:
+        from dsbackup.datastores import lmdb as lmdb_backend
+
+        for ds in self.stores:
+            ds.close()
+        try:
+            for ds in self.stores:
+                self._claims.enter_context(lmdb_backend.claim(ds.path, "dsbackup.migration"))
+        except BaseException:
+            self._claims.close()
+            self._reopen()
+            raise
+        return self
+
+    def _reopen(self) -> None:
+        fresh = []
+        for old, uri in zip(self.stores, self._uris):
+            new = open_datastore(uri, **_write_options(uri))
+            self.owner._uri_of[id(new)] = uri
+            self.owner._replace(old, new)
+            fresh.append(new)
+        self.stores = fresh
+
+    def __exit__(self, *exc: object) -> None:
+        self._claims.close()
+        self._reopen()
 
 
 class MigrationManager:
@@ -398,7 +454,8 @@ class MigrationManager:
         deadline = time.monotonic() + cfg.timeout if cfg.timeout else None
         ctx = RunContext(cfg, dry_run=cfg.dry_run, journal=journal, progress=progress,
                          cancel=cancel, deadline=deadline, steps_total=len(plan.steps),
-                         error_log=result.error_log)
+                         error_log=result.error_log,
+                         exclusive=None if cfg.dry_run else stores.exclusive)
         result.steps = [StepResult(s.id, s.kind.value) for s in plan.steps]
         written_refs: set[str] = set()  # dry run: stores an earlier step would have written
         for i, step in enumerate(plan.steps):

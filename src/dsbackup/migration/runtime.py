@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from dsbackup.errors import Cancelled, MigrationError, ValidationError
 from dsbackup.keys import key_str
@@ -117,6 +118,10 @@ class RunContext:
     steps_total: int = 0
     error_log: list[str] = field(default_factory=list)
     cleanup_requested: bool = False
+    # lend stores exclusively: exclusive(a, b) is a context manager that closes both
+    # (they must be LMDB stores this run opened) and reopens them on exit, giving
+    # ``holder.stores`` the new objects; None when the caller cannot do that
+    exclusive: Callable[..., Any] | None = None
 
     def check(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
