@@ -16,6 +16,8 @@ cdef extern from "lmdb.h" nogil:
 
     ctypedef enum MDB_cursor_op:
         MDB_FIRST
+        MDB_LAST
+        MDB_PREV
         MDB_GET_CURRENT
         MDB_NEXT
         MDB_SET_RANGE
@@ -35,11 +37,14 @@ cdef extern from "lmdb.h" nogil:
     void mdb_env_close(MDB_env *env)
     int mdb_txn_begin(MDB_env *env, MDB_txn *parent, unsigned int flags, MDB_txn **txn)
     void mdb_txn_abort(MDB_txn *txn)
+    void mdb_txn_reset(MDB_txn *txn)
+    int mdb_txn_renew(MDB_txn *txn)
     size_t mdb_txn_id(MDB_txn *txn)
     int mdb_dbi_open(MDB_txn *txn, const char *name, unsigned int flags, MDB_dbi *dbi)
     int mdb_dbi_flags(MDB_txn *txn, MDB_dbi dbi, unsigned int *flags)
     int mdb_cursor_open(MDB_txn *txn, MDB_dbi dbi, MDB_cursor **cursor)
     void mdb_cursor_close(MDB_cursor *cursor)
+    int mdb_cursor_renew(MDB_txn *txn, MDB_cursor *cursor)
     int mdb_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, MDB_cursor_op op)
 
 

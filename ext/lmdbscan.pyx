@@ -14,6 +14,7 @@ import threading
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.pycapsule cimport PyCapsule_GetPointer
+from libc.stdint cimport uint64_t
 from libc.string cimport memcmp
 
 from framing cimport (
@@ -26,10 +27,13 @@ from framing cimport (
     ds_chunker,
     ds_framing_api,
 )
+from libxxhash cimport XXH3_64bits
 from liblmdb cimport (
     MDB_DUPSORT,
     MDB_FIRST,
+    MDB_LAST,
     MDB_NEXT,
+    MDB_PREV,
     MDB_NORDAHEAD,
     MDB_NOSUBDIR,
     MDB_NOTFOUND,
@@ -45,6 +49,7 @@ from liblmdb cimport (
     mdb_cursor_close,
     mdb_cursor_get,
     mdb_cursor_open,
+    mdb_cursor_renew,
     mdb_dbi_flags,
     mdb_dbi_open,
     mdb_env_close,
@@ -55,6 +60,8 @@ from liblmdb cimport (
     mdb_txn_abort,
     mdb_txn_begin,
     mdb_txn_id,
+    mdb_txn_renew,
+    mdb_txn_reset,
 )
 
 from dsbackup._ext import framing as _framing_mod
@@ -158,6 +165,9 @@ cdef class LmdbRangeScanner:
     cdef readonly str path
     cdef str _key
     cdef long _pid
+    cdef uint64_t chunk_size, chunk_max_bytes
+    cdef bint catalog
+    cdef uint64_t prior_excluded_records, prior_excluded_bytes, prior_records, prior_raw
 
     def __cinit__(self):
         self.env = NULL
@@ -185,6 +195,9 @@ cdef class LmdbRangeScanner:
         self.end = end
         self.level = level
         self._exclude = exclude
+        self.chunk_size = chunk_size
+        self.chunk_max_bytes = chunk_max_bytes
+        self.catalog = catalog
         key = _env_key(path)
         with _lock:
             if key in _own or key in _foreign:
@@ -243,19 +256,183 @@ cdef class LmdbRangeScanner:
 
     @property
     def records(self) -> int:
-        return self.c.records if self.chunker_ready else 0
+        """Records framed so far, over every range this scanner has scanned."""
+        return self.prior_records + (self.c.records if self.chunker_ready else 0)
 
     @property
     def raw_bytes(self) -> int:
-        return self.c.raw_bytes if self.chunker_ready else 0
+        return self.prior_raw + (self.c.raw_bytes if self.chunker_ready else 0)
 
     @property
     def excluded_records(self) -> int:
-        return self.c.excluded_records if self.chunker_ready else 0
+        return self.prior_excluded_records + (self.c.excluded_records if self.chunker_ready
+                                              else 0)
 
     @property
     def excluded_bytes(self) -> int:
-        return self.c.excluded_bytes if self.chunker_ready else 0
+        return self.prior_excluded_bytes + (self.c.excluded_bytes if self.chunker_ready else 0)
+
+    cdef _new_chunker(self):
+        """Drop any partly built chunk and start a fresh chunker (counters are kept)."""
+        if self.chunker_ready:
+            self.prior_records += self.c.records
+            self.prior_raw += self.c.raw_bytes
+            self.prior_excluded_records += self.c.excluded_records
+            self.prior_excluded_bytes += self.c.excluded_bytes
+            FAPI.chunker_free(&self.c)
+            self.chunker_ready = False
+        if FAPI.chunker_init(&self.c, self.chunk_size, self.chunk_max_bytes,
+                             FAPI.matcher_of(self._exclude), self.catalog) != FR_OK:
+            raise MemoryError("LmdbRangeScanner: cannot allocate the chunker")
+        self.chunker_ready = True
+
+    def reset(self, bytes start, end=None) -> None:
+        """Scan ``[start, end)`` next, in the same snapshot. ``start`` must be b"" or a
+        natural chunk boundary for the chunks to match a single scan's."""
+        self._check()
+        if self.busy:
+            raise RuntimeError(f"{self.path}: scanner is being used by another thread")
+        if end is not None and not isinstance(end, bytes):
+            raise TypeError("end must be bytes or None")
+        self._new_chunker()
+        self.start = start
+        self.end = end
+        self.started = False
+        self.done = False
+
+    def set_end(self, bytes end) -> None:
+        """Stop the current range before ``end`` (a natural boundary past the chunks already
+        returned). A chunk starting at or after ``end`` may still come back once; callers
+        drop it."""
+        self._check()
+        if self.end is None or end < self.end:
+            self.end = end
+
+    def renew(self) -> None:
+        """Move to the newest snapshot (a new read transaction) and forget the range."""
+        cdef int rc
+        self._check()
+        if self.busy:
+            raise RuntimeError(f"{self.path}: scanner is being used by another thread")
+        mdb_txn_reset(self.txn)
+        rc = mdb_txn_renew(self.txn)
+        if rc:
+            raise _lmdb_error(rc, f"{self.path}: cannot renew the read transaction")
+        rc = mdb_cursor_renew(self.txn, self.cur)
+        if rc:
+            raise _lmdb_error(rc, f"{self.path}: cannot renew the cursor")
+        self.reset(self.start, self.end)
+
+    def last_key_before(self, end=None):
+        """The greatest key < ``end`` (or the last key when ``end`` is None) in this
+        snapshot, or None."""
+        cdef MDB_cursor *cur = NULL
+        cdef MDB_val k, v
+        cdef int rc
+        cdef bytes bend
+        self._check()
+        rc = mdb_cursor_open(self.txn, self.dbi, &cur)
+        if rc:
+            raise _lmdb_error(rc, f"{self.path}: cannot open a cursor")
+        try:
+            if end is None:
+                rc = mdb_cursor_get(cur, &k, &v, MDB_LAST)
+            else:
+                bend = end
+                if not len(bend):
+                    return None
+                k.mv_data = <void *><const unsigned char *>bend
+                k.mv_size = len(bend)
+                rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE)
+                if rc == MDB_NOTFOUND:
+                    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST)
+                elif rc == 0:
+                    rc = mdb_cursor_get(cur, &k, &v, MDB_PREV)
+            if rc == MDB_NOTFOUND:
+                return None
+            if rc:
+                raise _lmdb_error(rc, f"{self.path}: cursor read failed")
+            return PyBytes_FromStringAndSize(<const char *>k.mv_data, k.mv_size)
+        finally:
+            mdb_cursor_close(cur)
+
+    def next_stripe_end(self, uint64_t min_records, uint64_t min_bytes):
+        """Planning: walk keys (and value sizes, without reading values) from where the last
+        call stopped until at least ``min_records`` records or ``min_bytes`` key+value bytes
+        have passed, then on to the next natural chunk boundary; return that key, which ends
+        this stripe and starts the next. None when the store ends first."""
+        cdef MDB_val k, v
+        cdef int rc = 0, found = 0
+        cdef uint64_t recs = 0, nbytes = 0, cs = self.chunk_size
+        cdef MDB_cursor_op op
+        self._check()
+        if self.busy:
+            raise RuntimeError(f"{self.path}: scanner is being used by another thread")
+        if self.done:
+            return None
+        self.busy = True
+        try:
+            with nogil:
+                while True:
+                    op = MDB_NEXT if self.started else MDB_FIRST
+                    self.started = True
+                    rc = mdb_cursor_get(self.cur, &k, &v, op)
+                    if rc:
+                        break
+                    if (recs >= min_records or nbytes >= min_bytes) and (
+                            XXH3_64bits(k.mv_data, k.mv_size) % cs == 0):
+                        found = 1
+                        break
+                    recs += 1
+                    nbytes += k.mv_size + v.mv_size
+        finally:
+            self.busy = False
+        if rc == MDB_NOTFOUND:
+            self.done = True
+            return None
+        if rc:
+            raise _lmdb_error(rc, f"{self.path}: cursor read failed")
+        return PyBytes_FromStringAndSize(<const char *>k.mv_data, k.mv_size)
+
+    def boundary_after(self, bytes key, end=None, uint64_t max_keys=200000):
+        """The first key >= ``key`` and < ``end`` where a chunk starts by content
+        (XXH3-64(k) % chunk_size == 0), looking at most ``max_keys`` keys; or None."""
+        cdef MDB_cursor *cur = NULL
+        cdef MDB_val k, v
+        cdef int rc = 0, cmp, found = 0
+        cdef uint64_t seen = 0, cs = self.chunk_size
+        cdef const unsigned char *endp = NULL
+        cdef size_t endn = 0, n
+        self._check()
+        if end is not None:
+            endp = <bytes>end
+            endn = len(end)
+        rc = mdb_cursor_open(self.txn, self.dbi, &cur)
+        if rc:
+            raise _lmdb_error(rc, f"{self.path}: cannot open a cursor")
+        try:
+            k.mv_data = <void *><const unsigned char *>key
+            k.mv_size = len(key)
+            with nogil:
+                rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE if k.mv_size else MDB_FIRST)
+                while rc == 0 and seen < max_keys:
+                    if endp != NULL:
+                        n = k.mv_size if k.mv_size < endn else endn
+                        cmp = memcmp(k.mv_data, endp, n)
+                        if cmp > 0 or (cmp == 0 and k.mv_size >= endn):
+                            break
+                    if XXH3_64bits(k.mv_data, k.mv_size) % cs == 0:
+                        found = 1
+                        break
+                    seen += 1
+                    rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)
+            if rc and rc != MDB_NOTFOUND:
+                raise _lmdb_error(rc, f"{self.path}: cursor read failed")
+            if not found:
+                return None
+            return PyBytes_FromStringAndSize(<const char *>k.mv_data, k.mv_size)
+        finally:
+            mdb_cursor_close(cur)
 
     cdef _check(self):
         if self.txn == NULL:

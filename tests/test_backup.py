@@ -19,6 +19,12 @@ from dsbackup.errors import Cancelled, ConfigError, RestoreError
 BACKENDS = ["memory", "lmdb", "flatfs", "leveldb", "sqlite"]
 
 
+@pytest.fixture(autouse=True)
+def parallel_even_for_small_stores(monkeypatch):
+    """Exercise the worker processes on the small stores these tests use."""
+    monkeypatch.setattr("dsbackup.backup.PARALLEL_MIN_BYTES", 0)
+
+
 def flatfs_safe_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
     """Keys valid in every backend (flatfs allows only its base32 charset)."""
     rng = random.Random(seed)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[Progress], None]
 PARALLEL_SCHEMES = {"lmdb", "flatfs", "sqlite"}
+PARALLEL_MIN_BYTES = 32 << 20
 
 
 def _open_source(source: Any) -> tuple[Any, bool]:
@@ -146,8 +147,10 @@ class BackupManager:
                                  tuple(cfg.exclude_patterns), cfg.include_metadata)
         scheme, location = _scheme_and_location(ds)
         workers = cfg.effective_workers
+        # worker processes take ~0.3 s to start: small stores are faster scanned centrally
         parallel = (workers > 1 and scheme in PARALLEL_SCHEMES
-                    and bool(getattr(ds, "parallel_readable", False)))
+                    and bool(getattr(ds, "parallel_readable", False))
+                    and (approx_size is None or approx_size >= PARALLEL_MIN_BYTES))
         created = datetime.now(timezone.utc)
         manifest = {
             "format": "dsbackup",

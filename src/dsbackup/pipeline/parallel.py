@@ -1,14 +1,19 @@
-"""Parallel scan, parent side: start worker processes, hand out key ranges, balance them by
-splitting busy ranges at natural chunk boundaries, and yield the chunks in key order.
+"""Parallel scan, parent side.
 
-Bounded memory: each worker owns two slots of a shared memory file (each a little over
-chunk_max_bytes); a worker whose slots are full waits until the parent has written them, so
-at most 2 × workers chunks are in flight.
+A planner process walks the keys once (keys and sizes only) and streams natural chunk
+boundaries that cut the key space into stripes of a few MiB; scan worker processes take the
+stripes in key order and turn them into finished chunks; the parent writes the chunks in key
+order. Because every stripe starts at a natural boundary, the chunks are exactly those of a
+single sequential scan, whatever the number of workers.
+
+Bounded memory: each worker owns SLOTS_PER_WORKER slots of a shared memory file (each a little
+over chunk_max_bytes) and waits when they are full, so at most SLOTS_PER_WORKER × workers chunks
+are in flight. A worker that takes a new stripe while chunks of its previous one still wait
+behind an earlier stripe has those chunks moved to a spill file, so it never waits on itself.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 import mmap
 import multiprocessing as mp
@@ -29,9 +34,10 @@ from dsbackup.pipeline.worker import worker_main
 
 log = logging.getLogger(__name__)
 
-SLOTS_PER_WORKER = 2
+SLOTS_PER_WORKER = 4
 SNAPSHOT_RETRIES = 50
 SPILLED = -2  # chunk moved from a worker's slot to the spill file
+STRIPE_BYTES = 16 << 20
 
 
 @dataclass
@@ -39,22 +45,38 @@ class _Range:
     rid: int
     start: bytes
     end: bytes | None
-    worker: int
-    pos: bytes = b""
+    worker: int = -1
     done: bool = False
-    split_pending: bool = False
-    split_refused_at: bytes | None = None  # position at which the worker last refused a split
-    split_refused_at: bytes | None = None  # position at which the worker last refused a split
     chunks: deque = field(default_factory=deque)
 
 
 def _shm_dir() -> str:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else (
-        tempfile.gettempdir())
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        return "/dev/shm"
+    return tempfile.gettempdir()
+
+
+def _remove_stale_slot_files() -> None:
+    """Slot files of a backup killed before its workers started (normally they are unlinked
+    as soon as every worker has mapped them)."""
+    d = _shm_dir()
+    for name in os.listdir(d):
+        if not name.startswith("dsbackup-slots-"):
+            continue
+        try:
+            pid = int(name.split("-")[2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(d, name))
+            except OSError:
+                pass
+        except (ValueError, IndexError, PermissionError):
+            continue
 
 
 class ParallelScan:
-    """Iterate the chunks of a store scanned by `workers` processes."""
+    """Iterate the chunks of a store scanned by `workers` processes, in key order."""
 
     def __init__(self, kind: str, location: str, settings: ChunkSettings, workers: int,
                  *, cancel: threading.Event | None = None, stats: ScanStats | None = None,
@@ -67,33 +89,55 @@ class ParallelScan:
         self.slot_size = settings.chunk_max_bytes + settings.chunk_max_bytes // 64 + 65536
         self.snapshot_id: int | None = None
         self._spill: Any = None
+        self._wmaps: list[mmap.mmap] = []
+        self._wviews: list[memoryview] = []
+        self._wpaths: list[str] = []
+        self.conns: list[Any] = []
+        self.procs: list[Any] = []
+        # stripes: a stripe holds about STRIPE_BYTES or 4 natural chunks' worth of records
+        self.stripe_records = max(4 * settings.chunk_size, 64)
+        self.stripe_bytes = max(STRIPE_BYTES, 2 * settings.chunk_max_bytes)
 
-    # -- process management ----------------------------------------------------------------
+    # -- processes ---------------------------------------------------------------------------
 
     def _start(self) -> None:
         ctx = mp.get_context("forkserver")
-        fd, base = tempfile.mkstemp(prefix="dsbackup-slots-", dir=_shm_dir())
+        # the fork server imports the worker code once; each worker then starts by a fork
+        ctx.set_forkserver_preload(["dsbackup.pipeline.worker", "dsbackup.datastores"])
+        _remove_stale_slot_files()
+        fd, base = tempfile.mkstemp(prefix=f"dsbackup-slots-{os.getpid()}-", dir=_shm_dir())
         os.close(fd)
         os.unlink(base)
         per = SLOTS_PER_WORKER * self.slot_size
-        self.conns, self.procs = [], []
-        for w in range(self.n):
-            path = f"{base}.w{w}"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            self._wpaths.append(path)
-            try:
-                os.ftruncate(fd, per)
-                self._wmaps.append(mmap.mmap(fd, per))
-            finally:
-                os.close(fd)
+        for w in range(self.n + 1):  # the last one is the planner
+            path: str | None = None
+            if w < self.n:
+                path = f"{base}.w{w}"
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                self._wpaths.append(path)
+                try:
+                    os.ftruncate(fd, per)
+                    self._wmaps.append(mmap.mmap(fd, per))
+                finally:
+                    os.close(fd)
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=worker_main, name=f"dsbackup-worker-{w}", daemon=True,
+            p = ctx.Process(target=worker_main, daemon=True,
+                            name="dsbackup-planner" if w == self.n else f"dsbackup-worker-{w}",
                             args=(child, path, SLOTS_PER_WORKER, self.slot_size, self.kind,
                                   self.location, self.settings))
             p.start()
             child.close()
             self.conns.append(parent)
             self.procs.append(p)
+        self._wviews = [memoryview(m) for m in self._wmaps]
+
+    def _unlink_slot_files(self) -> None:
+        for p in self._wpaths:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        self._wpaths = []
 
     def _stop(self) -> None:
         for c in self.conns:
@@ -110,48 +154,31 @@ class ParallelScan:
         for c in self.conns:
             c.close()
 
-    def _unlink_slot_files(self) -> None:
-        for p in self._wpaths:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-        self._wpaths = []
-
     def _cleanup(self) -> None:
         if self._spill is not None:
             self._spill.close()
-        for v in self._wviews:
+        for obj in self._wviews + self._wmaps:
             try:
-                v.release()
+                obj.release() if isinstance(obj, memoryview) else obj.close()
             except BufferError:  # a slice still lives in a caller's chunk; GC frees it
                 pass
-        for m in self._wmaps:
-            try:
-                m.close()
-            except BufferError:
-                pass
-        for p in self._wpaths:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+        self._unlink_slot_files()
 
     def _recv(self, timeout: float) -> list[tuple[int, tuple]]:
-        ready = wait(self.conns + [p.sentinel for p in self.procs], timeout)
+        sentinels = {p.sentinel: w for w, p in enumerate(self.procs)}
         out = []
-        for r in ready:
-            if r in self.conns:
-                w = self.conns.index(r)
-                try:
-                    out.append((w, r.recv()))
-                except EOFError:
-                    raise BackupError(f"backup worker {w} exited unexpectedly") from None
-            else:
-                w = [p.sentinel for p in self.procs].index(r)
+        for r in wait(self.conns + list(sentinels), timeout):
+            if r in sentinels:
+                w = sentinels[r]
                 if not self.conns[w].poll():
                     raise BackupError(f"backup worker {w} died (exit code "
                                       f"{self.procs[w].exitcode})")
+                continue
+            w = self.conns.index(r)
+            try:
+                out.append((w, r.recv()))
+            except EOFError:
+                raise BackupError(f"backup worker {w} exited unexpectedly") from None
         for w, msg in out:
             if msg[0] == "error":
                 log.debug("worker %d traceback:\n%s", w, msg[2])
@@ -165,10 +192,11 @@ class ParallelScan:
     # -- snapshot ----------------------------------------------------------------------------
 
     def _await_ready(self) -> None:
-        """Wait for every worker's snapshot; for LMDB all must see the same transaction."""
+        """Wait for every process's snapshot; for LMDB all must read the same transaction."""
+        total = len(self.procs)
         for attempt in range(SNAPSHOT_RETRIES):
             ids: dict[int, Any] = {}
-            while len(ids) < self.n:
+            while len(ids) < total:
                 self._check_cancel()
                 for w, msg in self._recv(0.2):
                     if msg[0] == "ready":
@@ -181,42 +209,36 @@ class ParallelScan:
             for c in self.conns:
                 c.send(("resnap",))
         raise BackupError(
-            f"{self.location}: could not get one consistent snapshot for {self.n} workers "
-            f"after {SNAPSHOT_RETRIES} tries (the store is being written too fast); "
-            "retry, or use workers=1")
+            f"{self.location}: could not get one consistent snapshot for {total} processes "
+            f"after {SNAPSHOT_RETRIES} tries (the store is being written too fast); retry, "
+            "or use workers=1")
 
     # -- main loop -----------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[ReadyChunk]:
-        self._wmaps: list[Any] = []
-        self._wpaths: list[str] = []
-        self._wviews: list[memoryview] = []
-        self._start()
-        self._wviews = [memoryview(m) for m in self._wmaps]
         try:
+            self._start()
             self._await_ready()
             self._unlink_slot_files()  # mapped everywhere now; nothing to leave behind
             yield from self._schedule()
+            self._collect_stats()
         finally:
             self._stop()
             self._cleanup()
 
     def _schedule(self) -> Iterator[ReadyChunk]:
-        ranges: list[_Range] = []  # sorted by start; ranges[0] is the one being written
-        starts: list[bytes] = []
+        planner = self.n
+        ranges: deque[_Range] = deque()  # in key order; ranges[0] is being written
         by_id: dict[int, _Range] = {}
-        busy: dict[int, _Range] = {}  # worker -> its range
-        idle: set[int] = set(range(self.n))
         unassigned: deque[_Range] = deque()
-        rid_counter = [0]
+        idle = set(range(self.n))
+        next_start: bytes | None = b""  # start of the stripe the planner has not closed yet
+        planned = False
 
         def add_range(start: bytes, end: bytes | None) -> None:
-            r = _Range(rid_counter[0], start, end, -1, pos=start)
-            rid_counter[0] += 1
-            i = bisect.bisect_left(starts, start)
-            ranges.insert(i, r)
-            starts.insert(i, start)
+            r = _Range(len(by_id), start, end)
             by_id[r.rid] = r
+            ranges.append(r)
             unassigned.append(r)
 
         def dispatch() -> None:
@@ -226,68 +248,44 @@ class ParallelScan:
                 idle.discard(w)
                 self._spill_slots(w, ranges)
                 r.worker = w
-                busy[w] = r
                 self.conns[w].send(("range", r.rid, r.start, r.end))
-            if not idle:
-                return
-            asked = sum(1 for r in busy.values() if r.split_pending)
-            # a range that refused a split is asked again only after it has moved on
-            candidates = [r for r in busy.values()
-                          if not r.split_pending and r.split_refused_at != r.pos]
-            candidates.sort(key=lambda r: r.start)
-            for r in candidates[: max(0, len(idle) - asked)]:
-                r.split_pending = True
-                self.conns[r.worker].send(("split", r.rid))
 
-        add_range(b"", None)
-        dispatch()
-        while ranges:
+        self.conns[planner].send(("plan", self.stripe_records, self.stripe_bytes))
+        while True:
             self._check_cancel()
-            head = ranges[0]
-            while head.chunks:
-                w, slot, meta, inline, catalog = head.chunks.popleft()
-                yield self._ready_chunk(w, slot, meta, inline, catalog)
-                if slot >= 0:
-                    self.conns[w].send(("free", slot))
-            if head.done:
-                ranges.pop(0)
-                starts.pop(0)
-                continue
+            while ranges:
+                head = ranges[0]
+                while head.chunks:
+                    w, slot, meta, inline, catalog = head.chunks.popleft()
+                    yield self._ready_chunk(w, slot, meta, inline, catalog)
+                    if slot >= 0:
+                        self.conns[w].send(("free", slot))
+                if not head.done:
+                    break
+                ranges.popleft()
+            if planned and not ranges:
+                return
             for w, msg in self._recv(0.1):
                 op = msg[0]
                 if op == "chunk":
-                    r = by_id[msg[1]]
-                    r.chunks.append((w, msg[2], msg[3], msg[4], msg[5]))
-                    r.pos = msg[3][2]
-                    if idle:
-                        dispatch()
-                    if idle:
-                        dispatch()
+                    by_id[msg[1]].chunks.append((w, msg[2], msg[3], msg[4], msg[5]))
                 elif op == "done":
-                    r = by_id[msg[1]]
-                    r.done = True
-                    r.split_pending = False
-                    busy.pop(w, None)
+                    by_id[msg[1]].done = True
                     idle.add(w)
-                    dispatch()
-                elif op == "split":
-                    r = by_id[msg[1]]
-                    r.split_pending = False
-                    key = msg[2]
-                    if key is not None:
-                        # the worker has cut its range at `key`: the rest becomes a new range
-                        old_end, r.end = r.end, key
-                        add_range(key, old_end)
-                    else:
-                        r.split_refused_at = r.pos
-                    dispatch()
-        self._collect_stats()
+                elif op == "stripes":
+                    for key in msg[1]:
+                        add_range(next_start, key)
+                        next_start = key
+                elif op == "plan_done":
+                    add_range(next_start, None)
+                    planned = True
+            dispatch()
 
     def _collect_stats(self) -> None:
-        """Stop the workers and add up what their chunkers excluded."""
+        """Stop the processes and add up what their chunkers excluded."""
         for c in self.conns:
             c.send(("stop",))
-        pending = set(range(self.n))
+        pending = set(range(len(self.conns)))
         deadline = time.monotonic() + 30
         while pending and time.monotonic() < deadline:
             for r in wait([self.conns[w] for w in pending], 0.2):
@@ -299,19 +297,20 @@ class ParallelScan:
                 if msg[0] == "error":
                     raise BackupError(f"backup worker {w} failed: {msg[1]}")
                 if msg[0] == "stats":
-                    self.stats.excluded_records += msg[1]
-                    self.stats.excluded_bytes += msg[2]
+                    if w < self.n:  # the planner frames nothing
+                        self.stats.excluded_records += msg[1]
+                        self.stats.excluded_bytes += msg[2]
                     pending.discard(w)
         if pending:
             raise BackupError(f"backup workers {sorted(pending)} did not finish")
 
-    def _spill_slots(self, w: int, ranges: list[_Range]) -> None:
+    def _spill_slots(self, w: int, ranges: deque[_Range]) -> None:
         """Move worker w's unwritten chunks out of its slots into the spill file.
 
-        A worker that takes a new range may still hold chunks of a finished range that waits
-        behind the range being written; if those kept its slots, it could not send the chunks
-        of an earlier range, and the pipeline would stall. Spilling keeps memory bounded (the
-        spill file is on disk) and costs a copy of at most SLOTS_PER_WORKER chunks.
+        A worker that takes a new stripe may still hold chunks of a finished stripe that waits
+        behind an earlier one; if those kept its slots, it could not send the chunks of its new
+        stripe, and if that stripe came first the pipeline would stall. The spill file is on
+        disk, so memory stays bounded.
         """
         for r in ranges:
             for j, (cw, slot, meta, _inline, catalog) in enumerate(r.chunks):

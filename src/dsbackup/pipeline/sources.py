@@ -6,18 +6,19 @@ store into finished chunks (framed, hashed, compressed).
   code with the GIL released.
 - DatastoreSource: any parallel-readable backend (flatfs, SQLite) through its scan_batches
   fast path and the native Chunker.
+
+A source also plans: `stripes()` walks the keys once and yields natural chunk boundaries that
+cut the key space into stripes of work for the workers.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from dsbackup._ext.framing import Chunker, is_boundary
 from dsbackup.pipeline.central import ChunkSettings
-from dsbackup.pipeline.keyspace import midpoint
-
-SPLIT_SEARCH_KEYS = 200_000  # give up looking for a natural boundary after this many keys
 
 
 class DatastoreSource:
@@ -42,13 +43,8 @@ class DatastoreSource:
         s = self.settings
         self._chunker = Chunker(s.chunk_size, s.chunk_max_bytes, exclude=self.matcher,
                                 catalog=s.catalog)
-        self._end = end
         self._batches = iter(self.ds.scan_batches(start, end, max_bytes=s.chunk_max_bytes))
         self._ready.clear()
-
-    def set_end(self, end: bytes) -> None:
-        """Shrink the range; records at or past `end` are never turned into chunks."""
-        self._end = end
 
     def next_chunk(self) -> Any:
         c = self._chunker
@@ -61,10 +57,6 @@ class DatastoreSource:
                 self._finish_stats()
                 return last
             keys, values = batch
-            if self._end is not None and keys and keys[-1] >= self._end:
-                n = sum(1 for k in keys if k < self._end)
-                keys, values = keys[:n], values[:n]
-                self._batches = iter(())
             self._ready.extend(c.add_compress(keys, values, self.settings.level))
         return self._ready.popleft()
 
@@ -74,23 +66,17 @@ class DatastoreSource:
             self.excluded_bytes += self._chunker.excluded_bytes
             self._chunker = None
 
-    def split_key(self, pos: bytes, end: bytes | None) -> bytes | None:
-        hi = end if end is not None else self.ds.last_key()
-        if hi is None or hi <= pos:
-            return None
-        return self._boundary_after(midpoint(pos, hi), end)
-
-    def _boundary_after(self, key: bytes, end: bytes | None) -> bytes | None:
-        seen = 0
+    def stripes(self, min_records: int, min_bytes: int) -> Iterator[bytes]:
+        """Planning: natural chunk boundaries at least `min_records` records apart; each ends
+        one stripe of work and starts the next (keys only: sizes are not read)."""
         cs = self.settings.chunk_size
-        for keys, _sizes in self.ds.scan_key_sizes(key, end):
+        since = 0
+        for keys, _sizes in self.ds.scan_key_sizes():
             for k in keys:
-                if is_boundary(k, cs):
-                    return k
-            seen += len(keys)
-            if seen > SPLIT_SEARCH_KEYS:
-                return None
-        return None
+                if since >= min_records and is_boundary(k, cs):
+                    yield k
+                    since = 0
+                since += 1
 
     def close(self) -> None:
         self.ds.close()
@@ -98,10 +84,10 @@ class DatastoreSource:
 
 class LmdbSource:
     def __init__(self, path: str, settings: ChunkSettings) -> None:
-        from dsbackup._ext.lmdbscan import LmdbSnapshotScanner
+        from dsbackup._ext.lmdbscan import LmdbRangeScanner
 
         self.settings = settings
-        self.scanner = LmdbSnapshotScanner(
+        self.scanner = LmdbRangeScanner(
             path, chunk_size=settings.chunk_size, chunk_max_bytes=settings.chunk_max_bytes,
             level=settings.level, exclude=settings.matcher(), catalog=settings.catalog)
 
@@ -123,17 +109,17 @@ class LmdbSource:
     def begin(self, start: bytes, end: bytes | None) -> None:
         self.scanner.reset(start, end)
 
-    def set_end(self, end: bytes) -> None:
-        self.scanner.set_end(end)
-
     def next_chunk(self) -> Any:
         return self.scanner.next_chunk()
 
-    def split_key(self, pos: bytes, end: bytes | None) -> bytes | None:
-        hi = self.scanner.last_key_before(end)
-        if hi is None or hi <= pos:
-            return None
-        return self.scanner.boundary_after(midpoint(pos, hi), end, SPLIT_SEARCH_KEYS)
+    def stripes(self, min_records: int, min_bytes: int) -> Iterator[bytes]:
+        """Planning: natural boundaries after at least `min_records` records or `min_bytes`
+        bytes (value sizes come from LMDB's node headers; values are not read)."""
+        while True:
+            k = self.scanner.next_stripe_end(min_records, min_bytes)
+            if k is None:
+                return
+            yield k
 
     def close(self) -> None:
         self.scanner.close()
