@@ -53,8 +53,6 @@ cdef extern from "lmdb.h" nogil:
     ctypedef struct MDB_envinfo:
         size_t me_mapsize
 
-    enum:
-        MDB_LAST
     unsigned int MDB_NOSYNC
     unsigned int MDB_NOMETASYNC
     unsigned int MDB_APPEND

@@ -32,7 +32,6 @@ from liblmdb cimport (
     MDB_RDONLY,
     MDB_SET_RANGE,
     MDB_cursor,
-    MDB_cursor_op,
     MDB_dbi,
     MDB_env,
     MDB_envinfo,
@@ -211,7 +210,7 @@ cdef class LmdbCopier:
                 first = k
                 have_first = True
                 # append mode when this batch starts past the target's last key
-                if mdb_cursor_get(wcur, &dk, &dv, <MDB_cursor_op>MDB_LAST) == MDB_NOTFOUND:
+                if mdb_cursor_get(wcur, &dk, &dv, MDB_LAST) == MDB_NOTFOUND:
                     flags = MDB_APPEND
                 elif _keycmp(&k, <const char *>dk.mv_data, dk.mv_size) > 0:
                     flags = MDB_APPEND
