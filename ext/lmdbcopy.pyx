@@ -310,3 +310,113 @@ cdef class LmdbCopier:
 
     def __exit__(self, *exc):
         self.close()
+
+
+cdef int _compare(MDB_cursor *sc, MDB_cursor *dc, const char *endp, size_t endlen,
+                  bint has_end, bint sfirst, size_t *n, size_t *nbytes, size_t *bad,
+                  MDB_val *first_bad, int *first_bad_kind) noexcept nogil:
+    """Walk the source cursor (already positioned, ``sfirst``: on its first record) and the
+    target cursor side by side; count records missing (kind 1) or different (kind 2)."""
+    cdef MDB_val k, v, dk, dv
+    cdef int rc, drc, c
+    cdef bint dvalid = False
+    rc = mdb_cursor_get(sc, &k, &v, MDB_GET_CURRENT if sfirst else MDB_NEXT)
+    while rc == 0:
+        if has_end and _keycmp(&k, endp, endlen) >= 0:
+            break
+        if not dvalid:
+            dk = k
+            drc = mdb_cursor_get(dc, &dk, &dv, MDB_SET_RANGE)
+            dvalid = drc == 0
+        else:
+            c = _keycmp(&dk, <const char *>k.mv_data, k.mv_size)
+            while c < 0:
+                drc = mdb_cursor_get(dc, &dk, &dv, MDB_NEXT)
+                if drc != 0:
+                    dvalid = False
+                    break
+                c = _keycmp(&dk, <const char *>k.mv_data, k.mv_size)
+        n[0] += 1
+        nbytes[0] += v.mv_size
+        if not dvalid or _keycmp(&dk, <const char *>k.mv_data, k.mv_size) != 0:
+            if bad[0] == 0:
+                first_bad[0] = k
+                first_bad_kind[0] = 1
+            bad[0] += 1
+            dvalid = False  # re-seek for the next source key
+        elif dv.mv_size != v.mv_size or memcmp(dv.mv_data, v.mv_data, v.mv_size) != 0:
+            if bad[0] == 0:
+                first_bad[0] = k
+                first_bad_kind[0] = 2
+            bad[0] += 1
+        rc = mdb_cursor_get(sc, &k, &v, MDB_NEXT)
+    if rc == MDB_NOTFOUND:
+        return 0
+    return rc
+
+
+def compare_range(src_path, dst_path, bytes start=b"", end=None):
+    """Check that every record of ``src_path`` in ``[start, end)`` is in ``dst_path`` with the
+    same value, reading both with liblmdb (GIL released). Returns ``(records, value bytes,
+    mismatches, first bad key or None, "missing" | "differs" | None)``."""
+    cdef MDB_env *envs[2]
+    cdef MDB_txn *txns[2]
+    cdef MDB_cursor *curs[2]
+    cdef MDB_dbi dbi
+    cdef MDB_val k, v, first_bad
+    cdef int rc = 0, i, kind = 0
+    cdef size_t n = 0, nbytes = 0, bad = 0
+    cdef bint sfirst = True, empty = False
+    cdef bytes endb = end if end is not None else b""
+    cdef const char *endp = endb
+    cdef size_t endlen = len(endb)
+    cdef bint has_end = end is not None
+    paths = [os.fsdecode(os.fspath(src_path)), os.fsdecode(os.fspath(dst_path))]
+    for i in range(2):
+        envs[i] = NULL
+        txns[i] = NULL
+        curs[i] = NULL
+    try:
+        for i in range(2):
+            rc = mdb_env_create(&envs[i])
+            if rc:
+                raise _error(rc, f"{paths[i]}: mdb_env_create")
+            rc = mdb_env_open(envs[i], os.fsencode(paths[i]), MDB_RDONLY | MDB_NOTLS, 0o644)
+            if rc:
+                raise _error(rc, f"{paths[i]}: cannot open LMDB environment read-only")
+            rc = mdb_txn_begin(envs[i], NULL, MDB_RDONLY, &txns[i])
+            if rc:
+                raise _error(rc, f"{paths[i]}: cannot begin a read transaction")
+            rc = mdb_dbi_open(txns[i], NULL, 0, &dbi)
+            if rc:
+                raise _error(rc, f"{paths[i]}: cannot open the database")
+            rc = mdb_cursor_open(txns[i], dbi, &curs[i])
+            if rc:
+                raise _error(rc, f"{paths[i]}: cannot open a cursor")
+        k.mv_size = len(start)
+        k.mv_data = <char *>start
+        rc = mdb_cursor_get(curs[0], &k, &v, MDB_SET_RANGE if len(start) else MDB_FIRST)
+        if rc == MDB_NOTFOUND:
+            empty = True
+        elif rc:
+            raise _error(rc, f"{paths[0]}: cannot position the cursor")
+        if not empty:
+            with nogil:
+                rc = _compare(curs[0], curs[1], endp, endlen, has_end, sfirst, &n, &nbytes,
+                              &bad, &first_bad, &kind)
+            if rc:
+                raise _error(rc, f"compare {paths[0]} with {paths[1]}")
+        if bad:
+            return (n, nbytes, bad,
+                    PyBytes_FromStringAndSize(<const char *>first_bad.mv_data,
+                                              first_bad.mv_size),
+                    "missing" if kind == 1 else "differs")
+        return n, nbytes, 0, None, None
+    finally:
+        for i in range(2):
+            if curs[i] != NULL:
+                mdb_cursor_close(curs[i])
+            if txns[i] != NULL:
+                mdb_txn_abort(txns[i])
+            if envs[i] != NULL:
+                mdb_env_close(envs[i])

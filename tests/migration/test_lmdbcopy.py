@@ -12,7 +12,7 @@ from dsbackup import FilterConfig, MigrationConfig, MigrationManager, MigrationP
 from dsbackup.datastores import open_datastore
 from dsbackup.migration import lmdbfast
 
-from .helpers import fill, kv_items, records
+from .helpers import fill, kv_items, records, store_digest
 
 lmdbcopy = pytest.importorskip("dsbackup._ext.lmdbcopy", reason="native module not built")
 
@@ -120,3 +120,45 @@ def test_stores_passed_as_objects_use_the_py_lmdb_path(tmp_path: Path,
         s.close()
         d.close()
     assert records(f"lmdb:{tmp_path}/dst") == data
+
+
+def test_compare_range_finds_missing_and_different_records(tmp_path: Path) -> None:
+    data = items(1000)
+    fill(f"lmdb:{tmp_path}/src", data)
+    fill(f"lmdb:{tmp_path}/same", {**data, b"/extra": b"ignored"})
+    n, nbytes, bad, key, kind = lmdbcopy.compare_range(tmp_path / "src", tmp_path / "same")
+    assert (n, nbytes, bad, key, kind) == (1000, sum(map(len, data.values())), 0, None, None)
+    other = dict(data)
+    del other[b"/k/000010"]
+    other[b"/k/000500"] = b"changed"
+    del other[b"/k/000999"]
+    fill(f"lmdb:{tmp_path}/other", other)
+    n, _, bad, key, kind = lmdbcopy.compare_range(tmp_path / "src", tmp_path / "other")
+    assert (n, bad, key, kind) == (1000, 3, b"/k/000010", "missing")
+    n, _, bad, key, kind = lmdbcopy.compare_range(tmp_path / "src", tmp_path / "other",
+                                                  b"/k/000400", b"/k/000600")
+    assert (n, bad, key, kind) == (200, 1, b"/k/000500", "differs")
+
+
+def test_native_verify_failure_stops_a_move_before_any_delete(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = kv_items(900)
+    src, dst = f"lmdb:{tmp_path}/src", f"lmdb:{tmp_path}/dst"
+    fill(src, data)
+    before = store_digest(src)
+    real = lmdbfast.native_compare
+
+    def tampered(src_path, dst_path, s, e):
+        env = lmdb.open(dst_path)
+        with env.begin(write=True) as txn:
+            txn.put(b"/m/000002", b"tampered")
+        env.close()
+        return real(src_path, dst_path, s, e)
+    monkeypatch.setattr(lmdbfast, "native_compare", tampered)
+    plan = MigrationPlan(id="p", version="1", steps=[
+        MigrationStep(id="mv", type="move", filters=FilterConfig(key_prefix="/m"))])
+    res = MigrationManager(MigrationConfig(rollback_on_failure=False)).execute_migration(
+        plan, src, dst)
+    assert not res.success and res.error == "ValidationError"
+    assert "verification failed" in res.error_log[-1] and "/m/000002 differs" in res.error_log[0]
+    assert store_digest(src) == before  # nothing deleted from the source

@@ -190,7 +190,10 @@ class StepRunner:
         if self.ctx.config.verify_migration and not self._phase_done_before("verify", order):
             self.phase = "verify"
             if not self.ctx.dry_run:
-                errors = self._compare(self.src, self.dst, transform_all, run_validators=False)
+                errors = self._native_verify(transform_all)
+                if errors is None:
+                    errors = self._compare(self.src, self.dst, transform_all,
+                                           run_validators=False)
                 if errors:
                     raise ValidationError(f"step {self.step.id!r}: verification failed: "
                                           f"{errors} record(s) differ between "
@@ -251,6 +254,34 @@ class StepRunner:
                 res.bytes += sum(map(len, out_v))
             self._checkpoint(last, (dst,))
             self._progress()
+
+    def _native_verify(self, transform_all: bool) -> int | None:
+        """The post-copy comparison with liblmdb when the copy could go native; ``None``
+        when it cannot (then the Python comparison runs)."""
+        filt, xf = self.filt, self.xf
+        lend = self.ctx.exclusive
+        if (lend is None or not lmdbfast.native_available() or transform_all
+                or not (xf.identity and not xf.validators and filt.keep is None)
+                or not lmdbfast.applicable(self.src, self.dst)):
+            return None
+        src_path, dst_path = str(self.src.path), str(self.dst.path)
+        try:
+            holder = lend(self.src, self.dst)
+        except ValueError:
+            return None
+        errors = 0
+        with holder:
+            for s, e in scan_ranges(filt.start, filt.end):
+                self.ctx.check()
+                n, _nbytes, bad, key, kind = lmdbfast.native_compare(src_path, dst_path, s, e)
+                if bad:
+                    errors += bad
+                    self.res.errors += bad
+                    self._error_log(f"step {self.step.id!r}: key {key_str(key)} "
+                                    f"{'missing in' if kind == 'missing' else 'differs in'} "
+                                    f"target (first of {bad})")
+        self.src, self.dst = holder.stores
+        return errors
 
     def _native_copy(self, start: bytes, end: bytes | None) -> bool:
         """Copy with liblmdb (GIL released) while the run lends both stores; False when that
@@ -481,6 +512,9 @@ class StepRunner:
 
     def _error(self, msg: str) -> None:
         self.res.errors += 1
+        self._error_log(msg)
+
+    def _error_log(self, msg: str) -> None:
         if len(self.ctx.error_log) < MAX_ERROR_MESSAGES:
             self.ctx.error_log.append(msg)
             log.warning("%s", msg)

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from operator import itemgetter
 from typing import Any
 
-__all__ = ["applicable", "copy_batches", "native_available", "native_copier", "NativeTarget"]
+__all__ = ["applicable", "copy_batches", "native_available", "native_compare",
+           "native_copier", "NativeTarget"]
 
 _first = itemgetter(0)
 _second = itemgetter(1)
@@ -105,3 +106,12 @@ class NativeTarget:
 
     def sync(self, prefix: object = "/") -> None:
         self.copier.sync()
+
+
+def native_compare(src_path: str, dst_path: str, start: bytes, end: bytes | None
+                   ) -> tuple[int, int, int, bytes | None, str | None]:
+    """``(records, bytes, mismatches, first bad key, "missing"|"differs")`` for the range,
+    compared with liblmdb; both environments must not be open through py-lmdb meanwhile."""
+    from dsbackup._ext.lmdbcopy import compare_range
+
+    return compare_range(src_path, dst_path, start, end)
