@@ -143,8 +143,10 @@ class BackupManager:
         approx_count = _safe(ds, "approx_count")
         approx_size = _safe(ds, "approx_size")
         chunk_size = cfg.resolve_chunk_size(approx_count, approx_size)
+        mean_record = (approx_size / approx_count) if approx_count and approx_size else 256.0
         settings = ChunkSettings(chunk_size, cfg.chunk_max_bytes, cfg.compression_level,
-                                 tuple(cfg.exclude_patterns), cfg.include_metadata)
+                                 tuple(cfg.exclude_patterns), cfg.include_metadata,
+                                 target_chunk_bytes=max(4096, int(chunk_size * mean_record)))
         scheme, location = _scheme_and_location(ds)
         workers = cfg.effective_workers
         # worker processes take ~0.3 s to start: small stores are faster scanned centrally

@@ -40,7 +40,13 @@ def test_sigkill_restore_then_rerun(tmp_path, cli_env):
             continue
         p.send_signal(signal.SIGKILL)
         p.wait()
+        journal = tmp_path / f"dst{i}.dsbackup-restore.json"
         r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True)
+        if r.returncode == 2 and "not empty" in r.stderr and not journal.exists():
+            # the kill landed after the restore had finished (journal already removed):
+            # the target must already be exact
+            assert store_digest(f"lmdb:{dst}") == want
+            continue
         assert r.returncode == 0, (i, time.monotonic() - t, r.stderr)
         assert store_digest(f"lmdb:{dst}") == want
         assert not (tmp_path / f"dst{i}.dsbackup-restore.json").exists()

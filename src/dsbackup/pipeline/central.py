@@ -36,6 +36,7 @@ class ChunkSettings:
     level: int
     exclude: tuple[str, ...] = ()
     catalog: bool = False
+    target_chunk_bytes: int = 1 << 20  # mean payload a chunk aims at (for planning only)
 
     def matcher(self) -> KeyMatcher | None:
         return KeyMatcher(list(self.exclude)) if self.exclude else None

@@ -8,7 +8,8 @@ single sequential scan, whatever the number of workers.
 
 Bounded memory: each worker owns SLOTS_PER_WORKER slots of a shared memory file (each a little
 over chunk_max_bytes) and waits when they are full, so at most SLOTS_PER_WORKER × workers chunks
-are in flight. A worker that takes a new stripe while chunks of its previous one still wait
+are in flight. Stripes are small (about STRIPE_CHUNKS chunks) so that a worker scanning ahead
+of the stripe being written finishes its stripe without waiting. A worker that takes a new stripe while chunks of its previous one still wait
 behind an earlier stripe has those chunks moved to a spill file, so it never waits on itself.
 """
 
@@ -18,11 +19,14 @@ import logging
 import mmap
 import multiprocessing as mp
 import os
+import sys
 import tempfile
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
@@ -34,10 +38,12 @@ from dsbackup.pipeline.worker import worker_main
 
 log = logging.getLogger(__name__)
 
-SLOTS_PER_WORKER = 4
+# A stripe holds about STRIPE_CHUNKS chunks; a worker has room for the chunks of the stripe it
+# scans plus those of a finished stripe still waiting to be written.
+STRIPE_CHUNKS = 2
+SLOTS_PER_WORKER = 3 * STRIPE_CHUNKS
 SNAPSHOT_RETRIES = 50
 SPILLED = -2  # chunk moved from a worker's slot to the spill file
-STRIPE_BYTES = 16 << 20
 
 
 @dataclass
@@ -54,6 +60,23 @@ def _shm_dir() -> str:
     if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
         return "/dev/shm"
     return tempfile.gettempdir()
+
+
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start processes without making them re-import the caller's __main__.
+
+    multiprocessing's fork server and spawn re-run the parent's main script in every child,
+    which breaks callers whose script has no `if __name__ == "__main__"` guard and costs
+    start-up time. Our workers need only dsbackup's own modules.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 def _remove_stale_slot_files() -> None:
@@ -94,9 +117,11 @@ class ParallelScan:
         self._wpaths: list[str] = []
         self.conns: list[Any] = []
         self.procs: list[Any] = []
-        # stripes: a stripe holds about STRIPE_BYTES or 4 natural chunks' worth of records
-        self.stripe_records = max(4 * settings.chunk_size, 64)
-        self.stripe_bytes = max(STRIPE_BYTES, 2 * settings.chunk_max_bytes)
+        # a stripe ends at the first natural boundary after STRIPE_CHUNKS mean chunks' worth of
+        # records, or of bytes when chunks are cut by size first
+        self.stripe_records = STRIPE_CHUNKS * settings.chunk_size
+        self.stripe_bytes = STRIPE_CHUNKS * min(settings.chunk_max_bytes,
+                                                settings.target_chunk_bytes)
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -125,7 +150,8 @@ class ParallelScan:
                             name="dsbackup-planner" if w == self.n else f"dsbackup-worker-{w}",
                             args=(child, path, SLOTS_PER_WORKER, self.slot_size, self.kind,
                                   self.location, self.settings))
-            p.start()
+            with _main_module_hidden():
+                p.start()
             child.close()
             self.conns.append(parent)
             self.procs.append(p)
