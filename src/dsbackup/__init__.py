@@ -64,20 +64,8 @@ __all__ = [
     *_LAZY,
 ]
 
-# migration (imported on first use: `import dsbackup` stays light)
+# migration
 _MIGRATION_NAMES = ("FilterConfig", "MigrationConfig", "MigrationManager", "MigrationPlan",
                     "MigrationResult", "MigrationStep", "MigrationType", "TransformationConfig")
-_getattr_before_migration = globals().get("__getattr__")
-
-
-def __getattr__(name: str):  # noqa: E302 - PEP 562 lazy attributes
-    if name in _MIGRATION_NAMES:
-        from dsbackup import migration
-
-        return getattr(migration, name)
-    if _getattr_before_migration is not None:
-        return _getattr_before_migration(name)
-    raise AttributeError(f"module 'dsbackup' has no attribute {name!r}")
-
-
+_LAZY.update(dict.fromkeys(_MIGRATION_NAMES, "dsbackup.migration"))
 __all__ += list(_MIGRATION_NAMES)

@@ -35,17 +35,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dsbackup.errors import MigrationError
+from dsbackup.errors import JournalCorrupt, MigrationError
 
 __all__ = ["Journal", "JournalCorrupt", "JournalState", "read_stamp", "write_stamp"]
 
 _TYPES = {"begin", "backup", "checkpoint", "step_done", "failed", "rolled_back", "done"}
-
-
-class JournalCorrupt(MigrationError):
-    """The migration journal is damaged; nothing more is done and no stamp is written."""
-
-    description = "migration journal corrupt"
 
 
 @dataclass

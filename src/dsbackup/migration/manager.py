@@ -645,8 +645,8 @@ class MigrationManager:
                 result.statistics.get("total_records", 0) / result.duration_s
 
 
-class _StepFailed(MigrationError):
-    """Carries the failed step's partial result up to the run loop."""
+class _StepFailed(Exception):
+    """Carries the failed step's partial result up to the run loop (never escapes it)."""
 
     def __init__(self, result: StepResult, cause: BaseException) -> None:
         super().__init__(str(cause))
