@@ -46,7 +46,7 @@ def test_dry_run_json_then_run_then_rerun_then_rollback(tmp_path: Path, run_cli)
     p = run_cli("migrate", plan, src, dst, "--dry-run", "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    assert out["schema"] == 1 and out["ok"] and out["dry_run"]
+    assert out["schema"] == 1 and out["command"] == "migrate" and out["ok"] and out["dry_run"]
     assert out["steps"][0]["written"] == 200 and out["steps"][0]["sample"]
     assert out["steps"][1]["status"] == "skipped"
     assert dir_hash(tmp_path) == before

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             result = manager.execute_migration(plan, args.source, args.target,
                                                progress=progress)
     if args.json:
-        json.dump(result.to_dict(), sys.stdout, indent=2)
+        json.dump({"command": COMMAND, **result.to_dict()}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(_summary(result, args.rollback), file=sys.stderr)
