@@ -104,3 +104,4 @@ ctypedef struct ds_framing_api:
     object (*chunk_to_py)(ds_chunk *chunk)   # a Chunk; takes the payload buffer, then release
     object (*chunker_error)(ds_chunker *c, int code, object key, Py_ssize_t index)  # exception
     const ds_matcher *(*matcher_of)(object matcher) except? NULL   # NULL for None
+    int (*matcher_match)(const ds_matcher *m, const unsigned char *key, size_t klen) noexcept nogil

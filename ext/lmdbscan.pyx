@@ -556,6 +556,9 @@ cdef class LmdbRangeScanner:
                     _own.discard(self._key)
             self._key = None
 
+    def __reduce__(self):
+        raise TypeError("an LmdbRangeScanner holds an open environment and cannot be pickled")
+
     def __enter__(self):
         return self
 

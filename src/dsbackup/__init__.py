@@ -34,6 +34,21 @@ _LAZY = {
     "Key": "dsbackup.keys",
     "Query": "dsbackup.datastores.query",
     "open_datastore": "dsbackup.datastores",
+    # scheduler
+    "BackupScheduler": "dsbackup.scheduler",
+    "SchedulerConfig": "dsbackup.scheduler",
+    "ScheduledBackup": "dsbackup.scheduler",
+    "RetentionPolicy": "dsbackup.scheduler",
+    "NotificationConfig": "dsbackup.scheduler",
+    # migration
+    "MigrationManager": "dsbackup.migration",
+    "MigrationConfig": "dsbackup.migration",
+    "MigrationPlan": "dsbackup.migration",
+    "MigrationStep": "dsbackup.migration",
+    "MigrationType": "dsbackup.migration",
+    "TransformationConfig": "dsbackup.migration",
+    "FilterConfig": "dsbackup.migration",
+    "MigrationResult": "dsbackup.migration",
 }
 
 
@@ -63,9 +78,3 @@ __all__ = [
     "NotFound",
     *_LAZY,
 ]
-
-# migration
-_MIGRATION_NAMES = ("FilterConfig", "MigrationConfig", "MigrationManager", "MigrationPlan",
-                    "MigrationResult", "MigrationStep", "MigrationType", "TransformationConfig")
-_LAZY.update(dict.fromkeys(_MIGRATION_NAMES, "dsbackup.migration"))
-__all__ += list(_MIGRATION_NAMES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -183,6 +184,7 @@ class BackupManager:
             chunks = central_chunks(ds, settings, threads=workers, stats=stats, cancel=cancel)
             mode = "central"
         records = nbytes = 0
+        cpu0 = _cpu_seconds()
         with ArchiveWriter(path, manifest=manifest, level=cfg.compression_level,
                            created=created.timestamp()) as writer:
             for c in chunks:
@@ -204,6 +206,7 @@ class BackupManager:
                 "mode": mode,
                 "workers": workers if parallel else 1,
                 "snapshot": getattr(chunks, "snapshot_id", None),
+                "cpu_s": round(_cpu_seconds() - cpu0 + stats.worker_cpu_s, 6),
             }
             check = _quick_check if cfg.verify_integrity else None
             written = writer.finish(summary, before_rename=check)
@@ -211,7 +214,7 @@ class BackupManager:
             duration_s=time.perf_counter() - t0, keys_processed=written.records,
             bytes_processed=written.raw_bytes, bytes_compressed=written.size, errors=0,
             skipped_keys=stats.excluded_records, skipped_bytes=stats.excluded_bytes,
-            workers=workers if parallel else 1, mode=mode)
+            workers=workers if parallel else 1, mode=mode, cpu_s=summary["cpu_s"])
         return BackupMetadata(
             path=str(path), version=1, timestamp=created, total_keys=written.records,
             total_size=written.raw_bytes, compressed_size=written.size, chunks=written.chunks,
@@ -291,6 +294,11 @@ def _quick_check(tmp_path: Path) -> None:
     if not report.ok:
         raise IntegrityError(f"{tmp_path}: the archive just written failed its check: "
                              + "; ".join(report.errors[:3]))
+
+
+def _cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _safe(ds: Any, name: str) -> int | None:

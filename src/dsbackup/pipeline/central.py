@@ -27,6 +27,7 @@ class ScanStats:
     raw_bytes: int = 0
     excluded_records: int = 0
     excluded_bytes: int = 0
+    worker_cpu_s: float = 0.0  # CPU time of worker processes (parallel scan)
 
 
 @dataclass(frozen=True)

@@ -326,6 +326,7 @@ class ParallelScan:
                     if w < self.n:  # the planner frames nothing
                         self.stats.excluded_records += msg[1]
                         self.stats.excluded_bytes += msg[2]
+                    self.stats.worker_cpu_s += msg[3]
                     pending.discard(w)
         if pending:
             raise BackupError(f"backup workers {sorted(pending)} did not finish")
