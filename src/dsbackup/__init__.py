@@ -40,6 +40,15 @@ _LAZY = {
     "ScheduledBackup": "dsbackup.scheduler",
     "RetentionPolicy": "dsbackup.scheduler",
     "NotificationConfig": "dsbackup.scheduler",
+    # migration
+    "MigrationManager": "dsbackup.migration",
+    "MigrationConfig": "dsbackup.migration",
+    "MigrationPlan": "dsbackup.migration",
+    "MigrationStep": "dsbackup.migration",
+    "MigrationType": "dsbackup.migration",
+    "TransformationConfig": "dsbackup.migration",
+    "FilterConfig": "dsbackup.migration",
+    "MigrationResult": "dsbackup.migration",
 }
 
 
@@ -69,4 +78,3 @@ __all__ = [
     "NotFound",
     *_LAZY,
 ]
-
