@@ -22,10 +22,6 @@ cdef extern from "lmdb.h" nogil:
         MDB_NEXT
         MDB_SET_RANGE
 
-    ctypedef struct MDB_envinfo:
-        void *me_mapaddr
-        size_t me_mapsize
-
     int MDB_SUCCESS
     int MDB_NOTFOUND
     unsigned int MDB_RDONLY
@@ -39,7 +35,6 @@ cdef extern from "lmdb.h" nogil:
     int mdb_env_set_maxdbs(MDB_env *env, MDB_dbi dbs)
     int mdb_env_open(MDB_env *env, const char *path, unsigned int flags, unsigned int mode)
     void mdb_env_close(MDB_env *env)
-    int mdb_env_info(MDB_env *env, MDB_envinfo *stat)
     int mdb_txn_begin(MDB_env *env, MDB_txn *parent, unsigned int flags, MDB_txn **txn)
     void mdb_txn_abort(MDB_txn *txn)
     void mdb_txn_reset(MDB_txn *txn)
