@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
 from dsbackup.errors import BackupError, Cancelled
@@ -63,20 +64,30 @@ def _shm_dir() -> str:
 
 
 @contextmanager
-def _main_module_hidden() -> Iterator[None]:
-    """Start processes without making them re-import the caller's __main__.
+def _worker_start_context() -> Iterator[None]:
+    """Start worker processes that run exactly this copy of dsbackup, and nothing else.
 
-    multiprocessing's fork server and spawn re-run the parent's main script in every child,
-    which breaks callers whose script has no `if __name__ == "__main__"` guard and costs
-    start-up time. Our workers need only dsbackup's own modules.
+    - multiprocessing's fork server and spawn re-run the parent's main script in every child,
+      which breaks callers whose script has no `if __name__ == "__main__"` guard and costs
+      start-up time; our workers need only dsbackup's own modules, so __main__ is hidden.
+    - Python < 3.12's fork server ignores the parent's sys.path when it preloads modules, so
+      it could preload another installed copy of dsbackup: the directory this copy was
+      imported from goes first on PYTHONPATH while the fork server starts.
     """
     main = sys.modules.get("__main__")
     sys.modules["__main__"] = types.ModuleType("__main__")
+    old_path = os.environ.get("PYTHONPATH")
+    root = str(Path(__file__).resolve().parents[2])
+    os.environ["PYTHONPATH"] = root + (os.pathsep + old_path if old_path else "")
     try:
         yield
     finally:
         if main is not None:
             sys.modules["__main__"] = main
+        if old_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_path
 
 
 def _remove_stale_slot_files() -> None:
@@ -150,7 +161,7 @@ class ParallelScan:
                             name="dsbackup-planner" if w == self.n else f"dsbackup-worker-{w}",
                             args=(child, path, SLOTS_PER_WORKER, self.slot_size, self.kind,
                                   self.location, self.settings))
-            with _main_module_hidden():
+            with _worker_start_context():
                 p.start()
             child.close()
             self.conns.append(parent)
