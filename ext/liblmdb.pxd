@@ -64,3 +64,8 @@ cdef extern from "lmdb.h" nogil:
     int mdb_env_set_mapsize(MDB_env *env, size_t size)
     int mdb_env_info(MDB_env *env, MDB_envinfo *stat)
     int mdb_env_sync(MDB_env *env, int force)
+
+    # lmdbwrite.pyx: puts that may meet an existing key, the key size limit
+    int MDB_KEYEXIST
+    unsigned int MDB_NOOVERWRITE
+    int mdb_env_get_maxkeysize(MDB_env *env)

@@ -22,7 +22,14 @@ from typing import Any
 
 from dsbackup._ext.framing import FramingError, KeyMatcher, decode_records
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.errors import Cancelled, ConfigError, IntegrityError, RestoreError
+from dsbackup.errors import (
+    Cancelled,
+    ConfigError,
+    DatastoreError,
+    IntegrityError,
+    InvalidKey,
+    RestoreError,
+)
 from dsbackup.keys import Key
 from dsbackup.metadata import Progress, RestoreResult
 
@@ -84,6 +91,29 @@ def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
             values = [values[j] for j in keep]
         return i, keys, values
 
+    return _in_order(work, chunk_ids, threads, cancel)
+
+
+def _checked_payloads(reader: ArchiveReader, chunk_ids: list[int], threads: int,
+                      cancel: threading.Event) -> Iterator[tuple[int, memoryview]]:
+    """Verified chunk payloads in order, not decoded (the native LMDB writer parses them)."""
+
+    def work(i: int) -> tuple[int, memoryview]:
+        payload = reader.read_chunk(i)
+        e = reader.entry(i)
+        declared = int.from_bytes(payload[8:16], "little") if len(payload) >= 16 else None
+        if declared != e.records:
+            raise IntegrityError(f"{reader.path}: chunk {i} {e.key_range}: payload holds "
+                                 f"{declared} records, expected {e.records}", chunk=i)
+        return i, payload
+
+    return _in_order(work, chunk_ids, threads, cancel)
+
+
+def _in_order(work: Callable[[int], Any], chunk_ids: list[int], threads: int,
+              cancel: threading.Event) -> Iterator[Any]:
+    """Run work(i) in a thread pool, yield the results in order; at most 2 × threads in
+    flight."""
     window: queue.Queue[Future] = queue.Queue()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dsbackup-inflate") as pool:
         it = iter(chunk_ids)
@@ -103,6 +133,50 @@ def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
         finally:
             while not window.empty():
                 window.get().cancel()
+
+
+class _NativeLmdbTarget:
+    """An LMDB target written by :class:`LmdbPayloadWriter` (no py-lmdb open): what _restore
+    needs of a datastore (uri, is_empty, sync, close) plus the writer."""
+
+    def __init__(self, path: str, map_size: int) -> None:
+        from dsbackup._ext.lmdbscan import DoubleOpenError
+        from dsbackup._ext.lmdbwrite import LmdbPayloadWriter, LmdbWriteError
+
+        p = Path(path).absolute()
+        self.uri = f"lmdb:{p}"
+        try:
+            self.writer = LmdbPayloadWriter(str(p), map_size=map_size)
+        except (LmdbWriteError, DoubleOpenError) as exc:
+            raise DatastoreError(f"{p}: cannot open LMDB: {exc}") from exc
+
+    def is_empty(self) -> bool:
+        return bool(self.writer.is_empty())
+
+    def sync(self, prefix: object = "/") -> None:
+        self.writer.sync()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _native_lmdb_path(target: str | os.PathLike[str], mode: str, prefix: object,
+                      pattern: object) -> tuple[str, int] | None:
+    """(path, map size) when `target` is an lmdb: URI the native writer can restore into:
+    mode empty (a resumed restore included), no prefix or pattern, only the map_size and
+    sync parameters."""
+    from dsbackup.datastores.registry import parse_uri
+
+    if mode != "empty" or prefix is not None or pattern:
+        return None
+    scheme, loc, params = parse_uri(os.fspath(target))
+    if scheme != "lmdb" or not loc or not set(params) <= {"map_size", "sync"}:
+        return None
+    try:
+        map_size = int(params.get("map_size", 0))
+    except ValueError:
+        return None
+    return loc, map_size
 
 
 def restore_archive(
@@ -138,15 +212,25 @@ def restore_archive(
                                   batch_bytes=batch_bytes)
     reader = ArchiveReader(path)
     owned = False
+    native = None
     if isinstance(target, (str, os.PathLike)):
-        from dsbackup.datastores import open_datastore
+        lmdb_target = _native_lmdb_path(target, mode, prefix, pattern)
+        if lmdb_target is not None:
+            loc, map_size = lmdb_target
+            if not map_size:
+                used = Path(loc, "data.mdb")
+                map_size = max(64 << 20, 2 * used.stat().st_size if used.is_file() else 0,
+                               int(reader.summary.get("raw_bytes") or 0) * 3 // 2)
+            target = native = _NativeLmdbTarget(loc, map_size)
+        else:
+            from dsbackup.datastores import open_datastore
 
-        target = open_datastore(str(target), readonly=False)
+            target = open_datastore(str(target), readonly=False)
         owned = True
     try:
         return _restore(reader, target, workers=workers, mode=mode, prefix=prefix,
                         pattern=pattern, progress=progress, cancel=cancel,
-                        batch_bytes=batch_bytes, resume=resume, t0=t0)
+                        batch_bytes=batch_bytes, resume=resume, t0=t0, native=native)
     finally:
         reader.close()
         if owned:
@@ -156,7 +240,8 @@ def restore_archive(
 def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
              prefix: str | bytes | None, pattern: str | list[str] | None,
              progress: Callable[[Progress], None] | None, cancel: threading.Event,
-             batch_bytes: int, resume: bool, t0: float) -> RestoreResult:
+             batch_bytes: int, resume: bool, t0: float,
+             native: _NativeLmdbTarget | None = None) -> RestoreResult:
     fingerprint = reader.summary.get("fingerprint", "")
     result = RestoreResult(archive=str(reader.path), target=getattr(target, "uri", str(target)),
                            chunks_total=reader.chunk_count, fingerprint=fingerprint)
@@ -194,6 +279,11 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
     if jpath is not None:
         _write_journal(jpath, state)
     selected = [i for i in reader.index.chunks_overlapping(start, end) if i >= first_chunk]
+    if native is not None:
+        _write_native(reader, native, selected, first_chunk, workers=workers, cancel=cancel,
+                      progress=progress, batch_bytes=batch_bytes, jpath=jpath, state=state,
+                      result=result, t0=t0)
+        return _finish(target, jpath, result, t0)
     total_bytes = reader.summary.get("raw_bytes")
     keys_acc: list[bytes] = []
     values_acc: list[bytes] = []
@@ -237,6 +327,69 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
     if selected:
         last_chunk = max(last_chunk, selected[-1])
     flush()
+    return _finish(target, jpath, result, t0)
+
+
+def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: list[int],
+                  first_chunk: int, *, workers: int, cancel: threading.Event,
+                  progress: Callable[[Progress], None] | None, batch_bytes: int,
+                  jpath: Path | None, state: dict[str, Any], result: RestoreResult,
+                  t0: float) -> None:
+    """The restore loop of an LMDB target written natively: verified payloads are batched
+    (batch_bytes) into one LmdbPayloadWriter.write each — no Python object per record —
+    then synced and journaled like the datastore path."""
+    from dsbackup._ext.lmdbwrite import LmdbKeyTooLong, LmdbWriteError, PayloadError
+
+    total_bytes = reader.summary.get("raw_bytes")
+    payloads: list[memoryview] = []
+    chunk_ids: list[int] = []
+    acc_bytes = acc_records = 0
+    last_chunk = first_chunk - 1
+
+    def flush() -> None:
+        nonlocal payloads, chunk_ids, acc_bytes, acc_records
+        if payloads:
+            try:
+                n, nbytes = native.writer.write(payloads, append=True, overwrite=True)
+            except PayloadError as exc:
+                i = chunk_ids[exc.index]
+                raise IntegrityError(f"{reader.path}: chunk {i} {reader.entry(i).key_range}: "
+                                     f"{exc}", chunk=i) from None
+            except LmdbKeyTooLong as exc:
+                raise InvalidKey(f"{exc} ({native.writer.path})") from None
+            except LmdbWriteError as exc:
+                raise DatastoreError(f"{native.writer.path}: LMDB write failed: {exc}") \
+                    from None
+            result.records_written += n
+            result.bytes_written += nbytes
+        if jpath is not None:
+            native.sync("/")
+            state["next_chunk"] = last_chunk + 1
+            _write_journal(jpath, state)
+        payloads, chunk_ids, acc_bytes, acc_records = [], [], 0, 0
+
+    for i, payload in _checked_payloads(reader, selected, max(1, workers), cancel):
+        e = reader.entry(i)
+        payloads.append(payload)
+        chunk_ids.append(i)
+        acc_bytes += e.payload_len
+        acc_records += e.records
+        last_chunk = i
+        result.chunks += 1
+        if acc_bytes >= batch_bytes:
+            flush()
+        if progress is not None:
+            progress(Progress(result.records_written + acc_records,
+                              result.bytes_written + acc_bytes, result.chunks,
+                              time.perf_counter() - t0, reader.summary.get("records"),
+                              total_bytes))
+    if selected:
+        last_chunk = max(last_chunk, selected[-1])
+    flush()
+
+
+def _finish(target: Any, jpath: Path | None, result: RestoreResult, t0: float
+            ) -> RestoreResult:
     target.sync("/")
     if jpath is not None:
         jpath.unlink(missing_ok=True)

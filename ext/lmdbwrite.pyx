@@ -1,0 +1,475 @@
+"""Write chunk payloads straight into an LMDB environment with liblmdb, the GIL released.
+
+The restore's fast path into LMDB: :meth:`LmdbPayloadWriter.write` parses whole chunk payloads
+(docs/FORMAT.md §4: ``"DSC1"``, flags u32, count u64, then ``op u8 | key_len uvarint |
+value_len uvarint | key | value`` per record) and puts every record with ``mdb_cursor_put`` in
+one write transaction; no Python object is made per record. Parsing is bounds-checked (never
+reads past a buffer) and as strict as ``framing.decode_records`` (known op, minimal varints,
+key length 1..65535, keys strictly increasing, the header's count): a bad payload aborts the
+transaction, so nothing of that call is written.
+
+Puts use ``MDB_APPEND`` while keys lie past the environment's last key; a key at or before it
+(a resumed restore rewriting a chunk) falls back to an ordinary put. The environment is opened
+with ``MDB_NOSYNC``: :meth:`LmdbPayloadWriter.sync` forces the flush. ``MDB_MAP_FULL`` doubles
+the map and redoes the transaction. Like lmdbscan and lmdbcopy this is a separate copy of LMDB
+from py-lmdb's: the writer claims its path (:func:`dsbackup.datastores.lmdb.claim` and
+:func:`dsbackup._ext.lmdbscan.register_foreign_open`), so opening it twice in this process, by
+any of them, raises.
+"""
+
+import os
+
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdint cimport uint64_t
+from libc.string cimport memcmp
+
+from liblmdb cimport (
+    MDB_APPEND,
+    MDB_FIRST,
+    MDB_KEYEXIST,
+    MDB_MAP_FULL,
+    MDB_MAP_RESIZED,
+    MDB_NOMETASYNC,
+    MDB_NOOVERWRITE,
+    MDB_NOSYNC,
+    MDB_NOTFOUND,
+    MDB_NOTLS,
+    MDB_RDONLY,
+    MDB_cursor,
+    MDB_dbi,
+    MDB_env,
+    MDB_envinfo,
+    MDB_txn,
+    MDB_val,
+    mdb_cursor_close,
+    mdb_cursor_get,
+    mdb_cursor_open,
+    mdb_cursor_put,
+    mdb_dbi_open,
+    mdb_env_close,
+    mdb_env_create,
+    mdb_env_get_maxkeysize,
+    mdb_env_info,
+    mdb_env_open,
+    mdb_env_set_mapsize,
+    mdb_env_sync,
+    mdb_strerror,
+    mdb_txn_abort,
+    mdb_txn_begin,
+    mdb_txn_commit,
+)
+
+cdef int _MAX_GROWTHS = 40
+cdef size_t _INITIAL_MAP_SIZE = 64 << 20
+cdef size_t _HEADER = 16
+cdef size_t _MAX_KEY = 65535
+
+
+cdef enum:
+    PE_OK = 0
+    PE_SHORT_HEADER = 1
+    PE_MAGIC = 2
+    PE_FLAGS = 3
+    PE_VARINT = 4
+    PE_OP = 5
+    PE_KEYLEN = 6
+    PE_TRUNC_KEY = 7
+    PE_TRUNC_VALUE = 8
+    PE_ORDER = 9
+    PE_COUNT_HIGH = 10
+    PE_COUNT_LOW = 11
+    PE_KEY_TOO_LONG = 12
+
+
+ctypedef struct span:
+    const unsigned char *p
+    size_t n
+
+
+ctypedef struct wresult:
+    size_t records          # records put (not counting keys kept by overwrite=False)
+    size_t nbytes           # key + value bytes of those
+    int perr                # PE_* when a payload is malformed
+    size_t pidx             # which payload
+    uint64_t rec            # which record of it
+    size_t off              # byte offset in it
+    uint64_t val            # the offending number (length, op, count)
+
+
+class LmdbWriteError(OSError):
+    """liblmdb reported an error while writing."""
+
+
+class LmdbKeyTooLong(LmdbWriteError):
+    """A key is longer than this LMDB build accepts (``mdb_env_get_maxkeysize``)."""
+
+
+class PayloadError(ValueError):
+    """A payload is malformed; ``index`` is its position in the list given to ``write``,
+    ``record`` and ``offset`` say where (None when not known)."""
+
+    def __init__(self, msg, index, record=None, offset=None):
+        super().__init__(msg)
+        self.index = index
+        self.record = record
+        self.offset = offset
+
+
+cdef object _error(int rc, str what):
+    return LmdbWriteError(f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')}")
+
+
+cdef inline int _keycmp(const unsigned char *a, size_t alen, const unsigned char *b,
+                        size_t blen) noexcept nogil:
+    cdef size_t n = alen if alen < blen else blen
+    cdef int c = memcmp(a, b, n)
+    if c != 0:
+        return c
+    if alen < blen:
+        return -1
+    return 1 if alen > blen else 0
+
+
+cdef inline int _uvarint(const unsigned char *p, size_t n, size_t *pos,
+                         uint64_t *out) noexcept nogil:
+    """A minimal LEB128 (<= 10 bytes, fits 64 bits) at p[pos]; 0 or PE_VARINT."""
+    cdef uint64_t v = 0
+    cdef size_t i = pos[0], k = 0
+    cdef unsigned char b
+    while True:
+        if i >= n:
+            return PE_VARINT
+        b = p[i]
+        if k == 9 and b > 1:
+            return PE_VARINT
+        v |= (<uint64_t>(b & 0x7f)) << (7 * k)
+        i += 1
+        k += 1
+        if not (b & 0x80):
+            if b == 0 and k > 1:
+                return PE_VARINT
+            pos[0] = i
+            out[0] = v
+            return PE_OK
+
+
+cdef int _put_payload(MDB_cursor *cur, const unsigned char *p, size_t n, bint append,
+                      bint overwrite, size_t maxkey, wresult *r) noexcept nogil:
+    """Parse one payload and put its records. 0, an LMDB error (> 0 or < 0 from LMDB), or
+    -1 with ``r.perr`` set."""
+    cdef size_t pos = _HEADER, koff = 0, prev_off = 0, prev_len = 0
+    cdef uint64_t declared = 0, klen, vlen, rec = 0
+    cdef unsigned int base = 0 if overwrite else MDB_NOOVERWRITE
+    cdef MDB_val k, v
+    cdef int rc, e, i
+    if n < _HEADER:
+        r.perr = PE_SHORT_HEADER
+        return -1
+    if memcmp(p, b"DSC1", 4) != 0:
+        r.perr = PE_MAGIC
+        return -1
+    if p[4] or p[5] or p[6] or p[7]:
+        r.perr = PE_FLAGS
+        r.off = 4
+        return -1
+    for i in range(8):
+        declared |= (<uint64_t>p[8 + i]) << (8 * i)
+    while pos < n:
+        r.rec = rec
+        r.off = pos
+        if rec >= declared:
+            r.perr = PE_COUNT_HIGH
+            r.val = declared
+            return -1
+        if p[pos] != 0:
+            r.perr = PE_OP
+            r.val = p[pos]
+            return -1
+        pos += 1
+        e = _uvarint(p, n, &pos, &klen)
+        if e == PE_OK:
+            e = _uvarint(p, n, &pos, &vlen)
+        if e != PE_OK:
+            r.perr = e
+            return -1
+        if klen == 0 or klen > _MAX_KEY:
+            r.perr = PE_KEYLEN
+            r.val = klen
+            return -1
+        if klen > n - pos:
+            r.perr = PE_TRUNC_KEY
+            r.val = klen
+            return -1
+        koff = pos
+        pos += klen
+        if vlen > n - pos:
+            r.perr = PE_TRUNC_VALUE
+            r.val = vlen
+            return -1
+        if rec > 0 and _keycmp(p + prev_off, prev_len, p + koff, klen) >= 0:
+            r.perr = PE_ORDER
+            return -1
+        if klen > maxkey:
+            r.perr = PE_KEY_TOO_LONG
+            r.val = klen
+            return -1
+        k.mv_size = klen
+        k.mv_data = <void *>(p + koff)
+        v.mv_size = vlen
+        v.mv_data = <void *>(p + pos)
+        if append:
+            rc = mdb_cursor_put(cur, &k, &v, MDB_APPEND)
+            if rc == MDB_KEYEXIST:   # at or before the last key: an ordinary put
+                k.mv_data = <void *>(p + koff)
+                v.mv_size = vlen
+                v.mv_data = <void *>(p + pos)
+                rc = mdb_cursor_put(cur, &k, &v, base)
+        else:
+            rc = mdb_cursor_put(cur, &k, &v, base)
+        if rc == 0:
+            r.records += 1
+            r.nbytes += klen + vlen
+        elif not (rc == MDB_KEYEXIST and not overwrite):
+            return rc
+        pos += vlen
+        prev_off = koff
+        prev_len = klen
+        rec += 1
+    if rec != declared:
+        r.perr = PE_COUNT_LOW
+        r.rec = rec
+        r.off = n
+        r.val = declared
+        return -1
+    return 0
+
+
+cdef int _write_txn(MDB_env *env, MDB_dbi dbi, const span *spans, size_t nspans, bint append,
+                    bint overwrite, wresult *r) noexcept nogil:
+    """Every payload in one write transaction; committed only if all of it went in."""
+    cdef MDB_txn *txn = NULL
+    cdef MDB_cursor *cur = NULL
+    cdef size_t j
+    cdef size_t maxkey = <size_t>mdb_env_get_maxkeysize(env)
+    cdef int rc
+    r.records = 0
+    r.nbytes = 0
+    r.perr = PE_OK
+    rc = mdb_txn_begin(env, NULL, 0, &txn)
+    if rc == MDB_MAP_RESIZED:   # another process grew the map: adopt its size
+        mdb_env_set_mapsize(env, 0)
+        rc = mdb_txn_begin(env, NULL, 0, &txn)
+    if rc:
+        return rc
+    rc = mdb_cursor_open(txn, dbi, &cur)
+    if rc:
+        mdb_txn_abort(txn)
+        return rc
+    for j in range(nspans):
+        r.pidx = j
+        rc = _put_payload(cur, spans[j].p, spans[j].n, append, overwrite, maxkey, r)
+        if rc:
+            break
+    if rc == 0:
+        return mdb_txn_commit(txn)   # frees the cursor too
+    mdb_cursor_close(cur)
+    mdb_txn_abort(txn)
+    return rc
+
+
+cdef object _payload_error(wresult *r):
+    cdef int e = r.perr
+    where = f"payload {r.pidx}: record {r.rec} at byte offset {r.off}"
+    if e == PE_SHORT_HEADER:
+        return PayloadError(f"payload {r.pidx}: shorter than its 16-byte header", r.pidx, None, 0)
+    if e == PE_MAGIC:
+        return PayloadError(f"payload {r.pidx}: does not start with magic b'DSC1'", r.pidx,
+                            None, 0)
+    if e == PE_FLAGS:
+        return PayloadError(f"payload {r.pidx}: header flags are not 0", r.pidx, None, 4)
+    if e == PE_KEY_TOO_LONG:
+        return LmdbKeyTooLong(f"{where}: key of {r.val} bytes is longer than LMDB's "
+                              "key size limit")
+    msgs = {
+        PE_VARINT: "length varint is truncated, too long or not minimally encoded",
+        PE_OP: f"unknown op {r.val} (only 0 = put is defined)",
+        PE_KEYLEN: f"key length {r.val} is outside 1..65535",
+        PE_TRUNC_KEY: f"key of {r.val} bytes runs past the end of the payload",
+        PE_TRUNC_VALUE: f"value of {r.val} bytes runs past the end of the payload",
+        PE_ORDER: "key is not greater than the previous key",
+        PE_COUNT_HIGH: f"data continues after the {r.val} records the header declares",
+        PE_COUNT_LOW: f"payload ends after {r.rec} records but the header declares {r.val}",
+    }
+    return PayloadError(f"{where}: {msgs.get(e, f'error {e}')}", r.pidx, r.rec, r.off)
+
+
+cdef class LmdbPayloadWriter:
+    """An LMDB environment at ``path`` (created if missing) written from chunk payloads."""
+
+    cdef MDB_env *env
+    cdef MDB_dbi dbi
+    cdef readonly str path
+    cdef long _pid
+    cdef object _claim
+    cdef bint _registered
+
+    def __cinit__(self):
+        self.env = NULL
+        self._registered = False
+
+    def __init__(self, path, *, size_t map_size=0):
+        cdef int rc
+        cdef MDB_txn *txn = NULL
+        from dsbackup._ext import lmdbscan
+        from dsbackup.datastores import lmdb as lmdb_backend
+
+        self.path = os.path.abspath(os.fsdecode(os.fspath(path)))
+        self._pid = os.getpid()
+        os.makedirs(self.path, exist_ok=True)
+        claim = lmdb_backend.claim(self.path, "dsbackup._ext.lmdbwrite")
+        claim.__enter__()
+        self._claim = claim
+        try:
+            lmdbscan.register_foreign_open(self.path)
+            self._registered = True
+            if map_size == 0:
+                data = os.path.join(self.path, "data.mdb")
+                used = os.path.getsize(data) if os.path.isfile(data) else 0
+                map_size = max(_INITIAL_MAP_SIZE, 2 * used)
+            rc = mdb_env_create(&self.env)
+            if rc:
+                raise _error(rc, f"{self.path}: mdb_env_create")
+            rc = mdb_env_set_mapsize(self.env, map_size)
+            if rc:
+                raise _error(rc, f"{self.path}: cannot set the map size")
+            rc = mdb_env_open(self.env, os.fsencode(self.path),
+                              MDB_NOTLS | MDB_NOSYNC | MDB_NOMETASYNC, 0o644)
+            if rc:
+                raise _error(rc, f"{self.path}: cannot open LMDB environment")
+            rc = mdb_txn_begin(self.env, NULL, 0, &txn)
+            if rc:
+                raise _error(rc, f"{self.path}: cannot begin a write transaction")
+            rc = mdb_dbi_open(txn, NULL, 0, &self.dbi)
+            if rc:
+                mdb_txn_abort(txn)
+                raise _error(rc, f"{self.path}: cannot open the database")
+            rc = mdb_txn_commit(txn)
+            if rc:
+                raise _error(rc, f"{self.path}: cannot commit")
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, payloads, *, bint append=True, bint overwrite=True):
+        """Put every record of ``payloads`` (buffers) in one write transaction; returns
+        ``(records, key + value bytes)`` put. ``overwrite=False`` keeps existing values (those
+        records are not counted). A malformed payload raises :class:`PayloadError` and writes
+        nothing."""
+        cdef list bufs = list(payloads)
+        cdef size_t nspans = len(bufs), j
+        cdef span *spans
+        cdef const unsigned char[::1] mv
+        cdef wresult r
+        cdef int rc = 0, tries = 0
+        cdef MDB_envinfo info
+        self._check()
+        if nspans == 0:
+            return 0, 0
+        keep = []
+        spans = <span *>PyMem_Malloc(nspans * sizeof(span))
+        if spans == NULL:
+            raise MemoryError(f"LmdbPayloadWriter.write: cannot allocate {nspans} spans")
+        try:
+            for j in range(nspans):
+                mv = bufs[j]
+                keep.append(mv)
+                spans[j].n = mv.shape[0]
+                spans[j].p = &mv[0] if mv.shape[0] else NULL
+            while True:
+                with nogil:
+                    rc = _write_txn(self.env, self.dbi, spans, nspans, append, overwrite, &r)
+                if rc == 0:
+                    return r.records, r.nbytes
+                if rc == -1:
+                    raise _payload_error(&r)
+                if rc == MDB_MAP_FULL and tries < _MAX_GROWTHS:
+                    tries += 1
+                    mdb_env_info(self.env, &info)
+                    rc = mdb_env_set_mapsize(self.env, info.me_mapsize * 2)
+                    if rc:
+                        raise _error(rc, f"{self.path}: cannot grow the map")
+                    continue
+                raise _error(rc, f"{self.path}: LMDB write failed (payload {r.pidx}, "
+                                 f"record {r.rec})")
+        finally:
+            PyMem_Free(spans)
+
+    def sync(self):
+        """Force the written data to disk (commits are not synced one by one)."""
+        cdef int rc
+        self._check()
+        with nogil:
+            rc = mdb_env_sync(self.env, 1)
+        if rc:
+            raise _error(rc, f"{self.path}: sync")
+
+    def is_empty(self):
+        """True when the environment holds no record."""
+        cdef MDB_txn *txn = NULL
+        cdef MDB_cursor *cur = NULL
+        cdef MDB_val k, v
+        cdef int rc
+        self._check()
+        rc = mdb_txn_begin(self.env, NULL, MDB_RDONLY, &txn)
+        if rc == MDB_MAP_RESIZED:
+            mdb_env_set_mapsize(self.env, 0)
+            rc = mdb_txn_begin(self.env, NULL, MDB_RDONLY, &txn)
+        if rc:
+            raise _error(rc, f"{self.path}: cannot begin a read transaction")
+        rc = mdb_cursor_open(txn, self.dbi, &cur)
+        if rc == 0:
+            rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)
+            mdb_cursor_close(cur)
+        mdb_txn_abort(txn)
+        if rc == MDB_NOTFOUND:
+            return True
+        if rc:
+            raise _error(rc, f"{self.path}: cannot read")
+        return False
+
+    cdef _check(self):
+        if self.env == NULL:
+            raise ValueError("LmdbPayloadWriter is closed")
+        if os.getpid() != self._pid:
+            raise RuntimeError("LmdbPayloadWriter cannot be used after fork")
+
+    @property
+    def closed(self):
+        return self.env == NULL
+
+    def close(self):
+        """Close the environment and release the claim on its path (idempotent)."""
+        if self.env != NULL:
+            mdb_env_close(self.env)
+            self.env = NULL
+        if self._registered:
+            self._registered = False
+            from dsbackup._ext import lmdbscan
+
+            lmdbscan.unregister_foreign_open(self.path)
+        if self._claim is not None:
+            claim, self._claim = self._claim, None
+            claim.__exit__(None, None, None)
+
+    def __dealloc__(self):
+        if os.getpid() == self._pid:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
