@@ -1,0 +1,190 @@
+"""dsbackup._ext.lmdbwrite: payloads written natively equal py-lmdb's view, append and
+non-append puts, map growth, malformed payloads write nothing, the double-open guard."""
+
+from __future__ import annotations
+
+import random
+
+import lmdb
+import pytest
+
+from dsbackup._ext import lmdbscan
+from dsbackup._ext.framing import FramingError, decode_records, encode_records
+from dsbackup._ext.lmdbwrite import LmdbKeyTooLong, LmdbPayloadWriter, PayloadError
+from dsbackup.datastores import open_datastore
+from dsbackup.errors import DatastoreError
+
+
+def records(n: int, seed: int = 0, prefix: bytes = b"/r/") -> list[tuple[bytes, bytes]]:
+    rnd = random.Random(seed)
+    recs = {prefix + rnd.randbytes(rnd.randrange(1, 40)): rnd.randbytes(rnd.choice([0, 7, 300, 5000]))
+            for _ in range(n)}
+    return sorted(recs.items())
+
+
+def payloads_of(recs: list[tuple[bytes, bytes]], per: int) -> list[bytes]:
+    return [encode_records([k for k, _ in recs[i:i + per]], [v for _, v in recs[i:i + per]])
+            for i in range(0, len(recs), per)]
+
+
+def read_all(path) -> list[tuple[bytes, bytes]]:
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return list(txn.cursor().iternext())
+    finally:
+        env.close()
+
+
+def test_written_records_equal_the_payloads(tmp_path):
+    recs = records(3000, seed=1)
+    recs.append((b"/z/big", random.Random(2).randbytes(300_000)))  # overflow pages
+    pls = payloads_of(recs, 97)
+    with LmdbPayloadWriter(tmp_path / "env") as w:
+        assert w.is_empty()
+        n1, b1 = w.write(pls[:10])
+        n2, b2 = w.write([memoryview(p) for p in pls[10:]])
+        w.sync()
+        assert not w.is_empty()
+    assert n1 + n2 == len(recs)
+    assert b1 + b2 == sum(len(k) + len(v) for k, v in recs)
+    assert read_all(tmp_path / "env") == recs
+
+
+def test_non_append_and_out_of_order_payloads(tmp_path):
+    recs = records(2000, seed=3)
+    pls = payloads_of(recs, 50)
+    shuffled = pls[:]
+    random.Random(4).shuffle(shuffled)
+    with LmdbPayloadWriter(tmp_path / "a") as w:
+        first = sum(len(decode_records(p)[0]) for p in shuffled[:20])
+        assert w.write(shuffled[:20], append=False)[0] == first
+        # append=True with keys before the last key falls back to ordinary puts
+        assert w.write(shuffled[20:], append=True)[0] == len(recs) - first
+    assert read_all(tmp_path / "a") == recs
+
+
+def test_overwrite_and_keep_existing(tmp_path):
+    recs = records(500, seed=5)
+    new = [(k, b"new" + v) for k, v in recs]
+    with LmdbPayloadWriter(tmp_path / "e") as w:
+        w.write(payloads_of(recs[::2], 40))
+        # overwrite=False: existing keys keep their values and are not counted
+        n, nbytes = w.write(payloads_of(new, 40), overwrite=False)
+        assert n == len(recs[1::2])
+        assert nbytes == sum(len(k) + len(v) for k, v in new[1::2])
+    want = dict(recs[::2]) | dict(new[1::2])
+    assert read_all(tmp_path / "e") == sorted(want.items())
+    with LmdbPayloadWriter(tmp_path / "e") as w:
+        assert w.write(payloads_of(new, 40), overwrite=True)[0] == len(recs)
+    assert read_all(tmp_path / "e") == new
+
+
+def test_map_grows_from_a_tiny_map(tmp_path):
+    rnd = random.Random(6)
+    recs = [(b"/m/%06d" % i, rnd.randbytes(20_000)) for i in range(600)]  # ~12 MB
+    with LmdbPayloadWriter(tmp_path / "g", map_size=1 << 20) as w:
+        assert w.write(payloads_of(recs, 100))[0] == len(recs)
+        w.sync()
+    assert read_all(tmp_path / "g") == recs
+    env = lmdb.open(str(tmp_path / "g"), readonly=True, lock=False)
+    assert env.info()["map_size"] > 12_000_000
+    env.close()
+
+
+def corruptions(good: bytes) -> dict[str, bytes]:
+    n = int.from_bytes(good[8:16], "little")
+    return {
+        "truncated": good[:-3],
+        "short header": good[:10],
+        "magic": b"DSC2" + good[4:],
+        "flags": good[:4] + b"\1" + good[5:],
+        "count high": good[:8] + (n + 1).to_bytes(8, "little") + good[16:],
+        "count low": good[:8] + (n - 1).to_bytes(8, "little") + good[16:],
+        "op": good[:16] + b"\1" + good[17:],
+        "trailing": good + b"\0",
+    }
+
+
+@pytest.mark.parametrize("kind", list(corruptions(encode_records([b"/a", b"/b"], [b"1", b"2"]))))
+def test_malformed_payload_writes_nothing(tmp_path, kind):
+    good = payloads_of(records(300, seed=7), 100)
+    bad = corruptions(good[2])[kind]
+    with LmdbPayloadWriter(tmp_path / "c") as w:
+        with pytest.raises(PayloadError) as ei:
+            w.write([good[0], good[1], bad])
+        assert ei.value.index == 2
+        assert w.is_empty()   # the earlier payloads of the call were not committed
+    with pytest.raises(FramingError):
+        decode_records(bad)   # the framing decoder agrees the payload is bad
+
+
+def test_out_of_order_keys_inside_a_payload(tmp_path):
+    p = bytearray(encode_records([b"/a", b"/b"], [b"", b""]))
+    p[-1:] = b"a"  # second key becomes "/a" again
+    with LmdbPayloadWriter(tmp_path / "o") as w, pytest.raises(PayloadError, match="greater"):
+        w.write([bytes(p)])
+
+
+def test_never_reads_past_the_buffer_and_agrees_with_decode_records(tmp_path):
+    rnd = random.Random(8)
+    good = payloads_of(records(40, seed=9), 40)[0]
+    with LmdbPayloadWriter(tmp_path / "f", map_size=64 << 20) as w:
+        for trial in range(400):
+            b = bytearray(good[:rnd.randrange(len(good) + 1)] if trial % 2 else good)
+            for _ in range(rnd.randrange(1, 4)):
+                b[rnd.randrange(len(b))] = rnd.randrange(256) if b else 0
+            data = bytes(b)  # an exact-size buffer: a read past it would be out of bounds
+            try:
+                decode_records(data)
+                ok = True
+            except FramingError:
+                ok = False
+            if ok:
+                w.write([data])
+            else:
+                with pytest.raises(PayloadError):
+                    w.write([data])
+
+
+def test_key_longer_than_lmdb_allows(tmp_path):
+    p = encode_records([b"/a", b"/b" + b"x" * 600], [b"1", b"2"])
+    with LmdbPayloadWriter(tmp_path / "k") as w:
+        with pytest.raises(LmdbKeyTooLong):
+            w.write([p])
+        assert w.is_empty()
+
+
+def test_double_open_guard(tmp_path):
+    path = tmp_path / "d"
+    ds = open_datastore(f"lmdb:{path}")
+    with pytest.raises(DatastoreError, match="already open"):
+        LmdbPayloadWriter(path)
+    ds.close()
+    with LmdbPayloadWriter(path) as w:
+        w.write(payloads_of(records(10), 10))
+        with pytest.raises(DatastoreError, match="lmdbwrite"):
+            open_datastore(f"lmdb:{path}")
+        with pytest.raises(DatastoreError):
+            LmdbPayloadWriter(path)
+        with pytest.raises(lmdbscan.DoubleOpenError):
+            lmdbscan.LmdbRangeScanner(path, chunk_size=100, chunk_max_bytes=1 << 20, level=1)
+    assert w.closed
+    with pytest.raises(ValueError, match="closed"):
+        w.write([])
+    with open_datastore(f"lmdb:{path}", readonly=True) as ds:  # released on close
+        assert ds.approx_count() == 10
+
+
+def test_scanner_holding_the_path_is_refused(tmp_path):
+    path = tmp_path / "s"
+    with LmdbPayloadWriter(path) as w:
+        w.write(payloads_of(records(10), 10))
+    scanner = lmdbscan.LmdbRangeScanner(path, chunk_size=100, chunk_max_bytes=1 << 20, level=1)
+    try:
+        with pytest.raises(lmdbscan.DoubleOpenError):
+            LmdbPayloadWriter(path)
+    finally:
+        scanner.close()
+    with LmdbPayloadWriter(path) as w:  # the failed open left no claim behind
+        assert not w.is_empty()

@@ -1,0 +1,116 @@
+"""Restore into an lmdb: URI through the native payload writer (no py-lmdb open of the
+target): same records and RestoreResult as the datastore path, resume, the guards."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import lmdb
+import pytest
+
+from dsbackup import datastores
+from dsbackup.backup import BackupManager
+from dsbackup.config import BackupConfig
+from dsbackup.datastores import open_datastore
+from dsbackup.errors import DatastoreError, RestoreError
+from dsbackup.metadata import Progress
+from dsbackup.restore import restore_archive
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    rnd = random.Random(11)
+    recs = sorted({b"/blocks/" + rnd.randbytes(rnd.randrange(4, 30)).hex().encode():
+                   rnd.randbytes(rnd.choice([0, 50, 900, 9000])) for _ in range(3000)}.items())
+    d = tmp_path_factory.mktemp("native")
+    src = open_datastore(f"lmdb:{d / 'src'}")
+    src.put_many([k for k, _ in recs], [v for _, v in recs])
+    src.close()
+    path = d / "a.tar.gz"
+    BackupManager(BackupConfig(chunk_size=50, workers=2)).create_backup(f"lmdb:{d / 'src'}",
+                                                                       path)
+    return path, recs
+
+
+def read_all(path) -> list[tuple[bytes, bytes]]:
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return list(txn.cursor().iternext())
+    finally:
+        env.close()
+
+
+def no_datastore_open(monkeypatch):
+    def refuse(*a, **kw):
+        raise AssertionError("the native path must not open the target as a datastore")
+
+    monkeypatch.setattr(datastores, "open_datastore", refuse)
+
+
+def test_native_restore_equals_the_datastore_path(tmp_path, archive, monkeypatch):
+    path, recs = archive
+    with open_datastore(f"lmdb:{tmp_path / 'old'}") as ds:  # a datastore object: old path
+        old = restore_archive(path, ds, batch_bytes=100_000)
+    no_datastore_open(monkeypatch)
+    new = restore_archive(path, f"lmdb:{tmp_path / 'new'}", batch_bytes=100_000)
+    monkeypatch.undo()
+    assert read_all(tmp_path / "new") == read_all(tmp_path / "old") == recs
+    same = ("records_written", "records_skipped", "bytes_written", "chunks", "chunks_total",
+            "resumed_from_chunk", "fingerprint", "archive")
+    for f in same:
+        assert getattr(new, f) == getattr(old, f), f
+    assert new.target == f"lmdb:{tmp_path / 'new'}"
+    assert not (tmp_path / "new.dsbackup-restore.json").exists()
+    assert dataclasses.asdict(new).keys() == dataclasses.asdict(old).keys()
+
+
+def test_target_not_empty(tmp_path, archive, monkeypatch):
+    path, _ = archive
+    with open_datastore(f"lmdb:{tmp_path / 't'}") as ds:
+        ds.put(b"/x", b"1")
+    no_datastore_open(monkeypatch)
+    with pytest.raises(RestoreError, match="target datastore is not empty"):
+        restore_archive(path, f"lmdb:{tmp_path / 't'}")
+    assert read_all(tmp_path / "t") == [(b"/x", b"1")]
+
+
+def test_interrupted_restore_resumes_from_the_journal(tmp_path, archive, monkeypatch):
+    path, recs = archive
+    target = f"lmdb:{tmp_path / 'r'}"
+    no_datastore_open(monkeypatch)
+
+    class Stop(Exception):
+        pass
+
+    def stop_late(p: Progress) -> None:
+        if p.chunks >= 30:
+            raise Stop
+
+    with pytest.raises(Stop):
+        restore_archive(path, target, batch_bytes=50_000, progress=stop_late)
+    assert (tmp_path / "r.dsbackup-restore.json").exists()
+    partial = read_all(tmp_path / "r")
+    assert 0 < len(partial) < len(recs)
+    res = restore_archive(path, target, batch_bytes=50_000)
+    assert res.resumed_from_chunk and res.resumed_from_chunk > 0
+    assert read_all(tmp_path / "r") == recs
+    assert not (tmp_path / "r.dsbackup-restore.json").exists()
+
+
+def test_target_open_through_py_lmdb_is_refused(tmp_path, archive):
+    path, _ = archive
+    with open_datastore(f"lmdb:{tmp_path / 'h'}") as ds:
+        with pytest.raises(DatastoreError, match="already open"):
+            restore_archive(path, f"lmdb:{tmp_path / 'h'}")
+        assert ds.is_empty()
+
+
+def test_prefix_restore_keeps_the_datastore_path(tmp_path, archive):
+    path, recs = archive
+    first = recs[0][0][:len(b"/blocks/") + 1]
+    restore_archive(path, f"lmdb:{tmp_path / 'p'}", prefix="/blocks")
+    assert read_all(tmp_path / "p") == recs
+    restore_archive(path, f"lmdb:{tmp_path / 'q'}", pattern=[first.decode() + "*"])
+    assert read_all(tmp_path / "q") == [r for r in recs if r[0].startswith(first)]
