@@ -95,8 +95,9 @@ def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
 
 
 def _checked_payloads(reader: ArchiveReader, chunk_ids: list[int], threads: int,
-                      cancel: threading.Event) -> Iterator[tuple[int, memoryview]]:
-    """Verified chunk payloads in order, not decoded (the native LMDB writer parses them)."""
+                      cancel: threading.Event, window: int) -> Iterator[tuple[int, memoryview]]:
+    """Verified chunk payloads in order, not decoded (the native LMDB writer parses them);
+    at most `window` in flight, so the pool keeps inflating while a batch is written."""
 
     def work(i: int) -> tuple[int, memoryview]:
         payload = reader.read_chunk(i)
@@ -107,20 +108,21 @@ def _checked_payloads(reader: ArchiveReader, chunk_ids: list[int], threads: int,
                                  f"{declared} records, expected {e.records}", chunk=i)
         return i, payload
 
-    return _in_order(work, chunk_ids, threads, cancel)
+    return _in_order(work, chunk_ids, threads, cancel, window)
 
 
 def _in_order(work: Callable[[int], Any], chunk_ids: list[int], threads: int,
-              cancel: threading.Event) -> Iterator[Any]:
-    """Run work(i) in a thread pool, yield the results in order; at most 2 × threads in
-    flight."""
+              cancel: threading.Event, window_size: int = 0) -> Iterator[Any]:
+    """Run work(i) in a thread pool, yield the results in order; at most window_size
+    (default 2 × threads) in flight."""
+    window_size = max(window_size, 2 * threads)
     window: queue.Queue[Future] = queue.Queue()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dsbackup-inflate") as pool:
         it = iter(chunk_ids)
         try:
             for i in it:
                 window.put(pool.submit(work, i))
-                if window.qsize() >= 2 * threads:
+                if window.qsize() >= window_size:
                     break
             while not window.empty():
                 if cancel.is_set():
@@ -368,7 +370,11 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
             _write_journal(jpath, state)
         payloads, chunk_ids, acc_bytes, acc_records = [], [], 0, 0
 
-    for i, payload in _checked_payloads(reader, selected, max(1, workers), cancel):
+    # in flight: about one batch of payloads, so the pool keeps inflating while the previous
+    # batch is written (memory: about 2 × batch_bytes of payloads)
+    avg = max(1, int(reader.summary.get("raw_bytes") or 0) // max(1, reader.chunk_count))
+    window = min(256, max(1, batch_bytes // avg))
+    for i, payload in _checked_payloads(reader, selected, max(1, workers), cancel, window):
         e = reader.entry(i)
         payloads.append(payload)
         chunk_ids.append(i)
