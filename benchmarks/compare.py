@@ -370,6 +370,37 @@ def table(rows: list[Row]) -> tuple[list[dict], str]:
     return out, "\n".join(lines)
 
 
+def tune_check(uri: str, raw: int, work: Path, env: dict[str, str], runs: int,
+               timeout: float) -> dict:
+    """`dsbackup tune` on the store, then real backups at its recommendation: the projection's
+    error (must be within +-25% of time and size)."""
+    s, stdout = run_measured([PY, "-m", "dsbackup", "tune", uri, "--json"], env, timeout)
+    res = json.loads(stdout)["tune"]
+    rec = res["recommended"]
+    out = work / "tuned.tar.gz"
+    cmd = [PY, "-m", "dsbackup", "backup", uri, str(out), "--json",
+           *res["recommended_options"]]
+    times = []
+    walls = []
+    size = 0
+    for _ in range(runs):
+        _rm(out)
+        b, stdout = run_measured(cmd, env, timeout)
+        # the backup's own duration: the projection is of the backup, not interpreter start-up
+        times.append(json.loads(stdout)["backup"]["statistics"]["duration_s"])
+        walls.append(b.seconds)
+        size = _du(out)
+    _rm(out)
+    actual = statistics.median(times)
+    return {"tune_seconds": s.seconds, "options": res["recommended_options"],
+            "goal": res["goal"], "projected_seconds": rec["projected_seconds"],
+            "actual_seconds": actual, "actual_seconds_all": times,
+            "process_wall_seconds_all": walls,
+            "projected_bytes": rec["projected_bytes"], "actual_bytes": size,
+            "time_error": rec["projected_seconds"] / actual - 1,
+            "size_error": rec["projected_bytes"] / size - 1, "raw_bytes": raw}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
@@ -387,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None,
                     help="results file (default benchmarks/results/compare-<time>.json)")
     ap.add_argument("--work-dir", type=Path, default=None)
+    ap.add_argument("--tune-check", action="store_true",
+                    help="also run `dsbackup tune` on the blocks store and compare its "
+                    "projection with real backups at the recommended setting")
     args = ap.parse_args(argv)
     import benchdata
 
@@ -415,12 +449,22 @@ def main(argv: list[str] | None = None) -> int:
             rows += r
             skips += s
         run_rounds(rows, args.runs, env, args.timeout)
+        if args.tune_check and "blocks" in info:
+            check = tune_check(info["blocks"]["uri"], info["blocks"]["raw_bytes"], work, env,
+                               args.runs, args.timeout)
+            info["blocks"]["tune_check"] = check
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results, text = table(rows)
     print(text)
     for s in skips:
         print(f"skipped: {s.dataset} {s.tool}: {s.reason}")
+    tc = info.get("blocks", {}).get("tune_check")
+    if tc:
+        print(f"tune check (blocks, goal {tc['goal']}, {' '.join(tc['options'])}): projected "
+              f"{tc['projected_seconds']:.2f} s / {tc['projected_bytes'] / 1e6:.1f} MB, actual "
+              f"{tc['actual_seconds']:.2f} s / {tc['actual_bytes'] / 1e6:.1f} MB: error "
+              f"{tc['time_error']:+.1%} time, {tc['size_error']:+.1%} size (bound +-25%)")
     doc = {
         "schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
