@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -175,17 +176,21 @@ def run_measured(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[S
     """Run `cmd`, wait with os.wait4 for its wall time and peak RSS; returns its stdout."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
+        # its own process group, so a timeout or an interrupt stops a whole pipeline
+        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, start_new_session=True)
         deadline = t0 + timeout
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                p.kill()
-                pid, status, ru = os.wait4(p.pid, 0)
-                raise TimeoutError(f"{' '.join(cmd)[:200]}: timed out after {timeout:.0f} s")
-            time.sleep(0.002)
+        try:
+            while True:
+                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"{' '.join(cmd)[:200]}: timed out after {timeout:.0f} s")
+                time.sleep(0.002)
+        except BaseException:
+            os.killpg(p.pid, signal.SIGKILL)
+            os.wait4(p.pid, 0)
+            raise
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -410,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="blocks,small")
-    ap.add_argument("--ops", default="backup,restore,verify")
+    ap.add_argument("--ops", default="backup,restore,verify",
+                    help="operations to compare (none: only --tune-check)")
     ap.add_argument("--runs", type=int, default=3, help="rounds; medians are reported")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="threads for pigz/zstd/igzip and the ISA-L xN ceiling (default CPUs)")
@@ -424,7 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import benchdata
 
-    ops = set(args.ops.split(","))
+    ops = set(args.ops.split(","))  # "none": no rows (e.g. only --tune-check)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # clean up the work directory when killed
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     work = Path(tempfile.mkdtemp(prefix="dsbackup-compare-", dir=args.work_dir))
