@@ -14,7 +14,7 @@ How it works (docs/PERFORMANCE.md has the reasoning):
 4. **Calibrate**: the real BackupManager backs up two copies of the sample (a store of the
    source's kind, or an in-memory store for backends scanned centrally) at the reference
    setting and again at the recommended one; ``time = a + b * bytes`` and
-   ``size = c + d * bytes`` are fitted through the two points (medians of ``reps`` runs), so
+   ``size = c + d * bytes`` are fitted through the two points (best of ``reps`` runs), so
    fixed costs (worker start-up, index, trailer) are not scaled up with the data.
 5. **Project** every candidate to the whole store: the fitted line of the calibrated setting,
    with the compression share of ``b`` swapped for the candidate's own CPU cost divided by
@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -290,7 +289,7 @@ class Calibrator:
                 times[i].append(secs)
         out.unlink(missing_ok=True)
         (x0, x1) = (n for _, n in self.copies)
-        t0_, t1_ = (statistics.median(t) for t in times)
+        t0_, t1_ = (min(t) for t in times)  # best of reps: others' load only slows
         if x1 > x0:
             b = max((t1_ - t0_) / (x1 - x0), 0.0)
             a = t1_ - b * x1
@@ -453,7 +452,10 @@ def tune(source: Any, *, sample_mb: float = 64, grid_mb: float = 8,
         if sv.records == 0:
             raise ConfigError(f"{getattr(ds, 'uri', source)}: the datastore is empty; "
                               "nothing to tune")
-        sample = draw_sample(ds, sv, int(sample_mb * 1e6))
+        sample_bytes = int(sample_mb * 1e6)
+        if parallel:  # both calibration copies must be large enough for parallel workers too
+            sample_bytes = max(sample_bytes, int(2.2 * PARALLEL_MIN_BYTES))
+        sample = draw_sample(ds, sv, sample_bytes)
         if owned:
             ds.close()
             owned = False
