@@ -419,7 +419,8 @@ def tune_check(uri: str, raw: int, work: Path, env: dict[str, str], runs: int,
             "process_wall_seconds_all": walls,
             "projected_bytes": rec["projected_bytes"], "actual_bytes": size,
             "time_error": rec["projected_seconds"] / actual - 1,
-            "size_error": rec["projected_bytes"] / size - 1, "raw_bytes": raw}
+            "size_error": rec["projected_bytes"] / size - 1, "raw_bytes": raw,
+            "fits": res["fits"], "sample_bytes": res["sample_bytes"]}
 
 
 def main(argv: list[str] | None = None) -> int:

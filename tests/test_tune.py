@@ -58,8 +58,9 @@ def test_empty_store_is_an_error():
 @pytest.fixture(scope="module")
 def blocks_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("tune") / "blocks"
-    # 160 MB: above the size at which backups scan in parallel worker processes
-    datasets.write_lmdb(str(path), datasets.iter_blocks(600))
+    # 210 MB: above the size at which backups scan in parallel worker processes, and larger
+    # than tune's sample for such stores (148 MB)
+    datasets.write_lmdb(str(path), datasets.iter_blocks(800))
     return f"lmdb:{path}"
 
 
@@ -86,7 +87,7 @@ def test_projection_within_25_percent(blocks_store, run_cli, tmp_path):
     noisy attempt is repeated (at most three)."""
     errors = []
     for _attempt in range(3):
-        res = tune(blocks_store, sample_mb=48, grid_mb=8, levels=[0, 1, 2],
+        res = tune(blocks_store, sample_mb=64, grid_mb=8, levels=[0, 1, 2],
                    chunk_targets=[1 << 20], reps=2)
         rec = res.recommended
         assert rec is not None and rec.calibrated
@@ -104,7 +105,7 @@ def test_projection_within_25_percent(blocks_store, run_cli, tmp_path):
 def test_cli_json_and_plot(blocks_store, run_cli, tmp_path):
     png = tmp_path / "tune.png"
     args = ["tune", blocks_store, "--sample-mb", "8", "--levels", "0-1", "--chunk-targets",
-            "1024", "--reps", "1", "--goal", "size", "--json"]
+            "1024", "--reps", "1", "--goal", "size", "--json", "--workers", "1"]
     try:
         import matplotlib  # noqa: F401
         have_mpl = True
@@ -118,7 +119,8 @@ def test_cli_json_and_plot(blocks_store, run_cli, tmp_path):
     out = json.loads(r.stdout)
     t = out["tune"]
     assert out["command"] == "tune" and out["ok"] is True
-    assert t["records"] == 600 and len(t["rows"]) == 2
+    assert t["records"] == 800 and len(t["rows"]) == 2
+    assert t["sample_bytes"] < 12e6  # workers=1: central scan, the sample is not enlarged
     assert t["recommended"]["level"] == 1  # goal size: compression beats stored blocks
     assert t["recommended_options"][:2] == ["--level", "1"]
     if have_mpl:
@@ -137,6 +139,7 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_cli_table_and_budget_warning(blocks_store, run_cli):
     r = run_cli("tune", blocks_store, "--sample-mb", "8", "--levels", "1", "--chunk-targets",
-                "1024", "--reps", "1", "--max-seconds", "0.000001", timeout=240)
+                "1024", "--reps", "1", "--max-seconds", "0.000001", "--workers", "1",
+                timeout=240)
     assert r.returncode == 1, r.stderr
     assert "no recommendation" in r.stdout and "isal-1" in r.stdout

@@ -11,11 +11,14 @@ How it works (docs/PERFORMANCE.md has the reasoning):
 3. **Grid**: every (level, chunk size) candidate runs the native Chunker with compression
    (framing, hashing, ISA-L/zlib: the backup's hot path) over an evenly spread subset of the
    runs (at most ``grid_bytes``): CPU seconds per byte and output bytes per input byte.
-4. **Calibrate**: the real BackupManager backs up two copies of the sample (a store of the
-   source's kind, or an in-memory store for backends scanned centrally) at the reference
-   setting and again at the recommended one; ``time = a + b * bytes`` and
-   ``size = c + d * bytes`` are fitted through the two points (best of ``reps`` runs), so
-   fixed costs (worker start-up, index, trailer) are not scaled up with the data.
+4. **Calibrate**: a fresh ``dsbackup backup`` process backs up two copies of the sample (a
+   quarter and the whole; a store of the source's kind, or in memory with BackupManager for
+   backends scanned centrally) at the reference setting and again at the recommended one;
+   ``time = a + b * bytes`` and ``size = c + d * bytes`` are fitted through the two points
+   (best of ``reps`` runs), so fixed costs (start-up, worker processes, index) are not
+   scaled up with the data. When the source would be backed up by parallel workers, the
+   sample is at least 4.4 x the size at which backups go parallel, so both copies are
+   backed up that way too.
 5. **Project** every candidate to the whole store: the fitted line of the calibrated setting,
    with the compression share of ``b`` swapped for the candidate's own CPU cost divided by
    the workers, and its size scaled by its own output ratio. The recommended setting's
@@ -224,7 +227,9 @@ class Calibrator:
         self.reps = reps
         self.work_dir = work_dir
         self.copies: list[tuple[Any, int]] = []  # (uri or datastore, raw bytes)
-        half = sample.part(0.5)
+        # the points far apart (a quarter and the whole): the slope is a difference of two
+        # noisy times, and it is extrapolated to the whole store
+        half = sample.part(0.25)
         if min_copy_bytes and half.raw_bytes < min_copy_bytes <= sample.raw_bytes:
             half = sample.part(min_copy_bytes / max(1, sample.raw_bytes))
         for i, s in enumerate((half, sample)):
@@ -454,7 +459,7 @@ def tune(source: Any, *, sample_mb: float = 64, grid_mb: float = 8,
                               "nothing to tune")
         sample_bytes = int(sample_mb * 1e6)
         if parallel:  # both calibration copies must be large enough for parallel workers too
-            sample_bytes = max(sample_bytes, int(2.2 * PARALLEL_MIN_BYTES))
+            sample_bytes = max(sample_bytes, int(4.4 * PARALLEL_MIN_BYTES))
         sample = draw_sample(ds, sv, sample_bytes)
         if owned:
             ds.close()

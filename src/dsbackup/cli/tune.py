@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="datastore URI or path (as for `dsbackup backup`)")
     p.add_argument("--sample-mb", type=float, default=64,
                    help="MB sampled across the key space for the measurements (default 64; at least "
-                   "74 when the backup would run parallel workers)")
+                   "148 when the backup would run parallel workers)")
     p.add_argument("--grid-mb", type=float, default=8,
                    help="MB of the sample each level/chunk-size candidate compresses (default 8)")
     p.add_argument("--levels", type=_int_list, default=list(range(10)),
