@@ -419,6 +419,7 @@ def tune_check(uri: str, raw: int, work: Path, env: dict[str, str], runs: int,
             "process_wall_seconds_all": walls,
             "projected_bytes": rec["projected_bytes"], "actual_bytes": size,
             "time_error": rec["projected_seconds"] / actual - 1,
+            "time_error_vs_median": rec["projected_seconds"] / statistics.median(times) - 1,
             "size_error": rec["projected_bytes"] / size - 1, "raw_bytes": raw,
             "fits": res["fits"], "sample_bytes": res["sample_bytes"]}
 
@@ -492,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tune check (blocks, goal {tc['goal']}, {' '.join(tc['options'])}): projected "
               f"{tc['projected_seconds']:.2f} s / {tc['projected_bytes'] / 1e6:.1f} MB, actual "
               f"{tc['actual_seconds']:.2f} s / {tc['actual_bytes'] / 1e6:.1f} MB: error "
-              f"{tc['time_error']:+.1%} time, {tc['size_error']:+.1%} size (bound +-25%)")
+              f"{tc['time_error']:+.1%} time (vs the median run "
+              f"{tc.get('time_error_vs_median', float('nan')):+.1%}), {tc['size_error']:+.1%} "
+              "size (bound +-25%)")
     doc = {
         "schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),

@@ -24,12 +24,13 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {r['dataset']} | {r['op']} | {r['tool']} | failed | | | | |")
             continue
         size = f"{r['compressed_bytes'] / 1e6:.1f}" if r["compressed_bytes"] else "-"
-        tool = f"**{r['tool']}**" if r["ours"] else r["tool"]
+        tool = r["tool"].replace("|", "\\|")  # a literal | inside a Markdown table cell
+        tool = f"**{tool}**" if r["ours"] else tool
         lines.append(f"| {r['dataset']} | {r['op']} | {tool} | {r['seconds']:.2f} | "
                      f"{r['MB_s']:.0f} | {r['x_ours']:.2f} | {size} | "
                      f"{r['peak_rss_mib']:.0f} |")
+    lines.append("")
     for name, d in doc["datasets"].items():
-        lines.append("")
         lines.append(f"- {name}: {d['records']} records, {d['raw_bytes'] / 1e6:.1f} MB of keys "
                      "and values")
     if doc["skipped"]:
@@ -41,9 +42,10 @@ def markdown(doc: dict) -> str:
             f"- `dsbackup tune` on blocks (goal {tc['goal']}) recommended "
             f"`{' '.join(tc['options'])}` and projected {tc['projected_seconds']:.2f} s / "
             f"{tc['projected_bytes'] / 1e6:.1f} MB; real backups with it took "
-            f"{tc['actual_seconds']:.2f} s (median) / {tc['actual_bytes'] / 1e6:.1f} MB: "
-            f"error {tc['time_error']:+.1%} time, {tc['size_error']:+.1%} size "
-            "(bound: +-25%)")
+            f"{tc['actual_seconds']:.2f} s (best of {len(tc['actual_seconds_all'])}; all: "
+            f"{', '.join(f'{x:.2f}' for x in tc['actual_seconds_all'])}) / "
+            f"{tc['actual_bytes'] / 1e6:.1f} MB: error {tc['time_error']:+.1%} time against "
+            f"the best run, {tc['size_error']:+.1%} size (bound: +-25%)")
     return "\n".join(lines) + "\n"
 
 
