@@ -1,0 +1,145 @@
+"""dsbackup tune: sampling, recommendation rules, CLI, and the projection against a real backup."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from dsbackup import datasets
+from dsbackup.datastores.memory import MemoryDatastore
+from dsbackup.errors import ConfigError
+from dsbackup.tune import Row, draw_sample, pareto_front, recommend, survey, tune
+
+
+def _row(level, secs, size):
+    return Row(level, "x", 1, 4 << 20, 1 << 20, 100.0, 1.0, secs, size, 1.0)
+
+
+def test_pareto_and_goals():
+    rows = [_row(0, 1.0, 100), _row(1, 1.5, 60), _row(2, 3.0, 50), _row(3, 4.0, 70),
+            _row(4, 9.0, 49)]
+    front = pareto_front(rows)
+    assert [r.level for r in front] == [0, 1, 2, 4]  # level 3 is slower and larger than 1
+    assert recommend(rows, "speed")[0].level == 0
+    assert recommend(rows, "size")[0].level == 4
+    assert recommend(rows, "balanced")[0].level == 1  # 1.5*60=90 < 1*100, 3*50
+    assert recommend(rows, max_seconds=3.5)[0].level == 2  # smallest within the time
+    assert recommend(rows, max_bytes=65)[0].level == 1  # fastest within the size
+    best, why = recommend(rows, max_seconds=0.5)
+    assert best is None and "budget" in why
+    with pytest.raises(ConfigError):
+        recommend(rows, "cheap")
+
+
+def test_survey_and_sample_are_stratified():
+    ds = MemoryDatastore()
+    recs = list(datasets.iter_small(20_000))
+    ds.put_many([k for k, _ in recs], [v for _, v in recs])
+    sv = survey(ds, 16)
+    assert sv.records == 20_000
+    assert sv.raw_bytes == sum(len(k) + len(v) for k, v in recs)
+    assert len(sv.starts) == 16 and sv.starts == sorted(sv.starts)
+    sample = draw_sample(ds, sv, sv.raw_bytes // 10)
+    assert len(sample.runs) == 16
+    assert 0.08 < sample.raw_bytes / sv.raw_bytes < 0.13
+    firsts = [k[0] for k, _ in sample.runs]
+    # the runs spread over the whole key space: the last starts in the last sixteenth
+    assert firsts[0] == recs[0][0]
+    assert firsts[-1] >= recs[int(0.9 * len(recs))][0]
+
+
+def test_empty_store_is_an_error():
+    with pytest.raises(ConfigError, match="empty"):
+        tune(MemoryDatastore(), levels=[1])
+
+
+@pytest.fixture(scope="module")
+def blocks_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tune") / "blocks"
+    # 210 MB: above the size at which backups scan in parallel worker processes, and larger
+    # than tune's sample for such stores (148 MB)
+    datasets.write_lmdb(str(path), datasets.iter_blocks(800))
+    return f"lmdb:{path}"
+
+
+def _actual(run_cli, uri, row, tmp_path, reps=3):
+    """Best duration of `reps` runs and size of `dsbackup backup` at the row's settings (the
+    backup's own duration from its JSON, best of several as tune's calibration: on a shared
+    machine other processes' load only ever slows a run down)."""
+    times = []
+    out = tmp_path / "full.tar.gz"
+    for _ in range(reps):
+        out.unlink(missing_ok=True)
+        r = run_cli("backup", uri, out, "--json", "--level", row.level, "--chunk-size",
+                    row.chunk_size, "--chunk-max-bytes", row.chunk_max_bytes)
+        assert r.returncode == 0, r.stderr
+        meta = json.loads(r.stdout)["backup"]
+        times.append(meta["statistics"]["duration_s"])
+    return min(times), meta["compressed_size"]
+
+
+def test_projection_within_25_percent(blocks_store, run_cli, tmp_path):
+    """tune's projection at its recommendation vs a real full backup with those settings.
+
+    The machine is shared: each attempt measures projection and backup back to back, and a
+    noisy attempt is repeated (at most three)."""
+    errors = []
+    for _attempt in range(3):
+        res = tune(blocks_store, sample_mb=64, grid_mb=8, levels=[0, 1, 2],
+                   chunk_targets=[1 << 20], reps=2)
+        rec = res.recommended
+        assert rec is not None and rec.calibrated
+        secs, size = _actual(run_cli, blocks_store, rec, tmp_path)
+        assert abs(rec.projected_bytes / size - 1) <= 0.05  # size is not noisy: keep it tight
+        err = rec.projected_seconds / secs - 1
+        errors.append(round(err, 3))
+        print(f"projection {rec.projected_seconds:.2f} s vs actual {secs:.2f} s; size "
+              f"{rec.projected_bytes} vs {size}")
+        if abs(err) <= 0.25:
+            break
+    assert abs(errors[-1]) <= 0.25, f"time projection errors per attempt: {errors}"
+
+
+def test_cli_json_and_plot(blocks_store, run_cli, tmp_path):
+    png = tmp_path / "tune.png"
+    args = ["tune", blocks_store, "--sample-mb", "8", "--levels", "0-1", "--chunk-targets",
+            "1024", "--reps", "1", "--goal", "size", "--json", "--workers", "1"]
+    try:
+        import matplotlib  # noqa: F401
+        have_mpl = True
+    except ImportError:
+        have_mpl = False
+    r = run_cli(*args, "--plot", png, timeout=240)
+    if not have_mpl:
+        assert r.returncode == 2 and "matplotlib" in r.stderr
+        r = run_cli(*args, timeout=240)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    t = out["tune"]
+    assert out["command"] == "tune" and out["ok"] is True
+    assert t["records"] == 800 and len(t["rows"]) == 2
+    assert t["sample_bytes"] < 12e6  # workers=1: central scan, the sample is not enlarged
+    assert t["recommended"]["level"] == 1  # goal size: compression beats stored blocks
+    assert t["recommended_options"][:2] == ["--level", "1"]
+    if have_mpl:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
+    from dsbackup import tune as tune_mod
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    res = tune_mod.TuneResult("memory:", 1, 1, 1, 1, 1, 1, "speed", None, None, [], None, "",
+                              {}, 0.0)
+    with pytest.raises(ConfigError, match=r"pip install 'dsbackup\[plot\]'"):
+        tune_mod.plot(res, tmp_path / "x.png")
+
+
+def test_cli_table_and_budget_warning(blocks_store, run_cli):
+    r = run_cli("tune", blocks_store, "--sample-mb", "8", "--levels", "1", "--chunk-targets",
+                "1024", "--reps", "1", "--max-seconds", "0.000001", "--workers", "1",
+                timeout=240)
+    assert r.returncode == 1, r.stderr
+    assert "no recommendation" in r.stdout and "isal-1" in r.stdout
