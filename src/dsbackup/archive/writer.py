@@ -20,6 +20,7 @@ from dsbackup.archive.tempfiles import (
     remove_stale_temp_files,
     temp_path_for,
 )
+from dsbackup.archive.writeback import Writeback
 from dsbackup.errors import ArchiveError
 
 _U64 = struct.Struct("<Q")
@@ -88,6 +89,7 @@ class ArchiveWriter:
         except OSError as exc:
             raise ArchiveError(f"{self.final}: cannot create temporary file: {exc}") from exc
         self._pos = 0
+        self._writeback = Writeback()
         self._index = IndexBuilder()
         self._fingerprint = Xxh3_128()
         self._records = 0
@@ -113,6 +115,7 @@ class ArchiveWriter:
                 views.pop(0)
             if views and n:
                 views[0] = views[0][n:]
+        self._writeback.advance(self._fd, self._pos)
 
     def _write_member(self, subfield: bytes, name: bytes, mtime: int, body: Body,
                       ) -> tuple[int, int, int]:
