@@ -13,7 +13,7 @@ from dsbackup.cli._common import (
     human_bytes,
     progress_bar,
 )
-from dsbackup.config import BackupConfig
+from dsbackup.config import DEFAULT_CHUNK_MAX_BYTES, BackupConfig
 
 COMMAND = "backup"
 HELP = "back up a datastore (URI or path) to an archive"
@@ -25,9 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("archive", help="archive to write (.tar.gz)")
     p.add_argument("--level", type=int, default=1, help="compression level 0-9 (default 1)")
     p.add_argument("--chunk-size", type=int, default=None,
-                   help="mean records per chunk (default: auto, ~1 MiB chunks)")
-    p.add_argument("--chunk-max-bytes", type=int, default=4 << 20,
-                   help="largest chunk payload in bytes (default 4 MiB)")
+                   help="mean records per chunk (default: auto, ~256 KiB chunks)")
+    p.add_argument("--chunk-max-bytes", type=int, default=DEFAULT_CHUNK_MAX_BYTES,
+                   help="largest chunk payload in bytes (default 1 MiB)")
     p.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPUs)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="skip keys matching GLOB (* within a segment, ** across); repeatable")
