@@ -83,6 +83,30 @@ ctypedef struct ds_chunker:
     int err_detail            # compress error code behind FR_ECOMPRESS
 
 
+ctypedef struct ds_plan:
+    # one planned chunk (planner.pxi): keys and value sizes only
+    ds_buf first
+    ds_buf last
+    uint64_t count
+    uint64_t payload_len
+    uint64_t raw_bytes
+    uint64_t keys_xxh3
+
+
+ctypedef struct ds_planner:
+    uint64_t chunk_size
+    uint64_t chunk_max_bytes
+    const ds_matcher *exclude
+    ds_keyhash *keys
+    ds_plan cur
+    ds_buf prev
+    int has_prev
+    uint64_t records
+    uint64_t raw_bytes
+    uint64_t excluded_records
+    uint64_t excluded_bytes
+
+
 ctypedef struct ds_framing_api:
     int (*chunker_init)(ds_chunker *c, uint64_t chunk_size, uint64_t chunk_max_bytes,
                         const ds_matcher *exclude, int catalog) noexcept nogil

@@ -35,6 +35,8 @@ from framing cimport (
     ds_keyhash,
     ds_matcher,
     ds_pattern,
+    ds_plan,
+    ds_planner,
 )
 from libxxhash cimport (
     XXH3_64bits,
@@ -651,6 +653,9 @@ def is_boundary(const unsigned char[::1] key, uint64_t chunk_size) -> bool:
         raise ValueError("chunk_size must be >= 1")
     cdef size_t n = key.shape[0]
     return XXH3_64bits(&key[0] if n else NULL, n) % chunk_size == 0
+
+
+include "planner.pxi"
 
 
 cdef ds_framing_api _api
