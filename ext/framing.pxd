@@ -128,3 +128,13 @@ ctypedef struct ds_framing_api:
     object (*chunk_to_py)(ds_chunk *chunk)   # a Chunk; takes the payload buffer, then release
     object (*chunker_error)(ds_chunker *c, int code, object key, Py_ssize_t index)  # exception
     const ds_matcher *(*matcher_of)(object matcher) except? NULL   # NULL for None
+    # chunk planning from keys and value sizes (planner.pxi)
+    int (*planner_init)(ds_planner *p, uint64_t chunk_size, uint64_t chunk_max_bytes,
+                        const ds_matcher *exclude) noexcept nogil
+    void (*planner_free)(ds_planner *p) noexcept nogil
+    # 1: a plan was completed into *done (before this record), 0: not, <0: FR_* error
+    int (*planner_add)(ds_planner *p, const unsigned char *key, size_t klen, uint64_t vlen,
+                       ds_plan *done) noexcept nogil
+    int (*planner_finish)(ds_planner *p, ds_plan *done) noexcept nogil
+    void (*plan_free)(ds_plan *d) noexcept nogil
+    object (*plan_to_py)(ds_plan *d)   # (first, last, records, payload len, keys, raw)

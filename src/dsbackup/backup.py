@@ -246,11 +246,16 @@ class BackupManager:
         return result
 
     def verify_backup(self, path: str | os.PathLike[str], deep: bool = True,
-                      sample: float | None = None) -> VerifyReport:
+                      sample: float | None = None, *,
+                      parent_dirs: list[str | os.PathLike[str]] | None = None,
+                      check_blocks: bool = False) -> VerifyReport:
         """Check an archive. quick (deep=False): structure and every member checksum; deep:
-        also inflate and parse every chunk; sample=f: quick plus deep on a fraction f."""
+        also inflate and parse every chunk; sample=f: quick plus deep on a fraction f.
+        Incremental archives are checked with their parent chain (`parent_dirs`);
+        `check_blocks` re-hashes /blocks values against their keys (deep)."""
         report = verify_archive(path, deep=deep, sample=sample,
-                                threads=self.config.effective_workers)
+                                threads=self.config.effective_workers,
+                                parent_dirs=parent_dirs, check_blocks=check_blocks)
         with self._lock:
             self._metrics["verifies_total"] += 1
             if not report.ok:
