@@ -320,3 +320,30 @@ def test_damaged_parent_chunk_is_reported_naming_the_parent(tmp_path, small_stor
     assert not rep.ok and "p.tar.gz: chunk 2" in rep.errors[0]
     with pytest.raises(IntegrityError, match="p.tar.gz: chunk 2"):
         restored(tmp_path / "i.tar.gz", tmp_path, "d")
+
+
+def test_lmdb_uri_is_read_natively_with_the_same_result(tmp_path):
+    rng = random.Random(11)
+    model = {b"/r/%08d" % rng.randrange(10**6): rng.randbytes(rng.randrange(20, 300))
+             for _ in range(5000)}
+    model.update(datasets.iter_blocks(40, block_size=2048))
+    datasets.write_lmdb(str(tmp_path / "src"), iter(model.items()))
+    uri = f"lmdb:{tmp_path / 'src'}"
+    mgr = BackupManager(BackupConfig(chunk_size=16, workers=2, exclude_patterns=["/r/*5"]))
+    mgr.create_backup(uri, tmp_path / "p.tar.gz")
+    with open_datastore(uri) as ds:
+        change_one_percent(ds, model, rng, 1)
+    native = mgr.create_backup(uri, tmp_path / "n.tar.gz", parent=tmp_path / "p.tar.gz")
+    with open_datastore(uri, readonly=True) as ds:
+        generic = mgr.create_backup(ds, tmp_path / "g.tar.gz", parent=tmp_path / "p.tar.gz")
+    with ArchiveReader(tmp_path / "n.tar.gz") as n, ArchiveReader(tmp_path / "g.tar.gz") as g:
+        def shape(r):
+            return [(e.flags, e.payload_xxh3, e.member_xxh3, e.first_key, e.last_key,
+                     e.offset if e.in_parent else None) for e in r.index.entries()]
+        assert shape(n) == shape(g)
+        assert n.summary["snapshot"] is not None and g.summary["snapshot"] is None
+        assert n.summary["excluded_records"] == g.summary["excluded_records"] > 0
+        assert 0 < n.summary["stored_chunks"] < n.chunk_count
+    assert native.fingerprint == generic.fingerprint
+    want = {k: v for k, v in model.items() if not (k.startswith(b"/r/") and k.endswith(b"5"))}
+    assert restored(tmp_path / "n.tar.gz", tmp_path, "d") == want

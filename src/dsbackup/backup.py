@@ -108,7 +108,8 @@ class BackupManager:
         cancel = cancel or threading.Event()
         deadline = _Deadline(cancel, cfg.timeout)
         t0 = time.perf_counter()
-        ds, owned = _open_source(source)
+        # an incremental opens a URI source itself (LMDB: natively, in this process)
+        ds, owned = _open_source(source) if parent is None else (source, False)
         try:
             if parent is not None:
                 from dsbackup.incremental import create_incremental

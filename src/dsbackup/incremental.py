@@ -173,6 +173,78 @@ class _Source:
     def excluded(self) -> tuple[int, int]:
         return self.planner.excluded_records, self.planner.excluded_bytes
 
+    snapshot_id = None
+
+    def close(self) -> None:
+        """The datastore belongs to the caller."""
+
+
+class _LmdbSource:
+    """LMDB through the native scanner: one read transaction (one snapshot) for planning and
+    for the values read; the planning walk reads keys and node headers only."""
+
+    def __init__(self, path: str, chunk_size: int, chunk_max_bytes: int,
+                 matcher: KeyMatcher | None, catalog: bool) -> None:
+        from dsbackup._ext.lmdbscan import LmdbRangeScanner
+        from dsbackup.datastores.lmdb import claim
+
+        self._claim = claim(path, "dsbackup.incremental (liblmdb)")
+        self._claim.__enter__()  # py-lmdb may not open it here meanwhile
+        try:
+            self.scanner = LmdbRangeScanner(path, chunk_size=chunk_size,
+                                            chunk_max_bytes=chunk_max_bytes, level=-1,
+                                            exclude=matcher, catalog=catalog)
+        except BaseException:
+            self._claim.__exit__(None, None, None)
+            raise
+
+    def plans(self) -> Iterator[Plan]:
+        while True:
+            batch = self.scanner.plan_chunks(4096)
+            if not batch:
+                return
+            yield from batch
+
+    def frame(self, start: bytes, end: bytes | None) -> Iterator[Any]:
+        self.scanner.reset(start, end)
+        while (c := self.scanner.next_chunk()) is not None:
+            yield c
+
+    @property
+    def excluded(self) -> tuple[int, int]:
+        return self.scanner.planned_excluded
+
+    @property
+    def snapshot_id(self) -> int:
+        return self.scanner.txn_id
+
+    def close(self) -> None:
+        try:
+            self.scanner.close()
+        finally:
+            self._claim.__exit__(None, None, None)
+
+
+class _UriSource:
+    """A source given as a URI: LMDB natively, any other backend opened read-only here."""
+
+    def __init__(self, uri: str) -> None:
+        from dsbackup.datastores.registry import detect_scheme, parse_uri
+
+        scheme, location, params = parse_uri(uri)
+        if scheme is None:
+            scheme = detect_scheme(location)
+        self.native_lmdb = scheme == "lmdb" and not params
+        self.location = location
+        self.uri = f"{scheme}:{location}" if self.native_lmdb else uri
+        self.scheme = scheme
+        self.ds: Any = None
+        if not self.native_lmdb:
+            from dsbackup.datastores import open_datastore
+
+            self.ds = open_datastore(uri, readonly=True)
+            self.uri = getattr(self.ds, "uri", uri)
+
 
 def _items(src: _Source, match: _Matcher, trust: Callable[[bytes, bytes], bool],
            pool: ThreadPoolExecutor, level: int, catalog: bool, counts: _Counts,
@@ -232,22 +304,34 @@ def _check_own(tmp: Path, parent: ArchiveReader) -> None:
                     r.read_catalog_member(i)
 
 
-def create_incremental(ds: Any, path: Path, parent: Path, cfg: BackupConfig, *,
+def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig, *,
                        parent_dirs: list[str | os.PathLike[str]] | None = None,
                        progress: Callable[[Progress], None] | None = None,
                        cancel: threading.Event | None = None,
                        t0: float | None = None) -> BackupMetadata:
-    """Back up `ds` to `path` as an incremental of the archive `parent` (see module doc)."""
+    """Back up `source` (a datastore object or URI; an LMDB URI is read with the native
+    scanner) to `path` as an incremental of the archive `parent` (see module doc)."""
     from dsbackup.backup import _scheme_and_location
 
     t0 = time.perf_counter() if t0 is None else t0
     cancel = cancel or threading.Event()
     preader = ArchiveReader(parent, parent_dirs=parent_dirs)
+    uri_source = None
     try:
         preader.open_parents()  # every ancestor must be there before we rely on it
-        return _create(ds, path, preader, cfg, progress, cancel, t0, _scheme_and_location(ds))
+        if isinstance(source, (str, os.PathLike)):
+            uri_source = _UriSource(os.fspath(source))
+            if uri_source.ds is not None:
+                source = uri_source.ds
+            else:
+                return _create(uri_source, path, preader, cfg, progress, cancel, t0,
+                               ("lmdb", uri_source.location))
+        return _create(source, path, preader, cfg, progress, cancel, t0,
+                       _scheme_and_location(source))
     finally:
         preader.close()
+        if uri_source is not None and uri_source.ds is not None:
+            uri_source.ds.close()
 
 
 def _create(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
@@ -287,7 +371,19 @@ def _create(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
         "parent": ref.to_manifest(),
     }
     matcher = KeyMatcher(list(cfg.exclude_patterns)) if cfg.exclude_patterns else None
-    src = _Source(ds, chunk_size, cmb, matcher, catalog)
+    src: Any = (_LmdbSource(scheme_loc[1], chunk_size, cmb, matcher, catalog)
+                if isinstance(ds, _UriSource) else _Source(ds, chunk_size, cmb, matcher, catalog))
+    try:
+        return _write(ds, path, preader, cfg, progress, cancel, t0, src, manifest, created,
+                      chunk_size, cmb, catalog, pfp, usable)
+    finally:
+        src.close()
+
+
+def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
+           progress: Callable[[Progress], None] | None, cancel: threading.Event, t0: float,
+           src: Any, manifest: dict[str, Any], created: datetime, chunk_size: int, cmb: int,
+           catalog: bool, pfp: str, usable: bool) -> BackupMetadata:
     prefixes = content_prefixes(ds) if cfg.trust_content_keys else ()
 
     def trust(first: bytes, last: bytes) -> bool:
@@ -348,7 +444,7 @@ def _create(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
         summary = {
             "duration_s": round(duration, 6), "excluded_records": excluded_records,
             "excluded_bytes": excluded_bytes, "mode": "incremental", "workers": threads,
-            "snapshot": None, "stored_chunks": counts.stored,
+            "snapshot": src.snapshot_id, "stored_chunks": counts.stored,
             "chunks_read_to_compare": counts.read,
         }
         check = (lambda tmp: _check_own(tmp, preader)) if cfg.verify_integrity else None
