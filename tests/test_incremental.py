@@ -347,3 +347,40 @@ def test_lmdb_uri_is_read_natively_with_the_same_result(tmp_path):
     assert native.fingerprint == generic.fingerprint
     want = {k: v for k, v in model.items() if not (k.startswith(b"/r/") and k.endswith(b"5"))}
     assert restored(tmp_path / "n.tar.gz", tmp_path, "d") == want
+
+
+def test_retention_helpers_keep_the_parent_chain(tmp_path, small_store):
+    from dsbackup.incremental import parent_map, required_archives
+
+    ds, _, _ = small_store
+    mgr = BackupManager(BackupConfig(chunk_size=64))
+    a, b, c, d = (tmp_path / f"{n}.tar.gz" for n in "abcd")
+    mgr.create_backup(ds, a)
+    mgr.create_backup(ds, b, parent=a)  # unchanged: still its own fingerprint
+    mgr.create_backup(ds, c, parent=b)
+    mgr.create_backup(ds, d)
+    assert archive_fingerprint(b) != archive_fingerprint(a)
+    assert parent_map([a, b, c, d]) == {a: None, b: a, c: b, d: None}
+    assert required_archives([c], [a, b, c, d]) == {a, b, c}
+    assert required_archives([d, b], [a, b, c, d]) == {a, b, d}
+    with pytest.raises(Exception, match="parent archive or one of its ancestors"):
+        mgr.create_backup(ds, a, parent=c)
+    assert parent_of(a) is None  # untouched
+
+
+def test_reference_without_a_parent_in_the_manifest_is_an_integrity_error(tmp_path):
+    from dsbackup.archive.index import ChunkEntry
+    from dsbackup.archive.verify import verify_archive
+    from dsbackup.archive.writer import ArchiveWriter
+
+    manifest = {"format": "dsbackup", "version": 1, "settings": {}, "parent": None}
+    with ArchiveWriter(tmp_path / "h.tar.gz", manifest=manifest,
+                       parent_fingerprint="00" * 16) as w:
+        w.add_reference(0, ChunkEntry(0, 0, 0, 30, 1, 5, 0, 6, b"/a", b"/a"), 3)
+        w.finish()
+    with ArchiveReader(tmp_path / "h.tar.gz") as r:
+        assert r.entry(0).in_parent
+        with pytest.raises(IntegrityError, match="names none"):
+            r.read_chunk(0)
+    rep = verify_archive(tmp_path / "h.tar.gz")
+    assert not rep.ok and any("fingerprint" in e for e in rep.errors)

@@ -13,7 +13,7 @@ first/last key, record count, payload length and key digest with the parent's in
 
 The archive still describes the full state: see dsbackup.archive.chain for reading it.
 Helpers for schedulers and retention: :func:`choose_parent`, :func:`parent_of`,
-:func:`archive_fingerprint`.
+:func:`archive_fingerprint`, :func:`parent_map`, :func:`required_archives`.
 """
 
 from __future__ import annotations
@@ -97,6 +97,41 @@ def choose_parent(archives: Sequence[str | os.PathLike[str]], full_every: int,
     if parent is not None and parent not in by_fp:
         return None  # the newest archive's chain is incomplete here: start afresh
     return None if depth >= full_every else newest[1]
+
+
+def parent_map(archives: Sequence[str | os.PathLike[str]]) -> dict[Path, Path | None]:
+    """Each archive's parent among `archives` (None: a full backup, or a parent not in the
+    list). For retention and prune: an archive whose parent is kept keeps that parent too."""
+    info: dict[Path, tuple[str, str, ParentRef | None]] = {}
+    for a in archives:
+        with ArchiveReader(a) as r:
+            info[Path(a)] = (str(r.summary["fingerprint"]), index_digest(r),
+                             ParentRef.from_manifest(r.manifest, str(a)))
+
+    def resolve(ref: ParentRef | None) -> Path | None:
+        if ref is None:
+            return None
+        # full backups of the same data share a fingerprint: prefer the very archive named
+        same = [p for p, (fp, _, _) in info.items() if fp == ref.fingerprint]
+        exact = [p for p in same if p.name == ref.name and info[p][1] == ref.index_xxh3]
+        named = [p for p in same if p.name == ref.name]
+        return (exact or named or same or [None])[0]
+
+    return {p: resolve(ref) for p, (_, _, ref) in info.items()}
+
+
+def required_archives(keep: Sequence[str | os.PathLike[str]],
+                      archives: Sequence[str | os.PathLike[str]]) -> set[Path]:
+    """`keep` plus every archive of `archives` that a kept archive needs (its parent chain):
+    prune may delete only archives outside this set."""
+    parents = parent_map(list(archives) + [k for k in keep if k not in archives])
+    need: set[Path] = set()
+    for k in keep:
+        cur: Path | None = Path(k)
+        while cur is not None and cur not in need:
+            need.add(cur)
+            cur = parents.get(cur)
+    return need
 
 
 # -- the backup -------------------------------------------------------------------------------
@@ -318,7 +353,12 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
     preader = ArchiveReader(parent, parent_dirs=parent_dirs)
     uri_source = None
     try:
-        preader.open_parents()  # every ancestor must be there before we rely on it
+        chain = preader.open_parents()  # every ancestor must be there before we rely on it
+        target = path.resolve()
+        for p in [preader.path] + (chain.paths if chain else []):
+            if p.resolve() == target:
+                raise ConfigError(f"{path}: is the parent archive or one of its ancestors; "
+                                  "write the incremental backup to a new path")
         if isinstance(source, (str, os.PathLike)):
             uri_source = _UriSource(os.fspath(source))
             if uri_source.ds is not None:
