@@ -189,6 +189,11 @@ def test_incremental_answers_like_a_full_backup_and_is_a_valid_tar_gz(tmp_path, 
     assert len([n for n in names if n.startswith("dsbackup/chunks/")]) == \
         inc.chunks - vi.referenced_chunks
     assert restored(tmp_path / "i.tar.gz", tmp_path, "d", prefix="/r") == model
+    from dsbackup.archive.salvage import salvage
+
+    sal = salvage(tmp_path / "i.tar.gz")  # referenced chunks are not "lost"
+    assert sal.complete and len(sal.referenced) == vi.referenced_chunks
+    assert len(sal.chunks) + len(sal.referenced) == inc.chunks
 
 
 @pytest.mark.parametrize("kind", ["memory", "flatfs", "leveldb", "sqlite"])

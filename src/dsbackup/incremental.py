@@ -188,8 +188,11 @@ class _Source:
         self.cs, self.cmb, self.matcher, self.catalog = chunk_size, chunk_max_bytes, matcher, \
             catalog
         self.planner = KeyPlanner(chunk_size, chunk_max_bytes, matcher)
+        self.planned = False
+        self.framed_excluded = [0, 0]
 
     def plans(self) -> Iterator[Plan]:
+        self.planned = True
         for keys, sizes in self.ds.scan_key_sizes():
             yield from self.planner.add(keys, sizes)
         last = self.planner.finish()
@@ -201,12 +204,20 @@ class _Source:
         for keys, values in self.ds.scan_batches(start, end, max_bytes=SCAN_BATCH_BYTES):
             yield from chunker.add(keys, values)
         last = chunker.finish()
+        self.framed_excluded[0] += chunker.excluded_records
+        self.framed_excluded[1] += chunker.excluded_bytes
         if last is not None:
             yield last
 
     @property
     def excluded(self) -> tuple[int, int]:
-        return self.planner.excluded_records, self.planner.excluded_bytes
+        if self.planned:
+            return self.planner.excluded_records, self.planner.excluded_bytes
+        return self.framed_excluded[0], self.framed_excluded[1]
+
+    def has_prefix(self, prefix: bytes) -> bool:
+        k = self.ds.seek_key(prefix)
+        return k is not None and k.startswith(prefix)
 
     snapshot_id = None
 
@@ -234,6 +245,7 @@ class _LmdbSource:
             raise
 
     def plans(self) -> Iterator[Plan]:
+        self.planned = True
         while True:
             batch = self.scanner.plan_chunks(4096)
             if not batch:
@@ -245,9 +257,17 @@ class _LmdbSource:
         while (c := self.scanner.next_chunk()) is not None:
             yield c
 
+    planned = False
+
     @property
     def excluded(self) -> tuple[int, int]:
-        return self.scanner.planned_excluded
+        if self.planned:
+            return self.scanner.planned_excluded
+        return self.scanner.excluded_records, self.scanner.excluded_bytes
+
+    def has_prefix(self, prefix: bytes) -> bool:
+        k = self.scanner.last_key_before(prefix[:-1] + bytes([prefix[-1] + 1]))
+        return k is not None and k.startswith(prefix)
 
     @property
     def snapshot_id(self) -> int:
@@ -281,10 +301,16 @@ class _UriSource:
             self.uri = getattr(self.ds, "uri", uri)
 
 
-def _items(src: _Source, match: _Matcher, trust: Callable[[bytes, bytes], bool],
+def _items(src: _Source, match: _Matcher, prefixes: tuple[bytes, ...],
            pool: ThreadPoolExecutor, level: int, catalog: bool, counts: _Counts,
            ) -> Iterator[tuple[str, Any]]:
-    """In key order: ("ref", (parent seq, parent entry, raw bytes)) or ("chunk", Future)."""
+    """In key order: ("ref", (parent seq, parent entry, raw bytes)) or ("chunk", Future).
+
+    Planning (keys and sizes) only pays where a plan can be trusted without its values: a
+    store without keys under a content-hash prefix is framed and compared in one pass."""
+
+    def trust(first: bytes, last: bytes) -> bool:
+        return any(first.startswith(p) and last.startswith(p) for p in prefixes)
 
     def value_run(start: bytes, end: bytes | None) -> Iterator[tuple[str, Any]]:
         for c in src.frame(start, end):
@@ -297,6 +323,9 @@ def _items(src: _Source, match: _Matcher, trust: Callable[[bytes, bytes], bool],
                 counts.stored += 1
                 yield "chunk", pool.submit(compress_chunk, c, level, catalog)
 
+    if not any(src.has_prefix(p) for p in prefixes):
+        yield from value_run(b"", None)
+        return
     run_start: bytes | None = None
     first = True
     for p in src.plans():
@@ -426,9 +455,6 @@ def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
            catalog: bool, pfp: str, usable: bool) -> BackupMetadata:
     prefixes = content_prefixes(ds) if cfg.trust_content_keys else ()
 
-    def trust(first: bytes, last: bytes) -> bool:
-        return any(first.startswith(p) and last.startswith(p) for p in prefixes)
-
     counts = _Counts()
     threads = cfg.effective_workers
     limit = 2 * threads + 2
@@ -458,7 +484,7 @@ def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
                                   time.perf_counter() - t0))
 
         try:
-            for item in _items(src, _Matcher(preader, usable), trust, pool,
+            for item in _items(src, _Matcher(preader, usable), prefixes, pool,
                                cfg.compression_level, catalog, counts):
                 if cancel.is_set():
                     raise Cancelled("backup cancelled")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ class ArchiveReader:
         # incremental archives: where to look for parents besides this archive's directory
         self.parent_dirs = [Path(d) for d in (parent_dirs or [])]
         self._chain: ParentChain | None = None
+        self._chain_lock = threading.Lock()
         try:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -151,7 +153,9 @@ class ArchiveReader:
         if self._chain is None and self.is_incremental:
             from dsbackup.archive.chain import ParentChain
 
-            self._chain = ParentChain(self, self.parent_dirs)
+            with self._chain_lock:  # readers are shared by decoding threads
+                if self._chain is None:
+                    self._chain = ParentChain(self, self.parent_dirs)
         return self._chain
 
     def locate(self, i: int) -> tuple[ArchiveReader, int]:
