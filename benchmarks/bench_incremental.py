@@ -108,7 +108,7 @@ def _changes(n_records: int, rng: random.Random, pattern: str, keys_of) -> tuple
     if pattern == "scattered":
         picks = rng.sample(range(n_records), 2 * (n // 3))
     else:  # 20 contiguous ranges
-        per = 2 * (n // 3) // 20
+        per = max(1, 2 * (n // 3) // 20)
         span = n_records // 20
         starts = [i * span + rng.randrange(max(1, span - per)) for i in range(20)]
         picks = [s + j for s in starts for j in range(per)]
