@@ -150,6 +150,8 @@ def verify_archive(
                 report.referenced_chunks = sum(e.in_parent for e in reader.index.entries())
             except (MissingParentError, IntegrityError) as exc:
                 report.add(exc)
+                if isinstance(exc, MissingParentError):
+                    report.bad_parts.append("parent")
                 report.bad_chunks.sort()
                 report.duration_s = time.perf_counter() - t0
                 return report

@@ -8,7 +8,7 @@ import sys
 from dsbackup.backup import BackupManager
 from dsbackup.cli._common import add_json_flag, emit_json, human_bytes, show_key
 from dsbackup.config import BackupConfig
-from dsbackup.errors import EXIT_INTEGRITY
+from dsbackup.errors import EXIT_ERROR, EXIT_INTEGRITY
 
 COMMAND = "verify"
 HELP = "verify an archive: quick (checksums), deep (default: inflate and parse) or sampled"
@@ -58,4 +58,6 @@ def run(args: argparse.Namespace) -> int:
                     print(f"  chunk {r['chunk']}: keys {show_key(r['first_key'])} .. "
                           f"{show_key(r['last_key'])} ({r['records']} records) affected",
                           file=sys.stderr)
+    if report.bad_parts == ["parent"] and len(report.errors) == 1:
+        return EXIT_ERROR  # a parent archive is missing: nothing found damaged
     return 0 if report.ok else EXIT_INTEGRITY
