@@ -2,7 +2,7 @@
 PYTHON ?= python3
 APT_PACKAGES := libisal-dev libxxhash-dev liblmdb-dev zlib1g-dev pkg-config
 STAMP := .make
-NATIVE_SOURCES := $(wildcard ext/*.pyx ext/*.pxd ext/*.h) setup.py pyproject.toml
+NATIVE_SOURCES := $(wildcard ext/*.pyx ext/*.pxd ext/*.pxi ext/*.h) setup.py pyproject.toml
 
 .PHONY: all deps install build test test-all lint demo bench bench-smoke compare clean
 

@@ -57,7 +57,10 @@ def small_records(n: int, seed: int = 3) -> tuple[list[bytes], list[bytes]]:
     """
     rnd = random.Random(seed)
     text = zipf_text(1 << 20, seed)
-    keys = sorted({b"/data/" + rnd.randbytes(22).hex().encode() for _ in range(n)})
+    # re-create the keys in sorted order, as a datastore iterator would allocate them
+    # (objects allocated in random order make every access a cache and TLB miss)
+    keys = [bytes(bytearray(k)) for k in
+            sorted({b"/data/" + rnd.randbytes(22).hex().encode() for _ in range(n)})]
     values = []
     for _ in keys:
         ln = rnd.randint(100, 300)

@@ -43,7 +43,7 @@ from libisal cimport (
     NO_FLUSH,
     ZSTATE_END,
     COMP_OK,
-    IGZIP_DEFLATE,
+    IGZIP_GZIP_NO_HDR,
     crc32_gzip_refl,
     inflate_state,
     isal_deflate,
@@ -109,15 +109,19 @@ cdef inline size_t stored_len(uint64_t total) noexcept nogil:
     return <size_t>(total + 5 * ((total + STORED_MAX - 1) // STORED_MAX))
 
 
-cdef void write_stored(const unsigned char *data, size_t n, size_t pad, unsigned char *out,
-                       size_t *out_len) noexcept nogil:
-    """Stored blocks of ``data || pad zeros`` into ``out`` (capacity stored_len(n + pad))."""
+cdef uint32_t write_stored(const unsigned char *data, size_t n, size_t pad, unsigned char *out,
+                           size_t *out_len) noexcept nogil:
+    """Stored blocks of ``data || pad zeros`` into ``out`` (capacity stored_len(n + pad)).
+
+    Returns the CRC-32 of ``data || pad zeros``, computed block by block while it is in cache.
+    """
     cdef size_t total = n + pad, off = 0, blk, from_data, o = 0
+    cdef uint32_t crc = 0
     cdef int final
     if total == 0:
         out[0] = 1; out[1] = 0; out[2] = 0; out[3] = 0xff; out[4] = 0xff
         out_len[0] = 5
-        return
+        return 0
     while off < total:
         blk = total - off
         if blk > STORED_MAX:
@@ -135,9 +139,11 @@ cdef void write_stored(const unsigned char *data, size_t n, size_t pad, unsigned
             memcpy(out + o, data + off, from_data)
         if blk > from_data:
             memset(out + o + from_data, 0, blk - from_data)
+        crc = crc32_gzip_refl(crc, out + o, blk)
         o += blk
         off += blk
     out_len[0] = o
+    return crc
 
 
 cdef int deflater_init(ds_deflater *ws) noexcept nogil:
@@ -200,7 +206,7 @@ cdef int _piece(const unsigned char *data, size_t n, size_t pad, const unsigned 
 
 cdef int _deflate_isal(ds_deflater *ws, const unsigned char *data, size_t n, size_t pad,
                        int level, unsigned char *out, size_t cap, size_t *out_len) noexcept nogil:
-    """ISA-L raw deflate into ``out``; returns 1 if it fit in ``cap``, 0 if not, <0 on error."""
+    """ISA-L deflate + gzip trailer into ``out``; 1 if it fit in ``cap``, 0 if not, <0 error."""
     cdef isal_zstream *s
     cdef size_t pos = 0, plen, produced = 0, step
     cdef const unsigned char *p
@@ -222,7 +228,7 @@ cdef int _deflate_isal(ds_deflater *ws, const unsigned char *data, size_t n, siz
         s.level_buf_size = ISAL_DEF_LVL2_DEFAULT
     else:
         s.level_buf_size = ISAL_DEF_LVL3_DEFAULT
-    s.gzip_flag = IGZIP_DEFLATE
+    s.gzip_flag = IGZIP_GZIP_NO_HDR     # raw deflate + CRC-32/ISIZE trailer (8 bytes)
     s.flush = NO_FLUSH
     s.hist_bits = 0
     while True:
@@ -302,17 +308,31 @@ cdef int _deflate_zlib(ds_deflater *ws, const unsigned char *data, size_t n, siz
     return DS_EENGINE
 
 
+cdef uint32_t _crc_of(ds_deflater *ws, const unsigned char *data, size_t n,
+                      size_t pad) noexcept nogil:
+    cdef size_t pos = 0, plen
+    cdef const unsigned char *p
+    cdef uint32_t crc = 0
+    cdef int last = 0
+    if n + pad:
+        while not last:
+            last = _piece(data, n, pad, ws.zeros, &pos, &p, &plen)
+            crc = crc32_gzip_refl(crc, p, plen)
+    return crc
+
+
 cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, int level,
                         size_t pad_to, ds_body *out) noexcept nogil:
     """Compress ``data || zeros to a multiple of pad_to`` into ``out``.
 
-    ``out.data`` is reused when it is large enough (the caller owns and frees it).
+    ``out.data`` is reused when it is large enough (the caller owns and frees it). ISA-L
+    computes the CRC while it compresses (gzip mode without header: the 8-byte trailer it
+    appends is read and dropped); the other engines get a separate CRC pass.
     """
-    cdef size_t pad = 0, total, cap, pos = 0, plen
-    cdef uint32_t crc
-    cdef const unsigned char *p
+    cdef size_t pad = 0, total, cap
     cdef unsigned char *buf
-    cdef int r = 1, last = 0
+    cdef unsigned char *t
+    cdef int r = 1
     out.len = 0
     if level < 0 or level > 9:
         return DS_ELEVEL
@@ -322,31 +342,35 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
     if total < n or total > (<size_t>-1) // 2:
         return DS_ETOOBIG
     cap = stored_len(total)
-    if out.data == NULL or out.cap < cap:
-        buf = <unsigned char *>malloc(cap)
+    if out.data == NULL or out.cap < cap + 8:
+        buf = <unsigned char *>malloc(cap + 8)
         if buf == NULL:
             return DS_ENOMEM
         free(out.data)
         out.data = buf
-        out.cap = cap
-    crc = 0
-    if total:
-        while not last:
-            last = _piece(data, n, pad, ws.zeros, &pos, &p, &plen)
-            crc = crc32_gzip_refl(crc, p, plen)
-    out.crc = crc
+        out.cap = cap + 8
     out.size = total
     out.input_len = n
     if total == 0 or level == 0:
         r = 0
     elif level <= 3:
-        r = _deflate_isal(ws, data, n, pad, level, out.data, cap, &out.len)
+        r = _deflate_isal(ws, data, n, pad, level, out.data, cap + 8, &out.len)
+        if r == 1:
+            if out.len > cap:          # deflate + trailer larger than stored blocks
+                r = 0
+            else:
+                out.len -= 8
+                t = out.data + out.len
+                out.crc = (<uint32_t>t[0] | (<uint32_t>t[1] << 8) | (<uint32_t>t[2] << 16)
+                           | (<uint32_t>t[3] << 24))
     else:
         r = _deflate_zlib(ws, data, n, pad, level, out.data, cap, &out.len)
+        if r == 1:
+            out.crc = _crc_of(ws, data, n, pad)
     if r < 0:
         return r
     if r == 0:
-        write_stored(data, n, pad, out.data, &out.len)
+        out.crc = write_stored(data, n, pad, out.data, &out.len)
     return DS_OK
 
 
@@ -371,6 +395,9 @@ cdef class _Deflater:
 
     def __dealloc__(self):
         deflater_free(&self.ws)
+
+    def __reduce__(self):
+        raise TypeError("engine state cannot be pickled")
 
 
 _tls = threading.local()
@@ -402,255 +429,8 @@ def deflate_body(const unsigned char[::1] data, int level, size_t pad_to=512) ->
     return body
 
 
-# ----------------------------------------------------------------------------- tar headers
-
-
-cdef bytes _octal(uint64_t value, int digits, str field):
-    s = format(value, "o")
-    if len(s) > digits:
-        raise ValueError(f"tar {field} {value} does not fit in {digits} octal digits")
-    return s.rjust(digits, "0").encode("ascii") + b"\0"
-
-
-def tar_header(bytes name, uint64_t size, uint64_t mtime) -> bytes:
-    """The 512-byte ustar header of docs/FORMAT.md §2.3 for a regular file entry."""
-    if not name or len(name) > 100 or b"\0" in name:
-        raise ValueError(f"tar name must be 1..100 bytes without NUL, got {name!r}")
-    h = bytearray(512)
-    h[0:len(name)] = name
-    h[100:108] = b"0000644\0"
-    h[108:116] = b"0000000\0"
-    h[116:124] = b"0000000\0"
-    h[124:136] = _octal(size, 11, "size")
-    h[136:148] = _octal(mtime, 11, "mtime")
-    h[148:156] = b"        "
-    h[156] = 0x30
-    h[257:263] = b"ustar\0"
-    h[263:265] = b"00"
-    h[265:273] = b"dsbackup"
-    h[297:305] = b"dsbackup"
-    h[329:337] = b"0000000\0"
-    h[337:345] = b"0000000\0"
-    h[148:156] = format(sum(h), "06o").encode("ascii") + b"\0 "
-    return bytes(h)
-
-
-cdef uint64_t _parse_octal(const unsigned char[::1] h, int off, int digits, str field) except? 0:
-    cdef uint64_t v = 0
-    cdef int i
-    cdef unsigned char c
-    for i in range(digits):
-        c = h[off + i]
-        if c < 0x30 or c > 0x37:
-            raise MemberError(f"tar header: {field} field is not {digits} octal digits "
-                              f"(byte {off + i} is {c:#04x})")
-        v = v * 8 + (c - 0x30)
-    if h[off + digits] != 0:
-        raise MemberError(f"tar header: {field} field is not NUL-terminated")
-    return v
-
-
-def parse_tar_header(const unsigned char[::1] header) -> tuple:
-    """Validate a header written by :func:`tar_header`; return ``(name, size, mtime)``."""
-    cdef uint64_t chk, stored, size, mtime
-    cdef int i
-    if header.shape[0] != 512:
-        raise MemberError(f"tar header must be 512 bytes, got {header.shape[0]}")
-    h = bytes(header)
-    if h[257:263] != b"ustar\0":
-        raise MemberError(f"tar header: bad magic {h[257:263]!r} (expected b'ustar\\x00')")
-    if h[263:265] != b"00":
-        raise MemberError(f"tar header: bad version {h[263:265]!r} (expected b'00')")
-    if h[156] != 0x30:
-        raise MemberError(f"tar header: typeflag {chr(h[156])!r} is not a regular file ('0')")
-    stored = _parse_octal(header, 148, 6, "chksum")
-    if h[155] != 0x20:
-        raise MemberError("tar header: chksum field does not end with NUL and space")
-    chk = 0
-    for i in range(512):
-        chk += 0x20 if 148 <= i < 156 else header[i]
-    if chk != stored:
-        raise MemberError(f"tar header: checksum {stored:o} does not match computed {chk:o}")
-    size = _parse_octal(header, 124, 11, "size")
-    mtime = _parse_octal(header, 136, 11, "mtime")
-    if any(h[345:500]):
-        raise MemberError("tar header: prefix field is not empty")
-    end = h.find(b"\0", 0, 100)
-    name = h[:100] if end < 0 else h[:end]
-    if not name or (end >= 0 and any(h[end:100])):
-        raise MemberError(f"tar header: invalid name field {h[:100]!r}")
-    return name, size, mtime
-
-
-# ----------------------------------------------------------------------------- inflate
-
-
-cdef enum:
-    INF_DONE = 1
-    INF_FULL = 0
-    INF_TRUNCATED = 2
-    INF_STALLED = 3
-
-
-cdef int _inflate_run(inflate_state *st, const unsigned char *inp, size_t in_len, size_t *in_pos,
-                      unsigned char *out, size_t out_cap, size_t *out_pos) noexcept nogil:
-    """Inflate until finished, ``out`` is full, input is exhausted, or an ISA-L error (<0)."""
-    cdef size_t step, feed, before_in, before_out
-    cdef int ret, idle = 0
-    while True:
-        if st.avail_in == 0 and in_pos[0] < in_len:
-            feed = in_len - in_pos[0]
-            if feed > MAX_STEP:
-                feed = MAX_STEP
-            st.next_in = <uint8_t *>(inp + in_pos[0])
-            st.avail_in = <uint32_t>feed
-            in_pos[0] += feed
-        step = out_cap - out_pos[0]
-        if step > MAX_STEP:
-            step = MAX_STEP
-        st.next_out = out + out_pos[0]
-        st.avail_out = <uint32_t>step
-        before_in = st.avail_in
-        ret = isal_inflate(st)
-        out_pos[0] += step - st.avail_out
-        if ret < 0:
-            return ret
-        if ret == ISAL_NEED_DICT:
-            return -100
-        if st.block_state == ISAL_BLOCK_FINISH:
-            return INF_DONE
-        if out_pos[0] == out_cap:
-            return INF_FULL
-        if st.avail_in == 0 and in_pos[0] == in_len:
-            return INF_TRUNCATED
-        if st.avail_in == before_in and st.avail_out == step:
-            idle += 1
-            if idle > 2:
-                return INF_STALLED
-        else:
-            idle = 0
-
-
-cdef size_t _consumed(inflate_state *st, size_t in_pos) noexcept nogil:
-    return in_pos - st.avail_in - <size_t>(st.read_in_length // 8)
-
-
-cdef object _inflate_error(int code, size_t in_pos, size_t in_len, size_t out_pos):
-    if code == INF_TRUNCATED:
-        return MemberError(f"deflate stream truncated: input ended after {in_len} bytes "
-                           f"({out_pos} bytes inflated) before the final block")
-    if code == INF_STALLED:
-        return MemberError(f"deflate stream makes no progress near input byte {in_pos}")
-    names = {-1: "invalid block", -2: "invalid symbol", -3: "invalid distance", -100: "needs a dictionary"}
-    return MemberError(f"invalid deflate data ({names.get(code, code)}) near input byte "
-                       f"{in_pos} after {out_pos} bytes of output")
-
-
-cdef int _probe_more(inflate_state *st, const unsigned char *inp, size_t in_len,
-                     size_t *in_pos) noexcept nogil:
-    """The output buffer is full: 1 if the stream yields more bytes, else the end state."""
-    cdef unsigned char scratch[1]
-    cdef size_t pos = 0
-    cdef int r = _inflate_run(st, inp, in_len, in_pos, scratch, 1, &pos)
-    if pos:
-        return -200
-    return r
-
-
-cdef inline inflate_state *_new_inflate_state() noexcept nogil:
-    cdef inflate_state *st = <inflate_state *>malloc(sizeof(inflate_state))
-    if st != NULL:
-        isal_inflate_init(st)
-        st.crc_flag = ISAL_DEFLATE
-        st.hist_bits = 0
-    return st
-
-
-def inflate_raw(const unsigned char[::1] buf, size_t max_output, expected_output=None) -> tuple:
-    """Inflate one raw deflate stream at ``buf[0]``; return ``(output, consumed_bytes)``.
-
-    Never allocates more than ``max_output`` bytes of output; raises MemberError if the stream
-    would produce more, is truncated or invalid, or its length differs from ``expected_output``.
-    """
-    cdef size_t in_len = buf.shape[0], in_pos = 0, out_pos = 0, cap, limit, expected = 0
-    cdef const unsigned char *inp = &buf[0] if in_len else NULL
-    cdef inflate_state *st
-    cdef bytes out
-    cdef unsigned char *op
-    cdef int r
-    cdef bint has_expected = expected_output is not None
-    if has_expected:
-        expected = expected_output
-        if expected > max_output:
-            raise MemberError(f"declared size {expected} exceeds the limit {max_output}")
-        limit = expected
-        cap = expected
-    else:
-        limit = max_output
-        cap = in_len * 4 if in_len < (<size_t>1 << 60) else limit
-        if cap < 65536:
-            cap = 65536
-        if cap > limit:
-            cap = limit
-    st = _new_inflate_state()
-    if st == NULL:
-        raise MemoryError("inflate_raw: cannot allocate inflate state")
-    try:
-        out = PyBytes_FromStringAndSize(NULL, cap)
-        while True:
-            op = <unsigned char *>PyBytes_AS_STRING(out)
-            with nogil:
-                r = _inflate_run(st, inp, in_len, &in_pos, op, cap, &out_pos)
-                if r == INF_FULL and cap == limit:
-                    r = _probe_more(st, inp, in_len, &in_pos)
-            if r == INF_FULL:
-                cap = cap * 2 if cap < limit // 2 else limit
-                out = out[:out_pos] + PyBytes_FromStringAndSize(NULL, cap - out_pos)
-                continue
-            if r == -200:
-                if has_expected:
-                    raise MemberError(f"deflate stream inflates to more than the declared "
-                                      f"{expected} bytes")
-                raise MemberError(f"deflate stream inflates to more than {max_output} bytes")
-            if r != INF_DONE:
-                raise _inflate_error(r, in_pos, in_len, out_pos)
-            break
-        if has_expected and out_pos != expected:
-            raise MemberError(f"deflate stream inflates to {out_pos} bytes, declared {expected}")
-        consumed = _consumed(st, in_pos)
-    finally:
-        free(st)
-    if out_pos != cap:
-        out = out[:out_pos]
-    return out, consumed
-
-
-def inflate_raw_into(const unsigned char[::1] buf, unsigned char[::1] out) -> tuple:
-    """Inflate one raw deflate stream at ``buf[0]`` into ``out``; return ``(written, consumed)``.
-
-    Raises MemberError if the stream would produce more than ``len(out)`` bytes, or is
-    truncated or invalid.
-    """
-    cdef size_t in_len = buf.shape[0], in_pos = 0, out_pos = 0, cap = out.shape[0]
-    cdef const unsigned char *inp = &buf[0] if in_len else NULL
-    cdef unsigned char dummy[1]
-    cdef unsigned char *op = &out[0] if cap else dummy
-    cdef inflate_state *st = _new_inflate_state()
-    cdef int r
-    if st == NULL:
-        raise MemoryError("inflate_raw_into: cannot allocate inflate state")
-    try:
-        with nogil:
-            r = _inflate_run(st, inp, in_len, &in_pos, op, cap, &out_pos)
-            if r == INF_FULL:
-                r = _probe_more(st, inp, in_len, &in_pos)
-        if r == -200:
-            raise MemberError(f"deflate stream inflates to more than the {cap}-byte buffer")
-        if r != INF_DONE:
-            raise _inflate_error(r, in_pos, in_len, out_pos)
-        return out_pos, _consumed(st, in_pos)
-    finally:
-        free(st)
+include "tarheader.pxi"
+include "inflate.pxi"
 
 
 # ----------------------------------------------------------------------------- C API

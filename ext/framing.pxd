@@ -128,6 +128,7 @@ ctypedef struct ds_framing_api:
     object (*chunk_to_py)(ds_chunk *chunk)   # a Chunk; takes the payload buffer, then release
     object (*chunker_error)(ds_chunker *c, int code, object key, Py_ssize_t index)  # exception
     const ds_matcher *(*matcher_of)(object matcher) except? NULL   # NULL for None
+    int (*matcher_match)(const ds_matcher *m, const unsigned char *key, size_t klen) noexcept nogil
     # chunk planning from keys and value sizes (planner.pxi)
     int (*planner_init)(ds_planner *p, uint64_t chunk_size, uint64_t chunk_max_bytes,
                         const ds_matcher *exclude) noexcept nogil

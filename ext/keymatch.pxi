@@ -92,8 +92,15 @@ cdef class KeyMatcher:
         cdef bytes pb
         cdef size_t i, k, ntok
         cdef ds_pattern *pt
+        if isinstance(patterns, (str, bytes)):
+            raise TypeError("patterns must be a list of str or bytes, not a single pattern")
         for p in patterns:
-            pb = p.encode("utf-8", "surrogateescape") if isinstance(p, str) else bytes(p)
+            if isinstance(p, str):
+                pb = p.encode("utf-8", "surrogateescape")
+            elif isinstance(p, (bytes, bytearray, memoryview)):
+                pb = bytes(p)
+            else:
+                raise TypeError(f"pattern must be str or bytes, not {type(p).__name__}")
             pats.append(pb)
         self.patterns = tuple(pats)
         self.m.npats = 0
@@ -143,6 +150,9 @@ cdef class KeyMatcher:
                 free(self.m.pats[i].tok)
                 free(self.m.pats[i].lit)
             free(self.m.pats)
+
+    def __reduce__(self):
+        return (KeyMatcher, (list(self.patterns),))
 
     def match(self, const unsigned char[::1] key) -> bool:
         """True when ``key`` matches any pattern."""

@@ -10,6 +10,7 @@ cdef extern from "isa-l/igzip_lib.h" nogil:
     int SYNC_FLUSH
     int FULL_FLUSH
     int IGZIP_DEFLATE
+    int IGZIP_GZIP_NO_HDR
     int COMP_OK
     int ISAL_DEFLATE
     int ISAL_DECOMP_OK

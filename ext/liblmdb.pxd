@@ -46,3 +46,21 @@ cdef extern from "lmdb.h" nogil:
     void mdb_cursor_close(MDB_cursor *cursor)
     int mdb_cursor_renew(MDB_txn *txn, MDB_cursor *cursor)
     int mdb_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, MDB_cursor_op op)
+
+
+# Writing (lmdbcopy.pyx): write transactions, cursor puts, map size, explicit sync.
+cdef extern from "lmdb.h" nogil:
+    ctypedef struct MDB_envinfo:
+        size_t me_mapsize
+
+    unsigned int MDB_NOSYNC
+    unsigned int MDB_NOMETASYNC
+    unsigned int MDB_APPEND
+    int MDB_MAP_FULL
+    int MDB_MAP_RESIZED
+
+    int mdb_cursor_put(MDB_cursor *cursor, MDB_val *key, MDB_val *data, unsigned int flags)
+    int mdb_txn_commit(MDB_txn *txn)
+    int mdb_env_set_mapsize(MDB_env *env, size_t size)
+    int mdb_env_info(MDB_env *env, MDB_envinfo *stat)
+    int mdb_env_sync(MDB_env *env, int force)

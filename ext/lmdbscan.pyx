@@ -17,6 +17,7 @@ from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp
+from posix.mman cimport MADV_DONTNEED, madvise
 
 from framing cimport (
     FR_EKEYLEN,
@@ -133,6 +134,20 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+cdef uint64_t TRIM_BYTES = 64 << 20
+cdef size_t PAGE = 4096
+
+
+cdef inline void trim_map(size_t lo, size_t hi) noexcept nogil:
+    """Drop the page table entries of [lo, hi) of LMDB's read-only shared file mapping: the
+    data stays in the page cache and comes back on the next access."""
+    if hi <= lo:
+        return
+    lo = lo & ~(PAGE - 1)
+    hi = (hi + PAGE - 1) & ~(PAGE - 1)
+    madvise(<void *>lo, hi - lo, MADV_DONTNEED)
+
+
 cdef inline int key_order(const unsigned char *a, size_t alen, const unsigned char *b,
                           size_t blen) noexcept nogil:
     """FR_OK when key a < key b (bytewise), else FR_EORDER."""
@@ -174,6 +189,12 @@ cdef class LmdbRangeScanner:
     cdef MDB_cursor *pcur          # keys-only planning walk (plan_chunks), own cursor
     cdef ds_planner pl
     cdef bint planner_ready, pstarted, pdone
+    # The pages of the map this scanner has read stay mapped (and count in its resident set)
+    # until dropped: every TRIM_BYTES scanned, the span of the map read since the last trim is
+    # released with MADV_DONTNEED (the data stays in the page cache), so the resident set does
+    # not grow with the store.
+    cdef size_t trim_lo, trim_hi  # span of map addresses read since the last trim
+    cdef uint64_t since_trim
 
     def __cinit__(self):
         self.env = NULL
@@ -183,6 +204,9 @@ cdef class LmdbRangeScanner:
         self.chunker_ready = False
         self.planner_ready = False
         self._key = None
+        self.trim_lo = <size_t>-1
+        self.trim_hi = 0
+        self.since_trim = 0
 
     def __init__(self, path, bytes start=b"", end=None, *, chunk_size, chunk_max_bytes,
                  int level, exclude=None, bint catalog=False, bint subdir=True,
@@ -586,6 +610,13 @@ cdef class LmdbRangeScanner:
                         break
                     prevp = <const unsigned char *>k.mv_data
                     prevn = k.mv_size
+                    self.since_trim += k.mv_size + v.mv_size
+                    if <size_t>k.mv_data < self.trim_lo:
+                        self.trim_lo = <size_t>k.mv_data
+                    if <size_t>v.mv_data < self.trim_lo:
+                        self.trim_lo = <size_t>v.mv_data
+                    if <size_t>v.mv_data + v.mv_size > self.trim_hi:
+                        self.trim_hi = <size_t>v.mv_data + v.mv_size
                     r = FAPI.chunker_append(&self.c, prevp, prevn,
                                             <const unsigned char *>v.mv_data, v.mv_size, &out)
                     if r < 0:
@@ -602,6 +633,12 @@ cdef class LmdbRangeScanner:
                     if r < 0:
                         FAPI.chunk_free(&out)
                         got = 0
+                if r >= 0 and rc == 0 and self.since_trim >= TRIM_BYTES:
+                    # the records are copied into the chunk: nothing points into the map now
+                    trim_map(self.trim_lo, self.trim_hi)
+                    self.since_trim = 0
+                    self.trim_lo = <size_t>-1
+                    self.trim_hi = 0
         finally:
             self.busy = False
         if rc:
@@ -645,6 +682,9 @@ cdef class LmdbRangeScanner:
                 with _lock:
                     _own.discard(self._key)
             self._key = None
+
+    def __reduce__(self):
+        raise TypeError("an LmdbRangeScanner holds an open environment and cannot be pickled")
 
     def __enter__(self):
         return self

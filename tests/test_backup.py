@@ -108,13 +108,17 @@ def test_members_identical_for_any_worker_count(tmp_path, kind):
     uri = f"{kind}:{tmp_path / 'src'}"
     digests = []
     for w in (1, 2, 4):
-        cfg = BackupConfig(workers=w, chunk_size=40, chunk_max_bytes=64 << 10)
+        cfg = BackupConfig(workers=w, chunk_size=40, chunk_max_bytes=64 << 10,
+                           include_metadata=True)
         path = tmp_path / f"w{w}.tar.gz"
         meta = BackupManager(cfg).create_backup(uri, path)
         assert meta.statistics.mode == ("central" if w == 1 else "parallel")
         assert meta.total_keys == len(records)
-        digests.append(member_digests(path))
-    assert len(digests[0]) > 50
+        with ArchiveReader(path) as r:
+            assert r.index.catalog_count == r.chunk_count
+            catalogs = [r.index.catalog(i).member_xxh3 for i in range(r.chunk_count)]
+        digests.append((member_digests(path), catalogs))
+    assert len(digests[0][0]) > 50
     assert digests[0] == digests[1] == digests[2]
 
 

@@ -1,19 +1,80 @@
-"""dsbackup: fast, provably intact backups of IPFS-style key/value datastores."""
+"""dsbackup: fast, provably intact backups of IPFS-style key/value datastores.
+
+The public API (stable; see docs/API.md). Names are imported lazily so that `import dsbackup`
+stays cheap for tools that only need part of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from dsbackup._version import __version__
 from dsbackup.errors import (
     ArchiveError,
+    Cancelled,
+    ConfigError,
+    DatastoreError,
     DsBackupError,
     IntegrityError,
     LockedError,
+    MissingParentError,
     NotFound,
 )
+
+_LAZY = {
+    "BackupManager": "dsbackup.backup",
+    "BackupConfig": "dsbackup.config",
+    "BackupMetadata": "dsbackup.metadata",
+    "BackupStatistics": "dsbackup.metadata",
+    "RestoreResult": "dsbackup.metadata",
+    "Progress": "dsbackup.metadata",
+    "VerifyReport": "dsbackup.archive.verify",
+    "ArchiveReader": "dsbackup.archive.reader",
+    "Key": "dsbackup.keys",
+    "Query": "dsbackup.datastores.query",
+    "open_datastore": "dsbackup.datastores",
+    # scheduler
+    "BackupScheduler": "dsbackup.scheduler",
+    "SchedulerConfig": "dsbackup.scheduler",
+    "ScheduledBackup": "dsbackup.scheduler",
+    "RetentionPolicy": "dsbackup.scheduler",
+    "NotificationConfig": "dsbackup.scheduler",
+    # migration
+    "MigrationManager": "dsbackup.migration",
+    "MigrationConfig": "dsbackup.migration",
+    "MigrationPlan": "dsbackup.migration",
+    "MigrationStep": "dsbackup.migration",
+    "MigrationType": "dsbackup.migration",
+    "TransformationConfig": "dsbackup.migration",
+    "FilterConfig": "dsbackup.migration",
+    "MigrationResult": "dsbackup.migration",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dsbackup' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__",
     "ArchiveError",
+    "Cancelled",
+    "ConfigError",
+    "DatastoreError",
     "DsBackupError",
     "IntegrityError",
     "LockedError",
+    "MissingParentError",
     "NotFound",
+    *_LAZY,
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -152,8 +153,10 @@ class BackupManager:
         approx_count = _safe(ds, "approx_count")
         approx_size = _safe(ds, "approx_size")
         chunk_size = cfg.resolve_chunk_size(approx_count, approx_size)
+        mean_record = (approx_size / approx_count) if approx_count and approx_size else 256.0
         settings = ChunkSettings(chunk_size, cfg.chunk_max_bytes, cfg.compression_level,
-                                 tuple(cfg.exclude_patterns), cfg.include_metadata)
+                                 tuple(cfg.exclude_patterns), cfg.include_metadata,
+                                 target_chunk_bytes=max(4096, int(chunk_size * mean_record)))
         scheme, location = _scheme_and_location(ds)
         workers = cfg.effective_workers
         # worker processes take ~0.3 s to start: small stores are faster scanned centrally
@@ -190,6 +193,7 @@ class BackupManager:
             chunks = central_chunks(ds, settings, threads=workers, stats=stats, cancel=cancel)
             mode = "central"
         records = nbytes = 0
+        cpu0 = _cpu_seconds()
         with ArchiveWriter(path, manifest=manifest, level=cfg.compression_level,
                            created=created.timestamp()) as writer:
             for c in chunks:
@@ -211,6 +215,9 @@ class BackupManager:
                 "mode": mode,
                 "workers": workers if parallel else 1,
                 "snapshot": getattr(chunks, "snapshot_id", None),
+                "cpu_s": round(_cpu_seconds() - cpu0 + stats.worker_cpu_s, 6),
+                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "worker_peak_rss_bytes": stats.worker_peak_rss,
             }
             check = _quick_check if cfg.verify_integrity else None
             written = writer.finish(summary, before_rename=check)
@@ -218,7 +225,7 @@ class BackupManager:
             duration_s=time.perf_counter() - t0, keys_processed=written.records,
             bytes_processed=written.raw_bytes, bytes_compressed=written.size, errors=0,
             skipped_keys=stats.excluded_records, skipped_bytes=stats.excluded_bytes,
-            workers=workers if parallel else 1, mode=mode)
+            workers=workers if parallel else 1, mode=mode, cpu_s=summary["cpu_s"])
         return BackupMetadata(
             path=str(path), version=1, timestamp=created, total_keys=written.records,
             total_size=written.raw_bytes, compressed_size=written.size, chunks=written.chunks,
@@ -310,6 +317,11 @@ def _quick_check(tmp_path: Path) -> None:
     if not report.ok:
         raise IntegrityError(f"{tmp_path}: the archive just written failed its check: "
                              + "; ".join(report.errors[:3]))
+
+
+def _cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _safe(ds: Any, name: str) -> int | None:

@@ -120,6 +120,12 @@ class Cancelled(DsBackupError):
     description = "interrupted or timed out"
 
 
+class JournalCorrupt(MigrationError):
+    """A migration journal is damaged; the migration stops and writes no version stamp."""
+
+    description = "migration journal corrupt"
+
+
 def exit_code_table() -> str:
     """Markdown table of exit codes, generated from the exception classes."""
     rows = ["| exit code | meaning | raised as |", "|---|---|---|"]

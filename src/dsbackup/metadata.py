@@ -46,6 +46,7 @@ class BackupStatistics:
     skipped_bytes: int = 0
     workers: int = 1
     mode: str = "central"
+    cpu_s: float = 0.0  # CPU time of every process of the backup
 
     @property
     def throughput_bytes_s(self) -> float:

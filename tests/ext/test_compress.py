@@ -104,9 +104,11 @@ def test_stored_level_0_layout():
 
 @pytest.mark.parametrize("level", [1, 2, 3, 4, 9])
 def test_incompressible_input_never_exceeds_stored(level):
-    data = os.urandom(1 << 20)
+    data = os.urandom(1 << 20) + b"tail"
     body = compress.deflate_body(data, level)
-    assert len(body.data) <= len(data) + 5 * 17
+    assert len(body.data) <= len(padded(data)) + 5 * 17
+    assert body.crc32 == zlib.crc32(padded(data))
+    assert compress.inflate_raw(body.data, 2 << 20)[0] == padded(data)
 
 
 def test_bad_level():

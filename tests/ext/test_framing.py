@@ -187,6 +187,7 @@ def test_chunker_matches_reference_and_batches(rs, chunk_size, max_bytes, batch)
         assert c.payload_xxh3 == xxhash.xxh3_64_intdigest(c.payload)
         assert c.raw_bytes == sum(map(len, k)) + sum(map(len, v))
         assert c.catalog is None and c.body is None
+        assert c.payload_len == len(c.payload)
     assert (got_k, got_v) == (keys, values)
 
 
@@ -282,6 +283,16 @@ def test_key_matcher(pattern, key, expected):
     assert framing.KeyMatcher([pattern]).match(key) is expected
 
 
+def test_key_matcher_rejects_bad_patterns():
+    with pytest.raises(TypeError):
+        framing.KeyMatcher("/a/*")
+    with pytest.raises(TypeError):
+        framing.KeyMatcher([5])
+    with pytest.raises(ValueError, match="longer than"):
+        framing.KeyMatcher(["/" + "?" * 2000])
+    assert not framing.KeyMatcher([]).match(b"/x")
+
+
 def test_empty_input_and_bad_settings():
     ch = framing.Chunker(10, 1 << 20)
     assert ch.add([], []) == []
@@ -290,3 +301,21 @@ def test_empty_input_and_bad_settings():
         framing.Chunker(0, 100)
     with pytest.raises(TypeError):
         framing.Chunker(1, 100, exclude=["/x"])
+
+
+def test_pickling_for_worker_processes():
+    import pickle
+
+    ch = framing.Chunker(10**9, 1 << 20, catalog=True)
+    ch.add([b"/a", b"/b"], [b"x" * 100, b"y"])
+    chunk = ch.finish_compress(1)
+    copy = pickle.loads(pickle.dumps(chunk))
+    for name in ("payload", "payload_len", "record_count", "first_key", "last_key", "keys_xxh3",
+                 "payload_xxh3", "raw_bytes", "catalog"):
+        assert getattr(copy, name) == getattr(chunk, name)
+    assert (copy.body.data, copy.body.crc32, copy.body.size) == \
+        (chunk.body.data, chunk.body.crc32, chunk.body.size)
+    m = pickle.loads(pickle.dumps(framing.KeyMatcher(["/a/*", b"**/z"])))
+    assert m.match(b"/a/b") and m.match(b"/q/z") and not m.match(b"/a/b/c")
+    with pytest.raises(TypeError):
+        pickle.dumps(ch)

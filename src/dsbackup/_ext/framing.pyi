@@ -21,7 +21,8 @@ class PayloadInfo:
     raw_bytes: int
 
 class Chunk:
-    payload: bytes
+    payload: bytes  # made on first access; payload_len is known without it
+    payload_len: int
     record_count: int
     first_key: bytes
     last_key: bytes

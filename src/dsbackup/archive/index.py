@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import struct
 from dataclasses import dataclass
 
@@ -93,7 +92,7 @@ class IndexBuilder:
 class Index:
     """A decoded index. Entries are decoded on access; every offset is bounds-checked."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         if len(data) < HEADER_SIZE:
             raise IntegrityError(f"index: {len(data)} bytes is shorter than its header",
                                  part="index")
@@ -137,7 +136,8 @@ class Index:
                                  chunk=i, part="index")
         k = self._keys_base + koff
         return ChunkEntry(seq, off, length, plen, recs, pxxh, mxxh, kxxh,
-                          self._data[k : k + flen], self._data[k + flen : k + flen + llen], flags)
+                          bytes(self._data[k : k + flen]),
+                          bytes(self._data[k + flen : k + flen + llen]), flags)
 
     def entries(self) -> list[ChunkEntry]:
         if self._entries is None:
@@ -197,13 +197,31 @@ class Index:
                 part="index"))
         return problems
 
+    def _last_key(self, i: int) -> bytes:
+        return self.entry(i).last_key
+
+    def _first_key(self, i: int) -> bytes:
+        return self.entry(i).first_key
+
     def chunks_overlapping(self, start: bytes, end: bytes | None) -> range:
-        """Chunks that may hold keys in [start, end) (binary search on key ranges)."""
-        entries = self.entries()
-        lasts = [e.last_key for e in entries]
-        lo = bisect.bisect_left(lasts, start)
+        """Chunks that may hold keys in [start, end): a binary search over the key ranges
+        that decodes O(log n) entries."""
+        n = self.chunk_count
+        lo, hi = 0, n
+        while lo < hi:  # first chunk whose last key >= start
+            mid = (lo + hi) // 2
+            if self._last_key(mid) < start:
+                lo = mid + 1
+            else:
+                hi = mid
+        first = lo
         if end is None:
-            return range(lo, len(entries))
-        firsts = [e.first_key for e in entries]
-        hi = bisect.bisect_left(firsts, end)
-        return range(lo, max(lo, hi))
+            return range(first, n)
+        lo, hi = first, n
+        while lo < hi:  # first chunk whose first key >= end
+            mid = (lo + hi) // 2
+            if self._first_key(mid) < end:
+                lo = mid + 1
+            else:
+                hi = mid
+        return range(first, lo)

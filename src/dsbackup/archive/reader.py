@@ -54,7 +54,7 @@ class ArchiveReader:
                                      part="index")
             _, data = decode_member(raw, f"{self.path}: index", expected_type=fmt.TYPE_INDEX,
                                     expected_name=fmt.INDEX_NAME, part="index")
-            self.index = Index(bytes(data))
+            self.index = Index(data)
             if self.index.chunk_count != t.chunk_count:
                 raise IntegrityError(
                     f"{self.path}: index lists {self.index.chunk_count} chunks, trailer "

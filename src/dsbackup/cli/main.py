@@ -13,6 +13,7 @@ from types import ModuleType
 
 from dsbackup import cli
 from dsbackup._version import __version__
+from dsbackup.datastores._alloc import tune_allocator
 from dsbackup.errors import EXIT_ERROR, EXIT_INTERRUPTED, DsBackupError
 
 log = logging.getLogger("dsbackup")
@@ -58,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    tune_allocator()  # large chunk buffers are reused instead of page-faulted in each time
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return EXIT_ERROR

@@ -27,6 +27,8 @@ class ScanStats:
     raw_bytes: int = 0
     excluded_records: int = 0
     excluded_bytes: int = 0
+    worker_cpu_s: float = 0.0  # CPU time of worker processes (parallel scan)
+    worker_peak_rss: int = 0  # largest peak resident set of one worker process
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class ChunkSettings:
     level: int
     exclude: tuple[str, ...] = ()
     catalog: bool = False
+    target_chunk_bytes: int = 1 << 20  # mean payload a chunk aims at (for planning only)
 
     def matcher(self) -> KeyMatcher | None:
         return KeyMatcher(list(self.exclude)) if self.exclude else None

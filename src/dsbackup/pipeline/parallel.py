@@ -8,7 +8,8 @@ single sequential scan, whatever the number of workers.
 
 Bounded memory: each worker owns SLOTS_PER_WORKER slots of a shared memory file (each a little
 over chunk_max_bytes) and waits when they are full, so at most SLOTS_PER_WORKER × workers chunks
-are in flight. A worker that takes a new stripe while chunks of its previous one still wait
+are in flight. Stripes are small (about STRIPE_CHUNKS chunks) so that a worker scanning ahead
+of the stripe being written finishes its stripe without waiting. A worker that takes a new stripe while chunks of its previous one still wait
 behind an earlier stripe has those chunks moved to a spill file, so it never waits on itself.
 """
 
@@ -18,13 +19,17 @@ import logging
 import mmap
 import multiprocessing as mp
 import os
+import sys
 import tempfile
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
 from dsbackup.errors import BackupError, Cancelled
@@ -34,10 +39,12 @@ from dsbackup.pipeline.worker import worker_main
 
 log = logging.getLogger(__name__)
 
-SLOTS_PER_WORKER = 4
+# A stripe holds about STRIPE_CHUNKS chunks; a worker has room for the chunks of the stripe it
+# scans plus those of a finished stripe still waiting to be written.
+STRIPE_CHUNKS = 2
+SLOTS_PER_WORKER = 3 * STRIPE_CHUNKS
 SNAPSHOT_RETRIES = 50
 SPILLED = -2  # chunk moved from a worker's slot to the spill file
-STRIPE_BYTES = 16 << 20
 
 
 @dataclass
@@ -54,6 +61,33 @@ def _shm_dir() -> str:
     if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
         return "/dev/shm"
     return tempfile.gettempdir()
+
+
+@contextmanager
+def _worker_start_context() -> Iterator[None]:
+    """Start worker processes that run exactly this copy of dsbackup, and nothing else.
+
+    - multiprocessing's fork server and spawn re-run the parent's main script in every child,
+      which breaks callers whose script has no `if __name__ == "__main__"` guard and costs
+      start-up time; our workers need only dsbackup's own modules, so __main__ is hidden.
+    - Python < 3.12's fork server ignores the parent's sys.path when it preloads modules, so
+      it could preload another installed copy of dsbackup: the directory this copy was
+      imported from goes first on PYTHONPATH while the fork server starts.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    old_path = os.environ.get("PYTHONPATH")
+    root = str(Path(__file__).resolve().parents[2])
+    os.environ["PYTHONPATH"] = root + (os.pathsep + old_path if old_path else "")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+        if old_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_path
 
 
 def _remove_stale_slot_files() -> None:
@@ -94,9 +128,11 @@ class ParallelScan:
         self._wpaths: list[str] = []
         self.conns: list[Any] = []
         self.procs: list[Any] = []
-        # stripes: a stripe holds about STRIPE_BYTES or 4 natural chunks' worth of records
-        self.stripe_records = max(4 * settings.chunk_size, 64)
-        self.stripe_bytes = max(STRIPE_BYTES, 2 * settings.chunk_max_bytes)
+        # a stripe ends at the first natural boundary after STRIPE_CHUNKS mean chunks' worth of
+        # records, or of bytes when chunks are cut by size first
+        self.stripe_records = STRIPE_CHUNKS * settings.chunk_size
+        self.stripe_bytes = STRIPE_CHUNKS * min(settings.chunk_max_bytes,
+                                                settings.target_chunk_bytes)
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -125,7 +161,8 @@ class ParallelScan:
                             name="dsbackup-planner" if w == self.n else f"dsbackup-worker-{w}",
                             args=(child, path, SLOTS_PER_WORKER, self.slot_size, self.kind,
                                   self.location, self.settings))
-            p.start()
+            with _worker_start_context():
+                p.start()
             child.close()
             self.conns.append(parent)
             self.procs.append(p)
@@ -300,6 +337,8 @@ class ParallelScan:
                     if w < self.n:  # the planner frames nothing
                         self.stats.excluded_records += msg[1]
                         self.stats.excluded_bytes += msg[2]
+                    self.stats.worker_cpu_s += msg[3]
+                    self.stats.worker_peak_rss = max(self.stats.worker_peak_rss, msg[4])
                     pending.discard(w)
         if pending:
             raise BackupError(f"backup workers {sorted(pending)} did not finish")

@@ -10,7 +10,7 @@ Messages, worker -> parent:
   ("chunk", range_id, slot, meta, inline_body, catalog)   slot -1: body is inline (too large)
   ("done", range_id)
   ("stripes", [key, ...]) and ("plan_done",)             from the planner
-  ("stats", excluded_records, excluded_bytes)           before exiting
+  ("stats", excluded_records, excluded_bytes, cpu_seconds, peak_rss_bytes)  before exiting
   ("error", message, traceback)
 Parent -> worker:
   ("range", range_id, start, end) | ("free", slot) | ("plan", min_records, min_bytes)
@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import mmap
 import os
+import resource
 import traceback
 from collections import deque
 from typing import Any
 
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup._ext.compress import deflate_body
+from dsbackup.datastores._alloc import tune_allocator
 from dsbackup.pipeline.central import ChunkSettings
 from dsbackup.pipeline.sources import open_source
 
@@ -124,13 +126,16 @@ class _Worker:
                 self.conn.send(("ready", self.source.snapshot_id))
             elif op == "stop":
                 break
-        self.conn.send(("stats", self.source.excluded_records, self.source.excluded_bytes))
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        self.conn.send(("stats", self.source.excluded_records, self.source.excluded_bytes,
+                        ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024))
         self.source.close()
 
 
 def worker_main(conn: Any, shm_path: str | None, nslots: int, slot_size: int, kind: str,
                 location: str, settings: ChunkSettings) -> None:
     try:
+        tune_allocator()  # reuse large buffers instead of faulting in fresh pages per chunk
         _Worker(conn, shm_path, nslots, slot_size, kind, location, settings).run()
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         return  # the parent went away or cancelled us

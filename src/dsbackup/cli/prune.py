@@ -1,0 +1,122 @@
+"""`dsbackup prune DIR`: apply a retention policy (borg prune semantics) to the scheduled-backup
+archives in a directory, explaining each decision."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dsbackup.cli._common import add_json_flag, emit_json
+from dsbackup.errors import EXIT_OK, EXIT_WARNING, ConfigError, DsBackupError
+from dsbackup.scheduler.archives import list_archives
+from dsbackup.scheduler.cron import get_zone
+from dsbackup.scheduler.durations import parse_duration
+from dsbackup.scheduler.retention import RULES, RetentionItem, RetentionPolicy, apply_retention
+
+COMMAND = "prune"
+HELP = "delete old archives in a directory by retention rules (borg prune semantics)"
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", type=Path, help="directory of <name>_<YYYYmmdd_HHMMSS>.tar.gz "
+                                                "archives")
+    periods = {"hourly": "hours", "daily": "days", "weekly": "ISO weeks", "monthly": "months",
+               "yearly": "years"}
+    for rule in RULES:
+        p.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N",
+                       help=f"keep the newest archive of each of the last N {periods[rule]} "
+                            "that have archives (-1: all)" if rule != "last"
+                       else "keep the N newest archives")
+    p.add_argument("--max-age", default=None, metavar="DURATION",
+                   help="prune archives older than this (e.g. 90d, 1y, 12w)")
+    p.add_argument("--name", default=None, help="only archives of this schedule name")
+    p.add_argument("--time-zone", default=None,
+                   help="zone whose calendar defines days and weeks (default: local time)")
+    p.add_argument("--state", type=Path, default=None,
+                   help="scheduler state directory: its verified flags protect the newest "
+                        "verified archive")
+    p.add_argument("--dry-run", "-n", action="store_true", help="delete nothing")
+    add_json_flag(p)
+
+
+def _verified_paths(state_dir: Path | None) -> set[str]:
+    if state_dir is None:
+        return set()
+    from dsbackup.scheduler.state import StateStore
+
+    out = set()
+    for st in StateStore(state_dir).load().values():
+        out.update(os.path.basename(a.path) for a in st.archives or [] if a.verified)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = RetentionPolicy(**{f"keep_{r}": getattr(args, f"keep_{r}") for r in RULES},
+                             max_age=parse_duration(args.max_age))
+    if policy.is_empty:
+        raise ConfigError("give at least one of --keep-last, --keep-hourly, --keep-daily, "
+                          "--keep-weekly, --keep-monthly, --keep-yearly, --max-age")
+    if not args.directory.is_dir():
+        raise ConfigError(f"{args.directory}: not a directory")
+    tz = get_zone(args.time_zone) if args.time_zone else None
+    from dsbackup.scheduler.runner import ManagerRunner
+
+    runner = ManagerRunner()
+    verified = _verified_paths(args.state)
+    groups: dict[str, list[RetentionItem]] = defaultdict(list)
+    paths: dict[str, Path] = {}
+    skipped: list[dict[str, str]] = []
+    for path, name, _ in list_archives(args.directory, args.name):
+        try:
+            info = runner.inspect(path)
+        except DsBackupError as exc:
+            skipped.append({"path": str(path), "error": str(exc)})
+            log.warning("%s: skipped, cannot read its manifest: %s", path, exc)
+            continue
+        groups[name].append(RetentionItem(path.name, info.created, path.name in verified,
+                                          info.parent))
+        paths[path.name] = path
+        if info.fingerprint:
+            paths[f"fp:{info.fingerprint}"] = path
+    now = datetime.now(timezone.utc)
+    report: dict[str, Any] = {"ok": True, "dry_run": args.dry_run, "groups": {},
+                              "skipped": skipped, "deleted": [], "errors": []}
+    for name, items in sorted(groups.items()):
+        # a manifest's parent is a fingerprint: map it to the parent's archive name
+        items = [RetentionItem(i.id, i.timestamp, i.verified,
+                               paths[f"fp:{i.parent}"].name if i.parent and
+                               f"fp:{i.parent}" in paths else None) for i in items]
+        result = apply_retention(items, policy, now, tz)
+        report["groups"][name] = [d.to_json() for d in result.decisions()]
+        for d in result.decisions():
+            if not args.json:
+                what = (f"keep   (rule {d.rule} #{d.number}: {d.reason})" if d.keep
+                        else f"prune  ({d.reason})")
+                shown = d.timestamp.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+                print(f"{'would ' if args.dry_run and not d.keep else ''}{what:<60} "
+                      f"{d.id}  {shown}")
+            if not d.keep and not args.dry_run:
+                try:
+                    paths[d.id].unlink()
+                    report["deleted"].append(str(paths[d.id]))
+                except OSError as exc:
+                    report["errors"].append(f"{paths[d.id]}: {exc}")
+                    log.error("%s: cannot delete: %s", paths[d.id], exc)
+    report["ok"] = not report["errors"]
+    if args.json:
+        emit_json(COMMAND, report)
+    elif skipped:
+        print(f"dsbackup: {len(skipped)} archive(s) skipped (unreadable): "
+              + json.dumps([s["path"] for s in skipped]), file=sys.stderr)
+    if report["errors"]:
+        return 2
+    return EXIT_WARNING if skipped else EXIT_OK

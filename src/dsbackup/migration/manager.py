@@ -1,0 +1,655 @@
+"""``MigrationManager``: runs a plan against a source and a target, journaled and resumable.
+
+Order of a run: validate the plan; open the stores (read-only in a dry run); stop at once if
+the version stamp says this plan already ran; read the journal (resume or refuse); journal
+``begin``; archive the source if ``backup_before``; run the steps, each checkpointing; write
+the stamp; journal ``done``; drop the journal if a cleanup step asked for it. On a failure
+the rollback runs (the plan's rollback steps, else the pre-migration archive) and the result
+says exactly what it reverted. See docs/MIGRATION.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dsbackup.datastores import open_datastore, parse_uri
+from dsbackup.errors import (
+    EXIT_ERROR,
+    Cancelled,
+    ConfigError,
+    DatastoreError,
+    DsBackupError,
+    MigrationError,
+)
+from dsbackup.migration.config import MigrationConfig
+from dsbackup.migration.dryrun import open_readonly
+from dsbackup.migration.engine import StepRunner
+from dsbackup.migration.journal import (
+    Journal,
+    JournalState,
+    read_stamp,
+    remove_stamp,
+    write_stamp,
+)
+from dsbackup.migration.plan import (
+    SOURCE,
+    TARGET,
+    MigrationPlan,
+    MigrationStep,
+    MigrationType,
+    load_plan,
+)
+from dsbackup.migration.result import MigrationResult, RollbackReport, StepResult
+from dsbackup.migration.runtime import ProgressEvent, RunContext
+
+__all__ = ["MigrationManager"]
+
+log = logging.getLogger(__name__)
+
+StoreLike = Any  # a datastore URI (str / PathLike) or an opened Datastore object
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _store_path(ds: Any) -> Path | None:
+    """The filesystem path behind a store (URI, path or opened store), or ``None``."""
+    uri = os.fspath(ds) if isinstance(ds, (str, os.PathLike)) else getattr(ds, "uri", None)
+    if not isinstance(uri, str):
+        return None
+    scheme, path, _ = parse_uri(uri)
+    if scheme == "memory" or not path:
+        return None
+    return Path(path).resolve()
+
+
+def _same_uri(a: str, b: str) -> bool:
+    sa, pa, _ = parse_uri(a)
+    sb, pb, _ = parse_uri(b)
+    if sa == "memory" or sb == "memory":
+        return False  # every memory: URI opens a new store
+    return os.path.realpath(pa) == os.path.realpath(pb)
+
+
+def _write_options(uri: str) -> dict[str, Any]:
+    """LMDB stores are written without an fsync per transaction: every journal checkpoint
+    syncs the store first (``sync()`` forces LMDB's flush), so nothing the journal claims is
+    lost, and a kill loses nothing the OS already has. A URI that sets ``sync`` keeps it."""
+    scheme, _path, params = parse_uri(uri)
+    if scheme == "lmdb" and "sync" not in params:
+        return {"sync": False}
+    return {}
+
+
+class _Stores:
+    """The stores of one run: ``source``, ``target`` and any URI a step names, each opened
+    once (an LMDB environment must never be opened twice in one process)."""
+
+    def __init__(self, readonly: bool) -> None:
+        self.readonly = readonly
+        self.by_name: dict[str, Any] = {}
+        self._owned: list[Any] = []
+        self._by_uri: dict[str, Any] = {}
+        self._uri_of: dict[int, str] = {}
+
+    def _open(self, uri: str, *, must_exist: bool) -> Any:
+        for known, ds in self._by_uri.items():
+            if _same_uri(known, uri):
+                return ds
+        scheme, path, _ = parse_uri(uri)
+        if must_exist and scheme != "memory" and path and not os.path.exists(path):
+            # opening for writing would create an empty store and "migrate" nothing
+            raise DatastoreError(f"datastore {uri} does not exist")
+        try:
+            ds = (open_readonly(uri) if self.readonly
+                  else open_datastore(uri, **_write_options(uri)))
+        except DatastoreError:
+            if must_exist or not self.readonly:
+                raise
+            # dry run on a target that does not exist yet: it reads as empty
+            ds = open_datastore("memory:", readonly=True)
+            ds.uri = uri
+        self._owned.append(ds)
+        self._by_uri[uri] = ds
+        self._uri_of[id(ds)] = uri
+        return ds
+
+    def add(self, name: str, store: StoreLike, *, must_exist: bool) -> Any:
+        if isinstance(store, (str, os.PathLike)):
+            ds = self._open(os.fspath(store), must_exist=must_exist)
+        else:
+            ds = store
+            uri = getattr(ds, "uri", None)
+            if isinstance(uri, str):
+                self._by_uri.setdefault(uri, ds)
+        self.by_name[name] = ds
+        return ds
+
+    def resolve(self, ref: str) -> Any:
+        if ref in (SOURCE, TARGET):
+            return self.by_name[ref]
+        return self._open(ref, must_exist=True)
+
+    def exclusive(self, *stores: Any) -> _Lent:
+        """Lend owned LMDB stores to code with its own liblmdb: they are closed now, claimed
+        in the one-environment-per-process registry, and reopened (same URI) on exit.
+        Raises ``ValueError`` when a store was not opened by this run or is not LMDB."""
+        for ds in stores:
+            if ds not in self._owned or getattr(ds, "scheme", "") != "lmdb":
+                raise ValueError("only LMDB stores this run opened can be lent")
+        return _Lent(self, list(stores))
+
+    def _replace(self, old: Any, new: Any) -> None:
+        self._owned[self._owned.index(old)] = new
+        for table in (self.by_name, self._by_uri):
+            for k, v in list(table.items()):
+                if v is old:
+                    table[k] = new
+
+    def close(self) -> None:
+        for ds in reversed(self._owned):
+            try:
+                ds.close()
+            except Exception:  # noqa: BLE001 - closing must not hide the real outcome
+                log.exception("closing %s failed", getattr(ds, "uri", ds))
+        self._owned.clear()
+
+
+class _Lent:
+    """Context manager of :meth:`_Stores.exclusive`; ``stores`` holds the reopened objects."""
+
+    def __init__(self, owner: _Stores, stores: list[Any]) -> None:
+        self.owner = owner
+        self.stores = stores
+        self._uris = [owner._uri_of[id(ds)] for ds in stores]
+        self._claims = ExitStack()
+
+    def __enter__(self) -> _Lent:
+        from dsbackup.datastores import lmdb as lmdb_backend
+
+        for ds in self.stores:
+            ds.close()
+        try:
+            for ds in self.stores:
+                self._claims.enter_context(lmdb_backend.claim(ds.path, "dsbackup.migration"))
+        except BaseException:
+            self._claims.close()
+            self._reopen()
+            raise
+        return self
+
+    def _reopen(self) -> None:
+        fresh = []
+        for old, uri in zip(self.stores, self._uris):
+            new = open_datastore(uri, **_write_options(uri))
+            self.owner._uri_of[id(new)] = uri
+            self.owner._replace(old, new)
+            fresh.append(new)
+        self.stores = fresh
+
+    def __exit__(self, *exc: object) -> None:
+        self._claims.close()
+        self._reopen()
+
+
+class MigrationManager:
+    """Runs migration plans. ``get_metrics()`` sums up the runs of this manager."""
+
+    def __init__(self, config: MigrationConfig | None = None) -> None:
+        self.config = config or MigrationConfig()
+        self._lock = threading.Lock()
+        self._metrics: dict[str, Any] = {
+            "migrations_total": 0, "migrations_succeeded": 0, "migrations_failed": 0,
+            "dry_runs": 0, "rollbacks": 0, "records_total": 0, "bytes_total": 0,
+            "last_duration_s": None, "last_records_per_s": None, "last_plan": None,
+        }
+
+    # -- public API --------------------------------------------------------------------------
+    def execute_migration(self, plan: MigrationPlan | str | os.PathLike[str],
+                          source: StoreLike, target: StoreLike, *,
+                          progress: Callable[[ProgressEvent], None] | None = None,
+                          cancel: threading.Event | None = None) -> MigrationResult:
+        """Run ``plan`` from ``source`` to ``target`` (URIs or opened datastores).
+
+        Raises :class:`ConfigError` for an invalid plan or configuration and
+        :class:`MigrationError` (e.g. ``JournalCorrupt``) when it refuses to start; once steps
+        run, failures are reported in the returned result (``success`` false, ``error``,
+        ``exit_code``, ``rollback``), not raised.
+        """
+        plan = self._load(plan)
+        cfg = self.config.with_overrides(plan.config)
+        result = MigrationResult(plan.id, plan.version, _now(), dry_run=cfg.dry_run)
+        if not cfg.dry_run and self._already_done(plan, cfg, target, result):
+            result.finished_at = _now()
+            self._record(result)
+            return result
+        stores = _Stores(readonly=cfg.dry_run)
+        try:
+            src = stores.add(SOURCE, source, must_exist=True)
+            dst = stores.add(TARGET, target, must_exist=False)
+            if cfg.dry_run:
+                self._run_steps(plan, cfg, stores, result, None, JournalState(),
+                                progress, cancel)
+                result.success = result.error is None
+                result.message = "dry run: nothing was written"
+            else:
+                self._execute(plan, cfg, stores, src, dst, result, progress, cancel)
+        finally:
+            stores.close()
+            result.finished_at = result.finished_at or _now()
+            self._record(result)
+        return result
+
+    def rollback_migration(self, plan: MigrationPlan | str | os.PathLike[str],
+                           source: StoreLike, target: StoreLike) -> MigrationResult:
+        """Undo a migration (finished or not): remove its stamp, run the plan's rollback
+        steps or restore its pre-migration archive, and retire its journal."""
+        plan = self._load(plan)
+        cfg = self.config.with_overrides(plan.config)
+        if cfg.dry_run:
+            raise ConfigError("a rollback cannot be a dry run")
+        result = MigrationResult(plan.id, plan.version, _now())
+        stores = _Stores(readonly=False)
+        try:
+            stores.add(SOURCE, source, must_exist=True)
+            dst = stores.add(TARGET, target, must_exist=False)
+            journal, stamp_path = self._state_files(plan, cfg, dst)
+            state = journal.read() if journal else JournalState()
+            stamp = read_stamp(stamp_path) if stamp_path else None
+            backup = state.backup_path or (stamp or {}).get("backup_path")
+            result.backup_path = backup
+            report = self._rollback(plan, cfg, stores, result, journal, stamp_path, backup)
+            result.rollback = report
+            result.success = report.success and (report.performed or report.stamp_removed)
+            if not report.performed and not report.stamp_removed:
+                result.error = "NothingToRollBack"
+                result.exit_code = EXIT_ERROR
+                result.error_log.append(report.message)
+            elif not report.success:
+                result.error = result.error or "RollbackFailed"
+                result.exit_code = EXIT_ERROR
+        finally:
+            stores.close()
+            result.finished_at = _now()
+            self._record(result)
+        return result
+
+    def get_metrics(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._metrics)
+
+    # -- internals ---------------------------------------------------------------------------
+    @staticmethod
+    def _load(plan: MigrationPlan | str | os.PathLike[str]) -> MigrationPlan:
+        if isinstance(plan, MigrationPlan):
+            plan.validate()
+            return plan
+        return load_plan(plan)
+
+    def _state_files(self, plan: MigrationPlan, cfg: MigrationConfig, dst: Any
+                     ) -> tuple[Journal | None, Path | None]:
+        if cfg.state_dir is not None:
+            state = Path(cfg.state_dir)
+        else:
+            p = _store_path(dst)
+            if p is None:
+                return None, None
+            state = p.with_name(p.name + ".dsmigrate")
+        return Journal(state / f"{plan.id}.journal"), state / f"{plan.id}.version"
+
+    def _already_done(self, plan: MigrationPlan, cfg: MigrationConfig, target: Any,
+                      result: MigrationResult) -> bool:
+        """True (and ``result`` filled in) when the target's stamp says this plan ran; checked
+        before the stores are even opened, so a re-run touches nothing."""
+        _, stamp_path = self._state_files(plan, cfg, target)
+        stamp = read_stamp(stamp_path) if stamp_path else None
+        if stamp is None or stamp.get("plan_id") != plan.id:
+            return False
+        if stamp.get("version") != plan.version or stamp.get("digest") != plan.digest():
+            raise MigrationError(
+                f"target {stamp.get('target') or target} was migrated by plan {plan.id!r} "
+                f"version {stamp.get('version')!r} with different steps (stamp {stamp_path}); "
+                f"roll it back first or use a new plan id")
+        result.already_completed = True
+        result.success = True
+        result.stamp_path = str(stamp_path)
+        result.backup_path = stamp.get("backup_path")
+        result.steps = [StepResult(s.id, s.kind.value, status="skipped",
+                                   message="already migrated (version stamp present)")
+                        for s in plan.steps]
+        result.message = f"already migrated: stamp {stamp_path}"
+        return True
+
+    def _execute(self, plan: MigrationPlan, cfg: MigrationConfig, stores: _Stores, src: Any,
+                 dst: Any, result: MigrationResult,
+                 progress: Callable[[ProgressEvent], None] | None,
+                 cancel: threading.Event | None) -> None:
+        journal, stamp_path = self._state_files(plan, cfg, dst)
+        digest = plan.digest()
+        if journal is not None:
+            result.journal_path = str(journal.path)
+            result.stamp_path = str(stamp_path)
+        if self._already_done(plan, cfg, dst, result):
+            return
+        state = journal.read() if journal is not None else JournalState()
+        if state.started:
+            begin = state.begin or {}
+            if state.done:
+                raise MigrationError(
+                    f"journal {journal.path if journal else ''} says the migration finished "
+                    f"but its version stamp is missing (an interrupted rollback?); run "
+                    f"--rollback again")
+            if begin.get("digest") != digest:
+                raise MigrationError(
+                    f"journal {journal.path if journal else ''} belongs to a different plan "
+                    f"(digest {str(begin.get('digest'))[:12]}, this plan "
+                    f"{digest[:12]}); roll it back or remove the journal")
+            if not cfg.resume:
+                cp = state.checkpoint or {}
+                raise MigrationError(
+                    f"an unfinished migration of plan {plan.id!r} exists (journal "
+                    f"{journal.path if journal else ''}, step {cp.get('id', '?')}, phase "
+                    f"{cp.get('phase', '?')}); re-run with --resume to continue or "
+                    f"--rollback to undo it")
+            result.resumed = True
+        if journal is not None:
+            journal.open()
+            if not state.started:
+                journal.append({"t": "begin", "plan": plan.id, "version": plan.version,
+                                "digest": digest, "source": getattr(src, "uri", None),
+                                "target": getattr(dst, "uri", None),
+                                "ts": _now().isoformat()})
+        result.steps = [StepResult(s.id, s.kind.value) for s in plan.steps]
+        try:
+            try:
+                if cfg.backup_before:
+                    result.backup_path = self._backup(plan, cfg, src, journal, state)
+                ctx = self._run_steps(plan, cfg, stores, result, journal, state, progress,
+                                      cancel)
+                if stamp_path is not None:
+                    write_stamp(stamp_path, {
+                        "plan_id": plan.id, "version": plan.version, "digest": digest,
+                        "completed_at": _now().isoformat(), "backup_path": result.backup_path,
+                        "source": getattr(src, "uri", None), "target": getattr(dst, "uri", None),
+                    })
+                if journal is not None:
+                    journal.append({"t": "done"})
+                    if ctx.cleanup_requested:
+                        journal.remove()
+                        result.journal_path = None
+                result.success = True
+            except (Cancelled, KeyboardInterrupt) as exc:
+                result.error = type(exc).__name__
+                result.exit_code = getattr(exc, "exit_code", 130)
+                result.error_log.append(str(exc) or "interrupted")
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+            except DsBackupError as exc:
+                self._fail(plan, cfg, stores, result, journal, stamp_path, exc)
+            except Exception as exc:  # noqa: BLE001 - reported in the result, then rolled back
+                log.exception("migration step crashed")
+                self._fail(plan, cfg, stores, result, journal, stamp_path, exc)
+        finally:
+            if journal is not None:
+                journal.close()
+
+    def _fail(self, plan: MigrationPlan, cfg: MigrationConfig, stores: _Stores,
+              result: MigrationResult, journal: Journal | None, stamp_path: Path | None,
+              exc: BaseException) -> None:
+        result.error = type(exc).__name__
+        result.exit_code = getattr(exc, "exit_code", EXIT_ERROR)
+        result.error_log.append(f"{type(exc).__name__}: {exc}")
+        if journal is not None:
+            journal.append({"t": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        if not any(st.status != "not_run" for st in result.steps):
+            # e.g. the pre-migration backup failed: no step touched anything
+            result.rollback = RollbackReport(message="no step ran: nothing to roll back")
+            if journal is not None:
+                journal.retire("failed")
+                result.journal_path = None
+        elif cfg.rollback_on_failure:
+            result.rollback = self._rollback(plan, cfg, stores, result, journal, stamp_path,
+                                             result.backup_path)
+
+    def _backup(self, plan: MigrationPlan, cfg: MigrationConfig, src: Any,
+                journal: Journal | None, state: JournalState) -> str:
+        if state.backup_path and Path(state.backup_path).is_file():
+            return state.backup_path  # resumed run: the archive of the untouched source
+        try:
+            from dsbackup.backup import BackupConfig, BackupManager
+        except ImportError:
+            raise MigrationError("backup_before needs the backup layer "
+                                 "(dsbackup.backup.BackupManager), which is not available in "
+                                 "this installation") from None
+        if cfg.backup_dir is not None:
+            bdir = Path(cfg.backup_dir)
+        elif journal is not None:
+            bdir = journal.path.parent
+        else:
+            raise ConfigError("backup_before needs backup_dir (or state_dir) when the target "
+                              "has no filesystem path")
+        bdir.mkdir(parents=True, exist_ok=True)
+        stamp = _now().strftime("%Y%m%dT%H%M%SZ")
+        path = bdir / f"{plan.id}-{plan.version}-pre-{stamp}.tar.gz"
+        meta = BackupManager(BackupConfig()).create_backup(src, path)
+        final = str(getattr(meta, "path", None) or path)
+        if journal is not None:
+            journal.append({"t": "backup", "path": final})
+        log.info("pre-migration archive of %s: %s", getattr(src, "uri", src), final)
+        return final
+
+    def _run_steps(self, plan: MigrationPlan, cfg: MigrationConfig, stores: _Stores,
+                   result: MigrationResult, journal: Journal | None, state: JournalState,
+                   progress: Callable[[ProgressEvent], None] | None,
+                   cancel: threading.Event | None) -> RunContext:
+        deadline = time.monotonic() + cfg.timeout if cfg.timeout else None
+        ctx = RunContext(cfg, dry_run=cfg.dry_run, journal=journal, progress=progress,
+                         cancel=cancel, deadline=deadline, steps_total=len(plan.steps),
+                         error_log=result.error_log,
+                         exclusive=None if cfg.dry_run else stores.exclusive)
+        result.steps = [StepResult(s.id, s.kind.value) for s in plan.steps]
+        written_refs: set[str] = set()  # dry run: stores an earlier step would have written
+        for i, step in enumerate(plan.steps):
+            if ctx.dry_run:
+                self._dry_run_step(ctx, step, i, stores, result, written_refs)
+                continue
+            done = state.steps_done.get(i)
+            if done is not None:
+                res = StepResult.from_dict(done.get("result", {}))
+                res.status = "completed"
+                res.resumed = True
+                res.message = (res.message + "; " if res.message else "") + \
+                    "completed by an earlier, interrupted run"
+                result.steps[i] = res
+                self._stat(result, res)
+                if step.kind is MigrationType.CLEANUP:
+                    ctx.cleanup_requested = True
+                continue
+            cp = state.checkpoint if state.checkpoint and state.checkpoint.get("step") == i \
+                else None
+            try:
+                res = self._run_step(ctx, step, i, f"S{i}", stores, cp)
+            except _StepFailed as failed:
+                result.steps[i] = failed.result
+                raise failed.cause from None
+            result.steps[i] = res
+            self._stat(result, res)
+            if journal is not None:
+                journal.append({"t": "step_done", "step": i, "id": step.id,
+                                "result": {k: v for k, v in res.to_dict().items()
+                                           if k != "sample"}})
+        return ctx
+
+    def _dry_run_step(self, ctx: RunContext, step: MigrationStep, i: int, stores: _Stores,
+                      result: MigrationResult, written_refs: set[str]) -> None:
+        """A dry run evaluates each step on the stores as they are now; earlier steps'
+        writes are not simulated, so a comparison against a store they write is skipped."""
+        reads_written = step.source in written_refs or (
+            step.kind is MigrationType.VALIDATE and step.target in written_refs)
+        if step.kind is not MigrationType.VALIDATE:
+            written_refs.add(step.target)
+            if step.kind is MigrationType.MOVE:
+                written_refs.add(step.source)
+        if reads_written and step.kind is MigrationType.VALIDATE:
+            result.steps[i] = StepResult(step.id, step.kind.value, status="skipped",
+                                         message="dry run: not evaluated, an earlier step "
+                                                 "writes the store it checks")
+            return
+        try:
+            res = self._run_step(ctx, step, i, f"S{i}", stores, None)
+        except _StepFailed as failed:
+            res = failed.result
+            result.error = result.error or type(failed.cause).__name__
+            result.exit_code = result.exit_code or failed.exit_code
+            result.error_log.append(f"{step.id}: {failed.cause}")
+            if not isinstance(failed.cause, DsBackupError):
+                raise failed.cause from None
+        if reads_written:
+            res.message = ((res.message + "; ") if res.message else "") + \
+                "dry run: evaluated on the store as it is now, before earlier steps' writes"
+        result.steps[i] = res
+        self._stat(result, res)
+
+    def _run_step(self, ctx: RunContext, step: MigrationStep, index: int, tag: str,
+                  stores: _Stores, cp: dict[str, Any] | None) -> StepResult:
+        src = stores.resolve(step.source)
+        dst = stores.resolve(step.target)
+        runner = StepRunner(ctx, step, index, tag, src, dst, cp)
+        log.info("step %s (%s): %s -> %s%s", step.id, step.kind.value,
+                 getattr(src, "uri", "?"), getattr(dst, "uri", "?"),
+                 " (resumed)" if cp else "")
+        try:
+            return runner.run()
+        except BaseException as exc:
+            runner.res.status = "failed"
+            runner.res.message = str(exc)
+            raise _StepFailed(runner.res, exc) from exc
+
+    @staticmethod
+    def _stat(result: MigrationResult, res: StepResult) -> None:
+        st = result.statistics
+        for k, v in res.counts().items():
+            st[f"total_{k}"] = st.get(f"total_{k}", 0) + v
+        st["steps_completed"] = st.get("steps_completed", 0) + (1 if res.success else 0)
+
+    def _rollback(self, plan: MigrationPlan, cfg: MigrationConfig, stores: _Stores,
+                  result: MigrationResult, journal: Journal | None, stamp_path: Path | None,
+                  backup: str | None) -> RollbackReport:
+        report = RollbackReport()
+        if stamp_path is not None:
+            report.stamp_removed = remove_stamp(stamp_path)
+        rb_cfg = cfg.with_overrides({"dry_run": False})
+        ctx = RunContext(rb_cfg, journal=None, steps_total=len(plan.rollback),
+                         error_log=result.error_log)
+        try:
+            if plan.rollback:
+                report.method = "steps"
+                for i, step in enumerate(plan.rollback):
+                    try:
+                        res = self._run_step(ctx, step, i, f"R{i}", stores, None)
+                    except _StepFailed as failed:
+                        report.steps.append(failed.result)
+                        raise failed.cause from None
+                    report.steps.append(res)
+                report.performed = True
+                report.message = (f"ran {len(report.steps)} rollback step(s): "
+                                  + ", ".join(f"{s.step_id} ({s.type}: {s.written} written, "
+                                              f"{s.deleted} deleted)" for s in report.steps))
+            elif backup:
+                report.method = "backup"
+                report.restored_from = backup
+                report.restored_records = self._restore(backup, stores.by_name[SOURCE])
+                report.performed = True
+                report.message = (f"restored the source from {backup} "
+                                  f"({report.restored_records} records); target left as is")
+            else:
+                report.message = ("no rollback steps and no pre-migration backup: nothing "
+                                  "reverted" + ("; version stamp removed"
+                                                if report.stamp_removed else ""))
+        except BaseException as exc:
+            report.success = False
+            report.message = f"rollback failed: {type(exc).__name__}: {exc}"
+            result.error_log.append(report.message)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return report
+        if journal is not None:
+            if journal.exists:
+                journal.append({"t": "rolled_back", "method": report.method,
+                                "message": report.message})
+            journal.retire("rolled-back")
+            result.journal_path = None
+        log.warning("rollback: %s", report.message)
+        return report
+
+    @staticmethod
+    def _restore(backup: str, source: Any) -> int:
+        try:
+            from dsbackup.backup import BackupConfig, BackupManager
+        except ImportError:
+            raise MigrationError("restoring the pre-migration backup needs the backup layer "
+                                 "(dsbackup.backup.BackupManager), which is not available"
+                                 ) from None
+        # the source must end up exactly as archived: empty it, then restore into it
+        n = 0
+        while True:
+            keys: list[bytes] = []
+            for ks, _ in source.scan_key_sizes(b"", None, max_records=10_000):
+                keys = ks
+                break
+            if not keys:
+                break
+            with source.batch() as b:
+                for k in keys:
+                    b.delete(k)
+            n += len(keys)
+        try:
+            res = BackupManager(BackupConfig()).restore_backup(backup, source)
+        except ImportError as exc:
+            raise MigrationError(f"restoring the pre-migration backup needs the restore layer, "
+                                 f"which is not available: {exc}") from None
+        source.sync("/")
+        return int(getattr(res, "records_written", 0) or 0)
+
+    def _record(self, result: MigrationResult) -> None:
+        with self._lock:
+            m = self._metrics
+            m["migrations_total"] += 1
+            if result.dry_run:
+                m["dry_runs"] += 1
+            if result.success:
+                m["migrations_succeeded"] += 1
+            else:
+                m["migrations_failed"] += 1
+            if result.rolled_back:
+                m["rollbacks"] += 1
+            records = result.statistics.get("total_records", 0)
+            m["records_total"] += records
+            m["bytes_total"] += result.statistics.get("total_bytes", 0)
+            m["last_duration_s"] = result.duration_s
+            m["last_records_per_s"] = (records / result.duration_s
+                                       if result.duration_s > 0 else None)
+            m["last_plan"] = result.plan_id
+        result.statistics.setdefault("duration_s", result.duration_s)
+        if result.duration_s > 0:
+            result.statistics["records_per_s"] = \
+                result.statistics.get("total_records", 0) / result.duration_s
+
+
+class _StepFailed(Exception):
+    """Carries the failed step's partial result up to the run loop (never escapes it)."""
+
+    def __init__(self, result: StepResult, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.result = result
+        self.cause = cause
+        self.exit_code = getattr(cause, "exit_code", EXIT_ERROR)

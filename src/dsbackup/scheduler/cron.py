@@ -1,0 +1,110 @@
+"""Cron schedules on local wall-clock time, computed with croniter.
+
+croniter enumerates wall-clock times (naive datetimes in the schedule's zone); this module turns
+them into instants with these rules, so that a daily job runs exactly once per local day:
+
+- a wall time that happens twice (clocks set back) fires once, at its first occurrence;
+- a wall time that does not exist (clocks set forward) fires right after the gap, at the same
+  distance from the start of the gap as it would have had (Python's ``fold=0`` rule);
+- the next run is always strictly after the previous one, so two wall times that map to the
+  same instant fire once, and a system clock stepped back never repeats a run.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from dsbackup.errors import ConfigError
+
+ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+def get_zone(name: str | tzinfo | None) -> tzinfo:
+    """A tzinfo from an IANA name (``"Europe/Berlin"``), ``"UTC"``, or ``None`` (UTC)."""
+    if name is None:
+        return timezone.utc
+    if isinstance(name, tzinfo):
+        return name
+    if name.upper() == "UTC":
+        return timezone.utc
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"unknown time zone {name!r}") from exc
+
+
+class CronSchedule:
+    """A cron expression (5 fields, or the ``@hourly`` … ``@yearly`` aliases) in a time zone.
+
+    croniter's optional 6th field (seconds) is accepted as well.
+    """
+
+    def __init__(self, expression: str, tz: str | tzinfo | None = None) -> None:
+        expr = " ".join(expression.split())
+        fields = expr.split(" ")
+        ok = expr.lower() in ALIASES if expr.startswith("@") else len(fields) in (5, 6)
+        if not ok or not croniter.is_valid(expr):
+            raise ConfigError(f"invalid cron expression {expression!r}")
+        self.expression = expr
+        self.tz = get_zone(tz)
+        self._period: timedelta | None = None
+        self._cursor: tuple[datetime, croniter] | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"CronSchedule({self.expression!r}, {self.tz})"
+
+    def _localize(self, wall: datetime) -> datetime:
+        """Wall time (naive) -> aware UTC instant using fold=0 (first occurrence / after gap)."""
+        return wall.replace(tzinfo=self.tz, fold=0).astimezone(timezone.utc)
+
+    def next_after(self, after: datetime) -> datetime:
+        """The first run strictly after ``after`` (aware), as an aware UTC datetime."""
+        if after.tzinfo is None:
+            raise ValueError("next_after needs a timezone-aware datetime")
+        after_utc = after.astimezone(timezone.utc)
+        with self._lock:
+            if self._cursor is not None and self._cursor[0] == after_utc:
+                it = self._cursor[1]  # continue the walk that produced ``after``
+            else:
+                wall = after_utc.astimezone(self.tz).replace(tzinfo=None, fold=0)
+                # Start one hour earlier on the wall clock: after a fold, wall times that look
+                # earlier may still be later instants; the loop discards all not after `after`.
+                it = croniter(self.expression, wall - timedelta(hours=1))
+            for _ in range(100_000):
+                cand = self._localize(it.get_next(datetime))
+                if cand > after_utc:
+                    self._cursor = (cand, it)
+                    return cand
+        raise ConfigError(f"cron expression {self.expression!r} never fires")
+
+    def runs_between(self, start: datetime, end: datetime) -> list[datetime]:
+        """All runs in ``(start, end]``."""
+        out = []
+        t = self.next_after(start)
+        while t <= end:
+            out.append(t)
+            t = self.next_after(t)
+        return out
+
+    def period(self) -> timedelta:
+        """The longest gap between consecutive runs over a year of runs from a fixed anchor.
+
+        Used for staleness ("no success within 2 × period"): for ``0 2 * * 1-5`` it is 3 days.
+        """
+        if self._period is None:
+            t = self.next_after(datetime(2001, 1, 1, tzinfo=timezone.utc))
+            end = t + timedelta(days=366)
+            longest = timedelta(0)
+            for _ in range(2000):
+                nxt = self.next_after(t)
+                longest = max(longest, nxt - t)
+                t = nxt
+                if t > end:
+                    break
+            self._period = longest
+        return self._period

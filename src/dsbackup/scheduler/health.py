@@ -1,0 +1,90 @@
+"""Health checks: the newest archive of each schedule verifies, backups are not stale, and the
+backup directory has free space."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dsbackup.scheduler.config import ScheduledBackup
+from dsbackup.scheduler.cron import CronSchedule
+from dsbackup.scheduler.runner import BackupRunner
+from dsbackup.scheduler.state import ArchiveEntry
+
+
+@dataclass
+class CheckResult:
+    check: str  # "verify", "staleness", "free_space"
+    subject: str  # schedule id, or the directory for free_space
+    ok: bool
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.check, "subject": self.subject, "ok": self.ok,
+                "message": self.message}
+
+
+def check_newest_archive(schedule: ScheduledBackup, archives: list[ArchiveEntry],
+                         runner: BackupRunner, deep_sample: float) -> CheckResult:
+    """Quick verify of the newest archive, then a deep verify of a sample of its chunks.
+
+    Sets the entry's ``verified`` flag to the outcome.
+    """
+    if not archives:
+        return CheckResult("verify", schedule.id, True, "no archive yet")
+    newest = max(archives, key=lambda a: a.created)
+    path = Path(newest.path)
+    if not path.exists():
+        newest.verified = False
+        return CheckResult("verify", schedule.id, False, f"{path}: newest archive is missing")
+    try:
+        report = runner.verify(path, deep=False, sample=None)
+        if report.ok and deep_sample > 0:
+            report = runner.verify(path, deep=True, sample=deep_sample)
+    except Exception as exc:  # noqa: BLE001 - a broken archive is a failed check, not a crash
+        newest.verified = False
+        return CheckResult("verify", schedule.id, False, f"{path}: {exc}")
+    newest.verified = report.ok
+    if report.ok:
+        return CheckResult("verify", schedule.id, True, f"{path.name} verified")
+    detail = "; ".join(report.errors) or f"bad chunks {report.bad_chunks}"
+    return CheckResult("verify", schedule.id, False, f"{path}: verification failed: {detail}")
+
+
+def check_staleness(schedule: ScheduledBackup, cron: CronSchedule, now: datetime) -> CheckResult:
+    """Stale: no success within twice the schedule's period (its longest gap between runs)."""
+    stats = schedule.statistics
+    limit = 2 * cron.period()
+    if stats.last_success is None:
+        if stats.failures:
+            return CheckResult("staleness", schedule.id, False, "no backup has succeeded yet")
+        return CheckResult("staleness", schedule.id, True, "no run yet")
+    age = now - stats.last_success
+    if age > limit:
+        return CheckResult("staleness", schedule.id, False,
+                           f"last success {stats.last_success.isoformat()} is older than "
+                           f"2 x period ({limit})")
+    return CheckResult("staleness", schedule.id, True, f"last success {age} ago")
+
+
+def check_free_space(directory: Path, min_free_bytes: int | None,
+                     min_free_ratio: float | None) -> tuple[CheckResult, int | None]:
+    """Free space of the file system holding ``directory`` against the thresholds."""
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        usage = shutil.disk_usage(probe)
+    except OSError as exc:
+        return CheckResult("free_space", str(directory), False, f"cannot stat: {exc}"), None
+    problems = []
+    if min_free_bytes is not None and usage.free < min_free_bytes:
+        problems.append(f"{usage.free} bytes free < {min_free_bytes}")
+    if min_free_ratio is not None and usage.total and usage.free / usage.total < min_free_ratio:
+        problems.append(f"{usage.free / usage.total:.1%} free < {min_free_ratio:.1%}")
+    if problems:
+        return CheckResult("free_space", str(directory), False, "; ".join(problems)), usage.free
+    return CheckResult("free_space", str(directory), True, f"{usage.free} bytes free"), usage.free

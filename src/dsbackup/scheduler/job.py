@@ -1,0 +1,141 @@
+"""One backup run of one schedule: make the archive, verify it, apply retention.
+
+This layer does the work and reports what happened; it never raises and never touches the
+scheduler's bookkeeping (see :mod:`dsbackup.scheduler.scheduler`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from pathlib import Path
+
+from dsbackup.errors import DsBackupError, IntegrityError
+from dsbackup.scheduler.archives import free_archive_path
+from dsbackup.scheduler.clock import Clock
+from dsbackup.scheduler.config import RunRecord, ScheduledBackup
+from dsbackup.scheduler.retention import (
+    RetentionItem,
+    RetentionPolicy,
+    RetentionResult,
+    apply_retention,
+)
+from dsbackup.scheduler.runner import BackupRunner
+from dsbackup.scheduler.state import ArchiveEntry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobOutcome:
+    record: RunRecord
+    archives: list[ArchiveEntry]  # the schedule's catalog after this run
+    retention: RetentionResult | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def choose_parent(schedule: ScheduledBackup, archives: list[ArchiveEntry]) -> ArchiveEntry | None:
+    """The parent for an incremental run, or None when this run must be a full backup."""
+    if not schedule.incremental or not archives:
+        return None
+    by_fp = {a.fingerprint: a for a in archives if a.fingerprint}
+    newest = max(archives, key=lambda a: a.created)
+    if not Path(newest.path).exists():
+        return None
+    depth, cur = 1, newest
+    while cur.parent is not None and cur.parent in by_fp and depth < schedule.full_every:
+        depth += 1
+        cur = by_fp[cur.parent]
+    return None if depth >= schedule.full_every else newest
+
+
+def retention_items(archives: list[ArchiveEntry]) -> list[RetentionItem]:
+    """Archives as retention sees them: ids are file names, parents resolved by fingerprint."""
+    ids = {a.fingerprint: os.path.basename(a.path) for a in archives if a.fingerprint}
+    return [RetentionItem(os.path.basename(a.path), a.created, a.verified,
+                          ids.get(a.parent) if a.parent else None) for a in archives]
+
+
+def prune_catalog(archives: list[ArchiveEntry], policy: RetentionPolicy, now: datetime,
+                  tz: tzinfo) -> tuple[list[ArchiveEntry], RetentionResult, list[str]]:
+    """Apply retention to a schedule's archives and delete the pruned files."""
+    result = apply_retention(retention_items(archives), policy, now, tz)
+    pruned = result.pruned_ids
+    kept, warnings = [], []
+    for a in archives:
+        if os.path.basename(a.path) not in pruned:
+            kept.append(a)
+            continue
+        try:
+            Path(a.path).unlink(missing_ok=True)
+            log.info("pruned %s", a.path)
+        except OSError as exc:
+            warnings.append(f"could not delete {a.path}: {exc}")
+            kept.append(a)
+    return kept, result, warnings
+
+
+def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: BackupRunner,
+            clock: Clock, backup_dir: Path, policy: RetentionPolicy, tz: tzinfo,
+            verify: bool, trigger: str, cancel: threading.Event) -> JobOutcome:
+    started = clock.now()
+    archives = list(archives)
+    path: Path | None = None
+    timer = None
+    if schedule.timeout is not None:
+        timer = threading.Timer(schedule.timeout.total_seconds(), cancel.set)
+        timer.daemon = True
+        timer.start()
+    try:
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        path = free_archive_path(backup_dir, schedule.name, started)
+        parent = choose_parent(schedule, archives)
+        res = runner.run(schedule, path, cancel, parent=Path(parent.path) if parent else None)
+        verified: bool | None = None
+        if verify:
+            report = runner.verify(res.path, deep=False, sample=None)
+            if not report.ok:
+                bad = res.path.with_name(res.path.name + ".unverified")
+                with contextlib.suppress(OSError):
+                    res.path.rename(bad)
+                raise IntegrityError(f"{res.path}: new archive failed verification "
+                                     f"({'; '.join(report.errors) or 'no detail'}); kept as {bad}")
+            verified = True
+        entry = ArchiveEntry(path=str(res.path), created=res.created, fingerprint=res.fingerprint,
+                             parent=res.parent, verified=bool(verified), size=res.size,
+                             keys=res.keys)
+        archives.append(entry)
+        record = RunRecord(ok=True, started=started, finished=clock.now(), trigger=trigger,
+                           archive=str(res.path), fingerprint=res.fingerprint, size=res.size,
+                           keys=res.keys, verified=verified)
+    except DsBackupError as exc:
+        return JobOutcome(_failure(started, clock, trigger, path, exc, exc.exit_code), archives)
+    except Exception as exc:  # noqa: BLE001 - a job never raises into the scheduler
+        log.exception("backup of schedule %s crashed", schedule.id)
+        return JobOutcome(_failure(started, clock, trigger, path, exc, 2), archives)
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+    outcome = JobOutcome(record, archives)
+    try:
+        kept, result, warnings = prune_catalog(archives, policy, record.finished, tz)
+        outcome.archives, outcome.retention, outcome.warnings = kept, result, warnings
+        record.pruned = sorted(result.pruned_ids)
+    except Exception as exc:  # noqa: BLE001 - retention trouble never fails the backup
+        log.exception("retention of schedule %s failed", schedule.id)
+        outcome.warnings.append(f"retention failed: {exc}")
+    for w in outcome.warnings:
+        log.warning("schedule %s: %s", schedule.id, w)
+    return outcome
+
+
+def _failure(started: datetime, clock: Clock, trigger: str, path: Path | None, exc: BaseException,
+             exit_code: int) -> RunRecord:
+    return RunRecord(ok=False, started=started, finished=clock.now(), trigger=trigger,
+                     archive=str(path) if path else None, error=str(exc) or type(exc).__name__,
+                     error_type=type(exc).__name__, exit_code=exit_code)

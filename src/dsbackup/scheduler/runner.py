@@ -1,0 +1,108 @@
+"""The layer that actually makes, checks and reads archives, behind a small interface.
+
+The scheduler talks only to a :class:`BackupRunner`; the default one, :class:`ManagerRunner`,
+drives ``dsbackup.BackupManager`` (imported when first used). Tests and embedders can pass their
+own runner to ``BackupScheduler(config, runner=...)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from dsbackup.errors import SchedulerError
+
+
+@dataclass
+class RunResult:
+    path: Path
+    created: datetime
+    fingerprint: str | None
+    size: int | None  # archive bytes on disk
+    keys: int | None
+    parent: str | None = None  # parent fingerprint for incremental archives
+    duration_s: float | None = None
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    errors: list[str] = field(default_factory=list)
+    bad_chunks: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ArchiveInfo:
+    path: Path
+    created: datetime
+    fingerprint: str | None
+    parent: str | None
+
+
+class BackupRunner(Protocol):
+    def run(self, schedule: Any, archive_path: Path, cancel_event: threading.Event,
+            parent: Path | None = None) -> RunResult:
+        """Back up ``schedule.source`` to ``archive_path``; raise a DsBackupError on failure."""
+        ...
+
+    def verify(self, path: Path, deep: bool, sample: float | None) -> VerifyResult: ...
+
+    def inspect(self, path: Path) -> ArchiveInfo: ...
+
+
+def parent_fingerprint(value: Any) -> str | None:
+    """The parent fingerprint from a manifest's ``parent`` (a string, or a mapping with a
+    ``fingerprint`` entry), or None for a full backup."""
+    if isinstance(value, dict):
+        value = value.get("fingerprint")
+    return str(value) if value else None
+
+
+def _manager_api() -> tuple[Any, Any]:
+    try:
+        from dsbackup.backup import BackupManager
+        from dsbackup.config import BackupConfig
+    except ImportError as exc:  # the backup engine is not built or not installed
+        raise SchedulerError(f"the backup engine is not available: {exc}") from exc
+    return BackupManager, BackupConfig
+
+
+class ManagerRunner:
+    """Runs backups with ``dsbackup.BackupManager``."""
+
+    def _manager(self, backup_config: Any = None) -> Any:
+        manager_cls, config_cls = _manager_api()
+        if backup_config is None:
+            cfg = config_cls()
+        elif isinstance(backup_config, config_cls):
+            cfg = backup_config
+        else:
+            try:
+                cfg = config_cls(**dict(backup_config))
+            except TypeError as exc:
+                raise SchedulerError(f"invalid backup settings: {exc}") from exc
+        return manager_cls(cfg)
+
+    def run(self, schedule: Any, archive_path: Path, cancel_event: threading.Event,
+            parent: Path | None = None) -> RunResult:
+        mgr = self._manager(schedule.backup_config)
+        meta = mgr.create_backup(schedule.source, archive_path, parent=parent, cancel=cancel_event)
+        path = Path(getattr(meta, "path", None) or archive_path)
+        return RunResult(
+            path=path, created=meta.timestamp, fingerprint=meta.fingerprint,
+            size=path.stat().st_size, keys=meta.total_keys, parent=parent_fingerprint(meta.parent),
+            duration_s=meta.statistics.duration_s if getattr(meta, "statistics", None) else None,
+        )
+
+    def verify(self, path: Path, deep: bool, sample: float | None) -> VerifyResult:
+        report = self._manager().verify_backup(path, deep=deep, sample=sample)
+        return VerifyResult(bool(report.ok), list(report.errors),
+                            list(getattr(report, "bad_chunks", []) or []))
+
+    def inspect(self, path: Path) -> ArchiveInfo:
+        meta = self._manager().inspect(path)
+        return ArchiveInfo(Path(path), meta.timestamp, meta.fingerprint,
+                           parent_fingerprint(meta.parent))

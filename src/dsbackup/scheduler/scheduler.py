@@ -1,0 +1,565 @@
+"""BackupScheduler: runs each schedule on time, never overlapping itself, at most
+``concurrent_backups`` at once, and keeps its state so that a restarted daemon continues.
+
+Timing rules (see docs/SCHEDULER.md):
+
+- the next run comes from the cron expression, strictly after the slot just served;
+- slots missed while the scheduler was down are served by ONE catch-up run, if the latest missed
+  slot is within ``misfire_grace_time`` (None = always); the others count as skipped;
+- a slot that comes while the previous run of the same schedule is still going is skipped;
+- a run interrupted by the death of the daemon counts as a failure and is caught up on restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from dsbackup.errors import LockedError, SchedulerError
+from dsbackup.scheduler.clock import Clock, SystemClock
+from dsbackup.scheduler.config import (
+    RunRecord,
+    ScheduledBackup,
+    SchedulerConfig,
+    ScheduleStatistics,
+)
+from dsbackup.scheduler.cron import CronSchedule, get_zone
+from dsbackup.scheduler.health import (
+    CheckResult,
+    check_free_space,
+    check_newest_archive,
+    check_staleness,
+)
+from dsbackup.scheduler.job import JobOutcome, run_job
+from dsbackup.scheduler.metrics import MetricsServer, render_prometheus, write_textfile
+from dsbackup.scheduler.notify.base import Event, NotificationDispatcher, Notifier
+from dsbackup.scheduler.notify.redact import Redactor
+from dsbackup.scheduler.runner import BackupRunner, ManagerRunner
+from dsbackup.scheduler.state import ArchiveEntry, DaemonLock, ScheduleState, StateStore
+
+log = logging.getLogger(__name__)
+
+_MAX_SLOT_SCAN = 10_000
+
+
+@dataclass
+class _Running:
+    cancel: threading.Event
+    trigger: str
+    marker: dict[str, str | None] = field(default_factory=dict)  # persisted while running
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class BackupScheduler:
+    """Schedules backups. Holds the lock of ``config.state_path`` from creation to :meth:`close`.
+
+    ``runner`` makes the archives (default: ``dsbackup.BackupManager``), ``clock`` gives the time
+    (default: the system clock), ``notifiers`` replaces the services built from
+    ``config.notification_config``.
+    """
+
+    def __init__(self, config: SchedulerConfig, *, runner: BackupRunner | None = None,
+                 clock: Clock | None = None, notifiers: list[Notifier] | None = None) -> None:
+        self.config = config
+        self.runner: BackupRunner = runner or ManagerRunner()
+        self.clock: Clock = clock or SystemClock()
+        self.tz = get_zone(config.time_zone)
+        ncfg = config.notification_config
+        self.redact = Redactor(ncfg.secrets())
+        if notifiers is None:
+            self.notifications = NotificationDispatcher.from_config(ncfg)
+        else:
+            self.notifications = NotificationDispatcher(notifiers, ncfg.timeout, self.redact)
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._slots = threading.Semaphore(config.concurrent_backups)
+        self._schedules: dict[str, ScheduledBackup] = {}
+        self._crons: dict[str, CronSchedule] = {}
+        self._archives: dict[str, list[ArchiveEntry]] = {}
+        self._running: dict[str, _Running] = {}
+        self._loop: threading.Thread | None = None
+        self._health_thread: threading.Thread | None = None
+        self._metrics_server: MetricsServer | None = None
+        self.health: list[CheckResult] = []
+        self.last_health_check: datetime | None = None
+        self._next_health: datetime | None = None
+        self._free_bytes: int | None = None
+        self._daemon_lock = DaemonLock(config.state_path)
+        self._daemon_lock.acquire()
+        self._store = StateStore(config.state_path)
+        try:
+            self._persisted = self._store.load()
+        except BaseException:
+            self._daemon_lock.release()
+            raise
+
+    # ---- schedules -------------------------------------------------------------------------
+
+    def add_schedule(self, schedule: ScheduledBackup) -> ScheduledBackup:
+        """Add a schedule; its persisted state (if any) is restored. Returns it."""
+        cron = CronSchedule(schedule.schedule, self.tz)
+        now = self.clock.now()
+        with self._lock:
+            if schedule.id in self._schedules:
+                raise SchedulerError(f"schedule {schedule.id!r} exists already")
+            st = self._persisted.get(schedule.id)
+            if st is not None:
+                schedule.last_run = st.last_run
+                if st.timing == self._timing(schedule):  # else the expression or zone changed
+                    schedule.next_run = st.next_run
+                schedule.last_result = st.last_result
+                schedule.statistics = st.statistics or ScheduleStatistics()
+                self._archives[schedule.id] = list(st.archives or [])
+                if st.running:
+                    self._record_interrupted(schedule, st.running)
+            else:
+                self._archives[schedule.id] = []
+            if not schedule.enabled:
+                schedule.next_run = None  # a disabled schedule accumulates no misfires
+            elif schedule.next_run is None:
+                schedule.next_run = cron.next_after(max(now, schedule.last_run or now))
+            self._schedules[schedule.id] = schedule
+            self._crons[schedule.id] = cron
+            self._save()
+        self._wake.set()
+        return schedule
+
+    def _timing(self, schedule: ScheduledBackup) -> str:
+        return f"{schedule.schedule} {self.config.time_zone}"
+
+    def _record_interrupted(self, schedule: ScheduledBackup, running: dict[str, str]) -> None:
+        started = datetime.fromisoformat(running["started"])
+        log.warning("schedule %s: the run started %s was interrupted (scheduler stopped)",
+                    schedule.id, started.isoformat())
+        rec = RunRecord(ok=False, started=started, finished=started,
+                        trigger=running.get("trigger", "schedule"),
+                        error="interrupted: the scheduler stopped during this run",
+                        error_type="Interrupted", exit_code=130)
+        self._account(schedule, rec)
+        if running.get("slot"):
+            # serve the interrupted slot again (a catch-up, subject to the misfire rules)
+            schedule.next_run = datetime.fromisoformat(running["slot"])
+
+    def remove_schedule(self, schedule_id: str) -> bool:
+        """Forget a schedule (its archives stay on disk). A running job finishes first."""
+        with self._lock:
+            if schedule_id not in self._schedules:
+                return False
+            del self._schedules[schedule_id]
+            self._crons.pop(schedule_id, None)
+            self._archives.pop(schedule_id, None)
+            self._persisted.pop(schedule_id, None)
+            self._save()
+        return True
+
+    def get_schedule(self, schedule_id: str) -> ScheduledBackup | None:
+        with self._lock:
+            return self._schedules.get(schedule_id)
+
+    def list_schedules(self) -> list[ScheduledBackup]:
+        with self._lock:
+            return [self._schedules[k] for k in sorted(self._schedules)]
+
+    def archives(self, schedule_id: str) -> list[ArchiveEntry]:
+        """The archives this schedule made and still keeps, oldest first."""
+        with self._lock:
+            return sorted(self._archives.get(schedule_id, []), key=lambda a: a.created)
+
+    def is_running(self, schedule_id: str) -> bool:
+        with self._lock:
+            return schedule_id in self._running
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        with self._lock:
+            for sid, s in self._schedules.items():
+                run = self._running.get(sid)
+                self._persisted[sid] = ScheduleState(
+                    last_run=s.last_run, next_run=s.next_run, last_result=s.last_result,
+                    statistics=s.statistics, archives=self._archives.get(sid, []),
+                    running=run.marker if run else None, timing=self._timing(s),
+                )
+            self._store.save(self._persisted)
+
+    @staticmethod
+    def _account(schedule: ScheduledBackup, rec: RunRecord) -> None:
+        stats = schedule.statistics
+        stats.runs += 1
+        stats.total_duration += rec.duration
+        if rec.ok:
+            stats.successes += 1
+            stats.last_success = rec.finished
+        else:
+            stats.failures += 1
+            stats.last_failure = rec.finished
+        schedule.last_run = rec.started
+        schedule.last_result = rec
+
+    # ---- timing ----------------------------------------------------------------------------
+
+    def _missed_slots(self, cron: CronSchedule, first: datetime,
+                      now: datetime) -> tuple[int, datetime]:
+        """(number of slots in [first, now], the latest of them); ``first`` <= ``now``."""
+        count, latest = 1, first
+        t = cron.next_after(first)
+        while t <= now and count < _MAX_SLOT_SCAN:
+            count, latest = count + 1, t
+            t = cron.next_after(t)
+        if t <= now:  # a very long downtime: find the latest slot from near ``now``
+            t = cron.next_after(now - 2 * cron.period())
+            while t <= now:
+                latest, t = t, cron.next_after(t)
+        return count, latest
+
+    def run_pending(self, *, wait: bool = False) -> list[str]:
+        """Start every due, enabled, idle schedule. Returns the ids started.
+
+        With ``wait`` the call returns when those runs have finished.
+        """
+        now = self.clock.now()
+        started: list[str] = []
+        runs: list[_Running] = []
+        with self._lock:
+            for sid, sched in sorted(self._schedules.items()):
+                if not sched.enabled or sid in self._running or self._stopping.is_set():
+                    continue
+                cron = self._crons[sid]
+                if sched.next_run is None:  # enabled since it was added
+                    sched.next_run = cron.next_after(now)
+                    continue
+                if sched.next_run > now:
+                    continue
+                count, latest = self._missed_slots(cron, sched.next_run, now)
+                grace = self.config.misfire_grace_time
+                late = now - latest
+                sched.next_run = cron.next_after(max(now, latest))
+                if grace is not None and late > grace:
+                    sched.statistics.skipped += count
+                    log.warning("schedule %s: %d slot(s) missed, the latest %s ago (beyond the "
+                                "grace time %s): waiting for %s", sid, count, late, grace,
+                                sched.next_run.isoformat())
+                    self._save()
+                    continue
+                trigger = "schedule"
+                if count > 1 or late > timedelta(minutes=1):
+                    trigger = "catch-up"
+                    sched.statistics.skipped += count - 1
+                    if count > 1:
+                        log.warning("schedule %s: %d slots missed; one catch-up run now",
+                                    sid, count)
+                runs.append(self._launch(sched, trigger, latest))
+                started.append(sid)
+            if started:
+                self._save()
+        if wait:
+            for run in runs:
+                run.done.wait()
+        return started
+
+    def _new_run(self, trigger: str, slot: datetime | None) -> _Running:
+        return _Running(cancel=threading.Event(), trigger=trigger,
+                        marker={"started": self.clock.now().isoformat(), "trigger": trigger,
+                                "slot": slot.isoformat() if slot else None})
+
+    def _launch(self, sched: ScheduledBackup, trigger: str, slot: datetime | None) -> _Running:
+        run = self._new_run(trigger, slot)
+        self._running[sched.id] = run
+        threading.Thread(target=self._job_thread, args=(sched, run), name=f"backup-{sched.id}",
+                         daemon=True).start()
+        return run
+
+    def _job_thread(self, sched: ScheduledBackup, run: _Running) -> None:
+        try:
+            self._run_job(sched, run)
+        finally:
+            with self._lock:
+                if self._running.get(sched.id) is run:
+                    self._running.pop(sched.id)
+            run.done.set()
+            self._wake.set()
+
+    def _run_job(self, sched: ScheduledBackup, run: _Running) -> RunRecord | None:
+        with self._slots:
+            if self._stopping.is_set() and run.trigger != "manual":
+                self._unstart(sched, run)
+                return None
+            if run.cancel.is_set():
+                rec = RunRecord(ok=False, started=self.clock.now(), finished=self.clock.now(),
+                                trigger=run.trigger, error="cancelled before it started",
+                                error_type="Cancelled", exit_code=130)
+                outcome = JobOutcome(rec, self.archives(sched.id))
+            else:
+                self._notify("start", sched, f"backup {sched.name} started", {})
+                outcome = run_job(
+                    sched, self.archives(sched.id), runner=self.runner, clock=self.clock,
+                    backup_dir=sched.backup_dir or self.config.default_backup_dir,
+                    policy=sched.retention_policy or self.config.retention_policy, tz=self.tz,
+                    verify=self.config.verify_after_backup, trigger=run.trigger,
+                    cancel=run.cancel)
+        rec = outcome.record
+        if rec.error:
+            rec.error = self.redact(rec.error)
+        with self._lock:
+            self._account(sched, rec)
+            if self._schedules.get(sched.id) is sched:
+                self._archives[sched.id] = outcome.archives
+                self._skip_passed_slots(sched)
+            self._running.pop(sched.id, None)
+            if self._schedules.get(sched.id) is sched:
+                self._save()
+        self._report(sched, rec, outcome.warnings)
+        return rec
+
+    def _unstart(self, sched: ScheduledBackup, run: _Running) -> None:
+        """A run still waiting for a free slot when the scheduler stops is not started; its
+        slot is served after a restart, under the misfire rules."""
+        with self._lock:
+            slot = run.marker.get("slot")
+            if slot and self._schedules.get(sched.id) is sched:
+                sched.next_run = datetime.fromisoformat(slot)
+            if self._running.get(sched.id) is run:
+                self._running.pop(sched.id)
+            self._save()
+        log.info("schedule %s: not started (the scheduler is stopping)", sched.id)
+
+    def _skip_passed_slots(self, sched: ScheduledBackup) -> None:
+        """Slots that came while this run was going are skipped, not queued (no overlap)."""
+        now = self.clock.now()
+        if sched.next_run is None or sched.next_run > now:
+            return
+        cron = self._crons[sched.id]
+        count, latest = self._missed_slots(cron, sched.next_run, now)
+        sched.statistics.skipped += count
+        sched.next_run = cron.next_after(max(now, latest))
+        log.warning("schedule %s: %d slot(s) passed while it ran (skipped); next run %s",
+                    sched.id, count, sched.next_run.isoformat())
+
+    def _report(self, sched: ScheduledBackup, rec: RunRecord, warnings: list[str]) -> None:
+        details: dict[str, Any] = {"trigger": rec.trigger, "duration_s": round(rec.duration, 3),
+                                   "archive": rec.archive}
+        if rec.ok:
+            details.update(fingerprint=rec.fingerprint, size=rec.size, keys=rec.keys,
+                           pruned=rec.pruned, warnings=warnings)
+            outcome = self._notify("success", sched,
+                                   f"backup {sched.name} succeeded: {rec.archive}", details)
+        else:
+            details.update(error=rec.error, error_type=rec.error_type, exit_code=rec.exit_code)
+            log.error("schedule %s: backup failed: %s", sched.id, rec.error)
+            outcome = self._notify("failure", sched, f"backup {sched.name} failed: {rec.error}",
+                                   details)
+        if outcome:  # record which notifications of this result were delivered
+            with self._lock:
+                rec.notified = outcome
+                if self._schedules.get(sched.id) is sched:
+                    self._save()
+
+    def _notify(self, kind: str, sched: ScheduledBackup | None, message: str,
+                details: dict[str, Any]) -> dict[str, bool]:
+        event = Event(kind, sched.id if sched else None, sched.name if sched else None,
+                      self.clock.now(), message, details)
+        return self.notifications.dispatch(event)
+
+    def execute_backup(self, schedule_id: str, *, trigger: str = "manual") -> RunRecord:
+        """Run a schedule now, in this thread; refused while the schedule is running."""
+        with self._lock:
+            sched = self._schedules.get(schedule_id)
+            if sched is None:
+                raise SchedulerError(f"no schedule {schedule_id!r}")
+            if schedule_id in self._running:
+                raise LockedError(f"schedule {schedule_id!r} is running already")
+            run = self._new_run(trigger, None)
+            self._running[schedule_id] = run
+            self._save()
+        try:
+            rec = self._run_job(sched, run)
+            assert rec is not None  # manual runs are never skipped
+            return rec
+        finally:
+            with self._lock:
+                if self._running.get(schedule_id) is run:
+                    self._running.pop(schedule_id)
+            run.done.set()
+
+    # ---- health ----------------------------------------------------------------------------
+
+    def run_health_checks(self) -> list[CheckResult]:
+        """Verify the newest archive of each schedule, staleness, free space. Notifies failures."""
+        now = self.clock.now()
+        results: list[CheckResult] = []
+        dirs: set[Path] = set()
+        for sched in self.list_schedules():
+            archives = self.archives(sched.id)
+            results.append(check_newest_archive(sched, archives, self.runner,
+                                                self.config.health_deep_sample))
+            if sched.enabled:
+                results.append(check_staleness(sched, self._crons[sched.id], now))
+            dirs.add(sched.backup_dir or self.config.default_backup_dir)
+        free = None
+        for d in sorted(dirs or {self.config.default_backup_dir}):
+            res, f = check_free_space(d, self.config.min_free_bytes, self.config.min_free_ratio)
+            results.append(res)
+            free = f if free is None or (f is not None and f < free) else free
+        with self._lock:
+            self.health, self.last_health_check, self._free_bytes = results, now, free
+            self._save()
+        failed = [r for r in results if not r.ok]
+        if failed:
+            for r in failed:
+                log.warning("health check %s of %s failed: %s", r.check, r.subject, r.message)
+            self._notify("health", None, f"{len(failed)} health check(s) failed: " +
+                         "; ".join(f"{r.check} {r.subject}: {r.message}" for r in failed),
+                         {"checks": [r.to_json() for r in results]})
+        return results
+
+    def _health_due(self, now: datetime) -> None:
+        interval = self.config.health_check_interval
+        if interval is None:
+            return
+        if self._next_health is None:
+            self._next_health = now + interval
+            return
+        busy = self._health_thread is not None and self._health_thread.is_alive()
+        if now >= self._next_health and not busy:
+            self._next_health = now + interval
+            self._health_thread = threading.Thread(target=self._health_safely, daemon=True,
+                                                   name="health-checks")
+            self._health_thread.start()
+
+    def _health_safely(self) -> None:
+        try:
+            self.run_health_checks()
+        except Exception:  # noqa: BLE001 - a health check must not stop the daemon
+            log.exception("health checks crashed")
+
+    # ---- metrics ---------------------------------------------------------------------------
+
+    def get_metrics(self) -> dict[str, Any]:
+        """Counters and gauges of every schedule, notifications and health checks."""
+        with self._lock:
+            schedules = {}
+            for sid, s in self._schedules.items():
+                st, last = s.statistics, s.last_result
+                schedules[sid] = {
+                    "name": s.name, "enabled": s.enabled, "running": sid in self._running,
+                    "runs": st.runs, "successes": st.successes, "failures": st.failures,
+                    "skipped": st.skipped, "success_rate": st.success_rate,
+                    "average_duration": st.average_duration,
+                    "last_duration": last.duration if last else None,
+                    "last_success": st.last_success, "last_failure": st.last_failure,
+                    "last_run": s.last_run, "next_run": s.next_run,
+                    "last_ok": last.ok if last else None,
+                    "last_size": last.size if last and last.ok else None,
+                    "archives": len(self._archives.get(sid, [])),
+                }
+            return {
+                "up": self._loop is not None and self._loop.is_alive(),
+                "running_jobs": len(self._running),
+                "schedules": schedules,
+                "notifications": {"sent": dict(self.notifications.sent),
+                                  "failed": dict(self.notifications.failed)},
+                "health": [r.to_json() for r in self.health],
+                "last_health_check": self.last_health_check,
+                "free_bytes": self._free_bytes,
+            }
+
+    def prometheus_text(self) -> str:
+        return render_prometheus(self.get_metrics())
+
+    # ---- daemon ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the scheduling loop (and the metrics endpoint) in background threads."""
+        with self._lock:
+            if self._loop is not None and self._loop.is_alive():
+                return
+            self._stopping.clear()
+            if self.config.metrics_port is not None and self._metrics_server is None:
+                self._metrics_server = MetricsServer(self.config.metrics_port,
+                                                     self.prometheus_text)
+                self._metrics_server.start()
+            self._loop = threading.Thread(target=self._loop_main, name="scheduler", daemon=True)
+            self._loop.start()
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._metrics_server.port if self._metrics_server else None
+
+    def wake(self) -> None:
+        """Re-check the schedules now (e.g. after a test moved a manual clock)."""
+        self._wake.set()
+
+    def _loop_main(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                self.run_pending()
+                now = self.clock.now()
+                self._health_due(now)
+                if self.config.metrics_textfile is not None:
+                    write_textfile(self.config.metrics_textfile, self.prometheus_text())
+                pause = self._pause(now)
+            except Exception:  # noqa: BLE001 - keep serving; the error is logged
+                log.exception("scheduler loop error")
+                pause = self.config.poll_interval
+            self._wake.wait(pause)
+
+    def _pause(self, now: datetime) -> float:
+        with self._lock:
+            due = [s.next_run for s in self._schedules.values()
+                   if s.enabled and s.next_run is not None and s.id not in self._running]
+        if self._next_health is not None:
+            due.append(self._next_health)
+        pause = self.config.poll_interval
+        if due:
+            pause = min(pause, max(0.0, (min(due) - now).total_seconds()) + 0.01)
+        return pause
+
+    def cancel_running(self) -> int:
+        """Ask every running job to stop cleanly (nothing partial is left); returns how many."""
+        with self._lock:
+            runs = list(self._running.values())
+        for r in runs:
+            r.cancel.set()
+        return len(runs)
+
+    def stop(self, *, wait: bool = True, cancel: bool = False,
+             timeout: float | None = None) -> bool:
+        """Stop scheduling. Running jobs finish their archive, or with ``cancel`` stop cleanly
+        (nothing partial is left). With ``wait``, returns whether all jobs ended in ``timeout``.
+        """
+        self._stopping.set()
+        self._wake.set()
+        if self._loop is not None:
+            self._loop.join(timeout)
+        with self._lock:
+            runs = list(self._running.values())
+        if cancel:
+            self.cancel_running()
+        ended = True
+        if wait:
+            for r in runs:
+                ended = r.done.wait(timeout) and ended
+            if self._health_thread is not None:
+                self._health_thread.join(timeout)
+                ended = ended and not self._health_thread.is_alive()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+            self._metrics_server = None
+        return ended
+
+    def close(self) -> None:
+        """Stop (waiting for jobs) and release the state directory."""
+        self.stop(wait=True)
+        self._daemon_lock.release()
+
+    def __enter__(self) -> BackupScheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

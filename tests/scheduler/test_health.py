@@ -1,0 +1,118 @@
+"""Health checks: newest archive verified (quick + deep sample), staleness, free space."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from dsbackup.scheduler import ScheduledBackup
+from dsbackup.scheduler.cron import CronSchedule
+from dsbackup.scheduler.health import check_free_space, check_staleness
+
+from .conftest import FakeRunner
+
+UTC = timezone.utc
+
+
+class Recorder:
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.events = []
+
+    def wants(self, event) -> bool:
+        return True
+
+    def send(self, event, timeout: float) -> None:
+        self.events.append(event)
+
+
+def test_health_checks_verify_the_newest_archive_quick_and_deep(make_scheduler, clock, tmp_path):
+    runner = FakeRunner(clock)
+    s = make_scheduler(runner=runner, health_deep_sample=0.25, min_free_ratio=None)
+    s.add_schedule(ScheduledBackup(id="db", name="db", schedule="@daily", source="memory:"))
+    for day in (6, 7):
+        clock.set(datetime(2026, 1, day, tzinfo=UTC))
+        s.run_pending(wait=True)
+    runner.verifies.clear()
+    results = s.run_health_checks()
+    assert [(r.check, r.ok) for r in results] == [("verify", True), ("staleness", True),
+                                                   ("free_space", True)]
+    newest = s.archives("db")[-1]
+    assert [(p.name, deep, sample) for p, deep, sample in runner.verifies] == [
+        (newest.path.rsplit("/", 1)[1], False, None),
+        (newest.path.rsplit("/", 1)[1], True, 0.25)]
+    m = s.get_metrics()
+    assert {(c["check"], c["ok"]) for c in m["health"]} == {
+        ("verify", True), ("staleness", True), ("free_space", True)}
+    assert m["free_bytes"] > 0
+    assert 'dsbackup_health_check_ok{check="verify",subject="db"} 1' in s.prometheus_text()
+
+
+def test_failed_health_checks_are_notified_and_clear_the_verified_flag(make_scheduler, clock):
+    runner = FakeRunner(clock)
+    rec = Recorder()
+    s = make_scheduler(runner=runner, notifiers=[rec], min_free_bytes=1 << 60)
+    s.add_schedule(ScheduledBackup(id="db", name="db", schedule="@daily", source="memory:"))
+    clock.set(datetime(2026, 1, 6, tzinfo=UTC))
+    s.run_pending(wait=True)
+    assert s.archives("db")[-1].verified
+    runner.verify_ok = False
+    clock.advance(timedelta(days=5))  # no success for 5 days: stale
+    results = s.run_health_checks()
+    assert [(r.check, r.ok) for r in results] == [("verify", False), ("staleness", False),
+                                                   ("free_space", False)]
+    assert not s.archives("db")[-1].verified
+    health = [e for e in rec.events if e.kind == "health"]
+    assert len(health) == 1 and "3 health check(s) failed" in health[0].message
+    assert len(health[0].details["checks"]) == 3
+
+
+def test_a_missing_newest_archive_fails_the_check(make_scheduler, clock):
+    s = make_scheduler(min_free_ratio=None)
+    s.add_schedule(ScheduledBackup(id="db", name="db", schedule="@daily", source="memory:"))
+    clock.set(datetime(2026, 1, 6, tzinfo=UTC))
+    s.run_pending(wait=True)
+    from pathlib import Path
+    Path(s.archives("db")[-1].path).unlink()
+    res = s.run_health_checks()[0]
+    assert not res.ok and "missing" in res.message
+
+
+def test_staleness_uses_twice_the_longest_gap_of_the_schedule():
+    sched = ScheduledBackup(id="w", name="w", schedule="0 2 * * 1-5", source="memory:")
+    cron = CronSchedule(sched.schedule)
+    now = datetime(2026, 1, 12, 12, tzinfo=UTC)
+    assert check_staleness(sched, cron, now).ok  # never run, no failure: not stale yet
+    sched.statistics.last_success = now - timedelta(days=5, hours=23)
+    assert check_staleness(sched, cron, now).ok  # within 2 x 3 days (weekend gap)
+    sched.statistics.last_success = now - timedelta(days=6, hours=1)
+    assert not check_staleness(sched, cron, now).ok
+    sched.statistics.last_success = None
+    sched.statistics.failures = 1
+    assert not check_staleness(sched, cron, now).ok
+
+
+def test_free_space_check_walks_up_to_an_existing_directory(tmp_path):
+    res, free = check_free_space(tmp_path / "not" / "yet", None, 0.0)
+    assert res.ok and free > 0
+    res, _ = check_free_space(tmp_path, free * 4, None)
+    assert not res.ok and "bytes free <" in res.message
+
+
+def test_the_loop_runs_health_checks_every_interval(make_scheduler, clock):
+    import time
+
+    s = make_scheduler(health_check_interval=timedelta(minutes=5), poll_interval=0.05,
+                       min_free_ratio=None)
+    s.add_schedule(ScheduledBackup(id="db", name="db", schedule="@daily", source="memory:"))
+    s.start()
+    time.sleep(0.2)
+    assert s.last_health_check is None  # the first check comes one interval after the start
+    clock.advance(timedelta(minutes=6))
+    s.wake()
+    deadline = time.monotonic() + 5
+    while s.last_health_check is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert s.stop(wait=True, timeout=5)
+    assert s.last_health_check == clock.now()
+    assert {r.check for r in s.health} == {"verify", "staleness", "free_space"}

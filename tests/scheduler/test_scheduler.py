@@ -1,0 +1,369 @@
+"""BackupScheduler with a manual clock and a fake runner: timing, overlap, concurrency,
+state, retention, cancellation."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from dsbackup.errors import LockedError, SchedulerError
+from dsbackup.scheduler import RetentionPolicy, ScheduledBackup
+from dsbackup.scheduler.archives import parse_archive_name
+
+from .conftest import FakeRunner
+
+UTC = timezone.utc
+
+
+class Recorder:
+    """A notifier that remembers events."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.events = []
+
+    def wants(self, event) -> bool:
+        return True
+
+    def send(self, event, timeout: float) -> None:
+        self.events.append(event)
+
+
+def wait_for(cond, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def daily(sid: str = "db", **kw) -> ScheduledBackup:
+    return ScheduledBackup(id=sid, name=kw.pop("name", sid), schedule=kw.pop("cron", "0 3 * * *"),
+                           source="memory:", **kw)
+
+
+def test_add_list_get_remove(make_scheduler, clock):
+    s = make_scheduler()
+    a = s.add_schedule(daily("a"))
+    s.add_schedule(daily("b", cron="@hourly"))
+    assert a.next_run == datetime(2026, 1, 6, 3, 0, tzinfo=UTC)
+    assert [x.id for x in s.list_schedules()] == ["a", "b"]
+    assert s.get_schedule("b").next_run == datetime(2026, 1, 5, 13, 0, tzinfo=UTC)
+    with pytest.raises(SchedulerError):
+        s.add_schedule(daily("a"))
+    assert s.remove_schedule("a") and not s.remove_schedule("a")
+    assert s.get_schedule("a") is None
+
+
+def test_due_schedule_runs_once_and_state_survives_a_restart(make_scheduler, clock, tmp_path):
+    s = make_scheduler()
+    s.add_schedule(daily())
+    assert s.run_pending(wait=True) == []
+    clock.set(datetime(2026, 1, 6, 3, 0, 1, tzinfo=UTC))
+    assert s.run_pending(wait=True) == ["db"]
+    assert s.run_pending(wait=True) == []
+    sched = s.get_schedule("db")
+    assert sched.statistics.runs == 1 and sched.statistics.successes == 1
+    assert sched.last_result.ok and sched.last_result.trigger == "schedule"
+    assert sched.next_run == datetime(2026, 1, 7, 3, 0, tzinfo=UTC)
+    files = sorted((tmp_path / "backups").iterdir())
+    assert [f.name for f in files] == ["db_20260106_030001.tar.gz"]
+    assert parse_archive_name(files[0].name) == ("db", datetime(2026, 1, 6, 3, 0, 1, tzinfo=UTC))
+    s.close()
+    s2 = make_scheduler()
+    again = s2.add_schedule(daily())
+    assert again.statistics.runs == 1 and again.statistics.success_rate == 1.0
+    assert again.next_run == datetime(2026, 1, 7, 3, 0, tzinfo=UTC)
+    assert again.last_result.archive == str(files[0])
+    assert len(s2.archives("db")) == 1
+
+
+def test_three_days_of_downtime_give_one_catch_up_run(make_scheduler, clock):
+    s = make_scheduler()
+    s.add_schedule(daily())
+    s.close()
+    clock.set(datetime(2026, 1, 9, 10, 0, tzinfo=UTC))  # missed the 6th, 7th, 8th and 9th
+    runner = FakeRunner(clock)
+    s2 = make_scheduler(runner=runner)
+    s2.add_schedule(daily())
+    assert s2.run_pending(wait=True) == ["db"]
+    assert s2.run_pending(wait=True) == []
+    clock.advance(timedelta(hours=1))
+    assert s2.run_pending(wait=True) == []
+    sched = s2.get_schedule("db")
+    assert runner.calls == 1
+    assert sched.last_result.trigger == "catch-up"
+    assert sched.statistics.skipped == 3
+    assert sched.next_run == datetime(2026, 1, 10, 3, 0, tzinfo=UTC)
+
+
+def test_missed_slot_beyond_the_grace_time_is_not_caught_up(make_scheduler, clock):
+    runner = FakeRunner(clock)
+    s = make_scheduler(runner=runner, misfire_grace_time=timedelta(hours=1))
+    s.add_schedule(daily())
+    clock.set(datetime(2026, 1, 6, 8, 0, tzinfo=UTC))  # 5 h late
+    assert s.run_pending(wait=True) == []
+    assert runner.calls == 0 and s.get_schedule("db").statistics.skipped == 1
+    assert s.get_schedule("db").next_run == datetime(2026, 1, 7, 3, 0, tzinfo=UTC)
+    clock.set(datetime(2026, 1, 7, 3, 30, tzinfo=UTC))  # 30 min late: within grace
+    assert s.run_pending(wait=True) == ["db"]
+    assert s.get_schedule("db").last_result.trigger == "catch-up"
+
+
+def test_a_run_longer_than_its_interval_never_overlaps_itself(make_scheduler, clock):
+    runner = FakeRunner(clock)
+    runner.gate = threading.Event()
+    s = make_scheduler(runner=runner)
+    s.add_schedule(daily("h", cron="@hourly"))
+    clock.set(datetime(2026, 1, 5, 13, 0, 5, tzinfo=UTC))
+    assert s.run_pending() == ["h"]
+    assert wait_for(lambda: runner.calls == 1)
+    for _ in range(3):  # three more slots pass while it runs
+        clock.advance(timedelta(hours=1))
+        assert s.run_pending() == []
+        assert s.is_running("h")
+    assert runner.calls == 1
+    runner.gate.set()
+    assert wait_for(lambda: not s.is_running("h"))
+    sched = s.get_schedule("h")
+    assert runner.max_active == 1 and sched.statistics.runs == 1
+    assert sched.statistics.skipped == 3
+    assert sched.next_run == datetime(2026, 1, 5, 17, 0, tzinfo=UTC)
+    runner.gate.clear()
+    clock.set(datetime(2026, 1, 5, 17, 0, tzinfo=UTC))
+    assert s.run_pending() == ["h"]
+    with pytest.raises(LockedError):  # a manual run is refused while the schedule runs
+        s.execute_backup("h")
+    runner.gate.set()
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_at_most_concurrent_backups_jobs_run_at_once(make_scheduler, clock, limit):
+    runner = FakeRunner(clock)
+    runner.gate = threading.Event()
+    s = make_scheduler(runner=runner, concurrent_backups=limit)
+    for sid in ("a", "b", "c"):
+        s.add_schedule(daily(sid))
+    clock.set(datetime(2026, 1, 6, 3, 0, tzinfo=UTC))
+    assert s.run_pending() == ["a", "b", "c"]
+    assert wait_for(lambda: runner.active == limit)
+    time.sleep(0.2)
+    assert runner.active == limit
+    runner.gate.set()
+    assert wait_for(lambda: sum(x.statistics.runs for x in s.list_schedules()) == 3)
+    assert runner.max_active == limit and runner.calls == 3
+
+
+def test_failures_are_counted_and_notified(make_scheduler, clock):
+    runner = FakeRunner(clock)
+    runner.fail = {2}
+    rec = Recorder()
+    s = make_scheduler(runner=runner, notifiers=[rec])
+    s.add_schedule(daily())
+    for day in (6, 7, 8):
+        clock.set(datetime(2026, 1, day, 3, 0, tzinfo=UTC))
+        s.run_pending(wait=True)
+    st = s.get_schedule("db").statistics
+    assert (st.runs, st.successes, st.failures) == (3, 2, 1)
+    assert st.success_rate == pytest.approx(2 / 3)
+    assert st.last_failure == datetime(2026, 1, 7, 3, 0, tzinfo=UTC)
+    kinds = [e.kind for e in rec.events]
+    assert kinds == ["start", "success", "start", "failure", "start", "success"]
+    failure = rec.events[3]
+    assert "simulated failure of run 2" in failure.message
+    assert failure.details["error_type"] == "BackupError" and failure.details["exit_code"] == 2
+
+
+class Broken:
+    name = "broken"
+
+    def __init__(self, hang: float = 0.0) -> None:
+        self.hang = hang
+
+    def wants(self, event) -> bool:
+        return True
+
+    def send(self, event, timeout: float) -> None:
+        if self.hang:
+            time.sleep(self.hang)
+        raise ConnectionRefusedError("no server")
+
+
+def test_failing_or_hanging_notifiers_never_change_the_result(make_scheduler, clock):
+    s = make_scheduler(notifiers=[Broken(), Broken(hang=30)])
+    s.notifications.timeout = 0.3
+    s.add_schedule(daily())
+    clock.set(datetime(2026, 1, 6, 3, 0, tzinfo=UTC))
+    t0 = time.monotonic()
+    s.run_pending(wait=True)
+    assert time.monotonic() - t0 < 5  # two events (start, success), each bounded
+    assert s.get_schedule("db").last_result.ok
+    assert s.notifications.failed["broken"] == 4  # both notifiers share the name
+    m = s.get_metrics()
+    assert m["notifications"]["failed"] == {"broken": 4}
+
+
+def test_retention_runs_after_each_backup(make_scheduler, clock, tmp_path):
+    s = make_scheduler(retention_policy=RetentionPolicy(keep_last=2))
+    s.add_schedule(daily())
+    for day in range(6, 11):
+        clock.set(datetime(2026, 1, day, 3, 0, tzinfo=UTC))
+        s.run_pending(wait=True)
+    names = sorted(p.name for p in (tmp_path / "backups").iterdir())
+    assert names == ["db_20260109_030000.tar.gz", "db_20260110_030000.tar.gz"]
+    assert [Path(a.path).name for a in s.archives("db")] == names
+    assert s.get_schedule("db").last_result.pruned == ["db_20260108_030000.tar.gz"]
+
+
+def test_a_clock_stepped_back_does_not_repeat_a_run(make_scheduler, clock):
+    runner = FakeRunner(clock)
+    s = make_scheduler(runner=runner)
+    s.add_schedule(daily())
+    clock.set(datetime(2026, 1, 6, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    clock.set(datetime(2026, 1, 6, 2, 0, tzinfo=UTC))  # NTP steps the clock back an hour
+    s.run_pending(wait=True)
+    clock.set(datetime(2026, 1, 6, 3, 30, tzinfo=UTC))
+    s.run_pending(wait=True)
+    assert runner.calls == 1
+
+
+def test_a_second_scheduler_on_the_same_state_dir_is_refused(make_scheduler):
+    make_scheduler()
+    with pytest.raises(LockedError) as info:
+        make_scheduler()
+    assert info.value.exit_code == 4
+
+
+def test_stop_with_cancel_leaves_no_archive(make_scheduler, clock, tmp_path):
+    runner = FakeRunner(clock)
+    runner.gate = threading.Event()
+    s = make_scheduler(runner=runner)
+    s.add_schedule(daily())
+    clock.set(datetime(2026, 1, 6, 3, 0, tzinfo=UTC))
+    s.run_pending()
+    assert wait_for(lambda: runner.calls == 1)
+    assert s.stop(cancel=True, timeout=5)
+    res = s.get_schedule("db").last_result
+    assert not res.ok and res.error_type == "Cancelled" and res.exit_code == 130
+    assert not list((tmp_path / "backups").glob("*.tar.gz"))
+
+
+def test_stop_waits_for_the_running_archive(make_scheduler, clock, tmp_path):
+    runner = FakeRunner(clock)
+    runner.gate = threading.Event()
+    s = make_scheduler(runner=runner)
+    s.add_schedule(daily())
+    clock.set(datetime(2026, 1, 6, 3, 0, tzinfo=UTC))
+    s.run_pending()
+    threading.Timer(0.3, runner.gate.set).start()
+    assert s.stop(wait=True, timeout=5)
+    assert s.get_schedule("db").last_result.ok
+    assert len(list((tmp_path / "backups").glob("*.tar.gz"))) == 1
+
+
+def test_a_run_interrupted_by_a_crash_is_recorded_and_caught_up(make_scheduler, clock):
+    runner = FakeRunner(clock)
+    runner.gate = threading.Event()
+    s = make_scheduler(runner=runner)
+    s.add_schedule(daily())
+    clock.set(datetime(2026, 1, 6, 3, 0, tzinfo=UTC))
+    s.run_pending()
+    assert wait_for(lambda: runner.calls == 1)
+    # simulate the daemon's death: drop the lock without finishing the run
+    s._stopping.set()
+    s._daemon_lock.release()
+    clock.set(datetime(2026, 1, 6, 3, 10, tzinfo=UTC))
+    runner2 = FakeRunner(clock)
+    s2 = make_scheduler(runner=runner2)
+    sched = s2.add_schedule(daily())
+    assert sched.statistics.failures == 1
+    assert sched.last_result.error_type == "Interrupted"
+    assert s2.run_pending(wait=True) == ["db"]
+    assert runner2.calls == 1 and sched.last_result.ok
+    assert sched.next_run == datetime(2026, 1, 7, 3, 0, tzinfo=UTC)
+    runner.gate.set()
+
+
+def test_incremental_runs_use_the_newest_archive_as_parent(make_scheduler, clock):
+    s = make_scheduler()
+    s.add_schedule(daily(incremental=True, full_every=3))
+    parents = []
+    for day in range(6, 13):
+        clock.set(datetime(2026, 1, day, 3, 0, tzinfo=UTC))
+        s.run_pending(wait=True)
+        parents.append(s.archives("db")[-1].parent)
+    full = [p is None for p in parents]
+    assert full == [True, False, False, True, False, False, True]
+
+
+def test_the_loop_thread_runs_due_schedules(make_scheduler, clock):
+    runner = FakeRunner(clock)
+    s = make_scheduler(runner=runner, poll_interval=0.05)
+    s.add_schedule(daily())
+    s.start()
+    assert s.get_metrics()["up"]
+    clock.set(datetime(2026, 1, 6, 3, 0, tzinfo=UTC))
+    s.wake()
+    assert wait_for(lambda: s.get_schedule("db").statistics.runs == 1)
+    assert s.stop(wait=True, timeout=5)
+    assert runner.calls == 1 and s.get_schedule("db").statistics.successes == 1
+
+
+def test_metrics_in_prometheus_text(make_scheduler, clock):
+    s = make_scheduler()
+    s.add_schedule(daily())
+    clock.set(datetime(2026, 1, 6, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    text = s.prometheus_text()
+    assert 'dsbackup_schedule_runs_total{schedule="db"} 1' in text
+    assert 'dsbackup_schedule_successes_total{schedule="db"} 1' in text
+    nxt = datetime(2026, 1, 7, 3, 0, tzinfo=UTC).timestamp()
+    assert f'dsbackup_schedule_next_run_timestamp_seconds{{schedule="db"}} {nxt:.3f}' in text
+    assert "# TYPE dsbackup_schedule_runs_total counter" in text
+
+
+def test_changed_expression_recomputes_the_persisted_next_run(make_scheduler, clock):
+    s = make_scheduler()
+    s.add_schedule(daily(cron="0 3 1 * *"))  # monthly
+    assert s.get_schedule("db").next_run == datetime(2026, 2, 1, 3, 0, tzinfo=UTC)
+    s.close()
+    s2 = make_scheduler()
+    assert s2.add_schedule(daily(cron="@hourly")).next_run == datetime(2026, 1, 5, 13, 0,
+                                                                       tzinfo=UTC)
+
+
+def test_disabled_schedules_do_not_run_or_accumulate_misfires(make_scheduler, clock):
+    runner = FakeRunner(clock)
+    s = make_scheduler(runner=runner)
+    sched = s.add_schedule(daily(enabled=False))
+    assert sched.next_run is None
+    clock.set(datetime(2026, 1, 9, 3, 30, tzinfo=UTC))
+    assert s.run_pending(wait=True) == []
+    sched.enabled = True
+    assert s.run_pending(wait=True) == []  # no catch-up for the days it was disabled
+    assert sched.next_run == datetime(2026, 1, 10, 3, 0, tzinfo=UTC) and runner.calls == 0
+
+
+def test_runs_still_queued_when_the_scheduler_stops_are_not_started(make_scheduler, clock):
+    runner = FakeRunner(clock)
+    runner.gate = threading.Event()
+    s = make_scheduler(runner=runner, concurrent_backups=1)
+    s.add_schedule(daily("a"))
+    s.add_schedule(daily("b"))
+    clock.set(datetime(2026, 1, 6, 3, 0, tzinfo=UTC))
+    assert s.run_pending() == ["a", "b"]
+    assert wait_for(lambda: runner.calls == 1)
+    threading.Timer(0.2, runner.gate.set).start()
+    assert s.stop(wait=True, timeout=5)
+    assert runner.calls == 1
+    ran, queued = sorted(s.list_schedules(), key=lambda x: x.statistics.runs, reverse=True)
+    assert ran.statistics.runs == 1 and queued.statistics.runs == 0
+    assert queued.next_run == datetime(2026, 1, 6, 3, 0, tzinfo=UTC)  # served after a restart
+    assert not s.is_running(queued.id)
