@@ -73,3 +73,31 @@ def test_incremental_chain_consolidate_and_missing_parent(tmp_path, run_cli):
                 store / "inc1.tar.gz")
     assert r.returncode == 2 and "full.tar.gz" in r.stderr
     assert not (store / "inc2.tar.gz").exists()
+
+
+def test_prune_keeps_the_parents_of_a_kept_incremental(tmp_path, run_cli):
+    recs = {b"/r/%05d" % i: b"v%d" % i for i in range(2000)}
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), iter(recs.items()))
+    d = tmp_path / "backups"
+    d.mkdir()
+    names = [f"job_2026010{i}_000000.tar.gz" for i in range(1, 6)]
+    parent = None
+    for i, n in enumerate(names):
+        with open_datastore(f"lmdb:{src}") as ds:
+            ds.put(b"/r/%05d" % (i * 300), b"changed %d" % i)
+            recs[b"/r/%05d" % (i * 300)] = b"changed %d" % i
+        args = ["backup", f"lmdb:{src}", d / n, "--chunk-size", "32"]
+        if i in (1, 3, 4):  # full, inc, full, inc, inc
+            args += ["--parent", d / parent]
+        assert run_cli(*args).returncode == 0
+        parent = n
+    r = run_cli("prune", d, "--keep-last", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    kept = sorted(p.name for p in d.iterdir())
+    assert kept == names[2:]  # the newest and its parent chain down to a full backup
+    r = run_cli("prune", d, "--keep-last", "1", "--json")
+    assert sorted(p.name for p in d.iterdir()) == kept
+    r = run_cli("restore", d / names[4], f"lmdb:{tmp_path / 'dst'}")
+    assert r.returncode == 0, r.stderr
+    assert _contents(f"lmdb:{tmp_path / 'dst'}") == recs
