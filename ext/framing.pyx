@@ -36,6 +36,8 @@ from framing cimport (
     ds_keyhash,
     ds_matcher,
     ds_pattern,
+    ds_plan,
+    ds_planner,
 )
 from libxxhash cimport (
     XXH3_64bits,
@@ -409,6 +411,9 @@ cdef const ds_matcher *matcher_of(object m) except? NULL:
 include "chunker.pxi"
 
 
+include "planner.pxi"
+
+
 cdef ds_framing_api _api
 _api.chunker_init = chunker_init
 _api.chunker_free = chunker_free
@@ -423,4 +428,10 @@ _api.chunk_to_py = chunk_to_py
 _api.chunker_error = chunker_error
 _api.matcher_of = matcher_of
 _api.matcher_match = matcher_match
+_api.planner_init = planner_init
+_api.planner_free = planner_free
+_api.planner_add = planner_add
+_api.planner_finish = planner_finish
+_api.plan_free = plan_free
+_api.plan_to_py = plan_to_py
 _C_API = PyCapsule_New(&_api, "dsbackup._ext.framing._C_API", NULL)

@@ -15,6 +15,7 @@ import threading
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp
 from posix.mman cimport MADV_DONTNEED, madvise
 
@@ -27,6 +28,8 @@ from framing cimport (
     ds_chunk,
     ds_chunker,
     ds_framing_api,
+    ds_plan,
+    ds_planner,
 )
 from libxxhash cimport XXH3_64bits
 from liblmdb cimport (
@@ -183,6 +186,9 @@ cdef class LmdbRangeScanner:
     cdef uint64_t chunk_size, chunk_max_bytes
     cdef bint catalog
     cdef uint64_t prior_excluded_records, prior_excluded_bytes, prior_records, prior_raw
+    cdef MDB_cursor *pcur          # keys-only planning walk (plan_chunks), own cursor
+    cdef ds_planner pl
+    cdef bint planner_ready, pstarted, pdone
     # The pages of the map this scanner has read stay mapped (and count in its resident set)
     # until dropped: every TRIM_BYTES scanned, the span of the map read since the last trim is
     # released with MADV_DONTNEED (the data stays in the page cache), so the resident set does
@@ -194,7 +200,9 @@ cdef class LmdbRangeScanner:
         self.env = NULL
         self.txn = NULL
         self.cur = NULL
+        self.pcur = NULL
         self.chunker_ready = False
+        self.planner_ready = False
         self._key = None
         self.trim_lo = <size_t>-1
         self.trim_hi = 0
@@ -338,6 +346,7 @@ cdef class LmdbRangeScanner:
         self._check()
         if self.busy:
             raise RuntimeError(f"{self.path}: scanner is being used by another thread")
+        self._drop_plan()
         mdb_txn_reset(self.txn)
         rc = mdb_txn_renew(self.txn)
         if rc:
@@ -458,6 +467,86 @@ cdef class LmdbRangeScanner:
         finally:
             mdb_cursor_close(cur)
 
+    cdef _drop_plan(self):
+        if self.pcur != NULL:
+            mdb_cursor_close(self.pcur)
+            self.pcur = NULL
+        if self.planner_ready:
+            FAPI.planner_free(&self.pl)
+            self.planner_ready = False
+        self.pstarted = False
+        self.pdone = False
+
+    @property
+    def planned_excluded(self) -> tuple:
+        """(records, bytes) the planning walk excluded so far."""
+        if not self.planner_ready:
+            return (0, 0)
+        return (self.pl.excluded_records, self.pl.excluded_bytes)
+
+    def plan_chunks(self, Py_ssize_t max_plans=4096):
+        """Planning for incremental backups: continue a keys-only walk of the whole snapshot
+        (its own cursor; value sizes come from node headers, values are not read) and return
+        up to ``max_plans`` chunk plans ``(first_key, last_key, record_count, payload_len,
+        keys_xxh3, raw_bytes)``: exactly the chunks a scan of the whole store makes. An empty
+        list once the walk is over."""
+        cdef MDB_val k, v
+        cdef int rc = 0, r = 0
+        cdef ds_plan *out
+        cdef Py_ssize_t nout = 0, j
+        self._check()
+        if self.busy:
+            raise RuntimeError(f"{self.path}: scanner is being used by another thread")
+        if max_plans < 1:
+            raise ValueError("max_plans must be >= 1")
+        if self.pdone:
+            return []
+        if not self.planner_ready:
+            if FAPI.planner_init(&self.pl, self.chunk_size, self.chunk_max_bytes,
+                                 FAPI.matcher_of(self._exclude)) != FR_OK:
+                FAPI.planner_free(&self.pl)
+                raise MemoryError("LmdbRangeScanner: cannot allocate the planner")
+            self.planner_ready = True
+        if self.pcur == NULL:
+            rc = mdb_cursor_open(self.txn, self.dbi, &self.pcur)
+            if rc:
+                raise _lmdb_error(rc, f"{self.path}: cannot open a cursor")
+        out = <ds_plan *>malloc((max_plans + 1) * sizeof(ds_plan))
+        if out == NULL:
+            raise MemoryError("LmdbRangeScanner: cannot allocate plans")
+        self.busy = True
+        try:
+            with nogil:
+                while nout < max_plans:
+                    rc = mdb_cursor_get(self.pcur, &k, &v, MDB_NEXT if self.pstarted
+                                        else MDB_FIRST)
+                    self.pstarted = True
+                    if rc:
+                        break
+                    r = FAPI.planner_add(&self.pl, <const unsigned char *>k.mv_data, k.mv_size,
+                                         v.mv_size, &out[nout])
+                    if r < 0:
+                        break
+                    nout += r
+                if rc == MDB_NOTFOUND:
+                    rc = 0
+                    self.pdone = True
+                    nout += FAPI.planner_finish(&self.pl, &out[nout])
+        finally:
+            self.busy = False
+        try:
+            plans = [FAPI.plan_to_py(&out[j]) for j in range(nout)]
+        finally:
+            for j in range(nout):
+                FAPI.plan_free(&out[j])
+            free(out)
+        if rc:
+            raise _lmdb_error(rc, f"{self.path}: cursor read failed")
+        if r < 0:
+            raise FAPI.chunker_error(NULL, r, PyBytes_FromStringAndSize(
+                <const char *>k.mv_data, k.mv_size), -1)
+        return plans
+
     cdef _check(self):
         if self.txn == NULL:
             raise ValueError(f"{self.path}: scanner is closed")
@@ -575,6 +664,7 @@ cdef class LmdbRangeScanner:
         """End the read transaction and close the environment (idempotent)."""
         inherited = self._key is not None and self._pid != os.getpid()
         if not inherited:
+            self._drop_plan()
             if self.cur != NULL:
                 mdb_cursor_close(self.cur)
             if self.txn != NULL:
@@ -605,6 +695,10 @@ cdef class LmdbRangeScanner:
     def __dealloc__(self):
         if self._key is not None and self._pid != os.getpid():
             return  # never touch an environment inherited across fork
+        if self.pcur != NULL:
+            mdb_cursor_close(self.pcur)
+        if self.planner_ready:
+            FAPI.planner_free(&self.pl)
         if self.cur != NULL:
             mdb_cursor_close(self.cur)
         if self.txn != NULL:

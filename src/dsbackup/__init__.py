@@ -34,6 +34,12 @@ _LAZY = {
     "Key": "dsbackup.keys",
     "Query": "dsbackup.datastores.query",
     "open_datastore": "dsbackup.datastores",
+    # incremental backups
+    "consolidate_archive": "dsbackup.archive.consolidate",
+    "choose_parent": "dsbackup.incremental",
+    "parent_of": "dsbackup.incremental",
+    "archive_fingerprint": "dsbackup.incremental",
+    "required_archives": "dsbackup.incremental",
     # scheduler
     "BackupScheduler": "dsbackup.scheduler",
     "SchedulerConfig": "dsbackup.scheduler",

@@ -94,23 +94,32 @@ class BackupManager:
         parent: str | os.PathLike[str] | None = None,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        parent_dirs: list[str | os.PathLike[str]] | None = None,
     ) -> BackupMetadata:
         """Back up `source` (a datastore URI or object) to the archive `path`.
 
         The archive is written to a temporary file beside `path`, checked, fsynced and renamed:
         `path` never holds a partial archive. Raises a DsBackupError subclass on failure;
         Cancelled (exit code 130) when `cancel` is set or the configured timeout passes.
+        With `parent` (an archive) the backup is incremental: unchanged chunks are referenced
+        in the parent chain (found beside the parent or in `parent_dirs`), see
+        dsbackup.incremental.
         """
-        if parent is not None:
-            raise BackupError("incremental backups (parent=...) are not supported by this "
-                              "version: make a full backup")
         cfg = self.config
         cancel = cancel or threading.Event()
         deadline = _Deadline(cancel, cfg.timeout)
         t0 = time.perf_counter()
-        ds, owned = _open_source(source)
+        # an incremental opens a URI source itself (LMDB: natively, in this process)
+        ds, owned = _open_source(source) if parent is None else (source, False)
         try:
-            meta = self._create(ds, Path(path), cfg, progress, cancel, t0)
+            if parent is not None:
+                from dsbackup.incremental import create_incremental
+
+                meta = create_incremental(ds, Path(path), Path(parent), cfg,
+                                          parent_dirs=parent_dirs, progress=progress,
+                                          cancel=cancel, t0=t0)
+            else:
+                meta = self._create(ds, Path(path), cfg, progress, cancel, t0)
         except Cancelled:
             self._count("backups_failed")
             if deadline.fired:
@@ -245,11 +254,16 @@ class BackupManager:
         return result
 
     def verify_backup(self, path: str | os.PathLike[str], deep: bool = True,
-                      sample: float | None = None) -> VerifyReport:
+                      sample: float | None = None, *,
+                      parent_dirs: list[str | os.PathLike[str]] | None = None,
+                      check_blocks: bool = False) -> VerifyReport:
         """Check an archive. quick (deep=False): structure and every member checksum; deep:
-        also inflate and parse every chunk; sample=f: quick plus deep on a fraction f."""
+        also inflate and parse every chunk; sample=f: quick plus deep on a fraction f.
+        Incremental archives are checked with their parent chain (`parent_dirs`);
+        `check_blocks` re-hashes /blocks values against their keys (deep)."""
         report = verify_archive(path, deep=deep, sample=sample,
-                                threads=self.config.effective_workers)
+                                threads=self.config.effective_workers,
+                                parent_dirs=parent_dirs, check_blocks=check_blocks)
         with self._lock:
             self._metrics["verifies_total"] += 1
             if not report.ok:
@@ -288,7 +302,14 @@ def metadata_from_reader(r: ArchiveReader) -> BackupMetadata:
             skipped_keys=s.get("excluded_records", 0),
             skipped_bytes=s.get("excluded_bytes", 0), workers=s.get("workers", 1),
             mode=s.get("mode", "")),
-        parent=m.get("parent"), tool=m.get("tool", ""))
+        parent=_parent_fingerprint(m.get("parent")), tool=m.get("tool", ""))
+
+
+def _parent_fingerprint(parent: Any) -> str | None:
+    """The parent's fingerprint from a manifest `parent` object (None for a full backup)."""
+    if isinstance(parent, dict):
+        parent = parent.get("fingerprint")
+    return str(parent) if parent else None
 
 
 def _quick_check(tmp_path: Path) -> None:

@@ -36,6 +36,10 @@ class BackupConfig:
       segments, ``?`` one character other than ``/``. ``/pins/*`` excludes ``/pins/a`` but not
       ``/pins/a/b``; ``/local/**`` excludes everything under ``/local``.
     - ``workers`` (default: CPU count): parallel scan workers and compression threads.
+    - ``trust_content_keys`` (default True): in an incremental backup, a chunk of
+      content-addressed keys (``/blocks/...``, or every key of a flatfs blockstore: the key is
+      the multihash of the value) whose keys and value sizes match the parent's is taken as
+      unchanged without reading its values. False reads and compares them.
     """
 
     compression_level: int = 1
@@ -46,6 +50,7 @@ class BackupConfig:
     include_metadata: bool = False
     exclude_patterns: list[str] = field(default_factory=list)
     workers: int | None = None
+    trust_content_keys: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.compression_level, int) or not 0 <= self.compression_level <= 9:

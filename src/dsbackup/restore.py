@@ -193,13 +193,15 @@ def restore_archive(
     cancel: threading.Event | None = None,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     resume: bool = True,
+    parent_dirs: list[str | os.PathLike[str]] | None = None,
 ) -> RestoreResult:
     """Restore `path` into `target` (URI or datastore object).
 
     mode: "empty" (default; the target must be empty, or hold a resumable restore of the same
     archive), "overwrite" (archive values replace existing ones), "skip_existing" (keys already
     in the target are left alone). prefix/pattern restore a subset (prefix: children of a key;
-    pattern: globs as in exclude_patterns).
+    pattern: globs as in exclude_patterns). An incremental archive needs its parent chain
+    (beside it or in `parent_dirs`); a missing parent fails before the target is touched.
     """
     if mode not in MODES:
         raise ConfigError(f"restore mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -212,7 +214,12 @@ def restore_archive(
 
         return restore_go_archive(path, target, mode=mode, prefix=prefix, pattern=pattern,
                                   batch_bytes=batch_bytes)
-    reader = ArchiveReader(path)
+    reader = ArchiveReader(path, parent_dirs=parent_dirs)
+    try:
+        reader.open_parents()
+    except BaseException:
+        reader.close()
+        raise
     owned = False
     native = None
     if isinstance(target, (str, os.PathLike)):

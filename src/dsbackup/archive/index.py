@@ -11,6 +11,10 @@ INDEX_MAGIC = b"DSI1"
 _HEADER = struct.Struct("<4sIQQQQQ16s")  # 64 bytes
 _ENTRY = struct.Struct("<QQQQQQQQQIIII")  # 88 bytes
 _CATALOG = struct.Struct("<QQQQQ")  # 40 bytes
+# Entry flag bit 0: the chunk is stored in the parent chain, not in this archive (docs/FORMAT.md
+# §10); ``offset`` is then the chunk's seq in the parent's index and ``length`` is 0.
+FLAG_PARENT = 1
+KNOWN_FLAGS = FLAG_PARENT
 HEADER_SIZE = _HEADER.size
 ENTRY_SIZE = _ENTRY.size
 CATALOG_ENTRY_SIZE = _CATALOG.size
@@ -29,6 +33,11 @@ class ChunkEntry:
     first_key: bytes
     last_key: bytes
     flags: int = 0
+
+    @property
+    def in_parent(self) -> bool:
+        """True when the chunk is stored in the parent chain (a reference)."""
+        return bool(self.flags & FLAG_PARENT)
 
     @property
     def key_range(self) -> str:
@@ -149,7 +158,7 @@ class Index:
         for i, e in enumerate(self.entries()):
             if e.seq != i:
                 problems.append(IntegrityError(f"index: entry {i} has seq {e.seq}", chunk=i))
-            if e.flags != 0:
+            if e.flags & ~KNOWN_FLAGS:
                 problems.append(IntegrityError(f"chunk {i}: unknown flags {e.flags:#x}", chunk=i))
             if not e.first_key or e.first_key > e.last_key or e.records < 1:
                 problems.append(IntegrityError(f"chunk {i}: invalid key range or record count",
@@ -159,9 +168,20 @@ class Index:
                     f"chunk {i}: first key {e.first_key!r} does not follow the previous "
                     f"chunk's last key", chunk=i))
             prev_last = e.last_key
+            if e.in_parent:
+                if e.length != 0 or e.member_xxh3 != 0:
+                    problems.append(IntegrityError(
+                        f"chunk {i}: a parent reference with a member length or digest",
+                        chunk=i))
+                continue
             members.append((e.offset, e.length, "chunk", i))
         for i in range(self.catalog_count):
             c = self.catalog(i)
+            if self.entry(i).in_parent:
+                if c != CatalogEntry(0, 0, 0, 0, 0):
+                    problems.append(IntegrityError(
+                        f"catalog {i}: a referenced chunk's catalog entry is not zero", chunk=i))
+                continue
             members.append((c.offset, c.length, "catalog", i))
         members.sort()
         pos = manifest_end

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup.archive import format as fmt
@@ -13,12 +14,20 @@ from dsbackup.archive.index import ChunkEntry, Index
 from dsbackup.archive.member import decode_member
 from dsbackup.errors import ArchiveError, IntegrityError
 
+if TYPE_CHECKING:
+    from dsbackup.archive.chain import ParentChain
+
 
 class ArchiveReader:
     """Read a dsbackup archive. Thread-safe for concurrent chunk reads (pread, no shared cursor)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *,
+                 parent_dirs: list[str | os.PathLike[str]] | None = None) -> None:
         self.path = Path(path)
+        # incremental archives: where to look for parents besides this archive's directory
+        self.parent_dirs = [Path(d) for d in (parent_dirs or [])]
+        self._chain: ParentChain | None = None
+        self._chain_lock = threading.Lock()
         try:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -72,6 +81,9 @@ class ArchiveReader:
         return data
 
     def close(self) -> None:
+        if getattr(self, "_chain", None) is not None:
+            self._chain.close()
+            self._chain = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -129,6 +141,33 @@ class ArchiveReader:
                                               fmt.SUMMARY_NAME, "summary")
         return self._summary
 
+    # -- parents (incremental archives, docs/FORMAT.md §10) ----------------------------------
+
+    @property
+    def is_incremental(self) -> bool:
+        return self.manifest.get("parent") is not None
+
+    def open_parents(self) -> ParentChain | None:
+        """Find, open and check every ancestor (MissingParentError names a missing one);
+        None for a full backup. Done lazily on the first referenced chunk otherwise."""
+        if self._chain is None and self.is_incremental:
+            from dsbackup.archive.chain import ParentChain
+
+            with self._chain_lock:  # readers are shared by decoding threads
+                if self._chain is None:
+                    self._chain = ParentChain(self, self.parent_dirs)
+        return self._chain
+
+    def locate(self, i: int) -> tuple[ArchiveReader, int]:
+        """(archive, seq) that stores chunk i: this archive, or one in its parent chain."""
+        if not self.entry(i).in_parent:
+            return self, i
+        chain = self.open_parents()
+        if chain is None:
+            raise IntegrityError(f"{self.path}: chunk {i} refers to a parent, but the manifest "
+                                 "names none", chunk=i)
+        return chain.locate(i)
+
     # -- chunks ----------------------------------------------------------------------------
 
     @property
@@ -148,6 +187,9 @@ class ArchiveReader:
     def read_member(self, i: int) -> bytes:
         """The raw bytes of chunk i's member, checked against the index's member XXH3."""
         e = self.entry(i)
+        if e.in_parent:
+            holder, seq = self.locate(i)
+            return holder.read_member(seq)
         self._check_member_range(i, e.offset, e.length, "chunk")
         raw = self.pread(e.offset, e.length)
         if xxh3_64(raw) != e.member_xxh3:
@@ -158,6 +200,9 @@ class ArchiveReader:
     def decode_chunk_member(self, i: int, raw: bytes) -> memoryview:
         """Inflate and check a chunk member read by read_member; return the payload."""
         e = self.entry(i)
+        if e.in_parent:
+            holder, seq = self.locate(i)  # checks every hop describes this same chunk
+            return holder.decode_chunk_member(seq, raw)
         sub, payload = decode_member(raw, f"{self.path}: chunk {i} {e.key_range}",
                                      expected_type=fmt.TYPE_CHUNK,
                                      expected_name=fmt.chunk_name(i), chunk=i)
@@ -174,6 +219,9 @@ class ArchiveReader:
 
     def read_catalog_member(self, i: int) -> bytes:
         """The raw bytes of chunk i's catalog member, checked against the index."""
+        if self.entry(i).in_parent:
+            holder, seq = self.locate(i)
+            return holder.read_catalog_member(seq)
         c = self.index.catalog(i)
         self._check_member_range(i, c.offset, c.length, "catalog")
         raw = self.pread(c.offset, c.length)
@@ -183,6 +231,9 @@ class ArchiveReader:
 
     def read_catalog(self, i: int) -> memoryview:
         """Chunk i's key catalog data, after every check."""
+        if self.entry(i).in_parent:
+            holder, seq = self.locate(i)
+            return holder.read_catalog(seq)
         c = self.index.catalog(i)
         raw = self.read_catalog_member(i)
         sub, data = decode_member(raw, f"{self.path}: catalog {i}",

@@ -38,6 +38,8 @@ class SalvageReport:
     has_summary: bool = False
     has_trailer: bool = False
     lost_ranges: list[tuple[bytes | None, bytes | None, list[int]]] = field(default_factory=list)
+    # incremental archives: seqs stored in the parent chain (from a readable index), not lost
+    referenced: list[int] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -73,6 +75,7 @@ class SalvageReport:
                             for a, b, m in self.lost_ranges],
             "has_manifest": self.has_manifest, "has_index": self.has_index,
             "has_summary": self.has_summary, "has_trailer": self.has_trailer,
+            "referenced_chunks": len(self.referenced),
         }
 
 
@@ -112,8 +115,19 @@ def salvage(path: str | os.PathLike[str]) -> SalvageReport:
                 mv.release()
     finally:
         os.close(fd)
+    report.referenced = _referenced(p) if report.has_index else []
     _lost_ranges(report)
     return report
+
+
+def _referenced(path: Path) -> list[int]:
+    from dsbackup.archive.reader import ArchiveReader
+
+    try:
+        with ArchiveReader(path) as r:
+            return [i for i, e in enumerate(r.index.entries()) if e.in_parent]
+    except (ArchiveError, IntegrityError):
+        return []
 
 
 def _walk(mm: mmap.mmap, mv: memoryview, report: SalvageReport) -> None:
@@ -156,9 +170,11 @@ def _lost_ranges(report: SalvageReport) -> None:
     report.chunks = chunks
     expected = 0
     prev_last: bytes | None = None
+    refs = set(report.referenced)
     for c in chunks:
-        if c.seq != expected:
-            report.lost_ranges.append((prev_last, c.first_key, list(range(expected, c.seq))))
+        missing = [s for s in range(expected, c.seq) if s not in refs]
+        if missing:
+            report.lost_ranges.append((prev_last, c.first_key, missing))
         expected = c.seq + 1
         prev_last = c.last_key
     if not report.has_index:

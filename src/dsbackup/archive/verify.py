@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from pathlib import Path
 from dsbackup._ext.checksum import Xxh3_128
 from dsbackup._ext.framing import FramingError, scan_payload
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.errors import ArchiveError, IntegrityError
+from dsbackup.errors import ArchiveError, IntegrityError, MissingParentError
 
 _U64 = struct.Struct("<Q")
 
@@ -29,6 +30,9 @@ class VerifyReport:
     chunks: int = 0
     checked_chunks: int = 0
     deep_checked_chunks: int = 0
+    referenced_chunks: int = 0
+    parents: list[str] = field(default_factory=list)
+    blocks_checked: int = 0
     bytes_checked: int = 0
     records: int = 0
     duration_s: float = 0.0
@@ -61,6 +65,8 @@ class VerifyReport:
             "path": self.path, "ok": self.ok, "mode": self.mode, "chunks": self.chunks,
             "checked_chunks": self.checked_chunks,
             "deep_checked_chunks": self.deep_checked_chunks,
+            "referenced_chunks": self.referenced_chunks, "parents": self.parents,
+            "blocks_checked": self.blocks_checked,
             "bytes_checked": self.bytes_checked, "records": self.records,
             "duration_s": round(self.duration_s, 6), "errors": self.errors,
             "bad_chunks": sorted(self.bad_chunks), "bad_parts": self.bad_parts,
@@ -68,7 +74,8 @@ class VerifyReport:
         }
 
 
-def _check_chunk(reader: ArchiveReader, i: int, deep: bool) -> tuple[int, int]:
+def _check_chunk(reader: ArchiveReader, i: int, deep: bool,
+                 blocks: list[int] | None = None) -> tuple[int, int]:
     """Check chunk i; returns (bytes read, records). Raises IntegrityError naming the chunk."""
     e = reader.entry(i)
     raw = reader.read_member(i)
@@ -89,6 +96,10 @@ def _check_chunk(reader: ArchiveReader, i: int, deep: bool) -> tuple[int, int]:
             f"(count, key range or key digest)", chunk=i)
     if reader.index.catalog_count:
         reader.read_catalog(i)
+    if blocks is not None:
+        from dsbackup.blockcheck import check_payload_blocks
+
+        blocks.append(check_payload_blocks(payload, f"{reader.path}: chunk {i}", i))
     return len(raw), e.records
 
 
@@ -100,13 +111,19 @@ def verify_archive(
     threads: int | None = None,
     seed: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    parent_dirs: list[str | os.PathLike[str]] | None = None,
+    check_blocks: bool = False,
 ) -> VerifyReport:
-    """Verify an archive; never raises for damage — the report lists every problem found."""
+    """Verify an archive; never raises for damage — the report lists every problem found.
+
+    An incremental archive is checked with its parent chain (found beside it or in
+    `parent_dirs`): referenced chunks are read from the parents. `check_blocks` (deep only)
+    also re-hashes every `/blocks/<base32 sha2-256 multihash>` value against its key."""
     t0 = time.perf_counter()
     mode = "deep" if deep and sample is None else ("sampled" if sample is not None else "quick")
     report = VerifyReport(path=str(Path(path)), mode=mode)
     try:
-        reader = ArchiveReader(path)
+        reader = ArchiveReader(path, parent_dirs=parent_dirs)
     except (IntegrityError, ArchiveError) as exc:
         report.add(exc)
         report.duration_s = time.perf_counter() - t0
@@ -126,6 +143,19 @@ def verify_archive(
             report.add(exc)
         if report.ok:
             _check_summary(reader, report)
+        if report.ok:
+            try:
+                chain = reader.open_parents()
+                report.parents = [str(p) for p in chain.paths] if chain else []
+                report.referenced_chunks = sum(e.in_parent for e in reader.index.entries())
+            except (MissingParentError, IntegrityError) as exc:
+                report.add(exc)
+                if isinstance(exc, MissingParentError):
+                    report.bad_parts.append("parent")
+                report.bad_chunks.sort()
+                report.duration_s = time.perf_counter() - t0
+                return report
+        check_blocks = check_blocks and deep
         deep_set: set[int] | None = None
         if sample is not None:
             if not 0 <= sample <= 1:
@@ -134,13 +164,18 @@ def verify_archive(
             k = min(n, max(1 if n and sample > 0 else 0, round(n * sample)))
             deep_set = set(random.Random(seed).sample(range(n), k))
         workers = threads or min(8, os.cpu_count() or 1)
+        lock = threading.Lock()
 
         def task(i: int) -> tuple[int, int, IntegrityError | None]:
             d = deep if deep_set is None else i in deep_set
+            blocks: list[int] | None = [] if check_blocks and d else None
             try:
-                nbytes, recs = _check_chunk(reader, i, d)
+                nbytes, recs = _check_chunk(reader, i, d, blocks)
+                if blocks:
+                    with lock:
+                        report.blocks_checked += blocks[0]
                 return nbytes, recs if d else 0, None
-            except IntegrityError as exc:
+            except (IntegrityError, MissingParentError) as exc:
                 return 0, 0, exc
 
         done = 0
@@ -178,7 +213,16 @@ def _check_summary(reader: ArchiveReader, report: VerifyReport) -> None:
     for e in reader.index.entries():
         fp.update(_U64.pack(e.payload_xxh3))
         records += e.records
-    expect = {"chunks": reader.chunk_count, "records": records, "fingerprint": fp.hexdigest()}
+    expect = {"chunks": reader.chunk_count, "records": records}
+    parent = reader.manifest.get("parent") if "manifest" not in report.bad_parts else None
+    if isinstance(parent, dict) and isinstance(parent.get("fingerprint"), str):
+        # incremental: the content digest, then the parent's fingerprint (docs/FORMAT.md §7)
+        expect["content_fingerprint"] = fp.hexdigest()
+        try:
+            fp.update(bytes.fromhex(parent["fingerprint"]))
+        except ValueError:
+            pass
+    expect["fingerprint"] = fp.hexdigest()
     for k, v in expect.items():
         if s.get(k) != v:
             report.add(IntegrityError(

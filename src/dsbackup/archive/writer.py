@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from dsbackup._ext.checksum import Xxh3_64, Xxh3_128, crc32, crc32_combine, xxh3_64
 from dsbackup._ext.compress import deflate_body, tar_header
 from dsbackup.archive import format as fmt
-from dsbackup.archive.index import CatalogEntry, ChunkEntry, IndexBuilder
+from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.tempfiles import (
     fsync_dir,
     remove_stale_temp_files,
@@ -73,6 +73,7 @@ class ArchiveWriter:
         manifest: dict[str, Any],
         level: int = 1,
         created: float | None = None,
+        parent_fingerprint: str | None = None,
     ) -> None:
         self.final = Path(path)
         if not self.final.parent.is_dir():
@@ -97,6 +98,9 @@ class ArchiveWriter:
         self._payload_bytes = 0
         self._closed = False
         self._prev_last: bytes | None = None
+        # incremental archives: the fingerprint also covers the parent's (docs/FORMAT.md §7)
+        self.parent_fingerprint = parent_fingerprint
+        self.referenced_chunks = 0
         data = json.dumps(manifest, sort_keys=True, indent=1).encode()
         if len(data) > fmt.MAX_JSON_BYTES:
             raise ArchiveError("manifest too large")
@@ -183,6 +187,34 @@ class ArchiveWriter:
         self._payload_bytes += body.input_len
         return entry
 
+    def add_reference(self, parent_seq: int, entry: ChunkEntry, raw_bytes: int, *,
+                      catalog: bool = False) -> ChunkEntry:
+        """Append a chunk stored in the parent chain: ``entry`` is the parent's index entry
+        (seq ``parent_seq``); nothing is written but the index entry (docs/FORMAT.md §10)."""
+        if self._closed:
+            raise ArchiveError("archive writer is closed")
+        if self.parent_fingerprint is None:
+            raise ArchiveError("a chunk reference needs a parent (parent_fingerprint)")
+        if self._prev_last is not None and entry.first_key <= self._prev_last:
+            raise ArchiveError(
+                f"chunk {self._index.count}: first key {entry.first_key!r} does not follow "
+                f"{self._prev_last!r} (chunks must arrive in key order)")
+        if catalog != bool(self._index.catalog_count) and self._index.count:
+            raise ArchiveError(f"chunk {self._index.count}: catalog presence changed")
+        ref = ChunkEntry(self._index.count, parent_seq, 0, entry.payload_len, entry.records,
+                         entry.payload_xxh3, 0, entry.keys_xxh3, entry.first_key,
+                         entry.last_key, FLAG_PARENT)
+        self._index.add_chunk(ref)
+        if catalog:
+            self._index.add_catalog(CatalogEntry(0, 0, 0, 0, 0))
+        self._prev_last = ref.last_key
+        self._fingerprint.update(_U64.pack(entry.payload_xxh3))
+        self._records += entry.records
+        self._raw_bytes += raw_bytes
+        self._payload_bytes += entry.payload_len
+        self.referenced_chunks += 1
+        return ref
+
     def finish(self, summary: dict[str, Any] | None = None,
                before_rename: Callable[[Path], None] | None = None) -> WrittenArchive:
         """Write index, summary and trailer; fsync; optionally check the temp file with
@@ -197,6 +229,11 @@ class ArchiveWriter:
             ioff, ilen, ixxh = self._write_member(isub, fmt.INDEX_NAME, self.created, index_body)
             fingerprint = self._fingerprint.hexdigest()
             full = dict(summary or {})
+            if self.parent_fingerprint is not None:
+                full["content_fingerprint"] = fingerprint
+                full["referenced_chunks"] = self.referenced_chunks
+                self._fingerprint.update(bytes.fromhex(self.parent_fingerprint))
+                fingerprint = self._fingerprint.hexdigest()
             full.update(
                 chunks=self._index.count,
                 records=self._records,

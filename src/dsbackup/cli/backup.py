@@ -36,7 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=None, help="give up after SECONDS")
     p.add_argument("--no-verify", action="store_true",
                    help="skip re-reading the archive's checksums before it is renamed into place")
-    p.add_argument("--parent", default=None, help="parent archive (incremental backup)")
+    p.add_argument("--parent", default=None,
+                   help="parent archive: make an incremental backup that references the "
+                   "parent's unchanged chunks")
+    p.add_argument("--parent-dir", action="append", default=[], metavar="DIR",
+                   help="incremental archives: where to look for parent archives besides "
+                   "the archive's directory; repeatable")
+    p.add_argument("--no-trust-content-keys", action="store_true",
+                   help="incremental: read /blocks values even when keys and sizes are "
+                   "unchanged (default: a block's key is its hash, so it is not read)")
     add_json_flag(p)
 
 
@@ -45,11 +53,12 @@ def run(args: argparse.Namespace) -> int:
                        chunk_max_bytes=args.chunk_max_bytes, timeout=args.timeout,
                        verify_integrity=not args.no_verify,
                        include_metadata=args.include_metadata,
-                       exclude_patterns=args.exclude, workers=args.workers)
+                       exclude_patterns=args.exclude, workers=args.workers,
+                       trust_content_keys=not args.no_trust_content_keys)
     mgr = BackupManager(cfg)
     with cancel_on_signals() as cancel, progress_bar(not args.json, "backup") as bar:
         meta = mgr.create_backup(args.source, args.archive, parent=args.parent, progress=bar,
-                                 cancel=cancel)
+                                 cancel=cancel, parent_dirs=args.parent_dir)
     if args.json:
         emit_json(COMMAND, {"ok": True, "backup": meta.to_json()})
     else:

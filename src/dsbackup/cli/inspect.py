@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from dsbackup.archive.reader import ArchiveReader
 from dsbackup.backup import BackupManager
 from dsbackup.cli._common import add_json_flag, emit_json, human_bytes
 
@@ -39,9 +40,19 @@ def run(args: argparse.Namespace) -> int:
         ("excluded", f"{s.skipped_keys} records"),
         ("duration", f"{s.duration_s:.2f} s ({s.mode}, {s.workers} workers)"),
         ("fingerprint", meta.fingerprint),
-        ("parent", meta.parent or "none (full backup)"),
+        ("parent", _parent_line(args.archive, meta.parent)),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _parent_line(path: str, fingerprint: str | None) -> str:
+    if fingerprint is None:
+        return "none (full backup)"
+    with ArchiveReader(path) as r:
+        p = r.manifest.get("parent") or {}
+        stored = r.chunk_count - int(r.summary.get("referenced_chunks", 0))
+    name = p.get("name", "") if isinstance(p, dict) else ""
+    return f"{name} (fingerprint {fingerprint}); {stored} chunks stored here, the rest in the parent chain"

@@ -19,13 +19,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("archive")
     p.add_argument("--prefix", default=None, help="only the children of this key")
     p.add_argument("-l", "--long", action="store_true", help="show value sizes (and digests)")
+    p.add_argument("--parent-dir", action="append", default=[], metavar="DIR",
+                   help="incremental archives: where to look for parent archives besides "
+                   "the archive's directory; repeatable")
     add_json_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
     start, end = prefix_bounds(args.prefix)
     out = sys.stdout
-    with ArchiveReader(args.archive) as r:
+    with ArchiveReader(args.archive, parent_dirs=args.parent_dir) as r:
+        r.open_parents()
         rows = iter_listing(r, start, end)
         if args.json:
             # JSON lines: a header object, then one object per key (streams for huge archives)

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pattern", action="append", default=[], metavar="GLOB",
                    help="restore only keys matching GLOB; repeatable")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--parent-dir", action="append", default=[], metavar="DIR",
+                   help="incremental archives: where to look for parent archives besides "
+                   "the archive's directory; repeatable")
     add_json_flag(p)
 
 
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     mgr = BackupManager(BackupConfig(workers=args.workers))
     with cancel_on_signals() as cancel, progress_bar(not args.json, "restore") as bar:
         res = mgr.restore_backup(args.archive, args.target, mode=mode, prefix=args.prefix,
-                                 pattern=args.pattern or None, progress=bar, cancel=cancel)
+                                 pattern=args.pattern or None, progress=bar, cancel=cancel,
+                                 parent_dirs=args.parent_dir)
     if args.json:
         emit_json(COMMAND, {"ok": True, "restore": res.to_json()})
     else:

@@ -8,7 +8,7 @@ import sys
 from dsbackup.backup import BackupManager
 from dsbackup.cli._common import add_json_flag, emit_json, human_bytes, show_key
 from dsbackup.config import BackupConfig
-from dsbackup.errors import EXIT_INTEGRITY
+from dsbackup.errors import EXIT_ERROR, EXIT_INTEGRITY
 
 COMMAND = "verify"
 HELP = "verify an archive: quick (checksums), deep (default: inflate and parse) or sampled"
@@ -22,12 +22,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sample", type=float, default=None, metavar="FRACTION",
                    help="quick check of everything, deep check of a random fraction of chunks")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--check-blocks", action="store_true",
+                   help="deep: also re-hash /blocks/<multihash> values against their keys "
+                   "(sha2-256)")
+    p.add_argument("--parent-dir", action="append", default=[], metavar="DIR",
+                   help="incremental archives: where to look for parent archives besides "
+                   "the archive's directory; repeatable")
     add_json_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
     mgr = BackupManager(BackupConfig(workers=args.workers))
-    report = mgr.verify_backup(args.archive, deep=not args.quick, sample=args.sample)
+    report = mgr.verify_backup(args.archive, deep=not args.quick, sample=args.sample,
+                               parent_dirs=args.parent_dir, check_blocks=args.check_blocks)
     if args.json:
         emit_json(COMMAND, report.to_json())
     else:
@@ -36,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.archive}: OK ({report.mode}): {report.checked_chunks} chunks, "
                   f"{report.records} records checked, {human_bytes(report.bytes_checked)} in "
                   f"{report.duration_s:.2f} s ({human_bytes(rate)}/s)", file=sys.stderr)
+            if report.parents:
+                print(f"  {report.referenced_chunks} chunks read from parents: "
+                      f"{', '.join(report.parents)}", file=sys.stderr)
+            if args.check_blocks:
+                print(f"  {report.blocks_checked} blocks re-hashed against their keys",
+                      file=sys.stderr)
         else:
             print(f"{args.archive}: DAMAGED: {len(report.errors)} problem(s)", file=sys.stderr)
             for e in report.errors[:50]:
@@ -45,4 +58,6 @@ def run(args: argparse.Namespace) -> int:
                     print(f"  chunk {r['chunk']}: keys {show_key(r['first_key'])} .. "
                           f"{show_key(r['last_key'])} ({r['records']} records) affected",
                           file=sys.stderr)
+    if report.bad_parts == ["parent"] and len(report.errors) == 1:
+        return EXIT_ERROR  # a parent archive is missing: nothing found damaged
     return 0 if report.ok else EXIT_INTEGRITY

@@ -1,0 +1,203 @@
+"""Parent chains of incremental archives (docs/FORMAT.md §10).
+
+An incremental archive's manifest names its parent (`parent`: fingerprint, file name, index
+XXH3); index entries flagged FLAG_PARENT hold no member and refer to a chunk of the parent by
+its seq. The parent may itself be incremental, so a reference is followed down the chain until
+an archive that stores the chunk. Every hop checks that both entries describe the same chunk
+(record count, payload length and XXH3, key digest, first and last key), and the payload read
+at the end is checked against them, so a wrong or altered parent is detected.
+
+Parents are found by name next to the archive, then in the given directories; when the named
+file is missing or is another archive, the directories are searched for an archive with the
+expected fingerprint (a fingerprint fixes every chunk's payload digest and seq, so any archive
+carrying it holds the referenced chunks).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dsbackup.errors import ArchiveError, IntegrityError, MissingParentError
+
+if TYPE_CHECKING:
+    from dsbackup.archive.reader import ArchiveReader
+
+MAX_CHAIN = 4096
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """The `parent` object of an incremental archive's manifest."""
+
+    fingerprint: str
+    name: str
+    index_xxh3: str | None = None
+    path: str | None = None  # hint: the parent's path relative to the archive's directory
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], where: str) -> ParentRef | None:
+        p = manifest.get("parent")
+        if p is None:
+            return None
+        if isinstance(p, str):  # a bare fingerprint: found by searching only
+            p = {"fingerprint": p, "name": ""}
+        fp = p.get("fingerprint") if isinstance(p, dict) else None
+        name = p.get("name", "") if isinstance(p, dict) else None
+        if not isinstance(fp, str) or len(fp) != 32 or not isinstance(name, str) or (
+                "/" in name or name in (".", "..")):
+            raise IntegrityError(f"{where}: manifest has an invalid parent {p!r}",
+                                 part="manifest")
+        try:
+            bytes.fromhex(fp)
+        except ValueError:
+            raise IntegrityError(f"{where}: parent fingerprint {fp!r} is not hex",
+                                 part="manifest") from None
+        ix = p.get("index_xxh3")
+        hint = p.get("path")
+        return cls(fp, name, ix if isinstance(ix, str) else None,
+                   hint if isinstance(hint, str) and hint else None)
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "name": self.name,
+                "index_xxh3": self.index_xxh3, "path": self.path}
+
+
+def index_digest(reader: ArchiveReader) -> str:
+    """The archive's identity beside its fingerprint: XXH3-64 of its index member (hex)."""
+    return f"{reader.trailer.index_xxh3:016x}"
+
+
+def _open_if_archive(path: Path) -> ArchiveReader | None:
+    from dsbackup.archive.reader import ArchiveReader
+
+    try:
+        return ArchiveReader(path)
+    except (ArchiveError, OSError):
+        return None
+
+
+def _fingerprint(reader: ArchiveReader) -> str | None:
+    try:
+        return reader.summary.get("fingerprint")
+    except IntegrityError:
+        return None
+
+
+def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path]) -> ArchiveReader:
+    """Open the archive `ref` names, or raise MissingParentError naming it."""
+    dirs = [child.parent] + [d for d in search_dirs if d != child.parent]
+    mismatched: list[str] = []
+    candidates = [d / ref.name for d in dirs] if ref.name else []
+    if ref.path and ref.name and Path(ref.path).name == ref.name:
+        candidates.append(child.parent / ref.path)
+    if candidates:
+        for cand in candidates:
+            if not cand.is_file():
+                continue
+            r = _open_if_archive(cand)
+            if r is None:
+                mismatched.append(f"{cand} (not a readable archive)")
+                continue
+            fp = _fingerprint(r)
+            if fp == ref.fingerprint:
+                return r
+            mismatched.append(f"{cand} (fingerprint {fp})")
+            r.close()
+    # the named file is missing or another archive: any archive with the fingerprint will do
+    for d in dirs:
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for n in names:
+            cand = d / n
+            if n == ref.name or cand == child or n.startswith(".") or not cand.is_file():
+                continue
+            r = _open_if_archive(cand)
+            if r is None:
+                continue
+            if _fingerprint(r) == ref.fingerprint:
+                return r
+            r.close()
+    what = f"parent archive {ref.name or '(unnamed)'} (fingerprint {ref.fingerprint})"
+    if mismatched:
+        raise MissingParentError(
+            f"{child}: {what} was altered or replaced: {'; '.join(mismatched)}; no other "
+            f"archive with that fingerprint in {', '.join(map(str, dirs))}")
+    raise MissingParentError(
+        f"{child}: {what} is missing: not found in {', '.join(map(str, dirs))} (give its "
+        "directory with --parent-dir)")
+
+
+class ParentChain:
+    """The opened ancestors of an archive: ``levels[0]`` is its parent, ``levels[1]`` the
+    parent's parent, and so on. Raises MissingParentError when one cannot be found."""
+
+    def __init__(self, reader: ArchiveReader, search_dirs: list[Path] | None = None) -> None:
+        self.reader = reader
+        self.levels: list[ArchiveReader] = []
+        dirs = [Path(d) for d in (search_dirs or [])]
+        seen = {_fingerprint(reader)}
+        cur = reader
+        try:
+            while True:
+                ref = ParentRef.from_manifest(cur.manifest, str(cur.path))
+                if ref is None:
+                    break
+                if ref.fingerprint in seen or len(self.levels) >= MAX_CHAIN:
+                    raise IntegrityError(f"{cur.path}: parent chain loops or is longer than "
+                                         f"{MAX_CHAIN} archives", part="manifest")
+                parent = find_parent(ref, cur.path, dirs)
+                self.levels.append(parent)
+                seen.add(ref.fingerprint)
+                cur = parent
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def of_levels(cls, reader: ArchiveReader, levels: list[ArchiveReader]) -> ParentChain:
+        """A chain over ancestors already opened (they stay owned by the caller)."""
+        chain = cls.__new__(cls)
+        chain.reader = reader
+        chain.levels = list(levels)
+        return chain
+
+    @property
+    def paths(self) -> list[Path]:
+        return [r.path for r in self.levels]
+
+    def locate(self, i: int) -> tuple[ArchiveReader, int]:
+        """(archive, seq) storing chunk i of the top archive, checked hop by hop."""
+        r = self.reader
+        e = r.entry(i)
+        seq = i
+        depth = 0
+        while e.in_parent:
+            if depth >= len(self.levels):
+                raise IntegrityError(f"{r.path}: chunk {seq} refers to a parent, but the "
+                                     "archive has none", chunk=seq)
+            p = self.levels[depth]
+            ps = e.offset
+            if ps >= p.chunk_count:
+                raise MissingParentError(
+                    f"{r.path}: chunk {seq} {e.key_range} refers to chunk {ps} of parent "
+                    f"{p.path}, which has only {p.chunk_count} chunks (wrong parent)")
+            pe = p.entry(ps)
+            if (pe.records, pe.payload_len, pe.payload_xxh3, pe.keys_xxh3, pe.first_key,
+                    pe.last_key) != (e.records, e.payload_len, e.payload_xxh3, e.keys_xxh3,
+                                     e.first_key, e.last_key):
+                raise MissingParentError(
+                    f"{r.path}: chunk {seq} {e.key_range} refers to chunk {ps} of parent "
+                    f"{p.path}, which holds other data (altered or wrong parent)")
+            r, e, seq = p, pe, ps
+            depth += 1
+        return r, seq
+
+    def close(self) -> None:
+        for r in self.levels:
+            r.close()
+        self.levels = []

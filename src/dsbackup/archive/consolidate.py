@@ -1,0 +1,134 @@
+"""Consolidate: rewrite an incremental archive (and what it takes from its parent chain) into a
+self-contained archive of the same state. Chunk members are checked (member XXH3, inflate, CRC,
+payload XXH3 and records) and their compressed bodies copied, not recompressed."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dsbackup._ext.checksum import crc32, crc32_combine
+from dsbackup._ext.compress import Body, deflate_body
+from dsbackup._ext.framing import FramingError, scan_payload
+from dsbackup.archive import format as fmt
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.writer import ArchiveWriter, WrittenArchive
+from dsbackup.errors import IntegrityError
+
+
+@dataclass(slots=True)
+class _Chunk:
+    record_count: int
+    first_key: bytes
+    last_key: bytes
+    keys_xxh3: int
+    payload_xxh3: int
+    raw_bytes: int
+    body: Any
+    catalog_body: Any = None
+    catalog_xxh3: int | None = None
+
+
+def _body_of(raw: bytes, payload: memoryview | bytes, level: int) -> Any:
+    """The compressed tar-entry body of a checked member (copied when it has the standard
+    stored tar header block, recompressed otherwise)."""
+    sub = fmt.parse_member_head(raw, "member")
+    d = sub.deflate_offset
+    start = d + len(fmt.STORED_TAR_PREFIX) + fmt.TAR_BLOCK
+    if bytes(raw[d : d + len(fmt.STORED_TAR_PREFIX)]) != fmt.STORED_TAR_PREFIX:
+        return deflate_body(payload, level)
+    header = raw[d + len(fmt.STORED_TAR_PREFIX) : start]
+    size = fmt.padded(sub.data_len)
+    full_crc = int.from_bytes(raw[-8:-4], "little")
+    body_crc = full_crc ^ crc32_combine(crc32(header), 0, size)
+    return Body(bytes(raw[start:-8]), body_crc, size, sub.data_len)
+
+
+def _load(reader: ArchiveReader, i: int, level: int) -> _Chunk:
+    holder, seq = reader.locate(i)
+    e = reader.entry(i)
+    raw = holder.read_member(seq)
+    payload = holder.decode_chunk_member(seq, raw)
+    try:
+        info = scan_payload(payload)
+    except FramingError as exc:
+        raise IntegrityError(f"{holder.path}: chunk {seq}: bad payload: {exc}",
+                             chunk=seq) from None
+    if (info.record_count, bytes(info.first_key), bytes(info.last_key), info.keys_xxh3) != (
+            e.records, e.first_key, e.last_key, e.keys_xxh3):
+        raise IntegrityError(f"{holder.path}: chunk {seq}: records disagree with the index",
+                             chunk=seq)
+    c = _Chunk(e.records, e.first_key, e.last_key, e.keys_xxh3, e.payload_xxh3,
+               info.raw_bytes, _body_of(raw, payload, level))
+    if reader.index.catalog_count:
+        craw = holder.read_catalog_member(seq)
+        cdata = holder.read_catalog(seq)
+        c.catalog_body = _body_of(craw, cdata, level)
+        c.catalog_xxh3 = holder.index.catalog(seq).data_xxh3
+    return c
+
+
+def _loaded(reader: ArchiveReader, pool: ThreadPoolExecutor, level: int, window: int,
+            ) -> Iterator[_Chunk]:
+    pending: deque[Future] = deque()
+    ids = iter(range(reader.chunk_count))
+    try:
+        for i in ids:
+            pending.append(pool.submit(_load, reader, i, level))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+
+
+def consolidate_archive(path: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                        parent_dirs: list[str | os.PathLike[str]] | None = None,
+                        threads: int | None = None) -> WrittenArchive:
+    """Write `out`: a full archive holding every chunk of `path` (an incremental, or a full
+    archive, which is then copied). The result restores to exactly the same records."""
+    t0 = time.perf_counter()
+    threads = threads or min(8, os.cpu_count() or 1)
+    with ArchiveReader(path, parent_dirs=parent_dirs) as reader:
+        chain = reader.open_parents()
+        m = dict(reader.manifest)
+        s = reader.summary
+        source_parent = m.get("parent")
+        m["parent"] = None
+        if source_parent is not None:
+            m["consolidated_from"] = {"name": Path(path).name,
+                                      "fingerprint": s.get("fingerprint"),
+                                      "parents": [p.name for p in chain.paths] if chain else []}
+        level = int((m.get("settings") or {}).get("compression_level", 1))
+        with ArchiveWriter(out, manifest=m, level=level) as w, \
+                ThreadPoolExecutor(max_workers=threads,
+                                   thread_name_prefix="dsbackup-consolidate") as pool:
+            for c in _loaded(reader, pool, level, 2 * threads):
+                w.add_chunk(c, c.catalog_body, c.catalog_xxh3)
+            keep = {k: s[k] for k in ("excluded_records", "excluded_bytes", "snapshot")
+                    if k in s}
+            keep.update(mode="consolidated", duration_s=round(time.perf_counter() - t0, 6))
+            expect = s.get("content_fingerprint", s.get("fingerprint"))
+            return w.finish(keep, before_rename=lambda tmp: _check(tmp, expect))
+
+
+def _check(tmp: Path, fingerprint: str | None) -> None:
+    from dsbackup.archive.verify import verify_archive
+
+    report = verify_archive(tmp, deep=False, threads=2)
+    if not report.ok:
+        raise IntegrityError(f"{tmp}: the consolidated archive failed its check: "
+                             + "; ".join(report.errors[:3]))
+    with ArchiveReader(tmp) as r:
+        got = r.summary.get("fingerprint")
+    if got != fingerprint:
+        raise IntegrityError(f"{tmp}: consolidated fingerprint {got} differs from the source "
+                             f"archive's content fingerprint {fingerprint}")

@@ -1,0 +1,35 @@
+"""`dsbackup consolidate ARCHIVE OUT`: rewrite an incremental archive as a full one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dsbackup.archive.consolidate import consolidate_archive
+from dsbackup.cli._common import add_json_flag, emit_json, human_bytes
+
+COMMAND = "consolidate"
+HELP = "rewrite an incremental archive (with its parent chain) into a self-contained archive"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("archive", help="incremental archive")
+    p.add_argument("out", help="archive to write (a full backup of the same state)")
+    p.add_argument("--parent-dir", action="append", default=[], metavar="DIR",
+                   help="where to look for parent archives besides ARCHIVE's directory; "
+                   "repeatable")
+    p.add_argument("--workers", type=int, default=None, help="checking threads")
+    add_json_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    w = consolidate_archive(args.archive, args.out, parent_dirs=args.parent_dir,
+                            threads=args.workers)
+    if args.json:
+        emit_json(COMMAND, {"ok": True, "archive": str(w.path), "chunks": w.chunks,
+                            "records": w.records, "size": w.size,
+                            "fingerprint": w.fingerprint})
+    else:
+        print(f"{w.path}: {w.records} records in {w.chunks} chunks, {human_bytes(w.size)}; "
+              f"fingerprint {w.fingerprint}", file=sys.stderr)
+    return 0
