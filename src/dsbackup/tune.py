@@ -42,7 +42,7 @@ from typing import Any
 
 from dsbackup._ext.compress import ENGINES
 from dsbackup._ext.framing import Chunker
-from dsbackup.config import DEFAULT_CHUNK_MAX_BYTES, BackupConfig
+from dsbackup.config import AUTO_CHUNK_TARGET_BYTES, DEFAULT_CHUNK_MAX_BYTES, BackupConfig
 from dsbackup.errors import BackupError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 GOALS = ("speed", "size", "balanced")
 DEFAULT_LEVELS = tuple(range(10))
 DEFAULT_CHUNK_TARGETS = (256 << 10, 1 << 20, 4 << 20)
-REFERENCE = (1, 1 << 20)  # level, chunk target bytes: the defaults of `dsbackup backup`
+REFERENCE = (1, AUTO_CHUNK_TARGET_BYTES)  # level, chunk target: the defaults of `dsbackup backup`
 COPY_SCHEMES = {"lmdb", "flatfs", "sqlite"}
 
 
