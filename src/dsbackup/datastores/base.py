@@ -18,6 +18,7 @@ them, which backends override where they can do better.
 from __future__ import annotations
 
 import itertools
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -148,7 +149,7 @@ class Batch:
             self.discard()
 
 
-class BaseDatastore:
+class BaseDatastore(ABC):
     """Defaults for the :class:`Datastore` protocol built on a few primitives."""
 
     scheme: ClassVar[str] = ""
@@ -159,28 +160,29 @@ class BaseDatastore:
         self.readonly = readonly
         self._closed = False
 
-    # -- primitives (backends implement) ------------------------------------------------
+    # -- primitives (every backend implements these four) --------------------------------
+    @abstractmethod
     def _get(self, key: bytes) -> bytes:
         """The value, or raise :class:`NotFound`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _put(self, key: bytes, value: bytes) -> None:
-        raise NotImplementedError
+        """Store the value."""
 
+    @abstractmethod
     def _delete(self, key: bytes) -> None:
         """Remove the key; a missing key is not an error."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _iter_items(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """``(key, value)`` in ascending bytewise key order for ``start <= key < end``."""
-        raise NotImplementedError
 
     def _iter_sizes(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, int]]:
         """``(key, value size)`` in ascending order; default reads the values."""
         for k, v in self._iter_items(start, end):
             yield k, len(v)
 
-    def _validate_key(self, key: bytes) -> None:
+    def _validate_key(self, key: bytes) -> None:  # noqa: B027 (optional hook: accept all)
         """Raise :class:`~dsbackup.errors.InvalidKey` for keys the backend cannot store."""
 
     # -- go-datastore API ----------------------------------------------------------------
