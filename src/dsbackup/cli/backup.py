@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=int, default=None,
                    help="mean records per chunk (default: auto, ~256 KiB chunks)")
     p.add_argument("--chunk-max-bytes", type=int, default=DEFAULT_CHUNK_MAX_BYTES,
-                   help="largest chunk payload in bytes (default 1 MiB)")
+                   help="largest chunk payload in bytes (default 512 KiB)")
     p.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPUs)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="skip keys matching GLOB (* within a segment, ** across); repeatable")
