@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import ClassVar, Protocol, runtime_checkable
 
 from dsbackup.datastores.query import (
@@ -147,6 +147,24 @@ class Batch:
             self.commit()
         else:
             self.discard()
+
+
+def batch_items(items: Iterable[tuple[bytes, bytes]], max_records: int, max_bytes: int,
+                ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+    """Group ``(key, value)`` pairs into ``(keys, values)`` batches of at most ``max_records``
+    records, a batch ending once its values reach ``max_bytes`` (the fast scans' contract)."""
+    keys: list[bytes] = []
+    vals: list[bytes] = []
+    size = 0
+    for k, v in items:
+        keys.append(k)
+        vals.append(v)
+        size += len(v)
+        if len(keys) >= max_records or size >= max_bytes:
+            yield keys, vals
+            keys, vals, size = [], [], 0
+    if keys:
+        yield keys, vals
 
 
 class BaseDatastore(ABC):
@@ -287,18 +305,7 @@ class BaseDatastore(ABC):
         A batch ends at ``max_records`` records or once its values reach ``max_bytes``.
         """
         self._check_open()
-        keys: list[bytes] = []
-        vals: list[bytes] = []
-        size = 0
-        for k, v in self._iter_items(start, end):
-            keys.append(k)
-            vals.append(v)
-            size += len(v)
-            if len(keys) >= max_records or size >= max_bytes:
-                yield keys, vals
-                keys, vals, size = [], [], 0
-        if keys:
-            yield keys, vals
+        yield from batch_items(self._iter_items(start, end), max_records, max_bytes)
 
     def scan_key_sizes(self, start: bytes = b"", end: bytes | None = None, *,
                        max_records: int = DEFAULT_MAX_RECORDS

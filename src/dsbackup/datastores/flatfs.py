@@ -27,7 +27,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dsbackup.datastores._alloc import tune_allocator
-from dsbackup.datastores.base import DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, BaseDatastore
+from dsbackup.datastores.base import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_RECORDS,
+    BaseDatastore,
+    batch_items,
+)
 from dsbackup.datastores.flatfs_layout import (
     ACCURACY_EXACT,
     DEFAULT_SHARD,
@@ -306,20 +311,8 @@ class FlatfsDatastore(BaseDatastore):
         self._check_open()
         tune_allocator()
         names = (n for group in self._lister.sorted_names(start, end) for n in group)
-        keys: list[bytes] = []
-        vals: list[bytes] = []
-        size = 0
-        for n, v in self._read_ahead(names):
-            keys.append(b"/" + n)
-            vals.append(v)
-            size += len(v)
-            if len(keys) >= max_records or size >= max_bytes:
-                yield keys, vals
-                keys = []
-                vals = []
-                size = 0
-        if keys:
-            yield keys, vals
+        items = ((b"/" + n, v) for n, v in self._read_ahead(names))
+        yield from batch_items(items, max_records, max_bytes)
 
     def _read_ahead(self, names: Iterator[bytes]) -> Iterator[tuple[bytes, bytes]]:
         """``(name, value)`` in order; files that vanish are skipped."""

@@ -13,7 +13,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from dsbackup.datastores.base import DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, BaseDatastore
+from dsbackup.datastores.base import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_RECORDS,
+    BaseDatastore,
+    batch_items,
+)
 from dsbackup.errors import DatastoreError, LockedError, NotFound
 
 __all__ = ["LevelDbDatastore", "open_leveldb"]
@@ -82,20 +87,7 @@ class LevelDbDatastore(BaseDatastore):
         """Batches from one LevelDB snapshot."""
         it = self._iterator(start, end)
         try:
-            keys: list[bytes] = []
-            vals: list[bytes] = []
-            size = 0
-            for k, v in it:
-                keys.append(k)
-                vals.append(v)
-                size += len(v)
-                if len(keys) >= max_records or size >= max_bytes:
-                    yield keys, vals
-                    keys = []
-                    vals = []
-                    size = 0
-            if keys:
-                yield keys, vals
+            yield from batch_items(it, max_records, max_bytes)
         finally:
             it.close()
 

@@ -7,6 +7,7 @@ Several processes may read at once (WAL); each scan is one statement, hence one 
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import threading
@@ -14,7 +15,12 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
-from dsbackup.datastores.base import DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, BaseDatastore
+from dsbackup.datastores.base import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_RECORDS,
+    BaseDatastore,
+    batch_items,
+)
 from dsbackup.errors import DatastoreError, LockedError, NotFound
 
 __all__ = ["SqliteDatastore", "open_sqlite", "TABLE"]
@@ -148,21 +154,8 @@ class SqliteDatastore(BaseDatastore):
                      max_records: int = DEFAULT_MAX_RECORDS,
                      max_bytes: int = DEFAULT_MAX_BYTES
                      ) -> Iterator[tuple[list[bytes], list[bytes]]]:
-        keys: list[bytes] = []
-        vals: list[bytes] = []
-        size = 0
-        for rows in self._select("key, value", start, end, min(max_records, 1024)):
-            for k, v in rows:
-                keys.append(k)
-                vals.append(v)
-                size += len(v)
-                if len(keys) >= max_records or size >= max_bytes:
-                    yield keys, vals
-                    keys = []
-                    vals = []
-                    size = 0
-        if keys:
-            yield keys, vals
+        rows = self._select("key, value", start, end, min(max_records, 1024))
+        yield from batch_items(itertools.chain.from_iterable(rows), max_records, max_bytes)
 
     def scan_key_sizes(self, start: bytes = b"", end: bytes | None = None, *,
                        max_records: int = DEFAULT_MAX_RECORDS
