@@ -65,6 +65,9 @@ cdef object _error(int rc, str what):
     return LmdbCopyError(f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')}")
 
 
+include "lmdbenv.pxi"
+
+
 cdef inline int _keycmp(const MDB_val *a, const char *b, size_t blen) noexcept nogil:
     cdef size_t n = a.mv_size if a.mv_size < blen else blen
     cdef int c = memcmp(a.mv_data, b, n)
@@ -106,7 +109,6 @@ cdef class LmdbCopier:
     def __init__(self, src_path, dst_path, bytes start=b"", end=None, size_t map_size=0):
         cdef int rc
         cdef MDB_val k, v
-        cdef MDB_txn *wtxn = NULL
         if end is not None and not isinstance(end, bytes):
             raise TypeError("end must be bytes or None")
         self.src_path = os.fsdecode(os.fspath(src_path))
@@ -134,27 +136,7 @@ cdef class LmdbCopier:
             if rc:
                 raise _error(rc, f"{self.src_path}: cannot open a cursor")
             os.makedirs(self.dst_path, exist_ok=True)
-            rc = mdb_env_create(&self.dst)
-            if rc:
-                raise _error(rc, f"{self.dst_path}: mdb_env_create")
-            if map_size:
-                rc = mdb_env_set_mapsize(self.dst, map_size)
-                if rc:
-                    raise _error(rc, f"{self.dst_path}: cannot set the map size")
-            rc = mdb_env_open(self.dst, os.fsencode(self.dst_path),
-                              MDB_NOTLS | MDB_NOSYNC | MDB_NOMETASYNC, 0o644)
-            if rc:
-                raise _error(rc, f"{self.dst_path}: cannot open LMDB environment")
-            rc = mdb_txn_begin(self.dst, NULL, 0, &wtxn)
-            if rc:
-                raise _error(rc, f"{self.dst_path}: cannot begin a write transaction")
-            rc = mdb_dbi_open(wtxn, NULL, 0, &self.ddbi)
-            if rc:
-                mdb_txn_abort(wtxn)
-                raise _error(rc, f"{self.dst_path}: cannot open the database")
-            rc = mdb_txn_commit(wtxn)
-            if rc:
-                raise _error(rc, f"{self.dst_path}: cannot commit")
+            open_write_env(&self.dst, &self.ddbi, self.dst_path, map_size)
             k.mv_size = len(start)
             k.mv_data = <char *>start
             rc = mdb_cursor_get(self.rcur, &k, &v, MDB_SET_RANGE if len(start) else MDB_FIRST)

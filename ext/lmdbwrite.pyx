@@ -119,6 +119,9 @@ cdef object _error(int rc, str what):
     return LmdbWriteError(f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')}")
 
 
+include "lmdbenv.pxi"
+
+
 cdef inline int _keycmp(const unsigned char *a, size_t alen, const unsigned char *b,
                         size_t blen) noexcept nogil:
     cdef size_t n = alen if alen < blen else blen
@@ -319,7 +322,6 @@ cdef class LmdbPayloadWriter:
 
     def __init__(self, path, *, size_t map_size=0):
         cdef int rc
-        cdef MDB_txn *txn = NULL
         from dsbackup._ext import lmdbscan
         from dsbackup.datastores import lmdb as lmdb_backend
 
@@ -336,26 +338,7 @@ cdef class LmdbPayloadWriter:
                 data = os.path.join(self.path, "data.mdb")
                 used = os.path.getsize(data) if os.path.isfile(data) else 0
                 map_size = max(_INITIAL_MAP_SIZE, 2 * used)
-            rc = mdb_env_create(&self.env)
-            if rc:
-                raise _error(rc, f"{self.path}: mdb_env_create")
-            rc = mdb_env_set_mapsize(self.env, map_size)
-            if rc:
-                raise _error(rc, f"{self.path}: cannot set the map size")
-            rc = mdb_env_open(self.env, os.fsencode(self.path),
-                              MDB_NOTLS | MDB_NOSYNC | MDB_NOMETASYNC, 0o644)
-            if rc:
-                raise _error(rc, f"{self.path}: cannot open LMDB environment")
-            rc = mdb_txn_begin(self.env, NULL, 0, &txn)
-            if rc:
-                raise _error(rc, f"{self.path}: cannot begin a write transaction")
-            rc = mdb_dbi_open(txn, NULL, 0, &self.dbi)
-            if rc:
-                mdb_txn_abort(txn)
-                raise _error(rc, f"{self.path}: cannot open the database")
-            rc = mdb_txn_commit(txn)
-            if rc:
-                raise _error(rc, f"{self.path}: cannot commit")
+            open_write_env(&self.env, &self.dbi, self.path, map_size)
         except BaseException:
             self.close()
             raise
