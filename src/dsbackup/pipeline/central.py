@@ -23,8 +23,6 @@ _END = object()
 
 @dataclass
 class ScanStats:
-    records: int = 0
-    raw_bytes: int = 0
     excluded_records: int = 0
     excluded_bytes: int = 0
     worker_cpu_s: float = 0.0  # CPU time of worker processes (parallel scan)
@@ -110,7 +108,5 @@ def central_chunks(
         stop.set()
         t.join()
         pool.shutdown(wait=True, cancel_futures=True)
-        stats.records = chunker.records
-        stats.raw_bytes = chunker.raw_bytes
         stats.excluded_records = chunker.excluded_records
         stats.excluded_bytes = chunker.excluded_bytes

@@ -381,6 +381,4 @@ class ParallelScan:
         if catalog is not None:
             cdata, ccrc, csize, clen, cxxh = catalog
             cbody = BodyView(cdata, ccrc, csize, clen)
-        self.stats.records += records
-        self.stats.raw_bytes += raw
         return ReadyChunk(records, first, last, kxxh, pxxh, raw, body, cbody, cxxh)
