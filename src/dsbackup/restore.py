@@ -9,6 +9,7 @@ checksums pass.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -81,7 +82,6 @@ def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
             raise IntegrityError(f"{reader.path}: chunk {i} {e.key_range}: {exc}",
                                  chunk=i) from None
         if start or end is not None:
-            import bisect
             lo = bisect.bisect_left(keys, start)
             hi = len(keys) if end is None else bisect.bisect_left(keys, end)
             keys, values = keys[lo:hi], values[lo:hi]
