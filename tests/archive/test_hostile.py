@@ -11,11 +11,11 @@ import tarfile
 import zlib
 
 import pytest
-from dsbackup._ext.checksum import crc32, crc32_combine, xxh3_64
-from dsbackup._ext.compress import deflate_body, tar_header
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dsbackup._ext.checksum import crc32, crc32_combine, xxh3_64
+from dsbackup._ext.compress import deflate_body, tar_header
 from dsbackup.archive import format as fmt
 from dsbackup.archive.index import ENTRY_SIZE, HEADER_SIZE, Index
 from dsbackup.archive.reader import ArchiveReader
@@ -165,6 +165,26 @@ def test_garbage_and_missing_trailer(tmp_path, content):
     assert str(path) in str(ei.value)
     assert not verify_archive(path).ok
     salvage(path)  # never raises on damage
+
+
+def test_failed_open_never_closes_a_reused_descriptor(tmp_path):
+    """A reader whose constructor failed closed its file; finalizing it later must not close
+    the same descriptor number again once another file has been given it."""
+    import gc
+
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"not an archive at all" * 100)
+    try:
+        ArchiveReader(bad)
+    except ArchiveError as exc:
+        failed = exc  # the traceback keeps the half-built reader alive
+    other = os.open(tmp_path / "other", os.O_WRONLY | os.O_CREAT)
+    try:
+        del failed
+        gc.collect()
+        assert os.write(other, b"still open") == 10
+    finally:
+        os.close(other)
 
 
 def test_appended_member_is_rejected(tmp_path, make_archive):

@@ -63,7 +63,9 @@ class ArchiveReader:
                 raise IntegrityError(f"{self.path}: index gives an impossible manifest length",
                                      part="index")
         except BaseException:
-            os.close(self._fd)
+            # -1 first: __del__ must not close the number again once it is reused elsewhere
+            fd, self._fd = self._fd, -1
+            os.close(fd)
             raise
         self._manifest: dict[str, Any] | None = None
         self._summary: dict[str, Any] | None = None
