@@ -8,7 +8,8 @@ Engines by ``level`` (see docs/COMPRESSION.md for measured speed and ratio):
 
 Whatever the engine, a body is never larger than the stored encoding of the same input: when
 the engine's output would exceed it (incompressible data), the body falls back to stored
-blocks for that call. Output is deterministic for the same input and level (no shared
+blocks for that call. At the ISA-L levels, 64 KiB segments that look incompressible are
+stored without trying to compress them. Output is deterministic for the same input and level (no shared
 state; each call or owning object uses its own engine state).
 
 The C functions are exported to framing.pyx and lmdbscan.pyx through the capsule ``_C_API``
@@ -41,6 +42,8 @@ from libisal cimport (
     ISAL_DEFLATE,
     ISAL_NEED_DICT,
     NO_FLUSH,
+    SYNC_FLUSH,
+    IGZIP_DEFLATE,
     ZSTATE_END,
     COMP_OK,
     IGZIP_GZIP_NO_HDR,
@@ -110,23 +113,24 @@ cdef inline size_t stored_len(uint64_t total) noexcept nogil:
 
 
 cdef uint32_t write_stored(const unsigned char *data, size_t n, size_t pad, unsigned char *out,
-                           size_t *out_len) noexcept nogil:
+                           size_t *out_len, bint final_run=True,
+                           uint32_t crc=0) noexcept nogil:
     """Stored blocks of ``data || pad zeros`` into ``out`` (capacity stored_len(n + pad)).
 
-    Returns the CRC-32 of ``data || pad zeros``, computed block by block while it is in cache.
+    The last block has BFINAL set when ``final_run``. Returns the CRC-32 continued from
+    ``crc`` over ``data || pad zeros``, computed block by block while it is in cache.
     """
     cdef size_t total = n + pad, off = 0, blk, from_data, o = 0
-    cdef uint32_t crc = 0
     cdef int final
     if total == 0:
-        out[0] = 1; out[1] = 0; out[2] = 0; out[3] = 0xff; out[4] = 0xff
+        out[0] = 1 if final_run else 0; out[1] = 0; out[2] = 0; out[3] = 0xff; out[4] = 0xff
         out_len[0] = 5
-        return 0
+        return crc
     while off < total:
         blk = total - off
         if blk > STORED_MAX:
             blk = STORED_MAX
-        final = off + blk == total
+        final = final_run and off + blk == total
         out[o] = 1 if final else 0
         out[o + 1] = blk & 0xff
         out[o + 2] = (blk >> 8) & 0xff
@@ -204,19 +208,15 @@ cdef int _piece(const unsigned char *data, size_t n, size_t pad, const unsigned 
     return pos[0] == total
 
 
-cdef int _deflate_isal(ds_deflater *ws, const unsigned char *data, size_t n, size_t pad,
-                       int level, unsigned char *out, size_t cap, size_t *out_len) noexcept nogil:
-    """ISA-L deflate + gzip trailer into ``out``; 1 if it fit in ``cap``, 0 if not, <0 error."""
+cdef isal_zstream *_isal_start(ds_deflater *ws, int level, int gzip_flag) noexcept nogil:
+    """A freshly initialised ISA-L stream of ``ws`` for ``level``; NULL when out of memory."""
     cdef isal_zstream *s
-    cdef size_t pos = 0, plen, produced = 0, step
-    cdef const unsigned char *p
-    cdef int last = 0
     if ws.isal == NULL:
         ws.isal = <isal_zstream *>malloc(sizeof(isal_zstream))
         ws.level_buf_size = ISAL_DEF_LVL3_DEFAULT
         ws.level_buf = <unsigned char *>malloc(ws.level_buf_size)
         if ws.isal == NULL or ws.level_buf == NULL:
-            return DS_ENOMEM
+            return NULL
     s = ws.isal
     isal_deflate_init(s)
     s.level = level
@@ -228,9 +228,21 @@ cdef int _deflate_isal(ds_deflater *ws, const unsigned char *data, size_t n, siz
         s.level_buf_size = ISAL_DEF_LVL2_DEFAULT
     else:
         s.level_buf_size = ISAL_DEF_LVL3_DEFAULT
-    s.gzip_flag = IGZIP_GZIP_NO_HDR     # raw deflate + CRC-32/ISIZE trailer (8 bytes)
+    s.gzip_flag = gzip_flag
     s.flush = NO_FLUSH
     s.hist_bits = 0
+    return s
+
+
+cdef int _deflate_isal(ds_deflater *ws, const unsigned char *data, size_t n, size_t pad,
+                       int level, unsigned char *out, size_t cap, size_t *out_len) noexcept nogil:
+    """ISA-L deflate + gzip trailer into ``out``; 1 if it fit in ``cap``, 0 if not, <0 error."""
+    cdef isal_zstream *s = _isal_start(ws, level, IGZIP_GZIP_NO_HDR)  # + CRC/ISIZE trailer
+    cdef size_t pos = 0, plen, produced = 0, step
+    cdef const unsigned char *p
+    cdef int last = 0
+    if s == NULL:
+        return DS_ENOMEM
     while True:
         last = _piece(data, n, pad, ws.zeros, &pos, &p, &plen)
         s.next_in = <uint8_t *>p
@@ -256,6 +268,190 @@ cdef int _deflate_isal(ds_deflater *ws, const unsigned char *data, size_t n, siz
         if last:
             break
     return DS_EENGINE
+
+
+# -- incompressible segments -------------------------------------------------------------
+#
+# Data that does not compress (random bytes, media, encrypted or already compressed blocks)
+# costs ISA-L as much time as text and saves nothing. The input is cut into SEGMENT-byte
+# segments and each is classified from a sample of its bytes; runs of incompressible segments
+# are written as stored blocks, the other runs are compressed by ISA-L, each run as its own
+# stream ended by a sync flush (an empty stored block that byte-aligns the output). See
+# docs/COMPRESSION.md.
+
+cdef enum:
+    SEGMENT = 65536
+    MIN_CLASSIFIED = 16384      # shorter segments are always compressed
+    SAMPLE_RUN = 16             # bytes sampled ...
+    SAMPLE_STRIDE = 128         # ... at the start of every SAMPLE_STRIDE bytes
+    # a segment is incompressible when its sampled byte distribution has a collision
+    # probability sum(p_i^2) <= 1 / COLLISION_INV, i.e. a Renyi-2 entropy >= log2(231) =
+    # 7.85 bits per byte (uniform bytes: 8; English text: ~4.5; base64: ~6)
+    COLLISION_INV = 231
+    EARLY_CHECK = 1024          # samples between checks for an early "compressible"
+
+
+cdef bint _incompressible(const unsigned char *p, size_t n) noexcept nogil:
+    """Whether ``n`` bytes at ``p`` look incompressible (integer arithmetic: deterministic)."""
+    cdef uint32_t h0[256]
+    cdef uint32_t h1[256]
+    cdef size_t off = 0
+    cdef int i
+    cdef uint64_t count = 0, sq = 0, c
+    if n < MIN_CLASSIFIED:
+        return False
+    memset(h0, 0, sizeof(h0))
+    memset(h1, 0, sizeof(h1))
+    while off + SAMPLE_RUN <= n:
+        for i in range(0, SAMPLE_RUN, 2):
+            h0[p[off + i]] += 1
+            h1[p[off + i + 1]] += 1
+        count += SAMPLE_RUN
+        off += SAMPLE_STRIDE
+        if count % EARLY_CHECK == 0 and off + SAMPLE_RUN <= n:
+            # clearly compressible data (text, structured records) is decided early
+            sq = 0
+            for i in range(256):
+                c = h0[i] + h1[i]
+                sq += c * c
+            if sq * COLLISION_INV > 2 * count * count:
+                return False
+    sq = 0
+    for i in range(256):
+        c = h0[i] + h1[i]
+        sq += c * c
+    return sq * COLLISION_INV <= count * count
+
+
+cdef inline bint _segment_incompressible(const unsigned char *data, size_t n,
+                                         size_t start) noexcept nogil:
+    """Classify the segment at ``start`` of ``data || padding`` by its data bytes."""
+    cdef size_t ln
+    if start >= n:
+        return False
+    ln = n - start
+    if ln > SEGMENT:
+        ln = SEGMENT
+    return _incompressible(data + start, ln)
+
+
+cdef uint32_t _crc_range(ds_deflater *ws, const unsigned char *data, size_t n, size_t a,
+                         size_t b, uint32_t crc) noexcept nogil:
+    """CRC-32 continued over bytes [a, b) of ``data || zeros``."""
+    cdef size_t ln
+    if a < n:
+        ln = (b if b < n else n) - a
+        crc = crc32_gzip_refl(crc, data + a, ln)
+        a += ln
+    while a < b:
+        ln = b - a
+        if ln > ZERO_PIECE:
+            ln = ZERO_PIECE
+        crc = crc32_gzip_refl(crc, ws.zeros, ln)
+        a += ln
+    return crc
+
+
+cdef int _isal_run(ds_deflater *ws, const unsigned char *data, size_t n, size_t a, size_t b,
+                   int level, bint last, unsigned char *out, size_t cap,
+                   size_t *produced) noexcept nogil:
+    """Bytes [a, b) of ``data || zeros`` as one ISA-L raw deflate stream appended at
+    ``out + produced``: final when ``last``, else ended by a sync flush. 1 if it fit in
+    ``cap``, 0 if not, <0 on error."""
+    cdef isal_zstream *s = _isal_start(ws, level, IGZIP_DEFLATE)
+    cdef size_t ln, step
+    cdef bint final_piece
+    if s == NULL:
+        return DS_ENOMEM
+    while True:
+        if a < n:
+            ln = (b if b < n else n) - a
+            if ln > MAX_STEP:
+                ln = MAX_STEP
+            s.next_in = <uint8_t *>(data + a)
+        else:
+            ln = b - a
+            if ln > ZERO_PIECE:
+                ln = ZERO_PIECE
+            s.next_in = <uint8_t *>ws.zeros
+        s.avail_in = <uint32_t>ln
+        a += ln
+        final_piece = a == b
+        s.end_of_stream = last and final_piece
+        s.flush = SYNC_FLUSH if final_piece and not last else NO_FLUSH
+        while True:
+            step = cap - produced[0]
+            if step > MAX_STEP:
+                step = MAX_STEP
+            s.next_out = out + produced[0]
+            s.avail_out = <uint32_t>step
+            if isal_deflate(s) != COMP_OK:
+                return DS_EENGINE
+            produced[0] += step - s.avail_out
+            if s.end_of_stream:
+                if s.internal_state.state == ZSTATE_END:
+                    return 1
+            elif s.avail_in == 0 and (not final_piece or s.avail_out > 0):
+                break      # piece consumed (and, for the final piece, flushed)
+            if produced[0] == cap:
+                return 0
+        if final_piece:
+            return 1
+
+
+cdef int _deflate_segmented(ds_deflater *ws, const unsigned char *data, size_t n, size_t pad,
+                            int level, unsigned char *out, size_t cap, size_t *out_len,
+                            uint32_t *crc_out) noexcept nogil:
+    """Mixed runs of stored and ISA-L-compressed segments (see above); 1 if the output fit
+    in ``cap``, 0 if not, <0 on error."""
+    cdef size_t total = n + pad, a = 0, b, produced = 0, dn, slen
+    cdef bint kind, next_kind, last
+    cdef uint32_t crc = 0
+    cdef int r
+    kind = _segment_incompressible(data, n, 0)
+    while a < total:
+        b = a
+        while True:
+            b = b + SEGMENT if total - b > SEGMENT else total
+            if b >= total:
+                break
+            next_kind = _segment_incompressible(data, n, b)
+            if next_kind != kind:
+                break
+        last = b >= total
+        if kind:
+            dn = (b if b < n else n) - a if a < n else 0
+            if produced + stored_len(b - a) > cap:
+                return 0
+            crc = write_stored(data + a, dn, (b - a) - dn, out + produced, &slen, last, crc)
+            produced += slen
+        else:
+            r = _isal_run(ws, data, n, a, b, level, last, out, cap, &produced)
+            if r != 1:
+                return r
+            crc = _crc_range(ws, data, n, a, b, crc)
+        a = b
+        if not last:
+            kind = next_kind
+    out_len[0] = produced
+    crc_out[0] = crc
+    return 1
+
+
+cdef int _classify(const unsigned char *data, size_t n) noexcept nogil:
+    """0: no incompressible segment; 1: some; 2: every segment of the data is."""
+    cdef size_t start = 0
+    cdef int hits = 0, segs = 0
+    while start < n:
+        segs += 1
+        if _segment_incompressible(data, n, start):
+            hits += 1
+        elif hits:
+            return 1
+        start += SEGMENT
+    if hits == 0:
+        return 0
+    return 2 if hits == segs else 1
 
 
 cdef int _deflate_zlib(ds_deflater *ws, const unsigned char *data, size_t n, size_t pad,
@@ -327,12 +523,13 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
 
     ``out.data`` is reused when it is large enough (the caller owns and frees it). ISA-L
     computes the CRC while it compresses (gzip mode without header: the 8-byte trailer it
-    appends is read and dropped); the other engines get a separate CRC pass.
+    appends is read and dropped); the other engines get a separate CRC pass. At levels 1-3,
+    incompressible segments are stored (see _deflate_segmented).
     """
     cdef size_t pad = 0, total, cap
     cdef unsigned char *buf
     cdef unsigned char *t
-    cdef int r = 1
+    cdef int r = 1, mix = 0
     out.len = 0
     if level < 0 or level > 9:
         return DS_ELEVEL
@@ -354,8 +551,14 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
     if total == 0 or level == 0:
         r = 0
     elif level <= 3:
-        r = _deflate_isal(ws, data, n, pad, level, out.data, cap + 8, &out.len)
-        if r == 1:
+        mix = _classify(data, n)
+        if mix == 2 and n + SEGMENT > total:   # all incompressible (padding < one segment)
+            r = 0
+        elif mix:
+            r = _deflate_segmented(ws, data, n, pad, level, out.data, cap, &out.len, &out.crc)
+        else:
+            r = _deflate_isal(ws, data, n, pad, level, out.data, cap + 8, &out.len)
+        if r == 1 and not mix:
             if out.len > cap:          # deflate + trailer larger than stored blocks
                 r = 0
             else:

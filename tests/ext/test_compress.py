@@ -111,6 +111,62 @@ def test_incompressible_input_never_exceeds_stored(level):
     assert compress.inflate_raw(body.data, 2 << 20)[0] == padded(data)
 
 
+SEGMENT = 64 << 10
+
+
+def text_bytes(n: int, seed: int = 1) -> bytes:
+    rnd = random.Random(seed)
+    words = [bytes(rnd.choice(b"abcdefghijklmnop") for _ in range(rnd.randint(2, 9)))
+             for _ in range(500)]
+    return b" ".join(rnd.choices(words, k=n // 3 + 8))[:n]
+
+
+def check_body(data: bytes, level: int, pad_to: int = 512):
+    body = compress.deflate_body(data, level, pad_to)
+    full = data + bytes(-len(data) % pad_to)
+    d = zlib.decompressobj(-15)
+    assert d.decompress(body.data) == full and d.eof and not d.unused_data
+    assert body.crc32 == zlib.crc32(full) and body.size == len(full)
+    assert len(body.data) <= len(full) + 5 * max(1, -(-len(full) // 65535))
+    return body
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_random_segments_are_stored_text_segments_compressed(level):
+    rnd = random.Random(level)
+    text, noise = text_bytes(2 * SEGMENT), rnd.randbytes(2 * SEGMENT)
+    body = check_body(text[:SEGMENT] + noise + text[SEGMENT:], level)
+    # the two random segments cost their stored size; the text still compresses (as two
+    # streams without shared history: a few % more than in one)
+    text_only = compress.deflate_body(text, level)
+    assert len(body.data) <= len(noise) + 5 * 3 + 1.05 * len(text_only.data)
+    # all random: exactly the stored encoding (ISA-L is not run on it)
+    assert compress.deflate_body(noise, level).data == compress.deflate_body(noise, 0).data
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.booleans(),
+                          st.sampled_from([0, 1, 100, 16383, 16384, 40000, SEGMENT - 1, SEGMENT,
+                                           SEGMENT + 1, 3 * SEGMENT + 17])),
+                max_size=6),
+       st.integers(1, 3), st.sampled_from([1, 512, 4096, 1 << 20]), st.integers(0, 2**32))
+def test_mixed_segments_round_trip(parts, level, pad_to, seed):
+    """Any mix of random and text pieces, at and around segment boundaries, inflates to the
+    input plus padding with the right CRC, never larger than stored, deterministically."""
+    rnd = random.Random(seed)
+    data = b"".join(rnd.randbytes(n) if noisy else text_bytes(n, seed) for noisy, n in parts)
+    body = check_body(data, level, pad_to)
+    assert compress.deflate_body(data, level, pad_to).data == body.data
+
+
+def test_high_entropy_but_compressible_text_is_not_stored():
+    # base64 has ~6 bits per byte: compressible, so it must go through ISA-L
+    import base64
+    data = base64.b64encode(os.urandom(3 * SEGMENT))
+    body = check_body(data, 1)
+    assert len(body.data) < 0.8 * len(data)
+
+
 def test_bad_level():
     with pytest.raises(ValueError):
         compress.deflate_body(b"x", 10)
