@@ -25,9 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("archive", help="archive to write (.tar.gz)")
     p.add_argument("--level", type=int, default=1, help="compression level 0-9 (default 1)")
     p.add_argument("--chunk-size", type=int, default=None,
-                   help="mean records per chunk (default: auto, ~256 KiB chunks)")
+                   help="mean records per chunk (default: auto, ~1 MiB chunks)")
     p.add_argument("--chunk-max-bytes", type=int, default=DEFAULT_CHUNK_MAX_BYTES,
-                   help="largest chunk payload in bytes (default 512 KiB)")
+                   help="largest chunk payload in bytes (default 2 MiB)")
     p.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPUs)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="skip keys matching GLOB (* within a segment, ** across); repeatable")

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # A stripe holds about STRIPE_CHUNKS chunks; a worker has room for the chunks of the stripe it
 # scans plus those of a finished stripe still waiting to be written.
-STRIPE_CHUNKS = 8
+STRIPE_CHUNKS = 4
 SLOTS_PER_WORKER = 3 * STRIPE_CHUNKS
 SNAPSHOT_RETRIES = 50
 SPILLED = -2  # chunk moved from a worker's slot to the spill file
