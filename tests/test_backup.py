@@ -136,6 +136,30 @@ def test_parallel_balances_clustered_keys(tmp_path):
     assert member_digests(tmp_path / "a.tar.gz") == member_digests(tmp_path / "b.tar.gz")
 
 
+def test_slow_writer_spills_and_keeps_chunks_exact(tmp_path):
+    """While the parent is held up on the first chunks, a worker that runs ahead keeps some
+    finished chunks in its slots and spills the rest; the archive is still exactly the one a
+    single sequential scan writes."""
+    recs = [(b"/blocks/%08d" % i, random.Random(i).randbytes(1500)) for i in range(6000)]
+    datasets.write_lmdb(str(tmp_path / "src"), iter(recs))
+    uri = f"lmdb:{tmp_path / 'src'}"
+    calls = []
+
+    def slow_start(p):
+        calls.append(p.chunks)
+        if len(calls) <= 3:
+            threading.Event().wait(0.5)
+
+    cfg = BackupConfig(workers=2, chunk_size=20, chunk_max_bytes=64 << 10)
+    BackupManager(cfg).create_backup(uri, tmp_path / "a.tar.gz", progress=slow_start)
+    with ArchiveReader(tmp_path / "a.tar.gz") as r:
+        assert r.summary["spilled_chunks"] > 0
+        assert r.summary["records"] == len(recs)
+    one = BackupManager(BackupConfig(workers=1, chunk_size=20, chunk_max_bytes=64 << 10))
+    one.create_backup(uri, tmp_path / "b.tar.gz")
+    assert member_digests(tmp_path / "a.tar.gz") == member_digests(tmp_path / "b.tar.gz")
+
+
 def test_exclude_patterns_are_counted(tmp_path):
     recs = sorted([(b"/blocks/A%d" % i, b"x" * 10) for i in range(10)]
                   + [(b"/local/x/%d" % i, b"y") for i in range(5)]

@@ -218,6 +218,7 @@ class BackupManager:
                 "cpu_s": round(_cpu_seconds() - cpu0 + stats.worker_cpu_s, 6),
                 "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 "worker_peak_rss_bytes": stats.worker_peak_rss,
+                "spilled_chunks": stats.spilled_chunks,
             }
             check = _quick_check if cfg.verify_integrity else None
             written = writer.finish(summary, before_rename=check)

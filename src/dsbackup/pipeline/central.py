@@ -27,6 +27,7 @@ class ScanStats:
     excluded_bytes: int = 0
     worker_cpu_s: float = 0.0  # CPU time of worker processes (parallel scan)
     worker_peak_rss: int = 0  # largest peak resident set of one worker process
+    spilled_chunks: int = 0  # chunks moved from a worker's slots to the spill file
 
 
 @dataclass(frozen=True)

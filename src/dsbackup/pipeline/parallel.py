@@ -40,9 +40,10 @@ from dsbackup.pipeline.worker import worker_main
 log = logging.getLogger(__name__)
 
 # A stripe holds about STRIPE_CHUNKS chunks; a worker has room for the chunks of the stripe it
-# scans plus those of a finished stripe still waiting to be written.
+# scans plus those of finished stripes still waiting to be written.
 STRIPE_CHUNKS = 4
-SLOTS_PER_WORKER = 3 * STRIPE_CHUNKS
+SLOTS_PER_WORKER = 4 * STRIPE_CHUNKS
+KEEP_SLOTS = 2 * STRIPE_CHUNKS  # chunks a worker may keep in its slots when it takes a stripe
 SNAPSHOT_RETRIES = 50
 SPILLED = -2  # chunk moved from a worker's slot to the spill file
 
@@ -344,26 +345,27 @@ class ParallelScan:
             raise BackupError(f"backup workers {sorted(pending)} did not finish")
 
     def _spill_slots(self, w: int, ranges: deque[_Range]) -> None:
-        """Move worker w's unwritten chunks out of its slots into the spill file.
+        """Make room in worker w's slots for the stripe it is about to take.
 
         A worker that takes a new stripe may still hold chunks of a finished stripe that waits
-        behind an earlier one; if those kept its slots, it could not send the chunks of its new
-        stripe, and if that stripe came first the pipeline would stall. The spill file is on
-        disk, so memory stays bounded.
+        behind an earlier one; if those kept all its slots, it would wait idle until they are
+        written. It may keep up to KEEP_SLOTS of them (the rest of its slots are enough for
+        a stripe); the latest chunks beyond that move to the spill file, which is on disk, so
+        memory stays bounded.
         """
-        for r in ranges:
-            for j, (cw, slot, meta, _inline, catalog) in enumerate(r.chunks):
-                if cw != w or slot < 0:
-                    continue
-                if self._spill is None:
-                    self._spill = tempfile.TemporaryFile(prefix="dsbackup-spill-")  # noqa: SIM115
-                blen = meta[-1]
-                off = slot * self.slot_size
-                pos = self._spill.seek(0, os.SEEK_END)
-                self._spill.write(self._wviews[w][off : off + blen])
-                self._spill.flush()
-                r.chunks[j] = (w, SPILLED, meta, (pos, blen), catalog)
-                self.conns[w].send(("free", slot))
+        held = [(r, j) for r in ranges for j, c in enumerate(r.chunks) if c[0] == w and c[1] >= 0]
+        for r, j in reversed(held[KEEP_SLOTS:]):
+            cw, slot, meta, _inline, catalog = r.chunks[j]
+            if self._spill is None:
+                self._spill = tempfile.TemporaryFile(prefix="dsbackup-spill-")  # noqa: SIM115
+            blen = meta[-1]
+            off = slot * self.slot_size
+            pos = self._spill.seek(0, os.SEEK_END)
+            self._spill.write(self._wviews[w][off : off + blen])
+            self._spill.flush()
+            r.chunks[j] = (w, SPILLED, meta, (pos, blen), catalog)
+            self.conns[w].send(("free", slot))
+            self.stats.spilled_chunks += 1
 
     def _ready_chunk(self, w: int, slot: int, meta: tuple, inline: Any,
                      catalog: tuple | None) -> ReadyChunk:
