@@ -10,6 +10,7 @@ import lmdb
 import pytest
 
 from dsbackup import datastores
+from dsbackup import restore as restore_mod
 from dsbackup.backup import BackupManager
 from dsbackup.config import BackupConfig
 from dsbackup.datastores import open_datastore
@@ -80,6 +81,7 @@ def test_interrupted_restore_resumes_from_the_journal(tmp_path, archive, monkeyp
     path, recs = archive
     target = f"lmdb:{tmp_path / 'r'}"
     no_datastore_open(monkeypatch)
+    monkeypatch.setattr(restore_mod, "JOURNAL_INTERVAL_S", 0.0)  # journal every batch
 
     class Stop(Exception):
         pass
@@ -97,6 +99,20 @@ def test_interrupted_restore_resumes_from_the_journal(tmp_path, archive, monkeyp
     assert res.resumed_from_chunk and res.resumed_from_chunk > 0
     assert read_all(tmp_path / "r") == recs
     assert not (tmp_path / "r.dsbackup-restore.json").exists()
+
+
+def test_journal_syncs_at_most_once_per_interval(tmp_path, archive, monkeypatch):
+    """Batches are written as they fill, but the target is synced (a wait for the disk) and
+    the journal advanced at most every JOURNAL_INTERVAL_S, and once at the end."""
+    path, recs = archive
+    monkeypatch.setattr(restore_mod, "JOURNAL_INTERVAL_S", 3600.0)
+    syncs = []
+    real_sync = restore_mod._NativeLmdbTarget.sync
+    monkeypatch.setattr(restore_mod._NativeLmdbTarget, "sync",
+                        lambda self, prefix="/": (syncs.append(1), real_sync(self, prefix)))
+    res = restore_archive(path, f"lmdb:{tmp_path / 'j'}", batch_bytes=50_000)
+    assert res.chunks > 10 and read_all(tmp_path / "j") == recs
+    assert len(syncs) <= 2  # the last batch's journal entry and the finish
 
 
 def test_target_open_through_py_lmdb_is_refused(tmp_path, archive):

@@ -31,6 +31,7 @@ from dsbackup.errors import (
     InvalidKey,
     RestoreError,
 )
+from dsbackup.archive.writeback import start_writeback
 from dsbackup.keys import Key
 from dsbackup.metadata import Progress, RestoreResult
 
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("empty", "overwrite", "skip_existing")
 DEFAULT_BATCH_BYTES = 64 << 20
+# The journal records progress only after a sync of the target, and a sync waits for the disk:
+# batches are written every DEFAULT_BATCH_BYTES, synced and journaled at most this often.
+JOURNAL_INTERVAL_S = 1.0
 
 
 def prefix_bounds(prefix: str | bytes | None) -> tuple[bytes, bytes | None]:
@@ -151,6 +155,17 @@ class _NativeLmdbTarget:
             self.writer = LmdbPayloadWriter(str(p), map_size=map_size)
         except (LmdbWriteError, DoubleOpenError) as exc:
             raise DatastoreError(f"{p}: cannot open LMDB: {exc}") from exc
+        # a read-only descriptor of the data file, to start its writeback early
+        try:
+            self._data_fd = os.open(p / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._data_fd = -1
+
+    def start_writeback(self) -> None:
+        """Have the kernel start writing the committed pages to disk (no wait), so that the
+        next sync has little left to do."""
+        if self._data_fd >= 0:
+            start_writeback(self._data_fd)
 
     def is_empty(self) -> bool:
         return bool(self.writer.is_empty())
@@ -159,6 +174,9 @@ class _NativeLmdbTarget:
         self.writer.sync()
 
     def close(self) -> None:
+        if self._data_fd >= 0:
+            os.close(self._data_fd)
+            self._data_fd = -1
         self.writer.close()
 
 
@@ -354,8 +372,9 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
     chunk_ids: list[int] = []
     acc_bytes = acc_records = 0
     last_chunk = first_chunk - 1
+    journaled = [time.monotonic()]
 
-    def flush() -> None:
+    def flush(final: bool = False) -> None:
         nonlocal payloads, chunk_ids, acc_bytes, acc_records
         if payloads:
             try:
@@ -371,10 +390,12 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
                     from None
             result.records_written += n
             result.bytes_written += nbytes
-        if jpath is not None:
+            native.start_writeback()
+        if jpath is not None and (final or time.monotonic() - journaled[0] >= JOURNAL_INTERVAL_S):
             native.sync("/")
             state["next_chunk"] = last_chunk + 1
             _write_journal(jpath, state)
+            journaled[0] = time.monotonic()
         payloads, chunk_ids, acc_bytes, acc_records = [], [], 0, 0
 
     # in flight: about one batch of payloads, so the pool keeps inflating while the previous
@@ -398,7 +419,7 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
                               total_bytes))
     if selected:
         last_chunk = max(last_chunk, selected[-1])
-    flush()
+    flush(final=True)
 
 
 def _finish(target: Any, jpath: Path | None, result: RestoreResult, t0: float

@@ -41,3 +41,11 @@ class Writeback:
             self.enabled = False  # not supported on this file system: leave it to fsync
             return
         self._started = position
+
+
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> bool:
+    """Start writing the dirty pages of [offset, offset + length) (length 0: to the end of
+    the file) of the file open at `fd` without waiting; False where it is not supported."""
+    if _sync_file_range is None or os.environ.get("DSBACKUP_NO_WRITEBACK"):
+        return False
+    return _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) == 0
