@@ -23,6 +23,7 @@ from typing import Any
 
 from dsbackup._ext.framing import FramingError, KeyMatcher, decode_records
 from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.writeback import start_writeback
 from dsbackup.errors import (
     Cancelled,
     ConfigError,
@@ -31,7 +32,6 @@ from dsbackup.errors import (
     InvalidKey,
     RestoreError,
 )
-from dsbackup.archive.writeback import start_writeback
 from dsbackup.keys import Key
 from dsbackup.metadata import Progress, RestoreResult
 
