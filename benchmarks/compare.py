@@ -302,7 +302,7 @@ def build_rows(ds_name: str, src_uri: str, raw: int, tar_dir: Path, tar_label: s
     for tool, init, backup in (
             ("restic", "restic init -q --repo '{r}'",
              "restic backup -q --repo '{r}' '{d}'"),
-            ("borg", "borg init -q -e none '{r}'", "borg create -q '{r}::a' '{d}'")):
+            ("borg", "borg init -e none '{r}'", "borg create '{r}::a' '{d}'")):
         label = f"{tool} ({tar_label})"
         if shutil.which(tool) is None:
             skips.append(Skip(ds_name, label, f"{tool} is not installed"))

@@ -19,18 +19,34 @@ from dsbackup.errors import EXIT_ERROR, EXIT_INTERRUPTED, DsBackupError
 log = logging.getLogger("dsbackup")
 
 
-def _command_modules() -> list[ModuleType]:
+def _command_names() -> list[str]:
+    """Each command lives in dsbackup/cli/<command>.py."""
+    return sorted(info.name for info in pkgutil.iter_modules(cli.__path__)
+                  if not info.name.startswith("_") and info.name != "main")
+
+
+def _command_modules(only: str | None = None) -> list[ModuleType]:
+    names = [only] if only is not None else _command_names()
     mods = []
-    for info in pkgutil.iter_modules(cli.__path__):
-        if info.name.startswith("_") or info.name == "main":
-            continue
-        mod = importlib.import_module(f"dsbackup.cli.{info.name}")
+    for name in names:
+        mod = importlib.import_module(f"dsbackup.cli.{name}")
         if hasattr(mod, "COMMAND") and hasattr(mod, "run"):
             mods.append(mod)
     return sorted(mods, key=lambda m: m.COMMAND)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command named on the command line, when it is a known one: only its module is
+    imported (the others, the scheduler's above all, cost start-up time)."""
+    for arg in argv:
+        if arg in ("-h", "--help", "--version"):
+            return None
+        if not arg.startswith("-"):
+            return arg if arg in _command_names() else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsbackup",
         description="Back up, restore, verify and migrate IPFS-style key/value datastores.",
@@ -38,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dsbackup {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in _command_modules():
+    for mod in _command_modules(only):
         p = sub.add_parser(mod.COMMAND, help=getattr(mod, "HELP", None),
                            description=getattr(mod, "HELP", None))
         mod.add_arguments(p)
@@ -56,7 +72,8 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     tune_allocator()  # large chunk buffers are reused instead of page-faulted in each time
