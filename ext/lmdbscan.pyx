@@ -418,6 +418,17 @@ cdef class LmdbRangeScanner:
                         break
                     recs += 1
                     nbytes += k.mv_size + v.mv_size
+                    # LMDB maps the pages around each node it reads (value headers included):
+                    # track the span so that the planner's resident set stays bounded too
+                    self.since_trim += k.mv_size + v.mv_size
+                    if <size_t>k.mv_data < self.trim_lo:
+                        self.trim_lo = <size_t>k.mv_data
+                    if <size_t>v.mv_data < self.trim_lo:
+                        self.trim_lo = <size_t>v.mv_data
+                    if <size_t>v.mv_data + v.mv_size > self.trim_hi:
+                        self.trim_hi = <size_t>v.mv_data + v.mv_size
+                    if <size_t>k.mv_data + k.mv_size > self.trim_hi:
+                        self.trim_hi = <size_t>k.mv_data + k.mv_size
         finally:
             self.busy = False
         if rc == MDB_NOTFOUND:
@@ -425,7 +436,13 @@ cdef class LmdbRangeScanner:
             return None
         if rc:
             raise _lmdb_error(rc, f"{self.path}: cursor read failed")
-        return PyBytes_FromStringAndSize(<const char *>k.mv_data, k.mv_size)
+        key = PyBytes_FromStringAndSize(<const char *>k.mv_data, k.mv_size)
+        if self.since_trim >= TRIM_BYTES:  # the key is copied: nothing points into the map
+            trim_map(self.trim_lo, self.trim_hi)
+            self.since_trim = 0
+            self.trim_lo = <size_t>-1
+            self.trim_hi = 0
+        return key
 
     def boundary_after(self, bytes key, end=None, uint64_t max_keys=200000):
         """The first key >= ``key`` and < ``end`` where a chunk starts by content
