@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,26 @@ class WrittenArchive:
     chunk_bytes: int
     fingerprint: str
     summary: dict[str, Any]
+
+
+class _Fsync:
+    """fsync(fd) in a thread (the GIL is released while it waits); wait() re-raises errors."""
+
+    def __init__(self, fd: int) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fd,), name="dsbackup-fsync")
+        self._thread.start()
+
+    def _run(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except BaseException as exc:  # noqa: BLE001 - handed to wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise ArchiveError(f"fsync of the archive failed: {self._error}") from self._error
 
 
 class ArchiveWriter:
@@ -217,8 +238,8 @@ class ArchiveWriter:
 
     def finish(self, summary: dict[str, Any] | None = None,
                before_rename: Callable[[Path], None] | None = None) -> WrittenArchive:
-        """Write index, summary and trailer; fsync; optionally check the temp file with
-        `before_rename(temp_path)`; rename into place."""
+        """Write index, summary and trailer; fsync, meanwhile optionally checking the temp
+        file with `before_rename(temp_path)`; rename into place once both are done."""
         if self._closed:
             raise ArchiveError("archive writer is closed")
         try:
@@ -247,11 +268,15 @@ class ArchiveWriter:
             trailer = fmt.Trailer(ioff, ilen, ixxh, soff, slen, sxxh, self._index.count,
                                   self._pos)
             self._write([trailer.encode()])
-            os.fsync(self._fd)
+            # the check reads the written bytes back while fsync waits for the disk
+            synced = _Fsync(self._fd)
+            try:
+                if before_rename is not None:
+                    before_rename(self.tmp)
+            finally:
+                synced.wait()
             os.close(self._fd)
             self._closed = True
-            if before_rename is not None:
-                before_rename(self.tmp)
             os.rename(self.tmp, self.final)
             fsync_dir(self.final.parent)
         except BaseException:
