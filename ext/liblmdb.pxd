@@ -52,8 +52,13 @@ cdef extern from "lmdb.h" nogil:
 cdef extern from "lmdb.h" nogil:
     ctypedef struct MDB_envinfo:
         size_t me_mapsize
+        size_t me_last_pgno
+
+    ctypedef struct MDB_stat:
+        unsigned int ms_psize
 
     unsigned int MDB_NOSYNC
+    unsigned int MDB_WRITEMAP
     unsigned int MDB_NOMETASYNC
     unsigned int MDB_APPEND
     int MDB_MAP_FULL
@@ -63,6 +68,7 @@ cdef extern from "lmdb.h" nogil:
     int mdb_txn_commit(MDB_txn *txn)
     int mdb_env_set_mapsize(MDB_env *env, size_t size)
     int mdb_env_info(MDB_env *env, MDB_envinfo *stat)
+    int mdb_env_stat(MDB_env *env, MDB_stat *stat)
     int mdb_env_sync(MDB_env *env, int force)
 
     # lmdbwrite.pyx: puts that may meet an existing key, the key size limit

@@ -2,8 +2,11 @@
 # write (MDB_NOSYNC | MDB_NOMETASYNC: the caller syncs explicitly before recording progress)
 # and create its unnamed database. `_error(rc, what)` is the including module's error maker.
 
-cdef int open_write_env(MDB_env **env, MDB_dbi *dbi, str path, size_t map_size) except -1:
-    """Create and open the environment at `path` (a directory); `map_size` 0 keeps LMDB's."""
+cdef int open_write_env(MDB_env **env, MDB_dbi *dbi, str path, size_t map_size,
+                        bint writemap=False) except -1:
+    """Create and open the environment at `path` (a directory); `map_size` 0 keeps LMDB's.
+    `writemap`: pages are written in place through the map (MDB_WRITEMAP), which saves a copy
+    per page; LMDB then extends the file to the map size (see truncate_to_used)."""
     cdef MDB_txn *txn = NULL
     cdef int rc = mdb_env_create(env)
     if rc:
@@ -12,7 +15,9 @@ cdef int open_write_env(MDB_env **env, MDB_dbi *dbi, str path, size_t map_size) 
         rc = mdb_env_set_mapsize(env[0], map_size)
         if rc:
             raise _error(rc, f"{path}: cannot set the map size")
-    rc = mdb_env_open(env[0], os.fsencode(path), MDB_NOTLS | MDB_NOSYNC | MDB_NOMETASYNC, 0o644)
+    rc = mdb_env_open(env[0], os.fsencode(path),
+                      MDB_NOTLS | MDB_NOSYNC | MDB_NOMETASYNC | (MDB_WRITEMAP if writemap else 0),
+                      0o644)
     if rc:
         raise _error(rc, f"{path}: cannot open LMDB environment")
     rc = mdb_txn_begin(env[0], NULL, 0, &txn)
@@ -26,3 +31,22 @@ cdef int open_write_env(MDB_env **env, MDB_dbi *dbi, str path, size_t map_size) 
     if rc:
         raise _error(rc, f"{path}: cannot commit")
     return 0
+
+
+cdef size_t used_bytes(MDB_env *env) noexcept:
+    """Bytes of the data file in use (pages up to the last one); 0 when unknown."""
+    cdef MDB_envinfo info
+    cdef MDB_stat st
+    if mdb_env_info(env, &info) or mdb_env_stat(env, &st):
+        return 0
+    return (info.me_last_pgno + 1) * st.ms_psize
+
+
+cdef truncate_to_used(str path, size_t used):
+    """Give back the sparse tail MDB_WRITEMAP added (LMDB grows the file again if needed)."""
+    data = os.path.join(path, "data.mdb")
+    try:
+        if used and os.path.getsize(data) > used:
+            os.truncate(data, used)
+    except OSError:
+        pass

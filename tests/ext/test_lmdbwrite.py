@@ -92,6 +92,25 @@ def test_map_grows_from_a_tiny_map(tmp_path):
     env.close()
 
 
+def test_data_file_is_cut_back_to_the_pages_in_use(tmp_path):
+    """Written through the map (MDB_WRITEMAP), LMDB extends data.mdb to the whole map size;
+    close() truncates it to the pages in use, and the environment reopens and grows again."""
+    recs = records(300, seed=8)
+    with LmdbPayloadWriter(tmp_path / "t", map_size=1 << 30) as w:
+        w.write(payloads_of(recs, 50))
+        w.sync()
+        assert (tmp_path / "t" / "data.mdb").stat().st_size == 1 << 30  # sparse, map-sized
+    env = lmdb.open(str(tmp_path / "t"), readonly=True, lock=False)
+    used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    env.close()
+    assert (tmp_path / "t" / "data.mdb").stat().st_size == used < 1 << 20
+    assert read_all(tmp_path / "t") == recs
+    more = records(300, seed=9, prefix=b"/s/")
+    with LmdbPayloadWriter(tmp_path / "t", map_size=1 << 30) as w:
+        w.write(payloads_of(more, 50))
+    assert read_all(tmp_path / "t") == sorted(recs + more)
+
+
 def corruptions(good: bytes) -> dict[str, bytes]:
     n = int.from_bytes(good[8:16], "little")
     return {
