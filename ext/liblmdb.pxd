@@ -51,6 +51,7 @@ cdef extern from "lmdb.h" nogil:
 # Writing (lmdbcopy.pyx): write transactions, cursor puts, map size, explicit sync.
 cdef extern from "lmdb.h" nogil:
     ctypedef struct MDB_envinfo:
+        void *me_mapaddr
         size_t me_mapsize
         size_t me_last_pgno
 
@@ -61,6 +62,7 @@ cdef extern from "lmdb.h" nogil:
     unsigned int MDB_WRITEMAP
     unsigned int MDB_NOMETASYNC
     unsigned int MDB_APPEND
+    unsigned int MDB_RESERVE
     int MDB_MAP_FULL
     int MDB_MAP_RESIZED
 

@@ -12,8 +12,11 @@ Puts use ``MDB_APPEND`` while keys lie past the environment's last key; a key at
 (a resumed restore rewriting a chunk) falls back to an ordinary put. The environment is opened
 with ``MDB_NOSYNC``: :meth:`LmdbPayloadWriter.sync` forces the flush. ``MDB_WRITEMAP``: values
 are copied once, straight into the file's pages, instead of into LMDB's dirty pages and then
-by ``pwrite`` into the page cache (blocks restore 12-20% faster); LMDB then extends the file
-to the map size, and :meth:`close` truncates it back to the pages in use. ``MDB_MAP_FULL``
+by ``pwrite`` into the page cache (blocks restore 12-20% faster). Puts use ``MDB_RESERVE``
+and copy the value themselves, which tells where it went: after each commit those pages are
+unmapped again (``MADV_DONTNEED``; they stay in the page cache), so the resident set does not
+grow with the data written. LMDB extends the file to the map size, and :meth:`close`
+truncates it back to the pages in use. ``MDB_MAP_FULL``
 doubles the map and redoes the transaction. Like lmdbscan and lmdbcopy this is a separate copy of LMDB
 from py-lmdb's: the writer claims its path (:func:`dsbackup.datastores.lmdb.claim` and
 :func:`dsbackup._ext.lmdbscan.register_foreign_open`), so opening it twice in this process, by
@@ -24,7 +27,8 @@ import os
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint64_t
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
+from posix.mman cimport MADV_DONTNEED, madvise
 
 from liblmdb cimport (
     MDB_APPEND,
@@ -35,6 +39,7 @@ from liblmdb cimport (
     MDB_NOMETASYNC,
     MDB_NOOVERWRITE,
     MDB_NOSYNC,
+    MDB_RESERVE,
     MDB_WRITEMAP,
     MDB_NOTFOUND,
     MDB_NOTLS,
@@ -100,6 +105,7 @@ ctypedef struct wresult:
     uint64_t rec            # which record of it
     size_t off              # byte offset in it
     uint64_t val            # the offending number (length, op, count)
+    size_t lo, hi           # span of map addresses the values were copied to
 
 
 class LmdbWriteError(OSError):
@@ -222,20 +228,28 @@ cdef int _put_payload(MDB_cursor *cur, const unsigned char *p, size_t n, bint ap
             r.perr = PE_KEY_TOO_LONG
             r.val = klen
             return -1
+        # MDB_RESERVE: LMDB returns where the value goes (in the map: MDB_WRITEMAP) and the
+        # value is copied there here, which also tells the caller which pages were written
         k.mv_size = klen
         k.mv_data = <void *>(p + koff)
         v.mv_size = vlen
-        v.mv_data = <void *>(p + pos)
+        v.mv_data = NULL
         if append:
-            rc = mdb_cursor_put(cur, &k, &v, MDB_APPEND)
+            rc = mdb_cursor_put(cur, &k, &v, MDB_APPEND | MDB_RESERVE)
             if rc == MDB_KEYEXIST:   # at or before the last key: an ordinary put
                 k.mv_data = <void *>(p + koff)
                 v.mv_size = vlen
-                v.mv_data = <void *>(p + pos)
-                rc = mdb_cursor_put(cur, &k, &v, base)
+                v.mv_data = NULL
+                rc = mdb_cursor_put(cur, &k, &v, base | MDB_RESERVE)
         else:
-            rc = mdb_cursor_put(cur, &k, &v, base)
+            rc = mdb_cursor_put(cur, &k, &v, base | MDB_RESERVE)
         if rc == 0:
+            if vlen:
+                memcpy(v.mv_data, p + pos, vlen)
+            if <size_t>v.mv_data < r.lo:
+                r.lo = <size_t>v.mv_data
+            if <size_t>v.mv_data + vlen > r.hi:
+                r.hi = <size_t>v.mv_data + vlen
             r.records += 1
             r.nbytes += klen + vlen
         elif not (rc == MDB_KEYEXIST and not overwrite):
@@ -264,6 +278,8 @@ cdef int _write_txn(MDB_env *env, MDB_dbi dbi, const span *spans, size_t nspans,
     r.records = 0
     r.nbytes = 0
     r.perr = PE_OK
+    r.lo = <size_t>-1
+    r.hi = 0
     rc = mdb_txn_begin(env, NULL, 0, &txn)
     if rc == MDB_MAP_RESIZED:   # another process grew the map: adopt its size
         mdb_env_set_mapsize(env, 0)
@@ -310,6 +326,17 @@ cdef object _payload_error(wresult *r):
         PE_COUNT_LOW: f"payload ends after {r.rec} records but the header declares {r.val}",
     }
     return PayloadError(f"{where}: {msgs.get(e, f'error {e}')}", r.pidx, r.rec, r.off)
+
+
+cdef void _drop_written_pages(size_t lo, size_t hi) noexcept nogil:
+    """After a commit, drop the page table entries of the map pages the values went to:
+    written through the map, they would otherwise count in this process's resident set until
+    it ends. The data stays in the page cache (dirty pages too) and comes back on access."""
+    if hi <= lo:
+        return
+    lo = lo & ~(<size_t>4095)
+    hi = (hi + 4095) & ~(<size_t>4095)
+    madvise(<void *>lo, hi - lo, MADV_DONTNEED)
 
 
 cdef class LmdbPayloadWriter:
@@ -377,6 +404,8 @@ cdef class LmdbPayloadWriter:
             while True:
                 with nogil:
                     rc = _write_txn(self.env, self.dbi, spans, nspans, append, overwrite, &r)
+                    if rc == 0:
+                        _drop_written_pages(r.lo, r.hi)
                 if rc == 0:
                     return r.records, r.nbytes
                 if rc == -1:
