@@ -25,10 +25,9 @@ class BackupConfig:
       it expands incompressible data), 4-9 zlib levels 4-9. See docs/COMPRESSION.md.
     - ``chunk_size``: the mean number of records per chunk (content-defined boundaries, see
       docs/FORMAT.md §4.1). ``None`` (default) picks it from the store's mean record size so a
-      mean chunk holds about 256 KiB; incremental backups reuse the parent's value.
-    - ``chunk_max_bytes`` (default 512 KiB): a chunk is cut before it grows past this size
-      (so 256 KiB IPFS blocks get a chunk each, which ISA-L compresses best, even when small
-      records in the same store pull the automatic chunk size up).
+      mean chunk holds about 1 MiB; incremental backups reuse the parent's value.
+    - ``chunk_max_bytes`` (default 2 MiB): a chunk is cut before it grows past this size, even
+      when small records in the same store pull the automatic chunk size up.
     - ``timeout`` seconds (default none): the backup is cancelled when it runs longer;
       nothing is left at the archive path.
     - ``verify_integrity`` (default True): after writing, re-read the archive and check every
