@@ -189,23 +189,24 @@ cdef const char *ds_strerror(int code) noexcept nogil:
     return "unknown error"
 
 
-cdef int _piece(const unsigned char *data, size_t n, size_t pad, const unsigned char *zeros,
+cdef int _piece(const unsigned char *data, size_t n, size_t end, const unsigned char *zeros,
                 size_t *pos, const unsigned char **p, size_t *plen) noexcept nogil:
-    """Next input piece of the virtual stream ``data || pad zeros``; returns 1 if it is last."""
-    cdef size_t total = n + pad, start = pos[0], ln
+    """Next input piece of bytes [pos, end) of the virtual stream ``data || zeros``; returns 1
+    if it reaches ``end``."""
+    cdef size_t start = pos[0], ln
     if start < n:
-        ln = n - start
+        ln = (end if end < n else n) - start
         if ln > MAX_STEP:
             ln = MAX_STEP
         p[0] = data + start
     else:
-        ln = total - start
+        ln = end - start
         if ln > ZERO_PIECE:
             ln = ZERO_PIECE
         p[0] = zeros
     plen[0] = ln
     pos[0] = start + ln
-    return pos[0] == total
+    return pos[0] == end
 
 
 cdef isal_zstream *_isal_start(ds_deflater *ws, int level, int gzip_flag) noexcept nogil:
@@ -232,42 +233,6 @@ cdef isal_zstream *_isal_start(ds_deflater *ws, int level, int gzip_flag) noexce
     s.flush = NO_FLUSH
     s.hist_bits = 0
     return s
-
-
-cdef int _deflate_isal(ds_deflater *ws, const unsigned char *data, size_t n, size_t pad,
-                       int level, unsigned char *out, size_t cap, size_t *out_len) noexcept nogil:
-    """ISA-L deflate + gzip trailer into ``out``; 1 if it fit in ``cap``, 0 if not, <0 error."""
-    cdef isal_zstream *s = _isal_start(ws, level, IGZIP_GZIP_NO_HDR)  # + CRC/ISIZE trailer
-    cdef size_t pos = 0, plen, produced = 0, step
-    cdef const unsigned char *p
-    cdef int last = 0
-    if s == NULL:
-        return DS_ENOMEM
-    while True:
-        last = _piece(data, n, pad, ws.zeros, &pos, &p, &plen)
-        s.next_in = <uint8_t *>p
-        s.avail_in = <uint32_t>plen
-        s.end_of_stream = last
-        while True:
-            step = cap - produced
-            if step > MAX_STEP:
-                step = MAX_STEP
-            s.next_out = out + produced
-            s.avail_out = <uint32_t>step
-            if isal_deflate(s) != COMP_OK:
-                return DS_EENGINE
-            produced += step - s.avail_out
-            if last:
-                if s.internal_state.state == ZSTATE_END:
-                    out_len[0] = produced
-                    return 1
-            elif s.avail_in == 0:
-                break
-            if produced == cap:
-                return 0
-        if last:
-            break
-    return DS_EENGINE
 
 
 # -- incompressible segments -------------------------------------------------------------
@@ -338,45 +303,31 @@ cdef inline bint _segment_incompressible(const unsigned char *data, size_t n,
 cdef uint32_t _crc_range(ds_deflater *ws, const unsigned char *data, size_t n, size_t a,
                          size_t b, uint32_t crc) noexcept nogil:
     """CRC-32 continued over bytes [a, b) of ``data || zeros``."""
-    cdef size_t ln
-    if a < n:
-        ln = (b if b < n else n) - a
-        crc = crc32_gzip_refl(crc, data + a, ln)
-        a += ln
+    cdef size_t plen
+    cdef const unsigned char *p
     while a < b:
-        ln = b - a
-        if ln > ZERO_PIECE:
-            ln = ZERO_PIECE
-        crc = crc32_gzip_refl(crc, ws.zeros, ln)
-        a += ln
+        _piece(data, n, b, ws.zeros, &a, &p, &plen)
+        crc = crc32_gzip_refl(crc, p, plen)
     return crc
 
 
 cdef int _isal_run(ds_deflater *ws, const unsigned char *data, size_t n, size_t a, size_t b,
-                   int level, bint last, unsigned char *out, size_t cap,
+                   int level, bint last, int gzip_flag, unsigned char *out, size_t cap,
                    size_t *produced) noexcept nogil:
-    """Bytes [a, b) of ``data || zeros`` as one ISA-L raw deflate stream appended at
-    ``out + produced``: final when ``last``, else ended by a sync flush. 1 if it fit in
-    ``cap``, 0 if not, <0 on error."""
-    cdef isal_zstream *s = _isal_start(ws, level, IGZIP_DEFLATE)
-    cdef size_t ln, step
+    """Bytes [a, b) (a < b) of ``data || zeros`` as one ISA-L stream appended at
+    ``out + produced``: final when ``last``, else ended by a sync flush. ``gzip_flag``
+    IGZIP_GZIP_NO_HDR appends the CRC-32/ISIZE trailer (the CRC comes free with the
+    compression). 1 if it fit in ``cap``, 0 if not, <0 on error."""
+    cdef isal_zstream *s = _isal_start(ws, level, gzip_flag)
+    cdef size_t plen, step
+    cdef const unsigned char *p
     cdef bint final_piece
     if s == NULL:
         return DS_ENOMEM
     while True:
-        if a < n:
-            ln = (b if b < n else n) - a
-            if ln > MAX_STEP:
-                ln = MAX_STEP
-            s.next_in = <uint8_t *>(data + a)
-        else:
-            ln = b - a
-            if ln > ZERO_PIECE:
-                ln = ZERO_PIECE
-            s.next_in = <uint8_t *>ws.zeros
-        s.avail_in = <uint32_t>ln
-        a += ln
-        final_piece = a == b
+        final_piece = _piece(data, n, b, ws.zeros, &a, &p, &plen)
+        s.next_in = <uint8_t *>p
+        s.avail_in = <uint32_t>plen
         s.end_of_stream = last and final_piece
         s.flush = SYNC_FLUSH if final_piece and not last else NO_FLUSH
         while True:
@@ -426,7 +377,8 @@ cdef int _deflate_segmented(ds_deflater *ws, const unsigned char *data, size_t n
             crc = write_stored(data + a, dn, (b - a) - dn, out + produced, &slen, last, crc)
             produced += slen
         else:
-            r = _isal_run(ws, data, n, a, b, level, last, out, cap, &produced)
+            r = _isal_run(ws, data, n, a, b, level, last, IGZIP_DEFLATE, out, cap,
+                          &produced)
             if r != 1:
                 return r
             crc = _crc_range(ws, data, n, a, b, crc)
@@ -479,7 +431,7 @@ cdef int _deflate_zlib(ds_deflater *ws, const unsigned char *data, size_t n, siz
             return DS_ENOMEM if ret == -4 else DS_EENGINE
         ws.z_level = level
     while True:
-        last = _piece(data, n, pad, ws.zeros, &pos, &p, &plen)
+        last = _piece(data, n, n + pad, ws.zeros, &pos, &p, &plen)
         zs.next_in = <unsigned char *>p
         zs.avail_in = <unsigned int>plen
         while True:
@@ -502,19 +454,6 @@ cdef int _deflate_zlib(ds_deflater *ws, const unsigned char *data, size_t n, siz
         if last:
             break
     return DS_EENGINE
-
-
-cdef uint32_t _crc_of(ds_deflater *ws, const unsigned char *data, size_t n,
-                      size_t pad) noexcept nogil:
-    cdef size_t pos = 0, plen
-    cdef const unsigned char *p
-    cdef uint32_t crc = 0
-    cdef int last = 0
-    if n + pad:
-        while not last:
-            last = _piece(data, n, pad, ws.zeros, &pos, &p, &plen)
-            crc = crc32_gzip_refl(crc, p, plen)
-    return crc
 
 
 cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, int level,
@@ -557,7 +496,8 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
         elif mix:
             r = _deflate_segmented(ws, data, n, pad, level, out.data, cap, &out.len, &out.crc)
         else:
-            r = _deflate_isal(ws, data, n, pad, level, out.data, cap + 8, &out.len)
+            r = _isal_run(ws, data, n, 0, total, level, True, IGZIP_GZIP_NO_HDR, out.data,
+                          cap + 8, &out.len)
         if r == 1 and not mix:
             if out.len > cap:          # deflate + trailer larger than stored blocks
                 r = 0
@@ -569,7 +509,7 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
     else:
         r = _deflate_zlib(ws, data, n, pad, level, out.data, cap, &out.len)
         if r == 1:
-            out.crc = _crc_of(ws, data, n, pad)
+            out.crc = _crc_range(ws, data, n, 0, total, 0)
     if r < 0:
         return r
     if r == 0:
