@@ -196,6 +196,28 @@ cdef class LmdbRangeScanner:
     cdef size_t trim_lo, trim_hi  # span of map addresses read since the last trim
     cdef uint64_t since_trim
 
+    cdef inline void _note_read(self, const MDB_val *k, const MDB_val *v) noexcept nogil:
+        """Widen the span of the map read since the last trim by a node just read."""
+        cdef size_t klo = <size_t>k.mv_data, vlo = <size_t>v.mv_data
+        self.since_trim += k.mv_size + v.mv_size
+        if klo < self.trim_lo:
+            self.trim_lo = klo
+        if vlo < self.trim_lo:
+            self.trim_lo = vlo
+        if klo + k.mv_size > self.trim_hi:
+            self.trim_hi = klo + k.mv_size
+        if vlo + v.mv_size > self.trim_hi:
+            self.trim_hi = vlo + v.mv_size
+
+    cdef inline void _trim_if_due(self) noexcept nogil:
+        """Drop the span read since the last trim once TRIM_BYTES have been read (nothing may
+        point into the map: whatever was read is copied by now)."""
+        if self.since_trim >= TRIM_BYTES:
+            trim_map(self.trim_lo, self.trim_hi)
+            self.since_trim = 0
+            self.trim_lo = <size_t>-1
+            self.trim_hi = 0
+
     def __cinit__(self):
         self.env = NULL
         self.txn = NULL
@@ -418,17 +440,9 @@ cdef class LmdbRangeScanner:
                         break
                     recs += 1
                     nbytes += k.mv_size + v.mv_size
-                    # LMDB maps the pages around each node it reads (value headers included):
-                    # track the span so that the planner's resident set stays bounded too
-                    self.since_trim += k.mv_size + v.mv_size
-                    if <size_t>k.mv_data < self.trim_lo:
-                        self.trim_lo = <size_t>k.mv_data
-                    if <size_t>v.mv_data < self.trim_lo:
-                        self.trim_lo = <size_t>v.mv_data
-                    if <size_t>v.mv_data + v.mv_size > self.trim_hi:
-                        self.trim_hi = <size_t>v.mv_data + v.mv_size
-                    if <size_t>k.mv_data + k.mv_size > self.trim_hi:
-                        self.trim_hi = <size_t>k.mv_data + k.mv_size
+                    # LMDB maps the pages around each node it reads (value headers included),
+                    # so the planner trims like the scanner
+                    self._note_read(&k, &v)
         finally:
             self.busy = False
         if rc == MDB_NOTFOUND:
@@ -437,11 +451,7 @@ cdef class LmdbRangeScanner:
         if rc:
             raise _lmdb_error(rc, f"{self.path}: cursor read failed")
         key = PyBytes_FromStringAndSize(<const char *>k.mv_data, k.mv_size)
-        if self.since_trim >= TRIM_BYTES:  # the key is copied: nothing points into the map
-            trim_map(self.trim_lo, self.trim_hi)
-            self.since_trim = 0
-            self.trim_lo = <size_t>-1
-            self.trim_hi = 0
+        self._trim_if_due()  # the key is copied: nothing points into the map
         return key
 
     def boundary_after(self, bytes key, end=None, uint64_t max_keys=200000):
@@ -627,13 +637,7 @@ cdef class LmdbRangeScanner:
                         break
                     prevp = <const unsigned char *>k.mv_data
                     prevn = k.mv_size
-                    self.since_trim += k.mv_size + v.mv_size
-                    if <size_t>k.mv_data < self.trim_lo:
-                        self.trim_lo = <size_t>k.mv_data
-                    if <size_t>v.mv_data < self.trim_lo:
-                        self.trim_lo = <size_t>v.mv_data
-                    if <size_t>v.mv_data + v.mv_size > self.trim_hi:
-                        self.trim_hi = <size_t>v.mv_data + v.mv_size
+                    self._note_read(&k, &v)
                     r = FAPI.chunker_append(&self.c, prevp, prevn,
                                             <const unsigned char *>v.mv_data, v.mv_size, &out)
                     if r < 0:
@@ -650,12 +654,9 @@ cdef class LmdbRangeScanner:
                     if r < 0:
                         FAPI.chunk_free(&out)
                         got = 0
-                if r >= 0 and rc == 0 and self.since_trim >= TRIM_BYTES:
+                if r >= 0 and rc == 0:
                     # the records are copied into the chunk: nothing points into the map now
-                    trim_map(self.trim_lo, self.trim_hi)
-                    self.since_trim = 0
-                    self.trim_lo = <size_t>-1
-                    self.trim_hi = 0
+                    self._trim_if_due()
         finally:
             self.busy = False
         if rc:
