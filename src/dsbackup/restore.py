@@ -372,10 +372,10 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
     chunk_ids: list[int] = []
     acc_bytes = acc_records = 0
     last_chunk = first_chunk - 1
-    journaled = [time.monotonic()]
+    journaled = time.monotonic()
 
     def flush(final: bool = False) -> None:
-        nonlocal payloads, chunk_ids, acc_bytes, acc_records
+        nonlocal payloads, chunk_ids, acc_bytes, acc_records, journaled
         if payloads:
             try:
                 n, nbytes = native.writer.write(payloads, append=True, overwrite=True)
@@ -391,11 +391,11 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
             result.records_written += n
             result.bytes_written += nbytes
             native.start_writeback()
-        if jpath is not None and (final or time.monotonic() - journaled[0] >= JOURNAL_INTERVAL_S):
+        if jpath is not None and (final or time.monotonic() - journaled >= JOURNAL_INTERVAL_S):
             native.sync("/")
             state["next_chunk"] = last_chunk + 1
             _write_journal(jpath, state)
-            journaled[0] = time.monotonic()
+            journaled = time.monotonic()
         payloads, chunk_ids, acc_bytes, acc_records = [], [], 0, 0
 
     # in flight: about one batch of payloads, so the pool keeps inflating while the previous

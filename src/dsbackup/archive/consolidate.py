@@ -9,30 +9,17 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dsbackup._ext.checksum import crc32, crc32_combine
 from dsbackup._ext.compress import Body, deflate_body
-from dsbackup._ext.framing import FramingError, scan_payload
 from dsbackup.archive import format as fmt
 from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.verify import check_payload
 from dsbackup.archive.writer import ArchiveWriter, WrittenArchive
 from dsbackup.errors import IntegrityError
-
-
-@dataclass(slots=True)
-class _Chunk:
-    record_count: int
-    first_key: bytes
-    last_key: bytes
-    keys_xxh3: int
-    payload_xxh3: int
-    raw_bytes: int
-    body: Any
-    catalog_body: Any = None
-    catalog_xxh3: int | None = None
+from dsbackup.pipeline.chunks import ReadyChunk
 
 
 def _body_of(raw: bytes, payload: memoryview | bytes, level: int) -> Any:
@@ -50,21 +37,13 @@ def _body_of(raw: bytes, payload: memoryview | bytes, level: int) -> Any:
     return Body(bytes(raw[start:-8]), body_crc, size, sub.data_len)
 
 
-def _load(reader: ArchiveReader, i: int, level: int) -> _Chunk:
+def _load(reader: ArchiveReader, i: int, level: int) -> ReadyChunk:
     holder, seq = reader.locate(i)
     e = reader.entry(i)
     raw = holder.read_member(seq)
     payload = holder.decode_chunk_member(seq, raw)
-    try:
-        info = scan_payload(payload)
-    except FramingError as exc:
-        raise IntegrityError(f"{holder.path}: chunk {seq}: bad payload: {exc}",
-                             chunk=seq) from None
-    if (info.record_count, bytes(info.first_key), bytes(info.last_key), info.keys_xxh3) != (
-            e.records, e.first_key, e.last_key, e.keys_xxh3):
-        raise IntegrityError(f"{holder.path}: chunk {seq}: records disagree with the index",
-                             chunk=seq)
-    c = _Chunk(e.records, e.first_key, e.last_key, e.keys_xxh3, e.payload_xxh3,
+    info = check_payload(holder.path, seq, e, payload)
+    c = ReadyChunk(e.records, e.first_key, e.last_key, e.keys_xxh3, e.payload_xxh3,
                info.raw_bytes, _body_of(raw, payload, level))
     if reader.index.catalog_count:
         craw = holder.read_catalog_member(seq)
@@ -75,7 +54,7 @@ def _load(reader: ArchiveReader, i: int, level: int) -> _Chunk:
 
 
 def _loaded(reader: ArchiveReader, pool: ThreadPoolExecutor, level: int, window: int,
-            ) -> Iterator[_Chunk]:
+            ) -> Iterator[ReadyChunk]:
     pending: deque[Future] = deque()
     ids = iter(range(reader.chunk_count))
     try:

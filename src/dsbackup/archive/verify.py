@@ -13,9 +13,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dsbackup._ext.checksum import Xxh3_128
 from dsbackup._ext.framing import FramingError, scan_payload
+from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.errors import ArchiveError, IntegrityError, MissingParentError
 
@@ -74,6 +76,22 @@ class VerifyReport:
         }
 
 
+def check_payload(path: os.PathLike[str] | str, i: int, e: ChunkEntry, payload: Any) -> Any:
+    """Parse chunk i's payload and check it against its index entry `e`; returns what
+    scan_payload found. Raises IntegrityError naming the chunk and its key range."""
+    try:
+        info = scan_payload(payload)
+    except FramingError as exc:
+        raise IntegrityError(f"{path}: chunk {i} {e.key_range}: bad payload: {exc}",
+                             chunk=i) from None
+    if (info.record_count, bytes(info.first_key), bytes(info.last_key), info.keys_xxh3) != (
+            e.records, e.first_key, e.last_key, e.keys_xxh3):
+        raise IntegrityError(
+            f"{path}: chunk {i} {e.key_range}: records disagree with the index "
+            f"(count, key range or key digest)", chunk=i)
+    return info
+
+
 def _check_chunk(reader: ArchiveReader, i: int, deep: bool,
                  blocks: list[int] | None = None) -> tuple[int, int]:
     """Check chunk i; returns (bytes read, records). Raises IntegrityError naming the chunk."""
@@ -84,16 +102,7 @@ def _check_chunk(reader: ArchiveReader, i: int, deep: bool,
             reader.read_catalog_member(i)
         return len(raw), e.records
     payload = reader.decode_chunk_member(i, raw)
-    try:
-        info = scan_payload(payload)
-    except FramingError as exc:
-        raise IntegrityError(f"{reader.path}: chunk {i} {e.key_range}: bad payload: {exc}",
-                             chunk=i) from None
-    if (info.record_count, bytes(info.first_key), bytes(info.last_key), info.keys_xxh3) != (
-            e.records, e.first_key, e.last_key, e.keys_xxh3):
-        raise IntegrityError(
-            f"{reader.path}: chunk {i} {e.key_range}: records disagree with the index "
-            f"(count, key range or key digest)", chunk=i)
+    check_payload(reader.path, i, e, payload)
     if reader.index.catalog_count:
         reader.read_catalog(i)
     if blocks is not None:

@@ -30,15 +30,13 @@ class Writeback:
 
     def __init__(self) -> None:
         self._started = 0
-        self.enabled = _sync_file_range is not None and not os.environ.get(
-            "DSBACKUP_NO_WRITEBACK")
+        self.enabled = True
 
     def advance(self, fd: int, position: int) -> None:
         if not self.enabled or position - self._started < WRITEBACK_STEP:
             return
-        if _sync_file_range(fd, self._started, position - self._started,
-                            SYNC_FILE_RANGE_WRITE) != 0:
-            self.enabled = False  # not supported on this file system: leave it to fsync
+        if not start_writeback(fd, self._started, position - self._started):
+            self.enabled = False  # not supported here: leave it to fsync
             return
         self._started = position
 
