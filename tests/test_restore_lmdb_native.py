@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
-import lmdb
 import pytest
+from lmdb_files import read_all
 
 from dsbackup import datastores
 from dsbackup import restore as restore_mod
@@ -32,15 +32,6 @@ def archive(tmp_path_factory):
     BackupManager(BackupConfig(chunk_size=50, workers=2)).create_backup(f"lmdb:{d / 'src'}",
                                                                        path)
     return path, recs
-
-
-def read_all(path) -> list[tuple[bytes, bytes]]:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            return list(txn.cursor().iternext())
-    finally:
-        env.close()
 
 
 def no_datastore_open(monkeypatch):

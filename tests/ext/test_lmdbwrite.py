@@ -7,6 +7,7 @@ import random
 
 import lmdb
 import pytest
+from lmdb_files import read_all, rss_file_mib
 
 from dsbackup._ext import lmdbscan
 from dsbackup._ext.framing import FramingError, decode_records, encode_records
@@ -25,15 +26,6 @@ def records(n: int, seed: int = 0, prefix: bytes = b"/r/") -> list[tuple[bytes, 
 def payloads_of(recs: list[tuple[bytes, bytes]], per: int) -> list[bytes]:
     return [encode_records([k for k, _ in recs[i:i + per]], [v for _, v in recs[i:i + per]])
             for i in range(0, len(recs), per)]
-
-
-def read_all(path) -> list[tuple[bytes, bytes]]:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            return list(txn.cursor().iternext())
-    finally:
-        env.close()
 
 
 def test_written_records_equal_the_payloads(tmp_path):
@@ -111,25 +103,17 @@ def test_data_file_is_cut_back_to_the_pages_in_use(tmp_path):
     assert read_all(tmp_path / "t") == sorted(recs + more)
 
 
-def _rss_file_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) / 1024
-    pytest.skip("no RssFile in /proc/self/status")
-
-
 def test_pages_written_through_the_map_leave_the_resident_set(tmp_path):
     """Values are copied into the file's pages through the map; after each commit those pages
     are unmapped again (they stay in the page cache), so writing 320 MiB does not leave
     320 MiB resident (without it: +320 MiB)."""
     value = random.Random(3).randbytes(256 << 10)
     with LmdbPayloadWriter(tmp_path / "r", map_size=1 << 30) as w:
-        base = _rss_file_mib()
+        base = rss_file_mib()
         for b in range(5):
             keys = [b"/v/%08d" % (b * 1000 + i) for i in range(256)]
             w.write([encode_records(keys, [value] * 256)])
-        grown = _rss_file_mib() - base
+        grown = rss_file_mib() - base
     assert grown < 48, grown
     env = lmdb.open(str(tmp_path / "r"), readonly=True, lock=False)
     with env.begin() as txn:

@@ -83,14 +83,6 @@ def test_lmdb_plan_chunks_equal_a_scan_and_interleave_with_ranges(tmp_path):
         assert excl[0] == sum(1 for k, _ in recs if k.startswith(b"/b/") and k.endswith(b"7"))
 
 
-def _rss_file_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) / 1024
-    pytest.skip("no RssFile in /proc/self/status")
-
-
 def test_planning_a_large_store_keeps_the_map_out_of_the_resident_set(tmp_path):
     """Walking 400 MiB of 256 KiB values for stripe boundaries maps pages around every value
     header it reads; they are dropped every 64 MiB, so the resident set does not grow with
@@ -100,15 +92,14 @@ def test_planning_a_large_store_keeps_the_map_out_of_the_resident_set(tmp_path):
     subprocess_code = (
         "import sys\n"
         "from dsbackup._ext.lmdbscan import LmdbRangeScanner\n"
-        "from test_planner import _rss_file_mib\n"
+        "from lmdb_files import rss_file_mib\n"
         "s = LmdbRangeScanner(sys.argv[1], chunk_size=4, chunk_max_bytes=2 << 20, level=1)\n"
-        "base = peak = _rss_file_mib()\n"
+        "base = peak = rss_file_mib()\n"
         "while s.next_stripe_end(16, 4 << 20) is not None:\n"
-        "    peak = max(peak, _rss_file_mib())\n"
+        "    peak = max(peak, rss_file_mib())\n"
         "print(peak - base)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     r = subprocess.run([sys.executable, "-c", subprocess_code, str(path)], env=env,
-                       capture_output=True, text=True, check=True,
-                       cwd=os.path.dirname(__file__))
+                       capture_output=True, text=True, check=True)
     # measured: +18 MiB with the trim, +61 MiB without it
     assert float(r.stdout) < 36, r.stdout

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lmdb
 import pytest
+from lmdb_files import read_all
 
 from dsbackup import FilterConfig, MigrationConfig, MigrationManager, MigrationPlan, MigrationStep
 from dsbackup.datastores import open_datastore
@@ -19,15 +20,6 @@ lmdbcopy = pytest.importorskip("dsbackup._ext.lmdbcopy", reason="native module n
 
 def items(n: int) -> dict[bytes, bytes]:
     return {b"/k/%06d" % i: bytes([i % 251]) * (i % 700) for i in range(n)}
-
-
-def raw(path: Path) -> list[tuple[bytes, bytes]]:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            return list(txn.cursor().iternext())
-    finally:
-        env.close()
 
 
 def test_copies_ranges_in_batches_and_grows_the_map(tmp_path: Path) -> None:
@@ -46,7 +38,7 @@ def test_copies_ranges_in_batches_and_grows_the_map(tmp_path: Path) -> None:
         assert c.done
     assert total == 3000 and nbytes == sum(map(len, data.values()))
     assert lasts[0] == b"/k/000699" and lasts[-1] == b"/k/002999"
-    assert raw(tmp_path / "dst") == sorted(data.items())  # grew from 256 KiB past 1 MB
+    assert read_all(tmp_path / "dst") == sorted(data.items())  # grew from 256 KiB past 1 MB
 
 
 def test_range_bounds_byte_limit_and_overwrite(tmp_path: Path) -> None:
@@ -60,7 +52,7 @@ def test_range_bounds_byte_limit_and_overwrite(tmp_path: Path) -> None:
         last, n, _ = c.copy(1000, 1 << 30)
         assert (last, n) == (b"/k/000149", 99) and c.done
         assert c.copy() == (None, 0, 0)
-    got = dict(raw(tmp_path / "dst"))
+    got = dict(read_all(tmp_path / "dst"))
     assert got[b"/k/000100"] == data[b"/k/000100"] and got[b"/z"] == b"keep"
     assert len(got) == 101
 
