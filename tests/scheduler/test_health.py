@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from notifiers import Recorder
+
 from dsbackup.scheduler import ScheduledBackup
 from dsbackup.scheduler.cron import CronSchedule
 from dsbackup.scheduler.health import check_free_space, check_staleness
@@ -11,19 +13,6 @@ from dsbackup.scheduler.health import check_free_space, check_staleness
 from .conftest import FakeRunner
 
 UTC = timezone.utc
-
-
-class Recorder:
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.events = []
-
-    def wants(self, event) -> bool:
-        return True
-
-    def send(self, event, timeout: float) -> None:
-        self.events.append(event)
 
 
 def test_health_checks_verify_the_newest_archive_quick_and_deep(make_scheduler, clock, tmp_path):

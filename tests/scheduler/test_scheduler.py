@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from notifiers import Recorder
 
 from dsbackup.errors import LockedError, SchedulerError
 from dsbackup.scheduler import RetentionPolicy, ScheduledBackup
@@ -17,21 +18,6 @@ from dsbackup.scheduler.archives import parse_archive_name
 from .conftest import FakeRunner
 
 UTC = timezone.utc
-
-
-class Recorder:
-    """A notifier that remembers events."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.events = []
-
-    def wants(self, event) -> bool:
-        return True
-
-    def send(self, event, timeout: float) -> None:
-        self.events.append(event)
 
 
 def wait_for(cond, timeout: float = 5.0) -> bool:
