@@ -108,3 +108,19 @@ def test_open_is_constant_time_in_chunks(tmp_path, make_archive):
         r.pread = lambda off, n: reads.append((off, n)) or orig(off, n)
         r.entry(r.chunk_count - 1)
         assert reads == []  # index entries come from memory
+
+
+def test_chunks_overlapping_agrees_with_a_scan_of_every_entry(tmp_path, make_archive):
+    records = [(b"/k/%05d" % i, b"v") for i in range(0, 2000, 3)]
+    path = tmp_path / "a.tar.gz"
+    make_archive(path, records, chunk_size=4, chunk_max_bytes=4096)
+    with ArchiveReader(path) as r:
+        entries = [r.entry(i) for i in range(r.chunk_count)]
+        assert len(entries) > 50
+        bounds = [b"", b"/k/", b"/k/00000", b"/k/00001", b"/k/00999", b"/k/01000", b"/k/1",
+                  b"/z"] + [e.first_key for e in entries[::7]] + [e.last_key for e in entries[::5]]
+        for start in bounds:
+            for end in [None, *bounds]:
+                want = [i for i, e in enumerate(entries)
+                        if e.last_key >= start and (end is None or e.first_key < end)]
+                assert list(r.index.chunks_overlapping(start, end)) == want, (start, end)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dsbackup.errors import IntegrityError
@@ -207,21 +208,18 @@ class Index:
         """Chunks that may hold keys in [start, end): a binary search over the key ranges
         that decodes O(log n) entries."""
         n = self.chunk_count
-        lo, hi = 0, n
-        while lo < hi:  # first chunk whose last key >= start
-            mid = (lo + hi) // 2
-            if self._last_key(mid) < start:
-                lo = mid + 1
-            else:
-                hi = mid
-        first = lo
+        first = _first_not_below(self._last_key, start, 0, n)
         if end is None:
             return range(first, n)
-        lo, hi = first, n
-        while lo < hi:  # first chunk whose first key >= end
-            mid = (lo + hi) // 2
-            if self._first_key(mid) < end:
-                lo = mid + 1
-            else:
-                hi = mid
-        return range(first, lo)
+        return range(first, _first_not_below(self._first_key, end, first, n))
+
+
+def _first_not_below(key_of: Callable[[int], bytes], target: bytes, lo: int, hi: int) -> int:
+    """The first i in [lo, hi) with key_of(i) >= target (hi if none); key_of is sorted."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if key_of(mid) < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
