@@ -7,10 +7,10 @@ import subprocess
 import tarfile
 
 import pytest
-from dsbackup._ext.framing import decode_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dsbackup._ext.framing import decode_records
 from dsbackup.archive import format as fmt
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import verify_archive
@@ -72,7 +72,6 @@ def test_roundtrip_edge_cases(tmp_path, make_archive, records):
 
 def test_catalog_roundtrip(tmp_path, make_archive):
     from dsbackup._ext.checksum import xxh3_64
-
     from dsbackup.archive.listing import iter_listing
 
     records = [(b"/k/%04d" % i, b"v" * (i % 50)) for i in range(500)]
