@@ -4,7 +4,11 @@
 zlib's. ``xxh3_128`` digests are the canonical big-endian form (``XXH128_canonicalFromHash``).
 """
 
+from libc.errno cimport EINTR, errno
 from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from posix.types cimport off_t
+from posix.unistd cimport pread
 
 from libisal cimport crc32_gzip_refl
 from libxxhash cimport (
@@ -40,6 +44,50 @@ def xxh3_64(const unsigned char[::1] data, uint64_t seed=0) -> int:
     cdef uint64_t h
     with nogil:
         h = XXH3_64bits_withSeed(p, n, seed)
+    return h
+
+
+cdef enum:
+    FILE_PIECE = 256 * 1024  # bytes read per pread by xxh3_64_file
+
+
+def xxh3_64_file(int fd, uint64_t offset, uint64_t length) -> int:
+    """XXH3-64 (seed 0) of ``length`` bytes of the file open at ``fd`` from ``offset``, read
+    in pieces into one native buffer: no Python object holds the data and the GIL is released.
+    Raises OSError on a read error and EOFError when the file ends first."""
+    cdef XXH3_state_t *st = XXH3_createState()
+    cdef unsigned char *buf = <unsigned char *>malloc(FILE_PIECE)
+    cdef uint64_t done = 0, h = 0
+    cdef size_t want
+    cdef ssize_t got = 0
+    cdef int err = 0
+    if st == NULL or buf == NULL:
+        free(buf)
+        XXH3_freeState(st)
+        raise MemoryError("xxh3_64_file: out of memory")
+    try:
+        with nogil:
+            XXH3_64bits_reset_withSeed(st, 0)
+            while done < length:
+                want = FILE_PIECE if length - done > FILE_PIECE else <size_t>(length - done)
+                got = pread(fd, buf, want, <off_t>(offset + done))
+                if got < 0:
+                    if errno == EINTR:
+                        continue
+                    err = errno
+                    break
+                if got == 0:
+                    break
+                XXH3_64bits_update(st, buf, <size_t>got)
+                done += <uint64_t>got
+            h = XXH3_64bits_digest(st)
+    finally:
+        free(buf)
+        XXH3_freeState(st)
+    if err:
+        raise OSError(err, f"read of {length} bytes at offset {offset} failed")
+    if done < length:
+        raise EOFError(f"file ends {length - done} bytes short of offset {offset + length}")
     return h
 
 

@@ -363,9 +363,9 @@ def _check_own(tmp: Path, parent: ArchiveReader) -> None:
             if e.in_parent:
                 chain.locate(i)
             else:
-                r.read_member(i)
+                r.check_member(i)
                 if r.index.catalog_count:
-                    r.read_catalog_member(i)
+                    r.check_catalog_member(i)
 
 
 def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig, *,

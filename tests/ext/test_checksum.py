@@ -62,3 +62,23 @@ def test_streaming_equals_one_shot(parts, seed):
     assert h128.hexdigest() == xxhash.xxh3_128_hexdigest(whole)
     h64.reset()
     assert h64.intdigest() == xxhash.xxh3_64_intdigest(b"", seed)
+
+
+@pytest.mark.parametrize("offset,length", [(0, 0), (0, 1), (7, 1000), (0, 256 * 1024),
+                                           (1, 256 * 1024 + 1), (3, 700_000), (0, 900_000)])
+def test_xxh3_64_file_equals_hash_of_the_range(tmp_path, offset, length):
+    data = bytes(range(256)) * 3600 + b"tail"
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    with open(p, "rb") as f:
+        got = checksum.xxh3_64_file(f.fileno(), offset, length)
+    assert got == xxhash.xxh3_64_intdigest(data[offset:offset + length])
+
+
+def test_xxh3_64_file_short_file_and_bad_fd(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"x" * 1000)
+    with open(p, "rb") as f, pytest.raises(EOFError, match="24 bytes short"):
+        checksum.xxh3_64_file(f.fileno(), 10, 1014)
+    with open(p, "wb") as f, pytest.raises(OSError):  # write-only: reads fail
+        checksum.xxh3_64_file(f.fileno(), 0, 10)

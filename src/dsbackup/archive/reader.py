@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsbackup._ext.checksum import xxh3_64
+from dsbackup._ext.checksum import xxh3_64, xxh3_64_file
 from dsbackup.archive import format as fmt
 from dsbackup.archive.index import ChunkEntry, Index
 from dsbackup.archive.member import decode_member
@@ -218,6 +218,37 @@ class ArchiveReader:
     def read_chunk(self, i: int) -> memoryview:
         """Chunk i's payload, after every check (member XXH3, CRC, sizes, payload XXH3)."""
         return self.decode_chunk_member(i, self.read_member(i))
+
+    def check_member(self, i: int) -> int:
+        """Check chunk i's member against the index's member XXH3 without keeping its bytes
+        (read and hashed natively); returns its length."""
+        e = self.entry(i)
+        if e.in_parent:
+            holder, seq = self.locate(i)
+            return holder.check_member(seq)
+        self._check_member_range(i, e.offset, e.length, "chunk")
+        if self._hash_range(e.offset, e.length) != e.member_xxh3:
+            raise IntegrityError(
+                f"{self.path}: chunk {i} {e.key_range}: member checksum mismatch", chunk=i)
+        return e.length
+
+    def check_catalog_member(self, i: int) -> int:
+        """Check chunk i's catalog member like check_member; returns its length."""
+        if self.entry(i).in_parent:
+            holder, seq = self.locate(i)
+            return holder.check_catalog_member(seq)
+        c = self.index.catalog(i)
+        self._check_member_range(i, c.offset, c.length, "catalog")
+        if self._hash_range(c.offset, c.length) != c.member_xxh3:
+            raise IntegrityError(f"{self.path}: catalog {i}: member checksum mismatch", chunk=i)
+        return c.length
+
+    def _hash_range(self, offset: int, length: int) -> int:
+        try:
+            return xxh3_64_file(self._fd, offset, length)
+        except EOFError:
+            raise IntegrityError(
+                f"{self.path}: short read at offset {offset} (file changed?)") from None
 
     def read_catalog_member(self, i: int) -> bytes:
         """The raw bytes of chunk i's catalog member, checked against the index."""

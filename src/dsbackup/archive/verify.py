@@ -96,11 +96,12 @@ def _check_chunk(reader: ArchiveReader, i: int, deep: bool,
                  blocks: list[int] | None = None) -> tuple[int, int]:
     """Check chunk i; returns (bytes read, records). Raises IntegrityError naming the chunk."""
     e = reader.entry(i)
-    raw = reader.read_member(i)
     if not deep:
+        n = reader.check_member(i)
         if reader.index.catalog_count:
-            reader.read_catalog_member(i)
-        return len(raw), e.records
+            reader.check_catalog_member(i)
+        return n, e.records
+    raw = reader.read_member(i)
     payload = reader.decode_chunk_member(i, raw)
     check_payload(reader.path, i, e, payload)
     if reader.index.catalog_count:
