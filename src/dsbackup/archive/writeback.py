@@ -10,19 +10,17 @@ parallel with the compression and the final fsync has little left to do. Linux o
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+
+from dsbackup._libc import libc
 
 SYNC_FILE_RANGE_WRITE = 2
 WRITEBACK_STEP = 32 << 20
 
-try:
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    _sync_file_range = _libc.sync_file_range
+_sync_file_range = getattr(libc(), "sync_file_range", None)
+if _sync_file_range is not None:
     _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     _sync_file_range.restype = ctypes.c_int
-except (OSError, AttributeError):
-    _sync_file_range = None
 
 
 class Writeback:

@@ -10,10 +10,10 @@ This is process-wide; it keeps up to ``TRIM_THRESHOLD`` bytes of freed heap mapp
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import threading
+
+from dsbackup._libc import libc
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -32,10 +32,8 @@ def tune_allocator() -> bool:
     with _lock:
         if _done or os.environ.get("DSBACKUP_NO_MALLOPT"):
             return _done
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):
+        mallopt = getattr(libc(), "mallopt", None)
+        if mallopt is None:
             return False
         ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
             mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
