@@ -123,3 +123,13 @@ def test_chunks_overlapping_agrees_with_a_scan_of_every_entry(tmp_path, make_arc
                 want = [i for i, e in enumerate(entries)
                         if e.last_key >= start and (end is None or e.first_key < end)]
                 assert list(r.index.chunks_overlapping(start, end)) == want, (start, end)
+
+
+def test_a_rejected_manifest_leaves_no_temp_file(tmp_path):
+    from dsbackup.archive.format import MAX_JSON_BYTES
+    from dsbackup.archive.writer import ArchiveWriter
+    from dsbackup.errors import ArchiveError
+
+    with pytest.raises(ArchiveError, match="manifest too large"):
+        ArchiveWriter(tmp_path / "a.tar.gz", manifest={"x": "y" * MAX_JSON_BYTES})
+    assert list(tmp_path.iterdir()) == []

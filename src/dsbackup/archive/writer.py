@@ -111,7 +111,7 @@ class ArchiveWriter:
         except OSError as exc:
             raise ArchiveError(f"{self.final}: cannot create temporary file: {exc}") from exc
         self._pos = 0
-        self._writeback = Writeback()
+        self._writeback = Writeback(self._fd)
         self._index = IndexBuilder()
         self._fingerprint = Xxh3_128()
         self._records = 0
@@ -122,11 +122,15 @@ class ArchiveWriter:
         # incremental archives: the fingerprint also covers the parent's (docs/FORMAT.md §7)
         self.parent_fingerprint = parent_fingerprint
         self.referenced_chunks = 0
-        data = json.dumps(manifest, sort_keys=True, indent=1).encode()
-        if len(data) > fmt.MAX_JSON_BYTES:
-            raise ArchiveError("manifest too large")
-        self._manifest_length, self._manifest_xxh3 = self._write_data_member(
-            fmt.TYPE_MANIFEST, fmt.MANIFEST_NAME, data)[1:]
+        try:
+            data = json.dumps(manifest, sort_keys=True, indent=1).encode()
+            if len(data) > fmt.MAX_JSON_BYTES:
+                raise ArchiveError(f"{self.final}: manifest too large")
+            self._manifest_length, self._manifest_xxh3 = self._write_data_member(
+                fmt.TYPE_MANIFEST, fmt.MANIFEST_NAME, data)[1:]
+        except BaseException:
+            self.abort()  # no temp file left behind
+            raise
 
     # -- low level -------------------------------------------------------------------------
 
@@ -140,7 +144,7 @@ class ArchiveWriter:
                 views.pop(0)
             if views and n:
                 views[0] = views[0][n:]
-        self._writeback.advance(self._fd, self._pos)
+        self._writeback.advance(self._pos)
 
     def _write_member(self, subfield: bytes, name: bytes, mtime: int, body: Body,
                       ) -> tuple[int, int, int]:
@@ -268,6 +272,7 @@ class ArchiveWriter:
             trailer = fmt.Trailer(ioff, ilen, ixxh, soff, slen, sxxh, self._index.count,
                                   self._pos)
             self._write([trailer.encode()])
+            self._writeback.close()
             # the check reads the written bytes back while fsync waits for the disk
             synced = _Fsync(self._fd)
             try:
@@ -290,6 +295,10 @@ class ArchiveWriter:
         """Discard the temp file. Nothing is left at the final path."""
         if not self._closed:
             self._closed = True
+            try:
+                self._writeback.close()
+            except OSError:
+                pass  # the archive is being discarded anyway
             try:
                 os.close(self._fd)
             except OSError:
