@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 STRIPE_CHUNKS = 4
 SLOTS_PER_WORKER = 4 * STRIPE_CHUNKS
 KEEP_SLOTS = 2 * STRIPE_CHUNKS  # chunks a worker may keep in its slots when it takes a stripe
+FREE_BATCH = 4  # freed slots per message to a worker (each message wakes a process)
 SNAPSHOT_RETRIES = 50
 SPILLED = -2  # chunk moved from a worker's slot to the spill file
 
@@ -288,6 +289,12 @@ class ParallelScan:
                 r.worker = w
                 self.conns[w].send(("range", r.rid, r.start, r.end))
 
+        freed: list[list[int]] = [[] for _ in range(self.n)]
+
+        def send_freed(w: int) -> None:
+            self.conns[w].send(("free", freed[w]))
+            freed[w] = []
+
         self.conns[planner].send(("plan", self.stripe_records, self.stripe_bytes))
         while True:
             self._check_cancel()
@@ -297,12 +304,17 @@ class ParallelScan:
                     w, slot, meta, inline, catalog = head.chunks.popleft()
                     yield self._ready_chunk(w, slot, meta, inline, catalog)
                     if slot >= 0:
-                        self.conns[w].send(("free", slot))
+                        freed[w].append(slot)
+                        if len(freed[w]) >= FREE_BATCH:
+                            send_freed(w)
                 if not head.done:
                     break
                 ranges.popleft()
             if planned and not ranges:
                 return
+            for w in range(self.n):  # before waiting: a worker may be waiting for these
+                if freed[w]:
+                    send_freed(w)
             for w, msg in self._recv(0.1):
                 op = msg[0]
                 if op == "chunk":
@@ -354,6 +366,7 @@ class ParallelScan:
         memory stays bounded.
         """
         held = [(r, j) for r in ranges for j, c in enumerate(r.chunks) if c[0] == w and c[1] >= 0]
+        freed = []
         for r, j in reversed(held[KEEP_SLOTS:]):
             cw, slot, meta, _inline, catalog = r.chunks[j]
             if self._spill is None:
@@ -364,8 +377,10 @@ class ParallelScan:
             self._spill.write(self._wviews[w][off : off + blen])
             self._spill.flush()
             r.chunks[j] = (w, SPILLED, meta, (pos, blen), catalog)
-            self.conns[w].send(("free", slot))
+            freed.append(slot)
             self.stats.spilled_chunks += 1
+        if freed:
+            self.conns[w].send(("free", freed))
 
     def _ready_chunk(self, w: int, slot: int, meta: tuple, inline: Any,
                      catalog: tuple | None) -> ReadyChunk:

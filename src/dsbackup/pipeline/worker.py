@@ -13,7 +13,7 @@ Messages, worker -> parent:
   ("stats", excluded_records, excluded_bytes, cpu_seconds, peak_rss_bytes)  before exiting
   ("error", message, traceback)
 Parent -> worker:
-  ("range", range_id, start, end) | ("free", slot) | ("plan", min_records, min_bytes)
+  ("range", range_id, start, end) | ("free", [slot, ...]) | ("plan", min_records, min_bytes)
   | ("resnap",) | ("stop",)
 """
 
@@ -61,7 +61,7 @@ class _Worker:
 
     def _handle(self, msg: tuple) -> None:
         if msg[0] == "free":
-            self.free.append(msg[1])
+            self.free.extend(msg[1])
         else:
             self.inbox.append(msg)
 
