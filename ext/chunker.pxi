@@ -140,7 +140,7 @@ cdef class Chunker:
         if r != 1:
             return None
         try:
-            return chunk_to_py(&done)
+            return chunk_to_py(&done, None)
         finally:
             chunk_release(&self.c, &done)
 
@@ -217,7 +217,7 @@ cdef class Chunker:
             i = 0
             try:
                 while i < <Py_ssize_t>nout:
-                    chunks.append(chunk_to_py(&out[i]))
+                    chunks.append(chunk_to_py(&out[i], None))
                     chunk_release(&self.c, &out[i])
                     i += 1
             finally:

@@ -45,4 +45,8 @@ ctypedef struct ds_compress_api:
     void (*deflater_free)(ds_deflater *ws) noexcept nogil
     void (*body_free)(ds_body *body) noexcept nogil
     object (*body_to_py)(const ds_body *body)      # a Body holding a copy of ``body``
+    # output capacity with which deflate_body of n bytes never reallocates out.data, so it
+    # may compress into a caller's buffer of that size (then wrap it with body_view)
+    size_t (*body_bound)(size_t n, size_t pad_to) noexcept nogil
+    object (*body_view)(const ds_body *body, object buf)  # a Body whose data views buf
     const char *(*strerror)(int code) noexcept nogil

@@ -88,14 +88,15 @@ class MemberError(ValueError):
 
 
 cdef class Body:
-    """A compressed member body: raw deflate blocks of ``input || zero padding``."""
+    """A compressed member body: raw deflate blocks of ``input || zero padding``. ``data`` is
+    ``bytes``, or a memoryview of a caller's buffer the body was compressed into."""
 
-    cdef readonly bytes data
+    cdef readonly object data
     cdef readonly uint32_t crc32
     cdef readonly uint64_t size
     cdef readonly uint64_t input_len
 
-    def __init__(self, bytes data, uint32_t crc32, uint64_t size, uint64_t input_len):
+    def __init__(self, object data, uint32_t crc32, uint64_t size, uint64_t input_len):
         self.data = data
         self.crc32 = crc32
         self.size = size
@@ -517,6 +518,24 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
     return DS_OK
 
 
+cdef size_t body_bound(size_t n, size_t pad_to) noexcept nogil:
+    """Bytes of output buffer with which deflate_body_c of n bytes never reallocates."""
+    cdef size_t total = n
+    if pad_to > 1 and n % pad_to:
+        total += pad_to - n % pad_to
+    return stored_len(total) + 8
+
+
+cdef object body_view(const ds_body *body, object buf):
+    """A :class:`Body` for ``body`` compressed into the caller's ``buf`` (no copy)."""
+    cdef Body b = Body.__new__(Body)
+    b.data = memoryview(buf)[:body.len]
+    b.crc32 = body.crc
+    b.size = body.size
+    b.input_len = body.input_len
+    return b
+
+
 cdef object body_to_py(const ds_body *body):
     """A :class:`Body` holding a copy of ``body``."""
     cdef Body b = Body.__new__(Body)
@@ -585,5 +604,7 @@ _api.deflater_init = deflater_init
 _api.deflater_free = deflater_free
 _api.body_free = body_free
 _api.body_to_py = body_to_py
+_api.body_bound = body_bound
+_api.body_view = body_view
 _api.strerror = ds_strerror
 _C_API = PyCapsule_New(&_api, "dsbackup._ext.compress._C_API", NULL)

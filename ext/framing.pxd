@@ -125,7 +125,8 @@ ctypedef struct ds_framing_api:
     void (*chunk_free)(ds_chunk *chunk) noexcept nogil
     # give a finished chunk's buffers back to the chunker (recycled or freed)
     void (*chunk_release)(ds_chunker *c, ds_chunk *chunk) noexcept nogil
-    object (*chunk_to_py)(ds_chunk *chunk)   # a Chunk; takes the payload buffer, then release
+    # a Chunk; takes the payload buffer, then release. body: the Chunk's body when not None
+    object (*chunk_to_py)(ds_chunk *chunk, object body)
     object (*chunker_error)(ds_chunker *c, int code, object key, Py_ssize_t index)  # exception
     const ds_matcher *(*matcher_of)(object matcher) except? NULL   # NULL for None
     int (*matcher_match)(const ds_matcher *m, const unsigned char *key, size_t klen) noexcept nogil

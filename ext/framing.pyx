@@ -362,8 +362,9 @@ cdef int chunk_compress(ds_chunker *c, ds_chunk *ch, int level) noexcept nogil:
     return FR_OK
 
 
-cdef object chunk_to_py(ds_chunk *ch):
-    """A :class:`Chunk` for ``ch``; it takes ``ch``'s payload buffer (bytes made on demand)."""
+cdef object chunk_to_py(ds_chunk *ch, object body):
+    """A :class:`Chunk` for ``ch``; it takes ``ch``'s payload buffer (bytes made on demand).
+    ``body``, when given, is the chunk's body (one the caller made), else ``ch``'s is copied."""
     cdef Chunk out = Chunk.__new__(Chunk)
     cdef const char *p = <const char *>ch.payload.p
     out.first_key = PyBytes_FromStringAndSize(p + ch.first_off, ch.first_len)
@@ -375,7 +376,9 @@ cdef object chunk_to_py(ds_chunk *ch):
     out.payload_len = ch.payload.len
     if ch.has_catalog:
         out.catalog = PyBytes_FromStringAndSize(<const char *>ch.catalog.p, ch.catalog.len)
-    if ch.has_body:
+    if body is not None:
+        out.body = body
+    elif ch.has_body:
         out.body = CAPI.body_to_py(&ch.body)
     out._buf = ch.payload.p
     ch.payload.p = NULL

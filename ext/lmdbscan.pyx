@@ -19,6 +19,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp
 from posix.mman cimport MADV_DONTNEED, madvise
 
+from compress cimport ds_compress_api
 from framing cimport (
     FR_EKEYLEN,
     FR_ENOMEM,
@@ -68,10 +69,13 @@ from liblmdb cimport (
     mdb_txn_reset,
 )
 
+from dsbackup._ext import compress as _compress_mod
 from dsbackup._ext import framing as _framing_mod
 
 cdef const ds_framing_api *FAPI = <const ds_framing_api *>PyCapsule_GetPointer(
     _framing_mod._C_API, "dsbackup._ext.framing._C_API")
+cdef const ds_compress_api *CAPI = <const ds_compress_api *>PyCapsule_GetPointer(
+    _compress_mod._C_API, "dsbackup._ext.compress._C_API")
 
 
 class LmdbError(OSError):
@@ -581,12 +585,19 @@ cdef class LmdbRangeScanner:
             raise RuntimeError(f"{self.path}: scanner was inherited across fork; LMDB "
                                "environments must not be used in a child process")
 
-    def next_chunk(self):
-        """The next chunk of the range, or None when the range is exhausted."""
+    def next_chunk(self, into=None):
+        """The next chunk of the range, or None when the range is exhausted.
+
+        With ``into`` (a writable contiguous buffer) the body is compressed straight into it
+        when it surely fits; the chunk's ``body.data`` is then a memoryview of ``into``
+        (otherwise ``bytes``, as without it)."""
         cdef MDB_val k, v
         cdef MDB_cursor_op op
         cdef ds_chunk out
-        cdef int rc = 0, r = 0, got = 0, cmp
+        cdef int rc = 0, r = 0, got = 0, cmp, in_place = 0
+        cdef unsigned char[::1] dst
+        cdef unsigned char *dst_p = NULL
+        cdef size_t dst_n = 0
         cdef const unsigned char *endp = NULL
         cdef const unsigned char *startp = self.start
         cdef size_t endn = 0, n, startn = len(self.start), prevn = 0
@@ -597,6 +608,11 @@ cdef class LmdbRangeScanner:
         if self.end is not None:
             endp = self.end
             endn = len(self.end)
+        if into is not None:
+            dst = into
+            dst_n = dst.shape[0]
+            if dst_n:
+                dst_p = &dst[0]
         self.busy = True
         try:
             with nogil:
@@ -650,8 +666,17 @@ cdef class LmdbRangeScanner:
                 if rc == 0 and r >= 0 and not got and self.done:
                     got = FAPI.chunker_finish(&self.c, &out)
                 if got and self.level >= 0:
+                    if dst_p != NULL and CAPI.body_bound(out.payload.len, 512) <= dst_n:
+                        # the engine writes into the caller's buffer: it never reallocates
+                        # a buffer of body_bound bytes, and it is detached before release
+                        out.body.data = dst_p
+                        out.body.cap = dst_n
+                        in_place = 1
                     r = FAPI.chunk_compress(&self.c, &out, self.level)
                     if r < 0:
+                        if in_place:
+                            out.body.data = NULL
+                            out.body.cap = 0
                         FAPI.chunk_free(&out)
                         got = 0
                 if r >= 0 and rc == 0:
@@ -666,8 +691,14 @@ cdef class LmdbRangeScanner:
                 <const char *>k.mv_data, k.mv_size), -1)
         if not got:
             return None
+        body = None
+        if in_place:
+            body = CAPI.body_view(&out.body, into)
+            out.body.data = NULL
+            out.body.cap = 0
+            out.has_body = 0
         try:
-            return FAPI.chunk_to_py(&out)
+            return FAPI.chunk_to_py(&out, body)
         finally:
             FAPI.chunk_release(&self.c, &out)
 

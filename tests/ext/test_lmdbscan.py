@@ -68,6 +68,33 @@ def test_full_scan_equals_chunker(dataset):
     assert sum(c.record_count for c in got) == len(keys)
 
 
+@pytest.mark.parametrize("level", [1, 0, 6])
+def test_bodies_compressed_into_a_callers_buffer_equal_the_copies(dataset, level):
+    """next_chunk(into=buf): the body is compressed straight into buf when it surely fits
+    (a memoryview of buf), else made as bytes; the bytes are the same either way."""
+    path, keys, values = dataset
+    ref = scan(path, level=level)
+    big = bytearray(80 << 10)  # room for any 64 KiB chunk's bound
+    small = bytearray(8 << 10)  # too small for the larger chunks
+    with lmdbscan.LmdbRangeScanner(str(path), chunk_size=CHUNK_SIZE, chunk_max_bytes=64 << 10,
+                                   level=level) as s:
+        got, placed = [], []
+        for i in range(len(ref)):
+            buf = big if i % 2 else small
+            c = s.next_chunk(buf)
+            data = c.body.data
+            placed.append(isinstance(data, memoryview))
+            if placed[-1]:
+                assert data.obj is buf
+                data = bytes(data)  # the next call reuses buf
+            got.append((c.payload, data, c.body.crc32, c.body.size, c.body.input_len))
+        assert s.next_chunk(big) is None
+    assert got == [(c.payload, c.body.data, c.body.crc32, c.body.size, c.body.input_len)
+                   for c in ref]
+    assert sum(placed[1::2]) >= len(placed[1::2]) - 1  # all but the 200 KB value's chunk
+    assert not all(placed[0::2])  # larger chunks do not fit the small buffer
+
+
 @pytest.mark.parametrize("lo,hi", [(100, 2000), (0, 1), (-1, None), (3000, 3000)])
 def test_range_equals_chunker(dataset, lo, hi):
     path, keys, values = dataset

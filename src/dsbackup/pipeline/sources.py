@@ -46,7 +46,8 @@ class DatastoreSource:
         self._batches = iter(self.ds.scan_batches(start, end, max_bytes=s.chunk_max_bytes))
         self._ready.clear()
 
-    def next_chunk(self) -> Any:
+    def next_chunk(self, into: memoryview | None = None) -> Any:
+        """The next chunk (`into` is not used: bodies come from the threaded Chunker)."""
         c = self._chunker
         if c is None:
             return None
@@ -109,8 +110,10 @@ class LmdbSource:
     def begin(self, start: bytes, end: bytes | None) -> None:
         self.scanner.reset(start, end)
 
-    def next_chunk(self) -> Any:
-        return self.scanner.next_chunk()
+    def next_chunk(self, into: memoryview | None = None) -> Any:
+        """The next chunk; its body is compressed straight into `into` when it fits there
+        (then body.data is a memoryview of `into`)."""
+        return self.scanner.next_chunk(into)
 
     def stripes(self, min_records: int, min_bytes: int) -> Iterator[bytes]:
         """Planning: natural boundaries after at least `min_records` records or `min_bytes`

@@ -1,8 +1,9 @@
 """Worker processes of the parallel backup.
 
 A scan worker turns the key ranges (stripes) the parent assigns into finished chunks and hands
-them back through slots of a shared memory file (one copy of the compressed bytes; the parent
-writes them to the archive straight from the mapping). The planner walks the keys once and
+them back through slots of a shared memory file: LMDB workers compress each body straight into
+a free slot, others copy it there; the parent writes them to the archive straight from the
+mapping. The planner walks the keys once and
 streams the stripe boundaries. All of them read the same snapshot.
 
 Messages, worker -> parent:
@@ -45,13 +46,15 @@ class _Worker:
     def __init__(self, conn: Any, shm_path: str | None, nslots: int, slot_size: int,
                  kind: str, location: str, settings: ChunkSettings) -> None:
         self.conn = conn
-        self.mm: mmap.mmap | None = None
+        self.slots: list[memoryview] = []
         if shm_path is not None:
             fd = os.open(shm_path, os.O_RDWR)
             try:
-                self.mm = mmap.mmap(fd, nslots * slot_size)
+                mm = mmap.mmap(fd, nslots * slot_size)
             finally:
                 os.close(fd)
+            whole = memoryview(mm)
+            self.slots = [whole[i * slot_size:(i + 1) * slot_size] for i in range(nslots)]
         self.slot_size = slot_size
         self.free = deque(range(nslots))
         self.inbox: deque = deque()
@@ -70,32 +73,42 @@ class _Worker:
             self._handle(self.conn.recv())
         return self.inbox.popleft()
 
-    def _send_chunk(self, c: Any) -> None:
+    def _take_slot(self) -> int | None:
+        if not self.slots:
+            return None
         while not self.free:
             self._handle(self.conn.recv())
+        return self.free.popleft()
+
+    def _send_chunk(self, c: Any, slot: int | None) -> None:
         catalog = None
         if self.settings.catalog:
             cat = c.catalog
             cb = deflate_body(cat, self.settings.level)
             catalog = (cb.data, cb.crc32, cb.size, cb.input_len, xxh3_64(cat))
         data = c.body.data
-        n = len(data)
-        if n <= self.slot_size and self.mm is not None:
-            slot = self.free.popleft()
-            off = slot * self.slot_size
-            self.mm[off : off + n] = data
-            self.conn.send(("chunk", self.rid, slot, chunk_meta(c), None, catalog))
+        if slot is not None and isinstance(data, memoryview):
+            pass  # compressed straight into the slot (LmdbSource)
+        elif slot is not None and len(data) <= self.slot_size:
+            self.slots[slot][: len(data)] = data
         else:
+            if slot is not None:
+                self.free.appendleft(slot)
             self.conn.send(("chunk", self.rid, -1, chunk_meta(c), bytes(data), catalog))
+            return
+        self.conn.send(("chunk", self.rid, slot, chunk_meta(c), None, catalog))
 
     def _run_range(self, rid: int, start: bytes, end: bytes | None) -> None:
         self.rid = rid
         self.source.begin(start, end)
         while True:
-            c = self.source.next_chunk()
+            slot = self._take_slot()  # the next chunk's body is compressed into it
+            c = self.source.next_chunk(None if slot is None else self.slots[slot])
             if c is None:
+                if slot is not None:
+                    self.free.appendleft(slot)
                 break
-            self._send_chunk(c)
+            self._send_chunk(c, slot)
         self.rid = None
         self.conn.send(("done", rid))
 
