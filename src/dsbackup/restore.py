@@ -34,13 +34,15 @@ from dsbackup.errors import (
 )
 from dsbackup.keys import Key
 from dsbackup.metadata import Progress, RestoreResult
+from dsbackup.restore_journal import JournalSync, write_journal
 
 log = logging.getLogger(__name__)
 
 MODES = ("empty", "overwrite", "skip_existing")
 DEFAULT_BATCH_BYTES = 64 << 20
 # The journal records progress only after a sync of the target, and a sync waits for the disk:
-# batches are written every DEFAULT_BATCH_BYTES, synced and journaled at most this often.
+# batches are written every DEFAULT_BATCH_BYTES, synced and journaled at most this often (for
+# LMDB targets in a thread while the restore goes on: restore_journal.JournalSync).
 JOURNAL_INTERVAL_S = 1.0
 
 
@@ -61,15 +63,6 @@ def _journal_path(target: Any) -> Path | None:
         return None
     p = Path(loc)
     return p.with_name(p.name + ".dsbackup-restore.json")
-
-
-def _write_journal(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
@@ -155,17 +148,18 @@ class _NativeLmdbTarget:
             self.writer = LmdbPayloadWriter(str(p), map_size=map_size)
         except (LmdbWriteError, DoubleOpenError) as exc:
             raise DatastoreError(f"{p}: cannot open LMDB: {exc}") from exc
-        # a read-only descriptor of the data file, to start its writeback early
+        # a read-only descriptor of the data file, to start its writeback early and sync it
+        # from another thread (LMDB's own sync may not run beside a write that grows the map)
         try:
-            self._data_fd = os.open(p / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)
+            self.data_fd = os.open(p / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            self._data_fd = -1
+            self.data_fd = -1
 
     def start_writeback(self) -> None:
         """Have the kernel start writing the committed pages to disk (no wait), so that the
         next sync has little left to do."""
-        if self._data_fd >= 0:
-            start_writeback(self._data_fd)
+        if self.data_fd >= 0:
+            start_writeback(self.data_fd)
 
     def is_empty(self) -> bool:
         return bool(self.writer.is_empty())
@@ -174,9 +168,9 @@ class _NativeLmdbTarget:
         self.writer.sync()
 
     def close(self) -> None:
-        if self._data_fd >= 0:
-            os.close(self._data_fd)
-            self._data_fd = -1
+        if self.data_fd >= 0:
+            os.close(self.data_fd)
+            self.data_fd = -1
         self.writer.close()
 
 
@@ -304,7 +298,7 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
     state = {"fingerprint": fingerprint, "archive": str(reader.path), "options": options,
              "next_chunk": first_chunk}
     if jpath is not None:
-        _write_journal(jpath, state)
+        write_journal(jpath, state)
     selected = [i for i in reader.index.chunks_overlapping(start, end) if i >= first_chunk]
     if native is not None:
         _write_native(reader, native, selected, first_chunk, workers=workers, cancel=cancel,
@@ -334,7 +328,7 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
         if jpath is not None:
             target.sync("/")
             state["next_chunk"] = last_chunk + 1
-            _write_journal(jpath, state)
+            write_journal(jpath, state)
         keys_acc, values_acc, acc_bytes = [], [], 0
 
     for i, keys, values in _decoded_chunks(reader, selected, max(1, workers), start, end,
@@ -373,6 +367,8 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
     acc_bytes = acc_records = 0
     last_chunk = first_chunk - 1
     journaled = time.monotonic()
+    syncer = (JournalSync(native.data_fd, jpath, state, native.uri)
+              if jpath is not None and native.data_fd >= 0 else None)
 
     def flush(final: bool = False) -> None:
         nonlocal payloads, chunk_ids, acc_bytes, acc_records, journaled
@@ -392,34 +388,47 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
             result.bytes_written += nbytes
             native.start_writeback()
         if jpath is not None and (final or time.monotonic() - journaled >= JOURNAL_INTERVAL_S):
-            native.sync("/")
-            state["next_chunk"] = last_chunk + 1
-            _write_journal(jpath, state)
-            journaled = time.monotonic()
+            if final or syncer is None:
+                if syncer is not None:
+                    syncer.wait()
+                native.sync("/")
+                state["next_chunk"] = last_chunk + 1
+                write_journal(jpath, state)
+                journaled = time.monotonic()
+            elif not syncer.busy:  # else: the next flush tries again
+                syncer.start(last_chunk + 1)  # every chunk up to last_chunk is committed
+                journaled = time.monotonic()
         payloads, chunk_ids, acc_bytes, acc_records = [], [], 0, 0
 
     # in flight: about one batch of payloads, so the pool keeps inflating while the previous
     # batch is written (memory: about 2 × batch_bytes of payloads)
     avg = max(1, int(reader.summary.get("raw_bytes") or 0) // max(1, reader.chunk_count))
     window = min(256, max(1, batch_bytes // avg))
-    for i, payload in _checked_payloads(reader, selected, max(1, workers), cancel, window):
-        e = reader.entry(i)
-        payloads.append(payload)
-        chunk_ids.append(i)
-        acc_bytes += e.payload_len
-        acc_records += e.records
-        last_chunk = i
-        result.chunks += 1
-        if acc_bytes >= batch_bytes:
-            flush()
-        if progress is not None:
-            progress(Progress(result.records_written + acc_records,
-                              result.bytes_written + acc_bytes, result.chunks,
-                              time.perf_counter() - t0, reader.summary.get("records"),
-                              total_bytes))
-    if selected:
-        last_chunk = max(last_chunk, selected[-1])
-    flush(final=True)
+    try:
+        for i, payload in _checked_payloads(reader, selected, max(1, workers), cancel, window):
+            e = reader.entry(i)
+            payloads.append(payload)
+            chunk_ids.append(i)
+            acc_bytes += e.payload_len
+            acc_records += e.records
+            last_chunk = i
+            result.chunks += 1
+            if acc_bytes >= batch_bytes:
+                flush()
+            if progress is not None:
+                progress(Progress(result.records_written + acc_records,
+                                  result.bytes_written + acc_bytes, result.chunks,
+                                  time.perf_counter() - t0, reader.summary.get("records"),
+                                  total_bytes))
+        if selected:
+            last_chunk = max(last_chunk, selected[-1])
+        flush(final=True)
+    finally:
+        if syncer is not None and syncer.busy:  # on an error: before the file is closed
+            try:
+                syncer.wait()
+            except DatastoreError:
+                log.warning("restore journal sync failed while stopping", exc_info=True)
 
 
 def _finish(target: Any, jpath: Path | None, result: RestoreResult, t0: float

@@ -1,0 +1,73 @@
+"""The restore journal: which chunks of a restore are safely on disk, and its syncs.
+
+The journal (`<target>.dsbackup-restore.json`) names the first chunk not yet known to be on
+disk; a rerun after a crash resumes there. It may only advance after a sync of the target,
+and a sync waits for the disk. `JournalSync` does that sync and the journal update in a
+thread, so the restore keeps inflating and writing meanwhile: blocks into LMDB on the
+development VM spent 1.2 s of 3.1 s waiting in these syncs when they ran inline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from dsbackup.errors import DatastoreError
+
+
+def write_journal(path: Path, state: dict[str, Any]) -> None:
+    """Replace the journal at `path` with `state` (written, fsynced, renamed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class JournalSync:
+    """`start(next_chunk)`: in a thread, fdatasync the file open at `fd` (every chunk before
+    `next_chunk` has been committed to it), then record `next_chunk` in the journal. One
+    at a time (`busy`); `wait()` joins it and raises its error as a DatastoreError.
+
+    `fd` may be a read-only descriptor: fdatasync writes the file's dirty pages, including
+    those written through a shared mapping (LMDB's MDB_WRITEMAP), whoever dirtied them."""
+
+    def __init__(self, fd: int, journal: Path, state: dict[str, Any], what: str) -> None:
+        self._fd = fd
+        self._journal = journal
+        self._state = dict(state)
+        self._what = what
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.completed = 0  # journal updates done (for tests)
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, next_chunk: int) -> None:
+        self.wait()
+        state = {**self._state, "next_chunk": next_chunk}
+        self._thread = threading.Thread(target=self._run, args=(state,), daemon=True,
+                                        name="dsbackup-restore-sync")
+        self._thread.start()
+
+    def _run(self, state: dict[str, Any]) -> None:
+        try:
+            os.fdatasync(self._fd)
+            write_journal(self._journal, state)
+            self.completed += 1
+        except BaseException as exc:  # noqa: BLE001 - raised by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise DatastoreError(f"{self._what}: sync failed: {error}") from error

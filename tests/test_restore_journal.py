@@ -1,0 +1,45 @@
+"""dsbackup.restore_journal: the journal and its syncs in a thread."""
+
+import json
+import os
+
+import pytest
+
+from dsbackup.errors import DatastoreError
+from dsbackup.restore_journal import JournalSync, write_journal
+
+
+def test_a_background_sync_advances_the_journal(tmp_path):
+    data = tmp_path / "data"
+    data.write_bytes(b"x" * 4096)
+    journal = tmp_path / "j.json"
+    state = {"fingerprint": "f", "next_chunk": 0}
+    write_journal(journal, state)
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        sync = JournalSync(fd, journal, state, "lmdb:/t")
+        sync.start(7)
+        sync.start(9)  # waits for the first
+        sync.wait()
+        assert not sync.busy and sync.completed == 2
+    finally:
+        os.close(fd)
+    assert json.loads(journal.read_text()) == {"fingerprint": "f", "next_chunk": 9}
+    assert state["next_chunk"] == 0  # the caller's state is not changed
+    assert not journal.with_name("j.json.tmp").exists()
+
+
+def test_a_failed_sync_leaves_the_journal_and_is_raised(tmp_path):
+    journal = tmp_path / "j.json"
+    write_journal(journal, {"next_chunk": 3})
+    r, w = os.pipe()  # fdatasync of a pipe fails
+    try:
+        sync = JournalSync(w, journal, {"next_chunk": 3}, "lmdb:/t")
+        sync.start(5)
+        with pytest.raises(DatastoreError, match="lmdb:/t: sync failed"):
+            sync.wait()
+        sync.wait()  # raised once
+    finally:
+        os.close(r)
+        os.close(w)
+    assert json.loads(journal.read_text()) == {"next_chunk": 3}
