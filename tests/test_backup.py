@@ -116,10 +116,16 @@ def test_members_identical_for_any_worker_count(tmp_path, kind):
         assert meta.total_keys == len(records)
         with ArchiveReader(path) as r:
             assert r.index.catalog_count == r.chunk_count
-            catalogs = [r.index.catalog(i).member_xxh3 for i in range(r.chunk_count)]
+            catalogs = [(r.index.catalog(i).member_xxh3, r.index.catalog(i).data_xxh3)
+                        for i in range(r.chunk_count)]
         digests.append((member_digests(path), catalogs))
     assert len(digests[0][0]) > 50
-    assert digests[0] == digests[1] == digests[2]
+    for w, d in zip((2, 4), digests[1:]):
+        # name what differs: chunk members, or catalog members (and whether their data does)
+        bad = [i for i, (a, b) in enumerate(zip(digests[0][0], d[0])) if a != b]
+        assert not bad and len(d[0]) == len(digests[0][0]), f"{w} workers: chunks {bad[:5]}"
+        bad = [(i, a[1] == b[1]) for i, (a, b) in enumerate(zip(digests[0][1], d[1])) if a != b]
+        assert not bad, f"{w} workers: catalogs (index, same data) {bad[:5]}"
 
 
 def test_parallel_balances_clustered_keys(tmp_path):
