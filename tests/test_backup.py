@@ -6,6 +6,7 @@ import itertools
 import os
 import random
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -125,7 +126,22 @@ def test_members_identical_for_any_worker_count(tmp_path, kind):
         bad = [i for i, (a, b) in enumerate(zip(digests[0][0], d[0])) if a != b]
         assert not bad and len(d[0]) == len(digests[0][0]), f"{w} workers: chunks {bad[:5]}"
         bad = [(i, a[1] == b[1]) for i, (a, b) in enumerate(zip(digests[0][1], d[1])) if a != b]
-        assert not bad, f"{w} workers: catalogs (index, same data) {bad[:5]}"
+        assert not bad, (f"{w} workers: catalogs (index, same data) {bad[:5]}; first: "
+                         + _catalog_member_diff(tmp_path / "w1.tar.gz",
+                                                tmp_path / f"w{w}.tar.gz", bad[0][0]))
+
+
+def _catalog_member_diff(a: Path, b: Path, i: int) -> str:
+    """Where catalog i's member bytes of two archives differ (for the failure message)."""
+    raws = []
+    for path in (a, b):
+        with ArchiveReader(path) as r:
+            c = r.index.catalog(i)
+            raws.append(r.pread(c.offset, c.length))
+    x, y = raws
+    at = next((j for j in range(min(len(x), len(y))) if x[j] != y[j]), min(len(x), len(y)))
+    return (f"lengths {len(x)}/{len(y)}, first difference at byte {at}: "
+            f"{x[max(0, at - 8):at + 24].hex()} vs {y[max(0, at - 8):at + 24].hex()}")
 
 
 def test_parallel_balances_clustered_keys(tmp_path):
