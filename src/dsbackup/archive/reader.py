@@ -188,16 +188,10 @@ class ArchiveReader:
 
     def read_member(self, i: int) -> bytes:
         """The raw bytes of chunk i's member, checked against the index's member XXH3."""
-        e = self.entry(i)
-        if e.in_parent:
+        if self.entry(i).in_parent:
             holder, seq = self.locate(i)
             return holder.read_member(seq)
-        self._check_member_range(i, e.offset, e.length, "chunk")
-        raw = self.pread(e.offset, e.length)
-        if xxh3_64(raw) != e.member_xxh3:
-            raise IntegrityError(
-                f"{self.path}: chunk {i} {e.key_range}: member checksum mismatch", chunk=i)
-        return raw
+        return self._checked_member(i, catalog=False, keep=True)
 
     def decode_chunk_member(self, i: int, raw: bytes) -> memoryview:
         """Inflate and check a chunk member read by read_member; return the payload."""
@@ -222,45 +216,47 @@ class ArchiveReader:
     def check_member(self, i: int) -> int:
         """Check chunk i's member against the index's member XXH3 without keeping its bytes
         (read and hashed natively); returns its length."""
-        e = self.entry(i)
-        if e.in_parent:
+        if self.entry(i).in_parent:
             holder, seq = self.locate(i)
             return holder.check_member(seq)
-        self._check_member_range(i, e.offset, e.length, "chunk")
-        if self._hash_range(e.offset, e.length) != e.member_xxh3:
-            raise IntegrityError(
-                f"{self.path}: chunk {i} {e.key_range}: member checksum mismatch", chunk=i)
-        return e.length
+        return self._checked_member(i, catalog=False, keep=False)
 
     def check_catalog_member(self, i: int) -> int:
         """Check chunk i's catalog member like check_member; returns its length."""
         if self.entry(i).in_parent:
             holder, seq = self.locate(i)
             return holder.check_catalog_member(seq)
-        c = self.index.catalog(i)
-        self._check_member_range(i, c.offset, c.length, "catalog")
-        if self._hash_range(c.offset, c.length) != c.member_xxh3:
-            raise IntegrityError(f"{self.path}: catalog {i}: member checksum mismatch", chunk=i)
-        return c.length
-
-    def _hash_range(self, offset: int, length: int) -> int:
-        try:
-            return xxh3_64_file(self._fd, offset, length)
-        except EOFError:
-            raise IntegrityError(
-                f"{self.path}: short read at offset {offset} (file changed?)") from None
+        return self._checked_member(i, catalog=True, keep=False)
 
     def read_catalog_member(self, i: int) -> bytes:
         """The raw bytes of chunk i's catalog member, checked against the index."""
         if self.entry(i).in_parent:
             holder, seq = self.locate(i)
             return holder.read_catalog_member(seq)
-        c = self.index.catalog(i)
-        self._check_member_range(i, c.offset, c.length, "catalog")
-        raw = self.pread(c.offset, c.length)
-        if xxh3_64(raw) != c.member_xxh3:
-            raise IntegrityError(f"{self.path}: catalog {i}: member checksum mismatch", chunk=i)
-        return raw
+        return self._checked_member(i, catalog=True, keep=True)
+
+    def _checked_member(self, i: int, *, catalog: bool, keep: bool) -> Any:
+        """Chunk i's member (or its catalog's) in this file, checked against the index's member
+        XXH3: its bytes when `keep`, else its length (hashed natively, no bytes kept)."""
+        if catalog:
+            m = self.index.catalog(i)
+            where = f"catalog {i}"
+        else:
+            m = self.entry(i)
+            where = f"chunk {i} {m.key_range}"
+        self._check_member_range(i, m.offset, m.length, "catalog" if catalog else "chunk")
+        if keep:
+            raw = self.pread(m.offset, m.length)
+            digest = xxh3_64(raw)
+        else:
+            try:
+                digest = xxh3_64_file(self._fd, m.offset, m.length)
+            except EOFError:
+                raise IntegrityError(f"{self.path}: short read at offset {m.offset} (file "
+                                     "changed?)") from None
+        if digest != m.member_xxh3:
+            raise IntegrityError(f"{self.path}: {where}: member checksum mismatch", chunk=i)
+        return raw if keep else m.length
 
     def read_catalog(self, i: int) -> memoryview:
         """Chunk i's key catalog data, after every check."""
