@@ -19,6 +19,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp
 from posix.mman cimport MADV_DONTNEED, madvise
 
+from compiler cimport __builtin_prefetch
 from compress cimport ds_compress_api
 from framing cimport (
     FR_EKEYLEN,
@@ -602,6 +603,7 @@ cdef class LmdbRangeScanner:
         cdef const unsigned char *startp = self.start
         cdef size_t endn = 0, n, startn = len(self.start), prevn = 0
         cdef const unsigned char *prevp = NULL
+        cdef const unsigned char *pf
         self._check()
         if self.busy:
             raise RuntimeError(f"{self.path}: scanner is being used by another thread")
@@ -653,6 +655,16 @@ cdef class LmdbRangeScanner:
                         break
                     prevp = <const unsigned char *>k.mv_data
                     prevn = k.mv_size
+                    if v.mv_size < PAGE:
+                        # a leaf filled in key order (appends, loads) holds the next records'
+                        # nodes just below this one: ask for them before the cursor gets there
+                        pf = <const unsigned char *>k.mv_data - 3 * (k.mv_size + v.mv_size + 8)
+                        if (<size_t>pf & ~(PAGE - 1)) == (<size_t>k.mv_data & ~(PAGE - 1)):
+                            __builtin_prefetch(pf)
+                            __builtin_prefetch(pf + 64)
+                            __builtin_prefetch(pf + 128)
+                            __builtin_prefetch(pf + 192)
+                            __builtin_prefetch(pf + 256)
                     self._note_read(&k, &v)
                     r = FAPI.chunker_append(&self.c, prevp, prevn,
                                             <const unsigned char *>v.mv_data, v.mv_size, &out)
