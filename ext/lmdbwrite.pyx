@@ -74,6 +74,13 @@ cdef int _MAX_GROWTHS = 40
 cdef size_t _INITIAL_MAP_SIZE = 64 << 20
 cdef size_t _HEADER = 16
 cdef size_t _MAX_KEY = 65535
+# Values of POPULATE_MIN bytes or more: their pages of the map are populated with one
+# madvise(MADV_POPULATE_WRITE) before the copy instead of taking a write fault each (a fault
+# costs more than the 4 KiB copy on the development VM). 0 once the kernel says no.
+cdef size_t POPULATE_MIN = 16384
+cdef size_t PAGE = 4096
+cdef int MADV_POPULATE_WRITE = 23
+cdef int _populate_ok = 1
 
 
 cdef enum:
@@ -177,6 +184,8 @@ cdef int _put_payload(MDB_cursor *cur, const unsigned char *p, size_t n, bint ap
     cdef unsigned int base = 0 if overwrite else MDB_NOOVERWRITE
     cdef MDB_val k, v
     cdef int rc, e, i
+    cdef size_t lo, hi
+    global _populate_ok
     if n < _HEADER:
         r.perr = PE_SHORT_HEADER
         return -1
@@ -244,6 +253,12 @@ cdef int _put_payload(MDB_cursor *cur, const unsigned char *p, size_t n, bint ap
         else:
             rc = mdb_cursor_put(cur, &k, &v, base | MDB_RESERVE)
         if rc == 0:
+            if vlen >= POPULATE_MIN and _populate_ok:
+                # map the value's pages in one call instead of one write fault per page
+                lo = (<size_t>v.mv_data + PAGE - 1) & ~(PAGE - 1)
+                hi = (<size_t>v.mv_data + vlen) & ~(PAGE - 1)
+                if hi > lo and madvise(<void *>lo, hi - lo, MADV_POPULATE_WRITE) != 0:
+                    _populate_ok = 0    # not supported here (Linux < 5.14): faults it is
             if vlen:
                 memcpy(v.mv_data, p + pos, vlen)
             if <size_t>v.mv_data < r.lo:

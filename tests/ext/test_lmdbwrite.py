@@ -3,6 +3,7 @@ non-append puts, map growth, malformed payloads write nothing, the double-open g
 
 from __future__ import annotations
 
+import os
 import random
 
 import lmdb
@@ -120,6 +121,48 @@ def test_pages_written_through_the_map_leave_the_resident_set(tmp_path):
         assert txn.stat()["entries"] == 1280
         assert txn.get(b"/v/00004255") == value
     env.close()
+
+
+def _page_fault_counter():
+    """A perf software counter of this thread's page-fault exceptions (faults taken on behalf
+    of a system call, like MADV_POPULATE_WRITE's, are not counted), or None."""
+    import ctypes
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = bytearray(128)  # struct perf_event_attr
+    struct.pack_into("=IIQ", attr, 0, 1, len(attr), 2)  # SOFTWARE, size, SW_PAGE_FAULTS
+    buf = ctypes.create_string_buffer(bytes(attr), len(attr))
+    fd = libc.syscall(298, buf, 0, -1, -1, 0)  # perf_event_open(attr, this thread, any cpu)
+    return fd if fd >= 0 else None
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    parts = os.uname().release.split(".")
+    return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
+
+
+@pytest.mark.skipif(not _kernel_at_least(5, 14), reason="MADV_POPULATE_WRITE is Linux 5.14+")
+def test_large_values_are_mapped_in_without_a_fault_per_page(tmp_path):
+    """A large value's pages of the map are populated with one madvise call before the copy:
+    writing 64 values of 256 KiB (4096 pages) takes far fewer page-fault exceptions than
+    pages (2564 on the development VM without it, 82 with it)."""
+    fd = _page_fault_counter()
+    if fd is None:
+        pytest.skip("perf_event_open is not allowed here")
+    value = random.Random(4).randbytes(256 << 10)
+    keys = [b"/v/%08d" % i for i in range(64)]
+    payload = [encode_records(keys, [value] * 64)]
+    try:
+        with LmdbPayloadWriter(tmp_path / "r", map_size=1 << 28) as w:
+            w.write([encode_records([b"/a"], [b"warm-up"])])
+            before = int.from_bytes(os.read(fd, 8), "little")
+            w.write(payload)
+            faults = int.from_bytes(os.read(fd, 8), "little") - before
+    finally:
+        os.close(fd)
+    assert faults < 1024, faults
+    assert read_all(tmp_path / "r")[1:] == [(k, value) for k in keys]
 
 
 def corruptions(good: bytes) -> dict[str, bytes]:
