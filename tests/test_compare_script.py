@@ -42,3 +42,30 @@ def test_compare_tiny(tmp_path, cli_env):
     if shutil.which("pigz"):
         assert ("blocks", "backup", "tar|pigz (flatfs copy)") in rows
     assert not list(tmp_path.glob("dsbackup-compare-*")), "work directory left behind"
+
+
+def test_every_row_reads_its_input_warm(tmp_path):
+    """Each row names what it reads (the store, the file-level tools' copy, or the archive),
+    and that is read into the page cache before the row runs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compare
+    finally:
+        sys.path.pop(0)
+    src, copy = tmp_path / "store", tmp_path / "copy"
+    rows, _ = compare.build_rows("blocks", f"lmdb:{src}", 1, copy, "flatfs copy", tmp_path, 2,
+                                 {"backup", "restore", "verify"})
+    by = {(r.op, r.tool): r.inputs for r in rows}
+    assert all(r.inputs for r in rows), [(r.op, r.tool) for r in rows if not r.inputs]
+    assert by[("backup", "dsbackup")] == (src,)
+    assert by[("backup", "seed json+tar.gz-6")] == (src,)
+    arc = tmp_path / "blocks" / "ours.tar.gz"
+    assert by[("restore", "dsbackup")] == by[("verify", "dsbackup (deep)")] == (arc,)
+    assert by[("verify", "gzip -t (seed archive)")] == (tmp_path / "blocks" / "seed.tar.gz",)
+    for (op, tool), inputs in by.items():
+        if tool.startswith(("tar|", "restic", "borg")) and op == "backup":
+            assert inputs == (copy,)
+    copy.mkdir()
+    (copy / "sub").mkdir()
+    (copy / "sub" / "a").write_bytes(b"x" * 100)
+    compare._warm((copy, copy / "sub" / "a"))  # directories and files alike
