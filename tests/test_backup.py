@@ -133,6 +133,11 @@ def test_members_identical_for_any_worker_count(tmp_path, kind):
         assert [c[1] for c in d[1]] == [c[1] for c in digests[0][1]], f"{w} workers"
 
 
+# Known defect (#4 notes): the odd member decodes to the same bytes; its deflate stream has
+# literals where the usual one has a match (e.g. a 4-byte match at distance 22). Seen only
+# in long test runs, from a deflater made in a fresh thread of the test process; the same
+# ISA-L 2.30 calls on the same bytes are deterministic standalone (garbage-filled stream and
+# level buffers, any alignment, input split or output step, fresh threads, dirty stacks).
 @pytest.mark.xfail(strict=False, reason="known defect: about once in three suite runs one "
                    "catalog member's compressed encoding differs between worker counts (same "
                    "data; see the #4 notes); the chunk members are always identical")
