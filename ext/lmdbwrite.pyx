@@ -76,7 +76,8 @@ cdef size_t _HEADER = 16
 cdef size_t _MAX_KEY = 65535
 # Values of POPULATE_MIN bytes or more: their pages of the map are populated with one
 # madvise(MADV_POPULATE_WRITE) before the copy instead of taking a write fault each (a fault
-# costs more than the 4 KiB copy on the development VM). 0 once the kernel says no.
+# costs more than the 4 KiB copy on the development VM). _populate_ok is 0 once the kernel
+# refuses (or the populate fails): from then on the copy faults the pages in, as before.
 cdef size_t POPULATE_MIN = 16384
 cdef size_t PAGE = 4096
 cdef int MADV_POPULATE_WRITE = 23
@@ -258,7 +259,7 @@ cdef int _put_payload(MDB_cursor *cur, const unsigned char *p, size_t n, bint ap
                 lo = (<size_t>v.mv_data + PAGE - 1) & ~(PAGE - 1)
                 hi = (<size_t>v.mv_data + vlen) & ~(PAGE - 1)
                 if hi > lo and madvise(<void *>lo, hi - lo, MADV_POPULATE_WRITE) != 0:
-                    _populate_ok = 0    # not supported here (Linux < 5.14): faults it is
+                    _populate_ok = 0    # refused (EINVAL before Linux 5.14): the copy faults
             if vlen:
                 memcpy(v.mv_data, p + pos, vlen)
             if <size_t>v.mv_data < r.lo:
