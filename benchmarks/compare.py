@@ -264,8 +264,11 @@ def _shell(script: str) -> list[str]:
     return ["bash", "-o", "pipefail", "-c", script]
 
 
-def build_rows(ds_name: str, src_uri: str, raw: int, tar_dir: Path, tar_label: str,
-               work: Path, workers: int, ops: set[str]) -> tuple[list[Row], list[Skip]]:
+def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
+               tar_label: str, work: Path, workers: int,
+               ops: set[str]) -> tuple[list[Row], list[Skip]]:
+    """The rows for one data set: ``src_uri`` names the store (at ``src``), ``tar_dir`` is the
+    copy the file-level tools read. Each row's ``inputs`` is what it reads (see _warm)."""
     rows: list[Row] = []
     skips: list[Skip] = []
     w = work / ds_name
@@ -275,17 +278,17 @@ def build_rows(ds_name: str, src_uri: str, raw: int, tar_dir: Path, tar_label: s
     me = [PY, ME, "--child"]
     if "backup" in ops:
         rows.append(Row("backup", ds_name, "dsbackup", dsb + ["backup", src_uri, str(ours_arc)],
-                        raw, ours_arc, ours=True))
+                        raw, ours_arc, ours=True, inputs=(src,)))
         for n in sorted({1, workers}):
             rows.append(Row("backup", ds_name, f"isal-1 x{n} (ceiling)",
                             me + ["isal", src_uri, str(n), str(w / f"isal{n}.size")], raw,
-                            w / f"isal{n}.size", internal_time=True))
+                            w / f"isal{n}.size", internal_time=True, inputs=(src,)))
         rows.append(Row("backup", ds_name, "seed json+tar.gz-6",
                         me + ["seed-backup", src_uri, str(w / "seed.tar.gz")], raw,
-                        w / "seed.tar.gz"))
+                        w / "seed.tar.gz", inputs=(src,)))
         rows.append(Row("backup", ds_name, "gzip.open-6",
                         me + ["gzip-backup", src_uri, str(w / "stream.gz")], raw,
-                        w / "stream.gz"))
+                        w / "stream.gz", inputs=(src,)))
     tars = [("pigz", f"pigz -p {workers}", f"pigz -d -p {workers}", "tar.gz", "pigz -t"),
             ("igzip", f"igzip -T {workers} -c", "igzip -d -c", "tar.gz", "igzip -t"),
             ("zstd", f"zstd -q -T{workers}", "zstd -q -d -c", "tar.zst", "zstd -q -t")]
@@ -297,13 +300,16 @@ def build_rows(ds_name: str, src_uri: str, raw: int, tar_dir: Path, tar_label: s
         arc = w / f"tar.{ext}"
         if "backup" in ops:
             rows.append(Row("backup", ds_name, label, _shell(
-                f"tar -cf - -C '{tar_dir}' . | {comp} > '{arc}'"), raw, arc))
+                f"tar -cf - -C '{tar_dir}' . | {comp} > '{arc}'"), raw, arc,
+                inputs=(tar_dir,)))
         if "restore" in ops:
             dst = w / f"untar-{tool}"
             rows.append(Row("restore", ds_name, label, _shell(
-                f"{decomp} < '{arc}' | tar -xf - -C '{dst}'"), raw, dst, mkdir=True))
+                f"{decomp} < '{arc}' | tar -xf - -C '{dst}'"), raw, dst, mkdir=True,
+                inputs=(arc,)))
         if "verify" in ops:
-            rows.append(Row("verify", ds_name, label, _shell(f"{test} '{arc}'"), raw))
+            rows.append(Row("verify", ds_name, label, _shell(f"{test} '{arc}'"), raw,
+                            inputs=(arc,)))
     for tool, init, backup in (
             ("restic", "restic init -q --repo '{r}'",
              "restic backup -q --repo '{r}' '{d}'"),
@@ -316,28 +322,24 @@ def build_rows(ds_name: str, src_uri: str, raw: int, tar_dir: Path, tar_label: s
             repo = w / f"{tool}-repo"
             script = ("export RESTIC_PASSWORD=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes"
                       f" && {init.format(r=repo)} && {backup.format(r=repo, d=tar_dir)}")
-            rows.append(Row("backup", ds_name, label, _shell(script), raw, repo))
+            rows.append(Row("backup", ds_name, label, _shell(script), raw, repo,
+                            inputs=(tar_dir,)))
     if "restore" in ops:
         rows.append(Row("restore", ds_name, "dsbackup",
                         dsb + ["restore", str(ours_arc), f"lmdb:{w / 'restored'}"], raw,
-                        w / "restored", ours=True))
+                        w / "restored", ours=True, inputs=(ours_arc,)))
         rows.append(Row("restore", ds_name, "seed json+tar.gz-6",
                         me + ["seed-restore", str(w / "seed.tar.gz"), str(w / "seed-restored")],
-                        raw, w / "seed-restored"))
+                        raw, w / "seed-restored", inputs=(w / "seed.tar.gz",)))
         rows.append(Row("restore", ds_name, "gzip.open-6",
                         me + ["gzip-restore", str(w / "stream.gz"), str(w / "gz-restored")],
-                        raw, w / "gz-restored"))
+                        raw, w / "gz-restored", inputs=(w / "stream.gz",)))
     if "verify" in ops:
         rows.append(Row("verify", ds_name, "dsbackup (deep)", dsb + ["verify", str(ours_arc)],
-                        raw, ours=True))
+                        raw, ours=True, inputs=(ours_arc,)))
         rows.append(Row("verify", ds_name, "gzip -t (seed archive)",
-                        ["gzip", "-t", str(w / "seed.tar.gz")], raw))
-    archives = {"dsbackup": ours_arc, "seed": w / "seed.tar.gz", "gzip -t": w / "seed.tar.gz",
-                "gzip.open": w / "stream.gz", "tar|pigz": w / "tar.tar.gz",
-                "tar|igzip": w / "tar.tar.gz", "tar|zstd": w / "tar.tar.zst"}
-    src = Path(src_uri.split(":", 1)[1]) if ":" in src_uri else Path(src_uri)
-    for row in rows:
-        row.inputs = _inputs(row, src, tar_dir, archives)
+                        ["gzip", "-t", str(w / "seed.tar.gz")], raw,
+                        inputs=(w / "seed.tar.gz",)))
     return rows, skips
 
 
@@ -353,13 +355,6 @@ def _warm(paths: tuple[Path, ...]) -> None:
             with open(f, "rb", buffering=0) as fh:
                 while fh.read(8 << 20):
                     pass
-
-
-def _inputs(row: Row, src: Path, tar_dir: Path, archives: dict[str, Path]) -> tuple[Path, ...]:
-    """What a row reads: the store (its own copy for the file-level tools) or the archive."""
-    if row.op == "backup":
-        return (tar_dir,) if row.tool.startswith(("tar|", "restic", "borg")) else (src,)
-    return tuple(p for key, p in archives.items() if row.tool.startswith(key))
 
 
 def run_rounds(rows: list[Row], runs: int, env: dict[str, str], timeout: float) -> None:
@@ -513,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
             info[name] = {"records": d.records, "raw_bytes": d.raw_bytes, "uri": d.uri}
             print(f"{name}: {d.records} records, {d.raw_bytes / 1e6:.1f} MB "
                   f"(ready in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-            r, s = build_rows(name, d.uri, d.raw_bytes, tar_dir, label, work, args.workers, ops)
+            r, s = build_rows(name, d.uri, d.path, d.raw_bytes, tar_dir, label, work,
+                              args.workers, ops)
             rows += r
             skips += s
         run_rounds(rows, args.runs, env, args.timeout)

@@ -350,8 +350,8 @@ cdef void _drop_written_pages(size_t lo, size_t hi) noexcept nogil:
     it ends. The data stays in the page cache (dirty pages too) and comes back on access."""
     if hi <= lo:
         return
-    lo = lo & ~(<size_t>4095)
-    hi = (hi + 4095) & ~(<size_t>4095)
+    lo = lo & ~(PAGE - 1)
+    hi = (hi + PAGE - 1) & ~(PAGE - 1)
     madvise(<void *>lo, hi - lo, MADV_DONTNEED)
 
 

@@ -53,8 +53,8 @@ def test_every_row_reads_its_input_warm(tmp_path):
     finally:
         sys.path.pop(0)
     src, copy = tmp_path / "store", tmp_path / "copy"
-    rows, _ = compare.build_rows("blocks", f"lmdb:{src}", 1, copy, "flatfs copy", tmp_path, 2,
-                                 {"backup", "restore", "verify"})
+    rows, _ = compare.build_rows("blocks", f"lmdb:{src}", src, 1, copy, "flatfs copy",
+                                 tmp_path, 2, {"backup", "restore", "verify"})
     by = {(r.op, r.tool): r.inputs for r in rows}
     assert all(r.inputs for r in rows), [(r.op, r.tool) for r in rows if not r.inputs]
     assert by[("backup", "dsbackup")] == (src,)

@@ -127,8 +127,11 @@ def _page_fault_counter():
     """A perf software counter of this thread's page-fault exceptions (faults taken on behalf
     of a system call, like MADV_POPULATE_WRITE's, are not counted), or None."""
     import ctypes
+    import platform
     import struct
 
+    if platform.machine() != "x86_64":
+        return None  # the system call number below is x86-64's
     libc = ctypes.CDLL(None, use_errno=True)
     attr = bytearray(128)  # struct perf_event_attr
     struct.pack_into("=IIQ", attr, 0, 1, len(attr), 2)  # SOFTWARE, size, SW_PAGE_FAULTS
