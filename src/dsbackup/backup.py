@@ -28,12 +28,11 @@ from dsbackup.metadata import (
 )
 from dsbackup.pipeline.central import ChunkSettings, ScanStats, central_chunks
 from dsbackup.pipeline.parallel import ParallelScan
+from dsbackup.pipeline.scanchoice import PARALLEL_MIN_BYTES, PARALLEL_SCHEMES
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[Progress], None]
-PARALLEL_SCHEMES = {"lmdb", "flatfs", "sqlite"}
-PARALLEL_MIN_BYTES = 32 << 20
 
 
 def _open_source(source: Any) -> tuple[Any, bool]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsbackup.backup import BackupManager
 from dsbackup.cli._common import (
     add_json_flag,
     cancel_on_signals,
@@ -49,6 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dsbackup.pipeline import forkserver
+    from dsbackup.pipeline.scanchoice import likely_parallel
+
+    if args.workers != 1 and forkserver.prestart_wanted() and likely_parallel(args.source):
+        forkserver.prestart()  # the workers' server boots while the backup code is imported
+    from dsbackup.backup import BackupManager
+
     cfg = BackupConfig(compression_level=args.level, chunk_size=args.chunk_size,
                        chunk_max_bytes=args.chunk_max_bytes, timeout=args.timeout,
                        verify_integrity=not args.no_verify,

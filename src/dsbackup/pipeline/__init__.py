@@ -3,5 +3,7 @@
 - central.py: one reader thread frames chunks; compression runs in a thread pool (GIL released).
 - parallel.py + worker.py: worker processes each scan key ranges of the store and turn them into
   finished compressed chunks; the parent writes them in key order (shared-memory hand-off).
-- planner.py: split keys at natural chunk boundaries; dynamic splitting balances the work.
+- forkserver.py: the server the workers are forked from (the CLI may start it early).
+- sources.py: what a worker scans with (native LMDB scanner, datastore fast path), and the
+  planner's walk that cuts the keys into stripes.
 """

@@ -17,22 +17,18 @@ from __future__ import annotations
 
 import logging
 import mmap
-import multiprocessing as mp
 import os
-import sys
 import tempfile
 import threading
 import time
-import types
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from pathlib import Path
 from typing import Any
 
 from dsbackup.errors import BackupError, Cancelled
+from dsbackup.pipeline import forkserver
 from dsbackup.pipeline.central import ChunkSettings, ScanStats
 from dsbackup.pipeline.chunks import BodyView, ReadyChunk
 from dsbackup.pipeline.worker import worker_main
@@ -63,33 +59,6 @@ def _shm_dir() -> str:
     if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
         return "/dev/shm"
     return tempfile.gettempdir()
-
-
-@contextmanager
-def _worker_start_context() -> Iterator[None]:
-    """Start worker processes that run exactly this copy of dsbackup, and nothing else.
-
-    - multiprocessing's fork server and spawn re-run the parent's main script in every child,
-      which breaks callers whose script has no `if __name__ == "__main__"` guard and costs
-      start-up time; our workers need only dsbackup's own modules, so __main__ is hidden.
-    - Python < 3.12's fork server ignores the parent's sys.path when it preloads modules, so
-      it could preload another installed copy of dsbackup: the directory this copy was
-      imported from goes first on PYTHONPATH while the fork server starts.
-    """
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    old_path = os.environ.get("PYTHONPATH")
-    root = str(Path(__file__).resolve().parents[2])
-    os.environ["PYTHONPATH"] = root + (os.pathsep + old_path if old_path else "")
-    try:
-        yield
-    finally:
-        if main is not None:
-            sys.modules["__main__"] = main
-        if old_path is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old_path
 
 
 def _remove_stale_slot_files() -> None:
@@ -139,9 +108,7 @@ class ParallelScan:
     # -- processes ---------------------------------------------------------------------------
 
     def _start(self) -> None:
-        ctx = mp.get_context("forkserver")
-        # the fork server imports the worker code once; each worker then starts by a fork
-        ctx.set_forkserver_preload(["dsbackup.pipeline.worker", "dsbackup.datastores"])
+        ctx = forkserver.context()  # running already if the CLI prestarted it
         _remove_stale_slot_files()
         fd, base = tempfile.mkstemp(prefix=f"dsbackup-slots-{os.getpid()}-", dir=_shm_dir())
         os.close(fd)
@@ -163,12 +130,14 @@ class ParallelScan:
                             name="dsbackup-planner" if w == self.n else f"dsbackup-worker-{w}",
                             args=(child, path, SLOTS_PER_WORKER, self.slot_size, self.kind,
                                   self.location, self.settings))
-            with _worker_start_context():
+            with forkserver.start_context():
                 p.start()
             child.close()
             self.conns.append(parent)
             self.procs.append(p)
         self._wviews = [memoryview(m) for m in self._wmaps]
+        log.debug("%d processes forked from fork server %s", len(self.procs),
+                  forkserver.server_pid())
 
     def _unlink_slot_files(self) -> None:
         for p in self._wpaths:

@@ -1,0 +1,36 @@
+"""Which scan a backup uses, and a guess of it from file sizes before the store is opened.
+
+Stores that worker processes can read side by side (LMDB, flatfs, SQLite) of PARALLEL_MIN_BYTES
+or more are scanned in parallel (parallel.py); the rest centrally (central.py): worker
+processes take ~0.3 s to start, which a small store does not repay.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dsbackup.datastores.registry import detect_scheme, parse_uri
+from dsbackup.errors import DsBackupError
+
+PARALLEL_SCHEMES = {"lmdb", "flatfs", "sqlite"}
+PARALLEL_MIN_BYTES = 32 << 20
+
+
+def likely_parallel(source: str) -> bool:
+    """Whether a backup of ``source`` (a URI or a bare path) will probably scan in parallel,
+    judged from file sizes alone (the CLI starts the workers' fork server early on it). A wrong
+    guess costs tens of milliseconds: LMDB and SQLite files are sized; a flatfs directory is
+    assumed large (sizing it would walk it)."""
+    try:
+        scheme, path, _ = parse_uri(source)
+        if scheme is None:
+            scheme = detect_scheme(path)
+        if scheme not in PARALLEL_SCHEMES:
+            return False
+        if scheme == "flatfs":
+            return True
+        if scheme == "lmdb" and os.path.isdir(path):
+            path = os.path.join(path, "data.mdb")
+        return os.path.getsize(path) >= PARALLEL_MIN_BYTES
+    except (OSError, DsBackupError):
+        return False

@@ -1,0 +1,143 @@
+"""The workers' fork server: when the CLI starts it early, and that the backup then uses it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dsbackup import datasets
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.pipeline import forkserver
+from dsbackup.pipeline.scanchoice import PARALLEL_MIN_BYTES, likely_parallel
+
+SRC = str(Path(forkserver.__file__).resolve().parents[2])
+
+
+def test_prestart_is_decided_by_the_environment_then_the_cpu_count(monkeypatch):
+    monkeypatch.setattr(forkserver, "_usable_cpus", lambda: 16)
+    monkeypatch.delenv("DSBACKUP_PRESTART", raising=False)
+    assert forkserver.prestart_wanted()
+    monkeypatch.setenv("DSBACKUP_PRESTART", "0")
+    assert not forkserver.prestart_wanted()
+    monkeypatch.setattr(forkserver, "_usable_cpus", lambda: 2)
+    monkeypatch.setenv("DSBACKUP_PRESTART", "1")
+    assert forkserver.prestart_wanted()
+    monkeypatch.delenv("DSBACKUP_PRESTART")
+    assert not forkserver.prestart_wanted()
+    monkeypatch.setattr(forkserver, "_usable_cpus", lambda: forkserver.PRESTART_MIN_CPUS)
+    assert forkserver.prestart_wanted()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+# A script without a __main__ guard: were it re-run in the server or a worker, it would start
+# another backup there (and print twice).
+SCRIPT = """
+import multiprocessing.forkserver as mpfs, sys
+from dsbackup.backup import BackupManager
+from dsbackup.config import BackupConfig
+from dsbackup.pipeline import forkserver
+from dsbackup.pipeline.scanchoice import PARALLEL_MIN_BYTES, likely_parallel
+forkserver.prestart()
+early = mpfs._forkserver._forkserver_pid
+meta = BackupManager(BackupConfig(workers=2)).create_backup(sys.argv[1], sys.argv[2])
+print(early, mpfs._forkserver._forkserver_pid, meta.statistics.mode, meta.total_keys)
+"""
+
+
+def test_a_backup_uses_the_prestarted_server_and_reruns_no_script(tmp_path):
+    store = tmp_path / "src"
+    n, _ = datasets.write_lmdb(str(store), datasets.iter_blocks(160, 3))  # 40 MiB: parallel
+    arc = tmp_path / "a.tar.gz"
+    out = subprocess.run([sys.executable, "-c", SCRIPT, f"lmdb:{store}", str(arc)],
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1, out.stdout  # the script ran once
+    early, used, mode, keys = lines[0].split()
+    assert early != "None" and early == used  # the server started early is the one used
+    assert (mode, int(keys)) == ("parallel", n)
+    with ArchiveReader(arc) as r:
+        assert r.chunk_count > 0
+
+
+def _cli_backup(src: str, arc: Path, prestart: str, mark: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dsbackup", "-vv", "backup", "--workers", "2", src, str(arc)],
+        env=_env(DSBACKUP_PRESTART=prestart, DSBACKUP_TEST_MARK=mark),
+        capture_output=True, text=True, timeout=120)
+
+
+def _processes_marked(mark: str) -> list[int]:
+    found = []
+    needle = f"DSBACKUP_TEST_MARK={mark}".encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if needle in (d / "environ").read_bytes().split(b"\0"):
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("blocks", [160, 4])  # 40 MiB: parallel scan; 1 MiB: central
+def test_cli_prestarts_for_a_parallel_scan_and_the_archive_is_the_same(tmp_path, blocks):
+    store = tmp_path / "src"
+    datasets.write_lmdb(str(store), datasets.iter_blocks(blocks, 4))
+    digests = []
+    for prestart in ("1", "0"):
+        mark = uuid.uuid4().hex
+        arc = tmp_path / f"p{prestart}.tar.gz"
+        res = _cli_backup(f"lmdb:{store}", arc, prestart, mark)
+        assert res.returncode == 0, res.stderr
+        early = re.search(r"fork server (\d+) started early", res.stderr)
+        used = re.search(r"forked from fork server (\d+)", res.stderr)
+        if blocks == 160:
+            assert used is not None, res.stderr
+            # with prestart, the workers come from the server started early
+            assert (early is not None and early[1] == used[1]) == (prestart == "1"), res.stderr
+        else:
+            assert early is None and used is None, res.stderr  # nothing started in vain
+        with ArchiveReader(arc) as r:
+            digests.append([e.member_xxh3 for e in r.index.entries()])
+        # the server goes with the CLI
+        deadline = time.monotonic() + 10
+        while _processes_marked(mark) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _processes_marked(mark)
+    assert digests[0] == digests[1] and digests[0]
+
+
+def test_likely_parallel_guesses_from_file_sizes(tmp_path):
+    big, small = tmp_path / "big", tmp_path / "small"
+    for path, size in ((big, PARALLEL_MIN_BYTES), (small, PARALLEL_MIN_BYTES - 1)):
+        path.mkdir()
+        with open(path / "data.mdb", "wb") as f:
+            f.truncate(size)
+    assert likely_parallel(f"lmdb:{big}") and likely_parallel(str(big))  # scheme or detected
+    assert not likely_parallel(f"lmdb:{small}") and not likely_parallel(str(small))
+    db = tmp_path / "s.sqlite"
+    with open(db, "wb") as f:
+        f.write(b"SQLite format 3\x00")
+        f.truncate(PARALLEL_MIN_BYTES)
+    assert likely_parallel(f"sqlite:{db}") and likely_parallel(str(db))
+    (tmp_path / "ffs").mkdir()
+    (tmp_path / "ffs" / "SHARDING").write_text("/repo/flatfs/shard/v1/next-to-last/2\n")
+    assert likely_parallel(str(tmp_path / "ffs"))  # flatfs is not sized: assumed large
+    assert not likely_parallel(f"leveldb:{big}")  # central scan whatever its size
+    assert not likely_parallel("memory:")
+    assert not likely_parallel(str(tmp_path / "missing"))
