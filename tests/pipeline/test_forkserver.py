@@ -122,6 +122,19 @@ def test_cli_prestarts_for_a_parallel_scan_and_the_archive_is_the_same(tmp_path,
     assert digests[0] == digests[1] and digests[0]
 
 
+def test_cli_starts_no_server_for_an_incremental_backup(tmp_path):
+    store = tmp_path / "src"
+    datasets.write_lmdb(str(store), datasets.iter_blocks(160, 5))  # 40 MiB
+    full = tmp_path / "full.tar.gz"
+    assert _cli_backup(f"lmdb:{store}", full, "1", uuid.uuid4().hex).returncode == 0
+    res = subprocess.run(
+        [sys.executable, "-m", "dsbackup", "-vv", "backup", "--parent", str(full),
+         f"lmdb:{store}", str(tmp_path / "inc.tar.gz")],
+        env=_env(DSBACKUP_PRESTART="1"), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "started early" not in res.stderr and "forked from" not in res.stderr, res.stderr
+
+
 def test_likely_parallel_guesses_from_file_sizes(tmp_path):
     big, small = tmp_path / "big", tmp_path / "small"
     for path, size in ((big, PARALLEL_MIN_BYTES), (small, PARALLEL_MIN_BYTES - 1)):

@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from dsbackup.pipeline import forkserver
     from dsbackup.pipeline.scanchoice import likely_parallel
 
-    if args.workers != 1 and forkserver.prestart_wanted() and likely_parallel(args.source):
+    # incremental backups read the source themselves (no workers)
+    if (args.workers != 1 and args.parent is None and forkserver.prestart_wanted()
+            and likely_parallel(args.source)):
         forkserver.prestart()  # the workers' server boots while the backup code is imported
     from dsbackup.backup import BackupManager
 
