@@ -425,6 +425,7 @@ cdef class LmdbRangeScanner:
         cdef int rc = 0, found = 0
         cdef uint64_t recs = 0, nbytes = 0, cs = self.chunk_size
         cdef MDB_cursor_op op
+        cdef const unsigned char *pf
         self._check()
         if self.busy:
             raise RuntimeError(f"{self.path}: scanner is being used by another thread")
@@ -445,6 +446,13 @@ cdef class LmdbRangeScanner:
                         break
                     recs += 1
                     nbytes += k.mv_size + v.mv_size
+                    if v.mv_size < PAGE:
+                        # as in next_chunk: the next nodes of a leaf filled in key order lie
+                        # just below this one; their headers and keys are all the walk reads
+                        pf = <const unsigned char *>k.mv_data - 3 * (k.mv_size + v.mv_size + 8)
+                        if (<size_t>pf & ~(PAGE - 1)) == (<size_t>k.mv_data & ~(PAGE - 1)):
+                            __builtin_prefetch(pf)
+                            __builtin_prefetch(pf + 64)
                     # LMDB maps the pages around each node it reads (value headers included),
                     # so the planner trims like the scanner
                     self._note_read(&k, &v)
