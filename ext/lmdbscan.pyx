@@ -534,6 +534,7 @@ cdef class LmdbRangeScanner:
         cdef int rc = 0, r = 0
         cdef ds_plan *out
         cdef Py_ssize_t nout = 0, j
+        cdef const unsigned char *pf
         self._check()
         if self.busy:
             raise RuntimeError(f"{self.path}: scanner is being used by another thread")
@@ -563,6 +564,11 @@ cdef class LmdbRangeScanner:
                     self.pstarted = True
                     if rc:
                         break
+                    if v.mv_size < PAGE:  # the next nodes' headers and keys (see next_chunk)
+                        pf = <const unsigned char *>k.mv_data - 3 * (k.mv_size + v.mv_size + 8)
+                        if (<size_t>pf & ~(PAGE - 1)) == (<size_t>k.mv_data & ~(PAGE - 1)):
+                            __builtin_prefetch(pf)
+                            __builtin_prefetch(pf + 64)
                     r = FAPI.planner_add(&self.pl, <const unsigned char *>k.mv_data, k.mv_size,
                                          v.mv_size, &out[nout])
                     if r < 0:
