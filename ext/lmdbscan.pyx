@@ -153,6 +153,21 @@ cdef inline void trim_map(size_t lo, size_t hi) noexcept nogil:
     madvise(<void *>lo, hi - lo, MADV_DONTNEED)
 
 
+cdef inline const unsigned char *nodes_ahead(const unsigned char *key, size_t klen,
+                                             size_t vlen) noexcept nogil:
+    """Where the node three records after the one at ``key`` probably starts, worth a
+    prefetch; NULL if not. A leaf filled in key order (appends, loads) holds the next records'
+    nodes just below this one. Only for values inline in the node, and only within this page
+    (the addresses below it belong to some other page, if any, that the walk may never read)."""
+    cdef const unsigned char *pf
+    if vlen >= PAGE:
+        return NULL
+    pf = key - 3 * (klen + vlen + 8)
+    if (<size_t>pf & ~(PAGE - 1)) != (<size_t>key & ~(PAGE - 1)):
+        return NULL
+    return pf
+
+
 cdef inline int key_order(const unsigned char *a, size_t alen, const unsigned char *b,
                           size_t blen) noexcept nogil:
     """FR_OK when key a < key b (bytewise), else FR_EORDER."""
@@ -446,13 +461,10 @@ cdef class LmdbRangeScanner:
                         break
                     recs += 1
                     nbytes += k.mv_size + v.mv_size
-                    if v.mv_size < PAGE:
-                        # as in next_chunk: the next nodes of a leaf filled in key order lie
-                        # just below this one; their headers and keys are all the walk reads
-                        pf = <const unsigned char *>k.mv_data - 3 * (k.mv_size + v.mv_size + 8)
-                        if (<size_t>pf & ~(PAGE - 1)) == (<size_t>k.mv_data & ~(PAGE - 1)):
-                            __builtin_prefetch(pf)
-                            __builtin_prefetch(pf + 64)
+                    pf = nodes_ahead(<const unsigned char *>k.mv_data, k.mv_size, v.mv_size)
+                    if pf != NULL:  # their headers and keys are all the walk reads
+                        __builtin_prefetch(pf)
+                        __builtin_prefetch(pf + 64)
                     # LMDB maps the pages around each node it reads (value headers included),
                     # so the planner trims like the scanner
                     self._note_read(&k, &v)
@@ -564,11 +576,10 @@ cdef class LmdbRangeScanner:
                     self.pstarted = True
                     if rc:
                         break
-                    if v.mv_size < PAGE:  # the next nodes' headers and keys (see next_chunk)
-                        pf = <const unsigned char *>k.mv_data - 3 * (k.mv_size + v.mv_size + 8)
-                        if (<size_t>pf & ~(PAGE - 1)) == (<size_t>k.mv_data & ~(PAGE - 1)):
-                            __builtin_prefetch(pf)
-                            __builtin_prefetch(pf + 64)
+                    pf = nodes_ahead(<const unsigned char *>k.mv_data, k.mv_size, v.mv_size)
+                    if pf != NULL:  # their headers and keys are all the walk reads
+                        __builtin_prefetch(pf)
+                        __builtin_prefetch(pf + 64)
                     r = FAPI.planner_add(&self.pl, <const unsigned char *>k.mv_data, k.mv_size,
                                          v.mv_size, &out[nout])
                     if r < 0:
@@ -669,16 +680,13 @@ cdef class LmdbRangeScanner:
                         break
                     prevp = <const unsigned char *>k.mv_data
                     prevn = k.mv_size
-                    if v.mv_size < PAGE:
-                        # a leaf filled in key order (appends, loads) holds the next records'
-                        # nodes just below this one: ask for them before the cursor gets there
-                        pf = <const unsigned char *>k.mv_data - 3 * (k.mv_size + v.mv_size + 8)
-                        if (<size_t>pf & ~(PAGE - 1)) == (<size_t>k.mv_data & ~(PAGE - 1)):
-                            __builtin_prefetch(pf)
-                            __builtin_prefetch(pf + 64)
-                            __builtin_prefetch(pf + 128)
-                            __builtin_prefetch(pf + 192)
-                            __builtin_prefetch(pf + 256)
+                    pf = nodes_ahead(<const unsigned char *>k.mv_data, k.mv_size, v.mv_size)
+                    if pf != NULL:  # whole nodes: their values are copied too
+                        __builtin_prefetch(pf)
+                        __builtin_prefetch(pf + 64)
+                        __builtin_prefetch(pf + 128)
+                        __builtin_prefetch(pf + 192)
+                        __builtin_prefetch(pf + 256)
                     self._note_read(&k, &v)
                     r = FAPI.chunker_append(&self.c, prevp, prevn,
                                             <const unsigned char *>v.mv_data, v.mv_size, &out)
