@@ -357,29 +357,40 @@ def _warm(paths: tuple[Path, ...]) -> None:
                     pass
 
 
+def measure(cmd: list[str], env: dict[str, str], timeout: float, *, output: Path | None = None,
+            mkdir: bool = False, inputs: tuple[Path, ...] = (),
+            internal_time: bool = False) -> Sample:
+    """One run of a row: ``output`` removed first (re-created empty with ``mkdir``), earlier
+    rows' dirty pages synced, ``inputs`` read into the page cache, then ``cmd`` measured; with
+    ``internal_time`` the child's own {"seconds", "size"} (its last stdout line) are used."""
+    if output is not None:
+        _rm(output)
+        if mkdir:
+            output.mkdir(parents=True)
+    # the previous row's dirty pages (tar and the seed never fsync) reach the disk now, not
+    # during this row's own writes and fsync
+    os.sync()
+    _warm(inputs)
+    s, stdout = run_measured(cmd, env, timeout)
+    if internal_time:
+        info = json.loads(stdout.strip().splitlines()[-1])
+        s.seconds, s.size = info["seconds"], info["size"]
+    return s
+
+
 def run_rounds(rows: list[Row], runs: int, env: dict[str, str], timeout: float) -> None:
     for r in range(runs):
         for op in ("backup", "restore", "verify"):
             phase = [row for row in rows if row.op == op and row.error is None]
             for row in (phase if r % 2 == 0 else phase[::-1]):
-                if row.output is not None:
-                    _rm(row.output)
-                    if row.mkdir:
-                        row.output.mkdir(parents=True)
-                # the previous row's dirty pages (tar and the seed never fsync) reach the disk
-                # now, not during this row's own writes and fsync
-                os.sync()
-                _warm(row.inputs)
                 try:
-                    s, stdout = run_measured(row.cmd, env, timeout)
+                    s = measure(row.cmd, env, timeout, output=row.output, mkdir=row.mkdir,
+                                inputs=row.inputs, internal_time=row.internal_time)
                 except (RuntimeError, TimeoutError, OSError) as exc:
                     row.error = str(exc)
                     print(f"  {row.dataset} {row.op} {row.tool}: FAILED {exc}", file=sys.stderr)
                     continue
-                if row.internal_time:
-                    info = json.loads(stdout.strip().splitlines()[-1])
-                    s.seconds, s.size = info["seconds"], info["size"]
-                elif row.output is not None and row.op == "backup":
+                if not row.internal_time and row.output is not None and row.op == "backup":
                     s.size = _du(row.output)
                 row.samples.append(s)
                 print(f"  round {r + 1}: {row.dataset:7} {row.op:7} {row.tool:34} "

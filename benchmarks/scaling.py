@@ -43,7 +43,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "src"))
 
-from compare import ME, PY, Sample, _rm, _warm, run_measured  # noqa: E402
+from compare import ME, PY, Sample, _rm, measure, run_measured  # noqa: E402
 
 
 @dataclass
@@ -103,19 +103,14 @@ def run_round(rows: list[Row], r: int, env: dict[str, str], timeout: float) -> N
     for phase in (("backup", "ceiling", "pigz"), ("restore",), ("verify",)):
         todo = [row for row in rows if row.op in phase and row.error is None]
         for row in (todo if r % 2 == 0 else todo[::-1]):
-            if row.output is not None:
-                _rm(row.output)
-            os.sync()
-            _warm(row.inputs)
             try:
-                s, stdout = run_measured(row.cmd, env, timeout)
+                s = measure(row.cmd, env, timeout, output=row.output, inputs=row.inputs,
+                            internal_time=row.internal_time)
             except (RuntimeError, TimeoutError, OSError) as exc:
                 row.error = str(exc)
                 print(f"  {row.dataset} {row.op} x{row.workers}: FAILED {exc}", file=sys.stderr)
                 continue
-            if row.internal_time:
-                s.seconds = json.loads(stdout.strip().splitlines()[-1])["seconds"]
-            elif row.op in ("backup", "pigz") and row.output is not None:
+            if row.op in ("backup", "pigz") and row.output is not None:
                 s.size = row.output.stat().st_size
             row.samples.append(s)
             print(f"  round {r + 1}: {row.dataset:6} {row.op:8} x{row.workers:<3} "

@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from multiprocessing.context import BaseContext
 from pathlib import Path
 
-# what the server imports once, before it forks any worker
 log = logging.getLogger(__name__)
 
+# what the server imports once, before it forks any worker
 PRELOAD = ["dsbackup.pipeline.worker", "dsbackup.datastores"]
 # prestart only with this many usable CPUs: on fewer the booting server competes with the
 # CLI's own start-up (on 2 cores: no gain on a 256 MiB store)
