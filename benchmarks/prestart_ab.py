@@ -14,17 +14,15 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from compare import _warm  # noqa: E402
+from compare import measure  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,19 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             for name, d, n, cpuset in cases:
                 for v in ("1", "0") if r % 2 == 0 else ("0", "1"):
-                    arc.unlink(missing_ok=True)
-                    os.sync()
-                    _warm((d.path,))
                     cmd = [sys.executable, "-m", "dsbackup", "backup", "--workers", str(n),
                            d.uri, str(arc)]
                     if cpuset:
                         cmd = ["taskset", "-c", cpuset, *cmd]
-                    t = time.perf_counter()
-                    res = subprocess.run(cmd, env=dict(env, DSBACKUP_PRESTART=v),
-                                         capture_output=True, text=True)
-                    times[(name, v)].append(time.perf_counter() - t)
-                    if res.returncode:
-                        sys.exit(f"{' '.join(cmd)}: exit {res.returncode}: {res.stderr[-500:]}")
+                    s = measure(cmd, dict(env, DSBACKUP_PRESTART=v), 600, output=arc,
+                                inputs=(d.path,))
+                    times[(name, v)].append(s.seconds)
             print(f"round {r + 1} done", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
