@@ -12,6 +12,7 @@ from typing import Any
 from dsbackup.errors import ConfigError
 from dsbackup.scheduler.cron import CronSchedule, get_zone
 from dsbackup.scheduler.retention import RetentionPolicy
+from dsbackup.scheduler.secret import Secret
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 TLS_MODES = ("starttls", "tls", "none")
@@ -21,7 +22,11 @@ TLS_MODES = ("starttls", "tls", "none")
 class NotificationConfig:
     """Where to report backup results. Every field is optional; unset services are off.
 
-    ``timeout`` bounds each notification (all retries included) in seconds.
+    ``timeout`` bounds each notification (all retries included) in seconds. Secrets (the SMTP
+    password, the webhook URL and header values, the ping URLs) may be given as ``str``; they
+    are held as :class:`~dsbackup.scheduler.secret.Secret`, whose printed forms are redacted.
+    A login over an unencrypted connection (``smtp_tls="none"`` with a username) is refused
+    unless ``smtp_allow_plaintext_auth`` is set.
     """
 
     email_on_failure: bool = True
@@ -30,21 +35,30 @@ class NotificationConfig:
     smtp_port: int = 587
     smtp_tls: str = "starttls"  # "starttls", "tls" (implicit TLS, port 465) or "none"
     smtp_username: str | None = None
-    smtp_password: str | None = field(default=None, repr=False)
+    smtp_password: Secret | None = field(default=None, repr=False)
     smtp_from: str = "dsbackup@localhost"
     smtp_ca_file: str | None = None
+    smtp_allow_plaintext_auth: bool = False
     recipients: list[str] = field(default_factory=list)
-    webhook_url: str | None = field(default=None, repr=False)
-    webhook_headers: dict[str, str] = field(default_factory=dict, repr=False)
+    webhook_url: Secret | None = field(default=None, repr=False)
+    webhook_headers: dict[str, Secret] = field(default_factory=dict, repr=False)
     webhook_on_success: bool = True
     webhook_on_failure: bool = True
     webhook_retries: int = 3
-    ping_start_url: str | None = field(default=None, repr=False)
-    ping_success_url: str | None = field(default=None, repr=False)
-    ping_failure_url: str | None = field(default=None, repr=False)
+    ping_start_url: Secret | None = field(default=None, repr=False)
+    ping_success_url: Secret | None = field(default=None, repr=False)
+    ping_failure_url: Secret | None = field(default=None, repr=False)
     timeout: float = 10.0
 
     def __post_init__(self) -> None:
+        for name in ("smtp_password", "webhook_url", "ping_start_url", "ping_success_url",
+                     "ping_failure_url"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Secret):
+                setattr(self, name, Secret(value))
+        self.webhook_headers = {k: Secret(v) for k, v in self.webhook_headers.items()}
+        if isinstance(self.recipients, str):
+            self.recipients = [self.recipients]
         if self.smtp_tls not in TLS_MODES:
             raise ConfigError(f"smtp_tls must be one of {', '.join(TLS_MODES)}")
         if self.timeout <= 0:
@@ -53,12 +67,17 @@ class NotificationConfig:
             raise ConfigError("webhook_retries must be >= 0")
         if self.smtp_host and not self.recipients:
             raise ConfigError("smtp_host is set but there are no recipients")
+        if (self.smtp_host and self.smtp_username and self.smtp_tls == "none"
+                and not self.smtp_allow_plaintext_auth):
+            raise ConfigError("email: a login (username) over tls = \"none\" would send the "
+                              "password unencrypted; use tls = \"starttls\" or \"tls\", or set "
+                              "allow_plaintext_auth = true")
 
     def secrets(self) -> list[str]:
         """Strings that must never appear in logs or machine output."""
         out = [self.smtp_password, self.webhook_url, self.ping_start_url,
                self.ping_success_url, self.ping_failure_url, *self.webhook_headers.values()]
-        return [s for s in out if s]
+        return [s.reveal() for s in out if s]
 
 
 @dataclass
@@ -167,6 +186,14 @@ class ScheduledBackup:
     statistics: ScheduleStatistics = field(default_factory=ScheduleStatistics)
 
     def __post_init__(self) -> None:
+        for name in ("id", "name", "schedule"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"schedule {name} must be a string, not "
+                                  f"{getattr(self, name)!r}")
+        if not isinstance(self.enabled, bool) or not isinstance(self.incremental, bool):
+            raise ConfigError("enabled and incremental must be booleans")
+        if isinstance(self.full_every, bool) or not isinstance(self.full_every, int):
+            raise ConfigError(f"full_every must be an integer, not {self.full_every!r}")
         if not _ID.fullmatch(self.id):
             raise ConfigError(f"invalid schedule id {self.id!r} (letters, digits, . _ -)")
         if not _ID.fullmatch(self.name):

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from dsbackup.scheduler.config import NotificationConfig
+from dsbackup.scheduler.notify.failure import describe
 from dsbackup.scheduler.notify.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,10 @@ class Notifier(Protocol):
         ...
 
     def send(self, event: Event, timeout: float) -> None:
-        """Deliver the event within ``timeout`` seconds in all; raise on failure."""
+        """Deliver the event within ``timeout`` seconds in all; raise on failure.
+
+        Raise :class:`~.failure.NotificationFailure` with a message of safe parts; the text of
+        any other exception is never shown (only its type)."""
         ...
 
 
@@ -91,7 +95,7 @@ class NotificationDispatcher:
         try:
             notifier.send(event, self.timeout)
         except Exception as exc:  # noqa: BLE001 - any failure of a notifier is only counted
-            done[notifier.name] = f"{type(exc).__name__}: {exc}"
+            done[notifier.name] = describe(exc)  # safe parts only, never the library's text
         else:
             done[notifier.name] = None
 
