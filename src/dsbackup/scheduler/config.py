@@ -122,6 +122,7 @@ class ScheduleStatistics:
     successes: int = 0
     failures: int = 0
     skipped: int = 0  # slots not run: the previous run was still going, or missed downtime
+    runs_since_full: int = 0  # runs (failed ones too) since the last successful full backup
     total_duration: float = 0.0
     last_success: datetime | None = None
     last_failure: datetime | None = None
@@ -151,6 +152,8 @@ class RunRecord:
     error: str | None = None
     error_type: str | None = None
     exit_code: int = 0
+    parent: str | None = None  # the parent archive of an incremental run
+    fallback: str | None = None  # why a full backup was made although an incremental was due
     pruned: list[str] = field(default_factory=list)
     notified: dict[str, bool] = field(default_factory=dict)  # service -> delivered
 

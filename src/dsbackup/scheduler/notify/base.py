@@ -58,6 +58,14 @@ class Notifier(Protocol):
         ...
 
 
+def wants_result(event: Event, on_success: bool, on_failure: bool) -> bool:
+    """Whether a service with these switches reports ``event``: a success that needed a
+    fallback (a full backup instead of an incremental) goes to those who want failures too."""
+    if event.kind == "success":
+        return on_success or (on_failure and bool(event.details.get("fallback")))
+    return event.kind in ("failure", "health") and on_failure
+
+
 def build_notifiers(cfg: NotificationConfig) -> list[Notifier]:
     """The services the configuration turns on."""
     from dsbackup.scheduler.notify.email import EmailNotifier

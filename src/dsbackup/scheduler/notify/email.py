@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from dsbackup.scheduler.config import NotificationConfig
-from dsbackup.scheduler.notify.base import Event
+from dsbackup.scheduler.notify.base import Event, wants_result
 from dsbackup.scheduler.notify.failure import NotificationFailure, describe
 from dsbackup.scheduler.secret import reveal
 
@@ -25,7 +25,10 @@ SUBJECTS = {"failure": "FAILED", "success": "OK", "health": "HEALTH CHECK FAILED
 def build_message(event: Event, sender: str, recipients: list[str]) -> EmailMessage:
     what = event.schedule_name or "scheduler"
     msg = EmailMessage()
-    msg["Subject"] = f"[dsbackup] {SUBJECTS.get(event.kind, event.kind)}: {what}"
+    subject = SUBJECTS.get(event.kind, event.kind)
+    if event.kind == "success" and event.details.get("fallback"):
+        subject = "OK (FULL BACKUP INSTEAD OF INCREMENTAL)"
+    msg["Subject"] = f"[dsbackup] {subject}: {what}"
     msg["From"] = sender
     msg["To"] = ", ".join(recipients)
     msg["Date"] = formatdate(localtime=False)
@@ -45,9 +48,7 @@ class EmailNotifier:
         self.cfg = cfg
 
     def wants(self, event: Event) -> bool:
-        if event.kind == "success":
-            return self.cfg.email_on_success
-        return event.kind in ("failure", "health") and self.cfg.email_on_failure
+        return wants_result(event, self.cfg.email_on_success, self.cfg.email_on_failure)
 
     def _context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.cfg.smtp_ca_file)
