@@ -32,7 +32,7 @@ keep_last = 2
 [[schedule]]
 id = {id}
 cron = {cron}
-source = "memory:"
+source = {source}
 {job}
 [schedule.backup]
 {backup}
@@ -42,6 +42,7 @@ source = "memory:"
 def config_text(**slots: str) -> str:
     slots.setdefault("id", '"ipfs"')
     slots.setdefault("cron", '"@daily"')
+    slots.setdefault("source", '"memory:"')
     slots.setdefault("backup_dir", '"b"')
     slots.setdefault("state_dir", '"st"')
     for k in ("scheduler", "retention", "notifications", "job", "backup"):
@@ -99,6 +100,11 @@ BAD = [
     ("full-every-zero", {"job": "full_every = 0"}, ["full_every", ">= 1"], None),
     ("job-timeout-bad", {"job": 'timeout = "soon"'}, ["timeout", "duration"], None),
     ("job-typo", {"job": 'sorce = "memory:"'}, ["did you mean 'source'"], None),
+    ("source-int", {"source": "5"}, ["source", "expected a non-empty string"], None),
+    ("source-scheme-typo", {"source": '"lmbd:/srv/ipfs"'},
+     ["source", "unknown datastore scheme 'lmbd:'", "did you mean 'lmdb:'"], None),
+    ("ca-file-missing", {"notifications": SMTP + 'ca_file = "no-such-ca.pem"\n'},
+     ["[notifications.email] ca_file", "no-such-ca.pem: no such file"], None),
     ("compression-typo", {"backup": "compresion_level = 3"},
      ['[schedule.backup] of "ipfs" compresion_level', "did you mean 'compression_level'"],
      None),
@@ -269,3 +275,14 @@ def test_valid_values_of_every_kind_pass(tmp_path, monkeypatch):
     assert n.smtp_tls == "tls" and n.webhook_retries == 0
     assert n.webhook_url.reveal().endswith("token=t") and "token" not in repr(n.webhook_url)
     assert cfg.scheduler.health_deep_sample == 0 and cfg.scheduler.metrics_port == 0
+
+
+@pytest.mark.parametrize("kw", [{"concurrent_backups": "2"}, {"poll_interval": "30"},
+                                {"health_deep_sample": "0.1"}, {"metrics_port": "abc"},
+                                {"verify_after_backup": "false"}, {"time_zone": 5},
+                                {"concurrent_backups": True}, {"metrics_port": 70000}])
+def test_the_python_api_refuses_wrong_types_too(tmp_path, kw):
+    from dsbackup.scheduler import SchedulerConfig
+
+    with pytest.raises(ConfigError, match=next(iter(kw)) if "time_zone" not in kw else "zone"):
+        SchedulerConfig(state_path=tmp_path / "st", **kw)

@@ -224,3 +224,14 @@ def test_a_fallback_reaches_those_who_want_failures():
         assert not n.wants(plain) and n.wants(healed)
     subject = build_message(healed, "a@b.org", ["ops@example.org"])["Subject"]
     assert subject == "[dsbackup] OK (FULL BACKUP INSTEAD OF INCREMENTAL): db"
+
+
+def test_health_check_names_a_missing_parent_without_cli_advice(make_scheduler, clock,
+                                                                lmdb_source):
+    s = make_scheduler(runner=ManagerRunner(), health_deep_sample=0)
+    s.add_schedule(incremental_schedule(lmdb_source))
+    made = run_days(s, clock, lmdb_source, range(6, 9))
+    Path(made[1].archive).unlink()
+    (verify,) = [r for r in s.run_health_checks() if r.check == "verify"]
+    assert not verify.ok and "a parent archive in its chain is missing" in verify.message
+    assert "--parent-dir" not in verify.message

@@ -106,12 +106,27 @@ class SchedulerConfig:
         if self.metrics_textfile is not None:
             self.metrics_textfile = Path(self.metrics_textfile)
         get_zone(self.time_zone)
+        _typed("concurrent_backups", self.concurrent_backups, int)
+        _typed("health_deep_sample", self.health_deep_sample, (int, float))
+        _typed("poll_interval", self.poll_interval, (int, float))
+        _typed("verify_after_backup", self.verify_after_backup, bool)
+        if self.metrics_port is not None:
+            _typed("metrics_port", self.metrics_port, int)
+            if not 0 <= self.metrics_port <= 65535:
+                raise ConfigError(f"metrics_port must be within 0..65535, not {self.metrics_port}")
         if self.concurrent_backups < 1:
             raise ConfigError("concurrent_backups must be >= 1")
         if not 0.0 <= self.health_deep_sample <= 1.0:
             raise ConfigError("health_deep_sample must be within 0..1")
         if self.poll_interval <= 0:
             raise ConfigError("poll_interval must be positive")
+
+
+def _typed(name: str, value: Any, kinds: type | tuple[type, ...]) -> None:
+    """A TypeError would come much later: refuse a wrong type now (booleans are not numbers)."""
+    if (isinstance(value, bool) and kinds is not bool) or not isinstance(value, kinds):
+        raise ConfigError(f"{name} must be {getattr(kinds, '__name__', 'a number')}, "
+                          f"not {value!r}")
 
 
 @dataclass

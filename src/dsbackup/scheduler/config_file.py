@@ -59,7 +59,7 @@ def _secret(t: Table, key: str, env_key: str) -> str | None:
         raise t.error(env_key, str(exc)) from None
 
 
-def parse_notifications(t: Table) -> NotificationConfig:
+def parse_notifications(t: Table, base: Path) -> NotificationConfig:
     t.check_keys({"timeout", "email", "webhook", "ping"})
     kw: dict[str, Any] = {}
     timeout = t.duration("timeout")
@@ -83,7 +83,10 @@ def parse_notifications(t: Table) -> NotificationConfig:
     if e.has("from"):
         kw["smtp_from"] = e.email("from", e.data["from"])
     kw["recipients"] = e.emails("to") or []
-    kw["smtp_ca_file"] = e.string("ca_file", None)
+    ca_file = e.path("ca_file", base)
+    if ca_file is not None and not ca_file.is_file():
+        raise e.error("ca_file", f"{ca_file}: no such file (a PEM file of CA certificates)")
+    kw["smtp_ca_file"] = None if ca_file is None else str(ca_file)
     kw["smtp_allow_plaintext_auth"] = e.boolean("allow_plaintext_auth", False)
     if kw["smtp_host"] is None:
         for key in ("to", "username", "password", "password_env"):
@@ -199,6 +202,20 @@ def parse_backup_settings(t: Table) -> dict[str, Any] | None:
     return kw or None
 
 
+def _check_scheme(t: Table, source: str) -> None:
+    """A typo in the datastore scheme (``lmbd:``) is refused now, not at the first run."""
+    import difflib
+
+    from dsbackup.datastores.registry import _CUSTOM, SCHEMES, parse_uri
+
+    scheme, _path, _params = parse_uri(source)
+    known = sorted({*SCHEMES, *_CUSTOM})
+    if scheme is not None and scheme not in known:
+        close = difflib.get_close_matches(scheme, known, n=1)
+        hint = f"did you mean '{close[0]}:'?" if close else f"known: {', '.join(known)}"
+        raise t.error("source", f"unknown datastore scheme '{scheme}:' ({hint})")
+
+
 def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
     t = Table(file, f"[[schedule]] #{i + 1}", job)
     if isinstance(job.get("id"), str) and job["id"]:
@@ -211,6 +228,7 @@ def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
     except ConfigError as exc:
         raise t.error("cron", str(exc)) from None
     source = t.string("source")
+    _check_scheme(t, source)
     full_every = t.integer("full_every", 7, lo=1)
     incremental = t.boolean("incremental", False)
     timeout = t.duration("timeout")
@@ -251,7 +269,7 @@ def load_config(path: str | Path, *, require_schedules: bool = True) -> LoadedCo
     kw = parse_scheduler(Table(path, "[scheduler]", doc.get("scheduler", {})), base)
     kw["retention_policy"] = parse_retention(Table(path, "[retention]", doc.get("retention", {})))
     kw["notification_config"] = parse_notifications(
-        Table(path, "[notifications]", doc.get("notifications", {})))
+        Table(path, "[notifications]", doc.get("notifications", {})), base)
     try:
         scheduler = SchedulerConfig(**kw)
     except ConfigError as exc:
