@@ -50,7 +50,10 @@ def shown(value: Any, secret: bool = False) -> str:
     """The value as a message shows it: its kind, plus the value unless it is a secret."""
     if secret or isinstance(value, (Mapping, list)):
         return kind_of(value)
-    text = repr(value) if not isinstance(value, str) else f'"{value}"'
+    if isinstance(value, str):
+        text = f'"{value}"'
+    else:
+        text = repr(value) if isinstance(value, (bool, int, float)) else str(value)
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{kind_of(value)} {text}"
