@@ -87,6 +87,9 @@ def _run_daemon(args: argparse.Namespace, loaded: LoadedConfig) -> int:
                  if scheduler.metrics_port is not None else "")
         print(f"dsbackup: scheduler running: {len(loaded.schedules)} schedule(s), state "
               f"{cfg.state_path}{where}", file=sys.stderr, flush=True)
+        if not any(s.enabled for s in loaded.schedules):
+            print(f"dsbackup: warning: {args.config}: every schedule is disabled (enabled = "
+                  "false): no backup will run", file=sys.stderr, flush=True)
         while not stop.wait(1.0):
             pass
         scheduler.stop(wait=True)
