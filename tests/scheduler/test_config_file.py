@@ -75,9 +75,9 @@ def test_full_configuration(tmp_path, monkeypatch):
     assert sc.retention_policy.keep_daily == 7 and sc.retention_policy.max_age.days == 365
     n = sc.notification_config
     assert n.smtp_tls == "tls" and n.smtp_port == 465  # port 465: implicit TLS
-    assert n.smtp_password == "pw-from-env" and n.recipients == ["a@example.org", "b@example.org"]
+    assert n.smtp_password.reveal() == "pw-from-env" and n.recipients == ["a@example.org", "b@example.org"]
     assert n.timeout == 5 and n.webhook_retries == 1
-    assert n.ping_success_url == "https://hc-ping.com/uuid"
+    assert n.ping_success_url.reveal() == "https://hc-ping.com/uuid"
     assert "pw-from-env" in n.secrets() and "pw-from-env" not in repr(n)
     blocks, meta = cfg.schedules
     assert blocks.name == "blocks" and blocks.backup_config == {"compression_level": 3}
@@ -87,7 +87,7 @@ def test_full_configuration(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("text,msg", [
     ("[scheduler]\nbackup_dri = 'x'\n", "unknown key"),
-    ("[[schedule]]\nid='a'\ncron='@daily'\n", "missing 'source'"),
+    ("[[schedule]]\nid='a'\ncron='@daily'\n", "source: missing"),
     ("[[schedule]]\nid='a'\ncron='@daily'\nsource='memory:'\n[[schedule]]\nid='a'\n"
      "cron='@daily'\nsource='memory:'\n", "duplicate id"),
     ("[[schedule]]\nid='a'\ncron='every day'\nsource='memory:'\n", "invalid cron"),

@@ -258,3 +258,15 @@ def test_health_check_with_the_real_engine_finds_a_damaged_archive(tmp_path, lmd
         assert verify.check == "verify" and not verify.ok
         assert str(path) in verify.message
         assert not s.archives("ipfs")[-1].verified
+
+
+def test_daemon_with_every_schedule_disabled_says_so(tmp_path, lmdb_source, cli_env):
+    cfg = write_config(tmp_path, lmdb_source, tail="")
+    cfg.write_text(cfg.read_text().replace('cron = "@daily"', 'cron = "@daily"\nenabled = false'))
+    d = Daemon(cfg, cli_env)
+    try:
+        assert d.wait_for_text("no backup will run"), d.text
+    finally:
+        d.proc.send_signal(signal.SIGTERM)
+        rc = d.finish()
+    assert rc == 0 and "every schedule is disabled" in d.text

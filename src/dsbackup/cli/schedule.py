@@ -87,6 +87,9 @@ def _run_daemon(args: argparse.Namespace, loaded: LoadedConfig) -> int:
                  if scheduler.metrics_port is not None else "")
         print(f"dsbackup: scheduler running: {len(loaded.schedules)} schedule(s), state "
               f"{cfg.state_path}{where}", file=sys.stderr, flush=True)
+        if not any(s.enabled for s in loaded.schedules):
+            print(f"dsbackup: warning: {args.config}: every schedule is disabled (enabled = "
+                  "false): no backup will run", file=sys.stderr, flush=True)
         while not stop.wait(1.0):
             pass
         scheduler.stop(wait=True)
@@ -128,6 +131,7 @@ def schedule_rows(loaded: LoadedConfig, daemon_alive: bool) -> list[dict[str, An
             "last_run": _iso(st.last_run if st else None, tz),
             "last_result": None if last is None else {
                 "ok": last.ok, "trigger": last.trigger, "archive": last.archive,
+                "parent": last.parent, "fallback": last.fallback,
                 "error": redact(last.error) if last.error else None,
                 "duration_s": round(last.duration, 3), "notified": last.notified},
             # a run marker left by a killed daemon is not a running backup
@@ -156,6 +160,8 @@ def _list(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         last = r["last_result"]
         outcome = "never run" if last is None else ("ok" if last["ok"] else
                                                     f"FAILED: {last['error']}")
+        if last is not None and last["fallback"]:
+            outcome = f"ok, full backup instead of incremental: {last['fallback']}"
         rate = f"{st['success_rate']:.0%}" if st["success_rate"] is not None else "-"
         print(f"{r['id']}  [{r['cron']}]{'' if r['enabled'] else ' (disabled)'}  "
               f"next {r['next_run'] or '-'}  last {r['last_run'] or '-'} ({outcome})  "
@@ -176,7 +182,8 @@ def _run_once(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if args.json:
         emit_json("schedule run-once", {
             "ok": rec.ok, "id": args.id, "archive": rec.archive, "fingerprint": rec.fingerprint,
-            "size": rec.size, "keys": rec.keys, "verified": rec.verified, "pruned": rec.pruned,
+            "size": rec.size, "keys": rec.keys, "verified": rec.verified, "parent": rec.parent,
+            "fallback": rec.fallback, "pruned": rec.pruned,
             "duration_s": round(rec.duration, 3), "error": rec.error,
             "error_type": rec.error_type, "exit_code": rec.exit_code})
     elif rec.ok:

@@ -1,21 +1,29 @@
-"""Load a scheduler configuration file (TOML). The format is documented in docs/SCHEDULER.md."""
+"""Load a scheduler configuration file (TOML). The format is documented in docs/SCHEDULER.md.
+
+Everything is checked here, at load time (types, ranges, cron expressions that can fire, time
+zones, e-mail addresses, URLs, unknown keys, the backup settings of each schedule), so that
+``schedule list`` refuses a bad file exactly as ``schedule run`` does and a daemon never fails
+later on a value it accepted. Each error is one line: file, table and key, what was expected.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dsbackup.errors import ConfigError
 from dsbackup.scheduler.config import (
+    TLS_MODES,
     NotificationConfig,
     ScheduledBackup,
     SchedulerConfig,
     env_secret,
 )
-from dsbackup.scheduler.durations import parse_duration, parse_size
+from dsbackup.scheduler.config_check import Table, shown
+from dsbackup.scheduler.cron import CronSchedule, get_zone
 from dsbackup.scheduler.retention import RULES, RetentionPolicy
 
 if sys.version_info >= (3, 11):
@@ -30,49 +38,85 @@ class LoadedConfig:
     schedules: list[ScheduledBackup]
 
 
-def _check_keys(section: str, data: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"[{section}]: unknown key(s) {', '.join(unknown)}")
+def parse_retention(t: Table) -> RetentionPolicy:
+    t.check_keys({f"keep_{r}" for r in RULES} | {"max_age"})
+    kw: dict[str, Any] = {f"keep_{r}": t.integer(f"keep_{r}", 0, lo=-1) for r in RULES}
+    max_age = t.duration("max_age")
+    if max_age is not None and max_age.total_seconds() <= 0:
+        raise t.error("max_age", "expected a positive duration")
+    return RetentionPolicy(**kw, max_age=max_age)
 
 
-def parse_retention(section: str, data: Mapping[str, Any]) -> RetentionPolicy:
-    _check_keys(section, data, {f"keep_{r}" for r in RULES} | {"max_age"})
-    kwargs: dict[str, Any] = {k: v for k, v in data.items() if k != "max_age"}
-    return RetentionPolicy(**kwargs, max_age=parse_duration(data.get("max_age")))
+def _secret(t: Table, key: str, env_key: str) -> str | None:
+    """A secret given inline (``key``) or by the name of an environment variable (``env_key``)."""
+    value = t.string(key, None, secret=True)
+    env = t.string(env_key, None)
+    if value is not None and env is not None:
+        raise t.error(key, f"give either {key} or {env_key}, not both")
+    try:
+        return env_secret(value, env)
+    except ConfigError as exc:
+        raise t.error(env_key, str(exc)) from None
 
 
-def parse_notifications(data: Mapping[str, Any]) -> NotificationConfig:
-    _check_keys("notifications", data, {"timeout", "email", "webhook", "ping"})
+def parse_notifications(t: Table, base: Path) -> NotificationConfig:
+    t.check_keys({"timeout", "email", "webhook", "ping"})
     kw: dict[str, Any] = {}
-    if "timeout" in data:
-        kw["timeout"] = parse_duration(data["timeout"]).total_seconds()
-    email = data.get("email", {})
-    _check_keys("notifications.email", email,
-                {"on_failure", "on_success", "host", "port", "tls", "username", "password",
-                 "password_env", "from", "to", "ca_file"})
-    for key, field_ in (("on_failure", "email_on_failure"), ("on_success", "email_on_success"),
-                        ("host", "smtp_host"), ("port", "smtp_port"), ("tls", "smtp_tls"),
-                        ("username", "smtp_username"), ("from", "smtp_from"),
-                        ("to", "recipients"), ("ca_file", "smtp_ca_file")):
-        if key in email:
-            kw[field_] = email[key]
-    if "tls" not in email and email.get("port") == 465:
-        kw["smtp_tls"] = "tls"
-    kw["smtp_password"] = env_secret(email.get("password"), email.get("password_env"))
-    hook = data.get("webhook", {})
-    _check_keys("notifications.webhook", hook,
-                {"url", "url_env", "headers", "on_success", "on_failure", "retries"})
-    kw["webhook_url"] = env_secret(hook.get("url"), hook.get("url_env"))
-    for key, field_ in (("headers", "webhook_headers"), ("on_success", "webhook_on_success"),
-                        ("on_failure", "webhook_on_failure"), ("retries", "webhook_retries")):
-        if key in hook:
-            kw[field_] = hook[key]
-    ping = data.get("ping", {})
-    _check_keys("notifications.ping", ping, {"start", "success", "failure"})
+    timeout = t.duration("timeout")
+    if timeout is not None:
+        if timeout.total_seconds() <= 0:
+            raise t.error("timeout", "expected a positive duration")
+        kw["timeout"] = timeout.total_seconds()
+
+    e = t.table("email")
+    e.check_keys({"on_failure", "on_success", "host", "port", "tls", "username", "password",
+                  "password_env", "from", "to", "ca_file", "allow_plaintext_auth"})
+    kw["email_on_failure"] = e.boolean("on_failure", True)
+    kw["email_on_success"] = e.boolean("on_success", False)
+    kw["smtp_host"] = e.string("host", None)
+    kw["smtp_port"] = e.integer("port", 587, lo=1, hi=65535)
+    tls = e.string("tls", "tls" if kw["smtp_port"] == 465 else "starttls")
+    e.expect("tls", tls in TLS_MODES, " or ".join(f'"{m}"' for m in TLS_MODES), tls)
+    kw["smtp_tls"] = tls
+    kw["smtp_username"] = e.string("username", None)
+    kw["smtp_password"] = _secret(e, "password", "password_env")
+    if e.has("from"):
+        kw["smtp_from"] = e.email("from", e.data["from"])
+    kw["recipients"] = e.emails("to") or []
+    ca_file = e.path("ca_file", base)
+    if ca_file is not None and not ca_file.is_file():
+        raise e.error("ca_file", f"{ca_file}: no such file (a PEM file of CA certificates)")
+    kw["smtp_ca_file"] = None if ca_file is None else str(ca_file)
+    kw["smtp_allow_plaintext_auth"] = e.boolean("allow_plaintext_auth", False)
+    if kw["smtp_host"] is None:
+        for key in ("to", "username", "password", "password_env"):
+            if e.has(key):
+                raise e.error(key, "is set but host is not (no e-mail would be sent)")
+    elif not kw["recipients"]:
+        raise e.error("to", "missing: host is set but there are no recipients")
+    if (kw["smtp_host"] and kw["smtp_username"] and tls == "none"
+            and not kw["smtp_allow_plaintext_auth"]):
+        raise e.error("tls", '"none" with a username would send the password unencrypted: '
+                      'use "starttls" or "tls", or set allow_plaintext_auth = true')
+
+    w = t.table("webhook")
+    w.check_keys({"url", "url_env", "headers", "on_success", "on_failure", "retries"})
+    url = _secret(w, "url", "url_env")
+    if url is not None:
+        w.url("url" if w.has("url") else "url_env", url)
+    elif w.has("headers"):
+        raise w.error("headers", "are set but url is not (no webhook would be sent)")
+    kw["webhook_url"] = url
+    kw["webhook_headers"] = w.headers("headers")
+    kw["webhook_on_success"] = w.boolean("on_success", True)
+    kw["webhook_on_failure"] = w.boolean("on_failure", True)
+    kw["webhook_retries"] = w.integer("retries", 3, lo=0, hi=100)
+
+    p = t.table("ping")
+    p.check_keys({"start", "success", "failure"})
     for key in ("start", "success", "failure"):
-        if key in ping:
-            kw[f"ping_{key}_url"] = ping[key]
+        if p.has(key):
+            kw[f"ping_{key}_url"] = p.url(key, p.data[key])
     return NotificationConfig(**kw)
 
 
@@ -84,60 +128,165 @@ _JOB_KEYS = {"id", "name", "cron", "source", "enabled", "backup_dir", "increment
              "full_every", "timeout", "backup", "retention"}
 
 
-def load_config(path: str | Path) -> LoadedConfig:
-    """Parse a TOML configuration file; relative paths are relative to the file."""
+def _zone(t: Table, key: str, default: str) -> str:
+    zone = t.string(key, default)
+    try:
+        get_zone(zone)
+    except ConfigError:
+        raise t.error(key, f'unknown time zone "{zone}" (expected an IANA name: '
+                      '"Europe/Berlin", "UTC")') from None
+    return zone
+
+
+def parse_scheduler(t: Table, base: Path) -> dict[str, Any]:
+    t.check_keys(_SCHED_KEYS)
+    kw: dict[str, Any] = {
+        "default_backup_dir": t.path("backup_dir", base, "backups"),
+        "state_path": t.path("state_dir", base, "dsbackup-state"),
+        "metrics_textfile": t.path("metrics_textfile", base),
+        "min_free_bytes": t.size("min_free_bytes"),
+        "time_zone": _zone(t, "time_zone", "UTC"),
+        "concurrent_backups": t.integer("concurrent_backups", 1, lo=1),
+        "verify_after_backup": t.boolean("verify_after_backup", True),
+        "health_deep_sample": t.number("health_deep_sample", 0.1, lo=0, hi=1),
+        "min_free_ratio": t.number("min_free_ratio", 0.05, lo=0, hi=1),
+        "metrics_port": t.integer("metrics_port", None, lo=0, hi=65535),
+        "poll_interval": t.number("poll_interval", 30.0, positive=True),
+    }
+    if t.has("health_check_interval"):
+        v = t.data["health_check_interval"]
+        kw["health_check_interval"] = (None if v in ("", "off") else
+                                       t.duration("health_check_interval"))
+        if kw["health_check_interval"] is not None and not kw["health_check_interval"]:
+            raise t.error("health_check_interval", 'expected a positive duration or "off"')
+    if t.has("misfire_grace_time"):
+        kw["misfire_grace_time"] = t.duration("misfire_grace_time")
+    return kw
+
+
+def parse_backup_settings(t: Table) -> dict[str, Any] | None:
+    """The ``[schedule.backup]`` table: BackupConfig fields, checked by BackupConfig itself
+    after their types are checked here."""
+    from dsbackup.config import BackupConfig
+
+    known = {f.name for f in dataclasses.fields(BackupConfig)}
+    t.check_keys(known)
+    kw: dict[str, Any] = {}
+    for key in t.data:
+        if key in ("compression_level",):
+            kw[key] = t.integer(key, lo=0, hi=9)
+        elif key in ("chunk_size", "workers"):
+            kw[key] = t.integer(key, lo=1)
+        elif key == "chunk_max_bytes":
+            kw[key] = t.size(key)
+        elif key == "timeout":
+            d = t.duration(key)
+            if d is None or d.total_seconds() <= 0:
+                raise t.error(key, "expected a positive duration")
+            kw[key] = d.total_seconds()
+        elif key in ("verify_integrity", "include_metadata", "trust_content_keys"):
+            kw[key] = t.boolean(key)
+        elif key == "exclude_patterns":
+            v = t.data[key]
+            items = [v] if isinstance(v, str) else v
+            t.expect(key, isinstance(items, list) and all(isinstance(p, str) and p
+                                                          for p in items),
+                     'a list of key patterns (["/pins/**"])', v)
+            kw[key] = list(items)
+        else:  # a field added to BackupConfig later: its own checks apply
+            kw[key] = t.data[key]
+    try:
+        BackupConfig(**kw)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise t.error(None, str(exc)) from None
+    return kw or None
+
+
+def _check_scheme(t: Table, source: str) -> None:
+    """A typo in the datastore scheme (``lmbd:``) is refused now, not at the first run."""
+    import difflib
+
+    from dsbackup.datastores.registry import _CUSTOM, SCHEMES, parse_uri
+
+    scheme, _path, _params = parse_uri(source)
+    known = sorted({*SCHEMES, *_CUSTOM})
+    if scheme is not None and scheme not in known:
+        close = difflib.get_close_matches(scheme, known, n=1)
+        hint = f"did you mean '{close[0]}:'?" if close else f"known: {', '.join(known)}"
+        raise t.error("source", f"unknown datastore scheme '{scheme}:' ({hint})")
+
+
+def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
+    t = Table(file, f"[[schedule]] #{i + 1}", job)
+    if isinstance(job.get("id"), str) and job["id"]:
+        t.where = f'[[schedule]] #{i + 1} "{job["id"]}"'
+    t.check_keys(_JOB_KEYS)
+    sid = t.string("id")
+    cron = t.string("cron")
+    try:
+        CronSchedule(cron)
+    except ConfigError as exc:
+        raise t.error("cron", str(exc)) from None
+    source = t.string("source")
+    _check_scheme(t, source)
+    full_every = t.integer("full_every", 7, lo=1)
+    incremental = t.boolean("incremental", False)
+    timeout = t.duration("timeout")
+    if timeout is not None and timeout.total_seconds() <= 0:
+        raise t.error("timeout", "expected a positive duration")
+    backup = Table(file, f'[schedule.backup] of "{sid}"', job.get("backup", {}))
+    retention = (parse_retention(Table(file, f'[schedule.retention] of "{sid}"',
+                                       job["retention"])) if "retention" in job else None)
+    try:
+        return ScheduledBackup(
+            id=sid, name=t.string("name", sid), schedule=cron, source=source,
+            backup_config=parse_backup_settings(backup), enabled=t.boolean("enabled", True),
+            backup_dir=t.path("backup_dir", base), retention_policy=retention,
+            incremental=incremental, full_every=full_every, timeout=timeout)
+    except ConfigError as exc:
+        raise t.error(None, str(exc)) from None
+
+
+def load_config(path: str | Path, *, require_schedules: bool = True) -> LoadedConfig:
+    """Parse and check a TOML configuration file; relative paths are relative to the file.
+
+    Raises ConfigError (one line: file, table and key, what was expected) for anything wrong,
+    and for a file without any ``[[schedule]]`` unless ``require_schedules`` is False.
+    """
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read configuration: {exc}") from exc
+        raise ConfigError(f"{path}: cannot read configuration: "
+                          f"{exc.strerror or type(exc).__name__}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    _check_keys("top level", doc, {"scheduler", "retention", "notifications", "schedule"})
+    top = Table(path, "top level", doc)
+    top.check_keys({"scheduler", "retention", "notifications", "schedule"})
     base = path.parent
+    kw = parse_scheduler(Table(path, "[scheduler]", doc.get("scheduler", {})), base)
+    kw["retention_policy"] = parse_retention(Table(path, "[retention]", doc.get("retention", {})))
+    kw["notification_config"] = parse_notifications(
+        Table(path, "[notifications]", doc.get("notifications", {})), base)
+    try:
+        scheduler = SchedulerConfig(**kw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [scheduler]: {exc}") from None
 
-    def rel(p: str | None) -> Path | None:
-        return None if p is None else (base / Path(p).expanduser())
-
-    s = doc.get("scheduler", {})
-    _check_keys("scheduler", s, _SCHED_KEYS)
-    kw: dict[str, Any] = {
-        "default_backup_dir": rel(s.get("backup_dir", "backups")),
-        "state_path": rel(s.get("state_dir", "dsbackup-state")),
-        "retention_policy": parse_retention("retention", doc.get("retention", {})),
-        "notification_config": parse_notifications(doc.get("notifications", {})),
-        "metrics_textfile": rel(s.get("metrics_textfile")),
-        "min_free_bytes": parse_size(s.get("min_free_bytes")),
-    }
-    if "health_check_interval" in s:
-        kw["health_check_interval"] = (parse_duration(s["health_check_interval"])
-                                       if s["health_check_interval"] not in ("", "off") else None)
-    if "misfire_grace_time" in s:
-        kw["misfire_grace_time"] = parse_duration(s["misfire_grace_time"])
-    for key in ("time_zone", "concurrent_backups", "verify_after_backup", "health_deep_sample",
-                "min_free_ratio", "metrics_port", "poll_interval"):
-        if key in s:
-            kw[key] = s[key]
-    scheduler = SchedulerConfig(**kw)
-
-    schedules = []
+    jobs = doc.get("schedule", [])
+    if not isinstance(jobs, list):
+        raise ConfigError(f"{path}: schedule: expected [[schedule]] tables, got "
+                          f"{shown(jobs)}")
+    schedules: list[ScheduledBackup] = []
     seen: set[str] = set()
-    for i, job in enumerate(doc.get("schedule", [])):
-        where = f"schedule #{i + 1}"
-        _check_keys(where, job, _JOB_KEYS)
-        for req in ("id", "cron", "source"):
-            if req not in job:
-                raise ConfigError(f"[[schedule]] #{i + 1}: missing {req!r}")
-        if job["id"] in seen:
-            raise ConfigError(f"[[schedule]]: duplicate id {job['id']!r}")
-        seen.add(job["id"])
-        schedules.append(ScheduledBackup(
-            id=job["id"], name=job.get("name", job["id"]), schedule=job["cron"],
-            source=job["source"], backup_config=dict(job.get("backup", {})) or None,
-            enabled=job.get("enabled", True), backup_dir=rel(job.get("backup_dir")),
-            retention_policy=(parse_retention(f"{where}.retention", job["retention"])
-                              if "retention" in job else None),
-            incremental=job.get("incremental", False), full_every=job.get("full_every", 7),
-            timeout=parse_duration(job.get("timeout")),
-        ))
+    for i, job in enumerate(jobs):
+        sched = parse_schedule(path, i, job, base)
+        if sched.id in seen:
+            raise ConfigError(f"{path}: [[schedule]] #{i + 1}: duplicate id {sched.id!r}")
+        seen.add(sched.id)
+        schedules.append(sched)
+    if require_schedules and not schedules:
+        raise ConfigError(f"{path}: no [[schedule]] table: nothing to schedule")
     return LoadedConfig(scheduler, schedules)

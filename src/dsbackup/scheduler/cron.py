@@ -16,7 +16,7 @@ import threading
 from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from dsbackup.errors import ConfigError
 
@@ -29,6 +29,8 @@ def get_zone(name: str | tzinfo | None) -> tzinfo:
         return timezone.utc
     if isinstance(name, tzinfo):
         return name
+    if not isinstance(name, str):
+        raise ConfigError(f"a time zone is a name such as \"Europe/Berlin\", not {name!r}")
     if name.upper() == "UTC":
         return timezone.utc
     try:
@@ -44,11 +46,18 @@ class CronSchedule:
     """
 
     def __init__(self, expression: str, tz: str | tzinfo | None = None) -> None:
+        if not isinstance(expression, str):
+            raise ConfigError(f"a cron expression is a string, not {expression!r}")
         expr = " ".join(expression.split())
         fields = expr.split(" ")
         ok = expr.lower() in ALIASES if expr.startswith("@") else len(fields) in (5, 6)
         if not ok or not croniter.is_valid(expr):
             raise ConfigError(f"invalid cron expression {expression!r}")
+        try:  # "0 0 30 2 *" (February 30th) is valid syntax but never fires
+            croniter(expr, datetime(2001, 1, 1)).get_next(datetime)
+        except (CroniterError, ValueError, OverflowError):
+            raise ConfigError(f"cron expression {expression!r} never fires (no such date)"
+                              ) from None
         self.expression = expr
         self.tz = get_zone(tz)
         self._period: timedelta | None = None

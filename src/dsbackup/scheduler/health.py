@@ -51,6 +51,9 @@ def check_newest_archive(schedule: ScheduledBackup, archives: list[ArchiveEntry]
     if report.ok:
         return CheckResult("verify", schedule.id, True, f"{path.name} verified")
     detail = "; ".join(report.errors) or f"bad chunks {report.bad_chunks}"
+    if report.missing_parent:  # the engine's text suggests --parent-dir, which schedules lack
+        detail = ("a parent archive in its chain is missing (the next run makes a full "
+                  "backup)" if schedule.incremental else "a parent archive is missing")
     return CheckResult("verify", schedule.id, False, f"{path}: verification failed: {detail}")
 
 

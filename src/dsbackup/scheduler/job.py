@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
 
-from dsbackup.errors import DsBackupError, IntegrityError
+from dsbackup.errors import (
+    EXIT_OK,
+    EXIT_WARNING,
+    DsBackupError,
+    IntegrityError,
+    MissingParentError,
+)
 from dsbackup.scheduler.archives import free_archive_path
 from dsbackup.scheduler.clock import Clock
 from dsbackup.scheduler.config import RunRecord, ScheduledBackup
@@ -24,7 +30,7 @@ from dsbackup.scheduler.retention import (
     RetentionResult,
     apply_retention,
 )
-from dsbackup.scheduler.runner import BackupRunner
+from dsbackup.scheduler.runner import BackupRunner, RunResult, VerifyResult
 from dsbackup.scheduler.state import ArchiveEntry
 
 log = logging.getLogger(__name__)
@@ -38,19 +44,68 @@ class JobOutcome:
     warnings: list[str] = field(default_factory=list)
 
 
-def choose_parent(schedule: ScheduledBackup, archives: list[ArchiveEntry]) -> ArchiveEntry | None:
-    """The parent for an incremental run, or None when this run must be a full backup."""
+@dataclass
+class ParentChoice:
+    """The parent of the next run (None: a full backup) and, when an incremental was due but
+    cannot be made safely, why a full backup is made instead (``fallback``)."""
+
+    parent: ArchiveEntry | None
+    fallback: str | None = None
+
+
+def _chain_gap(newest: ArchiveEntry, archives: list[ArchiveEntry]) -> str | None:
+    """Why the chain of ``newest`` is broken in the schedule's catalog, or None."""
+    by_fp = {a.fingerprint: a for a in archives if a.fingerprint}
+    cur, seen = newest, set()
+    while cur.parent is not None and cur.parent in by_fp and cur.parent not in seen:
+        seen.add(cur.parent)
+        parent = by_fp[cur.parent]
+        if not Path(parent.path).exists():
+            return (f"its parent chain is broken: {os.path.basename(parent.path)} (parent of "
+                    f"{os.path.basename(cur.path)}) is missing")
+        cur = parent
+    return None
+
+
+def choose_parent(schedule: ScheduledBackup, archives: list[ArchiveEntry],
+                  runner: BackupRunner | None = None) -> ParentChoice:
+    """The parent for an incremental run, or a full backup when one is due or when the newest
+    archive cannot serve as parent (missing, its chain broken, failing a quick verify).
+
+    A full backup is due every ``full_every``-th run: when the chain of the newest archive is
+    that long, or when ``full_every - 1`` runs (failed ones included) came after the last
+    successful full backup.
+    """
     if not schedule.incremental or not archives:
-        return None
+        return ParentChoice(None)
     by_fp = {a.fingerprint: a for a in archives if a.fingerprint}
     newest = max(archives, key=lambda a: a.created)
-    if not Path(newest.path).exists():
-        return None
     depth, cur = 1, newest
     while cur.parent is not None and cur.parent in by_fp and depth < schedule.full_every:
         depth += 1
         cur = by_fp[cur.parent]
-    return None if depth >= schedule.full_every else newest
+    if (depth >= schedule.full_every
+            or schedule.statistics.runs_since_full >= schedule.full_every - 1):
+        return ParentChoice(None)
+    name = os.path.basename(newest.path)
+    if not Path(newest.path).exists():
+        return ParentChoice(None, f"the newest archive {name} is missing")
+    gap = _chain_gap(newest, archives)
+    if gap is not None:
+        return ParentChoice(None, f"the newest archive {name} cannot be a parent: {gap}")
+    if runner is not None:
+        try:
+            report = runner.verify(Path(newest.path), deep=False, sample=None)
+        except Exception as exc:  # noqa: BLE001 - an unreadable parent means a full backup
+            report = VerifyResult(False, [f"{type(exc).__name__}: {exc}"])
+        if not report.ok:
+            newest.verified = False
+            if report.missing_parent:
+                why = "a parent archive in its chain is missing"
+            else:
+                why = f"it failed a quick verify ({'; '.join(report.errors[:3]) or 'damaged'})"
+            return ParentChoice(None, f"the newest archive {name} cannot be a parent: {why}")
+    return ParentChoice(newest)
 
 
 def retention_items(archives: list[ArchiveEntry]) -> list[RetentionItem]:
@@ -93,8 +148,8 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
     try:
         backup_dir.mkdir(parents=True, exist_ok=True)
         path = free_archive_path(backup_dir, schedule.name, started)
-        parent = choose_parent(schedule, archives)
-        res = runner.run(schedule, path, cancel, parent=Path(parent.path) if parent else None)
+        choice = choose_parent(schedule, archives, runner)
+        res, choice = _make_archive(schedule, runner, path, cancel, choice)
         verified: bool | None = None
         if verify:
             report = runner.verify(res.path, deep=False, sample=None)
@@ -111,7 +166,10 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
         archives.append(entry)
         record = RunRecord(ok=True, started=started, finished=clock.now(), trigger=trigger,
                            archive=str(res.path), fingerprint=res.fingerprint, size=res.size,
-                           keys=res.keys, verified=verified)
+                           keys=res.keys, verified=verified,
+                           parent=choice.parent.path if choice.parent else None,
+                           fallback=choice.fallback,
+                           exit_code=EXIT_WARNING if choice.fallback else EXIT_OK)
     except DsBackupError as exc:
         return JobOutcome(_failure(started, clock, trigger, path, exc, exc.exit_code), archives)
     except Exception as exc:  # noqa: BLE001 - a job never raises into the scheduler
@@ -122,9 +180,12 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
             timer.cancel()
 
     outcome = JobOutcome(record, archives)
+    if choice.fallback:
+        outcome.warnings.append(f"full backup instead of an incremental: {choice.fallback}")
     try:
         kept, result, warnings = prune_catalog(archives, policy, record.finished, tz)
-        outcome.archives, outcome.retention, outcome.warnings = kept, result, warnings
+        outcome.archives, outcome.retention = kept, result
+        outcome.warnings += warnings
         record.pruned = sorted(result.pruned_ids)
     except Exception as exc:  # noqa: BLE001 - retention trouble never fails the backup
         log.exception("retention of schedule %s failed", schedule.id)
@@ -132,6 +193,27 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
     for w in outcome.warnings:
         log.warning("schedule %s: %s", schedule.id, w)
     return outcome
+
+
+def _make_archive(schedule: ScheduledBackup, runner: BackupRunner, path: Path,
+                  cancel: threading.Event, choice: ParentChoice) -> tuple[RunResult, ParentChoice]:
+    """Make the archive; an incremental that fails on its parent chain (a parent missing or
+    damaged) is made again as a full backup, so a schedule never sticks on a broken chain."""
+    parent = choice.parent
+    try:
+        return runner.run(schedule, path, cancel, parent=Path(parent.path) if parent else None), \
+            choice
+    except (MissingParentError, IntegrityError) as exc:
+        if parent is None or cancel.is_set():
+            raise
+        parent.verified = False
+        what = ("a parent archive in its chain is missing" if isinstance(exc, MissingParentError)
+                else f"the incremental backup failed ({type(exc).__name__})")
+        log.warning("schedule %s: incremental on %s failed (%s); making a full backup",
+                    schedule.id, parent.path, type(exc).__name__)
+        fallback = ParentChoice(None, f"{os.path.basename(parent.path)} cannot be a parent: "
+                                      f"{what}")
+        return runner.run(schedule, path, cancel, parent=None), fallback
 
 
 def _failure(started: datetime, clock: Clock, trigger: str, path: Path | None, exc: BaseException,

@@ -32,6 +32,7 @@ class VerifyResult:
     ok: bool
     errors: list[str] = field(default_factory=list)
     bad_chunks: list[int] = field(default_factory=list)
+    missing_parent: bool = False  # an archive of the parent chain could not be found
 
 
 @dataclass
@@ -100,7 +101,8 @@ class ManagerRunner:
     def verify(self, path: Path, deep: bool, sample: float | None) -> VerifyResult:
         report = self._manager().verify_backup(path, deep=deep, sample=sample)
         return VerifyResult(bool(report.ok), list(report.errors),
-                            list(getattr(report, "bad_chunks", []) or []))
+                            list(getattr(report, "bad_chunks", []) or []),
+                            "parent" in (getattr(report, "bad_parts", None) or []))
 
     def inspect(self, path: Path) -> ArchiveInfo:
         meta = self._manager().inspect(path)

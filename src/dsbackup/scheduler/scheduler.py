@@ -191,6 +191,8 @@ class BackupScheduler:
     def _account(schedule: ScheduledBackup, rec: RunRecord) -> None:
         stats = schedule.statistics
         stats.runs += 1
+        # every run counts towards the next full backup, failed ones too; a full resets it
+        stats.runs_since_full = 0 if rec.ok and rec.parent is None else stats.runs_since_full + 1
         stats.total_duration += rec.duration
         if rec.ok:
             stats.successes += 1
@@ -345,9 +347,12 @@ class BackupScheduler:
                                    "archive": rec.archive}
         if rec.ok:
             details.update(fingerprint=rec.fingerprint, size=rec.size, keys=rec.keys,
-                           pruned=rec.pruned, warnings=warnings)
-            outcome = self._notify("success", sched,
-                                   f"backup {sched.name} succeeded: {rec.archive}", details)
+                           parent=rec.parent, fallback=rec.fallback, pruned=rec.pruned,
+                           warnings=warnings)
+            message = f"backup {sched.name} succeeded: {rec.archive}"
+            if rec.fallback:
+                message += f" (a full backup instead of an incremental: {rec.fallback})"
+            outcome = self._notify("success", sched, message, details)
         else:
             details.update(error=rec.error, error_type=rec.error_type, exit_code=rec.exit_code)
             log.error("schedule %s: backup failed: %s", sched.id, rec.error)

@@ -175,3 +175,71 @@ def test_starttls_and_login_keep_the_password_secret(make_scheduler, clock, tmp_
     assert len(inbox.messages) == 1
     assert "wrong-pw-123" not in caplog.text and "wrong-pw-123" not in bad.last_error["email"]
     assert "notification via email failed" in caplog.text
+
+
+def test_server_replies_never_reach_the_log(make_scheduler, clock, caplog):
+    """The SMTP library's exception carries the server's reply (which may echo anything):
+    only the step and the reply code are reported."""
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        return AuthResult(success=False, handled=False,
+                          message="535 no such user backup pw=echoed-SECRET")
+
+    ctl, port = start_smtp(Inbox(), authenticator=authenticator, auth_required=True,
+                           auth_require_tls=False)
+    try:
+        d = NotificationDispatcher.from_config(cfg(
+            port, smtp_username="backup", smtp_password="echoed-SECRET-x",
+            smtp_allow_plaintext_auth=True))
+        from dsbackup.scheduler.notify.base import Event
+        ev = Event("failure", "db", "db", datetime(2026, 1, 1, tzinfo=UTC), "it broke", {})
+        with caplog.at_level(logging.DEBUG):
+            assert d.dispatch(ev) == {"email": False}
+    finally:
+        ctl.stop()
+    err = d.last_error["email"]
+    assert err == (f"SMTP 127.0.0.1:{port} (none): login failed: authentication rejected "
+                   "(reply 535)")
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("dsbackup")]
+    assert ours and not any("SECRET" in m for m in ours)  # (the test server logs its reply)
+
+
+def test_plaintext_login_when_allowed_and_one_address_as_a_string(make_scheduler, clock,
+                                                                  tmp_path):
+    """``to = "ops@x"`` (a string) is one recipient: the mail arrives (no TypeError)."""
+    from dsbackup.scheduler.config_file import load_config
+
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        logins.append(auth_data.password)
+        return AuthResult(success=True)
+
+    inbox = Inbox()
+    ctl, port = start_smtp(inbox, authenticator=authenticator, auth_required=True,
+                           auth_require_tls=False)
+    f = tmp_path / "s.toml"
+    f.write_text(f"""
+[notifications]
+timeout = "2s"
+[notifications.email]
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+username = "backup"
+password = "pw-plain"
+allow_plaintext_auth = true
+to = "ops@x"
+[[schedule]]
+id = "db"
+cron = "@daily"
+source = "memory:"
+""")
+    try:
+        d = NotificationDispatcher.from_config(load_config(f).scheduler.notification_config)
+        from dsbackup.scheduler.notify.base import Event
+        ev = Event("failure", "db", "db", datetime(2026, 1, 1, tzinfo=UTC), "it broke", {})
+        assert d.dispatch(ev) == {"email": True}, d.last_error
+    finally:
+        ctl.stop()
+    assert logins == [b"pw-plain"]
+    assert [rcpts for rcpts, _ in inbox.messages] == [["ops@x"]]

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from dsbackup.scheduler.config import NotificationConfig
+from dsbackup.scheduler.notify.failure import describe
 from dsbackup.scheduler.notify.redact import Redactor
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,19 @@ class Notifier(Protocol):
         ...
 
     def send(self, event: Event, timeout: float) -> None:
-        """Deliver the event within ``timeout`` seconds in all; raise on failure."""
+        """Deliver the event within ``timeout`` seconds in all; raise on failure.
+
+        Raise :class:`~.failure.NotificationFailure` with a message of safe parts; the text of
+        any other exception is never shown (only its type)."""
         ...
+
+
+def wants_result(event: Event, on_success: bool, on_failure: bool) -> bool:
+    """Whether a service with these switches reports ``event``: a success that needed a
+    fallback (a full backup instead of an incremental) goes to those who want failures too."""
+    if event.kind == "success":
+        return on_success or (on_failure and bool(event.details.get("fallback")))
+    return event.kind in ("failure", "health") and on_failure
 
 
 def build_notifiers(cfg: NotificationConfig) -> list[Notifier]:
@@ -91,7 +103,7 @@ class NotificationDispatcher:
         try:
             notifier.send(event, self.timeout)
         except Exception as exc:  # noqa: BLE001 - any failure of a notifier is only counted
-            done[notifier.name] = f"{type(exc).__name__}: {exc}"
+            done[notifier.name] = describe(exc)  # safe parts only, never the library's text
         else:
             done[notifier.name] = None
 

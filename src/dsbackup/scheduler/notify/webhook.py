@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from dsbackup.scheduler.config import NotificationConfig
-from dsbackup.scheduler.notify.base import Event
+from dsbackup.scheduler.notify.base import Event, wants_result
 from dsbackup.scheduler.notify.http import request
 
 
@@ -22,9 +22,7 @@ class WebhookNotifier:
         self.on_failure = cfg.webhook_on_failure
 
     def wants(self, event: Event) -> bool:
-        if event.kind == "success":
-            return self.on_success
-        return event.kind in ("failure", "health") and self.on_failure
+        return wants_result(event, self.on_success, self.on_failure)
 
     def send(self, event: Event, timeout: float) -> None:
         body = json.dumps(event.to_json()).encode()
