@@ -61,6 +61,13 @@ class ArchiveError(DsBackupError):
     description = "archive error"
 
 
+class ArchiveUnavailable(ArchiveError):
+    """There is no archive to read at a path: missing, a directory, or not readable. Not damage:
+    ``verify`` exits 2 for it, as ``inspect`` and ``restore`` do."""
+
+    description = "archive missing or unreadable"
+
+
 class IntegrityError(ArchiveError):
     """Stored bytes do not match their checksums, or the structure is damaged or hostile.
 

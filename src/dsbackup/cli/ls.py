@@ -8,7 +8,7 @@ import sys
 
 from dsbackup.archive.listing import iter_listing
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.cli._common import JSON_SCHEMA_VERSION, add_json_flag, show_key
+from dsbackup.cli._common import JSON_SCHEMA_VERSION, add_json_flag, escape_key, show_key
 from dsbackup.restore import prefix_bounds
 
 COMMAND = "ls"
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
         elif args.long:
             for k, size, x in rows:
                 digest = f"  {x:016x}" if x is not None else ""
-                out.write(f"{size:>12}{digest}  {show_key(k)}\n")
-        else:
+                out.write(f"{size:>12}{digest}  {escape_key(k)}\n")
+        else:  # keys are untrusted: control characters escaped (docs/CLI.md)
             for k, _size, _x in rows:
-                out.write(show_key(k) + "\n")
+                out.write(escape_key(k) + "\n")
     return 0
