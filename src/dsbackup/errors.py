@@ -102,6 +102,16 @@ class RestoreError(DsBackupError):
     description = "restore failed"
 
 
+class TargetNotEmpty(RestoreError):
+    """A restore in mode "empty" found keys in its target; ``target`` names it."""
+
+    description = "restore target not empty"
+
+    def __init__(self, message: str, *, target: str = "") -> None:
+        super().__init__(message)
+        self.target = target
+
+
 class MigrationError(DsBackupError):
     """A migration failed."""
 

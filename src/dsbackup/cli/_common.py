@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import signal
 import sys
@@ -15,6 +16,8 @@ from typing import Any
 from dsbackup.metadata import Progress
 
 JSON_SCHEMA_VERSION = 1
+
+log = logging.getLogger("dsbackup.cli")
 
 
 def emit_json(command: str, payload: dict[str, Any]) -> None:
@@ -120,6 +123,20 @@ def port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535: {text!r}")
     return value
+
+
+def warn_unanchored(option: str, patterns: list[str]) -> bool:
+    """Warn about each glob that can match no key (keys start with /); True if there was one.
+    A glob matches a whole key, so it must start with / or *."""
+    bad = [p for p in patterns if not p.startswith(("/", "*"))]
+    for p in bad:
+        log.warning("%s %r can match no key: keys start with / (did you mean %r?)",
+                    option, p, "/" + p)
+    return bool(bad)
+
+
+def warn_matched_nothing(what: str) -> None:
+    log.warning("%s matched no key; keys start with /", what)
 
 
 def add_json_flag(parser: Any) -> None:
