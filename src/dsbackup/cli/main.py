@@ -165,8 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         filemodes.set_private_umask(args.umask)
     tune_allocator()  # large chunk buffers are reused instead of page-faulted in each time
     if not getattr(args, "_run", None):
-        parser.print_help(sys.stderr)
-        return EXIT_ERROR
+        parser.error(f"give a command: {', '.join(_command_names())}")
     try:
         rc = int(args._run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
