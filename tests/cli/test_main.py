@@ -149,3 +149,19 @@ def test_restore_help_matches_what_a_bare_path_does(tmp_path, run_cli):
     assert r.returncode == 2 and "give a scheme to create a store" in r.stderr
     r = run_cli("restore", tmp_path / "a.tar.gz", f"lmdb:{tmp_path / 'new'}")
     assert r.returncode == 0, r.stderr
+
+
+def test_tilde_is_expanded_in_archive_paths(tmp_path, run_cli, cli_env):
+    # issue 20, item 9: a quoted "~/..." or --parent=~/... reaches us unexpanded
+    home = tmp_path / "home"
+    home.mkdir()
+    cli_env["HOME"] = str(home)
+    datasets.write_lmdb(str(tmp_path / "s"), iter([(b"/k", b"v")]))
+    r = run_cli("backup", f"lmdb:{tmp_path / 's'}", "~/a.tar.gz", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (home / "a.tar.gz").is_file() and not (tmp_path / "~").exists()
+    r = run_cli("backup", f"lmdb:{tmp_path / 's'}", "~/b.tar.gz", "--parent=~/a.tar.gz",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("inspect", "~/b.tar.gz", "--json", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["backup"]["parent"], r.stderr

@@ -105,6 +105,26 @@ def _setup_logging(verbosity: int) -> None:
     root.setLevel(level)
 
 
+# arguments that name files or directories: a leading ~ is expanded as the shell would (for
+# `--parent=~/a.tar.gz` and quoted paths); datastore URIs are expanded by the registry
+PATH_ARGS = ("archive", "out", "directory", "plan", "parent", "parent_dir", "state", "config",
+             "plot", "metrics_textfile", "state_dir")
+
+
+def _expand_user_paths(args: argparse.Namespace) -> None:
+    def expand(v: Any) -> Any:
+        if isinstance(v, (str, os.PathLike)) and os.fspath(v).startswith("~"):
+            return type(v)(os.path.expanduser(os.fspath(v)))
+        return v
+
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            setattr(args, name, [expand(v) for v in value])
+        elif value is not None:
+            setattr(args, name, expand(value))
+
+
 def _command_label(args: argparse.Namespace) -> str:
     action = getattr(args, "action", None)  # `schedule list` and the like
     return f"{args.command} {action}" if isinstance(action, str) else str(args.command)
@@ -163,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     if args.umask is not None:
         filemodes.set_private_umask(args.umask)
+    _expand_user_paths(args)
     tune_allocator()  # large chunk buffers are reused instead of page-faulted in each time
     if not getattr(args, "_run", None):
         parser.error(f"give a command: {', '.join(_command_names())}")
