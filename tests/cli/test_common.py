@@ -50,3 +50,7 @@ def test_fraction(text, ok):
     else:
         with pytest.raises(argparse.ArgumentTypeError, match=text):
             fraction(text)
+
+
+def test_messages_keep_backslashes_but_lose_control_characters():
+    assert escape_text("key b'/\\xff\x1b[2J'", backslash=False) == "key b'/\\xff\\x1b[2J'"

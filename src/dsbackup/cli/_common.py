@@ -68,9 +68,14 @@ def escape_key(k: bytes) -> str:
     return _UNSAFE.sub(lambda m: _escape_char(m, True), k.decode("utf-8", "surrogateescape"))
 
 
-def escape_text(s: object) -> str:
-    """A manifest string (or any untrusted text) for plain output, escaped as keys are."""
-    return _UNSAFE.sub(lambda m: _escape_char(m, False), str(s))
+def escape_text(s: object, *, backslash: bool = True) -> str:
+    """A manifest string (or any untrusted text) for plain output, escaped as keys are.
+    ``backslash=False`` leaves backslashes alone (messages quoting ``b'\\xff'``): not
+    reversible, but no control character gets through either."""
+    if backslash:
+        return _UNSAFE.sub(lambda m: _escape_char(m, False), str(s))
+    return _UNSAFE.sub(lambda m: m.group() if m.group() == "\\" else _escape_char(m, False),
+                       str(s))
 
 
 def unescape_key(s: str) -> bytes:

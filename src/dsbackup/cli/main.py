@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
@@ -194,17 +195,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dsbackup: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
         if _stdout_closed():  # the reader of our output is gone: quiet, like other tools
             _quiet_stdout()
             return EXIT_OK
-        return _fail(sys.exc_info()[1], args)
+        return _fail(exc, args)
     except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
         return _fail(exc, args)
 
 
-def _fail(exc: BaseException | None, args: argparse.Namespace) -> int:
-    assert exc is not None
+def _fail(exc: Exception, args: argparse.Namespace) -> int:
     message, code = describe_error(exc, args)
     if args.verbose and not isinstance(exc, DsBackupError):
         log.warning("traceback of the error below", exc_info=exc)
@@ -214,7 +214,9 @@ def _fail(exc: BaseException | None, args: argparse.Namespace) -> int:
                                              "message": message, "exit_code": code})
         except BrokenPipeError:
             _quiet_stdout()
-    print(f"dsbackup: error: {escape_text(message)}", file=sys.stderr)
+    with contextlib.suppress(OSError):  # stderr may be a closed pipe too
+        # a message may quote a hostile key or path: no control character reaches the terminal
+        print(f"dsbackup: error: {escape_text(message, backslash=False)}", file=sys.stderr)
     return code
 
 
