@@ -43,10 +43,13 @@ def _command_modules(only: str | None = None) -> list[ModuleType]:
 def _command_in(argv: Sequence[str]) -> str | None:
     """The command named on the command line, when it is a known one: only its module is
     imported (the others, the scheduler's above all, cost start-up time)."""
-    for arg in argv:
+    args = iter(argv)
+    for arg in args:
         if arg in ("-h", "--help", "--version"):
             return None
-        if not arg.startswith("-"):
+        if arg == "--umask":
+            next(args, None)  # its value
+        elif not arg.startswith("-"):
             return arg if arg in _command_names() else None
     return None
 
