@@ -110,6 +110,10 @@ def test_os_and_value_errors_become_one_line_with_exit_2():
     msg, code = main.describe_error(
         OSError(errno.EROFS, os.strerror(errno.EROFS), "/mnt/ro/t"), args)
     assert code == 2 and msg == "/mnt/ro/t: Read-only file system"
+    # EACCES cannot be provoked as root (tests run as root here), so the mapping is shown
+    msg, code = main.describe_error(PermissionError(errno.EACCES, "Permission denied", "/t"),
+                                    args)
+    assert code == 2 and msg == "/t: Permission denied"
     msg, code = main.describe_error(ValueError("sample must be a fraction"), args)
     assert code == 2 and msg.endswith("sample must be a fraction")
     msg, code = main.describe_error(KeyError("x"), args)  # a bug: still one line, exit 2
