@@ -137,6 +137,8 @@ CASES = [
                                        "--exclude", "pins/*"], 1, "pins/*"),
     Case("backup-into-ro", ["backup", "lmdb:{w}/store", "{w}/ro/o.tar.gz"], 2, "{w}/ro",
          needs="ro"),
+    Case("backup-disk-full", ["backup", "lmdb:{w}/upper", "{w}/full/u.tar.gz"], 2,
+         "No space left on device", needs="full"),
     # restore
     Case("restore-missing-archive", ["restore", "{w}/nosuch.tar.gz", "lmdb:{w}/r1"], 2,
          "{w}/nosuch.tar.gz"),
@@ -293,5 +295,6 @@ def test_bad_input(case, workspace, cli_env):
         # one line says what is wrong (argparse's usage line aside), and it is the last one
         errors = [ln for ln in lines if "error" in ln]
         assert len(errors) == 1 and lines[-1] == errors[0], r.stderr
-    with contextlib.suppress(FileNotFoundError):
-        assert not any(p.name.endswith(".tmp") for p in Path(w).iterdir())
+    for d in (Path(w), Path(w) / "full"):  # nothing partial left behind
+        with contextlib.suppress(FileNotFoundError):
+            assert not [p.name for p in d.iterdir() if ".tmp" in p.name]
