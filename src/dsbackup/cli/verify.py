@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{args.archive}: DAMAGED: {len(report.errors)} problem(s)", file=sys.stderr)
             for e in report.errors[:50]:
-                print(f"  {escape_text(e)}", file=sys.stderr)
+                print(f"  {escape_text(e, backslash=False)}", file=sys.stderr)
             for r in report.bad_ranges[:50]:
                 if "first_key" in r:
                     print(f"  chunk {r['chunk']}: keys {escape_key(r['first_key'])} .. "
