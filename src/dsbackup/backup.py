@@ -285,24 +285,45 @@ class BackupManager:
 
 
 def metadata_from_reader(r: ArchiveReader) -> BackupMetadata:
+    """The manifest and summary as metadata; a field of the wrong type (a crafted or foreign
+    manifest: `"created": 5`) is an IntegrityError naming the field, not a crash later."""
     m, s = r.manifest, r.summary
-    settings = m.get("settings", {})
+
+    def field(doc: dict[str, Any], name: str, types: type | tuple[type, ...], default: Any,
+              part: str) -> Any:
+        value = doc.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise IntegrityError(f"{r.path}: {part} field {name!r} has the wrong type "
+                                 f"({type(value).__name__})", part=part)
+        return value
+
+    created = field(m, "created", str, None, "manifest") if "created" in m else None
+    try:
+        timestamp = (parse_timestamp(created) if created is not None
+                     else datetime.fromtimestamp(0, timezone.utc))
+    except ValueError:
+        raise IntegrityError(f"{r.path}: manifest field 'created' is not an ISO 8601 time: "
+                             f"{created[:40]!r}", part="manifest") from None
+    num = (int, float)
+    settings = field(m, "settings", dict, {}, "manifest")
     return BackupMetadata(
-        path=str(r.path), version=m.get("version", 0),
-        timestamp=parse_timestamp(m["created"]) if "created" in m else datetime.fromtimestamp(
-            0, timezone.utc),
-        total_keys=s.get("records", 0), total_size=s.get("raw_bytes", 0),
-        compressed_size=r.size, chunks=r.chunk_count, fingerprint=s.get("fingerprint", ""),
+        path=str(r.path), version=m.get("version", 0), timestamp=timestamp,
+        total_keys=field(s, "records", int, 0, "summary"),
+        total_size=field(s, "raw_bytes", int, 0, "summary"),
+        compressed_size=r.size, chunks=r.chunk_count,
+        fingerprint=field(s, "fingerprint", str, "", "summary"),
         compression={"level": settings.get("compression_level"),
                      "engine": settings.get("engine")},
-        config=settings, datastore=m.get("source", {}),
+        config=settings, datastore=field(m, "source", dict, {}, "manifest"),
         statistics=BackupStatistics(
-            duration_s=s.get("duration_s", 0.0), keys_processed=s.get("records", 0),
+            duration_s=field(s, "duration_s", num, 0.0, "summary"),
+            keys_processed=s.get("records", 0),
             bytes_processed=s.get("raw_bytes", 0), bytes_compressed=r.size,
-            skipped_keys=s.get("excluded_records", 0),
-            skipped_bytes=s.get("excluded_bytes", 0), workers=s.get("workers", 1),
-            mode=s.get("mode", "")),
-        parent=_parent_fingerprint(m.get("parent")), tool=m.get("tool", ""))
+            skipped_keys=field(s, "excluded_records", int, 0, "summary"),
+            skipped_bytes=field(s, "excluded_bytes", int, 0, "summary"),
+            workers=field(s, "workers", int, 1, "summary"),
+            mode=field(s, "mode", str, "", "summary")),
+        parent=_parent_fingerprint(m.get("parent")), tool=field(m, "tool", str, "", "manifest"))
 
 
 def _parent_fingerprint(parent: Any) -> str | None:

@@ -61,6 +61,13 @@ class ArchiveError(DsBackupError):
     description = "archive error"
 
 
+class ArchiveUnavailable(ArchiveError):
+    """There is no archive to read at a path: missing, a directory, or not readable. Not damage:
+    ``verify`` exits 2 for it, as ``inspect`` and ``restore`` do."""
+
+    description = "archive missing or unreadable"
+
+
 class IntegrityError(ArchiveError):
     """Stored bytes do not match their checksums, or the structure is damaged or hostile.
 
@@ -93,6 +100,16 @@ class RestoreError(DsBackupError):
     """A restore failed."""
 
     description = "restore failed"
+
+
+class TargetNotEmpty(RestoreError):
+    """A restore in mode "empty" found keys in its target; ``target`` names it."""
+
+    description = "restore target not empty"
+
+    def __init__(self, message: str, *, target: str = "") -> None:
+        super().__init__(message)
+        self.target = target
 
 
 class MigrationError(DsBackupError):

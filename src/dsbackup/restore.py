@@ -31,6 +31,7 @@ from dsbackup.errors import (
     IntegrityError,
     InvalidKey,
     RestoreError,
+    TargetNotEmpty,
 )
 from dsbackup.keys import Key
 from dsbackup.metadata import Progress, RestoreResult
@@ -291,9 +292,9 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
         write_mode = "overwrite" if mode == "empty" else mode
     else:
         if mode == "empty" and not target.is_empty():
-            raise RestoreError(
+            raise TargetNotEmpty(
                 f"{result.target}: target datastore is not empty; restore into an empty "
-                "store, or choose mode overwrite or skip_existing")
+                "store, or choose mode overwrite or skip_existing", target=result.target)
         write_mode = mode
     state = {"fingerprint": fingerprint, "archive": str(reader.path), "options": options,
              "next_chunk": first_chunk}

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from dsbackup._ext.framing import KeyMatcher
-from dsbackup.errors import RestoreError
+from dsbackup.errors import TargetNotEmpty
 from dsbackup.goformat import iter_go_records
 from dsbackup.metadata import RestoreResult
 
@@ -27,8 +27,9 @@ def restore_go_archive(path: str | os.PathLike[str], target: Any, *, mode: str =
     try:
         result = RestoreResult(archive=str(path), target=getattr(target, "uri", str(target)))
         if mode == "empty" and not target.is_empty():
-            raise RestoreError(f"{result.target}: target datastore is not empty; restore into "
-                               "an empty store, or choose mode overwrite or skip_existing")
+            raise TargetNotEmpty(f"{result.target}: target datastore is not empty; restore "
+                                 "into an empty store, or choose mode overwrite or "
+                                 "skip_existing", target=result.target)
         start, end = prefix_bounds(prefix)
         patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
         matcher = KeyMatcher(patterns) if patterns else None

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from dsbackup.errors import DatastoreError
+from dsbackup.filemodes import private_mode
 
 
 def write_journal(path: Path, state: dict[str, Any]) -> None:
     """Replace the journal at `path` with `state` (written, fsynced, renamed)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, private_mode())
+    with open(fd, "w") as f:
         json.dump(state, f)
         f.flush()
         os.fsync(f.fileno())

@@ -129,3 +129,31 @@ def test_leveldb_is_single_process(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait(timeout=10)
+
+
+def test_tilde_is_expanded_in_every_uri(tmp_path, monkeypatch):
+    # issue 20, item 9: `kubo:~/.ipfs` as documented; `lmdb:~/r` must not create ./~/r
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert parse_uri("kubo:~/.ipfs") == ("kubo", f"{tmp_path}/.ipfs", {})
+    assert parse_uri("flatfs:~/f?shard=x") == ("flatfs", f"{tmp_path}/f", {"shard": "x"})
+    assert parse_uri("~/bare")[1] == f"{tmp_path}/bare"
+    assert parse_uri("lmdb:/abs/~x")[1] == "/abs/~x"  # only a leading ~
+    monkeypatch.chdir(tmp_path / "..")
+    with open_datastore("lmdb:~/r") as ds:
+        ds.put(b"/k", b"v")
+    assert (tmp_path / "r" / "data.mdb").is_file()
+    assert not Path("~").exists()
+
+
+def test_tilde_in_a_restore_target_on_the_command_line(tmp_path, run_cli, cli_env):
+    src = tmp_path / "s"
+    with open_datastore(f"lmdb:{src}") as ds:
+        ds.put(b"/k", b"v")
+    r = run_cli("backup", f"lmdb:{src}", tmp_path / "a.tar.gz")
+    assert r.returncode == 0, r.stderr
+    cli_env["HOME"] = str(tmp_path / "home")
+    (tmp_path / "home").mkdir()
+    r = run_cli("restore", tmp_path / "a.tar.gz", "lmdb:~/r", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "home" / "r" / "data.mdb").is_file()
+    assert not (tmp_path / "~").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ from dsbackup._ext.checksum import xxh3_64, xxh3_64_file
 from dsbackup.archive import format as fmt
 from dsbackup.archive.index import ChunkEntry, Index
 from dsbackup.archive.member import decode_member
-from dsbackup.errors import ArchiveError, IntegrityError
+from dsbackup.errors import ArchiveError, ArchiveUnavailable, IntegrityError
 
 if TYPE_CHECKING:
     from dsbackup.archive.chain import ParentChain
@@ -31,13 +32,16 @@ class ArchiveReader:
         try:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise ArchiveError(f"{self.path}: no such archive") from None
+            raise ArchiveUnavailable(f"{self.path}: no such archive") from None
         except IsADirectoryError:
-            raise ArchiveError(f"{self.path}: is a directory, not an archive") from None
+            raise ArchiveUnavailable(f"{self.path}: is a directory, not an archive") from None
         except OSError as exc:
-            raise ArchiveError(f"{self.path}: cannot open: {exc}") from None
+            raise ArchiveUnavailable(f"{self.path}: cannot open: {exc.strerror}") from None
         try:
-            self.size = os.fstat(self._fd).st_size
+            st = os.fstat(self._fd)
+            if stat.S_ISDIR(st.st_mode):  # open(2) accepts a directory; read(2) would not
+                raise ArchiveUnavailable(f"{self.path}: is a directory, not an archive")
+            self.size = st.st_size
             tail = self.pread(max(0, self.size - fmt.TRAILER_SIZE), min(self.size, fmt.TRAILER_SIZE))
             try:
                 self.trailer = fmt.Trailer.decode(tail, self.size)

@@ -19,7 +19,7 @@ from dsbackup._ext.checksum import Xxh3_128
 from dsbackup._ext.framing import FramingError, scan_payload
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.errors import ArchiveError, IntegrityError, MissingParentError
+from dsbackup.errors import ArchiveError, ArchiveUnavailable, IntegrityError, MissingParentError
 
 _U64 = struct.Struct("<Q")
 
@@ -124,7 +124,8 @@ def verify_archive(
     parent_dirs: list[str | os.PathLike[str]] | None = None,
     check_blocks: bool = False,
 ) -> VerifyReport:
-    """Verify an archive; never raises for damage — the report lists every problem found.
+    """Verify an archive; never raises for damage — the report lists every problem found
+    (`ArchiveUnavailable` when there is no archive at `path`: missing, a directory).
 
     An incremental archive is checked with its parent chain (found beside it or in
     `parent_dirs`): referenced chunks are read from the parents. `check_blocks` (deep only)
@@ -134,6 +135,8 @@ def verify_archive(
     report = VerifyReport(path=str(Path(path)), mode=mode)
     try:
         reader = ArchiveReader(path, parent_dirs=parent_dirs)
+    except ArchiveUnavailable:
+        raise  # nothing to check (missing, a directory, unreadable): not damage
     except (IntegrityError, ArchiveError) as exc:
         report.add(exc)
         report.duration_s = time.perf_counter() - t0

@@ -23,6 +23,7 @@ from dsbackup.archive.tempfiles import (
 )
 from dsbackup.archive.writeback import Writeback
 from dsbackup.errors import ArchiveError
+from dsbackup.filemodes import private_mode
 
 _U64 = struct.Struct("<Q")
 
@@ -107,7 +108,7 @@ class ArchiveWriter:
         self.tmp = temp_path_for(self.final)
         try:
             self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                               0o644)
+                               private_mode())  # 0600 unless --umask says otherwise
         except OSError as exc:
             raise ArchiveError(f"{self.final}: cannot create temporary file: {exc}") from exc
         self._pos = 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+import re
 import signal
 import sys
 import threading
@@ -13,6 +16,8 @@ from typing import Any
 from dsbackup.metadata import Progress
 
 JSON_SCHEMA_VERSION = 1
+
+log = logging.getLogger("dsbackup.cli")
 
 
 def emit_json(command: str, payload: dict[str, Any]) -> None:
@@ -32,7 +37,66 @@ def _default(o: Any) -> Any:
 
 
 def show_key(k: bytes) -> str:
+    """A key as JSON carries it: UTF-8, with bytes that are not UTF-8 as ``\\xNN``."""
     return k.decode("utf-8", "backslashreplace")
+
+
+# Untrusted text on a terminal (docs/CLI.md, "Keys and names on the terminal"): a backslash,
+# C0 controls and DEL become \xNN, C1 controls, Unicode line separators and bidi controls
+# \uNNNN, bytes that are not UTF-8 \xNN; everything else is shown as is. Reversible: \\ is a
+# backslash, \xNN the byte NN, \uNNNN the UTF-8 of that code point.
+_PLAIN_KEY = re.compile(rb"[\x00-\x1f\x7f-\xff\\\\]")
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\\\\\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                     "\ud800-\udfff]")
+
+
+def _escape_char(m: re.Match[str], from_bytes: bool) -> str:
+    c = ord(m.group())
+    if c == 0x5C:
+        return "\\\\"
+    if c < 0x20 or c == 0x7F:
+        return f"\\x{c:02x}"
+    if from_bytes and 0xDC80 <= c <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
+        return f"\\x{c - 0xDC00:02x}"
+    return f"\\u{c:04x}"
+
+
+def escape_key(k: bytes) -> str:
+    """A key for plain output: control characters and backslashes escaped (reversible)."""
+    if _PLAIN_KEY.search(k) is None:
+        return k.decode("ascii")  # the usual key: printable ASCII, nothing to escape
+    return _UNSAFE.sub(lambda m: _escape_char(m, True), k.decode("utf-8", "surrogateescape"))
+
+
+def escape_text(s: object, *, backslash: bool = True) -> str:
+    """A manifest string (or any untrusted text) for plain output, escaped as keys are.
+    ``backslash=False`` leaves backslashes alone (messages quoting ``b'\\xff'``): not
+    reversible, but no control character gets through either."""
+    if backslash:
+        return _UNSAFE.sub(lambda m: _escape_char(m, False), str(s))
+    return _UNSAFE.sub(lambda m: m.group() if m.group() == "\\" else _escape_char(m, False),
+                       str(s))
+
+
+def unescape_key(s: str) -> bytes:
+    """The inverse of :func:`escape_key` (for tools and tests)."""
+    out = bytearray()
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c != "\\":
+            out += c.encode("utf-8", "surrogatepass")
+            i += 1
+        elif s[i + 1] == "\\":
+            out += b"\\"
+            i += 2
+        elif s[i + 1] == "x":
+            out.append(int(s[i + 2:i + 4], 16))
+            i += 4
+        else:  # \uNNNN
+            out += chr(int(s[i + 2:i + 6], 16)).encode("utf-8", "surrogatepass")
+            i += 6
+    return bytes(out)
 
 
 def human_bytes(n: float) -> str:
@@ -41,6 +105,43 @@ def human_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number from 0 to 1 (`verify --sample 0.05`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, such as 0.05: "
+                                         f"{text!r}")
+    return value
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port number (0: any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535: {text!r}")
+    return value
+
+
+def warn_unanchored(option: str, patterns: list[str]) -> bool:
+    """Warn about each glob that can match no key (keys start with /); True if there was one.
+    A glob matches a whole key, so it must start with / or *."""
+    bad = [p for p in patterns if not p.startswith(("/", "*"))]
+    for p in bad:
+        log.warning("%s %r can match no key: keys start with / (did you mean %r?)",
+                    option, p, "/" + p)
+    return bool(bad)
+
+
+def warn_matched_nothing(what: str) -> None:
+    log.warning("%s matched no key; keys start with /", what)
 
 
 def add_json_flag(parser: Any) -> None:

@@ -11,8 +11,11 @@ from dsbackup.cli._common import (
     emit_json,
     human_bytes,
     progress_bar,
+    warn_matched_nothing,
+    warn_unanchored,
 )
 from dsbackup.config import DEFAULT_CHUNK_MAX_BYTES, BackupConfig
+from dsbackup.errors import EXIT_WARNING
 
 COMMAND = "backup"
 HELP = "back up a datastore (URI or path) to an archive"
@@ -48,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    unanchored = warn_unanchored("--exclude", args.exclude)
     from dsbackup.pipeline import forkserver
     from dsbackup.pipeline.scanchoice import likely_parallel
 
@@ -79,4 +83,6 @@ def run(args: argparse.Namespace) -> int:
         if s.skipped_keys:
             print(f"excluded {s.skipped_keys} records ({human_bytes(s.skipped_bytes)})",
                   file=sys.stderr)
-    return 0
+    if args.exclude and not meta.statistics.skipped_keys and not unanchored:
+        warn_matched_nothing("--exclude " + " ".join(args.exclude))
+    return EXIT_WARNING if unanchored else 0

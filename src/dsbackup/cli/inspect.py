@@ -6,7 +6,7 @@ import argparse
 
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.backup import BackupManager
-from dsbackup.cli._common import add_json_flag, emit_json, human_bytes
+from dsbackup.cli._common import add_json_flag, emit_json, escape_text, human_bytes
 
 COMMAND = "inspect"
 HELP = "show an archive's metadata: source, settings, totals, fingerprint"
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
         ("parent", _parent_line(args.archive, meta.parent)),
     ]
     width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+    for k, v in rows:  # manifest strings are untrusted: control characters escaped
+        print(f"{k:<{width}}  {escape_text(v)}")
     return 0
 
 

@@ -5,11 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 
 from dsbackup.archive.listing import iter_listing
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.cli._common import JSON_SCHEMA_VERSION, add_json_flag, show_key
+from dsbackup.cli._common import (
+    JSON_SCHEMA_VERSION,
+    add_json_flag,
+    escape_key,
+    show_key,
+    warn_matched_nothing,
+)
+from dsbackup.errors import EXIT_WARNING
 from dsbackup.restore import prefix_bounds
+
+Row = tuple[bytes, int, "int | None"]
 
 COMMAND = "ls"
 HELP = "list an archive's keys (uses the key catalog when the archive has one)"
@@ -30,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     with ArchiveReader(args.archive, parent_dirs=args.parent_dir) as r:
         r.open_parents()
-        rows = iter_listing(r, start, end)
+        rows = _counted(iter_listing(r, start, end), seen := [0])
         if args.json:
             # JSON lines: a header object, then one object per key (streams for huge archives)
             out.write(json.dumps({"schema": JSON_SCHEMA_VERSION, "command": COMMAND,
@@ -43,8 +53,18 @@ def run(args: argparse.Namespace) -> int:
         elif args.long:
             for k, size, x in rows:
                 digest = f"  {x:016x}" if x is not None else ""
-                out.write(f"{size:>12}{digest}  {show_key(k)}\n")
-        else:
+                out.write(f"{size:>12}{digest}  {escape_key(k)}\n")
+        else:  # keys are untrusted: control characters escaped (docs/CLI.md)
             for k, _size, _x in rows:
-                out.write(show_key(k) + "\n")
+                out.write(escape_key(k) + "\n")
+    if args.prefix is not None and not seen[0]:
+        warn_matched_nothing(f"--prefix {args.prefix}")
+        return EXIT_WARNING
     return 0
+
+
+def _counted(rows: Iterator[Row], seen: list[int]) -> Iterator[Row]:
+    """The rows, noting in seen[0] whether there was one (a prefix that matches nothing)."""
+    for row in rows:
+        seen[0] = 1
+        yield row

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
-import json
 import logging
+import os
 import pkgutil
+import select
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any, NoReturn
 
-from dsbackup import cli
+from dsbackup import cli, filemodes
 from dsbackup._version import __version__
+from dsbackup.cli._common import emit_json, escape_text
 from dsbackup.datastores._alloc import tune_allocator
-from dsbackup.errors import EXIT_ERROR, EXIT_INTERRUPTED, DsBackupError
+from dsbackup.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, DsBackupError
 
 log = logging.getLogger("dsbackup")
 
@@ -38,27 +43,60 @@ def _command_modules(only: str | None = None) -> list[ModuleType]:
 def _command_in(argv: Sequence[str]) -> str | None:
     """The command named on the command line, when it is a known one: only its module is
     imported (the others, the scheduler's above all, cost start-up time)."""
-    for arg in argv:
+    args = iter(argv)
+    for arg in args:
         if arg in ("-h", "--help", "--version"):
             return None
-        if not arg.startswith("-"):
+        if arg == "--umask":
+            next(args, None)  # its value
+        elif not arg.startswith("-"):
             return arg if arg in _command_names() else None
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr (exit 2), naming the command and its --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _umask(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"expected an octal umask such as 077 or 022: {text!r}")
+    return value
+
+
+def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
+    """Options taken before and after the command (`dsbackup -v ls A`, `dsbackup ls -v A`);
+    after the command they default to SUPPRESS so they do not hide the ones before it."""
+    p.add_argument("-v", "--verbose", action="count", default=0 if default is None else default,
+                   help="more log output")
+    p.add_argument("--umask", type=_umask, default=default, metavar="OCTAL",
+                   help="mode of archives, journals and spill files: 0666 minus this umask "
+                        "(default 077: owner only)")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dsbackup",
         description="Back up, restore, verify and migrate IPFS-style key/value datastores.",
     )
     parser.add_argument("--version", action="version", version=f"dsbackup {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _global_options(parser, None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for mod in _command_modules(only):
         p = sub.add_parser(mod.COMMAND, help=getattr(mod, "HELP", None),
                            description=getattr(mod, "HELP", None))
+        _global_options(p, argparse.SUPPRESS)
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        operands = [a.dest for a in p._actions
+                    if not a.option_strings and a.dest != argparse.SUPPRESS]
+        p.set_defaults(_run=mod.run, _operands=operands)
     return parser
 
 
@@ -71,29 +109,118 @@ def _setup_logging(verbosity: int) -> None:
     root.setLevel(level)
 
 
+# arguments that name files or directories: a leading ~ is expanded as the shell would (for
+# `--parent=~/a.tar.gz` and quoted paths); datastore URIs are expanded by the registry
+PATH_ARGS = ("archive", "out", "directory", "plan", "parent", "parent_dir", "state", "config",
+             "plot", "metrics_textfile", "state_dir")
+
+
+def _expand_user_paths(args: argparse.Namespace) -> None:
+    def expand(v: Any) -> Any:
+        if isinstance(v, (str, os.PathLike)) and os.fspath(v).startswith("~"):
+            return type(v)(os.path.expanduser(os.fspath(v)))
+        return v
+
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            setattr(args, name, [expand(v) for v in value])
+        elif value is not None:
+            setattr(args, name, expand(value))
+
+
+def _command_label(args: argparse.Namespace) -> str:
+    action = getattr(args, "action", None)  # `schedule list` and the like
+    return f"{args.command} {action}" if isinstance(action, str) else str(args.command)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe or socket whose reader has gone (`dsbackup ls A | head -1`)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poll.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
+    """One line and an exit code for an exception that reached the command line: the
+    package's errors carry their own code; an OSError or ValueError is an error of the
+    environment or an input (exit 2), named by its file or, without one, by the command's
+    operands; anything else is a bug, shown as one line (the traceback with -v)."""
+    if isinstance(exc, DsBackupError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, OSError):
+        what = exc.strerror or str(exc)
+        if exc.errno == errno.ENOSPC:
+            what = "no space left on device"
+        if exc.filename is not None:
+            names = [os.fsdecode(exc.filename)]
+            if exc.filename2 is not None:
+                names.append(os.fsdecode(exc.filename2))
+            return f"{' -> '.join(names)}: {what}", EXIT_ERROR
+        return f"{_operands_of(args)}: {what}", EXIT_ERROR
+    if isinstance(exc, ValueError):
+        return f"{_operands_of(args)}: {exc}", EXIT_ERROR
+    return (f"internal error: {type(exc).__name__}: {exc} (a bug: rerun with -v for the "
+            "traceback and report it)"), EXIT_ERROR
+
+
+def _operands_of(args: argparse.Namespace) -> str:
+    ops = [str(getattr(args, d)) for d in getattr(args, "_operands", [])
+           if isinstance(getattr(args, d, None), (str, os.PathLike))]
+    return " ".join([_command_label(args), *ops])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    if args.umask is not None:
+        filemodes.set_private_umask(args.umask)
+    _expand_user_paths(args)
     tune_allocator()  # large chunk buffers are reused instead of page-faulted in each time
     if not getattr(args, "_run", None):
-        parser.print_help(sys.stderr)
-        return EXIT_ERROR
+        parser.error(f"give a command: {', '.join(_command_names())}")
     try:
-        return int(args._run(args) or 0)
-    except DsBackupError as exc:
-        if getattr(args, "json", False):
-            json.dump({"ok": False, "error": type(exc).__name__, "message": str(exc),
-                       "exit_code": exc.exit_code}, sys.stdout)
-            sys.stdout.write("\n")
-        print(f"dsbackup: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        rc = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return rc
     except KeyboardInterrupt:
         print("dsbackup: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return EXIT_ERROR
+    except BrokenPipeError as exc:
+        if _stdout_closed():  # the reader of our output is gone: quiet, like other tools
+            _quiet_stdout()
+            return EXIT_OK
+        return _fail(exc, args)
+    except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+        return _fail(exc, args)
+
+
+def _fail(exc: Exception, args: argparse.Namespace) -> int:
+    message, code = describe_error(exc, args)
+    if args.verbose and not isinstance(exc, DsBackupError):
+        log.warning("traceback of the error below", exc_info=exc)
+    if getattr(args, "json", False):
+        try:
+            emit_json(_command_label(args), {"ok": False, "error": type(exc).__name__,
+                                             "message": message, "exit_code": code})
+        except BrokenPipeError:
+            _quiet_stdout()
+    with contextlib.suppress(OSError):  # stderr may be a closed pipe too
+        # a message may quote a hostile key or path: no control character reaches the terminal
+        print(f"dsbackup: error: {escape_text(message, backslash=False)}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

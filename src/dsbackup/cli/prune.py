@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
                           "--keep-weekly, --keep-monthly, --keep-yearly, --max-age")
     if not args.directory.is_dir():
         raise ConfigError(f"{args.directory}: not a directory")
+    if args.state is not None and not args.state.is_dir():
+        # without its verified flags the newest verified archive would lose its protection
+        raise ConfigError(f"--state {args.state}: no such state directory")
     tz = get_zone(args.time_zone) if args.time_zone else None
     from dsbackup.scheduler.runner import ManagerRunner
 
@@ -75,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
     groups: dict[str, list[RetentionItem]] = defaultdict(list)
     paths: dict[str, Path] = {}
     skipped: list[dict[str, str]] = []
-    for path, name, _ in list_archives(args.directory, args.name):
+    found = list_archives(args.directory, args.name)
+    if not found:
+        what = f"named {args.name!r} " if args.name else ""
+        log.warning("%s: no archives %s(<name>_<YYYYmmdd_HHMMSS>.tar.gz): nothing to prune",
+                    args.directory, what)
+    for path, name, _ in found:
         try:
             info = runner.inspect(path)
         except DsBackupError as exc:
@@ -119,4 +127,4 @@ def run(args: argparse.Namespace) -> int:
               + json.dumps([s["path"] for s in skipped]), file=sys.stderr)
     if report["errors"]:
         return 2
-    return EXIT_WARNING if skipped else EXIT_OK
+    return EXIT_WARNING if skipped or (args.name and not found) else EXIT_OK

@@ -12,8 +12,11 @@ from dsbackup.cli._common import (
     emit_json,
     human_bytes,
     progress_bar,
+    warn_matched_nothing,
+    warn_unanchored,
 )
 from dsbackup.config import BackupConfig
+from dsbackup.errors import EXIT_WARNING, TargetNotEmpty
 
 COMMAND = "restore"
 HELP = "restore an archive into a datastore (empty by default)"
@@ -21,7 +24,8 @@ HELP = "restore an archive into a datastore (empty by default)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("archive")
-    p.add_argument("target", help="datastore URI or path (created if missing)")
+    p.add_argument("target", help="datastore URI such as lmdb:PATH (created if missing), or "
+                   "the path of an existing store (its kind is detected)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--overwrite", action="store_true",
                    help="restore into a non-empty target, replacing values")
@@ -39,11 +43,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     mode = "overwrite" if args.overwrite else "skip_existing" if args.skip_existing else "empty"
+    warn_unanchored("--pattern", args.pattern)
     mgr = BackupManager(BackupConfig(workers=args.workers))
-    with cancel_on_signals() as cancel, progress_bar(not args.json, "restore") as bar:
-        res = mgr.restore_backup(args.archive, args.target, mode=mode, prefix=args.prefix,
-                                 pattern=args.pattern or None, progress=bar, cancel=cancel,
-                                 parent_dirs=args.parent_dir)
+    try:
+        with cancel_on_signals() as cancel, progress_bar(not args.json, "restore") as bar:
+            res = mgr.restore_backup(args.archive, args.target, mode=mode, prefix=args.prefix,
+                                     pattern=args.pattern or None, progress=bar,
+                                     cancel=cancel, parent_dirs=args.parent_dir)
+    except TargetNotEmpty as exc:  # name the options, not the API's mode values
+        raise TargetNotEmpty(f"{exc.target}: target datastore is not empty; restore into an "
+                             "empty store, or give --overwrite or --skip-existing",
+                             target=exc.target) from None
     if args.json:
         emit_json(COMMAND, {"ok": True, "restore": res.to_json()})
     else:
@@ -53,4 +63,10 @@ def run(args: argparse.Namespace) -> int:
               f"{res.duration_s:.2f} s{extra}", file=sys.stderr)
         if res.records_skipped:
             print(f"kept {res.records_skipped} existing keys", file=sys.stderr)
+    filtered = args.prefix is not None or args.pattern
+    if (filtered and not res.records_written and not res.records_skipped
+            and res.resumed_from_chunk is None):
+        warn_matched_nothing(" ".join([f"--prefix {args.prefix}"] * (args.prefix is not None)
+                                      + [f"--pattern {p}" for p in args.pattern]))
+        return EXIT_WARNING
     return 0

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dsbackup.cli._common import add_json_flag, emit_json
+from dsbackup.cli._common import add_json_flag, emit_json, port
 from dsbackup.errors import EXIT_OK
 from dsbackup.scheduler.config_file import LoadedConfig, load_config
 from dsbackup.scheduler.cron import CronSchedule, get_zone
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="run the scheduler in the foreground (SIGTERM/SIGINT stop "
                                      "it gracefully; a second signal cancels running backups)")
     run.add_argument("--config", required=True, type=Path, help="TOML configuration file")
-    run.add_argument("--metrics-port", type=int, default=None,
+    run.add_argument("--metrics-port", type=port, default=None,
                      help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any port)")
     run.add_argument("--metrics-textfile", type=Path, default=None,
                      help="write Prometheus metrics to this file (node_exporter textfile)")

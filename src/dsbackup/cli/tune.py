@@ -4,6 +4,7 @@ and recommend settings for a goal or a budget."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dsbackup.cli._common import add_json_flag, emit_json, human_bytes
@@ -66,12 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.plot:  # fail before the measurements when matplotlib is missing
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise ConfigError("--plot needs matplotlib, which is not installed: "
-                              "pip install 'dsbackup[plot]'") from None
+    if args.plot:  # fail before the measurements, not after them
+        _check_plot_path(args.plot)
     if args.reps < 1:
         raise ConfigError("--reps must be at least 1")
     targets = ([t << 10 for t in args.chunk_targets] if args.chunk_targets
@@ -86,6 +83,31 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_table(res)
     return 0 if res.recommended is not None else EXIT_WARNING
+
+
+# what matplotlib's Agg canvas writes (FigureCanvasBase.get_supported_filetypes())
+PLOT_FORMATS = ("eps", "jpeg", "jpg", "pdf", "pgf", "png", "ps", "raw", "rgba", "svg", "svgz",
+                "tif", "tiff", "webp")
+
+
+def _check_plot_path(path: str) -> None:
+    """The directory exists, the suffix is an image format, matplotlib is installed."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--plot {path}: directory {parent} does not exist")
+    if os.path.isdir(path):
+        raise ConfigError(f"--plot {path}: is a directory")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"--plot {path}: directory {parent} is not writable")
+    suffix = os.path.splitext(path)[1].lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        raise ConfigError(f"--plot {path}: not an image suffix ({suffix or 'none'}); use one of "
+                          + ", ".join("." + f for f in PLOT_FORMATS))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib, which is not installed: "
+                          "pip install 'dsbackup[plot]'") from None
 
 
 def print_table(res: TuneResult) -> None:

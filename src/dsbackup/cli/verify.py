@@ -6,7 +6,14 @@ import argparse
 import sys
 
 from dsbackup.backup import BackupManager
-from dsbackup.cli._common import add_json_flag, emit_json, human_bytes, show_key
+from dsbackup.cli._common import (
+    add_json_flag,
+    emit_json,
+    escape_key,
+    escape_text,
+    fraction,
+    human_bytes,
+)
 from dsbackup.config import BackupConfig
 from dsbackup.errors import EXIT_ERROR, EXIT_INTEGRITY
 
@@ -19,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true",
                    help="structure and member checksums only (no inflate)")
-    g.add_argument("--sample", type=float, default=None, metavar="FRACTION",
+    g.add_argument("--sample", type=fraction, default=None, metavar="FRACTION",
                    help="quick check of everything, deep check of a random fraction of chunks")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--check-blocks", action="store_true",
@@ -52,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{args.archive}: DAMAGED: {len(report.errors)} problem(s)", file=sys.stderr)
             for e in report.errors[:50]:
-                print(f"  {e}", file=sys.stderr)
+                print(f"  {escape_text(e, backslash=False)}", file=sys.stderr)
             for r in report.bad_ranges[:50]:
                 if "first_key" in r:
-                    print(f"  chunk {r['chunk']}: keys {show_key(r['first_key'])} .. "
-                          f"{show_key(r['last_key'])} ({r['records']} records) affected",
+                    print(f"  chunk {r['chunk']}: keys {escape_key(r['first_key'])} .. "
+                          f"{escape_key(r['last_key'])} ({r['records']} records) affected",
                           file=sys.stderr)
     if report.bad_parts == ["parent"] and len(report.errors) == 1:
         return EXIT_ERROR  # a parent archive is missing: nothing found damaged

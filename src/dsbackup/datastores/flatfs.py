@@ -58,6 +58,7 @@ DEFAULT_MAX_NAMES = 1_000_000
 DEFAULT_READ_AHEAD = 16
 _EXT_LEN = len(EXTENSION)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+NAME_MAX = 255  # longest file name on Linux file systems (a key's file is KEY.data)
 
 
 class FlatfsDatastore(BaseDatastore):
@@ -170,6 +171,10 @@ class FlatfsDatastore(BaseDatastore):
                 f"key {key[:80]!r} is not valid for flatfs ({self.path}): flatfs keys are "
                 "'/' followed by 0-9, A-Z, '+', '-', '_' or '=' only (no lower case, no "
                 "nested namespaces)")
+        if len(key) - 1 + len(b".data") > NAME_MAX:
+            raise InvalidKey(
+                f"key {key[:40].decode()}... ({len(key)} bytes) is too long for flatfs "
+                f"({self.path}): its file name would exceed {NAME_MAX} bytes")
 
     def _open_read(self, path: bytes) -> int:
         if self._noatime:

@@ -42,7 +42,8 @@ def register_backend(scheme: str, opener: Opener) -> None:
 
 def parse_uri(uri: str) -> tuple[str | None, str, dict[str, str]]:
     """Split ``scheme:PATH?k=v`` into ``(scheme, path, params)``; scheme is None for a bare
-    path. A one-letter scheme is not recognised (it would be a Windows drive)."""
+    path. A one-letter scheme is not recognised (it would be a Windows drive). A leading
+    ``~`` or ``~user`` of PATH is expanded (``kubo:~/.ipfs``): every URI goes through here."""
     scheme: str | None = None
     rest = uri
     head, sep, tail = uri.partition(":")
@@ -52,6 +53,8 @@ def parse_uri(uri: str) -> tuple[str | None, str, dict[str, str]]:
     if scheme is not None and "?" in rest:
         rest, _, qs = rest.partition("?")
         params = dict(urllib.parse.parse_qsl(qs, keep_blank_values=True))
+    if rest.startswith("~"):  # kubo:~/.ipfs as the shell would expand ~/.ipfs
+        rest = os.path.expanduser(rest)
     return scheme, rest, params
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from dsbackup.errors import JournalCorrupt, MigrationError
+from dsbackup.filemodes import private_mode
 
 __all__ = ["Journal", "JournalCorrupt", "JournalState", "read_stamp", "write_stamp"]
 
@@ -153,7 +154,7 @@ class Journal:
         """Open for appending; cuts off a torn last line first."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, private_mode())
         size = os.fstat(fd).st_size
         if size:
             os.lseek(fd, size - 1, os.SEEK_SET)
@@ -207,7 +208,8 @@ class Journal:
 def write_stamp(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, private_mode())
+    with open(fd, "wb") as f:
         f.write(json.dumps(doc, sort_keys=True, indent=2).encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())

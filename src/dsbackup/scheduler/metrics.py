@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from dsbackup.errors import SchedulerError
 from dsbackup.scheduler.state import atomic_write
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def render_prometheus(metrics: dict[str, Any]) -> str:
 
 def write_textfile(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text.encode())
+    atomic_write(path, text.encode(), mode=0o666)  # node_exporter (another user) reads it
 
 
 class MetricsServer:
@@ -115,7 +116,10 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 log.debug("metrics: " + format, *args)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        try:
+            self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        except OSError as exc:  # port in use, privileged port, ...
+            raise SchedulerError(f"metrics port {port} on 127.0.0.1: {exc.strerror}") from None
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,

@@ -1,0 +1,300 @@
+"""Every subcommand against a table of bad inputs, each as a real subprocess: no traceback, the
+documented exit code (docs/EXIT_CODES.md), and one message line naming the thing at fault."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dsbackup import datasets
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.writer import ArchiveWriter
+from dsbackup.backup import BackupManager
+from dsbackup.config import BackupConfig
+
+
+@dataclass
+class Case:
+    id: str
+    argv: list[str]  # {w}: the workspace directory
+    code: int
+    names: str  # what the message line must contain ({w} expanded)
+    needs: str = ""  # "ro" / "full": a mount made by the fixture, skipped without one
+    report: bool = False  # the command prints a report (verify), not one "error:" line
+
+
+def _mount(where: Path, options: str) -> bool:
+    where.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    w = tmp_path_factory.mktemp("bad")
+    store = w / "store"
+    datasets.write_lmdb(str(store), iter(sorted(
+        [(b"/blocks/K%04d" % i, os.urandom(200)) for i in range(100)]
+        + [(b"/pins/%03d" % i, b"pin") for i in range(10)])))
+    mgr = BackupManager(BackupConfig(chunk_size=20, workers=1))
+    mgr.create_backup(f"lmdb:{store}", w / "good.tar.gz")
+    # an incremental whose parent (of another state than good.tar.gz) has gone
+    (w / "pdir").mkdir()
+    older = w / "older"
+    datasets.write_lmdb(str(older), iter([(b"/blocks/K%04d" % i, b"old") for i in range(50)]))
+    mgr.create_backup(f"lmdb:{older}", w / "pdir" / "full.tar.gz")
+    mgr.create_backup(f"lmdb:{store}", w / "inc.tar.gz", parent=w / "pdir" / "full.tar.gz")
+    (w / "pdir" / "full.tar.gz").rename(w / "pdir" / "moved.tar.gz")
+    # keys flatfs can hold, large enough (random) to fill a 64 KiB file system
+    upper = w / "upper"
+    datasets.write_lmdb(str(upper), iter(sorted(
+        [(b"/K%04d" % i, os.urandom(2048)) for i in range(200)])))
+    mgr.create_backup(f"lmdb:{upper}", w / "upper.tar.gz")
+    longkey = w / "longkey"
+    datasets.write_lmdb(str(longkey), iter([(b"/" + b"A" * 300, b"v")]))
+    mgr.create_backup(f"lmdb:{longkey}", w / "longkey.tar.gz")
+    (w / "garbage.tar.gz").write_bytes(os.urandom(5000))
+    (w / "empty.tar.gz").write_bytes(b"")
+    (w / "truncated.tar.gz").write_bytes((w / "good.tar.gz").read_bytes()[:3000])
+    (w / "adir.tar.gz").mkdir()
+    (w / "afile").write_text("not a datastore\n")
+    (w / "emptydir").mkdir()
+    # a checksum-consistent archive whose manifest `created` is a number
+    with ArchiveReader(w / "good.tar.gz") as r:
+        manifest = dict(r.manifest)
+    manifest["created"] = 5
+    with ArchiveWriter(w / "created_int.tar.gz", manifest=manifest) as aw:
+        aw.finish()
+    pr = w / "prune"
+    pr.mkdir()
+    shutil.copy(w / "created_int.tar.gz", pr / "x_20260101_000000.tar.gz")
+    shutil.copy(w / "good.tar.gz", pr / "x_20260102_000000.tar.gz")
+    (w / "bad.toml").write_text("[scheduler\nbackup_dir = \n")
+    (w / "sched.toml").write_text(
+        f'[scheduler]\nbackup_dir = "{w}/sb"\nstate_dir = "{w}/ss"\n\n'
+        f'[[schedule]]\nid = "s"\ncron = "@daily"\nsource = "lmdb:{store}"\n')
+    (w / "plan.toml").write_text("this is [ not a plan\n")
+    (w / "empty.toml").write_text("")
+    mounted = []
+    if _mount(w / "ro", "ro,size=1m"):
+        mounted.append(w / "ro")
+    if _mount(w / "full", "size=64k"):
+        mounted.append(w / "full")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        yield {"w": w, "mounts": {p.name for p in mounted}, "busy_port": busy.getsockname()[1]}
+    finally:
+        busy.close()
+        for p in mounted:
+            subprocess.run(["umount", "-l", str(p)], capture_output=True)
+
+
+NO_SCHEME = "unknown datastore scheme 'nosuch'"
+
+CASES = [
+    # global
+    Case("no-command", [], 2, "give a command"),
+    Case("unknown-command", ["frobnicate"], 2, "frobnicate"),
+    Case("bad-umask", ["--umask", "999", "inspect", "{w}/good.tar.gz"], 2, "--umask"),
+    Case("bad-umask-after", ["inspect", "{w}/good.tar.gz", "--umask", "x"], 2, "--umask"),
+    Case("unknown-option", ["ls", "{w}/good.tar.gz", "--frob"], 2, "--frob"),
+    # backup
+    Case("backup-missing-source", ["backup", "{w}/nosuch", "{w}/o1.tar.gz"], 2, "{w}/nosuch"),
+    Case("backup-unknown-scheme", ["backup", "nosuch:{w}/store", "{w}/o2.tar.gz"], 2, NO_SCHEME),
+    Case("backup-empty-uri", ["backup", "lmdb:", "{w}/o3.tar.gz"], 2, "lmdb:"),
+    Case("backup-dir-not-store", ["backup", "{w}/emptydir", "{w}/o4.tar.gz"], 2, "{w}/emptydir"),
+    Case("backup-file-not-store", ["backup", "{w}/afile", "{w}/o5.tar.gz"], 2, "{w}/afile"),
+    Case("backup-archive-dir-missing", ["backup", "lmdb:{w}/store", "{w}/nodir/o.tar.gz"], 2,
+         "{w}/nodir"),
+    Case("backup-archive-is-dir", ["backup", "lmdb:{w}/store", "{w}/adir.tar.gz"], 2,
+         "{w}/adir.tar.gz"),
+    Case("backup-level-text", ["backup", "lmdb:{w}/store", "{w}/o6.tar.gz", "--level", "x"], 2,
+         "--level"),
+    Case("backup-level-range", ["backup", "lmdb:{w}/store", "{w}/o7.tar.gz", "--level", "42"],
+         2, "42"),
+    Case("backup-workers-text", ["backup", "lmdb:{w}/store", "{w}/o8.tar.gz", "--workers", "a"],
+         2, "--workers"),
+    Case("backup-timeout-text", ["backup", "lmdb:{w}/store", "{w}/o9.tar.gz", "--timeout", "t"],
+         2, "--timeout"),
+    Case("backup-parent-missing", ["backup", "lmdb:{w}/store", "{w}/o10.tar.gz", "--parent",
+                                   "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
+    Case("backup-parent-garbage", ["backup", "lmdb:{w}/store", "{w}/o11.tar.gz", "--parent",
+                                   "{w}/garbage.tar.gz"], 2, "{w}/garbage.tar.gz"),
+    Case("backup-exclude-unanchored", ["backup", "lmdb:{w}/store", "{w}/o12.tar.gz",
+                                       "--exclude", "pins/*"], 1, "pins/*"),
+    Case("backup-into-ro", ["backup", "lmdb:{w}/store", "{w}/ro/o.tar.gz"], 2, "{w}/ro",
+         needs="ro"),
+    Case("backup-disk-full", ["backup", "lmdb:{w}/upper", "{w}/full/u.tar.gz"], 2,
+         "No space left on device", needs="full"),
+    # restore
+    Case("restore-missing-archive", ["restore", "{w}/nosuch.tar.gz", "lmdb:{w}/r1"], 2,
+         "{w}/nosuch.tar.gz"),
+    Case("restore-archive-is-dir", ["restore", "{w}/adir.tar.gz", "lmdb:{w}/r2"], 2,
+         "{w}/adir.tar.gz"),
+    Case("restore-garbage", ["restore", "{w}/garbage.tar.gz", "lmdb:{w}/r3"], 2,
+         "{w}/garbage.tar.gz"),
+    Case("restore-empty-archive", ["restore", "{w}/empty.tar.gz", "lmdb:{w}/r4"], 3,
+         "{w}/empty.tar.gz"),
+    Case("restore-truncated", ["restore", "{w}/truncated.tar.gz", "lmdb:{w}/r5"], 3,
+         "{w}/truncated.tar.gz"),
+    Case("restore-not-empty", ["restore", "{w}/good.tar.gz", "lmdb:{w}/store"], 2,
+         "--overwrite or --skip-existing"),
+    Case("restore-bare-missing-path", ["restore", "{w}/good.tar.gz", "{w}/r6"], 2, "{w}/r6"),
+    Case("restore-unknown-scheme", ["restore", "{w}/good.tar.gz", "nosuch:{w}/r7"], 2,
+         NO_SCHEME),
+    Case("restore-missing-parent", ["restore", "{w}/inc.tar.gz", "lmdb:{w}/r8"], 2,
+         "full.tar.gz"),
+    Case("restore-pattern-unanchored", ["restore", "{w}/good.tar.gz", "lmdb:{w}/r9",
+                                        "--pattern", "pins/*"], 1, "pins/*"),
+    Case("restore-prefix-nothing", ["restore", "{w}/good.tar.gz", "lmdb:{w}/r10",
+                                    "--prefix", "/nothing"], 1, "--prefix /nothing"),
+    Case("restore-overwrite-and-skip", ["restore", "{w}/good.tar.gz", "lmdb:{w}/r11",
+                                        "--overwrite", "--skip-existing"], 2, "--skip-existing"),
+    Case("restore-flatfs-long-key", ["restore", "{w}/longkey.tar.gz", "flatfs:{w}/r12"], 2,
+         "too long for flatfs"),
+    Case("restore-ro-lmdb", ["restore", "{w}/good.tar.gz", "lmdb:{w}/ro/t"], 2, "{w}/ro/t",
+         needs="ro"),
+    Case("restore-ro-flatfs", ["restore", "{w}/upper.tar.gz", "flatfs:{w}/ro/f"], 2,
+         "{w}/ro/f", needs="ro"),
+    Case("restore-flatfs-disk-full", ["restore", "{w}/upper.tar.gz", "flatfs:{w}/full/f"], 2,
+         "no space left on device", needs="full"),
+    # verify
+    Case("verify-missing", ["verify", "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
+    Case("verify-dir", ["verify", "{w}/adir.tar.gz"], 2, "{w}/adir.tar.gz"),
+    Case("verify-garbage", ["verify", "{w}/garbage.tar.gz"], 3, "{w}/garbage.tar.gz"),
+    Case("verify-empty", ["verify", "{w}/empty.tar.gz"], 3, "{w}/empty.tar.gz"),
+    Case("verify-truncated", ["verify", "{w}/truncated.tar.gz"], 3, "{w}/truncated.tar.gz"),
+    Case("verify-sample-above-1", ["verify", "--sample", "1.5", "{w}/good.tar.gz"], 2,
+         "--sample"),
+    Case("verify-sample-negative", ["verify", "--sample", "-0.1", "{w}/good.tar.gz"], 2,
+         "--sample"),
+    Case("verify-sample-text", ["verify", "--sample", "half", "{w}/good.tar.gz"], 2, "half"),
+    Case("verify-quick-and-sample", ["verify", "--quick", "--sample", "0.1",
+                                     "{w}/good.tar.gz"], 2, "--sample"),
+    Case("verify-missing-parent", ["verify", "{w}/inc.tar.gz"], 2, "full.tar.gz",
+         report=True),
+    Case("verify-workers-text", ["verify", "{w}/good.tar.gz", "--workers", "two"], 2,
+         "--workers"),
+    # inspect
+    Case("inspect-missing", ["inspect", "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
+    Case("inspect-dir", ["inspect", "{w}/adir.tar.gz"], 2, "is a directory"),
+    Case("inspect-garbage", ["inspect", "{w}/garbage.tar.gz"], 2, "not a gzip file"),
+    Case("inspect-empty", ["inspect", "{w}/empty.tar.gz"], 3, "{w}/empty.tar.gz"),
+    Case("inspect-created-int", ["inspect", "{w}/created_int.tar.gz"], 3, "'created'"),
+    Case("inspect-store-not-archive", ["inspect", "{w}/store/data.mdb"], 2, "data.mdb"),
+    # ls
+    Case("ls-missing", ["ls", "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
+    Case("ls-dir", ["ls", "{w}/adir.tar.gz"], 2, "is a directory"),
+    Case("ls-garbage", ["ls", "{w}/garbage.tar.gz"], 2, "{w}/garbage.tar.gz"),
+    Case("ls-prefix-nothing", ["ls", "{w}/good.tar.gz", "--prefix", "/nothing"], 1,
+         "--prefix /nothing"),
+    Case("ls-missing-parent", ["ls", "{w}/inc.tar.gz"], 2, "full.tar.gz"),
+    # consolidate
+    Case("consolidate-missing", ["consolidate", "{w}/nosuch.tar.gz", "{w}/c1.tar.gz"], 2,
+         "{w}/nosuch.tar.gz"),
+    Case("consolidate-out-dir-missing", ["consolidate", "{w}/good.tar.gz",
+                                         "{w}/nodir/c.tar.gz"], 2, "{w}/nodir"),
+    Case("consolidate-out-is-dir", ["consolidate", "{w}/good.tar.gz", "{w}/adir.tar.gz"], 2,
+         "{w}/adir.tar.gz"),
+    Case("consolidate-garbage", ["consolidate", "{w}/garbage.tar.gz", "{w}/c2.tar.gz"], 2,
+         "{w}/garbage.tar.gz"),
+    Case("consolidate-missing-parent", ["consolidate", "{w}/inc.tar.gz", "{w}/c3.tar.gz"], 2,
+         "full.tar.gz"),
+    Case("consolidate-workers-text", ["consolidate", "{w}/good.tar.gz", "{w}/c4.tar.gz",
+                                      "--workers", "many"], 2, "--workers"),
+    # prune
+    Case("prune-missing-dir", ["prune", "{w}/nosuch", "--keep-last", "1"], 2, "{w}/nosuch"),
+    Case("prune-file", ["prune", "{w}/afile", "--keep-last", "1"], 2, "{w}/afile"),
+    Case("prune-no-rule", ["prune", "{w}/prune"], 2, "--keep-last"),
+    Case("prune-state-missing", ["prune", "{w}/prune", "--keep-last", "1", "--state",
+                                 "{w}/nostate"], 2, "{w}/nostate"),
+    Case("prune-name-nothing", ["prune", "{w}/prune", "--keep-last", "1", "--name", "nosuch",
+                                "--dry-run"], 1, "nosuch"),
+    Case("prune-max-age-text", ["prune", "{w}/prune", "--max-age", "soon"], 2, "soon"),
+    Case("prune-time-zone", ["prune", "{w}/prune", "--keep-last", "1", "--time-zone",
+                             "Nowhere/Zone", "--dry-run"], 2, "Nowhere/Zone"),
+    Case("prune-keep-text", ["prune", "{w}/prune", "--keep-last", "all"], 2, "--keep-last"),
+    Case("prune-skips-created-int", ["prune", "{w}/prune", "--keep-last", "5", "--dry-run"], 1,
+         "x_20260101_000000.tar.gz"),
+    # migrate
+    Case("migrate-missing-plan", ["migrate", "{w}/nosuch.toml", "lmdb:{w}/store",
+                                  "lmdb:{w}/m1"], 2, "{w}/nosuch.toml"),
+    Case("migrate-plan-is-dir", ["migrate", "{w}/emptydir", "lmdb:{w}/store", "lmdb:{w}/m2"],
+         2, "{w}/emptydir"),
+    Case("migrate-garbage-plan", ["migrate", "{w}/plan.toml", "lmdb:{w}/store", "lmdb:{w}/m3"],
+         2, "{w}/plan.toml"),
+    Case("migrate-batch-text", ["migrate", "{w}/plan.toml", "lmdb:{w}/store", "lmdb:{w}/m4",
+                                "--batch-size", "big"], 2, "--batch-size"),
+    # schedule
+    Case("schedule-missing-config", ["schedule", "list", "--config", "{w}/nosuch.toml"], 2,
+         "{w}/nosuch.toml"),
+    Case("schedule-config-is-dir", ["schedule", "list", "--config", "{w}/emptydir"], 2,
+         "{w}/emptydir"),
+    Case("schedule-bad-toml", ["schedule", "list", "--config", "{w}/bad.toml"], 2,
+         "{w}/bad.toml"),
+    Case("schedule-no-action", ["schedule"], 2, "ACTION"),
+    Case("schedule-run-once-unknown", ["schedule", "run-once", "nosuch", "--config",
+                                       "{w}/sched.toml"], 2, "nosuch"),
+    Case("schedule-metrics-port-range", ["schedule", "run", "--config", "{w}/sched.toml",
+                                         "--metrics-port", "70000"], 2, "--metrics-port"),
+    Case("schedule-metrics-port-busy", ["schedule", "run", "--config", "{w}/sched.toml",
+                                        "--metrics-port", "{busy}"], 2, "metrics port {busy}"),
+    # tune
+    Case("tune-missing-source", ["tune", "{w}/nosuch"], 2, "{w}/nosuch"),
+    Case("tune-plot-dir-missing", ["tune", "lmdb:{w}/store", "--plot", "{w}/nodir/p.png"], 2,
+         "{w}/nodir"),
+    Case("tune-plot-suffix", ["tune", "lmdb:{w}/store", "--plot", "{w}/plot.txt"], 2,
+         "{w}/plot.txt"),
+    Case("tune-levels-text", ["tune", "lmdb:{w}/store", "--levels", "fast"], 2, "--levels"),
+    Case("tune-max-bytes-text", ["tune", "lmdb:{w}/store", "--max-bytes", "lots"], 2,
+         "--max-bytes"),
+    Case("tune-reps-zero", ["tune", "lmdb:{w}/store", "--reps", "0"], 2, "--reps"),
+    Case("tune-goal", ["tune", "lmdb:{w}/store", "--goal", "fastest"], 2, "--goal"),
+]
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 60
+    commands = {c.argv[0] for c in CASES if c.argv}
+    assert {"backup", "restore", "verify", "inspect", "ls", "consolidate", "prune", "migrate",
+            "schedule", "tune"} <= commands
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, workspace, cli_env):
+    if case.needs and case.needs not in workspace["mounts"]:
+        pytest.skip(f"needs a {case.needs} tmpfs mount (root and mount(8)); none could be made")
+    w = str(workspace["w"])
+
+    def fill(s: str) -> str:
+        return s.replace("{w}", w).replace("{busy}", str(workspace["busy_port"]))
+
+    argv = [fill(a) for a in case.argv]
+    r = subprocess.run([sys.executable, "-m", "dsbackup", *argv], env=cli_env,
+                       capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == case.code, f"exit {r.returncode}\n{r.stderr}"
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    names = fill(case.names)
+    hits = [ln for ln in lines if names in ln]
+    assert hits, f"no line names {names!r}:\n{r.stderr}"
+    if case.code == 2 and not case.report:
+        # one line says what is wrong (argparse's usage line aside), and it is the last one
+        errors = [ln for ln in lines if "error" in ln]
+        assert len(errors) == 1 and lines[-1] == errors[0], r.stderr
+    for d in (Path(w), Path(w) / "full"):  # nothing partial left behind
+        with contextlib.suppress(FileNotFoundError):
+            assert not [p.name for p in d.iterdir() if ".tmp" in p.name]
