@@ -378,6 +378,8 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
     uri_source = None
     try:
         chain = preader.open_parents()  # every ancestor must be there before we rely on it
+        if chain is not None and cfg.include_metadata and preader.index.catalog_count:
+            chain.require_catalogs()  # referenced catalogs must exist all the way down
         target = path.resolve()
         for p in [preader.path] + (chain.paths if chain else []):
             if p.resolve() == target:

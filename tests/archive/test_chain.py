@@ -50,11 +50,15 @@ def twins(tmp_path, run_cli):
 
 
 def test_a_twin_without_the_catalog_is_a_clear_error(tmp_path, run_cli, twins):
-    _, d, _ = twins
+    src, d, _ = twins
     child = d / "child.tar.gz"
     for cmd in (["ls", child], ["ls", "-l", child], ["ls", "--json", child],
                 ["verify", child], ["verify", "--quick", child],
-                ["consolidate", child, tmp_path / "c.tar.gz"]):
+                ["consolidate", child, tmp_path / "c.tar.gz"],
+                # an incremental with a catalog on top would reference catalogs that are not
+                # there: refused before anything is written
+                ["backup", f"lmdb:{src}", tmp_path / "gc.tar.gz", "--parent", child,
+                 "--include-metadata"]):
         r = run_cli(*cmd)
         assert r.returncode == 2, (cmd, r.returncode, r.stderr)
         assert "Traceback" not in r.stderr and "IndexError" not in r.stderr, r.stderr
@@ -65,7 +69,10 @@ def test_a_twin_without_the_catalog_is_a_clear_error(tmp_path, run_cli, twins):
             assert len(lines) == 1 and json.loads(lines[0])["ok"] is False, r.stdout[:300]
         else:
             assert r.stdout == "", (cmd, r.stdout[:200])  # nothing printed before failing
-    assert not (tmp_path / "c.tar.gz").exists()
+    assert not (tmp_path / "c.tar.gz").exists() and not (tmp_path / "gc.tar.gz").exists()
+    # without a catalog of its own, an incremental on top needs none from its parents
+    r = run_cli("backup", f"lmdb:{src}", tmp_path / "gc.tar.gz", "--parent", child)
+    assert r.returncode == 0, r.stderr
     # a restore needs no catalog: the twin's chunks serve it
     r = run_cli("restore", child, f"lmdb:{tmp_path / 'r'}")
     assert r.returncode == 0, r.stderr
