@@ -82,6 +82,12 @@ def test_backup_of_a_bare_path_and_of_sqlite(tmp_path, run_cli, store):
     assert sqlite3.connect(db).execute("select count(*) from sqlite_master").fetchone()
     r = run_cli("backup", f"sqlite:{db}", tmp_path / "ok.tar.gz")  # beside it: fine
     assert r.returncode == 0, r.stderr
+    ff = tmp_path / "ff"
+    with open_datastore(f"flatfs:{ff}?shard=/repo/flatfs/shard/v1/next-to-last/2") as ds:
+        ds.put(b"/CIQA", b"block")
+    r = run_cli("backup", f"flatfs:{ff}", ff / "AA" / "x.tar.gz")
+    assert r.returncode == 2 and "inside the source store" in r.stderr, r.stderr
+    assert not list(ff.rglob("*.tar.gz*"))
 
 
 def test_restore_target_containing_the_archive_is_refused(tmp_path, run_cli, store):
@@ -106,6 +112,9 @@ def test_restore_target_containing_a_parent_is_refused(tmp_path, run_cli, store)
         ds.put(b"/r/00001", b"changed")
     assert run_cli("backup", f"lmdb:{store}", tmp_path / "inc.tar.gz", "--parent",
                    pdir / "full.tar.gz").returncode == 0
+    r = run_cli("backup", f"lmdb:{store}", store / "inc2.tar.gz", "--parent",
+                pdir / "full.tar.gz")  # an incremental is guarded too
+    assert r.returncode == 2 and "inside the source store" in r.stderr
     r = run_cli("restore", tmp_path / "inc.tar.gz", f"flatfs:{pdir}", "--parent-dir", pdir)
     assert r.returncode == 2 and "contains the archive" in r.stderr
     assert "full.tar.gz" in r.stderr
