@@ -46,7 +46,7 @@ def _boot_time() -> float | None:
     return None
 
 
-_TEMP_NAME = re.compile(r"^\.(?P<final>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{12}$")
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{12}$")
 
 
 def lock_temp_file(fd: int) -> None:
@@ -69,10 +69,10 @@ def _unlocked(path: Path) -> int | None:
     return fd
 
 
-def stale_temp_files(directory: Path, final_suffix: str = "") -> list[Path]:
+def stale_temp_files(directory: Path) -> list[Path]:
     """Archive temp files in `directory` whose writer is gone: no process holds the file's
     lock, and its PID does not exist or the file was last written before the system booted
-    (the PID was reused). `final_suffix`: only temps for final names ending so."""
+    (the PID was reused)."""
     stale = []
     boot = _boot_time()
     try:
@@ -81,7 +81,7 @@ def stale_temp_files(directory: Path, final_suffix: str = "") -> list[Path]:
         return []
     for name in names:
         m = _TEMP_NAME.match(name)
-        if not m or not m.group("final").endswith(final_suffix):
+        if not m:
             continue
         pid = int(m.group("pid"))
         path = directory / name
