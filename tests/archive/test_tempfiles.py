@@ -42,6 +42,7 @@ def test_sigkilled_writer_temp_is_removed_by_the_next_run_of_another_name(tmp_pa
     try:
         killed.send_signal(signal.SIGKILL)
         killed.wait()
+        killed.stdout.close()
         assert killed_tmp.exists()  # what a SIGKILL leaves behind
         r = run_cli("backup", f"lmdb:{src}", d / "job_20260102_000000.tar.gz")
         assert r.returncode == 0, r.stderr
@@ -51,6 +52,7 @@ def test_sigkilled_writer_temp_is_removed_by_the_next_run_of_another_name(tmp_pa
     finally:
         live.kill()
         live.wait()
+        live.stdout.close()
     assert stale_temp_files(d) == [live_tmp]  # its writer is gone now
     assert sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) == [
         "job_20260102_000000.tar.gz"]
