@@ -65,7 +65,6 @@ def write_archive(path, records, *, chunk_size=4, chunk_max_bytes=1 << 20, level
                   catalog=False):
     """Write a dsbackup archive of sorted (key, value) records with the native chunker."""
     from dsbackup._ext.framing import Chunker
-
     from dsbackup.archive.writer import ArchiveWriter
     from dsbackup.pipeline.chunks import compress_chunk
 

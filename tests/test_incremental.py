@@ -15,7 +15,12 @@ from dsbackup.archive.reader import ArchiveReader
 from dsbackup.backup import BackupManager
 from dsbackup.config import BackupConfig
 from dsbackup.datastores import open_datastore
-from dsbackup.errors import IntegrityError, MissingParentError
+from dsbackup.errors import (
+    ArchiveExistsError,
+    IntegrityError,
+    MissingParentError,
+    PathConflictError,
+)
 from dsbackup.incremental import archive_fingerprint, choose_parent, parent_of
 from dsbackup.restore import restore_archive
 
@@ -368,8 +373,12 @@ def test_retention_helpers_keep_the_parent_chain(tmp_path, small_store):
     assert parent_map([a, b, c, d]) == {a: None, b: a, c: b, d: None}
     assert required_archives([c], [a, b, c, d]) == {a, b, c}
     assert required_archives([d, b], [a, b, c, d]) == {a, b, d}
-    with pytest.raises(Exception, match="parent archive or one of its ancestors"):
+    with pytest.raises(ArchiveExistsError, match="already exists"):
         mgr.create_backup(ds, a, parent=c)
+    with pytest.raises(ArchiveExistsError, match=r"1 archive\(s\) use it as their parent"):
+        mgr.create_backup(ds, a, parent=c, overwrite=True)
+    with pytest.raises(PathConflictError, match="an archive this one is made from"):
+        BackupManager(BackupConfig(overwrite=True)).create_backup(ds, c, parent=c)
     assert parent_of(a) is None  # untouched
 
 

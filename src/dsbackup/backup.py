@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import resource
@@ -14,6 +15,7 @@ from typing import Any
 
 from dsbackup._ext.compress import ENGINES
 from dsbackup._version import __version__
+from dsbackup.archive import guard
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import VerifyReport, verify_archive
 from dsbackup.archive.writer import ArchiveWriter
@@ -94,6 +96,7 @@ class BackupManager:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         parent_dirs: list[str | os.PathLike[str]] | None = None,
+        overwrite: bool | None = None,
     ) -> BackupMetadata:
         """Back up `source` (a datastore URI or object) to the archive `path`.
 
@@ -103,11 +106,26 @@ class BackupManager:
         With `parent` (an archive) the backup is incremental: unchanged chunks are referenced
         in the parent chain (found beside the parent or in `parent_dirs`), see
         dsbackup.incremental.
+
+        The archive may not lie inside the source store (PathConflictError). A file already at
+        `path` is not replaced (ArchiveExistsError) unless `overwrite` (default: the config's
+        ``overwrite``, False); an archive others use as their parent is never replaced.
         """
         cfg = self.config
+        if overwrite is not None and overwrite != cfg.overwrite:
+            cfg = dataclasses.replace(cfg, overwrite=overwrite)
         cancel = cancel or threading.Event()
         deadline = _Deadline(cancel, cfg.timeout)
         t0 = time.perf_counter()
+        try:
+            guard.check_archive_outside(path, [("source", source)])
+            guard.check_new_archive(path, overwrite=cfg.overwrite,
+                                    inputs=[parent] if parent is not None else [],
+                                    parent_dirs=parent_dirs or [])
+        except DsBackupError:
+            deadline.stop()
+            self._count("backups_failed")
+            raise
         # an incremental opens a URI source itself (LMDB: natively, in this process)
         ds, owned = _open_source(source) if parent is None else (source, False)
         try:
@@ -194,7 +212,7 @@ class BackupManager:
         records = nbytes = 0
         cpu0 = _cpu_seconds()
         with ArchiveWriter(path, manifest=manifest, level=cfg.compression_level,
-                           created=created.timestamp()) as writer:
+                           created=created.timestamp(), overwrite=cfg.overwrite) as writer:
             for c in chunks:
                 if cancel.is_set():
                     raise Cancelled("backup cancelled")

@@ -42,6 +42,10 @@ class BackupConfig:
       content-addressed keys (``/blocks/...``, or every key of a flatfs blockstore: the key is
       the multihash of the value) whose keys and value sizes match the parent's is taken as
       unchanged without reading its values. False reads and compares them.
+    - ``overwrite`` (default False): a file already at the archive path is an error
+      (ArchiveExistsError, exit 2). True replaces it — except an archive that another archive
+      in its directory (or in the given parent directories) uses as its parent, which is
+      never replaced.
     """
 
     compression_level: int = 1
@@ -53,6 +57,7 @@ class BackupConfig:
     exclude_patterns: list[str] = field(default_factory=list)
     workers: int | None = None
     trust_content_keys: bool = True
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.compression_level, int) or not 0 <= self.compression_level <= 9:
@@ -68,6 +73,8 @@ class BackupConfig:
             raise ConfigError(f"timeout must be positive, got {self.timeout!r}")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise ConfigError(f"workers must be a positive integer, got {self.workers!r}")
+        if not isinstance(self.overwrite, bool):
+            raise ConfigError(f"overwrite must be true or false, got {self.overwrite!r}")
         if isinstance(self.exclude_patterns, str):
             self.exclude_patterns = [self.exclude_patterns]
         for p in self.exclude_patterns:

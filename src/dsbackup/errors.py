@@ -84,6 +84,19 @@ class IntegrityError(ArchiveError):
         self.part = part
 
 
+class ArchiveExistsError(ArchiveError):
+    """The output path already holds a file, or an archive other archives depend on."""
+
+    description = "archive exists (not replaced)"
+
+
+class PathConflictError(ConfigError):
+    """An archive would be written into (or replace) a store it reads or writes, or a restore
+    target would contain the archive it is restored from."""
+
+    description = "archive and store paths overlap"
+
+
 class MissingParentError(ArchiveError):
     """An incremental archive refers to a parent archive that cannot be found or does not match."""
 

@@ -101,36 +101,31 @@ def choose_parent(archives: Sequence[str | os.PathLike[str]], full_every: int,
 
 def parent_map(archives: Sequence[str | os.PathLike[str]]) -> dict[Path, Path | None]:
     """Each archive's parent among `archives` (None: a full backup, or a parent not in the
-    list). For retention and prune: an archive whose parent is kept keeps that parent too."""
-    info: dict[Path, tuple[str, str, ParentRef | None]] = {}
-    for a in archives:
-        with ArchiveReader(a) as r:
-            info[Path(a)] = (str(r.summary["fingerprint"]), index_digest(r),
-                             ParentRef.from_manifest(r.manifest, str(a)))
+    list), resolved by content identity (dsbackup.archive.lineage): among twins of the same
+    fingerprint, the very archive the child references. For retention and prune."""
+    from dsbackup.archive.lineage import ArchiveInfo, parent_links
 
-    def resolve(ref: ParentRef | None) -> Path | None:
-        if ref is None:
-            return None
-        # full backups of the same data share a fingerprint: prefer the very archive named
-        same = [p for p, (fp, _, _) in info.items() if fp == ref.fingerprint]
-        exact = [p for p in same if p.name == ref.name and info[p][1] == ref.index_xxh3]
-        named = [p for p in same if p.name == ref.name]
-        return (exact or named or same or [None])[0]
-
-    return {p: resolve(ref) for p, (_, _, ref) in info.items()}
+    links = parent_links([ArchiveInfo.read(a) for a in archives])
+    return {p: (ps[0] if ps else None) for p, ps in links.items()}
 
 
 def required_archives(keep: Sequence[str | os.PathLike[str]],
                       archives: Sequence[str | os.PathLike[str]]) -> set[Path]:
-    """`keep` plus every archive of `archives` that a kept archive needs (its parent chain):
-    prune may delete only archives outside this set."""
-    parents = parent_map(list(archives) + [k for k in keep if k not in archives])
+    """`keep` plus every archive of `archives` that a kept archive needs (its parent chain;
+    every equally good twin when the referenced one is not there): prune may delete only
+    archives outside this set."""
+    from dsbackup.archive.lineage import ArchiveInfo, parent_links
+
+    paths = [Path(a) for a in archives] + [Path(k) for k in keep if Path(k) not in
+                                           {Path(a) for a in archives}]
+    links = parent_links([ArchiveInfo.read(a) for a in paths])
     need: set[Path] = set()
-    for k in keep:
-        cur: Path | None = Path(k)
-        while cur is not None and cur not in need:
+    pending = [Path(k) for k in keep]
+    while pending:
+        cur = pending.pop()
+        if cur not in need:
             need.add(cur)
-            cur = parents.get(cur)
+            pending.extend(links.get(cur, []))
     return need
 
 
@@ -383,6 +378,8 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
     uri_source = None
     try:
         chain = preader.open_parents()  # every ancestor must be there before we rely on it
+        if chain is not None and cfg.include_metadata and preader.index.catalog_count:
+            chain.require_catalogs()  # referenced catalogs must exist all the way down
         target = path.resolve()
         for p in [preader.path] + (chain.paths if chain else []):
             if p.resolve() == target:
@@ -459,7 +456,8 @@ def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
     threads = cfg.effective_workers
     limit = 2 * threads + 2
     with ArchiveWriter(path, manifest=manifest, level=cfg.compression_level,
-                       created=created.timestamp(), parent_fingerprint=pfp) as writer, \
+                       created=created.timestamp(), parent_fingerprint=pfp,
+                       overwrite=cfg.overwrite) as writer, \
             ThreadPoolExecutor(max_workers=threads,
                                thread_name_prefix="dsbackup-compress") as pool:
         window: deque[tuple[str, Any]] = deque()

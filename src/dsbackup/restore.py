@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dsbackup._ext.framing import FramingError, KeyMatcher, decode_records
+from dsbackup.archive import guard
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.writeback import start_writeback
 from dsbackup.errors import (
@@ -222,6 +223,7 @@ def restore_archive(
     t0 = time.perf_counter()
     from dsbackup.goformat import is_go_archive
 
+    guard.check_target_outside(target, [path])
     if is_go_archive(path):
         from dsbackup.restore_go import restore_go_archive
 
@@ -229,7 +231,8 @@ def restore_archive(
                                   batch_bytes=batch_bytes)
     reader = ArchiveReader(path, parent_dirs=parent_dirs)
     try:
-        reader.open_parents()
+        chain = reader.open_parents()
+        guard.check_target_outside(target, chain.paths if chain else [])
     except BaseException:
         reader.close()
         raise

@@ -7,10 +7,13 @@ an archive that stores the chunk. Every hop checks that both entries describe th
 (record count, payload length and XXH3, key digest, first and last key), and the payload read
 at the end is checked against them, so a wrong or altered parent is detected.
 
-Parents are found by name next to the archive, then in the given directories; when the named
-file is missing or is another archive, the directories are searched for an archive with the
-expected fingerprint (a fingerprint fixes every chunk's payload digest and seq, so any archive
-carrying it holds the referenced chunks).
+Parents are found by name next to the archive, then in the given directories (and, for a
+grandparent, next to the top archive too); when the named file is missing or is another
+archive, the directories are searched for an archive with the expected fingerprint (a
+fingerprint fixes every chunk's payload digest and seq, so any archive carrying it holds the
+referenced chunks). Full backups of the same data share a fingerprint ("twins"), so candidates
+are ranked by content identity (:func:`parent_rank`): the very archive the child references
+(same index digest) first, then a twin that has what the child needs (its key catalog).
 """
 
 from __future__ import annotations
@@ -86,50 +89,105 @@ def _fingerprint(reader: ArchiveReader) -> str | None:
         return None
 
 
-def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path]) -> ArchiveReader:
-    """Open the archive `ref` names, or raise MissingParentError naming it."""
-    dirs = [child.parent] + [d for d in search_dirs if d != child.parent]
-    mismatched: list[str] = []
-    candidates = [d / ref.name for d in dirs] if ref.name else []
-    if ref.path and ref.name and Path(ref.path).name == ref.name:
-        candidates.append(child.parent / ref.path)
-    if candidates:
-        for cand in candidates:
-            if not cand.is_file():
-                continue
-            r = _open_if_archive(cand)
-            if r is None:
-                mismatched.append(f"{cand} (not a readable archive)")
-                continue
-            fp = _fingerprint(r)
-            if fp == ref.fingerprint:
-                return r
-            mismatched.append(f"{cand} (fingerprint {fp})")
-            r.close()
-    # the named file is missing or another archive: any archive with the fingerprint will do
+def parent_rank(ref: ParentRef, needs_catalog: bool, name: str, fingerprint: str | None,
+                index_xxh3: str, has_catalog: bool) -> int | None:
+    """How well an archive serves as the parent `ref` names (lower is better), None when it
+    cannot serve: 0 the very archive (fingerprint, index digest and name), 1 a byte-identical
+    index under another name, 2 a twin with the same fingerprint that has what the child needs
+    (a key catalog when the child has one), 3 a twin without the catalog the child needs (its
+    chunks serve a restore; listing or consolidating then fails with MissingParentError)."""
+    if fingerprint != ref.fingerprint:
+        return None
+    if ref.index_xxh3 is None or index_xxh3 == ref.index_xxh3:
+        return 0 if name == ref.name else 1
+    return 3 if needs_catalog and not has_catalog else 2
+
+
+def _rank(ref: ParentRef, needs_catalog: bool, r: ArchiveReader) -> int | None:
+    return parent_rank(ref, needs_catalog, r.path.name, _fingerprint(r), index_digest(r),
+                       r.index.catalog_count > 0)
+
+
+def _unique_dirs(dirs: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    seen: set[str] = set()
     for d in dirs:
-        try:
-            names = sorted(os.listdir(d))
-        except OSError:
-            continue
-        for n in names:
-            cand = d / n
-            if n == ref.name or cand == child or n.startswith(".") or not cand.is_file():
-                continue
-            r = _open_if_archive(cand)
-            if r is None:
-                continue
-            if _fingerprint(r) == ref.fingerprint:
-                return r
+        key = os.path.realpath(d)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path], *,
+                needs_catalog: bool = False) -> ArchiveReader:
+    """Open the archive `ref` names, or raise MissingParentError naming it.
+
+    `child`'s directory is searched first, then `search_dirs`; `needs_catalog`: the child has
+    a key catalog, so a twin without one is the last choice (see :func:`parent_rank`)."""
+    dirs = _unique_dirs([child.parent] + list(search_dirs))
+    mismatched: list[str] = []
+    seen: set[str] = {os.path.realpath(child)}
+    best: tuple[int, ArchiveReader] | None = None
+
+    def consider(cand: Path, named: bool) -> int | None:
+        nonlocal best
+        key = os.path.realpath(cand)
+        if key in seen or not cand.is_file():
+            return None
+        seen.add(key)
+        r = _open_if_archive(cand)
+        if r is None:
+            if named:
+                mismatched.append(f"{cand} (not a readable archive)")
+            return None
+        rank = _rank(ref, needs_catalog, r)
+        if rank is None:
+            if named:
+                mismatched.append(f"{cand} (fingerprint {_fingerprint(r)})")
             r.close()
+        elif best is None or rank < best[0]:
+            if best is not None:
+                best[1].close()
+            best = (rank, r)
+        else:
+            r.close()
+        return rank
+
+    try:
+        named = [d / ref.name for d in dirs] if ref.name else []
+        if ref.path and ref.name and Path(ref.path).name == ref.name:
+            named.append(child.parent / ref.path)
+        for cand in named:
+            if consider(cand, True) == 0:
+                return best[1]  # type: ignore[index]
+        # the named file is missing, another archive or a twin: look for the very archive
+        if best is None or best[0] > 1:
+            for d in dirs:
+                try:
+                    names = sorted(os.listdir(d))
+                except OSError:
+                    continue
+                for n in names:
+                    if n.startswith("."):
+                        continue
+                    if consider(d / n, False) == 1:
+                        return best[1]  # type: ignore[index]
+    except BaseException:
+        if best is not None:
+            best[1].close()
+        raise
+    if best is not None:
+        return best[1]
     what = f"parent archive {ref.name or '(unnamed)'} (fingerprint {ref.fingerprint})"
+    where = ", ".join(map(str, dirs))
     if mismatched:
         raise MissingParentError(
             f"{child}: {what} was altered or replaced: {'; '.join(mismatched)}; no other "
-            f"archive with that fingerprint in {', '.join(map(str, dirs))}")
+            f"archive with that fingerprint in {where}")
     raise MissingParentError(
-        f"{child}: {what} is missing: not found in {', '.join(map(str, dirs))} (give its "
-        "directory with --parent-dir)")
+        f"{child}: {what} is missing: not found in {where} (give its directory with "
+        "--parent-dir)")
 
 
 class ParentChain:
@@ -139,7 +197,8 @@ class ParentChain:
     def __init__(self, reader: ArchiveReader, search_dirs: list[Path] | None = None) -> None:
         self.reader = reader
         self.levels: list[ArchiveReader] = []
-        dirs = [Path(d) for d in (search_dirs or [])]
+        # every ancestor is looked for beside its child, beside the top archive, then in dirs
+        dirs = _unique_dirs([reader.path.parent] + [Path(d) for d in (search_dirs or [])])
         seen = {_fingerprint(reader)}
         cur = reader
         try:
@@ -150,7 +209,8 @@ class ParentChain:
                 if ref.fingerprint in seen or len(self.levels) >= MAX_CHAIN:
                     raise IntegrityError(f"{cur.path}: parent chain loops or is longer than "
                                          f"{MAX_CHAIN} archives", part="manifest")
-                parent = find_parent(ref, cur.path, dirs)
+                parent = find_parent(ref, cur.path, dirs,
+                                     needs_catalog=cur.index.catalog_count > 0)
                 self.levels.append(parent)
                 seen.add(ref.fingerprint)
                 cur = parent
@@ -169,6 +229,15 @@ class ParentChain:
     @property
     def paths(self) -> list[Path]:
         return [r.path for r in self.levels]
+
+    def require_catalogs(self) -> None:
+        """Raise MissingParentError when the archive has a key catalog but an ancestor that
+        holds some of its chunks has none (a twin made without --include-metadata)."""
+        above = self.reader
+        for p in self.levels:
+            if above.index.catalog_count and not p.index.catalog_count:
+                raise MissingParentError(catalog_missing_message(above.path, p.path))
+            above = p
 
     def locate(self, i: int) -> tuple[ArchiveReader, int]:
         """(archive, seq) storing chunk i of the top archive, checked hop by hop."""
@@ -201,3 +270,9 @@ class ParentChain:
         for r in self.levels:
             r.close()
         self.levels = []
+
+
+def catalog_missing_message(child: Path, parent: Path) -> str:
+    return (f"{child}: its key catalog continues in parent {parent}, which has none (an "
+            "archive of the same data made without --include-metadata was found in place of "
+            "the one referenced); put the referenced parent back, or give --parent-dir")

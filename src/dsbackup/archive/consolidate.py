@@ -15,6 +15,7 @@ from typing import Any
 from dsbackup._ext.checksum import crc32, crc32_combine
 from dsbackup._ext.compress import Body, deflate_body
 from dsbackup.archive import format as fmt
+from dsbackup.archive import guard
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import check_payload
 from dsbackup.archive.writer import ArchiveWriter, WrittenArchive
@@ -71,13 +72,23 @@ def _loaded(reader: ArchiveReader, pool: ThreadPoolExecutor, level: int, window:
 
 def consolidate_archive(path: str | os.PathLike[str], out: str | os.PathLike[str], *,
                         parent_dirs: list[str | os.PathLike[str]] | None = None,
-                        threads: int | None = None) -> WrittenArchive:
+                        threads: int | None = None, overwrite: bool = False,
+                        ) -> WrittenArchive:
     """Write `out`: a full archive holding every chunk of `path` (an incremental, or a full
-    archive, which is then copied). The result restores to exactly the same records."""
+    archive, which is then copied). The result restores to exactly the same records.
+
+    `out` may not be `path` or an archive of its parent chain (PathConflictError); a file
+    already at `out` is not replaced (ArchiveExistsError) unless `overwrite`, and never when
+    another archive uses it as its parent (see dsbackup.archive.guard.check_new_archive)."""
     t0 = time.perf_counter()
     threads = threads or min(8, os.cpu_count() or 1)
     with ArchiveReader(path, parent_dirs=parent_dirs) as reader:
         chain = reader.open_parents()
+        guard.check_new_archive(out, overwrite=overwrite,
+                                inputs=[reader.path] + (chain.paths if chain else []),
+                                parent_dirs=parent_dirs or [])
+        if chain is not None:
+            chain.require_catalogs()  # the copy keeps the catalog: every part must be there
         m = dict(reader.manifest)
         s = reader.summary
         source_parent = m.get("parent")
@@ -87,7 +98,7 @@ def consolidate_archive(path: str | os.PathLike[str], out: str | os.PathLike[str
                                       "fingerprint": s.get("fingerprint"),
                                       "parents": [p.name for p in chain.paths] if chain else []}
         level = int((m.get("settings") or {}).get("compression_level", 1))
-        with ArchiveWriter(out, manifest=m, level=level) as w, \
+        with ArchiveWriter(out, manifest=m, level=level, overwrite=overwrite) as w, \
                 ThreadPoolExecutor(max_workers=threads,
                                    thread_name_prefix="dsbackup-consolidate") as pool:
             for c in _loaded(reader, pool, level, 2 * threads):

@@ -13,7 +13,13 @@ from dsbackup._ext.checksum import xxh3_64, xxh3_64_file
 from dsbackup.archive import format as fmt
 from dsbackup.archive.index import ChunkEntry, Index
 from dsbackup.archive.member import decode_member
-from dsbackup.errors import ArchiveError, ArchiveUnavailable, IntegrityError
+from dsbackup.errors import (
+    ArchiveError,
+    ArchiveUnavailable,
+    ConfigError,
+    IntegrityError,
+    MissingParentError,
+)
 
 if TYPE_CHECKING:
     from dsbackup.archive.chain import ParentChain
@@ -27,6 +33,10 @@ class ArchiveReader:
         self.path = Path(path)
         # incremental archives: where to look for parents besides this archive's directory
         self.parent_dirs = [Path(d) for d in (parent_dirs or [])]
+        for d in self.parent_dirs:
+            if not d.is_dir():
+                raise ConfigError(f"parent directory {d} (--parent-dir) "
+                                  f"{'is not a directory' if d.exists() else 'does not exist'}")
         self._chain: ParentChain | None = None
         self._chain_lock = threading.Lock()
         try:
@@ -225,17 +235,27 @@ class ArchiveReader:
             return holder.check_member(seq)
         return self._checked_member(i, catalog=False, keep=False)
 
+    def _catalog_holder(self, i: int) -> tuple[ArchiveReader, int]:
+        """(archive, seq) holding chunk i's catalog: MissingParentError when the parent chain
+        found has no catalog for it (a twin made without --include-metadata)."""
+        holder, seq = self.locate(i)
+        if seq >= holder.index.catalog_count:
+            from dsbackup.archive.chain import catalog_missing_message
+
+            raise MissingParentError(catalog_missing_message(self.path, holder.path))
+        return holder, seq
+
     def check_catalog_member(self, i: int) -> int:
         """Check chunk i's catalog member like check_member; returns its length."""
         if self.entry(i).in_parent:
-            holder, seq = self.locate(i)
+            holder, seq = self._catalog_holder(i)
             return holder.check_catalog_member(seq)
         return self._checked_member(i, catalog=True, keep=False)
 
     def read_catalog_member(self, i: int) -> bytes:
         """The raw bytes of chunk i's catalog member, checked against the index."""
         if self.entry(i).in_parent:
-            holder, seq = self.locate(i)
+            holder, seq = self._catalog_holder(i)
             return holder.read_catalog_member(seq)
         return self._checked_member(i, catalog=True, keep=True)
 
@@ -265,7 +285,7 @@ class ArchiveReader:
     def read_catalog(self, i: int) -> memoryview:
         """Chunk i's key catalog data, after every check."""
         if self.entry(i).in_parent:
-            holder, seq = self.locate(i)
+            holder, seq = self._catalog_holder(i)
             return holder.read_catalog(seq)
         c = self.index.catalog(i)
         raw = self.read_catalog_member(i)

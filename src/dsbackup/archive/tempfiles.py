@@ -1,12 +1,16 @@
 """Temporary archive names beside the destination, and cleanup of ones left by dead writers.
 
-A writer streams to `.<final name>.tmp-<pid>-<random>` in the destination directory and renames
-it into place only when complete, so the final path never holds a partial archive. A temp file
-whose writer process no longer exists is a leftover of a killed run; the next run removes it.
+A writer streams to `.<final name>.tmp-<pid>-<random>` in the destination directory, holding an
+exclusive `flock` on it while it writes, and renames it into place only when complete, so the
+final path never holds a partial archive. A temp file whose writer is gone (its PID no longer
+exists, or the file predates the last boot, and nobody holds its lock) is a leftover of a killed run; the next writer in that
+directory removes it, whatever final name it was meant for (scheduled runs write a new name
+each time). A live writer's file is never removed: its lock is held, and its PID exists.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -30,30 +34,89 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_temp_files(final: Path) -> list[Path]:
-    """Temp files for `final` whose writer process is gone."""
-    pattern = re.compile(r"^\." + re.escape(final.name) + r"\.tmp-(\d+)-[0-9a-f]+$")
-    stale = []
+def _boot_time() -> float | None:
+    """When the system booted (Linux /proc/stat), or None."""
     try:
-        names = os.listdir(final.parent)
-    except FileNotFoundError:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{12}$")
+
+
+def lock_temp_file(fd: int) -> None:
+    """Mark the open temp file as having a live writer (released when the fd is closed or the
+    process dies)."""
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _unlocked(path: Path) -> int | None:
+    """An fd holding the lock of `path` when no writer holds it, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def stale_temp_files(directory: Path) -> list[Path]:
+    """Archive temp files in `directory` whose writer is gone: no process holds the file's
+    lock, and its PID does not exist or the file was last written before the system booted
+    (the PID was reused)."""
+    stale = []
+    boot = _boot_time()
+    try:
+        names = os.listdir(directory)
+    except OSError:
         return []
     for name in names:
-        m = pattern.match(name)
-        if m and not _pid_alive(int(m.group(1))):
-            stale.append(final.parent / name)
+        m = _TEMP_NAME.match(name)
+        if not m:
+            continue
+        pid = int(m.group("pid"))
+        path = directory / name
+        if pid == os.getpid():
+            continue
+        if _pid_alive(pid):
+            try:
+                if boot is None or path.lstat().st_mtime >= boot:
+                    continue
+            except OSError:
+                continue
+        fd = _unlocked(path)
+        if fd is not None:
+            os.close(fd)
+            stale.append(path)
     return stale
 
 
 def remove_stale_temp_files(final: Path) -> list[Path]:
+    """Remove the temp files of dead writers in `final`'s directory (any final name)."""
     removed = []
-    for p in stale_temp_files(final):
+    for p in stale_temp_files(final.parent):
+        fd = _unlocked(p)  # checked again, holding the lock while the name goes
+        if fd is None:
+            continue
         try:
             p.unlink()
             removed.append(p)
-            log.info("removed leftover temporary file %s from an interrupted run", p)
+            log.info("removed leftover temporary file %s of an interrupted run", p)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            log.warning("cannot remove leftover temporary file %s: %s", p, exc)
+        finally:
+            os.close(fd)
     return removed
 
 

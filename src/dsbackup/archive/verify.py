@@ -159,6 +159,8 @@ def verify_archive(
         if report.ok:
             try:
                 chain = reader.open_parents()
+                if chain is not None:
+                    chain.require_catalogs()
                 report.parents = [str(p) for p in chain.paths] if chain else []
                 report.referenced_chunks = sum(e.in_parent for e in reader.index.entries())
             except (MissingParentError, IntegrityError) as exc:

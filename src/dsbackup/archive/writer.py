@@ -18,11 +18,12 @@ from dsbackup.archive import format as fmt
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.tempfiles import (
     fsync_dir,
+    lock_temp_file,
     remove_stale_temp_files,
     temp_path_for,
 )
 from dsbackup.archive.writeback import Writeback
-from dsbackup.errors import ArchiveError
+from dsbackup.errors import ArchiveError, ArchiveExistsError
 from dsbackup.filemodes import private_mode
 
 _U64 = struct.Struct("<Q")
@@ -85,7 +86,9 @@ class _Fsync:
 class ArchiveWriter:
     """Write one archive. Use as a context manager: an exception aborts and removes the temp file.
 
-    ``add_chunk`` must be called in key order; chunk seq numbers are assigned here.
+    ``add_chunk`` must be called in key order; chunk seq numbers are assigned here. A file
+    already at `path` is never replaced unless ``overwrite``: the finished archive is linked
+    into place (atomic, fails when the name exists) and ArchiveExistsError is raised.
     """
 
     def __init__(
@@ -96,12 +99,16 @@ class ArchiveWriter:
         level: int = 1,
         created: float | None = None,
         parent_fingerprint: str | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.final = Path(path)
+        self.overwrite = overwrite
         if not self.final.parent.is_dir():
             raise ArchiveError(f"{self.final}: directory {self.final.parent} does not exist")
         if self.final.is_dir():
             raise ArchiveError(f"{self.final}: is a directory")
+        if not overwrite and os.path.lexists(self.final):
+            raise _exists(self.final)
         self.removed_leftovers = remove_stale_temp_files(self.final)
         self.level = level
         self.created = int(created if created is not None else time.time())
@@ -111,6 +118,10 @@ class ArchiveWriter:
                                private_mode())  # 0600 unless --umask says otherwise
         except OSError as exc:
             raise ArchiveError(f"{self.final}: cannot create temporary file: {exc}") from exc
+        try:
+            lock_temp_file(self._fd)  # marks a live writer: leftover cleanup skips the file
+        except OSError:
+            pass  # a filesystem without flock: the PID in the name still protects the file
         self._pos = 0
         self._writeback = Writeback(self._fd)
         self._index = IndexBuilder()
@@ -281,9 +292,9 @@ class ArchiveWriter:
                     before_rename(self.tmp)
             finally:
                 synced.wait()
+            self._place()
             os.close(self._fd)
             self._closed = True
-            os.rename(self.tmp, self.final)
             fsync_dir(self.final.parent)
         except BaseException:
             self.abort()
@@ -291,6 +302,22 @@ class ArchiveWriter:
         return WrittenArchive(self.final, self._pos, self._index.count, self._records,
                               self._raw_bytes, self._payload_bytes, chunk_bytes, fingerprint,
                               full)
+
+    def _place(self) -> None:
+        """Move the finished temp file to the final name (while its lock is still held)."""
+        if self.overwrite:
+            os.rename(self.tmp, self.final)
+            return
+        try:
+            os.link(self.tmp, self.final)  # fails if the name exists: nothing is replaced
+        except FileExistsError:
+            raise _exists(self.final) from None
+        except OSError:  # no hard links here (some FUSE, SMB): check, then rename
+            if os.path.lexists(self.final):
+                raise _exists(self.final) from None
+            os.rename(self.tmp, self.final)
+            return
+        os.unlink(self.tmp)
 
     def abort(self) -> None:
         """Discard the temp file. Nothing is left at the final path."""
@@ -315,3 +342,8 @@ class ArchiveWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self._closed:
             self.abort()
+
+
+def _exists(path: Path) -> ArchiveExistsError:
+    return ArchiveExistsError(f"{path}: already exists; not replacing it (give --overwrite to "
+                              "replace an archive no other archive depends on)")

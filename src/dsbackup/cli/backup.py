@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-trust-content-keys", action="store_true",
                    help="incremental: read /blocks values even when keys and sizes are "
                    "unchanged (default: a block's key is its hash, so it is not read)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a file already at ARCHIVE (default: refuse); an archive that "
+                   "other archives use as their parent is never replaced")
     add_json_flag(p)
 
 
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
                        verify_integrity=not args.no_verify,
                        include_metadata=args.include_metadata,
                        exclude_patterns=args.exclude, workers=args.workers,
-                       trust_content_keys=not args.no_trust_content_keys)
+                       trust_content_keys=not args.no_trust_content_keys,
+                       overwrite=args.overwrite)
     mgr = BackupManager(cfg)
     with cancel_on_signals() as cancel, progress_bar(not args.json, "backup") as bar:
         meta = mgr.create_backup(args.source, args.archive, parent=args.parent, progress=bar,

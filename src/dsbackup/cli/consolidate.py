@@ -19,12 +19,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to look for parent archives besides ARCHIVE's directory; "
                    "repeatable")
     p.add_argument("--workers", type=int, default=None, help="checking threads")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a file already at OUT (never ARCHIVE or one of its parents, "
+                   "nor an archive that others use as their parent)")
     add_json_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
     w = consolidate_archive(args.archive, args.out, parent_dirs=args.parent_dir,
-                            threads=args.workers)
+                            threads=args.workers, overwrite=args.overwrite)
     if args.json:
         emit_json(COMMAND, {"ok": True, "archive": str(w.path), "chunks": w.chunks,
                             "records": w.records, "size": w.size,

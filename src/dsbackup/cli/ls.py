@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     start, end = prefix_bounds(args.prefix)
     out = sys.stdout
     with ArchiveReader(args.archive, parent_dirs=args.parent_dir) as r:
-        r.open_parents()
+        chain = r.open_parents()
+        if chain is not None:
+            chain.require_catalogs()  # fail before the first line is printed, not halfway
         rows = _counted(iter_listing(r, start, end), seen := [0])
         if args.json:
             # JSON lines: a header object, then one object per key (streams for huge archives)

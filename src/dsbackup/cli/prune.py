@@ -13,12 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dsbackup.archive.lineage import directory_archives
 from dsbackup.cli._common import add_json_flag, emit_json
 from dsbackup.errors import EXIT_OK, EXIT_WARNING, ConfigError, DsBackupError
 from dsbackup.scheduler.archives import list_archives
 from dsbackup.scheduler.cron import get_zone
 from dsbackup.scheduler.durations import parse_duration
-from dsbackup.scheduler.retention import RULES, RetentionItem, RetentionPolicy, apply_retention
+from dsbackup.scheduler.pruning import plan_retention
+from dsbackup.scheduler.retention import RULES, RetentionItem, RetentionPolicy
 
 COMMAND = "prune"
 HELP = "delete old archives in a directory by retention rules (borg prune semantics)"
@@ -90,20 +92,15 @@ def run(args: argparse.Namespace) -> int:
             skipped.append({"path": str(path), "error": str(exc)})
             log.warning("%s: skipped, cannot read its manifest: %s", path, exc)
             continue
-        groups[name].append(RetentionItem(path.name, info.created, path.name in verified,
-                                          info.parent))
+        groups[name].append(RetentionItem(path.name, info.created, path.name in verified))
         paths[path.name] = path
-        if info.fingerprint:
-            paths[f"fp:{info.fingerprint}"] = path
     now = datetime.now(timezone.utc)
     report: dict[str, Any] = {"ok": True, "dry_run": args.dry_run, "groups": {},
                               "skipped": skipped, "deleted": [], "errors": []}
-    for name, items in sorted(groups.items()):
-        # a manifest's parent is a fingerprint: map it to the parent's archive name
-        items = [RetentionItem(i.id, i.timestamp, i.verified,
-                               paths[f"fp:{i.parent}"].name if i.parent and
-                               f"fp:{i.parent}" in paths else None) for i in items]
-        result = apply_retention(items, policy, now, tz)
+    # every ancestor of a kept archive stays, whatever its name (one code path with the
+    # scheduler: dsbackup.scheduler.pruning)
+    results = plan_retention(groups, directory_archives(args.directory), policy, now, tz)
+    for name, result in sorted(results.items()):
         report["groups"][name] = [d.to_json() for d in result.decisions()]
         for d in result.decisions():
             if not args.json:

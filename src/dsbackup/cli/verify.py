@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dsbackup.archive.verify import VerifyReport
 from dsbackup.backup import BackupManager
 from dsbackup.cli._common import (
     add_json_flag,
@@ -56,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
             if args.check_blocks:
                 print(f"  {report.blocks_checked} blocks re-hashed against their keys",
                       file=sys.stderr)
+        elif _parent_missing_only(report):
+            print(f"{args.archive}: not checked, a parent archive is missing or unusable "
+                  f"(nothing found damaged): {report.errors[0]}", file=sys.stderr)
         else:
             print(f"{args.archive}: DAMAGED: {len(report.errors)} problem(s)", file=sys.stderr)
             for e in report.errors[:50]:
@@ -65,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
                     print(f"  chunk {r['chunk']}: keys {escape_key(r['first_key'])} .. "
                           f"{escape_key(r['last_key'])} ({r['records']} records) affected",
                           file=sys.stderr)
-    if report.bad_parts == ["parent"] and len(report.errors) == 1:
+    if _parent_missing_only(report):
         return EXIT_ERROR  # a parent archive is missing: nothing found damaged
     return 0 if report.ok else EXIT_INTEGRITY
+
+
+def _parent_missing_only(report: VerifyReport) -> bool:
+    return report.bad_parts == ["parent"] and len(report.errors) == 1

@@ -372,7 +372,8 @@ class MigrationManager:
         try:
             try:
                 if cfg.backup_before:
-                    result.backup_path = self._backup(plan, cfg, src, journal, state)
+                    result.backup_path = self._backup(plan, cfg, src, journal, state,
+                                                      stores.by_name)
                 ctx = self._run_steps(plan, cfg, stores, result, journal, state, progress,
                                       cancel)
                 if stamp_path is not None:
@@ -421,7 +422,8 @@ class MigrationManager:
                                              result.backup_path)
 
     def _backup(self, plan: MigrationPlan, cfg: MigrationConfig, src: Any,
-                journal: Journal | None, state: JournalState) -> str:
+                journal: Journal | None, state: JournalState,
+                stores: dict[str, Any] | None = None) -> str:
         if state.backup_path and Path(state.backup_path).is_file():
             return state.backup_path  # resumed run: the archive of the untouched source
         try:
@@ -437,9 +439,13 @@ class MigrationManager:
         else:
             raise ConfigError("backup_before needs backup_dir (or state_dir) when the target "
                               "has no filesystem path")
-        bdir.mkdir(parents=True, exist_ok=True)
         stamp = _now().strftime("%Y%m%dT%H%M%SZ")
         path = bdir / f"{plan.id}-{plan.version}-pre-{stamp}.tar.gz"
+        from dsbackup.archive.guard import check_archive_outside
+
+        # the archive may lie in no store of the run (the steps would write over it)
+        check_archive_outside(path, list((stores or {"source": src}).items()))
+        bdir.mkdir(parents=True, exist_ok=True)
         meta = BackupManager(BackupConfig()).create_backup(src, path)
         final = str(getattr(meta, "path", None) or path)
         if journal is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
 
+from dsbackup.archive.lineage import directory_archives
 from dsbackup.errors import (
     EXIT_OK,
     EXIT_WARNING,
@@ -24,11 +25,11 @@ from dsbackup.errors import (
 from dsbackup.scheduler.archives import free_archive_path
 from dsbackup.scheduler.clock import Clock
 from dsbackup.scheduler.config import RunRecord, ScheduledBackup
+from dsbackup.scheduler.pruning import plan_retention
 from dsbackup.scheduler.retention import (
     RetentionItem,
     RetentionPolicy,
     RetentionResult,
-    apply_retention,
 )
 from dsbackup.scheduler.runner import BackupRunner, RunResult, VerifyResult
 from dsbackup.scheduler.state import ArchiveEntry
@@ -109,16 +110,31 @@ def choose_parent(schedule: ScheduledBackup, archives: list[ArchiveEntry],
 
 
 def retention_items(archives: list[ArchiveEntry]) -> list[RetentionItem]:
-    """Archives as retention sees them: ids are file names, parents resolved by fingerprint."""
-    ids = {a.fingerprint: os.path.basename(a.path) for a in archives if a.fingerprint}
-    return [RetentionItem(os.path.basename(a.path), a.created, a.verified,
-                          ids.get(a.parent) if a.parent else None) for a in archives]
+    """Archives as retention sees them: ids are file names (parents come from the files
+    themselves, see :func:`prune_catalog`)."""
+    return [RetentionItem(os.path.basename(a.path), a.created, a.verified) for a in archives]
+
+
+def _state_parents(archives: list[ArchiveEntry]) -> dict[str, list[str]]:
+    """Parents from the state's fingerprints, for archives whose file cannot be read: every
+    archive carrying the parent fingerprint (twins are all kept)."""
+    by_fp: dict[str, list[str]] = {}
+    for a in archives:
+        if a.fingerprint:
+            by_fp.setdefault(a.fingerprint, []).append(os.path.basename(a.path))
+    return {os.path.basename(a.path): by_fp.get(a.parent, []) for a in archives if a.parent}
 
 
 def prune_catalog(archives: list[ArchiveEntry], policy: RetentionPolicy, now: datetime,
                   tz: tzinfo) -> tuple[list[ArchiveEntry], RetentionResult, list[str]]:
-    """Apply retention to a schedule's archives and delete the pruned files."""
-    result = apply_retention(retention_items(archives), policy, now, tz)
+    """Apply retention to a schedule's archives and delete the pruned files. The same code
+    path as `dsbackup prune` (dsbackup.scheduler.pruning): an ancestor of a kept archive, or
+    of any other archive in the same directories, is kept whatever its name."""
+    dirs = sorted({Path(a.path).parent for a in archives})
+    pool = sorted({*(Path(a.path) for a in archives if Path(a.path).is_file()),
+                   *(p for d in dirs for p in directory_archives(d))})
+    result = plan_retention({"schedule": retention_items(archives)}, pool, policy, now, tz,
+                            fallback_parents=_state_parents(archives))["schedule"]
     pruned = result.pruned_ids
     kept, warnings = [], []
     for a in archives:

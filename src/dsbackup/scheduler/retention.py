@@ -16,12 +16,13 @@ On top of borg:
 - ``max_age``: backups older than ``now - max_age`` are not candidates for any rule (with no
   keep_* rule set, every backup within ``max_age`` is kept);
 - the newest backup that passed verification is never pruned;
-- a kept incremental backup keeps its parent (and that parent's parent, …).
+- a kept incremental backup keeps its parent (and that parent's parent, …), whatever group
+  (archive name) the parent is in: :func:`protect_ancestors`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
@@ -175,13 +176,6 @@ def apply_retention(backups: Iterable[Any], policy: RetentionPolicy, now: dateti
     newest_verified = next((i for i in items if i.verified), None)
     if newest_verified is not None and newest_verified.id not in kept:
         kept[newest_verified.id] = ("newest-verified", 1, "newest backup that passed verification")
-    pending = list(kept)
-    while pending:
-        child = by_id[pending.pop()]
-        parent = child.parent
-        if parent is not None and parent in by_id and parent not in kept:
-            kept[parent] = ("parent", 1, f"parent of kept incremental backup {child.id}")
-            pending.append(parent)
 
     for i in items:
         if i.id in kept:
@@ -193,7 +187,40 @@ def apply_retention(backups: Iterable[Any], policy: RetentionPolicy, now: dateti
         else:
             result.pruned.append(Decision(i.id, i.timestamp, False, None, 0,
                                           "not kept by any rule"))
+    protect_ancestors([result], {i.id: [i.parent] for i in items if i.parent is not None})
     return result
+
+
+def protect_ancestors(results: Sequence[RetentionResult],
+                      parents: Mapping[str, Sequence[str]],
+                      also_kept: Iterable[str] = ()) -> None:
+    """Keep every ancestor of every kept backup, across all `results` (groups such as archive
+    names): a pruned decision for an ancestor becomes a kept one whose reason names the child.
+
+    `parents`: each backup's parent ids (several when equally good twins could serve, see
+    dsbackup.archive.lineage); `also_kept`: ids that are not deleted by this run (other names,
+    unmanaged archives) and whose ancestors must therefore stay too. Changes `results`.
+    """
+    pruned: dict[str, tuple[RetentionResult, Decision]] = {}
+    for res in results:
+        for d in res.pruned:
+            pruned[d.id] = (res, d)
+    kept_order = [d.id for res in results for d in sorted(res.kept, key=lambda d: (
+        d.timestamp, d.id), reverse=True)] + [i for i in also_kept]
+    done = set(kept_order)
+    pending = list(reversed(kept_order))
+    while pending:
+        child = pending.pop()
+        for parent in parents.get(child, ()):
+            if parent in done:
+                continue
+            done.add(parent)
+            pending.append(parent)
+            if parent in pruned:
+                res, d = pruned.pop(parent)
+                res.pruned.remove(d)
+                res.kept.append(Decision(d.id, d.timestamp, True, "parent", 1,
+                                         f"parent of kept incremental backup {child}"))
 
 
 _PERIOD_NAMES = {"last": "second", "hourly": "hour", "daily": "day", "weekly": "ISO week",

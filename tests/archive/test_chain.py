@@ -1,0 +1,152 @@
+"""Finding parent archives (issue #20 items 19 and 20): twins are ranked by content identity, a
+parent lacking the key catalog the child needs is a clear exit 2 (never an IndexError, never
+half a listing), --parent-dir must exist, grandparents are also looked for beside the top
+archive, an "altered or replaced" message names a file once, and verify says a parent is
+missing instead of "DAMAGED"."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dsbackup import datasets
+from dsbackup.datastores import open_datastore
+
+N = 1500
+
+
+def _store(tmp_path: Path) -> Path:
+    src = tmp_path / "s"
+    datasets.write_lmdb(str(src), ((b"/r/%05d" % i, b"v%d" % i) for i in range(N)))
+    return src
+
+
+def _change(src: Path, n: int) -> None:
+    with open_datastore(f"lmdb:{src}") as ds:
+        ds.put(b"/r/%05d" % (n * 89), b"changed %d" % n)
+
+
+@pytest.fixture
+def twins(tmp_path, run_cli):
+    """d/with_cat (catalog) and d/twin (none) share a fingerprint; d/child (catalog) is an
+    incremental of with_cat, which is then moved to moved/."""
+    src = _store(tmp_path)
+    d, moved = tmp_path / "d", tmp_path / "moved"
+    d.mkdir()
+    moved.mkdir()
+    assert run_cli("backup", f"lmdb:{src}", d / "with_cat.tar.gz", "--chunk-size", "32",
+                   "--include-metadata").returncode == 0
+    assert run_cli("backup", f"lmdb:{src}", d / "twin.tar.gz", "--chunk-size", "32"
+                   ).returncode == 0
+    _change(src, 1)
+    r = run_cli("backup", f"lmdb:{src}", d / "child.tar.gz", "--parent", d / "with_cat.tar.gz",
+                "--include-metadata")
+    assert r.returncode == 0, r.stderr
+    shutil.move(d / "with_cat.tar.gz", moved / "with_cat.tar.gz")
+    return src, d, moved
+
+
+def test_a_twin_without_the_catalog_is_a_clear_error(tmp_path, run_cli, twins):
+    src, d, _ = twins
+    child = d / "child.tar.gz"
+    for cmd in (["ls", child], ["ls", "-l", child], ["ls", "--json", child],
+                ["verify", child], ["verify", "--quick", child],
+                ["consolidate", child, tmp_path / "c.tar.gz"],
+                # an incremental with a catalog on top would reference catalogs that are not
+                # there: refused before anything is written
+                ["backup", f"lmdb:{src}", tmp_path / "gc.tar.gz", "--parent", child,
+                 "--include-metadata"]):
+        r = run_cli(*cmd)
+        assert r.returncode == 2, (cmd, r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr and "IndexError" not in r.stderr, r.stderr
+        assert "twin.tar.gz" in r.stderr and "key catalog" in r.stderr, r.stderr
+        assert "DAMAGED" not in r.stderr
+        if "--json" in cmd:  # one error object, no header and no key rows before it
+            lines = r.stdout.splitlines()
+            assert len(lines) == 1 and json.loads(lines[0])["ok"] is False, r.stdout[:300]
+        else:
+            assert r.stdout == "", (cmd, r.stdout[:200])  # nothing printed before failing
+    assert not (tmp_path / "c.tar.gz").exists() and not (tmp_path / "gc.tar.gz").exists()
+    # without a catalog of its own, an incremental on top needs none from its parents
+    r = run_cli("backup", f"lmdb:{src}", tmp_path / "gc.tar.gz", "--parent", child)
+    assert r.returncode == 0, r.stderr
+    # a restore needs no catalog: the twin's chunks serve it
+    r = run_cli("restore", child, f"lmdb:{tmp_path / 'r'}")
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_referenced_archive_wins_over_a_twin_beside_the_child(tmp_path, run_cli, twins):
+    _, d, moved = twins
+    child = d / "child.tar.gz"
+    # the twin even takes the referenced archive's name beside the child
+    shutil.copy(d / "twin.tar.gz", d / "with_cat.tar.gz")
+    r = run_cli("verify", child, "--parent-dir", moved, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["parents"] == [str(moved / "with_cat.tar.gz")]
+    r = run_cli("ls", child, "--parent-dir", moved)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.split()) == N
+    r = run_cli("consolidate", child, tmp_path / "c.tar.gz", "--parent-dir", moved)
+    assert r.returncode == 0, r.stderr
+
+
+def test_parent_dir_that_does_not_exist_is_an_error(tmp_path, run_cli, twins):
+    src, d, moved = twins
+    child = d / "child.tar.gz"
+    nosuch = tmp_path / "nosuch"
+    for cmd in (["ls", child], ["verify", child], ["restore", child, f"lmdb:{tmp_path / 'r'}"],
+                ["consolidate", child, tmp_path / "c.tar.gz"],
+                ["backup", f"lmdb:{src}", tmp_path / "n.tar.gz", "--parent", child]):
+        r = run_cli(*cmd, "--parent-dir", moved, "--parent-dir", nosuch)
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert f"parent directory {nosuch} (--parent-dir) does not exist" in r.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "n.tar.gz").exists()
+
+
+def test_grandparent_beside_the_top_archive_is_found_with_parent_dir(tmp_path, run_cli):
+    src = _store(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    assert run_cli("backup", f"lmdb:{src}", a / "full.tar.gz", "--chunk-size", "32"
+                   ).returncode == 0
+    _change(src, 1)
+    assert run_cli("backup", f"lmdb:{src}", a / "inc1.tar.gz", "--parent", a / "full.tar.gz"
+                   ).returncode == 0
+    _change(src, 2)
+    assert run_cli("backup", f"lmdb:{src}", a / "inc2.tar.gz", "--parent", a / "inc1.tar.gz"
+                   ).returncode == 0
+    shutil.move(a / "inc1.tar.gz", b / "inc1.tar.gz")  # only the middle archive moved away
+    r = run_cli("verify", a / "inc2.tar.gz", "--parent-dir", b, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["parents"] == [str(b / "inc1.tar.gz"), str(a / "full.tar.gz")]
+    r = run_cli("restore", a / "inc2.tar.gz", f"lmdb:{tmp_path / 'r'}", "--parent-dir", b)
+    assert r.returncode == 0, r.stderr
+
+
+def test_altered_parent_is_named_once_and_verify_says_parent_missing(tmp_path, run_cli):
+    src = _store(tmp_path)
+    d = tmp_path / "d"
+    d.mkdir()
+    assert run_cli("backup", f"lmdb:{src}", d / "full.tar.gz", "--chunk-size", "32"
+                   ).returncode == 0
+    _change(src, 1)
+    assert run_cli("backup", f"lmdb:{src}", d / "inc.tar.gz", "--parent", d / "full.tar.gz"
+                   ).returncode == 0
+    _change(src, 2)
+    (d / "full.tar.gz").unlink()  # replaced by a backup of other data under the same name
+    assert run_cli("backup", f"lmdb:{src}", d / "full.tar.gz", "--chunk-size", "32"
+                   ).returncode == 0
+    r = run_cli("verify", d / "inc.tar.gz")
+    assert r.returncode == 2, r.stderr
+    assert "altered or replaced" in r.stderr
+    assert r.stderr.count(str(d / "full.tar.gz")) == 1, r.stderr
+    assert "DAMAGED" not in r.stderr and "parent archive is missing" in r.stderr
+    (d / "full.tar.gz").unlink()
+    r = run_cli("verify", d / "inc.tar.gz")
+    assert r.returncode == 2 and "DAMAGED" not in r.stderr and "is missing" in r.stderr
+    r = run_cli("verify", d / "inc.tar.gz", "--json")
+    assert r.returncode == 2 and json.loads(r.stdout)["ok"] is False

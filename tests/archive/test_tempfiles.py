@@ -1,0 +1,84 @@
+"""Leftover temp files of killed writers (issue #20 item 8): the next writer in the directory
+removes those of dead writers whatever final name they were for (scheduled runs use a new name
+each time), and never the file of a live writer."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from dsbackup import datasets
+from dsbackup.archive.tempfiles import remove_stale_temp_files, stale_temp_files
+
+WRITER = """
+import sys, time
+from dsbackup.archive.writer import ArchiveWriter
+w = ArchiveWriter(sys.argv[1], manifest={"format": "dsbackup", "version": 1, "parent": None})
+print(w.tmp, flush=True)
+time.sleep(600)
+"""
+
+
+def _start_writer(final: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+    p = subprocess.Popen([sys.executable, "-c", WRITER, str(final)], env=env,
+                         stdout=subprocess.PIPE, text=True)
+    tmp = Path(p.stdout.readline().strip())
+    assert tmp.name.startswith(f".{final.name}.tmp-{p.pid}-") and tmp.exists()
+    return p, tmp
+
+
+def test_sigkilled_writer_temp_is_removed_by_the_next_run_of_another_name(tmp_path, cli_env,
+                                                                          run_cli):
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), ((b"/k/%04d" % i, b"v") for i in range(200)))
+    d = tmp_path / "backups"
+    d.mkdir()
+    killed, killed_tmp = _start_writer(d / "job_20260101_000000.tar.gz", cli_env)
+    live, live_tmp = _start_writer(d / "job_20260101_000001.tar.gz", cli_env)
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        killed.stdout.close()
+        assert killed_tmp.exists()  # what a SIGKILL leaves behind
+        r = run_cli("backup", f"lmdb:{src}", d / "job_20260102_000000.tar.gz")
+        assert r.returncode == 0, r.stderr
+        assert not killed_tmp.exists()  # another final name: removed all the same
+        assert live_tmp.exists()  # a running writer's file is never touched
+        assert live.poll() is None
+    finally:
+        live.kill()
+        live.wait()
+        live.stdout.close()
+    assert stale_temp_files(d) == [live_tmp]  # its writer is gone now
+    assert sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) == [
+        "job_20260102_000000.tar.gz"]
+
+
+def test_lock_and_boot_time_decide_when_the_pid_is_ambiguous(tmp_path):
+    d = tmp_path
+    final = d / "a.tar.gz"
+    # PID 1 always exists: a file of "PID 1" written before the last boot is a leftover (the
+    # PID was reused), one written since is left alone (it may be a live writer's)
+    old = d / ".x_20260101_000000.tar.gz.tmp-1-0123456789ab"
+    new = d / ".y_20260101_000000.tar.gz.tmp-1-0123456789ab"
+    other = d / ".notes.tmp-1-zz"  # not an archive temp name
+    for p in (old, new, other):
+        p.write_bytes(b"partial")
+    os.utime(old, (0, 0))
+    own = d / f".z.tar.gz.tmp-{os.getpid()}-0123456789ab"  # this process: a live writer
+    own.write_bytes(b"partial")
+    # a PID that cannot exist, but the file's lock is held: a writer still has it open
+    locked = d / ".w.tar.gz.tmp-999999999-0123456789ab"
+    locked.write_bytes(b"partial")
+    fd = os.open(locked, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert remove_stale_temp_files(final) == [old]
+        assert new.exists() and other.exists() and own.exists() and locked.exists()
+    finally:
+        os.close(fd)
+    assert remove_stale_temp_files(final) == [locked]  # lock released: a dead writer's

@@ -1,0 +1,61 @@
+"""The scheduler's retention runs the same code path as `dsbackup prune` (issue #20 item 16):
+on real archives, twins are resolved by the archive the child references, and an archive of
+another name in the same directory protects its parent."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from dsbackup import datasets
+from dsbackup.backup import BackupManager
+from dsbackup.config import BackupConfig
+from dsbackup.datastores import open_datastore
+from dsbackup.scheduler.job import prune_catalog
+from dsbackup.scheduler.retention import RetentionPolicy
+from dsbackup.scheduler.state import ArchiveEntry
+
+
+def _entry(path: Path, meta, created: datetime) -> ArchiveEntry:
+    return ArchiveEntry(path=str(path), created=created, fingerprint=meta.fingerprint,
+                        parent=meta.parent, verified=False)
+
+
+def test_schedule_retention_keeps_the_referenced_twin_and_cross_name_parents(tmp_path):
+    src = tmp_path / "s"
+    datasets.write_lmdb(str(src), ((b"/r/%05d" % i, b"v%d" % i) for i in range(1200)))
+    d = tmp_path / "backups"
+    d.mkdir()
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with_cat = BackupManager(BackupConfig(chunk_size=32, include_metadata=True))
+    plain = BackupManager(BackupConfig(chunk_size=32))
+    a = d / "job_20260101_000000.tar.gz"
+    b = d / "job_20260102_000000.tar.gz"
+    c = d / "job_20260103_000000.tar.gz"
+    ma = with_cat.create_backup(f"lmdb:{src}", a)
+    mb = plain.create_backup(f"lmdb:{src}", b)
+    assert ma.fingerprint == mb.fingerprint  # twins
+    with open_datastore(f"lmdb:{src}") as ds:
+        ds.put(b"/r/00003", b"changed")
+    mc = with_cat.create_backup(f"lmdb:{src}", c, parent=a)
+    # a hand-made incremental of b, under another name, in the same directory
+    manual = d / "manual.tar.gz"
+    plain.create_backup(f"lmdb:{src}", manual, parent=b)
+    archives = [_entry(a, ma, t0), _entry(b, mb, t0 + timedelta(days=1)),
+                _entry(c, mc, t0 + timedelta(days=2))]
+
+    kept, result, warnings = prune_catalog(archives, RetentionPolicy(keep_last=1),
+                                           t0 + timedelta(days=3), timezone.utc)
+    assert warnings == []
+    why = {x.id: x for x in result.kept}
+    assert set(why) == {a.name, b.name, c.name}
+    assert why[a.name].rule == "parent" and c.name in why[a.name].reason
+    assert why[b.name].rule == "parent" and "manual.tar.gz" in why[b.name].reason
+    assert a.exists() and b.exists() and c.exists()
+
+    manual.unlink()
+    kept, result, _ = prune_catalog(archives, RetentionPolicy(keep_last=1),
+                                    t0 + timedelta(days=3), timezone.utc)
+    assert result.pruned_ids == {b.name}  # the newer twin, not the one c references
+    assert not b.exists() and a.exists()
+    assert [Path(k.path).name for k in kept] == [a.name, c.name]
