@@ -23,6 +23,7 @@ from typing import Any
 
 from dsbackup._ext.framing import FramingError, KeyMatcher, decode_records
 from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.verify import check_layout, check_payload
 from dsbackup.archive.writeback import start_writeback
 from dsbackup.errors import (
     Cancelled,
@@ -73,6 +74,7 @@ def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
     def work(i: int) -> tuple[int, list[bytes], list[bytes]]:
         payload = reader.read_chunk(i)
         e = reader.entry(i)
+        check_payload(reader.path, i, e, payload)  # keys in range, in order, digest
         try:
             keys, values = decode_records(payload, e.records)
         except FramingError as exc:
@@ -98,11 +100,9 @@ def _checked_payloads(reader: ArchiveReader, chunk_ids: list[int], threads: int,
 
     def work(i: int) -> tuple[int, memoryview]:
         payload = reader.read_chunk(i)
-        e = reader.entry(i)
-        declared = int.from_bytes(payload[8:16], "little") if len(payload) >= 16 else None
-        if declared != e.records:
-            raise IntegrityError(f"{reader.path}: chunk {i} {e.key_range}: payload holds "
-                                 f"{declared} records, expected {e.records}", chunk=i)
+        # count, keys in order and inside the chunk's range, key digest: natively, GIL
+        # released, before the writer sees the chunk
+        check_payload(reader.path, i, reader.entry(i), payload)
         return i, payload
 
     return _in_order(work, chunk_ids, threads, cancel, window)
@@ -228,6 +228,7 @@ def restore_archive(
                                   batch_bytes=batch_bytes)
     reader = ArchiveReader(path, parent_dirs=parent_dirs)
     try:
+        check_layout(reader)  # chunk ranges ordered and disjoint, before the target is touched
         reader.open_parents()
     except BaseException:
         reader.close()
