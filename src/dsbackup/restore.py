@@ -36,6 +36,7 @@ from dsbackup.errors import (
 from dsbackup.keys import Key
 from dsbackup.metadata import Progress, RestoreResult
 from dsbackup.restore_journal import JournalSync, write_journal
+from dsbackup.targetlock import TargetLock, store_path
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,10 @@ def prefix_bounds(prefix: str | bytes | None) -> tuple[bytes, bytes | None]:
 
 
 def _journal_path(target: Any) -> Path | None:
-    uri = getattr(target, "uri", "") or ""
-    scheme, _, loc = uri.partition(":")
-    if not loc or scheme == "memory":
-        return None
-    p = Path(loc)
-    return p.with_name(p.name + ".dsbackup-restore.json")
+    """`<target>.dsbackup-restore.json` beside the target's filesystem path (from the URI's
+    location: never its `?k=v` parameters); None for a memory store."""
+    p = store_path(target)
+    return None if p is None else p.with_name(p.name + ".dsbackup-restore.json")
 
 
 def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
@@ -233,6 +232,25 @@ def restore_archive(
     except BaseException:
         reader.close()
         raise
+    lock = TargetLock(target, f"restore of {Path(path).name}")
+    try:
+        lock.acquire()  # a second writer of the target gets exit 4 naming this process
+    except BaseException:
+        reader.close()
+        raise
+    try:
+        return _open_and_restore(reader, target, workers=workers, mode=mode, prefix=prefix,
+                                 pattern=pattern, progress=progress, cancel=cancel,
+                                 batch_bytes=batch_bytes, resume=resume, t0=t0)
+    finally:
+        reader.close()
+        lock.release()
+
+
+def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
+                      prefix: str | bytes | None, pattern: str | list[str] | None,
+                      progress: Callable[[Progress], None] | None, cancel: threading.Event,
+                      batch_bytes: int, resume: bool, t0: float) -> RestoreResult:
     owned = False
     native = None
     if isinstance(target, (str, os.PathLike)):
@@ -254,7 +272,6 @@ def restore_archive(
                         pattern=pattern, progress=progress, cancel=cancel,
                         batch_bytes=batch_bytes, resume=resume, t0=t0, native=native)
     finally:
-        reader.close()
         if owned:
             target.close()
 
