@@ -140,3 +140,26 @@ def test_journal_temp_names_are_unique(tmp_path):
         t.join()
     assert j.exists()
     assert [p.name for p in tmp_path.iterdir()] == [j.name]  # no temp file left behind
+
+
+def test_migration_into_a_locked_target_is_refused(tmp_path, make_archive, run_cli, cli_env):
+    from dsbackup.datastores import open_datastore
+
+    src, dst = f"lmdb:{tmp_path / 'src'}", f"lmdb:{tmp_path / 'dst'}"
+    ds = open_datastore(src)
+    ds.put_many([k for k, _ in RECORDS], [v for _, v in RECORDS])
+    ds.close()
+    plan = tmp_path / "plan.toml"
+    plan.write_text('id = "c"\nversion = "1"\n[[steps]]\nid = "copy"\ntype = "copy"\n')
+    holder = _hold(cli_env, dst)
+    try:
+        r = run_cli("migrate", plan, src, dst)
+        assert r.returncode == 4, r.stderr
+        assert f"PID {holder.pid}" in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "dst").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    r = run_cli("migrate", plan, src, dst)
+    assert r.returncode == 0, r.stderr
+    assert not lock_path(dst).exists() and not lock_path(src).exists()
