@@ -529,8 +529,10 @@ class MigrationManager:
                 result.journal_path = None
         elif cfg.rollback_on_failure:
             ran = {i for i, st in enumerate(result.steps) if st.status != "not_run"}
-            result.rollback = self._rollback(plan, cfg, stores, result, journal, stamp_path,
-                                             result.backup_path, ran)
+            result.rollback = self._rollback(
+                plan, cfg, stores, result, journal, stamp_path, result.backup_path, ran,
+                reverted=getattr(exc, "dsmigrate_reverted", None),
+                partial=bool(getattr(exc, "dsmigrate_partial", False)))
 
     def _backup(self, plan: MigrationPlan, cfg: MigrationConfig, src: Any,
                 journal: Journal | None, state: JournalState) -> str:
@@ -643,7 +645,8 @@ class MigrationManager:
             return runner.run()
         except BaseException as exc:
             runner.res.status = "failed"
-            runner.res.message = str(exc)
+            reverted = getattr(exc, "dsmigrate_reverted", None)
+            runner.res.message = str(exc) + (f"; {reverted}" if reverted else "")
             raise _StepFailed(runner.res, exc) from exc
 
     @staticmethod
@@ -655,10 +658,14 @@ class MigrationManager:
 
     def _rollback(self, plan: MigrationPlan, cfg: MigrationConfig, stores: _Stores,
                   result: MigrationResult, journal: Journal | None, stamp_path: Path | None,
-                  backup: str | None, ran: set[int] | None = None) -> RollbackReport:
+                  backup: str | None, ran: set[int] | None = None, *,
+                  reverted: str | None = None, partial: bool = False) -> RollbackReport:
         """Undo what the steps in ``ran`` (all of the plan's when None) may have written.
         The version stamp and the journal are retired only when the rollback succeeded: a
-        failed one leaves everything as it was, to be retried."""
+        failed one leaves everything as it was, to be retried. ``reverted``: what the failed
+        step undid itself; ``partial``: the failed step left a half-done in-place state
+        (temp keys) that only ``--resume`` can finish — when nothing else reverts it, the
+        journal is kept for that."""
         report = RollbackReport()
         steps = [s for i, s in enumerate(plan.steps) if ran is None or i in ran]
         rb_cfg = cfg.with_overrides({"dry_run": False})
@@ -694,6 +701,10 @@ class MigrationManager:
             else:
                 report.message = "no rollback steps and no pre-migration backup: nothing " \
                                  "reverted"
+            if reverted and not report.performed:
+                report.message = (f"the failed step reverted itself ({reverted}); "
+                                  + report.message.replace("nothing reverted",
+                                                           "nothing else reverted"))
         except BaseException as exc:
             report.success = False
             report.message = f"rollback failed: {type(exc).__name__}: {exc}"
@@ -701,6 +712,15 @@ class MigrationManager:
             result.exit_code = result.exit_code or getattr(exc, "exit_code", EXIT_ERROR)
             if isinstance(exc, KeyboardInterrupt):
                 raise
+            return report
+        if partial and not report.performed:
+            report.message += ("; the failed step was replacing records in place: its "
+                               "journal is kept, fix the cause and re-run with --resume to "
+                               "finish it")
+            if journal is not None and journal.exists:
+                journal.append({"t": "rolled_back", "method": "none",
+                                "message": report.message})
+            log.warning("rollback: %s", report.message)
             return report
         if stamp_path is not None:
             report.stamp_removed = remove_stamp(stamp_path)
