@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from dsbackup._ext.framing import FramingError, KeyMatcher, decode_records
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import check_layout, check_payload
 from dsbackup.archive.writeback import start_writeback
+from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.errors import (
     Cancelled,
     ConfigError,
@@ -63,6 +65,20 @@ def _journal_path(target: Any) -> Path | None:
     location: never its `?k=v` parameters); None for a memory store."""
     p = store_path(target)
     return None if p is None else p.with_name(p.name + ".dsbackup-restore.json")
+
+
+@contextmanager
+def _no_space_is_an_error(target: Any) -> Iterator[None]:
+    """A full filesystem while writing the target: a DatastoreError naming it (exit 2); the
+    journal still names the last synced chunk, so a rerun after freeing space resumes."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_no_space(exc):
+            raise
+        where = store_path(target) or getattr(target, "uri", "target")
+        raise DatastoreError(no_space_message(
+            where, what="free some space and rerun the same restore: it resumes")) from None
 
 
 def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
@@ -340,11 +356,13 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
             else:
                 keys_w, values_w = keys_acc, values_acc
             if keys_w:
-                target.put_many(keys_w, values_w)
+                with _no_space_is_an_error(target):
+                    target.put_many(keys_w, values_w)
             result.records_written += len(keys_w)
             result.bytes_written += sum(map(len, keys_w)) + sum(map(len, values_w))
         if jpath is not None:
-            target.sync("/")
+            with _no_space_is_an_error(target):
+                target.sync("/")
             state["next_chunk"] = last_chunk + 1
             write_journal(jpath, state)
         keys_acc, values_acc, acc_bytes = [], [], 0
@@ -377,7 +395,12 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
     """The restore loop of an LMDB target written natively: verified payloads are batched
     (batch_bytes) into one LmdbPayloadWriter.write each — no Python object per record —
     then synced and journaled like the datastore path."""
-    from dsbackup._ext.lmdbwrite import LmdbKeyTooLong, LmdbWriteError, PayloadError
+    from dsbackup._ext.lmdbwrite import (
+        LmdbKeyTooLong,
+        LmdbNoSpace,
+        LmdbWriteError,
+        PayloadError,
+    )
 
     total_bytes = reader.summary.get("raw_bytes")
     payloads: list[memoryview] = []
@@ -392,13 +415,32 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
         nonlocal payloads, chunk_ids, acc_bytes, acc_records, journaled
         if payloads:
             try:
-                n, nbytes = native.writer.write(payloads, append=True, overwrite=True)
+                try:
+                    n, nbytes = native.writer.write(payloads, append=True, overwrite=True)
+                except LmdbNoSpace:
+                    if len(payloads) == 1:
+                        raise
+                    # the batch's reservation did not fit: chunk by chunk, each reserving
+                    # only its own growth, as far as the disk allows
+                    n = nbytes = 0
+                    for j, p in enumerate(payloads):
+                        try:
+                            dn, db = native.writer.write([p], append=True, overwrite=True)
+                        except PayloadError as exc:
+                            exc.index = j
+                            raise
+                        n += dn
+                        nbytes += db
             except PayloadError as exc:
                 i = chunk_ids[exc.index]
                 raise IntegrityError(f"{reader.path}: chunk {i} {reader.entry(i).key_range}: "
                                      f"{exc}", chunk=i) from None
             except LmdbKeyTooLong as exc:
                 raise InvalidKey(f"{exc} ({native.writer.path})") from None
+            except LmdbNoSpace as exc:
+                raise DatastoreError(no_space_message(
+                    native.writer.path, exc.needed, exc.free,
+                    what="free some space and rerun the same restore: it resumes")) from None
             except LmdbWriteError as exc:
                 raise DatastoreError(f"{native.writer.path}: LMDB write failed: {exc}") \
                     from None

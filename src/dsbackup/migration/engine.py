@@ -23,7 +23,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from dsbackup.errors import Cancelled, MigrationError, NotFound, ValidationError
+from dsbackup.diskspace import is_no_space, no_space_message
+from dsbackup.errors import (
+    Cancelled,
+    DatastoreError,
+    MigrationError,
+    NotFound,
+    ValidationError,
+)
 from dsbackup.keys import key_str
 from dsbackup.migration import lmdbfast
 from dsbackup.migration.filters import CompiledFilter
@@ -322,7 +329,15 @@ class StepRunner:
                 with lmdbfast.native_copier(src_path, dst_path, s, e) as copier:
                     target = lmdbfast.NativeTarget(copier)
                     while True:
-                        last, n, nbytes = copier.copy(self.bs, self.bb)
+                        try:
+                            last, n, nbytes = copier.copy(self.bs, self.bb)
+                        except OSError as exc:
+                            if not is_no_space(exc):
+                                raise
+                            raise DatastoreError(no_space_message(
+                                dst_path, getattr(exc, "needed", None),
+                                getattr(exc, "free", None),
+                                what="free some space and rerun the migration")) from None
                         if not n:
                             break
                         res.records += n
