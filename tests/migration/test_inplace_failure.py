@@ -46,7 +46,7 @@ def test_failed_inplace_gunzip_reverts_its_staging(tmp_path: Path, run_cli, sche
     out = json.loads(r.stdout)
     step = out["steps"][0]
     assert step["status"] == "failed" and step["errors"] == 1
-    bad_key = "/v/%06d" % BAD
+    bad_key = f"/v/{BAD:06d}"
     assert bad_key in step["message"] and bad_key in " ".join(out["error_log"])
     assert "staged" in step["message"]
     got = records(uri)
