@@ -92,18 +92,24 @@ def _assert_clean_failure(r, fs: SmallFs) -> None:
     assert "no space left" in lines[0].lower() and str(fs.path) in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("scheme", ["lmdb", "flatfs", "sqlite"])
-def test_restore_on_a_full_disk(tmp_path, small_fs, make_archive, run_cli, scheme):
+@pytest.mark.parametrize("scheme,mode", [("lmdb", None), ("lmdb", "--overwrite"),
+                                         ("flatfs", None), ("sqlite", None)])
+def test_restore_on_a_full_disk(tmp_path, small_fs, make_archive, run_cli, scheme, mode):
     recs = _records(upper=scheme == "flatfs")
     arch = tmp_path / "a.tar.gz"
     make_archive(arch, recs, chunk_size=64)
     fs = small_fs(32 * MiB)
-    fs.fill(4 * MiB)  # the store needs ~9 MiB
     uri = f"{scheme}:{fs.path / 't'}" + (".db" if scheme == "sqlite" else "")
-    r = run_cli("restore", arch, uri)
+    opts = [mode] if mode else []
+    if mode:  # into an existing store (the py-lmdb path, not the native writer)
+        ds = open_datastore(uri)
+        ds.put_many([recs[0][0]], [b"old"])
+        ds.close()
+    fs.fill(4 * MiB)  # the store needs ~9 MiB
+    r = run_cli("restore", *opts, arch, uri)
     _assert_clean_failure(r, fs)
     fs.unfill()
-    r = run_cli("restore", arch, uri)
+    r = run_cli("restore", *opts, arch, uri)
     assert r.returncode == 0, r.stderr
     assert _content(uri) == dict(recs)
     assert not [p for p in fs.path.iterdir() if "dsbackup" in p.name]
