@@ -311,6 +311,7 @@ cdef class LmdbCopier:
             raise RuntimeError("LmdbCopier cannot be used after fork")
 
     def close(self):
+        cdef size_t used = 0
         if self.rcur != NULL:
             mdb_cursor_close(self.rcur)
             self.rcur = NULL
@@ -320,9 +321,9 @@ cdef class LmdbCopier:
         if self.src != NULL:
             mdb_env_close(self.src)
             self.src = NULL
-        cdef size_t used
         if self.dst != NULL:
-            used = used_bytes(self.dst)
+            if self._reserved:  # only set once the environment is open and written
+                used = used_bytes(self.dst)
             mdb_env_close(self.dst)
             self.dst = NULL
             if self._reserved:

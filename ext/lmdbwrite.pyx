@@ -390,11 +390,13 @@ cdef class LmdbPayloadWriter:
     cdef object _claim
     cdef bint _registered
     cdef size_t _reserved     # bytes of data.mdb known to have blocks (reserved or written)
+    cdef bint _opened         # mdb_env_open succeeded (else env may only be closed)
 
     def __cinit__(self):
         self.env = NULL
         self._registered = False
         self._reserved = 0
+        self._opened = False
 
     def __init__(self, path, *, size_t map_size=0):
         cdef int rc
@@ -415,6 +417,7 @@ cdef class LmdbPayloadWriter:
                 used = os.path.getsize(data) if os.path.isfile(data) else 0
                 map_size = max(_INITIAL_MAP_SIZE, 2 * used)
             open_write_env(&self.env, &self.dbi, self.path, map_size, writemap=True)
+            self._opened = True
         except BaseException:
             self.close()
             raise
@@ -520,10 +523,13 @@ cdef class LmdbPayloadWriter:
         """Close the environment and release the claim on its path (idempotent)."""
         cdef size_t used
         if self.env != NULL:
-            used = used_bytes(self.env)
+            # an environment whose open failed has no map to ask about: only close it
+            used = used_bytes(self.env) if self._opened else 0
             mdb_env_close(self.env)
             self.env = NULL
-            truncate_to_used(self.path, used)  # gives back the unused reservation too
+            if self._opened:
+                truncate_to_used(self.path, used)  # gives back the unused reservation too
+            self._opened = False
             self._reserved = 0
         if self._registered:
             self._registered = False

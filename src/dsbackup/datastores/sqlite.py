@@ -117,6 +117,8 @@ class SqliteDatastore(BaseDatastore):
             from dsbackup.diskspace import no_space_message
 
             raise DatastoreError(no_space_message(self.path)) from None
+        if isinstance(exc, sqlite3.Error):
+            raise DatastoreError(f"{self.path}: SQLite write failed: {exc}") from None
 
     def _commit(self) -> None:
         try:

@@ -333,7 +333,8 @@ class StepRunner:
                             last, n, nbytes = copier.copy(self.bs, self.bb)
                         except OSError as exc:
                             if not is_no_space(exc):
-                                raise
+                                raise DatastoreError(f"{dst_path}: LMDB copy failed: "
+                                                     f"{exc}") from None
                             raise DatastoreError(no_space_message(
                                 dst_path, getattr(exc, "needed", None),
                                 getattr(exc, "free", None),
