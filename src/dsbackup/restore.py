@@ -239,8 +239,9 @@ def restore_archive(
     if is_go_archive(path):
         from dsbackup.restore_go import restore_go_archive
 
-        return restore_go_archive(path, target, mode=mode, prefix=prefix, pattern=pattern,
-                                  batch_bytes=batch_bytes)
+        with TargetLock(target, f"restore of {Path(path).name}"):
+            return restore_go_archive(path, target, mode=mode, prefix=prefix,
+                                      pattern=pattern, batch_bytes=batch_bytes)
     reader = ArchiveReader(path, parent_dirs=parent_dirs)
     try:
         check_layout(reader)  # chunk ranges ordered and disjoint, before the target is touched
