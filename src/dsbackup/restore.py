@@ -68,9 +68,10 @@ def _journal_path(target: Any) -> Path | None:
 
 
 @contextmanager
-def _no_space_is_an_error(target: Any) -> Iterator[None]:
-    """A full filesystem while writing the target: a DatastoreError naming it (exit 2); the
-    journal still names the last synced chunk, so a rerun after freeing space resumes."""
+def _no_space_is_an_error(target: Any, needed: int | None = None) -> Iterator[None]:
+    """A full filesystem while writing the target (`needed`: the bytes of the batch being
+    written): a DatastoreError naming it (exit 2); the journal still names the last synced
+    chunk, so a rerun after freeing space resumes."""
     try:
         yield
     except OSError as exc:
@@ -78,7 +79,8 @@ def _no_space_is_an_error(target: Any) -> Iterator[None]:
             raise
         where = store_path(target) or getattr(target, "uri", "target")
         raise DatastoreError(no_space_message(
-            where, what="free some space and rerun the same restore: it resumes")) from None
+            where, needed, what="free some space and rerun the same restore: it resumes")
+        ) from None
 
 
 def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
@@ -356,11 +358,12 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
                 values_w = [values_acc[j] for j in keep]
             else:
                 keys_w, values_w = keys_acc, values_acc
+            nbytes = sum(map(len, keys_w)) + sum(map(len, values_w))
             if keys_w:
-                with _no_space_is_an_error(target):
+                with _no_space_is_an_error(target, nbytes):
                     target.put_many(keys_w, values_w)
             result.records_written += len(keys_w)
-            result.bytes_written += sum(map(len, keys_w)) + sum(map(len, values_w))
+            result.bytes_written += nbytes
         if jpath is not None:
             with _no_space_is_an_error(target):
                 target.sync("/")
