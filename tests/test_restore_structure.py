@@ -91,3 +91,11 @@ def test_ls_api_refuses(archives, kind):
 
     with ArchiveReader(archives[kind]) as r, pytest.raises(IntegrityError):
         list(iter_listing(r))
+
+
+@pytest.mark.parametrize("kind", ["same_key_twice", "overlapping"])
+def test_ls_prints_nothing_for_a_bad_layout(archives, run_cli, kind):
+    r = run_cli("ls", "--json", archives[kind])
+    assert r.returncode == 3, r.stderr
+    assert all('"key"' not in line for line in r.stdout.splitlines()), r.stdout
+    assert not r.stdout.startswith('{"schema"'), r.stdout

@@ -64,9 +64,14 @@ def _check_catalog_keys(reader: ArchiveReader, i: int, e: ChunkEntry,
 def iter_listing(reader: ArchiveReader, start: bytes = b"", end: bytes | None = None,
                  ) -> Iterator[tuple[bytes, int, int | None]]:
     """(key, value size, value XXH3 or None) for keys in [start, end), in key order.
-    The index's layout is checked first and each chunk's keys before any of them is
-    yielded (as verify checks them)."""
+    The index's layout is checked at once (before the caller prints anything) and each
+    chunk's keys before any of them is yielded (as verify checks them)."""
     check_layout(reader)
+    return _rows(reader, start, end)
+
+
+def _rows(reader: ArchiveReader, start: bytes, end: bytes | None,
+          ) -> Iterator[tuple[bytes, int, int | None]]:
     use_catalog = reader.index.catalog_count > 0
     for i in reader.index.chunks_overlapping(start, end):
         where = f"{reader.path}: chunk {i}"
