@@ -163,3 +163,14 @@ def test_migration_into_a_locked_target_is_refused(tmp_path, make_archive, run_c
     r = run_cli("migrate", plan, src, dst)
     assert r.returncode == 0, r.stderr
     assert not lock_path(dst).exists() and not lock_path(src).exists()
+
+
+def test_locking_a_missing_source_creates_nothing(tmp_path):
+    from dsbackup import MigrationManager, MigrationPlan, MigrationStep
+    from dsbackup.errors import DatastoreError
+
+    plan = MigrationPlan(id="m", version="1", steps=[MigrationStep(id="mv", type="move")])
+    with pytest.raises(DatastoreError, match="does not exist"):
+        MigrationManager().execute_migration(plan, f"lmdb:{tmp_path}/typo/dir/src",
+                                             f"lmdb:{tmp_path}/dst")
+    assert not (tmp_path / "typo").exists()

@@ -39,7 +39,7 @@ def store_path(store: Any) -> Path | None:
     scheme, loc, _ = parse_uri(uri)
     if scheme == "memory" or not loc:
         return None
-    return Path(os.path.expanduser(loc)).absolute()
+    return Path(loc).absolute()
 
 
 def lock_path(store: Any) -> Path | None:
@@ -51,10 +51,13 @@ class TargetLock:
     """``with TargetLock(store, "restore"):`` — hold the store's write lock (no-op for a
     store without a filesystem path)."""
 
-    def __init__(self, store: Any, what: str) -> None:
+    def __init__(self, store: Any, what: str, *, create_parent: bool = True) -> None:
         self.path = lock_path(store)
         self.store = store_path(store)
         self.what = what
+        # False for a store that must exist already (a migration's source): when even its
+        # directory is missing there is nothing to lock, and nothing is created for it
+        self.create_parent = create_parent
         self._fd = -1
 
     def __enter__(self) -> TargetLock:
@@ -77,7 +80,11 @@ class TargetLock:
                                       f"(PID {os.getpid()}) is writing to it")
                 _held[key] = (me, held[1] + 1)
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.parent.is_dir():
+                if not self.create_parent:
+                    self.path = None  # release() is then a no-op too
+                    return
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             while True:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 try:

@@ -92,14 +92,14 @@ def test_rollback_with_a_bad_archive_leaves_the_source_exactly(tmp_path, run_cli
     assert not [p for p in tmp_path.iterdir() if "dsmigrate-rollback" in p.name]
 
 
-@pytest.mark.parametrize("scheme", ["lmdb", "sqlite", "flatfs"])
+@pytest.mark.parametrize("scheme", ["lmdb", "sqlite", "flatfs", "leveldb"])
 def test_rollback_with_a_good_archive_restores_exactly(tmp_path, run_cli, scheme):
     plan = MOVE_PLAN
     if scheme == "flatfs":  # flatfs keys have no namespaces to filter on: move them all
         plan = plan.replace('filters = { key_prefix = "/m" }\n', "")
     (tmp_path / "plan.toml").write_text(plan)
     src = {"lmdb": f"lmdb:{tmp_path}/src", "sqlite": f"sqlite:{tmp_path}/src.db",
-           "flatfs": f"flatfs:{tmp_path}/src"}[scheme]
+           "flatfs": f"flatfs:{tmp_path}/src", "leveldb": f"leveldb:{tmp_path}/src"}[scheme]
     dst = f"lmdb:{tmp_path}/dst"
     items = ({f"/{'MA'[i % 2]}{i:05d}".encode(): os.urandom(i % 90) for i in range(400)}
              if scheme == "flatfs" else kv_items(900))

@@ -391,9 +391,9 @@ class MigrationManager:
         try:
             stack.enter_context(TargetLock(target, what))
             if rollback or cfg.backup_before or SOURCE in refs:
-                stack.enter_context(TargetLock(source, what))
+                stack.enter_context(TargetLock(source, what, create_parent=False))
             for ref in sorted(refs - {SOURCE, TARGET}):
-                stack.enter_context(TargetLock(ref, what))
+                stack.enter_context(TargetLock(ref, what, create_parent=False))
         except BaseException:
             stack.close()
             raise
