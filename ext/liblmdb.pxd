@@ -77,3 +77,5 @@ cdef extern from "lmdb.h" nogil:
     int MDB_KEYEXIST
     unsigned int MDB_NOOVERWRITE
     int mdb_env_get_maxkeysize(MDB_env *env)
+    # lmdbwrite.pyx: the data file, to reserve its growth before writing through the map
+    int mdb_env_get_fd(MDB_env *env, int *fd)

@@ -12,6 +12,7 @@ must make sure neither environment is open through py-lmdb in this process meanw
 (:func:`dsbackup.datastores.lmdb.claim`).
 """
 
+import errno
 import os
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -46,6 +47,7 @@ from liblmdb cimport (
     mdb_dbi_open,
     mdb_env_close,
     mdb_env_create,
+    mdb_env_get_fd,
     mdb_env_info,
     mdb_env_stat,
     mdb_env_open,
@@ -62,6 +64,28 @@ cdef int _MAX_GROWTHS = 40
 
 class LmdbCopyError(OSError):
     """liblmdb reported an error while copying."""
+
+
+class LmdbCopyNoSpace(LmdbCopyError):
+    """The target's filesystem has no room for the next batch (nothing of it was written).
+    ``needed``: bytes the reservation asked for; ``free``: bytes available."""
+
+    def __init__(self, msg, needed, free):
+        super().__init__(28, msg)  # ENOSPC
+        self.needed = needed
+        self.free = free
+
+
+# before each batch the target file's growth is reserved (reserve_growth): twice the batch's
+# value bytes, RECORD_SLACK per record and RESERVE_SLACK; a batch whose reservation does not
+# fit is retried with a quarter of the bytes, down to MIN_BATCH_BYTES
+cdef size_t RESERVE_SLACK = 2 << 20
+cdef size_t RECORD_SLACK = 64
+cdef size_t MIN_BATCH_BYTES = 1 << 20
+
+
+cdef object _error_errno(int err, str what):
+    return LmdbCopyError(err, what)
 
 
 cdef object _error(int rc, str what):
@@ -101,6 +125,7 @@ cdef class LmdbCopier:
     cdef readonly str src_path
     cdef readonly str dst_path
     cdef long _pid
+    cdef size_t _reserved   # bytes of the target's data.mdb known to have blocks
 
     def __cinit__(self):
         self.src = NULL
@@ -108,6 +133,7 @@ cdef class LmdbCopier:
         self.rtxn = NULL
         self.rcur = NULL
         self.has_last = False
+        self._reserved = 0
 
     def __init__(self, src_path, dst_path, bytes start=b"", end=None, size_t map_size=0):
         cdef int rc
@@ -236,6 +262,18 @@ cdef class LmdbCopier:
         if self.finished:
             return None, 0, 0
         while True:
+            try:
+                self._reserved = reserve_growth(
+                    self.dst, self.dst_path, self._reserved,
+                    2 * max_bytes + RECORD_SLACK * max_records + RESERVE_SLACK,
+                    LmdbCopyNoSpace)
+                break
+            except LmdbCopyNoSpace:
+                if max_bytes <= MIN_BATCH_BYTES:
+                    raise
+                max_bytes = max(MIN_BATCH_BYTES, max_bytes // 4)
+                max_records = max(1, max_records // 4)
+        while True:
             with nogil:
                 rc = self._batch(max_records, max_bytes, &n, &nbytes, &grow)
             if rc == 0:
@@ -273,6 +311,7 @@ cdef class LmdbCopier:
             raise RuntimeError("LmdbCopier cannot be used after fork")
 
     def close(self):
+        cdef size_t used = 0
         if self.rcur != NULL:
             mdb_cursor_close(self.rcur)
             self.rcur = NULL
@@ -283,8 +322,13 @@ cdef class LmdbCopier:
             mdb_env_close(self.src)
             self.src = NULL
         if self.dst != NULL:
+            if self._reserved:  # only set once the environment is open and written
+                used = used_bytes(self.dst)
             mdb_env_close(self.dst)
             self.dst = NULL
+            if self._reserved:
+                truncate_to_used(self.dst_path, used)  # the unused reservation back
+                self._reserved = 0
 
     def __dealloc__(self):
         if os.getpid() == self._pid:

@@ -50,3 +50,32 @@ cdef truncate_to_used(str path, size_t used):
             os.truncate(data, used)
     except OSError:
         pass
+
+
+cdef object reserve_growth(MDB_env *env, str path, size_t reserved, size_t extra,
+                           object no_space):
+    """Give data.mdb blocks up to `extra` bytes past the pages in use (posix_fallocate; ranges
+    already allocated cost nothing) before a write transaction, so the write never meets a
+    full disk halfway: through the map (MDB_WRITEMAP) that would be SIGBUS, through pwrite a
+    short write LMDB reports as EIO. `reserved`: the end already reserved. Returns the new
+    end; ENOSPC raises ``no_space(message, needed, free)``."""
+    cdef int fd = -1
+    cdef size_t used = used_bytes(env)
+    cdef size_t end = used + extra
+    if end <= reserved:
+        return reserved
+    if mdb_env_get_fd(env, &fd) or fd < 0:
+        return reserved
+    start = max(used, reserved)
+    try:
+        os.posix_fallocate(fd, start, end - start)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return end  # nothing to reserve with here
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            st = os.fstatvfs(fd)
+            free = st.f_bavail * st.f_frsize
+            raise no_space(f"{path}: no space left on device (needed {end - start} bytes, "
+                           f"free {free})", end - start, free) from None
+        raise _error_errno(exc.errno, f"{path}: cannot reserve space: {exc.strerror}")
+    return end

@@ -17,12 +17,18 @@ and copy the value themselves, which tells where it went: after each commit thos
 unmapped again (``MADV_DONTNEED``; they stay in the page cache), so the resident set does not
 grow with the data written. LMDB extends the file to the map size, and :meth:`close`
 truncates it back to the pages in use. ``MDB_MAP_FULL``
-doubles the map and redoes the transaction. Like lmdbscan and lmdbcopy this is a separate copy of LMDB
+doubles the map and redoes the transaction. Writing through the map into a part of the file
+the filesystem has no blocks for raises SIGBUS when the disk is full, so before each write
+transaction the file's growth is reserved with ``posix_fallocate`` (twice the payload bytes
+plus 2 MiB past the pages in use; ``RESERVE_FACTOR``): a full disk is then ``ENOSPC`` from
+the reservation, raised as :class:`LmdbNoSpace` before anything of the transaction is
+written. Like lmdbscan and lmdbcopy this is a separate copy of LMDB
 from py-lmdb's: the writer claims its path (:func:`dsbackup.datastores.lmdb.claim` and
 :func:`dsbackup._ext.lmdbscan.register_foreign_open`), so opening it twice in this process, by
 any of them, raises.
 """
 
+import errno
 import os
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
@@ -58,6 +64,7 @@ from liblmdb cimport (
     mdb_dbi_open,
     mdb_env_close,
     mdb_env_create,
+    mdb_env_get_fd,
     mdb_env_get_maxkeysize,
     mdb_env_info,
     mdb_env_stat,
@@ -71,6 +78,10 @@ from liblmdb cimport (
 )
 
 cdef int _MAX_GROWTHS = 40
+# reservation before a write: RESERVE_FACTOR × its payload bytes + RESERVE_SLACK past the pages
+# in use (pages of an LMDB B-tree hold at most ~2× the record bytes; append mode fills them)
+cdef size_t RESERVE_FACTOR = 2
+cdef size_t RESERVE_SLACK = 2 << 20
 cdef size_t _INITIAL_MAP_SIZE = 64 << 20
 cdef size_t _HEADER = 16
 cdef size_t _MAX_KEY = 65535
@@ -120,6 +131,16 @@ class LmdbWriteError(OSError):
     """liblmdb reported an error while writing."""
 
 
+class LmdbNoSpace(LmdbWriteError):
+    """The filesystem has no room for the reservation a write needs (nothing of that write
+    was done). ``needed``: bytes the reservation asked for; ``free``: bytes available."""
+
+    def __init__(self, msg, needed, free):
+        super().__init__(28, msg)  # ENOSPC
+        self.needed = needed
+        self.free = free
+
+
 class LmdbKeyTooLong(LmdbWriteError):
     """A key is longer than this LMDB build accepts (``mdb_env_get_maxkeysize``)."""
 
@@ -133,6 +154,10 @@ class PayloadError(ValueError):
         self.index = index
         self.record = record
         self.offset = offset
+
+
+cdef object _error_errno(int err, str what):
+    return LmdbWriteError(err, what)
 
 
 cdef object _error(int rc, str what):
@@ -364,10 +389,14 @@ cdef class LmdbPayloadWriter:
     cdef long _pid
     cdef object _claim
     cdef bint _registered
+    cdef size_t _reserved     # bytes of data.mdb known to have blocks (reserved or written)
+    cdef bint _opened         # mdb_env_open succeeded (else env may only be closed)
 
     def __cinit__(self):
         self.env = NULL
         self._registered = False
+        self._reserved = 0
+        self._opened = False
 
     def __init__(self, path, *, size_t map_size=0):
         cdef int rc
@@ -388,6 +417,7 @@ cdef class LmdbPayloadWriter:
                 used = os.path.getsize(data) if os.path.isfile(data) else 0
                 map_size = max(_INITIAL_MAP_SIZE, 2 * used)
             open_write_env(&self.env, &self.dbi, self.path, map_size, writemap=True)
+            self._opened = True
         except BaseException:
             self.close()
             raise
@@ -412,11 +442,14 @@ cdef class LmdbPayloadWriter:
         if spans == NULL:
             raise MemoryError(f"LmdbPayloadWriter.write: cannot allocate {nspans} spans")
         try:
+            total = 0
             for j in range(nspans):
                 mv = bufs[j]
                 keep.append(mv)
                 spans[j].n = mv.shape[0]
                 spans[j].p = &mv[0] if mv.shape[0] else NULL
+                total += spans[j].n
+            self._reserve(RESERVE_FACTOR * total + RESERVE_SLACK)
             while True:
                 with nogil:
                     rc = _write_txn(self.env, self.dbi, spans, nspans, append, overwrite, &r)
@@ -437,6 +470,11 @@ cdef class LmdbPayloadWriter:
                                  f"record {r.rec})")
         finally:
             PyMem_Free(spans)
+
+    cdef _reserve(self, size_t extra):
+        """Reserve data.mdb's growth for the next write (reserve_growth, lmdbenv.pxi)."""
+        self._reserved = reserve_growth(self.env, self.path, self._reserved, extra,
+                                        LmdbNoSpace)
 
     def sync(self):
         """Force the written data to disk (commits are not synced one by one)."""
@@ -485,10 +523,14 @@ cdef class LmdbPayloadWriter:
         """Close the environment and release the claim on its path (idempotent)."""
         cdef size_t used
         if self.env != NULL:
-            used = used_bytes(self.env)
+            # an environment whose open failed has no map to ask about: only close it
+            used = used_bytes(self.env) if self._opened else 0
             mdb_env_close(self.env)
             self.env = NULL
-            truncate_to_used(self.path, used)
+            if self._opened:
+                truncate_to_used(self.path, used)  # gives back the unused reservation too
+            self._opened = False
+            self._reserved = 0
         if self._registered:
             self._registered = False
             from dsbackup._ext import lmdbscan

@@ -18,13 +18,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dsbackup._ext.framing import FramingError, KeyMatcher, decode_records
 from dsbackup.archive import guard
 from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.verify import check_layout, check_payload
 from dsbackup.archive.writeback import start_writeback
+from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.errors import (
     Cancelled,
     ConfigError,
@@ -37,6 +40,7 @@ from dsbackup.errors import (
 from dsbackup.keys import Key
 from dsbackup.metadata import Progress, RestoreResult
 from dsbackup.restore_journal import JournalSync, write_journal
+from dsbackup.targetlock import TargetLock, store_path
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +63,26 @@ def prefix_bounds(prefix: str | bytes | None) -> tuple[bytes, bytes | None]:
 
 
 def _journal_path(target: Any) -> Path | None:
-    uri = getattr(target, "uri", "") or ""
-    scheme, _, loc = uri.partition(":")
-    if not loc or scheme == "memory":
-        return None
-    p = Path(loc)
-    return p.with_name(p.name + ".dsbackup-restore.json")
+    """`<target>.dsbackup-restore.json` beside the target's filesystem path (from the URI's
+    location: never its `?k=v` parameters); None for a memory store."""
+    p = store_path(target)
+    return None if p is None else p.with_name(p.name + ".dsbackup-restore.json")
+
+
+@contextmanager
+def _no_space_is_an_error(target: Any, needed: int | None = None) -> Iterator[None]:
+    """A full filesystem while writing the target (`needed`: the bytes of the batch being
+    written): a DatastoreError naming it (exit 2); the journal still names the last synced
+    chunk, so a rerun after freeing space resumes."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_no_space(exc):
+            raise
+        where = store_path(target) or getattr(target, "uri", "target")
+        raise DatastoreError(no_space_message(
+            where, needed, what="free some space and rerun the same restore: it resumes")
+        ) from None
 
 
 def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
@@ -75,6 +93,7 @@ def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
     def work(i: int) -> tuple[int, list[bytes], list[bytes]]:
         payload = reader.read_chunk(i)
         e = reader.entry(i)
+        check_payload(reader.path, i, e, payload)  # keys in range, in order, digest
         try:
             keys, values = decode_records(payload, e.records)
         except FramingError as exc:
@@ -100,11 +119,9 @@ def _checked_payloads(reader: ArchiveReader, chunk_ids: list[int], threads: int,
 
     def work(i: int) -> tuple[int, memoryview]:
         payload = reader.read_chunk(i)
-        e = reader.entry(i)
-        declared = int.from_bytes(payload[8:16], "little") if len(payload) >= 16 else None
-        if declared != e.records:
-            raise IntegrityError(f"{reader.path}: chunk {i} {e.key_range}: payload holds "
-                                 f"{declared} records, expected {e.records}", chunk=i)
+        # count, keys in order and inside the chunk's range, key digest: natively, GIL
+        # released, before the writer sees the chunk
+        check_payload(reader.path, i, reader.entry(i), payload)
         return i, payload
 
     return _in_order(work, chunk_ids, threads, cancel, window)
@@ -227,15 +244,36 @@ def restore_archive(
     if is_go_archive(path):
         from dsbackup.restore_go import restore_go_archive
 
-        return restore_go_archive(path, target, mode=mode, prefix=prefix, pattern=pattern,
-                                  batch_bytes=batch_bytes)
+        with TargetLock(target, f"restore of {Path(path).name}"):
+            return restore_go_archive(path, target, mode=mode, prefix=prefix,
+                                      pattern=pattern, batch_bytes=batch_bytes)
     reader = ArchiveReader(path, parent_dirs=parent_dirs)
     try:
+        check_layout(reader)  # chunk ranges ordered and disjoint, before the target is touched
         chain = reader.open_parents()
         guard.check_target_outside(target, chain.paths if chain else [])
     except BaseException:
         reader.close()
         raise
+    lock = TargetLock(target, f"restore of {Path(path).name}")
+    try:
+        lock.acquire()  # a second writer of the target gets exit 4 naming this process
+    except BaseException:
+        reader.close()
+        raise
+    try:
+        return _open_and_restore(reader, target, workers=workers, mode=mode, prefix=prefix,
+                                 pattern=pattern, progress=progress, cancel=cancel,
+                                 batch_bytes=batch_bytes, resume=resume, t0=t0)
+    finally:
+        reader.close()
+        lock.release()
+
+
+def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
+                      prefix: str | bytes | None, pattern: str | list[str] | None,
+                      progress: Callable[[Progress], None] | None, cancel: threading.Event,
+                      batch_bytes: int, resume: bool, t0: float) -> RestoreResult:
     owned = False
     native = None
     if isinstance(target, (str, os.PathLike)):
@@ -257,7 +295,6 @@ def restore_archive(
                         pattern=pattern, progress=progress, cancel=cancel,
                         batch_bytes=batch_bytes, resume=resume, t0=t0, native=native)
     finally:
-        reader.close()
         if owned:
             target.close()
 
@@ -325,12 +362,15 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
                 values_w = [values_acc[j] for j in keep]
             else:
                 keys_w, values_w = keys_acc, values_acc
+            nbytes = sum(map(len, keys_w)) + sum(map(len, values_w))
             if keys_w:
-                target.put_many(keys_w, values_w)
+                with _no_space_is_an_error(target, nbytes):
+                    target.put_many(keys_w, values_w)
             result.records_written += len(keys_w)
-            result.bytes_written += sum(map(len, keys_w)) + sum(map(len, values_w))
+            result.bytes_written += nbytes
         if jpath is not None:
-            target.sync("/")
+            with _no_space_is_an_error(target):
+                target.sync("/")
             state["next_chunk"] = last_chunk + 1
             write_journal(jpath, state)
         keys_acc, values_acc, acc_bytes = [], [], 0
@@ -363,7 +403,12 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
     """The restore loop of an LMDB target written natively: verified payloads are batched
     (batch_bytes) into one LmdbPayloadWriter.write each — no Python object per record —
     then synced and journaled like the datastore path."""
-    from dsbackup._ext.lmdbwrite import LmdbKeyTooLong, LmdbWriteError, PayloadError
+    from dsbackup._ext.lmdbwrite import (
+        LmdbKeyTooLong,
+        LmdbNoSpace,
+        LmdbWriteError,
+        PayloadError,
+    )
 
     total_bytes = reader.summary.get("raw_bytes")
     payloads: list[memoryview] = []
@@ -378,13 +423,32 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
         nonlocal payloads, chunk_ids, acc_bytes, acc_records, journaled
         if payloads:
             try:
-                n, nbytes = native.writer.write(payloads, append=True, overwrite=True)
+                try:
+                    n, nbytes = native.writer.write(payloads, append=True, overwrite=True)
+                except LmdbNoSpace:
+                    if len(payloads) == 1:
+                        raise
+                    # the batch's reservation did not fit: chunk by chunk, each reserving
+                    # only its own growth, as far as the disk allows
+                    n = nbytes = 0
+                    for j, p in enumerate(payloads):
+                        try:
+                            dn, db = native.writer.write([p], append=True, overwrite=True)
+                        except PayloadError as exc:
+                            exc.index = j
+                            raise
+                        n += dn
+                        nbytes += db
             except PayloadError as exc:
                 i = chunk_ids[exc.index]
                 raise IntegrityError(f"{reader.path}: chunk {i} {reader.entry(i).key_range}: "
                                      f"{exc}", chunk=i) from None
             except LmdbKeyTooLong as exc:
                 raise InvalidKey(f"{exc} ({native.writer.path})") from None
+            except LmdbNoSpace as exc:
+                raise DatastoreError(no_space_message(
+                    native.writer.path, exc.needed, exc.free,
+                    what="free some space and rerun the same restore: it resumes")) from None
             except LmdbWriteError as exc:
                 raise DatastoreError(f"{native.writer.path}: LMDB write failed: {exc}") \
                     from None

@@ -11,23 +11,44 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.errors import DatastoreError
 from dsbackup.filemodes import private_mode
 
 
 def write_journal(path: Path, state: dict[str, Any]) -> None:
     """Replace the journal at `path` with `state` (written, fsynced, renamed)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, private_mode())
-    with open(fd, "w") as f:
-        json.dump(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # a temp name of this process and call: never shared with another writer
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
+    except OSError as exc:
+        raise _journal_error(path, exc) from None
+    try:
+        os.fchmod(fd, private_mode())
+        with open(fd, "w") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _journal_error(path, exc) from None
+        raise
+
+
+def _journal_error(path: Path, exc: OSError) -> DatastoreError:
+    if is_no_space(exc):
+        return DatastoreError(no_space_message(
+            path, what="the restore journal could not be updated; free some space and rerun "
+                       "the same restore: it resumes"))
+    return DatastoreError(f"{path}: cannot write the restore journal: "
+                          f"{exc.strerror or exc}")
 
 
 class JournalSync:
@@ -72,4 +93,10 @@ class JournalSync:
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
+            if isinstance(error, DatastoreError):
+                raise error
+            if is_no_space(error):
+                raise DatastoreError(no_space_message(
+                    self._what, what="free some space and rerun the same restore: it "
+                                     "resumes")) from error
             raise DatastoreError(f"{self._what}: sync failed: {error}") from error

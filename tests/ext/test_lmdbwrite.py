@@ -292,3 +292,24 @@ def test_write_releases_the_gil(tmp_path):
     gaps = [b - a for a, b in zip([t0, *inside], [*inside, t1])]
     assert t1 - t0 > 0.02
     assert max(gaps) < 0.5 * (t1 - t0), (max(gaps), t1 - t0)
+
+
+def test_failed_open_raises_instead_of_crashing(tmp_path):
+    """An environment whose mdb_env_open failed has no map: closing it must not ask LMDB
+    about it (that read freed memory: a segfault on a read-only or full target)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "t" / "data.mdb").mkdir(parents=True)  # the data file cannot be opened
+    code = ("import sys\n"
+            "from dsbackup._ext.lmdbwrite import LmdbPayloadWriter, LmdbWriteError\n"
+            "try:\n"
+            f"    LmdbPayloadWriter({str(tmp_path / 't')!r})\n"
+            "except LmdbWriteError as exc:\n"
+            "    print('refused:', exc)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**__import__("os").environ,
+                            "PYTHONPATH": str(__import__("pathlib").Path(__file__)
+                                              .resolve().parents[2] / "src")})
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert "refused:" in r.stdout

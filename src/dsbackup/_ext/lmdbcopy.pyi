@@ -5,6 +5,11 @@ from types import TracebackType
 
 class LmdbCopyError(OSError): ...
 
+class LmdbCopyNoSpace(LmdbCopyError):
+    needed: int
+    free: int
+    def __init__(self, msg: str, needed: int, free: int) -> None: ...
+
 class LmdbCopier:
     src_path: str
     dst_path: str

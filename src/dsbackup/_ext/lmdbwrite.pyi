@@ -7,6 +7,11 @@ from types import TracebackType
 class LmdbWriteError(OSError): ...
 class LmdbKeyTooLong(LmdbWriteError): ...
 
+class LmdbNoSpace(LmdbWriteError):
+    needed: int
+    free: int
+    def __init__(self, msg: str, needed: int, free: int) -> None: ...
+
 class PayloadError(ValueError):
     index: int
     record: int | None

@@ -6,11 +6,15 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
+from dsbackup._ext.checksum import xxh3_64
 from dsbackup._ext.framing import FramingError, decode_keys_sizes
+from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.verify import check_layout, check_payload
 from dsbackup.errors import IntegrityError
 
 _U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 
 
 def _uvarint(buf: memoryview, pos: int, where: str) -> tuple[int, int]:
@@ -43,18 +47,44 @@ def parse_catalog(data: memoryview, where: str) -> Iterator[tuple[bytes, int, in
         yield key, vlen, vx
 
 
+def _check_catalog_keys(reader: ArchiveReader, i: int, e: ChunkEntry,
+                        rows: list[tuple[bytes, int, int]]) -> None:
+    """What verify checks of a chunk's keys, for its catalog: the index's count, keys
+    strictly increasing from its first to its last key, and its key digest."""
+    keys = [k for k, _, _ in rows]
+    bad = len(keys) != e.records or not keys or keys[0] != e.first_key \
+        or keys[-1] != e.last_key or any(a >= b for a, b in zip(keys, keys[1:]))
+    if not bad:
+        bad = xxh3_64(b"".join(_U32.pack(len(k)) + k for k in keys)) != e.keys_xxh3
+    if bad:
+        raise IntegrityError(f"{reader.path}: chunk {i} {e.key_range}: catalog keys disagree "
+                             "with the index (count, order, key range or key digest)", chunk=i)
+
+
 def iter_listing(reader: ArchiveReader, start: bytes = b"", end: bytes | None = None,
                  ) -> Iterator[tuple[bytes, int, int | None]]:
-    """(key, value size, value XXH3 or None) for keys in [start, end), in key order."""
+    """(key, value size, value XXH3 or None) for keys in [start, end), in key order.
+    The index's layout is checked at once (before the caller prints anything) and each
+    chunk's keys before any of them is yielded (as verify checks them)."""
+    check_layout(reader)
+    return _rows(reader, start, end)
+
+
+def _rows(reader: ArchiveReader, start: bytes, end: bytes | None,
+          ) -> Iterator[tuple[bytes, int, int | None]]:
     use_catalog = reader.index.catalog_count > 0
     for i in reader.index.chunks_overlapping(start, end):
         where = f"{reader.path}: chunk {i}"
+        e = reader.entry(i)
         if use_catalog:
-            rows: Iterator[tuple[bytes, int, int | None]] = parse_catalog(
-                reader.read_catalog(i), where)
+            cat = list(parse_catalog(reader.read_catalog(i), where))
+            _check_catalog_keys(reader, i, e, cat)
+            rows: Iterator[tuple[bytes, int, int | None]] = iter(cat)
         else:
+            payload = reader.read_chunk(i)
+            check_payload(reader.path, i, e, payload)
             try:
-                keys, sizes = decode_keys_sizes(reader.read_chunk(i))
+                keys, sizes = decode_keys_sizes(payload)
             except FramingError as exc:
                 raise IntegrityError(f"{where}: {exc}", chunk=i) from None
             rows = ((k, s, None) for k, s in zip(keys, sizes))

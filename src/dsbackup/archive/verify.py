@@ -92,6 +92,19 @@ def check_payload(path: os.PathLike[str] | str, i: int, e: ChunkEntry, payload: 
     return info
 
 
+def check_layout(reader: ArchiveReader) -> None:
+    """Raise the first structural problem of the index (chunk key ranges ordered and disjoint,
+    members tiling the file): what restore and ls check before reading any chunk. Per chunk,
+    not per record."""
+    problems = reader.index.check_layout(reader.index.manifest_length,
+                                         reader.trailer.index_offset)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise IntegrityError(f"{reader.path}: {first}{more}; run verify for details",
+                             chunk=first.chunk, part=first.part)
+
+
 def _check_chunk(reader: ArchiveReader, i: int, deep: bool,
                  blocks: list[int] | None = None) -> tuple[int, int]:
     """Check chunk i; returns (bytes read, records). Raises IntegrityError naming the chunk."""

@@ -102,6 +102,23 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _full_disk_error(path: Path, exc: Exception,
+                     ops: list[tuple[bytes, bytes | None]]) -> DatastoreError | None:
+    """LMDB reports a write the disk had no room for as ENOSPC, or as EIO when the write came
+    up short: a DatastoreError naming the full filesystem when that is what happened (the
+    transaction was aborted: nothing of it was written), else None."""
+    from dsbackup.diskspace import free_bytes, no_space_message
+
+    text = str(exc)
+    if "No space left" not in text and "Input/output error" not in text:
+        return None
+    needed = 2 * sum(len(k) + len(v or b"") for k, v in ops) + (1 << 20)
+    free = free_bytes(path)
+    if "No space left" not in text and (free is None or free >= needed):
+        return None  # a real I/O error, not a full disk
+    return DatastoreError(no_space_message(path, needed, free))
+
+
 class LmdbDatastore(BaseDatastore):
     """An LMDB environment directory (``data.mdb`` + ``lock.mdb``)."""
 
@@ -203,6 +220,9 @@ class LmdbDatastore(BaseDatastore):
                         f"key {bad[:80]!r} is empty or longer than LMDB's "
                         f"{env.max_key_size()}-byte limit ({self.path})") from e
                 except _lmdb.Error as e:
+                    full = _full_disk_error(self.path, e, ops)
+                    if full is not None:
+                        raise full from None
                     raise DatastoreError(f"{self.path}: LMDB write failed: {e}") from e
             raise DatastoreError(f"{self.path}: LMDB map could not grow enough")
 

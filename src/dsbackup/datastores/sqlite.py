@@ -26,6 +26,7 @@ from dsbackup.errors import DatastoreError, LockedError, NotFound
 __all__ = ["SqliteDatastore", "open_sqlite", "TABLE"]
 
 TABLE = "datastore"
+_SQLITE_FULL = 13  # "database or disk is full"
 _SCHEMA = f"CREATE TABLE IF NOT EXISTS {TABLE} (key BLOB PRIMARY KEY, value BLOB NOT NULL) " \
           "WITHOUT ROWID"
 
@@ -101,10 +102,30 @@ class SqliteDatastore(BaseDatastore):
                     else:
                         c.execute(f"INSERT OR REPLACE INTO {TABLE} (key, value) VALUES (?, ?)",
                                   (k, v))
-            except BaseException:
-                c.execute("ROLLBACK")
+            except BaseException as exc:
+                self._abort(exc)
                 raise
-            c.execute("COMMIT")
+            self._commit()
+
+    def _abort(self, exc: BaseException) -> None:
+        """Roll back a failed write transaction (SQLite already did on SQLITE_FULL) and turn
+        a full disk into a DatastoreError naming it."""
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == \
+                _SQLITE_FULL:
+            from dsbackup.diskspace import no_space_message
+
+            raise DatastoreError(no_space_message(self.path)) from None
+        if isinstance(exc, sqlite3.Error):
+            raise DatastoreError(f"{self.path}: SQLite write failed: {exc}") from None
+
+    def _commit(self) -> None:
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._abort(exc)
+            raise
 
     def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
         """One transaction with ``executemany``."""
@@ -117,10 +138,10 @@ class SqliteDatastore(BaseDatastore):
             try:
                 c.executemany(f"INSERT OR REPLACE INTO {TABLE} (key, value) VALUES (?, ?)",
                               zip(keys, values))
-            except BaseException:
-                c.execute("ROLLBACK")
+            except BaseException as exc:
+                self._abort(exc)
                 raise
-            c.execute("COMMIT")
+            self._commit()
 
     def _select(self, cols: str, start: bytes, end: bytes | None, batch: int
                 ) -> Iterator[list[tuple]]:

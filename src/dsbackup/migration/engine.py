@@ -23,7 +23,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from dsbackup.errors import MigrationError, NotFound, ValidationError
+from dsbackup.diskspace import is_no_space, no_space_message
+from dsbackup.errors import (
+    Cancelled,
+    DatastoreError,
+    MigrationError,
+    NotFound,
+    ValidationError,
+)
 from dsbackup.keys import key_str
 from dsbackup.migration import lmdbfast
 from dsbackup.migration.filters import CompiledFilter
@@ -155,6 +162,28 @@ class StepRunner:
             return sum(1 for a, b in zip(k0, k1) if a != b)
         return sum(1 for a, b, c, d in zip(k0, v0, k1, v1) if a != b or c != d)
 
+    def _apply(self, keys: list[bytes], values: list[bytes]
+               ) -> tuple[list[bytes], list[bytes]]:
+        """The step's transforms over a batch. A record they fail on is counted as an error
+        and named: the batch is redone record by record to find it (only on that path)."""
+        try:
+            return self.xf.apply(keys, values)
+        except Cancelled:
+            raise
+        except Exception as batch_exc:
+            bad: bytes | None = None
+            cause: Exception = batch_exc
+            for k, v in zip(keys, values):
+                try:
+                    self.xf.apply([k], [v])
+                except Exception as one:  # noqa: BLE001 - the first failing record
+                    bad, cause = k, one
+                    break
+            where = f"key {key_str(bad)}" if bad is not None else "a record of a batch"
+            msg = f"step {self.step.id!r}: transform failed at {where}: {cause}"
+            self._error(msg)
+            raise MigrationError(msg) from None
+
     # -- entry -------------------------------------------------------------------------------
     def run(self) -> StepResult:
         kind = self.step.kind
@@ -241,7 +270,7 @@ class StepRunner:
                         self._sample(keys, values, keys, values, "copy")
                 else:
                     sel_k, sel_v, skipped = filt.select(keys, values)
-                    out_k, out_v = xf.apply(sel_k, sel_v)
+                    out_k, out_v = self._apply(sel_k, sel_v)
                     xf.check(out_k, out_v, self.step.id)
                     res.records += len(sel_k)
                     res.changed += self._changed(sel_k, sel_v, out_k, out_v)
@@ -300,7 +329,16 @@ class StepRunner:
                 with lmdbfast.native_copier(src_path, dst_path, s, e) as copier:
                     target = lmdbfast.NativeTarget(copier)
                     while True:
-                        last, n, nbytes = copier.copy(self.bs, self.bb)
+                        try:
+                            last, n, nbytes = copier.copy(self.bs, self.bb)
+                        except OSError as exc:
+                            if not is_no_space(exc):
+                                raise DatastoreError(f"{dst_path}: LMDB copy failed: "
+                                                     f"{exc}") from None
+                            raise DatastoreError(no_space_message(
+                                dst_path, getattr(exc, "needed", None),
+                                getattr(exc, "free", None),
+                                what="free some space and rerun the migration")) from None
                         if not n:
                             break
                         res.records += n
@@ -322,7 +360,7 @@ class StepRunner:
                 for k, v in zip(keys, values)]
         sel_k = [k for k, m in zip(keys, mask) if m]
         sel_v = [v for v, m in zip(values, mask) if m]
-        new_k, new_v = xf.apply(sel_k, sel_v)
+        new_k, new_v = self._apply(sel_k, sel_v)
         xf.check(new_k, new_v, self.step.id)
         self._sample(sel_k, sel_v, new_k, new_v, "transform")
         changed = self._changed(sel_k, sel_v, new_k, new_v)
@@ -361,39 +399,82 @@ class StepRunner:
 
     # -- in place ----------------------------------------------------------------------------
     def _in_place(self, delete_old: bool) -> None:
-        ds, filt, xf = self.src, self.filt, self.xf
+        ds = self.src
         prefix = self.tmp_prefix
         order = ["stage", "delete", "apply"]
         if not self.ctx.dry_run and not self.resume:
             self._clear_range(ds, prefix, prefix_end(prefix))  # leftovers of an old attempt
         if not self._phase_done_before("stage", order):
-            self.phase = "stage"
-            start = filt.start
-            resume = self._resume_point("stage")
-            if resume is not None:
-                start = after(resume)
-            res = self.res
-            for keys, values in self._scan(ds, start, filt.end):
-                sel_k, sel_v, skipped = filt.select(keys, values)
-                new_k, new_v = xf.apply(sel_k, sel_v)
-                xf.check(new_k, new_v, self.step.id)
-                self._sample(sel_k, sel_v, new_k, new_v, "transform")
-                res.records += len(sel_k)
-                res.skipped += skipped
-                tk = [prefix + nk[1:] for k, v, nk, nv in zip(sel_k, sel_v, new_k, new_v)
-                      if k != nk or v != nv]
-                tv = [nv for k, v, nk, nv in zip(sel_k, sel_v, new_k, new_v)
-                      if k != nk or v != nv]
-                res.changed += len(tk)
-                res.bytes += sum(map(len, tv))
-                if delete_old:  # records whose key changes lose their old key
-                    res.deleted += sum(1 for k, nk in zip(sel_k, new_k) if k != nk)
-                if tk and not self.ctx.dry_run:
-                    ds.put_many(tk, tv)
-                self._checkpoint(keys[-1], (ds,))
-                self._progress()
-            self.phase = "delete" if delete_old else "apply"
-            self._checkpoint(None, (ds,), force=True)
+            try:
+                self._stage(delete_old)
+            except Exception as exc:
+                if not isinstance(exc, Cancelled) and not self.ctx.dry_run:
+                    self._revert_stage(exc)
+                raise
+        try:
+            self._replace_staged(delete_old, order)
+        except Exception as exc:
+            if not isinstance(exc, Cancelled):
+                # originals are being replaced: only --resume can finish the step now
+                exc.dsmigrate_partial = True  # type: ignore[attr-defined]
+            raise
+
+    def _revert_stage(self, exc: Exception) -> None:
+        """A failure while staging: only temp keys were written, so removing them puts the
+        store back exactly as it was; the journal's checkpoint of this step is reset (a
+        resume restages from the start)."""
+        ds, prefix = self.src, self.tmp_prefix
+        try:
+            n = self._clear_range(ds, prefix, prefix_end(prefix))
+            ds.sync("/")
+            if self.ctx.journal is not None:
+                self.ctx.journal.append({"t": "checkpoint", "step": self.index,
+                                         "id": self.step.id, "phase": "stage", "last": None,
+                                         "counts": {}})
+        except Exception:  # noqa: BLE001 - the step's own error is what the user sees
+            log.exception("step %s: removing the staged records failed", self.step.id)
+            exc.dsmigrate_partial = True  # type: ignore[attr-defined]
+            return
+        exc.dsmigrate_reverted = (  # type: ignore[attr-defined]
+            f"its {n} staged record(s) were removed: the store is as before")
+
+    def _stage(self, delete_old: bool) -> None:
+        """Phase 1: each record whose key or value changes is written as TMP + new key."""
+        ds, filt, xf = self.src, self.filt, self.xf
+        prefix = self.tmp_prefix
+        self.phase = "stage"
+        start = filt.start
+        resume = self._resume_point("stage")
+        if resume is not None:
+            start = after(resume)
+        res = self.res
+        for keys, values in self._scan(ds, start, filt.end):
+            sel_k, sel_v, skipped = filt.select(keys, values)
+            new_k, new_v = self._apply(sel_k, sel_v)
+            xf.check(new_k, new_v, self.step.id)
+            self._sample(sel_k, sel_v, new_k, new_v, "transform")
+            res.records += len(sel_k)
+            res.skipped += skipped
+            tk = [prefix + nk[1:] for k, v, nk, nv in zip(sel_k, sel_v, new_k, new_v)
+                  if k != nk or v != nv]
+            tv = [nv for k, v, nk, nv in zip(sel_k, sel_v, new_k, new_v)
+                  if k != nk or v != nv]
+            res.changed += len(tk)
+            res.bytes += sum(map(len, tv))
+            if delete_old:  # records whose key changes lose their old key
+                res.deleted += sum(1 for k, nk in zip(sel_k, new_k) if k != nk)
+            if tk and not self.ctx.dry_run:
+                ds.put_many(tk, tv)
+            self._checkpoint(keys[-1], (ds,))
+            self._progress()
+        self.phase = "delete" if delete_old else "apply"
+        self._checkpoint(None, (ds,), force=True)
+
+    def _replace_staged(self, delete_old: bool, order: list[str]) -> None:
+        """Phases 2 and 3: remove records whose key changes, then move the staged records
+        to their new keys."""
+        ds, filt, xf = self.src, self.filt, self.xf
+        prefix = self.tmp_prefix
         if delete_old and not self._phase_done_before("delete", order):
             self.phase = "delete"
             start = filt.start
@@ -451,7 +532,7 @@ class StepRunner:
     def _compare(self, src: Any, dst: Any, transform_all: bool, run_validators: bool) -> int:
         """Every selected source record, transformed, is in ``dst`` with the same value.
         Returns the number of records that are missing or differ."""
-        filt, xf = self.filt, self.xf
+        filt = self.filt
         start, end = (b"", None) if transform_all else (filt.start, filt.end)
         errors = 0
         for keys, values in self._scan(src, start, end):
@@ -461,7 +542,7 @@ class StepRunner:
                 sel = len(keys)
             else:
                 sk, sv, _ = filt.select(keys, values)
-                ek, ev = xf.apply(sk, sv)
+                ek, ev = self._apply(sk, sv)
                 sel = len(sk)
             if run_validators:
                 errors += self._run_validators(ek, ev)

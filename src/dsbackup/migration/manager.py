@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from dsbackup.datastores import open_datastore, parse_uri
 from dsbackup.errors import (
@@ -27,6 +29,7 @@ from dsbackup.errors import (
     ConfigError,
     DatastoreError,
     DsBackupError,
+    IntegrityError,
     MigrationError,
 )
 from dsbackup.migration.config import MigrationConfig
@@ -49,6 +52,7 @@ from dsbackup.migration.plan import (
 )
 from dsbackup.migration.result import MigrationResult, RollbackReport, StepResult
 from dsbackup.migration.runtime import ProgressEvent, RunContext
+from dsbackup.targetlock import TargetLock
 
 __all__ = ["MigrationManager"]
 
@@ -88,6 +92,37 @@ def _write_options(uri: str) -> dict[str, Any]:
     if scheme == "lmdb" and "sync" not in params:
         return {"sync": False}
     return {}
+
+
+def _remove_path(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _refs_written(plan_steps: list[MigrationStep]) -> set[str]:
+    """The store references (``source``, ``target`` or a URI) that these steps may write."""
+    refs: set[str] = set()
+    for step in plan_steps:
+        if step.kind is MigrationType.VALIDATE:
+            continue
+        refs.add(step.target)
+        if step.kind is MigrationType.MOVE:
+            refs.add(step.source)
+    return refs
+
+
+# stores the pre-migration archive can be restored into beside the source, then swapped in
+_STAGEABLE = {"lmdb", "sqlite", "flatfs", "leveldb"}
 
 
 class _Stores:
@@ -134,6 +169,19 @@ class _Stores:
         self.by_name[name] = ds
         return ds
 
+    def is_written(self, name: str, refs: set[str]) -> bool:
+        """True when one of ``refs`` names the store registered as ``name`` (the same
+        object, or a URI of the same path)."""
+        ds = self.by_name[name]
+        path = _store_path(ds)
+        for ref in refs:
+            if ref in (SOURCE, TARGET):
+                if self.by_name.get(ref) is ds:
+                    return True
+            elif path is not None and _store_path(ref) == path:
+                return True
+        return False
+
     def resolve(self, ref: str) -> Any:
         if ref in (SOURCE, TARGET):
             return self.by_name[ref]
@@ -147,6 +195,44 @@ class _Stores:
             if ds not in self._owned or getattr(ds, "scheme", "") != "lmdb":
                 raise ValueError("only LMDB stores this run opened can be lent")
         return _Lent(self, list(stores))
+
+    def owns(self, ds: Any) -> bool:
+        return ds in self._owned
+
+    def swap_in(self, ds: Any, staged: Path) -> Any:
+        """Replace the owned store ``ds`` by the store restored at ``staged`` (same kind):
+        ``ds`` is closed, its path renamed aside, ``staged`` renamed into place, the old one
+        removed, and the store reopened under its URI (returned)."""
+        uri = self._uri_of[id(ds)]
+        path = _store_path(ds)
+        assert path is not None
+        ds.close()
+        old = path.with_name(f".{path.name}.dsmigrate-old-{os.getpid()}")
+        moved: list[tuple[Path, Path]] = []
+        try:
+            for suffix in ("", "-wal", "-shm"):  # SQLite's side files go with their file
+                a = path.with_name(path.name + suffix)
+                if a.exists():
+                    b = old.with_name(old.name + suffix)
+                    os.rename(a, b)
+                    moved.append((b, a))
+            os.rename(staged, path)
+        except BaseException:
+            for b, a in reversed(moved):  # put the store back exactly where it was
+                os.rename(b, a)
+            self._reopen_as(ds, uri)
+            raise
+        _fsync_dir(path.parent)
+        new = self._reopen_as(ds, uri)
+        for b, _a in moved:
+            _remove_path(b)
+        return new
+
+    def _reopen_as(self, old: Any, uri: str) -> Any:
+        new = open_datastore(uri, **_write_options(uri))
+        self._uri_of[id(new)] = uri
+        self._replace(old, new)
+        return new
 
     def _replace(self, old: Any, new: Any) -> None:
         self._owned[self._owned.index(old)] = new
@@ -232,6 +318,7 @@ class MigrationManager:
             result.finished_at = _now()
             self._record(result)
             return result
+        locks = ExitStack() if cfg.dry_run else self._lock_stores(plan, cfg, source, target)
         stores = _Stores(readonly=cfg.dry_run)
         try:
             src = stores.add(SOURCE, source, must_exist=True)
@@ -245,6 +332,7 @@ class MigrationManager:
                 self._execute(plan, cfg, stores, src, dst, result, progress, cancel)
         finally:
             stores.close()
+            locks.close()
             result.finished_at = result.finished_at or _now()
             self._record(result)
         return result
@@ -258,6 +346,7 @@ class MigrationManager:
         if cfg.dry_run:
             raise ConfigError("a rollback cannot be a dry run")
         result = MigrationResult(plan.id, plan.version, _now())
+        locks = self._lock_stores(plan, cfg, source, target, rollback=True)
         stores = _Stores(readonly=False)
         try:
             stores.add(SOURCE, source, must_exist=True)
@@ -270,15 +359,16 @@ class MigrationManager:
             report = self._rollback(plan, cfg, stores, result, journal, stamp_path, backup)
             result.rollback = report
             result.success = report.success and (report.performed or report.stamp_removed)
-            if not report.performed and not report.stamp_removed:
+            if not report.success:
+                result.error = result.error or "RollbackFailed"
+                result.exit_code = result.exit_code or EXIT_ERROR
+            elif not report.performed and not report.stamp_removed:
                 result.error = "NothingToRollBack"
                 result.exit_code = EXIT_ERROR
                 result.error_log.append(report.message)
-            elif not report.success:
-                result.error = result.error or "RollbackFailed"
-                result.exit_code = EXIT_ERROR
         finally:
             stores.close()
+            locks.close()
             result.finished_at = _now()
             self._record(result)
         return result
@@ -288,6 +378,27 @@ class MigrationManager:
             return dict(self._metrics)
 
     # -- internals ---------------------------------------------------------------------------
+    @staticmethod
+    def _lock_stores(plan: MigrationPlan, cfg: MigrationConfig, source: StoreLike,
+                     target: StoreLike, rollback: bool = False) -> ExitStack:
+        """Take the write lock (targetlock.py) of every store this run may write: the
+        target, the source when a step, a rollback step or the pre-migration archive's
+        restore may write it, and any other store a step writes. A store another process
+        writes gives LockedError (exit 4) before anything is opened."""
+        refs = _refs_written(plan.steps + plan.rollback)
+        stack = ExitStack()
+        what = f"migration {plan.id}" + (" rollback" if rollback else "")
+        try:
+            stack.enter_context(TargetLock(target, what))
+            if rollback or cfg.backup_before or SOURCE in refs:
+                stack.enter_context(TargetLock(source, what, create_parent=False))
+            for ref in sorted(refs - {SOURCE, TARGET}):
+                stack.enter_context(TargetLock(ref, what, create_parent=False))
+        except BaseException:
+            stack.close()
+            raise
+        return stack
+
     @staticmethod
     def _load(plan: MigrationPlan | str | os.PathLike[str]) -> MigrationPlan:
         if isinstance(plan, MigrationPlan):
@@ -418,8 +529,11 @@ class MigrationManager:
                 journal.retire("failed")
                 result.journal_path = None
         elif cfg.rollback_on_failure:
-            result.rollback = self._rollback(plan, cfg, stores, result, journal, stamp_path,
-                                             result.backup_path)
+            ran = {i for i, st in enumerate(result.steps) if st.status != "not_run"}
+            result.rollback = self._rollback(
+                plan, cfg, stores, result, journal, stamp_path, result.backup_path, ran,
+                reverted=getattr(exc, "dsmigrate_reverted", None),
+                partial=bool(getattr(exc, "dsmigrate_partial", False)))
 
     def _backup(self, plan: MigrationPlan, cfg: MigrationConfig, src: Any,
                 journal: Journal | None, state: JournalState,
@@ -537,7 +651,8 @@ class MigrationManager:
             return runner.run()
         except BaseException as exc:
             runner.res.status = "failed"
-            runner.res.message = str(exc)
+            reverted = getattr(exc, "dsmigrate_reverted", None)
+            runner.res.message = str(exc) + (f"; {reverted}" if reverted else "")
             raise _StepFailed(runner.res, exc) from exc
 
     @staticmethod
@@ -549,10 +664,16 @@ class MigrationManager:
 
     def _rollback(self, plan: MigrationPlan, cfg: MigrationConfig, stores: _Stores,
                   result: MigrationResult, journal: Journal | None, stamp_path: Path | None,
-                  backup: str | None) -> RollbackReport:
+                  backup: str | None, ran: set[int] | None = None, *,
+                  reverted: str | None = None, partial: bool = False) -> RollbackReport:
+        """Undo what the steps in ``ran`` (all of the plan's when None) may have written.
+        The version stamp and the journal are retired only when the rollback succeeded: a
+        failed one leaves everything as it was, to be retried. ``reverted``: what the failed
+        step undid itself; ``partial``: the failed step left a half-done in-place state
+        (temp keys) that only ``--resume`` can finish — when nothing else reverts it, the
+        journal is kept for that."""
         report = RollbackReport()
-        if stamp_path is not None:
-            report.stamp_removed = remove_stamp(stamp_path)
+        steps = [s for i, s in enumerate(plan.steps) if ran is None or i in ran]
         rb_cfg = cfg.with_overrides({"dry_run": False})
         ctx = RunContext(rb_cfg, journal=None, steps_total=len(plan.rollback),
                          error_log=result.error_log)
@@ -570,24 +691,47 @@ class MigrationManager:
                 report.message = (f"ran {len(report.steps)} rollback step(s): "
                                   + ", ".join(f"{s.step_id} ({s.type}: {s.written} written, "
                                               f"{s.deleted} deleted)" for s in report.steps))
+            elif backup and not stores.is_written(SOURCE, _refs_written(steps)):
+                # e.g. a copy step: it only read the source, so there is nothing to undo
+                # there (and restoring the archive would only lose later writes)
+                report.message = ("no step modified the source: source left as it was "
+                                  "(the pre-migration archive was not needed); target left "
+                                  "as is")
             elif backup:
                 report.method = "backup"
                 report.restored_from = backup
-                report.restored_records = self._restore(backup, stores.by_name[SOURCE])
+                report.restored_records = self._restore(backup, stores)
                 report.performed = True
                 report.message = (f"restored the source from {backup} "
                                   f"({report.restored_records} records); target left as is")
             else:
-                report.message = ("no rollback steps and no pre-migration backup: nothing "
-                                  "reverted" + ("; version stamp removed"
-                                                if report.stamp_removed else ""))
+                report.message = "no rollback steps and no pre-migration backup: nothing " \
+                                 "reverted"
+            if reverted and not report.performed:
+                report.message = (f"the failed step reverted itself ({reverted}); "
+                                  + report.message.replace("nothing reverted",
+                                                           "nothing else reverted"))
         except BaseException as exc:
             report.success = False
             report.message = f"rollback failed: {type(exc).__name__}: {exc}"
             result.error_log.append(report.message)
+            result.exit_code = result.exit_code or getattr(exc, "exit_code", EXIT_ERROR)
             if isinstance(exc, KeyboardInterrupt):
                 raise
             return report
+        if partial and not report.performed:
+            report.message += ("; the failed step was replacing records in place: its "
+                               "journal is kept, fix the cause and re-run with --resume to "
+                               "finish it")
+            if journal is not None and journal.exists:
+                journal.append({"t": "rolled_back", "method": "none",
+                                "message": report.message})
+            log.warning("rollback: %s", report.message)
+            return report
+        if stamp_path is not None:
+            report.stamp_removed = remove_stamp(stamp_path)
+            if report.stamp_removed and not report.performed:
+                report.message += "; version stamp removed"
         if journal is not None:
             if journal.exists:
                 journal.append({"t": "rolled_back", "method": report.method,
@@ -597,16 +741,58 @@ class MigrationManager:
         log.warning("rollback: %s", report.message)
         return report
 
+    def _restore(self, backup: str, stores: _Stores) -> int:
+        """Restore the source from its pre-migration archive. The archive is verified
+        completely (deep) first; then restored into a staging store beside the source and
+        swapped in only once that succeeded, so a failure at any point leaves the source
+        exactly as it was. Stores that cannot be staged (no single path of a known layout,
+        or not opened by this run) are emptied and restored in place, after the same
+        verification."""
+        from dsbackup.archive.verify import verify_archive
+
+        left = "the source was left as it is"
+        archive = Path(backup)
+        if not archive.is_file():
+            raise MigrationError(f"pre-migration archive {backup} is missing; {left}")
+        check = verify_archive(archive, deep=True)
+        if not check.ok:
+            first = check.errors[0] if check.errors else "damaged"
+            raise IntegrityError(f"pre-migration archive {backup} failed verification "
+                                 f"({first}); {left}")
+        src = stores.by_name[SOURCE]
+        path = _store_path(src)
+        if path is not None and getattr(src, "scheme", "") in _STAGEABLE and stores.owns(src):
+            return self._restore_staged(archive, stores, src, path)
+        return self._restore_in_place(archive, src)
+
     @staticmethod
-    def _restore(backup: str, source: Any) -> int:
+    def _restore_staged(archive: Path, stores: _Stores, src: Any, path: Path) -> int:
+        from dsbackup.restore import restore_archive
+
+        scheme, _loc, params = parse_uri(stores._uri_of[id(src)])
+        params = dict(params)
+        shard = getattr(src, "shard", None)
+        if scheme == "flatfs" and shard is not None:
+            params["shard"] = f"{shard.kind}/{shard.param}"  # the source's layout
+        staging = path.with_name(f".{path.name}.dsmigrate-rollback-{os.getpid()}")
+        sides = [staging.with_name(staging.name + s) for s in ("", "-wal", "-shm")]
+        for p in sides:
+            _remove_path(p)
+        uri = f"{scheme}:{staging}" + (f"?{urlencode(params)}" if params else "")
         try:
-            from dsbackup.backup import BackupConfig, BackupManager
-        except ImportError:
-            raise MigrationError("restoring the pre-migration backup needs the backup layer "
-                                 "(dsbackup.backup.BackupManager), which is not available"
-                                 ) from None
+            res = restore_archive(archive, uri)
+            stores.swap_in(src, staging)
+        except BaseException:
+            for p in sides:
+                _remove_path(p)
+            raise
+        return int(res.records_written)
+
+    @staticmethod
+    def _restore_in_place(archive: Path, source: Any) -> int:
+        from dsbackup.restore import restore_archive
+
         # the source must end up exactly as archived: empty it, then restore into it
-        n = 0
         while True:
             keys: list[bytes] = []
             for ks, _ in source.scan_key_sizes(b"", None, max_records=10_000):
@@ -617,14 +803,9 @@ class MigrationManager:
             with source.batch() as b:
                 for k in keys:
                     b.delete(k)
-            n += len(keys)
-        try:
-            res = BackupManager(BackupConfig()).restore_backup(backup, source)
-        except ImportError as exc:
-            raise MigrationError(f"restoring the pre-migration backup needs the restore layer, "
-                                 f"which is not available: {exc}") from None
+        res = restore_archive(archive, source)
         source.sync("/")
-        return int(getattr(res, "records_written", 0) or 0)
+        return int(res.records_written)
 
     def _record(self, result: MigrationResult) -> None:
         with self._lock:

@@ -1,0 +1,176 @@
+"""The target lock (issue 20, item 4): a second writer of the same store is refused with
+exit 4 naming the holder's PID; temp names are unique per process; the restore journal's
+path comes from the filesystem path, never the URI string (issue 16)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from dsbackup.errors import LockedError
+from dsbackup.restore import _journal_path
+from dsbackup.targetlock import TargetLock, lock_path
+
+RECORDS = [(b"/K%04d" % i, b"v%d" % i) for i in range(200)]
+
+
+def _hold(cli_env, uri: str) -> subprocess.Popen:
+    """Another process holding the target's lock until its stdin closes."""
+    code = textwrap.dedent(f"""
+        import sys
+        from dsbackup.targetlock import TargetLock
+        with TargetLock({uri!r}, "test holder"):
+            print("held", flush=True)
+            sys.stdin.read()
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], env=cli_env, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+@pytest.mark.parametrize("scheme", ["lmdb", "flatfs", "sqlite"])
+def test_second_restore_is_refused_with_holder_pid(tmp_path, make_archive, run_cli, cli_env,
+                                                   scheme):
+    arch = tmp_path / "a.tar.gz"
+    make_archive(arch, RECORDS)
+    uri = f"{scheme}:{tmp_path / 'target'}"
+    holder = _hold(cli_env, uri)
+    try:
+        r = run_cli("restore", arch, uri)
+        assert r.returncode == 4, r.stderr
+        assert f"PID {holder.pid}" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert not (tmp_path / "target").exists()  # refused before the target was touched
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    r = run_cli("restore", arch, uri)  # the holder is gone: the lock is free again
+    assert r.returncode == 0, r.stderr
+    assert not lock_path(uri).exists()
+
+
+def test_two_concurrent_restores_one_wins(tmp_path, make_archive, cli_env):
+    arch = tmp_path / "a.tar.gz"
+    make_archive(arch, [(b"/k%06d" % i, os.urandom(200)) for i in range(20000)])
+    uri = f"lmdb:{tmp_path / 'target'}"
+    procs = [subprocess.Popen([sys.executable, "-m", "dsbackup", "restore", str(arch), uri],
+                              env=cli_env, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in outs)
+    for _rc, err in outs:
+        assert "Traceback" not in err, err
+    # either one was refused (4) while the other ran, or they ran one after the other and
+    # the second found a non-empty target (2); never both writing at once
+    assert codes in ([0, 2], [0, 4]), outs
+    from dsbackup.datastores import open_datastore
+    ds = open_datastore(uri, readonly=True)
+    try:
+        n = sum(len(k) for k, _ in ds.scan_key_sizes(b"", None, max_records=100000))
+    finally:
+        ds.close()
+    assert n == 20000
+
+
+def test_lock_is_reentrant_only_for_its_thread(tmp_path):
+    uri = f"lmdb:{tmp_path / 's'}"
+    with TargetLock(uri, "outer"):
+        with TargetLock(uri, "inner"):  # a migration's rollback restoring into its store
+            pass
+        assert lock_path(uri).exists()
+        err: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                TargetLock(uri, "other thread").acquire()
+            except LockedError as exc:
+                err.append(exc)
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        assert err and "another thread" in str(err[0])
+    assert not lock_path(uri).exists()
+
+
+def test_journal_path_ignores_uri_parameters(tmp_path):
+    d = tmp_path / "blocks"
+    assert _journal_path(type("T", (), {"uri": f"flatfs:{d}?shard=suffix/2"})()) == \
+        tmp_path / "blocks.dsbackup-restore.json"
+    assert _journal_path(type("T", (), {"uri": "memory:"})()) is None
+
+
+def test_overwrite_into_flatfs_with_shard_in_uri(tmp_path, make_archive, run_cli):
+    """issue 16: `restore --overwrite` into flatfs:DIR?shard=suffix/2 built the journal path
+    from the whole URI ('DIR?shard=suffix/2.dsbackup-restore.json.tmp') and crashed."""
+    arch = tmp_path / "a.tar.gz"
+    make_archive(arch, [(b"/ABCDEF%02d" % i, b"v%d" % i) for i in range(30)])
+    d = tmp_path / "blocks"
+    (d / "ZZ").mkdir(parents=True)  # a store without SHARDING (as Helia writes them)
+    (d / "ZZ" / "OLDKEYZZ.data").write_bytes(b"old")
+    uri = f"flatfs:{d}?shard=suffix/2"
+    r = run_cli("restore", "--overwrite", arch, uri)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not any("?" in p.name for p in tmp_path.iterdir())
+    assert not (tmp_path / "blocks.dsbackup-restore.json").exists()  # finished: removed
+    from dsbackup.datastores import open_datastore
+    ds = open_datastore(uri, readonly=True)
+    try:
+        got = {k for ks, _ in ds.scan_key_sizes(b"", None, max_records=1000) for k in ks}
+    finally:
+        ds.close()
+    assert len(got) == 31 and b"/OLDKEYZZ" in got
+    assert not (d / "SHARDING").exists()
+
+
+def test_journal_temp_names_are_unique(tmp_path):
+    from dsbackup.restore_journal import write_journal
+
+    j = tmp_path / "t.dsbackup-restore.json"
+    threads = [threading.Thread(target=write_journal, args=(j, {"n": i})) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert j.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [j.name]  # no temp file left behind
+
+
+def test_migration_into_a_locked_target_is_refused(tmp_path, make_archive, run_cli, cli_env):
+    from dsbackup.datastores import open_datastore
+
+    src, dst = f"lmdb:{tmp_path / 'src'}", f"lmdb:{tmp_path / 'dst'}"
+    ds = open_datastore(src)
+    ds.put_many([k for k, _ in RECORDS], [v for _, v in RECORDS])
+    ds.close()
+    plan = tmp_path / "plan.toml"
+    plan.write_text('id = "c"\nversion = "1"\n[[steps]]\nid = "copy"\ntype = "copy"\n')
+    holder = _hold(cli_env, dst)
+    try:
+        r = run_cli("migrate", plan, src, dst)
+        assert r.returncode == 4, r.stderr
+        assert f"PID {holder.pid}" in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "dst").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    r = run_cli("migrate", plan, src, dst)
+    assert r.returncode == 0, r.stderr
+    assert not lock_path(dst).exists() and not lock_path(src).exists()
+
+
+def test_locking_a_missing_source_creates_nothing(tmp_path):
+    from dsbackup import MigrationManager, MigrationPlan, MigrationStep
+    from dsbackup.errors import DatastoreError
+
+    plan = MigrationPlan(id="m", version="1", steps=[MigrationStep(id="mv", type="move")])
+    with pytest.raises(DatastoreError, match="does not exist"):
+        MigrationManager().execute_migration(plan, f"lmdb:{tmp_path}/typo/dir/src",
+                                             f"lmdb:{tmp_path}/dst")
+    assert not (tmp_path / "typo").exists()
