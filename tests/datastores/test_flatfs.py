@@ -98,7 +98,10 @@ def test_directory_identical_to_go_ds_flatfs(tmp_path, go_fixtures, shard):
     data[FIXTURE_BLOCK] = b"\n\x02\x08\x01"
     default = shard == "next-to-last/2"
     ds = FlatfsDatastore(root, shard=None if default else shard, sync=False)
-    initial = _walk_usage(root)
+    assert not (root / ".temp").exists()  # made with the first write, counted then
+    probe = tmp_path / "temp-size-probe"
+    probe.mkdir()
+    initial = _walk_usage(root) + probe.stat().st_size
     items = list(data.items())
     for name, value in items[:30]:
         ds.put("/" + name, value)
@@ -140,7 +143,9 @@ def test_disk_usage_cache_format_matches_kubo(go_fixtures):
 def test_disk_usage_tracks_puts_deletes_overwrites(tmp_path):
     root = tmp_path / "b"
     ds = FlatfsDatastore(root, sync=False)
-    initial = _walk_usage(root)
+    probe = tmp_path / "temp-size-probe"  # .temp/ is made (and counted) at the first write
+    probe.mkdir()
+    initial = _walk_usage(root) + probe.stat().st_size
     names = _names(40, seed=3)
     for i, name in enumerate(names):
         ds.put("/" + name, b"x" * i)
