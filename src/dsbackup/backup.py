@@ -18,6 +18,7 @@ from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import VerifyReport, verify_archive
 from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.config import BackupConfig
+from dsbackup.datastores.flatfs_audit import FileAudit
 from dsbackup.errors import BackupError, Cancelled, DsBackupError, IntegrityError
 from dsbackup.metadata import (
     BackupMetadata,
@@ -111,6 +112,7 @@ class BackupManager:
         # an incremental opens a URI source itself (LMDB: natively, in this process)
         ds, owned = _open_source(source) if parent is None else (source, False)
         try:
+            foreign = audit_source(ds, cfg.skip_foreign)
             if parent is not None:
                 from dsbackup.incremental import create_incremental
 
@@ -136,6 +138,9 @@ class BackupManager:
             deadline.stop()
             if owned:
                 ds.close()
+        s = meta.statistics
+        s.foreign_files = foreign.count
+        s.skipped_files = [*foreign.examples, *s.skipped_files][:10]
         with self._lock:
             m = self._metrics
             m["backups_total"] += 1
@@ -225,7 +230,9 @@ class BackupManager:
             duration_s=time.perf_counter() - t0, keys_processed=written.records,
             bytes_processed=written.raw_bytes, bytes_compressed=written.size, errors=0,
             skipped_keys=stats.excluded_records, skipped_bytes=stats.excluded_bytes,
-            workers=workers if parallel else 1, mode=mode, cpu_s=summary["cpu_s"])
+            workers=workers if parallel else 1, mode=mode, cpu_s=summary["cpu_s"],
+            unreadable_files=stats.unreadable_files,
+            skipped_files=list(stats.unreadable_examples))
         return BackupMetadata(
             path=str(path), version=1, timestamp=created, total_keys=written.records,
             total_size=written.raw_bytes, compressed_size=written.size, chunks=written.chunks,
@@ -310,6 +317,36 @@ def _parent_fingerprint(parent: Any) -> str | None:
     if isinstance(parent, dict):
         parent = parent.get("fingerprint")
     return str(parent) if parent else None
+
+
+_AUDITED_SCHEMES = ("flatfs", "helia", "fsds", "kubo")
+
+
+def audit_source(source: Any, skip_foreign: bool) -> FileAudit:
+    """Account for every file of a file-per-key store before it is backed up: files that
+    are not of its layout raise BackupError (exit 2) naming them and the likely right URI,
+    unless ``skip_foreign``. A URI (an incremental's source) is opened read-only for it
+    when its scheme maps files to keys."""
+    ds, owned = source, False
+    if isinstance(source, (str, os.PathLike)):
+        from dsbackup.datastores.registry import detect_scheme, parse_uri
+
+        scheme, path, _ = parse_uri(os.fspath(source))
+        if (scheme or detect_scheme(path)) not in _AUDITED_SCHEMES:
+            return FileAudit()
+        ds, owned = _open_source(source)
+    try:
+        fn = getattr(ds, "audit_files", None)
+        audit = fn() if fn is not None else FileAudit()
+    finally:
+        if owned:
+            ds.close()
+    if audit.count and not skip_foreign:
+        where = getattr(ds, "uri", str(source))
+        raise BackupError(audit.message(where) + "; nothing was written (pass "
+                          "--skip-foreign to back up the rest: the backup then ends with "
+                          "warnings, exit 1)")
+    return audit
 
 
 def _quick_check(tmp_path: Path) -> None:

@@ -42,6 +42,9 @@ class BackupConfig:
       content-addressed keys (``/blocks/...``, or every key of a flatfs blockstore: the key is
       the multihash of the value) whose keys and value sizes match the parent's is taken as
       unchanged without reading its values. False reads and compares them.
+    - ``skip_foreign`` (default False): files under a flatfs, helia or fsds store that do
+      not belong to its layout (wrong shard, invalid name, stray temp file) make the backup
+      fail; True backs up the rest and reports them (``statistics.foreign_files``).
     """
 
     compression_level: int = 1
@@ -53,6 +56,7 @@ class BackupConfig:
     exclude_patterns: list[str] = field(default_factory=list)
     workers: int | None = None
     trust_content_keys: bool = True
+    skip_foreign: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.compression_level, int) or not 0 <= self.compression_level <= 9:

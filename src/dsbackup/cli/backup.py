@@ -20,7 +20,7 @@ HELP = "back up a datastore (URI or path) to an archive"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="datastore: lmdb:PATH, flatfs:PATH, leveldb:PATH, sqlite:PATH, "
-                   "kubo:PATH or a path (detected)")
+                   "kubo:PATH, helia:PATH, fsds:PATH or a path (detected)")
     p.add_argument("archive", help="archive to write (.tar.gz)")
     p.add_argument("--level", type=int, default=1, help="compression level 0-9 (default 1)")
     p.add_argument("--chunk-size", type=int, default=None,
@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-trust-content-keys", action="store_true",
                    help="incremental: read /blocks values even when keys and sizes are "
                    "unchanged (default: a block's key is its hash, so it is not read)")
+    p.add_argument("--skip-foreign", action="store_true",
+                   help="back up a flatfs/helia/fsds store even when it holds files that are "
+                   "not of its layout (they are counted and listed; exit 1)")
     add_json_flag(p)
 
 
@@ -62,13 +65,15 @@ def run(args: argparse.Namespace) -> int:
                        verify_integrity=not args.no_verify,
                        include_metadata=args.include_metadata,
                        exclude_patterns=args.exclude, workers=args.workers,
-                       trust_content_keys=not args.no_trust_content_keys)
+                       trust_content_keys=not args.no_trust_content_keys,
+                       skip_foreign=args.skip_foreign)
     mgr = BackupManager(cfg)
     with cancel_on_signals() as cancel, progress_bar(not args.json, "backup") as bar:
         meta = mgr.create_backup(args.source, args.archive, parent=args.parent, progress=bar,
                                  cancel=cancel, parent_dirs=args.parent_dir)
+    s = meta.statistics
     if args.json:
-        emit_json(COMMAND, {"ok": True, "backup": meta.to_json()})
+        emit_json(COMMAND, {"ok": True, "backup": meta.to_json(), "warnings": s.incomplete})
     else:
         s = meta.statistics
         print(f"{meta.path}: {meta.total_keys} records, {human_bytes(meta.total_size)} -> "
@@ -79,4 +84,8 @@ def run(args: argparse.Namespace) -> int:
         if s.skipped_keys:
             print(f"excluded {s.skipped_keys} records ({human_bytes(s.skipped_bytes)})",
                   file=sys.stderr)
-    return 0
+        if s.incomplete:
+            print(f"warning: not backed up: {s.foreign_files} foreign files, "
+                  f"{s.unreadable_files} files that vanished or could not be read "
+                  f"(first: {', '.join(s.skipped_files)})", file=sys.stderr)
+    return 1 if s.incomplete else 0

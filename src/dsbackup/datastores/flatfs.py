@@ -588,10 +588,12 @@ def _unlink_quiet(path: bytes) -> None:
 
 def open_flatfs(path: str, *, readonly: bool = False, shard: str | ShardFunc | None = None,
                 sync: bool | str = True, max_names: int | str = DEFAULT_MAX_NAMES,
-                read_ahead: int | str = DEFAULT_READ_AHEAD) -> FlatfsDatastore:
+                read_ahead: int | str = DEFAULT_READ_AHEAD, metadata: bool | str = True
+                ) -> FlatfsDatastore:
+    """``metadata=0``: a new directory gets no ``SHARDING`` (nor any other metadata file)."""
     from dsbackup.datastores.registry import _bool_param
 
     return FlatfsDatastore(path, readonly=readonly, shard=shard, sync=_bool_param(sync),
                            max_names=int(max_names),
-                           read_ahead=int(read_ahead))
+                           read_ahead=int(read_ahead), metadata=_bool_param(metadata))
 
