@@ -208,23 +208,35 @@ def test_readonly_refuses_writes_and_missing_dirs(tmp_path):
 
 def test_helia_directory_without_sharding(tmp_path):
     root = tmp_path / "helia"
-    names = _names(20, seed=7)
-    for name in names:  # what Helia's blockstore-fs writes: next-to-last/2, no SHARDING
-        d = root / _expected_shard("next-to-last", 2, name)
+    names = ["B" + n for n in _names(20, seed=7)]
+    for name in names:  # what Helia's blockstore-fs writes: last two characters, no SHARDING
+        d = root / _expected_shard("suffix", 2, name)
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{name}.data").write_bytes(name.encode())
-    with pytest.raises(DatastoreError, match="shard"):
+    with pytest.raises(DatastoreError, match="helia:REPO"):
         open_datastore(f"flatfs:{root}", readonly=True)
-    ds = open_datastore(f"flatfs:{root}?shard=next-to-last/2", readonly=True)
+    ds = open_datastore(f"flatfs:{root}?shard=suffix/2", readonly=True)
     assert [k for ks, _ in ds.scan_batches() for k in ks] == sorted(
         f"/{n}".encode() for n in names)
+    assert ds.audit_files().count == 0
     reopened = open_datastore(ds.uri, readonly=True)  # the uri carries the shard function
     assert reopened.get("/" + names[0]) == names[0].encode()
-    w = FlatfsDatastore(root, shard="next-to-last/2", sync=False)
-    w.put("/CIQNEW", b"new")
+    w = FlatfsDatastore(root, shard="suffix/2", sync=False)
+    w.put("/BCIQNEW", b"new")
     w.close()
-    assert not (root / "SHARDING").exists() and not (root / "diskUsage.cache").exists()
-    assert reopened.get("/CIQNEW") == b"new"
+    assert sorted(p.name for p in root.iterdir() if not p.is_dir()) == []
+    assert not (root / ".temp").exists()
+    assert reopened.get("/BCIQNEW") == b"new"
+    assert (root / "EW" / "BCIQNEW.data").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    wrong = open_datastore(f"flatfs:{root}?shard=next-to-last/2", readonly=True)
+    audit = wrong.audit_files()
+    assert audit.count >= 15 and "helia:REPO" in audit.hint and "suffix/2" in audit.hint
+
+
+def _umask() -> int:
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
 
 
 def test_shard_mismatch_is_an_error(tmp_path):

@@ -51,12 +51,12 @@ def make_blocks(n: int, seed: int = 1) -> dict[str, bytes]:
     rnd = random.Random(seed)
     out: dict[str, bytes] = {}
     for i in range(n):
-        payload = rnd.randbytes(rnd.choice([0, 1, 40, 300, 5000]))
+        payload = rnd.randbytes(rnd.choice([0, 1, 40, 300, 5000])) + i.to_bytes(4, "big")
         if i % 2 == 0:
             block = dag_pb(payload)
             mh = multihash(block)
         else:
-            block = payload + i.to_bytes(4, "big")
+            block = payload
             mh = multihash(block, blake=i % 4 == 1)
         out[b32(mh)] = block
     return out
