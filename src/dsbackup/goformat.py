@@ -335,6 +335,7 @@ def iter_go_records(
     check_totals: bool = True,
     tmp_dir: str | os.PathLike[str] | None = None,
     metadata_out: dict[str, Any] | None = None,
+    counts_out: dict[str, int] | None = None,
 ) -> Iterator[tuple[list[bytes], list[bytes]]]:
     """Yield (keys, values) batches of a Go archive in bytewise key order, each key once.
 
@@ -343,7 +344,10 @@ def iter_go_records(
     yielded until the whole archive has been read and checked: with ``require_metadata`` a
     missing ``metadata.json`` (the Go writer's last member) is an IntegrityError; with
     ``check_totals`` the chunk members must be those its ``total_keys`` and
-    ``config.ChunkSize`` imply, and hold no more records or value bytes than it declares. ``metadata_out``, if given, receives the metadata. A batch holds
+    ``config.ChunkSize`` imply, and hold no more records or value bytes than it declares.
+    ``metadata_out``, if given, receives the metadata; ``counts_out`` the number of chunk
+    ``members``, ``records`` in them (a repeated key counted each time) and ``value_bytes``.
+    A batch holds
     at most ``batch_records`` records and stops growing once it reaches ``batch_bytes``."""
     if batch_records < 1 or batch_bytes < 1:
         raise ValueError("batch_records and batch_bytes must be positive")
@@ -373,13 +377,18 @@ def iter_go_records(
             if metadata_out is not None:
                 metadata_out.clear()
                 metadata_out.update(meta or {})
+            if counts_out is not None:
+                counts_out.update(members=len(numbers), records=records,
+                                  value_bytes=value_bytes)
             yield from spool.batches(batch_records, batch_bytes)
         finally:
             spool.close()
 
 
 def _expected_chunk_numbers(total_keys: int, chunk_size: int) -> list[int]:
-    """N of each ``chunk_N.chunk`` the Go writer emits: keys written so far // chunk size."""
+    """N of each ``chunk_N.chunk`` the Go writer emits: keys written so far // chunk size.
+    (``backup --format go`` names them ``chunk_1`` ... ``chunk_m`` instead, m = the number
+    of chunks: unique names; both are accepted.)"""
     full, rest = divmod(total_keys, chunk_size)
     return list(range(1, full + 1)) + ([full] if rest else [])
 
@@ -404,7 +413,8 @@ def _check_metadata(p: str, meta: dict[str, Any] | None, numbers: array[int], re
     chunk_size = config.get("ChunkSize")
     if isinstance(total_keys, int) and isinstance(chunk_size, int) and chunk_size > 0:
         expected = _expected_chunk_numbers(total_keys, chunk_size)
-        if numbers.tolist() != expected:
+        unique = list(range(1, -(-total_keys // chunk_size) + 1))  # dsbackup's --format go
+        if numbers.tolist() not in (expected, unique):
             raise IntegrityError(
                 f"{p}: {METADATA_NAME} (total_keys {total_keys}, ChunkSize {chunk_size}) implies "
                 f"{len(expected)} chunk members, found {len(numbers)} not named as the Go tool "

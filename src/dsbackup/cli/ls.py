@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -26,15 +27,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dsbackup.goformat import is_go_archive
+
     start, end = prefix_bounds(args.prefix)
     out = sys.stdout
-    with ArchiveReader(args.archive, parent_dirs=args.parent_dir) as r:
-        r.open_parents()
-        rows = iter_listing(r, start, end)
+    go = is_go_archive(args.archive)  # a Go-tool archive (docs/GOFORMAT.md)
+    with (contextlib.nullcontext() if go
+          else ArchiveReader(args.archive, parent_dirs=args.parent_dir)) as r:
+        if r is None:
+            from dsbackup.gocompat import list_go
+
+            rows = list_go(args.archive, start, end)
+        else:
+            r.open_parents()
+            rows = iter_listing(r, start, end)
         if args.json:
             # JSON lines: a header object, then one object per key (streams for huge archives)
             out.write(json.dumps({"schema": JSON_SCHEMA_VERSION, "command": COMMAND,
-                                  "archive": args.archive, "prefix": args.prefix}) + "\n")
+                                  "archive": args.archive, "prefix": args.prefix,
+                                  "format": "go" if go else "dsbackup"}) + "\n")
             for k, size, x in rows:
                 row = {"key": show_key(k), "size": size}
                 if x is not None:
