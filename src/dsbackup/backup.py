@@ -19,7 +19,7 @@ from dsbackup.archive.verify import VerifyReport, verify_archive
 from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.config import BackupConfig
 from dsbackup.datastores.flatfs_audit import FileAudit
-from dsbackup.errors import BackupError, Cancelled, DsBackupError, IntegrityError
+from dsbackup.errors import BackupError, Cancelled, ConfigError, DsBackupError, IntegrityError
 from dsbackup.metadata import (
     BackupMetadata,
     BackupStatistics,
@@ -95,6 +95,7 @@ class BackupManager:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         parent_dirs: list[str | os.PathLike[str]] | None = None,
+        format: str = "dsbackup",
     ) -> BackupMetadata:
         """Back up `source` (a datastore URI or object) to the archive `path`.
 
@@ -103,9 +104,15 @@ class BackupManager:
         Cancelled (exit code 130) when `cancel` is set or the configured timeout passes.
         With `parent` (an archive) the backup is incremental: unchanged chunks are referenced
         in the parent chain (found beside the parent or in `parent_dirs`), see
-        dsbackup.incremental.
+        dsbackup.incremental. ``format="go"`` writes the Go tool's format instead
+        (dsbackup.gowriter; full backups only).
         """
         cfg = self.config
+        if format not in ("dsbackup", "go"):
+            raise ConfigError(f"archive format must be 'dsbackup' or 'go', got {format!r}")
+        if format == "go" and (parent is not None or cfg.include_metadata):
+            raise ConfigError("--format go writes full backups without a key catalog: "
+                              "--parent and --include-metadata need the dsbackup format")
         cancel = cancel or threading.Event()
         deadline = _Deadline(cancel, cfg.timeout)
         t0 = time.perf_counter()
@@ -113,7 +120,9 @@ class BackupManager:
         ds, owned = _open_source(source) if parent is None else (source, False)
         try:
             foreign = audit_source(ds, cfg.skip_foreign)
-            if parent is not None:
+            if format == "go":
+                meta = _create_go(ds, Path(path), cfg, cancel, t0)
+            elif parent is not None:
                 from dsbackup.incremental import create_incremental
 
                 meta = create_incremental(ds, Path(path), Path(parent), cfg,
@@ -317,6 +326,34 @@ def _parent_fingerprint(parent: Any) -> str | None:
     if isinstance(parent, dict):
         parent = parent.get("fingerprint")
     return str(parent) if parent else None
+
+
+def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,
+               t0: float) -> BackupMetadata:
+    """A backup in the Go tool's format (see dsbackup.gowriter)."""
+    from dsbackup.gowriter import DEFAULT_GO_CHUNK_SIZE, write_go_archive
+
+    created = datetime.now(timezone.utc)
+    chunk_size = cfg.chunk_size or DEFAULT_GO_CHUNK_SIZE
+    r = write_go_archive(ds, path, level=cfg.compression_level, chunk_size=chunk_size,
+                         exclude=list(cfg.exclude_patterns), threads=cfg.effective_workers,
+                         cancel=cancel, check=cfg.verify_integrity)
+    skipped = getattr(ds, "skipped", None)
+    scheme, _ = _scheme_and_location(ds)
+    stats = BackupStatistics(
+        duration_s=time.perf_counter() - t0, keys_processed=r.records,
+        bytes_processed=r.value_bytes, bytes_compressed=r.size, errors=0,
+        skipped_keys=r.excluded_records, workers=cfg.effective_workers, mode="go",
+        unreadable_files=skipped.count if skipped else 0,
+        skipped_files=list(skipped.examples) if skipped else [])
+    return BackupMetadata(
+        path=str(path), version=0, timestamp=created, total_keys=r.records,
+        total_size=r.value_bytes, compressed_size=r.size, chunks=r.chunks,
+        fingerprint=r.checksum,
+        compression={"level": cfg.compression_level, "engine": "gzip"},
+        config={**cfg.to_dict(), "chunk_size": chunk_size, "format": "go"},
+        datastore={"uri": getattr(ds, "uri", type(ds).__name__), "backend": scheme},
+        statistics=stats, parent=None, tool=f"dsbackup {__version__} (Go format)")
 
 
 _AUDITED_SCHEMES = ("flatfs", "helia", "fsds", "kubo")

@@ -14,6 +14,7 @@ in bytewise key order in bounded memory. Temporary space is about the restored d
 from __future__ import annotations
 
 import binascii
+import hashlib
 import io
 import json
 import os
@@ -45,6 +46,7 @@ __all__ = [
     "read_go_metadata",
 ]
 
+CHECKSUM_PREFIX = "sha256-chunks:"  # dsbackup.gowriter's checksum
 MAX_MEMBER_BYTES = 1 << 30  # a chunk member is parsed in memory, as the Go restore does
 METADATA_NAME = "metadata.json"
 DSBACKUP_FIRST_MEMBER = "dsbackup/manifest.json"
@@ -355,6 +357,7 @@ def iter_go_records(
     meta: dict[str, Any] | None = None
     records = value_bytes = 0
     numbers = array("q")  # N of each chunk_N.chunk member, -1 for other .chunk names
+    digests = hashlib.sha256()  # of the chunk bodies' SHA-256s, for a sha256-chunks checksum
     with tempfile.TemporaryDirectory(prefix="dsbackup-go-", dir=tmp_dir) as tmp:
         spool = _Spool(tmp)
         try:
@@ -364,6 +367,7 @@ def iter_go_records(
                     meta = _parse_metadata(p, name, data)
                     continue
                 keys, values, size = _parse_chunk(p, name, data)
+                digests.update(hashlib.sha256(data).digest())
                 number = _CHUNK_NAME.fullmatch(name)
                 numbers.append(int(name[6:-6]) if number and len(name) < 30 else -1)
                 records += len(keys)
@@ -374,6 +378,7 @@ def iter_go_records(
                     raise ArchiveError(f"{p}: member {name!r}: cannot spool its records in "
                                        f"{tmp}: {exc}") from None
             _check_metadata(p, meta, numbers, records, value_bytes, require_metadata, check_totals)
+            _check_checksum(p, meta, digests.hexdigest())
             if metadata_out is not None:
                 metadata_out.clear()
                 metadata_out.update(meta or {})
@@ -383,6 +388,16 @@ def iter_go_records(
             yield from spool.batches(batch_records, batch_bytes)
         finally:
             spool.close()
+
+
+def _check_checksum(p: str, meta: dict[str, Any] | None, found: str) -> None:
+    """``checksum`` as ``backup --format go`` writes it: ``sha256-chunks:`` + the SHA-256
+    of the chunk bodies' SHA-256 digests in archive order (the Go tool writes "")."""
+    declared = (meta or {}).get("checksum") or ""
+    if declared.startswith(CHECKSUM_PREFIX) and declared[len(CHECKSUM_PREFIX):] != found:
+        raise IntegrityError(f"{p}: {METADATA_NAME} checksum {declared} does not match the "
+                             f"chunk members ({CHECKSUM_PREFIX}{found}): a chunk was changed",
+                             part="metadata")
 
 
 def _expected_chunk_numbers(total_keys: int, chunk_size: int) -> list[int]:

@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-trust-content-keys", action="store_true",
                    help="incremental: read /blocks values even when keys and sizes are "
                    "unchanged (default: a block's key is its hash, so it is not read)")
+    p.add_argument("--format", choices=("dsbackup", "go"), default="dsbackup",
+                   help="archive format: dsbackup (default) or go, the format of the Go "
+                   "tool's RestoreBackup (docs/GOFORMAT.md; --chunk-size is its ChunkSize, "
+                   "default 1000)")
     p.add_argument("--skip-foreign", action="store_true",
                    help="back up a flatfs/helia/fsds store even when it holds files that are "
                    "not of its layout (they are counted and listed; exit 1)")
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from dsbackup.pipeline.scanchoice import likely_parallel
 
     # incremental backups read the source themselves (no workers)
-    if (args.workers != 1 and args.parent is None and forkserver.prestart_wanted()
+    if (args.workers != 1 and args.parent is None and args.format == "dsbackup"
+            and forkserver.prestart_wanted()
             and likely_parallel(args.source)):
         forkserver.prestart()  # the workers' server boots while the backup code is imported
     from dsbackup.backup import BackupManager
@@ -70,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     mgr = BackupManager(cfg)
     with cancel_on_signals() as cancel, progress_bar(not args.json, "backup") as bar:
         meta = mgr.create_backup(args.source, args.archive, parent=args.parent, progress=bar,
-                                 cancel=cancel, parent_dirs=args.parent_dir)
+                                 cancel=cancel, parent_dirs=args.parent_dir,
+                                 format=args.format)
     s = meta.statistics
     if args.json:
         emit_json(COMMAND, {"ok": True, "backup": meta.to_json(), "warnings": s.incomplete})
