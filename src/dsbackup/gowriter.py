@@ -36,14 +36,15 @@ from dsbackup._ext.checksum import crc32, crc32_combine
 from dsbackup._ext.compress import STORED_TAR_PREFIX, deflate_body, tar_header
 from dsbackup._ext.framing import KeyMatcher
 from dsbackup._ext.gojson import go_chunk_json
-from dsbackup.errors import Cancelled, ConfigError
-from dsbackup.goformat import CHECKSUM_PREFIX
+from dsbackup.errors import BackupError, Cancelled, ConfigError
+from dsbackup.goformat import CHECKSUM_PREFIX, MAX_MEMBER_BYTES
 
 __all__ = ["GoWriteResult", "write_go_archive", "CHECKSUM_PREFIX", "DEFAULT_GO_CHUNK_SIZE"]
 
 DEFAULT_GO_CHUNK_SIZE = 1000  # the Go tool's default ChunkSize
 _GZIP_HEAD = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, mtime 0, OS unknown
 _TAR_BLOCK = 512
+_IN_FLIGHT_BYTES = 256 << 20  # values of chunks queued or being encoded, beyond one chunk
 
 
 @dataclass
@@ -71,6 +72,11 @@ def _chunk_member(number: int, keys: list[bytes], values: list[bytes], level: in
                   ) -> tuple[bytes, bytes, int, int]:
     """(gzip member, sha256 of the body, body length, value bytes) of one chunk."""
     body = go_chunk_json(keys, values)
+    if len(body) > MAX_MEMBER_BYTES:
+        raise BackupError(
+            f"chunk {number}: {len(keys)} records make {len(body)} bytes of JSON, over the "
+            f"{MAX_MEMBER_BYTES} bytes a reader holds in memory per member; give a smaller "
+            "--chunk-size")
     header = tar_header(f"chunk_{number}.chunk".encode(), len(body), 0)
     return (_gzip_member(header, body, level), hashlib.sha256(body).digest(), len(body),
             sum(map(len, values)))
@@ -140,12 +146,16 @@ def write_go_archive(ds: Any, path: str | os.PathLike[str], *, level: int = 1,
     digests = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb", buffering=0) as out:
-            pending: deque[Future] = deque()
+            pending: deque[tuple[Future, int]] = deque()
+            in_flight = 0
 
             def drain(limit: int) -> None:
-                nonlocal value_bytes, json_bytes
-                while len(pending) > limit:
-                    member, digest, jlen, vbytes = pending.popleft().result()
+                nonlocal value_bytes, json_bytes, in_flight
+                while len(pending) > limit or (in_flight > _IN_FLIGHT_BYTES
+                                               and len(pending) > 1):
+                    future, raw = pending.popleft()
+                    in_flight -= raw
+                    member, digest, jlen, vbytes = future.result()
                     out.write(member)
                     digests.update(digest)
                     json_bytes += jlen
@@ -156,7 +166,9 @@ def write_go_archive(ds: Any, path: str | os.PathLike[str], *, level: int = 1,
                     raise Cancelled("backup cancelled")
                 chunks += 1
                 records += len(keys)
-                pending.append(pool.submit(_chunk_member, chunks, keys, values, level))
+                raw = sum(map(len, values))
+                pending.append((pool.submit(_chunk_member, chunks, keys, values, level), raw))
+                in_flight += raw
                 drain(2 * threads)
             drain(0)
             checksum = CHECKSUM_PREFIX + digests.hexdigest()
