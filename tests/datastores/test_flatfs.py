@@ -239,6 +239,23 @@ def _umask() -> int:
     return m
 
 
+def test_writable_open_writes_nothing_until_the_first_write(tmp_path):
+    root = tmp_path / "b"
+    root.mkdir()
+    ds = FlatfsDatastore(root, sync=False)  # an existing, empty directory
+    assert list(ds.scan_batches()) == [] and ds.is_empty()
+    ds.close()
+    assert list(root.iterdir()) == []
+    ds = FlatfsDatastore(root, sync=False)
+    ds.put("/CIQA", b"x")
+    ds.close()
+    assert {p.name for p in root.iterdir()} >= {"SHARDING", "_README", ".temp",
+                                                 "diskUsage.cache"}
+    new = FlatfsDatastore(tmp_path / "new", sync=False)  # made by us: SHARDING at once
+    new.close()
+    assert (tmp_path / "new" / "SHARDING").is_file()
+
+
 def test_shard_mismatch_is_an_error(tmp_path):
     FlatfsDatastore(tmp_path / "b", sync=False).close()
     with pytest.raises(DatastoreError, match="does not match"):

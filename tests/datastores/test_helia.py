@@ -274,3 +274,20 @@ def _umask() -> int:
     m = os.umask(0o022)
     os.umask(m)
     return m
+
+
+def test_non_empty_store_with_no_records_is_never_exit_0(tmp_path):
+    d = tmp_path / "fs"
+    (d / "a").mkdir(parents=True)
+    (d / "a" / "b.json").write_bytes(b"{}")  # not datastore-fs: no .data
+    r = cli("backup", f"fsds:{d}", str(tmp_path / "a.tar.gz"))
+    assert r.returncode == 2 and "a/b.json" in r.stderr
+    r = cli("backup", f"fsds:{d}", str(tmp_path / "a.tar.gz"), "--skip-foreign")
+    assert r.returncode == 1 and "1 foreign" in r.stderr
+
+
+def test_bare_helia_path_is_detected(tmp_path):
+    make_helia_repo(tmp_path / "repo", blocks=5, records=2)
+    ds = open_datastore(str(tmp_path / "repo"), readonly=True)
+    assert ds.uri == f"helia:{tmp_path / 'repo'}" and ds.datastore_kind == "fs"
+    ds.close()
