@@ -3,8 +3,8 @@
 :func:`audit_flatfs` lists a flatfs root once and counts the files a scan will not read:
 wrong shard directory, invalid names, files without ``.data``, stray temp files, nested
 directories, symbolic links. A shard directory is checked with one regular expression over
-all its names (the common case, every name in place, costs no per-name Python work); only a
-shard with a misfit is looked at name by name. The misplaced names also tell which shard
+all its names, which captures the shard each name maps to (the common case, every name in
+place, costs no per-name Python work); only a shard with a misfit is looked at name by name. The misplaced names also tell which shard
 function (and whether Helia's ``B`` name prefix) would fit, for the hint in the error.
 
 :class:`SkippedFiles` counts files that a scan listed but could not read (vanished, or an
@@ -78,18 +78,26 @@ class SkippedFiles:
             self.examples.append(f"{os.fsdecode(path)} ({why})")
 
 
-def _good_pattern(shard: ShardFunc, shard_dir: bytes, prefix: bytes) -> re.Pattern[bytes]:
-    """Names (NUL-terminated) that are in place in ``shard_dir``; may reject a name that
-    is in place (short names padded with ``_``), never accepts one that is not."""
-    s = re.escape(shard_dir)
-    p = re.escape(prefix)
-    if shard.kind == "prefix":
-        body = s + _NAME_CHARS + b"*" if not prefix else b"(?!)"  # (?!): check each name
-    elif shard.kind == "suffix":
-        body = p + _NAME_CHARS + b"*" + s
-    else:  # next-to-last
-        body = p + _NAME_CHARS + b"*" + s + _NAME_CHARS
-    return re.compile(rb"(?:^|(?<=\x00))" + body + re.escape(EXTENSION) + rb"\x00")
+_PATTERNS: dict[tuple[str, int, bytes], re.Pattern[bytes]] = {}
+
+
+def _shard_pattern(shard: ShardFunc, prefix: bytes) -> re.Pattern[bytes]:
+    """Matches each NUL-terminated name of the layout's shape and captures the characters
+    its shard directory is made of. A name it does not match (short names padded with
+    ``_``, misfits) is looked at on its own; it never matches a name that is not valid."""
+    key = (shard.kind, shard.param, prefix)
+    pat = _PATTERNS.get(key)
+    if pat is None:
+        c, n, p = _NAME_CHARS, str(shard.param).encode(), re.escape(prefix)
+        if shard.kind == "prefix":
+            body = b"(?=" + p + b")(" + c + b"{" + n + b"})" + c + b"*"
+        elif shard.kind == "suffix":
+            body = p + c + b"*(" + c + b"{" + n + b"})"
+        else:  # next-to-last
+            body = p + c + b"*(" + c + b"{" + n + b"})" + c
+        pat = _PATTERNS[key] = re.compile(
+            rb"(?:^|(?<=\x00))" + body + re.escape(EXTENSION) + rb"\x00")
+    return pat
 
 
 def _in_place(name: bytes, shard: ShardFunc, shard_dir: bytes, prefix: bytes) -> bool:
@@ -152,8 +160,9 @@ def _audit_shard(path: bytes, shard_dir: bytes, shard: ShardFunc, prefix: bytes,
     if not names:
         return
     joined = b"\x00".join(names) + b"\x00"
-    if len(_good_pattern(shard, shard_dir, prefix).findall(joined)) == len(names):
-        return
+    found = _shard_pattern(shard, prefix).findall(joined)
+    if len(found) == len(names) and set(found) == {shard_dir}:
+        return  # every name is in place: no per-name work
     with os.scandir(path) as it:
         for e in it:
             rel = f"{os.fsdecode(shard_dir)}/{os.fsdecode(e.name)}"
