@@ -293,6 +293,43 @@ def test_stray_files_are_not_listed(tmp_path):
         ds.check()
 
 
+def test_audit_accounts_for_every_file(tmp_path):
+    root = tmp_path / "b"
+    ds = FlatfsDatastore(root, sync=False)
+    ds.put_many([b"/A", b"/CIQAAAB", b"/CIQAAAC"], [b"short, padded", b"1", b"2"])
+    assert ds.audit_files().count == 0  # "A" lives in a '_'-padded shard: still in place
+    shard = _expected_shard("next-to-last", 2, "CIQAAAB")
+    (root / shard / "notes.txt").write_bytes(b"x")
+    (root / shard / ".temp-123").write_bytes(b"stray temp file")
+    (root / shard / "nested").mkdir()
+    (root / shard / "nested" / "CIQAAAD.data").write_bytes(b"x")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "f").write_bytes(b"x")
+    (root / "stray-at-root").write_bytes(b"x")
+    (root / "ZZ").mkdir()
+    (root / "ZZ" / "CIQAAAZZ.data").write_bytes(b"x")  # belongs in AZ
+    (root / "link").symlink_to(root / shard)
+    (root / ".temp" / "temp-9").write_bytes(b"go-ds-flatfs's own working file")
+    audit = ds.audit_files()
+    assert audit.count == 7
+    assert len(audit.examples) == 5 and all(isinstance(e, str) for e in audit.examples)
+    assert "7 files do not belong" in audit.message(str(root))
+
+
+def test_audit_hints_for_a_kubo_blockstore_opened_as_helia(tmp_path):
+    from dsbackup.datastores.helia import open_blockstore
+
+    root = tmp_path / "blocks"
+    kubo = FlatfsDatastore(root, sync=False)
+    kubo.put_many([f"/{n}".encode() for n in _names(30)], [b"x"] * 30)
+    kubo.close()
+    for f in ("SHARDING", "_README", "diskUsage.cache"):
+        (root / f).unlink()
+    shutil.rmtree(root / ".temp")
+    audit = open_blockstore(root, readonly=True).audit_files()
+    assert audit.count == 30 and "kubo:REPO" in audit.hint and "next-to-last/2" in audit.hint
+
+
 def test_windowed_listing_keeps_global_order(tmp_path):
     root = tmp_path / "b"
     ds = FlatfsDatastore(root, sync=False, max_names=25)
