@@ -71,7 +71,10 @@ def _gzip_member(header: bytes, body: bytes, level: int) -> bytes:
 def _chunk_member(number: int, keys: list[bytes], values: list[bytes], level: int
                   ) -> tuple[bytes, bytes, int, int]:
     """(gzip member, sha256 of the body, body length, value bytes) of one chunk."""
-    body = go_chunk_json(keys, values)
+    try:
+        body = go_chunk_json(keys, values)
+    except ValueError as exc:  # keys out of order: the datastore broke its scan contract
+        raise BackupError(f"chunk {number}: {exc}") from None
     if len(body) > MAX_MEMBER_BYTES:
         raise BackupError(
             f"chunk {number}: {len(keys)} records make {len(body)} bytes of JSON, over the "

@@ -121,6 +121,7 @@ def test_wrong_shard_exits_2_with_the_hint_and_skip_foreign_exits_1(tmp_path):
     r = cli("backup", uri, str(tmp_path / "a.tar.gz"))
     assert r.returncode == 2
     assert "helia:REPO" in r.stderr and "shard=suffix/2" in r.stderr
+    assert f"use helia:{repo} " in r.stderr and f"flatfs:{repo}/blocks?shard=suffix/2" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "a.tar.gz").exists()
     r = cli("backup", uri, str(tmp_path / "b.tar.gz"), "--skip-foreign", "--json")
     assert r.returncode == 1, r.stderr

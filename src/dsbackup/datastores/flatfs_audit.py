@@ -147,7 +147,7 @@ def audit_flatfs(root: bytes, shard: ShardFunc, *, name_prefix: bytes = b"",
         elif not (go_layout and e.name in _METADATA):
             audit.add(rel)
     if misplaced:
-        audit.hint = _hint(misplaced, shard, name_prefix)
+        audit.hint = _hint(misplaced, shard, name_prefix, os.fsdecode(root))
     return audit
 
 
@@ -179,8 +179,11 @@ def _audit_shard(path: bytes, shard_dir: bytes, shard: ShardFunc, prefix: bytes,
 _CANDIDATES = [ShardFunc(k, n) for k in ("suffix", "next-to-last", "prefix") for n in (2, 3, 1, 4)]
 
 
-def _hint(misplaced: list[tuple[bytes, bytes]], shard: ShardFunc, prefix: bytes) -> str:
+def _hint(misplaced: list[tuple[bytes, bytes]], shard: ShardFunc, prefix: bytes,
+          root: str) -> str:
     """Which layout the misplaced names fit, as advice naming the URI to use."""
+    parent = os.path.dirname(root.rstrip("/"))
+    repo = parent if os.path.basename(root.rstrip("/")) == "blocks" else "REPO"
     helia = all(s.startswith(b"B") for _, s in misplaced)
     for cand in _CANDIDATES:
         if str(cand) == str(shard) and not prefix:
@@ -189,11 +192,11 @@ def _hint(misplaced: list[tuple[bytes, bytes]], shard: ShardFunc, prefix: bytes)
             spec = f"{cand.kind}/{cand.param}"
             if helia and cand.kind == "suffix" and cand.param == 2:
                 return ("they are in the shard their last two characters give: this looks "
-                        "like Helia's blockstore-fs, use helia:REPO (the directory holding "
-                        "blocks/) or flatfs:PATH?shard=suffix/2")
+                        f"like Helia's blockstore-fs, use helia:{repo} (helia:REPO, the "
+                        f"directory holding blocks/) or flatfs:{root}?shard=suffix/2")
             if prefix and all(not s.startswith(prefix) for _, s in misplaced):
                 return (f"their names lack the '{prefix.decode()}' prefix and fit shard "
                         f"{spec}: this looks like a go-ds-flatfs directory, use "
-                        f"flatfs:PATH?shard={spec} or kubo:REPO")
-            return f"they fit the shard function {spec}: use flatfs:PATH?shard={spec}"
+                        f"flatfs:{root}?shard={spec} or kubo:REPO")
+            return f"they fit the shard function {spec}: use flatfs:{root}?shard={spec}"
     return ""
