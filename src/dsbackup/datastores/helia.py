@@ -71,12 +71,18 @@ class HeliaDatastore(MountDatastore):
             raise DatastoreError(f"{meta}: holds a datastore-{found} datastore, not "
                                  f"datastore-{datastore}")
         kind = found or datastore or "fs"
+        # a new (missing or empty) repo gets both directories; an existing one is never
+        # given a directory it lacks by opening it (a migration opens its source writable)
+        new = not readonly and (not self.repo.exists() or not any(self.repo.iterdir()))
+        if not (blocks.is_dir() or meta.is_dir() or new):
+            raise DatastoreError(f"{self.repo}: not a Helia repo (no {BLOCKS_DIR}/ or "
+                                 f"{DATASTORE_DIR}/ directory) and not empty")
         opened: list[tuple[str, BaseDatastore]] = []
         try:
-            if blocks.is_dir() or not readonly:
+            if blocks.is_dir() or new:
                 opened.append(("/blocks", open_blockstore(blocks, readonly=readonly,
                                                           sync=sync)))
-            if meta.is_dir() or not readonly:
+            if meta.is_dir() or new:
                 opened.append(("/", self._open_datastore(meta, kind, readonly, sync)))
         except BaseException:
             for _, ds in opened:
