@@ -62,11 +62,11 @@ def inspect_go(path: str | os.PathLike[str]) -> BackupMetadata:
     return BackupMetadata(
         path=p, version=0, timestamp=ts, total_keys=int(meta.get("total_keys") or 0),
         total_size=int(meta.get("total_size") or 0), compressed_size=os.path.getsize(p),
-        chunks=members, fingerprint="",
+        chunks=members, fingerprint=str(meta.get("checksum") or ""),
         compression={"level": level, "engine": "gzip"},
         config={"chunk_size": config.get("ChunkSize"), "chunk_max_bytes": None,
                 "go": config},
-        datastore={"uri": None, "backend": (meta.get("datastore_info") or {}).get("type")},
+        datastore={"uri": (meta.get("datastore_info") or {}).get("type"), "backend": "go"},
         statistics=BackupStatistics(
             duration_s=(stats.get("duration") or 0) / 1e9,
             keys_processed=int(stats.get("keys_processed") or 0),

@@ -292,3 +292,22 @@ def test_bare_helia_path_is_detected(tmp_path):
     ds = open_datastore(str(tmp_path / "repo"), readonly=True)
     assert ds.uri == f"helia:{tmp_path / 'repo'}" and ds.datastore_kind == "fs"
     ds.close()
+
+
+def test_unreadable_file_in_a_parallel_backup_is_reported(tmp_path):
+    """Worker processes report what they could not read; the CLI exits 1 and names it."""
+    root = tmp_path / "b"
+    ds = open_datastore(f"flatfs:{root}?shard=next-to-last/2&metadata=0")
+    ds.put_many([f"/CIQ{i:04d}".encode() for i in range(400)], [b"v" * 300] * 400)
+    ds.close()
+    name = "CIQGONE"
+    shard = root / name[-3:-1]
+    shard.mkdir(exist_ok=True)
+    (shard / f"{name}.data").symlink_to(tmp_path / "nowhere")  # listed, cannot be opened
+    r = cli("backup", "--workers", "2", f"flatfs:{root}?shard=next-to-last/2",
+            str(tmp_path / "a.tar.gz"), "--json")
+    assert r.returncode == 1, r.stderr
+    b = json.loads(r.stdout)["backup"]
+    assert b["statistics"]["mode"] == "parallel" and b["total_keys"] == 400
+    assert b["statistics"]["unreadable_files"] == 1
+    assert "CIQGONE.data (vanished)" in b["statistics"]["skipped_files"][0]

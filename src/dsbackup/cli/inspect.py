@@ -45,11 +45,13 @@ def run(args: argparse.Namespace) -> int:
         ("chunks", f"{meta.chunks}"),
         ("compression", f"level {meta.compression.get('level')} "
                         f"({meta.compression.get('engine')})"),
-        ("chunk size", f"{meta.config.get('chunk_size')} records mean, max "
-                       f"{human_bytes(meta.config.get('chunk_max_bytes') or 0)}"),
+        ("chunk size", f"{meta.config.get('chunk_size')} records (Go ChunkSize)" if go else
+         f"{meta.config.get('chunk_size')} records mean, max "
+         f"{human_bytes(meta.config.get('chunk_max_bytes') or 0)}"),
         ("excluded", f"{s.skipped_keys} records"),
         ("duration", f"{s.duration_s:.2f} s ({s.mode}, {s.workers} workers)"),
-        ("fingerprint", meta.fingerprint),
+        ("fingerprint" if not go else "checksum",
+         meta.fingerprint or ("none (the Go tool writes none)" if go else "")),
         ("parent", "none (Go archive)" if go else _parent_line(args.archive, meta.parent)),
     ]
     width = max(len(k) for k, _ in rows)

@@ -168,8 +168,8 @@ def _audit_shard(path: bytes, shard_dir: bytes, shard: ShardFunc, prefix: bytes,
             rel = f"{os.fsdecode(shard_dir)}/{os.fsdecode(e.name)}"
             if e.is_dir(follow_symlinks=False):
                 _count_tree(e.path, rel, audit)
-            elif not e.is_file(follow_symlinks=False) or not _in_place(
-                    e.name, shard, shard_dir, prefix):
+            elif not _in_place(e.name, shard, shard_dir, prefix):  # a scan reads it (a
+                # symlink with a record's name too: through the link, or counted unreadable)
                 audit.add(rel)
                 stem = e.name[:-len(EXTENSION)] if e.name.endswith(EXTENSION) else b""
                 if stem and is_valid_name(stem) and len(misplaced) < _SAMPLE:
