@@ -91,7 +91,9 @@ def test_helia_keys_are_kubos_and_cross_restores(tmp_path, go_fixtures):
     r = cli("restore", str(tmp_path / "h.tar.gz"), f"kubo:{kubo}")
     assert r.returncode == 0, r.stderr
     for name, value in blocks.items():  # Kubo's name: next-to-last/2 of the bare multihash
-        assert (kubo / "blocks" / name[-3:-1] / f"{name}.data").read_bytes() == value
+        f = kubo / "blocks" / name[-3:-1] / f"{name}.data"
+        assert f.read_bytes() == value
+        assert f.stat().st_mode & 0o777 == 0o666 & ~_umask()  # 0644 under umask 022
     # and back: the Kubo repo's archive into a new Helia repo gives the same block files
     assert cli("backup", f"kubo:{kubo}", str(tmp_path / "k.tar.gz")).returncode == 0
     back = tmp_path / "back"
