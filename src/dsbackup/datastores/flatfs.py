@@ -354,7 +354,10 @@ class FlatfsDatastore(BaseDatastore):
         tune_allocator()
         names = (n for group in self._lister.sorted_names(start, end) for n in group)
         cut = len(self.name_prefix)
-        items = ((b"/" + n[cut:], v) for n, v in self._read_ahead(names))
+        if cut:
+            items = ((b"/" + n[cut:], v) for n, v in self._read_ahead(names))
+        else:
+            items = ((b"/" + n, v) for n, v in self._read_ahead(names))
         yield from batch_items(items, max_records, max_bytes)
 
     def _read_ahead(self, names: Iterator[bytes]) -> Iterator[tuple[bytes, bytes]]:
