@@ -20,6 +20,8 @@ Rows (skipped, with the reason, when the tool is missing):
 - ``isal-1 x1``/``isal-1 xN``: ISA-L alone on the same values (``isal.isal_zlib.compress``
   level 1 of 4 MiB pieces, one thread / N threads): the ceiling. Its time is the compression
   only (the values are read into memory first, not timed).
+- ``dsbackup --format go``: the same backup written in the Go tool's format (gowriter.py);
+  compare it with the seed row, which writes the same kind of archive in pure Python.
 - ``seed json+tar.gz-6``: the seed's way: chunks of 1000 records as JSON {key: base64(value)}
   entries in ``tarfile`` w:gz level 6; restore reads them back into a fresh LMDB.
 - ``gzip.open-6``: the records streamed into one ``gzip.open`` level-6 file.
@@ -283,6 +285,9 @@ def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
             rows.append(Row("backup", ds_name, f"isal-1 x{n} (ceiling)",
                             me + ["isal", src_uri, str(n), str(w / f"isal{n}.size")], raw,
                             w / f"isal{n}.size", internal_time=True, inputs=(src,)))
+        rows.append(Row("backup", ds_name, "dsbackup --format go",
+                        dsb + ["backup", "--format", "go", src_uri, str(w / "go.tar.gz")],
+                        raw, w / "go.tar.gz", inputs=(src,)))
         rows.append(Row("backup", ds_name, "seed json+tar.gz-6",
                         me + ["seed-backup", src_uri, str(w / "seed.tar.gz")], raw,
                         w / "seed.tar.gz", inputs=(src,)))

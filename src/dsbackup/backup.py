@@ -20,7 +20,8 @@ from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import VerifyReport, verify_archive
 from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.config import BackupConfig
-from dsbackup.errors import BackupError, Cancelled, DsBackupError, IntegrityError
+from dsbackup.datastores.flatfs_audit import FileAudit
+from dsbackup.errors import BackupError, Cancelled, ConfigError, DsBackupError, IntegrityError
 from dsbackup.metadata import (
     BackupMetadata,
     BackupStatistics,
@@ -97,6 +98,7 @@ class BackupManager:
         cancel: threading.Event | None = None,
         parent_dirs: list[str | os.PathLike[str]] | None = None,
         overwrite: bool | None = None,
+        format: str = "dsbackup",
     ) -> BackupMetadata:
         """Back up `source` (a datastore URI or object) to the archive `path`.
 
@@ -105,7 +107,8 @@ class BackupManager:
         Cancelled (exit code 130) when `cancel` is set or the configured timeout passes.
         With `parent` (an archive) the backup is incremental: unchanged chunks are referenced
         in the parent chain (found beside the parent or in `parent_dirs`), see
-        dsbackup.incremental.
+        dsbackup.incremental. ``format="go"`` writes the Go tool's format instead
+        (dsbackup.gowriter; full backups only).
 
         The archive may not lie inside the source store (PathConflictError). A file already at
         `path` is not replaced (ArchiveExistsError) unless `overwrite` (default: the config's
@@ -114,6 +117,11 @@ class BackupManager:
         cfg = self.config
         if overwrite is not None and overwrite != cfg.overwrite:
             cfg = dataclasses.replace(cfg, overwrite=overwrite)
+        if format not in ("dsbackup", "go"):
+            raise ConfigError(f"archive format must be 'dsbackup' or 'go', got {format!r}")
+        if format == "go" and (parent is not None or cfg.include_metadata):
+            raise ConfigError("--format go writes full backups without a key catalog: "
+                              "--parent and --include-metadata need the dsbackup format")
         cancel = cancel or threading.Event()
         deadline = _Deadline(cancel, cfg.timeout)
         t0 = time.perf_counter()
@@ -129,7 +137,10 @@ class BackupManager:
         # an incremental opens a URI source itself (LMDB: natively, in this process)
         ds, owned = _open_source(source) if parent is None else (source, False)
         try:
-            if parent is not None:
+            foreign = audit_source(ds, cfg.skip_foreign)
+            if format == "go":
+                meta = _create_go(ds, Path(path), cfg, cancel, t0)
+            elif parent is not None:
                 from dsbackup.incremental import create_incremental
 
                 meta = create_incremental(ds, Path(path), Path(parent), cfg,
@@ -154,6 +165,9 @@ class BackupManager:
             deadline.stop()
             if owned:
                 ds.close()
+        s = meta.statistics
+        s.foreign_files = foreign.count
+        s.skipped_files = [*foreign.examples, *s.skipped_files][:10]
         with self._lock:
             m = self._metrics
             m["backups_total"] += 1
@@ -243,7 +257,9 @@ class BackupManager:
             duration_s=time.perf_counter() - t0, keys_processed=written.records,
             bytes_processed=written.raw_bytes, bytes_compressed=written.size, errors=0,
             skipped_keys=stats.excluded_records, skipped_bytes=stats.excluded_bytes,
-            workers=workers if parallel else 1, mode=mode, cpu_s=summary["cpu_s"])
+            workers=workers if parallel else 1, mode=mode, cpu_s=summary["cpu_s"],
+            unreadable_files=stats.unreadable_files,
+            skipped_files=list(stats.unreadable_examples))
         return BackupMetadata(
             path=str(path), version=1, timestamp=created, total_keys=written.records,
             total_size=written.raw_bytes, compressed_size=written.size, chunks=written.chunks,
@@ -349,6 +365,64 @@ def _parent_fingerprint(parent: Any) -> str | None:
     if isinstance(parent, dict):
         parent = parent.get("fingerprint")
     return str(parent) if parent else None
+
+
+def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,
+               t0: float) -> BackupMetadata:
+    """A backup in the Go tool's format (see dsbackup.gowriter)."""
+    from dsbackup.gowriter import DEFAULT_GO_CHUNK_SIZE, write_go_archive
+
+    created = datetime.now(timezone.utc)
+    chunk_size = cfg.chunk_size or DEFAULT_GO_CHUNK_SIZE
+    r = write_go_archive(ds, path, level=cfg.compression_level, chunk_size=chunk_size,
+                         exclude=list(cfg.exclude_patterns), threads=cfg.effective_workers,
+                         cancel=cancel, check=cfg.verify_integrity)
+    skipped = getattr(ds, "skipped", None)
+    scheme, _ = _scheme_and_location(ds)
+    stats = BackupStatistics(
+        duration_s=time.perf_counter() - t0, keys_processed=r.records,
+        bytes_processed=r.value_bytes, bytes_compressed=r.size, errors=0,
+        skipped_keys=r.excluded_records, workers=cfg.effective_workers, mode="go",
+        unreadable_files=skipped.count if skipped else 0,
+        skipped_files=list(skipped.examples) if skipped else [])
+    return BackupMetadata(
+        path=str(path), version=0, timestamp=created, total_keys=r.records,
+        total_size=r.value_bytes, compressed_size=r.size, chunks=r.chunks,
+        fingerprint=r.checksum,
+        compression={"level": cfg.compression_level, "engine": "gzip"},
+        config={**cfg.to_dict(), "chunk_size": chunk_size, "format": "go"},
+        datastore={"uri": getattr(ds, "uri", type(ds).__name__), "backend": scheme},
+        statistics=stats, parent=None, tool=f"dsbackup {__version__} (Go format)")
+
+
+_AUDITED_SCHEMES = ("flatfs", "helia", "fsds", "kubo")
+
+
+def audit_source(source: Any, skip_foreign: bool) -> FileAudit:
+    """Account for every file of a file-per-key store before it is backed up: files that
+    are not of its layout raise BackupError (exit 2) naming them and the likely right URI,
+    unless ``skip_foreign``. A URI (an incremental's source) is opened read-only for it
+    when its scheme maps files to keys."""
+    ds, owned = source, False
+    if isinstance(source, (str, os.PathLike)):
+        from dsbackup.datastores.registry import detect_scheme, parse_uri
+
+        scheme, path, _ = parse_uri(os.fspath(source))
+        if (scheme or detect_scheme(path)) not in _AUDITED_SCHEMES:
+            return FileAudit()
+        ds, owned = _open_source(source)
+    try:
+        fn = getattr(ds, "audit_files", None)
+        audit = fn() if fn is not None else FileAudit()
+    finally:
+        if owned:
+            ds.close()
+    if audit.count and not skip_foreign:
+        where = getattr(ds, "uri", str(source))
+        raise BackupError(audit.message(where) + "; nothing was written (pass "
+                          "--skip-foreign to back up the rest: the backup then ends with "
+                          "warnings, exit 1)")
+    return audit
 
 
 def _quick_check(tmp_path: Path) -> None:

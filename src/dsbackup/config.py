@@ -46,6 +46,9 @@ class BackupConfig:
       (ArchiveExistsError, exit 2). True replaces it — except an archive that another archive
       in its directory (or in the given parent directories) uses as its parent, which is
       never replaced.
+    - ``skip_foreign`` (default False): files under a flatfs, helia or fsds store that do
+      not belong to its layout (wrong shard, invalid name, stray temp file) make the backup
+      fail; True backs up the rest and reports them (``statistics.foreign_files``).
     """
 
     compression_level: int = 1
@@ -58,6 +61,7 @@ class BackupConfig:
     workers: int | None = None
     trust_content_keys: bool = True
     overwrite: bool = False
+    skip_foreign: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.compression_level, int) or not 0 <= self.compression_level <= 9:

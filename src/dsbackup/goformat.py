@@ -14,6 +14,7 @@ in bytewise key order in bounded memory. Temporary space is about the restored d
 from __future__ import annotations
 
 import binascii
+import hashlib
 import io
 import json
 import os
@@ -45,6 +46,7 @@ __all__ = [
     "read_go_metadata",
 ]
 
+CHECKSUM_PREFIX = "sha256-chunks:"  # dsbackup.gowriter's checksum
 MAX_MEMBER_BYTES = 1 << 30  # a chunk member is parsed in memory, as the Go restore does
 METADATA_NAME = "metadata.json"
 DSBACKUP_FIRST_MEMBER = "dsbackup/manifest.json"
@@ -335,6 +337,7 @@ def iter_go_records(
     check_totals: bool = True,
     tmp_dir: str | os.PathLike[str] | None = None,
     metadata_out: dict[str, Any] | None = None,
+    counts_out: dict[str, int] | None = None,
 ) -> Iterator[tuple[list[bytes], list[bytes]]]:
     """Yield (keys, values) batches of a Go archive in bytewise key order, each key once.
 
@@ -343,7 +346,10 @@ def iter_go_records(
     yielded until the whole archive has been read and checked: with ``require_metadata`` a
     missing ``metadata.json`` (the Go writer's last member) is an IntegrityError; with
     ``check_totals`` the chunk members must be those its ``total_keys`` and
-    ``config.ChunkSize`` imply, and hold no more records or value bytes than it declares. ``metadata_out``, if given, receives the metadata. A batch holds
+    ``config.ChunkSize`` imply, and hold no more records or value bytes than it declares.
+    ``metadata_out``, if given, receives the metadata; ``counts_out`` the number of chunk
+    ``members``, ``records`` in them (a repeated key counted each time) and ``value_bytes``.
+    A batch holds
     at most ``batch_records`` records and stops growing once it reaches ``batch_bytes``."""
     if batch_records < 1 or batch_bytes < 1:
         raise ValueError("batch_records and batch_bytes must be positive")
@@ -351,6 +357,7 @@ def iter_go_records(
     meta: dict[str, Any] | None = None
     records = value_bytes = 0
     numbers = array("q")  # N of each chunk_N.chunk member, -1 for other .chunk names
+    digests = hashlib.sha256()  # of the chunk bodies' SHA-256s, for a sha256-chunks checksum
     with tempfile.TemporaryDirectory(prefix="dsbackup-go-", dir=tmp_dir) as tmp:
         spool = _Spool(tmp)
         try:
@@ -360,6 +367,7 @@ def iter_go_records(
                     meta = _parse_metadata(p, name, data)
                     continue
                 keys, values, size = _parse_chunk(p, name, data)
+                digests.update(hashlib.sha256(data).digest())
                 number = _CHUNK_NAME.fullmatch(name)
                 numbers.append(int(name[6:-6]) if number and len(name) < 30 else -1)
                 records += len(keys)
@@ -370,16 +378,32 @@ def iter_go_records(
                     raise ArchiveError(f"{p}: member {name!r}: cannot spool its records in "
                                        f"{tmp}: {exc}") from None
             _check_metadata(p, meta, numbers, records, value_bytes, require_metadata, check_totals)
+            _check_checksum(p, meta, digests.hexdigest())
             if metadata_out is not None:
                 metadata_out.clear()
                 metadata_out.update(meta or {})
+            if counts_out is not None:
+                counts_out.update(members=len(numbers), records=records,
+                                  value_bytes=value_bytes)
             yield from spool.batches(batch_records, batch_bytes)
         finally:
             spool.close()
 
 
+def _check_checksum(p: str, meta: dict[str, Any] | None, found: str) -> None:
+    """``checksum`` as ``backup --format go`` writes it: ``sha256-chunks:`` + the SHA-256
+    of the chunk bodies' SHA-256 digests in archive order (the Go tool writes "")."""
+    declared = (meta or {}).get("checksum") or ""
+    if declared.startswith(CHECKSUM_PREFIX) and declared[len(CHECKSUM_PREFIX):] != found:
+        raise IntegrityError(f"{p}: {METADATA_NAME} checksum {declared} does not match the "
+                             f"chunk members ({CHECKSUM_PREFIX}{found}): a chunk was changed",
+                             part="metadata")
+
+
 def _expected_chunk_numbers(total_keys: int, chunk_size: int) -> list[int]:
-    """N of each ``chunk_N.chunk`` the Go writer emits: keys written so far // chunk size."""
+    """N of each ``chunk_N.chunk`` the Go writer emits: keys written so far // chunk size.
+    (``backup --format go`` names them ``chunk_1`` ... ``chunk_m`` instead, m = the number
+    of chunks: unique names; both are accepted.)"""
     full, rest = divmod(total_keys, chunk_size)
     return list(range(1, full + 1)) + ([full] if rest else [])
 
@@ -404,7 +428,8 @@ def _check_metadata(p: str, meta: dict[str, Any] | None, numbers: array[int], re
     chunk_size = config.get("ChunkSize")
     if isinstance(total_keys, int) and isinstance(chunk_size, int) and chunk_size > 0:
         expected = _expected_chunk_numbers(total_keys, chunk_size)
-        if numbers.tolist() != expected:
+        unique = list(range(1, -(-total_keys // chunk_size) + 1))  # dsbackup's --format go
+        if numbers.tolist() not in (expected, unique):
             raise IntegrityError(
                 f"{p}: {METADATA_NAME} (total_keys {total_keys}, ChunkSize {chunk_size}) implies "
                 f"{len(expected)} chunk members, found {len(numbers)} not named as the Go tool "

@@ -518,6 +518,9 @@ def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
         bytes_processed=written.raw_bytes, bytes_compressed=written.size, errors=0,
         skipped_keys=excluded_records, skipped_bytes=excluded_bytes, workers=threads,
         mode="incremental")
+    unread = getattr(getattr(src, "ds", None), "skipped", None)  # vanished mid-scan
+    if unread is not None:
+        stats.unreadable_files, stats.skipped_files = unread.count, list(unread.examples)
     return BackupMetadata(
         path=str(path), version=1, timestamp=created, total_keys=written.records,
         total_size=written.raw_bytes, compressed_size=written.size, chunks=written.chunks,

@@ -47,6 +47,17 @@ class BackupStatistics:
     workers: int = 1
     mode: str = "central"
     cpu_s: float = 0.0  # CPU time of every process of the backup
+    # files of a file-per-key store (flatfs, helia, fsds) that are not in the archive:
+    # foreign ones (not of the layout; backed up only with skip_foreign) and ones that
+    # vanished or failed to read during the scan; the first few paths of each
+    foreign_files: int = 0
+    unreadable_files: int = 0
+    skipped_files: list[str] = field(default_factory=list)
+
+    @property
+    def incomplete(self) -> bool:
+        """Files of the store were left out (the CLI exits 1)."""
+        return bool(self.foreign_files or self.unreadable_files)
 
     @property
     def throughput_bytes_s(self) -> float:

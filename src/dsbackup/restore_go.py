@@ -33,7 +33,8 @@ def restore_go_archive(path: str | os.PathLike[str], target: Any, *, mode: str =
         start, end = prefix_bounds(prefix)
         patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
         matcher = KeyMatcher(patterns) if patterns else None
-        for keys, values in iter_go_records(path):
+        counts: dict[str, int] = {}
+        for keys, values in iter_go_records(path, counts_out=counts):
             pairs = [(k, v) for k, v in zip(keys, values)
                      if k >= start and (end is None or k < end)
                      and (matcher is None or matcher.match(k))]
@@ -46,6 +47,7 @@ def restore_go_archive(path: str | os.PathLike[str], target: Any, *, mode: str =
                 result.records_written += len(pairs)
                 result.bytes_written += sum(len(k) + len(v) for k, v in pairs)
         target.sync("/")
+        result.chunks = result.chunks_total = counts.get("members", 0)
         result.duration_s = time.perf_counter() - t0
         return result
     finally:

@@ -9,13 +9,15 @@ from pathlib import Path
 
 from dsbackup.datastores.base import BaseDatastore
 from dsbackup.datastores.flatfs import FlatfsDatastore
+from dsbackup.datastores.fsds import FsDatastore
+from dsbackup.datastores.helia import HeliaDatastore
 from dsbackup.datastores.leveldb import LevelDbDatastore
 from dsbackup.datastores.lmdb import LmdbDatastore
 from dsbackup.datastores.memory import MemoryDatastore
 from dsbackup.datastores.mount import MountDatastore
 from dsbackup.datastores.sqlite import SqliteDatastore
 
-BACKENDS = ["memory", "lmdb", "flatfs", "leveldb", "sqlite", "mount"]
+BACKENDS = ["memory", "lmdb", "flatfs", "leveldb", "sqlite", "mount", "fsds", "helia"]
 
 
 def _identity(s: str) -> str:
@@ -59,4 +61,8 @@ def make_store(kind: str, tmp: Path) -> Store:
             ("/prefix", LmdbDatastore(tmp / "mount-lmdb", sync=False)),
             ("/prefix/sub", SqliteDatastore(tmp / "mount.sqlite", sync=False)),
         ]), _identity)
+    if kind == "fsds":
+        return Store(kind, FsDatastore(tmp / "fsds", sync=False), _identity)
+    if kind == "helia":  # the test keys land in its datastore-fs (none is under /blocks)
+        return Store(kind, HeliaDatastore(tmp / "helia", sync=False), _identity)
     raise ValueError(kind)

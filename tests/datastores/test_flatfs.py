@@ -98,7 +98,10 @@ def test_directory_identical_to_go_ds_flatfs(tmp_path, go_fixtures, shard):
     data[FIXTURE_BLOCK] = b"\n\x02\x08\x01"
     default = shard == "next-to-last/2"
     ds = FlatfsDatastore(root, shard=None if default else shard, sync=False)
-    initial = _walk_usage(root)
+    assert not (root / ".temp").exists()  # made with the first write, counted then
+    probe = tmp_path / "temp-size-probe"
+    probe.mkdir()
+    initial = _walk_usage(root) + probe.stat().st_size
     items = list(data.items())
     for name, value in items[:30]:
         ds.put("/" + name, value)
@@ -140,7 +143,9 @@ def test_disk_usage_cache_format_matches_kubo(go_fixtures):
 def test_disk_usage_tracks_puts_deletes_overwrites(tmp_path):
     root = tmp_path / "b"
     ds = FlatfsDatastore(root, sync=False)
-    initial = _walk_usage(root)
+    probe = tmp_path / "temp-size-probe"  # .temp/ is made (and counted) at the first write
+    probe.mkdir()
+    initial = _walk_usage(root) + probe.stat().st_size
     names = _names(40, seed=3)
     for i, name in enumerate(names):
         ds.put("/" + name, b"x" * i)
@@ -203,23 +208,52 @@ def test_readonly_refuses_writes_and_missing_dirs(tmp_path):
 
 def test_helia_directory_without_sharding(tmp_path):
     root = tmp_path / "helia"
-    names = _names(20, seed=7)
-    for name in names:  # what Helia's blockstore-fs writes: next-to-last/2, no SHARDING
-        d = root / _expected_shard("next-to-last", 2, name)
+    names = ["B" + n for n in _names(20, seed=7)]
+    for name in names:  # what Helia's blockstore-fs writes: last two characters, no SHARDING
+        d = root / _expected_shard("suffix", 2, name)
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{name}.data").write_bytes(name.encode())
-    with pytest.raises(DatastoreError, match="shard"):
+    with pytest.raises(DatastoreError, match="helia:REPO"):
         open_datastore(f"flatfs:{root}", readonly=True)
-    ds = open_datastore(f"flatfs:{root}?shard=next-to-last/2", readonly=True)
+    ds = open_datastore(f"flatfs:{root}?shard=suffix/2", readonly=True)
     assert [k for ks, _ in ds.scan_batches() for k in ks] == sorted(
         f"/{n}".encode() for n in names)
+    assert ds.audit_files().count == 0
     reopened = open_datastore(ds.uri, readonly=True)  # the uri carries the shard function
     assert reopened.get("/" + names[0]) == names[0].encode()
-    w = FlatfsDatastore(root, shard="next-to-last/2", sync=False)
-    w.put("/CIQNEW", b"new")
+    w = FlatfsDatastore(root, shard="suffix/2", sync=False)
+    w.put("/BCIQNEW", b"new")
     w.close()
-    assert not (root / "SHARDING").exists() and not (root / "diskUsage.cache").exists()
-    assert reopened.get("/CIQNEW") == b"new"
+    assert sorted(p.name for p in root.iterdir() if not p.is_dir()) == []
+    assert not (root / ".temp").exists()
+    assert reopened.get("/BCIQNEW") == b"new"
+    assert (root / "EW" / "BCIQNEW.data").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    wrong = open_datastore(f"flatfs:{root}?shard=next-to-last/2", readonly=True)
+    audit = wrong.audit_files()
+    assert audit.count >= 15 and "helia:REPO" in audit.hint and "suffix/2" in audit.hint
+
+
+def _umask() -> int:
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+def test_writable_open_writes_nothing_until_the_first_write(tmp_path):
+    root = tmp_path / "b"
+    root.mkdir()
+    ds = FlatfsDatastore(root, sync=False)  # an existing, empty directory
+    assert list(ds.scan_batches()) == [] and ds.is_empty()
+    ds.close()
+    assert list(root.iterdir()) == []
+    ds = FlatfsDatastore(root, sync=False)
+    ds.put("/CIQA", b"x")
+    ds.close()
+    assert {p.name for p in root.iterdir()} >= {"SHARDING", "_README", ".temp",
+                                                 "diskUsage.cache"}
+    new = FlatfsDatastore(tmp_path / "new", sync=False)  # made by us: SHARDING at once
+    new.close()
+    assert (tmp_path / "new" / "SHARDING").is_file()
 
 
 def test_shard_mismatch_is_an_error(tmp_path):
@@ -257,6 +291,43 @@ def test_stray_files_are_not_listed(tmp_path):
     assert [k for ks, _ in ds.scan_batches() for k in ks] == [b"/CIQAAAB"]
     with pytest.raises(DatastoreError, match="belongs in shard AA"):
         ds.check()
+
+
+def test_audit_accounts_for_every_file(tmp_path):
+    root = tmp_path / "b"
+    ds = FlatfsDatastore(root, sync=False)
+    ds.put_many([b"/A", b"/CIQAAAB", b"/CIQAAAC"], [b"short, padded", b"1", b"2"])
+    assert ds.audit_files().count == 0  # "A" lives in a '_'-padded shard: still in place
+    shard = _expected_shard("next-to-last", 2, "CIQAAAB")
+    (root / shard / "notes.txt").write_bytes(b"x")
+    (root / shard / ".temp-123").write_bytes(b"stray temp file")
+    (root / shard / "nested").mkdir()
+    (root / shard / "nested" / "CIQAAAD.data").write_bytes(b"x")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "f").write_bytes(b"x")
+    (root / "stray-at-root").write_bytes(b"x")
+    (root / "ZZ").mkdir()
+    (root / "ZZ" / "CIQAAAZZ.data").write_bytes(b"x")  # belongs in AZ
+    (root / "link").symlink_to(root / shard)
+    (root / ".temp" / "temp-9").write_bytes(b"go-ds-flatfs's own working file")
+    audit = ds.audit_files()
+    assert audit.count == 7
+    assert len(audit.examples) == 5 and all(isinstance(e, str) for e in audit.examples)
+    assert "7 files do not belong" in audit.message(str(root))
+
+
+def test_audit_hints_for_a_kubo_blockstore_opened_as_helia(tmp_path):
+    from dsbackup.datastores.helia import open_blockstore
+
+    root = tmp_path / "blocks"
+    kubo = FlatfsDatastore(root, sync=False)
+    kubo.put_many([f"/{n}".encode() for n in _names(30)], [b"x"] * 30)
+    kubo.close()
+    for f in ("SHARDING", "_README", "diskUsage.cache"):
+        (root / f).unlink()
+    shutil.rmtree(root / ".temp")
+    audit = open_blockstore(root, readonly=True).audit_files()
+    assert audit.count == 30 and "kubo:REPO" in audit.hint and "next-to-last/2" in audit.hint
 
 
 def test_windowed_listing_keeps_global_order(tmp_path):

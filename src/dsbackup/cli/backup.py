@@ -23,7 +23,7 @@ HELP = "back up a datastore (URI or path) to an archive"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="datastore: lmdb:PATH, flatfs:PATH, leveldb:PATH, sqlite:PATH, "
-                   "kubo:PATH or a path (detected)")
+                   "kubo:PATH, helia:PATH, fsds:PATH or a path (detected)")
     p.add_argument("archive", help="archive to write (.tar.gz)")
     p.add_argument("--level", type=int, default=1, help="compression level 0-9 (default 1)")
     p.add_argument("--chunk-size", type=int, default=None,
@@ -50,6 +50,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a file already at ARCHIVE (default: refuse); an archive that "
                    "other archives use as their parent is never replaced")
+    p.add_argument("--format", choices=("dsbackup", "go"), default="dsbackup",
+                   help="archive format: dsbackup (default) or go, the format of the Go "
+                   "tool's RestoreBackup (docs/GOFORMAT.md; --chunk-size is its ChunkSize, "
+                   "default 1000)")
+    p.add_argument("--skip-foreign", action="store_true",
+                   help="back up a flatfs/helia/fsds store even when it holds files that are "
+                   "not of its layout (they are counted and listed; exit 1)")
     add_json_flag(p)
 
 
@@ -59,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from dsbackup.pipeline.scanchoice import likely_parallel
 
     # incremental backups read the source themselves (no workers)
-    if (args.workers != 1 and args.parent is None and forkserver.prestart_wanted()
+    if (args.workers != 1 and args.parent is None and args.format == "dsbackup"
+            and forkserver.prestart_wanted()
             and likely_parallel(args.source)):
         forkserver.prestart()  # the workers' server boots while the backup code is imported
     from dsbackup.backup import BackupManager
@@ -70,13 +78,16 @@ def run(args: argparse.Namespace) -> int:
                        include_metadata=args.include_metadata,
                        exclude_patterns=args.exclude, workers=args.workers,
                        trust_content_keys=not args.no_trust_content_keys,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite,
+                       skip_foreign=args.skip_foreign)
     mgr = BackupManager(cfg)
     with cancel_on_signals() as cancel, progress_bar(not args.json, "backup") as bar:
         meta = mgr.create_backup(args.source, args.archive, parent=args.parent, progress=bar,
-                                 cancel=cancel, parent_dirs=args.parent_dir)
+                                 cancel=cancel, parent_dirs=args.parent_dir,
+                                 format=args.format)
+    s = meta.statistics
     if args.json:
-        emit_json(COMMAND, {"ok": True, "backup": meta.to_json()})
+        emit_json(COMMAND, {"ok": True, "backup": meta.to_json(), "warnings": s.incomplete})
     else:
         s = meta.statistics
         print(f"{meta.path}: {meta.total_keys} records, {human_bytes(meta.total_size)} -> "
@@ -87,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
         if s.skipped_keys:
             print(f"excluded {s.skipped_keys} records ({human_bytes(s.skipped_bytes)})",
                   file=sys.stderr)
+        if s.incomplete:
+            print(f"warning: not backed up: {s.foreign_files} foreign files, "
+                  f"{s.unreadable_files} files that vanished or could not be read "
+                  f"(first: {', '.join(s.skipped_files)})", file=sys.stderr)
     if args.exclude and not meta.statistics.skipped_keys and not unanchored:
         warn_matched_nothing("--exclude " + " ".join(args.exclude))
-    return EXIT_WARNING if unanchored else 0
+    return EXIT_WARNING if (unanchored or s.incomplete) else 0

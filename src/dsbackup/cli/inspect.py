@@ -18,13 +18,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    meta = BackupManager().inspect(args.archive)
+    from dsbackup.goformat import is_go_archive
+
+    go = is_go_archive(args.archive)
+    if go:
+        from dsbackup.gocompat import inspect_go
+
+        meta = inspect_go(args.archive)
+    else:
+        meta = BackupManager().inspect(args.archive)
     if args.json:
-        emit_json(COMMAND, {"ok": True, "backup": meta.to_json()})
+        emit_json(COMMAND, {"ok": True, "backup": meta.to_json(),
+                            "format": "go" if go else "dsbackup"})
         return 0
     s = meta.statistics
     rows = [
         ("archive", meta.path),
+        ("format", "go (docs/GOFORMAT.md)" if go else "dsbackup"),
         ("created", meta.timestamp.isoformat()),
         ("tool", meta.tool),
         ("source", f"{meta.datastore.get('uri')} ({meta.datastore.get('backend')})"),
@@ -35,12 +45,14 @@ def run(args: argparse.Namespace) -> int:
         ("chunks", f"{meta.chunks}"),
         ("compression", f"level {meta.compression.get('level')} "
                         f"({meta.compression.get('engine')})"),
-        ("chunk size", f"{meta.config.get('chunk_size')} records mean, max "
-                       f"{human_bytes(meta.config.get('chunk_max_bytes') or 0)}"),
+        ("chunk size", f"{meta.config.get('chunk_size')} records (Go ChunkSize)" if go else
+         f"{meta.config.get('chunk_size')} records mean, max "
+         f"{human_bytes(meta.config.get('chunk_max_bytes') or 0)}"),
         ("excluded", f"{s.skipped_keys} records"),
         ("duration", f"{s.duration_s:.2f} s ({s.mode}, {s.workers} workers)"),
-        ("fingerprint", meta.fingerprint),
-        ("parent", _parent_line(args.archive, meta.parent)),
+        ("fingerprint" if not go else "checksum",
+         meta.fingerprint or ("none (the Go tool writes none)" if go else "")),
+        ("parent", "none (Go archive)" if go else _parent_line(args.archive, meta.parent)),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:  # manifest strings are untrusted: control characters escaped

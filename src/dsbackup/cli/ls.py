@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -36,17 +37,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dsbackup.goformat import is_go_archive
+
     start, end = prefix_bounds(args.prefix)
     out = sys.stdout
-    with ArchiveReader(args.archive, parent_dirs=args.parent_dir) as r:
-        chain = r.open_parents()
-        if chain is not None:
-            chain.require_catalogs()  # fail before the first line is printed, not halfway
-        rows = _counted(iter_listing(r, start, end), seen := [0])
+    go = is_go_archive(args.archive)  # a Go-tool archive (docs/GOFORMAT.md)
+    with (contextlib.nullcontext() if go
+          else ArchiveReader(args.archive, parent_dirs=args.parent_dir)) as r:
+        if r is None:
+            from dsbackup.gocompat import list_go
+
+            rows = list_go(args.archive, start, end)
+        else:
+            chain = r.open_parents()
+            if chain is not None:
+                chain.require_catalogs()  # fail before the first line is printed, not halfway
+            rows = iter_listing(r, start, end)
+        rows = _counted(rows, seen := [0])
         if args.json:
             # JSON lines: a header object, then one object per key (streams for huge archives)
             out.write(json.dumps({"schema": JSON_SCHEMA_VERSION, "command": COMMAND,
-                                  "archive": args.archive, "prefix": args.prefix}) + "\n")
+                                  "archive": args.archive, "prefix": args.prefix,
+                                  "format": "go" if go else "dsbackup"}) + "\n")
             for k, size, x in rows:
                 row = {"key": show_key(k), "size": size}
                 if x is not None:

@@ -40,11 +40,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    mgr = BackupManager(BackupConfig(workers=args.workers))
-    report = mgr.verify_backup(args.archive, deep=not args.quick, sample=args.sample,
-                               parent_dirs=args.parent_dir, check_blocks=args.check_blocks)
+    from dsbackup.goformat import is_go_archive
+
+    go = is_go_archive(args.archive)
+    if go:  # a Go-tool archive: always deep (it has no member checksums to check quickly)
+        from dsbackup.gocompat import verify_go
+
+        report = verify_go(args.archive)
+    else:
+        mgr = BackupManager(BackupConfig(workers=args.workers))
+        report = mgr.verify_backup(args.archive, deep=not args.quick, sample=args.sample,
+                                   parent_dirs=args.parent_dir,
+                                   check_blocks=args.check_blocks)
     if args.json:
-        emit_json(COMMAND, report.to_json())
+        emit_json(COMMAND, {**report.to_json(), "format": "go" if go else "dsbackup"})
     else:
         if report.ok:
             rate = report.bytes_checked / report.duration_s if report.duration_s else 0

@@ -2,8 +2,19 @@
 
 Each value is a file ``<root>/<shard>/<NAME>.data`` for key ``/NAME``. Writes go to a temp
 file in ``.temp/`` that is renamed into place, so readers never see a partial value. A
-directory without a ``SHARDING`` file (Helia's blockstore-fs writes none) opens when the
-shard function is given (``shard=`` argument or ``flatfs:PATH?shard=next-to-last/2``).
+directory without a ``SHARDING`` file opens when the shard function is given (``shard=``
+argument or ``flatfs:PATH?shard=suffix/2``); such a directory gets no metadata files.
+``name_prefix`` (Helia's blockstore-fs: ``B``, the multibase prefix) is put before the key's
+name in file names: key ``/NAME`` is file ``<shard of BNAME>/BNAME.data``.
+
+A writable open creates nothing until the first write: ``.temp/`` (cleaned like
+go-ds-flatfs's open) and ``diskUsage.cache`` appear then, so a store opened writable but only
+read (a migration's source) is left as it was. New files get the umask's mode (0644 under
+umask 022), as Kubo and Helia write them.
+
+:meth:`FlatfsDatastore.audit_files` accounts for every file under the root (see
+flatfs_audit.py); files that vanish or cannot be read during a scan are counted in
+:attr:`FlatfsDatastore.skipped`.
 
 Read-only opening changes nothing on disk: no ``.temp`` clean-up (go-ds-flatfs's own open
 deletes it), no ``diskUsage.cache`` write, no directory creation; files are read with
@@ -33,6 +44,7 @@ from dsbackup.datastores.base import (
     BaseDatastore,
     batch_items,
 )
+from dsbackup.datastores.flatfs_audit import FileAudit, SkippedFiles, audit_flatfs
 from dsbackup.datastores.flatfs_layout import (
     ACCURACY_EXACT,
     DEFAULT_SHARD,
@@ -69,50 +81,61 @@ class FlatfsDatastore(BaseDatastore):
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
                  shard: str | ShardFunc | None = None, sync: bool = True,
-                 max_names: int = DEFAULT_MAX_NAMES, read_ahead: int = DEFAULT_READ_AHEAD) -> None:
+                 max_names: int = DEFAULT_MAX_NAMES, read_ahead: int = DEFAULT_READ_AHEAD,
+                 name_prefix: bytes = b"", metadata: bool = True) -> None:
         self.path = Path(path).absolute()
         self._root = os.fsencode(self.path)
         self.sync_writes = sync
         self.read_ahead = read_ahead
+        self.name_prefix = name_prefix
         if self.path.exists() and not self.path.is_dir():
             raise DatastoreError(f"{self.path}: not a directory (flatfs is a directory)")
         given = ShardFunc.parse(shard) if isinstance(shard, str) else shard
         recorded = read_sharding(str(self.path)) if self.path.is_dir() else None
+        created = False
         if not self.path.is_dir():
             if readonly:
                 raise DatastoreError(f"{self.path}: flatfs directory does not exist")
-            self.path.mkdir(mode=0o755, parents=True)
+            self.path.mkdir(mode=0o777, parents=True)  # the umask decides, as in Go
+            created = True
         self.go_layout = recorded is not None
+        self._pending_sharding = False
         if recorded is not None:
             if given is not None and str(given) != str(recorded):
                 raise DatastoreError(
                     f"{self.path}: specified shard function {given} does not match the "
                     f"directory's {SHARDING_FILE} ({recorded})")
             self.shard = recorded
-        elif not readonly and _is_empty_dir(self.path):
+        elif metadata and not readonly and _is_empty_dir(self.path):
+            # a new go-ds-flatfs store: SHARDING is part of the layout (written now when we
+            # made the directory, else with the first write)
             self.shard = given or ShardFunc.parse(DEFAULT_SHARD)
-            write_sharding(str(self.path), self.shard)
             self.go_layout = True
+            self._pending_sharding = True
+            if created:
+                self._write_sharding()
         elif given is not None:
             self.shard = given
         else:
             raise DatastoreError(
-                f"{self.path}: no {SHARDING_FILE} file; give the shard function (e.g. flatfs:PATH?shard=next-to-last/2, which is what "
-                "Helia's blockstore-fs uses)")
+                f"{self.path}: no {SHARDING_FILE} file; give the shard function "
+                "(flatfs:PATH?shard=KIND/N); for a Helia blockstore-fs directory use "
+                "helia:REPO, or flatfs:PATH?shard=suffix/2 (its names keep the 'B' prefix)")
         uri = f"flatfs:{self.path}"
         if not self.go_layout:
             uri += f"?shard={self.shard.kind}/{self.shard.param}"
         super().__init__(uri, readonly=readonly)
         self._dir_of = self.shard.dir_of
-        self._lister = ShardLister(self._root, self.shard, max_names)
+        self._lister = ShardLister(self._root, self.shard, max_names, name_prefix)
         self._noatime = _O_NOATIME
         self._lock = threading.Lock()
         self._du: int | None = None
         self._du_accuracy = ACCURACY_EXACT
         self._du_dirty = False
         self._temp = os.path.join(self._root, TEMP_DIR.encode())
-        if not readonly and self.go_layout:
-            self._init_writable()
+        self._mode = _file_mode()
+        self._writable_ready = readonly or not self.go_layout
+        self.skipped = SkippedFiles()
 
     @property
     def max_names(self) -> int:
@@ -124,16 +147,30 @@ class FlatfsDatastore(BaseDatastore):
         self._lister.max_names = value
 
     # -- writable set-up, disk usage -----------------------------------------------------
-    def _init_writable(self) -> None:
-        shutil.rmtree(self._temp, ignore_errors=True)  # as go-ds-flatfs's Open does
-        os.mkdir(self._temp, 0o755)
-        cached = read_disk_usage(str(self.path))
-        if cached is not None:
-            self._du, self._du_accuracy = cached
-        else:
-            self._du = walk_disk_usage(str(self.path))
-            self._du_accuracy = ACCURACY_EXACT
-            self._write_disk_usage()
+    def _write_sharding(self) -> None:
+        write_sharding(str(self.path), self.shard)
+        self._pending_sharding = False
+
+    def _ensure_writable(self) -> None:
+        """Before the first write to a go-ds-flatfs directory: SHARDING if it is new, a
+        clean ``.temp/`` and the disk-usage count (nothing is written by opening alone)."""
+        if self._writable_ready:
+            return
+        with self._lock:
+            if self._writable_ready:
+                return
+            if self._pending_sharding:
+                self._write_sharding()
+            shutil.rmtree(self._temp, ignore_errors=True)  # as go-ds-flatfs's Open does
+            os.mkdir(self._temp, 0o755)
+            cached = read_disk_usage(str(self.path))
+            if cached is not None:
+                self._du, self._du_accuracy = cached
+            else:
+                self._du = walk_disk_usage(str(self.path))
+                self._du_accuracy = ACCURACY_EXACT
+                self._du_dirty = True
+            self._writable_ready = True
 
     def _write_disk_usage(self) -> None:
         if self._du is None:
@@ -192,7 +229,7 @@ class FlatfsDatastore(BaseDatastore):
         if not is_valid_key(key):
             raise NotFound(f"key {key!r} not found in {self.uri} (not a flatfs key)")
         try:
-            return self._read(self._file(key[1:]))
+            return self._read(self._file(self.name_prefix + key[1:]))
         except FileNotFoundError:
             raise NotFound(f"key {key!r} not found in {self.uri}") from None
 
@@ -200,7 +237,7 @@ class FlatfsDatastore(BaseDatastore):
         if not is_valid_key(key):
             raise NotFound(f"key {key!r} not found in {self.uri} (not a flatfs key)")
         try:
-            return os.stat(self._file(key[1:])).st_size
+            return os.stat(self._file(self.name_prefix + key[1:])).st_size
         except FileNotFoundError:
             raise NotFound(f"key {key!r} not found in {self.uri}") from None
 
@@ -224,6 +261,7 @@ class FlatfsDatastore(BaseDatastore):
         d = self._make_shard_dir(self._dir_of(name))
         fd, tmp = self._temp_file(d)
         try:
+            os.fchmod(fd, self._mode)
             view = memoryview(value)
             while view:
                 view = view[os.write(fd, view):]
@@ -249,7 +287,8 @@ class FlatfsDatastore(BaseDatastore):
         self._add_usage(os.stat(dest).st_size - old)
 
     def _put(self, key: bytes, value: bytes) -> None:
-        tmp, dest, d = self._write_temp(key[1:], value)
+        self._ensure_writable()
+        tmp, dest, d = self._write_temp(self.name_prefix + key[1:], value)
         self._rename_in(tmp, dest)
         if self.sync_writes:
             _fsync_dir(d)
@@ -257,7 +296,8 @@ class FlatfsDatastore(BaseDatastore):
     def _delete(self, key: bytes) -> None:
         if not is_valid_key(key):
             return
-        path = self._file(key[1:])
+        self._ensure_writable()
+        path = self._file(self.name_prefix + key[1:])
         try:
             size = os.stat(path).st_size
             os.unlink(path)
@@ -284,12 +324,14 @@ class FlatfsDatastore(BaseDatastore):
         self._put_pairs(list(zip(keys, values)))
 
     def _put_pairs(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        self._ensure_writable()
         staged: list[tuple[bytes, bytes]] = []
         dirs: set[bytes] = set()
         done = 0
+        prefix = self.name_prefix
         try:
             for k, v in pairs:
-                tmp, dest, d = self._write_temp(k[1:], v)
+                tmp, dest, d = self._write_temp(prefix + k[1:], v)
                 staged.append((tmp, dest))
                 dirs.add(d)
             for tmp, dest in staged:
@@ -316,31 +358,48 @@ class FlatfsDatastore(BaseDatastore):
         self._check_open()
         tune_allocator()
         names = (n for group in self._lister.sorted_names(start, end) for n in group)
-        items = ((b"/" + n, v) for n, v in self._read_ahead(names))
+        cut = len(self.name_prefix)
+        if cut:
+            items = ((b"/" + n[cut:], v) for n, v in self._read_ahead(names))
+        else:
+            items = ((b"/" + n, v) for n, v in self._read_ahead(names))
         yield from batch_items(items, max_records, max_bytes)
 
     def _read_ahead(self, names: Iterator[bytes]) -> Iterator[tuple[bytes, bytes]]:
-        """``(name, value)`` in order; files that vanish are skipped."""
+        """``(name, value)`` in order; files that vanish or cannot be read are skipped and
+        counted in :attr:`skipped`."""
         depth = self.read_ahead
         advise = _advise if depth > 0 else None
         file_of = self._file
         open_read = self._open_read
+        skip = self.skipped.add
         window: collections.deque[tuple[bytes, int]] = collections.deque()
         try:
             for n in names:
                 try:
                     fd = open_read(file_of(n))
-                except FileNotFoundError:
+                except OSError as e:
+                    skip(file_of(n), e)
                     continue
                 window.append((n, fd))
                 if advise is not None:
                     advise(fd)
                 if len(window) > depth:
                     n0, fd0 = window.popleft()
-                    yield n0, _read_fd(fd0)
+                    try:
+                        value = _read_fd(fd0)
+                    except OSError as e:
+                        skip(file_of(n0), e)
+                        continue
+                    yield n0, value
             while window:
                 n0, fd0 = window.popleft()
-                yield n0, _read_fd(fd0)
+                try:
+                    value = _read_fd(fd0)
+                except OSError as e:
+                    skip(file_of(n0), e)
+                    continue
+                yield n0, value
         finally:
             for _, fd in window:
                 os.close(fd)
@@ -353,13 +412,14 @@ class FlatfsDatastore(BaseDatastore):
         file_of = self._file
         keys: list[bytes] = []
         sizes: list[int] = []
+        cut = len(self.name_prefix)
         for names in self._lister.sorted_names(start, end):
             for n in names:
                 try:
                     st = stat(file_of(n))
                 except FileNotFoundError:
                     continue
-                keys.append(b"/" + n)
+                keys.append(b"/" + n[cut:])
                 sizes.append(st.st_size)
                 if len(keys) >= max_records:
                     yield keys, sizes
@@ -404,7 +464,7 @@ class FlatfsDatastore(BaseDatastore):
             cand = min(names) if pick == "min" else max(names)
             if best is None or (cand < best if pick == "min" else cand > best):
                 best = cand
-        return None if best is None else b"/" + best
+        return None if best is None else b"/" + best[len(self.name_prefix):]
 
     def first_key(self) -> bytes | None:
         return self._extreme("min")
@@ -427,9 +487,16 @@ class FlatfsDatastore(BaseDatastore):
         names.sort()
         if n <= 1 or not names:
             return []
-        return sorted({b"/" + names[len(names) * i // n] for i in range(1, n)})
+        cut = len(self.name_prefix)
+        return sorted({b"/" + names[len(names) * i // n][cut:] for i in range(1, n)})
 
     # -- capabilities --------------------------------------------------------------------
+    def audit_files(self) -> FileAudit:
+        """Files under the root that a scan does not read (see flatfs_audit.py)."""
+        self._check_open()
+        return audit_flatfs(self._root, self.shard, name_prefix=self.name_prefix,
+                            go_layout=self.go_layout)
+
     def check(self) -> None:
         """Every ``.data`` file has a valid name and lives in the shard its name maps to."""
         problems = []
@@ -472,6 +539,14 @@ class FlatfsDatastore(BaseDatastore):
                 self._write_disk_usage()
         finally:
             self._closed = True
+
+
+def _file_mode() -> int:
+    """0666 less the process umask (read once per open; umask can only be read by setting
+    it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _advise(fd: int) -> None:
@@ -521,10 +596,12 @@ def _unlink_quiet(path: bytes) -> None:
 
 def open_flatfs(path: str, *, readonly: bool = False, shard: str | ShardFunc | None = None,
                 sync: bool | str = True, max_names: int | str = DEFAULT_MAX_NAMES,
-                read_ahead: int | str = DEFAULT_READ_AHEAD) -> FlatfsDatastore:
+                read_ahead: int | str = DEFAULT_READ_AHEAD, metadata: bool | str = True
+                ) -> FlatfsDatastore:
+    """``metadata=0``: a new directory gets no ``SHARDING`` (nor any other metadata file)."""
     from dsbackup.datastores.registry import _bool_param
 
     return FlatfsDatastore(path, readonly=readonly, shard=shard, sync=_bool_param(sync),
                            max_names=int(max_names),
-                           read_ahead=int(read_ahead))
+                           read_ahead=int(read_ahead), metadata=_bool_param(metadata))
 

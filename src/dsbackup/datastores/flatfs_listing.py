@@ -22,10 +22,12 @@ _EXT_LEN = len(EXTENSION)
 class ShardLister:
     """Lists the ``.data`` names (without extension) of a flatfs root."""
 
-    def __init__(self, root: bytes, shard: ShardFunc, max_names: int) -> None:
+    def __init__(self, root: bytes, shard: ShardFunc, max_names: int,
+                 name_prefix: bytes = b"") -> None:
         self.root = root
         self.shard = shard
         self.max_names = max_names
+        self.name_prefix = name_prefix
 
     def shard_dirs(self) -> list[bytes]:
         out = []
@@ -48,15 +50,20 @@ class ShardLister:
             names = [n for n in names if n >= lo]
         if hi is not None:
             names = [n for n in names if n < hi]
+        if self.name_prefix:
+            p = self.name_prefix
+            return [n for n in names if n.startswith(p) and is_valid_name(n)
+                    and dir_of(n) == shard]
         return [n for n in names if is_valid_name(n) and dir_of(n) == shard]
 
-    @staticmethod
-    def name_range(start: bytes, end: bytes | None) -> tuple[bytes, bytes | None] | None:
-        """Map a key range to a name range (keys are ``b"/" + name``); None when empty."""
+    def name_range(self, start: bytes, end: bytes | None) -> tuple[bytes, bytes | None] | None:
+        """Map a key range to a name range (key ``b"/" + K`` is name ``name_prefix + K``);
+        None when empty."""
+        p = self.name_prefix
         if start <= b"/":
             lo = b""
         elif start[:1] == b"/":
-            lo = start[1:]
+            lo = p + start[1:]
         else:
             return None
         if end is None:
@@ -64,7 +71,7 @@ class ShardLister:
         elif end <= b"/":
             return None
         elif end[:1] == b"/":
-            hi = end[1:]
+            hi = p + end[1:]
         else:
             hi = None
         if hi is not None and lo >= hi:

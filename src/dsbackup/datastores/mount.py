@@ -13,10 +13,12 @@ range the mount routes to it (shadowed by a deeper mount) is never listed, match
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from dsbackup.datastores.base import DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, BaseDatastore
+from dsbackup.datastores.flatfs_audit import EXAMPLES, FileAudit, SkippedFiles
 from dsbackup.errors import DatastoreError, NotFound
 from dsbackup.keys import Key, KeyLike, key_bytes
 
@@ -224,6 +226,27 @@ class MountDatastore(BaseDatastore):
 
     def disk_usage(self) -> int:
         return sum(int(getattr(m.datastore, "disk_usage", lambda: 0)()) for m in self.mounts)
+
+    def audit_files(self) -> FileAudit:
+        """The children's unread files (children that map files to keys), paths made
+        absolute."""
+        audit = FileAudit()
+        for m in self.mounts:
+            fn = getattr(m.datastore, "audit_files", None)
+            if fn is not None:
+                audit.merge(fn(), os.fspath(getattr(m.datastore, "path", "")))
+        return audit
+
+    @property
+    def skipped(self) -> SkippedFiles:
+        """Files the children's scans could not read (see :class:`SkippedFiles`)."""
+        out = SkippedFiles()
+        for m in self.mounts:
+            s = getattr(m.datastore, "skipped", None)
+            if s is not None:
+                out.count += s.count
+                out.examples += s.examples[:max(0, EXAMPLES - len(out.examples))]
+        return out
 
     def sync(self, prefix: KeyLike = "/") -> None:
         self._check_open()

@@ -1,6 +1,7 @@
 """Open a datastore from a URI: ``scheme:PATH[?param=value&...]`` or a bare path.
 
-Schemes: ``memory:``, ``lmdb:``, ``flatfs:``, ``leveldb:``, ``sqlite:``, ``kubo:``. A bare
+Schemes: ``memory:``, ``lmdb:``, ``flatfs:``, ``leveldb:``, ``sqlite:``, ``kubo:``,
+``helia:`` (a Helia repo), ``fsds:`` (js-stores datastore-fs). A bare
 path is recognised by what the directory or file holds (see :func:`detect_scheme`).
 Backends are imported on first use, so plyvel is only needed for LevelDB and Kubo repos.
 """
@@ -29,6 +30,8 @@ SCHEMES: dict[str, str] = {
     "leveldb": "dsbackup.datastores.leveldb:open_leveldb",
     "sqlite": "dsbackup.datastores.sqlite:open_sqlite",
     "kubo": "dsbackup.datastores.kubo:open_kubo",
+    "helia": "dsbackup.datastores.helia:open_helia",
+    "fsds": "dsbackup.datastores.fsds:open_fsds",
 }
 _CUSTOM: dict[str, Opener] = {}
 
@@ -60,8 +63,8 @@ def parse_uri(uri: str) -> tuple[str | None, str, dict[str, str]]:
 
 def detect_scheme(path: str | os.PathLike[str]) -> str:
     """What a bare path holds: ``data.mdb`` -> lmdb, ``SHARDING`` -> flatfs,
-    ``datastore_spec`` -> kubo, ``CURRENT`` and ``LOCK`` -> leveldb, a file starting with
-    the SQLite header -> sqlite."""
+    ``datastore_spec`` -> kubo, ``CURRENT`` and ``LOCK`` -> leveldb, ``blocks/`` without
+    ``datastore_spec`` -> helia, a file starting with the SQLite header -> sqlite."""
     p = Path(path)
     if p.is_dir():
         if (p / "datastore_spec").is_file():
@@ -72,9 +75,12 @@ def detect_scheme(path: str | os.PathLike[str]) -> str:
             return "flatfs"
         if (p / "CURRENT").is_file() and (p / "LOCK").exists():
             return "leveldb"
+        if (p / "blocks").is_dir() and not (p / "blocks" / "SHARDING").exists():
+            return "helia"
         raise DatastoreError(
             f"{p}: directory holds no recognised datastore (no datastore_spec, data.mdb, "
-            "SHARDING, or CURRENT+LOCK); name the type with a scheme such as flatfs:PATH")
+            "SHARDING, CURRENT+LOCK or blocks/); name the type with a scheme such as "
+            "flatfs:PATH, helia:REPO or fsds:PATH")
     if p.is_file():
         with open(p, "rb") as f:
             head = f.read(len(SQLITE_HEADER))

@@ -11,7 +11,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dsbackup._ext.framing import Chunker, FramingError, KeyMatcher
@@ -28,6 +28,12 @@ class ScanStats:
     worker_cpu_s: float = 0.0  # CPU time of worker processes (parallel scan)
     worker_peak_rss: int = 0  # largest peak resident set of one worker process
     spilled_chunks: int = 0  # chunks moved from a worker's slots to the spill file
+    unreadable_files: int = 0  # listed by the scan, then vanished or failed to read
+    unreadable_examples: list[str] = field(default_factory=list)
+
+    def add_unreadable(self, count: int, examples: list[str]) -> None:
+        self.unreadable_files += count
+        self.unreadable_examples += examples[:max(0, 5 - len(self.unreadable_examples))]
 
 
 @dataclass(frozen=True)
@@ -111,3 +117,6 @@ def central_chunks(
         pool.shutdown(wait=True, cancel_futures=True)
         stats.excluded_records = chunker.excluded_records
         stats.excluded_bytes = chunker.excluded_bytes
+        skipped = getattr(ds, "skipped", None)
+        if skipped is not None:
+            stats.add_unreadable(skipped.count, skipped.examples)

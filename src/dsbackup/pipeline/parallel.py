@@ -319,6 +319,7 @@ class ParallelScan:
                     if w < self.n:  # the planner frames nothing
                         self.stats.excluded_records += msg[1]
                         self.stats.excluded_bytes += msg[2]
+                        self.stats.add_unreadable(msg[5], msg[6])
                     self.stats.worker_cpu_s += msg[3]
                     self.stats.worker_peak_rss = max(self.stats.worker_peak_rss, msg[4])
                     pending.discard(w)

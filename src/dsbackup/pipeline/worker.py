@@ -11,7 +11,8 @@ Messages, worker -> parent:
   ("chunk", range_id, slot, meta, inline_body, catalog)   slot -1: body is inline (too large)
   ("done", range_id)
   ("stripes", [key, ...]) and ("plan_done",)             from the planner
-  ("stats", excluded_records, excluded_bytes, cpu_seconds, peak_rss_bytes)  before exiting
+  ("stats", excluded_records, excluded_bytes, cpu_seconds, peak_rss_bytes,
+   unreadable_files, [first unreadable paths])                   before exiting
   ("error", message, traceback)
 Parent -> worker:
   ("range", range_id, start, end) | ("free", [slot, ...]) | ("plan", min_records, min_bytes)
@@ -140,8 +141,10 @@ class _Worker:
             elif op == "stop":
                 break
         ru = resource.getrusage(resource.RUSAGE_SELF)
+        skipped = getattr(getattr(self.source, "ds", None), "skipped", None)
         self.conn.send(("stats", self.source.excluded_records, self.source.excluded_bytes,
-                        ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024))
+                        ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024,
+                        skipped.count if skipped else 0, skipped.examples if skipped else []))
         self.source.close()
 
 

@@ -1,0 +1,114 @@
+"""helia: against repositories written in Helia's js-stores layouts
+(tests/support/helia_repo.py), and cross restores with Kubo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from helia_repo import helia_block_path, make_helia_repo, write_blockstore
+from runcli import COPY_PLAN, cli, files, umask
+from snapshot import assert_unchanged, snapshot
+
+from dsbackup.datastores import open_datastore
+
+
+def kubo_repo(tmp_path: Path, go_fixtures: Path) -> Path:
+    """An empty Kubo repo: the fixture's config files, no datastore contents."""
+    dst = tmp_path / "kubo"
+    dst.mkdir()
+    for name in ("config", "datastore_spec", "version"):
+        shutil.copy(go_fixtures / "kubo-v16-repo" / name, dst / name)
+    return dst
+
+
+@pytest.mark.parametrize("level", [False, True], ids=["datastore-fs", "datastore-level"])
+def test_helia_repo_round_trip_is_file_identical(tmp_path, level):
+    repo = tmp_path / "repo"
+    blocks, records = make_helia_repo(repo, blocks=320, level=level)
+    before = snapshot(repo) if not level else None
+    r = cli("backup", f"helia:{repo}", str(tmp_path / "h.tar.gz"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["backup"]["total_keys"] == len(blocks) + len(records)
+    if before is not None:  # LevelDB's own open is another helper's (snapshot copy) concern
+        assert_unchanged(before, snapshot(repo))
+    out = tmp_path / "out"
+    r = cli("restore", str(tmp_path / "h.tar.gz"), f"helia:{out}"
+            + ("?datastore=level" if level else ""))
+    assert r.returncode == 0, r.stderr
+    if level:
+        assert files(out / "blocks") == files(repo / "blocks")
+        ds = open_datastore(f"helia:{out}", readonly=True)
+        assert {k: v for ks, vs in ds.scan_batches(b"/", b"/blocks/") for k, v in
+                zip(ks, vs)} | {k: v for ks, vs in ds.scan_batches(b"/blocks0") for k, v in
+                                zip(ks, vs)} == records
+        ds.close()
+    else:
+        assert files(out) == files(repo)  # same files, contents and modes; nothing extra
+
+
+def test_helia_keys_are_kubos_and_cross_restores(tmp_path, go_fixtures):
+    repo = tmp_path / "repo"
+    blocks, _ = make_helia_repo(repo, blocks=310)
+    ds = open_datastore(f"helia:{repo}", readonly=True)
+    keys = [k for ks, _ in ds.scan_batches(b"/blocks/", b"/blocks0") for k in ks]
+    assert keys == sorted(f"/blocks/{n}".encode() for n in blocks)
+    ds.close()
+    assert cli("backup", f"helia:{repo}", str(tmp_path / "h.tar.gz")).returncode == 0
+    kubo = kubo_repo(tmp_path, go_fixtures)
+    r = cli("restore", str(tmp_path / "h.tar.gz"), f"kubo:{kubo}")
+    assert r.returncode == 0, r.stderr
+    for name, value in blocks.items():  # Kubo's name: next-to-last/2 of the bare multihash
+        f = kubo / "blocks" / name[-3:-1] / f"{name}.data"
+        assert f.read_bytes() == value
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask()  # 0644 under umask 022
+    # and back: the Kubo repo's archive into a new Helia repo gives the same block files
+    assert cli("backup", f"kubo:{kubo}", str(tmp_path / "k.tar.gz")).returncode == 0
+    back = tmp_path / "back"
+    r = cli("restore", str(tmp_path / "k.tar.gz"), f"helia:{back}")
+    assert r.returncode == 0, r.stderr
+    assert files(back / "blocks") == files(repo / "blocks")
+
+
+def test_kubo_fixture_restores_into_helia(tmp_path, go_fixtures):
+    src = tmp_path / "k"
+    shutil.copytree(go_fixtures / "kubo-v16-repo", src)
+    assert cli("backup", f"kubo:{src}", str(tmp_path / "k.tar.gz")).returncode == 0
+    out = tmp_path / "h"
+    assert cli("restore", str(tmp_path / "k.tar.gz"), f"helia:{out}").returncode == 0
+    names = sorted(p.name for p in (src / "blocks").glob("*/*.data"))
+    got = sorted(p.name for p in (out / "blocks").glob("*/*.data"))
+    assert got == ["B" + n for n in names]
+    assert all(p.parent.name == p.stem[-2:] for p in (out / "blocks").glob("*/*.data"))
+    assert {p.name for p in (out / "blocks").iterdir() if p.is_file()} == set()
+
+
+def test_helia_copy_migration_leaves_source_and_writes_no_metadata(tmp_path):
+    repo = tmp_path / "repo"
+    make_helia_repo(repo, blocks=40)
+    before = snapshot(repo)
+    plan = tmp_path / "copy.toml"
+    plan.write_text(COPY_PLAN)
+    r = cli("migrate", str(plan), f"helia:{repo}", f"helia:{tmp_path / 'to'}")
+    assert r.returncode == 0, r.stderr
+    assert_unchanged(before, snapshot(repo))
+    assert files(tmp_path / "to") == files(repo)  # no SHARDING, .temp, diskUsage.cache
+
+
+def test_helia_blockstore_with_missing_b_prefix_is_foreign(tmp_path):
+    root = tmp_path / "repo" / "blocks"
+    write_blockstore(root, {"CIQAAAA": b"x"})
+    p = helia_block_path(root, "CIQAAAA")
+    p.rename(p.parent / "CIQAAAA.data")  # no multibase prefix: not a blockstore-fs name
+    ds = open_datastore(f"helia:{tmp_path / 'repo'}", readonly=True)
+    assert ds.audit_files().count == 1 and ds.is_empty()
+    ds.close()
+
+
+def test_bare_helia_path_is_detected(tmp_path):
+    make_helia_repo(tmp_path / "repo", blocks=5, records=2)
+    ds = open_datastore(str(tmp_path / "repo"), readonly=True)
+    assert ds.uri == f"helia:{tmp_path / 'repo'}" and ds.datastore_kind == "fs"
+    ds.close()

@@ -1,0 +1,124 @@
+"""backup --format go (dsbackup.gowriter, dsbackup._ext.gojson): read back by the project's
+Go-format reader, Go's JSON byte for byte, unique member names, a checked checksum."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from go_archives import go_chunk, tar_bytes, write_gz
+
+from dsbackup._ext.gojson import go_chunk_json
+from dsbackup.datastores import open_datastore
+from dsbackup.goformat import iter_go_records
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    return subprocess.run([sys.executable, "-m", "dsbackup", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def members(path: Path) -> list[tuple[str, bytes]]:
+    """Read as one gzip stream (Go's gzip.Reader and Python's both read every member)."""
+    with gzip.open(path) as g, tarfile.open(fileobj=g, mode="r|") as tf:
+        return [(m.name, tf.extractfile(m).read()) for m in tf]  # type: ignore[union-attr]
+
+
+def test_chunk_json_is_gos_for_every_valid_utf8_key():
+    rnd = random.Random(4)
+    keys = {"/a", "/<x>&y", '/q"\\', "/\n\r\t\x01\x1f\x7f", "/é€𝄞", "/\u2028\u2029", "/"}
+    keys |= {"/" + "".join(chr(rnd.choice([rnd.randint(32, 126), rnd.randint(0, 0x2fff)]))
+                           for _ in range(rnd.randint(0, 10))) for _ in range(300)}
+    keys = {k for k in keys if not any(0xD800 <= ord(c) <= 0xDFFF for c in k)}
+    for key in sorted(keys, key=str.encode):
+        value = rnd.randbytes(rnd.randint(0, 7))
+        assert go_chunk_json([key.encode()], [value]) == go_chunk({key: value}), key
+    ks = sorted(k.encode() for k in keys)
+    vs = [rnd.randbytes(5) for _ in ks]
+    assert json.loads(go_chunk_json(ks, vs)) == json.loads(
+        go_chunk({k.decode(): v for k, v in zip(ks, vs)}))
+
+
+def test_invalid_utf8_and_order_checks():
+    assert go_chunk_json([b"/\xed\xa0\x80", b"/\xff"], [b"x", b""]) == \
+        b'{"/\\ufffd\\ufffd\\ufffd":"eA==","/\\ufffd":""}'
+    with pytest.raises(ValueError, match="out of order"):
+        go_chunk_json([b"/b", b"/a"], [b"", b""])
+    with pytest.raises(TypeError):
+        go_chunk_json(["/a"], [b""])
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> tuple[str, dict[bytes, bytes]]:
+    rnd = random.Random(9)
+    recs = {f"/blocks/CIQ{i:06d}".encode(): rnd.randbytes(rnd.randint(0, 900))
+            for i in range(2345)}
+    recs[b"/local/<&>"] = b""
+    recs["/peers/é".encode()] = bytes(range(256))
+    ds = open_datastore(f"lmdb:{tmp_path / 'src'}")
+    ds.put_many(sorted(recs), [recs[k] for k in sorted(recs)])
+    ds.close()
+    return f"lmdb:{tmp_path / 'src'}", recs
+
+
+def test_backup_format_go_reads_back_exactly(tmp_path, source):
+    uri, recs = source
+    out = tmp_path / "go.tar.gz"
+    r = cli("backup", "--format", "go", "--chunk-size", "500", uri, str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["backup"]["chunks"] == 5
+    got = {k: v for ks, vs in iter_go_records(out) for k, v in zip(ks, vs)}
+    assert got == recs
+    ms = members(out)
+    names = [n for n, _ in ms]
+    assert names == [f"chunk_{i}.chunk" for i in range(1, 6)] + ["metadata.json"]
+    meta = json.loads(ms[-1][1])
+    assert list(meta) == ["version", "timestamp", "total_keys", "total_size", "compression",
+                          "checksum", "config", "statistics", "datastore_info"]
+    assert meta["total_keys"] == len(recs) and meta["config"]["ChunkSize"] == 500
+    assert meta["total_size"] == sum(map(len, recs.values()))
+    assert meta["checksum"].startswith("sha256-chunks:") and len(meta["checksum"]) == 78
+    for _, body in ms[:-1]:  # each body is what Go's json.Marshal writes for its records
+        decoded = json.loads(body)
+        assert body == go_chunk({k: __import__("base64").b64decode(v) for k, v in
+                                 decoded.items()})
+    assert cli("verify", str(out)).returncode == 0
+    r = cli("restore", str(out), f"lmdb:{tmp_path / 'back'}")
+    assert r.returncode == 0 and "from 5 chunks" in r.stderr
+
+
+def test_checksum_catches_a_changed_value(tmp_path, source):
+    uri, _ = source
+    out = tmp_path / "go.tar.gz"
+    assert cli("backup", "--format", "go", uri, str(out)).returncode == 0
+    ms = members(out)
+    name, body = ms[1]
+    i = body.index(b'":"') + 4
+    swapped = body[:i] + (b"A" if body[i:i + 1] != b"A" else b"B") + body[i + 1:]
+    write_gz(out, tar_bytes([*ms[:1], (name, swapped), *ms[2:]]))
+    r = cli("verify", str(out))
+    assert r.returncode == 3 and "checksum" in r.stderr
+
+
+def test_format_go_refuses_incremental_and_flatfs_source_works(tmp_path):
+    ds = open_datastore(f"flatfs:{tmp_path / 'f'}")
+    ds.put_many([b"/CIQA", b"/CIQB"], [b"a", b""])
+    ds.close()
+    out = tmp_path / "g.tar.gz"
+    assert cli("backup", "--format", "go", f"flatfs:{tmp_path / 'f'}", str(out)).returncode == 0
+    assert {k: v for ks, vs in iter_go_records(out) for k, v in zip(ks, vs)} == {
+        b"/CIQA": b"a", b"/CIQB": b""}
+    r = cli("backup", "--format", "go", "--parent", str(out), f"flatfs:{tmp_path / 'f'}",
+            str(tmp_path / "i.tar.gz"))
+    assert r.returncode == 2 and "--parent" in r.stderr
+    assert not (tmp_path / "i.tar.gz").exists()
