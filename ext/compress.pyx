@@ -217,9 +217,10 @@ cdef int _piece(const unsigned char *data, size_t n, size_t end, const unsigned 
 # then depends on where the isal_zstream lies in memory: the output stays valid, but the same
 # bytes can encode differently in another thread or process. The body leaves the last 16
 # bytes of a flushed or final input to the finish routine, which starts a stream correctly;
-# so every longer stream starts with its first LEAD bytes sync-flushed on their own, and the
-# body only ever continues a stream (about 10 bytes more per stream; the rest of the stream
-# still refers back to those bytes). Test: tests/ext/test_compress_address.py.
+# so at levels 1 and 2 every longer stream starts with its first LEAD bytes sync-flushed on
+# their own, and the body only ever continues a stream (about 10 bytes and 2 us more per
+# stream; the rest of the stream still refers back to those bytes). Level 3 has another body,
+# which starts streams correctly. Test: tests/ext/test_compress_address.py.
 cdef enum:
     LEAD = 16
 
@@ -334,10 +335,11 @@ cdef int _isal_run(ds_deflater *ws, const unsigned char *data, size_t n, size_t 
     IGZIP_GZIP_NO_HDR appends the CRC-32/ISIZE trailer (the CRC comes free with the
     compression). 1 if it fit in ``cap``, 0 if not, <0 on error.
 
-    The first LEAD bytes of a longer run go in with a sync flush of their own (see LEAD)."""
+    At levels 1 and 2 the first LEAD bytes of a longer run go in with a sync flush of their
+    own (see LEAD)."""
     cdef isal_zstream *s = _isal_start(ws, level, gzip_flag)
     cdef size_t plen, step
-    cdef size_t lead_end = a + LEAD if b - a > LEAD else b
+    cdef size_t lead_end = a + LEAD if level <= 2 and b - a > LEAD else b
     cdef size_t end
     cdef const unsigned char *p
     cdef bint reached, final_piece
