@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from dsbackup.cli import main
 
@@ -41,3 +44,17 @@ def test_unknown_command_gets_the_usage_error():
     r = subprocess.run([sys.executable, "-m", "dsbackup", "frobnicate"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_every_command_and_option_is_in_cli_md():
+    """docs/CLI.md has a row for every command and names each of its long options."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "CLI.md").read_text()
+    mods = main._command_modules()
+    assert len(mods) >= 10
+    for mod in mods:
+        assert re.search(r"^\| `" + re.escape(mod.COMMAND) + "[ `]", doc, re.M), mod.COMMAND
+        p = argparse.ArgumentParser()
+        mod.add_arguments(p)
+        opts = {o for a in p._actions for o in a.option_strings if o.startswith("--")}
+        missing = sorted(o for o in opts - {"--help", "--json"} if f"`{o}" not in doc)
+        assert not missing, f"{mod.COMMAND}: {missing} not in docs/CLI.md"
