@@ -218,8 +218,8 @@ cdef int _piece(const unsigned char *data, size_t n, size_t end, const unsigned 
 # bytes can encode differently in another thread or process. The body leaves the last 16
 # bytes of a flushed or final input to the finish routine, which starts a stream correctly;
 # so at levels 1 and 2 every longer stream starts with its first LEAD bytes sync-flushed on
-# their own, and the body only ever continues a stream (about 10 bytes and 2 us more per
-# stream; the rest of the stream still refers back to those bytes). Level 3 has another body,
+# their own, and the body only ever continues a stream (the rest of the stream still refers
+# back to those bytes; the small cost per stream: docs/PERFORMANCE.md). Level 3 has another body,
 # which starts streams correctly. Test: tests/ext/test_compress_address.py.
 cdef enum:
     LEAD = 16
@@ -238,7 +238,7 @@ cdef isal_zstream *_isal_start(ds_deflater *ws, int level, int gzip_flag) noexce
     isal_deflate_init(s)
     s.level = level
     s.level_buf = ws.level_buf
-    # each level's default buffer (a larger one changes block sizes and costs ~2% ratio)
+    # each level's default buffer (a larger one changes block sizes and costs ratio)
     if level == 1:
         s.level_buf_size = ISAL_DEF_LVL1_DEFAULT
     elif level == 2:
