@@ -9,8 +9,9 @@ Engines by ``level`` (see docs/COMPRESSION.md for measured speed and ratio):
 Whatever the engine, a body is never larger than the stored encoding of the same input: when
 the engine's output would exceed it (incompressible data), the body falls back to stored
 blocks for that call. At the ISA-L levels, 64 KiB segments that look incompressible are
-stored without trying to compress them. Output is deterministic for the same input and level (no shared
-state; each call or owning object uses its own engine state).
+stored without trying to compress them. Output is a pure function of the input, level and
+padding: no shared state (each call or owning object uses its own engine state), and no
+dependence on where that state lies in memory (see LEAD).
 
 The C functions are exported to framing.pyx and lmdbscan.pyx through the capsule ``_C_API``
 (a ``ds_compress_api*``, see compress.pxd).
@@ -210,6 +211,20 @@ cdef int _piece(const unsigned char *data, size_t n, size_t end, const unsigned 
     return pos[0] == end
 
 
+# ISA-L 2.30-2.32's x86 level 1/2 body (isal_deflate_icf_body_hash_hist_01/02/04), entered
+# at a stream's first byte, hashes position 2 from a stale register (rcx, which holds the
+# stream's address) instead of from the input. Where position 2 is filed in the hash table
+# then depends on where the isal_zstream lies in memory: the output stays valid, but the same
+# bytes can encode differently in another thread or process. The body leaves the last 16
+# bytes of a flushed or final input to the finish routine, which starts a stream correctly;
+# so at levels 1 and 2 every longer stream starts with its first LEAD bytes sync-flushed on
+# their own, and the body only ever continues a stream (the rest of the stream still refers
+# back to those bytes; the small cost per stream: docs/PERFORMANCE.md). Level 3 has another body,
+# which starts streams correctly. Test: tests/ext/test_compress_address.py.
+cdef enum:
+    LEAD = 16
+
+
 cdef isal_zstream *_isal_start(ds_deflater *ws, int level, int gzip_flag) noexcept nogil:
     """A freshly initialised ISA-L stream of ``ws`` for ``level``; NULL when out of memory."""
     cdef isal_zstream *s
@@ -223,7 +238,7 @@ cdef isal_zstream *_isal_start(ds_deflater *ws, int level, int gzip_flag) noexce
     isal_deflate_init(s)
     s.level = level
     s.level_buf = ws.level_buf
-    # each level's default buffer (a larger one changes block sizes and costs ~2% ratio)
+    # each level's default buffer (a larger one changes block sizes and costs ratio)
     if level == 1:
         s.level_buf_size = ISAL_DEF_LVL1_DEFAULT
     elif level == 2:
@@ -318,19 +333,26 @@ cdef int _isal_run(ds_deflater *ws, const unsigned char *data, size_t n, size_t 
     """Bytes [a, b) (a < b) of ``data || zeros`` as one ISA-L stream appended at
     ``out + produced``: final when ``last``, else ended by a sync flush. ``gzip_flag``
     IGZIP_GZIP_NO_HDR appends the CRC-32/ISIZE trailer (the CRC comes free with the
-    compression). 1 if it fit in ``cap``, 0 if not, <0 on error."""
+    compression). 1 if it fit in ``cap``, 0 if not, <0 on error.
+
+    At levels 1 and 2 the first LEAD bytes of a longer run go in with a sync flush of their
+    own (see LEAD)."""
     cdef isal_zstream *s = _isal_start(ws, level, gzip_flag)
     cdef size_t plen, step
+    cdef size_t lead_end = a + LEAD if level <= 2 and b - a > LEAD else b
+    cdef size_t end
     cdef const unsigned char *p
-    cdef bint final_piece
+    cdef bint reached, final_piece
     if s == NULL:
         return DS_ENOMEM
     while True:
-        final_piece = _piece(data, n, b, ws.zeros, &a, &p, &plen)
+        end = lead_end if a < lead_end else b
+        reached = _piece(data, n, end, ws.zeros, &a, &p, &plen)
+        final_piece = reached and end == b
         s.next_in = <uint8_t *>p
         s.avail_in = <uint32_t>plen
         s.end_of_stream = last and final_piece
-        s.flush = SYNC_FLUSH if final_piece and not last else NO_FLUSH
+        s.flush = SYNC_FLUSH if reached and not s.end_of_stream else NO_FLUSH
         while True:
             step = cap - produced[0]
             if step > MAX_STEP:
@@ -343,8 +365,8 @@ cdef int _isal_run(ds_deflater *ws, const unsigned char *data, size_t n, size_t 
             if s.end_of_stream:
                 if s.internal_state.state == ZSTATE_END:
                     return 1
-            elif s.avail_in == 0 and (not final_piece or s.avail_out > 0):
-                break      # piece consumed (and, for the final piece, flushed)
+            elif s.avail_in == 0 and (s.flush == NO_FLUSH or s.avail_out > 0):
+                break      # piece consumed (and, when flushed, the flush written)
             if produced[0] == cap:
                 return 0
         if final_piece:

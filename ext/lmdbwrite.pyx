@@ -12,7 +12,7 @@ Puts use ``MDB_APPEND`` while keys lie past the environment's last key; a key at
 (a resumed restore rewriting a chunk) falls back to an ordinary put. The environment is opened
 with ``MDB_NOSYNC``: :meth:`LmdbPayloadWriter.sync` forces the flush. ``MDB_WRITEMAP``: values
 are copied once, straight into the file's pages, instead of into LMDB's dirty pages and then
-by ``pwrite`` into the page cache (blocks restore 12-20% faster). Puts use ``MDB_RESERVE``
+by ``pwrite`` into the page cache (a faster blocks restore: docs/PERFORMANCE.md). Puts use ``MDB_RESERVE``
 and copy the value themselves, which tells where it went: after each commit those pages are
 unmapped again (``MADV_DONTNEED``; they stay in the page cache), so the resident set does not
 grow with the data written. LMDB extends the file to the map size, and :meth:`close`

@@ -10,26 +10,23 @@ import pytest
 _ROOT = Path(__file__).resolve().parents[1]
 
 
-def shared_fixtures_dir() -> Path | None:
-    """Real data written by other tools (Kubo repo, Go path.Clean vectors).
+FIXTURES_DIR = _ROOT / "tests" / "fixtures"
 
-    Looked up in $DSBACKUP_FIXTURES, tests/fixtures, then ../shared/fixtures."""
+
+def fixtures_dir() -> Path:
+    """Real data written by other tools (Kubo repo, Go path.Clean vectors): tests/fixtures,
+    or the folder $DSBACKUP_FIXTURES names."""
     env = os.environ.get("DSBACKUP_FIXTURES")
-    for cand in ([Path(env)] if env else []) + [
-        _ROOT / "tests" / "fixtures",
-        _ROOT.parent / "shared" / "fixtures",
-        Path("/work/shared/fixtures"),
-    ]:
-        if (cand / "go-path-clean.tsv").is_file():
-            return cand
-    return None
+    return Path(env) if env else FIXTURES_DIR
 
 
 @pytest.fixture(scope="session")
 def go_fixtures() -> Path:
-    d = shared_fixtures_dir()
-    if d is None:
-        pytest.skip("shared fixtures (go-path-clean.tsv, kubo-v16-repo) not found")
+    d = fixtures_dir()
+    missing = [n for n in ("go-path-clean.tsv", "kubo-v16-repo/version") if not (d / n).is_file()]
+    if missing:
+        pytest.fail(f"test fixtures missing from {d}: {', '.join(missing)} (see "
+                    "tests/fixtures/README.md)", pytrace=False)
     return d
 
 

@@ -190,7 +190,7 @@ class BackupManager:
                                  target_chunk_bytes=max(4096, int(chunk_size * mean_record)))
         scheme, location = _scheme_and_location(ds)
         workers = cfg.effective_workers
-        # worker processes take ~0.3 s to start: small stores are faster scanned centrally
+        # starting worker processes costs more than a small store takes to scan centrally
         parallel = (workers > 1 and scheme in PARALLEL_SCHEMES
                     and bool(getattr(ds, "parallel_readable", False))
                     and (approx_size is None or approx_size >= PARALLEL_MIN_BYTES))

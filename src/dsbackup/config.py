@@ -12,7 +12,7 @@ DEFAULT_CHUNK_MAX_BYTES = 2 << 20
 # With chunk_size=None ("auto") the mean chunk aims at this many payload bytes. Since
 # incompressible segments are stored apart (docs/COMPRESSION.md), 1 MiB chunks compress as
 # small as 256 KiB ones, and a quarter as many chunks cost a quarter of the per-chunk work of
-# backup, restore and verify (blocks backup, 2 workers: 1.7 s against 2.0-2.4 s).
+# backup, restore and verify (docs/PERFORMANCE.md, "Measurements behind the code").
 AUTO_CHUNK_TARGET_BYTES = 1 << 20
 
 

@@ -3,8 +3,8 @@
 The journal (`<target>.dsbackup-restore.json`) names the first chunk not yet known to be on
 disk; a rerun after a crash resumes there. It may only advance after a sync of the target,
 and a sync waits for the disk. `JournalSync` does that sync and the journal update in a
-thread, so the restore keeps inflating and writing meanwhile: blocks into LMDB on the
-development VM spent 1.2 s of 3.1 s waiting in these syncs when they ran inline.
+thread, so the restore keeps inflating and writing meanwhile: inline, these syncs took a
+large share of a restore into LMDB (docs/PERFORMANCE.md, "Measurements behind the code").
 """
 
 from __future__ import annotations

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -135,8 +138,8 @@ def test_the_restore_journal_on_a_full_disk_is_an_error_not_a_crash(tmp_path):
             assert exc.errno == errno.ENOSPC
         finally:
             os.close(fd)
-        from dsbackup.restore_journal import write_journal
         from dsbackup.errors import DatastoreError
+        from dsbackup.restore_journal import write_journal
 
         with pytest.raises(DatastoreError) as info:  # the journal names the full filesystem
             write_journal(full / "t.dsbackup-restore.json", {"next_chunk": 3, "pad": "x" * 9000})
@@ -172,3 +175,17 @@ def test_tilde_is_expanded_in_archive_paths(tmp_path, run_cli, cli_env):
     assert r.returncode == 0, r.stderr
     r = run_cli("inspect", "~/b.tar.gz", "--json", cwd=tmp_path)
     assert r.returncode == 0 and json.loads(r.stdout)["backup"]["parent"], r.stderr
+
+
+def test_every_command_and_option_is_in_cli_md():
+    """docs/CLI.md has a row for every command and names each of its long options."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "CLI.md").read_text()
+    mods = main._command_modules()
+    assert len(mods) >= 10
+    for mod in mods:
+        assert re.search(r"^\| `" + re.escape(mod.COMMAND) + "[ `]", doc, re.M), mod.COMMAND
+        p = argparse.ArgumentParser()
+        mod.add_arguments(p)
+        opts = {o for a in p._actions for o in a.option_strings if o.startswith("--")}
+        missing = sorted(o for o in opts - {"--help", "--json"} if f"`{o}" not in doc)
+        assert not missing, f"{mod.COMMAND}: {missing} not in docs/CLI.md"

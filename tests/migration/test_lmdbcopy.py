@@ -10,12 +10,11 @@ import pytest
 from lmdb_files import read_all
 
 from dsbackup import FilterConfig, MigrationConfig, MigrationManager, MigrationPlan, MigrationStep
+from dsbackup._ext import lmdbcopy
 from dsbackup.datastores import open_datastore
 from dsbackup.migration import lmdbfast
 
 from .helpers import fill, kv_items, records, store_digest
-
-lmdbcopy = pytest.importorskip("dsbackup._ext.lmdbcopy", reason="native module not built")
 
 
 def items(n: int) -> dict[bytes, bytes]:

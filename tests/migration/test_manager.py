@@ -341,7 +341,6 @@ def test_same_lmdb_given_twice_is_opened_once(tmp_path: Path) -> None:
 
 
 def test_backup_before_archives_the_source(tmp_path: Path) -> None:
-    pytest.importorskip("dsbackup.backup", reason="backup layer not available")
     items = kv_items(400)
     src, dst = f"leveldb:{tmp_path}/src", f"lmdb:{tmp_path}/dst"
     fill(src, items)
@@ -440,7 +439,7 @@ def test_missing_source_is_an_error_not_an_empty_store(tmp_path: Path) -> None:
 
 def test_failed_backup_runs_no_step_and_no_rollback(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    backup = pytest.importorskip("dsbackup.backup")
+    from dsbackup import backup
     from dsbackup.errors import BackupError
 
     def boom(self, source, path, **kw):

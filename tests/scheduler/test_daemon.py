@@ -15,14 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from dsbackup import backup, datasets
 from dsbackup.scheduler.archives import parse_archive_name
-
-backup = pytest.importorskip("dsbackup.backup", reason="the backup engine (BackupManager) is "
-                                                       "not available on this branch")
-pytest.importorskip("dsbackup._ext.compress", reason="native modules not built "
-                                                     "(python setup.py build_ext --inplace)")
-
-from dsbackup import datasets  # noqa: E402
 
 
 @pytest.fixture

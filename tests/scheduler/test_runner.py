@@ -15,6 +15,5 @@ def test_parent_fingerprint_forms():
 
 
 def test_invalid_backup_settings_are_a_scheduler_error():
-    pytest.importorskip("dsbackup.backup", reason="BackupManager not available")
     with pytest.raises(SchedulerError, match="invalid backup settings"):
         ManagerRunner()._manager({"no_such_setting": 1})

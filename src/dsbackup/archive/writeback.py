@@ -8,9 +8,8 @@ then waits for the whole archive to reach the disk. Two things move that work ea
   missing, it does nothing).
 - A thread `fdatasync`s the file every SYNC_STEP (at most one at a time). Even with the data
   written back, the final fsync of a freshly written file still had to commit its block
-  allocations: on the development VM (ext4 on virtio), writing 742 MB at 400 MB/s, the final
-  fsync took 0.4-0.8 s, and 0.01-0.04 s after syncs every 64 MiB. The thread only waits for
-  the disk; the writer never waits for it until `close`.
+  allocations, which early syncs take over (docs/PERFORMANCE.md, "Measurements behind the
+  code"). The thread only waits for the disk; the writer never waits for it until `close`.
 
 `DSBACKUP_NO_WRITEBACK=1` turns both off (the final fsync then does all the work).
 

@@ -1,8 +1,9 @@
 """Which scan a backup uses, and a guess of it from file sizes before the store is opened.
 
 Stores that worker processes can read side by side (LMDB, flatfs, SQLite) of PARALLEL_MIN_BYTES
-or more are scanned in parallel (parallel.py); the rest centrally (central.py): worker
-processes take ~0.3 s to start, which a small store does not repay.
+or more are scanned in parallel (parallel.py); the rest centrally (central.py): starting the
+worker processes costs more than a small store repays (docs/PERFORMANCE.md, "Measurements
+behind the code").
 """
 
 from __future__ import annotations

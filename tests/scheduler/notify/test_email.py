@@ -13,15 +13,13 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
-pytest.importorskip("aiosmtpd")
-from aiosmtpd.controller import Controller  # noqa: E402
-from aiosmtpd.smtp import AuthResult  # noqa: E402
+from dsbackup.scheduler import NotificationConfig, ScheduledBackup
+from dsbackup.scheduler.notify.base import NotificationDispatcher
 
-from dsbackup.scheduler import NotificationConfig, ScheduledBackup  # noqa: E402
-from dsbackup.scheduler.notify.base import NotificationDispatcher  # noqa: E402
-
-from ..conftest import FakeRunner  # noqa: E402
+from ..conftest import FakeRunner
 
 UTC = timezone.utc
 
