@@ -13,19 +13,21 @@ A plan with a ``[kubo]`` table (:class:`~dsbackup.migration.plan.KuboSpec`) run 
   opened for appending (a re-run appends, as Kubo's does; lines already present are not
   written again). Kubo's revert reads each line, re-derives the multihash key and copies the
   block back; so does :func:`revert_from_log`;
-- next to the journal, ``<plan id>.kubo-kept`` lists the new keys that already existed before
-  the re-keying (a CIDv1 block whose multihash is also stored as a CIDv0 block): the one fact
-  the revert log cannot carry, needed to restore the repo exactly;
+- next to the journal, ``<plan id>.kubo-kept`` (JSON) lists the new keys that already existed
+  before the re-keying (a CIDv1 block whose multihash is also stored as a CIDv0 block) and
+  whether the run created the revert log: the facts the revert log cannot carry, needed to
+  restore the repo exactly;
 - a rollback (ours: on failure or ``--rollback``) reads the revert log: every listed key gets
   its block back (from the multihash key, or from the staging namespace of an interrupted
   run), multihash keys the migration created are removed (all are kept when no
   ``.kubo-kept`` record exists, e.g. for a log Kubo wrote: that is what Kubo's revert does),
-  the log is renamed ``.reverted`` as Kubo's revert does, and ``version`` goes back to
-  ``from_version``.
+  the log is removed when this run created it, else renamed ``.reverted`` as Kubo's revert
+  does, and ``version`` goes back to ``from_version``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -167,11 +169,11 @@ class RevertLog:
         return len(new)
 
 
-def _write_lines(path: Path, keys: list[bytes]) -> None:
+def _write_record(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(b"".join(k + b"\n" for k in keys))
+        f.write(json.dumps(doc, indent=1).encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -189,15 +191,10 @@ class RevertReport:
     temp_removed: int = 0
 
 
-def _temp_keys(ds: Any) -> Iterator[list[bytes]]:
-    while True:
-        batch: list[bytes] = []
-        for keys, _ in ds.scan_key_sizes(TMP_ROOT, TMP_END, max_records=_BATCH):
-            batch = keys
-            break
-        if not batch:
-            return
-        yield batch
+def _temp_keys(ds: Any) -> list[bytes]:
+    """Every key in the staging namespace of in-place steps."""
+    return [k for keys, _ in ds.scan_key_sizes(TMP_ROOT, TMP_END, max_records=_BATCH)
+            for k in keys]
 
 
 def _lookup(ds: Any, key: bytes) -> bytes | None:
@@ -218,7 +215,7 @@ def revert_from_log(ds: Any, keys: list[bytes], kept: set[bytes] | None) -> Reve
         if new is None:
             raise MigrationError(f"revert log: {key_str(old)} is not a CIDv1 key")
         pairs.append((old, new))
-    staged = [k for batch in _temp_keys(ds) for k in batch]
+    staged = _temp_keys(ds)
     staged_by_new: dict[bytes, bytes] = {}
     for t in staged:  # /_DSMIGRATE_S0_blocks/CIQ... holds what becomes /blocks/CIQ...
         rest = t[len(TMP_ROOT):]
@@ -362,8 +359,11 @@ class KuboRun:
                     old_keys.append(k)
                     if dst.has(nk):
                         kept.append(nk)
+        created = not rlog.path.exists()
         n = rlog.append(old_keys)
-        _write_lines(self.kept_path, sorted(set(kept)))
+        _write_record(self.kept_path, {
+            "revert_log": str(rlog.path), "log_created": created, "logged": len(old_keys),
+            "kept": sorted(k.decode("ascii", "backslashreplace") for k in set(kept))})
         log.info("revert log %s: %d key(s) listed (%d new), %d multihash key(s) existed "
                  "before", rlog.path, len(old_keys), n, len(set(kept)))
         return len(old_keys)
@@ -381,22 +381,36 @@ class KuboRun:
         rlog = self.log
         return rlog is not None and rlog.path.exists()
 
-    def kept_keys(self) -> set[bytes] | None:
-        if self.kept_path is None or not self.kept_path.exists():
+    def _record(self) -> dict[str, Any] | None:
+        if self.kept_path is None:
             return None
-        return {line for line in self.kept_path.read_bytes().split(b"\n") if line}
+        try:
+            doc = json.loads(self.kept_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise MigrationError(f"{self.kept_path}: unreadable: {exc}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("kept"), list):
+            raise MigrationError(f"{self.kept_path}: not a dsbackup re-keying record")
+        return doc
 
     def revert(self, ds: Any) -> tuple[RevertReport, str]:
         """Undo the re-keying from the revert log, retire the log, restore the version."""
         rlog = self.log
         assert rlog is not None
         keys = rlog.keys()
-        rep = revert_from_log(ds, keys, self.kept_keys())
+        record = self._record()
+        kept = ({str(k).encode("ascii") for k in record["kept"]} if record is not None
+                else None)
+        rep = revert_from_log(ds, keys, kept)
         if rep.missing:
             raise MigrationError(f"revert log {rlog.path}: {len(rep.missing)} listed key(s) "
                                  f"have no block anywhere in the repo (first: "
                                  f"{key_str(rep.missing[0])}); version left as it is")
-        os.replace(rlog.path, rlog.path.with_name(rlog.path.name + ".reverted"))
+        if record is not None and record.get("log_created"):
+            rlog.path.unlink()  # this run created it: the repo ends as it was
+        else:  # as Kubo's revert does
+            os.replace(rlog.path, rlog.path.with_name(rlog.path.name + ".reverted"))
         _fsync_dir(rlog.path.parent)
         if self.kept_path is not None:
             self.kept_path.unlink(missing_ok=True)

@@ -430,7 +430,9 @@ class MigrationManager:
                 ctx = self._run_steps(plan, cfg, stores, result, journal, state, progress,
                                       cancel, kubo)
                 if kubo is not None:  # Kubo's version file: after every step succeeded
-                    kubo.finish()
+                    written = kubo.finish()
+                    if written is not None:
+                        result.message = f"{written} is now {kubo.spec.to_version}"
                 if stamp_path is not None:
                     write_stamp(stamp_path, {
                         "plan_id": plan.id, "version": plan.version, "digest": digest,
