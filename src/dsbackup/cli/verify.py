@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
             if args.check_blocks:
                 print(f"  {report.blocks_checked} blocks re-hashed against their keys",
                       file=sys.stderr)
+                for reason, n in sorted(report.blocks_unchecked.items()):
+                    print(f"  {n} not checked: {reason} (e.g. "
+                          f"{report.blocks_unchecked_examples.get(reason, '?')})",
+                          file=sys.stderr)
         else:
             print(f"{args.archive}: DAMAGED: {len(report.errors)} problem(s)", file=sys.stderr)
             for e in report.errors[:50]:
