@@ -277,3 +277,24 @@ def test_repo_fixture_shape(repo) -> None:
     assert any(n.startswith("CIQ") for n in names)
     assert any(p.suffix == ".log" and p.stat().st_size
                for p in (repo.path / "datastore").iterdir())
+
+
+def test_kubo_revert_of_our_run_then_again(repo, run_cli) -> None:
+    """Kubo's revert (done by hand as Revert does it: each logged block copied back from
+    its multihash key, which is kept; version 11; log renamed) undoes our run; our stamp is
+    then stale and says so; --rollback clears it and the plan runs again."""
+    assert migrate(run_cli, "--kubo", "11-to-12", repo.path).returncode == 0
+    for line in (repo.path / LOG).read_text().splitlines():
+        name = line.rpartition("/")[2]
+        src = repo.block_file(b32(b32dec(name)[2:]))
+        dst = repo.block_file(name)
+        dst.parent.mkdir(exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+    (repo.path / "version").write_text("11\n")
+    (repo.path / LOG).rename(repo.path / (LOG + ".reverted"))
+    res = migrate(run_cli, "--kubo", "11-to-12", repo.path)
+    assert res.returncode == 2 and "reverted by Kubo?" in res.stderr
+    res = migrate(run_cli, "--kubo", "11-to-12", repo.path, "--rollback")
+    assert res.returncode == 0, res.stderr
+    assert migrate(run_cli, "--kubo", "11-to-12", repo.path).returncode == 0
+    assert_v12(repo)

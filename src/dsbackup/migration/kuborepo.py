@@ -322,6 +322,19 @@ class KuboRun:
         if not started and not dry_run and self.kept_path is not None:
             self.kept_path.unlink(missing_ok=True)  # a record of an earlier, finished run
 
+    def check_still_migrated(self, stamp: str | None) -> None:
+        """Our stamp says done: refuse when the repo's version says otherwise (Kubo's own
+        revert undid the run, or the version file was changed by hand)."""
+        repo = self.target_repo
+        if repo is None:
+            return
+        have = read_repo_version(repo)
+        if have != self.spec.to_version:
+            raise MigrationError(f"stamp {stamp} says plan {self.plan.id!r} ran, but "
+                                 f"{repo}/{VERSION_FILE} is {have!r}, not "
+                                 f"{self.spec.to_version!r} (reverted by Kubo?); run "
+                                 f"--rollback to clear dsbackup's state, then migrate again")
+
     # -- before an in-place re-keying step: the revert log, written before any write -------
     def before_step(self, step: MigrationStep, src: Any, dst: Any, batch_size: int) -> int:
         """Write the revert log for an in-place transform step that changes keys on the

@@ -233,11 +233,13 @@ class MigrationManager:
         plan = self._load(plan)
         cfg = self.config.with_overrides(plan.config)
         result = MigrationResult(plan.id, plan.version, _now(), dry_run=cfg.dry_run)
+        kubo = self._kubo(plan, cfg, source, target)
         if not cfg.dry_run and self._already_done(plan, cfg, target, result):
+            if kubo is not None:
+                kubo.check_still_migrated(result.stamp_path)
             result.finished_at = _now()
             self._record(result)
             return result
-        kubo = self._kubo(plan, cfg, source, target)
         if kubo is not None:  # before any store is opened: refuse a repo at another version
             journal, _ = self._state_files(plan, cfg, target)
             kubo.preflight(started=journal is not None and journal.read().started,
