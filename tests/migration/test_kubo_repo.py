@@ -298,3 +298,25 @@ def test_kubo_revert_of_our_run_then_again(repo, run_cli) -> None:
     assert res.returncode == 0, res.stderr
     assert migrate(run_cli, "--kubo", "11-to-12", repo.path).returncode == 0
     assert_v12(repo)
+
+
+def test_interrupted_run_resumes_with_an_exact_log(repo) -> None:
+    import threading
+
+    plan = shipped_plan("kubo-11-to-12")
+    uri = f"kubo:{repo.path}"
+    cancel = threading.Event()
+
+    def progress(ev) -> None:
+        if ev.phase == "delete":
+            cancel.set()
+    cfg = MigrationConfig(batch_size=3, checkpoint_interval=0)
+    first = MigrationManager(cfg).execute_migration(plan, uri, uri, progress=progress,
+                                                    cancel=cancel)
+    assert first.error == "Cancelled"
+    assert (repo.path / "version").read_bytes() == b"11\n"
+    done = MigrationManager(MigrationConfig(resume=True)).execute_migration(plan, uri, uri)
+    assert done.success and done.resumed, done.error_log
+    assert_v12(repo)
+    lines = (repo.path / LOG).read_text().splitlines()
+    assert sorted(lines) == sorted(f"/blocks/{n}" for n in repo.rekeyed)
