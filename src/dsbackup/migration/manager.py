@@ -284,9 +284,9 @@ class MigrationManager:
             report = self._rollback(plan, cfg, stores, result, journal, stamp_path, backup,
                                     kubo=kubo)
             result.rollback = report
-            result.success = report.success and (report.performed or report.stamp_removed)
-            if not report.performed and not report.stamp_removed:
-                # nothing was reverted: a warning (exit 1), never "ok"
+            result.success = report.success and report.performed
+            if report.success and not report.performed:
+                # no data was reverted (at most our stamp removed): a warning, never "ok"
                 result.error = "NothingToRollBack"
                 result.exit_code = EXIT_WARNING
                 result.message = f"nothing to roll back: {report.message}"
