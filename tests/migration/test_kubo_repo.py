@@ -321,3 +321,22 @@ def test_interrupted_run_resumes_with_an_exact_log(repo) -> None:
     assert_v12(repo)
     lines = (repo.path / LOG).read_text().splitlines()
     assert sorted(lines) == sorted(f"/blocks/{n}" for n in repo.rekeyed)
+
+
+def test_copy_into_an_existing_older_repo_is_refused(repo, tmp_path: Path) -> None:
+    from dsbackup.errors import MigrationError
+
+    plan = shipped_plan("kubo-11-to-12")
+    plan.id = "kubo-copy"
+    plan.kubo.revert_log = None
+    plan.steps = [MigrationStep(id="copy", type="transform", transform=TransformationConfig(
+        key_transform="cid_to_multihash"))]
+    other = make_v11_repo(tmp_path / "other", n=6, seed=2)
+    before = snapshot(other.path)
+    with pytest.raises(MigrationError, match="own records are not migrated"):
+        MigrationManager().execute_migration(plan, f"kubo:{repo.path}", f"kubo:{other.path}")
+    assert snapshot(other.path) == before
+    (other.path / "version").write_text("12\n")   # a repo already at 12 takes the copy
+    res = MigrationManager().execute_migration(plan, f"kubo:{repo.path}", f"kubo:{other.path}")
+    assert res.success, res.error_log
+    assert expected_files(repo.after).items() <= block_files(other.path).items()

@@ -277,13 +277,6 @@ class KuboRun:
         self.kept_path = (state_dir / f"{plan.id}.kubo-kept") if state_dir else None
         self.created_files: list[str] = []
 
-    # -- the repo whose version is checked and the one that gets the new version ---------
-    @property
-    def checked_repo(self) -> Path:
-        repo = self.source_repo or self.target_repo
-        assert repo is not None
-        return repo
-
     @property
     def log(self) -> RevertLog | None:
         if not self.spec.revert_log or self.target_repo is None or not self.in_place:
@@ -292,33 +285,51 @@ class KuboRun:
 
     def preflight(self, *, started: bool, dry_run: bool) -> None:
         """Refuse a repo at the wrong version (before anything is opened or written); give a
-        missing or empty target repo the source repo's files (not in a dry run)."""
+        missing or empty target repo the source repo's files (not in a dry run).
+
+        In place, the repo must be at ``from_version``. Between two stores, a ``kubo:``
+        source must be at ``from_version`` (it is only read), and a ``kubo:`` target must be
+        new (missing or empty: it gets the source repo's files) or already at
+        ``to_version``: an existing repo at an older version would be stamped
+        ``to_version`` while its own records were never migrated. A resumed run (``started``)
+        also accepts ``to_version`` in place and ``from_version`` in a target it created."""
         want, to = self.spec.from_version, self.spec.to_version
-        repo = self.checked_repo
-        have = read_repo_version(repo)
-        if have is None and repo == self.target_repo and self.source_repo is None \
-                and _is_empty_or_missing(repo):
-            have = want  # a new target repo written from a non-Kubo source
-        ok = have == want or (started and have == to and repo == self.target_repo)
-        if not ok:
-            if have is None:
-                raise MigrationError(f"{repo}: no {VERSION_FILE} file: not a Kubo repo, or not "
-                                     f"initialised (plan {self.plan.id!r} migrates Kubo repo "
-                                     f"version {want} to {to})")
-            hint = " (already migrated?)" if have == to else ""
-            raise MigrationError(f"{repo}/{VERSION_FILE} is {have!r}, plan {self.plan.id!r} "
-                                 f"migrates Kubo repo version {want} to {to}{hint}; "
-                                 f"nothing was changed")
+        if self.source_repo is not None:
+            repo = self.source_repo
+            have = read_repo_version(repo)
+            if not (have == want or (started and self.in_place and have == to)):
+                if have is None:
+                    raise MigrationError(
+                        f"{repo}: no {VERSION_FILE} file: not a Kubo repo, or not initialised "
+                        f"(plan {self.plan.id!r} migrates Kubo repo version {want} to {to}); "
+                        f"nothing was changed")
+                hint = " (already migrated?)" if have == to else ""
+                raise MigrationError(f"{repo}/{VERSION_FILE} is {have!r}, plan "
+                                     f"{self.plan.id!r} migrates Kubo repo version {want} to "
+                                     f"{to}{hint}; nothing was changed")
         tgt = self.target_repo
-        if tgt is not None and not self.in_place:
-            tv = read_repo_version(tgt)
-            if tv is not None and tv not in (want, to):
-                raise MigrationError(f"{tgt}/{VERSION_FILE} is {tv!r}: the target repo is "
-                                     f"neither at version {want} nor {to}; nothing was changed")
-            if not dry_run and self.source_repo is not None and _is_empty_or_missing(tgt):
-                self.created_files = copy_repo_files(self.source_repo, tgt)
+        if tgt is None or self.in_place:
+            pass
+        elif _is_empty_or_missing(tgt):
+            if self.source_repo is None:
+                raise MigrationError(f"{tgt}: a new Kubo repo takes its config, datastore_spec "
+                                     f"and version from a kubo: source; create it with "
+                                     f"'ipfs init' first; nothing was changed")
+            if not dry_run:
+                try:
+                    self.created_files = copy_repo_files(self.source_repo, tgt)
+                except OSError as exc:
+                    raise MigrationError(f"{tgt}: cannot create the new Kubo repo's files: "
+                                         f"{exc}") from None
                 log.info("new Kubo repo %s: copied %s from %s", tgt,
                          ", ".join(self.created_files), self.source_repo)
+        else:
+            tv = read_repo_version(tgt)
+            if not (tv == to or (started and tv == want)):
+                raise MigrationError(f"{tgt}/{VERSION_FILE} is {tv!r}: a copy goes into a new "
+                                     f"(missing or empty) Kubo repo or one already at version "
+                                     f"{to} (the target's own records are not migrated); "
+                                     f"nothing was changed")
         if not started and not dry_run and self.kept_path is not None:
             self.kept_path.unlink(missing_ok=True)  # a record of an earlier, finished run
 
