@@ -340,3 +340,13 @@ def test_copy_into_an_existing_older_repo_is_refused(repo, tmp_path: Path) -> No
     res = MigrationManager().execute_migration(plan, f"kubo:{repo.path}", f"kubo:{other.path}")
     assert res.success, res.error_log
     assert expected_files(repo.after).items() <= block_files(other.path).items()
+
+
+def test_kubo_option_usage_errors(repo, run_cli) -> None:
+    res = migrate(run_cli, "--kubo", "11-to-12", repo.path, repo.path)
+    assert res.returncode == 2 and "give only the repo" in res.stderr
+    res = migrate(run_cli, "--kubo", "12-to-13", repo.path)
+    assert res.returncode == 2 and "no shipped plan 'kubo-12-to-13'" in res.stderr
+    res = migrate(run_cli, "kubo-11-to-12", f"kubo:{repo.path}")
+    assert res.returncode == 2 and "PLAN SOURCE TARGET" in res.stderr
+    assert (repo.path / "version").read_bytes() == b"11\n"
