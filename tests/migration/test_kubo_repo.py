@@ -164,6 +164,7 @@ def test_failing_validator_leaves_repo_as_before(repo, tmp_path: Path) -> None:
                                                    "flatfs_key_validator"]),
         filters=FilterConfig(key_prefix="/blocks")))
     files_before = block_files(repo.path)
+    dirs_before = {p.name for p in (repo.path / "blocks").iterdir() if p.is_dir()}
     uri = f"kubo:{repo.path}"
     res = MigrationManager(MigrationConfig(batch_size=7)).execute_migration(plan, uri, uri)
     assert not res.success and res.exit_code == 2
@@ -174,6 +175,9 @@ def test_failing_validator_leaves_repo_as_before(repo, tmp_path: Path) -> None:
     assert res.rollback.method == "revert_log" and res.rollback.performed
     assert res.stamp_path is None
     assert block_files(repo.path) == files_before
+    # no shard directory the run created is left (flatfs's own .temp/ aside)
+    dirs_after = {p.name for p in (repo.path / "blocks").iterdir() if p.is_dir()}
+    assert dirs_after - {".temp"} == dirs_before
     assert_v11(repo)
     assert not (repo.path / LOG).exists()
     assert not list(repo.path.glob(LOG + "*"))

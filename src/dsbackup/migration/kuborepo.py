@@ -169,6 +169,36 @@ class RevertLog:
         return len(new)
 
 
+def _flatfs_dirs(ds: Any) -> dict[str, list[str]]:
+    """The shard directories of each flatfs mount of a ``kubo:`` store (before a re-keying
+    creates new ones), so a rollback can remove the empty ones it leaves behind."""
+    out: dict[str, list[str]] = {}
+    for m in getattr(ds, "mounts", []):
+        child = m.datastore
+        if getattr(child, "scheme", "") == "flatfs":
+            root = Path(child.path)
+            out[str(root)] = sorted(e.name for e in os.scandir(root)
+                                    if e.is_dir(follow_symlinks=False))
+    return out
+
+
+def _remove_new_empty_dirs(before: dict[str, list[str]]) -> None:
+    for root, names in before.items():
+        keep = set(names)
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            continue
+        for e in entries:
+            if e.name in keep or not e.is_dir(follow_symlinks=False):
+                continue
+            try:
+                os.rmdir(e.path)  # only empty ones: a non-empty directory stays
+            except OSError:
+                continue
+        _fsync_dir(Path(root))
+
+
 def _write_record(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -387,6 +417,7 @@ class KuboRun:
         n = rlog.append(old_keys)
         _write_record(self.kept_path, {
             "revert_log": str(rlog.path), "log_created": created, "logged": len(old_keys),
+            "flatfs_dirs": _flatfs_dirs(dst),
             "kept": sorted(k.decode("ascii", "backslashreplace") for k in set(kept))})
         log.info("revert log %s: %d key(s) listed (%d new), %d multihash key(s) existed "
                  "before", rlog.path, len(old_keys), n, len(set(kept)))
@@ -436,6 +467,8 @@ class KuboRun:
         else:  # as Kubo's revert does
             os.replace(rlog.path, rlog.path.with_name(rlog.path.name + ".reverted"))
         _fsync_dir(rlog.path.parent)
+        if record is not None and isinstance(record.get("flatfs_dirs"), dict):
+            _remove_new_empty_dirs(record["flatfs_dirs"])
         if self.kept_path is not None:
             self.kept_path.unlink(missing_ok=True)
         self.restore_version()
