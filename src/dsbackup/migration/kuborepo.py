@@ -400,11 +400,10 @@ class KuboRun:
             batches = ((ks, None) for ks, _ in dst.scan_key_sizes(start, end,
                                                                    max_records=batch_size))
         for keys, values in batches:
-            if TMP_ROOT <= keys[0] < TMP_END or TMP_ROOT <= keys[-1] < TMP_END:
-                keys = [k for k in keys if not (TMP_ROOT <= k < TMP_END)]
-            if filt is not None and filt.keep is not None:
-                vals = values if values is not None else [b""] * len(keys)
-                keys = [k for k, v in zip(keys, vals) if filt.keep(k, v)]
+            vals = values if values is not None else [b""] * len(keys)
+            keep = filt.keep if filt is not None else None
+            keys = [k for k, v in zip(keys, vals) if not (TMP_ROOT <= k < TMP_END)
+                    and (keep is None or keep(k, v))]
             if not keys:
                 continue
             new = xf.key.apply_batch(keys)
