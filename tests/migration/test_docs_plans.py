@@ -41,3 +41,11 @@ def test_first_documented_plan_runs_and_rolls_back(tmp_path: Path) -> None:
     rb = mgr.rollback_migration(plan, src, dst)
     assert rb.success and rb.rollback.steps[0].deleted == len(after)
     assert records(dst) == {} and records(src) == before
+
+
+def test_documented_kubo_plan_is_the_shipped_one() -> None:
+    from dsbackup.migration.shipped import shipped_plan
+
+    doc = doc_plans()[1]
+    shipped = shipped_plan("kubo-11-to-12")
+    assert doc.to_dict() == shipped.to_dict() and doc.digest() == shipped.digest()

@@ -35,6 +35,9 @@ class VerifyReport:
     referenced_chunks: int = 0
     parents: list[str] = field(default_factory=list)
     blocks_checked: int = 0
+    # block keys --check-blocks could not re-hash, by reason (see dsbackup.blockcheck)
+    blocks_unchecked: dict[str, int] = field(default_factory=dict)
+    blocks_unchecked_examples: dict[str, str] = field(default_factory=dict)
     bytes_checked: int = 0
     records: int = 0
     duration_s: float = 0.0
@@ -69,6 +72,8 @@ class VerifyReport:
             "deep_checked_chunks": self.deep_checked_chunks,
             "referenced_chunks": self.referenced_chunks, "parents": self.parents,
             "blocks_checked": self.blocks_checked,
+            "blocks_unchecked": dict(self.blocks_unchecked),
+            "blocks_unchecked_examples": dict(self.blocks_unchecked_examples),
             "bytes_checked": self.bytes_checked, "records": self.records,
             "duration_s": round(self.duration_s, 6), "errors": self.errors,
             "bad_chunks": sorted(self.bad_chunks), "bad_parts": self.bad_parts,
@@ -106,7 +111,7 @@ def check_layout(reader: ArchiveReader) -> None:
 
 
 def _check_chunk(reader: ArchiveReader, i: int, deep: bool,
-                 blocks: list[int] | None = None) -> tuple[int, int]:
+                 blocks: list[Any] | None = None) -> tuple[int, int]:
     """Check chunk i; returns (bytes read, records). Raises IntegrityError naming the chunk."""
     e = reader.entry(i)
     if not deep:
@@ -120,9 +125,11 @@ def _check_chunk(reader: ArchiveReader, i: int, deep: bool,
     if reader.index.catalog_count:
         reader.read_catalog(i)
     if blocks is not None:
-        from dsbackup.blockcheck import check_payload_blocks
+        from dsbackup.blockcheck import BlockTally, check_payload_blocks
 
-        blocks.append(check_payload_blocks(payload, f"{reader.path}: chunk {i}", i))
+        tally = BlockTally()
+        check_payload_blocks(payload, f"{reader.path}: chunk {i}", i, tally)
+        blocks.append(tally)
     return len(raw), e.records
 
 
@@ -196,12 +203,18 @@ def verify_archive(
 
         def task(i: int) -> tuple[int, int, IntegrityError | None]:
             d = deep if deep_set is None else i in deep_set
-            blocks: list[int] | None = [] if check_blocks and d else None
+            blocks: list[Any] | None = [] if check_blocks and d else None
             try:
                 nbytes, recs = _check_chunk(reader, i, d, blocks)
                 if blocks:
                     with lock:
-                        report.blocks_checked += blocks[0]
+                        tally = blocks[0]
+                        report.blocks_checked += tally.checked
+                        for reason, cnt in tally.unchecked.items():
+                            report.blocks_unchecked[reason] = \
+                                report.blocks_unchecked.get(reason, 0) + cnt
+                            report.blocks_unchecked_examples.setdefault(
+                                reason, tally.examples[reason].decode("ascii", "replace"))
                 return nbytes, recs if d else 0, None
             except (IntegrityError, MissingParentError) as exc:
                 return 0, 0, exc

@@ -1,4 +1,8 @@
-"""``dsbackup migrate PLAN SOURCE TARGET``: run (or dry-run, resume, roll back) a migration plan."""
+"""``dsbackup migrate PLAN SOURCE TARGET``: run (or dry-run, resume, roll back) a migration plan.
+
+PLAN is a plan file or the name of a shipped plan (``kubo-11-to-12``);
+``dsbackup migrate --kubo 11-to-12 REPO`` runs the shipped Kubo plan in place on ``kubo:REPO``.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +20,17 @@ HELP = "run a migration plan (TOML/JSON/YAML) from SOURCE to TARGET"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("plan", metavar="PLAN", help="plan file (.toml, .json, .yaml)")
-    parser.add_argument("source", metavar="SOURCE", help="source datastore URI or path")
-    parser.add_argument("target", metavar="TARGET",
+    parser.add_argument("plan", metavar="PLAN",
+                        help="plan file (.toml, .json, .yaml) or a shipped plan's name "
+                             "(kubo-11-to-12); with --kubo: the Kubo repo directory")
+    parser.add_argument("source", metavar="SOURCE", nargs="?",
+                        help="source datastore URI or path")
+    parser.add_argument("target", metavar="TARGET", nargs="?",
                         help="target datastore URI or path (may equal SOURCE for in-place "
                              "steps)")
+    parser.add_argument("--kubo", metavar="FROM-TO", default=None,
+                        help="run the shipped Kubo repo migration (e.g. 11-to-12) in place "
+                             "on the repo given as the only argument")
     parser.add_argument("--dry-run", action="store_true",
                         help="read everything, write nothing; report what would change")
     parser.add_argument("--resume", action="store_true",
@@ -77,7 +87,8 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[Any], None] | None]:
 def _summary(result: Any, rollback: bool = False) -> str:
     lines = []
     verb = "rollback of" if rollback else "dry run of" if result.dry_run else "migration"
-    state = "ok" if result.success else f"FAILED ({result.error})"
+    state = ("ok" if result.success else "nothing to roll back"
+             if result.error == "NothingToRollBack" else f"FAILED ({result.error})")
     lines.append(f"{verb} {result.plan_id} v{result.plan_version}: {state} in "
                  f"{result.duration_s:.2f}s")
     if result.message:
@@ -102,10 +113,31 @@ def _summary(result: Any, rollback: bool = False) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from dsbackup.migration import MigrationConfig, MigrationManager, load_plan
+def _plan_and_stores(args: argparse.Namespace) -> tuple[Any, str, str]:
+    import os
 
-    plan = load_plan(args.plan)
+    from dsbackup.errors import ConfigError
+    from dsbackup.migration import load_plan
+    from dsbackup.migration.shipped import SHIPPED, shipped_plan
+
+    if args.kubo is not None:
+        if args.source is not None:
+            raise ConfigError("with --kubo give only the repo: dsbackup migrate --kubo "
+                              f"{args.kubo} REPO")
+        repo = args.plan
+        repo = repo[len("kubo:"):] if repo.startswith("kubo:") else repo
+        return shipped_plan(f"kubo-{args.kubo}"), f"kubo:{repo}", f"kubo:{repo}"
+    if args.source is None or args.target is None:
+        raise ConfigError("give PLAN SOURCE TARGET (or --kubo FROM-TO REPO)")
+    if args.plan in SHIPPED and not os.path.exists(args.plan):
+        return shipped_plan(args.plan), args.source, args.target
+    return load_plan(args.plan), args.source, args.target
+
+
+def run(args: argparse.Namespace) -> int:
+    from dsbackup.migration import MigrationConfig, MigrationManager
+
+    plan, source, target = _plan_and_stores(args)
     overrides: dict[str, Any] = {}
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
@@ -127,12 +159,11 @@ def run(args: argparse.Namespace) -> int:
             from dsbackup.errors import ConfigError
 
             raise ConfigError("--rollback cannot be combined with --dry-run")
-        result = manager.rollback_migration(plan, args.source, args.target)
+        result = manager.rollback_migration(plan, source, target)
     else:
         show = sys.stderr.isatty() and not args.json
         with _progress_bar(show) as progress:
-            result = manager.execute_migration(plan, args.source, args.target,
-                                               progress=progress)
+            result = manager.execute_migration(plan, source, target, progress=progress)
     if args.json:
         json.dump({"command": COMMAND, **result.to_dict()}, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -66,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
             if args.check_blocks:
                 print(f"  {report.blocks_checked} blocks re-hashed against their keys",
                       file=sys.stderr)
+                for reason, n in sorted(report.blocks_unchecked.items()):
+                    print(f"  {n} not checked: {reason} (e.g. "
+                          f"{report.blocks_unchecked_examples.get(reason, '?')})",
+                          file=sys.stderr)
         elif _parent_missing_only(report):
             print(f"{args.archive}: not checked, a parent archive is missing or unusable "
                   f"(nothing found damaged): {report.errors[0]}", file=sys.stderr)

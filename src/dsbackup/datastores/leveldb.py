@@ -3,8 +3,9 @@
 Keys are the key bytes, values raw, in LevelDB's default bytewise order. LevelDB takes an
 exclusive lock on its directory, so only one process can have it open:
 ``parallel_readable`` is False. Opening always lets LevelDB recover its write-ahead log,
-which writes to the directory even with ``readonly=True`` (that flag only refuses writes
-through this object); copy a directory you must not modify before opening it.
+which rewrites files in the directory, so ``readonly=True`` opens a private snapshot of the
+directory instead (see :mod:`dsbackup.datastores.leveldb_snapshot`): a read-only open
+(backups, dry runs, migration sources) never changes a byte, mode or mtime of the original.
 """
 
 from __future__ import annotations
@@ -19,9 +20,19 @@ from dsbackup.datastores.base import (
     BaseDatastore,
     batch_items,
 )
-from dsbackup.errors import DatastoreError, LockedError, NotFound
+from dsbackup.datastores.leveldb_snapshot import remove_snapshot, take_snapshot
+from dsbackup.errors import DatastoreError, DsBackupError, LockedError, NotFound
 
 __all__ = ["LevelDbDatastore", "open_leveldb"]
+
+
+def _open_error(path: Path, e: Exception) -> DsBackupError:
+    import plyvel
+
+    if isinstance(e, plyvel.IOError) and "lock" in str(e).lower():
+        return LockedError(f"{path}: LevelDB is locked by another process "
+                           f"(is the Kubo daemon running?): {e}")
+    return DatastoreError(f"{path}: cannot open LevelDB: {e}")
 
 
 class LevelDbDatastore(BaseDatastore):
@@ -34,18 +45,18 @@ class LevelDbDatastore(BaseDatastore):
 
         self.path = Path(path).absolute()
         super().__init__(f"leveldb:{self.path}", readonly=readonly)
-        if readonly and not (self.path / "CURRENT").is_file():
-            raise DatastoreError(f"{self.path}: no LevelDB database (CURRENT missing)")
         self.sync_writes = sync
+        # read-only: open a private snapshot, so LevelDB's log recovery writes only there
+        self._snapshot: Path | None = take_snapshot(self.path) if readonly else None
         try:
-            self._db = plyvel.DB(str(self.path), create_if_missing=not readonly)
-        except plyvel.IOError as e:
-            if "lock" in str(e).lower():
-                raise LockedError(f"{self.path}: LevelDB is locked by another process "
-                                  f"(is the Kubo daemon running?): {e}") from e
-            raise DatastoreError(f"{self.path}: cannot open LevelDB: {e}") from e
-        except plyvel.Error as e:
-            raise DatastoreError(f"{self.path}: cannot open LevelDB: {e}") from e
+            self._db = plyvel.DB(str(self._snapshot or self.path),
+                                 create_if_missing=not readonly)
+        except BaseException as e:
+            if self._snapshot is not None:
+                remove_snapshot(self._snapshot)
+            if isinstance(e, plyvel.Error):
+                raise _open_error(self.path, e) from e
+            raise
 
     def _get(self, key: bytes) -> bytes:
         self._check_open()
@@ -135,7 +146,11 @@ class LevelDbDatastore(BaseDatastore):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._db.close()
+            try:
+                self._db.close()
+            finally:
+                if self._snapshot is not None:
+                    remove_snapshot(self._snapshot)
 
 
 def open_leveldb(path: str, *, readonly: bool = False, sync: bool | str = False

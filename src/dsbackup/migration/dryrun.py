@@ -8,6 +8,13 @@ with ``lock=False`` and ``lock.mdb`` stays byte-identical. The probe is LMDB's o
 process using the environment holds a shared POSIX lock on the first byte of ``lock.mdb``;
 if an exclusive lock on that byte can be had, nobody else has it open. When someone does,
 the normal (locking) read-only open is used and only the reader table changes.
+
+SQLite in WAL mode creates ``-wal`` and ``-shm`` files for any reader, read-only ones
+included, and a read-only connection cannot remove them. When neither file exists, no
+connection has the database open and its WAL is checkpointed, so a dry run opens it with
+``immutable=1`` (no lock, no side files); otherwise the normal read-only open is used.
+LevelDB read-only opens go through a private snapshot of the directory (the backend does
+that itself), and flatfs read-only opens write nothing.
 """
 
 from __future__ import annotations
@@ -64,9 +71,37 @@ def _open_lmdb_lock_free(path: Path) -> Any:
     return _LockFreeLmdb(path, readonly=True)
 
 
+def _sqlite_unused(path: Path) -> bool:
+    return path.is_file() and not any(
+        path.with_name(path.name + sfx).exists() for sfx in ("-wal", "-shm", "-journal"))
+
+
+def _open_sqlite_immutable(path: Path) -> Any:
+    import sqlite3
+    import urllib.parse
+
+    from dsbackup.datastores import sqlite as sqlite_backend
+
+    cls = sqlite_backend.SqliteDatastore
+
+    class _ImmutableSqlite(cls):  # type: ignore[misc, valid-type]
+        def _connect(self) -> sqlite3.Connection:
+            uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=ro&immutable=1"
+            return sqlite3.connect(uri, uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=self._timeout)
+
+    return _ImmutableSqlite(path, readonly=True)
+
+
 def open_readonly(uri: str) -> Any:
     """Open ``uri`` read-only, leaving every file as it was where the backend allows."""
     scheme, path, _params = parse_uri(uri)
+    if scheme == "sqlite" and path and _sqlite_unused(Path(path)):
+        from dsbackup.datastores import sqlite as sqlite_backend
+
+        if hasattr(sqlite_backend.SqliteDatastore, "_connect"):
+            log.debug("dry run: opening %s immutable (no WAL, nobody has it open)", path)
+            return _open_sqlite_immutable(Path(path))
     if scheme == "lmdb" and path:
         p = Path(path)
         from dsbackup.datastores import lmdb as lmdb_backend

@@ -46,6 +46,7 @@ from dsbackup.migration.runtime import (
     after,
     prefix_end,
     scan_ranges,
+    stored_keys,
 )
 
 __all__ = ["StepRunner"]
@@ -271,7 +272,7 @@ class StepRunner:
                 else:
                     sel_k, sel_v, skipped = filt.select(keys, values)
                     out_k, out_v = self._apply(sel_k, sel_v)
-                    xf.check(out_k, out_v, self.step.id)
+                    xf.check(out_k, out_v, self.step.id, dst)
                     res.records += len(sel_k)
                     res.changed += self._changed(sel_k, sel_v, out_k, out_v)
                     self._sample(sel_k, sel_v, out_k, out_v, "copy")
@@ -361,7 +362,7 @@ class StepRunner:
         sel_k = [k for k, m in zip(keys, mask) if m]
         sel_v = [v for v, m in zip(values, mask) if m]
         new_k, new_v = self._apply(sel_k, sel_v)
-        xf.check(new_k, new_v, self.step.id)
+        xf.check(new_k, new_v, self.step.id, self.dst)
         self._sample(sel_k, sel_v, new_k, new_v, "transform")
         changed = self._changed(sel_k, sel_v, new_k, new_v)
         it_k, it_v = iter(new_k), iter(new_v)
@@ -451,7 +452,7 @@ class StepRunner:
         for keys, values in self._scan(ds, start, filt.end):
             sel_k, sel_v, skipped = filt.select(keys, values)
             new_k, new_v = self._apply(sel_k, sel_v)
-            xf.check(new_k, new_v, self.step.id)
+            xf.check(new_k, new_v, self.step.id, ds)
             self._sample(sel_k, sel_v, new_k, new_v, "transform")
             res.records += len(sel_k)
             res.skipped += skipped
@@ -601,10 +602,15 @@ class StepRunner:
             log.warning("%s", msg)
 
     def _run_validators(self, keys: list[bytes], values: list[bytes]) -> int:
+        """Count the records validators reject; they see keys as the target's backend
+        stores them (``/NAME`` for ``/blocks/NAME`` on ``kubo:``)."""
         errors = 0
+        if not self.xf.validators:
+            return 0
+        seen = stored_keys(self.dst, keys)
         for v in self.xf.validators:
-            for k, val in zip(keys, values):
-                reason = v(k, val)
+            for k, sk, val in zip(keys, seen, values):
+                reason = v(sk, val)
                 if reason:
                     self._error(f"step {self.step.id!r}: validator {v.name} rejected key "
                                 f"{key_str(k)}: {reason}")

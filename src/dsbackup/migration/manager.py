@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 from dsbackup.datastores import open_datastore, parse_uri
 from dsbackup.errors import (
     EXIT_ERROR,
+    EXIT_WARNING,
     Cancelled,
     ConfigError,
     DatastoreError,
@@ -42,6 +43,7 @@ from dsbackup.migration.journal import (
     remove_stamp,
     write_stamp,
 )
+from dsbackup.migration.kuborepo import KuboRun
 from dsbackup.migration.plan import (
     SOURCE,
     TARGET,
@@ -136,7 +138,7 @@ class _Stores:
         self._by_uri: dict[str, Any] = {}
         self._uri_of: dict[int, str] = {}
 
-    def _open(self, uri: str, *, must_exist: bool) -> Any:
+    def _open(self, uri: str, *, must_exist: bool, readonly: bool = False) -> Any:
         for known, ds in self._by_uri.items():
             if _same_uri(known, uri):
                 return ds
@@ -145,7 +147,7 @@ class _Stores:
             # opening for writing would create an empty store and "migrate" nothing
             raise DatastoreError(f"datastore {uri} does not exist")
         try:
-            ds = (open_readonly(uri) if self.readonly
+            ds = (open_readonly(uri) if self.readonly or readonly
                   else open_datastore(uri, **_write_options(uri)))
         except DatastoreError:
             if must_exist or not self.readonly:
@@ -158,9 +160,12 @@ class _Stores:
         self._uri_of[id(ds)] = uri
         return ds
 
-    def add(self, name: str, store: StoreLike, *, must_exist: bool) -> Any:
+    def add(self, name: str, store: StoreLike, *, must_exist: bool, readonly: bool = False
+            ) -> Any:
+        """``readonly``: a store nothing writes (a copy's source): opened so that not a
+        byte of it changes (no flatfs ``.temp``, LevelDB through a snapshot)."""
         if isinstance(store, (str, os.PathLike)):
-            ds = self._open(os.fspath(store), must_exist=must_exist)
+            ds = self._open(os.fspath(store), must_exist=must_exist, readonly=readonly)
         else:
             ds = store
             uri = getattr(ds, "uri", None)
@@ -314,14 +319,22 @@ class MigrationManager:
         plan = self._load(plan)
         cfg = self.config.with_overrides(plan.config)
         result = MigrationResult(plan.id, plan.version, _now(), dry_run=cfg.dry_run)
+        kubo = self._kubo(plan, cfg, source, target)
         if not cfg.dry_run and self._already_done(plan, cfg, target, result):
+            if kubo is not None:
+                kubo.check_still_migrated(result.stamp_path)
             result.finished_at = _now()
             self._record(result)
             return result
+        if kubo is not None:  # before any store is opened: refuse a repo at another version
+            journal, _ = self._state_files(plan, cfg, target)
+            kubo.preflight(started=journal is not None and journal.read().started,
+                           dry_run=cfg.dry_run)
         locks = ExitStack() if cfg.dry_run else self._lock_stores(plan, cfg, source, target)
         stores = _Stores(readonly=cfg.dry_run)
         try:
-            src = stores.add(SOURCE, source, must_exist=True)
+            src = stores.add(SOURCE, source, must_exist=True,
+                             readonly=not self._writes_source(plan, cfg, source, target))
             dst = stores.add(TARGET, target, must_exist=False)
             if cfg.dry_run:
                 self._run_steps(plan, cfg, stores, result, None, JournalState(),
@@ -329,7 +342,7 @@ class MigrationManager:
                 result.success = result.error is None
                 result.message = "dry run: nothing was written"
             else:
-                self._execute(plan, cfg, stores, src, dst, result, progress, cancel)
+                self._execute(plan, cfg, stores, src, dst, result, progress, cancel, kubo)
         finally:
             stores.close()
             locks.close()
@@ -346,6 +359,7 @@ class MigrationManager:
         if cfg.dry_run:
             raise ConfigError("a rollback cannot be a dry run")
         result = MigrationResult(plan.id, plan.version, _now())
+        kubo = self._kubo(plan, cfg, source, target)
         locks = self._lock_stores(plan, cfg, source, target, rollback=True)
         stores = _Stores(readonly=False)
         try:
@@ -356,15 +370,18 @@ class MigrationManager:
             stamp = read_stamp(stamp_path) if stamp_path else None
             backup = state.backup_path or (stamp or {}).get("backup_path")
             result.backup_path = backup
-            report = self._rollback(plan, cfg, stores, result, journal, stamp_path, backup)
+            report = self._rollback(plan, cfg, stores, result, journal, stamp_path, backup,
+                                    kubo=kubo)
             result.rollback = report
-            result.success = report.success and (report.performed or report.stamp_removed)
+            result.success = report.success and report.performed
             if not report.success:
                 result.error = result.error or "RollbackFailed"
                 result.exit_code = result.exit_code or EXIT_ERROR
-            elif not report.performed and not report.stamp_removed:
+            elif not report.performed:
+                # no data was reverted (at most our stamp removed): a warning, never "ok"
                 result.error = "NothingToRollBack"
-                result.exit_code = EXIT_ERROR
+                result.exit_code = EXIT_WARNING
+                result.message = f"nothing to roll back: {report.message}"
                 result.error_log.append(report.message)
         finally:
             stores.close()
@@ -406,6 +423,45 @@ class MigrationManager:
             return plan
         return load_plan(plan)
 
+    def _kubo(self, plan: MigrationPlan, cfg: MigrationConfig, source: Any, target: Any
+              ) -> KuboRun | None:
+        """The Kubo side of a plan with a ``[kubo]`` table (version file, revert log)."""
+        if plan.kubo is None:
+            return None
+        journal, _ = self._state_files(plan, cfg, target)
+        return KuboRun(plan.kubo, plan, source, target,
+                       journal.path.parent if journal is not None else None)
+
+    @staticmethod
+    def _writes_source(plan: MigrationPlan, cfg: MigrationConfig, source: Any,
+                       target: Any) -> bool:
+        """Whether anything in this run may write to the source store: in place, a step
+        (or rollback step) writing it or moving out of it, or a pre-migration archive that a
+        rollback would restore into it. Otherwise it is opened read-only (LMDB excepted:
+        its writable open changes no data and the native copier needs it)."""
+        if not isinstance(source, (str, os.PathLike)) or cfg.backup_before:
+            return True
+        scheme, spath, _ = parse_uri(os.fspath(source))
+        if scheme is None and os.path.isdir(spath):
+            from dsbackup.datastores.registry import detect_scheme
+
+            try:
+                scheme = detect_scheme(spath)
+            except DsBackupError:
+                return True
+        if scheme == "lmdb":
+            return True  # the native LMDB copier lends and reopens both environments
+        if isinstance(target, (str, os.PathLike)) and _same_uri(os.fspath(source),
+                                                                os.fspath(target)):
+            return True
+        src_uri = os.fspath(source)
+        for step in plan.steps + plan.rollback:
+            refs = [step.target] + ([step.source] if step.kind is MigrationType.MOVE else [])
+            for ref in refs:
+                if ref == SOURCE or (ref not in (SOURCE, TARGET) and _same_uri(ref, src_uri)):
+                    return True
+        return False
+
     def _state_files(self, plan: MigrationPlan, cfg: MigrationConfig, dst: Any
                      ) -> tuple[Journal | None, Path | None]:
         if cfg.state_dir is not None:
@@ -443,7 +499,7 @@ class MigrationManager:
     def _execute(self, plan: MigrationPlan, cfg: MigrationConfig, stores: _Stores, src: Any,
                  dst: Any, result: MigrationResult,
                  progress: Callable[[ProgressEvent], None] | None,
-                 cancel: threading.Event | None) -> None:
+                 cancel: threading.Event | None, kubo: KuboRun | None = None) -> None:
         journal, stamp_path = self._state_files(plan, cfg, dst)
         digest = plan.digest()
         if journal is not None:
@@ -486,7 +542,11 @@ class MigrationManager:
                     result.backup_path = self._backup(plan, cfg, src, journal, state,
                                                       stores.by_name)
                 ctx = self._run_steps(plan, cfg, stores, result, journal, state, progress,
-                                      cancel)
+                                      cancel, kubo)
+                if kubo is not None:  # Kubo's version file: after every step succeeded
+                    written = kubo.finish()
+                    if written is not None:
+                        result.message = f"{written} is now {kubo.spec.to_version}"
                 if stamp_path is not None:
                     write_stamp(stamp_path, {
                         "plan_id": plan.id, "version": plan.version, "digest": digest,
@@ -506,17 +566,19 @@ class MigrationManager:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
             except DsBackupError as exc:
-                self._fail(plan, cfg, stores, result, journal, stamp_path, exc)
+                self._fail(plan, cfg, stores, result, journal, stamp_path, exc, kubo)
             except Exception as exc:  # noqa: BLE001 - reported in the result, then rolled back
                 log.exception("migration step crashed")
-                self._fail(plan, cfg, stores, result, journal, stamp_path, exc)
+                self._fail(plan, cfg, stores, result, journal, stamp_path, exc, kubo)
         finally:
             if journal is not None:
                 journal.close()
 
     def _fail(self, plan: MigrationPlan, cfg: MigrationConfig, stores: _Stores,
               result: MigrationResult, journal: Journal | None, stamp_path: Path | None,
-              exc: BaseException) -> None:
+              exc: BaseException, kubo: KuboRun | None = None) -> None:
+        if stamp_path is not None and not stamp_path.exists():
+            result.stamp_path = None  # never name a stamp that was not written
         result.error = type(exc).__name__
         result.exit_code = getattr(exc, "exit_code", EXIT_ERROR)
         result.error_log.append(f"{type(exc).__name__}: {exc}")
@@ -533,7 +595,7 @@ class MigrationManager:
             result.rollback = self._rollback(
                 plan, cfg, stores, result, journal, stamp_path, result.backup_path, ran,
                 reverted=getattr(exc, "dsmigrate_reverted", None),
-                partial=bool(getattr(exc, "dsmigrate_partial", False)))
+                partial=bool(getattr(exc, "dsmigrate_partial", False)), kubo=kubo)
 
     def _backup(self, plan: MigrationPlan, cfg: MigrationConfig, src: Any,
                 journal: Journal | None, state: JournalState,
@@ -570,7 +632,7 @@ class MigrationManager:
     def _run_steps(self, plan: MigrationPlan, cfg: MigrationConfig, stores: _Stores,
                    result: MigrationResult, journal: Journal | None, state: JournalState,
                    progress: Callable[[ProgressEvent], None] | None,
-                   cancel: threading.Event | None) -> RunContext:
+                   cancel: threading.Event | None, kubo: KuboRun | None = None) -> RunContext:
         deadline = time.monotonic() + cfg.timeout if cfg.timeout else None
         ctx = RunContext(cfg, dry_run=cfg.dry_run, journal=journal, progress=progress,
                          cancel=cancel, deadline=deadline, steps_total=len(plan.steps),
@@ -596,6 +658,9 @@ class MigrationManager:
                 continue
             cp = state.checkpoint if state.checkpoint and state.checkpoint.get("step") == i \
                 else None
+            if kubo is not None:  # Kubo's revert log, complete before the step writes
+                kubo.before_step(step, stores.resolve(step.source),
+                                 stores.resolve(step.target), cfg.batch_size)
             try:
                 res = self._run_step(ctx, step, i, f"S{i}", stores, cp)
             except _StepFailed as failed:
@@ -665,7 +730,8 @@ class MigrationManager:
     def _rollback(self, plan: MigrationPlan, cfg: MigrationConfig, stores: _Stores,
                   result: MigrationResult, journal: Journal | None, stamp_path: Path | None,
                   backup: str | None, ran: set[int] | None = None, *,
-                  reverted: str | None = None, partial: bool = False) -> RollbackReport:
+                  reverted: str | None = None, partial: bool = False,
+                  kubo: KuboRun | None = None) -> RollbackReport:
         """Undo what the steps in ``ran`` (all of the plan's when None) may have written.
         The version stamp and the journal are retired only when the rollback succeeded: a
         failed one leaves everything as it was, to be retried. ``reverted``: what the failed
@@ -678,7 +744,13 @@ class MigrationManager:
         ctx = RunContext(rb_cfg, journal=None, steps_total=len(plan.rollback),
                          error_log=result.error_log)
         try:
-            if plan.rollback:
+            if kubo is not None and kubo.can_revert():
+                report.method = "revert_log"
+                rev, report.message = kubo.revert(stores.by_name[TARGET])
+                report.restored_records = rev.restored
+                report.restored_from = str(kubo.log.path) if kubo.log else None
+                report.performed = True
+            elif plan.rollback:
                 report.method = "steps"
                 for i, step in enumerate(plan.rollback):
                     try:
@@ -705,12 +777,16 @@ class MigrationManager:
                 report.message = (f"restored the source from {backup} "
                                   f"({report.restored_records} records); target left as is")
             else:
-                report.message = "no rollback steps and no pre-migration backup: nothing " \
-                                 "reverted"
+                report.message = ("no rollback steps, no pre-migration backup"
+                                  + (" and no revert log" if kubo is not None else "")
+                                  + ": nothing reverted")
             if reverted and not report.performed:
                 report.message = (f"the failed step reverted itself ({reverted}); "
                                   + report.message.replace("nothing reverted",
                                                            "nothing else reverted"))
+            if report.performed and kubo is not None and report.method != "revert_log" \
+                    and kubo.restore_version():
+                report.message += f"; Kubo repo version back at {kubo.spec.from_version}"
         except BaseException as exc:
             report.success = False
             report.message = f"rollback failed: {type(exc).__name__}: {exc}"

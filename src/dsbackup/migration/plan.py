@@ -22,6 +22,7 @@ from dsbackup.migration.config import MigrationConfig
 
 __all__ = [
     "FilterConfig",
+    "KuboSpec",
     "MigrationPlan",
     "MigrationStep",
     "MigrationType",
@@ -245,6 +246,59 @@ class MigrationStep:
             raise ConfigError(f"{where}: a transform step needs a key or value transform")
 
 
+_VERSION = re.compile(r"[0-9]{1,9}")
+_LOG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_REPO_FILES = {"config", "datastore_spec", "version", "repo.lock", "api", "gateway"}
+
+
+@dataclass
+class KuboSpec:
+    """The ``[kubo]`` table: the Kubo repo version a plan migrates from and to, and the
+    revert log it writes into the repo (see docs/MIGRATION.md, "Kubo repositories")."""
+
+    from_version: str
+    to_version: str
+    revert_log: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("from_version", "to_version"):
+            v = getattr(self, name)
+            if isinstance(v, int) and not isinstance(v, bool):
+                setattr(self, name, str(v))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str) -> KuboSpec:
+        d = _require_table(d, where)
+        _reject_unknown(d, {"from_version", "to_version", "revert_log"}, where)
+        for name in ("from_version", "to_version"):
+            if name not in d:
+                raise ConfigError(f"{where}: missing required field {name!r}")
+        spec = cls(from_version=d["from_version"], to_version=d["to_version"],
+                   revert_log=d.get("revert_log"))
+        spec.validate(where)
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"from_version": self.from_version, "to_version": self.to_version}
+        if self.revert_log:
+            out["revert_log"] = self.revert_log
+        return out
+
+    def validate(self, where: str) -> None:
+        for name in ("from_version", "to_version"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not _VERSION.fullmatch(v):
+                raise ConfigError(f"{where}.{name}: a Kubo repo version is an integer, "
+                                  f"got {v!r}")
+        if self.from_version == self.to_version:
+            raise ConfigError(f"{where}: from_version and to_version are the same")
+        log = self.revert_log
+        if log is not None and (not isinstance(log, str) or not _LOG_NAME.fullmatch(log)
+                                or log in _REPO_FILES):
+            raise ConfigError(f"{where}.revert_log: a plain file name in the repo directory "
+                              f"(not one of Kubo's own files), got {log!r}")
+
+
 @dataclass
 class MigrationPlan:
     """An identified, versioned list of steps, with the steps that undo it.
@@ -259,6 +313,7 @@ class MigrationPlan:
     rollback: list[MigrationStep] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     origin: str = field(default="<plan>", compare=False)
+    kubo: KuboSpec | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.version, int) and not isinstance(self.version, bool):
@@ -273,8 +328,8 @@ class MigrationPlan:
         d = dict(_require_table(d, origin))
         if "rollback_steps" in d:
             d.setdefault("rollback", d.pop("rollback_steps"))
-        _reject_unknown(d, {"id", "version", "description", "steps", "rollback", "config"},
-                        origin)
+        _reject_unknown(d, {"id", "version", "description", "steps", "rollback", "config",
+                            "kubo"}, origin)
         for name in ("id", "version", "steps"):
             if name not in d:
                 raise ConfigError(f"{origin}: missing required field {name!r}")
@@ -288,8 +343,11 @@ class MigrationPlan:
             raise ConfigError(f"{origin}: config must be a table")
         if not isinstance(d["id"], str) or not isinstance(d.get("description", ""), str):
             raise ConfigError(f"{origin}: id and description must be strings")
+        kubo = (KuboSpec.from_dict(d["kubo"], f"{origin}: kubo")
+                if d.get("kubo") is not None else None)
         plan = cls(id=d["id"], version=str(version), description=d.get("description", ""),
-                   steps=steps, rollback=rollback, config=dict(config), origin=origin)
+                   steps=steps, rollback=rollback, config=dict(config), origin=origin,
+                   kubo=kubo)
         plan.validate()
         return plan
 
@@ -306,6 +364,8 @@ class MigrationPlan:
             out["rollback"] = [s.to_dict() for s in self.rollback]
         if self.config:
             out["config"] = dict(self.config)
+        if self.kubo is not None:
+            out["kubo"] = self.kubo.to_dict()
         return out
 
     def digest(self) -> str:
@@ -329,6 +389,10 @@ class MigrationPlan:
             raise ConfigError(f"{o}: version must be a non-empty single-line string")
         if not self.steps:
             raise ConfigError(f"{o}: steps: a plan needs at least one step")
+        if self.kubo is not None:
+            if not isinstance(self.kubo, KuboSpec):
+                raise ConfigError(f"{o}: kubo: not a KuboSpec")
+            self.kubo.validate(f"{o}: kubo")
         for group, steps in (("steps", self.steps), ("rollback", self.rollback)):
             seen: set[str] = set()
             for i, step in enumerate(steps):

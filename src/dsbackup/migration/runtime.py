@@ -23,7 +23,7 @@ from dsbackup.migration.transforms import (
 from dsbackup.migration.validators import Validator, compile_validators
 
 __all__ = ["CompiledTransform", "ProgressEvent", "RunContext", "TMP_END", "TMP_ROOT",
-           "after", "prefix_end", "scan_ranges"]
+           "after", "prefix_end", "scan_ranges", "stored_keys"]
 
 TMP_ROOT = b"/_DSMIGRATE_"
 TMP_END = b"/_DSMIGRATE`"  # the byte after "_" is "`": [TMP_ROOT, TMP_END) is every temp key
@@ -48,6 +48,20 @@ def scan_ranges(start: bytes, end: bytes | None) -> list[tuple[bytes, bytes | No
     second_start = max(start, TMP_END)
     if end is None or second_start < end:
         out.append((second_start, end))
+    return out
+
+
+def stored_keys(store: Any, keys: list[bytes]) -> list[bytes]:
+    """The keys as the backend that stores them sees them: under a mount (``kubo:``) the
+    mounted child's key (``/blocks/NAME`` -> ``/NAME`` in the flatfs at ``/blocks``); the
+    keys themselves elsewhere. Validators are given these."""
+    lookup = getattr(store, "lookup", None)
+    if lookup is None:
+        return keys
+    out = []
+    for k in keys:
+        r = lookup(k)
+        out.append(k if r is None else r[1])
     return out
 
 
@@ -80,11 +94,16 @@ class CompiledTransform:
             values = self.value.apply_batch(values)
         return keys, values
 
-    def check(self, keys: list[bytes], values: list[bytes], step_id: str) -> None:
-        """Raise :class:`ValidationError` at the first record a validator rejects."""
+    def check(self, keys: list[bytes], values: list[bytes], step_id: str,
+              store: Any = None) -> None:
+        """Raise :class:`ValidationError` at the first record a validator rejects.
+        Validators see each key as ``store`` stores it (:func:`stored_keys`)."""
+        if not self.validators:
+            return
+        seen = stored_keys(store, keys)
         for v in self.validators:
-            for k, val in zip(keys, values):
-                reason = v(k, val)
+            for k, sk, val in zip(keys, seen, values):
+                reason = v(sk, val)
                 if reason:
                     raise ValidationError(f"step {step_id!r}: validator {v.name} rejected "
                                           f"key {key_str(k)}: {reason}")

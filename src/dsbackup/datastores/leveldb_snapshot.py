@@ -1,0 +1,89 @@
+"""A private copy of a LevelDB directory, so that reading it never writes to the original.
+
+Opening LevelDB always recovers its write-ahead log: the log is replayed into a new table,
+a new log and MANIFEST are written, ``CURRENT`` and ``LOG`` are rewritten and the old files
+removed, even when the caller only reads. A read-only open therefore opens a snapshot: a
+private temporary directory (under ``TMPDIR``) holding hard links to the immutable table files
+(``*.ldb``, ``*.sst``; copies when linking is not possible, e.g. across filesystems) and
+copies of everything else LevelDB reads (``CURRENT``, ``MANIFEST-*``, ``*.log``). Nothing is
+created, changed or locked in the original directory.
+
+While the snapshot is taken the original's ``LOCK`` file is probed (LevelDB's C++ library
+holds a POSIX lock on it, goleveldb an ``flock``): a directory another process has open is
+refused with :class:`LockedError`, as opening it would be, and a shared lock is held during
+the copy so no writer can start in the middle of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dsbackup.errors import DatastoreError, LockedError
+
+__all__ = ["take_snapshot", "remove_snapshot"]
+
+_IMMUTABLE = (".ldb", ".sst")
+_SKIP = {"LOCK", "LOG", "LOG.old"}  # the lock and LevelDB's human-readable info logs
+
+
+def _lock_shared(path: Path) -> int | None:
+    """A shared lock on ``path/LOCK`` (both lock kinds), or LockedError; None without LOCK."""
+    try:
+        fd = os.open(path / "LOCK", os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DatastoreError(f"{path}: cannot read LevelDB's LOCK file: {exc}") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise LockedError(f"{path}: LevelDB is locked by another process (is the Kubo "
+                              f"daemon running?)") from None
+        raise DatastoreError(f"{path}: cannot probe LevelDB's LOCK file: {exc}") from None
+    return fd
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def take_snapshot(path: Path) -> Path:
+    """Copy the LevelDB at ``path`` into a new private directory and return it."""
+    if not (path / "CURRENT").is_file():
+        raise DatastoreError(f"{path}: no LevelDB database (CURRENT missing)")
+    fd = _lock_shared(path)
+    snap = Path(tempfile.mkdtemp(prefix="dsbackup-leveldb-"))
+    try:
+        for entry in os.scandir(path):
+            if entry.name in _SKIP or not entry.is_file(follow_symlinks=False):
+                continue
+            src, dst = path / entry.name, snap / entry.name
+            if entry.name.endswith(_IMMUTABLE):
+                _link_or_copy(src, dst)
+            else:
+                shutil.copyfile(src, dst)
+    except OSError as exc:
+        shutil.rmtree(snap, ignore_errors=True)
+        raise DatastoreError(f"{path}: cannot take a snapshot of the LevelDB: {exc}") from None
+    except BaseException:
+        shutil.rmtree(snap, ignore_errors=True)
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)  # drops both locks
+    return snap
+
+
+def remove_snapshot(snap: Path) -> None:
+    shutil.rmtree(snap, ignore_errors=True)
