@@ -64,9 +64,11 @@ def test_rollback_of_a_copy_leaves_the_source_alone(tmp_path, run_cli, how):
     _damage(backup, how)
     r = run_cli("migrate", tmp_path / "plan.toml", src, dst, "--rollback", "--json")
     assert "Traceback" not in r.stderr
-    assert r.returncode == 0, r.stdout + r.stderr
-    rb = json.loads(r.stdout)["rollback"]
-    assert "left" in rb["message"] and rb["stamp_removed"]
+    # nothing reverted (a copy never wrote the source): exit 1 "nothing to roll back" (#22)
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    rb = out["rollback"]
+    assert "left" in rb["message"] and rb["stamp_removed"] and not rb["performed"]
     assert store_digest(src) == before  # 900 records, the same content
     assert len(records(src)) == 900
 
