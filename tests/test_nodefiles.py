@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.salvage import _member_end
-from dsbackup.datastores import Query
-from dsbackup.datastores.kubo import KuboDatastore
 from dsbackup.nodefiles import collect_kubo
+from tests.support.kubonode import kubo_records
 
 NODE_FILES = ["config", "datastore_spec", "keystore/key_mykey", "version"]
 
@@ -26,31 +24,8 @@ def _umask() -> int:
 
 
 @pytest.fixture
-def repo(tmp_path, go_fixtures) -> Path:
-    """The fixture repo, writable, with a keystore and the runtime files a node leaves."""
-    dst = tmp_path / "repo"
-    shutil.copytree(go_fixtures / "kubo-v16-repo", dst)
-    for p in [dst, *dst.rglob("*")]:
-        p.chmod(p.stat().st_mode | 0o200)
-    (dst / "config").chmod(0o600)
-    ks = dst / "keystore"
-    if not ks.is_dir():
-        ks.mkdir(mode=0o700)
-        (ks / "key_mykey").write_bytes(b"\x08\x01\x12\x40" + bytes(range(64)))
-        (ks / "key_mykey").chmod(0o400)
-    for name in ("repo.lock", "api", "gateway", "config.tmp"):
-        (dst / name).write_text("runtime\n")
-    return dst
-
-
-def _records(path: Path) -> dict[bytes, bytes]:
-    ds = KuboDatastore(path, readonly=True)
-    try:
-        out = {k: v for ks, vs in ds.scan_batches() for k, v in zip(ks, vs)}
-        assert out and len(out) == len(list(ds.query(Query(keys_only=True))))
-        return out
-    finally:
-        ds.close()
+def repo(kubo_node_repo):
+    return kubo_node_repo
 
 
 def test_a_kubo_node_restores_into_a_missing_directory(tmp_path, repo, run_cli):
@@ -76,7 +51,7 @@ def test_a_kubo_node_restores_into_a_missing_directory(tmp_path, repo, run_cli):
         assert not (new / name).exists(), name
     assert json.loads((new / "config").read_text())["Identity"] == \
         json.loads((repo / "config").read_text())["Identity"]
-    assert _records(new) == _records(repo)  # every datastore record, both mounts
+    assert kubo_records(new) == kubo_records(repo)  # every datastore record, both mounts
     assert not list(new.rglob("*.dsbackup-tmp-*"))
 
 
@@ -150,65 +125,11 @@ def test_version_1_archives_still_restore(tmp_path, repo, run_cli):
         (target / name).unlink()
     r = run_cli("restore", archive, f"kubo:{target}")
     assert r.returncode == 0, r.stderr
-    assert _records(target) == _records(repo)
+    assert kubo_records(target) == kubo_records(repo)
     assert run_cli("verify", archive).returncode == 0
     out = run_cli("inspect", archive).stdout
     assert "node            none (datastore records only)" in out
     assert "format version  1" in out
-
-
-def test_existing_repository_keeps_its_node_files_unless_overwrite(tmp_path, repo, run_cli):
-    archive = tmp_path / "node.tar.gz"
-    assert run_cli("backup", f"kubo:{repo}", archive).returncode == 0
-    other = tmp_path / "other"
-    shutil.copytree(repo, other)
-    for sub in ("blocks", "datastore"):
-        shutil.rmtree(other / sub)
-    (other / "config").chmod(0o600)
-    (other / "config").write_text('{"Identity": {"PeerID": "other"}}')
-    r = run_cli("restore", archive, f"kubo:{other}")
-    assert r.returncode == 0, r.stderr
-    assert "were kept" in r.stderr and "--overwrite replaces them" in r.stderr
-    assert "other" in (other / "config").read_text()
-    r = run_cli("restore", "--overwrite", "--json", archive, f"kubo:{other}")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["restore"]["node_files"] == 4
-    assert (other / "config").read_bytes() == (repo / "config").read_bytes()
-
-
-def test_a_symlink_in_the_target_is_not_followed(tmp_path, repo, run_cli):
-    archive = tmp_path / "node.tar.gz"
-    assert run_cli("backup", f"kubo:{repo}", archive).returncode == 0
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    target = tmp_path / "t"
-    target.mkdir()
-    (target / "keystore").symlink_to(outside)
-    r = run_cli("restore", "--overwrite", archive, f"kubo:{target}")
-    assert r.returncode == 2, r.stderr
-    assert "keystore" in r.stderr and "symlink" in r.stderr
-    assert list(outside.iterdir()) == []
-
-
-def test_a_cut_short_node_restore_is_completed(tmp_path, repo, run_cli):
-    archive = tmp_path / "node.tar.gz"
-    assert run_cli("backup", f"kubo:{repo}", archive).returncode == 0
-    new = tmp_path / "new"
-    new.mkdir()
-    (new / "config").write_text("half")  # a node file of the archive, nothing else
-    r = run_cli("restore", archive, f"kubo:{new}")
-    assert r.returncode == 0, r.stderr
-    assert (new / "config").read_bytes() == (repo / "config").read_bytes()
-    assert _records(new) == _records(repo)
-
-
-def test_other_targets_get_the_records_only(tmp_path, repo, run_cli):
-    archive = tmp_path / "node.tar.gz"
-    assert run_cli("backup", f"kubo:{repo}", archive).returncode == 0
-    r = run_cli("restore", archive, f"lmdb:{tmp_path / 'l'}")
-    assert r.returncode == 0, r.stderr
-    assert "node files (config, keystore/ ...) were not restored" in r.stderr
-    assert not (tmp_path / "l" / "config").exists()
 
 
 def test_incremental_and_consolidated_archives_carry_the_node_whole(tmp_path, repo, run_cli):
@@ -233,7 +154,7 @@ def test_incremental_and_consolidated_archives_carry_the_node_whole(tmp_path, re
         r = run_cli("restore", archive, f"kubo:{new}")
         assert r.returncode == 0, r.stderr
         assert (new / "config").read_bytes() == (repo / "config").read_bytes()
-        assert _records(new) == _records(repo)
+        assert kubo_records(new) == kubo_records(repo)
     with ArchiveReader(cons) as a:
         assert a.version == 2 and not a.is_incremental and len(a.node_files()) == 5
 
@@ -257,3 +178,20 @@ def test_collect_skips_the_datastores_named_by_the_spec(tmp_path, repo):
     paths = {f.path for f in snap.files}
     assert b"fs" not in paths and not any(p.startswith(b"fs/") for p in paths)
     assert b"datastore" not in paths and b"blocks" in paths
+
+
+def test_a_whole_node_incremental_of_a_datastore_only_parent(tmp_path, repo, run_cli):
+    """Format versions may differ along a chain: a version-2 child references chunks of a
+    version-1 parent."""
+    full = tmp_path / "full.tar.gz"
+    assert run_cli("backup", "--datastore-only", f"kubo:{repo}", full).returncode == 0
+    inc = tmp_path / "inc.tar.gz"
+    r = run_cli("backup", "--parent", full, f"kubo:{repo}", inc)
+    assert r.returncode == 0, r.stderr
+    with ArchiveReader(inc) as a:
+        assert a.version == 2 and a.summary["referenced_chunks"] == a.chunk_count
+    assert run_cli("verify", inc).returncode == 0
+    new = tmp_path / "new"
+    assert run_cli("restore", inc, f"kubo:{new}").returncode == 0
+    assert kubo_records(new) == kubo_records(repo)
+    assert (new / "config").read_bytes() == (repo / "config").read_bytes()

@@ -1,5 +1,5 @@
-"""A node's own files (docs/FORMAT.md §11.2): collected from a Kubo repository for the node
-member of its archive, and written back into a restored repository, safely.
+"""A node's own files (docs/FORMAT.md §11.2), collected from a Kubo repository for the node
+member of its archive (dsbackup.restore_node writes them back).
 
 What a Kubo repository's node files are (docs/DATASTORES.md): every file and directory under
 the repository root except the datastores' own directories (the ``path`` of each mount in
@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dsbackup.archive.node import KIND_DIR, KIND_FILE, MAX_NODE_BYTES, NodeFile, encode_node
-from dsbackup.errors import BackupError, RestoreError
+from dsbackup.errors import BackupError
 
 RUNTIME_FILES = frozenset({b"repo.lock", b"api", b"gateway"})
 _READ_TRIES = 3
@@ -145,118 +144,6 @@ def _read_stable(path: Path, rel: bytes) -> NodeFile:
                             data)
     raise BackupError(f"{path}: changed while it was read ({_READ_TRIES} tries); stop "
                       "whatever writes it and back up again")
-
-
-def is_empty_dir(path: Path) -> bool:
-    try:
-        with os.scandir(path) as it:
-            return next(it, None) is None
-    except FileNotFoundError:
-        return True
-    except NotADirectoryError:
-        return False
-
-
-def holds_only(path: Path, files: list[NodeFile]) -> bool:
-    """True when every entry under `path` is one of `files` (a node restore cut short)."""
-    if not path.is_dir():
-        return False
-    known = {f.path for f in files}
-    for dirpath, dirnames, filenames in os.walk(path):
-        rel = os.path.relpath(dirpath, path)
-        for name in dirnames + filenames:
-            p = os.fsencode(name if rel == "." else os.path.join(rel, name))
-            if p not in known:
-                return False
-    return True
-
-
-def write_node_files(root: Path, files: list[NodeFile], *, umask: int | None = None) -> int:
-    """Write `files` (decoded and checked) under `root`, created if missing. Every path is
-    walked component by component from `root` without following symlinks (a symlink in the
-    way is refused); each file is written to a temp file, fsynced and renamed over its name;
-    modes are ``mode & 0o777 & ~umask``; directories get their modes last. Returns the number
-    of regular files written."""
-    if umask is None:
-        umask = os.umask(0)
-        os.umask(umask)
-    root.mkdir(0o700, parents=True, exist_ok=True)  # it will hold the node's private key
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    fds: dict[bytes, int] = {b"": root_fd}
-    written = 0
-    try:
-        for f in files:
-            parent, _, name = f.path.rpartition(b"/")
-            pfd = _dir_fd(root, fds, parent)
-            mode = f.mode & 0o777 & ~umask
-            if f.is_dir:
-                _dir_fd(root, fds, f.path)
-                continue
-            tmp = b".%s.dsbackup-tmp-%s" % (name[:100], secrets.token_hex(6).encode())
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=pfd)
-            try:
-                view = memoryview(f.data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fchmod(fd, mode)
-                os.utime(fd, ns=(f.mtime_ns, f.mtime_ns))
-                os.fsync(fd)
-                os.close(fd)
-                fd = -1
-                os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-            except BaseException:
-                if fd >= 0:
-                    os.close(fd)
-                try:
-                    os.unlink(tmp, dir_fd=pfd)
-                except OSError:
-                    pass
-                raise
-            written += 1
-        for f in reversed(files):  # deepest first: a read-only directory is set last
-            if f.is_dir:
-                os.fchmod(fds[f.path], f.mode & 0o777 & ~umask)
-        for fd in fds.values():
-            os.fsync(fd)
-    except IsADirectoryError as exc:
-        raise RestoreError(f"{root}: cannot write a node file over a directory: {exc}") \
-            from None
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-    _fsync_parent(root)
-    return written
-
-
-def _dir_fd(root: Path, fds: dict[bytes, int], rel: bytes) -> int:
-    """An fd of directory `rel` under `root`, creating it (0700) if missing; a symlink or a
-    non-directory on the way is refused (RestoreError naming it)."""
-    if rel in fds:
-        return fds[rel]
-    parent, _, name = rel.rpartition(b"/")
-    pfd = _dir_fd(root, fds, parent)
-    try:
-        os.mkdir(name, 0o700, dir_fd=pfd)
-    except FileExistsError:
-        pass
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=pfd)
-    except OSError as exc:
-        raise RestoreError(f"{root / os.fsdecode(rel)}: not a directory the node's files can "
-                           f"be written into (a symlink or a file is in the way: {exc.strerror}"
-                           "); nothing is written through it") from None
-    fds[rel] = fd
-    return fd
-
-
-def _fsync_parent(root: Path) -> None:
-    fd = os.open(root.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def node_snapshot(ds: Any) -> NodeSnapshot | None:

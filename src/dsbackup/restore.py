@@ -40,6 +40,7 @@ from dsbackup.errors import (
 from dsbackup.keys import Key
 from dsbackup.metadata import Progress, RestoreResult
 from dsbackup.restore_journal import JournalSync, write_journal
+from dsbackup.restore_node import restore_node
 from dsbackup.targetlock import TargetLock, store_path
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
                       batch_bytes: int, resume: bool, t0: float) -> RestoreResult:
     owned = False
     native = None
-    node_files, node_note = _restore_node(reader, target, mode)
+    node_files, node_note = restore_node(reader, target, mode, _journal_path(target))
     if isinstance(target, (str, os.PathLike)):
         lmdb_target = _native_lmdb_path(target, mode, prefix, pattern)
         if lmdb_target is not None:
@@ -301,36 +302,6 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
             target.close()
     result.node_files, result.node_note = node_files, node_note
     return result
-
-
-def _restore_node(reader: ArchiveReader, target: Any, mode: str) -> tuple[int, str | None]:
-    """Write the archive's node files (docs/FORMAT.md §11.2) before a ``kubo:`` target is
-    opened: into a missing or empty repository directory (or one holding only node files of
-    this archive: a restore cut short), or over an existing repository's with mode
-    ``overwrite``; never otherwise. Returns (files written, why none were, or None)."""
-    files = reader.node_files()
-    if not files:
-        return 0, None
-    from dsbackup.datastores.registry import detect_scheme, parse_uri
-    from dsbackup.nodefiles import holds_only, is_empty_dir, write_node_files
-
-    count = sum(not f.is_dir for f in files)
-    scheme = loc = None
-    if isinstance(target, (str, os.PathLike)):
-        scheme, loc, _ = parse_uri(os.fspath(target))
-        scheme = scheme or (detect_scheme(loc) if loc and Path(loc).exists() else None)
-    if scheme != "kubo" or not loc:
-        return 0, (f"the archive's {count} node files (config, keystore/ ...) were not "
-                   "restored: the target is not a kubo: repository; only records were")
-    root = Path(loc).absolute()
-    jpath = _journal_path(target)
-    if jpath is not None and jpath.exists():
-        return 0, None  # a resumed restore: the node files were written before it began
-    if not (is_empty_dir(root) or holds_only(root, files) or mode == "overwrite"):
-        return 0, (f"{root} already holds a repository: its config, keystore/ and other node "
-                   f"files were kept ({count} in the archive; --overwrite replaces them)")
-    with _no_space_is_an_error(root):
-        return write_node_files(root, files), None
 
 
 def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
