@@ -43,6 +43,8 @@ def restore_node(reader: ArchiveReader, target: Any, mode: str, jpath: Path | No
     if jpath is not None and jpath.exists():
         return 0, None  # a resumed restore: the node files were written before it began
     if not (is_empty_dir(root) or holds_only(root, files) or mode == "overwrite"):
+        if _in_place(root, files):
+            return 0, None  # a rerun after the node files were written: nothing to say
         return 0, (f"{root} already holds a repository: its config, keystore/ and other node "
                    f"files were kept ({count} in the archive; --overwrite replaces them)")
     try:
@@ -52,6 +54,19 @@ def restore_node(reader: ArchiveReader, target: Any, mode: str, jpath: Path | No
             raise
         raise DatastoreError(no_space_message(root, None, what="free some space and rerun "
                                               "the same restore")) from None
+
+
+def _in_place(root: Path, files: list[NodeFile]) -> bool:
+    """True when every regular file of `files` is under `root` with the same content."""
+    for f in files:
+        if not f.is_dir:
+            p = root / os.fsdecode(f.path)
+            try:
+                if p.is_symlink() or p.read_bytes() != f.data:
+                    return False
+            except OSError:
+                return False
+    return True
 
 
 def is_empty_dir(path: Path) -> bool:
