@@ -85,3 +85,23 @@ def write_archive(path, records, *, chunk_size=4, chunk_max_bytes=1 << 20, level
 def make_archive():
     """write_archive(path, records, **settings) -> WrittenArchive."""
     return write_archive
+
+
+@pytest.fixture
+def kubo_node_repo(tmp_path, go_fixtures) -> Path:
+    """The fixture repo, writable, with a keystore and the runtime files a node leaves."""
+    import shutil
+
+    dst = tmp_path / "repo"
+    shutil.copytree(go_fixtures / "kubo-v16-repo", dst)
+    for p in [dst, *dst.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+    (dst / "config").chmod(0o600)
+    ks = dst / "keystore"
+    if not ks.is_dir():
+        ks.mkdir(mode=0o700)
+        (ks / "key_mykey").write_bytes(b"\x08\x01\x12\x40" + bytes(range(64)))
+        (ks / "key_mykey").chmod(0o400)
+    for name in ("repo.lock", "api", "gateway", "config.tmp"):
+        (dst / name).write_text("runtime\n")
+    return dst

@@ -29,6 +29,7 @@ from dsbackup.metadata import (
     RestoreResult,
     parse_timestamp,
 )
+from dsbackup.nodefiles import holds_private_key, node_snapshot, private_key_warning
 from dsbackup.pipeline.central import ChunkSettings, ScanStats, central_chunks
 from dsbackup.pipeline.parallel import ParallelScan
 from dsbackup.pipeline.scanchoice import PARALLEL_MIN_BYTES, PARALLEL_SCHEMES
@@ -223,10 +224,14 @@ class BackupManager:
         else:
             chunks = central_chunks(ds, settings, threads=workers, stats=stats, cancel=cancel)
             mode = "central"
+        node = None if cfg.datastore_only else node_snapshot(ds)  # kubo: the node's files
+        if node is not None:
+            manifest["node"] = node.manifest
         records = nbytes = 0
         cpu0 = _cpu_seconds()
         with ArchiveWriter(path, manifest=manifest, level=cfg.compression_level,
-                           created=created.timestamp(), overwrite=cfg.overwrite) as writer:
+                           created=created.timestamp(), overwrite=cfg.overwrite,
+                           node=None if node is None else node.data) as writer:
             for c in chunks:
                 if cancel.is_set():
                     raise Cancelled("backup cancelled")
@@ -261,13 +266,16 @@ class BackupManager:
             unreadable_files=stats.unreadable_files,
             skipped_files=list(stats.unreadable_examples))
         return BackupMetadata(
-            path=str(path), version=1, timestamp=created, total_keys=written.records,
+            path=str(path), version=writer.version, timestamp=created,
+            total_keys=written.records,
             total_size=written.raw_bytes, compressed_size=written.size, chunks=written.chunks,
             fingerprint=written.fingerprint,
             compression={"level": cfg.compression_level,
                          "engine": ENGINES[cfg.compression_level]},
             config={**cfg.to_dict(), "chunk_size": chunk_size}, datastore=manifest["source"],
-            statistics=stats_out, parent=None, tool=manifest["tool"])
+            statistics=stats_out, parent=None, tool=manifest["tool"],
+            node=manifest.get("node"),
+            node_warning=private_key_warning(manifest.get("node"), node and node.files))
 
     # -- restore / verify / inspect ----------------------------------------------------------
 
@@ -357,7 +365,24 @@ def metadata_from_reader(r: ArchiveReader) -> BackupMetadata:
             skipped_bytes=field(s, "excluded_bytes", int, 0, "summary"),
             workers=field(s, "workers", int, 1, "summary"),
             mode=field(s, "mode", str, "", "summary")),
-        parent=_parent_fingerprint(m.get("parent")), tool=field(m, "tool", str, "", "manifest"))
+        parent=_parent_fingerprint(m.get("parent")), tool=field(m, "tool", str, "", "manifest"),
+        **_node_info(r))
+
+
+def _node_info(r: ArchiveReader) -> dict[str, Any]:
+    """The node member as inspect shows it: counted from the member itself (checked; the
+    manifest's `node` object is informative), with the private-key warning."""
+    if not r.has_node:
+        return {}
+    files = r.node_files()
+    declared = r.manifest.get("node")
+    kind = declared.get("kind") if isinstance(declared, dict) else None
+    node = {"kind": kind if isinstance(kind, str) else "unknown",
+            "files": sum(not f.is_dir for f in files),
+            "directories": sum(f.is_dir for f in files),
+            "bytes": sum(len(f.data) for f in files),
+            "private_key": holds_private_key(files)}
+    return {"node": node, "node_warning": private_key_warning(node, files)}
 
 
 def _parent_fingerprint(parent: Any) -> str | None:

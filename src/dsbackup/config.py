@@ -49,6 +49,10 @@ class BackupConfig:
     - ``skip_foreign`` (default False): files under a flatfs, helia or fsds store that do
       not belong to its layout (wrong shard, invalid name, stray temp file) make the backup
       fail; True backs up the rest and reports them (``statistics.foreign_files``).
+    - ``datastore_only`` (default False): a backup of a whole node (``kubo:``) also stores the
+      node's own files (config with the identity's private key, version, datastore_spec,
+      keystore/ ...) in the archive's node member (format version 2, docs/FORMAT.md §11.2);
+      True archives the datastore records only (a version-1 archive, as before).
     """
 
     compression_level: int = 1
@@ -62,6 +66,7 @@ class BackupConfig:
     trust_content_keys: bool = True
     overwrite: bool = False
     skip_foreign: bool = False
+    datastore_only: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.compression_level, int) or not 0 <= self.compression_level <= 9:
@@ -79,6 +84,9 @@ class BackupConfig:
             raise ConfigError(f"workers must be a positive integer, got {self.workers!r}")
         if not isinstance(self.overwrite, bool):
             raise ConfigError(f"overwrite must be true or false, got {self.overwrite!r}")
+        if not isinstance(self.datastore_only, bool):
+            raise ConfigError(f"datastore_only must be true or false, got "
+                              f"{self.datastore_only!r}")
         if isinstance(self.exclude_patterns, str):
             self.exclude_patterns = [self.exclude_patterns]
         for p in self.exclude_patterns:

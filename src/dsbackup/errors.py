@@ -68,6 +68,13 @@ class ArchiveUnavailable(ArchiveError):
     description = "archive missing or unreadable"
 
 
+class UnsupportedArchive(ArchiveError):
+    """A well-formed archive of a format version or feature this build does not read (docs/
+    FORMAT.md §11): refused, never guessed. Not damage: ``verify`` exits 2 for it."""
+
+    description = "archive format not supported by this version"
+
+
 class IntegrityError(ArchiveError):
     """Stored bytes do not match their checksums, or the structure is damaged or hostile.
 

@@ -40,6 +40,7 @@ from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.config import BackupConfig
 from dsbackup.errors import BackupError, Cancelled, ConfigError, IntegrityError
 from dsbackup.metadata import BackupMetadata, BackupStatistics, Progress
+from dsbackup.nodefiles import NodeSnapshot, node_snapshot, private_key_warning
 from dsbackup.pipeline.chunks import compress_chunk
 
 log = logging.getLogger(__name__)
@@ -436,12 +437,16 @@ def _create(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
         },
         "parent": ref.to_manifest(),
     }
+    # the node's files are stored whole in every archive of a chain (docs/FORMAT.md §11.2)
+    node = None if cfg.datastore_only else node_snapshot(ds)
+    if node is not None:
+        manifest["node"] = node.manifest
     matcher = KeyMatcher(list(cfg.exclude_patterns)) if cfg.exclude_patterns else None
     src: Any = (_LmdbSource(scheme_loc[1], chunk_size, cmb, matcher, catalog)
                 if isinstance(ds, _UriSource) else _Source(ds, chunk_size, cmb, matcher, catalog))
     try:
         return _write(ds, path, preader, cfg, progress, cancel, t0, src, manifest, created,
-                      chunk_size, cmb, catalog, pfp, usable)
+                      chunk_size, cmb, catalog, pfp, usable, node)
     finally:
         src.close()
 
@@ -449,7 +454,8 @@ def _create(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
 def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
            progress: Callable[[Progress], None] | None, cancel: threading.Event, t0: float,
            src: Any, manifest: dict[str, Any], created: datetime, chunk_size: int, cmb: int,
-           catalog: bool, pfp: str, usable: bool) -> BackupMetadata:
+           catalog: bool, pfp: str, usable: bool,
+           node: NodeSnapshot | None = None) -> BackupMetadata:
     prefixes = content_prefixes(ds) if cfg.trust_content_keys else ()
 
     counts = _Counts()
@@ -457,7 +463,8 @@ def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
     limit = 2 * threads + 2
     with ArchiveWriter(path, manifest=manifest, level=cfg.compression_level,
                        created=created.timestamp(), parent_fingerprint=pfp,
-                       overwrite=cfg.overwrite) as writer, \
+                       overwrite=cfg.overwrite,
+                       node=None if node is None else node.data) as writer, \
             ThreadPoolExecutor(max_workers=threads,
                                thread_name_prefix="dsbackup-compress") as pool:
         window: deque[tuple[str, Any]] = deque()
@@ -522,9 +529,11 @@ def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
     if unread is not None:
         stats.unreadable_files, stats.skipped_files = unread.count, list(unread.examples)
     return BackupMetadata(
-        path=str(path), version=1, timestamp=created, total_keys=written.records,
+        path=str(path), version=writer.version, timestamp=created, total_keys=written.records,
         total_size=written.raw_bytes, compressed_size=written.size, chunks=written.chunks,
         fingerprint=written.fingerprint,
         compression={"level": cfg.compression_level, "engine": ENGINES[cfg.compression_level]},
         config={**cfg.to_dict(), "chunk_size": chunk_size, "chunk_max_bytes": cmb},
-        datastore=manifest["source"], statistics=stats, parent=pfp, tool=manifest["tool"])
+        datastore=manifest["source"], statistics=stats, parent=pfp, tool=manifest["tool"],
+        node=manifest.get("node"),
+        node_warning=private_key_warning(manifest.get("node"), node and node.files))

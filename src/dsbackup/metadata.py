@@ -86,6 +86,10 @@ class BackupMetadata:
     statistics: BackupStatistics = field(default_factory=BackupStatistics)
     parent: str | None = None
     tool: str = ""
+    # a whole node's archive (format version 2): the manifest's `node` object (kind, files,
+    # bytes, private_key) and, when it holds a private key, the warning to show
+    node: dict[str, Any] | None = None
+    node_warning: str | None = None
 
     @property
     def compression_ratio(self) -> float:
@@ -118,6 +122,8 @@ class RestoreResult:
     duration_s: float = 0.0
     resumed_from_chunk: int | None = None
     fingerprint: str = ""
+    node_files: int = 0  # the node's own files written (kubo: targets, docs/CLI.md)
+    node_note: str | None = None  # why the archive's node files were not written, if not
 
     @property
     def throughput_bytes_s(self) -> float:

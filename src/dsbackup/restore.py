@@ -40,6 +40,7 @@ from dsbackup.errors import (
 from dsbackup.keys import Key
 from dsbackup.metadata import Progress, RestoreResult
 from dsbackup.restore_journal import JournalSync, write_journal
+from dsbackup.restore_node import restore_node
 from dsbackup.targetlock import TargetLock, store_path
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ def restore_archive(
     reader = ArchiveReader(path, parent_dirs=parent_dirs)
     try:
         check_layout(reader)  # chunk ranges ordered and disjoint, before the target is touched
+        reader.node_files()  # a damaged or hostile node member: exit 3 before anything is written
         chain = reader.open_parents()
         guard.check_target_outside(target, chain.paths if chain else [])
     except BaseException:
@@ -276,6 +278,7 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
                       batch_bytes: int, resume: bool, t0: float) -> RestoreResult:
     owned = False
     native = None
+    node_files, node_note = restore_node(reader, target, mode, _journal_path(target))
     if isinstance(target, (str, os.PathLike)):
         lmdb_target = _native_lmdb_path(target, mode, prefix, pattern)
         if lmdb_target is not None:
@@ -291,12 +294,14 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
             target = open_datastore(str(target), readonly=False)
         owned = True
     try:
-        return _restore(reader, target, workers=workers, mode=mode, prefix=prefix,
-                        pattern=pattern, progress=progress, cancel=cancel,
-                        batch_bytes=batch_bytes, resume=resume, t0=t0, native=native)
+        result = _restore(reader, target, workers=workers, mode=mode, prefix=prefix,
+                          pattern=pattern, progress=progress, cancel=cancel,
+                          batch_bytes=batch_bytes, resume=resume, t0=t0, native=native)
     finally:
         if owned:
             target.close()
+    result.node_files, result.node_note = node_files, node_note
+    return result
 
 
 def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,

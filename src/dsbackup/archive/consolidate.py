@@ -16,6 +16,7 @@ from dsbackup._ext.checksum import crc32, crc32_combine
 from dsbackup._ext.compress import Body, deflate_body
 from dsbackup.archive import format as fmt
 from dsbackup.archive import guard
+from dsbackup.archive.node import encode_node
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import check_payload
 from dsbackup.archive.writer import ArchiveWriter, WrittenArchive
@@ -98,7 +99,10 @@ def consolidate_archive(path: str | os.PathLike[str], out: str | os.PathLike[str
                                       "fingerprint": s.get("fingerprint"),
                                       "parents": [p.name for p in chain.paths] if chain else []}
         level = int((m.get("settings") or {}).get("compression_level", 1))
-        with ArchiveWriter(out, manifest=m, level=level, overwrite=overwrite) as w, \
+        # the node's files travel with the state (checked; the encoding is canonical)
+        node = encode_node(reader.node_files()) if reader.has_node else None
+        with ArchiveWriter(out, manifest=m, level=level, overwrite=overwrite,
+                           node=node) as w, \
                 ThreadPoolExecutor(max_workers=threads,
                                    thread_name_prefix="dsbackup-consolidate") as pool:
             for c in _loaded(reader, pool, level, 2 * threads):

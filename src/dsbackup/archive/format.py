@@ -1,4 +1,5 @@
-"""Byte layouts of archive format v1. docs/FORMAT.md is the normative description."""
+"""Byte layouts of archive format versions 1 and 2 (§11.1/§11.2: the node member). docs/FORMAT.md
+is the normative description."""
 
 from __future__ import annotations
 
@@ -6,9 +7,15 @@ import struct
 from dataclasses import dataclass
 
 from dsbackup._ext.checksum import xxh3_64
-from dsbackup.errors import IntegrityError
+from dsbackup.errors import IntegrityError, UnsupportedArchive
 
 FORMAT_VERSION = 1
+# Version 2 is written only when an archive carries the node member (docs/FORMAT.md §11.1).
+NODE_FORMAT_VERSION = 2
+KNOWN_VERSIONS = (1, 2)
+# Version-2 subfield flags this build does not implement: refused with exit 2, not guessed.
+FLAG_ENCRYPTED = 1
+FLAG_PAGED = 2
 
 # gzip member header: ID1 ID2 CM FLG(FEXTRA) MTIME(0) XFL(0) OS(255)
 GZIP_HEAD = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff"
@@ -20,6 +27,7 @@ TYPE_INDEX = 3
 TYPE_SUMMARY = 4
 TYPE_TRAILER = 5
 TYPE_CATALOG = 6
+TYPE_NODE = 7
 TYPE_NAMES = {
     TYPE_MANIFEST: "manifest",
     TYPE_CHUNK: "chunk",
@@ -27,11 +35,13 @@ TYPE_NAMES = {
     TYPE_SUMMARY: "summary",
     TYPE_TRAILER: "trailer",
     TYPE_CATALOG: "catalog",
+    TYPE_NODE: "node",
 }
 
 MANIFEST_NAME = b"dsbackup/manifest.json"
 INDEX_NAME = b"dsbackup/index"
 SUMMARY_NAME = b"dsbackup/summary.json"
+NODE_NAME = b"dsbackup/node"
 
 TAR_BLOCK = 512
 STORED_TAR_PREFIX = b"\x00\x00\x02\xff\xfd"  # non-final stored block, LEN=512, NLEN=~512
@@ -74,16 +84,18 @@ def _with_check(body: bytes) -> bytes:
     return body + _CHECK.pack(xxh3_64(body))
 
 
-def chunk_subfield(seq: int, records: int, payload_len: int, payload_xxh3: int) -> bytes:
+def chunk_subfield(seq: int, records: int, payload_len: int, payload_xxh3: int,
+                   version: int = FORMAT_VERSION) -> bytes:
     return _with_check(
-        _COMMON.pack(FORMAT_VERSION, TYPE_CHUNK, 0)
+        _COMMON.pack(version, TYPE_CHUNK, 0)
         + _CHUNK_FIELDS.pack(seq, records, payload_len, payload_xxh3)
     )
 
 
-def data_subfield(member_type: int, data_len: int, data_xxh3: int) -> bytes:
+def data_subfield(member_type: int, data_len: int, data_xxh3: int,
+                  version: int = FORMAT_VERSION) -> bytes:
     return _with_check(
-        _COMMON.pack(FORMAT_VERSION, member_type, 0) + _DATA_FIELDS.pack(data_len, data_xxh3)
+        _COMMON.pack(version, member_type, 0) + _DATA_FIELDS.pack(data_len, data_xxh3)
     )
 
 
@@ -112,10 +124,29 @@ class Subfield:
     data_len: int
     data_xxh3: int
     deflate_offset: int  # offset of the deflate stream inside the member
+    version: int = FORMAT_VERSION
+
+
+def check_version(where: str, version: int, flags: int) -> None:
+    """Refuse a version or version-2 feature this build does not read (exit 2:
+    a well-formed archive of another kind, not damage); unknown flag bits are damage."""
+    if version not in KNOWN_VERSIONS:
+        raise UnsupportedArchive(f"{where}: unsupported format version {version}")
+    if version == 1:
+        if flags != 0:
+            raise IntegrityError(f"{where}: unknown subfield flags {flags:#x}")
+        return
+    features = [name for bit, name in ((FLAG_ENCRYPTED, "encrypted"), (FLAG_PAGED, "paged"))
+                if flags & bit]
+    if features:
+        raise UnsupportedArchive(f"{where}: unsupported: archive is {' and '.join(features)} "
+                           "(format 2 feature not supported by this version)")
+    if flags != 0:
+        raise IntegrityError(f"{where}: unknown subfield flags {flags:#x}")
 
 
 def parse_member_head(buf, where: str) -> Subfield:
-    """Parse and check a member's gzip header and `DS` subfield (types 1, 2, 3, 4, 6)."""
+    """Parse and check a member's gzip header and `DS` subfield (types 1, 2, 3, 4, 6, 7)."""
     n = len(buf)
     if n < SUBFIELD_OFFSET:
         raise IntegrityError(f"{where}: member too short for a gzip header ({n} bytes)")
@@ -134,21 +165,20 @@ def parse_member_head(buf, where: str) -> Subfield:
     if xxh3_64(sub[:-8]) != check:
         raise IntegrityError(f"{where}: subfield checksum mismatch")
     version, mtype, flags = _COMMON.unpack_from(sub, 0)
-    if version != FORMAT_VERSION:
-        raise IntegrityError(f"{where}: unsupported format version {version}")
-    if flags != 0:
-        raise IntegrityError(f"{where}: unknown subfield flags {flags:#x}")
+    check_version(where, version, flags)
     deflate_offset = SUBFIELD_OFFSET + sublen
     if mtype == TYPE_CHUNK:
         if sublen != CHUNK_SUBLEN:
             raise IntegrityError(f"{where}: chunk subfield has length {sublen}")
         seq, records, plen, pxxh = _CHUNK_FIELDS.unpack_from(sub, 4)
-        return Subfield(mtype, seq, records, plen, pxxh, deflate_offset)
-    if mtype in (TYPE_MANIFEST, TYPE_INDEX, TYPE_SUMMARY, TYPE_CATALOG):
+        return Subfield(mtype, seq, records, plen, pxxh, deflate_offset, version)
+    if mtype == TYPE_NODE and version < NODE_FORMAT_VERSION:
+        raise IntegrityError(f"{where}: a node member in a version-{version} archive")
+    if mtype in (TYPE_MANIFEST, TYPE_INDEX, TYPE_SUMMARY, TYPE_CATALOG, TYPE_NODE):
         if sublen != DATA_SUBLEN:
             raise IntegrityError(f"{where}: {TYPE_NAMES[mtype]} subfield has length {sublen}")
         dlen, dxxh = _DATA_FIELDS.unpack_from(sub, 4)
-        return Subfield(mtype, None, None, dlen, dxxh, deflate_offset)
+        return Subfield(mtype, None, None, dlen, dxxh, deflate_offset, version)
     raise IntegrityError(f"{where}: unknown member type {mtype}")
 
 
@@ -162,10 +192,11 @@ class Trailer:
     summary_xxh3: int
     chunk_count: int
     trailer_offset: int
+    version: int = FORMAT_VERSION
 
     def encode(self) -> bytes:
         sub = _with_check(
-            _COMMON.pack(FORMAT_VERSION, TYPE_TRAILER, 0)
+            _COMMON.pack(self.version, TYPE_TRAILER, 0)
             + _TRAILER_FIELDS.pack(
                 self.index_offset,
                 self.index_length,
@@ -203,7 +234,9 @@ class Trailer:
         if xxh3_64(sub[:-8]) != check:
             raise IntegrityError("trailer: checksum mismatch", part="trailer")
         version, mtype, flags = _COMMON.unpack_from(sub, 0)
-        if (version, mtype, flags) != (FORMAT_VERSION, TYPE_TRAILER, 0):
+        if mtype == TYPE_TRAILER:
+            check_version("trailer", version, flags)  # another version: exit 2, not damage
+        if mtype != TYPE_TRAILER or flags != 0:
             raise IntegrityError(
                 f"trailer: unexpected version/type/flags {version}/{mtype}/{flags}",
                 part="trailer",
@@ -211,7 +244,7 @@ class Trailer:
         tail = buf[SUBFIELD_OFFSET + TRAILER_SUBLEN :]
         if tail != TRAILER_STORED + bytes(1024) + member_tail(TRAILER_CRC, 1024):
             raise IntegrityError("trailer: damaged end-of-archive blocks", part="trailer")
-        t = cls(*_TRAILER_FIELDS.unpack_from(sub, 4))
+        t = cls(*_TRAILER_FIELDS.unpack_from(sub, 4), version=version)
         if t.trailer_offset != file_size - TRAILER_SIZE:
             raise IntegrityError(
                 f"trailer: records archive length {t.trailer_offset + TRAILER_SIZE} but the "

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from dsbackup.errors import IntegrityError
 
 INDEX_MAGIC = b"DSI1"
-_HEADER = struct.Struct("<4sIQQQQQ16s")  # 64 bytes
+# 64 bytes; the last 16 (reserved in version 1) locate the node member in version 2 (§11.2)
+_HEADER = struct.Struct("<4sIQQQQQQQ")
 _ENTRY = struct.Struct("<QQQQQQQQQIIII")  # 88 bytes
 _CATALOG = struct.Struct("<QQQQQ")  # 40 bytes
 # Entry flag bit 0: the chunk is stored in the parent chain, not in this archive (docs/FORMAT.md
@@ -80,12 +81,13 @@ class IndexBuilder:
         self._catalog += _CATALOG.pack(c.offset, c.length, c.member_xxh3, c.data_len, c.data_xxh3)
         self.catalog_count += 1
 
-    def encode(self, manifest_length: int, manifest_xxh3: int) -> bytes:
+    def encode(self, manifest_length: int, manifest_xxh3: int, node_offset: int = 0,
+               node_length: int = 0) -> bytes:
         if self.catalog_count not in (0, self.count):
             raise ValueError("a catalog needs one entry per chunk")
         header = _HEADER.pack(
             INDEX_MAGIC, 0, self.count, len(self._keys), manifest_length, manifest_xxh3,
-            self.catalog_count, bytes(16),
+            self.catalog_count, node_offset, node_length,
         )
         return b"".join((header, self._table, self._catalog, self._keys))
 
@@ -93,13 +95,17 @@ class IndexBuilder:
 class Index:
     """A decoded index. Entries are decoded on access; every offset is bounds-checked."""
 
-    def __init__(self, data: bytes | memoryview) -> None:
+    def __init__(self, data: bytes | memoryview, version: int = 1) -> None:
         if len(data) < HEADER_SIZE:
             raise IntegrityError(f"index: {len(data)} bytes is shorter than its header",
                                  part="index")
-        magic, flags, count, keys_len, mlen, mxxh, ccount, reserved = _HEADER.unpack_from(data)
-        if magic != INDEX_MAGIC or flags != 0 or reserved != bytes(16):
+        (magic, flags, count, keys_len, mlen, mxxh, ccount, node_off,
+         node_len) = _HEADER.unpack_from(data)
+        if magic != INDEX_MAGIC or flags != 0 or (version == 1 and (node_off or node_len)):
             raise IntegrityError("index: bad magic, flags or reserved bytes", part="index")
+        if (node_off == 0) != (node_len == 0):
+            raise IntegrityError(f"index: node member offset {node_off} with length "
+                                 f"{node_len}", part="index")
         if ccount not in (0, count):
             raise IntegrityError(f"index: {ccount} catalog entries for {count} chunks",
                                  part="index")
@@ -114,6 +120,8 @@ class Index:
         self.catalog_count = ccount
         self.manifest_length = mlen
         self.manifest_xxh3 = mxxh
+        self.node_offset = node_off  # 0: no node member
+        self.node_length = node_len
         self._catalog_base = HEADER_SIZE + count * ENTRY_SIZE
         self._keys_base = self._catalog_base + ccount * CATALOG_ENTRY_SIZE
         self._keys_len = keys_len
@@ -184,13 +192,21 @@ class Index:
                         f"catalog {i}: a referenced chunk's catalog entry is not zero", chunk=i))
                 continue
             members.append((c.offset, c.length, "catalog", i))
+        if self.node_length:  # right after the manifest, before the first chunk (§11.2)
+            if self.node_offset != manifest_end:
+                problems.append(IntegrityError(
+                    f"node member at offset {self.node_offset} does not follow the manifest "
+                    f"ending at {manifest_end}", part="node"))
+            members.append((self.node_offset, self.node_length, "node", 0))
         members.sort()
         pos = manifest_end
         for off, length, kind, i in members:
             if off != pos or length <= 0:
+                label = "node" if kind == "node" else f"{kind} {i}"
                 problems.append(IntegrityError(
-                    f"{kind} {i}: member at offset {off} (length {length}) does not follow the "
-                    f"previous member ending at {pos}", chunk=i))
+                    f"{label}: member at offset {off} (length {length}) does not follow the "
+                    f"previous member ending at {pos}", chunk=None if kind == "node" else i,
+                    part="node" if kind == "node" else None))
             pos = max(pos, off + length)
         if pos != index_offset:
             problems.append(IntegrityError(

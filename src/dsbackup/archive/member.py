@@ -20,8 +20,11 @@ def decode_member(
     expected_name: bytes | None,
     chunk: int | None = None,
     part: str | None = None,
+    version: int | None = None,
 ) -> tuple[fmt.Subfield, memoryview]:
     """Check a whole member held in `buf`; return its subfield and its tar entry's data.
+    `version`: the archive's format version (from its trailer); a member of another version
+    is damage (§11.1: members never mix versions).
 
     Raises IntegrityError naming `where` (and `chunk`/`part`) on any mismatch.
     """
@@ -33,6 +36,8 @@ def decode_member(
     except IntegrityError as exc:
         exc.chunk, exc.part = chunk, part
         raise
+    if version is not None and sub.version != version:
+        raise fail(f"a version-{sub.version} member in a version-{version} archive")
     if sub.member_type != expected_type:
         raise fail(f"is a {fmt.TYPE_NAMES.get(sub.member_type)} member, expected "
                    f"{fmt.TYPE_NAMES[expected_type]}")

@@ -13,12 +13,14 @@ from dsbackup._ext.checksum import xxh3_64, xxh3_64_file
 from dsbackup.archive import format as fmt
 from dsbackup.archive.index import ChunkEntry, Index
 from dsbackup.archive.member import decode_member
+from dsbackup.archive.node import NodeFile, decode_node
 from dsbackup.errors import (
     ArchiveError,
     ArchiveUnavailable,
     ConfigError,
     IntegrityError,
     MissingParentError,
+    UnsupportedArchive,
 )
 
 if TYPE_CHECKING:
@@ -61,14 +63,18 @@ class ArchiveReader:
                     raise ArchiveError(f"{self.path}: not a gzip file (and not a dsbackup "
                                        "archive)") from None
                 raise IntegrityError(f"{self.path}: {exc}", part="trailer") from None
+            except UnsupportedArchive as exc:  # another version or an unsupported feature
+                raise UnsupportedArchive(f"{self.path}: {exc}") from None
             t = self.trailer
+            self.version = t.version  # every member must carry it (§11.1)
             raw = self.pread(t.index_offset, t.index_length)
             if xxh3_64(raw) != t.index_xxh3:
                 raise IntegrityError(f"{self.path}: index member checksum mismatch",
                                      part="index")
             _, data = decode_member(raw, f"{self.path}: index", expected_type=fmt.TYPE_INDEX,
-                                    expected_name=fmt.INDEX_NAME, part="index")
-            self.index = Index(data)
+                                    expected_name=fmt.INDEX_NAME, part="index",
+                                    version=self.version)
+            self.index = Index(data, self.version)
             if self.index.chunk_count != t.chunk_count:
                 raise IntegrityError(
                     f"{self.path}: index lists {self.index.chunk_count} chunks, trailer "
@@ -83,6 +89,7 @@ class ArchiveReader:
             raise
         self._manifest: dict[str, Any] | None = None
         self._summary: dict[str, Any] | None = None
+        self._node: list[NodeFile] | None = None
 
     # -- raw access ------------------------------------------------------------------------
 
@@ -124,7 +131,7 @@ class ArchiveReader:
         if xxh3_64(raw) != expected_xxh3:
             raise IntegrityError(f"{self.path}: {part} member checksum mismatch", part=part)
         sub, data = decode_member(raw, f"{self.path}: {part}", expected_type=mtype,
-                                  expected_name=name, part=part)
+                                  expected_name=name, part=part, version=self.version)
         if sub.data_len > fmt.MAX_JSON_BYTES:
             raise IntegrityError(f"{self.path}: {part} is larger than 16 MiB", part=part)
         try:
@@ -141,7 +148,7 @@ class ArchiveReader:
         if self._manifest is None:
             m = self._json_member(0, self.index.manifest_length, self.index.manifest_xxh3,
                                   fmt.TYPE_MANIFEST, fmt.MANIFEST_NAME, "manifest")
-            if m.get("format") != "dsbackup" or m.get("version") != fmt.FORMAT_VERSION:
+            if m.get("format") != "dsbackup" or m.get("version") != self.version:
                 raise IntegrityError(f"{self.path}: manifest names format "
                                      f"{m.get('format')!r} version {m.get('version')!r}",
                                      part="manifest")
@@ -156,6 +163,47 @@ class ArchiveReader:
                                               t.summary_xxh3, fmt.TYPE_SUMMARY,
                                               fmt.SUMMARY_NAME, "summary")
         return self._summary
+
+    # -- the node's own files (docs/FORMAT.md §11.2) ----------------------------------------
+
+    @property
+    def has_node(self) -> bool:
+        return self.index.node_length > 0
+
+    def read_node_member(self) -> bytes:
+        """The node member's raw bytes (range checked: right after the manifest)."""
+        off, length = self.index.node_offset, self.index.node_length
+        if not (off == self.index.manifest_length and length > fmt.SUBFIELD_OFFSET
+                and off + length <= self.trailer.index_offset):
+            raise IntegrityError(f"{self.path}: node member range {off}+{length} is not "
+                                 "between the manifest and the chunks", part="node")
+        return self.pread(off, length)
+
+    def node_data(self) -> memoryview:
+        """The node member's data after the member checks (CRC, sizes, data XXH3, name,
+        version); the entries are not parsed (node_files does)."""
+        raw = self.read_node_member()
+        where = f"{self.path}: node member"
+        try:
+            sub = fmt.parse_member_head(raw, where)
+        except IntegrityError as exc:
+            exc.part = "node"
+            raise
+        if sub.data_len > fmt.MAX_JSON_BYTES:  # before inflating anything
+            raise IntegrityError(f"{where}: declares {sub.data_len} bytes, over the 16 MiB "
+                                 "limit", part="node")
+        _, data = decode_member(raw, where, expected_type=fmt.TYPE_NODE,
+                                expected_name=fmt.NODE_NAME, part="node", version=self.version)
+        return data
+
+    def node_files(self) -> list[NodeFile]:
+        """Every entry of the node member after every check (empty when there is none);
+        IntegrityError naming the node member when it is damaged or hostile."""
+        if self._node is None:
+            if not self.has_node:
+                return []
+            self._node = decode_node(self.node_data(), f"{self.path}: node member")
+        return self._node
 
     # -- parents (incremental archives, docs/FORMAT.md §10) ----------------------------------
 
@@ -215,7 +263,8 @@ class ArchiveReader:
             return holder.decode_chunk_member(seq, raw)
         sub, payload = decode_member(raw, f"{self.path}: chunk {i} {e.key_range}",
                                      expected_type=fmt.TYPE_CHUNK,
-                                     expected_name=fmt.chunk_name(i), chunk=i)
+                                     expected_name=fmt.chunk_name(i), chunk=i,
+                                     version=self.version)
         if (sub.seq, sub.records, sub.data_len, sub.data_xxh3) != (
                 i, e.records, e.payload_len, e.payload_xxh3):
             raise IntegrityError(
@@ -291,7 +340,8 @@ class ArchiveReader:
         raw = self.read_catalog_member(i)
         sub, data = decode_member(raw, f"{self.path}: catalog {i}",
                                   expected_type=fmt.TYPE_CATALOG,
-                                  expected_name=fmt.catalog_name(i), chunk=i)
+                                  expected_name=fmt.catalog_name(i), chunk=i,
+                                  version=self.version)
         if (sub.data_len, sub.data_xxh3) != (c.data_len, c.data_xxh3):
             raise IntegrityError(f"{self.path}: catalog {i}: header disagrees with the index",
                                  chunk=i)

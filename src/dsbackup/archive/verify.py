@@ -19,7 +19,13 @@ from dsbackup._ext.checksum import Xxh3_128
 from dsbackup._ext.framing import FramingError, scan_payload
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.errors import ArchiveError, ArchiveUnavailable, IntegrityError, MissingParentError
+from dsbackup.errors import (
+    ArchiveError,
+    ArchiveUnavailable,
+    IntegrityError,
+    MissingParentError,
+    UnsupportedArchive,
+)
 
 _U64 = struct.Struct("<Q")
 
@@ -45,6 +51,8 @@ class VerifyReport:
     bad_chunks: list[int] = field(default_factory=list)
     bad_ranges: list[dict[str, object]] = field(default_factory=list)
     bad_parts: list[str] = field(default_factory=list)
+    node_files: int | None = None  # entries of the node member (None: none, or quick)
+    node_bytes: int = 0  # the node member's data length (checked)
 
     def add(self, exc: IntegrityError | ArchiveError, reader: ArchiveReader | None = None) -> None:
         self.ok = False
@@ -77,6 +85,7 @@ class VerifyReport:
             "bytes_checked": self.bytes_checked, "records": self.records,
             "duration_s": round(self.duration_s, 6), "errors": self.errors,
             "bad_chunks": sorted(self.bad_chunks), "bad_parts": self.bad_parts,
+            "node_files": self.node_files, "node_bytes": self.node_bytes,
             "bad_ranges": [{k: key(v) for k, v in r.items()} for r in self.bad_ranges],
         }
 
@@ -155,8 +164,8 @@ def verify_archive(
     report = VerifyReport(path=str(Path(path)), mode=mode)
     try:
         reader = ArchiveReader(path, parent_dirs=parent_dirs)
-    except ArchiveUnavailable:
-        raise  # nothing to check (missing, a directory, unreadable): not damage
+    except (ArchiveUnavailable, UnsupportedArchive):
+        raise  # nothing to check (missing, a directory, unreadable, not our version)
     except (IntegrityError, ArchiveError) as exc:
         report.add(exc)
         report.duration_s = time.perf_counter() - t0
@@ -168,6 +177,8 @@ def verify_archive(
                 getattr(reader, part)
             except IntegrityError as exc:
                 report.add(exc)
+        if reader.has_node:
+            _check_node(reader, report, deep=deep or sample is not None)
         try:
             for problem in reader.index.check_layout(reader.index.manifest_length,
                                                      reader.trailer.index_offset):
@@ -242,6 +253,21 @@ def verify_archive(
     report.bad_chunks.sort()
     report.duration_s = time.perf_counter() - t0
     return report
+
+
+def _check_node(reader: ArchiveReader, report: VerifyReport, *, deep: bool) -> None:
+    """The node member (docs/FORMAT.md §11.2): quick checks the member (CRC, sizes, data
+    XXH3); deep also parses every entry (paths, order, kinds, sizes)."""
+    try:
+        if deep:
+            files = reader.node_files()
+            report.node_files = len(files)
+            report.node_bytes = len(reader.node_data())
+        else:
+            report.node_bytes = len(reader.node_data())
+    except IntegrityError as exc:
+        exc.part = "node"
+        report.add(exc)
 
 
 def _check_summary(reader: ArchiveReader, report: VerifyReport) -> None:

@@ -89,6 +89,9 @@ class ArchiveWriter:
     ``add_chunk`` must be called in key order; chunk seq numbers are assigned here. A file
     already at `path` is never replaced unless ``overwrite``: the finished archive is linked
     into place (atomic, fails when the name exists) and ArchiveExistsError is raised.
+
+    ``node``: the data of a node member (dsbackup.archive.node.encode_node); an archive with
+    one is written in format version 2 (docs/FORMAT.md §11.2), every other in version 1.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class ArchiveWriter:
         created: float | None = None,
         parent_fingerprint: str | None = None,
         overwrite: bool = False,
+        node: bytes | None = None,
     ) -> None:
         self.final = Path(path)
         self.overwrite = overwrite
@@ -134,12 +138,21 @@ class ArchiveWriter:
         # incremental archives: the fingerprint also covers the parent's (docs/FORMAT.md §7)
         self.parent_fingerprint = parent_fingerprint
         self.referenced_chunks = 0
+        self.version = fmt.FORMAT_VERSION if node is None else fmt.NODE_FORMAT_VERSION
+        self._node_offset = self._node_length = 0
         try:
-            data = json.dumps(manifest, sort_keys=True, indent=1).encode()
+            if node is not None and len(node) > fmt.MAX_JSON_BYTES:
+                raise ArchiveError(f"{self.final}: the node's files take {len(node)} bytes, "
+                                   "over the 16 MiB limit of the node member")
+            data = json.dumps({**manifest, "version": self.version}, sort_keys=True,
+                              indent=1).encode()
             if len(data) > fmt.MAX_JSON_BYTES:
                 raise ArchiveError(f"{self.final}: manifest too large")
             self._manifest_length, self._manifest_xxh3 = self._write_data_member(
                 fmt.TYPE_MANIFEST, fmt.MANIFEST_NAME, data)[1:]
+            if node is not None:  # right after the manifest (§11.2)
+                self._node_offset, self._node_length, _ = self._write_data_member(
+                    fmt.TYPE_NODE, fmt.NODE_NAME, node)
         except BaseException:
             self.abort()  # no temp file left behind
             raise
@@ -178,7 +191,7 @@ class ArchiveWriter:
 
     def _write_data_member(self, mtype: int, name: bytes, data: bytes) -> tuple[int, int, int]:
         body = deflate_body(data, self.level)
-        sub = fmt.data_subfield(mtype, len(data), xxh3_64(data))
+        sub = fmt.data_subfield(mtype, len(data), xxh3_64(data), self.version)
         return self._write_member(sub, name, self.created, body)
 
     # -- public ----------------------------------------------------------------------------
@@ -202,7 +215,8 @@ class ArchiveWriter:
                 f"{self._prev_last!r} (chunks must arrive in key order)")
         seq = self._index.count
         body = chunk.body
-        sub = fmt.chunk_subfield(seq, chunk.record_count, body.input_len, chunk.payload_xxh3)
+        sub = fmt.chunk_subfield(seq, chunk.record_count, body.input_len, chunk.payload_xxh3,
+                                 self.version)
         off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, body)
         entry = ChunkEntry(seq, off, length, body.input_len, chunk.record_count,
                            chunk.payload_xxh3, mxxh, chunk.keys_xxh3,
@@ -211,7 +225,8 @@ class ArchiveWriter:
         if catalog_body is not None:
             if catalog_xxh3 is None:
                 raise ValueError("catalog_xxh3 is required with catalog_body")
-            csub = fmt.data_subfield(fmt.TYPE_CATALOG, catalog_body.input_len, catalog_xxh3)
+            csub = fmt.data_subfield(fmt.TYPE_CATALOG, catalog_body.input_len, catalog_xxh3,
+                                     self.version)
             coff, clen, cxxh = self._write_member(csub, fmt.catalog_name(seq), 0, catalog_body)
             self._index.add_catalog(
                 CatalogEntry(coff, clen, cxxh, catalog_body.input_len, catalog_xxh3))
@@ -259,10 +274,12 @@ class ArchiveWriter:
         if self._closed:
             raise ArchiveError("archive writer is closed")
         try:
-            chunk_bytes = self._pos - self._manifest_length
-            index_data = self._index.encode(self._manifest_length, self._manifest_xxh3)
+            chunk_bytes = self._pos - self._manifest_length - self._node_length
+            index_data = self._index.encode(self._manifest_length, self._manifest_xxh3,
+                                            self._node_offset, self._node_length)
             index_body = deflate_body(index_data, 0)  # stored: opening stays fast
-            isub = fmt.data_subfield(fmt.TYPE_INDEX, len(index_data), xxh3_64(index_data))
+            isub = fmt.data_subfield(fmt.TYPE_INDEX, len(index_data), xxh3_64(index_data),
+                                     self.version)
             ioff, ilen, ixxh = self._write_member(isub, fmt.INDEX_NAME, self.created, index_body)
             fingerprint = self._fingerprint.hexdigest()
             full = dict(summary or {})
@@ -282,7 +299,7 @@ class ArchiveWriter:
             sdata = json.dumps(full, sort_keys=True, indent=1).encode()
             soff, slen, sxxh = self._write_data_member(fmt.TYPE_SUMMARY, fmt.SUMMARY_NAME, sdata)
             trailer = fmt.Trailer(ioff, ilen, ixxh, soff, slen, sxxh, self._index.count,
-                                  self._pos)
+                                  self._pos, self.version)
             self._write([trailer.encode()])
             self._writeback.close()
             # the check reads the written bytes back while fsync waits for the disk

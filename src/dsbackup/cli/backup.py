@@ -57,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-foreign", action="store_true",
                    help="back up a flatfs/helia/fsds store even when it holds files that are "
                    "not of its layout (they are counted and listed; exit 1)")
+    p.add_argument("--datastore-only", action="store_true",
+                   help="kubo: archive the datastore records only, not the node's own files "
+                   "(config with its private key, version, datastore_spec, keystore/): a "
+                   "format-1 archive as before")
     add_json_flag(p)
 
 
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
                        exclude_patterns=args.exclude, workers=args.workers,
                        trust_content_keys=not args.no_trust_content_keys,
                        overwrite=args.overwrite,
-                       skip_foreign=args.skip_foreign)
+                       skip_foreign=args.skip_foreign,
+                       datastore_only=args.datastore_only)
     mgr = BackupManager(cfg)
     with cancel_on_signals() as cancel, progress_bar(not args.json, "backup") as bar:
         meta = mgr.create_backup(args.source, args.archive, parent=args.parent, progress=bar,
@@ -98,6 +103,13 @@ def run(args: argparse.Namespace) -> int:
         if s.skipped_keys:
             print(f"excluded {s.skipped_keys} records ({human_bytes(s.skipped_bytes)})",
                   file=sys.stderr)
+        if meta.node:
+            print(f"node: {meta.node.get('files')} files of the {meta.node.get('kind')} "
+                  f"repository ({human_bytes(meta.node.get('bytes') or 0)}: config, version, "
+                  "datastore_spec, keystore/ ...) in the archive (format version 2)",
+                  file=sys.stderr)
+        if meta.node_warning:  # not a problem of the backup: the exit code stays 0
+            print(f"warning: {meta.node_warning}", file=sys.stderr)
         if s.incomplete:
             print(f"warning: not backed up: {s.foreign_files} foreign files, "
                   f"{s.unreadable_files} files that vanished or could not be read "

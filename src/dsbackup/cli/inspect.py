@@ -54,9 +54,18 @@ def run(args: argparse.Namespace) -> int:
          meta.fingerprint or ("none (the Go tool writes none)" if go else "")),
         ("parent", "none (Go archive)" if go else _parent_line(args.archive, meta.parent)),
     ]
+    if not go:
+        rows.insert(2, ("format version", str(meta.version)))
+        n = meta.node
+        rows.append(("node", "none (datastore records only)" if not n else
+                     f"{n['files']} files, {n['directories']} directories, "
+                     f"{human_bytes(n['bytes'])} of the {n['kind']} repository; private key: "
+                     f"{'yes' if n['private_key'] else 'no'}"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:  # manifest strings are untrusted: control characters escaped
         print(f"{k:<{width}}  {escape_text(v)}")
+    if meta.node_warning:
+        print(f"warning: {meta.node_warning}")
     return 0
 
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 
 from dsbackup.archive.listing import iter_listing
+from dsbackup.archive.node import NodeFile
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.cli._common import (
     JSON_SCHEMA_VERSION,
@@ -53,28 +54,43 @@ def run(args: argparse.Namespace) -> int:
             if chain is not None:
                 chain.require_catalogs()  # fail before the first line is printed, not halfway
             rows = iter_listing(r, start, end)
+        # the node's own files (a whole node's archive), before the keys; not with --prefix
+        node = r.node_files() if r is not None and args.prefix is None else []
         rows = _counted(rows, seen := [0])
         if args.json:
             # JSON lines: a header object, then one object per key (streams for huge archives)
             out.write(json.dumps({"schema": JSON_SCHEMA_VERSION, "command": COMMAND,
                                   "archive": args.archive, "prefix": args.prefix,
                                   "format": "go" if go else "dsbackup"}) + "\n")
+            for f in node:
+                out.write(json.dumps({"node": show_key(f.path), "kind": "directory" if f.is_dir
+                                      else "file", "size": len(f.data),
+                                      "mode": f"{f.mode:04o}"}) + "\n")
             for k, size, x in rows:
                 row = {"key": show_key(k), "size": size}
                 if x is not None:
                     row["xxh3"] = f"{x:016x}"
                 out.write(json.dumps(row) + "\n")
         elif args.long:
+            for f in node:
+                out.write(f"{len(f.data):>12}  {f.mode:04o}  node:{_node_name(f)}\n")
             for k, size, x in rows:
                 digest = f"  {x:016x}" if x is not None else ""
                 out.write(f"{size:>12}{digest}  {escape_key(k)}\n")
         else:  # keys are untrusted: control characters escaped (docs/CLI.md)
+            for f in node:
+                out.write(f"node:{_node_name(f)}\n")
             for k, _size, _x in rows:
                 out.write(escape_key(k) + "\n")
     if args.prefix is not None and not seen[0]:
         warn_matched_nothing(f"--prefix {args.prefix}")
         return EXIT_WARNING
     return 0
+
+
+def _node_name(f: NodeFile) -> str:
+    """A node file's path as ls shows it: escaped like keys, directories ending in `/`."""
+    return escape_key(f.path) + ("/" if f.is_dir else "")
 
 
 def _counted(rows: Iterator[Row], seen: list[int]) -> Iterator[Row]:

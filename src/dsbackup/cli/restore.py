@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the path of an existing store (its kind is detected)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--overwrite", action="store_true",
-                   help="restore into a non-empty target, replacing values")
+                   help="restore into a non-empty target, replacing values (and, for a "
+                   "kubo: target, the node's own files: config, keystore/ ...)")
     g.add_argument("--skip-existing", action="store_true",
                    help="restore into a non-empty target, keeping existing keys")
     p.add_argument("--prefix", default=None, help="restore only the children of this key")
@@ -63,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
               f"{res.duration_s:.2f} s{extra}", file=sys.stderr)
         if res.records_skipped:
             print(f"kept {res.records_skipped} existing keys", file=sys.stderr)
+        if res.node_files:
+            print(f"node: wrote {res.node_files} of the node's own files (config, version, "
+                  "datastore_spec, keystore/ ...)", file=sys.stderr)
+        if res.node_note:
+            print(f"note: {res.node_note}", file=sys.stderr)
     filtered = args.prefix is not None or args.pattern
     if (filtered and not res.records_written and not res.records_skipped
             and res.resumed_from_chunk is None):

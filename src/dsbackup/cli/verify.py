@@ -60,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.archive}: OK ({report.mode}): {report.checked_chunks} chunks, "
                   f"{report.records} records checked, {human_bytes(report.bytes_checked)} in "
                   f"{report.duration_s:.2f} s ({human_bytes(rate)}/s)", file=sys.stderr)
+            if report.node_files is not None:
+                print(f"  node member: {report.node_files} entries parsed "
+                      f"({human_bytes(report.node_bytes)})", file=sys.stderr)
+            elif report.node_bytes:
+                print(f"  node member: checksums OK ({human_bytes(report.node_bytes)})",
+                      file=sys.stderr)
             if report.parents:
                 print(f"  {report.referenced_chunks} chunks read from parents: "
                       f"{', '.join(report.parents)}", file=sys.stderr)

@@ -1,0 +1,181 @@
+"""Writing a node's own files (docs/FORMAT.md §11.2) into a restored Kubo repository, before
+its datastores are opened: only into a missing or empty directory unless the restore
+overwrites, every path walked under the target without following symlinks, each file
+written to a temp file, fsynced and renamed."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dsbackup.archive.node import NodeFile
+from dsbackup.diskspace import is_no_space, no_space_message
+from dsbackup.errors import DatastoreError, RestoreError
+
+if TYPE_CHECKING:
+    from dsbackup.archive.reader import ArchiveReader
+
+
+def restore_node(reader: ArchiveReader, target: Any, mode: str, jpath: Path | None,
+                 ) -> tuple[int, str | None]:
+    """Write the archive's node files (docs/FORMAT.md §11.2) before a ``kubo:`` target is
+    opened: into a missing or empty repository directory (or one holding only node files of
+    this archive: a restore cut short), or over an existing repository's with mode
+    ``overwrite``; never otherwise. Returns (files written, why none were, or None)."""
+    files = reader.node_files()
+    if not files:
+        return 0, None
+    from dsbackup.datastores.registry import detect_scheme, parse_uri
+
+    count = sum(not f.is_dir for f in files)
+    if not isinstance(target, (str, os.PathLike)):
+        return 0, (f"the archive's {count} node files (config, keystore/ ...) were not "
+                   "restored: the target is an opened datastore, not a kubo: URI; only "
+                   "records were")
+    scheme, loc, _ = parse_uri(os.fspath(target))
+    scheme = scheme or (detect_scheme(loc) if loc and Path(loc).exists() else None)
+    if scheme != "kubo" or not loc:
+        return 0, (f"the archive's {count} node files (config, keystore/ ...) were not "
+                   "restored: the target is not a kubo: repository; only records were")
+    root = Path(loc).absolute()
+    if jpath is not None and jpath.exists():
+        return 0, None  # a resumed restore: the node files were written before it began
+    if not (is_empty_dir(root) or holds_only(root, files) or mode == "overwrite"):
+        if _in_place(root, files):
+            return 0, None  # a rerun after the node files were written: nothing to say
+        return 0, (f"{root} already holds a repository: its config, keystore/ and other node "
+                   f"files were kept ({count} in the archive; --overwrite replaces them)")
+    try:
+        return write_node_files(root, files), None
+    except OSError as exc:
+        if not is_no_space(exc):
+            raise
+        raise DatastoreError(no_space_message(root, None, what="free some space and rerun "
+                                              "the same restore")) from None
+
+
+def _in_place(root: Path, files: list[NodeFile]) -> bool:
+    """True when every regular file of `files` is under `root` with the same content."""
+    for f in files:
+        if not f.is_dir:
+            p = root / os.fsdecode(f.path)
+            try:
+                if p.is_symlink() or p.read_bytes() != f.data:
+                    return False
+            except OSError:
+                return False
+    return True
+
+
+def is_empty_dir(path: Path) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    except FileNotFoundError:
+        return True
+    except NotADirectoryError:
+        return False
+
+
+def holds_only(path: Path, files: list[NodeFile]) -> bool:
+    """True when every entry under `path` is one of `files` (a node restore cut short)."""
+    if not path.is_dir():
+        return False
+    known = {f.path for f in files}
+    for dirpath, dirnames, filenames in os.walk(path):
+        rel = os.path.relpath(dirpath, path)
+        for name in dirnames + filenames:
+            p = os.fsencode(name if rel == "." else os.path.join(rel, name))
+            if p not in known:
+                return False
+    return True
+
+
+def write_node_files(root: Path, files: list[NodeFile], *, umask: int | None = None) -> int:
+    """Write `files` (decoded and checked) under `root`, created if missing. Every path is
+    walked component by component from `root` without following symlinks (a symlink in the
+    way is refused); each file is written to a temp file, fsynced and renamed over its name;
+    modes are ``mode & 0o777 & ~umask``; directories get their modes last. Returns the number
+    of regular files written."""
+    if umask is None:
+        umask = os.umask(0)
+        os.umask(umask)
+    root.mkdir(0o700, parents=True, exist_ok=True)  # it will hold the node's private key
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fds: dict[bytes, int] = {b"": root_fd}
+    written = 0
+    try:
+        for f in files:
+            parent, _, name = f.path.rpartition(b"/")
+            pfd = _dir_fd(root, fds, parent)
+            mode = f.mode & 0o777 & ~umask
+            if f.is_dir:
+                _dir_fd(root, fds, f.path)
+                continue
+            tmp = b".%s.dsbackup-tmp-%s" % (name[:100], secrets.token_hex(6).encode())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+            try:
+                view = memoryview(f.data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchmod(fd, mode)
+                os.utime(fd, ns=(f.mtime_ns, f.mtime_ns))
+                os.fsync(fd)
+                os.close(fd)
+                fd = -1
+                os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+            except BaseException:
+                if fd >= 0:
+                    os.close(fd)
+                try:
+                    os.unlink(tmp, dir_fd=pfd)
+                except OSError:
+                    pass
+                raise
+            written += 1
+        for f in reversed(files):  # deepest first: a read-only directory is set last
+            if f.is_dir:
+                os.fchmod(fds[f.path], f.mode & 0o777 & ~umask)
+        for fd in fds.values():
+            os.fsync(fd)
+    except IsADirectoryError as exc:
+        raise RestoreError(f"{root}: cannot write a node file over a directory: {exc}") \
+            from None
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    _fsync_parent(root)
+    return written
+
+
+def _dir_fd(root: Path, fds: dict[bytes, int], rel: bytes) -> int:
+    """An fd of directory `rel` under `root`, creating it (0700) if missing; a symlink or a
+    non-directory on the way is refused (RestoreError naming it)."""
+    if rel in fds:
+        return fds[rel]
+    parent, _, name = rel.rpartition(b"/")
+    pfd = _dir_fd(root, fds, parent)
+    try:
+        os.mkdir(name, 0o700, dir_fd=pfd)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=pfd)
+    except OSError as exc:
+        raise RestoreError(f"{root / os.fsdecode(rel)}: not a directory the node's files can "
+                           f"be written into (a symlink or a file is in the way: {exc.strerror}"
+                           "); nothing is written through it") from None
+    fds[rel] = fd
+    return fd
+
+
+def _fsync_parent(root: Path) -> None:
+    fd = os.open(root.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,108 @@
+"""Node files written into restored Kubo repositories (dsbackup.restore_node, docs/FORMAT.md
+§11.2): existing repositories, symlinks in the way, cut-short restores, other targets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from dsbackup.archive.node import KIND_DIR, KIND_FILE, NodeFile
+from dsbackup.errors import RestoreError
+from dsbackup.restore_node import holds_only, is_empty_dir, write_node_files
+from tests.support.kubonode import kubo_records
+
+
+@pytest.fixture
+def repo(kubo_node_repo):
+    return kubo_node_repo
+
+
+def test_existing_repository_keeps_its_node_files_unless_overwrite(tmp_path, repo, run_cli):
+    archive = tmp_path / "node.tar.gz"
+    assert run_cli("backup", f"kubo:{repo}", archive).returncode == 0
+    other = tmp_path / "other"
+    shutil.copytree(repo, other)
+    for sub in ("blocks", "datastore"):
+        shutil.rmtree(other / sub)
+    (other / "config").chmod(0o600)
+    (other / "config").write_text('{"Identity": {"PeerID": "other"}}')
+    r = run_cli("restore", archive, f"kubo:{other}")
+    assert r.returncode == 0, r.stderr
+    assert "were kept" in r.stderr and "--overwrite replaces them" in r.stderr
+    assert "other" in (other / "config").read_text()
+    r = run_cli("restore", "--overwrite", "--json", archive, f"kubo:{other}")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["restore"]["node_files"] == 4
+    assert (other / "config").read_bytes() == (repo / "config").read_bytes()
+
+
+def test_a_symlink_in_the_target_is_not_followed(tmp_path, repo, run_cli):
+    archive = tmp_path / "node.tar.gz"
+    assert run_cli("backup", f"kubo:{repo}", archive).returncode == 0
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "keystore").symlink_to(outside)
+    r = run_cli("restore", "--overwrite", archive, f"kubo:{target}")
+    assert r.returncode == 2, r.stderr
+    assert "keystore" in r.stderr and "symlink" in r.stderr
+    assert list(outside.iterdir()) == []
+
+
+def test_a_cut_short_node_restore_is_completed(tmp_path, repo, run_cli):
+    archive = tmp_path / "node.tar.gz"
+    assert run_cli("backup", f"kubo:{repo}", archive).returncode == 0
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "config").write_text("half")  # a node file of the archive, nothing else
+    r = run_cli("restore", archive, f"kubo:{new}")
+    assert r.returncode == 0, r.stderr
+    assert (new / "config").read_bytes() == (repo / "config").read_bytes()
+    assert kubo_records(new) == kubo_records(repo)
+    # a rerun into the restored repository: node files already in place are not reported
+    # as kept (as after a kill between the node files and the first journaled record)
+    r = run_cli("restore", "--overwrite", archive, f"kubo:{new}")
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
+    assert "node: wrote 4" in r.stderr  # --overwrite rewrites them (same content)
+    r = run_cli("restore", "--skip-existing", archive, f"kubo:{new}")
+    assert r.returncode == 0 and "note:" not in r.stderr and "node:" not in r.stderr
+
+
+def test_other_targets_get_the_records_only(tmp_path, repo, run_cli):
+    archive = tmp_path / "node.tar.gz"
+    assert run_cli("backup", f"kubo:{repo}", archive).returncode == 0
+    r = run_cli("restore", archive, f"lmdb:{tmp_path / 'l'}")
+    assert r.returncode == 0, r.stderr
+    assert "node files (config, keystore/ ...) were not restored" in r.stderr
+    assert not (tmp_path / "l" / "config").exists()
+
+
+def test_write_node_files_modes_mtimes_and_read_only_directories(tmp_path):
+    files = [NodeFile(b"a", KIND_DIR, 0o500, 0),  # read-only: its mode is set last
+             NodeFile(b"a/f", KIND_FILE, 0o640, 1_600_000_000_123_456_789, b"data"),
+             NodeFile(b"b/c/g", KIND_FILE, 0o7755, 5, b"")]  # parents made, setuid dropped
+    root = tmp_path / "new"
+    assert is_empty_dir(root) and not holds_only(root, files)
+    assert write_node_files(root, files, umask=0o022) == 2
+    assert (root / "a/f").read_bytes() == b"data"
+    assert (root / "a/f").stat().st_mode & 0o7777 == 0o640
+    assert (root / "a/f").stat().st_mtime_ns == 1_600_000_000_123_456_789
+    assert (root / "a").stat().st_mode & 0o7777 == 0o500
+    assert (root / "b/c/g").stat().st_mode & 0o7777 == 0o755
+    assert root.stat().st_mode & 0o777 == 0o700  # it will hold a private key
+    assert not holds_only(root, files)  # b/ and b/c/ are not entries
+    assert holds_only(root, files + [NodeFile(b"b", KIND_DIR, 0o700, 0),
+                                     NodeFile(b"b/c", KIND_DIR, 0o700, 0)])
+    (root / "a").chmod(0o700)
+
+
+def test_a_file_where_a_directory_belongs_is_refused(tmp_path):
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "keystore").write_text("not a directory")
+    with pytest.raises(RestoreError, match="keystore: not a directory"):
+        write_node_files(root, [NodeFile(b"keystore/k", KIND_FILE, 0o400, 0, b"k")])
+    assert (root / "keystore").read_text() == "not a directory"
