@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dsbackup._ext.compress import ENGINES
-from dsbackup._ext.framing import Chunker, FramingError, KeyMatcher, KeyPlanner
+from dsbackup._ext.framing import Chunker, FramingError, KeyPlanner
 from dsbackup._version import __version__
 from dsbackup.archive.chain import ParentRef, index_digest
 from dsbackup.archive.index import ChunkEntry
@@ -40,6 +40,7 @@ from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.config import BackupConfig
 from dsbackup.errors import BackupError, Cancelled, ConfigError, IntegrityError
 from dsbackup.metadata import BackupMetadata, BackupStatistics, Progress
+from dsbackup.patterns import KeyMatcher, key_matcher
 from dsbackup.pipeline.chunks import compress_chunk
 
 log = logging.getLogger(__name__)
@@ -436,7 +437,7 @@ def _create(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
         },
         "parent": ref.to_manifest(),
     }
-    matcher = KeyMatcher(list(cfg.exclude_patterns)) if cfg.exclude_patterns else None
+    matcher = key_matcher(cfg.exclude_patterns, "exclude_patterns")
     src: Any = (_LmdbSource(scheme_loc[1], chunk_size, cmb, matcher, catalog)
                 if isinstance(ds, _UriSource) else _Source(ds, chunk_size, cmb, matcher, catalog))
     try:
