@@ -21,6 +21,7 @@ from dsbackup.archive.verify import VerifyReport, verify_archive
 from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.config import BackupConfig
 from dsbackup.datastores.flatfs_audit import FileAudit
+from dsbackup.datastores.registry import scheme_and_location
 from dsbackup.errors import BackupError, Cancelled, ConfigError, DsBackupError, IntegrityError
 from dsbackup.metadata import (
     BackupMetadata,
@@ -45,13 +46,6 @@ def _open_source(source: Any) -> tuple[Any, bool]:
 
         return open_datastore(str(source), readonly=True), True
     return source, False
-
-
-def _scheme_and_location(ds: Any) -> tuple[str, str]:
-    uri = getattr(ds, "uri", "") or ""
-    scheme = getattr(ds, "scheme", "") or (uri.split(":", 1)[0] if ":" in uri else "")
-    location = uri.split(":", 1)[1] if ":" in uri else uri
-    return scheme, location
 
 
 class _Deadline:
@@ -188,7 +182,7 @@ class BackupManager:
         settings = ChunkSettings(chunk_size, cfg.chunk_max_bytes, cfg.compression_level,
                                  tuple(cfg.exclude_patterns), cfg.include_metadata,
                                  target_chunk_bytes=max(4096, int(chunk_size * mean_record)))
-        scheme, location = _scheme_and_location(ds)
+        scheme, location = scheme_and_location(ds)
         workers = cfg.effective_workers
         # worker processes take ~0.3 s to start: small stores are faster scanned centrally
         parallel = (workers > 1 and scheme in PARALLEL_SCHEMES
@@ -378,7 +372,7 @@ def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,
                          exclude=list(cfg.exclude_patterns), threads=cfg.effective_workers,
                          cancel=cancel, check=cfg.verify_integrity)
     skipped = getattr(ds, "skipped", None)
-    scheme, _ = _scheme_and_location(ds)
+    scheme, _ = scheme_and_location(ds)
     stats = BackupStatistics(
         duration_s=time.perf_counter() - t0, keys_processed=r.records,
         bytes_processed=r.value_bytes, bytes_compressed=r.size, errors=0,

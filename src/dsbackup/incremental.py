@@ -38,6 +38,7 @@ from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.config import BackupConfig
+from dsbackup.datastores.registry import scheme_and_location
 from dsbackup.errors import BackupError, Cancelled, ConfigError, IntegrityError
 from dsbackup.metadata import BackupMetadata, BackupStatistics, Progress
 from dsbackup.patterns import KeyMatcher, key_matcher
@@ -371,7 +372,6 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
                        t0: float | None = None) -> BackupMetadata:
     """Back up `source` (a datastore object or URI; an LMDB URI is read with the native
     scanner) to `path` as an incremental of the archive `parent` (see module doc)."""
-    from dsbackup.backup import _scheme_and_location
 
     t0 = time.perf_counter() if t0 is None else t0
     cancel = cancel or threading.Event()
@@ -394,7 +394,7 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
                 return _create(uri_source, path, preader, cfg, progress, cancel, t0,
                                ("lmdb", uri_source.location))
         return _create(source, path, preader, cfg, progress, cancel, t0,
-                       _scheme_and_location(source))
+                       scheme_and_location(source))
     finally:
         preader.close()
         if uri_source is not None and uri_source.ds is not None:
