@@ -12,10 +12,11 @@
 cdef enum:
     TOK_LIT = 0
     TOK_ANY1 = 1
-    TOK_STAR = 2
-    TOK_DSTAR = 3
-    TOK_SEGS = 4    # "**/" at a segment start: (.*/)? — zero or more whole segments
-    TOK_CLASS = 5
+    TOK_CLASS = 2
+    # the tokens that may match nothing: from TOK_STAR up
+    TOK_STAR = 3
+    TOK_DSTAR = 4
+    TOK_SEGS = 5    # "**/" at a segment start: (.*/)? — zero or more whole segments
     MAX_TOKENS = 1024
 
 
@@ -24,7 +25,7 @@ cdef inline void _activate(unsigned char *states, const unsigned char *tok, size
     # state i and every state reachable by letting stars match nothing
     while True:
         states[i] = 1
-        if i < ntok and (tok[i] == TOK_STAR or tok[i] == TOK_DSTAR or tok[i] == TOK_SEGS):
+        if i < ntok and tok[i] >= TOK_STAR:
             i += 1
         else:
             return
@@ -77,9 +78,10 @@ cdef int _match_pattern(const ds_pattern *pt, const unsigned char *s, size_t n) 
                 if c == 0x2f:
                     _activate(nxt, tok, ntok, i + 1)
                 alive = 1
-            elif pt.cls[(i << 5) + (c >> 3)] & (1 << (c & 7)):
-                _activate(nxt, tok, ntok, i + 1)
-                alive = 1
+            else:  # TOK_CLASS (an if/elif chain on t alone compiles to a C switch)
+                if pt.cls[(i << 5) + (c >> 3)] & (1 << (c & 7)):
+                    _activate(nxt, tok, ntok, i + 1)
+                    alive = 1
         if not alive:
             return 0
         tmp = cur
