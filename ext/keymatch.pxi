@@ -79,7 +79,7 @@ cdef int _match_pattern(const ds_pattern *pt, const unsigned char *s, size_t n) 
                     _activate(nxt, tok, ntok, i + 1)
                 alive = 1
             else:  # TOK_CLASS (an if/elif chain on t alone compiles to a C switch)
-                if pt.cls[(i << 5) + (c >> 3)] & (1 << (c & 7)):
+                if pt.lit[ntok + 1 + (i << 5) + (c >> 3)] & (1 << (c & 7)):
                     _activate(nxt, tok, ntok, i + 1)
                     alive = 1
         if not alive:
@@ -236,8 +236,7 @@ cdef class KeyMatcher:
             memset(pt, 0, sizeof(ds_pattern))
             self.m.npats += 1
             pt.tok = _copy(tok + b"\0")
-            pt.lit = _copy(lit + b"\0")
-            pt.cls = _copy(cls)
+            pt.lit = _copy(lit + b"\0" + cls)  # the class bitmaps after the literals
             pt.ntok = len(tok)
             pt.prefix_len = 0
             while pt.prefix_len < pt.ntok and pt.tok[pt.prefix_len] == TOK_LIT:
@@ -249,7 +248,6 @@ cdef class KeyMatcher:
             for i in range(self.m.npats):
                 free(self.m.pats[i].tok)
                 free(self.m.pats[i].lit)
-                free(self.m.pats[i].cls)
             free(self.m.pats)
 
     def __reduce__(self):
