@@ -14,6 +14,11 @@ cdef enum:
     DS_ELEVEL = -2
     DS_EENGINE = -3
     DS_ETOOBIG = -4
+    # the library call behind a DS_EENGINE (ds_deflater.lib)
+    DS_LIB_ISAL_DEFLATE = 1
+    DS_LIB_Z_RESET = 2
+    DS_LIB_Z_INIT = 3
+    DS_LIB_Z_DEFLATE = 4
 
 
 ctypedef struct ds_body:
@@ -34,6 +39,8 @@ ctypedef struct ds_deflater:
     int z_level              # level zs was initialised for, -1 when none
     unsigned char *zeros     # ZERO_PIECE zero bytes for the padding
     ds_body scratch          # output buffer reused by deflate_body() calls from Python
+    int lib                  # the library call behind the last DS_EENGINE (DS_LIB_*), 0 none
+    int lib_ret              # its return code (ISA-L or zlib), kept for the message
 
 
 ctypedef struct ds_compress_api:
@@ -50,3 +57,5 @@ ctypedef struct ds_compress_api:
     size_t (*body_bound)(size_t n, size_t pad_to) noexcept nogil
     object (*body_view)(const ds_body *body, object buf)  # a Body whose data views buf
     const char *(*strerror)(int code) noexcept nogil
+    # the message of an error code; for DS_EENGINE with the library call and its return code
+    object (*error_text)(const ds_deflater *ws, int code)

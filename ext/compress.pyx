@@ -30,6 +30,10 @@ from compress cimport (
     DS_ELEVEL,
     DS_ENOMEM,
     DS_ETOOBIG,
+    DS_LIB_ISAL_DEFLATE,
+    DS_LIB_Z_DEFLATE,
+    DS_LIB_Z_INIT,
+    DS_LIB_Z_RESET,
     DS_OK,
     ds_body,
     ds_compress_api,
@@ -68,6 +72,7 @@ from libz cimport (
     deflateInit2,
     deflateReset,
     z_stream,
+    zError,
 )
 
 ENGINES = {0: "stored", 1: "isal-1", 2: "isal-2", 3: "isal-3"}
@@ -189,6 +194,30 @@ cdef const char *ds_strerror(int code) noexcept nogil:
     if code == DS_ETOOBIG:
         return "input too large"
     return "unknown error"
+
+
+cdef inline int _lib_error(ds_deflater *ws, int lib, int ret) noexcept nogil:
+    ws.lib = lib
+    ws.lib_ret = ret
+    return DS_EENGINE
+
+
+_ISAL_DEFLATE_ERRORS = {-1: "STATELESS_OVERFLOW", -3: "ISAL_INVALID_STATE",
+                        -4: "ISAL_INVALID_LEVEL", -5: "ISAL_INVALID_LEVEL_BUF",
+                        -7: "INVALID_FLUSH", -8: "INVALID_PARAM", -9: "ISAL_INVALID_OPERATION"}
+_Z_CALLS = {DS_LIB_Z_RESET: "deflateReset", DS_LIB_Z_INIT: "deflateInit2",
+            DS_LIB_Z_DEFLATE: "deflate"}
+
+
+cdef object ds_error_text(const ds_deflater *ws, int code):
+    """The message of ``code``; an engine error names the library call and its return code."""
+    if code != DS_EENGINE or ws == NULL or ws.lib == 0:
+        return ds_strerror(code).decode()
+    if ws.lib == DS_LIB_ISAL_DEFLATE:
+        return (f"ISA-L isal_deflate returned {ws.lib_ret} "
+                f"({_ISAL_DEFLATE_ERRORS.get(ws.lib_ret, 'unknown error')})")
+    return (f"zlib {_Z_CALLS.get(ws.lib, 'call')} returned {ws.lib_ret} "
+            f"({zError(ws.lib_ret).decode('ascii', 'replace')})")
 
 
 cdef int _piece(const unsigned char *data, size_t n, size_t end, const unsigned char *zeros,
@@ -343,6 +372,7 @@ cdef int _isal_run(ds_deflater *ws, const unsigned char *data, size_t n, size_t 
     cdef size_t end
     cdef const unsigned char *p
     cdef bint reached, final_piece
+    cdef int ret
     if s == NULL:
         return DS_ENOMEM
     while True:
@@ -359,8 +389,9 @@ cdef int _isal_run(ds_deflater *ws, const unsigned char *data, size_t n, size_t 
                 step = MAX_STEP
             s.next_out = out + produced[0]
             s.avail_out = <uint32_t>step
-            if isal_deflate(s) != COMP_OK:
-                return DS_EENGINE
+            ret = isal_deflate(s)
+            if ret != COMP_OK:
+                return _lib_error(ws, DS_LIB_ISAL_DEFLATE, ret)
             produced[0] += step - s.avail_out
             if s.end_of_stream:
                 if s.internal_state.state == ZSTATE_END:
@@ -442,8 +473,9 @@ cdef int _deflate_zlib(ds_deflater *ws, const unsigned char *data, size_t n, siz
             return DS_ENOMEM
     zs = ws.zs
     if ws.z_level == level:
-        if deflateReset(zs) != Z_OK:
-            return DS_EENGINE
+        ret = deflateReset(zs)
+        if ret != Z_OK:
+            return _lib_error(ws, DS_LIB_Z_RESET, ret)
     else:
         if ws.z_level >= 0:
             deflateEnd(zs)
@@ -451,7 +483,7 @@ cdef int _deflate_zlib(ds_deflater *ws, const unsigned char *data, size_t n, siz
         memset(zs, 0, sizeof(z_stream))
         ret = deflateInit2(zs, level, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY)
         if ret != Z_OK:
-            return DS_ENOMEM if ret == -4 else DS_EENGINE
+            return DS_ENOMEM if ret == -4 else _lib_error(ws, DS_LIB_Z_INIT, ret)
         ws.z_level = level
     while True:
         last = _piece(data, n, n + pad, ws.zeros, &pos, &p, &plen)
@@ -469,7 +501,7 @@ cdef int _deflate_zlib(ds_deflater *ws, const unsigned char *data, size_t n, siz
                 out_len[0] = produced
                 return 1
             if ret != Z_OK and ret != -5:      # -5 = Z_BUF_ERROR: no progress possible
-                return DS_EENGINE
+                return _lib_error(ws, DS_LIB_Z_DEFLATE, ret)
             if not last and zs.avail_in == 0:
                 break
             if produced == cap:
@@ -606,7 +638,7 @@ def deflate_body(const unsigned char[::1] data, int level, size_t pad_to=512) ->
     if r == DS_ENOMEM:
         raise MemoryError(f"deflate_body: out of memory compressing {n} bytes at level {level}")
     if r != DS_OK:
-        raise RuntimeError(f"deflate_body: {ds_strerror(r).decode()} (level {level}, {n} bytes)")
+        raise RuntimeError(f"deflate_body: {ds_error_text(&d.ws, r)} (level {level}, {n} bytes)")
     body = body_to_py(&d.ws.scratch)
     if d.ws.scratch.cap > (<size_t>64 << 20):
         body_free(&d.ws.scratch)  # keep at most 64 MiB of scratch per thread
@@ -629,4 +661,5 @@ _api.body_to_py = body_to_py
 _api.body_bound = body_bound
 _api.body_view = body_view
 _api.strerror = ds_strerror
+_api.error_text = ds_error_text
 _C_API = PyCapsule_New(&_api, "dsbackup._ext.compress._C_API", NULL)

@@ -27,7 +27,8 @@ ctypedef struct ds_buf:
 
 ctypedef struct ds_pattern:
     unsigned char *tok        # token kinds (see framing.pyx: TOK_*)
-    unsigned char *lit        # literal byte of each LIT token
+    unsigned char *lit        # literal byte of each LIT token, a NUL, then (when the
+                              # pattern has a class) a 32-byte bitmap per token
     size_t ntok
     size_t prefix_len         # number of leading LIT tokens
 

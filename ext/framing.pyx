@@ -399,7 +399,7 @@ cdef object chunker_error(ds_chunker *c, int code, object key, Py_ssize_t index)
         return FramingError(f"{where} is not greater than the previous key {prev!r}; keys "
                             f"must be strictly increasing within and across batches", rec)
     if code == FR_ECOMPRESS:
-        return RuntimeError(f"chunker: compression failed: {CAPI.strerror(c.err_detail).decode()}")
+        return RuntimeError(f"chunker: compression failed: {CAPI.error_text(&c.deflater, c.err_detail)}")
     return RuntimeError(f"chunker: error {code}")
 
 

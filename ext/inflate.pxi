@@ -57,7 +57,8 @@ cdef object _inflate_error(int code, size_t in_pos, size_t in_len, size_t out_po
     if code == INF_STALLED:
         return MemberError(f"deflate stream makes no progress near input byte {in_pos}")
     names = {-1: "invalid block", -2: "invalid symbol", -3: "invalid distance", -100: "needs a dictionary"}
-    return MemberError(f"invalid deflate data ({names.get(code, code)}) near input byte "
+    return MemberError(f"invalid deflate data ({names.get(code, 'error')}, ISA-L isal_inflate "
+                       f"returned {code}) near input byte "
                        f"{in_pos} after {out_pos} bytes of output")
 
 

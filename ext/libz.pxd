@@ -32,5 +32,6 @@ cdef extern from "zlib.h" nogil:
     int deflate(z_stream *strm, int flush)
     int deflateReset(z_stream *strm)
     int deflateEnd(z_stream *strm)
+    const char *zError(int err)
     uLong crc32(uLong crc, const Bytef *buf, uInt length)
     uLong crc32_combine(uLong crc1, uLong crc2, z_off_t len2)

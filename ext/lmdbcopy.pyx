@@ -89,7 +89,7 @@ cdef object _error_errno(int err, str what):
 
 
 cdef object _error(int rc, str what):
-    return LmdbCopyError(f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')}")
+    return LmdbCopyError(f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')} (LMDB error {rc})")
 
 
 include "lmdbenv.pxi"

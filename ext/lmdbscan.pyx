@@ -178,7 +178,7 @@ cdef inline int key_order(const unsigned char *a, size_t alen, const unsigned ch
 
 
 cdef object _lmdb_error(int rc, str what):
-    msg = f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')}"
+    msg = f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')} (LMDB error {rc})"
     if rc > 0:
         return OSError(rc, msg)
     return LmdbError(msg)

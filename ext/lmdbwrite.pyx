@@ -161,7 +161,7 @@ cdef object _error_errno(int err, str what):
 
 
 cdef object _error(int rc, str what):
-    return LmdbWriteError(f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')}")
+    return LmdbWriteError(f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')} (LMDB error {rc})")
 
 
 include "lmdbenv.pxi"

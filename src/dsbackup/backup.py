@@ -21,6 +21,7 @@ from dsbackup.archive.verify import VerifyReport, verify_archive
 from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.config import BackupConfig
 from dsbackup.datastores.flatfs_audit import FileAudit
+from dsbackup.datastores.registry import scheme_and_location
 from dsbackup.errors import BackupError, Cancelled, ConfigError, DsBackupError, IntegrityError
 from dsbackup.metadata import (
     BackupMetadata,
@@ -46,13 +47,6 @@ def _open_source(source: Any) -> tuple[Any, bool]:
 
         return open_datastore(str(source), readonly=True), True
     return source, False
-
-
-def _scheme_and_location(ds: Any) -> tuple[str, str]:
-    uri = getattr(ds, "uri", "") or ""
-    scheme = getattr(ds, "scheme", "") or (uri.split(":", 1)[0] if ":" in uri else "")
-    location = uri.split(":", 1)[1] if ":" in uri else uri
-    return scheme, location
 
 
 class _Deadline:
@@ -189,7 +183,7 @@ class BackupManager:
         settings = ChunkSettings(chunk_size, cfg.chunk_max_bytes, cfg.compression_level,
                                  tuple(cfg.exclude_patterns), cfg.include_metadata,
                                  target_chunk_bytes=max(4096, int(chunk_size * mean_record)))
-        scheme, location = _scheme_and_location(ds)
+        scheme, location = scheme_and_location(ds)
         workers = cfg.effective_workers
         # starting worker processes costs more than a small store takes to scan centrally
         parallel = (workers > 1 and scheme in PARALLEL_SCHEMES
@@ -403,7 +397,7 @@ def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,
                          exclude=list(cfg.exclude_patterns), threads=cfg.effective_workers,
                          cancel=cancel, check=cfg.verify_integrity)
     skipped = getattr(ds, "skipped", None)
-    scheme, _ = _scheme_and_location(ds)
+    scheme, _ = scheme_and_location(ds)
     stats = BackupStatistics(
         duration_s=time.perf_counter() - t0, keys_processed=r.records,
         bytes_processed=r.value_bytes, bytes_compressed=r.size, errors=0,

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dsbackup.errors import ConfigError
+from dsbackup.patterns import key_matcher
 
 DEFAULT_CHUNK_MAX_BYTES = 2 << 20
 # With chunk_size=None ("auto") the mean chunk aims at this many payload bytes. Since
@@ -34,9 +35,10 @@ class BackupConfig:
       member checksum before reporting success.
     - ``include_metadata`` (default False): store a key catalog (key, value size, value XXH3)
       so `ls` and prefix restores need no inflate of the values.
-    - ``exclude_patterns``: key globs; ``*`` matches within one path segment, ``**`` across
-      segments, ``?`` one character other than ``/``. ``/pins/*`` excludes ``/pins/a`` but not
-      ``/pins/a/b``; ``/local/**`` excludes everything under ``/local``.
+    - ``exclude_patterns``: key globs (docs/PATTERNS.md); ``*`` matches within one path
+      segment, ``**`` zero or more segments, ``?`` one character other than ``/``, ``[...]``
+      a class. ``/pins/*`` excludes ``/pins/a`` but not ``/pins/a/b``; ``/local/**`` excludes
+      everything under ``/local``.
     - ``workers`` (default: CPU count): parallel scan workers and compression threads.
     - ``trust_content_keys`` (default True): in an incremental backup, a chunk of
       content-addressed keys (``/blocks/...``, or every key of a flatfs blockstore: the key is
@@ -92,6 +94,7 @@ class BackupConfig:
         for p in self.exclude_patterns:
             if not p:
                 raise ConfigError("empty exclude pattern")
+        key_matcher(self.exclude_patterns, "exclude_patterns")  # a bad glob fails here
 
     @property
     def effective_workers(self) -> int:

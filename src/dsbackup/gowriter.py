@@ -34,10 +34,10 @@ from typing import Any
 
 from dsbackup._ext.checksum import crc32, crc32_combine
 from dsbackup._ext.compress import STORED_TAR_PREFIX, deflate_body, tar_header
-from dsbackup._ext.framing import KeyMatcher
 from dsbackup._ext.gojson import go_chunk_json
 from dsbackup.errors import BackupError, Cancelled, ConfigError
 from dsbackup.goformat import CHECKSUM_PREFIX, MAX_MEMBER_BYTES
+from dsbackup.patterns import KeyMatcher, key_matcher
 
 __all__ = ["GoWriteResult", "write_go_archive", "CHECKSUM_PREFIX", "DEFAULT_GO_CHUNK_SIZE"]
 
@@ -140,7 +140,7 @@ def write_go_archive(ds: Any, path: str | os.PathLike[str], *, level: int = 1,
     created = datetime.now(timezone.utc)
     final = Path(path)
     patterns = list(exclude or [])
-    matcher = KeyMatcher(patterns) if patterns else None
+    matcher = key_matcher(patterns, "exclude_patterns")
     stats = {"excluded": 0}
     threads = max(1, threads)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent or ".")

@@ -31,16 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from dsbackup._ext.compress import ENGINES
-from dsbackup._ext.framing import Chunker, FramingError, KeyMatcher, KeyPlanner
+from dsbackup._ext.framing import Chunker, FramingError, KeyPlanner
 from dsbackup._version import __version__
 from dsbackup.archive.chain import ParentRef, index_digest
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.config import BackupConfig
+from dsbackup.datastores.registry import scheme_and_location
 from dsbackup.errors import BackupError, Cancelled, ConfigError, IntegrityError
 from dsbackup.metadata import BackupMetadata, BackupStatistics, Progress
 from dsbackup.nodefiles import NodeSnapshot, node_snapshot, private_key_warning
+from dsbackup.patterns import KeyMatcher, key_matcher
 from dsbackup.pipeline.chunks import compress_chunk
 
 log = logging.getLogger(__name__)
@@ -371,7 +373,6 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
                        t0: float | None = None) -> BackupMetadata:
     """Back up `source` (a datastore object or URI; an LMDB URI is read with the native
     scanner) to `path` as an incremental of the archive `parent` (see module doc)."""
-    from dsbackup.backup import _scheme_and_location
 
     t0 = time.perf_counter() if t0 is None else t0
     cancel = cancel or threading.Event()
@@ -394,7 +395,7 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
                 return _create(uri_source, path, preader, cfg, progress, cancel, t0,
                                ("lmdb", uri_source.location))
         return _create(source, path, preader, cfg, progress, cancel, t0,
-                       _scheme_and_location(source))
+                       scheme_and_location(source))
     finally:
         preader.close()
         if uri_source is not None and uri_source.ds is not None:
@@ -441,7 +442,7 @@ def _create(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
     node = None if cfg.datastore_only else node_snapshot(ds)
     if node is not None:
         manifest["node"] = node.manifest
-    matcher = KeyMatcher(list(cfg.exclude_patterns)) if cfg.exclude_patterns else None
+    matcher = key_matcher(cfg.exclude_patterns, "exclude_patterns")
     src: Any = (_LmdbSource(scheme_loc[1], chunk_size, cmb, matcher, catalog)
                 if isinstance(ds, _UriSource) else _Source(ds, chunk_size, cmb, matcher, catalog))
     try:

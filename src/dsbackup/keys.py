@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import total_ordering
 
-__all__ = ["Key", "clean_path", "key_bytes", "key_str", "KeyLike"]
+__all__ = ["Key", "children_range", "clean_path", "key_bytes", "key_str", "KeyLike"]
 
 _SLASH = 0x2F
 _DOT = 0x2E
@@ -269,3 +269,17 @@ def key_bytes(key: KeyLike) -> bytes:
 def key_str(raw: bytes) -> str:
     """Raw key bytes as a ``str`` that encodes back to the same bytes."""
     return raw.decode("utf-8", "surrogateescape")
+
+
+def children_range(prefix: Key | str | bytes | None) -> tuple[bytes, bytes | None]:
+    """The ``[start, end)`` byte range of the children of ``prefix`` (go-datastore's query
+    prefix, ``Key.IsAncestorOf``): ``/foo`` holds ``/foo/bar`` and ``/foo/bar/baz``, neither
+    ``/foobar`` nor ``/foo`` itself. That is ``[b"/foo/", b"/foo0")``: ``0`` is the byte after
+    ``/``. ``None`` or the root ``/`` give the whole key space ``(b"", None)``. The prefix is
+    cleaned like ``Key(...)``: ``/foo/`` is ``/foo``."""
+    if prefix is None:
+        return b"", None
+    p = Key(prefix).raw
+    if p == b"/":
+        return b"", None
+    return p + b"/", p + b"0"

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dsbackup._ext.framing import FramingError, KeyMatcher, decode_records
+from dsbackup._ext.framing import FramingError, decode_records
 from dsbackup.archive import guard
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import check_layout, check_payload
@@ -37,8 +37,9 @@ from dsbackup.errors import (
     RestoreError,
     TargetNotEmpty,
 )
-from dsbackup.keys import Key
+from dsbackup.keys import Key, children_range
 from dsbackup.metadata import Progress, RestoreResult
+from dsbackup.patterns import KeyMatcher, key_matcher
 from dsbackup.restore_journal import JournalSync, write_journal
 from dsbackup.restore_node import restore_node
 from dsbackup.targetlock import TargetLock, store_path
@@ -55,12 +56,7 @@ JOURNAL_INTERVAL_S = 1.0
 
 def prefix_bounds(prefix: str | bytes | None) -> tuple[bytes, bytes | None]:
     """Key range of a go-datastore prefix query: children only (`/a` holds `/a/b`, not `/ab`)."""
-    if prefix is None:
-        return b"", None
-    p = bytes(Key(prefix))
-    if p == b"/":
-        return b"", None
-    return p + b"/", p + b"0"  # '0' is '/' + 1
+    return children_range(prefix)
 
 
 def _journal_path(target: Any) -> Path | None:
@@ -314,7 +310,7 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
                            chunks_total=reader.chunk_count, fingerprint=fingerprint)
     start, end = prefix_bounds(prefix)
     patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
-    matcher = KeyMatcher(patterns) if patterns else None
+    matcher = key_matcher(patterns, "pattern")
     options = {"mode": mode, "prefix": None if prefix is None else str(Key(prefix)),
                "pattern": patterns}
     jpath = _journal_path(target)

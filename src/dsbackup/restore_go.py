@@ -6,17 +6,16 @@ import os
 import time
 from typing import Any
 
-from dsbackup._ext.framing import KeyMatcher
 from dsbackup.errors import TargetNotEmpty
 from dsbackup.goformat import iter_go_records
+from dsbackup.keys import children_range
 from dsbackup.metadata import RestoreResult
+from dsbackup.patterns import key_matcher
 
 
 def restore_go_archive(path: str | os.PathLike[str], target: Any, *, mode: str = "empty",
                        prefix: str | bytes | None = None, pattern: str | list[str] | None = None,
                        batch_bytes: int = 64 << 20) -> RestoreResult:
-    from dsbackup.restore import prefix_bounds
-
     t0 = time.perf_counter()
     owned = False
     if isinstance(target, (str, os.PathLike)):
@@ -30,9 +29,9 @@ def restore_go_archive(path: str | os.PathLike[str], target: Any, *, mode: str =
             raise TargetNotEmpty(f"{result.target}: target datastore is not empty; restore "
                                  "into an empty store, or choose mode overwrite or "
                                  "skip_existing", target=result.target)
-        start, end = prefix_bounds(prefix)
+        start, end = children_range(prefix)
         patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
-        matcher = KeyMatcher(patterns) if patterns else None
+        matcher = key_matcher(patterns, "pattern")
         counts: dict[str, int] = {}
         for keys, values in iter_go_records(path, counts_out=counts):
             pairs = [(k, v) for k, v in zip(keys, values)

@@ -39,11 +39,12 @@ def test_prefix_becomes_the_scan_range_without_per_record_work() -> None:
     ("/[!f]*", [b"/other"], [b"/foo"]),
 ])
 def test_globs(pattern: str, matches: list[bytes], misses: list[bytes]) -> None:
-    rx = compile_glob(pattern)
+    m = compile_glob([pattern])
+    assert m is not None
     for k in matches:
-        assert rx.fullmatch(k), (pattern, k)
+        assert m.match(k), (pattern, k)
     for k in misses:
-        assert not rx.fullmatch(k), (pattern, k)
+        assert not m.match(k), (pattern, k)
 
 
 def test_patterns_excludes_and_sizes_combine() -> None:

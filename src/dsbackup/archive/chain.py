@@ -19,6 +19,7 @@ are ranked by content identity (:func:`parent_rank`): the very archive the child
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,11 +74,10 @@ def index_digest(reader: ArchiveReader) -> str:
     return f"{reader.trailer.index_xxh3:016x}"
 
 
-def _open_if_archive(path: Path) -> ArchiveReader | None:
-    from dsbackup.archive.reader import ArchiveReader
-
+def _open_if_archive(path: Path, opener: Callable[[Path], ArchiveReader]
+                     ) -> ArchiveReader | None:
     try:
-        return ArchiveReader(path)
+        return opener(path)
     except (ArchiveError, OSError):
         return None
 
@@ -119,12 +119,15 @@ def _unique_dirs(dirs: list[Path]) -> list[Path]:
     return out
 
 
-def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path], *,
+def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path],
+                opener: Callable[[Path], ArchiveReader], *,
                 needs_catalog: bool = False) -> ArchiveReader:
     """Open the archive `ref` names, or raise MissingParentError naming it.
 
-    `child`'s directory is searched first, then `search_dirs`; `needs_catalog`: the child has
-    a key catalog, so a twin without one is the last choice (see :func:`parent_rank`)."""
+    `child`'s directory is searched first, then `search_dirs`; `opener` opens a candidate
+    (ArchiveReader: this module never imports reader.py, which imports it); `needs_catalog`:
+    the child has a key catalog, so a twin without one is the last choice (see
+    :func:`parent_rank`)."""
     dirs = _unique_dirs([child.parent] + list(search_dirs))
     mismatched: list[str] = []
     seen: set[str] = {os.path.realpath(child)}
@@ -136,7 +139,7 @@ def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path], *,
         if key in seen or not cand.is_file():
             return None
         seen.add(key)
-        r = _open_if_archive(cand)
+        r = _open_if_archive(cand, opener)
         if r is None:
             if named:
                 mismatched.append(f"{cand} (not a readable archive)")
@@ -192,7 +195,8 @@ def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path], *,
 
 class ParentChain:
     """The opened ancestors of an archive: ``levels[0]`` is its parent, ``levels[1]`` the
-    parent's parent, and so on. Raises MissingParentError when one cannot be found."""
+    parent's parent, and so on. Raises MissingParentError when one cannot be found.
+    Ancestors are opened with ``type(reader)``, the reader's own class."""
 
     def __init__(self, reader: ArchiveReader, search_dirs: list[Path] | None = None) -> None:
         self.reader = reader
@@ -209,7 +213,7 @@ class ParentChain:
                 if ref.fingerprint in seen or len(self.levels) >= MAX_CHAIN:
                     raise IntegrityError(f"{cur.path}: parent chain loops or is longer than "
                                          f"{MAX_CHAIN} archives", part="manifest")
-                parent = find_parent(ref, cur.path, dirs,
+                parent = find_parent(ref, cur.path, dirs, type(reader),
                                      needs_catalog=cur.index.catalog_count > 0)
                 self.levels.append(parent)
                 seen.add(ref.fingerprint)

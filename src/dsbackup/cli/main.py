@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 
 from dsbackup import cli, filemodes
 from dsbackup._version import __version__
+from dsbackup.allocator import tune_allocator
 from dsbackup.cli._common import emit_json, escape_text
-from dsbackup.datastores._alloc import tune_allocator
 from dsbackup.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, DsBackupError
 
 log = logging.getLogger("dsbackup")

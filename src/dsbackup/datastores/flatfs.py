@@ -37,7 +37,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from dsbackup.datastores._alloc import tune_allocator
+from dsbackup.allocator import tune_allocator
 from dsbackup.datastores.base import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_RECORDS,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from dsbackup.keys import Key
+from dsbackup.keys import Key, children_range
 
 __all__ = [
     "Entry",
@@ -175,12 +175,9 @@ def prefix_range(prefix: str | bytes | Key) -> tuple[bytes, bytes | None]:
     """The ``[start, end)`` byte range holding the children of a query prefix.
 
     The children of ``/foo`` are exactly the keys in ``[b"/foo/", b"/foo0")`` because ``0``
-    is the byte after ``/``. The root prefix gives the whole key space.
+    is the byte after ``/``. The root prefix gives the whole key space (:func:`children_range`).
     """
-    p = Key(prefix).raw
-    if p == b"/":
-        return b"", None
-    return p + b"/", p + b"0"
+    return children_range(prefix)
 
 
 class Results:

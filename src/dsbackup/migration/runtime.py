@@ -7,13 +7,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsbackup.errors import Cancelled, MigrationError, ValidationError
 from dsbackup.keys import key_str
 from dsbackup.migration.config import MigrationConfig
 from dsbackup.migration.journal import Journal
-from dsbackup.migration.plan import TransformationConfig
 from dsbackup.migration.transforms import (
     KeyTransform,
     ValueTransform,
@@ -21,6 +20,9 @@ from dsbackup.migration.transforms import (
     compile_value_transform,
 )
 from dsbackup.migration.validators import Validator, compile_validators
+
+if TYPE_CHECKING:  # plan.py compiles its transforms with this module
+    from dsbackup.migration.plan import TransformationConfig
 
 __all__ = ["CompiledTransform", "ProgressEvent", "RunContext", "TMP_END", "TMP_ROOT",
            "after", "prefix_end", "scan_ranges", "stored_keys"]
@@ -74,7 +76,9 @@ class CompiledTransform:
     @classmethod
     def build(cls, cfg: TransformationConfig | None, where: str = "transform"
               ) -> CompiledTransform:
-        cfg = cfg or TransformationConfig()
+        if cfg is None:  # no transform: the identity, no validators
+            return cls(compile_key_transform([], {}, where), compile_value_transform([], where),
+                       compile_validators([], where))
         return cls(compile_key_transform(cfg.key_specs, cfg.mappings, where),
                    compile_value_transform(cfg.value_specs, where),
                    compile_validators(cfg.validators, where))

@@ -14,8 +14,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsbackup._ext.framing import Chunker, FramingError, KeyMatcher
+from dsbackup._ext.framing import Chunker, FramingError
 from dsbackup.errors import BackupError, Cancelled
+from dsbackup.patterns import KeyMatcher, key_matcher
 from dsbackup.pipeline.chunks import ReadyChunk, compress_chunk
 
 _END = object()
@@ -46,7 +47,7 @@ class ChunkSettings:
     target_chunk_bytes: int = 1 << 20  # mean payload a chunk aims at (for planning only)
 
     def matcher(self) -> KeyMatcher | None:
-        return KeyMatcher(list(self.exclude)) if self.exclude else None
+        return key_matcher(self.exclude, "exclude_patterns")
 
 
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:

@@ -30,7 +30,7 @@ from typing import Any
 
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup._ext.compress import deflate_body
-from dsbackup.datastores._alloc import tune_allocator
+from dsbackup.allocator import tune_allocator
 from dsbackup.pipeline.central import ChunkSettings
 from dsbackup.pipeline.sources import open_source
 

@@ -1,4 +1,5 @@
-"""Notification events, the notifier interface and the dispatcher that bounds them.
+"""The notifiers a configuration turns on, and the dispatcher that bounds them (events and
+the notifier interface: :mod:`.event`).
 
 A notifier failing or hanging never changes a backup's result: the dispatcher runs every
 notifier in its own thread, waits at most ``timeout`` (+ a small margin) for all of them, logs
@@ -11,67 +12,22 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
 
 from dsbackup.scheduler.config import NotificationConfig
+from dsbackup.scheduler.notify.email import EmailNotifier
+from dsbackup.scheduler.notify.event import EVENT_KINDS, Event, Notifier, wants_result
 from dsbackup.scheduler.notify.failure import describe
+from dsbackup.scheduler.notify.ping import PingNotifier
 from dsbackup.scheduler.notify.redact import Redactor
+from dsbackup.scheduler.notify.webhook import WebhookNotifier
+
+__all__ = ["EVENT_KINDS", "Event", "NotificationDispatcher", "Notifier", "build_notifiers",
+           "wants_result"]
 
 log = logging.getLogger(__name__)
 
-EVENT_KINDS = ("start", "success", "failure", "health")
-
-
-@dataclass
-class Event:
-    """Something to report. ``kind`` is one of start, success, failure, health."""
-
-    kind: str
-    schedule_id: str | None
-    schedule_name: str | None
-    time: datetime
-    message: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": 1, "event": self.kind, "schedule_id": self.schedule_id,
-                "schedule_name": self.schedule_name, "time": self.time.isoformat(),
-                "message": self.message, "details": self.details}
-
-
-class Notifier(Protocol):
-    """One notification service."""
-
-    name: str
-
-    def wants(self, event: Event) -> bool:
-        """Whether this service reports this kind of event."""
-        ...
-
-    def send(self, event: Event, timeout: float) -> None:
-        """Deliver the event within ``timeout`` seconds in all; raise on failure.
-
-        Raise :class:`~.failure.NotificationFailure` with a message of safe parts; the text of
-        any other exception is never shown (only its type)."""
-        ...
-
-
-def wants_result(event: Event, on_success: bool, on_failure: bool) -> bool:
-    """Whether a service with these switches reports ``event``: a success that needed a
-    fallback (a full backup instead of an incremental) goes to those who want failures too."""
-    if event.kind == "success":
-        return on_success or (on_failure and bool(event.details.get("fallback")))
-    return event.kind in ("failure", "health") and on_failure
-
-
 def build_notifiers(cfg: NotificationConfig) -> list[Notifier]:
     """The services the configuration turns on."""
-    from dsbackup.scheduler.notify.email import EmailNotifier
-    from dsbackup.scheduler.notify.ping import PingNotifier
-    from dsbackup.scheduler.notify.webhook import WebhookNotifier
-
     out: list[Notifier] = []
     if cfg.smtp_host and cfg.recipients:
         out.append(EmailNotifier(cfg))

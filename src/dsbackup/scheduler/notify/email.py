@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from dsbackup.scheduler.config import NotificationConfig
-from dsbackup.scheduler.notify.base import Event, wants_result
+from dsbackup.scheduler.notify.event import Event, wants_result
 from dsbackup.scheduler.notify.failure import NotificationFailure, describe
 from dsbackup.scheduler.secret import reveal
 

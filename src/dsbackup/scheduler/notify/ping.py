@@ -6,7 +6,7 @@ The failure ping carries the error message as a plain-text body (healthchecks.io
 from __future__ import annotations
 
 from dsbackup.scheduler.config import NotificationConfig
-from dsbackup.scheduler.notify.base import Event
+from dsbackup.scheduler.notify.event import Event
 from dsbackup.scheduler.notify.http import request
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from dsbackup.scheduler.config import NotificationConfig
-from dsbackup.scheduler.notify.base import Event, wants_result
+from dsbackup.scheduler.notify.event import Event, wants_result
 from dsbackup.scheduler.notify.http import request
 
 

@@ -1,4 +1,5 @@
-"""Allocator tuning for scans that hand out many large ``bytes`` values.
+"""Process-wide allocator tuning for scans that hand out many large ``bytes`` values (used by
+the CLI at start, scan workers and the flatfs reader: a process-level setting, no layer's).
 
 With glibc's defaults, each value of 128 KiB or more is its own ``mmap`` and freed memory at
 the top of the heap is returned to the kernel, so every batch of 256 KiB blocks costs fresh
