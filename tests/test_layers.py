@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
 # Modules at the package root outside the engine group.
 BASE = {"dsbackup", "dsbackup._ext", "dsbackup._libc", "dsbackup._version",
         "dsbackup.allocator", "dsbackup.blockcheck", "dsbackup.diskspace", "dsbackup.errors",
+        "dsbackup.multiformats",
         "dsbackup.filemodes", "dsbackup.keys", "dsbackup.patterns"}
 PROGRAMS = {"dsbackup.__main__", "dsbackup.demo"}  # entry points: the cli group
 SUBPACKAGES = {"datastores", "pipeline", "archive", "migration", "scheduler", "cli"}

@@ -56,7 +56,7 @@ def unchecked_reason(key: bytes) -> str | None:
     in_blocks = parent == b"/blocks" or parent.endswith(b"/blocks")
     if not name or (parent and not in_blocks):
         return None
-    from dsbackup.migration.multiformats import (
+    from dsbackup.multiformats import (
         MultiformatError,
         b32_decode,
         decode_cid,

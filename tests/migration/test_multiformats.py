@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dsbackup.migration.multiformats import (
+from dsbackup.multiformats import (
     CID,
     MultiformatError,
     Multihash,

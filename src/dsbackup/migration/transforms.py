@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dsbackup.errors import ConfigError, MigrationError
-from dsbackup.migration.multiformats import (
+from dsbackup.multiformats import (
     MultiformatError,
     b32_decode,
     b32_encode,

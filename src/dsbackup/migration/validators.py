@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dsbackup.errors import ConfigError
-from dsbackup.migration.multiformats import (
+from dsbackup.multiformats import (
     MultiformatError,
     Multihash,
     b32_decode,
