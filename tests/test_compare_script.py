@@ -24,7 +24,7 @@ def test_compare_tiny(tmp_path, cli_env):
     env["PATH"] = str(bindir)
     out = tmp_path / "compare.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--runs", "1",
-                        "--json", str(out), "--work-dir", str(tmp_path)],
+                        "--workers", "2", "--json", str(out), "--work-dir", str(tmp_path)],
                        env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads(out.read_text())
@@ -35,10 +35,20 @@ def test_compare_tiny(tmp_path, cli_env):
             assert len(ours) == 1 and ours[0]["x_ours"] == 1.0 and ours[0]["seconds"] > 0
         seed = rows[(ds, "backup", "seed json+tar.gz-6")]
         assert seed["compressed_bytes"] > 0 and seed["peak_rss_mib"] > 0 and seed["x_ours"] > 0
-        assert rows[(ds, "backup", "isal-1 x1 (ceiling)")]["compressed_bytes"] > 0
+        x1 = rows[(ds, "backup", "isal-1 x1 (ceiling)")]["compressed_bytes"]
+        # the same pieces compressed in 2 threads or 2 processes: the same bytes out
+        assert x1 > 0
+        assert rows[(ds, "backup", "isal-1 x2 threads (ceiling)")]["compressed_bytes"] == x1
+        assert rows[(ds, "backup", "isal-1 in 2 processes (ceiling)")]["compressed_bytes"] == x1
+        ceil = doc["ceiling"][ds]
+        assert set(ceil) == {"ours_seconds", "x1", "threads", "processes"}
+        assert ceil["processes"]["of_ceiling"] > 0
+        assert len(ceil["processes"]["of_ceiling_per_round"]) == 1
     skipped = {(s["dataset"], s["tool"].split(" ")[0]) for s in doc["skipped"]}
     assert {("blocks", "restic"), ("blocks", "borg"), ("small", "tar|igzip")} <= skipped
     assert "skipped: blocks restic (flatfs copy): restic is not installed" in r.stdout
+    assert "blocks backup: ours = " in r.stdout and "of isal-1 in 2 processes" in r.stdout
+    assert doc["durable"] is True
     if shutil.which("pigz"):
         assert ("blocks", "backup", "tar|pigz (flatfs copy)") in rows
     assert not list(tmp_path.glob("dsbackup-compare-*")), "work directory left behind"
@@ -69,3 +79,41 @@ def test_every_row_reads_its_input_warm(tmp_path):
     (copy / "sub").mkdir()
     (copy / "sub" / "a").write_bytes(b"x" * 100)
     compare._warm((copy, copy / "sub" / "a"))  # directories and files alike
+
+
+def test_every_writing_row_ends_durable(tmp_path):
+    """Each shell row that writes (backup archives and repositories, restored trees) fsyncs
+    everything it wrote, inside the timed command; restic and borg restore too."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compare
+    finally:
+        sys.path.pop(0)
+    src, copy = tmp_path / "store", tmp_path / "copy"
+    rows, skips = compare.build_rows("small", f"lmdb:{src}", src, 1, copy, "LMDB dir",
+                                     tmp_path, 2, {"backup", "restore", "verify"})
+    shell = [r for r in rows if r.cmd[0] == "bash" and r.op in ("backup", "restore")]
+    assert shell
+    for r in shell:
+        assert r.cmd[-1].endswith(compare._durable(r.output)), (r.op, r.tool, r.cmd[-1])
+    tools = {(r.op, r.tool.split(" ")[0]) for r in shell} | {
+        (op, s.tool.split(" ")[0]) for s in skips for op in ("backup", "restore")}
+    assert {("restore", "restic"), ("restore", "borg")} <= tools
+
+
+def test_durable_step_fsyncs_a_tree(tmp_path):
+    """The durable step runs (coreutils sync on files and directories) and fails loudly on a
+    missing path."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compare
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "out"
+    (out / "d").mkdir(parents=True)
+    (out / "d" / "f").write_bytes(b"x")
+    ok = subprocess.run(compare._shell(compare._durable(out)), capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run(compare._shell(compare._durable(tmp_path / "missing")),
+                         capture_output=True, text=True)
+    assert bad.returncode != 0
