@@ -17,7 +17,7 @@ def test_compare_tiny(tmp_path, cli_env):
     # hide restic/borg/igzip even where installed, so the skip path is always exercised
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    for tool in ("bash", "tar", "gzip", "pigz", "zstd"):
+    for tool in ("bash", "tar", "gzip", "pigz", "zstd", "find", "sync"):
         found = shutil.which(tool)
         if found:
             os.symlink(found, bindir / tool)
