@@ -101,7 +101,7 @@ def _isal_pieces(src: str) -> list[memoryview]:
 def child_isal_procs(src: str, procs: int, out: str) -> None:
     """ISA-L level 1 in ``procs`` forked processes, each compressing every ``procs``-th
     piece of the same values (already in memory, shared copy-on-write). Timed from the start
-    signal (all processes forked and waiting) to the end of the last one."""
+    signal (sent once all processes are forked) to the end of the last one."""
     from isal import isal_zlib
 
     pieces = _isal_pieces(src)
@@ -115,7 +115,8 @@ def child_isal_procs(src: str, procs: int, out: str) -> None:
             try:
                 os.close(go_w)
                 os.close(res_r)
-                os.read(go_r, 1)
+                if not os.read(go_r, 1):  # the parent is gone: no signal will come
+                    raise SystemExit(1)
                 size = sum(len(isal_zlib.compress(p, 1)) for p in pieces[i::procs])
                 end = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
                 os.write(res_w, json.dumps({"size": size, "end": end}).encode())
@@ -604,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="operations to compare (none: only --tune-check)")
     ap.add_argument("--runs", type=int, default=3, help="rounds; medians are reported")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="threads for pigz/zstd/igzip and the ISA-L xN ceiling (default CPUs)")
+                    help="threads for pigz/zstd/igzip, threads and processes for the ISA-L "
+                    "ceiling rows (default CPUs)")
     ap.add_argument("--timeout", type=float, default=1800, help="per command, seconds")
     ap.add_argument("--json", type=Path, default=None,
                     help="results file (default benchmarks/results/compare-<time>.json)")
