@@ -23,6 +23,8 @@ dirty pages would also load). The Python children fsync their output the same wa
 
 Rows (skipped, with the reason, when the tool is missing):
 - ``dsbackup``: ``python -m dsbackup backup|restore|verify`` (all CPUs).
+- ``dsbackup (flatfs copy)`` (blocks): the same of the flatfs copy the file-level tools read,
+  restored into a new flatfs directory: files to files, as the tar rows do.
 - ``isal-1 x1``, ``isal-1 xN threads``, ``isal-1 in N processes``: ISA-L alone on the same
   values (``isal.isal_zlib.compress`` level 1 of 4 MiB pieces; one thread, N threads of one
   process, or N forked processes each compressing every Nth piece, timed from the start
@@ -351,10 +353,12 @@ def _durable(path: Path) -> str:
 
 
 def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
-               tar_label: str, work: Path, workers: int,
-               ops: set[str]) -> tuple[list[Row], list[Skip]]:
+               tar_label: str, work: Path, workers: int, ops: set[str],
+               flatfs_raw: int | None = None) -> tuple[list[Row], list[Skip]]:
     """The rows for one data set: ``src_uri`` names the store (at ``src``), ``tar_dir`` is the
-    copy the file-level tools read. Each row's ``inputs`` is what it reads (see _warm)."""
+    copy the file-level tools read. Each row's ``inputs`` is what it reads (see _warm). With
+    ``flatfs_raw`` (its key and value bytes), ``tar_dir`` is a flatfs store, and we also back
+    it up and restore into a new flatfs: files to files, as the tar rows do."""
     rows: list[Row] = []
     skips: list[Skip] = []
     w = work / ds_name
@@ -430,6 +434,16 @@ def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
             script = f"{tool_env}{restore.format(r=repo, t=dst)} && {_durable(dst)}"
             rows.append(Row("restore", ds_name, label, _shell(script), raw, dst, mkdir=True,
                             inputs=(repo,)))
+    flat_arc = w / "ours-flatfs.tar.gz"
+    flat_label = f"dsbackup ({tar_label})"
+    if flatfs_raw is not None and "backup" in ops:
+        rows.append(Row("backup", ds_name, flat_label,
+                        dsb + ["backup", f"flatfs:{tar_dir}", str(flat_arc)], flatfs_raw,
+                        flat_arc, inputs=(tar_dir,)))
+    if flatfs_raw is not None and "restore" in ops:
+        rows.append(Row("restore", ds_name, flat_label,
+                        dsb + ["restore", str(flat_arc), f"flatfs:{w / 'flatfs-restored'}"],
+                        flatfs_raw, w / "flatfs-restored", inputs=(flat_arc,)))
     if "restore" in ops:
         rows.append(Row("restore", ds_name, "dsbackup",
                         dsb + ["restore", str(ours_arc), f"lmdb:{w / 'restored'}"], raw,
@@ -635,9 +649,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.datasets.split(","):
             t0 = time.perf_counter()
+            flatfs_raw = None
             if name == "blocks":
                 d = benchdata.blocks_lmdb()
-                tar_dir, label = benchdata.blocks_flatfs().path, "flatfs copy"
+                flat = benchdata.blocks_flatfs()
+                tar_dir, label, flatfs_raw = flat.path, "flatfs copy", flat.raw_bytes
             elif name == "small":
                 d = benchdata.small_lmdb()
                 tar_dir, label = d.path, "LMDB dir"
@@ -647,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {d.records} records, {d.raw_bytes / 1e6:.1f} MB "
                   f"(ready in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
             r, s = build_rows(name, d.uri, d.path, d.raw_bytes, tar_dir, label, work,
-                              args.workers, ops)
+                              args.workers, ops, flatfs_raw)
             rows += r
             skips += s
         run_rounds(rows, args.runs, env, args.timeout)

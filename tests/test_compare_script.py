@@ -51,6 +51,11 @@ def test_compare_tiny(tmp_path, cli_env):
     assert doc["durable"] is True
     if shutil.which("pigz"):
         assert ("blocks", "backup", "tar|pigz (flatfs copy)") in rows
+    # files to files, as tar does: our backup of the flatfs copy, restored into a new flatfs
+    for op in ("backup", "restore"):
+        flat = rows[("blocks", op, "dsbackup (flatfs copy)")]
+        assert flat["seconds"] > 0 and not flat["ours"] and flat["error"] is None
+    assert ("small", "restore", "dsbackup (LMDB dir)") not in rows
     assert not list(tmp_path.glob("dsbackup-compare-*")), "work directory left behind"
 
 
@@ -64,8 +69,10 @@ def test_every_row_reads_its_input_warm(tmp_path):
         sys.path.pop(0)
     src, copy = tmp_path / "store", tmp_path / "copy"
     rows, _ = compare.build_rows("blocks", f"lmdb:{src}", src, 1, copy, "flatfs copy",
-                                 tmp_path, 2, {"backup", "restore", "verify"})
+                                 tmp_path, 2, {"backup", "restore", "verify"}, flatfs_raw=1)
     by = {(r.op, r.tool): r.inputs for r in rows}
+    assert by[("backup", "dsbackup (flatfs copy)")] == (copy,)
+    assert by[("restore", "dsbackup (flatfs copy)")] == (tmp_path / "blocks" / "ours-flatfs.tar.gz",)
     assert all(r.inputs for r in rows), [(r.op, r.tool) for r in rows if not r.inputs]
     assert by[("backup", "dsbackup")] == (src,)
     assert by[("backup", "seed json+tar.gz-6")] == (src,)
@@ -117,3 +124,25 @@ def test_durable_step_fsyncs_a_tree(tmp_path):
     bad = subprocess.run(compare._shell(compare._durable(tmp_path / "missing")),
                          capture_output=True, text=True)
     assert bad.returncode != 0
+
+
+def test_flatfs_copy_holds_only_flatfs_files(tmp_path):
+    """The cached flatfs copy keeps its completion marker beside it, so dsbackup backs it up
+    without --skip-foreign; a marker left inside by an earlier version is moved, not rebuilt."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import benchdata
+    finally:
+        sys.path.pop(0)
+    d = benchdata.blocks_flatfs(count=4, root=tmp_path)
+    assert d.records == 4
+    assert not list(d.path.glob(".dsbackup*"))
+    outer = tmp_path / f".{d.path.name}.complete"
+    assert outer.is_file()
+    (d.path / ".dsbackup-bench-complete").write_text(outer.read_text())
+    outer.unlink()
+    before = sorted(p.stat().st_mtime_ns for p in d.path.rglob("*.data"))
+    again = benchdata.blocks_flatfs(count=4, root=tmp_path)
+    assert again.records == 4 and outer.is_file()
+    assert not (d.path / ".dsbackup-bench-complete").exists()
+    assert sorted(p.stat().st_mtime_ns for p in d.path.rglob("*.data")) == before
