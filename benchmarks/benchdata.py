@@ -50,11 +50,19 @@ class Dataset:
     raw_bytes: int  # key + value bytes
 
 
-def _build(path: Path, fill) -> tuple[int, int]:
-    marker = path / ".dsbackup-bench-complete"
+def _build(path: Path, fill, outside: bool = False) -> tuple[int, int]:
+    """``fill(path)`` once; a marker records that it completed. With ``outside`` the marker
+    lies beside the directory, not in it (a flatfs store must hold only its own files, or a
+    backup of it refuses the stranger); a marker left inside by an earlier version is moved."""
+    inner = path / ".dsbackup-bench-complete"
+    marker = path.parent / f".{path.name}.complete" if outside else inner
+    if outside and not marker.is_file() and inner.is_file():
+        marker.write_text(inner.read_text())
+        inner.unlink()
     if marker.is_file():
         n, nbytes = (int(x) for x in marker.read_text().split())
     else:
+        marker.unlink(missing_ok=True)
         shutil.rmtree(path, ignore_errors=True)
         n, nbytes = fill(path)
         marker.write_text(f"{n} {nbytes}\n")
@@ -102,7 +110,7 @@ def blocks_flatfs(count: int | None = None, seed: int = SEED, root: Path | None 
             ds.close()
         return n, nbytes
 
-    n, nbytes = _build(path, fill)
+    n, nbytes = _build(path, fill, outside=True)
     return Dataset("blocks-flatfs", f"flatfs:{path}", path, n, nbytes)
 
 

@@ -12,14 +12,26 @@ measured next to our own run under the same machine load; the median of ``--runs
 is reported. "x ours" is the baseline's median time over ours for the same operation on
 the same store (above 1: we are faster). All data are in the page cache (warm runs: before
 every row its input, the store or the archive, is read once, untimed); before every row
-``sync`` flushes what earlier rows left dirty (tar and the seed never fsync; our backup and
-restore do), so no row pays for another's writes.
+``sync`` flushes what earlier rows left dirty, so no row pays for another's writes.
+
+Every row that writes data ends when that data is durable, timed inside the row, for every
+tool alike: our backup fsyncs its archive and directory and our restore fsyncs what it wrote
+(the LMDB data file; a flatfs target file by file), so the other rows fsync every file and
+directory they wrote before they end (``find OUT -exec sync -- {} +``: coreutils ``sync``
+with file arguments fsyncs each one, not the whole file system, which other processes'
+dirty pages would also load). The Python children fsync their output the same way.
 
 Rows (skipped, with the reason, when the tool is missing):
 - ``dsbackup``: ``python -m dsbackup backup|restore|verify`` (all CPUs).
-- ``isal-1 x1``/``isal-1 xN``: ISA-L alone on the same values (``isal.isal_zlib.compress``
-  level 1 of 4 MiB pieces, one thread / N threads): the ceiling. Its time is the compression
-  only (the values are read into memory first, not timed).
+- ``dsbackup (flatfs copy)`` (blocks): the same of the flatfs copy the file-level tools read,
+  restored into a new flatfs directory: files to files, as the tar rows do.
+- ``isal-1 x1``, ``isal-1 xN threads``, ``isal-1 in N processes``: ISA-L alone on the same
+  values (``isal.isal_zlib.compress`` level 1 of 4 MiB pieces; one thread, N threads of one
+  process, or N forked processes each compressing every Nth piece, timed from the start
+  signal to the last process's end): the ceiling. Its time is the compression only (the
+  values are read into memory first, not timed). In one process the threads share the
+  interpreter (the GIL is released only inside ISA-L), so the processes row is the ceiling
+  our workers (processes) are measured against: "of ceiling" = its time / ours.
 - ``dsbackup --format go``: the same backup written in the Go tool's format (gowriter.py);
   compare it with the seed row, which writes the same kind of archive in pure Python.
 - ``seed json+tar.gz-6``: the seed's way: chunks of 1000 records as JSON {key: base64(value)}
@@ -27,7 +39,8 @@ Rows (skipped, with the reason, when the tool is missing):
 - ``gzip.open-6``: the records streamed into one ``gzip.open`` level-6 file.
 - ``tar|pigz -p N``, ``tar|igzip -T N``, ``tar|zstd -T N``: tar of the store's files (the
   flatfs copy of the blocks; the LMDB directory of the small records); restore extracts.
-- ``restic``, ``borg``: a fresh repository (no encryption) backing up the same directory.
+- ``restic``, ``borg``: a fresh repository (no encryption) backing up the same directory;
+  restore is ``restic restore latest`` / ``borg extract`` into an empty directory.
 """
 
 from __future__ import annotations
@@ -69,15 +82,80 @@ def _open(uri: str, readonly: bool = True):
     return open_datastore(uri, readonly=readonly)
 
 
+def _fsync(path: str) -> None:
+    """Make a child's output durable, as our backup's archive is: the file, then its directory."""
+    for p, flags in ((path, os.O_RDONLY), (os.path.dirname(os.path.abspath(path)),
+                                           os.O_RDONLY | os.O_DIRECTORY)):
+        fd = os.open(p, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _isal_pieces(src: str) -> list[memoryview]:
+    with _open(src) as ds:
+        data = b"".join(v for _, vals in ds.scan_batches() for v in vals)
+    piece = 4 << 20
+    return [memoryview(data)[i:i + piece] for i in range(0, len(data), piece)]
+
+
+def child_isal_procs(src: str, procs: int, out: str) -> None:
+    """ISA-L level 1 in ``procs`` forked processes, each compressing every ``procs``-th
+    piece of the same values (already in memory, shared copy-on-write). Timed from the start
+    signal (sent once all processes are forked) to the end of the last one."""
+    from isal import isal_zlib
+
+    pieces = _isal_pieces(src)
+    go_r, go_w = os.pipe()
+    kids: list[tuple[int, int]] = []
+    for i in range(procs):
+        res_r, res_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: wait for the signal, compress its share, report size and end
+            code = 1
+            try:
+                os.close(go_w)
+                os.close(res_r)
+                if not os.read(go_r, 1):  # the parent is gone: no signal will come
+                    raise SystemExit(1)
+                size = sum(len(isal_zlib.compress(p, 1)) for p in pieces[i::procs])
+                end = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
+                os.write(res_w, json.dumps({"size": size, "end": end}).encode())
+                code = 0
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(res_w)
+        kids.append((pid, res_r))
+    os.close(go_r)
+    t0 = time.perf_counter()
+    os.write(go_w, b"g" * procs)
+    size = 0
+    end = t0
+    for pid, res_r in kids:
+        with os.fdopen(res_r, "rb") as f:
+            text = f.read()
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0 or not text:
+            raise SystemExit(f"isal process {pid} failed (status {status})")
+        info = json.loads(text)
+        size += info["size"]
+        end = max(end, info["end"])
+    secs = end - t0
+    Path(out).write_text(str(size))
+    print(json.dumps({"seconds": secs, "size": size}))
+
+
 def child_isal(src: str, threads: int, out: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from isal import isal_zlib
 
-    with _open(src) as ds:
-        data = b"".join(v for _, vals in ds.scan_batches() for v in vals)
-    piece = 4 << 20
-    pieces = [memoryview(data)[i:i + piece] for i in range(0, len(data), piece)]
+    pieces = _isal_pieces(src)
     t0 = time.perf_counter()
     if threads == 1:
         size = sum(len(isal_zlib.compress(p, 1)) for p in pieces)
@@ -113,6 +191,7 @@ def child_seed_backup(src: str, out: str) -> None:
                     flush()
         if chunk:
             flush()
+    _fsync(out)
 
 
 def child_seed_restore(archive: str, target: str) -> None:
@@ -141,6 +220,7 @@ def child_gzip_backup(src: str, out: str) -> None:
             for k, v in zip(keys, values):
                 f.write(len(k).to_bytes(4, "little") + k + len(v).to_bytes(8, "little"))
                 f.write(v)
+    _fsync(out)
 
 
 def child_gzip_restore(archive: str, target: str) -> None:
@@ -168,7 +248,7 @@ def child_gzip_restore(archive: str, target: str) -> None:
         ds.close()
 
 
-CHILDREN = {"isal": child_isal, "seed-backup": child_seed_backup,
+CHILDREN = {"isal": child_isal, "isal-procs": child_isal_procs, "seed-backup": child_seed_backup,
             "seed-restore": child_seed_restore, "gzip-backup": child_gzip_backup,
             "gzip-restore": child_gzip_restore}
 
@@ -266,11 +346,19 @@ def _shell(script: str) -> list[str]:
     return ["bash", "-o", "pipefail", "-c", script]
 
 
+def _durable(path: Path) -> str:
+    """The shell step that makes what a row wrote under ``path`` durable: an fsync of every
+    file and directory there (coreutils ``sync FILE...``), and of the directory holding it."""
+    return f"find '{path}' -exec sync -- {{}} + && sync -- '{path.parent}'"
+
+
 def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
-               tar_label: str, work: Path, workers: int,
-               ops: set[str]) -> tuple[list[Row], list[Skip]]:
+               tar_label: str, work: Path, workers: int, ops: set[str],
+               flatfs_raw: int | None = None) -> tuple[list[Row], list[Skip]]:
     """The rows for one data set: ``src_uri`` names the store (at ``src``), ``tar_dir`` is the
-    copy the file-level tools read. Each row's ``inputs`` is what it reads (see _warm)."""
+    copy the file-level tools read. Each row's ``inputs`` is what it reads (see _warm). With
+    ``flatfs_raw`` (its key and value bytes), ``tar_dir`` is a flatfs store, and we also back
+    it up and restore into a new flatfs: files to files, as the tar rows do."""
     rows: list[Row] = []
     skips: list[Skip] = []
     w = work / ds_name
@@ -281,10 +369,16 @@ def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
     if "backup" in ops:
         rows.append(Row("backup", ds_name, "dsbackup", dsb + ["backup", src_uri, str(ours_arc)],
                         raw, ours_arc, ours=True, inputs=(src,)))
-        for n in sorted({1, workers}):
-            rows.append(Row("backup", ds_name, f"isal-1 x{n} (ceiling)",
-                            me + ["isal", src_uri, str(n), str(w / f"isal{n}.size")], raw,
-                            w / f"isal{n}.size", internal_time=True, inputs=(src,)))
+        rows.append(Row("backup", ds_name, "isal-1 x1 (ceiling)",
+                        me + ["isal", src_uri, "1", str(w / "isal1.size")], raw,
+                        w / "isal1.size", internal_time=True, inputs=(src,)))
+        if workers > 1:
+            rows.append(Row("backup", ds_name, f"isal-1 x{workers} threads (ceiling)",
+                            me + ["isal", src_uri, str(workers), str(w / "isalt.size")], raw,
+                            w / "isalt.size", internal_time=True, inputs=(src,)))
+            rows.append(Row("backup", ds_name, f"isal-1 in {workers} processes (ceiling)",
+                            me + ["isal-procs", src_uri, str(workers), str(w / "isalp.size")],
+                            raw, w / "isalp.size", internal_time=True, inputs=(src,)))
         rows.append(Row("backup", ds_name, "dsbackup --format go",
                         dsb + ["backup", "--format", "go", src_uri, str(w / "go.tar.gz")],
                         raw, w / "go.tar.gz", inputs=(src,)))
@@ -305,30 +399,51 @@ def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
         arc = w / f"tar.{ext}"
         if "backup" in ops:
             rows.append(Row("backup", ds_name, label, _shell(
-                f"tar -cf - -C '{tar_dir}' . | {comp} > '{arc}'"), raw, arc,
+                f"tar -cf - -C '{tar_dir}' . | {comp} > '{arc}' && {_durable(arc)}"), raw, arc,
                 inputs=(tar_dir,)))
         if "restore" in ops:
             dst = w / f"untar-{tool}"
             rows.append(Row("restore", ds_name, label, _shell(
-                f"{decomp} < '{arc}' | tar -xf - -C '{dst}'"), raw, dst, mkdir=True,
-                inputs=(arc,)))
+                f"{decomp} < '{arc}' | tar -xf - -C '{dst}' && {_durable(dst)}"), raw, dst,
+                mkdir=True, inputs=(arc,)))
         if "verify" in ops:
             rows.append(Row("verify", ds_name, label, _shell(f"{test} '{arc}'"), raw,
                             inputs=(arc,)))
-    for tool, init, backup in (
-            ("restic", "restic init -q --repo '{r}'",
-             "restic backup -q --repo '{r}' '{d}'"),
-            ("borg", "borg init -e none '{r}'", "borg create '{r}::a' '{d}'")):
+    # their caches and keys live in the work directory (removed at the end), not in $HOME
+    tool_env = (f"export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR='{work / 'restic-cache'}'"
+                f" BORG_BASE_DIR='{work / 'borg-base'}'"
+                " BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes"
+                " BORG_RELOCATED_REPO_ACCESS_IS_OK=yes && ")
+    for tool, init, backup, restore in (
+            ("restic", "restic init -q --repo '{r}'", "restic backup -q --repo '{r}' '{d}'",
+             "restic restore -q latest --repo '{r}' --target '{t}'"),
+            ("borg", "borg init -e none '{r}'", "borg create '{r}::a' '{d}'",
+             "cd '{t}' && borg extract '{r}::a'")):
         label = f"{tool} ({tar_label})"
         if shutil.which(tool) is None:
             skips.append(Skip(ds_name, label, f"{tool} is not installed"))
             continue
+        repo = w / f"{tool}-repo"
         if "backup" in ops:
-            repo = w / f"{tool}-repo"
-            script = ("export RESTIC_PASSWORD=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes"
-                      f" && {init.format(r=repo)} && {backup.format(r=repo, d=tar_dir)}")
+            script = (f"{tool_env}{init.format(r=repo)} && {backup.format(r=repo, d=tar_dir)}"
+                      f" && {_durable(repo)}")
             rows.append(Row("backup", ds_name, label, _shell(script), raw, repo,
                             inputs=(tar_dir,)))
+        if "restore" in ops:
+            dst = w / f"{tool}-restored"
+            script = f"{tool_env}{restore.format(r=repo, t=dst)} && {_durable(dst)}"
+            rows.append(Row("restore", ds_name, label, _shell(script), raw, dst, mkdir=True,
+                            inputs=(repo,)))
+    flat_arc = w / "ours-flatfs.tar.gz"
+    flat_label = f"dsbackup ({tar_label})"
+    if flatfs_raw is not None and "backup" in ops:
+        rows.append(Row("backup", ds_name, flat_label,
+                        dsb + ["backup", f"flatfs:{tar_dir}", str(flat_arc)], flatfs_raw,
+                        flat_arc, inputs=(tar_dir,)))
+    if flatfs_raw is not None and "restore" in ops:
+        rows.append(Row("restore", ds_name, flat_label,
+                        dsb + ["restore", str(flat_arc), f"flatfs:{w / 'flatfs-restored'}"],
+                        flatfs_raw, w / "flatfs-restored", inputs=(flat_arc,)))
     if "restore" in ops:
         rows.append(Row("restore", ds_name, "dsbackup",
                         dsb + ["restore", str(ours_arc), f"lmdb:{w / 'restored'}"], raw,
@@ -437,6 +552,26 @@ def table(rows: list[Row]) -> tuple[list[dict], str]:
     return out, "\n".join(lines)
 
 
+def ceiling_ratios(rows: list[Row]) -> dict[str, dict]:
+    """Per data set: our backup as a fraction of each ISA-L ceiling row ("of ceiling" = its
+    time / ours: 1.0 means our whole backup runs as fast as compression alone), from the
+    medians and round by round (the rows of one round ran next to each other)."""
+    out: dict[str, dict] = {}
+    for ours in (r for r in rows if r.ours and r.op == "backup" and r.samples):
+        d: dict = {"ours_seconds": ours.median("seconds")}
+        for r in rows:
+            if r.dataset != ours.dataset or "(ceiling)" not in r.tool or not r.samples:
+                continue
+            kind = ("processes" if "processes" in r.tool else
+                    "threads" if "threads" in r.tool else "x1")
+            per_round = [c.seconds / o.seconds for c, o in zip(r.samples, ours.samples)]
+            d[kind] = {"tool": r.tool, "seconds": r.median("seconds"),
+                       "of_ceiling": r.median("seconds") / d["ours_seconds"],
+                       "of_ceiling_per_round": per_round}
+        out[ours.dataset] = d
+    return out
+
+
 def tune_check(uri: str, raw: int, work: Path, env: dict[str, str], runs: int,
                timeout: float) -> dict:
     """`dsbackup tune` on the store, then real backups at its recommendation: the projection's
@@ -484,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="operations to compare (none: only --tune-check)")
     ap.add_argument("--runs", type=int, default=3, help="rounds; medians are reported")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="threads for pigz/zstd/igzip and the ISA-L xN ceiling (default CPUs)")
+                    help="threads for pigz/zstd/igzip, threads and processes for the ISA-L "
+                    "ceiling rows (default CPUs)")
     ap.add_argument("--timeout", type=float, default=1800, help="per command, seconds")
     ap.add_argument("--json", type=Path, default=None,
                     help="results file (default benchmarks/results/compare-<time>.json)")
@@ -513,9 +649,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.datasets.split(","):
             t0 = time.perf_counter()
+            flatfs_raw = None
             if name == "blocks":
                 d = benchdata.blocks_lmdb()
-                tar_dir, label = benchdata.blocks_flatfs().path, "flatfs copy"
+                flat = benchdata.blocks_flatfs()
+                tar_dir, label, flatfs_raw = flat.path, "flatfs copy", flat.raw_bytes
             elif name == "small":
                 d = benchdata.small_lmdb()
                 tar_dir, label = d.path, "LMDB dir"
@@ -525,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {d.records} records, {d.raw_bytes / 1e6:.1f} MB "
                   f"(ready in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
             r, s = build_rows(name, d.uri, d.path, d.raw_bytes, tar_dir, label, work,
-                              args.workers, ops)
+                              args.workers, ops, flatfs_raw)
             rows += r
             skips += s
         run_rounds(rows, args.runs, env, args.timeout)
@@ -537,6 +675,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     results, text = table(rows)
     print(text)
+    ceilings = ceiling_ratios(rows)
+    for name, d in ceilings.items():
+        parts = [f"{d[k]['of_ceiling']:.2f} of {d[k]['tool'].removesuffix(' (ceiling)')} "
+                 f"(rounds {', '.join(f'{x:.2f}' for x in d[k]['of_ceiling_per_round'])})"
+                 for k in ("processes", "threads", "x1") if k in d]
+        print(f"{name} backup: ours = " + "; ".join(parts))
     for s in skips:
         print(f"skipped: {s.dataset} {s.tool}: {s.reason}")
     tc = info.get("blocks", {}).get("tune_check")
@@ -548,10 +692,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{tc.get('time_error_vs_median', float('nan')):+.1%}), {tc['size_error']:+.1%} "
               "size (bound +-25%)")
     doc = {
-        "schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "schema": 2, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "scale": benchdata.scale(), "runs": args.runs, "workers": args.workers,
         "loadavg_end": os.getloadavg(), "datasets": info, "rows": results,
+        "ceiling": ceilings, "durable": True,
         "skipped": [s.__dict__ for s in skips],
     }
     path = args.json or HERE / "results" / f"compare-{time.strftime('%Y%m%dT%H%M%S')}.json"

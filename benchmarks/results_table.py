@@ -14,7 +14,10 @@ def markdown(doc: dict) -> str:
     lines = [
         f"Measured {doc['created']} on {doc['cpus']} CPUs (Python {doc['python']}), scale "
         f"{doc['scale']}, median of {doc['runs']} interleaved runs, warm page cache; "
-        f"load average at the end {', '.join(f'{x:.1f}' for x in doc['loadavg_end'])}.",
+        f"load average at the end {', '.join(f'{x:.1f}' for x in doc['loadavg_end'])}."
+        + (" Durable rows: every row that writes ends with what it wrote fsynced, timed."
+           if doc.get("durable") else
+           " Not durable: the file-level rows' writes were left in the page cache."),
         "",
         "| data set | op | tool | seconds | MB/s | time / ours | size MB | peak RSS MiB |",
         "|---|---|---|---:|---:|---:|---:|---:|",
@@ -36,6 +39,12 @@ def markdown(doc: dict) -> str:
     if doc["skipped"]:
         lines.append("- skipped: " + "; ".join(f"{s['dataset']} {s['tool']} ({s['reason']})"
                                                for s in doc["skipped"]))
+    for name, d in doc.get("ceiling", {}).items():
+        parts = [f"{d[k]['of_ceiling']:.2f} of {d[k]['tool'].removesuffix(' (ceiling)')} "
+                 f"(per round {', '.join(f'{x:.2f}' for x in d[k]['of_ceiling_per_round'])})"
+                 for k in ("processes", "threads", "x1") if k in d]
+        lines.append(f"- {name} backup against the ISA-L ceilings (their time / ours): "
+                     + "; ".join(parts))
     tc = doc["datasets"].get("blocks", {}).get("tune_check")
     if tc:
         lines.append(
