@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from dsbackup._ext.checksum import Xxh3_64, Xxh3_128, crc32, crc32_combine, xxh3_64
 from dsbackup._ext.compress import deflate_body, tar_header
 from dsbackup.archive import format as fmt
+from dsbackup.archive.crypto import KeyMaterial, new_archive_key
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.tempfiles import (
     fsync_dir,
@@ -92,6 +93,9 @@ class ArchiveWriter:
 
     ``node``: the data of a node member (dsbackup.archive.node.encode_node); an archive with
     one is written in format version 2 (docs/FORMAT.md §11.2), every other in version 1.
+
+    ``key``: write an encrypted archive (version 2, flag bit 0, docs/FORMAT.md §11.4) with a
+    new data key wrapped under it; ``kdf``: reuse a parent's scrypt salt and parameters.
     """
 
     def __init__(
@@ -104,6 +108,8 @@ class ArchiveWriter:
         parent_fingerprint: str | None = None,
         overwrite: bool = False,
         node: bytes | None = None,
+        key: KeyMaterial | None = None,
+        kdf: dict[str, Any] | None = None,
     ) -> None:
         self.final = Path(path)
         self.overwrite = overwrite
@@ -138,9 +144,20 @@ class ArchiveWriter:
         # incremental archives: the fingerprint also covers the parent's (docs/FORMAT.md §7)
         self.parent_fingerprint = parent_fingerprint
         self.referenced_chunks = 0
-        self.version = fmt.FORMAT_VERSION if node is None else fmt.NODE_FORMAT_VERSION
+        encrypted = key is not None
+        self.version = (fmt.FORMAT_VERSION if node is None and not encrypted
+                        else fmt.NODE_FORMAT_VERSION)
+        self.flags = fmt.FLAG_ENCRYPTED if encrypted else 0
+        self._cipher = None
+        self._base = 0  # length of the key header (the manifest follows it)
         self._node_offset = self._node_length = 0
         try:
+            if key is not None:  # the key header first, plaintext, stored blocks (§11.4)
+                header, self._cipher = new_archive_key(key, self.version, kdf)
+                body = deflate_body(header, 0)
+                sub = fmt.data_subfield(fmt.TYPE_KEY, len(header), xxh3_64(header),
+                                        self.version, self.flags)
+                self._base = self._write_member(sub, fmt.KEY_NAME, self.created, body)[1]
             if node is not None and len(node) > fmt.MAX_JSON_BYTES:
                 raise ArchiveError(f"{self.final}: the node's files take {len(node)} bytes, "
                                    "over the 16 MiB limit of the node member")
@@ -189,10 +206,20 @@ class ArchiveWriter:
         self._write(pieces)
         return offset, self._pos - offset, h.intdigest()
 
-    def _write_data_member(self, mtype: int, name: bytes, data: bytes) -> tuple[int, int, int]:
-        body = deflate_body(data, self.level)
-        sub = fmt.data_subfield(mtype, len(data), xxh3_64(data), self.version)
+    def _write_data_member(self, mtype: int, name: bytes, data: bytes, level: int | None = None,
+                           ) -> tuple[int, int, int]:
+        if self._cipher is not None:  # ciphertext || tag in stored blocks (§11.4)
+            data = self._cipher.seal(mtype, 0, data)
+            level = 0
+        body = deflate_body(data, self.level if level is None else level)
+        sub = fmt.data_subfield(mtype, len(data), xxh3_64(data), self.version, self.flags)
         return self._write_member(sub, name, self.created, body)
+
+    def _sealed(self, mtype: int, seq: int, body: Body) -> tuple[Body, int]:
+        """An encrypted member's body: the compressed body sealed, in stored blocks; and
+        the XXH3-64 of the sealed bytes (the subfield's digest)."""
+        stored = self._cipher.seal(mtype, seq, body.data)
+        return deflate_body(stored, 0), xxh3_64(stored)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -215,9 +242,14 @@ class ArchiveWriter:
                 f"{self._prev_last!r} (chunks must arrive in key order)")
         seq = self._index.count
         body = chunk.body
-        sub = fmt.chunk_subfield(seq, chunk.record_count, body.input_len, chunk.payload_xxh3,
-                                 self.version)
-        off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, body)
+        if self._cipher is None:
+            sub = fmt.chunk_subfield(seq, chunk.record_count, body.input_len,
+                                     chunk.payload_xxh3, self.version)
+            off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, body)
+        else:  # no plaintext digest in the clear (§11.4)
+            sealed, sxxh = self._sealed(fmt.TYPE_CHUNK, seq, body)
+            sub = fmt.chunk_subfield(seq, 0, sealed.input_len, sxxh, self.version, self.flags)
+            off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, sealed)
         entry = ChunkEntry(seq, off, length, body.input_len, chunk.record_count,
                            chunk.payload_xxh3, mxxh, chunk.keys_xxh3,
                            bytes(chunk.first_key), bytes(chunk.last_key))
@@ -225,9 +257,15 @@ class ArchiveWriter:
         if catalog_body is not None:
             if catalog_xxh3 is None:
                 raise ValueError("catalog_xxh3 is required with catalog_body")
-            csub = fmt.data_subfield(fmt.TYPE_CATALOG, catalog_body.input_len, catalog_xxh3,
-                                     self.version)
-            coff, clen, cxxh = self._write_member(csub, fmt.catalog_name(seq), 0, catalog_body)
+            if self._cipher is None:
+                csub = fmt.data_subfield(fmt.TYPE_CATALOG, catalog_body.input_len,
+                                         catalog_xxh3, self.version)
+                cbody = catalog_body
+            else:
+                cbody, sxxh = self._sealed(fmt.TYPE_CATALOG, seq, catalog_body)
+                csub = fmt.data_subfield(fmt.TYPE_CATALOG, cbody.input_len, sxxh,
+                                         self.version, self.flags)
+            coff, clen, cxxh = self._write_member(csub, fmt.catalog_name(seq), 0, cbody)
             self._index.add_catalog(
                 CatalogEntry(coff, clen, cxxh, catalog_body.input_len, catalog_xxh3))
         elif self._index.catalog_count:
@@ -274,13 +312,12 @@ class ArchiveWriter:
         if self._closed:
             raise ArchiveError("archive writer is closed")
         try:
-            chunk_bytes = self._pos - self._manifest_length - self._node_length
+            chunk_bytes = self._pos - self._base - self._manifest_length - self._node_length
             index_data = self._index.encode(self._manifest_length, self._manifest_xxh3,
                                             self._node_offset, self._node_length)
-            index_body = deflate_body(index_data, 0)  # stored: opening stays fast
-            isub = fmt.data_subfield(fmt.TYPE_INDEX, len(index_data), xxh3_64(index_data),
-                                     self.version)
-            ioff, ilen, ixxh = self._write_member(isub, fmt.INDEX_NAME, self.created, index_body)
+            # stored: opening stays fast
+            ioff, ilen, ixxh = self._write_data_member(fmt.TYPE_INDEX, fmt.INDEX_NAME,
+                                                       index_data, 0)
             fingerprint = self._fingerprint.hexdigest()
             full = dict(summary or {})
             if self.parent_fingerprint is not None:
@@ -299,7 +336,7 @@ class ArchiveWriter:
             sdata = json.dumps(full, sort_keys=True, indent=1).encode()
             soff, slen, sxxh = self._write_data_member(fmt.TYPE_SUMMARY, fmt.SUMMARY_NAME, sdata)
             trailer = fmt.Trailer(ioff, ilen, ixxh, soff, slen, sxxh, self._index.count,
-                                  self._pos, self.version)
+                                  self._pos, self.version, self.flags)
             self._write([trailer.encode()])
             self._writeback.close()
             # the check reads the written bytes back while fsync waits for the disk
