@@ -82,7 +82,8 @@ class KeyMaterial:
         self.kind = "scrypt" if passphrase is not None else "raw"
         self._secret = bytearray(passphrase if passphrase is not None else key)  # type: ignore[arg-type]
         self._keks: dict[tuple, bytearray] = {}
-        self._lock = threading.Lock()
+        self._kdf: dict[str, Any] | None = None
+        self._lock = threading.RLock()
         _no_core_dumps()
 
     def __repr__(self) -> str:
@@ -94,9 +95,17 @@ class KeyMaterial:
         raise TypeError("key material cannot be pickled")
 
     def new_kdf(self) -> dict[str, Any]:
-        """The kdf object of a new key header."""
+        """The kdf object of a new key header: one salt per key material object, so a process
+        writing several archives (the scheduler, a benchmark) derives the KEK once; each
+        archive still has its own data key and wrap nonce."""
         if self.kind == "raw":
             return {"name": "raw"}
+        with self._lock:
+            if self._kdf is None:
+                self._kdf = self._fresh_kdf()
+            return dict(self._kdf)
+
+    def _fresh_kdf(self) -> dict[str, Any]:
         log2n = DEFAULT_LOG2_N
         env = os.environ.get(TEST_LOG2_N_ENV)
         if env:
@@ -237,9 +246,8 @@ class ArchiveCipher:
 
     def seal(self, mtype: int, seq: int, plaintext: bytes | memoryview) -> bytes:
         """ciphertext || tag of a member's plaintext."""
-        return self._aead.encrypt(self.nonce(mtype, seq),
-                                  bytes(plaintext) if isinstance(plaintext, memoryview)
-                                  else plaintext, self.aad(mtype, seq, len(plaintext)))
+        return self._aead.encrypt(self.nonce(mtype, seq), plaintext,
+                                  self.aad(mtype, seq, len(plaintext)))
 
     def open(self, mtype: int, seq: int, stored: bytes | memoryview, where: str, *,
              chunk: int | None = None, part: str | None = None) -> bytes:
@@ -248,7 +256,7 @@ class ArchiveCipher:
             raise IntegrityError(f"{where}: encrypted data shorter than its tag",
                                  chunk=chunk, part=part)
         try:
-            return self._aead.decrypt(self.nonce(mtype, seq), bytes(stored),
+            return self._aead.decrypt(self.nonce(mtype, seq), stored,
                                       self.aad(mtype, seq, len(stored) - TAG_BYTES))
         except InvalidTag:
             raise IntegrityError(f"{where}: authentication failed (ciphertext, tag or header "
@@ -349,6 +357,26 @@ def using_key(material: KeyMaterial | None, *,
     finally:
         with _current_lock:
             _current, _prompt = before
+
+
+_keyring: list[KeyMaterial] = []
+
+
+def add_to_keyring(material: KeyMaterial) -> None:
+    """A long-running process (the scheduler) registers the key material of its schedules:
+    readers opened without a key try each, in order, and stop at the first that unwraps."""
+    with _current_lock:
+        if material not in _keyring:
+            _keyring.append(material)
+
+
+def key_candidates() -> list[KeyMaterial]:
+    """What a reader without an explicit key tries: the ``using_key`` key, else the keyring."""
+    k = current_key()
+    if k is not None:
+        return [k]
+    with _current_lock:
+        return list(_keyring)
 
 
 def current_key() -> KeyMaterial | None:

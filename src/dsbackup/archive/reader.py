@@ -23,6 +23,7 @@ from dsbackup.errors import (
     KeyRequiredError,
     MissingParentError,
     UnsupportedArchive,
+    WrongKeyError,
 )
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class ArchiveReader:
         unwrap the data key (both exit 2). `locked_ok`: an encrypted archive without a key
         opens with only its public parts (trailer, key_header; `locked` is True)."""
         self.path = Path(path)
-        self.key = key if key is not None else crypto.current_key()
+        self.key = key
         self.cipher: crypto.ArchiveCipher | None = None
         self.key_header: dict[str, Any] | None = None
         self.base = 0  # the key header's length: the manifest starts there
@@ -85,13 +86,21 @@ class ArchiveReader:
             self.flags = t.flags
             if t.encrypted:
                 self.key_header = self._read_key_header()
-                if self.key is None and locked_ok:
+                candidates = [key] if key is not None else crypto.key_candidates()
+                if not candidates and locked_ok:
                     self.locked = True
                     return
-                if self.key is None:
+                if not candidates:
                     raise KeyRequiredError(f"{self.path}: {crypto.MISSING_KEY}")
-                self.cipher = crypto.open_archive_key(self.key_header, self.key, self.version,
-                                                      str(self.path))
+                for i, k in enumerate(candidates):  # several only from a scheduler's keyring
+                    try:
+                        self.cipher = crypto.open_archive_key(self.key_header, k, self.version,
+                                                              str(self.path))
+                        self.key = k
+                        break
+                    except WrongKeyError:
+                        if i == len(candidates) - 1:
+                            raise
             raw = self.pread(t.index_offset, t.index_length)
             if xxh3_64(raw) != t.index_xxh3:
                 raise IntegrityError(f"{self.path}: index member checksum mismatch",
@@ -280,7 +289,8 @@ class ArchiveReader:
 
             with self._chain_lock:  # readers are shared by decoding threads
                 if self._chain is None:
-                    self._chain = ParentChain(self, self.parent_dirs)
+                    with crypto.using_key(self.key):  # parents: the same passphrase or key
+                        self._chain = ParentChain(self, self.parent_dirs)
         return self._chain
 
     def locate(self, i: int) -> tuple[ArchiveReader, int]:
@@ -317,7 +327,8 @@ class ArchiveReader:
         return self._checked_member(i, catalog=False, keep=True)
 
     def decode_chunk_member(self, i: int, raw: bytes) -> memoryview:
-        """Inflate and check a chunk member read by read_member; return the payload."""
+        """Inflate and check a chunk member read by read_member (whose member XXH3 it
+        trusts); return the payload."""
         e = self.entry(i)
         if e.in_parent:
             holder, seq = self.locate(i)  # checks every hop describes this same chunk
@@ -325,7 +336,8 @@ class ArchiveReader:
         where = f"{self.path}: chunk {i} {e.key_range}"
         sub, payload = decode_member(raw, where, expected_type=fmt.TYPE_CHUNK,
                                      expected_name=fmt.chunk_name(i), chunk=i,
-                                     version=self.version, flags=self.flags)
+                                     version=self.version, flags=self.flags,
+                                     data_digest=self.cipher is None)
         if self.cipher is not None:  # the subfield holds the sealed data's length and digest
             if (sub.seq, sub.records) != (i, 0):
                 raise IntegrityError(f"{where}: member header disagrees with the index",
