@@ -287,7 +287,8 @@ class BackupManager:
             config={**cfg.to_dict(), "chunk_size": chunk_size}, datastore=manifest["source"],
             statistics=stats_out, parent=None, tool=manifest["tool"],
             node=manifest.get("node"),
-            node_warning=private_key_warning(manifest.get("node"), node and node.files))
+            node_warning=None if cfg.encryption is not None else  # sealed: not readable
+            private_key_warning(manifest.get("node"), node and node.files))
 
     # -- restore / verify / inspect ----------------------------------------------------------
 

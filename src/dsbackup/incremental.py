@@ -545,4 +545,5 @@ def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
         config={**cfg.to_dict(), "chunk_size": chunk_size, "chunk_max_bytes": cmb},
         datastore=manifest["source"], statistics=stats, parent=pfp, tool=manifest["tool"],
         node=manifest.get("node"),
-        node_warning=private_key_warning(manifest.get("node"), node and node.files))
+        node_warning=None if cfg.encryption is not None else  # sealed: not readable
+        private_key_warning(manifest.get("node"), node and node.files))
