@@ -97,7 +97,7 @@ def test_no_plaintext_in_the_file(tmp_path):
     blob = path.read_bytes()
     assert not any(m in blob for m in markers)
     assert not any(k in blob for k, _ in records[:200])
-    assert b"/m/" not in blob and PASS not in blob
+    assert PASS not in blob  # (3-byte strings such as b"/m/" occur in random bytes by chance)
     assert b"lmdb:" not in blob and b"chunk_size" not in blob  # manifest and summary sealed
 
 
