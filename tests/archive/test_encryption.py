@@ -257,3 +257,37 @@ def test_unencrypted_archives_unchanged(tmp_path):
     p1 = lmdb_archive(tmp_path, records, name="a.tar.gz", material=None)
     with ArchiveReader(p1) as r:
         assert r.version == 1 and r.flags == 0 and not r.encrypted and r.base == 0
+
+
+@pytest.mark.parametrize("kdf", [
+    {"name": "scrypt", "salt": "00" * 16, "n": 1 << 23, "r": 8, "p": 1},  # too much memory
+    {"name": "scrypt", "salt": "00" * 16, "n": 1 << 10, "r": 8, "p": 1},  # too weak
+    {"name": "scrypt", "salt": "00" * 16, "n": 3 << 14, "r": 8, "p": 1},  # not a power of 2
+    {"name": "scrypt", "salt": "00" * 16, "n": 1 << 14, "r": 64, "p": 2},  # r·p > 64
+    {"name": "scrypt", "salt": "00" * 8, "n": 1 << 14, "r": 8, "p": 1},  # short salt
+    {"name": "argon9"},
+])
+def test_hostile_kdf_parameters_are_damage(kdf):
+    from dsbackup.errors import IntegrityError
+
+    with pytest.raises(IntegrityError):
+        key().kek(kdf, "a.tar.gz")
+
+
+def test_key_and_passphrase_files(tmp_path):
+    (tmp_path / "p").write_bytes(PASS + b"\r\n")
+    assert bytes(crypto.load_passphrase_file(tmp_path / "p")._secret) == PASS
+    (tmp_path / "e").write_bytes(b"\n")
+    from dsbackup.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is empty"):
+        crypto.load_passphrase_file(tmp_path / "e")
+    (tmp_path / "k").write_bytes(b"\x01" * 32)
+    assert crypto.load_key_file(tmp_path / "k").kind == "raw"
+    (tmp_path / "k").write_bytes(b"ab" * 32 + b"\n")
+    assert bytes(crypto.load_key_file(tmp_path / "k")._secret) == b"\xab" * 32
+    (tmp_path / "k").write_bytes(b"short")
+    with pytest.raises(ConfigError, match="32 raw bytes"):
+        crypto.load_key_file(tmp_path / "k")
+    with pytest.raises(ConfigError, match="cannot read"):
+        crypto.load_key_file(tmp_path / "missing")

@@ -81,6 +81,8 @@ def test_key_sources_and_damage(setup, env, run_cli):
     r = run_cli("restore", arc, f"lmdb:{tmp_path / 'dst'}")
     del env[crypto.PASSPHRASE_ENV]
     assert r.returncode == 0, r.stderr
+    r = run_cli("inspect", arc, "--passphrase-file", pf, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["encrypted"] is True
     r = run_cli("ls", arc, "--passphrase-file", pf)
     assert r.returncode == 0 and "/k/0499" in r.stdout
     r = run_cli("verify", arc, "--passphrase-file", pf, "--json", "-v")

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from dsbackup.goformat import is_go_archive
 
     go = is_go_archive(args.archive)
+    encrypted = False
     if go:
         from dsbackup.gocompat import inspect_go
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         meta = BackupManager().inspect(args.archive)
     if args.json:
         emit_json(COMMAND, {"ok": True, "backup": meta.to_json(),
-                            "format": "go" if go else "dsbackup"})
+                            "format": "go" if go else "dsbackup", "encrypted": encrypted})
         return 0
     s = meta.statistics
     rows = [
