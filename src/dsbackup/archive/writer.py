@@ -8,6 +8,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -149,6 +150,9 @@ class ArchiveWriter:
                         else fmt.NODE_FORMAT_VERSION)
         self.flags = fmt.FLAG_ENCRYPTED if encrypted else 0
         self._cipher = None
+        self._sealer: ThreadPoolExecutor | None = None
+        self._pending: tuple | None = None  # a sealed chunk not yet written
+        self._sealed_catalog: bool | None = None
         self._base = 0  # length of the key header (the manifest follows it)
         self._node_offset = self._node_length = 0
         try:
@@ -225,31 +229,29 @@ class ArchiveWriter:
 
     @property
     def chunk_count(self) -> int:
-        return self._index.count
+        return self._index.count + (self._pending is not None)
 
     @property
     def bytes_written(self) -> int:
         return self._pos
 
     def add_chunk(self, chunk: ChunkLike, catalog_body: Body | None = None,
-                  catalog_xxh3: int | None = None) -> ChunkEntry:
-        """Append a compressed chunk (and its catalog member when the archive has a catalog)."""
+                  catalog_xxh3: int | None = None) -> ChunkEntry | None:
+        """Append a compressed chunk (and its catalog member when the archive has a catalog);
+        its index entry (None in an encrypted archive: written with the next chunk)."""
         if self._closed:
             raise ArchiveError("archive writer is closed")
         if self._prev_last is not None and chunk.first_key <= self._prev_last:
             raise ArchiveError(
                 f"chunk {self._index.count}: first key {chunk.first_key!r} does not follow "
                 f"{self._prev_last!r} (chunks must arrive in key order)")
+        if self._cipher is not None:
+            return self._add_sealed(chunk, catalog_body, catalog_xxh3)
         seq = self._index.count
         body = chunk.body
-        if self._cipher is None:
-            sub = fmt.chunk_subfield(seq, chunk.record_count, body.input_len,
-                                     chunk.payload_xxh3, self.version)
-            off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, body)
-        else:  # no plaintext digest in the clear (§11.4)
-            sealed, sxxh = self._sealed(fmt.TYPE_CHUNK, seq, body)
-            sub = fmt.chunk_subfield(seq, 0, sealed.input_len, sxxh, self.version, self.flags)
-            off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, sealed)
+        sub = fmt.chunk_subfield(seq, chunk.record_count, body.input_len,
+                                 chunk.payload_xxh3, self.version)
+        off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, body)
         entry = ChunkEntry(seq, off, length, body.input_len, chunk.record_count,
                            chunk.payload_xxh3, mxxh, chunk.keys_xxh3,
                            bytes(chunk.first_key), bytes(chunk.last_key))
@@ -257,15 +259,9 @@ class ArchiveWriter:
         if catalog_body is not None:
             if catalog_xxh3 is None:
                 raise ValueError("catalog_xxh3 is required with catalog_body")
-            if self._cipher is None:
-                csub = fmt.data_subfield(fmt.TYPE_CATALOG, catalog_body.input_len,
-                                         catalog_xxh3, self.version)
-                cbody = catalog_body
-            else:
-                cbody, sxxh = self._sealed(fmt.TYPE_CATALOG, seq, catalog_body)
-                csub = fmt.data_subfield(fmt.TYPE_CATALOG, cbody.input_len, sxxh,
-                                         self.version, self.flags)
-            coff, clen, cxxh = self._write_member(csub, fmt.catalog_name(seq), 0, cbody)
+            csub = fmt.data_subfield(fmt.TYPE_CATALOG, catalog_body.input_len,
+                                     catalog_xxh3, self.version)
+            coff, clen, cxxh = self._write_member(csub, fmt.catalog_name(seq), 0, catalog_body)
             self._index.add_catalog(
                 CatalogEntry(coff, clen, cxxh, catalog_body.input_len, catalog_xxh3))
         elif self._index.catalog_count:
@@ -277,6 +273,65 @@ class ArchiveWriter:
         self._payload_bytes += body.input_len
         return entry
 
+    # -- encrypted archives: chunk i is sealed in a thread while chunk i-1 is written ----------
+
+    def _seal_chunk(self, seq: int, body: Body, catalog_body: Body | None) -> tuple:
+        return (self._sealed(fmt.TYPE_CHUNK, seq, body),
+                None if catalog_body is None else
+                self._sealed(fmt.TYPE_CATALOG, seq, catalog_body))
+
+    def _add_sealed(self, chunk: ChunkLike, catalog_body: Body | None,
+                    catalog_xxh3: int | None) -> None:
+        """The encrypted add_chunk (docs/FORMAT.md §11.4): the member is written on the next
+        call (or by finish), so that sealing overlaps the previous member's write; the chunk's
+        body (a worker's buffer) is sealed, i.e. copied, before this returns."""
+        seq = self.chunk_count
+        has_catalog = catalog_body is not None
+        if has_catalog and catalog_xxh3 is None:
+            raise ValueError("catalog_xxh3 is required with catalog_body")
+        if self._sealed_catalog is not None and has_catalog != self._sealed_catalog:
+            raise ArchiveError(f"chunk {seq}: catalog presence changed")
+        self._sealed_catalog = has_catalog
+        if self._sealer is None:
+            self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsbackup-seal")
+        body = chunk.body
+        job = self._sealer.submit(self._seal_chunk, seq, body, catalog_body)
+        try:
+            self._flush_pending()
+        finally:
+            sealed = job.result()
+        self._pending = (seq, chunk.record_count, body.input_len, chunk.payload_xxh3,
+                         chunk.keys_xxh3, bytes(chunk.first_key), bytes(chunk.last_key),
+                         catalog_xxh3, catalog_body.input_len if has_catalog else 0, sealed)
+        self._prev_last = self._pending[6]
+        self._fingerprint.update(_U64.pack(chunk.payload_xxh3))
+        self._records += chunk.record_count
+        self._raw_bytes += chunk.raw_bytes
+        self._payload_bytes += body.input_len
+
+    def _flush_pending(self) -> None:
+        p, self._pending = self._pending, None
+        if p is None:
+            return
+        seq, records, plen, pxxh, kxxh, first, last, cat_xxh3, cat_len, sealed = p
+        (sbody, sxxh), csealed = sealed
+        sub = fmt.chunk_subfield(seq, 0, sbody.input_len, sxxh, self.version, self.flags)
+        off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, sbody)
+        self._index.add_chunk(ChunkEntry(seq, off, length, plen, records, pxxh, mxxh, kxxh,
+                                         first, last))
+        if csealed is not None:
+            cbody, cs = csealed
+            csub = fmt.data_subfield(fmt.TYPE_CATALOG, cbody.input_len, cs, self.version,
+                                     self.flags)
+            coff, clen, cmx = self._write_member(csub, fmt.catalog_name(seq), 0, cbody)
+            self._index.add_catalog(CatalogEntry(coff, clen, cmx, cat_len, cat_xxh3))
+
+    def _stop_sealer(self) -> None:
+        self._pending = None
+        if self._sealer is not None:
+            self._sealer.shutdown(wait=True)
+            self._sealer = None
+
     def add_reference(self, parent_seq: int, entry: ChunkEntry, raw_bytes: int, *,
                       catalog: bool = False) -> ChunkEntry:
         """Append a chunk stored in the parent chain: ``entry`` is the parent's index entry
@@ -285,6 +340,7 @@ class ArchiveWriter:
             raise ArchiveError("archive writer is closed")
         if self.parent_fingerprint is None:
             raise ArchiveError("a chunk reference needs a parent (parent_fingerprint)")
+        self._flush_pending()  # members and index entries stay in seq order
         if self._prev_last is not None and entry.first_key <= self._prev_last:
             raise ArchiveError(
                 f"chunk {self._index.count}: first key {entry.first_key!r} does not follow "
@@ -312,6 +368,8 @@ class ArchiveWriter:
         if self._closed:
             raise ArchiveError("archive writer is closed")
         try:
+            self._flush_pending()
+            self._stop_sealer()
             chunk_bytes = self._pos - self._base - self._manifest_length - self._node_length
             index_data = self._index.encode(self._manifest_length, self._manifest_xxh3,
                                             self._node_offset, self._node_length)
@@ -377,6 +435,7 @@ class ArchiveWriter:
         """Discard the temp file. Nothing is left at the final path."""
         if not self._closed:
             self._closed = True
+            self._stop_sealer()
             try:
                 self._writeback.close()
             except OSError:
