@@ -110,3 +110,49 @@ def test_key_file_backup(tmp_path, env, run_cli):
     assert kf.read_text().strip() not in arc.read_bytes().hex()
     r = run_cli("restore", arc, f"lmdb:{tmp_path / 'dst'}", "--key-file", kf)
     assert r.returncode == 0, r.stderr
+
+
+def test_prompt_on_a_terminal(tmp_path, env):
+    """No key option and no DSBACKUP_PASSPHRASE on a terminal: a no-echo prompt, asked twice
+    for a backup; the passphrase never shows on the terminal."""
+    import os
+    import pty
+    import select
+    import sys
+    import time
+
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/a", b"1")]))
+    arc = tmp_path / "a.tar.gz"
+
+    def run(*args: str, answers: list[bytes]) -> tuple[int, bytes]:
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execve(sys.executable, [sys.executable, "-m", "dsbackup", *args], env)
+        out = b""
+        deadline = time.monotonic() + 60
+        for a in answers:
+            while b"passphrase" not in out.split(b"\n")[-1]:
+                assert time.monotonic() < deadline, out  # no prompt came
+                if select.select([fd], [], [], 1)[0]:
+                    out += os.read(fd, 1024)
+            os.write(fd, a + b"\n")
+            time.sleep(0.2)
+            out += b"\n"
+        while True:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), out
+
+    rc, out = run("backup", f"lmdb:{tmp_path / 'src'}", str(arc), "--encrypt",
+                  answers=[PASS.encode(), PASS.encode()])
+    assert rc == 0, out
+    assert PASS.encode() not in out
+    rc, out = run("verify", str(arc), answers=[PASS.encode()])
+    assert rc == 0, out
+    rc, out = run("verify", str(arc), answers=[b"wrong"])
+    assert rc == 2 and b"wrong passphrase or key" in out
