@@ -32,7 +32,7 @@ def test_a_kubo_node_restores_into_a_missing_directory(tmp_path, repo, run_cli):
     archive = tmp_path / "node.tar.gz"
     r = run_cli("backup", f"kubo:{repo}", archive)
     assert r.returncode == 0, r.stderr
-    assert "private key" in r.stderr and "encryption is not available yet" in r.stderr
+    assert "private key" in r.stderr and "back up with --encrypt" in r.stderr
     with ArchiveReader(archive) as a:
         assert a.version == 2 and a.manifest["node"]["private_key"] is True
         names = [f.path.decode() for f in a.node_files() if not f.is_dir]
@@ -64,7 +64,7 @@ def test_backup_json_and_inspect_ls_verify_show_the_node(tmp_path, repo, run_cli
     assert b["node"] == {"kind": "kubo", "files": 4,
                          "bytes": sum((repo / n).stat().st_size for n in NODE_FILES),
                          "private_key": True}
-    assert "private key" in b["node_warning"] and "not available yet" in b["node_warning"]
+    assert "private key" in b["node_warning"] and "--encrypt" in b["node_warning"]
 
     r = run_cli("inspect", archive)
     assert r.returncode == 0, r.stderr
@@ -195,3 +195,21 @@ def test_a_whole_node_incremental_of_a_datastore_only_parent(tmp_path, repo, run
     assert run_cli("restore", inc, f"kubo:{new}").returncode == 0
     assert kubo_records(new) == kubo_records(repo)
     assert (new / "config").read_bytes() == (repo / "config").read_bytes()
+
+
+def test_an_encrypted_node_backup_seals_the_private_key(tmp_path, repo, run_cli, cli_env):
+    """docs/ENCRYPTION.md: the node member (config with Identity.PrivKey) is sealed too."""
+    cli_env["DSBACKUP_TEST_SCRYPT_LOG2N"] = "14"
+    (tmp_path / "pass").write_text("node pass\n")
+    archive = tmp_path / "node.tar.gz"
+    r = run_cli("backup", f"kubo:{repo}", archive, "--encrypt", "--passphrase-file",
+                tmp_path / "pass")
+    assert r.returncode == 0, r.stderr
+    assert "private key" not in r.stderr  # sealed: no warning
+    config = json.loads((repo / "config").read_text())
+    assert config["Identity"]["PrivKey"].encode() not in archive.read_bytes()
+    assert b"Identity" not in archive.read_bytes()
+    out = tmp_path / "new"
+    r = run_cli("restore", archive, f"kubo:{out}", "--passphrase-file", tmp_path / "pass")
+    assert r.returncode == 0, r.stderr
+    assert (out / "config").read_bytes() == (repo / "config").read_bytes()

@@ -16,6 +16,7 @@ from typing import Any
 from dsbackup._ext.compress import ENGINES
 from dsbackup._version import __version__
 from dsbackup.archive import guard
+from dsbackup.archive.crypto import KeyMaterial, using_key
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import VerifyReport, verify_archive
 from dsbackup.archive.writer import ArchiveWriter
@@ -94,6 +95,7 @@ class BackupManager:
         parent_dirs: list[str | os.PathLike[str]] | None = None,
         overwrite: bool | None = None,
         format: str = "dsbackup",
+        key: KeyMaterial | None = None,
     ) -> BackupMetadata:
         """Back up `source` (a datastore URI or object) to the archive `path`.
 
@@ -108,12 +110,19 @@ class BackupManager:
         The archive may not lie inside the source store (PathConflictError). A file already at
         `path` is not replaced (ArchiveExistsError) unless `overwrite` (default: the config's
         ``overwrite``, False); an archive others use as their parent is never replaced.
+
+        The config's ``encryption`` (key material) writes an encrypted archive; `key` is the
+        key of encrypted parents when this archive itself is not to be encrypted (refused:
+        an incremental of an encrypted parent must be encrypted; docs/ENCRYPTION.md).
         """
         cfg = self.config
         if overwrite is not None and overwrite != cfg.overwrite:
             cfg = dataclasses.replace(cfg, overwrite=overwrite)
         if format not in ("dsbackup", "go"):
             raise ConfigError(f"archive format must be 'dsbackup' or 'go', got {format!r}")
+        if format == "go" and cfg.encryption is not None:
+            raise ConfigError("--format go cannot be encrypted: --encrypt needs the dsbackup "
+                              "format")
         if format == "go" and (parent is not None or cfg.include_metadata):
             raise ConfigError("--format go writes full backups without a key catalog: "
                               "--parent and --include-metadata need the dsbackup format")
@@ -138,11 +147,13 @@ class BackupManager:
             elif parent is not None:
                 from dsbackup.incremental import create_incremental
 
-                meta = create_incremental(ds, Path(path), Path(parent), cfg,
-                                          parent_dirs=parent_dirs, progress=progress,
-                                          cancel=cancel, t0=t0)
+                with using_key(cfg.encryption or key):  # the parents' key, the check's
+                    meta = create_incremental(ds, Path(path), Path(parent), cfg,
+                                              parent_dirs=parent_dirs, progress=progress,
+                                              cancel=cancel, t0=t0)
             else:
-                meta = self._create(ds, Path(path), cfg, progress, cancel, t0)
+                with using_key(cfg.encryption):  # the check before the rename reads it
+                    meta = self._create(ds, Path(path), cfg, progress, cancel, t0)
         except Cancelled:
             self._count("backups_failed")
             if deadline.fired:
@@ -225,7 +236,8 @@ class BackupManager:
         cpu0 = _cpu_seconds()
         with ArchiveWriter(path, manifest=manifest, level=cfg.compression_level,
                            created=created.timestamp(), overwrite=cfg.overwrite,
-                           node=None if node is None else node.data) as writer:
+                           node=None if node is None else node.data,
+                           key=cfg.encryption) as writer:
             for c in chunks:
                 if cancel.is_set():
                     raise Cancelled("backup cancelled")
@@ -269,18 +281,21 @@ class BackupManager:
             config={**cfg.to_dict(), "chunk_size": chunk_size}, datastore=manifest["source"],
             statistics=stats_out, parent=None, tool=manifest["tool"],
             node=manifest.get("node"),
-            node_warning=private_key_warning(manifest.get("node"), node and node.files))
+            node_warning=None if cfg.encryption is not None else  # sealed: not readable
+            private_key_warning(manifest.get("node"), node and node.files))
 
     # -- restore / verify / inspect ----------------------------------------------------------
 
-    def restore_backup(self, path: str | os.PathLike[str], target: Any, **options: Any,
-                       ) -> RestoreResult:
-        """Restore an archive into `target` (URI or datastore). See dsbackup.restore."""
+    def restore_backup(self, path: str | os.PathLike[str], target: Any, *,
+                       key: KeyMaterial | None = None, **options: Any) -> RestoreResult:
+        """Restore an archive into `target` (URI or datastore). See dsbackup.restore.
+        `key`: for encrypted archives (default: the config's ``encryption``)."""
         from dsbackup.restore import restore_archive
 
         try:
-            result = restore_archive(path, target, workers=self.config.effective_workers,
-                                     **options)
+            with using_key(key or self.config.encryption):
+                result = restore_archive(path, target,
+                                         workers=self.config.effective_workers, **options)
         except DsBackupError:
             self._count("restores_failed")
             raise
@@ -292,23 +307,27 @@ class BackupManager:
     def verify_backup(self, path: str | os.PathLike[str], deep: bool = True,
                       sample: float | None = None, *,
                       parent_dirs: list[str | os.PathLike[str]] | None = None,
-                      check_blocks: bool = False) -> VerifyReport:
+                      check_blocks: bool = False,
+                      key: KeyMaterial | None = None) -> VerifyReport:
         """Check an archive. quick (deep=False): structure and every member checksum; deep:
         also inflate and parse every chunk; sample=f: quick plus deep on a fraction f.
         Incremental archives are checked with their parent chain (`parent_dirs`);
         `check_blocks` re-hashes /blocks values against their keys (deep)."""
-        report = verify_archive(path, deep=deep, sample=sample,
-                                threads=self.config.effective_workers,
-                                parent_dirs=parent_dirs, check_blocks=check_blocks)
+        with using_key(key or self.config.encryption):
+            report = verify_archive(path, deep=deep, sample=sample,
+                                    threads=self.config.effective_workers,
+                                    parent_dirs=parent_dirs, check_blocks=check_blocks)
         with self._lock:
             self._metrics["verifies_total"] += 1
             if not report.ok:
                 self._metrics["verify_failures_total"] += 1
         return report
 
-    def inspect(self, path: str | os.PathLike[str]) -> BackupMetadata:
-        """Metadata from the manifest and summary (O(1): reads no chunk)."""
-        with ArchiveReader(path) as r:
+    def inspect(self, path: str | os.PathLike[str], *,
+                key: KeyMaterial | None = None) -> BackupMetadata:
+        """Metadata from the manifest and summary (O(1): reads no chunk). An encrypted
+        archive needs `key` (default: the config's ``encryption``)."""
+        with ArchiveReader(path, key=key or self.config.encryption) as r:
             return metadata_from_reader(r)
 
     def get_metrics(self) -> dict[str, float]:

@@ -69,8 +69,17 @@ class BackupConfig:
     overwrite: bool = False
     skip_foreign: bool = False
     datastore_only: bool = False
+    # key material (dsbackup.archive.crypto.KeyMaterial): write encrypted archives
+    # (docs/ENCRYPTION.md); never printed, never in to_dict()
+    encryption: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.encryption is not None:
+            from dsbackup.archive.crypto import KeyMaterial
+
+            if not isinstance(self.encryption, KeyMaterial):
+                raise ConfigError("encryption must be key material (dsbackup.archive.crypto."
+                                  "load_passphrase_file / load_key_file / KeyMaterial)")
         if not isinstance(self.compression_level, int) or not 0 <= self.compression_level <= 9:
             raise ConfigError(f"compression_level must be 0-9, got {self.compression_level!r}")
         if self.chunk_size is not None and (
@@ -109,4 +118,10 @@ class BackupConfig:
         return max(1, min(1_000_000, round(AUTO_CHUNK_TARGET_BYTES / mean)))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        key, self.encryption = self.encryption, None  # no secret in a copy or a report
+        try:
+            out = asdict(self)
+        finally:
+            self.encryption = key
+        out["encryption"] = None if key is None else key.kind
+        return out

@@ -91,6 +91,18 @@ class IntegrityError(ArchiveError):
         self.part = part
 
 
+class KeyRequiredError(ArchiveError):
+    """An encrypted archive was given without key material (docs/ENCRYPTION.md)."""
+
+    description = "archive is encrypted: key needed"
+
+
+class WrongKeyError(ArchiveError):
+    """The passphrase or key does not unwrap an encrypted archive's data key."""
+
+    description = "wrong passphrase or key"
+
+
 class ArchiveExistsError(ArchiveError):
     """The output path already holds a file, or an archive other archives depend on."""
 

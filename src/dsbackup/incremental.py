@@ -349,7 +349,7 @@ def _check_own(tmp: Path, parent: ArchiveReader) -> None:
 
     with ArchiveReader(tmp) as r:
         report = VerifyReport(path=str(tmp), mode="quick")
-        for problem in r.index.check_layout(r.index.manifest_length, r.trailer.index_offset):
+        for problem in r.index.check_layout(r.manifest_end, r.trailer.index_offset):
             report.add(problem)
         _check_summary(r, report)
         if not report.ok:
@@ -462,10 +462,19 @@ def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
     counts = _Counts()
     threads = cfg.effective_workers
     limit = 2 * threads + 2
+    if preader.encrypted and cfg.encryption is None:
+        raise ConfigError(f"{preader.path}: the parent is encrypted; an incremental of it "
+                          "must be encrypted too (give --encrypt)")
+    kdf = None  # one scrypt derivation unlocks the chain (docs/FORMAT.md §11.4)
+    if cfg.encryption is not None and preader.key_header is not None:
+        pkdf = preader.key_header.get("kdf") or {}
+        if pkdf.get("name") == "scrypt" == cfg.encryption.kind:
+            kdf = pkdf
     with ArchiveWriter(path, manifest=manifest, level=cfg.compression_level,
                        created=created.timestamp(), parent_fingerprint=pfp,
                        overwrite=cfg.overwrite,
-                       node=None if node is None else node.data) as writer, \
+                       node=None if node is None else node.data,
+                       key=cfg.encryption, kdf=kdf) as writer, \
             ThreadPoolExecutor(max_workers=threads,
                                thread_name_prefix="dsbackup-compress") as pool:
         window: deque[tuple[str, Any]] = deque()
@@ -537,4 +546,5 @@ def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
         config={**cfg.to_dict(), "chunk_size": chunk_size, "chunk_max_bytes": cmb},
         datastore=manifest["source"], statistics=stats, parent=pfp, tool=manifest["tool"],
         node=manifest.get("node"),
-        node_warning=private_key_warning(manifest.get("node"), node and node.files))
+        node_warning=None if cfg.encryption is not None else  # sealed: not readable
+        private_key_warning(manifest.get("node"), node and node.files))

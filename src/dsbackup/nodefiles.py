@@ -156,7 +156,7 @@ def node_snapshot(ds: Any) -> NodeSnapshot | None:
 
 PRIVATE_KEY_WARNING = ("the archive holds the node's private key (Identity.PrivKey in config"
                        "{keystore}): anyone who can read it can act as this node; store it "
-                       "safely (archive encryption is not available yet)")
+                       "safely, or back up with --encrypt")
 
 
 def private_key_warning(node: dict[str, Any] | None, files: list[NodeFile] | None = None,

@@ -46,11 +46,13 @@ def _load(reader: ArchiveReader, i: int, level: int) -> ReadyChunk:
     payload = holder.decode_chunk_member(seq, raw)
     info = check_payload(holder.path, seq, e, payload)
     c = ReadyChunk(e.records, e.first_key, e.last_key, e.keys_xxh3, e.payload_xxh3,
-               info.raw_bytes, _body_of(raw, payload, level))
+               info.raw_bytes, deflate_body(payload, level) if holder.encrypted
+               else _body_of(raw, payload, level))
     if reader.index.catalog_count:
         craw = holder.read_catalog_member(seq)
         cdata = holder.read_catalog(seq)
-        c.catalog_body = _body_of(craw, cdata, level)
+        c.catalog_body = (deflate_body(cdata, level) if holder.encrypted
+                          else _body_of(craw, cdata, level))
         c.catalog_xxh3 = holder.index.catalog(seq).data_xxh3
     return c
 
@@ -101,8 +103,12 @@ def consolidate_archive(path: str | os.PathLike[str], out: str | os.PathLike[str
         level = int((m.get("settings") or {}).get("compression_level", 1))
         # the node's files travel with the state (checked; the encoding is canonical)
         node = encode_node(reader.node_files()) if reader.has_node else None
+        # an encrypted source gives an encrypted copy: a new data key, the same passphrase
+        # or key file, the same scrypt salt and parameters (docs/FORMAT.md §11.4)
+        key = reader.key if reader.encrypted else None
+        kdf = reader.key_header.get("kdf") if reader.key_header else None
         with ArchiveWriter(out, manifest=m, level=level, overwrite=overwrite,
-                           node=node) as w, \
+                           node=node, key=key, kdf=kdf) as w, \
                 ThreadPoolExecutor(max_workers=threads,
                                    thread_name_prefix="dsbackup-consolidate") as pool:
             for c in _loaded(reader, pool, level, 2 * threads):

@@ -13,7 +13,8 @@ FORMAT_VERSION = 1
 # Version 2 is written only when an archive carries the node member (docs/FORMAT.md §11.1).
 NODE_FORMAT_VERSION = 2
 KNOWN_VERSIONS = (1, 2)
-# Version-2 subfield flags this build does not implement: refused with exit 2, not guessed.
+# Version-2 subfield flags: encrypted (§11.4) is read and written; paged (§11.3) is refused
+# with exit 2, not guessed.
 FLAG_ENCRYPTED = 1
 FLAG_PAGED = 2
 
@@ -28,6 +29,7 @@ TYPE_SUMMARY = 4
 TYPE_TRAILER = 5
 TYPE_CATALOG = 6
 TYPE_NODE = 7
+TYPE_KEY = 9
 TYPE_NAMES = {
     TYPE_MANIFEST: "manifest",
     TYPE_CHUNK: "chunk",
@@ -36,12 +38,15 @@ TYPE_NAMES = {
     TYPE_TRAILER: "trailer",
     TYPE_CATALOG: "catalog",
     TYPE_NODE: "node",
+    TYPE_KEY: "key header",
 }
 
 MANIFEST_NAME = b"dsbackup/manifest.json"
 INDEX_NAME = b"dsbackup/index"
 SUMMARY_NAME = b"dsbackup/summary.json"
 NODE_NAME = b"dsbackup/node"
+KEY_NAME = b"dsbackup/key"
+MAX_KEY_HEADER = 4096  # bytes of key header JSON (§11.4)
 
 TAR_BLOCK = 512
 STORED_TAR_PREFIX = b"\x00\x00\x02\xff\xfd"  # non-final stored block, LEN=512, NLEN=~512
@@ -85,17 +90,17 @@ def _with_check(body: bytes) -> bytes:
 
 
 def chunk_subfield(seq: int, records: int, payload_len: int, payload_xxh3: int,
-                   version: int = FORMAT_VERSION) -> bytes:
+                   version: int = FORMAT_VERSION, flags: int = 0) -> bytes:
     return _with_check(
-        _COMMON.pack(version, TYPE_CHUNK, 0)
+        _COMMON.pack(version, TYPE_CHUNK, flags)
         + _CHUNK_FIELDS.pack(seq, records, payload_len, payload_xxh3)
     )
 
 
 def data_subfield(member_type: int, data_len: int, data_xxh3: int,
-                  version: int = FORMAT_VERSION) -> bytes:
+                  version: int = FORMAT_VERSION, flags: int = 0) -> bytes:
     return _with_check(
-        _COMMON.pack(version, member_type, 0) + _DATA_FIELDS.pack(data_len, data_xxh3)
+        _COMMON.pack(version, member_type, flags) + _DATA_FIELDS.pack(data_len, data_xxh3)
     )
 
 
@@ -125,6 +130,7 @@ class Subfield:
     data_xxh3: int
     deflate_offset: int  # offset of the deflate stream inside the member
     version: int = FORMAT_VERSION
+    flags: int = 0
 
 
 def check_version(where: str, version: int, flags: int) -> None:
@@ -136,17 +142,22 @@ def check_version(where: str, version: int, flags: int) -> None:
         if flags != 0:
             raise IntegrityError(f"{where}: unknown subfield flags {flags:#x}")
         return
-    features = [name for bit, name in ((FLAG_ENCRYPTED, "encrypted"), (FLAG_PAGED, "paged"))
-                if flags & bit]
+    features = [name for bit, name in ((FLAG_PAGED, "paged"),) if flags & bit]
     if features:
         raise UnsupportedArchive(f"{where}: unsupported: archive is {' and '.join(features)} "
                            "(format 2 feature not supported by this version)")
-    if flags != 0:
+    if flags & ~FLAG_ENCRYPTED:
         raise IntegrityError(f"{where}: unknown subfield flags {flags:#x}")
 
 
+def key_header_length(data_len: int) -> int:
+    """Length of a key header member: always stored blocks, one block for the data (§11.4)."""
+    return (SUBFIELD_OFFSET + DATA_SUBLEN + len(STORED_TAR_PREFIX) + TAR_BLOCK + 5
+            + padded(data_len) + 8)
+
+
 def parse_member_head(buf, where: str) -> Subfield:
-    """Parse and check a member's gzip header and `DS` subfield (types 1, 2, 3, 4, 6, 7)."""
+    """Parse and check a member's gzip header and `DS` subfield (types 1, 2, 3, 4, 6, 7, 9)."""
     n = len(buf)
     if n < SUBFIELD_OFFSET:
         raise IntegrityError(f"{where}: member too short for a gzip header ({n} bytes)")
@@ -171,14 +182,17 @@ def parse_member_head(buf, where: str) -> Subfield:
         if sublen != CHUNK_SUBLEN:
             raise IntegrityError(f"{where}: chunk subfield has length {sublen}")
         seq, records, plen, pxxh = _CHUNK_FIELDS.unpack_from(sub, 4)
-        return Subfield(mtype, seq, records, plen, pxxh, deflate_offset, version)
-    if mtype == TYPE_NODE and version < NODE_FORMAT_VERSION:
-        raise IntegrityError(f"{where}: a node member in a version-{version} archive")
-    if mtype in (TYPE_MANIFEST, TYPE_INDEX, TYPE_SUMMARY, TYPE_CATALOG, TYPE_NODE):
+        return Subfield(mtype, seq, records, plen, pxxh, deflate_offset, version, flags)
+    if mtype in (TYPE_NODE, TYPE_KEY) and version < NODE_FORMAT_VERSION:
+        raise IntegrityError(f"{where}: a {TYPE_NAMES[mtype]} member in a version-{version} "
+                             "archive")
+    if mtype == TYPE_KEY and not flags & FLAG_ENCRYPTED:
+        raise IntegrityError(f"{where}: a key header in an archive not flagged encrypted")
+    if mtype in (TYPE_MANIFEST, TYPE_INDEX, TYPE_SUMMARY, TYPE_CATALOG, TYPE_NODE, TYPE_KEY):
         if sublen != DATA_SUBLEN:
             raise IntegrityError(f"{where}: {TYPE_NAMES[mtype]} subfield has length {sublen}")
         dlen, dxxh = _DATA_FIELDS.unpack_from(sub, 4)
-        return Subfield(mtype, None, None, dlen, dxxh, deflate_offset, version)
+        return Subfield(mtype, None, None, dlen, dxxh, deflate_offset, version, flags)
     raise IntegrityError(f"{where}: unknown member type {mtype}")
 
 
@@ -193,10 +207,15 @@ class Trailer:
     chunk_count: int
     trailer_offset: int
     version: int = FORMAT_VERSION
+    flags: int = 0
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & FLAG_ENCRYPTED)
 
     def encode(self) -> bytes:
         sub = _with_check(
-            _COMMON.pack(self.version, TYPE_TRAILER, 0)
+            _COMMON.pack(self.version, TYPE_TRAILER, self.flags)
             + _TRAILER_FIELDS.pack(
                 self.index_offset,
                 self.index_length,
@@ -236,7 +255,7 @@ class Trailer:
         version, mtype, flags = _COMMON.unpack_from(sub, 0)
         if mtype == TYPE_TRAILER:
             check_version("trailer", version, flags)  # another version: exit 2, not damage
-        if mtype != TYPE_TRAILER or flags != 0:
+        if mtype != TYPE_TRAILER or (flags != 0 and version == 1):
             raise IntegrityError(
                 f"trailer: unexpected version/type/flags {version}/{mtype}/{flags}",
                 part="trailer",
@@ -244,7 +263,7 @@ class Trailer:
         tail = buf[SUBFIELD_OFFSET + TRAILER_SUBLEN :]
         if tail != TRAILER_STORED + bytes(1024) + member_tail(TRAILER_CRC, 1024):
             raise IntegrityError("trailer: damaged end-of-archive blocks", part="trailer")
-        t = cls(*_TRAILER_FIELDS.unpack_from(sub, 4), version=version)
+        t = cls(*_TRAILER_FIELDS.unpack_from(sub, 4), version=version, flags=flags)
         if t.trailer_offset != file_size - TRAILER_SIZE:
             raise IntegrityError(
                 f"trailer: records archive length {t.trailer_offset + TRAILER_SIZE} but the "

@@ -21,10 +21,13 @@ def decode_member(
     chunk: int | None = None,
     part: str | None = None,
     version: int | None = None,
+    flags: int | None = None,
+    data_digest: bool = True,
 ) -> tuple[fmt.Subfield, memoryview]:
     """Check a whole member held in `buf`; return its subfield and its tar entry's data.
     `version`: the archive's format version (from its trailer); a member of another version
-    is damage (§11.1: members never mix versions).
+    is damage (§11.1: members never mix versions); so is one whose subfield flags differ from
+    `flags` (the trailer's).
 
     Raises IntegrityError naming `where` (and `chunk`/`part`) on any mismatch.
     """
@@ -38,6 +41,8 @@ def decode_member(
         raise
     if version is not None and sub.version != version:
         raise fail(f"a version-{sub.version} member in a version-{version} archive")
+    if flags is not None and sub.flags != flags:
+        raise fail(f"subfield flags {sub.flags:#x} differ from the archive's {flags:#x}")
     if sub.member_type != expected_type:
         raise fail(f"is a {fmt.TYPE_NAMES.get(sub.member_type)} member, expected "
                    f"{fmt.TYPE_NAMES[expected_type]}")
@@ -70,6 +75,32 @@ def decode_member(
     if out[end:].count(0) != len(out) - end:
         raise fail("non-zero tar padding")
     data = memoryview(out)[fmt.TAR_BLOCK : end]
-    if xxh3_64(data) != sub.data_xxh3:
+    # data_digest=False: a sealed member whose bytes were checked against the index's member
+    # XXH3 and are authenticated by their AES-GCM tag (the subfield's digest adds nothing)
+    if data_digest and xxh3_64(data) != sub.data_xxh3:
         raise fail("data XXH3 mismatch")
     return sub, data
+
+
+def inflate_sealed_body(plain: bytes, length: int, xxh3: int, where: str, *,
+                        chunk: int | None = None, part: str | None = None) -> memoryview:
+    """The data of an encrypted chunk or catalog (docs/FORMAT.md §11.4): `plain` is the raw
+    deflate stream of data || padding; `length` and `xxh3` come from the index."""
+    def fail(msg: str) -> IntegrityError:
+        return IntegrityError(f"{where}: {msg}", chunk=chunk, part=part)
+
+    declared = fmt.padded(length)
+    if declared > fmt.DEFLATE_MAX_RATIO * len(plain) + 1024:
+        raise fail(f"declares {length} bytes, impossible from {len(plain)} compressed bytes")
+    try:
+        out, consumed = inflate_raw(plain, declared, declared)
+    except MemberError as exc:
+        raise fail(f"cannot inflate: {exc}") from None
+    if consumed != len(plain):
+        raise fail(f"{len(plain) - consumed} unexpected bytes after the deflate stream")
+    if out[length:].count(0) != len(out) - length:
+        raise fail("non-zero tar padding")
+    data = memoryview(out)[:length]
+    if xxh3_64(data) != xxh3:
+        raise fail("data XXH3 mismatch")
+    return data

@@ -10,17 +10,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsbackup._ext.checksum import xxh3_64, xxh3_64_file
+from dsbackup.archive import crypto
 from dsbackup.archive import format as fmt
 from dsbackup.archive.index import ChunkEntry, Index
-from dsbackup.archive.member import decode_member
+from dsbackup.archive.member import decode_member, inflate_sealed_body
 from dsbackup.archive.node import NodeFile, decode_node
 from dsbackup.errors import (
     ArchiveError,
     ArchiveUnavailable,
     ConfigError,
     IntegrityError,
+    KeyRequiredError,
     MissingParentError,
     UnsupportedArchive,
+    WrongKeyError,
 )
 
 if TYPE_CHECKING:
@@ -31,8 +34,21 @@ class ArchiveReader:
     """Read a dsbackup archive. Thread-safe for concurrent chunk reads (pread, no shared cursor)."""
 
     def __init__(self, path: str | os.PathLike[str], *,
-                 parent_dirs: list[str | os.PathLike[str]] | None = None) -> None:
+                 parent_dirs: list[str | os.PathLike[str]] | None = None,
+                 key: crypto.KeyMaterial | None = None, locked_ok: bool = False) -> None:
+        """`key`: for an encrypted archive (docs/FORMAT.md §11.4); default: the key of
+        ``crypto.using_key``. KeyRequiredError without one, WrongKeyError when it does not
+        unwrap the data key (both exit 2). `locked_ok`: an encrypted archive without a key
+        opens with only its public parts (trailer, key_header; `locked` is True)."""
         self.path = Path(path)
+        self.key = key
+        self.cipher: crypto.ArchiveCipher | None = None
+        self.key_header: dict[str, Any] | None = None
+        self.base = 0  # the key header's length: the manifest starts there
+        self.locked = False
+        self._manifest: dict[str, Any] | None = None
+        self._summary: dict[str, Any] | None = None
+        self._node: list[NodeFile] | None = None
         # incremental archives: where to look for parents besides this archive's directory
         self.parent_dirs = [Path(d) for d in (parent_dirs or [])]
         for d in self.parent_dirs:
@@ -67,19 +83,39 @@ class ArchiveReader:
                 raise UnsupportedArchive(f"{self.path}: {exc}") from None
             t = self.trailer
             self.version = t.version  # every member must carry it (§11.1)
+            self.flags = t.flags
+            if t.encrypted:
+                self.key_header = self._read_key_header()
+                candidates = [key] if key is not None else crypto.key_candidates()
+                if not candidates and locked_ok:
+                    self.locked = True
+                    return
+                if not candidates:
+                    raise KeyRequiredError(f"{self.path}: {crypto.MISSING_KEY}")
+                for i, k in enumerate(candidates):  # several only from a scheduler's keyring
+                    try:
+                        self.cipher = crypto.open_archive_key(self.key_header, k, self.version,
+                                                              str(self.path))
+                        self.key = k
+                        break
+                    except WrongKeyError:
+                        if i == len(candidates) - 1:
+                            raise
             raw = self.pread(t.index_offset, t.index_length)
             if xxh3_64(raw) != t.index_xxh3:
                 raise IntegrityError(f"{self.path}: index member checksum mismatch",
                                      part="index")
             _, data = decode_member(raw, f"{self.path}: index", expected_type=fmt.TYPE_INDEX,
                                     expected_name=fmt.INDEX_NAME, part="index",
-                                    version=self.version)
+                                    version=self.version, flags=self.flags)
+            data = self._open(fmt.TYPE_INDEX, 0, data, f"{self.path}: index", part="index")
             self.index = Index(data, self.version)
             if self.index.chunk_count != t.chunk_count:
                 raise IntegrityError(
                     f"{self.path}: index lists {self.index.chunk_count} chunks, trailer "
                     f"{t.chunk_count}", part="index")
-            if not 0 < self.index.manifest_length <= t.index_offset:
+            self.manifest_end = self.base + self.index.manifest_length
+            if not 0 < self.index.manifest_length <= t.index_offset - self.base:
                 raise IntegrityError(f"{self.path}: index gives an impossible manifest length",
                                      part="index")
         except BaseException:
@@ -87,9 +123,40 @@ class ArchiveReader:
             fd, self._fd = self._fd, -1
             os.close(fd)
             raise
-        self._manifest: dict[str, Any] | None = None
-        self._summary: dict[str, Any] | None = None
-        self._node: list[NodeFile] | None = None
+
+    # -- encryption (docs/FORMAT.md §11.4) ----------------------------------------------------
+
+    def _read_key_header(self) -> dict[str, Any]:
+        """The plaintext key header at offset 0 (no key needed)."""
+        where = f"{self.path}: key header"
+        head = self.pread(0, min(self.size, fmt.SUBFIELD_OFFSET + fmt.DATA_SUBLEN))
+        try:
+            sub = fmt.parse_member_head(head + b"\0" * 8, where)
+        except IntegrityError as exc:
+            exc.part = "key"
+            raise
+        if sub.member_type != fmt.TYPE_KEY or sub.data_len > fmt.MAX_KEY_HEADER:
+            raise IntegrityError(f"{where}: the first member is not a key header",
+                                 part="key")
+        length = fmt.key_header_length(sub.data_len)
+        if length > self.trailer.index_offset:
+            raise IntegrityError(f"{where}: runs past the index", part="key")
+        _, data = decode_member(self.pread(0, length), where, expected_type=fmt.TYPE_KEY,
+                                expected_name=fmt.KEY_NAME, part="key",
+                                version=self.version, flags=self.flags)
+        self.base = length
+        return crypto.parse_key_header(data, where)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.cipher is not None
+
+    def _open(self, mtype: int, seq: int, data: memoryview, where: str, *,
+              chunk: int | None = None, part: str | None = None) -> memoryview:
+        """A member's data: decrypted when the archive is encrypted."""
+        if self.cipher is None:
+            return data
+        return memoryview(self.cipher.open(mtype, seq, data, where, chunk=chunk, part=part))
 
     # -- raw access ------------------------------------------------------------------------
 
@@ -131,8 +198,10 @@ class ArchiveReader:
         if xxh3_64(raw) != expected_xxh3:
             raise IntegrityError(f"{self.path}: {part} member checksum mismatch", part=part)
         sub, data = decode_member(raw, f"{self.path}: {part}", expected_type=mtype,
-                                  expected_name=name, part=part, version=self.version)
-        if sub.data_len > fmt.MAX_JSON_BYTES:
+                                  expected_name=name, part=part, version=self.version,
+                                  flags=self.flags)
+        data = self._open(mtype, 0, data, f"{self.path}: {part}", part=part)
+        if len(data) > fmt.MAX_JSON_BYTES:
             raise IntegrityError(f"{self.path}: {part} is larger than 16 MiB", part=part)
         try:
             obj = json.loads(bytes(data))
@@ -146,7 +215,7 @@ class ArchiveReader:
     @property
     def manifest(self) -> dict[str, Any]:
         if self._manifest is None:
-            m = self._json_member(0, self.index.manifest_length, self.index.manifest_xxh3,
+            m = self._json_member(self.base, self.index.manifest_length, self.index.manifest_xxh3,
                                   fmt.TYPE_MANIFEST, fmt.MANIFEST_NAME, "manifest")
             if m.get("format") != "dsbackup" or m.get("version") != self.version:
                 raise IntegrityError(f"{self.path}: manifest names format "
@@ -173,7 +242,7 @@ class ArchiveReader:
     def read_node_member(self) -> bytes:
         """The node member's raw bytes (range checked: right after the manifest)."""
         off, length = self.index.node_offset, self.index.node_length
-        if not (off == self.index.manifest_length and length > fmt.SUBFIELD_OFFSET
+        if not (off == self.manifest_end and length > fmt.SUBFIELD_OFFSET
                 and off + length <= self.trailer.index_offset):
             raise IntegrityError(f"{self.path}: node member range {off}+{length} is not "
                                  "between the manifest and the chunks", part="node")
@@ -189,12 +258,13 @@ class ArchiveReader:
         except IntegrityError as exc:
             exc.part = "node"
             raise
-        if sub.data_len > fmt.MAX_JSON_BYTES:  # before inflating anything
+        if sub.data_len > fmt.MAX_JSON_BYTES + crypto.TAG_BYTES:  # before inflating anything
             raise IntegrityError(f"{where}: declares {sub.data_len} bytes, over the 16 MiB "
                                  "limit", part="node")
         _, data = decode_member(raw, where, expected_type=fmt.TYPE_NODE,
-                                expected_name=fmt.NODE_NAME, part="node", version=self.version)
-        return data
+                                expected_name=fmt.NODE_NAME, part="node", version=self.version,
+                                flags=self.flags)
+        return self._open(fmt.TYPE_NODE, 0, data, where, part="node")
 
     def node_files(self) -> list[NodeFile]:
         """Every entry of the node member after every check (empty when there is none);
@@ -219,7 +289,8 @@ class ArchiveReader:
 
             with self._chain_lock:  # readers are shared by decoding threads
                 if self._chain is None:
-                    self._chain = ParentChain(self, self.parent_dirs)
+                    with crypto.using_key(self.key):  # parents: the same passphrase or key
+                        self._chain = ParentChain(self, self.parent_dirs)
         return self._chain
 
     def locate(self, i: int) -> tuple[ArchiveReader, int]:
@@ -242,7 +313,7 @@ class ArchiveReader:
         return self.index.entry(i)
 
     def _check_member_range(self, i: int, offset: int, length: int, what: str) -> None:
-        if not (self.index.manifest_length <= offset and length > fmt.SUBFIELD_OFFSET
+        if not (self.manifest_end <= offset and length > fmt.SUBFIELD_OFFSET
                 and offset + length <= self.trailer.index_offset):
             raise IntegrityError(
                 f"{self.path}: {what} {i}: member range {offset}+{length} lies outside the "
@@ -256,15 +327,23 @@ class ArchiveReader:
         return self._checked_member(i, catalog=False, keep=True)
 
     def decode_chunk_member(self, i: int, raw: bytes) -> memoryview:
-        """Inflate and check a chunk member read by read_member; return the payload."""
+        """Inflate and check a chunk member read by read_member (whose member XXH3 it
+        trusts); return the payload."""
         e = self.entry(i)
         if e.in_parent:
             holder, seq = self.locate(i)  # checks every hop describes this same chunk
             return holder.decode_chunk_member(seq, raw)
-        sub, payload = decode_member(raw, f"{self.path}: chunk {i} {e.key_range}",
-                                     expected_type=fmt.TYPE_CHUNK,
+        where = f"{self.path}: chunk {i} {e.key_range}"
+        sub, payload = decode_member(raw, where, expected_type=fmt.TYPE_CHUNK,
                                      expected_name=fmt.chunk_name(i), chunk=i,
-                                     version=self.version)
+                                     version=self.version, flags=self.flags,
+                                     data_digest=self.cipher is None)
+        if self.cipher is not None:  # the subfield holds the sealed data's length and digest
+            if (sub.seq, sub.records) != (i, 0):
+                raise IntegrityError(f"{where}: member header disagrees with the index",
+                                     chunk=i)
+            plain = self.cipher.open(fmt.TYPE_CHUNK, i, payload, where, chunk=i)
+            return inflate_sealed_body(plain, e.payload_len, e.payload_xxh3, where, chunk=i)
         if (sub.seq, sub.records, sub.data_len, sub.data_xxh3) != (
                 i, e.records, e.payload_len, e.payload_xxh3):
             raise IntegrityError(
@@ -338,10 +417,13 @@ class ArchiveReader:
             return holder.read_catalog(seq)
         c = self.index.catalog(i)
         raw = self.read_catalog_member(i)
-        sub, data = decode_member(raw, f"{self.path}: catalog {i}",
-                                  expected_type=fmt.TYPE_CATALOG,
+        where = f"{self.path}: catalog {i}"
+        sub, data = decode_member(raw, where, expected_type=fmt.TYPE_CATALOG,
                                   expected_name=fmt.catalog_name(i), chunk=i,
-                                  version=self.version)
+                                  version=self.version, flags=self.flags)
+        if self.cipher is not None:
+            plain = self.cipher.open(fmt.TYPE_CATALOG, i, data, where, chunk=i)
+            return inflate_sealed_body(plain, c.data_len, c.data_xxh3, where, chunk=i)
         if (sub.data_len, sub.data_xxh3) != (c.data_len, c.data_xxh3):
             raise IntegrityError(f"{self.path}: catalog {i}: header disagrees with the index",
                                  chunk=i)

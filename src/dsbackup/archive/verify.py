@@ -23,8 +23,10 @@ from dsbackup.errors import (
     ArchiveError,
     ArchiveUnavailable,
     IntegrityError,
+    KeyRequiredError,
     MissingParentError,
     UnsupportedArchive,
+    WrongKeyError,
 )
 
 _U64 = struct.Struct("<Q")
@@ -110,7 +112,7 @@ def check_layout(reader: ArchiveReader) -> None:
     """Raise the first structural problem of the index (chunk key ranges ordered and disjoint,
     members tiling the file): what restore and ls check before reading any chunk. Per chunk,
     not per record."""
-    problems = reader.index.check_layout(reader.index.manifest_length,
+    problems = reader.index.check_layout(reader.manifest_end,
                                          reader.trailer.index_offset)
     if problems:
         first = problems[0]
@@ -163,11 +165,23 @@ def verify_archive(
     mode = "deep" if deep and sample is None else ("sampled" if sample is not None else "quick")
     report = VerifyReport(path=str(Path(path)), mode=mode)
     try:
-        reader = ArchiveReader(path, parent_dirs=parent_dirs)
-    except (ArchiveUnavailable, UnsupportedArchive):
-        raise  # nothing to check (missing, a directory, unreadable, not our version)
+        reader = ArchiveReader(path, parent_dirs=parent_dirs, locked_ok=not deep
+                               and sample is None)
+    except (ArchiveUnavailable, UnsupportedArchive, KeyRequiredError, WrongKeyError):
+        raise  # nothing to check (missing, a directory, unreadable, not our version, no key)
     except (IntegrityError, ArchiveError) as exc:
         report.add(exc)
+        report.duration_s = time.perf_counter() - t0
+        return report
+    if reader.locked:  # encrypted, no key: quick verify of the sealed members (§11.4)
+        from dsbackup.archive.sealedcheck import walk_sealed
+
+        with reader:
+            report.mode = "quick-sealed"
+            report.chunks = reader.trailer.chunk_count
+            report.checked_chunks, report.bytes_checked, problems = walk_sealed(reader)
+            for problem in problems:
+                report.add(problem)
         report.duration_s = time.perf_counter() - t0
         return report
     with reader:
@@ -180,7 +194,7 @@ def verify_archive(
         if reader.has_node:
             _check_node(reader, report, deep=deep or sample is not None)
         try:
-            for problem in reader.index.check_layout(reader.index.manifest_length,
+            for problem in reader.index.check_layout(reader.manifest_end,
                                                      reader.trailer.index_offset):
                 report.add(problem, reader)
         except IntegrityError as exc:

@@ -8,6 +8,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 from dsbackup._ext.checksum import Xxh3_64, Xxh3_128, crc32, crc32_combine, xxh3_64
 from dsbackup._ext.compress import deflate_body, tar_header
 from dsbackup.archive import format as fmt
+from dsbackup.archive.crypto import KeyMaterial, new_archive_key
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.tempfiles import (
     fsync_dir,
@@ -92,6 +94,9 @@ class ArchiveWriter:
 
     ``node``: the data of a node member (dsbackup.archive.node.encode_node); an archive with
     one is written in format version 2 (docs/FORMAT.md §11.2), every other in version 1.
+
+    ``key``: write an encrypted archive (version 2, flag bit 0, docs/FORMAT.md §11.4) with a
+    new data key wrapped under it; ``kdf``: reuse a parent's scrypt salt and parameters.
     """
 
     def __init__(
@@ -104,6 +109,8 @@ class ArchiveWriter:
         parent_fingerprint: str | None = None,
         overwrite: bool = False,
         node: bytes | None = None,
+        key: KeyMaterial | None = None,
+        kdf: dict[str, Any] | None = None,
     ) -> None:
         self.final = Path(path)
         self.overwrite = overwrite
@@ -138,9 +145,23 @@ class ArchiveWriter:
         # incremental archives: the fingerprint also covers the parent's (docs/FORMAT.md §7)
         self.parent_fingerprint = parent_fingerprint
         self.referenced_chunks = 0
-        self.version = fmt.FORMAT_VERSION if node is None else fmt.NODE_FORMAT_VERSION
+        encrypted = key is not None
+        self.version = (fmt.FORMAT_VERSION if node is None and not encrypted
+                        else fmt.NODE_FORMAT_VERSION)
+        self.flags = fmt.FLAG_ENCRYPTED if encrypted else 0
+        self._cipher = None
+        self._sealer: ThreadPoolExecutor | None = None
+        self._pending: tuple | None = None  # a sealed chunk not yet written
+        self._sealed_catalog: bool | None = None
+        self._base = 0  # length of the key header (the manifest follows it)
         self._node_offset = self._node_length = 0
         try:
+            if key is not None:  # the key header first, plaintext, stored blocks (§11.4)
+                header, self._cipher = new_archive_key(key, self.version, kdf)
+                body = deflate_body(header, 0)
+                sub = fmt.data_subfield(fmt.TYPE_KEY, len(header), xxh3_64(header),
+                                        self.version, self.flags)
+                self._base = self._write_member(sub, fmt.KEY_NAME, self.created, body)[1]
             if node is not None and len(node) > fmt.MAX_JSON_BYTES:
                 raise ArchiveError(f"{self.final}: the node's files take {len(node)} bytes, "
                                    "over the 16 MiB limit of the node member")
@@ -189,34 +210,47 @@ class ArchiveWriter:
         self._write(pieces)
         return offset, self._pos - offset, h.intdigest()
 
-    def _write_data_member(self, mtype: int, name: bytes, data: bytes) -> tuple[int, int, int]:
-        body = deflate_body(data, self.level)
-        sub = fmt.data_subfield(mtype, len(data), xxh3_64(data), self.version)
+    def _write_data_member(self, mtype: int, name: bytes, data: bytes, level: int | None = None,
+                           ) -> tuple[int, int, int]:
+        if self._cipher is not None:  # ciphertext || tag in stored blocks (§11.4)
+            data = self._cipher.seal(mtype, 0, data)
+            level = 0
+        body = deflate_body(data, self.level if level is None else level)
+        sub = fmt.data_subfield(mtype, len(data), xxh3_64(data), self.version, self.flags)
         return self._write_member(sub, name, self.created, body)
+
+    def _sealed(self, mtype: int, seq: int, body: Body) -> tuple[Body, int]:
+        """An encrypted member's body: the compressed body sealed, in stored blocks; and
+        the XXH3-64 of the sealed bytes (the subfield's digest)."""
+        stored = self._cipher.seal(mtype, seq, body.data)
+        return deflate_body(stored, 0), xxh3_64(stored)
 
     # -- public ----------------------------------------------------------------------------
 
     @property
     def chunk_count(self) -> int:
-        return self._index.count
+        return self._index.count + (self._pending is not None)
 
     @property
     def bytes_written(self) -> int:
         return self._pos
 
     def add_chunk(self, chunk: ChunkLike, catalog_body: Body | None = None,
-                  catalog_xxh3: int | None = None) -> ChunkEntry:
-        """Append a compressed chunk (and its catalog member when the archive has a catalog)."""
+                  catalog_xxh3: int | None = None) -> ChunkEntry | None:
+        """Append a compressed chunk (and its catalog member when the archive has a catalog);
+        its index entry (None in an encrypted archive: written with the next chunk)."""
         if self._closed:
             raise ArchiveError("archive writer is closed")
         if self._prev_last is not None and chunk.first_key <= self._prev_last:
             raise ArchiveError(
                 f"chunk {self._index.count}: first key {chunk.first_key!r} does not follow "
                 f"{self._prev_last!r} (chunks must arrive in key order)")
+        if self._cipher is not None:
+            return self._add_sealed(chunk, catalog_body, catalog_xxh3)
         seq = self._index.count
         body = chunk.body
-        sub = fmt.chunk_subfield(seq, chunk.record_count, body.input_len, chunk.payload_xxh3,
-                                 self.version)
+        sub = fmt.chunk_subfield(seq, chunk.record_count, body.input_len,
+                                 chunk.payload_xxh3, self.version)
         off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, body)
         entry = ChunkEntry(seq, off, length, body.input_len, chunk.record_count,
                            chunk.payload_xxh3, mxxh, chunk.keys_xxh3,
@@ -225,8 +259,8 @@ class ArchiveWriter:
         if catalog_body is not None:
             if catalog_xxh3 is None:
                 raise ValueError("catalog_xxh3 is required with catalog_body")
-            csub = fmt.data_subfield(fmt.TYPE_CATALOG, catalog_body.input_len, catalog_xxh3,
-                                     self.version)
+            csub = fmt.data_subfield(fmt.TYPE_CATALOG, catalog_body.input_len,
+                                     catalog_xxh3, self.version)
             coff, clen, cxxh = self._write_member(csub, fmt.catalog_name(seq), 0, catalog_body)
             self._index.add_catalog(
                 CatalogEntry(coff, clen, cxxh, catalog_body.input_len, catalog_xxh3))
@@ -239,6 +273,65 @@ class ArchiveWriter:
         self._payload_bytes += body.input_len
         return entry
 
+    # -- encrypted archives: chunk i is sealed in a thread while chunk i-1 is written ----------
+
+    def _seal_chunk(self, seq: int, body: Body, catalog_body: Body | None) -> tuple:
+        return (self._sealed(fmt.TYPE_CHUNK, seq, body),
+                None if catalog_body is None else
+                self._sealed(fmt.TYPE_CATALOG, seq, catalog_body))
+
+    def _add_sealed(self, chunk: ChunkLike, catalog_body: Body | None,
+                    catalog_xxh3: int | None) -> None:
+        """The encrypted add_chunk (docs/FORMAT.md §11.4): the member is written on the next
+        call (or by finish), so that sealing overlaps the previous member's write; the chunk's
+        body (a worker's buffer) is sealed, i.e. copied, before this returns."""
+        seq = self.chunk_count
+        has_catalog = catalog_body is not None
+        if has_catalog and catalog_xxh3 is None:
+            raise ValueError("catalog_xxh3 is required with catalog_body")
+        if self._sealed_catalog is not None and has_catalog != self._sealed_catalog:
+            raise ArchiveError(f"chunk {seq}: catalog presence changed")
+        self._sealed_catalog = has_catalog
+        if self._sealer is None:
+            self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsbackup-seal")
+        body = chunk.body
+        job = self._sealer.submit(self._seal_chunk, seq, body, catalog_body)
+        try:
+            self._flush_pending()
+        finally:
+            sealed = job.result()
+        self._pending = (seq, chunk.record_count, body.input_len, chunk.payload_xxh3,
+                         chunk.keys_xxh3, bytes(chunk.first_key), bytes(chunk.last_key),
+                         catalog_xxh3, catalog_body.input_len if has_catalog else 0, sealed)
+        self._prev_last = self._pending[6]
+        self._fingerprint.update(_U64.pack(chunk.payload_xxh3))
+        self._records += chunk.record_count
+        self._raw_bytes += chunk.raw_bytes
+        self._payload_bytes += body.input_len
+
+    def _flush_pending(self) -> None:
+        p, self._pending = self._pending, None
+        if p is None:
+            return
+        seq, records, plen, pxxh, kxxh, first, last, cat_xxh3, cat_len, sealed = p
+        (sbody, sxxh), csealed = sealed
+        sub = fmt.chunk_subfield(seq, 0, sbody.input_len, sxxh, self.version, self.flags)
+        off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, sbody)
+        self._index.add_chunk(ChunkEntry(seq, off, length, plen, records, pxxh, mxxh, kxxh,
+                                         first, last))
+        if csealed is not None:
+            cbody, cs = csealed
+            csub = fmt.data_subfield(fmt.TYPE_CATALOG, cbody.input_len, cs, self.version,
+                                     self.flags)
+            coff, clen, cmx = self._write_member(csub, fmt.catalog_name(seq), 0, cbody)
+            self._index.add_catalog(CatalogEntry(coff, clen, cmx, cat_len, cat_xxh3))
+
+    def _stop_sealer(self) -> None:
+        self._pending = None
+        if self._sealer is not None:
+            self._sealer.shutdown(wait=True)
+            self._sealer = None
+
     def add_reference(self, parent_seq: int, entry: ChunkEntry, raw_bytes: int, *,
                       catalog: bool = False) -> ChunkEntry:
         """Append a chunk stored in the parent chain: ``entry`` is the parent's index entry
@@ -247,6 +340,7 @@ class ArchiveWriter:
             raise ArchiveError("archive writer is closed")
         if self.parent_fingerprint is None:
             raise ArchiveError("a chunk reference needs a parent (parent_fingerprint)")
+        self._flush_pending()  # members and index entries stay in seq order
         if self._prev_last is not None and entry.first_key <= self._prev_last:
             raise ArchiveError(
                 f"chunk {self._index.count}: first key {entry.first_key!r} does not follow "
@@ -274,13 +368,14 @@ class ArchiveWriter:
         if self._closed:
             raise ArchiveError("archive writer is closed")
         try:
-            chunk_bytes = self._pos - self._manifest_length - self._node_length
+            self._flush_pending()
+            self._stop_sealer()
+            chunk_bytes = self._pos - self._base - self._manifest_length - self._node_length
             index_data = self._index.encode(self._manifest_length, self._manifest_xxh3,
                                             self._node_offset, self._node_length)
-            index_body = deflate_body(index_data, 0)  # stored: opening stays fast
-            isub = fmt.data_subfield(fmt.TYPE_INDEX, len(index_data), xxh3_64(index_data),
-                                     self.version)
-            ioff, ilen, ixxh = self._write_member(isub, fmt.INDEX_NAME, self.created, index_body)
+            # stored: opening stays fast
+            ioff, ilen, ixxh = self._write_data_member(fmt.TYPE_INDEX, fmt.INDEX_NAME,
+                                                       index_data, 0)
             fingerprint = self._fingerprint.hexdigest()
             full = dict(summary or {})
             if self.parent_fingerprint is not None:
@@ -299,7 +394,7 @@ class ArchiveWriter:
             sdata = json.dumps(full, sort_keys=True, indent=1).encode()
             soff, slen, sxxh = self._write_data_member(fmt.TYPE_SUMMARY, fmt.SUMMARY_NAME, sdata)
             trailer = fmt.Trailer(ioff, ilen, ixxh, soff, slen, sxxh, self._index.count,
-                                  self._pos, self.version)
+                                  self._pos, self.version, self.flags)
             self._write([trailer.encode()])
             self._writeback.close()
             # the check reads the written bytes back while fsync waits for the disk
@@ -340,6 +435,7 @@ class ArchiveWriter:
         """Discard the temp file. Nothing is left at the final path."""
         if not self._closed:
             self._closed = True
+            self._stop_sealer()
             try:
                 self._writeback.close()
             except OSError:

@@ -14,6 +14,7 @@ from dsbackup.cli._common import (
     warn_matched_nothing,
     warn_unanchored,
 )
+from dsbackup.cli._keys import add_key_options
 from dsbackup.config import DEFAULT_CHUNK_MAX_BYTES, BackupConfig
 from dsbackup.errors import EXIT_WARNING
 
@@ -61,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kubo: archive the datastore records only, not the node's own files "
                    "(config with its private key, version, datastore_spec, keystore/): a "
                    "format-1 archive as before")
+    add_key_options(p, encrypt=True)
     add_json_flag(p)
 
 
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
                        trust_content_keys=not args.no_trust_content_keys,
                        overwrite=args.overwrite,
                        skip_foreign=args.skip_foreign,
-                       datastore_only=args.datastore_only)
+                       datastore_only=args.datastore_only,
+                       encryption=args.encryption)
     mgr = BackupManager(cfg)
     with cancel_on_signals() as cancel, progress_bar(not args.json, "backup") as bar:
         meta = mgr.create_backup(args.source, args.archive, parent=args.parent, progress=bar,

@@ -7,6 +7,7 @@ import sys
 
 from dsbackup.archive.consolidate import consolidate_archive
 from dsbackup.cli._common import add_json_flag, emit_json, human_bytes
+from dsbackup.cli._keys import add_key_options
 
 COMMAND = "consolidate"
 HELP = "rewrite an incremental archive (with its parent chain) into a self-contained archive"
@@ -22,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a file already at OUT (never ARCHIVE or one of its parents, "
                    "nor an archive that others use as their parent)")
+    add_key_options(p)
     add_json_flag(p)
 
 

@@ -7,6 +7,7 @@ import argparse
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.backup import BackupManager
 from dsbackup.cli._common import add_json_flag, emit_json, escape_text, human_bytes
+from dsbackup.cli._keys import add_key_options
 
 COMMAND = "inspect"
 HELP = "show an archive's metadata: source, settings, totals, fingerprint"
@@ -14,6 +15,7 @@ HELP = "show an archive's metadata: source, settings, totals, fingerprint"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("archive")
+    add_key_options(p)
     add_json_flag(p)
 
 
@@ -21,15 +23,20 @@ def run(args: argparse.Namespace) -> int:
     from dsbackup.goformat import is_go_archive
 
     go = is_go_archive(args.archive)
+    encrypted = False
     if go:
         from dsbackup.gocompat import inspect_go
 
         meta = inspect_go(args.archive)
     else:
+        with ArchiveReader(args.archive, locked_ok=True) as r:
+            if r.locked:
+                return _show_locked(args, r)
+            encrypted = r.encrypted
         meta = BackupManager().inspect(args.archive)
     if args.json:
         emit_json(COMMAND, {"ok": True, "backup": meta.to_json(),
-                            "format": "go" if go else "dsbackup"})
+                            "format": "go" if go else "dsbackup", "encrypted": encrypted})
         return 0
     s = meta.statistics
     rows = [
@@ -56,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     if not go:
         rows.insert(2, ("format version", str(meta.version)))
+        rows.insert(3, ("encrypted", "yes (AES-256-GCM, docs/ENCRYPTION.md)" if encrypted
+                        else "no"))
         n = meta.node
         rows.append(("node", "none (datastore records only)" if not n else
                      f"{n['files']} files, {n['directories']} directories, "
@@ -66,6 +75,34 @@ def run(args: argparse.Namespace) -> int:
         print(f"{k:<{width}}  {escape_text(v)}")
     if meta.node_warning:
         print(f"warning: {meta.node_warning}")
+    return 0
+
+
+def _show_locked(args: argparse.Namespace, r: ArchiveReader) -> int:
+    """An encrypted archive without a key: what its plaintext header shows (§11.4)."""
+    from dsbackup.archive.crypto import MISSING_KEY
+
+    h = r.key_header or {}
+    kdf = h.get("kdf") or {}
+    public = {"encrypted": True, "format_version": r.version, "size": r.size,
+              "chunks": r.trailer.chunk_count, "cipher": h.get("cipher"),
+              "archive_id": h.get("archive_id"), "kdf": kdf}
+    if args.json:
+        emit_json(COMMAND, {"ok": True, "format": "dsbackup", "locked": True,
+                            "header": public, "message": MISSING_KEY})
+        return 0
+    params = ", ".join(f"{k}={v}" for k, v in sorted(kdf.items()) if k != "name")
+    rows = [("archive", str(r.path)), ("format", "dsbackup"),
+            ("format version", str(r.version)),
+            ("encrypted", f"yes: {h.get('cipher')}; the rest needs the key"),
+            ("archive id", str(h.get("archive_id"))),
+            ("key from", f"{kdf.get('name')}" + (f" ({params})" if params else "")),
+            ("chunks", str(r.trailer.chunk_count)),
+            ("archive size", human_bytes(r.size))]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {escape_text(v)}")
+    print(f"note: {MISSING_KEY} to see the manifest and summary")
     return 0
 
 

@@ -18,6 +18,7 @@ from dsbackup.cli._common import (
     show_key,
     warn_matched_nothing,
 )
+from dsbackup.cli._keys import add_key_options
 from dsbackup.errors import EXIT_WARNING
 from dsbackup.restore import prefix_bounds
 
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parent-dir", action="append", default=[], metavar="DIR",
                    help="incremental archives: where to look for parent archives besides "
                    "the archive's directory; repeatable")
+    add_key_options(p)
     add_json_flag(p)
 
 

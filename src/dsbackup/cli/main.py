@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.error(f"give a command: {', '.join(_command_names())}")
     try:
-        rc = int(args._run(args) or 0)
+        rc = int(_run_with_key(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         return rc
     except KeyboardInterrupt:
@@ -205,6 +205,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, args)
     except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
         return _fail(exc, args)
+
+
+def _run_with_key(args: argparse.Namespace) -> int:
+    """Run the command with its key material (commands with the key options, cli/_keys.py);
+    the secrets are zeroed when it ends."""
+    if not hasattr(args, "passphrase_file"):
+        return args._run(args)
+    from dsbackup.archive.crypto import using_key
+    from dsbackup.cli._keys import key_from_args
+
+    writing = bool(getattr(args, "encrypt", False))
+    material, prompt = key_from_args(args, writing=writing)
+    args.encryption = material if writing else None
+    try:
+        with using_key(material, prompt=prompt):
+            return args._run(args)
+    finally:
+        if material is not None:
+            material.close()
 
 
 def _fail(exc: Exception, args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from dsbackup.cli._common import (
     warn_matched_nothing,
     warn_unanchored,
 )
+from dsbackup.cli._keys import add_key_options
 from dsbackup.config import BackupConfig
 from dsbackup.errors import EXIT_WARNING, TargetNotEmpty
 
@@ -39,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parent-dir", action="append", default=[], metavar="DIR",
                    help="incremental archives: where to look for parent archives besides "
                    "the archive's directory; repeatable")
+    add_key_options(p)
     add_json_flag(p)
 
 

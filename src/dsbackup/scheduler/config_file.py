@@ -164,15 +164,39 @@ def parse_scheduler(t: Table, base: Path) -> dict[str, Any]:
     return kw
 
 
-def parse_backup_settings(t: Table) -> dict[str, Any] | None:
+def parse_encryption(t: Table, base: Path) -> dict[str, str]:
+    """``encryption = {passphrase_file = "PATH"}`` or ``{key_file = "PATH"}`` of a schedule's
+    backup table (docs/ENCRYPTION.md): the file is read now, to refuse a typo before the first
+    run, and again at each run; only its path is kept (never the secret)."""
+    from dsbackup.archive import crypto
+
+    e = t.table("encryption")
+    e.check_keys({"passphrase_file", "key_file"})
+    given = [k for k in ("passphrase_file", "key_file") if e.has(k)]
+    if len(given) != 1:
+        raise t.error("encryption", "expected exactly one of passphrase_file and key_file")
+    path = e.path(given[0], base)
+    try:
+        (crypto.load_passphrase_file if given[0] == "passphrase_file"
+         else crypto.load_key_file)(path).close()
+    except ConfigError as exc:
+        raise e.error(given[0], str(exc)) from None
+    return {given[0]: str(path)}
+
+
+def parse_backup_settings(t: Table, base: Path | None = None) -> dict[str, Any] | None:
     """The ``[schedule.backup]`` table: BackupConfig fields, checked by BackupConfig itself
-    after their types are checked here."""
+    after their types are checked here. ``encryption`` names a key file or passphrase file
+    (relative to `base`, the config file's directory)."""
     from dsbackup.config import BackupConfig
 
     known = {f.name for f in dataclasses.fields(BackupConfig)}
     t.check_keys(known)
     kw: dict[str, Any] = {}
+    spec = parse_encryption(t, base or Path.cwd()) if "encryption" in t.data else None
     for key in t.data:
+        if key == "encryption":
+            continue
         if key in ("compression_level",):
             kw[key] = t.integer(key, lo=0, hi=9)
         elif key in ("chunk_size", "workers"):
@@ -199,6 +223,8 @@ def parse_backup_settings(t: Table) -> dict[str, Any] | None:
         BackupConfig(**kw)
     except (ConfigError, TypeError, ValueError) as exc:
         raise t.error(None, str(exc)) from None
+    if spec is not None:
+        kw["encryption"] = spec
     return kw or None
 
 
@@ -240,7 +266,7 @@ def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
     try:
         return ScheduledBackup(
             id=sid, name=t.string("name", sid), schedule=cron, source=source,
-            backup_config=parse_backup_settings(backup), enabled=t.boolean("enabled", True),
+            backup_config=parse_backup_settings(backup, base), enabled=t.boolean("enabled", True),
             backup_dir=t.path("backup_dir", base), retention_policy=retention,
             incremental=incremental, full_every=full_every, timeout=timeout)
     except ConfigError as exc:

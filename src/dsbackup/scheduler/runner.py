@@ -74,6 +74,23 @@ def _manager_api() -> tuple[Any, Any]:
 class ManagerRunner:
     """Runs backups with ``dsbackup.BackupManager``."""
 
+    def _key(self, spec: dict[str, str]) -> Any:
+        """Key material of a schedule's ``encryption`` (a passphrase_file or key_file path),
+        loaded once per runner and added to the process's keyring, so that verifying,
+        inspecting and pruning its archives find it."""
+        from dsbackup.archive import crypto
+
+        cache = self.__dict__.setdefault("_keys", {})
+        ident = tuple(sorted(spec.items()))
+        if ident not in cache:
+            if "key_file" in spec:
+                material = crypto.load_key_file(spec["key_file"])
+            else:
+                material = crypto.load_passphrase_file(spec["passphrase_file"])
+            crypto.add_to_keyring(material)
+            cache[ident] = material
+        return cache[ident]
+
     def _manager(self, backup_config: Any = None) -> Any:
         manager_cls, config_cls = _manager_api()
         if backup_config is None:
@@ -82,7 +99,10 @@ class ManagerRunner:
             cfg = backup_config
         else:
             try:
-                cfg = config_cls(**dict(backup_config))
+                kw = dict(backup_config)
+                if isinstance(kw.get("encryption"), dict):
+                    kw["encryption"] = self._key(kw["encryption"])
+                cfg = config_cls(**kw)
             except TypeError as exc:
                 raise SchedulerError(f"invalid backup settings: {exc}") from exc
         return manager_cls(cfg)

@@ -104,6 +104,10 @@ class BackupScheduler:
         """Add a schedule; its persisted state (if any) is restored. Returns it."""
         cron = CronSchedule(schedule.schedule, self.tz)
         now = self.clock.now()
+        spec = (schedule.backup_config.get("encryption")
+                if isinstance(schedule.backup_config, dict) else None)
+        if isinstance(spec, dict) and hasattr(self.runner, "_key"):
+            self.runner._key(spec)  # verify, retention and pruning read its archives too
         with self._lock:
             if schedule.id in self._schedules:
                 raise SchedulerError(f"schedule {schedule.id!r} exists already")

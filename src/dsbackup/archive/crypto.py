@@ -1,0 +1,388 @@
+"""Encrypted archives (docs/FORMAT.md §11.4): key material, the key header, sealing members.
+
+Primitives come from `cryptography`: AES-256-GCM for data and the key wrap, scrypt for
+passphrases, HKDF-SHA256 for the key check. Secrets live in bytearrays that ``close`` zeroes;
+their reprs and every message name no secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from dsbackup.errors import ConfigError, IntegrityError, WrongKeyError
+
+KEY_BYTES = 32
+TAG_BYTES = 16
+NONCE_BYTES = 12
+ID_BYTES = 16
+SALT_BYTES = 16
+# scrypt defaults (128 MiB; docs/ENCRYPTION.md records the time measured) and reader bounds
+DEFAULT_LOG2_N, DEFAULT_R, DEFAULT_P = 17, 8, 1
+MIN_LOG2_N, MAX_LOG2_N, MAX_RP = 14, 22, 64
+# test-only: a smaller scrypt n for writers (bounded below by the readers' minimum)
+TEST_LOG2_N_ENV = "DSBACKUP_TEST_SCRYPT_LOG2N"
+PASSPHRASE_ENV = "DSBACKUP_PASSPHRASE"
+WRAP_AAD = b"dsbackup-key-v1"
+CHECK_INFO = b"dsbackup key check"
+MISSING_KEY = ("archive is encrypted: give --passphrase-file, DSBACKUP_PASSPHRASE or "
+               "--key-file")
+WRONG_KEY = "wrong passphrase or key"
+
+_NONCE_TAIL = struct.Struct("<Q")
+_AAD_TAIL = struct.Struct("<QQ")
+
+
+def _random(n: int) -> bytes:
+    """Random bytes (tests replace this to fix the data key and archive id)."""
+    return os.urandom(n)
+
+
+def _zero(buf: bytearray) -> None:
+    buf[:] = bytes(len(buf))
+
+
+def _no_core_dumps() -> None:
+    """Keep key material out of core files: mark the process not dumpable (prctl), cheap
+    and process-wide; best effort where there is no prctl."""
+    from dsbackup._libc import libc
+
+    lib = libc()
+    try:
+        if lib is not None:
+            lib.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4, SUID_DUMP_DISABLE = 0
+    except (AttributeError, OSError):
+        pass
+
+
+class KeyMaterial:
+    """A passphrase or a raw 32-byte key (never printed). KEKs derived from a passphrase
+    are cached per (salt, n, r, p): a chain with one salt costs one derivation."""
+
+    def __init__(self, *, passphrase: bytes | bytearray | None = None,
+                 key: bytes | bytearray | None = None) -> None:
+        if (passphrase is None) == (key is None):
+            raise ValueError("give exactly one of passphrase and key")
+        if key is not None and len(key) != KEY_BYTES:
+            raise ConfigError(f"a key file must hold {KEY_BYTES} raw bytes or "
+                              f"{2 * KEY_BYTES} hex digits")
+        if passphrase is not None and not passphrase:
+            raise ConfigError("the passphrase is empty")
+        self.kind = "scrypt" if passphrase is not None else "raw"
+        self._secret = bytearray(passphrase if passphrase is not None else key)  # type: ignore[arg-type]
+        self._keks: dict[tuple, bytearray] = {}
+        self._kdf: dict[str, Any] | None = None
+        self._lock = threading.RLock()
+        _no_core_dumps()
+
+    def __repr__(self) -> str:
+        return f"<KeyMaterial {self.kind}>"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:  # never pickled into a worker or a state file
+        raise TypeError("key material cannot be pickled")
+
+    def new_kdf(self) -> dict[str, Any]:
+        """The kdf object of a new key header: one salt per key material object, so a process
+        writing several archives (the scheduler, a benchmark) derives the KEK once; each
+        archive still has its own data key and wrap nonce."""
+        if self.kind == "raw":
+            return {"name": "raw"}
+        with self._lock:
+            if self._kdf is None:
+                self._kdf = self._fresh_kdf()
+            return dict(self._kdf)
+
+    def _fresh_kdf(self) -> dict[str, Any]:
+        log2n = DEFAULT_LOG2_N
+        env = os.environ.get(TEST_LOG2_N_ENV)
+        if env:
+            try:
+                log2n = int(env)
+            except ValueError:
+                raise ConfigError(f"{TEST_LOG2_N_ENV}={env!r} is not an integer") from None
+            if not MIN_LOG2_N <= log2n <= MAX_LOG2_N:
+                raise ConfigError(f"{TEST_LOG2_N_ENV} must lie in {MIN_LOG2_N}..{MAX_LOG2_N}")
+        return {"name": "scrypt", "salt": _random(SALT_BYTES).hex(), "n": 1 << log2n,
+                "r": DEFAULT_R, "p": DEFAULT_P}
+
+    def kek(self, kdf: dict[str, Any], where: str) -> bytearray:
+        """The key-encryption key for a header's kdf (checked against the reader bounds)."""
+        name = kdf.get("name")
+        if name == "raw":
+            if self.kind != "raw":
+                raise WrongKeyError(f"{where}: {WRONG_KEY} (the archive needs a key file)")
+            return self._secret
+        if name != "scrypt":
+            raise IntegrityError(f"{where}: key header names unknown kdf {name!r}", part="key")
+        if self.kind != "scrypt":
+            raise WrongKeyError(f"{where}: {WRONG_KEY} (the archive needs a passphrase)")
+        try:
+            salt = bytes.fromhex(kdf["salt"])
+            n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+        except (KeyError, TypeError, ValueError):
+            raise IntegrityError(f"{where}: key header has invalid kdf parameters",
+                                 part="key") from None
+        if (len(salt) != SALT_BYTES or n & (n - 1) or not 1 << MIN_LOG2_N <= n <= 1 << MAX_LOG2_N
+                or r < 1 or p < 1 or r * p > MAX_RP):
+            raise IntegrityError(f"{where}: key header kdf parameters out of bounds "
+                                 f"(n={n}, r={r}, p={p})", part="key")
+        ident = (salt, n, r, p)
+        with self._lock:
+            kek = self._keks.get(ident)
+            if kek is None:
+                derived = Scrypt(salt=salt, length=KEY_BYTES, n=n, r=r, p=p).derive(
+                    bytes(self._secret))
+                kek = self._keks[ident] = bytearray(derived)
+        return kek
+
+    def close(self) -> None:
+        with self._lock:
+            _zero(self._secret)
+            for k in self._keks.values():
+                _zero(k)
+            self._keks.clear()
+
+
+def load_key_file(path: str | os.PathLike[str]) -> KeyMaterial:
+    """A key file: 32 raw bytes, or 64 hex digits (one trailing newline allowed)."""
+    try:
+        with open(path, "rb") as f:
+            data = bytearray(f.read(4096))
+    except OSError as exc:
+        raise ConfigError(f"key file {path}: cannot read: {exc.strerror}") from None
+    try:
+        if len(data) == KEY_BYTES:
+            return KeyMaterial(key=data)
+        text = bytes(data).strip()
+        if len(text) == 2 * KEY_BYTES:
+            try:
+                raw = bytearray(bytes.fromhex(text.decode("ascii")))
+            except (UnicodeDecodeError, ValueError):
+                raw = None
+            if raw is not None:
+                try:
+                    return KeyMaterial(key=raw)
+                finally:
+                    _zero(raw)
+        raise ConfigError(f"key file {path}: must hold {KEY_BYTES} raw bytes or "
+                          f"{2 * KEY_BYTES} hex digits")
+    finally:
+        _zero(data)
+
+
+def write_key_file(path: str | os.PathLike[str]) -> None:
+    """Create a new random key file (64 hex digits and a newline), mode 0600, never replacing
+    an existing file."""
+    key = bytearray(os.urandom(KEY_BYTES))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"key file {path}: already exists; not replacing it") from None
+    except OSError as exc:
+        raise ConfigError(f"key file {path}: cannot create: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, key.hex().encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        _zero(key)
+
+
+def load_passphrase_file(path: str | os.PathLike[str]) -> KeyMaterial:
+    """A passphrase file: its bytes, without one trailing newline."""
+    try:
+        with open(path, "rb") as f:
+            data = bytearray(f.read(1 << 20))
+    except OSError as exc:
+        raise ConfigError(f"passphrase file {path}: cannot read: {exc.strerror}") from None
+    try:
+        for end in (b"\r\n", b"\n"):
+            if data.endswith(end):
+                del data[-len(end):]
+                break
+        if not data:
+            raise ConfigError(f"passphrase file {path}: is empty")
+        return KeyMaterial(passphrase=data)
+    finally:
+        _zero(data)
+
+
+class ArchiveCipher:
+    """One archive's data key: seals and opens its members (docs/FORMAT.md §11.4)."""
+
+    def __init__(self, archive_id: bytes, dk: bytearray, version: int) -> None:
+        self.archive_id = archive_id
+        self.version = version
+        self._aead = AESGCM(bytes(dk))  # the library keeps its own copy for our lifetime
+        _zero(dk)
+
+    def __repr__(self) -> str:
+        return f"<ArchiveCipher {self.archive_id.hex()}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("an archive cipher cannot be pickled")
+
+    @staticmethod
+    def nonce(mtype: int, seq: int, epoch: int = 0) -> bytes:
+        return bytes((mtype,)) + epoch.to_bytes(3, "little") + _NONCE_TAIL.pack(seq)
+
+    def aad(self, mtype: int, seq: int, length: int, epoch: int = 0) -> bytes:
+        return (self.archive_id + bytes((self.version, mtype)) + epoch.to_bytes(3, "little")
+                + _AAD_TAIL.pack(seq, length))
+
+    def seal(self, mtype: int, seq: int, plaintext: bytes | memoryview) -> bytes:
+        """ciphertext || tag of a member's plaintext."""
+        return self._aead.encrypt(self.nonce(mtype, seq), plaintext,
+                                  self.aad(mtype, seq, len(plaintext)))
+
+    def open(self, mtype: int, seq: int, stored: bytes | memoryview, where: str, *,
+             chunk: int | None = None, part: str | None = None) -> bytes:
+        """The plaintext of ciphertext || tag; IntegrityError naming `where` when altered."""
+        if len(stored) < TAG_BYTES:
+            raise IntegrityError(f"{where}: encrypted data shorter than its tag",
+                                 chunk=chunk, part=part)
+        try:
+            return self._aead.decrypt(self.nonce(mtype, seq), stored,
+                                      self.aad(mtype, seq, len(stored) - TAG_BYTES))
+        except InvalidTag:
+            raise IntegrityError(f"{where}: authentication failed (ciphertext, tag or header "
+                                 "altered)", chunk=chunk, part=part) from None
+
+
+def _key_check(dk: bytearray) -> str:
+    return HKDF(algorithm=hashes.SHA256(), length=8, salt=None,
+                info=CHECK_INFO).derive(bytes(dk)).hex()
+
+
+def new_archive_key(material: KeyMaterial, version: int,
+                    kdf: dict[str, Any] | None = None) -> tuple[bytes, ArchiveCipher]:
+    """A new data key wrapped under `material`: (key header JSON, cipher). `kdf`: reuse a
+    parent's scrypt salt and parameters (one derivation unlocks the chain)."""
+    archive_id = _random(ID_BYTES)
+    dk = bytearray(_random(KEY_BYTES))
+    try:
+        kdf = dict(kdf) if kdf is not None else material.new_kdf()
+        kek = material.kek(kdf, "new archive")
+        wrap_nonce = _random(NONCE_BYTES)
+        wrapped = AESGCM(bytes(kek)).encrypt(wrap_nonce, bytes(dk), WRAP_AAD + archive_id)
+        header = {"format": "dsbackup-key", "version": 1, "cipher": "aes-256-gcm",
+                  "archive_id": archive_id.hex(), "kdf": kdf,
+                  "wrapped_key": (wrap_nonce + wrapped).hex(), "key_check": _key_check(dk)}
+        data = json.dumps(header, sort_keys=True).encode()
+        return data, ArchiveCipher(archive_id, dk, version)
+    finally:
+        _zero(dk)
+
+
+def parse_key_header(data: bytes | memoryview, where: str) -> dict[str, Any]:
+    """The key header's JSON, shape-checked (no key needed)."""
+    try:
+        h = json.loads(bytes(data))
+    except ValueError:
+        raise IntegrityError(f"{where}: key header is not valid JSON", part="key") from None
+    ok = (isinstance(h, dict) and h.get("format") == "dsbackup-key" and h.get("version") == 1
+          and h.get("cipher") == "aes-256-gcm" and isinstance(h.get("kdf"), dict)
+          and isinstance(h.get("archive_id"), str) and isinstance(h.get("wrapped_key"), str)
+          and isinstance(h.get("key_check"), str))
+    if not ok:
+        raise IntegrityError(f"{where}: key header has an unknown shape", part="key")
+    try:
+        aid = bytes.fromhex(h["archive_id"])
+        wrapped = bytes.fromhex(h["wrapped_key"])
+        bytes.fromhex(h["key_check"])
+    except ValueError:
+        raise IntegrityError(f"{where}: key header holds invalid hex", part="key") from None
+    if len(aid) != ID_BYTES or len(wrapped) != NONCE_BYTES + KEY_BYTES + TAG_BYTES:
+        raise IntegrityError(f"{where}: key header field sizes are wrong", part="key")
+    return h
+
+
+def open_archive_key(header: dict[str, Any], material: KeyMaterial, version: int,
+                     where: str) -> ArchiveCipher:
+    """Unwrap the data key: WrongKeyError (exit 2) when the tag fails, in constant work
+    (one KDF, one unwrap)."""
+    aid = bytes.fromhex(header["archive_id"])
+    wrapped = bytes.fromhex(header["wrapped_key"])
+    kek = material.kek(header["kdf"], where)
+    try:
+        dk = bytearray(AESGCM(bytes(kek)).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:],
+                                                  WRAP_AAD + aid))
+    except InvalidTag:
+        raise WrongKeyError(f"{where}: {WRONG_KEY}") from None
+    try:
+        if _key_check(dk) != header["key_check"]:
+            raise IntegrityError(f"{where}: key header's key_check does not match the "
+                                 "unwrapped key", part="key")
+        return ArchiveCipher(aid, dk, version)
+    finally:
+        _zero(dk)
+
+
+# -- the key a process uses for the archives it reads or writes ------------------------------
+
+_current: KeyMaterial | None = None
+_prompt: Callable[[], KeyMaterial] | None = None
+_current_lock = threading.RLock()
+
+
+@contextmanager
+def using_key(material: KeyMaterial | None, *,
+              prompt: Callable[[], KeyMaterial] | None = None) -> Iterator[KeyMaterial | None]:
+    """Make `material` the key of archives opened inside the block (None: keep the current);
+    `prompt`: asked once, when an encrypted archive is opened without one (a terminal)."""
+    global _current, _prompt
+    if material is None and prompt is None:
+        yield _current
+        return
+    with _current_lock:
+        before = _current, _prompt
+        _current = material if material is not None else _current
+        _prompt = prompt if prompt is not None else _prompt
+    try:
+        yield material
+    finally:
+        with _current_lock:
+            _current, _prompt = before
+
+
+_keyring: list[KeyMaterial] = []
+
+
+def add_to_keyring(material: KeyMaterial) -> None:
+    """A long-running process (the scheduler) registers the key material of its schedules:
+    readers opened without a key try each, in order, and stop at the first that unwraps."""
+    with _current_lock:
+        if material not in _keyring:
+            _keyring.append(material)
+
+
+def key_candidates() -> list[KeyMaterial]:
+    """What a reader without an explicit key tries: the ``using_key`` key, else the keyring."""
+    k = current_key()
+    if k is not None:
+        return [k]
+    with _current_lock:
+        return list(_keyring)
+
+
+def current_key() -> KeyMaterial | None:
+    """The key of ``using_key``, asking its prompt the first time one is needed."""
+    global _current
+    with _current_lock:
+        if _current is None and _prompt is not None:
+            _current = _prompt()
+        return _current

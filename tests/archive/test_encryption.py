@@ -1,0 +1,293 @@
+"""Encrypted archives (docs/FORMAT.md §11.4, docs/ENCRYPTION.md): round trips, no plaintext in
+the file, tamper detection, wrong keys refused, determinism with a fixed data key."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import os
+import random
+import subprocess
+import tarfile
+
+import pytest
+
+from dsbackup import datasets
+from dsbackup.archive import crypto
+from dsbackup.archive import format as fmt
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.verify import verify_archive
+from dsbackup.backup import BackupManager
+from dsbackup.config import BackupConfig
+from dsbackup.datastores import open_datastore
+from dsbackup.errors import KeyRequiredError, WrongKeyError
+
+PASS = b"correct horse battery staple"
+BACKENDS = ["lmdb", "sqlite", "flatfs"]
+
+
+@pytest.fixture(autouse=True)
+def small_scrypt(monkeypatch):
+    """The test-only scrypt setting (n = 2^14, the readers' minimum): fast tests."""
+    monkeypatch.setenv(crypto.TEST_LOG2_N_ENV, "14")
+    monkeypatch.setattr("dsbackup.backup.PARALLEL_MIN_BYTES", 0)
+
+
+def records_for(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
+    rng = random.Random(seed)
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    recs = {}
+    while len(recs) < n:
+        name = bytes(rng.choice(alphabet) for _ in range(rng.randrange(8, 20)))
+        recs[b"/" + name] = rng.randbytes(rng.randrange(0, 3000))
+    return sorted(recs.items())
+
+
+def contents(ds) -> list[tuple[bytes, bytes]]:
+    out = []
+    for keys, values in ds.scan_batches():
+        out += list(zip(keys, values))
+    return out
+
+
+def key() -> crypto.KeyMaterial:
+    return crypto.KeyMaterial(passphrase=PASS)
+
+
+@pytest.mark.parametrize("src_kind,dst_kind", list(itertools.product(BACKENDS, BACKENDS)))
+def test_roundtrip_encrypted(tmp_path, src_kind, dst_kind):
+    records = records_for(150, seed=hash((src_kind, dst_kind)) & 0xFFFF)
+    src = open_datastore(f"{src_kind}:{tmp_path / 'src'}")
+    src.put_many([k for k, _ in records], [v for _, v in records])
+    mgr = BackupManager(BackupConfig(chunk_size=7, workers=2, include_metadata=True,
+                                     encryption=key()))
+    archive = tmp_path / "a.tar.gz"
+    meta = mgr.create_backup(src, archive)
+    assert meta.total_keys == len(records)
+    dst = open_datastore(f"{dst_kind}:{tmp_path / 'dst'}")
+    res = BackupManager(BackupConfig(workers=2)).restore_backup(archive, dst, key=key())
+    assert res.records_written == len(records)
+    assert contents(dst) == records
+    src.close()
+    dst.close()
+    with ArchiveReader(archive, key=key()) as r:
+        assert r.encrypted and r.version == 2 and r.flags == fmt.FLAG_ENCRYPTED
+    with crypto.using_key(key()):
+        assert verify_archive(archive, deep=True, threads=2).ok
+
+
+def lmdb_archive(tmp_path, records, *, name="a.tar.gz", workers=2, material=..., **cfg):
+    """An archive of an LMDB store; `material` None: not encrypted; default: PASS."""
+    src = tmp_path / "src"
+    if not src.exists():
+        datasets.write_lmdb(str(src), iter(records))
+    path = tmp_path / name
+    BackupManager(BackupConfig(workers=workers, encryption=key() if material is ... else material,
+                               **cfg)).create_backup(f"lmdb:{src}", path)
+    return path
+
+
+def test_no_plaintext_in_the_file(tmp_path):
+    rng = random.Random(7)
+    markers = [rng.randbytes(16) for _ in range(1000)]
+    records = sorted({b"/m/" + m.hex().encode() + b"/" + markers[i]: b"v" + markers[-1 - i]
+                      * 3 for i, m in enumerate(markers)}.items())
+    path = lmdb_archive(tmp_path, records, include_metadata=True, chunk_size=16,
+                        compression_level=0)  # stored: plaintext would show as is
+    blob = path.read_bytes()
+    assert not any(m in blob for m in markers)
+    assert not any(k in blob for k, _ in records[:200])
+    assert PASS not in blob  # (3-byte strings such as b"/m/" occur in random bytes by chance)
+    assert b"lmdb:" not in blob and b"chunk_size" not in blob  # manifest and summary sealed
+
+
+def test_tools_and_quick_verify_without_key(tmp_path):
+    path = lmdb_archive(tmp_path, records_for(400), chunk_size=20, include_metadata=True)
+    assert subprocess.run(["gzip", "-t", str(path)]).returncode == 0
+    listing = subprocess.run(["tar", "-tzf", str(path)], capture_output=True, text=True)
+    assert listing.returncode == 0
+    names = listing.stdout.split()
+    assert names[:2] == ["dsbackup/key", "dsbackup/manifest.json"]
+    assert "dsbackup/chunks/00000000" in names and names[-1] == "dsbackup/summary.json"
+    with tarfile.open(path) as t:
+        assert t.getnames() == names
+    assert gzip.decompress(path.read_bytes()).endswith(bytes(1024))
+    report = verify_archive(path, deep=False)
+    assert report.ok and report.mode == "quick-sealed" and report.checked_chunks > 5
+    with pytest.raises(KeyRequiredError):
+        verify_archive(path, deep=True)
+    buf = bytearray(path.read_bytes())
+    with ArchiveReader(path, key=key()) as r:
+        off = r.entry(3).offset + r.entry(3).length // 2
+    buf[off] ^= 0x10
+    path.write_bytes(bytes(buf))
+    assert not verify_archive(path, deep=False).ok
+
+
+def test_wrong_or_missing_key_is_refused(tmp_path):
+    path = lmdb_archive(tmp_path, records_for(50))
+    with pytest.raises(KeyRequiredError, match="archive is encrypted: give --passphrase-file"):
+        ArchiveReader(path)
+    for _ in range(20):
+        bad = crypto.KeyMaterial(passphrase=os.urandom(12))
+        with pytest.raises(WrongKeyError, match="wrong passphrase or key"):
+            ArchiveReader(path, key=bad)
+    with pytest.raises(WrongKeyError):
+        ArchiveReader(path, key=crypto.KeyMaterial(key=os.urandom(32)))
+    with pytest.raises(WrongKeyError):
+        BackupManager().restore_backup(path, f"lmdb:{tmp_path / 'dst'}",
+                                       key=crypto.KeyMaterial(passphrase=b"nope"))
+    assert not (tmp_path / "dst").exists()
+
+
+def test_key_file_roundtrip(tmp_path):
+    kf = tmp_path / "k.key"
+    crypto.write_key_file(kf)
+    assert kf.stat().st_mode & 0o777 == 0o600
+    records = records_for(80)
+    path = lmdb_archive(tmp_path, records, material=crypto.load_key_file(kf))
+    with ArchiveReader(path, key=crypto.load_key_file(kf)) as r:
+        assert r.key_header["kdf"] == {"name": "raw"}
+    with pytest.raises(WrongKeyError):
+        ArchiveReader(path, key=key())
+
+
+@pytest.mark.parametrize("flips", [pytest.param(1000, marks=pytest.mark.slow), 100])
+def test_bit_flips_are_detected(tmp_path, flips):
+    path = lmdb_archive(tmp_path, records_for(300), chunk_size=10, include_metadata=True)
+    good = path.read_bytes()
+    with ArchiveReader(path, key=key()) as r:
+        spans = [(r.entry(i).offset, r.entry(i).offset + r.entry(i).length, i)
+                 for i in range(r.chunk_count)]
+    rng = random.Random(flips)
+    material = key()
+    for _ in range(flips):
+        pos = rng.randrange(len(good))
+        buf = bytearray(good)
+        buf[pos] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(buf))
+        with crypto.using_key(material):  # a flip in the key header is damage too (its CRC)
+            report = verify_archive(path, deep=True, threads=1)
+        assert not report.ok, pos
+        owner = [i for a, b, i in spans if a <= pos < b]
+        if owner:
+            assert owner[0] in report.bad_chunks, (pos, report.errors)
+
+
+def test_members_identical_for_any_worker_count(tmp_path, monkeypatch):
+    fixed = {crypto.ID_BYTES: b"\x11" * 16, crypto.KEY_BYTES: b"\x22" * 32,
+             crypto.SALT_BYTES: b"\x33" * 16, crypto.NONCE_BYTES: b"\x44" * 12}
+    monkeypatch.setattr(crypto, "_random", lambda n: fixed[n])
+    records = records_for(600)
+    digests = []
+    for w in (1, 2, 4):
+        path = lmdb_archive(tmp_path, records, name=f"w{w}.tar.gz", workers=w, chunk_size=20)
+        with ArchiveReader(path, key=key()) as r:
+            digests.append([r.entry(i).member_xxh3 for i in range(r.chunk_count)])
+    assert digests[0] == digests[1] == digests[2] and len(digests[0]) > 5
+
+
+def test_incremental_chain_of_five(tmp_path):
+    rng = random.Random(3)
+    state = dict(records_for(300))
+    mgr = BackupManager(BackupConfig(workers=2, chunk_size=10, encryption=key()))
+    parent = None
+    for n in range(5):
+        for k in rng.sample(sorted(state), 10):
+            state[k] = rng.randbytes(50)
+        state[b"/NEW" + bytes([65 + n])] = b"x" * n
+        src = tmp_path / f"src{n}"
+        datasets.write_lmdb(str(src), iter(sorted(state.items())))
+        path = tmp_path / f"a{n}.tar.gz"
+        mgr.create_backup(f"lmdb:{src}", path, parent=parent)
+        parent = path
+    with ArchiveReader(parent, key=key()) as r:
+        assert r.summary["referenced_chunks"] > 0
+    BackupManager().restore_backup(parent, f"lmdb:{tmp_path / 'dst'}", key=key())
+    with open_datastore(f"lmdb:{tmp_path / 'dst'}", readonly=True) as ds:
+        assert contents(ds) == sorted(state.items())
+    # one scrypt derivation unlocks the chain: every archive reuses the first salt
+    salts = set()
+    for n in range(5):
+        with ArchiveReader(tmp_path / f"a{n}.tar.gz", key=key()) as r:
+            salts.add(r.key_header["kdf"]["salt"])
+    assert len(salts) == 1
+    from dsbackup.archive.consolidate import consolidate_archive
+
+    with crypto.using_key(key()):
+        consolidate_archive(parent, tmp_path / "full.tar.gz")
+        assert verify_archive(tmp_path / "full.tar.gz", deep=True).ok
+    with ArchiveReader(tmp_path / "full.tar.gz", key=key()) as r:
+        assert r.encrypted
+    with pytest.raises(KeyRequiredError):
+        BackupManager().restore_backup(parent, f"lmdb:{tmp_path / 'dst2'}")
+
+
+def test_secrets_never_show(tmp_path):
+    material = key()
+    assert PASS.decode() not in repr(material) + str(material)
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(material)
+    cfg = BackupConfig(encryption=material)
+    assert cfg.to_dict()["encryption"] == "scrypt" and PASS.decode() not in repr(cfg)
+    path = lmdb_archive(tmp_path, records_for(20), material=material)
+    with ArchiveReader(path, key=material) as r:
+        assert "ArchiveCipher" in repr(r.cipher) and r.key_header["kdf"]["name"] == "scrypt"
+    material.close()
+    assert bytes(material._secret) == bytes(len(PASS))  # zeroed
+    assert all(not any(k) for k in material._keks.values())
+    # no command takes the passphrase as an argument (it would be in /proc/PID/cmdline)
+    from dsbackup.cli import main
+
+    for mod in main._command_modules():
+        import argparse
+
+        p = argparse.ArgumentParser()
+        mod.add_arguments(p)
+        opts = {o for a in p._actions for o in a.option_strings}
+        assert not opts & {"--passphrase", "--key", "--password"}, mod.COMMAND
+
+
+def test_unencrypted_archives_unchanged(tmp_path):
+    """Without encryption the writer is byte-for-byte the version-1 writer (the flags and the
+    key header appear only with a key)."""
+    records = records_for(100)
+    p1 = lmdb_archive(tmp_path, records, name="a.tar.gz", material=None)
+    with ArchiveReader(p1) as r:
+        assert r.version == 1 and r.flags == 0 and not r.encrypted and r.base == 0
+
+
+@pytest.mark.parametrize("kdf", [
+    {"name": "scrypt", "salt": "00" * 16, "n": 1 << 23, "r": 8, "p": 1},  # too much memory
+    {"name": "scrypt", "salt": "00" * 16, "n": 1 << 10, "r": 8, "p": 1},  # too weak
+    {"name": "scrypt", "salt": "00" * 16, "n": 3 << 14, "r": 8, "p": 1},  # not a power of 2
+    {"name": "scrypt", "salt": "00" * 16, "n": 1 << 14, "r": 64, "p": 2},  # r·p > 64
+    {"name": "scrypt", "salt": "00" * 8, "n": 1 << 14, "r": 8, "p": 1},  # short salt
+    {"name": "argon9"},
+])
+def test_hostile_kdf_parameters_are_damage(kdf):
+    from dsbackup.errors import IntegrityError
+
+    with pytest.raises(IntegrityError):
+        key().kek(kdf, "a.tar.gz")
+
+
+def test_key_and_passphrase_files(tmp_path):
+    (tmp_path / "p").write_bytes(PASS + b"\r\n")
+    assert bytes(crypto.load_passphrase_file(tmp_path / "p")._secret) == PASS
+    (tmp_path / "e").write_bytes(b"\n")
+    from dsbackup.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is empty"):
+        crypto.load_passphrase_file(tmp_path / "e")
+    (tmp_path / "k").write_bytes(b"\x01" * 32)
+    assert crypto.load_key_file(tmp_path / "k").kind == "raw"
+    (tmp_path / "k").write_bytes(b"ab" * 32 + b"\n")
+    assert bytes(crypto.load_key_file(tmp_path / "k")._secret) == b"\xab" * 32
+    (tmp_path / "k").write_bytes(b"short")
+    with pytest.raises(ConfigError, match="32 raw bytes"):
+        crypto.load_key_file(tmp_path / "k")
+    with pytest.raises(ConfigError, match="cannot read"):
+        crypto.load_key_file(tmp_path / "missing")

@@ -1,0 +1,158 @@
+"""The CLI with encrypted archives (docs/ENCRYPTION.md): key options, exit codes, no secret in
+any output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dsbackup import datasets
+from dsbackup.archive import crypto
+from dsbackup.archive.reader import ArchiveReader
+
+PASS = "s3cret-Passphrase-7f1e"
+
+
+@pytest.fixture
+def env(cli_env):
+    cli_env[crypto.TEST_LOG2_N_ENV] = "14"
+    cli_env.pop(crypto.PASSPHRASE_ENV, None)
+    return cli_env
+
+
+@pytest.fixture
+def setup(tmp_path, env, run_cli):
+    datasets.write_lmdb(str(tmp_path / "src"),
+                        iter([(b"/k/%04d" % i, b"value-%d" % i) for i in range(500)]))
+    pf = tmp_path / "pass"
+    pf.write_text(PASS + "\n")
+    arc = tmp_path / "a.tar.gz"
+    r = run_cli("backup", f"lmdb:{tmp_path / 'src'}", arc, "--encrypt", "--passphrase-file", pf,
+                "--chunk-size", "50", "--json", stdin=-3)
+    assert r.returncode == 0, r.stderr
+    assert PASS not in r.stdout + r.stderr
+    assert json.loads(r.stdout)["backup"]["config"]["encryption"] == "scrypt"
+    return tmp_path, arc, pf
+
+
+def test_encrypt_without_key_and_no_terminal_is_refused(tmp_path, env, run_cli):
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/a", b"1")]))
+    r = run_cli("backup", f"lmdb:{tmp_path / 'src'}", tmp_path / "a.tar.gz", "--encrypt", stdin=-3)
+    assert r.returncode == 2
+    assert "--encrypt needs a key" in r.stderr
+    assert not (tmp_path / "a.tar.gz").exists()
+
+
+def test_commands_without_key(setup, env, run_cli):
+    tmp_path, arc, pf = setup
+    for args in (["restore", arc, f"lmdb:{tmp_path / 'dst'}"], ["verify", arc], ["ls", arc]):
+        r = run_cli(*args, stdin=-3)
+        assert r.returncode == 2, (args, r.stderr)
+        assert ("archive is encrypted: give --passphrase-file, DSBACKUP_PASSPHRASE or "
+                "--key-file") in r.stderr
+    assert not (tmp_path / "dst").exists()
+    r = run_cli("inspect", arc, stdin=-3)
+    assert r.returncode == 0 and "encrypted" in r.stdout and "scrypt" in r.stdout
+    r = run_cli("inspect", arc, "--json", stdin=-3)
+    out = json.loads(r.stdout)
+    assert out["locked"] and out["header"]["kdf"]["n"] == 1 << 14
+    r = run_cli("verify", "--quick", arc, stdin=-3)
+    assert r.returncode == 0, r.stderr
+
+
+def test_wrong_passphrase_exit_2_and_nothing_written(setup, env, run_cli):
+    tmp_path, arc, pf = setup
+    bad = tmp_path / "bad"
+    bad.write_text("not it\n")
+    r = run_cli("restore", arc, f"lmdb:{tmp_path / 'dst'}", "--passphrase-file", bad)
+    assert r.returncode == 2 and "wrong passphrase or key" in r.stderr
+    assert not (tmp_path / "dst").exists()
+    kf = tmp_path / "k"
+    assert run_cli("keygen", kf).returncode == 0
+    assert kf.stat().st_mode & 0o777 == 0o600
+    r = run_cli("verify", arc, "--key-file", kf)
+    assert r.returncode == 2 and "wrong passphrase or key" in r.stderr
+
+
+def test_key_sources_and_damage(setup, env, run_cli):
+    tmp_path, arc, pf = setup
+    env[crypto.PASSPHRASE_ENV] = PASS  # the dict run_cli passes
+    r = run_cli("restore", arc, f"lmdb:{tmp_path / 'dst'}")
+    del env[crypto.PASSPHRASE_ENV]
+    assert r.returncode == 0, r.stderr
+    r = run_cli("inspect", arc, "--passphrase-file", pf, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["encrypted"] is True
+    r = run_cli("ls", arc, "--passphrase-file", pf)
+    assert r.returncode == 0 and "/k/0499" in r.stdout
+    r = run_cli("verify", arc, "--passphrase-file", pf, "--json", "-v")
+    assert r.returncode == 0 and PASS not in r.stdout + r.stderr
+    with ArchiveReader(arc, key=crypto.load_passphrase_file(pf)) as rd:
+        e = rd.entry(4)
+    buf = bytearray(arc.read_bytes())
+    buf[e.offset + e.length - 30] ^= 0x01  # inside the ciphertext/tag
+    arc.write_bytes(bytes(buf))
+    r = run_cli("verify", arc, "--passphrase-file", pf, "--json")
+    assert r.returncode == 3
+    assert json.loads(r.stdout)["bad_chunks"] == [4]
+    r = run_cli("verify", "--quick", arc)
+    assert r.returncode == 3
+
+
+def test_key_file_backup(tmp_path, env, run_cli):
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/a", b"1"), (b"/b", b"2")]))
+    kf = tmp_path / "k"
+    assert run_cli("keygen", kf).returncode == 0
+    assert run_cli("keygen", kf).returncode == 2  # never replaced
+    arc = tmp_path / "a.tar.gz"
+    r = run_cli("backup", f"lmdb:{tmp_path / 'src'}", arc, "--encrypt", "--key-file", kf)
+    assert r.returncode == 0, r.stderr
+    assert kf.read_text().strip() not in arc.read_bytes().hex()
+    r = run_cli("restore", arc, f"lmdb:{tmp_path / 'dst'}", "--key-file", kf)
+    assert r.returncode == 0, r.stderr
+
+
+def test_prompt_on_a_terminal(tmp_path, env):
+    """No key option and no DSBACKUP_PASSPHRASE on a terminal: a no-echo prompt, asked twice
+    for a backup; the passphrase never shows on the terminal."""
+    import os
+    import pty
+    import select
+    import sys
+    import time
+
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/a", b"1")]))
+    arc = tmp_path / "a.tar.gz"
+
+    def run(*args: str, answers: list[bytes]) -> tuple[int, bytes]:
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execve(sys.executable, [sys.executable, "-m", "dsbackup", *args], env)
+        out = b""
+        deadline = time.monotonic() + 60
+        for a in answers:
+            while b"passphrase" not in out.split(b"\n")[-1]:
+                assert time.monotonic() < deadline, out  # no prompt came
+                if select.select([fd], [], [], 1)[0]:
+                    out += os.read(fd, 1024)
+            os.write(fd, a + b"\n")
+            time.sleep(0.2)
+            out += b"\n"
+        while True:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), out
+
+    rc, out = run("backup", f"lmdb:{tmp_path / 'src'}", str(arc), "--encrypt",
+                  answers=[PASS.encode(), PASS.encode()])
+    assert rc == 0, out
+    assert PASS.encode() not in out
+    rc, out = run("verify", str(arc), answers=[PASS.encode()])
+    assert rc == 0, out
+    rc, out = run("verify", str(arc), answers=[b"wrong"])
+    assert rc == 2 and b"wrong passphrase or key" in out
