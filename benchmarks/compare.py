@@ -366,9 +366,18 @@ def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
     ours_arc = w / "ours.tar.gz"
     dsb = [PY, "-m", "dsbackup"]
     me = [PY, ME, "--child"]
+    # the same backup encrypted (docs/ENCRYPTION.md): a raw key file, so no row pays scrypt
+    key, enc_arc = w / "bench.key", w / "ours-enc.tar.gz"
+    if not key.exists():
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o600)
+    enc = ["--key-file", str(key)]
     if "backup" in ops:
         rows.append(Row("backup", ds_name, "dsbackup", dsb + ["backup", src_uri, str(ours_arc)],
                         raw, ours_arc, ours=True, inputs=(src,)))
+        rows.append(Row("backup", ds_name, "dsbackup --encrypt",
+                        dsb + ["backup", "--encrypt", *enc, src_uri, str(enc_arc)],
+                        raw, enc_arc, inputs=(src,)))
         rows.append(Row("backup", ds_name, "isal-1 x1 (ceiling)",
                         me + ["isal", src_uri, "1", str(w / "isal1.size")], raw,
                         w / "isal1.size", internal_time=True, inputs=(src,)))
@@ -448,6 +457,9 @@ def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
         rows.append(Row("restore", ds_name, "dsbackup",
                         dsb + ["restore", str(ours_arc), f"lmdb:{w / 'restored'}"], raw,
                         w / "restored", ours=True, inputs=(ours_arc,)))
+        rows.append(Row("restore", ds_name, "dsbackup --encrypt",
+                        dsb + ["restore", *enc, str(enc_arc), f"lmdb:{w / 'restored-enc'}"],
+                        raw, w / "restored-enc", inputs=(enc_arc,)))
         rows.append(Row("restore", ds_name, "seed json+tar.gz-6",
                         me + ["seed-restore", str(w / "seed.tar.gz"), str(w / "seed-restored")],
                         raw, w / "seed-restored", inputs=(w / "seed.tar.gz",)))
@@ -457,6 +469,8 @@ def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
     if "verify" in ops:
         rows.append(Row("verify", ds_name, "dsbackup (deep)", dsb + ["verify", str(ours_arc)],
                         raw, ours=True, inputs=(ours_arc,)))
+        rows.append(Row("verify", ds_name, "dsbackup --encrypt (deep)",
+                        dsb + ["verify", *enc, str(enc_arc)], raw, inputs=(enc_arc,)))
         rows.append(Row("verify", ds_name, "gzip -t (seed archive)",
                         ["gzip", "-t", str(w / "seed.tar.gz")], raw,
                         inputs=(w / "seed.tar.gz",)))
