@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from dsbackup._ext.checksum import crc32, xxh3_64
 from dsbackup._ext.compress import MemberError, inflate_raw, parse_tar_header
@@ -47,17 +48,8 @@ def decode_member(
         raise fail(f"is a {fmt.TYPE_NAMES.get(sub.member_type)} member, expected "
                    f"{fmt.TYPE_NAMES[expected_type]}")
     mv = memoryview(buf)
-    deflate = mv[sub.deflate_offset : len(mv) - 8]
     declared = fmt.TAR_BLOCK + fmt.padded(sub.data_len)
-    if declared > fmt.DEFLATE_MAX_RATIO * len(deflate) + 1024:
-        raise fail(f"declares {sub.data_len} bytes of data, impossible from "
-                   f"{len(deflate)} compressed bytes (decompression bomb or damage)")
-    try:
-        out, consumed = inflate_raw(deflate, declared, declared)
-    except MemberError as exc:
-        raise fail(f"cannot inflate: {exc}") from None
-    if consumed != len(deflate):
-        raise fail(f"{len(deflate) - consumed} unexpected bytes after the deflate stream")
+    out = _inflate_exactly(mv[sub.deflate_offset : len(mv) - 8], declared, sub.data_len, fail)
     crc, isize = _TAIL.unpack_from(mv, len(mv) - 8)
     if crc32(out) != crc:
         raise fail("CRC-32 mismatch")
@@ -89,18 +81,27 @@ def inflate_sealed_body(plain: bytes, length: int, xxh3: int, where: str, *,
     def fail(msg: str) -> IntegrityError:
         return IntegrityError(f"{where}: {msg}", chunk=chunk, part=part)
 
-    declared = fmt.padded(length)
-    if declared > fmt.DEFLATE_MAX_RATIO * len(plain) + 1024:
-        raise fail(f"declares {length} bytes, impossible from {len(plain)} compressed bytes")
-    try:
-        out, consumed = inflate_raw(plain, declared, declared)
-    except MemberError as exc:
-        raise fail(f"cannot inflate: {exc}") from None
-    if consumed != len(plain):
-        raise fail(f"{len(plain) - consumed} unexpected bytes after the deflate stream")
+    out = _inflate_exactly(plain, fmt.padded(length), length, fail)
     if out[length:].count(0) != len(out) - length:
         raise fail("non-zero tar padding")
     data = memoryview(out)[:length]
     if xxh3_64(data) != xxh3:
         raise fail("data XXH3 mismatch")
     return data
+
+
+def _inflate_exactly(deflate: memoryview | bytes, declared: int, data_len: int,
+                     fail: Callable[[str], IntegrityError]) -> bytes:
+    """Inflate a raw deflate stream that must give exactly `declared` bytes and end where
+    `deflate` ends; a declared size beyond deflate's maximum ratio is refused before any
+    work (decompression bomb or damage)."""
+    if declared > fmt.DEFLATE_MAX_RATIO * len(deflate) + 1024:
+        raise fail(f"declares {data_len} bytes of data, impossible from "
+                   f"{len(deflate)} compressed bytes (decompression bomb or damage)")
+    try:
+        out, consumed = inflate_raw(deflate, declared, declared)
+    except MemberError as exc:
+        raise fail(f"cannot inflate: {exc}") from None
+    if consumed != len(deflate):
+        raise fail(f"{len(deflate) - consumed} unexpected bytes after the deflate stream")
+    return out
