@@ -279,3 +279,31 @@ class Trailer:
                 "trailer: index/summary locations are inconsistent", part="trailer"
             )
         return t
+
+
+def uvarint(n: int) -> bytes:
+    """Unsigned LEB128, minimal (§4)."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def read_uvarint(buf: memoryview, pos: int, where: str, part: str | None = None
+                 ) -> tuple[int, int]:
+    """(value, next position) of the uvarint at `pos`: at most 10 bytes, minimal encoding
+    (§4); IntegrityError naming `where` (and `part`) otherwise."""
+    n = shift = 0
+    for i in range(10):
+        if pos + i >= len(buf):
+            raise IntegrityError(f"{where}: truncated varint at offset {pos}", part=part)
+        b = buf[pos + i]
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            if b == 0 and i > 0:
+                raise IntegrityError(f"{where}: non-minimal varint at offset {pos}", part=part)
+            return n, pos + i + 1
+        shift += 7
+    raise IntegrityError(f"{where}: varint longer than 10 bytes at offset {pos}", part=part)

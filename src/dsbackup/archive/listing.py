@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup._ext.framing import FramingError, decode_keys_sizes
+from dsbackup.archive.format import read_uvarint
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import check_layout, check_payload
@@ -17,29 +18,16 @@ _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 
 
-def _uvarint(buf: memoryview, pos: int, where: str) -> tuple[int, int]:
-    result = shift = 0
-    for i in range(10):
-        if pos + i >= len(buf):
-            raise IntegrityError(f"{where}: truncated varint at offset {pos}")
-        b = buf[pos + i]
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos + i + 1
-        shift += 7
-    raise IntegrityError(f"{where}: varint longer than 10 bytes at offset {pos}")
-
-
 def parse_catalog(data: memoryview, where: str) -> Iterator[tuple[bytes, int, int]]:
     """(key, value size, value XXH3) for each record of a catalog (docs/FORMAT.md §8)."""
     pos, n = 0, len(data)
     while pos < n:
-        klen, pos = _uvarint(data, pos, where)
+        klen, pos = read_uvarint(data, pos, where)
         if klen < 1 or pos + klen > n:
             raise IntegrityError(f"{where}: key length {klen} at offset {pos} is out of bounds")
         key = bytes(data[pos : pos + klen])
         pos += klen
-        vlen, pos = _uvarint(data, pos, where)
+        vlen, pos = read_uvarint(data, pos, where)
         if pos + 8 > n:
             raise IntegrityError(f"{where}: truncated value digest at offset {pos}")
         (vx,) = _U64.unpack_from(data, pos)

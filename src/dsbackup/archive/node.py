@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from dsbackup.archive.format import read_uvarint, uvarint
 from dsbackup.errors import IntegrityError
 
 NODE_MAGIC = b"DSN1"
@@ -53,15 +54,6 @@ def path_problem(path: bytes) -> str | None:
     return None
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def encode_node(files: list[NodeFile]) -> bytes:
     """The member data for `files` (sorted here; paths must be valid and unique)."""
     files = sorted(files, key=lambda f: f.path)
@@ -76,25 +68,10 @@ def encode_node(files: list[NodeFile]) -> bytes:
         if f.kind not in (KIND_FILE, KIND_DIR) or (f.kind == KIND_DIR and f.data):
             raise ValueError(f"node file {f.path!r}: bad kind {f.kind} or data")
         prev = f.path
-        parts += [_uvarint(len(f.path)), f.path, _FIXED.pack(f.kind, f.mode & 0o7777,
+        parts += [uvarint(len(f.path)), f.path, _FIXED.pack(f.kind, f.mode & 0o7777,
                                                              f.mtime_ns),
-                  _uvarint(len(f.data)), f.data]
+                  uvarint(len(f.data)), f.data]
     return b"".join(parts)
-
-
-def _read_uvarint(buf: memoryview, pos: int, where: str) -> tuple[int, int]:
-    n = shift = 0
-    for i in range(10):
-        if pos + i >= len(buf):
-            raise IntegrityError(f"{where}: truncated varint", part="node")
-        b = buf[pos + i]
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            if b == 0 and i > 0:
-                raise IntegrityError(f"{where}: non-minimal varint", part="node")
-            return n, pos + i + 1
-        shift += 7
-    raise IntegrityError(f"{where}: varint longer than 10 bytes", part="node")
 
 
 def decode_node(data: bytes | memoryview, where: str) -> list[NodeFile]:
@@ -117,7 +94,7 @@ def decode_node(data: bytes | memoryview, where: str) -> list[NodeFile]:
         if pos >= len(buf):
             raise IntegrityError(f"{where}: declares {count} entries, the data ends after {i}",
                                  part="node")
-        plen, pos = _read_uvarint(buf, pos, f"{where}: entry {i}")
+        plen, pos = read_uvarint(buf, pos, f"{where}: entry {i}", "node")
         if plen > len(buf) - pos:
             raise IntegrityError(f"{where}: entry {i}: path length {plen} beyond the data",
                                  part="node")
@@ -144,7 +121,7 @@ def decode_node(data: bytes | memoryview, where: str) -> list[NodeFile]:
         if mode & ~0o7777:
             raise IntegrityError(f"{at}: mode {mode:#o} holds more than permission bits",
                                  part="node")
-        size, pos = _read_uvarint(buf, pos, at)
+        size, pos = read_uvarint(buf, pos, at, "node")
         if size > len(buf) - pos:
             raise IntegrityError(f"{at}: size {size} beyond the data", part="node")
         if kind == KIND_DIR and size:
