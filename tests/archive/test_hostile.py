@@ -11,6 +11,7 @@ import tarfile
 import zlib
 
 import pytest
+from crafted import honest_member
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,18 +28,6 @@ from dsbackup.errors import ArchiveError, DsBackupError, IntegrityError
 def member(sub: bytes, name: bytes, size: int, deflate: bytes, crc: int, isize: int) -> bytes:
     return (fmt.member_head(sub) + fmt.STORED_TAR_PREFIX + tar_header(name, size, 0) + deflate
             + fmt.member_tail(crc, isize))
-
-
-def honest_member(data: bytes, mtype: int, name: bytes, seq: int | None = None,
-                  records: int = 1) -> bytes:
-    body = deflate_body(data, 1)
-    if mtype == fmt.TYPE_CHUNK:
-        sub = fmt.chunk_subfield(seq, records, len(data), xxh3_64(data))
-    else:
-        sub = fmt.data_subfield(mtype, len(data), xxh3_64(data))
-    hdr = tar_header(name, len(data), 0)
-    crc = crc32_combine(crc32(hdr), body.crc32, body.size)
-    return member(sub, name, len(data), body.data, crc, 512 + body.size)
 
 
 def assemble(path, chunk_members: list[tuple[bytes, dict]], manifest: bytes | None = None):

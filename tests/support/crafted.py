@@ -16,7 +16,7 @@ from dsbackup.archive.index import ChunkEntry, IndexBuilder
 
 def honest_member(data: bytes, mtype: int, name: bytes, seq: int | None = None,
                   records: int = 1) -> bytes:
-    """A member whose every checksum is right (as in tests/archive/test_hostile.py)."""
+    """A member whose every checksum is right (hostile archives are built from these)."""
     body = deflate_body(data, 1)
     if mtype == fmt.TYPE_CHUNK:
         sub = fmt.chunk_subfield(seq, records, len(data), xxh3_64(data))
