@@ -37,9 +37,9 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from dsbackup import datasets  # noqa: E402
 from dsbackup.archive.reader import ArchiveReader  # noqa: E402
-from dsbackup.backup import BackupManager  # noqa: E402
-from dsbackup.config import BackupConfig  # noqa: E402
 from dsbackup.datastores import open_datastore  # noqa: E402
+from dsbackup.engine.backup import BackupManager  # noqa: E402
+from dsbackup.engine.config import BackupConfig  # noqa: E402
 
 
 def best(fn, reps: int) -> float:

@@ -90,8 +90,8 @@ def _raw_py_lmdb(src_dir: Path, dst_dir: Path, n: int) -> dict[str, Any]:
 
 def _backup_restore(src: str, work: Path) -> dict[str, Any] | None:
     try:
-        from dsbackup.backup import BackupManager
-        from dsbackup.config import BackupConfig
+        from dsbackup.engine.backup import BackupManager
+        from dsbackup.engine.config import BackupConfig
     except ImportError as exc:
         return {"skipped": f"backup layer unavailable: {exc}"}
     mgr = BackupManager(BackupConfig())

@@ -13,8 +13,8 @@ import shutil
 import benchdata
 import pytest
 
-from dsbackup.backup import BackupManager
-from dsbackup.config import BackupConfig
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
 
 DATASETS = {
     "blocks-lmdb": benchdata.blocks_lmdb,

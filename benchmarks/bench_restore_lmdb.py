@@ -40,9 +40,9 @@ def main() -> int:
     ap.add_argument("--json")
     args = ap.parse_args()
     from dsbackup import datasets
-    from dsbackup.backup import BackupManager
-    from dsbackup.config import BackupConfig
     from dsbackup.datastores import open_datastore
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.engine.config import BackupConfig
 
     d = Path(tempfile.mkdtemp(prefix="bench-restore-"))
     try:

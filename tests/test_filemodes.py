@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from dsbackup import datasets, filemodes
-from dsbackup.backup import BackupManager
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.restore_journal import write_journal
 from dsbackup.migration.journal import Journal, write_stamp
-from dsbackup.restore_journal import write_journal
 from dsbackup.scheduler.metrics import write_textfile
 
 

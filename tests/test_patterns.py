@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from dsbackup._ext.framing import KeyMatcher
-from dsbackup.backup import BackupManager
-from dsbackup.config import BackupConfig
 from dsbackup.datastores import open_datastore
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
+from dsbackup.engine.restore import restore_archive
 from dsbackup.errors import ConfigError
 from dsbackup.keys import children_range
 from dsbackup.migration.plan import FilterConfig
 from dsbackup.patterns import key_matcher
-from dsbackup.restore import restore_archive
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PATTERNS.md"
 

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_public_names_import():
     for name in dsbackup.__all__:
         assert getattr(dsbackup, name) is not None, name
-    assert dsbackup.BackupManager.__module__ == "dsbackup.backup"
+    assert dsbackup.BackupManager.__module__ == "dsbackup.engine.backup"
 
 
 def test_exit_code_doc_is_generated_from_the_classes():

@@ -23,8 +23,8 @@ from dsbackup.errors import (
 )
 
 _LAZY = {
-    "BackupManager": "dsbackup.backup",
-    "BackupConfig": "dsbackup.config",
+    "BackupManager": "dsbackup.engine.backup",
+    "BackupConfig": "dsbackup.engine.config",
     "BackupMetadata": "dsbackup.metadata",
     "BackupStatistics": "dsbackup.metadata",
     "RestoreResult": "dsbackup.metadata",
@@ -36,10 +36,10 @@ _LAZY = {
     "open_datastore": "dsbackup.datastores",
     # incremental backups
     "consolidate_archive": "dsbackup.archive.consolidate",
-    "choose_parent": "dsbackup.incremental",
-    "parent_of": "dsbackup.incremental",
-    "archive_fingerprint": "dsbackup.incremental",
-    "required_archives": "dsbackup.incremental",
+    "choose_parent": "dsbackup.engine.incremental",
+    "parent_of": "dsbackup.engine.incremental",
+    "archive_fingerprint": "dsbackup.engine.incremental",
+    "required_archives": "dsbackup.engine.incremental",
     # scheduler
     "BackupScheduler": "dsbackup.scheduler",
     "SchedulerConfig": "dsbackup.scheduler",

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from dsbackup import datasets
 from dsbackup._ext.checksum import Xxh3_128
-from dsbackup.backup import BackupManager
 from dsbackup.cli._common import human_bytes
-from dsbackup.config import BackupConfig
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
 
 
 def store_digest(uri: str) -> tuple[int, str]:

@@ -17,9 +17,9 @@ from dsbackup.archive import crypto
 from dsbackup.archive import format as fmt
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import verify_archive
-from dsbackup.backup import BackupManager
-from dsbackup.config import BackupConfig
 from dsbackup.datastores import open_datastore
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
 from dsbackup.errors import KeyRequiredError, WrongKeyError
 
 PASS = b"correct horse battery staple"
@@ -30,7 +30,7 @@ BACKENDS = ["lmdb", "sqlite", "flatfs"]
 def small_scrypt(monkeypatch):
     """The test-only scrypt setting (n = 2^14, the readers' minimum): fast tests."""
     monkeypatch.setenv(crypto.TEST_LOG2_N_ENV, "14")
-    monkeypatch.setattr("dsbackup.backup.PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("dsbackup.engine.backup.PARALLEL_MIN_BYTES", 0)
 
 
 def records_for(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:

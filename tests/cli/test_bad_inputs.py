@@ -17,8 +17,8 @@ import pytest
 from dsbackup import datasets
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.writer import ArchiveWriter
-from dsbackup.backup import BackupManager
-from dsbackup.config import BackupConfig
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
 
 
 @dataclass

@@ -8,8 +8,8 @@ import json
 from dsbackup import datasets
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.writer import ArchiveWriter
-from dsbackup.backup import BackupManager
 from dsbackup.cli._common import unescape_key
+from dsbackup.engine.backup import BackupManager
 
 HOSTILE = [b"/pins/a\x1b]0;pwned\x07", b"/pins/b\rforged", b"/pins/c\\d", b"/pins/e\x9b"]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from dsbackup import datasets
-from dsbackup.backup import BackupManager
 from dsbackup.cli import main
+from dsbackup.engine.backup import BackupManager
 
 
 def test_command_is_found_after_global_options():
@@ -138,8 +138,8 @@ def test_the_restore_journal_on_a_full_disk_is_an_error_not_a_crash(tmp_path):
             assert exc.errno == errno.ENOSPC
         finally:
             os.close(fd)
+        from dsbackup.engine.restore_journal import write_journal
         from dsbackup.errors import DatastoreError
-        from dsbackup.restore_journal import write_journal
 
         with pytest.raises(DatastoreError) as info:  # the journal names the full filesystem
             write_journal(full / "t.dsbackup-restore.json", {"next_chunk": 3, "pad": "x" * 9000})

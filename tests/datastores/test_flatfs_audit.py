@@ -49,9 +49,9 @@ def test_stray_files_in_a_kubo_flatfs_are_reported(tmp_path, go_fixtures):
 
 def test_files_vanishing_mid_backup_are_counted(tmp_path):
     """A file listed by the scan but gone when read: exit 1, counted, named."""
-    from dsbackup.backup import BackupManager
-    from dsbackup.config import BackupConfig
     from dsbackup.datastores.flatfs import FlatfsDatastore
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.engine.config import BackupConfig
 
     ds = FlatfsDatastore(tmp_path / "b", sync=False)
     ds.put_many([f"/K{i:04d}".encode() for i in range(600)], [b"v" * 100] * 600)
@@ -77,9 +77,9 @@ def test_files_deleted_between_listing_and_reading_are_counted(tmp_path):
     """Files deleted after the listing, before they are read (what a concurrent writer does)."""
     import threading
 
-    from dsbackup.backup import BackupManager
-    from dsbackup.config import BackupConfig
     from dsbackup.datastores.flatfs import FlatfsDatastore
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.engine.config import BackupConfig
 
     root = tmp_path / "b"
     ds = FlatfsDatastore(root, sync=False)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from dsbackup import datasets
-from dsbackup.backup import BackupManager
-from dsbackup.config import BackupConfig
 from dsbackup.datastores import open_datastore
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
 
 
 def _sha(p: Path) -> str:

@@ -9,9 +9,9 @@ import time
 import lmdb
 
 from dsbackup import datasets
-from dsbackup.backup import BackupManager
-from dsbackup.config import BackupConfig
 from dsbackup.datastores import open_datastore
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
 
 PAIRS = 3000
 
@@ -31,7 +31,7 @@ def writer(path: str, stop, started) -> None:
 
 
 def test_pairs_agree_in_a_backup_taken_during_writes(tmp_path, monkeypatch):
-    monkeypatch.setattr("dsbackup.backup.PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("dsbackup.engine.backup.PARALLEL_MIN_BYTES", 0)
     src = tmp_path / "src"
     recs = [(b"/pair/%s/%05d" % (s, i), b"0:" + bytes(2000)) for s in (b"a", b"b")
             for i in range(PAIRS)]

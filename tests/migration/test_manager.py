@@ -348,7 +348,7 @@ def test_backup_before_archives_the_source(tmp_path: Path) -> None:
         plan_of(copy_step()), src, dst)
     assert res.success, res.error_log
     assert res.backup_path and Path(res.backup_path).is_file()
-    from dsbackup.backup import BackupManager
+    from dsbackup.engine.backup import BackupManager
     meta = BackupManager().inspect(res.backup_path)
     assert meta.total_keys == len(items)
     assert BackupManager().verify_backup(res.backup_path).ok
@@ -357,7 +357,7 @@ def test_backup_before_archives_the_source(tmp_path: Path) -> None:
 def _require_restore_layer(tmp_path: Path) -> None:
     """Skip when the backup/restore layer cannot round-trip a tiny store in this tree."""
     try:
-        from dsbackup.backup import BackupManager
+        from dsbackup.engine.backup import BackupManager
 
         mem = open_datastore("memory:")
         mem.put(b"/probe", b"1")
@@ -439,7 +439,7 @@ def test_missing_source_is_an_error_not_an_empty_store(tmp_path: Path) -> None:
 
 def test_failed_backup_runs_no_step_and_no_rollback(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from dsbackup import backup
+    from dsbackup.engine import backup
     from dsbackup.errors import BackupError
 
     def boom(self, source, path, **kw):

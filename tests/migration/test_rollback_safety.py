@@ -142,26 +142,26 @@ def test_failed_step_rolls_back_only_what_it_touched(tmp_path):
 def test_a_failing_staged_restore_leaves_the_source_exactly(tmp_path, run_cli, monkeypatch):
     """The archive is fine but restoring it fails (say the disk fills up): the staging store
     is removed, the source is not touched, the stamp stays for another --rollback."""
-    import dsbackup.restore
+    import dsbackup.engine.restore
     from dsbackup import MigrationManager
     from dsbackup.errors import DatastoreError
     from dsbackup.migration.plan import load_plan
 
     src, dst, backup, items = _migrate(tmp_path, run_cli, MOVE_PLAN)
     before = store_digest(src)
-    real = dsbackup.restore.restore_archive
+    real = dsbackup.engine.restore.restore_archive
 
     def failing(archive, target, **kw):
         real(archive, target, **kw)  # everything written into the staging store, then:
         raise DatastoreError(f"{target}: no space left on /x (test)")
-    monkeypatch.setattr(dsbackup.restore, "restore_archive", failing)
+    monkeypatch.setattr(dsbackup.engine.restore, "restore_archive", failing)
     res = MigrationManager().rollback_migration(load_plan(tmp_path / "plan.toml"), src, dst)
     assert not res.success and res.exit_code == 2
     assert "no space left" in res.rollback.message
     assert store_digest(src) == before
     assert not [p for p in tmp_path.iterdir() if "dsmigrate-" in p.name]
     assert (tmp_path / "dst.dsmigrate" / "move-x.version").is_file()
-    monkeypatch.setattr(dsbackup.restore, "restore_archive", real)
+    monkeypatch.setattr(dsbackup.engine.restore, "restore_archive", real)
     res = MigrationManager().rollback_migration(load_plan(tmp_path / "plan.toml"), src, dst)
     assert res.success and res.rollback.performed
     assert records(src) == items

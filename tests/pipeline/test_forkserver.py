@@ -46,8 +46,8 @@ def _env(**extra: str) -> dict[str, str]:
 # another backup there (and print twice).
 SCRIPT = """
 import multiprocessing.forkserver as mpfs, sys
-from dsbackup.backup import BackupManager
-from dsbackup.config import BackupConfig
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
 from dsbackup.pipeline import forkserver
 from dsbackup.pipeline.scanchoice import PARALLEL_MIN_BYTES, likely_parallel
 forkserver.prestart()

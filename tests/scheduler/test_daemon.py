@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from dsbackup import backup, datasets
+from dsbackup import datasets
+from dsbackup.engine import backup
 from dsbackup.scheduler.archives import parse_archive_name
 
 

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from dsbackup import datasets
-from dsbackup.backup import BackupManager
-from dsbackup.config import BackupConfig
 from dsbackup.datastores import open_datastore
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
 from dsbackup.scheduler.job import prune_catalog
 from dsbackup.scheduler.retention import RetentionPolicy
 from dsbackup.scheduler.state import ArchiveEntry

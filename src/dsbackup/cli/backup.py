@@ -15,7 +15,7 @@ from dsbackup.cli._common import (
     warn_unanchored,
 )
 from dsbackup.cli._keys import add_key_options
-from dsbackup.config import DEFAULT_CHUNK_MAX_BYTES, BackupConfig
+from dsbackup.engine.config import DEFAULT_CHUNK_MAX_BYTES, BackupConfig
 from dsbackup.errors import EXIT_WARNING
 
 COMMAND = "backup"
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             and forkserver.prestart_wanted()
             and likely_parallel(args.source)):
         forkserver.prestart()  # the workers' server boots while the backup code is imported
-    from dsbackup.backup import BackupManager
+    from dsbackup.engine.backup import BackupManager
 
     cfg = BackupConfig(compression_level=args.level, chunk_size=args.chunk_size,
                        chunk_max_bytes=args.chunk_max_bytes, timeout=args.timeout,

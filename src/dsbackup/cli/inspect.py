@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.backup import BackupManager
 from dsbackup.cli._common import add_json_flag, emit_json, escape_text, human_bytes
 from dsbackup.cli._keys import add_key_options
+from dsbackup.engine.backup import BackupManager
 
 COMMAND = "inspect"
 HELP = "show an archive's metadata: source, settings, totals, fingerprint"
@@ -20,12 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dsbackup.goformat import is_go_archive
+    from dsbackup.compat.goformat import is_go_archive
 
     go = is_go_archive(args.archive)
     encrypted = False
     if go:
-        from dsbackup.gocompat import inspect_go
+        from dsbackup.compat.gocompat import inspect_go
 
         meta = inspect_go(args.archive)
     else:

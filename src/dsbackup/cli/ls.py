@@ -19,8 +19,8 @@ from dsbackup.cli._common import (
     warn_matched_nothing,
 )
 from dsbackup.cli._keys import add_key_options
+from dsbackup.engine.restore import prefix_bounds
 from dsbackup.errors import EXIT_WARNING
-from dsbackup.restore import prefix_bounds
 
 Row = tuple[bytes, int, "int | None"]
 
@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dsbackup.goformat import is_go_archive
+    from dsbackup.compat.goformat import is_go_archive
 
     start, end = prefix_bounds(args.prefix)
     out = sys.stdout
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     with (contextlib.nullcontext() if go
           else ArchiveReader(args.archive, parent_dirs=args.parent_dir)) as r:
         if r is None:
-            from dsbackup.gocompat import list_go
+            from dsbackup.compat.gocompat import list_go
 
             rows = list_go(args.archive, start, end)
         else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsbackup.backup import BackupManager
 from dsbackup.cli._common import (
     add_json_flag,
     cancel_on_signals,
@@ -16,7 +15,8 @@ from dsbackup.cli._common import (
     warn_unanchored,
 )
 from dsbackup.cli._keys import add_key_options
-from dsbackup.config import BackupConfig
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
 from dsbackup.errors import EXIT_WARNING, TargetNotEmpty
 
 COMMAND = "restore"

@@ -8,8 +8,8 @@ import os
 import sys
 
 from dsbackup.cli._common import add_json_flag, emit_json, human_bytes
+from dsbackup.engine.tune import DEFAULT_CHUNK_TARGETS, GOALS, TuneResult, plot, tune
 from dsbackup.errors import EXIT_WARNING, ConfigError
-from dsbackup.tune import DEFAULT_CHUNK_TARGETS, GOALS, TuneResult, plot, tune
 
 COMMAND = "tune"
 HELP = "recommend a compression level and chunk size from measurements on a sample"

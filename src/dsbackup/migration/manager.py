@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from dsbackup.datastores import open_datastore, parse_uri
+from dsbackup.engine.targetlock import TargetLock
 from dsbackup.errors import (
     EXIT_ERROR,
     EXIT_WARNING,
@@ -54,7 +55,6 @@ from dsbackup.migration.plan import (
 )
 from dsbackup.migration.result import MigrationResult, RollbackReport, StepResult
 from dsbackup.migration.runtime import ProgressEvent, RunContext
-from dsbackup.targetlock import TargetLock
 
 __all__ = ["MigrationManager"]
 
@@ -603,10 +603,10 @@ class MigrationManager:
         if state.backup_path and Path(state.backup_path).is_file():
             return state.backup_path  # resumed run: the archive of the untouched source
         try:
-            from dsbackup.backup import BackupConfig, BackupManager
+            from dsbackup.engine.backup import BackupConfig, BackupManager
         except ImportError:
             raise MigrationError("backup_before needs the backup layer "
-                                 "(dsbackup.backup.BackupManager), which is not available in "
+                                 "(dsbackup.engine.backup.BackupManager), which is not available in "
                                  "this installation") from None
         if cfg.backup_dir is not None:
             bdir = Path(cfg.backup_dir)
@@ -843,7 +843,7 @@ class MigrationManager:
 
     @staticmethod
     def _restore_staged(archive: Path, stores: _Stores, src: Any, path: Path) -> int:
-        from dsbackup.restore import restore_archive
+        from dsbackup.engine.restore import restore_archive
 
         scheme, _loc, params = parse_uri(stores._uri_of[id(src)])
         params = dict(params)
@@ -866,7 +866,7 @@ class MigrationManager:
 
     @staticmethod
     def _restore_in_place(archive: Path, source: Any) -> int:
-        from dsbackup.restore import restore_archive
+        from dsbackup.engine.restore import restore_archive
 
         # the source must end up exactly as archived: empty it, then restore into it
         while True:

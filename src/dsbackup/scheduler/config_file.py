@@ -188,7 +188,7 @@ def parse_backup_settings(t: Table, base: Path | None = None) -> dict[str, Any] 
     """The ``[schedule.backup]`` table: BackupConfig fields, checked by BackupConfig itself
     after their types are checked here. ``encryption`` names a key file or passphrase file
     (relative to `base`, the config file's directory)."""
-    from dsbackup.config import BackupConfig
+    from dsbackup.engine.config import BackupConfig
 
     known = {f.name for f in dataclasses.fields(BackupConfig)}
     t.check_keys(known)

@@ -64,8 +64,8 @@ def parent_fingerprint(value: Any) -> str | None:
 
 def _manager_api() -> tuple[Any, Any]:
     try:
-        from dsbackup.backup import BackupManager
-        from dsbackup.config import BackupConfig
+        from dsbackup.engine.backup import BackupManager
+        from dsbackup.engine.config import BackupConfig
     except ImportError as exc:  # the backup engine is not built or not installed
         raise SchedulerError(f"the backup engine is not available: {exc}") from exc
     return BackupManager, BackupConfig

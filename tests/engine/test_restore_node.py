@@ -1,4 +1,4 @@
-"""Node files written into restored Kubo repositories (dsbackup.restore_node, docs/FORMAT.md
+"""Node files written into restored Kubo repositories (dsbackup.engine.restore_node, docs/FORMAT.md
 §11.2): existing repositories, symlinks in the way, cut-short restores, other targets."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from dsbackup.archive.node import KIND_DIR, KIND_FILE, NodeFile
+from dsbackup.engine.restore_node import holds_only, is_empty_dir, write_node_files
 from dsbackup.errors import RestoreError
-from dsbackup.restore_node import holds_only, is_empty_dir, write_node_files
 from tests.support.kubonode import kubo_records
 
 

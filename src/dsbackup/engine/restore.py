@@ -28,6 +28,9 @@ from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import check_layout, check_payload
 from dsbackup.archive.writeback import start_writeback
 from dsbackup.diskspace import is_no_space, no_space_message
+from dsbackup.engine.restore_journal import JournalSync, write_journal
+from dsbackup.engine.restore_node import restore_node
+from dsbackup.engine.targetlock import TargetLock, store_path
 from dsbackup.errors import (
     Cancelled,
     ConfigError,
@@ -40,9 +43,6 @@ from dsbackup.errors import (
 from dsbackup.keys import Key, children_range
 from dsbackup.metadata import Progress, RestoreResult
 from dsbackup.patterns import KeyMatcher, key_matcher
-from dsbackup.restore_journal import JournalSync, write_journal
-from dsbackup.restore_node import restore_node
-from dsbackup.targetlock import TargetLock, store_path
 
 log = logging.getLogger(__name__)
 
@@ -235,11 +235,11 @@ def restore_archive(
         raise ConfigError(f"restore mode must be one of {', '.join(MODES)}, got {mode!r}")
     cancel = cancel or threading.Event()
     t0 = time.perf_counter()
-    from dsbackup.goformat import is_go_archive
+    from dsbackup.compat.goformat import is_go_archive
 
     guard.check_target_outside(target, [path])
     if is_go_archive(path):
-        from dsbackup.restore_go import restore_go_archive
+        from dsbackup.compat.restore_go import restore_go_archive
 
         with TargetLock(target, f"restore of {Path(path).name}"):
             return restore_go_archive(path, target, mode=mode, prefix=prefix,

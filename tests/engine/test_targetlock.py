@@ -12,9 +12,9 @@ import threading
 
 import pytest
 
+from dsbackup.engine.restore import _journal_path
+from dsbackup.engine.targetlock import TargetLock, lock_path
 from dsbackup.errors import LockedError
-from dsbackup.restore import _journal_path
-from dsbackup.targetlock import TargetLock, lock_path
 
 RECORDS = [(b"/K%04d" % i, b"v%d" % i) for i in range(200)]
 
@@ -23,7 +23,7 @@ def _hold(cli_env, uri: str) -> subprocess.Popen:
     """Another process holding the target's lock until its stdin closes."""
     code = textwrap.dedent(f"""
         import sys
-        from dsbackup.targetlock import TargetLock
+        from dsbackup.engine.targetlock import TargetLock
         with TargetLock({uri!r}, "test holder"):
             print("held", flush=True)
             sys.stdin.read()
@@ -130,7 +130,7 @@ def test_overwrite_into_flatfs_with_shard_in_uri(tmp_path, make_archive, run_cli
 
 
 def test_journal_temp_names_are_unique(tmp_path):
-    from dsbackup.restore_journal import write_journal
+    from dsbackup.engine.restore_journal import write_journal
 
     j = tmp_path / "t.dsbackup-restore.json"
     threads = [threading.Thread(target=write_journal, args=(j, {"n": i})) for i in range(8)]

@@ -12,17 +12,17 @@ from dsbackup import datasets
 from dsbackup.archive.consolidate import consolidate_archive
 from dsbackup.archive.listing import iter_listing
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.backup import BackupManager
-from dsbackup.config import BackupConfig
 from dsbackup.datastores import open_datastore
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
+from dsbackup.engine.incremental import archive_fingerprint, choose_parent, parent_of
+from dsbackup.engine.restore import restore_archive
 from dsbackup.errors import (
     ArchiveExistsError,
     IntegrityError,
     MissingParentError,
     PathConflictError,
 )
-from dsbackup.incremental import archive_fingerprint, choose_parent, parent_of
-from dsbackup.restore import restore_archive
 
 
 def contents(ds) -> dict[bytes, bytes]:
@@ -360,7 +360,7 @@ def test_lmdb_uri_is_read_natively_with_the_same_result(tmp_path):
 
 
 def test_retention_helpers_keep_the_parent_chain(tmp_path, small_store):
-    from dsbackup.incremental import parent_map, required_archives
+    from dsbackup.engine.incremental import parent_map, required_archives
 
     ds, _, _ = small_store
     mgr = BackupManager(BackupConfig(chunk_size=64))

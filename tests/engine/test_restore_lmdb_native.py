@@ -10,13 +10,13 @@ import pytest
 from lmdb_files import read_all
 
 from dsbackup import datastores
-from dsbackup import restore as restore_mod
-from dsbackup.backup import BackupManager
-from dsbackup.config import BackupConfig
 from dsbackup.datastores import open_datastore
+from dsbackup.engine import restore as restore_mod
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
+from dsbackup.engine.restore import restore_archive
 from dsbackup.errors import DatastoreError, RestoreError
 from dsbackup.metadata import Progress
-from dsbackup.restore import restore_archive
 
 
 @pytest.fixture(scope="module")

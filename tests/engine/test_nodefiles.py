@@ -1,4 +1,4 @@
-"""A whole Kubo node backed up and restored (dsbackup.nodefiles, docs/FORMAT.md §11.2), with
+"""A whole Kubo node backed up and restored (dsbackup.engine.nodefiles, docs/FORMAT.md §11.2), with
 the committed Kubo v16 fixture repository and the CLI as a subprocess."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.salvage import _member_end
-from dsbackup.nodefiles import collect_kubo
+from dsbackup.engine.nodefiles import collect_kubo
 from tests.support.kubonode import kubo_records
 
 NODE_FILES = ["config", "datastore_spec", "keystore/key_mykey", "version"]

@@ -1,6 +1,6 @@
 """``verify``, ``inspect`` and ``ls`` of Go-tool archives (docs/GOFORMAT.md).
 
-All three read the archive with dsbackup.goformat, which checks what the Go restore would
+All three read the archive with dsbackup.compat.goformat, which checks what the Go restore would
 accept and more: ``verify`` parses every chunk member (JSON, every base64 value decoded)
 and matches the members and records against ``metadata.json``; damage is an
 IntegrityError naming the member. ``inspect`` reads the member headers and the metadata
@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from dsbackup.archive.verify import VerifyReport
+from dsbackup.compat.goformat import _walk, iter_go_records, read_go_metadata
 from dsbackup.errors import ArchiveError, IntegrityError
-from dsbackup.goformat import _walk, iter_go_records, read_go_metadata
 from dsbackup.metadata import BackupMetadata, BackupStatistics, parse_timestamp
 
 __all__ = ["verify_go", "inspect_go", "list_go", "GO_TOOL"]

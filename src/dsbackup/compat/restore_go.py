@@ -6,8 +6,8 @@ import os
 import time
 from typing import Any
 
+from dsbackup.compat.goformat import iter_go_records
 from dsbackup.errors import TargetNotEmpty
-from dsbackup.goformat import iter_go_records
 from dsbackup.keys import children_range
 from dsbackup.metadata import RestoreResult
 from dsbackup.patterns import key_matcher

@@ -1,4 +1,4 @@
-"""verify / ls / inspect of Go-tool archives through the CLI (dsbackup.gocompat)."""
+"""verify / ls / inspect of Go-tool archives through the CLI (dsbackup.compat.gocompat)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from go_archives import go_archive, tar_bytes, write_gz
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

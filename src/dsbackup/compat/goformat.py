@@ -46,7 +46,7 @@ __all__ = [
     "read_go_metadata",
 ]
 
-CHECKSUM_PREFIX = "sha256-chunks:"  # dsbackup.gowriter's checksum
+CHECKSUM_PREFIX = "sha256-chunks:"  # dsbackup.compat.gowriter's checksum
 MAX_MEMBER_BYTES = 1 << 30  # a chunk member is parsed in memory, as the Go restore does
 METADATA_NAME = "metadata.json"
 DSBACKUP_FIRST_MEMBER = "dsbackup/manifest.json"

@@ -10,8 +10,8 @@ from crafted import craft, crafted_archives
 
 from dsbackup.archive.verify import verify_archive
 from dsbackup.datastores import open_datastore
+from dsbackup.engine.restore import restore_archive
 from dsbackup.errors import IntegrityError
-from dsbackup.restore import restore_archive
 
 KINDS = ["same_key_twice", "overlapping", "key_outside_range", "wrong_key_digest"]
 

@@ -35,8 +35,8 @@ from typing import Any
 from dsbackup._ext.checksum import crc32, crc32_combine
 from dsbackup._ext.compress import STORED_TAR_PREFIX, deflate_body, tar_header
 from dsbackup._ext.gojson import go_chunk_json
+from dsbackup.compat.goformat import CHECKSUM_PREFIX, MAX_MEMBER_BYTES
 from dsbackup.errors import BackupError, Cancelled, ConfigError
-from dsbackup.goformat import CHECKSUM_PREFIX, MAX_MEMBER_BYTES
 from dsbackup.patterns import KeyMatcher, key_matcher
 
 __all__ = ["GoWriteResult", "write_go_archive", "CHECKSUM_PREFIX", "DEFAULT_GO_CHUNK_SIZE"]
@@ -206,8 +206,8 @@ def write_go_archive(ds: Any, path: str | os.PathLike[str], *, level: int = 1,
 
 def _check(tmp: str, chunks: int) -> None:
     """Read the file back as a stream (gzip CRCs, tar headers) and count its members."""
+    from dsbackup.compat.goformat import _walk
     from dsbackup.errors import IntegrityError
-    from dsbackup.goformat import _walk
 
     seen = meta = 0
     for kind, _name, _data in _walk(tmp, max_member_bytes=1 << 62, read_chunks=False):

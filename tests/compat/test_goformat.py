@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from go_archives import Record, go_archive, go_chunk, tar_bytes, write_gz
 
+from dsbackup.compat.goformat import is_go_archive, iter_go_records, read_go_metadata
 from dsbackup.errors import ArchiveError, IntegrityError
-from dsbackup.goformat import is_go_archive, iter_go_records, read_go_metadata
 
 
 def read_all(path: Path, **kwargs: object) -> list[tuple[bytes, bytes]]:

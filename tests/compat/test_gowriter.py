@@ -1,4 +1,4 @@
-"""backup --format go (dsbackup.gowriter, dsbackup._ext.gojson): read back by the project's
+"""backup --format go (dsbackup.compat.gowriter, dsbackup._ext.gojson): read back by the project's
 Go-format reader, Go's JSON byte for byte, unique member names, a checked checksum."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pytest
 from go_archives import go_chunk, tar_bytes, write_gz
 
 from dsbackup._ext.gojson import go_chunk_json
+from dsbackup.compat.goformat import iter_go_records
 from dsbackup.datastores import open_datastore
-from dsbackup.goformat import iter_go_records
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

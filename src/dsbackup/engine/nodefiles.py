@@ -1,5 +1,5 @@
 """A node's own files (docs/FORMAT.md §11.2), collected from a Kubo repository for the node
-member of its archive (dsbackup.restore_node writes them back).
+member of its archive (dsbackup.engine.restore_node writes them back).
 
 What a Kubo repository's node files are (docs/DATASTORES.md): every file and directory under
 the repository root except the datastores' own directories (the ``path`` of each mount in

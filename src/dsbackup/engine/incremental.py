@@ -37,11 +37,11 @@ from dsbackup.archive.chain import ParentRef, index_digest
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.writer import ArchiveWriter
-from dsbackup.config import BackupConfig
 from dsbackup.datastores.registry import scheme_and_location
+from dsbackup.engine.config import BackupConfig
+from dsbackup.engine.nodefiles import NodeSnapshot, node_snapshot, private_key_warning
 from dsbackup.errors import BackupError, Cancelled, ConfigError, IntegrityError
 from dsbackup.metadata import BackupMetadata, BackupStatistics, Progress
-from dsbackup.nodefiles import NodeSnapshot, node_snapshot, private_key_warning
 from dsbackup.patterns import KeyMatcher, key_matcher
 from dsbackup.pipeline.chunks import compress_chunk
 
@@ -232,7 +232,7 @@ class _LmdbSource:
         from dsbackup._ext.lmdbscan import LmdbRangeScanner
         from dsbackup.datastores.lmdb import claim
 
-        self._claim = claim(path, "dsbackup.incremental (liblmdb)")
+        self._claim = claim(path, "dsbackup.engine.incremental (liblmdb)")
         self._claim.__enter__()  # py-lmdb may not open it here meanwhile
         try:
             self.scanner = LmdbRangeScanner(path, chunk_size=chunk_size,

@@ -14,9 +14,9 @@ import pytest
 
 from dsbackup import datasets
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.backup import BackupManager
-from dsbackup.config import BackupConfig
 from dsbackup.datastores import open_datastore
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
 from dsbackup.errors import Cancelled, ConfigError, RestoreError
 
 BACKENDS = ["memory", "lmdb", "flatfs", "leveldb", "sqlite"]
@@ -25,7 +25,7 @@ BACKENDS = ["memory", "lmdb", "flatfs", "leveldb", "sqlite"]
 @pytest.fixture(autouse=True)
 def parallel_even_for_small_stores(monkeypatch):
     """Exercise the worker processes on the small stores these tests use."""
-    monkeypatch.setattr("dsbackup.backup.PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("dsbackup.engine.backup.PARALLEL_MIN_BYTES", 0)
 
 
 def flatfs_safe_records(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
@@ -159,8 +159,8 @@ def test_catalog_members_identical_for_any_worker_count(tmp_path, kind):
 
 _BACKUP_IN_A_FRESH_PROCESS = """
 import sys
-from dsbackup import backup
-from dsbackup.config import BackupConfig
+from dsbackup.engine import backup
+from dsbackup.engine.config import BackupConfig
 backup.PARALLEL_MIN_BYTES = 0  # workers even for this small store
 for w, path in zip((1, 4), sys.argv[2:]):
     cfg = BackupConfig(workers=w, chunk_size=40, chunk_max_bytes=64 << 10, include_metadata=True)

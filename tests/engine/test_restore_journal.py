@@ -1,12 +1,12 @@
-"""dsbackup.restore_journal: the journal and its syncs in a thread."""
+"""dsbackup.engine.restore_journal: the journal and its syncs in a thread."""
 
 import json
 import os
 
 import pytest
 
+from dsbackup.engine.restore_journal import JournalSync, write_journal
 from dsbackup.errors import DatastoreError
-from dsbackup.restore_journal import JournalSync, write_journal
 
 
 def test_a_background_sync_advances_the_journal(tmp_path):

@@ -20,9 +20,10 @@ from dsbackup.archive.crypto import KeyMaterial, using_key
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import VerifyReport, verify_archive
 from dsbackup.archive.writer import ArchiveWriter
-from dsbackup.config import BackupConfig
 from dsbackup.datastores.flatfs_audit import FileAudit
 from dsbackup.datastores.registry import scheme_and_location
+from dsbackup.engine.config import BackupConfig
+from dsbackup.engine.nodefiles import holds_private_key, node_snapshot, private_key_warning
 from dsbackup.errors import BackupError, Cancelled, ConfigError, DsBackupError, IntegrityError
 from dsbackup.metadata import (
     BackupMetadata,
@@ -31,7 +32,6 @@ from dsbackup.metadata import (
     RestoreResult,
     parse_timestamp,
 )
-from dsbackup.nodefiles import holds_private_key, node_snapshot, private_key_warning
 from dsbackup.pipeline.central import ChunkSettings, ScanStats, central_chunks
 from dsbackup.pipeline.parallel import ParallelScan
 from dsbackup.pipeline.scanchoice import PARALLEL_MIN_BYTES, PARALLEL_SCHEMES
@@ -104,8 +104,8 @@ class BackupManager:
         Cancelled (exit code 130) when `cancel` is set or the configured timeout passes.
         With `parent` (an archive) the backup is incremental: unchanged chunks are referenced
         in the parent chain (found beside the parent or in `parent_dirs`), see
-        dsbackup.incremental. ``format="go"`` writes the Go tool's format instead
-        (dsbackup.gowriter; full backups only).
+        dsbackup.engine.incremental. ``format="go"`` writes the Go tool's format instead
+        (dsbackup.compat.gowriter; full backups only).
 
         The archive may not lie inside the source store (PathConflictError). A file already at
         `path` is not replaced (ArchiveExistsError) unless `overwrite` (default: the config's
@@ -145,7 +145,7 @@ class BackupManager:
             if format == "go":
                 meta = _create_go(ds, Path(path), cfg, cancel, t0)
             elif parent is not None:
-                from dsbackup.incremental import create_incremental
+                from dsbackup.engine.incremental import create_incremental
 
                 with using_key(cfg.encryption or key):  # the parents' key, the check's
                     meta = create_incremental(ds, Path(path), Path(parent), cfg,
@@ -288,9 +288,9 @@ class BackupManager:
 
     def restore_backup(self, path: str | os.PathLike[str], target: Any, *,
                        key: KeyMaterial | None = None, **options: Any) -> RestoreResult:
-        """Restore an archive into `target` (URI or datastore). See dsbackup.restore.
+        """Restore an archive into `target` (URI or datastore). See dsbackup.engine.restore.
         `key`: for encrypted archives (default: the config's ``encryption``)."""
-        from dsbackup.restore import restore_archive
+        from dsbackup.engine.restore import restore_archive
 
         try:
             with using_key(key or self.config.encryption):
@@ -407,8 +407,8 @@ def _parent_fingerprint(parent: Any) -> str | None:
 
 def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,
                t0: float) -> BackupMetadata:
-    """A backup in the Go tool's format (see dsbackup.gowriter)."""
-    from dsbackup.gowriter import DEFAULT_GO_CHUNK_SIZE, write_go_archive
+    """A backup in the Go tool's format (see dsbackup.compat.gowriter)."""
+    from dsbackup.compat.gowriter import DEFAULT_GO_CHUNK_SIZE, write_go_archive
 
     created = datetime.now(timezone.utc)
     chunk_size = cfg.chunk_size or DEFAULT_GO_CHUNK_SIZE

@@ -6,8 +6,8 @@ import json
 
 from go_archives import go_archive
 
-from dsbackup.backup import BackupManager
 from dsbackup.datastores import open_datastore
+from dsbackup.engine.backup import BackupManager
 
 RECORDS = [(f"/blocks/CIQ{i:04d}", bytes([i % 256]) * (i * 37 % 900)) for i in range(10)]
 RECORDS += [("/pins/a", b"pin-a"), ("/blocks/CIQ0003", b"overwritten later"),

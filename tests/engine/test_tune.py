@@ -9,8 +9,8 @@ import pytest
 
 from dsbackup import datasets
 from dsbackup.datastores.memory import MemoryDatastore
+from dsbackup.engine.tune import Row, draw_sample, pareto_front, recommend, survey, tune
 from dsbackup.errors import ConfigError
-from dsbackup.tune import Row, draw_sample, pareto_front, recommend, survey, tune
 
 
 def _row(level, secs, size):
@@ -128,7 +128,7 @@ def test_cli_json_and_plot(blocks_store, run_cli, tmp_path):
 
 
 def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
-    from dsbackup import tune as tune_mod
+    from dsbackup.engine import tune as tune_mod
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     res = tune_mod.TuneResult("memory:", 1, 1, 1, 1, 1, 1, "speed", None, None, [], None, "",

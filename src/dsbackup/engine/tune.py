@@ -42,7 +42,7 @@ from typing import Any
 
 from dsbackup._ext.compress import ENGINES
 from dsbackup._ext.framing import Chunker
-from dsbackup.config import AUTO_CHUNK_TARGET_BYTES, DEFAULT_CHUNK_MAX_BYTES, BackupConfig
+from dsbackup.engine.config import AUTO_CHUNK_TARGET_BYTES, DEFAULT_CHUNK_MAX_BYTES, BackupConfig
 from dsbackup.errors import BackupError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ class Calibrator:
         included); the time is the backup's own duration, not interpreter start-up."""
         out.unlink(missing_ok=True)
         if not isinstance(src, str):
-            from dsbackup.backup import BackupManager
+            from dsbackup.engine.backup import BackupManager
 
             t0 = time.perf_counter()
             meta = BackupManager(cand.config(self.workers)).create_backup(src, out)
@@ -417,7 +417,7 @@ def recommend(rows: Sequence[Row], goal: str = "balanced", max_seconds: float | 
 # -- the whole run ------------------------------------------------------------------------
 
 def _parallel_expected(ds: Any, workers: int) -> tuple[str, bool]:
-    from dsbackup.backup import PARALLEL_MIN_BYTES, PARALLEL_SCHEMES
+    from dsbackup.engine.backup import PARALLEL_MIN_BYTES, PARALLEL_SCHEMES
 
     scheme = getattr(ds, "scheme", "") or ""
     parallel = (workers > 1 and scheme in PARALLEL_SCHEMES
@@ -440,7 +440,7 @@ def tune(source: Any, *, sample_mb: float = 64, grid_mb: float = 8,
 
     `source` is a datastore URI or object. See the module docstring for the method.
     """
-    from dsbackup.backup import PARALLEL_MIN_BYTES, _open_source
+    from dsbackup.engine.backup import PARALLEL_MIN_BYTES, _open_source
 
     if goal not in GOALS:
         raise ConfigError(f"goal must be one of {', '.join(GOALS)}, got {goal!r}")
