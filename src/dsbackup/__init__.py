@@ -36,10 +36,10 @@ _LAZY = {
     "open_datastore": "dsbackup.datastores",
     # incremental backups
     "consolidate_archive": "dsbackup.archive.consolidate",
-    "choose_parent": "dsbackup.engine.incremental",
-    "parent_of": "dsbackup.engine.incremental",
-    "archive_fingerprint": "dsbackup.engine.incremental",
-    "required_archives": "dsbackup.engine.incremental",
+    "choose_parent": "dsbackup.archive.lineage",
+    "parent_of": "dsbackup.archive.lineage",
+    "archive_fingerprint": "dsbackup.archive.lineage",
+    "required_archives": "dsbackup.archive.lineage",
     # scheduler
     "BackupScheduler": "dsbackup.scheduler",
     "SchedulerConfig": "dsbackup.scheduler",
