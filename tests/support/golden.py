@@ -14,6 +14,9 @@ in `outdir`, named as in ARCHIVES. What would differ between two runs is fixed t
   is given; an opened store's `uri` is set to the relative one);
 - a Kubo node's file modes and mtimes are set to fixed values.
 
+One field stays timing-dependent: the parallel scan's summary `spilled_chunks` (the test
+compares that archive without it).
+
 Regenerate the committed archives (only when the format is meant to change):
     python tests/support/golden.py tests/fixtures/golden
 """
