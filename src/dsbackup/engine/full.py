@@ -26,6 +26,8 @@ class FullStream:
 
     def __init__(self, ds: Any, settings: ChunkSettings, workers: int, parallel: bool,
                  cancel: threading.Event) -> None:
+        """`parallel`: scan with `workers` processes, which open the store themselves: an
+        LMDB environment at its ``location``, any other backend by its ``uri``."""
         self.ds, self.settings, self.cancel = ds, settings, cancel
         self.parallel = parallel
         self.workers = workers
@@ -89,6 +91,7 @@ def plan_full(ds: Any, path: Path, cfg: BackupConfig, *, parallel_min_bytes: int
     # starting worker processes costs more than a small store takes to scan centrally
     parallel = (workers > 1 and scheme in parallel_schemes
                 and bool(getattr(ds, "parallel_readable", False))
+                and bool(getattr(ds, "location" if scheme == "lmdb" else "uri", ""))
                 and (approx_size is None or approx_size >= parallel_min_bytes))
     plan = BackupPlan(
         path=path, cfg=cfg, created=datetime.now(timezone.utc),
