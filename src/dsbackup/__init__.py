@@ -40,6 +40,31 @@ _LAZY = {
     "parent_of": "dsbackup.archive.lineage",
     "archive_fingerprint": "dsbackup.archive.lineage",
     "required_archives": "dsbackup.archive.lineage",
+    "directory_archives": "dsbackup.archive.lineage",
+    # encryption (docs/ENCRYPTION.md)
+    "KeyMaterial": "dsbackup.archive.crypto",
+    "load_key_file": "dsbackup.archive.crypto",
+    "load_passphrase_file": "dsbackup.archive.crypto",
+    "write_key_file": "dsbackup.archive.crypto",
+    "using_key": "dsbackup.archive.crypto",
+    "PASSPHRASE_ENV": "dsbackup.archive.crypto",
+    "MISSING_KEY": "dsbackup.archive.crypto",
+    # reading archives without restoring them
+    "iter_listing": "dsbackup.archive.listing",
+    "NodeFile": "dsbackup.archive.node",
+    "prefix_bounds": "dsbackup.engine.restore",
+    # the Go tool's format (docs/GOFORMAT.md)
+    "is_go_archive": "dsbackup.compat.goformat",
+    "inspect_go": "dsbackup.compat.gocompat",
+    "list_go": "dsbackup.compat.gocompat",
+    "verify_go": "dsbackup.compat.gocompat",
+    # process set-up of a backup and settings advice
+    "prestart_workers": "dsbackup.pipeline.scanchoice",
+    "tune": "dsbackup.engine.tune",
+    "plot": "dsbackup.engine.tune",
+    "TuneResult": "dsbackup.engine.tune",
+    "GOALS": "dsbackup.engine.tune",
+    "DEFAULT_CHUNK_TARGETS": "dsbackup.engine.tune",
     # scheduler
     "BackupScheduler": "dsbackup.scheduler",
     "SchedulerConfig": "dsbackup.scheduler",

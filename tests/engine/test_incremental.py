@@ -10,12 +10,12 @@ import pytest
 
 from dsbackup import datasets
 from dsbackup.archive.consolidate import consolidate_archive
+from dsbackup.archive.lineage import archive_fingerprint, choose_parent, parent_of
 from dsbackup.archive.listing import iter_listing
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.datastores import open_datastore
 from dsbackup.engine.backup import BackupManager
 from dsbackup.engine.config import BackupConfig
-from dsbackup.archive.lineage import archive_fingerprint, choose_parent, parent_of
 from dsbackup.engine.restore import restore_archive
 from dsbackup.errors import (
     ArchiveExistsError,
