@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dsbackup._version import __version__
 from dsbackup.archive import guard
 from dsbackup.archive.crypto import KeyMaterial, using_key
 from dsbackup.archive.reader import ArchiveReader
@@ -19,11 +18,11 @@ from dsbackup.archive.verify import VerifyReport, verify_archive
 from dsbackup.datastores.flatfs_audit import FileAudit
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.full import plan_full
-from dsbackup.engine.manifest import metadata_from_reader
+from dsbackup.engine.manifest import go_metadata, metadata_from_reader
 from dsbackup.engine.plan import ProgressCallback
 from dsbackup.engine.write import write_archive
 from dsbackup.errors import BackupError, Cancelled, ConfigError, DsBackupError, IntegrityError
-from dsbackup.metadata import BackupMetadata, BackupStatistics, RestoreResult
+from dsbackup.metadata import BackupMetadata, RestoreResult
 from dsbackup.pipeline.scanchoice import PARALLEL_MIN_BYTES, PARALLEL_SCHEMES
 
 log = logging.getLogger(__name__)
@@ -244,22 +243,7 @@ def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,
     r = write_go_archive(ds, path, level=cfg.compression_level, chunk_size=chunk_size,
                          exclude=list(cfg.exclude_patterns), threads=cfg.effective_workers,
                          cancel=cancel, check=cfg.verify_integrity)
-    skipped = getattr(ds, "skipped", None)
-    scheme = getattr(ds, "scheme", "") or ""
-    stats = BackupStatistics(
-        duration_s=time.perf_counter() - t0, keys_processed=r.records,
-        bytes_processed=r.value_bytes, bytes_compressed=r.size, errors=0,
-        skipped_keys=r.excluded_records, workers=cfg.effective_workers, mode="go",
-        unreadable_files=skipped.count if skipped else 0,
-        skipped_files=list(skipped.examples) if skipped else [])
-    return BackupMetadata(
-        path=str(path), version=0, timestamp=created, total_keys=r.records,
-        total_size=r.value_bytes, compressed_size=r.size, chunks=r.chunks,
-        fingerprint=r.checksum,
-        compression={"level": cfg.compression_level, "engine": "gzip"},
-        config={**cfg.to_dict(), "chunk_size": chunk_size, "format": "go"},
-        datastore={"uri": getattr(ds, "uri", type(ds).__name__), "backend": scheme},
-        statistics=stats, parent=None, tool=f"dsbackup {__version__} (Go format)")
+    return go_metadata(ds, path, cfg, r, created, chunk_size, t0)
 
 
 _AUDITED_SCHEMES = ("flatfs", "helia", "fsds", "kubo")

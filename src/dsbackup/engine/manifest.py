@@ -1,17 +1,20 @@
 """The one place a backup's manifest, summary and metadata are built (docs/FORMAT.md §6, §7),
-for full and incremental backups alike, and read back (`metadata_from_reader`, for inspect)."""
+for full and incremental backups alike (and the metadata of a Go-format backup), and read
+back (`metadata_from_reader`, for inspect)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from dsbackup._ext.compress import ENGINES
 from dsbackup._version import __version__
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.writer import WrittenArchive
+from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.nodefiles import holds_private_key, private_key_warning
 from dsbackup.engine.plan import BackupPlan
 from dsbackup.errors import IntegrityError
@@ -99,6 +102,28 @@ def metadata_for(plan: BackupPlan, manifest: dict[str, Any], version: int,
         tool=manifest["tool"], node=manifest.get("node"),
         node_warning=None if cfg.encryption is not None else  # sealed: not readable
         private_key_warning(manifest.get("node"), node and node.files))
+
+
+def go_metadata(ds: Any, path: Path, cfg: BackupConfig, r: Any, created: datetime,
+                chunk_size: int, t0: float) -> BackupMetadata:
+    """What create_backup returns for an archive in the Go tool's format (`r`: what
+    dsbackup.compat.gowriter.write_go_archive reports)."""
+    skipped = getattr(ds, "skipped", None)
+    stats = BackupStatistics(
+        duration_s=time.perf_counter() - t0, keys_processed=r.records,
+        bytes_processed=r.value_bytes, bytes_compressed=r.size, errors=0,
+        skipped_keys=r.excluded_records, workers=cfg.effective_workers, mode="go",
+        unreadable_files=skipped.count if skipped else 0,
+        skipped_files=list(skipped.examples) if skipped else [])
+    return BackupMetadata(
+        path=str(path), version=0, timestamp=created, total_keys=r.records,
+        total_size=r.value_bytes, compressed_size=r.size, chunks=r.chunks,
+        fingerprint=r.checksum,
+        compression={"level": cfg.compression_level, "engine": "gzip"},
+        config={**cfg.to_dict(), "chunk_size": chunk_size, "format": "go"},
+        datastore={"uri": getattr(ds, "uri", type(ds).__name__),
+                   "backend": getattr(ds, "scheme", "") or ""},
+        statistics=stats, parent=None, tool=f"{TOOL} (Go format)")
 
 
 def metadata_from_reader(r: ArchiveReader) -> BackupMetadata:
