@@ -214,3 +214,27 @@ def test_the_documented_order_is_this_one() -> None:
     for names in LAYERS:
         for n in names:
             assert n in section
+
+
+# What the command line may import: the public API (the package `dsbackup`, whose names are
+# imported lazily, and the facades of the two subsystems it re-exports from,
+# `dsbackup.scheduler` and `dsbackup.migration`), its own helpers, and the base modules other
+# than the native code (docs/ARCHITECTURE.md, "The command line and the public API").
+CLI_MAY_IMPORT = {"dsbackup", "dsbackup.scheduler", "dsbackup.migration"} | (
+    BASE - {"dsbackup._ext", "dsbackup._libc"})
+
+
+@pytest.mark.parametrize("mod", sorted(m for m in MODULES if m.startswith("dsbackup.cli")))
+def test_the_cli_imports_only_the_public_api(mod: str) -> None:
+    bad = [f"{MODULES[mod].relative_to(PKG.parent)}:{line}: {mod} imports {target}"
+           for target, line in sorted(GRAPH[mod].items())
+           if target not in CLI_MAY_IMPORT and not target.startswith("dsbackup.cli")]
+    assert not bad, "\n".join(bad)
+
+
+def test_every_module_is_named_in_the_architecture() -> None:
+    doc = (PKG.parents[1] / "docs" / "ARCHITECTURE.md").read_text()
+    section = doc.split("## Modules", 1)[1].split("\n## ", 1)[0]
+    missing = [str(p.relative_to(PKG)) for p in sorted(PKG.rglob("*.py"))
+               if f"`{p.relative_to(PKG)}`" not in section]
+    assert not missing, "not named in docs/ARCHITECTURE.md, Modules: " + ", ".join(missing)

@@ -157,3 +157,17 @@ def test_tilde_in_a_restore_target_on_the_command_line(tmp_path, run_cli, cli_en
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "home" / "r" / "data.mdb").is_file()
     assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("scheme", ["lmdb", "sqlite", "flatfs", "leveldb", "fsds"])
+def test_scheme_and_location_attributes(tmp_path, monkeypatch, scheme):
+    """Every backend says what it is and where it lives (absolute, without URI parameters),
+    so nothing re-parses its uri."""
+    monkeypatch.chdir(tmp_path)
+    name = "s.db" if scheme == "sqlite" else "s"
+    query = "?shard=next-to-last/2" if scheme == "flatfs" else ""
+    with open_datastore(f"{scheme}:{name}{query}") as ds:
+        assert ds.scheme == scheme
+        assert ds.location == str(tmp_path / name)
+    with open_datastore("memory:") as ds:
+        assert (ds.scheme, ds.location) == ("memory", "")

@@ -10,12 +10,12 @@ import pytest
 
 from dsbackup import datasets
 from dsbackup.archive.consolidate import consolidate_archive
+from dsbackup.archive.lineage import archive_fingerprint, choose_parent, parent_of
 from dsbackup.archive.listing import iter_listing
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.datastores import open_datastore
 from dsbackup.engine.backup import BackupManager
 from dsbackup.engine.config import BackupConfig
-from dsbackup.engine.incremental import archive_fingerprint, choose_parent, parent_of
 from dsbackup.engine.restore import restore_archive
 from dsbackup.errors import (
     ArchiveExistsError,
@@ -360,7 +360,7 @@ def test_lmdb_uri_is_read_natively_with_the_same_result(tmp_path):
 
 
 def test_retention_helpers_keep_the_parent_chain(tmp_path, small_store):
-    from dsbackup.engine.incremental import parent_map, required_archives
+    from dsbackup.archive.lineage import parent_map, required_archives
 
     ds, _, _ = small_store
     mgr = BackupManager(BackupConfig(chunk_size=64))

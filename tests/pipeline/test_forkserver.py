@@ -154,3 +154,25 @@ def test_likely_parallel_guesses_from_file_sizes(tmp_path):
     assert not likely_parallel(f"leveldb:{big}")  # central scan whatever its size
     assert not likely_parallel("memory:")
     assert not likely_parallel(str(tmp_path / "missing"))
+
+
+def test_prestart_workers_only_for_a_full_parallel_dsbackup_backup(tmp_path, monkeypatch):
+    from dsbackup import prestart_workers
+
+    started = []
+    monkeypatch.setattr(forkserver, "prestart", lambda: started.append(1))
+    monkeypatch.setenv("DSBACKUP_PRESTART", "1")
+    big = tmp_path / "big"
+    big.mkdir()
+    with open(big / "data.mdb", "wb") as f:
+        f.truncate(PARALLEL_MIN_BYTES)
+    src = f"lmdb:{big}"
+    assert not prestart_workers(src, workers=1)
+    assert not prestart_workers(src, incremental=True)
+    assert not prestart_workers(src, format="go")
+    assert not prestart_workers(f"lmdb:{tmp_path / 'missing'}")
+    assert started == []
+    assert prestart_workers(src, workers=4)
+    assert started == [1]
+    monkeypatch.setenv("DSBACKUP_PRESTART", "0")
+    assert not prestart_workers(src, workers=4)

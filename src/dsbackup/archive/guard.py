@@ -34,27 +34,36 @@ def store_paths(store: Any) -> list[tuple[Path, bool]]:
         from dsbackup.datastores.registry import parse_uri
 
         scheme, loc, _ = parse_uri(os.fspath(store))
-        if scheme == "memory" or not loc:
-            return []
-        if scheme is None:  # a bare path: whatever it is (a file is an SQLite store)
-            p = _real(loc)
-            if p.is_file() and p.name != "data.mdb":
-                return [(p.with_name(p.name + s), False) for s in SQLITE_SIDE_FILES]
-            return [(p.parent if p.name == "data.mdb" and p.is_file() else p, True)]
-        if scheme == "sqlite":
-            p = _real(loc)
-            return [(p.with_name(p.name + s), False) for s in SQLITE_SIDE_FILES]
-        p = _real(loc)
-        if scheme == "lmdb" and p.name == "data.mdb" and not p.is_dir():
-            p = p.parent
-        return [(p, True)]
+        return _paths_at(scheme, loc)
     out: list[tuple[Path, bool]] = []
     for m in getattr(store, "mounts", None) or []:  # mount and kubo: the children too
         out += store_paths(getattr(m, "datastore", None))
-    uri = getattr(store, "uri", None)
-    if isinstance(uri, str) and uri:
-        out += store_paths(uri)
+    scheme, loc = getattr(store, "scheme", None), getattr(store, "location", None)
+    if isinstance(scheme, str) and isinstance(loc, str) and loc:
+        out += _paths_at(scheme or None, loc)
+    else:  # a store that does not say where it lives (a user's backend): its URI
+        uri = getattr(store, "uri", None)
+        if isinstance(uri, str) and uri:
+            out += store_paths(uri)
     return out
+
+
+def _paths_at(scheme: str | None, loc: str) -> list[tuple[Path, bool]]:
+    """What a store of `scheme` (None: unknown, judged from the path) at `loc` occupies."""
+    if scheme == "memory" or not loc:
+        return []
+    if scheme is None:  # a bare path: whatever it is (a file is an SQLite store)
+        p = _real(loc)
+        if p.is_file() and p.name != "data.mdb":
+            return [(p.with_name(p.name + s), False) for s in SQLITE_SIDE_FILES]
+        return [(p.parent if p.name == "data.mdb" and p.is_file() else p, True)]
+    if scheme == "sqlite":
+        p = _real(loc)
+        return [(p.with_name(p.name + s), False) for s in SQLITE_SIDE_FILES]
+    p = _real(loc)
+    if scheme == "lmdb" and p.name == "data.mdb" and not p.is_dir():
+        p = p.parent
+    return [(p, True)]
 
 
 def _archive_forms(archive: str | os.PathLike[str]) -> set[Path]:

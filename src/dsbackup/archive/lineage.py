@@ -6,13 +6,18 @@ identity with the same ranking the readers use (:func:`dsbackup.archive.chain.pa
 the very archive the child references, else the best-ranked twins (all of them when several
 rank equally) — never "the newest". Used by prune, the scheduler's retention, and the check
 that refuses to overwrite an archive others depend on.
+
+The helpers for schedulers and retention live here too: :func:`archive_fingerprint`,
+:func:`parent_of`, :func:`choose_parent` (every n-th backup full), :func:`parent_map` and
+:func:`required_archives` (what prune must keep), and :func:`chain_depth`, the walk down a
+chain by fingerprints that the scheduler's own choice uses as well.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,3 +99,96 @@ def dependents(target: Path, infos: list[ArchiveInfo]) -> list[Path]:
     tkey = os.path.realpath(target)
     return sorted(a.path for a in infos
                   if any(os.path.realpath(p) == tkey for p in resolve_parent(a, infos)))
+
+
+# -- helpers for schedulers and retention ----------------------------------------------------
+
+
+def archive_fingerprint(path: str | os.PathLike[str]) -> str:
+    """The archive's fingerprint (summary `fingerprint`; O(1), reads no chunk)."""
+    from dsbackup.archive.reader import ArchiveReader
+
+    with ArchiveReader(path) as r:
+        return str(r.summary["fingerprint"])
+
+
+def parent_of(path: str | os.PathLike[str]) -> str | None:
+    """The fingerprint of the archive's parent, or None for a full backup."""
+    from dsbackup.archive.reader import ArchiveReader
+
+    with ArchiveReader(path) as r:
+        ref = ParentRef.from_manifest(r.manifest, str(path))
+    return None if ref is None else ref.fingerprint
+
+
+def chain_depth(parent: str | None, parents: Mapping[str, str | None], limit: int,
+                ) -> tuple[int, str | None]:
+    """Walk down a chain by fingerprints: from an archive whose parent is `parent`, through
+    `parents` (fingerprint -> its parent's fingerprint), counting at most `limit` archives.
+    (the archives counted, the first parent not followed: None when the chain ends in a full
+    backup inside the limit)."""
+    depth = 1
+    while parent is not None and parent in parents and depth < limit:
+        depth += 1
+        parent = parents[parent]
+    return depth, parent
+
+
+def choose_parent(archives: Sequence[str | os.PathLike[str]], full_every: int,
+                  ) -> Path | None:
+    """The parent for the next backup of a schedule, or None when it must be a full backup.
+
+    `archives`: the schedule's existing archives (any order; unreadable ones are ignored). The
+    newest (manifest `created`) is the parent unless its chain — itself, its parent, … among
+    `archives` — already holds `full_every` archives, so every `full_every`-th run is full
+    (`full_every` <= 1: always full).
+    """
+    from dsbackup.archive.reader import ArchiveReader
+
+    if full_every <= 1:
+        return None
+    info: list[tuple[str, Path, str, str | None]] = []
+    for a in archives:
+        try:
+            with ArchiveReader(a) as r:
+                ref = ParentRef.from_manifest(r.manifest, str(a))
+                info.append((str(r.manifest.get("created", "")), Path(a),
+                             str(r.summary["fingerprint"]), ref.fingerprint if ref else None))
+        except (OSError, IntegrityError, KeyError, ValueError) as exc:
+            log.info("choose_parent: ignoring %s (%s)", a, exc)
+        except Exception as exc:  # ArchiveError and the like: not a usable parent
+            log.info("choose_parent: ignoring %s (%s)", a, exc)
+    if not info:
+        return None
+    newest = max(info, key=lambda t: t[0])
+    parents = {fp: parent for _, _, fp, parent in info}
+    depth, parent = chain_depth(newest[3], parents, full_every)
+    if parent is not None and parent not in parents:
+        return None  # the newest archive's chain is incomplete here: start afresh
+    return None if depth >= full_every else newest[1]
+
+
+def parent_map(archives: Sequence[str | os.PathLike[str]]) -> dict[Path, Path | None]:
+    """Each archive's parent among `archives` (None: a full backup, or a parent not in the
+    list), resolved by content identity: among twins of the same fingerprint, the very
+    archive the child references. For retention and prune."""
+    links = parent_links([ArchiveInfo.read(a) for a in archives])
+    return {p: (ps[0] if ps else None) for p, ps in links.items()}
+
+
+def required_archives(keep: Sequence[str | os.PathLike[str]],
+                      archives: Sequence[str | os.PathLike[str]]) -> set[Path]:
+    """`keep` plus every archive of `archives` that a kept archive needs (its parent chain;
+    every equally good twin when the referenced one is not there): prune may delete only
+    archives outside this set."""
+    listed = {Path(a) for a in archives}
+    paths = [Path(a) for a in archives] + [Path(k) for k in keep if Path(k) not in listed]
+    links = parent_links([ArchiveInfo.read(a) for a in paths])
+    need: set[Path] = set()
+    pending = [Path(k) for k in keep]
+    while pending:
+        cur = pending.pop()
+        if cur not in need:
+            need.add(cur)
+            pending.extend(links.get(cur, []))
+    return need

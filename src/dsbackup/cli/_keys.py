@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from dsbackup.archive import crypto
+import dsbackup
 from dsbackup.errors import ConfigError, KeyRequiredError
 
 
@@ -27,8 +27,8 @@ def add_key_options(p: argparse.ArgumentParser, *, encrypt: bool = False) -> Non
                    help="a 32-byte key file (raw, or 64 hex digits); see `dsbackup keygen`")
 
 
-def _prompt(confirm: bool) -> Callable[[], crypto.KeyMaterial]:
-    def ask() -> crypto.KeyMaterial:
+def _prompt(confirm: bool) -> Callable[[], dsbackup.KeyMaterial]:
+    def ask() -> dsbackup.KeyMaterial:
         try:
             first = getpass.getpass("passphrase: ").encode()
             if confirm and getpass.getpass("passphrase again: ").encode() != first:
@@ -38,14 +38,14 @@ def _prompt(confirm: bool) -> Callable[[], crypto.KeyMaterial]:
         buf = bytearray(first)
         del first
         try:
-            return crypto.KeyMaterial(passphrase=buf)
+            return dsbackup.KeyMaterial(passphrase=buf)
         finally:
             buf[:] = bytes(len(buf))
     return ask
 
 
 def key_from_args(args: argparse.Namespace, *, writing: bool = False,
-                  ) -> tuple[crypto.KeyMaterial | None, Callable[[], crypto.KeyMaterial] | None]:
+                  ) -> tuple[dsbackup.KeyMaterial | None, Callable[[], dsbackup.KeyMaterial] | None]:
     """(key material, prompt): the material when an option or the environment gives one;
     else a prompt to ask for it when needed (only on a terminal), else None."""
     pfile = getattr(args, "passphrase_file", None)
@@ -53,12 +53,12 @@ def key_from_args(args: argparse.Namespace, *, writing: bool = False,
     if pfile and kfile:
         raise ConfigError("give --passphrase-file or --key-file, not both")
     if pfile:
-        return crypto.load_passphrase_file(pfile), None
+        return dsbackup.load_passphrase_file(pfile), None
     if kfile:
-        return crypto.load_key_file(kfile), None
-    env = os.environ.get(crypto.PASSPHRASE_ENV)
+        return dsbackup.load_key_file(kfile), None
+    env = os.environ.get(dsbackup.PASSPHRASE_ENV)
     if env:
-        return crypto.KeyMaterial(passphrase=env.encode()), None
+        return dsbackup.KeyMaterial(passphrase=env.encode()), None
     if sys.stdin.isatty() and sys.stderr.isatty():
         prompt = _prompt(confirm=writing)
         return (prompt(), None) if writing else (None, prompt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dsbackup import BackupConfig
 from dsbackup.cli._common import (
     add_json_flag,
     cancel_on_signals,
@@ -15,7 +16,6 @@ from dsbackup.cli._common import (
     warn_unanchored,
 )
 from dsbackup.cli._keys import add_key_options
-from dsbackup.engine.config import DEFAULT_CHUNK_MAX_BYTES, BackupConfig
 from dsbackup.errors import EXIT_WARNING
 
 COMMAND = "backup"
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=int, default=1, help="compression level 0-9 (default 1)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="mean records per chunk (default: auto, ~1 MiB chunks)")
-    p.add_argument("--chunk-max-bytes", type=int, default=DEFAULT_CHUNK_MAX_BYTES,
+    p.add_argument("--chunk-max-bytes", type=int, default=BackupConfig.chunk_max_bytes,
                    help="largest chunk payload in bytes (default 2 MiB)")
     p.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPUs)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
@@ -68,15 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     unanchored = warn_unanchored("--exclude", args.exclude)
-    from dsbackup.pipeline import forkserver
-    from dsbackup.pipeline.scanchoice import likely_parallel
+    from dsbackup import prestart_workers
 
-    # incremental backups read the source themselves (no workers)
-    if (args.workers != 1 and args.parent is None and args.format == "dsbackup"
-            and forkserver.prestart_wanted()
-            and likely_parallel(args.source)):
-        forkserver.prestart()  # the workers' server boots while the backup code is imported
-    from dsbackup.engine.backup import BackupManager
+    # the workers' server boots while the backup code is imported
+    prestart_workers(args.source, workers=args.workers, incremental=args.parent is not None,
+                     format=args.format)
+    from dsbackup import BackupManager
 
     cfg = BackupConfig(compression_level=args.level, chunk_size=args.chunk_size,
                        chunk_max_bytes=args.chunk_max_bytes, timeout=args.timeout,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsbackup.archive.consolidate import consolidate_archive
+from dsbackup import consolidate_archive
 from dsbackup.cli._common import add_json_flag, emit_json, human_bytes
 from dsbackup.cli._keys import add_key_options
 

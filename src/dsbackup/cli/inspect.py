@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from dsbackup.archive.reader import ArchiveReader
+from dsbackup import ArchiveReader, BackupManager
 from dsbackup.cli._common import add_json_flag, emit_json, escape_text, human_bytes
 from dsbackup.cli._keys import add_key_options
-from dsbackup.engine.backup import BackupManager
 
 COMMAND = "inspect"
 HELP = "show an archive's metadata: source, settings, totals, fingerprint"
@@ -20,12 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dsbackup.compat.goformat import is_go_archive
+    from dsbackup import is_go_archive
 
     go = is_go_archive(args.archive)
     encrypted = False
     if go:
-        from dsbackup.compat.gocompat import inspect_go
+        from dsbackup import inspect_go
 
         meta = inspect_go(args.archive)
     else:
@@ -80,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _show_locked(args: argparse.Namespace, r: ArchiveReader) -> int:
     """An encrypted archive without a key: what its plaintext header shows (§11.4)."""
-    from dsbackup.archive.crypto import MISSING_KEY
+    from dsbackup import MISSING_KEY
 
     h = r.key_header or {}
     kdf = h.get("kdf") or {}

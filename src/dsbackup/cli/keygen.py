@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsbackup.archive.crypto import write_key_file
+from dsbackup import write_key_file
 from dsbackup.cli._common import add_json_flag, emit_json
 
 COMMAND = "keygen"

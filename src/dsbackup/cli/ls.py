@@ -8,9 +8,7 @@ import json
 import sys
 from collections.abc import Iterator
 
-from dsbackup.archive.listing import iter_listing
-from dsbackup.archive.node import NodeFile
-from dsbackup.archive.reader import ArchiveReader
+from dsbackup import ArchiveReader, NodeFile, iter_listing, prefix_bounds
 from dsbackup.cli._common import (
     JSON_SCHEMA_VERSION,
     add_json_flag,
@@ -19,7 +17,6 @@ from dsbackup.cli._common import (
     warn_matched_nothing,
 )
 from dsbackup.cli._keys import add_key_options
-from dsbackup.engine.restore import prefix_bounds
 from dsbackup.errors import EXIT_WARNING
 
 Row = tuple[bytes, int, "int | None"]
@@ -40,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dsbackup.compat.goformat import is_go_archive
+    from dsbackup import is_go_archive
 
     start, end = prefix_bounds(args.prefix)
     out = sys.stdout
@@ -48,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     with (contextlib.nullcontext() if go
           else ArchiveReader(args.archive, parent_dirs=args.parent_dir)) as r:
         if r is None:
-            from dsbackup.compat.gocompat import list_go
+            from dsbackup import list_go
 
             rows = list_go(args.archive, start, end)
         else:

@@ -212,7 +212,7 @@ def _run_with_key(args: argparse.Namespace) -> int:
     the secrets are zeroed when it ends."""
     if not hasattr(args, "passphrase_file"):
         return args._run(args)
-    from dsbackup.archive.crypto import using_key
+    from dsbackup import using_key
     from dsbackup.cli._keys import key_from_args
 
     writing = bool(getattr(args, "encrypt", False))

@@ -117,8 +117,7 @@ def _plan_and_stores(args: argparse.Namespace) -> tuple[Any, str, str]:
     import os
 
     from dsbackup.errors import ConfigError
-    from dsbackup.migration import load_plan
-    from dsbackup.migration.shipped import SHIPPED, shipped_plan
+    from dsbackup.migration import SHIPPED, load_plan, shipped_plan
 
     if args.kubo is not None:
         if args.source is not None:

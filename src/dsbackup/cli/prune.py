@@ -13,14 +13,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dsbackup.archive.lineage import directory_archives
+from dsbackup import directory_archives
 from dsbackup.cli._common import add_json_flag, emit_json
 from dsbackup.errors import EXIT_OK, EXIT_WARNING, ConfigError, DsBackupError
-from dsbackup.scheduler.archives import list_archives
-from dsbackup.scheduler.cron import get_zone
-from dsbackup.scheduler.durations import parse_duration
-from dsbackup.scheduler.pruning import plan_retention
-from dsbackup.scheduler.retention import RULES, RetentionItem, RetentionPolicy
+from dsbackup.scheduler import (
+    RULES,
+    RetentionItem,
+    RetentionPolicy,
+    get_zone,
+    list_archives,
+    parse_duration,
+    plan_retention,
+)
 
 COMMAND = "prune"
 HELP = "delete old archives in a directory by retention rules (borg prune semantics)"
@@ -53,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _verified_paths(state_dir: Path | None) -> set[str]:
     if state_dir is None:
         return set()
-    from dsbackup.scheduler.state import StateStore
+    from dsbackup.scheduler import StateStore
 
     out = set()
     for st in StateStore(state_dir).load().values():
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         # without its verified flags the newest verified archive would lose its protection
         raise ConfigError(f"--state {args.state}: no such state directory")
     tz = get_zone(args.time_zone) if args.time_zone else None
-    from dsbackup.scheduler.runner import ManagerRunner
+    from dsbackup.scheduler import ManagerRunner
 
     runner = ManagerRunner()
     verified = _verified_paths(args.state)

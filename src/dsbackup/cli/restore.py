@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dsbackup import BackupConfig, BackupManager
 from dsbackup.cli._common import (
     add_json_flag,
     cancel_on_signals,
@@ -15,8 +16,6 @@ from dsbackup.cli._common import (
     warn_unanchored,
 )
 from dsbackup.cli._keys import add_key_options
-from dsbackup.engine.backup import BackupManager
-from dsbackup.engine.config import BackupConfig
 from dsbackup.errors import EXIT_WARNING, TargetNotEmpty
 
 COMMAND = "restore"

@@ -13,10 +13,16 @@ from typing import Any
 
 from dsbackup.cli._common import add_json_flag, emit_json, port
 from dsbackup.errors import EXIT_OK
-from dsbackup.scheduler.config_file import LoadedConfig, load_config
-from dsbackup.scheduler.cron import CronSchedule, get_zone
-from dsbackup.scheduler.notify.redact import Redactor
-from dsbackup.scheduler.state import DaemonLock, StateStore, pid_alive
+from dsbackup.scheduler import (
+    CronSchedule,
+    DaemonLock,
+    LoadedConfig,
+    Redactor,
+    StateStore,
+    get_zone,
+    load_config,
+    pid_alive,
+)
 
 COMMAND = "schedule"
 HELP = "scheduled backups: run the daemon, list schedules, run one schedule now"
@@ -57,7 +63,7 @@ def _iso(t: datetime | None, tz: Any) -> str | None:
 
 
 def _run_daemon(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    from dsbackup.scheduler.scheduler import BackupScheduler
+    from dsbackup.scheduler import BackupScheduler
 
     cfg = loaded.scheduler
     if args.metrics_port is not None:
@@ -171,7 +177,7 @@ def _list(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 def _run_once(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from dsbackup.errors import ConfigError
-    from dsbackup.scheduler.scheduler import BackupScheduler
+    from dsbackup.scheduler import BackupScheduler
 
     if args.id not in {s.id for s in loaded.schedules}:
         raise ConfigError(f"{args.config}: no schedule with id {args.id!r}")

@@ -7,8 +7,8 @@ import argparse
 import os
 import sys
 
+from dsbackup import DEFAULT_CHUNK_TARGETS, GOALS, TuneResult, plot, tune
 from dsbackup.cli._common import add_json_flag, emit_json, human_bytes
-from dsbackup.engine.tune import DEFAULT_CHUNK_TARGETS, GOALS, TuneResult, plot, tune
 from dsbackup.errors import EXIT_WARNING, ConfigError
 
 COMMAND = "tune"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsbackup.archive.verify import VerifyReport
+from dsbackup import BackupConfig, BackupManager, VerifyReport
 from dsbackup.cli._common import (
     add_json_flag,
     emit_json,
@@ -15,8 +15,6 @@ from dsbackup.cli._common import (
     human_bytes,
 )
 from dsbackup.cli._keys import add_key_options
-from dsbackup.engine.backup import BackupManager
-from dsbackup.engine.config import BackupConfig
 from dsbackup.errors import EXIT_ERROR, EXIT_INTEGRITY
 
 COMMAND = "verify"
@@ -42,11 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dsbackup.compat.goformat import is_go_archive
+    from dsbackup import is_go_archive
 
     go = is_go_archive(args.archive)
     if go:  # a Go-tool archive: always deep (it has no member checksums to check quickly)
-        from dsbackup.compat.gocompat import verify_go
+        from dsbackup import verify_go
 
         report = verify_go(args.archive)
     else:

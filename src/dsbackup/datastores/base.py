@@ -173,8 +173,11 @@ class BaseDatastore(ABC):
     scheme: ClassVar[str] = ""
     parallel_readable: bool = False
 
-    def __init__(self, uri: str, *, readonly: bool = False) -> None:
+    def __init__(self, uri: str, *, readonly: bool = False, location: str = "") -> None:
         self.uri = uri
+        # where the store lives (its directory or file; "" for none): with `scheme`, what
+        # the engine needs instead of re-parsing `uri`
+        self.location = location
         self.readonly = readonly
         self._closed = False
 

@@ -124,7 +124,7 @@ class FlatfsDatastore(BaseDatastore):
         uri = f"flatfs:{self.path}"
         if not self.go_layout:
             uri += f"?shard={self.shard.kind}/{self.shard.param}"
-        super().__init__(uri, readonly=readonly)
+        super().__init__(uri, readonly=readonly, location=str(self.path))
         self._dir_of = self.shard.dir_of
         self._lister = ShardLister(self._root, self.shard, max_names, name_prefix)
         self._noatime = _O_NOATIME

@@ -61,7 +61,8 @@ class FsDatastore(BaseDatastore):
             if readonly:
                 raise DatastoreError(f"{self.path}: fsds directory does not exist")
             self.path.mkdir(mode=0o777, parents=True)
-        super().__init__(f"fsds:{self.path}", readonly=readonly)
+        super().__init__(f"fsds:{self.path}", readonly=readonly,
+                         location=str(self.path))
         self.sync_writes = sync
         self._mode = _file_mode()
         self.skipped = SkippedFiles()

@@ -90,7 +90,7 @@ class HeliaDatastore(MountDatastore):
             raise
         self.datastore_kind = kind
         uri = f"helia:{self.repo}"
-        super().__init__(opened, uri=uri, readonly=readonly)
+        super().__init__(opened, uri=uri, readonly=readonly, location=str(self.repo))
 
     @staticmethod
     def _open_datastore(path: Path, kind: str, readonly: bool, sync: bool) -> BaseDatastore:

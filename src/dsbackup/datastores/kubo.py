@@ -78,7 +78,7 @@ class KuboDatastore(MountDatastore):
             self._release_lock()
             raise
         uri = f"kubo:{self.repo}" + ("?allow_live=1" if allow_live else "")
-        super().__init__(opened, uri=uri, readonly=readonly)
+        super().__init__(opened, uri=uri, readonly=readonly, location=str(self.repo))
 
     @staticmethod
     def _unwrap(spec: dict[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,8 @@ class LevelDbDatastore(BaseDatastore):
         import plyvel
 
         self.path = Path(path).absolute()
-        super().__init__(f"leveldb:{self.path}", readonly=readonly)
+        super().__init__(f"leveldb:{self.path}", readonly=readonly,
+                         location=str(self.path))
         self.sync_writes = sync
         # read-only: open a private snapshot, so LevelDB's log recovery writes only there
         self._snapshot: Path | None = take_snapshot(self.path) if readonly else None

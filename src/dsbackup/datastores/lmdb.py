@@ -128,7 +128,8 @@ class LmdbDatastore(BaseDatastore):
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
                  map_size: int | None = None, sync: bool = True) -> None:
         self.path = Path(path).absolute()
-        super().__init__(f"lmdb:{self.path}", readonly=readonly)
+        super().__init__(f"lmdb:{self.path}", readonly=readonly,
+                         location=str(self.path))
         self._forked = False
         self._readers = 0
         self._wlock = threading.Lock()

@@ -49,7 +49,7 @@ class MountDatastore(BaseDatastore):
     scheme = "mount"
 
     def __init__(self, mounts: Sequence[tuple[KeyLike, BaseDatastore]] | Sequence[Mount], *,
-                 uri: str = "", readonly: bool = False) -> None:
+                 uri: str = "", readonly: bool = False, location: str = "") -> None:
         ms = [m if isinstance(m, Mount) else Mount(Key(m[0]) if not isinstance(m[0], Key)
                                                    else m[0], m[1]) for m in mounts]
         seen = set()
@@ -61,7 +61,7 @@ class MountDatastore(BaseDatastore):
         self.mounts: list[Mount] = sorted(ms, key=lambda m: m.prefix.raw, reverse=True)
         self._root = next((m for m in self.mounts if m.prefix.raw == b"/"), None)
         self._inner = [m for m in self.mounts if m.prefix.raw != b"/"]
-        super().__init__(uri or "mount:", readonly=readonly)
+        super().__init__(uri or "mount:", readonly=readonly, location=location)
         self.parallel_readable = bool(uri) and all(
             m.datastore.parallel_readable for m in self.mounts)
 

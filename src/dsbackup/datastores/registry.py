@@ -18,8 +18,7 @@ from typing import Any
 from dsbackup.datastores.base import BaseDatastore
 from dsbackup.errors import ConfigError, DatastoreError
 
-__all__ = ["open_datastore", "parse_uri", "detect_scheme", "register_backend", "SCHEMES",
-           "scheme_and_location"]
+__all__ = ["open_datastore", "parse_uri", "detect_scheme", "register_backend", "SCHEMES"]
 
 Opener = Callable[..., BaseDatastore]
 
@@ -60,15 +59,6 @@ def parse_uri(uri: str) -> tuple[str | None, str, dict[str, str]]:
     if rest.startswith("~"):  # kubo:~/.ipfs as the shell would expand ~/.ipfs
         rest = os.path.expanduser(rest)
     return scheme, rest, params
-
-
-def scheme_and_location(ds: Any) -> tuple[str, str]:
-    """(scheme, location) of an opened datastore, from its ``scheme`` and ``uri`` attributes
-    (``""`` for what it lacks): ``lmdb:/x?k=v`` gives ``("lmdb", "/x?k=v")``."""
-    uri = getattr(ds, "uri", "") or ""
-    scheme = getattr(ds, "scheme", "") or (uri.split(":", 1)[0] if ":" in uri else "")
-    location = uri.split(":", 1)[1] if ":" in uri else uri
-    return scheme, location
 
 
 def detect_scheme(path: str | os.PathLike[str]) -> str:

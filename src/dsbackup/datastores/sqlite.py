@@ -38,7 +38,8 @@ class SqliteDatastore(BaseDatastore):
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
                  sync: bool = True, timeout: float = 30.0) -> None:
         self.path = Path(path).absolute()
-        super().__init__(f"sqlite:{self.path}", readonly=readonly)
+        super().__init__(f"sqlite:{self.path}", readonly=readonly,
+                         location=str(self.path))
         self._timeout = timeout
         self._lock = threading.RLock()
         if readonly and not self.path.is_file():

@@ -13,10 +13,12 @@ from dsbackup.migration.plan import (
 )
 from dsbackup.migration.result import MigrationResult, RollbackReport, StepResult
 from dsbackup.migration.runtime import ProgressEvent
+from dsbackup.migration.shipped import SHIPPED, shipped_plan
 from dsbackup.migration.transforms import register_key_transform, register_value_transform
 from dsbackup.migration.validators import register_validator
 
 __all__ = [
+    "SHIPPED",
     "FilterConfig",
     "JournalCorrupt",
     "MigrationConfig",
@@ -33,4 +35,5 @@ __all__ = [
     "register_key_transform",
     "register_validator",
     "register_value_transform",
+    "shipped_plan",
 ]

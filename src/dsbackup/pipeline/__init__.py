@@ -5,5 +5,7 @@
   finished compressed chunks; the parent writes them in key order (shared-memory hand-off).
 - forkserver.py: the server the workers are forked from (the CLI may start it early).
 - sources.py: what a worker scans with (native LMDB scanner, datastore fast path), and the
-  planner's walk that cuts the keys into stripes.
+  planner's walk that cuts the keys into stripes; an incremental backup plans and frames
+  with the same sources in its own process.
+- scanchoice.py: central or parallel, and starting the fork server early.
 """

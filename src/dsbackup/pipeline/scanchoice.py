@@ -35,3 +35,18 @@ def likely_parallel(source: str) -> bool:
         return os.path.getsize(path) >= PARALLEL_MIN_BYTES
     except (OSError, DsBackupError):
         return False
+
+
+def prestart_workers(source: str, *, workers: int | None = None, incremental: bool = False,
+                     format: str = "dsbackup") -> bool:
+    """Boot the parallel scan's fork server now when a backup of `source` will probably use
+    worker processes (and cores are to spare: dsbackup.pipeline.forkserver.prestart_wanted),
+    so that it starts while the caller imports the backup code. Whether it was started.
+    Incremental backups and the Go format read the source themselves (no workers)."""
+    from dsbackup.pipeline import forkserver
+
+    if (workers == 1 or incremental or format != "dsbackup"
+            or not forkserver.prestart_wanted() or not likely_parallel(source)):
+        return False
+    forkserver.prestart()
+    return True

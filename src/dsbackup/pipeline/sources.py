@@ -9,6 +9,11 @@ store into finished chunks (framed, hashed, compressed).
 
 A source also plans: `stripes()` walks the keys once and yields natural chunk boundaries that
 cut the key space into stripes of work for the workers.
+
+An incremental backup (dsbackup.engine.incremental) uses the same sources in its own process
+(a datastore object, or LMDB natively): `plans()` yields each chunk's plan from keys and value
+sizes only, `frame(start, end)` frames a key range without compressing it, `has_prefix` says
+whether any key starts with a prefix, and `excluded` counts what the exclude patterns left out.
 """
 
 from __future__ import annotations
@@ -17,15 +22,26 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from dsbackup._ext.framing import Chunker, is_boundary
+from dsbackup._ext.framing import Chunker, KeyPlanner, is_boundary
 from dsbackup.pipeline.central import ChunkSettings
+
+# first, last key, records, payload length, keys XXH3, raw bytes
+Plan = tuple[bytes, bytes, int, int, int, int]
+FRAME_BATCH_BYTES = 8 << 20  # values read per batch when framing a range in-process
 
 
 class DatastoreSource:
-    def __init__(self, uri: str, settings: ChunkSettings) -> None:
-        from dsbackup.datastores import open_datastore
+    """`uri`: opened read-only here and closed by close(); or an opened datastore, which
+    stays the caller's."""
 
-        self.ds = open_datastore(uri, readonly=True)
+    def __init__(self, uri: Any, settings: ChunkSettings) -> None:
+        self._owned = isinstance(uri, str)
+        if self._owned:
+            from dsbackup.datastores import open_datastore
+
+            self.ds = open_datastore(uri, readonly=True)
+        else:
+            self.ds = uri
         self.settings = settings
         self.matcher = settings.matcher()
         self.snapshot_id: int | None = None
@@ -34,6 +50,7 @@ class DatastoreSource:
         self._chunker: Chunker | None = None
         self._batches: Any = None
         self._ready: deque = deque()
+        self._planner: KeyPlanner | None = None
 
     def resnap(self) -> None:
         """No cross-process snapshot for these backends (see docs/ARCHITECTURE.md)."""
@@ -79,18 +96,68 @@ class DatastoreSource:
                     since = 0
                 since += 1
 
+    def plans(self) -> Iterator[Plan]:
+        """Every chunk's plan from keys and value sizes (the native KeyPlanner)."""
+        s = self.settings
+        self._planner = planner = KeyPlanner(s.chunk_size, s.chunk_max_bytes, self.matcher)
+        for keys, sizes in self.ds.scan_key_sizes():
+            yield from planner.add(keys, sizes)
+        last = planner.finish()
+        if last is not None:
+            yield last
+
+    def frame(self, start: bytes, end: bytes | None) -> Iterator[Any]:
+        """The framed (not compressed) chunks of [start, end)."""
+        s = self.settings
+        chunker = Chunker(s.chunk_size, s.chunk_max_bytes, exclude=self.matcher,
+                          catalog=s.catalog)
+        for keys, values in self.ds.scan_batches(start, end, max_bytes=FRAME_BATCH_BYTES):
+            yield from chunker.add(keys, values)
+        last = chunker.finish()
+        self.excluded_records += chunker.excluded_records
+        self.excluded_bytes += chunker.excluded_bytes
+        if last is not None:
+            yield last
+
+    @property
+    def excluded(self) -> tuple[int, int]:
+        """(records, bytes) left out: by the planning walk when there was one."""
+        if self._planner is not None:
+            return self._planner.excluded_records, self._planner.excluded_bytes
+        return self.excluded_records, self.excluded_bytes
+
+    def has_prefix(self, prefix: bytes) -> bool:
+        k = self.ds.seek_key(prefix)
+        return k is not None and k.startswith(prefix)
+
     def close(self) -> None:
-        self.ds.close()
+        if self._owned:
+            self.ds.close()
 
 
 class LmdbSource:
-    def __init__(self, path: str, settings: ChunkSettings) -> None:
+    """`claim_for`: claim the environment in this process's registry for the scanner's life,
+    naming the user (py-lmdb may not open it here meanwhile)."""
+
+    def __init__(self, path: str, settings: ChunkSettings, claim_for: str | None = None,
+                 ) -> None:
         from dsbackup._ext.lmdbscan import LmdbRangeScanner
 
         self.settings = settings
-        self.scanner = LmdbRangeScanner(
-            path, chunk_size=settings.chunk_size, chunk_max_bytes=settings.chunk_max_bytes,
-            level=settings.level, exclude=settings.matcher(), catalog=settings.catalog)
+        self._claim: Any = None
+        self._planned = False
+        if claim_for is not None:
+            from dsbackup.datastores.lmdb import claim
+
+            self._claim = claim(path, claim_for)
+            self._claim.__enter__()
+        try:
+            self.scanner = LmdbRangeScanner(
+                path, chunk_size=settings.chunk_size, chunk_max_bytes=settings.chunk_max_bytes,
+                level=settings.level, exclude=settings.matcher(), catalog=settings.catalog)
+        except BaseException:
+            self._release()
+            raise
 
     @property
     def snapshot_id(self) -> int:
@@ -124,8 +191,42 @@ class LmdbSource:
                 return
             yield k
 
+    def plans(self) -> Iterator[Plan]:
+        """Every chunk's plan: the scanner's keys-only walk (keys and node headers)."""
+        self._planned = True
+        while True:
+            batch = self.scanner.plan_chunks(4096)
+            if not batch:
+                return
+            yield from batch
+
+    def frame(self, start: bytes, end: bytes | None) -> Iterator[Any]:
+        """The chunks of [start, end), framed (compressed too when settings.level >= 0)."""
+        self.scanner.reset(start, end)
+        while (c := self.scanner.next_chunk()) is not None:
+            yield c
+
+    @property
+    def excluded(self) -> tuple[int, int]:
+        """(records, bytes) left out: by the planning walk when there was one."""
+        if self._planned:
+            return self.scanner.planned_excluded
+        return self.scanner.excluded_records, self.scanner.excluded_bytes
+
+    def has_prefix(self, prefix: bytes) -> bool:
+        k = self.scanner.last_key_before(prefix[:-1] + bytes([prefix[-1] + 1]))
+        return k is not None and k.startswith(prefix)
+
     def close(self) -> None:
-        self.scanner.close()
+        try:
+            self.scanner.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._claim is not None:
+            self._claim.__exit__(None, None, None)
+            self._claim = None
 
 
 def open_source(kind: str, location: str, settings: ChunkSettings) -> Any:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
 
-from dsbackup.archive.lineage import directory_archives
+from dsbackup.archive.lineage import chain_depth, directory_archives
 from dsbackup.errors import (
     EXIT_OK,
     EXIT_WARNING,
@@ -79,12 +79,9 @@ def choose_parent(schedule: ScheduledBackup, archives: list[ArchiveEntry],
     """
     if not schedule.incremental or not archives:
         return ParentChoice(None)
-    by_fp = {a.fingerprint: a for a in archives if a.fingerprint}
     newest = max(archives, key=lambda a: a.created)
-    depth, cur = 1, newest
-    while cur.parent is not None and cur.parent in by_fp and depth < schedule.full_every:
-        depth += 1
-        cur = by_fp[cur.parent]
+    depth, _ = chain_depth(newest.parent, {a.fingerprint: a.parent for a in archives
+                                           if a.fingerprint}, schedule.full_every)
     if (depth >= schedule.full_every
             or schedule.statistics.runs_since_full >= schedule.full_every - 1):
         return ParentChoice(None)
