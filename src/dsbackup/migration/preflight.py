@@ -118,7 +118,7 @@ def writes_source(plan: MigrationPlan, cfg: MigrationConfig, source: Any,
     if scheme == "lmdb":
         return True  # the native LMDB copier lends and reopens both environments
     if isinstance(target, (str, os.PathLike)) and same_uri(os.fspath(source),
-                                                            os.fspath(target)):
+                                                           os.fspath(target)):
         return True
     src_uri = os.fspath(source)
     for step in plan.steps + plan.rollback:
