@@ -3,7 +3,6 @@ compact the store, and ask for the journal to be removed once the stamp is writt
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from dsbackup.migration.runtime import TMP_END, TMP_ROOT
@@ -11,10 +10,9 @@ from dsbackup.migration.runtime import TMP_END, TMP_ROOT
 if TYPE_CHECKING:
     from dsbackup.migration.engine import StepRunner
 
-log = logging.getLogger(__name__)
-
 
 def cleanup(r: StepRunner) -> None:
+    """A cleanup step on its target store."""
     r.phase = "cleanup"
     ds = r.dst
     if r.ctx.dry_run:

@@ -4,7 +4,6 @@ deletion of the source records. In place (one store), the step goes to step_inpl
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,8 +17,6 @@ from dsbackup.migration.step_validate import compare
 
 if TYPE_CHECKING:
     from dsbackup.migration.engine import StepRunner
-
-log = logging.getLogger(__name__)
 
 
 def copy_like(r: StepRunner, *, transform_all: bool, delete_source: bool) -> None:

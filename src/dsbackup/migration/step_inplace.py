@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def in_place(r: StepRunner, delete_old: bool) -> None:
+    """A copy (``delete_old`` false: the records keep their keys) or transform on one store,
+    resumable in each of its phases."""
     ds = r.src
     prefix = r.tmp_prefix
     order = ["stage", "delete", "apply"]

@@ -4,7 +4,6 @@ them."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +13,6 @@ from dsbackup.migration.runtime import after, stored_keys
 
 if TYPE_CHECKING:
     from dsbackup.migration.engine import StepRunner
-
-log = logging.getLogger(__name__)
-
 
 # backends where a short range scan is cheap (a seek); others (flatfs lists its shard
 # directories for any range) are compared key by key with get()
