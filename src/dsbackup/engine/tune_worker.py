@@ -62,13 +62,19 @@ def backup_in_worker(source: str, archive: Path, config: BackupConfig) -> tuple[
     fails or the worker dies, :class:`Cancelled` when it was interrupted."""
     from dsbackup.pipeline.forkserver import start_context
 
+    what = "calibration backup of the sample failed"
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    with start_context():  # the worker runs this copy of dsbackup, not the caller's script
-        proc = ctx.Process(target=_child, args=(send, source, str(archive), config),
-                           name="dsbackup-tune-calibration")
-        proc.start()
-    send.close()
+    try:
+        with start_context():  # the worker runs this copy of dsbackup, not the caller's script
+            proc = ctx.Process(target=_child, args=(send, source, str(archive), config),
+                               name="dsbackup-tune-calibration")
+            proc.start()
+    except (OSError, AssertionError) as exc:  # no processes left; a daemonic caller
+        recv.close()
+        raise BackupError(f"{what}: cannot start its worker process: {exc}") from None
+    finally:
+        send.close()
     try:
         try:
             reply = recv.recv()
@@ -80,7 +86,6 @@ def backup_in_worker(source: str, archive: Path, config: BackupConfig) -> tuple[
         if proc.is_alive():  # interrupted while waiting: no orphan keeps backing up
             proc.terminate()
             proc.join()
-    what = "calibration backup of the sample failed"
     if reply is None:
         raise BackupError(f"{what}: {_died(proc.exitcode)}")
     if reply[0] == "ok":
