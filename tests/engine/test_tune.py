@@ -228,3 +228,51 @@ def test_a_killed_calibration_worker_is_a_clear_error(small_store, tmp_path):
     t.join(60)
     assert len(caught) == 1 and isinstance(caught[0], BackupError), caught
     assert "killed by SIGKILL (out of memory?)" in str(caught[0])
+
+
+def test_ctrl_c_during_calibration_stops_tune_and_its_worker(small_store, cli_env, tmp_path):
+    """SIGINT to the terminal's process group while a calibration worker runs: exit 130 with
+    one line, no worker left running, no temporary directory left."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = dict(cli_env, TMPDIR=str(tmp_path))
+    p = subprocess.Popen([sys.executable, "-m", "dsbackup", "tune", small_store, "--sample-mb",
+                          "1", "--levels", "1", "--chunk-targets", "1024", "--reps", "50",
+                          "--workers", "1"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def workers() -> list[int]:
+        out = []
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == p.pid and b"spawn_main" in cmd:
+                out.append(int(pid))
+        return out
+
+    deadline = time.monotonic() + 120
+    while not workers() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    seen = workers()
+    assert seen, "no calibration worker was seen"
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert err.strip() == "dsbackup: interrupted"
+    from pathlib import Path
+
+    for pid in seen:  # gone (or a zombie waiting for init to reap it)
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            assert stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            pass
+    assert not [x for x in os.listdir(tmp_path) if x.startswith("dsbackup-tune")]

@@ -37,10 +37,13 @@ def _child(conn: Connection, source: str, archive: str, config: BackupConfig) ->
         from dsbackup.engine.backup import BackupManager
 
         meta = BackupManager(config).create_backup(source, archive)
-        conn.send(("ok", float(meta.statistics.duration_s), int(meta.compressed_size)))
+        reply: tuple = ("ok", float(meta.statistics.duration_s), int(meta.compressed_size))
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-        conn.send(("error", type(exc).__name__, str(exc),
-                   int(getattr(exc, "exit_code", 0) or 0)))
+        reply = ("error", type(exc).__name__, str(exc), int(getattr(exc, "exit_code", 0) or 0))
+    try:
+        conn.send(reply)
+    except OSError:
+        pass  # the parent is gone (interrupted): nobody to tell
     finally:
         conn.close()
 
