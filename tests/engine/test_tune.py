@@ -143,3 +143,136 @@ def test_cli_table_and_budget_warning(blocks_store, run_cli):
                 timeout=240)
     assert r.returncode == 1, r.stderr
     assert "no recommendation" in r.stdout and "isal-1" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tune-small") / "small"
+    datasets.write_lmdb(str(path), datasets.iter_small(5000))
+    return f"lmdb:{path}"
+
+
+def test_calibration_runs_the_library_in_a_worker_not_the_cli(small_store, monkeypatch):
+    """Calibration backs up the sample copies with BackupManager in a worker process: no
+    `dsbackup` command line is started (subprocess is refused here), and the calibrated
+    points come from the worker."""
+    import subprocess
+
+    from dsbackup.engine import tune_calibrate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a subprocess was started: {args[0] if args else kwargs}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(subprocess, "run", refuse)
+    calls = []
+    real = tune_calibrate.backup_in_worker
+
+    def spy(source, archive, config):
+        secs, size = real(source, archive, config)
+        calls.append((source, config.compression_level, config.workers, secs, size))
+        return secs, size
+
+    monkeypatch.setattr(tune_calibrate, "backup_in_worker", spy)
+    res = tune(small_store, sample_mb=1, grid_mb=0.5, levels=[0, 1], chunk_targets=[1 << 20],
+               workers=1, reps=1)
+    assert res.recommended is not None and res.recommended.calibrated
+    # reference (level 1) and, when the grid picks level 0, its own calibration: 2 copies each
+    assert len(calls) in (2, 4) and {c[1] for c in calls} <= {0, 1}
+    assert all(c[2] == 1 and c[3] > 0 and c[4] > 0 for c in calls)
+    fit = res.fits[f"level 1 chunk_size {res.rows[-1].chunk_size}"]
+    assert [p["archive_bytes"] for p in fit["points"]] == [c[4] for c in calls[:2]]
+
+
+def test_a_failing_calibration_backup_names_its_cause(tmp_path):
+    from dsbackup.engine.config import BackupConfig
+    from dsbackup.engine.tune_worker import backup_in_worker
+    from dsbackup.errors import BackupError
+
+    with pytest.raises(BackupError, match=r"calibration backup of the sample failed: "
+                                          r"DatastoreError: .*nosuch.*data\.mdb missing"):
+        backup_in_worker(f"lmdb:{tmp_path / 'nosuch'}", tmp_path / "a.tar.gz",
+                         BackupConfig(workers=1))
+    assert not (tmp_path / "a.tar.gz").exists()
+
+
+def test_a_killed_calibration_worker_is_a_clear_error(small_store, tmp_path):
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    from dsbackup.engine.config import BackupConfig
+    from dsbackup.engine.tune_worker import backup_in_worker
+    from dsbackup.errors import BackupError
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    caught: list[BaseException] = []
+
+    def run():
+        try:
+            backup_in_worker(small_store, tmp_path / "a.tar.gz", BackupConfig(workers=1))
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            caught.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 30
+    new: list[int] = []
+    while not new and time.monotonic() < deadline:
+        new = [p.pid for p in multiprocessing.active_children() if p.pid not in before]
+        time.sleep(0.005)
+    assert new, "no worker process was started"
+    os.kill(new[0], signal.SIGKILL)  # still importing: a spawned interpreter takes > 0.3 s
+    t.join(60)
+    assert len(caught) == 1 and isinstance(caught[0], BackupError), caught
+    assert "killed by SIGKILL (out of memory?)" in str(caught[0])
+
+
+def test_ctrl_c_during_calibration_stops_tune_and_its_worker(small_store, cli_env, tmp_path):
+    """SIGINT to the terminal's process group while a calibration worker runs: exit 130 with
+    one line, no worker left running, no temporary directory left."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = dict(cli_env, TMPDIR=str(tmp_path))
+    p = subprocess.Popen([sys.executable, "-m", "dsbackup", "tune", small_store, "--sample-mb",
+                          "1", "--levels", "1", "--chunk-targets", "1024", "--reps", "50",
+                          "--workers", "1"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def workers() -> list[int]:
+        out = []
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == p.pid and b"spawn_main" in cmd:
+                out.append(int(pid))
+        return out
+
+    deadline = time.monotonic() + 120
+    while not workers() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    seen = workers()
+    assert seen, "no calibration worker was seen"
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert err.strip() == "dsbackup: interrupted"
+    from pathlib import Path
+
+    for pid in seen:  # gone (or a zombie waiting for init to reap it)
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            assert stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            pass
+    assert not [x for x in os.listdir(tmp_path) if x.startswith("dsbackup-tune")]

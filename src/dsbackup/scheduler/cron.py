@@ -100,6 +100,22 @@ class CronSchedule:
             t = self.next_after(t)
         return out
 
+    def missed_slots(self, first: datetime, now: datetime,
+                     max_scan: int = 10_000) -> tuple[int, datetime]:
+        """(number of runs in ``[first, now]``, the latest of them); ``first`` is a run time
+        <= ``now``. After a very long downtime (more than ``max_scan`` runs) the count stops
+        at ``max_scan`` and the latest run is found from near ``now``."""
+        count, latest = 1, first
+        t = self.next_after(first)
+        while t <= now and count < max_scan:
+            count, latest = count + 1, t
+            t = self.next_after(t)
+        if t <= now:
+            t = self.next_after(now - 2 * self.period())
+            while t <= now:
+                latest, t = t, self.next_after(t)
+        return count, latest
+
     def period(self) -> timedelta:
         """The longest gap between consecutive runs over a year of runs from a fixed anchor.
 

@@ -1,18 +1,23 @@
 """Health checks: the newest archive of each schedule verifies, backups are not stale, and the
-backup directory has free space."""
+backup directory has free space; :class:`HealthTimer` runs them periodically."""
 
 from __future__ import annotations
 
+import logging
 import shutil
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from dsbackup.scheduler.config import ScheduledBackup
+from dsbackup.scheduler.config import ScheduledBackup, SchedulerConfig
 from dsbackup.scheduler.cron import CronSchedule
 from dsbackup.scheduler.runner import BackupRunner
 from dsbackup.scheduler.state import ArchiveEntry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,3 +96,61 @@ def check_free_space(directory: Path, min_free_bytes: int | None,
     if problems:
         return CheckResult("free_space", str(directory), False, "; ".join(problems)), usage.free
     return CheckResult("free_space", str(directory), True, f"{usage.free} bytes free"), usage.free
+
+
+def run_checks(schedules: list[ScheduledBackup], archives: Callable[[str], list[ArchiveEntry]],
+               crons: Mapping[str, CronSchedule], runner: BackupRunner,
+               config: SchedulerConfig, now: datetime) -> tuple[list[CheckResult], int | None]:
+    """Every check: the newest archive and staleness of each schedule, free space of each
+    backup directory. Returns the results and the least free bytes of those directories."""
+    results: list[CheckResult] = []
+    dirs: set[Path] = set()
+    for sched in schedules:
+        results.append(check_newest_archive(sched, archives(sched.id), runner,
+                                            config.health_deep_sample))
+        if sched.enabled:
+            results.append(check_staleness(sched, crons[sched.id], now))
+        dirs.add(sched.backup_dir or config.default_backup_dir)
+    free = None
+    for d in sorted(dirs or {config.default_backup_dir}):
+        res, f = check_free_space(d, config.min_free_bytes, config.min_free_ratio)
+        results.append(res)
+        free = f if free is None or (f is not None and f < free) else free
+    return results, free
+
+
+class HealthTimer:
+    """Starts ``run`` every ``interval`` (the first time one interval after the first tick)
+    in a background thread, never two at once; ``None`` never runs it."""
+
+    def __init__(self, interval: timedelta | None, run: Callable[[], object]) -> None:
+        self.interval = interval
+        self.next_due: datetime | None = None
+        self._run = run
+        self._thread: threading.Thread | None = None
+
+    def tick(self, now: datetime) -> None:
+        if self.interval is None:
+            return
+        if self.next_due is None:
+            self.next_due = now + self.interval
+            return
+        busy = self._thread is not None and self._thread.is_alive()
+        if now >= self.next_due and not busy:
+            self.next_due = now + self.interval
+            self._thread = threading.Thread(target=self._safely, daemon=True,
+                                            name="health-checks")
+            self._thread.start()
+
+    def _safely(self) -> None:
+        try:
+            self._run()
+        except Exception:  # noqa: BLE001 - a health check must not stop the daemon
+            log.exception("health checks crashed")
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait for a running check; True when none runs any more."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()

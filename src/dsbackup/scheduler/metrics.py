@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dsbackup.errors import SchedulerError
+from dsbackup.scheduler.config import ScheduledBackup
 from dsbackup.scheduler.state import atomic_write
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,23 @@ _SCHEDULE_METRICS = [
     ("dsbackup_schedule_last_archive_bytes", "last_size", "gauge", "Size of the last archive"),
     ("dsbackup_schedule_archives", "archives", "gauge", "Archives kept for the schedule"),
 ]
+
+
+def schedule_metrics(s: ScheduledBackup, *, running: bool, archives: int) -> dict[str, Any]:
+    """Counters and gauges of one schedule (a value of ``get_metrics()["schedules"]``)."""
+    st, last = s.statistics, s.last_result
+    return {
+        "name": s.name, "enabled": s.enabled, "running": running,
+        "runs": st.runs, "successes": st.successes, "failures": st.failures,
+        "skipped": st.skipped, "success_rate": st.success_rate,
+        "average_duration": st.average_duration,
+        "last_duration": last.duration if last else None,
+        "last_success": st.last_success, "last_failure": st.last_failure,
+        "last_run": s.last_run, "next_run": s.next_run,
+        "last_ok": last.ok if last else None,
+        "last_size": last.size if last and last.ok else None,
+        "archives": archives,
+    }
 
 
 def _esc(value: str) -> str:

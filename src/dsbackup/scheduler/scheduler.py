@@ -8,6 +8,9 @@ Timing rules (see docs/SCHEDULER.md):
   slot is within ``misfire_grace_time`` (None = always); the others count as skipped;
 - a slot that comes while the previous run of the same schedule is still going is skipped;
 - a run interrupted by the death of the daemon counts as a failure and is caught up on restart.
+
+The jobs around the loop live beside it: the backup run itself in job.py, health checks in
+health.py, notifications in reporting.py, Prometheus metrics in metrics.py.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from dsbackup.errors import LockedError, SchedulerError
@@ -28,22 +30,20 @@ from dsbackup.scheduler.config import (
     ScheduleStatistics,
 )
 from dsbackup.scheduler.cron import CronSchedule, get_zone
-from dsbackup.scheduler.health import (
-    CheckResult,
-    check_free_space,
-    check_newest_archive,
-    check_staleness,
-)
+from dsbackup.scheduler.health import CheckResult, HealthTimer, run_checks
 from dsbackup.scheduler.job import JobOutcome, run_job
-from dsbackup.scheduler.metrics import MetricsServer, render_prometheus, write_textfile
-from dsbackup.scheduler.notify.base import Event, NotificationDispatcher, Notifier
-from dsbackup.scheduler.notify.redact import Redactor
+from dsbackup.scheduler.metrics import (
+    MetricsServer,
+    render_prometheus,
+    schedule_metrics,
+    write_textfile,
+)
+from dsbackup.scheduler.notify.base import Notifier
+from dsbackup.scheduler.reporting import RunReporter
 from dsbackup.scheduler.runner import BackupRunner, ManagerRunner
 from dsbackup.scheduler.state import ArchiveEntry, DaemonLock, ScheduleState, StateStore
 
 log = logging.getLogger(__name__)
-
-_MAX_SLOT_SCAN = 10_000
 
 
 @dataclass
@@ -68,12 +68,9 @@ class BackupScheduler:
         self.runner: BackupRunner = runner or ManagerRunner()
         self.clock: Clock = clock or SystemClock()
         self.tz = get_zone(config.time_zone)
-        ncfg = config.notification_config
-        self.redact = Redactor(ncfg.secrets())
-        if notifiers is None:
-            self.notifications = NotificationDispatcher.from_config(ncfg)
-        else:
-            self.notifications = NotificationDispatcher(notifiers, ncfg.timeout, self.redact)
+        self.reporter = RunReporter(config.notification_config, self.clock, notifiers)
+        self.redact = self.reporter.redact
+        self.notifications = self.reporter.notifications
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -83,11 +80,10 @@ class BackupScheduler:
         self._archives: dict[str, list[ArchiveEntry]] = {}
         self._running: dict[str, _Running] = {}
         self._loop: threading.Thread | None = None
-        self._health_thread: threading.Thread | None = None
+        self._health_timer = HealthTimer(config.health_check_interval, self.run_health_checks)
         self._metrics_server: MetricsServer | None = None
         self.health: list[CheckResult] = []
         self.last_health_check: datetime | None = None
-        self._next_health: datetime | None = None
         self._free_bytes: int | None = None
         self._daemon_lock = DaemonLock(config.state_path)
         self._daemon_lock.acquire()
@@ -209,20 +205,6 @@ class BackupScheduler:
 
     # ---- timing ----------------------------------------------------------------------------
 
-    def _missed_slots(self, cron: CronSchedule, first: datetime,
-                      now: datetime) -> tuple[int, datetime]:
-        """(number of slots in [first, now], the latest of them); ``first`` <= ``now``."""
-        count, latest = 1, first
-        t = cron.next_after(first)
-        while t <= now and count < _MAX_SLOT_SCAN:
-            count, latest = count + 1, t
-            t = cron.next_after(t)
-        if t <= now:  # a very long downtime: find the latest slot from near ``now``
-            t = cron.next_after(now - 2 * cron.period())
-            while t <= now:
-                latest, t = t, cron.next_after(t)
-        return count, latest
-
     def run_pending(self, *, wait: bool = False) -> list[str]:
         """Start every due, enabled, idle schedule. Returns the ids started.
 
@@ -241,7 +223,7 @@ class BackupScheduler:
                     continue
                 if sched.next_run > now:
                     continue
-                count, latest = self._missed_slots(cron, sched.next_run, now)
+                count, latest = cron.missed_slots(sched.next_run, now)
                 grace = self.config.misfire_grace_time
                 late = now - latest
                 sched.next_run = cron.next_after(max(now, latest))
@@ -301,7 +283,7 @@ class BackupScheduler:
                                 error_type="Cancelled", exit_code=130)
                 outcome = JobOutcome(rec, self.archives(sched.id))
             else:
-                self._notify("start", sched, f"backup {sched.name} started", {})
+                self.reporter.started(sched)
                 outcome = run_job(
                     sched, self.archives(sched.id), runner=self.runner, clock=self.clock,
                     backup_dir=sched.backup_dir or self.config.default_backup_dir,
@@ -340,39 +322,19 @@ class BackupScheduler:
         if sched.next_run is None or sched.next_run > now:
             return
         cron = self._crons[sched.id]
-        count, latest = self._missed_slots(cron, sched.next_run, now)
+        count, latest = cron.missed_slots(sched.next_run, now)
         sched.statistics.skipped += count
         sched.next_run = cron.next_after(max(now, latest))
         log.warning("schedule %s: %d slot(s) passed while it ran (skipped); next run %s",
                     sched.id, count, sched.next_run.isoformat())
 
     def _report(self, sched: ScheduledBackup, rec: RunRecord, warnings: list[str]) -> None:
-        details: dict[str, Any] = {"trigger": rec.trigger, "duration_s": round(rec.duration, 3),
-                                   "archive": rec.archive}
-        if rec.ok:
-            details.update(fingerprint=rec.fingerprint, size=rec.size, keys=rec.keys,
-                           parent=rec.parent, fallback=rec.fallback, pruned=rec.pruned,
-                           warnings=warnings)
-            message = f"backup {sched.name} succeeded: {rec.archive}"
-            if rec.fallback:
-                message += f" (a full backup instead of an incremental: {rec.fallback})"
-            outcome = self._notify("success", sched, message, details)
-        else:
-            details.update(error=rec.error, error_type=rec.error_type, exit_code=rec.exit_code)
-            log.error("schedule %s: backup failed: %s", sched.id, rec.error)
-            outcome = self._notify("failure", sched, f"backup {sched.name} failed: {rec.error}",
-                                   details)
+        outcome = self.reporter.finished(sched, rec, warnings)
         if outcome:  # record which notifications of this result were delivered
             with self._lock:
                 rec.notified = outcome
                 if self._schedules.get(sched.id) is sched:
                     self._save()
-
-    def _notify(self, kind: str, sched: ScheduledBackup | None, message: str,
-                details: dict[str, Any]) -> dict[str, bool]:
-        event = Event(kind, sched.id if sched else None, sched.name if sched else None,
-                      self.clock.now(), message, details)
-        return self.notifications.dispatch(event)
 
     def execute_backup(self, schedule_id: str, *, trigger: str = "manual") -> RunRecord:
         """Run a schedule now, in this thread; refused while the schedule is running."""
@@ -400,72 +362,24 @@ class BackupScheduler:
     def run_health_checks(self) -> list[CheckResult]:
         """Verify the newest archive of each schedule, staleness, free space. Notifies failures."""
         now = self.clock.now()
-        results: list[CheckResult] = []
-        dirs: set[Path] = set()
-        for sched in self.list_schedules():
-            archives = self.archives(sched.id)
-            results.append(check_newest_archive(sched, archives, self.runner,
-                                                self.config.health_deep_sample))
-            if sched.enabled:
-                results.append(check_staleness(sched, self._crons[sched.id], now))
-            dirs.add(sched.backup_dir or self.config.default_backup_dir)
-        free = None
-        for d in sorted(dirs or {self.config.default_backup_dir}):
-            res, f = check_free_space(d, self.config.min_free_bytes, self.config.min_free_ratio)
-            results.append(res)
-            free = f if free is None or (f is not None and f < free) else free
+        with self._lock:
+            crons = dict(self._crons)
+        results, free = run_checks(self.list_schedules(), self.archives, crons, self.runner,
+                                   self.config, now)
         with self._lock:
             self.health, self.last_health_check, self._free_bytes = results, now, free
             self._save()
-        failed = [r for r in results if not r.ok]
-        if failed:
-            for r in failed:
-                log.warning("health check %s of %s failed: %s", r.check, r.subject, r.message)
-            self._notify("health", None, f"{len(failed)} health check(s) failed: " +
-                         "; ".join(f"{r.check} {r.subject}: {r.message}" for r in failed),
-                         {"checks": [r.to_json() for r in results]})
+        self.reporter.health(results)
         return results
-
-    def _health_due(self, now: datetime) -> None:
-        interval = self.config.health_check_interval
-        if interval is None:
-            return
-        if self._next_health is None:
-            self._next_health = now + interval
-            return
-        busy = self._health_thread is not None and self._health_thread.is_alive()
-        if now >= self._next_health and not busy:
-            self._next_health = now + interval
-            self._health_thread = threading.Thread(target=self._health_safely, daemon=True,
-                                                   name="health-checks")
-            self._health_thread.start()
-
-    def _health_safely(self) -> None:
-        try:
-            self.run_health_checks()
-        except Exception:  # noqa: BLE001 - a health check must not stop the daemon
-            log.exception("health checks crashed")
 
     # ---- metrics ---------------------------------------------------------------------------
 
     def get_metrics(self) -> dict[str, Any]:
         """Counters and gauges of every schedule, notifications and health checks."""
         with self._lock:
-            schedules = {}
-            for sid, s in self._schedules.items():
-                st, last = s.statistics, s.last_result
-                schedules[sid] = {
-                    "name": s.name, "enabled": s.enabled, "running": sid in self._running,
-                    "runs": st.runs, "successes": st.successes, "failures": st.failures,
-                    "skipped": st.skipped, "success_rate": st.success_rate,
-                    "average_duration": st.average_duration,
-                    "last_duration": last.duration if last else None,
-                    "last_success": st.last_success, "last_failure": st.last_failure,
-                    "last_run": s.last_run, "next_run": s.next_run,
-                    "last_ok": last.ok if last else None,
-                    "last_size": last.size if last and last.ok else None,
-                    "archives": len(self._archives.get(sid, [])),
-                }
+            schedules = {sid: schedule_metrics(s, running=sid in self._running,
+                                               archives=len(self._archives.get(sid, [])))
+                         for sid, s in self._schedules.items()}
             return {
                 "up": self._loop is not None and self._loop.is_alive(),
                 "running_jobs": len(self._running),
@@ -509,7 +423,7 @@ class BackupScheduler:
             try:
                 self.run_pending()
                 now = self.clock.now()
-                self._health_due(now)
+                self._health_timer.tick(now)
                 if self.config.metrics_textfile is not None:
                     write_textfile(self.config.metrics_textfile, self.prometheus_text())
                 pause = self._pause(now)
@@ -522,8 +436,8 @@ class BackupScheduler:
         with self._lock:
             due = [s.next_run for s in self._schedules.values()
                    if s.enabled and s.next_run is not None and s.id not in self._running]
-        if self._next_health is not None:
-            due.append(self._next_health)
+        if self._health_timer.next_due is not None:
+            due.append(self._health_timer.next_due)
         pause = self.config.poll_interval
         if due:
             pause = min(pause, max(0.0, (min(due) - now).total_seconds()) + 0.01)
@@ -554,9 +468,7 @@ class BackupScheduler:
         if wait:
             for r in runs:
                 ended = r.done.wait(timeout) and ended
-            if self._health_thread is not None:
-                self._health_thread.join(timeout)
-                ended = ended and not self._health_thread.is_alive()
+            ended = self._health_timer.join(timeout) and ended
         if self._metrics_server is not None:
             self._metrics_server.stop()
             self._metrics_server = None

@@ -1,0 +1,129 @@
+"""What a run settles before it writes anything: the plan loaded and validated, where its
+journal and version stamp live, whether the stamp says it already ran, the Kubo side of the
+plan, the write locks of the stores, and whether the source is opened writable."""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from dsbackup.datastores import parse_uri
+from dsbackup.engine.targetlock import TargetLock
+from dsbackup.errors import DsBackupError, MigrationError
+from dsbackup.migration.config import MigrationConfig
+from dsbackup.migration.journal import Journal, read_stamp
+from dsbackup.migration.kuborepo import KuboRun
+from dsbackup.migration.plan import SOURCE, TARGET, MigrationPlan, MigrationType, load_plan
+from dsbackup.migration.result import MigrationResult, StepResult
+from dsbackup.migration.stores import StoreLike, refs_written, same_uri, store_path
+
+__all__ = ["already_done", "kubo_run", "load", "lock_stores", "state_files", "writes_source"]
+
+
+def load(plan: MigrationPlan | str | os.PathLike[str]) -> MigrationPlan:
+    """A validated plan: the object itself, or read from a TOML/JSON/YAML file."""
+    if isinstance(plan, MigrationPlan):
+        plan.validate()
+        return plan
+    return load_plan(plan)
+
+
+def state_files(plan: MigrationPlan, cfg: MigrationConfig, dst: Any
+                ) -> tuple[Journal | None, Path | None]:
+    """The run's journal and version stamp: in ``state_dir``, else beside the target
+    (``<target>.dsmigrate/``); ``(None, None)`` for a target without a filesystem path."""
+    if cfg.state_dir is not None:
+        state = Path(cfg.state_dir)
+    else:
+        p = store_path(dst)
+        if p is None:
+            return None, None
+        state = p.with_name(p.name + ".dsmigrate")
+    return Journal(state / f"{plan.id}.journal"), state / f"{plan.id}.version"
+
+
+def already_done(plan: MigrationPlan, cfg: MigrationConfig, target: Any,
+                 result: MigrationResult) -> bool:
+    """True (and ``result`` filled in) when the target's stamp says this plan ran; checked
+    before the stores are even opened, so a re-run touches nothing."""
+    _, stamp_path = state_files(plan, cfg, target)
+    stamp = read_stamp(stamp_path) if stamp_path else None
+    if stamp is None or stamp.get("plan_id") != plan.id:
+        return False
+    if stamp.get("version") != plan.version or stamp.get("digest") != plan.digest():
+        raise MigrationError(
+            f"target {stamp.get('target') or target} was migrated by plan {plan.id!r} "
+            f"version {stamp.get('version')!r} with different steps (stamp {stamp_path}); "
+            f"roll it back first or use a new plan id")
+    result.already_completed = True
+    result.success = True
+    result.stamp_path = str(stamp_path)
+    result.backup_path = stamp.get("backup_path")
+    result.steps = [StepResult(s.id, s.kind.value, status="skipped",
+                               message="already migrated (version stamp present)")
+                    for s in plan.steps]
+    result.message = f"already migrated: stamp {stamp_path}"
+    return True
+
+
+def kubo_run(plan: MigrationPlan, cfg: MigrationConfig, source: Any, target: Any
+             ) -> KuboRun | None:
+    """The Kubo side of a plan with a ``[kubo]`` table (version file, revert log)."""
+    if plan.kubo is None:
+        return None
+    journal, _ = state_files(plan, cfg, target)
+    return KuboRun(plan.kubo, plan, source, target,
+                   journal.path.parent if journal is not None else None)
+
+
+def lock_stores(plan: MigrationPlan, cfg: MigrationConfig, source: StoreLike,
+                target: StoreLike, rollback: bool = False) -> ExitStack:
+    """Take the write lock (targetlock.py) of every store this run may write: the
+    target, the source when a step, a rollback step or the pre-migration archive's
+    restore may write it, and any other store a step writes. A store another process
+    writes gives LockedError (exit 4) before anything is opened."""
+    refs = refs_written(plan.steps + plan.rollback)
+    stack = ExitStack()
+    what = f"migration {plan.id}" + (" rollback" if rollback else "")
+    try:
+        stack.enter_context(TargetLock(target, what))
+        if rollback or cfg.backup_before or SOURCE in refs:
+            stack.enter_context(TargetLock(source, what, create_parent=False))
+        for ref in sorted(refs - {SOURCE, TARGET}):
+            stack.enter_context(TargetLock(ref, what, create_parent=False))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def writes_source(plan: MigrationPlan, cfg: MigrationConfig, source: Any,
+                  target: Any) -> bool:
+    """Whether anything in this run may write to the source store: in place, a step
+    (or rollback step) writing it or moving out of it, or a pre-migration archive that a
+    rollback would restore into it. Otherwise it is opened read-only (LMDB excepted:
+    its writable open changes no data and the native copier needs it)."""
+    if not isinstance(source, (str, os.PathLike)) or cfg.backup_before:
+        return True
+    scheme, spath, _ = parse_uri(os.fspath(source))
+    if scheme is None and os.path.isdir(spath):
+        from dsbackup.datastores.registry import detect_scheme
+
+        try:
+            scheme = detect_scheme(spath)
+        except DsBackupError:
+            return True
+    if scheme == "lmdb":
+        return True  # the native LMDB copier lends and reopens both environments
+    if isinstance(target, (str, os.PathLike)) and same_uri(os.fspath(source),
+                                                           os.fspath(target)):
+        return True
+    src_uri = os.fspath(source)
+    for step in plan.steps + plan.rollback:
+        refs = [step.target] + ([step.source] if step.kind is MigrationType.MOVE else [])
+        for ref in refs:
+            if ref == SOURCE or (ref not in (SOURCE, TARGET) and same_uri(ref, src_uri)):
+                return True
+    return False
