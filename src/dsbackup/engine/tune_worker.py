@@ -31,12 +31,10 @@ def _child(conn: Connection, source: str, archive: str, config: BackupConfig) ->
     try:
         _hold_ctrl_c(False)  # a Ctrl-C held back while this interpreter started arrives now
         from dsbackup.allocator import tune_allocator
-        from dsbackup.pipeline import forkserver
-        from dsbackup.pipeline.scanchoice import likely_parallel
+        from dsbackup.pipeline.scanchoice import prestart_workers
 
         tune_allocator()  # as the CLI does at start
-        if config.workers != 1 and forkserver.prestart_wanted() and likely_parallel(source):
-            forkserver.prestart()  # as `dsbackup backup` does, before the backup code loads
+        prestart_workers(source, workers=config.workers)  # as `dsbackup backup` does
         from dsbackup.engine.backup import BackupManager
 
         meta = BackupManager(config).create_backup(source, archive)
