@@ -17,6 +17,7 @@ from dsbackup._ext.compress import ENGINES
 from dsbackup._version import __version__
 from dsbackup.archive import guard
 from dsbackup.archive.crypto import KeyMaterial, using_key
+from dsbackup.archive.pages import choose_page_entries, expected_chunks
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import VerifyReport, verify_archive
 from dsbackup.archive.writer import ArchiveWriter
@@ -237,7 +238,12 @@ class BackupManager:
         with ArchiveWriter(path, manifest=manifest, level=cfg.compression_level,
                            created=created.timestamp(), overwrite=cfg.overwrite,
                            node=None if node is None else node.data,
-                           key=cfg.encryption) as writer:
+                           key=cfg.encryption,
+                           page_entries=choose_page_entries(
+                               cfg.paged_index, expected_chunks(approx_count, approx_size,
+                                                                chunk_size,
+                                                                cfg.chunk_max_bytes)),
+                           ) as writer:
             for c in chunks:
                 if cancel.is_set():
                     raise Cancelled("backup cancelled")

@@ -35,6 +35,7 @@ from dsbackup._ext.framing import Chunker, FramingError, KeyPlanner
 from dsbackup._version import __version__
 from dsbackup.archive.chain import ParentRef, index_digest
 from dsbackup.archive.index import ChunkEntry
+from dsbackup.archive.pages import page_entries_after
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.datastores.registry import scheme_and_location
@@ -153,12 +154,25 @@ class _Matcher:
 
     def __init__(self, parent: ArchiveReader, usable: bool) -> None:
         self.by_first: dict[bytes, tuple[int, ChunkEntry]] = {}
-        if usable:
+        self._paged = parent.index if usable and parent.index.paged else None
+        if usable and self._paged is None:  # a single index is loaded whole anyway
             for i, e in enumerate(parent.index.entries()):
                 self.by_first[e.first_key] = (i, e)
 
+    def _lookup(self, first_key: bytes) -> tuple[int, ChunkEntry] | None:
+        """The parent's chunk starting at `first_key`. A paged parent (docs/FORMAT.md §11.3) is
+        searched in place (root, then one page; pages cached), so memory does not grow with
+        the parent's size."""
+        if self._paged is None:
+            return self.by_first.get(first_key)
+        i = self._paged.chunks_overlapping(first_key, None).start
+        if i >= len(self._paged):
+            return None
+        e = self._paged.entry(i)
+        return (i, e) if e.first_key == first_key else None
+
     def plan(self, p: Plan) -> tuple[int, ChunkEntry] | None:
-        hit = self.by_first.get(p[0])
+        hit = self._lookup(p[0])
         if hit is None:
             return None
         e = hit[1]
@@ -167,7 +181,7 @@ class _Matcher:
         return hit
 
     def chunk(self, c: Any) -> tuple[int, ChunkEntry] | None:
-        hit = self.by_first.get(bytes(c.first_key))
+        hit = self._lookup(bytes(c.first_key))
         if hit is None:
             return None
         e = hit[1]
@@ -474,7 +488,9 @@ def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
                        created=created.timestamp(), parent_fingerprint=pfp,
                        overwrite=cfg.overwrite,
                        node=None if node is None else node.data,
-                       key=cfg.encryption, kdf=kdf) as writer, \
+                       key=cfg.encryption, kdf=kdf,
+                       page_entries=page_entries_after(cfg.paged_index, preader.index),
+                       ) as writer, \
             ThreadPoolExecutor(max_workers=threads,
                                thread_name_prefix="dsbackup-compress") as pool:
         window: deque[tuple[str, Any]] = deque()
