@@ -256,6 +256,8 @@ def main() -> int:
     ap.add_argument("--base", type=int, default=60_000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--dir", default=None, help="where to write the archives (default: tmp)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the archives in --dir and reuse them in later runs")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--op", nargs=4, metavar=("OP", "ARCHIVE", "PREFIX", "WORK"),
                     help=argparse.SUPPRESS)
@@ -263,12 +265,23 @@ def main() -> int:
     if a.op:
         print(json.dumps(_op(*a.op)))
         return 0
-    with tempfile.TemporaryDirectory(prefix="dsbackup-scale-", dir=a.dir) as d:
+    if a.keep and not a.dir:
+        raise SystemExit("--keep needs --dir")
+    with tempfile.TemporaryDirectory(prefix="dsbackup-scale-", dir=a.dir) as tmp:
+        d = a.dir if a.keep else tmp
         facts = {}
+        paths = {}
         for label, n in (("small", a.base), ("large", a.chunks)):
+            paths[label] = Path(d) / f"synthetic-{n}.tar.gz"
+            sidecar = paths[label].with_suffix(".json")
+            if a.keep and paths[label].exists() and sidecar.exists():
+                facts[label] = json.loads(sidecar.read_text())
+                continue
             t0 = time.perf_counter()
-            facts[label] = generate(Path(d) / f"{label}.tar.gz", n)
+            facts[label] = generate(paths[label], n)
             facts[label]["generate_s"] = round(time.perf_counter() - t0, 1)
+            if a.keep:
+                sidecar.write_text(json.dumps(facts[label]))
             print(f"{label}: {n} chunks, {facts[label]['size'] / 1e12:.3f} TB apparent, "
                   f"{facts[label]['disk'] / 2**30:.2f} GiB on disk, root "
                   f"{facts[label]['root_bytes'] / 2**10:.0f} KiB "
@@ -277,8 +290,8 @@ def main() -> int:
         for rnd in range(a.rounds):
             for op in ("open", "ls", "restore"):
                 for label in ("small", "large"):
-                    work = Path(d) / f"restore-{label}-{op}-{rnd}"
-                    r = run_op(op, Path(d) / f"{label}.tar.gz", facts[label]["prefix"], work)
+                    work = Path(tmp) / f"restore-{label}-{op}-{rnd}"
+                    r = run_op(op, paths[label], facts[label]["prefix"], work)
                     if op != "open":
                         assert r["result"] == facts[label]["prefix_records"], r
                     results.setdefault(op, {}).setdefault(label, []).append(r)

@@ -337,13 +337,10 @@ class PagedIndex:
         if int(ends[-1]) != self._index_offset:
             raise self._err(f"the last page ends at {int(ends[-1])} but the root starts at "
                             f"{self._index_offset}")
-        prev = None
-        for p in range(n):  # one comparison per page (not per chunk)
-            first, last = self.page_first_key(p), self.page_last_key(p)
-            if first > last or (prev is not None and first <= prev):
-                raise self._err(f"page {p}: key range [{first!r} .. {last!r}] is not after "
-                                "the previous page's")
-            prev = last
+        p = _first_unordered(self._keys, r["keys_off"], r["first_len"], r["last_len"])
+        if p is not None:
+            raise self._err(f"page {p}: key range [{self.page_first_key(p)!r} .. "
+                            f"{self.page_last_key(p)!r}] is not after the previous page's")
 
     def page_first_key(self, p: int) -> bytes:
         e = self._root[p]
@@ -434,7 +431,7 @@ class PagedIndex:
         if pg.first_key(0) != self.page_first_key(p) or \
                 pg.last_key(n - 1) != self.page_last_key(p):
             raise self._err("first or last key disagrees with the root", p)
-        j = _first_unordered(pg)
+        j = _first_unordered(pg.keys, e["keys_off"], e["first_len"], e["last_len"])
         if j is not None:
             raise self._err(f"chunk {int(seqs[j])}: key range does not follow the previous "
                             "chunk's (keys must increase strictly)", p)
@@ -578,24 +575,26 @@ def _entry(pg: _Page, j: int) -> ChunkEntry:
 _PAD_LIMIT = 256  # longest key compared as a padded array; longer pages are compared in Python
 
 
-def _first_unordered(pg: _Page) -> int | None:
-    """The first entry j whose first key > its last key, or whose first key <= the previous
-    entry's last key; None when the page's key ranges increase strictly."""
-    e = pg.entries
-    n = len(e)
-    flen = e["first_len"].astype(np.int64)
-    llen = e["last_len"].astype(np.int64)
-    width = int(max(flen.max(), llen.max()))
+def _first_unordered(keys: bytes, offs: np.ndarray, flen: np.ndarray, llen: np.ndarray,
+                     ) -> int | None:
+    """The first j whose first key (keys[offs[j]:+flen[j]]) > its last key (right after it),
+    or whose first key <= the previous last key; None when the key ranges increase strictly.
+    Compared as zero-padded arrays (no Python object per key) unless a key is long."""
+    n = len(offs)
+    flen = flen.astype(np.int64)
+    llen = llen.astype(np.int64)
+    fo = offs.astype(np.int64)
+    width = int(max(flen.max(), llen.max())) if n else 0
     if width > _PAD_LIMIT:
         prev = None
         for j in range(n):
-            f, last = pg.first_key(j), pg.last_key(j)
+            f = keys[fo[j] : fo[j] + flen[j]]
+            last = keys[fo[j] + flen[j] : fo[j] + flen[j] + llen[j]]
             if f > last or (prev is not None and f <= prev):
                 return j
             prev = last
         return None
-    blob = np.frombuffer(pg.keys, np.uint8)
-    fo = e["keys_off"].astype(np.int64)
+    blob = np.frombuffer(keys, np.uint8)
     first = _padded(blob, fo, flen, width)
     last = _padded(blob, fo + flen, llen, width)
     # first[j] <= last[j]; last[j-1] < first[j]
@@ -607,19 +606,15 @@ def _first_unordered(pg: _Page) -> int | None:
 
 
 def _padded(blob: np.ndarray, offs: np.ndarray, lens: np.ndarray, width: int) -> np.ndarray:
+    """Keys blob[offs[j]:offs[j]+lens[j]], zero-padded to `width`, as fixed-width bytes."""
     cols = np.arange(width, dtype=np.int64)
-    idx = offs[:, None] + cols[None, :]
     mask = cols[None, :] < lens[:, None]
-    return np.where(mask, blob[np.where(mask, idx, 0)], 0).astype(np.int16)
+    rows = np.where(mask, blob[np.where(mask, offs[:, None] + cols[None, :], 0)], 0)
+    return np.ascontiguousarray(rows, dtype=np.uint8).view(f"S{width}").ravel()
 
 
 def _compare(a: np.ndarray, alen: np.ndarray, b: np.ndarray, blen: np.ndarray) -> np.ndarray:
-    """Row-wise bytewise comparison of zero-padded keys: -1, 0 or 1 (a zero pad sorts a key
-    before any longer key it prefixes; equal padded rows are ordered by length)."""
-    diff = a != b
-    any_diff = diff.any(axis=1)
-    pos = diff.argmax(axis=1)
-    rows = np.arange(len(a))
-    by_byte = np.sign(a[rows, pos] - b[rows, pos])
-    by_len = np.sign(alen - blen)
-    return np.where(any_diff, by_byte, by_len)
+    """Row-wise bytewise comparison of zero-padded keys: -1, 0 or 1. numpy orders fixed-width
+    bytes as zero-padded strings; a zero pad sorts a key before any longer key it prefixes, and
+    keys equal once padded (`a`, `a\\0`) are ordered by length."""
+    return np.where(a > b, 1, np.where(a < b, -1, np.sign(alen - blen)))
