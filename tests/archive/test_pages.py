@@ -305,3 +305,36 @@ def test_cli_exit_3_on_a_hostile_page(tmp_path, make_archive, run_cli, cmd):
     assert r.returncode == 3, (r.returncode, r.stderr)
     assert "index page 0" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("block", [2, 3, 4096])
+def test_vectorized_key_order_agrees_with_bytes_order(monkeypatch, block):
+    """The padded numpy comparison (keys with zero bytes, prefixes, equal keys; rows compared
+    in blocks) finds the same first out-of-order entry as Python's bytes comparison."""
+    import random
+
+    from dsbackup.archive import pages
+    from dsbackup.archive.pages import _first_unordered
+
+    monkeypatch.setattr(pages, "_BLOCK_ROWS", block)
+    rng = random.Random(5)
+    for _ in range(1500):
+        n = rng.randrange(1, 8)
+        keys = [bytes(rng.choice(b"a\x00b") for _ in range(rng.randrange(1, 4)))
+                for _ in range(2 * n)]
+        offs, fl, ll, pos = [], [], [], 0
+        for j in range(n):
+            offs.append(pos)
+            fl.append(len(keys[2 * j]))
+            ll.append(len(keys[2 * j + 1]))
+            pos += fl[-1] + ll[-1]
+        got = _first_unordered(b"".join(keys), np.array(offs, np.uint64),
+                               np.array(fl, np.uint32), np.array(ll, np.uint32))
+        expect, prev = None, None
+        for j in range(n):
+            first, last = keys[2 * j], keys[2 * j + 1]
+            if first > last or (prev is not None and first <= prev):
+                expect = j
+                break
+            prev = last
+        assert got == expect, keys

@@ -573,6 +573,7 @@ def _entry(pg: _Page, j: int) -> ChunkEntry:
 
 
 _PAD_LIMIT = 256  # longest key compared as a padded array; longer pages are compared in Python
+_BLOCK_ROWS = 4096  # rows compared at once
 
 
 def _first_unordered(keys: bytes, offs: np.ndarray, flen: np.ndarray, llen: np.ndarray,
@@ -595,21 +596,27 @@ def _first_unordered(keys: bytes, offs: np.ndarray, flen: np.ndarray, llen: np.n
             prev = last
         return None
     blob = np.frombuffer(keys, np.uint8)
-    first = _padded(blob, fo, flen, width)
-    last = _padded(blob, fo + flen, llen, width)
-    # first[j] <= last[j]; last[j-1] < first[j]
-    bad = _compare(first, flen, last, llen) > 0
-    if n > 1:
-        bad[1:] |= _compare(last[:-1], llen[:-1], first[1:], flen[1:]) >= 0
-    hits = np.flatnonzero(bad)
-    return int(hits[0]) if hits.size else None
+    for lo in range(0, n, _BLOCK_ROWS):  # bounded temporaries for a root of many pages
+        hi = min(n, lo + _BLOCK_ROWS)
+        b = max(0, lo - 1)  # the previous row, for the comparison across the block's start
+        first = _padded(blob, fo[b:hi], flen[b:hi], width)
+        last = _padded(blob, fo[b:hi] + flen[b:hi], llen[b:hi], width)
+        # first[j] <= last[j]; last[j-1] < first[j]
+        bad = _compare(first, flen[b:hi], last, llen[b:hi]) > 0
+        if hi - b > 1:
+            bad[1:] |= _compare(last[:-1], llen[b : hi - 1], first[1:], flen[b + 1 : hi]) >= 0
+        hits = np.flatnonzero(bad)
+        if hits.size:
+            return b + int(hits[0])
+    return None
 
 
 def _padded(blob: np.ndarray, offs: np.ndarray, lens: np.ndarray, width: int) -> np.ndarray:
     """Keys blob[offs[j]:offs[j]+lens[j]], zero-padded to `width`, as fixed-width bytes."""
     cols = np.arange(width, dtype=np.int64)
-    mask = cols[None, :] < lens[:, None]
-    rows = np.where(mask, blob[np.where(mask, offs[:, None] + cols[None, :], 0)], 0)
+    idx = offs[:, None] + cols[None, :]
+    np.minimum(idx, len(blob) - 1, out=idx)  # past a key's end: masked below
+    rows = np.where(cols[None, :] < lens[:, None], blob[idx], np.uint8(0))
     return np.ascontiguousarray(rows, dtype=np.uint8).view(f"S{width}").ravel()
 
 
