@@ -112,3 +112,15 @@ def test_auto_keeps_small_archives_on_the_single_index(tmp_path, store, monkeypa
         assert not r.paged and r.version == 1
     with pytest.raises(ConfigError, match="paged_index"):
         BackupConfig(paged_index="yes")
+
+
+def test_cli_paged_index_option(tmp_path, store, run_cli):
+    out = tmp_path / "cli.tar.gz"
+    r = run_cli("backup", f"lmdb:{tmp_path / 'src'}", out, "--chunk-size", "8",
+                "--paged-index", "always", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    paged, pages = _paged(out)
+    assert paged and pages >= 4  # DSBACKUP_TEST_PAGE_ENTRIES=256 reaches the child
+    r = run_cli("backup", f"lmdb:{tmp_path / 'src'}", tmp_path / "x.tar.gz",
+                "--paged-index", "sometimes")
+    assert r.returncode == 2 and "paged-index" in r.stderr
