@@ -124,3 +124,20 @@ def test_cli_paged_index_option(tmp_path, store, run_cli):
     r = run_cli("backup", f"lmdb:{tmp_path / 'src'}", tmp_path / "x.tar.gz",
                 "--paged-index", "sometimes")
     assert r.returncode == 2 and "paged-index" in r.stderr
+
+
+def test_unchanged_incremental_has_pages_of_references_only(tmp_path, store):
+    ds, model, _ = store
+    mgr = BackupManager(BackupConfig(chunk_size=8, workers=2, paged_index="always"))
+    mgr.create_backup(ds, tmp_path / "full.tar.gz")
+    mgr.create_backup(ds, tmp_path / "inc.tar.gz", parent=tmp_path / "full.tar.gz")
+    with ArchiveReader(tmp_path / "inc.tar.gz") as r:
+        assert r.paged and r.summary["stored_chunks"] == 0
+        # no member between the pages: each page's part of the file is empty
+        root = r.index._root
+        assert int(root["offset"][0]) == r.manifest_end
+        assert all(int(root["offset"][p]) == int(root["offset"][p - 1] + root["length"][p - 1])
+                   for p in range(1, r.index.page_count))
+    assert mgr.verify_backup(tmp_path / "inc.tar.gz").ok
+    assert restored(tmp_path / "inc.tar.gz", tmp_path, "d", prefix="/r/03") == {
+        k: v for k, v in model.items() if k.startswith(b"/r/03/")}

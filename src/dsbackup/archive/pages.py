@@ -108,9 +108,9 @@ def choose_page_entries(mode: str, expected_chunks: float | None,
     ``always``/``never`` force it."""
     if mode not in PAGED_MODES:
         raise ConfigError(f"paged_index must be one of {', '.join(PAGED_MODES)}, got {mode!r}")
-    pe = page_entries or default_page_entries()
     if mode == "never":
         return None
+    pe = page_entries or default_page_entries()
     if mode == "always":
         return pe
     return pe if expected_chunks is not None and expected_chunks > pe else None
