@@ -59,8 +59,9 @@ def run_cli(cli_env):
 
 
 def write_archive(path, records, *, chunk_size=4, chunk_max_bytes=1 << 20, level=1,
-                  catalog=False):
-    """Write a dsbackup archive of sorted (key, value) records with the native chunker."""
+                  catalog=False, page_entries=None, key=None):
+    """Write a dsbackup archive of sorted (key, value) records with the native chunker
+    (`page_entries`: a paged index, docs/FORMAT.md §11.3; `key`: encrypted)."""
     from dsbackup._ext.framing import Chunker
     from dsbackup.archive.writer import ArchiveWriter
     from dsbackup.pipeline.chunks import compress_chunk
@@ -70,7 +71,8 @@ def write_archive(path, records, *, chunk_size=4, chunk_max_bytes=1 << 20, level
                 "settings": {"chunk_size": chunk_size}, "parent": None}
     keys = [k for k, _ in records]
     values = [v for _, v in records]
-    with ArchiveWriter(path, manifest=manifest, level=level, created=1767225600) as w:
+    with ArchiveWriter(path, manifest=manifest, level=level, created=1767225600,
+                       page_entries=page_entries, key=key) as w:
         chunks = chunker.add(keys, values) if keys else []
         last = chunker.finish()
         if last is not None:

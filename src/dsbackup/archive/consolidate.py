@@ -17,6 +17,7 @@ from dsbackup._ext.compress import Body, deflate_body
 from dsbackup.archive import format as fmt
 from dsbackup.archive import guard
 from dsbackup.archive.node import encode_node
+from dsbackup.archive.pages import page_entries_after
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import check_payload
 from dsbackup.archive.writer import ArchiveWriter, WrittenArchive
@@ -108,7 +109,8 @@ def consolidate_archive(path: str | os.PathLike[str], out: str | os.PathLike[str
         key = reader.key if reader.encrypted else None
         kdf = reader.key_header.get("kdf") if reader.key_header else None
         with ArchiveWriter(out, manifest=m, level=level, overwrite=overwrite,
-                           node=node, key=key, kdf=kdf) as w, \
+                           node=node, key=key, kdf=kdf,
+                           page_entries=page_entries_after("auto", reader.index)) as w, \
                 ThreadPoolExecutor(max_workers=threads,
                                    thread_name_prefix="dsbackup-consolidate") as pool:
             for c in _loaded(reader, pool, level, 2 * threads):

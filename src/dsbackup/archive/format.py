@@ -13,10 +13,10 @@ FORMAT_VERSION = 1
 # Version 2 is written only when an archive carries the node member (docs/FORMAT.md §11.1).
 NODE_FORMAT_VERSION = 2
 KNOWN_VERSIONS = (1, 2)
-# Version-2 subfield flags: encrypted (§11.4) is read and written; paged (§11.3) is refused
-# with exit 2, not guessed.
+# Version-2 subfield flags: encrypted (§11.4) and paged index (§11.3), read and written.
 FLAG_ENCRYPTED = 1
 FLAG_PAGED = 2
+KNOWN_FLAGS = FLAG_ENCRYPTED | FLAG_PAGED
 
 # gzip member header: ID1 ID2 CM FLG(FEXTRA) MTIME(0) XFL(0) OS(255)
 GZIP_HEAD = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff"
@@ -29,6 +29,7 @@ TYPE_SUMMARY = 4
 TYPE_TRAILER = 5
 TYPE_CATALOG = 6
 TYPE_NODE = 7
+TYPE_PAGE = 8
 TYPE_KEY = 9
 TYPE_NAMES = {
     TYPE_MANIFEST: "manifest",
@@ -38,6 +39,7 @@ TYPE_NAMES = {
     TYPE_TRAILER: "trailer",
     TYPE_CATALOG: "catalog",
     TYPE_NODE: "node",
+    TYPE_PAGE: "index page",
     TYPE_KEY: "key header",
 }
 
@@ -79,6 +81,11 @@ def chunk_name(seq: int) -> bytes:
 
 def catalog_name(seq: int) -> bytes:
     return b"dsbackup/catalog/%08d" % seq
+
+
+def page_name(page: int) -> bytes:
+    """Tar entry of index page `page` (§11.3)."""
+    return b"dsbackup/pages/%08d" % page
 
 
 def padded(n: int) -> int:
@@ -142,11 +149,7 @@ def check_version(where: str, version: int, flags: int) -> None:
         if flags != 0:
             raise IntegrityError(f"{where}: unknown subfield flags {flags:#x}")
         return
-    features = [name for bit, name in ((FLAG_PAGED, "paged"),) if flags & bit]
-    if features:
-        raise UnsupportedArchive(f"{where}: unsupported: archive is {' and '.join(features)} "
-                           "(format 2 feature not supported by this version)")
-    if flags & ~FLAG_ENCRYPTED:
+    if flags & ~KNOWN_FLAGS:
         raise IntegrityError(f"{where}: unknown subfield flags {flags:#x}")
 
 
@@ -157,7 +160,7 @@ def key_header_length(data_len: int) -> int:
 
 
 def parse_member_head(buf, where: str) -> Subfield:
-    """Parse and check a member's gzip header and `DS` subfield (types 1, 2, 3, 4, 6, 7, 9)."""
+    """Parse and check a member's gzip header and `DS` subfield (types 1, 2, 3, 4, 6-9)."""
     n = len(buf)
     if n < SUBFIELD_OFFSET:
         raise IntegrityError(f"{where}: member too short for a gzip header ({n} bytes)")
@@ -183,12 +186,15 @@ def parse_member_head(buf, where: str) -> Subfield:
             raise IntegrityError(f"{where}: chunk subfield has length {sublen}")
         seq, records, plen, pxxh = _CHUNK_FIELDS.unpack_from(sub, 4)
         return Subfield(mtype, seq, records, plen, pxxh, deflate_offset, version, flags)
-    if mtype in (TYPE_NODE, TYPE_KEY) and version < NODE_FORMAT_VERSION:
+    if mtype in (TYPE_NODE, TYPE_KEY, TYPE_PAGE) and version < NODE_FORMAT_VERSION:
         raise IntegrityError(f"{where}: a {TYPE_NAMES[mtype]} member in a version-{version} "
                              "archive")
     if mtype == TYPE_KEY and not flags & FLAG_ENCRYPTED:
         raise IntegrityError(f"{where}: a key header in an archive not flagged encrypted")
-    if mtype in (TYPE_MANIFEST, TYPE_INDEX, TYPE_SUMMARY, TYPE_CATALOG, TYPE_NODE, TYPE_KEY):
+    if mtype == TYPE_PAGE and not flags & FLAG_PAGED:
+        raise IntegrityError(f"{where}: an index page in an archive not flagged paged")
+    if mtype in (TYPE_MANIFEST, TYPE_INDEX, TYPE_SUMMARY, TYPE_CATALOG, TYPE_NODE, TYPE_KEY,
+                 TYPE_PAGE):
         if sublen != DATA_SUBLEN:
             raise IntegrityError(f"{where}: {TYPE_NAMES[mtype]} subfield has length {sublen}")
         dlen, dxxh = _DATA_FIELDS.unpack_from(sub, 4)

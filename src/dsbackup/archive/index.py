@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+import numpy as np
 
 from dsbackup.errors import IntegrityError
 
@@ -20,6 +22,16 @@ KNOWN_FLAGS = FLAG_PARENT
 HEADER_SIZE = _HEADER.size
 ENTRY_SIZE = _ENTRY.size
 CATALOG_ENTRY_SIZE = _CATALOG.size
+# the same tables as numpy structured arrays (decoded without a Python object per entry)
+ENTRY_DTYPE = np.dtype([
+    ("seq", "<u8"), ("offset", "<u8"), ("length", "<u8"), ("payload_len", "<u8"),
+    ("records", "<u8"), ("payload_xxh3", "<u8"), ("member_xxh3", "<u8"),
+    ("keys_xxh3", "<u8"), ("keys_off", "<u8"), ("first_len", "<u4"), ("last_len", "<u4"),
+    ("flags", "<u4"), ("reserved", "<u4"),
+])
+CATALOG_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u8"), ("member_xxh3", "<u8"),
+                          ("data_len", "<u8"), ("data_xxh3", "<u8")])
+assert ENTRY_DTYPE.itemsize == ENTRY_SIZE and CATALOG_DTYPE.itemsize == CATALOG_ENTRY_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,8 @@ class CatalogEntry:
 class IndexBuilder:
     """Accumulates index entries compactly (bytes, not objects) while an archive is written."""
 
+    paged = False
+
     def __init__(self) -> None:
         self._table = bytearray()
         self._catalog = bytearray()
@@ -94,6 +108,8 @@ class IndexBuilder:
 
 class Index:
     """A decoded index. Entries are decoded on access; every offset is bounds-checked."""
+
+    paged = False
 
     def __init__(self, data: bytes | memoryview, version: int = 1) -> None:
         if len(data) < HEADER_SIZE:
@@ -152,6 +168,16 @@ class Index:
         if self._entries is None:
             self._entries = [self._decode(i) for i in range(self.chunk_count)]
         return self._entries
+
+    def tables(self) -> Iterator[np.ndarray]:
+        """The chunk table as one structured array (ENTRY_DTYPE), like PagedIndex.tables."""
+        yield np.frombuffer(self._data, ENTRY_DTYPE, self.chunk_count, HEADER_SIZE)
+
+    def layout_problems(self, manifest_end: int, index_offset: int, start: bytes = b"",
+                        end: bytes | None = None) -> list[IntegrityError]:
+        """What a reader checks before reading chunks: the whole layout (the range is for
+        PagedIndex, which checks only the pages holding it)."""
+        return self.check_layout(manifest_end, index_offset)
 
     def catalog(self, i: int) -> CatalogEntry:
         if not 0 <= i < self.catalog_count:

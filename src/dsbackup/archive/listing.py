@@ -53,8 +53,9 @@ def iter_listing(reader: ArchiveReader, start: bytes = b"", end: bytes | None = 
                  ) -> Iterator[tuple[bytes, int, int | None]]:
     """(key, value size, value XXH3 or None) for keys in [start, end), in key order.
     The index's layout is checked at once (before the caller prints anything) and each
-    chunk's keys before any of them is yielded (as verify checks them)."""
-    check_layout(reader)
+    chunk's keys before any of them is yielded (as verify checks them). A paged index reads
+    only the pages holding [start, end) (docs/FORMAT.md §11.3)."""
+    check_layout(reader, start, end)
     return _rows(reader, start, end)
 
 

@@ -15,6 +15,7 @@ from dsbackup.archive import format as fmt
 from dsbackup.archive.index import ChunkEntry, Index
 from dsbackup.archive.member import decode_member, inflate_sealed_body
 from dsbackup.archive.node import NodeFile, decode_node
+from dsbackup.archive.pages import PagedIndex
 from dsbackup.errors import (
     ArchiveError,
     ArchiveUnavailable,
@@ -109,7 +110,12 @@ class ArchiveReader:
                                     expected_name=fmt.INDEX_NAME, part="index",
                                     version=self.version, flags=self.flags)
             data = self._open(fmt.TYPE_INDEX, 0, data, f"{self.path}: index", part="index")
-            self.index = Index(data, self.version)
+            self.index: Index | PagedIndex
+            if self.flags & fmt.FLAG_PAGED:  # the root only; pages on demand (§11.3)
+                self.index = PagedIndex(data, self._read_page, base=self.base,
+                                        index_offset=t.index_offset, where=str(self.path))
+            else:
+                self.index = Index(data, self.version)
             if self.index.chunk_count != t.chunk_count:
                 raise IntegrityError(
                     f"{self.path}: index lists {self.index.chunk_count} chunks, trailer "
@@ -150,6 +156,22 @@ class ArchiveReader:
     @property
     def encrypted(self) -> bool:
         return self.cipher is not None
+
+    @property
+    def paged(self) -> bool:
+        return bool(self.flags & fmt.FLAG_PAGED)
+
+    def _read_page(self, page: int, offset: int, length: int, member_xxh3: int) -> memoryview:
+        """Index page `page`'s data (docs/FORMAT.md §11.3): its member read with one pread,
+        checked against the root's member XXH3 and by its own header, decrypted."""
+        where = f"{self.path}: index page {page}"
+        raw = self.pread(offset, length)
+        if xxh3_64(raw) != member_xxh3:
+            raise IntegrityError(f"{where}: member checksum mismatch", part="index")
+        _, data = decode_member(raw, where, expected_type=fmt.TYPE_PAGE,
+                                expected_name=fmt.page_name(page), part="index",
+                                version=self.version, flags=self.flags)
+        return self._open(fmt.TYPE_PAGE, page, data, where, part="index")
 
     def _open(self, mtype: int, seq: int, data: memoryview, where: str, *,
               chunk: int | None = None, part: str | None = None) -> memoryview:

@@ -35,6 +35,9 @@ def walk_sealed(r: ArchiveReader) -> tuple[int, int, list[IntegrityError]]:
     chunks = nbytes = 0
     expect = [fmt.TYPE_MANIFEST]
     prev_seq = -1
+    # a paged index (§11.3): its pages come between the chunks, numbered in order
+    paged = [fmt.TYPE_PAGE] if r.flags & fmt.FLAG_PAGED else []
+    page = 0
     while pos < end:
         where = f"{r.path}: member at offset {pos}"
         head = r.pread(pos, min(end - pos, fmt.SUBFIELD_OFFSET + fmt.CHUNK_SUBLEN))
@@ -55,11 +58,14 @@ def walk_sealed(r: ArchiveReader) -> tuple[int, int, list[IntegrityError]]:
                 name, chunk = fmt.chunk_name(sub.seq), sub.seq
             elif mtype == fmt.TYPE_CATALOG:
                 name, chunk = fmt.catalog_name(prev_seq), prev_seq
+            elif mtype == fmt.TYPE_PAGE:
+                name, chunk = fmt.page_name(page), None
             else:
                 name = {fmt.TYPE_MANIFEST: fmt.MANIFEST_NAME, fmt.TYPE_NODE: fmt.NODE_NAME}[mtype]
                 chunk = None
             where = (f"{r.path}: chunk {chunk}" if mtype == fmt.TYPE_CHUNK else
                      f"{r.path}: catalog {chunk}" if mtype == fmt.TYPE_CATALOG else
+                     f"{r.path}: index page {page}" if mtype == fmt.TYPE_PAGE else
                      f"{r.path}: {fmt.TYPE_NAMES[mtype]}")
             decode_member(r.pread(pos, length), where, expected_type=mtype, expected_name=name,
                           chunk=chunk, version=r.version, flags=r.flags)
@@ -69,11 +75,13 @@ def walk_sealed(r: ArchiveReader) -> tuple[int, int, list[IntegrityError]]:
         if mtype == fmt.TYPE_CHUNK:
             chunks += 1
             prev_seq = sub.seq
+        elif mtype == fmt.TYPE_PAGE:
+            page += 1
         nbytes += length
         pos += length
         expect = ([fmt.TYPE_NODE, fmt.TYPE_CHUNK] if mtype == fmt.TYPE_MANIFEST else
                   [fmt.TYPE_CHUNK, fmt.TYPE_CATALOG] if mtype == fmt.TYPE_CHUNK else
-                  [fmt.TYPE_CHUNK])
+                  [fmt.TYPE_CHUNK]) + paged
     if chunks > t.chunk_count:
         problems.append(IntegrityError(f"{r.path}: {chunks} chunk members but the trailer "
                                        f"counts {t.chunk_count}", part="trailer"))

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import os
 import random
-import struct
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dsbackup._ext.checksum import Xxh3_128
 from dsbackup._ext.framing import FramingError, scan_payload
-from dsbackup.archive.index import ChunkEntry
+from dsbackup.archive.index import FLAG_PARENT, ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.errors import (
     ArchiveError,
@@ -28,8 +30,6 @@ from dsbackup.errors import (
     UnsupportedArchive,
     WrongKeyError,
 )
-
-_U64 = struct.Struct("<Q")
 
 
 @dataclass
@@ -108,12 +108,13 @@ def check_payload(path: os.PathLike[str] | str, i: int, e: ChunkEntry, payload: 
     return info
 
 
-def check_layout(reader: ArchiveReader) -> None:
+def check_layout(reader: ArchiveReader, start: bytes = b"", end: bytes | None = None) -> None:
     """Raise the first structural problem of the index (chunk key ranges ordered and disjoint,
     members tiling the file): what restore and ls check before reading any chunk. Per chunk,
-    not per record."""
-    problems = reader.index.check_layout(reader.manifest_end,
-                                         reader.trailer.index_offset)
+    not per record. A paged index (docs/FORMAT.md §11.3) has its root checked at open; here
+    the pages that hold keys in [start, end) are read and checked."""
+    problems = reader.index.layout_problems(reader.manifest_end,
+                                            reader.trailer.index_offset, start, end)
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
@@ -207,7 +208,9 @@ def verify_archive(
                 if chain is not None:
                     chain.require_catalogs()
                 report.parents = [str(p) for p in chain.paths] if chain else []
-                report.referenced_chunks = sum(e.in_parent for e in reader.index.entries())
+                report.referenced_chunks = sum(
+                    int(np.count_nonzero(t["flags"] & FLAG_PARENT))
+                    for t in reader.index.tables())
             except (MissingParentError, IntegrityError) as exc:
                 report.add(exc)
                 if isinstance(exc, MissingParentError):
@@ -246,8 +249,8 @@ def verify_archive(
 
         done = 0
         pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-        results = (pool.map(task, range(reader.chunk_count)) if pool is not None
-                   else map(task, range(reader.chunk_count)))
+        results = (_bounded_map(pool, task, reader.chunk_count, 4 * workers)
+                   if pool is not None else map(task, range(reader.chunk_count)))
         try:
             for i, (nbytes, recs, exc) in enumerate(results):
                 done += 1
@@ -267,6 +270,23 @@ def verify_archive(
     report.bad_chunks.sort()
     report.duration_s = time.perf_counter() - t0
     return report
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[int], Any], n: int, window: int,
+                 ) -> Iterator[Any]:
+    """fn(0..n-1) in the pool, results in order, at most `window` in flight (pool.map would
+    submit all n at once: memory growing with the archive's chunk count)."""
+    pending: deque[Future] = deque()
+    try:
+        for i in range(n):
+            pending.append(pool.submit(fn, i))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
 
 
 def _check_node(reader: ArchiveReader, report: VerifyReport, *, deep: bool) -> None:
@@ -291,9 +311,12 @@ def _check_summary(reader: ArchiveReader, report: VerifyReport) -> None:
         return
     fp = Xxh3_128()
     records = 0
-    for e in reader.index.entries():
-        fp.update(_U64.pack(e.payload_xxh3))
-        records += e.records
+    try:
+        for t in reader.index.tables():  # page by page, no object per entry
+            fp.update(t["payload_xxh3"].astype("<u8").tobytes())
+            records += int(t["records"].sum(dtype=np.uint64))
+    except IntegrityError:
+        return  # a damaged page: reported by the layout check
     expect = {"chunks": reader.chunk_count, "records": records}
     parent = reader.manifest.get("parent") if "manifest" not in report.bad_parts else None
     if isinstance(parent, dict) and isinstance(parent.get("fingerprint"), str):

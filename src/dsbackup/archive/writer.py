@@ -18,6 +18,7 @@ from dsbackup._ext.compress import deflate_body, tar_header
 from dsbackup.archive import format as fmt
 from dsbackup.archive.crypto import KeyMaterial, new_archive_key
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
+from dsbackup.archive.pages import PagedIndexBuilder
 from dsbackup.archive.tempfiles import (
     fsync_dir,
     lock_temp_file,
@@ -97,6 +98,10 @@ class ArchiveWriter:
 
     ``key``: write an encrypted archive (version 2, flag bit 0, docs/FORMAT.md §11.4) with a
     new data key wrapped under it; ``kdf``: reuse a parent's scrypt salt and parameters.
+
+    ``page_entries``: write a paged index (version 2, flag bit 1, docs/FORMAT.md §11.3) with
+    this many chunks per page; None (default) writes the version-1 single index. Callers
+    decide with dsbackup.archive.pages.choose_page_entries.
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class ArchiveWriter:
         node: bytes | None = None,
         key: KeyMaterial | None = None,
         kdf: dict[str, Any] | None = None,
+        page_entries: int | None = None,
     ) -> None:
         self.final = Path(path)
         self.overwrite = overwrite
@@ -135,7 +141,9 @@ class ArchiveWriter:
             pass  # a filesystem without flock: the PID in the name still protects the file
         self._pos = 0
         self._writeback = Writeback(self._fd)
-        self._index = IndexBuilder()
+        self._index: IndexBuilder | PagedIndexBuilder = (
+            IndexBuilder() if page_entries is None else PagedIndexBuilder(page_entries))
+        self._page_bytes = 0  # index page members (not counted in chunk_bytes)
         self._fingerprint = Xxh3_128()
         self._records = 0
         self._raw_bytes = 0
@@ -147,8 +155,9 @@ class ArchiveWriter:
         self.referenced_chunks = 0
         encrypted = key is not None
         self.version = (fmt.FORMAT_VERSION if node is None and not encrypted
-                        else fmt.NODE_FORMAT_VERSION)
-        self.flags = fmt.FLAG_ENCRYPTED if encrypted else 0
+                        and page_entries is None else fmt.NODE_FORMAT_VERSION)
+        self.flags = ((fmt.FLAG_ENCRYPTED if encrypted else 0)
+                      | (fmt.FLAG_PAGED if page_entries is not None else 0))
         self._cipher = None
         self._sealer: ThreadPoolExecutor | None = None
         self._pending: tuple | None = None  # a sealed chunk not yet written
@@ -211,9 +220,9 @@ class ArchiveWriter:
         return offset, self._pos - offset, h.intdigest()
 
     def _write_data_member(self, mtype: int, name: bytes, data: bytes, level: int | None = None,
-                           ) -> tuple[int, int, int]:
+                           seq: int = 0) -> tuple[int, int, int]:
         if self._cipher is not None:  # ciphertext || tag in stored blocks (§11.4)
-            data = self._cipher.seal(mtype, 0, data)
+            data = self._cipher.seal(mtype, seq, data)
             level = 0
         body = deflate_body(data, self.level if level is None else level)
         sub = fmt.data_subfield(mtype, len(data), xxh3_64(data), self.version, self.flags)
@@ -250,7 +259,7 @@ class ArchiveWriter:
         seq = self._index.count
         body = chunk.body
         sub = fmt.chunk_subfield(seq, chunk.record_count, body.input_len,
-                                 chunk.payload_xxh3, self.version)
+                                 chunk.payload_xxh3, self.version, self.flags)
         off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, body)
         entry = ChunkEntry(seq, off, length, body.input_len, chunk.record_count,
                            chunk.payload_xxh3, mxxh, chunk.keys_xxh3,
@@ -260,12 +269,13 @@ class ArchiveWriter:
             if catalog_xxh3 is None:
                 raise ValueError("catalog_xxh3 is required with catalog_body")
             csub = fmt.data_subfield(fmt.TYPE_CATALOG, catalog_body.input_len,
-                                     catalog_xxh3, self.version)
+                                     catalog_xxh3, self.version, self.flags)
             coff, clen, cxxh = self._write_member(csub, fmt.catalog_name(seq), 0, catalog_body)
             self._index.add_catalog(
                 CatalogEntry(coff, clen, cxxh, catalog_body.input_len, catalog_xxh3))
         elif self._index.catalog_count:
             raise ArchiveError(f"chunk {seq}: missing catalog")
+        self._page_out()
         self._prev_last = entry.last_key
         self._fingerprint.update(_U64.pack(chunk.payload_xxh3))
         self._records += chunk.record_count
@@ -325,6 +335,24 @@ class ArchiveWriter:
                                      self.flags)
             coff, clen, cmx = self._write_member(csub, fmt.catalog_name(seq), 0, cbody)
             self._index.add_catalog(CatalogEntry(coff, clen, cmx, cat_len, cat_xxh3))
+        self._page_out()
+
+    # -- paged index (docs/FORMAT.md §11.3): a page after the chunks it describes ---------------
+
+    def _page_out(self, final: bool = False) -> None:
+        """Write the current index page when it is full (or, at the end, not empty)."""
+        ix = self._index
+        if not isinstance(ix, PagedIndexBuilder) or not ix.page_ready(final):
+            return
+        number, data = ix.take_page()
+        off, length, mxxh = self._write_data_member(fmt.TYPE_PAGE, fmt.page_name(number), data,
+                                                    0, seq=number)
+        ix.page_written(off, length, mxxh)
+        self._page_bytes += length
+
+    @property
+    def paged(self) -> bool:
+        return isinstance(self._index, PagedIndexBuilder)
 
     def _stop_sealer(self) -> None:
         self._pending = None
@@ -353,6 +381,7 @@ class ArchiveWriter:
         self._index.add_chunk(ref)
         if catalog:
             self._index.add_catalog(CatalogEntry(0, 0, 0, 0, 0))
+        self._page_out()
         self._prev_last = ref.last_key
         self._fingerprint.update(_U64.pack(entry.payload_xxh3))
         self._records += entry.records
@@ -370,7 +399,9 @@ class ArchiveWriter:
         try:
             self._flush_pending()
             self._stop_sealer()
-            chunk_bytes = self._pos - self._base - self._manifest_length - self._node_length
+            self._page_out(final=True)
+            chunk_bytes = (self._pos - self._base - self._manifest_length - self._node_length
+                           - self._page_bytes)
             index_data = self._index.encode(self._manifest_length, self._manifest_xxh3,
                                             self._node_offset, self._node_length)
             # stored: opening stays fast

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     go = is_go_archive(args.archive)
     encrypted = False
+    index = None  # the paged index's shape (docs/FORMAT.md §11.3), read from its root only
     if go:
         from dsbackup import inspect_go
 
@@ -32,10 +33,14 @@ def run(args: argparse.Namespace) -> int:
             if r.locked:
                 return _show_locked(args, r)
             encrypted = r.encrypted
+            if r.paged:
+                index = {"paged": True, "pages": r.index.page_count,
+                         "page_entries": r.index.page_entries}
         meta = BackupManager().inspect(args.archive)
     if args.json:
         emit_json(COMMAND, {"ok": True, "backup": meta.to_json(),
-                            "format": "go" if go else "dsbackup", "encrypted": encrypted})
+                            "format": "go" if go else "dsbackup", "encrypted": encrypted,
+                            "index": index or {"paged": False}})
         return 0
     s = meta.statistics
     rows = [
@@ -64,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         rows.insert(2, ("format version", str(meta.version)))
         rows.insert(3, ("encrypted", "yes (AES-256-GCM, docs/ENCRYPTION.md)" if encrypted
                         else "no"))
+        rows.insert(4, ("index", f"paged: {index['pages']} pages of up to "
+                                 f"{index['page_entries']} chunks" if index else "single"))
         n = meta.node
         rows.append(("node", "none (datastore records only)" if not n else
                      f"{n['files']} files, {n['directories']} directories, "

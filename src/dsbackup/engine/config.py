@@ -55,6 +55,10 @@ class BackupConfig:
       node's own files (config with the identity's private key, version, datastore_spec,
       keystore/ ...) in the archive's node member (format version 2, docs/FORMAT.md §11.2);
       True archives the datastore records only (a version-1 archive, as before).
+    - ``paged_index`` (default ``auto``): ``auto`` writes a paged index (format version 2,
+      docs/FORMAT.md §11.3: memory and open time independent of the archive's size) when the
+      store's estimates give more than one index page of chunks (4096), else the version-1
+      single index, so small archives stay as they were; ``always``/``never`` force it.
     """
 
     compression_level: int = 1
@@ -69,6 +73,7 @@ class BackupConfig:
     overwrite: bool = False
     skip_foreign: bool = False
     datastore_only: bool = False
+    paged_index: str = "auto"
     # key material (dsbackup.archive.crypto.KeyMaterial): write encrypted archives
     # (docs/ENCRYPTION.md); never printed, never in to_dict()
     encryption: Any = field(default=None, repr=False, compare=False)
@@ -98,6 +103,9 @@ class BackupConfig:
         if not isinstance(self.datastore_only, bool):
             raise ConfigError(f"datastore_only must be true or false, got "
                               f"{self.datastore_only!r}")
+        if self.paged_index not in ("auto", "always", "never"):
+            raise ConfigError(f"paged_index must be auto, always or never, got "
+                              f"{self.paged_index!r}")
         if isinstance(self.exclude_patterns, str):
             self.exclude_patterns = [self.exclude_patterns]
         for p in self.exclude_patterns:

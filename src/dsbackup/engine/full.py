@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dsbackup.archive.pages import choose_page_entries, expected_chunks
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.manifest import ScanOutcome
 from dsbackup.engine.nodefiles import node_snapshot
@@ -101,6 +102,8 @@ def plan_full(ds: Any, path: Path, cfg: BackupConfig, *, parallel_min_bytes: int
         chunk_size=chunk_size, chunk_max_bytes=cfg.chunk_max_bytes,
         node=None if cfg.datastore_only else node_snapshot(ds),  # kubo: the node's files
         cancel=cancel, t0=t0, progress=progress, totals=(approx_count, approx_size),
+        page_entries=choose_page_entries(cfg.paged_index, expected_chunks(
+            approx_count, approx_size, chunk_size, cfg.chunk_max_bytes)),
         check=check if cfg.verify_integrity else None)
     return plan, FullStream(ds, settings, workers, parallel, cancel)
 

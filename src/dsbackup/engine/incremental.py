@@ -32,6 +32,7 @@ from typing import Any
 
 from dsbackup.archive.chain import ParentRef, index_digest
 from dsbackup.archive.index import ChunkEntry
+from dsbackup.archive.pages import page_entries_after
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.manifest import ScanOutcome
@@ -64,12 +65,25 @@ class _Matcher:
 
     def __init__(self, parent: ArchiveReader, usable: bool) -> None:
         self.by_first: dict[bytes, tuple[int, ChunkEntry]] = {}
-        if usable:
+        self._paged = parent.index if usable and parent.index.paged else None
+        if usable and self._paged is None:  # a single index is loaded whole anyway
             for i, e in enumerate(parent.index.entries()):
                 self.by_first[e.first_key] = (i, e)
 
+    def _lookup(self, first_key: bytes) -> tuple[int, ChunkEntry] | None:
+        """The parent's chunk starting at `first_key`. A paged parent (docs/FORMAT.md §11.3) is
+        searched in place (root, then one page; pages cached), so memory does not grow with
+        the parent's size."""
+        if self._paged is None:
+            return self.by_first.get(first_key)
+        i = self._paged.chunks_overlapping(first_key, None).start
+        if i >= len(self._paged):
+            return None
+        e = self._paged.entry(i)
+        return (i, e) if e.first_key == first_key else None
+
     def plan(self, p: Plan) -> tuple[int, ChunkEntry] | None:
-        hit = self.by_first.get(p[0])
+        hit = self._lookup(p[0])
         if hit is None:
             return None
         e = hit[1]
@@ -78,7 +92,7 @@ class _Matcher:
         return hit
 
     def chunk(self, c: Any) -> tuple[int, ChunkEntry] | None:
-        hit = self.by_first.get(bytes(c.first_key))
+        hit = self._lookup(bytes(c.first_key))
         if hit is None:
             return None
         e = hit[1]
@@ -279,6 +293,7 @@ def _plan(where: _Where, path: Path, preader: ArchiveReader, cfg: BackupConfig,
         source={"uri": where.uri, "backend": where.scheme or type(where.ds).__name__},
         chunk_size=chunk_size, chunk_max_bytes=cmb, node=node, cancel=cancel, t0=t0,
         progress=progress, parent=ref, kdf=kdf,
+        page_entries=page_entries_after(cfg.paged_index, preader.index),
         check=(lambda tmp: _check_own(tmp, preader)) if cfg.verify_integrity else None)
     match = _Matcher(preader, usable)
     prefixes = content_prefixes(where) if cfg.trust_content_keys else ()

@@ -33,6 +33,7 @@ class BackupPlan:
       store; an incremental: the parent's).
     - ``parent``: the parent reference (None for a full backup) and its fingerprint; ``kdf``:
       the parent's scrypt parameters an encrypted incremental reuses.
+    - ``page_entries``: chunks per index page of a paged index (§11.3), None: one index.
     - ``check``: run on the temporary file before the rename (None: no check).
     """
 
@@ -49,6 +50,7 @@ class BackupPlan:
     totals: tuple[int | None, int | None] = (None, None)
     parent: ParentRef | None = None
     kdf: dict[str, Any] | None = None
+    page_entries: int | None = None
     check: Callable[[Path], None] | None = field(default=None, compare=False)
 
     @property

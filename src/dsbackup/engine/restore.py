@@ -246,7 +246,9 @@ def restore_archive(
                                       pattern=pattern, batch_bytes=batch_bytes)
     reader = ArchiveReader(path, parent_dirs=parent_dirs)
     try:
-        check_layout(reader)  # chunk ranges ordered and disjoint, before the target is touched
+        # chunk ranges ordered and disjoint, before the target is touched (of a paged index:
+        # the pages holding the prefix, docs/FORMAT.md §11.3)
+        check_layout(reader, *prefix_bounds(prefix))
         reader.node_files()  # a damaged or hostile node member: exit 3 before anything is written
         chain = reader.open_parents()
         guard.check_target_outside(target, chain.paths if chain else [])
@@ -341,7 +343,8 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
              "next_chunk": first_chunk}
     if jpath is not None:
         write_journal(jpath, state)
-    selected = [i for i in reader.index.chunks_overlapping(start, end) if i >= first_chunk]
+    span = reader.index.chunks_overlapping(start, end)  # a range: O(1) memory at any size
+    selected = range(max(span.start, first_chunk), max(span.stop, first_chunk))
     if native is not None:
         _write_native(reader, native, selected, first_chunk, workers=workers, cancel=cancel,
                       progress=progress, batch_bytes=batch_bytes, jpath=jpath, state=state,

@@ -62,7 +62,8 @@ def write_archive(plan: BackupPlan, stream: ChunkStream) -> BackupMetadata:
                                parent_fingerprint=plan.parent_fingerprint,
                                overwrite=cfg.overwrite,
                                node=None if plan.node is None else plan.node.data,
-                               key=cfg.encryption, kdf=plan.kdf) as writer:
+                               key=cfg.encryption, kdf=plan.kdf,
+                               page_entries=plan.page_entries) as writer:
         _copy(plan, stream, writer)
         if plan.cancel.is_set():
             raise Cancelled("backup cancelled")
