@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Build ISA-L, xxHash and LMDB from their release sources into /usr/local for manylinux
-# wheels (cibuildwheel before-all). No library source is kept in this repository.
+# wheels (cibuildwheel before-all); OpenSSL's libcrypto (ext/seal.pyx) comes from the image's
+# package (1.1.1 or 3.x: the EVP calls used exist in both). No library source is kept here.
 set -euo pipefail
 ISAL_VERSION=2.31.0
 XXHASH_VERSION=0.8.2
 LMDB_VERSION=0.9.31
 work=$(mktemp -d)
 cd "$work"
-yum install -y nasm autoconf automake libtool zlib-devel >/dev/null 2>&1 || \
-  (apt-get update && apt-get install -y nasm autoconf automake libtool zlib1g-dev)
+yum install -y nasm autoconf automake libtool zlib-devel openssl-devel >/dev/null 2>&1 || \
+  (apt-get update && apt-get install -y nasm autoconf automake libtool zlib1g-dev libssl-dev)
 
 curl -fsSL "https://github.com/intel/isa-l/archive/refs/tags/v${ISAL_VERSION}.tar.gz" | tar xz
 (cd "isa-l-${ISAL_VERSION}" && ./autogen.sh && ./configure --prefix=/usr/local && make -j"$(nproc)" && make install)
