@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -70,6 +71,26 @@ def find_library(key: str) -> tuple[list[str], list[str], list[str]]:
     )
 
 
+def xxh3_dispatch(libdirs: list[str]) -> bool:
+    """Whether the libxxhash found exports XXH3's runtime-dispatched (AVX2/AVX-512) functions
+    (a build with DISPATCH=1, as Debian's, x86-64 only); DSBACKUP_XXH3_DISPATCH=0/1 decides
+    instead when set."""
+    forced = os.environ.get("DSBACKUP_XXH3_DISPATCH")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    import ctypes
+
+    for name in [str(Path(d) / "libxxhash.so") for d in libdirs] + ["libxxhash.so",
+                                                                   "libxxhash.so.0"]:
+        try:
+            return hasattr(ctypes.CDLL(name), "XXH3_64bits_update_dispatch")
+        except OSError:
+            continue
+    return False
+
+
 def extensions() -> list[Extension]:
     pyx_files = sorted(EXT_DIR.glob("*.pyx"))
     if not pyx_files:
@@ -91,6 +112,9 @@ def extensions() -> list[Extension]:
         compile_args.append("-march=native")
     from Cython.Build import cythonize
 
+    macros = [("NPY_NO_DEPRECATED_API", "0")]
+    if xxh3_dispatch(find_library("xxhash")[1]):
+        macros.append(("DSBACKUP_XXH3_DISPATCH", "1"))
     exts = []
     for pyx in pyx_files:
         include_dirs, library_dirs, libraries = flags(
@@ -103,7 +127,7 @@ def extensions() -> list[Extension]:
             runtime_library_dirs=[d for d in library_dirs if not d.startswith("/usr/")],
             libraries=libraries,
             extra_compile_args=compile_args,
-            define_macros=[("NPY_NO_DEPRECATED_API", "0")],
+            define_macros=macros,
         ))
     return cythonize(
         exts,

@@ -8,8 +8,9 @@ the child and everything it waited for: its worker processes included; ``os.wait
 time is the steadier number on a shared machine. Rounds run plain, encrypted, ... with the
 order reversed every round; each round's encrypted/plain ratio is taken from rows that ran
 next to each other. A raw key file is used, so no row pays scrypt (docs/ENCRYPTION.md).
-``--before SRC``: also time an encrypted backup and restore with the ``src`` directory SRC
-(another checkout, its extension built), to compare two versions of the sealing path.
+``--before SRC``: also time an encrypted backup (and with ``--before-restore`` a restore) with
+the ``src`` directory SRC (another checkout, its extension built), to compare two versions of
+the sealing path in the same run.
 Data sets: benchdata.py (scale with DSBACKUP_BENCH_SCALE).
 """
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--before", type=Path, default=None,
                     help="the src directory of another version: its encrypted rows too")
+    ap.add_argument("--before-restore", action="store_true",
+                    help="with --before: also time its restore (the same code unless the "
+                    "reader changed)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     import benchdata
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      arc, src)
             restores: dict[str, tuple[list[str], Path, str]] = {}
             for label, (_cmd, arc, src) in rows.items():
+                if "(before)" in label and not args.before_restore:
+                    continue
                 dst = work / f"{name}-restored"
                 extra = ["--key-file", str(key)] if "encrypted" in label else []
                 restores[label.replace("backup", "restore")] = (
