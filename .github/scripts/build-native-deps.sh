@@ -15,7 +15,10 @@ curl -fsSL "https://github.com/intel/isa-l/archive/refs/tags/v${ISAL_VERSION}.ta
 (cd "isa-l-${ISAL_VERSION}" && ./autogen.sh && ./configure --prefix=/usr/local && make -j"$(nproc)" && make install)
 
 curl -fsSL "https://github.com/Cyan4973/xxHash/archive/refs/tags/v${XXHASH_VERSION}.tar.gz" | tar xz
-(cd "xxHash-${XXHASH_VERSION}" && make -j"$(nproc)" lib && make install PREFIX=/usr/local)
+# DISPATCH=1 (x86-64): XXH3 picks AVX2/AVX-512 at run time (used by ext/seal.pyx, setup.py)
+dispatch=0; [ "$(uname -m)" = x86_64 ] && dispatch=1
+(cd "xxHash-${XXHASH_VERSION}" && make -j"$(nproc)" lib DISPATCH=$dispatch \
+  && make install PREFIX=/usr/local DISPATCH=$dispatch)
 
 curl -fsSL "https://github.com/LMDB/lmdb/archive/refs/tags/LMDB_${LMDB_VERSION}.tar.gz" | tar xz
 (cd "lmdb-LMDB_${LMDB_VERSION}/libraries/liblmdb" && make -j"$(nproc)" && make install prefix=/usr/local)

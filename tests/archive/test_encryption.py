@@ -7,7 +7,9 @@ import gzip
 import os
 import random
 import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -364,3 +366,29 @@ def test_key_and_passphrase_files(tmp_path):
         crypto.load_key_file(tmp_path / "k")
     with pytest.raises(ConfigError, match="cannot read"):
         crypto.load_key_file(tmp_path / "missing")
+
+
+def test_key_material_keeps_core_files_away(tmp_path):
+    """A process that holds key material is not dumpable (no core file, no /proc reading by
+    other processes of the user), and its secrets sit in MADV_DONTDUMP pages."""
+    code = (
+        "import ctypes\n"
+        "from dsbackup.archive import crypto\n"
+        "libc = ctypes.CDLL(None)\n"
+        "print(libc.prctl(3, 0, 0, 0, 0))\n"  # PR_GET_DUMPABLE
+        "m = crypto.KeyMaterial(passphrase=b'pw')\n"
+        "print(libc.prctl(3, 0, 0, 0, 0))\n"
+        "a = ctypes.addressof(ctypes.c_char.from_buffer(m._secret))\n"
+        "for line in open('/proc/self/smaps'):\n"
+        "    head = line.split()[0]\n"
+        "    if '-' in head and all(c in '0123456789abcdef-' for c in head):\n"
+        "        lo, hi = (int(x, 16) for x in head.split('-'))\n"
+        "        inside = lo <= a < hi\n"
+        "    elif inside and line.startswith('VmFlags:'):\n"
+        "        print('dd' in line.split())\n"
+    )
+    src = str(Path(crypto.__file__).resolve().parents[2])  # this checkout's src/
+    env = dict(os.environ, PYTHONPATH=src)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout.split()
+    assert out == ["1", "0", "True"]
