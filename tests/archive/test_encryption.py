@@ -392,3 +392,34 @@ def test_key_material_keeps_core_files_away(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env).stdout.split()
     assert out == ["1", "0", "True"]
+
+
+def test_native_sealing_equals_the_reference_path(tmp_path, monkeypatch):
+    """With a fixed data key, the writer's one-pass native sealing gives the same members as
+    the reference composition: `cryptography`'s AES-GCM, then stored deflate blocks, then
+    the XXH3 of the sealed bytes."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from dsbackup._ext.checksum import xxh3_64
+    from dsbackup._ext.compress import deflate_body
+
+    fixed = {crypto.ID_BYTES: b"\x11" * 16, crypto.KEY_BYTES: b"\x22" * 32,
+             crypto.NONCE_BYTES: b"\x44" * 12}
+    monkeypatch.setattr(crypto, "_random", lambda n: fixed[n])
+    records = records_for(300)
+
+    def members(name):
+        path = lmdb_archive(tmp_path, records, name=name, chunk_size=20,
+                            include_metadata=True, material=crypto.KeyMaterial(key=b"k" * 32))
+        with ArchiveReader(path, key=crypto.KeyMaterial(key=b"k" * 32)) as r:
+            return [(r.read_member(i), r.read_catalog_member(i)) for i in range(r.chunk_count)]
+
+    native = members("native.tar.gz")
+
+    def reference(self, mtype, seq, plaintext):
+        sealed = AESGCM(b"\x22" * 32).encrypt(self.nonce(mtype, seq), bytes(plaintext),
+                                              self.aad(mtype, seq, len(plaintext)))
+        return deflate_body(sealed, 0), xxh3_64(sealed)
+
+    monkeypatch.setattr(crypto.ArchiveCipher, "seal_stored", reference)
+    assert members("reference.tar.gz") == native and len(native) > 5
