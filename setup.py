@@ -1,13 +1,16 @@
 """Build the Cython extensions in ext/ against the system ISA-L, xxHash, LMDB and zlib.
 
 Each library is found by, in order: an environment variable naming its install prefix
-(DSBACKUP_ISAL_PREFIX, DSBACKUP_XXHASH_PREFIX, DSBACKUP_LMDB_PREFIX, DSBACKUP_ZLIB_PREFIX),
-then pkg-config. A library that cannot be found stops the build with the Debian package to install.
+(DSBACKUP_ISAL_PREFIX, DSBACKUP_XXHASH_PREFIX, DSBACKUP_LMDB_PREFIX, DSBACKUP_ZLIB_PREFIX,
+DSBACKUP_OPENSSL_PREFIX), then pkg-config. OpenSSL's libcrypto is linked only into the modules
+that use it (MODULE_LIBRARIES). A library that cannot be found stops the build with the Debian package to install.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -24,7 +27,11 @@ LIBRARIES = {
     "xxhash": ("DSBACKUP_XXHASH_PREFIX", "libxxhash", "xxhash", "libxxhash-dev"),
     "lmdb": ("DSBACKUP_LMDB_PREFIX", "lmdb", "lmdb", "liblmdb-dev"),
     "zlib": ("DSBACKUP_ZLIB_PREFIX", "zlib", "z", "zlib1g-dev"),
+    "openssl": ("DSBACKUP_OPENSSL_PREFIX", "libcrypto", "crypto", "libssl-dev"),
 }
+# libraries linked into every module, and those linked only into the named modules
+COMMON_LIBRARIES = ("isal", "xxhash", "lmdb", "zlib")
+MODULE_LIBRARIES = {"seal": ("openssl",)}
 
 
 def _pkg_config(name: str) -> tuple[list[str], list[str], list[str]] | None:
@@ -46,6 +53,7 @@ def _pkg_config(name: str) -> tuple[list[str], list[str], list[str]] | None:
     return incs, libdirs, names
 
 
+@functools.cache
 def find_library(key: str) -> tuple[list[str], list[str], list[str]]:
     env, pc_name, link_name, debian = LIBRARIES[key]
     prefix = os.environ.get(env)
@@ -63,25 +71,55 @@ def find_library(key: str) -> tuple[list[str], list[str], list[str]]:
     )
 
 
+def xxh3_dispatch(libdirs: list[str]) -> bool:
+    """Whether the libxxhash found exports XXH3's runtime-dispatched (AVX2/AVX-512) functions
+    (a build with DISPATCH=1, as Debian's, x86-64 only); DSBACKUP_XXH3_DISPATCH=0/1 decides
+    instead when set."""
+    forced = os.environ.get("DSBACKUP_XXH3_DISPATCH")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    import ctypes
+
+    for name in [str(Path(d) / "libxxhash.so") for d in libdirs] + ["libxxhash.so",
+                                                                   "libxxhash.so.0"]:
+        try:
+            return hasattr(ctypes.CDLL(name), "XXH3_64bits_update_dispatch")
+        except OSError:
+            continue
+    return False
+
+
 def extensions() -> list[Extension]:
     pyx_files = sorted(EXT_DIR.glob("*.pyx"))
     if not pyx_files:
         return []
-    include_dirs: list[str] = [str(EXT_DIR)]
-    library_dirs: list[str] = []
-    libraries: list[str] = []
-    for key in LIBRARIES:
-        incs, libdirs, names = find_library(key)
-        include_dirs += [i for i in incs if i not in include_dirs]
-        library_dirs += [d for d in libdirs if d not in library_dirs]
-        libraries += [n for n in names if n not in libraries]
+
+    def flags(keys: tuple[str, ...]) -> tuple[list[str], list[str], list[str]]:
+        include_dirs: list[str] = [str(EXT_DIR)]
+        library_dirs: list[str] = []
+        libraries: list[str] = []
+        for key in keys:
+            incs, libdirs, names = find_library(key)
+            include_dirs += [i for i in incs if i not in include_dirs]
+            library_dirs += [d for d in libdirs if d not in library_dirs]
+            libraries += [n for n in names if n not in libraries]
+        return include_dirs, library_dirs, libraries
+
     compile_args = ["-O3", "-std=c11", "-Wno-unused-function", "-Wno-unreachable-code"]
     if os.environ.get("DSBACKUP_NATIVE_ARCH", "") == "1":
         compile_args.append("-march=native")
     from Cython.Build import cythonize
 
-    exts = [
-        Extension(
+    macros = [("NPY_NO_DEPRECATED_API", "0")]
+    if xxh3_dispatch(find_library("xxhash")[1]):
+        macros.append(("DSBACKUP_XXH3_DISPATCH", "1"))
+    exts = []
+    for pyx in pyx_files:
+        include_dirs, library_dirs, libraries = flags(
+            COMMON_LIBRARIES + MODULE_LIBRARIES.get(pyx.stem, ()))
+        exts.append(Extension(
             f"dsbackup._ext.{pyx.stem}",
             [str(pyx.relative_to(HERE))],
             include_dirs=include_dirs,
@@ -89,10 +127,8 @@ def extensions() -> list[Extension]:
             runtime_library_dirs=[d for d in library_dirs if not d.startswith("/usr/")],
             libraries=libraries,
             extra_compile_args=compile_args,
-            define_macros=[("NPY_NO_DEPRECATED_API", "0")],
-        )
-        for pyx in pyx_files
-    ]
+            define_macros=macros,
+        ))
     return cythonize(
         exts,
         compiler_directives={

@@ -1,7 +1,8 @@
 """Time dsbackup against the tools a user would otherwise use, on the same data, in one run.
 
 Usage: python benchmarks/compare.py [--datasets blocks,small] [--runs 3] [--workers N]
-       [--ops backup,restore,verify] [--json FILE] [--timeout SECONDS]
+       [--ops backup,restore,verify] [--tools "dsbackup,dsbackup --encrypt"] [--json FILE]
+       [--timeout SECONDS]
 Scale the data sets with DSBACKUP_BENCH_SCALE (e.g. 0.01 for a smoke run); they are cached
 (benchdata.py). Results: a table on stdout and JSON in benchmarks/results/.
 
@@ -566,6 +567,24 @@ def table(rows: list[Row]) -> tuple[list[dict], str]:
     return out, "\n".join(lines)
 
 
+def encryption_ratios(rows: list[Row]) -> dict[str, dict]:
+    """Per data set and operation: the ``--encrypt`` row's time over ours (plain), from the
+    medians and round by round (the two rows of a round ran next to each other)."""
+    out: dict[str, dict] = {}
+    for ours in (r for r in rows if r.ours and r.samples):
+        for r in rows:
+            if (r.dataset, r.op) != (ours.dataset, ours.op) or not r.samples \
+                    or not r.tool.startswith("dsbackup --encrypt"):
+                continue
+            per_round = [e.seconds / o.seconds for e, o in zip(r.samples, ours.samples)]
+            out.setdefault(ours.dataset, {})[ours.op] = {
+                "plain_seconds": ours.median("seconds"), "encrypted_seconds": r.median("seconds"),
+                "ratio": r.median("seconds") / ours.median("seconds"),
+                "ratio_per_round": per_round,
+                "median_of_round_ratios": statistics.median(per_round)}
+    return out
+
+
 def ceiling_ratios(rows: list[Row]) -> dict[str, dict]:
     """Per data set: our backup as a fraction of each ISA-L ceiling row ("of ceiling" = its
     time / ours: 1.0 means our whole backup runs as fast as compression alone), from the
@@ -635,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="threads for pigz/zstd/igzip, threads and processes for the ISA-L "
                     "ceiling rows (default CPUs)")
+    ap.add_argument("--tools", default=None,
+                    help="only these rows (comma-separated tool names as in the table, e.g. "
+                    "'dsbackup,dsbackup --encrypt' for the cost of encryption)")
     ap.add_argument("--timeout", type=float, default=1800, help="per command, seconds")
     ap.add_argument("--json", type=Path, default=None,
                     help="results file (default benchmarks/results/compare-<time>.json)")
@@ -680,6 +702,11 @@ def main(argv: list[str] | None = None) -> int:
                               args.workers, ops, flatfs_raw)
             rows += r
             skips += s
+        if args.tools is not None:
+            keep = set(args.tools.split(","))
+            rows = [r for r in rows if r.tool in keep]
+            skips = [s for s in skips if s.tool in keep]
+        load_start = os.getloadavg()
         run_rounds(rows, args.runs, env, args.timeout)
         if args.tune_check and "blocks" in info:
             check = tune_check(info["blocks"]["uri"], info["blocks"]["raw_bytes"], work, env,
@@ -694,7 +721,13 @@ def main(argv: list[str] | None = None) -> int:
         parts = [f"{d[k]['of_ceiling']:.2f} of {d[k]['tool'].removesuffix(' (ceiling)')} "
                  f"(rounds {', '.join(f'{x:.2f}' for x in d[k]['of_ceiling_per_round'])})"
                  for k in ("processes", "threads", "x1") if k in d]
-        print(f"{name} backup: ours = " + "; ".join(parts))
+        if parts:  # (none when --tools left the ceiling rows out)
+            print(f"{name} backup: ours = " + "; ".join(parts))
+    encryption = encryption_ratios(rows)
+    for name, ops in encryption.items():
+        for op, d in ops.items():
+            print(f"{name} {op}: --encrypt / plain = {d['ratio']:.3f} (medians; rounds "
+                  f"{', '.join(f'{x:.2f}' for x in d['ratio_per_round'])})")
     for s in skips:
         print(f"skipped: {s.dataset} {s.tool}: {s.reason}")
     tc = info.get("blocks", {}).get("tune_check")
@@ -709,8 +742,8 @@ def main(argv: list[str] | None = None) -> int:
         "schema": 2, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "scale": benchdata.scale(), "runs": args.runs, "workers": args.workers,
-        "loadavg_end": os.getloadavg(), "datasets": info, "rows": results,
-        "ceiling": ceilings, "durable": True,
+        "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "datasets": info,
+        "rows": results, "ceiling": ceilings, "encryption": encryption, "durable": True,
         "skipped": [s.__dict__ for s in skips],
     }
     path = args.json or HERE / "results" / f"compare-{time.strftime('%Y%m%dT%H%M%S')}.json"

@@ -2,7 +2,8 @@
 
 Run with that venv's interpreter in isolated mode (`python -I`) from outside the source tree,
 so only the installed wheel can be imported. Checks:
-- the extension modules load and link no libisal/libxxhash/liblmdb from the system (ldd);
+- the extension modules load and link no libisal/libxxhash/liblmdb/libcrypto from the system
+  (ldd);
 - `dsbackup backup`, `verify`, `restore` of a small generated LMDB store give exit 0;
 - the restored store equals the source record for record;
 - the public API imports and reads the archive.
@@ -18,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-SYSTEM_LIBS = ("libisal", "libxxhash", "liblmdb")
+SYSTEM_LIBS = ("libisal", "libxxhash", "liblmdb", "libcrypto")
 
 
 def fail(msg: str) -> None:

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Build ISA-L, xxHash and LMDB from their release sources into /usr/local for manylinux
-# wheels (cibuildwheel before-all). No library source is kept in this repository.
+# wheels (cibuildwheel before-all); OpenSSL's libcrypto (ext/seal.pyx) comes from the image's
+# package (1.1.1 or 3.x: the EVP calls used exist in both). No library source is kept here.
 set -euo pipefail
 ISAL_VERSION=2.31.0
 XXHASH_VERSION=0.8.2
 LMDB_VERSION=0.9.31
 work=$(mktemp -d)
 cd "$work"
-yum install -y nasm autoconf automake libtool zlib-devel >/dev/null 2>&1 || \
-  (apt-get update && apt-get install -y nasm autoconf automake libtool zlib1g-dev)
+yum install -y nasm autoconf automake libtool zlib-devel openssl-devel >/dev/null 2>&1 || \
+  (apt-get update && apt-get install -y nasm autoconf automake libtool zlib1g-dev libssl-dev)
 
 curl -fsSL "https://github.com/intel/isa-l/archive/refs/tags/v${ISAL_VERSION}.tar.gz" | tar xz
 (cd "isa-l-${ISAL_VERSION}" && ./autogen.sh && ./configure --prefix=/usr/local && make -j"$(nproc)" && make install)
 
 curl -fsSL "https://github.com/Cyan4973/xxHash/archive/refs/tags/v${XXHASH_VERSION}.tar.gz" | tar xz
-(cd "xxHash-${XXHASH_VERSION}" && make -j"$(nproc)" lib && make install PREFIX=/usr/local)
+# DISPATCH=1 (x86-64): XXH3 picks AVX2/AVX-512 at run time (used by ext/seal.pyx, setup.py)
+dispatch=0; [ "$(uname -m)" = x86_64 ] && dispatch=1
+(cd "xxHash-${XXHASH_VERSION}" && make -j"$(nproc)" lib DISPATCH=$dispatch \
+  && make install PREFIX=/usr/local DISPATCH=$dispatch)
 
 curl -fsSL "https://github.com/LMDB/lmdb/archive/refs/tags/LMDB_${LMDB_VERSION}.tar.gz" | tar xz
 (cd "lmdb-LMDB_${LMDB_VERSION}/libraries/liblmdb" && make -j"$(nproc)" && make install prefix=/usr/local)

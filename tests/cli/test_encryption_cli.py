@@ -156,3 +156,34 @@ def test_prompt_on_a_terminal(tmp_path, env):
     assert rc == 0, out
     rc, out = run("verify", str(arc), answers=[b"wrong"])
     assert rc == 2 and b"wrong passphrase or key" in out
+
+
+def test_no_secret_in_logs_json_or_errors(tmp_path, env, run_cli):
+    """Verbose logs, --json and every error message of a backup, a restore, a wrong
+    passphrase and a malformed key file name no secret."""
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/k/%d" % i, b"v") for i in range(50)]))
+    pf = tmp_path / "pass"
+    pf.write_text(PASS + "\n")
+    arc = tmp_path / "a.tar.gz"
+    outputs = []
+    r = run_cli("-v", "backup", f"lmdb:{tmp_path / 'src'}", arc, "--encrypt",
+                "--passphrase-file", pf, "--json")
+    assert r.returncode == 0, r.stderr
+    outputs.append(r.stdout + r.stderr)
+    r = run_cli("-v", "restore", arc, f"lmdb:{tmp_path / 'dst'}", "--passphrase-file", pf,
+                "--json")
+    assert r.returncode == 0, r.stderr
+    outputs.append(r.stdout + r.stderr)
+    wrong = "wrong-" + PASS[::-1]
+    (tmp_path / "bad").write_text(wrong)
+    r = run_cli("-v", "verify", arc, "--passphrase-file", tmp_path / "bad", "--json")
+    assert r.returncode == 2 and "wrong passphrase or key" in r.stderr
+    assert wrong not in r.stdout + r.stderr
+    outputs.append(r.stdout + r.stderr)
+    hexkey = "ab" * 31 + "a"  # 63 hex digits: malformed
+    (tmp_path / "k").write_text(hexkey)
+    r = run_cli("-v", "restore", arc, f"lmdb:{tmp_path / 'dst2'}", "--key-file", tmp_path / "k")
+    assert r.returncode == 2 and "key file" in r.stderr and "Traceback" not in r.stderr
+    assert hexkey not in r.stdout + r.stderr
+    for out in outputs:
+        assert PASS not in out and "Traceback" not in out

@@ -40,8 +40,9 @@ source = "lmdb:{tmp_path / 'src'}"
 
 def test_scheduled_encrypted_backup(tmp_path, run_cli):
     cfg = _config(tmp_path, 'encryption = {passphrase_file = "pass"}')
-    r = run_cli("schedule", "run-once", "enc", "--config", cfg)
+    r = run_cli("-v", "schedule", "run-once", "enc", "--config", cfg)
     assert r.returncode == 0, r.stderr
+    assert PASS not in r.stdout + r.stderr  # nor in its log lines
     out = list((tmp_path / "out").glob("enc_*.tar.gz"))
     assert len(out) == 1
     with pytest.raises(Exception, match="archive is encrypted"):
@@ -60,3 +61,19 @@ def test_encryption_config_errors(tmp_path):
         load_config(_config(tmp_path, 'encryption = {passphrase_file = "missing"}'))
     with pytest.raises(ConfigError, match="exactly one"):
         load_config(_config(tmp_path, 'encryption = {}'))
+
+
+def test_key_file_schedule_keeps_the_key_out_of_state_and_output(tmp_path, run_cli):
+    cfg = _config(tmp_path, 'encryption = {key_file = "k"}')
+    assert run_cli("keygen", tmp_path / "k").returncode == 0
+    assert (tmp_path / "k").stat().st_mode & 0o777 == 0o600
+    secret = (tmp_path / "k").read_text().strip()
+    r = run_cli("-v", "schedule", "run-once", "enc", "--config", cfg, "--json")
+    assert r.returncode == 0, r.stderr
+    assert secret not in r.stdout + r.stderr
+    assert secret.upper() not in r.stdout + r.stderr
+    raw = bytes.fromhex(secret)
+    for p in tmp_path.rglob("*"):
+        if p.is_file() and p.name != "k":
+            data = p.read_bytes()
+            assert raw not in data and secret.encode() not in data, p

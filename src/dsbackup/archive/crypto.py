@@ -1,13 +1,16 @@
 """Encrypted archives (docs/FORMAT.md §11.4): key material, the key header, sealing members.
 
-Primitives come from `cryptography`: AES-256-GCM for data and the key wrap, scrypt for
-passphrases, HKDF-SHA256 for the key check. Secrets live in bytearrays that ``close`` zeroes;
-their reprs and every message name no secret.
+Primitives come from `cryptography` (AES-256-GCM for the key wrap and for opening members,
+scrypt for passphrases, HKDF-SHA256 for the key check) and from OpenSSL's EVP through
+``dsbackup._ext.seal`` (AES-256-GCM sealing of members, fused with their stored-block framing
+and checksums). Secrets live in private pages left out of core files (``secret_buffer``) that
+``close`` zeroes; their reprs and every message name no secret.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 import threading
@@ -21,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from dsbackup._ext.seal import GcmKey, seal_stored
 from dsbackup.errors import ConfigError, IntegrityError, WrongKeyError
 
 KEY_BYTES = 32
@@ -42,6 +46,7 @@ WRONG_KEY = "wrong passphrase or key"
 
 _NONCE_TAIL = struct.Struct("<Q")
 _AAD_TAIL = struct.Struct("<QQ")
+_MADV_WIPEONFORK = getattr(mmap, "MADV_WIPEONFORK", 18)  # Linux >= 4.14; not in Python 3.11
 
 
 def _random(n: int) -> bytes:
@@ -49,8 +54,25 @@ def _random(n: int) -> bytes:
     return os.urandom(n)
 
 
-def _zero(buf: bytearray) -> None:
+def _zero(buf: bytearray | memoryview) -> None:
     buf[:] = bytes(len(buf))
+
+
+def secret_buffer(data: bytes | bytearray | memoryview) -> memoryview:
+    """A writable copy of `data` in its own private anonymous pages, marked MADV_DONTDUMP
+    (never in a core file, even where the process stays dumpable) and MADV_WIPEONFORK (a
+    forked child sees zeros), as far as the kernel has them. Zero it with ``_zero``."""
+    m = mmap.mmap(-1, max(len(data), 1), flags=mmap.MAP_PRIVATE,
+                  prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    for advice in (getattr(mmap, "MADV_DONTDUMP", None), _MADV_WIPEONFORK):
+        if advice is not None:
+            try:
+                m.madvise(advice)
+            except (OSError, ValueError):
+                pass  # an older kernel: PR_SET_DUMPABLE (below) still keeps core files away
+    view = memoryview(m)[:len(data)]
+    view[:] = data
+    return view
 
 
 def _no_core_dumps() -> None:
@@ -80,8 +102,8 @@ class KeyMaterial:
         if passphrase is not None and not passphrase:
             raise ConfigError("the passphrase is empty")
         self.kind = "scrypt" if passphrase is not None else "raw"
-        self._secret = bytearray(passphrase if passphrase is not None else key)  # type: ignore[arg-type]
-        self._keks: dict[tuple, bytearray] = {}
+        self._secret = secret_buffer(passphrase if passphrase is not None else key)  # type: ignore[arg-type]
+        self._keks: dict[tuple, memoryview] = {}
         self._kdf: dict[str, Any] | None = None
         self._lock = threading.RLock()
         _no_core_dumps()
@@ -118,7 +140,7 @@ class KeyMaterial:
         return {"name": "scrypt", "salt": _random(SALT_BYTES).hex(), "n": 1 << log2n,
                 "r": DEFAULT_R, "p": DEFAULT_P}
 
-    def kek(self, kdf: dict[str, Any], where: str) -> bytearray:
+    def kek(self, kdf: dict[str, Any], where: str) -> memoryview:
         """The key-encryption key for a header's kdf (checked against the reader bounds)."""
         name = kdf.get("name")
         if name == "raw":
@@ -143,9 +165,10 @@ class KeyMaterial:
         with self._lock:
             kek = self._keks.get(ident)
             if kek is None:
-                derived = Scrypt(salt=salt, length=KEY_BYTES, n=n, r=r, p=p).derive(
-                    bytes(self._secret))
-                kek = self._keks[ident] = bytearray(derived)
+                # the derived key is returned as bytes by the library: copied into a secret
+                # buffer and dropped at once
+                kek = self._keks[ident] = secret_buffer(
+                    Scrypt(salt=salt, length=KEY_BYTES, n=n, r=r, p=p).derive(self._secret))
         return kek
 
     def close(self) -> None:
@@ -222,13 +245,22 @@ def load_passphrase_file(path: str | os.PathLike[str]) -> KeyMaterial:
 
 
 class ArchiveCipher:
-    """One archive's data key: seals and opens its members (docs/FORMAT.md §11.4)."""
+    """One archive's data key: seals and opens its members (docs/FORMAT.md §11.4).
 
-    def __init__(self, archive_id: bytes, dk: bytearray, version: int) -> None:
+    The data key is kept in a secret buffer; a writer seals with OpenSSL's EVP in one native
+    pass per member (``dsbackup._ext.seal``: encryption, stored blocks, CRC-32 and XXH3
+    together), a reader opens with `cryptography`'s AESGCM (whose AES-GCM was measured faster
+    here than the system OpenSSL's). Each engine is made on first use, so a writer never
+    holds the `cryptography` copy of the key and a reader never the native one."""
+
+    def __init__(self, archive_id: bytes, dk: bytearray | memoryview, version: int) -> None:
         self.archive_id = archive_id
         self.version = version
-        self._aead = AESGCM(bytes(dk))  # the library keeps its own copy for our lifetime
+        self._dk = secret_buffer(dk)
         _zero(dk)
+        self._gcm: GcmKey | None = None
+        self._aead: AESGCM | None = None
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<ArchiveCipher {self.archive_id.hex()}>"
@@ -244,10 +276,19 @@ class ArchiveCipher:
         return (self.archive_id + bytes((self.version, mtype)) + epoch.to_bytes(3, "little")
                 + _AAD_TAIL.pack(seq, length))
 
-    def seal(self, mtype: int, seq: int, plaintext: bytes | memoryview) -> bytes:
-        """ciphertext || tag of a member's plaintext."""
-        return self._aead.encrypt(self.nonce(mtype, seq), plaintext,
-                                  self.aad(mtype, seq, len(plaintext)))
+    def seal_stored(self, mtype: int, seq: int, plaintext: bytes | memoryview
+                    ) -> tuple[Any, int]:
+        """(Body, xxh3): ``ciphertext || tag`` of a member's plaintext as the stored deflate
+        blocks of its tar entry data (zero-padded to 512), and the XXH3-64 of the sealed
+        bytes (the subfield's digest); natively, GIL released."""
+        gcm = self._gcm
+        if gcm is None:
+            with self._lock:
+                if self._gcm is None:
+                    self._gcm = GcmKey(self._dk)
+                gcm = self._gcm
+        return seal_stored(gcm, self.nonce(mtype, seq), self.aad(mtype, seq, len(plaintext)),
+                           plaintext)
 
     def open(self, mtype: int, seq: int, stored: bytes | memoryview, where: str, *,
              chunk: int | None = None, part: str | None = None) -> bytes:
@@ -255,17 +296,29 @@ class ArchiveCipher:
         if len(stored) < TAG_BYTES:
             raise IntegrityError(f"{where}: encrypted data shorter than its tag",
                                  chunk=chunk, part=part)
+        aead = self._aead
+        if aead is None:
+            with self._lock:
+                if self._aead is None:
+                    self._aead = AESGCM(self._dk)  # the library keeps its own copy
+                aead = self._aead
         try:
-            return self._aead.decrypt(self.nonce(mtype, seq), stored,
-                                      self.aad(mtype, seq, len(stored) - TAG_BYTES))
+            return aead.decrypt(self.nonce(mtype, seq), stored,
+                                self.aad(mtype, seq, len(stored) - TAG_BYTES))
         except InvalidTag:
             raise IntegrityError(f"{where}: authentication failed (ciphertext, tag or header "
                                  "altered)", chunk=chunk, part=part) from None
 
+    def close(self) -> None:
+        """Drop the engines and zero the data key (the cipher cannot be used after)."""
+        with self._lock:
+            self._gcm = self._aead = None
+            _zero(self._dk)
 
-def _key_check(dk: bytearray) -> str:
+
+def _key_check(dk: bytearray | memoryview) -> str:
     return HKDF(algorithm=hashes.SHA256(), length=8, salt=None,
-                info=CHECK_INFO).derive(bytes(dk)).hex()
+                info=CHECK_INFO).derive(dk).hex()
 
 
 def new_archive_key(material: KeyMaterial, version: int,
@@ -273,12 +326,12 @@ def new_archive_key(material: KeyMaterial, version: int,
     """A new data key wrapped under `material`: (key header JSON, cipher). `kdf`: reuse a
     parent's scrypt salt and parameters (one derivation unlocks the chain)."""
     archive_id = _random(ID_BYTES)
-    dk = bytearray(_random(KEY_BYTES))
+    dk = secret_buffer(_random(KEY_BYTES))
     try:
         kdf = dict(kdf) if kdf is not None else material.new_kdf()
         kek = material.kek(kdf, "new archive")
         wrap_nonce = _random(NONCE_BYTES)
-        wrapped = AESGCM(bytes(kek)).encrypt(wrap_nonce, bytes(dk), WRAP_AAD + archive_id)
+        wrapped = AESGCM(kek).encrypt(wrap_nonce, dk, WRAP_AAD + archive_id)
         header = {"format": "dsbackup-key", "version": 1, "cipher": "aes-256-gcm",
                   "archive_id": archive_id.hex(), "kdf": kdf,
                   "wrapped_key": (wrap_nonce + wrapped).hex(), "key_check": _key_check(dk)}
@@ -319,8 +372,8 @@ def open_archive_key(header: dict[str, Any], material: KeyMaterial, version: int
     wrapped = bytes.fromhex(header["wrapped_key"])
     kek = material.kek(header["kdf"], where)
     try:
-        dk = bytearray(AESGCM(bytes(kek)).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:],
-                                                  WRAP_AAD + aid))
+        dk = secret_buffer(AESGCM(kek).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:],
+                                               WRAP_AAD + aid))
     except InvalidTag:
         raise WrongKeyError(f"{where}: {WRONG_KEY}") from None
     try:

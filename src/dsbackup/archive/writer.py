@@ -222,17 +222,18 @@ class ArchiveWriter:
     def _write_data_member(self, mtype: int, name: bytes, data: bytes, level: int | None = None,
                            seq: int = 0) -> tuple[int, int, int]:
         if self._cipher is not None:  # ciphertext || tag in stored blocks (§11.4)
-            data = self._cipher.seal(mtype, seq, data)
-            level = 0
+            body, digest = self._cipher.seal_stored(mtype, seq, data)
+            sub = fmt.data_subfield(mtype, body.input_len, digest, self.version, self.flags)
+            return self._write_member(sub, name, self.created, body)
         body = deflate_body(data, self.level if level is None else level)
         sub = fmt.data_subfield(mtype, len(data), xxh3_64(data), self.version, self.flags)
         return self._write_member(sub, name, self.created, body)
 
     def _sealed(self, mtype: int, seq: int, body: Body) -> tuple[Body, int]:
         """An encrypted member's body: the compressed body sealed, in stored blocks; and
-        the XXH3-64 of the sealed bytes (the subfield's digest)."""
-        stored = self._cipher.seal(mtype, seq, body.data)
-        return deflate_body(stored, 0), xxh3_64(stored)
+        the XXH3-64 of the sealed bytes (the subfield's digest). One native pass (see
+        dsbackup._ext.seal), GIL released: it overlaps the previous member's write."""
+        return self._cipher.seal_stored(mtype, seq, body.data)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -424,6 +425,8 @@ class ArchiveWriter:
             )
             sdata = json.dumps(full, sort_keys=True, indent=1).encode()
             soff, slen, sxxh = self._write_data_member(fmt.TYPE_SUMMARY, fmt.SUMMARY_NAME, sdata)
+            if self._cipher is not None:  # the last sealed member: zero the data key
+                self._cipher.close()
             trailer = fmt.Trailer(ioff, ilen, ixxh, soff, slen, sxxh, self._index.count,
                                   self._pos, self.version, self.flags)
             self._write([trailer.encode()])
@@ -467,6 +470,8 @@ class ArchiveWriter:
         if not self._closed:
             self._closed = True
             self._stop_sealer()
+            if self._cipher is not None:
+                self._cipher.close()
             try:
                 self._writeback.close()
             except OSError:

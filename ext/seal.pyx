@@ -1,0 +1,299 @@
+"""AES-256-GCM for encrypted archives (docs/FORMAT.md §11.4), one native pass per member.
+
+``seal_stored`` encrypts a member's data (OpenSSL EVP) straight into the stored deflate
+blocks it is written in, and computes on each 64 KiB block while it is in cache the CRC-32
+of ``stored || padding`` and the XXH3-64 of ``stored`` (= ciphertext || tag): what took an
+AES-GCM pass, a stored-block copy with its CRC and an XXH3 pass over every byte before.
+``open_stored`` checks the tag and decrypts. Both release the GIL. Output is the same as
+``cryptography``'s AESGCM (a test compares them); AES-GCM itself is OpenSSL's, nothing here
+is a cryptographic primitive.
+
+The data key lives in one private anonymous page marked MADV_DONTDUMP (left out of core
+files) and MADV_WIPEONFORK (a forked child sees zeros), cleansed when the key object goes.
+OpenSSL holds the expanded key only for the duration of one call (its context is freed,
+and cleansed by OpenSSL, before the call returns).
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+from posix.mman cimport (
+    MADV_DONTDUMP,
+    MADV_WIPEONFORK,
+    MAP_ANONYMOUS,
+    MAP_FAILED,
+    MAP_PRIVATE,
+    PROT_READ,
+    PROT_WRITE,
+    madvise,
+    mmap,
+    munmap,
+)
+
+from libcrypto cimport (
+    EVP_CIPHER_CTX,
+    EVP_CIPHER_CTX_ctrl,
+    EVP_CIPHER_CTX_free,
+    EVP_CIPHER_CTX_new,
+    EVP_CTRL_GCM_GET_TAG,
+    EVP_CTRL_GCM_SET_TAG,
+    EVP_DecryptFinal_ex,
+    EVP_DecryptInit_ex,
+    EVP_DecryptUpdate,
+    EVP_EncryptFinal_ex,
+    EVP_EncryptInit_ex,
+    EVP_EncryptUpdate,
+    ERR_clear_error,
+    EVP_aes_256_gcm,
+    OPENSSL_cleanse,
+)
+from libisal cimport crc32_gzip_refl
+from libxxhash cimport (
+    XXH3_64bits_digest,
+    XXH3_64bits_reset,
+    XXH3_createState,
+    XXH3_freeState,
+    XXH3_state_t,
+)
+from libxxhash_dispatch cimport ds_xxh3_64_update
+
+from dsbackup._ext.compress import Body
+
+cdef enum:
+    KEY_BYTES = 32
+    NONCE_BYTES = 12
+    TAG_BYTES = 16
+    STORED_MAX = 65535          # bytes of data per stored deflate block
+    PIECE = 1 << 30             # EVP takes int lengths: longer inputs go in pieces
+    KEY_PAGE = 4096
+
+    # results of the nogil parts
+    OK = 0
+    E_NOMEM = -1
+    E_SSL = -2
+    E_TAG = -3
+
+TAG_LENGTH = TAG_BYTES
+
+
+class SealError(RuntimeError):
+    """OpenSSL refused an operation (not a wrong tag: open_stored returns None for that)."""
+
+
+cdef class GcmKey:
+    """An AES-256 key for seal_stored / open_stored. Never printed, never pickled."""
+
+    cdef unsigned char *key     # KEY_BYTES in a private page (see the module docstring)
+
+    def __cinit__(self, const unsigned char[::1] key not None):
+        cdef void *page
+        if key.shape[0] != KEY_BYTES:
+            raise ValueError(f"an AES-256 key has {KEY_BYTES} bytes")
+        page = mmap(NULL, KEY_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if page == MAP_FAILED:
+            raise MemoryError("GcmKey: cannot map a page for the key")
+        madvise(page, KEY_PAGE, MADV_DONTDUMP)     # best effort: an old kernel may refuse
+        madvise(page, KEY_PAGE, MADV_WIPEONFORK)
+        self.key = <unsigned char *>page
+        memcpy(self.key, &key[0], KEY_BYTES)
+
+    def __dealloc__(self):
+        if self.key != NULL:
+            OPENSSL_cleanse(self.key, KEY_BYTES)
+            munmap(self.key, KEY_PAGE)
+            self.key = NULL
+
+    def __repr__(self) -> str:
+        return "<GcmKey>"
+
+    def __reduce__(self):
+        raise TypeError("a key cannot be pickled")
+
+
+cdef inline size_t _padded(size_t n, size_t pad_to) noexcept nogil:
+    if pad_to > 1 and n % pad_to:
+        return n + pad_to - n % pad_to
+    return n
+
+
+cdef EVP_CIPHER_CTX *_context(const unsigned char *key, const unsigned char *nonce,
+                              const unsigned char *aad, size_t aad_len,
+                              bint encrypt) noexcept nogil:
+    """A context keyed and with the nonce and associated data fed; NULL on failure."""
+    cdef EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new()
+    cdef int outl = 0, ok
+    if ctx == NULL:
+        return NULL
+    if encrypt:
+        ok = EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce)
+        if ok == 1 and aad_len:
+            ok = EVP_EncryptUpdate(ctx, NULL, &outl, aad, <int>aad_len)
+    else:
+        ok = EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce)
+        if ok == 1 and aad_len:
+            ok = EVP_DecryptUpdate(ctx, NULL, &outl, aad, <int>aad_len)
+    if ok != 1:
+        EVP_CIPHER_CTX_free(ctx)
+        return NULL
+    return ctx
+
+
+cdef int _seal_c(const unsigned char *key, const unsigned char *nonce,
+                 const unsigned char *aad, size_t aad_len, const unsigned char *data, size_t n,
+                 size_t total, unsigned char *out, uint32_t *crc_out,
+                 uint64_t *xxh_out) noexcept nogil:
+    """Stored blocks of ``ciphertext || tag || zeros`` (``total`` bytes) into ``out``, block
+    after block: encrypt into the block, append the tag once the ciphertext ends, pad, then
+    CRC and XXH3 the block while it is in cache."""
+    cdef size_t slen = n + TAG_BYTES, off = 0, o = 0, blk, end, a, b
+    cdef unsigned char tag[TAG_BYTES]
+    cdef bint finished = False
+    cdef int outl = 0, r = OK
+    cdef uint32_t crc = 0
+    cdef unsigned char *p
+    cdef XXH3_state_t *st = XXH3_createState()
+    cdef EVP_CIPHER_CTX *ctx = NULL
+    if st == NULL:
+        return E_NOMEM
+    ctx = _context(key, nonce, aad, aad_len, True)
+    if ctx == NULL:
+        XXH3_freeState(st)
+        return E_SSL
+    XXH3_64bits_reset(st)
+    while off < total:
+        blk = total - off
+        if blk > STORED_MAX:
+            blk = STORED_MAX
+        end = off + blk
+        out[o] = 1 if end == total else 0
+        out[o + 1] = blk & 0xff
+        out[o + 2] = (blk >> 8) & 0xff
+        out[o + 3] = (~blk) & 0xff
+        out[o + 4] = ((~blk) >> 8) & 0xff
+        p = out + o + 5
+        if off < n:                               # ciphertext
+            a = (n if n < end else end) - off
+            if EVP_EncryptUpdate(ctx, p, &outl, data + off, <int>a) != 1 or <size_t>outl != a:
+                r = E_SSL
+                break
+        if not finished and end >= n:             # the ciphertext ends in this block
+            if (EVP_EncryptFinal_ex(ctx, tag, &outl) != 1
+                    or EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_BYTES, tag) != 1):
+                r = E_SSL
+                break
+            finished = True
+        if finished and end > n and off < slen:   # (part of) the tag
+            a = n if n > off else off
+            b = slen if slen < end else end
+            memcpy(p + (a - off), tag + (a - n), b - a)
+        if end > slen:                            # padding
+            a = slen if slen > off else off
+            memset(p + (a - off), 0, end - a)
+        crc = crc32_gzip_refl(crc, p, blk)
+        if off < slen:
+            ds_xxh3_64_update(st, p, (slen if slen < end else end) - off)
+        o += 5 + blk
+        off = end
+    if r == OK:
+        crc_out[0] = crc
+        xxh_out[0] = XXH3_64bits_digest(st)
+    EVP_CIPHER_CTX_free(ctx)
+    OPENSSL_cleanse(tag, TAG_BYTES)
+    XXH3_freeState(st)
+    return r
+
+
+cdef int _open_c(const unsigned char *key, const unsigned char *nonce,
+                 const unsigned char *aad, size_t aad_len, const unsigned char *stored,
+                 size_t n, unsigned char *out) noexcept nogil:
+    """Decrypt ``stored`` (ciphertext of n bytes, then the tag) into ``out``; E_TAG when the
+    tag does not match."""
+    cdef EVP_CIPHER_CTX *ctx = _context(key, nonce, aad, aad_len, False)
+    cdef size_t off = 0, a
+    cdef int outl = 0, r = OK
+    cdef unsigned char tag[TAG_BYTES]
+    cdef unsigned char last[16]
+    if ctx == NULL:
+        return E_SSL
+    memcpy(tag, stored + n, TAG_BYTES)
+    while off < n:
+        a = n - off if n - off < PIECE else PIECE
+        if EVP_DecryptUpdate(ctx, out + off, &outl, stored + off, <int>a) != 1 \
+                or <size_t>outl != a:
+            r = E_SSL
+            break
+        off += a
+    if r == OK:
+        if EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_BYTES, tag) != 1:
+            r = E_SSL
+        elif EVP_DecryptFinal_ex(ctx, last, &outl) != 1:
+            r = E_TAG
+    EVP_CIPHER_CTX_free(ctx)
+    return r
+
+
+cdef void _check_nonce(const unsigned char[::1] nonce) except *:
+    if nonce.shape[0] != NONCE_BYTES:
+        raise ValueError(f"a nonce has {NONCE_BYTES} bytes")
+
+
+def seal_stored(GcmKey key not None, const unsigned char[::1] nonce not None,
+                const unsigned char[::1] aad not None, const unsigned char[::1] data not None,
+                size_t pad_to=512):
+    """(Body, xxh3): ``data`` sealed (ciphertext || tag, its length ``body.input_len``) and
+    zero-padded to a multiple of ``pad_to``, as stored deflate blocks of at most 65535 bytes
+    (``deflate_body(sealed, 0, pad_to)`` gives the same Body); ``xxh3`` is the XXH3-64 of
+    the sealed bytes."""
+    cdef size_t n = data.shape[0], total, nblocks, aad_len = aad.shape[0]
+    cdef const unsigned char *dp = &data[0] if n else NULL
+    cdef const unsigned char *ap = &aad[0] if aad_len else NULL
+    cdef uint32_t crc = 0
+    cdef uint64_t xxh = 0
+    cdef int r
+    cdef bytes out
+    cdef unsigned char *op
+    _check_nonce(nonce)
+    if pad_to == 0:
+        raise ValueError("pad_to must be >= 1")
+    if aad_len > PIECE:
+        raise ValueError("associated data too long")
+    total = _padded(n + TAG_BYTES, pad_to)
+    nblocks = (total + STORED_MAX - 1) // STORED_MAX
+    out = PyBytes_FromStringAndSize(NULL, total + 5 * nblocks)
+    op = <unsigned char *>PyBytes_AS_STRING(out)
+    with nogil:
+        r = _seal_c(key.key, &nonce[0], ap, aad_len, dp, n, total, op, &crc, &xxh)
+    if r == E_NOMEM:
+        raise MemoryError("seal_stored: out of memory")
+    if r != OK:
+        ERR_clear_error()
+        raise SealError(f"OpenSSL could not encrypt {n} bytes (AES-256-GCM)")
+    return Body(out, crc, total, n + TAG_BYTES), xxh
+
+
+def open_stored(GcmKey key not None, const unsigned char[::1] nonce not None,
+                const unsigned char[::1] aad not None, const unsigned char[::1] stored not None):
+    """The plaintext of ``stored`` (ciphertext || tag), or None when the tag does not match
+    (altered ciphertext, tag, nonce, associated data, or another key)."""
+    cdef size_t n, aad_len = aad.shape[0]
+    cdef const unsigned char *ap = &aad[0] if aad_len else NULL
+    cdef int r
+    cdef bytes out
+    cdef unsigned char *op
+    _check_nonce(nonce)
+    if stored.shape[0] < TAG_BYTES:
+        raise ValueError("sealed data shorter than its tag")
+    if aad_len > PIECE:
+        raise ValueError("associated data too long")
+    n = stored.shape[0] - TAG_BYTES
+    out = PyBytes_FromStringAndSize(NULL, n)
+    op = <unsigned char *>PyBytes_AS_STRING(out)
+    with nogil:
+        r = _open_c(key.key, &nonce[0], ap, aad_len, &stored[0], n, op)
+    if r == E_TAG:
+        ERR_clear_error()
+        return None
+    if r != OK:
+        ERR_clear_error()
+        raise SealError(f"OpenSSL could not decrypt {n} bytes (AES-256-GCM)")
+    return out

@@ -1,0 +1,17 @@
+"""AES-256-GCM sealing of archive members in one native pass. See ext/seal.pyx."""
+
+from typing_extensions import Buffer
+
+from dsbackup._ext.compress import Body
+
+TAG_LENGTH: int
+
+class SealError(RuntimeError): ...
+
+class GcmKey:
+    def __init__(self, key: Buffer) -> None: ...
+
+def seal_stored(
+    key: GcmKey, nonce: Buffer, aad: Buffer, data: Buffer, pad_to: int = 512
+) -> tuple[Body, int]: ...
+def open_stored(key: GcmKey, nonce: Buffer, aad: Buffer, stored: Buffer) -> bytes | None: ...
