@@ -20,6 +20,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "dsbackup"
 # the same layer (migration, scheduler) may not import each other.
 LAYERS: list[tuple[str, ...]] = [
     ("base",),
+    ("storage",),
     ("datastores",),
     ("pipeline",),
     ("archive",),
@@ -35,7 +36,7 @@ BASE = {"dsbackup", "dsbackup._ext", "dsbackup._libc", "dsbackup._version",
         "dsbackup.filemodes", "dsbackup.keys", "dsbackup.patterns"}
 PROGRAMS = {"dsbackup.__main__", "dsbackup.demo", "dsbackup.datasets"}  # the cli group: entry
 # points and the generated data sets of the demo, tests and benchmarks
-SUBPACKAGES = {"datastores", "pipeline", "archive", "compat", "engine", "migration", "scheduler",
+SUBPACKAGES = {"storage", "datastores", "pipeline", "archive", "compat", "engine", "migration", "scheduler",
                "cli"}
 
 

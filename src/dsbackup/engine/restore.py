@@ -26,7 +26,7 @@ from dsbackup._ext.framing import FramingError, decode_records
 from dsbackup.archive import guard
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import check_layout, check_payload
-from dsbackup.archive.writeback import start_writeback
+from dsbackup.storage.writeback import start_writeback
 from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.engine.restore_journal import JournalSync, write_journal
 from dsbackup.engine.restore_node import restore_node
