@@ -35,6 +35,7 @@ from dsbackup.metadata import (
 from dsbackup.pipeline.central import ChunkSettings, ScanStats, central_chunks
 from dsbackup.pipeline.parallel import ParallelScan
 from dsbackup.pipeline.scanchoice import PARALLEL_MIN_BYTES, PARALLEL_SCHEMES
+from dsbackup.storage import as_location, display, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,8 @@ class BackupManager:
         if format == "go" and cfg.encryption is not None:
             raise ConfigError("--format go cannot be encrypted: --encrypt needs the dsbackup "
                               "format")
+        if format == "go" and is_remote(path):
+            raise ConfigError(f"{path}: --format go writes local files only")
         if format == "go" and (parent is not None or cfg.include_metadata):
             raise ConfigError("--format go writes full backups without a key catalog: "
                               "--parent and --include-metadata need the dsbackup format")
@@ -148,12 +151,12 @@ class BackupManager:
                 from dsbackup.engine.incremental import create_incremental
 
                 with using_key(cfg.encryption or key):  # the parents' key, the check's
-                    meta = create_incremental(ds, Path(path), Path(parent), cfg,
+                    meta = create_incremental(ds, as_location(path), as_location(parent), cfg,
                                               parent_dirs=parent_dirs, progress=progress,
                                               cancel=cancel, t0=t0)
             else:
                 with using_key(cfg.encryption):  # the check before the rename reads it
-                    meta = self._create(ds, Path(path), cfg, progress, cancel, t0)
+                    meta = self._create(ds, as_location(path), cfg, progress, cancel, t0)
         except Cancelled:
             self._count("backups_failed")
             if deadline.fired:
@@ -463,10 +466,11 @@ def audit_source(source: Any, skip_foreign: bool) -> FileAudit:
     return audit
 
 
-def _quick_check(tmp_path: Path) -> None:
+def _quick_check(tmp_path: Any) -> None:
+    """A temp file's path, or a Source over the bytes an upload sent."""
     report = verify_archive(tmp_path, deep=False, threads=2)
     if not report.ok:
-        raise IntegrityError(f"{tmp_path}: the archive just written failed its check: "
+        raise IntegrityError(f"{display(tmp_path)}: the archive just written failed its check: "
                              + "; ".join(report.errors[:3]))
 
 

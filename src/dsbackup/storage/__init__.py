@@ -15,15 +15,17 @@ from dsbackup.storage.location import (
     STREAM,
     S3Location,
     as_location,
+    display,
     identity,
     is_remote,
     is_s3,
     is_stream,
+    relative_hint,
 )
 
-__all__ = ["STREAM", "S3Location", "Sink", "Source", "as_location", "delete", "exists",
-           "identity", "is_remote", "is_s3", "is_stream", "list_archives", "open_sink",
-           "open_source"]
+__all__ = ["STREAM", "S3Location", "Sink", "Source", "as_location", "delete", "display", "exists",
+           "identity", "is_file", "is_remote", "is_s3", "is_stream", "list_archives", "open_sink",
+           "open_source", "relative_hint"]
 
 AnyLocation = str | os.PathLike[str] | S3Location
 

@@ -99,8 +99,29 @@ def as_location(value: str | os.PathLike[str] | S3Location) -> Path | S3Location
     return Path(value)
 
 
-def identity(loc: Path | S3Location) -> str:
+def identity(loc: Path | S3Location | str) -> str:
     """A string naming the same archive however it was written (symlinks resolved)."""
-    if isinstance(loc, S3Location):
+    if isinstance(loc, S3Location) or loc == STREAM:
         return str(loc)
     return os.path.realpath(loc)
+
+
+def display(value: object) -> str:
+    """How a location (or an opened Source: its location) is named in messages."""
+    value = getattr(value, "location", value)
+    if isinstance(value, (str, os.PathLike, S3Location)):
+        return str(as_location(value))
+    return str(value)
+
+
+def relative_hint(target: Path | S3Location | str, base: Path | S3Location | str,
+                  ) -> str | None:
+    """`target` relative to `base`'s directory (the parent hint of an incremental), or None
+    when they do not share a file system or bucket."""
+    if isinstance(target, S3Location) and isinstance(base, S3Location):
+        if target.bucket != base.bucket:
+            return None
+        return posixpath.relpath("/" + target.key, "/" + (base.parent.key or ""))
+    if isinstance(target, Path) and isinstance(base, Path):
+        return os.path.relpath(target.resolve(), base.resolve().parent)
+    return None

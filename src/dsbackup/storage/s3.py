@@ -155,10 +155,12 @@ class S3Sink:
 
     def write(self, pieces: Sequence[bytes | memoryview]) -> int:
         n = self._sent.add(pieces)
+        # a copy: obstore keeps the buffer it is given until the part is uploaded, and the
+        # pieces may be a worker's slot that is reused as soon as this returns
+        data = b"".join(pieces)
         try:
-            for p in pieces:
-                if len(p):
-                    self._w.write(p)
+            if data:
+                self._w.write(data)
         except Exception as exc:  # noqa: BLE001 - mapped
             raise ArchiveError(f"{self.final}: upload failed: {message(exc)}; the upload was "
                                "aborted, nothing was stored at the key") from None
