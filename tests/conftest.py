@@ -143,7 +143,7 @@ class S3Env:
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def objects(self, prefix: str = "") -> list[str]:
         got = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
         return sorted(o["Key"] for o in got.get("Contents", []))
 

@@ -6,7 +6,9 @@ The production client (obstore) talks HTTP to them; nothing in-process is mocked
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,8 +21,11 @@ ACCESS_KEY = "AKIADSBACKUPTESTKEY1"
 
 class MotoServer:
     def __init__(self) -> None:
+        import logging
+
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         host, self.port = self._server.get_host_and_port()
@@ -58,6 +63,7 @@ class FaultProxy:
     upstream: tuple[str, int]
     rules: list[Rule] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
+    down: bool = False
 
     def start(self) -> FaultProxy:
         proxy = self
@@ -69,6 +75,11 @@ class FaultProxy:
                 pass
 
             def _any(self) -> None:
+                if proxy.down:  # gone: kept-alive connections are cut, no answer
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
                 line = f"{self.command} {self.path}"
@@ -114,5 +125,6 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        self.down = True
         self._httpd.shutdown()
         self._httpd.server_close()
