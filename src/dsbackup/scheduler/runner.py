@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dsbackup.errors import SchedulerError
+from dsbackup.storage import as_location
 
 
 @dataclass
@@ -126,5 +127,5 @@ class ManagerRunner:
 
     def inspect(self, path: Path) -> ArchiveInfo:
         meta = self._manager().inspect(path)
-        return ArchiveInfo(Path(path), meta.timestamp, meta.fingerprint,
+        return ArchiveInfo(as_location(path), meta.timestamp, meta.fingerprint,
                            parent_fingerprint(meta.parent))
