@@ -6,6 +6,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from dsbackup.storage import exists
 from dsbackup.storage import list_archives as storage_list
 
 _PATTERN = re.compile(r"(?P<name>.+)_(?P<ts>\d{8}_\d{6})\.tar\.gz")
@@ -34,7 +35,7 @@ def free_archive_path(directory: Path, name: str, when: datetime) -> Path:
     candidate = when.astimezone(timezone.utc).replace(microsecond=0)
     while True:
         path = directory / archive_name(name, candidate)
-        if not path.exists():
+        if not exists(path):  # a file, or an object (HEAD)
             return path
         candidate += _ONE_SECOND
 

@@ -75,7 +75,10 @@ def check_staleness(schedule: ScheduledBackup, cron: CronSchedule, now: datetime
 
 def check_free_space(directory: Path, min_free_bytes: int | None,
                      min_free_ratio: float | None) -> tuple[CheckResult, int | None]:
-    """Free space of the file system holding ``directory`` against the thresholds."""
+    """Free space of the file system holding ``directory`` against the thresholds (a bucket
+    has no free space to check: ok)."""
+    if not isinstance(directory, Path):
+        return CheckResult("free_space", str(directory), True, "object storage"), None
     probe = directory
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

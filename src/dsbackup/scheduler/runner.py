@@ -112,10 +112,10 @@ class ManagerRunner:
             parent: Path | None = None) -> RunResult:
         mgr = self._manager(schedule.backup_config)
         meta = mgr.create_backup(schedule.source, archive_path, parent=parent, cancel=cancel_event)
-        path = Path(getattr(meta, "path", None) or archive_path)
+        path = as_location(getattr(meta, "path", None) or archive_path)
         return RunResult(
             path=path, created=meta.timestamp, fingerprint=meta.fingerprint,
-            size=path.stat().st_size, keys=meta.total_keys, parent=parent_fingerprint(meta.parent),
+            size=path.stat().st_size if isinstance(path, Path) else meta.compressed_size, keys=meta.total_keys, parent=parent_fingerprint(meta.parent),
             duration_s=meta.statistics.duration_s if getattr(meta, "statistics", None) else None,
         )
 

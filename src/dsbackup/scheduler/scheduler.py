@@ -410,7 +410,7 @@ class BackupScheduler:
                 results.append(check_staleness(sched, self._crons[sched.id], now))
             dirs.add(sched.backup_dir or self.config.default_backup_dir)
         free = None
-        for d in sorted(dirs or {self.config.default_backup_dir}):
+        for d in sorted(dirs or {self.config.default_backup_dir}, key=str):
             res, f = check_free_space(d, self.config.min_free_bytes, self.config.min_free_ratio)
             results.append(res)
             free = f if free is None or (f is not None and f < free) else free
