@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsbackup.errors import ArchiveError, IntegrityError, MissingParentError
-from dsbackup.storage import as_location, identity, is_file, list_archives
+from dsbackup.storage import as_location, identity, is_file, is_stream, list_archives
 
 if TYPE_CHECKING:
     from dsbackup.archive.reader import ArchiveReader
@@ -108,6 +108,11 @@ def _rank(ref: ParentRef, needs_catalog: bool, r: ArchiveReader) -> int | None:
                        r.index.catalog_count > 0)
 
 
+def _own_dir(loc: Any) -> list[Any]:
+    """The directory (or S3 prefix) an archive lies in; none for one read from ``-``."""
+    return [] if is_stream(loc) else [loc.parent]
+
+
 def _unique_dirs(dirs: list[Any]) -> list[Any]:
     out: list[Any] = []
     seen: set[str] = set()
@@ -128,7 +133,7 @@ def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path],
     (ArchiveReader: this module never imports reader.py, which imports it); `needs_catalog`:
     the child has a key catalog, so a twin without one is the last choice (see
     :func:`parent_rank`)."""
-    dirs = _unique_dirs([child.parent] + list(search_dirs))
+    dirs = _unique_dirs(_own_dir(child) + list(search_dirs))
     mismatched: list[str] = []
     seen: set[str] = {identity(child)}
     best: tuple[int, ArchiveReader] | None = None
@@ -160,7 +165,7 @@ def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path],
     try:
         named = [d / ref.name for d in dirs] if ref.name else []
         if ref.path and ref.name and Path(ref.path).name == ref.name:
-            named.append(child.parent / ref.path)
+            named += [d / ref.path for d in _own_dir(child)]
         for cand in named:
             if consider(cand, True) == 0:
                 return best[1]  # type: ignore[index]
@@ -200,7 +205,7 @@ class ParentChain:
         self.reader = reader
         self.levels: list[ArchiveReader] = []
         # every ancestor is looked for beside its child, beside the top archive, then in dirs
-        dirs = _unique_dirs([reader.path.parent]
+        dirs = _unique_dirs(_own_dir(reader.path)
                             + [as_location(d) for d in (search_dirs or [])])
         seen = {_fingerprint(reader)}
         cur = reader

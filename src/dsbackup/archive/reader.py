@@ -22,7 +22,14 @@ from dsbackup.errors import (
     UnsupportedArchive,
     WrongKeyError,
 )
-from dsbackup.storage import S3Location, Source, as_location, is_remote, open_source
+from dsbackup.storage import (
+    S3Location,
+    Source,
+    as_location,
+    is_remote,
+    is_stream,
+    open_source,
+)
 
 if TYPE_CHECKING:
     from dsbackup.archive.chain import ParentChain
@@ -58,6 +65,9 @@ class ArchiveReader:
         # incremental archives: where to look for parents besides this archive's directory
         self.parent_dirs = [as_location(d) for d in (parent_dirs or [])]
         for d in self.parent_dirs:
+            if is_stream(d):
+                raise ConfigError("--parent-dir cannot be '-': parents are found by listing a "
+                                  "directory or an s3:// prefix")
             if not is_remote(d) and not d.is_dir():
                 raise ConfigError(f"parent directory {d} (--parent-dir) "
                                   f"{'is not a directory' if d.exists() else 'does not exist'}")

@@ -35,7 +35,7 @@ from dsbackup.metadata import (
 from dsbackup.pipeline.central import ChunkSettings, ScanStats, central_chunks
 from dsbackup.pipeline.parallel import ParallelScan
 from dsbackup.pipeline.scanchoice import PARALLEL_MIN_BYTES, PARALLEL_SCHEMES
-from dsbackup.storage import as_location, display, is_remote
+from dsbackup.storage import as_location, display, is_remote, is_stream
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,9 @@ class BackupManager:
         if format == "go" and cfg.encryption is not None:
             raise ConfigError("--format go cannot be encrypted: --encrypt needs the dsbackup "
                               "format")
+        if parent is not None and is_stream(parent):
+            raise ConfigError("--parent cannot be '-': the parent chain is opened by name for "
+                              "random access; give its path or s3:// location")
         if format == "go" and is_remote(path):
             raise ConfigError(f"{path}: --format go writes local files only")
         if format == "go" and (parent is not None or cfg.include_metadata):

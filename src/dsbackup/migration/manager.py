@@ -55,6 +55,7 @@ from dsbackup.migration.plan import (
 )
 from dsbackup.migration.result import MigrationResult, RollbackReport, StepResult
 from dsbackup.migration.runtime import ProgressEvent, RunContext
+from dsbackup.storage import S3Location, as_location, is_file
 
 __all__ = ["MigrationManager"]
 
@@ -600,7 +601,7 @@ class MigrationManager:
     def _backup(self, plan: MigrationPlan, cfg: MigrationConfig, src: Any,
                 journal: Journal | None, state: JournalState,
                 stores: dict[str, Any] | None = None) -> str:
-        if state.backup_path and Path(state.backup_path).is_file():
+        if state.backup_path and is_file(state.backup_path):  # a file or an object
             return state.backup_path  # resumed run: the archive of the untouched source
         try:
             from dsbackup.engine.backup import BackupConfig, BackupManager
@@ -608,8 +609,9 @@ class MigrationManager:
             raise MigrationError("backup_before needs the backup layer "
                                  "(dsbackup.engine.backup.BackupManager), which is not available in "
                                  "this installation") from None
-        if cfg.backup_dir is not None:
-            bdir = Path(cfg.backup_dir)
+        if cfg.backup_dir is not None:  # a directory, or an s3://BUCKET/PREFIX/
+            loc = as_location(cfg.backup_dir)
+            bdir = S3Location(loc.bucket, loc.prefix) if isinstance(loc, S3Location) else loc
         elif journal is not None:
             bdir = journal.path.parent
         else:
@@ -621,7 +623,8 @@ class MigrationManager:
 
         # the archive may lie in no store of the run (the steps would write over it)
         check_archive_outside(path, list((stores or {"source": src}).items()))
-        bdir.mkdir(parents=True, exist_ok=True)
+        if isinstance(bdir, Path):
+            bdir.mkdir(parents=True, exist_ok=True)
         meta = BackupManager(BackupConfig()).create_backup(src, path)
         final = str(getattr(meta, "path", None) or path)
         if journal is not None:

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 
 from dsbackup.errors import ArchiveError, ArchiveUnavailable
@@ -69,16 +70,28 @@ class _SpooledSource(LocalSource):
         self.size = size
 
 
+_spool: tuple[int, int] | None = None  # (fd, size): standard input is read once per process
+_spool_lock = threading.Lock()
+
+
 def spooled_stdin() -> LocalSource:
-    """Standard input copied to an unnamed temporary file, opened for random access."""
-    src = sys.stdin.buffer
-    if os.isatty(src.fileno()):
-        raise ArchiveUnavailable("-: standard input is a terminal; pipe an archive into it")
-    with tempfile.TemporaryFile(prefix=".dsbackup-stdin-") as f:
-        try:
-            shutil.copyfileobj(src, f, 1 << 20)
-        except OSError as exc:
-            raise ArchiveUnavailable(f"-: spooling standard input failed: {exc}") from None
-        f.flush()
-        fd = os.dup(f.fileno())
-    return _SpooledSource(fd, os.fstat(fd).st_size)
+    """Standard input copied to an unnamed temporary file (once per process: a command may
+    open the archive more than once), opened for random access."""
+    global _spool
+    with _spool_lock:
+        if _spool is None:
+            src = sys.stdin.buffer
+            if os.isatty(src.fileno()):
+                raise ArchiveUnavailable("-: standard input is a terminal; pipe an archive "
+                                         "into it")
+            with tempfile.TemporaryFile(prefix=".dsbackup-stdin-") as f:
+                try:
+                    shutil.copyfileobj(src, f, 1 << 20)
+                except OSError as exc:
+                    raise ArchiveUnavailable(f"-: spooling standard input failed: {exc}") \
+                        from None
+                f.flush()
+                fd = os.dup(f.fileno())
+            _spool = (fd, os.fstat(fd).st_size)
+        fd, size = _spool
+    return _SpooledSource(os.dup(fd), size)
