@@ -207,3 +207,30 @@ def test_plain_http_endpoint_is_refused_off_loopback(s3, store):
     r = cli(s3.env, "--s3-endpoint", "http://example.com", "verify", s3.url("x.dsb"))
     assert r.returncode == 2 and "plain http is refused" in r.stderr
 
+
+
+def test_interrupted_backup_aborts_its_upload(s3, tmp_path):
+    import signal
+
+    src = tmp_path / "big"
+    datasets.write_lmdb(str(src), datasets.iter_blocks(160))  # ~40 MB: 8 parts
+    proxy = FaultProxy(("127.0.0.1", s3.server.port)).start()
+    proxy.rules = [Rule("PUT", "partNumber=2", times=1, status=None, delay=3.0)]  # time to act
+    # one part in flight: the backup waits on part 2 while it still has chunks to write
+    env = dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint, DSBACKUP_S3_PART_MB="5",
+               DSBACKUP_S3_CONCURRENCY="1")
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "dsbackup", "backup", f"lmdb:{src}",
+                              s3.url("int.dsb"), "--level", "0", "--workers", "1"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not any("partNumber=2" in s for s in proxy.seen) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s3.uploads() == ["int.dsb"]
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 130, err
+        assert "Traceback" not in err
+        assert s3.uploads() == [] and "int.dsb" not in s3.objects()
+    finally:
+        proxy.stop()
