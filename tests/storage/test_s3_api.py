@@ -78,3 +78,19 @@ def test_storage_interface_on_the_server(s3):
     delete(loc)
     with pytest.raises(ArchiveUnavailable, match="no such archive"):
         S3Source(loc)
+
+
+def test_encrypted_backup_and_incremental_in_the_bucket(s3, tmp_path):
+    from dsbackup.archive.crypto import KeyMaterial
+
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(1500))
+    mgr = BackupManager(BackupConfig(workers=2, include_metadata=True,
+                                     encryption=KeyMaterial(passphrase=b"correct horse")))
+    mgr.create_backup(f"lmdb:{src}", s3.url("e/full.dsb"))  # the quick check needs the key
+    datasets.write_lmdb(str(src), datasets.iter_small(80, seed=7))
+    mgr.create_backup(f"lmdb:{src}", s3.url("e/inc.dsb"), parent=s3.url("e/full.dsb"))
+    assert mgr.verify_backup(s3.url("e/inc.dsb")).ok
+    mgr.restore_backup(s3.url("e/inc.dsb"), f"lmdb:{tmp_path / 'dst'}")
+    assert read_all(tmp_path / "dst") == read_all(src)
+    assert b"correct horse" not in s3.get("e/full.dsb")
