@@ -33,9 +33,10 @@ from dsbackup.storage.s3config import client_config, scrub, settings
 from dsbackup.storage.sent import SentRecord, SentSource
 
 TAIL_BYTES = 256 << 10  # the open's one GET: trailer, and summary and index when small
-BLOCK = 4 << 20  # ranged GETs below this size are served from whole cached blocks
-CACHE_BLOCKS = 12  # 48 MiB at most per reader
-READ_AHEAD = 3  # blocks fetched ahead of a sequential reader
+BLOCK = 8 << 20  # ranged GETs below this size are served from whole cached blocks
+CACHE_BLOCKS = 8  # 64 MiB at most per reader
+READ_AHEAD = 3  # blocks fetched ahead of a reader moving forward
+NEAR = 4  # a read this many blocks behind the furthest one still counts as moving forward
 
 _stores: dict[str, S3Store] = {}
 _stores_lock = threading.Lock()
@@ -213,7 +214,7 @@ class S3Source:
         self._blocks: OrderedDict[int, Future[bytes]] = OrderedDict()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._last_block = -2
+        self._max_block = -2
 
     def _get(self, start: int, end: int) -> bytes:
         try:
@@ -254,11 +255,12 @@ class S3Source:
         first, last = offset // BLOCK, (offset + length - 1) // BLOCK
         with self._lock:
             futures = [self._block(b) for b in range(first, last + 1)]
-            if first in (self._last_block, self._last_block + 1):  # sequential: read ahead
+            # moving forward (threads of a restore read chunks roughly in order): read ahead
+            if self._max_block - NEAR <= first <= self._max_block + 1:
                 for b in range(last + 1, min(last + 1 + READ_AHEAD,
                                              (self.size - 1) // BLOCK + 1)):
                     self._block(b)
-            self._last_block = last
+            self._max_block = max(self._max_block, last)
         parts = [f.result() for f in futures]
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         lo = offset - first * BLOCK
