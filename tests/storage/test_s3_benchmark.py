@@ -19,7 +19,8 @@ def test_s3_benchmark_tiny(tmp_path, cli_env):
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert set(doc["median_s"]) == {"backup-local", "backup-s3", "local+upload_file",
-                                    "restore-local", "restore-s3"}
+                                    "upload_file", "download_file", "restore-local",
+                                    "restore-s3"}
     assert all(v > 0 for v in doc["ratios"].values())
     assert doc["archive_bytes"] > 0 and "moto" in doc["server"]
     assert "ours_vs_upload_file" in r.stdout

@@ -211,12 +211,13 @@ class S3Source:
             else:
                 raise _unavailable(loc, "GET", exc) from None
         self._tail_start = self.size - len(self._tail)
-        self._blocks: OrderedDict[int, Future[bytes]] = OrderedDict()
+        self._blocks: OrderedDict[int, Future[Any]] = OrderedDict()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._max_block = -2
 
-    def _get(self, start: int, end: int) -> bytes:
+    def _get(self, start: int, end: int) -> Any:
+        """The bytes at [start, end): obstore's buffer (no copy; buffer protocol)."""
         try:
             data = obstore.get_range(self._store, self.location.key, start=start, end=end)
         except Exception as exc:  # noqa: BLE001 - mapped
@@ -224,9 +225,9 @@ class S3Source:
         if len(data) != end - start:
             raise IntegrityError(f"{self.location}: short read at offset {start} (object "
                                  "changed?)")
-        return bytes(data)
+        return data
 
-    def _block(self, b: int) -> Future[bytes]:
+    def _block(self, b: int) -> Future[Any]:
         """Block b's future (cached, or started now); caller holds the lock."""
         f = self._blocks.get(b)
         if f is not None:
@@ -251,7 +252,7 @@ class S3Source:
         if offset >= self._tail_start:
             return self._tail[offset - self._tail_start:offset - self._tail_start + length]
         if length >= BLOCK:
-            return self._get(offset, offset + length)
+            return bytes(self._get(offset, offset + length))
         first, last = offset // BLOCK, (offset + length - 1) // BLOCK
         with self._lock:
             futures = [self._block(b) for b in range(first, last + 1)]
@@ -262,9 +263,10 @@ class S3Source:
                     self._block(b)
             self._max_block = max(self._max_block, last)
         parts = [f.result() for f in futures]
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
         lo = offset - first * BLOCK
-        return data[lo:lo + length]
+        if len(parts) == 1:
+            return bytes(memoryview(parts[0])[lo:lo + length])  # the one copy
+        return b"".join(parts)[lo:lo + length]
 
     def xxh3(self, offset: int, length: int) -> int:
         return xxh3_64(self.read(offset, length))
