@@ -137,6 +137,7 @@ class S3Env:
         from dsbackup.storage import s3, s3config
 
         monkeypatch.setattr(s3config, "_settings", s3config.S3Settings())
+        monkeypatch.setattr(s3config, "_tuned", False)
         s3config.configure()
         s3.reset()
 

@@ -142,22 +142,24 @@ def test_5xx_and_slow_part_uploads_are_retried_in_bounded_time(s3, tmp_path):
 
 def test_server_gone_mid_upload_leaves_no_object_and_the_next_run_succeeds(s3, tmp_path):
     src = tmp_path / "big"
-    datasets.write_lmdb(str(src), datasets.iter_blocks(80))
+    datasets.write_lmdb(str(src), datasets.iter_blocks(160))  # ~40 MB: 8 parts
     proxy = FaultProxy(("127.0.0.1", s3.server.port)).start()
+    # one part in flight: the server goes away while parts remain to be sent
     env = dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint, DSBACKUP_S3_PART_MB="5",
-               DSBACKUP_S3_RETRIES="2", DSBACKUP_S3_TIMEOUT="5")
+               DSBACKUP_S3_RETRIES="2", DSBACKUP_S3_TIMEOUT="5", DSBACKUP_S3_CONCURRENCY="1")
     p = subprocess.Popen([sys.executable, "-m", "dsbackup", "backup", f"lmdb:{src}",
                           s3.url("gone.dsb"), "--level", "0", "--workers", "1"], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not any("partNumber=1" in s for s in proxy.seen) and time.monotonic() < deadline:
+    while not any("partNumber=2" in s for s in proxy.seen) and time.monotonic() < deadline:
         time.sleep(0.01)
     proxy.stop()  # the server is gone: connections refused from now on
     out, err = p.communicate(timeout=120)
     assert p.returncode == 2, err
     lines = [ln for ln in err.splitlines() if ln.startswith("dsbackup: error:")]
     assert len(lines) == 1 and "Traceback" not in err
-    assert s3.url("gone.dsb") in lines[0] and "upload" in lines[0]
+    assert s3.url("gone.dsb") in lines[0] and "upload failed" in lines[0]
+    assert "Connection refused" in lines[0] and "nothing was stored" in lines[0]
     assert "gone.dsb" not in s3.objects()
     proxy2 = FaultProxy(("127.0.0.1", s3.server.port)).start()
     try:

@@ -9,6 +9,8 @@ docs/STORAGE.md for the remaining window). A failed or interrupted upload is abo
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -38,6 +40,7 @@ CACHE_BLOCKS = 8  # 64 MiB at most per reader
 READ_AHEAD = 3  # blocks fetched ahead of a reader moving forward
 NEAR = 4  # a read this many blocks behind the furthest one still counts as moving forward
 
+log = logging.getLogger(__name__)
 _stores: dict[str, S3Store] = {}
 _stores_lock = threading.Lock()
 
@@ -73,14 +76,16 @@ def reset() -> None:
 
 
 def message(exc: BaseException) -> str:
-    """One line from an obstore error, secrets removed."""
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    if "Server returned non-2xx status code" not in line and len(text) > 1:
-        for extra in text[1:]:  # the cause (connection refused ...) is on a later line
-            if "error" in extra.lower() and "Debug" not in extra:
-                line += f" ({extra.strip()})"
-                break
+    """One line from an obstore error, with the root cause of its debug text (``Connection
+    refused``, a timeout ...), secrets removed."""
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    line = re.sub(r"^Generic S3 error: |, max_retries: \d+, retry_timeout: \S+", "", line)
+    line = re.sub(r"\s+-\s+", " - ", line)
+    cause = re.findall(r'message: "([^"]+)"', text) or re.findall(r"kind: (Timeout|Connect"
+                                                                 r"|Decode|Body)\b", text)
+    if cause and cause[-1] not in line:
+        line += f" ({cause[-1]})"
     return scrub(line)[:400]
 
 
@@ -163,22 +168,27 @@ class S3Sink:
             if data:
                 self._w.write(data)
         except Exception as exc:  # noqa: BLE001 - mapped
-            raise ArchiveError(f"{self.final}: upload failed: {message(exc)}; the upload was "
-                               "aborted, nothing was stored at the key") from None
+            raise ArchiveError(f"{self.final}: upload failed: {message(exc)}; nothing was "
+                               "stored at the key") from None
         return n
 
     def commit(self, check: Check | None = None) -> None:
         """Check the bytes sent (no download), HEAD again, then complete the upload."""
         if check is not None:
             check(SentSource(self._sent, self.final))
-        if not self.overwrite and head(self.final) is not None:
+        try:
+            existing = None if self.overwrite else head(self.final)
+        except ArchiveError as exc:
+            raise ArchiveError(f"{exc}; the upload was not completed, nothing was stored "
+                               "at the key") from None
+        if existing is not None:
             raise ArchiveExistsError(f"{self.final}: an object appeared at the key while this "
                                      "backup was uploading; not replacing it")
         try:
             self._w.close()
         except Exception as exc:  # noqa: BLE001 - mapped
             raise ArchiveError(f"{self.final}: completing the upload failed: "
-                               f"{message(exc)}") from None
+                               f"{message(exc)}; nothing was stored at the key") from None
         self._done = True
 
     def abort(self) -> None:
@@ -187,8 +197,10 @@ class S3Sink:
         self._done = True
         try:  # obstore aborts the multipart upload when its writer exits with an error
             self._w.__exit__(ArchiveError, ArchiveError("aborted"), None)
-        except Exception:  # noqa: BLE001 - the server may be gone; best effort
-            pass
+        except Exception as exc:  # noqa: BLE001 - the server may be gone
+            log.warning("%s: could not abort the multipart upload (%s); its parts stay until "
+                        "the bucket's lifecycle rule removes incomplete uploads", self.final,
+                        message(exc))
 
 
 class S3Source:

@@ -59,9 +59,15 @@ class S3Settings:
 
 
 _settings = S3Settings()
+_tuned = False
 
 
 def settings() -> S3Settings:
+    """The settings, with the DSBACKUP_S3_* environment applied on first use."""
+    global _tuned
+    if not _tuned:
+        _env_tuning()
+        _tuned = True
     return _settings
 
 
