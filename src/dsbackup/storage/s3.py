@@ -246,7 +246,7 @@ class S3Source:
             self._blocks.move_to_end(b)
             return f
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(settings().concurrency,
+            self._pool = ThreadPoolExecutor(settings().read_concurrency,
                                             thread_name_prefix="dsbackup-s3get")
         start = b * BLOCK
         f = self._pool.submit(self._get, start, min(self.size, start + BLOCK))

@@ -52,7 +52,8 @@ class S3Settings:
 
     endpoint: str | None = None
     part_size: int = 8 << 20  # bytes per uploaded part (S3 minimum: 5 MiB)
-    concurrency: int = 4  # parts in flight per upload; ranged GETs in flight per reader
+    concurrency: int = 2  # parts in flight per upload (memory: part_size x (this + 1))
+    read_concurrency: int = 4  # ranged GETs in flight per open archive
     retries: int = 5
     timeout_s: float = 60.0  # per request, and the retry window
     extra: dict[str, str] = field(default_factory=dict)
@@ -83,7 +84,8 @@ def _env_tuning() -> None:
     for name, attr, conv in (("DSBACKUP_S3_RETRIES", "retries", int),
                              ("DSBACKUP_S3_TIMEOUT", "timeout_s", float),
                              ("DSBACKUP_S3_PART_MB", "part_size", lambda v: int(v) << 20),
-                             ("DSBACKUP_S3_CONCURRENCY", "concurrency", int)):
+                             ("DSBACKUP_S3_CONCURRENCY", "concurrency", int),
+                             ("DSBACKUP_S3_READ_CONCURRENCY", "read_concurrency", int)):
         raw = os.environ.get(name)
         if raw:
             try:
