@@ -94,3 +94,24 @@ def test_encrypted_backup_and_incremental_in_the_bucket(s3, tmp_path):
     mgr.restore_backup(s3.url("e/inc.dsb"), f"lmdb:{tmp_path / 'dst'}")
     assert read_all(tmp_path / "dst") == read_all(src)
     assert b"correct horse" not in s3.get("e/full.dsb")
+
+
+def test_parent_dir_may_be_a_prefix_and_chains_may_mix_local_and_s3(s3, tmp_path):
+    from dsbackup.errors import MissingParentError
+
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(1500))
+    mgr = BackupManager(BackupConfig(workers=1))
+    local_full = tmp_path / "full.dsb"
+    mgr.create_backup(f"lmdb:{src}", local_full)  # a local parent of an S3 incremental
+    datasets.write_lmdb(str(src), datasets.iter_small(60, seed=8))
+    mgr.create_backup(f"lmdb:{src}", s3.url("kids/inc.dsb"), parent=local_full)
+    report = mgr.verify_backup(s3.url("kids/inc.dsb"))  # looked for under kids/ only
+    assert not report.ok and "full.dsb" in report.errors[0] and "is missing" in report.errors[0]
+    with pytest.raises(MissingParentError, match="full.dsb"):
+        mgr.restore_backup(s3.url("kids/inc.dsb"), f"lmdb:{tmp_path / 'dst'}")
+    assert mgr.verify_backup(s3.url("kids/inc.dsb"), parent_dirs=[tmp_path]).ok
+    # the parent moved into another prefix: found there with --parent-dir s3://.../
+    s3.client.upload_file(str(local_full), s3.bucket, "elsewhere/full.dsb")
+    report = mgr.verify_backup(s3.url("kids/inc.dsb"), parent_dirs=[s3.url("elsewhere/")])
+    assert report.ok and report.parents == [s3.url("elsewhere/full.dsb")]
