@@ -20,6 +20,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "dsbackup"
 # the same layer (migration, scheduler) may not import each other.
 LAYERS: list[tuple[str, ...]] = [
     ("base",),
+    ("storage",),
     ("datastores",),
     ("pipeline",),
     ("archive",),
@@ -35,7 +36,7 @@ BASE = {"dsbackup", "dsbackup._ext", "dsbackup._libc", "dsbackup._version",
         "dsbackup.filemodes", "dsbackup.keys", "dsbackup.patterns"}
 PROGRAMS = {"dsbackup.__main__", "dsbackup.demo", "dsbackup.datasets"}  # the cli group: entry
 # points and the generated data sets of the demo, tests and benchmarks
-SUBPACKAGES = {"datastores", "pipeline", "archive", "compat", "engine", "migration", "scheduler",
+SUBPACKAGES = {"storage", "datastores", "pipeline", "archive", "compat", "engine", "migration", "scheduler",
                "cli"}
 
 
@@ -220,7 +221,7 @@ def test_the_documented_order_is_this_one() -> None:
 # imported lazily, and the facades of the two subsystems it re-exports from,
 # `dsbackup.scheduler` and `dsbackup.migration`), its own helpers, and the base modules other
 # than the native code (docs/ARCHITECTURE.md, "The command line and the public API").
-CLI_MAY_IMPORT = {"dsbackup", "dsbackup.scheduler", "dsbackup.migration"} | (
+CLI_MAY_IMPORT = {"dsbackup", "dsbackup.scheduler", "dsbackup.migration", "dsbackup.storage"} | (
     BASE - {"dsbackup._ext", "dsbackup._libc"})
 
 

@@ -18,13 +18,13 @@ are ranked by content identity (:func:`parent_rank`): the very archive the child
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsbackup.errors import ArchiveError, IntegrityError, MissingParentError
+from dsbackup.storage import as_location, identity, is_file, is_stream, list_archives
 
 if TYPE_CHECKING:
     from dsbackup.archive.reader import ArchiveReader
@@ -108,11 +108,16 @@ def _rank(ref: ParentRef, needs_catalog: bool, r: ArchiveReader) -> int | None:
                        r.index.catalog_count > 0)
 
 
-def _unique_dirs(dirs: list[Path]) -> list[Path]:
-    out: list[Path] = []
+def _own_dir(loc: Any) -> list[Any]:
+    """The directory (or S3 prefix) an archive lies in; none for one read from ``-``."""
+    return [] if is_stream(loc) else [loc.parent]
+
+
+def _unique_dirs(dirs: list[Any]) -> list[Any]:
+    out: list[Any] = []
     seen: set[str] = set()
     for d in dirs:
-        key = os.path.realpath(d)
+        key = identity(d)
         if key not in seen:
             seen.add(key)
             out.append(d)
@@ -128,15 +133,15 @@ def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path],
     (ArchiveReader: this module never imports reader.py, which imports it); `needs_catalog`:
     the child has a key catalog, so a twin without one is the last choice (see
     :func:`parent_rank`)."""
-    dirs = _unique_dirs([child.parent] + list(search_dirs))
+    dirs = _unique_dirs(_own_dir(child) + list(search_dirs))
     mismatched: list[str] = []
-    seen: set[str] = {os.path.realpath(child)}
+    seen: set[str] = {identity(child)}
     best: tuple[int, ArchiveReader] | None = None
 
-    def consider(cand: Path, named: bool) -> int | None:
+    def consider(cand: Any, named: bool) -> int | None:
         nonlocal best
-        key = os.path.realpath(cand)
-        if key in seen or not cand.is_file():
+        key = identity(cand)
+        if key in seen or (named and not is_file(cand)):
             return None
         seen.add(key)
         r = _open_if_archive(cand, opener)
@@ -160,7 +165,7 @@ def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path],
     try:
         named = [d / ref.name for d in dirs] if ref.name else []
         if ref.path and ref.name and Path(ref.path).name == ref.name:
-            named.append(child.parent / ref.path)
+            named += [d / ref.path for d in _own_dir(child)]
         for cand in named:
             if consider(cand, True) == 0:
                 return best[1]  # type: ignore[index]
@@ -168,13 +173,11 @@ def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path],
         if best is None or best[0] > 1:
             for d in dirs:
                 try:
-                    names = sorted(os.listdir(d))
-                except OSError:
+                    cands = list_archives(d)  # files in a directory, objects under a prefix
+                except (ArchiveError, OSError):
                     continue
-                for n in names:
-                    if n.startswith("."):
-                        continue
-                    if consider(d / n, False) == 1:
+                for cand in cands:
+                    if consider(cand, False) == 1:
                         return best[1]  # type: ignore[index]
     except BaseException:
         if best is not None:
@@ -202,7 +205,8 @@ class ParentChain:
         self.reader = reader
         self.levels: list[ArchiveReader] = []
         # every ancestor is looked for beside its child, beside the top archive, then in dirs
-        dirs = _unique_dirs([reader.path.parent] + [Path(d) for d in (search_dirs or [])])
+        dirs = _unique_dirs(_own_dir(reader.path)
+                            + [as_location(d) for d in (search_dirs or [])])
         seen = {_fingerprint(reader)}
         cur = reader
         try:

@@ -9,7 +9,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from dsbackup._ext.checksum import crc32, crc32_combine
@@ -23,6 +22,7 @@ from dsbackup.archive.verify import check_payload
 from dsbackup.archive.writer import ArchiveWriter, WrittenArchive
 from dsbackup.errors import IntegrityError
 from dsbackup.pipeline.chunks import ReadyChunk
+from dsbackup.storage import display
 
 
 def _body_of(raw: bytes, payload: memoryview | bytes, level: int) -> Any:
@@ -98,7 +98,7 @@ def consolidate_archive(path: str | os.PathLike[str], out: str | os.PathLike[str
         source_parent = m.get("parent")
         m["parent"] = None
         if source_parent is not None:
-            m["consolidated_from"] = {"name": Path(path).name,
+            m["consolidated_from"] = {"name": getattr(reader.path, "name", str(reader.path)),
                                       "fingerprint": s.get("fingerprint"),
                                       "parents": [p.name for p in chain.paths] if chain else []}
         level = int((m.get("settings") or {}).get("compression_level", 1))
@@ -122,15 +122,17 @@ def consolidate_archive(path: str | os.PathLike[str], out: str | os.PathLike[str
             return w.finish(keep, before_rename=lambda tmp: _check(tmp, expect))
 
 
-def _check(tmp: Path, fingerprint: str | None) -> None:
+def _check(tmp: Any, fingerprint: str | None) -> None:
+    """`tmp`: a temp file's path, or a Source over the bytes an upload sent."""
     from dsbackup.archive.verify import verify_archive
 
+    where = display(tmp)
     report = verify_archive(tmp, deep=False, threads=2)
     if not report.ok:
-        raise IntegrityError(f"{tmp}: the consolidated archive failed its check: "
+        raise IntegrityError(f"{where}: the consolidated archive failed its check: "
                              + "; ".join(report.errors[:3]))
     with ArchiveReader(tmp) as r:
         got = r.summary.get("fingerprint")
     if got != fingerprint:
-        raise IntegrityError(f"{tmp}: consolidated fingerprint {got} differs from the source "
+        raise IntegrityError(f"{where}: consolidated fingerprint {got} differs from the source "
                              f"archive's content fingerprint {fingerprint}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dsbackup.errors import PathConflictError
+from dsbackup.storage import identity, is_remote
 
 SQLITE_SIDE_FILES = ("", "-wal", "-shm", "-journal")
 
@@ -78,6 +79,8 @@ def _overlap(archive_path: Path, store_path: Path, is_dir: bool) -> bool:
 
 
 def _conflict(archive: Any, stores: Iterable[tuple[str, Any]]) -> tuple[str, Any, Path] | None:
+    if is_remote(archive):  # an object or a stream lies in no local store
+        return None
     forms = _archive_forms(archive)
     for role, store in stores:
         for sp, is_dir in store_paths(store):
@@ -128,6 +131,9 @@ def check_new_archive(out: str | os.PathLike[str], *, overwrite: bool = False,
     """
     from dsbackup.errors import ArchiveExistsError
 
+    if is_remote(out):
+        _check_new_remote(out, overwrite=overwrite, inputs=inputs)
+        return
     target = Path(os.path.expanduser(os.fspath(out)))
     forms = _archive_forms(target)
     for a in inputs:
@@ -155,3 +161,21 @@ def check_new_archive(out: str | os.PathLike[str], *, overwrite: bool = False,
         raise ArchiveExistsError(
             f"{target}: not replaced, although --overwrite was given: {len(deps)} archive(s) "
             f"use it as their parent ({shown}); replacing it would make them unrestorable")
+
+
+def _check_new_remote(out: Any, *, overwrite: bool, inputs: Iterable[Any]) -> None:
+    """check_new_archive for an S3 object or ``-``: not one of `inputs`; --overwrite is
+    refused for objects (the dependents check lists local directories only); an existing
+    object is refused by the sink itself (HEAD before and after the upload)."""
+    from dsbackup.errors import ConfigError
+    from dsbackup.storage import as_location
+
+    loc = as_location(out)
+    for a in inputs:
+        if is_remote(a) and identity(as_location(a)) == identity(loc):
+            raise PathConflictError(f"{loc}: is {a}, an archive this one is made from; write "
+                                    "the new archive to another location")
+    if overwrite and not isinstance(loc, str):
+        raise ConfigError(f"{loc}: --overwrite is not supported for s3:// locations (an "
+                          "object another archive depends on could be replaced); delete the "
+                          "object first or write to a new key")

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from dsbackup.archive.chain import ParentRef, index_digest, parent_rank
 from dsbackup.errors import ArchiveError, IntegrityError
+from dsbackup.storage import as_location, identity
+from dsbackup.storage import list_archives as _list_archives
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 class ArchiveInfo:
     """What lineage needs of one archive (read in O(1): trailer, index, manifest, summary)."""
 
-    path: Path
+    path: Path  # or an S3Location (dsbackup.storage)
     fingerprint: str
     index_xxh3: str
     parent: ParentRef | None
@@ -42,7 +44,7 @@ class ArchiveInfo:
         from dsbackup.archive.reader import ArchiveReader
 
         with ArchiveReader(path) as r:
-            return cls(Path(path), str(r.summary.get("fingerprint", "")), index_digest(r),
+            return cls(as_location(path), str(r.summary.get("fingerprint", "")), index_digest(r),
                        ParentRef.from_manifest(r.manifest, str(path)),
                        r.index.catalog_count > 0)
 
@@ -55,17 +57,14 @@ def read_infos(paths: Iterable[str | os.PathLike[str]],
         try:
             infos.append(ArchiveInfo.read(p))
         except (ArchiveError, IntegrityError, OSError, ValueError, TypeError) as exc:
-            bad.append((Path(p), str(exc)))
+            bad.append((as_location(p), str(exc)))
     return infos, bad
 
 
 def directory_archives(directory: Path) -> list[Path]:
-    """Candidate archive files of a directory: regular, not hidden (temp files are)."""
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError:
-        return []
-    return [directory / n for n in names if not n.startswith(".") and (directory / n).is_file()]
+    """Candidate archive files of a directory (or objects under an S3 prefix): regular, not
+    hidden (temp files are)."""
+    return _list_archives(directory)
 
 
 def resolve_parent(child: ArchiveInfo, pool: Iterable[ArchiveInfo]) -> list[Path]:
@@ -96,9 +95,9 @@ def parent_links(infos: list[ArchiveInfo]) -> dict[Path, list[Path]]:
 
 def dependents(target: Path, infos: list[ArchiveInfo]) -> list[Path]:
     """The archives of `infos` whose parent resolves to `target`."""
-    tkey = os.path.realpath(target)
-    return sorted(a.path for a in infos
-                  if any(os.path.realpath(p) == tkey for p in resolve_parent(a, infos)))
+    tkey = identity(target)
+    return sorted((a.path for a in infos
+                   if any(identity(p) == tkey for p in resolve_parent(a, infos))), key=str)
 
 
 # -- helpers for schedulers and retention ----------------------------------------------------

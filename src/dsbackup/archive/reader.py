@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsbackup._ext.checksum import xxh3_64, xxh3_64_file
+from dsbackup._ext.checksum import xxh3_64
 from dsbackup.archive import crypto
 from dsbackup.archive import format as fmt
 from dsbackup.archive.index import ChunkEntry, Index
@@ -18,7 +16,6 @@ from dsbackup.archive.node import NodeFile, decode_node
 from dsbackup.archive.pages import PagedIndex
 from dsbackup.errors import (
     ArchiveError,
-    ArchiveUnavailable,
     ConfigError,
     IntegrityError,
     KeyRequiredError,
@@ -26,22 +23,38 @@ from dsbackup.errors import (
     UnsupportedArchive,
     WrongKeyError,
 )
+from dsbackup.storage import (
+    S3Location,
+    Source,
+    as_location,
+    is_remote,
+    is_stream,
+    open_source,
+)
 
 if TYPE_CHECKING:
     from dsbackup.archive.chain import ParentChain
 
 
 class ArchiveReader:
-    """Read a dsbackup archive. Thread-safe for concurrent chunk reads (pread, no shared cursor)."""
+    """Read a dsbackup archive. Thread-safe for concurrent chunk reads (pread, no shared cursor).
 
-    def __init__(self, path: str | os.PathLike[str], *,
+    `path`: a location (a local path, ``s3://BUCKET/KEY``, ``-``; dsbackup.storage) or an
+    opened storage Source (the quick check of bytes an upload sent)."""
+
+    def __init__(self, path: str | os.PathLike[str] | S3Location | Source, *,
                  parent_dirs: list[str | os.PathLike[str]] | None = None,
                  key: crypto.KeyMaterial | None = None, locked_ok: bool = False) -> None:
         """`key`: for an encrypted archive (docs/FORMAT.md §11.4); default: the key of
         ``crypto.using_key``. KeyRequiredError without one, WrongKeyError when it does not
         unwrap the data key (both exit 2). `locked_ok`: an encrypted archive without a key
         opens with only its public parts (trailer, key_header; `locked` is True)."""
-        self.path = Path(path)
+        if hasattr(path, "read") and hasattr(path, "xxh3"):
+            source: Source | None = path  # type: ignore[assignment]
+            path = source.location  # type: ignore[union-attr]
+        else:
+            source = None
+        self.path = as_location(path)  # a Path for a local archive, as before
         self.key = key
         self.cipher: crypto.ArchiveCipher | None = None
         self.key_header: dict[str, Any] | None = None
@@ -51,26 +64,20 @@ class ArchiveReader:
         self._summary: dict[str, Any] | None = None
         self._node: list[NodeFile] | None = None
         # incremental archives: where to look for parents besides this archive's directory
-        self.parent_dirs = [Path(d) for d in (parent_dirs or [])]
+        self.parent_dirs = [as_location(d) for d in (parent_dirs or [])]
         for d in self.parent_dirs:
-            if not d.is_dir():
+            if is_stream(d):
+                raise ConfigError("--parent-dir cannot be '-': parents are found by listing a "
+                                  "directory or an s3:// prefix")
+            if not is_remote(d) and not d.is_dir():
                 raise ConfigError(f"parent directory {d} (--parent-dir) "
                                   f"{'is not a directory' if d.exists() else 'does not exist'}")
         self._chain: ParentChain | None = None
         self._chain_lock = threading.Lock()
+        # the IO boundary: every byte is read through the source (file, object, stdin)
+        self._src: Source | None = source if source is not None else open_source(self.path)
         try:
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise ArchiveUnavailable(f"{self.path}: no such archive") from None
-        except IsADirectoryError:
-            raise ArchiveUnavailable(f"{self.path}: is a directory, not an archive") from None
-        except OSError as exc:
-            raise ArchiveUnavailable(f"{self.path}: cannot open: {exc.strerror}") from None
-        try:
-            st = os.fstat(self._fd)
-            if stat.S_ISDIR(st.st_mode):  # open(2) accepts a directory; read(2) would not
-                raise ArchiveUnavailable(f"{self.path}: is a directory, not an archive")
-            self.size = st.st_size
+            self.size = self._src.size
             tail = self.pread(max(0, self.size - fmt.TRAILER_SIZE), min(self.size, fmt.TRAILER_SIZE))
             try:
                 self.trailer = fmt.Trailer.decode(tail, self.size)
@@ -125,9 +132,8 @@ class ArchiveReader:
                 raise IntegrityError(f"{self.path}: index gives an impossible manifest length",
                                      part="index")
         except BaseException:
-            # -1 first: __del__ must not close the number again once it is reused elsewhere
-            fd, self._fd = self._fd, -1
-            os.close(fd)
+            src, self._src = self._src, None
+            src.close()
             raise
 
     # -- encryption (docs/FORMAT.md §11.4) ----------------------------------------------------
@@ -187,18 +193,15 @@ class ArchiveReader:
             raise IntegrityError(
                 f"{self.path}: read of {length} bytes at {offset} lies outside the "
                 f"{self.size}-byte file")
-        data = os.pread(self._fd, length, offset)
-        if len(data) != length:
-            raise IntegrityError(f"{self.path}: short read at offset {offset} (file changed?)")
-        return data
+        return self._src.read(offset, length)
 
     def close(self) -> None:
         if getattr(self, "_chain", None) is not None:
             self._chain.close()
             self._chain = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        src, self._src = getattr(self, "_src", None), None
+        if src is not None:
+            src.close()
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -423,11 +426,7 @@ class ArchiveReader:
             raw = self.pread(m.offset, m.length)
             digest = xxh3_64(raw)
         else:
-            try:
-                digest = xxh3_64_file(self._fd, m.offset, m.length)
-            except EOFError:
-                raise IntegrityError(f"{self.path}: short read at offset {m.offset} (file "
-                                     "changed?)") from None
+            digest = self._src.xxh3(m.offset, m.length)
         if digest != m.member_xxh3:
             raise IntegrityError(f"{self.path}: {where}: member checksum mismatch", chunk=i)
         return raw if keep else m.length

@@ -12,7 +12,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from dsbackup.errors import (
     UnsupportedArchive,
     WrongKeyError,
 )
+from dsbackup.storage import display
 
 
 @dataclass
@@ -164,7 +164,7 @@ def verify_archive(
     also re-hashes every `/blocks/<base32 sha2-256 multihash>` value against its key."""
     t0 = time.perf_counter()
     mode = "deep" if deep and sample is None else ("sampled" if sample is not None else "quick")
-    report = VerifyReport(path=str(Path(path)), mode=mode)
+    report = VerifyReport(path=display(path), mode=mode)
     try:
         reader = ArchiveReader(path, parent_dirs=parent_dirs, locked_ok=not deep
                                and sample is None)

@@ -1,11 +1,11 @@
-"""Streaming archive writer (docs/FORMAT.md): temp file, members in order, fsync, rename."""
+"""Streaming archive writer (docs/FORMAT.md): members in order into a storage sink (a temp file
+fsynced and renamed, or an S3 multipart upload completed: dsbackup.storage)."""
 
 from __future__ import annotations
 
 import json
 import os
 import struct
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,15 +19,8 @@ from dsbackup.archive import format as fmt
 from dsbackup.archive.crypto import KeyMaterial, new_archive_key
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.pages import PagedIndexBuilder
-from dsbackup.archive.tempfiles import (
-    fsync_dir,
-    lock_temp_file,
-    remove_stale_temp_files,
-    temp_path_for,
-)
-from dsbackup.archive.writeback import Writeback
-from dsbackup.errors import ArchiveError, ArchiveExistsError
-from dsbackup.filemodes import private_mode
+from dsbackup.errors import ArchiveError
+from dsbackup.storage import S3Location, open_sink
 
 _U64 = struct.Struct("<Q")
 
@@ -55,7 +48,7 @@ class ChunkLike(Protocol):
 
 @dataclass(frozen=True)
 class WrittenArchive:
-    path: Path
+    path: Path | S3Location | str
     size: int
     chunks: int
     records: int
@@ -64,26 +57,6 @@ class WrittenArchive:
     chunk_bytes: int
     fingerprint: str
     summary: dict[str, Any]
-
-
-class _Fsync:
-    """fsync(fd) in a thread (the GIL is released while it waits); wait() re-raises errors."""
-
-    def __init__(self, fd: int) -> None:
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fd,), name="dsbackup-fsync")
-        self._thread.start()
-
-    def _run(self, fd: int) -> None:
-        try:
-            os.fsync(fd)
-        except BaseException as exc:  # noqa: BLE001 - handed to wait()
-            self._error = exc
-
-    def wait(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise ArchiveError(f"fsync of the archive failed: {self._error}") from self._error
 
 
 class ArchiveWriter:
@@ -106,7 +79,7 @@ class ArchiveWriter:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | S3Location,
         *,
         manifest: dict[str, Any],
         level: int = 1,
@@ -118,29 +91,15 @@ class ArchiveWriter:
         kdf: dict[str, Any] | None = None,
         page_entries: int | None = None,
     ) -> None:
-        self.final = Path(path)
         self.overwrite = overwrite
-        if not self.final.parent.is_dir():
-            raise ArchiveError(f"{self.final}: directory {self.final.parent} does not exist")
-        if self.final.is_dir():
-            raise ArchiveError(f"{self.final}: is a directory")
-        if not overwrite and os.path.lexists(self.final):
-            raise _exists(self.final)
-        self.removed_leftovers = remove_stale_temp_files(self.final)
+        # the IO boundary: a local temp file, an S3 multipart upload or stdout
+        self._sink = open_sink(path, overwrite=overwrite)
+        self.final = self._sink.final
+        self.tmp = self._sink.tmp  # a local temp file's path (None elsewhere)
+        self.removed_leftovers = self._sink.removed_leftovers
         self.level = level
         self.created = int(created if created is not None else time.time())
-        self.tmp = temp_path_for(self.final)
-        try:
-            self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                               private_mode())  # 0600 unless --umask says otherwise
-        except OSError as exc:
-            raise ArchiveError(f"{self.final}: cannot create temporary file: {exc}") from exc
-        try:
-            lock_temp_file(self._fd)  # marks a live writer: leftover cleanup skips the file
-        except OSError:
-            pass  # a filesystem without flock: the PID in the name still protects the file
         self._pos = 0
-        self._writeback = Writeback(self._fd)
         self._index: IndexBuilder | PagedIndexBuilder = (
             IndexBuilder() if page_entries is None else PagedIndexBuilder(page_entries))
         self._page_bytes = 0  # index page members (not counted in chunk_bytes)
@@ -190,16 +149,7 @@ class ArchiveWriter:
     # -- low level -------------------------------------------------------------------------
 
     def _write(self, pieces: list[bytes | memoryview]) -> None:
-        views = [memoryview(p) for p in pieces if len(p)]
-        while views:
-            n = os.writev(self._fd, views)
-            self._pos += n
-            while views and n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            if views and n:
-                views[0] = views[0][n:]
-        self._writeback.advance(self._pos)
+        self._pos += self._sink.write(pieces)
 
     def _write_member(self, subfield: bytes, name: bytes, mtime: int, body: Body,
                       ) -> tuple[int, int, int]:
@@ -392,9 +342,10 @@ class ArchiveWriter:
         return ref
 
     def finish(self, summary: dict[str, Any] | None = None,
-               before_rename: Callable[[Path], None] | None = None) -> WrittenArchive:
-        """Write index, summary and trailer; fsync, meanwhile optionally checking the temp
-        file with `before_rename(temp_path)`; rename into place once both are done."""
+               before_rename: Callable[[Any], None] | None = None) -> WrittenArchive:
+        """Write index, summary and trailer; commit the sink, checking the written bytes with
+        `before_rename` first (a local temp file's path, fsynced meanwhile; or a Source over
+        the bytes an upload sent, before it completes)."""
         if self._closed:
             raise ArchiveError("archive writer is closed")
         try:
@@ -430,18 +381,8 @@ class ArchiveWriter:
             trailer = fmt.Trailer(ioff, ilen, ixxh, soff, slen, sxxh, self._index.count,
                                   self._pos, self.version, self.flags)
             self._write([trailer.encode()])
-            self._writeback.close()
-            # the check reads the written bytes back while fsync waits for the disk
-            synced = _Fsync(self._fd)
-            try:
-                if before_rename is not None:
-                    before_rename(self.tmp)
-            finally:
-                synced.wait()
-            self._place()
-            os.close(self._fd)
+            self._sink.commit(before_rename)
             self._closed = True
-            fsync_dir(self.final.parent)
         except BaseException:
             self.abort()
             raise
@@ -449,41 +390,15 @@ class ArchiveWriter:
                               self._raw_bytes, self._payload_bytes, chunk_bytes, fingerprint,
                               full)
 
-    def _place(self) -> None:
-        """Move the finished temp file to the final name (while its lock is still held)."""
-        if self.overwrite:
-            os.rename(self.tmp, self.final)
-            return
-        try:
-            os.link(self.tmp, self.final)  # fails if the name exists: nothing is replaced
-        except FileExistsError:
-            raise _exists(self.final) from None
-        except OSError:  # no hard links here (some FUSE, SMB): check, then rename
-            if os.path.lexists(self.final):
-                raise _exists(self.final) from None
-            os.rename(self.tmp, self.final)
-            return
-        os.unlink(self.tmp)
-
     def abort(self) -> None:
-        """Discard the temp file. Nothing is left at the final path."""
+        """Discard what was written (temp file, multipart upload). Nothing is left at the
+        final location."""
         if not self._closed:
             self._closed = True
             self._stop_sealer()
             if self._cipher is not None:
                 self._cipher.close()
-            try:
-                self._writeback.close()
-            except OSError:
-                pass  # the archive is being discarded anyway
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-        try:
-            self.tmp.unlink()
-        except FileNotFoundError:
-            pass
+        self._sink.abort()
 
     def __enter__(self) -> ArchiveWriter:
         return self
@@ -492,7 +407,3 @@ class ArchiveWriter:
         if exc_type is not None or not self._closed:
             self.abort()
 
-
-def _exists(path: Path) -> ArchiveExistsError:
-    return ArchiveExistsError(f"{path}: already exists; not replacing it (give --overwrite to "
-                              "replace an archive no other archive depends on)")

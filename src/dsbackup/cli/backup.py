@@ -16,7 +16,7 @@ from dsbackup.cli._common import (
     warn_unanchored,
 )
 from dsbackup.cli._keys import add_key_options
-from dsbackup.errors import EXIT_WARNING
+from dsbackup.errors import EXIT_WARNING, ConfigError
 
 COMMAND = "backup"
 HELP = "back up a datastore (URI or path) to an archive"
@@ -25,7 +25,8 @@ HELP = "back up a datastore (URI or path) to an archive"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="datastore: lmdb:PATH, flatfs:PATH, leveldb:PATH, sqlite:PATH, "
                    "kubo:PATH, helia:PATH, fsds:PATH or a path (detected)")
-    p.add_argument("archive", help="archive to write (.tar.gz)")
+    p.add_argument("archive", help="archive to write: a path (.tar.gz), s3://BUCKET/KEY, or - "
+                   "for standard output (docs/STORAGE.md)")
     p.add_argument("--level", type=int, default=1, help="compression level 0-9 (default 1)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="mean records per chunk (default: auto, ~1 MiB chunks)")
@@ -70,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.archive == "-" and args.json:
+        raise ConfigError("--json writes to standard output, which holds the archive when "
+                          "ARCHIVE is '-'; leave out --json")
     unanchored = warn_unanchored("--exclude", args.exclude)
     from dsbackup import prestart_workers
 

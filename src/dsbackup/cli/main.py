@@ -47,7 +47,7 @@ def _command_in(argv: Sequence[str]) -> str | None:
     for arg in args:
         if arg in ("-h", "--help", "--version"):
             return None
-        if arg == "--umask":
+        if arg in ("--umask", "--s3-endpoint"):
             next(args, None)  # its value
         elif not arg.startswith("-"):
             return arg if arg in _command_names() else None
@@ -79,6 +79,10 @@ def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
     p.add_argument("--umask", type=_umask, default=default, metavar="OCTAL",
                    help="mode of archives, journals and spill files: 0666 minus this umask "
                         "(default 077: owner only)")
+    p.add_argument("--s3-endpoint", default=default, metavar="URL",
+                   help="endpoint of an S3-compatible server for s3:// locations (path-style "
+                        "addressing; http only on the loopback address); default: "
+                        "AWS_ENDPOINT_URL or ~/.aws/config (docs/STORAGE.md)")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -188,6 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.umask is not None:
         filemodes.set_private_umask(args.umask)
     _expand_user_paths(args)
+    if getattr(args, "s3_endpoint", None):
+        from dsbackup.storage import check_endpoint, configure
+
+        try:
+            check_endpoint(args.s3_endpoint)
+        except DsBackupError as exc:
+            parser.error(str(exc))
+        configure(args.s3_endpoint)
     tune_allocator()  # large chunk buffers are reused instead of page-faulted in each time
     if not getattr(args, "_run", None):
         parser.error(f"give a command: {', '.join(_command_names())}")
@@ -227,7 +239,10 @@ def _run_with_key(args: argparse.Namespace) -> int:
 
 
 def _fail(exc: Exception, args: argparse.Namespace) -> int:
+    from dsbackup.storage import scrub
+
     message, code = describe_error(exc, args)
+    message = scrub(message)  # no credential in any message (docs/STORAGE.md)
     if args.verbose and not isinstance(exc, DsBackupError):
         log.warning("traceback of the error below", exc_info=exc)
     if getattr(args, "json", False):

@@ -1,5 +1,6 @@
 """`dsbackup prune DIR`: apply a retention policy (borg prune semantics) to the scheduled-backup
-archives in a directory, explaining each decision."""
+archives in a directory or under an S3 prefix (``s3://BUCKET/PREFIX/``), explaining each
+decision."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from dsbackup.scheduler import (
     parse_duration,
     plan_retention,
 )
+from dsbackup.storage import S3Location, as_location, delete, is_stream
 
 COMMAND = "prune"
 HELP = "delete old archives in a directory by retention rules (borg prune semantics)"
@@ -33,8 +35,9 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("directory", type=Path, help="directory of <name>_<YYYYmmdd_HHMMSS>.tar.gz "
-                                                "archives")
+    p.add_argument("directory", type=as_location,
+                   help="directory (or s3://BUCKET/PREFIX/) of <name>_<YYYYmmdd_HHMMSS>.tar.gz "
+                        "archives")
     periods = {"hourly": "hours", "daily": "days", "weekly": "ISO weeks", "monthly": "months",
                "yearly": "years"}
     for rule in RULES:
@@ -71,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
     if policy.is_empty:
         raise ConfigError("give at least one of --keep-last, --keep-hourly, --keep-daily, "
                           "--keep-weekly, --keep-monthly, --keep-yearly, --max-age")
-    if not args.directory.is_dir():
+    if is_stream(args.directory):
+        raise ConfigError("prune needs a directory or an s3:// prefix, not '-'")
+    if isinstance(args.directory, S3Location):
+        args.directory = S3Location(args.directory.bucket, args.directory.prefix)
+    elif not args.directory.is_dir():
         raise ConfigError(f"{args.directory}: not a directory")
     if args.state is not None and not args.state.is_dir():
         # without its verified flags the newest verified archive would lose its protection
@@ -115,9 +122,9 @@ def run(args: argparse.Namespace) -> int:
                       f"{d.id}  {shown}")
             if not d.keep and not args.dry_run:
                 try:
-                    paths[d.id].unlink()
+                    delete(paths[d.id])  # a file, or an object (one DELETE)
                     report["deleted"].append(str(paths[d.id]))
-                except OSError as exc:
+                except (OSError, DsBackupError) as exc:
                     report["errors"].append(f"{paths[d.id]}: {exc}")
                     log.error("%s: cannot delete: %s", paths[d.id], exc)
     report["ok"] = not report["errors"]

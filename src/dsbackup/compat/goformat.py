@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from dsbackup.errors import ArchiveError, IntegrityError
+from dsbackup.storage import is_remote
 
 try:  # ISA-L inflate is several times faster than zlib's; same API and errors as gzip
     from isal import igzip as _gzip
@@ -113,7 +114,10 @@ def _open(path: str | os.PathLike[str]) -> io.BufferedReader:
 def is_go_archive(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a gzip'd tar whose first member is ``chunk_N.chunk`` or
     ``metadata.json`` (what the Go tool writes first). Reads only the first few KiB; a dsbackup
-    archive (first member ``dsbackup/manifest.json``) or any unreadable file gives False."""
+    archive (first member ``dsbackup/manifest.json``) or any unreadable file gives False;
+    so does an S3 object or ``-`` (the Go format is read from local files only)."""
+    if is_remote(path):
+        return False
     try:
         with open(path, "rb") as raw:
             if raw.peek(2)[:2] != b"\x1f\x8b":

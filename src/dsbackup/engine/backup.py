@@ -24,6 +24,7 @@ from dsbackup.engine.write import write_archive
 from dsbackup.errors import BackupError, Cancelled, ConfigError, DsBackupError, IntegrityError
 from dsbackup.metadata import BackupMetadata, RestoreResult
 from dsbackup.pipeline.scanchoice import PARALLEL_MIN_BYTES, PARALLEL_SCHEMES
+from dsbackup.storage import as_location, display, is_remote, is_stream
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,11 @@ class BackupManager:
         if format == "go" and cfg.encryption is not None:
             raise ConfigError("--format go cannot be encrypted: --encrypt needs the dsbackup "
                               "format")
+        if parent is not None and is_stream(parent):
+            raise ConfigError("--parent cannot be '-': the parent chain is opened by name for "
+                              "random access; give its path or s3:// location")
+        if format == "go" and is_remote(path):
+            raise ConfigError(f"{path}: --format go writes local files only")
         if format == "go" and (parent is not None or cfg.include_metadata):
             raise ConfigError("--format go writes full backups without a key catalog: "
                               "--parent and --include-metadata need the dsbackup format")
@@ -134,12 +140,12 @@ class BackupManager:
                 from dsbackup.engine.incremental import create_incremental
 
                 with using_key(cfg.encryption or key):  # the parents' key, the check's
-                    meta = create_incremental(ds, Path(path), Path(parent), cfg,
+                    meta = create_incremental(ds, as_location(path), as_location(parent), cfg,
                                               parent_dirs=parent_dirs, progress=progress,
                                               cancel=cancel, t0=t0)
             else:
                 with using_key(cfg.encryption):  # the check before the rename reads it
-                    meta = self._create(ds, Path(path), cfg, progress, cancel, t0)
+                    meta = self._create(ds, as_location(path), cfg, progress, cancel, t0)
         except Cancelled:
             self._count("backups_failed")
             if deadline.fired:
@@ -276,8 +282,9 @@ def audit_source(source: Any, skip_foreign: bool) -> FileAudit:
     return audit
 
 
-def _quick_check(tmp_path: Path) -> None:
+def _quick_check(tmp_path: Any) -> None:
+    """A temp file's path, or a Source over the bytes an upload sent."""
     report = verify_archive(tmp_path, deep=False, threads=2)
     if not report.ok:
-        raise IntegrityError(f"{tmp_path}: the archive just written failed its check: "
+        raise IntegrityError(f"{display(tmp_path)}: the archive just written failed its check: "
                              + "; ".join(report.errors[:3]))

@@ -44,6 +44,7 @@ from dsbackup.metadata import BackupMetadata
 from dsbackup.pipeline.central import ChunkSettings
 from dsbackup.pipeline.chunks import compress_chunk
 from dsbackup.pipeline.sources import DatastoreSource, LmdbSource, Plan
+from dsbackup.storage import display, identity, relative_hint
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +183,13 @@ def _check_own(tmp: Path, parent: ArchiveReader) -> None:
     from dsbackup.archive.chain import ParentChain
     from dsbackup.archive.verify import VerifyReport, _check_summary
 
-    with ArchiveReader(tmp) as r:
-        report = VerifyReport(path=str(tmp), mode="quick")
+    with ArchiveReader(tmp) as r:  # a temp file, or the bytes an upload sent (a Source)
+        report = VerifyReport(path=display(tmp), mode="quick")
         for problem in r.index.check_layout(r.manifest_end, r.trailer.index_offset):
             report.add(problem)
         _check_summary(r, report)
         if not report.ok:
-            raise IntegrityError(f"{tmp}: the archive just written failed its check: "
+            raise IntegrityError(f"{display(tmp)}: the archive just written failed its check: "
                                  + "; ".join(report.errors[:3]))
         upper = parent.open_parents()
         chain = ParentChain.of_levels(r, [parent] + (upper.levels if upper else []))
@@ -227,9 +228,9 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
         chain = preader.open_parents()  # every ancestor must be there before we rely on it
         if chain is not None and cfg.include_metadata and preader.index.catalog_count:
             chain.require_catalogs()  # referenced catalogs must exist all the way down
-        target = path.resolve()
+        target = identity(path)
         for p in [preader.path] + (chain.paths if chain else []):
-            if p.resolve() == target:
+            if identity(p) == target:
                 raise ConfigError(f"{path}: is the parent archive or one of its ancestors; "
                                   "write the incremental backup to a new path")
         if isinstance(source, (str, os.PathLike)):
@@ -277,7 +278,7 @@ def _plan(where: _Where, path: Path, preader: ArchiveReader, cfg: BackupConfig,
                     preader.path)
     ref = ParentRef(str(preader.summary["fingerprint"]), preader.path.name,
                     index_digest(preader),
-                    os.path.relpath(preader.path.resolve(), path.resolve().parent))
+                    relative_hint(preader.path, path))
     created = datetime.now(timezone.utc)
     node = None if cfg.datastore_only else node_snapshot(where.ds)
     if preader.encrypted and cfg.encryption is None:

@@ -26,7 +26,6 @@ from dsbackup._ext.framing import FramingError, decode_records
 from dsbackup.archive import guard
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import check_layout, check_payload
-from dsbackup.archive.writeback import start_writeback
 from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.engine.restore_journal import JournalSync, write_journal
 from dsbackup.engine.restore_node import restore_node
@@ -43,6 +42,8 @@ from dsbackup.errors import (
 from dsbackup.keys import Key, children_range
 from dsbackup.metadata import Progress, RestoreResult
 from dsbackup.patterns import KeyMatcher, key_matcher
+from dsbackup.storage import display, is_remote
+from dsbackup.storage.writeback import start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ def restore_archive(
     from dsbackup.compat.goformat import is_go_archive
 
     guard.check_target_outside(target, [path])
-    if is_go_archive(path):
+    if not is_remote(path) and is_go_archive(path):
         from dsbackup.compat.restore_go import restore_go_archive
 
         with TargetLock(target, f"restore of {Path(path).name}"):
@@ -255,7 +256,7 @@ def restore_archive(
     except BaseException:
         reader.close()
         raise
-    lock = TargetLock(target, f"restore of {Path(path).name}")
+    lock = TargetLock(target, f"restore of {display(path)}")
     try:
         lock.acquire()  # a second writer of the target gets exit 4 naming this process
     except BaseException:

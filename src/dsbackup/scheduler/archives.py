@@ -6,6 +6,9 @@ import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from dsbackup.storage import exists
+from dsbackup.storage import list_archives as storage_list
+
 _PATTERN = re.compile(r"(?P<name>.+)_(?P<ts>\d{8}_\d{6})\.tar\.gz")
 _TS = "%Y%m%d_%H%M%S"
 _ONE_SECOND = timedelta(seconds=1)
@@ -32,19 +35,20 @@ def free_archive_path(directory: Path, name: str, when: datetime) -> Path:
     candidate = when.astimezone(timezone.utc).replace(microsecond=0)
     while True:
         path = directory / archive_name(name, candidate)
-        if not path.exists():
+        if not exists(path):  # a file, or an object (HEAD)
             return path
         candidate += _ONE_SECOND
 
 
 def list_archives(directory: Path, name: str | None = None) -> list[tuple[Path, str, datetime]]:
-    """Scheduled-backup archives in ``directory`` (optionally of one name), oldest first."""
+    """Scheduled-backup archives in ``directory`` or under an S3 prefix (an S3Location;
+    dsbackup.storage), optionally of one name, oldest first."""
     out = []
-    if not directory.is_dir():
+    if isinstance(directory, Path) and not directory.is_dir():
         return out
-    for entry in directory.iterdir():
+    for entry in storage_list(directory):
         parsed = parse_archive_name(entry.name)
-        if parsed and entry.is_file() and (name is None or parsed[0] == name):
+        if parsed and (name is None or parsed[0] == name):
             out.append((entry, parsed[0], parsed[1]))
     return sorted(out, key=lambda t: (t[2], t[0].name))
 

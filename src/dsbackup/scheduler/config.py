@@ -13,6 +13,7 @@ from dsbackup.errors import ConfigError
 from dsbackup.scheduler.cron import CronSchedule, get_zone
 from dsbackup.scheduler.retention import RetentionPolicy
 from dsbackup.scheduler.secret import Secret
+from dsbackup.storage import S3Location, as_location
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 TLS_MODES = ("starttls", "tls", "none")
@@ -101,7 +102,7 @@ class SchedulerConfig:
     poll_interval: float = 30.0  # longest sleep of the daemon loop (seconds)
 
     def __post_init__(self) -> None:
-        self.default_backup_dir = Path(self.default_backup_dir)
+        self.default_backup_dir = _dir(self.default_backup_dir)
         self.state_path = Path(self.state_path)
         if self.metrics_textfile is not None:
             self.metrics_textfile = Path(self.metrics_textfile)
@@ -219,11 +220,20 @@ class ScheduledBackup:
         if self.full_every < 1:
             raise ConfigError("full_every must be >= 1")
         if self.backup_dir is not None:
-            self.backup_dir = Path(self.backup_dir)
+            self.backup_dir = _dir(self.backup_dir)
         CronSchedule(self.schedule)  # validate early
 
     def source_label(self) -> str:
         return self.source if isinstance(self.source, str) else type(self.source).__name__
+
+
+def _dir(value: Any) -> Any:
+    """A backup directory: a Path, or an S3 prefix (``s3://BUCKET/PREFIX/``; the state stays
+    local)."""
+    loc = as_location(value)
+    if isinstance(loc, S3Location):
+        return S3Location(loc.bucket, loc.prefix)
+    return Path(loc)
 
 
 def env_secret(value: str | None, env_name: str | None) -> str | None:

@@ -159,6 +159,19 @@ class Table:
             return None if default is None else base / Path(default).expanduser()
         return base / Path(v).expanduser()
 
+    def location(self, key: str, base: Path, default: Any = None) -> Any:
+        """A directory, or an ``s3://BUCKET/PREFIX/`` (dsbackup.storage)."""
+        v = self.string(key, None)
+        if v is not None and v.startswith("s3://"):
+            from dsbackup.storage import S3Location, as_location
+
+            try:
+                loc = as_location(v)
+            except ConfigError as exc:
+                raise self.error(key, str(exc)) from None
+            return S3Location(loc.bucket, loc.prefix)
+        return self.path(key, base, default)
+
     def table(self, key: str) -> Table:
         return Table(self.file, f"{self.where[:-1]}.{key}]" if self.where.endswith("]")
                      else f"[{key}]", self.data.get(key, {}))

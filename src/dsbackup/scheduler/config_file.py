@@ -120,7 +120,7 @@ def parse_notifications(t: Table, base: Path) -> NotificationConfig:
     return NotificationConfig(**kw)
 
 
-_SCHED_KEYS = {"backup_dir", "state_dir", "time_zone", "concurrent_backups",
+_SCHED_KEYS = {"backup_dir", "s3_endpoint", "state_dir", "time_zone", "concurrent_backups",
                "health_check_interval", "misfire_grace_time", "verify_after_backup",
                "health_deep_sample", "min_free_bytes", "min_free_ratio", "metrics_port",
                "metrics_textfile", "poll_interval"}
@@ -140,8 +140,17 @@ def _zone(t: Table, key: str, default: str) -> str:
 
 def parse_scheduler(t: Table, base: Path) -> dict[str, Any]:
     t.check_keys(_SCHED_KEYS)
+    endpoint = t.string("s3_endpoint", None)
+    if endpoint is not None:  # s3:// backup_dir: the endpoint of an S3-compatible server
+        from dsbackup.storage.s3config import check_endpoint, configure
+
+        try:
+            check_endpoint(endpoint)
+        except ConfigError as exc:
+            raise t.error("s3_endpoint", str(exc)) from None
+        configure(endpoint)
     kw: dict[str, Any] = {
-        "default_backup_dir": t.path("backup_dir", base, "backups"),
+        "default_backup_dir": t.location("backup_dir", base, "backups"),
         "state_path": t.path("state_dir", base, "dsbackup-state"),
         "metrics_textfile": t.path("metrics_textfile", base),
         "min_free_bytes": t.size("min_free_bytes"),
@@ -267,7 +276,7 @@ def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
         return ScheduledBackup(
             id=sid, name=t.string("name", sid), schedule=cron, source=source,
             backup_config=parse_backup_settings(backup, base), enabled=t.boolean("enabled", True),
-            backup_dir=t.path("backup_dir", base), retention_policy=retention,
+            backup_dir=t.location("backup_dir", base), retention_policy=retention,
             incremental=incremental, full_every=full_every, timeout=timeout)
     except ConfigError as exc:
         raise t.error(None, str(exc)) from None

@@ -80,7 +80,10 @@ def check_staleness(schedule: ScheduledBackup, cron: CronSchedule, now: datetime
 
 def check_free_space(directory: Path, min_free_bytes: int | None,
                      min_free_ratio: float | None) -> tuple[CheckResult, int | None]:
-    """Free space of the file system holding ``directory`` against the thresholds."""
+    """Free space of the file system holding ``directory`` against the thresholds (a bucket
+    has no free space to check: ok)."""
+    if not isinstance(directory, Path):
+        return CheckResult("free_space", str(directory), True, "object storage"), None
     probe = directory
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -112,7 +115,7 @@ def run_checks(schedules: list[ScheduledBackup], archives: Callable[[str], list[
             results.append(check_staleness(sched, crons[sched.id], now))
         dirs.add(sched.backup_dir or config.default_backup_dir)
     free = None
-    for d in sorted(dirs or {config.default_backup_dir}):
+    for d in sorted(dirs or {config.default_backup_dir}, key=str):
         res, f = check_free_space(d, config.min_free_bytes, config.min_free_ratio)
         results.append(res)
         free = f if free is None or (f is not None and f < free) else free

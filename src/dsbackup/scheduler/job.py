@@ -33,6 +33,7 @@ from dsbackup.scheduler.retention import (
 )
 from dsbackup.scheduler.runner import BackupRunner, RunResult, VerifyResult
 from dsbackup.scheduler.state import ArchiveEntry
+from dsbackup.storage import as_location, delete, exists, is_file
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _chain_gap(newest: ArchiveEntry, archives: list[ArchiveEntry]) -> str | None
     while cur.parent is not None and cur.parent in by_fp and cur.parent not in seen:
         seen.add(cur.parent)
         parent = by_fp[cur.parent]
-        if not Path(parent.path).exists():
+        if not exists(parent.path):
             return (f"its parent chain is broken: {os.path.basename(parent.path)} (parent of "
                     f"{os.path.basename(cur.path)}) is missing")
         cur = parent
@@ -86,14 +87,14 @@ def choose_parent(schedule: ScheduledBackup, archives: list[ArchiveEntry],
             or schedule.statistics.runs_since_full >= schedule.full_every - 1):
         return ParentChoice(None)
     name = os.path.basename(newest.path)
-    if not Path(newest.path).exists():
+    if not exists(newest.path):
         return ParentChoice(None, f"the newest archive {name} is missing")
     gap = _chain_gap(newest, archives)
     if gap is not None:
         return ParentChoice(None, f"the newest archive {name} cannot be a parent: {gap}")
     if runner is not None:
         try:
-            report = runner.verify(Path(newest.path), deep=False, sample=None)
+            report = runner.verify(as_location(newest.path), deep=False, sample=None)
         except Exception as exc:  # noqa: BLE001 - an unreadable parent means a full backup
             report = VerifyResult(False, [f"{type(exc).__name__}: {exc}"])
         if not report.ok:
@@ -127,9 +128,9 @@ def prune_catalog(archives: list[ArchiveEntry], policy: RetentionPolicy, now: da
     """Apply retention to a schedule's archives and delete the pruned files. The same code
     path as `dsbackup prune` (dsbackup.scheduler.pruning): an ancestor of a kept archive, or
     of any other archive in the same directories, is kept whatever its name."""
-    dirs = sorted({Path(a.path).parent for a in archives})
-    pool = sorted({*(Path(a.path) for a in archives if Path(a.path).is_file()),
-                   *(p for d in dirs for p in directory_archives(d))})
+    dirs = sorted({as_location(a.path).parent for a in archives}, key=str)
+    pool = sorted({*(as_location(a.path) for a in archives if is_file(a.path)),
+                   *(p for d in dirs for p in directory_archives(d))}, key=str)
     result = plan_retention({"schedule": retention_items(archives)}, pool, policy, now, tz,
                             fallback_parents=_state_parents(archives))["schedule"]
     pruned = result.pruned_ids
@@ -139,9 +140,10 @@ def prune_catalog(archives: list[ArchiveEntry], policy: RetentionPolicy, now: da
             kept.append(a)
             continue
         try:
-            Path(a.path).unlink(missing_ok=True)
+            if exists(a.path):
+                delete(a.path)  # a file, or an object
             log.info("pruned %s", a.path)
-        except OSError as exc:
+        except (OSError, DsBackupError) as exc:
             warnings.append(f"could not delete {a.path}: {exc}")
             kept.append(a)
     return kept, result, warnings
@@ -159,13 +161,17 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
         timer.daemon = True
         timer.start()
     try:
-        backup_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(backup_dir, Path):  # an s3:// prefix needs no directory
+            backup_dir.mkdir(parents=True, exist_ok=True)
         path = free_archive_path(backup_dir, schedule.name, started)
         choice = choose_parent(schedule, archives, runner)
         res, choice = _make_archive(schedule, runner, path, cancel, choice)
         verified: bool | None = None
         if verify:
             report = runner.verify(res.path, deep=False, sample=None)
+            if not report.ok and not isinstance(res.path, Path):  # an object: not renamed
+                raise IntegrityError(f"{res.path}: new archive failed verification "
+                                     f"({'; '.join(report.errors) or 'no detail'})")
             if not report.ok:
                 bad = res.path.with_name(res.path.name + ".unverified")
                 with contextlib.suppress(OSError):
@@ -214,7 +220,8 @@ def _make_archive(schedule: ScheduledBackup, runner: BackupRunner, path: Path,
     damaged) is made again as a full backup, so a schedule never sticks on a broken chain."""
     parent = choice.parent
     try:
-        return runner.run(schedule, path, cancel, parent=Path(parent.path) if parent else None), \
+        return runner.run(schedule, path, cancel,
+                          parent=as_location(parent.path) if parent else None), \
             choice
     except (MissingParentError, IntegrityError) as exc:
         if parent is None or cancel.is_set():

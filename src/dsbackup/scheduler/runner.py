@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dsbackup.errors import SchedulerError
+from dsbackup.storage import as_location
 
 
 @dataclass
@@ -111,10 +112,10 @@ class ManagerRunner:
             parent: Path | None = None) -> RunResult:
         mgr = self._manager(schedule.backup_config)
         meta = mgr.create_backup(schedule.source, archive_path, parent=parent, cancel=cancel_event)
-        path = Path(getattr(meta, "path", None) or archive_path)
+        path = as_location(getattr(meta, "path", None) or archive_path)
         return RunResult(
             path=path, created=meta.timestamp, fingerprint=meta.fingerprint,
-            size=path.stat().st_size, keys=meta.total_keys, parent=parent_fingerprint(meta.parent),
+            size=path.stat().st_size if isinstance(path, Path) else meta.compressed_size, keys=meta.total_keys, parent=parent_fingerprint(meta.parent),
             duration_s=meta.statistics.duration_s if getattr(meta, "statistics", None) else None,
         )
 
@@ -126,5 +127,5 @@ class ManagerRunner:
 
     def inspect(self, path: Path) -> ArchiveInfo:
         meta = self._manager().inspect(path)
-        return ArchiveInfo(Path(path), meta.timestamp, meta.fingerprint,
+        return ArchiveInfo(as_location(path), meta.timestamp, meta.fingerprint,
                            parent_fingerprint(meta.parent))

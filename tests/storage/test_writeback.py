@@ -1,11 +1,11 @@
-"""Early writeback and early syncs of an archive being written (dsbackup.archive.writeback)."""
+"""Early writeback and early syncs of an archive being written (dsbackup.storage.writeback)."""
 
 import os
 
 import pytest
 
-from dsbackup.archive import writeback
-from dsbackup.archive.writeback import SYNC_STEP, Writeback
+from dsbackup.storage import writeback
+from dsbackup.storage.writeback import SYNC_STEP, Writeback
 
 
 def _write(fd: int, wb: Writeback, total: int, piece: bytes) -> None:

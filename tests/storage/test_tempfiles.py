@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from dsbackup import datasets
-from dsbackup.archive.tempfiles import remove_stale_temp_files, stale_temp_files
+from dsbackup.storage.tempfiles import remove_stale_temp_files, stale_temp_files
 
 WRITER = """
 import sys, time

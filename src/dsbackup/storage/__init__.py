@@ -1,0 +1,108 @@
+"""Where archives live: local files, S3-compatible object storage, standard output/input.
+
+The archive reader and writer go through :func:`open_source` and :func:`open_sink` and do not
+know where the bytes live (docs/STORAGE.md). Locations: see :mod:`dsbackup.storage.location`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dsbackup.errors import ConfigError
+from dsbackup.storage.base import Sink, Source
+from dsbackup.storage.location import (
+    STREAM,
+    S3Location,
+    as_location,
+    display,
+    identity,
+    is_remote,
+    is_s3,
+    is_stream,
+    relative_hint,
+)
+from dsbackup.storage.s3config import check_endpoint, configure, scrub
+
+__all__ = ["STREAM", "S3Location", "Sink", "Source", "as_location", "check_endpoint", "configure",
+           "delete", "display", "exists", "identity", "is_file", "is_remote", "is_s3",
+           "is_stream", "list_archives", "open_sink", "open_source", "relative_hint", "scrub"]
+
+AnyLocation = str | os.PathLike[str] | S3Location
+
+
+def open_sink(location: AnyLocation, *, overwrite: bool = False) -> Sink:
+    """A new archive at `location` (nothing appears there before ``commit``)."""
+    loc = as_location(location)
+    if isinstance(loc, S3Location):
+        from dsbackup.storage.s3 import S3Sink
+
+        return S3Sink(loc, overwrite=overwrite)
+    if loc == STREAM:
+        from dsbackup.storage.stream import StdoutSink
+
+        return StdoutSink()
+    from dsbackup.storage.local import LocalSink
+
+    return LocalSink(Path(loc), overwrite=overwrite)
+
+
+def open_source(location: AnyLocation) -> Source:
+    """An existing archive for random access (ArchiveUnavailable when there is none)."""
+    loc = as_location(location)
+    if isinstance(loc, S3Location):
+        from dsbackup.storage.s3 import S3Source
+
+        return S3Source(loc)
+    if loc == STREAM:
+        from dsbackup.storage.stream import spooled_stdin
+
+        return spooled_stdin()
+    from dsbackup.storage.local import LocalSource
+
+    return LocalSource(Path(loc))
+
+
+def exists(location: AnyLocation) -> bool:
+    loc = as_location(location)
+    if isinstance(loc, S3Location):
+        from dsbackup.storage.s3 import head
+
+        return head(loc) is not None
+    if loc == STREAM:
+        return False
+    return os.path.lexists(loc)
+
+
+def is_file(location: AnyLocation) -> bool:
+    loc = as_location(location)
+    if isinstance(loc, S3Location):
+        return not loc.is_prefix and exists(loc)
+    return loc != STREAM and Path(loc).is_file()
+
+
+def list_archives(directory: AnyLocation) -> list[Path] | list[S3Location]:
+    """Candidate archives in a directory or under an S3 prefix (sorted, hidden names left
+    out: temp files are hidden)."""
+    loc = as_location(directory)
+    if isinstance(loc, S3Location):
+        from dsbackup.storage.s3 import list_archives as s3_list
+
+        return s3_list(S3Location(loc.bucket, loc.prefix))
+    if loc == STREAM:
+        raise ConfigError("'-' (a stream) is not a directory of archives")
+    from dsbackup.storage.local import list_archives as local_list
+
+    return local_list(Path(loc))
+
+
+def delete(location: AnyLocation) -> None:
+    loc = as_location(location)
+    if isinstance(loc, S3Location):
+        from dsbackup.storage.s3 import delete as s3_delete
+
+        s3_delete(loc)
+        return
+    if loc == STREAM:
+        raise ConfigError("'-' (a stream) cannot be deleted")
+    os.unlink(loc)

@@ -1,0 +1,191 @@
+"""Local files: a temp file beside the destination, written with writev, synced early and
+fsynced, then linked into place (never replacing a file unless asked); reads with pread."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from dsbackup._ext.checksum import xxh3_64_file
+from dsbackup.errors import (
+    ArchiveError,
+    ArchiveExistsError,
+    ArchiveUnavailable,
+    IntegrityError,
+)
+from dsbackup.filemodes import private_mode
+from dsbackup.storage.base import Check
+from dsbackup.storage.tempfiles import (
+    fsync_dir,
+    lock_temp_file,
+    remove_stale_temp_files,
+    temp_path_for,
+)
+from dsbackup.storage.writeback import Writeback
+
+
+def exists_message(path: object) -> str:
+    return (f"{path}: already exists; not replacing it (give --overwrite to replace an "
+            "archive no other archive depends on)")
+
+
+class _Fsync:
+    """fsync(fd) in a thread (the GIL is released while it waits); wait() re-raises errors."""
+
+    def __init__(self, fd: int) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fd,), name="dsbackup-fsync")
+        self._thread.start()
+
+    def _run(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except BaseException as exc:  # noqa: BLE001 - handed to wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise ArchiveError(f"fsync of the archive failed: {self._error}") from self._error
+
+
+class LocalSink:
+    """A new archive file. The temp file is locked while written (leftover cleanup skips it);
+    leftovers of dead writers in the same directory are removed first (``removed_leftovers``)."""
+
+    def __init__(self, path: Path, *, overwrite: bool = False) -> None:
+        self.final = path
+        self.overwrite = overwrite
+        if not path.parent.is_dir():
+            raise ArchiveError(f"{path}: directory {path.parent} does not exist")
+        if path.is_dir():
+            raise ArchiveError(f"{path}: is a directory")
+        if not overwrite and os.path.lexists(path):
+            raise ArchiveExistsError(exists_message(path))
+        self.removed_leftovers = remove_stale_temp_files(path)
+        self.tmp = temp_path_for(path)
+        try:
+            self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                               private_mode())  # 0600 unless --umask says otherwise
+        except OSError as exc:
+            raise ArchiveError(f"{path}: cannot create temporary file: {exc}") from exc
+        try:
+            lock_temp_file(self._fd)  # marks a live writer: leftover cleanup skips the file
+        except OSError:
+            pass  # a filesystem without flock: the PID in the name still protects the file
+        self._pos = 0
+        self._closed = False
+        self._writeback = Writeback(self._fd)
+
+    def write(self, pieces: Sequence[bytes | memoryview]) -> int:
+        views = [memoryview(p) for p in pieces if len(p)]
+        total = 0
+        while views:
+            n = os.writev(self._fd, views)
+            total += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if views and n:
+                views[0] = views[0][n:]
+        self._pos += total
+        self._writeback.advance(self._pos)
+        return total
+
+    def commit(self, check: Check | None = None) -> None:
+        """fsync, meanwhile `check(temp_path)`; link into place once both are done."""
+        self._writeback.close()
+        synced = _Fsync(self._fd)  # the check reads the file back while fsync waits
+        try:
+            if check is not None:
+                check(self.tmp)
+        finally:
+            synced.wait()
+        self._place()
+        os.close(self._fd)
+        self._closed = True
+        fsync_dir(self.final.parent)
+
+    def _place(self) -> None:
+        """Move the finished temp file to the final name (while its lock is still held)."""
+        if self.overwrite:
+            os.rename(self.tmp, self.final)
+            return
+        try:
+            os.link(self.tmp, self.final)  # fails if the name exists: nothing is replaced
+        except FileExistsError:
+            raise ArchiveExistsError(exists_message(self.final)) from None
+        except OSError:  # no hard links here (some FUSE, SMB): check, then rename
+            if os.path.lexists(self.final):
+                raise ArchiveExistsError(exists_message(self.final)) from None
+            os.rename(self.tmp, self.final)
+            return
+        os.unlink(self.tmp)
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._writeback.close()
+            except OSError:
+                pass  # the archive is being discarded anyway
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        try:
+            self.tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class LocalSource:
+    """An archive file opened for pread (no shared cursor: thread-safe)."""
+
+    def __init__(self, path: Path) -> None:
+        self.location = path
+        try:
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ArchiveUnavailable(f"{path}: no such archive") from None
+        except IsADirectoryError:
+            raise ArchiveUnavailable(f"{path}: is a directory, not an archive") from None
+        except OSError as exc:
+            raise ArchiveUnavailable(f"{path}: cannot open: {exc.strerror}") from None
+        st = os.fstat(self._fd)
+        if stat.S_ISDIR(st.st_mode):  # open(2) accepts a directory; read(2) would not
+            self.close()
+            raise ArchiveUnavailable(f"{path}: is a directory, not an archive")
+        self.size = st.st_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise IntegrityError(f"{self.location}: short read at offset {offset} (file "
+                                 "changed?)")
+        return data
+
+    def xxh3(self, offset: int, length: int) -> int:
+        try:
+            return xxh3_64_file(self._fd, offset, length)
+        except EOFError:
+            raise IntegrityError(f"{self.location}: short read at offset {offset} (file "
+                                 "changed?)") from None
+
+    def close(self) -> None:
+        # -1 first: a second close must not close the number again once it is reused
+        fd, self._fd = getattr(self, "_fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def list_archives(directory: Path) -> list[Path]:
+    """Candidate archive files of a directory: regular, not hidden (temp files are)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [directory / n for n in names if not n.startswith(".") and (directory / n).is_file()]

@@ -1,0 +1,290 @@
+"""S3-compatible object storage through obstore (Rust object_store): multipart uploads that
+become the object only on completion, ranged GETs through a small block cache (adjacent chunks
+share one request; a few requests in flight), list by prefix, delete.
+
+Write-once as on disk: a HEAD before the upload starts and again before it completes refuses
+an existing object (obstore's multipart completion cannot send ``If-None-Match``; see
+docs/STORAGE.md for the remaining window). A failed or interrupted upload is aborted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import obstore
+from obstore.store import S3Store
+
+from dsbackup._ext.checksum import xxh3_64
+from dsbackup.errors import (
+    ArchiveError,
+    ArchiveExistsError,
+    ArchiveUnavailable,
+    ConfigError,
+    IntegrityError,
+)
+from dsbackup.storage.base import Check
+from dsbackup.storage.location import S3Location
+from dsbackup.storage.s3config import client_config, scrub, settings
+from dsbackup.storage.sent import SentRecord, SentSource
+
+TAIL_BYTES = 256 << 10  # the open's one GET: trailer, and summary and index when small
+BLOCK = 8 << 20  # ranged GETs below this size are served from whole cached blocks
+CACHE_BLOCKS = 8  # 64 MiB at most per reader
+READ_AHEAD = 3  # blocks fetched ahead of a reader moving forward
+NEAR = 4  # a read this many blocks behind the furthest one still counts as moving forward
+
+log = logging.getLogger(__name__)
+_stores: dict[str, S3Store] = {}
+_stores_lock = threading.Lock()
+
+
+def store(bucket: str) -> S3Store:
+    """One client per bucket and process (thread-safe, connection pooling)."""
+    with _stores_lock:
+        st = _stores.get(bucket)
+        if st is None:
+            s = settings()
+            cfg = client_config()
+            timeout = timedelta(seconds=s.timeout_s)
+            try:
+                st = S3Store(bucket, config=cfg,  # type: ignore[arg-type]
+                             client_options={"allow_http": "http://" in cfg.get("endpoint", ""),
+                                             "timeout": timeout,
+                                             "connect_timeout": timedelta(seconds=10)},
+                             retry_config={"max_retries": s.retries, "retry_timeout": timeout,
+                                           "backoff": {"init_backoff": timedelta(seconds=0.1),
+                                                       "max_backoff": timedelta(seconds=5),
+                                                       "base": 2}})
+            except Exception as exc:  # noqa: BLE001 - obstore's config errors
+                raise ConfigError(f"s3://{bucket}: cannot set up the S3 client: "
+                                  f"{message(exc)}") from None
+            _stores[bucket] = st
+        return st
+
+
+def reset() -> None:
+    """Forget the clients (after the endpoint or credentials changed: tests, scheduler)."""
+    with _stores_lock:
+        _stores.clear()
+
+
+def message(exc: BaseException) -> str:
+    """One line from an obstore error, with the root cause of its debug text (``Connection
+    refused``, a timeout ...), secrets removed."""
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    line = re.sub(r"^Generic S3 error: |, max_retries: \d+, retry_timeout: \S+", "", line)
+    line = re.sub(r"\s+-\s+", " - ", line)
+    cause = re.findall(r'message: "([^"]+)"', text) or re.findall(r"kind: (Timeout|Connect"
+                                                                 r"|Decode|Body)\b", text)
+    if cause and cause[-1] not in line:
+        line += f" ({cause[-1]})"
+    return scrub(line)[:400]
+
+
+def _not_found(exc: BaseException) -> bool:
+    return isinstance(exc, (FileNotFoundError, obstore.exceptions.NotFoundError))
+
+
+def _unavailable(loc: S3Location, what: str, exc: BaseException) -> ArchiveError:
+    if _not_found(exc):
+        return ArchiveUnavailable(f"{loc}: no such archive (object not found)")
+    if isinstance(exc, (obstore.exceptions.PermissionDeniedError,
+                        obstore.exceptions.UnauthenticatedError)):
+        return ArchiveUnavailable(f"{loc}: {what}: access denied ({message(exc)})")
+    return ArchiveUnavailable(f"{loc}: {what} failed: {message(exc)}")
+
+
+def head(loc: S3Location) -> dict[str, Any] | None:
+    """The object's metadata, or None when there is none."""
+    try:
+        return obstore.head(store(loc.bucket), loc.key)
+    except Exception as exc:  # noqa: BLE001 - mapped
+        if _not_found(exc):
+            return None
+        raise _unavailable(loc, "HEAD", exc) from None
+
+
+def list_archives(prefix: S3Location) -> list[S3Location]:
+    """The objects directly under `prefix` (not in sub-prefixes), sorted, hidden names
+    (starting with a dot) left out as on disk."""
+    try:
+        res = obstore.list_with_delimiter(store(prefix.bucket), prefix.prefix or None)
+    except Exception as exc:  # noqa: BLE001 - mapped
+        raise _unavailable(prefix, "LIST", exc) from None
+    out = []
+    for meta in res["objects"]:
+        loc = S3Location(prefix.bucket, meta["path"])
+        if not loc.name.startswith("."):
+            out.append(loc)
+    return sorted(out, key=lambda x: x.key)
+
+
+def delete(loc: S3Location) -> None:
+    try:
+        obstore.delete(store(loc.bucket), loc.key)
+    except Exception as exc:  # noqa: BLE001 - mapped
+        raise _unavailable(loc, "DELETE", exc) from None
+
+
+class S3Sink:
+    """A multipart upload fed member by member (``part_size`` parts, ``concurrency`` in
+    flight: memory bounded whatever the archive's size)."""
+
+    def __init__(self, loc: S3Location, *, overwrite: bool = False) -> None:
+        if loc.is_prefix:
+            raise ConfigError(f"{loc}: names a prefix; give the archive's object key "
+                              f"(s3://{loc.bucket}/{loc.prefix}NAME.dsb)")
+        self.final = loc
+        self.overwrite = overwrite
+        self.removed_leftovers: list[Any] = []
+        self.tmp = None
+        if not overwrite and head(loc) is not None:
+            raise ArchiveExistsError(f"{loc}: already exists; not replacing it (give "
+                                     "--overwrite to replace an archive no other archive "
+                                     "depends on)")
+        s = settings()
+        self._sent = SentRecord()
+        self._done = False
+        try:
+            self._w = obstore.open_writer(store(loc.bucket), loc.key, buffer_size=s.part_size,
+                                          max_concurrency=s.concurrency)
+        except Exception as exc:  # noqa: BLE001 - mapped
+            raise _unavailable(loc, "starting the upload", exc) from None
+
+    def write(self, pieces: Sequence[bytes | memoryview]) -> int:
+        n = self._sent.add(pieces)
+        # a copy: obstore keeps the buffer it is given until the part is uploaded, and the
+        # pieces may be a worker's slot that is reused as soon as this returns
+        data = b"".join(pieces)
+        try:
+            if data:
+                self._w.write(data)
+        except Exception as exc:  # noqa: BLE001 - mapped
+            raise ArchiveError(f"{self.final}: upload failed: {message(exc)}; nothing was "
+                               "stored at the key") from None
+        return n
+
+    def commit(self, check: Check | None = None) -> None:
+        """Check the bytes sent (no download), HEAD again, then complete the upload."""
+        if check is not None:
+            check(SentSource(self._sent, self.final))
+        try:
+            existing = None if self.overwrite else head(self.final)
+        except ArchiveError as exc:
+            raise ArchiveError(f"{exc}; the upload was not completed, nothing was stored "
+                               "at the key") from None
+        if existing is not None:
+            raise ArchiveExistsError(f"{self.final}: an object appeared at the key while this "
+                                     "backup was uploading; not replacing it")
+        try:
+            self._w.close()
+        except Exception as exc:  # noqa: BLE001 - mapped
+            raise ArchiveError(f"{self.final}: completing the upload failed: "
+                               f"{message(exc)}; nothing was stored at the key") from None
+        self._done = True
+
+    def abort(self) -> None:
+        if self._done or not hasattr(self, "_w"):
+            return
+        self._done = True
+        try:  # obstore aborts the multipart upload when its writer exits with an error
+            self._w.__exit__(ArchiveError, ArchiveError("aborted"), None)
+        except Exception as exc:  # noqa: BLE001 - the server may be gone
+            log.warning("%s: could not abort the multipart upload (%s); its parts stay until "
+                        "the bucket's lifecycle rule removes incomplete uploads", self.final,
+                        message(exc))
+
+
+class S3Source:
+    """Random access to an object: the open is one suffix GET (size and tail); later reads
+    go through a block cache with read-ahead, so a restore reading chunks in order makes
+    one request per few MiB with a few in flight."""
+
+    def __init__(self, loc: S3Location) -> None:
+        if loc.is_prefix:
+            raise ArchiveUnavailable(f"{loc}: names a prefix, not an archive")
+        self.location = loc
+        self._store = store(loc.bucket)
+        try:
+            got = obstore.get(self._store, loc.key, options={"range": {"suffix": TAIL_BYTES}})
+            self._tail = bytes(got.bytes())
+            self.size = int(got.meta["size"])
+        except Exception as exc:  # noqa: BLE001 - mapped
+            if "Range Not Satisfiable" in str(exc) or "416" in str(exc):
+                self._tail, self.size = b"", 0  # an empty object
+            else:
+                raise _unavailable(loc, "GET", exc) from None
+        self._tail_start = self.size - len(self._tail)
+        self._blocks: OrderedDict[int, Future[Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._max_block = -2
+
+    def _get(self, start: int, end: int) -> Any:
+        """The bytes at [start, end): obstore's buffer (no copy; buffer protocol)."""
+        try:
+            data = obstore.get_range(self._store, self.location.key, start=start, end=end)
+        except Exception as exc:  # noqa: BLE001 - mapped
+            raise _unavailable(self.location, f"GET bytes {start}-{end}", exc) from None
+        if len(data) != end - start:
+            raise IntegrityError(f"{self.location}: short read at offset {start} (object "
+                                 "changed?)")
+        return data
+
+    def _block(self, b: int) -> Future[Any]:
+        """Block b's future (cached, or started now); caller holds the lock."""
+        f = self._blocks.get(b)
+        if f is not None:
+            self._blocks.move_to_end(b)
+            return f
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(settings().read_concurrency,
+                                            thread_name_prefix="dsbackup-s3get")
+        start = b * BLOCK
+        f = self._pool.submit(self._get, start, min(self.size, start + BLOCK))
+        self._blocks[b] = f
+        while len(self._blocks) > CACHE_BLOCKS:
+            self._blocks.popitem(last=False)
+        return f
+
+    def read(self, offset: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        if offset < 0 or offset + length > self.size:
+            raise IntegrityError(f"{self.location}: read of {length} bytes at {offset} lies "
+                                 f"outside the {self.size}-byte object")
+        if offset >= self._tail_start:
+            return self._tail[offset - self._tail_start:offset - self._tail_start + length]
+        if length >= BLOCK:
+            return bytes(self._get(offset, offset + length))
+        first, last = offset // BLOCK, (offset + length - 1) // BLOCK
+        with self._lock:
+            futures = [self._block(b) for b in range(first, last + 1)]
+            # moving forward (threads of a restore read chunks roughly in order): read ahead
+            if self._max_block - NEAR <= first <= self._max_block + 1:
+                for b in range(last + 1, min(last + 1 + READ_AHEAD,
+                                             (self.size - 1) // BLOCK + 1)):
+                    self._block(b)
+            self._max_block = max(self._max_block, last)
+        parts = [f.result() for f in futures]
+        lo = offset - first * BLOCK
+        if len(parts) == 1:
+            return bytes(memoryview(parts[0])[lo:lo + length])  # the one copy
+        return b"".join(parts)[lo:lo + length]
+
+    def xxh3(self, offset: int, length: int) -> int:
+        return xxh3_64(self.read(offset, length))
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._blocks.clear()

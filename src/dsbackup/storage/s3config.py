@@ -1,0 +1,172 @@
+"""Where S3 settings come from (docs/STORAGE.md "Credentials"), and keeping secrets out of text.
+
+Order: ``--s3-endpoint`` (or the scheduler's ``s3_endpoint``) for the endpoint; then the
+standard AWS environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_SESSION_TOKEN``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` /
+``AWS_ENDPOINT_URL``, ``AWS_PROFILE``); then the shared files (``~/.aws/credentials`` and
+``~/.aws/config``, or ``AWS_SHARED_CREDENTIALS_FILE`` / ``AWS_CONFIG_FILE``), for the profile
+``AWS_PROFILE`` or ``default``. Without keys from either, the client's own chain (instance
+metadata, web identity) is used.
+
+Every secret value found is registered with :func:`scrub`, which every error message from
+the S3 client passes through: credentials never reach logs, ``--json`` or exceptions.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dsbackup.errors import ConfigError
+
+_secrets: set[str] = set()
+_lock = threading.Lock()
+
+LOOPBACK_HOSTS = ("localhost",)
+
+
+def scrub(text: str) -> str:
+    """`text` with every known secret replaced by ``***``."""
+    with _lock:
+        known = sorted(_secrets, key=len, reverse=True)
+    for s in known:
+        if s:
+            text = text.replace(s, "***")
+    return text
+
+
+def register_secret(value: str | None) -> None:
+    if value and len(value) >= 4:
+        with _lock:
+            _secrets.add(value)
+
+
+@dataclass
+class S3Settings:
+    """The client settings of this process; ``configure`` changes the endpoint."""
+
+    endpoint: str | None = None
+    part_size: int = 8 << 20  # bytes per uploaded part (S3 minimum: 5 MiB)
+    concurrency: int = 2  # parts in flight per upload (memory: part_size x (this + 1))
+    read_concurrency: int = 4  # ranged GETs in flight per open archive
+    retries: int = 5
+    timeout_s: float = 60.0  # per request, and the retry window
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+_settings = S3Settings()
+_tuned = False
+
+
+def settings() -> S3Settings:
+    """The settings, with the DSBACKUP_S3_* environment applied on first use."""
+    global _tuned
+    if not _tuned:
+        _env_tuning()
+        _tuned = True
+    return _settings
+
+
+def configure(endpoint: str | None = None) -> None:
+    """Set the endpoint (``--s3-endpoint``); None keeps what the environment gives."""
+    if endpoint:
+        check_endpoint(endpoint)
+        _settings.endpoint = endpoint
+    _env_tuning()
+
+
+def _env_tuning() -> None:
+    for name, attr, conv in (("DSBACKUP_S3_RETRIES", "retries", int),
+                             ("DSBACKUP_S3_TIMEOUT", "timeout_s", float),
+                             ("DSBACKUP_S3_PART_MB", "part_size", lambda v: int(v) << 20),
+                             ("DSBACKUP_S3_CONCURRENCY", "concurrency", int),
+                             ("DSBACKUP_S3_READ_CONCURRENCY", "read_concurrency", int)):
+        raw = os.environ.get(name)
+        if raw:
+            try:
+                setattr(_settings, attr, conv(raw))
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if _settings.part_size < 5 << 20:
+        raise ConfigError("DSBACKUP_S3_PART_MB must be at least 5 (the S3 minimum part size)")
+
+
+def check_endpoint(endpoint: str) -> str:
+    """An http(s) URL; plain http only for a loopback address (127.0.0.1, ::1, localhost)."""
+    u = urlsplit(endpoint)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ConfigError(f"S3 endpoint {endpoint!r} is not an http(s) URL")
+    if u.scheme == "http" and not _loopback(u.hostname):
+        raise ConfigError(f"S3 endpoint {endpoint!r}: plain http is refused except on the "
+                          "loopback address (credentials and data would cross the network "
+                          "unencrypted); use https")
+    return endpoint
+
+
+def _loopback(host: str) -> bool:
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _profile_section(parser: configparser.ConfigParser, profile: str, config: bool,
+                     ) -> dict[str, str]:
+    names = [profile] if not config or profile == "default" else [f"profile {profile}",
+                                                                    profile]
+    for n in names:
+        if parser.has_section(n):
+            return dict(parser.items(n))
+    return {}
+
+
+def _read_ini(path: Path) -> configparser.ConfigParser:
+    p = configparser.ConfigParser(interpolation=None)
+    try:
+        p.read(path)
+    except configparser.Error as exc:
+        raise ConfigError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
+    return p
+
+
+def client_config() -> dict[str, str]:
+    """The obstore S3 config: credentials, region, endpoint (path-style with an endpoint)."""
+    env = os.environ
+    profile = env.get("AWS_PROFILE") or "default"
+    home = Path.home()
+    creds_file = Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or home / ".aws" / "credentials")
+    conf_file = Path(env.get("AWS_CONFIG_FILE") or home / ".aws" / "config")
+    creds = _profile_section(_read_ini(creds_file), profile, False) if creds_file.is_file() \
+        else {}
+    conf = _profile_section(_read_ini(conf_file), profile, True) if conf_file.is_file() else {}
+    out: dict[str, str] = {}
+    key_id = env.get("AWS_ACCESS_KEY_ID") or creds.get("aws_access_key_id") or \
+        conf.get("aws_access_key_id")
+    secret = env.get("AWS_SECRET_ACCESS_KEY") or creds.get("aws_secret_access_key") or \
+        conf.get("aws_secret_access_key")
+    token = env.get("AWS_SESSION_TOKEN") or creds.get("aws_session_token") or \
+        conf.get("aws_session_token")
+    if key_id and secret:
+        out["access_key_id"] = key_id
+        out["secret_access_key"] = secret
+        if token:
+            out["session_token"] = token
+    for s in (secret, token, key_id):
+        register_secret(s)
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or conf.get("region")
+    endpoint = (_settings.endpoint or env.get("AWS_ENDPOINT_URL_S3")
+                or env.get("AWS_ENDPOINT_URL") or conf.get("endpoint_url"))
+    if endpoint:
+        check_endpoint(endpoint)
+        out["endpoint"] = endpoint
+        out["virtual_hosted_style_request"] = "false"  # path-style: S3-compatible servers
+    out["region"] = region or "us-east-1"
+    out.update(_settings.extra)
+    return out

@@ -1,0 +1,49 @@
+"""`dsbackup prune s3://BUCKET/PREFIX/` deletes exactly what the local prune deletes (the same
+retention code over a listing by prefix), ancestors of kept archives included."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from dsbackup import datasets
+
+
+def cli(env, *args):
+    return subprocess.run([sys.executable, "-m", "dsbackup", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=240)
+
+
+def test_prune_of_a_prefix_matches_the_local_prune(s3, tmp_path):
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(2000))
+    d = tmp_path / "arch"
+    d.mkdir()
+    names = ["ipfs_20260101_000001.tar.gz", "ipfs_20260102_000001.tar.gz",
+             "ipfs_20260103_000001.tar.gz", "ipfs_20260104_000001.tar.gz"]
+    for i, n in enumerate(names):
+        extra = ("--parent", d / names[0]) if i == 3 else ()  # the newest: an incremental
+        if i == 3:
+            datasets.write_lmdb(str(src), datasets.iter_small(100, seed=5))
+        r = cli(s3.env, "backup", f"lmdb:{src}", d / n, *extra)
+        assert r.returncode == 0, r.stderr
+    for n in names:  # the same archives in the bucket, beside an object of another prefix
+        s3.client.upload_file(str(d / n), s3.bucket, f"node/{n}")
+    s3.client.put_object(Bucket=s3.bucket, Key="other/ipfs_20260101_000001.tar.gz", Body=b"x")
+
+    r = cli(s3.env, "prune", s3.url("node/"), "--keep-last", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    remote = json.loads(r.stdout)
+    r = cli(s3.env, "prune", d, "--keep-last", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    local = json.loads(r.stdout)
+
+    def names_of(paths):
+        return sorted(p.rsplit("/", 1)[1] for p in paths)
+
+    assert names_of(remote["deleted"]) == names_of(local["deleted"]) == names[1:3]
+    assert remote["groups"] == local["groups"]  # same decisions, same reasons
+    assert s3.objects("node/") == [f"node/{names[0]}", f"node/{names[3]}"]  # + the ancestor
+    assert s3.objects("other/") == ["other/ipfs_20260101_000001.tar.gz"]
+    assert sorted(p.name for p in d.iterdir()) == [names[0], names[3]]

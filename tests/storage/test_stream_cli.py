@@ -1,0 +1,70 @@
+"""``-``: backup to standard output, restore/verify/inspect/ls from standard input (spooled to an
+unnamed temp file); refused where an archive must be opened by name (docs/STORAGE.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from lmdb_files import read_all
+
+from dsbackup import datasets
+
+
+@pytest.fixture
+def src(tmp_path):
+    p = tmp_path / "src"
+    datasets.write_lmdb(str(p), list(datasets.iter_blocks(20)) + list(datasets.iter_small(2000)))
+    return p
+
+
+def run(cli_env, *args, stdin=None, stdout=None, text=True):
+    return subprocess.run([sys.executable, "-m", "dsbackup", *map(str, args)], env=cli_env,
+                          stdin=stdin, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE,
+                          timeout=240, text=text)
+
+
+def test_backup_to_stdout_then_verify_restore_inspect_ls_from_stdin(cli_env, src, tmp_path):
+    out = tmp_path / "piped.dsb"
+    with open(out, "wb") as f:
+        r = run(cli_env, "backup", f"lmdb:{src}", "-", "--include-metadata", stdout=f)
+    assert r.returncode == 0, r.stderr
+    local = tmp_path / "local.dsb"
+    assert run(cli_env, "backup", f"lmdb:{src}", local).returncode == 0
+    assert out.stat().st_size > 0
+    with open(out, "rb") as f:
+        r = run(cli_env, "verify", "-", "--json", stdin=f)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["path"] == "-"
+    with open(out, "rb") as f:
+        r = run(cli_env, "restore", "-", f"lmdb:{tmp_path / 'dst'}", stdin=f)
+    assert r.returncode == 0, r.stderr
+    assert read_all(tmp_path / "dst") == read_all(src)
+    for cmd in (("inspect", "-", "--json"), ("ls", "-", "--json")):
+        with open(out, "rb") as f:
+            r = run(cli_env, *cmd, stdin=f)
+        assert r.returncode == 0, r.stderr
+    # a truncated stream (a failed backup's output has no trailer): exit 3
+    with open(out, "rb") as f:
+        data = f.read()
+    r = subprocess.run([sys.executable, "-m", "dsbackup", "verify", "-"], env=cli_env,
+                       input=data[:len(data) // 2], capture_output=True, timeout=120)
+    assert r.returncode == 3, r.stderr
+
+
+def test_dash_is_refused_where_an_archive_is_opened_by_name(cli_env, src, tmp_path):
+    local = tmp_path / "a.dsb"
+    assert run(cli_env, "backup", f"lmdb:{src}", local).returncode == 0
+    cases = [
+        (("backup", f"lmdb:{src}", tmp_path / "b.dsb", "--parent", "-"), "--parent cannot be"),
+        (("verify", local, "--parent-dir", "-"), "--parent-dir cannot be"),
+        (("prune", "-", "--keep-last", "1"), "not '-'"),
+        (("backup", f"lmdb:{src}", "-", "--json"), "leave out --json"),
+        (("backup", f"lmdb:{src}", "-", "--format", "go"), "local files only"),
+    ]
+    for args, msg in cases:
+        r = run(cli_env, *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        assert r.returncode == 2, (args, r.stderr)
+        assert msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

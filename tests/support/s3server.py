@@ -1,0 +1,130 @@
+"""A real S3-protocol server for tests: moto's server mode on 127.0.0.1 (a random port), and a
+small HTTP proxy in front of it that fails or delays chosen requests (moto injects no faults).
+
+The production client (obstore) talks HTTP to them; nothing in-process is mocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# a recognisable secret: tests assert it never appears in any output
+SECRET_KEY = "dsbSECRETkey+Never+Print+This/42xyz"
+ACCESS_KEY = "AKIADSBACKUPTESTKEY1"
+
+
+class MotoServer:
+    def __init__(self) -> None:
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        host, self.port = self._server.get_host_and_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.running = True
+
+    def client(self, endpoint: str | None = None):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=endpoint or self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+
+    def stop(self) -> None:
+        if self.running:
+            self.running = False
+            self._server.stop()
+
+
+@dataclass
+class Rule:
+    """Requests whose method and URL match get `status` (or wait `delay` s) `times` times."""
+
+    method: str
+    contains: str
+    times: int
+    status: int | None = 503
+    delay: float = 0.0
+    hits: int = 0
+
+
+@dataclass
+class FaultProxy:
+    """Forwards to `upstream` (host, port); applies the first matching rule with uses left."""
+
+    upstream: tuple[str, int]
+    rules: list[Rule] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+    down: bool = False
+
+    def start(self) -> FaultProxy:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                if proxy.down:  # gone: kept-alive connections are cut, no answer
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                line = f"{self.command} {self.path}"
+                proxy.seen.append(line)
+                for r in proxy.rules:
+                    if r.method == self.command and r.contains in self.path and r.hits < r.times:
+                        r.hits += 1
+                        if r.delay:
+                            time.sleep(r.delay)
+                        if r.status is not None:
+                            msg = b"<Error><Code>SlowDown</Code></Error>"
+                            self.send_response(r.status)
+                            self.send_header("Content-Length", str(len(msg)))
+                            self.end_headers()
+                            self.wfile.write(msg)
+                            return
+                        break
+                conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("connection", "transfer-encoding")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length",
+                                         "server", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.down = True
+        self._httpd.shutdown()
+        self._httpd.server_close()
