@@ -52,17 +52,21 @@ include "keymatch.pxi"
 include "payload.pxi"
 
 from dsbackup._ext import compress as _compress_mod
+from dsbackup.errors import IntegrityError
 
 cdef const ds_compress_api *CAPI = <const ds_compress_api *>PyCapsule_GetPointer(
     _compress_mod._C_API, "dsbackup._ext.compress._C_API")
 
 
-class FramingError(ValueError):
-    """A payload or record stream violates docs/FORMAT.md §4.
+class FramingError(IntegrityError, ValueError):
+    """A payload or record stream violates docs/FORMAT.md §4 (exit 3: damaged chunk data).
 
     ``record`` is the record (or input key) index at fault and ``offset`` the payload byte
-    offset, when known.
+    offset, when known. The backup side (keys a source gave out of order or of a bad length)
+    re-raises it as BackupError naming the source.
     """
+
+    description = "chunk payload violates the record format"
 
     def __init__(self, message: str, record: int | None = None, offset: int | None = None):
         super().__init__(message)
@@ -399,7 +403,8 @@ cdef object chunker_error(ds_chunker *c, int code, object key, Py_ssize_t index)
         return FramingError(f"{where} is not greater than the previous key {prev!r}; keys "
                             f"must be strictly increasing within and across batches", rec)
     if code == FR_ECOMPRESS:
-        return RuntimeError(f"chunker: compression failed: {CAPI.error_text(&c.deflater, c.err_detail)}")
+        return _compress_mod.CompressionError(
+            f"chunker: compression failed: {CAPI.error_text(&c.deflater, c.err_detail)}")
     return RuntimeError(f"chunker: error {code}")
 
 

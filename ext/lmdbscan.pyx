@@ -72,6 +72,7 @@ from liblmdb cimport (
 
 from dsbackup._ext import compress as _compress_mod
 from dsbackup._ext import framing as _framing_mod
+from dsbackup.errors import DatastoreError
 
 cdef const ds_framing_api *FAPI = <const ds_framing_api *>PyCapsule_GetPointer(
     _framing_mod._C_API, "dsbackup._ext.framing._C_API")
@@ -79,12 +80,18 @@ cdef const ds_compress_api *CAPI = <const ds_compress_api *>PyCapsule_GetPointer
     _compress_mod._C_API, "dsbackup._ext.compress._C_API")
 
 
-class LmdbError(OSError):
-    """LMDB reported an error (the message names the environment and the operation)."""
+class LmdbError(DatastoreError, OSError):
+    """LMDB reported an error (exit 2): the message names the environment, the operation,
+    and LMDB's text beside its return code. A system error (a positive code: no such file,
+    permission denied) is raised as the matching OSError instead (FileNotFoundError ...)."""
+
+    description = "LMDB error"
 
 
-class DoubleOpenError(RuntimeError):
-    """The environment is already open in this process (here or through py-lmdb)."""
+class DoubleOpenError(DatastoreError, RuntimeError):
+    """The environment is already open in this process (here or through py-lmdb) (exit 2)."""
+
+    description = "LMDB environment already open in this process"
 
 
 _lock = threading.Lock()

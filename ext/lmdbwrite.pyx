@@ -31,6 +31,8 @@ any of them, raises.
 import errno
 import os
 
+from dsbackup.errors import DatastoreError, IntegrityError, InvalidKey
+
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint64_t
 from libc.string cimport memcmp, memcpy
@@ -127,13 +129,22 @@ ctypedef struct wresult:
     size_t lo, hi           # span of map addresses the values were copied to
 
 
-class LmdbWriteError(OSError):
-    """liblmdb reported an error while writing."""
+class LmdbWriteError(DatastoreError, OSError):
+    """liblmdb reported an error while writing (exit 2): the message names the environment,
+    the operation, and LMDB's text beside its return code; ``errno`` is set for a system
+    error."""
+
+    description = "LMDB write failed"
+
+    def __str__(self) -> str:
+        return self.strerror if self.errno is not None and self.strerror else OSError.__str__(self)
 
 
 class LmdbNoSpace(LmdbWriteError):
     """The filesystem has no room for the reservation a write needs (nothing of that write
     was done). ``needed``: bytes the reservation asked for; ``free``: bytes available."""
+
+    description = "no space for an LMDB write"
 
     def __init__(self, msg, needed, free):
         super().__init__(28, msg)  # ENOSPC
@@ -141,13 +152,17 @@ class LmdbNoSpace(LmdbWriteError):
         self.free = free
 
 
-class LmdbKeyTooLong(LmdbWriteError):
+class LmdbKeyTooLong(LmdbWriteError, InvalidKey):
     """A key is longer than this LMDB build accepts (``mdb_env_get_maxkeysize``)."""
 
+    description = "key too long for LMDB"
 
-class PayloadError(ValueError):
-    """A payload is malformed; ``index`` is its position in the list given to ``write``,
-    ``record`` and ``offset`` say where (None when not known)."""
+
+class PayloadError(IntegrityError, ValueError):
+    """A payload is malformed (exit 3); ``index`` is its position in the list given to
+    ``write``, ``record`` and ``offset`` say where (None when not known)."""
+
+    description = "malformed chunk payload"
 
     def __init__(self, msg, index, record=None, offset=None):
         super().__init__(msg)

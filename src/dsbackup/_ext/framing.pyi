@@ -5,8 +5,9 @@ from collections.abc import Sequence
 from typing_extensions import Buffer
 
 from dsbackup._ext.compress import Body
+from dsbackup.errors import IntegrityError
 
-class FramingError(ValueError):
+class FramingError(IntegrityError, ValueError):
     record: int | None
     offset: int | None
     def __init__(
