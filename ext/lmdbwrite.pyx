@@ -24,7 +24,7 @@ plus 2 MiB past the pages in use; ``RESERVE_FACTOR``): a full disk is then ``ENO
 the reservation, raised as :class:`LmdbNoSpace` before anything of the transaction is
 written. Like lmdbscan and lmdbcopy this is a separate copy of LMDB
 from py-lmdb's: the writer claims its path (:func:`dsbackup.datastores.lmdb.claim` and
-:func:`dsbackup._ext.lmdbscan.register_foreign_open`), so opening it twice in this process, by
+:func:`dsbackup._ext.lmdbregistry.register_foreign_open`), so opening it twice in this process, by
 any of them, raises.
 """
 
@@ -415,7 +415,7 @@ cdef class LmdbPayloadWriter:
 
     def __init__(self, path, *, size_t map_size=0):
         cdef int rc
-        from dsbackup._ext import lmdbscan
+        from dsbackup._ext import lmdbregistry
         from dsbackup.datastores import lmdb as lmdb_backend
 
         self.path = os.path.abspath(os.fsdecode(os.fspath(path)))
@@ -425,7 +425,7 @@ cdef class LmdbPayloadWriter:
         claim.__enter__()
         self._claim = claim
         try:
-            lmdbscan.register_foreign_open(self.path)
+            lmdbregistry.register_foreign_open(self.path)
             self._registered = True
             if map_size == 0:
                 data = os.path.join(self.path, "data.mdb")
@@ -548,9 +548,9 @@ cdef class LmdbPayloadWriter:
             self._reserved = 0
         if self._registered:
             self._registered = False
-            from dsbackup._ext import lmdbscan
+            from dsbackup._ext import lmdbregistry
 
-            lmdbscan.unregister_foreign_open(self.path)
+            lmdbregistry.unregister_foreign_open(self.path)
         if self._claim is not None:
             claim, self._claim = self._claim, None
             claim.__exit__(None, None, None)

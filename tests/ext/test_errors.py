@@ -16,7 +16,7 @@ import lmdb
 import pytest
 
 import dsbackup._ext
-from dsbackup._ext import compress, framing, lmdbcopy, lmdbscan, lmdbwrite
+from dsbackup._ext import compress, framing, lmdbcopy, lmdbregistry, lmdbscan, lmdbwrite
 from dsbackup.errors import (
     ArchiveError,
     DatastoreError,
@@ -35,7 +35,7 @@ NATIVE = {
     framing.FramingError: (IntegrityError, ValueError, 3),
     lmdbwrite.PayloadError: (IntegrityError, ValueError, 3),
     lmdbscan.LmdbError: (DatastoreError, OSError, 2),
-    lmdbscan.DoubleOpenError: (DatastoreError, RuntimeError, 2),
+    lmdbregistry.DoubleOpenError: (DatastoreError, RuntimeError, 2),
     lmdbwrite.LmdbWriteError: (DatastoreError, OSError, 2),
     lmdbwrite.LmdbNoSpace: (DatastoreError, OSError, 2),
     lmdbwrite.LmdbKeyTooLong: (InvalidKey, OSError, 2),
@@ -92,7 +92,8 @@ def test_lmdb_errors_from_native_code(tmp_path) -> None:
     with lmdbwrite.LmdbPayloadWriter(tmp_path / "w") as w:
         with pytest.raises(DatastoreError, match="already open") as info2:
             lmdbscan.LmdbRangeScanner(str(tmp_path / "w"), **kw)
-        assert type(info2.value) is lmdbscan.DoubleOpenError
+        assert type(info2.value) is lmdbregistry.DoubleOpenError
+        assert lmdbscan.DoubleOpenError is lmdbregistry.DoubleOpenError
         with pytest.raises(IntegrityError, match="magic") as info3:
             w.write([b"XXXX" + b"\x00" * 12])
         assert info3.value.index == 0 and info3.value.exit_code == 3
