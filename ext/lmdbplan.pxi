@@ -127,7 +127,7 @@ cdef plan_drop(LmdbRangeScanner s):
         mdb_cursor_close(s.pcur)
         s.pcur = NULL
     if s.planner_ready:
-        FAPI.planner_free(&s.pl)
+        PAPI.planner_free(&s.pl)
         s.planner_ready = False
     s.pstarted = False
     s.pdone = False
@@ -147,9 +147,9 @@ cdef list walk_plan_chunks(LmdbRangeScanner s, Py_ssize_t max_plans):
     if s.pdone:
         return []
     if not s.planner_ready:
-        if FAPI.planner_init(&s.pl, s.chunk_size, s.chunk_max_bytes,
+        if PAPI.planner_init(&s.pl, s.chunk_size, s.chunk_max_bytes,
                              FAPI.matcher_of(s._exclude)) != FR_OK:
-            FAPI.planner_free(&s.pl)
+            PAPI.planner_free(&s.pl)
             raise MemoryError("LmdbRangeScanner: cannot allocate the planner")
         s.planner_ready = True
     if s.pcur == NULL:
@@ -172,7 +172,7 @@ cdef list walk_plan_chunks(LmdbRangeScanner s, Py_ssize_t max_plans):
                 if pf != NULL:  # their headers and keys are all the walk reads
                     __builtin_prefetch(pf)
                     __builtin_prefetch(pf + 64)
-                r = FAPI.planner_add(&s.pl, <const unsigned char *>k.mv_data, k.mv_size,
+                r = PAPI.planner_add(&s.pl, <const unsigned char *>k.mv_data, k.mv_size,
                                      v.mv_size, &out[nout])
                 if r < 0:
                     break
@@ -180,14 +180,14 @@ cdef list walk_plan_chunks(LmdbRangeScanner s, Py_ssize_t max_plans):
             if rc == MDB_NOTFOUND:
                 rc = 0
                 s.pdone = True
-                nout += FAPI.planner_finish(&s.pl, &out[nout])
+                nout += PAPI.planner_finish(&s.pl, &out[nout])
     finally:
         s.busy = False
     try:
-        plans = [FAPI.plan_to_py(&out[j]) for j in range(nout)]
+        plans = [PAPI.plan_to_py(&out[j]) for j in range(nout)]
     finally:
         for j in range(nout):
-            FAPI.plan_free(&out[j])
+            PAPI.plan_free(&out[j])
         free(out)
     if rc:
         raise _lmdb_error(rc, f"{s.path}: cursor read failed")

@@ -29,8 +29,6 @@ from framing cimport (
     ds_chunk,
     ds_chunker,
     ds_framing_api,
-    ds_plan,
-    ds_planner,
 )
 from libxxhash cimport XXH3_64bits
 from liblmdb cimport (
@@ -68,9 +66,11 @@ from liblmdb cimport (
     mdb_txn_renew,
     mdb_txn_reset,
 )
+from planner cimport ds_plan, ds_planner, ds_planner_api
 
 from dsbackup._ext import compress as _compress_mod
 from dsbackup._ext import framing as _framing_mod
+from dsbackup._ext import planner as _planner_mod
 from dsbackup._ext.lmdbregistry import (  # the registry's API, re-exported
     DoubleOpenError,
     claim_own,
@@ -83,6 +83,8 @@ from dsbackup.errors import DatastoreError
 
 cdef const ds_framing_api *FAPI = <const ds_framing_api *>PyCapsule_GetPointer(
     _framing_mod._C_API, "dsbackup._ext.framing._C_API")
+cdef const ds_planner_api *PAPI = <const ds_planner_api *>PyCapsule_GetPointer(
+    _planner_mod._C_API, "dsbackup._ext.planner._C_API")
 cdef const ds_compress_api *CAPI = <const ds_compress_api *>PyCapsule_GetPointer(
     _compress_mod._C_API, "dsbackup._ext.compress._C_API")
 
@@ -556,7 +558,7 @@ cdef class LmdbRangeScanner:
         if self.pcur != NULL:
             mdb_cursor_close(self.pcur)
         if self.planner_ready:
-            FAPI.planner_free(&self.pl)
+            PAPI.planner_free(&self.pl)
         if self.cur != NULL:
             mdb_cursor_close(self.cur)
         if self.txn != NULL:
