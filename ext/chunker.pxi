@@ -75,7 +75,7 @@ cdef class Chunker:
             raise ValueError("chunk_size must be >= 1")
         if chunk_max_bytes < 1:
             raise ValueError("chunk_max_bytes must be >= 1")
-        if chunker_init(&self.c, chunk_size, chunk_max_bytes, matcher_of(exclude),
+        if chunker_init(&self.c, chunk_size, chunk_max_bytes, KAPI.matcher_of(exclude),
                         catalog) != FR_OK:
             raise MemoryError("Chunker: cannot allocate the key digest state")
         self._exclude = exclude

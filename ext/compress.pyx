@@ -19,6 +19,8 @@ The C functions are exported to framing.pyx and lmdbscan.pyx through the capsule
 
 import threading
 
+from dsbackup.errors import ArchiveError, IntegrityError
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.pycapsule cimport PyCapsule_New
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
@@ -86,8 +88,18 @@ cdef enum:
     MAX_STEP = 1 << 30          # largest avail_in / avail_out handed to a library at once
 
 
-class MemberError(ValueError):
-    """A member's tar header or deflate stream is invalid, truncated or too large."""
+class MemberError(IntegrityError, ValueError):
+    """A member's tar header or deflate stream is invalid, truncated or too large (exit 3).
+    An ISA-L inflate failure names isal_inflate's return code."""
+
+    description = "invalid archive member (tar header or deflate stream)"
+
+
+class CompressionError(ArchiveError, RuntimeError):
+    """ISA-L or zlib failed while compressing: the message names the library call and its
+    return code beside the library's text (exit 2)."""
+
+    description = "compression library failed"
 
 
 # ----------------------------------------------------------------------------- bodies
@@ -638,7 +650,7 @@ def deflate_body(const unsigned char[::1] data, int level, size_t pad_to=512) ->
     if r == DS_ENOMEM:
         raise MemoryError(f"deflate_body: out of memory compressing {n} bytes at level {level}")
     if r != DS_OK:
-        raise RuntimeError(f"deflate_body: {ds_error_text(&d.ws, r)} (level {level}, {n} bytes)")
+        raise CompressionError(f"deflate_body: {ds_error_text(&d.ws, r)} (level {level}, {n} bytes)")
     body = body_to_py(&d.ws.scratch)
     if d.ws.scratch.cap > (<size_t>64 << 20):
         body_free(&d.ws.scratch)  # keep at most 64 MiB of scratch per thread

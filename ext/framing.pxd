@@ -4,6 +4,7 @@
 from libc.stdint cimport uint64_t
 
 from compress cimport ds_body, ds_compress_api, ds_deflater
+from keymatch cimport ds_matcher
 from libxxhash cimport XXH3_state_t
 
 
@@ -23,19 +24,6 @@ ctypedef struct ds_buf:
     unsigned char *p
     size_t len
     size_t cap
-
-
-ctypedef struct ds_pattern:
-    unsigned char *tok        # token kinds (see framing.pyx: TOK_*)
-    unsigned char *lit        # literal byte of each LIT token, a NUL, then (when the
-                              # pattern has a class) a 32-byte bitmap per token
-    size_t ntok
-    size_t prefix_len         # number of leading LIT tokens
-
-
-ctypedef struct ds_matcher:
-    ds_pattern *pats
-    size_t npats
 
 
 ctypedef struct ds_keyhash:
@@ -84,30 +72,6 @@ ctypedef struct ds_chunker:
     int err_detail            # compress error code behind FR_ECOMPRESS
 
 
-ctypedef struct ds_plan:
-    # one planned chunk (planner.pxi): keys and value sizes only
-    ds_buf first
-    ds_buf last
-    uint64_t count
-    uint64_t payload_len
-    uint64_t raw_bytes
-    uint64_t keys_xxh3
-
-
-ctypedef struct ds_planner:
-    uint64_t chunk_size
-    uint64_t chunk_max_bytes
-    const ds_matcher *exclude
-    ds_keyhash *keys
-    ds_plan cur
-    ds_buf prev
-    int has_prev
-    uint64_t records
-    uint64_t raw_bytes
-    uint64_t excluded_records
-    uint64_t excluded_bytes
-
-
 ctypedef struct ds_framing_api:
     int (*chunker_init)(ds_chunker *c, uint64_t chunk_size, uint64_t chunk_max_bytes,
                         const ds_matcher *exclude, int catalog) noexcept nogil
@@ -129,15 +93,6 @@ ctypedef struct ds_framing_api:
     # a Chunk; takes the payload buffer, then release. body: the Chunk's body when not None
     object (*chunk_to_py)(ds_chunk *chunk, object body)
     object (*chunker_error)(ds_chunker *c, int code, object key, Py_ssize_t index)  # exception
+    # keymatch.pyx's matcher, passed on
     const ds_matcher *(*matcher_of)(object matcher) except? NULL   # NULL for None
     int (*matcher_match)(const ds_matcher *m, const unsigned char *key, size_t klen) noexcept nogil
-    # chunk planning from keys and value sizes (planner.pxi)
-    int (*planner_init)(ds_planner *p, uint64_t chunk_size, uint64_t chunk_max_bytes,
-                        const ds_matcher *exclude) noexcept nogil
-    void (*planner_free)(ds_planner *p) noexcept nogil
-    # 1: a plan was completed into *done (before this record), 0: not, <0: FR_* error
-    int (*planner_add)(ds_planner *p, const unsigned char *key, size_t klen, uint64_t vlen,
-                       ds_plan *done) noexcept nogil
-    int (*planner_finish)(ds_planner *p, ds_plan *done) noexcept nogil
-    void (*plan_free)(ds_plan *d) noexcept nogil
-    object (*plan_to_py)(ds_plan *d)   # (first, last, records, payload len, keys, raw)

@@ -7,7 +7,11 @@ order. A new chunk starts before a record when the current chunk is not empty an
 ``chunk_max_bytes``. All per-record work runs in C with the GIL released.
 
 The C functions are exported to lmdbscan.pyx through the capsule ``_C_API`` (a
-``ds_framing_api*``, see framing.pxd).
+``ds_framing_api*``, see framing.pxd). The rest of the payload format lives in modules of its
+own, whose names this module re-exports: payload.pyx (whole-payload encode, decode, validation
+and FramingError), keymatch.pyx (KeyMatcher), planner.pyx (KeyPlanner); the small helpers they
+share are inline functions in frameutil.pxd. The Python classes over the chunker, Chunk and
+Chunker, are chunker.pxi (an include: see docs/ARCHITECTURE.md, "Native modules").
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -27,148 +31,43 @@ from framing cimport (
     FR_HEADER,
     FR_MAX_KEY,
     FR_OK,
-    KEYHASH_BUF,
     POOL,
     ds_buf,
     ds_chunk,
     ds_chunker,
     ds_framing_api,
-    ds_keyhash,
-    ds_matcher,
-    ds_pattern,
-    ds_plan,
-    ds_planner,
 )
-from libxxhash cimport (
-    XXH3_64bits,
-    XXH3_64bits_digest,
-    XXH3_64bits_reset,
-    XXH3_64bits_update,
-    XXH3_createState,
-    XXH3_freeState,
+from frameutil cimport (
+    buf_reserve,
+    key_cmp,
+    keyhash_add,
+    keyhash_digest_reset,
+    keyhash_free,
+    keyhash_new,
+    put_u64le,
+    put_uvarint,
+    uvarint_len,
 )
-
-include "keymatch.pxi"
-include "payload.pxi"
+from keymatch cimport ds_keymatch_api, ds_matcher
+from libxxhash cimport XXH3_64bits
 
 from dsbackup._ext import compress as _compress_mod
+from dsbackup._ext import keymatch as _keymatch_mod
+from dsbackup._ext.keymatch import KeyMatcher  # re-exported
+from dsbackup._ext.payload import (  # re-exported
+    FramingError,
+    PayloadInfo,
+    decode_keys_sizes,
+    decode_records,
+    encode_records,
+    scan_payload,
+)
+from dsbackup._ext.planner import KeyPlanner  # re-exported
 
 cdef const ds_compress_api *CAPI = <const ds_compress_api *>PyCapsule_GetPointer(
     _compress_mod._C_API, "dsbackup._ext.compress._C_API")
-
-
-class FramingError(ValueError):
-    """A payload or record stream violates docs/FORMAT.md §4.
-
-    ``record`` is the record (or input key) index at fault and ``offset`` the payload byte
-    offset, when known.
-    """
-
-    def __init__(self, message: str, record: int | None = None, offset: int | None = None):
-        super().__init__(message)
-        self.record = record
-        self.offset = offset
-
-
-# ----------------------------------------------------------------------------- buffers
-
-
-cdef inline int buf_reserve(ds_buf *b, size_t extra) noexcept nogil:
-    cdef size_t need = b.len + extra, cap
-    cdef unsigned char *p
-    if need <= b.cap:
-        return FR_OK
-    cap = b.cap * 2 if b.cap else 4096
-    while cap < need:
-        cap *= 2
-    p = <unsigned char *>realloc(b.p, cap)
-    if p == NULL:
-        return FR_ENOMEM
-    b.p = p
-    b.cap = cap
-    return FR_OK
-
-
-cdef inline size_t uvarint_len(uint64_t v) noexcept nogil:
-    cdef size_t n = 1
-    while v >= 0x80:
-        v >>= 7
-        n += 1
-    return n
-
-
-cdef inline size_t put_uvarint(unsigned char *p, uint64_t v) noexcept nogil:
-    cdef size_t i = 0
-    while v >= 0x80:
-        p[i] = <unsigned char>((v & 0x7f) | 0x80)
-        v >>= 7
-        i += 1
-    p[i] = <unsigned char>v
-    return i + 1
-
-
-cdef inline void put_u64le(unsigned char *p, uint64_t v) noexcept nogil:
-    cdef int i
-    for i in range(8):
-        p[i] = <unsigned char>(v >> (8 * i))
-
-
-cdef inline int key_cmp(const unsigned char *a, size_t alen, const unsigned char *b,
-                        size_t blen) noexcept nogil:
-    cdef int c = memcmp(a, b, alen if alen < blen else blen)
-    if c:
-        return c
-    return (alen > blen) - (alen < blen)
-
-
-# ----------------------------------------------------------------------------- key digest
-
-
-cdef ds_keyhash *keyhash_new() noexcept nogil:
-    cdef ds_keyhash *kh = <ds_keyhash *>malloc(sizeof(ds_keyhash))
-    if kh == NULL:
-        return NULL
-    kh.state = XXH3_createState()
-    if kh.state == NULL:
-        free(kh)
-        return NULL
-    XXH3_64bits_reset(kh.state)
-    kh.len = 0
-    return kh
-
-
-cdef void keyhash_free(ds_keyhash *kh) noexcept nogil:
-    if kh != NULL:
-        XXH3_freeState(kh.state)
-        free(kh)
-
-
-cdef inline void keyhash_add(ds_keyhash *kh, const unsigned char *key, size_t klen) noexcept nogil:
-    cdef unsigned char lenb[4]
-    if kh.len + 4 + klen > KEYHASH_BUF:
-        XXH3_64bits_update(kh.state, kh.buf, kh.len)
-        kh.len = 0
-        if 4 + klen > KEYHASH_BUF:
-            lenb[0] = klen & 0xff; lenb[1] = (klen >> 8) & 0xff
-            lenb[2] = (klen >> 16) & 0xff; lenb[3] = (klen >> 24) & 0xff
-            XXH3_64bits_update(kh.state, lenb, 4)
-            XXH3_64bits_update(kh.state, key, klen)
-            return
-    kh.buf[kh.len] = klen & 0xff
-    kh.buf[kh.len + 1] = (klen >> 8) & 0xff
-    kh.buf[kh.len + 2] = (klen >> 16) & 0xff
-    kh.buf[kh.len + 3] = (klen >> 24) & 0xff
-    memcpy(kh.buf + kh.len + 4, key, klen)
-    kh.len += 4 + klen
-
-
-cdef uint64_t keyhash_digest_reset(ds_keyhash *kh) noexcept nogil:
-    cdef uint64_t h
-    XXH3_64bits_update(kh.state, kh.buf, kh.len)
-    h = XXH3_64bits_digest(kh.state)
-    XXH3_64bits_reset(kh.state)
-    kh.len = 0
-    return h
+cdef const ds_keymatch_api *KAPI = <const ds_keymatch_api *>PyCapsule_GetPointer(
+    _keymatch_mod._C_API, "dsbackup._ext.keymatch._C_API")
 
 
 # ----------------------------------------------------------------------------- chunker (C)
@@ -276,7 +175,7 @@ cdef int chunker_append(ds_chunker *c, const unsigned char *key, size_t klen,
     cdef size_t enc, o
     cdef unsigned char *p
     cdef int closed = 0
-    if c.exclude != NULL and matcher_match(c.exclude, key, klen):
+    if c.exclude != NULL and KAPI.matcher_match(c.exclude, key, klen):
         c.excluded_records += 1
         c.excluded_bytes += klen + vlen
         return 0
@@ -399,22 +298,12 @@ cdef object chunker_error(ds_chunker *c, int code, object key, Py_ssize_t index)
         return FramingError(f"{where} is not greater than the previous key {prev!r}; keys "
                             f"must be strictly increasing within and across batches", rec)
     if code == FR_ECOMPRESS:
-        return RuntimeError(f"chunker: compression failed: {CAPI.error_text(&c.deflater, c.err_detail)}")
+        return _compress_mod.CompressionError(
+            f"chunker: compression failed: {CAPI.error_text(&c.deflater, c.err_detail)}")
     return RuntimeError(f"chunker: error {code}")
 
 
-cdef const ds_matcher *matcher_of(object m) except? NULL:
-    if m is None:
-        return NULL
-    if not isinstance(m, KeyMatcher):
-        raise TypeError(f"exclude must be a KeyMatcher or None, not {type(m).__name__}")
-    return &(<KeyMatcher>m).m
-
-
 include "chunker.pxi"
-
-
-include "planner.pxi"
 
 
 cdef ds_framing_api _api
@@ -429,12 +318,6 @@ _api.chunk_free = chunk_free
 _api.chunk_release = chunk_release
 _api.chunk_to_py = chunk_to_py
 _api.chunker_error = chunker_error
-_api.matcher_of = matcher_of
-_api.matcher_match = matcher_match
-_api.planner_init = planner_init
-_api.planner_free = planner_free
-_api.planner_add = planner_add
-_api.planner_finish = planner_finish
-_api.plan_free = plan_free
-_api.plan_to_py = plan_to_py
+_api.matcher_of = KAPI.matcher_of
+_api.matcher_match = KAPI.matcher_match
 _C_API = PyCapsule_New(&_api, "dsbackup._ext.framing._C_API", NULL)

@@ -15,6 +15,8 @@ must make sure neither environment is open through py-lmdb in this process meanw
 import errno
 import os
 
+from dsbackup.errors import DatastoreError
+
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memcmp
 
@@ -62,13 +64,22 @@ from liblmdb cimport (
 cdef int _MAX_GROWTHS = 40
 
 
-class LmdbCopyError(OSError):
-    """liblmdb reported an error while copying."""
+class LmdbCopyError(DatastoreError, OSError):
+    """liblmdb reported an error while copying (exit 2): the message names the environment,
+    the operation, and LMDB's text beside its return code; ``errno`` is set for a system
+    error."""
+
+    description = "LMDB copy failed"
+
+    def __str__(self) -> str:
+        return self.strerror if self.errno is not None and self.strerror else OSError.__str__(self)
 
 
 class LmdbCopyNoSpace(LmdbCopyError):
     """The target's filesystem has no room for the next batch (nothing of it was written).
     ``needed``: bytes the reservation asked for; ``free``: bytes available."""
+
+    description = "no space for an LMDB copy"
 
     def __init__(self, msg, needed, free):
         super().__init__(28, msg)  # ENOSPC

@@ -1,16 +1,15 @@
 """Scan a key range of an LMDB environment into finished chunks with liblmdb (GIL released).
 
-For worker processes. liblmdb here and py-lmdb are separate copies of LMDB, and LMDB's POSIX
-locks are per process, so one process must never open the same environment twice (through
-this module or through py-lmdb): this module keeps a process-global registry of the
-environments it has open and refuses a second open, and callers register environments they
-open with py-lmdb through :func:`register_foreign_open` / :func:`unregister_foreign_open` so the
-guard covers both. An environment is never used after ``fork``: in a child the registry is
-emptied and inherited scanners refuse to work (and do not touch LMDB when collected).
+For worker processes. liblmdb here and py-lmdb are separate copies of LMDB, so one process must
+never open the same environment twice: each scanner claims its environment in the process-wide
+registry (lmdbregistry.pyx, whose API this module re-exports: :func:`register_foreign_open`,
+:func:`unregister_foreign_open`, :func:`open_environments`, DoubleOpenError). An environment is
+never used after ``fork``: inherited scanners refuse to work (and do not touch LMDB when
+collected). The planner walk (keys and value sizes only: stripes, boundaries, chunk plans) is
+lmdbplan.pxi.
 """
 
 import os
-import threading
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.pycapsule cimport PyCapsule_GetPointer
@@ -30,8 +29,6 @@ from framing cimport (
     ds_chunk,
     ds_chunker,
     ds_framing_api,
-    ds_plan,
-    ds_planner,
 )
 from libxxhash cimport XXH3_64bits
 from liblmdb cimport (
@@ -69,74 +66,35 @@ from liblmdb cimport (
     mdb_txn_renew,
     mdb_txn_reset,
 )
+from planner cimport ds_plan, ds_planner, ds_planner_api
 
 from dsbackup._ext import compress as _compress_mod
 from dsbackup._ext import framing as _framing_mod
+from dsbackup._ext import planner as _planner_mod
+from dsbackup._ext.lmdbregistry import (  # the registry's API, re-exported
+    DoubleOpenError,
+    claim_own,
+    open_environments,
+    register_foreign_open,
+    release_own,
+    unregister_foreign_open,
+)
+from dsbackup.errors import DatastoreError
 
 cdef const ds_framing_api *FAPI = <const ds_framing_api *>PyCapsule_GetPointer(
     _framing_mod._C_API, "dsbackup._ext.framing._C_API")
+cdef const ds_planner_api *PAPI = <const ds_planner_api *>PyCapsule_GetPointer(
+    _planner_mod._C_API, "dsbackup._ext.planner._C_API")
 cdef const ds_compress_api *CAPI = <const ds_compress_api *>PyCapsule_GetPointer(
     _compress_mod._C_API, "dsbackup._ext.compress._C_API")
 
 
-class LmdbError(OSError):
-    """LMDB reported an error (the message names the environment and the operation)."""
+class LmdbError(DatastoreError, OSError):
+    """LMDB reported an error (exit 2): the message names the environment, the operation,
+    and LMDB's text beside its return code. A system error (a positive code: no such file,
+    permission denied) is raised as the matching OSError instead (FileNotFoundError ...)."""
 
-
-class DoubleOpenError(RuntimeError):
-    """The environment is already open in this process (here or through py-lmdb)."""
-
-
-_lock = threading.Lock()
-_own: set = set()
-_foreign: dict = {}
-
-
-def _env_key(path) -> str:
-    """Registry key of an environment: the real path of its data file."""
-    p = os.fspath(path)
-    if isinstance(p, bytes):
-        p = os.fsdecode(p)
-    if os.path.isdir(p):
-        p = os.path.join(p, "data.mdb")
-    return os.path.realpath(p)
-
-
-def register_foreign_open(path) -> None:
-    """Record that this process opened ``path`` with py-lmdb (may be called repeatedly)."""
-    key = _env_key(path)
-    with _lock:
-        if key in _own:
-            raise DoubleOpenError(f"{path}: LMDB environment is already open in this process "
-                                  "(dsbackup._ext.lmdbscan)")
-        _foreign[key] = _foreign.get(key, 0) + 1
-
-
-def unregister_foreign_open(path) -> None:
-    """Undo one :func:`register_foreign_open` of ``path``."""
-    key = _env_key(path)
-    with _lock:
-        n = _foreign.get(key, 0)
-        if n <= 1:
-            _foreign.pop(key, None)
-        else:
-            _foreign[key] = n - 1
-
-
-def open_environments() -> list:
-    """Registry keys of the environments open in this process (own and foreign)."""
-    with _lock:
-        return sorted(_own | set(_foreign))
-
-
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()
-    _own.clear()
-    _foreign.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+    description = "LMDB error"
 
 
 cdef uint64_t TRIM_BYTES = 64 << 20
@@ -272,15 +230,7 @@ cdef class LmdbRangeScanner:
         self.chunk_size = chunk_size
         self.chunk_max_bytes = chunk_max_bytes
         self.catalog = catalog
-        key = _env_key(path)
-        with _lock:
-            if key in _own or key in _foreign:
-                raise DoubleOpenError(
-                    f"{self.path}: LMDB environment is already open in this process "
-                    f"({'py-lmdb' if key in _foreign else 'another LmdbRangeScanner'}); "
-                    "one process must never open an environment twice")
-            _own.add(key)
-        self._key = key
+        self._key = claim_own(path, "LmdbRangeScanner")
         self._pid = os.getpid()
         try:
             if FAPI.chunker_init(&self.c, chunk_size, chunk_max_bytes,
@@ -388,7 +338,7 @@ cdef class LmdbRangeScanner:
         self._check()
         if self.busy:
             raise RuntimeError(f"{self.path}: scanner is being used by another thread")
-        self._drop_plan()
+        plan_drop(self)
         mdb_txn_reset(self.txn)
         rc = mdb_txn_renew(self.txn)
         if rc:
@@ -398,136 +348,24 @@ cdef class LmdbRangeScanner:
             raise _lmdb_error(rc, f"{self.path}: cannot renew the cursor")
         self.reset(self.start, self.end)
 
+    # ---- the planner walk: keys and value sizes only, values never read (lmdbplan.pxi)
+
     def last_key_before(self, end=None):
         """The greatest key < ``end`` (or the last key when ``end`` is None) in this
         snapshot, or None."""
-        cdef MDB_cursor *cur = NULL
-        cdef MDB_val k, v
-        cdef int rc
-        cdef bytes bend
-        self._check()
-        rc = mdb_cursor_open(self.txn, self.dbi, &cur)
-        if rc:
-            raise _lmdb_error(rc, f"{self.path}: cannot open a cursor")
-        try:
-            if end is None:
-                rc = mdb_cursor_get(cur, &k, &v, MDB_LAST)
-            else:
-                bend = end
-                if not len(bend):
-                    return None
-                k.mv_data = <void *><const unsigned char *>bend
-                k.mv_size = len(bend)
-                rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE)
-                if rc == MDB_NOTFOUND:
-                    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST)
-                elif rc == 0:
-                    rc = mdb_cursor_get(cur, &k, &v, MDB_PREV)
-            if rc == MDB_NOTFOUND:
-                return None
-            if rc:
-                raise _lmdb_error(rc, f"{self.path}: cursor read failed")
-            return PyBytes_FromStringAndSize(<const char *>k.mv_data, k.mv_size)
-        finally:
-            mdb_cursor_close(cur)
+        return walk_last_key_before(self, end)
 
     def next_stripe_end(self, uint64_t min_records, uint64_t min_bytes):
         """Planning: walk keys (and value sizes, without reading values) from where the last
         call stopped until at least ``min_records`` records or ``min_bytes`` key+value bytes
         have passed, then on to the next natural chunk boundary; return that key, which ends
         this stripe and starts the next. None when the store ends first."""
-        cdef MDB_val k, v
-        cdef int rc = 0, found = 0
-        cdef uint64_t recs = 0, nbytes = 0, cs = self.chunk_size
-        cdef MDB_cursor_op op
-        cdef const unsigned char *pf
-        self._check()
-        if self.busy:
-            raise RuntimeError(f"{self.path}: scanner is being used by another thread")
-        if self.done:
-            return None
-        self.busy = True
-        try:
-            with nogil:
-                while True:
-                    op = MDB_NEXT if self.started else MDB_FIRST
-                    self.started = True
-                    rc = mdb_cursor_get(self.cur, &k, &v, op)
-                    if rc:
-                        break
-                    if (recs >= min_records or nbytes >= min_bytes) and (
-                            XXH3_64bits(k.mv_data, k.mv_size) % cs == 0):
-                        found = 1
-                        break
-                    recs += 1
-                    nbytes += k.mv_size + v.mv_size
-                    pf = nodes_ahead(<const unsigned char *>k.mv_data, k.mv_size, v.mv_size)
-                    if pf != NULL:  # their headers and keys are all the walk reads
-                        __builtin_prefetch(pf)
-                        __builtin_prefetch(pf + 64)
-                    # LMDB maps the pages around each node it reads (value headers included),
-                    # so the planner trims like the scanner
-                    self._note_read(&k, &v)
-        finally:
-            self.busy = False
-        if rc == MDB_NOTFOUND:
-            self.done = True
-            return None
-        if rc:
-            raise _lmdb_error(rc, f"{self.path}: cursor read failed")
-        key = PyBytes_FromStringAndSize(<const char *>k.mv_data, k.mv_size)
-        self._trim_if_due()  # the key is copied: nothing points into the map
-        return key
+        return walk_stripe_end(self, min_records, min_bytes)
 
     def boundary_after(self, bytes key, end=None, uint64_t max_keys=200000):
         """The first key >= ``key`` and < ``end`` where a chunk starts by content
         (XXH3-64(k) % chunk_size == 0), looking at most ``max_keys`` keys; or None."""
-        cdef MDB_cursor *cur = NULL
-        cdef MDB_val k, v
-        cdef int rc = 0, cmp, found = 0
-        cdef uint64_t seen = 0, cs = self.chunk_size
-        cdef const unsigned char *endp = NULL
-        cdef size_t endn = 0, n
-        self._check()
-        if end is not None:
-            endp = <bytes>end
-            endn = len(end)
-        rc = mdb_cursor_open(self.txn, self.dbi, &cur)
-        if rc:
-            raise _lmdb_error(rc, f"{self.path}: cannot open a cursor")
-        try:
-            k.mv_data = <void *><const unsigned char *>key
-            k.mv_size = len(key)
-            with nogil:
-                rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE if k.mv_size else MDB_FIRST)
-                while rc == 0 and seen < max_keys:
-                    if endp != NULL:
-                        n = k.mv_size if k.mv_size < endn else endn
-                        cmp = memcmp(k.mv_data, endp, n)
-                        if cmp > 0 or (cmp == 0 and k.mv_size >= endn):
-                            break
-                    if XXH3_64bits(k.mv_data, k.mv_size) % cs == 0:
-                        found = 1
-                        break
-                    seen += 1
-                    rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)
-            if rc and rc != MDB_NOTFOUND:
-                raise _lmdb_error(rc, f"{self.path}: cursor read failed")
-            if not found:
-                return None
-            return PyBytes_FromStringAndSize(<const char *>k.mv_data, k.mv_size)
-        finally:
-            mdb_cursor_close(cur)
-
-    cdef _drop_plan(self):
-        if self.pcur != NULL:
-            mdb_cursor_close(self.pcur)
-            self.pcur = NULL
-        if self.planner_ready:
-            FAPI.planner_free(&self.pl)
-            self.planner_ready = False
-        self.pstarted = False
-        self.pdone = False
+        return walk_boundary_after(self, key, end, max_keys)
 
     @property
     def planned_excluded(self) -> tuple:
@@ -542,67 +380,7 @@ cdef class LmdbRangeScanner:
         up to ``max_plans`` chunk plans ``(first_key, last_key, record_count, payload_len,
         keys_xxh3, raw_bytes)``: exactly the chunks a scan of the whole store makes. An empty
         list once the walk is over."""
-        cdef MDB_val k, v
-        cdef int rc = 0, r = 0
-        cdef ds_plan *out
-        cdef Py_ssize_t nout = 0, j
-        cdef const unsigned char *pf
-        self._check()
-        if self.busy:
-            raise RuntimeError(f"{self.path}: scanner is being used by another thread")
-        if max_plans < 1:
-            raise ValueError("max_plans must be >= 1")
-        if self.pdone:
-            return []
-        if not self.planner_ready:
-            if FAPI.planner_init(&self.pl, self.chunk_size, self.chunk_max_bytes,
-                                 FAPI.matcher_of(self._exclude)) != FR_OK:
-                FAPI.planner_free(&self.pl)
-                raise MemoryError("LmdbRangeScanner: cannot allocate the planner")
-            self.planner_ready = True
-        if self.pcur == NULL:
-            rc = mdb_cursor_open(self.txn, self.dbi, &self.pcur)
-            if rc:
-                raise _lmdb_error(rc, f"{self.path}: cannot open a cursor")
-        out = <ds_plan *>malloc((max_plans + 1) * sizeof(ds_plan))
-        if out == NULL:
-            raise MemoryError("LmdbRangeScanner: cannot allocate plans")
-        self.busy = True
-        try:
-            with nogil:
-                while nout < max_plans:
-                    rc = mdb_cursor_get(self.pcur, &k, &v, MDB_NEXT if self.pstarted
-                                        else MDB_FIRST)
-                    self.pstarted = True
-                    if rc:
-                        break
-                    pf = nodes_ahead(<const unsigned char *>k.mv_data, k.mv_size, v.mv_size)
-                    if pf != NULL:  # their headers and keys are all the walk reads
-                        __builtin_prefetch(pf)
-                        __builtin_prefetch(pf + 64)
-                    r = FAPI.planner_add(&self.pl, <const unsigned char *>k.mv_data, k.mv_size,
-                                         v.mv_size, &out[nout])
-                    if r < 0:
-                        break
-                    nout += r
-                if rc == MDB_NOTFOUND:
-                    rc = 0
-                    self.pdone = True
-                    nout += FAPI.planner_finish(&self.pl, &out[nout])
-        finally:
-            self.busy = False
-        try:
-            plans = [FAPI.plan_to_py(&out[j]) for j in range(nout)]
-        finally:
-            for j in range(nout):
-                FAPI.plan_free(&out[j])
-            free(out)
-        if rc:
-            raise _lmdb_error(rc, f"{self.path}: cursor read failed")
-        if r < 0:
-            raise FAPI.chunker_error(NULL, r, PyBytes_FromStringAndSize(
-                <const char *>k.mv_data, k.mv_size), -1)
-        return plans
+        return walk_plan_chunks(self, max_plans)
 
     cdef _check(self):
         if self.txn == NULL:
@@ -747,7 +525,7 @@ cdef class LmdbRangeScanner:
         """End the read transaction and close the environment (idempotent)."""
         inherited = self._key is not None and self._pid != os.getpid()
         if not inherited:
-            self._drop_plan()
+            plan_drop(self)
             if self.cur != NULL:
                 mdb_cursor_close(self.cur)
             if self.txn != NULL:
@@ -762,8 +540,7 @@ cdef class LmdbRangeScanner:
             self.chunker_ready = False
         if self._key is not None:
             if not inherited:
-                with _lock:
-                    _own.discard(self._key)
+                release_own(self._key)
             self._key = None
 
     def __reduce__(self):
@@ -781,7 +558,7 @@ cdef class LmdbRangeScanner:
         if self.pcur != NULL:
             mdb_cursor_close(self.pcur)
         if self.planner_ready:
-            FAPI.planner_free(&self.pl)
+            PAPI.planner_free(&self.pl)
         if self.cur != NULL:
             mdb_cursor_close(self.cur)
         if self.txn != NULL:
@@ -791,4 +568,7 @@ cdef class LmdbRangeScanner:
         if self.chunker_ready:
             FAPI.chunker_free(&self.c)
         if self._key is not None:
-            _own.discard(self._key)
+            release_own(self._key, False)
+
+
+include "lmdbplan.pxi"

@@ -24,12 +24,14 @@ plus 2 MiB past the pages in use; ``RESERVE_FACTOR``): a full disk is then ``ENO
 the reservation, raised as :class:`LmdbNoSpace` before anything of the transaction is
 written. Like lmdbscan and lmdbcopy this is a separate copy of LMDB
 from py-lmdb's: the writer claims its path (:func:`dsbackup.datastores.lmdb.claim` and
-:func:`dsbackup._ext.lmdbscan.register_foreign_open`), so opening it twice in this process, by
+:func:`dsbackup._ext.lmdbregistry.register_foreign_open`), so opening it twice in this process, by
 any of them, raises.
 """
 
 import errno
 import os
+
+from dsbackup.errors import DatastoreError, IntegrityError, InvalidKey
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint64_t
@@ -127,13 +129,22 @@ ctypedef struct wresult:
     size_t lo, hi           # span of map addresses the values were copied to
 
 
-class LmdbWriteError(OSError):
-    """liblmdb reported an error while writing."""
+class LmdbWriteError(DatastoreError, OSError):
+    """liblmdb reported an error while writing (exit 2): the message names the environment,
+    the operation, and LMDB's text beside its return code; ``errno`` is set for a system
+    error."""
+
+    description = "LMDB write failed"
+
+    def __str__(self) -> str:
+        return self.strerror if self.errno is not None and self.strerror else OSError.__str__(self)
 
 
 class LmdbNoSpace(LmdbWriteError):
     """The filesystem has no room for the reservation a write needs (nothing of that write
     was done). ``needed``: bytes the reservation asked for; ``free``: bytes available."""
+
+    description = "no space for an LMDB write"
 
     def __init__(self, msg, needed, free):
         super().__init__(28, msg)  # ENOSPC
@@ -141,13 +152,17 @@ class LmdbNoSpace(LmdbWriteError):
         self.free = free
 
 
-class LmdbKeyTooLong(LmdbWriteError):
+class LmdbKeyTooLong(LmdbWriteError, InvalidKey):
     """A key is longer than this LMDB build accepts (``mdb_env_get_maxkeysize``)."""
 
+    description = "key too long for LMDB"
 
-class PayloadError(ValueError):
-    """A payload is malformed; ``index`` is its position in the list given to ``write``,
-    ``record`` and ``offset`` say where (None when not known)."""
+
+class PayloadError(IntegrityError, ValueError):
+    """A payload is malformed (exit 3); ``index`` is its position in the list given to
+    ``write``, ``record`` and ``offset`` say where (None when not known)."""
+
+    description = "malformed chunk payload"
 
     def __init__(self, msg, index, record=None, offset=None):
         super().__init__(msg)
@@ -400,7 +415,7 @@ cdef class LmdbPayloadWriter:
 
     def __init__(self, path, *, size_t map_size=0):
         cdef int rc
-        from dsbackup._ext import lmdbscan
+        from dsbackup._ext import lmdbregistry
         from dsbackup.datastores import lmdb as lmdb_backend
 
         self.path = os.path.abspath(os.fsdecode(os.fspath(path)))
@@ -410,7 +425,7 @@ cdef class LmdbPayloadWriter:
         claim.__enter__()
         self._claim = claim
         try:
-            lmdbscan.register_foreign_open(self.path)
+            lmdbregistry.register_foreign_open(self.path)
             self._registered = True
             if map_size == 0:
                 data = os.path.join(self.path, "data.mdb")
@@ -533,9 +548,9 @@ cdef class LmdbPayloadWriter:
             self._reserved = 0
         if self._registered:
             self._registered = False
-            from dsbackup._ext import lmdbscan
+            from dsbackup._ext import lmdbregistry
 
-            lmdbscan.unregister_foreign_open(self.path)
+            lmdbregistry.unregister_foreign_open(self.path)
         if self._claim is not None:
             claim, self._claim = self._claim, None
             claim.__exit__(None, None, None)

@@ -175,15 +175,33 @@ class JournalCorrupt(MigrationError):
     description = "migration journal corrupt"
 
 
+def _import_native_modules() -> None:
+    """Import every native module (dsbackup._ext.*): their exception classes, raised from
+    ext/*.pyx, are DsBackupError subclasses and belong in the table whatever ran before."""
+    import importlib
+    import pkgutil
+
+    import dsbackup._ext as ext
+
+    for m in sorted(pkgutil.iter_modules(ext.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{ext.__name__}.{m.name}")
+
+
 def exit_code_table() -> str:
-    """Markdown table of exit codes, generated from the exception classes."""
+    """Markdown table of exit codes, generated from the exception classes (the native ones
+    included)."""
+    _import_native_modules()
     rows = ["| exit code | meaning | raised as |", "|---|---|---|"]
     rows.append(f"| {EXIT_OK} | success | - |")
     rows.append(f"| {EXIT_WARNING} | finished with warnings (e.g. skipped keys) | - |")
     seen: dict[int, list[type[DsBackupError]]] = {}
+    visited: set[type[DsBackupError]] = set()
     stack: list[type[DsBackupError]] = [DsBackupError]
     while stack:
         cls = stack.pop()
+        if cls in visited:  # a class with two DsBackupError bases is reached twice
+            continue
+        visited.add(cls)
         seen.setdefault(cls.exit_code, []).append(cls)
         stack.extend(cls.__subclasses__())
     for code in sorted(seen):
@@ -200,4 +218,8 @@ def exit_code_table() -> str:
 
 
 if __name__ == "__main__":
-    print(exit_code_table(), end="")
+    # the classes of the imported module dsbackup.errors (the native ones subclass those),
+    # not this __main__ copy's
+    from dsbackup.errors import exit_code_table as _table
+
+    print(_table(), end="")

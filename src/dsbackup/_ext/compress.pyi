@@ -2,10 +2,13 @@
 
 from typing_extensions import Buffer
 
+from dsbackup.errors import ArchiveError, IntegrityError
+
 ENGINES: dict[int, str]
 STORED_TAR_PREFIX: bytes
 
-class MemberError(ValueError): ...
+class MemberError(IntegrityError, ValueError): ...
+class CompressionError(ArchiveError, RuntimeError): ...
 
 class Body:
     data: bytes | memoryview  # memoryview: compressed into a caller's buffer

@@ -5,20 +5,15 @@ from collections.abc import Sequence
 from typing_extensions import Buffer
 
 from dsbackup._ext.compress import Body
-
-class FramingError(ValueError):
-    record: int | None
-    offset: int | None
-    def __init__(
-        self, message: str, record: int | None = None, offset: int | None = None
-    ) -> None: ...
-
-class PayloadInfo:
-    record_count: int
-    first_key: bytes
-    last_key: bytes
-    keys_xxh3: int
-    raw_bytes: int
+from dsbackup._ext.keymatch import KeyMatcher as KeyMatcher
+from dsbackup._ext.payload import FramingError as FramingError
+from dsbackup._ext.payload import PayloadInfo as PayloadInfo
+from dsbackup._ext.payload import decode_keys_sizes as decode_keys_sizes
+from dsbackup._ext.payload import decode_records as decode_records
+from dsbackup._ext.payload import encode_records as encode_records
+from dsbackup._ext.payload import scan_payload as scan_payload
+from dsbackup._ext.planner import KeyPlanner as KeyPlanner
+from dsbackup._ext.planner import Plan as Plan
 
 class Chunk:
     payload: bytes  # made on first access; payload_len is known without it
@@ -31,11 +26,6 @@ class Chunk:
     raw_bytes: int
     catalog: bytes | None
     body: Body | None
-
-class KeyMatcher:
-    patterns: tuple[bytes, ...]
-    def __init__(self, patterns: Sequence[str | bytes]) -> None: ...
-    def match(self, key: Buffer) -> bool: ...
 
 class Chunker:
     def __init__(
@@ -60,27 +50,4 @@ class Chunker:
     def finish(self) -> Chunk | None: ...
     def finish_compress(self, level: int) -> Chunk | None: ...
 
-Plan = tuple[bytes, bytes, int, int, int, int]
-
-class KeyPlanner:
-    def __init__(
-        self, chunk_size: int, chunk_max_bytes: int, exclude: KeyMatcher | None = None
-    ) -> None: ...
-    @property
-    def records(self) -> int: ...
-    @property
-    def raw_bytes(self) -> int: ...
-    @property
-    def excluded_records(self) -> int: ...
-    @property
-    def excluded_bytes(self) -> int: ...
-    def add(self, keys: Sequence[bytes], sizes: Sequence[int]) -> list[Plan]: ...
-    def finish(self) -> Plan | None: ...
-
-def encode_records(keys: Sequence[bytes], values: Sequence[bytes]) -> bytes: ...
-def decode_records(
-    payload: Buffer, expect_count: int | None = None
-) -> tuple[list[bytes], list[bytes]]: ...
-def decode_keys_sizes(payload: Buffer) -> tuple[list[bytes], list[int]]: ...
-def scan_payload(payload: Buffer) -> PayloadInfo: ...
 def is_boundary(key: Buffer, chunk_size: int) -> bool: ...

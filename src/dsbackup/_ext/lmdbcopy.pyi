@@ -3,7 +3,9 @@
 import os
 from types import TracebackType
 
-class LmdbCopyError(OSError): ...
+from dsbackup.errors import DatastoreError
+
+class LmdbCopyError(DatastoreError, OSError): ...
 
 class LmdbCopyNoSpace(LmdbCopyError):
     needed: int

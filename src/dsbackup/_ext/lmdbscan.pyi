@@ -5,13 +5,13 @@ from collections.abc import Iterator
 from types import TracebackType
 
 from dsbackup._ext.framing import Chunk, KeyMatcher
+from dsbackup._ext.lmdbregistry import DoubleOpenError as DoubleOpenError
+from dsbackup._ext.lmdbregistry import open_environments as open_environments
+from dsbackup._ext.lmdbregistry import register_foreign_open as register_foreign_open
+from dsbackup._ext.lmdbregistry import unregister_foreign_open as unregister_foreign_open
+from dsbackup.errors import DatastoreError
 
-class LmdbError(OSError): ...
-class DoubleOpenError(RuntimeError): ...
-
-def register_foreign_open(path: str | os.PathLike[str]) -> None: ...
-def unregister_foreign_open(path: str | os.PathLike[str]) -> None: ...
-def open_environments() -> list[str]: ...
+class LmdbError(DatastoreError, OSError): ...
 
 class LmdbRangeScanner:
     path: str

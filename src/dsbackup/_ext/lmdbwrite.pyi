@@ -4,15 +4,17 @@ import os
 from collections.abc import Iterable
 from types import TracebackType
 
-class LmdbWriteError(OSError): ...
-class LmdbKeyTooLong(LmdbWriteError): ...
+from dsbackup.errors import DatastoreError, IntegrityError, InvalidKey
+
+class LmdbWriteError(DatastoreError, OSError): ...
+class LmdbKeyTooLong(LmdbWriteError, InvalidKey): ...
 
 class LmdbNoSpace(LmdbWriteError):
     needed: int
     free: int
     def __init__(self, msg: str, needed: int, free: int) -> None: ...
 
-class PayloadError(ValueError):
+class PayloadError(IntegrityError, ValueError):
     index: int
     record: int | None
     offset: int | None

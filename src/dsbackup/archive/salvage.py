@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsbackup._ext.compress import MemberError, inflate_raw
-from dsbackup._ext.framing import FramingError, scan_payload
+from dsbackup._ext.framing import scan_payload
 from dsbackup.archive import format as fmt
 from dsbackup.archive.member import decode_member
 from dsbackup.errors import ArchiveError, IntegrityError
@@ -157,7 +157,7 @@ def _walk(mm: mmap.mmap, mv: memoryview, report: SalvageReport) -> None:
             elif sub.member_type == fmt.TYPE_SUMMARY:
                 report.has_summary = True
             pos = end
-        except (IntegrityError, FramingError) as exc:
+        except IntegrityError as exc:  # FramingError and MemberError are ones too
             nxt = mm.find(fmt.GZIP_HEAD, pos + 1)
             end = size if nxt < 0 else nxt
             report.damaged.append((pos, end, str(exc)))

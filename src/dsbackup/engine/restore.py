@@ -156,15 +156,12 @@ class _NativeLmdbTarget:
     needs of a datastore (uri, is_empty, sync, close) plus the writer."""
 
     def __init__(self, path: str, map_size: int) -> None:
-        from dsbackup._ext.lmdbscan import DoubleOpenError
-        from dsbackup._ext.lmdbwrite import LmdbPayloadWriter, LmdbWriteError
+        from dsbackup._ext.lmdbwrite import LmdbPayloadWriter
 
         p = Path(path).absolute()
         self.uri = f"lmdb:{p}"
-        try:
-            self.writer = LmdbPayloadWriter(str(p), map_size=map_size)
-        except (LmdbWriteError, DoubleOpenError) as exc:
-            raise DatastoreError(f"{p}: cannot open LMDB: {exc}") from exc
+        # its errors (LmdbWriteError, DoubleOpenError) are DatastoreErrors naming the path
+        self.writer = LmdbPayloadWriter(str(p), map_size=map_size)
         # a read-only descriptor of the data file, to start its writeback early and sync it
         # from another thread (LMDB's own sync may not run beside a write that grows the map)
         try:
@@ -408,12 +405,7 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
     """The restore loop of an LMDB target written natively: verified payloads are batched
     (batch_bytes) into one LmdbPayloadWriter.write each — no Python object per record —
     then synced and journaled like the datastore path."""
-    from dsbackup._ext.lmdbwrite import (
-        LmdbKeyTooLong,
-        LmdbNoSpace,
-        LmdbWriteError,
-        PayloadError,
-    )
+    from dsbackup._ext.lmdbwrite import LmdbKeyTooLong, LmdbNoSpace, PayloadError
 
     total_bytes = reader.summary.get("raw_bytes")
     payloads: list[memoryview] = []
@@ -454,9 +446,7 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
                 raise DatastoreError(no_space_message(
                     native.writer.path, exc.needed, exc.free,
                     what="free some space and rerun the same restore: it resumes")) from None
-            except LmdbWriteError as exc:
-                raise DatastoreError(f"{native.writer.path}: LMDB write failed: {exc}") \
-                    from None
+            # any other LmdbWriteError is a DatastoreError naming the path and LMDB's code
             result.records_written += n
             result.bytes_written += nbytes
             native.start_writeback()

@@ -1,13 +1,23 @@
-# Key glob matching: the one pattern dialect of dsbackup (docs/PATTERNS.md; included by
-# framing.pyx). Used by backup --exclude, restore --pattern, migration filters, through
-# dsbackup.patterns.
-#
-# ``*`` any run of bytes without '/'; ``**`` as a whole segment (``/**/``, a leading ``**/``)
-# zero or more whole segments, anywhere else (a trailing ``/**``, ``a**b``) any run of bytes
-# including '/'; ``?`` one byte other than '/'; ``[...]`` one byte of a class (ranges,
-# ``[!...]`` negation; never '/'); ``\`` makes the next byte literal. A pattern matches the whole
-# key. Matching is a Thompson NFA over the pattern tokens (O(len(key) * len(pattern)), no
-# backtracking blow-up) with a fast literal-prefix rejection.
+r"""Key glob matching: the one pattern dialect of dsbackup (docs/PATTERNS.md). Used by backup
+--exclude, restore --pattern, migration filters, through dsbackup.patterns.
+
+``*`` any run of bytes without '/'; ``**`` as a whole segment (``/**/``, a leading ``**/``)
+zero or more whole segments, anywhere else (a trailing ``/**``, ``a**b``) any run of bytes
+including '/'; ``?`` one byte other than '/'; ``[...]`` one byte of a class (ranges,
+``[!...]`` negation; never '/'); ``\`` makes the next byte literal. A pattern matches the whole
+key. Matching is a Thompson NFA over the pattern tokens (O(len(key) * len(pattern)), no
+backtracking blow-up) with a fast literal-prefix rejection.
+
+The C matcher is exported to framing.pyx, planner.pyx and lmdbscan.pyx through the capsule
+``_C_API`` (a ``ds_keymatch_api*``, see keymatch.pxd).
+"""
+
+from cpython.pycapsule cimport PyCapsule_New
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp, memcpy, memset
+
+from keymatch cimport ds_keymatch_api, ds_matcher, ds_pattern
+
 
 cdef enum:
     TOK_LIT = 0
@@ -261,3 +271,20 @@ cdef class KeyMatcher:
 
     def __repr__(self) -> str:
         return f"KeyMatcher({[p.decode('utf-8', 'surrogateescape') for p in self.patterns]!r})"
+
+
+cdef const ds_matcher *matcher_of(object m) except? NULL:
+    if m is None:
+        return NULL
+    if not isinstance(m, KeyMatcher):
+        raise TypeError(f"exclude must be a KeyMatcher or None, not {type(m).__name__}")
+    return &(<KeyMatcher>m).m
+
+
+# ----------------------------------------------------------------------------- C API
+
+
+cdef ds_keymatch_api _api
+_api.matcher_of = matcher_of
+_api.matcher_match = matcher_match
+_C_API = PyCapsule_New(&_api, "dsbackup._ext.keymatch._C_API", NULL)

@@ -1,10 +1,42 @@
-# Chunk planning from keys and value sizes only (included by framing.pyx).
-#
-# The planner applies exactly the chunker's rules (docs/FORMAT.md §4.1: natural boundaries,
-# chunk_max_bytes cuts, exclusions) and the key digest (§4.2) to (key, value length) pairs, so it
-# yields the chunks a full scan would make — first and last key, record count, payload length,
-# key digest — without reading a value. Incremental backups compare these plans with the
-# parent's index to find unchanged chunks.
+"""Chunk planning from keys and value sizes only (KeyPlanner; the C planner for lmdbscan.pyx).
+
+The planner applies exactly the chunker's rules (docs/FORMAT.md §4.1: natural boundaries,
+chunk_max_bytes cuts, exclusions) and the key digest (§4.2) to (key, value length) pairs, so it
+yields the chunks a full scan would make — first and last key, record count, payload length,
+key digest — without reading a value. Incremental backups compare these plans with the
+parent's index to find unchanged chunks.
+
+The C functions are exported to lmdbscan.pyx through the capsule ``_C_API`` (a
+``ds_planner_api*``, see planner.pxd); framing.pyx re-exports KeyPlanner.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
+from cpython.tuple cimport PyTuple_GET_ITEM
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+from framing cimport FR_EKEYLEN, FR_ENOMEM, FR_EORDER, FR_HEADER, FR_MAX_KEY, FR_OK, ds_buf
+from frameutil cimport (
+    buf_reserve,
+    grow,
+    key_cmp,
+    keyhash_add,
+    keyhash_digest_reset,
+    keyhash_free,
+    keyhash_new,
+    uvarint_len,
+)
+from keymatch cimport ds_keymatch_api, ds_matcher
+from libxxhash cimport XXH3_64bits
+from planner cimport ds_plan, ds_planner, ds_planner_api
+
+from dsbackup._ext import keymatch as _keymatch_mod
+from dsbackup._ext.payload import FramingError
+
+cdef const ds_keymatch_api *KAPI = <const ds_keymatch_api *>PyCapsule_GetPointer(
+    _keymatch_mod._C_API, "dsbackup._ext.keymatch._C_API")
 
 
 cdef int planner_init(ds_planner *p, uint64_t chunk_size, uint64_t chunk_max_bytes,
@@ -58,7 +90,7 @@ cdef int planner_add(ds_planner *p, const unsigned char *key, size_t klen, uint6
     if buf_set(&p.prev, key, klen) != FR_OK:
         return FR_ENOMEM
     p.has_prev = 1
-    if p.exclude != NULL and matcher_match(p.exclude, key, klen):
+    if p.exclude != NULL and KAPI.matcher_match(p.exclude, key, klen):
         p.excluded_records += 1
         p.excluded_bytes += klen + vlen
         return 0
@@ -96,6 +128,19 @@ cdef object plan_to_py(ds_plan *d):
             d.count, d.payload_len, d.keys_xxh3, d.raw_bytes)
 
 
+cdef object _planner_error(int code, object key, Py_ssize_t i):
+    """The exception for planner error ``code`` on input record ``i`` (the chunker's words)."""
+    if code == FR_ENOMEM:
+        return MemoryError("chunker: out of memory while framing a chunk")
+    if code == FR_EKEYLEN:
+        return FramingError(f"record {i}: key {key!r} has length {len(key)}; keys must be "
+                            "1..65535 bytes", i)
+    if code == FR_EORDER:
+        return FramingError(f"record {i}: key {key!r} is not greater than the previous key; "
+                            "keys must be strictly increasing", i)
+    return RuntimeError(f"planner: error {code}")
+
+
 cdef class KeyPlanner:
     """The chunks of a sorted (key, value size) stream, as the Chunker would cut them.
 
@@ -110,7 +155,7 @@ cdef class KeyPlanner:
     def __cinit__(self, uint64_t chunk_size, uint64_t chunk_max_bytes, exclude=None):
         if chunk_size < 1 or chunk_max_bytes < 1:
             raise ValueError("chunk_size and chunk_max_bytes must be >= 1")
-        if planner_init(&self.p, chunk_size, chunk_max_bytes, matcher_of(exclude)) != FR_OK:
+        if planner_init(&self.p, chunk_size, chunk_max_bytes, KAPI.matcher_of(exclude)) != FR_OK:
             raise MemoryError("KeyPlanner: cannot allocate the key digest state")
         self._exclude = exclude
 
@@ -169,7 +214,7 @@ cdef class KeyPlanner:
                     while i < n:
                         if nout == capout:
                             capout = capout * 2 + 4
-                            out = <ds_plan *>_grow(out, capout * sizeof(ds_plan))
+                            out = <ds_plan *>grow(out, capout * sizeof(ds_plan))
                             if out == NULL:
                                 r = FR_ENOMEM
                                 break
@@ -182,9 +227,7 @@ cdef class KeyPlanner:
                 self._busy = False
             plans = [plan_to_py(&out[j]) for j in range(nout)]
             if r < 0:
-                raise chunker_error(NULL, r, kt[i] if i < n else None, i) if r != FR_EORDER \
-                    else FramingError(f"record {i}: key {kt[i]!r} is not greater than the "
-                                      f"previous key; keys must be strictly increasing", i)
+                raise _planner_error(r, kt[i] if i < n else None, i)
             return plans
         finally:
             if out != NULL:
@@ -204,3 +247,16 @@ cdef class KeyPlanner:
             return plan_to_py(&d)
         finally:
             plan_free(&d)
+
+
+# ----------------------------------------------------------------------------- C API
+
+
+cdef ds_planner_api _api
+_api.planner_init = planner_init
+_api.planner_free = planner_free
+_api.planner_add = planner_add
+_api.planner_finish = planner_finish
+_api.plan_free = plan_free
+_api.plan_to_py = plan_to_py
+_C_API = PyCapsule_New(&_api, "dsbackup._ext.planner._C_API", NULL)

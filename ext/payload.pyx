@@ -1,8 +1,47 @@
-# Whole-payload encode, decode and validation (included by framing.pyx).
-#
-# scan_c validates a payload completely (header, minimal varints, bounds, key lengths, order,
-# count, no trailing bytes) without creating Python objects; the decoders run it first and then
-# build objects from the validated payload.
+"""Whole-payload encode, decode and validation (docs/FORMAT.md §4), and FramingError.
+
+A payload is ``"DSC1" | flags u32 = 0 | count u64`` then records
+``op u8 = 0 | key_len uvarint | value_len uvarint | key | value`` in strictly increasing key
+order. scan_c validates a payload completely (header, minimal varints, bounds, key lengths,
+order, count, no trailing bytes) without creating Python objects; the decoders run it first and
+then build objects from the validated payload. framing.pyx re-exports this module's names.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM
+from libc.stdint cimport uint64_t
+from libc.string cimport memcmp, memcpy, memset
+
+from framing cimport FR_HEADER, FR_MAX_KEY, ds_keyhash
+from frameutil cimport (
+    key_cmp,
+    keyhash_add,
+    keyhash_digest_reset,
+    keyhash_free,
+    keyhash_new,
+    put_u64le,
+    put_uvarint,
+    uvarint_len,
+)
+
+from dsbackup.errors import IntegrityError
+
+
+class FramingError(IntegrityError, ValueError):
+    """A payload or record stream violates docs/FORMAT.md §4 (exit 3: damaged chunk data).
+
+    ``record`` is the record (or input key) index at fault and ``offset`` the payload byte
+    offset, when known. The backup side (keys a source gave out of order or of a bad length)
+    re-raises it as BackupError naming the source.
+    """
+
+    description = "chunk payload violates the record format"
+
+    def __init__(self, message: str, record: int | None = None, offset: int | None = None):
+        super().__init__(message)
+        self.record = record
+        self.offset = offset
+
 
 cdef enum:
     SC_OK = 0
