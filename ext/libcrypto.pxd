@@ -39,3 +39,5 @@ cdef extern from "openssl/crypto.h" nogil:
 
 cdef extern from "openssl/err.h" nogil:
     void ERR_clear_error()
+    unsigned long ERR_get_error()
+    void ERR_error_string_n(unsigned long e, char *buf, size_t len)

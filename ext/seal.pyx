@@ -44,6 +44,8 @@ from libcrypto cimport (
     EVP_EncryptInit_ex,
     EVP_EncryptUpdate,
     ERR_clear_error,
+    ERR_error_string_n,
+    ERR_get_error,
     EVP_aes_256_gcm,
     OPENSSL_cleanse,
 )
@@ -58,6 +60,7 @@ from libxxhash cimport (
 from libxxhash_dispatch cimport ds_xxh3_64_update
 
 from dsbackup._ext.compress import Body
+from dsbackup.errors import ArchiveError
 
 cdef enum:
     KEY_BYTES = 32
@@ -76,8 +79,21 @@ cdef enum:
 TAG_LENGTH = TAG_BYTES
 
 
-class SealError(RuntimeError):
-    """OpenSSL refused an operation (not a wrong tag: open_stored returns None for that)."""
+class SealError(ArchiveError, RuntimeError):
+    """OpenSSL refused an operation (not a wrong tag: open_stored returns None for that); the
+    message keeps OpenSSL's error code and text. Exit code 2 (dsbackup.errors.ArchiveError)."""
+    description = "encryption library (OpenSSL) failed"
+
+
+cdef str _openssl_error():
+    """OpenSSL's first queued error as "(OpenSSL error 0x..: text)", the queue cleared."""
+    cdef unsigned long e = ERR_get_error()
+    cdef char buf[256]
+    ERR_clear_error()
+    if e == 0:
+        return "(no OpenSSL error queued)"
+    ERR_error_string_n(e, buf, sizeof(buf))
+    return f"(OpenSSL error {e:#x}: {buf.decode('ascii', 'replace')})"
 
 
 cdef class GcmKey:
@@ -266,8 +282,7 @@ def seal_stored(GcmKey key not None, const unsigned char[::1] nonce not None,
     if r == E_NOMEM:
         raise MemoryError("seal_stored: out of memory")
     if r != OK:
-        ERR_clear_error()
-        raise SealError(f"OpenSSL could not encrypt {n} bytes (AES-256-GCM)")
+        raise SealError(f"OpenSSL could not encrypt {n} bytes (AES-256-GCM) {_openssl_error()}")
     return Body(out, crc, total, n + TAG_BYTES), xxh
 
 
@@ -294,6 +309,5 @@ def open_stored(GcmKey key not None, const unsigned char[::1] nonce not None,
         ERR_clear_error()
         return None
     if r != OK:
-        ERR_clear_error()
-        raise SealError(f"OpenSSL could not decrypt {n} bytes (AES-256-GCM)")
+        raise SealError(f"OpenSSL could not decrypt {n} bytes (AES-256-GCM) {_openssl_error()}")
     return out

@@ -16,7 +16,7 @@ import lmdb
 import pytest
 
 import dsbackup._ext
-from dsbackup._ext import compress, framing, lmdbcopy, lmdbregistry, lmdbscan, lmdbwrite
+from dsbackup._ext import compress, framing, lmdbcopy, lmdbregistry, lmdbscan, lmdbwrite, seal
 from dsbackup.errors import (
     ArchiveError,
     DatastoreError,
@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NATIVE = {
     compress.MemberError: (IntegrityError, ValueError, 3),
     compress.CompressionError: (ArchiveError, RuntimeError, 2),
+    seal.SealError: (ArchiveError, RuntimeError, 2),
     framing.FramingError: (IntegrityError, ValueError, 3),
     lmdbwrite.PayloadError: (IntegrityError, ValueError, 3),
     lmdbscan.LmdbError: (DatastoreError, OSError, 2),

@@ -3,10 +3,12 @@
 from typing_extensions import Buffer
 
 from dsbackup._ext.compress import Body
+from dsbackup.errors import ArchiveError
 
 TAG_LENGTH: int
 
-class SealError(RuntimeError): ...
+
+class SealError(ArchiveError, RuntimeError): ...
 
 class GcmKey:
     def __init__(self, key: Buffer) -> None: ...
