@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsbackup.archive.verify import VerifyReport
+from dsbackup.archive.verify import VerifyReport, verify_archive
 from dsbackup.cli._common import (
     add_json_flag,
     emit_json,
@@ -15,7 +15,6 @@ from dsbackup.cli._common import (
     human_bytes,
 )
 from dsbackup.cli._keys import add_key_options
-from dsbackup.engine.backup import BackupManager
 from dsbackup.engine.config import BackupConfig
 from dsbackup.errors import EXIT_ERROR, EXIT_INTEGRITY
 
@@ -50,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
 
         report = verify_go(args.archive)
     else:
-        mgr = BackupManager(BackupConfig(workers=args.workers))
-        report = mgr.verify_backup(args.archive, deep=not args.quick, sample=args.sample,
-                                   parent_dirs=args.parent_dir,
-                                   check_blocks=args.check_blocks)
+        # verify_archive itself, not BackupManager: see cli/restore.py (start-up)
+        report = verify_archive(args.archive, deep=not args.quick, sample=args.sample,
+                                threads=BackupConfig(workers=args.workers).effective_workers,
+                                parent_dirs=args.parent_dir, check_blocks=args.check_blocks)
     if args.json:
         emit_json(COMMAND, {**report.to_json(), "format": "go" if go else "dsbackup"})
     else:

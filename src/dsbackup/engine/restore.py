@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("empty", "overwrite", "skip_existing")
 DEFAULT_BATCH_BYTES = 64 << 20
+# the native LMDB writer's transactions: small, so the first is written while the pool still
+# inflates and LMDB's dirty pages (malloc'd, pwritten at commit) are reused, not faulted in
+NATIVE_BATCH_BYTES = 8 << 20
 # The journal records progress only after a sync of the target, and a sync waits for the disk:
 # batches are written every DEFAULT_BATCH_BYTES, synced and journaled at most this often (for
 # LMDB targets in a thread while the restore goes on: restore_journal.JournalSync).
@@ -161,7 +164,10 @@ class _NativeLmdbTarget:
         p = Path(path).absolute()
         self.uri = f"lmdb:{p}"
         try:
-            self.writer = LmdbPayloadWriter(str(p), map_size=map_size)
+            # pages are copied into LMDB's dirty pages and written with pwrite, not through the
+            # map: a write fault on a mapped page makes the kernel zero (read) it first, which
+            # cost a restore up to twice its CPU time (docs/PERFORMANCE.md, "Restore")
+            self.writer = LmdbPayloadWriter(str(p), map_size=map_size, writemap=False)
         except (LmdbWriteError, DoubleOpenError) as exc:
             raise DatastoreError(f"{p}: cannot open LMDB: {exc}") from exc
         # a read-only descriptor of the data file, to start its writeback early and sync it
@@ -219,7 +225,7 @@ def restore_archive(
     pattern: str | list[str] | None = None,
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
-    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    batch_bytes: int | None = None,
     resume: bool = True,
     parent_dirs: list[str | os.PathLike[str]] | None = None,
 ) -> RestoreResult:
@@ -230,6 +236,8 @@ def restore_archive(
     in the target are left alone). prefix/pattern restore a subset (prefix: children of a key;
     pattern: globs as in exclude_patterns). An incremental archive needs its parent chain
     (beside it or in `parent_dirs`); a missing parent fails before the target is touched.
+    batch_bytes: payload bytes per write (default NATIVE_BATCH_BYTES for the native LMDB
+    writer, else DEFAULT_BATCH_BYTES).
     """
     if mode not in MODES:
         raise ConfigError(f"restore mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -243,7 +251,8 @@ def restore_archive(
 
         with TargetLock(target, f"restore of {Path(path).name}"):
             return restore_go_archive(path, target, mode=mode, prefix=prefix,
-                                      pattern=pattern, batch_bytes=batch_bytes)
+                                      pattern=pattern,
+                                      batch_bytes=batch_bytes or DEFAULT_BATCH_BYTES)
     reader = ArchiveReader(path, parent_dirs=parent_dirs)
     try:
         check_layout(reader)  # chunk ranges ordered and disjoint, before the target is touched
@@ -289,6 +298,8 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
 
             target = open_datastore(str(target), readonly=False)
         owned = True
+    if batch_bytes is None:
+        batch_bytes = NATIVE_BATCH_BYTES if native is not None else DEFAULT_BATCH_BYTES
     try:
         result = _restore(reader, target, workers=workers, mode=mode, prefix=prefix,
                           pattern=pattern, progress=progress, cancel=cancel,
