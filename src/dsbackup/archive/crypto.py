@@ -15,13 +15,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
 from dsbackup.errors import ConfigError, IntegrityError, WrongKeyError
+
+# `cryptography` is imported where it is used: it costs ~20 ms of start-up, which a command
+# on a plain archive (restore, verify, ls) need not pay
 
 KEY_BYTES = 32
 TAG_BYTES = 16
@@ -143,6 +140,8 @@ class KeyMaterial:
         with self._lock:
             kek = self._keks.get(ident)
             if kek is None:
+                from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
                 derived = Scrypt(salt=salt, length=KEY_BYTES, n=n, r=r, p=p).derive(
                     bytes(self._secret))
                 kek = self._keks[ident] = bytearray(derived)
@@ -227,6 +226,10 @@ class ArchiveCipher:
     def __init__(self, archive_id: bytes, dk: bytearray, version: int) -> None:
         self.archive_id = archive_id
         self.version = version
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self._invalid_tag = InvalidTag
         self._aead = AESGCM(bytes(dk))  # the library keeps its own copy for our lifetime
         _zero(dk)
 
@@ -258,12 +261,15 @@ class ArchiveCipher:
         try:
             return self._aead.decrypt(self.nonce(mtype, seq), stored,
                                       self.aad(mtype, seq, len(stored) - TAG_BYTES))
-        except InvalidTag:
+        except self._invalid_tag:
             raise IntegrityError(f"{where}: authentication failed (ciphertext, tag or header "
                                  "altered)", chunk=chunk, part=part) from None
 
 
 def _key_check(dk: bytearray) -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=8, salt=None,
                 info=CHECK_INFO).derive(bytes(dk)).hex()
 
@@ -272,6 +278,8 @@ def new_archive_key(material: KeyMaterial, version: int,
                     kdf: dict[str, Any] | None = None) -> tuple[bytes, ArchiveCipher]:
     """A new data key wrapped under `material`: (key header JSON, cipher). `kdf`: reuse a
     parent's scrypt salt and parameters (one derivation unlocks the chain)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     archive_id = _random(ID_BYTES)
     dk = bytearray(_random(KEY_BYTES))
     try:
@@ -315,6 +323,9 @@ def open_archive_key(header: dict[str, Any], material: KeyMaterial, version: int
                      where: str) -> ArchiveCipher:
     """Unwrap the data key: WrongKeyError (exit 2) when the tag fails, in constant work
     (one KDF, one unwrap)."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     aid = bytes.fromhex(header["archive_id"])
     wrapped = bytes.fromhex(header["wrapped_key"])
     kek = material.kek(header["kdf"], where)
