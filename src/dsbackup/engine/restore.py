@@ -350,7 +350,7 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
         write_mode = mode
     state = {"fingerprint": fingerprint, "archive": str(reader.path), "options": options,
              "next_chunk": first_chunk}
-    if jpath is not None:
+    if jpath is not None and native is None:  # the native path writes it in a thread
         write_journal(jpath, state)
     selected = [i for i in reader.index.chunks_overlapping(start, end) if i >= first_chunk]
     if native is not None:
@@ -430,9 +430,19 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
     journaled = time.monotonic()
     syncer = (JournalSync(native.data_fd, jpath, state, native.uri)
               if jpath is not None and native.data_fd >= 0 else None)
+    # the first journal is written (and fsynced) while the pool inflates the first batch;
+    # the first write waits for it, so no record reaches the target before the journal
+    first_journal = syncer is not None
+    if first_journal:
+        syncer.start(first_chunk, sync_target=False)
+    elif jpath is not None:
+        write_journal(jpath, state)
 
     def flush(final: bool = False) -> None:
-        nonlocal payloads, chunk_ids, acc_bytes, acc_records, journaled
+        nonlocal payloads, chunk_ids, acc_bytes, acc_records, journaled, first_journal
+        if first_journal and syncer is not None:
+            syncer.wait()
+            first_journal = False
         if payloads:
             try:
                 try:
@@ -467,10 +477,14 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
             result.records_written += n
             result.bytes_written += nbytes
             native.start_writeback()
-        if jpath is not None and (final or time.monotonic() - journaled >= JOURNAL_INTERVAL_S):
-            if final or syncer is None:
-                if syncer is not None:
-                    syncer.wait()
+        if final:
+            # everything is written: one sync, then _finish removes the journal (a journal
+            # update here would be replaced by nothing a moment later)
+            if syncer is not None:
+                syncer.wait()
+            native.sync("/")
+        elif jpath is not None and time.monotonic() - journaled >= JOURNAL_INTERVAL_S:
+            if syncer is None:
                 native.sync("/")
                 state["next_chunk"] = last_chunk + 1
                 write_journal(jpath, state)
