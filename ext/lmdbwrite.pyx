@@ -10,13 +10,16 @@ transaction, so nothing of that call is written.
 
 Puts use ``MDB_APPEND`` while keys lie past the environment's last key; a key at or before it
 (a resumed restore rewriting a chunk) falls back to an ordinary put. The environment is opened
-with ``MDB_NOSYNC``: :meth:`LmdbPayloadWriter.sync` forces the flush. ``MDB_WRITEMAP``: values
-are copied once, straight into the file's pages, instead of into LMDB's dirty pages and then
-by ``pwrite`` into the page cache (a faster blocks restore: docs/PERFORMANCE.md). Puts use ``MDB_RESERVE``
-and copy the value themselves, which tells where it went: after each commit those pages are
-unmapped again (``MADV_DONTNEED``; they stay in the page cache), so the resident set does not
-grow with the data written. LMDB extends the file to the map size, and :meth:`close`
-truncates it back to the pages in use. ``MDB_MAP_FULL``
+with ``MDB_NOSYNC``: :meth:`LmdbPayloadWriter.sync` forces the flush. Puts use ``MDB_RESERVE``
+and copy the value themselves. With ``writemap=False`` (what restore uses) values are copied
+into LMDB's dirty pages, which the commit writes with ``pwrite``. With ``writemap=True``
+(``MDB_WRITEMAP``, the default) they are copied once, straight into the file's pages through
+the map; but a write fault on a mapped page of the file makes the kernel read (for a new
+part of the file: zero) the page first, and on the loaded development VM that cost a restore
+up to twice the CPU time of the pwrite path (docs/PERFORMANCE.md, "Restore"). Through the
+map, after each commit the pages written are unmapped again (``MADV_DONTNEED``; they stay in
+the page cache), so the resident set does not grow with the data written; LMDB extends the
+file to the map size, and :meth:`close` truncates it back to the pages in use. ``MDB_MAP_FULL``
 doubles the map and redoes the transaction. Writing through the map into a part of the file
 the filesystem has no blocks for raises SIGBUS when the disk is full, so before each write
 transaction the file's growth is reserved with ``posix_fallocate`` (twice the payload bytes
@@ -406,6 +409,7 @@ cdef class LmdbPayloadWriter:
     cdef bint _registered
     cdef size_t _reserved     # bytes of data.mdb known to have blocks (reserved or written)
     cdef bint _opened         # mdb_env_open succeeded (else env may only be closed)
+    cdef bint _writemap       # values are written through the map (MDB_WRITEMAP)
 
     def __cinit__(self):
         self.env = NULL
@@ -413,7 +417,7 @@ cdef class LmdbPayloadWriter:
         self._reserved = 0
         self._opened = False
 
-    def __init__(self, path, *, size_t map_size=0):
+    def __init__(self, path, *, size_t map_size=0, bint writemap=True):
         cdef int rc
         from dsbackup._ext import lmdbregistry
         from dsbackup.datastores import lmdb as lmdb_backend
@@ -431,7 +435,8 @@ cdef class LmdbPayloadWriter:
                 data = os.path.join(self.path, "data.mdb")
                 used = os.path.getsize(data) if os.path.isfile(data) else 0
                 map_size = max(_INITIAL_MAP_SIZE, 2 * used)
-            open_write_env(&self.env, &self.dbi, self.path, map_size, writemap=True)
+            open_write_env(&self.env, &self.dbi, self.path, map_size, writemap=writemap)
+            self._writemap = writemap
             self._opened = True
         except BaseException:
             self.close()
@@ -468,7 +473,7 @@ cdef class LmdbPayloadWriter:
             while True:
                 with nogil:
                     rc = _write_txn(self.env, self.dbi, spans, nspans, append, overwrite, &r)
-                    if rc == 0:
+                    if rc == 0 and self._writemap:
                         _drop_written_pages(r.lo, r.hi)
                 if rc == 0:
                     return r.records, r.nbytes

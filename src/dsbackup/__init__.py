@@ -53,6 +53,9 @@ _LAZY = {
     "iter_listing": "dsbackup.archive.listing",
     "NodeFile": "dsbackup.archive.node",
     "prefix_bounds": "dsbackup.engine.restore",
+    # restore and verify without the backup engine's imports (the CLI's start-up)
+    "restore_archive": "dsbackup.engine.restore",
+    "verify_archive": "dsbackup.archive.verify",
     # the Go tool's format (docs/GOFORMAT.md)
     "is_go_archive": "dsbackup.compat.goformat",
     "inspect_go": "dsbackup.compat.gocompat",

@@ -369,3 +369,40 @@ def test_scan_in_another_process_sees_same_bytes(tmp_path):
         for k, v in zip(ks, vs):
             h.update(k + v)
     assert out == h.hexdigest()
+
+
+def test_put_many_syncs_every_temp_file_before_any_rename_then_the_dirs(tmp_path, monkeypatch):
+    """A batch's temp files are fsynced (by several threads) before the first is renamed into
+    place, and every directory a file was renamed into is fsynced after the renames."""
+    from dsbackup.datastores import flatfs as flatfs_mod
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(a, b):
+        events.append(("rename", os.fsdecode(b)))
+        real_rename(a, b)
+
+    ds = open_datastore(f"flatfs:{tmp_path / 'f'}", readonly=False)
+    try:
+        ds.put(b"/" + _names(1, seed=9)[0].encode(), b"first")  # creates the store's files
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(flatfs_mod.os, "rename", rename)
+        names = _names(40, seed=5)
+        ds.put_many([b"/" + n.encode() for n in names], [n.encode() * 100 for n in names])
+        monkeypatch.undo()
+        assert all(ds.get(b"/" + n.encode()) == n.encode() * 100 for n in names)
+    finally:
+        ds.close()
+    kinds = [k for k, _ in events]
+    first_rename = kinds.index("rename")
+    synced_before = {p for k, p in events[:first_rename]
+                     if k == "fsync" and os.path.basename(p).startswith("temp-")}
+    renamed = [p for k, p in events if k == "rename"]
+    assert len(renamed) == 40 and len(synced_before) == 40
+    dirs_after = {p for k, p in events[first_rename:] if k == "fsync"}
+    assert {os.path.dirname(p) for p in renamed} <= dirs_after

@@ -12,6 +12,7 @@ from lmdb_files import read_all
 from dsbackup import datastores
 from dsbackup.datastores import open_datastore
 from dsbackup.engine import restore as restore_mod
+from dsbackup.engine import restore_journal
 from dsbackup.engine.backup import BackupManager
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.restore import restore_archive
@@ -121,3 +122,44 @@ def test_prefix_restore_keeps_the_datastore_path(tmp_path, archive):
     assert read_all(tmp_path / "p") == recs
     restore_archive(path, f"lmdb:{tmp_path / 'q'}", pattern=[first.decode() + "*"])
     assert read_all(tmp_path / "q") == [r for r in recs if r[0].startswith(first)]
+
+
+def test_first_journal_is_on_disk_before_the_first_write(tmp_path, archive, monkeypatch):
+    """The first journal is written in a thread while the first batch inflates, but no record
+    is written before it is done; the journal is never advanced after the last write (the
+    finish removes it), and the target is synced once at the end."""
+    path, recs = archive
+    monkeypatch.setattr(restore_mod, "JOURNAL_INTERVAL_S", 3600.0)
+    events = []
+    real_journal = restore_journal.write_journal
+
+    def journal(p, state):
+        real_journal(p, state)
+        events.append(("journal", state["next_chunk"]))
+
+    monkeypatch.setattr(restore_journal, "write_journal", journal)  # JournalSync's
+    monkeypatch.setattr(restore_mod, "write_journal", journal)
+    real_init = restore_mod._NativeLmdbTarget.__init__
+
+    class Writer:
+        def __init__(self, w):
+            self.w = w
+
+        def write(self, *a, **kw):
+            events.append(("write", None))
+            return self.w.write(*a, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.w, name)
+
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        self.writer = Writer(self.writer)
+
+    monkeypatch.setattr(restore_mod._NativeLmdbTarget, "__init__", init)
+    res = restore_archive(path, f"lmdb:{tmp_path / 'f'}", batch_bytes=50_000)
+    assert read_all(tmp_path / "f") == recs and res.chunks > 10
+    assert events[0] == ("journal", 0)
+    assert events[1][0] == "write"
+    assert [e for e in events if e[0] == "journal"] == [("journal", 0)]
+    assert not (tmp_path / "f.dsbackup-restore.json").exists()

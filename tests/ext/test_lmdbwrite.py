@@ -29,11 +29,12 @@ def payloads_of(recs: list[tuple[bytes, bytes]], per: int) -> list[bytes]:
             for i in range(0, len(recs), per)]
 
 
-def test_written_records_equal_the_payloads(tmp_path):
+@pytest.mark.parametrize("writemap", [True, False])
+def test_written_records_equal_the_payloads(tmp_path, writemap):
     recs = records(3000, seed=1)
     recs.append((b"/z/big", random.Random(2).randbytes(300_000)))  # overflow pages
     pls = payloads_of(recs, 97)
-    with LmdbPayloadWriter(tmp_path / "env") as w:
+    with LmdbPayloadWriter(tmp_path / "env", writemap=writemap) as w:
         assert w.is_empty()
         n1, b1 = w.write(pls[:10])
         n2, b2 = w.write([memoryview(p) for p in pls[10:]])
@@ -44,12 +45,13 @@ def test_written_records_equal_the_payloads(tmp_path):
     assert read_all(tmp_path / "env") == recs
 
 
-def test_non_append_and_out_of_order_payloads(tmp_path):
+@pytest.mark.parametrize("writemap", [True, False])
+def test_non_append_and_out_of_order_payloads(tmp_path, writemap):
     recs = records(2000, seed=3)
     pls = payloads_of(recs, 50)
     shuffled = pls[:]
     random.Random(4).shuffle(shuffled)
-    with LmdbPayloadWriter(tmp_path / "a") as w:
+    with LmdbPayloadWriter(tmp_path / "a", writemap=writemap) as w:
         first = sum(len(decode_records(p)[0]) for p in shuffled[:20])
         assert w.write(shuffled[:20], append=False)[0] == first
         # append=True with keys before the last key falls back to ordinary puts

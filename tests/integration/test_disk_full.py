@@ -1,8 +1,9 @@
 """A full disk is an error, never a signal or a traceback (issue 20, item 3 and "disk full").
 
 Each test runs the real CLI against a small filesystem made for it (tmpfs, mounted as root),
-filled up by a filler file: backup, restore into LMDB (written through the map: this used to
-die of SIGBUS), flatfs and SQLite, and a migration. Each must exit 2 with a one-line message
+filled up by a filler file: backup, restore into LMDB (when it wrote through the map this
+died of SIGBUS; it now writes with pwrite, a short write there), flatfs and SQLite, and a
+migration. Each must exit 2 with a one-line message
 naming the filesystem, leave nothing partial at a final path, and — once the filler is
 removed — a rerun of the same command must give the exact result."""
 

@@ -24,7 +24,8 @@ class PayloadError(IntegrityError, ValueError):
 
 class LmdbPayloadWriter:
     path: str
-    def __init__(self, path: str | os.PathLike[str], *, map_size: int = 0) -> None: ...
+    def __init__(self, path: str | os.PathLike[str], *, map_size: int = 0,
+                 writemap: bool = True) -> None: ...
     def write(
         self, payloads: Iterable[bytes | bytearray | memoryview], *, append: bool = True, overwrite: bool = True
     ) -> tuple[int, int]: ...

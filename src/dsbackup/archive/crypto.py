@@ -16,16 +16,17 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
-from dsbackup._ext.seal import GcmKey, seal_stored
 from dsbackup.errors import ConfigError, IntegrityError, WrongKeyError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from dsbackup._ext.seal import GcmKey
+
+# `cryptography` is imported where it is used: it costs ~20 ms of start-up, which a command
+# on a plain archive (restore, verify, ls) need not pay
 
 KEY_BYTES = 32
 TAG_BYTES = 16
@@ -165,6 +166,8 @@ class KeyMaterial:
         with self._lock:
             kek = self._keks.get(ident)
             if kek is None:
+                from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
                 # the derived key is returned as bytes by the library: copied into a secret
                 # buffer and dropped at once
                 kek = self._keks[ident] = secret_buffer(
@@ -285,8 +288,12 @@ class ArchiveCipher:
         if gcm is None:
             with self._lock:
                 if self._gcm is None:
+                    from dsbackup._ext.seal import GcmKey
+
                     self._gcm = GcmKey(self._dk)
                 gcm = self._gcm
+        from dsbackup._ext.seal import seal_stored
+
         return seal_stored(gcm, self.nonce(mtype, seq), self.aad(mtype, seq, len(plaintext)),
                            plaintext)
 
@@ -300,12 +307,14 @@ class ArchiveCipher:
         if aead is None:
             with self._lock:
                 if self._aead is None:
+                    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
                     self._aead = AESGCM(self._dk)  # the library keeps its own copy
                 aead = self._aead
         try:
             return aead.decrypt(self.nonce(mtype, seq), stored,
                                 self.aad(mtype, seq, len(stored) - TAG_BYTES))
-        except InvalidTag:
+        except _invalid_tag():
             raise IntegrityError(f"{where}: authentication failed (ciphertext, tag or header "
                                  "altered)", chunk=chunk, part=part) from None
 
@@ -316,7 +325,16 @@ class ArchiveCipher:
             _zero(self._dk)
 
 
+def _invalid_tag() -> type[Exception]:
+    from cryptography.exceptions import InvalidTag
+
+    return InvalidTag
+
+
 def _key_check(dk: bytearray | memoryview) -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=8, salt=None,
                 info=CHECK_INFO).derive(dk).hex()
 
@@ -325,6 +343,8 @@ def new_archive_key(material: KeyMaterial, version: int,
                     kdf: dict[str, Any] | None = None) -> tuple[bytes, ArchiveCipher]:
     """A new data key wrapped under `material`: (key header JSON, cipher). `kdf`: reuse a
     parent's scrypt salt and parameters (one derivation unlocks the chain)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     archive_id = _random(ID_BYTES)
     dk = secret_buffer(_random(KEY_BYTES))
     try:
@@ -368,6 +388,9 @@ def open_archive_key(header: dict[str, Any], material: KeyMaterial, version: int
                      where: str) -> ArchiveCipher:
     """Unwrap the data key: WrongKeyError (exit 2) when the tag fails, in constant work
     (one KDF, one unwrap)."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     aid = bytes.fromhex(header["archive_id"])
     wrapped = bytes.fromhex(header["wrapped_key"])
     kek = material.kek(header["kdf"], where)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsbackup import BackupConfig, BackupManager
+from dsbackup import BackupConfig, restore_archive
 from dsbackup.cli._common import (
     add_json_flag,
     cancel_on_signals,
@@ -46,12 +46,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     mode = "overwrite" if args.overwrite else "skip_existing" if args.skip_existing else "empty"
     warn_unanchored("--pattern", args.pattern)
-    mgr = BackupManager(BackupConfig(workers=args.workers))
+    # restore_archive itself, not BackupManager: the backup engine's imports (the pipeline,
+    # multiprocessing, the writer) would cost a small restore a large share of its time; the
+    # key is already in place (cli/main.py: _run_with_key)
+    workers = BackupConfig(workers=args.workers).effective_workers
     try:
         with cancel_on_signals() as cancel, progress_bar(not args.json, "restore") as bar:
-            res = mgr.restore_backup(args.archive, args.target, mode=mode, prefix=args.prefix,
-                                     pattern=args.pattern or None, progress=bar,
-                                     cancel=cancel, parent_dirs=args.parent_dir)
+            res = restore_archive(args.archive, args.target, workers=workers, mode=mode,
+                                  prefix=args.prefix, pattern=args.pattern or None,
+                                  progress=bar, cancel=cancel, parent_dirs=args.parent_dir)
     except TargetNotEmpty as exc:  # name the options, not the API's mode values
         raise TargetNotEmpty(f"{exc.target}: target datastore is not empty; restore into an "
                              "empty store, or give --overwrite or --skip-existing",

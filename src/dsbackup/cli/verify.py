@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsbackup import BackupConfig, BackupManager, VerifyReport
+from dsbackup import BackupConfig, VerifyReport, verify_archive
 from dsbackup.cli._common import (
     add_json_flag,
     emit_json,
@@ -48,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
         report = verify_go(args.archive)
     else:
-        mgr = BackupManager(BackupConfig(workers=args.workers))
-        report = mgr.verify_backup(args.archive, deep=not args.quick, sample=args.sample,
-                                   parent_dirs=args.parent_dir,
-                                   check_blocks=args.check_blocks)
+        # verify_archive itself, not BackupManager: see cli/restore.py (start-up)
+        report = verify_archive(args.archive, deep=not args.quick, sample=args.sample,
+                                threads=BackupConfig(workers=args.workers).effective_workers,
+                                parent_dirs=args.parent_dir, check_blocks=args.check_blocks)
     if args.json:
         emit_json(COMMAND, {**report.to_json(), "format": "go" if go else "dsbackup"})
     else:

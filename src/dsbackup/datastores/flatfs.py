@@ -257,7 +257,9 @@ class FlatfsDatastore(BaseDatastore):
         prefix = b"temp-" if self.go_layout else b".temp-"
         return tempfile.mkstemp(prefix=prefix, dir=where)
 
-    def _write_temp(self, name: bytes, value: bytes) -> tuple[bytes, bytes, bytes]:
+    def _write_temp(self, name: bytes, value: bytes, *, sync: bool = True
+                    ) -> tuple[bytes, bytes, bytes]:
+        """`sync=False`: the caller fsyncs the temp file (a batch: _sync_all)."""
         d = self._make_shard_dir(self._dir_of(name))
         fd, tmp = self._temp_file(d)
         try:
@@ -265,7 +267,7 @@ class FlatfsDatastore(BaseDatastore):
             view = memoryview(value)
             while view:
                 view = view[os.write(fd, view):]
-            if self.sync_writes:
+            if sync and self.sync_writes:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -329,11 +331,14 @@ class FlatfsDatastore(BaseDatastore):
         dirs: set[bytes] = set()
         done = 0
         prefix = self.name_prefix
+        one = len(pairs) == 1
         try:
             for k, v in pairs:
-                tmp, dest, d = self._write_temp(prefix + k[1:], v)
+                tmp, dest, d = self._write_temp(prefix + k[1:], v, sync=one)
                 staged.append((tmp, dest))
                 dirs.add(d)
+            if self.sync_writes and not one:  # every temp file durable before any rename
+                _sync_all([tmp for tmp, _ in staged], os.O_RDONLY)
             for tmp, dest in staged:
                 self._rename_in(tmp, dest)
                 done += 1
@@ -341,8 +346,7 @@ class FlatfsDatastore(BaseDatastore):
             for tmp, _ in staged[done:]:
                 _unlink_quiet(tmp)
         if self.sync_writes:
-            for d in dirs:
-                _fsync_dir(d)
+            _sync_all(sorted(dirs), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
     # -- scans ---------------------------------------------------------------------------
     def scan_batches(self, start: bytes = b"", end: bytes | None = None, *,
@@ -577,6 +581,34 @@ def _read_fd(fd: int) -> bytes:
 def _is_empty_dir(path: Path) -> bool:
     with os.scandir(path) as it:
         return next(it, None) is None
+
+
+# a batch's files (and directories) are fsynced by up to this many threads at once: each
+# fsync waits for the disk, and several keep its queue full (one after another, a restore of
+# many files waits for each in turn)
+SYNC_THREADS = 8
+
+
+def _sync_all(paths: list[bytes], flags: int) -> None:
+    """fsync every path (opened with `flags`), SYNC_THREADS at a time; the first error is
+    raised once all have ended."""
+    def one(path: bytes) -> None:
+        fd = os.open(path, flags | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    if len(paths) <= 1:
+        for p in paths:
+            one(p)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(SYNC_THREADS, len(paths)),
+                            thread_name_prefix="dsbackup-fsync") as pool:
+        for _ in pool.map(one, paths):
+            pass
 
 
 def _fsync_dir(path: bytes) -> None:

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("empty", "overwrite", "skip_existing")
 DEFAULT_BATCH_BYTES = 64 << 20
+# the native LMDB writer's transactions: small, so the first is written while the pool still
+# inflates and LMDB's dirty pages (malloc'd, pwritten at commit) are reused, not faulted in
+NATIVE_BATCH_BYTES = 8 << 20
 # The journal records progress only after a sync of the target, and a sync waits for the disk:
 # batches are written every DEFAULT_BATCH_BYTES, synced and journaled at most this often (for
 # LMDB targets in a thread while the restore goes on: restore_journal.JournalSync).
@@ -160,8 +163,11 @@ class _NativeLmdbTarget:
 
         p = Path(path).absolute()
         self.uri = f"lmdb:{p}"
-        # its errors (LmdbWriteError, DoubleOpenError) are DatastoreErrors naming the path
-        self.writer = LmdbPayloadWriter(str(p), map_size=map_size)
+        # its errors (LmdbWriteError, DoubleOpenError) are DatastoreErrors naming the path;
+        # pages are copied into LMDB's dirty pages and written with pwrite, not through the
+        # map: a write fault on a mapped page makes the kernel zero (read) it first, which
+        # cost a restore up to twice its CPU time (docs/PERFORMANCE.md, "Restore")
+        self.writer = LmdbPayloadWriter(str(p), map_size=map_size, writemap=False)
         # a read-only descriptor of the data file, to start its writeback early and sync it
         # from another thread (LMDB's own sync may not run beside a write that grows the map)
         try:
@@ -217,7 +223,7 @@ def restore_archive(
     pattern: str | list[str] | None = None,
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
-    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    batch_bytes: int | None = None,
     resume: bool = True,
     parent_dirs: list[str | os.PathLike[str]] | None = None,
 ) -> RestoreResult:
@@ -228,6 +234,8 @@ def restore_archive(
     in the target are left alone). prefix/pattern restore a subset (prefix: children of a key;
     pattern: globs as in exclude_patterns). An incremental archive needs its parent chain
     (beside it or in `parent_dirs`); a missing parent fails before the target is touched.
+    batch_bytes: payload bytes per write (default NATIVE_BATCH_BYTES for the native LMDB
+    writer, else DEFAULT_BATCH_BYTES).
     """
     if mode not in MODES:
         raise ConfigError(f"restore mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -241,7 +249,8 @@ def restore_archive(
 
         with TargetLock(target, f"restore of {Path(path).name}"):
             return restore_go_archive(path, target, mode=mode, prefix=prefix,
-                                      pattern=pattern, batch_bytes=batch_bytes)
+                                      pattern=pattern,
+                                      batch_bytes=batch_bytes or DEFAULT_BATCH_BYTES)
     reader = ArchiveReader(path, parent_dirs=parent_dirs)
     try:
         # chunk ranges ordered and disjoint, before the target is touched (of a paged index:
@@ -289,6 +298,8 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
 
             target = open_datastore(str(target), readonly=False)
         owned = True
+    if batch_bytes is None:
+        batch_bytes = NATIVE_BATCH_BYTES if native is not None else DEFAULT_BATCH_BYTES
     try:
         result = _restore(reader, target, workers=workers, mode=mode, prefix=prefix,
                           pattern=pattern, progress=progress, cancel=cancel,
@@ -339,7 +350,7 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
         write_mode = mode
     state = {"fingerprint": fingerprint, "archive": str(reader.path), "options": options,
              "next_chunk": first_chunk}
-    if jpath is not None:
+    if jpath is not None and native is None:  # the native path writes it in a thread
         write_journal(jpath, state)
     span = reader.index.chunks_overlapping(start, end)  # a range: O(1) memory at any size
     selected = range(max(span.start, first_chunk), max(span.stop, first_chunk))
@@ -415,9 +426,19 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
     journaled = time.monotonic()
     syncer = (JournalSync(native.data_fd, jpath, state, native.uri)
               if jpath is not None and native.data_fd >= 0 else None)
+    # the first journal is written (and fsynced) while the pool inflates the first batch;
+    # the first write waits for it, so no record reaches the target before the journal
+    first_journal = syncer is not None
+    if first_journal:
+        syncer.start(first_chunk, sync_target=False)
+    elif jpath is not None:
+        write_journal(jpath, state)
 
     def flush(final: bool = False) -> None:
-        nonlocal payloads, chunk_ids, acc_bytes, acc_records, journaled
+        nonlocal payloads, chunk_ids, acc_bytes, acc_records, journaled, first_journal
+        if first_journal and syncer is not None:
+            syncer.wait()
+            first_journal = False
         if payloads:
             try:
                 try:
@@ -450,10 +471,14 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
             result.records_written += n
             result.bytes_written += nbytes
             native.start_writeback()
-        if jpath is not None and (final or time.monotonic() - journaled >= JOURNAL_INTERVAL_S):
-            if final or syncer is None:
-                if syncer is not None:
-                    syncer.wait()
+        if final:
+            # everything is written: one sync, then _finish removes the journal (a journal
+            # update here would be replaced by nothing a moment later)
+            if syncer is not None:
+                syncer.wait()
+            native.sync("/")
+        elif jpath is not None and time.monotonic() - journaled >= JOURNAL_INTERVAL_S:
+            if syncer is None:
                 native.sync("/")
                 state["next_chunk"] = last_chunk + 1
                 write_journal(jpath, state)

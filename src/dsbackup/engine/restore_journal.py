@@ -72,16 +72,19 @@ class JournalSync:
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, next_chunk: int) -> None:
+    def start(self, next_chunk: int, *, sync_target: bool = True) -> None:
+        """`sync_target=False`: only write the journal (the first one, before anything of
+        the target is written)."""
         self.wait()
         state = {**self._state, "next_chunk": next_chunk}
-        self._thread = threading.Thread(target=self._run, args=(state,), daemon=True,
-                                        name="dsbackup-restore-sync")
+        self._thread = threading.Thread(target=self._run, args=(state, sync_target),
+                                        daemon=True, name="dsbackup-restore-sync")
         self._thread.start()
 
-    def _run(self, state: dict[str, Any]) -> None:
+    def _run(self, state: dict[str, Any], sync_target: bool) -> None:
         try:
-            os.fdatasync(self._fd)
+            if sync_target:
+                os.fdatasync(self._fd)
             write_journal(self._journal, state)
             self.completed += 1
         except BaseException as exc:  # noqa: BLE001 - raised by wait()
