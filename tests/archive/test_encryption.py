@@ -162,13 +162,15 @@ def test_wrong_key_refused_in_constant_work(tmp_path, monkeypatch):
     big = lmdb_archive(tmp_path / "b", records_for(2000), chunk_size=10, include_metadata=True)
     assert big.stat().st_size > 20 * small.stat().st_size
     derivations = []
-    real_scrypt = crypto.Scrypt
+    from cryptography.hazmat.primitives.kdf import scrypt as scrypt_mod
+
+    real_scrypt = scrypt_mod.Scrypt  # crypto imports it where it derives (lazily)
 
     def counting_scrypt(**kw):
         derivations.append(1)
         return real_scrypt(**kw)
 
-    monkeypatch.setattr(crypto, "Scrypt", counting_scrypt)
+    monkeypatch.setattr(scrypt_mod, "Scrypt", counting_scrypt)
     reads: list[int] = []
     real_pread = ArchiveReader.pread
     monkeypatch.setattr(ArchiveReader, "pread",
