@@ -38,6 +38,7 @@ from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.datastores.registry import scheme_and_location
+from dsbackup.engine import flatfs_incremental
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.nodefiles import NodeSnapshot, node_snapshot, private_key_warning
 from dsbackup.errors import BackupError, Cancelled, ConfigError, IntegrityError
@@ -443,8 +444,13 @@ def _create(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
     if node is not None:
         manifest["node"] = node.manifest
     matcher = key_matcher(cfg.exclude_patterns, "exclude_patterns")
-    src: Any = (_LmdbSource(scheme_loc[1], chunk_size, cmb, matcher, catalog)
-                if isinstance(ds, _UriSource) else _Source(ds, chunk_size, cmb, matcher, catalog))
+    src: Any
+    if flatfs_incremental.applies(ds, cfg):  # listing speed (engine/flatfs_incremental.py)
+        src = flatfs_incremental.FlatfsIncremental(ds, preader, cfg, chunk_size, cmb, usable)
+    elif isinstance(ds, _UriSource):
+        src = _LmdbSource(scheme_loc[1], chunk_size, cmb, matcher, catalog)
+    else:
+        src = _Source(ds, chunk_size, cmb, matcher, catalog)
     try:
         return _write(ds, path, preader, cfg, progress, cancel, t0, src, manifest, created,
                       chunk_size, cmb, catalog, pfp, usable, node)
@@ -499,8 +505,11 @@ def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
                                   time.perf_counter() - t0))
 
         try:
-            for item in _items(src, _Matcher(preader, usable), prefixes, pool,
-                               cfg.compression_level, catalog, counts):
+            match = _Matcher(preader, usable)
+            items = (src.items(match, pool, cfg.compression_level, catalog, counts)
+                     if isinstance(src, flatfs_incremental.FlatfsIncremental) else
+                     _items(src, match, prefixes, pool, cfg.compression_level, catalog, counts))
+            for item in items:
                 if cancel.is_set():
                     raise Cancelled("backup cancelled")
                 window.append(item)
@@ -538,6 +547,10 @@ def _write(ds: Any, path: Path, preader: ArchiveReader, cfg: BackupConfig,
     unread = getattr(getattr(src, "ds", None), "skipped", None)  # vanished mid-scan
     if unread is not None:
         stats.unreadable_files, stats.skipped_files = unread.count, list(unread.examples)
+    foreign = getattr(src, "audit", None)  # the flatfs path audits the files itself
+    if foreign is not None:
+        stats.foreign_files = foreign.count
+        stats.skipped_files = [*foreign.examples, *stats.skipped_files][:10]
     return BackupMetadata(
         path=str(path), version=writer.version, timestamp=created, total_keys=written.records,
         total_size=written.raw_bytes, compressed_size=written.size, chunks=written.chunks,
