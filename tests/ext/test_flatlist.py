@@ -161,3 +161,32 @@ def test_bad_arguments():
     s.run(1)
     with pytest.raises(RuntimeError):
         s.keys()
+
+
+def test_listing_releases_the_gil(tmp_path):
+    """Two listings in two threads overlap in time (STYLE: the GIL is released)."""
+    import threading
+    import time
+
+    shard = ShardFunc.parse("next-to-last/2")
+    make_tree(tmp_path, [mh_name(i.to_bytes(4, "big")) for i in range(20000)], shard)
+    scan(tmp_path, shard, threads=1)  # warm the caches
+    best = 0.0
+    for _ in range(3):
+        spans = []
+        barrier = threading.Barrier(2)
+
+        def work(barrier=barrier, spans=spans):
+            barrier.wait()
+            t0 = time.perf_counter()
+            scan(tmp_path, shard, threads=1).keys()
+            spans.append((t0, time.perf_counter()))
+
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        (a0, a1), (b0, b1) = spans
+        best = max(best, max(0.0, min(a1, b1) - max(a0, b0)) / min(a1 - a0, b1 - b0))
+    assert best > 0.7, f"native listings did not overlap ({best:.2f})"
