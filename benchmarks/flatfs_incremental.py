@@ -1,7 +1,7 @@
 """Incremental backups of a large flatfs blockstore against listing it, in one run.
 
-Usage: python benchmarks/flatfs_incremental.py [--files N] [--dir DIR] [--rounds R]
-       [--new-percent P] [--json FILE]
+Usage: python benchmarks/flatfs_incremental.py [--files N] [--dir DIR] [--archives DIR]
+       [--rounds R] [--new-percent P] [--json FILE]
 
 Generates (once; a marker beside it records the count) a go-ds-flatfs directory of N blocks
 (default 2,000,000) of 1-2 KiB, each named by the base32 sha2-256 multihash of its value as
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=2_000_000)
     ap.add_argument("--dir", default=os.environ.get("DSBACKUP_BENCH_DIR", "/tmp/flatinc-data"))
+    ap.add_argument("--archives", default=None, help="where the archives go (default --dir)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new-percent", type=float, default=1.0)
     ap.add_argument("--json", default=None)
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     root = work / f"flatfs-{args.files}"
     ensure_store(root, args.files)
     uri = f"flatfs:{root}"
+    work = Path(args.archives) if args.archives else work
     parent = work / "parent.tar.gz"
     find_count(root)  # warm the dentry and inode caches
     if not parent.is_file():
