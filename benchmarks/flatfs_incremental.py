@@ -120,6 +120,36 @@ def find_count(root: Path) -> tuple[float, int]:
     return time.perf_counter() - t, int(out)
 
 
+def listing_only(root: Path, args: argparse.Namespace) -> int:
+    """``find`` against ``FlatfsDatastore.listing()`` (what an unchanged incremental lists)."""
+    times: dict[str, list[float]] = {"find": [], "listing": []}
+    ds = FlatfsDatastore(root, readonly=True)
+    load0 = os.getloadavg()
+    for rnd in range(args.rounds):
+        for name in (list(times) if rnd % 2 == 0 else list(times)[::-1]):
+            if name == "find":
+                secs, n = find_count(root)
+            else:
+                t = time.perf_counter()
+                listing = ds.listing()
+                secs = time.perf_counter() - t
+                assert listing.keys is not None and not listing.audit.count
+                n = len(listing.keys)
+            times[name].append(secs)
+            print(f"round {rnd} {name:<8} {secs:7.3f} s ({n} files) load "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{args.files} files, {args.rounds} rounds, medians: find {med['find']:.3f} s, "
+          f"listing {med['listing']:.3f} s, listing/find {med['listing'] / med['find']:.3f}; "
+          f"load average {load0[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "files": args.files, "cpus": os.cpu_count(), "rounds": args.rounds,
+            "loadavg_start": load0, "loadavg_end": os.getloadavg(), "seconds_all": times,
+            "median_s": med, "listing/find": med["listing"] / med["find"]}, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=2_000_000)
@@ -128,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new-percent", type=float, default=1.0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--listing-only", action="store_true",
+                    help="time find against the incremental's native listing (keys sorted, "
+                         "file audit) only: no backups")
     args = ap.parse_args(argv)
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -137,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.archives) if args.archives else work
     parent = work / "parent.tar.gz"
     find_count(root)  # warm the dentry and inode caches
+    if args.listing_only:
+        return listing_only(root, args)
     if not parent.is_file():
         secs, info = backup(uri, parent)
         print(f"parent: {secs:.1f} s, {info['chunks']} chunks, {info['size'] / 2**20:.0f} MiB",
