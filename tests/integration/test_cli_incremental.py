@@ -7,6 +7,7 @@ import random
 import shutil
 
 from dsbackup import datasets
+from dsbackup.archive.reader import ArchiveReader
 from dsbackup.datastores import open_datastore
 
 
@@ -101,3 +102,42 @@ def test_prune_keeps_the_parents_of_a_kept_incremental(tmp_path, run_cli):
     r = run_cli("restore", d / names[4], f"lmdb:{tmp_path / 'dst'}")
     assert r.returncode == 0, r.stderr
     assert _contents(f"lmdb:{tmp_path / 'dst'}") == recs
+
+
+def test_flatfs_incremental_at_listing_speed_round_trip(tmp_path, run_cli):
+    """A flatfs blockstore: unchanged (nothing read or stored), then blocks added, deleted and
+    replaced; each incremental restores exactly into a new flatfs; a stray file fails the
+    incremental (exit 2, nothing written) unless --skip-foreign (exit 1)."""
+    src = tmp_path / "blocks"
+    uri = f"flatfs:{src}"
+    with open_datastore(uri) as ds:
+        recs = sorted((k[len(b"/blocks"):], v)
+                      for k, v in datasets.iter_blocks(200, block_size=2048))
+        ds.put_many([k for k, _ in recs], [v for _, v in recs])
+    r = run_cli("backup", uri, tmp_path / "full.tar.gz", "--chunk-size", "8")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("backup", uri, tmp_path / "same.tar.gz", "--parent", tmp_path / "full.tar.gz",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    with ArchiveReader(tmp_path / "same.tar.gz") as a:
+        assert a.summary["stored_chunks"] == 0 and a.summary["chunks_read_to_compare"] == 0
+    with open_datastore(uri) as ds:
+        keys = sorted(k for k, _ in recs)
+        for k in keys[5:15]:
+            ds.delete(k)
+        new = sorted(datasets.iter_blocks(12, seed=9, block_size=2048))
+        ds.put_many([k[len(b"/blocks"):] for k, _ in new], [v for _, v in new])
+    r = run_cli("backup", uri, tmp_path / "inc.tar.gz", "--parent", tmp_path / "full.tar.gz")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("restore", tmp_path / "inc.tar.gz", f"flatfs:{tmp_path / 'out'}")
+    assert r.returncode == 0, r.stderr
+    assert _contents(f"flatfs:{tmp_path / 'out'}") == _contents(uri)
+    shard = next(p for p in src.iterdir() if p.is_dir() and p.name != ".temp")
+    (shard / "stray.txt").write_bytes(b"x")
+    r = run_cli("backup", uri, tmp_path / "i2.tar.gz", "--parent", tmp_path / "inc.tar.gz")
+    assert r.returncode == 2 and "stray.txt" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "i2.tar.gz").exists()
+    r = run_cli("backup", uri, tmp_path / "i2.tar.gz", "--parent", tmp_path / "inc.tar.gz",
+                "--skip-foreign", "--json")
+    assert r.returncode == 1, r.stderr
+    assert json.loads(r.stdout)["backup"]["statistics"]["foreign_files"] == 1

@@ -44,7 +44,8 @@ from dsbackup.datastores.base import (
     BaseDatastore,
     batch_items,
 )
-from dsbackup.datastores.flatfs_audit import FileAudit, SkippedFiles, audit_flatfs
+from dsbackup.datastores.flatfs_audit import FileAudit, SkippedFiles
+from dsbackup.datastores.flatfs_fastlist import FlatListing, list_flatfs
 from dsbackup.datastores.flatfs_layout import (
     ACCURACY_EXACT,
     DEFAULT_SHARD,
@@ -496,10 +497,35 @@ class FlatfsDatastore(BaseDatastore):
 
     # -- capabilities --------------------------------------------------------------------
     def audit_files(self) -> FileAudit:
-        """Files under the root that a scan does not read (see flatfs_audit.py)."""
+        """Files under the root that a scan does not read (see flatfs_audit.py): one native
+        listing (flatfs_fastlist.py); only shard directories holding a misfit are looked at
+        name by name."""
+        return self.listing(keys=False).audit
+
+    def listing(self, threads: int | None = None, *, keys: bool = True) -> FlatListing:
+        """Every key in increasing order (``FlatKeys``, native, no Python object per key) and
+        the file audit, from one listing of the shard directories in ``threads`` native
+        threads (default: the CPU count)."""
         self._check_open()
-        return audit_flatfs(self._root, self.shard, name_prefix=self.name_prefix,
-                            go_layout=self.go_layout)
+        return list_flatfs(self._root, self.shard, name_prefix=self.name_prefix,
+                           go_layout=self.go_layout, threads=threads or os.cpu_count() or 1,
+                           keys=keys)
+
+    def read_keys(self, keys: list[bytes], *, max_records: int = DEFAULT_MAX_RECORDS,
+                  max_bytes: int = DEFAULT_MAX_BYTES
+                  ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """The values of ``keys`` (flatfs keys in increasing order, e.g. from
+        :meth:`listing`) in ``(keys, values)`` batches, read ahead as :meth:`scan_batches`
+        reads; a file that vanished or cannot be read is skipped and counted in
+        :attr:`skipped`."""
+        self._check_open()
+        prefix, cut = self.name_prefix, len(self.name_prefix)
+        names = (prefix + k[1:] for k in keys)
+        if cut:
+            items = ((b"/" + n[cut:], v) for n, v in self._read_ahead(names))
+        else:
+            items = ((b"/" + n, v) for n, v in self._read_ahead(names))
+        yield from batch_items(items, max_records, max_bytes)
 
     def check(self) -> None:
         """Every ``.data`` file has a valid name and lives in the shard its name maps to."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from dsbackup.datastores.flatfs_layout import (
@@ -124,11 +125,13 @@ def _count_tree(path: bytes, rel: str, audit: FileAudit) -> None:
 
 
 def audit_flatfs(root: bytes, shard: ShardFunc, *, name_prefix: bytes = b"",
-                 go_layout: bool = True) -> FileAudit:
+                 go_layout: bool = True, clean_shards: Collection[bytes] = ()) -> FileAudit:
     """The files under a flatfs ``root`` that a scan does not read, with a hint when the
     misplaced ones fit another shard function. In a go-ds-flatfs directory ``SHARDING``,
     ``_README``, ``diskUsage.cache`` and the contents of ``.temp/`` (go-ds-flatfs's working
-    files) are part of the layout."""
+    files) are part of the layout. ``clean_shards``: shard directories already listed and
+    found to hold only names in place (by the native listing, flatfs_fastlist.py): not
+    listed again."""
     audit = FileAudit()
     misplaced: list[tuple[bytes, bytes]] = []
     try:
@@ -143,7 +146,8 @@ def audit_flatfs(root: bytes, shard: ShardFunc, *, name_prefix: bytes = b"",
             if e.name[:1] == b".":
                 _count_tree(e.path, rel, audit)
                 continue
-            _audit_shard(e.path, e.name, shard, name_prefix, audit, misplaced)
+            if e.name not in clean_shards:
+                _audit_shard(e.path, e.name, shard, name_prefix, audit, misplaced)
         elif not (go_layout and e.name in _METADATA):
             audit.add(rel)
     if misplaced:

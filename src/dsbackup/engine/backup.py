@@ -16,6 +16,7 @@ from dsbackup.archive.crypto import KeyMaterial, using_key
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import VerifyReport, verify_archive
 from dsbackup.datastores.flatfs_audit import FileAudit
+from dsbackup.engine import flatfs_incremental
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.full import plan_full
 from dsbackup.engine.manifest import go_metadata, metadata_from_reader
@@ -133,7 +134,9 @@ class BackupManager:
         # an incremental opens a URI source itself (LMDB: natively, in this process)
         ds, owned = _open_source(source) if parent is None else (source, False)
         try:
-            foreign = audit_source(ds, cfg.skip_foreign)
+            foreign = (FileAudit() if parent is not None and format == "dsbackup"
+                       and flatfs_incremental.applies(source, cfg)  # audits from its listing
+                       else audit_source(ds, cfg.skip_foreign))
             if format == "go":
                 meta = _create_go(ds, Path(path), cfg, cancel, t0)
             elif parent is not None:
@@ -164,7 +167,7 @@ class BackupManager:
             if owned:
                 ds.close()
         s = meta.statistics
-        s.foreign_files = foreign.count
+        s.foreign_files += foreign.count
         s.skipped_files = [*foreign.examples, *s.skipped_files][:10]
         with self._lock:
             m = self._metrics

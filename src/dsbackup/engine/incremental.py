@@ -34,6 +34,7 @@ from dsbackup.archive.chain import ParentRef, index_digest
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.pages import page_entries_after
 from dsbackup.archive.reader import ArchiveReader
+from dsbackup.engine import flatfs_incremental
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.manifest import ScanOutcome
 from dsbackup.engine.nodefiles import node_snapshot
@@ -131,6 +132,9 @@ class IncrementalStream:
         """Planning (keys and sizes) only pays where a plan can be trusted without its values:
         a store without keys under a content-hash prefix is framed and compared in one pass."""
         src, match, prefixes, counts = self.src, self.match, self.prefixes, self.counts
+        if isinstance(src, flatfs_incremental.FlatfsIncremental):
+            yield from src.items(match, self._pool, self.level, self.catalog, counts)
+            return
 
         def trust(first: bytes, last: bytes) -> bool:
             return any(first.startswith(p) and last.startswith(p) for p in prefixes)
@@ -174,7 +178,8 @@ class IncrementalStream:
             extra={"stored_chunks": self.counts.stored,
                    "chunks_read_to_compare": self.counts.read},
             unreadable_files=unread.count if unread is not None else 0,
-            unreadable_examples=list(unread.examples) if unread is not None else [])
+            unreadable_examples=list(unread.examples) if unread is not None else [],
+            foreign=getattr(self.src, "audit", None))  # the flatfs path audits its listing
 
 
 def _check_own(tmp: Path, parent: ArchiveReader) -> None:
@@ -299,8 +304,14 @@ def _plan(where: _Where, path: Path, preader: ArchiveReader, cfg: BackupConfig,
     match = _Matcher(preader, usable)
     prefixes = content_prefixes(where) if cfg.trust_content_keys else ()
     settings = ChunkSettings(chunk_size, cmb, -1, tuple(cfg.exclude_patterns), catalog)
-    src: Any = (LmdbSource(where.lmdb_path, settings,
-                           claim_for="dsbackup.engine.incremental (liblmdb)")
-                if where.lmdb_path is not None else DatastoreSource(where.ds, settings))
+    src: Any
+    if flatfs_incremental.applies(where.ds, cfg):  # listing speed (engine/flatfs_incremental.py)
+        src = flatfs_incremental.FlatfsIncremental(where.ds, preader, cfg, chunk_size, cmb,
+                                                   usable)
+    elif where.lmdb_path is not None:
+        src = LmdbSource(where.lmdb_path, settings,
+                         claim_for="dsbackup.engine.incremental (liblmdb)")
+    else:
+        src = DatastoreSource(where.ds, settings)
     return plan, IncrementalStream(src, match, prefixes, cfg.compression_level, catalog,
                                    cfg.effective_workers)

@@ -36,6 +36,7 @@ class ScanOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
     unreadable_files: int = 0
     unreadable_examples: list[str] = field(default_factory=list)
+    foreign: Any = None  # a FileAudit of the files the scan itself audited (flatfs listing)
 
 
 def manifest_for(plan: BackupPlan) -> dict[str, Any]:
@@ -90,6 +91,9 @@ def metadata_for(plan: BackupPlan, manifest: dict[str, Any], version: int,
         workers=outcome.workers, mode=outcome.mode, cpu_s=outcome.extra.get("cpu_s", 0.0),
         unreadable_files=outcome.unreadable_files,
         skipped_files=list(outcome.unreadable_examples))
+    if outcome.foreign is not None:
+        stats.foreign_files = outcome.foreign.count
+        stats.skipped_files = [*outcome.foreign.examples, *stats.skipped_files][:10]
     node = plan.node
     return BackupMetadata(
         path=str(plan.path), version=version, timestamp=plan.created,

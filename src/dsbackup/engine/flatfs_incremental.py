@@ -1,0 +1,177 @@
+"""Incremental backups of a flatfs blockstore at listing speed (docs/INCREMENTAL.md,
+"Unchanged flatfs blocks").
+
+A flatfs blockstore names each file by the hash of its value, so a chunk of the parent whose
+keys are all still there, and nothing else between them, holds the same values: it can be
+referenced without reading or even stat-ing a file. :class:`FlatfsIncremental` lists the store
+once natively (sorted keys and the file audit, flatfs_fastlist.py) and finds the parent's
+chunks that the listing proves unchanged (:func:`clean_chunks`); only the key ranges between
+them are read, chunked from scratch and compared with the parent by payload XXH3, as the
+general path does.
+
+A parent chunk ``j`` with keys ``lo .. hi - 1`` of the listing is *clean* when
+
+- those keys are exactly its keys: same first and last key, same count, same key digest
+  (FORMAT.md §4.2), and every one of them is trusted (a regular file whose name is the base32
+  of a multihash or CIDv1, ext/flatlist.pyx): its value is the one the parent holds;
+- a chunk starts before ``lo`` in the new state: ``lo`` is 0, or the previous clean chunk ends
+  at ``lo``, or key ``lo`` is a natural boundary (FORMAT.md §4.1);
+- a chunk ends after ``hi - 1``: ``hi`` is the end of the listing, or key ``hi`` is a natural
+  boundary, or it is the parent's next chunk's first key and trusted (same record, so the
+  same size cut as in the parent).
+
+The chunker then cuts exactly the parent's chunk there (its rules see only these records and
+settings), and each range between clean chunks starts and ends at a cut, so it is chunked on
+its own. Nothing else is assumed; any other key (a symbolic link, a name that is not a hash)
+makes its chunk be read and compared.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from dsbackup._ext.flatlist import FlatKeys
+from dsbackup._ext.framing import Chunker, scan_payload
+from dsbackup.archive.index import ChunkEntry
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.engine.config import BackupConfig
+from dsbackup.engine.write import Reference
+from dsbackup.errors import BackupError
+from dsbackup.pipeline.chunks import compress_chunk
+
+__all__ = ["applies", "clean_chunks", "FlatfsIncremental"]
+
+READ_BATCH_BYTES = 8 << 20
+
+
+def _is_flatfs(source: Any) -> bool:
+    from dsbackup.datastores.flatfs import FlatfsDatastore
+
+    if isinstance(source, FlatfsDatastore):
+        return True
+    if isinstance(source, (str, os.PathLike)):
+        from dsbackup.datastores.registry import detect_scheme, parse_uri
+
+        try:
+            scheme, path, _ = parse_uri(os.fspath(source))
+            return (scheme or detect_scheme(path)) == "flatfs"
+        except Exception:  # not a URI we know: the general path reports it
+            return False
+    return False
+
+
+def applies(source: Any, cfg: BackupConfig) -> bool:
+    """True when an incremental backup of `source` takes this path (a flatfs store, content
+    keys trusted, no exclude patterns); it then makes the file audit itself, from its own
+    listing."""
+    return cfg.trust_content_keys and not cfg.exclude_patterns and _is_flatfs(source)
+
+
+def clean_chunks(keys: FlatKeys, entries: list[ChunkEntry], chunk_size: int
+                 ) -> list[tuple[int, int]]:
+    """``(parent seq, first listing index)`` of every parent chunk the listing proves
+    unchanged (module doc), in order."""
+    n = len(keys)
+    out: list[tuple[int, int]] = []
+    prev_hi = -1
+    for j, e in enumerate(entries):
+        lo = keys.check_chunk(e.first_key, e.last_key, e.records, e.keys_xxh3)
+        if lo < 0:
+            continue
+        hi = lo + e.records
+        start = lo == 0 or lo == prev_hi or keys.is_boundary(lo, chunk_size)
+        end = (hi == n or keys.is_boundary(hi, chunk_size)
+               or (j + 1 < len(entries) and keys.trusted(hi)
+                   and keys.equals(hi, entries[j + 1].first_key)))
+        if start and end:
+            out.append((j, lo))
+            prev_hi = hi
+    return out
+
+
+class FlatfsIncremental:
+    """The items of an incremental backup of a flatfs store (see module doc): a source for
+    dsbackup.engine.incremental's write loop."""
+
+    snapshot_id = None
+    excluded = (0, 0)
+
+    def __init__(self, ds: Any, preader: ArchiveReader, cfg: BackupConfig, chunk_size: int,
+                 chunk_max_bytes: int, usable: bool) -> None:
+        self.ds = ds
+        self.cs, self.cmb = chunk_size, chunk_max_bytes
+        listing = ds.listing(cfg.effective_workers)
+        self.audit = listing.audit
+        if self.audit.count and not cfg.skip_foreign:
+            raise BackupError(self.audit.message(ds.uri) + "; nothing was written (pass "
+                              "--skip-foreign to back up the rest: the backup then ends "
+                              "with warnings, exit 1)")
+        self.keys: FlatKeys = listing.keys  # type: ignore[assignment]
+        self.entries = list(preader.index.entries())
+        self.clean = clean_chunks(self.keys, self.entries, chunk_size) if usable else []
+        self.clean_raw = self._clean_raw(preader)
+
+    def _clean_raw(self, preader: ArchiveReader) -> int:
+        """Key and value bytes of the clean chunks (the summary's raw_bytes needs them; the
+        index does not hold them): the parent's total less its other chunks, or the clean
+        chunks' own, whichever reads fewer parent chunks (none when nothing changed)."""
+        clean = {j for j, _ in self.clean}
+        total = (preader.summary or {}).get("raw_bytes")
+        others = [j for j in range(len(self.entries)) if j not in clean]
+
+        def raw(j: int) -> int:
+            return scan_payload(preader.read_chunk(j)).raw_bytes
+
+        if isinstance(total, int) and len(others) <= len(clean):
+            return total - sum(raw(j) for j in others)
+        return sum(raw(j) for j in clean)
+
+    def close(self) -> None:
+        """The datastore belongs to the caller."""
+
+    def _frame(self, lo: int, hi: int, catalog: bool) -> Iterator[Any]:
+        chunker = Chunker(self.cs, self.cmb, catalog=catalog)
+        for keys, values in self.ds.read_keys(self.keys.keys(lo, hi),
+                                              max_bytes=READ_BATCH_BYTES):
+            yield from chunker.add(keys, values)
+        last = chunker.finish()
+        if last is not None:
+            yield last
+
+    def items(self, match: Any, pool: ThreadPoolExecutor, level: int, catalog: bool,
+              counts: Any) -> Iterator[Any]:
+        """In key order: a Reference (parent seq, parent entry, raw bytes) or the Future of a
+        compressed chunk, as engine.incremental.IncrementalStream yields them."""
+        payload = sum(self.entries[j].payload_len for j, _ in self.clean)
+        left_raw, left_payload = self.clean_raw, payload
+        pos = 0
+
+        def run(lo: int, hi: int) -> Iterator[Any]:
+            for c in self._frame(lo, hi, catalog):
+                counts.read += 1
+                hit = match.chunk(c)
+                if hit is not None:
+                    counts.referenced += 1
+                    yield Reference(hit[0], hit[1], c.raw_bytes)
+                else:
+                    counts.stored += 1
+                    yield pool.submit(compress_chunk, c, level, catalog)
+
+        for j, lo in self.clean:
+            if lo > pos:
+                yield from run(pos, lo)
+            e = self.entries[j]
+            # the raw bytes of each clean chunk are not known, only their sum: shared out by
+            # payload length (only the sum reaches the archive; progress reads the parts)
+            part = left_raw if left_payload == e.payload_len else \
+                left_raw * e.payload_len // max(1, left_payload)
+            left_raw -= part
+            left_payload -= e.payload_len
+            counts.referenced += 1
+            yield Reference(j, e, part)
+            pos = lo + e.records
+        if pos < len(self.keys):
+            yield from run(pos, len(self.keys))
