@@ -74,12 +74,14 @@ def rescan(fd: int, where: str) -> ResumeState:
     size = os.fstat(fd).st_size
     if size == 0:
         raise ArchiveError(f"cannot resume: {where} is empty")
-    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
-        mv = memoryview(mm)
+    mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    try:
+        return _scan(memoryview(mm), where)
+    finally:
         try:
-            return _scan(mv, where)
-        finally:
-            mv.release()
+            mm.close()
+        except BufferError:  # views held by a raised error's frames: unmapped with them
+            pass
 
 
 def _head(mv: memoryview, where: str) -> tuple[ResumeState, int]:
