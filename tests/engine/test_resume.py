@@ -117,6 +117,20 @@ def test_resume_at_a_member_boundary_drops_nothing(tmp_path, store, caplog):
         assert r.summary["resumed"][0]["from_seq"] == 10
 
 
+def test_resume_after_the_last_chunk_writes_only_the_end(tmp_path, store):
+    full = full_archive(tmp_path, store)
+    with ArchiveReader(full) as f:
+        last = f.chunk_count - 1
+        fingerprint = f.summary["fingerprint"]
+    final = tmp_path / "a.tar.gz"
+    killed_at(full, final, last, extra=300)  # killed while writing the index
+    resume(tmp_path, store, final)
+    assert verify_archive(final, deep=True).ok
+    with ArchiveReader(final) as r:
+        assert r.summary["resumed"][0]["from_seq"] == last + 1 == r.chunk_count
+        assert r.summary["fingerprint"] == fingerprint and r.summary["records"] == 12000
+
+
 def test_resume_with_catalogs_cuts_a_chunk_whose_catalog_is_torn(tmp_path, store):
     full = full_archive(tmp_path, store, include_metadata=True)
     final = tmp_path / "a.tar.gz"

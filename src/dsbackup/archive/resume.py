@@ -94,7 +94,8 @@ def _head(mv: memoryview, where: str) -> tuple[ResumeState, int]:
                                 expected_name=fmt.MANIFEST_NAME)
         manifest = json.loads(bytes(data))
     except (IntegrityError, ValueError) as exc:
-        raise ArchiveError(f"cannot resume: {where} has no whole manifest ({exc})") from None
+        raise ArchiveError(f"cannot resume: {where} has no whole manifest ({exc}); leave out "
+                           "--resume to start again") from None
     if sub.flags & fmt.FLAG_PAGED:
         raise ArchiveError(f"cannot resume: {where} has a paged index (resuming paged "
                            "archives is not implemented)")

@@ -79,7 +79,8 @@ def _copy(plan: BackupPlan, stream: ChunkStream, writer: ArchiveWriter) -> None:
     """Every item of the stream into the writer, in order."""
     cancel, progress, catalog = plan.cancel, plan.progress, plan.catalog
     total_records, total_bytes = plan.totals
-    done = [0, 0]  # records, raw bytes
+    kept = plan.resume.state if plan.resume is not None else None  # a resumed file's chunks
+    done = [0, 0] if kept is None else [kept.records, kept.raw_bytes]  # records, raw bytes
 
     def write(item: Any) -> None:
         if isinstance(item, Reference):
