@@ -253,3 +253,29 @@ def test_a_second_resume_keeps_the_first_epoch(tmp_path, store):
         assert [e["epoch"] for e in r.summary["resumed"]] == [1, 2]
         assert r.summary["resumed"][0] == first
         assert r.summary["resumed"][1]["from_seq"] == 31
+
+
+def test_resume_a_kubo_node_keeps_its_node_member(tmp_path, kubo_node_repo):
+    from tests.support.kubonode import kubo_records
+
+    src = f"kubo:{kubo_node_repo}"
+    full = tmp_path / "full.tar.gz"
+    cfg = dict(chunk_size=1, workers=2)
+    BackupManager(BackupConfig(**cfg)).create_backup(src, full)
+    with ArchiveReader(full) as f:
+        assert f.version == 2 and f.chunk_count >= 3
+        node = (f.index.node_offset, f.index.node_length)
+        assert node[0] > 0
+    final = tmp_path / "a.tar.gz"
+    killed_at(full, final, 0, extra=50)
+    meta = BackupManager(BackupConfig(resume=True, **cfg)).create_backup(src, final)
+    assert meta.node is not None
+    assert verify_archive(final, deep=True).ok
+    with ArchiveReader(final) as r, ArchiveReader(full) as f:
+        assert r.version == 2 and r.summary["resumed"][0]["from_seq"] == 1
+        assert r.summary["resumed"][0]["snapshot"] is None  # not LMDB: no snapshot
+        assert [x.path for x in r.node_files()] == [x.path for x in f.node_files()]
+        assert (r.index.node_offset, r.index.node_length) == node
+    new = tmp_path / "restored"
+    BackupManager().restore_backup(final, f"kubo:{new}")
+    assert kubo_records(new) == kubo_records(kubo_node_repo)
