@@ -19,6 +19,7 @@ from dsbackup.archive import format as fmt
 from dsbackup.archive.crypto import KeyMaterial, new_archive_key
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.pages import PagedIndexBuilder
+from dsbackup.archive.resume import ResumeState
 from dsbackup.errors import ArchiveError
 from dsbackup.storage import S3Location, open_sink
 
@@ -75,6 +76,11 @@ class ArchiveWriter:
     ``page_entries``: write a paged index (version 2, flag bit 1, docs/FORMAT.md §11.3) with
     this many chunks per page; None (default) writes the version-1 single index. Callers
     decide with dsbackup.archive.pages.choose_page_entries.
+
+    ``resume``: go on writing a killed backup's temp file (docs/FORMAT.md §11.5): its kept
+    members as dsbackup.archive.resume.rescan found them, in ``sink`` (a
+    dsbackup.storage.local.ResumedSink, already cut to ``resume.end``); the manifest and node
+    member are the file's, not written again.
     """
 
     def __init__(
@@ -90,10 +96,14 @@ class ArchiveWriter:
         key: KeyMaterial | None = None,
         kdf: dict[str, Any] | None = None,
         page_entries: int | None = None,
+        resume: ResumeState | None = None,
+        sink: Any = None,
     ) -> None:
         self.overwrite = overwrite
+        if resume is not None and (sink is None or key is not None or page_entries is not None):
+            raise ValueError("resume needs its sink, and no encryption or paged index")
         # the IO boundary: a local temp file, an S3 multipart upload or stdout
-        self._sink = open_sink(path, overwrite=overwrite)
+        self._sink = sink if sink is not None else open_sink(path, overwrite=overwrite)
         self.final = self._sink.final
         self.tmp = self._sink.tmp  # a local temp file's path (None elsewhere)
         self.removed_leftovers = self._sink.removed_leftovers
@@ -123,6 +133,9 @@ class ArchiveWriter:
         self._sealed_catalog: bool | None = None
         self._base = 0  # length of the key header (the manifest follows it)
         self._node_offset = self._node_length = 0
+        if resume is not None:
+            self._resume(resume)
+            return
         try:
             if key is not None:  # the key header first, plaintext, stored blocks (§11.4)
                 header, self._cipher = new_archive_key(key, self.version, kdf)
@@ -145,6 +158,22 @@ class ArchiveWriter:
         except BaseException:
             self.abort()  # no temp file left behind
             raise
+
+    def _resume(self, st: ResumeState) -> None:
+        """Take over the kept members of a killed backup's temp file."""
+        self.version = st.version
+        self._pos = st.end
+        self._manifest_length, self._manifest_xxh3 = st.manifest_length, st.manifest_xxh3
+        self._node_offset, self._node_length = st.node_offset, st.node_length
+        for i, e in enumerate(st.chunks):
+            self._index.add_chunk(e)
+            if st.catalogs:
+                self._index.add_catalog(st.catalogs[i])
+            self._fingerprint.update(_U64.pack(e.payload_xxh3))
+            self._records += e.records
+            self._payload_bytes += e.payload_len
+        self._raw_bytes = st.raw_bytes
+        self._prev_last = st.last_key
 
     # -- low level -------------------------------------------------------------------------
 

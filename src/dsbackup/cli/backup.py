@@ -62,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paged-index", choices=("auto", "always", "never"), default="auto",
                    help="index pages (docs/FORMAT.md §11.3): auto = when the store's estimate "
                         "is over 4096 chunks (default)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the temporary file a killed backup left for ARCHIVE "
+                   "(full, unencrypted backups; docs/FORMAT.md §11.5); starts a new backup "
+                   "when there is none")
     p.add_argument("--datastore-only", action="store_true",
                    help="kubo: archive the datastore records only, not the node's own files "
                    "(config with its private key, version, datastore_spec, keystore/): a "
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                        overwrite=args.overwrite,
                        skip_foreign=args.skip_foreign,
                        datastore_only=args.datastore_only,
-                       paged_index=args.paged_index,
+                       paged_index=args.paged_index, resume=args.resume,
                        encryption=args.encryption)
     mgr = BackupManager(cfg)
     with cancel_on_signals() as cancel, progress_bar(not args.json, "backup") as bar:

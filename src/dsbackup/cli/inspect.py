@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     go = is_go_archive(args.archive)
     encrypted = False
     index = None  # the paged index's shape (docs/FORMAT.md §11.3), read from its root only
+    resumed: list[dict] = []  # a resumed backup's epochs (docs/FORMAT.md §11.5)
     if go:
         from dsbackup import inspect_go
 
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
             if r.locked:
                 return _show_locked(args, r)
             encrypted = r.encrypted
+            resumed = resumed_epochs(r.summary)
             if r.paged:
                 index = {"paged": True, "pages": r.index.page_count,
                          "page_entries": r.index.page_entries}
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(COMMAND, {"ok": True, "backup": meta.to_json(),
                             "format": "go" if go else "dsbackup", "encrypted": encrypted,
-                            "index": index or {"paged": False}})
+                            "index": index or {"paged": False}, "resumed": resumed})
         return 0
     s = meta.statistics
     rows = [
@@ -71,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
                         else "no"))
         rows.insert(4, ("index", f"paged: {index['pages']} pages of up to "
                                  f"{index['page_entries']} chunks" if index else "single"))
+        if resumed:
+            rows.append(("resumed", "; ".join(
+                f"epoch {e['epoch']} from chunk {e['from_seq']}"
+                + ("" if e["snapshot"] is None else f" (new snapshot: LMDB txn {e['snapshot']})")
+                for e in resumed)))
         n = meta.node
         rows.append(("node", "none (datastore records only)" if not n else
                      f"{n['files']} files, {n['directories']} directories, "
@@ -82,6 +89,19 @@ def run(args: argparse.Namespace) -> int:
     if meta.node_warning:
         print(f"warning: {meta.node_warning}")
     return 0
+
+
+def resumed_epochs(summary: dict) -> list[dict]:
+    """The summary's `resumed` list (docs/FORMAT.md §11.5), its well-formed entries only."""
+    out = []
+    raw = summary.get("resumed")
+    for e in raw if isinstance(raw, list) else []:
+        if (isinstance(e, dict) and isinstance(e.get("epoch"), int)
+                and isinstance(e.get("from_seq"), int)
+                and (e.get("snapshot") is None or isinstance(e.get("snapshot"), int))):
+            out.append({"epoch": e["epoch"], "from_seq": e["from_seq"],
+                        "snapshot": e.get("snapshot")})
+    return out
 
 
 def _show_locked(args: argparse.Namespace, r: ArchiveReader) -> int:

@@ -119,6 +119,8 @@ class BackupManager:
         if format == "go" and (parent is not None or cfg.include_metadata):
             raise ConfigError("--format go writes full backups without a key catalog: "
                               "--parent and --include-metadata need the dsbackup format")
+        if cfg.resume:
+            _check_resumable(cfg, path, parent, format)
         cancel = cancel or threading.Event()
         deadline = _Deadline(cancel, cfg.timeout)
         t0 = time.perf_counter()
@@ -185,6 +187,15 @@ class BackupManager:
         plan, stream = plan_full(ds, path, cfg, parallel_min_bytes=PARALLEL_MIN_BYTES,
                                  parallel_schemes=PARALLEL_SCHEMES, progress=progress,
                                  cancel=cancel, t0=t0, check=_quick_check)
+        if cfg.resume:
+            from dsbackup.engine.resume import plan_resumed
+
+            resumed = plan_resumed(plan, stream)
+            if resumed is None:
+                log.warning("%s: no temporary file of an interrupted backup to resume; "
+                            "starting a new backup", path)
+            else:
+                plan, stream = resumed
         return write_archive(plan, stream)
 
     # -- restore / verify / inspect ----------------------------------------------------------
@@ -240,6 +251,18 @@ class BackupManager:
     def _count(self, name: str) -> None:
         with self._lock:
             self._metrics[name] += 1
+
+
+def _check_resumable(cfg: BackupConfig, path: Any, parent: Any, format: str) -> None:
+    """--resume continues full, unencrypted, local dsbackup-format backups with one index."""
+    why = ("an incremental backup (--parent)" if parent is not None
+           else "--format go" if format != "dsbackup"
+           else "an encrypted backup" if cfg.encryption is not None
+           else "--paged-index always" if cfg.paged_index == "always"
+           else "an archive that is not a local file" if is_remote(path) or is_stream(path)
+           else None)
+    if why is not None:
+        raise ConfigError(f"--resume is not implemented for {why}; leave out --resume")
 
 
 def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,

@@ -59,6 +59,8 @@ class BackupConfig:
       docs/FORMAT.md §11.3: memory and open time independent of the archive's size) when the
       store's estimates give more than one index page of chunks (4096), else the version-1
       single index, so small archives stay as they were; ``always``/``never`` force it.
+    - ``resume`` (default False): continue the temp file a killed full backup left for the
+      same archive path (docs/FORMAT.md §11.5); a normal backup when there is none.
     """
 
     compression_level: int = 1
@@ -74,6 +76,7 @@ class BackupConfig:
     skip_foreign: bool = False
     datastore_only: bool = False
     paged_index: str = "auto"
+    resume: bool = False
     # key material (dsbackup.archive.crypto.KeyMaterial): write encrypted archives
     # (docs/ENCRYPTION.md); never printed, never in to_dict()
     encryption: Any = field(default=None, repr=False, compare=False)
@@ -103,6 +106,8 @@ class BackupConfig:
         if not isinstance(self.datastore_only, bool):
             raise ConfigError(f"datastore_only must be true or false, got "
                               f"{self.datastore_only!r}")
+        if not isinstance(self.resume, bool):
+            raise ConfigError(f"resume must be true or false, got {self.resume!r}")
         if self.paged_index not in ("auto", "always", "never"):
             raise ConfigError(f"paged_index must be auto, always or never, got "
                               f"{self.paged_index!r}")

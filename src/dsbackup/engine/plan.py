@@ -35,6 +35,7 @@ class BackupPlan:
       the parent's scrypt parameters an encrypted incremental reuses.
     - ``page_entries``: chunks per index page of a paged index (§11.3), None: one index.
     - ``check``: run on the temporary file before the rename (None: no check).
+    - ``resume``: a killed backup's temp file this one continues (dsbackup.engine.resume).
     """
 
     path: Path
@@ -52,6 +53,7 @@ class BackupPlan:
     kdf: dict[str, Any] | None = None
     page_entries: int | None = None
     check: Callable[[Path], None] | None = field(default=None, compare=False)
+    resume: Any = field(default=None, compare=False)  # dsbackup.engine.resume.Resumption
 
     @property
     def catalog(self) -> bool:

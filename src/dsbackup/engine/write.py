@@ -56,14 +56,17 @@ class ChunkStream(Protocol):
 def write_archive(plan: BackupPlan, stream: ChunkStream) -> BackupMetadata:
     """Write `stream` as the archive `plan` describes; its metadata."""
     cfg = plan.cfg
-    manifest = manifest_for(plan)
+    resume = plan.resume  # a killed backup's temp file, continued: its manifest is kept
+    manifest = resume.state.manifest if resume is not None else manifest_for(plan)
     with stream, ArchiveWriter(plan.path, manifest=manifest, level=cfg.compression_level,
                                created=plan.created.timestamp(),
                                parent_fingerprint=plan.parent_fingerprint,
                                overwrite=cfg.overwrite,
                                node=None if plan.node is None else plan.node.data,
                                key=cfg.encryption, kdf=plan.kdf,
-                               page_entries=plan.page_entries) as writer:
+                               page_entries=plan.page_entries,
+                               resume=None if resume is None else resume.state,
+                               sink=None if resume is None else resume.sink) as writer:
         _copy(plan, stream, writer)
         if plan.cancel.is_set():
             raise Cancelled("backup cancelled")
@@ -76,7 +79,8 @@ def _copy(plan: BackupPlan, stream: ChunkStream, writer: ArchiveWriter) -> None:
     """Every item of the stream into the writer, in order."""
     cancel, progress, catalog = plan.cancel, plan.progress, plan.catalog
     total_records, total_bytes = plan.totals
-    done = [0, 0]  # records, raw bytes
+    kept = plan.resume.state if plan.resume is not None else None  # a resumed file's chunks
+    done = [0, 0] if kept is None else [kept.records, kept.raw_bytes]  # records, raw bytes
 
     def write(item: Any) -> None:
         if isinstance(item, Reference):

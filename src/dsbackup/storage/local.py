@@ -142,6 +142,28 @@ class LocalSink:
             pass
 
 
+class ResumedSink(LocalSink):
+    """A dead writer's temp file taken over to be continued (docs/FORMAT.md §11.5): `fd` is
+    open read-write on `tmp` and holds its lock; the file is cut to `length` (the end of its
+    last whole, checked member) and written on from there."""
+
+    def __init__(self, final: Path, tmp: Path, fd: int, length: int, *,
+                 overwrite: bool = False) -> None:
+        self.final, self.tmp, self.overwrite = final, tmp, overwrite
+        self._fd = fd
+        self._closed = False
+        try:
+            os.ftruncate(fd, length)
+            os.lseek(fd, length, os.SEEK_SET)
+            os.fsync(fd)  # a kill now leaves the file resumable again
+        except OSError as exc:
+            os.close(fd)
+            raise ArchiveError(f"{final}: cannot truncate {tmp} to resume it: {exc}") from exc
+        self.removed_leftovers = remove_stale_temp_files(final)  # ours is locked: kept
+        self._pos = length
+        self._writeback = Writeback(fd)
+
+
 class LocalSource:
     """An archive file opened for pread (no shared cursor: thread-safe)."""
 

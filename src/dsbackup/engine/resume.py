@@ -1,0 +1,214 @@
+"""`backup --resume`: continue a killed full backup in its temporary file (docs/FORMAT.md §11.5).
+
+The temp file a dead writer left beside the archive (no live lock, dsbackup.storage.tempfiles)
+is rescanned (dsbackup.archive.resume); its manifest must match this run's settings; it is cut
+after its last whole, checked chunk, and the store is scanned again from the key after that
+chunk's last key — for LMDB in a new read snapshot, recorded in the summary's `resumed` list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dsbackup.archive.resume import ResumeState, manifest_settings, rescan
+from dsbackup.engine.full import FullStream
+from dsbackup.engine.manifest import ScanOutcome, manifest_for
+from dsbackup.engine.plan import BackupPlan
+from dsbackup.errors import ArchiveError
+from dsbackup.pipeline.central import ChunkSettings, central_chunks
+from dsbackup.storage.local import ResumedSink
+from dsbackup.storage.tempfiles import stale_temp_files, temp_path_for
+
+log = logging.getLogger(__name__)
+
+# the resume history travels with the temp file's inode (lost where user xattrs are not kept)
+_EPOCHS_XATTR = "user.dsbackup.resumed"
+
+
+@dataclass
+class Resumption:
+    state: ResumeState
+    sink: ResumedSink
+    epoch: dict[str, Any]  # this run's `resumed` entry (its snapshot filled in by the scan)
+    fd: int  # the temp file's (the sink's), holding its lock
+
+    def record(self, snapshot: int | None = None) -> None:
+        """Keep the resume history on the temp file, for a later resume of this one."""
+        if snapshot is not None:
+            self.epoch["snapshot"] = snapshot
+        _save_epochs(self.fd, [*self.state.epochs, self.epoch])
+
+
+def find_temp(final: Path) -> tuple[Path, int] | None:
+    """A dead writer's temp file for `final` and an fd (read-write) holding its lock; the
+    largest when there are several. None when there is none."""
+    prefix = f".{final.name}.tmp-"
+    found = sorted((p for p in stale_temp_files(final.parent) if p.name.startswith(prefix)),
+                   key=lambda p: p.stat().st_size if p.exists() else -1, reverse=True)
+    for p in found:
+        try:
+            fd = os.open(p, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # another process took it meanwhile
+            continue
+        return p, fd
+    return None
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The first setting in which the temp file's manifest and this run's differ."""
+    checks: list[tuple[str, Any, Any]] = [
+        ("format", old.get("format"), new.get("format")),
+        ("tool", old.get("tool"), new.get("tool")),
+        ("source uri", (old.get("source") or {}).get("uri"), new["source"].get("uri")),
+        ("source backend", (old.get("source") or {}).get("backend"),
+         new["source"].get("backend")),
+        ("parent", old.get("parent"), new.get("parent")),
+        ("node files (kubo: vs --datastore-only)", old.get("node") is not None,
+         new.get("node") is not None),
+    ]
+    olds = manifest_settings(old)
+    for name, value in new["settings"].items():
+        checks.append((name, olds.get(name), value))
+    for name, was, now in checks:
+        if was != now:
+            return f"{name} is {json.dumps(was)} there, {json.dumps(now)} now"
+    return None
+
+
+def _load_epochs(fd: int) -> list[dict[str, Any]]:
+    try:
+        epochs = json.loads(os.getxattr(fd, _EPOCHS_XATTR))
+    except (OSError, ValueError):
+        return []
+    return epochs if isinstance(epochs, list) else []
+
+
+def _save_epochs(fd: int, epochs: list[dict[str, Any]]) -> None:
+    try:
+        os.setxattr(fd, _EPOCHS_XATTR, json.dumps(epochs).encode())
+    except OSError as exc:
+        log.info("cannot keep the resume history on the temporary file: %s", exc)
+
+
+def plan_resumed(plan: BackupPlan, stream: FullStream) -> tuple[BackupPlan, FullStream] | None:
+    """The plan and stream that continue a killed backup of `plan` (a full backup's), or None
+    when no dead writer left a temp file for the archive. ArchiveError (exit 2) when the file
+    cannot be resumed by this run: "cannot resume: ..." names why."""
+    final = Path(plan.path)
+    found = find_temp(final)
+    if found is None:
+        return None
+    tmp, fd = found
+    try:
+        state = rescan(fd, str(tmp))
+        old = state.manifest
+        settings = manifest_settings(old)
+        if plan.cfg.chunk_size is None and isinstance(settings.get("chunk_size"), int):
+            plan = dataclasses.replace(plan, chunk_size=settings["chunk_size"])  # auto: kept
+        diff = _difference(old, manifest_for(plan))
+        if diff is not None:
+            raise ArchiveError(f"cannot resume {tmp.name}: {diff} (give the same settings, or "
+                               "leave out --resume to start again: that removes it)")
+        try:
+            created = datetime.fromisoformat(old["created"])
+        except (KeyError, TypeError, ValueError):
+            raise ArchiveError(f"cannot resume {tmp.name}: its manifest has no valid "
+                               "'created'") from None
+        epochs = _load_epochs(fd)
+        epoch = {"epoch": len(epochs) + 1, "from_seq": state.next_seq, "snapshot": None}
+        state.epochs = epochs
+        mine = temp_path_for(final)
+        os.rename(tmp, mine)  # ours now: its name carries this process's PID
+        sink = ResumedSink(final, mine, fd, state.end, overwrite=plan.cfg.overwrite)
+    except BaseException:
+        os.close(fd)  # the file stays as it was (resumable by a run with the right settings)
+        raise
+    log.warning("resuming %s from %s: %d chunks (%d records) kept, %d bytes after them "
+                "dropped; scanning on from the key after %r", final, tmp.name, state.next_seq,
+                state.records, state.dropped, state.last_key)
+    plan = dataclasses.replace(plan, created=created, source=old["source"], page_entries=None,
+                               resume=Resumption(state, sink, epoch, fd))
+    s = stream.settings
+    settings_now = ChunkSettings(plan.chunk_size, s.chunk_max_bytes, s.level, s.exclude,
+                                 s.catalog, s.target_chunk_bytes)
+    return plan, ResumedStream(stream.ds, settings_now, stream.workers, stream.cancel,
+                               plan.resume)
+
+
+class _From:
+    """The store from `start` on (the central scan asks for all of it), recording the LMDB
+    snapshot (transaction id) its read transaction sees."""
+
+    def __init__(self, ds: Any, start: bytes, on_snapshot: Any) -> None:
+        self._ds, self._start, self._on_snapshot = ds, start, on_snapshot
+        self.snapshot: int | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ds, name)
+
+    def scan_batches(self, start: bytes = b"", end: bytes | None = None,
+                     **kw: Any) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        start = max(start, self._start)
+        txn_id = (getattr(self._ds, "last_txn_id", None)
+                  if getattr(self._ds, "scheme", "") == "lmdb" else None)
+        if txn_id is None:
+            yield from self._ds.scan_batches(start, end, **kw)
+            return
+        for _ in range(8):  # a write between the two reads: the snapshot is unknown, again
+            before = txn_id()
+            it = self._ds.scan_batches(start, end, **kw)
+            first = next(it, None)  # the read transaction begins here
+            if txn_id() == before:
+                self.snapshot = before
+                self._on_snapshot(before)
+                break
+            it.close()
+        else:
+            it = self._ds.scan_batches(start, end, **kw)
+            first = next(it, None)
+        if first is None:
+            return
+        yield first
+        yield from it
+
+
+class ResumedStream(FullStream):
+    """The rest of a full backup: the central scan from the key after the kept chunks."""
+
+    def __init__(self, ds: Any, settings: ChunkSettings, workers: int,
+                 cancel: threading.Event, resumption: Resumption) -> None:
+        super().__init__(ds, settings, workers, False, cancel)
+        self.resumption = resumption
+        last = resumption.state.last_key
+        self._view = _From(ds, b"" if last is None else last + b"\x00", resumption.record)
+
+    def __enter__(self) -> ResumedStream:
+        from dsbackup.engine.full import cpu_seconds
+
+        self._chunks = central_chunks(self._view, self.settings, threads=self.workers,
+                                      stats=self.stats, cancel=self.cancel)
+        self._cpu0 = cpu_seconds()
+        self.resumption.record()
+        return self
+
+    def outcome(self) -> ScanOutcome:
+        out = super().outcome()
+        r = self.resumption
+        out.snapshot = self._view.snapshot
+        out.extra["resumed"] = [*r.state.epochs, r.epoch]
+        return out

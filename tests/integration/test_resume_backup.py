@@ -1,0 +1,105 @@
+"""SIGKILL a real `dsbackup backup` once its temp file holds part of the archive, then
+`backup --resume`: the archive verifies deep, restores to exactly the store, and its summary
+and `inspect` record the resume (docs/FORMAT.md §11.5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from dsbackup import datasets
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.datastores import open_datastore
+
+
+def temp_files(d, name):
+    return [d / n for n in os.listdir(d) if n.startswith(f".{name}.tmp-")]
+
+
+def contents(uri):
+    out = []
+    with open_datastore(uri, readonly=True) as ds:
+        for keys, values in ds.scan_batches():
+            out += list(zip(keys, values))
+    return out
+
+
+def test_sigkill_then_resume(tmp_path, cli_env):
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(150000))
+    out = tmp_path / "out"
+    out.mkdir()
+    archive = out / "a.tar.gz"
+    cmd = [sys.executable, "-m", "dsbackup", "backup", f"lmdb:{src}", str(archive),
+           "--workers", "1", "--level", "6", "--chunk-size", "100"]
+    r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    size = archive.stat().st_size
+    archive.unlink()
+
+    p = subprocess.Popen(cmd, env=cli_env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and p.poll() is None:
+        tmps = temp_files(out, archive.name)
+        if tmps and tmps[0].stat().st_size > size // 3:
+            break
+        time.sleep(0.001)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not archive.exists(), "killed too late: the backup had finished"
+    [tmp] = temp_files(out, archive.name)
+    killed_size = tmp.stat().st_size
+
+    # other settings: refused, exit 2, the file kept as it was
+    r = subprocess.run([*cmd[:-1], "50", "--resume"], env=cli_env, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "cannot resume" in r.stderr and "chunk_size" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert temp_files(out, archive.name) == [tmp] and tmp.stat().st_size == killed_size
+
+    r = subprocess.run([*cmd, "--resume"], env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    assert temp_files(out, archive.name) == []
+    v = subprocess.run([sys.executable, "-m", "dsbackup", "verify", str(archive)],
+                       env=cli_env, capture_output=True, text=True)
+    assert v.returncode == 0, v.stdout + v.stderr
+    with ArchiveReader(archive) as a:
+        [epoch] = a.summary["resumed"]
+        chunks = a.chunk_count
+        kept_end = a.index.entry(epoch["from_seq"] - 1)
+    assert 0 < epoch["from_seq"] < chunks and epoch["epoch"] == 1
+    assert kept_end.offset + kept_end.length <= killed_size
+    assert isinstance(epoch["snapshot"], int)
+
+    dst = tmp_path / "dst"
+    r = subprocess.run([sys.executable, "-m", "dsbackup", "restore", str(archive),
+                        f"lmdb:{dst}"], env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert contents(f"lmdb:{dst}") == contents(f"lmdb:{src}")
+
+    r = subprocess.run([sys.executable, "-m", "dsbackup", "inspect", "--json", str(archive)],
+                       env=cli_env, capture_output=True, text=True)
+    assert json.loads(r.stdout)["resumed"] == [epoch]
+    r = subprocess.run([sys.executable, "-m", "dsbackup", "inspect", str(archive)],
+                       env=cli_env, capture_output=True, text=True)
+    assert f"epoch 1 from chunk {epoch['from_seq']}" in r.stdout
+
+
+def test_resume_without_a_temp_file_says_so(tmp_path, cli_env):
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(100))
+    archive = tmp_path / "a.tar.gz"
+    r = subprocess.run([sys.executable, "-m", "dsbackup", "backup", f"lmdb:{src}",
+                        str(archive), "--resume"], env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "no temporary file of an interrupted backup to resume" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "dsbackup", "backup", f"lmdb:{src}",
+                        str(tmp_path / "b.tar.gz"), "--resume", "--parent", str(archive)],
+                       env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 2 and "--resume is not implemented for an incremental" in r.stderr
