@@ -71,6 +71,12 @@ def find_library(key: str) -> tuple[list[str], list[str], list[str]]:
     )
 
 
+# The dispatched XXH3 functions ext/xxh3_dispatch.h uses in place of the plain ones.
+XXH3_DISPATCHED = ("XXH3_64bits_dispatch", "XXH3_64bits_withSeed_dispatch",
+                   "XXH3_64bits_update_dispatch", "XXH3_128bits_dispatch",
+                   "XXH3_128bits_update_dispatch")
+
+
 def xxh3_dispatch(libdirs: list[str]) -> bool:
     """Whether the libxxhash found exports XXH3's runtime-dispatched (AVX2/AVX-512) functions
     (a build with DISPATCH=1, as Debian's, x86-64 only); DSBACKUP_XXH3_DISPATCH=0/1 decides
@@ -85,9 +91,10 @@ def xxh3_dispatch(libdirs: list[str]) -> bool:
     for name in [str(Path(d) / "libxxhash.so") for d in libdirs] + ["libxxhash.so",
                                                                    "libxxhash.so.0"]:
         try:
-            return hasattr(ctypes.CDLL(name), "XXH3_64bits_update_dispatch")
+            lib = ctypes.CDLL(name)
         except OSError:
             continue
+        return all(hasattr(lib, f) for f in XXH3_DISPATCHED)
     return False
 
 
