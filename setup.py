@@ -4,6 +4,8 @@ Each library is found by, in order: an environment variable naming its install p
 (DSBACKUP_ISAL_PREFIX, DSBACKUP_XXHASH_PREFIX, DSBACKUP_LMDB_PREFIX, DSBACKUP_ZLIB_PREFIX,
 DSBACKUP_OPENSSL_PREFIX), then pkg-config. OpenSSL's libcrypto is linked only into the modules
 that use it (MODULE_LIBRARIES). A library that cannot be found stops the build with the Debian package to install.
+XXH3 is hashed through libxxhash's CPU-dispatched (AVX2/AVX-512) functions where the library
+exports them (ext/xxh3_dispatch.h; DSBACKUP_XXH3_DISPATCH=0/1 overrides the check).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ A_DIR and B_DIR each hold a set of built ``dsbackup/_ext/*.so`` files (as for na
 e.g. a copy of src/dsbackup/_ext before a change, and after it). Each round runs one
 subprocess per build, in the order A, B then B, A (alternating), with this checkout's Python
 package and that build's extension modules; each subprocess times every case (per-thread CPU
-seconds, best of 3) on the same bytes. Printed per case: the median MB/s of each build (keys:
+seconds, best of 3) on the same bytes, after importing what a dsbackup process imports (the archive reader, numpy;
+``--bare``: the checksum module alone). Printed per case: the median MB/s of each build (keys:
 millions of calls per second) and ``B/A`` (above 1: B is faster).
 
 Cases: one-shot ``xxh3_64`` and ``xxh3_128`` of an M MiB buffer (default 16) and of 4 KiB
@@ -33,6 +34,8 @@ from native_ab import tree_with  # noqa: E402
 
 WORKLOAD = r'''
 import json, os, random, time
+if os.environ["AB_IMPORTS"] == "1":
+    import dsbackup.archive.reader  # noqa: F401  (numpy and the rest, as in a real process)
 from dsbackup._ext import checksum
 
 M = int(os.environ["AB_MIB"]) << 20
@@ -91,6 +94,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--mib", type=int, default=16)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--bare", action="store_true",
+                    help="import only the checksum module (not the archive reader and numpy)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dsbackup-xxh3-ab-"))
     try:
@@ -98,7 +103,8 @@ def main() -> None:
                  for name, build in (("A", args.a), ("B", args.b))}
         f = work / "data"
         f.write_bytes(os.urandom(args.mib << 20))
-        env = {**os.environ, "AB_MIB": str(args.mib), "AB_FILE": str(f)}
+        env = {**os.environ, "AB_MIB": str(args.mib), "AB_FILE": str(f),
+               "AB_IMPORTS": "0" if args.bare else "1"}
         rates: dict[str, dict[str, list[float]]] = {"A": {}, "B": {}}
         for r in range(args.rounds):
             for name in (("A", "B") if r % 2 == 0 else ("B", "A")):
