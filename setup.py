@@ -4,6 +4,8 @@ Each library is found by, in order: an environment variable naming its install p
 (DSBACKUP_ISAL_PREFIX, DSBACKUP_XXHASH_PREFIX, DSBACKUP_LMDB_PREFIX, DSBACKUP_ZLIB_PREFIX,
 DSBACKUP_OPENSSL_PREFIX), then pkg-config. OpenSSL's libcrypto is linked only into the modules
 that use it (MODULE_LIBRARIES). A library that cannot be found stops the build with the Debian package to install.
+XXH3 is hashed through libxxhash's CPU-dispatched (AVX2/AVX-512) functions where the library
+exports them (ext/xxh3_dispatch.h; DSBACKUP_XXH3_DISPATCH=0/1 overrides the check).
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ def find_library(key: str) -> tuple[list[str], list[str], list[str]]:
     )
 
 
+# The dispatched XXH3 functions ext/xxh3_dispatch.h uses in place of the plain ones.
+XXH3_DISPATCHED = ("XXH3_64bits_dispatch", "XXH3_64bits_withSeed_dispatch",
+                   "XXH3_64bits_update_dispatch", "XXH3_128bits_dispatch",
+                   "XXH3_128bits_update_dispatch")
+
+
 def xxh3_dispatch(libdirs: list[str]) -> bool:
     """Whether the libxxhash found exports XXH3's runtime-dispatched (AVX2/AVX-512) functions
     (a build with DISPATCH=1, as Debian's, x86-64 only); DSBACKUP_XXH3_DISPATCH=0/1 decides
@@ -85,9 +93,10 @@ def xxh3_dispatch(libdirs: list[str]) -> bool:
     for name in [str(Path(d) / "libxxhash.so") for d in libdirs] + ["libxxhash.so",
                                                                    "libxxhash.so.0"]:
         try:
-            return hasattr(ctypes.CDLL(name), "XXH3_64bits_update_dispatch")
+            lib = ctypes.CDLL(name)
         except OSError:
             continue
+        return all(hasattr(lib, f) for f in XXH3_DISPATCHED)
     return False
 
 

@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/compare.py [--datasets blocks,small] [--runs 3] [--workers N]
        [--ops backup,restore,verify] [--tools "dsbackup,dsbackup --encrypt"] [--json FILE]
-       [--timeout SECONDS]
+       [--timeout SECONDS] [--baseline SRC_DIR]
 Scale the data sets with DSBACKUP_BENCH_SCALE (e.g. 0.01 for a smoke run); they are cached
 (benchdata.py). Results: a table on stdout and JSON in benchmarks/results/.
 
@@ -24,6 +24,10 @@ dirty pages would also load). The Python children fsync their output the same wa
 
 Rows (skipped, with the reason, when the tool is missing):
 - ``dsbackup``: ``python -m dsbackup backup|restore|verify`` (all CPUs).
+- ``dsbackup [baseline]``, ``dsbackup (deep) [baseline]`` (with ``--baseline SRC_DIR``): the
+  same backup, restore (of the same archive) and deep verify run by another build of dsbackup,
+  the package at SRC_DIR (e.g. a copy of ``src`` holding the extension modules from before a
+  change): "x ours" is then that build's time over this one's.
 - ``dsbackup (flatfs copy)`` (blocks): the same of the flatfs copy the file-level tools read,
   restored into a new flatfs directory: files to files, as the tar rows do.
 - ``isal-1 x1``, ``isal-1 xN threads``, ``isal-1 in N processes``: ISA-L alone on the same
@@ -355,11 +359,13 @@ def _durable(path: Path) -> str:
 
 def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
                tar_label: str, work: Path, workers: int, ops: set[str],
-               flatfs_raw: int | None = None) -> tuple[list[Row], list[Skip]]:
+               flatfs_raw: int | None = None,
+               baseline: Path | None = None) -> tuple[list[Row], list[Skip]]:
     """The rows for one data set: ``src_uri`` names the store (at ``src``), ``tar_dir`` is the
     copy the file-level tools read. Each row's ``inputs`` is what it reads (see _warm). With
     ``flatfs_raw`` (its key and value bytes), ``tar_dir`` is a flatfs store, and we also back
-    it up and restore into a new flatfs: files to files, as the tar rows do."""
+    it up and restore into a new flatfs: files to files, as the tar rows do. With ``baseline``
+    (a package directory), its build runs our backup, restore and deep verify too."""
     rows: list[Row] = []
     skips: list[Skip] = []
     w = work / ds_name
@@ -470,6 +476,21 @@ def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
     if "verify" in ops:
         rows.append(Row("verify", ds_name, "dsbackup (deep)", dsb + ["verify", str(ours_arc)],
                         raw, ours=True, inputs=(ours_arc,)))
+    if baseline is not None:
+        base = ["env", f"PYTHONPATH={baseline}", PY, "-m", "dsbackup"]
+        base_arc = w / "baseline.tar.gz"
+        if "backup" in ops:
+            rows.append(Row("backup", ds_name, "dsbackup [baseline]",
+                            base + ["backup", src_uri, str(base_arc)], raw, base_arc,
+                            inputs=(src,)))
+        if "restore" in ops:
+            rows.append(Row("restore", ds_name, "dsbackup [baseline]",
+                            base + ["restore", str(ours_arc), f"lmdb:{w / 'restored-base'}"],
+                            raw, w / "restored-base", inputs=(ours_arc,)))
+        if "verify" in ops:
+            rows.append(Row("verify", ds_name, "dsbackup (deep) [baseline]",
+                            base + ["verify", str(ours_arc)], raw, inputs=(ours_arc,)))
+    if "verify" in ops:
         rows.append(Row("verify", ds_name, "dsbackup --encrypt (deep)",
                         dsb + ["verify", *enc, str(enc_arc)], raw, inputs=(enc_arc,)))
         rows.append(Row("verify", ds_name, "gzip -t (seed archive)",
@@ -661,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None,
                     help="results file (default benchmarks/results/compare-<time>.json)")
     ap.add_argument("--work-dir", type=Path, default=None)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a dsbackup package directory (holding dsbackup/) whose build also "
+                    "runs our backup, restore and deep verify: rows '... [baseline]'")
     ap.add_argument("--tune-check", action="store_true",
                     help="also run `dsbackup tune` on the blocks store and compare its "
                     "projection with real backups at the recommended setting")
@@ -678,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     # byte-compiled as an installed package is, even where PYTHONDONTWRITEBYTECODE is set:
     # otherwise every CLI row would compile dsbackup's sources at start-up (~0.05 s)
     compileall.compile_dir(str(ROOT / "src" / "dsbackup"), quiet=1)
+    if args.baseline is not None:
+        compileall.compile_dir(str(args.baseline / "dsbackup"), quiet=1)
     work = Path(tempfile.mkdtemp(prefix="dsbackup-compare-", dir=args.work_dir))
     rows: list[Row] = []
     skips: list[Skip] = []
@@ -699,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {d.records} records, {d.raw_bytes / 1e6:.1f} MB "
                   f"(ready in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
             r, s = build_rows(name, d.uri, d.path, d.raw_bytes, tar_dir, label, work,
-                              args.workers, ops, flatfs_raw)
+                              args.workers, ops, flatfs_raw, args.baseline)
             rows += r
             skips += s
         if args.tools is not None:

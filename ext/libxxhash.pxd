@@ -1,8 +1,10 @@
-# Extern declarations for xxHash (xxhash.h: XXH3 one-shot and streaming). Declarations only.
+# Extern declarations for xxHash (XXH3 one-shot and streaming). Declarations only. Through
+# xxh3_dispatch.h, so that XXH3_64bits, XXH3_64bits_withSeed, XXH3_128bits and the two updates
+# are libxxhash's CPU-dispatched (AVX2/AVX-512) variants where setup.py found them.
 from libc.stdint cimport uint64_t
 
 
-cdef extern from "xxhash.h" nogil:
+cdef extern from "xxh3_dispatch.h" nogil:
     ctypedef uint64_t XXH64_hash_t
 
     ctypedef enum XXH_errorcode:

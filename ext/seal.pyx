@@ -53,11 +53,11 @@ from libisal cimport crc32_gzip_refl
 from libxxhash cimport (
     XXH3_64bits_digest,
     XXH3_64bits_reset,
+    XXH3_64bits_update,
     XXH3_createState,
     XXH3_freeState,
     XXH3_state_t,
 )
-from libxxhash_dispatch cimport ds_xxh3_64_update
 
 from dsbackup._ext.compress import Body
 from dsbackup.errors import ArchiveError
@@ -207,7 +207,7 @@ cdef int _seal_c(const unsigned char *key, const unsigned char *nonce,
             memset(p + (a - off), 0, end - a)
         crc = crc32_gzip_refl(crc, p, blk)
         if off < slen:
-            ds_xxh3_64_update(st, p, (slen if slen < end else end) - off)
+            XXH3_64bits_update(st, p, (slen if slen < end else end) - off)
         o += 5 + blk
         off = end
     if r == OK:
