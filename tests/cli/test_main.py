@@ -48,6 +48,19 @@ def test_running_one_command_does_not_import_the_others(tmp_path):
     assert "missing.tar.gz" in r.stderr
 
 
+@pytest.mark.parametrize("given, expected", [(None, "1"), ("3", "3")])
+def test_the_cli_limits_openblas_to_one_thread_before_numpy_loads(cli_env, given, expected):
+    env = {k: v for k, v in cli_env.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given  # the user's own setting wins
+    code = ("import os, sys\n"
+            "import dsbackup.cli.main\n"
+            "print('numpy' in sys.modules, os.environ['OPENBLAS_NUM_THREADS'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       check=True)
+    assert r.stdout.split() == ["False", expected], r.stdout + r.stderr
+
+
 def test_unknown_command_gets_the_usage_error():
     r = subprocess.run([sys.executable, "-m", "dsbackup", "frobnicate"], capture_output=True,
                        text=True)

@@ -23,6 +23,12 @@ from dsbackup.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, DsBackupError
 
 log = logging.getLogger("dsbackup")
 
+# numpy (the archive index tables) starts one OpenBLAS thread per core when it is imported,
+# and dsbackup multiplies no matrices: on 2 cores one thread halves that import's time (~60 ms
+# of every command's start-up, docs/PERFORMANCE.md). Set before any command imports numpy; a
+# value the user set wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 
 def _command_names() -> list[str]:
     """Each command lives in dsbackup/cli/<command>.py."""
