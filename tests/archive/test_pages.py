@@ -17,7 +17,8 @@ from dsbackup.archive import format as fmt
 from dsbackup.archive.crypto import KeyMaterial
 from dsbackup.archive.index import ENTRY_DTYPE
 from dsbackup.archive.listing import iter_listing
-from dsbackup.archive.pages import ROOT_DTYPE, choose_page_entries, expected_chunks
+from dsbackup.archive.pagedindex import ROOT_DTYPE
+from dsbackup.archive.pages import choose_page_entries, expected_chunks
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import verify_archive
 from dsbackup.errors import ConfigError, IntegrityError
@@ -313,8 +314,8 @@ def test_vectorized_key_order_agrees_with_bytes_order(monkeypatch, block):
     in blocks) finds the same first out-of-order entry as Python's bytes comparison."""
     import random
 
-    from dsbackup.archive import pages
-    from dsbackup.archive.pages import _first_unordered
+    from dsbackup.archive import pagedindex as pages
+    from dsbackup.archive.pagedindex import _first_unordered
 
     monkeypatch.setattr(pages, "_BLOCK_ROWS", block)
     rng = random.Random(5)

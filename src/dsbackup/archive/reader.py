@@ -13,7 +13,6 @@ from dsbackup.archive import format as fmt
 from dsbackup.archive.index import ChunkEntry, Index
 from dsbackup.archive.member import decode_member, inflate_sealed_body
 from dsbackup.archive.node import NodeFile, decode_node
-from dsbackup.archive.pages import PagedIndex
 from dsbackup.errors import (
     ArchiveError,
     ConfigError,
@@ -34,6 +33,7 @@ from dsbackup.storage import (
 
 if TYPE_CHECKING:
     from dsbackup.archive.chain import ParentChain
+    from dsbackup.archive.pagedindex import PagedIndex
 
 
 class ArchiveReader:
@@ -119,6 +119,8 @@ class ArchiveReader:
             data = self._open(fmt.TYPE_INDEX, 0, data, f"{self.path}: index", part="index")
             self.index: Index | PagedIndex
             if self.flags & fmt.FLAG_PAGED:  # the root only; pages on demand (§11.3)
+                from dsbackup.archive.pagedindex import PagedIndex
+
                 self.index = PagedIndex(data, self._read_page, base=self.base,
                                         index_offset=t.index_offset, where=str(self.path))
             else:

@@ -14,11 +14,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from dsbackup._ext.checksum import Xxh3_128
 from dsbackup._ext.framing import FramingError, scan_payload
-from dsbackup.archive.index import FLAG_PARENT, ChunkEntry
+from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.errors import (
     ArchiveError,
@@ -208,9 +206,7 @@ def verify_archive(
                 if chain is not None:
                     chain.require_catalogs()
                 report.parents = [str(p) for p in chain.paths] if chain else []
-                report.referenced_chunks = sum(
-                    int(np.count_nonzero(t["flags"] & FLAG_PARENT))
-                    for t in reader.index.tables())
+                report.referenced_chunks = sum(refs for _, _, refs in reader.index.totals())
             except (MissingParentError, IntegrityError) as exc:
                 report.add(exc)
                 if isinstance(exc, MissingParentError):
@@ -312,9 +308,9 @@ def _check_summary(reader: ArchiveReader, report: VerifyReport) -> None:
     fp = Xxh3_128()
     records = 0
     try:
-        for t in reader.index.tables():  # page by page, no object per entry
-            fp.update(t["payload_xxh3"].astype("<u8").tobytes())
-            records += int(t["records"].sum(dtype=np.uint64))
+        for digests, recs, _ in reader.index.totals():  # page by page, no object per entry
+            fp.update(digests)
+            records += recs
     except IntegrityError:
         return  # a damaged page: reported by the layout check
     expect = {"chunks": reader.chunk_count, "records": records}
