@@ -17,7 +17,7 @@ from dsbackup.archive.node import (
     encode_node,
 )
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.archive.salvage import _member_end
+from dsbackup.archive.member import member_end
 from dsbackup.archive.verify import verify_archive
 from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.errors import IntegrityError, UnsupportedArchive
@@ -53,7 +53,7 @@ def _members(path) -> list[fmt.Subfield]:
     data = memoryview(path.read_bytes())
     out, pos = [], 0
     while pos < len(data) - fmt.TRAILER_SIZE:
-        sub, pos = _member_end(data, pos)
+        sub, pos = member_end(data, pos)
         out.append(sub)
     return out
 

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.archive.salvage import _member_end
+from dsbackup.archive.member import member_end
 from dsbackup.engine.nodefiles import collect_kubo
 from tests.support.kubonode import kubo_records
 
@@ -105,7 +105,7 @@ def test_datastore_only_writes_a_version_1_archive(tmp_path, repo, run_cli):
     data = memoryview(archive.read_bytes())
     pos, versions = 0, set()
     while pos < len(data) - 1129:
-        sub, pos = _member_end(data, pos)
+        sub, pos = member_end(data, pos)
         versions.add(sub.version)
     assert versions == {1} and data[-1129 + 16] == 1  # every member and the trailer
     assert raw  # the index decoded with its reserved bytes zero (checked by the reader)

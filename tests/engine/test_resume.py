@@ -227,7 +227,7 @@ def test_a_temp_file_without_a_manifest_is_refused(tmp_path, store):
 ])
 def test_unsupported_kinds_are_refused(tmp_path, store, why, kw):
     mgr = BackupManager(BackupConfig(resume=True))
-    with pytest.raises(ConfigError, match="--resume is not implemented"):
+    with pytest.raises(ConfigError, match="--resume continues only full, unencrypted, local backups with one index, not "):
         mgr.create_backup(f"lmdb:{store}", tmp_path / "a.tar.gz", **kw)
 
 
@@ -235,7 +235,7 @@ def test_encrypted_and_paged_are_refused(tmp_path, store):
     key = KeyMaterial(key=b"k" * 32)
     for cfg in (BackupConfig(resume=True, encryption=key),
                 BackupConfig(resume=True, paged_index="always")):
-        with pytest.raises(ConfigError, match="--resume is not implemented"):
+        with pytest.raises(ConfigError, match="--resume continues only full, unencrypted, local backups with one index, not "):
             BackupManager(cfg).create_backup(f"lmdb:{store}", tmp_path / "a.tar.gz")
 
 

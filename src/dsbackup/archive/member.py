@@ -105,3 +105,22 @@ def _inflate_exactly(deflate: memoryview | bytes, declared: int, data_len: int,
     if consumed != len(deflate):
         raise fail(f"{len(deflate) - consumed} unexpected bytes after the deflate stream")
     return out
+
+
+def member_end(mv: memoryview, pos: int) -> tuple[fmt.Subfield, int]:
+    """The subfield and end offset of the whole member at `pos` of `mv`, found by inflating it
+    (no index needed: salvage and a resumed backup walk members this way); IntegrityError when
+    it is torn or its declared size is impossible."""
+    sub = fmt.parse_member_head(mv[pos:], f"offset {pos}")
+    declared = fmt.TAR_BLOCK + fmt.padded(sub.data_len)
+    start = pos + sub.deflate_offset
+    if declared > fmt.DEFLATE_MAX_RATIO * (len(mv) - start) + 1024:
+        raise IntegrityError(f"offset {pos}: declared size {sub.data_len} is impossible")
+    try:
+        _, consumed = inflate_raw(mv[start:], declared, declared)
+    except MemberError as exc:
+        raise IntegrityError(f"offset {pos}: {exc}") from None
+    end = start + consumed + 8
+    if end > len(mv):
+        raise IntegrityError(f"offset {pos}: member truncated")
+    return sub, end

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsbackup._ext.checksum import xxh3_64
-from dsbackup._ext.compress import MemberError, inflate_raw
 from dsbackup._ext.framing import scan_payload
 from dsbackup.archive import format as fmt
 from dsbackup.archive.index import CatalogEntry, ChunkEntry
-from dsbackup.archive.member import decode_member
+from dsbackup.archive.member import decode_member, member_end
 from dsbackup.errors import ArchiveError, IntegrityError
 
 
@@ -51,23 +50,6 @@ class ResumeState:
         return sum(c.records for c in self.chunks)
 
 
-def _member(mv: memoryview, pos: int) -> tuple[fmt.Subfield, int]:
-    """The subfield and end offset of the whole member at `pos` (IntegrityError if torn)."""
-    sub = fmt.parse_member_head(mv[pos:], f"offset {pos}")
-    declared = fmt.TAR_BLOCK + fmt.padded(sub.data_len)
-    start = pos + sub.deflate_offset
-    if declared > fmt.DEFLATE_MAX_RATIO * (len(mv) - start) + 1024:
-        raise IntegrityError(f"offset {pos}: member truncated")
-    try:
-        _, consumed = inflate_raw(mv[start:], declared, declared)
-    except MemberError as exc:
-        raise IntegrityError(f"offset {pos}: {exc}") from None
-    end = start + consumed + 8
-    if end > len(mv):
-        raise IntegrityError(f"offset {pos}: member truncated")
-    return sub, end
-
-
 def rescan(fd: int, where: str) -> ResumeState:
     """The longest valid prefix of the temp file open at `fd`. ArchiveError (exit 2) when its
     head is not a resumable archive's (no whole manifest, encrypted, paged index)."""
@@ -86,10 +68,10 @@ def rescan(fd: int, where: str) -> ResumeState:
 
 def _head(mv: memoryview, where: str) -> tuple[ResumeState, int]:
     try:
-        sub, end = _member(mv, 0)
+        sub, end = member_end(mv, 0)
         if sub.member_type == fmt.TYPE_KEY:
-            raise ArchiveError(f"cannot resume: {where} is an encrypted archive (resuming "
-                               "encrypted backups is not implemented)")
+            raise ArchiveError(f"cannot resume: {where} is an encrypted archive (--resume "
+                               "continues unencrypted backups only)")
         _, data = decode_member(mv[:end], f"{where}: manifest", expected_type=fmt.TYPE_MANIFEST,
                                 expected_name=fmt.MANIFEST_NAME)
         manifest = json.loads(bytes(data))
@@ -97,8 +79,8 @@ def _head(mv: memoryview, where: str) -> tuple[ResumeState, int]:
         raise ArchiveError(f"cannot resume: {where} has no whole manifest ({exc}); leave out "
                            "--resume to start again") from None
     if sub.flags & fmt.FLAG_PAGED:
-        raise ArchiveError(f"cannot resume: {where} has a paged index (resuming paged "
-                           "archives is not implemented)")
+        raise ArchiveError(f"cannot resume: {where} has a paged index (--resume continues "
+                           "archives with one index only)")
     if sub.flags:
         raise ArchiveError(f"cannot resume: {where}: subfield flags {sub.flags:#x}")
     state = ResumeState(manifest=manifest, version=sub.version, manifest_length=end,
@@ -106,7 +88,7 @@ def _head(mv: memoryview, where: str) -> tuple[ResumeState, int]:
     pos = end
     if pos < len(mv):
         try:
-            nsub, nend = _member(mv, pos)
+            nsub, nend = member_end(mv, pos)
             if nsub.member_type == fmt.TYPE_NODE:
                 decode_member(mv[pos:nend], f"{where}: node", expected_type=fmt.TYPE_NODE,
                               expected_name=fmt.NODE_NAME, version=sub.version)
@@ -127,7 +109,7 @@ def _scan(mv: memoryview, where: str) -> ResumeState:
     while pos < len(mv):
         seq = len(state.chunks)
         try:
-            sub, end = _member(mv, pos)
+            sub, end = member_end(mv, pos)
             if sub.member_type != fmt.TYPE_CHUNK:
                 break  # the index or summary of a writer killed while finishing: rewritten
             _, payload = decode_member(mv[pos:end], f"{where}: chunk {seq}",
@@ -145,7 +127,7 @@ def _scan(mv: memoryview, where: str) -> ResumeState:
                                xxh3_64(mv[pos:end]), info.keys_xxh3, first, last)
             cat = None
             if catalog:
-                csub, cend = _member(mv, end)
+                csub, cend = member_end(mv, end)
                 _, cdata = decode_member(mv[end:cend], f"{where}: catalog {seq}",
                                          expected_type=fmt.TYPE_CATALOG,
                                          expected_name=fmt.catalog_name(seq),

@@ -9,10 +9,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsbackup._ext.compress import MemberError, inflate_raw
 from dsbackup._ext.framing import scan_payload
 from dsbackup.archive import format as fmt
-from dsbackup.archive.member import decode_member
+from dsbackup.archive.member import decode_member, member_end
 from dsbackup.errors import ArchiveError, IntegrityError
 
 
@@ -79,22 +78,6 @@ class SalvageReport:
         }
 
 
-def _member_end(mv: memoryview, pos: int) -> tuple[fmt.Subfield, int]:
-    sub = fmt.parse_member_head(mv[pos:], f"offset {pos}")
-    declared = fmt.TAR_BLOCK + fmt.padded(sub.data_len)
-    start = pos + sub.deflate_offset
-    if declared > fmt.DEFLATE_MAX_RATIO * (len(mv) - start) + 1024:
-        raise IntegrityError(f"offset {pos}: declared size {sub.data_len} is impossible")
-    try:
-        _, consumed = inflate_raw(mv[start:], declared, declared)
-    except MemberError as exc:
-        raise IntegrityError(f"offset {pos}: {exc}") from None
-    end = start + consumed + 8
-    if end > len(mv):
-        raise IntegrityError(f"offset {pos}: member truncated")
-    return sub, end
-
-
 def salvage(path: str | os.PathLike[str]) -> SalvageReport:
     p = Path(path)
     try:
@@ -141,7 +124,7 @@ def _walk(mm: mmap.mmap, mv: memoryview, report: SalvageReport) -> None:
             except IntegrityError:
                 pass
         try:
-            sub, end = _member_end(mv, pos)
+            sub, end = member_end(mv, pos)
             name = fmt.chunk_name(sub.seq) if sub.member_type == fmt.TYPE_CHUNK else None
             _, data = decode_member(mv[pos:end], f"offset {pos}", expected_type=sub.member_type,
                                     expected_name=name)

@@ -262,7 +262,8 @@ def _check_resumable(cfg: BackupConfig, path: Any, parent: Any, format: str) -> 
            else "an archive that is not a local file" if is_remote(path) or is_stream(path)
            else None)
     if why is not None:
-        raise ConfigError(f"--resume is not implemented for {why}; leave out --resume")
+        raise ConfigError(f"--resume continues only full, unencrypted, local backups with one "
+                          f"index, not {why}; leave out --resume")
 
 
 def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,
