@@ -9,6 +9,7 @@ import pytest
 
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup.archive import format as fmt
+from dsbackup.archive.member import member_end
 from dsbackup.archive.node import (
     KIND_DIR,
     KIND_FILE,
@@ -17,7 +18,6 @@ from dsbackup.archive.node import (
     encode_node,
 )
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.archive.member import member_end
 from dsbackup.archive.verify import verify_archive
 from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.errors import IntegrityError, UnsupportedArchive

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.member import member_end
+from dsbackup.archive.reader import ArchiveReader
 from dsbackup.engine.nodefiles import collect_kubo
 from tests.support.kubonode import kubo_records
 
