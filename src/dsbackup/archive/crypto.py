@@ -262,6 +262,7 @@ class ArchiveCipher:
         self._dk = secret_buffer(dk)
         _zero(dk)
         self._gcm: GcmKey | None = None
+        self._seal: Any = None  # dsbackup._ext.seal.seal_stored, imported with the key
         self._aead: AESGCM | None = None
         self._lock = threading.Lock()
 
@@ -288,14 +289,13 @@ class ArchiveCipher:
         if gcm is None:
             with self._lock:
                 if self._gcm is None:
-                    from dsbackup._ext.seal import GcmKey
+                    from dsbackup._ext import seal
 
-                    self._gcm = GcmKey(self._dk)
+                    self._seal = seal.seal_stored
+                    self._gcm = seal.GcmKey(self._dk)
                 gcm = self._gcm
-        from dsbackup._ext.seal import seal_stored
-
-        return seal_stored(gcm, self.nonce(mtype, seq), self.aad(mtype, seq, len(plaintext)),
-                           plaintext)
+        return self._seal(gcm, self.nonce(mtype, seq), self.aad(mtype, seq, len(plaintext)),
+                          plaintext)
 
     def open(self, mtype: int, seq: int, stored: bytes | memoryview, where: str, *,
              chunk: int | None = None, part: str | None = None) -> bytes:
