@@ -1,7 +1,8 @@
 # Small inline helpers of the payload format (docs/FORMAT.md §4), shared by framing.pyx,
-# payload.pyx and planner.pyx: growable buffers, uvarints, little-endian u64, key order and the
-# key digest (§4.2). Inline functions only (compiled into each module that cimports them), so
-# this header has no module of its own and costs no call across modules.
+# payload.pyx and planner.pyx: growable buffers, little-endian u64, key order and the key
+# digest (§4.2; the length varints are in uvarint.pxd). Inline functions only (compiled into
+# each module that cimports them), so this header has no module of its own and costs no call
+# across modules.
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
@@ -30,24 +31,6 @@ cdef inline int buf_reserve(ds_buf *b, size_t extra) noexcept nogil:
     b.p = p
     b.cap = cap
     return FR_OK
-
-
-cdef inline size_t uvarint_len(uint64_t v) noexcept nogil:
-    cdef size_t n = 1
-    while v >= 0x80:
-        v >>= 7
-        n += 1
-    return n
-
-
-cdef inline size_t put_uvarint(unsigned char *p, uint64_t v) noexcept nogil:
-    cdef size_t i = 0
-    while v >= 0x80:
-        p[i] = <unsigned char>((v & 0x7f) | 0x80)
-        v >>= 7
-        i += 1
-    p[i] = <unsigned char>v
-    return i + 1
 
 
 cdef inline void put_u64le(unsigned char *p, uint64_t v) noexcept nogil:

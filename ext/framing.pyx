@@ -45,11 +45,10 @@ from frameutil cimport (
     keyhash_free,
     keyhash_new,
     put_u64le,
-    put_uvarint,
-    uvarint_len,
 )
 from keymatch cimport ds_keymatch_api, ds_matcher
 from libxxhash cimport XXH3_64bits
+from uvarint cimport put_uvarint, uvarint_len
 
 from dsbackup._ext import compress as _compress_mod
 from dsbackup._ext import keymatch as _keymatch_mod

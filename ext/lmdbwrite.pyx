@@ -81,6 +81,7 @@ from liblmdb cimport (
     mdb_txn_begin,
     mdb_txn_commit,
 )
+from uvarint cimport UV_OK, get_uvarint
 
 cdef int _MAX_GROWTHS = 40
 # reservation before a write: RESERVE_FACTOR × its payload bytes + RESERVE_SLACK past the pages
@@ -196,29 +197,6 @@ cdef inline int _keycmp(const unsigned char *a, size_t alen, const unsigned char
     return 1 if alen > blen else 0
 
 
-cdef inline int _uvarint(const unsigned char *p, size_t n, size_t *pos,
-                         uint64_t *out) noexcept nogil:
-    """A minimal LEB128 (<= 10 bytes, fits 64 bits) at p[pos]; 0 or PE_VARINT."""
-    cdef uint64_t v = 0
-    cdef size_t i = pos[0], k = 0
-    cdef unsigned char b
-    while True:
-        if i >= n:
-            return PE_VARINT
-        b = p[i]
-        if k == 9 and b > 1:
-            return PE_VARINT
-        v |= (<uint64_t>(b & 0x7f)) << (7 * k)
-        i += 1
-        k += 1
-        if not (b & 0x80):
-            if b == 0 and k > 1:
-                return PE_VARINT
-            pos[0] = i
-            out[0] = v
-            return PE_OK
-
-
 cdef int _put_payload(MDB_cursor *cur, const unsigned char *p, size_t n, bint append,
                       bint overwrite, size_t maxkey, wresult *r) noexcept nogil:
     """Parse one payload and put its records. 0, an LMDB error (> 0 or < 0 from LMDB), or
@@ -254,9 +232,9 @@ cdef int _put_payload(MDB_cursor *cur, const unsigned char *p, size_t n, bint ap
             r.val = p[pos]
             return -1
         pos += 1
-        e = _uvarint(p, n, &pos, &klen)
+        e = PE_OK if get_uvarint(p, n, &pos, &klen) == UV_OK else PE_VARINT
         if e == PE_OK:
-            e = _uvarint(p, n, &pos, &vlen)
+            e = PE_OK if get_uvarint(p, n, &pos, &vlen) == UV_OK else PE_VARINT
         if e != PE_OK:
             r.perr = e
             return -1

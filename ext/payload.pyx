@@ -20,9 +20,8 @@ from frameutil cimport (
     keyhash_free,
     keyhash_new,
     put_u64le,
-    put_uvarint,
-    uvarint_len,
 )
+from uvarint cimport UV_OK, UV_TOO_LONG, UV_TRUNCATED, get_uvarint, put_uvarint, uvarint_len
 
 from dsbackup.errors import IntegrityError
 
@@ -75,27 +74,15 @@ ctypedef struct ds_scan:
     uint64_t err_value
 
 
-cdef inline int get_uvarint(const unsigned char *p, size_t n, size_t *pos,
-                            uint64_t *out) noexcept nogil:
-    """Decode a minimal LEB128 (<= 10 bytes) at p[pos]; 0 or an SC_* error."""
-    cdef uint64_t v = 0
-    cdef size_t i = pos[0], k = 0
-    cdef unsigned char b
-    while True:
-        if i >= n:
-            return SC_TRUNC_VARINT
-        b = p[i]
-        if k == 9 and b > 1:
-            return SC_LONG_VARINT
-        v |= (<uint64_t>(b & 0x7f)) << (7 * k)
-        i += 1
-        k += 1
-        if not (b & 0x80):
-            if b == 0 and k > 1:
-                return SC_NONMINIMAL
-            pos[0] = i
-            out[0] = v
-            return SC_OK
+cdef inline int _varint(const unsigned char *p, size_t n, size_t *pos,
+                        uint64_t *out) noexcept nogil:
+    """The length varint at p[pos] (uvarint.pxd); SC_OK or the SC_* error it is."""
+    cdef int e = get_uvarint(p, n, pos, out)
+    if e == UV_OK:
+        return SC_OK
+    if e == UV_TRUNCATED:
+        return SC_TRUNC_VARINT
+    return SC_LONG_VARINT if e == UV_TOO_LONG else SC_NONMINIMAL
 
 
 cdef int scan_c(const unsigned char *p, size_t n, ds_scan *s, int want_hash) noexcept nogil:
@@ -135,9 +122,9 @@ cdef int scan_c(const unsigned char *p, size_t n, ds_scan *s, int want_hash) noe
             s.err_value = p[pos]
             break
         pos += 1
-        e = get_uvarint(p, n, &pos, &klen)
+        e = _varint(p, n, &pos, &klen)
         if e == SC_OK:
-            e = get_uvarint(p, n, &pos, &vlen)
+            e = _varint(p, n, &pos, &vlen)
         if e != SC_OK:
             s.err = e
             s.err_offset = pos

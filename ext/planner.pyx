@@ -26,8 +26,8 @@ from frameutil cimport (
     keyhash_digest_reset,
     keyhash_free,
     keyhash_new,
-    uvarint_len,
 )
+from uvarint cimport uvarint_len
 from keymatch cimport ds_keymatch_api, ds_matcher
 from libxxhash cimport XXH3_64bits
 from planner cimport ds_plan, ds_planner, ds_planner_api
