@@ -6,9 +6,7 @@ stays cheap for tools that only need part of it.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from dsbackup._lazy import lazy_names
 from dsbackup._version import __version__
 from dsbackup.errors import (
     ArchiveError,
@@ -86,17 +84,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dsbackup' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -5,8 +5,7 @@ writer's and salvage's imports at start-up."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dsbackup._lazy import lazy_names
 
 _LAZY = {
     "ArchiveReader": "dsbackup.archive.reader",
@@ -18,17 +17,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dsbackup.archive' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 
 __all__ = [
