@@ -12,7 +12,9 @@ Puts use ``MDB_APPEND`` while keys lie past the environment's last key; a key at
 (a resumed restore rewriting a chunk) falls back to an ordinary put. The environment is opened
 with ``MDB_NOSYNC``: :meth:`LmdbPayloadWriter.sync` forces the flush. Puts use ``MDB_RESERVE``
 and copy the value themselves. With ``writemap=False`` (what restore uses) values are copied
-into LMDB's dirty pages, which the commit writes with ``pwrite``. With ``writemap=True``
+into LMDB's dirty pages, which the commit writes with ``pwrite``; the pages each transaction
+read through LMDB's read-only map (and the cached neighbours the kernel's fault-around mapped
+with them) are unmapped after the commit, found once in /proc/self/maps. With ``writemap=True``
 (``MDB_WRITEMAP``, the default) they are copied once, straight into the file's pages through
 the map; but a write fault on a mapped page of the file makes the kernel read (for a new
 part of the file: zero) the page first, and on the loaded development VM that cost a restore
@@ -131,6 +133,7 @@ ctypedef struct wresult:
     size_t off              # byte offset in it
     uint64_t val            # the offending number (length, op, count)
     size_t lo, hi           # span of map addresses the values were copied to
+    bint remapped           # LMDB mapped the file anew (another process grew it)
 
 
 class LmdbWriteError(DatastoreError, OSError):
@@ -317,9 +320,11 @@ cdef int _write_txn(MDB_env *env, MDB_dbi dbi, const span *spans, size_t nspans,
     r.perr = PE_OK
     r.lo = <size_t>-1
     r.hi = 0
+    r.remapped = False
     rc = mdb_txn_begin(env, NULL, 0, &txn)
     if rc == MDB_MAP_RESIZED:   # another process grew the map: adopt its size
         mdb_env_set_mapsize(env, 0)
+        r.remapped = True
         rc = mdb_txn_begin(env, NULL, 0, &txn)
     if rc:
         return rc
@@ -388,12 +393,16 @@ cdef class LmdbPayloadWriter:
     cdef size_t _reserved     # bytes of data.mdb known to have blocks (reserved or written)
     cdef bint _opened         # mdb_env_open succeeded (else env may only be closed)
     cdef bint _writemap       # values are written through the map (MDB_WRITEMAP)
+    cdef size_t _map_lo       # LMDB's read-only map of data.mdb (pwrite path), 0 if unknown
+    cdef size_t _map_hi
 
     def __cinit__(self):
         self.env = NULL
         self._registered = False
         self._reserved = 0
         self._opened = False
+        self._map_lo = 0
+        self._map_hi = 0
 
     def __init__(self, path, *, size_t map_size=0, bint writemap=True):
         cdef int rc
@@ -416,6 +425,7 @@ cdef class LmdbPayloadWriter:
             open_write_env(&self.env, &self.dbi, self.path, map_size, writemap=writemap)
             self._writemap = writemap
             self._opened = True
+            self._find_map()
         except BaseException:
             self.close()
             raise
@@ -453,7 +463,11 @@ cdef class LmdbPayloadWriter:
                     rc = _write_txn(self.env, self.dbi, spans, nspans, append, overwrite, &r)
                     if rc == 0 and self._writemap:
                         _drop_written_pages(r.lo, r.hi)
+                if r.remapped:
+                    self._find_map()
                 if rc == 0:
+                    if not self._writemap:
+                        self._drop_read_pages()
                     return r.records, r.nbytes
                 if rc == -1:
                     raise _payload_error(&r)
@@ -463,11 +477,55 @@ cdef class LmdbPayloadWriter:
                     rc = mdb_env_set_mapsize(self.env, info.me_mapsize * 2)
                     if rc:
                         raise _error(rc, f"{self.path}: cannot grow the map")
+                    self._find_map()
                     continue
                 raise _error(rc, f"{self.path}: LMDB write failed (payload {r.pidx}, "
                                  f"record {r.rec})")
         finally:
             PyMem_Free(spans)
+
+    cdef _find_map(self):
+        """Where LMDB maps data.mdb in this process (the pwrite path's read-only map), from
+        /proc/self/maps: the mapping of the file's device and inode. Left unknown (no page is
+        dropped) when it cannot be found."""
+        cdef int fd = -1
+        self._map_lo = self._map_hi = 0
+        if self._writemap or mdb_env_get_fd(self.env, &fd) or fd < 0:
+            return
+        st = os.fstat(fd)
+        dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}".encode()
+        ino = str(st.st_ino).encode()
+        name = os.fsencode(os.path.realpath(os.path.join(self.path, "data.mdb")))
+        try:
+            with open("/proc/self/maps", "rb") as f:
+                for line in f:
+                    fields = line.split(None, 5)
+                    # the file's device and inode; or its name (an overlay filesystem may
+                    # show the device of the layer below)
+                    if len(fields) >= 5 and fields[4] == ino and (
+                            fields[3] == dev or (len(fields) == 6 and fields[5].strip() == name)):
+                        lo, hi = (int(x, 16) for x in fields[0].split(b"-"))
+                        if hi - lo > self._map_hi - self._map_lo:
+                            self._map_lo, self._map_hi = lo, hi
+        except OSError:
+            self._map_lo = self._map_hi = 0
+
+    cdef _drop_read_pages(self):
+        """pwrite path, after a commit: unmap the pages LMDB read through its map (each
+        transaction copies the pages it changes from there) and those the kernel's fault-around
+        mapped beside them — the pages just written, in the page cache — so that the resident
+        set does not grow with the data written. They stay in the page cache."""
+        cdef size_t used
+        cdef MDB_envinfo info
+        if self._map_hi <= self._map_lo or mdb_env_info(self.env, &info):
+            return
+        if (info.me_mapsize + PAGE - 1) & ~(PAGE - 1) != self._map_hi - self._map_lo:
+            return  # not the map found at open (every remap here looks it up again)
+        used = used_bytes(self.env)
+        if used == 0 or used > self._map_hi - self._map_lo:
+            used = self._map_hi - self._map_lo
+        with nogil:
+            _drop_written_pages(self._map_lo, self._map_lo + used)
 
     cdef _reserve(self, size_t extra):
         """Reserve data.mdb's growth for the next write (reserve_growth, lmdbenv.pxi)."""
@@ -493,6 +551,7 @@ cdef class LmdbPayloadWriter:
         rc = mdb_txn_begin(self.env, NULL, MDB_RDONLY, &txn)
         if rc == MDB_MAP_RESIZED:
             mdb_env_set_mapsize(self.env, 0)
+            self._find_map()
             rc = mdb_txn_begin(self.env, NULL, MDB_RDONLY, &txn)
         if rc:
             raise _error(rc, f"{self.path}: cannot begin a read transaction")
