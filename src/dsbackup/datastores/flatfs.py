@@ -64,6 +64,7 @@ from dsbackup.datastores.flatfs_layout import (
 )
 from dsbackup.datastores.flatfs_listing import ShardLister
 from dsbackup.errors import DatastoreError, InvalidKey, NotFound
+from dsbackup.storage.writeback import start_writeback
 
 __all__ = ["FlatfsDatastore", "open_flatfs", "DEFAULT_MAX_NAMES"]
 
@@ -270,6 +271,8 @@ class FlatfsDatastore(BaseDatastore):
                 view = view[os.write(fd, view):]
             if sync and self.sync_writes:
                 os.fsync(fd)
+            elif self.sync_writes:
+                start_writeback(fd)  # the batch's fsync (_sync_all) then waits for less
         except BaseException:
             os.close(fd)
             _unlink_quiet(tmp)
