@@ -32,6 +32,7 @@ from dsbackup.errors import (
 from dsbackup.storage.base import Check
 from dsbackup.storage.location import S3Location
 from dsbackup.storage.s3config import client_config, scrub, settings
+from dsbackup.storage.s3stale import clean_before_backup
 from dsbackup.storage.sent import SentRecord, SentSource
 
 TAIL_BYTES = 256 << 10  # the open's one GET: trailer, and summary and index when small
@@ -150,6 +151,7 @@ class S3Sink:
             raise ArchiveExistsError(f"{loc}: already exists; not replacing it (give "
                                      "--overwrite to replace an archive no other archive "
                                      "depends on)")
+        clean_before_backup(loc)  # unfinished uploads of killed backups under the prefix
         s = settings()
         self._sent = SentRecord()
         self._done = False
