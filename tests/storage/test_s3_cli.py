@@ -78,8 +78,6 @@ def test_an_existing_object_is_never_replaced(s3, store):
     assert r.returncode == 2
     assert "already exists" in one_line(r) and s3.url("a.dsb") in r.stderr
     assert s3.get("a.dsb") == b"not ours" and s3.uploads() == []
-    r = cli(s3.env, "backup", f"lmdb:{store}", s3.url("a.dsb"), "--overwrite")
-    assert r.returncode == 2 and "--overwrite is not supported" in one_line(r)
 
 
 def test_missing_object_and_missing_parent_exit_2_naming_them(s3, store):
