@@ -80,6 +80,26 @@ def test_an_existing_object_is_never_replaced(s3, store):
     assert s3.get("a.dsb") == b"not ours" and s3.uploads() == []
 
 
+def test_an_object_appearing_after_the_last_head_is_refused_by_the_server(s3, store):
+    """The HEADs do not see the object (another writer's, just completed): the archive's one
+    PUT carries If-None-Match: *, the server answers 412, and that is "already exists"."""
+    s3.client.put_object(Bucket=s3.bucket, Key="race.dsb", Body=b"the other writer's")
+    proxy = FaultProxy(("127.0.0.1", s3.server.port)).start()
+    proxy.rules = [Rule("HEAD", "/race.dsb", times=2, status=404)]
+    try:
+        env = dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint)
+        r = cli(env, "backup", f"lmdb:{store}", s3.url("race.dsb"), "--json")
+    finally:
+        proxy.stop()
+    assert proxy.rules[0].hits == 2
+    assert r.returncode == 2, r.stderr
+    assert "refused the conditional write" in one_line(r) and s3.url("race.dsb") in r.stderr
+    err = json.loads(r.stdout)
+    assert err["error"] == "ArchiveExistsError" and err["exit_code"] == 2
+    assert s3.get("race.dsb") == b"the other writer's" and s3.uploads() == []
+    assert not any(s.startswith("POST") for s in proxy.seen)  # one PUT, no multipart
+
+
 def test_missing_object_and_missing_parent_exit_2_naming_them(s3, store):
     r = cli(s3.env, "verify", s3.url("none/such.dsb"))
     assert r.returncode == 2 and s3.url("none/such.dsb") in one_line(r)
@@ -157,7 +177,8 @@ def test_server_gone_mid_upload_leaves_no_object_and_the_next_run_succeeds(s3, t
     lines = [ln for ln in err.splitlines() if ln.startswith("dsbackup: error:")]
     assert len(lines) == 1 and "Traceback" not in err
     assert s3.url("gone.dsb") in lines[0] and "upload failed" in lines[0]
-    assert "Connection refused" in lines[0] and "nothing was stored" in lines[0]
+    # the root cause: refused (a new connection) or reset (a kept-alive one, cut)
+    assert "Connection re" in lines[0] and "nothing was stored" in lines[0]
     assert "gone.dsb" not in s3.objects()
     proxy2 = FaultProxy(("127.0.0.1", s3.server.port)).start()
     try:
