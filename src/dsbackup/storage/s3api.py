@@ -144,6 +144,14 @@ def _text(el: ET.Element, name: str, default: str = "") -> str:
     return child.text or "" if child is not None else default
 
 
+def _int(el: ET.Element, name: str) -> int:
+    text = _text(el, name, "0")
+    try:
+        return int(text)
+    except ValueError:
+        raise S3ApiError(f"the S3 server sent an unreadable {name} {text[:40]!r}") from None
+
+
 class S3Api:
     """Signed requests to one endpoint with the client's credentials, timeout and retries."""
 
@@ -245,11 +253,14 @@ class S3Api:
 
     def list_multipart_uploads(self, bucket: str, prefix: str,
                                ) -> Iterator[tuple[Upload, datetime]]:
-        """Every unfinished upload whose key starts with `prefix`, all pages, each with the
+        """The unfinished uploads whose key starts with `prefix` and has no further ``/``
+        (servers that ignore the delimiter list deeper ones too), all pages, each with the
         server's time of the page that listed it."""
         key_marker = id_marker = ""
         while True:
-            params = [("uploads", ""), ("prefix", prefix), ("encoding-type", "url")]
+            # delimiter: uploads in sub-prefixes come back as one CommonPrefixes entry each
+            params = [("uploads", ""), ("prefix", prefix), ("delimiter", "/"),
+                      ("encoding-type", "url")]
             if key_marker:
                 params += [("key-marker", key_marker), ("upload-id-marker", id_marker)]
             r = self.request("GET", bucket, "", params)
@@ -278,8 +289,8 @@ class S3Api:
                 params.append(("part-number-marker", marker))
             root = self.request("GET", bucket, key, params).xml()
             for el in root.findall("Part"):
-                yield Part(int(_text(el, "PartNumber", "0")),
-                           parse_time(_text(el, "LastModified")), int(_text(el, "Size", "0")))
+                yield Part(_int(el, "PartNumber"), parse_time(_text(el, "LastModified")),
+                           _int(el, "Size"))
             if _text(root, "IsTruncated").lower() != "true":
                 return
             nxt = _text(root, "NextPartNumberMarker")

@@ -112,15 +112,18 @@ def clean_before_backup(loc: S3Location) -> None:
     backup goes on), and without keys of our own (instance credentials) a note at -v."""
     if settings().stale_hours is None:
         return
-    if not client_config().get("secret_access_key"):
-        log.info("%s: stale multipart uploads not checked (needs keys from the environment "
-                 "or ~/.aws; a lifecycle rule can remove them)", loc.parent)
-        return
     try:
+        if not client_config().get("secret_access_key"):
+            log.info("%s: stale multipart uploads not checked (needs keys from the "
+                     "environment or ~/.aws; a lifecycle rule can remove them)", loc.parent)
+            return
         abort_stale(loc.parent)
     except DsBackupError as exc:
         log.warning("%s: could not check for stale multipart uploads (%s); the backup goes "
                     "on", loc.parent, scrub(str(exc)))
+    except Exception as exc:  # noqa: BLE001 - housekeeping never fails the backup
+        log.warning("%s: could not check for stale multipart uploads (%s: %s); the backup "
+                    "goes on", loc.parent, type(exc).__name__, scrub(str(exc))[:200])
 
 
 def _age(d: timedelta) -> str:
