@@ -202,6 +202,7 @@ def test_credentials_never_appear_in_any_output(s3, store, tmp_path):
         ("-v", "verify", s3.url("missing.dsb"), "--json"),
         ("-v", "backup", f"lmdb:{store}", s3.url("s.dsb"), "--json"),  # exists
         ("-v", "verify", "s3://no-such-bucket-here/x.dsb", "--json"),
+        ("-v", "-v", "prune", s3.url(""), "--keep-last", "1", "--json"),  # + stale uploads
     ]
     for args in runs:
         outputs.append(cli(env, *args))
@@ -210,8 +211,11 @@ def test_credentials_never_appear_in_any_output(s3, store, tmp_path):
                        s3.url("s.dsb"), "--json"))
     outputs.append(cli(dict(env, DSBACKUP_S3_RETRIES="0"), "-v", "--s3-endpoint",
                        "http://127.0.0.1:9", "backup", f"lmdb:{store}", s3.url("t.dsb")))
+    prune = outputs.pop(7)
+    assert prune.returncode == 0 and json.loads(prune.stdout)["stale_uploads"] == []
     assert [r.returncode for r in outputs[:4]] == [0, 0, 0, 0]
     assert all(r.returncode == 2 for r in outputs[4:]), [r.stderr for r in outputs[4:]]
+    outputs.append(prune)
     for r in outputs:
         text = r.stdout + r.stderr
         assert SECRET_KEY not in text and ACCESS_KEY not in text
