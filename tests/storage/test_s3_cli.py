@@ -100,6 +100,25 @@ def test_an_object_appearing_after_the_last_head_is_refused_by_the_server(s3, st
     assert not any(s.startswith("POST") for s in proxy.seen)  # one PUT, no multipart
 
 
+def test_a_conflicting_write_409_is_not_taken_for_an_existing_object(s3, store):
+    """AWS answers 409 ConditionalRequestConflict when a concurrent write or delete raced
+    the conditional PUT: nothing landed, and the message says to run again."""
+    proxy = FaultProxy(("127.0.0.1", s3.server.port)).start()
+    proxy.rules = [Rule("PUT", "/c409.dsb", times=1, status=409)]
+    try:
+        r = cli(dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint), "backup", f"lmdb:{store}",
+                s3.url("c409.dsb"))
+    finally:
+        proxy.stop()
+    assert proxy.rules[0].hits == 1
+    assert r.returncode == 2 and "already exists" not in r.stderr
+    line = one_line(r)
+    assert s3.url("c409.dsb") in line and "nothing was stored" in line
+    assert "c409.dsb" not in s3.objects()
+    r = cli(s3.env, "backup", f"lmdb:{store}", s3.url("c409.dsb"))  # the next run succeeds
+    assert r.returncode == 0, r.stderr
+
+
 def test_missing_object_and_missing_parent_exit_2_naming_them(s3, store):
     r = cli(s3.env, "verify", s3.url("none/such.dsb"))
     assert r.returncode == 2 and s3.url("none/such.dsb") in one_line(r)

@@ -216,8 +216,12 @@ class S3Sink:
                             use_multipart=False)
             else:
                 self._w.close()
-        except obstore.exceptions.AlreadyExistsError:  # 412: the server refused to replace
+        except obstore.exceptions.AlreadyExistsError:  # 412 (or 409: a conflicting write)
             self._done = True
+            if head(self.final) is None:  # 409 ConditionalRequestConflict: nothing landed
+                raise ArchiveError(f"{self.final}: the server reported a conflicting write at "
+                                   "the key; nothing was stored there: run the backup "
+                                   "again") from None
             raise ArchiveExistsError(f"{self.final}: an object appeared at the key while this "
                                      "backup was uploading; not replacing it (the server "
                                      "refused the conditional write)") from None
@@ -228,7 +232,7 @@ class S3Sink:
         self._done = True
 
     def abort(self) -> None:
-        if self._done:
+        if getattr(self, "_done", True):
             return
         self._done = True
         self._first.clear()
