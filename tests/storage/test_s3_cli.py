@@ -113,7 +113,8 @@ def test_a_conflicting_write_409_is_not_taken_for_an_existing_object(s3, store):
     assert proxy.rules[0].hits == 1
     assert r.returncode == 2 and "already exists" not in r.stderr
     line = one_line(r)
-    assert s3.url("c409.dsb") in line and "nothing was stored" in line
+    assert s3.url("c409.dsb") in line and "conflicting write" in line
+    assert "nothing was stored" in line
     assert "c409.dsb" not in s3.objects()
     r = cli(s3.env, "backup", f"lmdb:{store}", s3.url("c409.dsb"))  # the next run succeeds
     assert r.returncode == 0, r.stderr
