@@ -130,16 +130,19 @@ class S3Env:
                         AWS_SHARED_CREDENTIALS_FILE="/nonexistent/aws-credentials",
                         AWS_CONFIG_FILE="/nonexistent/aws-config")
         self.env.pop("AWS_PROFILE", None)
+        self.env.pop("DSBACKUP_S3_STALE_HOURS", None)
         for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
                   "AWS_ENDPOINT_URL", "DSBACKUP_S3_RETRIES", "DSBACKUP_S3_TIMEOUT",
                   "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
             monkeypatch.setenv(k, self.env[k])
         monkeypatch.delenv("AWS_PROFILE", raising=False)
         monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+        monkeypatch.delenv("DSBACKUP_S3_STALE_HOURS", raising=False)
         from dsbackup.storage import s3, s3config
 
         monkeypatch.setattr(s3config, "_settings", s3config.S3Settings())
         monkeypatch.setattr(s3config, "_tuned", False)
+        monkeypatch.setattr(s3config, "_stale_given", False)
         s3config.configure()
         s3.reset()
 

@@ -47,3 +47,11 @@ def test_endpoints():
     for bad in ("http://10.0.0.5:9000", "ftp://x", "s3.example.org"):
         with pytest.raises(ConfigError):
             check_endpoint(bad)
+
+
+def test_s3_locations_sort_like_paths():
+    """lineage sorts tied parents (byte-identical twins under other names)."""
+    from dsbackup.storage import S3Location
+
+    got = sorted([S3Location("b", "n/z.dsb"), S3Location("a", "z"), S3Location("b", "n/a.dsb")])
+    assert [str(x) for x in got] == ["s3://a/z", "s3://b/n/a.dsb", "s3://b/n/z.dsb"]

@@ -78,8 +78,46 @@ def test_an_existing_object_is_never_replaced(s3, store):
     assert r.returncode == 2
     assert "already exists" in one_line(r) and s3.url("a.dsb") in r.stderr
     assert s3.get("a.dsb") == b"not ours" and s3.uploads() == []
-    r = cli(s3.env, "backup", f"lmdb:{store}", s3.url("a.dsb"), "--overwrite")
-    assert r.returncode == 2 and "--overwrite is not supported" in one_line(r)
+
+
+def test_an_object_appearing_after_the_last_head_is_refused_by_the_server(s3, store):
+    """The HEADs do not see the object (another writer's, just completed): the archive's one
+    PUT carries If-None-Match: *, the server answers 412, and that is "already exists"."""
+    s3.client.put_object(Bucket=s3.bucket, Key="race.dsb", Body=b"the other writer's")
+    proxy = FaultProxy(("127.0.0.1", s3.server.port)).start()
+    proxy.rules = [Rule("HEAD", "/race.dsb", times=2, status=404)]
+    try:
+        env = dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint)
+        r = cli(env, "backup", f"lmdb:{store}", s3.url("race.dsb"), "--json")
+    finally:
+        proxy.stop()
+    assert proxy.rules[0].hits == 2
+    assert r.returncode == 2, r.stderr
+    assert "refused the conditional write" in one_line(r) and s3.url("race.dsb") in r.stderr
+    err = json.loads(r.stdout)
+    assert err["error"] == "ArchiveExistsError" and err["exit_code"] == 2
+    assert s3.get("race.dsb") == b"the other writer's" and s3.uploads() == []
+    assert not any(s.startswith("POST") for s in proxy.seen)  # one PUT, no multipart
+
+
+def test_a_conflicting_write_409_is_not_taken_for_an_existing_object(s3, store):
+    """AWS answers 409 ConditionalRequestConflict when a concurrent write or delete raced
+    the conditional PUT: nothing landed, and the message says to run again."""
+    proxy = FaultProxy(("127.0.0.1", s3.server.port)).start()
+    proxy.rules = [Rule("PUT", "/c409.dsb", times=1, status=409)]
+    try:
+        r = cli(dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint), "backup", f"lmdb:{store}",
+                s3.url("c409.dsb"))
+    finally:
+        proxy.stop()
+    assert proxy.rules[0].hits == 1
+    assert r.returncode == 2 and "already exists" not in r.stderr
+    line = one_line(r)
+    assert s3.url("c409.dsb") in line and "conflicting write" in line
+    assert "nothing was stored" in line
+    assert "c409.dsb" not in s3.objects()
+    r = cli(s3.env, "backup", f"lmdb:{store}", s3.url("c409.dsb"))  # the next run succeeds
+    assert r.returncode == 0, r.stderr
 
 
 def test_missing_object_and_missing_parent_exit_2_naming_them(s3, store):
@@ -122,7 +160,7 @@ def test_5xx_and_slow_part_uploads_are_retried_in_bounded_time(s3, tmp_path):
         proxy.rules = [
             Rule("PUT", "partNumber=2", times=2, status=503),
             Rule("PUT", "partNumber=1", times=1, status=None, delay=2.0),
-            Rule("GET", "", times=1, status=500),
+            Rule("GET", "/r.dsb", times=1, status=500),  # not the stale-upload listing
         ]
         env = dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint, DSBACKUP_S3_PART_MB="5",
                    DSBACKUP_S3_RETRIES="4")
@@ -159,7 +197,8 @@ def test_server_gone_mid_upload_leaves_no_object_and_the_next_run_succeeds(s3, t
     lines = [ln for ln in err.splitlines() if ln.startswith("dsbackup: error:")]
     assert len(lines) == 1 and "Traceback" not in err
     assert s3.url("gone.dsb") in lines[0] and "upload failed" in lines[0]
-    assert "Connection refused" in lines[0] and "nothing was stored" in lines[0]
+    # the root cause: refused (a new connection) or reset (a kept-alive one, cut)
+    assert "Connection re" in lines[0] and "nothing was stored" in lines[0]
     assert "gone.dsb" not in s3.objects()
     proxy2 = FaultProxy(("127.0.0.1", s3.server.port)).start()
     try:
@@ -183,6 +222,7 @@ def test_credentials_never_appear_in_any_output(s3, store, tmp_path):
         ("-v", "verify", s3.url("missing.dsb"), "--json"),
         ("-v", "backup", f"lmdb:{store}", s3.url("s.dsb"), "--json"),  # exists
         ("-v", "verify", "s3://no-such-bucket-here/x.dsb", "--json"),
+        ("-v", "-v", "prune", s3.url(""), "--keep-last", "1", "--json"),  # + stale uploads
     ]
     for args in runs:
         outputs.append(cli(env, *args))
@@ -191,8 +231,11 @@ def test_credentials_never_appear_in_any_output(s3, store, tmp_path):
                        s3.url("s.dsb"), "--json"))
     outputs.append(cli(dict(env, DSBACKUP_S3_RETRIES="0"), "-v", "--s3-endpoint",
                        "http://127.0.0.1:9", "backup", f"lmdb:{store}", s3.url("t.dsb")))
+    prune = outputs.pop(7)
+    assert prune.returncode == 0 and json.loads(prune.stdout)["stale_uploads"] == []
     assert [r.returncode for r in outputs[:4]] == [0, 0, 0, 0]
     assert all(r.returncode == 2 for r in outputs[4:]), [r.stderr for r in outputs[4:]]
+    outputs.append(prune)
     for r in outputs:
         text = r.stdout + r.stderr
         assert SECRET_KEY not in text and ACCESS_KEY not in text

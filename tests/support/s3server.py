@@ -94,7 +94,8 @@ class FaultProxy:
                             self.send_response(r.status)
                             self.send_header("Content-Length", str(len(msg)))
                             self.end_headers()
-                            self.wfile.write(msg)
+                            if self.command != "HEAD":
+                                self.wfile.write(msg)
                             return
                         break
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)

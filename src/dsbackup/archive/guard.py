@@ -132,7 +132,7 @@ def check_new_archive(out: str | os.PathLike[str], *, overwrite: bool = False,
     from dsbackup.errors import ArchiveExistsError
 
     if is_remote(out):
-        _check_new_remote(out, overwrite=overwrite, inputs=inputs)
+        _check_new_remote(out, overwrite=overwrite, inputs=inputs, parent_dirs=parent_dirs)
         return
     target = Path(os.path.expanduser(os.fspath(out)))
     forms = _archive_forms(target)
@@ -149,11 +149,19 @@ def check_new_archive(out: str | os.PathLike[str], *, overwrite: bool = False,
         raise ArchiveExistsError(f"{target}: already exists; not replacing it (give "
                                  "--overwrite to replace an archive no other archive depends "
                                  "on)")
+    _refuse_if_depended_on(target, parent_dirs)
+
+
+def _refuse_if_depended_on(target: Any, parent_dirs: Iterable[Any]) -> None:
+    """ArchiveExistsError when an archive beside `target` (its directory or S3 prefix) or in
+    `parent_dirs` names it as its parent."""
     from dsbackup.archive.lineage import dependents, directory_archives, read_infos
+    from dsbackup.errors import ArchiveExistsError
+    from dsbackup.storage import as_location
 
     pool = directory_archives(target.parent)
     for d in parent_dirs:
-        pool += directory_archives(Path(d))
+        pool += directory_archives(as_location(d))
     infos, _ = read_infos(pool)
     deps = dependents(target, infos)
     if deps:
@@ -163,19 +171,18 @@ def check_new_archive(out: str | os.PathLike[str], *, overwrite: bool = False,
             f"use it as their parent ({shown}); replacing it would make them unrestorable")
 
 
-def _check_new_remote(out: Any, *, overwrite: bool, inputs: Iterable[Any]) -> None:
-    """check_new_archive for an S3 object or ``-``: not one of `inputs`; --overwrite is
-    refused for objects (the dependents check lists local directories only); an existing
-    object is refused by the sink itself (HEAD before and after the upload)."""
-    from dsbackup.errors import ConfigError
-    from dsbackup.storage import as_location
+def _check_new_remote(out: Any, *, overwrite: bool, inputs: Iterable[Any],
+                      parent_dirs: Iterable[Any]) -> None:
+    """check_new_archive for an S3 object or ``-``: not one of `inputs`; with `overwrite`, an
+    object that another archive under its prefix or in `parent_dirs` depends on is refused (a
+    completed upload replaces the object at once; a failed one leaves it as it was); without,
+    an existing object is refused by the sink itself (HEAD before and after the upload)."""
+    from dsbackup.storage import S3Location, as_location, exists
 
     loc = as_location(out)
     for a in inputs:
         if is_remote(a) and identity(as_location(a)) == identity(loc):
             raise PathConflictError(f"{loc}: is {a}, an archive this one is made from; write "
                                     "the new archive to another location")
-    if overwrite and not isinstance(loc, str):
-        raise ConfigError(f"{loc}: --overwrite is not supported for s3:// locations (an "
-                          "object another archive depends on could be replaced); delete the "
-                          "object first or write to a new key")
+    if overwrite and isinstance(loc, S3Location) and not loc.is_prefix and exists(loc):
+        _refuse_if_depended_on(loc, parent_dirs)

@@ -53,7 +53,7 @@ def _command_in(argv: Sequence[str]) -> str | None:
     for arg in args:
         if arg in ("-h", "--help", "--version"):
             return None
-        if arg in ("--umask", "--s3-endpoint"):
+        if arg in ("--umask", "--s3-endpoint", "--s3-stale-hours"):
             next(args, None)  # its value
         elif not arg.startswith("-"):
             return arg if arg in _command_names() else None
@@ -89,6 +89,10 @@ def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
                    help="endpoint of an S3-compatible server for s3:// locations (path-style "
                         "addressing; http only on the loopback address); default: "
                         "AWS_ENDPOINT_URL or ~/.aws/config (docs/STORAGE.md)")
+    p.add_argument("--s3-stale-hours", default=default, metavar="HOURS",
+                   help="a backup to (or prune of) an s3:// prefix aborts dsbackup's unfinished "
+                        "multipart uploads there idle this long (killed backups'); 'off': "
+                        "never; default: DSBACKUP_S3_STALE_HOURS or 24")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -206,6 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except DsBackupError as exc:
             parser.error(str(exc))
         configure(args.s3_endpoint)
+    if getattr(args, "s3_stale_hours", None):
+        from dsbackup.storage import configure, parse_stale_hours
+
+        try:
+            parse_stale_hours(args.s3_stale_hours)
+        except DsBackupError as exc:
+            parser.error(f"--s3-stale-hours: {exc}")
+        configure(stale_hours=args.s3_stale_hours)
     tune_allocator()  # large chunk buffers are reused instead of page-faulted in each time
     if not getattr(args, "_run", None):
         parser.error(f"give a command: {', '.join(_command_names())}")

@@ -26,7 +26,7 @@ from dsbackup.scheduler import (
     parse_duration,
     plan_retention,
 )
-from dsbackup.storage import S3Location, as_location, delete, is_stream
+from dsbackup.storage import S3Location, abort_stale_uploads, as_location, delete, is_stream
 
 COMMAND = "prune"
 HELP = "delete old archives in a directory by retention rules (borg prune semantics)"
@@ -127,6 +127,17 @@ def run(args: argparse.Namespace) -> int:
                 except (OSError, DsBackupError) as exc:
                     report["errors"].append(f"{paths[d.id]}: {exc}")
                     log.error("%s: cannot delete: %s", paths[d.id], exc)
+    stale_failed = False
+    if isinstance(args.directory, S3Location):  # killed backups' unfinished uploads
+        try:
+            report["stale_uploads"] = [u.to_json() for u in
+                                       abort_stale_uploads(args.directory,
+                                                           dry_run=args.dry_run)]
+        except DsBackupError as exc:
+            stale_failed = True
+            report["stale_uploads_error"] = str(exc)
+            log.warning("%s: could not check for stale multipart uploads: %s",
+                        args.directory, exc)
     report["ok"] = not report["errors"]
     if args.json:
         emit_json(COMMAND, report)
@@ -135,4 +146,4 @@ def run(args: argparse.Namespace) -> int:
               + json.dumps([s["path"] for s in skipped]), file=sys.stderr)
     if report["errors"]:
         return 2
-    return EXIT_WARNING if skipped or (args.name and not found) else EXIT_OK
+    return EXIT_WARNING if skipped or stale_failed or (args.name and not found) else EXIT_OK

@@ -120,7 +120,7 @@ def parse_notifications(t: Table, base: Path) -> NotificationConfig:
     return NotificationConfig(**kw)
 
 
-_SCHED_KEYS = {"backup_dir", "s3_endpoint", "state_dir", "time_zone", "concurrent_backups",
+_SCHED_KEYS = {"backup_dir", "s3_endpoint", "s3_stale_hours", "state_dir", "time_zone", "concurrent_backups",
                "health_check_interval", "misfire_grace_time", "verify_after_backup",
                "health_deep_sample", "min_free_bytes", "min_free_ratio", "metrics_port",
                "metrics_textfile", "poll_interval"}
@@ -149,6 +149,17 @@ def parse_scheduler(t: Table, base: Path) -> dict[str, Any]:
         except ConfigError as exc:
             raise t.error("s3_endpoint", str(exc)) from None
         configure(endpoint)
+    if t.has("s3_stale_hours"):  # killed backups' unfinished uploads: aborted after this
+        from dsbackup.storage.s3config import configure, parse_stale_hours
+
+        raw = t.data["s3_stale_hours"]
+        t.expect("s3_stale_hours", isinstance(raw, (int, float, str)) and not isinstance(
+            raw, bool), 'a number of hours or "off"', raw)
+        try:
+            parse_stale_hours(raw)
+        except ConfigError as exc:
+            raise t.error("s3_stale_hours", str(exc)) from None
+        configure(stale_hours=str(raw))
     kw: dict[str, Any] = {
         "default_backup_dir": t.location("backup_dir", base, "backups"),
         "state_path": t.path("state_dir", base, "dsbackup-state"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from dsbackup.errors import ConfigError
 from dsbackup.storage.base import Sink, Source
@@ -22,11 +23,12 @@ from dsbackup.storage.location import (
     is_stream,
     relative_hint,
 )
-from dsbackup.storage.s3config import check_endpoint, configure, scrub
+from dsbackup.storage.s3config import check_endpoint, configure, parse_stale_hours, scrub
 
-__all__ = ["STREAM", "S3Location", "Sink", "Source", "as_location", "check_endpoint", "configure",
+__all__ = ["STREAM", "S3Location", "Sink", "Source", "abort_stale_uploads", "as_location", "check_endpoint", "configure",
            "delete", "display", "exists", "identity", "is_file", "is_remote", "is_s3",
-           "is_stream", "list_archives", "open_sink", "open_source", "relative_hint", "scrub"]
+           "is_stream", "list_archives", "open_sink", "open_source", "parse_stale_hours",
+           "relative_hint", "scrub"]
 
 AnyLocation = str | os.PathLike[str] | S3Location
 
@@ -106,3 +108,11 @@ def delete(location: AnyLocation) -> None:
     if loc == STREAM:
         raise ConfigError("'-' (a stream) cannot be deleted")
     os.unlink(loc)
+
+
+def abort_stale_uploads(prefix: S3Location, *, dry_run: bool = False) -> list[Any]:
+    """Abort dsbackup's unfinished multipart uploads under `prefix` idle for the configured
+    hours (killed backups'; :mod:`dsbackup.storage.s3stale`); each said on stderr."""
+    from dsbackup.storage.s3stale import abort_stale
+
+    return abort_stale(prefix, dry_run=dry_run)

@@ -19,7 +19,7 @@ STREAM = "-"
 S3_SCHEME = "s3://"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)  # ordered: lineage sorts tied parents
 class S3Location:
     """An object (``key``) or a prefix (``key`` empty or ending in ``/``) in a bucket."""
 

@@ -3,8 +3,9 @@ become the object only on completion, ranged GETs through a small block cache (a
 share one request; a few requests in flight), list by prefix, delete.
 
 Write-once as on disk: a HEAD before the upload starts and again before it completes refuses
-an existing object (obstore's multipart completion cannot send ``If-None-Match``; see
-docs/STORAGE.md for the remaining window). A failed or interrupted upload is aborted.
+an existing object; an archive of one part is then one PUT with ``If-None-Match: *`` (the server
+refuses to replace, 412); a larger one's multipart completion cannot carry the header through
+obstore (docs/STORAGE.md: the remaining window). A failed or interrupted upload is aborted.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dsbackup.errors import (
 from dsbackup.storage.base import Check
 from dsbackup.storage.location import S3Location
 from dsbackup.storage.s3config import client_config, scrub, settings
+from dsbackup.storage.s3stale import clean_before_backup
 from dsbackup.storage.sent import SentRecord, SentSource
 
 TAIL_BYTES = 256 << 10  # the open's one GET: trailer, and summary and index when small
@@ -150,30 +152,53 @@ class S3Sink:
             raise ArchiveExistsError(f"{loc}: already exists; not replacing it (give "
                                      "--overwrite to replace an archive no other archive "
                                      "depends on)")
-        s = settings()
+        clean_before_backup(loc)  # unfinished uploads of killed backups under the prefix
         self._sent = SentRecord()
         self._done = False
+        # the first part's worth is held here: an archive that fits is one conditional PUT
+        # (If-None-Match: *, atomic create); a larger one becomes a multipart upload
+        self._first: list[bytes] = []
+        self._first_size = 0
+        self._w: Any = None
+
+    def _open_writer(self) -> None:
+        s = settings()
         try:
-            self._w = obstore.open_writer(store(loc.bucket), loc.key, buffer_size=s.part_size,
+            self._w = obstore.open_writer(store(self.final.bucket), self.final.key,
+                                          buffer_size=s.part_size,
                                           max_concurrency=s.concurrency)
+            for data in self._first:
+                self._w.write(data)
         except Exception as exc:  # noqa: BLE001 - mapped
-            raise _unavailable(loc, "starting the upload", exc) from None
+            raise ArchiveError(f"{self.final}: upload failed: {message(exc)}; nothing was "
+                               "stored at the key") from None
+        self._first.clear()
 
     def write(self, pieces: Sequence[bytes | memoryview]) -> int:
         n = self._sent.add(pieces)
         # a copy: obstore keeps the buffer it is given until the part is uploaded, and the
         # pieces may be a worker's slot that is reused as soon as this returns
         data = b"".join(pieces)
+        if not data:
+            return n
+        if self._w is None:
+            self._first.append(data)
+            self._first_size += len(data)
+            if self._first_size <= settings().part_size:
+                return n
+            self._open_writer()  # over one part: the multipart upload starts
+            return n
         try:
-            if data:
-                self._w.write(data)
+            self._w.write(data)
         except Exception as exc:  # noqa: BLE001 - mapped
             raise ArchiveError(f"{self.final}: upload failed: {message(exc)}; nothing was "
                                "stored at the key") from None
         return n
 
     def commit(self, check: Check | None = None) -> None:
-        """Check the bytes sent (no download), HEAD again, then complete the upload."""
+        """Check the bytes sent (no download), HEAD again, then complete the upload: one PUT
+        with If-None-Match: * for an archive of one part, else the multipart completion
+        (which obstore cannot make conditional: the HEAD is the check there)."""
         if check is not None:
             check(SentSource(self._sent, self.final))
         try:
@@ -185,16 +210,34 @@ class S3Sink:
             raise ArchiveExistsError(f"{self.final}: an object appeared at the key while this "
                                      "backup was uploading; not replacing it")
         try:
-            self._w.close()
+            if self._w is None:
+                obstore.put(store(self.final.bucket), self.final.key, b"".join(self._first),
+                            mode="overwrite" if self.overwrite else "create",
+                            use_multipart=False)
+            else:
+                self._w.close()
+        except obstore.exceptions.AlreadyExistsError:  # 412 (or 409: a conflicting write)
+            self._done = True
+            if head(self.final) is None:  # 409 ConditionalRequestConflict: nothing landed
+                raise ArchiveError(f"{self.final}: the server reported a conflicting write at "
+                                   "the key; nothing was stored there: run the backup "
+                                   "again") from None
+            raise ArchiveExistsError(f"{self.final}: an object appeared at the key while this "
+                                     "backup was uploading; not replacing it (the server "
+                                     "refused the conditional write)") from None
         except Exception as exc:  # noqa: BLE001 - mapped
             raise ArchiveError(f"{self.final}: completing the upload failed: "
                                f"{message(exc)}; nothing was stored at the key") from None
+        self._first.clear()
         self._done = True
 
     def abort(self) -> None:
-        if self._done or not hasattr(self, "_w"):
+        if getattr(self, "_done", True):
             return
         self._done = True
+        self._first.clear()
+        if self._w is None:
+            return  # nothing was sent
         try:  # obstore aborts the multipart upload when its writer exits with an error
             self._w.__exit__(ArchiveError, ArchiveError("aborted"), None)
         except Exception as exc:  # noqa: BLE001 - the server may be gone

@@ -28,6 +28,7 @@ _secrets: set[str] = set()
 _lock = threading.Lock()
 
 LOOPBACK_HOSTS = ("localhost",)
+DEFAULT_STALE_HOURS = 24.0
 
 
 def scrub(text: str) -> str:
@@ -56,11 +57,14 @@ class S3Settings:
     read_concurrency: int = 4  # ranged GETs in flight per open archive
     retries: int = 5
     timeout_s: float = 60.0  # per request, and the retry window
+    # unfinished uploads of a prefix idle this long are aborted (None: never; s3stale.py)
+    stale_hours: float | None = DEFAULT_STALE_HOURS
     extra: dict[str, str] = field(default_factory=dict)
 
 
 _settings = S3Settings()
 _tuned = False
+_stale_given = False  # --s3-stale-hours or the scheduler's s3_stale_hours beat the environment
 
 
 def settings() -> S3Settings:
@@ -72,12 +76,31 @@ def settings() -> S3Settings:
     return _settings
 
 
-def configure(endpoint: str | None = None) -> None:
-    """Set the endpoint (``--s3-endpoint``); None keeps what the environment gives."""
+def configure(endpoint: str | None = None, stale_hours: str | float | None = None) -> None:
+    """Set the endpoint (``--s3-endpoint``) and the stale-upload age (``--s3-stale-hours``);
+    None keeps what the environment gives."""
+    global _stale_given
     if endpoint:
         check_endpoint(endpoint)
         _settings.endpoint = endpoint
     _env_tuning()
+    if stale_hours is not None:
+        _settings.stale_hours = parse_stale_hours(stale_hours)
+        _stale_given = True
+
+
+def parse_stale_hours(text: str | float) -> float | None:
+    """Hours (a positive number) after which an idle unfinished upload is stale, or ``off``."""
+    if isinstance(text, str) and text.strip().lower() in ("off", "never", "no"):
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(f"stale-upload age {text!r}: expected a positive number of hours "
+                          "(e.g. 24 or 0.5) or 'off'")
+    return value
 
 
 def _env_tuning() -> None:
@@ -92,6 +115,12 @@ def _env_tuning() -> None:
                 setattr(_settings, attr, conv(raw))
             except ValueError:
                 raise ConfigError(f"{name}={raw!r} is not a number") from None
+    raw = os.environ.get("DSBACKUP_S3_STALE_HOURS")
+    if raw and not _stale_given:
+        try:
+            _settings.stale_hours = parse_stale_hours(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"DSBACKUP_S3_STALE_HOURS: {exc}") from None
     if _settings.part_size < 5 << 20:
         raise ConfigError("DSBACKUP_S3_PART_MB must be at least 5 (the S3 minimum part size)")
 

@@ -1,0 +1,310 @@
+"""The few S3 requests obstore does not offer: ListMultipartUploads, ListParts and
+AbortMultipartUpload (the clean-up of stale uploads, :mod:`dsbackup.storage.s3stale`).
+
+Requests are signed with AWS Signature Version 4 as AWS documents it for S3 ("Authenticating
+Requests: Using the Authorization Header"): the canonical URI is the path as sent, each segment
+URI-encoded once and never normalised; the canonical query sorts the encoded names and values
+(a name without a value signs as ``name=``); header values are trimmed and inner runs of spaces
+collapsed; the signing key is the HMAC-SHA256 chain over date, region, ``s3`` and
+``aws4_request``. ``tests/storage/test_s3api.py`` checks it against the examples of that page.
+
+The settings are exactly the obstore client's (:func:`dsbackup.storage.s3config.client_config`:
+credentials, region, endpoint with path-style addressing; AWS itself path-style as obstore does)
+and its timeout and retries. Nothing secret leaves this module: the Authorization header, the
+secret key and the session token are never part of a message or an exception, and every
+message from the server passes :func:`dsbackup.storage.s3config.scrub`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import re
+import ssl
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from urllib.parse import unquote, urlsplit
+
+from dsbackup.errors import ArchiveUnavailable, ConfigError
+from dsbackup.storage.s3config import client_config, scrub, settings
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+MAX_RESPONSE = 16 << 20  # a listing page of 1000 entries is well under 1 MiB
+CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+
+def uri_encode(text: str, *, keep_slash: bool = False) -> str:
+    """AWS's URI encoding: every byte but A-Z a-z 0-9 - . _ ~ as %XX (upper-case hex)."""
+    return "".join(chr(b) if b in _UNRESERVED or (keep_slash and b == 0x2F) else f"%{b:02X}"
+                   for b in text.encode("utf-8"))
+
+
+def canonical_query(params: Sequence[tuple[str, str]]) -> str:
+    return "&".join(f"{k}={v}" for k, v in sorted((uri_encode(k), uri_encode(v))
+                                                    for k, v in params))
+
+
+def signing_key(secret: str, datestamp: str, region: str, service: str = "s3") -> bytes:
+    k = hmac.new(b"AWS4" + secret.encode(), datestamp.encode(), hashlib.sha256).digest()
+    for part in (region, service, "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    return k
+
+
+def authorization(method: str, path: str, params: Sequence[tuple[str, str]],
+                  headers: dict[str, str], payload_sha256: str, creds: Credentials,
+                  region: str, amz_date: str, service: str = "s3") -> str:
+    """The Authorization header value for a request whose `headers` (all of them signed)
+    already hold ``host`` and ``x-amz-date``; `path` is the encoded path as sent."""
+    canon = {k.lower(): " ".join(v.strip().split()) for k, v in headers.items()}
+    names = sorted(canon)
+    signed = ";".join(names)
+    creq = "\n".join([method, path, canonical_query(params),
+                      "".join(f"{n}:{canon[n]}\n" for n in names), signed, payload_sha256])
+    scope = f"{amz_date[:8]}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
+                         hashlib.sha256(creq.encode()).hexdigest()])
+    key = signing_key(creds.secret_access_key, amz_date[:8], region, service)
+    sig = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return (f"AWS4-HMAC-SHA256 Credential={creds.access_key_id}/{scope},"
+            f"SignedHeaders={signed},Signature={sig}")
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    date: datetime  # the server's clock (its Date header), else ours
+
+    def xml(self) -> ET.Element:
+        try:
+            root = ET.fromstring(self.body)
+        except ET.ParseError as exc:
+            raise ArchiveUnavailable(f"the S3 server sent a response that is not XML ({exc})"
+                                     ) from None
+        for el in root.iter():  # drop the namespace: {http://s3.amazonaws.com/doc/...}Key
+            el.tag = el.tag.rpartition("}")[2]
+        return root
+
+
+@dataclass(frozen=True)
+class Upload:
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+@dataclass(frozen=True)
+class Part:
+    number: int
+    last_modified: datetime
+    size: int
+
+
+class S3ApiError(ArchiveUnavailable):
+    """A request failed: the server's status and error code, or the connection's error."""
+
+    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
+        super().__init__(scrub(message))
+        self.status = status
+        self.code = code
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time as S3 writes it (``2026-12-06T18:00:00.000Z``), in UTC."""
+    m = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?(Z|[+-]\d\d:?\d\d)?",
+                     text.strip())
+    if not m:
+        raise S3ApiError(f"the S3 server sent an unreadable time {text[:40]!r}")
+    y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
+    t = datetime(y, mo, d, h, mi, s, tzinfo=timezone.utc)
+    off = m.group(8)
+    if off and off != "Z":
+        sign = 1 if off[0] == "+" else -1
+        digits = off[1:].replace(":", "")
+        t -= sign * (datetime(1, 1, 1, int(digits[:2]), int(digits[2:])) - datetime(1, 1, 1))
+    return t
+
+
+def _text(el: ET.Element, name: str, default: str = "") -> str:
+    child = el.find(name)
+    return child.text or "" if child is not None else default
+
+
+def _int(el: ET.Element, name: str) -> int:
+    text = _text(el, name, "0")
+    try:
+        return int(text)
+    except ValueError:
+        raise S3ApiError(f"the S3 server sent an unreadable {name} {text[:40]!r}") from None
+
+
+class S3Api:
+    """Signed requests to one endpoint with the client's credentials, timeout and retries."""
+
+    def __init__(self, cfg: dict[str, str], *, timeout_s: float = 60.0, retries: int = 5) -> None:
+        if not (cfg.get("access_key_id") and cfg.get("secret_access_key")):
+            raise ConfigError("no S3 access key in the environment or ~/.aws files (the "
+                              "instance's own credentials are not used for this request)")
+        self.creds = Credentials(cfg["access_key_id"], cfg["secret_access_key"],
+                                 cfg.get("session_token"))
+        self.region = cfg.get("region") or "us-east-1"
+        endpoint = cfg.get("endpoint") or f"https://s3.{self.region}.amazonaws.com"
+        u = urlsplit(endpoint)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ConfigError(f"S3 endpoint {endpoint!r} is not an http(s) URL")
+        self.https = u.scheme == "https"
+        self.netloc = u.netloc.rpartition("@")[2]
+        self.hostname = u.hostname
+        self.port = u.port
+        self.base = u.path.rstrip("/")
+        self.timeout_s = timeout_s
+        self.retries = retries
+
+    @classmethod
+    def from_config(cls) -> S3Api:
+        s = settings()
+        return cls(client_config(), timeout_s=s.timeout_s, retries=s.retries)
+
+    def path(self, bucket: str, key: str = "") -> str:
+        """The encoded request path (path-style: /BUCKET/KEY)."""
+        return uri_encode(f"{self.base}/{bucket}" + (f"/{key}" if key else ""), keep_slash=True)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.https:
+            return http.client.HTTPSConnection(self.hostname, self.port,
+                                               timeout=self.timeout_s,
+                                               context=ssl.create_default_context())
+        return http.client.HTTPConnection(self.hostname, self.port, timeout=self.timeout_s)
+
+    def _once(self, method: str, path: str, params: Sequence[tuple[str, str]]) -> Response:
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        headers = {"host": self.netloc, "x-amz-date": amz_date,
+                   "x-amz-content-sha256": EMPTY_SHA256}
+        if self.creds.session_token:
+            headers["x-amz-security-token"] = self.creds.session_token
+        headers["Authorization"] = authorization(method, path, params, headers, EMPTY_SHA256,
+                                                 self.creds, self.region, amz_date)
+        query = "&".join(f"{uri_encode(k)}={uri_encode(v)}" if v else uri_encode(k)
+                         for k, v in params)
+        conn = self._connection()
+        try:
+            conn.request(method, f"{path}?{query}" if query else path, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read(MAX_RESPONSE + 1)
+            when = resp.getheader("Date")
+        finally:
+            conn.close()
+        if len(body) > MAX_RESPONSE:
+            raise S3ApiError(f"{method} response over {MAX_RESPONSE} bytes")
+        try:
+            date = parsedate_to_datetime(when) if when else datetime.now(timezone.utc)
+        except (TypeError, ValueError):
+            date = datetime.now(timezone.utc)
+        return Response(resp.status, body, date.astimezone(timezone.utc))
+
+    def request(self, method: str, bucket: str, key: str = "",
+                params: Sequence[tuple[str, str]] = ()) -> Response:
+        """One request, retried with backoff on connection errors and 5xx/429 answers within
+        the retry window; any other status but 2xx is an S3ApiError with the server's code."""
+        what = f"{method} s3://{bucket}/{key}" + (f" ({params[0][0]})" if params else "")
+        path = self.path(bucket, key)
+        deadline = time.monotonic() + self.timeout_s
+        delay = 0.1
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries or time.monotonic() + delay > deadline
+            try:
+                r = self._once(method, path, params)
+            except (OSError, http.client.HTTPException) as exc:
+                if last:
+                    raise S3ApiError(f"{what} failed: {type(exc).__name__}: {exc}") from None
+            else:
+                if 200 <= r.status < 300:
+                    return r
+                if not (r.status >= 500 or r.status == 429) or last:
+                    code, msg = self._error(r)
+                    raise S3ApiError(f"{what} failed: HTTP {r.status} {code}"
+                                     + (f": {msg}" if msg else ""), r.status, code)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _error(r: Response) -> tuple[str, str]:
+        """The error's Code and Message (never the rest: AWS echoes the string it signed)."""
+        try:
+            root = r.xml()
+        except ArchiveUnavailable:
+            return "", ""
+        return _text(root, "Code"), _text(root, "Message")[:200]
+
+    def list_multipart_uploads(self, bucket: str, prefix: str,
+                               ) -> Iterator[tuple[Upload, datetime]]:
+        """The unfinished uploads whose key starts with `prefix` and has no further ``/``
+        (servers that ignore the delimiter list deeper ones too), all pages, each with the
+        server's time of the page that listed it."""
+        key_marker = id_marker = ""
+        while True:
+            # delimiter: uploads in sub-prefixes come back as one CommonPrefixes entry each
+            params = [("uploads", ""), ("prefix", prefix), ("delimiter", "/"),
+                      ("encoding-type", "url")]
+            if key_marker:
+                params += [("key-marker", key_marker), ("upload-id-marker", id_marker)]
+            r = self.request("GET", bucket, "", params)
+            root = r.xml()
+            encoded = _text(root, "EncodingType") == "url"
+
+            def dec(s: str, encoded: bool = encoded) -> str:
+                return unquote(s) if encoded else s
+
+            for el in root.findall("Upload"):
+                yield Upload(dec(_text(el, "Key")), _text(el, "UploadId"),
+                             parse_time(_text(el, "Initiated"))), r.date
+            if _text(root, "IsTruncated").lower() != "true":
+                return
+            nk, ni = dec(_text(root, "NextKeyMarker")), _text(root, "NextUploadIdMarker")
+            if not nk or (nk, ni) == (key_marker, id_marker):
+                raise S3ApiError(f"ListMultipartUploads of s3://{bucket}/{prefix}: the server "
+                                 "said there is more but gave no new marker")
+            key_marker, id_marker = nk, ni
+
+    def list_parts(self, bucket: str, key: str, upload_id: str) -> Iterator[Part]:
+        marker = ""
+        while True:
+            params = [("uploadId", upload_id)]
+            if marker:
+                params.append(("part-number-marker", marker))
+            root = self.request("GET", bucket, key, params).xml()
+            for el in root.findall("Part"):
+                yield Part(_int(el, "PartNumber"), parse_time(_text(el, "LastModified")),
+                           _int(el, "Size"))
+            if _text(root, "IsTruncated").lower() != "true":
+                return
+            nxt = _text(root, "NextPartNumberMarker")
+            if not nxt or nxt == marker:
+                raise S3ApiError(f"ListParts of s3://{bucket}/{key}: the server said there is "
+                                 "more but gave no new marker")
+            marker = nxt
+
+    def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> bool:
+        """Abort the upload; False when it was already gone (finished or aborted)."""
+        try:
+            self.request("DELETE", bucket, key, [("uploadId", upload_id)])
+        except S3ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True

@@ -1,0 +1,135 @@
+"""Stale multipart uploads of a prefix: found and aborted by the next backup to the prefix and
+by ``prune`` of it (docs/STORAGE.md "Stale uploads").
+
+A backup uploads straight to its archive's key (completion is the rename), so a backup killed
+with SIGKILL, or one whose abort could not reach the server, leaves an unfinished upload at
+that key, whose parts the provider keeps (and bills) until it is aborted. Which uploads are
+dsbackup's, and stale:
+
+- **dsbackup's**: the key lies directly under the prefix (no further ``/``) and its name is
+  not hidden (no leading dot): the keys ``prune`` and ``--parent-dir`` treat as the prefix's
+  archives. Uploads in sub-prefixes and hidden names are never touched.
+- **stale**: nothing happened to it for ``stale_hours`` (default 24; ``--s3-stale-hours``,
+  ``DSBACKUP_S3_STALE_HOURS``, the scheduler's ``s3_stale_hours``; ``off``): it was initiated
+  that long ago *and* its newest part is that old, both measured on the server's clock (the
+  Date of the listing's response), so a running backup — which uploads a part every few
+  seconds — is left alone however long it has been running, and clock skew does not count.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from dsbackup.errors import DsBackupError
+from dsbackup.storage.location import S3Location
+from dsbackup.storage.s3api import S3Api, S3ApiError
+from dsbackup.storage.s3config import client_config, scrub, settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StaleUpload:
+    location: S3Location
+    upload_id: str
+    initiated: datetime
+    last_activity: datetime  # the newest part's time, else the initiation
+    idle: timedelta
+    parts: int
+    size: int
+    aborted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"location": str(self.location), "upload_id": self.upload_id,
+                "initiated": self.initiated.isoformat(),
+                "last_activity": self.last_activity.isoformat(),
+                "idle_hours": round(self.idle.total_seconds() / 3600, 3),
+                "parts": self.parts, "bytes": self.size, "aborted": self.aborted}
+
+
+def is_own(prefix: S3Location, key: str) -> bool:
+    """A key dsbackup may have uploaded an archive to: directly under the prefix, not hidden."""
+    p = prefix.prefix
+    if not key.startswith(p):
+        return False
+    name = key[len(p):]
+    return bool(name) and "/" not in name and not name.startswith(".")
+
+
+def find_stale(prefix: S3Location, hours: float, api: S3Api | None = None,
+               ) -> list[StaleUpload]:
+    """dsbackup's unfinished uploads under `prefix` idle for `hours` or more."""
+    api = api or S3Api.from_config()
+    limit = timedelta(hours=hours)
+    out = []
+    for up, now in api.list_multipart_uploads(prefix.bucket, prefix.prefix):
+        if not is_own(prefix, up.key) or now - up.initiated < limit:
+            continue  # not ours, or started recently: live
+        last, count, size = up.initiated, 0, 0
+        try:
+            for part in api.list_parts(prefix.bucket, up.key, up.upload_id):
+                last = max(last, part.last_modified)
+                count += 1
+                size += part.size
+        except S3ApiError as exc:
+            if exc.status == 404:  # finished or aborted meanwhile
+                continue
+            raise
+        if now - last >= limit:
+            out.append(StaleUpload(S3Location(prefix.bucket, up.key), up.upload_id,
+                                   up.initiated, last, now - last, count, size))
+    return out
+
+
+def abort_stale(prefix: S3Location, *, dry_run: bool = False, api: S3Api | None = None,
+                ) -> list[StaleUpload]:
+    """Abort (unless `dry_run`) dsbackup's stale uploads under `prefix`, each said on stderr;
+    nothing when the age is ``off``. Raises ArchiveError/ConfigError when the listing fails."""
+    hours = settings().stale_hours
+    if hours is None:
+        return []
+    api = api or S3Api.from_config()
+    done = []
+    for st in find_stale(prefix, hours, api):
+        what = (f"{st.location}: {'would abort' if dry_run else 'aborted'} an unfinished "
+                f"multipart upload idle for {_age(st.idle)} ({st.parts} part(s), "
+                f"{st.size / 1e6:.1f} MB; an interrupted backup's)")
+        if not dry_run:
+            if not api.abort_multipart_upload(st.location.bucket, st.location.key,
+                                              st.upload_id):
+                continue  # gone meanwhile
+            st = StaleUpload(**{**st.__dict__, "aborted": True})
+        log.warning("%s", what)
+        done.append(st)
+    return done
+
+
+def clean_before_backup(loc: S3Location) -> None:
+    """The backup's turn: abort stale uploads of `loc`'s prefix; a failure is a warning (the
+    backup goes on), and without keys of our own (instance credentials) a note at -v."""
+    if settings().stale_hours is None:
+        return
+    try:
+        if not client_config().get("secret_access_key"):
+            log.info("%s: stale multipart uploads not checked (needs keys from the "
+                     "environment or ~/.aws; a lifecycle rule can remove them)", loc.parent)
+            return
+        abort_stale(loc.parent)
+    except DsBackupError as exc:
+        log.warning("%s: could not check for stale multipart uploads (%s); the backup goes "
+                    "on", loc.parent, scrub(str(exc)))
+    except Exception as exc:  # noqa: BLE001 - housekeeping never fails the backup
+        log.warning("%s: could not check for stale multipart uploads (%s: %s); the backup "
+                    "goes on", loc.parent, type(exc).__name__, scrub(str(exc))[:200])
+
+
+def _age(d: timedelta) -> str:
+    s = int(d.total_seconds())
+    if s >= 2 * 86400:
+        return f"{s // 86400} days"
+    if s >= 3600:
+        return f"{s / 3600:.1f} hours"
+    return f"{s} s"
