@@ -130,7 +130,7 @@ class PagedIndexBuilder:
         self._table += _ENTRY.pack(
             e.seq, e.offset, e.length, e.payload_len, e.records, e.payload_xxh3,
             e.member_xxh3, e.keys_xxh3, len(self._keys), len(e.first_key), len(e.last_key),
-            e.flags, 0,
+            e.flags, e.epoch,
         )
         self._keys += e.first_key
         self._keys += e.last_key

@@ -2,8 +2,14 @@
 
 The temp file a dead writer left beside the archive (no live lock, dsbackup.storage.tempfiles)
 is rescanned (dsbackup.archive.resume); its manifest must match this run's settings; it is cut
-after its last whole, checked chunk, and the store is scanned again from the key after that
-chunk's last key — for LMDB in a new read snapshot, recorded in the summary's `resumed` list.
+after its last whole, checked chunk (a paged archive: after its last index page), and the store
+is scanned again from the key after that chunk's last key — for LMDB in a new read snapshot,
+recorded in the summary's `resumed` list.
+
+An encrypted temp file is resumed with its own data key (the same key options as the backup)
+under a new nonce epoch, one more than any run of it used, made durable on the file before
+anything is written; a file whose sealing state is unknown or says its index was being written
+is refused (docs/FORMAT.md §11.4, dsbackup.storage.resumestate).
 """
 
 from __future__ import annotations
@@ -20,19 +26,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dsbackup.archive.resume import ResumeState, manifest_settings, rescan
+from dsbackup.archive.epochs import MAX_EPOCH
+from dsbackup.archive.pages import default_page_entries
+from dsbackup.archive.resume import ResumeState, is_encrypted, manifest_settings, rescan
 from dsbackup.engine.full import FullStream
 from dsbackup.engine.manifest import ScanOutcome, manifest_for
 from dsbackup.engine.plan import BackupPlan
 from dsbackup.errors import ArchiveError
 from dsbackup.pipeline.central import ChunkSettings, central_chunks
+from dsbackup.storage import resumestate
 from dsbackup.storage.local import ResumedSink
 from dsbackup.storage.tempfiles import stale_temp_files, temp_path_for
 
 log = logging.getLogger(__name__)
-
-# the resume history travels with the temp file's inode (lost where user xattrs are not kept)
-_EPOCHS_XATTR = "user.dsbackup.resumed"
 
 
 @dataclass
@@ -46,7 +52,7 @@ class Resumption:
         """Keep the resume history on the temp file, for a later resume of this one."""
         if snapshot is not None:
             self.epoch["snapshot"] = snapshot
-        _save_epochs(self.fd, [*self.state.epochs, self.epoch])
+        resumestate.save_epochs(self.fd, [*self.state.epochs, self.epoch])
 
 
 def find_temp(final: Path) -> tuple[Path, int] | None:
@@ -90,19 +96,40 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
-def _load_epochs(fd: int) -> list[dict[str, Any]]:
-    try:
-        epochs = json.loads(os.getxattr(fd, _EPOCHS_XATTR))
-    except (OSError, ValueError):
-        return []
-    return epochs if isinstance(epochs, list) else []
+def _runs(epochs: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(epoch, from_seq) of the earlier resumes, as far as the history is well formed."""
+    out: list[tuple[int, int]] = []
+    for e in epochs:
+        if not (isinstance(e, dict) and type(e.get("epoch")) is int
+                and type(e.get("from_seq")) is int):
+            break
+        out.append((e["epoch"], e["from_seq"]))
+    return out
 
 
-def _save_epochs(fd: int, epochs: list[dict[str, Any]]) -> None:
-    try:
-        os.setxattr(fd, _EPOCHS_XATTR, json.dumps(epochs).encode())
-    except OSError as exc:
-        log.info("cannot keep the resume history on the temporary file: %s", exc)
+def _check_sealing(fd: int, name: str) -> None:
+    """An encrypted temp file is resumable only while its writer was sealing chunks: its
+    sealing state says so (docs/FORMAT.md §11.4)."""
+    state = resumestate.sealing(fd)
+    if state == resumestate.WRITING:
+        return
+    if state == resumestate.FINISHING:
+        why = ("its writer was killed while writing the index, after the last chunk: an "
+               "encrypted archive's index is sealed once")
+    else:
+        why = ("it has no sealing state (this filesystem does not keep user extended "
+               "attributes, or its writer could not record them), so the nonces its runs used "
+               "are not known")
+    raise ArchiveError(f"cannot resume {name}: {why}; leave out --resume to start again "
+                       "(that removes it)")
+
+
+def _paged_difference(paged: bool, mode: str) -> str | None:
+    if paged and mode == "never":
+        return "the index is paged there, --paged-index never now"
+    if not paged and mode == "always":
+        return "the index is single there, --paged-index always now"
+    return None
 
 
 def plan_resumed(plan: BackupPlan, stream: FullStream) -> tuple[BackupPlan, FullStream] | None:
@@ -114,13 +141,20 @@ def plan_resumed(plan: BackupPlan, stream: FullStream) -> tuple[BackupPlan, Full
     if found is None:
         return None
     tmp, fd = found
+    state: ResumeState | None = None
     try:
-        state = rescan(fd, str(tmp))
+        epochs = resumestate.load_epochs(fd)
+        sealed = is_encrypted(fd)
+        if sealed and plan.cfg.encryption is not None:
+            _check_sealing(fd, tmp.name)  # before reading the file
+        state = rescan(fd, str(tmp), key=plan.cfg.encryption, runs=_runs(epochs),
+                       page_entries=plan.page_entries or default_page_entries())
         old = state.manifest
         settings = manifest_settings(old)
         if plan.cfg.chunk_size is None and isinstance(settings.get("chunk_size"), int):
             plan = dataclasses.replace(plan, chunk_size=settings["chunk_size"])  # auto: kept
-        diff = _difference(old, manifest_for(plan))
+        diff = (_difference(old, manifest_for(plan))
+                or _paged_difference(state.paged, plan.cfg.paged_index))
         if diff is not None:
             raise ArchiveError(f"cannot resume {tmp.name}: {diff} (give the same settings, or "
                                "leave out --resume to start again: that removes it)")
@@ -129,14 +163,28 @@ def plan_resumed(plan: BackupPlan, stream: FullStream) -> tuple[BackupPlan, Full
         except (KeyError, TypeError, ValueError):
             raise ArchiveError(f"cannot resume {tmp.name}: its manifest has no valid "
                                "'created'") from None
-        epochs = _load_epochs(fd)
-        epoch = {"epoch": len(epochs) + 1, "from_seq": state.next_seq, "snapshot": None}
+        used = [e["epoch"] for e in epochs if isinstance(e, dict)
+                and type(e.get("epoch")) is int]
+        number = max(used, default=len(epochs)) + 1
+        epoch = {"epoch": number, "from_seq": state.next_seq, "snapshot": None}
         state.epochs = epochs
+        if state.cipher is not None:  # the new epoch on disk before any member (§11.4)
+            if number > MAX_EPOCH:
+                raise ArchiveError(f"cannot resume {tmp.name}: resumed {number - 1} times, "
+                                   "the most an encrypted archive can be")
+            state.epoch = number
+            try:
+                resumestate.save_epochs(fd, [*epochs, epoch], durable=True)
+            except OSError as exc:
+                raise ArchiveError(f"cannot resume {tmp.name}: cannot record its new nonce "
+                                   f"epoch on the file: {exc.strerror}") from None
         mine = temp_path_for(final)
         os.rename(tmp, mine)  # ours now: its name carries this process's PID
         sink = ResumedSink(final, mine, fd, state.end, overwrite=plan.cfg.overwrite)
     except BaseException:
         os.close(fd)  # the file stays as it was (resumable by a run with the right settings)
+        if state is not None and state.cipher is not None:
+            state.cipher.close()
         raise
     log.warning("resuming %s from %s: %d chunks (%d records) kept, %d bytes after them "
                 "dropped; scanning on from the key after %r", final, tmp.name, state.next_seq,

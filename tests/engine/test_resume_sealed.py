@@ -1,0 +1,279 @@
+"""backup --resume of an encrypted archive (docs/FORMAT.md §11.4, §11.5): the dead writer's
+file is opened with the same key, its kept members are opened (tags checked), and the rest is
+sealed under a new nonce epoch that was made durable on the file first. The dead writer's file
+is a prefix of a finished archive with the sealing state a writer killed while sealing chunks
+leaves (user.dsbackup.sealing = writing)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dsbackup import datasets
+from dsbackup.archive import crypto
+from dsbackup.archive import format as fmt
+from dsbackup.archive.crypto import KeyMaterial, open_archive_key, parse_key_header
+from dsbackup.archive.member import decode_member, member_end
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.verify import verify_archive
+from dsbackup.datastores import open_datastore
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
+from dsbackup.errors import ArchiveError, IntegrityError, WrongKeyError
+from dsbackup.storage import resumestate
+
+CHUNK = 200
+KEY = KeyMaterial(key=b"k" * 32)
+
+
+@pytest.fixture(autouse=True)
+def small_scrypt(monkeypatch):
+    monkeypatch.setenv(crypto.TEST_LOG2_N_ENV, "14")
+
+
+@pytest.fixture
+def store(tmp_path):
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(12000))
+    return src
+
+
+def contents(uri: str) -> list[tuple[bytes, bytes]]:
+    out = []
+    with open_datastore(uri, readonly=True) as ds:
+        for keys, values in ds.scan_batches():
+            out += list(zip(keys, values))
+    return out
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def backup(store, final, key=KEY, **cfg):
+    c = dict(chunk_size=CHUNK, workers=2, encryption=key)
+    c.update(cfg)
+    return BackupManager(BackupConfig(**c)).create_backup(f"lmdb:{store}", final)
+
+
+def killed_copy(data: bytes, final: Path, *, sealing: bytes | None = resumestate.WRITING,
+                epochs: list | None = None) -> Path:
+    """A dead writer's temp file for `final` holding `data`, with its resume notes."""
+    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
+    tmp.write_bytes(data)
+    try:
+        if sealing is not None:
+            os.setxattr(tmp, resumestate.SEALING_XATTR, sealing)
+        if epochs is not None:
+            os.setxattr(tmp, resumestate.EPOCHS_XATTR, json.dumps(epochs).encode())
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EPERM):
+            pytest.skip("no user extended attributes on this filesystem")
+        raise
+    return tmp
+
+
+def member_end_of(archive: Path, chunk: int, key=KEY, catalog: bool = False) -> int:
+    with ArchiveReader(archive, key=key) as r:
+        m = r.index.catalog(chunk) if catalog else r.index.entry(chunk)
+        return m.offset + m.length
+
+
+def sealed_members(data: bytes, run_epoch: int, key=KEY) -> dict[tuple[int, int, int], bytes]:
+    """Every sealed member of a file (a finished archive or a dead writer's prefix, written
+    last by the run of `run_epoch`): (type, epoch, seq) -> its member bytes. A whole member's
+    epoch is the one its tag opens under; a torn tail member is the last run's."""
+    mv = memoryview(data)
+    sub, pos = member_end(mv, 0)
+    _, kdata = decode_member(mv[:pos], "key", expected_type=fmt.TYPE_KEY,
+                             expected_name=fmt.KEY_NAME)
+    cipher = open_archive_key(parse_key_header(kdata, "key"), key, sub.version, "key")
+    out: dict[tuple[int, int, int], bytes] = {}
+    if data.endswith(bytes(1024) + fmt.member_tail(fmt.TRAILER_CRC, 1024)):  # up to its trailer
+        mv = mv[:len(mv) - fmt.TRAILER_SIZE]
+    while pos < len(mv):
+        try:
+            sub, end = member_end(mv, pos)
+        except IntegrityError:  # the torn tail: its nonce is the last run's
+            sub = fmt.parse_member_head(mv[pos:], "torn")
+            seq = sub.seq if sub.member_type == fmt.TYPE_CHUNK else _name_seq(mv[pos:])
+            out[(sub.member_type, run_epoch, seq)] = bytes(mv[pos:])
+            break
+        _, sealed = decode_member(mv[pos:end], "m", expected_type=sub.member_type,
+                                  expected_name=None)
+        seq = sub.seq if sub.member_type == fmt.TYPE_CHUNK else _name_seq(mv[pos:end])
+        for e in range(run_epoch + 1):
+            try:
+                cipher.open(sub.member_type, seq, sealed, "m", epoch=e)
+            except IntegrityError:
+                continue
+            out[(sub.member_type, e, seq)] = bytes(mv[pos:end])
+            break
+        else:
+            raise AssertionError(f"member at {pos} opens under no epoch")
+        pos = end
+    cipher.close()
+    return out
+
+
+def _name_seq(member: memoryview) -> int:
+    """The seq in a catalog's or page's tar entry name (0 for the single members)."""
+    head = bytes(member[:2048])
+    for prefix in (b"dsbackup/catalog/", b"dsbackup/pages/"):
+        if prefix in head:
+            digits = head.split(prefix, 1)[1][:20].split(b"\0")[0]
+            return int(digits)
+    return 0
+
+
+def no_nonce_reuse(files: list[tuple[bytes, int]]) -> set[int]:
+    """Across the files a backup's runs left, no (type, epoch, seq) names two different
+    member byte strings (a torn one: its bytes so far); the epochs seen."""
+    seen: dict[tuple[int, int, int], bytes] = {}
+    for data, run_epoch in files:
+        for k, v in sealed_members(data, run_epoch).items():
+            old = seen.setdefault(k, v)
+            n = min(len(old), len(v))
+            assert old[:n] == v[:n], f"nonce {k} sealed two different members"
+    return {e for (_t, e, _s) in seen}
+
+
+def add_after(store, archive: Path, chunk: int) -> None:
+    """Write a record right after chunk `chunk`'s last key (as if written after the kill)."""
+    with ArchiveReader(archive, key=KEY) as r:
+        key = r.index.entry(chunk).last_key + b"~late"
+    with open_datastore(f"lmdb:{store}") as ds:
+        ds.put_many([key], [b"late value"])
+
+
+def test_resume_encrypted_verifies_and_restores(tmp_path, store):
+    full = tmp_path / "full.tar.gz"
+    backup(store, full)
+    final = tmp_path / "a.tar.gz"
+    tmp = killed_copy(full.read_bytes()[:member_end_of(full, 20) + 777], final)
+    meta = backup(store, final, resume=True)
+    assert meta.total_keys == 12000
+    assert not tmp.exists() and not final.with_name(tmp.name).exists()
+    report = BackupManager().verify_backup(final, deep=True, key=KEY)
+    assert report.ok, report.errors
+    assert verify_archive(final, deep=False).ok  # without the key: the sealed walk
+    with ArchiveReader(final, key=KEY) as r:
+        assert r.encrypted and r.summary["resumed"][0]["epoch"] == 1
+        assert r.summary["resumed"][0]["from_seq"] == 21
+        epochs = [r.index.entry(i).epoch for i in range(r.chunk_count)]
+    assert epochs == [0] * 21 + [1] * (len(epochs) - 21)
+    assert os.listxattr(final) == []  # the resume notes stay off the archive
+    dst = tmp_path / "dst"
+    BackupManager().restore_backup(final, f"lmdb:{dst}", key=KEY)
+    assert contents(f"lmdb:{dst}") == contents(f"lmdb:{store}")
+
+
+def test_resume_twice_never_reuses_a_nonce(tmp_path, store):
+    """Killed, resumed and killed again, resumed: every (type, epoch, seq) the three runs left
+    in the file at any time names one sealed byte string (no nonce reuse under the data key),
+    and the index entries record the epochs the members open under."""
+    full = tmp_path / "full.tar.gz"
+    backup(store, full, include_metadata=True)
+    first = full.read_bytes()[:member_end_of(full, 10, catalog=True) + 500]
+    (tmp_path / "one").mkdir()
+    mid = tmp_path / "one" / "a.tar.gz"  # the first resume, finished: its prefix is the
+    killed_copy(first, mid)  # second kill's file
+    add_after(store, full, 10)  # the rewritten chunks differ from the dead writer's
+    backup(store, mid, resume=True, include_metadata=True)
+    with ArchiveReader(mid, key=KEY) as r:
+        history = r.summary["resumed"]
+        assert [e["epoch"] for e in history] == [1] and history[0]["from_seq"] == 11
+    second = mid.read_bytes()[:member_end_of(mid, 30, catalog=True) + 100]  # 31 torn
+    (tmp_path / "two").mkdir()
+    final = tmp_path / "two" / "a.tar.gz"
+    killed_copy(second, final, epochs=history)
+    add_after(store, mid, 30)
+    backup(store, final, resume=True, include_metadata=True)
+    assert BackupManager().verify_backup(final, deep=True, key=KEY).ok
+    with ArchiveReader(final, key=KEY) as r:
+        runs = r.summary["resumed"]
+        assert [(e["epoch"], e["from_seq"]) for e in runs] == [(1, 11), (2, 31)]
+        epochs = [r.index.entry(i).epoch for i in range(r.chunk_count)]
+    assert epochs == [0] * 11 + [1] * 20 + [2] * (len(epochs) - 31)
+    assert no_nonce_reuse([(first, 0), (second, 1), (final.read_bytes(), 2)]) == {0, 1, 2}
+    dst = tmp_path / "dst"
+    BackupManager().restore_backup(final, f"lmdb:{dst}", key=KEY)
+    assert contents(f"lmdb:{dst}") == contents(f"lmdb:{store}")
+
+
+def test_wrong_key_or_no_key_is_refused_and_the_file_untouched(tmp_path, store):
+    full = tmp_path / "full.tar.gz"
+    backup(store, full)
+    final = tmp_path / "a.tar.gz"
+    tmp = killed_copy(full.read_bytes()[:member_end_of(full, 5) + 50], final)
+    before = tmp.read_bytes(), os.listxattr(tmp)
+    with pytest.raises(WrongKeyError, match="wrong passphrase or key"):
+        backup(store, final, key=KeyMaterial(key=b"x" * 32), resume=True)
+    with pytest.raises(WrongKeyError, match="wrong passphrase or key"):
+        backup(store, final, key=KeyMaterial(passphrase=b"p"), resume=True)
+    with pytest.raises(ArchiveError, match="is an encrypted archive; give --encrypt"):
+        backup(store, final, key=None, resume=True)
+    assert (tmp.read_bytes(), os.listxattr(tmp)) == before and not final.exists()
+    backup(store, final, resume=True)
+    assert BackupManager().verify_backup(final, deep=True, key=KEY).ok
+
+
+@pytest.mark.parametrize("sealing,message", [
+    (None, "has no sealing state"),
+    (resumestate.FINISHING, "killed while writing the index"),
+])
+def test_unknown_or_finishing_sealing_state_is_refused(tmp_path, store, sealing, message):
+    full = tmp_path / "full.tar.gz"
+    backup(store, full)
+    final = tmp_path / "a.tar.gz"
+    tmp = killed_copy(full.read_bytes()[:member_end_of(full, 5) + 50], final, sealing=sealing)
+    before = tmp.read_bytes()
+    with pytest.raises(ArchiveError, match=f"cannot resume .*{message}"):
+        backup(store, final, resume=True)
+    assert tmp.read_bytes() == before
+
+
+def test_without_user_xattrs_encrypted_resume_is_refused(tmp_path, store, monkeypatch):
+    """A filesystem that keeps no user extended attributes: the writer cannot record its
+    sealing state, so the temp file it leaves is not resumable (refused, not risked)."""
+    def unsupported(*a, **k):
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+
+    for name in ("setxattr", "getxattr", "removexattr"):
+        monkeypatch.setattr(os, name, unsupported)
+    full = tmp_path / "full.tar.gz"
+    backup(store, full)  # the backup itself works
+    assert BackupManager().verify_backup(full, deep=True, key=KEY).ok
+    final = tmp_path / "a.tar.gz"
+    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
+    tmp.write_bytes(full.read_bytes()[:member_end_of(full, 5) + 50])
+    with pytest.raises(ArchiveError, match="has no sealing state"):
+        backup(store, final, resume=True)
+    assert tmp.exists()
+
+
+def test_a_writer_marks_finishing_before_it_seals_the_index(tmp_path, store, monkeypatch):
+    from dsbackup.archive.writer import ArchiveWriter
+
+    seen = []
+    real = ArchiveWriter._write_data_member
+
+    def spy(self, mtype, *a, **k):
+        if mtype == fmt.TYPE_INDEX:
+            seen.append(resumestate.sealing(self._sink._fd))
+        return real(self, mtype, *a, **k)
+
+    monkeypatch.setattr(ArchiveWriter, "_write_data_member", spy)
+    try:
+        os.setxattr(tmp_path, "user.probe", b"1")
+    except OSError:
+        pytest.skip("no user extended attributes on this filesystem")
+    backup(store, tmp_path / "a.tar.gz")
+    assert seen == [resumestate.FINISHING]
