@@ -218,3 +218,20 @@ def test_a_writer_marks_finishing_before_it_seals_the_index(tmp_path, store, mon
         pytest.skip("no user extended attributes on this filesystem")
     backup(store, tmp_path / "a.tar.gz")
     assert seen == [resumestate.FINISHING]
+
+
+def test_a_kept_member_is_opened_under_its_runs_epoch(tmp_path, store):
+    """The rescan opens each kept chunk under the epoch the resume history gives its seq: a
+    member whose tag fails there (here: the history says run 1 wrote from chunk 8, but the
+    bytes are run 0's) is cut with everything after it, and the new run takes epoch 2."""
+    full = tmp_path / "full.tar.gz"
+    backup(store, full)
+    final = tmp_path / "a.tar.gz"
+    killed_copy(full.read_bytes()[:member_end_of(full, 20)], final,
+                epochs=[{"epoch": 1, "from_seq": 8, "snapshot": None}])
+    backup(store, final, resume=True)
+    assert BackupManager().verify_backup(final, deep=True, key=KEY).ok
+    with ArchiveReader(final, key=KEY) as r:
+        assert [(e["epoch"], e["from_seq"]) for e in r.summary["resumed"]] == [(1, 8), (2, 8)]
+        epochs = [r.index.entry(i).epoch for i in range(r.chunk_count)]
+    assert epochs == [0] * 8 + [2] * (len(epochs) - 8)
