@@ -235,3 +235,14 @@ def test_a_kept_member_is_opened_under_its_runs_epoch(tmp_path, store):
         assert [(e["epoch"], e["from_seq"]) for e in r.summary["resumed"]] == [(1, 8), (2, 8)]
         epochs = [r.index.entry(i).epoch for i in range(r.chunk_count)]
     assert epochs == [0] * 8 + [2] * (len(epochs) - 8)
+
+
+def test_a_damaged_resume_history_is_refused(tmp_path, store):
+    full = tmp_path / "full.tar.gz"
+    backup(store, full)
+    final = tmp_path / "a.tar.gz"
+    tmp = killed_copy(full.read_bytes()[:member_end_of(full, 5)], final,
+                      epochs=[{"epoch": 2, "from_seq": 1}, {"epoch": 1, "from_seq": 3}])
+    with pytest.raises(ArchiveError, match="its resume history .* is damaged"):
+        backup(store, final, resume=True)
+    assert tmp.exists()

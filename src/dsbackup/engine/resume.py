@@ -26,13 +26,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dsbackup.archive.epochs import MAX_EPOCH
+from dsbackup.archive.epochs import MAX_EPOCH, resumed_runs
 from dsbackup.archive.pages import default_page_entries
 from dsbackup.archive.resume import ResumeState, is_encrypted, manifest_settings, rescan
 from dsbackup.engine.full import FullStream
 from dsbackup.engine.manifest import ScanOutcome, manifest_for
 from dsbackup.engine.plan import BackupPlan
-from dsbackup.errors import ArchiveError
+from dsbackup.errors import ArchiveError, IntegrityError
 from dsbackup.pipeline.central import ChunkSettings, central_chunks
 from dsbackup.storage import resumestate
 from dsbackup.storage.local import ResumedSink
@@ -144,10 +144,16 @@ def plan_resumed(plan: BackupPlan, stream: FullStream) -> tuple[BackupPlan, Full
     state: ResumeState | None = None
     try:
         epochs = resumestate.load_epochs(fd)
-        sealed = is_encrypted(fd)
-        if sealed and plan.cfg.encryption is not None:
+        runs = _runs(epochs)
+        if is_encrypted(fd) and plan.cfg.encryption is not None:
             _check_sealing(fd, tmp.name)  # before reading the file
-        state = rescan(fd, str(tmp), key=plan.cfg.encryption, runs=_runs(epochs),
+            try:  # its epochs must be exact: the nonces of the runs that wrote it
+                runs = resumed_runs({"resumed": epochs}, tmp.name)
+            except IntegrityError:
+                raise ArchiveError(f"cannot resume {tmp.name}: its resume history "
+                                   f"({resumestate.EPOCHS_XATTR}) is damaged; leave out "
+                                   "--resume to start again") from None
+        state = rescan(fd, str(tmp), key=plan.cfg.encryption, runs=runs,
                        page_entries=plan.page_entries or default_page_entries())
         old = state.manifest
         settings = manifest_settings(old)
