@@ -246,3 +246,22 @@ def test_a_damaged_resume_history_is_refused(tmp_path, store):
     with pytest.raises(ArchiveError, match="its resume history .* is damaged"):
         backup(store, final, resume=True)
     assert tmp.exists()
+
+
+@pytest.mark.parametrize("key", [KEY, None], ids=["encrypted", "plain"])
+def test_a_whole_archive_in_the_temp_file_is_checked_and_put_in_place(tmp_path, store, key):
+    """Killed after its trailer (while the archive was checked before the rename): the file
+    is an archive already; the resume checks it and puts it in place byte for byte, even for
+    an encrypted one marked `finishing`."""
+    full = tmp_path / "full.tar.gz"
+    backup(store, full, key=key)
+    final = tmp_path / "a.tar.gz"
+    tmp = killed_copy(full.read_bytes(), final,
+                      sealing=resumestate.FINISHING if key else None)
+    with pytest.raises(ArchiveError, match="cannot resume .*compression_level"):
+        backup(store, final, key=key, resume=True, compression_level=6)
+    assert tmp.exists() and not final.exists()
+    meta = backup(store, final, key=key, resume=True)
+    assert final.read_bytes() == full.read_bytes() and not tmp.exists()
+    assert meta.total_keys == 12000 and os.listxattr(final) == []
+    assert BackupManager().verify_backup(final, deep=True, key=key).ok

@@ -194,6 +194,8 @@ class BackupManager:
             if resumed is None:
                 log.warning("%s: no temporary file of an interrupted backup to resume; "
                             "starting a new backup", path)
+            elif isinstance(resumed, BackupMetadata):
+                return resumed  # a whole archive, checked and put in place
             else:
                 plan, stream = resumed
         return write_archive(plan, stream)

@@ -26,13 +26,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dsbackup.archive import format as fmt
 from dsbackup.archive.epochs import MAX_EPOCH, resumed_runs
 from dsbackup.archive.pages import default_page_entries
+from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.resume import ResumeState, is_encrypted, manifest_settings, rescan
 from dsbackup.engine.full import FullStream
-from dsbackup.engine.manifest import ScanOutcome, manifest_for
+from dsbackup.engine.manifest import ScanOutcome, manifest_for, metadata_from_reader
 from dsbackup.engine.plan import BackupPlan
-from dsbackup.errors import ArchiveError, IntegrityError
+from dsbackup.errors import ArchiveError, IntegrityError, KeyRequiredError, UnsupportedArchive
+from dsbackup.metadata import BackupMetadata
 from dsbackup.pipeline.central import ChunkSettings, central_chunks
 from dsbackup.storage import resumestate
 from dsbackup.storage.local import ResumedSink
@@ -132,15 +135,80 @@ def _paged_difference(paged: bool, mode: str) -> str | None:
     return None
 
 
-def plan_resumed(plan: BackupPlan, stream: FullStream) -> tuple[BackupPlan, FullStream] | None:
+def _settings_difference(plan: BackupPlan, old: dict[str, Any], paged: bool
+                         ) -> tuple[BackupPlan, str | None]:
+    """`plan` with the file's chunk size when this run's is auto, and the first setting in
+    which the file and this run differ (None: none)."""
+    settings = manifest_settings(old)
+    if plan.cfg.chunk_size is None and isinstance(settings.get("chunk_size"), int):
+        plan = dataclasses.replace(plan, chunk_size=settings["chunk_size"])  # auto: kept
+    return plan, (_difference(old, manifest_for(plan))
+                  or _paged_difference(paged, plan.cfg.paged_index))
+
+
+def _whole(plan: BackupPlan, tmp: Path, fd: int) -> bool:
+    """Whether the temp file is already a whole archive (its writer was killed while it was
+    checked before the rename, or renamed): a valid trailer, and index and manifest that read
+    with this run's key; its settings must be this run's (else ArchiveError)."""
+    size = os.fstat(fd).st_size
+    try:
+        fmt.Trailer.decode(os.pread(fd, fmt.TRAILER_SIZE, max(0, size - fmt.TRAILER_SIZE)),
+                           size)
+    except (IntegrityError, UnsupportedArchive):
+        return False
+    try:
+        with ArchiveReader(tmp, key=plan.cfg.encryption) as r:
+            manifest, paged = r.manifest, r.paged
+            r.summary  # noqa: B018 - read and checked
+    except KeyRequiredError:
+        raise ArchiveError(f"cannot resume {tmp.name}: it is an encrypted archive; give "
+                           "--encrypt and the key options it was written with") from None
+    except IntegrityError:
+        return False
+    if plan.cfg.encryption is not None and r.cipher is None:
+        raise ArchiveError(f"cannot resume {tmp.name}: it is not encrypted; leave out "
+                           "--encrypt (or --resume, to start an encrypted backup again)")
+    diff = _settings_difference(plan, manifest, paged)[1]
+    if diff is not None:
+        raise ArchiveError(f"cannot resume {tmp.name}: {diff} (give the same settings, or "
+                           "leave out --resume to start again: that removes it)")
+    return True
+
+
+def _commit_whole(plan: BackupPlan, final: Path, tmp: Path, fd: int) -> BackupMetadata:
+    """Check a whole archive left in a temp file and put it in place, as it is."""
+    log.warning("resuming %s from %s: it is a whole archive (its writer was killed while "
+                "checking or placing it): checked and put in place as it is", final, tmp.name)
+    mine = temp_path_for(final)
+    os.rename(tmp, mine)
+    sink = ResumedSink(final, mine, fd, os.fstat(fd).st_size, overwrite=plan.cfg.overwrite)
+    try:
+        sink.commit(plan.check)
+    except BaseException:
+        sink.abort()  # as a backup whose check fails: nothing at the final path
+        raise
+    with ArchiveReader(final, key=plan.cfg.encryption) as r:
+        return metadata_from_reader(r)
+
+
+def plan_resumed(plan: BackupPlan, stream: FullStream
+                 ) -> tuple[BackupPlan, FullStream] | BackupMetadata | None:
     """The plan and stream that continue a killed backup of `plan` (a full backup's), or None
-    when no dead writer left a temp file for the archive. ArchiveError (exit 2) when the file
-    cannot be resumed by this run: "cannot resume: ..." names why."""
+    when no dead writer left a temp file for the archive; the metadata of the archive when the
+    temp file was already whole (checked and put in place). ArchiveError (exit 2) when the
+    file cannot be resumed by this run: "cannot resume: ..." names why."""
     final = Path(plan.path)
     found = find_temp(final)
     if found is None:
         return None
     tmp, fd = found
+    try:
+        whole = _whole(plan, tmp, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if whole:
+        return _commit_whole(plan, final, tmp, fd)
     state: ResumeState | None = None
     try:
         epochs = resumestate.load_epochs(fd)
@@ -156,11 +224,7 @@ def plan_resumed(plan: BackupPlan, stream: FullStream) -> tuple[BackupPlan, Full
         state = rescan(fd, str(tmp), key=plan.cfg.encryption, runs=runs,
                        page_entries=plan.page_entries or default_page_entries())
         old = state.manifest
-        settings = manifest_settings(old)
-        if plan.cfg.chunk_size is None and isinstance(settings.get("chunk_size"), int):
-            plan = dataclasses.replace(plan, chunk_size=settings["chunk_size"])  # auto: kept
-        diff = (_difference(old, manifest_for(plan))
-                or _paged_difference(state.paged, plan.cfg.paged_index))
+        plan, diff = _settings_difference(plan, old, state.paged)
         if diff is not None:
             raise ArchiveError(f"cannot resume {tmp.name}: {diff} (give the same settings, or "
                                "leave out --resume to start again: that removes it)")
