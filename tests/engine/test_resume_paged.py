@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dsbackup import datasets
+from dsbackup._ext.checksum import xxh3_64
 from dsbackup.archive import crypto
 from dsbackup.archive.crypto import KeyMaterial
 from dsbackup.archive.reader import ArchiveReader
@@ -104,24 +105,54 @@ def test_killed_paged_backup_resumes_from_its_last_page(tmp_path, store, encrypt
     assert contents(f"lmdb:{dst}") == contents(f"lmdb:{store}")
 
 
-def test_a_page_that_disagrees_with_its_chunks_is_cut(tmp_path, store):
-    """A whole page member whose data is not the page of the kept chunks (altered) is not
-    kept, nor anything after it."""
+def page_member(data: bytes, number: int, version: int, flags: int) -> bytes:
+    """A whole, self-consistent index page member holding `data` (as the writer makes one)."""
+    from dsbackup._ext.checksum import crc32, crc32_combine, xxh3_64
+    from dsbackup._ext.compress import deflate_body, tar_header
+    from dsbackup.archive import format as fmt
+
+    body = deflate_body(data, 0)
+    header = tar_header(fmt.page_name(number), body.input_len, 0)
+    sub = fmt.data_subfield(fmt.TYPE_PAGE, len(data), xxh3_64(data), version, flags)
+    crc = crc32_combine(crc32(header), body.crc32, body.size)
+    return b"".join((fmt.member_head(sub), fmt.STORED_TAR_PREFIX, header, bytes(body.data),
+                     fmt.member_tail(crc, fmt.TAR_BLOCK + body.size)))
+
+
+@pytest.mark.parametrize("damage,from_seq", [
+    ("flipped byte", PAGE), ("other entries", PAGE),
+    ("none", 2 * PAGE),  # the control: the same page, made again, is kept
+])
+def test_a_page_that_is_damaged_or_disagrees_with_its_chunks_is_cut(tmp_path, store, damage,
+                                                                   from_seq):
+    """A page member that fails its checks, or a whole one whose data is not the page of the
+    chunks kept before it, is not kept, nor anything after it: back to page 0's end."""
     full = tmp_path / "full.tar.gz"
     backup(store, full)
     with ArchiveReader(full) as r:
         p0_end = r.index.entry(PAGE).offset
         p1_end = r.index.entry(2 * PAGE).offset
-        last_chunk_end = r.index.entry(2 * PAGE - 1).offset + r.index.entry(2 * PAGE - 1).length
-    data = bytearray(full.read_bytes()[:p1_end + 100])
-    # page 1 is stored blocks: flip a byte of its data (its CRC then fails: not whole)
-    data[last_chunk_end + 700] ^= 1
+        e = r.index.entry(2 * PAGE - 1)
+        p1_start = e.offset + e.length
+        page1 = bytes(r._read_page(1, p1_start, p1_end - p1_start,
+                                   xxh3_64(full.read_bytes()[p1_start:p1_end])))
+        version, flags = r.version, r.flags
+    blob = full.read_bytes()
+    if damage == "flipped byte":  # page 1 is stored blocks: its CRC fails
+        data = bytearray(blob[:p1_end + 100])
+        data[p1_start + 700] ^= 1
+    else:  # a valid member; "other entries": entry 0's key digest is not chunk 256's
+        altered = bytearray(page1)
+        if damage == "other entries":
+            altered[64 + 56] ^= 1
+        data = bytearray(blob[:p1_start] + page_member(bytes(altered), 1, version, flags))
     final = tmp_path / "a.tar.gz"
     killed_copy(bytes(data), final, False)
     backup(store, final, resume=True)
     with ArchiveReader(final) as r:
-        assert r.summary["resumed"][0]["from_seq"] == PAGE
-        assert r.index.entry(PAGE).offset == p0_end
+        assert r.summary["resumed"][0]["from_seq"] == from_seq
+        if from_seq == PAGE:
+            assert r.index.entry(PAGE).offset == p0_end
     assert BackupManager().verify_backup(final, deep=True).ok
 
 
