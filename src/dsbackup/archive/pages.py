@@ -176,6 +176,16 @@ class PagedIndexBuilder:
         self._keys = bytearray()
         self._in_page = self._page_catalogs = self._page_records = 0
 
+    def drop_page(self) -> None:
+        """Forget the chunks added since the last page was written (a resumed backup cuts
+        its file after that page, docs/FORMAT.md §11.5)."""
+        self.count -= self._in_page
+        self.catalog_count -= self._page_catalogs
+        self._table = bytearray()
+        self._catalog = bytearray()
+        self._keys = bytearray()
+        self._in_page = self._page_catalogs = self._page_records = 0
+
     def encode(self, manifest_length: int, manifest_xxh3: int, node_offset: int = 0,
                node_length: int = 0) -> bytes:
         """The root (after every page was written)."""

@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsbackup._ext.checksum import xxh3_64
+from dsbackup._ext.checksum import Xxh3_128, xxh3_64
 from dsbackup._ext.compress import MemberError, inflate_raw
 from dsbackup._ext.framing import FramingError, decode_keys_sizes, scan_payload
 from dsbackup.archive import format as fmt
@@ -34,6 +35,8 @@ from dsbackup.archive.member import decode_member, member_end
 from dsbackup.archive.pages import MAX_PAGE_ENTRIES, PagedIndexBuilder, valid_page_entries
 from dsbackup.errors import ArchiveError, IntegrityError
 
+_U64 = struct.Struct("<Q")
+
 
 @dataclass
 class ResumeState:
@@ -41,7 +44,9 @@ class ResumeState:
     of the last kept member); ``epochs``: the summary's earlier `resumed` entries (§11.5);
     ``cipher``/``base``: an encrypted file's data key and key header length; ``epoch``: the
     nonce epoch the resumed run seals under (set by dsbackup.engine.resume); ``index``: the
-    index builder holding the kept chunks (and pages)."""
+    index builder holding the kept chunks (and pages); the totals and the fingerprint's
+    hasher over the kept chunks (no object per kept chunk: memory does not grow with them
+    beyond the index builder's own, which for a paged index is one page)."""
 
     manifest: dict[str, Any]
     version: int
@@ -53,26 +58,28 @@ class ResumeState:
     epoch: int = 0
     node_offset: int = 0
     node_length: int = 0
-    chunks: list[ChunkEntry] = field(default_factory=list)
-    catalogs: list[CatalogEntry] = field(default_factory=list)
     index: IndexBuilder | PagedIndexBuilder = field(default_factory=IndexBuilder)
-    page_bytes: int = 0
+    fingerprint: Xxh3_128 = field(default_factory=Xxh3_128)  # §7, over the kept chunks
+    next_seq: int = 0  # the kept chunks' count
+    last_key: bytes | None = None
+    records: int = 0
     raw_bytes: int = 0
+    payload_bytes: int = 0
+    catalog: bool = False  # the kept chunks have catalogs
+    page_bytes: int = 0
     end: int = 0
     dropped: int = 0  # bytes after `end` (a torn member, or members past a damaged one)
     epochs: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
-    def next_seq(self) -> int:
-        return len(self.chunks)
-
-    @property
-    def last_key(self) -> bytes | None:
-        return self.chunks[-1].last_key if self.chunks else None
-
-    @property
-    def records(self) -> int:
-        return sum(c.records for c in self.chunks)
+    def keep(self, e: ChunkEntry, cat: CatalogEntry | None, raw_bytes: int) -> None:
+        """Count a kept chunk in the totals (its index entry goes to the builder apart)."""
+        self.fingerprint.update(_U64.pack(e.payload_xxh3))
+        self.next_seq += 1
+        self.last_key = e.last_key
+        self.records += e.records
+        self.raw_bytes += raw_bytes
+        self.payload_bytes += e.payload_len
+        self.catalog = cat is not None
 
     @property
     def paged(self) -> bool:
@@ -227,25 +234,26 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
     version, flags, cipher = state.version, state.flags, state.cipher
     paged = state.paged
     pe: int | None = None  # a paged file's page size, from its first page
-    checker: PagedIndexBuilder | None = None  # rebuilds each page to compare it
-    pages: list[tuple[int, int, int]] = []  # (offset, length, member XXH3) of kept pages
-    raws: list[int] = []
-    paged_end, paged_chunks = state.end, 0  # the cut of a paged file: after its last page
-    prev_last: bytes | None = None
+    checker: PagedIndexBuilder | None = None  # the kept pages; rebuilds each to compare it
+    pending: list[tuple[ChunkEntry, CatalogEntry | None, int]] = []  # since the last page
     pos = state.end
     while pos < len(mv):
-        seq = len(state.chunks)
+        seq = state.next_seq + len(pending)
+        prev_last = pending[-1][0].last_key if pending else state.last_key
         try:
             sub, end = member_end(mv, pos)
             if paged and sub.member_type == fmt.TYPE_PAGE:
-                p = len(pages)
-                n = seq - paged_chunks
+                p = checker.pages if checker is not None else 0
                 if pe is None:
-                    if not valid_page_entries(n):
+                    if not valid_page_entries(len(pending)):
                         break
-                    pe = n
-                    checker = _replay(pe, state.chunks, state.catalogs, [])
-                if n != pe or checker is None:
+                    pe = len(pending)
+                    checker = PagedIndexBuilder(pe)
+                    for e, c, _ in pending:
+                        checker.add_chunk(e)
+                        if c is not None:
+                            checker.add_catalog(c)
+                if len(pending) != pe or checker is None:
                     break
                 _, data = decode_member(mv[pos:end], f"{where}: index page {p}",
                                         expected_type=fmt.TYPE_PAGE,
@@ -256,15 +264,16 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
                                        epoch=epoch_at(runs, p * pe))
                 if checker.take_page() != (p, bytes(data)):
                     break
-                page = (pos, end - pos, xxh3_64(mv[pos:end]))
-                checker.page_written(*page)
-                pages.append(page)
-                paged_end, paged_chunks = end, seq
-                pos = end
+                checker.page_written(pos, end - pos, xxh3_64(mv[pos:end]))
+                for item in pending:
+                    state.keep(*item)
+                pending.clear()
+                state.page_bytes += end - pos
+                state.end = pos = end
                 continue
             if sub.member_type != fmt.TYPE_CHUNK:
                 break  # the index or summary of a writer killed while finishing: rewritten
-            if paged and (seq - paged_chunks == (pe or MAX_PAGE_ENTRIES)):
+            if paged and len(pending) == (pe or MAX_PAGE_ENTRIES):
                 break  # a page was due here
             cwhere = f"{where}: chunk {seq}"
             _, data = decode_member(mv[pos:end], cwhere, expected_type=fmt.TYPE_CHUNK,
@@ -305,44 +314,24 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
                 end = cend
         except IntegrityError:  # FramingError, MemberError and a failed tag are ones too
             break
-        state.chunks.append(entry)
-        if checker is not None:
-            checker.add_chunk(entry)
-        if cat is not None:
-            state.catalogs.append(cat)
-            if checker is not None:
-                checker.add_catalog(cat)
-        raws.append(info.raw_bytes)
-        prev_last = last
-        state.end = pos = end
+        index = checker if paged else state.index
+        if index is not None:
+            index.add_chunk(entry)
+            if cat is not None:
+                index.add_catalog(cat)
+        if paged:  # kept once the page after it is
+            pending.append((entry, cat, info.raw_bytes))
+        else:
+            state.keep(entry, cat, info.raw_bytes)
+            state.end = end
+        pos = end
     if paged:  # cut after the last page: every page is then written by one run
-        del state.chunks[paged_chunks:], state.catalogs[paged_chunks:], raws[paged_chunks:]
-        state.end = paged_end
-        state.index = _replay(pe or page_entries or MAX_PAGE_ENTRIES, state.chunks,
-                              state.catalogs, pages)
-        state.page_bytes = sum(length for _, length, _ in pages)
-    else:
-        for i, e in enumerate(state.chunks):
-            state.index.add_chunk(e)
-            if state.catalogs:
-                state.index.add_catalog(state.catalogs[i])
-    state.raw_bytes = sum(raws)
+        if checker is None:
+            state.index = PagedIndexBuilder(page_entries or MAX_PAGE_ENTRIES)
+        else:
+            checker.drop_page()
+            state.index = checker
     state.dropped = len(mv) - state.end
-
-
-def _replay(page_entries: int, chunks: list[ChunkEntry], catalogs: list[CatalogEntry],
-            pages: list[tuple[int, int, int]]) -> PagedIndexBuilder:
-    """A paged index builder holding `chunks`, with `pages` written after each full page."""
-    b = PagedIndexBuilder(page_entries)
-    k = 0
-    for i, e in enumerate(chunks):
-        b.add_chunk(e)
-        if catalogs:
-            b.add_catalog(catalogs[i])
-        if k < len(pages) and b.page_ready():
-            b.page_written(*pages[k])
-            k += 1
-    return b
 
 
 def manifest_settings(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -173,12 +173,10 @@ class ArchiveWriter:
         self._node_offset, self._node_length = st.node_offset, st.node_length
         self._index = st.index  # the kept chunks (and pages) already in it
         self._page_bytes = st.page_bytes
-        if st.chunks and self._cipher is not None:
-            self._sealed_catalog = bool(st.catalogs)
-        for e in st.chunks:
-            self._fingerprint.update(_U64.pack(e.payload_xxh3))
-            self._records += e.records
-            self._payload_bytes += e.payload_len
+        if st.next_seq and self._cipher is not None:
+            self._sealed_catalog = st.catalog
+        self._fingerprint = st.fingerprint  # over the kept chunks' payload XXH3s
+        self._records, self._payload_bytes = st.records, st.payload_bytes
         self._raw_bytes = st.raw_bytes
         self._prev_last = st.last_key
 
