@@ -21,7 +21,7 @@ from typing import Any
 
 from dsbackup._ext.checksum import Xxh3_128, xxh3_64
 from dsbackup._ext.compress import MemberError, inflate_raw
-from dsbackup._ext.framing import FramingError, decode_keys_sizes, scan_payload
+from dsbackup._ext.framing import FramingError, PayloadInfo, decode_keys_sizes, scan_payload
 from dsbackup.archive import format as fmt
 from dsbackup.archive.crypto import (
     ArchiveCipher,
@@ -31,7 +31,7 @@ from dsbackup.archive.crypto import (
 )
 from dsbackup.archive.epochs import epoch_at
 from dsbackup.archive.index import CatalogEntry, ChunkEntry, IndexBuilder
-from dsbackup.archive.member import decode_member, member_end
+from dsbackup.archive.member import decode_member, decode_member_at, member_end
 from dsbackup.archive.pages import MAX_PAGE_ENTRIES, PagedIndexBuilder, valid_page_entries
 from dsbackup.errors import ArchiveError, IntegrityError
 
@@ -190,9 +190,10 @@ def _head(mv: memoryview, where: str, key: KeyMaterial | None) -> ResumeState:
     return state
 
 
-def _sealed_payload(plain: bytes, where: str) -> memoryview:
+def _sealed_payload(plain: bytes, where: str) -> tuple[memoryview, PayloadInfo]:
     """The payload in an encrypted chunk's opened body (the raw deflate stream of
-    payload || zero padding to 512 bytes, §11.4): its length is where its records end."""
+    payload || zero padding to 512 bytes, §11.4) and its scan: its length is where its
+    records end (only one length scans: the records must end exactly there)."""
     bound = fmt.DEFLATE_MAX_RATIO * len(plain) + 1024
     try:
         out, consumed = inflate_raw(plain, bound)
@@ -201,14 +202,19 @@ def _sealed_payload(plain: bytes, where: str) -> memoryview:
     if consumed != len(plain) or len(out) % fmt.TAR_BLOCK:
         raise IntegrityError(f"{where}: body is not a padded payload")
     mv = memoryview(out)
+    tail = out[-fmt.TAR_BLOCK:]
+    n = len(out) - len(tail) + len(tail.rstrip(b"\0"))  # mostly the end: no value ends in 0
     try:
-        scan_payload(mv)
-        return mv
+        return mv[:n], scan_payload(mv[:n])
+    except FramingError:
+        pass
+    try:
+        return mv, scan_payload(mv)
     except FramingError as exc:  # "data continues after the N records": the padding
         n = exc.offset
         if n is None or not 0 < len(out) - n < fmt.TAR_BLOCK or out[n:].count(0) != len(out) - n:
             raise
-        return mv[:n]
+        return mv[:n], scan_payload(mv[:n])
 
 
 def _sealed_catalog(plain: bytes, payload: memoryview, records: int, where: str
@@ -241,7 +247,7 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
         seq = state.next_seq + len(pending)
         prev_last = pending[-1][0].last_key if pending else state.last_key
         try:
-            sub, end = member_end(mv, pos)
+            sub = fmt.parse_member_head(mv[pos:], f"{where}: offset {pos}")
             if paged and sub.member_type == fmt.TYPE_PAGE:
                 p = checker.pages if checker is not None else 0
                 if pe is None:
@@ -255,10 +261,10 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
                             checker.add_catalog(c)
                 if len(pending) != pe or checker is None:
                     break
-                _, data = decode_member(mv[pos:end], f"{where}: index page {p}",
-                                        expected_type=fmt.TYPE_PAGE,
-                                        expected_name=fmt.page_name(p), version=version,
-                                        flags=flags)
+                _, data, end = decode_member_at(mv, pos, f"{where}: index page {p}",
+                                                expected_type=fmt.TYPE_PAGE,
+                                                expected_name=fmt.page_name(p),
+                                                version=version, flags=flags)
                 if cipher is not None:
                     data = cipher.open(fmt.TYPE_PAGE, p, data, f"{where}: index page {p}",
                                        epoch=epoch_at(runs, p * pe))
@@ -276,9 +282,9 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
             if paged and len(pending) == (pe or MAX_PAGE_ENTRIES):
                 break  # a page was due here
             cwhere = f"{where}: chunk {seq}"
-            _, data = decode_member(mv[pos:end], cwhere, expected_type=fmt.TYPE_CHUNK,
-                                    expected_name=fmt.chunk_name(seq), version=version,
-                                    flags=flags)
+            sub, data, end = decode_member_at(mv, pos, cwhere, expected_type=fmt.TYPE_CHUNK,
+                                              expected_name=fmt.chunk_name(seq),
+                                              version=version, flags=flags)
             if sub.seq != seq:
                 break
             epoch = 0
@@ -287,11 +293,11 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
                     break
                 epoch = epoch_at(runs, seq)
                 plain = cipher.open(fmt.TYPE_CHUNK, seq, data, cwhere, epoch=epoch)
-                payload = _sealed_payload(plain, cwhere)
+                payload, info = _sealed_payload(plain, cwhere)
                 plen, pxxh = len(payload), xxh3_64(payload)
             else:
                 payload, plen, pxxh = data, sub.data_len, sub.data_xxh3
-            info = scan_payload(payload)
+                info = scan_payload(payload)
             first, last = bytes(info.first_key), bytes(info.last_key)
             if (cipher is None and info.record_count != sub.records) or (
                     prev_last is not None and first <= prev_last):
@@ -300,11 +306,11 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
                                xxh3_64(mv[pos:end]), info.keys_xxh3, first, last, 0, epoch)
             cat = None
             if catalog:
-                csub, cend = member_end(mv, end)
                 cwhere = f"{where}: catalog {seq}"
-                _, cdata = decode_member(mv[end:cend], cwhere, expected_type=fmt.TYPE_CATALOG,
-                                         expected_name=fmt.catalog_name(seq),
-                                         version=version, flags=flags)
+                csub, cdata, cend = decode_member_at(mv, end, cwhere,
+                                                     expected_type=fmt.TYPE_CATALOG,
+                                                     expected_name=fmt.catalog_name(seq),
+                                                     version=version, flags=flags)
                 if cipher is not None:
                     cplain = cipher.open(fmt.TYPE_CATALOG, seq, cdata, cwhere, epoch=epoch)
                     clen, cxxh = _sealed_catalog(cplain, payload, info.record_count, cwhere)
