@@ -418,9 +418,9 @@ def test_native_sealing_equals_the_reference_path(tmp_path, monkeypatch):
 
     native = members("native.tar.gz")
 
-    def reference(self, mtype, seq, plaintext):
-        sealed = AESGCM(b"\x22" * 32).encrypt(self.nonce(mtype, seq), bytes(plaintext),
-                                              self.aad(mtype, seq, len(plaintext)))
+    def reference(self, mtype, seq, plaintext, epoch=0):
+        sealed = AESGCM(b"\x22" * 32).encrypt(self.nonce(mtype, seq, epoch), bytes(plaintext),
+                                              self.aad(mtype, seq, len(plaintext), epoch))
         return deflate_body(sealed, 0), xxh3_64(sealed)
 
     monkeypatch.setattr(crypto.ArchiveCipher, "seal_stored", reference)

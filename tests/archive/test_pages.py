@@ -339,3 +339,32 @@ def test_vectorized_key_order_agrees_with_bytes_order(monkeypatch, block):
                 break
             prev = last
         assert got == expect, keys
+
+
+def test_drop_page_forgets_the_chunks_since_the_last_page():
+    from dsbackup.archive.index import CatalogEntry, ChunkEntry
+    from dsbackup.archive.pages import PagedIndexBuilder
+
+    def entry(i):
+        return ChunkEntry(i, 100 + i, 10, 5, 1, i, i, i, b"k%05d" % i, b"k%05d~" % i)
+
+    a, b = PagedIndexBuilder(256), PagedIndexBuilder(256)
+    for i in range(256):
+        for x in (a, b):
+            x.add_chunk(entry(i))
+            x.add_catalog(CatalogEntry(i, 1, 2, 3, 4))
+    for x in (a, b):
+        x.page_written(*(7, 8, 9))
+    for i in range(256, 300):  # added to `a` only, then dropped
+        a.add_chunk(entry(i))
+        a.add_catalog(CatalogEntry(i, 1, 2, 3, 4))
+    a.drop_page()
+    assert (a.count, a.catalog_count, a.pages) == (b.count, b.catalog_count, b.pages) == (
+        256, 256, 1)
+    for x in (a, b):
+        x.add_chunk(entry(256))
+        x.add_catalog(CatalogEntry(0, 1, 2, 3, 4))
+    assert a.take_page() == b.take_page()
+    a.page_written(1, 2, 3)
+    b.page_written(1, 2, 3)
+    assert a.encode(5, 6) == b.encode(5, 6)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from dsbackup import datasets
-from dsbackup.archive.crypto import KeyMaterial
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import verify_archive
 from dsbackup.datastores import open_datastore
@@ -227,16 +226,9 @@ def test_a_temp_file_without_a_manifest_is_refused(tmp_path, store):
 ])
 def test_unsupported_kinds_are_refused(tmp_path, store, why, kw):
     mgr = BackupManager(BackupConfig(resume=True))
-    with pytest.raises(ConfigError, match="--resume continues only full, unencrypted, local backups with one index, not "):
+    with pytest.raises(ConfigError, match="--resume continues only full backups into a local "
+                                          "file, not "):
         mgr.create_backup(f"lmdb:{store}", tmp_path / "a.tar.gz", **kw)
-
-
-def test_encrypted_and_paged_are_refused(tmp_path, store):
-    key = KeyMaterial(key=b"k" * 32)
-    for cfg in (BackupConfig(resume=True, encryption=key),
-                BackupConfig(resume=True, paged_index="always")):
-        with pytest.raises(ConfigError, match="--resume continues only full, unencrypted, local backups with one index, not "):
-            BackupManager(cfg).create_backup(f"lmdb:{store}", tmp_path / "a.tar.gz")
 
 
 def test_a_second_resume_keeps_the_first_epoch(tmp_path, store):

@@ -46,6 +46,7 @@ MISSING_KEY = ("archive is encrypted: give --passphrase-file, DSBACKUP_PASSPHRAS
 WRONG_KEY = "wrong passphrase or key"
 
 _NONCE_TAIL = struct.Struct("<Q")
+MAX_EPOCH = (1 << 24) - 1  # the nonce's epoch field (docs/FORMAT.md §11.4)
 _AAD_TAIL = struct.Struct("<QQ")
 _MADV_WIPEONFORK = getattr(mmap, "MADV_WIPEONFORK", 18)  # Linux >= 4.14; not in Python 3.11
 
@@ -274,17 +275,20 @@ class ArchiveCipher:
 
     @staticmethod
     def nonce(mtype: int, seq: int, epoch: int = 0) -> bytes:
+        if not 0 <= epoch <= MAX_EPOCH:
+            raise ValueError(f"epoch {epoch} does not fit the nonce's 24 bits")
         return bytes((mtype,)) + epoch.to_bytes(3, "little") + _NONCE_TAIL.pack(seq)
 
     def aad(self, mtype: int, seq: int, length: int, epoch: int = 0) -> bytes:
         return (self.archive_id + bytes((self.version, mtype)) + epoch.to_bytes(3, "little")
                 + _AAD_TAIL.pack(seq, length))
 
-    def seal_stored(self, mtype: int, seq: int, plaintext: bytes | memoryview
-                    ) -> tuple[Any, int]:
+    def seal_stored(self, mtype: int, seq: int, plaintext: bytes | memoryview,
+                    epoch: int = 0) -> tuple[Any, int]:
         """(Body, xxh3): ``ciphertext || tag`` of a member's plaintext as the stored deflate
         blocks of its tar entry data (zero-padded to 512), and the XXH3-64 of the sealed
-        bytes (the subfield's digest); natively, GIL released."""
+        bytes (the subfield's digest); natively, GIL released. `epoch`: the writing run's
+        (0, or a resumed run's, docs/FORMAT.md §11.4/§11.5)."""
         gcm = self._gcm
         if gcm is None:
             with self._lock:
@@ -294,12 +298,13 @@ class ArchiveCipher:
                     self._seal = seal.seal_stored
                     self._gcm = seal.GcmKey(self._dk)
                 gcm = self._gcm
-        return self._seal(gcm, self.nonce(mtype, seq), self.aad(mtype, seq, len(plaintext)),
-                          plaintext)
+        return self._seal(gcm, self.nonce(mtype, seq, epoch),
+                          self.aad(mtype, seq, len(plaintext), epoch), plaintext)
 
     def open(self, mtype: int, seq: int, stored: bytes | memoryview, where: str, *,
-             chunk: int | None = None, part: str | None = None) -> bytes:
-        """The plaintext of ciphertext || tag; IntegrityError naming `where` when altered."""
+             chunk: int | None = None, part: str | None = None, epoch: int = 0) -> bytes:
+        """The plaintext of ciphertext || tag sealed under `epoch`; IntegrityError naming
+        `where` when altered."""
         if len(stored) < TAG_BYTES:
             raise IntegrityError(f"{where}: encrypted data shorter than its tag",
                                  chunk=chunk, part=part)
@@ -312,8 +317,8 @@ class ArchiveCipher:
                     self._aead = AESGCM(self._dk)  # the library keeps its own copy
                 aead = self._aead
         try:
-            return aead.decrypt(self.nonce(mtype, seq), stored,
-                                self.aad(mtype, seq, len(stored) - TAG_BYTES))
+            return aead.decrypt(self.nonce(mtype, seq, epoch), stored,
+                                self.aad(mtype, seq, len(stored) - TAG_BYTES, epoch))
         except _invalid_tag():
             raise IntegrityError(f"{where}: authentication failed (ciphertext, tag or header "
                                  "altered)", chunk=chunk, part=part) from None

@@ -22,6 +22,7 @@ _CATALOG = struct.Struct("<QQQQQ")  # 40 bytes
 # §10); ``offset`` is then the chunk's seq in the parent's index and ``length`` is 0.
 FLAG_PARENT = 1
 KNOWN_FLAGS = FLAG_PARENT
+MAX_EPOCH = (1 << 24) - 1  # the low 24 bits of the entry's u32 at offset 84 (§11.4)
 HEADER_SIZE = _HEADER.size
 ENTRY_SIZE = _ENTRY.size
 CATALOG_ENTRY_SIZE = _CATALOG.size
@@ -67,6 +68,9 @@ class ChunkEntry:
     first_key: bytes
     last_key: bytes
     flags: int = 0
+    # the entry's u32 at offset 84: in an encrypted archive the epoch the chunk and its catalog
+    # were sealed under (low 24 bits; docs/FORMAT.md §11.4), else 0
+    epoch: int = 0
 
     @property
     def in_parent(self) -> bool:
@@ -105,7 +109,7 @@ class IndexBuilder:
         self._table += _ENTRY.pack(
             e.seq, e.offset, e.length, e.payload_len, e.records, e.payload_xxh3,
             e.member_xxh3, e.keys_xxh3, len(self._keys), len(e.first_key), len(e.last_key),
-            e.flags, 0,
+            e.flags, e.epoch,
         )
         self._keys += e.first_key
         self._keys += e.last_key
@@ -175,14 +179,14 @@ class Index:
 
     def _decode(self, i: int) -> ChunkEntry:
         (seq, off, length, plen, recs, pxxh, mxxh, kxxh, koff, flen, llen, flags,
-         _res) = _ENTRY.unpack_from(self._data, HEADER_SIZE + i * ENTRY_SIZE)
+         epoch) = _ENTRY.unpack_from(self._data, HEADER_SIZE + i * ENTRY_SIZE)
         if koff + flen + llen > self._keys_len:
             raise IntegrityError(f"index: chunk {i} keys lie outside the keys blob",
                                  chunk=i, part="index")
         k = self._keys_base + koff
         return ChunkEntry(seq, off, length, plen, recs, pxxh, mxxh, kxxh,
                           bytes(self._data[k : k + flen]),
-                          bytes(self._data[k + flen : k + flen + llen]), flags)
+                          bytes(self._data[k + flen : k + flen + llen]), flags, epoch)
 
     def entries(self) -> list[ChunkEntry]:
         if self._entries is None:
@@ -237,6 +241,9 @@ class Index:
                 problems.append(IntegrityError(f"index: entry {i} has seq {e.seq}", chunk=i))
             if e.flags & ~KNOWN_FLAGS:
                 problems.append(IntegrityError(f"chunk {i}: unknown flags {e.flags:#x}", chunk=i))
+            if e.epoch > MAX_EPOCH:
+                problems.append(IntegrityError(f"chunk {i}: reserved bits {e.epoch:#x} set",
+                                               chunk=i))
             if not e.first_key or e.first_key > e.last_key or e.records < 1:
                 problems.append(IntegrityError(f"chunk {i}: invalid key range or record count",
                                                chunk=i))

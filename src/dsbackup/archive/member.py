@@ -40,6 +40,41 @@ def decode_member(
     except IntegrityError as exc:
         exc.chunk, exc.part = chunk, part
         raise
+    _check_head(sub, fail, expected_type, version, flags)
+    mv = memoryview(buf)
+    declared = fmt.TAR_BLOCK + fmt.padded(sub.data_len)
+    out = _inflate_exactly(mv[sub.deflate_offset : len(mv) - 8], declared, sub.data_len, fail)
+    return sub, _check_inflated(sub, out, mv[len(mv) - 8:], fail, expected_name, data_digest)
+
+
+def decode_member_at(mv: memoryview, pos: int, where: str, *, expected_type: int,
+                     expected_name: bytes | None, version: int | None = None,
+                     flags: int | None = None) -> tuple[fmt.Subfield, memoryview, int]:
+    """decode_member for the member starting at `pos` of `mv` whose end is not known yet
+    (a walk of members without an index: a resumed backup's rescan): one inflate finds the
+    end and gives the data. Returns (subfield, data, end); IntegrityError when the member is
+    torn or fails a check."""
+    def fail(msg: str) -> IntegrityError:
+        return IntegrityError(f"{where}: {msg}")
+
+    sub = fmt.parse_member_head(mv[pos:], where)
+    _check_head(sub, fail, expected_type, version, flags)
+    declared = fmt.TAR_BLOCK + fmt.padded(sub.data_len)
+    start = pos + sub.deflate_offset
+    if declared > fmt.DEFLATE_MAX_RATIO * (len(mv) - start) + 1024:
+        raise fail(f"declared size {sub.data_len} is impossible")
+    try:
+        out, consumed = inflate_raw(mv[start:], declared, declared)
+    except MemberError as exc:
+        raise fail(f"cannot inflate: {exc}") from None
+    end = start + consumed + 8
+    if end > len(mv):
+        raise fail("member truncated")
+    return sub, _check_inflated(sub, out, mv[end - 8:end], fail, expected_name, True), end
+
+
+def _check_head(sub: fmt.Subfield, fail: Callable[[str], IntegrityError], expected_type: int,
+                version: int | None, flags: int | None) -> None:
     if version is not None and sub.version != version:
         raise fail(f"a version-{sub.version} member in a version-{version} archive")
     if flags is not None and sub.flags != flags:
@@ -47,10 +82,15 @@ def decode_member(
     if sub.member_type != expected_type:
         raise fail(f"is a {fmt.TYPE_NAMES.get(sub.member_type)} member, expected "
                    f"{fmt.TYPE_NAMES[expected_type]}")
-    mv = memoryview(buf)
+
+
+def _check_inflated(sub: fmt.Subfield, out: bytes, tail: memoryview,
+                    fail: Callable[[str], IntegrityError], expected_name: bytes | None,
+                    data_digest: bool) -> memoryview:
+    """The checks of a member after its inflate: CRC-32, ISIZE, tar header and padding, the
+    data's XXH3; its tar entry's data."""
     declared = fmt.TAR_BLOCK + fmt.padded(sub.data_len)
-    out = _inflate_exactly(mv[sub.deflate_offset : len(mv) - 8], declared, sub.data_len, fail)
-    crc, isize = _TAIL.unpack_from(mv, len(mv) - 8)
+    crc, isize = _TAIL.unpack_from(tail)
     if crc32(out) != crc:
         raise fail("CRC-32 mismatch")
     if isize != declared & 0xFFFFFFFF:
@@ -71,7 +111,7 @@ def decode_member(
     # XXH3 and are authenticated by their AES-GCM tag (the subfield's digest adds nothing)
     if data_digest and xxh3_64(data) != sub.data_xxh3:
         raise fail("data XXH3 mismatch")
-    return sub, data
+    return data
 
 
 def inflate_sealed_body(plain: bytes, length: int, xxh3: int, where: str, *,

@@ -18,6 +18,7 @@ from dsbackup.archive.index import (
     ENTRY_DTYPE,
     FLAG_PARENT,
     KNOWN_FLAGS,
+    MAX_EPOCH,
     CatalogEntry,
     ChunkEntry,
     _first_not_below,
@@ -80,8 +81,12 @@ class PagedIndex:
     paged = True
 
     def __init__(self, data: bytes | memoryview, read_page: PageReader, *, base: int,
-                 index_offset: int, where: str) -> None:
+                 index_offset: int, where: str,
+                 page_epoch: Callable[[int], int] | None = None) -> None:
         self._where = where
+        # an encrypted archive: the epoch page p was sealed under, which every entry of the
+        # page must record (docs/FORMAT.md §11.4); None: entries record no epoch check
+        self._page_epoch = page_epoch
         if len(data) < _ROOT_HEADER.size:
             raise self._err(f"{len(data)} bytes is shorter than its header")
         (magic, flags, count, pages, pe, mlen, mxxh, node_off, node_len, keys_len, cflag,
@@ -247,6 +252,14 @@ class PagedIndex:
         if bad.size:
             raise self._err(f"chunk {int(seqs[bad[0]])}: unknown flags "
                             f"{int(e['flags'][bad[0]]):#x}", p)
+        want = None if self._page_epoch is None else self._page_epoch(p)
+        bad = np.flatnonzero(e["reserved"] > MAX_EPOCH if want is None
+                             else e["reserved"] != want)
+        if bad.size:
+            j = int(bad[0])
+            raise self._err(f"chunk {int(seqs[j])}: records epoch {int(e['reserved'][j]):#x}"
+                            + ("" if want is None else f", the page was sealed under {want}"),
+                            p)
         if (e["records"] < 1).any():
             raise self._err(f"chunk {int(seqs[np.flatnonzero(e['records'] < 1)[0]])}: record "
                             "count 0", p)
@@ -405,10 +418,10 @@ class PagedIndex:
 
 def _entry(pg: _Page, j: int) -> ChunkEntry:
     (seq, off, length, plen, recs, pxxh, mxxh, kxxh, koff, flen, llen, flags,
-     _res) = pg.entries[j].tolist()
+     epoch) = pg.entries[j].tolist()
     return ChunkEntry(seq, off, length, plen, recs, pxxh, mxxh, kxxh,
                       pg.keys[koff : koff + flen], pg.keys[koff + flen : koff + flen + llen],
-                      flags)
+                      flags, epoch)
 
 
 _PAD_LIMIT = 256  # longest key compared as a padded array; longer pages are compared in Python

@@ -130,7 +130,7 @@ class PagedIndexBuilder:
         self._table += _ENTRY.pack(
             e.seq, e.offset, e.length, e.payload_len, e.records, e.payload_xxh3,
             e.member_xxh3, e.keys_xxh3, len(self._keys), len(e.first_key), len(e.last_key),
-            e.flags, 0,
+            e.flags, e.epoch,
         )
         self._keys += e.first_key
         self._keys += e.last_key
@@ -171,6 +171,16 @@ class PagedIndexBuilder:
         self._root_keys += self._page_first
         self._root_keys += self._page_last
         self.pages += 1
+        self._table = bytearray()
+        self._catalog = bytearray()
+        self._keys = bytearray()
+        self._in_page = self._page_catalogs = self._page_records = 0
+
+    def drop_page(self) -> None:
+        """Forget the chunks added since the last page was written (a resumed backup cuts
+        its file after that page, docs/FORMAT.md §11.5)."""
+        self.count -= self._in_page
+        self.catalog_count -= self._page_catalogs
         self._table = bytearray()
         self._catalog = bytearray()
         self._keys = bytearray()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup.archive import crypto
 from dsbackup.archive import format as fmt
+from dsbackup.archive.epochs import epoch_at, resumed_runs
 from dsbackup.archive.index import ChunkEntry, Index
 from dsbackup.archive.member import decode_member, inflate_sealed_body
 from dsbackup.archive.node import NodeFile, decode_node
@@ -63,6 +64,7 @@ class ArchiveReader:
         self._manifest: dict[str, Any] | None = None
         self._summary: dict[str, Any] | None = None
         self._node: list[NodeFile] | None = None
+        self._runs: list[tuple[int, int]] | None = None  # resumed runs (encrypted, paged)
         # incremental archives: where to look for parents besides this archive's directory
         self.parent_dirs = [as_location(d) for d in (parent_dirs or [])]
         for d in self.parent_dirs:
@@ -122,7 +124,9 @@ class ArchiveReader:
                 from dsbackup.archive.pagedindex import PagedIndex
 
                 self.index = PagedIndex(data, self._read_page, base=self.base,
-                                        index_offset=t.index_offset, where=str(self.path))
+                                        index_offset=t.index_offset, where=str(self.path),
+                                        page_epoch=None if self.cipher is None
+                                        else self._page_epoch)
             else:
                 self.index = Index(data, self.version)
             if self.index.chunk_count != t.chunk_count:
@@ -179,14 +183,25 @@ class ArchiveReader:
         _, data = decode_member(raw, where, expected_type=fmt.TYPE_PAGE,
                                 expected_name=fmt.page_name(page), part="index",
                                 version=self.version, flags=self.flags)
-        return self._open(fmt.TYPE_PAGE, page, data, where, part="index")
+        epoch = 0 if self.cipher is None else self._page_epoch(page)
+        return self._open(fmt.TYPE_PAGE, page, data, where, part="index", epoch=epoch)
+
+    def _page_epoch(self, page: int) -> int:
+        """The epoch index page `page` of an encrypted archive was sealed under: that of the
+        run that wrote its first chunk (dsbackup.archive.epochs; 0 unless resumed)."""
+        if self._runs is None:
+            self._runs = resumed_runs(self.summary, str(self.path))
+        return epoch_at(self._runs, page * self.index.page_entries)  # type: ignore[union-attr]
 
     def _open(self, mtype: int, seq: int, data: memoryview, where: str, *,
-              chunk: int | None = None, part: str | None = None) -> memoryview:
-        """A member's data: decrypted when the archive is encrypted."""
+              chunk: int | None = None, part: str | None = None,
+              epoch: int = 0) -> memoryview:
+        """A member's data: decrypted when the archive is encrypted. The single members
+        (manifest, node, index or root, summary) are sealed under epoch 0 (§11.4)."""
         if self.cipher is None:
             return data
-        return memoryview(self.cipher.open(mtype, seq, data, where, chunk=chunk, part=part))
+        return memoryview(self.cipher.open(mtype, seq, data, where, chunk=chunk, part=part,
+                                           epoch=epoch))
 
     # -- raw access ------------------------------------------------------------------------
 
@@ -369,7 +384,8 @@ class ArchiveReader:
             if (sub.seq, sub.records) != (i, 0):
                 raise IntegrityError(f"{where}: member header disagrees with the index",
                                      chunk=i)
-            plain = self.cipher.open(fmt.TYPE_CHUNK, i, payload, where, chunk=i)
+            plain = self.cipher.open(fmt.TYPE_CHUNK, i, payload, where, chunk=i,
+                                     epoch=e.epoch)
             return inflate_sealed_body(plain, e.payload_len, e.payload_xxh3, where, chunk=i)
         if (sub.seq, sub.records, sub.data_len, sub.data_xxh3) != (
                 i, e.records, e.payload_len, e.payload_xxh3):
@@ -445,7 +461,8 @@ class ArchiveReader:
                                   expected_name=fmt.catalog_name(i), chunk=i,
                                   version=self.version, flags=self.flags)
         if self.cipher is not None:
-            plain = self.cipher.open(fmt.TYPE_CATALOG, i, data, where, chunk=i)
+            plain = self.cipher.open(fmt.TYPE_CATALOG, i, data, where, chunk=i,
+                                     epoch=self.entry(i).epoch)
             return inflate_sealed_body(plain, c.data_len, c.data_xxh3, where, chunk=i)
         if (sub.data_len, sub.data_xxh3) != (c.data_len, c.data_xxh3):
             raise IntegrityError(f"{self.path}: catalog {i}: header disagrees with the index",

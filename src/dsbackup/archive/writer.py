@@ -22,6 +22,7 @@ from dsbackup.archive.pages import PagedIndexBuilder
 from dsbackup.archive.resume import ResumeState
 from dsbackup.errors import ArchiveError
 from dsbackup.storage import S3Location, open_sink
+from dsbackup.storage.resumestate import FINISHING, WRITING
 
 _U64 = struct.Struct("<Q")
 
@@ -80,7 +81,9 @@ class ArchiveWriter:
     ``resume``: go on writing a killed backup's temp file (docs/FORMAT.md §11.5): its kept
     members as dsbackup.archive.resume.rescan found them, in ``sink`` (a
     dsbackup.storage.local.ResumedSink, already cut to ``resume.end``); the manifest and node
-    member are the file's, not written again.
+    member are the file's, not written again, and so are its format version, flags, key
+    header and paged index (``key`` and ``page_entries`` are not used). An encrypted file goes
+    on with its own data key, sealing under the resumed run's epoch (§11.4).
     """
 
     def __init__(
@@ -100,8 +103,8 @@ class ArchiveWriter:
         sink: Any = None,
     ) -> None:
         self.overwrite = overwrite
-        if resume is not None and (sink is None or key is not None or page_entries is not None):
-            raise ValueError("resume needs its sink, and no encryption or paged index")
+        if resume is not None and sink is None:
+            raise ValueError("resume needs its sink")
         # the IO boundary: a local temp file, an S3 multipart upload or stdout
         self._sink = sink if sink is not None else open_sink(path, overwrite=overwrite)
         self.final = self._sink.final
@@ -133,11 +136,13 @@ class ArchiveWriter:
         self._sealed_catalog: bool | None = None
         self._base = 0  # length of the key header (the manifest follows it)
         self._node_offset = self._node_length = 0
+        self._epoch = 0  # the nonce epoch of chunks, catalogs and pages this run seals (§11.4)
         if resume is not None:
             self._resume(resume)
             return
         try:
             if key is not None:  # the key header first, plaintext, stored blocks (§11.4)
+                self._mark_sealing(WRITING)  # a later --resume needs it (resumestate)
                 header, self._cipher = new_archive_key(key, self.version, kdf)
                 body = deflate_body(header, 0)
                 sub = fmt.data_subfield(fmt.TYPE_KEY, len(header), xxh3_64(header),
@@ -161,17 +166,17 @@ class ArchiveWriter:
 
     def _resume(self, st: ResumeState) -> None:
         """Take over the kept members of a killed backup's temp file."""
-        self.version = st.version
+        self.version, self.flags = st.version, st.flags
         self._pos = st.end
+        self._base, self._cipher, self._epoch = st.base, st.cipher, st.epoch
         self._manifest_length, self._manifest_xxh3 = st.manifest_length, st.manifest_xxh3
         self._node_offset, self._node_length = st.node_offset, st.node_length
-        for i, e in enumerate(st.chunks):
-            self._index.add_chunk(e)
-            if st.catalogs:
-                self._index.add_catalog(st.catalogs[i])
-            self._fingerprint.update(_U64.pack(e.payload_xxh3))
-            self._records += e.records
-            self._payload_bytes += e.payload_len
+        self._index = st.index  # the kept chunks (and pages) already in it
+        self._page_bytes = st.page_bytes
+        if st.next_seq and self._cipher is not None:
+            self._sealed_catalog = st.catalog
+        self._fingerprint = st.fingerprint  # over the kept chunks' payload XXH3s
+        self._records, self._payload_bytes = st.records, st.payload_bytes
         self._raw_bytes = st.raw_bytes
         self._prev_last = st.last_key
 
@@ -199,9 +204,9 @@ class ArchiveWriter:
         return offset, self._pos - offset, h.intdigest()
 
     def _write_data_member(self, mtype: int, name: bytes, data: bytes, level: int | None = None,
-                           seq: int = 0) -> tuple[int, int, int]:
+                           seq: int = 0, epoch: int = 0) -> tuple[int, int, int]:
         if self._cipher is not None:  # ciphertext || tag in stored blocks (§11.4)
-            body, digest = self._cipher.seal_stored(mtype, seq, data)
+            body, digest = self._cipher.seal_stored(mtype, seq, data, epoch)
             sub = fmt.data_subfield(mtype, body.input_len, digest, self.version, self.flags)
             return self._write_member(sub, name, self.created, body)
         body = deflate_body(data, self.level if level is None else level)
@@ -212,7 +217,7 @@ class ArchiveWriter:
         """An encrypted member's body: the compressed body sealed, in stored blocks; and
         the XXH3-64 of the sealed bytes (the subfield's digest). One native pass (see
         dsbackup._ext.seal), GIL released: it overlaps the previous member's write."""
-        return self._cipher.seal_stored(mtype, seq, body.data)
+        return self._cipher.seal_stored(mtype, seq, body.data, self._epoch)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -308,7 +313,7 @@ class ArchiveWriter:
         sub = fmt.chunk_subfield(seq, 0, sbody.input_len, sxxh, self.version, self.flags)
         off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, sbody)
         self._index.add_chunk(ChunkEntry(seq, off, length, plen, records, pxxh, mxxh, kxxh,
-                                         first, last))
+                                         first, last, 0, self._epoch))
         if csealed is not None:
             cbody, cs = csealed
             csub = fmt.data_subfield(fmt.TYPE_CATALOG, cbody.input_len, cs, self.version,
@@ -326,7 +331,7 @@ class ArchiveWriter:
             return
         number, data = ix.take_page()
         off, length, mxxh = self._write_data_member(fmt.TYPE_PAGE, fmt.page_name(number), data,
-                                                    0, seq=number)
+                                                    0, seq=number, epoch=self._epoch)
         ix.page_written(off, length, mxxh)
         self._page_bytes += length
 
@@ -339,6 +344,26 @@ class ArchiveWriter:
         if self._sealer is not None:
             self._sealer.shutdown(wait=True)
             self._sealer = None
+
+    # -- the sealing state a --resume of an encrypted temp file needs (docs/FORMAT.md §11.4) ---
+
+    def _mark_sealing(self, state: bytes) -> None:
+        mark = getattr(self._sink, "set_sealing", None)  # local temp files only
+        if mark is not None:
+            mark(state)
+
+    def _finishing(self) -> None:
+        """Before the index and the summary are sealed (under epoch 0, once in the archive's
+        life): make `finishing` durable on the temp file, so that no resume of it ever seals
+        them again; where that cannot be recorded, remove the sealing state instead (the file
+        is then not resumable)."""
+        sink = self._sink
+        if getattr(sink, "set_sealing", None) is None:
+            return
+        if sink.set_sealing(FINISHING, durable=True) or sink.forget_sealing():
+            return
+        raise ArchiveError(f"{self.final}: cannot record on the temporary file that its index "
+                           "is being written (user extended attribute)")
 
     def add_reference(self, parent_seq: int, entry: ChunkEntry, raw_bytes: int, *,
                       catalog: bool = False) -> ChunkEntry:
@@ -381,6 +406,8 @@ class ArchiveWriter:
             self._flush_pending()
             self._stop_sealer()
             self._page_out(final=True)
+            if self._cipher is not None:
+                self._finishing()
             chunk_bytes = (self._pos - self._base - self._manifest_length - self._node_length
                            - self._page_bytes)
             index_data = self._index.encode(self._manifest_length, self._manifest_xxh3,

@@ -64,8 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "is over 4096 chunks (default)")
     p.add_argument("--resume", action="store_true",
                    help="continue the temporary file a killed backup left for ARCHIVE "
-                   "(full, unencrypted backups; docs/FORMAT.md §11.5); starts a new backup "
-                   "when there is none")
+                   "(full backups, encrypted with the same key options or not; "
+                   "docs/FORMAT.md §11.5); starts a new backup when there is none")
     p.add_argument("--datastore-only", action="store_true",
                    help="kubo: archive the datastore records only, not the node's own files "
                    "(config with its private key, version, datastore_spec, keystore/): a "

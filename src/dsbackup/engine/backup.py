@@ -194,6 +194,8 @@ class BackupManager:
             if resumed is None:
                 log.warning("%s: no temporary file of an interrupted backup to resume; "
                             "starting a new backup", path)
+            elif isinstance(resumed, BackupMetadata):
+                return resumed  # a whole archive, checked and put in place
             else:
                 plan, stream = resumed
         return write_archive(plan, stream)
@@ -254,16 +256,14 @@ class BackupManager:
 
 
 def _check_resumable(cfg: BackupConfig, path: Any, parent: Any, format: str) -> None:
-    """--resume continues full, unencrypted, local dsbackup-format backups with one index."""
+    """--resume continues full, local dsbackup-format backups (docs/FORMAT.md §11.5)."""
     why = ("an incremental backup (--parent)" if parent is not None
            else "--format go" if format != "dsbackup"
-           else "an encrypted backup" if cfg.encryption is not None
-           else "--paged-index always" if cfg.paged_index == "always"
            else "an archive that is not a local file" if is_remote(path) or is_stream(path)
            else None)
     if why is not None:
-        raise ConfigError(f"--resume continues only full, unencrypted, local backups with one "
-                          f"index, not {why}; leave out --resume")
+        raise ConfigError(f"--resume continues only full backups into a local file, not "
+                          f"{why}; leave out --resume")
 
 
 def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,

@@ -2,8 +2,14 @@
 
 The temp file a dead writer left beside the archive (no live lock, dsbackup.storage.tempfiles)
 is rescanned (dsbackup.archive.resume); its manifest must match this run's settings; it is cut
-after its last whole, checked chunk, and the store is scanned again from the key after that
-chunk's last key — for LMDB in a new read snapshot, recorded in the summary's `resumed` list.
+after its last whole, checked chunk (a paged archive: after its last index page), and the store
+is scanned again from the key after that chunk's last key — for LMDB in a new read snapshot,
+recorded in the summary's `resumed` list.
+
+An encrypted temp file is resumed with its own data key (the same key options as the backup)
+under a new nonce epoch, one more than any run of it used, made durable on the file before
+anything is written; a file whose sealing state is unknown or says its index was being written
+is refused (docs/FORMAT.md §11.4, dsbackup.storage.resumestate).
 """
 
 from __future__ import annotations
@@ -20,19 +26,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dsbackup.archive.resume import ResumeState, manifest_settings, rescan
+from dsbackup.archive import format as fmt
+from dsbackup.archive.epochs import MAX_EPOCH, resumed_runs
+from dsbackup.archive.pages import default_page_entries
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.resume import ResumeState, is_encrypted, manifest_settings, rescan
 from dsbackup.engine.full import FullStream
-from dsbackup.engine.manifest import ScanOutcome, manifest_for
+from dsbackup.engine.manifest import ScanOutcome, manifest_for, metadata_from_reader
 from dsbackup.engine.plan import BackupPlan
-from dsbackup.errors import ArchiveError
+from dsbackup.errors import ArchiveError, IntegrityError, KeyRequiredError, UnsupportedArchive
+from dsbackup.metadata import BackupMetadata
 from dsbackup.pipeline.central import ChunkSettings, central_chunks
+from dsbackup.storage import resumestate
 from dsbackup.storage.local import ResumedSink
 from dsbackup.storage.tempfiles import stale_temp_files, temp_path_for
 
 log = logging.getLogger(__name__)
-
-# the resume history travels with the temp file's inode (lost where user xattrs are not kept)
-_EPOCHS_XATTR = "user.dsbackup.resumed"
 
 
 @dataclass
@@ -46,7 +55,7 @@ class Resumption:
         """Keep the resume history on the temp file, for a later resume of this one."""
         if snapshot is not None:
             self.epoch["snapshot"] = snapshot
-        _save_epochs(self.fd, [*self.state.epochs, self.epoch])
+        resumestate.save_epochs(self.fd, [*self.state.epochs, self.epoch])
 
 
 def find_temp(final: Path) -> tuple[Path, int] | None:
@@ -90,37 +99,132 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
-def _load_epochs(fd: int) -> list[dict[str, Any]]:
+def _runs(epochs: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(epoch, from_seq) of the earlier resumes, as far as the history is well formed."""
+    out: list[tuple[int, int]] = []
+    for e in epochs:
+        if not (isinstance(e, dict) and type(e.get("epoch")) is int
+                and type(e.get("from_seq")) is int):
+            break
+        out.append((e["epoch"], e["from_seq"]))
+    return out
+
+
+def _check_sealing(fd: int, name: str) -> None:
+    """An encrypted temp file is resumable only while its writer was sealing chunks: its
+    sealing state says so (docs/FORMAT.md §11.4)."""
+    state = resumestate.sealing(fd)
+    if state == resumestate.WRITING:
+        return
+    if state == resumestate.FINISHING:
+        why = ("its writer was killed while writing the index, after the last chunk: an "
+               "encrypted archive's index is sealed once")
+    else:
+        why = ("it has no sealing state (this filesystem does not keep user extended "
+               "attributes, or its writer could not record them), so the nonces its runs used "
+               "are not known")
+    raise ArchiveError(f"cannot resume {name}: {why}; leave out --resume to start again "
+                       "(that removes it)")
+
+
+def _paged_difference(paged: bool, mode: str) -> str | None:
+    if paged and mode == "never":
+        return "the index is paged there, --paged-index never now"
+    if not paged and mode == "always":
+        return "the index is single there, --paged-index always now"
+    return None
+
+
+def _settings_difference(plan: BackupPlan, old: dict[str, Any], paged: bool
+                         ) -> tuple[BackupPlan, str | None]:
+    """`plan` with the file's chunk size when this run's is auto, and the first setting in
+    which the file and this run differ (None: none)."""
+    settings = manifest_settings(old)
+    if plan.cfg.chunk_size is None and isinstance(settings.get("chunk_size"), int):
+        plan = dataclasses.replace(plan, chunk_size=settings["chunk_size"])  # auto: kept
+    return plan, (_difference(old, manifest_for(plan))
+                  or _paged_difference(paged, plan.cfg.paged_index))
+
+
+def _whole(plan: BackupPlan, tmp: Path, fd: int) -> bool:
+    """Whether the temp file is already a whole archive (its writer was killed while it was
+    checked before the rename, or renamed): a valid trailer, and index and manifest that read
+    with this run's key; its settings must be this run's (else ArchiveError)."""
+    size = os.fstat(fd).st_size
     try:
-        epochs = json.loads(os.getxattr(fd, _EPOCHS_XATTR))
-    except (OSError, ValueError):
-        return []
-    return epochs if isinstance(epochs, list) else []
-
-
-def _save_epochs(fd: int, epochs: list[dict[str, Any]]) -> None:
+        fmt.Trailer.decode(os.pread(fd, fmt.TRAILER_SIZE, max(0, size - fmt.TRAILER_SIZE)),
+                           size)
+    except (IntegrityError, UnsupportedArchive):
+        return False
     try:
-        os.setxattr(fd, _EPOCHS_XATTR, json.dumps(epochs).encode())
-    except OSError as exc:
-        log.info("cannot keep the resume history on the temporary file: %s", exc)
+        with ArchiveReader(tmp, key=plan.cfg.encryption) as r:
+            manifest, paged = r.manifest, r.paged
+            r.summary  # noqa: B018 - read and checked
+    except KeyRequiredError:
+        raise ArchiveError(f"cannot resume {tmp.name}: it is an encrypted archive; give "
+                           "--encrypt and the key options it was written with") from None
+    except IntegrityError:
+        return False
+    if plan.cfg.encryption is not None and r.cipher is None:
+        raise ArchiveError(f"cannot resume {tmp.name}: it is not encrypted; leave out "
+                           "--encrypt (or --resume, to start an encrypted backup again)")
+    diff = _settings_difference(plan, manifest, paged)[1]
+    if diff is not None:
+        raise ArchiveError(f"cannot resume {tmp.name}: {diff} (give the same settings, or "
+                           "leave out --resume to start again: that removes it)")
+    return True
 
 
-def plan_resumed(plan: BackupPlan, stream: FullStream) -> tuple[BackupPlan, FullStream] | None:
+def _commit_whole(plan: BackupPlan, final: Path, tmp: Path, fd: int) -> BackupMetadata:
+    """Check a whole archive left in a temp file and put it in place, as it is."""
+    log.warning("resuming %s from %s: it is a whole archive (its writer was killed while "
+                "checking or placing it): checked and put in place as it is", final, tmp.name)
+    mine = temp_path_for(final)
+    os.rename(tmp, mine)
+    sink = ResumedSink(final, mine, fd, os.fstat(fd).st_size, overwrite=plan.cfg.overwrite)
+    try:
+        sink.commit(plan.check)
+    except BaseException:
+        sink.abort()  # as a backup whose check fails: nothing at the final path
+        raise
+    with ArchiveReader(final, key=plan.cfg.encryption) as r:
+        return metadata_from_reader(r)
+
+
+def plan_resumed(plan: BackupPlan, stream: FullStream
+                 ) -> tuple[BackupPlan, FullStream] | BackupMetadata | None:
     """The plan and stream that continue a killed backup of `plan` (a full backup's), or None
-    when no dead writer left a temp file for the archive. ArchiveError (exit 2) when the file
-    cannot be resumed by this run: "cannot resume: ..." names why."""
+    when no dead writer left a temp file for the archive; the metadata of the archive when the
+    temp file was already whole (checked and put in place). ArchiveError (exit 2) when the
+    file cannot be resumed by this run: "cannot resume: ..." names why."""
     final = Path(plan.path)
     found = find_temp(final)
     if found is None:
         return None
     tmp, fd = found
     try:
-        state = rescan(fd, str(tmp))
+        whole = _whole(plan, tmp, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if whole:
+        return _commit_whole(plan, final, tmp, fd)
+    state: ResumeState | None = None
+    try:
+        epochs = resumestate.load_epochs(fd)
+        runs = _runs(epochs)
+        if is_encrypted(fd) and plan.cfg.encryption is not None:
+            _check_sealing(fd, tmp.name)  # before reading the file
+            try:  # its epochs must be exact: the nonces of the runs that wrote it
+                runs = resumed_runs({"resumed": epochs}, tmp.name)
+            except IntegrityError:
+                raise ArchiveError(f"cannot resume {tmp.name}: its resume history "
+                                   f"({resumestate.EPOCHS_XATTR}) is damaged; leave out "
+                                   "--resume to start again") from None
+        state = rescan(fd, str(tmp), key=plan.cfg.encryption, runs=runs,
+                       page_entries=plan.page_entries or default_page_entries())
         old = state.manifest
-        settings = manifest_settings(old)
-        if plan.cfg.chunk_size is None and isinstance(settings.get("chunk_size"), int):
-            plan = dataclasses.replace(plan, chunk_size=settings["chunk_size"])  # auto: kept
-        diff = _difference(old, manifest_for(plan))
+        plan, diff = _settings_difference(plan, old, state.paged)
         if diff is not None:
             raise ArchiveError(f"cannot resume {tmp.name}: {diff} (give the same settings, or "
                                "leave out --resume to start again: that removes it)")
@@ -129,14 +233,28 @@ def plan_resumed(plan: BackupPlan, stream: FullStream) -> tuple[BackupPlan, Full
         except (KeyError, TypeError, ValueError):
             raise ArchiveError(f"cannot resume {tmp.name}: its manifest has no valid "
                                "'created'") from None
-        epochs = _load_epochs(fd)
-        epoch = {"epoch": len(epochs) + 1, "from_seq": state.next_seq, "snapshot": None}
+        used = [e["epoch"] for e in epochs if isinstance(e, dict)
+                and type(e.get("epoch")) is int]
+        number = max(used, default=len(epochs)) + 1
+        epoch = {"epoch": number, "from_seq": state.next_seq, "snapshot": None}
         state.epochs = epochs
+        if state.cipher is not None:  # the new epoch on disk before any member (§11.4)
+            if number > MAX_EPOCH:
+                raise ArchiveError(f"cannot resume {tmp.name}: resumed {number - 1} times, "
+                                   "the most an encrypted archive can be")
+            state.epoch = number
+            try:
+                resumestate.save_epochs(fd, [*epochs, epoch], durable=True)
+            except OSError as exc:
+                raise ArchiveError(f"cannot resume {tmp.name}: cannot record its new nonce "
+                                   f"epoch on the file: {exc.strerror}") from None
         mine = temp_path_for(final)
         os.rename(tmp, mine)  # ours now: its name carries this process's PID
         sink = ResumedSink(final, mine, fd, state.end, overwrite=plan.cfg.overwrite)
     except BaseException:
         os.close(fd)  # the file stays as it was (resumable by a run with the right settings)
+        if state is not None and state.cipher is not None:
+            state.cipher.close()
         raise
     log.warning("resuming %s from %s: %d chunks (%d records) kept, %d bytes after them "
                 "dropped; scanning on from the key after %r", final, tmp.name, state.next_seq,

@@ -17,6 +17,7 @@ from dsbackup.errors import (
     IntegrityError,
 )
 from dsbackup.filemodes import private_mode
+from dsbackup.storage import resumestate
 from dsbackup.storage.base import Check
 from dsbackup.storage.tempfiles import (
     fsync_dir,
@@ -104,10 +105,19 @@ class LocalSink:
                 check(self.tmp)
         finally:
             synced.wait()
+        resumestate.clear(self._fd)  # the resume notes of the temp file (none: a no-op)
         self._place()
         os.close(self._fd)
         self._closed = True
         fsync_dir(self.final.parent)
+
+    # -- an encrypted archive's sealing state, for a later --resume (dsbackup.storage.resumestate)
+
+    def set_sealing(self, state: bytes, *, durable: bool = False) -> bool:
+        return resumestate.set_sealing(self._fd, state, durable=durable)
+
+    def forget_sealing(self) -> bool:
+        return resumestate.forget_sealing(self._fd)
 
     def _place(self) -> None:
         """Move the finished temp file to the final name (while its lock is still held)."""
