@@ -160,10 +160,11 @@ class S3Sink:
             raise _unavailable(loc, "starting the upload", exc) from None
 
     def write(self, pieces: Sequence[bytes | memoryview]) -> int:
-        n = self._sent.add(pieces)
-        # a copy: obstore keeps the buffer it is given until the part is uploaded, and the
-        # pieces may be a worker's slot that is reused as soon as this returns
+        # one copy: obstore keeps the buffer it is given until the part is uploaded, and the
+        # pieces may be a worker's slot that is reused as soon as this returns; the record of
+        # what was sent keeps the same object for its last members
         data = b"".join(pieces)
+        n = self._sent.add(pieces, data)
         try:
             if data:
                 self._w.write(data)
