@@ -68,6 +68,19 @@ class ArchiveUnavailable(ArchiveError):
     description = "archive missing or unreadable"
 
 
+class S3ApiError(ArchiveUnavailable):
+    """A request of dsbackup's own S3 client (listing and aborting multipart uploads) failed:
+    the server's status and error code, or the connection's error. The message is scrubbed of
+    credentials by the raiser (dsbackup.storage.s3api)."""
+
+    description = "S3 request failed"
+
+    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
 class UnsupportedArchive(ArchiveError):
     """A well-formed archive of a format version or feature this build does not read (docs/
     FORMAT.md §11): refused, never guessed. Not damage: ``verify`` exits 2 for it."""

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit
 
-from dsbackup.errors import ArchiveUnavailable, ConfigError
+from dsbackup.errors import ArchiveUnavailable, ConfigError, S3ApiError
 from dsbackup.storage.s3config import client_config, scrub, settings
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -114,13 +114,9 @@ class Part:
     size: int
 
 
-class S3ApiError(ArchiveUnavailable):
-    """A request failed: the server's status and error code, or the connection's error."""
-
-    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
-        super().__init__(scrub(message))
-        self.status = status
-        self.code = code
+def _failed(message: str, status: int = 0, code: str = "") -> S3ApiError:
+    """An S3ApiError whose message is scrubbed of credentials."""
+    return S3ApiError(scrub(message), status, code)
 
 
 def parse_time(text: str) -> datetime:
@@ -128,7 +124,7 @@ def parse_time(text: str) -> datetime:
     m = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?(Z|[+-]\d\d:?\d\d)?",
                      text.strip())
     if not m:
-        raise S3ApiError(f"the S3 server sent an unreadable time {text[:40]!r}")
+        raise _failed(f"the S3 server sent an unreadable time {text[:40]!r}")
     y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
     t = datetime(y, mo, d, h, mi, s, tzinfo=timezone.utc)
     off = m.group(8)
@@ -149,7 +145,7 @@ def _int(el: ET.Element, name: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise S3ApiError(f"the S3 server sent an unreadable {name} {text[:40]!r}") from None
+        raise _failed(f"the S3 server sent an unreadable {name} {text[:40]!r}") from None
 
 
 class S3Api:
@@ -209,7 +205,7 @@ class S3Api:
         finally:
             conn.close()
         if len(body) > MAX_RESPONSE:
-            raise S3ApiError(f"{method} response over {MAX_RESPONSE} bytes")
+            raise _failed(f"{method} response over {MAX_RESPONSE} bytes")
         try:
             date = parsedate_to_datetime(when) if when else datetime.now(timezone.utc)
         except (TypeError, ValueError):
@@ -230,13 +226,13 @@ class S3Api:
                 r = self._once(method, path, params)
             except (OSError, http.client.HTTPException) as exc:
                 if last:
-                    raise S3ApiError(f"{what} failed: {type(exc).__name__}: {exc}") from None
+                    raise _failed(f"{what} failed: {type(exc).__name__}: {exc}") from None
             else:
                 if 200 <= r.status < 300:
                     return r
                 if not (r.status >= 500 or r.status == 429) or last:
                     code, msg = self._error(r)
-                    raise S3ApiError(f"{what} failed: HTTP {r.status} {code}"
+                    raise _failed(f"{what} failed: HTTP {r.status} {code}"
                                      + (f": {msg}" if msg else ""), r.status, code)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -277,7 +273,7 @@ class S3Api:
                 return
             nk, ni = dec(_text(root, "NextKeyMarker")), _text(root, "NextUploadIdMarker")
             if not nk or (nk, ni) == (key_marker, id_marker):
-                raise S3ApiError(f"ListMultipartUploads of s3://{bucket}/{prefix}: the server "
+                raise _failed(f"ListMultipartUploads of s3://{bucket}/{prefix}: the server "
                                  "said there is more but gave no new marker")
             key_marker, id_marker = nk, ni
 
@@ -295,7 +291,7 @@ class S3Api:
                 return
             nxt = _text(root, "NextPartNumberMarker")
             if not nxt or nxt == marker:
-                raise S3ApiError(f"ListParts of s3://{bucket}/{key}: the server said there is "
+                raise _failed(f"ListParts of s3://{bucket}/{key}: the server said there is "
                                  "more but gave no new marker")
             marker = nxt
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from dsbackup.errors import DsBackupError
+from dsbackup.errors import DsBackupError, S3ApiError
 from dsbackup.storage.location import S3Location
-from dsbackup.storage.s3api import S3Api, S3ApiError
+from dsbackup.storage.s3api import S3Api
 from dsbackup.storage.s3config import client_config, scrub, settings
 
 log = logging.getLogger(__name__)
