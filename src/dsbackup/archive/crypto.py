@@ -247,6 +247,14 @@ def load_passphrase_file(path: str | os.PathLike[str]) -> KeyMaterial:
         _zero(data)
 
 
+def sealed_size(n: int) -> int:
+    """The bytes of an encrypted member's body for `n` bytes of data: the stored deflate
+    blocks (at most 65535 bytes each, 5 bytes of header) of ``ciphertext || tag``
+    zero-padded to 512 (= ``dsbackup._ext.seal.sealed_size(n)``, without loading it)."""
+    total = -(-(n + TAG_BYTES) // 512) * 512
+    return total + 5 * -(-total // 65535)
+
+
 class ArchiveCipher:
     """One archive's data key: seals and opens its members (docs/FORMAT.md §11.4).
 
@@ -263,6 +271,7 @@ class ArchiveCipher:
         _zero(dk)
         self._gcm: GcmKey | None = None
         self._seal: Any = None  # dsbackup._ext.seal.seal_stored, imported with the key
+        self._seal_into: Any = None  # and seal_into
         self._aead: AESGCM | None = None
         self._lock = threading.Lock()
 
@@ -285,17 +294,28 @@ class ArchiveCipher:
         """(Body, xxh3): ``ciphertext || tag`` of a member's plaintext as the stored deflate
         blocks of its tar entry data (zero-padded to 512), and the XXH3-64 of the sealed
         bytes (the subfield's digest); natively, GIL released."""
-        gcm = self._gcm
-        if gcm is None:
-            with self._lock:
-                if self._gcm is None:
-                    from dsbackup._ext import seal
-
-                    self._seal = seal.seal_stored
-                    self._gcm = seal.GcmKey(self._dk)
-                gcm = self._gcm
+        gcm = self._gcm if self._gcm is not None else self._native()
         return self._seal(gcm, self.nonce(mtype, seq), self.aad(mtype, seq, len(plaintext)),
                           plaintext)
+
+    def seal_into(self, mtype: int, seq: int, plaintext: bytes | memoryview,
+                  out: bytearray) -> tuple[int, int, int, int, int]:
+        """``seal_stored`` into the start of `out` (a buffer reused from member to member,
+        at least ``dsbackup._ext.seal.sealed_size(len(plaintext))`` bytes): (bytes written,
+        crc32, size, input_len, xxh3), as the Body's fields and the digest."""
+        gcm = self._gcm if self._gcm is not None else self._native()
+        return self._seal_into(gcm, self.nonce(mtype, seq),
+                               self.aad(mtype, seq, len(plaintext)), plaintext, out)
+
+    def _native(self) -> GcmKey:
+        """The native key (dsbackup._ext.seal), made on first use."""
+        with self._lock:
+            if self._gcm is None:
+                from dsbackup._ext import seal
+
+                self._seal, self._seal_into = seal.seal_stored, seal.seal_into
+                self._gcm = seal.GcmKey(self._dk)
+            return self._gcm
 
     def open(self, mtype: int, seq: int, stored: bytes | memoryview, where: str, *,
              chunk: int | None = None, part: str | None = None) -> bytes:

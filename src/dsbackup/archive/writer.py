@@ -8,18 +8,19 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from dsbackup._ext.checksum import Xxh3_64, Xxh3_128, crc32, crc32_combine, xxh3_64
+from dsbackup._ext.compress import Body as NativeBody
 from dsbackup._ext.compress import deflate_body, tar_header
 from dsbackup.archive import format as fmt
-from dsbackup.archive.crypto import KeyMaterial, new_archive_key
+from dsbackup.archive.crypto import KeyMaterial, new_archive_key, sealed_size
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.pages import PagedIndexBuilder
 from dsbackup.archive.resume import ResumeState
+from dsbackup.archive.sealer import SealThread
 from dsbackup.errors import ArchiveError
 from dsbackup.storage import S3Location, open_sink
 
@@ -128,9 +129,11 @@ class ArchiveWriter:
         self.flags = ((fmt.FLAG_ENCRYPTED if encrypted else 0)
                       | (fmt.FLAG_PAGED if page_entries is not None else 0))
         self._cipher = None
-        self._sealer: ThreadPoolExecutor | None = None
-        self._pending: tuple | None = None  # a sealed chunk not yet written
+        self._sealer: SealThread | None = None  # seals and appends chunks (encrypted)
+        self._queued = 0  # chunks submitted to it since it was last idle
+        self._count_at_drain = 0  # the index's count then
         self._sealed_catalog: bool | None = None
+        self._out = [bytearray(), bytearray()]  # its output buffers: chunk, catalog
         self._base = 0  # length of the key header (the manifest follows it)
         self._node_offset = self._node_length = 0
         if resume is not None:
@@ -208,17 +211,13 @@ class ArchiveWriter:
         sub = fmt.data_subfield(mtype, len(data), xxh3_64(data), self.version, self.flags)
         return self._write_member(sub, name, self.created, body)
 
-    def _sealed(self, mtype: int, seq: int, body: Body) -> tuple[Body, int]:
-        """An encrypted member's body: the compressed body sealed, in stored blocks; and
-        the XXH3-64 of the sealed bytes (the subfield's digest). One native pass (see
-        dsbackup._ext.seal), GIL released: it overlaps the previous member's write."""
-        return self._cipher.seal_stored(mtype, seq, body.data)
-
     # -- public ----------------------------------------------------------------------------
 
     @property
     def chunk_count(self) -> int:
-        return self._index.count + (self._pending is not None)
+        if self._queued:  # the sealing thread adds index entries meanwhile
+            return self._count_at_drain + self._queued
+        return self._index.count
 
     @property
     def bytes_written(self) -> int:
@@ -263,18 +262,16 @@ class ArchiveWriter:
         self._payload_bytes += body.input_len
         return entry
 
-    # -- encrypted archives: chunk i is sealed in a thread while chunk i-1 is written ----------
-
-    def _seal_chunk(self, seq: int, body: Body, catalog_body: Body | None) -> tuple:
-        return (self._sealed(fmt.TYPE_CHUNK, seq, body),
-                None if catalog_body is None else
-                self._sealed(fmt.TYPE_CATALOG, seq, catalog_body))
+    # -- encrypted archives: chunks are sealed and appended by a thread (archive.sealer) ------
 
     def _add_sealed(self, chunk: ChunkLike, catalog_body: Body | None,
                     catalog_xxh3: int | None) -> None:
-        """The encrypted add_chunk (docs/FORMAT.md §11.4): the member is written on the next
-        call (or by finish), so that sealing overlaps the previous member's write; the chunk's
-        body (a worker's buffer) is sealed, i.e. copied, before this returns."""
+        """The encrypted add_chunk (docs/FORMAT.md §11.4): the chunk goes to the sealing
+        thread, which seals and appends it (and its catalog) after the chunks before it; this
+        returns once it is queued. A body in a worker's slot is held (BodyView.hold) until
+        it is sealed; other bodies are kept (bytes) or copied."""
+        if not self._queued:  # the sealing thread is idle: the index is its own
+            self._count_at_drain = self._index.count
         seq = self.chunk_count
         has_catalog = catalog_body is not None
         if has_catalog and catalog_xxh3 is None:
@@ -283,28 +280,52 @@ class ArchiveWriter:
             raise ArchiveError(f"chunk {seq}: catalog presence changed")
         self._sealed_catalog = has_catalog
         if self._sealer is None:
-            self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsbackup-seal")
+            self._sealer = SealThread(self._seal_and_write, _release_job)
         body = chunk.body
-        job = self._sealer.submit(self._seal_chunk, seq, body, catalog_body)
+        hold = getattr(body, "hold", None)
+        release = hold() if hold is not None else None
+        data = body.data if release is not None else _kept(body.data)
         try:
-            self._flush_pending()
-        finally:
-            sealed = job.result()
-        self._pending = (seq, chunk.record_count, body.input_len, chunk.payload_xxh3,
-                         chunk.keys_xxh3, bytes(chunk.first_key), bytes(chunk.last_key),
-                         catalog_xxh3, catalog_body.input_len if has_catalog else 0, sealed)
-        self._prev_last = self._pending[6]
+            job = (seq, chunk.record_count, body.input_len, chunk.payload_xxh3,
+                   chunk.keys_xxh3, bytes(chunk.first_key), bytes(chunk.last_key), data,
+                   None if catalog_body is None else _kept(catalog_body.data),
+                   catalog_xxh3, catalog_body.input_len if has_catalog else 0, release)
+            self._sealer.submit(job)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        self._queued += 1
+        self._prev_last = job[6]
         self._fingerprint.update(_U64.pack(chunk.payload_xxh3))
         self._records += chunk.record_count
         self._raw_bytes += chunk.raw_bytes
         self._payload_bytes += body.input_len
 
-    def _flush_pending(self) -> None:
-        p, self._pending = self._pending, None
-        if p is None:
-            return
-        seq, records, plen, pxxh, kxxh, first, last, cat_xxh3, cat_len, sealed = p
-        (sbody, sxxh), csealed = sealed
+    def _seal_into(self, mtype: int, seq: int, data: Any, which: int) -> tuple[Body, int]:
+        """`data` sealed into output buffer `which` (grown when too small; reused, so no
+        fresh pages per member): the member body (a view of the buffer) and the XXH3-64 of
+        the sealed bytes (the subfield's digest)."""
+        buf = self._out[which]
+        need = sealed_size(len(data))
+        if len(buf) < need:
+            buf = self._out[which] = bytearray(need + (need >> 3))
+        n, crc, size, input_len, sxxh = self._cipher.seal_into(mtype, seq, data, buf)
+        return NativeBody(memoryview(buf)[:n], crc, size, input_len), sxxh
+
+    def _seal_and_write(self, job: tuple) -> None:
+        """The sealing thread's job: seal a chunk and its catalog, give the worker's slot
+        back, append both members and index them."""
+        seq, records, plen, pxxh, kxxh, first, last, data, cdata, cat_xxh3, cat_len, release \
+            = job
+        try:
+            sbody, sxxh = self._seal_into(fmt.TYPE_CHUNK, seq, data, 0)
+            csealed = (None if cdata is None
+                       else self._seal_into(fmt.TYPE_CATALOG, seq, cdata, 1))
+        finally:
+            if release is not None:
+                release()  # the slot is the worker's again
+        del data
         sub = fmt.chunk_subfield(seq, 0, sbody.input_len, sxxh, self.version, self.flags)
         off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, sbody)
         self._index.add_chunk(ChunkEntry(seq, off, length, plen, records, pxxh, mxxh, kxxh,
@@ -316,6 +337,13 @@ class ArchiveWriter:
             coff, clen, cmx = self._write_member(csub, fmt.catalog_name(seq), 0, cbody)
             self._index.add_catalog(CatalogEntry(coff, clen, cmx, cat_len, cat_xxh3))
         self._page_out()
+
+    def _drain(self) -> None:
+        """Wait until the sealing thread has appended every chunk submitted (its error is
+        raised here)."""
+        if self._sealer is not None:
+            self._sealer.drain()
+            self._queued = 0
 
     # -- paged index (docs/FORMAT.md §11.3): a page after the chunks it describes ---------------
 
@@ -335,10 +363,10 @@ class ArchiveWriter:
         return isinstance(self._index, PagedIndexBuilder)
 
     def _stop_sealer(self) -> None:
-        self._pending = None
         if self._sealer is not None:
-            self._sealer.shutdown(wait=True)
+            self._sealer.close()
             self._sealer = None
+            self._queued = 0
 
     def add_reference(self, parent_seq: int, entry: ChunkEntry, raw_bytes: int, *,
                       catalog: bool = False) -> ChunkEntry:
@@ -348,7 +376,7 @@ class ArchiveWriter:
             raise ArchiveError("archive writer is closed")
         if self.parent_fingerprint is None:
             raise ArchiveError("a chunk reference needs a parent (parent_fingerprint)")
-        self._flush_pending()  # members and index entries stay in seq order
+        self._drain()  # members and index entries stay in seq order
         if self._prev_last is not None and entry.first_key <= self._prev_last:
             raise ArchiveError(
                 f"chunk {self._index.count}: first key {entry.first_key!r} does not follow "
@@ -378,7 +406,7 @@ class ArchiveWriter:
         if self._closed:
             raise ArchiveError("archive writer is closed")
         try:
-            self._flush_pending()
+            self._drain()
             self._stop_sealer()
             self._page_out(final=True)
             chunk_bytes = (self._pos - self._base - self._manifest_length - self._node_length
@@ -436,3 +464,15 @@ class ArchiveWriter:
         if exc_type is not None or not self._closed:
             self.abort()
 
+
+
+def _kept(data: Any) -> Any:
+    """A body's bytes as the sealing thread may read them later: bytes as they are (no one
+    changes them), any other buffer copied (its owner may reuse it once add_chunk returns)."""
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def _release_job(job: tuple) -> None:
+    """A chunk the sealing thread will not seal (the writer stopped): give its slot back."""
+    if job[-1] is not None:
+        job[-1]()
