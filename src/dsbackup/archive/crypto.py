@@ -307,6 +307,11 @@ class ArchiveCipher:
         return self._seal_into(gcm, self.nonce(mtype, seq),
                                self.aad(mtype, seq, len(plaintext)), plaintext, out)
 
+    def prepare(self) -> None:
+        """Make the native key and load the sealing module now (a writer, in a thread)."""
+        if self._gcm is None:
+            self._native()
+
     def _native(self) -> GcmKey:
         """The native key (dsbackup._ext.seal), made on first use."""
         with self._lock:
@@ -379,6 +384,45 @@ def new_archive_key(material: KeyMaterial, version: int,
         return data, ArchiveCipher(archive_id, dk, version)
     finally:
         _zero(dk)
+
+
+class PendingKey:
+    """``new_archive_key`` run in a thread, and the cipher made ready to seal (its native
+    key made, the sealing module loaded): a writer starts it before its scan, which starts
+    meanwhile (the `cryptography` import, the key wrap and, for a passphrase, scrypt, which
+    releases the GIL, no longer come before the first chunk). The key material, the data key
+    and the cipher stay in this process, as with a direct call."""
+
+    def __init__(self, material: KeyMaterial, version: int,
+                 kdf: dict[str, Any] | None = None) -> None:
+        self._args = (material, version, kdf)
+        self._result: tuple[bytes, ArchiveCipher] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dsbackup-key", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            header, cipher = new_archive_key(*self._args)
+            cipher.prepare()
+            self._result = header, cipher
+        except BaseException as exc:  # noqa: BLE001 - raised by result()
+            self._error = exc
+
+    def result(self) -> tuple[bytes, ArchiveCipher]:
+        """(key header JSON, cipher), as new_archive_key; its error raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def cancel(self) -> None:
+        """Wait for the thread and zero the data key it made (the writer stopped first)."""
+        self._thread.join()
+        if self._result is not None:
+            self._result[1].close()
+            self._result = None
 
 
 def parse_key_header(data: bytes | memoryview, where: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from dsbackup._ext.checksum import Xxh3_64, Xxh3_128, crc32, crc32_combine, xxh3
 from dsbackup._ext.compress import Body as NativeBody
 from dsbackup._ext.compress import deflate_body, tar_header
 from dsbackup.archive import format as fmt
-from dsbackup.archive.crypto import KeyMaterial, new_archive_key, sealed_size
+from dsbackup.archive.crypto import KeyMaterial, PendingKey, sealed_size
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.pages import PagedIndexBuilder
 from dsbackup.archive.resume import ResumeState
@@ -135,17 +135,13 @@ class ArchiveWriter:
         self._sealed_catalog: bool | None = None
         self._out = [bytearray(), bytearray()]  # its output buffers: chunk, catalog
         self._base = 0  # length of the key header (the manifest follows it)
+        self._pending_key: PendingKey | None = None  # the data key, being made (encrypted)
+        self._head: tuple[bytes, bytes | None] | None = None  # manifest and node, till then
         self._node_offset = self._node_length = 0
         if resume is not None:
             self._resume(resume)
             return
         try:
-            if key is not None:  # the key header first, plaintext, stored blocks (§11.4)
-                header, self._cipher = new_archive_key(key, self.version, kdf)
-                body = deflate_body(header, 0)
-                sub = fmt.data_subfield(fmt.TYPE_KEY, len(header), xxh3_64(header),
-                                        self.version, self.flags)
-                self._base = self._write_member(sub, fmt.KEY_NAME, self.created, body)[1]
             if node is not None and len(node) > fmt.MAX_JSON_BYTES:
                 raise ArchiveError(f"{self.final}: the node's files take {len(node)} bytes, "
                                    "over the 16 MiB limit of the node member")
@@ -153,14 +149,38 @@ class ArchiveWriter:
                               indent=1).encode()
             if len(data) > fmt.MAX_JSON_BYTES:
                 raise ArchiveError(f"{self.final}: manifest too large")
-            self._manifest_length, self._manifest_xxh3 = self._write_data_member(
-                fmt.TYPE_MANIFEST, fmt.MANIFEST_NAME, data)[1:]
-            if node is not None:  # right after the manifest (§11.2)
-                self._node_offset, self._node_length, _ = self._write_data_member(
-                    fmt.TYPE_NODE, fmt.NODE_NAME, node)
+            if key is not None:
+                # the data key is made in a thread while the caller starts its scan; the key
+                # header, manifest and node member are written once it is there (_head_out)
+                self._head = (data, node)
+                self._pending_key = PendingKey(key, self.version, kdf)
+            else:
+                self._write_head(data, node)
         except BaseException:
             self.abort()  # no temp file left behind
             raise
+
+    def _write_head(self, manifest: bytes, node: bytes | None) -> None:
+        self._manifest_length, self._manifest_xxh3 = self._write_data_member(
+            fmt.TYPE_MANIFEST, fmt.MANIFEST_NAME, manifest)[1:]
+        if node is not None:  # right after the manifest (§11.2)
+            self._node_offset, self._node_length, _ = self._write_data_member(
+                fmt.TYPE_NODE, fmt.NODE_NAME, node)
+
+    def _head_out(self) -> None:
+        """An encrypted archive's first members, once its data key is made: the key header
+        (plaintext, stored blocks, §11.4), then the manifest and node member, sealed."""
+        pending, self._pending_key = self._pending_key, None
+        if pending is None:
+            return
+        header, self._cipher = pending.result()
+        body = deflate_body(header, 0)
+        sub = fmt.data_subfield(fmt.TYPE_KEY, len(header), xxh3_64(header), self.version,
+                                self.flags)
+        self._base = self._write_member(sub, fmt.KEY_NAME, self.created, body)[1]
+        data, node = self._head
+        self._head = None
+        self._write_head(data, node)
 
     def _resume(self, st: ResumeState) -> None:
         """Take over the kept members of a killed backup's temp file."""
@@ -226,9 +246,11 @@ class ArchiveWriter:
     def add_chunk(self, chunk: ChunkLike, catalog_body: Body | None = None,
                   catalog_xxh3: int | None = None) -> ChunkEntry | None:
         """Append a compressed chunk (and its catalog member when the archive has a catalog);
-        its index entry (None in an encrypted archive: written with the next chunk)."""
+        its index entry (None in an encrypted archive: the sealing thread appends it)."""
         if self._closed:
             raise ArchiveError("archive writer is closed")
+        if self._pending_key is not None:
+            self._head_out()
         if self._prev_last is not None and chunk.first_key <= self._prev_last:
             raise ArchiveError(
                 f"chunk {self._index.count}: first key {chunk.first_key!r} does not follow "
@@ -376,6 +398,8 @@ class ArchiveWriter:
             raise ArchiveError("archive writer is closed")
         if self.parent_fingerprint is None:
             raise ArchiveError("a chunk reference needs a parent (parent_fingerprint)")
+        if self._pending_key is not None:
+            self._head_out()
         self._drain()  # members and index entries stay in seq order
         if self._prev_last is not None and entry.first_key <= self._prev_last:
             raise ArchiveError(
@@ -406,6 +430,7 @@ class ArchiveWriter:
         if self._closed:
             raise ArchiveError("archive writer is closed")
         try:
+            self._head_out()
             self._drain()
             self._stop_sealer()
             self._page_out(final=True)
@@ -453,6 +478,9 @@ class ArchiveWriter:
         if not self._closed:
             self._closed = True
             self._stop_sealer()
+            if self._pending_key is not None:
+                self._pending_key.cancel()
+                self._pending_key = None
             if self._cipher is not None:
                 self._cipher.close()
         self._sink.abort()
