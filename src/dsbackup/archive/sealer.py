@@ -51,6 +51,7 @@ class SealThread:
                     self._stop = True
                     cond.notify_all()
                 return
+            del item  # (a view of a worker's slot, given back by the job)
             with cond:
                 self._busy = False
                 cond.notify_all()
