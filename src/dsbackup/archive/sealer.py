@@ -1,10 +1,12 @@
-"""The sealing thread of an encrypted archive writer (docs/FORMAT.md §11.4).
+"""The threads of an encrypted archive writer (docs/FORMAT.md §11.4).
 
-Chunk members of an encrypted archive are sealed and appended by one thread, in the order
-they were submitted, while the caller goes on (a parallel backup's loop keeps feeding its
-workers). At most ``ahead`` chunks wait or are being sealed: `submit` blocks while that many
-are queued, which bounds the worker slots held and the memory. An error of the thread is
-raised by the next `submit` or `drain`; the items not done then are dropped (``drop`` is
+Chunks of an encrypted archive are sealed by one thread and appended by another, each in the
+order they were submitted, while the caller goes on (a parallel backup's loop keeps feeding
+its workers), and a chunk is sealed while the one before is written. Each is a
+:class:`SealThread`: at most ``ahead`` items wait or run in it, and `submit` blocks while that
+many do, which bounds the worker slots held (SEAL_AHEAD chunks not yet sealed) and the memory
+(APPEND_AHEAD sealed chunks not yet appended, each in its own buffer). An error of the thread
+is raised by the next `submit` or `drain`; the items not done then are dropped (``drop`` is
 called on each, so that a held slot is given back).
 """
 
@@ -15,21 +17,22 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-SEAL_AHEAD = 4  # chunks submitted but not yet written (each holds a worker's slot)
+SEAL_AHEAD = 4  # chunks submitted but not yet sealed (each holds a worker's slot)
+APPEND_AHEAD = 2  # sealed chunks not yet appended (each holds an output buffer)
 
 
 class SealThread:
     """Run ``job(item)`` for each submitted item, in order, in one thread."""
 
     def __init__(self, job: Callable[[Any], None], drop: Callable[[Any], None], *,
-                 ahead: int = SEAL_AHEAD) -> None:
+                 ahead: int = SEAL_AHEAD, name: str = "dsbackup-seal") -> None:
         self._job, self._drop, self._ahead = job, drop, max(1, ahead)
         self._items: deque[Any] = deque()
         self._busy = False  # the thread runs a job (taken off the queue)
         self._error: BaseException | None = None
         self._stop = False
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="dsbackup-seal", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:

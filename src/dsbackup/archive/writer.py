@@ -20,7 +20,7 @@ from dsbackup.archive.crypto import KeyMaterial, PendingKey, sealed_size
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.pages import PagedIndexBuilder
 from dsbackup.archive.resume import ResumeState
-from dsbackup.archive.sealer import SealThread
+from dsbackup.archive.sealer import APPEND_AHEAD, SealThread
 from dsbackup.errors import ArchiveError
 from dsbackup.storage import S3Location, open_sink
 
@@ -129,11 +129,16 @@ class ArchiveWriter:
         self.flags = ((fmt.FLAG_ENCRYPTED if encrypted else 0)
                       | (fmt.FLAG_PAGED if page_entries is not None else 0))
         self._cipher = None
-        self._sealer: SealThread | None = None  # seals and appends chunks (encrypted)
-        self._queued = 0  # chunks submitted to it since it was last idle
+        # encrypted: a thread seals chunks, another appends them (archive.sealer)
+        self._sealer: SealThread | None = None
+        self._appender: SealThread | None = None
+        self._queued = 0  # chunks submitted since both were last idle
         self._count_at_drain = 0  # the index's count then
         self._sealed_catalog: bool | None = None
-        self._out = [bytearray(), bytearray()]  # its output buffers: chunk, catalog
+        # the sealed chunks' and catalogs' buffers, reused in turn: one per chunk the
+        # appending thread may hold, and the one being sealed into
+        self._out = [[bytearray() for _ in range(APPEND_AHEAD + 1)] for _ in range(2)]
+        self._turn = 0  # (sealing thread) the buffers of the next chunk
         self._base = 0  # length of the key header (the manifest follows it)
         self._pending_key: PendingKey | None = None  # the data key, being made (encrypted)
         self._head: tuple[bytes, bytes | None] | None = None  # manifest and node, till then
@@ -284,14 +289,15 @@ class ArchiveWriter:
         self._payload_bytes += body.input_len
         return entry
 
-    # -- encrypted archives: chunks are sealed and appended by a thread (archive.sealer) ------
+    # -- encrypted archives: chunks are sealed by a thread and appended by another one --------
 
     def _add_sealed(self, chunk: ChunkLike, catalog_body: Body | None,
                     catalog_xxh3: int | None) -> None:
         """The encrypted add_chunk (docs/FORMAT.md §11.4): the chunk goes to the sealing
-        thread, which seals and appends it (and its catalog) after the chunks before it; this
-        returns once it is queued. A body in a worker's slot is held (BodyView.hold) until
-        it is sealed; other bodies are kept (bytes) or copied."""
+        thread, which seals it (and its catalog) and hands it to the appending thread, which
+        appends it after the chunks before it while the next one is sealed; this returns once
+        it is queued. A body in a worker's slot is held (BodyView.hold) until it is sealed;
+        other bodies are kept (bytes) or copied."""
         if not self._queued:  # the sealing thread is idle: the index is its own
             self._count_at_drain = self._index.count
         seq = self.chunk_count
@@ -302,7 +308,9 @@ class ArchiveWriter:
             raise ArchiveError(f"chunk {seq}: catalog presence changed")
         self._sealed_catalog = has_catalog
         if self._sealer is None:
-            self._sealer = SealThread(self._seal_and_write, _release_job)
+            self._appender = SealThread(self._append_sealed, _nothing, ahead=APPEND_AHEAD,
+                                        name="dsbackup-append")
+            self._sealer = SealThread(self._seal_chunk, _release_job)
         body = chunk.body
         hold = getattr(body, "hold", None)
         release = hold() if hold is not None else None
@@ -324,30 +332,41 @@ class ArchiveWriter:
         self._raw_bytes += chunk.raw_bytes
         self._payload_bytes += body.input_len
 
-    def _seal_into(self, mtype: int, seq: int, data: Any, which: int) -> tuple[Body, int]:
-        """`data` sealed into output buffer `which` (grown when too small; reused, so no
-        fresh pages per member): the member body (a view of the buffer) and the XXH3-64 of
-        the sealed bytes (the subfield's digest)."""
-        buf = self._out[which]
+    def _seal_into(self, mtype: int, seq: int, data: Any, which: int, turn: int,
+                   ) -> tuple[Body, int]:
+        """`data` sealed into buffer `turn` of kind `which` (grown when too small; reused,
+        so no fresh pages per member): the member body (a view of the buffer) and the
+        XXH3-64 of the sealed bytes (the subfield's digest)."""
+        buf = self._out[which][turn]
         need = sealed_size(len(data))
-        if len(buf) < need:
-            buf = self._out[which] = bytearray(need + (need >> 3))
+        if len(buf) < need:  # a new one: the old one may still be viewed by a finished job
+            buf = self._out[which][turn] = bytearray(need + (need >> 3))
         n, crc, size, input_len, sxxh = self._cipher.seal_into(mtype, seq, data, buf)
         return NativeBody(memoryview(buf)[:n], crc, size, input_len), sxxh
 
-    def _seal_and_write(self, job: tuple) -> None:
+    def _seal_chunk(self, job: tuple) -> None:
         """The sealing thread's job: seal a chunk and its catalog, give the worker's slot
-        back, append both members and index them."""
+        back, hand both to the appending thread. Buffers go round: when this seals chunk i,
+        the appending thread holds at most chunks i-1 .. i-APPEND_AHEAD (its submit waits
+        for that), so chunk i-APPEND_AHEAD-1, whose buffers these were, is written."""
         seq, records, plen, pxxh, kxxh, first, last, data, cdata, cat_xxh3, cat_len, release \
             = job
+        turn, self._turn = self._turn, (self._turn + 1) % (APPEND_AHEAD + 1)
         try:
-            sbody, sxxh = self._seal_into(fmt.TYPE_CHUNK, seq, data, 0)
+            sealed = self._seal_into(fmt.TYPE_CHUNK, seq, data, 0, turn)
             csealed = (None if cdata is None
-                       else self._seal_into(fmt.TYPE_CATALOG, seq, cdata, 1))
+                       else self._seal_into(fmt.TYPE_CATALOG, seq, cdata, 1, turn))
         finally:
             if release is not None:
                 release()  # the slot is the worker's again
-        del data
+        del data, job
+        self._appender.submit((seq, records, plen, pxxh, kxxh, first, last, sealed, csealed,
+                               cat_xxh3, cat_len))
+
+    def _append_sealed(self, item: tuple) -> None:
+        """The appending thread's job: a sealed chunk's members appended, and indexed."""
+        seq, records, plen, pxxh, kxxh, first, last, (sbody, sxxh), csealed, cat_xxh3, \
+            cat_len = item
         sub = fmt.chunk_subfield(seq, 0, sbody.input_len, sxxh, self.version, self.flags)
         off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, sbody)
         self._index.add_chunk(ChunkEntry(seq, off, length, plen, records, pxxh, mxxh, kxxh,
@@ -361,10 +380,11 @@ class ArchiveWriter:
         self._page_out()
 
     def _drain(self) -> None:
-        """Wait until the sealing thread has appended every chunk submitted (its error is
-        raised here)."""
+        """Wait until every chunk submitted is sealed and appended (an error of either
+        thread is raised here)."""
         if self._sealer is not None:
             self._sealer.drain()
+            self._appender.drain()
             self._queued = 0
 
     # -- paged index (docs/FORMAT.md §11.3): a page after the chunks it describes ---------------
@@ -386,8 +406,9 @@ class ArchiveWriter:
 
     def _stop_sealer(self) -> None:
         if self._sealer is not None:
-            self._sealer.close()
-            self._sealer = None
+            self._sealer.close()  # first: it may be waiting to hand a chunk on
+            self._appender.close()
+            self._sealer = self._appender = None
             self._queued = 0
 
     def add_reference(self, parent_seq: int, entry: ChunkEntry, raw_bytes: int, *,
@@ -498,6 +519,10 @@ def _kept(data: Any) -> Any:
     """A body's bytes as the sealing thread may read them later: bytes as they are (no one
     changes them), any other buffer copied (its owner may reuse it once add_chunk returns)."""
     return data if isinstance(data, bytes) else bytes(data)
+
+
+def _nothing(item: tuple) -> None:
+    """A sealed chunk the appending thread will not write (the writer stopped)."""
 
 
 def _release_job(job: tuple) -> None:
