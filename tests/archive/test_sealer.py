@@ -1,6 +1,7 @@
-"""archive/sealer.py and the encrypted writer's use of it: chunks sealed and appended by one
-thread in order, at most SEAL_AHEAD behind; a held worker slot given back once sealed; errors
-of the thread raised in the caller's; members identical however the bodies were handed over."""
+"""archive/sealer.py and the encrypted writer's use of it: chunks sealed by one thread in
+order and appended as they are sealed, at most SEAL_AHEAD behind; a held worker slot given
+back once sealed; errors raised in the caller's thread; members identical however the bodies
+were handed over."""
 
 from __future__ import annotations
 
@@ -37,10 +38,12 @@ def test_items_run_in_order_at_most_ahead_queued():
     assert blocked.is_alive()  # 3 queued or running: the 4th waits
     gate.set()
     blocked.join(10)
+    t.wait_done(4)
+    assert done[:4] == [0, 1, 2, 3] and t.done >= 4
     for i in range(4, 20):
         t.submit(i)
     t.drain()
-    assert done == list(range(20))
+    assert done == list(range(20)) and t.done == 20
     t.close()
 
 
@@ -61,6 +64,8 @@ def test_an_error_is_raised_by_the_next_call_and_the_rest_dropped():
         t.drain()
     with pytest.raises(ArchiveError, match="disk full"):
         t.submit(9)  # and every later call
+    with pytest.raises(ArchiveError, match="disk full"):
+        t.wait_done(3)
     t.close()
     assert dropped == [2, 3, 4]
 
@@ -167,7 +172,7 @@ def test_held_slots_are_given_back_once_sealed_and_members_are_the_same(tmp_path
 
 
 def test_a_write_error_in_the_sealing_thread_fails_the_backup(tmp_path, monkeypatch):
-    """The sink fails while the thread appends a chunk: add_chunk or finish raises that
+    """The sink fails while a sealed chunk is appended: add_chunk or finish raises that
     error, every held slot comes back, no archive appears."""
     cs = _chunks()
     slots = Slots()
@@ -202,3 +207,28 @@ def test_chunk_count_counts_queued_chunks(tmp_path):
             assert w.chunk_count == i + 1
         meta = w.finish()
     assert meta.chunks == len(cs)
+
+
+def test_a_seal_error_in_the_thread_fails_the_backup(tmp_path, monkeypatch):
+    """OpenSSL fails on a chunk in the sealing thread: the writer raises that error, every
+    held slot comes back (the chunks queued behind it are dropped), no archive appears."""
+    cs = _chunks()
+    slots = Slots()
+    seal_into = crypto.ArchiveCipher.seal_into
+    calls = [0]
+
+    def failing(self, *a):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise ArchiveError("OpenSSL could not encrypt (test)")
+        return seal_into(self, *a)
+
+    monkeypatch.setattr(crypto.ArchiveCipher, "seal_into", failing)
+    path = tmp_path / "a.tar.gz"
+    with (pytest.raises(ArchiveError, match="could not encrypt"),
+          ArchiveWriter(path, manifest={"t": 1}, key=crypto.KeyMaterial(key=KEY)) as w):
+        for c in cs:
+            w.add_chunk(slots.view(c), c.catalog_body, c.catalog_xxh3)
+        w.finish()
+    assert slots.outstanding == 0 and 0 < slots.released < len(cs)
+    assert list(tmp_path.iterdir()) == []

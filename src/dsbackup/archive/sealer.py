@@ -1,13 +1,12 @@
-"""The threads of an encrypted archive writer (docs/FORMAT.md §11.4).
+"""The sealing thread of an encrypted archive writer (docs/FORMAT.md §11.4).
 
-Chunks of an encrypted archive are sealed by one thread and appended by another, each in the
-order they were submitted, while the caller goes on (a parallel backup's loop keeps feeding
-its workers), and a chunk is sealed while the one before is written. Each is a
-:class:`SealThread`: at most ``ahead`` items wait or run in it, and `submit` blocks while that
-many do, which bounds the worker slots held (SEAL_AHEAD chunks not yet sealed) and the memory
-(APPEND_AHEAD sealed chunks not yet appended, each in its own buffer). An error of the thread
-is raised by the next `submit` or `drain`; the items not done then are dropped (``drop`` is
-called on each, so that a held slot is given back).
+Chunks of an encrypted archive are sealed by one thread, in the order they were submitted,
+while the writer's own thread goes on: it appends the chunks already sealed, in order, and a
+parallel backup's loop keeps feeding its workers; a chunk is sealed while the ones before it
+are written. At most ``ahead`` items wait or run: `submit` blocks while that many do, which
+bounds the worker slots held. An error of the thread is raised by the next `submit`,
+`wait_done` or `drain`; the items not done then are dropped (``drop`` is called on each, so
+that a held slot is given back).
 """
 
 from __future__ import annotations
@@ -17,8 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-SEAL_AHEAD = 4  # chunks submitted but not yet sealed (each holds a worker's slot)
-APPEND_AHEAD = 2  # sealed chunks not yet appended (each holds an output buffer)
+SEAL_AHEAD = 4  # chunks submitted and not yet appended (the first ones hold a worker's slot)
 
 
 class SealThread:
@@ -29,6 +27,7 @@ class SealThread:
         self._job, self._drop, self._ahead = job, drop, max(1, ahead)
         self._items: deque[Any] = deque()
         self._busy = False  # the thread runs a job (taken off the queue)
+        self.done = 0  # jobs finished
         self._error: BaseException | None = None
         self._stop = False
         self._cond = threading.Condition()
@@ -57,6 +56,7 @@ class SealThread:
             del item  # (a view of a worker's slot, given back by the job)
             with cond:
                 self._busy = False
+                self.done += 1
                 cond.notify_all()
 
     def _raise(self) -> None:
@@ -75,6 +75,15 @@ class SealThread:
                 raise RuntimeError("the sealing thread has stopped")
             self._items.append(item)
             self._cond.notify_all()
+
+    def wait_done(self, n: int) -> None:
+        """Wait until `n` jobs have finished; raise the thread's error if any."""
+        with self._cond:
+            while self.done < n and self._error is None and not self._stop:
+                self._cond.wait()
+            self._raise()
+            if self.done < n:
+                raise RuntimeError("the sealing thread has stopped")
 
     def drain(self) -> None:
         """Wait until every submitted item is done; raise the thread's error if any."""

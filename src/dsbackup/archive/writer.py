@@ -7,6 +7,7 @@ import json
 import os
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from dsbackup.archive.crypto import KeyMaterial, PendingKey, sealed_size
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.pages import PagedIndexBuilder
 from dsbackup.archive.resume import ResumeState
-from dsbackup.archive.sealer import APPEND_AHEAD, SealThread
+from dsbackup.archive.sealer import SEAL_AHEAD, SealThread
 from dsbackup.errors import ArchiveError
 from dsbackup.storage import S3Location, open_sink
 
@@ -129,15 +130,14 @@ class ArchiveWriter:
         self.flags = ((fmt.FLAG_ENCRYPTED if encrypted else 0)
                       | (fmt.FLAG_PAGED if page_entries is not None else 0))
         self._cipher = None
-        # encrypted: a thread seals chunks, another appends them (archive.sealer)
+        # encrypted: a thread seals chunks (archive.sealer), this one appends them
         self._sealer: SealThread | None = None
-        self._appender: SealThread | None = None
-        self._queued = 0  # chunks submitted since both were last idle
-        self._count_at_drain = 0  # the index's count then
+        self._submitted = self._appended = 0  # chunks given to it, and appended since
+        self._sealed: deque[tuple] = deque()  # sealed, not yet appended (from its thread)
         self._sealed_catalog: bool | None = None
-        # the sealed chunks' and catalogs' buffers, reused in turn: one per chunk the
-        # appending thread may hold, and the one being sealed into
-        self._out = [[bytearray() for _ in range(APPEND_AHEAD + 1)] for _ in range(2)]
+        # the sealed chunks' and catalogs' buffers, reused in turn: one per chunk submitted
+        # and not yet appended
+        self._out = [[bytearray() for _ in range(SEAL_AHEAD)] for _ in range(2)]
         self._turn = 0  # (sealing thread) the buffers of the next chunk
         self._base = 0  # length of the key header (the manifest follows it)
         self._pending_key: PendingKey | None = None  # the data key, being made (encrypted)
@@ -240,9 +240,7 @@ class ArchiveWriter:
 
     @property
     def chunk_count(self) -> int:
-        if self._queued:  # the sealing thread adds index entries meanwhile
-            return self._count_at_drain + self._queued
-        return self._index.count
+        return self._index.count + self._submitted - self._appended
 
     @property
     def bytes_written(self) -> int:
@@ -289,17 +287,14 @@ class ArchiveWriter:
         self._payload_bytes += body.input_len
         return entry
 
-    # -- encrypted archives: chunks are sealed by a thread and appended by another one --------
+    # -- encrypted archives: chunks are sealed by a thread, appended here as they are ready ---
 
     def _add_sealed(self, chunk: ChunkLike, catalog_body: Body | None,
                     catalog_xxh3: int | None) -> None:
         """The encrypted add_chunk (docs/FORMAT.md §11.4): the chunk goes to the sealing
-        thread, which seals it (and its catalog) and hands it to the appending thread, which
-        appends it after the chunks before it while the next one is sealed; this returns once
-        it is queued. A body in a worker's slot is held (BodyView.hold) until it is sealed;
-        other bodies are kept (bytes) or copied."""
-        if not self._queued:  # the sealing thread is idle: the index is its own
-            self._count_at_drain = self._index.count
+        thread; the chunks it has sealed meanwhile are appended, in order; this waits for a
+        seal only when SEAL_AHEAD chunks are not yet appended. A body in a worker's slot is
+        held (BodyView.hold) until it is sealed; other bodies are kept (bytes) or copied."""
         seq = self.chunk_count
         has_catalog = catalog_body is not None
         if has_catalog and catalog_xxh3 is None:
@@ -308,9 +303,9 @@ class ArchiveWriter:
             raise ArchiveError(f"chunk {seq}: catalog presence changed")
         self._sealed_catalog = has_catalog
         if self._sealer is None:
-            self._appender = SealThread(self._append_sealed, _nothing, ahead=APPEND_AHEAD,
-                                        name="dsbackup-append")
             self._sealer = SealThread(self._seal_chunk, _release_job)
+        while self._submitted - self._appended >= SEAL_AHEAD:
+            self._append_next()  # (its buffers are the next chunk's)
         body = chunk.body
         hold = getattr(body, "hold", None)
         release = hold() if hold is not None else None
@@ -325,7 +320,9 @@ class ArchiveWriter:
             if release is not None:
                 release()
             raise
-        self._queued += 1
+        self._submitted += 1
+        while self._sealer.done > self._appended:
+            self._append_next()
         self._prev_last = job[6]
         self._fingerprint.update(_U64.pack(chunk.payload_xxh3))
         self._records += chunk.record_count
@@ -346,12 +343,11 @@ class ArchiveWriter:
 
     def _seal_chunk(self, job: tuple) -> None:
         """The sealing thread's job: seal a chunk and its catalog, give the worker's slot
-        back, hand both to the appending thread. Buffers go round: when this seals chunk i,
-        the appending thread holds at most chunks i-1 .. i-APPEND_AHEAD (its submit waits
-        for that), so chunk i-APPEND_AHEAD-1, whose buffers these were, is written."""
+        back, leave both for the writer's thread to append. Buffers go round: chunk i is
+        submitted once chunk i-SEAL_AHEAD, whose buffers these were, is appended."""
         seq, records, plen, pxxh, kxxh, first, last, data, cdata, cat_xxh3, cat_len, release \
             = job
-        turn, self._turn = self._turn, (self._turn + 1) % (APPEND_AHEAD + 1)
+        turn, self._turn = self._turn, (self._turn + 1) % SEAL_AHEAD
         try:
             sealed = self._seal_into(fmt.TYPE_CHUNK, seq, data, 0, turn)
             csealed = (None if cdata is None
@@ -360,13 +356,15 @@ class ArchiveWriter:
             if release is not None:
                 release()  # the slot is the worker's again
         del data, job
-        self._appender.submit((seq, records, plen, pxxh, kxxh, first, last, sealed, csealed,
-                               cat_xxh3, cat_len))
+        self._sealed.append((seq, records, plen, pxxh, kxxh, first, last, sealed, csealed,
+                             cat_xxh3, cat_len))
 
-    def _append_sealed(self, item: tuple) -> None:
-        """The appending thread's job: a sealed chunk's members appended, and indexed."""
+    def _append_next(self) -> None:
+        """Append the next sealed chunk (waiting for its seal): its members, and index it."""
+        self._sealer.wait_done(self._appended + 1)
         seq, records, plen, pxxh, kxxh, first, last, (sbody, sxxh), csealed, cat_xxh3, \
-            cat_len = item
+            cat_len = self._sealed.popleft()
+        self._appended += 1
         sub = fmt.chunk_subfield(seq, 0, sbody.input_len, sxxh, self.version, self.flags)
         off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, sbody)
         self._index.add_chunk(ChunkEntry(seq, off, length, plen, records, pxxh, mxxh, kxxh,
@@ -380,12 +378,9 @@ class ArchiveWriter:
         self._page_out()
 
     def _drain(self) -> None:
-        """Wait until every chunk submitted is sealed and appended (an error of either
-        thread is raised here)."""
-        if self._sealer is not None:
-            self._sealer.drain()
-            self._appender.drain()
-            self._queued = 0
+        """Append every chunk submitted (the sealing thread's error is raised here)."""
+        while self._appended < self._submitted:
+            self._append_next()
 
     # -- paged index (docs/FORMAT.md §11.3): a page after the chunks it describes ---------------
 
@@ -406,10 +401,10 @@ class ArchiveWriter:
 
     def _stop_sealer(self) -> None:
         if self._sealer is not None:
-            self._sealer.close()  # first: it may be waiting to hand a chunk on
-            self._appender.close()
-            self._sealer = self._appender = None
-            self._queued = 0
+            self._sealer.close()
+            self._sealer = None
+            self._sealed.clear()
+            self._submitted = self._appended = 0
 
     def add_reference(self, parent_seq: int, entry: ChunkEntry, raw_bytes: int, *,
                       catalog: bool = False) -> ChunkEntry:
@@ -519,10 +514,6 @@ def _kept(data: Any) -> Any:
     """A body's bytes as the sealing thread may read them later: bytes as they are (no one
     changes them), any other buffer copied (its owner may reuse it once add_chunk returns)."""
     return data if isinstance(data, bytes) else bytes(data)
-
-
-def _nothing(item: tuple) -> None:
-    """A sealed chunk the appending thread will not write (the writer stopped)."""
 
 
 def _release_job(job: tuple) -> None:
