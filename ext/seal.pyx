@@ -286,6 +286,50 @@ def seal_stored(GcmKey key not None, const unsigned char[::1] nonce not None,
     return Body(out, crc, total, n + TAG_BYTES), xxh
 
 
+def sealed_size(size_t n, size_t pad_to=512) -> int:
+    """The bytes ``seal_into`` writes for ``n`` bytes of data: the stored deflate blocks of
+    ``ciphertext || tag`` zero-padded to a multiple of ``pad_to``."""
+    cdef size_t total
+    if pad_to == 0:
+        raise ValueError("pad_to must be >= 1")
+    total = _padded(n + TAG_BYTES, pad_to)
+    return total + 5 * ((total + STORED_MAX - 1) // STORED_MAX)
+
+
+def seal_into(GcmKey key not None, const unsigned char[::1] nonce not None,
+              const unsigned char[::1] aad not None, const unsigned char[::1] data not None,
+              unsigned char[::1] out not None, size_t pad_to=512):
+    """``seal_stored`` into the start of a caller's buffer (reused from member to member, so
+    no fresh pages are faulted in per member): (written, crc32, size, input_len, xxh3), as
+    ``seal_stored``'s Body fields and digest; the sealed member body is ``out[:written]``.
+    ValueError when ``out`` is shorter than ``sealed_size(len(data), pad_to)``."""
+    cdef size_t n = data.shape[0], total, need, aad_len = aad.shape[0]
+    cdef const unsigned char *dp = &data[0] if n else NULL
+    cdef const unsigned char *ap = &aad[0] if aad_len else NULL
+    cdef uint32_t crc = 0
+    cdef uint64_t xxh = 0
+    cdef int r
+    cdef unsigned char *op
+    _check_nonce(nonce)
+    if pad_to == 0:
+        raise ValueError("pad_to must be >= 1")
+    if aad_len > PIECE:
+        raise ValueError("associated data too long")
+    total = _padded(n + TAG_BYTES, pad_to)
+    need = total + 5 * ((total + STORED_MAX - 1) // STORED_MAX)
+    if <size_t>out.shape[0] < need:
+        raise ValueError(f"seal_into: the output buffer has {out.shape[0]} bytes, "
+                         f"{need} are needed")
+    op = &out[0]
+    with nogil:
+        r = _seal_c(key.key, &nonce[0], ap, aad_len, dp, n, total, op, &crc, &xxh)
+    if r == E_NOMEM:
+        raise MemoryError("seal_into: out of memory")
+    if r != OK:
+        raise SealError(f"OpenSSL could not encrypt {n} bytes (AES-256-GCM) {_openssl_error()}")
+    return need, crc, total, n + TAG_BYTES, xxh
+
+
 def open_stored(GcmKey key not None, const unsigned char[::1] nonce not None,
                 const unsigned char[::1] aad not None, const unsigned char[::1] stored not None):
     """The plaintext of ``stored`` (ciphertext || tag), or None when the tag does not match

@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from dsbackup.archive.verify import verify_archive
 from dsbackup.datastores import open_datastore
 from dsbackup.engine.backup import BackupManager
 from dsbackup.engine.config import BackupConfig
-from dsbackup.errors import KeyRequiredError, WrongKeyError
+from dsbackup.errors import IntegrityError, KeyRequiredError, WrongKeyError
 
 PASS = b"correct horse battery staple"
 # the backends of the unencrypted round trips (tests/engine/test_backup.py)
@@ -423,5 +424,47 @@ def test_native_sealing_equals_the_reference_path(tmp_path, monkeypatch):
                                               self.aad(mtype, seq, len(plaintext), epoch))
         return deflate_body(sealed, 0), xxh3_64(sealed)
 
+    def reference_into(self, mtype, seq, plaintext, out, epoch=0):
+        body, digest = reference(self, mtype, seq, plaintext, epoch)
+        out[:len(body.data)] = body.data
+        return len(body.data), body.crc32, body.size, body.input_len, digest
+
     monkeypatch.setattr(crypto.ArchiveCipher, "seal_stored", reference)
+    monkeypatch.setattr(crypto.ArchiveCipher, "seal_into", reference_into)
     assert members("reference.tar.gz") == native and len(native) > 5
+
+
+def test_the_data_key_is_made_while_the_writer_goes_on(tmp_path, monkeypatch):
+    """ArchiveWriter returns before the key header is made (its scan starts meanwhile); the
+    key's error is raised by the first call that needs it; an aborted writer zeroes the data
+    key its thread made."""
+    from dsbackup.archive.writer import ArchiveWriter
+
+    made = []
+    real = crypto.new_archive_key
+
+    def slow(*a, **k):
+        time.sleep(0.5)
+        header, cipher = real(*a, **k)
+        made.append(cipher)
+        return header, cipher
+
+    monkeypatch.setattr(crypto, "new_archive_key", slow)
+    material = crypto.KeyMaterial(key=b"k" * 32)
+    t0 = time.perf_counter()
+    w = ArchiveWriter(tmp_path / "a.tar.gz", manifest={"t": 1}, key=material)
+    assert time.perf_counter() - t0 < 0.4
+    w.finish()
+    with ArchiveReader(tmp_path / "a.tar.gz", key=material) as r:
+        assert r.encrypted and r.chunk_count == 0
+
+    with ArchiveWriter(tmp_path / "b.tar.gz", manifest={"t": 1}, key=material):
+        pass  # left without finish: aborted
+    assert bytes(made[-1]._dk) == bytes(32) and not (tmp_path / "b.tar.gz").exists()
+
+    bad = {"name": "scrypt", "salt": "00" * 16, "n": 3, "r": 8, "p": 1}
+    w = ArchiveWriter(tmp_path / "c.tar.gz", manifest={"t": 1},
+                      key=crypto.KeyMaterial(passphrase=PASS), kdf=bad)
+    with pytest.raises(IntegrityError, match="kdf parameters out of bounds"):
+        w.finish()
+    assert list(tmp_path.iterdir()) == [tmp_path / "a.tar.gz"]

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup._ext.compress import deflate_body
-from dsbackup._ext.seal import GcmKey, open_stored, seal_stored
+from dsbackup._ext.seal import GcmKey, open_stored, seal_into, seal_stored, sealed_size
 
 STORED = 65535
 # around the 512 padding and the 65535 stored-block edges, with the 16-byte tag straddling one
@@ -36,6 +36,26 @@ def test_equals_cryptography_then_stored_blocks(n, pad_to):
     assert (body.crc32, body.size, body.input_len) == (ref.crc32, ref.size, ref.input_len)
     assert digest == xxh3_64(sealed)
     assert open_stored(GcmKey(k), nonce, aad, sealed) == data
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("pad_to", [512, 1])
+def test_seal_into_a_reused_buffer_equals_seal_stored(n, pad_to):
+    """Into a buffer holding an earlier member's bytes (and longer than needed): the same
+    bytes and fields as seal_stored, nothing written past them; a short buffer refused."""
+    rnd = random.Random(n + pad_to)
+    k, nonce, aad = GcmKey(rnd.randbytes(32)), rnd.randbytes(12), rnd.randbytes(7)
+    data = rnd.randbytes(n)
+    body, digest = seal_stored(k, nonce, aad, data, pad_to)
+    need = sealed_size(n, pad_to)
+    assert need == len(body.data)
+    out = bytearray(rnd.randbytes(need + 100))
+    tail = bytes(out[need:])
+    assert seal_into(k, nonce, aad, data, out, pad_to) == (
+        need, body.crc32, body.size, body.input_len, digest)
+    assert out[:need] == body.data and out[need:] == tail
+    with pytest.raises(ValueError, match="output buffer"):
+        seal_into(k, nonce, aad, data, bytearray(need - 1), pad_to)
 
 
 def test_any_change_fails_the_tag():

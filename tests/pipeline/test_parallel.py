@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import mmap
+import multiprocessing
+import os
+import queue
+import random
+import threading
+import time
 from collections import deque
+
+import pytest
 
 from dsbackup.pipeline import parallel
 from dsbackup.pipeline.central import ChunkSettings, ScanStats
@@ -65,3 +73,88 @@ def test_nothing_is_spilled_while_a_worker_holds_few_chunks():
     scan._spill_slots(0, deque(ranges))
     assert scan.stats.spilled_chunks == 0 and scan._spill is None
     assert not scan.conns[0].sent
+
+
+def _lmdb_store(path, n: int = 3000) -> str:
+    from dsbackup.datastores import open_datastore
+
+    rng = random.Random(7)
+    ds = open_datastore(f"lmdb:{path}")
+    keys = [b"/k/%06d" % i for i in range(n)]
+    ds.put_many(keys, [rng.randbytes(rng.randrange(100, 2000)) for _ in keys])
+    location = ds.location
+    ds.close()
+    return location
+
+
+def _scan(location: str) -> ParallelScan:
+    # small chunks and slots: many chunks per worker, so held slots run out if not given back
+    return ParallelScan("lmdb", location, ChunkSettings(20, 1 << 16, 1), 2, consistent=True)
+
+
+def test_held_slots_are_reused_only_once_released(tmp_path):
+    """A consumer that holds every chunk's slot and releases it later from another thread
+    (the encrypted writer's sealing thread): each body is intact until its release (no
+    worker writes into a held slot), every slot comes back (the scan ends), and the chunks
+    are those of a scan whose consumer holds nothing."""
+    location = _lmdb_store(tmp_path / "db")
+    expected = [(c.first_key, bytes(c.body.data)) for c in _scan(location)]
+    assert len(expected) > 4 * parallel.SLOTS_PER_WORKER  # slots are reused many times
+    held: queue.Queue = queue.Queue(maxsize=4)  # as many as the writer's SEAL_AHEAD
+    seen: list[tuple[bytes, bytes]] = []
+    broken: list[bytes] = []
+    holds: list[int] = []
+
+    def releaser() -> None:
+        while (item := held.get()) is not None:
+            first, body, copy, release = item
+            time.sleep(0.002)  # the workers go on meanwhile
+            if bytes(body.data) != copy:
+                broken.append(first)
+            release()
+
+    t = threading.Thread(target=releaser)
+    t.start()
+    try:
+        for c in _scan(location):
+            copy = bytes(c.body.data)
+            seen.append((c.first_key, copy))
+            if c.body.hold is None:  # spilled to the file: bytes, no slot to hold
+                assert isinstance(c.body.data, bytes)
+                continue
+            release = c.body.hold()
+            with pytest.raises(RuntimeError):
+                c.body.hold()  # one hold per chunk
+            held.put((c.first_key, c.body, copy, release))
+            holds.append(1)
+    finally:
+        held.put(None)
+        t.join()
+    assert not broken
+    assert seen == expected
+    assert len(holds) > len(seen) // 2
+
+
+def test_a_release_wakes_the_loop_waiting_for_workers():
+    """A slot released from another thread while the loop waits for the workers' messages
+    ends the wait at once (the workers may be waiting for that slot), not at its timeout."""
+    scan = ParallelScan("lmdb", "/nonexistent", ChunkSettings(10, 4096, 1), 1)
+    parent, child = multiprocessing.Pipe()
+    scan.conns = [parent]  # a worker that sends nothing
+    scan._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        threading.Timer(0.2, scan._release, (0, 3)).start()
+        t0 = time.perf_counter()
+        assert scan._recv(30.0) == []
+        assert time.perf_counter() - t0 < 10.0
+        assert list(scan._released) == [(0, 3)]
+        # released already: the loop does not wait
+        t0 = time.perf_counter()
+        assert scan._recv(30.0) == []
+        assert time.perf_counter() - t0 < 10.0
+    finally:
+        scan._cleanup()
+        parent.close()
+        child.close()
+    assert scan._wake is None
+    scan._release(0, 4)  # after the scan ended: nothing is written anywhere

@@ -248,6 +248,14 @@ def load_passphrase_file(path: str | os.PathLike[str]) -> KeyMaterial:
         _zero(data)
 
 
+def sealed_size(n: int) -> int:
+    """The bytes of an encrypted member's body for `n` bytes of data: the stored deflate
+    blocks (at most 65535 bytes each, 5 bytes of header) of ``ciphertext || tag``
+    zero-padded to 512 (= ``dsbackup._ext.seal.sealed_size(n)``, without loading it)."""
+    total = -(-(n + TAG_BYTES) // 512) * 512
+    return total + 5 * -(-total // 65535)
+
+
 class ArchiveCipher:
     """One archive's data key: seals and opens its members (docs/FORMAT.md §11.4).
 
@@ -264,6 +272,7 @@ class ArchiveCipher:
         _zero(dk)
         self._gcm: GcmKey | None = None
         self._seal: Any = None  # dsbackup._ext.seal.seal_stored, imported with the key
+        self._seal_into: Any = None  # and seal_into
         self._aead: AESGCM | None = None
         self._lock = threading.Lock()
 
@@ -289,17 +298,33 @@ class ArchiveCipher:
         blocks of its tar entry data (zero-padded to 512), and the XXH3-64 of the sealed
         bytes (the subfield's digest); natively, GIL released. `epoch`: the writing run's
         (0, or a resumed run's, docs/FORMAT.md §11.4/§11.5)."""
-        gcm = self._gcm
-        if gcm is None:
-            with self._lock:
-                if self._gcm is None:
-                    from dsbackup._ext import seal
-
-                    self._seal = seal.seal_stored
-                    self._gcm = seal.GcmKey(self._dk)
-                gcm = self._gcm
+        gcm = self._gcm if self._gcm is not None else self._native()
         return self._seal(gcm, self.nonce(mtype, seq, epoch),
                           self.aad(mtype, seq, len(plaintext), epoch), plaintext)
+
+    def seal_into(self, mtype: int, seq: int, plaintext: bytes | memoryview,
+                  out: bytearray, epoch: int = 0) -> tuple[int, int, int, int, int]:
+        """``seal_stored`` into the start of `out` (a buffer reused from member to member,
+        at least ``dsbackup._ext.seal.sealed_size(len(plaintext))`` bytes): (bytes written,
+        crc32, size, input_len, xxh3), as the Body's fields and the digest."""
+        gcm = self._gcm if self._gcm is not None else self._native()
+        return self._seal_into(gcm, self.nonce(mtype, seq, epoch),
+                               self.aad(mtype, seq, len(plaintext), epoch), plaintext, out)
+
+    def prepare(self) -> None:
+        """Make the native key and load the sealing module now (a writer, in a thread)."""
+        if self._gcm is None:
+            self._native()
+
+    def _native(self) -> GcmKey:
+        """The native key (dsbackup._ext.seal), made on first use."""
+        with self._lock:
+            if self._gcm is None:
+                from dsbackup._ext import seal
+
+                self._seal, self._seal_into = seal.seal_stored, seal.seal_into
+                self._gcm = seal.GcmKey(self._dk)
+            return self._gcm
 
     def open(self, mtype: int, seq: int, stored: bytes | memoryview, where: str, *,
              chunk: int | None = None, part: str | None = None, epoch: int = 0) -> bytes:
@@ -364,6 +389,45 @@ def new_archive_key(material: KeyMaterial, version: int,
         return data, ArchiveCipher(archive_id, dk, version)
     finally:
         _zero(dk)
+
+
+class PendingKey:
+    """``new_archive_key`` run in a thread, and the cipher made ready to seal (its native
+    key made, the sealing module loaded): a writer starts it before its scan, which starts
+    meanwhile (the `cryptography` import, the key wrap and, for a passphrase, scrypt, which
+    releases the GIL, no longer come before the first chunk). The key material, the data key
+    and the cipher stay in this process, as with a direct call."""
+
+    def __init__(self, material: KeyMaterial, version: int,
+                 kdf: dict[str, Any] | None = None) -> None:
+        self._args = (material, version, kdf)
+        self._result: tuple[bytes, ArchiveCipher] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dsbackup-key", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            header, cipher = new_archive_key(*self._args)
+            cipher.prepare()
+            self._result = header, cipher
+        except BaseException as exc:  # noqa: BLE001 - raised by result()
+            self._error = exc
+
+    def result(self) -> tuple[bytes, ArchiveCipher]:
+        """(key header JSON, cipher), as new_archive_key; its error raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def cancel(self) -> None:
+        """Wait for the thread and zero the data key it made (the writer stopped first)."""
+        self._thread.join()
+        if self._result is not None:
+            self._result[1].close()
+            self._result = None
 
 
 def parse_key_header(data: bytes | memoryview, where: str) -> dict[str, Any]:

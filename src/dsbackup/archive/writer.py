@@ -7,19 +7,21 @@ import json
 import os
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from dsbackup._ext.checksum import Xxh3_64, Xxh3_128, crc32, crc32_combine, xxh3_64
+from dsbackup._ext.compress import Body as NativeBody
 from dsbackup._ext.compress import deflate_body, tar_header
 from dsbackup.archive import format as fmt
-from dsbackup.archive.crypto import KeyMaterial, new_archive_key
+from dsbackup.archive.crypto import KeyMaterial, PendingKey, sealed_size
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.pages import PagedIndexBuilder
 from dsbackup.archive.resume import ResumeState
+from dsbackup.archive.sealer import SEAL_AHEAD, SealThread
 from dsbackup.errors import ArchiveError
 from dsbackup.storage import S3Location, open_sink
 from dsbackup.storage.resumestate import FINISHING, WRITING
@@ -131,23 +133,24 @@ class ArchiveWriter:
         self.flags = ((fmt.FLAG_ENCRYPTED if encrypted else 0)
                       | (fmt.FLAG_PAGED if page_entries is not None else 0))
         self._cipher = None
-        self._sealer: ThreadPoolExecutor | None = None
-        self._pending: tuple | None = None  # a sealed chunk not yet written
+        # encrypted: a thread seals chunks (archive.sealer), this one appends them
+        self._sealer: SealThread | None = None
+        self._submitted = self._appended = 0  # chunks given to it, and appended since
+        self._sealed: deque[tuple] = deque()  # sealed, not yet appended (from its thread)
         self._sealed_catalog: bool | None = None
+        # the sealed chunks' and catalogs' buffers, reused in turn: one per chunk submitted
+        # and not yet appended
+        self._out = [[bytearray() for _ in range(SEAL_AHEAD)] for _ in range(2)]
+        self._turn = 0  # (sealing thread) the buffers of the next chunk
         self._base = 0  # length of the key header (the manifest follows it)
+        self._pending_key: PendingKey | None = None  # the data key, being made (encrypted)
+        self._head: tuple[bytes, bytes | None] | None = None  # manifest and node, till then
         self._node_offset = self._node_length = 0
         self._epoch = 0  # the nonce epoch of chunks, catalogs and pages this run seals (§11.4)
         if resume is not None:
             self._resume(resume)
             return
         try:
-            if key is not None:  # the key header first, plaintext, stored blocks (§11.4)
-                self._mark_sealing(WRITING)  # a later --resume needs it (resumestate)
-                header, self._cipher = new_archive_key(key, self.version, kdf)
-                body = deflate_body(header, 0)
-                sub = fmt.data_subfield(fmt.TYPE_KEY, len(header), xxh3_64(header),
-                                        self.version, self.flags)
-                self._base = self._write_member(sub, fmt.KEY_NAME, self.created, body)[1]
             if node is not None and len(node) > fmt.MAX_JSON_BYTES:
                 raise ArchiveError(f"{self.final}: the node's files take {len(node)} bytes, "
                                    "over the 16 MiB limit of the node member")
@@ -155,14 +158,39 @@ class ArchiveWriter:
                               indent=1).encode()
             if len(data) > fmt.MAX_JSON_BYTES:
                 raise ArchiveError(f"{self.final}: manifest too large")
-            self._manifest_length, self._manifest_xxh3 = self._write_data_member(
-                fmt.TYPE_MANIFEST, fmt.MANIFEST_NAME, data)[1:]
-            if node is not None:  # right after the manifest (§11.2)
-                self._node_offset, self._node_length, _ = self._write_data_member(
-                    fmt.TYPE_NODE, fmt.NODE_NAME, node)
+            if key is not None:
+                self._mark_sealing(WRITING)  # a later --resume needs it (resumestate)
+                # the data key is made in a thread while the caller starts its scan; the key
+                # header, manifest and node member are written once it is there (_head_out)
+                self._head = (data, node)
+                self._pending_key = PendingKey(key, self.version, kdf)
+            else:
+                self._write_head(data, node)
         except BaseException:
             self.abort()  # no temp file left behind
             raise
+
+    def _write_head(self, manifest: bytes, node: bytes | None) -> None:
+        self._manifest_length, self._manifest_xxh3 = self._write_data_member(
+            fmt.TYPE_MANIFEST, fmt.MANIFEST_NAME, manifest)[1:]
+        if node is not None:  # right after the manifest (§11.2)
+            self._node_offset, self._node_length, _ = self._write_data_member(
+                fmt.TYPE_NODE, fmt.NODE_NAME, node)
+
+    def _head_out(self) -> None:
+        """An encrypted archive's first members, once its data key is made: the key header
+        (plaintext, stored blocks, §11.4), then the manifest and node member, sealed."""
+        pending, self._pending_key = self._pending_key, None
+        if pending is None:
+            return
+        header, self._cipher = pending.result()
+        body = deflate_body(header, 0)
+        sub = fmt.data_subfield(fmt.TYPE_KEY, len(header), xxh3_64(header), self.version,
+                                self.flags)
+        self._base = self._write_member(sub, fmt.KEY_NAME, self.created, body)[1]
+        data, node = self._head
+        self._head = None
+        self._write_head(data, node)
 
     def _resume(self, st: ResumeState) -> None:
         """Take over the kept members of a killed backup's temp file."""
@@ -213,17 +241,11 @@ class ArchiveWriter:
         sub = fmt.data_subfield(mtype, len(data), xxh3_64(data), self.version, self.flags)
         return self._write_member(sub, name, self.created, body)
 
-    def _sealed(self, mtype: int, seq: int, body: Body) -> tuple[Body, int]:
-        """An encrypted member's body: the compressed body sealed, in stored blocks; and
-        the XXH3-64 of the sealed bytes (the subfield's digest). One native pass (see
-        dsbackup._ext.seal), GIL released: it overlaps the previous member's write."""
-        return self._cipher.seal_stored(mtype, seq, body.data, self._epoch)
-
     # -- public ----------------------------------------------------------------------------
 
     @property
     def chunk_count(self) -> int:
-        return self._index.count + (self._pending is not None)
+        return self._index.count + self._submitted - self._appended
 
     @property
     def bytes_written(self) -> int:
@@ -232,9 +254,11 @@ class ArchiveWriter:
     def add_chunk(self, chunk: ChunkLike, catalog_body: Body | None = None,
                   catalog_xxh3: int | None = None) -> ChunkEntry | None:
         """Append a compressed chunk (and its catalog member when the archive has a catalog);
-        its index entry (None in an encrypted archive: written with the next chunk)."""
+        its index entry (None in an encrypted archive: the sealing thread appends it)."""
         if self._closed:
             raise ArchiveError("archive writer is closed")
+        if self._pending_key is not None:
+            self._head_out()
         if self._prev_last is not None and chunk.first_key <= self._prev_last:
             raise ArchiveError(
                 f"chunk {self._index.count}: first key {chunk.first_key!r} does not follow "
@@ -268,18 +292,14 @@ class ArchiveWriter:
         self._payload_bytes += body.input_len
         return entry
 
-    # -- encrypted archives: chunk i is sealed in a thread while chunk i-1 is written ----------
-
-    def _seal_chunk(self, seq: int, body: Body, catalog_body: Body | None) -> tuple:
-        return (self._sealed(fmt.TYPE_CHUNK, seq, body),
-                None if catalog_body is None else
-                self._sealed(fmt.TYPE_CATALOG, seq, catalog_body))
+    # -- encrypted archives: chunks are sealed by a thread, appended here as they are ready ---
 
     def _add_sealed(self, chunk: ChunkLike, catalog_body: Body | None,
                     catalog_xxh3: int | None) -> None:
-        """The encrypted add_chunk (docs/FORMAT.md §11.4): the member is written on the next
-        call (or by finish), so that sealing overlaps the previous member's write; the chunk's
-        body (a worker's buffer) is sealed, i.e. copied, before this returns."""
+        """The encrypted add_chunk (docs/FORMAT.md §11.4): the chunk goes to the sealing
+        thread; the chunks it has sealed meanwhile are appended, in order; this waits for a
+        seal only when SEAL_AHEAD chunks are not yet appended. A body in a worker's slot is
+        held (BodyView.hold) until it is sealed; other bodies are kept (bytes) or copied."""
         seq = self.chunk_count
         has_catalog = catalog_body is not None
         if has_catalog and catalog_xxh3 is None:
@@ -288,28 +308,69 @@ class ArchiveWriter:
             raise ArchiveError(f"chunk {seq}: catalog presence changed")
         self._sealed_catalog = has_catalog
         if self._sealer is None:
-            self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsbackup-seal")
+            self._sealer = SealThread(self._seal_chunk, _release_job)
+        while self._submitted - self._appended >= SEAL_AHEAD:
+            self._append_next()  # (its buffers are the next chunk's)
         body = chunk.body
-        job = self._sealer.submit(self._seal_chunk, seq, body, catalog_body)
+        hold = getattr(body, "hold", None)
+        release = hold() if hold is not None else None
+        data = body.data if release is not None else _kept(body.data)
         try:
-            self._flush_pending()
-        finally:
-            sealed = job.result()
-        self._pending = (seq, chunk.record_count, body.input_len, chunk.payload_xxh3,
-                         chunk.keys_xxh3, bytes(chunk.first_key), bytes(chunk.last_key),
-                         catalog_xxh3, catalog_body.input_len if has_catalog else 0, sealed)
-        self._prev_last = self._pending[6]
+            job = (seq, chunk.record_count, body.input_len, chunk.payload_xxh3,
+                   chunk.keys_xxh3, bytes(chunk.first_key), bytes(chunk.last_key), data,
+                   None if catalog_body is None else _kept(catalog_body.data),
+                   catalog_xxh3, catalog_body.input_len if has_catalog else 0, release)
+            self._sealer.submit(job)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        self._submitted += 1
+        while self._sealer.done > self._appended:
+            self._append_next()
+        self._prev_last = job[6]
         self._fingerprint.update(_U64.pack(chunk.payload_xxh3))
         self._records += chunk.record_count
         self._raw_bytes += chunk.raw_bytes
         self._payload_bytes += body.input_len
 
-    def _flush_pending(self) -> None:
-        p, self._pending = self._pending, None
-        if p is None:
-            return
-        seq, records, plen, pxxh, kxxh, first, last, cat_xxh3, cat_len, sealed = p
-        (sbody, sxxh), csealed = sealed
+    def _seal_into(self, mtype: int, seq: int, data: Any, which: int, turn: int,
+                   ) -> tuple[Body, int]:
+        """`data` sealed into buffer `turn` of kind `which` (grown when too small; reused,
+        so no fresh pages per member): the member body (a view of the buffer) and the
+        XXH3-64 of the sealed bytes (the subfield's digest)."""
+        buf = self._out[which][turn]
+        need = sealed_size(len(data))
+        if len(buf) < need:  # a new one: the old one may still be viewed by a finished job
+            buf = self._out[which][turn] = bytearray(need + (need >> 3))
+        n, crc, size, input_len, sxxh = self._cipher.seal_into(mtype, seq, data, buf,
+                                                                 self._epoch)
+        return NativeBody(memoryview(buf)[:n], crc, size, input_len), sxxh
+
+    def _seal_chunk(self, job: tuple) -> None:
+        """The sealing thread's job: seal a chunk and its catalog, give the worker's slot
+        back, leave both for the writer's thread to append. Buffers go round: chunk i is
+        submitted once chunk i-SEAL_AHEAD, whose buffers these were, is appended."""
+        seq, records, plen, pxxh, kxxh, first, last, data, cdata, cat_xxh3, cat_len, release \
+            = job
+        turn, self._turn = self._turn, (self._turn + 1) % SEAL_AHEAD
+        try:
+            sealed = self._seal_into(fmt.TYPE_CHUNK, seq, data, 0, turn)
+            csealed = (None if cdata is None
+                       else self._seal_into(fmt.TYPE_CATALOG, seq, cdata, 1, turn))
+        finally:
+            if release is not None:
+                release()  # the slot is the worker's again
+        del data, job
+        self._sealed.append((seq, records, plen, pxxh, kxxh, first, last, sealed, csealed,
+                             cat_xxh3, cat_len))
+
+    def _append_next(self) -> None:
+        """Append the next sealed chunk (waiting for its seal): its members, and index it."""
+        self._sealer.wait_done(self._appended + 1)
+        seq, records, plen, pxxh, kxxh, first, last, (sbody, sxxh), csealed, cat_xxh3, \
+            cat_len = self._sealed.popleft()
+        self._appended += 1
         sub = fmt.chunk_subfield(seq, 0, sbody.input_len, sxxh, self.version, self.flags)
         off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, sbody)
         self._index.add_chunk(ChunkEntry(seq, off, length, plen, records, pxxh, mxxh, kxxh,
@@ -321,6 +382,11 @@ class ArchiveWriter:
             coff, clen, cmx = self._write_member(csub, fmt.catalog_name(seq), 0, cbody)
             self._index.add_catalog(CatalogEntry(coff, clen, cmx, cat_len, cat_xxh3))
         self._page_out()
+
+    def _drain(self) -> None:
+        """Append every chunk submitted (the sealing thread's error is raised here)."""
+        while self._appended < self._submitted:
+            self._append_next()
 
     # -- paged index (docs/FORMAT.md §11.3): a page after the chunks it describes ---------------
 
@@ -340,10 +406,11 @@ class ArchiveWriter:
         return isinstance(self._index, PagedIndexBuilder)
 
     def _stop_sealer(self) -> None:
-        self._pending = None
         if self._sealer is not None:
-            self._sealer.shutdown(wait=True)
+            self._sealer.close()
             self._sealer = None
+            self._sealed.clear()
+            self._submitted = self._appended = 0
 
     # -- the sealing state a --resume of an encrypted temp file needs (docs/FORMAT.md §11.4) ---
 
@@ -373,7 +440,9 @@ class ArchiveWriter:
             raise ArchiveError("archive writer is closed")
         if self.parent_fingerprint is None:
             raise ArchiveError("a chunk reference needs a parent (parent_fingerprint)")
-        self._flush_pending()  # members and index entries stay in seq order
+        if self._pending_key is not None:
+            self._head_out()
+        self._drain()  # members and index entries stay in seq order
         if self._prev_last is not None and entry.first_key <= self._prev_last:
             raise ArchiveError(
                 f"chunk {self._index.count}: first key {entry.first_key!r} does not follow "
@@ -403,7 +472,8 @@ class ArchiveWriter:
         if self._closed:
             raise ArchiveError("archive writer is closed")
         try:
-            self._flush_pending()
+            self._head_out()
+            self._drain()
             self._stop_sealer()
             self._page_out(final=True)
             if self._cipher is not None:
@@ -452,6 +522,9 @@ class ArchiveWriter:
         if not self._closed:
             self._closed = True
             self._stop_sealer()
+            if self._pending_key is not None:
+                self._pending_key.cancel()
+                self._pending_key = None
             if self._cipher is not None:
                 self._cipher.close()
         self._sink.abort()
@@ -463,3 +536,15 @@ class ArchiveWriter:
         if exc_type is not None or not self._closed:
             self.abort()
 
+
+
+def _kept(data: Any) -> Any:
+    """A body's bytes as the sealing thread may read them later: bytes as they are (no one
+    changes them), any other buffer copied (its owner may reuse it once add_chunk returns)."""
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def _release_job(job: tuple) -> None:
+    """A chunk the sealing thread will not seal (the writer stopped): give its slot back."""
+    if job[-1] is not None:
+        job[-1]()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,12 +12,17 @@ from dsbackup._ext.compress import deflate_body
 
 @dataclass(slots=True)
 class BodyView:
-    """A compressed tar-entry body whose bytes may live in shared memory."""
+    """A compressed tar-entry body whose bytes may live in shared memory.
+
+    ``hold``: set when ``data`` is a worker's slot, which is reused once the consumer's call
+    returns; a consumer that reads the bytes later (the archive writer's sealing thread)
+    calls ``hold()`` before it returns and the function it gets once it is done with them."""
 
     data: Any  # bytes or memoryview
     crc32: int
     size: int
     input_len: int
+    hold: Callable[[], Callable[[], None]] | None = None
 
 
 @dataclass(slots=True)

@@ -11,6 +11,11 @@ over chunk_max_bytes) and waits when they are full, so at most SLOTS_PER_WORKER 
 are in flight. Stripes are small (about STRIPE_CHUNKS chunks) so that a worker scanning ahead
 of the stripe being written finishes its stripe without waiting. A worker that takes a new stripe while chunks of its previous one still wait
 behind an earlier stripe has those chunks moved to a spill file, so it never waits on itself.
+
+A chunk's slot is freed once the consumer's call returns, unless the consumer holds the body
+(BodyView.hold: the encrypted archive writer seals it in a thread, at most a few chunks
+behind); a held slot is freed when the consumer releases it, from any thread, which wakes the
+loop if it is waiting for the workers.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
@@ -99,6 +104,12 @@ class ParallelScan:
         self._wpaths: list[str] = []
         self.conns: list[Any] = []
         self.procs: list[Any] = []
+        # slots the consumer held and has released since (appended from its thread), and the
+        # pipe that wakes the loop while it waits for the workers
+        self._released: deque[tuple[int, int]] = deque()
+        self._wake_lock = threading.Lock()
+        self._waiting = False
+        self._wake: tuple[int, int] | None = None
         # a stripe ends at the first natural boundary after STRIPE_CHUNKS mean chunks' worth of
         # records, or of bytes when chunks are cut by size first
         self.stripe_records = STRIPE_CHUNKS * settings.chunk_size
@@ -163,6 +174,11 @@ class ParallelScan:
             c.close()
 
     def _cleanup(self) -> None:
+        with self._wake_lock:
+            if self._wake is not None:
+                for fd in self._wake:
+                    os.close(fd)
+                self._wake = None
         if self._spill is not None:
             self._spill.close()
         for obj in self._wviews + self._wmaps:
@@ -175,7 +191,20 @@ class ParallelScan:
     def _recv(self, timeout: float) -> list[tuple[int, tuple]]:
         sentinels = {p.sentinel: w for w, p in enumerate(self.procs)}
         out = []
-        for r in wait(self.conns + list(sentinels), timeout):
+        wake = [] if self._wake is None else [self._wake[0]]
+        self._waiting = True  # from here a release wakes this wait (see _release)
+        try:
+            ready = [] if self._released else wait(self.conns + list(sentinels) + wake,
+                                                    timeout)
+        finally:
+            self._waiting = False
+        for r in ready:
+            if wake and r == wake[0]:
+                try:
+                    os.read(r, 4096)
+                except BlockingIOError:
+                    pass
+                continue
             if r in sentinels:
                 w = sentinels[r]
                 if not self.conns[w].poll():
@@ -225,6 +254,7 @@ class ParallelScan:
 
     def __iter__(self) -> Iterator[ReadyChunk]:
         try:
+            self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._start()
             self._await_ready()
             self._unlink_slot_files()  # mapped everywhere now; nothing to leave behind
@@ -264,6 +294,12 @@ class ParallelScan:
             self.conns[w].send(("free", freed[w]))
             freed[w] = []
 
+        def free(w: int, slot: int) -> None:
+            freed[w].append(slot)
+            if len(freed[w]) >= FREE_BATCH:
+                send_freed(w)
+
+        released = self._released
         self.conns[planner].send(("plan", self.stripe_records, self.stripe_bytes))
         while True:
             self._check_cancel()
@@ -271,16 +307,19 @@ class ParallelScan:
                 head = ranges[0]
                 while head.chunks:
                     w, slot, meta, inline, catalog = head.chunks.popleft()
-                    yield self._ready_chunk(w, slot, meta, inline, catalog)
-                    if slot >= 0:
-                        freed[w].append(slot)
-                        if len(freed[w]) >= FREE_BATCH:
-                            send_freed(w)
+                    held: list[bool] = []
+                    yield self._ready_chunk(w, slot, meta, inline, catalog, held)
+                    if slot >= 0 and not held:
+                        free(w, slot)
+                    while released:
+                        free(*released.popleft())
                 if not head.done:
                     break
                 ranges.popleft()
             if planned and not ranges:
                 return
+            while released:
+                free(*released.popleft())
             for w in range(self.n):  # before waiting: a worker may be waiting for these
                 if freed[w]:
                     send_freed(w)
@@ -352,18 +391,38 @@ class ParallelScan:
         if freed:
             self.conns[w].send(("free", freed))
 
+    def _release(self, w: int, slot: int) -> None:
+        """A held slot is free again (called from the consumer's thread)."""
+        self._released.append((w, slot))
+        with self._wake_lock:
+            if self._waiting and self._wake is not None:
+                try:
+                    os.write(self._wake[1], b"\0")
+                except BlockingIOError:
+                    pass  # the pipe is full: a wake-up is pending anyway
+
+    def _hold(self, w: int, slot: int, held: list[bool]) -> Callable[[], None]:
+        """BodyView.hold of a chunk in worker w's `slot`: freed by the function returned."""
+        if held:
+            raise RuntimeError("a chunk's slot is held twice")
+        held.append(True)
+        return lambda: self._release(w, slot)
+
     def _ready_chunk(self, w: int, slot: int, meta: tuple, inline: Any,
-                     catalog: tuple | None) -> ReadyChunk:
+                     catalog: tuple | None, held: list[bool] | None = None) -> ReadyChunk:
         (records, first, last, kxxh, pxxh, raw, crc, size, input_len, blen) = meta
+        hold = None
         if slot >= 0:
             off = slot * self.slot_size
             data: Any = self._wviews[w][off : off + blen]
+            if held is not None:
+                hold = lambda: self._hold(w, slot, held)  # noqa: E731
         elif slot == SPILLED:
             pos, n = inline
             data = os.pread(self._spill.fileno(), n, pos)
         else:
             data = inline
-        body = BodyView(data, crc, size, input_len)
+        body = BodyView(data, crc, size, input_len, hold)
         cbody = cxxh = None
         if catalog is not None:
             cdata, ccrc, csize, clen, cxxh = catalog

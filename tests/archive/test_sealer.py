@@ -1,0 +1,234 @@
+"""archive/sealer.py and the encrypted writer's use of it: chunks sealed by one thread in
+order and appended as they are sealed, at most SEAL_AHEAD behind; a held worker slot given
+back once sealed; errors raised in the caller's thread; members identical however the bodies
+were handed over."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from dsbackup._ext.framing import Chunker
+from dsbackup.archive import crypto
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.sealer import SEAL_AHEAD, SealThread
+from dsbackup.archive.writer import ArchiveWriter
+from dsbackup.errors import ArchiveError
+from dsbackup.pipeline.chunks import BodyView, ReadyChunk, compress_chunk
+
+KEY = b"k" * 32
+
+
+def test_items_run_in_order_at_most_ahead_queued():
+    done: list[int] = []
+    gate = threading.Event()
+
+    def job(i):
+        gate.wait(10)
+        done.append(i)
+
+    t = SealThread(job, lambda i: None, ahead=3)
+    for i in range(3):
+        t.submit(i)
+    blocked = threading.Thread(target=t.submit, args=(3,))
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive()  # 3 queued or running: the 4th waits
+    gate.set()
+    blocked.join(10)
+    t.wait_done(4)
+    assert done[:4] == [0, 1, 2, 3] and t.done >= 4
+    for i in range(4, 20):
+        t.submit(i)
+    t.drain()
+    assert done == list(range(20)) and t.done == 20
+    t.close()
+
+
+def test_an_error_is_raised_by_the_next_call_and_the_rest_dropped():
+    dropped: list[int] = []
+    gate = threading.Event()
+
+    def job(i):
+        gate.wait(10)
+        if i == 1:
+            raise ArchiveError("disk full")
+
+    t = SealThread(job, dropped.append, ahead=8)
+    for i in range(5):
+        t.submit(i)
+    gate.set()
+    with pytest.raises(ArchiveError, match="disk full"):
+        t.drain()
+    with pytest.raises(ArchiveError, match="disk full"):
+        t.submit(9)  # and every later call
+    with pytest.raises(ArchiveError, match="disk full"):
+        t.wait_done(3)
+    t.close()
+    assert dropped == [2, 3, 4]
+
+
+def _chunks(n_records: int = 3000) -> list[ReadyChunk]:
+    ch = Chunker(40, 1 << 20)
+    keys = [b"/k/%06d" % i for i in range(n_records)]
+    vals = [(b"value %d " % i) * (i % 50) for i in range(n_records)]
+    out = list(ch.add(keys, vals))
+    last = ch.finish()
+    return [compress_chunk(c, 1, True) for c in out + ([last] if last else [])]
+
+
+class Slots:
+    """Bodies in a reused buffer, as a parallel scan's worker slots: a held slot is
+    overwritten (reused) as soon as it is released."""
+
+    def __init__(self) -> None:
+        self.outstanding = 0
+        self.most = 0
+        self.released = 0
+        self.lock = threading.Lock()
+
+    def view(self, c: ReadyChunk) -> ReadyChunk:
+        buf = bytearray(c.body.data)
+        state = {"held": False}
+
+        def release():
+            with self.lock:
+                self.outstanding -= 1
+                self.released += 1
+            buf[:] = bytes(len(buf))  # the worker reuses the slot
+
+        def hold():
+            assert not state["held"]
+            state["held"] = True
+            with self.lock:
+                self.outstanding += 1
+                self.most = max(self.most, self.outstanding)
+            return release
+
+        b = c.body
+        body = BodyView(memoryview(buf), b.crc32, b.size, b.input_len, hold)
+        return ReadyChunk(c.record_count, c.first_key, c.last_key, c.keys_xxh3,
+                          c.payload_xxh3, c.raw_bytes, body, c.catalog_body, c.catalog_xxh3)
+
+
+def _write(path, chunks):
+    material = crypto.KeyMaterial(key=KEY)
+    with ArchiveWriter(path, manifest={"t": 1}, key=material,
+                       created=1_700_000_000) as w:
+        for c in chunks:
+            w.add_chunk(c, c.catalog_body, c.catalog_xxh3)
+        w.finish()
+    with ArchiveReader(path, key=material) as r:
+        return [(r.read_member(i), r.read_catalog_member(i)) for i in range(r.chunk_count)]
+
+
+@pytest.fixture
+def fixed_key(monkeypatch):
+    fixed = {crypto.ID_BYTES: b"\x11" * 16, crypto.KEY_BYTES: b"\x22" * 32,
+             crypto.NONCE_BYTES: b"\x44" * 12}
+    monkeypatch.setattr(crypto, "_random", lambda n: fixed[n])
+
+
+def test_held_slots_are_given_back_once_sealed_and_members_are_the_same(tmp_path, fixed_key,
+                                                                         monkeypatch):
+    """Bodies in bytes, in held slots (reused once released) and in a plain memoryview (copied):
+    the same archive bytes; each slot released once, at most SEAL_AHEAD held at a time."""
+    cs = _chunks()
+    assert len(cs) > 3 * SEAL_AHEAD
+    reference = _write(tmp_path / "bytes.tar.gz", cs)
+    ref_bytes = (tmp_path / "bytes.tar.gz").read_bytes()
+
+    seal_into = crypto.ArchiveCipher.seal_into
+
+    def slow(self, *a):  # the sealing thread lags: add_chunk must wait, not hold more
+        time.sleep(0.002)
+        return seal_into(self, *a)
+
+    monkeypatch.setattr(crypto.ArchiveCipher, "seal_into", slow)
+    slots = Slots()
+    assert _write(tmp_path / "slots.tar.gz", [slots.view(c) for c in cs]) == reference
+    assert slots.released == len(cs) and slots.outstanding == 0
+    assert 1 < slots.most <= SEAL_AHEAD + 1  # the one being handed over, and those queued
+    assert (tmp_path / "slots.tar.gz").read_bytes() == ref_bytes
+
+    views = []
+    for c in cs:  # a buffer without hold: copied before add_chunk returns
+        buf = bytearray(c.body.data)
+        views.append((buf, ReadyChunk(c.record_count, c.first_key, c.last_key, c.keys_xxh3,
+                                      c.payload_xxh3, c.raw_bytes,
+                                      BodyView(memoryview(buf), c.body.crc32, c.body.size,
+                                               c.body.input_len),
+                                      c.catalog_body, c.catalog_xxh3)))
+    material = crypto.KeyMaterial(key=KEY)
+    with ArchiveWriter(tmp_path / "views.tar.gz", manifest={"t": 1}, key=material,
+                       created=1_700_000_000) as w:
+        for buf, c in views:
+            w.add_chunk(c, c.catalog_body, c.catalog_xxh3)
+            buf[:] = bytes(len(buf))  # the owner reuses it at once
+        w.finish()
+    assert (tmp_path / "views.tar.gz").read_bytes() == ref_bytes
+
+
+def test_a_write_error_in_the_sealing_thread_fails_the_backup(tmp_path, monkeypatch):
+    """The sink fails while a sealed chunk is appended: add_chunk or finish raises that
+    error, every held slot comes back, no archive appears."""
+    cs = _chunks()
+    slots = Slots()
+    path = tmp_path / "a.tar.gz"
+    material = crypto.KeyMaterial(key=KEY)
+    with (pytest.raises(ArchiveError, match="No space left"),
+          ArchiveWriter(path, manifest={"t": 1}, key=material, created=1_700_000_000) as w):
+        sink_write = w._sink.write
+        calls = [0]
+
+        def failing(pieces):
+            calls[0] += 1
+            if calls[0] == 6:
+                raise ArchiveError(f"{path}: write failed: No space left on device")
+            return sink_write(pieces)
+
+        monkeypatch.setattr(w._sink, "write", failing)
+        for c in cs:
+            w.add_chunk(slots.view(c), c.catalog_body, c.catalog_xxh3)
+        w.finish()
+    assert slots.outstanding == 0 and slots.released > 0
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_chunk_count_counts_queued_chunks(tmp_path):
+    cs = _chunks()
+    material = crypto.KeyMaterial(key=KEY)
+    with ArchiveWriter(tmp_path / "a.tar.gz", manifest={"t": 1}, key=material,
+                       created=1_700_000_000) as w:
+        for i, c in enumerate(cs):
+            w.add_chunk(c, c.catalog_body, c.catalog_xxh3)
+            assert w.chunk_count == i + 1
+        meta = w.finish()
+    assert meta.chunks == len(cs)
+
+
+def test_a_seal_error_in_the_thread_fails_the_backup(tmp_path, monkeypatch):
+    """OpenSSL fails on a chunk in the sealing thread: the writer raises that error, every
+    held slot comes back (the chunks queued behind it are dropped), no archive appears."""
+    cs = _chunks()
+    slots = Slots()
+    seal_into = crypto.ArchiveCipher.seal_into
+    calls = [0]
+
+    def failing(self, *a):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise ArchiveError("OpenSSL could not encrypt (test)")
+        return seal_into(self, *a)
+
+    monkeypatch.setattr(crypto.ArchiveCipher, "seal_into", failing)
+    path = tmp_path / "a.tar.gz"
+    with (pytest.raises(ArchiveError, match="could not encrypt"),
+          ArchiveWriter(path, manifest={"t": 1}, key=crypto.KeyMaterial(key=KEY)) as w):
+        for c in cs:
+            w.add_chunk(slots.view(c), c.catalog_body, c.catalog_xxh3)
+        w.finish()
+    assert slots.outstanding == 0 and 0 < slots.released < len(cs)
+    assert list(tmp_path.iterdir()) == []
