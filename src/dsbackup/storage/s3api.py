@@ -233,7 +233,7 @@ class S3Api:
                 if not (r.status >= 500 or r.status == 429) or last:
                     code, msg = self._error(r)
                     raise _failed(f"{what} failed: HTTP {r.status} {code}"
-                                     + (f": {msg}" if msg else ""), r.status, code)
+                                  + (f": {msg}" if msg else ""), r.status, code)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
@@ -274,7 +274,7 @@ class S3Api:
             nk, ni = dec(_text(root, "NextKeyMarker")), _text(root, "NextUploadIdMarker")
             if not nk or (nk, ni) == (key_marker, id_marker):
                 raise _failed(f"ListMultipartUploads of s3://{bucket}/{prefix}: the server "
-                                 "said there is more but gave no new marker")
+                              "said there is more but gave no new marker")
             key_marker, id_marker = nk, ni
 
     def list_parts(self, bucket: str, key: str, upload_id: str) -> Iterator[Part]:
@@ -292,7 +292,7 @@ class S3Api:
             nxt = _text(root, "NextPartNumberMarker")
             if not nxt or nxt == marker:
                 raise _failed(f"ListParts of s3://{bucket}/{key}: the server said there is "
-                                 "more but gave no new marker")
+                              "more but gave no new marker")
             marker = nxt
 
     def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> bool:
