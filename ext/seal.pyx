@@ -253,6 +253,41 @@ cdef void _check_nonce(const unsigned char[::1] nonce) except *:
         raise ValueError(f"a nonce has {NONCE_BYTES} bytes")
 
 
+cdef size_t _sealed_total(size_t n, size_t pad_to) except? 0:
+    """The padded length of ``ciphertext || tag`` for n bytes of data."""
+    if pad_to == 0:
+        raise ValueError("pad_to must be >= 1")
+    return _padded(n + TAG_BYTES, pad_to)
+
+
+cdef inline size_t _stored_size(size_t total) noexcept:
+    """Bytes of the stored deflate blocks (a 5-byte header each) holding ``total`` bytes."""
+    return total + 5 * ((total + STORED_MAX - 1) // STORED_MAX)
+
+
+cdef tuple _seal_to(GcmKey key, const unsigned char[::1] nonce,
+                    const unsigned char[::1] aad, const unsigned char[::1] data,
+                    size_t total, unsigned char *op):
+    """Seal ``data`` as the stored blocks of ``total`` padded bytes into ``op`` (GIL
+    released); (crc32, xxh3)."""
+    cdef size_t n = data.shape[0], aad_len = aad.shape[0]
+    cdef const unsigned char *dp = &data[0] if n else NULL
+    cdef const unsigned char *ap = &aad[0] if aad_len else NULL
+    cdef uint32_t crc = 0
+    cdef uint64_t xxh = 0
+    cdef int r
+    _check_nonce(nonce)
+    if aad_len > PIECE:
+        raise ValueError("associated data too long")
+    with nogil:
+        r = _seal_c(key.key, &nonce[0], ap, aad_len, dp, n, total, op, &crc, &xxh)
+    if r == E_NOMEM:
+        raise MemoryError("sealing: out of memory")
+    if r != OK:
+        raise SealError(f"OpenSSL could not encrypt {n} bytes (AES-256-GCM) {_openssl_error()}")
+    return crc, xxh
+
+
 def seal_stored(GcmKey key not None, const unsigned char[::1] nonce not None,
                 const unsigned char[::1] aad not None, const unsigned char[::1] data not None,
                 size_t pad_to=512):
@@ -260,40 +295,16 @@ def seal_stored(GcmKey key not None, const unsigned char[::1] nonce not None,
     zero-padded to a multiple of ``pad_to``, as stored deflate blocks of at most 65535 bytes
     (``deflate_body(sealed, 0, pad_to)`` gives the same Body); ``xxh3`` is the XXH3-64 of
     the sealed bytes."""
-    cdef size_t n = data.shape[0], total, nblocks, aad_len = aad.shape[0]
-    cdef const unsigned char *dp = &data[0] if n else NULL
-    cdef const unsigned char *ap = &aad[0] if aad_len else NULL
-    cdef uint32_t crc = 0
-    cdef uint64_t xxh = 0
-    cdef int r
-    cdef bytes out
-    cdef unsigned char *op
-    _check_nonce(nonce)
-    if pad_to == 0:
-        raise ValueError("pad_to must be >= 1")
-    if aad_len > PIECE:
-        raise ValueError("associated data too long")
-    total = _padded(n + TAG_BYTES, pad_to)
-    nblocks = (total + STORED_MAX - 1) // STORED_MAX
-    out = PyBytes_FromStringAndSize(NULL, total + 5 * nblocks)
-    op = <unsigned char *>PyBytes_AS_STRING(out)
-    with nogil:
-        r = _seal_c(key.key, &nonce[0], ap, aad_len, dp, n, total, op, &crc, &xxh)
-    if r == E_NOMEM:
-        raise MemoryError("seal_stored: out of memory")
-    if r != OK:
-        raise SealError(f"OpenSSL could not encrypt {n} bytes (AES-256-GCM) {_openssl_error()}")
-    return Body(out, crc, total, n + TAG_BYTES), xxh
+    cdef size_t total = _sealed_total(data.shape[0], pad_to)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, _stored_size(total))
+    crc, xxh = _seal_to(key, nonce, aad, data, total, <unsigned char *>PyBytes_AS_STRING(out))
+    return Body(out, crc, total, data.shape[0] + TAG_BYTES), xxh
 
 
 def sealed_size(size_t n, size_t pad_to=512) -> int:
     """The bytes ``seal_into`` writes for ``n`` bytes of data: the stored deflate blocks of
     ``ciphertext || tag`` zero-padded to a multiple of ``pad_to``."""
-    cdef size_t total
-    if pad_to == 0:
-        raise ValueError("pad_to must be >= 1")
-    total = _padded(n + TAG_BYTES, pad_to)
-    return total + 5 * ((total + STORED_MAX - 1) // STORED_MAX)
+    return _stored_size(_sealed_total(n, pad_to))
 
 
 def seal_into(GcmKey key not None, const unsigned char[::1] nonce not None,
@@ -303,31 +314,13 @@ def seal_into(GcmKey key not None, const unsigned char[::1] nonce not None,
     no fresh pages are faulted in per member): (written, crc32, size, input_len, xxh3), as
     ``seal_stored``'s Body fields and digest; the sealed member body is ``out[:written]``.
     ValueError when ``out`` is shorter than ``sealed_size(len(data), pad_to)``."""
-    cdef size_t n = data.shape[0], total, need, aad_len = aad.shape[0]
-    cdef const unsigned char *dp = &data[0] if n else NULL
-    cdef const unsigned char *ap = &aad[0] if aad_len else NULL
-    cdef uint32_t crc = 0
-    cdef uint64_t xxh = 0
-    cdef int r
-    cdef unsigned char *op
-    _check_nonce(nonce)
-    if pad_to == 0:
-        raise ValueError("pad_to must be >= 1")
-    if aad_len > PIECE:
-        raise ValueError("associated data too long")
-    total = _padded(n + TAG_BYTES, pad_to)
-    need = total + 5 * ((total + STORED_MAX - 1) // STORED_MAX)
+    cdef size_t total = _sealed_total(data.shape[0], pad_to)
+    cdef size_t need = _stored_size(total)
     if <size_t>out.shape[0] < need:
         raise ValueError(f"seal_into: the output buffer has {out.shape[0]} bytes, "
                          f"{need} are needed")
-    op = &out[0]
-    with nogil:
-        r = _seal_c(key.key, &nonce[0], ap, aad_len, dp, n, total, op, &crc, &xxh)
-    if r == E_NOMEM:
-        raise MemoryError("seal_into: out of memory")
-    if r != OK:
-        raise SealError(f"OpenSSL could not encrypt {n} bytes (AES-256-GCM) {_openssl_error()}")
-    return need, crc, total, n + TAG_BYTES, xxh
+    crc, xxh = _seal_to(key, nonce, aad, data, total, &out[0])
+    return need, crc, total, data.shape[0] + TAG_BYTES, xxh
 
 
 def open_stored(GcmKey key not None, const unsigned char[::1] nonce not None,
