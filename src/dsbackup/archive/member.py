@@ -59,6 +59,14 @@ def decode_member_at(mv: memoryview, pos: int, where: str, *, expected_type: int
 
     sub = fmt.parse_member_head(mv[pos:], where)
     _check_head(sub, fail, expected_type, version, flags)
+    out, end = _inflate_at(mv, pos, sub, fail)
+    return sub, _check_inflated(sub, out, mv[end - 8:end], fail, expected_name, True), end
+
+
+def _inflate_at(mv: memoryview, pos: int, sub: fmt.Subfield,
+                fail: Callable[[str], IntegrityError]) -> tuple[bytes, int]:
+    """Inflate the member at `pos` (its head parsed into `sub`) whose end is not known:
+    (the inflated tar entry, the member's end offset)."""
     declared = fmt.TAR_BLOCK + fmt.padded(sub.data_len)
     start = pos + sub.deflate_offset
     if declared > fmt.DEFLATE_MAX_RATIO * (len(mv) - start) + 1024:
@@ -70,7 +78,7 @@ def decode_member_at(mv: memoryview, pos: int, where: str, *, expected_type: int
     end = start + consumed + 8
     if end > len(mv):
         raise fail("member truncated")
-    return sub, _check_inflated(sub, out, mv[end - 8:end], fail, expected_name, True), end
+    return out, end
 
 
 def _check_head(sub: fmt.Subfield, fail: Callable[[str], IntegrityError], expected_type: int,
@@ -151,16 +159,8 @@ def member_end(mv: memoryview, pos: int) -> tuple[fmt.Subfield, int]:
     """The subfield and end offset of the whole member at `pos` of `mv`, found by inflating it
     (no index needed: salvage and a resumed backup walk members this way); IntegrityError when
     it is torn or its declared size is impossible."""
+    def fail(msg: str) -> IntegrityError:
+        return IntegrityError(f"offset {pos}: {msg}")
+
     sub = fmt.parse_member_head(mv[pos:], f"offset {pos}")
-    declared = fmt.TAR_BLOCK + fmt.padded(sub.data_len)
-    start = pos + sub.deflate_offset
-    if declared > fmt.DEFLATE_MAX_RATIO * (len(mv) - start) + 1024:
-        raise IntegrityError(f"offset {pos}: declared size {sub.data_len} is impossible")
-    try:
-        _, consumed = inflate_raw(mv[start:], declared, declared)
-    except MemberError as exc:
-        raise IntegrityError(f"offset {pos}: {exc}") from None
-    end = start + consumed + 8
-    if end > len(mv):
-        raise IntegrityError(f"offset {pos}: member truncated")
-    return sub, end
+    return sub, _inflate_at(mv, pos, sub, fail)[1]
