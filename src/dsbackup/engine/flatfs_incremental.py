@@ -38,9 +38,8 @@ from dsbackup._ext.framing import Chunker, scan_payload
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.engine.config import BackupConfig
-from dsbackup.engine.write import Reference
+from dsbackup.engine.write import Reference, store_or_reference
 from dsbackup.errors import BackupError
-from dsbackup.pipeline.chunks import compress_chunk
 
 __all__ = ["applies", "clean_chunks", "FlatfsIncremental"]
 
@@ -150,15 +149,8 @@ class FlatfsIncremental:
         pos = 0
 
         def run(lo: int, hi: int) -> Iterator[Any]:
-            for c in self._frame(lo, hi, catalog):
-                counts.read += 1
-                hit = match.chunk(c)
-                if hit is not None:
-                    counts.referenced += 1
-                    yield Reference(hit[0], hit[1], c.raw_bytes)
-                else:
-                    counts.stored += 1
-                    yield pool.submit(compress_chunk, c, level, catalog)
+            return store_or_reference(self._frame(lo, hi, catalog), match, pool, level,
+                                      catalog, counts)
 
         for j, lo in self.clean:
             if lo > pos:

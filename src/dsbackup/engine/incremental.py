@@ -39,11 +39,10 @@ from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.manifest import ScanOutcome
 from dsbackup.engine.nodefiles import node_snapshot
 from dsbackup.engine.plan import BackupPlan, ProgressCallback
-from dsbackup.engine.write import Reference, write_archive
+from dsbackup.engine.write import Reference, store_or_reference, write_archive
 from dsbackup.errors import ConfigError, IntegrityError
 from dsbackup.metadata import BackupMetadata
 from dsbackup.pipeline.central import ChunkSettings
-from dsbackup.pipeline.chunks import compress_chunk
 from dsbackup.pipeline.sources import DatastoreSource, LmdbSource, Plan
 from dsbackup.storage import display, identity, relative_hint
 
@@ -140,15 +139,8 @@ class IncrementalStream:
             return any(first.startswith(p) and last.startswith(p) for p in prefixes)
 
         def value_run(start: bytes, end: bytes | None) -> Iterator[Any]:
-            for c in src.frame(start, end):
-                counts.read += 1
-                hit = match.chunk(c)
-                if hit is not None:
-                    counts.referenced += 1
-                    yield Reference(hit[0], hit[1], c.raw_bytes)
-                else:
-                    counts.stored += 1
-                    yield self._pool.submit(compress_chunk, c, self.level, self.catalog)
+            return store_or_reference(src.frame(start, end), match, self._pool, self.level,
+                                      self.catalog, counts)
 
         if not any(src.has_prefix(p) for p in prefixes):
             yield from value_run(b"", None)

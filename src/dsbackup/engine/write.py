@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from typing import Any, NamedTuple, Protocol
 
 from dsbackup._ext.framing import FramingError
@@ -26,6 +26,7 @@ from dsbackup.engine.manifest import ScanOutcome, manifest_for, metadata_for, su
 from dsbackup.engine.plan import BackupPlan
 from dsbackup.errors import BackupError, Cancelled
 from dsbackup.metadata import BackupMetadata, Progress
+from dsbackup.pipeline.chunks import compress_chunk
 
 
 class Reference(NamedTuple):
@@ -34,6 +35,22 @@ class Reference(NamedTuple):
     seq: int
     entry: ChunkEntry
     raw_bytes: int
+
+
+def store_or_reference(chunks: Iterator[Any], match: Any, pool: Executor, level: int,
+                       catalog: bool, counts: Any) -> Iterator[Reference | Future]:
+    """An incremental's items for framed chunks read from the store: a Reference where the
+    parent chain holds an equal chunk (``match.chunk``), else the chunk's compression
+    submitted to `pool`; ``counts`` tallies read, referenced and stored."""
+    for c in chunks:
+        counts.read += 1
+        hit = match.chunk(c)
+        if hit is not None:
+            counts.referenced += 1
+            yield Reference(hit[0], hit[1], c.raw_bytes)
+        else:
+            counts.stored += 1
+            yield pool.submit(compress_chunk, c, level, catalog)
 
 
 class ChunkStream(Protocol):
