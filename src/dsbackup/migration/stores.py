@@ -15,6 +15,7 @@ from dsbackup.datastores import open_datastore, parse_uri
 from dsbackup.errors import DatastoreError
 from dsbackup.migration.dryrun import open_readonly
 from dsbackup.migration.plan import SOURCE, TARGET, MigrationStep, MigrationType
+from dsbackup.storage.tempfiles import fsync_dir
 
 __all__ = ["STAGEABLE", "LentStores", "RunStores", "StoreLike", "refs_written", "remove_path",
            "same_uri", "store_path"]
@@ -58,14 +59,6 @@ def remove_path(p: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
     else:
         p.unlink(missing_ok=True)
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def refs_written(plan_steps: list[MigrationStep]) -> set[str]:
@@ -188,7 +181,7 @@ class RunStores:
                 os.rename(b, a)
             self._reopen_as(ds, uri)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         new = self._reopen_as(ds, uri)
         for b, _a in moved:
             remove_path(b)
