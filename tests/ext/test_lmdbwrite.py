@@ -298,30 +298,37 @@ def test_scanner_holding_the_path_is_refused(tmp_path):
 
 def test_write_releases_the_gil(tmp_path):
     """While a large write runs in one thread, this thread keeps running Python: the largest
-    gap between its ticks inside the call stays well below the call's length."""
+    gap between its ticks inside the call stays well below the call's length. A loaded
+    machine may deschedule this thread for part of one call, so the best of three writes
+    counts; a write that kept the GIL fails all three (one gap as long as the call)."""
     import threading
     import time
 
     value = random.Random(10).randbytes(1 << 18)
     pls = payloads_of([(b"/g/%06d" % i, value) for i in range(256)], 16)  # 64 MiB
-    span = []
-    with LmdbPayloadWriter(tmp_path / "gil", map_size=256 << 20) as w:
-        def run():
-            t0 = time.perf_counter()
-            w.write(pls)
-            span.extend((t0, time.perf_counter()))
+    results = []
+    for attempt in range(3):
+        span = []
+        with LmdbPayloadWriter(tmp_path / f"gil{attempt}", map_size=256 << 20) as w:
+            def run(w=w, span=span):
+                t0 = time.perf_counter()
+                w.write(pls)
+                span.extend((t0, time.perf_counter()))
 
-        t = threading.Thread(target=run)
-        ticks = []
-        t.start()
-        while t.is_alive():
-            ticks.append(time.perf_counter())
-        t.join()
-    t0, t1 = span
-    inside = [x for x in ticks if t0 <= x <= t1]
-    gaps = [b - a for a, b in zip([t0, *inside], [*inside, t1])]
-    assert t1 - t0 > 0.02
-    assert max(gaps) < 0.5 * (t1 - t0), (max(gaps), t1 - t0)
+            t = threading.Thread(target=run)
+            ticks = []
+            t.start()
+            while t.is_alive():
+                ticks.append(time.perf_counter())
+            t.join()
+        t0, t1 = span
+        inside = [x for x in ticks if t0 <= x <= t1]
+        gaps = [b - a for a, b in zip([t0, *inside], [*inside, t1])]
+        assert t1 - t0 > 0.02
+        results.append((max(gaps), t1 - t0))
+        if max(gaps) < 0.5 * (t1 - t0):
+            return
+    raise AssertionError(f"the writing thread held the GIL (largest gap, call): {results}")
 
 
 def test_failed_open_raises_instead_of_crashing(tmp_path):
