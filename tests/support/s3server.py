@@ -46,7 +46,9 @@ class MotoServer:
 
 @dataclass
 class Rule:
-    """Requests whose method and URL match get `status` (or wait `delay` s) `times` times."""
+    """Requests whose method and URL match get `status` (or wait `delay` s) `times` times;
+    `body` replaces the default error body; with `forward` the request reaches the server
+    first and its answer is replaced (an answer lost after the server acted)."""
 
     method: str
     contains: str
@@ -54,6 +56,8 @@ class Rule:
     status: int | None = 503
     delay: float = 0.0
     hits: int = 0
+    body: bytes | None = None
+    forward: bool = False
 
 
 @dataclass
@@ -63,6 +67,7 @@ class FaultProxy:
     upstream: tuple[str, int]
     rules: list[Rule] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
+    headers_seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     down: bool = False
 
     def start(self) -> FaultProxy:
@@ -84,13 +89,17 @@ class FaultProxy:
                 body = self.rfile.read(n) if n else b""
                 line = f"{self.command} {self.path}"
                 proxy.seen.append(line)
+                proxy.headers_seen.append((line, {k.lower(): v for k, v in self.headers.items()}))
                 for r in proxy.rules:
                     if r.method == self.command and r.contains in self.path and r.hits < r.times:
                         r.hits += 1
                         if r.delay:
                             time.sleep(r.delay)
+                        if r.forward:
+                            self._upstream(body)
                         if r.status is not None:
-                            msg = b"<Error><Code>SlowDown</Code></Error>"
+                            msg = r.body if r.body is not None else \
+                                b"<Error><Code>SlowDown</Code></Error>"
                             self.send_response(r.status)
                             self.send_header("Content-Length", str(len(msg)))
                             self.end_headers()
@@ -98,12 +107,7 @@ class FaultProxy:
                                 self.wfile.write(msg)
                             return
                         break
-                conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("connection", "transfer-encoding")}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
+                resp, data = self._upstream(body)
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("connection", "transfer-encoding", "content-length",
@@ -113,7 +117,17 @@ class FaultProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
-                conn.close()
+
+            def _upstream(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:
+                conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("connection", "transfer-encoding")}
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    return resp, resp.read()
+                finally:
+                    conn.close()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 

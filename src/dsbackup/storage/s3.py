@@ -4,8 +4,11 @@ share one request; a few requests in flight), list by prefix, delete.
 
 Write-once as on disk: a HEAD before the upload starts and again before it completes refuses
 an existing object; an archive of one part is then one PUT with ``If-None-Match: *`` (the server
-refuses to replace, 412); a larger one's multipart completion cannot carry the header through
-obstore (docs/STORAGE.md: the remaining window). A failed or interrupted upload is aborted.
+refuses to replace, 412), a larger one a multipart upload of our own whose completion carries
+the same header (:mod:`dsbackup.storage.s3multipart`; obstore cannot send it there). Only with
+credentials the obstore client finds itself (an instance's role), which our signed requests
+cannot use, is the multipart upload obstore's and the HEAD the check (docs/STORAGE.md). A
+failed or interrupted upload is aborted.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from dsbackup.errors import (
 )
 from dsbackup.storage.base import Check
 from dsbackup.storage.location import S3Location
+from dsbackup.storage.s3api import S3Api
 from dsbackup.storage.s3config import client_config, scrub, settings
+from dsbackup.storage.s3multipart import Conflict, KeyTaken, MultipartUpload
 from dsbackup.storage.s3stale import clean_before_backup
 from dsbackup.storage.sent import SentRecord, SentSource
 
@@ -172,9 +177,17 @@ class S3Sink:
     def _open_writer(self) -> None:
         s = settings()
         try:
-            self._w = obstore.open_writer(store(self.final.bucket), self.final.key,
-                                          buffer_size=s.part_size,
-                                          max_concurrency=s.concurrency)
+            api = S3Api.from_config()
+        except ConfigError:  # no keys of our own: the instance's role, through obstore
+            api = None
+        try:
+            if api is not None:
+                self._w = MultipartUpload(api, self.final.bucket, self.final.key,
+                                          part_size=s.part_size, concurrency=s.concurrency)
+            else:
+                self._w = obstore.open_writer(store(self.final.bucket), self.final.key,
+                                              buffer_size=s.part_size,
+                                              max_concurrency=s.concurrency)
             for data in self._first:
                 self._w.write(data)
         except Exception as exc:  # noqa: BLE001 - mapped
@@ -206,8 +219,9 @@ class S3Sink:
 
     def commit(self, check: Check | None = None) -> None:
         """Check the bytes sent (no download), HEAD again, then complete the upload: one PUT
-        with If-None-Match: * for an archive of one part, else the multipart completion
-        (which obstore cannot make conditional: the HEAD is the check there)."""
+        with If-None-Match: * for an archive of one part, else the multipart completion,
+        conditional too (but for obstore's, with the instance's credentials: the HEAD is the
+        check there)."""
         if check is not None:
             check(SentSource(self._sent, self.final))
         try:
@@ -223,9 +237,13 @@ class S3Sink:
                 obstore.put(store(self.final.bucket), self.final.key, b"".join(self._first),
                             mode="overwrite" if self.overwrite else "create",
                             use_multipart=False)
+            elif isinstance(self._w, MultipartUpload):
+                self._w.complete(replace=self.overwrite)
             else:
                 self._w.close()
-        except obstore.exceptions.AlreadyExistsError:  # 412 (or 409: a conflicting write)
+        except (obstore.exceptions.AlreadyExistsError, KeyTaken, Conflict):  # 412, 409
+            if isinstance(self._w, MultipartUpload):
+                self._w.abort()  # a refused completion leaves the upload and its parts
             self._done = True
             if head(self.final) is None:  # 409 ConditionalRequestConflict: nothing landed
                 raise ArchiveError(f"{self.final}: the server reported a conflicting write at "
@@ -247,6 +265,9 @@ class S3Sink:
         self._first.clear()
         if self._w is None:
             return  # nothing was sent
+        if isinstance(self._w, MultipartUpload):
+            self._w.abort()  # logs a failure itself
+            return
         try:  # obstore aborts the multipart upload when its writer exits with an error
             self._w.__exit__(ArchiveError, ArchiveError("aborted"), None)
         except Exception as exc:  # noqa: BLE001 - the server may be gone

@@ -1,5 +1,7 @@
-"""The few S3 requests obstore does not offer: ListMultipartUploads, ListParts and
-AbortMultipartUpload (the clean-up of stale uploads, :mod:`dsbackup.storage.s3stale`).
+"""The S3 requests obstore does not offer: ListMultipartUploads, ListParts and
+AbortMultipartUpload (the clean-up of stale uploads, :mod:`dsbackup.storage.s3stale`), and
+multipart uploads whose completion is conditional (``If-None-Match: *``; obstore cannot send
+it there, :mod:`dsbackup.storage.s3multipart`).
 
 Requests are signed with AWS Signature Version 4 as AWS documents it for S3 ("Authenticating
 Requests: Using the Authorization Header"): the canonical URI is the path as sent, each segment
@@ -88,6 +90,7 @@ class Response:
     status: int
     body: bytes
     date: datetime  # the server's clock (its Date header), else ours
+    etag: str = ""  # the ETag header (an uploaded part's)
 
     def xml(self) -> ET.Element:
         try:
@@ -133,6 +136,12 @@ def parse_time(text: str) -> datetime:
         digits = off[1:].replace(":", "")
         t -= sign * (datetime(1, 1, 1, int(digits[:2]), int(digits[2:])) - datetime(1, 1, 1))
     return t
+
+
+def _error_document(r: Response) -> bool:
+    """Whether a 2xx answer is in fact an error (S3 may answer a long request such as
+    CompleteMultipartUpload with 200 and an ``<Error>`` body)."""
+    return r.body.lstrip()[:200].find(b"<Error>") >= 0
 
 
 def _text(el: ET.Element, name: str, default: str = "") -> str:
@@ -186,36 +195,58 @@ class S3Api:
                                                context=ssl.create_default_context())
         return http.client.HTTPConnection(self.hostname, self.port, timeout=self.timeout_s)
 
-    def _once(self, method: str, path: str, params: Sequence[tuple[str, str]]) -> Response:
+    def payload_hash(self, body: Sequence[bytes | memoryview]) -> str:
+        """What ``x-amz-content-sha256`` carries: the body's SHA-256 over plain http (the
+        signature then covers the bytes), ``UNSIGNED-PAYLOAD`` over https, where TLS
+        protects them (as the AWS SDKs do)."""
+        if self.https:
+            return "UNSIGNED-PAYLOAD"
+        h = hashlib.sha256()
+        for piece in body:
+            h.update(piece)
+        return h.hexdigest()
+
+    def _once(self, method: str, path: str, params: Sequence[tuple[str, str]],
+              body: Sequence[bytes | memoryview] = (),
+              extra: dict[str, str] | None = None) -> Response:
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        headers = {"host": self.netloc, "x-amz-date": amz_date,
-                   "x-amz-content-sha256": EMPTY_SHA256}
+        sha = self.payload_hash(body) if body else EMPTY_SHA256
+        headers = {"host": self.netloc, "x-amz-date": amz_date, "x-amz-content-sha256": sha}
         if self.creds.session_token:
             headers["x-amz-security-token"] = self.creds.session_token
-        headers["Authorization"] = authorization(method, path, params, headers, EMPTY_SHA256,
+        headers.update(extra or {})
+        headers["Authorization"] = authorization(method, path, params, headers, sha,
                                                  self.creds, self.region, amz_date)
+        if body or method in ("PUT", "POST"):
+            headers["Content-Length"] = str(sum(len(b) for b in body))
         query = "&".join(f"{uri_encode(k)}={uri_encode(v)}" if v else uri_encode(k)
                          for k, v in params)
         conn = self._connection()
         try:
-            conn.request(method, f"{path}?{query}" if query else path, headers=headers)
+            conn.request(method, f"{path}?{query}" if query else path,
+                         body=iter(body) if body else None, headers=headers)
             resp = conn.getresponse()
-            body = resp.read(MAX_RESPONSE + 1)
+            data = resp.read(MAX_RESPONSE + 1)
             when = resp.getheader("Date")
+            etag = resp.getheader("ETag") or ""
         finally:
             conn.close()
-        if len(body) > MAX_RESPONSE:
+        if len(data) > MAX_RESPONSE:
             raise _failed(f"{method} response over {MAX_RESPONSE} bytes")
         try:
             date = parsedate_to_datetime(when) if when else datetime.now(timezone.utc)
         except (TypeError, ValueError):
             date = datetime.now(timezone.utc)
-        return Response(resp.status, body, date.astimezone(timezone.utc))
+        return Response(resp.status, data, date.astimezone(timezone.utc), etag)
 
     def request(self, method: str, bucket: str, key: str = "",
-                params: Sequence[tuple[str, str]] = ()) -> Response:
-        """One request, retried with backoff on connection errors and 5xx/429 answers within
-        the retry window; any other status but 2xx is an S3ApiError with the server's code."""
+                params: Sequence[tuple[str, str]] = (),
+                body: Sequence[bytes | memoryview] = (),
+                headers: dict[str, str] | None = None) -> Response:
+        """One request, retried with backoff on connection errors and 5xx/429 answers (and a
+        200 whose body is an S3 error document, as CompleteMultipartUpload may send) within
+        the retry window; any other status but 2xx is an S3ApiError with the server's code.
+        ``body`` is sent as it is, piece by piece (no joined copy)."""
         what = f"{method} s3://{bucket}/{key}" + (f" ({params[0][0]})" if params else "")
         path = self.path(bucket, key)
         deadline = time.monotonic() + self.timeout_s
@@ -223,14 +254,15 @@ class S3Api:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries or time.monotonic() + delay > deadline
             try:
-                r = self._once(method, path, params)
+                r = self._once(method, path, params, body, headers)
             except (OSError, http.client.HTTPException) as exc:
                 if last:
                     raise _failed(f"{what} failed: {type(exc).__name__}: {exc}") from None
             else:
-                if 200 <= r.status < 300:
+                if 200 <= r.status < 300 and not _error_document(r):
                     return r
-                if not (r.status >= 500 or r.status == 429) or last:
+                retryable = r.status >= 500 or r.status == 429 or 200 <= r.status < 300
+                if not retryable or last:
                     code, msg = self._error(r)
                     raise _failed(f"{what} failed: HTTP {r.status} {code}"
                                   + (f": {msg}" if msg else ""), r.status, code)
@@ -304,3 +336,49 @@ class S3Api:
                 return False
             raise
         return True
+
+    def create_multipart_upload(self, bucket: str, key: str) -> str:
+        """Start a multipart upload; its upload id."""
+        root = self.request("POST", bucket, key, [("uploads", "")]).xml()
+        upload_id = _text(root, "UploadId")
+        if not upload_id:
+            raise _failed(f"CreateMultipartUpload of s3://{bucket}/{key}: the server gave no "
+                          "upload id")
+        return upload_id
+
+    def upload_part(self, bucket: str, key: str, upload_id: str, number: int,
+                    body: Sequence[bytes | memoryview]) -> str:
+        """Send part `number` (its pieces, in order); the part's ETag."""
+        r = self.request("PUT", bucket, key,
+                         [("partNumber", str(number)), ("uploadId", upload_id)], body)
+        if not r.etag:
+            raise _failed(f"UploadPart {number} of s3://{bucket}/{key}: the server gave no "
+                          "ETag")
+        return r.etag
+
+    def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
+                                  etags: Sequence[str], *, if_none_match: bool) -> None:
+        """Join the parts (numbered from 1, in order) into the object. With `if_none_match`
+        the server refuses (412, S3ApiError) to replace an existing object."""
+        doc = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{_xml_escape(e)}</ETag></Part>"
+                      for n, e in enumerate(etags, 1))
+        body = ("<CompleteMultipartUpload>" + doc + "</CompleteMultipartUpload>").encode()
+        self.request("POST", bucket, key, [("uploadId", upload_id)], [body],
+                     {"If-None-Match": "*"} if if_none_match else None)
+
+
+def _xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def multipart_etag(part_etags: Sequence[str]) -> str:
+    """The ETag S3 gives an object completed from parts with these ETags (each the part's
+    MD5): the MD5 of the parts' binary MD5s, ``-`` and the part count; "" when a part's
+    ETag is not an MD5 (servers may use other ETags: then nothing can be compared)."""
+    digests = []
+    for e in part_etags:
+        e = e.strip().strip('"')
+        if not re.fullmatch(r"[0-9a-fA-F]{32}", e):
+            return ""
+        digests.append(bytes.fromhex(e))
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
