@@ -24,6 +24,7 @@ import hmac
 import http.client
 import re
 import ssl
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
@@ -178,6 +179,7 @@ class S3Api:
         self.base = u.path.rstrip("/")
         self.timeout_s = timeout_s
         self.retries = retries
+        self._local = threading.local()  # each thread's kept-alive connection
 
     @classmethod
     def from_config(cls) -> S3Api:
@@ -189,6 +191,20 @@ class S3Api:
         return uri_encode(f"{self.base}/{bucket}" + (f"/{key}" if key else ""), keep_slash=True)
 
     def _connection(self) -> http.client.HTTPConnection:
+        """This thread's connection, kept alive between requests (a part upload to AWS
+        does not pay a TLS handshake each time)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._new_connection()
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+    def _new_connection(self) -> http.client.HTTPConnection:
         if self.https:
             return http.client.HTTPSConnection(self.hostname, self.port,
                                                timeout=self.timeout_s,
@@ -221,16 +237,27 @@ class S3Api:
             headers["Content-Length"] = str(sum(len(b) for b in body))
         query = "&".join(f"{uri_encode(k)}={uri_encode(v)}" if v else uri_encode(k)
                          for k, v in params)
-        conn = self._connection()
-        try:
-            conn.request(method, f"{path}?{query}" if query else path,
-                         body=iter(body) if body else None, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read(MAX_RESPONSE + 1)
-            when = resp.getheader("Date")
-            etag = resp.getheader("ETag") or ""
-        finally:
-            conn.close()
+        for fresh in (False, True):
+            reused = getattr(self._local, "conn", None) is not None
+            conn = self._connection()
+            try:
+                conn.request(method, f"{path}?{query}" if query else path,
+                             body=iter(body) if body else None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read(MAX_RESPONSE + 1)
+                when = resp.getheader("Date")
+                etag = resp.getheader("ETag") or ""
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self._drop_connection()
+                if fresh or not reused:
+                    raise
+                # the server closed the kept-alive connection while it was idle: once more
+            except BaseException:
+                self._drop_connection()  # a broken or half-read connection is not reused
+                raise
+        if len(data) > MAX_RESPONSE or resp.will_close or not resp.isclosed():
+            self._drop_connection()
         if len(data) > MAX_RESPONSE:
             raise _failed(f"{method} response over {MAX_RESPONSE} bytes")
         try:
