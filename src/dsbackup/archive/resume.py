@@ -8,14 +8,23 @@ An encrypted file is rescanned with its key: every kept member is opened (its AE
 checked under the epoch of the run that wrote it, dsbackup.archive.epochs), since the plaintext
 values of its index entries are only inside. A paged file is cut after its last whole, checked
 index page (the page's data must equal the one rebuilt from the kept chunks), so that every
-page, and every chunk, is written by one run."""
+page, and every chunk, is written by one run.
+
+An incremental file (its manifest names a parent) holds its stored chunks only: the seqs of
+the references between them are gaps, and the references themselves were only in the killed
+writer's memory (they go to the index, written last). Given the parent's index they are found
+again: the references between kept stored chunks `a` and `b` are the parent's chunks whose
+keys lie strictly between `a`'s last and `b`'s first key, and there must be exactly
+`b - a - 1` of them (docs/FORMAT.md §11.5); where there are not, the file is cut before `b`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import mmap
 import os
 import struct
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +39,7 @@ from dsbackup.archive.crypto import (
     parse_key_header,
 )
 from dsbackup.archive.epochs import epoch_at
-from dsbackup.archive.index import CatalogEntry, ChunkEntry, IndexBuilder
+from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.member import decode_member, decode_member_at, member_end
 from dsbackup.archive.pages import MAX_PAGE_ENTRIES, PagedIndexBuilder, valid_page_entries
 from dsbackup.errors import ArchiveError, IntegrityError
@@ -70,6 +79,8 @@ class ResumeState:
     end: int = 0
     dropped: int = 0  # bytes after `end` (a torn member, or members past a damaged one)
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    referenced: int = 0  # references among the kept chunks (an incremental file)
+    ref_seqs: array = field(default_factory=lambda: array("q"))  # their parents' seqs
 
     def keep(self, e: ChunkEntry, cat: CatalogEntry | None, raw_bytes: int) -> None:
         """Count a kept chunk in the totals (its index entry goes to the builder apart)."""
@@ -81,6 +92,19 @@ class ResumeState:
         self.payload_bytes += e.payload_len
         self.catalog = cat is not None
 
+    def keep_reference(self, e: ChunkEntry, catalog: bool) -> None:
+        """A reference below the cut (its raw bytes are counted apart: the index has none)."""
+        self.index.add_chunk(e)
+        if catalog:
+            self.index.add_catalog(CatalogEntry(0, 0, 0, 0, 0))
+        self.fingerprint.update(_U64.pack(e.payload_xxh3))
+        self.next_seq += 1
+        self.last_key = e.last_key
+        self.records += e.records
+        self.payload_bytes += e.payload_len
+        self.referenced += 1
+        self.ref_seqs.append(e.offset)
+
     @property
     def paged(self) -> bool:
         return bool(self.flags & fmt.FLAG_PAGED)
@@ -88,12 +112,13 @@ class ResumeState:
 
 def rescan(fd: int, where: str, *, key: KeyMaterial | None = None,
            runs: list[tuple[int, int]] | None = None,
-           page_entries: int | None = None) -> ResumeState:
+           page_entries: int | None = None, parent: Any = None) -> ResumeState:
     """The longest valid prefix of the temp file open at `fd`. ArchiveError (exit 2) when its
     head is not a resumable archive's (no whole manifest; encrypted without `key`, or the
     other way round); WrongKeyError when `key` does not open it. `runs`: (epoch, from_seq) of
     the runs that resumed it before (the resume history); `page_entries`: the page size of a
-    paged file that holds no page yet."""
+    paged file that holds no page yet; `parent`: the parent's index (chunks_overlapping,
+    entry) of an incremental file, whose references are derived from it (module doc)."""
     size = os.fstat(fd).st_size
     if size == 0:
         raise ArchiveError(f"cannot resume: {where} is empty")
@@ -101,7 +126,7 @@ def rescan(fd: int, where: str, *, key: KeyMaterial | None = None,
     state: ResumeState | None = None
     try:
         state = _head(memoryview(mm), where, key)
-        _scan(memoryview(mm), where, state, runs or [], page_entries)
+        _scan(memoryview(mm), where, state, runs or [], page_entries, parent)
         return state
     except BaseException:
         if state is not None and state.cipher is not None:
@@ -234,8 +259,25 @@ def _sealed_catalog(plain: bytes, payload: memoryview, records: int, where: str
     return length, xxh3_64(memoryview(out)[:length])
 
 
+def _references(parent: Any, after: bytes | None, before: bytes, count: int
+                 ) -> list[ChunkEntry] | None:
+    """The `count` references a killed incremental wrote between a chunk ending at `after`
+    (None: the start) and one starting at `before`: the parent's chunks strictly between;
+    None when the parent has not exactly `count` of them there."""
+    found: list[ChunkEntry] = []
+    for i in parent.chunks_overlapping(after or b"", before):
+        e = parent.entry(i)
+        if (after is not None and e.first_key <= after) or e.last_key >= before:
+            continue
+        if len(found) == count:
+            return None
+        found.append(ChunkEntry(0, i, 0, e.payload_len, e.records, e.payload_xxh3, 0,
+                                e.keys_xxh3, e.first_key, e.last_key, FLAG_PARENT))
+    return found if len(found) == count else None
+
+
 def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, int]],
-          page_entries: int | None) -> None:
+          page_entries: int | None, parent: Any = None) -> None:
     catalog = bool(manifest_settings(state.manifest).get("include_metadata"))
     version, flags, cipher = state.version, state.flags, state.cipher
     paged = state.paged
@@ -281,6 +323,8 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
                 break  # the index or summary of a writer killed while finishing: rewritten
             if paged and len(pending) == (pe or MAX_PAGE_ENTRIES):
                 break  # a page was due here
+            if parent is not None and sub.seq > seq:  # references were written before it
+                seq = sub.seq
             cwhere = f"{where}: chunk {seq}"
             sub, data, end = decode_member_at(mv, pos, cwhere, expected_type=fmt.TYPE_CHUNK,
                                               expected_name=fmt.chunk_name(seq),
@@ -302,6 +346,12 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
             if (cipher is None and info.record_count != sub.records) or (
                     prev_last is not None and first <= prev_last):
                 break
+            refs: list[ChunkEntry] = []
+            if seq > state.next_seq:
+                found = _references(parent, prev_last, first, seq - state.next_seq)
+                if found is None:
+                    break
+                refs = found
             entry = ChunkEntry(seq, pos, end - pos, plen, info.record_count, pxxh,
                                xxh3_64(mv[pos:end]), info.keys_xxh3, first, last, 0, epoch)
             cat = None
@@ -321,6 +371,8 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
         except IntegrityError:  # FramingError, MemberError and a failed tag are ones too
             break
         index = checker if paged else state.index
+        for r in refs:  # (not paged: dsbackup.engine.resume refuses paged incrementals)
+            state.keep_reference(dataclasses.replace(r, seq=state.next_seq), catalog)
         if index is not None:
             index.add_chunk(entry)
             if cat is not None:

@@ -207,6 +207,7 @@ class ArchiveWriter:
         self._records, self._payload_bytes = st.records, st.payload_bytes
         self._raw_bytes = st.raw_bytes
         self._prev_last = st.last_key
+        self.referenced_chunks = st.referenced  # an incremental's, below the cut
 
     # -- low level -------------------------------------------------------------------------
 

@@ -1,0 +1,210 @@
+"""backup --resume of an incremental backup (docs/FORMAT.md §11.5): the dead writer's temp file
+holds only its stored chunks; the references between them come back from the parent's index,
+their raw bytes from the parent's chunks, and the planner goes on from the key after the cut.
+The dead writer's file is a prefix of a finished incremental, named with a dead PID."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dsbackup import datasets
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.verify import verify_archive
+from dsbackup.datastores import open_datastore
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
+from dsbackup.errors import ArchiveError
+
+CHUNK = 64
+SAME = ("chunks", "records", "raw_bytes", "payload_bytes", "fingerprint",
+        "content_fingerprint", "referenced_chunks", "stored_chunks")
+
+
+def contents(ds) -> list[tuple[bytes, bytes]]:
+    return [kv for keys, values in ds.scan_batches() for kv in zip(keys, values)]
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def temp_files(d: Path, name: str) -> list[str]:
+    return sorted(n for n in os.listdir(d) if n.startswith(f".{name}.tmp-"))
+
+
+def change(uri: str, seed: int) -> None:
+    """Update and delete scattered records, add blocks: some chunks change, most do not."""
+    rng = random.Random(seed)
+    with open_datastore(uri) as ds:
+        keys = [k for k, _ in contents(ds)]
+        for k in rng.sample(keys, 12):
+            ds.put(k, rng.randbytes(rng.randrange(40, 200)))
+        for k in rng.sample(keys, 6):
+            ds.delete(k)
+        for k, v in datasets.iter_blocks(10, seed=seed, block_size=1500):
+            ds.put(k, v)
+
+
+@pytest.fixture
+def chain(tmp_path):
+    """An LMDB store of blocks and records, its full backup, the store changed since, and the
+    finished incremental of the changed store (what a resume must give)."""
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), [*datasets.iter_blocks(1500, block_size=1500),
+                                   *datasets.iter_small(4000)])
+    uri = f"lmdb:{src}"
+    full = tmp_path / "full.tar.gz"
+    BackupManager(BackupConfig(chunk_size=CHUNK, workers=2)).create_backup(uri, full)
+    change(uri, 7)
+    want = tmp_path / "want.tar.gz"
+    BackupManager(BackupConfig(workers=2)).create_backup(uri, want, parent=full)
+    return uri, full, want
+
+
+def stored(archive: Path) -> list[int]:
+    with ArchiveReader(archive) as r:
+        return [i for i in range(r.chunk_count) if not r.index.entry(i).in_parent]
+
+
+def killed_at(want: Path, final: Path, seq: int, extra: int = 0) -> Path:
+    """A dead writer's temp file: `want` up to the end of stored chunk `seq`'s member (its
+    catalog's when it has one), plus `extra` bytes of what followed."""
+    with ArchiveReader(want) as r:
+        e = r.index.catalog(seq) if r.index.catalog_count else r.index.entry(seq)
+    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
+    tmp.write_bytes(want.read_bytes()[:e.offset + e.length + extra])
+    return tmp
+
+
+def resume(uri, final, parent, **cfg):
+    mgr = BackupManager(BackupConfig(workers=2, resume=True, **cfg))
+    return mgr.create_backup(uri, final, parent=parent)
+
+
+def restored(tmp_path, archive) -> list[tuple[bytes, bytes]]:
+    dst = tmp_path / f"dst-{archive.name}"
+    BackupManager().restore_backup(archive, f"lmdb:{dst}")
+    with open_datastore(f"lmdb:{dst}", readonly=True) as ds:
+        return contents(ds)
+
+
+def same_as(final: Path, want: Path) -> dict:
+    with ArchiveReader(final) as r, ArchiveReader(want) as w:
+        for k in SAME:
+            assert r.summary[k] == w.summary[k], k
+        assert r.manifest == w.manifest
+        assert list(r.index.entries()) == list(w.index.entries())
+        return r.summary
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_resume_rebuilds_the_references_and_goes_on(tmp_path, chain, where, caplog):
+    uri, full, want = chain
+    seqs = stored(want)
+    assert len(seqs) >= 3 and seqs[0] > 0 and seqs[-1] < len(seqs) * 50  # gaps: references
+    seq = {"first": seqs[0], "middle": seqs[len(seqs) // 2], "last": seqs[-1]}[where]
+    final = tmp_path / "a.tar.gz"
+    killed_at(want, final, seq, extra=300)  # the next member torn (or the index, at the end)
+    caplog.set_level(logging.WARNING, "dsbackup")
+    meta = resume(uri, final, full)
+    assert "resuming" in caplog.text and "of them references" in caplog.text
+    assert verify_archive(final, deep=True).ok
+    summary = same_as(final, want)
+    assert summary["resumed"][0]["from_seq"] == seq + 1
+    with open_datastore(uri, readonly=True) as ds:
+        expected = contents(ds)
+        assert summary["resumed"][0]["snapshot"] == ds.last_txn_id()
+    assert meta.total_keys == len(expected)
+    assert restored(tmp_path, final) == expected
+    assert temp_files(tmp_path, final.name) == []
+
+
+def test_a_temp_file_without_a_stored_chunk_starts_from_the_first_key(tmp_path, chain):
+    uri, full, want = chain
+    with ArchiveReader(want) as r:
+        e = r.index.entry(stored(want)[0])
+    final = tmp_path / "a.tar.gz"
+    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
+    tmp.write_bytes(want.read_bytes()[:e.offset + 100])  # the first stored chunk torn
+    resume(uri, final, full)
+    assert verify_archive(final, deep=True).ok
+    assert same_as(final, want)["resumed"][0]["from_seq"] == 0
+
+
+def test_a_different_parent_is_refused_and_the_file_kept(tmp_path, chain):
+    uri, full, want = chain
+    other = tmp_path / "other.tar.gz"
+    BackupManager(BackupConfig(workers=2)).create_backup(uri, other)  # the changed store
+    final = tmp_path / "a.tar.gz"
+    tmp = killed_at(want, final, stored(want)[1])
+    before = tmp.read_bytes()
+    with pytest.raises(ArchiveError, match=r"cannot resume .*: parent is \"full.tar.gz "
+                                           r"\(fingerprint [0-9a-f]{32}\)\" there, "
+                                           r"\"other.tar.gz"):
+        resume(uri, final, other)
+    with pytest.raises(ArchiveError, match=r"cannot resume .*: parent is \"full.tar.gz .*\" "
+                                           "there, null now"):
+        BackupManager(BackupConfig(workers=2, resume=True)).create_backup(uri, final)
+    assert tmp.read_bytes() == before and not final.exists()
+    resume(uri, final, full)  # the right parent: resumed
+    assert verify_archive(final, deep=True).ok
+    same_as(final, want)
+
+
+def test_a_resumed_resume_is_resumed_again(tmp_path, chain):
+    """The first resume is killed after writing on: its epoch is kept, the second goes on."""
+    uri, full, want = chain
+    seqs = stored(want)
+    final = tmp_path / "a.tar.gz"
+    killed_at(want, final, seqs[1])
+    resume(uri, final, full)
+    first = final.read_bytes()
+    final.unlink()
+    with ArchiveReader(tmp_path / "want.tar.gz") as w:
+        e = w.index.entry(seqs[-2])
+    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
+    tmp.write_bytes(first[:e.offset + e.length])  # the first resume's bytes, killed later
+    os.setxattr(tmp, "user.dsbackup.resumed",
+                b'[{"epoch": 1, "from_seq": %d, "snapshot": null}]' % (seqs[1] + 1))
+    resume(uri, final, full)
+    assert verify_archive(final, deep=True).ok
+    summary = same_as(final, want)
+    assert [e["from_seq"] for e in summary["resumed"]] == [seqs[1] + 1, seqs[-2] + 1]
+
+
+def test_a_parent_chunk_gone_from_between_stored_chunks_cuts_before_them(tmp_path):
+    """A gap whose parent chunks are not exactly the references (the store lost a whole
+    parent chunk there) is not guessed: the file is cut before the stored chunk after it."""
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(4000))
+    uri = f"lmdb:{src}"
+    full = tmp_path / "full.tar.gz"
+    BackupManager(BackupConfig(chunk_size=CHUNK, workers=2)).create_backup(uri, full)
+    with ArchiveReader(full) as r:
+        gone = r.index.entry(20)
+        changed = r.index.entry(40).first_key
+    with open_datastore(uri) as ds:  # chunk 20's keys deleted, a value in chunk 40 changed
+        for k, _ in [kv for kv in contents(ds) if gone.first_key <= kv[0] <= gone.last_key]:
+            ds.delete(k)
+        ds.put(changed, b"changed")
+    want = tmp_path / "want.tar.gz"
+    BackupManager(BackupConfig(workers=2)).create_backup(uri, want, parent=full)
+    seqs = stored(want)
+    final = tmp_path / "a.tar.gz"
+    killed_at(want, final, seqs[-1])
+    resume(uri, final, full)
+    with ArchiveReader(final) as r:
+        from_seq = r.summary["resumed"][0]["from_seq"]
+    assert from_seq < seqs[-1]  # not kept: the gap before it has a parent chunk too many
+    assert verify_archive(final, deep=True).ok
+    same_as(final, want)
+    with open_datastore(uri, readonly=True) as ds:
+        assert restored(tmp_path, final) == contents(ds)
