@@ -85,7 +85,7 @@ def killed_at(want: Path, final: Path, seq: int, extra: int = 0) -> Path:
 
 
 def resume(uri, final, parent, **cfg):
-    mgr = BackupManager(BackupConfig(workers=2, resume=True, **cfg))
+    mgr = BackupManager(BackupConfig(**{"workers": 2, "resume": True, **cfg}))
     return mgr.create_backup(uri, final, parent=parent)
 
 
@@ -208,3 +208,92 @@ def test_a_parent_chunk_gone_from_between_stored_chunks_cuts_before_them(tmp_pat
     same_as(final, want)
     with open_datastore(uri, readonly=True) as ds:
         assert restored(tmp_path, final) == contents(ds)
+
+
+def test_a_flatfs_incremental_is_resumed(tmp_path):
+    """The flatfs path (listing speed): the clean chunks are found from the cut's key on."""
+    rng = random.Random(5)
+    uri = f"flatfs:{tmp_path / 'src'}"
+
+    def blocks(n):
+        out = {}
+        for _ in range(n):
+            v = rng.randbytes(rng.randrange(100, 1500))
+            out[b"/" + datasets.block_key(v)[len(b"/blocks/"):]] = v
+        return out
+
+    with open_datastore(uri) as ds:
+        recs = blocks(900)
+        ds.put_many(sorted(recs), [recs[k] for k in sorted(recs)])
+    cfg = dict(chunk_size=8, chunk_max_bytes=4096, workers=2)
+    full = tmp_path / "full.tar.gz"
+    BackupManager(BackupConfig(**cfg)).create_backup(uri, full)
+    with open_datastore(uri) as ds:
+        new = blocks(15)
+        ds.put_many(sorted(new), [new[k] for k in sorted(new)])
+        for k in rng.sample(sorted(recs), 8):
+            ds.delete(k)
+    want = tmp_path / "want.tar.gz"
+    BackupManager(BackupConfig(**cfg)).create_backup(uri, want, parent=full)
+    seqs = stored(want)
+    final = tmp_path / "a.tar.gz"
+    killed_at(want, final, seqs[len(seqs) // 2], extra=50)
+    resume(uri, final, full, **cfg)
+    assert verify_archive(final, deep=True).ok
+    summary = same_as(final, want)
+    assert summary["resumed"] == [{"epoch": 1, "from_seq": seqs[len(seqs) // 2] + 1,
+                                   "snapshot": None}]
+    dst = tmp_path / "dst"
+    BackupManager().restore_backup(final, f"flatfs:{dst}")
+    with open_datastore(uri, readonly=True) as a, open_datastore(f"flatfs:{dst}") as b:
+        assert contents(a) == contents(b)
+
+
+def test_an_encrypted_incremental_is_resumed_under_a_new_epoch(tmp_path, chain):
+    from dsbackup.archive.crypto import KeyMaterial, using_key
+    from dsbackup.storage import resumestate
+
+    uri, _, _ = chain
+    key = KeyMaterial(key=b"k" * 32)
+    full = tmp_path / "efull.tar.gz"
+    BackupManager(BackupConfig(chunk_size=CHUNK, workers=2, encryption=key)).create_backup(
+        uri, full)
+    change(uri, 8)
+    want = tmp_path / "ewant.tar.gz"
+    BackupManager(BackupConfig(workers=2, encryption=key)).create_backup(uri, want,
+                                                                         parent=full)
+    with ArchiveReader(want, key=key) as r:
+        seqs = [i for i in range(r.chunk_count) if not r.index.entry(i).in_parent]
+        e = r.index.entry(seqs[len(seqs) // 2])
+    final = tmp_path / "a.tar.gz"
+    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
+    tmp.write_bytes(want.read_bytes()[:e.offset + e.length + 99])
+    try:
+        os.setxattr(tmp, resumestate.SEALING_XATTR, resumestate.WRITING)
+    except OSError:
+        pytest.skip("no user extended attributes on this filesystem")
+    resume(uri, final, full, encryption=key)
+    with using_key(key):
+        assert verify_archive(final, deep=True).ok
+    with ArchiveReader(final, key=key) as r, ArchiveReader(want, key=key) as w:
+        for k in SAME:
+            assert r.summary[k] == w.summary[k], k
+        assert r.summary["resumed"][0]["from_seq"] == seqs[len(seqs) // 2] + 1
+    BackupManager(BackupConfig(encryption=key)).restore_backup(final, f"lmdb:{tmp_path / 'd'}")
+    with open_datastore(uri, readonly=True) as a, \
+            open_datastore(f"lmdb:{tmp_path / 'd'}", readonly=True) as b:
+        assert contents(a) == contents(b)
+
+
+def test_a_paged_incremental_is_refused_and_the_file_kept(tmp_path, chain):
+    uri, full, _ = chain
+    want = tmp_path / "pwant.tar.gz"
+    BackupManager(BackupConfig(workers=2, paged_index="always")).create_backup(
+        uri, want, parent=full)
+    final = tmp_path / "a.tar.gz"
+    tmp = killed_at(want, final, stored(want)[1])
+    before = tmp.read_bytes()
+    with pytest.raises(ArchiveError, match="cannot resume .*: an incremental backup with a "
+                                           "paged index"):
+        resume(uri, final, full, paged_index="always")
+    assert tmp.read_bytes() == before and not final.exists()
