@@ -347,7 +347,7 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
                     prev_last is not None and first <= prev_last):
                 break
             refs: list[ChunkEntry] = []
-            if seq > state.next_seq:
+            if seq > state.next_seq + len(pending):  # an incremental's gap (never paged)
                 found = _references(parent, prev_last, first, seq - state.next_seq)
                 if found is None:
                     break
