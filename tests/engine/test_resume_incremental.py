@@ -285,15 +285,86 @@ def test_an_encrypted_incremental_is_resumed_under_a_new_epoch(tmp_path, chain):
         assert contents(a) == contents(b)
 
 
-def test_a_paged_incremental_is_refused_and_the_file_kept(tmp_path, chain):
-    uri, full, _ = chain
+@pytest.fixture
+def paged_chain(tmp_path, monkeypatch):
+    """A paged parent and its paged incremental (256 chunks a page, about 5 pages), some
+    pages with stored chunks, some only references."""
+    monkeypatch.setenv("DSBACKUP_TEST_PAGE_ENTRIES", "256")
+    src = tmp_path / "psrc"
+    datasets.write_lmdb(str(src), datasets.iter_small(36000))
+    uri = f"lmdb:{src}"
+    full = tmp_path / "pfull.tar.gz"
+    BackupManager(BackupConfig(chunk_size=32, workers=2, paged_index="always")).create_backup(
+        uri, full)
+    rng = random.Random(3)
+    keys = [k for k, _ in contents_of(uri)]
+    with open_datastore(uri) as ds:  # changes in pages 0, 2 and 4 only
+        for lo, hi in ((0.05, 0.15), (0.45, 0.55), (0.85, 0.95)):
+            for k in rng.sample(keys[int(lo * len(keys)):int(hi * len(keys))], 20):
+                ds.put(k, rng.randbytes(80))
     want = tmp_path / "pwant.tar.gz"
-    BackupManager(BackupConfig(workers=2, paged_index="always")).create_backup(
-        uri, want, parent=full)
+    BackupManager(BackupConfig(workers=2)).create_backup(uri, want, parent=full)
+    with ArchiveReader(want) as r:
+        assert r.paged and r.index.page_count >= 4
+    return uri, full, want
+
+
+def contents_of(uri):
+    with open_datastore(uri, readonly=True) as ds:
+        return contents(ds)
+
+
+def page_end(archive: Path, p: int) -> int:
+    with ArchiveReader(archive) as r:
+        root = r.index._root[p]
+        return int(root["offset"]) + int(root["length"])
+
+
+@pytest.mark.parametrize("cut", ["mid-page", "after-page", "before-first-page"])
+def test_a_paged_incremental_resumes_from_its_last_page(tmp_path, paged_chain, cut):
+    uri, full, want = paged_chain
+    seqs = stored(want)
     final = tmp_path / "a.tar.gz"
-    tmp = killed_at(want, final, stored(want)[1])
-    before = tmp.read_bytes()
-    with pytest.raises(ArchiveError, match="cannot resume .*: an incremental backup with a "
-                                           "paged index"):
-        resume(uri, final, full, paged_index="always")
-    assert tmp.read_bytes() == before and not final.exists()
+    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
+    data = want.read_bytes()
+    if cut == "mid-page":  # a stored chunk in page 2: cut back to the end of page 1
+        seq = next(s for s in seqs if 512 <= s < 768)
+        with ArchiveReader(want) as r:
+            e = r.index.entry(seq)
+        tmp.write_bytes(data[:e.offset + e.length + 20])
+        kept = 2
+    elif cut == "after-page":
+        tmp.write_bytes(data[:page_end(want, 3)])
+        kept = 4
+    else:
+        with ArchiveReader(want) as r:
+            e = r.index.entry(seqs[1])
+        tmp.write_bytes(data[:e.offset + e.length])
+        kept = 0
+    resume(uri, final, full)
+    assert verify_archive(final, deep=True).ok
+    summary = same_as(final, want)
+    assert summary["resumed"][0]["from_seq"] == kept * 256
+    assert restored(tmp_path, final) == contents_of(uri)
+
+
+def test_a_page_whose_references_are_not_the_parents_is_not_kept(tmp_path, paged_chain):
+    """The rescan checks every reference of a kept page against the parent entry it names:
+    with another parent's index (the same store, other chunks) no page is kept."""
+    from dsbackup.archive.resume import rescan
+
+    uri, full, want = paged_chain
+    tmp = tmp_path / "killed"
+    tmp.write_bytes(want.read_bytes()[:page_end(want, 2)])
+    other = tmp_path / "other.tar.gz"
+    BackupManager(BackupConfig(chunk_size=31, workers=2, paged_index="always")).create_backup(
+        uri, other)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        with ArchiveReader(full) as p:
+            assert rescan(fd, "t", page_entries=256, parent=p.index).next_seq == 3 * 256
+        with ArchiveReader(other) as p:
+            state = rescan(fd, "t", page_entries=256, parent=p.index)
+    finally:
+        os.close(fd)
+    assert state.next_seq == 0 and state.referenced == 0 and state.dropped > 0

@@ -41,10 +41,12 @@ from dsbackup.archive.crypto import (
 from dsbackup.archive.epochs import epoch_at
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.member import decode_member, decode_member_at, member_end
+from dsbackup.archive.pagedindex import page_entries_of
 from dsbackup.archive.pages import MAX_PAGE_ENTRIES, PagedIndexBuilder, valid_page_entries
 from dsbackup.errors import ArchiveError, IntegrityError
 
 _U64 = struct.Struct("<Q")
+_NO_CATALOG = CatalogEntry(0, 0, 0, 0, 0)  # a reference's catalog entry (§5)
 
 
 @dataclass
@@ -92,11 +94,9 @@ class ResumeState:
         self.payload_bytes += e.payload_len
         self.catalog = cat is not None
 
-    def keep_reference(self, e: ChunkEntry, catalog: bool) -> None:
-        """A reference below the cut (its raw bytes are counted apart: the index has none)."""
-        self.index.add_chunk(e)
-        if catalog:
-            self.index.add_catalog(CatalogEntry(0, 0, 0, 0, 0))
+    def keep_reference(self, e: ChunkEntry) -> None:
+        """Count a kept reference (its raw bytes apart: the index has none; its index entry
+        goes to the builder apart)."""
         self.fingerprint.update(_U64.pack(e.payload_xxh3))
         self.next_seq += 1
         self.last_key = e.last_key
@@ -276,6 +276,63 @@ def _references(parent: Any, after: bytes | None, before: bytes, count: int
     return found if len(found) == count else None
 
 
+def _incremental_page(mv: memoryview, pos: int, where: str, state: ResumeState,
+                      runs: list[tuple[int, int]], parent: Any, checker: PagedIndexBuilder,
+                      pending: list[tuple[ChunkEntry, CatalogEntry | None, int]],
+                      catalog: bool) -> int | None:
+    """Keep the index page at `pos` of a paged incremental and the chunks before it: its
+    entries are the stored chunks found since the last page (`pending`) and references, each
+    of which must be the parent entry it names; the page rebuilt from them must equal its data
+    (§11.3). Where it ends; None (nothing kept) when it is not such a page."""
+    p, pe = checker.pages, checker.page_entries
+    _, data, end = decode_member_at(mv, pos, f"{where}: index page {p}",
+                                    expected_type=fmt.TYPE_PAGE, expected_name=fmt.page_name(p),
+                                    version=state.version, flags=state.flags)
+    if state.cipher is not None:
+        data = state.cipher.open(fmt.TYPE_PAGE, p, data, f"{where}: index page {p}",
+                                 epoch=epoch_at(runs, p * pe))
+    entries = page_entries_of(data)
+    if len(entries) != pe:
+        return None
+    stored = iter(pending)
+    merged: list[tuple[ChunkEntry, CatalogEntry | None, int | None]] = []
+    for i, e in enumerate(entries):
+        if e.seq != p * pe + i:
+            return None
+        if not e.in_parent:
+            item = next(stored, None)
+            if item is None or item[0].seq != e.seq:
+                return None
+            merged.append(item)
+            continue
+        if not 0 <= e.offset < len(parent):
+            return None
+        pe_ = parent.entry(e.offset)
+        if (e.length, e.member_xxh3, e.payload_len, e.records, e.payload_xxh3, e.keys_xxh3,
+                e.first_key, e.last_key) != (0, 0, pe_.payload_len, pe_.records,
+                                             pe_.payload_xxh3, pe_.keys_xxh3, pe_.first_key,
+                                             pe_.last_key):
+            return None
+        merged.append((e, _NO_CATALOG if catalog else None, None))
+    if next(stored, None) is not None:
+        return None
+    for e, c, _ in merged:
+        checker.add_chunk(e)
+        if c is not None:
+            checker.add_catalog(c)
+    if checker.take_page() != (p, bytes(data)):
+        checker.drop_page()
+        return None
+    checker.page_written(pos, end - pos, xxh3_64(mv[pos:end]))
+    for e, c, raw in merged:
+        if raw is None:
+            state.keep_reference(e)
+        else:
+            state.keep(e, c, raw)
+    state.page_bytes += end - pos
+    return end
+
+
 def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, int]],
           page_entries: int | None, parent: Any = None) -> None:
     catalog = bool(manifest_settings(state.manifest).get("include_metadata"))
@@ -290,7 +347,25 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
         prev_last = pending[-1][0].last_key if pending else state.last_key
         try:
             sub = fmt.parse_member_head(mv[pos:], f"{where}: offset {pos}")
-            if paged and sub.member_type == fmt.TYPE_PAGE:
+            if paged and parent is not None:  # an incremental: its pages hold the references
+                if sub.member_type == fmt.TYPE_PAGE:
+                    if checker is None:
+                        checker = PagedIndexBuilder(page_entries or MAX_PAGE_ENTRIES)
+                    end = _incremental_page(mv, pos, where, state, runs, parent, checker,
+                                            pending, catalog)
+                    if end is None:
+                        break
+                    pending.clear()
+                    state.end = pos = end
+                    continue
+                if sub.member_type == fmt.TYPE_CHUNK:  # after the last stored one, in its page
+                    pe = page_entries or MAX_PAGE_ENTRIES
+                    kept = checker.pages if checker is not None else 0
+                    lo = pending[-1][0].seq + 1 if pending else state.next_seq
+                    if not lo <= sub.seq < (kept + 1) * pe:
+                        break  # a page was due before it
+                    seq = sub.seq
+            elif paged and sub.member_type == fmt.TYPE_PAGE:
                 p = checker.pages if checker is not None else 0
                 if pe is None:
                     if not valid_page_entries(len(pending)):
@@ -321,7 +396,7 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
                 continue
             if sub.member_type != fmt.TYPE_CHUNK:
                 break  # the index or summary of a writer killed while finishing: rewritten
-            if paged and len(pending) == (pe or MAX_PAGE_ENTRIES):
+            if paged and parent is None and len(pending) == (pe or MAX_PAGE_ENTRIES):
                 break  # a page was due here
             if parent is not None and sub.seq > seq:  # references were written before it
                 seq = sub.seq
@@ -347,7 +422,7 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
                     prev_last is not None and first <= prev_last):
                 break
             refs: list[ChunkEntry] = []
-            if seq > state.next_seq + len(pending):  # an incremental's gap (never paged)
+            if not paged and seq > state.next_seq:  # an incremental's gap
                 found = _references(parent, prev_last, first, seq - state.next_seq)
                 if found is None:
                     break
@@ -370,9 +445,13 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
                 end = cend
         except IntegrityError:  # FramingError, MemberError and a failed tag are ones too
             break
-        index = checker if paged else state.index
-        for r in refs:  # (not paged: dsbackup.engine.resume refuses paged incrementals)
-            state.keep_reference(dataclasses.replace(r, seq=state.next_seq), catalog)
+        index = None if paged and parent is not None else checker if paged else state.index
+        for r in refs:  # (not paged: a paged incremental's references come from its pages)
+            r = dataclasses.replace(r, seq=state.next_seq)
+            state.index.add_chunk(r)
+            if catalog:
+                state.index.add_catalog(_NO_CATALOG)
+            state.keep_reference(r)
         if index is not None:
             index.add_chunk(entry)
             if cat is not None:

@@ -14,8 +14,8 @@ is refused (docs/FORMAT.md §11.4, dsbackup.storage.resumestate).
 An incremental temp file (`--parent`, the same parent: its fingerprint and index digest) gets
 its references below the cut back from the parent's index (dsbackup.archive.resume) and their
 raw bytes, which no index field holds, from the parent chain's chunks; the incremental's
-planner then goes on from the key after the cut (dsbackup.engine.incremental). A paged
-incremental is not resumed.
+planner then goes on from the key after the cut (dsbackup.engine.incremental); a paged
+incremental's references below the cut are its kept pages' own entries.
 """
 
 from __future__ import annotations
@@ -284,11 +284,6 @@ def _take(plan: BackupPlan, parent: ArchiveReader | None = None
         return _commit_whole(plan, final, tmp, fd)
     state: ResumeState | None = None
     try:
-        if parent is not None and plan.page_entries is not None:
-            raise ArchiveError(f"cannot resume {tmp.name}: an incremental backup with a paged "
-                               "index (a paged parent, or --paged-index always) is not "
-                               "resumable in this version; leave out --resume to start again "
-                               "(that removes it)")
         epochs = resumestate.load_epochs(fd)
         runs = _runs(epochs)
         if is_encrypted(fd) and plan.cfg.encryption is not None:
