@@ -17,6 +17,7 @@ from dsbackup import datasets
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import verify_archive
 from dsbackup.datastores import open_datastore
+from dsbackup.engine import parentraw
 from dsbackup.engine.backup import BackupManager
 from dsbackup.engine.config import BackupConfig
 from dsbackup.errors import ArchiveError
@@ -106,7 +107,8 @@ def same_as(final: Path, want: Path) -> dict:
 
 
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
-def test_resume_rebuilds_the_references_and_goes_on(tmp_path, chain, where, caplog):
+def test_resume_rebuilds_the_references_and_goes_on(tmp_path, chain, where, caplog,
+                                                    monkeypatch):
     uri, full, want = chain
     seqs = stored(want)
     assert len(seqs) >= 3 and seqs[0] > 0 and seqs[-1] < len(seqs) * 50  # gaps: references
@@ -114,7 +116,15 @@ def test_resume_rebuilds_the_references_and_goes_on(tmp_path, chain, where, capl
     final = tmp_path / "a.tar.gz"
     killed_at(want, final, seq, extra=300)  # the next member torn (or the index, at the end)
     caplog.set_level(logging.WARNING, "dsbackup")
+    read: list[int] = []  # parent chunks read for the references' raw bytes
+    real = parentraw._read
+    monkeypatch.setattr(parentraw, "_read", lambda p, s, t: read.extend(s) or real(p, s, t))
     meta = resume(uri, final, full)
+    with ArchiveReader(want) as w, ArchiveReader(full) as f:
+        below = sum(w.index.entry(i).in_parent for i in range(seq))
+        unreferenced = f.chunk_count - w.summary["referenced_chunks"]
+    # the references below the cut, or the parent chunks no chunk of the archive refers to
+    assert len(read) == min(below, unreferenced)
     assert "resuming" in caplog.text and "of them references" in caplog.text
     assert verify_archive(final, deep=True).ok
     summary = same_as(final, want)

@@ -465,6 +465,12 @@ class ArchiveWriter:
         self.referenced_chunks += 1
         return ref
 
+    def count_raw_bytes(self, n: int) -> None:
+        """Count `n` more key and value bytes in the summary's raw_bytes, for chunks already
+        in the index whose raw bytes were not known when they were added (a resumed
+        incremental's references below its cut, docs/FORMAT.md §11.5)."""
+        self._raw_bytes += n
+
     def finish(self, summary: dict[str, Any] | None = None,
                before_rename: Callable[[Any], None] | None = None) -> WrittenArchive:
         """Write index, summary and trailer; commit the sink, checking the written bytes with

@@ -33,11 +33,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from dsbackup._ext.flatlist import FlatKeys
-from dsbackup._ext.framing import Chunker, scan_payload
+from dsbackup._ext.framing import Chunker
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.engine.config import BackupConfig
+from dsbackup.engine.parentraw import marks, raw_bytes_of
 from dsbackup.engine.write import Reference, store_or_reference
 from dsbackup.errors import BackupError
 
@@ -100,8 +103,11 @@ class FlatfsIncremental:
     excluded = (0, 0)
 
     def __init__(self, ds: Any, preader: ArchiveReader, cfg: BackupConfig, chunk_size: int,
-                 chunk_max_bytes: int, usable: bool, start: bytes = b"") -> None:
-        """`start`: back up the keys from `start` on only (a resumed backup's rest)."""
+                 chunk_max_bytes: int, usable: bool, start: bytes = b"",
+                 below: bytearray | None = None) -> None:
+        """`start`: back up the keys from `start` on only (a resumed backup's rest); `below`:
+        the parent chunks its kept part refers to (marks), whose raw bytes the clean chunks'
+        share then carries (dsbackup.engine.resume)."""
         self.ds = ds
         self.cs, self.cmb = chunk_size, chunk_max_bytes
         listing = ds.listing(cfg.effective_workers)
@@ -115,22 +121,17 @@ class FlatfsIncremental:
         self.entries = list(preader.index.entries())
         self.clean = (clean_chunks(self.keys, self.entries, chunk_size, self.first) if usable
                       else [])
-        self.clean_raw = self._clean_raw(preader)
+        self.clean_raw = self._clean_raw(preader, below)
 
-    def _clean_raw(self, preader: ArchiveReader) -> int:
+    def _clean_raw(self, preader: ArchiveReader, also: bytearray | None) -> int:
         """Key and value bytes of the clean chunks (the summary's raw_bytes needs them; the
-        index does not hold them): the parent's total less its other chunks, or the clean
-        chunks' own, whichever reads fewer parent chunks (none when nothing changed)."""
-        clean = {j for j, _ in self.clean}
-        total = (preader.summary or {}).get("raw_bytes")
-        others = [j for j in range(len(self.entries)) if j not in clean]
-
-        def raw(j: int) -> int:
-            return scan_payload(preader.read_chunk(j)).raw_bytes
-
-        if isinstance(total, int) and len(others) <= len(clean):
-            return total - sum(raw(j) for j in others)
-        return sum(raw(j) for j in clean)
+        index does not hold them), and of the parent chunks marked in `also` (a resumed
+        backup's references below its cut): read from the parent (dsbackup.engine.parentraw;
+        nothing when nothing changed)."""
+        wanted = marks(len(self.entries), [j for j, _ in self.clean])
+        if also is not None:
+            np.frombuffer(wanted, np.uint8)[:] |= np.frombuffer(also, np.uint8)
+        return raw_bytes_of(preader, wanted)
 
     def close(self) -> None:
         """The datastore belongs to the caller."""

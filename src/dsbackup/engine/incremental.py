@@ -38,6 +38,7 @@ from dsbackup.engine import flatfs_incremental
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.manifest import ScanOutcome
 from dsbackup.engine.nodefiles import node_snapshot
+from dsbackup.engine.parentraw import raw_bytes_of
 from dsbackup.engine.plan import BackupPlan, ProgressCallback
 from dsbackup.engine.write import Reference, store_or_reference, write_archive
 from dsbackup.errors import ConfigError, IntegrityError
@@ -108,16 +109,21 @@ class IncrementalStream:
     compression (see dsbackup.engine.write). `src`: a pipeline source (closed on exit)."""
 
     def __init__(self, src: Any, match: _Matcher, prefixes: tuple[bytes, ...], level: int,
-                 catalog: bool, threads: int, resumption: Any = None) -> None:
+                 catalog: bool, threads: int, resumption: Any = None,
+                 parent: ArchiveReader | None = None) -> None:
         """`resumption`: a killed backup's temp file this one continues
         (dsbackup.engine.resume.Resumption): the store is backed up from the key after its
-        kept chunks on."""
+        kept chunks on, and the raw bytes of the parent chunks they refer to are counted at
+        the end (from `parent`, less the chunks this run refers to)."""
         self.src, self.match, self.prefixes = src, match, prefixes
         self.level, self.catalog, self.threads = level, catalog, threads
         self.max_pending = 2 * threads + 2
         self.counts = _Counts()
         self.resumption = resumption
         self.start = b"" if resumption is None else resumption.start_key
+        self.parent = parent
+        self._above: bytearray | None = None  # the parent chunks this run refers to (marks)
+        self._above_raw = 0
         self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> IncrementalStream:
@@ -135,6 +141,22 @@ class IncrementalStream:
             self.src.close()
 
     def items(self) -> Iterator[Any]:
+        r = self.resumption
+        if r is None or r.below is None or isinstance(self.src,
+                                                      flatfs_incremental.FlatfsIncremental):
+            return self._items()  # (flatfs: the clean chunks' share carries `below`)
+        return self._counted(self._items(), len(r.below))
+
+    def _counted(self, items: Iterator[Any], n: int) -> Iterator[Any]:
+        """`items`, noting the parent chunks referred to and their raw bytes."""
+        self._above = above = bytearray(n)
+        for item in items:
+            if isinstance(item, Reference):
+                above[item.seq] = 1
+                self._above_raw += item.raw_bytes
+            yield item
+
+    def _items(self) -> Iterator[Any]:
         """Planning (keys and sizes) only pays where a plan can be trusted without its values:
         a store without keys under a content-hash prefix is framed and compared in one pass."""
         src, match, prefixes, counts = self.src, self.match, self.prefixes, self.counts
@@ -178,6 +200,10 @@ class IncrementalStream:
         if r is not None:  # the whole archive's stored chunks; this run's reads
             extra["stored_chunks"] += r.state.next_seq - r.state.referenced
             extra["resumed"] = [*r.state.epochs, r.epoch]
+            if self._above is not None and self.parent is not None:
+                r.late_raw_bytes = raw_bytes_of(self.parent, r.below, known=self._above,
+                                                known_raw=self._above_raw,
+                                                threads=self.threads)
         return ScanOutcome(
             mode="incremental", workers=self.threads, excluded_records=excluded_records,
             excluded_bytes=excluded_bytes, snapshot=getattr(self.src, "snapshot_id", None),
@@ -336,12 +362,13 @@ def _stream(where: _Where, plan: BackupPlan, preader: ArchiveReader, cfg: Backup
     settings = ChunkSettings(chunk_size, cmb, -1, tuple(cfg.exclude_patterns), catalog)
     src: Any
     if flatfs_incremental.applies(where.ds, cfg):  # listing speed (engine/flatfs_incremental.py)
-        src = flatfs_incremental.FlatfsIncremental(where.ds, preader, cfg, chunk_size, cmb,
-                                                   usable, start)
+        src = flatfs_incremental.FlatfsIncremental(
+            where.ds, preader, cfg, chunk_size, cmb, usable, start,
+            None if resumption is None else resumption.below)
     elif where.lmdb_path is not None:
         src = LmdbSource(where.lmdb_path, settings,
                          claim_for="dsbackup.engine.incremental (liblmdb)")
     else:
         src = DatastoreSource(where.ds, settings)
     return IncrementalStream(src, match, prefixes, cfg.compression_level, catalog,
-                             cfg.effective_workers, resumption)
+                             cfg.effective_workers, resumption, preader)

@@ -12,8 +12,9 @@ anything is written; a file whose sealing state is unknown or says its index was
 is refused (docs/FORMAT.md §11.4, dsbackup.storage.resumestate).
 
 An incremental temp file (`--parent`, the same parent: its fingerprint and index digest) gets
-its references below the cut back from the parent's index (dsbackup.archive.resume) and their
-raw bytes, which no index field holds, from the parent chain's chunks; the incremental's
+its references below the cut back from the parent's index (dsbackup.archive.resume); their raw
+bytes, which no index field holds, are counted by the stream at its end, from the parent's
+total less the chunks it knows (dsbackup.engine.parentraw); the incremental's
 planner then goes on from the key after the cut (dsbackup.engine.incremental); a paged
 incremental's references below the cut are its kept pages' own entries.
 """
@@ -27,13 +28,11 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dsbackup._ext.framing import scan_payload
 from dsbackup.archive import format as fmt
 from dsbackup.archive.epochs import MAX_EPOCH, resumed_runs
 from dsbackup.archive.pages import default_page_entries
@@ -41,6 +40,7 @@ from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.resume import ResumeState, is_encrypted, manifest_settings, rescan
 from dsbackup.engine.full import FullStream
 from dsbackup.engine.manifest import ScanOutcome, manifest_for, metadata_from_reader
+from dsbackup.engine.parentraw import marks
 from dsbackup.engine.plan import BackupPlan
 from dsbackup.errors import ArchiveError, IntegrityError, KeyRequiredError, UnsupportedArchive
 from dsbackup.metadata import BackupMetadata
@@ -58,6 +58,10 @@ class Resumption:
     sink: ResumedSink
     epoch: dict[str, Any]  # this run's `resumed` entry (its snapshot filled in by the scan)
     fd: int  # the temp file's (the sink's), holding its lock
+    # an incremental's: the parent chunks its kept part refers to (dsbackup.engine.parentraw
+    # marks), and their raw bytes once the stream has counted them (before the summary)
+    below: bytearray | None = None
+    late_raw_bytes: int = 0
 
     @property
     def start_key(self) -> bytes:
@@ -238,31 +242,12 @@ def plan_resumed(plan: BackupPlan, stream: FullStream
 def plan_resumed_incremental(plan: BackupPlan, parent: ArchiveReader
                              ) -> BackupPlan | BackupMetadata | None:
     """As plan_resumed, for an incremental backup of `parent` (opened, with its chain): the
-    plan whose ``resume`` the incremental's stream goes on from (its ``start_key``)."""
-    return _take(plan, parent)
-
-
-def referenced_raw_bytes(parent: ArchiveReader, seqs: Any, threads: int) -> int:
-    """Key and value bytes of the parent's chunks `seqs` (no index field holds them): their
-    own, or the parent's total less its other chunks', whichever reads fewer chunks (each read
-    through the chain and checked)."""
-    n = parent.chunk_count
-    total = (parent.summary or {}).get("raw_bytes")
-    if not len(seqs):
-        return 0
-    wanted = seqs
-    if isinstance(total, int) and n - len(seqs) < len(seqs):
-        mark = bytearray(n)
-        for j in seqs:
-            mark[j] = 1
-        wanted = [j for j in range(n) if not mark[j]]
-
-    def raw(j: int) -> int:
-        return scan_payload(parent.read_chunk(j)).raw_bytes
-
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        got = sum(pool.map(raw, wanted))
-    return got if wanted is seqs else total - got
+    plan whose ``resume`` the incremental's stream goes on from (its ``start_key``; ``below``
+    marks the parent chunks the kept part refers to, whose raw bytes the stream counts)."""
+    taken = _take(plan, parent)
+    if isinstance(taken, BackupPlan):
+        taken.resume.below = marks(parent.chunk_count, taken.resume.state.ref_seqs)
+    return taken
 
 
 def _take(plan: BackupPlan, parent: ArchiveReader | None = None
@@ -302,9 +287,6 @@ def _take(plan: BackupPlan, parent: ArchiveReader | None = None
         if diff is not None:
             raise ArchiveError(f"cannot resume {tmp.name}: {diff} (give the same settings, or "
                                "leave out --resume to start again: that removes it)")
-        if parent is not None:  # the references' raw bytes (no index field holds them)
-            state.raw_bytes += referenced_raw_bytes(parent, state.ref_seqs,
-                                                    plan.cfg.effective_workers)
         try:
             created = datetime.fromisoformat(old["created"])
         except (KeyError, TypeError, ValueError):
