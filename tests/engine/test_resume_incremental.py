@@ -288,7 +288,11 @@ def test_an_encrypted_incremental_is_resumed_under_a_new_epoch(tmp_path, chain):
     with ArchiveReader(final, key=key) as r, ArchiveReader(want, key=key) as w:
         for k in SAME:
             assert r.summary[k] == w.summary[k], k
-        assert r.summary["resumed"][0]["from_seq"] == seqs[len(seqs) // 2] + 1
+        cut = r.summary["resumed"][0]["from_seq"]
+        assert cut == seqs[len(seqs) // 2] + 1
+        # every entry, references too, records the epoch of the run that wrote it (§11.4)
+        assert [e.epoch for e in r.index.entries()] == [int(i >= cut)
+                                                        for i in range(r.chunk_count)]
     BackupManager(BackupConfig(encryption=key)).restore_backup(final, f"lmdb:{tmp_path / 'd'}")
     with open_datastore(uri, readonly=True) as a, \
             open_datastore(f"lmdb:{tmp_path / 'd'}", readonly=True) as b:
@@ -378,3 +382,40 @@ def test_a_page_whose_references_are_not_the_parents_is_not_kept(tmp_path, paged
     finally:
         os.close(fd)
     assert state.next_seq == 0 and state.referenced == 0 and state.dropped > 0
+
+
+def test_an_encrypted_paged_incremental_is_resumed(tmp_path, monkeypatch):
+    from dsbackup.archive.crypto import KeyMaterial, using_key
+    from dsbackup.storage import resumestate
+
+    monkeypatch.setenv("DSBACKUP_TEST_PAGE_ENTRIES", "256")
+    key = KeyMaterial(key=b"e" * 32)
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(24000))
+    uri = f"lmdb:{src}"
+    full = tmp_path / "full.tar.gz"
+    BackupManager(BackupConfig(chunk_size=32, workers=2, paged_index="always",
+                               encryption=key)).create_backup(uri, full)
+    change(uri, 9)
+    want = tmp_path / "want.tar.gz"
+    BackupManager(BackupConfig(workers=2, encryption=key)).create_backup(uri, want,
+                                                                         parent=full)
+    with ArchiveReader(want, key=key) as r:
+        assert r.paged and r.index.page_count >= 2
+        root = r.index._root[1]
+    final = tmp_path / "a.tar.gz"
+    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
+    tmp.write_bytes(want.read_bytes()[:int(root["offset"]) + int(root["length"]) + 500])
+    try:
+        os.setxattr(tmp, resumestate.SEALING_XATTR, resumestate.WRITING)
+    except OSError:
+        pytest.skip("no user extended attributes on this filesystem")
+    resume(uri, final, full, encryption=key)
+    with using_key(key):
+        assert verify_archive(final, deep=True).ok
+    with ArchiveReader(final, key=key) as r, ArchiveReader(want, key=key) as w:
+        for k in SAME:
+            assert r.summary[k] == w.summary[k], k
+        assert r.summary["resumed"][0]["from_seq"] == 512
+    BackupManager(BackupConfig(encryption=key)).restore_backup(final, f"lmdb:{tmp_path / 'd'}")
+    assert contents_of(f"lmdb:{tmp_path / 'd'}") == contents_of(uri)

@@ -447,7 +447,8 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
             break
         index = None if paged and parent is not None else checker if paged else state.index
         for r in refs:  # (not paged: a paged incremental's references come from its pages)
-            r = dataclasses.replace(r, seq=state.next_seq)
+            r = dataclasses.replace(r, seq=state.next_seq,
+                                    epoch=0 if cipher is None else epoch_at(runs, state.next_seq))
             state.index.add_chunk(r)
             if catalog:
                 state.index.add_catalog(_NO_CATALOG)

@@ -452,7 +452,7 @@ class ArchiveWriter:
             raise ArchiveError(f"chunk {self._index.count}: catalog presence changed")
         ref = ChunkEntry(self._index.count, parent_seq, 0, entry.payload_len, entry.records,
                          entry.payload_xxh3, 0, entry.keys_xxh3, entry.first_key,
-                         entry.last_key, FLAG_PARENT)
+                         entry.last_key, FLAG_PARENT, self._epoch)  # this run's (§11.4)
         self._index.add_chunk(ref)
         if catalog:
             self._index.add_catalog(CatalogEntry(0, 0, 0, 0, 0))
