@@ -106,3 +106,58 @@ def test_sigkill_an_incremental_then_resume_twice(tmp_path, cli_env):
     r = subprocess.run([sys.executable, "-m", "dsbackup", "inspect", "--json", str(archive)],
                        env=cli_env, capture_output=True, text=True)
     assert json.loads(r.stdout)["resumed"] == epochs
+
+
+def test_a_resume_that_fails_before_writing_keeps_the_file(tmp_path, cli_env):
+    """A flatfs store with a stray file: the resumed run stops (exit 2) before writing
+    anything; its temp file stays, and resumes once the store is fixed."""
+    import random
+
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.engine.config import BackupConfig
+
+    rng = random.Random(2)
+    uri = f"flatfs:{tmp_path / 'src'}"
+
+    def put_blocks(ds, n):
+        recs = {}
+        for _ in range(n):
+            v = rng.randbytes(rng.randrange(100, 1500))
+            recs[b"/" + datasets.block_key(v)[len(b"/blocks/"):]] = v
+        ds.put_many(sorted(recs), [recs[k] for k in sorted(recs)])
+
+    with open_datastore(uri) as ds:
+        put_blocks(ds, 600)
+    out = tmp_path / "out"
+    out.mkdir()
+    full, want = out / "full.tar.gz", tmp_path / "want.tar.gz"
+    cfg = BackupConfig(chunk_size=8, chunk_max_bytes=4096, workers=2)
+    BackupManager(cfg).create_backup(uri, full)
+    with open_datastore(uri) as ds:
+        put_blocks(ds, 20)
+    BackupManager(cfg).create_backup(uri, want, parent=full)
+    with ArchiveReader(want) as r:
+        seq = [i for i in range(r.chunk_count) if not r.index.entry(i).in_parent][2]
+        e = r.index.entry(seq)
+    archive = out / "inc.tar.gz"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    tmp = out / f".{archive.name}.tmp-{dead.pid}-0123456789ab"
+    tmp.write_bytes(want.read_bytes()[:e.offset + e.length])
+    shard = next(p for p in (tmp_path / "src").iterdir() if p.is_dir())
+    (shard / "stray.txt").write_bytes(b"not a block")
+
+    cmd = [sys.executable, "-m", "dsbackup", "backup", uri, str(archive), "--parent", str(full),
+           "--resume"]
+    r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 2 and "stray.txt" in r.stderr and "Traceback" not in r.stderr
+    [kept] = temp_files(out, archive.name)
+    assert kept.read_bytes() == want.read_bytes()[:e.offset + e.length]
+    (shard / "stray.txt").unlink()
+    r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr and temp_files(out, archive.name) == []
+    with ArchiveReader(archive) as a, ArchiveReader(want) as w:
+        assert a.summary["fingerprint"] == w.summary["fingerprint"]
+        assert a.summary["raw_bytes"] == w.summary["raw_bytes"]
+        assert a.summary["resumed"][0]["from_seq"] == seq + 1

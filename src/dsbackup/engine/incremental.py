@@ -287,7 +287,13 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
                 return resumed  # a whole archive, checked and put in place
             else:
                 plan = resumed
-        return write_archive(plan, _stream(where, plan, preader, cfg))
+        try:
+            stream = _stream(where, plan, preader, cfg)
+        except BaseException:
+            if plan.resume is not None:
+                plan.resume.sink.release()  # nothing written yet: the file stays resumable
+            raise
+        return write_archive(plan, stream)
     finally:
         preader.close()
         if owned is not None:
