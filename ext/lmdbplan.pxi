@@ -139,6 +139,7 @@ cdef list walk_plan_chunks(LmdbRangeScanner s, Py_ssize_t max_plans):
     cdef ds_plan *out
     cdef Py_ssize_t nout = 0, j
     cdef const unsigned char *pf
+    cdef MDB_cursor_op first_op
     s._check()
     if s.busy:
         raise RuntimeError(f"{s.path}: scanner is being used by another thread")
@@ -160,11 +161,16 @@ cdef list walk_plan_chunks(LmdbRangeScanner s, Py_ssize_t max_plans):
     if out == NULL:
         raise MemoryError("LmdbRangeScanner: cannot allocate plans")
     s.busy = True
+    first_op = MDB_FIRST
+    if not s.pstarted and len(s.pstart):  # plan_from: from the first key >= pstart
+        k.mv_data = <void *><const unsigned char *>s.pstart
+        k.mv_size = len(s.pstart)
+        first_op = MDB_SET_RANGE
     try:
         with nogil:
             while nout < max_plans:
                 rc = mdb_cursor_get(s.pcur, &k, &v, MDB_NEXT if s.pstarted
-                                    else MDB_FIRST)
+                                    else first_op)
                 s.pstarted = True
                 if rc:
                     break

@@ -167,6 +167,7 @@ cdef class LmdbRangeScanner:
     cdef MDB_cursor *pcur          # keys-only planning walk (plan_chunks), own cursor
     cdef ds_planner pl
     cdef bint planner_ready, pstarted, pdone
+    cdef bytes pstart              # where the planning walk begins (b"": the first key)
     # The pages of the map this scanner has read stay mapped (and count in its resident set)
     # until dropped: every TRIM_BYTES scanned, the span of the map read since the last trim is
     # released with MADV_DONTNEED (the data stays in the page cache), so the resident set does
@@ -203,6 +204,7 @@ cdef class LmdbRangeScanner:
         self.pcur = NULL
         self.chunker_ready = False
         self.planner_ready = False
+        self.pstart = b""
         self._key = None
         self.trim_lo = <size_t>-1
         self.trim_hi = 0
@@ -381,6 +383,14 @@ cdef class LmdbRangeScanner:
         keys_xxh3, raw_bytes)``: exactly the chunks a scan of the whole store makes. An empty
         list once the walk is over."""
         return walk_plan_chunks(self, max_plans)
+
+    def plan_from(self, bytes start) -> None:
+        """Begin the planning walk at the first key >= ``start`` (a chunk starts there; a
+        resumed incremental backup, docs/FORMAT.md §11.5), before the first plan_chunks."""
+        self._check()
+        if self.pstarted:
+            raise RuntimeError(f"{self.path}: the planning walk has already begun")
+        self.pstart = start
 
     cdef _check(self):
         if self.txn == NULL:

@@ -83,6 +83,34 @@ def test_lmdb_plan_chunks_equal_a_scan_and_interleave_with_ranges(tmp_path):
         assert excl[0] == sum(1 for k, _ in recs if k.startswith(b"/b/") and k.endswith(b"7"))
 
 
+def test_lmdb_plan_from_a_key_plans_as_a_scan_of_the_rest(tmp_path):
+    """plan_from (a resumed incremental's cut): the walk begins at the first key >= start,
+    and a chunk starts there, as a scan of [start, end) makes them."""
+    recs = records(3000, 4)
+    datasets.write_lmdb(str(tmp_path / "db"), iter(recs))
+    kw = dict(chunk_size=9, chunk_max_bytes=64 << 10, level=-1)
+    with LmdbRangeScanner(tmp_path / "db", **kw) as s:
+        full = chunk_tuples(list(s))
+    start = full[40][1] + b"\x00"  # the key after chunk 40's last: not a stored key
+    with LmdbRangeScanner(tmp_path / "db", **kw) as s:
+        s.plan_from(start)
+        plans = []
+        while batch := s.plan_chunks(5):
+            plans += batch
+        assert plans == full[41:]
+        with pytest.raises(RuntimeError, match="already begun"):
+            s.plan_from(b"")
+    mid = recs[len(recs) // 2][0] + b"\x00"  # inside a chunk: a new chunk starts there
+    with LmdbRangeScanner(tmp_path / "db", mid, **kw) as s:
+        scanned = chunk_tuples(list(s))
+    with LmdbRangeScanner(tmp_path / "db", **kw) as s:
+        s.plan_from(mid)
+        plans = []
+        while batch := s.plan_chunks():
+            plans += batch
+    assert plans == scanned and plans[0][0] > recs[len(recs) // 2][0]
+
+
 def test_planning_a_large_store_keeps_the_map_out_of_the_resident_set(tmp_path):
     """Walking 400 MiB of 256 KiB values for stripe boundaries maps pages around every value
     header it reads; they are dropped every 64 MiB, so the resident set does not grow with

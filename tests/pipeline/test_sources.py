@@ -36,6 +36,8 @@ def test_datastore_and_lmdb_sources_plan_and_frame_alike(tmp_path):
         mid = frames_a[3][0]
         part_a = framed(a, mid, None)
         assert a.has_prefix(b"/blocks/") and not a.has_prefix(b"/none/")
+        rest_a = list(DatastoreSource(ds, settings).plans(mid))  # a resumed incremental's
+        assert rest_a == plans_a[3:]
         a.close()
         assert not ds.closed  # the caller's datastore stays open
     finally:
@@ -50,4 +52,9 @@ def test_datastore_and_lmdb_sources_plan_and_frame_alike(tmp_path):
         assert b.has_prefix(b"/blocks/") and not b.has_prefix(b"/none/")
     finally:
         b.close()
+    c = LmdbSource(str(path), settings)
+    try:
+        assert list(c.plans(mid)) == rest_a
+    finally:
+        c.close()
     assert len(plans_a) > 5

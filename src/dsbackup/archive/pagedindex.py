@@ -416,6 +416,27 @@ class PagedIndex:
         return range(first, max(first, stop))
 
 
+def page_entries_of(data: bytes | memoryview) -> list[ChunkEntry]:
+    """The chunk entries of one index page's data, unchecked beyond its sizes (a resumed
+    incremental's rescan rebuilds the page from them and compares it byte for byte, and
+    checks each reference against the parent, docs/FORMAT.md §11.5); IntegrityError when the
+    data is not shaped as a page."""
+    if len(data) < _PAGE_HEADER.size:
+        raise IntegrityError("an index page shorter than its header")
+    magic, _, _, _, count, keys_len, ccount, _, _ = _PAGE_HEADER.unpack_from(data)
+    tbase = _PAGE_HEADER.size
+    kbase = tbase + count * ENTRY_DTYPE.itemsize + ccount * CATALOG_DTYPE.itemsize
+    if magic != PAGE_MAGIC or count > MAX_PAGE_ENTRIES or kbase + keys_len != len(data):
+        raise IntegrityError("not an index page")
+    data = bytes(data)
+    pg = _Page(np.frombuffer(data, ENTRY_DTYPE, count, tbase), np.empty(0, CATALOG_DTYPE),
+               data[kbase:])
+    out = [_entry(pg, j) for j in range(count)]
+    if any(e.first_key is None or len(e.first_key) + len(e.last_key) > keys_len for e in out):
+        raise IntegrityError("an index page's keys lie outside it")
+    return out
+
+
 def _entry(pg: _Page, j: int) -> ChunkEntry:
     (seq, off, length, plen, recs, pxxh, mxxh, kxxh, koff, flen, llen, flags,
      epoch) = pg.entries[j].tolist()

@@ -8,14 +8,23 @@ An encrypted file is rescanned with its key: every kept member is opened (its AE
 checked under the epoch of the run that wrote it, dsbackup.archive.epochs), since the plaintext
 values of its index entries are only inside. A paged file is cut after its last whole, checked
 index page (the page's data must equal the one rebuilt from the kept chunks), so that every
-page, and every chunk, is written by one run."""
+page, and every chunk, is written by one run.
+
+An incremental file (its manifest names a parent) holds its stored chunks only: the seqs of
+the references between them are gaps, and the references themselves were only in the killed
+writer's memory (they go to the index, written last). Given the parent's index they are found
+again: the references between kept stored chunks `a` and `b` are the parent's chunks whose
+keys lie strictly between `a`'s last and `b`'s first key, and there must be exactly
+`b - a - 1` of them (docs/FORMAT.md §11.5); where there are not, the file is cut before `b`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import mmap
 import os
 import struct
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +39,14 @@ from dsbackup.archive.crypto import (
     parse_key_header,
 )
 from dsbackup.archive.epochs import epoch_at
-from dsbackup.archive.index import CatalogEntry, ChunkEntry, IndexBuilder
+from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.member import decode_member, decode_member_at, member_end
+from dsbackup.archive.pagedindex import page_entries_of
 from dsbackup.archive.pages import MAX_PAGE_ENTRIES, PagedIndexBuilder, valid_page_entries
 from dsbackup.errors import ArchiveError, IntegrityError
 
 _U64 = struct.Struct("<Q")
+_NO_CATALOG = CatalogEntry(0, 0, 0, 0, 0)  # a reference's catalog entry (§5)
 
 
 @dataclass
@@ -70,6 +81,8 @@ class ResumeState:
     end: int = 0
     dropped: int = 0  # bytes after `end` (a torn member, or members past a damaged one)
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    referenced: int = 0  # references among the kept chunks (an incremental file)
+    ref_seqs: array = field(default_factory=lambda: array("q"))  # their parents' seqs
 
     def keep(self, e: ChunkEntry, cat: CatalogEntry | None, raw_bytes: int) -> None:
         """Count a kept chunk in the totals (its index entry goes to the builder apart)."""
@@ -81,6 +94,17 @@ class ResumeState:
         self.payload_bytes += e.payload_len
         self.catalog = cat is not None
 
+    def keep_reference(self, e: ChunkEntry) -> None:
+        """Count a kept reference (its raw bytes apart: the index has none; its index entry
+        goes to the builder apart)."""
+        self.fingerprint.update(_U64.pack(e.payload_xxh3))
+        self.next_seq += 1
+        self.last_key = e.last_key
+        self.records += e.records
+        self.payload_bytes += e.payload_len
+        self.referenced += 1
+        self.ref_seqs.append(e.offset)
+
     @property
     def paged(self) -> bool:
         return bool(self.flags & fmt.FLAG_PAGED)
@@ -88,12 +112,13 @@ class ResumeState:
 
 def rescan(fd: int, where: str, *, key: KeyMaterial | None = None,
            runs: list[tuple[int, int]] | None = None,
-           page_entries: int | None = None) -> ResumeState:
+           page_entries: int | None = None, parent: Any = None) -> ResumeState:
     """The longest valid prefix of the temp file open at `fd`. ArchiveError (exit 2) when its
     head is not a resumable archive's (no whole manifest; encrypted without `key`, or the
     other way round); WrongKeyError when `key` does not open it. `runs`: (epoch, from_seq) of
     the runs that resumed it before (the resume history); `page_entries`: the page size of a
-    paged file that holds no page yet."""
+    paged file that holds no page yet; `parent`: the parent's index (chunks_overlapping,
+    entry) of an incremental file, whose references are derived from it (module doc)."""
     size = os.fstat(fd).st_size
     if size == 0:
         raise ArchiveError(f"cannot resume: {where} is empty")
@@ -101,7 +126,7 @@ def rescan(fd: int, where: str, *, key: KeyMaterial | None = None,
     state: ResumeState | None = None
     try:
         state = _head(memoryview(mm), where, key)
-        _scan(memoryview(mm), where, state, runs or [], page_entries)
+        _scan(memoryview(mm), where, state, runs or [], page_entries, parent)
         return state
     except BaseException:
         if state is not None and state.cipher is not None:
@@ -234,8 +259,82 @@ def _sealed_catalog(plain: bytes, payload: memoryview, records: int, where: str
     return length, xxh3_64(memoryview(out)[:length])
 
 
+def _references(parent: Any, after: bytes | None, before: bytes, count: int
+                 ) -> list[ChunkEntry] | None:
+    """The `count` references a killed incremental wrote between a chunk ending at `after`
+    (None: the start) and one starting at `before`: the parent's chunks strictly between;
+    None when the parent has not exactly `count` of them there."""
+    found: list[ChunkEntry] = []
+    for i in parent.chunks_overlapping(after or b"", before):
+        e = parent.entry(i)
+        if (after is not None and e.first_key <= after) or e.last_key >= before:
+            continue
+        if len(found) == count:
+            return None
+        found.append(ChunkEntry(0, i, 0, e.payload_len, e.records, e.payload_xxh3, 0,
+                                e.keys_xxh3, e.first_key, e.last_key, FLAG_PARENT))
+    return found if len(found) == count else None
+
+
+def _incremental_page(mv: memoryview, pos: int, where: str, state: ResumeState,
+                      runs: list[tuple[int, int]], parent: Any, checker: PagedIndexBuilder,
+                      pending: list[tuple[ChunkEntry, CatalogEntry | None, int]],
+                      catalog: bool) -> int | None:
+    """Keep the index page at `pos` of a paged incremental and the chunks before it: its
+    entries are the stored chunks found since the last page (`pending`) and references, each
+    of which must be the parent entry it names; the page rebuilt from them must equal its data
+    (§11.3). Where it ends; None (nothing kept) when it is not such a page."""
+    p, pe = checker.pages, checker.page_entries
+    _, data, end = decode_member_at(mv, pos, f"{where}: index page {p}",
+                                    expected_type=fmt.TYPE_PAGE, expected_name=fmt.page_name(p),
+                                    version=state.version, flags=state.flags)
+    if state.cipher is not None:
+        data = state.cipher.open(fmt.TYPE_PAGE, p, data, f"{where}: index page {p}",
+                                 epoch=epoch_at(runs, p * pe))
+    entries = page_entries_of(data)
+    if len(entries) != pe:
+        return None
+    stored = iter(pending)
+    merged: list[tuple[ChunkEntry, CatalogEntry | None, int | None]] = []
+    for i, e in enumerate(entries):
+        if e.seq != p * pe + i:
+            return None
+        if not e.in_parent:
+            item = next(stored, None)
+            if item is None or item[0].seq != e.seq:
+                return None
+            merged.append(item)
+            continue
+        if not 0 <= e.offset < len(parent):
+            return None
+        pe_ = parent.entry(e.offset)
+        if (e.length, e.member_xxh3, e.payload_len, e.records, e.payload_xxh3, e.keys_xxh3,
+                e.first_key, e.last_key) != (0, 0, pe_.payload_len, pe_.records,
+                                             pe_.payload_xxh3, pe_.keys_xxh3, pe_.first_key,
+                                             pe_.last_key):
+            return None
+        merged.append((e, _NO_CATALOG if catalog else None, None))
+    if next(stored, None) is not None:
+        return None
+    for e, c, _ in merged:
+        checker.add_chunk(e)
+        if c is not None:
+            checker.add_catalog(c)
+    if checker.take_page() != (p, bytes(data)):
+        checker.drop_page()
+        return None
+    checker.page_written(pos, end - pos, xxh3_64(mv[pos:end]))
+    for e, c, raw in merged:
+        if raw is None:
+            state.keep_reference(e)
+        else:
+            state.keep(e, c, raw)
+    state.page_bytes += end - pos
+    return end
+
+
 def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, int]],
-          page_entries: int | None) -> None:
+          page_entries: int | None, parent: Any = None) -> None:
     catalog = bool(manifest_settings(state.manifest).get("include_metadata"))
     version, flags, cipher = state.version, state.flags, state.cipher
     paged = state.paged
@@ -248,7 +347,25 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
         prev_last = pending[-1][0].last_key if pending else state.last_key
         try:
             sub = fmt.parse_member_head(mv[pos:], f"{where}: offset {pos}")
-            if paged and sub.member_type == fmt.TYPE_PAGE:
+            if paged and parent is not None:  # an incremental: its pages hold the references
+                if sub.member_type == fmt.TYPE_PAGE:
+                    if checker is None:
+                        checker = PagedIndexBuilder(page_entries or MAX_PAGE_ENTRIES)
+                    end = _incremental_page(mv, pos, where, state, runs, parent, checker,
+                                            pending, catalog)
+                    if end is None:
+                        break
+                    pending.clear()
+                    state.end = pos = end
+                    continue
+                if sub.member_type == fmt.TYPE_CHUNK:  # after the last stored one, in its page
+                    pe = page_entries or MAX_PAGE_ENTRIES
+                    kept = checker.pages if checker is not None else 0
+                    lo = pending[-1][0].seq + 1 if pending else state.next_seq
+                    if not lo <= sub.seq < (kept + 1) * pe:
+                        break  # a page was due before it
+                    seq = sub.seq
+            elif paged and sub.member_type == fmt.TYPE_PAGE:
                 p = checker.pages if checker is not None else 0
                 if pe is None:
                     if not valid_page_entries(len(pending)):
@@ -279,8 +396,10 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
                 continue
             if sub.member_type != fmt.TYPE_CHUNK:
                 break  # the index or summary of a writer killed while finishing: rewritten
-            if paged and len(pending) == (pe or MAX_PAGE_ENTRIES):
+            if paged and parent is None and len(pending) == (pe or MAX_PAGE_ENTRIES):
                 break  # a page was due here
+            if parent is not None and sub.seq > seq:  # references were written before it
+                seq = sub.seq
             cwhere = f"{where}: chunk {seq}"
             sub, data, end = decode_member_at(mv, pos, cwhere, expected_type=fmt.TYPE_CHUNK,
                                               expected_name=fmt.chunk_name(seq),
@@ -302,6 +421,12 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
             if (cipher is None and info.record_count != sub.records) or (
                     prev_last is not None and first <= prev_last):
                 break
+            refs: list[ChunkEntry] = []
+            if not paged and seq > state.next_seq:  # an incremental's gap
+                found = _references(parent, prev_last, first, seq - state.next_seq)
+                if found is None:
+                    break
+                refs = found
             entry = ChunkEntry(seq, pos, end - pos, plen, info.record_count, pxxh,
                                xxh3_64(mv[pos:end]), info.keys_xxh3, first, last, 0, epoch)
             cat = None
@@ -320,7 +445,14 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
                 end = cend
         except IntegrityError:  # FramingError, MemberError and a failed tag are ones too
             break
-        index = checker if paged else state.index
+        index = None if paged and parent is not None else checker if paged else state.index
+        for r in refs:  # (not paged: a paged incremental's references come from its pages)
+            r = dataclasses.replace(r, seq=state.next_seq,
+                                    epoch=0 if cipher is None else epoch_at(runs, state.next_seq))
+            state.index.add_chunk(r)
+            if catalog:
+                state.index.add_catalog(_NO_CATALOG)
+            state.keep_reference(r)
         if index is not None:
             index.add_chunk(entry)
             if cat is not None:

@@ -207,6 +207,7 @@ class ArchiveWriter:
         self._records, self._payload_bytes = st.records, st.payload_bytes
         self._raw_bytes = st.raw_bytes
         self._prev_last = st.last_key
+        self.referenced_chunks = st.referenced  # an incremental's, below the cut
 
     # -- low level -------------------------------------------------------------------------
 
@@ -451,7 +452,7 @@ class ArchiveWriter:
             raise ArchiveError(f"chunk {self._index.count}: catalog presence changed")
         ref = ChunkEntry(self._index.count, parent_seq, 0, entry.payload_len, entry.records,
                          entry.payload_xxh3, 0, entry.keys_xxh3, entry.first_key,
-                         entry.last_key, FLAG_PARENT)
+                         entry.last_key, FLAG_PARENT, self._epoch)  # this run's (§11.4)
         self._index.add_chunk(ref)
         if catalog:
             self._index.add_catalog(CatalogEntry(0, 0, 0, 0, 0))
@@ -463,6 +464,12 @@ class ArchiveWriter:
         self._payload_bytes += entry.payload_len
         self.referenced_chunks += 1
         return ref
+
+    def count_raw_bytes(self, n: int) -> None:
+        """Count `n` more key and value bytes in the summary's raw_bytes, for chunks already
+        in the index whose raw bytes were not known when they were added (a resumed
+        incremental's references below its cut, docs/FORMAT.md §11.5)."""
+        self._raw_bytes += n
 
     def finish(self, summary: dict[str, Any] | None = None,
                before_rename: Callable[[Any], None] | None = None) -> WrittenArchive:

@@ -120,7 +120,7 @@ class BackupManager:
             raise ConfigError("--format go writes full backups without a key catalog: "
                               "--parent and --include-metadata need the dsbackup format")
         if cfg.resume:
-            _check_resumable(cfg, path, parent, format)
+            _check_resumable(cfg, path, format)
         cancel = cancel or threading.Event()
         deadline = _Deadline(cancel, cfg.timeout)
         t0 = time.perf_counter()
@@ -255,15 +255,14 @@ class BackupManager:
             self._metrics[name] += 1
 
 
-def _check_resumable(cfg: BackupConfig, path: Any, parent: Any, format: str) -> None:
-    """--resume continues full, local dsbackup-format backups (docs/FORMAT.md §11.5)."""
-    why = ("an incremental backup (--parent)" if parent is not None
-           else "--format go" if format != "dsbackup"
+def _check_resumable(cfg: BackupConfig, path: Any, format: str) -> None:
+    """--resume continues local dsbackup-format backups (docs/FORMAT.md §11.5)."""
+    why = ("--format go" if format != "dsbackup"
            else "an archive that is not a local file" if is_remote(path) or is_stream(path)
            else None)
     if why is not None:
-        raise ConfigError(f"--resume continues only full backups into a local file, not "
-                          f"{why}; leave out --resume")
+        raise ConfigError(f"--resume continues only dsbackup-format backups into a local "
+                          f"file, not {why}; leave out --resume")
 
 
 def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,

@@ -33,11 +33,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from dsbackup._ext.flatlist import FlatKeys
-from dsbackup._ext.framing import Chunker, scan_payload
+from dsbackup._ext.framing import Chunker
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.engine.config import BackupConfig
+from dsbackup.engine.parentraw import marks, raw_bytes_of
 from dsbackup.engine.write import Reference, store_or_reference
 from dsbackup.errors import BackupError
 
@@ -69,19 +72,20 @@ def applies(source: Any, cfg: BackupConfig) -> bool:
     return cfg.trust_content_keys and not cfg.exclude_patterns and _is_flatfs(source)
 
 
-def clean_chunks(keys: FlatKeys, entries: list[ChunkEntry], chunk_size: int
-                 ) -> list[tuple[int, int]]:
+def clean_chunks(keys: FlatKeys, entries: list[ChunkEntry], chunk_size: int,
+                 first: int = 0) -> list[tuple[int, int]]:
     """``(parent seq, first listing index)`` of every parent chunk the listing proves
-    unchanged (module doc), in order."""
+    unchanged (module doc), in order, among the keys from listing index `first` on (a chunk
+    starts there: a resumed backup's cut, docs/FORMAT.md §11.5)."""
     n = len(keys)
     out: list[tuple[int, int]] = []
     prev_hi = -1
     for j, e in enumerate(entries):
         lo = keys.check_chunk(e.first_key, e.last_key, e.records, e.keys_xxh3)
-        if lo < 0:
+        if lo < first:  # not there (-1), or below the cut
             continue
         hi = lo + e.records
-        start = lo == 0 or lo == prev_hi or keys.is_boundary(lo, chunk_size)
+        start = lo in (first, prev_hi) or keys.is_boundary(lo, chunk_size)
         end = (hi == n or keys.is_boundary(hi, chunk_size)
                or (j + 1 < len(entries) and keys.trusted(hi)
                    and keys.equals(hi, entries[j + 1].first_key)))
@@ -99,7 +103,11 @@ class FlatfsIncremental:
     excluded = (0, 0)
 
     def __init__(self, ds: Any, preader: ArchiveReader, cfg: BackupConfig, chunk_size: int,
-                 chunk_max_bytes: int, usable: bool) -> None:
+                 chunk_max_bytes: int, usable: bool, start: bytes = b"",
+                 below: bytearray | None = None) -> None:
+        """`start`: back up the keys from `start` on only (a resumed backup's rest); `below`:
+        the parent chunks its kept part refers to (marks), whose raw bytes the clean chunks'
+        share then carries (dsbackup.engine.resume)."""
         self.ds = ds
         self.cs, self.cmb = chunk_size, chunk_max_bytes
         listing = ds.listing(cfg.effective_workers)
@@ -109,24 +117,21 @@ class FlatfsIncremental:
                               "--skip-foreign to back up the rest: the backup then ends "
                               "with warnings, exit 1)")
         self.keys: FlatKeys = listing.keys  # type: ignore[assignment]
+        self.first = self.keys.find(start) if start else 0
         self.entries = list(preader.index.entries())
-        self.clean = clean_chunks(self.keys, self.entries, chunk_size) if usable else []
-        self.clean_raw = self._clean_raw(preader)
+        self.clean = (clean_chunks(self.keys, self.entries, chunk_size, self.first) if usable
+                      else [])
+        self.clean_raw = self._clean_raw(preader, below)
 
-    def _clean_raw(self, preader: ArchiveReader) -> int:
+    def _clean_raw(self, preader: ArchiveReader, also: bytearray | None) -> int:
         """Key and value bytes of the clean chunks (the summary's raw_bytes needs them; the
-        index does not hold them): the parent's total less its other chunks, or the clean
-        chunks' own, whichever reads fewer parent chunks (none when nothing changed)."""
-        clean = {j for j, _ in self.clean}
-        total = (preader.summary or {}).get("raw_bytes")
-        others = [j for j in range(len(self.entries)) if j not in clean]
-
-        def raw(j: int) -> int:
-            return scan_payload(preader.read_chunk(j)).raw_bytes
-
-        if isinstance(total, int) and len(others) <= len(clean):
-            return total - sum(raw(j) for j in others)
-        return sum(raw(j) for j in clean)
+        index does not hold them), and of the parent chunks marked in `also` (a resumed
+        backup's references below its cut): read from the parent (dsbackup.engine.parentraw;
+        nothing when nothing changed)."""
+        wanted = marks(len(self.entries), [j for j, _ in self.clean])
+        if also is not None:
+            np.frombuffer(wanted, np.uint8)[:] |= np.frombuffer(also, np.uint8)
+        return raw_bytes_of(preader, wanted)
 
     def close(self) -> None:
         """The datastore belongs to the caller."""
@@ -146,7 +151,7 @@ class FlatfsIncremental:
         compressed chunk, as engine.incremental.IncrementalStream yields them."""
         payload = sum(self.entries[j].payload_len for j, _ in self.clean)
         left_raw, left_payload = self.clean_raw, payload
-        pos = 0
+        pos = self.first
 
         def run(lo: int, hi: int) -> Iterator[Any]:
             return store_or_reference(self._frame(lo, hi, catalog), match, pool, level,

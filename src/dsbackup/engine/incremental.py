@@ -38,6 +38,7 @@ from dsbackup.engine import flatfs_incremental
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.manifest import ScanOutcome
 from dsbackup.engine.nodefiles import node_snapshot
+from dsbackup.engine.parentraw import raw_bytes_of
 from dsbackup.engine.plan import BackupPlan, ProgressCallback
 from dsbackup.engine.write import Reference, store_or_reference, write_archive
 from dsbackup.errors import ConfigError, IntegrityError
@@ -108,16 +109,28 @@ class IncrementalStream:
     compression (see dsbackup.engine.write). `src`: a pipeline source (closed on exit)."""
 
     def __init__(self, src: Any, match: _Matcher, prefixes: tuple[bytes, ...], level: int,
-                 catalog: bool, threads: int) -> None:
+                 catalog: bool, threads: int, resumption: Any = None,
+                 parent: ArchiveReader | None = None) -> None:
+        """`resumption`: a killed backup's temp file this one continues
+        (dsbackup.engine.resume.Resumption): the store is backed up from the key after its
+        kept chunks on, and the raw bytes of the parent chunks they refer to are counted at
+        the end (from `parent`, less the chunks this run refers to)."""
         self.src, self.match, self.prefixes = src, match, prefixes
         self.level, self.catalog, self.threads = level, catalog, threads
         self.max_pending = 2 * threads + 2
         self.counts = _Counts()
+        self.resumption = resumption
+        self.start = b"" if resumption is None else resumption.start_key
+        self.parent = parent
+        self._above: bytearray | None = None  # the parent chunks this run refers to (marks)
+        self._above_raw = 0
         self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> IncrementalStream:
         self._pool = ThreadPoolExecutor(max_workers=self.threads,
                                         thread_name_prefix="dsbackup-compress")
+        if self.resumption is not None:  # this run's epoch, on the temp file
+            self.resumption.record(getattr(self.src, "snapshot_id", None))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,12 +141,29 @@ class IncrementalStream:
             self.src.close()
 
     def items(self) -> Iterator[Any]:
+        r = self.resumption
+        if r is None or r.below is None or isinstance(self.src,
+                                                      flatfs_incremental.FlatfsIncremental):
+            return self._items()  # (flatfs: the clean chunks' share carries `below`)
+        return self._counted(self._items(), len(r.below))
+
+    def _counted(self, items: Iterator[Any], n: int) -> Iterator[Any]:
+        """`items`, noting the parent chunks referred to and their raw bytes."""
+        self._above = above = bytearray(n)
+        for item in items:
+            if isinstance(item, Reference):
+                above[item.seq] = 1
+                self._above_raw += item.raw_bytes
+            yield item
+
+    def _items(self) -> Iterator[Any]:
         """Planning (keys and sizes) only pays where a plan can be trusted without its values:
         a store without keys under a content-hash prefix is framed and compared in one pass."""
         src, match, prefixes, counts = self.src, self.match, self.prefixes, self.counts
-        if isinstance(src, flatfs_incremental.FlatfsIncremental):
+        if isinstance(src, flatfs_incremental.FlatfsIncremental):  # from its own `start`
             yield from src.items(match, self._pool, self.level, self.catalog, counts)
             return
+        start = self.start
 
         def trust(first: bytes, last: bytes) -> bool:
             return any(first.startswith(p) and last.startswith(p) for p in prefixes)
@@ -143,11 +173,11 @@ class IncrementalStream:
                                       self.catalog, counts)
 
         if not any(src.has_prefix(p) for p in prefixes):
-            yield from value_run(b"", None)
+            yield from value_run(start, None)
             return
         run_start: bytes | None = None
         first = True
-        for p in src.plans():
+        for p in src.plans(start):
             hit = match.plan(p)
             if hit is not None and trust(p[0], p[1]):
                 if run_start is not None:
@@ -156,7 +186,7 @@ class IncrementalStream:
                 counts.referenced += 1
                 yield Reference(hit[0], hit[1], p[5])
             elif run_start is None:
-                run_start = b"" if first else p[0]
+                run_start = start if first else p[0]
             first = False
         if run_start is not None:
             yield from value_run(run_start, None)
@@ -164,11 +194,20 @@ class IncrementalStream:
     def outcome(self) -> ScanOutcome:
         excluded_records, excluded_bytes = self.src.excluded
         unread = getattr(getattr(self.src, "ds", None), "skipped", None)  # vanished mid-scan
+        extra: dict[str, Any] = {"stored_chunks": self.counts.stored,
+                                 "chunks_read_to_compare": self.counts.read}
+        r = self.resumption
+        if r is not None:  # the whole archive's stored chunks; this run's reads
+            extra["stored_chunks"] += r.state.next_seq - r.state.referenced
+            extra["resumed"] = [*r.state.epochs, r.epoch]
+            if self._above is not None and self.parent is not None:
+                r.late_raw_bytes = raw_bytes_of(self.parent, r.below, known=self._above,
+                                                known_raw=self._above_raw,
+                                                threads=self.threads)
         return ScanOutcome(
             mode="incremental", workers=self.threads, excluded_records=excluded_records,
             excluded_bytes=excluded_bytes, snapshot=getattr(self.src, "snapshot_id", None),
-            extra={"stored_chunks": self.counts.stored,
-                   "chunks_read_to_compare": self.counts.read},
+            extra=extra,
             unreadable_files=unread.count if unread is not None else 0,
             unreadable_examples=list(unread.examples) if unread is not None else [],
             foreign=getattr(self.src, "audit", None))  # the flatfs path audits its listing
@@ -236,7 +275,24 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
         else:
             where = _Where(getattr(source, "uri", type(source).__name__),
                            getattr(source, "scheme", "") or "", ds=source)
-        plan, stream = _plan(where, path, preader, cfg, progress, cancel, t0)
+        plan = _plan(where, path, preader, cfg, progress, cancel, t0)
+        if cfg.resume:
+            from dsbackup.engine.resume import plan_resumed_incremental
+
+            resumed = plan_resumed_incremental(plan, preader)
+            if resumed is None:
+                log.warning("%s: no temporary file of an interrupted backup to resume; "
+                            "starting a new backup", path)
+            elif isinstance(resumed, BackupMetadata):
+                return resumed  # a whole archive, checked and put in place
+            else:
+                plan = resumed
+        try:
+            stream = _stream(where, plan, preader, cfg)
+        except BaseException:
+            if plan.resume is not None:
+                plan.resume.sink.release()  # nothing written yet: the file stays resumable
+            raise
         return write_archive(plan, stream)
     finally:
         preader.close()
@@ -259,8 +315,8 @@ def _open_uri(uri: str) -> _Where:
 
 def _plan(where: _Where, path: Path, preader: ArchiveReader, cfg: BackupConfig,
           progress: ProgressCallback | None, cancel: threading.Event, t0: float,
-          ) -> tuple[BackupPlan, IncrementalStream]:
-    """The plan (the parent's chunk settings, its reference) and the chunk stream."""
+          ) -> BackupPlan:
+    """The plan: the parent's chunk settings, its reference."""
     psettings = preader.manifest.get("settings") or {}
     chunk_size, cmb = psettings.get("chunk_size"), psettings.get("chunk_max_bytes")
     if not isinstance(chunk_size, int) or not isinstance(cmb, int) or chunk_size < 1 or cmb < 1:
@@ -268,9 +324,7 @@ def _plan(where: _Where, path: Path, preader: ArchiveReader, cfg: BackupConfig,
     if cfg.chunk_size is not None and cfg.chunk_size != chunk_size:
         log.warning("incremental backup: using the parent's chunk_size %d (not %d)",
                     chunk_size, cfg.chunk_size)
-    catalog = cfg.include_metadata
-    usable = not catalog or preader.index.catalog_count > 0 or not preader.chunk_count
-    if not usable:
+    if not _usable(preader, cfg):
         log.warning("%s: the parent has no key catalog, so no chunk can be referenced",
                     preader.path)
     ref = ParentRef(str(preader.summary["fingerprint"]), preader.path.name,
@@ -293,17 +347,34 @@ def _plan(where: _Where, path: Path, preader: ArchiveReader, cfg: BackupConfig,
         progress=progress, parent=ref, kdf=kdf,
         page_entries=page_entries_after(cfg.paged_index, preader.index),
         check=(lambda tmp: _check_own(tmp, preader)) if cfg.verify_integrity else None)
+    return plan
+
+
+def _usable(preader: ArchiveReader, cfg: BackupConfig) -> bool:
+    """Whether the parent's chunks can be referenced (an archive with a key catalog refers
+    only to chunks of parents with one)."""
+    return not cfg.include_metadata or preader.index.catalog_count > 0 or not preader.chunk_count
+
+
+def _stream(where: _Where, plan: BackupPlan, preader: ArchiveReader, cfg: BackupConfig
+            ) -> IncrementalStream:
+    """The chunk stream of `plan` (from the key after a resumed file's kept chunks on)."""
+    chunk_size, cmb, catalog = plan.chunk_size, plan.chunk_max_bytes, cfg.include_metadata
+    usable = _usable(preader, cfg)
+    resumption = plan.resume
+    start = b"" if resumption is None else resumption.start_key
     match = _Matcher(preader, usable)
     prefixes = content_prefixes(where) if cfg.trust_content_keys else ()
     settings = ChunkSettings(chunk_size, cmb, -1, tuple(cfg.exclude_patterns), catalog)
     src: Any
     if flatfs_incremental.applies(where.ds, cfg):  # listing speed (engine/flatfs_incremental.py)
-        src = flatfs_incremental.FlatfsIncremental(where.ds, preader, cfg, chunk_size, cmb,
-                                                   usable)
+        src = flatfs_incremental.FlatfsIncremental(
+            where.ds, preader, cfg, chunk_size, cmb, usable, start,
+            None if resumption is None else resumption.below)
     elif where.lmdb_path is not None:
         src = LmdbSource(where.lmdb_path, settings,
                          claim_for="dsbackup.engine.incremental (liblmdb)")
     else:
         src = DatastoreSource(where.ds, settings)
-    return plan, IncrementalStream(src, match, prefixes, cfg.compression_level, catalog,
-                                   cfg.effective_workers)
+    return IncrementalStream(src, match, prefixes, cfg.compression_level, catalog,
+                             cfg.effective_workers, resumption, preader)

@@ -1,4 +1,4 @@
-"""`backup --resume`: continue a killed full backup in its temporary file (docs/FORMAT.md §11.5).
+"""`backup --resume`: continue a killed backup in its temporary file (docs/FORMAT.md §11.5).
 
 The temp file a dead writer left beside the archive (no live lock, dsbackup.storage.tempfiles)
 is rescanned (dsbackup.archive.resume); its manifest must match this run's settings; it is cut
@@ -10,6 +10,13 @@ An encrypted temp file is resumed with its own data key (the same key options as
 under a new nonce epoch, one more than any run of it used, made durable on the file before
 anything is written; a file whose sealing state is unknown or says its index was being written
 is refused (docs/FORMAT.md §11.4, dsbackup.storage.resumestate).
+
+An incremental temp file (`--parent`, the same parent: its fingerprint and index digest) gets
+its references below the cut back from the parent's index (dsbackup.archive.resume); their raw
+bytes, which no index field holds, are counted by the stream at its end, from the parent's
+total less the chunks it knows (dsbackup.engine.parentraw); the incremental's
+planner then goes on from the key after the cut (dsbackup.engine.incremental); a paged
+incremental's references below the cut are its kept pages' own entries.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.resume import ResumeState, is_encrypted, manifest_settings, rescan
 from dsbackup.engine.full import FullStream
 from dsbackup.engine.manifest import ScanOutcome, manifest_for, metadata_from_reader
+from dsbackup.engine.parentraw import marks
 from dsbackup.engine.plan import BackupPlan
 from dsbackup.errors import ArchiveError, IntegrityError, KeyRequiredError, UnsupportedArchive
 from dsbackup.metadata import BackupMetadata
@@ -50,6 +58,16 @@ class Resumption:
     sink: ResumedSink
     epoch: dict[str, Any]  # this run's `resumed` entry (its snapshot filled in by the scan)
     fd: int  # the temp file's (the sink's), holding its lock
+    # an incremental's: the parent chunks its kept part refers to (dsbackup.engine.parentraw
+    # marks), and their raw bytes once the stream has counted them (before the summary)
+    below: bytearray | None = None
+    late_raw_bytes: int = 0
+
+    @property
+    def start_key(self) -> bytes:
+        """Where the store is read on from: the key after the kept chunks' last."""
+        last = self.state.last_key
+        return b"" if last is None else last + b"\x00"
 
     def record(self, snapshot: int | None = None) -> None:
         """Keep the resume history on the temp file, for a later resume of this one."""
@@ -86,7 +104,7 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
         ("source uri", (old.get("source") or {}).get("uri"), new["source"].get("uri")),
         ("source backend", (old.get("source") or {}).get("backend"),
          new["source"].get("backend")),
-        ("parent", old.get("parent"), new.get("parent")),
+        ("parent", _parent(old.get("parent")), _parent(new.get("parent"))),
         ("node files (kubo: vs --datastore-only)", old.get("node") is not None,
          new.get("node") is not None),
     ]
@@ -94,9 +112,22 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     for name, value in new["settings"].items():
         checks.append((name, olds.get(name), value))
     for name, was, now in checks:
+        if name == "parent" and was is not None and now is not None and was[1:] == now[1:]:
+            continue  # the same archive (found under another name or path)
         if was != now:
+            if name == "parent":
+                was, now = (None if p is None else p[0] for p in (was, now))
             return f"{name} is {json.dumps(was)} there, {json.dumps(now)} now"
     return None
+
+
+def _parent(p: Any) -> tuple[str, Any, Any] | None:
+    """A manifest's parent as (what to show, fingerprint, index digest): an archive's
+    identity is its fingerprint and index digest; its name and path are hints."""
+    if not isinstance(p, dict):
+        return None if p is None else (str(p), p, None)
+    return (f"{p.get('name')} (fingerprint {p.get('fingerprint')})", p.get("fingerprint"),
+            p.get("index_xxh3"))
 
 
 def _runs(epochs: list[dict[str, Any]]) -> list[tuple[int, int]]:
@@ -197,6 +228,33 @@ def plan_resumed(plan: BackupPlan, stream: FullStream
     when no dead writer left a temp file for the archive; the metadata of the archive when the
     temp file was already whole (checked and put in place). ArchiveError (exit 2) when the
     file cannot be resumed by this run: "cannot resume: ..." names why."""
+    taken = _take(plan)
+    if taken is None or isinstance(taken, BackupMetadata):
+        return taken
+    plan = taken
+    s = stream.settings
+    settings_now = ChunkSettings(plan.chunk_size, s.chunk_max_bytes, s.level, s.exclude,
+                                 s.catalog, s.target_chunk_bytes)
+    return plan, ResumedStream(stream.ds, settings_now, stream.workers, stream.cancel,
+                               plan.resume)
+
+
+def plan_resumed_incremental(plan: BackupPlan, parent: ArchiveReader
+                             ) -> BackupPlan | BackupMetadata | None:
+    """As plan_resumed, for an incremental backup of `parent` (opened, with its chain): the
+    plan whose ``resume`` the incremental's stream goes on from (its ``start_key``; ``below``
+    marks the parent chunks the kept part refers to, whose raw bytes the stream counts)."""
+    taken = _take(plan, parent)
+    if isinstance(taken, BackupPlan):
+        taken.resume.below = marks(parent.chunk_count, taken.resume.state.ref_seqs)
+    return taken
+
+
+def _take(plan: BackupPlan, parent: ArchiveReader | None = None
+          ) -> BackupPlan | BackupMetadata | None:
+    """`plan` with the temp file it continues (its ``resume``, the file rescanned and ours),
+    None when there is none, or the metadata of a whole archive put in place. `parent`: an
+    incremental's parent (its index gives the references below the cut)."""
     final = Path(plan.path)
     found = find_temp(final)
     if found is None:
@@ -222,7 +280,8 @@ def plan_resumed(plan: BackupPlan, stream: FullStream
                                    f"({resumestate.EPOCHS_XATTR}) is damaged; leave out "
                                    "--resume to start again") from None
         state = rescan(fd, str(tmp), key=plan.cfg.encryption, runs=runs,
-                       page_entries=plan.page_entries or default_page_entries())
+                       page_entries=plan.page_entries or default_page_entries(),
+                       parent=None if parent is None else parent.index)
         old = state.manifest
         plan, diff = _settings_difference(plan, old, state.paged)
         if diff is not None:
@@ -256,16 +315,12 @@ def plan_resumed(plan: BackupPlan, stream: FullStream
         if state is not None and state.cipher is not None:
             state.cipher.close()
         raise
-    log.warning("resuming %s from %s: %d chunks (%d records) kept, %d bytes after them "
+    log.warning("resuming %s from %s: %d chunks (%d records%s) kept, %d bytes after them "
                 "dropped; scanning on from the key after %r", final, tmp.name, state.next_seq,
-                state.records, state.dropped, state.last_key)
-    plan = dataclasses.replace(plan, created=created, source=old["source"], page_entries=None,
+                state.records, f", {state.referenced} of them references" if parent else "",
+                state.dropped, state.last_key)
+    return dataclasses.replace(plan, created=created, source=old["source"], page_entries=None,
                                resume=Resumption(state, sink, epoch, fd))
-    s = stream.settings
-    settings_now = ChunkSettings(plan.chunk_size, s.chunk_max_bytes, s.level, s.exclude,
-                                 s.catalog, s.target_chunk_bytes)
-    return plan, ResumedStream(stream.ds, settings_now, stream.workers, stream.cancel,
-                               plan.resume)
 
 
 class _From:

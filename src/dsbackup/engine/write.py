@@ -88,6 +88,8 @@ def write_archive(plan: BackupPlan, stream: ChunkStream) -> BackupMetadata:
         if plan.cancel.is_set():
             raise Cancelled("backup cancelled")
         outcome = stream.outcome()
+        if resume is not None and resume.late_raw_bytes:  # a resumed incremental's references
+            writer.count_raw_bytes(resume.late_raw_bytes)
         written = writer.finish(summary_for(plan, outcome), before_rename=plan.check)
     return metadata_for(plan, manifest, writer.version, written, outcome)
 

@@ -96,11 +96,12 @@ class DatastoreSource:
                     since = 0
                 since += 1
 
-    def plans(self) -> Iterator[Plan]:
-        """Every chunk's plan from keys and value sizes (the native KeyPlanner)."""
+    def plans(self, start: bytes = b"") -> Iterator[Plan]:
+        """Every chunk's plan from keys and value sizes (the native KeyPlanner), from the
+        first key >= `start` on (a chunk starts there)."""
         s = self.settings
         self._planner = planner = KeyPlanner(s.chunk_size, s.chunk_max_bytes, self.matcher)
-        for keys, sizes in self.ds.scan_key_sizes():
+        for keys, sizes in self.ds.scan_key_sizes(start):
             yield from planner.add(keys, sizes)
         last = planner.finish()
         if last is not None:
@@ -191,9 +192,12 @@ class LmdbSource:
                 return
             yield k
 
-    def plans(self) -> Iterator[Plan]:
-        """Every chunk's plan: the scanner's keys-only walk (keys and node headers)."""
+    def plans(self, start: bytes = b"") -> Iterator[Plan]:
+        """Every chunk's plan: the scanner's keys-only walk (keys and node headers), from
+        the first key >= `start` on (a chunk starts there)."""
         self._planned = True
+        if start:
+            self.scanner.plan_from(start)
         while True:
             batch = self.scanner.plan_chunks(4096)
             if not batch:

@@ -173,6 +173,16 @@ class ResumedSink(LocalSink):
         self._pos = length
         self._writeback = Writeback(fd)
 
+    def release(self) -> None:
+        """Close the file before anything was written to it, keeping it: cut at a whole
+        member, it is resumable again once this process is gone."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self._writeback.close()
+            finally:
+                os.close(self._fd)
+
 
 class LocalSource:
     """An archive file opened for pread (no shared cursor: thread-safe)."""
