@@ -6,7 +6,8 @@ standard AWS environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_K
 ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``); then the shared files (``~/.aws/credentials`` and
 ``~/.aws/config``, or ``AWS_SHARED_CREDENTIALS_FILE`` / ``AWS_CONFIG_FILE``), for the profile
 ``AWS_PROFILE`` or ``default``. Without keys from either, the client's own chain (instance
-metadata, web identity) is used.
+metadata, web identity) is used. Request bodies are signed over plain http only
+(:func:`sign_payload`); the CA bundle of a private CA is :mod:`dsbackup.storage.s3tls`'s.
 
 Every secret value found is registered with :func:`scrub`, which every error message from
 the S3 client passes through: credentials never reach logs, ``--json`` or exceptions.
