@@ -87,7 +87,7 @@ def test_s3_benchmark_tiny(tmp_path, cli_env):
     assert set(doc["median_s"]) == {"backup-local", "restore-local"} | {
         f"{row}:{srv}" for srv in ("moto", "moto-tls")
         for row in ("backup-s3", "local+upload_file", "upload_file", "download_file",
-                    "restore-s3")}
+                    "restore-s3")} | {"backup-s3-signed:moto-tls"}
     assert set(doc["ratios"]) == {"moto", "moto-tls"}
     for srv in ("moto", "moto-tls"):
         assert set(doc["ratios"][srv]) == set(doc["targets"])
@@ -95,6 +95,8 @@ def test_s3_benchmark_tiny(tmp_path, cli_env):
         assert doc["server_cpu_s_per_gb"][f"backup-s3:{srv}"] > 0
     assert doc["archive_bytes"] > 0 and "moto" in doc["servers"]["moto"]
     assert "https" in doc["servers"]["moto-tls"]
+    assert set(doc["unsigned_vs_signed"]) == {"moto-tls"}
+    assert doc["unsigned_vs_signed"]["moto-tls"]["wall_signed_of_unsigned_median_of_rounds"] > 0
     assert all(v > 0 for v in doc["median_cpu_s"].values())
     assert "ours_vs_upload_file" in r.stdout
     assert not list(tmp_path.glob("dsbackup-s3bench-*")), "work directory left behind"
