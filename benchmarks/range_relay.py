@@ -8,6 +8,9 @@ when range requested"): a 200 may be the whole object. So the benchmark reads fr
 through this relay; the rows compared with a read (restore, boto3's download) both pass
 through it, so both pay its copy.
 
+With ``tls`` (a server context and a client context) it is an https endpoint in front of an
+https server (``benchmarks/s3.py --tls``): TLS ends and starts again in the relay.
+
 One request per connection: the relay forwards the request (with ``Connection: close``), rewrites the response's status
 line when needed, adds ``Connection: close``, relays exactly ``Content-Length`` bytes of body
 (none after a HEAD), and closes. Each connection has its own thread.
@@ -16,6 +19,7 @@ line when needed, adds ``Connection: close``, relays exactly ``Content-Length`` 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 
 BUF = 1 << 20
@@ -58,8 +62,13 @@ def _relay(src: socket.socket, dst: socket.socket, first: bytes, length: int | N
             left -= n
 
 
-def _serve(client: socket.socket, upstream: tuple[str, int]) -> None:
-    with client, socket.create_connection(upstream) as up:
+def _serve(client: socket.socket, upstream: tuple[str, int],
+           tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None) -> None:
+    up = socket.create_connection(upstream)
+    if tls is not None:
+        client = tls[0].wrap_socket(client, server_side=True)
+        up = tls[1].wrap_socket(up, server_hostname=upstream[0])
+    with client, up:
         head, rest = _read_head(client)
         if not head:
             return
@@ -87,10 +96,13 @@ def _serve(client: socket.socket, upstream: tuple[str, int]) -> None:
 class RangeRelay:
     """Listens on 127.0.0.1 (``.endpoint``) and relays to `upstream_port` until ``close``."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int,
+                 tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None) -> None:
         self._sock = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        scheme = "https" if tls is not None else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{self._sock.getsockname()[1]}"
         self._upstream = ("127.0.0.1", upstream_port)
+        self._tls = tls
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
@@ -104,7 +116,7 @@ class RangeRelay:
 
     def _one(self, c: socket.socket) -> None:
         try:
-            _serve(c, self._upstream)
+            _serve(c, self._upstream, self._tls)
         except OSError:
             pass  # the client or the server went away: the request fails on its side
 

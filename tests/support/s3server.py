@@ -7,8 +7,11 @@ The production client (obstore) talks HTTP to them; nothing in-process is mocked
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import socket
+import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,6 +47,14 @@ class MotoServer:
             self._server.stop()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that gave up (a refused TLS handshake, a cut connection) is no error of
+        the proxy's: no traceback on the test's stderr."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
 @dataclass
 class Rule:
     """Requests whose method and URL match get `status` (or wait `delay` s) `times` times;
@@ -62,13 +73,19 @@ class Rule:
 
 @dataclass
 class FaultProxy:
-    """Forwards to `upstream` (host, port); applies the first matching rule with uses left."""
+    """Forwards to `upstream` (host, port); applies the first matching rule with uses left.
+    `seen` records each request's method and path, `headers` its headers as received (and
+`body_sha256` its body's hash); with
+    `tls` (a server context) it is an https endpoint in front of the plain-http upstream."""
 
     upstream: tuple[str, int]
     rules: list[Rule] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
-    headers_seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    body_sha256: list[str] = field(default_factory=list)  # of each request's body as received
     down: bool = False
+    tls: ssl.SSLContext | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> FaultProxy:
         proxy = self
@@ -88,8 +105,12 @@ class FaultProxy:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
                 line = f"{self.command} {self.path}"
-                proxy.seen.append(line)
-                proxy.headers_seen.append((line, {k.lower(): v for k, v in self.headers.items()}))
+                got = {k.lower(): v for k, v in self.headers.items()}
+                digest = hashlib.sha256(body).hexdigest()
+                with proxy.lock:  # the three lists stay aligned under concurrent requests
+                    proxy.seen.append(line)
+                    proxy.headers.append(got)
+                    proxy.body_sha256.append(digest)
                 for r in proxy.rules:
                     if r.method == self.command and r.contains in self.path and r.hits < r.times:
                         r.hits += 1
@@ -131,10 +152,14 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
+        if self.tls is not None:  # the handshake runs in the request's thread, on first read
+            self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
         self.port = self._httpd.server_address[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
         return self

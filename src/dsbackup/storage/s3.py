@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import obstore
 from obstore.store import S3Store
@@ -31,6 +32,7 @@ from dsbackup.errors import (
     ArchiveExistsError,
     ArchiveUnavailable,
     ConfigError,
+    DsBackupError,
     IntegrityError,
 )
 from dsbackup.storage.base import Check
@@ -39,6 +41,7 @@ from dsbackup.storage.s3api import S3Api
 from dsbackup.storage.s3config import client_config, scrub, settings
 from dsbackup.storage.s3multipart import Conflict, KeyTaken, MultipartUpload
 from dsbackup.storage.s3stale import clean_before_backup
+from dsbackup.storage.s3tls import ca_bundle
 from dsbackup.storage.sent import SentRecord, SentSource
 
 TAIL_BYTES = 256 << 10  # the open's one GET: trailer, and summary and index when small
@@ -60,11 +63,15 @@ def store(bucket: str) -> S3Store:
             s = settings()
             cfg = client_config()
             timeout = timedelta(seconds=s.timeout_s)
+            https = urlsplit(cfg.get("endpoint") or "https://s3").scheme == "https"
+            options: dict[str, Any] = {"allow_http": not https, "timeout": timeout,
+                                       "connect_timeout": timedelta(seconds=10)}
+            bundle = ca_bundle() if https else None  # a private CA's certificates: trusted too
+            if bundle is not None:
+                options["root_certificate"] = bundle.pem
             try:
                 st = S3Store(bucket, config=cfg,  # type: ignore[arg-type]
-                             client_options={"allow_http": "http://" in cfg.get("endpoint", ""),
-                                             "timeout": timeout,
-                                             "connect_timeout": timedelta(seconds=10)},
+                             client_options=options,  # type: ignore[arg-type]
                              retry_config={"max_retries": s.retries, "retry_timeout": timeout,
                                            "backoff": {"init_backoff": timedelta(seconds=0.1),
                                                        "max_backoff": timedelta(seconds=5),
@@ -89,11 +96,37 @@ def message(exc: BaseException) -> str:
     line = text.splitlines()[0].strip() if text else type(exc).__name__
     line = re.sub(r"^Generic S3 error: |, max_retries: \d+, retry_timeout: \S+", "", line)
     line = re.sub(r"\s+-\s+", " - ", line)
-    cause = re.findall(r'message: "([^"]+)"', text) or re.findall(r"kind: (Timeout|Connect"
-                                                                 r"|Decode|Body)\b", text)
+    cause = re.findall(r'message: "([^"]+)"', text) or _tls_cause(text) or re.findall(
+        r"kind: (Timeout|Connect|Decode|Body)\b", text)
     if cause and cause[-1] not in line:
         line += f" ({cause[-1]})"
     return scrub(line)[:400]
+
+
+_CERT_PROBLEMS = {
+    "UnknownIssuer": "signed by a CA that is not trusted; for a private CA, name its "
+                     "certificate in AWS_CA_BUNDLE",
+    "BadSignature": "its signature does not verify",
+    "Expired": "it has expired",
+    "NotValidYet": "it is not valid yet (check the clock)",
+    "NotValidForName": "it is not valid for the endpoint's host name",
+    "Revoked": "it is revoked",
+}
+
+
+def _tls_cause(text: str) -> list[str]:
+    """The TLS failure in rustls's debug text, in words (the certificate check, mostly)."""
+    m = re.search(r"InvalidCertificate\(\s*(\w+)", text)
+    if m:
+        why = _CERT_PROBLEMS.get(m.group(1), m.group(1))
+        return [f"TLS: the server's certificate was rejected: {why}"]
+    m = re.search(r"\b(InvalidMessage|AlertReceived|InvalidContentType|CorruptMessage\w*)"
+                  r"\(?\s*(\w*)", text)
+    if m:
+        plain = "InvalidContentType" in text or "CorruptMessage" in text  # not TLS at all
+        return [f"TLS handshake failed: {m.group(1)} {m.group(2)}".strip()
+                + (" (is the endpoint really https?)" if plain else "")]
+    return []
 
 
 def _not_found(exc: BaseException) -> bool:
@@ -106,7 +139,9 @@ NOT_PARTIAL = ("the server answered a ranged GET with the whole-object status 20
                "download the object and read the local file")
 
 
-def _unavailable(loc: S3Location, what: str, exc: BaseException) -> ArchiveError:
+def _unavailable(loc: S3Location, what: str, exc: BaseException) -> DsBackupError:
+    if isinstance(exc, DsBackupError):  # the client's set-up (a CA bundle, the endpoint)
+        return exc
     if _not_found(exc):
         return ArchiveUnavailable(f"{loc}: no such archive (object not found)")
     if "non-partial response" in str(exc):  # object_store's refusal of a 200 to a range

@@ -10,11 +10,14 @@ URI-encoded once and never normalised; the canonical query sorts the encoded nam
 collapsed; the signing key is the HMAC-SHA256 chain over date, region, ``s3`` and
 ``aws4_request``. ``tests/storage/test_s3api.py`` checks it against the examples of that page.
 
-The settings are exactly the obstore client's (:func:`dsbackup.storage.s3config.client_config`:
-credentials, region, endpoint with path-style addressing; AWS itself path-style as obstore does)
-and its timeout and retries. Nothing secret leaves this module: the Authorization header, the
-secret key and the session token are never part of a message or an exception, and every
-message from the server passes :func:`dsbackup.storage.s3config.scrub`.
+Their bodies are empty, so the payload hash signed is always the empty string's SHA-256 (the
+obstore client's ``UNSIGNED-PAYLOAD`` over https saves hashing its parts; there is nothing to
+save here). The settings are exactly the obstore client's
+(:func:`dsbackup.storage.s3config.client_config`: credentials, region, endpoint with path-style
+addressing; AWS itself path-style as obstore does), its timeout and retries, and its trusted
+CAs (:mod:`dsbackup.storage.s3tls`). Nothing secret leaves this module: the Authorization
+header, the secret key and the session token are never part of a message or an exception, and
+every message from the server passes :func:`dsbackup.storage.s3config.scrub`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import hashlib
 import hmac
 import http.client
 import re
-import ssl
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -35,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 from dsbackup.errors import ArchiveUnavailable, ConfigError, S3ApiError
 from dsbackup.storage.s3config import client_config, scrub, settings
+from dsbackup.storage.s3tls import ssl_context
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -180,6 +183,12 @@ class S3Api:
         self.timeout_s = timeout_s
         self.retries = retries
         self._local = threading.local()  # each thread's kept-alive connection
+        # the system's roots plus AWS_CA_BUNDLE's (s3tls.py), as the obstore client trusts
+        self._ssl = ssl_context() if self.https else None
+        # bodies signed as the obstore client signs them (s3config.sign_payload): over
+        # plain http, or everywhere when asked
+        self.sign_payload = cfg.get("unsigned_payload",
+                                    "true" if self.https else "false") != "true"
 
     @classmethod
     def from_config(cls) -> S3Api:
@@ -205,17 +214,16 @@ class S3Api:
             conn.close()
 
     def _new_connection(self) -> http.client.HTTPConnection:
-        if self.https:
+        if self._ssl is not None:
             return http.client.HTTPSConnection(self.hostname, self.port,
-                                               timeout=self.timeout_s,
-                                               context=ssl.create_default_context())
+                                               timeout=self.timeout_s, context=self._ssl)
         return http.client.HTTPConnection(self.hostname, self.port, timeout=self.timeout_s)
 
     def payload_hash(self, body: Sequence[bytes | memoryview]) -> str:
         """What ``x-amz-content-sha256`` carries: the body's SHA-256 over plain http (the
         signature then covers the bytes), ``UNSIGNED-PAYLOAD`` over https, where TLS
-        protects them (as the AWS SDKs do)."""
-        if self.https:
+        protects them (as the AWS SDKs do), unless DSBACKUP_S3_SIGN_PAYLOAD=1."""
+        if not self.sign_payload:
             return "UNSIGNED-PAYLOAD"
         h = hashlib.sha256()
         for piece in body:

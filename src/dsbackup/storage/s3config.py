@@ -6,7 +6,8 @@ standard AWS environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_K
 ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``); then the shared files (``~/.aws/credentials`` and
 ``~/.aws/config``, or ``AWS_SHARED_CREDENTIALS_FILE`` / ``AWS_CONFIG_FILE``), for the profile
 ``AWS_PROFILE`` or ``default``. Without keys from either, the client's own chain (instance
-metadata, web identity) is used.
+metadata, web identity) is used. Request bodies are signed over plain http only
+(:func:`sign_payload`); the CA bundle of a private CA is :mod:`dsbackup.storage.s3tls`'s.
 
 Every secret value found is registered with :func:`scrub`, which every error message from
 the S3 client passes through: credentials never reach logs, ``--json`` or exceptions.
@@ -165,16 +166,46 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
     return p
 
 
+def _conf_file() -> Path:
+    return Path(os.environ.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config")
+
+
+def _profile() -> str:
+    return os.environ.get("AWS_PROFILE") or "default"
+
+
+def profile_config() -> tuple[dict[str, str], str]:
+    """The profile's section of ``~/.aws/config`` (``AWS_CONFIG_FILE``), and a description of
+    where it is for messages (``profile P in FILE``)."""
+    conf_file, profile = _conf_file(), _profile()
+    conf = _profile_section(_read_ini(conf_file), profile, True) if conf_file.is_file() else {}
+    return conf, f"profile {profile} of {conf_file}"
+
+
+def sign_payload(endpoint: str | None) -> bool:
+    """Whether request bodies are signed (SigV4 ``x-amz-content-sha256`` = their SHA-256):
+    over plain http, as the AWS SDKs do; over https (AWS itself included) they are sent as
+    ``UNSIGNED-PAYLOAD``, TLS protecting them in transit, unless ``DSBACKUP_S3_SIGN_PAYLOAD``
+    asks for signing everywhere (a server that refuses unsigned payloads)."""
+    raw = os.environ.get("DSBACKUP_S3_SIGN_PAYLOAD", "").strip().lower()
+    if raw in ("1", "true", "yes", "on", "always"):
+        return True
+    if raw not in ("", "0", "false", "no", "off", "auto"):
+        raise ConfigError(f"DSBACKUP_S3_SIGN_PAYLOAD={raw!r}: expected 1 (sign request bodies "
+                          "over https too) or 0/auto (sign over plain http only, the default)")
+    return urlsplit(endpoint).scheme != "https" if endpoint else False
+
+
 def client_config() -> dict[str, str]:
-    """The obstore S3 config: credentials, region, endpoint (path-style with an endpoint)."""
+    """The obstore S3 config: credentials, region, endpoint (path-style with an endpoint),
+    payload signing (:func:`sign_payload`)."""
     env = os.environ
-    profile = env.get("AWS_PROFILE") or "default"
-    home = Path.home()
-    creds_file = Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or home / ".aws" / "credentials")
-    conf_file = Path(env.get("AWS_CONFIG_FILE") or home / ".aws" / "config")
+    profile = _profile()
+    creds_file = Path(env.get("AWS_SHARED_CREDENTIALS_FILE")
+                      or Path.home() / ".aws" / "credentials")
     creds = _profile_section(_read_ini(creds_file), profile, False) if creds_file.is_file() \
         else {}
-    conf = _profile_section(_read_ini(conf_file), profile, True) if conf_file.is_file() else {}
+    conf, _ = profile_config()
     out: dict[str, str] = {}
     key_id = env.get("AWS_ACCESS_KEY_ID") or creds.get("aws_access_key_id") or \
         conf.get("aws_access_key_id")
@@ -197,5 +228,6 @@ def client_config() -> dict[str, str]:
         out["endpoint"] = endpoint
         out["virtual_hosted_style_request"] = "false"  # path-style: S3-compatible servers
     out["region"] = region or "us-east-1"
+    out["unsigned_payload"] = "false" if sign_payload(endpoint) else "true"
     out.update(_settings.extra)
     return out

@@ -1,0 +1,71 @@
+"""TLS for the S3 clients (docs/STORAGE.md "https and private CAs"): the CA bundle of a
+server behind a private CA, named as the AWS tools name it, ``AWS_CA_BUNDLE``, else
+``ca_bundle`` in the profile's section of ``~/.aws/config``. Its certificates are added to the
+system's trusted roots, for obstore (its ``root_certificate`` client option) and for our own
+requests (:mod:`dsbackup.storage.s3api`, an ``ssl`` context). A bundle that cannot be read or
+holds no valid PEM certificate is a :class:`~dsbackup.errors.ConfigError` (exit 2) naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsbackup.errors import ConfigError
+from dsbackup.storage.s3config import profile_config
+
+PEM_CERT = b"-----BEGIN CERTIFICATE-----"
+
+
+@dataclass(frozen=True)
+class CaBundle:
+    path: str
+    source: str  # where it was named: "AWS_CA_BUNDLE", "ca_bundle of profile P in FILE"
+    pem: bytes
+
+
+def ca_bundle_path() -> tuple[str, str] | None:
+    """(path, where it was named), or None when no CA bundle is configured."""
+    env = os.environ.get("AWS_CA_BUNDLE", "").strip()
+    if env:
+        return os.path.expanduser(env), "AWS_CA_BUNDLE"
+    conf, where = profile_config()
+    value = conf.get("ca_bundle", "").strip()
+    if value:
+        return os.path.expanduser(value), f"ca_bundle in {where}"
+    return None
+
+
+def ca_bundle() -> CaBundle | None:
+    """The configured CA bundle, read and checked (every call reads the file again: a client
+    is made once per bucket and process)."""
+    named = ca_bundle_path()
+    if named is None:
+        return None
+    path, source = named
+    what = f"CA bundle {path} (from {source})"
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read it: {exc.strerror or exc}") from None
+    if PEM_CERT not in pem:
+        raise ConfigError(f"{what}: no PEM certificate in it (expected '-----BEGIN "
+                          "CERTIFICATE-----' blocks)")
+    try:
+        ssl.create_default_context().load_verify_locations(
+            cadata=pem.decode("ascii", errors="replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc).split(" (_ssl")[0]
+        raise ConfigError(f"{what}: not a valid PEM certificate bundle ({reason})") from None
+    return CaBundle(path, source, pem)
+
+
+def ssl_context() -> ssl.SSLContext:
+    """The system's trusted roots, plus the configured CA bundle's certificates."""
+    ctx = ssl.create_default_context()
+    bundle = ca_bundle()
+    if bundle is not None:
+        ctx.load_verify_locations(cadata=bundle.pem.decode("ascii", errors="replace"))
+    return ctx
