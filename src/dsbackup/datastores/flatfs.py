@@ -64,6 +64,7 @@ from dsbackup.datastores.flatfs_layout import (
 )
 from dsbackup.datastores.flatfs_listing import ShardLister
 from dsbackup.errors import DatastoreError, InvalidKey, NotFound
+from dsbackup.storage.tempfiles import fsync_dir
 from dsbackup.storage.writeback import start_writeback
 
 __all__ = ["FlatfsDatastore", "open_flatfs", "DEFAULT_MAX_NAMES"]
@@ -251,7 +252,7 @@ class FlatfsDatastore(BaseDatastore):
             return d
         self._add_usage(os.stat(d).st_size)
         if self.sync_writes:
-            _fsync_dir(self._root)
+            fsync_dir(self._root)
         return d
 
     def _temp_file(self, shard_dir: bytes) -> tuple[int, bytes]:
@@ -297,7 +298,7 @@ class FlatfsDatastore(BaseDatastore):
         tmp, dest, d = self._write_temp(self.name_prefix + key[1:], value)
         self._rename_in(tmp, dest)
         if self.sync_writes:
-            _fsync_dir(d)
+            fsync_dir(d)
 
     def _delete(self, key: bytes) -> None:
         if not is_valid_key(key):
@@ -638,14 +639,6 @@ def _sync_all(paths: list[bytes], flags: int) -> None:
                             thread_name_prefix="dsbackup-fsync") as pool:
         for _ in pool.map(one, paths):
             pass
-
-
-def _fsync_dir(path: bytes) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quiet(path: bytes) -> None:
