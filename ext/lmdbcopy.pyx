@@ -15,7 +15,7 @@ must make sure neither environment is open through py-lmdb in this process meanw
 import errno
 import os
 
-from dsbackup.errors import DatastoreError
+from dsbackup.errors import LmdbOSError
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memcmp
@@ -64,15 +64,12 @@ from liblmdb cimport (
 cdef int _MAX_GROWTHS = 40
 
 
-class LmdbCopyError(DatastoreError, OSError):
+class LmdbCopyError(LmdbOSError):
     """liblmdb reported an error while copying (exit 2): the message names the environment,
     the operation, and LMDB's text beside its return code; ``errno`` is set for a system
-    error."""
+    error (printed without ``[Errno N]``: :class:`dsbackup.errors.LmdbOSError`)."""
 
     description = "LMDB copy failed"
-
-    def __str__(self) -> str:
-        return self.strerror if self.errno is not None and self.strerror else OSError.__str__(self)
 
 
 class LmdbCopyNoSpace(LmdbCopyError):
