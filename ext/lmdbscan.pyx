@@ -30,6 +30,7 @@ from framing cimport (
     ds_chunker,
     ds_framing_api,
 )
+from frameutil cimport key_cmp
 from libxxhash cimport XXH3_64bits
 from liblmdb cimport (
     MDB_DUPSORT,
@@ -129,10 +130,7 @@ cdef inline const unsigned char *nodes_ahead(const unsigned char *key, size_t kl
 cdef inline int key_order(const unsigned char *a, size_t alen, const unsigned char *b,
                           size_t blen) noexcept nogil:
     """FR_OK when key a < key b (bytewise), else FR_EORDER."""
-    cdef int c = memcmp(a, b, alen if alen < blen else blen)
-    if c < 0 or (c == 0 and alen < blen):
-        return FR_OK
-    return FR_EORDER
+    return FR_OK if key_cmp(a, alen, b, blen) < 0 else FR_EORDER
 
 
 cdef object _lmdb_error(int rc, str what):
