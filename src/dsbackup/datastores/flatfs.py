@@ -43,6 +43,7 @@ from dsbackup.datastores.base import (
     DEFAULT_MAX_RECORDS,
     BaseDatastore,
     batch_items,
+    unbatch,
 )
 from dsbackup.datastores.flatfs_audit import FileAudit, SkippedFiles
 from dsbackup.datastores.flatfs_fastlist import FlatListing, list_flatfs
@@ -438,12 +439,10 @@ class FlatfsDatastore(BaseDatastore):
             yield keys, sizes
 
     def _iter_items(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        for keys, vals in self.scan_batches(start, end, max_records=256):
-            yield from zip(keys, vals)
+        return unbatch(self.scan_batches(start, end, max_records=256))
 
     def _iter_sizes(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, int]]:
-        for keys, sizes in self.scan_key_sizes(start, end, max_records=1024):
-            yield from zip(keys, sizes)
+        return unbatch(self.scan_key_sizes(start, end, max_records=1024))
 
     def approx_count(self) -> int:
         """Number of ``.data`` files (one listing, no sort)."""

@@ -32,6 +32,7 @@ from dsbackup.datastores.base import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_RECORDS,
     BaseDatastore,
+    unbatch,
 )
 from dsbackup.errors import DatastoreError, InvalidKey, LockedError, NotFound
 
@@ -265,12 +266,10 @@ class LmdbDatastore(BaseDatastore):
         self._write(ops)
 
     def _iter_items(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        for keys, vals in self.scan_batches(start, end, max_records=1024):
-            yield from zip(keys, vals)
+        return unbatch(self.scan_batches(start, end, max_records=1024))
 
     def _iter_sizes(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, int]]:
-        for keys, sizes in self.scan_key_sizes(start, end, max_records=1024):
-            yield from zip(keys, sizes)
+        return unbatch(self.scan_key_sizes(start, end, max_records=1024))
 
     # -- fast paths ----------------------------------------------------------------------
     def scan_batches(self, start: bytes = b"", end: bytes | None = None, *,
