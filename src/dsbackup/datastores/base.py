@@ -333,11 +333,15 @@ class BaseDatastore(ABC):
             keys, sizes = zip(*chunk)
             yield list(keys), list(sizes)
 
-    def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
-        """Store many records at once (one transaction where the backend has them)."""
+    def _check_put_many(self, keys: list[bytes], values: list[bytes]) -> None:
+        """What every ``put_many`` checks first: a writable store, a value for each key."""
         self._check_writable()
         if len(keys) != len(values):
             raise ValueError("put_many: keys and values differ in length")
+
+    def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
+        """Store many records at once (one transaction where the backend has them)."""
+        self._check_put_many(keys, values)
         for k in keys:
             self._validate_key(k)
         self._apply_batch(list(zip(keys, values)))

@@ -324,9 +324,7 @@ class FlatfsDatastore(BaseDatastore):
     def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
         """Write all temp files (fsynced when ``sync``), rename them in, then fsync each
         touched directory once."""
-        self._check_writable()
-        if len(keys) != len(values):
-            raise ValueError("put_many: keys and values differ in length")
+        self._check_put_many(keys, values)
         for k in keys:
             self._validate_key(k)
         self._put_pairs(list(zip(keys, values)))

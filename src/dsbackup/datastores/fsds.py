@@ -155,15 +155,6 @@ class FsDatastore(BaseDatastore):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             pass
 
-    def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
-        self._check_writable()
-        if len(keys) != len(values):
-            raise ValueError("put_many: keys and values differ in length")
-        for k in keys:
-            self._validate_key(k)
-        for k, v in zip(keys, values):
-            self._write(k, v)
-
     # -- listing and scans ---------------------------------------------------------------
     def _walk(self, audit: FileAudit | None = None) -> list[bytes]:
         """Every key (sorted); other files go to ``audit``."""

@@ -332,9 +332,7 @@ class LmdbDatastore(BaseDatastore):
 
     def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
         """One write transaction; append mode when keys are sorted past the last key."""
-        self._check_writable()
-        if len(keys) != len(values):
-            raise ValueError("put_many: keys and values differ in length")
+        self._check_put_many(keys, values)
         if not keys:
             return
         limit = self._env.max_key_size()

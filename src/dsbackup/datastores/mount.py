@@ -155,9 +155,7 @@ class MountDatastore(BaseDatastore):
             m.datastore._apply_batch(child_ops)
 
     def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
-        self._check_writable()
-        if len(keys) != len(values):
-            raise ValueError("put_many: keys and values differ in length")
+        self._check_put_many(keys, values)
         groups: dict[int, tuple[Mount, list[bytes], list[bytes]]] = {}
         for k, v in zip(keys, values):
             m, ck = self._route(k, write=True)
