@@ -55,11 +55,11 @@ from liblmdb cimport (
     mdb_env_open,
     mdb_env_set_mapsize,
     mdb_env_sync,
-    mdb_strerror,
     mdb_txn_abort,
     mdb_txn_begin,
     mdb_txn_commit,
 )
+from lmdberror cimport lmdb_message
 
 cdef int _MAX_GROWTHS = 40
 
@@ -97,7 +97,7 @@ cdef object _error_errno(int err, str what):
 
 
 cdef object _error(int rc, str what):
-    return LmdbCopyError(f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')} (LMDB error {rc})")
+    return LmdbCopyError(lmdb_message(rc, what))
 
 
 include "lmdbenv.pxi"

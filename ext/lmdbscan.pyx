@@ -60,13 +60,13 @@ from liblmdb cimport (
     mdb_env_create,
     mdb_env_open,
     mdb_env_set_maxdbs,
-    mdb_strerror,
     mdb_txn_abort,
     mdb_txn_begin,
     mdb_txn_id,
     mdb_txn_renew,
     mdb_txn_reset,
 )
+from lmdberror cimport lmdb_message
 from planner cimport ds_plan, ds_planner, ds_planner_api
 
 from dsbackup._ext import compress as _compress_mod
@@ -134,7 +134,7 @@ cdef inline int key_order(const unsigned char *a, size_t alen, const unsigned ch
 
 
 cdef object _lmdb_error(int rc, str what):
-    msg = f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')} (LMDB error {rc})"
+    msg = lmdb_message(rc, what)
     if rc > 0:
         return OSError(rc, msg)
     return LmdbError(msg)

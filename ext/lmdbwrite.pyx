@@ -78,11 +78,11 @@ from liblmdb cimport (
     mdb_env_open,
     mdb_env_set_mapsize,
     mdb_env_sync,
-    mdb_strerror,
     mdb_txn_abort,
     mdb_txn_begin,
     mdb_txn_commit,
 )
+from lmdberror cimport lmdb_message
 from uvarint cimport UV_OK, get_uvarint
 
 cdef int _MAX_GROWTHS = 40
@@ -180,7 +180,7 @@ cdef object _error_errno(int err, str what):
 
 
 cdef object _error(int rc, str what):
-    return LmdbWriteError(f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')} (LMDB error {rc})")
+    return LmdbWriteError(lmdb_message(rc, what))
 
 
 include "lmdbenv.pxi"
