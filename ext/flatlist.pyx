@@ -23,6 +23,7 @@ from libc.stdint cimport int8_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset, strlen
 
+from frameutil cimport key_cmp
 from libposixdir cimport (
     AT_SYMLINK_NOFOLLOW,
     DIR,
@@ -202,14 +203,6 @@ cdef int run_add(fl_run *r, const unsigned char *key, size_t klen, uint32_t flag
     r.alen += klen
     r.n += 1
     return 0
-
-
-cdef inline int key_cmp(const unsigned char *a, size_t alen, const unsigned char *b,
-                        size_t blen) noexcept nogil:
-    cdef int c = memcmp(a, b, alen if alen < blen else blen)
-    if c:
-        return c
-    return (alen > blen) - (alen < blen)
 
 
 cdef int run_sort(fl_run *r) noexcept nogil:

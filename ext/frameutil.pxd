@@ -1,8 +1,8 @@
 # Small inline helpers of the payload format (docs/FORMAT.md §4), shared by framing.pyx,
-# payload.pyx and planner.pyx: growable buffers, little-endian u64, key order and the key
-# digest (§4.2; the length varints are in uvarint.pxd). Inline functions only (compiled into
-# each module that cimports them), so this header has no module of its own and costs no call
-# across modules.
+# payload.pyx and planner.pyx (flatlist.pyx takes key_cmp, the one key order): growable
+# buffers, little-endian u64, key order and the key digest (§4.2; the length varints are in
+# uvarint.pxd). Inline functions only (compiled into each module that cimports them), so
+# this header has no module of its own and costs no call across modules.
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy

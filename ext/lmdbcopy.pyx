@@ -15,7 +15,7 @@ must make sure neither environment is open through py-lmdb in this process meanw
 import errno
 import os
 
-from dsbackup.errors import DatastoreError
+from dsbackup.errors import LmdbOSError
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memcmp
@@ -55,24 +55,21 @@ from liblmdb cimport (
     mdb_env_open,
     mdb_env_set_mapsize,
     mdb_env_sync,
-    mdb_strerror,
     mdb_txn_abort,
     mdb_txn_begin,
     mdb_txn_commit,
 )
+from lmdberror cimport lmdb_message
 
 cdef int _MAX_GROWTHS = 40
 
 
-class LmdbCopyError(DatastoreError, OSError):
+class LmdbCopyError(LmdbOSError):
     """liblmdb reported an error while copying (exit 2): the message names the environment,
     the operation, and LMDB's text beside its return code; ``errno`` is set for a system
-    error."""
+    error (printed without ``[Errno N]``: :class:`dsbackup.errors.LmdbOSError`)."""
 
     description = "LMDB copy failed"
-
-    def __str__(self) -> str:
-        return self.strerror if self.errno is not None and self.strerror else OSError.__str__(self)
 
 
 class LmdbCopyNoSpace(LmdbCopyError):
@@ -100,7 +97,7 @@ cdef object _error_errno(int err, str what):
 
 
 cdef object _error(int rc, str what):
-    return LmdbCopyError(f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')} (LMDB error {rc})")
+    return LmdbCopyError(lmdb_message(rc, what))
 
 
 include "lmdbenv.pxi"

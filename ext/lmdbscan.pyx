@@ -30,6 +30,7 @@ from framing cimport (
     ds_chunker,
     ds_framing_api,
 )
+from frameutil cimport key_cmp
 from libxxhash cimport XXH3_64bits
 from liblmdb cimport (
     MDB_DUPSORT,
@@ -59,13 +60,13 @@ from liblmdb cimport (
     mdb_env_create,
     mdb_env_open,
     mdb_env_set_maxdbs,
-    mdb_strerror,
     mdb_txn_abort,
     mdb_txn_begin,
     mdb_txn_id,
     mdb_txn_renew,
     mdb_txn_reset,
 )
+from lmdberror cimport lmdb_message
 from planner cimport ds_plan, ds_planner, ds_planner_api
 
 from dsbackup._ext import compress as _compress_mod
@@ -129,14 +130,11 @@ cdef inline const unsigned char *nodes_ahead(const unsigned char *key, size_t kl
 cdef inline int key_order(const unsigned char *a, size_t alen, const unsigned char *b,
                           size_t blen) noexcept nogil:
     """FR_OK when key a < key b (bytewise), else FR_EORDER."""
-    cdef int c = memcmp(a, b, alen if alen < blen else blen)
-    if c < 0 or (c == 0 and alen < blen):
-        return FR_OK
-    return FR_EORDER
+    return FR_OK if key_cmp(a, alen, b, blen) < 0 else FR_EORDER
 
 
 cdef object _lmdb_error(int rc, str what):
-    msg = f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')} (LMDB error {rc})"
+    msg = lmdb_message(rc, what)
     if rc > 0:
         return OSError(rc, msg)
     return LmdbError(msg)

@@ -36,7 +36,7 @@ any of them, raises.
 import errno
 import os
 
-from dsbackup.errors import DatastoreError, IntegrityError, InvalidKey
+from dsbackup.errors import IntegrityError, InvalidKey, LmdbOSError
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint64_t
@@ -78,11 +78,11 @@ from liblmdb cimport (
     mdb_env_open,
     mdb_env_set_mapsize,
     mdb_env_sync,
-    mdb_strerror,
     mdb_txn_abort,
     mdb_txn_begin,
     mdb_txn_commit,
 )
+from lmdberror cimport lmdb_message
 from uvarint cimport UV_OK, get_uvarint
 
 cdef int _MAX_GROWTHS = 40
@@ -136,15 +136,12 @@ ctypedef struct wresult:
     bint remapped           # LMDB mapped the file anew (another process grew it)
 
 
-class LmdbWriteError(DatastoreError, OSError):
+class LmdbWriteError(LmdbOSError):
     """liblmdb reported an error while writing (exit 2): the message names the environment,
     the operation, and LMDB's text beside its return code; ``errno`` is set for a system
-    error."""
+    error (printed without ``[Errno N]``: :class:`dsbackup.errors.LmdbOSError`)."""
 
     description = "LMDB write failed"
-
-    def __str__(self) -> str:
-        return self.strerror if self.errno is not None and self.strerror else OSError.__str__(self)
 
 
 class LmdbNoSpace(LmdbWriteError):
@@ -183,7 +180,7 @@ cdef object _error_errno(int err, str what):
 
 
 cdef object _error(int rc, str what):
-    return LmdbWriteError(f"{what}: {mdb_strerror(rc).decode('utf-8', 'replace')} (LMDB error {rc})")
+    return LmdbWriteError(lmdb_message(rc, what))
 
 
 include "lmdbenv.pxi"

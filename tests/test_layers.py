@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
 # The base modules at the package root; every other root module must be a program.
 BASE = {"dsbackup", "dsbackup._ext", "dsbackup._lazy", "dsbackup._libc", "dsbackup._version",
         "dsbackup.allocator", "dsbackup.blockcheck", "dsbackup.diskspace", "dsbackup.errors",
-        "dsbackup.metadata", "dsbackup.multiformats",
+        "dsbackup.metadata", "dsbackup.multiformats", "dsbackup.poolmap",
         "dsbackup.filemodes", "dsbackup.keys", "dsbackup.patterns"}
 PROGRAMS = {"dsbackup.__main__", "dsbackup.demo", "dsbackup.datasets"}  # the cli group: entry
 # points and the generated data sets of the demo, tests and benchmarks

@@ -33,6 +33,17 @@ class DatastoreError(DsBackupError):
     description = "datastore error"
 
 
+class LmdbOSError(DatastoreError, OSError):
+    """An LMDB failure of the native writers (``LmdbWriteError``, ``LmdbCopyError``): an
+    ``OSError`` whose ``errno`` is set for a system error, printed as its message alone
+    (without Python's ``[Errno N]`` prefix)."""
+
+    description = "LMDB write or copy failed"
+
+    def __str__(self) -> str:
+        return self.strerror if self.errno is not None and self.strerror else OSError.__str__(self)
+
+
 class NotFound(DatastoreError, KeyError):
     """A key is not in the datastore (go-datastore's ErrNotFound)."""
 

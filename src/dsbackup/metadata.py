@@ -7,6 +7,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 
+def per_second(amount: float, seconds: float) -> float:
+    """A rate: `amount` per second, 0.0 before any time has passed."""
+    return amount / seconds if seconds > 0 else 0.0
+
+
 @dataclass
 class Progress:
     """Passed to progress callbacks. Totals are estimates from the store (may be None)."""
@@ -21,11 +26,11 @@ class Progress:
     @property
     def rate(self) -> float:
         """Bytes per second so far."""
-        return self.bytes / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return per_second(self.bytes, self.elapsed_s)
 
     @property
     def records_rate(self) -> float:
-        return self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return per_second(self.records, self.elapsed_s)
 
     @property
     def eta(self) -> float | None:
@@ -61,11 +66,11 @@ class BackupStatistics:
 
     @property
     def throughput_bytes_s(self) -> float:
-        return self.bytes_processed / self.duration_s if self.duration_s > 0 else 0.0
+        return per_second(self.bytes_processed, self.duration_s)
 
     @property
     def records_per_s(self) -> float:
-        return self.keys_processed / self.duration_s if self.duration_s > 0 else 0.0
+        return per_second(self.keys_processed, self.duration_s)
 
 
 @dataclass
@@ -127,7 +132,7 @@ class RestoreResult:
 
     @property
     def throughput_bytes_s(self) -> float:
-        return self.bytes_written / self.duration_s if self.duration_s > 0 else 0.0
+        return per_second(self.bytes_written, self.duration_s)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

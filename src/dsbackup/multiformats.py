@@ -33,6 +33,7 @@ __all__ = [
     "hash_function",
     "parse_cid",
     "read_varint",
+    "uvarint",
     "write_varint",
 ]
 
@@ -49,6 +50,12 @@ MAX_VARINT_LEN = 9  # go-varint: 63-bit values at most
 def write_varint(n: int) -> bytes:
     if n < 0 or n >= 1 << 63:
         raise MultiformatError(f"varint out of range: {n}")
+    return uvarint(n)
+
+
+def uvarint(n: int) -> bytes:
+    """Unsigned LEB128, minimal, of any size (the archive's varints, docs/FORMAT.md §4, and
+    the multiformats' 63-bit ones: :func:`write_varint` checks that range)."""
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)

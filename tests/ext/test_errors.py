@@ -23,6 +23,7 @@ from dsbackup.errors import (
     DsBackupError,
     IntegrityError,
     InvalidKey,
+    LmdbOSError,
     exit_code_table,
 )
 
@@ -118,6 +119,11 @@ def test_errno_errors_keep_errno_and_print_their_message() -> None:
     assert c.errno == errno.EIO and str(c) == "/y: cannot reserve space: Input/output error"
     assert str(lmdbwrite.LmdbWriteError("/z: sync: MDB_PANIC (LMDB error -30795)")) == \
         "/z: sync: MDB_PANIC (LMDB error -30795)"
+    # both print through the one shared __str__ (errors.LmdbOSError)
+    assert issubclass(lmdbwrite.LmdbWriteError, LmdbOSError)
+    assert issubclass(lmdbcopy.LmdbCopyError, LmdbOSError)
+    w = lmdbwrite.LmdbWriteError(errno.EIO, "/w: cannot write: Input/output error")
+    assert str(w) == "/w: cannot write: Input/output error"
 
 
 def test_native_error_reaches_the_cli_as_one_line(tmp_path) -> None:

@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dsbackup import datasets
-from dsbackup.storage.tempfiles import remove_stale_temp_files, stale_temp_files
+from dsbackup.storage.tempfiles import fsync_dir, remove_stale_temp_files, stale_temp_files
 
 WRITER = """
 import sys, time
@@ -82,3 +84,27 @@ def test_lock_and_boot_time_decide_when_the_pid_is_ambiguous(tmp_path):
     finally:
         os.close(fd)
     assert remove_stale_temp_files(final) == [locked]  # lock released: a dead writer's
+
+
+def test_fsync_dir_takes_str_bytes_and_path_and_syncs_the_directory(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for p in (tmp_path, str(tmp_path), os.fsencode(tmp_path)):
+        fsync_dir(p)
+    assert synced == [str(tmp_path)] * 3
+
+
+def test_fsync_dir_raises_an_open_error_unless_best_effort(tmp_path):
+    missing = tmp_path / "gone"
+    with pytest.raises(FileNotFoundError):
+        fsync_dir(missing)
+    with pytest.raises(NotADirectoryError):
+        (tmp_path / "file").write_bytes(b"")
+        fsync_dir(tmp_path / "file")
+    fsync_dir(missing, best_effort=True)  # the migration journal's directories: skipped

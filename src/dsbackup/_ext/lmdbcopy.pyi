@@ -3,9 +3,9 @@
 import os
 from types import TracebackType
 
-from dsbackup.errors import DatastoreError
+from dsbackup.errors import LmdbOSError
 
-class LmdbCopyError(DatastoreError, OSError): ...
+class LmdbCopyError(LmdbOSError): ...
 
 class LmdbCopyNoSpace(LmdbCopyError):
     needed: int

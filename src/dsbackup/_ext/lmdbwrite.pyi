@@ -4,9 +4,9 @@ import os
 from collections.abc import Iterable
 from types import TracebackType
 
-from dsbackup.errors import DatastoreError, IntegrityError, InvalidKey
+from dsbackup.errors import IntegrityError, InvalidKey, LmdbOSError
 
-class LmdbWriteError(DatastoreError, OSError): ...
+class LmdbWriteError(LmdbOSError): ...
 class LmdbKeyTooLong(LmdbWriteError, InvalidKey): ...
 
 class LmdbNoSpace(LmdbWriteError):

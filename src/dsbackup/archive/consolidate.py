@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dsbackup._ext.checksum import crc32, crc32_combine
@@ -22,6 +20,7 @@ from dsbackup.archive.verify import check_payload
 from dsbackup.archive.writer import ArchiveWriter, WrittenArchive
 from dsbackup.errors import IntegrityError
 from dsbackup.pipeline.chunks import ReadyChunk
+from dsbackup.poolmap import ordered_map
 from dsbackup.storage import display
 
 
@@ -56,22 +55,6 @@ def _load(reader: ArchiveReader, i: int, level: int) -> ReadyChunk:
                           else _body_of(craw, cdata, level))
         c.catalog_xxh3 = holder.index.catalog(seq).data_xxh3
     return c
-
-
-def _loaded(reader: ArchiveReader, pool: ThreadPoolExecutor, level: int, window: int,
-            ) -> Iterator[ReadyChunk]:
-    pending: deque[Future] = deque()
-    ids = iter(range(reader.chunk_count))
-    try:
-        for i in ids:
-            pending.append(pool.submit(_load, reader, i, level))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for f in pending:
-            f.cancel()
 
 
 def consolidate_archive(path: str | os.PathLike[str], out: str | os.PathLike[str], *,
@@ -113,7 +96,8 @@ def consolidate_archive(path: str | os.PathLike[str], out: str | os.PathLike[str
                            page_entries=page_entries_after("auto", reader.index)) as w, \
                 ThreadPoolExecutor(max_workers=threads,
                                    thread_name_prefix="dsbackup-consolidate") as pool:
-            for c in _loaded(reader, pool, level, 2 * threads):
+            for c in ordered_map(pool, lambda i: _load(reader, i, level),
+                                 range(reader.chunk_count), 2 * threads):
                 w.add_chunk(c, c.catalog_body, c.catalog_xxh3)
             keep = {k: s[k] for k in ("excluded_records", "excluded_bytes", "snapshot")
                     if k in s}

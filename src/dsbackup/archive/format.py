@@ -287,16 +287,6 @@ class Trailer:
         return t
 
 
-def uvarint(n: int) -> bytes:
-    """Unsigned LEB128, minimal (§4)."""
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def read_uvarint(buf: memoryview, pos: int, where: str, part: str | None = None
                  ) -> tuple[int, int]:
     """(value, next position) of the uvarint at `pos`: at most 10 bytes, minimal encoding

@@ -91,6 +91,23 @@ class CatalogEntry:
     data_xxh3: int
 
 
+def append_chunk_entry(table: bytearray, keys: bytearray, e: ChunkEntry) -> None:
+    """Append chunk entry `e` to an index table (§5), its first and last keys to the keys
+    blob the entry points into (at the blob's current end)."""
+    table += _ENTRY.pack(
+        e.seq, e.offset, e.length, e.payload_len, e.records, e.payload_xxh3,
+        e.member_xxh3, e.keys_xxh3, len(keys), len(e.first_key), len(e.last_key),
+        e.flags, e.epoch,
+    )
+    keys += e.first_key
+    keys += e.last_key
+
+
+def catalog_entry_bytes(c: CatalogEntry) -> bytes:
+    """Catalog entry `c` as the index stores it (§5)."""
+    return _CATALOG.pack(c.offset, c.length, c.member_xxh3, c.data_len, c.data_xxh3)
+
+
 class IndexBuilder:
     """Accumulates index entries compactly (bytes, not objects) while an archive is written."""
 
@@ -106,17 +123,11 @@ class IndexBuilder:
     def add_chunk(self, e: ChunkEntry) -> None:
         if e.seq != self.count:
             raise ValueError(f"chunk seq {e.seq} added out of order (expected {self.count})")
-        self._table += _ENTRY.pack(
-            e.seq, e.offset, e.length, e.payload_len, e.records, e.payload_xxh3,
-            e.member_xxh3, e.keys_xxh3, len(self._keys), len(e.first_key), len(e.last_key),
-            e.flags, e.epoch,
-        )
-        self._keys += e.first_key
-        self._keys += e.last_key
+        append_chunk_entry(self._table, self._keys, e)
         self.count += 1
 
     def add_catalog(self, c: CatalogEntry) -> None:
-        self._catalog += _CATALOG.pack(c.offset, c.length, c.member_xxh3, c.data_len, c.data_xxh3)
+        self._catalog += catalog_entry_bytes(c)
         self.catalog_count += 1
 
     def encode(self, manifest_length: int, manifest_xxh3: int, node_offset: int = 0,

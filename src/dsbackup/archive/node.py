@@ -10,8 +10,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from dsbackup.archive.format import read_uvarint, uvarint
+from dsbackup.archive.format import read_uvarint
 from dsbackup.errors import IntegrityError
+from dsbackup.multiformats import uvarint
 
 NODE_MAGIC = b"DSN1"
 KIND_FILE = 0

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from dsbackup.archive.index import (
+    _CATALOG,
+    _ENTRY,
     CATALOG_DTYPE,
     ENTRY_DTYPE,
     FLAG_PARENT,
@@ -24,8 +26,6 @@ from dsbackup.archive.index import (
     _first_not_below,
 )
 from dsbackup.archive.pages import (
-    _CATALOG,
-    _ENTRY,
     _MEMBER_MIN,
     _PAGE_HEADER,
     _ROOT_ENTRY,

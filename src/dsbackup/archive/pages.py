@@ -11,7 +11,12 @@ from __future__ import annotations
 import os
 import struct
 
-from dsbackup.archive.index import CatalogEntry, ChunkEntry
+from dsbackup.archive.index import (
+    CatalogEntry,
+    ChunkEntry,
+    append_chunk_entry,
+    catalog_entry_bytes,
+)
 from dsbackup.errors import ConfigError
 
 PAGE_MAGIC = b"DSP1"
@@ -27,8 +32,6 @@ _PAGE_HEADER = struct.Struct("<4sIQQQQQQQ")  # 64 bytes
 # node length, root keys length, catalog flag, reserved x2
 _ROOT_HEADER = struct.Struct("<4sIQQQQQQQQQQQ")  # 96 bytes
 _ROOT_ENTRY = struct.Struct("<QQQQQQIIQ")  # 64 bytes
-_ENTRY = struct.Struct("<QQQQQQQQQIIII")  # 88 bytes, as §5
-_CATALOG = struct.Struct("<QQQQQ")  # 40 bytes, as §5
 
 _MEMBER_MIN = 16  # a member is longer than its gzip header (fmt.SUBFIELD_OFFSET)
 
@@ -127,13 +130,7 @@ class PagedIndexBuilder:
             raise ValueError(f"chunk seq {e.seq} added out of order (expected {self.count})")
         if self._in_page == self.page_entries:
             raise ValueError("the full index page was not taken before the next chunk")
-        self._table += _ENTRY.pack(
-            e.seq, e.offset, e.length, e.payload_len, e.records, e.payload_xxh3,
-            e.member_xxh3, e.keys_xxh3, len(self._keys), len(e.first_key), len(e.last_key),
-            e.flags, e.epoch,
-        )
-        self._keys += e.first_key
-        self._keys += e.last_key
+        append_chunk_entry(self._table, self._keys, e)
         if not self._in_page:
             self._page_first = bytes(e.first_key)
         self._page_last = bytes(e.last_key)
@@ -142,8 +139,7 @@ class PagedIndexBuilder:
         self.count += 1
 
     def add_catalog(self, c: CatalogEntry) -> None:
-        self._catalog += _CATALOG.pack(c.offset, c.length, c.member_xxh3, c.data_len,
-                                       c.data_xxh3)
+        self._catalog += catalog_entry_bytes(c)
         self._page_catalogs += 1
         self.catalog_count += 1
 

@@ -8,9 +8,8 @@ import os
 import random
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +26,7 @@ from dsbackup.errors import (
     UnsupportedArchive,
     WrongKeyError,
 )
+from dsbackup.poolmap import ordered_map
 from dsbackup.storage import display
 
 
@@ -245,7 +245,7 @@ def verify_archive(
 
         done = 0
         pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-        results = (_bounded_map(pool, task, reader.chunk_count, 4 * workers)
+        results = (ordered_map(pool, task, range(reader.chunk_count), 4 * workers)
                    if pool is not None else map(task, range(reader.chunk_count)))
         try:
             for i, (nbytes, recs, exc) in enumerate(results):
@@ -266,23 +266,6 @@ def verify_archive(
     report.bad_chunks.sort()
     report.duration_s = time.perf_counter() - t0
     return report
-
-
-def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[int], Any], n: int, window: int,
-                 ) -> Iterator[Any]:
-    """fn(0..n-1) in the pool, results in order, at most `window` in flight (pool.map would
-    submit all n at once: memory growing with the archive's chunk count)."""
-    pending: deque[Future] = deque()
-    try:
-        for i in range(n):
-            pending.append(pool.submit(fn, i))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for f in pending:
-            f.cancel()
 
 
 def _check_node(reader: ArchiveReader, report: VerifyReport, *, deep: bool) -> None:

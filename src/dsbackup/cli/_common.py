@@ -144,6 +144,16 @@ def warn_matched_nothing(what: str) -> None:
     log.warning("%s matched no key; keys start with /", what)
 
 
+PARENT_DIR_HELP = ("incremental archives: where to look for parent archives besides the "
+                   "archive's directory; repeatable")
+
+
+def add_parent_dir_option(parser: Any, help: str = PARENT_DIR_HELP) -> None:
+    """``--parent-dir DIR`` (repeatable): where the commands that read or make an incremental
+    archive look for its parents."""
+    parser.add_argument("--parent-dir", action="append", default=[], metavar="DIR", help=help)
+
+
 def add_json_flag(parser: Any) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 

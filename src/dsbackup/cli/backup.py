@@ -8,6 +8,7 @@ import sys
 from dsbackup import BackupConfig
 from dsbackup.cli._common import (
     add_json_flag,
+    add_parent_dir_option,
     cancel_on_signals,
     emit_json,
     human_bytes,
@@ -43,9 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parent", default=None,
                    help="parent archive: make an incremental backup that references the "
                    "parent's unchanged chunks")
-    p.add_argument("--parent-dir", action="append", default=[], metavar="DIR",
-                   help="incremental archives: where to look for parent archives besides "
-                   "the archive's directory; repeatable")
+    add_parent_dir_option(p)
     p.add_argument("--no-trust-content-keys", action="store_true",
                    help="incremental: read /blocks values even when keys and sizes are "
                    "unchanged (default: a block's key is its hash, so it is not read)")

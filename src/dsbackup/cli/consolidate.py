@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from dsbackup import consolidate_archive
-from dsbackup.cli._common import add_json_flag, emit_json, human_bytes
+from dsbackup.cli._common import add_json_flag, add_parent_dir_option, emit_json, human_bytes
 from dsbackup.cli._keys import add_key_options
 
 COMMAND = "consolidate"
@@ -16,9 +16,8 @@ HELP = "rewrite an incremental archive (with its parent chain) into a self-conta
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("archive", help="incremental archive")
     p.add_argument("out", help="archive to write (a full backup of the same state)")
-    p.add_argument("--parent-dir", action="append", default=[], metavar="DIR",
-                   help="where to look for parent archives besides ARCHIVE's directory; "
-                   "repeatable")
+    add_parent_dir_option(p, "where to look for parent archives besides ARCHIVE's directory; "
+                          "repeatable")
     p.add_argument("--workers", type=int, default=None, help="checking threads")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a file already at OUT (never ARCHIVE or one of its parents, "

@@ -12,6 +12,7 @@ from dsbackup import ArchiveReader, NodeFile, iter_listing, prefix_bounds
 from dsbackup.cli._common import (
     JSON_SCHEMA_VERSION,
     add_json_flag,
+    add_parent_dir_option,
     escape_key,
     show_key,
     warn_matched_nothing,
@@ -29,9 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("archive")
     p.add_argument("--prefix", default=None, help="only the children of this key")
     p.add_argument("-l", "--long", action="store_true", help="show value sizes (and digests)")
-    p.add_argument("--parent-dir", action="append", default=[], metavar="DIR",
-                   help="incremental archives: where to look for parent archives besides "
-                   "the archive's directory; repeatable")
+    add_parent_dir_option(p)
     add_key_options(p)
     add_json_flag(p)
 

@@ -8,6 +8,7 @@ import sys
 from dsbackup import BackupConfig, restore_archive
 from dsbackup.cli._common import (
     add_json_flag,
+    add_parent_dir_option,
     cancel_on_signals,
     emit_json,
     human_bytes,
@@ -36,9 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pattern", action="append", default=[], metavar="GLOB",
                    help="restore only keys matching GLOB; repeatable")
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--parent-dir", action="append", default=[], metavar="DIR",
-                   help="incremental archives: where to look for parent archives besides "
-                   "the archive's directory; repeatable")
+    add_parent_dir_option(p)
     add_key_options(p)
     add_json_flag(p)
 

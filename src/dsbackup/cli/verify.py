@@ -8,6 +8,7 @@ import sys
 from dsbackup import BackupConfig, VerifyReport, verify_archive
 from dsbackup.cli._common import (
     add_json_flag,
+    add_parent_dir_option,
     emit_json,
     escape_key,
     escape_text,
@@ -32,9 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check-blocks", action="store_true",
                    help="deep: also re-hash /blocks/<multihash> values against their keys "
                    "(sha2-256)")
-    p.add_argument("--parent-dir", action="append", default=[], metavar="DIR",
-                   help="incremental archives: where to look for parent archives besides "
-                   "the archive's directory; repeatable")
+    add_parent_dir_option(p)
     add_key_options(p)
     add_json_flag(p)
 

@@ -38,6 +38,7 @@ from dsbackup._ext.gojson import go_chunk_json
 from dsbackup.compat.goformat import CHECKSUM_PREFIX, MAX_MEMBER_BYTES
 from dsbackup.errors import BackupError, Cancelled, ConfigError
 from dsbackup.patterns import KeyMatcher, key_matcher
+from dsbackup.storage.tempfiles import fsync_dir
 
 __all__ = ["GoWriteResult", "write_go_archive", "CHECKSUM_PREFIX", "DEFAULT_GO_CHUNK_SIZE"]
 
@@ -189,7 +190,7 @@ def write_go_archive(ds: Any, path: str | os.PathLike[str], *, level: int = 1,
         if check:
             _check(tmp, chunks)
         os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -216,11 +217,3 @@ def _check(tmp: str, chunks: int) -> None:
     if seen != chunks or meta != 1:
         raise IntegrityError(f"{tmp}: the archive just written reads back as {seen} chunks "
                              f"and {meta} metadata members, not {chunks} and 1")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
 from dsbackup.datastores.query import (
     Entry,
@@ -165,6 +165,16 @@ def batch_items(items: Iterable[tuple[bytes, bytes]], max_records: int, max_byte
             keys, vals, size = [], [], 0
     if keys:
         yield keys, vals
+
+
+T = TypeVar("T")
+
+
+def unbatch(batches: Iterable[tuple[list[bytes], list[T]]]) -> Iterator[tuple[bytes, T]]:
+    """The records of ``(keys, values)`` or ``(keys, sizes)`` batches one by one: the
+    primitives ``_iter_items`` / ``_iter_sizes`` of a store whose fast scans come first."""
+    for keys, vals in batches:
+        yield from zip(keys, vals)
 
 
 class BaseDatastore(ABC):
@@ -323,11 +333,15 @@ class BaseDatastore(ABC):
             keys, sizes = zip(*chunk)
             yield list(keys), list(sizes)
 
-    def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
-        """Store many records at once (one transaction where the backend has them)."""
+    def _check_put_many(self, keys: list[bytes], values: list[bytes]) -> None:
+        """What every ``put_many`` checks first: a writable store, a value for each key."""
         self._check_writable()
         if len(keys) != len(values):
             raise ValueError("put_many: keys and values differ in length")
+
+    def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
+        """Store many records at once (one transaction where the backend has them)."""
+        self._check_put_many(keys, values)
         for k in keys:
             self._validate_key(k)
         self._apply_batch(list(zip(keys, values)))

@@ -43,6 +43,7 @@ from dsbackup.datastores.base import (
     DEFAULT_MAX_RECORDS,
     BaseDatastore,
     batch_items,
+    unbatch,
 )
 from dsbackup.datastores.flatfs_audit import FileAudit, SkippedFiles
 from dsbackup.datastores.flatfs_fastlist import FlatListing, list_flatfs
@@ -64,6 +65,7 @@ from dsbackup.datastores.flatfs_layout import (
 )
 from dsbackup.datastores.flatfs_listing import ShardLister
 from dsbackup.errors import DatastoreError, InvalidKey, NotFound
+from dsbackup.storage.tempfiles import fsync_dir
 from dsbackup.storage.writeback import start_writeback
 
 __all__ = ["FlatfsDatastore", "open_flatfs", "DEFAULT_MAX_NAMES"]
@@ -251,7 +253,7 @@ class FlatfsDatastore(BaseDatastore):
             return d
         self._add_usage(os.stat(d).st_size)
         if self.sync_writes:
-            _fsync_dir(self._root)
+            fsync_dir(self._root)
         return d
 
     def _temp_file(self, shard_dir: bytes) -> tuple[int, bytes]:
@@ -297,7 +299,7 @@ class FlatfsDatastore(BaseDatastore):
         tmp, dest, d = self._write_temp(self.name_prefix + key[1:], value)
         self._rename_in(tmp, dest)
         if self.sync_writes:
-            _fsync_dir(d)
+            fsync_dir(d)
 
     def _delete(self, key: bytes) -> None:
         if not is_valid_key(key):
@@ -322,9 +324,7 @@ class FlatfsDatastore(BaseDatastore):
     def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
         """Write all temp files (fsynced when ``sync``), rename them in, then fsync each
         touched directory once."""
-        self._check_writable()
-        if len(keys) != len(values):
-            raise ValueError("put_many: keys and values differ in length")
+        self._check_put_many(keys, values)
         for k in keys:
             self._validate_key(k)
         self._put_pairs(list(zip(keys, values)))
@@ -437,12 +437,10 @@ class FlatfsDatastore(BaseDatastore):
             yield keys, sizes
 
     def _iter_items(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        for keys, vals in self.scan_batches(start, end, max_records=256):
-            yield from zip(keys, vals)
+        return unbatch(self.scan_batches(start, end, max_records=256))
 
     def _iter_sizes(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, int]]:
-        for keys, sizes in self.scan_key_sizes(start, end, max_records=1024):
-            yield from zip(keys, sizes)
+        return unbatch(self.scan_key_sizes(start, end, max_records=1024))
 
     def approx_count(self) -> int:
         """Number of ``.data`` files (one listing, no sort)."""
@@ -638,14 +636,6 @@ def _sync_all(paths: list[bytes], flags: int) -> None:
                             thread_name_prefix="dsbackup-fsync") as pool:
         for _ in pool.map(one, paths):
             pass
-
-
-def _fsync_dir(path: bytes) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quiet(path: bytes) -> None:

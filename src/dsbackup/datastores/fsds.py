@@ -32,6 +32,7 @@ from dsbackup.datastores.base import (
 )
 from dsbackup.datastores.flatfs_audit import FileAudit, SkippedFiles
 from dsbackup.errors import DatastoreError, InvalidKey, NotFound
+from dsbackup.storage.tempfiles import fsync_dir
 
 __all__ = ["FsDatastore", "open_fsds", "EXTENSION"]
 
@@ -143,7 +144,7 @@ class FsDatastore(BaseDatastore):
                 pass
             raise
         if self.sync_writes:
-            _fsync_dir(d)
+            fsync_dir(d)
 
     def _delete(self, key: bytes) -> None:
         path = self._path_of(key)
@@ -153,15 +154,6 @@ class FsDatastore(BaseDatastore):
             os.unlink(path)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             pass
-
-    def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
-        self._check_writable()
-        if len(keys) != len(values):
-            raise ValueError("put_many: keys and values differ in length")
-        for k in keys:
-            self._validate_key(k)
-        for k, v in zip(keys, values):
-            self._write(k, v)
 
     # -- listing and scans ---------------------------------------------------------------
     def _walk(self, audit: FileAudit | None = None) -> list[bytes]:
@@ -238,14 +230,6 @@ class FsDatastore(BaseDatastore):
 
     def sync(self, prefix: object = "/") -> None:
         self._check_open()
-
-
-def _fsync_dir(path: bytes) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def open_fsds(path: str, *, readonly: bool = False, sync: bool | str = True) -> FsDatastore:

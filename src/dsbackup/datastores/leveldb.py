@@ -104,9 +104,7 @@ class LevelDbDatastore(BaseDatastore):
             it.close()
 
     def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
-        self._check_writable()
-        if len(keys) != len(values):
-            raise ValueError("put_many: keys and values differ in length")
+        self._check_put_many(keys, values)
         with self._db.write_batch(sync=self.sync_writes) as wb:
             for k, v in zip(keys, values):
                 wb.put(k, v)

@@ -32,6 +32,7 @@ from dsbackup.datastores.base import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_RECORDS,
     BaseDatastore,
+    unbatch,
 )
 from dsbackup.errors import DatastoreError, InvalidKey, LockedError, NotFound
 
@@ -265,24 +266,34 @@ class LmdbDatastore(BaseDatastore):
         self._write(ops)
 
     def _iter_items(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        for keys, vals in self.scan_batches(start, end, max_records=1024):
-            yield from zip(keys, vals)
+        return unbatch(self.scan_batches(start, end, max_records=1024))
 
     def _iter_sizes(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, int]]:
-        for keys, sizes in self.scan_key_sizes(start, end, max_records=1024):
-            yield from zip(keys, sizes)
+        return unbatch(self.scan_key_sizes(start, end, max_records=1024))
 
     # -- fast paths ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _scan_cursor(self, start: bytes, *, buffers: bool = False
+                     ) -> Iterator[_lmdb.Cursor | None]:
+        """A cursor at the first key ``>= start`` (None: there is none) in a read transaction
+        that counts as an open scan (the map cannot grow under it: _grow) until the block
+        ends."""
+        txn = self._begin_read(buffers=buffers)
+        self._readers += 1
+        try:
+            cur = txn.cursor()
+            yield cur if cur.set_range(start) else None
+        finally:
+            self._readers -= 1
+            txn.abort()
+
     def scan_batches(self, start: bytes = b"", end: bytes | None = None, *,
                      max_records: int = DEFAULT_MAX_RECORDS,
                      max_bytes: int = DEFAULT_MAX_BYTES
                      ) -> Iterator[tuple[list[bytes], list[bytes]]]:
         """Batches from one read transaction: the whole scan is one consistent snapshot."""
-        txn = self._begin_read()
-        self._readers += 1
-        try:
-            cur = txn.cursor()
-            if not cur.set_range(start):
+        with self._scan_cursor(start) as cur:
+            if cur is None:
                 return
             keys: list[bytes] = []
             vals: list[bytes] = []
@@ -300,18 +311,12 @@ class LmdbDatastore(BaseDatastore):
                     size = 0
             if keys:
                 yield keys, vals
-        finally:
-            self._readers -= 1
-            txn.abort()
 
     def scan_key_sizes(self, start: bytes = b"", end: bytes | None = None, *,
                        max_records: int = DEFAULT_MAX_RECORDS
                        ) -> Iterator[tuple[list[bytes], list[int]]]:
-        txn = self._begin_read(buffers=True)
-        self._readers += 1
-        try:
-            cur = txn.cursor()
-            if not cur.set_range(start):
+        with self._scan_cursor(start, buffers=True) as cur:
+            if cur is None:
                 return
             keys: list[bytes] = []
             sizes: list[int] = []
@@ -327,15 +332,10 @@ class LmdbDatastore(BaseDatastore):
                     sizes = []
             if keys:
                 yield keys, sizes
-        finally:
-            self._readers -= 1
-            txn.abort()
 
     def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
         """One write transaction; append mode when keys are sorted past the last key."""
-        self._check_writable()
-        if len(keys) != len(values):
-            raise ValueError("put_many: keys and values differ in length")
+        self._check_put_many(keys, values)
         if not keys:
             return
         limit = self._env.max_key_size()

@@ -17,7 +17,12 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from dsbackup.datastores.base import DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, BaseDatastore
+from dsbackup.datastores.base import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_RECORDS,
+    BaseDatastore,
+    unbatch,
+)
 from dsbackup.datastores.flatfs_audit import EXAMPLES, FileAudit, SkippedFiles
 from dsbackup.errors import DatastoreError, NotFound
 from dsbackup.keys import Key, KeyLike, key_bytes
@@ -150,9 +155,7 @@ class MountDatastore(BaseDatastore):
             m.datastore._apply_batch(child_ops)
 
     def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
-        self._check_writable()
-        if len(keys) != len(values):
-            raise ValueError("put_many: keys and values differ in length")
+        self._check_put_many(keys, values)
         groups: dict[int, tuple[Mount, list[bytes], list[bytes]]] = {}
         for k, v in zip(keys, values):
             m, ck = self._route(k, write=True)
@@ -163,12 +166,10 @@ class MountDatastore(BaseDatastore):
             m.datastore.put_many(ks, vs)
 
     def _iter_items(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        for keys, vals in self.scan_batches(start, end, max_records=1024):
-            yield from zip(keys, vals)
+        return unbatch(self.scan_batches(start, end, max_records=1024))
 
     def _iter_sizes(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, int]]:
-        for keys, sizes in self.scan_key_sizes(start, end, max_records=1024):
-            yield from zip(keys, sizes)
+        return unbatch(self.scan_key_sizes(start, end, max_records=1024))
 
     # -- fast paths ----------------------------------------------------------------------
     def scan_batches(self, start: bytes = b"", end: bytes | None = None, *,

@@ -13,11 +13,10 @@ import bisect
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from dsbackup.engine.restore_journal import JournalSync, write_journal
 from dsbackup.engine.restore_node import restore_node
 from dsbackup.engine.targetlock import TargetLock, store_path
 from dsbackup.errors import (
-    Cancelled,
     ConfigError,
     DatastoreError,
     IntegrityError,
@@ -42,6 +40,7 @@ from dsbackup.errors import (
 from dsbackup.keys import Key, children_range
 from dsbackup.metadata import Progress, RestoreResult
 from dsbackup.patterns import KeyMatcher, key_matcher
+from dsbackup.poolmap import ordered_map
 from dsbackup.storage import display, is_remote
 from dsbackup.storage.writeback import start_writeback
 
@@ -132,26 +131,9 @@ def _in_order(work: Callable[[int], Any], chunk_ids: list[int], threads: int,
               cancel: threading.Event, window_size: int = 0) -> Iterator[Any]:
     """Run work(i) in a thread pool, yield the results in order; at most window_size
     (default 2 × threads) in flight."""
-    window_size = max(window_size, 2 * threads)
-    window: queue.Queue[Future] = queue.Queue()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dsbackup-inflate") as pool:
-        it = iter(chunk_ids)
-        try:
-            for i in it:
-                window.put(pool.submit(work, i))
-                if window.qsize() >= window_size:
-                    break
-            while not window.empty():
-                if cancel.is_set():
-                    raise Cancelled("restore cancelled")
-                fut = window.get()
-                yield fut.result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    window.put(pool.submit(work, nxt))
-        finally:
-            while not window.empty():
-                window.get().cancel()
+        yield from ordered_map(pool, work, chunk_ids, max(window_size, 2 * threads),
+                               cancel=cancel, cancelled="restore cancelled")
 
 
 class _NativeLmdbTarget:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from dsbackup.archive.node import NodeFile
 from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.errors import DatastoreError, RestoreError
+from dsbackup.storage.tempfiles import fsync_dir
 
 if TYPE_CHECKING:
     from dsbackup.archive.reader import ArchiveReader
@@ -147,7 +148,7 @@ def write_node_files(root: Path, files: list[NodeFile], *, umask: int | None = N
     finally:
         for fd in fds.values():
             os.close(fd)
-    _fsync_parent(root)
+    fsync_dir(root.parent)
     return written
 
 
@@ -171,11 +172,3 @@ def _dir_fd(root: Path, fds: dict[bytes, int], rel: bytes) -> int:
                            "); nothing is written through it") from None
     fds[rel] = fd
     return fd
-
-
-def _fsync_parent(root: Path) -> None:
-    fd = os.open(root.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -38,6 +38,7 @@ from typing import Any
 
 from dsbackup.errors import JournalCorrupt, MigrationError
 from dsbackup.filemodes import private_mode
+from dsbackup.storage.tempfiles import fsync_dir
 
 __all__ = ["Journal", "JournalCorrupt", "JournalState", "read_stamp", "write_stamp"]
 
@@ -59,17 +60,6 @@ class JournalState:
     @property
     def started(self) -> bool:
         return self.begin is not None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _encode(rec: dict[str, Any]) -> bytes:
@@ -167,7 +157,7 @@ class Journal:
         os.lseek(fd, 0, os.SEEK_END)
         self._fd = fd
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent, best_effort=True)
 
     def append(self, rec: dict[str, Any]) -> None:
         if self._fd is None:
@@ -193,7 +183,7 @@ class Journal:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         dest = self.path.with_name(f"{self.path.name}.{suffix}-{stamp}")
         os.replace(self.path, dest)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent, best_effort=True)
         return dest
 
     def remove(self) -> bool:
@@ -202,7 +192,7 @@ class Journal:
             self.path.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent, best_effort=True)
         return True
 
 
@@ -219,7 +209,7 @@ def write_stamp(path: Path, doc: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent, best_effort=True)
 
 
 def read_stamp(path: Path) -> dict[str, Any] | None:
@@ -239,5 +229,5 @@ def remove_stamp(path: Path) -> bool:
         path.unlink()
     except FileNotFoundError:
         return False
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent, best_effort=True)
     return True

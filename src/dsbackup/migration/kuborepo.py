@@ -40,10 +40,10 @@ from typing import Any
 from dsbackup.datastores import parse_uri
 from dsbackup.errors import MigrationError, NotFound
 from dsbackup.keys import key_str
-from dsbackup.migration.journal import _fsync_dir
 from dsbackup.migration.plan import KuboSpec, MigrationPlan, MigrationStep, MigrationType
 from dsbackup.migration.runtime import TMP_END, TMP_ROOT, CompiledTransform
 from dsbackup.migration.transforms import cid_key_to_multihash_key
+from dsbackup.storage.tempfiles import fsync_dir
 
 __all__ = ["KuboRun", "RevertReport", "kubo_repo_path", "read_repo_version",
            "write_repo_version", "revert_from_log", "copy_repo_files"]
@@ -99,7 +99,7 @@ def write_repo_version(repo: Path, version: str) -> None:
             os.close(fd)
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(repo)
+    fsync_dir(repo, best_effort=True)
 
 
 def _is_empty_or_missing(path: Path) -> bool:
@@ -123,7 +123,7 @@ def copy_repo_files(source_repo: Path, target_repo: Path) -> list[str]:
     if keystore.is_dir():
         shutil.copytree(keystore, target_repo / "keystore")
         copied.append("keystore")
-    _fsync_dir(target_repo)
+    fsync_dir(target_repo, best_effort=True)
     return copied
 
 
@@ -165,7 +165,7 @@ class RevertLog:
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent, best_effort=True)
         return len(new)
 
 
@@ -196,7 +196,7 @@ def _remove_new_empty_dirs(before: dict[str, list[str]]) -> None:
                 os.rmdir(e.path)  # only empty ones: a non-empty directory stays
             except OSError:
                 continue
-        _fsync_dir(Path(root))
+        fsync_dir(root, best_effort=True)
 
 
 def _write_record(path: Path, doc: dict[str, Any]) -> None:
@@ -207,7 +207,7 @@ def _write_record(path: Path, doc: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent, best_effort=True)
 
 
 @dataclass
@@ -465,7 +465,7 @@ class KuboRun:
             rlog.path.unlink()  # this run created it: the repo ends as it was
         else:  # as Kubo's revert does
             os.replace(rlog.path, rlog.path.with_name(rlog.path.name + ".reverted"))
-        _fsync_dir(rlog.path.parent)
+        fsync_dir(rlog.path.parent, best_effort=True)
         if record is not None and isinstance(record.get("flatfs_dirs"), dict):
             _remove_new_empty_dirs(record["flatfs_dirs"])
         if self.kept_path is not None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from dsbackup.errors import Cancelled, MigrationError, ValidationError
 from dsbackup.keys import key_str
+from dsbackup.metadata import per_second
 from dsbackup.migration.config import MigrationConfig
 from dsbackup.migration.journal import Journal
 from dsbackup.migration.transforms import (
@@ -125,7 +126,7 @@ class ProgressEvent:
 
     @property
     def rate(self) -> float:
-        return self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return per_second(self.records, self.elapsed_s)
 
 
 @dataclass

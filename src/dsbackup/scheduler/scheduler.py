@@ -1,16 +1,10 @@
 """BackupScheduler: runs each schedule on time, never overlapping itself, at most
 ``concurrent_backups`` at once, and keeps its state so that a restarted daemon continues.
 
-Timing rules (see docs/SCHEDULER.md):
-
-- the next run comes from the cron expression, strictly after the slot just served;
-- slots missed while the scheduler was down are served by ONE catch-up run, if the latest missed
-  slot is within ``misfire_grace_time`` (None = always); the others count as skipped;
-- a slot that comes while the previous run of the same schedule is still going is skipped;
-- a run interrupted by the death of the daemon counts as a failure and is caught up on restart.
-
-The jobs around the loop live beside it: the backup run itself in job.py, health checks in
-health.py, notifications in reporting.py, Prometheus metrics in metrics.py.
+The timing rules (which slot a due schedule serves, which it skips) are in slots.py, how a run
+changes its schedule's statistics in accounting.py. The jobs around the loop live beside it:
+the backup run itself in job.py, health checks in health.py, notifications in reporting.py,
+Prometheus metrics in metrics.py.
 """
 
 from __future__ import annotations
@@ -18,10 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from dsbackup.errors import LockedError, SchedulerError
+from dsbackup.scheduler.accounting import account_run
 from dsbackup.scheduler.clock import Clock, SystemClock
 from dsbackup.scheduler.config import (
     RunRecord,
@@ -41,6 +36,7 @@ from dsbackup.scheduler.metrics import (
 from dsbackup.scheduler.notify.base import Notifier
 from dsbackup.scheduler.reporting import RunReporter
 from dsbackup.scheduler.runner import BackupRunner, ManagerRunner
+from dsbackup.scheduler.slots import DueSlots, passed_while_running
 from dsbackup.scheduler.state import ArchiveEntry, DaemonLock, ScheduleState, StateStore
 
 log = logging.getLogger(__name__)
@@ -140,7 +136,7 @@ class BackupScheduler:
                         trigger=running.get("trigger", "schedule"),
                         error="interrupted: the scheduler stopped during this run",
                         error_type="Interrupted", exit_code=130)
-        self._account(schedule, rec)
+        account_run(schedule, rec)
         if running.get("slot"):
             # serve the interrupted slot again (a catch-up, subject to the misfire rules)
             schedule.next_run = datetime.fromisoformat(running["slot"])
@@ -187,22 +183,6 @@ class BackupScheduler:
                 )
             self._store.save(self._persisted)
 
-    @staticmethod
-    def _account(schedule: ScheduledBackup, rec: RunRecord) -> None:
-        stats = schedule.statistics
-        stats.runs += 1
-        # every run counts towards the next full backup, failed ones too; a full resets it
-        stats.runs_since_full = 0 if rec.ok and rec.parent is None else stats.runs_since_full + 1
-        stats.total_duration += rec.duration
-        if rec.ok:
-            stats.successes += 1
-            stats.last_success = rec.finished
-        else:
-            stats.failures += 1
-            stats.last_failure = rec.finished
-        schedule.last_run = rec.started
-        schedule.last_result = rec
-
     # ---- timing ----------------------------------------------------------------------------
 
     def run_pending(self, *, wait: bool = False) -> list[str]:
@@ -223,25 +203,20 @@ class BackupScheduler:
                     continue
                 if sched.next_run > now:
                     continue
-                count, latest = cron.missed_slots(sched.next_run, now)
                 grace = self.config.misfire_grace_time
-                late = now - latest
-                sched.next_run = cron.next_after(max(now, latest))
-                if grace is not None and late > grace:
-                    sched.statistics.skipped += count
+                due = DueSlots.at(cron, sched.next_run, now, grace)
+                sched.next_run = due.next_run
+                sched.statistics.skipped += due.skipped
+                if not due.run:
                     log.warning("schedule %s: %d slot(s) missed, the latest %s ago (beyond the "
-                                "grace time %s): waiting for %s", sid, count, late, grace,
-                                sched.next_run.isoformat())
+                                "grace time %s): waiting for %s", sid, due.count, due.late,
+                                grace, sched.next_run.isoformat())
                     self._save()
                     continue
-                trigger = "schedule"
-                if count > 1 or late > timedelta(minutes=1):
-                    trigger = "catch-up"
-                    sched.statistics.skipped += count - 1
-                    if count > 1:
-                        log.warning("schedule %s: %d slots missed; one catch-up run now",
-                                    sid, count)
-                runs.append(self._launch(sched, trigger, latest))
+                if due.count > 1:
+                    log.warning("schedule %s: %d slots missed; one catch-up run now",
+                                sid, due.count)
+                runs.append(self._launch(sched, due.trigger, due.latest))
                 started.append(sid)
             if started:
                 self._save()
@@ -294,7 +269,7 @@ class BackupScheduler:
         if rec.error:
             rec.error = self.redact(rec.error)
         with self._lock:
-            self._account(sched, rec)
+            account_run(sched, rec)
             if self._schedules.get(sched.id) is sched:
                 self._archives[sched.id] = outcome.archives
                 self._skip_passed_slots(sched)
@@ -318,13 +293,11 @@ class BackupScheduler:
 
     def _skip_passed_slots(self, sched: ScheduledBackup) -> None:
         """Slots that came while this run was going are skipped, not queued (no overlap)."""
-        now = self.clock.now()
-        if sched.next_run is None or sched.next_run > now:
+        passed = passed_while_running(self._crons[sched.id], sched.next_run, self.clock.now())
+        if passed is None:
             return
-        cron = self._crons[sched.id]
-        count, latest = cron.missed_slots(sched.next_run, now)
+        count, sched.next_run = passed
         sched.statistics.skipped += count
-        sched.next_run = cron.next_after(max(now, latest))
         log.warning("schedule %s: %d slot(s) passed while it ran (skipped); next run %s",
                     sched.id, count, sched.next_run.isoformat())
 

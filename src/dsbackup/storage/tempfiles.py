@@ -120,8 +120,23 @@ def remove_stale_temp_files(final: Path) -> list[Path]:
     return removed
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_dir(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *,
+              best_effort: bool = False) -> None:
+    """Make the entries of directory `path` durable (a file created, renamed or removed in it).
+
+    The one copy for the whole package (datastores, compat, engine and migration import it).
+    An error opening or syncing the directory is raised as the ``OSError`` it is, except with
+    ``best_effort=True``: a directory that cannot be opened is then skipped silently (an
+    error from ``fsync`` itself is still raised). The migration journal, version stamp and
+    Kubo repository files use it, as they always have: the file operation before it has
+    succeeded, and the directory may allow writing but not reading (mode ``-wx``).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+    except OSError:
+        if best_effort:
+            return
+        raise
     try:
         os.fsync(fd)
     finally:
