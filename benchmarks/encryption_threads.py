@@ -4,14 +4,15 @@ library; interleaved runs, medians (docs/PERFORMANCE.md, "Encryption cost: where
 rest goes").
 
 Usage: python benchmarks/encryption_threads.py [--dataset blocks] [--runs 5] [--workers 2]
-       [--freq 2000] [--json FILE]
+       [--freq 2000] [--before SRC] [--json FILE]
 
 Needs ``perf`` (Linux) with permission to sample user and kernel code. CPU seconds are
 samples / frequency. Threads are told apart by what they run: the parent's main thread (its
 pid), the sealing thread (the parent's thread that spends over a third of its samples in
 libcrypto), other threads of the parent (key set-up, fsync), the workers (children that
 spend over a third in ISA-L) and the other children (fork server, planner). A raw key file
-is used, so no row pays scrypt. Also prints the sealing pass's rate on a hot buffer in this
+is used, so no row pays scrypt. ``--before SRC``: also an encrypted row with the ``src``
+directory SRC (another version, its extension built), in the same runs. Also prints the sealing pass's rate on a hot buffer in this
 process (``seal_into``, 650 kB), the rate the sealing thread would have undisturbed.
 Data sets: benchdata.py (scale with DSBACKUP_BENCH_SCALE).
 """
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--freq", type=int, default=2000)
+    ap.add_argument("--before", type=Path, default=None,
+                    help="the src directory of another version: its encrypted row too")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if shutil.which("perf") is None:
@@ -102,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     key = work / "bench.key"
     key.write_bytes(os.urandom(32))
     key.chmod(0o600)
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    modes = {"plain": [], "encrypted": ["--encrypt", "--key-file", str(key)]}
+    enc = ["--encrypt", "--key-file", str(key)]
+    src = str(ROOT / "src")
+    modes = {"plain": ([], src), "encrypted": (enc, src)}
+    if args.before is not None:
+        modes["encrypted (before)"] = (enc, str(args.before.resolve()))
     samples: dict[str, list[collections.Counter]] = {m: [] for m in modes}
     results: dict = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      "dataset": args.dataset, "scale": benchdata.scale(), "runs": args.runs,
@@ -115,13 +121,13 @@ def main(argv: list[str] | None = None) -> int:
                 arc.unlink(missing_ok=True)
                 subprocess.run(["perf", "record", "-q", "-F", str(args.freq), "-o", str(data),
                                 sys.executable, "-m", "dsbackup", "backup", "--workers",
-                                str(args.workers), *modes[mode], d.uri, str(arc)],
-                               env=env, check=True, stdout=subprocess.DEVNULL,
+                                str(args.workers), *modes[mode][0], d.uri, str(arc)],
+                               env=dict(os.environ, PYTHONPATH=modes[mode][1]), check=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
                 n = _classify(data)
                 samples[mode].append(n)
                 total = sum(v for k, v in n.items() if ":" not in k) / args.freq
-                print(f"  run {r + 1}: {mode:9} {total:6.3f} CPU s", file=sys.stderr, flush=True)
+                print(f"  run {r + 1}: {mode:18} {total:6.3f} CPU s", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table: dict[str, dict[str, float]] = {}
@@ -131,20 +137,22 @@ def main(argv: list[str] | None = None) -> int:
         keys = sorted(set().union(*runs))
         table[mode] = {k: statistics.median(run[k] for run in runs) / args.freq for k in keys}
     results["cpu_s_medians"] = table
-    paired = [(e["total"] - p["total"]) / args.freq
-              for p, e in zip(samples["plain"], samples["encrypted"])]
-    ratios = [e["total"] / p["total"] for p, e in zip(samples["plain"], samples["encrypted"])]
+    paired = {m: [(e["total"] - p["total"]) / args.freq
+                  for p, e in zip(samples["plain"], samples[m])] for m in modes if m != "plain"}
+    ratios = {m: [e["total"] / p["total"] for p, e in zip(samples["plain"], samples[m])]
+              for m in modes if m != "plain"}
     results["per_run_extra_cpu_s"], results["per_run_cpu_ratio"] = paired, ratios
     results["seal_into_ms_per_mib_hot"] = _seal_rate()
     results["loadavg_end"] = os.getloadavg()
-    keys = sorted(set(table["plain"]) | set(table["encrypted"]), key=lambda k: (":" in k, k))
-    print(f"{'CPU s, median of ' + str(args.runs):28} {'plain':>8} {'encrypted':>10} {'+':>8}")
+    keys = sorted(set().union(*table.values()), key=lambda k: (":" in k, k))
+    print(f"{'CPU s, median of ' + str(args.runs):28}" + "".join(f" {m:>18}" for m in modes))
     for k in keys:
-        a, b = table["plain"].get(k, 0.0), table["encrypted"].get(k, 0.0)
-        print(f"{k:28} {a:8.3f} {b:10.3f} {b - a:+8.3f}")
-    print(f"encrypted - plain, per run: {' '.join(f'{x:+.3f}' for x in paired)} CPU s "
-          f"(median {statistics.median(paired):+.3f}); encrypted / plain: "
-          f"{' '.join(f'{x:.3f}' for x in ratios)} (median {statistics.median(ratios):.3f})")
+        print(f"{k:28}" + "".join(f" {table[m].get(k, 0.0):18.3f}" for m in modes))
+    for m in paired:
+        print(f"{m} - plain, per run: {' '.join(f'{x:+.3f}' for x in paired[m])} CPU s "
+              f"(median {statistics.median(paired[m]):+.3f}); / plain: "
+              f"{' '.join(f'{x:.3f}' for x in ratios[m])} "
+              f"(median {statistics.median(ratios[m]):.3f})")
     print(f"seal_into on a hot buffer here: {results['seal_into_ms_per_mib_hot']:.3f} ms/MiB; "
           f"load average {results['loadavg_start'][0]:.1f} -> {results['loadavg_end'][0]:.1f}")
     if args.json:
