@@ -4,7 +4,9 @@
 blocks it is written in, and computes on each 64 KiB block while it is in cache the CRC-32
 of ``stored || padding`` and the XXH3-64 of ``stored`` (= ciphertext || tag): what took an
 AES-GCM pass, a stored-block copy with its CRC and an XXH3 pass over every byte before.
-``open_stored`` checks the tag and decrypts. Both release the GIL. Output is the same as
+``open_stored`` checks the tag and decrypts. Both release the GIL. ``SealRing`` runs
+``seal_into`` jobs in order in a thread of its own without ever taking the GIL (the encrypted
+writer's sealing thread, archive/sealer.py). Output is the same as
 ``cryptography``'s AESGCM (a test compares them); AES-GCM itself is OpenSSL's, nothing here
 is a cryptographic primitive.
 
