@@ -4,7 +4,9 @@
 blocks it is written in, and computes on each 64 KiB block while it is in cache the CRC-32
 of ``stored || padding`` and the XXH3-64 of ``stored`` (= ciphertext || tag): what took an
 AES-GCM pass, a stored-block copy with its CRC and an XXH3 pass over every byte before.
-``open_stored`` checks the tag and decrypts. Both release the GIL. Output is the same as
+``open_stored`` checks the tag and decrypts. Both release the GIL. ``SealRing`` runs
+``seal_into`` jobs in order in a thread of its own without ever taking the GIL (the encrypted
+writer's sealing thread, archive/sealer.py). Output is the same as
 ``cryptography``'s AESGCM (a test compares them); AES-GCM itself is OpenSSL's, nothing here
 is a cryptographic primitive.
 
@@ -348,3 +350,189 @@ def open_stored(GcmKey key not None, const unsigned char[::1] nonce not None,
     if r != OK:
         raise SealError(f"OpenSSL could not decrypt {n} bytes (AES-256-GCM) {_openssl_error()}")
     return out
+
+
+# -- a sealing loop that runs without the GIL ---------------------------------------------------
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_cond_init(pthread_cond_t *c, const void *attr)
+    int pthread_cond_destroy(pthread_cond_t *c)
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_cond_broadcast(pthread_cond_t *c)
+
+cdef enum:
+    RING = 8          # jobs submitted and not yet collected
+    AAD_MAX = 64
+
+
+cdef struct SealJob:
+    const unsigned char *data
+    size_t n
+    size_t total
+    unsigned char *out
+    unsigned char nonce[NONCE_BYTES]
+    unsigned char aad[AAD_MAX]
+    size_t aad_len
+    uint32_t crc
+    uint64_t xxh
+    int rc
+
+
+cdef class SealRing:
+    """Jobs of ``seal_into`` done in order by ``run()`` — called in a thread of its own — with
+    the GIL released throughout: that thread takes no Python lock per job. ``submit`` queues
+    a job (at most RING not yet collected) and returns its number; ``result(i)`` waits for job
+    ``i`` (collected in order) and returns what ``seal_into`` returns. The buffers of a job
+    stay exported (held) until it is collected or ``stop`` has returned and ``clear`` ran."""
+
+    cdef GcmKey key
+    cdef SealJob jobs[RING]
+    cdef list refs
+    cdef size_t submitted, done, collected
+    cdef bint stopping, running
+    cdef pthread_mutex_t mu
+    cdef pthread_cond_t cv
+
+    def __cinit__(self, GcmKey key not None):
+        self.key = key
+        self.refs = [None] * RING
+        pthread_mutex_init(&self.mu, NULL)
+        pthread_cond_init(&self.cv, NULL)
+
+    def __dealloc__(self):
+        pthread_cond_destroy(&self.cv)
+        pthread_mutex_destroy(&self.mu)
+
+    def __reduce__(self):
+        raise TypeError("a sealing ring cannot be pickled")
+
+    @property
+    def done(self) -> int:
+        cdef size_t d
+        with nogil:
+            pthread_mutex_lock(&self.mu)
+            d = self.done
+            pthread_mutex_unlock(&self.mu)
+        return d
+
+    def run(self) -> None:
+        """The sealing loop: returns once ``stop`` is called (after the job it runs)."""
+        with nogil:
+            self._loop()
+
+    cdef void _loop(self) noexcept nogil:
+        cdef SealJob *j
+        cdef const unsigned char *key = self.key.key
+        pthread_mutex_lock(&self.mu)
+        self.running = True
+        while True:
+            while self.done == self.submitted and not self.stopping:
+                pthread_cond_wait(&self.cv, &self.mu)
+            if self.stopping:
+                break
+            j = &self.jobs[self.done % RING]
+            pthread_mutex_unlock(&self.mu)
+            j.rc = _seal_c(key, j.nonce, j.aad if j.aad_len else NULL, j.aad_len, j.data, j.n,
+                           j.total, j.out, &j.crc, &j.xxh)
+            pthread_mutex_lock(&self.mu)
+            self.done += 1
+            pthread_cond_broadcast(&self.cv)
+        self.running = False
+        pthread_cond_broadcast(&self.cv)
+        pthread_mutex_unlock(&self.mu)
+
+    def submit(self, const unsigned char[::1] nonce not None,
+               const unsigned char[::1] aad not None, data not None, out not None) -> int:
+        """Queue ``seal_into(key, nonce, aad, data, out)``; its job number."""
+        cdef const unsigned char[::1] d = data
+        cdef unsigned char[::1] o = out
+        cdef size_t n = d.shape[0], total, i
+        cdef SealJob *j
+        cdef bint full, stopping
+        _check_nonce(nonce)
+        if <size_t>aad.shape[0] > AAD_MAX:
+            raise ValueError("associated data too long")
+        total = _sealed_total(n, 512)
+        if <size_t>o.shape[0] < _stored_size(total):
+            raise ValueError(f"SealRing.submit: the output buffer has {o.shape[0]} bytes, "
+                             f"{_stored_size(total)} are needed")
+        with nogil:
+            pthread_mutex_lock(&self.mu)
+            full = self.submitted - self.collected >= RING
+            stopping = self.stopping
+            i = self.submitted
+            if not full and not stopping:
+                j = &self.jobs[i % RING]
+                j.data = &d[0] if n else NULL
+                j.n = n
+                j.total = total
+                j.out = &o[0]
+                memcpy(j.nonce, &nonce[0], NONCE_BYTES)
+                j.aad_len = aad.shape[0]
+                if j.aad_len:
+                    memcpy(j.aad, &aad[0], j.aad_len)
+                j.rc = OK
+            pthread_mutex_unlock(&self.mu)
+        if stopping:
+            raise RuntimeError("the sealing ring has stopped")
+        if full:
+            raise RuntimeError(f"the sealing ring holds {RING} jobs not collected")
+        self.refs[i % RING] = (data, out, d, o)  # exported until collected
+        with nogil:
+            pthread_mutex_lock(&self.mu)
+            self.submitted += 1
+            pthread_cond_broadcast(&self.cv)
+            pthread_mutex_unlock(&self.mu)
+        return i
+
+    def result(self, size_t i):
+        """Wait for job ``i`` (the oldest not collected): (written, crc32, size, input_len,
+        xxh3) as ``seal_into``; its error raised here."""
+        cdef SealJob *j
+        cdef bint ok
+        if i != self.collected or i >= self.submitted:
+            raise ValueError(f"job {i} is not the next to collect")
+        with nogil:
+            pthread_mutex_lock(&self.mu)
+            while self.done <= i and not self.stopping:
+                pthread_cond_wait(&self.cv, &self.mu)
+            ok = self.done > i
+            pthread_mutex_unlock(&self.mu)
+        if not ok:
+            raise RuntimeError("the sealing ring has stopped")
+        j = &self.jobs[i % RING]
+        self.collected += 1
+        self.refs[i % RING] = None
+        if j.rc == E_NOMEM:
+            raise MemoryError("sealing: out of memory")
+        if j.rc != OK:
+            raise SealError(f"OpenSSL could not encrypt {j.n} bytes (AES-256-GCM) "
+                            f"{_openssl_error()}")
+        return _stored_size(j.total), j.crc, j.total, j.n + TAG_BYTES, j.xxh
+
+    def stop(self) -> None:
+        """Stop the loop after the job it runs; ``result`` raises for the jobs not done."""
+        with nogil:
+            pthread_mutex_lock(&self.mu)
+            self.stopping = True
+            pthread_cond_broadcast(&self.cv)
+            pthread_mutex_unlock(&self.mu)
+
+    def clear(self) -> None:
+        """Once the loop has returned: let go of the buffers of the jobs not collected."""
+        cdef bint running
+        with nogil:
+            pthread_mutex_lock(&self.mu)
+            running = self.running
+            pthread_mutex_unlock(&self.mu)
+        if running:
+            raise RuntimeError("the sealing loop still runs")
+        self.refs = [None] * RING

@@ -1,19 +1,20 @@
-"""archive/sealer.py and the encrypted writer's use of it: chunks sealed by one thread in
-order and appended as they are sealed, at most SEAL_AHEAD behind; a held worker slot given
-back once sealed; errors raised in the caller's thread; members identical however the bodies
-were handed over."""
+"""archive/sealer.py and the encrypted writer's use of it: chunks sealed by one native thread
+in order, the same bytes as seal_into; appended as they are sealed, at most SEAL_AHEAD behind;
+a held worker slot given back once sealed; errors raised in the caller's thread; members
+identical however the bodies were handed over."""
 
 from __future__ import annotations
 
+import os
 import threading
-import time
 
 import pytest
 
+from dsbackup._ext import seal
 from dsbackup._ext.framing import Chunker
-from dsbackup.archive import crypto
+from dsbackup.archive import crypto, sealer
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.archive.sealer import SEAL_AHEAD, SealThread
+from dsbackup.archive.sealer import SEAL_AHEAD, SealingThread
 from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.errors import ArchiveError
 from dsbackup.pipeline.chunks import BodyView, ReadyChunk, compress_chunk
@@ -21,53 +22,49 @@ from dsbackup.pipeline.chunks import BodyView, ReadyChunk, compress_chunk
 KEY = b"k" * 32
 
 
-def test_items_run_in_order_at_most_ahead_queued():
-    done: list[int] = []
-    gate = threading.Event()
-
-    def job(i):
-        gate.wait(10)
-        done.append(i)
-
-    t = SealThread(job, lambda i: None, ahead=3)
-    for i in range(3):
-        t.submit(i)
-    blocked = threading.Thread(target=t.submit, args=(3,))
-    blocked.start()
-    blocked.join(0.3)
-    assert blocked.is_alive()  # 3 queued or running: the 4th waits
-    gate.set()
-    blocked.join(10)
-    t.wait_done(4)
-    assert done[:4] == [0, 1, 2, 3] and t.done >= 4
-    for i in range(4, 20):
-        t.submit(i)
-    t.drain()
-    assert done == list(range(20)) and t.done == 20
+def test_jobs_are_sealed_in_order_as_seal_into_seals_them():
+    key = seal.GcmKey(KEY)
+    t = SealingThread(key)
+    sizes = [0, 1, 100, 65535 - 16, 65536, 200_000, 650_000] * 3
+    pending = []
+    for i, n in enumerate(sizes):
+        if len(pending) == 8:  # the ring holds 8 jobs not collected
+            job, args, out = pending.pop(0)
+            expected = bytearray(seal.sealed_size(len(args[2])))
+            assert t.result(job) == seal.seal_into(key, *args, expected)
+            assert out[:len(expected)] == expected
+        args = (os.urandom(12), os.urandom(37), os.urandom(n))
+        out = bytearray(seal.sealed_size(n) + 7)
+        pending.append((t.submit(*args, out), args, out))
+        assert pending[-1][0] == i
+    for job, args, out in pending:
+        expected = bytearray(seal.sealed_size(len(args[2])))
+        assert t.result(job) == seal.seal_into(key, *args, expected)
+        assert out[:len(expected)] == expected
+    assert t.done == len(sizes)
     t.close()
 
 
-def test_an_error_is_raised_by_the_next_call_and_the_rest_dropped():
-    dropped: list[int] = []
-    gate = threading.Event()
-
-    def job(i):
-        gate.wait(10)
-        if i == 1:
-            raise ArchiveError("disk full")
-
-    t = SealThread(job, dropped.append, ahead=8)
-    for i in range(5):
-        t.submit(i)
-    gate.set()
-    with pytest.raises(ArchiveError, match="disk full"):
-        t.drain()
-    with pytest.raises(ArchiveError, match="disk full"):
-        t.submit(9)  # and every later call
-    with pytest.raises(ArchiveError, match="disk full"):
-        t.wait_done(3)
+def test_buffers_are_held_until_collected_and_a_closed_thread_refuses_jobs():
+    key = seal.GcmKey(KEY)
+    t = SealingThread(key)
+    data, out = bytearray(1000), bytearray(seal.sealed_size(1000))
+    jobs = [t.submit(b"n" * 12, b"", data, out) for _ in range(8)]
+    with pytest.raises(RuntimeError, match="8 jobs not collected"):
+        t.submit(b"n" * 12, b"", data, out)
+    with pytest.raises(BufferError):
+        data.extend(b"x")  # exported to the sealing thread: it cannot move
+    with pytest.raises(ValueError, match="not the next"):
+        t.result(jobs[1])
+    assert t.result(jobs[0])[0] == seal.sealed_size(1000)
+    with pytest.raises(ValueError, match="too short|bytes, .* are needed"):
+        t.submit(b"n" * 12, b"", bytes(2000), out)
     t.close()
-    assert dropped == [2, 3, 4]
+    data.extend(b"x")  # let go once the thread stopped
+    out.extend(b"x")
+    with pytest.raises(RuntimeError, match="stopped"):
+        t.submit(b"n" * 12, b"", data, out)
+    t.close()  # twice is harmless
 
 
 def _chunks(n_records: int = 3000) -> list[ReadyChunk]:
@@ -140,13 +137,9 @@ def test_held_slots_are_given_back_once_sealed_and_members_are_the_same(tmp_path
     reference = _write(tmp_path / "bytes.tar.gz", cs)
     ref_bytes = (tmp_path / "bytes.tar.gz").read_bytes()
 
-    seal_into = crypto.ArchiveCipher.seal_into
-
-    def slow(self, *a):  # the sealing thread lags: add_chunk must wait, not hold more
-        time.sleep(0.002)
-        return seal_into(self, *a)
-
-    monkeypatch.setattr(crypto.ArchiveCipher, "seal_into", slow)
+    # the sealing thread seems to lag: add_chunk must wait, not hold more
+    monkeypatch.setattr(sealer.SealingThread, "done",
+                        property(lambda self: max(0, self._ring.done - 3)))
     slots = Slots()
     assert _write(tmp_path / "slots.tar.gz", [slots.view(c) for c in cs]) == reference
     assert slots.released == len(cs) and slots.outstanding == 0
@@ -210,20 +203,21 @@ def test_chunk_count_counts_queued_chunks(tmp_path):
 
 
 def test_a_seal_error_in_the_thread_fails_the_backup(tmp_path, monkeypatch):
-    """OpenSSL fails on a chunk in the sealing thread: the writer raises that error, every
-    held slot comes back (the chunks queued behind it are dropped), no archive appears."""
+    """OpenSSL fails on a chunk in the sealing thread (its error is raised when the result
+    is collected): the writer raises that error, every held slot comes back (the chunks
+    queued behind it are dropped), no archive appears."""
     cs = _chunks()
     slots = Slots()
-    seal_into = crypto.ArchiveCipher.seal_into
+    result = sealer.SealingThread.result
     calls = [0]
 
-    def failing(self, *a):
+    def failing(self, job):
         calls[0] += 1
         if calls[0] == 5:
-            raise ArchiveError("OpenSSL could not encrypt (test)")
-        return seal_into(self, *a)
+            raise seal.SealError("OpenSSL could not encrypt (test)")
+        return result(self, job)
 
-    monkeypatch.setattr(crypto.ArchiveCipher, "seal_into", failing)
+    monkeypatch.setattr(sealer.SealingThread, "result", failing)
     path = tmp_path / "a.tar.gz"
     with (pytest.raises(ArchiveError, match="could not encrypt"),
           ArchiveWriter(path, manifest={"t": 1}, key=crypto.KeyMaterial(key=KEY)) as w):

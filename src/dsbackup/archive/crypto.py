@@ -316,6 +316,10 @@ class ArchiveCipher:
         if self._gcm is None:
             self._native()
 
+    def sealing_key(self) -> GcmKey:
+        """The native key, for a writer's sealing thread (archive.sealer)."""
+        return self._gcm if self._gcm is not None else self._native()
+
     def _native(self) -> GcmKey:
         """The native key (dsbackup._ext.seal), made on first use."""
         with self._lock:

@@ -21,7 +21,7 @@ from dsbackup.archive.crypto import KeyMaterial, PendingKey, sealed_size
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.pages import PagedIndexBuilder
 from dsbackup.archive.resume import ResumeState
-from dsbackup.archive.sealer import SEAL_AHEAD, SealThread
+from dsbackup.archive.sealer import SEAL_AHEAD, SealingThread
 from dsbackup.errors import ArchiveError
 from dsbackup.storage import S3Location, open_sink
 from dsbackup.storage.resumestate import FINISHING, WRITING
@@ -134,14 +134,13 @@ class ArchiveWriter:
                       | (fmt.FLAG_PAGED if page_entries is not None else 0))
         self._cipher = None
         # encrypted: a thread seals chunks (archive.sealer), this one appends them
-        self._sealer: SealThread | None = None
+        self._sealer: SealingThread | None = None
         self._submitted = self._appended = 0  # chunks given to it, and appended since
-        self._sealed: deque[tuple] = deque()  # sealed, not yet appended (from its thread)
+        self._sealing: deque[tuple] = deque()  # submitted, not yet appended
         self._sealed_catalog: bool | None = None
         # the sealed chunks' and catalogs' buffers, reused in turn: one per chunk submitted
         # and not yet appended
         self._out = [[bytearray() for _ in range(SEAL_AHEAD)] for _ in range(2)]
-        self._turn = 0  # (sealing thread) the buffers of the next chunk
         self._base = 0  # length of the key header (the manifest follows it)
         self._pending_key: PendingKey | None = None  # the data key, being made (encrypted)
         self._head: tuple[bytes, bytes | None] | None = None  # manifest and node, till then
@@ -300,7 +299,8 @@ class ArchiveWriter:
         """The encrypted add_chunk (docs/FORMAT.md §11.4): the chunk goes to the sealing
         thread; the chunks it has sealed meanwhile are appended, in order; this waits for a
         seal only when SEAL_AHEAD chunks are not yet appended. A body in a worker's slot is
-        held (BodyView.hold) until it is sealed; other bodies are kept (bytes) or copied."""
+        held (BodyView.hold) until its chunk is appended; other bodies are kept (bytes) or
+        copied."""
         seq = self.chunk_count
         has_catalog = catalog_body is not None
         if has_catalog and catalog_xxh3 is None:
@@ -309,75 +309,70 @@ class ArchiveWriter:
             raise ArchiveError(f"chunk {seq}: catalog presence changed")
         self._sealed_catalog = has_catalog
         if self._sealer is None:
-            self._sealer = SealThread(self._seal_chunk, _release_job)
+            self._sealer = SealingThread(self._cipher.sealing_key())
         while self._submitted - self._appended >= SEAL_AHEAD:
             self._append_next()  # (its buffers are the next chunk's)
         body = chunk.body
         hold = getattr(body, "hold", None)
         release = hold() if hold is not None else None
         data = body.data if release is not None else _kept(body.data)
+        turn = self._submitted % SEAL_AHEAD
         try:
-            job = (seq, chunk.record_count, body.input_len, chunk.payload_xxh3,
-                   chunk.keys_xxh3, bytes(chunk.first_key), bytes(chunk.last_key), data,
-                   None if catalog_body is None else _kept(catalog_body.data),
-                   catalog_xxh3, catalog_body.input_len if has_catalog else 0, release)
-            self._sealer.submit(job)
+            job = self._submit(fmt.TYPE_CHUNK, seq, data, 0, turn)
+            cjob = (None if catalog_body is None
+                    else self._submit(fmt.TYPE_CATALOG, seq, _kept(catalog_body.data), 1, turn))
         except BaseException:
             if release is not None:
                 release()
             raise
+        last_key = bytes(chunk.last_key)
+        self._sealing.append((seq, chunk.record_count, body.input_len, chunk.payload_xxh3,
+                              chunk.keys_xxh3, bytes(chunk.first_key), last_key, job, cjob,
+                              catalog_xxh3, catalog_body.input_len if has_catalog else 0,
+                              release, job[0] if cjob is None else cjob[0]))
         self._submitted += 1
-        while self._sealer.done > self._appended:
+        done = self._sealer.done
+        while self._sealing and self._sealing[0][-1] < done:
             self._append_next()
-        self._prev_last = job[6]
+        self._prev_last = last_key
         self._fingerprint.update(_U64.pack(chunk.payload_xxh3))
         self._records += chunk.record_count
         self._raw_bytes += chunk.raw_bytes
         self._payload_bytes += body.input_len
 
-    def _seal_into(self, mtype: int, seq: int, data: Any, which: int, turn: int,
-                   ) -> tuple[Body, int]:
-        """`data` sealed into buffer `turn` of kind `which` (grown when too small; reused,
-        so no fresh pages per member): the member body (a view of the buffer) and the
-        XXH3-64 of the sealed bytes (the subfield's digest)."""
+    def _submit(self, mtype: int, seq: int, data: Any, which: int, turn: int,
+                ) -> tuple[int, bytearray]:
+        """Give `data` to the sealing thread, to be sealed into buffer `turn` of kind `which`
+        (grown when too small; reused, so no fresh pages per member): (job, buffer)."""
         buf = self._out[which][turn]
         need = sealed_size(len(data))
-        if len(buf) < need:  # a new one: the old one may still be viewed by a finished job
+        if len(buf) < need:  # a new one: the old one may still be viewed by a written body
             buf = self._out[which][turn] = bytearray(need + (need >> 3))
-        n, crc, size, input_len, sxxh = self._cipher.seal_into(mtype, seq, data, buf,
-                                                                 self._epoch)
-        return NativeBody(memoryview(buf)[:n], crc, size, input_len), sxxh
-
-    def _seal_chunk(self, job: tuple) -> None:
-        """The sealing thread's job: seal a chunk and its catalog, give the worker's slot
-        back, leave both for the writer's thread to append. Buffers go round: chunk i is
-        submitted once chunk i-SEAL_AHEAD, whose buffers these were, is appended."""
-        seq, records, plen, pxxh, kxxh, first, last, data, cdata, cat_xxh3, cat_len, release \
-            = job
-        turn, self._turn = self._turn, (self._turn + 1) % SEAL_AHEAD
-        try:
-            sealed = self._seal_into(fmt.TYPE_CHUNK, seq, data, 0, turn)
-            csealed = (None if cdata is None
-                       else self._seal_into(fmt.TYPE_CATALOG, seq, cdata, 1, turn))
-        finally:
-            if release is not None:
-                release()  # the slot is the worker's again
-        del data, job
-        self._sealed.append((seq, records, plen, pxxh, kxxh, first, last, sealed, csealed,
-                             cat_xxh3, cat_len))
+        c = self._cipher
+        job = self._sealer.submit(c.nonce(mtype, seq, self._epoch),
+                                  c.aad(mtype, seq, len(data), self._epoch), data, buf)
+        return job, buf
 
     def _append_next(self) -> None:
-        """Append the next sealed chunk (waiting for its seal): its members, and index it."""
-        self._sealer.wait_done(self._appended + 1)
-        seq, records, plen, pxxh, kxxh, first, last, (sbody, sxxh), csealed, cat_xxh3, \
-            cat_len = self._sealed.popleft()
+        """Append the next chunk submitted (waiting for its seal): its members, and index
+        it. The worker's slot it held is given back once its seal is done."""
+        seq, records, plen, pxxh, kxxh, first, last, (job, buf), csealed, cat_xxh3, \
+            cat_len, release, _ = self._sealing.popleft()
         self._appended += 1
+        try:
+            n, crc, size, input_len, sxxh = self._sealer.result(job)
+            if csealed is not None:
+                cn, ccrc, csize, cinput, cs = self._sealer.result(csealed[0])
+        finally:
+            if release is not None:
+                release()  # sealed (or failed, or the thread stopped): the worker's again
+        sbody = NativeBody(memoryview(buf)[:n], crc, size, input_len)
         sub = fmt.chunk_subfield(seq, 0, sbody.input_len, sxxh, self.version, self.flags)
         off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, sbody)
         self._index.add_chunk(ChunkEntry(seq, off, length, plen, records, pxxh, mxxh, kxxh,
                                          first, last, 0, self._epoch))
         if csealed is not None:
-            cbody, cs = csealed
+            cbody = NativeBody(memoryview(csealed[1])[:cn], ccrc, csize, cinput)
             csub = fmt.data_subfield(fmt.TYPE_CATALOG, cbody.input_len, cs, self.version,
                                      self.flags)
             coff, clen, cmx = self._write_member(csub, fmt.catalog_name(seq), 0, cbody)
@@ -385,8 +380,8 @@ class ArchiveWriter:
         self._page_out()
 
     def _drain(self) -> None:
-        """Append every chunk submitted (the sealing thread's error is raised here)."""
-        while self._appended < self._submitted:
+        """Append every chunk submitted (a sealing error is raised here)."""
+        while self._sealing:
             self._append_next()
 
     # -- paged index (docs/FORMAT.md §11.3): a page after the chunks it describes ---------------
@@ -407,11 +402,15 @@ class ArchiveWriter:
         return isinstance(self._index, PagedIndexBuilder)
 
     def _stop_sealer(self) -> None:
+        """Stop the sealing thread, then give back the slots of the chunks not appended."""
         if self._sealer is not None:
             self._sealer.close()
             self._sealer = None
-            self._sealed.clear()
-            self._submitted = self._appended = 0
+        pending, self._sealing = self._sealing, deque()
+        self._submitted = self._appended = 0
+        for item in pending:
+            if item[11] is not None:
+                item[11]()
 
     # -- the sealing state a --resume of an encrypted temp file needs (docs/FORMAT.md §11.4) ---
 
@@ -550,8 +549,3 @@ def _kept(data: Any) -> Any:
     changes them), any other buffer copied (its owner may reuse it once add_chunk returns)."""
     return data if isinstance(data, bytes) else bytes(data)
 
-
-def _release_job(job: tuple) -> None:
-    """A chunk the sealing thread will not seal (the writer stopped): give its slot back."""
-    if job[-1] is not None:
-        job[-1]()
