@@ -64,3 +64,29 @@ def test_cancel_raises_cancelled_before_waiting_for_the_next_result():
         cancel.set()
         with pytest.raises(Cancelled, match="restore cancelled"):
             next(it)
+
+
+def test_a_budget_bounds_the_cost_in_flight_and_lets_a_large_item_through_alone():
+    sizes = [3, 1, 1, 9, 2, 2, 2, 2, 5, 1] * 4  # 9: larger than the budget
+    lock = threading.Lock()
+    in_flight: list[int] = []
+    worst = 0
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, fn, *args, **kw):
+            nonlocal worst
+            with lock:
+                in_flight.append(sizes[args[0]])
+                if len(in_flight) > 1:
+                    worst = max(worst, sum(in_flight))
+            return super().submit(fn, *args, **kw)
+
+    out = []
+    with Counting(max_workers=3) as pool:
+        for r in ordered_map(pool, lambda i: i, range(len(sizes)), 100,
+                             cost=lambda i: sizes[i], budget=6):
+            with lock:
+                in_flight.pop(0)
+            out.append(r)
+    assert out == list(range(len(sizes)))
+    assert 0 < worst <= 6  # more than one in flight only within the budget

@@ -18,6 +18,7 @@ from dsbackup._libc import libc
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MMAP_THRESHOLD = 32 << 20  # glibc's maximum on 64-bit
 TRIM_THRESHOLD = 256 << 20
 
@@ -40,3 +41,23 @@ def tune_allocator() -> bool:
             mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
         _done = ok
         return ok
+
+
+_one_arena = False
+
+
+def single_arena() -> bool:
+    """Have every thread allocate from the main arena (``M_ARENA_MAX`` 1): for a restore,
+    whose inflate threads allocate the chunk payloads that the main thread frees after
+    writing them. In per-thread arenas those buffers of varying sizes left the arenas'
+    resident high-water mark creeping up for seconds, so a longer restore took more memory
+    (docs/PERFORMANCE.md, "Memory flat in store size"). Call it before threads allocate
+    (glibc fixes the arena limit once more than 8 arenas exist). True when in effect;
+    ``DSBACKUP_NO_MALLOPT=1`` leaves it alone, as for tune_allocator."""
+    global _one_arena
+    with _lock:
+        if _one_arena or os.environ.get("DSBACKUP_NO_MALLOPT"):
+            return _one_arena
+        mallopt = getattr(libc(), "mallopt", None)
+        _one_arena = mallopt is not None and bool(mallopt(M_ARENA_MAX, 1))
+        return _one_arena

@@ -24,7 +24,7 @@ ROOT_MAGIC = b"DSR1"
 DEFAULT_PAGE_ENTRIES = 4096
 MIN_PAGE_ENTRIES = 256
 MAX_PAGE_ENTRIES = 65536
-CACHE_PAGES = 16  # decoded pages kept (a page of 4096 entries is ~0.4 MB)
+CACHE_PAGES = 4  # decoded pages kept (a page of 4096 entries is ~0.4 MB): sequential readers use 1-2
 
 # magic, flags, page number, first seq, entry count, keys blob length, catalog count, reserved
 _PAGE_HEADER = struct.Struct("<4sIQQQQQQQ")  # 64 bytes

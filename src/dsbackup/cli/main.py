@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from dsbackup import cli, filemodes
 from dsbackup._version import __version__
-from dsbackup.allocator import tune_allocator
+from dsbackup.allocator import single_arena, tune_allocator
 from dsbackup.cli._common import emit_json, escape_text
 from dsbackup.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, DsBackupError
 
@@ -219,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--s3-stale-hours: {exc}")
         configure(stale_hours=args.s3_stale_hours)
     tune_allocator()  # large chunk buffers are reused instead of page-faulted in each time
+    if args.command == "restore":
+        single_arena()  # payloads inflated in threads, freed by the writer: a flat peak
     if not getattr(args, "_run", None):
         parser.error(f"give a command: {', '.join(_command_names())}")
     try:

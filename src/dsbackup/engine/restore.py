@@ -112,10 +112,13 @@ def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
     return _in_order(work, chunk_ids, threads, cancel)
 
 
-def _checked_payloads(reader: ArchiveReader, chunk_ids: list[int], threads: int,
-                      cancel: threading.Event, window: int) -> Iterator[tuple[int, memoryview]]:
+def _checked_payloads(reader: ArchiveReader, chunk_ids: range, threads: int,
+                      cancel: threading.Event, window: int, budget: int,
+                      ) -> Iterator[tuple[int, memoryview]]:
     """Verified chunk payloads in order, not decoded (the native LMDB writer parses them);
-    at most `window` in flight, so the pool keeps inflating while a batch is written."""
+    at most `window` chunks and `budget` payload bytes (one chunk at least) in flight, so the
+    pool keeps inflating while a batch is written and its memory does not depend on how
+    large a run of consecutive chunks happens to be."""
 
     def work(i: int) -> tuple[int, memoryview]:
         payload = reader.read_chunk(i)
@@ -124,16 +127,19 @@ def _checked_payloads(reader: ArchiveReader, chunk_ids: list[int], threads: int,
         check_payload(reader.path, i, reader.entry(i), payload)
         return i, payload
 
-    return _in_order(work, chunk_ids, threads, cancel, window)
+    return _in_order(work, chunk_ids, threads, cancel, window,
+                     lambda i: reader.entry(i).payload_len, budget)
 
 
-def _in_order(work: Callable[[int], Any], chunk_ids: list[int], threads: int,
-              cancel: threading.Event, window_size: int = 0) -> Iterator[Any]:
+def _in_order(work: Callable[[int], Any], chunk_ids: range, threads: int,
+              cancel: threading.Event, window_size: int = 0,
+              cost: Callable[[int], int] | None = None, budget: int = 0) -> Iterator[Any]:
     """Run work(i) in a thread pool, yield the results in order; at most window_size
-    (default 2 × threads) in flight."""
+    (default 2 × threads) in flight, and at most `budget` of cost(i) when given."""
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dsbackup-inflate") as pool:
         yield from ordered_map(pool, work, chunk_ids, max(window_size, 2 * threads),
-                               cancel=cancel, cancelled="restore cancelled")
+                               cancel=cancel, cancelled="restore cancelled", cost=cost,
+                               budget=budget)
 
 
 class _NativeLmdbTarget:
@@ -390,7 +396,7 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
     return _finish(target, jpath, result, t0)
 
 
-def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: list[int],
+def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: range,
                   first_chunk: int, *, workers: int, cancel: threading.Event,
                   progress: Callable[[Progress], None] | None, batch_bytes: int,
                   jpath: Path | None, state: dict[str, Any], result: RestoreResult,
@@ -470,13 +476,19 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: li
                 journaled = time.monotonic()
         payloads, chunk_ids, acc_bytes, acc_records = [], [], 0, 0
 
-    # in flight: about one batch of payloads, so the pool keeps inflating while the previous
-    # batch is written (memory: about 2 × batch_bytes of payloads)
+    # in flight: at most one batch of payload bytes, so the pool keeps inflating while the
+    # previous batch is written. Memory: at most 2 × batch_bytes of payloads (or a chunk
+    # larger than that), whatever the chunk sizes: bounded by bytes, not by a chunk count
+    # from the average size, under which a longer run meets a larger run of large chunks
+    # and the peak grew with the archive (docs/PERFORMANCE.md, "Memory flat in store size")
     avg = max(1, int(reader.summary.get("raw_bytes") or 0) // max(1, reader.chunk_count))
-    window = min(256, max(1, batch_bytes // avg))
+    window = min(256, max(1, 2 * batch_bytes // avg))
     try:
-        for i, payload in _checked_payloads(reader, selected, max(1, workers), cancel, window):
+        for i, payload in _checked_payloads(reader, selected, max(1, workers), cancel, window,
+                                            batch_bytes):
             e = reader.entry(i)
+            if payloads and acc_bytes + e.payload_len > batch_bytes:
+                flush()  # a batch holds at most batch_bytes (or one larger chunk)
             payloads.append(payload)
             chunk_ids.append(i)
             acc_bytes += e.payload_len
