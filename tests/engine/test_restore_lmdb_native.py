@@ -163,3 +163,46 @@ def test_first_journal_is_on_disk_before_the_first_write(tmp_path, archive, monk
     assert events[1][0] == "write"
     assert [e for e in events if e[0] == "journal"] == [("journal", 0)]
     assert not (tmp_path / "f.dsbackup-restore.json").exists()
+
+
+def test_payload_bytes_in_flight_and_per_batch_stay_within_batch_bytes(tmp_path, archive,
+                                                                      monkeypatch):
+    """Memory flat in store size: a batch never passes batch_bytes (a single larger chunk
+    aside) and the pool holds at most batch_bytes of payloads not yet taken."""
+    path, recs = archive
+    batch = 60_000
+    writes: list[list[int]] = []
+    budgets: list[int] = []
+
+    class Recording(restore_mod._NativeLmdbTarget):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            real = self.writer
+
+            class Proxy:
+                def __getattr__(self, name):
+                    return getattr(real, name)
+
+                def write(self, payloads, **kw):
+                    writes.append([len(p) for p in payloads])
+                    return real.write(payloads, **kw)
+
+            self.writer = Proxy()
+
+    real_map = restore_mod.ordered_map
+
+    def checked_map(pool, fn, items, window, **kw):
+        budgets.append(kw.get("budget", 0))
+        return real_map(pool, fn, items, window, **kw)
+
+    monkeypatch.setattr(restore_mod, "_NativeLmdbTarget", Recording)
+    monkeypatch.setattr(restore_mod, "ordered_map", checked_map)
+    res = restore_archive(path, f"lmdb:{tmp_path / 'b'}", batch_bytes=batch)
+    assert read_all(tmp_path / "b") == recs and res.records_written == len(recs)
+    assert budgets == [batch]
+    assert len(writes) > 3
+    for sizes in writes:
+        assert sum(sizes) <= batch or len(sizes) == 1, sizes
+    # the cut is before the chunk that would pass the budget: the next batch's first chunk
+    for a, b in zip(writes, writes[1:]):
+        assert sum(a) + b[0] > batch
