@@ -106,3 +106,26 @@ def test_a_200_to_a_ranged_get_says_so(server):
     msg = str(exc.value)
     assert msg.startswith("s3://b/a.dsb: GET failed: the server answered a ranged GET")
     assert "206 Partial Content" in msg and "download the object" in msg
+
+
+def test_blocks_stream_into_the_cache_and_are_fetched_once(server, monkeypatch):
+    """Small blocks (the body in pieces smaller than a block): reads within, across and at
+    the end of blocks give the object's bytes, a forward reader fetches each block once, and
+    the cache holds no more than CACHE_BLOCKS."""
+    monkeypatch.setattr(s3mod, "TAIL_BYTES", 1000)
+    monkeypatch.setattr(s3mod, "BLOCK", 4096)
+    monkeypatch.setattr(s3mod, "PIECE", 1000)
+    server("s3")
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    assert src.size == len(BODY)
+    pos, sizes = 0, [1, 4095, 4096, 700, 9000, 3, 5000]
+    for i in range(10_000):
+        n = min(sizes[i % len(sizes)], len(BODY) - pos)
+        if n == 0:
+            break
+        assert src.read(pos, n) == BODY[pos:pos + n], (pos, n)
+        assert len(src._blocks) <= s3mod.CACHE_BLOCKS
+        pos += n
+    assert src._fetches <= (len(BODY) - 1) // 4096 + 1  # no block twice
+    assert src.read(4000, 9000) == BODY[4000:13000]  # behind: fetched again, still right
+    src.close()
