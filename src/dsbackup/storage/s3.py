@@ -53,6 +53,8 @@ READ_AHEAD = 3  # blocks fetched ahead of a reader moving forward
 # and 4 workers; one less than READ_AHEAD + 1 and the read-ahead evicts the block being read)
 CACHE_BLOCKS = READ_AHEAD + 2  # 40 MiB at most per open archive
 PIECE = 256 << 10  # a block's body arrives in pieces of this size, copied into its mapping
+# its pages made present in one call (MAP_POPULATE, Linux) rather than faulted in one by one
+_MAP_FLAGS = mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0) | getattr(mmap, "MAP_POPULATE", 0)
 NEAR = 4  # a read this many blocks behind the furthest one still counts as moving forward
 
 log = logging.getLogger(__name__)
@@ -370,7 +372,7 @@ class S3Source:
         in ``PIECE`` pieces, so no block-sized buffer is ever taken from malloc (a GET thread's
         arena kept such buffers after their block left the cache: ~100 MiB of a restore's
         peak), and the mapping's pages go back to the kernel when the block is dropped."""
-        buf = mmap.mmap(-1, end - start)
+        buf = mmap.mmap(-1, end - start, flags=_MAP_FLAGS)
         pos = 0
         try:
             got = obstore.get(self._store, self.location.key,
