@@ -20,7 +20,8 @@ BODY = bytes(range(256)) * 300  # 76,800 bytes: shorter than the open's 256 KiB 
 
 class _Server(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    mode = "s3"  # "s3", "200" (a 200 to every ranged GET), "416" (to a too long suffix)
+    mode = "s3"  # "s3", "200" (a 200 to every ranged GET), "416" (to a too long suffix),
+    # "cut" (the connection closed halfway through a block's body)
 
     def _range(self) -> tuple[int, int] | None:
         rng = self.headers.get("Range")
@@ -50,6 +51,11 @@ class _Server(http.server.BaseHTTPRequestHandler):
         self.send_header("Last-Modified", email.utils.formatdate(usegmt=True))
         self.end_headers()
         if body:
+            if self.mode == "cut" and hi - lo + 1 == 1024:  # a block: cut off midway
+                self.wfile.write(BODY[lo:lo + (hi - lo + 1) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
             self.wfile.write(BODY[lo:hi + 1])
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -106,3 +112,36 @@ def test_a_200_to_a_ranged_get_says_so(server):
     msg = str(exc.value)
     assert msg.startswith("s3://b/a.dsb: GET failed: the server answered a ranged GET")
     assert "206 Partial Content" in msg and "download the object" in msg
+
+
+def test_blocks_stream_into_the_cache_and_are_fetched_once(server, monkeypatch):
+    """Small blocks (the body in pieces smaller than a block): reads within, across and at
+    the end of blocks give the object's bytes, a forward reader fetches each block once, and
+    the cache holds no more than CACHE_BLOCKS."""
+    monkeypatch.setattr(s3mod, "TAIL_BYTES", 1000)
+    monkeypatch.setattr(s3mod, "BLOCK", 4096)
+    monkeypatch.setattr(s3mod, "PIECE", 1000)
+    server("s3")
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    assert src.size == len(BODY)
+    pos, sizes = 0, [1, 4095, 4096, 700, 9000, 3, 5000]
+    for i in range(10_000):
+        n = min(sizes[i % len(sizes)], len(BODY) - pos)
+        if n == 0:
+            break
+        assert src.read(pos, n) == BODY[pos:pos + n], (pos, n)
+        assert len(src._blocks) <= s3mod.CACHE_BLOCKS
+        pos += n
+    assert src._fetches <= (len(BODY) - 1) // 4096 + 1  # no block twice
+    assert src.read(4000, 9000) == BODY[4000:13000]  # behind: fetched again, still right
+    src.close()
+
+
+def test_a_block_cut_off_midway_is_a_clear_error(server, monkeypatch):
+    monkeypatch.setattr(s3mod, "TAIL_BYTES", 1000)
+    monkeypatch.setattr(s3mod, "BLOCK", 1024)
+    server("cut")
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    with pytest.raises(ArchiveUnavailable, match=r"^s3://b/a\.dsb: GET bytes 0-1024 failed"):
+        src.read(0, 100)
+    src.close()
