@@ -122,14 +122,15 @@ def main() -> int:
     small, large = rows
     for r in rows:  # a small store is backed up centrally (no worker), a large one in parallel
         r["backup_total"] = r["backup"] + workers * r["backup_worker"]
-    worst = 0.0
+    worst, worst_op = 0.0, ""
     for op in ("backup_total", "restore", "restore_anon", "verify", "verify_anon", "ls",
                "ls_anon"):
         ratio = large[op] / small[op] if small[op] else float("nan")
-        if op != "restore":  # RSS of a restore counts the LMDB file pages it mapped
-            worst = max(worst, abs(ratio - 1))
+        if op != "restore" and abs(ratio - 1) > worst:  # a restore's RSS counts the LMDB
+            worst, worst_op = abs(ratio - 1), op           # file pages it mapped: anon only
         print(f"{op:14} {a.factor}x store / 1x store peak: {ratio:.3f}")
-    print(f"largest deviation (restore by its anonymous memory) {worst:.3f} (bound: 0.10)")
+    print(f"largest deviation {worst:.3f}, {worst_op} (bound: 0.10; restore counted by its "
+          "anonymous memory)")
     return 0 if worst <= 0.10 else 1
 
 
