@@ -42,11 +42,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 
-NATIVE = r'''
+# each suite's script starts with this: the best thread CPU time of DSBACKUP_BENCH_REPS runs
+PRELUDE = r'''
 import json, os, sys, time
-sys.path.insert(0, os.environ["AB_BENCH_DIR"])
-import native_data as nd
-from dsbackup._ext import framing, lmdbscan
 
 REPS = int(os.environ.get("DSBACKUP_BENCH_REPS", "3"))
 
@@ -57,6 +55,12 @@ def best(fn):
         fn()
         t = min(t, time.thread_time() - t0)
     return t
+'''
+
+NATIVE = PRELUDE + r'''
+sys.path.insert(0, os.environ["AB_BENCH_DIR"])
+import native_data as nd
+from dsbackup._ext import framing, lmdbscan
 
 n = nd.scaled(500_000, 1000)
 keys, values = nd.small_records(n)
@@ -128,8 +132,8 @@ print(json.dumps({name: [best(fn), None] for name, fn in cases.items()}))
 '''
 
 
-XXH3 = r'''
-import json, os, random, time
+XXH3 = PRELUDE + r'''
+import random
 if os.environ["AB_IMPORTS"] == "1":
     import dsbackup.archive.reader  # noqa: F401  (numpy and the rest, as in a real process)
 from dsbackup._ext import checksum
@@ -141,16 +145,6 @@ PIECE = 256 * 1024
 keys = [data[i:i + 36] for i in range(0, 36 * 200_000, 36)]
 path = os.environ["AB_FILE"]
 fd = os.open(path, os.O_RDONLY)
-
-REPS = int(os.environ.get("DSBACKUP_BENCH_REPS", "3"))
-
-def best(fn):
-    t = float("inf")
-    for _ in range(REPS):
-        t0 = time.thread_time()
-        fn()
-        t = min(t, time.thread_time() - t0)
-    return t
 
 def stream(cls, digest):
     def fn():
