@@ -209,18 +209,24 @@ def _cpu() -> float:
     return total
 
 
+WORKERS: int | None = None  # --workers (None: the default, the CPU count)
+
+
 def backup(uri: str, out: Path, parent: Path | None = None,
            chunk_size: int | None = None) -> tuple[float, dict]:
     out.unlink(missing_ok=True)
     c, t = _cpu(), time.perf_counter()
-    BackupManager(BackupConfig(chunk_size=chunk_size)).create_backup(uri, out, parent=parent)
+    cfg = BackupConfig(chunk_size=chunk_size)
+    if WORKERS is not None:
+        cfg.workers = WORKERS
+    md = BackupManager(cfg).create_backup(uri, out, parent=parent)
     secs, cpu = time.perf_counter() - t, _cpu() - c
     with ArchiveReader(out) as r:
         s = r.summary
         info = {"chunks": r.chunk_count, "stored": s.get("stored_chunks", r.chunk_count),
                 "read": s.get("chunks_read_to_compare", 0), "size": out.stat().st_size,
                 "chunk_size": (r.manifest.get("settings") or {}).get("chunk_size"),
-                "cpu_s": round(cpu, 3)}
+                "cpu_s": round(cpu, 3), "mode": md.statistics.mode}
     return secs, info
 
 
@@ -332,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--du-cache", action=argparse.BooleanOptionalAction, default=None,
                     help="keep a diskUsage.cache in the store, as Kubo does (default: yes for "
                          "kubo and 256k; no for small, as the first runs had it)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="backup workers (default: the CPU count); 1 scans centrally")
     ap.add_argument("--dir", default=os.environ.get("DSBACKUP_BENCH_DIR", "/tmp/flatinc-data"))
     ap.add_argument("--archives", default=None, help="where the archives go (default --dir)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -345,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="time find against the incremental's native listing (keys sorted, "
                          "file audit) only: no backups")
     args = ap.parse_args(argv)
+    global WORKERS
+    WORKERS = args.workers
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
     name = f"flatfs-{args.files}" if args.sizes == "small" else f"flatfs-{args.sizes}-{args.files}"
@@ -364,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     parents: dict[int | None, Path] = {}
     infos: dict[str, dict] = {}
     for cs in sizes:
-        parents[cs] = work / f"parent-{name}-{'du' if du_cache else 'nodu'}-{_label(cs)}.tar.gz"
+        parents[cs] = work / (f"parent-{name}-{'du' if du_cache else 'nodu'}-{_label(cs)}"
+                              f"-w{args.workers or 0}.tar.gz")
         if not parents[cs].is_file():
             secs, info = backup(uri, parents[cs], chunk_size=cs)
             print(f"parent (chunk size {_label(cs)} = {info['chunk_size']}): {secs:.1f} s, "
@@ -422,13 +433,14 @@ def main(argv: list[str] | None = None) -> int:
         ratios[f"cpu new{at}/full{at}"] = cpu_med["new" + at] / cpu_med["full" + at]
     load1 = os.getloadavg()
     print(f"\n{args.files} files ({infos['find']['files']} by find), sizes {args.sizes}, "
-          f"diskUsage.cache {'yes' if du_cache else 'no'}, "
+          f"diskUsage.cache {'yes' if du_cache else 'no'}, workers {args.workers or 'default'}, "
           f"{os.cpu_count()} CPUs, {args.rounds} interleaved rounds, medians; load average "
           f"{load0[0]:.1f} at the start, {load1[0]:.1f} {load1[1]:.1f} {load1[2]:.1f} at the end")
     for k, v in med.items():
         extra = infos.get(k, {})
         detail = (f"  cpu {cpu_med[k]:7.2f} s  stored {extra['stored']}/{extra['chunks']} "
-                  f"chunks, read {extra['read']}, {extra['size'] / 2**20:.1f} MiB"
+                  f"chunks, read {extra['read']}, {extra['size'] / 2**20:.1f} MiB, "
+                  f"{extra['mode']}"
                   if "stored" in extra else "")
         print(f"  {k:<16} {v:8.3f} s{detail}")
     for k, v in ratios.items():
@@ -437,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "files": args.files, "sizes": args.sizes, "du_cache": du_cache,
+            "workers": args.workers,
             "chunk_sizes": [_label(cs) for cs in sizes], "cpus": os.cpu_count(),
             "rounds": args.rounds, "new_percent": args.new_percent, "loadavg_start": load0,
             "loadavg_end": load1, "seconds_all": times, "median_s": med, "cpu_s_all": cpus,
