@@ -20,20 +20,22 @@ loop if it is waiting for the workers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
+import pickle
 import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
+from multiprocessing.connection import Pipe, wait
 from typing import Any
 
 from dsbackup.errors import BackupError, Cancelled
-from dsbackup.pipeline import forkserver
+from dsbackup.pipeline import forkserver, zygote
 from dsbackup.pipeline.central import ChunkSettings, ScanStats
 from dsbackup.pipeline.chunks import BodyView, ReadyChunk
 from dsbackup.pipeline.worker import worker_main
@@ -119,12 +121,12 @@ class ParallelScan:
     # -- processes ---------------------------------------------------------------------------
 
     def _start(self) -> None:
-        ctx = forkserver.context()  # running already if the CLI prestarted it
         _remove_stale_slot_files()
         fd, base = tempfile.mkstemp(prefix=f"dsbackup-slots-{os.getpid()}-", dir=_shm_dir())
         os.close(fd)
         os.unlink(base)
         per = SLOTS_PER_WORKER * self.slot_size
+        launch = self._launcher()
         for w in range(self.n + 1):  # the last one is the planner
             path: str | None = None
             if w < self.n:
@@ -136,19 +138,46 @@ class ParallelScan:
                     self._wmaps.append(mmap.mmap(fd, per))
                 finally:
                     os.close(fd)
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=worker_main, daemon=True,
-                            name="dsbackup-planner" if w == self.n else f"dsbackup-worker-{w}",
-                            args=(child, path, SLOTS_PER_WORKER, self.slot_size, self.kind,
-                                  self.location, self.settings))
-            with forkserver.start_context():
-                p.start()
-            child.close()
+            parent, child = Pipe()
+            try:
+                p = launch(child, "dsbackup-planner" if w == self.n else f"dsbackup-worker-{w}",
+                           (path, SLOTS_PER_WORKER, self.slot_size, self.kind, self.location,
+                            self.settings))
+            finally:
+                child.close()
             self.conns.append(parent)
             self.procs.append(p)
         self._wviews = [memoryview(m) for m in self._wmaps]
-        log.debug("%d processes forked from fork server %s", len(self.procs),
-                  forkserver.server_pid())
+        log.debug("%d processes forked from %s", len(self.procs), self._origin())
+
+    def _launcher(self) -> Callable[[Any, str, tuple], Any]:
+        """How the processes start: forks of the zygote the CLI started (zygote.py), else of
+        the fork server (running already if the CLI prestarted it)."""
+        z = zygote.running()
+        if z is not None and len(pickle.dumps(
+                (self.kind, self.location, self.settings))) < zygote.MAX_REQUEST // 2:
+            def from_zygote(conn: Any, name: str, args: tuple) -> Any:
+                try:
+                    return z.start_worker(conn, args, name)
+                except zygote.ZygoteError as exc:
+                    raise BackupError(f"cannot start backup worker {name}: {exc}") from None
+
+            return from_zygote
+        ctx = forkserver.context()
+
+        def from_server(conn: Any, name: str, args: tuple) -> Any:
+            p = ctx.Process(target=worker_main, daemon=True, name=name, args=(conn, *args))
+            with forkserver.start_context():
+                p.start()
+            return p
+
+        return from_server
+
+    def _origin(self) -> str:
+        z = zygote.running()
+        if self.procs and isinstance(self.procs[0], zygote.WorkerProcess) and z is not None:
+            return f"zygote {z.pid}"
+        return f"fork server {forkserver.server_pid()}"
 
     def _unlink_slot_files(self) -> None:
         for p in self._wpaths:
@@ -172,6 +201,9 @@ class ParallelScan:
                 p.join()
         for c in self.conns:
             c.close()
+        for p in self.procs:
+            with contextlib.suppress(ValueError):  # still running: the kill above failed
+                p.close()
 
     def _cleanup(self) -> None:
         with self._wake_lock:
@@ -208,6 +240,7 @@ class ParallelScan:
             if r in sentinels:
                 w = sentinels[r]
                 if not self.conns[w].poll():
+                    self._check_cancel()  # Ctrl-C reached the workers too: exit 130, not 2
                     raise BackupError(f"backup worker {w} died (exit code "
                                       f"{self.procs[w].exitcode})")
                 continue
@@ -215,6 +248,7 @@ class ParallelScan:
             try:
                 out.append((w, r.recv()))
             except EOFError:
+                self._check_cancel()
                 raise BackupError(f"backup worker {w} exited unexpectedly") from None
         for w, msg in out:
             if msg[0] == "error":
