@@ -172,7 +172,10 @@ def test_a_killed_worker_fails_the_backup_and_leaves_nothing(store, tmp_path):
     os.kill(cli.pid, signal.SIGCONT)
     _, err = cli.communicate(timeout=60)
     assert cli.returncode == 2, err
-    assert "backup worker 0 died (exit code -9)" in err or "exited unexpectedly" in err, err
+    # seen by its pipe or its exit code, whichever the parent reads first; never a message
+    # about the archive (a send to the dead worker's pipe fails too)
+    assert ("backup worker 0 died (exit code -9)" in err
+            or "backup worker 0 exited unexpectedly" in err), err
     assert not arc.exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # nor a temp file
     assert _none_left(mark)
@@ -197,7 +200,8 @@ def test_a_killed_zygote_fails_the_backup_and_leaves_no_process(store, tmp_path)
     os.kill(cli.pid, signal.SIGCONT)
     _, err = cli.communicate(timeout=60)
     assert cli.returncode == 2, err
-    assert "died (exit code 255)" in err, err
+    # its workers' status pipes closed without a code, or it is gone while forking the last
+    assert "died (exit code 255)" in err or "the worker zygote is gone" in err, err
     assert not arc.exists()
     assert _none_left(mark)
 

@@ -80,15 +80,14 @@ def prepare(args: argparse.Namespace) -> Iterator[None]:
     """Around the command, before any key is read or store opened: fork the scan workers'
     zygote from this process while it is still single-threaded (pipeline/zygote.py; it holds
     no key and no store), or boot their fork server; stop the zygote at the end."""
-    from dsbackup.pipeline import zygote
-    from dsbackup.pipeline.scanchoice import prestart_workers
+    from dsbackup import prestart_workers, stop_workers_zygote
 
     prestart_workers(args.source, workers=args.workers, incremental=args.parent is not None,
                      format=args.format, fork_zygote=True)
     try:
         yield
     finally:
-        zygote.stop()
+        stop_workers_zygote()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -247,14 +247,31 @@ class ParallelScan:
             w = self.conns.index(r)
             try:
                 out.append((w, r.recv()))
-            except EOFError:
-                self._check_cancel()
-                raise BackupError(f"backup worker {w} exited unexpectedly") from None
+            except (EOFError, OSError):  # OSError: ECONNRESET, it died with our data unread
+                raise self._gone(w) from None
         for w, msg in out:
             if msg[0] == "error":
                 log.debug("worker %d traceback:\n%s", w, msg[2])
                 raise BackupError(f"backup worker {w} failed: {msg[1]}")
         return out
+
+    def _send(self, w: int, msg: tuple) -> None:
+        """Send to process w; one that is gone (killed) fails the scan naming it."""
+        try:
+            self.conns[w].send(msg)
+        except OSError:  # EPIPE, ECONNRESET: its end of the pipe is closed
+            raise self._gone(w) from None
+
+    def _gone(self, w: int) -> Exception:
+        """The error for process w, whose pipe was closed: Cancelled after a Ctrl-C (it
+        reached the workers too: exit 130, not 2), else a BackupError with its exit code."""
+        self._check_cancel()
+        if w < len(self.procs):
+            self.procs[w].join(1.0)  # its pipe closed as it exited: its code comes at once
+            code = self.procs[w].exitcode
+            if code:
+                return BackupError(f"backup worker {w} died (exit code {code})")
+        return BackupError(f"backup worker {w} exited unexpectedly")
 
     def _check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -277,8 +294,8 @@ class ParallelScan:
                 self.snapshot_id = next(iter(distinct))
                 return
             log.info("workers saw different snapshots %s; retrying (%d)", distinct, attempt + 1)
-            for c in self.conns:
-                c.send(("resnap",))
+            for w in range(total):
+                self._send(w, ("resnap",))
         raise BackupError(
             f"{self.location}: could not get one consistent snapshot for {total} processes "
             f"after {SNAPSHOT_RETRIES} tries (the store is being written too fast); retry, "
@@ -320,12 +337,12 @@ class ParallelScan:
                 idle.discard(w)
                 self._spill_slots(w, ranges)
                 r.worker = w
-                self.conns[w].send(("range", r.rid, r.start, r.end))
+                self._send(w, ("range", r.rid, r.start, r.end))
 
         freed: list[list[int]] = [[] for _ in range(self.n)]
 
         def send_freed(w: int) -> None:
-            self.conns[w].send(("free", freed[w]))
+            self._send(w, ("free", freed[w]))
             freed[w] = []
 
         def free(w: int, slot: int) -> None:
@@ -334,7 +351,7 @@ class ParallelScan:
                 send_freed(w)
 
         released = self._released
-        self.conns[planner].send(("plan", self.stripe_records, self.stripe_bytes))
+        self._send(planner, ("plan", self.stripe_records, self.stripe_bytes))
         while True:
             self._check_cancel()
             while ranges:
@@ -375,8 +392,8 @@ class ParallelScan:
 
     def _collect_stats(self) -> None:
         """Stop the processes and add up what their chunkers excluded."""
-        for c in self.conns:
-            c.send(("stop",))
+        for w in range(len(self.conns)):
+            self._send(w, ("stop",))
         pending = set(range(len(self.conns)))
         deadline = time.monotonic() + 30
         while pending and time.monotonic() < deadline:
@@ -384,7 +401,7 @@ class ParallelScan:
                 w = self.conns.index(r)
                 try:
                     msg = r.recv()
-                except EOFError:
+                except (EOFError, OSError):
                     raise BackupError(f"backup worker {w} exited before reporting") from None
                 if msg[0] == "error":
                     raise BackupError(f"backup worker {w} failed: {msg[1]}")
@@ -423,7 +440,7 @@ class ParallelScan:
             freed.append(slot)
             self.stats.spilled_chunks += 1
         if freed:
-            self.conns[w].send(("free", freed))
+            self._send(w, ("free", freed))
 
     def _release(self, w: int, slot: int) -> None:
         """A held slot is free again (called from the consumer's thread)."""

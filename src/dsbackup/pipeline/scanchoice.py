@@ -60,3 +60,11 @@ def prestart_workers(source: str, *, workers: int | None = None, incremental: bo
         return False
     forkserver.prestart()
     return True
+
+
+def stop_workers_zygote() -> None:
+    """Stop the workers' zygote that ``prestart_workers(..., fork_zygote=True)`` forked, if
+    one runs (it would stop at exit): its workers have ended with their backups."""
+    from dsbackup.pipeline import zygote
+
+    zygote.stop()
