@@ -160,7 +160,8 @@ class ParallelScan:
                 try:
                     return z.start_worker(conn, args, name)
                 except zygote.ZygoteError as exc:
-                    raise BackupError(f"cannot start backup worker {name}: {exc}") from None
+                    raise BackupError(f"cannot start backup worker {name}: {exc.strerror}"
+                                      ) from None
 
             return from_zygote
         ctx = forkserver.context()
