@@ -61,6 +61,7 @@ _LAZY = {
     "verify_go": "dsbackup.compat.gocompat",
     # process set-up of a backup and settings advice
     "prestart_workers": "dsbackup.pipeline.scanchoice",
+    "stop_workers_zygote": "dsbackup.pipeline.scanchoice",
     "tune": "dsbackup.engine.tune",
     "plot": "dsbackup.engine.tune",
     "TuneResult": "dsbackup.engine.tune",

@@ -76,7 +76,8 @@ def test_a_backup_uses_the_prestarted_server_and_reruns_no_script(tmp_path):
 def _cli_backup(src: str, arc: Path, prestart: str, mark: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dsbackup", "-vv", "backup", "--workers", "2", src, str(arc)],
-        env=_env(DSBACKUP_PRESTART=prestart, DSBACKUP_TEST_MARK=mark),
+        # the fork server's path: without a zygote (tests/pipeline/test_zygote.py)
+        env=_env(DSBACKUP_PRESTART=prestart, DSBACKUP_TEST_MARK=mark, DSBACKUP_ZYGOTE="0"),
         capture_output=True, text=True, timeout=120)
 
 
@@ -133,6 +134,7 @@ def test_cli_starts_no_server_for_an_incremental_backup(tmp_path):
         env=_env(DSBACKUP_PRESTART="1"), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "started early" not in res.stderr and "forked from" not in res.stderr, res.stderr
+    assert "zygote" not in res.stderr, res.stderr  # no workers: none forked in vain
 
 
 def test_likely_parallel_guesses_from_file_sizes(tmp_path):

@@ -158,3 +158,35 @@ def test_a_release_wakes_the_loop_waiting_for_workers():
         child.close()
     assert scan._wake is None
     scan._release(0, 4)  # after the scan ended: nothing is written anywhere
+
+
+@pytest.mark.parametrize("how", ["died", "eof"])
+def test_a_worker_gone_after_ctrl_c_is_a_cancellation(how):
+    """Ctrl-C reaches the workers too: one that has exited (its pipe at EOF, or only its
+    sentinel ready) once the cancel is set makes the scan Cancelled (exit 130), not a
+    failed backup (exit 2); without the cancel it is a BackupError."""
+    from dsbackup.errors import BackupError, Cancelled
+    from dsbackup.pipeline import zygote
+
+    for cancelled in (True, False):
+        cancel = threading.Event()
+        scan = ParallelScan("lmdb", "/nonexistent", ChunkSettings(10, 4096, 1), 1,
+                            cancel=cancel)
+        parent, child = multiprocessing.Pipe()
+        r, w = os.pipe()
+        scan.conns = [parent]
+        scan.procs = [zygote.WorkerProcess(os.getpid(), r, "t")]
+        if how == "eof":
+            child.close()
+        else:
+            os.write(w, zygote._CODE.pack(-2))
+        if cancelled:
+            cancel.set()
+        try:
+            with pytest.raises(Cancelled if cancelled else BackupError):
+                scan._recv(5.0)
+        finally:
+            scan.procs[0].close()
+            os.close(w)
+            parent.close()
+            child.close()

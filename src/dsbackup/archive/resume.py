@@ -41,7 +41,6 @@ from dsbackup.archive.crypto import (
 from dsbackup.archive.epochs import epoch_at
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.member import decode_member, decode_member_at, member_end
-from dsbackup.archive.pagedindex import page_entries_of
 from dsbackup.archive.pages import MAX_PAGE_ENTRIES, PagedIndexBuilder, valid_page_entries
 from dsbackup.errors import ArchiveError, IntegrityError
 
@@ -291,6 +290,10 @@ def _incremental_page(mv: memoryview, pos: int, where: str, state: ResumeState,
     if state.cipher is not None:
         data = state.cipher.open(fmt.TYPE_PAGE, p, data, f"{where}: index page {p}",
                                  epoch=epoch_at(runs, p * pe))
+    # imported here: the writer imports this module, and pagedindex imports numpy (start-up
+    # of every backup, before its first chunk)
+    from dsbackup.archive.pagedindex import page_entries_of
+
     entries = page_entries_of(data)
     if len(entries) != pe:
         return None

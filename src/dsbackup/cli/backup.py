@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from dsbackup import BackupConfig
 from dsbackup.cli._common import (
@@ -73,16 +75,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_json_flag(p)
 
 
+@contextmanager
+def prepare(args: argparse.Namespace) -> Iterator[None]:
+    """Around the command, before any key is read or store opened: fork the scan workers'
+    zygote from this process while it is still single-threaded (pipeline/zygote.py; it holds
+    no key and no store), or boot their fork server; stop the zygote at the end."""
+    from dsbackup import prestart_workers, stop_workers_zygote
+
+    prestart_workers(args.source, workers=args.workers, incremental=args.parent is not None,
+                     format=args.format, fork_zygote=True)
+    try:
+        yield
+    finally:
+        stop_workers_zygote()
+
+
 def run(args: argparse.Namespace) -> int:
     if args.archive == "-" and args.json:
         raise ConfigError("--json writes to standard output, which holds the archive when "
                           "ARCHIVE is '-'; leave out --json")
     unanchored = warn_unanchored("--exclude", args.exclude)
-    from dsbackup import prestart_workers
-
-    # the workers' server boots while the backup code is imported
-    prestart_workers(args.source, workers=args.workers, incremental=args.parent is not None,
-                     format=args.format)
     from dsbackup import BackupManager
 
     cfg = BackupConfig(compression_level=args.level, chunk_size=args.chunk_size,

@@ -110,7 +110,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         mod.add_arguments(p)
         operands = [a.dest for a in p._actions
                     if not a.option_strings and a.dest != argparse.SUPPRESS]
-        p.set_defaults(_run=mod.run, _operands=operands)
+        p.set_defaults(_run=mod.run, _operands=operands,
+                       _prepare=getattr(mod, "prepare", None))
     return parser
 
 
@@ -223,8 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         single_arena()  # payloads inflated in threads, freed by the writer: a flat peak
     if not getattr(args, "_run", None):
         parser.error(f"give a command: {', '.join(_command_names())}")
+    prepare = getattr(args, "_prepare", None)  # before the key is read (cli/backup.py)
     try:
-        rc = int(_run_with_key(args) or 0)
+        with prepare(args) if prepare else contextlib.nullcontext():
+            rc = int(_run_with_key(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         return rc
     except KeyboardInterrupt:

@@ -33,14 +33,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from dsbackup._ext.flatlist import FlatKeys
 from dsbackup._ext.framing import Chunker
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.engine.config import BackupConfig
-from dsbackup.engine.parentraw import marks, raw_bytes_of
 from dsbackup.engine.write import Reference, store_or_reference
 from dsbackup.errors import BackupError
 
@@ -128,6 +125,12 @@ class FlatfsIncremental:
         index does not hold them), and of the parent chunks marked in `also` (a resumed
         backup's references below its cut): read from the parent (dsbackup.engine.parentraw;
         nothing when nothing changed)."""
+        # numpy (parentraw's) imported here, not with this module: every backup imports this
+        # module (engine/backup.py) and numpy's import is start-up before the first chunk
+        import numpy as np
+
+        from dsbackup.engine.parentraw import marks, raw_bytes_of
+
         wanted = marks(len(self.entries), [j for j, _ in self.clean])
         if also is not None:
             np.frombuffer(wanted, np.uint8)[:] |= np.frombuffer(also, np.uint8)

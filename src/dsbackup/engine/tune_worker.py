@@ -1,10 +1,10 @@
 """tune's calibration backups, each in a fresh worker process.
 
 A calibration backup is timed as a user's ``dsbackup backup`` would run: in a new interpreter
-(multiprocessing's ``spawn``: cold imports, the scan workers' fork server started from
-scratch), with the CLI's process set-up (allocator tuning; the fork server started early
-where the CLI would start it) and then ``BackupManager.create_backup`` through the library —
-no command line is built or parsed. The time is the backup's own ``duration_s``, not the
+(multiprocessing's ``spawn``: cold imports, the scan workers' zygote or fork server started
+from scratch), with the CLI's process set-up (allocator tuning; the workers' zygote forked
+where the CLI forks it) and then ``BackupManager.create_backup`` through the library — no
+command line is built or parsed. The time is the backup's own ``duration_s``, not the
 interpreter's start-up. This module imports little, so the worker's set-up happens in the
 same order as the CLI's.
 """
@@ -34,13 +34,17 @@ def _child(conn: Connection, source: str, archive: str, config: BackupConfig) ->
         from dsbackup.pipeline.scanchoice import prestart_workers
 
         tune_allocator()  # as the CLI does at start
-        prestart_workers(source, workers=config.workers)  # as `dsbackup backup` does
+        # as `dsbackup backup` does: the workers' zygote forked from this fresh interpreter
+        prestart_workers(source, workers=config.workers, fork_zygote=True)
         from dsbackup.engine.backup import BackupManager
 
         meta = BackupManager(config).create_backup(source, archive)
         reply: tuple = ("ok", float(meta.statistics.duration_s), int(meta.compressed_size))
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
         reply = ("error", type(exc).__name__, str(exc), int(getattr(exc, "exit_code", 0) or 0))
+    from dsbackup.pipeline.scanchoice import stop_workers_zygote
+
+    stop_workers_zygote()
     try:
         conn.send(reply)
     except OSError:

@@ -1,6 +1,7 @@
-"""The fork server that starts the parallel scan's worker processes.
+"""The fork server that starts the parallel scan's worker processes where there is no zygote.
 
-Workers start as forks of a server process that has imported the worker code once
+The CLI forks its workers from a zygote (zygote.py); a library caller, the scheduler daemon, or
+a process with threads gets them from this server. Workers start as forks of a server process that has imported the worker code once
 (multiprocessing's "forkserver"; never a fork of a process that holds an LMDB environment).
 Booting that server (an interpreter plus the worker's imports) takes about as long as the
 CLI's own start-up, and the workers wait for it. So where cores are to spare and the source

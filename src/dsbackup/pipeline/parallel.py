@@ -20,20 +20,22 @@ loop if it is waiting for the workers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
+import pickle
 import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
+from multiprocessing.connection import Pipe, wait
 from typing import Any
 
 from dsbackup.errors import BackupError, Cancelled
-from dsbackup.pipeline import forkserver
+from dsbackup.pipeline import forkserver, zygote
 from dsbackup.pipeline.central import ChunkSettings, ScanStats
 from dsbackup.pipeline.chunks import BodyView, ReadyChunk
 from dsbackup.pipeline.worker import worker_main
@@ -119,12 +121,12 @@ class ParallelScan:
     # -- processes ---------------------------------------------------------------------------
 
     def _start(self) -> None:
-        ctx = forkserver.context()  # running already if the CLI prestarted it
         _remove_stale_slot_files()
         fd, base = tempfile.mkstemp(prefix=f"dsbackup-slots-{os.getpid()}-", dir=_shm_dir())
         os.close(fd)
         os.unlink(base)
         per = SLOTS_PER_WORKER * self.slot_size
+        launch = self._launcher()
         for w in range(self.n + 1):  # the last one is the planner
             path: str | None = None
             if w < self.n:
@@ -136,19 +138,47 @@ class ParallelScan:
                     self._wmaps.append(mmap.mmap(fd, per))
                 finally:
                     os.close(fd)
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=worker_main, daemon=True,
-                            name="dsbackup-planner" if w == self.n else f"dsbackup-worker-{w}",
-                            args=(child, path, SLOTS_PER_WORKER, self.slot_size, self.kind,
-                                  self.location, self.settings))
-            with forkserver.start_context():
-                p.start()
-            child.close()
+            parent, child = Pipe()
+            try:
+                p = launch(child, "dsbackup-planner" if w == self.n else f"dsbackup-worker-{w}",
+                           (path, SLOTS_PER_WORKER, self.slot_size, self.kind, self.location,
+                            self.settings))
+            finally:
+                child.close()
             self.conns.append(parent)
             self.procs.append(p)
         self._wviews = [memoryview(m) for m in self._wmaps]
-        log.debug("%d processes forked from fork server %s", len(self.procs),
-                  forkserver.server_pid())
+        log.debug("%d processes forked from %s", len(self.procs), self._origin())
+
+    def _launcher(self) -> Callable[[Any, str, tuple], Any]:
+        """How the processes start: forks of the zygote the CLI started (zygote.py), else of
+        the fork server (running already if the CLI prestarted it)."""
+        z = zygote.running()
+        if z is not None and len(pickle.dumps(
+                (self.kind, self.location, self.settings))) < zygote.MAX_REQUEST // 2:
+            def from_zygote(conn: Any, name: str, args: tuple) -> Any:
+                try:
+                    return z.start_worker(conn, args, name)
+                except zygote.ZygoteError as exc:
+                    raise BackupError(f"cannot start backup worker {name}: {exc.strerror}"
+                                      ) from None
+
+            return from_zygote
+        ctx = forkserver.context()
+
+        def from_server(conn: Any, name: str, args: tuple) -> Any:
+            p = ctx.Process(target=worker_main, daemon=True, name=name, args=(conn, *args))
+            with forkserver.start_context():
+                p.start()
+            return p
+
+        return from_server
+
+    def _origin(self) -> str:
+        z = zygote.running()
+        if self.procs and isinstance(self.procs[0], zygote.WorkerProcess) and z is not None:
+            return f"zygote {z.pid}"
+        return f"fork server {forkserver.server_pid()}"
 
     def _unlink_slot_files(self) -> None:
         for p in self._wpaths:
@@ -172,6 +202,9 @@ class ParallelScan:
                 p.join()
         for c in self.conns:
             c.close()
+        for p in self.procs:
+            with contextlib.suppress(ValueError):  # still running: the kill above failed
+                p.close()
 
     def _cleanup(self) -> None:
         with self._wake_lock:
@@ -208,19 +241,38 @@ class ParallelScan:
             if r in sentinels:
                 w = sentinels[r]
                 if not self.conns[w].poll():
+                    self._check_cancel()  # Ctrl-C reached the workers too: exit 130, not 2
                     raise BackupError(f"backup worker {w} died (exit code "
                                       f"{self.procs[w].exitcode})")
                 continue
             w = self.conns.index(r)
             try:
                 out.append((w, r.recv()))
-            except EOFError:
-                raise BackupError(f"backup worker {w} exited unexpectedly") from None
+            except (EOFError, OSError):  # OSError: ECONNRESET, it died with our data unread
+                raise self._gone(w) from None
         for w, msg in out:
             if msg[0] == "error":
                 log.debug("worker %d traceback:\n%s", w, msg[2])
                 raise BackupError(f"backup worker {w} failed: {msg[1]}")
         return out
+
+    def _send(self, w: int, msg: tuple) -> None:
+        """Send to process w; one that is gone (killed) fails the scan naming it."""
+        try:
+            self.conns[w].send(msg)
+        except OSError:  # EPIPE, ECONNRESET: its end of the pipe is closed
+            raise self._gone(w) from None
+
+    def _gone(self, w: int) -> Exception:
+        """The error for process w, whose pipe was closed: Cancelled after a Ctrl-C (it
+        reached the workers too: exit 130, not 2), else a BackupError with its exit code."""
+        self._check_cancel()
+        if w < len(self.procs):
+            self.procs[w].join(1.0)  # its pipe closed as it exited: its code comes at once
+            code = self.procs[w].exitcode
+            if code:
+                return BackupError(f"backup worker {w} died (exit code {code})")
+        return BackupError(f"backup worker {w} exited unexpectedly")
 
     def _check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -243,8 +295,8 @@ class ParallelScan:
                 self.snapshot_id = next(iter(distinct))
                 return
             log.info("workers saw different snapshots %s; retrying (%d)", distinct, attempt + 1)
-            for c in self.conns:
-                c.send(("resnap",))
+            for w in range(total):
+                self._send(w, ("resnap",))
         raise BackupError(
             f"{self.location}: could not get one consistent snapshot for {total} processes "
             f"after {SNAPSHOT_RETRIES} tries (the store is being written too fast); retry, "
@@ -286,12 +338,12 @@ class ParallelScan:
                 idle.discard(w)
                 self._spill_slots(w, ranges)
                 r.worker = w
-                self.conns[w].send(("range", r.rid, r.start, r.end))
+                self._send(w, ("range", r.rid, r.start, r.end))
 
         freed: list[list[int]] = [[] for _ in range(self.n)]
 
         def send_freed(w: int) -> None:
-            self.conns[w].send(("free", freed[w]))
+            self._send(w, ("free", freed[w]))
             freed[w] = []
 
         def free(w: int, slot: int) -> None:
@@ -300,7 +352,7 @@ class ParallelScan:
                 send_freed(w)
 
         released = self._released
-        self.conns[planner].send(("plan", self.stripe_records, self.stripe_bytes))
+        self._send(planner, ("plan", self.stripe_records, self.stripe_bytes))
         while True:
             self._check_cancel()
             while ranges:
@@ -341,8 +393,8 @@ class ParallelScan:
 
     def _collect_stats(self) -> None:
         """Stop the processes and add up what their chunkers excluded."""
-        for c in self.conns:
-            c.send(("stop",))
+        for w in range(len(self.conns)):
+            self._send(w, ("stop",))
         pending = set(range(len(self.conns)))
         deadline = time.monotonic() + 30
         while pending and time.monotonic() < deadline:
@@ -350,7 +402,7 @@ class ParallelScan:
                 w = self.conns.index(r)
                 try:
                     msg = r.recv()
-                except EOFError:
+                except (EOFError, OSError):
                     raise BackupError(f"backup worker {w} exited before reporting") from None
                 if msg[0] == "error":
                     raise BackupError(f"backup worker {w} failed: {msg[1]}")
@@ -389,7 +441,7 @@ class ParallelScan:
             freed.append(slot)
             self.stats.spilled_chunks += 1
         if freed:
-            self.conns[w].send(("free", freed))
+            self._send(w, ("free", freed))
 
     def _release(self, w: int, slot: int) -> None:
         """A held slot is free again (called from the consumer's thread)."""

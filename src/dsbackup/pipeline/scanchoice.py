@@ -19,7 +19,7 @@ PARALLEL_MIN_BYTES = 32 << 20
 
 def likely_parallel(source: str) -> bool:
     """Whether a backup of ``source`` (a URI or a bare path) will probably scan in parallel,
-    judged from file sizes alone (the CLI starts the workers' fork server early on it). A wrong
+    judged from file sizes alone (the CLI gets the workers ready early on it). A wrong
     guess costs tens of milliseconds: LMDB and SQLite files are sized; a flatfs directory is
     assumed large (sizing it would walk it)."""
     try:
@@ -38,15 +38,33 @@ def likely_parallel(source: str) -> bool:
 
 
 def prestart_workers(source: str, *, workers: int | None = None, incremental: bool = False,
-                     format: str = "dsbackup") -> bool:
-    """Boot the parallel scan's fork server now when a backup of `source` will probably use
-    worker processes (and cores are to spare: dsbackup.pipeline.forkserver.prestart_wanted),
-    so that it starts while the caller imports the backup code. Whether it was started.
-    Incremental backups and the Go format read the source themselves (no workers)."""
+                     format: str = "dsbackup", fork_zygote: bool = False) -> bool:
+    """Get the parallel scan's workers ready to start while the caller imports the backup
+    code, when a backup of `source` will probably use worker processes; whether it did.
+    Incremental backups and the Go format read the source themselves (no workers).
+
+    ``fork_zygote``: fork the workers' zygote from this process now (pipeline/zygote.py:
+    only where it has one thread and no LMDB environment open; pass it only before opening
+    anything, as the CLI does). Else, where cores are to spare
+    (dsbackup.pipeline.forkserver.prestart_wanted), boot the fork server."""
     from dsbackup.pipeline import forkserver
 
-    if (workers == 1 or incremental or format != "dsbackup"
-            or not forkserver.prestart_wanted() or not likely_parallel(source)):
+    if workers == 1 or incremental or format != "dsbackup":
+        return False
+    if fork_zygote:
+        from dsbackup.pipeline import zygote
+
+        if zygote.wanted() and likely_parallel(source) and zygote.start() is not None:
+            return True
+    if not forkserver.prestart_wanted() or not likely_parallel(source):
         return False
     forkserver.prestart()
     return True
+
+
+def stop_workers_zygote() -> None:
+    """Stop the workers' zygote that ``prestart_workers(..., fork_zygote=True)`` forked, if
+    one runs (it would stop at exit): its workers have ended with their backups."""
+    from dsbackup.pipeline import zygote
+
+    zygote.stop()
