@@ -68,6 +68,7 @@ def workspace(tmp_path_factory):
     (w / "empty.tar.gz").write_bytes(b"")
     (w / "truncated.tar.gz").write_bytes((w / "good.tar.gz").read_bytes()[:3000])
     (w / "adir.tar.gz").mkdir()
+    os.mkfifo(w / "fifo.tar.gz")  # no writer: opening it for reading would wait for ever
     (w / "afile").write_text("not a datastore\n")
     (w / "emptydir").mkdir()
     # a checksum-consistent archive whose manifest `created` is a number
@@ -144,6 +145,8 @@ CASES = [
          "{w}/nosuch.tar.gz"),
     Case("restore-archive-is-dir", ["restore", "{w}/adir.tar.gz", "lmdb:{w}/r2"], 2,
          "{w}/adir.tar.gz"),
+    Case("restore-fifo", ["restore", "{w}/fifo.tar.gz", "lmdb:{w}/r13"], 2,
+         "{w}/fifo.tar.gz: is a pipe"),
     Case("restore-garbage", ["restore", "{w}/garbage.tar.gz", "lmdb:{w}/r3"], 2,
          "{w}/garbage.tar.gz"),
     Case("restore-empty-archive", ["restore", "{w}/empty.tar.gz", "lmdb:{w}/r4"], 3,
@@ -174,6 +177,7 @@ CASES = [
     # verify
     Case("verify-missing", ["verify", "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
     Case("verify-dir", ["verify", "{w}/adir.tar.gz"], 2, "{w}/adir.tar.gz"),
+    Case("verify-fifo", ["verify", "{w}/fifo.tar.gz"], 2, "{w}/fifo.tar.gz: is a pipe"),
     Case("verify-garbage", ["verify", "{w}/garbage.tar.gz"], 3, "{w}/garbage.tar.gz"),
     Case("verify-empty", ["verify", "{w}/empty.tar.gz"], 3, "{w}/empty.tar.gz"),
     Case("verify-truncated", ["verify", "{w}/truncated.tar.gz"], 3, "{w}/truncated.tar.gz"),
@@ -191,6 +195,7 @@ CASES = [
     # inspect
     Case("inspect-missing", ["inspect", "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
     Case("inspect-dir", ["inspect", "{w}/adir.tar.gz"], 2, "is a directory"),
+    Case("inspect-fifo", ["inspect", "{w}/fifo.tar.gz"], 2, "{w}/fifo.tar.gz: is a pipe"),
     Case("inspect-garbage", ["inspect", "{w}/garbage.tar.gz"], 2, "not a gzip file"),
     Case("inspect-empty", ["inspect", "{w}/empty.tar.gz"], 3, "{w}/empty.tar.gz"),
     Case("inspect-created-int", ["inspect", "{w}/created_int.tar.gz"], 3, "'created'"),
@@ -198,6 +203,7 @@ CASES = [
     # ls
     Case("ls-missing", ["ls", "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
     Case("ls-dir", ["ls", "{w}/adir.tar.gz"], 2, "is a directory"),
+    Case("ls-fifo", ["ls", "{w}/fifo.tar.gz"], 2, "{w}/fifo.tar.gz: is a pipe"),
     Case("ls-garbage", ["ls", "{w}/garbage.tar.gz"], 2, "{w}/garbage.tar.gz"),
     Case("ls-prefix-nothing", ["ls", "{w}/good.tar.gz", "--prefix", "/nothing"], 1,
          "--prefix /nothing"),
@@ -209,6 +215,8 @@ CASES = [
                                          "{w}/nodir/c.tar.gz"], 2, "{w}/nodir"),
     Case("consolidate-out-is-dir", ["consolidate", "{w}/good.tar.gz", "{w}/adir.tar.gz"], 2,
          "{w}/adir.tar.gz"),
+    Case("consolidate-fifo", ["consolidate", "{w}/fifo.tar.gz", "{w}/c5.tar.gz"], 2,
+         "{w}/fifo.tar.gz: is a pipe"),
     Case("consolidate-garbage", ["consolidate", "{w}/garbage.tar.gz", "{w}/c2.tar.gz"], 2,
          "{w}/garbage.tar.gz"),
     Case("consolidate-missing-parent", ["consolidate", "{w}/inc.tar.gz", "{w}/c3.tar.gz"], 2,

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import sys
 import tarfile
 import tempfile
@@ -119,6 +120,8 @@ def is_go_archive(path: str | os.PathLike[str]) -> bool:
     if is_remote(path):
         return False
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO's open() would wait for a writer
+            return False
         with open(path, "rb") as raw:
             if raw.peek(2)[:2] != b"\x1f\x8b":
                 return False

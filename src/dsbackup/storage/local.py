@@ -190,7 +190,8 @@ class LocalSource:
     def __init__(self, path: Path) -> None:
         self.location = path
         try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: opening a FIFO with no writer would otherwise wait for ever
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             raise ArchiveUnavailable(f"{path}: no such archive") from None
         except IsADirectoryError:
@@ -201,6 +202,11 @@ class LocalSource:
         if stat.S_ISDIR(st.st_mode):  # open(2) accepts a directory; read(2) would not
             self.close()
             raise ArchiveUnavailable(f"{path}: is a directory, not an archive")
+        if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):  # no random access
+            self.close()
+            raise ArchiveUnavailable(f"{path}: is a pipe, not an archive file (give - to read "
+                                     "an archive from standard input)")
+        os.set_blocking(self._fd, True)
         self.size = st.st_size
 
     def read(self, offset: int, length: int) -> bytes:
