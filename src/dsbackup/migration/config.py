@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ class MigrationConfig:
         if not isinstance(self.batch_bytes, int) or self.batch_bytes < 1:
             raise ConfigError(f"batch_bytes must be a positive integer, got {self.batch_bytes!r}")
         if self.timeout is not None and (not isinstance(self.timeout, (int, float))
-                                         or self.timeout <= 0):
+                                         or not 0 < self.timeout < math.inf):  # nan too
             raise ConfigError(f"timeout must be a positive number of seconds, got "
                               f"{self.timeout!r}")
         if self.checkpoint_interval < 0:
