@@ -229,6 +229,8 @@ CASES = [
          "full.tar.gz"),
     Case("consolidate-workers-text", ["consolidate", "{w}/good.tar.gz", "{w}/c4.tar.gz",
                                       "--workers", "many"], 2, "--workers"),
+    Case("consolidate-workers-zero", ["consolidate", "{w}/good.tar.gz", "{w}/c6.tar.gz",
+                                      "--workers", "0"], 2, "workers must be a positive"),
     # prune
     Case("prune-missing-dir", ["prune", "{w}/nosuch", "--keep-last", "1"], 2, "{w}/nosuch"),
     Case("prune-file", ["prune", "{w}/afile", "--keep-last", "1"], 2, "{w}/afile"),
