@@ -237,6 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, args)
     except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
         return _fail(exc, args)
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # a panic in a Rust extension (pyo3's PanicException) is no
+        return _fail(exc, args)   # Exception: still a bug of one line, not a traceback
 
 
 def _run_with_key(args: argparse.Namespace) -> int:
@@ -258,7 +262,7 @@ def _run_with_key(args: argparse.Namespace) -> int:
             material.close()
 
 
-def _fail(exc: Exception, args: argparse.Namespace) -> int:
+def _fail(exc: BaseException, args: argparse.Namespace) -> int:
     from dsbackup.storage import scrub
 
     message, code = describe_error(exc, args)

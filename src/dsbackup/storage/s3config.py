@@ -128,7 +128,11 @@ def _env_tuning() -> None:
 
 def check_endpoint(endpoint: str) -> str:
     """An http(s) URL; plain http only for a loopback address (127.0.0.1, ::1, localhost)."""
-    u = urlsplit(endpoint)
+    try:
+        u = urlsplit(endpoint)
+        u.port  # noqa: B018 - raises ValueError for a port past 65535 (the client would panic)
+    except ValueError as exc:  # `http://[::1`: Invalid IPv6 URL
+        raise ConfigError(f"S3 endpoint {endpoint!r} is not a valid URL: {exc}") from None
     if u.scheme not in ("http", "https") or not u.hostname:
         raise ConfigError(f"S3 endpoint {endpoint!r} is not an http(s) URL")
     if u.scheme == "http" and not _loopback(u.hostname):
