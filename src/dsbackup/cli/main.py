@@ -202,22 +202,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.umask is not None:
         filemodes.set_private_umask(args.umask)
     _expand_user_paths(args)
-    if getattr(args, "s3_endpoint", None):
-        from dsbackup.storage import check_endpoint, configure
+    endpoint, stale = getattr(args, "s3_endpoint", None), getattr(args, "s3_stale_hours", None)
+    if endpoint or stale:
+        from dsbackup.storage import check_endpoint, configure, parse_stale_hours
 
         try:
-            check_endpoint(args.s3_endpoint)
+            if endpoint:
+                check_endpoint(endpoint)
         except DsBackupError as exc:
             parser.error(str(exc))
-        configure(args.s3_endpoint)
-    if getattr(args, "s3_stale_hours", None):
-        from dsbackup.storage import configure, parse_stale_hours
-
         try:
-            parse_stale_hours(args.s3_stale_hours)
+            if stale:
+                parse_stale_hours(stale)
         except DsBackupError as exc:
             parser.error(f"--s3-stale-hours: {exc}")
-        configure(stale_hours=args.s3_stale_hours)
+        try:  # reads the DSBACKUP_S3_* environment too: a bad value there is one error line
+            configure(endpoint, stale_hours=stale)
+        except DsBackupError as exc:
+            return _fail(exc, args)
     tune_allocator()  # large chunk buffers are reused instead of page-faulted in each time
     if args.command == "restore":
         single_arena()  # payloads inflated in threads, freed by the writer: a flat peak
