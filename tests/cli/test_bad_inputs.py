@@ -180,6 +180,8 @@ CASES = [
          "{w}/ro/f", needs="ro"),
     Case("restore-flatfs-disk-full", ["restore", "{w}/upper.tar.gz", "flatfs:{w}/full/f"], 2,
          "no space left on {w}/full", needs="full"),
+    Case("restore-leveldb-disk-full", ["restore", "{w}/upper.tar.gz", "leveldb:{w}/full/l"], 2,
+         "no space left on {w}/full", needs="full"),
     # verify
     Case("verify-missing", ["verify", "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
     Case("verify-dir", ["verify", "{w}/adir.tar.gz"], 2, "{w}/adir.tar.gz"),
