@@ -145,7 +145,12 @@ CASES = [
     Case("backup-into-ro", ["backup", "lmdb:{w}/store", "{w}/ro/o.tar.gz"], 2, "{w}/ro",
          needs="ro"),
     Case("backup-disk-full", ["backup", "lmdb:{w}/upper", "{w}/full/u.tar.gz"], 2,
-         "No space left on device", needs="full"),
+         "{w}/full/u.tar.gz: no space left on {w}/full", needs="full"),
+    Case("backup-go-disk-full", ["backup", "lmdb:{w}/upper", "{w}/full/g.tar.gz", "--format",
+                                 "go"], 2, "{w}/full/g.tar.gz: no space left on {w}/full",
+         needs="full"),
+    Case("consolidate-disk-full", ["consolidate", "{w}/upper.tar.gz", "{w}/full/c.tar.gz"], 2,
+         "{w}/full/c.tar.gz: no space left on {w}/full", needs="full"),
     # restore
     Case("restore-missing-archive", ["restore", "{w}/nosuch.tar.gz", "lmdb:{w}/r1"], 2,
          "{w}/nosuch.tar.gz"),

@@ -274,7 +274,7 @@ def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,
     chunk_size = cfg.chunk_size or DEFAULT_GO_CHUNK_SIZE
     r = write_go_archive(ds, path, level=cfg.compression_level, chunk_size=chunk_size,
                          exclude=list(cfg.exclude_patterns), threads=cfg.effective_workers,
-                         cancel=cancel, check=cfg.verify_integrity)
+                         cancel=cancel, check=cfg.verify_integrity, overwrite=cfg.overwrite)
     return go_metadata(ds, path, cfg, r, created, chunk_size, t0)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dsbackup._ext.checksum import xxh3_64_file
+from dsbackup.diskspace import free_bytes, is_no_space, no_space_message
 from dsbackup.errors import (
     ArchiveError,
     ArchiveExistsError,
@@ -84,27 +85,43 @@ class LocalSink:
     def write(self, pieces: Sequence[bytes | memoryview]) -> int:
         views = [memoryview(p) for p in pieces if len(p)]
         total = 0
-        while views:
-            n = os.writev(self._fd, views)
-            total += n
-            while views and n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            if views and n:
-                views[0] = views[0][n:]
-        self._pos += total
-        self._writeback.advance(self._pos)
+        try:
+            while views:
+                n = os.writev(self._fd, views)
+                total += n
+                while views and n >= len(views[0]):
+                    n -= len(views[0])
+                    views.pop(0)
+                if views and n:
+                    views[0] = views[0][n:]
+            self._pos += total
+            self._writeback.advance(self._pos)
+        except OSError as exc:
+            raise self._no_space(exc) from exc
         return total
+
+    def _no_space(self, exc: OSError) -> OSError | ArchiveError:
+        """A full disk as docs/CLI.md words it (`PATH: no space left on MOUNT ...`)."""
+        if not is_no_space(exc):
+            return exc
+        return ArchiveError(no_space_message(self.final, free=free_bytes(self.tmp.parent),
+                                             what="the temporary file is removed"))
 
     def commit(self, check: Check | None = None) -> None:
         """fsync, meanwhile `check(temp_path)`; link into place once both are done."""
-        self._writeback.close()
+        try:
+            self._writeback.close()
+        except OSError as exc:
+            raise self._no_space(exc) from exc
         synced = _Fsync(self._fd)  # the check reads the file back while fsync waits
         try:
             if check is not None:
                 check(self.tmp)
         finally:
-            synced.wait()
+            try:
+                synced.wait()
+            except OSError as exc:
+                raise self._no_space(exc) from exc
         resumestate.clear(self._fd)  # the resume notes of the temp file (none: a no-op)
         self._place()
         os.close(self._fd)
