@@ -29,19 +29,31 @@ __all__ = ["LevelDbDatastore", "open_leveldb"]
 def _open_error(path: Path, e: Exception) -> DsBackupError:
     import plyvel
 
-    if isinstance(e, plyvel.IOError) and "lock" in str(e).lower():
+    text = _text(e)
+    # LevelDB's lock failure: "lock PATH/LOCK: Resource temporarily unavailable" (another
+    # process) or "... already held by process" (this one); "PATH/LOCK: Not a directory" (a
+    # file where the store's directory belongs) is no lock held by anyone
+    if isinstance(e, plyvel.IOError) and ("temporarily unavailable" in text
+                                          or "already held" in text):
         return LockedError(f"{path}: LevelDB is locked by another process "
-                           f"(is the Kubo daemon running?): {e}")
-    if "No space left on device" in str(e):  # creating it, or replaying its log
+                           f"(is the Kubo daemon running?): {text}")
+    if "No space left on device" in text:  # creating it, or replaying its log
         return _write_error(path, e)
-    return DatastoreError(f"{path}: cannot open LevelDB: {e}")
+    if os.path.exists(path) and not os.path.isdir(path):
+        return DatastoreError(f"{path}: not a directory (LevelDB is a directory)")
+    return DatastoreError(f"{path}: cannot open LevelDB: {text}")
+
+
+def _text(e: Exception) -> str:
+    """plyvel's message (it gives LevelDB's status as bytes)."""
+    text = e.args[0] if e.args else e
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
 
 
 def _write_error(path: Path, e: Exception) -> DsBackupError:
     """A failed write: a full disk is `no space left on MOUNT` (docs/CLI.md), anything else
     LevelDB's text (plyvel gives it as bytes) naming the store."""
-    text = e.args[0] if e.args else e
-    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    text = _text(e)
     if "No space left on device" in text:
         from dsbackup.diskspace import no_space_message
 
