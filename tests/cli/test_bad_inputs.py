@@ -49,6 +49,7 @@ def workspace(tmp_path_factory):
         + [(b"/pins/%03d" % i, b"pin") for i in range(10)])))
     mgr = BackupManager(BackupConfig(chunk_size=20, workers=1))
     mgr.create_backup(f"lmdb:{store}", w / "good.tar.gz")
+    mgr.create_backup(f"lmdb:{store}", w / "go.tar.gz", format="go")  # the Go tool's format
     # an incremental whose parent (of another state than good.tar.gz) has gone
     (w / "pdir").mkdir()
     older = w / "older"
@@ -138,6 +139,8 @@ CASES = [
          2, "timeout must be"),
     Case("backup-parent-missing", ["backup", "lmdb:{w}/store", "{w}/o10.tar.gz", "--parent",
                                    "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
+    Case("backup-parent-go-format", ["backup", "lmdb:{w}/store", "{w}/o16.tar.gz", "--parent",
+                                     "{w}/go.tar.gz"], 2, "{w}/go.tar.gz: an archive of the Go"),
     Case("backup-parent-garbage", ["backup", "lmdb:{w}/store", "{w}/o11.tar.gz", "--parent",
                                    "{w}/garbage.tar.gz"], 2, "{w}/garbage.tar.gz"),
     Case("backup-exclude-unanchored", ["backup", "lmdb:{w}/store", "{w}/o12.tar.gz",
@@ -230,6 +233,8 @@ CASES = [
          "{w}/adir.tar.gz"),
     Case("consolidate-fifo", ["consolidate", "{w}/fifo.tar.gz", "{w}/c5.tar.gz"], 2,
          "{w}/fifo.tar.gz: is a pipe"),
+    Case("consolidate-go-format", ["consolidate", "{w}/go.tar.gz", "{w}/c7.tar.gz"], 2,
+         "{w}/go.tar.gz: an archive of the Go"),
     Case("consolidate-garbage", ["consolidate", "{w}/garbage.tar.gz", "{w}/c2.tar.gz"], 2,
          "{w}/garbage.tar.gz"),
     Case("consolidate-missing-parent", ["consolidate", "{w}/inc.tar.gz", "{w}/c3.tar.gz"], 2,

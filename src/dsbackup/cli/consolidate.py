@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dsbackup.compat.goformat import refuse_go_archive
+
+    refuse_go_archive(args.archive, "consolidate")
     w = consolidate_archive(args.archive, args.out, parent_dirs=args.parent_dir,
                             threads=args.workers, overwrite=args.overwrite)
     if args.json:

@@ -119,6 +119,10 @@ class BackupManager:
         if format == "go" and (parent is not None or cfg.include_metadata):
             raise ConfigError("--format go writes full backups without a key catalog: "
                               "--parent and --include-metadata need the dsbackup format")
+        if parent is not None and not is_remote(parent):
+            from dsbackup.compat.goformat import refuse_go_archive
+
+            refuse_go_archive(parent, "--parent")
         if cfg.resume:
             _check_resumable(cfg, path, format)
         cancel = cancel or threading.Event()
