@@ -16,12 +16,14 @@ from dsbackup.errors import (
     ArchiveExistsError,
     ArchiveUnavailable,
     IntegrityError,
+    LockedError,
 )
 from dsbackup.filemodes import private_mode
 from dsbackup.storage import resumestate
 from dsbackup.storage.base import Check
 from dsbackup.storage.tempfiles import (
     fsync_dir,
+    live_writer,
     lock_temp_file,
     remove_stale_temp_files,
     temp_path_for,
@@ -67,6 +69,10 @@ class LocalSink:
             raise ArchiveError(f"{path}: is a directory")
         if not overwrite and os.path.lexists(path):
             raise ArchiveExistsError(exists_message(path))
+        writer = live_writer(path)
+        if writer is not None:  # it would fail (or be replaced) at the end, its work wasted
+            raise LockedError(f"{path}: another dsbackup process (PID {writer[0]}) is writing "
+                              f"this archive ({writer[1].name}); wait for it to finish")
         self.removed_leftovers = remove_stale_temp_files(path)
         self.tmp = temp_path_for(path)
         try:
