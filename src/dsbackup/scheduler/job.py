@@ -179,6 +179,7 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
                 raise IntegrityError(f"{res.path}: new archive failed verification "
                                      f"({'; '.join(report.errors) or 'no detail'}); kept as {bad}")
             verified = True
+        incomplete = getattr(res, "incomplete", None)  # files left out: a warning, exit 1
         entry = ArchiveEntry(path=str(res.path), created=res.created, fingerprint=res.fingerprint,
                              parent=res.parent, verified=bool(verified), size=res.size,
                              keys=res.keys)
@@ -188,7 +189,7 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
                            keys=res.keys, verified=verified,
                            parent=choice.parent.path if choice.parent else None,
                            fallback=choice.fallback,
-                           exit_code=EXIT_WARNING if choice.fallback else EXIT_OK)
+                           exit_code=EXIT_WARNING if choice.fallback or incomplete else EXIT_OK)
     except DsBackupError as exc:
         return JobOutcome(_failure(started, clock, trigger, path, exc, exc.exit_code), archives)
     except Exception as exc:  # noqa: BLE001 - a job never raises into the scheduler
@@ -201,6 +202,8 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
     outcome = JobOutcome(record, archives)
     if choice.fallback:
         outcome.warnings.append(f"full backup instead of an incremental: {choice.fallback}")
+    if incomplete:
+        outcome.warnings.append(incomplete)
     try:
         kept, result, warnings = prune_catalog(archives, policy, record.finished, tz)
         outcome.archives, outcome.retention = kept, result
