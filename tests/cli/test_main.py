@@ -150,6 +150,18 @@ def test_a_base_exception_from_an_extension_is_one_line_exit_2(monkeypatch, caps
     assert err.startswith("dsbackup: error: internal error: _Panic: ") and err.count("\n") == 1
 
 
+def test_ctrl_c_while_the_command_is_imported_is_exit_130_without_a_traceback(monkeypatch,
+                                                                             capsys):
+    # the command's module (numpy and the rest) is imported before the command runs: a
+    # Ctrl-C there was a KeyboardInterrupt traceback
+    def slow_import(only=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main, "build_parser", slow_import)
+    assert main.main(["ls", "a.tar.gz"]) == 130
+    assert capsys.readouterr().err == "dsbackup: interrupted\n"
+
+
 @pytest.mark.parametrize("endpoint", ["http://[::1", "http://127.0.0.1:99999"])
 def test_an_unparsable_s3_endpoint_is_a_usage_error(run_cli, endpoint):
     # the port was a panic in the S3 client (a traceback, exit 1), the IPv6 a ValueError
