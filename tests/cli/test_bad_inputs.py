@@ -341,3 +341,27 @@ def test_bad_input(case, workspace, cli_env):
     for d in (Path(w), Path(w) / "full"):  # nothing partial left behind
         with contextlib.suppress(FileNotFoundError):
             assert not [p.name for p in d.iterdir() if ".tmp" in p.name]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "chardev"])
+def test_overwrite_never_replaces_a_device_or_pipe(tmp_path, cli_env, kind):
+    # `backup SRC /dev/null --overwrite` as root replaced /dev/null with an archive file
+    import stat
+
+    target = tmp_path / "null"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("mknod needs root")
+        os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/a", b"1")]))
+    for argv in (["backup", f"lmdb:{tmp_path / 'src'}", str(target), "--overwrite"],
+                 ["backup", f"lmdb:{tmp_path / 'src'}", str(target), "--overwrite", "--format",
+                  "go"]):
+        r = subprocess.run([sys.executable, "-m", "dsbackup", *argv], env=cli_env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "not replacing it, even with --overwrite" in r.stderr
+        mode = os.lstat(target).st_mode
+        assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null", "src"]

@@ -56,6 +56,19 @@ class _Fsync:
             raise ArchiveError(f"fsync of the archive failed: {self._error}") from self._error
 
 
+def _not_a_file(path: Path) -> str | None:
+    """What is at `path` (a symlink followed) when it is there and no regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there, or a dangling symlink
+        return None
+    for test, what in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return None
+
+
 class LocalSink:
     """A new archive file. The temp file is locked while written (leftover cleanup skips it);
     leftovers of dead writers in the same directory are removed first (``removed_leftovers``)."""
@@ -69,6 +82,10 @@ class LocalSink:
             raise ArchiveError(f"{path}: is a directory")
         if not overwrite and os.path.lexists(path):
             raise ArchiveExistsError(exists_message(path))
+        what = _not_a_file(path)
+        if what is not None:  # `--overwrite` replaces archives, not /dev/null or a FIFO
+            raise ArchiveExistsError(f"{path}: is {what}, not an archive file; not replacing "
+                                     "it, even with --overwrite")
         writer = live_writer(path)
         if writer is not None:  # it would fail (or be replaced) at the end, its work wasted
             raise LockedError(f"{path}: another dsbackup process (PID {writer[0]}) is writing "
