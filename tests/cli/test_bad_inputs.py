@@ -284,6 +284,9 @@ CASES = [
                                        "{w}/sched.toml"], 2, "nosuch"),
     Case("schedule-metrics-port-range", ["schedule", "run", "--config", "{w}/sched.toml",
                                          "--metrics-port", "70000"], 2, "--metrics-port"),
+    Case("schedule-metrics-textfile-fifo", ["schedule", "run", "--config", "{w}/sched.toml",
+                                            "--metrics-textfile", "{w}/fifo.tar.gz"], 2,
+         "{w}/fifo.tar.gz: not a regular file"),
     Case("schedule-metrics-port-busy", ["schedule", "run", "--config", "{w}/sched.toml",
                                         "--metrics-port", "{busy}"], 2, "metrics port {busy}"),
     # tune
