@@ -151,6 +151,8 @@ class _NativeLmdbTarget:
 
         p = Path(path).absolute()
         self.uri = f"lmdb:{p}"
+        if p.exists() and not p.is_dir():  # its mkdir would say "File exists"
+            raise DatastoreError(f"{p}: not a directory (LMDB is a directory)")
         # its errors (LmdbWriteError, DoubleOpenError) are DatastoreErrors naming the path;
         # pages are copied into LMDB's dirty pages and written with pwrite, not through the
         # map: a write fault on a mapped page makes the kernel zero (read) it first, which
