@@ -372,3 +372,21 @@ def test_overwrite_never_replaces_a_device_or_pipe(tmp_path, cli_env, kind):
         mode = os.lstat(target).st_mode
         assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["null", "src"]
+
+
+def test_a_key_the_target_cannot_hold_leaves_no_journal_behind(workspace, cli_env):
+    # the journal of a restore that failed on such a key blocked every later restore into
+    # the target ("an unfinished restore of another archive"); resuming could never succeed
+    w = workspace["w"]
+    target = w / "keyfail"
+
+    def restore(archive: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dsbackup", "restore", str(w / archive),
+                               f"flatfs:{target}"], env=cli_env, capture_output=True,
+                              text=True, timeout=120)
+
+    r = restore("good.tar.gz")  # /blocks/K0000: not a flatfs key
+    assert r.returncode == 2 and "is not valid for flatfs" in r.stderr, r.stderr
+    assert not (w / "keyfail.dsbackup-restore.json").exists()
+    r = restore("upper.tar.gz")
+    assert r.returncode == 0, r.stderr
