@@ -41,3 +41,12 @@ def test_a_bad_stale_age_with_an_endpoint_option_is_one_line(cli_env, tmp_path):
     r = _run(cli_env, {"DSBACKUP_S3_STALE_HOURS": "soon"}, "--s3-endpoint", ENDPOINT,
              "--s3-stale-hours", "5", "verify", os.fspath(tmp_path / "none.dsb"))
     assert r.returncode == 2 and "no such archive" in r.stderr and "STALE" not in r.stderr
+
+
+def test_a_binary_aws_config_file_is_named(cli_env, tmp_path):
+    conf = tmp_path / "config"
+    conf.write_bytes(b"\xee\xff\x00 not an INI file")
+    r = _run(cli_env, {"AWS_CONFIG_FILE": str(conf)}, "--s3-endpoint", ENDPOINT, "verify",
+             "s3://bucket/a.dsb")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"{conf}: cannot parse: not a text file" in r.stderr

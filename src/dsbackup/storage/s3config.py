@@ -177,6 +177,8 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
         p.read(path)
     except configparser.Error as exc:
         raise ConfigError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:  # a binary file named by AWS_CONFIG_FILE: not an INI file
+        raise ConfigError(f"{path}: cannot parse: not a text file") from None
     return p
 
 
