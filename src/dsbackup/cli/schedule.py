@@ -70,10 +70,6 @@ def _run_daemon(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         cfg.metrics_port = args.metrics_port
     if args.metrics_textfile is not None:
         cfg.metrics_textfile = args.metrics_textfile
-    if cfg.metrics_textfile is not None:
-        from dsbackup.scheduler.metrics import check_textfile
-
-        check_textfile(cfg.metrics_textfile)  # before the daemon starts, not at each poll
     scheduler = BackupScheduler(cfg)  # LockedError (exit 4) if another daemon serves the dir
     stop = threading.Event()
     signals = {"count": 0}
