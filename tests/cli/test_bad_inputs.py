@@ -274,6 +274,8 @@ CASES = [
          2, "{w}/plan.toml"),
     Case("migrate-timeout-nan", ["migrate", "kubo-11-to-12", "lmdb:{w}/store", "lmdb:{w}/m5",
                                  "--timeout", "nan"], 2, "timeout must be"),
+    Case("migrate-batch-huge", ["migrate", "kubo-11-to-12", "lmdb:{w}/store", "lmdb:{w}/m6",
+                                "--batch-size", "99999999999999999999"], 2, "batch_size must be"),
     Case("migrate-batch-text", ["migrate", "{w}/plan.toml", "lmdb:{w}/store", "lmdb:{w}/m4",
                                 "--batch-size", "big"], 2, "--batch-size"),
     # schedule
