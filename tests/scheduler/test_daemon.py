@@ -286,3 +286,13 @@ def test_run_once_that_left_files_out_is_exit_1_not_ok(tmp_path, run_cli):
     out = json.loads(res.stdout)
     assert out["ok"] and out["exit_code"] == 1 and out["keys"] == 20
     assert "not backed up: 1 foreign files" in res.stderr and "stray.txt" in res.stderr
+
+
+def test_run_once_into_a_backup_dir_that_is_a_file_is_one_line(tmp_path, lmdb_source,
+                                                               run_cli):
+    # an OSError of the environment printed "backup of schedule ... crashed" and a traceback
+    (tmp_path / "backups").write_text("a file where the directory belongs")
+    cfg = write_config(tmp_path, lmdb_source)
+    res = run_cli("schedule", "run-once", "ipfs", "--config", cfg)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"{tmp_path / 'backups'}: File exists" in res.stderr

@@ -192,6 +192,10 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
                            exit_code=EXIT_WARNING if choice.fallback or incomplete else EXIT_OK)
     except DsBackupError as exc:
         return JobOutcome(_failure(started, clock, trigger, path, exc, exc.exit_code), archives)
+    except OSError as exc:  # the environment (backup_dir is a file, EIO ...): no traceback
+        message = (f"{os.fsdecode(exc.filename)}: {exc.strerror}"
+                   if exc.filename is not None and exc.strerror else None)
+        return JobOutcome(_failure(started, clock, trigger, path, exc, 2, message), archives)
     except Exception as exc:  # noqa: BLE001 - a job never raises into the scheduler
         log.exception("backup of schedule %s crashed", schedule.id)
         return JobOutcome(_failure(started, clock, trigger, path, exc, 2), archives)
@@ -240,7 +244,8 @@ def _make_archive(schedule: ScheduledBackup, runner: BackupRunner, path: Path,
 
 
 def _failure(started: datetime, clock: Clock, trigger: str, path: Path | None, exc: BaseException,
-             exit_code: int) -> RunRecord:
+             exit_code: int, message: str | None = None) -> RunRecord:
     return RunRecord(ok=False, started=started, finished=clock.now(), trigger=trigger,
-                     archive=str(path) if path else None, error=str(exc) or type(exc).__name__,
+                     archive=str(path) if path else None,
+                     error=message or str(exc) or type(exc).__name__,
                      error_type=type(exc).__name__, exit_code=exit_code)
