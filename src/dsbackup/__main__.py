@@ -1,3 +1,9 @@
-from dsbackup.cli.main import main
+import sys
+
+try:
+    from dsbackup.cli.main import main
+except KeyboardInterrupt:  # Ctrl-C at start-up: no traceback (dsbackup.cli.main does the rest)
+    print("dsbackup: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 raise SystemExit(main())

@@ -73,8 +73,8 @@ class ArchiveError(DsBackupError):
 
 
 class ArchiveUnavailable(ArchiveError):
-    """There is no archive to read at a path: missing, a directory, or not readable. Not damage:
-    ``verify`` exits 2 for it, as ``inspect`` and ``restore`` do."""
+    """There is no archive to read at a path: missing, a directory, a pipe, or not readable.
+    Not damage: ``verify`` exits 2 for it, as ``inspect`` and ``restore`` do."""
 
     description = "archive missing or unreadable"
 

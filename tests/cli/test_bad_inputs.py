@@ -49,6 +49,7 @@ def workspace(tmp_path_factory):
         + [(b"/pins/%03d" % i, b"pin") for i in range(10)])))
     mgr = BackupManager(BackupConfig(chunk_size=20, workers=1))
     mgr.create_backup(f"lmdb:{store}", w / "good.tar.gz")
+    mgr.create_backup(f"lmdb:{store}", w / "go.tar.gz", format="go")  # the Go tool's format
     # an incremental whose parent (of another state than good.tar.gz) has gone
     (w / "pdir").mkdir()
     older = w / "older"
@@ -68,6 +69,7 @@ def workspace(tmp_path_factory):
     (w / "empty.tar.gz").write_bytes(b"")
     (w / "truncated.tar.gz").write_bytes((w / "good.tar.gz").read_bytes()[:3000])
     (w / "adir.tar.gz").mkdir()
+    os.mkfifo(w / "fifo.tar.gz")  # no writer: opening it for reading would wait for ever
     (w / "afile").write_text("not a datastore\n")
     (w / "emptydir").mkdir()
     # a checksum-consistent archive whose manifest `created` is a number
@@ -129,8 +131,16 @@ CASES = [
          2, "--workers"),
     Case("backup-timeout-text", ["backup", "lmdb:{w}/store", "{w}/o9.tar.gz", "--timeout", "t"],
          2, "--timeout"),
+    Case("backup-chunk-size-huge", ["backup", "lmdb:{w}/store", "{w}/o13.tar.gz", "--chunk-size",
+                                    "99999999999999999999"], 2, "chunk_size must be"),
+    Case("backup-timeout-nan", ["backup", "lmdb:{w}/store", "{w}/o14.tar.gz", "--timeout", "nan"],
+         2, "timeout must be"),
+    Case("backup-timeout-inf", ["backup", "lmdb:{w}/store", "{w}/o15.tar.gz", "--timeout", "inf"],
+         2, "timeout must be"),
     Case("backup-parent-missing", ["backup", "lmdb:{w}/store", "{w}/o10.tar.gz", "--parent",
                                    "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
+    Case("backup-parent-go-format", ["backup", "lmdb:{w}/store", "{w}/o16.tar.gz", "--parent",
+                                     "{w}/go.tar.gz"], 2, "{w}/go.tar.gz: an archive of the Go"),
     Case("backup-parent-garbage", ["backup", "lmdb:{w}/store", "{w}/o11.tar.gz", "--parent",
                                    "{w}/garbage.tar.gz"], 2, "{w}/garbage.tar.gz"),
     Case("backup-exclude-unanchored", ["backup", "lmdb:{w}/store", "{w}/o12.tar.gz",
@@ -138,12 +148,19 @@ CASES = [
     Case("backup-into-ro", ["backup", "lmdb:{w}/store", "{w}/ro/o.tar.gz"], 2, "{w}/ro",
          needs="ro"),
     Case("backup-disk-full", ["backup", "lmdb:{w}/upper", "{w}/full/u.tar.gz"], 2,
-         "No space left on device", needs="full"),
+         "{w}/full/u.tar.gz: no space left on {w}/full", needs="full"),
+    Case("backup-go-disk-full", ["backup", "lmdb:{w}/upper", "{w}/full/g.tar.gz", "--format",
+                                 "go"], 2, "{w}/full/g.tar.gz: no space left on {w}/full",
+         needs="full"),
+    Case("consolidate-disk-full", ["consolidate", "{w}/upper.tar.gz", "{w}/full/c.tar.gz"], 2,
+         "{w}/full/c.tar.gz: no space left on {w}/full", needs="full"),
     # restore
     Case("restore-missing-archive", ["restore", "{w}/nosuch.tar.gz", "lmdb:{w}/r1"], 2,
          "{w}/nosuch.tar.gz"),
     Case("restore-archive-is-dir", ["restore", "{w}/adir.tar.gz", "lmdb:{w}/r2"], 2,
          "{w}/adir.tar.gz"),
+    Case("restore-fifo", ["restore", "{w}/fifo.tar.gz", "lmdb:{w}/r13"], 2,
+         "{w}/fifo.tar.gz: is a pipe"),
     Case("restore-garbage", ["restore", "{w}/garbage.tar.gz", "lmdb:{w}/r3"], 2,
          "{w}/garbage.tar.gz"),
     Case("restore-empty-archive", ["restore", "{w}/empty.tar.gz", "lmdb:{w}/r4"], 3,
@@ -153,6 +170,10 @@ CASES = [
     Case("restore-not-empty", ["restore", "{w}/good.tar.gz", "lmdb:{w}/store"], 2,
          "--overwrite or --skip-existing"),
     Case("restore-bare-missing-path", ["restore", "{w}/good.tar.gz", "{w}/r6"], 2, "{w}/r6"),
+    Case("restore-lmdb-onto-file", ["restore", "{w}/good.tar.gz", "lmdb:{w}/afile"], 2,
+         "{w}/afile: not a directory (LMDB is a directory)"),
+    Case("restore-leveldb-onto-file", ["restore", "{w}/good.tar.gz", "leveldb:{w}/afile"], 2,
+         "{w}/afile: not a directory (LevelDB is a directory)"),
     Case("restore-unknown-scheme", ["restore", "{w}/good.tar.gz", "nosuch:{w}/r7"], 2,
          NO_SCHEME),
     Case("restore-missing-parent", ["restore", "{w}/inc.tar.gz", "lmdb:{w}/r8"], 2,
@@ -171,9 +192,12 @@ CASES = [
          "{w}/ro/f", needs="ro"),
     Case("restore-flatfs-disk-full", ["restore", "{w}/upper.tar.gz", "flatfs:{w}/full/f"], 2,
          "no space left on {w}/full", needs="full"),
+    Case("restore-leveldb-disk-full", ["restore", "{w}/upper.tar.gz", "leveldb:{w}/full/l"], 2,
+         "no space left on {w}/full", needs="full"),
     # verify
     Case("verify-missing", ["verify", "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
     Case("verify-dir", ["verify", "{w}/adir.tar.gz"], 2, "{w}/adir.tar.gz"),
+    Case("verify-fifo", ["verify", "{w}/fifo.tar.gz"], 2, "{w}/fifo.tar.gz: is a pipe"),
     Case("verify-garbage", ["verify", "{w}/garbage.tar.gz"], 3, "{w}/garbage.tar.gz"),
     Case("verify-empty", ["verify", "{w}/empty.tar.gz"], 3, "{w}/empty.tar.gz"),
     Case("verify-truncated", ["verify", "{w}/truncated.tar.gz"], 3, "{w}/truncated.tar.gz"),
@@ -191,6 +215,7 @@ CASES = [
     # inspect
     Case("inspect-missing", ["inspect", "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
     Case("inspect-dir", ["inspect", "{w}/adir.tar.gz"], 2, "is a directory"),
+    Case("inspect-fifo", ["inspect", "{w}/fifo.tar.gz"], 2, "{w}/fifo.tar.gz: is a pipe"),
     Case("inspect-garbage", ["inspect", "{w}/garbage.tar.gz"], 2, "not a gzip file"),
     Case("inspect-empty", ["inspect", "{w}/empty.tar.gz"], 3, "{w}/empty.tar.gz"),
     Case("inspect-created-int", ["inspect", "{w}/created_int.tar.gz"], 3, "'created'"),
@@ -198,6 +223,7 @@ CASES = [
     # ls
     Case("ls-missing", ["ls", "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
     Case("ls-dir", ["ls", "{w}/adir.tar.gz"], 2, "is a directory"),
+    Case("ls-fifo", ["ls", "{w}/fifo.tar.gz"], 2, "{w}/fifo.tar.gz: is a pipe"),
     Case("ls-garbage", ["ls", "{w}/garbage.tar.gz"], 2, "{w}/garbage.tar.gz"),
     Case("ls-prefix-nothing", ["ls", "{w}/good.tar.gz", "--prefix", "/nothing"], 1,
          "--prefix /nothing"),
@@ -209,12 +235,18 @@ CASES = [
                                          "{w}/nodir/c.tar.gz"], 2, "{w}/nodir"),
     Case("consolidate-out-is-dir", ["consolidate", "{w}/good.tar.gz", "{w}/adir.tar.gz"], 2,
          "{w}/adir.tar.gz"),
+    Case("consolidate-fifo", ["consolidate", "{w}/fifo.tar.gz", "{w}/c5.tar.gz"], 2,
+         "{w}/fifo.tar.gz: is a pipe"),
+    Case("consolidate-go-format", ["consolidate", "{w}/go.tar.gz", "{w}/c7.tar.gz"], 2,
+         "{w}/go.tar.gz: an archive of the Go"),
     Case("consolidate-garbage", ["consolidate", "{w}/garbage.tar.gz", "{w}/c2.tar.gz"], 2,
          "{w}/garbage.tar.gz"),
     Case("consolidate-missing-parent", ["consolidate", "{w}/inc.tar.gz", "{w}/c3.tar.gz"], 2,
          "full.tar.gz"),
     Case("consolidate-workers-text", ["consolidate", "{w}/good.tar.gz", "{w}/c4.tar.gz",
                                       "--workers", "many"], 2, "--workers"),
+    Case("consolidate-workers-zero", ["consolidate", "{w}/good.tar.gz", "{w}/c6.tar.gz",
+                                      "--workers", "0"], 2, "workers must be a positive"),
     # prune
     Case("prune-missing-dir", ["prune", "{w}/nosuch", "--keep-last", "1"], 2, "{w}/nosuch"),
     Case("prune-file", ["prune", "{w}/afile", "--keep-last", "1"], 2, "{w}/afile"),
@@ -224,6 +256,10 @@ CASES = [
     Case("prune-name-nothing", ["prune", "{w}/prune", "--keep-last", "1", "--name", "nosuch",
                                 "--dry-run"], 1, "nosuch"),
     Case("prune-max-age-text", ["prune", "{w}/prune", "--max-age", "soon"], 2, "soon"),
+    Case("prune-max-age-overflow", ["prune", "{w}/prune", "--max-age", "99999999999999d"], 2,
+         "99999999999999d"),
+    Case("prune-max-age-before-year-one", ["prune", "{w}/prune", "--max-age", "10000y",
+                                           "--dry-run"], 1, "x_20260101_000000.tar.gz"),
     Case("prune-time-zone", ["prune", "{w}/prune", "--keep-last", "1", "--time-zone",
                              "Nowhere/Zone", "--dry-run"], 2, "Nowhere/Zone"),
     Case("prune-keep-text", ["prune", "{w}/prune", "--keep-last", "all"], 2, "--keep-last"),
@@ -236,6 +272,10 @@ CASES = [
          2, "{w}/emptydir"),
     Case("migrate-garbage-plan", ["migrate", "{w}/plan.toml", "lmdb:{w}/store", "lmdb:{w}/m3"],
          2, "{w}/plan.toml"),
+    Case("migrate-timeout-nan", ["migrate", "kubo-11-to-12", "lmdb:{w}/store", "lmdb:{w}/m5",
+                                 "--timeout", "nan"], 2, "timeout must be"),
+    Case("migrate-batch-huge", ["migrate", "kubo-11-to-12", "lmdb:{w}/store", "lmdb:{w}/m6",
+                                "--batch-size", "99999999999999999999"], 2, "batch_size must be"),
     Case("migrate-batch-text", ["migrate", "{w}/plan.toml", "lmdb:{w}/store", "lmdb:{w}/m4",
                                 "--batch-size", "big"], 2, "--batch-size"),
     # schedule
@@ -250,6 +290,9 @@ CASES = [
                                        "{w}/sched.toml"], 2, "nosuch"),
     Case("schedule-metrics-port-range", ["schedule", "run", "--config", "{w}/sched.toml",
                                          "--metrics-port", "70000"], 2, "--metrics-port"),
+    Case("schedule-metrics-textfile-fifo", ["schedule", "run", "--config", "{w}/sched.toml",
+                                            "--metrics-textfile", "{w}/fifo.tar.gz"], 2,
+         "{w}/fifo.tar.gz: not a regular file"),
     Case("schedule-metrics-port-busy", ["schedule", "run", "--config", "{w}/sched.toml",
                                         "--metrics-port", "{busy}"], 2, "metrics port {busy}"),
     # tune
@@ -260,6 +303,15 @@ CASES = [
          "{w}/plot.txt"),
     Case("tune-levels-text", ["tune", "lmdb:{w}/store", "--levels", "fast"], 2, "--levels"),
     Case("tune-max-bytes-text", ["tune", "lmdb:{w}/store", "--max-bytes", "lots"], 2,
+         "--max-bytes"),
+    Case("tune-levels-backwards", ["tune", "lmdb:{w}/store", "--levels", "5-1"], 2, "--levels"),
+    Case("tune-levels-empty", ["tune", "lmdb:{w}/store", "--levels", ","], 2, "--levels"),
+    Case("tune-chunk-targets-zero", ["tune", "lmdb:{w}/store", "--chunk-targets", "0"], 2,
+         "--chunk-targets"),
+    Case("tune-sample-nan", ["tune", "lmdb:{w}/store", "--sample-mb", "nan"], 2, "--sample-mb"),
+    Case("tune-max-seconds-negative", ["tune", "lmdb:{w}/store", "--max-seconds=-1"], 2,
+         "--max-seconds"),
+    Case("tune-max-bytes-inf", ["tune", "lmdb:{w}/store", "--max-bytes", "infG"], 2,
          "--max-bytes"),
     Case("tune-reps-zero", ["tune", "lmdb:{w}/store", "--reps", "0"], 2, "--reps"),
     Case("tune-goal", ["tune", "lmdb:{w}/store", "--goal", "fastest"], 2, "--goal"),
@@ -298,3 +350,45 @@ def test_bad_input(case, workspace, cli_env):
     for d in (Path(w), Path(w) / "full"):  # nothing partial left behind
         with contextlib.suppress(FileNotFoundError):
             assert not [p.name for p in d.iterdir() if ".tmp" in p.name]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "chardev"])
+def test_overwrite_never_replaces_a_device_or_pipe(tmp_path, cli_env, kind):
+    # `backup SRC /dev/null --overwrite` as root replaced /dev/null with an archive file
+    import stat
+
+    target = tmp_path / "null"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("mknod needs root")
+        os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/a", b"1")]))
+    for argv in (["backup", f"lmdb:{tmp_path / 'src'}", str(target), "--overwrite"],
+                 ["backup", f"lmdb:{tmp_path / 'src'}", str(target), "--overwrite", "--format",
+                  "go"]):
+        r = subprocess.run([sys.executable, "-m", "dsbackup", *argv], env=cli_env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "not replacing it, even with --overwrite" in r.stderr
+        mode = os.lstat(target).st_mode
+        assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null", "src"]
+
+
+def test_a_key_the_target_cannot_hold_leaves_no_journal_behind(workspace, cli_env):
+    # the journal of a restore that failed on such a key blocked every later restore into
+    # the target ("an unfinished restore of another archive"); resuming could never succeed
+    w = workspace["w"]
+    target = w / "keyfail"
+
+    def restore(archive: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dsbackup", "restore", str(w / archive),
+                               f"flatfs:{target}"], env=cli_env, capture_output=True,
+                              text=True, timeout=120)
+
+    r = restore("good.tar.gz")  # /blocks/K0000: not a flatfs key
+    assert r.returncode == 2 and "is not valid for flatfs" in r.stderr, r.stderr
+    assert not (w / "keyfail.dsbackup-restore.json").exists()
+    r = restore("upper.tar.gz")
+    assert r.returncode == 0, r.stderr

@@ -3,7 +3,11 @@ any output."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -187,3 +191,27 @@ def test_no_secret_in_logs_json_or_errors(tmp_path, env, run_cli):
     assert hexkey not in r.stdout + r.stderr
     for out in outputs:
         assert PASS not in out and "Traceback" not in out
+
+
+
+def test_keygen_on_a_full_disk_leaves_no_empty_key_file(tmp_path, run_cli):
+    full = tmp_path / "full"
+    full.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)]).returncode:
+        pytest.skip("needs a tmpfs mount (root and mount(8))")
+    try:
+        fd = os.open(full / "fill", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):  # fill it up
+            while os.write(fd, b"\0" * 4096):
+                pass
+        os.close(fd)
+        kf = full / "k"
+        r = run_cli("keygen", kf)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "No space left on device" in r.stderr
+        assert not kf.exists()  # was an empty file: a later keygen refused, a backup failed
+        (full / "fill").unlink()
+        assert run_cli("keygen", kf).returncode == 0 and len(kf.read_bytes()) == 65
+    finally:
+        subprocess.run(["umount", "-l", str(full)])

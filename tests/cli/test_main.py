@@ -136,6 +136,43 @@ def test_os_and_value_errors_become_one_line_with_exit_2():
     assert code == 2 and msg.startswith("internal error: KeyError") and "\n" not in msg
 
 
+class _Panic(BaseException):
+    """What pyo3 raises for a panic in a Rust extension (obstore): no Exception subclass."""
+
+
+def test_a_base_exception_from_an_extension_is_one_line_exit_2(monkeypatch, capsys):
+    def run(args):
+        raise _Panic("called `Result::unwrap()` on an `Err` value: InvalidPort")
+
+    monkeypatch.setattr("dsbackup.cli.keygen.run", run)
+    assert main.main(["keygen", "/nonexistent/k"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dsbackup: error: internal error: _Panic: ") and err.count("\n") == 1
+
+
+def test_ctrl_c_while_the_command_is_imported_is_exit_130_without_a_traceback(monkeypatch,
+                                                                             capsys):
+    # the command's module (numpy and the rest) is imported before the command runs: a
+    # Ctrl-C there was a KeyboardInterrupt traceback
+    def slow_import(only=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main, "build_parser", slow_import)
+    assert main.main(["ls", "a.tar.gz"]) == 130
+    assert capsys.readouterr().err == "dsbackup: interrupted\n"
+
+
+@pytest.mark.parametrize("endpoint", ["http://[::1", "http://127.0.0.1:99999"])
+def test_an_unparsable_s3_endpoint_is_a_usage_error(run_cli, endpoint):
+    # the port was a panic in the S3 client (a traceback, exit 1), the IPv6 a ValueError
+    r = run_cli("--s3-endpoint", endpoint, "verify", "s3://bucket/a.tar.gz")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"dsbackup: error: S3 endpoint {endpoint!r} is not a valid URL: "
+        + ("Invalid IPv6 URL" if "[" in endpoint else "Port out of range 0-65535")
+        + " (see dsbackup --help)"]
+
+
 def test_the_restore_journal_on_a_full_disk_is_an_error_not_a_crash(tmp_path):
     full = tmp_path / "full"
     full.mkdir()

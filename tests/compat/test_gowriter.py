@@ -122,3 +122,28 @@ def test_format_go_refuses_incremental_and_flatfs_source_works(tmp_path):
             str(tmp_path / "i.tar.gz"))
     assert r.returncode == 2 and "--parent" in r.stderr
     assert not (tmp_path / "i.tar.gz").exists()
+
+
+def test_a_file_that_appears_while_writing_is_never_replaced(tmp_path, monkeypatch):
+    # the Go writer renamed its temp file over ARCHIVE; now it is linked into place as a
+    # dsbackup archive is (docs/CLI.md): a file that appeared meanwhile stays, exit 2
+    from dsbackup.compat import gowriter
+    from dsbackup.errors import ArchiveExistsError
+
+    ds = open_datastore("memory:")
+    ds.put_many([b"/a", b"/b"], [b"1", b"2"])
+    out = tmp_path / "g.tar.gz"
+    real_check = gowriter._check
+
+    def check_then_appear(tmp, chunks):
+        real_check(tmp, chunks)
+        out.write_bytes(b"someone else's file")
+
+    monkeypatch.setattr(gowriter, "_check", check_then_appear)
+    with pytest.raises(ArchiveExistsError):
+        gowriter.write_go_archive(ds, out)
+    assert out.read_bytes() == b"someone else's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.tar.gz"]  # no temp file left
+    monkeypatch.setattr(gowriter, "_check", real_check)
+    gowriter.write_go_archive(ds, out, overwrite=True)  # asked for: replaced
+    assert [k for keys, _ in iter_go_records(out) for k in keys] == [b"/a", b"/b"]

@@ -457,3 +457,23 @@ def test_failed_backup_runs_no_step_and_no_rollback(tmp_path: Path,
     # nothing ran, so a later run starts afresh without --resume
     res = MigrationManager(MigrationConfig(resume=False)).execute_migration(plan, src, dst)
     assert res.success
+
+
+def test_a_step_that_crashes_is_one_report_line_not_a_traceback(tmp_path: Path, caplog,
+                                                                monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    # an OSError or a bug inside a step printed its traceback on the terminal (log.exception);
+    # the result names it in one line, the traceback is logged for -v only (INFO)
+    import logging
+
+    from dsbackup.migration import engine
+
+    def boom(self):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(engine.StepRunner, "run", boom)
+    src, dst = f"lmdb:{tmp_path}/src", f"lmdb:{tmp_path}/dst"
+    fill(src, kv_items(5))
+    with caplog.at_level(logging.WARNING, logger="dsbackup"):
+        res = MigrationManager().execute_migration(plan_of(copy_step()), src, dst)
+    assert not res.success and res.exit_code == 2 and "Input/output error" in res.error_log[0]
+    assert not [r for r in caplog.records if r.exc_info]

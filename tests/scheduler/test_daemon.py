@@ -265,3 +265,34 @@ def test_daemon_with_every_schedule_disabled_says_so(tmp_path, lmdb_source, cli_
         d.proc.send_signal(signal.SIGTERM)
         rc = d.finish()
     assert rc == 0 and "every schedule is disabled" in d.text
+
+
+def test_run_once_that_left_files_out_is_exit_1_not_ok(tmp_path, run_cli):
+    # `backup` exits 1 when files of the store are not in the archive; a scheduled run of the
+    # same backup said "ok", exit 0
+    from dsbackup.datastores import open_datastore
+
+    ds = open_datastore(f"flatfs:{tmp_path / 'ff'}")
+    ds.put_many([b"/K%03d" % i for i in range(20)], [b"v%d" % i for i in range(20)])
+    ds.close()
+    (tmp_path / "ff" / "stray.txt").write_text("not a block")
+    cfg = tmp_path / "scheduler.toml"
+    cfg.write_text(f'[scheduler]\nbackup_dir = "backups"\nstate_dir = "state"\n'
+                   f'health_check_interval = "off"\n\n[[schedule]]\nid = "ff"\n'
+                   f'cron = "@daily"\nsource = "flatfs:{tmp_path / "ff"}"\n'
+                   f'[schedule.backup]\nskip_foreign = true\n')
+    res = run_cli("schedule", "run-once", "ff", "--config", cfg, "--json")
+    assert res.returncode == 1, res.stderr
+    out = json.loads(res.stdout)
+    assert out["ok"] and out["exit_code"] == 1 and out["keys"] == 20
+    assert "not backed up: 1 foreign files" in res.stderr and "stray.txt" in res.stderr
+
+
+def test_run_once_into_a_backup_dir_that_is_a_file_is_one_line(tmp_path, lmdb_source,
+                                                               run_cli):
+    # an OSError of the environment printed "backup of schedule ... crashed" and a traceback
+    (tmp_path / "backups").write_text("a file where the directory belongs")
+    cfg = write_config(tmp_path, lmdb_source)
+    res = run_cli("schedule", "run-once", "ipfs", "--config", cfg)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"{tmp_path / 'backups'}: File exists" in res.stderr

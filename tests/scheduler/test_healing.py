@@ -224,6 +224,13 @@ def test_a_fallback_reaches_those_who_want_failures():
         assert not n.wants(plain) and n.wants(healed)
     subject = build_message(healed, "a@b.org", ["ops@example.org"])["Subject"]
     assert subject == "[dsbackup] OK (FULL BACKUP INSTEAD OF INCREMENTAL): db"
+    # so does a run that left files of the store out of its archive
+    partial = Event("success", "db", "db", t, "backup db succeeded (with warnings: ...)",
+                    {"fallback": None, "incomplete": "not backed up: 1 foreign files, ..."})
+    for n in (EmailNotifier(cfg), WebhookNotifier(cfg)):
+        assert n.wants(partial)
+    subject = build_message(partial, "a@b.org", ["ops@example.org"])["Subject"]
+    assert subject == "[dsbackup] OK (FILES NOT BACKED UP): db"
 
 
 def test_health_check_names_a_missing_parent_without_cli_advice(make_scheduler, clock,

@@ -155,6 +155,21 @@ def test_max_age_prunes_old_backups_before_the_rules():
     assert only_age.kept_ids == {"d60", "d70", "d80", "d90"}
 
 
+def test_max_age_reaching_before_year_one_keeps_everything():
+    items = _items(list(range(0, 100, 10)))
+    now = items[-1].timestamp
+    res = apply_retention(items, RetentionPolicy(max_age=timedelta(days=365 * 10000)), now)
+    assert res.kept_ids == {i.id for i in items} and not res.pruned
+
+
+@pytest.mark.parametrize("value", ["99999999999999d", float("nan"), float("inf"), 1e300])
+def test_durations_out_of_range_are_config_errors(value):
+    from dsbackup.scheduler.durations import parse_duration
+
+    with pytest.raises(ConfigError):
+        parse_duration(value)
+
+
 def test_newest_verified_backup_is_never_pruned():
     items = _items([0, 1, 2, 3], d1={"verified": True})
     res = apply_retention(items, RetentionPolicy(keep_last=1, max_age=timedelta(days=1.5)),

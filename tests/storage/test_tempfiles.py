@@ -108,3 +108,38 @@ def test_fsync_dir_raises_an_open_error_unless_best_effort(tmp_path):
         (tmp_path / "file").write_bytes(b"")
         fsync_dir(tmp_path / "file")
     fsync_dir(missing, best_effort=True)  # the migration journal's directories: skipped
+
+
+_HOLDER = """
+import fcntl, os, sys
+path = os.path.join(sys.argv[1], f".a.tar.gz.tmp-{os.getpid()}-0123456789ab")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print(path, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_second_writer_of_the_same_archive_is_refused_up_front(tmp_path, cli_env):
+    # it used to write the whole archive, then fail (exit 2) or, with --overwrite, replace the
+    # first writer's archive; now: exit 4 at once, the first writer's file untouched
+    from dsbackup.storage.tempfiles import live_writer
+
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/a", b"1")]))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        tmp = Path(holder.stdout.readline().strip())
+        assert live_writer(tmp_path / "a.tar.gz") == (holder.pid, tmp)
+        assert live_writer(tmp_path / "b.tar.gz") is None
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            r = subprocess.run([sys.executable, "-m", "dsbackup", "backup",
+                                f"lmdb:{tmp_path / 'src'}", str(tmp_path / "a.tar.gz"), *extra],
+                               env=cli_env, capture_output=True, text=True, timeout=120)
+            assert r.returncode == 4, r.stderr
+            assert f"another dsbackup process (PID {holder.pid}) is writing" in r.stderr
+            assert not (tmp_path / "a.tar.gz").exists() and tmp.exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert live_writer(tmp_path / "a.tar.gz") is None  # its writer is gone: a leftover

@@ -18,7 +18,7 @@ from dsbackup.archive.pages import page_entries_after
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.verify import check_payload
 from dsbackup.archive.writer import ArchiveWriter, WrittenArchive
-from dsbackup.errors import IntegrityError
+from dsbackup.errors import ConfigError, IntegrityError
 from dsbackup.pipeline.chunks import ReadyChunk
 from dsbackup.poolmap import ordered_map
 from dsbackup.storage import display
@@ -68,6 +68,8 @@ def consolidate_archive(path: str | os.PathLike[str], out: str | os.PathLike[str
     already at `out` is not replaced (ArchiveExistsError) unless `overwrite`, and never when
     another archive uses it as its parent (see dsbackup.archive.guard.check_new_archive)."""
     t0 = time.perf_counter()
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"workers must be a positive integer, got {threads!r}")  # as backup
     threads = threads or min(8, os.cpu_count() or 1)
     with ArchiveReader(path, parent_dirs=parent_dirs) as reader:
         chain = reader.open_parents()

@@ -9,6 +9,7 @@ and checksums). Secrets live in private pages left out of core files (``secret_b
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -222,10 +223,20 @@ def write_key_file(path: str | os.PathLike[str]) -> None:
         raise ConfigError(f"key file {path}: cannot create: {exc.strerror}") from None
     try:
         os.fchmod(fd, 0o600)  # whatever the umask
-        os.write(fd, key.hex().encode() + b"\n")
+        text = key.hex().encode() + b"\n"
+        if os.write(fd, text) != len(text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         os.fsync(fd)
-    finally:
+    except BaseException as exc:  # a full disk, Ctrl-C: no empty or short key file is left
         os.close(fd)
+        os.unlink(path)
+        if isinstance(exc, OSError):
+            raise ConfigError(f"key file {path}: cannot write: {exc.strerror}; nothing was "
+                              "left there") from None
+        raise
+    else:
+        os.close(fd)
+    finally:
         _zero(key)
 
 

@@ -27,6 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dsbackup import is_go_archive
+    from dsbackup.errors import UnsupportedArchive
+
+    if is_go_archive(args.archive):  # intact, not damaged: exit 2, not the reader's exit 3
+        raise UnsupportedArchive(f"{args.archive}: an archive of the Go tool's format "
+                                 "(docs/GOFORMAT.md); consolidate needs a dsbackup archive")
     w = consolidate_archive(args.archive, args.out, parent_dirs=args.parent_dir,
                             threads=args.workers, overwrite=args.overwrite)
     if args.json:

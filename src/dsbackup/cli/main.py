@@ -196,6 +196,15 @@ def _operands_of(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the command's modules are imported (numpy ...)
+        with contextlib.suppress(OSError):
+            print("dsbackup: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
@@ -203,22 +212,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.umask is not None:
         filemodes.set_private_umask(args.umask)
     _expand_user_paths(args)
-    if getattr(args, "s3_endpoint", None):
-        from dsbackup.storage import check_endpoint, configure
+    endpoint, stale = getattr(args, "s3_endpoint", None), getattr(args, "s3_stale_hours", None)
+    if endpoint or stale:
+        from dsbackup.storage import check_endpoint, configure, parse_stale_hours
 
         try:
-            check_endpoint(args.s3_endpoint)
+            if endpoint:
+                check_endpoint(endpoint)
         except DsBackupError as exc:
             parser.error(str(exc))
-        configure(args.s3_endpoint)
-    if getattr(args, "s3_stale_hours", None):
-        from dsbackup.storage import configure, parse_stale_hours
-
         try:
-            parse_stale_hours(args.s3_stale_hours)
+            if stale:
+                parse_stale_hours(stale)
         except DsBackupError as exc:
             parser.error(f"--s3-stale-hours: {exc}")
-        configure(stale_hours=args.s3_stale_hours)
+        try:  # reads the DSBACKUP_S3_* environment too: a bad value there is one error line
+            configure(endpoint, stale_hours=stale)
+        except DsBackupError as exc:
+            return _fail(exc, args)
     tune_allocator()  # large chunk buffers are reused instead of page-faulted in each time
     if args.command == "restore":
         single_arena()  # payloads inflated in threads, freed by the writer: a flat peak
@@ -240,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, args)
     except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
         return _fail(exc, args)
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # a panic in a Rust extension (pyo3's PanicException) is no
+        return _fail(exc, args)   # Exception: still a bug of one line, not a traceback
 
 
 def _run_with_key(args: argparse.Namespace) -> int:
@@ -261,7 +276,7 @@ def _run_with_key(args: argparse.Namespace) -> int:
             material.close()
 
 
-def _fail(exc: Exception, args: argparse.Namespace) -> int:
+def _fail(exc: BaseException, args: argparse.Namespace) -> int:
     from dsbackup.storage import scrub
 
     message, code = describe_error(exc, args)

@@ -16,46 +16,71 @@ HELP = "recommend a compression level and chunk size from measurements on a samp
 
 
 def _int_list(text: str) -> list[int]:
+    """Numbers and ranges (`0-3,6`); an empty list, a range running backwards or a value
+    below 1 (`--chunk-targets 0`: a mean chunk of 0 KiB) is a usage error like a typo."""
     try:
         out = []
         for part in text.split(","):
             if "-" in part:
                 lo, hi = part.split("-", 1)
+                if int(hi) < int(lo):
+                    raise ValueError(part)
                 out.extend(range(int(lo), int(hi) + 1))
             elif part:
                 out.append(int(part))
+        if not out:
+            raise ValueError(text)
         return out
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers like 0-3,6: {text!r}") from None
+
+
+def _positive_list(text: str) -> list[int]:
+    out = _int_list(text)
+    if min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive numbers like 256,1024: {text!r}")
+    return out
+
+
+def _positive(text: str) -> float:
+    """A finite number above 0 (MB, seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):  # nan too
+        raise argparse.ArgumentTypeError(f"expected a positive number: {text!r}")
+    return value
 
 
 def _size(text: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     t = text.strip().lower().removesuffix("ib").removesuffix("b")
     try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 512M or 2G: {text!r}") from None
+        value = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, OverflowError):  # OverflowError: infG
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a size like 512M or 2G: {text!r}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="datastore URI or path (as for `dsbackup backup`)")
-    p.add_argument("--sample-mb", type=float, default=64,
+    p.add_argument("--sample-mb", type=_positive, default=64,
                    help="MB sampled across the key space for the measurements (default 64; at least "
                    "148 when the backup would run parallel workers)")
-    p.add_argument("--grid-mb", type=float, default=8,
+    p.add_argument("--grid-mb", type=_positive, default=8,
                    help="MB of the sample each level/chunk-size candidate compresses (default 8)")
     p.add_argument("--levels", type=_int_list, default=list(range(10)),
                    help="compression levels to try, e.g. 0-3,6 (default 0-9)")
-    p.add_argument("--chunk-targets", type=_int_list, default=None, metavar="KIB,...",
+    p.add_argument("--chunk-targets", type=_positive_list, default=None, metavar="KIB,...",
                    help="mean chunk sizes to try in KiB (default "
                    + ",".join(str(t >> 10) for t in DEFAULT_CHUNK_TARGETS) + ")")
     p.add_argument("--workers", type=int, default=None, help="workers of the backup (default: CPUs)")
     p.add_argument("--goal", choices=GOALS, default="balanced",
                    help="what to optimise (default balanced)")
-    p.add_argument("--max-seconds", type=float, default=None,
+    p.add_argument("--max-seconds", type=_positive, default=None,
                    help="budget: the backup must take at most this long (projected)")
     p.add_argument("--max-bytes", type=_size, default=None,
                    help="budget: the archive must be at most this large, e.g. 40G (projected)")

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import sys
 import tarfile
 import tempfile
@@ -28,7 +29,7 @@ from array import array
 from collections.abc import Iterator
 from typing import IO, Any
 
-from dsbackup.errors import ArchiveError, IntegrityError
+from dsbackup.errors import ArchiveError, IntegrityError, UnsupportedArchive
 from dsbackup.storage import is_remote
 
 try:  # ISA-L inflate is several times faster than zlib's; same API and errors as gzip
@@ -43,6 +44,7 @@ __all__ = [
     "MAX_MEMBER_BYTES",
     "METADATA_NAME",
     "is_go_archive",
+    "refuse_go_archive",
     "iter_go_records",
     "read_go_metadata",
 ]
@@ -119,6 +121,8 @@ def is_go_archive(path: str | os.PathLike[str]) -> bool:
     if is_remote(path):
         return False
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO's open() would wait for a writer
+            return False
         with open(path, "rb") as raw:
             if raw.peek(2)[:2] != b"\x1f\x8b":
                 return False
@@ -131,6 +135,15 @@ def is_go_archive(path: str | os.PathLike[str]) -> bool:
     if first is None or not first.isreg() or first.name == DSBACKUP_FIRST_MEMBER:
         return False
     return first.name == METADATA_NAME or _CHUNK_NAME.fullmatch(first.name) is not None
+
+
+def refuse_go_archive(path: str | os.PathLike[str], role: str) -> None:
+    """UnsupportedArchive (exit 2) when ``path`` is an archive of the Go tool's format, for a
+    ``role`` that needs a dsbackup archive (`--parent`, `consolidate`'s input): it is not
+    damaged, as the dsbackup reader's "not a dsbackup trailer" (exit 3) would say."""
+    if is_go_archive(path):
+        raise UnsupportedArchive(f"{path}: an archive of the Go tool's format (docs/GOFORMAT.md);"
+                                 f" {role} needs a dsbackup archive")
 
 
 def _classify(p: str, info: tarfile.TarInfo) -> str | None:

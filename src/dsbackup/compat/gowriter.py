@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 from collections import deque
@@ -38,7 +37,7 @@ from dsbackup._ext.gojson import go_chunk_json
 from dsbackup.compat.goformat import CHECKSUM_PREFIX, MAX_MEMBER_BYTES
 from dsbackup.errors import BackupError, Cancelled, ConfigError
 from dsbackup.patterns import KeyMatcher, key_matcher
-from dsbackup.storage.tempfiles import fsync_dir
+from dsbackup.storage.local import LocalSink
 
 __all__ = ["GoWriteResult", "write_go_archive", "CHECKSUM_PREFIX", "DEFAULT_GO_CHUNK_SIZE"]
 
@@ -131,10 +130,12 @@ def go_metadata(*, created: datetime, records: int, value_bytes: int, level: int
 def write_go_archive(ds: Any, path: str | os.PathLike[str], *, level: int = 1,
                      chunk_size: int = DEFAULT_GO_CHUNK_SIZE, exclude: list[str] | None = None,
                      threads: int = 1, cancel: threading.Event | None = None,
-                     check: bool = True) -> GoWriteResult:
+                     check: bool = True, overwrite: bool = False) -> GoWriteResult:
     """Write the store to ``path`` in the Go tool's format: a temp file beside it, checked
     (``check``: the gzip and tar structure and the member count read back), fsynced and
-    renamed; nothing is left at ``path`` on failure."""
+    linked into place as dsbackup archives are (dsbackup.storage.local.LocalSink: a file at
+    ``path`` is replaced only with ``overwrite``, never one that appeared meanwhile; a killed
+    run's temp file is removed by the next writer); nothing is left at ``path`` on failure."""
     if chunk_size < 1:
         raise ConfigError(f"chunk size must be a positive integer, got {chunk_size}")
     t0 = time.perf_counter()
@@ -144,58 +145,49 @@ def write_go_archive(ds: Any, path: str | os.PathLike[str], *, level: int = 1,
     matcher = key_matcher(patterns, "exclude_patterns")
     stats = {"excluded": 0}
     threads = max(1, threads)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent or ".")
+    sink = LocalSink(final, overwrite=overwrite)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dsbackup-go")
     records = value_bytes = json_bytes = chunks = 0
     digests = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb", buffering=0) as out:
-            pending: deque[tuple[Future, int]] = deque()
-            in_flight = 0
+        pending: deque[tuple[Future, int]] = deque()
+        in_flight = 0
 
-            def drain(limit: int) -> None:
-                nonlocal value_bytes, json_bytes, in_flight
-                while len(pending) > limit or (in_flight > _IN_FLIGHT_BYTES
-                                               and len(pending) > 1):
-                    future, raw = pending.popleft()
-                    in_flight -= raw
-                    member, digest, jlen, vbytes = future.result()
-                    out.write(member)
-                    digests.update(digest)
-                    json_bytes += jlen
-                    value_bytes += vbytes
+        def drain(limit: int) -> None:
+            nonlocal value_bytes, json_bytes, in_flight
+            while len(pending) > limit or (in_flight > _IN_FLIGHT_BYTES
+                                           and len(pending) > 1):
+                future, raw = pending.popleft()
+                in_flight -= raw
+                member, digest, jlen, vbytes = future.result()
+                sink.write((member,))
+                digests.update(digest)
+                json_bytes += jlen
+                value_bytes += vbytes
 
-            for keys, values in _chunks(ds, chunk_size, matcher, stats):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled("backup cancelled")
-                chunks += 1
-                records += len(keys)
-                raw = sum(map(len, values))
-                pending.append((pool.submit(_chunk_member, chunks, keys, values, level), raw))
-                in_flight += raw
-                drain(2 * threads)
-            drain(0)
-            checksum = CHECKSUM_PREFIX + digests.hexdigest()
-            meta = go_metadata(created=created, records=records, value_bytes=value_bytes,
-                               level=level, chunk_size=chunk_size, exclude=patterns,
-                               checksum=checksum, json_bytes=json_bytes,
-                               duration_s=time.perf_counter() - t0,
-                               excluded=stats["excluded"], source=getattr(ds, "uri", ""))
-            header = tar_header(b"metadata.json", len(meta), 0)
-            # the tar end (two zero blocks) goes into the last member's padded body
-            out.write(_gzip_member(header, meta + b"\0" * (-len(meta) % _TAR_BLOCK)
-                                   + b"\0" * (2 * _TAR_BLOCK), level))
-            out.flush()
-            os.fsync(out.fileno())
-        if check:
-            _check(tmp, chunks)
-        os.rename(tmp, final)
-        fsync_dir(final.parent)
+        for keys, values in _chunks(ds, chunk_size, matcher, stats):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("backup cancelled")
+            chunks += 1
+            records += len(keys)
+            raw = sum(map(len, values))
+            pending.append((pool.submit(_chunk_member, chunks, keys, values, level), raw))
+            in_flight += raw
+            drain(2 * threads)
+        drain(0)
+        checksum = CHECKSUM_PREFIX + digests.hexdigest()
+        meta = go_metadata(created=created, records=records, value_bytes=value_bytes,
+                           level=level, chunk_size=chunk_size, exclude=patterns,
+                           checksum=checksum, json_bytes=json_bytes,
+                           duration_s=time.perf_counter() - t0,
+                           excluded=stats["excluded"], source=getattr(ds, "uri", ""))
+        header = tar_header(b"metadata.json", len(meta), 0)
+        # the tar end (two zero blocks) goes into the last member's padded body
+        sink.write((_gzip_member(header, meta + b"\0" * (-len(meta) % _TAR_BLOCK)
+                                 + b"\0" * (2 * _TAR_BLOCK), level),))
+        sink.commit((lambda tmp: _check(tmp, chunks)) if check else None)  # fsync, check, link
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        sink.abort()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -205,7 +197,7 @@ def write_go_archive(ds: Any, path: str | os.PathLike[str], *, level: int = 1,
                          duration_s=time.perf_counter() - t0)
 
 
-def _check(tmp: str, chunks: int) -> None:
+def _check(tmp: str | os.PathLike[str], chunks: int) -> None:
     """Read the file back as a stream (gzip CRCs, tar headers) and count its members."""
     from dsbackup.compat.goformat import _walk
     from dsbackup.errors import IntegrityError

@@ -29,10 +29,36 @@ __all__ = ["LevelDbDatastore", "open_leveldb"]
 def _open_error(path: Path, e: Exception) -> DsBackupError:
     import plyvel
 
-    if isinstance(e, plyvel.IOError) and "lock" in str(e).lower():
+    text = _text(e)
+    # LevelDB's lock failure: "lock PATH/LOCK: Resource temporarily unavailable" (another
+    # process) or "... already held by process" (this one); "PATH/LOCK: Not a directory" (a
+    # file where the store's directory belongs) is no lock held by anyone
+    if isinstance(e, plyvel.IOError) and ("temporarily unavailable" in text
+                                          or "already held" in text):
         return LockedError(f"{path}: LevelDB is locked by another process "
-                           f"(is the Kubo daemon running?): {e}")
-    return DatastoreError(f"{path}: cannot open LevelDB: {e}")
+                           f"(is the Kubo daemon running?): {text}")
+    if "No space left on device" in text:  # creating it, or replaying its log
+        return _write_error(path, e)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return DatastoreError(f"{path}: not a directory (LevelDB is a directory)")
+    return DatastoreError(f"{path}: cannot open LevelDB: {text}")
+
+
+def _text(e: Exception) -> str:
+    """plyvel's message (it gives LevelDB's status as bytes)."""
+    text = e.args[0] if e.args else e
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+
+
+def _write_error(path: Path, e: Exception) -> DsBackupError:
+    """A failed write: a full disk is `no space left on MOUNT` (docs/CLI.md), anything else
+    LevelDB's text (plyvel gives it as bytes) naming the store."""
+    text = _text(e)
+    if "No space left on device" in text:
+        from dsbackup.diskspace import no_space_message
+
+        return DatastoreError(no_space_message(path))
+    return DatastoreError(f"{path}: LevelDB write failed: {text}")
 
 
 class LevelDbDatastore(BaseDatastore):
@@ -47,6 +73,7 @@ class LevelDbDatastore(BaseDatastore):
         super().__init__(f"leveldb:{self.path}", readonly=readonly,
                          location=str(self.path))
         self.sync_writes = sync
+        self._plyvel_error = plyvel.Error
         # read-only: open a private snapshot, so LevelDB's log recovery writes only there
         self._snapshot: Path | None = take_snapshot(self.path) if readonly else None
         try:
@@ -67,18 +94,27 @@ class LevelDbDatastore(BaseDatastore):
         return v
 
     def _put(self, key: bytes, value: bytes) -> None:
-        self._db.put(key, value, sync=self.sync_writes)
+        try:
+            self._db.put(key, value, sync=self.sync_writes)
+        except self._plyvel_error as e:
+            raise _write_error(self.path, e) from e
 
     def _delete(self, key: bytes) -> None:
-        self._db.delete(key, sync=self.sync_writes)
+        try:
+            self._db.delete(key, sync=self.sync_writes)
+        except self._plyvel_error as e:
+            raise _write_error(self.path, e) from e
 
     def _apply_batch(self, ops: list[tuple[bytes, bytes | None]]) -> None:
-        with self._db.write_batch(sync=self.sync_writes) as wb:
-            for k, v in ops:
-                if v is None:
-                    wb.delete(k)
-                else:
-                    wb.put(k, v)
+        try:
+            with self._db.write_batch(sync=self.sync_writes) as wb:
+                for k, v in ops:
+                    if v is None:
+                        wb.delete(k)
+                    else:
+                        wb.put(k, v)
+        except self._plyvel_error as e:
+            raise _write_error(self.path, e) from e
 
     def _iterator(self, start: bytes, end: bytes | None, **kw: object) -> Iterator:
         self._check_open()
@@ -105,9 +141,12 @@ class LevelDbDatastore(BaseDatastore):
 
     def put_many(self, keys: list[bytes], values: list[bytes]) -> None:
         self._check_put_many(keys, values)
-        with self._db.write_batch(sync=self.sync_writes) as wb:
-            for k, v in zip(keys, values):
-                wb.put(k, v)
+        try:
+            with self._db.write_batch(sync=self.sync_writes) as wb:
+                for k, v in zip(keys, values):
+                    wb.put(k, v)
+        except self._plyvel_error as e:
+            raise _write_error(self.path, e) from e
 
     def approx_count(self) -> None:
         return None
@@ -139,8 +178,11 @@ class LevelDbDatastore(BaseDatastore):
         """LevelDB has no flush call; a synced empty batch forces the log to disk."""
         self._check_open()
         if not self.readonly:
-            with self._db.write_batch(sync=True):
-                pass
+            try:
+                with self._db.write_batch(sync=True):
+                    pass
+            except self._plyvel_error as e:
+                raise _write_error(self.path, e) from e
 
     def close(self) -> None:
         if not self._closed:

@@ -155,6 +155,8 @@ class LmdbDatastore(BaseDatastore):
         if readonly and not data.is_file():
             raise DatastoreError(f"{self.path}: no LMDB environment (data.mdb missing)")
         if not readonly:
+            if self.path.exists() and not self.path.is_dir():  # mkdir would say "File exists"
+                raise DatastoreError(f"{self.path}: not a directory (LMDB is a directory)")
             self.path.mkdir(parents=True, exist_ok=True)
         if map_size is None:
             used = data.stat().st_size if data.is_file() else 0

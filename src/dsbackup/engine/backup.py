@@ -119,6 +119,10 @@ class BackupManager:
         if format == "go" and (parent is not None or cfg.include_metadata):
             raise ConfigError("--format go writes full backups without a key catalog: "
                               "--parent and --include-metadata need the dsbackup format")
+        if parent is not None and not is_remote(parent):
+            from dsbackup.compat.goformat import refuse_go_archive
+
+            refuse_go_archive(parent, "--parent")
         if cfg.resume:
             _check_resumable(cfg, path, format)
         cancel = cancel or threading.Event()
@@ -274,7 +278,7 @@ def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,
     chunk_size = cfg.chunk_size or DEFAULT_GO_CHUNK_SIZE
     r = write_go_archive(ds, path, level=cfg.compression_level, chunk_size=chunk_size,
                          exclude=list(cfg.exclude_patterns), threads=cfg.effective_workers,
-                         cancel=cancel, check=cfg.verify_integrity)
+                         cancel=cancel, check=cfg.verify_integrity, overwrite=cfg.overwrite)
     return go_metadata(ds, path, cfg, r, created, chunk_size, t0)
 
 

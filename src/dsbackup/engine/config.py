@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -10,6 +11,9 @@ from dsbackup.errors import ConfigError
 from dsbackup.patterns import key_matcher
 
 DEFAULT_CHUNK_MAX_BYTES = 2 << 20
+# records per chunk at most (`--chunk-size`): a chunk is bounded by chunk_max_bytes anyway, and
+# the planner holds the mean in a C unsigned long
+MAX_CHUNK_SIZE = 1 << 32
 # With chunk_size=None ("auto") the mean chunk aims at this many payload bytes. Since
 # incompressible segments are stored apart (docs/COMPRESSION.md), 1 MiB chunks compress as
 # small as 256 KiB ones, and a quarter as many chunks cost a quarter of the per-chunk work of
@@ -91,14 +95,17 @@ class BackupConfig:
         if not isinstance(self.compression_level, int) or not 0 <= self.compression_level <= 9:
             raise ConfigError(f"compression_level must be 0-9, got {self.compression_level!r}")
         if self.chunk_size is not None and (
-                not isinstance(self.chunk_size, int) or self.chunk_size < 1):
-            raise ConfigError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
+                not isinstance(self.chunk_size, int) or not 1 <= self.chunk_size <= MAX_CHUNK_SIZE):
+            raise ConfigError(f"chunk_size must be an integer from 1 to {MAX_CHUNK_SIZE}, got "
+                              f"{self.chunk_size!r}")
         if not isinstance(self.chunk_max_bytes, int) or not (
                 4096 <= self.chunk_max_bytes <= 1 << 30):
             raise ConfigError(
                 f"chunk_max_bytes must be between 4096 and 1 GiB, got {self.chunk_max_bytes!r}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError(f"timeout must be positive, got {self.timeout!r}")
+        if self.timeout is not None and (not isinstance(self.timeout, (int, float))
+                                         or not 0 < self.timeout < threading.TIMEOUT_MAX):
+            raise ConfigError(f"timeout must be a positive number of seconds, got "
+                              f"{self.timeout!r}")  # nan, inf: a timer cannot wait that long
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise ConfigError(f"workers must be a positive integer, got {self.workers!r}")
         if not isinstance(self.overwrite, bool):

@@ -151,6 +151,8 @@ class _NativeLmdbTarget:
 
         p = Path(path).absolute()
         self.uri = f"lmdb:{p}"
+        if p.exists() and not p.is_dir():  # its mkdir would say "File exists"
+            raise DatastoreError(f"{p}: not a directory (LMDB is a directory)")
         # its errors (LmdbWriteError, DoubleOpenError) are DatastoreErrors naming the path;
         # pages are copied into LMDB's dirty pages and written with pwrite, not through the
         # map: a write fault on a mapped page makes the kernel zero (read) it first, which
@@ -292,6 +294,14 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
         result = _restore(reader, target, workers=workers, mode=mode, prefix=prefix,
                           pattern=pattern, progress=progress, cancel=cancel,
                           batch_bytes=batch_bytes, resume=resume, t0=t0, native=native)
+    except InvalidKey:
+        # the archive holds a key this kind of store cannot (flatfs: /pins/...): resuming
+        # would fail at the same key, and the journal would only block another restore into
+        # the target ("an unfinished restore of another archive")
+        jpath = _journal_path(target)
+        if jpath is not None:
+            jpath.unlink(missing_ok=True)
+        raise
     finally:
         if owned:
             target.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,16 @@ class MigrationConfig:
         self.validate()
 
     def validate(self) -> None:
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not isinstance(self.batch_bytes, int) or self.batch_bytes < 1:
-            raise ConfigError(f"batch_bytes must be a positive integer, got {self.batch_bytes!r}")
+        # at most 2^32: the native copy holds both in C unsigned longs (an OverflowError there
+        # crashed the step); a batch is bounded by batch_bytes long before either limit
+        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 1 << 32:
+            raise ConfigError(f"batch_size must be an integer from 1 to {1 << 32}, got "
+                              f"{self.batch_size!r}")
+        if not isinstance(self.batch_bytes, int) or not 1 <= self.batch_bytes <= 1 << 32:
+            raise ConfigError(f"batch_bytes must be an integer from 1 to {1 << 32}, got "
+                              f"{self.batch_bytes!r}")
         if self.timeout is not None and (not isinstance(self.timeout, (int, float))
-                                         or self.timeout <= 0):
+                                         or not 0 < self.timeout < math.inf):  # nan too
             raise ConfigError(f"timeout must be a positive number of seconds, got "
                               f"{self.timeout!r}")
         if self.checkpoint_interval < 0:

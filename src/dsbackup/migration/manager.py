@@ -228,7 +228,8 @@ class MigrationManager:
             except DsBackupError as exc:
                 self._fail(plan, cfg, stores, result, journal, stamp_path, exc, kubo)
             except Exception as exc:  # noqa: BLE001 - reported in the result, then rolled back
-                log.exception("migration step crashed")
+                # the report names it in one line; the traceback only with -v (EXIT_CODES.md)
+                log.info("migration step crashed", exc_info=True)
                 self._fail(plan, cfg, stores, result, journal, stamp_path, exc, kubo)
         finally:
             if journal is not None:

@@ -21,7 +21,7 @@ def parse_duration(value: str | int | float | timedelta | None) -> timedelta | N
     if isinstance(value, (int, float)):
         if value < 0:
             raise ConfigError(f"negative duration {value!r}")
-        return timedelta(seconds=value)
+        return _seconds(value, value)
     text = value.strip().lower().replace(" ", "")
     if not text:
         raise ConfigError("empty duration")
@@ -33,7 +33,18 @@ def parse_duration(value: str | int | float | timedelta | None) -> timedelta | N
         pos = m.end()
     if pos != len(text):
         raise ConfigError(f"invalid duration {value!r} (examples: 90d, 1w2d, 12h, 30m, 1y)")
-    return timedelta(seconds=total)
+    return _seconds(total, value)
+
+
+def _seconds(total: float, value: object) -> timedelta:
+    """A duration of ``total`` seconds; nan, inf or one past timedelta's range (about 2.7
+    million years) is a ConfigError naming ``value``, not an OverflowError."""
+    if total != total:  # nan
+        raise ConfigError(f"invalid duration {value!r}")
+    try:
+        return timedelta(seconds=total)
+    except OverflowError:
+        raise ConfigError(f"duration {value!r} is too long") from None
 
 
 def format_duration(delta: timedelta) -> str:

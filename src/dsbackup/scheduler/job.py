@@ -179,6 +179,7 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
                 raise IntegrityError(f"{res.path}: new archive failed verification "
                                      f"({'; '.join(report.errors) or 'no detail'}); kept as {bad}")
             verified = True
+        incomplete = getattr(res, "incomplete", None)  # files left out: a warning, exit 1
         entry = ArchiveEntry(path=str(res.path), created=res.created, fingerprint=res.fingerprint,
                              parent=res.parent, verified=bool(verified), size=res.size,
                              keys=res.keys)
@@ -188,9 +189,13 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
                            keys=res.keys, verified=verified,
                            parent=choice.parent.path if choice.parent else None,
                            fallback=choice.fallback,
-                           exit_code=EXIT_WARNING if choice.fallback else EXIT_OK)
+                           exit_code=EXIT_WARNING if choice.fallback or incomplete else EXIT_OK)
     except DsBackupError as exc:
         return JobOutcome(_failure(started, clock, trigger, path, exc, exc.exit_code), archives)
+    except OSError as exc:  # the environment (backup_dir is a file, EIO ...): no traceback
+        message = (f"{os.fsdecode(exc.filename)}: {exc.strerror}"
+                   if exc.filename is not None and exc.strerror else None)
+        return JobOutcome(_failure(started, clock, trigger, path, exc, 2, message), archives)
     except Exception as exc:  # noqa: BLE001 - a job never raises into the scheduler
         log.exception("backup of schedule %s crashed", schedule.id)
         return JobOutcome(_failure(started, clock, trigger, path, exc, 2), archives)
@@ -201,6 +206,8 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
     outcome = JobOutcome(record, archives)
     if choice.fallback:
         outcome.warnings.append(f"full backup instead of an incremental: {choice.fallback}")
+    if incomplete:
+        outcome.warnings.append(incomplete)
     try:
         kept, result, warnings = prune_catalog(archives, policy, record.finished, tz)
         outcome.archives, outcome.retention = kept, result
@@ -237,7 +244,8 @@ def _make_archive(schedule: ScheduledBackup, runner: BackupRunner, path: Path,
 
 
 def _failure(started: datetime, clock: Clock, trigger: str, path: Path | None, exc: BaseException,
-             exit_code: int) -> RunRecord:
+             exit_code: int, message: str | None = None) -> RunRecord:
     return RunRecord(ok=False, started=started, finished=clock.now(), trigger=trigger,
-                     archive=str(path) if path else None, error=str(exc) or type(exc).__name__,
+                     archive=str(path) if path else None,
+                     error=message or str(exc) or type(exc).__name__,
                      error_type=type(exc).__name__, exit_code=exit_code)

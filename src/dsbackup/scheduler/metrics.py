@@ -4,6 +4,8 @@ textfile for node_exporter's textfile collector."""
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -11,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from dsbackup.errors import SchedulerError
+from dsbackup.errors import ConfigError, SchedulerError
 from dsbackup.scheduler.config import ScheduledBackup
 from dsbackup.scheduler.state import atomic_write
 
@@ -108,7 +110,20 @@ def render_prometheus(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_textfile(path: Path) -> None:
+    """ConfigError when something other than a regular file is at `path`: the textfile is
+    renamed into place, and `--metrics-textfile /dev/null` would replace the device."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # not there yet (or a dangling symlink): created
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"metrics textfile {path}: not a regular file; give the path of a "
+                          "file for node_exporter's textfile collector")
+
+
 def write_textfile(path: Path, text: str) -> None:
+    check_textfile(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, text.encode(), mode=0o666)  # node_exporter (another user) reads it
 

@@ -50,6 +50,10 @@ class RunReporter:
             message = f"backup {sched.name} succeeded: {rec.archive}"
             if rec.fallback:
                 message += f" (a full backup instead of an incremental: {rec.fallback})"
+            incomplete = [w for w in warnings if w.startswith("not backed up: ")]
+            if incomplete:  # files of the store are missing from the archive
+                details["incomplete"] = incomplete[0]
+                message += f" (with warnings: {incomplete[0]})"
             return self.notify("success", sched, message, details)
         details.update(error=rec.error, error_type=rec.error_type, exit_code=rec.exit_code)
         log.error("schedule %s: backup failed: %s", sched.id, rec.error)

@@ -147,7 +147,12 @@ def apply_retention(backups: Iterable[Any], policy: RetentionPolicy, now: dateti
                                         "no retention rule set: everything is kept"))
         return result
 
-    cutoff = now - policy.max_age if policy.max_age is not None else None
+    cutoff = None
+    if policy.max_age is not None:
+        try:
+            cutoff = now - policy.max_age
+        except OverflowError:  # before year 1 (`--max-age 10000y`): no backup is that old
+            cutoff = None
     candidates = [i for i in items if cutoff is None or i.timestamp >= cutoff]
     local = {i.id: i.timestamp.astimezone(tz) for i in candidates}
     rules = [(r, getattr(policy, f"keep_{r}")) for r in RULES if getattr(policy, f"keep_{r}")]

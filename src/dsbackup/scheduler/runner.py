@@ -26,6 +26,9 @@ class RunResult:
     keys: int | None
     parent: str | None = None  # parent fingerprint for incremental archives
     duration_s: float | None = None
+    # files of the store left out of the archive (foreign with skip_foreign, or unreadable):
+    # what a warning says, None when there were none (the CLI's `backup` exits 1 for them)
+    incomplete: str | None = None
 
 
 @dataclass
@@ -70,6 +73,14 @@ def _manager_api() -> tuple[Any, Any]:
     except ImportError as exc:  # the backup engine is not built or not installed
         raise SchedulerError(f"the backup engine is not available: {exc}") from exc
     return BackupManager, BackupConfig
+
+
+def _incomplete(stats: Any) -> str | None:
+    if stats is None or not stats.incomplete:
+        return None
+    return (f"not backed up: {stats.foreign_files} foreign files, {stats.unreadable_files} "
+            f"files that vanished or could not be read (first: "
+            f"{', '.join(stats.skipped_files)})")
 
 
 class ManagerRunner:
@@ -117,6 +128,7 @@ class ManagerRunner:
             path=path, created=meta.timestamp, fingerprint=meta.fingerprint,
             size=path.stat().st_size if isinstance(path, Path) else meta.compressed_size, keys=meta.total_keys, parent=parent_fingerprint(meta.parent),
             duration_s=meta.statistics.duration_s if getattr(meta, "statistics", None) else None,
+            incomplete=_incomplete(getattr(meta, "statistics", None)),
         )
 
     def verify(self, path: Path, deep: bool, sample: float | None) -> VerifyResult:

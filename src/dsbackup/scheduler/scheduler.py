@@ -29,6 +29,7 @@ from dsbackup.scheduler.health import CheckResult, HealthTimer, run_checks
 from dsbackup.scheduler.job import JobOutcome, run_job
 from dsbackup.scheduler.metrics import (
     MetricsServer,
+    check_textfile,
     render_prometheus,
     schedule_metrics,
     write_textfile,
@@ -61,6 +62,8 @@ class BackupScheduler:
     def __init__(self, config: SchedulerConfig, *, runner: BackupRunner | None = None,
                  clock: Clock | None = None, notifiers: list[Notifier] | None = None) -> None:
         self.config = config
+        if config.metrics_textfile is not None:  # /dev/null, a pipe: refused before it runs
+            check_textfile(config.metrics_textfile)
         self.runner: BackupRunner = runner or ManagerRunner()
         self.clock: Clock = clock or SystemClock()
         self.tz = get_zone(config.time_zone)

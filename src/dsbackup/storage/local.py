@@ -10,17 +10,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dsbackup._ext.checksum import xxh3_64_file
+from dsbackup.diskspace import free_bytes, is_no_space, no_space_message
 from dsbackup.errors import (
     ArchiveError,
     ArchiveExistsError,
     ArchiveUnavailable,
     IntegrityError,
+    LockedError,
 )
 from dsbackup.filemodes import private_mode
 from dsbackup.storage import resumestate
 from dsbackup.storage.base import Check
 from dsbackup.storage.tempfiles import (
     fsync_dir,
+    live_writer,
     lock_temp_file,
     remove_stale_temp_files,
     temp_path_for,
@@ -53,6 +56,19 @@ class _Fsync:
             raise ArchiveError(f"fsync of the archive failed: {self._error}") from self._error
 
 
+def _not_a_file(path: Path) -> str | None:
+    """What is at `path` (a symlink followed) when it is there and no regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there, or a dangling symlink
+        return None
+    for test, what in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return None
+
+
 class LocalSink:
     """A new archive file. The temp file is locked while written (leftover cleanup skips it);
     leftovers of dead writers in the same directory are removed first (``removed_leftovers``)."""
@@ -66,6 +82,14 @@ class LocalSink:
             raise ArchiveError(f"{path}: is a directory")
         if not overwrite and os.path.lexists(path):
             raise ArchiveExistsError(exists_message(path))
+        what = _not_a_file(path)
+        if what is not None:  # `--overwrite` replaces archives, not /dev/null or a FIFO
+            raise ArchiveExistsError(f"{path}: is {what}, not an archive file; not replacing "
+                                     "it, even with --overwrite")
+        writer = live_writer(path)
+        if writer is not None:  # it would fail (or be replaced) at the end, its work wasted
+            raise LockedError(f"{path}: another dsbackup process (PID {writer[0]}) is writing "
+                              f"this archive ({writer[1].name}); wait for it to finish")
         self.removed_leftovers = remove_stale_temp_files(path)
         self.tmp = temp_path_for(path)
         try:
@@ -84,27 +108,43 @@ class LocalSink:
     def write(self, pieces: Sequence[bytes | memoryview]) -> int:
         views = [memoryview(p) for p in pieces if len(p)]
         total = 0
-        while views:
-            n = os.writev(self._fd, views)
-            total += n
-            while views and n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            if views and n:
-                views[0] = views[0][n:]
-        self._pos += total
-        self._writeback.advance(self._pos)
+        try:
+            while views:
+                n = os.writev(self._fd, views)
+                total += n
+                while views and n >= len(views[0]):
+                    n -= len(views[0])
+                    views.pop(0)
+                if views and n:
+                    views[0] = views[0][n:]
+            self._pos += total
+            self._writeback.advance(self._pos)
+        except OSError as exc:
+            raise self._no_space(exc) from exc
         return total
+
+    def _no_space(self, exc: OSError) -> OSError | ArchiveError:
+        """A full disk as docs/CLI.md words it (`PATH: no space left on MOUNT ...`)."""
+        if not is_no_space(exc):
+            return exc
+        return ArchiveError(no_space_message(self.final, free=free_bytes(self.tmp.parent),
+                                             what="the temporary file is removed"))
 
     def commit(self, check: Check | None = None) -> None:
         """fsync, meanwhile `check(temp_path)`; link into place once both are done."""
-        self._writeback.close()
+        try:
+            self._writeback.close()
+        except OSError as exc:
+            raise self._no_space(exc) from exc
         synced = _Fsync(self._fd)  # the check reads the file back while fsync waits
         try:
             if check is not None:
                 check(self.tmp)
         finally:
-            synced.wait()
+            try:
+                synced.wait()
+            except OSError as exc:
+                raise self._no_space(exc) from exc
         resumestate.clear(self._fd)  # the resume notes of the temp file (none: a no-op)
         self._place()
         os.close(self._fd)
@@ -190,7 +230,8 @@ class LocalSource:
     def __init__(self, path: Path) -> None:
         self.location = path
         try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: opening a FIFO with no writer would otherwise wait for ever
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             raise ArchiveUnavailable(f"{path}: no such archive") from None
         except IsADirectoryError:
@@ -201,6 +242,11 @@ class LocalSource:
         if stat.S_ISDIR(st.st_mode):  # open(2) accepts a directory; read(2) would not
             self.close()
             raise ArchiveUnavailable(f"{path}: is a directory, not an archive")
+        if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):  # no random access
+            self.close()
+            raise ArchiveUnavailable(f"{path}: is a pipe, not an archive file (give - to read "
+                                     "an archive from standard input)")
+        os.set_blocking(self._fd, True)
         self.size = st.st_size
 
     def read(self, offset: int, length: int) -> bytes:

@@ -84,10 +84,10 @@ def configure(endpoint: str | None = None, stale_hours: str | float | None = Non
     if endpoint:
         check_endpoint(endpoint)
         _settings.endpoint = endpoint
-    _env_tuning()
-    if stale_hours is not None:
+    if stale_hours is not None:  # before the environment: it wins over DSBACKUP_S3_STALE_HOURS
         _settings.stale_hours = parse_stale_hours(stale_hours)
         _stale_given = True
+    _env_tuning()
 
 
 def parse_stale_hours(text: str | float) -> float | None:
@@ -104,18 +104,28 @@ def parse_stale_hours(text: str | float) -> float | None:
     return value
 
 
+# each variable: its setting, its type and its range (a day per request at most: the client
+# keeps the timeout as a duration; 5 GiB, the S3 maximum part size)
+_ENV_TUNING: tuple[tuple[str, str, type, float, float], ...] = (
+    ("DSBACKUP_S3_RETRIES", "retries", int, 0, 100),
+    ("DSBACKUP_S3_TIMEOUT", "timeout_s", float, 0.001, 86400),
+    ("DSBACKUP_S3_PART_MB", "part_size", int, 5, 5 << 10),
+    ("DSBACKUP_S3_CONCURRENCY", "concurrency", int, 1, 256),
+    ("DSBACKUP_S3_READ_CONCURRENCY", "read_concurrency", int, 1, 256),
+)
+
+
 def _env_tuning() -> None:
-    for name, attr, conv in (("DSBACKUP_S3_RETRIES", "retries", int),
-                             ("DSBACKUP_S3_TIMEOUT", "timeout_s", float),
-                             ("DSBACKUP_S3_PART_MB", "part_size", lambda v: int(v) << 20),
-                             ("DSBACKUP_S3_CONCURRENCY", "concurrency", int),
-                             ("DSBACKUP_S3_READ_CONCURRENCY", "read_concurrency", int)):
+    for name, attr, conv, lo, hi in _ENV_TUNING:
         raw = os.environ.get(name)
         if raw:
             try:
-                setattr(_settings, attr, conv(raw))
+                value = conv(raw)
             except ValueError:
                 raise ConfigError(f"{name}={raw!r} is not a number") from None
+            if not lo <= value <= hi:  # nan too
+                raise ConfigError(f"{name}={raw!r}: expected a number from {lo:g} to {hi:g}")
+            setattr(_settings, attr, value << 20 if attr == "part_size" else value)
     raw = os.environ.get("DSBACKUP_S3_STALE_HOURS")
     if raw and not _stale_given:
         try:
@@ -128,7 +138,11 @@ def _env_tuning() -> None:
 
 def check_endpoint(endpoint: str) -> str:
     """An http(s) URL; plain http only for a loopback address (127.0.0.1, ::1, localhost)."""
-    u = urlsplit(endpoint)
+    try:
+        u = urlsplit(endpoint)
+        u.port  # noqa: B018 - raises ValueError for a port past 65535 (the client would panic)
+    except ValueError as exc:  # `http://[::1`: Invalid IPv6 URL
+        raise ConfigError(f"S3 endpoint {endpoint!r} is not a valid URL: {exc}") from None
     if u.scheme not in ("http", "https") or not u.hostname:
         raise ConfigError(f"S3 endpoint {endpoint!r} is not an http(s) URL")
     if u.scheme == "http" and not _loopback(u.hostname):
@@ -163,6 +177,8 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
         p.read(path)
     except configparser.Error as exc:
         raise ConfigError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:  # a binary file named by AWS_CONFIG_FILE: not an INI file
+        raise ConfigError(f"{path}: cannot parse: not a text file") from None
     return p
 
 

@@ -100,6 +100,27 @@ def stale_temp_files(directory: Path) -> list[Path]:
     return stale
 
 
+def live_writer(final: Path) -> tuple[int, Path] | None:
+    """(PID, temp file) of another process writing an archive to `final` right now: its temp
+    file's lock is held and its PID exists; None when there is none."""
+    prefix = f".{final.name}.tmp-"
+    try:
+        names = [n for n in os.listdir(final.parent) if n.startswith(prefix)]
+    except OSError:
+        return None
+    for name in names:
+        m = _TEMP_NAME.match(name)
+        if not m or int(m.group("pid")) == os.getpid() or not _pid_alive(int(m.group("pid"))):
+            continue
+        path = final.parent / name
+        fd = _unlocked(path)
+        if fd is not None:  # nobody holds it: a leftover, not a writer
+            os.close(fd)
+        elif path.exists():
+            return int(m.group("pid")), path
+    return None
+
+
 def remove_stale_temp_files(final: Path) -> list[Path]:
     """Remove the temp files of dead writers in `final`'s directory (any final name)."""
     removed = []

@@ -28,6 +28,8 @@ def build_message(event: Event, sender: str, recipients: list[str]) -> EmailMess
     subject = SUBJECTS.get(event.kind, event.kind)
     if event.kind == "success" and event.details.get("fallback"):
         subject = "OK (FULL BACKUP INSTEAD OF INCREMENTAL)"
+    elif event.kind == "success" and event.details.get("incomplete"):
+        subject = "OK (FILES NOT BACKED UP)"
     msg["Subject"] = f"[dsbackup] {subject}: {what}"
     msg["From"] = sender
     msg["To"] = ", ".join(recipients)
