@@ -43,6 +43,7 @@ def scan_with_held_chunks(held: int) -> tuple[ParallelScan, list[_Range]]:
         m[off:off + 100] = bytes([i]) * 100
         meta = (1, b"k%d" % i, b"k%d" % i, 0, 0, 100, 0, 100, 100, 100)
         ranges[1 + i * 2 // held].chunks.append((0, i, meta, None, None))
+    scan._queued[0] = held  # as the loop counts them when their messages arrive
     return scan, ranges
 
 
@@ -55,6 +56,7 @@ def test_a_worker_keeps_its_first_chunks_and_spills_only_the_latest():
     spilled = [c for c in chunks if c[1] == SPILLED]
     assert [c[1] for c in kept] == list(range(KEEP_SLOTS))  # the earliest stay in slots
     assert len(spilled) == 5 and scan.stats.spilled_chunks == 5
+    assert scan._queued == [KEEP_SLOTS, 0]  # the spilled ones no longer count
     # one message frees every spilled slot
     assert scan.conns[0].sent == [("free", list(range(held - 1, KEEP_SLOTS - 1, -1)))]
     assert not scan.conns[1].sent

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import select
 import tempfile
 import threading
 import time
@@ -110,6 +111,10 @@ class ParallelScan:
         self._wake_lock = threading.Lock()
         self._waiting = False
         self._wake: tuple[int, int] | None = None
+        self._poll: Any = None  # see _poller
+        self._fds: dict[int, tuple[int, int]] = {}
+        # per worker: its chunks waiting in its slots to be written (_spill_slots reads it)
+        self._queued = [0] * self.n
         # a stripe ends at the first natural boundary after STRIPE_CHUNKS mean chunks' worth of
         # records, or of bytes when chunks are cut by size first
         self.stripe_records = STRIPE_CHUNKS * settings.chunk_size
@@ -188,32 +193,53 @@ class ParallelScan:
                 pass
         self._unlink_slot_files()
 
-    def _recv(self, timeout: float) -> list[tuple[int, tuple]]:
-        sentinels = {p.sentinel: w for w, p in enumerate(self.procs)}
+    def _poller(self) -> Any:
+        """One poll object over the pipes, the processes' sentinels and the wake pipe, made
+        once (multiprocessing's wait() builds a selector and registers every object on each
+        call): fd -> (what, worker)."""
+        if self._poll is None:
+            self._poll = select.poll()
+            self._fds = {}
+            for w, (c, p) in enumerate(zip(self.conns, self.procs)):
+                self._fds[c.fileno()] = (0, w)
+                self._fds[p.sentinel] = (1, w)
+            if self._wake is not None:
+                self._fds[self._wake[0]] = (2, -1)
+            for fd in self._fds:
+                self._poll.register(fd, select.POLLIN)
+        return self._poll
+
+    def _recv(self, timeout: float, before_sleep: Callable[[], None] | None = None,
+              ) -> list[tuple[int, tuple]]:
+        """The messages ready now, or within `timeout` seconds; `before_sleep` is called
+        only when none is ready (so that what it sends can wait until the loop idles)."""
+        poll = self._poller()
+        fds = self._fds
         out = []
-        wake = [] if self._wake is None else [self._wake[0]]
         self._waiting = True  # from here a release wakes this wait (see _release)
         try:
-            ready = [] if self._released else wait(self.conns + list(sentinels) + wake,
-                                                    timeout)
+            ready = [] if self._released else poll.poll(0)
+            if not ready and not self._released and timeout > 0:
+                if before_sleep is not None:
+                    before_sleep()
+                ready = poll.poll(int(timeout * 1000))
         finally:
             self._waiting = False
-        for r in ready:
-            if wake and r == wake[0]:
+        for fd, _ev in ready:
+            what, w = fds[fd]
+            if what == 2:
                 try:
-                    os.read(r, 4096)
+                    os.read(fd, 4096)
                 except BlockingIOError:
                     pass
                 continue
-            if r in sentinels:
-                w = sentinels[r]
+            if what == 1:
                 if not self.conns[w].poll():
                     raise BackupError(f"backup worker {w} died (exit code "
                                       f"{self.procs[w].exitcode})")
                 continue
-            w = self.conns.index(r)
             try:
-                out.append((w, r.recv()))
+                out.append((w, self.conns[w].recv()))
             except EOFError:
                 raise BackupError(f"backup worker {w} exited unexpectedly") from None
         for w, msg in out:
@@ -299,6 +325,12 @@ class ParallelScan:
             if len(freed[w]) >= FREE_BATCH:
                 send_freed(w)
 
+        def flush() -> None:
+            """Before the loop sleeps: a worker may be waiting for these."""
+            for w in range(self.n):
+                if freed[w]:
+                    send_freed(w)
+
         released = self._released
         self.conns[planner].send(("plan", self.stripe_records, self.stripe_bytes))
         while True:
@@ -307,6 +339,8 @@ class ParallelScan:
                 head = ranges[0]
                 while head.chunks:
                     w, slot, meta, inline, catalog = head.chunks.popleft()
+                    if slot >= 0:
+                        self._queued[w] -= 1
                     held: list[bool] = []
                     yield self._ready_chunk(w, slot, meta, inline, catalog, held)
                     if slot >= 0 and not held:
@@ -320,13 +354,14 @@ class ParallelScan:
                 return
             while released:
                 free(*released.popleft())
-            for w in range(self.n):  # before waiting: a worker may be waiting for these
-                if freed[w]:
-                    send_freed(w)
-            for w, msg in self._recv(0.1):
+            # freed slots go out in batches while chunks keep coming, the rest (flush) only
+            # before the loop sleeps: one message wakes a process
+            for w, msg in self._recv(0.1, flush):
                 op = msg[0]
                 if op == "chunk":
                     by_id[msg[1]].chunks.append((w, msg[2], msg[3], msg[4], msg[5]))
+                    if msg[2] >= 0:
+                        self._queued[w] += 1
                 elif op == "done":
                     by_id[msg[1]].done = True
                     idle.add(w)
@@ -374,7 +409,13 @@ class ParallelScan:
         a stripe); the latest chunks beyond that move to the spill file, which is on disk, so
         memory stays bounded.
         """
-        held = [(r, j) for r in ranges for j, c in enumerate(r.chunks) if c[0] == w and c[1] >= 0]
+        if self._queued[w] <= KEEP_SLOTS:
+            return  # (the common case: no walk over the ranges per stripe)
+        held = []
+        for r in ranges:
+            if r.worker < 0:
+                break  # ranges are handed out in key order: none later holds a chunk
+            held.extend((r, j) for j, c in enumerate(r.chunks) if c[0] == w and c[1] >= 0)
         freed = []
         for r, j in reversed(held[KEEP_SLOTS:]):
             cw, slot, meta, _inline, catalog = r.chunks[j]
@@ -387,6 +428,7 @@ class ParallelScan:
             self._spill.flush()
             r.chunks[j] = (w, SPILLED, meta, (pos, blen), catalog)
             freed.append(slot)
+            self._queued[w] -= 1
             self.stats.spilled_chunks += 1
         if freed:
             self.conns[w].send(("free", freed))
