@@ -160,3 +160,19 @@ def test_a_release_wakes_the_loop_waiting_for_workers():
         child.close()
     assert scan._wake is None
     scan._release(0, 4)  # after the scan ended: nothing is written anywhere
+
+
+def test_a_worker_full_of_chunks_waits_for_a_stripe_only_while_the_writer_is_behind():
+    """Spilling keeps a worker busy while the writer waits for another's stripe; when the
+    writer is behind (KEEP_SLOTS chunks or more per worker waiting) it would only add work
+    to the writer, so the worker holding many chunks waits instead."""
+    scan = ParallelScan("lmdb", "/nonexistent", ChunkSettings(10, 4096, 1), 2,
+                        stats=ScanStats())
+    scan._queued = [KEEP_SLOTS + 1, 0]
+    assert scan._next_worker({0, 1}) == 0  # the writer waits for worker 1: spill, go on
+    assert scan._next_worker({0}) == 0
+    scan._queued = [KEEP_SLOTS + 1, KEEP_SLOTS - 1]  # 2 x KEEP_SLOTS waiting: behind
+    assert scan._next_worker({0}) is None
+    assert scan._next_worker({0, 1}) == 1  # one that holds few takes it
+    scan._queued = [KEEP_SLOTS, KEEP_SLOTS + 5]
+    assert scan._next_worker({0, 1}) == 0

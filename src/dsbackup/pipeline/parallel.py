@@ -307,8 +307,10 @@ class ParallelScan:
 
         def dispatch() -> None:
             while idle and unassigned:
+                w = self._next_worker(idle)
+                if w is None:
+                    return  # the loop dispatches again after each message, and before it sleeps
                 r = unassigned.popleft()
-                w = min(idle)
                 idle.discard(w)
                 self._spill_slots(w, ranges)
                 r.worker = w
@@ -326,10 +328,11 @@ class ParallelScan:
                 send_freed(w)
 
         def flush() -> None:
-            """Before the loop sleeps: a worker may be waiting for these."""
+            """Before the loop sleeps: a worker may be waiting for these, or for a stripe."""
             for w in range(self.n):
                 if freed[w]:
                     send_freed(w)
+            dispatch()
 
         released = self._released
         self.conns[planner].send(("plan", self.stripe_records, self.stripe_bytes))
@@ -399,6 +402,22 @@ class ParallelScan:
                     pending.discard(w)
         if pending:
             raise BackupError(f"backup workers {sorted(pending)} did not finish")
+
+    def _next_worker(self, idle: set[int]) -> int | None:
+        """The idle worker to take the next stripe, or None to let them all wait.
+
+        A worker holding more than KEEP_SLOTS unwritten chunks would have some spilled
+        (_spill_slots) to make room for the stripe. That keeps it busy when the writer waits
+        for a stripe being scanned; but when the writer itself is behind — KEEP_SLOTS chunks
+        or more waiting per worker — spilling only adds a copy out and back to the one
+        process every chunk goes through. Then such a worker waits for a stripe until the
+        writer has caught up with its chunks (the loop dispatches after each message).
+        """
+        behind = sum(self._queued) >= KEEP_SLOTS * self.n
+        for w in sorted(idle):
+            if not behind or self._queued[w] <= KEEP_SLOTS:
+                return w
+        return None
 
     def _spill_slots(self, w: int, ranges: deque[_Range]) -> None:
         """Make room in worker w's slots for the stripe it is about to take.
