@@ -37,6 +37,7 @@ from dsbackup.errors import BackupError, Cancelled
 from dsbackup.pipeline import forkserver
 from dsbackup.pipeline.central import ChunkSettings, ScanStats
 from dsbackup.pipeline.chunks import BodyView, ReadyChunk
+from dsbackup.pipeline.frames import FrameReader
 from dsbackup.pipeline.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class ParallelScan:
         self._wake: tuple[int, int] | None = None
         self._poll: Any = None  # see _poller
         self._fds: dict[int, tuple[int, int]] = {}
+        self._readers: list[FrameReader] = []  # every message from the processes, in bulk
         # per worker: its chunks waiting in its slots to be written (_spill_slots reads it)
         self._queued = [0] * self.n
         # a stripe ends at the first natural boundary after STRIPE_CHUNKS mean chunks' worth of
@@ -152,6 +154,7 @@ class ParallelScan:
             self.conns.append(parent)
             self.procs.append(p)
         self._wviews = [memoryview(m) for m in self._wmaps]
+        self._readers = [FrameReader(c.fileno()) for c in self.conns]
         log.debug("%d processes forked from fork server %s", len(self.procs),
                   forkserver.server_pid())
 
@@ -239,7 +242,7 @@ class ParallelScan:
                                       f"{self.procs[w].exitcode})")
                 continue
             try:
-                out.append((w, self.conns[w].recv()))
+                out.extend((w, msg) for msg in self._readers[w].read())
             except EOFError:
                 raise BackupError(f"backup worker {w} exited unexpectedly") from None
         for w, msg in out:
@@ -344,6 +347,8 @@ class ParallelScan:
                     w, slot, meta, inline, catalog = head.chunks.popleft()
                     if slot >= 0:
                         self._queued[w] -= 1
+                        if self._queued[w] == KEEP_SLOTS and w in idle and unassigned:
+                            dispatch()  # a worker waiting for a stripe (_next_worker) may go on
                     held: list[bool] = []
                     yield self._ready_chunk(w, slot, meta, inline, catalog, held)
                     if slot >= 0 and not held:
@@ -387,21 +392,25 @@ class ParallelScan:
             for r in wait([self.conns[w] for w in pending], 0.2):
                 w = self.conns.index(r)
                 try:
-                    msg = r.recv()
+                    msgs = self._readers[w].read()
                 except EOFError:
                     raise BackupError(f"backup worker {w} exited before reporting") from None
-                if msg[0] == "error":
-                    raise BackupError(f"backup worker {w} failed: {msg[1]}")
-                if msg[0] == "stats":
-                    if w < self.n:  # the planner frames nothing
-                        self.stats.excluded_records += msg[1]
-                        self.stats.excluded_bytes += msg[2]
-                        self.stats.add_unreadable(msg[5], msg[6])
-                    self.stats.worker_cpu_s += msg[3]
-                    self.stats.worker_peak_rss = max(self.stats.worker_peak_rss, msg[4])
-                    pending.discard(w)
+                for msg in msgs:
+                    self._stats_message(w, msg, pending)
         if pending:
             raise BackupError(f"backup workers {sorted(pending)} did not finish")
+
+    def _stats_message(self, w: int, msg: tuple, pending: set[int]) -> None:
+        if msg[0] == "error":
+            raise BackupError(f"backup worker {w} failed: {msg[1]}")
+        if msg[0] == "stats":
+            if w < self.n:  # the planner frames nothing
+                self.stats.excluded_records += msg[1]
+                self.stats.excluded_bytes += msg[2]
+                self.stats.add_unreadable(msg[5], msg[6])
+            self.stats.worker_cpu_s += msg[3]
+            self.stats.worker_peak_rss = max(self.stats.worker_peak_rss, msg[4])
+            pending.discard(w)
 
     def _next_worker(self, idle: set[int]) -> int | None:
         """The idle worker to take the next stripe, or None to let them all wait.
