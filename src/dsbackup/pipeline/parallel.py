@@ -317,7 +317,9 @@ class ParallelScan:
                 idle.discard(w)
                 self._spill_slots(w, ranges)
                 r.worker = w
-                self.conns[w].send(("range", r.rid, r.start, r.end))
+                # with the slots freed since the last message to it: one message, one wake-up
+                self.conns[w].send(("range", r.rid, r.start, r.end, freed[w]))
+                freed[w] = []
 
         freed: list[list[int]] = [[] for _ in range(self.n)]
 
