@@ -176,3 +176,24 @@ def test_a_worker_full_of_chunks_waits_for_a_stripe_only_while_the_writer_is_beh
     assert scan._next_worker({0, 1}) == 1  # one that holds few takes it
     scan._queued = [KEEP_SLOTS, KEEP_SLOTS + 5]
     assert scan._next_worker({0, 1}) == 0
+
+
+def test_a_worker_killed_mid_scan_fails_the_scan_naming_it(tmp_path):
+    """A worker that dies (SIGKILL: no message) while the loop reads the others' messages in
+    bulk and polls their pipes and sentinels: the scan raises BackupError naming it, at once,
+    and leaves no process behind."""
+    import signal
+
+    from dsbackup.errors import BackupError
+
+    scan = _scan(_lmdb_store(tmp_path / "db"))
+    it = iter(scan)
+    next(it)
+    victim = scan.procs[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    t0 = time.perf_counter()
+    with pytest.raises(BackupError, match=r"backup worker 0 (died|exited unexpectedly)"):
+        for _ in it:
+            pass
+    assert time.perf_counter() - t0 < 10.0
+    assert not any(p.is_alive() for p in scan.procs)

@@ -30,8 +30,12 @@ class FrameReader:
 
     def read(self) -> list[Any]:
         """Read once (blocks only if nothing is there: call it when the fd is readable) and
-        return the messages complete now, possibly none. EOFError at the end of the pipe."""
-        data = os.read(self.fd, max(READ_SIZE, self._need - len(self._buf)))
+        return the messages complete now, possibly none. EOFError at the end of the pipe (or
+        when the peer is gone)."""
+        try:
+            data = os.read(self.fd, max(READ_SIZE, self._need - len(self._buf)))
+        except ConnectionResetError:  # the peer died with messages of ours unread
+            raise EOFError from None
         if not data:
             raise EOFError
         buf = self._buf
