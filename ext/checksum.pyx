@@ -4,9 +4,11 @@
 zlib's. ``xxh3_128`` digests are the canonical big-endian form (``XXH128_canonicalFromHash``).
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport EINTR, errno
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 from posix.types cimport off_t
 from posix.unistd cimport pread
 
@@ -177,3 +179,60 @@ cdef class Xxh3_128:
 
     def reset(self) -> None:
         XXH3_128bits_reset(self._state)
+
+
+# A member of docs/FORMAT.md §2 whose deflate stream is the stored 512-byte tar header block
+# followed by the body's own blocks: what archive.writer writes for every member.
+cdef const char *_GZIP_HEAD = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff"
+cdef const char *_STORED_TAR_PREFIX = b"\x00\x00\x02\xff\xfd"  # stored block, LEN=512
+
+
+def stored_tar_member(const unsigned char[::1] subfield, const unsigned char[::1] header,
+                      const unsigned char[::1] body, uint32_t body_crc, uint64_t body_size,
+                      ) -> tuple:
+    """``(head, tail, xxh3)`` of the member framing `body` (a deflate stream of `body_size`
+    uncompressed bytes, CRC-32 `body_crc`) after the 512-byte tar `header`: head = gzip
+    header with the ``DS`` `subfield`, then the header in a stored block; tail = CRC-32 and
+    ISIZE of header + body; xxh3 = XXH3-64 of head + body + tail (the index's member hash).
+    One call in place of a Python line per piece (one per chunk in a backup's parent)."""
+    cdef Py_ssize_t ns = subfield.shape[0], nb = body.shape[0]
+    if header.shape[0] != 512:
+        raise ValueError("a tar header is 512 bytes")
+    if ns > 65531:
+        raise ValueError("subfield too long")
+    cdef Py_ssize_t nh = 10 + 2 + 4 + ns + 5 + 512
+    head = PyBytes_FromStringAndSize(NULL, nh)
+    cdef unsigned char *h = <unsigned char *>PyBytes_AS_STRING(head)
+    memcpy(h, _GZIP_HEAD, 10)
+    h[10] = <unsigned char>((4 + ns) & 0xFF)
+    h[11] = <unsigned char>((4 + ns) >> 8)
+    h[12] = 0x44  # 'D'
+    h[13] = 0x53  # 'S'
+    h[14] = <unsigned char>(ns & 0xFF)
+    h[15] = <unsigned char>(ns >> 8)
+    if ns:
+        memcpy(h + 16, &subfield[0], ns)
+    memcpy(h + 16 + ns, _STORED_TAR_PREFIX, 5)
+    memcpy(h + 16 + ns + 5, &header[0], 512)
+    cdef uint32_t crc = <uint32_t>z_crc32_combine(crc32_gzip_refl(0, &header[0], 512), body_crc,
+                                                  <z_off_t>body_size)
+    cdef uint32_t isize = <uint32_t>((512 + body_size) & 0xFFFFFFFF)
+    tail = PyBytes_FromStringAndSize(NULL, 8)
+    cdef unsigned char *t = <unsigned char *>PyBytes_AS_STRING(tail)
+    cdef int i
+    for i in range(4):
+        t[i] = <unsigned char>((crc >> (8 * i)) & 0xFF)
+        t[4 + i] = <unsigned char>((isize >> (8 * i)) & 0xFF)
+    cdef XXH3_state_t *st = XXH3_createState()
+    if st == NULL:
+        raise MemoryError("xxh3_64: cannot allocate XXH3 state")
+    cdef uint64_t digest
+    with nogil:
+        XXH3_64bits_reset_withSeed(st, 0)
+        XXH3_64bits_update(st, h, nh)
+        if nb:
+            XXH3_64bits_update(st, &body[0], nb)
+        XXH3_64bits_update(st, t, 8)
+        digest = XXH3_64bits_digest(st)
+    XXH3_freeState(st)
+    return head, tail, digest

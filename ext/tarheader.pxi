@@ -1,33 +1,48 @@
 # ustar headers of docs/FORMAT.md §2.3 (included by compress.pyx).
 
-cdef bytes _octal(uint64_t value, int digits, str field):
-    s = format(value, "o")
-    if len(s) > digits:
+cdef inline void _put(char* h, int off, const char* s, int n) noexcept:
+    memcpy(h + off, s, n)
+
+
+cdef void _octal(char* out, uint64_t value, int digits, str field) except *:
+    """`value` as `digits` zero-padded octal digits and a NUL at `out`."""
+    if value >> (3 * digits):
         raise ValueError(f"tar {field} {value} does not fit in {digits} octal digits")
-    return s.rjust(digits, "0").encode("ascii") + b"\0"
+    cdef int i
+    for i in range(digits - 1, -1, -1):
+        out[i] = <char>(0x30 + (value & 7))
+        value >>= 3
+    out[digits] = 0
 
 
 def tar_header(bytes name, uint64_t size, uint64_t mtime) -> bytes:
     """The 512-byte ustar header of docs/FORMAT.md §2.3 for a regular file entry."""
-    if not name or len(name) > 100 or b"\0" in name:
+    cdef Py_ssize_t n = len(name)
+    if not n or n > 100 or b"\0" in name:
         raise ValueError(f"tar name must be 1..100 bytes without NUL, got {name!r}")
-    h = bytearray(512)
-    h[0:len(name)] = name
-    h[100:108] = b"0000644\0"
-    h[108:116] = b"0000000\0"
-    h[116:124] = b"0000000\0"
-    h[124:136] = _octal(size, 11, "size")
-    h[136:148] = _octal(mtime, 11, "mtime")
-    h[148:156] = b"        "
+    out = PyBytes_FromStringAndSize(NULL, 512)  # filled in place (it is not shared yet)
+    cdef char* h = PyBytes_AS_STRING(out)
+    memset(h, 0, 512)
+    memcpy(h, PyBytes_AS_STRING(name), n)
+    _put(h, 100, b"0000644\0", 8)
+    _put(h, 108, b"0000000\0", 8)
+    _put(h, 116, b"0000000\0", 8)
+    _octal(h + 124, size, 11, "size")
+    _octal(h + 136, mtime, 11, "mtime")
+    _put(h, 148, b"        ", 8)
     h[156] = 0x30
-    h[257:263] = b"ustar\0"
-    h[263:265] = b"00"
-    h[265:273] = b"dsbackup"
-    h[297:305] = b"dsbackup"
-    h[329:337] = b"0000000\0"
-    h[337:345] = b"0000000\0"
-    h[148:156] = format(sum(h), "06o").encode("ascii") + b"\0 "
-    return bytes(h)
+    _put(h, 257, b"ustar\0", 6)
+    _put(h, 263, b"00", 2)
+    _put(h, 265, b"dsbackup", 8)
+    _put(h, 297, b"dsbackup", 8)
+    _put(h, 329, b"0000000\0", 8)
+    _put(h, 337, b"0000000\0", 8)
+    cdef uint64_t chk = 0
+    cdef int i
+    for i in range(512):
+        chk += <unsigned char>h[i]
+    _octal(h + 148, chk, 6, "checksum")  # six digits, NUL, then the space already there
+    return out
 
 
 cdef uint64_t _parse_octal(const unsigned char[::1] h, int off, int digits, str field) except? 0:

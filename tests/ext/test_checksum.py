@@ -82,3 +82,28 @@ def test_xxh3_64_file_short_file_and_bad_fd(tmp_path):
         checksum.xxh3_64_file(f.fileno(), 10, 1014)
     with open(p, "wb") as f, pytest.raises(OSError):  # write-only: reads fail
         checksum.xxh3_64_file(f.fileno(), 0, 10)
+
+
+@given(st.binary(max_size=80), st.binary(max_size=3000), st.integers(0, 1 << 40))
+def test_stored_tar_member_frames_like_the_pieces(subfield, body, size):
+    """One native call = the gzip head with the subfield, the header's stored block, the body,
+    CRC-32/ISIZE of header + body (as zlib computes them) and XXH3 over all of it."""
+    import struct
+
+    from dsbackup._ext.compress import tar_header
+
+    header = tar_header(b"dsbackup/chunks/00000007", 5, 0)
+    bcrc = zlib.crc32(body)
+    head, tail, mxxh = checksum.stored_tar_member(subfield, header, memoryview(body), bcrc, size)
+    assert head == (b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff"
+                    + struct.pack("<H", 4 + len(subfield)) + b"DS"
+                    + struct.pack("<H", len(subfield)) + subfield
+                    + b"\x00\x00\x02\xff\xfd" + header)
+    crc = checksum.crc32_combine(zlib.crc32(header), bcrc, size)
+    assert tail == struct.pack("<II", crc, (512 + size) & 0xFFFFFFFF)
+    assert mxxh == xxhash.xxh3_64_intdigest(head + body + tail)
+
+
+def test_stored_tar_member_rejects_a_short_header():
+    with pytest.raises(ValueError, match="512"):
+        checksum.stored_tar_member(b"", bytes(511), b"", 0, 0)

@@ -15,6 +15,7 @@ import pytest
 
 from dsbackup.pipeline import parallel
 from dsbackup.pipeline.central import ChunkSettings, ScanStats
+from dsbackup.pipeline.frames import FrameReader
 from dsbackup.pipeline.parallel import KEEP_SLOTS, SPILLED, ParallelScan, _Range
 
 
@@ -43,6 +44,7 @@ def scan_with_held_chunks(held: int) -> tuple[ParallelScan, list[_Range]]:
         m[off:off + 100] = bytes([i]) * 100
         meta = (1, b"k%d" % i, b"k%d" % i, 0, 0, 100, 0, 100, 100, 100)
         ranges[1 + i * 2 // held].chunks.append((0, i, meta, None, None))
+    scan._queued[0] = held  # as the loop counts them when their messages arrive
     return scan, ranges
 
 
@@ -55,6 +57,7 @@ def test_a_worker_keeps_its_first_chunks_and_spills_only_the_latest():
     spilled = [c for c in chunks if c[1] == SPILLED]
     assert [c[1] for c in kept] == list(range(KEEP_SLOTS))  # the earliest stay in slots
     assert len(spilled) == 5 and scan.stats.spilled_chunks == 5
+    assert scan._queued == [KEEP_SLOTS, 0]  # the spilled ones no longer count
     # one message frees every spilled slot
     assert scan.conns[0].sent == [("free", list(range(held - 1, KEEP_SLOTS - 1, -1)))]
     assert not scan.conns[1].sent
@@ -176,6 +179,7 @@ def test_a_worker_gone_after_ctrl_c_is_a_cancellation(how):
         r, w = os.pipe()
         scan.conns = [parent]
         scan.procs = [zygote.WorkerProcess(os.getpid(), r, "t")]
+        scan._readers = [FrameReader(parent.fileno())]
         if how == "eof":
             child.close()
         else:
@@ -190,3 +194,40 @@ def test_a_worker_gone_after_ctrl_c_is_a_cancellation(how):
             os.close(w)
             parent.close()
             child.close()
+
+
+def test_a_worker_full_of_chunks_waits_for_a_stripe_only_while_the_writer_is_behind():
+    """Spilling keeps a worker busy while the writer waits for another's stripe; when the
+    writer is behind (KEEP_SLOTS chunks or more per worker waiting) it would only add work
+    to the writer, so the worker holding many chunks waits instead."""
+    scan = ParallelScan("lmdb", "/nonexistent", ChunkSettings(10, 4096, 1), 2,
+                        stats=ScanStats())
+    scan._queued = [KEEP_SLOTS + 1, 0]
+    assert scan._next_worker({0, 1}) == 0  # the writer waits for worker 1: spill, go on
+    assert scan._next_worker({0}) == 0
+    scan._queued = [KEEP_SLOTS + 1, KEEP_SLOTS - 1]  # 2 x KEEP_SLOTS waiting: behind
+    assert scan._next_worker({0}) is None
+    assert scan._next_worker({0, 1}) == 1  # one that holds few takes it
+    scan._queued = [KEEP_SLOTS, KEEP_SLOTS + 5]
+    assert scan._next_worker({0, 1}) == 0
+
+
+def test_a_worker_killed_mid_scan_fails_the_scan_naming_it(tmp_path):
+    """A worker that dies (SIGKILL: no message) while the loop reads the others' messages in
+    bulk and polls their pipes and sentinels: the scan raises BackupError naming it, at once,
+    and leaves no process behind."""
+    import signal
+
+    from dsbackup.errors import BackupError
+
+    scan = _scan(_lmdb_store(tmp_path / "db"))
+    it = iter(scan)
+    next(it)
+    victim = scan.procs[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    t0 = time.perf_counter()
+    with pytest.raises(BackupError, match=r"backup worker 0 (died|exited unexpectedly)"):
+        for _ in it:
+            pass
+    assert time.perf_counter() - t0 < 10.0
+    assert not any(p.is_alive() for p in scan.procs)

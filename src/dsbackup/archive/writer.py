@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from dsbackup._ext.checksum import Xxh3_64, Xxh3_128, crc32, crc32_combine, xxh3_64
+from dsbackup._ext.checksum import Xxh3_128, stored_tar_member, xxh3_64
 from dsbackup._ext.compress import Body as NativeBody
 from dsbackup._ext.compress import deflate_body, tar_header
 from dsbackup.archive import format as fmt
@@ -215,21 +215,13 @@ class ArchiveWriter:
 
     def _write_member(self, subfield: bytes, name: bytes, mtime: int, body: Body,
                       ) -> tuple[int, int, int]:
-        header = tar_header(name, body.input_len, mtime)
-        crc = crc32_combine(crc32(header), body.crc32, body.size)
-        pieces = [
-            fmt.member_head(subfield),
-            fmt.STORED_TAR_PREFIX,
-            header,
-            body.data,
-            fmt.member_tail(crc, fmt.TAR_BLOCK + body.size),
-        ]
-        h = Xxh3_64()
-        for p in pieces:
-            h.update(p)
+        # gzip head with the subfield, the header's stored block | body | CRC-32 and ISIZE;
+        # and the member's XXH3, in one native call (one member per chunk)
+        head, tail, mxxh = stored_tar_member(subfield, tar_header(name, body.input_len, mtime),
+                                             body.data, body.crc32, body.size)
         offset = self._pos
-        self._write(pieces)
-        return offset, self._pos - offset, h.intdigest()
+        self._write([head, body.data, tail])
+        return offset, self._pos - offset, mxxh
 
     def _write_data_member(self, mtype: int, name: bytes, data: bytes, level: int | None = None,
                            seq: int = 0, epoch: int = 0) -> tuple[int, int, int]:

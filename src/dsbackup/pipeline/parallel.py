@@ -25,6 +25,7 @@ import logging
 import mmap
 import os
 import pickle
+import select
 import tempfile
 import threading
 import time
@@ -38,6 +39,7 @@ from dsbackup.errors import BackupError, Cancelled
 from dsbackup.pipeline import forkserver, zygote
 from dsbackup.pipeline.central import ChunkSettings, ScanStats
 from dsbackup.pipeline.chunks import BodyView, ReadyChunk
+from dsbackup.pipeline.frames import FrameReader
 from dsbackup.pipeline.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,11 @@ class ParallelScan:
         self._wake_lock = threading.Lock()
         self._waiting = False
         self._wake: tuple[int, int] | None = None
+        self._poll: Any = None  # see _poller
+        self._fds: dict[int, tuple[int, int]] = {}
+        self._readers: list[FrameReader] = []  # every message from the processes, in bulk
+        # per worker: its chunks waiting in its slots to be written (_spill_slots reads it)
+        self._queued = [0] * self.n
         # a stripe ends at the first natural boundary after STRIPE_CHUNKS mean chunks' worth of
         # records, or of bytes when chunks are cut by size first
         self.stripe_records = STRIPE_CHUNKS * settings.chunk_size
@@ -148,6 +155,7 @@ class ParallelScan:
             self.conns.append(parent)
             self.procs.append(p)
         self._wviews = [memoryview(m) for m in self._wmaps]
+        self._readers = [FrameReader(c.fileno()) for c in self.conns]
         log.debug("%d processes forked from %s", len(self.procs), self._origin())
 
     def _launcher(self) -> Callable[[Any, str, tuple], Any]:
@@ -221,33 +229,54 @@ class ParallelScan:
                 pass
         self._unlink_slot_files()
 
-    def _recv(self, timeout: float) -> list[tuple[int, tuple]]:
-        sentinels = {p.sentinel: w for w, p in enumerate(self.procs)}
+    def _poller(self) -> Any:
+        """One poll object over the pipes, the processes' sentinels and the wake pipe, made
+        once (multiprocessing's wait() builds a selector and registers every object on each
+        call): fd -> (what, worker)."""
+        if self._poll is None:
+            self._poll = select.poll()
+            self._fds = {}
+            for w, (c, p) in enumerate(zip(self.conns, self.procs)):
+                self._fds[c.fileno()] = (0, w)
+                self._fds[p.sentinel] = (1, w)
+            if self._wake is not None:
+                self._fds[self._wake[0]] = (2, -1)
+            for fd in self._fds:
+                self._poll.register(fd, select.POLLIN)
+        return self._poll
+
+    def _recv(self, timeout: float, before_sleep: Callable[[], None] | None = None,
+              ) -> list[tuple[int, tuple]]:
+        """The messages ready now, or within `timeout` seconds; `before_sleep` is called
+        only when none is ready (so that what it sends can wait until the loop idles)."""
+        poll = self._poller()
+        fds = self._fds
         out = []
-        wake = [] if self._wake is None else [self._wake[0]]
         self._waiting = True  # from here a release wakes this wait (see _release)
         try:
-            ready = [] if self._released else wait(self.conns + list(sentinels) + wake,
-                                                    timeout)
+            ready = [] if self._released else poll.poll(0)
+            if not ready and not self._released and timeout > 0:
+                if before_sleep is not None:
+                    before_sleep()
+                ready = poll.poll(int(timeout * 1000))
         finally:
             self._waiting = False
-        for r in ready:
-            if wake and r == wake[0]:
+        for fd, _ev in ready:
+            what, w = fds[fd]
+            if what == 2:
                 try:
-                    os.read(r, 4096)
+                    os.read(fd, 4096)
                 except BlockingIOError:
                     pass
                 continue
-            if r in sentinels:
-                w = sentinels[r]
+            if what == 1:
                 if not self.conns[w].poll():
                     self._check_cancel()  # Ctrl-C reached the workers too: exit 130, not 2
                     raise BackupError(f"backup worker {w} died (exit code "
                                       f"{self.procs[w].exitcode})")
                 continue
-            w = self.conns.index(r)
             try:
-                out.append((w, r.recv()))
+                out.extend((w, msg) for msg in self._readers[w].read())
             except (EOFError, OSError):  # OSError: ECONNRESET, it died with our data unread
                 raise self._gone(w) from None
         for w, msg in out:
@@ -333,12 +362,16 @@ class ParallelScan:
 
         def dispatch() -> None:
             while idle and unassigned:
+                w = self._next_worker(idle)
+                if w is None:
+                    return  # the loop dispatches again after each message, and before it sleeps
                 r = unassigned.popleft()
-                w = min(idle)
                 idle.discard(w)
                 self._spill_slots(w, ranges)
                 r.worker = w
-                self._send(w, ("range", r.rid, r.start, r.end))
+                # with the slots freed since the last message to it: one message, one wake-up
+                self._send(w, ("range", r.rid, r.start, r.end, freed[w]))
+                freed[w] = []
 
         freed: list[list[int]] = [[] for _ in range(self.n)]
 
@@ -351,6 +384,13 @@ class ParallelScan:
             if len(freed[w]) >= FREE_BATCH:
                 send_freed(w)
 
+        def flush() -> None:
+            """Before the loop sleeps: a worker may be waiting for these, or for a stripe."""
+            for w in range(self.n):
+                if freed[w]:
+                    send_freed(w)
+            dispatch()
+
         released = self._released
         self._send(planner, ("plan", self.stripe_records, self.stripe_bytes))
         while True:
@@ -359,6 +399,10 @@ class ParallelScan:
                 head = ranges[0]
                 while head.chunks:
                     w, slot, meta, inline, catalog = head.chunks.popleft()
+                    if slot >= 0:
+                        self._queued[w] -= 1
+                        if self._queued[w] == KEEP_SLOTS and w in idle and unassigned:
+                            dispatch()  # a worker waiting for a stripe (_next_worker) may go on
                     held: list[bool] = []
                     yield self._ready_chunk(w, slot, meta, inline, catalog, held)
                     if slot >= 0 and not held:
@@ -372,13 +416,14 @@ class ParallelScan:
                 return
             while released:
                 free(*released.popleft())
-            for w in range(self.n):  # before waiting: a worker may be waiting for these
-                if freed[w]:
-                    send_freed(w)
-            for w, msg in self._recv(0.1):
+            # freed slots go out in batches while chunks keep coming, the rest (flush) only
+            # before the loop sleeps: one message wakes a process
+            for w, msg in self._recv(0.1, flush):
                 op = msg[0]
                 if op == "chunk":
                     by_id[msg[1]].chunks.append((w, msg[2], msg[3], msg[4], msg[5]))
+                    if msg[2] >= 0:
+                        self._queued[w] += 1
                 elif op == "done":
                     by_id[msg[1]].done = True
                     idle.add(w)
@@ -401,21 +446,41 @@ class ParallelScan:
             for r in wait([self.conns[w] for w in pending], 0.2):
                 w = self.conns.index(r)
                 try:
-                    msg = r.recv()
+                    msgs = self._readers[w].read()
                 except (EOFError, OSError):
                     raise BackupError(f"backup worker {w} exited before reporting") from None
-                if msg[0] == "error":
-                    raise BackupError(f"backup worker {w} failed: {msg[1]}")
-                if msg[0] == "stats":
-                    if w < self.n:  # the planner frames nothing
-                        self.stats.excluded_records += msg[1]
-                        self.stats.excluded_bytes += msg[2]
-                        self.stats.add_unreadable(msg[5], msg[6])
-                    self.stats.worker_cpu_s += msg[3]
-                    self.stats.worker_peak_rss = max(self.stats.worker_peak_rss, msg[4])
-                    pending.discard(w)
+                for msg in msgs:
+                    self._stats_message(w, msg, pending)
         if pending:
             raise BackupError(f"backup workers {sorted(pending)} did not finish")
+
+    def _stats_message(self, w: int, msg: tuple, pending: set[int]) -> None:
+        if msg[0] == "error":
+            raise BackupError(f"backup worker {w} failed: {msg[1]}")
+        if msg[0] == "stats":
+            if w < self.n:  # the planner frames nothing
+                self.stats.excluded_records += msg[1]
+                self.stats.excluded_bytes += msg[2]
+                self.stats.add_unreadable(msg[5], msg[6])
+            self.stats.worker_cpu_s += msg[3]
+            self.stats.worker_peak_rss = max(self.stats.worker_peak_rss, msg[4])
+            pending.discard(w)
+
+    def _next_worker(self, idle: set[int]) -> int | None:
+        """The idle worker to take the next stripe, or None to let them all wait.
+
+        A worker holding more than KEEP_SLOTS unwritten chunks would have some spilled
+        (_spill_slots) to make room for the stripe. That keeps it busy when the writer waits
+        for a stripe being scanned; but when the writer itself is behind — KEEP_SLOTS chunks
+        or more waiting per worker — spilling only adds a copy out and back to the one
+        process every chunk goes through. Then such a worker waits for a stripe until the
+        writer has caught up with its chunks (the loop dispatches after each message).
+        """
+        behind = sum(self._queued) >= KEEP_SLOTS * self.n
+        for w in sorted(idle):
+            if not behind or self._queued[w] <= KEEP_SLOTS:
+                return w
+        return None
 
     def _spill_slots(self, w: int, ranges: deque[_Range]) -> None:
         """Make room in worker w's slots for the stripe it is about to take.
@@ -426,7 +491,13 @@ class ParallelScan:
         a stripe); the latest chunks beyond that move to the spill file, which is on disk, so
         memory stays bounded.
         """
-        held = [(r, j) for r in ranges for j, c in enumerate(r.chunks) if c[0] == w and c[1] >= 0]
+        if self._queued[w] <= KEEP_SLOTS:
+            return  # (the common case: no walk over the ranges per stripe)
+        held = []
+        for r in ranges:
+            if r.worker < 0:
+                break  # ranges are handed out in key order: none later holds a chunk
+            held.extend((r, j) for j, c in enumerate(r.chunks) if c[0] == w and c[1] >= 0)
         freed = []
         for r, j in reversed(held[KEEP_SLOTS:]):
             cw, slot, meta, _inline, catalog = r.chunks[j]
@@ -439,6 +510,7 @@ class ParallelScan:
             self._spill.flush()
             r.chunks[j] = (w, SPILLED, meta, (pos, blen), catalog)
             freed.append(slot)
+            self._queued[w] -= 1
             self.stats.spilled_chunks += 1
         if freed:
             self._send(w, ("free", freed))

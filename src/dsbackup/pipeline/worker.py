@@ -15,7 +15,8 @@ Messages, worker -> parent:
    unreadable_files, [first unreadable paths])                   before exiting
   ("error", message, traceback)
 Parent -> worker:
-  ("range", range_id, start, end) | ("free", [slot, ...]) | ("plan", min_records, min_bytes)
+  ("range", range_id, start, end, [freed slot, ...]) | ("free", [slot, ...])
+  | ("plan", min_records, min_bytes)
   | ("resnap",) | ("stop",)
 """
 
@@ -66,8 +67,10 @@ class _Worker:
     def _handle(self, msg: tuple) -> None:
         if msg[0] == "free":
             self.free.extend(msg[1])
-        else:
-            self.inbox.append(msg)
+            return
+        if msg[0] == "range":
+            self.free.extend(msg[4])
+        self.inbox.append(msg)
 
     def _next_message(self) -> tuple:
         while not self.inbox:
