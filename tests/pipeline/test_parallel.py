@@ -223,11 +223,13 @@ def test_a_worker_killed_mid_scan_fails_the_scan_naming_it(tmp_path):
     scan = _scan(_lmdb_store(tmp_path / "db"))
     it = iter(scan)
     next(it)
-    victim = scan.procs[0]
-    os.kill(victim.pid, signal.SIGKILL)
+    pids = [p.pid for p in scan.procs]
+    os.kill(pids[0], signal.SIGKILL)
     t0 = time.perf_counter()
     with pytest.raises(BackupError, match=r"backup worker 0 (died|exited unexpectedly)"):
         for _ in it:
             pass
     assert time.perf_counter() - t0 < 10.0
-    assert not any(p.is_alive() for p in scan.procs)
+    for pid in pids:  # every process was killed and reaped (the handles are closed)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
