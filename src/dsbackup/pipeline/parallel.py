@@ -12,6 +12,11 @@ are in flight. Stripes are small (about STRIPE_CHUNKS chunks) so that a worker s
 of the stripe being written finishes its stripe without waiting. A worker that takes a new stripe while chunks of its previous one still wait
 behind an earlier stripe has those chunks moved to a spill file, so it never waits on itself.
 
+A store read by key list (flatfs) gets each stripe's keys from the planner's one listing and
+hands them to the worker with the stripe, so no worker lists the store. The parent stops
+reading the planner while QUEUED_STRIPES stripes per worker wait for one, so the planner waits
+in send and at most that many stripes' keys (and one message's) are held here.
+
 A chunk's slot is freed once the consumer's call returns, unless the consumer holds the body
 (BodyView.hold: the encrypted archive writer seals it in a thread, at most a few chunks
 behind); a held slot is freed when the consumer releases it, from any thread, which wakes the
@@ -48,6 +53,7 @@ KEEP_SLOTS = 2 * STRIPE_CHUNKS  # chunks a worker may keep in its slots when it 
 FREE_BATCH = 4  # freed slots per message to a worker (each message wakes a process)
 SNAPSHOT_RETRIES = 50
 SPILLED = -2  # chunk moved from a worker's slot to the spill file
+QUEUED_STRIPES = 2  # keyed stripes waiting per worker before the planner is left to wait
 
 
 @dataclass
@@ -58,6 +64,7 @@ class _Range:
     worker: int = -1
     done: bool = False
     chunks: deque = field(default_factory=deque)
+    keys: list[bytes] | None = None  # the stripe's keys (keyed stores) until dispatched
 
 
 def _shm_dir() -> str:
@@ -164,6 +171,8 @@ class ParallelScan:
                 c.send(("stop",))
             except OSError:
                 pass
+        if len(self.conns) > self.n:  # a planner waiting in send gets EPIPE and ends now
+            self.conns[self.n].close()
         deadline = time.monotonic() + 5
         for p in self.procs:
             p.join(max(0.0, deadline - time.monotonic()))
@@ -171,7 +180,8 @@ class ParallelScan:
                 p.kill()
                 p.join()
         for c in self.conns:
-            c.close()
+            if not c.closed:
+                c.close()
 
     def _cleanup(self) -> None:
         with self._wake_lock:
@@ -188,14 +198,15 @@ class ParallelScan:
                 pass
         self._unlink_slot_files()
 
-    def _recv(self, timeout: float) -> list[tuple[int, tuple]]:
-        sentinels = {p.sentinel: w for w, p in enumerate(self.procs)}
+    def _recv(self, timeout: float, skip: int = -1) -> list[tuple[int, tuple]]:
+        """Messages from the processes (process `skip` is not read, nor its death seen)."""
+        sentinels = {p.sentinel: w for w, p in enumerate(self.procs) if w != skip}
+        conns = [c for w, c in enumerate(self.conns) if w != skip]
         out = []
         wake = [] if self._wake is None else [self._wake[0]]
         self._waiting = True  # from here a release wakes this wait (see _release)
         try:
-            ready = [] if self._released else wait(self.conns + list(sentinels) + wake,
-                                                    timeout)
+            ready = [] if self._released else wait(conns + list(sentinels) + wake, timeout)
         finally:
             self._waiting = False
         for r in ready:
@@ -273,8 +284,8 @@ class ParallelScan:
         next_start: bytes | None = b""  # start of the stripe the planner has not closed yet
         planned = False
 
-        def add_range(start: bytes, end: bytes | None) -> None:
-            r = _Range(len(by_id), start, end)
+        def add_range(start: bytes, end: bytes | None, keys: list[bytes] | None) -> None:
+            r = _Range(len(by_id), start, end, keys=keys)
             by_id[r.rid] = r
             ranges.append(r)
             unassigned.append(r)
@@ -286,7 +297,8 @@ class ParallelScan:
                 idle.discard(w)
                 self._spill_slots(w, ranges)
                 r.worker = w
-                self.conns[w].send(("range", r.rid, r.start, r.end))
+                self.conns[w].send(("range", r.rid, r.start, r.end, r.keys))
+                r.keys = None
 
         freed: list[list[int]] = [[] for _ in range(self.n)]
 
@@ -300,6 +312,8 @@ class ParallelScan:
                 send_freed(w)
 
         released = self._released
+        keyed = False  # the planner sends the stripes' keys: read it only while few wait
+        queued_max = QUEUED_STRIPES * self.n
         self.conns[planner].send(("plan", self.stripe_records, self.stripe_bytes))
         while True:
             self._check_cancel()
@@ -323,7 +337,8 @@ class ParallelScan:
             for w in range(self.n):  # before waiting: a worker may be waiting for these
                 if freed[w]:
                     send_freed(w)
-            for w, msg in self._recv(0.1):
+            pause = keyed and not planned and len(unassigned) >= queued_max
+            for w, msg in self._recv(0.1, planner if pause else -1):
                 op = msg[0]
                 if op == "chunk":
                     by_id[msg[1]].chunks.append((w, msg[2], msg[3], msg[4], msg[5]))
@@ -331,11 +346,13 @@ class ParallelScan:
                     by_id[msg[1]].done = True
                     idle.add(w)
                 elif op == "stripes":
-                    for key in msg[1]:
-                        add_range(next_start, key)
+                    lists = msg[2] if len(msg) > 2 else [None] * len(msg[1])
+                    keyed = keyed or len(msg) > 2
+                    for key, keys in zip(msg[1], lists):
+                        add_range(next_start, key, keys)
                         next_start = key
                 elif op == "plan_done":
-                    add_range(next_start, None)
+                    add_range(next_start, None, msg[1] if len(msg) > 1 else None)
                     planned = True
             dispatch()
 
@@ -359,6 +376,9 @@ class ParallelScan:
                         self.stats.excluded_records += msg[1]
                         self.stats.excluded_bytes += msg[2]
                         self.stats.add_unreadable(msg[5], msg[6])
+                        self.stats.worker_listing_passes += msg[7]
+                    else:
+                        self.stats.plan_listing_passes += msg[7]
                     self.stats.worker_cpu_s += msg[3]
                     self.stats.worker_peak_rss = max(self.stats.worker_peak_rss, msg[4])
                     pending.discard(w)
