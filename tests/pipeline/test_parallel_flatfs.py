@@ -128,3 +128,88 @@ def test_a_worker_reads_its_keys_without_listing_and_counts_vanished_files(tmp_p
         assert sum(c[2] for c in after) == sum(c[2] for c in listed) - 1
     finally:
         ds.close()
+
+
+class _CountingConn:
+    """A parent-side pipe end that counts the stripes read from it and the ranges sent."""
+
+    def __init__(self, conn, tally: dict) -> None:
+        self.conn, self.tally = conn, tally
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
+    def poll(self, *a):
+        return self.conn.poll(*a)
+
+    def recv(self):
+        msg = self.conn.recv()
+        if msg[0] == "stripes":
+            self.tally["received"] += len(msg[1])
+        elif msg[0] == "plan_done":
+            self.tally["received"] += 1
+        self.tally["held"] = max(self.tally["held"],
+                                 self.tally["received"] - self.tally["sent"])
+        return msg
+
+    def send(self, msg) -> None:
+        if msg[0] == "range":
+            self.tally["sent"] += 1
+        self.conn.send(msg)
+
+
+def test_the_parent_stops_reading_a_planner_that_runs_ahead():
+    """Keyed stripes carry their keys, so the parent reads the planner only while fewer than
+    QUEUED_STRIPES stripes per worker wait: a planner faster than the workers waits in send
+    instead of filling the parent's memory (here: 60 stripes, a worker taking 5 ms each)."""
+    import multiprocessing
+    import threading
+    import time
+
+    from dsbackup.pipeline import parallel
+
+    scan = ParallelScan("datastore", "/nonexistent", ChunkSettings(4, 1 << 16, 1), 1)
+    tally = {"received": 0, "sent": 0, "held": 0}
+    wp, wc = multiprocessing.Pipe()
+    pp, pc = multiprocessing.Pipe()
+    scan.conns = [_CountingConn(wp, tally), _CountingConn(pp, tally)]
+    never = [os.pipe() for _ in range(2)]  # the processes' sentinels: they never end
+
+    class Proc:
+        def __init__(self, fd: int) -> None:
+            self.sentinel = fd
+
+    scan.procs = [Proc(r) for r, _ in never]
+    stripes = 60
+
+    def planner() -> None:
+        assert pc.recv()[0] == "plan"
+        for i in range(1, stripes):
+            pc.send(("stripes", [b"/K%03d" % i], [[b"/K%03d" % (i - 1)]]))
+        pc.send(("plan_done", [b"/K%03d" % (stripes - 1)]))
+
+    def worker() -> None:
+        while (msg := wc.recv())[0] == "range":
+            _, rid, start, _end, keys = msg
+            assert keys == [start or b"/K000"]
+            time.sleep(0.005)
+            meta = (1, keys[0], keys[0], 0, 0, 1, 0, 1, 1, 1)
+            wc.send(("chunk", rid, -1, meta, b"x", None))
+            wc.send(("done", rid))
+
+    threads = [threading.Thread(target=planner), threading.Thread(target=worker)]
+    for t in threads:
+        t.start()
+    try:
+        firsts = [bytes(c.first_key) for c in scan._schedule()]
+    finally:
+        wp.send(("stop",))
+        for t in threads:
+            t.join(10)
+        for r, w in never:
+            os.close(r)
+            os.close(w)
+    assert firsts == [b"/K%03d" % i for i in range(stripes)]
+    assert tally["received"] == stripes
+    bound = parallel.QUEUED_STRIPES * scan.n + 1  # waiting stripes and one message's
+    assert bound < 10 and tally["held"] <= bound, tally
