@@ -1,13 +1,13 @@
 """Full backups of a flatfs store with two source trees (A/B), interleaved, in fresh processes.
 
 Usage: python benchmarks/flatfs_stripes_ab.py --old SRC --new SRC [--files N]
-       [--chunk-size auto,16] [--workers 2,1] [--rounds R] [--dir DIR] [--json FILE]
+       [--sizes small|kubo|256k] [--chunk-size auto,16] [--workers 2,1] [--rounds R] [--dir DIR] [--json FILE]
 
 Made for the per-stripe re-listing of the parallel flatfs scan (docs/PERFORMANCE.md, "Full
 backups of a flatfs store re-list it for every stripe"): ``--old`` and ``--new`` are the
 ``src`` directories of two checkouts (each with its built extension). The store is
-``flatfs_incremental.py``'s (N blocks of 1-2 KiB named as Kubo names them, no
-``diskUsage.cache``). Every round runs, for every chunk size and worker count, one full backup
+``flatfs_incremental.py``'s (N blocks named as Kubo names them; ``--sizes`` as there: small
+1-2 KiB blocks without ``diskUsage.cache``, or kubo / 256k blocks with one). Every round runs, for every chunk size and worker count, one full backup
 with each tree (order reversed every round), each in a fresh ``python`` process, and records
 its wall time and CPU time (the process, its children and the fork server's reaped workers).
 The archives of the two trees are compared chunk by chunk (index digests): they must be equal.
@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from flatfs_incremental import ensure_store  # noqa: E402
+from flatfs_incremental import ensure_store, set_du_cache  # noqa: E402
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--old", required=True)
     ap.add_argument("--new", required=True)
     ap.add_argument("--files", type=int, default=50_000)
+    ap.add_argument("--sizes", choices=["small", "kubo", "256k"], default="small")
     ap.add_argument("--chunk-size", default="auto,16")
     ap.add_argument("--workers", default="2,1")
     ap.add_argument("--rounds", type=int, default=3)
@@ -81,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
-    root = work / f"blocks-{args.files}"
-    ensure_store(root, args.files)
+    root = work / (f"blocks-{args.files}" if args.sizes == "small"
+                   else f"blocks-{args.sizes}-{args.files}")
+    ensure_store(root, args.files, args.sizes)
+    set_du_cache(root, args.sizes != "small")
     uri = f"flatfs:{root}"
     cases = [(cs, int(w)) for cs in args.chunk_size.split(",") for w in args.workers.split(",")]
     trees = {"old": args.old, "new": args.new}
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['wall']['per_round']}); CPU {row['cpu']['old']} -> {row['cpu']['new']} s "
               f"({row['cpu']['ratio']}x, per round {row['cpu']['per_round']})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"files": args.files, "rounds": args.rounds,
+        Path(args.json).write_text(json.dumps({"files": args.files, "sizes": args.sizes,
+                                               "rounds": args.rounds,
                                                "summary": summary, "runs": res}, indent=1))
     return 0
 
