@@ -57,8 +57,12 @@ cdef object walk_stripe_end(LmdbRangeScanner s, uint64_t min_records, uint64_t m
                 rc = mdb_cursor_get(s.cur, &k, &v, op)
                 if rc:
                     break
+                # a natural boundary the exclude patterns keep: the chunker never cuts at
+                # an excluded key, so a stripe must not start at one
                 if (recs >= min_records or nbytes >= min_bytes) and (
-                        XXH3_64bits(k.mv_data, k.mv_size) % cs == 0):
+                        XXH3_64bits(k.mv_data, k.mv_size) % cs == 0) and (
+                        s.c.exclude == NULL or not FAPI.matcher_match(
+                            s.c.exclude, <const unsigned char *>k.mv_data, k.mv_size)):
                     found = 1
                     break
                 recs += 1

@@ -373,6 +373,24 @@ class FlatfsDatastore(BaseDatastore):
             items = ((b"/" + n, v) for n, v in self._read_ahead(names))
         yield from batch_items(items, max_records, max_bytes)
 
+    def scan_keys(self, start: bytes = b"", end: bytes | None = None, *,
+                  max_records: int = DEFAULT_MAX_RECORDS) -> Iterator[list[bytes]]:
+        """The keys in ``[start, end)`` in increasing order, in lists of up to
+        ``max_records``, from the listing alone: no file is opened or stat'ed (the parallel
+        scan's planner lists once and hands each worker its stripe's keys for
+        :meth:`read_keys`)."""
+        self._check_open()
+        cut = len(self.name_prefix)
+        for names in self._lister.sorted_names(start, end):
+            for i in range(0, len(names), max_records):
+                yield [b"/" + n[cut:] for n in names[i:i + max_records]]
+
+    @property
+    def listing_passes(self) -> int:
+        """How many times scans have listed the shard directories (sorted_names calls and
+        their windows; not :meth:`listing`)."""
+        return self._lister.passes
+
     def _read_ahead(self, names: Iterator[bytes]) -> Iterator[tuple[bytes, bytes]]:
         """``(name, value)`` in order; files that vanish or cannot be read are skipped and
         counted in :attr:`skipped`."""

@@ -28,6 +28,7 @@ class ShardLister:
         self.shard = shard
         self.max_names = max_names
         self.name_prefix = name_prefix
+        self.passes = 0  # times sorted_names listed the shard directories (one per window)
 
     def shard_dirs(self) -> list[bytes]:
         out = []
@@ -85,6 +86,7 @@ class ShardLister:
             return
         lo, hi = rng
         shards = self.shard_dirs()
+        self.passes += 1
         if self.shard.ordered_by_shard:
             for s in shards:
                 names = self.names_in(s, lo, hi)
@@ -112,6 +114,7 @@ class ShardLister:
         bounds: list[bytes | None] = [*cuts, hi]
         w_lo = lo
         for w_hi in bounds:
+            self.passes += 1
             names: list[bytes] = []
             for s in shards:
                 names += self.names_in(s, w_lo, w_hi)

@@ -31,6 +31,10 @@ class ScanStats:
     spilled_chunks: int = 0  # chunks moved from a worker's slots to the spill file
     unreadable_files: int = 0  # listed by the scan, then vanished or failed to read
     unreadable_examples: list[str] = field(default_factory=list)
+    # listings of a flatfs store's shard directories (datastore.listing_passes) by the
+    # parallel scan's planner and, together, by its scan workers
+    plan_listing_passes: int = 0
+    worker_listing_passes: int = 0
 
     def add_unreadable(self, count: int, examples: list[str]) -> None:
         self.unreadable_files += count

@@ -12,6 +12,11 @@ are in flight. Stripes are small (about STRIPE_CHUNKS chunks) so that a worker s
 of the stripe being written finishes its stripe without waiting. A worker that takes a new stripe while chunks of its previous one still wait
 behind an earlier stripe has those chunks moved to a spill file, so it never waits on itself.
 
+A store read by key list (flatfs) gets each stripe's keys from the planner's one listing and
+hands them to the worker with the stripe, so no worker lists the store. The parent stops
+reading the planner while QUEUED_STRIPES stripes per worker wait for one, so the planner waits
+in send and at most that many stripes' keys (and one read's worth of messages) are held here.
+
 A chunk's slot is freed once the consumer's call returns, unless the consumer holds the body
 (BodyView.hold: the encrypted archive writer seals it in a thread, at most a few chunks
 behind); a held slot is freed when the consumer releases it, from any thread, which wakes the
@@ -52,6 +57,7 @@ KEEP_SLOTS = 2 * STRIPE_CHUNKS  # chunks a worker may keep in its slots when it 
 FREE_BATCH = 4  # freed slots per message to a worker (each message wakes a process)
 SNAPSHOT_RETRIES = 50
 SPILLED = -2  # chunk moved from a worker's slot to the spill file
+QUEUED_STRIPES = 2  # keyed stripes waiting per worker before the planner is left to wait
 
 
 @dataclass
@@ -62,6 +68,7 @@ class _Range:
     worker: int = -1
     done: bool = False
     chunks: deque = field(default_factory=deque)
+    keys: list[bytes] | None = None  # the stripe's keys (keyed stores) until dispatched
 
 
 def _shm_dir() -> str:
@@ -115,6 +122,7 @@ class ParallelScan:
         self._waiting = False
         self._wake: tuple[int, int] | None = None
         self._poll: Any = None  # see _poller
+        self._skipped = -1  # the process _recv leaves out of the poll object (see _recv)
         self._fds: dict[int, tuple[int, int]] = {}
         self._readers: list[FrameReader] = []  # every message from the processes, in bulk
         # per worker: its chunks waiting in its slots to be written (_spill_slots reads it)
@@ -202,6 +210,8 @@ class ParallelScan:
                 c.send(("stop",))
             except OSError:
                 pass
+        if len(self.conns) > self.n:  # a planner waiting in send gets EPIPE and ends now
+            self.conns[self.n].close()
         deadline = time.monotonic() + 5
         for p in self.procs:
             p.join(max(0.0, deadline - time.monotonic()))
@@ -209,7 +219,8 @@ class ParallelScan:
                 p.kill()
                 p.join()
         for c in self.conns:
-            c.close()
+            if not c.closed:
+                c.close()
         for p in self.procs:
             with contextlib.suppress(ValueError):  # still running: the kill above failed
                 p.close()
@@ -246,11 +257,21 @@ class ParallelScan:
         return self._poll
 
     def _recv(self, timeout: float, before_sleep: Callable[[], None] | None = None,
-              ) -> list[tuple[int, tuple]]:
+              skip: int = -1) -> list[tuple[int, tuple]]:
         """The messages ready now, or within `timeout` seconds; `before_sleep` is called
-        only when none is ready (so that what it sends can wait until the loop idles)."""
+        only when none is ready (so that what it sends can wait until the loop idles).
+        Process `skip` is not read, nor its death seen (its pipe and sentinel are taken out
+        of the poll object until a call without it)."""
         poll = self._poller()
         fds = self._fds
+        if skip != self._skipped:
+            if self._skipped >= 0:
+                for fd in (self.conns[self._skipped].fileno(), self.procs[self._skipped].sentinel):
+                    poll.register(fd, select.POLLIN)
+            if skip >= 0:
+                for fd in (self.conns[skip].fileno(), self.procs[skip].sentinel):
+                    poll.unregister(fd)
+            self._skipped = skip
         out = []
         self._waiting = True  # from here a release wakes this wait (see _release)
         try:
@@ -354,8 +375,8 @@ class ParallelScan:
         next_start: bytes | None = b""  # start of the stripe the planner has not closed yet
         planned = False
 
-        def add_range(start: bytes, end: bytes | None) -> None:
-            r = _Range(len(by_id), start, end)
+        def add_range(start: bytes, end: bytes | None, keys: list[bytes] | None) -> None:
+            r = _Range(len(by_id), start, end, keys=keys)
             by_id[r.rid] = r
             ranges.append(r)
             unassigned.append(r)
@@ -370,8 +391,9 @@ class ParallelScan:
                 self._spill_slots(w, ranges)
                 r.worker = w
                 # with the slots freed since the last message to it: one message, one wake-up
-                self._send(w, ("range", r.rid, r.start, r.end, freed[w]))
+                self._send(w, ("range", r.rid, r.start, r.end, freed[w], r.keys))
                 freed[w] = []
+                r.keys = None
 
         freed: list[list[int]] = [[] for _ in range(self.n)]
 
@@ -392,6 +414,8 @@ class ParallelScan:
             dispatch()
 
         released = self._released
+        keyed = False  # the planner sends the stripes' keys: read it only while few wait
+        queued_max = QUEUED_STRIPES * self.n
         self._send(planner, ("plan", self.stripe_records, self.stripe_bytes))
         while True:
             self._check_cancel()
@@ -418,7 +442,8 @@ class ParallelScan:
                 free(*released.popleft())
             # freed slots go out in batches while chunks keep coming, the rest (flush) only
             # before the loop sleeps: one message wakes a process
-            for w, msg in self._recv(0.1, flush):
+            pause = keyed and not planned and len(unassigned) >= queued_max
+            for w, msg in self._recv(0.1, flush, planner if pause else -1):
                 op = msg[0]
                 if op == "chunk":
                     by_id[msg[1]].chunks.append((w, msg[2], msg[3], msg[4], msg[5]))
@@ -428,11 +453,13 @@ class ParallelScan:
                     by_id[msg[1]].done = True
                     idle.add(w)
                 elif op == "stripes":
-                    for key in msg[1]:
-                        add_range(next_start, key)
+                    lists = msg[2] if len(msg) > 2 else [None] * len(msg[1])
+                    keyed = keyed or len(msg) > 2
+                    for key, keys in zip(msg[1], lists):
+                        add_range(next_start, key, keys)
                         next_start = key
                 elif op == "plan_done":
-                    add_range(next_start, None)
+                    add_range(next_start, None, msg[1] if len(msg) > 1 else None)
                     planned = True
             dispatch()
 
@@ -462,6 +489,9 @@ class ParallelScan:
                 self.stats.excluded_records += msg[1]
                 self.stats.excluded_bytes += msg[2]
                 self.stats.add_unreadable(msg[5], msg[6])
+                self.stats.worker_listing_passes += msg[7]
+            else:
+                self.stats.plan_listing_passes += msg[7]
             self.stats.worker_cpu_s += msg[3]
             self.stats.worker_peak_rss = max(self.stats.worker_peak_rss, msg[4])
             pending.discard(w)

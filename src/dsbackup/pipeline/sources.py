@@ -8,7 +8,10 @@ store into finished chunks (framed, hashed, compressed).
   fast path and the native Chunker.
 
 A source also plans: `stripes()` walks the keys once and yields natural chunk boundaries that
-cut the key space into stripes of work for the workers.
+cut the key space into stripes of work for the workers. A store read by key list (`keyed`:
+flatfs, whose key ranges map to no subset of its shard directories, so a range scan lists the
+whole store) plans with `keyed_stripes()` instead, which also yields each stripe's keys; a
+worker handed them reads exactly those files (`begin(start, end, keys)`) and lists nothing.
 
 An incremental backup (dsbackup.engine.incremental) uses the same sources in its own process
 (a datastore object, or LMDB natively): `plans()` yields each chunk's plan from keys and value
@@ -51,16 +54,25 @@ class DatastoreSource:
         self._batches: Any = None
         self._ready: deque = deque()
         self._planner: KeyPlanner | None = None
+        # stripes carry their keys (the store lists them in order, reads a list of keys)
+        self.keyed = callable(getattr(self.ds, "scan_keys", None)) and callable(
+            getattr(self.ds, "read_keys", None))
 
     def resnap(self) -> None:
         """No cross-process snapshot for these backends (see docs/ARCHITECTURE.md)."""
 
-    def begin(self, start: bytes, end: bytes | None) -> None:
+    def begin(self, start: bytes, end: bytes | None, keys: list[bytes] | None = None
+              ) -> None:
+        """Scan ``[start, end)``: the given `keys` of it (from keyed_stripes), else a range
+        scan of the store."""
         self._finish_stats()
         s = self.settings
         self._chunker = Chunker(s.chunk_size, s.chunk_max_bytes, exclude=self.matcher,
                                 catalog=s.catalog)
-        self._batches = iter(self.ds.scan_batches(start, end, max_bytes=s.chunk_max_bytes))
+        if keys is not None:
+            self._batches = iter(self.ds.read_keys(keys, max_bytes=s.chunk_max_bytes))
+        else:
+            self._batches = iter(self.ds.scan_batches(start, end, max_bytes=s.chunk_max_bytes))
         self._ready.clear()
 
     def next_chunk(self, into: memoryview | None = None) -> Any:
@@ -84,17 +96,57 @@ class DatastoreSource:
             self.excluded_bytes += self._chunker.excluded_bytes
             self._chunker = None
 
+    def _boundary(self, key: bytes, chunk_size: int) -> bool:
+        """Whether a scan's chunk can start at `key`: a natural boundary that the exclude
+        patterns keep (the chunker never cuts at an excluded key: a stripe starting there
+        would cut a chunk that a single scan does not)."""
+        m = self.matcher
+        return is_boundary(key, chunk_size) and (m is None or not m.match(key))
+
     def stripes(self, min_records: int, min_bytes: int) -> Iterator[bytes]:
         """Planning: natural chunk boundaries at least `min_records` records apart; each ends
         one stripe of work and starts the next (keys only: sizes are not read)."""
         cs = self.settings.chunk_size
+        cut = self._boundary
         since = 0
         for keys, _sizes in self.ds.scan_key_sizes():
             for k in keys:
-                if since >= min_records and is_boundary(k, cs):
+                if since >= min_records and cut(k, cs):
                     yield k
                     since = 0
                 since += 1
+
+    def keyed_stripes(self, min_records: int, max_keys: int
+                      ) -> Iterator[tuple[bytes | None, list[bytes] | None]]:
+        """Planning of a `keyed` store: the stripes of stripes() as ``(end, keys)``, `end`
+        the next stripe's first key (None for the last stripe), `keys` the stripe's keys in
+        order, from one listing (no file opened). A stripe of more than `max_keys` keys
+        comes without them (None: its worker scans the range)."""
+        cs = self.settings.chunk_size
+        cut = self._boundary
+        since = 0
+        keys: list[bytes] | None = []
+        for batch in self.ds.scan_keys():
+            i, j, n = 0, 0, len(batch)  # batch[j:i] belongs to the current stripe
+            while i < n:
+                if since < min_records:  # no boundary this close to the stripe's start
+                    step = min(min_records - since, n - i)
+                    since += step
+                    i += step
+                    continue
+                if cut(batch[i], cs):
+                    if keys is not None:
+                        keys.extend(batch[j:i])
+                    yield batch[i], (keys if keys is None or len(keys) <= max_keys
+                                     else None)
+                    keys, j, since = [], i, 0
+                since += 1
+                i += 1
+            if keys is not None:
+                keys.extend(batch[j:n])
+                if len(keys) > max_keys:
+                    keys = None  # too many to hand along: the worker lists the range
+        yield None, keys if keys is None or len(keys) <= max_keys else None
 
     def plans(self, start: bytes = b"") -> Iterator[Plan]:
         """Every chunk's plan from keys and value sizes (the native KeyPlanner), from the
@@ -145,6 +197,7 @@ class LmdbSource:
         from dsbackup._ext.lmdbscan import LmdbRangeScanner
 
         self.settings = settings
+        self.keyed = False  # stripes are ranges of the B-tree
         self._claim: Any = None
         self._planned = False
         if claim_for is not None:
@@ -175,7 +228,9 @@ class LmdbSource:
     def resnap(self) -> None:
         self.scanner.renew()
 
-    def begin(self, start: bytes, end: bytes | None) -> None:
+    def begin(self, start: bytes, end: bytes | None, keys: list[bytes] | None = None
+              ) -> None:
+        """`keys`: not used (LMDB stripes are planned without them)."""
         self.scanner.reset(start, end)
 
     def next_chunk(self, into: memoryview | None = None) -> Any:

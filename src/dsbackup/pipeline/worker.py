@@ -4,20 +4,25 @@ A scan worker turns the key ranges (stripes) the parent assigns into finished ch
 them back through slots of a shared memory file: LMDB workers compress each body straight into
 a free slot, others copy it there; the parent writes them to the archive straight from the
 mapping. The planner walks the keys once and
-streams the stripe boundaries. All of them read the same snapshot.
+streams the stripe boundaries; for a store read by key list (flatfs: a key range is no subset
+of its shard directories, so a range scan would list the whole store) it streams each
+stripe's keys too, and the worker given them reads exactly those files. All of them read the
+same snapshot.
 
 Messages, worker -> parent:
   ("ready", snapshot_id)
   ("chunk", range_id, slot, meta, inline_body, catalog)   slot -1: body is inline (too large)
   ("done", range_id)
-  ("stripes", [key, ...]) and ("plan_done",)             from the planner
+  ("stripes", [key, ...]) and ("plan_done",)             from the planner; keyed stores:
+  ("stripes", [key, ...], [keys | None, ...]) and ("plan_done", keys | None)
+        each stripe's keys (None: too many, the worker scans the range); the parent stops
+        reading them while enough stripes wait, so the planner waits in send
   ("stats", excluded_records, excluded_bytes, cpu_seconds, peak_rss_bytes,
-   unreadable_files, [first unreadable paths])                   before exiting
+   unreadable_files, [first unreadable paths], listing_passes)    before exiting
   ("error", message, traceback)
 Parent -> worker:
-  ("range", range_id, start, end, [freed slot, ...]) | ("free", [slot, ...])
-  | ("plan", min_records, min_bytes)
-  | ("resnap",) | ("stop",)
+  ("range", range_id, start, end, [freed slot, ...], keys | None) | ("free", [slot, ...])
+  | ("plan", min_records, min_bytes) | ("resnap",) | ("stop",)
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from dsbackup.pipeline.central import ChunkSettings
 from dsbackup.pipeline.sources import open_source
 
 STRIPES_PER_MESSAGE = 256
+KEYS_PER_MESSAGE = 8192  # a keyed planner's message holds up to this many keys (or one stripe)
+MAX_STRIPE_KEYS = 1 << 18  # a stripe with more keys is sent without them (huge chunk sizes)
 
 
 def chunk_meta(c: Any) -> tuple:
@@ -102,9 +109,10 @@ class _Worker:
             return
         self.conn.send(("chunk", self.rid, slot, chunk_meta(c), None, catalog))
 
-    def _run_range(self, rid: int, start: bytes, end: bytes | None) -> None:
+    def _run_range(self, rid: int, start: bytes, end: bytes | None,
+                   keys: list[bytes] | None = None) -> None:
         self.rid = rid
-        self.source.begin(start, end)
+        self.source.begin(start, end, keys)
         while True:
             slot = self._take_slot()  # the next chunk's body is compressed into it
             c = self.source.next_chunk(None if slot is None else self.slots[slot])
@@ -129,25 +137,50 @@ class _Worker:
             self.conn.send(("stripes", batch))
         self.conn.send(("plan_done",))
 
+    def _plan_keyed(self, min_records: int) -> None:
+        """Stripes with their keys, a few stripes (KEYS_PER_MESSAGE keys) a message."""
+        ends: list[bytes] = []
+        lists: list[list[bytes] | None] = []
+        held = 0
+        want = 1  # the first stripes go out at once so scanning starts without delay
+        for end, keys in self.source.keyed_stripes(min_records, MAX_STRIPE_KEYS):
+            if end is None:
+                if ends:
+                    self.conn.send(("stripes", ends, lists))
+                self.conn.send(("plan_done", keys))
+                return
+            ends.append(end)
+            lists.append(keys)
+            held += len(keys) if keys is not None else 0
+            if len(ends) >= want or held >= KEYS_PER_MESSAGE:
+                self.conn.send(("stripes", ends, lists))
+                ends, lists, held = [], [], 0
+                want = min(STRIPES_PER_MESSAGE, want * 2)
+
     def run(self) -> None:
         self.conn.send(("ready", self.source.snapshot_id))
         while True:
             msg = self._next_message()
             op = msg[0]
             if op == "range":
-                self._run_range(msg[1], msg[2], msg[3])
+                self._run_range(msg[1], msg[2], msg[3], msg[5])
             elif op == "plan":
-                self._plan(msg[1], msg[2])
+                if self.source.keyed:
+                    self._plan_keyed(msg[1])
+                else:
+                    self._plan(msg[1], msg[2])
             elif op == "resnap":
                 self.source.resnap()
                 self.conn.send(("ready", self.source.snapshot_id))
             elif op == "stop":
                 break
         ru = resource.getrusage(resource.RUSAGE_SELF)
-        skipped = getattr(getattr(self.source, "ds", None), "skipped", None)
+        ds = getattr(self.source, "ds", None)
+        skipped = getattr(ds, "skipped", None)
         self.conn.send(("stats", self.source.excluded_records, self.source.excluded_bytes,
                         ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024,
-                        skipped.count if skipped else 0, skipped.examples if skipped else []))
+                        skipped.count if skipped else 0, skipped.examples if skipped else [],
+                        getattr(ds, "listing_passes", 0)))
         self.source.close()
 
 
