@@ -230,6 +230,22 @@ class Index:
         yield np.frombuffer(self._data, __getattr__("ENTRY_DTYPE"), self.chunk_count,
                             HEADER_SIZE)
 
+    def block(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(first seq, chunk table, keys blob as uint8) of the part of the index holding chunk
+        i, like PagedIndex.block: here the whole index. Entries are not checked; their key
+        offsets index the blob (a reader of them checks the bounds, as _decode does)."""
+        import numpy as np
+
+        if not 0 <= i < self.chunk_count:
+            raise IndexError(f"chunk {i} is not in this archive ({self.chunk_count} chunks)")
+        return (0, next(self.tables()),
+                np.frombuffer(self._data, np.uint8, self._keys_len, self._keys_base))
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Every block (see block) in seq order."""
+        if self.chunk_count:
+            yield self.block(0)
+
     def layout_problems(self, manifest_end: int, index_offset: int, start: bytes = b"",
                         end: bytes | None = None) -> list[IntegrityError]:
         """What a reader checks before reading chunks: the whole layout (the range is for

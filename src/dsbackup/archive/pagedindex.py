@@ -370,6 +370,18 @@ class PagedIndex:
         for p in range(self.page_count):
             yield self.page(p).entries
 
+    def block(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(first seq, chunk table, keys blob as uint8) of the page holding chunk i, read and
+        checked (IntegrityError when it is damaged)."""
+        pg, _ = self._locate(i)
+        return (i // self.page_entries * self.page_entries, pg.entries,
+                np.frombuffer(pg.keys, np.uint8))
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Every page (see block) in seq order."""
+        for p in range(self.page_count):
+            yield self.block(p * self.page_entries)
+
     def check_layout(self, manifest_end: int, index_offset: int) -> list[IntegrityError]:
         """Every page read and checked (the root was checked at open): one problem per bad
         page. With the root's checks this is every check of §5 and §11.3."""
