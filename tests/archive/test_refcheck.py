@@ -92,3 +92,23 @@ def test_a_wrong_parent_and_a_short_chain_give_the_references_locate_rejects(cha
     assert short
     _, swapped = _agree(inc1, [inc2])  # another archive of the same store
     assert swapped
+
+
+def test_key_comparison_names_the_rows_that_differ_contiguous_or_not():
+    import numpy as np
+
+    from dsbackup.archive.refcheck import _same_keys
+
+    def blob(b: bytes) -> np.ndarray:
+        return np.frombuffer(b, np.uint8)
+
+    a = blob(b"abcdefghij")
+    lens = np.array([3, 3, 4])
+    off = np.array([0, 3, 6])
+    assert _same_keys(a, off, blob(b"xxabcdefghij"), off + 2, lens).tolist() == [True] * 3
+    # one byte differs in row 1: only row 1 fails (the slices differ: rows are attributed)
+    assert _same_keys(a, off, blob(b"abcdeXghij"), off, lens).tolist() == [True, False, True]
+    # rows not one after another in the other blob
+    b, b_off = blob(b"ghij..def..abc"), np.array([11, 6, 0])
+    assert _same_keys(a, off, b, b_off, lens).tolist() == [True, True, True]
+    assert _same_keys(a, off, b, np.array([11, 6, 1]), lens).tolist() == [True, True, False]

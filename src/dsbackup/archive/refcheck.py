@@ -49,7 +49,8 @@ def _unresolved(rows: np.ndarray, keys: np.ndarray, levels: Sequence[Any]) -> np
     n = len(rows)
     bad = np.zeros(n, bool)
     own = {f: rows[f] for f in _FIELDS}
-    own_keys = _gather(keys, rows["keys_off"], rows["first_len"], rows["last_len"])
+    own_off = rows["keys_off"].astype(np.int64)  # in bounds: the layout was checked
+    own_len = rows["first_len"].astype(np.int64) + rows["last_len"]
     live = np.arange(n)  # rows still walking down the chain
     target = rows["offset"]  # their seq in the level below (u64)
     for p in levels:
@@ -82,7 +83,8 @@ def _unresolved(rows: np.ndarray, keys: np.ndarray, levels: Sequence[Any]) -> np
             klen = np.uint64(pkeys.size)  # in bounds, without u64 overflow (as _decode)
             ok &= (koff <= klen) & (flen.astype(np.uint64) + llen <= klen - np.minimum(koff,
                                                                                       klen))
-            ok[ok] = _same_keys(own_keys, sel[ok], pkeys, pe[ok])
+            ok[ok] = _same_keys(keys, own_off[sel[ok]], pkeys,
+                                pe["keys_off"][ok].astype(np.int64), own_len[sel[ok]])
             bad[sel[~ok]] = True
             deeper = ok & ((pe["flags"] & np.uint32(FLAG_PARENT)) != 0)
             nxt_live.append(sel[deeper])
@@ -93,32 +95,26 @@ def _unresolved(rows: np.ndarray, keys: np.ndarray, levels: Sequence[Any]) -> np
     return bad
 
 
-class _Keys:
-    """The first and last keys of some entries, concatenated (uint8), and where each starts."""
-
-    __slots__ = ("data", "starts", "lens")
-
-    def __init__(self, data: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> None:
-        self.data, self.starts, self.lens = data, starts, lens
-
-
-def _gather(blob: np.ndarray, koff: np.ndarray, flen: np.ndarray, llen: np.ndarray) -> _Keys:
-    """blob[koff[j] : koff[j] + flen[j] + llen[j]] of every j (the first key, then the last:
-    §5 stores them so), concatenated."""
-    lens = flen.astype(np.int64) + llen.astype(np.int64)
-    starts = np.cumsum(lens) - lens
-    idx = np.repeat(koff.astype(np.int64) - starts, lens) + np.arange(int(lens.sum()))
-    return _Keys(blob[idx], starts, lens)
-
-
-def _same_keys(own: _Keys, sel: np.ndarray, pkeys: np.ndarray, pe: np.ndarray) -> np.ndarray:
-    """Per row: whether the keys of own row sel[j] equal parent entry pe[j]'s (same lengths
-    already checked, parent offsets in bounds)."""
-    if not sel.size:
+def _same_keys(a: np.ndarray, a_off: np.ndarray, b: np.ndarray, b_off: np.ndarray,
+               lens: np.ndarray) -> np.ndarray:
+    """Per row j: whether a[a_off[j]:+lens[j]] == b[b_off[j]:+lens[j]] (a row's first and
+    last key: §5 stores them one after the other). Consecutive entries usually lie one after
+    another in both blobs: then one comparison of two slices answers for all of them."""
+    n = lens.size
+    if not n:
         return np.ones(0, bool)
-    lens = own.lens[sel]
-    idx = np.repeat(own.starts[sel] - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
-    theirs = _gather(pkeys, pe["keys_off"], pe["first_len"], pe["last_len"])
-    differ = own.data[idx] != theirs.data
-    row = np.repeat(np.arange(sel.size), lens)
-    return np.bincount(row[differ], minlength=sel.size) == 0
+    if _runs_on(a_off, lens) and _runs_on(b_off, lens):
+        size = int(lens.sum())
+        x, y = int(a_off[0]), int(b_off[0])
+        if np.array_equal(a[x:x + size], b[y:y + size]):
+            return np.ones(n, bool)
+    starts = np.cumsum(lens) - lens  # row by row: gather both sides' bytes
+    within = np.arange(int(lens.sum())) - np.repeat(starts, lens)
+    differ = a[np.repeat(a_off, lens) + within] != b[np.repeat(b_off, lens) + within]
+    row = np.repeat(np.arange(n), lens)
+    return np.bincount(row[differ], minlength=n) == 0
+
+
+def _runs_on(off: np.ndarray, lens: np.ndarray) -> bool:
+    """Whether each row's bytes start where the previous row's end."""
+    return bool((off[1:] == off[:-1] + lens[:-1]).all())
