@@ -41,7 +41,7 @@ from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.parentraw import marks, raw_bytes_of
-from dsbackup.engine.write import Reference, store_or_reference
+from dsbackup.engine.write import References, store_or_reference
 from dsbackup.errors import BackupError
 
 __all__ = ["applies", "clean_chunks", "FlatfsIncremental"]
@@ -118,6 +118,7 @@ class FlatfsIncremental:
                               "with warnings, exit 1)")
         self.keys: FlatKeys = listing.keys  # type: ignore[assignment]
         self.first = self.keys.find(start) if start else 0
+        self.index = preader.index
         self.entries = list(preader.index.entries())
         self.clean = (clean_chunks(self.keys, self.entries, chunk_size, self.first) if usable
                       else [])
@@ -147,8 +148,9 @@ class FlatfsIncremental:
 
     def items(self, match: Any, pool: ThreadPoolExecutor, level: int, catalog: bool,
               counts: Any) -> Iterator[Any]:
-        """In key order: a Reference (parent seq, parent entry, raw bytes) or the Future of a
-        compressed chunk, as engine.incremental.IncrementalStream yields them."""
+        """In key order: References (runs of consecutive parent chunks, with their raw
+        bytes) or the Future of a compressed chunk, as engine.incremental.IncrementalStream
+        yields them."""
         payload = sum(self.entries[j].payload_len for j, _ in self.clean)
         left_raw, left_payload = self.clean_raw, payload
         pos = self.first
@@ -157,18 +159,38 @@ class FlatfsIncremental:
             return store_or_reference(self._frame(lo, hi, catalog), match, pool, level,
                                       catalog, counts)
 
-        for j, lo in self.clean:
+        for j, lo, hi in self._runs():
             if lo > pos:
                 yield from run(pos, lo)
-            e = self.entries[j]
-            # the raw bytes of each clean chunk are not known, only their sum: shared out by
-            # payload length (only the sum reaches the archive; progress reads the parts)
-            part = left_raw if left_payload == e.payload_len else \
-                left_raw * e.payload_len // max(1, left_payload)
-            left_raw -= part
-            left_payload -= e.payload_len
-            counts.referenced += 1
-            yield Reference(j, e, part)
-            pos = lo + e.records
+            n = j.stop - j.start
+            while n:  # the run, an index block (page) of the parent at a time
+                first, table, keys = self.index.block(j.start)
+                rows = table[j.start - first:min(j.stop, first + len(table)) - first]
+                # the raw bytes of each clean chunk are not known, only their sum: shared out
+                # by payload length (only the sum reaches the archive; progress reads the parts)
+                pl = int(rows["payload_len"].sum(dtype=np.uint64))
+                part = left_raw if left_payload == pl else \
+                    left_raw * pl // max(1, left_payload)
+                left_raw -= part
+                left_payload -= pl
+                counts.referenced += len(rows)
+                yield References(j.start, rows, keys, part)
+                j = range(j.start + len(rows), j.stop)
+                n = len(j)
+            pos = hi
         if pos < len(self.keys):
             yield from run(pos, len(self.keys))
+
+    def _runs(self) -> Iterator[tuple[range, int, int]]:
+        """The clean chunks as runs: (parent seqs, first and end listing index) of chunks
+        that follow one another both in the parent and in the listing."""
+        start = prev = -2
+        lo = hi = 0
+        for j, at in self.clean:
+            if j != prev + 1 or at != hi:
+                if start >= 0:
+                    yield range(start, prev + 1), lo, hi
+                start, lo = j, at
+            prev, hi = j, at + self.entries[j].records
+        if start >= 0:
+            yield range(start, prev + 1), lo, hi
