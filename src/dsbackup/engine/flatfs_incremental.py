@@ -37,7 +37,6 @@ import numpy as np
 
 from dsbackup._ext.flatlist import FlatKeys
 from dsbackup._ext.framing import Chunker
-from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.parentraw import marks, raw_bytes_of
@@ -72,25 +71,44 @@ def applies(source: Any, cfg: BackupConfig) -> bool:
     return cfg.trust_content_keys and not cfg.exclude_patterns and _is_flatfs(source)
 
 
-def clean_chunks(keys: FlatKeys, entries: list[ChunkEntry], chunk_size: int,
-                 first: int = 0) -> list[tuple[int, int]]:
-    """``(parent seq, first listing index)`` of every parent chunk the listing proves
-    unchanged (module doc), in order, among the keys from listing index `first` on (a chunk
-    starts there: a resumed backup's cut, docs/FORMAT.md §11.5)."""
+def _parent_chunks(index: Any) -> Iterator[tuple[bytes, bytes, int, int, int]]:
+    """(first key, last key, records, key digest, payload length) of every chunk of a parent
+    index, in seq order: read a block (page) at a time from its arrays (no entry objects)."""
+    for _, table, blob in index.blocks():
+        keys = blob.tobytes()
+        ko, fl = table["keys_off"].tolist(), table["first_len"].tolist()
+        ends = (table["keys_off"] + table["first_len"] + table["last_len"]).tolist()
+        mids = [o + f for o, f in zip(ko, fl)]
+        yield from zip([keys[o:m] for o, m in zip(ko, mids)],
+                       [keys[m:e] for m, e in zip(mids, ends)],
+                       table["records"].tolist(), table["keys_xxh3"].tolist(),
+                       table["payload_len"].tolist())
+
+
+def clean_chunks(keys: FlatKeys, index: Any, chunk_size: int,
+                 first: int = 0) -> list[tuple[int, int, int, int]]:
+    """``(parent seq, first and end listing index, payload length)`` of every chunk of the
+    parent `index` the listing proves unchanged (module doc), in order, among the keys from
+    listing index `first` on (a chunk starts there: a resumed backup's cut, docs/FORMAT.md
+    §11.5)."""
     n = len(keys)
-    out: list[tuple[int, int]] = []
+    out: list[tuple[int, int, int, int]] = []
     prev_hi = -1
-    for j, e in enumerate(entries):
-        lo = keys.check_chunk(e.first_key, e.last_key, e.records, e.keys_xxh3)
+    chunks = _parent_chunks(index)
+    after = next(chunks, None)
+    j = -1
+    while after is not None:
+        (first_key, last_key, records, kx, plen), after = after, next(chunks, None)
+        j += 1
+        lo = keys.check_chunk(first_key, last_key, records, kx)
         if lo < first:  # not there (-1), or below the cut
             continue
-        hi = lo + e.records
+        hi = lo + records
         start = lo in (first, prev_hi) or keys.is_boundary(lo, chunk_size)
         end = (hi == n or keys.is_boundary(hi, chunk_size)
-               or (j + 1 < len(entries) and keys.trusted(hi)
-                   and keys.equals(hi, entries[j + 1].first_key)))
+               or (after is not None and keys.trusted(hi) and keys.equals(hi, after[0])))
         if start and end:
-            out.append((j, lo))
+            out.append((j, lo, hi, plen))
             prev_hi = hi
     return out
 
@@ -119,8 +137,7 @@ class FlatfsIncremental:
         self.keys: FlatKeys = listing.keys  # type: ignore[assignment]
         self.first = self.keys.find(start) if start else 0
         self.index = preader.index
-        self.entries = list(preader.index.entries())
-        self.clean = (clean_chunks(self.keys, self.entries, chunk_size, self.first) if usable
+        self.clean = (clean_chunks(self.keys, self.index, chunk_size, self.first) if usable
                       else [])
         self.clean_raw = self._clean_raw(preader, below)
 
@@ -129,7 +146,7 @@ class FlatfsIncremental:
         index does not hold them), and of the parent chunks marked in `also` (a resumed
         backup's references below its cut): read from the parent (dsbackup.engine.parentraw;
         nothing when nothing changed)."""
-        wanted = marks(len(self.entries), [j for j, _ in self.clean])
+        wanted = marks(len(self.index), [c[0] for c in self.clean])
         if also is not None:
             np.frombuffer(wanted, np.uint8)[:] |= np.frombuffer(also, np.uint8)
         return raw_bytes_of(preader, wanted)
@@ -151,7 +168,7 @@ class FlatfsIncremental:
         """In key order: References (runs of consecutive parent chunks, with their raw
         bytes) or the Future of a compressed chunk, as engine.incremental.IncrementalStream
         yields them."""
-        payload = sum(self.entries[j].payload_len for j, _ in self.clean)
+        payload = sum(c[3] for c in self.clean)
         left_raw, left_payload = self.clean_raw, payload
         pos = self.first
 
@@ -186,11 +203,11 @@ class FlatfsIncremental:
         that follow one another both in the parent and in the listing."""
         start = prev = -2
         lo = hi = 0
-        for j, at in self.clean:
+        for j, at, end, _ in self.clean:
             if j != prev + 1 or at != hi:
                 if start >= 0:
                     yield range(start, prev + 1), lo, hi
                 start, lo = j, at
-            prev, hi = j, at + self.entries[j].records
+            prev, hi = j, end
         if start >= 0:
             yield range(start, prev + 1), lo, hi
