@@ -481,6 +481,9 @@ def _first_unordered(keys: bytes, offs: np.ndarray, flen: np.ndarray, llen: np.n
             prev = last
         return None
     blob = np.frombuffer(keys, np.uint8)
+    if n and (flen == width).all() and (llen == width).all() and \
+            (fo == fo[0] + 2 * width * np.arange(n)).all():
+        return _first_unordered_fixed(blob[fo[0]:fo[0] + 2 * width * n], n, width)
     for lo in range(0, n, _BLOCK_ROWS):  # bounded temporaries for a root of many pages
         hi = min(n, lo + _BLOCK_ROWS)
         b = max(0, lo - 1)  # the previous row, for the comparison across the block's start
@@ -494,6 +497,18 @@ def _first_unordered(keys: bytes, offs: np.ndarray, flen: np.ndarray, llen: np.n
         if hits.size:
             return b + int(hits[0])
     return None
+
+
+def _first_unordered_fixed(blob: np.ndarray, n: int, width: int) -> int | None:
+    """_first_unordered where every key is `width` bytes and the keys lie first, last, first,
+    last... in `blob`: compared in place as fixed-width bytes (same length: numpy's order is
+    the bytewise one)."""
+    k = blob.view(f"S{width}")  # first0, last0, first1, last1, ...
+    first, last = k[0::2], k[1::2]
+    bad = first > last
+    bad[1:] |= last[:-1] >= first[1:]
+    hits = np.flatnonzero(bad)
+    return int(hits[0]) if hits.size else None
 
 
 def _padded(blob: np.ndarray, offs: np.ndarray, lens: np.ndarray, width: int) -> np.ndarray:
