@@ -71,18 +71,18 @@ def applies(source: Any, cfg: BackupConfig) -> bool:
     return cfg.trust_content_keys and not cfg.exclude_patterns and _is_flatfs(source)
 
 
-def _parent_chunks(index: Any) -> Iterator[tuple[bytes, bytes, int, int, int]]:
-    """(first key, last key, records, key digest, payload length) of every chunk of a parent
-    index, in seq order: read a block (page) at a time from its arrays (no entry objects)."""
+def _parent_pages(index: Any) -> Iterator[tuple[list[bytes], list[bytes], list[int],
+                                                  list[int], list[int]]]:
+    """(first keys, last keys, records, key digests, payload lengths) of the chunks of a
+    parent index, a block (page) at a time, read from its arrays (no entry objects)."""
     for _, table, blob in index.blocks():
         keys = blob.tobytes()
         ko, fl = table["keys_off"].tolist(), table["first_len"].tolist()
         ends = (table["keys_off"] + table["first_len"] + table["last_len"]).tolist()
         mids = [o + f for o, f in zip(ko, fl)]
-        yield from zip([keys[o:m] for o, m in zip(ko, mids)],
-                       [keys[m:e] for m, e in zip(mids, ends)],
-                       table["records"].tolist(), table["keys_xxh3"].tolist(),
-                       table["payload_len"].tolist())
+        yield ([keys[o:m] for o, m in zip(ko, mids)], [keys[m:e] for m, e in zip(mids, ends)],
+               table["records"].tolist(), table["keys_xxh3"].tolist(),
+               table["payload_len"].tolist())
 
 
 def clean_chunks(keys: FlatKeys, index: Any, chunk_size: int,
@@ -94,22 +94,25 @@ def clean_chunks(keys: FlatKeys, index: Any, chunk_size: int,
     n = len(keys)
     out: list[tuple[int, int, int, int]] = []
     prev_hi = -1
-    chunks = _parent_chunks(index)
-    after = next(chunks, None)
-    j = -1
-    while after is not None:
-        (first_key, last_key, records, kx, plen), after = after, next(chunks, None)
-        j += 1
-        lo = keys.check_chunk(first_key, last_key, records, kx)
-        if lo < first:  # not there (-1), or below the cut
-            continue
-        hi = lo + records
-        start = lo in (first, prev_hi) or keys.is_boundary(lo, chunk_size)
-        end = (hi == n or keys.is_boundary(hi, chunk_size)
-               or (after is not None and keys.trusted(hi) and keys.equals(hi, after[0])))
-        if start and end:
-            out.append((j, lo, hi, plen))
-            prev_hi = hi
+    check, boundary, trusted, equals = (keys.check_chunk, keys.is_boundary, keys.trusted,
+                                        keys.equals)
+    pages = _parent_pages(index)
+    page = next(pages, None)
+    j = 0
+    while page is not None:
+        firsts, lasts, records, kxs, plens = page
+        page = next(pages, None)  # its first key follows this page's last chunk
+        after = firsts[1:] + ([page[0][0]] if page is not None else [None])
+        for f, last, recs, kx, plen, nxt in zip(firsts, lasts, records, kxs, plens, after):
+            lo = check(f, last, recs, kx)
+            if lo >= first:  # else not there (-1), or below the cut
+                hi = lo + recs
+                if (lo in (first, prev_hi) or boundary(lo, chunk_size)) and (
+                        hi == n or boundary(hi, chunk_size)
+                        or (nxt is not None and trusted(hi) and equals(hi, nxt))):
+                    out.append((j, lo, hi, plen))
+                    prev_hi = hi
+            j += 1
     return out
 
 
