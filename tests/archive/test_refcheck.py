@@ -112,3 +112,21 @@ def test_key_comparison_names_the_rows_that_differ_contiguous_or_not():
     b, b_off = blob(b"ghij..def..abc"), np.array([11, 6, 0])
     assert _same_keys(a, off, b, b_off, lens).tolist() == [True, True, True]
     assert _same_keys(a, off, b, np.array([11, 6, 1]), lens).tolist() == [True, True, False]
+
+
+def test_a_single_index_block_is_checked_for_key_order():
+    """Index.block (a version-1 index as one block) gives only entries in strict key order,
+    as a page of a paged index does: a writer of references relies on it."""
+    from dsbackup.archive.index import ChunkEntry, Index, IndexBuilder
+
+    def index(keys: list[tuple[bytes, bytes]]) -> Index:
+        b = IndexBuilder()
+        for i, (f, last) in enumerate(keys):
+            b.add_chunk(ChunkEntry(i, 100 + i, 10, 5, 1, 7, 8, 9, f, last))
+        return Index(b.encode(0, 0))
+
+    first, table, keys = index([(b"/a", b"/b"), (b"/c", b"/d")]).block(1)
+    assert first == 0 and len(table) == 2 and keys.tobytes() == b"/a/b/c/d"
+    for bad in ([(b"/a", b"/c"), (b"/c", b"/d")], [(b"/b", b"/a")]):
+        with pytest.raises(IntegrityError, match="does not follow"):
+            index(bad).block(0)

@@ -289,8 +289,6 @@ class Index:
         in bounds, key ranges increasing strictly (IntegrityError)."""
         import numpy as np
 
-        from dsbackup.archive.pagedindex import _first_unordered
-
         klen = np.uint64(keys.size)
         ko, fl, ll = table["keys_off"], table["first_len"], table["last_len"]
         out = (ko > klen) | (fl.astype(np.uint64) + ll > klen - np.minimum(ko, klen))
@@ -298,11 +296,14 @@ class Index:
             i = int(np.flatnonzero(out)[0])
             raise IntegrityError(f"index: chunk {i} keys lie outside the keys blob", chunk=i,
                                  part="index")
-        i = _first_unordered(keys.tobytes(), ko, fl, ll)
-        if i is not None:
-            raise IntegrityError(f"index: chunk {i}: key range does not follow the previous "
-                                 "chunk's (keys must increase strictly)", chunk=i,
-                                 part="index")
+        blob, prev = keys.tobytes(), None  # a single index is small: once, in Python
+        for i, (o, f, n) in enumerate(zip(ko.tolist(), fl.tolist(), ll.tolist())):
+            first, last = blob[o:o + f], blob[o + f:o + f + n]
+            if first > last or (prev is not None and first <= prev):
+                raise IntegrityError(f"index: chunk {i}: key range does not follow the "
+                                     "previous chunk's (keys must increase strictly)",
+                                     chunk=i, part="index")
+            prev = last
         self._block_checked = True
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
