@@ -368,3 +368,36 @@ def test_drop_page_forgets_the_chunks_since_the_last_page():
     a.page_written(1, 2, 3)
     b.page_written(1, 2, 3)
     assert a.encode(5, 6) == b.encode(5, 6)
+
+
+def test_fixed_width_key_order_check_agrees_with_the_padded_one():
+    """_first_unordered's in-place path (every key the same length, laid out first, last, ...)
+    finds the same first unordered entry as the padded comparison, NUL bytes included."""
+    import random
+
+    import numpy as np
+
+    from dsbackup.archive import pagedindex
+
+    rng = random.Random(11)
+    for trial in range(300):
+        w, n = rng.choice([1, 2, 5]), rng.randrange(1, 12)
+        ks = sorted({bytes(rng.choice(b"\x00\x01ab") for _ in range(w)) for _ in range(2 * n)})
+        if trial % 3:  # disorder: swap two keys, or repeat one
+            i, j = rng.randrange(len(ks)), rng.randrange(len(ks))
+            ks[i], ks[j] = ks[j], ks[i] if trial % 2 else ks[i]
+        pairs = [(ks[min(2 * i, len(ks) - 1)], ks[min(2 * i + 1, len(ks) - 1)])
+                 for i in range((len(ks) + 1) // 2)]
+        blob = b"".join(f + last for f, last in pairs)
+        m = len(pairs)
+        offs = np.arange(m, dtype=np.uint64) * (2 * w)
+        lens = np.full(m, w, np.uint32)
+        fixed = pagedindex._first_unordered(blob, offs, lens, lens)
+        expect = None
+        prev = None
+        for j, (f, last) in enumerate(pairs):
+            if f > last or (prev is not None and f <= prev):
+                expect = j
+                break
+            prev = last
+        assert fixed == expect, (pairs, fixed, expect)

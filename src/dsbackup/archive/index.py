@@ -103,6 +103,33 @@ def append_chunk_entry(table: bytearray, keys: bytearray, e: ChunkEntry) -> None
     keys += e.last_key
 
 
+def reference_entries(parent: np.ndarray, parent_keys: np.ndarray, first_seq: int,
+                      first_parent_seq: int, keys_at: int, epoch: int) -> tuple[bytes, bytes]:
+    """The index entries (§5, as append_chunk_entry writes them) of references to consecutive
+    parent chunks: `parent` their entries (ENTRY_DTYPE, seqs `first_parent_seq`...),
+    `parent_keys` the keys blob they point into (in bounds: a checked index block). Seqs from
+    `first_seq`, keys from offset `keys_at` of the keys blob: (table bytes, keys bytes)."""
+    import numpy as np
+
+    n = len(parent)
+    t = np.zeros(n, __getattr__("ENTRY_DTYPE"))
+    t["seq"] = np.arange(first_seq, first_seq + n, dtype=np.uint64)
+    t["offset"] = np.arange(first_parent_seq, first_parent_seq + n, dtype=np.uint64)
+    for f in ("payload_len", "records", "payload_xxh3", "keys_xxh3", "first_len", "last_len"):
+        t[f] = parent[f]
+    lens = parent["first_len"].astype(np.int64) + parent["last_len"]
+    starts = np.cumsum(lens) - lens
+    t["keys_off"] = starts + keys_at
+    t["flags"] = FLAG_PARENT
+    t["reserved"] = epoch
+    offs = parent["keys_off"].astype(np.int64)
+    if n and (offs[1:] == offs[:-1] + lens[:-1]).all():  # one after another, as written
+        keys = parent_keys[offs[0]:offs[0] + int(lens.sum())]
+    else:
+        keys = parent_keys[np.repeat(offs - starts, lens) + np.arange(int(lens.sum()))]
+    return t.tobytes(), keys.tobytes()
+
+
 def catalog_entry_bytes(c: CatalogEntry) -> bytes:
     """Catalog entry `c` as the index stores it (§5)."""
     return _CATALOG.pack(c.offset, c.length, c.member_xxh3, c.data_len, c.data_xxh3)
@@ -129,6 +156,19 @@ class IndexBuilder:
     def add_catalog(self, c: CatalogEntry) -> None:
         self._catalog += catalog_entry_bytes(c)
         self.catalog_count += 1
+
+    def add_references(self, parent: np.ndarray, parent_keys: np.ndarray,
+                       first_parent_seq: int, epoch: int, catalog: bool) -> None:
+        """add_chunk (and add_catalog of a zero entry) for references to consecutive parent
+        chunks at once (see reference_entries)."""
+        table, keys = reference_entries(parent, parent_keys, self.count, first_parent_seq,
+                                        len(self._keys), epoch)
+        self._table += table
+        self._keys += keys
+        self.count += len(parent)
+        if catalog:
+            self._catalog += bytes(CATALOG_ENTRY_SIZE * len(parent))
+            self.catalog_count += len(parent)
 
     def encode(self, manifest_length: int, manifest_xxh3: int, node_offset: int = 0,
                node_length: int = 0) -> bytes:
@@ -177,6 +217,7 @@ class Index:
         self._keys_base = self._catalog_base + ccount * CATALOG_ENTRY_SIZE
         self._keys_len = keys_len
         self._entries: list[ChunkEntry] | None = None
+        self._block_checked = False
 
     def __len__(self) -> int:
         return self.chunk_count
@@ -229,6 +270,46 @@ class Index:
 
         yield np.frombuffer(self._data, __getattr__("ENTRY_DTYPE"), self.chunk_count,
                             HEADER_SIZE)
+
+    def block(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(first seq, chunk table, keys blob as uint8) of the part of the index holding chunk
+        i, like PagedIndex.block: here the whole index, its keys checked (_check_block)."""
+        import numpy as np
+
+        if not 0 <= i < self.chunk_count:
+            raise IndexError(f"chunk {i} is not in this archive ({self.chunk_count} chunks)")
+        table = next(self.tables())
+        keys = np.frombuffer(self._data, np.uint8, self._keys_len, self._keys_base)
+        if not self._block_checked:
+            self._check_block(table, keys)
+        return 0, table, keys
+
+    def _check_block(self, table: np.ndarray, keys: np.ndarray) -> None:
+        """What a reader of the table as a block relies on, as PagedIndex checks a page: keys
+        in bounds, key ranges increasing strictly (IntegrityError)."""
+        import numpy as np
+
+        klen = np.uint64(keys.size)
+        ko, fl, ll = table["keys_off"], table["first_len"], table["last_len"]
+        out = (ko > klen) | (fl.astype(np.uint64) + ll > klen - np.minimum(ko, klen))
+        if out.any():
+            i = int(np.flatnonzero(out)[0])
+            raise IntegrityError(f"index: chunk {i} keys lie outside the keys blob", chunk=i,
+                                 part="index")
+        blob, prev = keys.tobytes(), None  # a single index is small: once, in Python
+        for i, (o, f, n) in enumerate(zip(ko.tolist(), fl.tolist(), ll.tolist())):
+            first, last = blob[o:o + f], blob[o + f:o + f + n]
+            if first > last or (prev is not None and first <= prev):
+                raise IntegrityError(f"index: chunk {i}: key range does not follow the "
+                                     "previous chunk's (keys must increase strictly)",
+                                     chunk=i, part="index")
+            prev = last
+        self._block_checked = True
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Every block (see block) in seq order."""
+        if self.chunk_count:
+            yield self.block(0)
 
     def layout_problems(self, manifest_end: int, index_offset: int, start: bytes = b"",
                         end: bytes | None = None) -> list[IntegrityError]:

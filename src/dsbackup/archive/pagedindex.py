@@ -370,6 +370,18 @@ class PagedIndex:
         for p in range(self.page_count):
             yield self.page(p).entries
 
+    def block(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(first seq, chunk table, keys blob as uint8) of the page holding chunk i, read and
+        checked (IntegrityError when it is damaged)."""
+        pg, _ = self._locate(i)
+        return (i // self.page_entries * self.page_entries, pg.entries,
+                np.frombuffer(pg.keys, np.uint8))
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Every page (see block) in seq order."""
+        for p in range(self.page_count):
+            yield self.block(p * self.page_entries)
+
     def check_layout(self, manifest_end: int, index_offset: int) -> list[IntegrityError]:
         """Every page read and checked (the root was checked at open): one problem per bad
         page. With the root's checks this is every check of §5 and §11.3."""
@@ -469,6 +481,9 @@ def _first_unordered(keys: bytes, offs: np.ndarray, flen: np.ndarray, llen: np.n
             prev = last
         return None
     blob = np.frombuffer(keys, np.uint8)
+    if n and (flen == width).all() and (llen == width).all() and \
+            (fo == fo[0] + 2 * width * np.arange(n)).all():
+        return _first_unordered_fixed(blob[fo[0]:fo[0] + 2 * width * n], n, width)
     for lo in range(0, n, _BLOCK_ROWS):  # bounded temporaries for a root of many pages
         hi = min(n, lo + _BLOCK_ROWS)
         b = max(0, lo - 1)  # the previous row, for the comparison across the block's start
@@ -482,6 +497,18 @@ def _first_unordered(keys: bytes, offs: np.ndarray, flen: np.ndarray, llen: np.n
         if hits.size:
             return b + int(hits[0])
     return None
+
+
+def _first_unordered_fixed(blob: np.ndarray, n: int, width: int) -> int | None:
+    """_first_unordered where every key is `width` bytes and the keys lie first, last, first,
+    last... in `blob`: compared in place as fixed-width bytes (same length: numpy's order is
+    the bytewise one)."""
+    k = blob.view(f"S{width}")  # first0, last0, first1, last1, ...
+    first, last = k[0::2], k[1::2]
+    bad = first > last
+    bad[1:] |= last[:-1] >= first[1:]
+    hits = np.flatnonzero(bad)
+    return int(hits[0]) if hits.size else None
 
 
 def _padded(blob: np.ndarray, offs: np.ndarray, lens: np.ndarray, width: int) -> np.ndarray:

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import TYPE_CHECKING
 
 from dsbackup.archive.index import (
+    CATALOG_ENTRY_SIZE,
     CatalogEntry,
     ChunkEntry,
     append_chunk_entry,
     catalog_entry_bytes,
+    reference_entries,
 )
 from dsbackup.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PAGE_MAGIC = b"DSP1"
 ROOT_MAGIC = b"DSR1"
@@ -142,6 +148,38 @@ class PagedIndexBuilder:
         self._catalog += catalog_entry_bytes(c)
         self._page_catalogs += 1
         self.catalog_count += 1
+
+    def room(self) -> int:
+        """Chunks the current page still takes."""
+        return self.page_entries - self._in_page
+
+    def add_references(self, parent: np.ndarray, parent_keys: np.ndarray,
+                       first_parent_seq: int, epoch: int, catalog: bool) -> None:
+        """add_chunk (and add_catalog of a zero entry) for references to consecutive parent
+        chunks at once, at most room() of them (see reference_entries)."""
+        n = len(parent)
+        if not n:
+            return
+        if n > self.room():
+            raise ValueError(f"{n} references do not fit the page's {self.room()} places")
+        keys_at = len(self._keys)
+        table, keys = reference_entries(parent, parent_keys, self.count, first_parent_seq,
+                                        keys_at, epoch)
+        self._table += table
+        self._keys += keys
+        import numpy as np
+
+        f0, ll = int(parent["first_len"][0]), int(parent["last_len"][-1])
+        if not self._in_page:
+            self._page_first = bytes(self._keys[keys_at:keys_at + f0])
+        self._page_last = bytes(self._keys[len(self._keys) - ll:])
+        self._page_records += int(parent["records"].sum(dtype=np.uint64))
+        self._in_page += n
+        self.count += n
+        if catalog:
+            self._catalog += bytes(CATALOG_ENTRY_SIZE * n)
+            self._page_catalogs += n
+            self.catalog_count += n
 
     def page_ready(self, final: bool = False) -> bool:
         """A page is due: full (and its last chunk's catalog added, if any), or at the end."""

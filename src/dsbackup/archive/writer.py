@@ -456,6 +456,50 @@ class ArchiveWriter:
         self.referenced_chunks += 1
         return ref
 
+    def add_references(self, first_parent_seq: int, parent: Any, parent_keys: Any,
+                       raw_bytes: int, *, catalog: bool = False) -> int:
+        """add_reference for consecutive parent chunks at once: `parent` their entries in the
+        parent's index (ENTRY_DTYPE rows, seqs `first_parent_seq`...), `parent_keys` the keys
+        blob they point into (a checked index block: ArchiveReader.index.block), `raw_bytes`
+        their key and value bytes together. Returns how many were added."""
+        n = len(parent)
+        if self._closed:
+            raise ArchiveError("archive writer is closed")
+        if self.parent_fingerprint is None:
+            raise ArchiveError("a chunk reference needs a parent (parent_fingerprint)")
+        if not n:
+            return 0
+        if self._pending_key is not None:
+            self._head_out()
+        self._drain()  # members and index entries stay in seq order
+        k0 = int(parent["keys_off"][0])
+        first_key = bytes(parent_keys[k0:k0 + int(parent["first_len"][0])])
+        if self._prev_last is not None and first_key <= self._prev_last:
+            raise ArchiveError(
+                f"chunk {self._index.count}: first key {first_key!r} does not follow "
+                f"{self._prev_last!r} (chunks must arrive in key order)")
+        if catalog != bool(self._index.catalog_count) and self._index.count:
+            raise ArchiveError(f"chunk {self._index.count}: catalog presence changed")
+        ix = self._index
+        done = 0
+        while done < n:  # a paged index: up to the end of the current page, then the page
+            take = n - done if isinstance(ix, IndexBuilder) else min(n - done, ix.room())
+            if take < 1:
+                raise ArchiveError(f"chunk {ix.count}: the full index page was not written")
+            ix.add_references(parent[done:done + take], parent_keys, first_parent_seq + done,
+                              self._epoch, catalog)  # this run's epoch (§11.4)
+            done += take
+            self._page_out()
+        e = parent[n - 1]
+        k = int(e["keys_off"]) + int(e["first_len"])
+        self._prev_last = bytes(parent_keys[k:k + int(e["last_len"])])
+        self._fingerprint.update(parent["payload_xxh3"].astype("<u8").tobytes())
+        self._records += int(parent["records"].sum(dtype="u8"))
+        self._raw_bytes += raw_bytes
+        self._payload_bytes += int(parent["payload_len"].sum(dtype="u8"))
+        self.referenced_chunks += n
+        return n
+
     def count_raw_bytes(self, n: int) -> None:
         """Count `n` more key and value bytes in the summary's raw_bytes, for chunks already
         in the index whose raw bytes were not known when they were added (a resumed

@@ -35,10 +35,9 @@ from typing import Any
 
 from dsbackup._ext.flatlist import FlatKeys
 from dsbackup._ext.framing import Chunker
-from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.engine.config import BackupConfig
-from dsbackup.engine.write import Reference, store_or_reference
+from dsbackup.engine.write import References, store_or_reference
 from dsbackup.errors import BackupError
 
 __all__ = ["applies", "clean_chunks", "FlatfsIncremental"]
@@ -69,26 +68,48 @@ def applies(source: Any, cfg: BackupConfig) -> bool:
     return cfg.trust_content_keys and not cfg.exclude_patterns and _is_flatfs(source)
 
 
-def clean_chunks(keys: FlatKeys, entries: list[ChunkEntry], chunk_size: int,
-                 first: int = 0) -> list[tuple[int, int]]:
-    """``(parent seq, first listing index)`` of every parent chunk the listing proves
-    unchanged (module doc), in order, among the keys from listing index `first` on (a chunk
-    starts there: a resumed backup's cut, docs/FORMAT.md §11.5)."""
+def _parent_pages(index: Any) -> Iterator[tuple[list[bytes], list[bytes], list[int],
+                                                  list[int], list[int]]]:
+    """(first keys, last keys, records, key digests, payload lengths) of the chunks of a
+    parent index, a block (page) at a time, read from its arrays (no entry objects)."""
+    for _, table, blob in index.blocks():
+        keys = blob.tobytes()
+        ko, fl = table["keys_off"].tolist(), table["first_len"].tolist()
+        ends = (table["keys_off"] + table["first_len"] + table["last_len"]).tolist()
+        mids = [o + f for o, f in zip(ko, fl)]
+        yield ([keys[o:m] for o, m in zip(ko, mids)], [keys[m:e] for m, e in zip(mids, ends)],
+               table["records"].tolist(), table["keys_xxh3"].tolist(),
+               table["payload_len"].tolist())
+
+
+def clean_chunks(keys: FlatKeys, index: Any, chunk_size: int,
+                 first: int = 0) -> list[tuple[int, int, int, int]]:
+    """``(parent seq, first and end listing index, payload length)`` of every chunk of the
+    parent `index` the listing proves unchanged (module doc), in order, among the keys from
+    listing index `first` on (a chunk starts there: a resumed backup's cut, docs/FORMAT.md
+    §11.5)."""
     n = len(keys)
-    out: list[tuple[int, int]] = []
+    out: list[tuple[int, int, int, int]] = []
     prev_hi = -1
-    for j, e in enumerate(entries):
-        lo = keys.check_chunk(e.first_key, e.last_key, e.records, e.keys_xxh3)
-        if lo < first:  # not there (-1), or below the cut
-            continue
-        hi = lo + e.records
-        start = lo in (first, prev_hi) or keys.is_boundary(lo, chunk_size)
-        end = (hi == n or keys.is_boundary(hi, chunk_size)
-               or (j + 1 < len(entries) and keys.trusted(hi)
-                   and keys.equals(hi, entries[j + 1].first_key)))
-        if start and end:
-            out.append((j, lo))
-            prev_hi = hi
+    check, boundary, trusted, equals = (keys.check_chunk, keys.is_boundary, keys.trusted,
+                                        keys.equals)
+    pages = _parent_pages(index)
+    page = next(pages, None)
+    j = 0
+    while page is not None:
+        firsts, lasts, records, kxs, plens = page
+        page = next(pages, None)  # its first key follows this page's last chunk
+        after = firsts[1:] + ([page[0][0]] if page is not None else [None])
+        for f, last, recs, kx, plen, nxt in zip(firsts, lasts, records, kxs, plens, after):
+            lo = check(f, last, recs, kx)
+            if lo >= first:  # else not there (-1), or below the cut
+                hi = lo + recs
+                if (lo in (first, prev_hi) or boundary(lo, chunk_size)) and (
+                        hi == n or boundary(hi, chunk_size)
+                        or (nxt is not None and trusted(hi) and equals(hi, nxt))):
+                    out.append((j, lo, hi, plen))
+                    prev_hi = hi
+            j += 1
     return out
 
 
@@ -115,8 +136,8 @@ class FlatfsIncremental:
                               "with warnings, exit 1)")
         self.keys: FlatKeys = listing.keys  # type: ignore[assignment]
         self.first = self.keys.find(start) if start else 0
-        self.entries = list(preader.index.entries())
-        self.clean = (clean_chunks(self.keys, self.entries, chunk_size, self.first) if usable
+        self.index = preader.index
+        self.clean = (clean_chunks(self.keys, self.index, chunk_size, self.first) if usable
                       else [])
         self.clean_raw = self._clean_raw(preader, below)
 
@@ -131,7 +152,7 @@ class FlatfsIncremental:
 
         from dsbackup.engine.parentraw import marks, raw_bytes_of
 
-        wanted = marks(len(self.entries), [j for j, _ in self.clean])
+        wanted = marks(len(self.index), [c[0] for c in self.clean])
         if also is not None:
             np.frombuffer(wanted, np.uint8)[:] |= np.frombuffer(also, np.uint8)
         return raw_bytes_of(preader, wanted)
@@ -150,9 +171,10 @@ class FlatfsIncremental:
 
     def items(self, match: Any, pool: ThreadPoolExecutor, level: int, catalog: bool,
               counts: Any) -> Iterator[Any]:
-        """In key order: a Reference (parent seq, parent entry, raw bytes) or the Future of a
-        compressed chunk, as engine.incremental.IncrementalStream yields them."""
-        payload = sum(self.entries[j].payload_len for j, _ in self.clean)
+        """In key order: References (runs of consecutive parent chunks, with their raw
+        bytes) or the Future of a compressed chunk, as engine.incremental.IncrementalStream
+        yields them."""
+        payload = sum(c[3] for c in self.clean)
         left_raw, left_payload = self.clean_raw, payload
         pos = self.first
 
@@ -160,18 +182,38 @@ class FlatfsIncremental:
             return store_or_reference(self._frame(lo, hi, catalog), match, pool, level,
                                       catalog, counts)
 
-        for j, lo in self.clean:
+        for j, lo, hi in self._runs():
             if lo > pos:
                 yield from run(pos, lo)
-            e = self.entries[j]
-            # the raw bytes of each clean chunk are not known, only their sum: shared out by
-            # payload length (only the sum reaches the archive; progress reads the parts)
-            part = left_raw if left_payload == e.payload_len else \
-                left_raw * e.payload_len // max(1, left_payload)
-            left_raw -= part
-            left_payload -= e.payload_len
-            counts.referenced += 1
-            yield Reference(j, e, part)
-            pos = lo + e.records
+            n = j.stop - j.start
+            while n:  # the run, an index block (page) of the parent at a time
+                first, table, keys = self.index.block(j.start)
+                rows = table[j.start - first:min(j.stop, first + len(table)) - first]
+                # the raw bytes of each clean chunk are not known, only their sum: shared out
+                # by payload length (only the sum reaches the archive; progress reads the parts)
+                pl = int(rows["payload_len"].sum(dtype="uint64"))
+                part = left_raw if left_payload == pl else \
+                    left_raw * pl // max(1, left_payload)
+                left_raw -= part
+                left_payload -= pl
+                counts.referenced += len(rows)
+                yield References(j.start, rows, keys, part)
+                j = range(j.start + len(rows), j.stop)
+                n = len(j)
+            pos = hi
         if pos < len(self.keys):
             yield from run(pos, len(self.keys))
+
+    def _runs(self) -> Iterator[tuple[range, int, int]]:
+        """The clean chunks as runs: (parent seqs, first and end listing index) of chunks
+        that follow one another both in the parent and in the listing."""
+        start = prev = -2
+        lo = hi = 0
+        for j, at, end, _ in self.clean:
+            if j != prev + 1 or at != hi:
+                if start >= 0:
+                    yield range(start, prev + 1), lo, hi
+                start, lo = j, at
+            prev, hi = j, end
+        if start >= 0:
+            yield range(start, prev + 1), lo, hi

@@ -37,6 +37,17 @@ class Reference(NamedTuple):
     raw_bytes: int
 
 
+class References(NamedTuple):
+    """Consecutive chunks the parent chain holds, at once: the first parent seq, their
+    entries in the parent's index (ENTRY_DTYPE rows), the keys blob those point into (an
+    index block: ArchiveReader.index.block), and their raw bytes together."""
+
+    seq: int
+    entries: Any
+    keys: Any
+    raw_bytes: int
+
+
 def store_or_reference(chunks: Iterator[Any], match: Any, pool: Executor, level: int,
                        catalog: bool, counts: Any) -> Iterator[Reference | Future]:
     """An incremental's items for framed chunks read from the store: a Reference where the
@@ -64,7 +75,7 @@ class ChunkStream(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
     def items(self) -> Iterator[Any]:
-        """Compressed chunks (ReadyChunk), futures of them, or References."""
+        """Compressed chunks (ReadyChunk), futures of them, Reference or References."""
         ...
 
     def outcome(self) -> ScanOutcome: ...
@@ -105,6 +116,11 @@ def _copy(plan: BackupPlan, stream: ChunkStream, writer: ArchiveWriter) -> None:
         if isinstance(item, Reference):
             writer.add_reference(item.seq, item.entry, item.raw_bytes, catalog=catalog)
             done[0] += item.entry.records
+            done[1] += item.raw_bytes
+        elif isinstance(item, References):
+            writer.add_references(item.seq, item.entries, item.keys, item.raw_bytes,
+                                  catalog=catalog)
+            done[0] += int(item.entries["records"].sum(dtype="u8"))
             done[1] += item.raw_bytes
         else:
             c = item.result() if isinstance(item, Future) else item
