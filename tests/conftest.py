@@ -58,6 +58,38 @@ def run_cli(cli_env):
     return run
 
 
+@pytest.fixture
+def run_cli_inprocess(monkeypatch):
+    """Run the CLI's main() in this process, for tests of messages and exit codes over many
+    inputs (a subprocess start costs ~0.5 s); tests about the process itself (signals,
+    tracebacks at exit, imports) use run_cli. Returns a CompletedProcess (text)."""
+    import contextlib
+    import io
+    import logging
+    import subprocess
+
+    from dsbackup.cli.main import main
+
+    monkeypatch.setenv("DSBACKUP_NO_MALLOPT", "1")  # leave this process's allocator alone
+    log = logging.getLogger("dsbackup")
+    handlers, level = log.handlers[:], log.level
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(argv)
+            except SystemExit as exc:  # argparse's usage errors
+                rc = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        return subprocess.CompletedProcess(["dsbackup", *argv], rc, out.getvalue(),
+                                           err.getvalue())
+
+    yield run
+    log.handlers[:] = handlers
+    log.setLevel(level)
+
+
 def write_archive(path, records, *, chunk_size=4, chunk_max_bytes=1 << 20, level=1,
                   catalog=False, page_entries=None, key=None):
     """Write a dsbackup archive of sorted (key, value) records with the native chunker

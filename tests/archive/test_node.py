@@ -186,9 +186,7 @@ HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_node_members_exit_3_naming_the_member_and_write_nothing(tmp_path, name,
-                                                                        run_cli):
+def _check_hostile(run_cli, tmp_path, name) -> None:
     data, why = HOSTILE[name]
     with pytest.raises(IntegrityError, match=why):
         decode_node(data, "node")
@@ -206,6 +204,19 @@ def test_hostile_node_members_exit_3_naming_the_member_and_write_nothing(tmp_pat
     assert r.returncode == 0, r.stderr
     assert run_cli("ls", p).returncode == 3
     assert run_cli("inspect", p).returncode == 3
+
+
+# every hostile member through the CLI's main() in this process (its exit codes and messages;
+# six commands each), and a sample of them through the real CLI process
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_node_members_exit_3_naming_the_member_and_write_nothing(tmp_path, name,
+                                                                        run_cli_inprocess):
+    _check_hostile(run_cli_inprocess, tmp_path, name)
+
+
+@pytest.mark.parametrize("name", ["dotdot", "absolute", "size beyond data"])
+def test_hostile_node_members_in_the_cli_process(tmp_path, name, run_cli):
+    _check_hostile(run_cli, tmp_path, name)
 
 
 def test_damaged_node_member_fails_quick_verify(tmp_path, run_cli):

@@ -104,7 +104,7 @@ def member_digests(path) -> list[int]:
 
 def _worker_count_source(tmp_path, kind) -> tuple[str, int]:
     records = flatfs_safe_records(3000, seed=5)
-    src = make_store(kind, tmp_path, "src")
+    src = open_datastore(f"{kind}:{tmp_path / 'src'}", sync=False)  # a source: no fsyncs
     src.put_many([k for k, _ in records], [v for _, v in records])
     src.close()
     return f"{kind}:{tmp_path / 'src'}", len(records)
@@ -130,9 +130,18 @@ def _backups_with_1_2_4_workers(tmp_path, kind, source=None):
     return digests
 
 
-@pytest.mark.parametrize("kind", ["lmdb", "sqlite", "flatfs"])
-def test_members_identical_for_any_worker_count(tmp_path, kind):
-    digests = _backups_with_1_2_4_workers(tmp_path, kind)
+@pytest.fixture(scope="module", params=["lmdb", "sqlite", "flatfs"])
+def worker_count_backups(request, tmp_path_factory):
+    """One store's backups with 1, 2 and 4 workers (their folder and digests), made once for
+    the two tests below, which read them."""
+    d = tmp_path_factory.mktemp(f"workers-{request.param}")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("dsbackup.engine.backup.PARALLEL_MIN_BYTES", 0)
+        return d, _backups_with_1_2_4_workers(d, request.param)
+
+
+def test_members_identical_for_any_worker_count(worker_count_backups):
+    _, digests = worker_count_backups
     for w, d in zip((2, 4), digests[1:]):
         bad = [i for i, (a, b) in enumerate(zip(digests[0][0], d[0])) if a != b]
         assert not bad and len(d[0]) == len(digests[0][0]), f"{w} workers: chunks {bad[:5]}"
@@ -152,9 +161,8 @@ def _assert_catalog_members_identical(tmp_path, digests) -> None:
 # hashed a stream's position 2 from the stream's address, so the same catalog could encode
 # differently in another thread (see LEAD in ext/compress.pyx; the address test is
 # tests/ext/test_compress_address.py).
-@pytest.mark.parametrize("kind", ["lmdb", "sqlite", "flatfs"])
-def test_catalog_members_identical_for_any_worker_count(tmp_path, kind):
-    _assert_catalog_members_identical(tmp_path, _backups_with_1_2_4_workers(tmp_path, kind))
+def test_catalog_members_identical_for_any_worker_count(worker_count_backups):
+    _assert_catalog_members_identical(*worker_count_backups)
 
 
 _BACKUP_IN_A_FRESH_PROCESS = """

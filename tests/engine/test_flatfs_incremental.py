@@ -8,6 +8,7 @@ import base64
 import hashlib
 import os
 import random
+import shutil
 
 import pytest
 
@@ -33,7 +34,7 @@ def contents(ds) -> dict[bytes, bytes]:
 
 
 def restored(archive, tmp_path, name) -> dict[bytes, bytes]:
-    dst = open_datastore(f"flatfs:{tmp_path / name}")
+    dst = open_datastore(f"flatfs:{tmp_path / name}", sync=False)  # compared, not kept
     try:
         restore_archive(archive, dst)
         return contents(dst)
@@ -55,14 +56,28 @@ def summary(path) -> dict:
                                   "content_fingerprint", "referenced_chunks", "stored_chunks")}
 
 
-@pytest.fixture
-def store(tmp_path):
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """The store of 600 blocks and its full backup, made once; each test gets a copy."""
+    d = tmp_path_factory.mktemp("flatfs-template")
     rng = random.Random(11)
-    ds = open_datastore(f"flatfs:{tmp_path / 'src'}")
+    ds = open_datastore(f"flatfs:{d / 'src'}")
     recs = dict(block(rng) for _ in range(600))
     keys = sorted(recs)
     ds.put_many(keys, [recs[k] for k in keys])
-    BackupManager(BackupConfig(**CFG)).create_backup(ds, tmp_path / "p.tar.gz")
+    BackupManager(BackupConfig(**CFG)).create_backup(ds, d / "p.tar.gz")
+    ds.close()
+    return d, rng.getstate()
+
+
+@pytest.fixture
+def store(tmp_path, template):
+    d, state = template
+    shutil.copytree(d / "src", tmp_path / "src", symlinks=True)
+    shutil.copy2(d / "p.tar.gz", tmp_path / "p.tar.gz")
+    rng = random.Random()
+    rng.setstate(state)
+    ds = open_datastore(f"flatfs:{tmp_path / 'src'}")
     yield ds, rng
     ds.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -55,9 +56,20 @@ def change(uri: str, seed: int) -> None:
 
 
 @pytest.fixture
-def chain(tmp_path):
+def chain(tmp_path, chain_made):
     """An LMDB store of blocks and records, its full backup, the store changed since, and the
-    finished incremental of the changed store (what a resume must give)."""
+    finished incremental of the changed store (what a resume must give). The archives are
+    copied beside the test's (a parent is found beside its child); the store is read where it
+    was made (a test that changes it copies it)."""
+    uri, full, want = chain_made
+    for p in (full, want):
+        shutil.copy2(p, tmp_path / p.name)
+    return uri, tmp_path / full.name, tmp_path / want.name
+
+
+@pytest.fixture(scope="module")
+def chain_made(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("chain")
     src = tmp_path / "src"
     datasets.write_lmdb(str(src), [*datasets.iter_blocks(1500, block_size=1500),
                                    *datasets.iter_small(4000)])
@@ -178,7 +190,7 @@ def test_a_resumed_resume_is_resumed_again(tmp_path, chain):
     resume(uri, final, full)
     first = final.read_bytes()
     final.unlink()
-    with ArchiveReader(tmp_path / "want.tar.gz") as w:
+    with ArchiveReader(want) as w:
         e = w.index.entry(seqs[-2])
     tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
     tmp.write_bytes(first[:e.offset + e.length])  # the first resume's bytes, killed later
@@ -232,13 +244,13 @@ def test_a_flatfs_incremental_is_resumed(tmp_path):
             out[b"/" + datasets.block_key(v)[len(b"/blocks/"):]] = v
         return out
 
-    with open_datastore(uri) as ds:
+    with open_datastore(uri, sync=False) as ds:  # a source: no fsyncs
         recs = blocks(900)
         ds.put_many(sorted(recs), [recs[k] for k in sorted(recs)])
     cfg = dict(chunk_size=8, chunk_max_bytes=4096, workers=2)
     full = tmp_path / "full.tar.gz"
     BackupManager(BackupConfig(**cfg)).create_backup(uri, full)
-    with open_datastore(uri) as ds:
+    with open_datastore(uri, sync=False) as ds:
         new = blocks(15)
         ds.put_many(sorted(new), [new[k] for k in sorted(new)])
         for k in rng.sample(sorted(recs), 8):
@@ -263,7 +275,9 @@ def test_an_encrypted_incremental_is_resumed_under_a_new_epoch(tmp_path, chain):
     from dsbackup.archive.crypto import KeyMaterial, using_key
     from dsbackup.storage import resumestate
 
-    uri, _, _ = chain
+    src = tmp_path / "src"  # a copy: this test changes the store
+    shutil.copytree(chain[0].removeprefix("lmdb:"), src)
+    uri = f"lmdb:{src}"
     key = KeyMaterial(key=b"k" * 32)
     full = tmp_path / "efull.tar.gz"
     BackupManager(BackupConfig(chunk_size=CHUNK, workers=2, encryption=key)).create_backup(
@@ -300,10 +314,24 @@ def test_an_encrypted_incremental_is_resumed_under_a_new_epoch(tmp_path, chain):
 
 
 @pytest.fixture
-def paged_chain(tmp_path, monkeypatch):
+def paged_chain(tmp_path, monkeypatch, paged_chain_made):
     """A paged parent and its paged incremental (256 chunks a page, about 5 pages), some
-    pages with stored chunks, some only references."""
+    pages with stored chunks, some only references (copied as `chain` does)."""
     monkeypatch.setenv("DSBACKUP_TEST_PAGE_ENTRIES", "256")
+    uri, full, want = paged_chain_made
+    for p in (full, want):
+        shutil.copy2(p, tmp_path / p.name)
+    return uri, tmp_path / full.name, tmp_path / want.name
+
+
+@pytest.fixture(scope="module")
+def paged_chain_made(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("DSBACKUP_TEST_PAGE_ENTRIES", "256")
+        return _paged_chain(tmp_path_factory.mktemp("paged"))
+
+
+def _paged_chain(tmp_path):
     src = tmp_path / "psrc"
     datasets.write_lmdb(str(src), datasets.iter_small(36000))
     uri = f"lmdb:{src}"

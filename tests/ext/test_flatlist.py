@@ -189,4 +189,6 @@ def test_listing_releases_the_gil(tmp_path):
             t.join()
         (a0, a1), (b0, b1) = spans
         best = max(best, max(0.0, min(a1, b1) - max(a0, b0)) / min(a1 - a0, b1 - b0))
+        if best > 0.7:  # settled: the assertion below holds
+            break
     assert best > 0.7, f"native listings did not overlap ({best:.2f})"

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +25,25 @@ def _sha(p: Path) -> str:
 
 
 @pytest.fixture
-def chain(tmp_path: Path, run_cli):
-    """full <- i1 <- i2 in d/, each after a change to the store."""
+def chain(tmp_path: Path, chain_made):
+    """full <- i1 <- i2 in d/, each after a change to the store (a copy of chain_made's)."""
+    made = chain_made
+    return (shutil.copytree(made / "src", tmp_path / "src"),
+            shutil.copytree(made / "d", tmp_path / "d"))
+
+
+@pytest.fixture(scope="module")
+def chain_made(tmp_path_factory):
+    """The store and its chain, made once per module with the CLI (as conftest's run_cli)."""
+    tmp_path = tmp_path_factory.mktemp("chain")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[2] / "src"), os.environ.get("PYTHONPATH", "")]))
+    env.pop("COLUMNS", None)
+
+    def run_cli(*args):
+        return subprocess.run([sys.executable, "-m", "dsbackup", *map(str, args)], env=env,
+                              capture_output=True, text=True, timeout=300)
+
     src = tmp_path / "src"
     datasets.write_lmdb(str(src), ((b"/r/%05d" % i, b"v%d" % i) for i in range(1500)))
     d = tmp_path / "d"
@@ -36,7 +57,7 @@ def chain(tmp_path: Path, run_cli):
         r = run_cli("backup", f"lmdb:{src}", d / f"{n}.tar.gz", "--parent", d / prev)
         assert r.returncode == 0, r.stderr
         prev = f"{n}.tar.gz"
-    return src, d
+    return tmp_path
 
 
 def test_backup_over_an_existing_archive_needs_overwrite(tmp_path, run_cli, chain):

@@ -1,8 +1,10 @@
 """Every value of the configuration file is checked at load (issue 20, item 11).
 
-Each bad value is refused by the loader and by the CLI (``schedule list`` and ``schedule run``,
-as subprocesses) with exit code 2 and one line naming the file, the table and key and what is
-expected — never a traceback, never accepted to fail later, and never showing a secret.
+Each bad value is refused by the loader and by the CLI (``schedule list`` and ``schedule run``)
+with exit code 2 and one line naming the file, the table and key and what is expected — never a
+traceback, never accepted to fail later, and never showing a secret. The CLI runs in this
+process for every value (its main(): the same code path, no interpreter start per case) and as
+a real subprocess for a sample of them.
 """
 
 from __future__ import annotations
@@ -187,18 +189,38 @@ def test_loader_refuses_each_bad_value(tmp_path, slots, fragments, secret):
     check_message(str(info.value), f, fragments, secret)
 
 
-@pytest.mark.parametrize("slots,fragments,secret", [c[1:] for c in BAD],
-                         ids=[c[0] for c in BAD])
-def test_cli_refuses_each_bad_value_at_load(tmp_path, run_cli, slots, fragments, secret):
+def check_cli_refusal(run, tmp_path: Path, slots: dict, fragments: list[str],
+                      secret: str | None) -> None:
     f = write(tmp_path, config_text(**slots))
     for action in (["list"], ["run"]):
-        r = run_cli("schedule", *action, "--config", f, timeout=60)
+        r = run("schedule", *action, "--config", f)
         assert r.returncode == 2, (action, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1, r.stderr
         check_message(lines[0], f, fragments, secret)
     assert not (tmp_path / "st").exists()  # refused before anything was started
+
+
+@pytest.mark.parametrize("slots,fragments,secret", [c[1:] for c in BAD],
+                         ids=[c[0] for c in BAD])
+def test_cli_refuses_each_bad_value_at_load(tmp_path, run_cli_inprocess, monkeypatch, slots,
+                                            fragments, secret):
+    from dsbackup.cli import schedule
+
+    def started(*a, **k):  # a value let through would start a daemon in this process
+        raise AssertionError("the daemon was started")
+
+    monkeypatch.setattr(schedule, "_run_daemon", started)
+    check_cli_refusal(run_cli_inprocess, tmp_path, slots, fragments, secret)
+
+
+# one of each kind: [scheduler], [[schedule]], [schedule.backup], a notifier with a secret
+@pytest.mark.parametrize("case", ["concurrent-zero", "enabled-str", "compression-typo",
+                                  "email-password-int"])
+def test_cli_process_refuses_bad_values_at_load(tmp_path, run_cli, case):
+    slots, fragments, secret = next(c[1:] for c in BAD if c[0] == case)
+    check_cli_refusal(lambda *a: run_cli(*a, timeout=60), tmp_path, slots, fragments, secret)
 
 
 @pytest.mark.parametrize("case", ["enabled-str", "headers-str", "cron-never-fires"])

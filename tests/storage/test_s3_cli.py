@@ -5,6 +5,7 @@ faults from a proxy in front of it. docs/STORAGE.md."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -28,16 +29,18 @@ def one_line(r: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def store(tmp_path):
-    """A small LMDB store: blocks and small records."""
-    src = tmp_path / "src"
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A small LMDB store: blocks and small records (made once; read only: a test that
+    changes it works on a copy)."""
+    src = tmp_path_factory.mktemp("store") / "src"
     recs = list(datasets.iter_blocks(24)) + list(datasets.iter_small(3000))
     datasets.write_lmdb(str(src), iter(recs))
     return src
 
 
 def test_full_and_incremental_chain_round_trip_equal_local(s3, store, tmp_path):
+    store = shutil.copytree(store, tmp_path / "src")  # changed below
     env = s3.env
     local = tmp_path / "full.dsb"
     assert cli(env, "backup", f"lmdb:{store}", local, "--include-metadata").returncode == 0

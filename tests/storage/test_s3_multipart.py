@@ -28,10 +28,11 @@ def one_line(r: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def big(tmp_path):
-    """A store whose archive takes several 5 MiB parts (~21 MB at level 0)."""
-    src = tmp_path / "big"
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A store whose archive takes several 5 MiB parts (~21 MB at level 0); made once, read
+    only."""
+    src = tmp_path_factory.mktemp("big") / "big"
     datasets.write_lmdb(str(src), datasets.iter_blocks(80))
     return src
 

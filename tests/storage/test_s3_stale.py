@@ -25,16 +25,17 @@ def cli(env, *args, timeout=240):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
-def big(tmp_path):
-    src = tmp_path / "big"
+# the stores are made once per module: the tests only read them
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    src = tmp_path_factory.mktemp("big") / "big"
     datasets.write_lmdb(str(src), datasets.iter_blocks(160))  # ~40 MB: 8 parts of 5 MiB
     return src
 
 
-@pytest.fixture
-def small(tmp_path):
-    src = tmp_path / "small"
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    src = tmp_path_factory.mktemp("small") / "small"
     datasets.write_lmdb(str(src), datasets.iter_small(500))
     return src
 

@@ -53,10 +53,11 @@ def https(s3, pki):
     proxy.stop()
 
 
-@pytest.fixture
-def store(tmp_path):
-    """Blocks enough for an archive of two 5 MiB parts, and small records."""
-    src = tmp_path / "src"
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Blocks enough for an archive of two 5 MiB parts, and small records (made once, read
+    only)."""
+    src = tmp_path_factory.mktemp("store") / "src"
     recs = list(datasets.iter_blocks(48)) + list(datasets.iter_small(2000))
     datasets.write_lmdb(str(src), iter(recs))
     return src
