@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from dsbackup.datastores import open_datastore
 from dsbackup.engine.backup import BackupManager
 from dsbackup.engine.config import BackupConfig
 from dsbackup.errors import ArchiveError, ConfigError
+from tests.support.deadwriter import dead_writer_file, temp_files
 
 CHUNK = 200
 
@@ -28,16 +28,6 @@ def contents(ds) -> list[tuple[bytes, bytes]]:
     for keys, values in ds.scan_batches():
         out += list(zip(keys, values))
     return out
-
-
-def dead_pid() -> int:
-    p = subprocess.Popen(["true"])
-    p.wait()
-    return p.pid
-
-
-def temp_files(d: Path, name: str) -> list[str]:
-    return sorted(n for n in os.listdir(d) if n.startswith(f".{name}.tmp-"))
 
 
 @pytest.fixture
@@ -62,9 +52,7 @@ def killed_at(full: Path, final: Path, chunk: int, *, part: str = "chunk",
         with ArchiveReader(full) as r:
             e = r.index.entry(chunk) if part == "chunk" else r.index.catalog(chunk)
         data = full.read_bytes()[:e.offset + e.length + extra]
-    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
-    tmp.write_bytes(data)
-    return tmp
+    return dead_writer_file(final, data)
 
 
 def resume(tmp_path, store, final, **cfg):

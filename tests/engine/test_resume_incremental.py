@@ -9,7 +9,6 @@ import logging
 import os
 import random
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,8 @@ from dsbackup.engine import parentraw
 from dsbackup.engine.backup import BackupManager
 from dsbackup.engine.config import BackupConfig
 from dsbackup.errors import ArchiveError
+from dsbackup.storage import resumestate
+from tests.support.deadwriter import dead_writer_file, temp_files
 
 CHUNK = 64
 SAME = ("chunks", "records", "raw_bytes", "payload_bytes", "fingerprint",
@@ -30,16 +31,6 @@ SAME = ("chunks", "records", "raw_bytes", "payload_bytes", "fingerprint",
 
 def contents(ds) -> list[tuple[bytes, bytes]]:
     return [kv for keys, values in ds.scan_batches() for kv in zip(keys, values)]
-
-
-def dead_pid() -> int:
-    p = subprocess.Popen(["true"])
-    p.wait()
-    return p.pid
-
-
-def temp_files(d: Path, name: str) -> list[str]:
-    return sorted(n for n in os.listdir(d) if n.startswith(f".{name}.tmp-"))
 
 
 def change(uri: str, seed: int) -> None:
@@ -92,9 +83,7 @@ def killed_at(want: Path, final: Path, seq: int, extra: int = 0) -> Path:
     catalog's when it has one), plus `extra` bytes of what followed."""
     with ArchiveReader(want) as r:
         e = r.index.catalog(seq) if r.index.catalog_count else r.index.entry(seq)
-    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
-    tmp.write_bytes(want.read_bytes()[:e.offset + e.length + extra])
-    return tmp
+    return dead_writer_file(final, want.read_bytes()[:e.offset + e.length + extra])
 
 
 def resume(uri, final, parent, **cfg):
@@ -154,8 +143,7 @@ def test_a_temp_file_without_a_stored_chunk_starts_from_the_first_key(tmp_path, 
     with ArchiveReader(want) as r:
         e = r.index.entry(stored(want)[0])
     final = tmp_path / "a.tar.gz"
-    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
-    tmp.write_bytes(want.read_bytes()[:e.offset + 100])  # the first stored chunk torn
+    dead_writer_file(final, want.read_bytes()[:e.offset + 100])  # the first stored chunk torn
     resume(uri, final, full)
     assert verify_archive(final, deep=True).ok
     assert same_as(final, want)["resumed"][0]["from_seq"] == 0
@@ -192,8 +180,7 @@ def test_a_resumed_resume_is_resumed_again(tmp_path, chain):
     final.unlink()
     with ArchiveReader(want) as w:
         e = w.index.entry(seqs[-2])
-    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
-    tmp.write_bytes(first[:e.offset + e.length])  # the first resume's bytes, killed later
+    tmp = dead_writer_file(final, first[:e.offset + e.length])  # the first resume's, killed
     os.setxattr(tmp, "user.dsbackup.resumed",
                 b'[{"epoch": 1, "from_seq": %d, "snapshot": null}]' % (seqs[1] + 1))
     resume(uri, final, full)
@@ -273,7 +260,6 @@ def test_a_flatfs_incremental_is_resumed(tmp_path):
 
 def test_an_encrypted_incremental_is_resumed_under_a_new_epoch(tmp_path, chain):
     from dsbackup.archive.crypto import KeyMaterial, using_key
-    from dsbackup.storage import resumestate
 
     src = tmp_path / "src"  # a copy: this test changes the store
     shutil.copytree(chain[0].removeprefix("lmdb:"), src)
@@ -290,12 +276,8 @@ def test_an_encrypted_incremental_is_resumed_under_a_new_epoch(tmp_path, chain):
         seqs = [i for i in range(r.chunk_count) if not r.index.entry(i).in_parent]
         e = r.index.entry(seqs[len(seqs) // 2])
     final = tmp_path / "a.tar.gz"
-    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
-    tmp.write_bytes(want.read_bytes()[:e.offset + e.length + 99])
-    try:
-        os.setxattr(tmp, resumestate.SEALING_XATTR, resumestate.WRITING)
-    except OSError:
-        pytest.skip("no user extended attributes on this filesystem")
+    dead_writer_file(final, want.read_bytes()[:e.offset + e.length + 99],
+                     sealing=resumestate.WRITING)
     resume(uri, final, full, encryption=key)
     with using_key(key):
         assert verify_archive(final, deep=True).ok
@@ -367,21 +349,20 @@ def test_a_paged_incremental_resumes_from_its_last_page(tmp_path, paged_chain, c
     uri, full, want = paged_chain
     seqs = stored(want)
     final = tmp_path / "a.tar.gz"
-    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
     data = want.read_bytes()
     if cut == "mid-page":  # a stored chunk in page 2: cut back to the end of page 1
         seq = next(s for s in seqs if 512 <= s < 768)
         with ArchiveReader(want) as r:
             e = r.index.entry(seq)
-        tmp.write_bytes(data[:e.offset + e.length + 20])
+        dead_writer_file(final, data[:e.offset + e.length + 20])
         kept = 2
     elif cut == "after-page":
-        tmp.write_bytes(data[:page_end(want, 3)])
+        dead_writer_file(final, data[:page_end(want, 3)])
         kept = 4
     else:
         with ArchiveReader(want) as r:
             e = r.index.entry(seqs[1])
-        tmp.write_bytes(data[:e.offset + e.length])
+        dead_writer_file(final, data[:e.offset + e.length])
         kept = 0
     resume(uri, final, full)
     assert verify_archive(final, deep=True).ok
@@ -414,7 +395,6 @@ def test_a_page_whose_references_are_not_the_parents_is_not_kept(tmp_path, paged
 
 def test_an_encrypted_paged_incremental_is_resumed(tmp_path, monkeypatch):
     from dsbackup.archive.crypto import KeyMaterial, using_key
-    from dsbackup.storage import resumestate
 
     monkeypatch.setenv("DSBACKUP_TEST_PAGE_ENTRIES", "256")
     key = KeyMaterial(key=b"e" * 32)
@@ -432,12 +412,8 @@ def test_an_encrypted_paged_incremental_is_resumed(tmp_path, monkeypatch):
         assert r.paged and r.index.page_count >= 2
         root = r.index._root[1]
     final = tmp_path / "a.tar.gz"
-    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
-    tmp.write_bytes(want.read_bytes()[:int(root["offset"]) + int(root["length"]) + 500])
-    try:
-        os.setxattr(tmp, resumestate.SEALING_XATTR, resumestate.WRITING)
-    except OSError:
-        pytest.skip("no user extended attributes on this filesystem")
+    dead_writer_file(final, want.read_bytes()[:int(root["offset"]) + int(root["length"]) + 500],
+                     sealing=resumestate.WRITING)
     resume(uri, final, full, encryption=key)
     with using_key(key):
         assert verify_archive(final, deep=True).ok

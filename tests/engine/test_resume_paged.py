@@ -5,8 +5,6 @@ the kept chunks, and goes on from the next chunk. Pages of 256 chunks
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from dsbackup.engine.backup import BackupManager
 from dsbackup.engine.config import BackupConfig
 from dsbackup.errors import ArchiveError
 from dsbackup.storage import resumestate
+from tests.support.deadwriter import dead_writer_file
 
 PAGE = 256
 KEY = KeyMaterial(key=b"p" * 32)
@@ -50,16 +49,7 @@ def backup(store, final, **cfg):
 
 
 def killed_copy(data: bytes, final: Path, sealed: bool) -> Path:
-    p = subprocess.Popen(["true"])
-    p.wait()
-    tmp = final.with_name(f".{final.name}.tmp-{p.pid}-0123456789ab")
-    tmp.write_bytes(data)
-    if sealed:
-        try:
-            os.setxattr(tmp, resumestate.SEALING_XATTR, resumestate.WRITING)
-        except OSError:
-            pytest.skip("no user extended attributes on this filesystem")
-    return tmp
+    return dead_writer_file(final, data, sealing=resumestate.WRITING if sealed else None)
 
 
 def cut(archive: Path, chunk: int, extra: int, key=None) -> bytes:

@@ -7,9 +7,7 @@ leaves (user.dsbackup.sealing = writing)."""
 from __future__ import annotations
 
 import errno
-import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from dsbackup.engine.backup import BackupManager
 from dsbackup.engine.config import BackupConfig
 from dsbackup.errors import ArchiveError, WrongKeyError
 from dsbackup.storage import resumestate
+from tests.support.deadwriter import dead_writer_file
 from tests.support.nonces import no_nonce_reuse
 
 CHUNK = 200
@@ -51,12 +50,6 @@ def contents(uri: str) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def dead_pid() -> int:
-    p = subprocess.Popen(["true"])
-    p.wait()
-    return p.pid
-
-
 def backup(store, final, key=KEY, **cfg):
     c = dict(chunk_size=CHUNK, workers=2, encryption=key)
     c.update(cfg)
@@ -66,18 +59,7 @@ def backup(store, final, key=KEY, **cfg):
 def killed_copy(data: bytes, final: Path, *, sealing: bytes | None = resumestate.WRITING,
                 epochs: list | None = None) -> Path:
     """A dead writer's temp file for `final` holding `data`, with its resume notes."""
-    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
-    tmp.write_bytes(data)
-    try:
-        if sealing is not None:
-            os.setxattr(tmp, resumestate.SEALING_XATTR, sealing)
-        if epochs is not None:
-            os.setxattr(tmp, resumestate.EPOCHS_XATTR, json.dumps(epochs).encode())
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EPERM):
-            pytest.skip("no user extended attributes on this filesystem")
-        raise
-    return tmp
+    return dead_writer_file(final, data, sealing=sealing, epochs=epochs)
 
 
 def member_end_of(archive: Path, chunk: int, key=KEY, catalog: bool = False) -> int:
@@ -193,8 +175,7 @@ def test_without_user_xattrs_encrypted_resume_is_refused(tmp_path, store, monkey
     backup(store, full)  # the backup itself works
     assert BackupManager().verify_backup(full, deep=True, key=KEY).ok
     final = tmp_path / "a.tar.gz"
-    tmp = final.with_name(f".{final.name}.tmp-{dead_pid()}-0123456789ab")
-    tmp.write_bytes(full.read_bytes()[:member_end_of(full, 5) + 50])
+    tmp = dead_writer_file(final, full.read_bytes()[:member_end_of(full, 5) + 50])
     with pytest.raises(ArchiveError, match="has no sealing state"):
         backup(store, final, resume=True)
     assert tmp.exists()
