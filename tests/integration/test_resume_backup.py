@@ -5,19 +5,13 @@ and `inspect` record the resume (docs/FORMAT.md §11.5)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 from dsbackup import datasets
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.datastores import open_datastore
-
-
-def temp_files(d, name):
-    return [d / n for n in os.listdir(d) if n.startswith(f".{name}.tmp-")]
+from tests.support.deadwriter import sigkill_when_temp_over, temp_paths
 
 
 def contents(uri):
@@ -41,18 +35,7 @@ def test_sigkill_then_resume(tmp_path, cli_env):
     size = archive.stat().st_size
     archive.unlink()
 
-    p = subprocess.Popen(cmd, env=cli_env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and p.poll() is None:
-        tmps = temp_files(out, archive.name)
-        if tmps and tmps[0].stat().st_size > size // 3:
-            break
-        time.sleep(0.001)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert not archive.exists(), "killed too late: the backup had finished"
-    [tmp] = temp_files(out, archive.name)
+    tmp = sigkill_when_temp_over(cmd, cli_env, out, archive.name, size // 3)
     killed_size = tmp.stat().st_size
 
     # other settings: refused, exit 2, the file kept as it was
@@ -60,12 +43,12 @@ def test_sigkill_then_resume(tmp_path, cli_env):
                        text=True)
     assert r.returncode == 2 and "cannot resume" in r.stderr and "chunk_size" in r.stderr
     assert "Traceback" not in r.stderr
-    assert temp_files(out, archive.name) == [tmp] and tmp.stat().st_size == killed_size
+    assert temp_paths(out, archive.name) == [tmp] and tmp.stat().st_size == killed_size
 
     r = subprocess.run([*cmd, "--resume"], env=cli_env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr
-    assert temp_files(out, archive.name) == []
+    assert temp_paths(out, archive.name) == []
     v = subprocess.run([sys.executable, "-m", "dsbackup", "verify", str(archive)],
                        env=cli_env, capture_output=True, text=True)
     assert v.returncode == 0, v.stdout + v.stderr

@@ -6,40 +6,18 @@ exactly the store, and `inspect` shows both resumes (docs/FORMAT.md §11.5)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 from dsbackup import datasets
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.datastores import open_datastore
-
-
-def temp_files(d, name):
-    return [d / n for n in os.listdir(d) if n.startswith(f".{name}.tmp-")]
+from tests.support.deadwriter import sigkill_when_temp_over, temp_paths
 
 
 def contents(uri):
     with open_datastore(uri, readonly=True) as ds:
         return [kv for keys, values in ds.scan_batches() for kv in zip(keys, values)]
-
-
-def kill_when(cmd, env, out, name, size):
-    """Run `cmd`, SIGKILL it once its temp file is over `size` bytes; the temp file."""
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and p.poll() is None:
-        tmps = temp_files(out, name)
-        if tmps and tmps[0].stat().st_size > size:
-            break
-        time.sleep(0.001)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert not (out / name).exists(), "killed too late: the backup had finished"
-    [tmp] = temp_files(out, name)
-    return tmp
 
 
 def test_sigkill_an_incremental_then_resume_twice(tmp_path, cli_env):
@@ -69,7 +47,7 @@ def test_sigkill_an_incremental_then_resume_twice(tmp_path, cli_env):
     assert 0 < want["referenced_chunks"] < want["chunks"] - 100
     archive.unlink()
 
-    tmp = kill_when(cmd, cli_env, out, archive.name, size // 4)
+    tmp = sigkill_when_temp_over(cmd, cli_env, out, archive.name, size // 4)
     killed = tmp.read_bytes()
 
     # another parent, or none: refused, exit 2, the file kept as it was
@@ -78,15 +56,15 @@ def test_sigkill_an_incremental_then_resume_twice(tmp_path, cli_env):
                            capture_output=True, text=True)
         assert r.returncode == 2 and "cannot resume" in r.stderr and "parent is" in r.stderr
         assert "Traceback" not in r.stderr
-        assert temp_files(out, archive.name) == [tmp] and tmp.read_bytes() == killed
+        assert temp_paths(out, archive.name) == [tmp] and tmp.read_bytes() == killed
 
     # the resume is itself killed further on, then resumed again
-    tmp = kill_when([*cmd, "--resume"], cli_env, out, archive.name, size // 2)
+    tmp = sigkill_when_temp_over([*cmd, "--resume"], cli_env, out, archive.name, size // 2)
     assert tmp.stat().st_size > len(killed) // 2
     r = subprocess.run([*cmd, "--resume"], env=cli_env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr and "of them references" in r.stderr
-    assert temp_files(out, archive.name) == []
+    assert temp_paths(out, archive.name) == []
 
     v = subprocess.run([sys.executable, "-m", "dsbackup", "verify", str(archive)],
                        env=cli_env, capture_output=True, text=True)
@@ -151,12 +129,12 @@ def test_a_resume_that_fails_before_writing_keeps_the_file(tmp_path, cli_env):
            "--resume"]
     r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True)
     assert r.returncode == 2 and "stray.txt" in r.stderr and "Traceback" not in r.stderr
-    [kept] = temp_files(out, archive.name)
+    [kept] = temp_paths(out, archive.name)
     assert kept.read_bytes() == want.read_bytes()[:e.offset + e.length]
     (shard / "stray.txt").unlink()
     r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "resuming" in r.stderr and temp_files(out, archive.name) == []
+    assert "resuming" in r.stderr and temp_paths(out, archive.name) == []
     with ArchiveReader(archive) as a, ArchiveReader(want) as w:
         assert a.summary["fingerprint"] == w.summary["fingerprint"]
         assert a.summary["raw_bytes"] == w.summary["raw_bytes"]

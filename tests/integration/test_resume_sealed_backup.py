@@ -5,24 +5,17 @@ different members in any state the file was in (docs/FORMAT.md §11.4, §11.5)."
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 from dsbackup import datasets
 from dsbackup.archive.crypto import KeyMaterial
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.datastores import open_datastore
+from tests.support.deadwriter import sigkill_when_temp_over, temp_paths
 from tests.support.nonces import no_nonce_reuse
 
 PASSPHRASE = b"resume me, not my nonces"
-
-
-def temp_files(d: Path, name: str) -> list[Path]:
-    return [d / n for n in os.listdir(d) if n.startswith(f".{name}.tmp-")]
 
 
 def contents(uri: str) -> list[tuple[bytes, bytes]]:
@@ -36,26 +29,6 @@ def contents(uri: str) -> list[tuple[bytes, bytes]]:
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dsbackup", *args], env=env,
                           capture_output=True, text=True)
-
-
-def kill_when(cmd: list[str], env: dict[str, str], out: Path, name: str, size: int) -> bytes:
-    """Start `cmd`, SIGKILL it once a temp file of `name` is over `size` bytes; the temp
-    file's bytes right after the kill."""
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and p.poll() is None:
-        tmps = temp_files(out, name)
-        try:
-            if tmps and tmps[0].stat().st_size > size:
-                break
-        except FileNotFoundError:  # renamed by a resume meanwhile
-            pass
-        time.sleep(0.001)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert not (out / name).exists(), "killed too late: the backup had finished"
-    [tmp] = temp_files(out, name)
-    return tmp.read_bytes()
 
 
 def test_sigkill_encrypted_then_resume_twice(tmp_path, cli_env):
@@ -75,8 +48,8 @@ def test_sigkill_encrypted_then_resume_twice(tmp_path, cli_env):
     size = archive.stat().st_size
     archive.unlink()
 
-    first = kill_when(cmd, env, out, archive.name, size // 4)
-    [tmp] = temp_files(out, archive.name)
+    first = sigkill_when_temp_over(cmd, env, out, archive.name, size // 4).read_bytes()
+    [tmp] = temp_paths(out, archive.name)
 
     # a wrong passphrase, or no key: exit 2, the file untouched
     bad = tmp_path / "bad"
@@ -88,13 +61,14 @@ def test_sigkill_encrypted_then_resume_twice(tmp_path, cli_env):
                        capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert r.returncode == 2 and "encrypted archive; give --encrypt" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
-    assert temp_files(out, archive.name) == [tmp] and tmp.read_bytes() == first
+    assert temp_paths(out, archive.name) == [tmp] and tmp.read_bytes() == first
 
     # the resume, killed too once it has written more than the first run had
-    second = kill_when([*cmd, "--resume"], env, out, archive.name, len(first) + size // 4)
+    second = sigkill_when_temp_over([*cmd, "--resume"], env, out, archive.name,
+                                    len(first) + size // 4).read_bytes()
     r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "resuming" in r.stderr and temp_files(out, archive.name) == []
+    assert "resuming" in r.stderr and temp_paths(out, archive.name) == []
 
     v = run(["verify", "--passphrase-file", str(pfile), str(archive)], env)
     assert v.returncode == 0, v.stdout + v.stderr
@@ -130,7 +104,7 @@ def test_sigkill_paged_then_resume(tmp_path, cli_env):
     size = archive.stat().st_size
     archive.unlink()
 
-    kill_when(cmd, env, out, archive.name, size // 2)
+    sigkill_when_temp_over(cmd, env, out, archive.name, size // 2)
     r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     v = run(["verify", str(archive)], env)

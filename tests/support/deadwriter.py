@@ -7,7 +7,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -43,4 +45,30 @@ def dead_writer_file(final: Path, data: bytes, *, sealing: bytes | None = None,
         if exc.errno in (errno.ENOTSUP, errno.EPERM):
             pytest.skip("no user extended attributes on this filesystem")
         raise
+    return tmp
+
+
+def temp_paths(d: Path, name: str) -> list[Path]:
+    """The temp files of archive `name` in directory `d`, as paths."""
+    return [d / n for n in temp_files(d, name)]
+
+
+def sigkill_when_temp_over(cmd: list[str], env: dict[str, str], out: Path, name: str,
+                           size: int) -> Path:
+    """Start `cmd` (a backup to `out/name`), SIGKILL it once its temp file is over `size`
+    bytes; that temp file, as the kill left it."""
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and p.poll() is None:
+        tmps = temp_paths(out, name)
+        try:
+            if tmps and tmps[0].stat().st_size > size:
+                break
+        except FileNotFoundError:  # renamed by a resume meanwhile
+            pass
+        time.sleep(0.001)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (out / name).exists(), "killed too late: the backup had finished"
+    [tmp] = temp_paths(out, name)
     return tmp
