@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup.archive import crypto
 from dsbackup.archive import format as fmt
+from dsbackup.archive.chunkcodec import decode_zstd_chunk
 from dsbackup.archive.epochs import epoch_at, resumed_runs
 from dsbackup.archive.index import ChunkEntry, Index
-from dsbackup.archive.chunkcodec import decode_zstd_chunk
 from dsbackup.archive.member import decode_member, inflate_sealed_body
 from dsbackup.archive.node import NodeFile, decode_node
 from dsbackup.errors import (

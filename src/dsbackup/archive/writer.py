@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from dsbackup import codec as codecs
 from dsbackup._ext.checksum import Xxh3_128, stored_tar_member, xxh3_64
 from dsbackup._ext.compress import Body as NativeBody
 from dsbackup._ext.compress import deflate_body, tar_header
-from dsbackup import codec as codecs
 from dsbackup.archive import format as fmt
 from dsbackup.archive.crypto import KeyMaterial, PendingKey, sealed_size
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder

@@ -36,8 +36,8 @@ from typing import Any
 
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup._ext.compress import deflate_body
-from dsbackup.codec import deflate_level
 from dsbackup.allocator import tune_allocator
+from dsbackup.codec import deflate_level
 from dsbackup.pipeline.central import ChunkSettings
 from dsbackup.pipeline.sources import open_source
 
