@@ -268,3 +268,18 @@ def zstd_decode(const unsigned char[::1] buf, uint64_t frame_len, uint64_t conte
         raise MemberError(f"zstd chunk: the frame decompresses to {ob.pos} bytes, declared "
                           f"{content_len}")
     return out, c, digest
+
+
+def zstd_content_size(const unsigned char[::1] frame) -> int:
+    """The content size a zstd frame's header declares; -1 when it declares none, -2 when
+    ``frame`` does not start with a valid zstd frame header."""
+    cdef size_t n = frame.shape[0]
+    cdef unsigned long long fcs
+    if n == 0:
+        return -2
+    fcs = ZSTD_getFrameContentSize(&frame[0], n)
+    if fcs == ZSTD_CONTENTSIZE_ERROR:
+        return -2
+    if fcs == ZSTD_CONTENTSIZE_UNKNOWN:
+        return -1
+    return fcs

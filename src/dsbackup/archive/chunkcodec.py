@@ -12,6 +12,7 @@ from dsbackup._ext.compress import (
     STORED_TAR_PREFIX,
     MemberError,
     parse_tar_header,
+    zstd_content_size,
     zstd_decode,
 )
 from dsbackup.archive import format as fmt
@@ -91,3 +92,23 @@ def _checked(payload: bytes, entry: Any, fail: Any) -> memoryview:
     if xxh3_64(payload) != entry.payload_xxh3:
         raise fail("payload XXH3 mismatch")
     return memoryview(payload)
+
+
+def frame_payload(frame: bytes | memoryview, where: str, chunk: int | None = None) -> bytes:
+    """The payload of a zstd chunk's frame found without an index (salvage, a resumed
+    backup's rescan): its length is the frame's declared content size, bounded by the
+    format's maximum ratio; the caller checks the records (scan_payload)."""
+    def fail(msg: str) -> IntegrityError:
+        return IntegrityError(f"{where}: {msg}", chunk=chunk)
+
+    n = zstd_content_size(frame)
+    if n < 0:
+        raise fail("zstd chunk: " + ("the frame does not declare its content size" if n == -1
+                                     else "not a zstd frame (bad magic or frame header)"))
+    if n > ZSTD_MAX_RATIO * len(frame) + 1024:
+        raise fail(f"declares {n} bytes of payload, impossible from a {len(frame)}-byte zstd "
+                   "frame (decompression bomb or damage)")
+    try:
+        return zstd_decode(frame, len(frame), n, False)[0]
+    except MemberError as exc:
+        raise fail(str(exc)) from None
