@@ -81,7 +81,8 @@ compare: install
 	$(VPY) benchmarks/compare.py
 
 # A wheel that installs without compilers or -dev packages: pip builds it (PEP 517, isolated),
-# auditwheel copies libisal, libxxhash, liblmdb and libcrypto (OpenSSL, linked by ext/seal.pyx)
+# auditwheel copies libisal, libxxhash, liblmdb, libzstd (ext/compress.pyx) and libcrypto
+# (OpenSSL, linked by ext/seal.pyx)
 # into it and retags it manylinux — the same
 # repair cibuildwheel runs for the release wheels (pyproject's [tool.cibuildwheel]).
 wheel: dist/.wheel-built
