@@ -192,6 +192,33 @@ cdef int _zstd_walk(ZSTD_DCtx *dc, const unsigned char *buf, size_t n, uint64_t 
     return ZD_OK if done else ZD_ESHORT
 
 
+# ZSTD_d_stableOutBuffer (ZSTD_d_experimentalParam2): the output buffer stays the same across
+# ZSTD_decompressStream calls, so frames decode straight into it, without a window buffer and
+# its copy. An enum value passed to the stable ZSTD_DCtx_setParameter; a library that does
+# not know it refuses it and decodes through its window (the same bytes).
+cdef int ZD_STABLE_OUT = 1001
+
+
+cdef class _Dctx:
+    """A thread's reused zstd decoder (see zstd_decode)."""
+
+    cdef ZSTD_DCtx *dc
+    cdef bint stable
+
+    def __cinit__(self):
+        self.dc = ZSTD_createDCtx()
+        if self.dc == NULL:
+            raise MemoryError("zstd_decode: cannot allocate a decoder")
+        self.stable = not ZSTD_isError(ZSTD_DCtx_setParameter(
+            self.dc, <ZSTD_dParameter>ZD_STABLE_OUT, 1))
+
+    def __dealloc__(self):
+        ZSTD_freeDCtx(self.dc)
+
+    def __reduce__(self):
+        raise TypeError("decoder state cannot be pickled")
+
+
 _ZD_TEXT = {ZD_EBLOCK: "invalid or truncated stored block",
             ZD_ESHAPE: "stored blocks of the wrong lengths (every block but the last must hold "
                        "65535 bytes, all of them the padded frame)",
@@ -213,6 +240,7 @@ def zstd_decode(const unsigned char[::1] buf, uint64_t frame_len, uint64_t conte
     cdef const unsigned char *first
     cdef unsigned long long fcs
     cdef int wl = 10, r
+    cdef _Dctx holder
     cdef ZSTD_DCtx *dc
     cdef ZSTD_outBuffer ob
     cdef XXH3_state_t *xs
@@ -247,18 +275,22 @@ def zstd_decode(const unsigned char[::1] buf, uint64_t frame_len, uint64_t conte
     ob.dst = PyBytes_AS_STRING(out)
     ob.size = content_len
     ob.pos = 0
-    dc = ZSTD_createDCtx()
+    holder = getattr(_tls, "dctx", None)
+    if holder is None:
+        holder = _Dctx()
+        _tls.dctx = holder
+    dc = holder.dc
     xs = XXH3_createState()
-    if dc == NULL or xs == NULL:
-        ZSTD_freeDCtx(dc)
-        XXH3_freeState(xs)
-        raise MemoryError("zstd_decode: cannot allocate a decoder")
+    if xs == NULL:
+        raise MemoryError("zstd_decode: cannot allocate an XXH3 state")
     with nogil:
+        ZSTD_DCtx_reset(dc, ZSTD_reset_session_only)
         ZSTD_DCtx_setParameter(dc, ZSTD_d_windowLogMax, wl)
         XXH3_64bits_reset(xs)
         r = _zstd_walk(dc, p, n, frame_len, stored, &ob, &c, xs, &zerr)
         digest = XXH3_64bits_digest(xs)
-    ZSTD_freeDCtx(dc)
+        if r != ZD_OK:  # a failed frame leaves the decoder mid-frame
+            ZSTD_DCtx_reset(dc, ZSTD_reset_session_only)
     XXH3_freeState(xs)
     if r == ZD_EZSTD:
         raise MemberError(f"zstd chunk: {ZSTD_getErrorName(zerr).decode('ascii', 'replace')}")
