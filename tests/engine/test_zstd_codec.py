@@ -25,7 +25,7 @@ from dsbackup.archive.verify import verify_archive
 from dsbackup.datastores import open_datastore
 from dsbackup.engine.backup import BackupManager
 from dsbackup.engine.config import BackupConfig
-from dsbackup.errors import ConfigError
+from dsbackup.errors import ArchiveError, ConfigError
 from tests.support.deadwriter import sigkill_when_temp_over, temp_files
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -255,3 +255,22 @@ def test_salvage_of_a_truncated_zstd_archive(tmp_path):
         got.append(c.seq)
     assert got == list(range(10))
     assert rep.damaged and not rep.complete
+
+
+def test_resume_with_the_other_codec_is_refused_and_the_file_kept(tmp_path):
+    from tests.support.deadwriter import dead_writer_file
+
+    uri = make_store(tmp_path, "lmdb", records(1500, seed=8))
+    full = tmp_path / "full.tar.gz"
+    BackupManager(BackupConfig(codec="zstd", workers=1, chunk_size=20)).create_backup(uri, full)
+    with ArchiveReader(full) as r:
+        e = r.entry(5)
+    final = tmp_path / "a.tar.gz"
+    tmp = dead_writer_file(final, full.read_bytes()[:e.offset + e.length])
+    with pytest.raises(ArchiveError, match="cannot resume.*engine is \"zstd-1\" there"):
+        BackupManager(BackupConfig(workers=1, chunk_size=20, resume=True)).create_backup(
+            uri, final)
+    assert tmp.exists() and not final.exists()
+    meta = BackupManager(BackupConfig(codec="zstd", workers=1, chunk_size=20, resume=True)
+                         ).create_backup(uri, final)
+    assert meta.total_keys == 1500 and verify_archive(final, deep=True).ok
