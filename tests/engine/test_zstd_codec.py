@@ -274,3 +274,53 @@ def test_resume_with_the_other_codec_is_refused_and_the_file_kept(tmp_path):
     meta = BackupManager(BackupConfig(codec="zstd", workers=1, chunk_size=20, resume=True)
                          ).create_backup(uri, final)
     assert meta.total_keys == 1500 and verify_archive(final, deep=True).ok
+
+
+def test_resume_of_an_encrypted_zstd_backup(tmp_path, monkeypatch):
+    from dsbackup.storage import resumestate
+    from tests.support.deadwriter import dead_writer_file
+
+    recs = records(2000, seed=10)
+    uri = make_store(tmp_path, "lmdb", recs)
+    key = KeyMaterial(key=b"k" * 32)
+    cfg = dict(codec="zstd", workers=2, chunk_size=20, encryption=key, include_metadata=True)
+    full = tmp_path / "full.tar.gz"
+    BackupManager(BackupConfig(**cfg)).create_backup(uri, full)
+    with ArchiveReader(full, key=key) as r:
+        e = r.index.catalog(7)
+    final = tmp_path / "a.tar.gz"
+    dead_writer_file(final, full.read_bytes()[:e.offset + e.length + 100],
+                     sealing=resumestate.WRITING)
+    meta = BackupManager(BackupConfig(resume=True, **cfg)).create_backup(uri, final)
+    assert meta.total_keys == len(recs)
+    with ArchiveReader(final, key=key) as r:
+        assert r.flags == fmt.FLAG_ENCRYPTED | fmt.FLAG_ZSTD
+        assert r.summary["resumed"][0]["from_seq"] == 8
+    with crypto.using_key(key):
+        assert verify_archive(final, deep=True, threads=2).ok
+    dst = f"lmdb:{tmp_path / 'dst'}"
+    BackupManager(BackupConfig(workers=2)).restore_backup(final, dst, key=key)
+    assert contents(dst) == recs
+
+
+def test_cli_codec_and_level_errors_and_inspect(tmp_path):
+    uri = make_store(tmp_path, "lmdb", records(300, seed=11))
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+
+    def cli(*a: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dsbackup", *a], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    out = tmp_path / "a.tar.gz"
+    for args, msg in ((["--codec", "zst"], "invalid choice: 'zst'"),
+                      (["--codec", "zstd", "--level", "20"], "1-19 for codec zstd, got 20"),
+                      (["--codec", "zstd", "--level", "0"], "1-19 for codec zstd, got 0"),
+                      (["--level", "12"], "must be 0-9, got 12"),
+                      (["--codec", "zstd", "--format", "go"], "--format go has no zstd")):
+        r = cli("backup", uri, str(out), *args)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr and not out.exists()
+    r = cli("backup", uri, str(out), "--codec", "zstd", "--level", "9")
+    assert r.returncode == 0, r.stderr
+    r = cli("inspect", str(out))
+    assert r.returncode == 0 and "zstd level 9 (zstd-9)" in r.stdout
