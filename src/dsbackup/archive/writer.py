@@ -305,12 +305,6 @@ class ArchiveWriter:
     def codec(self) -> str:
         return codecs.ZSTD if self.zstd else codecs.GZIP
 
-    def chunk_level(self, level: int) -> int:
-        """The chunk level (dsbackup.codec) the chunks given to add_chunk must be compressed
-        with: this archive's codec at `level`, a bare frame when it is encrypted."""
-        return codecs.chunk_level(self.codec, level, sealed=self._cipher is not None
-                                  or self._pending_key is not None)
-
     def _payload_len(self, seq: int, body: Body) -> int:
         """The payload length of a chunk body, after checking that the body is in this
         archive's codec (a body of another codec would make a wrong archive)."""
