@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip -q --disable-pip-version-check
-APT_PACKAGES := libisal-dev libxxhash-dev liblmdb-dev zlib1g-dev libssl-dev pkg-config
+APT_PACKAGES := libisal-dev libxxhash-dev liblmdb-dev zlib1g-dev libssl-dev libzstd-dev pkg-config
 NATIVE_SOURCES := $(wildcard ext/*.pyx ext/*.pxd ext/*.pxi ext/*.h) setup.py pyproject.toml
 PACKAGE_SOURCES := $(NATIVE_SOURCES) $(shell find src -name '*.py' -o -name '*.pyi' 2>/dev/null)
 # Which interpreter the venv was made from: a different PYTHON= makes a new venv.
@@ -81,7 +81,8 @@ compare: install
 	$(VPY) benchmarks/compare.py
 
 # A wheel that installs without compilers or -dev packages: pip builds it (PEP 517, isolated),
-# auditwheel copies libisal, libxxhash, liblmdb and libcrypto (OpenSSL, linked by ext/seal.pyx)
+# auditwheel copies libisal, libxxhash, liblmdb, libzstd (ext/compress.pyx) and libcrypto
+# (OpenSSL, linked by ext/seal.pyx)
 # into it and retags it manylinux — the same
 # repair cibuildwheel runs for the release wheels (pyproject's [tool.cibuildwheel]).
 wheel: dist/.wheel-built

@@ -30,10 +30,11 @@ LIBRARIES = {
     "lmdb": ("DSBACKUP_LMDB_PREFIX", "lmdb", "lmdb", "liblmdb-dev"),
     "zlib": ("DSBACKUP_ZLIB_PREFIX", "zlib", "z", "zlib1g-dev"),
     "openssl": ("DSBACKUP_OPENSSL_PREFIX", "libcrypto", "crypto", "libssl-dev"),
+    "zstd": ("DSBACKUP_ZSTD_PREFIX", "libzstd", "zstd", "libzstd-dev"),
 }
 # libraries linked into every module, and those linked only into the named modules
 COMMON_LIBRARIES = ("isal", "xxhash", "lmdb", "zlib")
-MODULE_LIBRARIES = {"seal": ("openssl",)}
+MODULE_LIBRARIES = {"seal": ("openssl",), "compress": ("zstd",)}
 
 
 def _pkg_config(name: str) -> tuple[list[str], list[str], list[str]] | None:

@@ -283,7 +283,9 @@ cdef int _validate_batch(ds_chunker *c, const unsigned char **kp, size_t *kl, Py
 
 
 cdef _check_level(int level):
-    if level < 0 or level > 9:
+    # a deflate level, or a zstd chunk level (DS_ZSTD_STORED/DS_ZSTD_FRAME + 1..19)
+    if not (0 <= level <= 9 or DS_ZSTD_STORED < level <= DS_ZSTD_STORED + DS_ZSTD_MAX_LEVEL
+            or DS_ZSTD_FRAME < level <= DS_ZSTD_FRAME + DS_ZSTD_MAX_LEVEL):
         raise ValueError(f"compression level must be 0..9, got {level}")
 
 

@@ -14,11 +14,23 @@ cdef enum:
     DS_ELEVEL = -2
     DS_EENGINE = -3
     DS_ETOOBIG = -4
+    # chunk codec in the level argument of deflate_body (docs/FORMAT.md §11.6): a level of
+    # DS_ZSTD_STORED + L is zstd level L, the frame in stored deflate blocks (an unencrypted
+    # archive's chunk body); DS_ZSTD_FRAME + L the bare frame (the plaintext sealed in an
+    # encrypted archive). 0..9 stay deflate levels.
+    DS_ZSTD_STORED = 100
+    DS_ZSTD_FRAME = 200
+    DS_ZSTD_MAX_LEVEL = 19
+    # ds_body.codec
+    DS_CODEC_DEFLATE = 0
+    DS_CODEC_ZSTD_STORED = 1
+    DS_CODEC_ZSTD_FRAME = 2
     # the library call behind a DS_EENGINE (ds_deflater.lib)
     DS_LIB_ISAL_DEFLATE = 1
     DS_LIB_Z_RESET = 2
     DS_LIB_Z_INIT = 3
     DS_LIB_Z_DEFLATE = 4
+    DS_LIB_ZSTD = 5
 
 
 ctypedef struct ds_body:
@@ -27,7 +39,10 @@ ctypedef struct ds_body:
     size_t cap               # allocated bytes at data (reused by the next deflate_body)
     uint32_t crc             # CRC-32 of input || padding
     uint64_t size            # input length + zero padding
-    uint64_t input_len
+    uint64_t input_len       # bytes of the tar entry data (a zstd body: the frame's length)
+    uint64_t content_len     # the chunk payload's length (= input_len for deflate)
+    uint64_t xxh3            # zstd: XXH3-64 of the frame; deflate: 0
+    int codec                # DS_CODEC_*
 
 
 ctypedef struct ds_deflater:
@@ -41,6 +56,11 @@ ctypedef struct ds_deflater:
     ds_body scratch          # output buffer reused by deflate_body() calls from Python
     int lib                  # the library call behind the last DS_EENGINE (DS_LIB_*), 0 none
     int lib_ret              # its return code (ISA-L or zlib), kept for the message
+    void *zcctx              # ZSTD_CCtx, created on first use, reused
+    int zlevel               # level zcctx is set to, 0 none
+    unsigned char *zbuf      # frame buffer of a stored-block zstd body (reused)
+    size_t zbuf_cap
+    size_t zstd_err          # libzstd's code behind the last DS_LIB_ZSTD error
 
 
 ctypedef struct ds_compress_api:

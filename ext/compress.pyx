@@ -36,7 +36,14 @@ from compress cimport (
     DS_LIB_Z_DEFLATE,
     DS_LIB_Z_INIT,
     DS_LIB_Z_RESET,
+    DS_LIB_ZSTD,
     DS_OK,
+    DS_ZSTD_STORED,
+    DS_ZSTD_FRAME,
+    DS_ZSTD_MAX_LEVEL,
+    DS_CODEC_DEFLATE,
+    DS_CODEC_ZSTD_STORED,
+    DS_CODEC_ZSTD_FRAME,
     ds_body,
     ds_compress_api,
     ds_deflater,
@@ -61,6 +68,46 @@ from libisal cimport (
     isal_inflate,
     isal_inflate_init,
     isal_zstream,
+)
+from libxxhash cimport (
+    XXH3_64bits,
+    XXH3_64bits_digest,
+    XXH3_64bits_reset,
+    XXH3_64bits_update,
+    XXH3_createState,
+    XXH3_freeState,
+    XXH3_state_t,
+)
+from libzstd cimport (
+    ZSTD_CCtx,
+    ZSTD_DCtx,
+    ZSTD_CONTENTSIZE_ERROR,
+    ZSTD_CONTENTSIZE_UNKNOWN,
+    ZSTD_CCtx_reset,
+    ZSTD_CCtx_setParameter,
+    ZSTD_DCtx_reset,
+    ZSTD_DCtx_setParameter,
+    ZSTD_dParameter,
+    ZSTD_c_checksumFlag,
+    ZSTD_c_compressionLevel,
+    ZSTD_c_contentSizeFlag,
+    ZSTD_c_dictIDFlag,
+    ZSTD_compress2,
+    ZSTD_compressBound,
+    ZSTD_createCCtx,
+    ZSTD_createDCtx,
+    ZSTD_d_windowLogMax,
+    ZSTD_decompressStream,
+    ZSTD_freeCCtx,
+    ZSTD_freeDCtx,
+    ZSTD_getDictID_fromFrame,
+    ZSTD_getErrorName,
+    ZSTD_getFrameContentSize,
+    ZSTD_isError,
+    ZSTD_outBuffer,
+    ZSTD_inBuffer,
+    ZSTD_reset_session_only,
+    ZSTD_versionString,
 )
 from libz cimport (
     Z_DEFAULT_STRATEGY,
@@ -107,18 +154,30 @@ class CompressionError(ArchiveError, RuntimeError):
 
 cdef class Body:
     """A compressed member body: raw deflate blocks of ``input || zero padding``. ``data`` is
-    ``bytes``, or a memoryview of a caller's buffer the body was compressed into."""
+    ``bytes``, or a memoryview of a caller's buffer the body was compressed into.
+
+    A zstd chunk body (docs/FORMAT.md §11.6; ``codec`` 1) is the frame || padding in stored
+    blocks: ``input_len`` is the frame's length (the tar entry's), ``xxh3`` the frame's
+    XXH3-64, ``content_len`` the payload's length; ``codec`` 2 is the bare frame (to be
+    sealed). For deflate (``codec`` 0) ``content_len`` = ``input_len`` and ``xxh3`` is 0."""
 
     cdef readonly object data
     cdef readonly uint32_t crc32
     cdef readonly uint64_t size
     cdef readonly uint64_t input_len
+    cdef readonly uint64_t content_len
+    cdef readonly uint64_t xxh3
+    cdef readonly int codec
 
-    def __init__(self, object data, uint32_t crc32, uint64_t size, uint64_t input_len):
+    def __init__(self, object data, uint32_t crc32, uint64_t size, uint64_t input_len,
+                 content_len=None, uint64_t xxh3=0, int codec=0):
         self.data = data
         self.crc32 = crc32
         self.size = size
         self.input_len = input_len
+        self.content_len = input_len if content_len is None else content_len
+        self.xxh3 = xxh3
+        self.codec = codec
 
     def __repr__(self) -> str:
         return (f"Body(len={len(self.data)}, crc32={self.crc32:#010x}, size={self.size}, "
@@ -184,6 +243,9 @@ cdef void deflater_free(ds_deflater *ws) noexcept nogil:
     free(ws.isal)
     free(ws.level_buf)
     free(ws.zeros)
+    if ws.zcctx != NULL:
+        ZSTD_freeCCtx(<ZSTD_CCtx *>ws.zcctx)
+    free(ws.zbuf)
     body_free(&ws.scratch)
     memset(ws, 0, sizeof(ds_deflater))
     ws.z_level = -1
@@ -200,7 +262,7 @@ cdef const char *ds_strerror(int code) noexcept nogil:
     if code == DS_ENOMEM:
         return "out of memory"
     if code == DS_ELEVEL:
-        return "compression level must be 0..9"
+        return "compression level must be 0..9 (gzip) or 1..19 (zstd)"
     if code == DS_EENGINE:
         return "compression engine reported an error"
     if code == DS_ETOOBIG:
@@ -225,6 +287,8 @@ cdef object ds_error_text(const ds_deflater *ws, int code):
     """The message of ``code``; an engine error names the library call and its return code."""
     if code != DS_EENGINE or ws == NULL or ws.lib == 0:
         return ds_strerror(code).decode()
+    if ws.lib == DS_LIB_ZSTD:
+        return f"libzstd: {ZSTD_getErrorName(ws.zstd_err).decode('ascii', 'replace')}"
     if ws.lib == DS_LIB_ISAL_DEFLATE:
         return (f"ISA-L isal_deflate returned {ws.lib_ret} "
                 f"({_ISAL_DEFLATE_ERRORS.get(ws.lib_ret, 'unknown error')})")
@@ -537,6 +601,10 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
     cdef unsigned char *t
     cdef int r = 1, mix = 0
     out.len = 0
+    if level >= DS_ZSTD_STORED:
+        return zstd_body_c(ws, data, n, level, out)
+    out.codec = DS_CODEC_DEFLATE
+    out.xxh3 = 0
     if level < 0 or level > 9:
         return DS_ELEVEL
     if pad_to > 1 and n % pad_to:
@@ -581,14 +649,18 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
         return r
     if r == 0:
         out.crc = write_stored(data, n, pad, out.data, &out.len)
+    out.content_len = n
     return DS_OK
 
 
 cdef size_t body_bound(size_t n, size_t pad_to) noexcept nogil:
-    """Bytes of output buffer with which deflate_body_c of n bytes never reallocates."""
-    cdef size_t total = n
-    if pad_to > 1 and n % pad_to:
-        total += pad_to - n % pad_to
+    """Bytes of output buffer with which deflate_body_c of n bytes never reallocates (either
+    codec: a zstd frame is at most ZSTD_compressBound(n) bytes)."""
+    cdef size_t total = ZSTD_compressBound(n)
+    if total < n:
+        total = n
+    if pad_to > 1 and total % pad_to:
+        total += pad_to - total % pad_to
     return stored_len(total) + 8
 
 
@@ -599,6 +671,9 @@ cdef object body_view(const ds_body *body, object buf):
     b.crc32 = body.crc
     b.size = body.size
     b.input_len = body.input_len
+    b.content_len = body.content_len
+    b.xxh3 = body.xxh3
+    b.codec = body.codec
     return b
 
 
@@ -609,6 +684,9 @@ cdef object body_to_py(const ds_body *body):
     b.crc32 = body.crc
     b.size = body.size
     b.input_len = body.input_len
+    b.content_len = body.content_len
+    b.xxh3 = body.xxh3
+    b.codec = body.codec
     return b
 
 
@@ -632,12 +710,14 @@ _tls = threading.local()
 
 
 def deflate_body(const unsigned char[::1] data, int level, size_t pad_to=512) -> Body:
-    """Compress ``data || zero padding to a multiple of pad_to`` as raw deflate blocks."""
+    """Compress ``data || zero padding to a multiple of pad_to`` as raw deflate blocks; a
+    ``level`` of DS_ZSTD_STORED/DS_ZSTD_FRAME + L gives a zstd body (see Body)."""
     cdef _Deflater d
     cdef size_t n = data.shape[0]
     cdef const unsigned char *p = &data[0] if n else NULL
     cdef int r
-    if level < 0 or level > 9:
+    if not (0 <= level <= 9 or DS_ZSTD_STORED < level <= DS_ZSTD_STORED + DS_ZSTD_MAX_LEVEL
+            or DS_ZSTD_FRAME < level <= DS_ZSTD_FRAME + DS_ZSTD_MAX_LEVEL):
         raise ValueError(f"compression level must be 0..9, got {level}")
     if pad_to == 0:
         raise ValueError("pad_to must be >= 1")
@@ -657,6 +737,7 @@ def deflate_body(const unsigned char[::1] data, int level, size_t pad_to=512) ->
     return body
 
 
+include "zstdcodec.pxi"
 include "tarheader.pxi"
 include "inflate.pxi"
 

@@ -22,7 +22,14 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
 from compiler cimport __builtin_prefetch
-from compress cimport DS_ENOMEM, DS_OK, ds_compress_api
+from compress cimport (
+    DS_ENOMEM,
+    DS_OK,
+    DS_ZSTD_FRAME,
+    DS_ZSTD_MAX_LEVEL,
+    DS_ZSTD_STORED,
+    ds_compress_api,
+)
 from framing cimport (
     FR_ECOMPRESS,
     FR_EKEYLEN,

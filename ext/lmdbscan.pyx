@@ -143,7 +143,8 @@ cdef object _lmdb_error(int rc, str what):
 cdef class LmdbRangeScanner:
     """Chunks of the key range ``[start, end)`` of one read transaction (a fixed snapshot).
 
-    ``level`` 0..9 compresses each chunk (``Chunk.body``); -1 only frames it (body None).
+    ``level`` 0..9 (or a zstd chunk level, dsbackup.codec) compresses each chunk
+    (``Chunk.body``); -1 only frames it (body None).
     """
 
     cdef MDB_env *env
@@ -216,8 +217,9 @@ cdef class LmdbRangeScanner:
         cdef int rc
         cdef const char *cname = NULL
         cdef bytes bpath, bname
-        if level < -1 or level > 9:
-            raise ValueError(f"level must be -1 (frame only) or 0..9, got {level}")
+        if not (-1 <= level <= 9 or 100 < level <= 119 or 200 < level <= 219):
+            raise ValueError(f"level must be -1 (frame only), 0..9 or a zstd chunk level "
+                             f"(dsbackup.codec), got {level}")
         if chunk_size < 1 or chunk_max_bytes < 1:
             raise ValueError("chunk_size and chunk_max_bytes must be >= 1")
         if end is not None and not isinstance(end, bytes):

@@ -2,9 +2,10 @@
 
 Run with that venv's interpreter in isolated mode (`python -I`) from outside the source tree,
 so only the installed wheel can be imported. Checks:
-- the extension modules load and link no libisal/libxxhash/liblmdb/libcrypto from the system
-  (ldd);
-- `dsbackup backup`, `verify`, `restore` of a small generated LMDB store give exit 0;
+- the extension modules load and link no libisal/libxxhash/liblmdb/libcrypto/libzstd from the
+  system (ldd);
+- `dsbackup backup`, `verify`, `restore` of a small generated LMDB store give exit 0, with the
+  default codec and with `--codec zstd` (docs/FORMAT.md §11.6: the bundled libzstd);
 - the restored store equals the source record for record;
 - the public API imports and reads the archive.
 Exits non-zero with a one-line reason on any failure.
@@ -19,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-SYSTEM_LIBS = ("libisal", "libxxhash", "liblmdb", "libcrypto")
+SYSTEM_LIBS = ("libisal", "libxxhash", "liblmdb", "libcrypto", "libzstd")
 
 
 def fail(msg: str) -> None:
@@ -89,11 +90,13 @@ def main() -> None:
         source = tmp / "store"
         records = make_store(source)
         archive = tmp / "store.tar.gz"
-        run_cli("backup", f"lmdb:{source}", str(archive))
-        run_cli("verify", str(archive))
-        run_cli("restore", str(archive), f"lmdb:{tmp / 'restored'}")
-        if read_store(tmp / "restored") != records:
-            fail("the restored store differs from the source")
+        for codec, name in (("gzip", "store.tar.gz"), ("zstd", "zstd.tar.gz")):
+            arc = tmp / name
+            run_cli("backup", f"lmdb:{source}", str(arc), "--codec", codec)
+            run_cli("verify", str(arc))
+            run_cli("restore", str(arc), f"lmdb:{tmp / ('restored-' + codec)}")
+            if read_store(tmp / f"restored-{codec}") != records:
+                fail(f"the store restored from the {codec} archive differs from the source")
         from dsbackup import BackupManager
 
         report = BackupManager().verify_backup(str(archive))
@@ -102,7 +105,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"wheel smoke test ok: {pkg} ({n_so} extension modules, bundled libraries), "
-          f"{len(records)} records backed up, verified and restored exactly")
+          f"{len(records)} records backed up (gzip and zstd), verified and restored exactly")
 
 
 if __name__ == "__main__":

@@ -124,8 +124,8 @@ def test_unknown_version_and_flag_bits(tmp_path):
     _retrailer(p, 0, version=3)
     with pytest.raises(UnsupportedArchive, match="unsupported format version 3"):
         ArchiveReader(p)
-    _retrailer(p, 4)
-    with pytest.raises(IntegrityError, match="unknown subfield flags"):
+    _retrailer(p, 8)  # bit 2 is the zstd codec (§11.6); bit 3 is unknown: unsupported
+    with pytest.raises(UnsupportedArchive, match="unknown subfield flags 0x8"):
         ArchiveReader(p)
 
 

@@ -105,6 +105,13 @@ def test_deflate_body_releases_gil():
     _check_releases(lambda: compress.deflate_body(data, 1))
 
 
+def test_zstd_compress_and_decode_release_gil():
+    data = _text(4 << 20) * 4
+    _check_releases(lambda: compress.deflate_body(data, 101))  # a zstd chunk body
+    body = compress.deflate_body(data, 101)
+    _check_releases(lambda: compress.zstd_decode(body.data, body.input_len, len(data), True))
+
+
 def test_xxh3_and_crc_release_gil():
     data = os.urandom(1 << 20) * 256  # 256 MiB
     _check_releases(lambda: checksum.xxh3_64(data))

@@ -42,7 +42,7 @@ def scan_with_held_chunks(held: int) -> tuple[ParallelScan, list[_Range]]:
     for i in range(held):
         off = i * scan.slot_size
         m[off:off + 100] = bytes([i]) * 100
-        meta = (1, b"k%d" % i, b"k%d" % i, 0, 0, 100, 0, 100, 100, 100)
+        meta = (1, b"k%d" % i, b"k%d" % i, 0, 0, 100, 0, 100, 100, 100, 0, 0, 100)
         ranges[1 + i * 2 // held].chunks.append((0, i, meta, None, None))
     scan._queued[0] = held  # as the loop counts them when their messages arrive
     return scan, ranges

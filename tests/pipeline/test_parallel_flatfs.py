@@ -209,7 +209,7 @@ def test_the_parent_stops_reading_a_planner_that_runs_ahead():
             _, rid, start, _end, _freed, keys = msg
             assert keys == [start or key(0)]
             time.sleep(0.005)
-            meta = (1, keys[0], keys[0], 0, 0, 1, 0, 1, 1, 1)
+            meta = (1, keys[0], keys[0], 0, 0, 1, 0, 1, 1, 1, 0, 0, 1)
             wc.send(("chunk", rid, -1, meta, b"x", None))
             wc.send(("done", rid))
 

@@ -13,10 +13,12 @@ FORMAT_VERSION = 1
 # Version 2 is written only when an archive carries the node member (docs/FORMAT.md §11.1).
 NODE_FORMAT_VERSION = 2
 KNOWN_VERSIONS = (1, 2)
-# Version-2 subfield flags: encrypted (§11.4) and paged index (§11.3), read and written.
+# Version-2 subfield flags: encrypted (§11.4), paged index (§11.3) and zstd chunks (§11.6),
+# read and written.
 FLAG_ENCRYPTED = 1
 FLAG_PAGED = 2
-KNOWN_FLAGS = FLAG_ENCRYPTED | FLAG_PAGED
+FLAG_ZSTD = 4
+KNOWN_FLAGS = FLAG_ENCRYPTED | FLAG_PAGED | FLAG_ZSTD
 
 # gzip member header: ID1 ID2 CM FLG(FEXTRA) MTIME(0) XFL(0) OS(255)
 GZIP_HEAD = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff"
@@ -142,7 +144,8 @@ class Subfield:
 
 def check_version(where: str, version: int, flags: int) -> None:
     """Refuse a version or version-2 feature this build does not read (exit 2:
-    a well-formed archive of another kind, not damage); unknown flag bits are damage."""
+    a well-formed archive of another kind, not damage: the subfield's check has passed);
+    flag bits in a version-1 member are damage."""
     if version not in KNOWN_VERSIONS:
         raise UnsupportedArchive(f"{where}: unsupported format version {version}")
     if version == 1:
@@ -150,7 +153,8 @@ def check_version(where: str, version: int, flags: int) -> None:
             raise IntegrityError(f"{where}: unknown subfield flags {flags:#x}")
         return
     if flags & ~KNOWN_FLAGS:
-        raise IntegrityError(f"{where}: unknown subfield flags {flags:#x}")
+        raise UnsupportedArchive(f"{where}: unsupported format feature: unknown subfield "
+                                 f"flags {flags & ~KNOWN_FLAGS:#x}")
 
 
 def key_header_length(data_len: int) -> int:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup.archive import crypto
 from dsbackup.archive import format as fmt
+from dsbackup.archive.chunkcodec import decode_zstd_chunk
 from dsbackup.archive.epochs import epoch_at, resumed_runs
 from dsbackup.archive.index import ChunkEntry, Index
 from dsbackup.archive.member import decode_member, inflate_sealed_body
@@ -168,6 +169,11 @@ class ArchiveReader:
     @property
     def encrypted(self) -> bool:
         return self.cipher is not None
+
+    @property
+    def codec(self) -> str:
+        """The chunks' codec: ``gzip`` or ``zstd`` (flag bit 2, docs/FORMAT.md §11.6)."""
+        return "zstd" if self.flags & fmt.FLAG_ZSTD else "gzip"
 
     @property
     def paged(self) -> bool:
@@ -376,6 +382,8 @@ class ArchiveReader:
             holder, seq = self.locate(i)  # checks every hop describes this same chunk
             return holder.decode_chunk_member(seq, raw)
         where = f"{self.path}: chunk {i} {e.key_range}"
+        if self.flags & fmt.FLAG_ZSTD:  # by the codec (§11.6): archive.chunkcodec
+            return decode_zstd_chunk(self, i, raw, e, where)
         sub, payload = decode_member(raw, where, expected_type=fmt.TYPE_CHUNK,
                                      expected_name=fmt.chunk_name(i), chunk=i,
                                      version=self.version, flags=self.flags,

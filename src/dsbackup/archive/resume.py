@@ -32,6 +32,7 @@ from dsbackup._ext.checksum import Xxh3_128, xxh3_64
 from dsbackup._ext.compress import MemberError, inflate_raw
 from dsbackup._ext.framing import FramingError, PayloadInfo, decode_keys_sizes, scan_payload
 from dsbackup.archive import format as fmt
+from dsbackup.archive.chunkcodec import frame_payload
 from dsbackup.archive.crypto import (
     ArchiveCipher,
     KeyMaterial,
@@ -415,8 +416,16 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
                     break
                 epoch = epoch_at(runs, seq)
                 plain = cipher.open(fmt.TYPE_CHUNK, seq, data, cwhere, epoch=epoch)
-                payload, info = _sealed_payload(plain, cwhere)
+                if flags & fmt.FLAG_ZSTD:  # the sealed frame (§11.6)
+                    payload = memoryview(frame_payload(plain, cwhere))
+                    info = scan_payload(payload)
+                else:
+                    payload, info = _sealed_payload(plain, cwhere)
                 plen, pxxh = len(payload), xxh3_64(payload)
+            elif flags & fmt.FLAG_ZSTD:  # the subfield describes the frame (§11.6)
+                payload = memoryview(frame_payload(data, cwhere))
+                plen, pxxh = len(payload), xxh3_64(payload)
+                info = scan_payload(payload)
             else:
                 payload, plen, pxxh = data, sub.data_len, sub.data_xxh3
                 info = scan_payload(payload)

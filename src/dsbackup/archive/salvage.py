@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dsbackup._ext.checksum import xxh3_64
 from dsbackup._ext.framing import scan_payload
 from dsbackup.archive import format as fmt
+from dsbackup.archive.chunkcodec import frame_payload
 from dsbackup.archive.member import decode_member, member_end
 from dsbackup.errors import ArchiveError, IntegrityError
 
@@ -54,9 +56,11 @@ class SalvageReport:
         try:
             for c in self.chunks:
                 raw = os.pread(fd, c.length, c.offset)
-                _, payload = decode_member(raw, f"{self.path}: chunk {c.seq}",
-                                           expected_type=fmt.TYPE_CHUNK,
-                                           expected_name=fmt.chunk_name(c.seq), chunk=c.seq)
+                where = f"{self.path}: chunk {c.seq}"
+                sub, payload = decode_member(raw, where, expected_type=fmt.TYPE_CHUNK,
+                                             expected_name=fmt.chunk_name(c.seq), chunk=c.seq)
+                if sub.flags & fmt.FLAG_ZSTD:  # the tar entry is the frame (§11.6)
+                    payload = memoryview(frame_payload(payload, where, c.seq))
                 yield c, payload
         finally:
             os.close(fd)
@@ -129,10 +133,14 @@ def _walk(mm: mmap.mmap, mv: memoryview, report: SalvageReport) -> None:
             _, data = decode_member(mv[pos:end], f"offset {pos}", expected_type=sub.member_type,
                                     expected_name=name)
             if sub.member_type == fmt.TYPE_CHUNK:
+                pxxh = sub.data_xxh3
+                if sub.flags & fmt.FLAG_ZSTD:  # the tar entry is the frame (§11.6)
+                    data = frame_payload(data, f"offset {pos}", sub.seq)
+                    pxxh = xxh3_64(data)
                 info = scan_payload(data)
                 report.chunks.append(SalvagedChunk(sub.seq, pos, end - pos, info.record_count,
                                                    bytes(info.first_key), bytes(info.last_key),
-                                                   sub.data_xxh3))
+                                                   pxxh))
             elif sub.member_type == fmt.TYPE_MANIFEST:
                 report.has_manifest = True
             elif sub.member_type == fmt.TYPE_INDEX:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from dsbackup import codec as codecs
 from dsbackup._ext.checksum import Xxh3_128, stored_tar_member, xxh3_64
 from dsbackup._ext.compress import Body as NativeBody
 from dsbackup._ext.compress import deflate_body, tar_header
@@ -36,6 +37,11 @@ class Body(Protocol):
     crc32: int
     size: int
     input_len: int
+    # zstd chunk bodies (docs/FORMAT.md §11.6): the payload's length, the frame's XXH3-64 and
+    # dsbackup.codec.BODY_* (deflate bodies may lack them: input_len, 0, BODY_DEFLATE)
+    content_len: int
+    xxh3: int
+    codec: int
 
 
 class ChunkLike(Protocol):
@@ -103,6 +109,7 @@ class ArchiveWriter:
         page_entries: int | None = None,
         resume: ResumeState | None = None,
         sink: Any = None,
+        codec: str = codecs.GZIP,
     ) -> None:
         self.overwrite = overwrite
         if resume is not None and sink is None:
@@ -128,10 +135,12 @@ class ArchiveWriter:
         self.parent_fingerprint = parent_fingerprint
         self.referenced_chunks = 0
         encrypted = key is not None
-        self.version = (fmt.FORMAT_VERSION if node is None and not encrypted
+        zstd = codecs.check_codec(codec) == codecs.ZSTD
+        self.version = (fmt.FORMAT_VERSION if node is None and not encrypted and not zstd
                         and page_entries is None else fmt.NODE_FORMAT_VERSION)
         self.flags = ((fmt.FLAG_ENCRYPTED if encrypted else 0)
-                      | (fmt.FLAG_PAGED if page_entries is not None else 0))
+                      | (fmt.FLAG_PAGED if page_entries is not None else 0)
+                      | (fmt.FLAG_ZSTD if zstd else 0))
         self._cipher = None
         # encrypted: a thread seals chunks (archive.sealer), this one appends them
         self._sealer: SealingThread | None = None
@@ -259,10 +268,13 @@ class ArchiveWriter:
             return self._add_sealed(chunk, catalog_body, catalog_xxh3)
         seq = self._index.count
         body = chunk.body
+        plen = self._payload_len(seq, body)
+        # a zstd chunk's subfield describes its frame, the index its payload (§11.6)
         sub = fmt.chunk_subfield(seq, chunk.record_count, body.input_len,
-                                 chunk.payload_xxh3, self.version, self.flags)
+                                 body.xxh3 if self.zstd else chunk.payload_xxh3,
+                                 self.version, self.flags)
         off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, body)
-        entry = ChunkEntry(seq, off, length, body.input_len, chunk.record_count,
+        entry = ChunkEntry(seq, off, length, plen, chunk.record_count,
                            chunk.payload_xxh3, mxxh, chunk.keys_xxh3,
                            bytes(chunk.first_key), bytes(chunk.last_key))
         self._index.add_chunk(entry)
@@ -281,8 +293,28 @@ class ArchiveWriter:
         self._fingerprint.update(_U64.pack(chunk.payload_xxh3))
         self._records += chunk.record_count
         self._raw_bytes += chunk.raw_bytes
-        self._payload_bytes += body.input_len
+        self._payload_bytes += plen
         return entry
+
+    @property
+    def zstd(self) -> bool:
+        """Chunks are zstd frames (flag bit 2, docs/FORMAT.md §11.6)."""
+        return bool(self.flags & fmt.FLAG_ZSTD)
+
+    @property
+    def codec(self) -> str:
+        return codecs.ZSTD if self.zstd else codecs.GZIP
+
+    def _payload_len(self, seq: int, body: Body) -> int:
+        """The payload length of a chunk body, after checking that the body is in this
+        archive's codec (a body of another codec would make a wrong archive)."""
+        have = getattr(body, "codec", codecs.BODY_DEFLATE)
+        want = (codecs.BODY_DEFLATE if not self.zstd else codecs.BODY_ZSTD_FRAME
+                if self._cipher is not None else codecs.BODY_ZSTD_STORED)
+        if have != want:
+            raise ArchiveError(f"chunk {seq}: compressed as body kind {have}, this "
+                               f"{self.codec} archive needs kind {want} (internal error)")
+        return getattr(body, "content_len", body.input_len) if self.zstd else body.input_len
 
     # -- encrypted archives: chunks are sealed by a thread, appended here as they are ready ---
 
@@ -305,6 +337,7 @@ class ArchiveWriter:
         while self._submitted - self._appended >= SEAL_AHEAD:
             self._append_next()  # (its buffers are the next chunk's)
         body = chunk.body
+        plen = self._payload_len(seq, body)
         hold = getattr(body, "hold", None)
         release = hold() if hold is not None else None
         data = body.data if release is not None else _kept(body.data)
@@ -318,7 +351,7 @@ class ArchiveWriter:
                 release()
             raise
         last_key = bytes(chunk.last_key)
-        self._sealing.append((seq, chunk.record_count, body.input_len, chunk.payload_xxh3,
+        self._sealing.append((seq, chunk.record_count, plen, chunk.payload_xxh3,
                               chunk.keys_xxh3, bytes(chunk.first_key), last_key, job, cjob,
                               catalog_xxh3, catalog_body.input_len if has_catalog else 0,
                               release, job[0] if cjob is None else cjob[0]))
@@ -330,7 +363,7 @@ class ArchiveWriter:
         self._fingerprint.update(_U64.pack(chunk.payload_xxh3))
         self._records += chunk.record_count
         self._raw_bytes += chunk.raw_bytes
-        self._payload_bytes += body.input_len
+        self._payload_bytes += plen
 
     def _submit(self, mtype: int, seq: int, data: Any, which: int, turn: int,
                 ) -> tuple[int, bytearray]:

@@ -30,7 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "kubo:PATH, helia:PATH, fsds:PATH or a path (detected)")
     p.add_argument("archive", help="archive to write: a path (.tar.gz), s3://BUCKET/KEY, or - "
                    "for standard output (docs/STORAGE.md)")
-    p.add_argument("--level", type=int, default=1, help="compression level 0-9 (default 1)")
+    p.add_argument("--level", type=int, default=None,
+                   help="compression level: 0-9 for gzip, 1-19 for zstd (default 1)")
+    p.add_argument("--codec", choices=("gzip", "zstd"), default="gzip",
+                   help="chunk codec: gzip (default; any gzip reader) or zstd (faster restores, "
+                        "smaller archives; format version 2, docs/FORMAT.md §11.6)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="mean records per chunk (default: auto, ~1 MiB chunks)")
     p.add_argument("--chunk-max-bytes", type=int, default=BackupConfig.chunk_max_bytes,
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     unanchored = warn_unanchored("--exclude", args.exclude)
     from dsbackup import BackupManager
 
-    cfg = BackupConfig(compression_level=args.level, chunk_size=args.chunk_size,
+    level = 1 if args.level is None else args.level
+    cfg = BackupConfig(compression_level=level, codec=args.codec, chunk_size=args.chunk_size,
                        chunk_max_bytes=args.chunk_max_bytes, timeout=args.timeout,
                        verify_integrity=not args.no_verify,
                        include_metadata=args.include_metadata,

@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
         ("archive size", f"{human_bytes(meta.compressed_size)} "
                          f"(ratio {meta.compression_ratio:.2f})"),
         ("chunks", f"{meta.chunks}"),
-        ("compression", f"level {meta.compression.get('level')} "
-                        f"({meta.compression.get('engine')})"),
+        ("compression", f"{meta.compression.get('codec', 'gzip')} level "
+                        f"{meta.compression.get('level')} ({meta.compression.get('engine')})"),
         ("chunk size", f"{meta.config.get('chunk_size')} records (Go ChunkSize)" if go else
          f"{meta.config.get('chunk_size')} records mean, max "
          f"{human_bytes(meta.config.get('chunk_max_bytes') or 0)}"),

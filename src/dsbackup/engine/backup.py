@@ -108,6 +108,9 @@ class BackupManager:
             cfg = dataclasses.replace(cfg, overwrite=overwrite)
         if format not in ("dsbackup", "go"):
             raise ConfigError(f"archive format must be 'dsbackup' or 'go', got {format!r}")
+        if format == "go" and cfg.codec != "gzip":
+            raise ConfigError("--format go has no zstd codec: --codec zstd needs the dsbackup "
+                              "format")
         if format == "go" and cfg.encryption is not None:
             raise ConfigError("--format go cannot be encrypted: --encrypt needs the dsbackup "
                               "format")

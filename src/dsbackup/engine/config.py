@@ -7,6 +7,8 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dsbackup import codec as codecs
+from dsbackup._ext.compress import ENGINES
 from dsbackup.errors import ConfigError
 from dsbackup.patterns import key_matcher
 
@@ -63,11 +65,15 @@ class BackupConfig:
       docs/FORMAT.md §11.3: memory and open time independent of the archive's size) when the
       store's estimates give more than one index page of chunks (4096), else the version-1
       single index, so small archives stay as they were; ``always``/``never`` force it.
+    - ``codec`` (default ``gzip``): ``zstd`` stores each chunk as a zstd frame (format
+      version 2, flag bit 2, docs/FORMAT.md §11.6; faster to restore, smaller); then
+      ``compression_level`` is zstd's, 1-19 (default 1). Catalogs stay deflate.
     - ``resume`` (default False): continue the temp file a killed full backup left for the
       same archive path (docs/FORMAT.md §11.5); a normal backup when there is none.
     """
 
     compression_level: int = 1
+    codec: str = "gzip"
     chunk_size: int | None = None
     chunk_max_bytes: int = DEFAULT_CHUNK_MAX_BYTES
     timeout: float | None = None
@@ -92,8 +98,14 @@ class BackupConfig:
             if not isinstance(self.encryption, KeyMaterial):
                 raise ConfigError("encryption must be key material (dsbackup.archive.crypto."
                                   "load_passphrase_file / load_key_file / KeyMaterial)")
-        if not isinstance(self.compression_level, int) or not 0 <= self.compression_level <= 9:
-            raise ConfigError(f"compression_level must be 0-9, got {self.compression_level!r}")
+        if self.codec not in codecs.CODECS:
+            raise ConfigError(f"codec must be {' or '.join(codecs.CODECS)}, got {self.codec!r}")
+        lo, hi = codecs.LEVELS[self.codec]
+        if (isinstance(self.compression_level, bool) or not isinstance(self.compression_level, int)
+                or not lo <= self.compression_level <= hi):
+            what = "" if self.codec == codecs.GZIP else f" for codec {self.codec}"
+            raise ConfigError(f"compression_level must be {lo}-{hi}{what}, got "
+                              f"{self.compression_level!r}")
         if self.chunk_size is not None and (
                 not isinstance(self.chunk_size, int) or not 1 <= self.chunk_size <= MAX_CHUNK_SIZE):
             raise ConfigError(f"chunk_size must be an integer from 1 to {MAX_CHUNK_SIZE}, got "
@@ -124,6 +136,19 @@ class BackupConfig:
             if not p:
                 raise ConfigError("empty exclude pattern")
         key_matcher(self.exclude_patterns, "exclude_patterns")  # a bad glob fails here
+
+    @property
+    def chunk_level(self) -> int:
+        """The chunk level (dsbackup.codec) workers compress chunks with."""
+        return codecs.chunk_level(self.codec, self.compression_level,
+                                  sealed=self.encryption is not None)
+
+    @property
+    def engine(self) -> str:
+        """The manifest's ``engine`` of the chunks."""
+        if self.codec == codecs.ZSTD:
+            return f"zstd-{self.compression_level}"
+        return ENGINES[self.compression_level]
 
     @property
     def effective_workers(self) -> int:

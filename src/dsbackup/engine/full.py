@@ -84,7 +84,7 @@ def plan_full(ds: Any, path: Path, cfg: BackupConfig, *, parallel_min_bytes: int
     approx_size = _safe(ds, "approx_size")
     chunk_size = cfg.resolve_chunk_size(approx_count, approx_size)
     mean_record = (approx_size / approx_count) if approx_count and approx_size else 256.0
-    settings = ChunkSettings(chunk_size, cfg.chunk_max_bytes, cfg.compression_level,
+    settings = ChunkSettings(chunk_size, cfg.chunk_max_bytes, cfg.chunk_level,
                              tuple(cfg.exclude_patterns), cfg.include_metadata,
                              target_chunk_bytes=max(4096, int(chunk_size * mean_record)))
     scheme = getattr(ds, "scheme", "") or ""

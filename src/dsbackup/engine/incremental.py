@@ -381,5 +381,5 @@ def _stream(where: _Where, plan: BackupPlan, preader: ArchiveReader, cfg: Backup
                          claim_for="dsbackup.engine.incremental (liblmdb)")
     else:
         src = DatastoreSource(where.ds, settings)
-    return IncrementalStream(src, match, prefixes, cfg.compression_level, catalog,
+    return IncrementalStream(src, match, prefixes, cfg.chunk_level, catalog,
                              cfg.effective_workers, resumption, preader)

@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dsbackup._ext.compress import ENGINES
 from dsbackup._version import __version__
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.writer import WrittenArchive
@@ -44,12 +43,14 @@ def manifest_for(plan: BackupPlan) -> dict[str, Any]:
     cfg = plan.cfg
     settings: dict[str, Any] = {
         "compression_level": cfg.compression_level,
-        "engine": ENGINES[cfg.compression_level],
+        "engine": cfg.engine,
         "chunk_size": plan.chunk_size,
         "chunk_max_bytes": plan.chunk_max_bytes,
         "exclude_patterns": list(cfg.exclude_patterns),
         "include_metadata": plan.catalog,
     }
+    if cfg.codec != "gzip":  # (absent for gzip: such manifests stay as they were)
+        settings["codec"] = cfg.codec
     if plan.parent is not None:
         settings["trust_content_keys"] = cfg.trust_content_keys
     manifest: dict[str, Any] = {
@@ -99,7 +100,7 @@ def metadata_for(plan: BackupPlan, manifest: dict[str, Any], version: int,
         path=str(plan.path), version=version, timestamp=plan.created,
         total_keys=written.records, total_size=written.raw_bytes,
         compressed_size=written.size, chunks=written.chunks, fingerprint=written.fingerprint,
-        compression={"level": cfg.compression_level, "engine": ENGINES[cfg.compression_level]},
+        compression={"level": cfg.compression_level, "engine": cfg.engine, "codec": cfg.codec},
         config={**cfg.to_dict(), "chunk_size": plan.chunk_size,
                 "chunk_max_bytes": plan.chunk_max_bytes},
         datastore=manifest["source"], statistics=stats, parent=plan.parent_fingerprint,
@@ -159,7 +160,7 @@ def metadata_from_reader(r: ArchiveReader) -> BackupMetadata:
         compressed_size=r.size, chunks=r.chunk_count,
         fingerprint=field(s, "fingerprint", str, "", "summary"),
         compression={"level": settings.get("compression_level"),
-                     "engine": settings.get("engine")},
+                     "engine": settings.get("engine"), "codec": r.codec},
         config=settings, datastore=field(m, "source", dict, {}, "manifest"),
         statistics=BackupStatistics(
             duration_s=field(s, "duration_s", num, 0.0, "summary"),

@@ -87,6 +87,7 @@ def write_archive(plan: BackupPlan, stream: ChunkStream) -> BackupMetadata:
     resume = plan.resume  # a killed backup's temp file, continued: its manifest is kept
     manifest = resume.state.manifest if resume is not None else manifest_for(plan)
     with stream, ArchiveWriter(plan.path, manifest=manifest, level=cfg.compression_level,
+                               codec=cfg.codec,
                                created=plan.created.timestamp(),
                                parent_fingerprint=plan.parent_fingerprint,
                                overwrite=cfg.overwrite,

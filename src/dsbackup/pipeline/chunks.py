@@ -8,6 +8,7 @@ from typing import Any
 
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup._ext.compress import deflate_body
+from dsbackup.codec import deflate_level
 
 
 @dataclass(slots=True)
@@ -24,6 +25,14 @@ class BodyView:
     size: int
     input_len: int
     hold: Callable[[], Callable[[], None]] | None = None
+    # a zstd body's payload length, frame XXH3-64 and kind (dsbackup._ext.compress.Body)
+    content_len: int = -1
+    xxh3: int = 0
+    codec: int = 0
+
+    def __post_init__(self) -> None:
+        if self.content_len < 0:
+            self.content_len = self.input_len
 
 
 @dataclass(slots=True)
@@ -47,7 +56,7 @@ def compress_chunk(chunk: Any, level: int, catalog: bool) -> ReadyChunk:
     cbody = cxxh = None
     if catalog:
         cat = chunk.catalog
-        cbody = deflate_body(cat, level)
+        cbody = deflate_body(cat, deflate_level(level))
         cxxh = xxh3_64(cat)
     return ReadyChunk(chunk.record_count, bytes(chunk.first_key), bytes(chunk.last_key),
                       chunk.keys_xxh3, chunk.payload_xxh3, chunk.raw_bytes, body, cbody, cxxh)

@@ -564,7 +564,7 @@ class ParallelScan:
 
     def _ready_chunk(self, w: int, slot: int, meta: tuple, inline: Any,
                      catalog: tuple | None, held: list[bool] | None = None) -> ReadyChunk:
-        (records, first, last, kxxh, pxxh, raw, crc, size, input_len, blen) = meta
+        (records, first, last, kxxh, pxxh, raw, crc, size, input_len, clen, fxxh, codec, blen) = meta
         hold = None
         if slot >= 0:
             off = slot * self.slot_size
@@ -576,9 +576,9 @@ class ParallelScan:
             data = os.pread(self._spill.fileno(), n, pos)
         else:
             data = inline
-        body = BodyView(data, crc, size, input_len, hold)
+        body = BodyView(data, crc, size, input_len, hold, clen, fxxh, codec)
         cbody = cxxh = None
         if catalog is not None:
-            cdata, ccrc, csize, clen, cxxh = catalog
-            cbody = BodyView(cdata, ccrc, csize, clen)
+            cdata, ccrc, csize, cat_len, cxxh = catalog
+            cbody = BodyView(cdata, ccrc, csize, cat_len)
         return ReadyChunk(records, first, last, kxxh, pxxh, raw, body, cbody, cxxh)

@@ -37,6 +37,7 @@ from typing import Any
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup._ext.compress import deflate_body
 from dsbackup.allocator import tune_allocator
+from dsbackup.codec import deflate_level
 from dsbackup.pipeline.central import ChunkSettings
 from dsbackup.pipeline.sources import open_source
 
@@ -48,7 +49,8 @@ MAX_STRIPE_KEYS = 1 << 18  # a stripe with more keys is sent without them (huge 
 def chunk_meta(c: Any) -> tuple:
     b = c.body
     return (c.record_count, bytes(c.first_key), bytes(c.last_key), c.keys_xxh3,
-            c.payload_xxh3, c.raw_bytes, b.crc32, b.size, b.input_len, len(b.data))
+            c.payload_xxh3, c.raw_bytes, b.crc32, b.size, b.input_len, b.content_len, b.xxh3,
+            b.codec, len(b.data))
 
 
 class _Worker:
@@ -95,7 +97,7 @@ class _Worker:
         catalog = None
         if self.settings.catalog:
             cat = c.catalog
-            cb = deflate_body(cat, self.settings.level)
+            cb = deflate_body(cat, deflate_level(self.settings.level))
             catalog = (cb.data, cb.crc32, cb.size, cb.input_len, xxh3_64(cat))
         data = c.body.data
         if slot is not None and isinstance(data, memoryview):

@@ -218,7 +218,7 @@ def parse_backup_settings(t: Table, base: Path | None = None) -> dict[str, Any] 
         if key == "encryption":
             continue
         if key in ("compression_level",):
-            kw[key] = t.integer(key, lo=0, hi=9)
+            kw[key] = t.integer(key, lo=0, hi=19)  # per codec: BackupConfig checks
         elif key in ("chunk_size", "workers"):
             kw[key] = t.integer(key, lo=1)
         elif key == "chunk_max_bytes":
