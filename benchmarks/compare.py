@@ -379,12 +379,16 @@ def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
         key.write_bytes(os.urandom(32))
         key.chmod(0o600)
     enc = ["--key-file", str(key)]
+    zst_arc = w / "ours-zstd.tar.gz"  # the opt-in zstd chunk codec (docs/FORMAT.md §11.6)
     if "backup" in ops:
         rows.append(Row("backup", ds_name, "dsbackup", dsb + ["backup", src_uri, str(ours_arc)],
                         raw, ours_arc, ours=True, inputs=(src,)))
         rows.append(Row("backup", ds_name, "dsbackup --encrypt",
                         dsb + ["backup", "--encrypt", *enc, src_uri, str(enc_arc)],
                         raw, enc_arc, inputs=(src,)))
+        rows.append(Row("backup", ds_name, "dsbackup --codec zstd",
+                        dsb + ["backup", "--codec", "zstd", src_uri, str(zst_arc)],
+                        raw, zst_arc, inputs=(src,)))
         rows.append(Row("backup", ds_name, "isal-1 x1 (ceiling)",
                         me + ["isal", src_uri, "1", str(w / "isal1.size")], raw,
                         w / "isal1.size", internal_time=True, inputs=(src,)))
@@ -467,6 +471,9 @@ def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
         rows.append(Row("restore", ds_name, "dsbackup --encrypt",
                         dsb + ["restore", *enc, str(enc_arc), f"lmdb:{w / 'restored-enc'}"],
                         raw, w / "restored-enc", inputs=(enc_arc,)))
+        rows.append(Row("restore", ds_name, "dsbackup --codec zstd",
+                        dsb + ["restore", str(zst_arc), f"lmdb:{w / 'restored-zstd'}"],
+                        raw, w / "restored-zstd", inputs=(zst_arc,)))
         rows.append(Row("restore", ds_name, "seed json+tar.gz-6",
                         me + ["seed-restore", str(w / "seed.tar.gz"), str(w / "seed-restored")],
                         raw, w / "seed-restored", inputs=(w / "seed.tar.gz",)))
@@ -493,6 +500,8 @@ def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
     if "verify" in ops:
         rows.append(Row("verify", ds_name, "dsbackup --encrypt (deep)",
                         dsb + ["verify", *enc, str(enc_arc)], raw, inputs=(enc_arc,)))
+        rows.append(Row("verify", ds_name, "dsbackup --codec zstd (deep)",
+                        dsb + ["verify", str(zst_arc)], raw, inputs=(zst_arc,)))
         rows.append(Row("verify", ds_name, "gzip -t (seed archive)",
                         ["gzip", "-t", str(w / "seed.tar.gz")], raw,
                         inputs=(w / "seed.tar.gz",)))
