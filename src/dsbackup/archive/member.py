@@ -206,15 +206,45 @@ def sealed_pieces(
         exc.chunk, exc.part = chunk, part
         raise
     _check_head(sub, fail, expected_type, version, flags)
+    pieces = _stored_pieces(mv, sub, fail, expected_name)
+    if pieces is None:
+        sub, data = decode_member(mv, where, expected_type=expected_type,
+                                  expected_name=expected_name, chunk=chunk, part=part,
+                                  version=version, flags=flags)
+        return sub, [data]
+    return sub, pieces
+
+
+def _stored_pieces(mv: memoryview, sub: fmt.Subfield, fail: Callable[[str], IntegrityError],
+                   expected_name: bytes) -> list[memoryview] | None:
+    """``sealed_pieces`` in place; None when the member's deflate stream is not laid out as
+    the writer lays it out (a length or block header differs; the general inflate decides)."""
     d = sub.deflate_offset
     end = d + len(fmt.STORED_TAR_PREFIX) + fmt.TAR_BLOCK
     if (len(mv) != sealed_layout_length(sub)
             or mv[d : d + len(fmt.STORED_TAR_PREFIX)] != fmt.STORED_TAR_PREFIX):
-        sub, data = decode_member(mv, where, expected_type=expected_type,
-                                  expected_name=expected_name, chunk=chunk, part=part,
-                                  version=version, flags=flags, data_digest=True)
-        return sub, [data]
+        return None
+    left = fmt.padded(sub.data_len)
+    heads: list[memoryview] = []
+    pos = end
+    while True:  # one turn per 64 KiB stored block
+        n = left if left < STORED_MAX else STORED_MAX
+        left -= n
+        if mv[pos : pos + 5] != _STORED_HEAD.pack(not left, n, n ^ 0xFFFF):
+            return None
+        heads.append(mv[pos + 5 : pos + 5 + n])
+        pos += 5 + n
+        if not left:
+            break
     header = mv[end - fmt.TAR_BLOCK : end]
+    crc = crc32(header)
+    for block in heads:
+        crc = crc32(block, crc)
+    want_crc, isize = _TAIL.unpack_from(mv, pos)
+    if crc != want_crc:
+        raise fail("CRC-32 mismatch")
+    if isize != (fmt.TAR_BLOCK + fmt.padded(sub.data_len)) & 0xFFFFFFFF:
+        raise fail(f"ISIZE {isize} does not match the declared size")
     try:
         name, size, _mtime = parse_tar_header(header)
     except MemberError as exc:
@@ -223,18 +253,10 @@ def sealed_pieces(
         raise fail(f"tar entry is named {name!r}, expected {expected_name!r}")
     if size != sub.data_len:
         raise fail(f"tar entry size {size} differs from the declared {sub.data_len}")
-    crc = crc32(header)
-    left = fmt.padded(sub.data_len)
-    data_left = sub.data_len
     pieces: list[memoryview] = []
-    pos = end
-    while True:  # one turn per 64 KiB stored block
-        n = left if left < STORED_MAX else STORED_MAX
-        left -= n
-        if mv[pos : pos + 5] != _STORED_HEAD.pack(not left, n, n ^ 0xFFFF):
-            raise fail(f"bad stored block header at member offset {pos}")
-        block = mv[pos + 5 : pos + 5 + n]
-        crc = crc32(block, crc)
+    data_left = sub.data_len
+    for block in heads:
+        n = len(block)
         if data_left >= n:
             pieces.append(block)
         else:
@@ -243,12 +265,4 @@ def sealed_pieces(
             if block[data_left:] != bytes(n - data_left):
                 raise fail("non-zero tar padding")
         data_left = max(0, data_left - n)
-        pos += 5 + n
-        if not left:
-            break
-    want_crc, isize = _TAIL.unpack_from(mv, pos)
-    if crc != want_crc:
-        raise fail("CRC-32 mismatch")
-    if isize != (fmt.TAR_BLOCK + fmt.padded(sub.data_len)) & 0xFFFFFFFF:
-        raise fail(f"ISIZE {isize} does not match the declared size")
-    return sub, pieces
+    return pieces
