@@ -272,9 +272,11 @@ class ArchiveCipher:
 
     The data key is kept in a secret buffer; a writer seals with OpenSSL's EVP in one native
     pass per member (``dsbackup._ext.seal``: encryption, stored blocks, CRC-32 and XXH3
-    together), a reader opens with `cryptography`'s AESGCM (whose AES-GCM was measured faster
-    here than the system OpenSSL's). Each engine is made on first use, so a writer never
-    holds the `cryptography` copy of the key and a reader never the native one."""
+    together), a reader opens with `cryptography` (whose AES-GCM was measured faster here
+    than the system OpenSSL's): AESGCM for the single members, its streaming GCM for chunks
+    and catalogs, read in place from their stored blocks (``open_pieces``). Each engine is
+    made on first use, so a writer never holds the `cryptography` copy of the key and a
+    reader never the native one."""
 
     def __init__(self, archive_id: bytes, dk: bytearray | memoryview, version: int) -> None:
         self.archive_id = archive_id

@@ -225,20 +225,20 @@ def _stored_pieces(mv: memoryview, sub: fmt.Subfield, fail: Callable[[str], Inte
             or mv[d : d + len(fmt.STORED_TAR_PREFIX)] != fmt.STORED_TAR_PREFIX):
         return None
     left = fmt.padded(sub.data_len)
-    heads: list[memoryview] = []
+    blocks: list[memoryview] = []
     pos = end
     while True:  # one turn per 64 KiB stored block
         n = left if left < STORED_MAX else STORED_MAX
         left -= n
         if mv[pos : pos + 5] != _STORED_HEAD.pack(not left, n, n ^ 0xFFFF):
             return None
-        heads.append(mv[pos + 5 : pos + 5 + n])
+        blocks.append(mv[pos + 5 : pos + 5 + n])
         pos += 5 + n
         if not left:
             break
     header = mv[end - fmt.TAR_BLOCK : end]
     crc = crc32(header)
-    for block in heads:
+    for block in blocks:
         crc = crc32(block, crc)
     want_crc, isize = _TAIL.unpack_from(mv, pos)
     if crc != want_crc:
@@ -255,7 +255,7 @@ def _stored_pieces(mv: memoryview, sub: fmt.Subfield, fail: Callable[[str], Inte
         raise fail(f"tar entry size {size} differs from the declared {sub.data_len}")
     pieces: list[memoryview] = []
     data_left = sub.data_len
-    for block in heads:
+    for block in blocks:
         n = len(block)
         if data_left >= n:
             pieces.append(block)
