@@ -6,9 +6,9 @@ Usage: python benchmarks/encryption_cost.py [--datasets blocks,small] [--rounds 
 Each row is a ``python -m dsbackup`` child timed for wall time and CPU time (user + system of
 the child and of every process it started: this script is their subreaper, so the fork
 server and the workers it forked are waited for here too; ``os.wait4``). CPU time is the
-steadier number on a shared machine. Rounds run plain, encrypted, ... with the
-order reversed every round; each round's encrypted/plain ratio is taken from rows that ran
-next to each other. A raw key file is used, so no row pays scrypt (docs/ENCRYPTION.md).
+steadier number on a shared machine. Rounds run plain, encrypted, ... with the order
+rotated every round (reversed, with two rows); each round's encrypted/plain ratio is taken
+from rows that ran next to each other. A raw key file is used, so no row pays scrypt (docs/ENCRYPTION.md).
 ``--reuse-target``: restores go into one LMDB store emptied between them rather than deleted
 (the VM's fresh page-cache pages made single restore times swing by up to 4x).
 ``--before SRC``: also time an encrypted backup (and with ``--before-restore`` a restore) with
@@ -145,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             samples: dict[str, list[tuple[float, float]]] = {k: [] for k in [*rows, *restores]}
             for r in range(args.rounds):
                 for phase in (rows, restores):
-                    order = list(phase) if r % 2 == 0 else list(phase)[::-1]
+                    # rotated every round: with two rows the order reverses, with three (a
+                    # --before row) each row takes each place in turn
+                    keys = list(phase)
+                    order = keys[r % len(keys):] + keys[:r % len(keys)] if keys else keys
                     if phase is restores and order:
                         # untimed: the first restore after the backups writes into page cache
                         # the VM has just handed back to its host (free page reporting) and
