@@ -6,9 +6,11 @@ Usage: python benchmarks/encryption_cost.py [--datasets blocks,small] [--rounds 
 Each row is a ``python -m dsbackup`` child timed for wall time and CPU time (user + system of
 the child and of every process it started: this script is their subreaper, so the fork
 server and the workers it forked are waited for here too; ``os.wait4``). CPU time is the
-steadier number on a shared machine. Rounds run plain, encrypted, ... with the
-order reversed every round; each round's encrypted/plain ratio is taken from rows that ran
-next to each other. A raw key file is used, so no row pays scrypt (docs/ENCRYPTION.md).
+steadier number on a shared machine. Rounds run plain, encrypted, ... with the order
+rotated every round (reversed, with two rows); each round's encrypted/plain ratio is taken
+from rows that ran next to each other. A raw key file is used, so no row pays scrypt (docs/ENCRYPTION.md).
+``--reuse-target``: restores go into one LMDB store emptied between them rather than deleted
+(the VM's fresh page-cache pages made single restore times swing by up to 4x).
 ``--before SRC``: also time an encrypted backup (and with ``--before-restore`` a restore) with
 the ``src`` directory SRC (another checkout, its extension built), to compare two versions of
 the sealing path in the same run.
@@ -74,6 +76,18 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, cpu
 
 
+def _empty_lmdb(path: Path) -> None:
+    """Delete every record of the LMDB store at `path`, keeping its file (and its pages)."""
+    import lmdb
+
+    env = lmdb.open(str(path), map_size=1 << 36)
+    try:
+        with env.begin(write=True) as txn:
+            txn.drop(env.open_db(txn=txn), delete=False)
+    finally:
+        env.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="blocks,small")
@@ -84,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before-restore", action="store_true",
                     help="with --before: also time its restore (the same code unless the "
                     "reader changed)")
+    ap.add_argument("--reuse-target", action="store_true",
+                    help="empty the restore target between restores instead of deleting it: "
+                    "its file's page-cache pages are reused, so the VM's cost of fresh pages "
+                    "(docs/PERFORMANCE.md, \"why single restore times swing\") stays out of "
+                    "the restore rows")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     import benchdata
@@ -126,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             samples: dict[str, list[tuple[float, float]]] = {k: [] for k in [*rows, *restores]}
             for r in range(args.rounds):
                 for phase in (rows, restores):
-                    order = list(phase) if r % 2 == 0 else list(phase)[::-1]
+                    # rotated every round: with two rows the order reverses, with three (a
+                    # --before row) each row takes each place in turn
+                    keys = list(phase)
+                    order = keys[r % len(keys):] + keys[:r % len(keys)] if keys else keys
                     if phase is restores and order:
                         # untimed: the first restore after the backups writes into page cache
                         # the VM has just handed back to its host (free page reporting) and
@@ -134,11 +156,16 @@ def main(argv: list[str] | None = None) -> int:
                         # the pages it frees (docs/PERFORMANCE.md, "why single restore times
                         # swing")
                         cmd, out, src = phase[order[0]]
-                        shutil.rmtree(out, ignore_errors=True)
+                        if args.reuse_target and out.is_dir():
+                            _empty_lmdb(out)
+                        else:
+                            shutil.rmtree(out, ignore_errors=True)
                         run(cmd, dict(os.environ, PYTHONPATH=src))
                     for label in order:
                         cmd, out, src = phase[label]
-                        if out.is_dir():
+                        if out.is_dir() and phase is restores and args.reuse_target:
+                            _empty_lmdb(out)
+                        elif out.is_dir():
                             shutil.rmtree(out)
                         else:
                             out.unlink(missing_ok=True)
@@ -147,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                         wall, cpu = samples[label][-1]
                         print(f"  round {r + 1}: {name:6} {label:28} {wall:7.3f} s wall "
                               f"{cpu:7.3f} s CPU", file=sys.stderr, flush=True)
-                shutil.rmtree(work / f"{name}-restored", ignore_errors=True)
+                if not args.reuse_target:
+                    shutil.rmtree(work / f"{name}-restored", ignore_errors=True)
+            shutil.rmtree(work / f"{name}-restored", ignore_errors=True)
             out: dict = {"records": d.records, "raw_bytes": d.raw_bytes, "rows": {},
                          "ratios": {}}
             for label, s in samples.items():

@@ -16,7 +16,7 @@ from dsbackup._ext.compress import (
     zstd_decode,
 )
 from dsbackup.archive import format as fmt
-from dsbackup.archive.member import _check_head, decode_member
+from dsbackup.archive.member import _check_head
 from dsbackup.errors import IntegrityError
 
 _TAIL = struct.Struct("<II")
@@ -34,13 +34,7 @@ def decode_zstd_chunk(reader: Any, i: int, raw: bytes | memoryview, entry: Any,
 
     name = fmt.chunk_name(i)
     if reader.cipher is not None:  # §11.4 with bit 2: the sealed plaintext is the frame
-        sub, sealed = decode_member(raw, where, expected_type=fmt.TYPE_CHUNK,
-                                    expected_name=name, chunk=i, version=reader.version,
-                                    flags=reader.flags, data_digest=False)
-        if (sub.seq, sub.records) != (i, 0):
-            raise fail("member header disagrees with the index")
-        plain = reader.cipher.open(fmt.TYPE_CHUNK, i, sealed, where, chunk=i,
-                                   epoch=entry.epoch)
+        plain = reader.sealed_plaintext(fmt.TYPE_CHUNK, i, raw, where, name, entry.epoch)
         payload, _crc, _x = _decode(plain, len(plain), entry, False, 0, fail)
         return _checked(payload, entry, fail)
     mv = memoryview(raw)

@@ -272,9 +272,11 @@ class ArchiveCipher:
 
     The data key is kept in a secret buffer; a writer seals with OpenSSL's EVP in one native
     pass per member (``dsbackup._ext.seal``: encryption, stored blocks, CRC-32 and XXH3
-    together), a reader opens with `cryptography`'s AESGCM (whose AES-GCM was measured faster
-    here than the system OpenSSL's). Each engine is made on first use, so a writer never
-    holds the `cryptography` copy of the key and a reader never the native one."""
+    together), a reader opens with `cryptography` (whose AES-GCM was measured faster here
+    than the system OpenSSL's): AESGCM for the single members, its streaming GCM for chunks
+    and catalogs, read in place from their stored blocks (``open_pieces``). Each engine is
+    made on first use, so a writer never holds the `cryptography` copy of the key and a
+    reader never the native one."""
 
     def __init__(self, archive_id: bytes, dk: bytearray | memoryview, version: int) -> None:
         self.archive_id = archive_id
@@ -285,6 +287,7 @@ class ArchiveCipher:
         self._seal: Any = None  # dsbackup._ext.seal.seal_stored, imported with the key
         self._seal_into: Any = None  # and seal_into
         self._aead: AESGCM | None = None
+        self._alg: Any = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -363,11 +366,76 @@ class ArchiveCipher:
             raise IntegrityError(f"{where}: authentication failed (ciphertext, tag or header "
                                  "altered)", chunk=chunk, part=part) from None
 
+    def open_pieces(self, mtype: int, seq: int, pieces: list[memoryview], where: str, *,
+                    chunk: int | None = None, part: str | None = None,
+                    epoch: int = 0) -> memoryview:
+        """``open`` of ``ciphertext || tag`` given in pieces, views of a sealed member's stored
+        blocks (``member.sealed_pieces``): decrypted straight from them into this thread's
+        reused buffer by `cryptography`'s streaming AES-GCM, nothing copied before. Returns the
+        plaintext as a view of that buffer, valid until this thread's next ``open_pieces``,
+        and only once the tag matched (IntegrityError naming `where` otherwise)."""
+        from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+        n = sum(len(p) for p in pieces) - TAG_BYTES
+        if n < 0:
+            raise IntegrityError(f"{where}: encrypted data shorter than its tag",
+                                 chunk=chunk, part=part)
+        out = _plain_buffer(n + TAG_BYTES)  # slack: update_into's bound in older versions
+        alg = self._alg
+        if alg is None:
+            from cryptography.hazmat.primitives.ciphers import algorithms
+
+            # holds a reference to the secret buffer, no copy; each decryptor's context
+            # (the expanded key) is freed when it finalizes
+            alg = self._alg = algorithms.AES(self._dk)
+        tag = b"".join(_last_bytes(pieces, TAG_BYTES))
+        try:
+            dec = Cipher(alg, modes.GCM(self.nonce(mtype, seq, epoch), tag)).decryptor()
+            dec.authenticate_additional_data(self.aad(mtype, seq, n, epoch))
+            off = 0
+            for p in pieces:  # one call per 64 KiB stored block
+                if off + len(p) > n:
+                    if off >= n:
+                        break
+                    p = p[: n - off]  # without the tag's bytes
+                dec.update_into(p, out[off:])
+                off += len(p)
+            dec.finalize()
+        except _invalid_tag():
+            raise IntegrityError(f"{where}: authentication failed (ciphertext, tag or header "
+                                 "altered)", chunk=chunk, part=part) from None
+        return out[:n]
+
     def close(self) -> None:
         """Drop the engines and zero the data key (the cipher cannot be used after)."""
         with self._lock:
-            self._gcm = self._aead = None
+            self._gcm = self._aead = self._alg = None
             _zero(self._dk)
+
+
+_buffers = threading.local()
+
+
+def _plain_buffer(n: int) -> memoryview:
+    """This thread's buffer for opened plaintext, at least `n` bytes (grown by doubling:
+    reused from member to member, so no fresh zeroed pages per chunk)."""
+    buf: memoryview | None = getattr(_buffers, "plain", None)
+    if buf is None or len(buf) < n:
+        buf = _buffers.plain = memoryview(bytearray(max(n, 2 * len(buf) if buf else 0)))
+    return buf
+
+
+def _last_bytes(pieces: list[memoryview], k: int) -> list[memoryview]:
+    """The last `k` bytes of the concatenation of `pieces`, as views (the tag may straddle
+    two stored blocks)."""
+    out: list[memoryview] = []
+    for p in reversed(pieces):
+        if len(p) >= k:
+            out.append(p[len(p) - k:])
+            break
+        out.append(p)
+        k -= len(p)
+    return out[::-1]
 
 
 def _invalid_tag() -> type[Exception]:

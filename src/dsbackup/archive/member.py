@@ -122,7 +122,7 @@ def _check_inflated(sub: fmt.Subfield, out: bytes, tail: memoryview,
     return data
 
 
-def inflate_sealed_body(plain: bytes, length: int, xxh3: int, where: str, *,
+def inflate_sealed_body(plain: bytes | memoryview, length: int, xxh3: int, where: str, *,
                         chunk: int | None = None, part: str | None = None) -> memoryview:
     """The data of an encrypted chunk or catalog (docs/FORMAT.md §11.4): `plain` is the raw
     deflate stream of data || padding; `length` and `xxh3` come from the index."""
@@ -164,3 +164,105 @@ def member_end(mv: memoryview, pos: int) -> tuple[fmt.Subfield, int]:
 
     sub = fmt.parse_member_head(mv[pos:], f"offset {pos}")
     return sub, _inflate_at(mv, pos, sub, fail)[1]
+
+
+STORED_MAX = 65535  # bytes of data per stored deflate block
+_STORED_HEAD = struct.Struct("<BHH")
+
+
+def sealed_layout_length(sub: fmt.Subfield) -> int:
+    """The length of a sealed member (docs/FORMAT.md §11.4, precisions) of subfield `sub`:
+    the tar header's stored block, then ``padded(data_len)`` bytes in stored blocks of 65535
+    (the last one shorter), then the CRC-32 and ISIZE."""
+    p = fmt.padded(sub.data_len)
+    return (sub.deflate_offset + len(fmt.STORED_TAR_PREFIX) + fmt.TAR_BLOCK
+            + 5 * max(1, -(-p // STORED_MAX)) + p + 8)
+
+
+def sealed_pieces(
+    buf: bytes | memoryview,
+    where: str,
+    *,
+    expected_type: int,
+    expected_name: bytes,
+    chunk: int | None = None,
+    part: str | None = None,
+    version: int | None = None,
+    flags: int | None = None,
+) -> tuple[fmt.Subfield, list[memoryview]]:
+    """A sealed member's subfield and its tar entry's data (``ciphertext || tag``, §11.4) as
+    views of `buf`, one per stored deflate block, nothing copied: the checks of
+    ``decode_member`` (head, block headers, CRC-32, ISIZE, tar header, zero padding) made
+    in place; the caller authenticates the data. A member not in the writer's layout (the
+    §11.4 precisions) goes through ``decode_member``: one view of its inflated data.
+    Raises IntegrityError naming `where` (and `chunk`/`part`) on any mismatch."""
+    def fail(msg: str) -> IntegrityError:
+        return IntegrityError(f"{where}: {msg}", chunk=chunk, part=part)
+
+    mv = memoryview(buf)
+    try:
+        sub = fmt.parse_member_head(mv, where)
+    except IntegrityError as exc:
+        exc.chunk, exc.part = chunk, part
+        raise
+    _check_head(sub, fail, expected_type, version, flags)
+    pieces = _stored_pieces(mv, sub, fail, expected_name)
+    if pieces is None:
+        sub, data = decode_member(mv, where, expected_type=expected_type,
+                                  expected_name=expected_name, chunk=chunk, part=part,
+                                  version=version, flags=flags)
+        return sub, [data]
+    return sub, pieces
+
+
+def _stored_pieces(mv: memoryview, sub: fmt.Subfield, fail: Callable[[str], IntegrityError],
+                   expected_name: bytes) -> list[memoryview] | None:
+    """``sealed_pieces`` in place; None when the member's deflate stream is not laid out as
+    the writer lays it out (a length or block header differs; the general inflate decides)."""
+    d = sub.deflate_offset
+    end = d + len(fmt.STORED_TAR_PREFIX) + fmt.TAR_BLOCK
+    if (len(mv) != sealed_layout_length(sub)
+            or mv[d : d + len(fmt.STORED_TAR_PREFIX)] != fmt.STORED_TAR_PREFIX):
+        return None
+    left = fmt.padded(sub.data_len)
+    blocks: list[memoryview] = []
+    pos = end
+    while True:  # one turn per 64 KiB stored block
+        n = left if left < STORED_MAX else STORED_MAX
+        left -= n
+        if mv[pos : pos + 5] != _STORED_HEAD.pack(not left, n, n ^ 0xFFFF):
+            return None
+        blocks.append(mv[pos + 5 : pos + 5 + n])
+        pos += 5 + n
+        if not left:
+            break
+    header = mv[end - fmt.TAR_BLOCK : end]
+    crc = crc32(header)
+    for block in blocks:
+        crc = crc32(block, crc)
+    want_crc, isize = _TAIL.unpack_from(mv, pos)
+    if crc != want_crc:
+        raise fail("CRC-32 mismatch")
+    if isize != (fmt.TAR_BLOCK + fmt.padded(sub.data_len)) & 0xFFFFFFFF:
+        raise fail(f"ISIZE {isize} does not match the declared size")
+    try:
+        name, size, _mtime = parse_tar_header(header)
+    except MemberError as exc:
+        raise fail(f"bad tar header: {exc}") from None
+    if name != expected_name:
+        raise fail(f"tar entry is named {name!r}, expected {expected_name!r}")
+    if size != sub.data_len:
+        raise fail(f"tar entry size {size} differs from the declared {sub.data_len}")
+    pieces: list[memoryview] = []
+    data_left = sub.data_len
+    for block in blocks:
+        n = len(block)
+        if data_left >= n:
+            pieces.append(block)
+        else:
+            if data_left:
+                pieces.append(block[:data_left])
+            if block[data_left:] != bytes(n - data_left):
+                raise fail("non-zero tar padding")
+        data_left = max(0, data_left - n)
+    return pieces

@@ -13,7 +13,7 @@ from dsbackup.archive import format as fmt
 from dsbackup.archive.chunkcodec import decode_zstd_chunk
 from dsbackup.archive.epochs import epoch_at, resumed_runs
 from dsbackup.archive.index import ChunkEntry, Index
-from dsbackup.archive.member import decode_member, inflate_sealed_body
+from dsbackup.archive.member import decode_member, inflate_sealed_body, sealed_pieces
 from dsbackup.archive.node import NodeFile, decode_node
 from dsbackup.errors import (
     ArchiveError,
@@ -384,23 +384,40 @@ class ArchiveReader:
         where = f"{self.path}: chunk {i} {e.key_range}"
         if self.flags & fmt.FLAG_ZSTD:  # by the codec (§11.6): archive.chunkcodec
             return decode_zstd_chunk(self, i, raw, e, where)
+        if self.cipher is not None:
+            return self._open_sealed(fmt.TYPE_CHUNK, i, raw, where, fmt.chunk_name(i),
+                                     e.payload_len, e.payload_xxh3, e.epoch)
         sub, payload = decode_member(raw, where, expected_type=fmt.TYPE_CHUNK,
                                      expected_name=fmt.chunk_name(i), chunk=i,
-                                     version=self.version, flags=self.flags,
-                                     data_digest=self.cipher is None)
-        if self.cipher is not None:  # the subfield holds the sealed data's length and digest
-            if (sub.seq, sub.records) != (i, 0):
-                raise IntegrityError(f"{where}: member header disagrees with the index",
-                                     chunk=i)
-            plain = self.cipher.open(fmt.TYPE_CHUNK, i, payload, where, chunk=i,
-                                     epoch=e.epoch)
-            return inflate_sealed_body(plain, e.payload_len, e.payload_xxh3, where, chunk=i)
+                                     version=self.version, flags=self.flags)
         if (sub.seq, sub.records, sub.data_len, sub.data_xxh3) != (
                 i, e.records, e.payload_len, e.payload_xxh3):
             raise IntegrityError(
                 f"{self.path}: chunk {i} {e.key_range}: member header disagrees with the index",
                 chunk=i)
         return payload
+
+    def _open_sealed(self, mtype: int, i: int, raw: bytes, where: str, name: bytes,
+                     length: int, xxh3: int, epoch: int) -> memoryview:
+        """The data of an encrypted chunk or catalog member (docs/FORMAT.md §11.4) whose raw
+        bytes were checked against the index: its stored blocks checked in place, their
+        ``ciphertext || tag`` authenticated and decrypted into a reused buffer, and only
+        then inflated and checked against the index's `length` and `xxh3`."""
+        plain = self.sealed_plaintext(mtype, i, raw, where, name, epoch)
+        return inflate_sealed_body(plain, length, xxh3, where, chunk=i)
+
+    def sealed_plaintext(self, mtype: int, i: int, raw: bytes | memoryview, where: str,
+                         name: bytes, epoch: int) -> memoryview:
+        """The authenticated plaintext of an encrypted member (its compressed body for a chunk
+        or catalog), decrypted in place from its checked stored blocks into a buffer the
+        calling thread reuses: valid until that thread's next call."""
+        assert self.cipher is not None
+        sub, pieces = sealed_pieces(raw, where, expected_type=mtype, expected_name=name,
+                                    chunk=i, version=self.version, flags=self.flags)
+        # the subfield holds the sealed data's length and digest (§11.4)
+        if mtype == fmt.TYPE_CHUNK and (sub.seq, sub.records) != (i, 0):
+            raise IntegrityError(f"{where}: member header disagrees with the index", chunk=i)
+        return self.cipher.open_pieces(mtype, i, pieces, where, chunk=i, epoch=epoch)
 
     def read_chunk(self, i: int) -> memoryview:
         """Chunk i's payload, after every check (member XXH3, CRC, sizes, payload XXH3)."""
@@ -465,13 +482,12 @@ class ArchiveReader:
         c = self.index.catalog(i)
         raw = self.read_catalog_member(i)
         where = f"{self.path}: catalog {i}"
+        if self.cipher is not None:
+            return self._open_sealed(fmt.TYPE_CATALOG, i, raw, where, fmt.catalog_name(i),
+                                     c.data_len, c.data_xxh3, self.entry(i).epoch)
         sub, data = decode_member(raw, where, expected_type=fmt.TYPE_CATALOG,
                                   expected_name=fmt.catalog_name(i), chunk=i,
                                   version=self.version, flags=self.flags)
-        if self.cipher is not None:
-            plain = self.cipher.open(fmt.TYPE_CATALOG, i, data, where, chunk=i,
-                                     epoch=self.entry(i).epoch)
-            return inflate_sealed_body(plain, c.data_len, c.data_xxh3, where, chunk=i)
         if (sub.data_len, sub.data_xxh3) != (c.data_len, c.data_xxh3):
             raise IntegrityError(f"{self.path}: catalog {i}: header disagrees with the index",
                                  chunk=i)
