@@ -36,6 +36,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 from dsbackup.allocator import tune_allocator
 from dsbackup.datastores.base import (
@@ -141,6 +142,20 @@ class FlatfsDatastore(BaseDatastore):
         self._mode = _file_mode()
         self._writable_ready = readonly or not self.go_layout
         self.skipped = SkippedFiles()
+
+    @property
+    def open_uri(self) -> str:
+        """:attr:`uri` with the listing settings that differ from the defaults
+        (``max_names``, ``spill_dir``): what worker processes open, so that they list as
+        this object does."""
+        params = []
+        if self.max_names != DEFAULT_MAX_NAMES:
+            params.append(f"max_names={self.max_names}")
+        if self._lister.spill_dir:
+            params.append(f"spill_dir={quote(self._lister.spill_dir, safe='/')}")
+        if not params:
+            return self.uri
+        return self.uri + ("&" if "?" in self.uri else "?") + "&".join(params)
 
     @property
     def max_names(self) -> int:

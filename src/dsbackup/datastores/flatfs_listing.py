@@ -40,6 +40,7 @@ class ShardLister:
         self.spill_dir = spill_dir  # None: $TMPDIR
         self.passes = 0  # times sorted_names listed the shard directories (one per call)
         self.spills = 0  # listings that went through bucket files
+        self.recuts = 0  # buckets over max_names cut again from their file
         self.peak_names = 0  # most names held at once (a sorted list, the native set)
 
     def shard_dirs(self) -> list[bytes]:
@@ -148,6 +149,7 @@ class ShardLister:
                         sample = min(self.max_names, SAMPLE_MAX)
                         self._held(sample)
                         cuts += 1
+                        self.recuts += 1
                         tag = b"s%d." % cuts
                         sub = resplit(sd.fd, fname, count, math.ceil(count / target), sample,
                                       tag, sd.path)
