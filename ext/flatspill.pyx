@@ -2,7 +2,7 @@
 memory: an external partition sort (docs/DATASTORES.md, "Listing a large flatfs store").
 
 ``SpillScan`` reads each shard directory once (``readdir``, the GIL released, a signal check
-between directories) and keeps the names in place (flatname.pxd; any file type, as
+and the caller's ``check`` between directories) and keeps the names in place (flatname.pxd; any file type, as
 ``os.listdir`` lists them) that fall in ``[lo, hi)``. While at most ``max_names`` are held
 ``fill()`` ends with them (``sorted_names()``). When one more arrives it stops; ``spill()``
 then takes split keys from the held names (the first directories listed: flatfs spreads
@@ -451,8 +451,9 @@ def resplit(int dir_fd, bytes fname, uint64_t count, int nsub, size_t sample_max
 
 cdef class SpillScan:
     """``SpillScan(root_fd, shards, kind, param, name_prefix, lo, hi, max_names,
-    root_name)``: see the module doc. ``root_fd`` stays the caller's; ``hi`` None is no
-    upper bound; ``root_name`` names the root in errors."""
+    root_name, check)``: see the module doc. ``root_fd`` stays the caller's; ``hi`` None is
+    no upper bound; ``root_name`` names the root in errors; ``check`` (a callable or None)
+    is called between shard directories and may raise to stop the listing."""
 
     cdef int rootfd
     cdef bytes root_name
@@ -482,15 +483,18 @@ cdef class SpillScan:
     cdef int err
     cdef long err_shard
     cdef readonly size_t peak      # most names held at once
+    cdef object check              # called between shard directories (may raise), or None
 
     def __cinit__(self, int root_fd, list shards, str kind, int param, bytes name_prefix,
-                  bytes lo, object hi, size_t max_names, bytes root_name=b""):
+                  bytes lo, object hi, size_t max_names, bytes root_name=b"",
+                  object check=None):
         if kind not in KINDS:
             raise ValueError(f"unknown shard function {kind!r}")
         if param < 1 or param > MAX_PARAM:
             raise ValueError(f"shard parameter {param} out of range")
         self.rootfd = root_fd
         self.root_name = root_name
+        self.check = check
         self._names = [bytes(s) for s in shards]
         for s in self._names:
             if b"\0" in s or b"/" in s:
@@ -614,6 +618,8 @@ cdef class SpillScan:
                 return 1
             self.cur += 1
             PyErr_CheckSignals()
+            if self.check is not None:
+                self.check()
         return 0
 
     cdef _raise(self):

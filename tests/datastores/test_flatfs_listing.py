@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from dsbackup.datastores.flatfs import FlatfsDatastore
-from dsbackup.errors import DatastoreError
+from dsbackup.errors import Cancelled, DatastoreError
 from tests.support.flatfs_files import ALPHABET, random_names, write_store
 
 BIG = 200_000
@@ -86,6 +86,7 @@ def test_skewed_names_are_cut_again_and_stay_within_the_bound(skewed, tmp_path):
     assert ds._lister.passes == 1
     assert os.listdir(spill) == []
     ds.max_names = 7  # every bucket cut again, several times
+    ds._lister.peak_names = 0
     assert _keys(ds) == want and ds._lister.peak_names <= 7
 
 
@@ -153,3 +154,23 @@ def test_the_store_is_not_written(skewed, tmp_path):
     ds = FlatfsDatastore(root, readonly=True, max_names=100, spill_dir=str(tmp_path))
     _keys(ds)
     assert tree() == before
+
+
+def test_a_listing_stops_between_directories_when_asked(skewed, tmp_path):
+    root, want = skewed
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    ds = FlatfsDatastore(root, readonly=True, max_names=300, spill_dir=str(spill))
+    asked = []
+
+    def stop_after_100() -> bool:
+        asked.append(1)
+        return len(asked) > 100  # well into the spilling part (after ~10 directories)
+
+    ds.set_listing_stop(stop_after_100)
+    with pytest.raises(Cancelled, match="flatfs listing stopped"):
+        _keys(ds)
+    assert len(asked) == 101
+    assert os.listdir(spill) == []
+    ds.set_listing_stop(None)
+    assert _keys(ds) == want

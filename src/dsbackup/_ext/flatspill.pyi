@@ -1,6 +1,8 @@
 """Listing a flatfs root once in name order with bounded memory (bucket files on disk).
 See ext/flatspill.pyx."""
 
+from collections.abc import Callable
+
 KINDS: dict[str, int]
 
 class SpillError(OSError): ...
@@ -13,7 +15,8 @@ class SpillScan:
     peak: int
     def __init__(self, root_fd: int, shards: list[bytes], kind: str, param: int,
                  name_prefix: bytes, lo: bytes, hi: bytes | None, max_names: int,
-                 root_name: bytes = b"") -> None: ...
+                 root_name: bytes = b"", check: Callable[[], object] | None = None
+                 ) -> None: ...
     @property
     def position(self) -> tuple[int, int]: ...
     def fill(self) -> bool: ...

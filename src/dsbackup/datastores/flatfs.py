@@ -34,7 +34,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -400,6 +400,12 @@ class FlatfsDatastore(BaseDatastore):
         for names in self._lister.sorted_names(start, end):
             for i in range(0, len(names), max_records):
                 yield [b"/" + n[cut:] for n in names[i:i + max_records]]
+
+    def set_listing_stop(self, should_stop: Callable[[], bool] | None) -> None:
+        """``should_stop`` is asked between shard directories while a scan lists the store;
+        True ends the scan with :class:`~dsbackup.errors.Cancelled` (a backup's Ctrl-C need
+        not wait for the listing of a large store). None: never."""
+        self._lister.should_stop = should_stop
 
     @property
     def listing_passes(self) -> int:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from dsbackup._ext.flatspill import SpillError, SpillScan, read_sorted, resplit
 from dsbackup.datastores.flatfs_layout import EXTENSION, ShardFunc, is_valid_name
 from dsbackup.datastores.flatfs_spill import SpillDir, spill_root
-from dsbackup.errors import DatastoreError
+from dsbackup.errors import Cancelled, DatastoreError
 
 __all__ = ["ShardLister"]
 
@@ -38,6 +38,9 @@ class ShardLister:
         self.max_names = max_names
         self.name_prefix = name_prefix
         self.spill_dir = spill_dir  # None: $TMPDIR
+        # asked between shard directories: True stops a listing (raises Cancelled); a backup
+        # sets it for its scan (FlatfsDatastore.set_listing_stop)
+        self.should_stop: Callable[[], bool] | None = None
         self.passes = 0  # times sorted_names listed the shard directories (one per call)
         self.spills = 0  # listings that went through bucket files
         self.recuts = 0  # buckets over max_names cut again from their file
@@ -112,7 +115,7 @@ class ShardLister:
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             scan = SpillScan(fd, shards, self.shard.kind, self.shard.param, self.name_prefix,
-                             lo, hi, self.max_names, self.root)
+                             lo, hi, self.max_names, self.root, self._check)
             whole = scan.fill()
             if whole:
                 names = scan.sorted_names()
@@ -172,6 +175,11 @@ class ShardLister:
         finally:
             if root_fd >= 0:
                 os.close(root_fd)
+
+    def _check(self) -> None:
+        """Between shard directories: stop when the reader's owner asks (should_stop)."""
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled(f"{os.fsdecode(self.root)}: flatfs listing stopped")
 
     def _held(self, n: int) -> None:
         if n > self.peak_names:
