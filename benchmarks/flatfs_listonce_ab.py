@@ -13,8 +13,9 @@ runs, in an order reversed each round:
 
 - ``find``: ``find DIR -type f | wc -l`` (the listing baseline);
 - ``list``: ``scan_keys()`` over the whole store (the parallel planner's listing; the central
-  scan lists with the same code), old and new, and new with ``max_names`` at its default
-  (all names in memory: what the spill costs);
+  scan lists with the same code), old and new, and both with ``max_names`` at its default
+  (all names in memory: what the spill costs, and the native in-memory listing against the
+  old ``os.listdir`` one);
 - ``full``: a central full backup (``workers=1``: the old parallel planner did not receive
   ``max_names``), old and new; the archives' chunk digests must be equal;
 - ``incr``: an unchanged incremental against a full backup made once before the rounds.
@@ -45,6 +46,10 @@ CHILD = r"""
 import json, os, resource, sys, time
 from pathlib import Path
 mode, uri, out, parent = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.datastores import open_datastore
+from dsbackup.engine.backup import BackupManager
+from dsbackup.engine.config import BackupConfig
 def cpu():
     t = 0.0
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
@@ -54,16 +59,12 @@ def cpu():
 c, t = cpu(), time.perf_counter()
 res = {}
 if mode == "list":
-    from dsbackup.datastores import open_datastore
     ds = open_datastore(uri, readonly=True)
     n = 0
     for ks in ds.scan_keys():
         n += len(ks)
     res = {"keys": n, "passes": ds.listing_passes}
 else:
-    from dsbackup.archive.reader import ArchiveReader
-    from dsbackup.engine.backup import BackupManager
-    from dsbackup.engine.config import BackupConfig
     out.unlink(missing_ok=True)
     cfg = BackupConfig(workers=1)
     BackupManager(cfg).create_backup(uri, out, parent=Path(parent) if parent else None)
@@ -116,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parent = work / "parent.dsb"
     run(args.new, "full", plain, parent)
     runs = [("find", None, None), ("list", "old", limited), ("list", "new", limited),
-            ("list", "new-in-memory", plain), ("full", "old", limited),
+            ("list", "new-in-memory", plain), ("list", "old-in-memory", plain),
+            ("full", "old", limited),
             ("full", "new", limited), ("incr", "old", limited), ("incr", "new", limited)]
-    trees = {"old": args.old, "new": args.new, "new-in-memory": args.new}
+    trees = {"old": args.old, "new": args.new, "new-in-memory": args.new,
+             "old-in-memory": args.old}
     res: dict = {f"{mode}/{t}": [] for mode, t, _ in runs}
     for rnd in range(args.rounds):
         order = runs if rnd % 2 == 0 else list(reversed(runs))
@@ -150,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[key] = {w: round(med(key, w), 3) for w in ("wall", "cpu", "rss_mib", "passes")
                         if w in res[key][0]}
     for a, b in (("list/old", "list/new"), ("list/new-in-memory", "list/new"),
+                 ("list/old-in-memory", "list/new-in-memory"),
                  ("full/old", "full/new"), ("incr/old", "incr/new"), ("find/None", "list/new")):
         row = {}
         for w in ("wall", "cpu"):

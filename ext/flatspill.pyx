@@ -19,7 +19,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, qsort, realloc
-from libc.string cimport memcpy, memset, strlen
+from libc.string cimport memcpy, memmove, memset, strlen
 
 from flatname cimport SHARD_NEXT_TO_LAST, SHARD_PREFIX, SHARD_SUFFIX, in_place
 from frameutil cimport key_cmp
@@ -290,7 +290,7 @@ cdef int rd_next(reader *r, const unsigned char **name, size_t *nlen) noexcept n
                 return -1
             return 0
         if r.pos:
-            memcpy(r.buf, r.buf + r.pos, r.len - r.pos)  # a partial record: to the front
+            memmove(r.buf, r.buf + r.pos, r.len - r.pos)  # a partial record: to the front
             r.len -= r.pos
             r.pos = 0
         got = read(r.fd, r.buf + r.len, READ_BYTES - r.len)
