@@ -76,17 +76,20 @@ def test_archive_is_byte_identical_to_the_in_memory_listings(store, env, tmp_pat
     assert _spills(env) == []
 
 
-def test_ctrl_c_during_a_spilling_backup_leaves_no_spill_and_no_archive(store, env, tmp_path):
+@pytest.mark.parametrize(("workers", "sig"), [("1", signal.SIGINT), ("2", signal.SIGINT),
+                                            ("1", signal.SIGTERM)])
+def test_ctrl_c_during_a_spilling_backup_leaves_no_spill_and_no_archive(store, env, tmp_path,
+                                                                         workers, sig):
     out = tmp_path / "a.tar.gz"
     cmd = [sys.executable, "-m", "dsbackup", "backup", f"flatfs:{store}?max_names={SMALL}",
-           str(out), "--workers", "1", "--level", "9"]
+           str(out), "--workers", workers, "--level", "9"]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     deadline = time.monotonic() + 60
     while not _spills(env) and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     assert _spills(env), "the backup did not spill"
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "Traceback" not in err
