@@ -46,7 +46,10 @@ from libposixdir cimport (
     write,
 )
 
+import errno as _errno
 import os
+
+errno_EIO = _errno.EIO
 
 KINDS = {"prefix": SHARD_PREFIX, "suffix": SHARD_SUFFIX, "next-to-last": SHARD_NEXT_TO_LAST}
 
@@ -60,15 +63,16 @@ cdef enum:
 include "spillbuckets.pxi"
 
 
-def read_sorted(int dir_fd, bytes fname) -> list:
-    """The names of one bucket file in increasing order."""
+def read_sorted(int dir_fd, bytes fname, str spill_dir="") -> list:
+    """The names of one bucket file in increasing order (``spill_dir`` names it in
+    errors)."""
     cdef reader r
     cdef nameset s
     cdef const unsigned char *name
     cdef size_t nlen
     cdef int got = 0, nomem = 0
     memset(&s, 0, sizeof(nameset))
-    open_reader(&r, dir_fd, fname)
+    open_reader(&r, dir_fd, fname, spill_dir)
     try:
         with nogil:
             while True:
@@ -81,7 +85,7 @@ def read_sorted(int dir_fd, bytes fname) -> list:
         if nomem:
             raise MemoryError("flatspill: no memory for a bucket's names")
         if got < 0:
-            raise_read_error(&r, fname)
+            raise_read_error(&r, fname, spill_dir)
         return sorted_list(&s)
     finally:
         close_reader(&r)
@@ -109,7 +113,7 @@ def resplit(int dir_fd, bytes fname, uint64_t count, int nsub, size_t sample_max
     memset(&p, 0, sizeof(partition))
     nsub = max(2, min(nsub, MAX_BUCKETS))
     try:
-        open_reader(&r, dir_fd, fname)
+        open_reader(&r, dir_fd, fname, spill_dir)
         try:
             with nogil:
                 while True:
@@ -123,7 +127,7 @@ def resplit(int dir_fd, bytes fname, uint64_t count, int nsub, size_t sample_max
             if bad:
                 raise MemoryError("flatspill: no memory for a bucket's sample")
             if got < 0:
-                raise_read_error(&r, fname)
+                raise_read_error(&r, fname, spill_dir)
         finally:
             close_reader(&r)
         with nogil:
@@ -134,7 +138,7 @@ def resplit(int dir_fd, bytes fname, uint64_t count, int nsub, size_t sample_max
         ns_free(&sample)
         if bad:
             raise MemoryError("flatspill: no memory to split a bucket")
-        open_reader(&r, dir_fd, fname)
+        open_reader(&r, dir_fd, fname, spill_dir)
         try:
             with nogil:
                 while True:
@@ -149,7 +153,7 @@ def resplit(int dir_fd, bytes fname, uint64_t count, int nsub, size_t sample_max
             if bad:
                 raise_part_error(&p, spill_dir)
             if got < 0:
-                raise_read_error(&r, fname)
+                raise_read_error(&r, fname, spill_dir)
         finally:
             close_reader(&r)
         return [p.count[b] for b in range(p.nb)]

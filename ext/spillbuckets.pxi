@@ -195,16 +195,12 @@ cdef int part_flush_all(partition *p) noexcept nogil:
     return 0
 
 
-class SpillError(OSError):
-    """A bucket file could not be written (its path is ``filename``)."""
-
-
 cdef raise_part_error(partition *p, str spill_dir):
     cdef char name[96]
     if p.err == ENOMEM or p.err == 0:
         raise MemoryError("flatspill: no memory for the listing's buckets")
     bucket_name(p, p.err_bucket, name, sizeof(name))
-    raise SpillError(p.err, os.strerror(p.err), os.path.join(spill_dir, name.decode()))
+    raise OSError(p.err, os.strerror(p.err), os.path.join(spill_dir, name.decode()))
 
 
 # -- reading a bucket file in blocks ---------------------------------------------------------
@@ -250,12 +246,12 @@ cdef int rd_next(reader *r, const unsigned char **name, size_t *nlen) noexcept n
         r.len += <size_t>got
 
 
-cdef int open_reader(reader *r, int dirfd, bytes fname) except -1:
+cdef int open_reader(reader *r, int dirfd, bytes fname, str where) except -1:
     memset(r, 0, sizeof(reader))
     r.fd = openat(dirfd, PyBytes_AS_STRING(fname), O_RDONLY | O_CLOEXEC)
     if r.fd < 0:
         e = errno
-        raise OSError(e, os.strerror(e), os.fsdecode(fname))
+        raise OSError(e, os.strerror(e), os.path.join(where, os.fsdecode(fname)))
     r.buf = <unsigned char *>malloc(READ_BYTES)
     if r.buf == NULL:
         close(r.fd)
@@ -271,10 +267,11 @@ cdef void close_reader(reader *r) noexcept:
     r.buf = NULL
 
 
-cdef raise_read_error(reader *r, bytes fname):
+cdef raise_read_error(reader *r, bytes fname, str where):
+    path = os.path.join(where, os.fsdecode(fname))
     if r.err:
-        raise OSError(r.err, os.strerror(r.err), os.fsdecode(fname))
-    raise OSError(f"{os.fsdecode(fname)}: a spill file ends inside a record")
+        raise OSError(r.err, os.strerror(r.err), path)
+    raise OSError(errno_EIO, "a spill file ends inside a record", path)
 
 
 cdef list sorted_list(nameset *s):

@@ -13,11 +13,12 @@ names) is cut again from its file. At most ``max_names`` names are held at any t
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from collections.abc import Callable, Iterator
 
-from dsbackup._ext.flatspill import SpillError, SpillScan, read_sorted, resplit
+from dsbackup._ext.flatspill import SpillScan, read_sorted, resplit
 from dsbackup.datastores.flatfs_layout import EXTENSION, ShardFunc, is_valid_name
 from dsbackup.datastores.flatfs_spill import SpillDir, spill_root
 from dsbackup.errors import Cancelled, DatastoreError
@@ -26,6 +27,7 @@ __all__ = ["ShardLister"]
 
 _EXT_LEN = len(EXTENSION)
 SAMPLE_MAX = 1 << 18  # names sampled to cut an oversized bucket
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 class ShardLister:
@@ -136,8 +138,11 @@ class ShardLister:
         target = max(1, self.max_names // 2)
         done, total = scan.position
         estimate = self.max_names * total / (done + 0.5)
+        sd = SpillDir(spill_root(self.spill_dir))
+        where = ""
         try:
-            with SpillDir(spill_root(self.spill_dir)) as sd:
+            with sd:
+                where = sd.path
                 try:
                     counts = scan.spill(sd.fd, sd.path, math.ceil(estimate / target), b"b")
                 finally:
@@ -161,13 +166,17 @@ class ShardLister:
                         continue
                     if not count:
                         continue
-                    names = read_sorted(sd.fd, fname)
+                    names = read_sorted(sd.fd, fname, where)
                     os.unlink(fname, dir_fd=sd.fd)
                     self._held(len(names))
                     yield names
-        except SpillError as e:
+        except OSError as e:
+            if not (where and isinstance(e.filename, str)
+                    and e.filename.startswith(where + os.sep)):
+                raise  # not a spill file's: a shard directory's, named by the error
+            verb = "write" if e.errno in _WRITE_ERRORS else "write or read"
             raise DatastoreError(
-                f"{e.filename}: cannot write the spill file of a flatfs listing: "
+                f"{e.filename}: cannot {verb} the spill file of a flatfs listing: "
                 f"{e.strerror} (a listing of more than max_names={self.max_names} names "
                 "sorts them on disk, about (name length + 1) bytes a name; free space "
                 "there or set TMPDIR, or the flatfs URI's spill_dir=, to a larger disk; "
