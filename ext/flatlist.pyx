@@ -23,6 +23,7 @@ from libc.stdint cimport int8_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset, strlen
 
+from flatname cimport SHARD_NEXT_TO_LAST, SHARD_PREFIX, SHARD_SUFFIX, in_place
 from frameutil cimport key_cmp
 from libposixdir cimport (
     AT_SYMLINK_NOFOLLOW,
@@ -58,9 +59,6 @@ cdef enum:
     K_TRUSTED = 1
     S_MISFIT = 1        # shard status: holds a file that is not of the layout
     S_GONE = 2          # shard status: vanished while listed
-    SHARD_PREFIX = 0
-    SHARD_SUFFIX = 1
-    SHARD_NEXT_TO_LAST = 2
     MAX_PARAM = 255
 
 KINDS = {"prefix": SHARD_PREFIX, "suffix": SHARD_SUFFIX, "next-to-last": SHARD_NEXT_TO_LAST}
@@ -85,50 +83,16 @@ ctypedef struct fl_run:
     int nomem
 
 
-cdef uint8_t NAME_OK[256]     # 1 for 0-9 A-Z + - _ =
 cdef int8_t B32[256]          # RFC 4648 base32 value of an upper-case character, else -1
 
 
 cdef void init_tables() noexcept:
     cdef int c
     for c in range(256):
-        NAME_OK[c] = (c'0' <= c <= c'9') or (c'A' <= c <= c'Z') or c == c'+' or c == c'-' \
-            or c == c'_' or c == c'='
         B32[c] = c - c'A' if c'A' <= c <= c'Z' else (c - c'2' + 26 if c'2' <= c <= c'7' else -1)
 
 
 init_tables()
-
-
-cdef bint in_place(const unsigned char *name, size_t nlen, const unsigned char *shard,
-                   size_t slen, int kind, int param, const unsigned char *prefix,
-                   size_t plen) noexcept nogil:
-    """``<shard>/<name>`` is a ``.data`` file with a valid name in the shard it maps to."""
-    cdef size_t L, i
-    cdef long k
-    cdef unsigned char c
-    if nlen <= 5 or memcmp(name + nlen - 5, b".data", 5) != 0:
-        return False
-    L = nlen - 5
-    if L < plen or (plen and memcmp(name, prefix, plen) != 0):
-        return False
-    for i in range(L):
-        if not NAME_OK[name[i]]:
-            return False
-    if slen != <size_t>param:
-        return False
-    for i in range(<size_t>param):
-        if kind == SHARD_PREFIX:
-            c = name[i] if i < L else c'_'
-        elif kind == SHARD_SUFFIX:
-            k = <long>L - param + <long>i
-            c = name[k] if k >= 0 else c'_'
-        else:  # next-to-last: ("_" * (n + 1) + name)[L : L + n]
-            k = <long>L + <long>i - param - 1
-            c = name[k] if k >= 0 else c'_'
-        if c != shard[i]:
-            return False
-    return True
 
 
 cdef inline int uvarint(const unsigned char *p, size_t n, size_t *pos, uint64_t *out) noexcept nogil:

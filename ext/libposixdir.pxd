@@ -1,4 +1,5 @@
-# Extern declarations for POSIX directory listing (dirent.h, fcntl.h, sys/stat.h, unistd.h)
+# Extern declarations for POSIX directory listing and plain file I/O (dirent.h, fcntl.h,
+# sys/stat.h, unistd.h)
 # and the GCC/Clang atomic add used to hand out work. Declarations only.
 
 
@@ -25,6 +26,9 @@ cdef extern from "<dirent.h>" nogil:
 cdef extern from "<fcntl.h>" nogil:
     enum:
         O_RDONLY
+        O_WRONLY
+        O_CREAT
+        O_APPEND
         O_DIRECTORY
         O_CLOEXEC
         AT_SYMLINK_NOFOLLOW
@@ -35,16 +39,23 @@ cdef extern from "<fcntl.h>" nogil:
 cdef extern from "<sys/stat.h>" nogil:
     ctypedef unsigned int mode_t
 
+    ctypedef long off_t
+
     struct stat:
         mode_t st_mode
+        off_t st_size
 
     int fstatat(int dirfd, const char *path, stat *buf, int flags)
+    int fstat(int fd, stat *buf)
     bint S_ISREG(mode_t m)
     bint S_ISDIR(mode_t m)
 
 
 cdef extern from "<unistd.h>" nogil:
+    ctypedef long ssize_t
     int close(int fd)
+    ssize_t read(int fd, void *buf, size_t n)
+    ssize_t write(int fd, const void *buf, size_t n)
 
 
 cdef extern from "<errno.h>" nogil:
@@ -52,6 +63,8 @@ cdef extern from "<errno.h>" nogil:
     enum:
         ENOENT
         ENOTDIR
+        EINTR
+        ENOMEM
 
 
 cdef extern from * nogil:

@@ -20,11 +20,11 @@ Read-only opening changes nothing on disk: no ``.temp`` clean-up (go-ds-flatfs's
 deletes it), no ``diskUsage.cache`` write, no directory creation; files are read with
 ``O_NOATIME`` where the kernel allows it.
 
-Scans return keys in global sorted order. Names are listed shard by shard and sorted in
-memory; with ``prefix/N`` sharding shards are key ranges, so only one shard's names are held
-at a time; otherwise every name in the scanned range is held (about 100 bytes a name) up to
-``max_names`` (default 1,000,000), beyond which the range is cut into windows at sampled
-split keys and the shards are listed once per window.
+Scans return keys in global sorted order and read each shard directory once. With
+``prefix/N`` sharding shards are key ranges, so only one shard's names are held at a time;
+otherwise the names in the scanned range are held natively up to ``max_names`` (default
+1,000,000) and beyond that sorted through bucket files in a spill directory (``spill_dir``,
+default ``$TMPDIR``; flatfs_listing.py, flatfs_spill.py).
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 from dsbackup.allocator import tune_allocator
 from dsbackup.datastores.base import (
@@ -86,7 +87,8 @@ class FlatfsDatastore(BaseDatastore):
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
                  shard: str | ShardFunc | None = None, sync: bool = True,
                  max_names: int = DEFAULT_MAX_NAMES, read_ahead: int = DEFAULT_READ_AHEAD,
-                 name_prefix: bytes = b"", metadata: bool = True) -> None:
+                 name_prefix: bytes = b"", metadata: bool = True,
+                 spill_dir: str | None = None) -> None:
         self.path = Path(path).absolute()
         self._root = os.fsencode(self.path)
         self.sync_writes = sync
@@ -130,7 +132,7 @@ class FlatfsDatastore(BaseDatastore):
             uri += f"?shard={self.shard.kind}/{self.shard.param}"
         super().__init__(uri, readonly=readonly, location=str(self.path))
         self._dir_of = self.shard.dir_of
-        self._lister = ShardLister(self._root, self.shard, max_names, name_prefix)
+        self._lister = ShardLister(self._root, self.shard, max_names, name_prefix, spill_dir)
         self._noatime = _O_NOATIME
         self._lock = threading.Lock()
         self._du: int | None = None
@@ -142,8 +144,22 @@ class FlatfsDatastore(BaseDatastore):
         self.skipped = SkippedFiles()
 
     @property
+    def open_uri(self) -> str:
+        """:attr:`uri` with the listing settings that differ from the defaults
+        (``max_names``, ``spill_dir``): what worker processes open, so that they list as
+        this object does."""
+        params = []
+        if self.max_names != DEFAULT_MAX_NAMES:
+            params.append(f"max_names={self.max_names}")
+        if self._lister.spill_dir:
+            params.append(f"spill_dir={quote(self._lister.spill_dir, safe='/')}")
+        if not params:
+            return self.uri
+        return self.uri + ("&" if "?" in self.uri else "?") + "&".join(params)
+
+    @property
     def max_names(self) -> int:
-        """Names held in memory before a scan switches to windowed listing."""
+        """Names held in memory before a scan sorts through bucket files on disk."""
         return self._lister.max_names
 
     @max_names.setter
@@ -385,10 +401,16 @@ class FlatfsDatastore(BaseDatastore):
             for i in range(0, len(names), max_records):
                 yield [b"/" + n[cut:] for n in names[i:i + max_records]]
 
+    def set_listing_stop(self, should_stop: Callable[[], bool] | None) -> None:
+        """``should_stop`` is asked between shard directories while a scan lists the store;
+        True ends the scan with :class:`~dsbackup.errors.Cancelled` (a backup's Ctrl-C need
+        not wait for the listing of a large store). None: never."""
+        self._lister.should_stop = should_stop
+
     @property
     def listing_passes(self) -> int:
-        """How many times scans have listed the shard directories (sorted_names calls and
-        their windows; not :meth:`listing`)."""
+        """How many times scans have listed the shard directories (one per scan; not
+        :meth:`listing`)."""
         return self._lister.passes
 
     def _read_ahead(self, names: Iterator[bytes]) -> Iterator[tuple[bytes, bytes]]:
@@ -665,12 +687,14 @@ def _unlink_quiet(path: bytes) -> None:
 
 def open_flatfs(path: str, *, readonly: bool = False, shard: str | ShardFunc | None = None,
                 sync: bool | str = True, max_names: int | str = DEFAULT_MAX_NAMES,
-                read_ahead: int | str = DEFAULT_READ_AHEAD, metadata: bool | str = True
-                ) -> FlatfsDatastore:
-    """``metadata=0``: a new directory gets no ``SHARDING`` (nor any other metadata file)."""
+                read_ahead: int | str = DEFAULT_READ_AHEAD, metadata: bool | str = True,
+                spill_dir: str | None = None) -> FlatfsDatastore:
+    """``metadata=0``: a new directory gets no ``SHARDING`` (nor any other metadata file);
+    ``spill_dir``: where a listing over ``max_names`` names sorts them (default ``$TMPDIR``)."""
     from dsbackup.datastores.registry import _bool_param
 
     return FlatfsDatastore(path, readonly=readonly, shard=shard, sync=_bool_param(sync),
                            max_names=int(max_names),
-                           read_ahead=int(read_ahead), metadata=_bool_param(metadata))
+                           read_ahead=int(read_ahead), metadata=_bool_param(metadata),
+                           spill_dir=spill_dir or None)
 

@@ -1,34 +1,52 @@
-"""Listing a flatfs directory in global key order with bounded memory.
+"""Listing a flatfs directory in global key order with bounded memory, reading each shard
+directory once.
 
-Names are listed shard by shard and sorted in memory. With ``prefix/N`` shards are key
-ranges, so one shard's names are held at a time. Otherwise every name in the scanned range
-is held (about 100 bytes a name) up to ``max_names``; beyond that the range is cut into
-windows at split keys sampled from the names seen so far, and the shard directories are
-listed once per window.
+With ``prefix/N`` shards are key ranges: they are listed one at a time, one shard's names
+held. Otherwise the native ``SpillScan`` (ext/flatspill.pyx) lists every shard directory
+once and holds the names in range (about name length + 9 bytes each) up to ``max_names``;
+beyond that it cuts the range into buckets at split keys sampled from the names held so
+far, writes every name to its bucket's file in a spill directory (flatfs_spill.py) and the
+buckets are read back, sorted and yielded one at a time; a bucket over ``max_names`` (skewed
+names) is cut again from its file. At most ``max_names`` names are held at any time
+(``peak_names``).
 """
 
 from __future__ import annotations
 
+import errno
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+from dsbackup._ext.flatspill import SpillScan, read_sorted, resplit
 from dsbackup.datastores.flatfs_layout import EXTENSION, ShardFunc, is_valid_name
+from dsbackup.datastores.flatfs_spill import SpillDir, spill_root
+from dsbackup.errors import Cancelled, DatastoreError
 
 __all__ = ["ShardLister"]
 
 _EXT_LEN = len(EXTENSION)
+SAMPLE_MAX = 1 << 18  # names sampled to cut an oversized bucket
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 class ShardLister:
     """Lists the ``.data`` names (without extension) of a flatfs root."""
 
     def __init__(self, root: bytes, shard: ShardFunc, max_names: int,
-                 name_prefix: bytes = b"") -> None:
+                 name_prefix: bytes = b"", spill_dir: str | None = None) -> None:
         self.root = root
         self.shard = shard
         self.max_names = max_names
         self.name_prefix = name_prefix
-        self.passes = 0  # times sorted_names listed the shard directories (one per window)
+        self.spill_dir = spill_dir  # None: $TMPDIR
+        # asked between shard directories: True stops a listing (raises Cancelled); a backup
+        # sets it for its scan (FlatfsDatastore.set_listing_stop)
+        self.should_stop: Callable[[], bool] | None = None
+        self.passes = 0  # times sorted_names listed the shard directories (one per call)
+        self.spills = 0  # listings that went through bucket files
+        self.recuts = 0  # buckets over max_names cut again from their file
+        self.peak_names = 0  # most names held at once (a sorted list, the native set)
 
     def shard_dirs(self) -> list[bytes]:
         out = []
@@ -80,7 +98,8 @@ class ShardLister:
         return lo, hi
 
     def sorted_names(self, start: bytes, end: bytes | None) -> Iterator[list[bytes]]:
-        """Sorted lists of names in the key range, in global order, memory-bounded."""
+        """Sorted lists of names in the key range, in global order, memory-bounded; the
+        shard directories are read once (one pass)."""
         rng = self.name_range(start, end)
         if rng is None:
             return
@@ -91,37 +110,86 @@ class ShardLister:
             for s in shards:
                 names = self.names_in(s, lo, hi)
                 names.sort()
+                self._held(len(names))
                 if names:
                     yield names
             return
-        acc: list[bytes] = []
-        for i, s in enumerate(shards):
-            acc += self.names_in(s, lo, hi)
-            if len(acc) > self.max_names:
-                yield from self._windowed(shards, lo, hi, acc, (i + 1) / len(shards))
-                return
-        acc.sort()
-        if acc:
-            yield acc
-
-    def _windowed(self, shards: list[bytes], lo: bytes, hi: bytes | None,
-                  sample: list[bytes], fraction: float) -> Iterator[list[bytes]]:
-        sample.sort()
-        windows = int(len(sample) / fraction / self.max_names) + 1
-        step = max(len(sample) // windows, 1)
-        cuts = sorted({sample[j] for j in range(step, len(sample), step)})
-        del sample[:]
-        bounds: list[bytes | None] = [*cuts, hi]
-        w_lo = lo
-        for w_hi in bounds:
-            self.passes += 1
-            names: list[bytes] = []
-            for s in shards:
-                names += self.names_in(s, w_lo, w_hi)
-            names.sort()
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            scan = SpillScan(fd, shards, self.shard.kind, self.shard.param, self.name_prefix,
+                             lo, hi, self.max_names, self.root, self._check)
+            whole = scan.fill()
+            if whole:
+                names = scan.sorted_names()
+        except BaseException:
+            os.close(fd)
+            raise
+        if whole:
+            os.close(fd)
+            self._held(len(names))
             if names:
                 yield names
-            if w_hi is None:
-                return
-            w_lo = w_hi
+            return
+        yield from self._spilled(scan, fd)
 
+    def _spilled(self, scan: SpillScan, root_fd: int) -> Iterator[list[bytes]]:
+        """The rest of a listing over ``max_names`` names, through bucket files."""
+        self.spills += 1
+        target = max(1, self.max_names // 2)
+        done, total = scan.position
+        estimate = self.max_names * total / (done + 0.5)
+        sd = SpillDir(spill_root(self.spill_dir))
+        where = ""
+        try:
+            with sd:
+                where = sd.path
+                try:
+                    counts = scan.spill(sd.fd, sd.path, math.ceil(estimate / target), b"b")
+                finally:
+                    os.close(root_fd)
+                    root_fd = -1
+                self._held(scan.peak)
+                todo = [(b"b%d" % i, c) for i, c in enumerate(counts)]
+                cuts = 0
+                while todo:
+                    fname, count = todo.pop(0)
+                    if count > self.max_names:
+                        sample = min(self.max_names, SAMPLE_MAX)
+                        self._held(sample)
+                        cuts += 1
+                        self.recuts += 1
+                        tag = b"s%d." % cuts
+                        sub = resplit(sd.fd, fname, count, math.ceil(count / target), sample,
+                                      tag, sd.path)
+                        os.unlink(fname, dir_fd=sd.fd)
+                        todo[:0] = [(tag + b"%d" % i, c) for i, c in enumerate(sub)]
+                        continue
+                    if not count:
+                        continue
+                    names = read_sorted(sd.fd, fname, where)
+                    os.unlink(fname, dir_fd=sd.fd)
+                    self._held(len(names))
+                    yield names
+        except OSError as e:
+            if not (where and isinstance(e.filename, str)
+                    and e.filename.startswith(where + os.sep)):
+                raise  # not a spill file's: a shard directory's, named by the error
+            verb = "write" if e.errno in _WRITE_ERRORS else "write or read"
+            raise DatastoreError(
+                f"{e.filename}: cannot {verb} the spill file of a flatfs listing: "
+                f"{e.strerror} (a listing of more than max_names={self.max_names} names "
+                "sorts them on disk, about (name length + 1) bytes a name; free space "
+                "there or set TMPDIR, or the flatfs URI's spill_dir=, to a larger disk; "
+                "docs/DATASTORES.md)") from None
+        finally:
+            if root_fd >= 0:
+                os.close(root_fd)
+
+    def _check(self) -> None:
+        """Between shard directories: stop when the reader's owner asks (should_stop)."""
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled(f"{os.fsdecode(self.root)}: flatfs listing stopped")
+
+    def _held(self, n: int) -> None:
+        if n > self.peak_names:
+            self.peak_names = n

@@ -14,7 +14,7 @@ range the mount routes to it (shadowed by a deeper mount) is never listed, match
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from dsbackup.datastores.base import (
@@ -216,6 +216,13 @@ class MountDatastore(BaseDatastore):
             if last is not None:
                 return seg.mount.raw + last
         return None
+
+    def set_listing_stop(self, should_stop: Callable[[], bool] | None) -> None:
+        """Handed to every mounted store that takes it (flatfs: FlatfsDatastore)."""
+        for m in self.mounts:
+            fn = getattr(m.datastore, "set_listing_stop", None)
+            if fn is not None:
+                fn(should_stop)
 
     def approx_count(self) -> int | None:
         counts = [m.datastore.approx_count() for m in self.mounts]

@@ -28,7 +28,8 @@ class FullStream:
     def __init__(self, ds: Any, settings: ChunkSettings, workers: int, parallel: bool,
                  cancel: threading.Event) -> None:
         """`parallel`: scan with `workers` processes, which open the store themselves: an
-        LMDB environment at its ``location``, any other backend by its ``uri``."""
+        LMDB environment at its ``location``, any other backend by its ``open_uri`` (flatfs:
+        the uri with its listing settings) or ``uri``."""
         self.ds, self.settings, self.cancel = ds, settings, cancel
         self.parallel = parallel
         self.workers = workers
@@ -41,7 +42,7 @@ class FullStream:
         ds, s = self.ds, self.settings
         if self.parallel:
             kind = "lmdb" if ds.scheme == "lmdb" else "datastore"
-            loc = ds.location if kind == "lmdb" else ds.uri
+            loc = ds.location if kind == "lmdb" else getattr(ds, "open_uri", ds.uri)
             self._chunks = ParallelScan(kind, loc, s, self.workers, cancel=self.cancel,
                                         stats=self.stats, consistent=(kind == "lmdb"))
         else:

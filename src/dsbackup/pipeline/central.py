@@ -99,6 +99,11 @@ def central_chunks(
         except BaseException as exc:  # handed to the consumer, which re-raises
             _put(results, exc, stop)
 
+    # a flatfs store's listing (one pass over every shard directory before the first key of
+    # a large store) stops between directories when the scan is stopped or cancelled
+    set_stop = getattr(ds, "set_listing_stop", None)
+    if set_stop is not None:
+        set_stop(lambda: stop.is_set() or (cancel is not None and cancel.is_set()))
     t = threading.Thread(target=reader, name="dsbackup-scan", daemon=True)
     t.start()
     try:
@@ -119,6 +124,8 @@ def central_chunks(
     finally:
         stop.set()
         t.join()
+        if set_stop is not None:
+            set_stop(None)
         pool.shutdown(wait=True, cancel_futures=True)
         stats.excluded_records = chunker.excluded_records
         stats.excluded_bytes = chunker.excluded_bytes

@@ -167,6 +167,11 @@ class _Worker:
             if op == "range":
                 self._run_range(msg[1], msg[2], msg[3], msg[5])
             elif op == "plan":
+                # the parent sends the planner nothing but "stop" while it plans: a waiting
+                # message (or a closed pipe) ends a long flatfs listing between directories
+                set_stop = getattr(getattr(self.source, "ds", None), "set_listing_stop", None)
+                if set_stop is not None:
+                    set_stop(self.conn.poll)
                 if self.source.keyed:
                     self._plan_keyed(msg[1])
                 else:
