@@ -192,6 +192,12 @@ cdef int _zstd_walk(ZSTD_DCtx *dc, const unsigned char *buf, size_t n, uint64_t 
     return ZD_OK if done else ZD_ESHORT
 
 
+cdef inline bint _zstd_magic(const unsigned char *p, size_t n) noexcept nogil:
+    """``p`` starts with a zstd frame's magic (28 b5 2f fd): libzstd also takes a skippable
+    frame for a frame (content size 0, decoded to nothing), which §11.6 excludes."""
+    return n >= 4 and p[0] == 0x28 and p[1] == 0xb5 and p[2] == 0x2f and p[3] == 0xfd
+
+
 # ZSTD_d_stableOutBuffer (ZSTD_d_experimentalParam2): the output buffer stays the same across
 # ZSTD_decompressStream calls, so frames decode straight into it, without a window buffer and
 # its copy. An enum value passed to the stable ZSTD_DCtx_setParameter; a library that does
@@ -260,7 +266,7 @@ def zstd_decode(const unsigned char[::1] buf, uint64_t frame_len, uint64_t conte
     if avail > frame_len:
         avail = frame_len
     fcs = ZSTD_getFrameContentSize(first, avail)
-    if fcs == ZSTD_CONTENTSIZE_ERROR:
+    if fcs == ZSTD_CONTENTSIZE_ERROR or not _zstd_magic(first, avail):  # (not skippable)
         raise MemberError("zstd chunk: not a zstd frame (bad magic or frame header)")
     if fcs == ZSTD_CONTENTSIZE_UNKNOWN:
         raise MemberError("zstd chunk: the frame does not declare its content size")
@@ -310,7 +316,7 @@ def zstd_content_size(const unsigned char[::1] frame) -> int:
     if n == 0:
         return -2
     fcs = ZSTD_getFrameContentSize(&frame[0], n)
-    if fcs == ZSTD_CONTENTSIZE_ERROR:
+    if fcs == ZSTD_CONTENTSIZE_ERROR or not _zstd_magic(&frame[0], n):
         return -2
     if fcs == ZSTD_CONTENTSIZE_UNKNOWN:
         return -1

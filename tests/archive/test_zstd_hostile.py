@@ -196,3 +196,27 @@ def test_an_unknown_flag_bit_3_is_unsupported(tmp_path, good):
         ArchiveReader(p)
     r = cli("verify", str(p))
     assert r.returncode == 2 and "unsupported" in r.stderr + r.stdout
+
+
+def test_a_declared_frame_length_beyond_the_member_is_refused_before_allocation(tmp_path,
+                                                                                 good,
+                                                                                 monkeypatch):
+    """The subfield's and tar header's frame length are the attacker's too: the ratio limit
+    must not be taken from them, or a 16-byte frame declaring 1 TiB passes it (§11.6: the
+    member's length follows from the frame's)."""
+    huge, declared = 1 << 40, (1 << 33) - 1
+    bomb = b"\x28\xb5\x2f\xfd" + b"\xe0" + huge.to_bytes(8, "little") + b"\x01\x00\x00"
+
+    def lying_member(seq: int, records: int, entry_data: bytes) -> bytes:
+        body = deflate_body(entry_data, 0)
+        sub = fmt.chunk_subfield(seq, records, declared, xxh3_64(entry_data), V, FLAGS)
+        hdr = tar_header(fmt.chunk_name(seq), declared, 0)
+        crc = crc32_combine(crc32(hdr), body.crc32, body.size)
+        return (fmt.member_head(sub) + fmt.STORED_TAR_PREFIX + hdr + bytes(body.data)
+                + fmt.member_tail(crc, 512 + body.size))
+
+    monkeypatch.setitem(globals(), "chunk_member", lying_member)
+    p = rebuilt(good, tmp_path / "lie.tar.gz", 1, bomb, payload_len=huge)
+    _bad(p, "member length")
+    r = cli("verify", str(p))
+    assert r.returncode == 3 and "chunk 1" in r.stdout + r.stderr, r.stdout + r.stderr

@@ -174,3 +174,30 @@ def test_a_listing_stops_between_directories_when_asked(skewed, tmp_path):
     assert os.listdir(spill) == []
     ds.set_listing_stop(None)
     assert _keys(ds) == want
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "1.5"])
+def test_max_names_below_1_or_not_an_integer_is_refused_at_open(tmp_path, bad):
+    """max_names=0 made every bucket "over max_names" and a 1-name bucket was cut again
+    forever (a scan spinning at 100% CPU); -1 an OverflowError traceback from the native
+    scan. Both are a one-line error at open, naming the parameter."""
+    import sys
+
+    from dsbackup.datastores import open_datastore
+
+    with FlatfsDatastore(tmp_path / "s", shard="next-to-last/2", sync=False) as ds:
+        ds.put_many([b"/AB%03d" % i for i in range(20)], [b"x"] * 20)
+    code = ("import sys\nfrom dsbackup.datastores import open_datastore\n"
+            "ds = open_datastore(sys.argv[1], readonly=True)\n"
+            "print(sum(len(b) for b in ds.scan_batches()))\n")
+    r = subprocess.run([sys.executable, "-c", code, f"flatfs:{tmp_path / 's'}?max_names={bad}"],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert r.returncode != 0 and "max_names" in r.stderr, r.stdout + r.stderr
+    with pytest.raises(DatastoreError, match="max_names"):
+        open_datastore(f"flatfs:{tmp_path / 's'}?max_names={bad}", readonly=True)
+    ds = FlatfsDatastore(tmp_path / "s", readonly=True)
+    with pytest.raises(DatastoreError, match="max_names"):
+        ds.max_names = 0
+    assert ds.max_names > 0
+    ds.close()

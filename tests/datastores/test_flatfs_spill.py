@@ -62,3 +62,28 @@ def test_left_by_a_dead_process_removed_by_the_next_spill(tmp_path):
         holder.wait()
     assert remove_stale(str(tmp_path)) == 1  # the holder is gone now
     assert sorted(os.listdir(tmp_path)) == sorted([no_lock_young.name, "unrelated"])
+
+
+def test_another_listing_between_lock_file_and_flock_leaves_it_alone(tmp_path, monkeypatch):
+    """A second process's clean-up that runs after this one made its lock file but before it
+    took the lock must neither remove the live directory nor make this one's lock fail."""
+    import fcntl
+
+    from dsbackup.datastores import flatfs_spill
+
+    real_flock = fcntl.flock
+    seen: list[int] = []
+
+    def racing_flock(fd, op):
+        if not seen:  # the first flock is the opener's own: the other process runs first
+            seen.append(-1)
+            seen[0] = remove_stale(str(tmp_path))
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(flatfs_spill.fcntl, "flock", racing_flock)
+    with SpillDir(str(tmp_path)) as sd:
+        assert seen == [0]
+        assert os.path.isdir(sd.path)
+        assert remove_stale(str(tmp_path)) == 0
+        assert os.path.isdir(sd.path)
+    assert os.listdir(tmp_path) == []

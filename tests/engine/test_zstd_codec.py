@@ -324,3 +324,19 @@ def test_cli_codec_and_level_errors_and_inspect(tmp_path):
     assert r.returncode == 0, r.stderr
     r = cli("inspect", str(out))
     assert r.returncode == 0 and "zstd level 9 (zstd-9)" in r.stdout
+
+
+@pytest.mark.parametrize("level", [10, 19])
+def test_zstd_levels_above_9_back_up_and_restore(tmp_path, level):
+    """zstd's levels 10-19 are valid (§11.6); the archive's other members stay deflate at
+    its default level, not at the zstd level (which deflate refuses)."""
+    recs = records(300, seed=5)
+    uri = make_store(tmp_path, "lmdb", recs)
+    BackupManager(BackupConfig(workers=1, chunk_size=40, codec="zstd", compression_level=level)
+                  ).create_backup(uri, tmp_path / "z")
+    with ArchiveReader(tmp_path / "z") as z:
+        assert z.codec == "zstd" and z.manifest["settings"]["engine"] == f"zstd-{level}"
+    assert verify_archive(tmp_path / "z", deep=True).ok
+    dst = f"lmdb:{tmp_path / 'dst'}"
+    BackupManager().restore_backup(tmp_path / "z", dst)
+    assert contents(dst) == recs

@@ -88,3 +88,18 @@ def test_levels_out_of_range_are_refused():
     for lvl in (100, 120, 200, 220, 10, -1):
         with pytest.raises(ValueError, match="compression level"):
             compress.deflate_body(b"x", lvl)
+
+
+def test_a_skippable_frame_is_not_a_chunk_frame():
+    """§11.6: exactly one zstd frame, magic 28 b5 2f fd, no skippable frames. libzstd reports
+    a skippable frame's content size as 0 and decodes it to nothing, so without a check of
+    the magic it passes as an empty payload."""
+    skip = b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"abcd"
+    assert zstd_content_size(skip) == -2
+    with pytest.raises(MemberError, match="not a zstd frame"):
+        zstd_decode(skip, len(skip), 0, False)
+    padded = skip + bytes(512 - len(skip))
+    stored = b"\x01" + len(padded).to_bytes(2, "little") + (len(padded) ^ 0xFFFF).to_bytes(
+        2, "little") + padded
+    with pytest.raises(MemberError, match="not a zstd frame"):
+        zstd_decode(stored, len(skip), 0, True)

@@ -16,7 +16,7 @@ from dsbackup._ext.compress import (
     zstd_decode,
 )
 from dsbackup.archive import format as fmt
-from dsbackup.archive.member import _check_head
+from dsbackup.archive.member import _check_head, sealed_layout_length
 from dsbackup.errors import IntegrityError
 
 _TAIL = struct.Struct("<II")
@@ -46,6 +46,9 @@ def decode_zstd_chunk(reader: Any, i: int, raw: bytes | memoryview, entry: Any,
     _check_head(sub, fail, fmt.TYPE_CHUNK, reader.version, reader.flags)
     if (sub.seq, sub.records) != (i, entry.records):
         raise fail("member header disagrees with the index")
+    if len(mv) != sealed_layout_length(sub):  # before the ratio limit trusts data_len
+        raise fail(f"member length {len(mv)} does not match its declared {sub.data_len}-byte "
+                   "frame in stored blocks")
     off = sub.deflate_offset
     end = len(mv) - 8
     if end < off + 5 + fmt.TAR_BLOCK or bytes(mv[off:off + 5]) != STORED_TAR_PREFIX:

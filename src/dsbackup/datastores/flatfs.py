@@ -132,7 +132,8 @@ class FlatfsDatastore(BaseDatastore):
             uri += f"?shard={self.shard.kind}/{self.shard.param}"
         super().__init__(uri, readonly=readonly, location=str(self.path))
         self._dir_of = self.shard.dir_of
-        self._lister = ShardLister(self._root, self.shard, max_names, name_prefix, spill_dir)
+        self._lister = ShardLister(self._root, self.shard, _checked_max_names(max_names),
+                                   name_prefix, spill_dir)
         self._noatime = _O_NOATIME
         self._lock = threading.Lock()
         self._du: int | None = None
@@ -164,7 +165,7 @@ class FlatfsDatastore(BaseDatastore):
 
     @max_names.setter
     def max_names(self, value: int) -> None:
-        self._lister.max_names = value
+        self._lister.max_names = _checked_max_names(value)
 
     # -- writable set-up, disk usage -----------------------------------------------------
     def _write_sharding(self) -> None:
@@ -685,6 +686,19 @@ def _unlink_quiet(path: bytes) -> None:
         pass
 
 
+def _checked_max_names(value: object) -> int:
+    """``max_names`` as a positive int (a URI gives a string); DatastoreError otherwise (0
+    would make every bucket of a spilled listing "over max_names", cut again forever)."""
+    try:
+        n = int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() \
+            else value
+    except ValueError:
+        n = None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DatastoreError(f"flatfs max_names must be a positive integer, got {value!r}")
+    return n
+
+
 def open_flatfs(path: str, *, readonly: bool = False, shard: str | ShardFunc | None = None,
                 sync: bool | str = True, max_names: int | str = DEFAULT_MAX_NAMES,
                 read_ahead: int | str = DEFAULT_READ_AHEAD, metadata: bool | str = True,
@@ -694,7 +708,7 @@ def open_flatfs(path: str, *, readonly: bool = False, shard: str | ShardFunc | N
     from dsbackup.datastores.registry import _bool_param
 
     return FlatfsDatastore(path, readonly=readonly, shard=shard, sync=_bool_param(sync),
-                           max_names=int(max_names),
+                           max_names=_checked_max_names(max_names),
                            read_ahead=int(read_ahead), metadata=_bool_param(metadata),
                            spill_dir=spill_dir or None)
 

@@ -99,9 +99,12 @@ class SpillDir:
         remove_stale(self.root)
         try:
             self.path = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=self.root)
-            self._lock = os.open(os.path.join(self.path, LOCK_FILE),
-                                 os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            # locked before it is named "lock": another listing's clean-up never sees the
+            # lock file free while this process lives (it sees a young directory without one)
+            tmp = os.path.join(self.path, LOCK_FILE + ".new")
+            self._lock = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(tmp, os.path.join(self.path, LOCK_FILE))
             self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             self.close()

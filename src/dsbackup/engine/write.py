@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, NamedTuple, Protocol
 
+from dsbackup import codec as codecs
 from dsbackup._ext.framing import FramingError
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.writer import ArchiveWriter
@@ -86,7 +87,8 @@ def write_archive(plan: BackupPlan, stream: ChunkStream) -> BackupMetadata:
     cfg = plan.cfg
     resume = plan.resume  # a killed backup's temp file, continued: its manifest is kept
     manifest = resume.state.manifest if resume is not None else manifest_for(plan)
-    with stream, ArchiveWriter(plan.path, manifest=manifest, level=cfg.compression_level,
+    with stream, ArchiveWriter(plan.path, manifest=manifest,
+                               level=codecs.deflate_level(cfg.chunk_level),
                                codec=cfg.codec,
                                created=plan.created.timestamp(),
                                parent_fingerprint=plan.parent_fingerprint,
