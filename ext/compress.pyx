@@ -718,7 +718,8 @@ def deflate_body(const unsigned char[::1] data, int level, size_t pad_to=512) ->
     cdef int r
     if not (0 <= level <= 9 or DS_ZSTD_STORED < level <= DS_ZSTD_STORED + DS_ZSTD_MAX_LEVEL
             or DS_ZSTD_FRAME < level <= DS_ZSTD_FRAME + DS_ZSTD_MAX_LEVEL):
-        raise ValueError(f"compression level must be 0..9, got {level}")
+        raise ValueError(f"compression level must be 0..9 (deflate) or a zstd chunk level "
+                         f"(dsbackup.codec: {DS_ZSTD_STORED}+1..19, {DS_ZSTD_FRAME}+1..19), got {level}")
     if pad_to == 0:
         raise ValueError("pad_to must be >= 1")
     d = getattr(_tls, "deflater", None)
