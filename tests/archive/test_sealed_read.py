@@ -283,7 +283,9 @@ def test_a_member_outside_the_writers_layout_still_opens():
     assert open_member(c, 3, other) == plain
 
 
-def test_restore_path_leaves_the_ciphertext_crc_to_the_member_xxh3(tmp_path, monkeypatch):
+@pytest.mark.parametrize("codec", [{"compression_level": 0}, {"codec": "zstd"}])
+def test_restore_path_leaves_the_ciphertext_crc_to_the_member_xxh3(tmp_path, monkeypatch,
+                                                                     codec):
     """``read_chunk`` (restore) does not recompute an encrypted member's CRC-32 of its
     ciphertext (``gzip_crc=False``): the index's member XXH3, checked first, covers the same
     bytes, so damage there is still exit 3 naming the chunk, from the XXH3; past that check,
@@ -293,9 +295,8 @@ def test_restore_path_leaves_the_ciphertext_crc_to_the_member_xxh3(tmp_path, mon
     path = tmp_path / "a.tar.gz"
     datasets.write_lmdb(str(tmp_path / "src"), iter(records))
     material = crypto.KeyMaterial(key=DK)
-    BackupManager(BackupConfig(workers=1, chunk_size=20, compression_level=0,
-                               encryption=material)).create_backup(f"lmdb:{tmp_path / 'src'}",
-                                                                   path)
+    BackupManager(BackupConfig(workers=1, chunk_size=20, encryption=material, **codec)
+                  ).create_backup(f"lmdb:{tmp_path / 'src'}", path)
     inflated: list[int] = []
     real = reader_mod.inflate_sealed_body
 
@@ -336,6 +337,8 @@ def test_restore_path_leaves_the_ciphertext_crc_to_the_member_xxh3(tmp_path, mon
                     if region in ("ciphertext", "tag"):
                         assert "authentication failed" in str(exc.value), (region, pos)
                     assert not inflated, (region, pos)
+    with ArchiveReader(path, key=material) as r:
+        assert bool(r.flags & fmt.FLAG_ZSTD) == ("codec" in codec)
     # the same CRC flip in the file: read_chunk fails at the member XXH3, naming the chunk
     with path.open("r+b") as f:
         f.seek(offset + crc_byte)

@@ -384,7 +384,7 @@ class ArchiveReader:
             return holder.decode_chunk_member(seq, raw, gzip_crc=gzip_crc)
         where = f"{self.path}: chunk {i} {e.key_range}"
         if self.flags & fmt.FLAG_ZSTD:  # by the codec (§11.6): archive.chunkcodec
-            return decode_zstd_chunk(self, i, raw, e, where)
+            return decode_zstd_chunk(self, i, raw, e, where, gzip_crc)
         if self.cipher is not None:
             return self._open_sealed(fmt.TYPE_CHUNK, i, raw, where, fmt.chunk_name(i),
                                      e.payload_len, e.payload_xxh3, e.epoch, gzip_crc)
