@@ -281,3 +281,70 @@ def test_a_member_outside_the_writers_layout_still_opens():
     other = head + bytes(body.data) + tail
     assert other != raw
     assert open_member(c, 3, other) == plain
+
+
+@pytest.mark.parametrize("codec", [{"compression_level": 0}, {"codec": "zstd"}])
+def test_restore_path_leaves_the_ciphertext_crc_to_the_member_xxh3(tmp_path, monkeypatch,
+                                                                     codec):
+    """``read_chunk`` (restore) does not recompute an encrypted member's CRC-32 of its
+    ciphertext (``gzip_crc=False``): the index's member XXH3, checked first, covers the same
+    bytes, so damage there is still exit 3 naming the chunk, from the XXH3; past that check,
+    any other flip still fails, a ciphertext or tag flip at the tag (no CRC to fix up) and
+    before anything is inflated. Deep verify's ``decode_chunk_member`` keeps the CRC-32."""
+    records = [(b"/k/%05d" % i, random.Random(i).randbytes(40_000)) for i in range(60)]
+    path = tmp_path / "a.tar.gz"
+    datasets.write_lmdb(str(tmp_path / "src"), iter(records))
+    material = crypto.KeyMaterial(key=DK)
+    BackupManager(BackupConfig(workers=1, chunk_size=20, encryption=material, **codec)
+                  ).create_backup(f"lmdb:{tmp_path / 'src'}", path)
+    inflated: list[int] = []
+    real = reader_mod.inflate_sealed_body
+
+    def spy(plain, length, xxh3, where, *, chunk=None, part=None):
+        inflated.append(chunk)
+        return real(plain, length, xxh3, where, chunk=chunk, part=part)
+
+    monkeypatch.setattr(reader_mod, "inflate_sealed_body", spy)
+    i = 1
+    with ArchiveReader(path, key=material) as r:
+        good = r.read_member(i)
+        payload = bytes(r.read_chunk(i))
+        offset = r.entry(i).offset
+        regions = flips(good)
+        crc_byte = regions["crc and isize"][0]
+        bad_crc = bytearray(good)
+        bad_crc[crc_byte] ^= 1
+        # past the member XXH3: the restore path does not look at the CRC, verify's does
+        assert bytes(r.decode_chunk_member(i, bytes(bad_crc), gzip_crc=False)) == payload
+        with pytest.raises(IntegrityError, match="CRC-32 mismatch") as exc:
+            r.decode_chunk_member(i, bytes(bad_crc))
+        assert exc.value.chunk == i
+        heads = regions["header block"][:1] + regions["block header"][::5]
+        for region, offsets in regions.items():
+            for pos in offsets:
+                if pos == crc_byte:
+                    continue
+                for bit in (0, 7):
+                    if region in ("header block", "block header") and bit >= 3 and (
+                            pos in heads):
+                        continue  # bits deflate ignores (see the test above)
+                    bad = bytearray(good)
+                    bad[pos] ^= 1 << bit
+                    inflated.clear()
+                    with pytest.raises(IntegrityError) as exc:
+                        r.decode_chunk_member(i, bytes(bad), gzip_crc=False)
+                    assert exc.value.chunk == i, (region, pos)
+                    if region in ("ciphertext", "tag"):
+                        assert "authentication failed" in str(exc.value), (region, pos)
+                    assert not inflated, (region, pos)
+    with ArchiveReader(path, key=material) as r:
+        assert bool(r.flags & fmt.FLAG_ZSTD) == ("codec" in codec)
+    # the same CRC flip in the file: read_chunk fails at the member XXH3, naming the chunk
+    with path.open("r+b") as f:
+        f.seek(offset + crc_byte)
+        f.write(bytes([good[crc_byte] ^ 1]))
+    with ArchiveReader(path, key=material) as r:
+        with pytest.raises(IntegrityError, match="member checksum mismatch") as exc:
+            r.read_chunk(i)
+        assert exc.value.chunk == i
+        assert bytes(r.read_chunk(0))  # the others still read

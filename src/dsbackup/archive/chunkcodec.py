@@ -25,16 +25,18 @@ ZSTD_MAX_RATIO = 32768
 
 
 def decode_zstd_chunk(reader: Any, i: int, raw: bytes | memoryview, entry: Any,
-                      where: str) -> memoryview:
+                      where: str, gzip_crc: bool = True) -> memoryview:
     """The payload of chunk `i` (index entry `entry`) of `reader`'s zstd archive from its
-    member bytes `raw` (already checked against the index's member XXH3): every check of
+    member bytes `raw` (already checked against the index's member XXH3; ``gzip_crc``: as
+    ``ArchiveReader.decode_chunk_member``'s, for an encrypted member): every check of
     §2/§11.6, IntegrityError naming the chunk on any failure."""
     def fail(msg: str) -> IntegrityError:
         return IntegrityError(f"{where}: {msg}", chunk=i)
 
     name = fmt.chunk_name(i)
     if reader.cipher is not None:  # §11.4 with bit 2: the sealed plaintext is the frame
-        plain = reader.sealed_plaintext(fmt.TYPE_CHUNK, i, raw, where, name, entry.epoch)
+        plain = reader.sealed_plaintext(fmt.TYPE_CHUNK, i, raw, where, name, entry.epoch,
+                                        gzip_crc=gzip_crc)
         payload, _crc, _x = _decode(plain, len(plain), entry, False, 0, fail)
         return _checked(payload, entry, fail)
     mv = memoryview(raw)

@@ -189,12 +189,16 @@ def sealed_pieces(
     part: str | None = None,
     version: int | None = None,
     flags: int | None = None,
+    gzip_crc: bool = True,
 ) -> tuple[fmt.Subfield, list[memoryview]]:
     """A sealed member's subfield and its tar entry's data (``ciphertext || tag``, §11.4) as
     views of `buf`, one per stored deflate block, nothing copied: the checks of
     ``decode_member`` (head, block headers, CRC-32, ISIZE, tar header, zero padding) made
     in place; the caller authenticates the data. A member not in the writer's layout (the
     §11.4 precisions) goes through ``decode_member``: one view of its inflated data.
+    ``gzip_crc=False`` skips the CRC-32 of the stored blocks, for a caller that has checked
+    these very bytes against the index's member XXH3 (restore): it adds nothing then, and
+    the tag authenticates the data; verify keeps it, the archive must pass ``gzip -t``.
     Raises IntegrityError naming `where` (and `chunk`/`part`) on any mismatch."""
     def fail(msg: str) -> IntegrityError:
         return IntegrityError(f"{where}: {msg}", chunk=chunk, part=part)
@@ -206,7 +210,7 @@ def sealed_pieces(
         exc.chunk, exc.part = chunk, part
         raise
     _check_head(sub, fail, expected_type, version, flags)
-    pieces = _stored_pieces(mv, sub, fail, expected_name)
+    pieces = _stored_pieces(mv, sub, fail, expected_name, gzip_crc)
     if pieces is None:
         sub, data = decode_member(mv, where, expected_type=expected_type,
                                   expected_name=expected_name, chunk=chunk, part=part,
@@ -216,7 +220,7 @@ def sealed_pieces(
 
 
 def _stored_pieces(mv: memoryview, sub: fmt.Subfield, fail: Callable[[str], IntegrityError],
-                   expected_name: bytes) -> list[memoryview] | None:
+                   expected_name: bytes, gzip_crc: bool) -> list[memoryview] | None:
     """``sealed_pieces`` in place; None when the member's deflate stream is not laid out as
     the writer lays it out (a length or block header differs; the general inflate decides)."""
     d = sub.deflate_offset
@@ -237,12 +241,13 @@ def _stored_pieces(mv: memoryview, sub: fmt.Subfield, fail: Callable[[str], Inte
         if not left:
             break
     header = mv[end - fmt.TAR_BLOCK : end]
-    crc = crc32(header)
-    for block in blocks:
-        crc = crc32(block, crc)
     want_crc, isize = _TAIL.unpack_from(mv, pos)
-    if crc != want_crc:
-        raise fail("CRC-32 mismatch")
+    if gzip_crc:
+        crc = crc32(header)
+        for block in blocks:
+            crc = crc32(block, crc)
+        if crc != want_crc:
+            raise fail("CRC-32 mismatch")
     if isize != (fmt.TAR_BLOCK + fmt.padded(sub.data_len)) & 0xFFFFFFFF:
         raise fail(f"ISIZE {isize} does not match the declared size")
     try:

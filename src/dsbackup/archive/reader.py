@@ -374,19 +374,20 @@ class ArchiveReader:
             return holder.read_member(seq)
         return self._checked_member(i, catalog=False, keep=True)
 
-    def decode_chunk_member(self, i: int, raw: bytes) -> memoryview:
+    def decode_chunk_member(self, i: int, raw: bytes, *, gzip_crc: bool = True) -> memoryview:
         """Inflate and check a chunk member read by read_member (whose member XXH3 it
-        trusts); return the payload."""
+        trusts); return the payload. ``gzip_crc=False`` (restore): an encrypted member's
+        CRC-32 of its ciphertext is not recomputed (``member.sealed_pieces``)."""
         e = self.entry(i)
         if e.in_parent:
             holder, seq = self.locate(i)  # checks every hop describes this same chunk
-            return holder.decode_chunk_member(seq, raw)
+            return holder.decode_chunk_member(seq, raw, gzip_crc=gzip_crc)
         where = f"{self.path}: chunk {i} {e.key_range}"
         if self.flags & fmt.FLAG_ZSTD:  # by the codec (§11.6): archive.chunkcodec
-            return decode_zstd_chunk(self, i, raw, e, where)
+            return decode_zstd_chunk(self, i, raw, e, where, gzip_crc)
         if self.cipher is not None:
             return self._open_sealed(fmt.TYPE_CHUNK, i, raw, where, fmt.chunk_name(i),
-                                     e.payload_len, e.payload_xxh3, e.epoch)
+                                     e.payload_len, e.payload_xxh3, e.epoch, gzip_crc)
         sub, payload = decode_member(raw, where, expected_type=fmt.TYPE_CHUNK,
                                      expected_name=fmt.chunk_name(i), chunk=i,
                                      version=self.version, flags=self.flags)
@@ -398,30 +399,33 @@ class ArchiveReader:
         return payload
 
     def _open_sealed(self, mtype: int, i: int, raw: bytes, where: str, name: bytes,
-                     length: int, xxh3: int, epoch: int) -> memoryview:
+                     length: int, xxh3: int, epoch: int, gzip_crc: bool = True) -> memoryview:
         """The data of an encrypted chunk or catalog member (docs/FORMAT.md §11.4) whose raw
         bytes were checked against the index: its stored blocks checked in place, their
         ``ciphertext || tag`` authenticated and decrypted into a reused buffer, and only
         then inflated and checked against the index's `length` and `xxh3`."""
-        plain = self.sealed_plaintext(mtype, i, raw, where, name, epoch)
+        plain = self.sealed_plaintext(mtype, i, raw, where, name, epoch, gzip_crc=gzip_crc)
         return inflate_sealed_body(plain, length, xxh3, where, chunk=i)
 
     def sealed_plaintext(self, mtype: int, i: int, raw: bytes | memoryview, where: str,
-                         name: bytes, epoch: int) -> memoryview:
+                         name: bytes, epoch: int, *, gzip_crc: bool = True) -> memoryview:
         """The authenticated plaintext of an encrypted member (its compressed body for a chunk
         or catalog), decrypted in place from its checked stored blocks into a buffer the
         calling thread reuses: valid until that thread's next call."""
         assert self.cipher is not None
         sub, pieces = sealed_pieces(raw, where, expected_type=mtype, expected_name=name,
-                                    chunk=i, version=self.version, flags=self.flags)
+                                    chunk=i, version=self.version, flags=self.flags,
+                                    gzip_crc=gzip_crc)
         # the subfield holds the sealed data's length and digest (§11.4)
         if mtype == fmt.TYPE_CHUNK and (sub.seq, sub.records) != (i, 0):
             raise IntegrityError(f"{where}: member header disagrees with the index", chunk=i)
         return self.cipher.open_pieces(mtype, i, pieces, where, chunk=i, epoch=epoch)
 
     def read_chunk(self, i: int) -> memoryview:
-        """Chunk i's payload, after every check (member XXH3, CRC, sizes, payload XXH3)."""
-        return self.decode_chunk_member(i, self.read_member(i))
+        """Chunk i's payload, after every check (member XXH3, CRC, sizes, payload XXH3); of an
+        encrypted member, the CRC-32 of its ciphertext is left to verify: the member XXH3
+        just checked covers the same bytes, and the tag authenticates them."""
+        return self.decode_chunk_member(i, self.read_member(i), gzip_crc=False)
 
     def check_member(self, i: int) -> int:
         """Check chunk i's member against the index's member XXH3 without keeping its bytes
