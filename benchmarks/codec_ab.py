@@ -15,6 +15,7 @@ Data sets: benchdata.py (scale with DSBACKUP_BENCH_SCALE).
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     py = [sys.executable, "-m", "dsbackup"]
     w = ["--workers", str(args.workers)]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    # byte-compiled as an installed package is, even where PYTHONDONTWRITEBYTECODE is set
+    compileall.compile_dir(str(ROOT / "src" / "dsbackup"), quiet=1)
     results: dict = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      "scale": benchdata.scale(), "workers": args.workers,
                      "rounds": args.rounds, "loadavg_start": os.getloadavg(), "datasets": {}}

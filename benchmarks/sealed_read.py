@@ -18,6 +18,7 @@ Data sets: benchdata.py (scale with DSBACKUP_BENCH_SCALE).
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the src directory of another version: its encrypted row too")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    # byte-compiled as an installed package is, even where PYTHONDONTWRITEBYTECODE is set
+    for tree in [ROOT / "src", *([args.before] if args.before is not None else [])]:
+        compileall.compile_dir(str(Path(tree) / "dsbackup"), quiet=1)
     import benchdata
 
     work = Path(tempfile.mkdtemp(prefix="dsbackup-sealedread-"))
