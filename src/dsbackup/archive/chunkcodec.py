@@ -11,12 +11,11 @@ from dsbackup._ext.checksum import crc32, xxh3_64
 from dsbackup._ext.compress import (
     STORED_TAR_PREFIX,
     MemberError,
-    parse_tar_header,
     zstd_content_size,
     zstd_decode,
 )
 from dsbackup.archive import format as fmt
-from dsbackup.archive.member import _check_head, sealed_layout_length
+from dsbackup.archive.member import _check_head, check_tar_header, sealed_layout_length
 from dsbackup.errors import IntegrityError
 
 _TAIL = struct.Struct("<II")
@@ -56,14 +55,7 @@ def decode_zstd_chunk(reader: Any, i: int, raw: bytes | memoryview, entry: Any,
     if end < off + 5 + fmt.TAR_BLOCK or bytes(mv[off:off + 5]) != STORED_TAR_PREFIX:
         raise fail("the tar header is not in a stored block")
     header = mv[off + 5:off + 5 + fmt.TAR_BLOCK]
-    try:
-        tname, size, _mtime = parse_tar_header(header)
-    except MemberError as exc:
-        raise fail(f"bad tar header: {exc}") from None
-    if tname != name:
-        raise fail(f"tar entry is named {tname!r}, expected {name!r}")
-    if size != sub.data_len:
-        raise fail(f"tar entry size {size} differs from the declared {sub.data_len}")
+    check_tar_header(header, sub, name, fail)
     payload, crc, frame_xxh3 = _decode(mv[off + 5 + fmt.TAR_BLOCK:end], sub.data_len, entry,
                                        True, crc32(header), fail)
     want_crc, isize = _TAIL.unpack_from(mv, end)

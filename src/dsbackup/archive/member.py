@@ -92,6 +92,21 @@ def _check_head(sub: fmt.Subfield, fail: Callable[[str], IntegrityError], expect
                    f"{fmt.TYPE_NAMES[expected_type]}")
 
 
+def check_tar_header(header: bytes | memoryview, sub: fmt.Subfield,
+                     expected_name: bytes | None,
+                     fail: Callable[[str], IntegrityError]) -> None:
+    """A member's 512-byte tar header (§2.3): valid, named `expected_name` (when given), its
+    size the subfield's data length."""
+    try:
+        name, size, _mtime = parse_tar_header(header)
+    except MemberError as exc:
+        raise fail(f"bad tar header: {exc}") from None
+    if expected_name is not None and name != expected_name:
+        raise fail(f"tar entry is named {name!r}, expected {expected_name!r}")
+    if size != sub.data_len:
+        raise fail(f"tar entry size {size} differs from the declared {sub.data_len}")
+
+
 def _check_inflated(sub: fmt.Subfield, out: bytes, tail: memoryview,
                     fail: Callable[[str], IntegrityError], expected_name: bytes | None,
                     data_digest: bool) -> memoryview:
@@ -103,14 +118,7 @@ def _check_inflated(sub: fmt.Subfield, out: bytes, tail: memoryview,
         raise fail("CRC-32 mismatch")
     if isize != declared & 0xFFFFFFFF:
         raise fail(f"ISIZE {isize} does not match the declared size {declared}")
-    try:
-        name, size, _mtime = parse_tar_header(out[: fmt.TAR_BLOCK])
-    except MemberError as exc:
-        raise fail(f"bad tar header: {exc}") from None
-    if expected_name is not None and name != expected_name:
-        raise fail(f"tar entry is named {name!r}, expected {expected_name!r}")
-    if size != sub.data_len:
-        raise fail(f"tar entry size {size} differs from the declared {sub.data_len}")
+    check_tar_header(out[: fmt.TAR_BLOCK], sub, expected_name, fail)
     end = fmt.TAR_BLOCK + sub.data_len
     if out[end:].count(0) != len(out) - end:
         raise fail("non-zero tar padding")
@@ -250,14 +258,7 @@ def _stored_pieces(mv: memoryview, sub: fmt.Subfield, fail: Callable[[str], Inte
             raise fail("CRC-32 mismatch")
     if isize != (fmt.TAR_BLOCK + fmt.padded(sub.data_len)) & 0xFFFFFFFF:
         raise fail(f"ISIZE {isize} does not match the declared size")
-    try:
-        name, size, _mtime = parse_tar_header(header)
-    except MemberError as exc:
-        raise fail(f"bad tar header: {exc}") from None
-    if name != expected_name:
-        raise fail(f"tar entry is named {name!r}, expected {expected_name!r}")
-    if size != sub.data_len:
-        raise fail(f"tar entry size {size} differs from the declared {sub.data_len}")
+    check_tar_header(header, sub, expected_name, fail)
     pieces: list[memoryview] = []
     data_left = sub.data_len
     for block in blocks:
