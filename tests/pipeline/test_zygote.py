@@ -51,8 +51,10 @@ def _marked(mark: str) -> dict[int, tuple[int, str]]:
             if stat[stat.rindex(")") + 2] == "Z":
                 continue  # exited, not yet reaped
             ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            found[int(d.name)] = (ppid, cmd)
+            raw = (d / "cmdline").read_bytes()
+            if not raw:
+                continue  # exiting: its memory (and command line) already gone, not a zombie yet
+            found[int(d.name)] = (ppid, raw.replace(b"\0", b" ").decode(errors="replace"))
         except (OSError, ValueError):
             continue
     return found
