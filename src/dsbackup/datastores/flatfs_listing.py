@@ -149,10 +149,10 @@ class ShardLister:
                     os.close(root_fd)
                     root_fd = -1
                 self._held(scan.peak)
-                todo = [(b"b%d" % i, c) for i, c in enumerate(counts)]
+                pending = [(b"b%d" % i, c) for i, c in enumerate(counts)]
                 cuts = 0
-                while todo:
-                    fname, count = todo.pop(0)
+                while pending:
+                    fname, count = pending.pop(0)
                     if count > self.max_names:
                         sample = min(self.max_names, SAMPLE_MAX)
                         self._held(sample)
@@ -162,7 +162,7 @@ class ShardLister:
                         sub = resplit(sd.fd, fname, count, math.ceil(count / target), sample,
                                       tag, sd.path)
                         os.unlink(fname, dir_fd=sd.fd)
-                        todo[:0] = [(tag + b"%d" % i, c) for i, c in enumerate(sub)]
+                        pending[:0] = [(tag + b"%d" % i, c) for i, c in enumerate(sub)]
                         continue
                     if not count:
                         continue
