@@ -1,7 +1,8 @@
 """The S3 requests obstore does not offer: ListMultipartUploads, ListParts and
 AbortMultipartUpload (the clean-up of stale uploads, :mod:`dsbackup.storage.s3stale`), and
 multipart uploads whose completion is conditional (``If-None-Match: *``; obstore cannot send
-it there, :mod:`dsbackup.storage.s3multipart`).
+it there, :mod:`dsbackup.storage.s3multipart`); and the signing and connections of the ranged
+GETs read straight into the read cache's blocks (:mod:`dsbackup.storage.s3get`).
 
 Requests are signed with AWS Signature Version 4 as AWS documents it for S3 ("Authenticating
 Requests: Using the Authorization Header"): the canonical URI is the path as sent, each segment
