@@ -2,7 +2,7 @@
 measured in one run (issue #17, docs/STORAGE.md "Performance").
 
 Usage: python benchmarks/s3.py [--mb 64] [--rounds 3] [--workers 2] [--servers rclone,moto]
-       [--tls] [--rss-mb 1024,4096] [--json FILE] [--work-dir DIR]
+       [--tls] [--rss-mb 1024,4096] [--before SRC] [--json FILE] [--work-dir DIR]
 
 Servers, each in its own process on 127.0.0.1, one column each:
 
@@ -41,7 +41,13 @@ round-robin in every round (local rows, then each server's rows), medians over t
   the server's fsync;
 - ``restore-local`` / ``restore-s3``: into an empty LMDB;
 - ``upload_file`` (the upload step alone, with the fsync) and ``download_file`` (boto3's
-  download of the archive): how fast this server takes in and serves bytes.
+  download of the archive): how fast this server takes in and serves bytes;
+- ``restore-s3-before`` (with ``--before SRC``): the same restore by the code of the ``src``
+  directory SRC (another checkout, its extension built), beside ``restore-s3`` in alternating
+  order: an A/B of a change to the read path in the same rounds.
+
+The server's CPU of a row read from rclone includes the range relay's (threads of this
+process): the client's ``cpu`` is the ``dsbackup`` process alone.
 
 Ratios per server: ``backup_s3_of_local`` = local time / S3 time (target >= 0.8),
 ``restore_s3_of_local`` (>= 0.8), ``ours_vs_upload_file`` = alternative time / ``backup-s3``
@@ -350,7 +356,8 @@ def _ratios(s: dict, srv: str) -> dict[str, float]:
         "backup_s3_of_bound": max(med["backup-local"], m("upload_file")) / m("backup-s3"),
         "restore_s3_of_bound": max(med["restore-local"], m("download_file"))
         / m("restore-s3"),
-    }
+    } | ({"restore_s3_before_of_bound": max(med["restore-local"], m("download_file"))
+          / m("restore-s3-before")} if f"restore-s3-before:{srv}" in med else {})
 
 
 TARGETS = {"backup_s3_of_local": 0.8, "restore_s3_of_local": 0.8, "ours_vs_upload_file": 1.5,
@@ -419,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
                          "(first server, one round), e.g. 1024,4096")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--work-dir", type=Path, default=None)
+    ap.add_argument("--before", type=Path, default=None,
+                    help="the src directory of another version (its extension built): a "
+                         "restore-s3-before row beside restore-s3, the order swapped every "
+                         "round")
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.servers.split(",") if s.strip()]
 
@@ -484,9 +495,16 @@ def main(argv: list[str] | None = None) -> int:
                                                 str(work / "dl.dsb"), a_key, KEY_ID, SECRET,
                                                 BUCKET]], env, s)
                 (work / "dl.dsb").unlink()
-                rec.run(f"restore-s3:{n}", [dsb + ["restore", f"s3://{BUCKET}/{b_key}",
-                                                   f"lmdb:{work}/rs-{r}", *w]], read_envs[n], s)
-                shutil.rmtree(work / f"rs-{r}")
+                restores = [("restore-s3", read_envs[n])]
+                if args.before is not None:  # the same restore by another version's code
+                    restores.append(("restore-s3-before", dict(
+                        read_envs[n], PYTHONPATH=str(args.before.resolve()))))
+                    if r % 2:
+                        restores.reverse()  # each takes each place in turn
+                for row, e in restores:
+                    rec.run(f"{row}:{n}", [dsb + ["restore", f"s3://{BUCKET}/{b_key}",
+                                                  f"lmdb:{work}/rs-{r}", *w]], e, s)
+                    shutil.rmtree(work / f"rs-{r}")
                 s.delete(b_key)
                 s.delete(a_key)
             local.unlink()
@@ -538,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{srv}  {per_gb}")
         for n, ratios in doc["ratios"].items():
             for k, v in ratios.items():
-                print(f"{n:<10} {k:<22} {v:6.2f}  (target {TARGETS[k]})")
+                print(f"{n:<10} {k:<22} {v:6.2f}"
+                      + (f"  (target {TARGETS[k]})" if k in TARGETS else "  (--before)"))
         for n, ratios in doc.get("unsigned_vs_signed", {}).items():
             for k, v in ratios.items():
                 print(f"{n:<10} {k:<50} {v:6.2f}")

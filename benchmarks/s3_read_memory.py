@@ -2,7 +2,7 @@
 file, interleaved rounds, medians (issue #17, docs/STORAGE.md "Reading").
 
 Usage: python benchmarks/s3_read_memory.py [--mb 256] [--rounds 5] [--workers 2]
-       [--server rclone] [--before SRC] [--json FILE]
+       [--server rclone] [--before SRC] [--json FILE] [--work-dir DIR]
 
 One store (``--mb`` of blocks, unsorted) is backed up once to a local file and once to the
 server (``benchmarks/s3.py``'s ``Server``: ``rclone serve s3``, read through its range relay,
@@ -39,11 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before", type=Path, default=None,
                     help="the src directory of another version: its S3 rows too")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--work-dir", type=Path, default=None,
+                    help="where the store, archives and restore targets go (a tmpfs such as "
+                         "/dev/shm takes the page cache's writeback out of the restore rows)")
     args = ap.parse_args(argv)
     srcs = {"after": str(HERE.parent / "src")}
     if args.before is not None:
         srcs["before"] = str(args.before.resolve())
-    work = Path(tempfile.mkdtemp(prefix="dsbackup-s3read-"))
+    work = Path(tempfile.mkdtemp(prefix="dsbackup-s3read-", dir=args.work_dir))
     server = bench.Server(args.server, work)
     try:
         env = dict(os.environ, PYTHONPATH=srcs["after"], AWS_ACCESS_KEY_ID=bench.KEY_ID,

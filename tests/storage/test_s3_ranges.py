@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import email.utils
 import http.server
+import mmap
 import threading
 
 import pytest
 
-from dsbackup.errors import ArchiveUnavailable
+from dsbackup._ext.checksum import xxh3_64
+from dsbackup.errors import ArchiveUnavailable, IntegrityError
 from dsbackup.storage import S3Location, s3config
 from dsbackup.storage import s3 as s3mod
 
@@ -21,7 +23,13 @@ BODY = bytes(range(256)) * 300  # 76,800 bytes: shorter than the open's 256 KiB 
 class _Server(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     mode = "s3"  # "s3", "200" (a 200 to every ranged GET), "416" (to a too long suffix),
-    # "cut" (the connection closed halfway through a block's body)
+    # "cut" (the connection closed halfway through a block's body), and for a block's GET
+    # (a range with both ends, not the open's suffix; "first": of the first block):
+    # "cut-once" (the first cut halfway),
+    # "changed" (the first cut halfway, then 412 to If-Match), "block-200" (a 200),
+    # "shrunk" (the object ends 100 bytes into it), "503-once" (the first a 503),
+    # "elsewhere" (a 206 for another range), "denied" (a 403 with an error document)
+    gets: list[dict[str, str]] = []  # the headers of each block GET (lower-case names)
 
     def _range(self) -> tuple[int, int] | None:
         rng = self.headers.get("Range")
@@ -35,8 +43,53 @@ class _Server(http.server.BaseHTTPRequestHandler):
             return max(0, len(BODY) - n), len(BODY) - 1
         return int(a), min(int(b), len(BODY) - 1) if b else len(BODY) - 1
 
+    def _block_answer(self, lo: int, hi: int) -> bool:
+        """The faulty answers to a block's GET; True when one was sent."""
+        first = lo == 0 and not any(g["range"].startswith("bytes=0-") for g in self.gets)
+        self.gets.append({k.lower(): v for k, v in self.headers.items()})
+        mode = self.mode
+        if mode in ("cut-once", "changed") and first:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {lo}-{hi}/{len(BODY)}")
+            self.send_header("Content-Length", str(hi - lo + 1))
+            self.send_header("ETag", '"e"')
+            self.end_headers()
+            self.wfile.write(BODY[lo:lo + (hi - lo + 1) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return True
+        if mode == "changed" and self.headers.get("If-Match"):
+            return self._error(412, "PreconditionFailed")
+        if mode == "503-once" and first:
+            return self._error(503, "SlowDown")
+        if mode == "denied":
+            return self._error(403, "AccessDenied")
+        if mode in ("block-200", "shrunk", "elsewhere"):
+            end = min(hi, lo + 99) if mode == "shrunk" else hi
+            size = end + 1 if mode == "shrunk" else len(BODY)
+            at = lo + 1 if mode == "elsewhere" else lo
+            self.send_response(200 if mode == "block-200" else 206)
+            if mode != "block-200":
+                self.send_header("Content-Range", f"bytes {at}-{end}/{size}")
+            self.send_header("Content-Length", str(end - at + 1))
+            self.end_headers()
+            self.wfile.write(BODY[at:end + 1])
+            return True
+        return False
+
+    def _error(self, status: int, code: str) -> bool:
+        doc = (f"<Error><Code>{code}</Code><Message>no: {code}</Message></Error>").encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(doc)))
+        self.end_headers()
+        self.wfile.write(doc)
+        return True
+
     def _send(self, body: bool) -> None:
         r = self._range()
+        rng = self.headers.get("Range", "")
+        if body and r and not rng.startswith("bytes=-") and self._block_answer(*r):
+            return
         if r == (-1, -1):
             self.send_response(416)
             self.send_header("Content-Length", "0")
@@ -70,20 +123,23 @@ class _Server(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(monkeypatch):
-    def start(mode: str) -> None:
-        handler = type("H", (_Server,), {"mode": mode})
+    def start(mode: str, retries: int = 0) -> None:
+        handler = type("H", (_Server,), {"mode": mode, "gets": []})
+        handlers.append(handler)
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{srv.server_address[1]}")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIARANGETEST0000000")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "range-test-secret")
-        monkeypatch.setenv("DSBACKUP_S3_RETRIES", "0")
+        monkeypatch.setenv("DSBACKUP_S3_RETRIES", str(retries))
         monkeypatch.setattr(s3config, "_settings", s3config.S3Settings())
         monkeypatch.setattr(s3config, "_tuned", False)
         s3mod.reset()
 
     servers: list[http.server.ThreadingHTTPServer] = []
+    handlers: list[type[_Server]] = []
+    start.handlers = handlers
     yield start
     s3mod.reset()
     for srv in servers:
@@ -114,10 +170,14 @@ def test_a_200_to_a_ranged_get_says_so(server):
     assert "206 Partial Content" in msg and "download the object" in msg
 
 
-def test_blocks_stream_into_the_cache_and_are_fetched_once(server, monkeypatch):
+@pytest.mark.parametrize("client", ["ours", "obstore"])
+def test_blocks_stream_into_the_cache_and_are_fetched_once(server, monkeypatch, client):
     """Small blocks (the body in pieces smaller than a block): reads within, across and at
     the end of blocks give the object's bytes, a forward reader fetches each block once, and
-    the cache holds no more than CACHE_BLOCKS."""
+    the cache holds no more than CACHE_BLOCKS; the same through the obstore client's stream
+    (used without keys of our own: an instance's role)."""
+    if client == "obstore":
+        monkeypatch.setattr(s3mod, "reader_api", lambda: None)
     monkeypatch.setattr(s3mod, "TAIL_BYTES", 1000)
     monkeypatch.setattr(s3mod, "BLOCK", 4096)
     monkeypatch.setattr(s3mod, "PIECE", 1000)
@@ -144,4 +204,116 @@ def test_a_block_cut_off_midway_is_a_clear_error(server, monkeypatch):
     src = s3mod.S3Source(S3Location("b", "a.dsb"))
     with pytest.raises(ArchiveUnavailable, match=r"^s3://b/a\.dsb: GET bytes 0-1024 failed"):
         src.read(0, 100)
+    src.close()
+
+
+def _small_blocks(monkeypatch) -> None:
+    monkeypatch.setattr(s3mod, "TAIL_BYTES", 1000)
+    monkeypatch.setattr(s3mod, "BLOCK", 1024)
+
+
+def test_a_block_cut_off_midway_resumes_where_it_stopped(server, monkeypatch):
+    """With retries, the rest of a cut block is asked for (If-Match: the same object), and
+    the bytes are the object's."""
+    _small_blocks(monkeypatch)
+    server("cut-once", retries=2)
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    assert src.read(100, 900) == BODY[100:1000]
+    assert src.read(1000, 1000) == BODY[1000:2000]
+    gets = [g for g in server.handlers[0].gets if g["range"].startswith("bytes=0-")]
+    assert gets[0]["range"] == "bytes=0-1023"
+    resumed = [g for g in server.handlers[0].gets if g.get("if-match")]
+    assert resumed and resumed[0]["range"] == "bytes=512-1023"
+    assert resumed[0]["if-match"] == '"e"'
+    src.close()
+
+
+def test_a_resumed_block_of_a_changed_object_is_an_integrity_error(server, monkeypatch):
+    _small_blocks(monkeypatch)
+    server("changed", retries=2)
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    with pytest.raises(IntegrityError, match=r"^s3://b/a\.dsb: the object changed while"):
+        src.read(0, 100)
+    src.close()
+
+
+def test_a_200_to_a_block_is_refused(server, monkeypatch):
+    _small_blocks(monkeypatch)
+    server("block-200", retries=2)
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    with pytest.raises(ArchiveUnavailable, match="206 Partial Content"):
+        src.read(0, 100)
+    assert [g["range"] for g in server.handlers[0].gets].count("bytes=0-1023") == 1
+    src.close()
+
+
+def test_an_object_ending_inside_a_block_is_a_short_read(server, monkeypatch):
+    _small_blocks(monkeypatch)
+    server("shrunk", retries=2)
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    with pytest.raises(IntegrityError, match=r"short read at offset 100 \(object changed\?\)"):
+        src.read(0, 500)
+    src.close()
+
+
+def test_a_206_for_another_range_is_refused(server, monkeypatch):
+    _small_blocks(monkeypatch)
+    server("elsewhere", retries=2)
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    with pytest.raises(ArchiveUnavailable, match="not the range asked for"):
+        src.read(0, 100)
+    src.close()
+
+
+def test_a_503_is_retried(server, monkeypatch):
+    _small_blocks(monkeypatch)
+    server("503-once", retries=2)
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    assert src.read(0, 3000) == BODY[:3000]
+    assert src.xxh3(10, 1000) == xxh3_64(BODY[10:1010])  # within a block: hashed in place
+    assert src.xxh3(1000, 100) == xxh3_64(BODY[1000:1100])  # across two
+    src.close()
+
+
+def test_a_503_without_retries_names_the_status(server, monkeypatch):
+    _small_blocks(monkeypatch)
+    server("503-once")
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    with pytest.raises(ArchiveUnavailable, match=r"GET bytes 0-1024 failed: HTTP 503 SlowDown"):
+        src.read(0, 100)
+    src.close()
+
+
+def test_access_denied_is_not_retried_and_keeps_no_secret(server, monkeypatch):
+    _small_blocks(monkeypatch)
+    server("denied", retries=3)
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    with pytest.raises(ArchiveUnavailable) as exc:
+        src.read(0, 100)
+    msg = str(exc.value)
+    assert "access denied (HTTP 403 AccessDenied" in msg
+    assert "range-test-secret" not in msg and "Signature" not in msg
+    assert [g["range"] for g in server.handlers[0].gets].count("bytes=0-1023") == 1
+    src.close()
+
+
+def test_block_buffers_are_reused_not_remapped(server, monkeypatch):
+    """A forward reader over many blocks maps no more buffers than the cache holds and the
+    GETs in flight: evicted blocks give theirs to the next."""
+    monkeypatch.setattr(s3mod, "TAIL_BYTES", 1000)
+    monkeypatch.setattr(s3mod, "BLOCK", 2048)
+    made = []
+    real = mmap.mmap
+
+    def counting(*a, **k):
+        made.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(s3mod.mmap, "mmap", counting)
+    server("s3")
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    for pos in range(0, len(BODY) - 1000, 700):
+        assert src.read(pos, 700) == BODY[pos:pos + 700]
+    assert src._fetches >= 30
+    assert len(made) <= s3mod.CACHE_BLOCKS + s3config.settings().read_concurrency
     src.close()

@@ -59,7 +59,9 @@ class _QuietServer(ThreadingHTTPServer):
 class Rule:
     """Requests whose method and URL match get `status` (or wait `delay` s) `times` times;
     `body` replaces the default error body; with `forward` the request reaches the server
-    first and its answer is replaced (an answer lost after the server acted)."""
+    first and its answer is replaced (an answer lost after the server acted); with `cut` the
+    server's answer is sent with half its body, then the connection is closed. `range` limits
+    the rule to requests whose Range header starts with it."""
 
     method: str
     contains: str
@@ -69,6 +71,8 @@ class Rule:
     hits: int = 0
     body: bytes | None = None
     forward: bool = False
+    cut: bool = False
+    range: str | None = None
 
 
 @dataclass
@@ -112,10 +116,15 @@ class FaultProxy:
                     proxy.headers.append(got)
                     proxy.body_sha256.append(digest)
                 for r in proxy.rules:
-                    if r.method == self.command and r.contains in self.path and r.hits < r.times:
+                    if r.method == self.command and r.contains in self.path and r.hits < r.times \
+                            and (r.range is None
+                                 or self.headers.get("Range", "").startswith(r.range)):
                         r.hits += 1
                         if r.delay:
                             time.sleep(r.delay)
+                        if r.cut:
+                            self._answer(*self._upstream(body), cut=True)
+                            return
                         if r.forward:
                             self._upstream(body)
                         if r.status is not None:
@@ -128,7 +137,10 @@ class FaultProxy:
                                 self.wfile.write(msg)
                             return
                         break
-                resp, data = self._upstream(body)
+                self._answer(*self._upstream(body))
+
+            def _answer(self, resp: http.client.HTTPResponse, data: bytes,
+                        cut: bool = False) -> None:
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("connection", "transfer-encoding", "content-length",
@@ -136,8 +148,16 @@ class FaultProxy:
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if self.command == "HEAD":
+                    return
+                if not cut:
                     self.wfile.write(data)
+                    return
+                self.wfile.write(data[:len(data) // 2])  # half the body, then the line is cut
+                self.wfile.flush()
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
 
             def _upstream(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)

@@ -40,6 +40,7 @@ from dsbackup.storage.base import Check
 from dsbackup.storage.location import S3Location
 from dsbackup.storage.s3api import S3Api
 from dsbackup.storage.s3config import client_config, scrub, settings
+from dsbackup.storage.s3get import NOT_PARTIAL, get_into
 from dsbackup.storage.s3multipart import Conflict, KeyTaken, MultipartUpload
 from dsbackup.storage.s3stale import clean_before_backup
 from dsbackup.storage.s3tls import ca_bundle
@@ -60,6 +61,8 @@ NEAR = 4  # a read this many blocks behind the furthest one still counts as movi
 log = logging.getLogger(__name__)
 _stores: dict[str, S3Store] = {}
 _stores_lock = threading.Lock()
+_api: S3Api | None = None
+_api_made = False
 
 
 def store(bucket: str) -> S3Store:
@@ -90,10 +93,27 @@ def store(bucket: str) -> S3Store:
         return st
 
 
+def reader_api() -> S3Api | None:
+    """The signed client of the ranged GETs into blocks (one per process: its connections
+    are kept alive per thread), or None without keys of our own (an instance's role: the
+    obstore client's GETs then)."""
+    global _api, _api_made
+    with _stores_lock:
+        if not _api_made:
+            try:
+                _api = S3Api.from_config()
+            except ConfigError:
+                _api = None
+            _api_made = True
+        return _api
+
+
 def reset() -> None:
     """Forget the clients (after the endpoint or credentials changed: tests, scheduler)."""
+    global _api, _api_made
     with _stores_lock:
         _stores.clear()
+        _api, _api_made = None, False
 
 
 def message(exc: BaseException) -> str:
@@ -138,12 +158,6 @@ def _tls_cause(text: str) -> list[str]:
 
 def _not_found(exc: BaseException) -> bool:
     return isinstance(exc, (FileNotFoundError, obstore.exceptions.NotFoundError))
-
-
-NOT_PARTIAL = ("the server answered a ranged GET with the whole-object status 200 instead of "
-               "206 Partial Content, so it cannot serve an archive's random access (restore, "
-               "verify, inspect, ls; rclone serve s3 1.75 does this): use another server, or "
-               "download the object and read the local file")
 
 
 def _unavailable(loc: S3Location, what: str, exc: BaseException) -> DsBackupError:
@@ -318,16 +332,33 @@ class S3Sink:
                         message(exc))
 
 
+class _Block:
+    """One cached block: its buffer (one of the source's, reused), the fetch filling it, and
+    its pins (the fetch, each reader copying out of it). An evicted block's buffer goes back
+    to the source only when nothing pins it: never refilled under a reader."""
+
+    __slots__ = ("buf", "future", "pins", "cached")
+
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf: mmap.mmap | None = buf
+        self.future: Future[None] | None = None
+        self.pins = 1  # the fetch's
+        self.cached = True
+
+
 class S3Source:
     """Random access to an object: the open is one suffix GET (size and tail); later reads
     go through a block cache with read-ahead, so a restore reading chunks in order makes
-    one request per few MiB with a few in flight."""
+    one request per few MiB with a few in flight. Each block's GET reads its body straight
+    into one of a few reused buffers (:mod:`dsbackup.storage.s3get`; the obstore client's
+    stream, copied in, with the instance's own credentials)."""
 
     def __init__(self, loc: S3Location) -> None:
         if loc.is_prefix:
             raise ArchiveUnavailable(f"{loc}: names a prefix, not an archive")
         self.location = loc
         self._store = store(loc.bucket)
+        self._api = reader_api()
         try:
             got = obstore.get(self._store, loc.key, options={"range": {"suffix": TAIL_BYTES}})
             self._tail = bytes(got.bytes())
@@ -337,7 +368,8 @@ class S3Source:
                 raise _unavailable(loc, "GET", exc) from None
             self._tail, self.size = self._tail_after_416()
         self._tail_start = self.size - len(self._tail)
-        self._blocks: OrderedDict[int, Future[Any]] = OrderedDict()
+        self._blocks: OrderedDict[int, _Block] = OrderedDict()
+        self._free: list[mmap.mmap] = []  # buffers of evicted blocks, for the next ones
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._max_block = -2
@@ -354,91 +386,166 @@ class S3Source:
         if size == 0:
             return b"", 0
         start = max(0, size - TAIL_BYTES)
-        return bytes(self._get(start, size)), size
+        return self._get(start, size), size
 
-    def _get(self, start: int, end: int) -> Any:
-        """The bytes at [start, end): obstore's buffer (no copy; buffer protocol)."""
+    def _get(self, start: int, end: int) -> bytes:
+        """The bytes at [start, end), outside the cache (a read of a block or more)."""
+        if self._api is None:
+            try:
+                data = obstore.get_range(self._store, self.location.key, start=start, end=end)
+            except Exception as exc:  # noqa: BLE001 - mapped
+                raise _unavailable(self.location, f"GET bytes {start}-{end}", exc) from None
+            if len(data) != end - start:
+                raise IntegrityError(f"{self.location}: short read at offset {start} (object "
+                                     "changed?)")
+            return bytes(data)
+        buf = bytearray(end - start)
+        get_into(self._api, self.location.bucket, self.location.key, start, memoryview(buf),
+                 str(self.location))
+        return bytes(buf)
+
+    def _fill(self, blk: _Block, start: int, end: int) -> None:
+        """Fetch [start, end) into the block's buffer, then drop the fetch's pin."""
         try:
-            data = obstore.get_range(self._store, self.location.key, start=start, end=end)
-        except Exception as exc:  # noqa: BLE001 - mapped
-            raise _unavailable(self.location, f"GET bytes {start}-{end}", exc) from None
-        if len(data) != end - start:
-            raise IntegrityError(f"{self.location}: short read at offset {start} (object "
-                                 "changed?)")
-        return data
+            assert blk.buf is not None
+            with memoryview(blk.buf) as view:
+                if self._api is not None:
+                    get_into(self._api, self.location.bucket, self.location.key, start,
+                             view[:end - start], str(self.location))
+                else:
+                    self._stream_into(view[:end - start], start, end)
+        finally:
+            with self._lock:
+                blk.pins -= 1
+                self._release(blk)
 
-    def _fetch(self, start: int, end: int) -> mmap.mmap:
-        """Block [start, end) streamed into an anonymous mapping of its own: the body arrives
-        in ``PIECE`` pieces, so no block-sized buffer is ever taken from malloc (a GET thread's
-        arena kept such buffers after their block left the cache: ~100 MiB of a restore's
-        peak), and the mapping's pages go back to the kernel when the block is dropped."""
-        buf = mmap.mmap(-1, end - start, flags=_MAP_FLAGS)
+    def _stream_into(self, view: memoryview, start: int, end: int) -> None:
+        """The obstore client's GET of [start, end), its body copied in piece by piece."""
         pos = 0
         try:
             got = obstore.get(self._store, self.location.key,
                               options={"range": (start, end)})
             for piece in got.stream(min_chunk_size=PIECE):
                 n = len(piece)
-                if pos + n > len(buf):
+                if pos + n > len(view):
                     pos += n
                     break
-                buf[pos:pos + n] = piece
+                view[pos:pos + n] = piece
                 pos += n
         except Exception as exc:  # noqa: BLE001 - mapped
-            buf.close()
             raise _unavailable(self.location, f"GET bytes {start}-{end}", exc) from None
         if pos != end - start:
-            buf.close()
             raise IntegrityError(f"{self.location}: short read at offset {start} (object "
                                  "changed?)")
-        return buf
 
-    def _block(self, b: int) -> Future[Any]:
-        """Block b's future (cached, or started now); caller holds the lock."""
-        f = self._blocks.get(b)
-        if f is not None:
+    def _release(self, blk: _Block) -> None:
+        """An evicted block nothing pins gives its buffer back; caller holds the lock."""
+        if blk.cached or blk.pins or blk.buf is None:
+            return
+        buf, blk.buf = blk.buf, None
+        if len(self._free) < CACHE_BLOCKS:
+            self._free.append(buf)
+        else:
+            try:
+                buf.close()
+            except BufferError:  # a view of it lives on: unmapped with the last one
+                pass
+
+    def _block(self, b: int) -> _Block:
+        """Block b (cached, or its fetch started now), pinned for the caller, who unpins it
+        with _unpin; caller holds the lock."""
+        blk = self._blocks.get(b)
+        if blk is not None:
             self._blocks.move_to_end(b)
-            return f
+            blk.pins += 1
+            return blk
         if self._pool is None:
             self._pool = ThreadPoolExecutor(settings().read_concurrency,
                                             thread_name_prefix="dsbackup-s3get")
+        # a reused buffer: a fresh mapping per block cost more CPU than its fetch (zeroed,
+        # faulted in and unmapped again, ~0.5 s/GB)
+        blk = _Block(self._free.pop() if self._free else
+                     mmap.mmap(-1, min(BLOCK, self.size), flags=_MAP_FLAGS))
         start = b * BLOCK
-        f = self._pool.submit(self._fetch, start, min(self.size, start + BLOCK))
+        blk.future = self._pool.submit(self._fill, blk, start, min(self.size, start + BLOCK))
         self._fetches += 1
-        self._blocks[b] = f
+        self._blocks[b] = blk
         while len(self._blocks) > CACHE_BLOCKS:
-            self._blocks.popitem(last=False)
-        return f
+            _, old = self._blocks.popitem(last=False)
+            old.cached = False
+            self._release(old)
+        blk.pins += 1
+        return blk
+
+    def _unpin(self, blocks: list[_Block]) -> None:
+        with self._lock:
+            for blk in blocks:
+                blk.pins -= 1
+                self._release(blk)
+
+    def _pinned(self, offset: int, length: int) -> tuple[int, list[_Block]]:
+        """(first block, the blocks holding [offset, offset+length), pinned and fetched)."""
+        first, last = offset // BLOCK, (offset + length - 1) // BLOCK
+        blocks: list[_Block] = []
+        try:
+            with self._lock:
+                for b in range(first, last + 1):
+                    blocks.append(self._block(b))
+                # moving forward (threads of a restore read chunks roughly in order): read ahead
+                if self._max_block - NEAR <= first <= self._max_block + 1:
+                    for b in range(last + 1, min(last + 1 + READ_AHEAD,
+                                                 (self.size - 1) // BLOCK + 1)):
+                        self._unpin_locked(self._block(b))
+                self._max_block = max(self._max_block, last)
+            for blk in blocks:
+                assert blk.future is not None
+                blk.future.result()
+        except BaseException:
+            self._unpin(blocks)
+            raise
+        return first, blocks
+
+    def _unpin_locked(self, blk: _Block) -> None:
+        blk.pins -= 1
+        self._release(blk)
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or offset + length > self.size:
+            raise IntegrityError(f"{self.location}: read of {length} bytes at {offset} lies "
+                                 f"outside the {self.size}-byte object")
 
     def read(self, offset: int, length: int) -> bytes:
         if length == 0:
             return b""
-        if offset < 0 or offset + length > self.size:
-            raise IntegrityError(f"{self.location}: read of {length} bytes at {offset} lies "
-                                 f"outside the {self.size}-byte object")
+        self._check(offset, length)
         if offset >= self._tail_start:
             return self._tail[offset - self._tail_start:offset - self._tail_start + length]
         if length >= BLOCK:
-            return bytes(self._get(offset, offset + length))
-        first, last = offset // BLOCK, (offset + length - 1) // BLOCK
-        with self._lock:
-            futures = [self._block(b) for b in range(first, last + 1)]
-            # moving forward (threads of a restore read chunks roughly in order): read ahead
-            if self._max_block - NEAR <= first <= self._max_block + 1:
-                for b in range(last + 1, min(last + 1 + READ_AHEAD,
-                                             (self.size - 1) // BLOCK + 1)):
-                    self._block(b)
-            self._max_block = max(self._max_block, last)
-        parts = [f.result() for f in futures]
-        lo = offset - first * BLOCK
-        if len(parts) == 1:
-            return parts[0][lo:lo + length]  # the one copy
-        end = lo + length  # across blocks: the slices of each, joined
-        return b"".join(p[max(lo - i * BLOCK, 0):min(end - i * BLOCK, BLOCK)]
-                        for i, p in enumerate(parts))
+            return self._get(offset, offset + length)
+        first, blocks = self._pinned(offset, length)
+        try:
+            lo = offset - first * BLOCK
+            if len(blocks) == 1:
+                return blocks[0].buf[lo:lo + length]  # type: ignore[index]  # the one copy
+            end = lo + length  # across blocks: the slices of each, joined
+            return b"".join(blk.buf[max(lo - i * BLOCK, 0):min(end - i * BLOCK, BLOCK)]
+                            for i, blk in enumerate(blocks))  # type: ignore[index]
+        finally:
+            self._unpin(blocks)
 
     def xxh3(self, offset: int, length: int) -> int:
-        return xxh3_64(self.read(offset, length))
+        """Hashed in its block where it lies in one (no copy), else read and hashed."""
+        if length == 0 or offset >= self._tail_start or length >= BLOCK or (
+                offset // BLOCK != (offset + length - 1) // BLOCK):
+            return xxh3_64(self.read(offset, length))
+        self._check(offset, length)
+        first, blocks = self._pinned(offset, length)
+        try:
+            lo = offset - first * BLOCK
+            with memoryview(blocks[0].buf) as view:  # type: ignore[arg-type]
+                return xxh3_64(view[lo:lo + length])
+        finally:
+            self._unpin(blocks)
 
     def close(self) -> None:
         if self._fetches:
@@ -447,4 +554,9 @@ class S3Source:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-        self._blocks.clear()
+        with self._lock:
+            for blk in self._blocks.values():
+                blk.cached = False
+                self._release(blk)
+            self._blocks.clear()
+            self._free.clear()  # the mappings go when the last block holding one does

@@ -1,7 +1,8 @@
 """The S3 requests obstore does not offer: ListMultipartUploads, ListParts and
 AbortMultipartUpload (the clean-up of stale uploads, :mod:`dsbackup.storage.s3stale`), and
 multipart uploads whose completion is conditional (``If-None-Match: *``; obstore cannot send
-it there, :mod:`dsbackup.storage.s3multipart`).
+it there, :mod:`dsbackup.storage.s3multipart`); and the signing and connections of the ranged
+GETs read straight into the read cache's blocks (:mod:`dsbackup.storage.s3get`).
 
 Requests are signed with AWS Signature Version 4 as AWS documents it for S3 ("Authenticating
 Requests: Using the Authorization Header"): the canonical URI is the path as sent, each segment
@@ -230,17 +231,36 @@ class S3Api:
             h.update(piece)
         return h.hexdigest()
 
-    def _once(self, method: str, path: str, params: Sequence[tuple[str, str]],
-              body: Sequence[bytes | memoryview] = (),
-              extra: dict[str, str] | None = None) -> Response:
+    def signed_headers(self, method: str, path: str, params: Sequence[tuple[str, str]],
+                       payload_sha256: str = EMPTY_SHA256,
+                       extra: dict[str, str] | None = None) -> dict[str, str]:
+        """A request's headers, `extra` (a Range ...) included, and its Authorization."""
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        sha = self.payload_hash(body) if body else EMPTY_SHA256
-        headers = {"host": self.netloc, "x-amz-date": amz_date, "x-amz-content-sha256": sha}
+        headers = {"host": self.netloc, "x-amz-date": amz_date,
+                   "x-amz-content-sha256": payload_sha256}
         if self.creds.session_token:
             headers["x-amz-security-token"] = self.creds.session_token
         headers.update(extra or {})
-        headers["Authorization"] = authorization(method, path, params, headers, sha,
-                                                 self.creds, self.region, amz_date)
+        headers["Authorization"] = authorization(method, path, params, headers,
+                                                 payload_sha256, self.creds, self.region,
+                                                 amz_date)
+        return headers
+
+    def connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's kept-alive connection, and whether it was kept from an earlier
+        request (the server may have closed it while idle)."""
+        reused = getattr(self._local, "conn", None) is not None
+        return self._connection(), reused
+
+    def drop_connection(self) -> None:
+        """Close this thread's connection (broken, half read, or closing)."""
+        self._drop_connection()
+
+    def _once(self, method: str, path: str, params: Sequence[tuple[str, str]],
+              body: Sequence[bytes | memoryview] = (),
+              extra: dict[str, str] | None = None) -> Response:
+        sha = self.payload_hash(body) if body else EMPTY_SHA256
+        headers = self.signed_headers(method, path, params, sha, extra)
         if body or method in ("PUT", "POST"):
             headers["Content-Length"] = str(sum(len(b) for b in body))
         query = "&".join(f"{uri_encode(k)}={uri_encode(v)}" if v else uri_encode(k)
