@@ -134,6 +134,29 @@ def test_directory_identical_to_go_ds_flatfs(tmp_path, go_fixtures, shard):
         assert (root / "SHARDING").read_bytes() == (fixture / "SHARDING").read_bytes()
 
 
+def test_modes_are_go_ds_flatfs_modes(tmp_path):
+    """The modes go-ds-flatfs (ipfs/go-ds-flatfs flatfs.go, shard.go, util_unix.go) gives:
+    a value is written to ``os.CreateTemp(".temp", "temp-")`` (0600) and renamed as it is,
+    so Kubo's block files are 0600, and so is ``diskUsage.cache`` (written the same way);
+    ``SHARDING`` is ``OpenFile(..., 0666)``, ``_README`` 0444, shard dirs and ``.temp``
+    ``Mkdir(..., 0755)``; the umask applies to each. Under umask 022, and under 077."""
+    for umask, dirs, sharding in ((0o022, 0o755, 0o644), (0o077, 0o700, 0o600)):
+        old = os.umask(umask)
+        try:
+            root = tmp_path / f"blocks{umask:o}"
+            ds = FlatfsDatastore(root, sync=False)
+            ds.put("/" + FIXTURE_BLOCK, b"\n\x02\x08\x01")
+            ds.put_many([b"/CIQA", b"/CIQB"], [b"a", b"b"])
+            ds.close()
+        finally:
+            os.umask(old)
+        modes = {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in root.rglob("*")}
+        assert modes == {
+            "SHARDING": sharding, "_README": 0o444 & ~umask, "diskUsage.cache": 0o600,
+            ".temp": dirs, "X3": dirs, "X3/" + FIXTURE_BLOCK + ".data": 0o600,
+            "IQ": dirs, "IQ/CIQA.data": 0o600, "IQ/CIQB.data": 0o600}
+
+
 def test_disk_usage_cache_format_matches_kubo(go_fixtures):
     raw = (go_fixtures / "kubo-v16-repo" / "blocks" / "diskUsage.cache").read_bytes()
     doc = json.loads(raw)
