@@ -112,3 +112,16 @@ def test_bare_helia_path_is_detected(tmp_path):
     ds = open_datastore(str(tmp_path / "repo"), readonly=True)
     assert ds.uri == f"helia:{tmp_path / 'repo'}" and ds.datastore_kind == "fs"
     ds.close()
+
+
+def test_datastore_level_tables_are_uncompressed(tmp_path):
+    """js-stores datastore-level (packages/datastore-level/src/index.ts) opens its Level
+    with ``compression: false // same default as go``: its tables are not compressed, and
+    neither are ours ('leveldb:' alone keeps LevelDB's snappy default)."""
+    repo = tmp_path / "repo"
+    with open_datastore(f"helia:{repo}?datastore=level") as ds:
+        ds.put_many([b"/z/%03d" % i for i in range(50)], [bytes(4096)] * 50)
+    with open_datastore(f"helia:{repo}") as ds:  # LevelDB writes its log into a table
+        assert ds.datastore_kind == "level" and ds.get("/z/007") == bytes(4096)
+    tables = [p for p in (repo / "datastore").iterdir() if p.suffix in (".ldb", ".sst")]
+    assert tables and sum(p.stat().st_size for p in tables) > 50 * 4096

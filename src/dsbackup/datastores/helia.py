@@ -97,7 +97,8 @@ class HeliaDatastore(MountDatastore):
         if kind == "level":
             from dsbackup.datastores.leveldb import LevelDbDatastore
 
-            return LevelDbDatastore(path, readonly=readonly)
+            # datastore-level opens with `compression: false, // same default as go`
+            return LevelDbDatastore(path, readonly=readonly, compression=None)
         from dsbackup.datastores.fsds import FsDatastore
 
         return FsDatastore(path, readonly=readonly, sync=sync)
