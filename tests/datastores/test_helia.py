@@ -165,3 +165,27 @@ def test_repo_written_by_js_stores_reads_and_restores_exactly(tmp_path, go_fixtu
         assert files(out) == files(repo)
     with open_datastore(f"helia:{out}", readonly=True) as ds:
         assert {k.decode(): v for ks, vs in ds.scan_batches() for k, v in zip(ks, vs)} == want
+
+
+@pytest.mark.parametrize("kind", ["level", "fs"])
+def test_steno_temp_files_helia_leaves_are_not_foreign(tmp_path, go_fixtures, kind):
+    """blockstore-fs and datastore-fs (ipfs/js-stores packages/*/src/index.ts writeFile)
+    write through steno's Writer (typicode/steno src/index.ts: ``.<file>.tmp`` beside
+    ``<file>``, then renamed); a Helia stopped mid-write leaves it, and js-stores' readers
+    (``**/*.data`` globs) ignore it. It is counted in ``temp_files``, not as foreign; the
+    backup succeeds with every record."""
+    repo, want = _real_repo(tmp_path, go_fixtures, kind)
+    block = next(p for p in (repo / "blocks").rglob("*.data"))
+    (block.parent / f".{block.name}.tmp").write_bytes(b"cut short")
+    if kind == "fs":
+        (repo / "datastore" / "pkcs8" / ".self.data.tmp").write_bytes(b"cut short")
+    with open_datastore(f"helia:{repo}", readonly=True) as ds:
+        audit = ds.audit_files()
+        assert (audit.count, audit.temp_files) == (0, 2 if kind == "fs" else 1)
+    archive = tmp_path / "a.tar.gz"
+    r = cli("backup", f"helia:{repo}", str(archive))
+    assert r.returncode == 0, r.stderr
+    other = next(d for d in (repo / "blocks").iterdir() if d != block.parent)
+    (other / f".{block.name}.tmp").write_bytes(b"")  # not a file of that shard
+    with open_datastore(f"helia:{repo}", readonly=True) as ds:
+        assert ds.audit_files().count == 1
