@@ -189,3 +189,30 @@ def test_steno_temp_files_helia_leaves_are_not_foreign(tmp_path, go_fixtures, ki
     (other / f".{block.name}.tmp").write_bytes(b"")  # not a file of that shard
     with open_datastore(f"helia:{repo}", readonly=True) as ds:
         assert ds.audit_files().count == 1
+
+
+def test_new_repo_restored_from_a_datastore_level_repo_is_datastore_level(tmp_path,
+                                                                          go_fixtures):
+    """A Helia node opens its datastore with one class (js-stores' LevelDatastore or
+    FsDatastore): a datastore-level node restored into a datastore-fs tree would open an
+    empty LevelDB there and start with a new identity. The source's kind is in its URI
+    (``helia:PATH?datastore=level``, so in the archive's manifest) and a new repo restored
+    from it gets datastore-level; an existing repo keeps its own kind."""
+    repo, want = _real_repo(tmp_path, go_fixtures, "level")
+    with open_datastore(f"helia:{repo}", readonly=True) as ds:
+        assert ds.uri == f"helia:{repo}?datastore=level"
+    archive = tmp_path / "a.tar.gz"
+    assert cli("backup", f"helia:{repo}", str(archive)).returncode == 0
+    out = tmp_path / "out"
+    r = cli("restore", str(archive), f"helia:{out}")
+    assert r.returncode == 0, r.stderr
+    assert (out / "datastore" / "CURRENT").is_file()
+    assert files(out / "blocks") == files(repo / "blocks")
+    with open_datastore(f"helia:{out}", readonly=True) as ds:
+        assert ds.datastore_kind == "level"
+        assert {k.decode(): v for ks, vs in ds.scan_batches() for k, v in zip(ks, vs)} == want
+    fs_repo, _ = _real_repo(tmp_path, go_fixtures, "fs")  # existing: stays datastore-fs
+    r = cli("restore", str(archive), f"helia:{fs_repo}", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert not (fs_repo / "datastore" / "CURRENT").exists()
+    assert (fs_repo / "datastore" / "pkcs8" / "self.data").read_bytes() == want["/pkcs8/self"]
