@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -216,3 +217,21 @@ def test_new_repo_restored_from_a_datastore_level_repo_is_datastore_level(tmp_pa
     assert r.returncode == 0, r.stderr
     assert not (fs_repo / "datastore" / "CURRENT").exists()
     assert (fs_repo / "datastore" / "pkcs8" / "self.data").read_bytes() == want["/pkcs8/self"]
+
+
+def test_modes_follow_the_umask_as_node_gives_them(tmp_path):
+    """blockstore-fs and datastore-fs create directories with ``fs.mkdir(dir, {recursive:
+    true})`` (mode 0777) and files with steno's ``fs.writeFile`` (0666), less the umask:
+    under umask 002 directories are 0775 and files 0664 (go-ds-flatfs's 0755 is Kubo's)."""
+    old = os.umask(0o002)
+    try:
+        with open_datastore(f"helia:{tmp_path / 'repo'}") as ds:
+            ds.put("/blocks/CIQAAAB", b"1")
+            ds.put("/pins/CIQA", b"2")
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path / "repo")): p.stat().st_mode & 0o777
+             for p in (tmp_path / "repo").rglob("*")}
+    assert modes == {"blocks": 0o775, "blocks/AB": 0o775, "blocks/AB/BCIQAAAB.data": 0o664,
+                     "datastore": 0o775, "datastore/pins": 0o775,
+                     "datastore/pins/CIQA.data": 0o664}

@@ -268,8 +268,8 @@ class FlatfsDatastore(BaseDatastore):
 
     def _make_shard_dir(self, shard: bytes) -> bytes:
         d = b"%s/%s" % (self._root, shard)
-        try:
-            os.mkdir(d, 0o755)
+        try:  # go-ds-flatfs: Mkdir(dir, 0755); Helia (Node's fs.mkdir): 0777; less the umask
+            os.mkdir(d, 0o755 if self.go_layout else 0o777)
         except FileExistsError:
             return d
         self._add_usage(os.stat(d).st_size)
