@@ -88,7 +88,10 @@ class LevelDbDatastore(BaseDatastore):
         self._snapshot: Path | None = take_snapshot(self.path) if readonly else None
         try:
             self._db = plyvel.DB(str(self._snapshot or self.path),
-                                 create_if_missing=not readonly, compression=compression)
+                                 create_if_missing=not readonly,
+                                 # read-only: tables LevelDB writes when it recovers the log
+                                 # go to the private snapshot only; keep LevelDB's default
+                                 compression="snappy" if readonly else compression)
         except BaseException as e:
             if self._snapshot is not None:
                 remove_snapshot(self._snapshot)
