@@ -188,3 +188,18 @@ def test_levelds_tables_use_the_configs_compression(repo, compression):
         assert size > 50 * 4096  # stored as they are
     else:
         assert 0 < size < 50 * 4096 // 4
+
+
+def test_levelds_compression_inside_measure_wrappers(repo):
+    """Kubo's default config before the flattened form (ipfs/kubo config/init.go,
+    DefaultDatastoreConfig) wraps each mount in ``measure`` with the real spec in
+    ``child``: the levelds child's ``compression`` is found there too."""
+    config = json.loads((repo / "config").read_text())
+    config["Datastore"]["Spec"] = {"type": "mount", "mounts": [
+        {"mountpoint": "/blocks", "type": "measure", "prefix": "flatfs.datastore",
+         "child": {"type": "flatfs", "path": "blocks", "sync": True,
+                   "shardFunc": "/repo/flatfs/shard/v1/next-to-last/2"}},
+        {"mountpoint": "/", "type": "measure", "prefix": "leveldb.datastore",
+         "child": {"type": "levelds", "path": "datastore", "compression": "snappy"}}]}
+    (repo / "config").write_text(json.dumps(config))
+    assert 0 < _write_zeros_and_flush(f"kubo:{repo}", repo / "datastore") < 50 * 4096 // 4
