@@ -134,6 +134,29 @@ def test_directory_identical_to_go_ds_flatfs(tmp_path, go_fixtures, shard):
         assert (root / "SHARDING").read_bytes() == (fixture / "SHARDING").read_bytes()
 
 
+def test_modes_are_go_ds_flatfs_modes(tmp_path):
+    """The modes go-ds-flatfs (ipfs/go-ds-flatfs flatfs.go, shard.go, util_unix.go) gives:
+    a value is written to ``os.CreateTemp(".temp", "temp-")`` (0600) and renamed as it is,
+    so Kubo's block files are 0600, and so is ``diskUsage.cache`` (written the same way);
+    ``SHARDING`` is ``OpenFile(..., 0666)``, ``_README`` 0444, shard dirs and ``.temp``
+    ``Mkdir(..., 0755)``; the umask applies to each. Under umask 022, and under 077."""
+    for umask, dirs, sharding in ((0o022, 0o755, 0o644), (0o077, 0o700, 0o600)):
+        old = os.umask(umask)
+        try:
+            root = tmp_path / f"blocks{umask:o}"
+            ds = FlatfsDatastore(root, sync=False)
+            ds.put("/" + FIXTURE_BLOCK, b"\n\x02\x08\x01")
+            ds.put_many([b"/CIQA", b"/CIQB"], [b"a", b"b"])
+            ds.close()
+        finally:
+            os.umask(old)
+        modes = {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in root.rglob("*")}
+        assert modes == {
+            "SHARDING": sharding, "_README": 0o444 & ~umask, "diskUsage.cache": 0o600,
+            ".temp": dirs, "X3": dirs, "X3/" + FIXTURE_BLOCK + ".data": 0o600,
+            "IQ": dirs, "IQ/CIQA.data": 0o600, "IQ/CIQB.data": 0o600}
+
+
 def test_disk_usage_cache_format_matches_kubo(go_fixtures):
     raw = (go_fixtures / "kubo-v16-repo" / "blocks" / "diskUsage.cache").read_bytes()
     doc = json.loads(raw)
@@ -406,3 +429,29 @@ def test_put_many_syncs_every_temp_file_before_any_rename_then_the_dirs(tmp_path
     assert len(renamed) == 40 and len(synced_before) == 40
     dirs_after = {p for k, p in events[first_rename:] if k == "fsync"}
     assert {os.path.dirname(p) for p in renamed} <= dirs_after
+
+
+def test_old_go_ds_flatfs_temp_files_are_not_foreign(tmp_path, go_fixtures):
+    """go-ds-flatfs before 2020 (ipfs/go-ds-flatfs flatfs.go before 5b09ebf, "put all
+    temporary files in the same directory") wrote each value to ``ioutil.TempFile(<shard
+    dir>, "put-")`` and the disk usage to ``ioutil.TempFile(<root>, "du-")`` (prefix plus
+    decimal digits) and never removed them after a crash; its walk ignores them (decode:
+    "We expect random files like put-"). An old Kubo repo still holds them: they are the
+    writer's temp files (``temp_files``), not foreign files failing the backup."""
+    root = tmp_path / "blocks"
+    shutil.copytree(go_fixtures / "kubo-v16-repo" / "blocks", root)
+    for p in [root, *root.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+    (root / "X3" / "put-539161034").write_bytes(b"\n\x02")  # a value cut short
+    (root / "du-812447236").write_bytes(b'{"diskUsage":1')
+    ds = FlatfsDatastore(root, readonly=True)
+    audit = ds.audit_files()
+    assert (audit.count, audit.temp_files) == (0, 2)
+    assert [k for ks, _ in ds.scan_batches() for k in ks] == [f"/{FIXTURE_BLOCK}".encode()]
+    (root / "X3" / "put-x1").write_bytes(b"")  # not Go's TempFile name
+    (root / "X3" / f".B{FIXTURE_BLOCK}.data.tmp").write_bytes(b"")  # Helia's, not Kubo's
+    (root / "du-1.json").write_bytes(b"")
+    audit = ds.audit_files()
+    assert (audit.count, audit.temp_files) == (3, 2)
+    assert sorted(audit.examples) == ["X3/.B" + FIXTURE_BLOCK + ".data.tmp", "X3/put-x1",
+                                      "du-1.json"]

@@ -153,3 +153,53 @@ def test_measure_wrappers_are_unwrapped(repo):
     (repo / "datastore_spec").write_text(json.dumps(spec))
     with open_datastore(f"kubo:{repo}", readonly=True) as ds:
         assert ds.get(BLOCK_KEY) == b"\n\x02\x08\x01"
+
+
+def _table_bytes(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.iterdir() if p.suffix in (".ldb", ".sst"))
+
+
+def _write_zeros_and_flush(uri: str, leveldb_dir: Path) -> int:
+    """200 KB of zeros in 50 records; reopening makes LevelDB turn its log into a table
+    (with the reopening store's compression); returns the tables' size."""
+    with open_datastore(uri) as ds:
+        ds.put_many([b"/z/%03d" % i for i in range(50)], [bytes(4096)] * 50)
+    with open_datastore(uri) as ds:
+        assert ds.get("/z/007") == bytes(4096)
+    return _table_bytes(leveldb_dir)
+
+
+@pytest.mark.parametrize("compression", ["none", "snappy", "", None])
+def test_levelds_tables_use_the_configs_compression(repo, compression):
+    """Kubo's levelds plugin (ipfs/kubo plugin/plugins/levelds/levelds.go) maps config's
+    ``"compression"``: ``"none"`` -> goleveldb NoCompression, ``"snappy"`` and ``""`` ->
+    snappy (goleveldb's default); the fixture's config (Kubo's default) says ``"none"``, and
+    ``datastore_spec`` does not record it. A config without the mount: Kubo's default."""
+    config = json.loads((repo / "config").read_text())
+    level = config["Datastore"]["Spec"]["mounts"][1]
+    assert level["type"] == "levelds" and level["compression"] == "none"  # as Kubo wrote it
+    if compression is None:
+        (repo / "config").unlink()  # a restore opens the repo before writing the config
+    else:
+        level["compression"] = compression
+        (repo / "config").write_text(json.dumps(config))
+    size = _write_zeros_and_flush(f"kubo:{repo}", repo / "datastore")
+    if compression in ("none", None):
+        assert size > 50 * 4096  # stored as they are
+    else:
+        assert 0 < size < 50 * 4096 // 4
+
+
+def test_levelds_compression_inside_measure_wrappers(repo):
+    """Kubo's default config before the flattened form (ipfs/kubo config/init.go,
+    DefaultDatastoreConfig) wraps each mount in ``measure`` with the real spec in
+    ``child``: the levelds child's ``compression`` is found there too."""
+    config = json.loads((repo / "config").read_text())
+    config["Datastore"]["Spec"] = {"type": "mount", "mounts": [
+        {"mountpoint": "/blocks", "type": "measure", "prefix": "flatfs.datastore",
+         "child": {"type": "flatfs", "path": "blocks", "sync": True,
+                   "shardFunc": "/repo/flatfs/shard/v1/next-to-last/2"}},
+        {"mountpoint": "/", "type": "measure", "prefix": "leveldb.datastore",
+         "child": {"type": "levelds", "path": "datastore", "compression": "snappy"}}]}
+    (repo / "config").write_text(json.dumps(config))
+    assert 0 < _write_zeros_and_flush(f"kubo:{repo}", repo / "datastore") < 50 * 4096 // 4

@@ -3,8 +3,12 @@ where the store's directory belongs is not (it named a LOCK file and was taken f
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +38,45 @@ def test_a_store_open_in_another_process_is_locked(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+GOLEVELDB_DIGEST = "901 177579103009ea7a38a5f8d1bab53f4b96fc3e50e4937d1e070321c19fbcc8c7"
+
+
+def _digest(pairs) -> str:
+    """What tests/fixtures/goleveldb-kubo/ldbtool.go's `read` prints."""
+    h, n = hashlib.sha256(), 0
+    for k, v in pairs:
+        for b in (k, v):
+            h.update(struct.pack(">Q", len(b)))
+            h.update(b)
+        n += 1
+    return f"{n} {h.hexdigest()}"
+
+
+def test_goleveldb_tables_and_journals_read_exactly_and_change_nothing(tmp_path):
+    """A LevelDB written by goleveldb (Kubo's levelds: go-ds-leveldb over syndtr/goleveldb,
+    compression none; tests/fixtures/goleveldb-kubo, its README), with two ``.ldb`` tables
+    (goleveldb's table extension) and two ``.log`` journals (a frozen and a live memtable):
+    a read-only open reads exactly what goleveldb reads and leaves every file as it was."""
+    src = Path(__file__).parents[1] / "fixtures" / "goleveldb-kubo" / "db"
+    db = tmp_path / "db"
+    shutil.copytree(src, db)
+    before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+              for p in db.iterdir()}
+    assert sorted(p for p in before if p.endswith((".ldb", ".log"))) == [
+        "000003.ldb", "000004.log", "000005.ldb", "000006.log"]
+    with LevelDbDatastore(db, readonly=True) as ds:
+        assert _digest(zip(*_flatten(ds.scan_batches()))) == GOLEVELDB_DIGEST
+        assert ds.get(b"/pins/state/dirty") == b""
+    assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+            for p in db.iterdir()} == before
+
+
+def _flatten(batches) -> tuple[list[bytes], list[bytes]]:
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    for ks, vs in batches:
+        keys += ks
+        values += vs
+    return keys, values

@@ -5,6 +5,7 @@ refusals that write nothing, a failing validator that leaves the repo as it was.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -354,3 +355,45 @@ def test_kubo_option_usage_errors(repo, run_cli) -> None:
     res = migrate(run_cli, "kubo-11-to-12", f"kubo:{repo.path}")
     assert res.returncode == 2 and "PLAN SOURCE TARGET" in res.stderr
     assert (repo.path / "version").read_bytes() == b"11\n"
+
+
+def _real_v11_repo(tmp_path: Path) -> Path:
+    src = Path(__file__).parents[1] / "fixtures" / "kubo-v11-repotest"
+    dst = tmp_path / "repotest"
+    shutil.copytree(src, dst)
+    for p in [dst, *dst.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+    return dst
+
+
+def test_the_real_v11_repotest_migrates_and_rolls_back(tmp_path, run_cli) -> None:
+    """The repo Kubo wrote for fs-repo-migrations' own test (ipfs/fs-repo-migrations
+    fs-repo-11-to-12/migration/repotest: goleveldb tables with CURRENT.bak, 4 CIDv1 and 26
+    CIDv0 block files). migration_test.go's checks, by our CLI: after the migration no
+    CIDv1 key is left under /blocks and every block sits under its multihash; the revert
+    log (setup.go createBackupFile, migration.go: ``fmt.Fprint(buf, sw.Old.String(),
+    "\\n")``) lists the old keys; after the revert every original block is back."""
+    repo = _real_v11_repo(tmp_path)
+    before = block_files(repo)
+    records = leveldb_records(repo / "datastore")
+    cidv1 = sorted(Path(rel).name[:-5] for rel in before if Path(rel).name.startswith("AFY"))
+    assert len(before) == 30 and len(cidv1) == 4 and records
+    res = migrate(run_cli, "--kubo", "11-to-12", repo)
+    assert res.returncode == 0, res.stderr
+    assert (repo / "version").read_bytes() == b"12\n"
+    after = block_files(repo)
+    by_old = {}
+    for rel, data in before.items():
+        raw = b32dec(Path(rel).name[:-5])
+        mh = raw[2:] if raw[0] == 1 else raw  # CIDv1: version, codec (dag-pb), multihash
+        by_old[b32(mh)] = data
+    assert {Path(rel).name[:-5]: d for rel, d in after.items()} == by_old
+    for rel, data in after.items():
+        name = Path(rel).name[:-5]
+        assert rel.split("/")[0] == name[-3:-1] and b32dec(name) == sha256_mh(data)
+    assert (repo / LOG).read_text().splitlines() == [f"/blocks/{n}" for n in cidv1]
+    assert leveldb_records(repo / "datastore") == records
+    res = migrate(run_cli, "--kubo", "11-to-12", repo, "--rollback")
+    assert res.returncode == 0, res.stderr
+    assert (repo / "version").read_bytes() == b"11\n"
+    assert block_files(repo) == before

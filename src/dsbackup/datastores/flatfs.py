@@ -9,8 +9,10 @@ name in file names: key ``/NAME`` is file ``<shard of BNAME>/BNAME.data``.
 
 A writable open creates nothing until the first write: ``.temp/`` (cleaned like
 go-ds-flatfs's open) and ``diskUsage.cache`` appear then, so a store opened writable but only
-read (a migration's source) is left as it was. New files get the umask's mode (0644 under
-umask 022), as Kubo and Helia write them.
+read (a migration's source) is left as it was. New value files get the mode their real
+writer gives them: 0600 in a go-ds-flatfs directory (Go's ``os.CreateTemp``, renamed into
+place, as Kubo's block files are), the umask's (0644 under umask 022) in a directory without
+``SHARDING`` (Helia's blockstore-fs writes with Node's ``fs.writeFile``).
 
 :meth:`FlatfsDatastore.audit_files` accounts for every file under the root (see
 flatfs_audit.py); files that vanish or cannot be read during a scan are counted in
@@ -140,7 +142,9 @@ class FlatfsDatastore(BaseDatastore):
         self._du_accuracy = ACCURACY_EXACT
         self._du_dirty = False
         self._temp = os.path.join(self._root, TEMP_DIR.encode())
-        self._mode = _file_mode()
+        # go-ds-flatfs's temp files come from os.CreateTemp (0600) and are renamed as they
+        # are; mkstemp gives the same mode. Helia's (Node's writeFile): 0666 less the umask.
+        self._mode: int | None = None if self.go_layout else _file_mode()
         self._writable_ready = readonly or not self.go_layout
         self.skipped = SkippedFiles()
 
@@ -264,8 +268,8 @@ class FlatfsDatastore(BaseDatastore):
 
     def _make_shard_dir(self, shard: bytes) -> bytes:
         d = b"%s/%s" % (self._root, shard)
-        try:
-            os.mkdir(d, 0o755)
+        try:  # go-ds-flatfs: Mkdir(dir, 0755); Helia (Node's fs.mkdir): 0777; less the umask
+            os.mkdir(d, 0o755 if self.go_layout else 0o777)
         except FileExistsError:
             return d
         self._add_usage(os.stat(d).st_size)
@@ -284,7 +288,8 @@ class FlatfsDatastore(BaseDatastore):
         d = self._make_shard_dir(self._dir_of(name))
         fd, tmp = self._temp_file(d)
         try:
-            os.fchmod(fd, self._mode)
+            if self._mode is not None:
+                os.fchmod(fd, self._mode)
             view = memoryview(value)
             while view:
                 view = view[os.write(fd, view):]

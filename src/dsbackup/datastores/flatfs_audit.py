@@ -2,7 +2,9 @@
 
 :func:`audit_flatfs` lists a flatfs root once and counts the files a scan will not read:
 wrong shard directory, invalid names, files without ``.data``, stray temp files, nested
-directories, symbolic links. A shard directory is checked with one regular expression over
+directories, symbolic links. The temp files the real writers leave when stopped mid-write
+(go-ds-flatfs's old ``put-N``/``du-N``, Helia's steno ``.<file>.tmp``) are not records and
+their readers ignore them: they are counted in ``temp_files``, not as foreign. A shard directory is checked with one regular expression over
 all its names, which captures the shard each name maps to (the common case, every name in
 place, costs no per-name Python work); only a shard with a misfit is looked at name by name. The misplaced names also tell which shard
 function (and whether Helia's ``B`` name prefix) would fit, for the hint in the error.
@@ -34,6 +36,15 @@ EXAMPLES = 5  # paths kept for messages
 _SAMPLE = 200  # misplaced names kept to guess the right shard function
 _NAME_CHARS = rb"[0-9A-Z+\-_=]"
 _METADATA = {SHARDING_FILE.encode(), README_FILE.encode(), DISK_USAGE_FILE.encode()}
+# Temp files the real writers leave when stopped mid-write, which their readers ignore.
+# go-ds-flatfs before 2020 (v0.4, ipfs/go-ds-flatfs 5b09ebf) wrote each value to
+# ioutil.TempFile(<shard dir>, "put-") and the disk usage to ioutil.TempFile(<root>, "du-"),
+# never removed after a crash (its decode still expects "put-" names in shard dirs).
+_GO_SHARD_TEMP = re.compile(rb"put-[0-9]+")
+_GO_ROOT_TEMP = re.compile(rb"du-[0-9]+")
+# Helia's blockstore-fs and datastore-fs write through steno's Writer: ".<file>.tmp" beside
+# <file>, renamed over it.
+STENO_TEMP = re.compile(rb"\.(.+)\.tmp")
 
 
 @dataclass
@@ -43,6 +54,7 @@ class FileAudit:
     count: int = 0
     examples: list[str] = field(default_factory=list)
     hint: str = ""
+    temp_files: int = 0  # the real writer's own leftover temp files: not records, not counted
 
     def add(self, path: str) -> None:
         self.count += 1
@@ -51,6 +63,7 @@ class FileAudit:
 
     def merge(self, other: FileAudit, where: str = "") -> None:
         self.count += other.count
+        self.temp_files += other.temp_files
         for p in other.examples:
             if len(self.examples) < EXAMPLES:
                 self.examples.append(os.path.join(where, p) if where else p)
@@ -147,7 +160,9 @@ def audit_flatfs(root: bytes, shard: ShardFunc, *, name_prefix: bytes = b"",
                 _count_tree(e.path, rel, audit)
                 continue
             if e.name not in clean_shards:
-                _audit_shard(e.path, e.name, shard, name_prefix, audit, misplaced)
+                _audit_shard(e.path, e.name, shard, name_prefix, audit, misplaced, go_layout)
+        elif go_layout and _GO_ROOT_TEMP.fullmatch(e.name) and e.is_file(follow_symlinks=False):
+            audit.temp_files += 1
         elif not (go_layout and e.name in _METADATA):
             audit.add(rel)
     if misplaced:
@@ -155,8 +170,19 @@ def audit_flatfs(root: bytes, shard: ShardFunc, *, name_prefix: bytes = b"",
     return audit
 
 
+def _is_writer_temp(name: bytes, shard: ShardFunc, shard_dir: bytes, prefix: bytes,
+                    go_layout: bool) -> bool:
+    """A temp file the real writer of this layout leaves in a shard directory: go-ds-flatfs's
+    old ``put-N``, or steno's ``.<file>.tmp`` of a file that belongs here (Helia)."""
+    if go_layout:
+        return _GO_SHARD_TEMP.fullmatch(name) is not None
+    m = STENO_TEMP.fullmatch(name)
+    return m is not None and _in_place(m.group(1), shard, shard_dir, prefix)
+
+
 def _audit_shard(path: bytes, shard_dir: bytes, shard: ShardFunc, prefix: bytes,
-                 audit: FileAudit, misplaced: list[tuple[bytes, bytes]]) -> None:
+                 audit: FileAudit, misplaced: list[tuple[bytes, bytes]],
+                 go_layout: bool = True) -> None:
     try:
         names = os.listdir(path)
     except OSError:
@@ -172,6 +198,9 @@ def _audit_shard(path: bytes, shard_dir: bytes, shard: ShardFunc, prefix: bytes,
             rel = f"{os.fsdecode(shard_dir)}/{os.fsdecode(e.name)}"
             if e.is_dir(follow_symlinks=False):
                 _count_tree(e.path, rel, audit)
+            elif (e.is_file(follow_symlinks=False)
+                  and _is_writer_temp(e.name, shard, shard_dir, prefix, go_layout)):
+                audit.temp_files += 1
             elif not _in_place(e.name, shard, shard_dir, prefix):  # a scan reads it (a
                 # symlink with a record's name too: through the link, or counted unreadable)
                 audit.add(rel)

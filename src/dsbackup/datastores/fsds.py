@@ -13,7 +13,9 @@ place (atomic per file); files get the umask's mode (0644 under umask 022), dire
 Scans list the whole tree once (keys are held in memory, about 100 bytes a key: the
 datastores this layout serves are small) and read files in key order; files that vanish
 or cannot be read are counted in :attr:`FsDatastore.skipped`. :meth:`audit_files` names
-every file that is not a record (no ``.data`` suffix, a stray temp file, a symlink).
+every file that is not a record (no ``.data`` suffix, a stray temp file, a symlink), except
+the ``.<name>.data.tmp`` files datastore-fs's writer (steno) leaves when stopped mid-write,
+which are counted in ``temp_files``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dsbackup.datastores.base import (
     BaseDatastore,
     batch_items,
 )
-from dsbackup.datastores.flatfs_audit import FileAudit, SkippedFiles
+from dsbackup.datastores.flatfs_audit import STENO_TEMP, FileAudit, SkippedFiles
 from dsbackup.errors import DatastoreError, InvalidKey, NotFound
 from dsbackup.storage.tempfiles import fsync_dir
 
@@ -178,7 +180,12 @@ class FsDatastore(BaseDatastore):
                             and len(name) > len(EXTENSION)):
                         keys.append(rel[:-len(EXTENSION)])
                     elif audit is not None:
-                        audit.add(os.fsdecode(rel[1:]))
+                        m = STENO_TEMP.fullmatch(name)
+                        if (m and m.group(1).endswith(EXTENSION)
+                                and e.is_file(follow_symlinks=False)):
+                            audit.temp_files += 1  # datastore-fs's (steno's) leftover
+                        else:
+                            audit.add(os.fsdecode(rel[1:]))
         keys.sort()
         return keys
 

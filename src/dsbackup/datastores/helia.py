@@ -55,10 +55,14 @@ class HeliaDatastore(MountDatastore):
     scheme = "helia"
 
     def __init__(self, repo: str | os.PathLike[str], *, readonly: bool = False,
-                 datastore: str | None = None, sync: bool = True) -> None:
-        if datastore is not None and datastore not in _KINDS:
-            raise ConfigError(f"helia: datastore={datastore!r}: expected 'fs' "
-                              "(datastore-fs) or 'level' (datastore-level)")
+                 datastore: str | None = None, sync: bool = True,
+                 new_datastore: str | None = None) -> None:
+        """``datastore``: the kind required; ``new_datastore``: the kind a new repo gets when
+        ``datastore`` is not given (a restore passes the archive's source kind)."""
+        for name, value in (("datastore", datastore), ("new_datastore", new_datastore)):
+            if value is not None and value not in _KINDS:
+                raise ConfigError(f"helia: {name}={value!r}: expected 'fs' "
+                                  "(datastore-fs) or 'level' (datastore-level)")
         self.repo = Path(repo).absolute()
         blocks, meta = self.repo / BLOCKS_DIR, self.repo / DATASTORE_DIR
         if self.repo.exists() and not self.repo.is_dir():
@@ -70,7 +74,7 @@ class HeliaDatastore(MountDatastore):
         if datastore is not None and found is not None and found != datastore:
             raise DatastoreError(f"{meta}: holds a datastore-{found} datastore, not "
                                  f"datastore-{datastore}")
-        kind = found or datastore or "fs"
+        kind = found or datastore or new_datastore or "fs"
         # a new (missing or empty) repo gets both directories; an existing one is never
         # given a directory it lacks by opening it (a migration opens its source writable)
         new = not readonly and (not self.repo.exists() or not any(self.repo.iterdir()))
@@ -89,7 +93,9 @@ class HeliaDatastore(MountDatastore):
                 ds.close()
             raise
         self.datastore_kind = kind
-        uri = f"helia:{self.repo}"
+        # the kind is in the uri when it is not the default, so an archive's manifest says
+        # which datastore a new repo restored from it needs (Helia opens one kind only)
+        uri = f"helia:{self.repo}" + ("?datastore=level" if kind == "level" else "")
         super().__init__(opened, uri=uri, readonly=readonly, location=str(self.repo))
 
     @staticmethod
@@ -97,15 +103,26 @@ class HeliaDatastore(MountDatastore):
         if kind == "level":
             from dsbackup.datastores.leveldb import LevelDbDatastore
 
-            return LevelDbDatastore(path, readonly=readonly)
+            # datastore-level opens with `compression: false, // same default as go`
+            return LevelDbDatastore(path, readonly=readonly, compression=None)
         from dsbackup.datastores.fsds import FsDatastore
 
         return FsDatastore(path, readonly=readonly, sync=sync)
 
 
 def open_helia(path: str, *, readonly: bool = False, datastore: str | None = None,
-               sync: bool | str = True) -> HeliaDatastore:
+               sync: bool | str = True, new_datastore: str | None = None) -> HeliaDatastore:
     from dsbackup.datastores.registry import _bool_param
 
     return HeliaDatastore(path, readonly=readonly, datastore=datastore or None,
-                          sync=_bool_param(sync))
+                          sync=_bool_param(sync), new_datastore=new_datastore or None)
+
+
+def source_datastore_kind(source_uri: str) -> str | None:
+    """The datastore kind a ``helia:`` source URI (an archive manifest's) names: ``level``
+    for ``helia:PATH?datastore=level``, else None."""
+    from dsbackup.datastores.registry import parse_uri
+
+    scheme, _, params = parse_uri(source_uri)
+    kind = params.get("datastore") if scheme == "helia" else None
+    return kind if kind in _KINDS else None

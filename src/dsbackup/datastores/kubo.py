@@ -7,6 +7,11 @@ refused with :class:`~dsbackup.errors.LockedError` (exit code 4): Kubo holds an 
 ``fcntl.lockf``. While the datastore is open we hold a shared lock on ``repo.lock`` so a
 daemon cannot start underneath us. ``allow_live=True`` skips the refusal (LevelDB's own
 lock will still refuse a second opener).
+
+A ``levelds`` mount writes its tables as Kubo would: with the ``compression`` that
+``config``'s ``Datastore.Spec`` gives that mount (``datastore_spec`` does not record it):
+``"none"`` (Kubo's default config) uncompressed, ``"snappy"`` or ``""`` snappy (goleveldb's
+default); without a ``config`` (a restore writes it with the node's files) Kubo's default.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ __all__ = ["KuboDatastore", "open_kubo", "probe_repo_lock", "LOCK_FILE", "SPEC_F
 
 LOCK_FILE = "repo.lock"
 SPEC_FILE = "datastore_spec"
+CONFIG_FILE = "config"
 _WRAPPERS = ("measure", "log")
 
 
@@ -113,9 +119,29 @@ class KuboDatastore(MountDatastore):
         if kind == "levelds":
             from dsbackup.datastores.leveldb import LevelDbDatastore
 
-            return LevelDbDatastore(path, readonly=readonly)
+            return LevelDbDatastore(path, readonly=readonly,
+                                    compression=self._levelds_compression(rel))
         raise DatastoreError(f"{self.repo}/{SPEC_FILE}: datastore type {kind!r} is not "
                              "supported (supported: mount, flatfs, levelds)")
+
+    def _levelds_compression(self, rel: str) -> str | None:
+        """The compression Kubo's levelds plugin (plugin/plugins/levelds) writes the mount
+        at ``rel`` with: config's ``"none"`` -> None, ``"snappy"`` or ``""`` -> snappy."""
+        try:
+            config = json.loads((self.repo / CONFIG_FILE).read_text())
+            spec = config["Datastore"]["Spec"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # Kubo's default config: "compression": "none"
+        stack: list[Any] = [spec]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, list):
+                stack.extend(node)
+            elif isinstance(node, dict):
+                if node.get("type") == "levelds" and node.get("path") == rel:
+                    return None if node.get("compression") == "none" else "snappy"
+                stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        return None
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

@@ -6,6 +6,12 @@ exclusive lock on its directory, so only one process can have it open:
 which rewrites files in the directory, so ``readonly=True`` opens a private snapshot of the
 directory instead (see :mod:`dsbackup.datastores.leveldb_snapshot`): a read-only open
 (backups, dry runs, migration sources) never changes a byte, mode or mtime of the original.
+
+``compression`` is how new table files are written: ``"snappy"`` (LevelDB's default, for
+``leveldb:``) or ``None``. Kubo's ``levelds`` (its default config says ``"compression":
+"none"``) and Helia's datastore-level (``compression: false``) write uncompressed tables;
+the ``kubo:`` and ``helia:`` mounts pass what their writer uses. Tables of either kind are
+read whatever this says.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dsbackup.datastores.base import (
     batch_items,
 )
 from dsbackup.datastores.leveldb_snapshot import remove_snapshot, take_snapshot
-from dsbackup.errors import DatastoreError, DsBackupError, LockedError, NotFound
+from dsbackup.errors import ConfigError, DatastoreError, DsBackupError, LockedError, NotFound
 
 __all__ = ["LevelDbDatastore", "open_leveldb"]
 
@@ -66,8 +72,12 @@ class LevelDbDatastore(BaseDatastore):
     parallel_readable = False
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
-                 sync: bool = False) -> None:
+                 sync: bool = False, compression: str | None = "snappy") -> None:
         import plyvel
+
+        if compression not in ("snappy", None):
+            raise ConfigError(f"leveldb: compression={compression!r}: expected 'snappy' "
+                              "or 'none'")
 
         self.path = Path(path).absolute()
         super().__init__(f"leveldb:{self.path}", readonly=readonly,
@@ -78,7 +88,10 @@ class LevelDbDatastore(BaseDatastore):
         self._snapshot: Path | None = take_snapshot(self.path) if readonly else None
         try:
             self._db = plyvel.DB(str(self._snapshot or self.path),
-                                 create_if_missing=not readonly)
+                                 create_if_missing=not readonly,
+                                 # read-only: tables LevelDB writes when it recovers the log
+                                 # go to the private snapshot only; keep LevelDB's default
+                                 compression="snappy" if readonly else compression)
         except BaseException as e:
             if self._snapshot is not None:
                 remove_snapshot(self._snapshot)
@@ -194,8 +207,9 @@ class LevelDbDatastore(BaseDatastore):
                     remove_snapshot(self._snapshot)
 
 
-def open_leveldb(path: str, *, readonly: bool = False, sync: bool | str = False
-                 ) -> LevelDbDatastore:
+def open_leveldb(path: str, *, readonly: bool = False, sync: bool | str = False,
+                 compression: str | None = "snappy") -> LevelDbDatastore:
     from dsbackup.datastores.registry import _bool_param
 
-    return LevelDbDatastore(path, readonly=readonly, sync=_bool_param(sync))
+    return LevelDbDatastore(path, readonly=readonly, sync=_bool_param(sync),
+                            compression=None if compression == "none" else compression)

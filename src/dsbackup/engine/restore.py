@@ -267,6 +267,21 @@ def restore_archive(
         lock.release()
 
 
+def _new_repo_params(reader: ArchiveReader, target: str) -> dict[str, str]:
+    """A ``helia:`` target without ``datastore=`` that is made new gets the datastore kind
+    of the archive's source (``helia:PATH?datastore=level``): Helia opens one kind only, and
+    a datastore-level node given datastore-fs files would start empty, with a new identity."""
+    from dsbackup.datastores.helia import source_datastore_kind
+    from dsbackup.datastores.registry import parse_uri
+
+    scheme, _, params = parse_uri(target)
+    if scheme != "helia" or "datastore" in params:
+        return {}
+    source = reader.manifest.get("source")
+    kind = source_datastore_kind(str(source.get("uri", ""))) if isinstance(source, dict) else None
+    return {"new_datastore": kind} if kind else {}
+
+
 def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
                       prefix: str | bytes | None, pattern: str | list[str] | None,
                       progress: Callable[[Progress], None] | None, cancel: threading.Event,
@@ -286,7 +301,8 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
         else:
             from dsbackup.datastores import open_datastore
 
-            target = open_datastore(str(target), readonly=False)
+            target = open_datastore(str(target), readonly=False,
+                                    **_new_repo_params(reader, str(target)))
         owned = True
     if batch_bytes is None:
         batch_bytes = NATIVE_BATCH_BYTES if native is not None else DEFAULT_BATCH_BYTES
