@@ -1,5 +1,5 @@
 """The keys of a flatfs store over ``max_names`` names, a bucket at a time, for the
-incremental planner (docs/INCREMENTAL.md, "Unchanged flatfs blocks"; dsbackup.engine.
+incremental planner (docs/INCREMENTAL.md, "A flatfs blockstore: listing speed"; dsbackup.engine.
 flatfs_buckets).
 
 :class:`KeyBuckets` lists the store once with the native ``SpillScan`` in its *typed* mode

@@ -1,5 +1,5 @@
 """The flatfs incremental of a store over ``max_names`` names, bucket by bucket
-(docs/INCREMENTAL.md, "Unchanged flatfs blocks", "A store over max_names").
+(docs/INCREMENTAL.md, "A flatfs blockstore: listing speed", "A store over max_names").
 
 The keys come a sorted bucket at a time (dsbackup.datastores.flatfs_keybuckets), never all at
 once. :func:`walk` goes through the parent's chunks in key order (its index a block or page at
@@ -27,12 +27,25 @@ from typing import Any, Protocol
 
 from dsbackup._ext.flatlist import FlatKeys
 from dsbackup._ext.framing import Chunker
-from dsbackup.engine.flatfs_incremental import _parent_pages
 from dsbackup.engine.write import References, store_or_reference
 
-__all__ = ["Emit", "Marks", "Window", "walk"]
+__all__ = ["Emit", "Marks", "Window", "parent_pages", "walk"]
 
 READ_BATCH_BYTES = 8 << 20
+
+
+def parent_pages(index: Any) -> Iterator[tuple[list[bytes], list[bytes], list[int],
+                                                  list[int], list[int]]]:
+    """(first keys, last keys, records, key digests, payload lengths) of the chunks of a
+    parent index, a block (page) at a time, read from its arrays (no entry objects)."""
+    for _, table, blob in index.blocks():
+        keys = blob.tobytes()
+        ko, fl = table["keys_off"].tolist(), table["first_len"].tolist()
+        ends = (table["keys_off"] + table["first_len"] + table["last_len"]).tolist()
+        mids = [o + f for o, f in zip(ko, fl)]
+        yield ([keys[o:m] for o, m in zip(ko, mids)], [keys[m:e] for m, e in zip(mids, ends)],
+               table["records"].tolist(), table["keys_xxh3"].tolist(),
+               table["payload_len"].tolist())
 
 
 class Window:
@@ -73,7 +86,7 @@ class Sink(Protocol):
 def _parent_chunks(index: Any) -> Iterator[tuple[bytes, bytes, int, int, int, bytes | None]]:
     """(first key, last key, records, key digest, payload length, the next chunk's first
     key or None) of every chunk of the parent, in order, a block (page) read at a time."""
-    pages = _parent_pages(index)
+    pages = parent_pages(index)
     page = next(pages, None)
     while page is not None:
         firsts, lasts, records, kxs, plens = page

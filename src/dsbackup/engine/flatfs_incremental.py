@@ -41,6 +41,7 @@ from dsbackup._ext.flatlist import FlatKeys
 from dsbackup._ext.framing import Chunker
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.engine.config import BackupConfig
+from dsbackup.engine.flatfs_buckets import Emit, Marks, parent_pages, walk
 from dsbackup.engine.write import References, store_or_reference
 from dsbackup.errors import BackupError
 
@@ -72,20 +73,6 @@ def applies(source: Any, cfg: BackupConfig) -> bool:
     return cfg.trust_content_keys and not cfg.exclude_patterns and _is_flatfs(source)
 
 
-def _parent_pages(index: Any) -> Iterator[tuple[list[bytes], list[bytes], list[int],
-                                                  list[int], list[int]]]:
-    """(first keys, last keys, records, key digests, payload lengths) of the chunks of a
-    parent index, a block (page) at a time, read from its arrays (no entry objects)."""
-    for _, table, blob in index.blocks():
-        keys = blob.tobytes()
-        ko, fl = table["keys_off"].tolist(), table["first_len"].tolist()
-        ends = (table["keys_off"] + table["first_len"] + table["last_len"]).tolist()
-        mids = [o + f for o, f in zip(ko, fl)]
-        yield ([keys[o:m] for o, m in zip(ko, mids)], [keys[m:e] for m, e in zip(mids, ends)],
-               table["records"].tolist(), table["keys_xxh3"].tolist(),
-               table["payload_len"].tolist())
-
-
 def clean_chunks(keys: FlatKeys, index: Any, chunk_size: int,
                  first: int = 0) -> list[tuple[int, int, int, int]]:
     """``(parent seq, first and end listing index, payload length)`` of every chunk of the
@@ -97,7 +84,7 @@ def clean_chunks(keys: FlatKeys, index: Any, chunk_size: int,
     prev_hi = -1
     check, boundary, trusted, equals = (keys.check_chunk, keys.is_boundary, keys.trusted,
                                         keys.equals)
-    pages = _parent_pages(index)
+    pages = parent_pages(index)
     page = next(pages, None)
     j = 0
     while page is not None:
@@ -159,8 +146,6 @@ class FlatfsIncremental:
                       should_stop: Callable[[], bool] | None) -> None:
         """A store over max_names keys: listed into buckets, the clean chunks marked by a
         first walk (dsbackup.engine.flatfs_buckets)."""
-        from dsbackup.engine.flatfs_buckets import Marks, walk
-
         self.buckets = self.ds.key_buckets(start, should_stop)
         try:
             self.audit = self.buckets.audit
@@ -215,8 +200,6 @@ class FlatfsIncremental:
         bytes) or the Future of a compressed chunk, as engine.incremental.IncrementalStream
         yields them."""
         if self.buckets is not None:
-            from dsbackup.engine.flatfs_buckets import Emit, walk
-
             emit = Emit(self.ds, self.index, self.cs, self.cmb, match, pool, level, catalog,
                         counts, self.clean_raw, self.clean_payload)
             yield from walk(self.buckets.buckets(), self.index, self.cs, emit)
