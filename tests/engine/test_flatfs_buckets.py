@@ -225,3 +225,26 @@ def test_the_bucket_path_is_taken_and_holds_few_names(copy, monkeypatch):
     assert inc.buckets is not None and inc.buckets.peak_names <= 40
     assert max(peaks) <= 40 + 40  # a bucket and what is kept of the one before
     assert inc.buckets._dir is None  # closed: the spill directory is gone
+
+
+def test_catalog_archives_over_max_names(env, copy, tmp_path):
+    """With --include-metadata: a parent without a key catalog can be referenced by nothing
+    (every key read), one with a catalog as usual; the same archives as in memory."""
+    root, parent = copy
+    change(root, parent, "grown")
+    for p in (parent, tmp_path / "pc.tar.gz"):
+        if p != parent:
+            r = subprocess.run([sys.executable, "-m", "dsbackup", "backup", f"flatfs:{root}",
+                                str(p), *OPTS, "--include-metadata"], env=env,
+                               capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+            change(root, parent, "shrunk")
+        want, out = tmp_path / f"mem-{p.name}", tmp_path / f"b-{p.name}"
+        assert backup(env, f"flatfs:{root}?max_names={BIG}", want, p,
+                      "--include-metadata").returncode == 0
+        r = backup(env, f"flatfs:{root}?max_names=6", out, p, "--include-metadata")
+        assert r.returncode == 0, r.stderr
+        assert out.read_bytes() == want.read_bytes(), p.name
+        with ArchiveReader(out) as a:
+            refs = a.summary["referenced_chunks"]
+        assert (refs == 0) == (p == parent)

@@ -86,6 +86,8 @@ class Sink(Protocol):
 def _parent_chunks(index: Any) -> Iterator[tuple[bytes, bytes, int, int, int, bytes | None]]:
     """(first key, last key, records, key digest, payload length, the next chunk's first
     key or None) of every chunk of the parent, in order, a block (page) read at a time."""
+    if index is None:  # none usable
+        return
     pages = parent_pages(index)
     page = next(pages, None)
     while page is not None:
@@ -97,7 +99,8 @@ def _parent_chunks(index: Any) -> Iterator[tuple[bytes, bytes, int, int, int, by
 
 def walk(buckets: Iterable[FlatKeys], index: Any, chunk_size: int, sink: Sink
          ) -> Iterator[Any]:
-    """The parent's chunks checked against the listing (module doc); what `sink` yields."""
+    """The parent's chunks (none when `index` is None: none can be referenced) checked
+    against the listing (module doc); what `sink` yields."""
     w = Window(buckets)
     prev_hi = -1
     for j, (f, last, recs, kx, plen, nxt) in enumerate(_parent_chunks(index)):

@@ -123,6 +123,7 @@ class FlatfsIncremental:
         self.cs, self.cmb = chunk_size, chunk_max_bytes
         self.index = preader.index
         self.buckets: Any = None  # a store over max_names keys (flatfs_buckets.py)
+        self.usable = usable
         listing = ds.listing(cfg.effective_workers, bounded=True)
         if listing.over:
             self._init_buckets(preader, cfg, usable, start, below, should_stop)
@@ -202,7 +203,8 @@ class FlatfsIncremental:
         if self.buckets is not None:
             emit = Emit(self.ds, self.index, self.cs, self.cmb, match, pool, level, catalog,
                         counts, self.clean_raw, self.clean_payload)
-            yield from walk(self.buckets.buckets(), self.index, self.cs, emit)
+            yield from walk(self.buckets.buckets(), self.index if self.usable else None,
+                            self.cs, emit)
             return
         payload = sum(c[3] for c in self.clean)
         left_raw, left_payload = self.clean_raw, payload
