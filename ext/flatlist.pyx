@@ -384,6 +384,44 @@ cdef class FlatKeys:
         out.n = n
         return out
 
+    @staticmethod
+    def from_records(bytes records, size_t n, size_t plen) -> FlatKeys:
+        """As :meth:`from_names`, from ``n`` names in one ``bytes`` of records
+        ``len:u8 | name`` (ext/flatspill.pyx ``read_sorted_records``)."""
+        cdef FlatKeys out = FlatKeys.__new__(FlatKeys)
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(records)
+        cdef size_t size = PyBytes_GET_SIZE(records), i, at = 0, pos = 0, m, L
+        cdef bint bad = False
+        if size < n or size - n < n * plen:
+            raise ValueError("FlatKeys.from_records: records shorter than their count")
+        out.blob = <unsigned char *>malloc(size - n - n * plen + 1)
+        out.off = <uint64_t *>malloc((n + 1) * sizeof(uint64_t))
+        out.flags = <uint8_t *>malloc(n + 1)
+        if out.blob == NULL or out.off == NULL or out.flags == NULL:
+            raise MemoryError("flatlist: no memory for a bucket's keys")
+        with nogil:
+            for i in range(n):
+                if at >= size:
+                    bad = True
+                    break
+                m = p[at]
+                if m < plen + 2 or at + 1 + m > size:
+                    bad = True
+                    break
+                L = m - plen - 1
+                out.off[i] = pos
+                out.blob[pos] = c'/'
+                memcpy(out.blob + pos + 1, p + at + 1 + plen, L)
+                out.flags[i] = K_TRUSTED if (p[at + m] == 1 and
+                                             is_content_name(p + at + 1 + plen, L)) else 0
+                pos += 1 + L
+                at += 1 + m
+            out.off[n if not bad else 0] = pos
+        if bad or at != size:
+            raise ValueError("FlatKeys.from_records: a torn or short record")
+        out.n = n
+        return out
+
     def join(self, size_t lo, FlatKeys other) -> FlatKeys:
         """This one's keys from index ``lo`` on, then ``other``'s (all greater)."""
         cdef FlatKeys out = FlatKeys.__new__(FlatKeys)

@@ -101,6 +101,50 @@ def read_sorted(int dir_fd, bytes fname, str spill_dir="") -> list:
         ns_free(&s)
 
 
+def read_sorted_records(int dir_fd, bytes fname, str spill_dir="") -> tuple:
+    """``(records, count)``: the names of one bucket file in increasing order as one
+    ``bytes`` of records ``len:u8 | name`` (no object per name; ``FlatKeys.from_records``)."""
+    cdef reader r
+    cdef nameset s
+    cdef const unsigned char *name
+    cdef const unsigned char **ptrs = NULL
+    cdef size_t nlen, i, pos = 0, L
+    cdef int got = 0, nomem = 0
+    cdef char *buf
+    memset(&s, 0, sizeof(nameset))
+    open_reader(&r, dir_fd, fname, spill_dir)
+    try:
+        with nogil:
+            while True:
+                got = rd_next(&r, &name, &nlen)
+                if got <= 0:
+                    break
+                if ns_add(&s, name, nlen) < 0:
+                    nomem = 1
+                    break
+        if nomem:
+            raise MemoryError("flatspill: no memory for a bucket's names")
+        if got < 0:
+            raise_read_error(&r, fname, spill_dir)
+        close_reader(&r)
+        with nogil:
+            ptrs = ns_sorted(&s)
+        if ptrs == NULL:
+            raise MemoryError("flatspill: no memory to sort the names")
+        out = PyBytes_FromStringAndSize(NULL, s.alen)
+        buf = PyBytes_AS_STRING(out)
+        with nogil:
+            for i in range(s.n):
+                L = 1 + ptrs[i][0]
+                memcpy(buf + pos, ptrs[i], L)
+                pos += L
+        return out, s.n
+    finally:
+        free(ptrs)
+        close_reader(&r)
+        ns_free(&s)
+
+
 def resplit(int dir_fd, bytes fname, uint64_t count, int nsub, size_t sample_max,
             bytes tag, str spill_dir) -> list:
     """Cut bucket file ``fname`` (``count`` names) into up to ``nsub`` bucket files

@@ -9,7 +9,8 @@ audit is the one the in-memory listing makes (flatfs_fastlist.py). The names go 
 files in a spill directory (flatfs_spill.py: locked, removed by :meth:`close`, a dead run's
 removed by the next). :meth:`buckets` then gives the keys in increasing order, one sorted
 bucket at a time (a ``FlatKeys``, trusted as the in-memory listing trusts); it can be walked
-again (the files stay until :meth:`close`). At most about ``max_names`` names are held.
+again (the files stay until :meth:`close`; the first walk writes each back sorted, so a later
+walk only reads it). At most about ``max_names`` names are held.
 """
 
 from __future__ import annotations
@@ -19,13 +20,36 @@ import os
 from collections.abc import Callable, Iterator
 
 from dsbackup._ext.flatlist import FlatKeys
-from dsbackup._ext.flatspill import SpillScan, read_sorted, resplit
+from dsbackup._ext.flatspill import SpillScan, read_sorted_records, resplit
 from dsbackup.datastores.flatfs_audit import FileAudit, audit_flatfs
 from dsbackup.datastores.flatfs_listing import SAMPLE_MAX, ShardLister, spill_error
 from dsbackup.datastores.flatfs_spill import SpillDir, spill_root
 from dsbackup.errors import Cancelled
 
 __all__ = ["KeyBuckets"]
+
+
+def _write_all(fd: int, data: bytes, path: str) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
+
+
+def _read_all(fd: int, path: str) -> bytes:
+    try:
+        size = os.fstat(fd).st_size
+        data = os.read(fd, size)
+        while len(data) < size:  # a short read
+            more = os.read(fd, size - len(data))
+            if not more:
+                break
+            data += more
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
+    return data
 
 
 class KeyBuckets:
@@ -43,7 +67,8 @@ class KeyBuckets:
         self._dir: SpillDir | None = None
         self._held: FlatKeys | None = None  # the whole listing, when it fitted after all
         self._files: list[tuple[bytes, int]] = []  # bucket files still to cut or read
-        self._final: list[bytes] | None = None  # every bucket file in order, once cut
+        # every bucket file in order with its count, once cut and written back sorted
+        self._final: list[tuple[bytes, int]] | None = None
 
     def _note(self, n: int) -> None:
         self.peak_names = max(self.peak_names, n)
@@ -106,12 +131,15 @@ class KeyBuckets:
         plen = len(self.lister.name_prefix)
         try:
             if self._final is not None:
-                for fname in self._final:
+                for fname, n in self._final:  # sorted by the first walk
                     self._check()
-                    names = read_sorted(d.fd, fname, d.path)
-                    self._note(len(names))
-                    yield FlatKeys.from_names(names, plen)
-                    del names
+                    fd = os.open(fname, os.O_RDONLY | os.O_CLOEXEC, dir_fd=d.fd)
+                    try:
+                        records = _read_all(fd, os.path.join(d.path, fname.decode()))
+                    finally:
+                        os.close(fd)
+                    self._note(n)
+                    yield FlatKeys.from_records(records, n, plen)
                 return
             yield from self._first_walk(d, plen)
         except OSError as e:
@@ -120,7 +148,7 @@ class KeyBuckets:
     def _first_walk(self, d: SpillDir, plen: int) -> Iterator[FlatKeys]:
         max_names = self.lister.max_names
         target = max(1, max_names // 2)
-        final: list[bytes] = []
+        final: list[tuple[bytes, int]] = []
         while self._files:
             self._check()
             fname, count = self._files.pop(0)
@@ -137,11 +165,17 @@ class KeyBuckets:
             if not count:
                 os.unlink(fname, dir_fd=d.fd)
                 continue
-            final.append(fname)
-            names = read_sorted(d.fd, fname, d.path)
-            self._note(len(names))
-            yield FlatKeys.from_names(names, plen)
-            del names
+            records, n = read_sorted_records(d.fd, fname, d.path)
+            self._note(n)
+            # written back sorted (the same size: it fits where it was), for the next walk
+            fd = os.open(fname, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC, dir_fd=d.fd)
+            try:
+                _write_all(fd, records, os.path.join(d.path, fname.decode()))
+            finally:
+                os.close(fd)
+            final.append((fname, n))
+            yield FlatKeys.from_records(records, n, plen)
+            del records
         self._final = final
 
     def close(self) -> None:
