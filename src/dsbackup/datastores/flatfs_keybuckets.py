@@ -104,6 +104,9 @@ class KeyBuckets:
                 self._note(scan.peak)
                 self._files = [(b"b%d" % i, c) for i, c in enumerate(counts)]
             misfit = set(scan.misfit_shards())
+            self.audit = audit_flatfs(ls.root, ls.shard, name_prefix=ls.name_prefix,
+                                      go_layout=self.go_layout,
+                                      clean_shards=[s for s in shards if s not in misfit])
         except OSError as e:
             self.close()
             raise spill_error(e, where, ls.max_names) from None
@@ -112,9 +115,6 @@ class KeyBuckets:
             raise
         finally:
             os.close(fd)
-        self.audit = audit_flatfs(ls.root, ls.shard, name_prefix=ls.name_prefix,
-                                  go_layout=self.go_layout,
-                                  clean_shards=[s for s in shards if s not in misfit])
         return self
 
     def buckets(self) -> Iterator[FlatKeys]:
