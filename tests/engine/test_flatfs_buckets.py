@@ -248,3 +248,25 @@ def test_catalog_archives_over_max_names(env, copy, tmp_path):
         with ArchiveReader(out) as a:
             refs = a.summary["referenced_chunks"]
         assert (refs == 0) == (p == parent)
+
+
+def test_a_paged_parent_is_walked_a_page_at_a_time(env, copy, tmp_path):
+    """A parent with a paged index (pages of 256 chunks): clean runs across page edges, the
+    same archive as in memory."""
+    root, _ = copy
+    paged = dict(env, DSBACKUP_TEST_PAGE_ENTRIES="256")
+    parent = tmp_path / "paged.tar.gz"
+    r = subprocess.run([sys.executable, "-m", "dsbackup", "backup", f"flatfs:{root}",
+                        str(parent), *OPTS, "--paged-index", "always"], env=paged,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    with ArchiveReader(parent) as a:
+        assert a.index.paged and len(a.index) > 2 * 256
+    change(root, parent, "edges")
+    want, out = tmp_path / "mem.tar.gz", tmp_path / "b.tar.gz"
+    assert backup(paged, f"flatfs:{root}?max_names={BIG}", want, parent).returncode == 0
+    r = backup(paged, f"flatfs:{root}?max_names=6", out, parent)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == want.read_bytes()
+    with ArchiveReader(out) as a:
+        assert a.index.paged and a.summary["referenced_chunks"] > 256
