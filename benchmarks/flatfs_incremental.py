@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/flatfs_incremental.py [--files N] [--sizes small|kubo|256k]
        [--chunk-size auto|N[,N...]] [--[no-]du-cache] [--dir DIR] [--archives DIR] [--rounds R]
-       [--new-percent P] [--json FILE]
+       [--new-percent P] [--max-names M] [--json FILE]
 
 Generates (once; a marker beside it records the count) a go-ds-flatfs directory of N blocks
 (default 2,000,000), each named by the base32 sha2-256 multihash of its value as Kubo names
@@ -31,6 +31,10 @@ rounds (order reversed every round), times:
 - ``incremental``: an incremental backup of the unchanged store against the parent;
 - ``new``: P% (default 1) new blocks added (drawn as the store's were), an incremental backup
   against the parent (the new blocks are removed again after it, untimed).
+
+The store's URI holds ``max_names`` = ``--max-names`` (default: twice the file count, so the
+incremental holds its listing in memory, the listing-speed path; a smaller value measures the
+bucket-by-bucket path a store over ``max_names`` takes, docs/INCREMENTAL.md).
 
 Reports medians, per-round ratios and the ratios the issue asks for (incremental / find,
 incremental / full, new / full), each backup's CPU time (this process and its children), the
@@ -345,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new-percent", type=float, default=1.0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--max-names", type=int, default=None,
+                    help="the URI's max_names (default: twice --files: the in-memory listing)")
     ap.add_argument("--no-full", action="store_true",
                     help="no full-backup rows: the parent is an incremental of an empty "
                          "store's archive (chunk size 770), which reads every block through "
@@ -362,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_store(root, args.files, args.sizes)
     du_cache = args.sizes != "small" if args.du_cache is None else args.du_cache
     set_du_cache(root, du_cache)
-    uri = f"flatfs:{root}"
+    uri = f"flatfs:{root}?max_names={args.max_names or 2 * args.files}"
     work = Path(args.archives) if args.archives else work
     find_count(root)  # warm the dentry and inode caches
     if args.listing_only:

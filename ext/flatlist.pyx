@@ -42,6 +42,7 @@ from libposixdir cimport (
     closedir,
     dirent,
     dirfd,
+    ds_atomic_add,
     ds_atomic_next,
     errno,
     fdopendir,
@@ -350,6 +351,108 @@ cdef class FlatKeys:
         free(buf)
         return <long>lo if h == keys_xxh3 else -1
 
+    @staticmethod
+    def from_names(list names, size_t plen) -> FlatKeys:
+        """The keys of a typed bucket of a spilled listing (ext/flatspill.pyx): ``names``
+        in increasing order, each ``prefix + NAME + t`` (``plen`` bytes of name prefix;
+        ``t`` 1 for a regular file, else 0) is key ``/NAME``, trusted as ``FlatScan``
+        trusts it."""
+        cdef FlatKeys out = FlatKeys.__new__(FlatKeys)
+        cdef size_t n = len(names), i, total = 0, L, pos = 0
+        cdef bytes b
+        cdef const unsigned char *p
+        for b in names:
+            if <size_t>PyBytes_GET_SIZE(b) < plen + 2:
+                raise ValueError("FlatKeys.from_names: a name shorter than its prefix")
+            total += PyBytes_GET_SIZE(b) - plen
+        out.blob = <unsigned char *>malloc(total + 1)
+        out.off = <uint64_t *>malloc((n + 1) * sizeof(uint64_t))
+        out.flags = <uint8_t *>malloc(n + 1)
+        if out.blob == NULL or out.off == NULL or out.flags == NULL:
+            raise MemoryError("flatlist: no memory for a bucket's keys")
+        for i in range(n):
+            b = <bytes>names[i]
+            p = <const unsigned char *>PyBytes_AS_STRING(b)
+            L = PyBytes_GET_SIZE(b) - plen - 1
+            out.off[i] = pos
+            out.blob[pos] = c'/'
+            memcpy(out.blob + pos + 1, p + plen, L)
+            out.flags[i] = K_TRUSTED if (p[plen + L] == 1 and
+                                         is_content_name(p + plen, L)) else 0
+            pos += 1 + L
+        out.off[n] = pos
+        out.n = n
+        return out
+
+    @staticmethod
+    def from_records(bytes records, size_t n, size_t plen) -> FlatKeys:
+        """As :meth:`from_names`, from ``n`` names in one ``bytes`` of records
+        ``len:u8 | name`` (ext/flatspill.pyx ``read_sorted_records``)."""
+        cdef FlatKeys out = FlatKeys.__new__(FlatKeys)
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(records)
+        cdef size_t size = PyBytes_GET_SIZE(records), i, at = 0, pos = 0, m, L
+        cdef bint bad = False
+        if size < n or size - n < n * plen:
+            raise ValueError("FlatKeys.from_records: records shorter than their count")
+        out.blob = <unsigned char *>malloc(size - n - n * plen + 1)
+        out.off = <uint64_t *>malloc((n + 1) * sizeof(uint64_t))
+        out.flags = <uint8_t *>malloc(n + 1)
+        if out.blob == NULL or out.off == NULL or out.flags == NULL:
+            raise MemoryError("flatlist: no memory for a bucket's keys")
+        with nogil:
+            for i in range(n):
+                if at >= size:
+                    bad = True
+                    break
+                m = p[at]
+                if m < plen + 2 or at + 1 + m > size:
+                    bad = True
+                    break
+                L = m - plen - 1
+                out.off[i] = pos
+                out.blob[pos] = c'/'
+                memcpy(out.blob + pos + 1, p + at + 1 + plen, L)
+                out.flags[i] = K_TRUSTED if (p[at + m] == 1 and
+                                             is_content_name(p + at + 1 + plen, L)) else 0
+                pos += 1 + L
+                at += 1 + m
+            out.off[n if not bad else 0] = pos
+        if bad or at != size:
+            raise ValueError("FlatKeys.from_records: a torn or short record")
+        out.n = n
+        return out
+
+    def join(self, size_t lo, FlatKeys other) -> FlatKeys:
+        """This one's keys from index ``lo`` on, then ``other``'s (all greater)."""
+        cdef FlatKeys out = FlatKeys.__new__(FlatKeys)
+        cdef size_t i, a, na, nb, base, bbytes
+        if lo > self.n:
+            lo = self.n
+        na = self.n - lo
+        nb = other.n
+        a = self.off[lo] if self.n else 0
+        base = (self.off[self.n] - a) if self.n else 0
+        bbytes = other.off[nb] if nb else 0
+        out.blob = <unsigned char *>malloc(base + bbytes + 1)
+        out.off = <uint64_t *>malloc((na + nb + 1) * sizeof(uint64_t))
+        out.flags = <uint8_t *>malloc(na + nb + 1)
+        if out.blob == NULL or out.off == NULL or out.flags == NULL:
+            raise MemoryError("flatlist: no memory for the listing's window")
+        with nogil:
+            if base:
+                memcpy(out.blob, self.blob + a, base)
+            if bbytes:
+                memcpy(out.blob + base, other.blob, bbytes)
+            for i in range(na):
+                out.off[i] = self.off[lo + i] - a
+                out.flags[i] = self.flags[lo + i]
+            for i in range(nb):
+                out.off[na + i] = other.off[i] + base
+                out.flags[na + i] = other.flags[i]
+            out.off[na + nb] = base + bbytes
+        out.n = na + nb
+        return out
+
 
 cdef class FlatScan:
     """One listing of a flatfs root: ``FlatScan(root_fd, shards, kind, param, name_prefix,
@@ -371,6 +474,9 @@ cdef class FlatScan:
     cdef fl_run *runs
     cdef int nruns
     cdef list _names
+    cdef long listed               # keys listed so far (all threads), counted a shard at a time
+    cdef long max_keys             # run() stops once more are listed (0: no bound)
+    cdef readonly bint over        # it stopped: more than max_keys keys
 
     def __cinit__(self, int root_fd, list shards, str kind, int param, bytes name_prefix=b"",
                   bint keys=True):
@@ -404,6 +510,9 @@ cdef class FlatScan:
         self.next_shard = 0
         self.runs = NULL
         self.nruns = 0
+        self.listed = 0
+        self.max_keys = 0
+        self.over = False
 
     def __dealloc__(self):
         self._free_runs()
@@ -481,23 +590,34 @@ cdef class FlatScan:
     def _work(self, int t):
         cdef fl_run *r = &self.runs[t]
         cdef long s
+        cdef size_t before
         with nogil:
             while True:
                 s = ds_atomic_next(&self.next_shard)
                 if s >= self.nshards:
                     break
+                before = r.n
                 if self.scan_shard(r, s) < 0:
                     self.next_shard = self.nshards  # the others stop at their next shard
                     break
-            if r.err == 0 and not r.nomem and self.want_keys:
+                if self.max_keys and ds_atomic_add(&self.listed, <long>(r.n - before)) \
+                        > self.max_keys:
+                    self.over = True
+                    self.next_shard = self.nshards
+                    break
+            if r.err == 0 and not r.nomem and self.want_keys and not self.over:
                 if run_sort(r) < 0:
                     r.nomem = 1
 
-    def run(self, int threads=1):
-        """List every shard directory with ``threads`` threads (the GIL released)."""
+    def run(self, int threads=1, long max_keys=0):
+        """List every shard directory with ``threads`` threads (the GIL released). With
+        ``max_keys`` (keys wanted) it stops once more than that many keys are listed
+        (counted a shard directory at a time): ``over`` is then True, the keys are dropped
+        and ``keys()`` is not to be asked (the caller lists through buckets instead)."""
         cdef int t
         if self.runs != NULL:
             raise RuntimeError("FlatScan.run: already run")
+        self.max_keys = max_keys if self.want_keys and max_keys > 0 else 0
         threads = max(1, min(threads, 64, max(1, self.nshards)))
         self.runs = <fl_run *>malloc(threads * sizeof(fl_run))
         if self.runs == NULL:
@@ -521,6 +641,8 @@ cdef class FlatScan:
                 err, shard = self.runs[t].err, self._names[self.runs[t].err_shard]
                 self._free_runs()
                 raise OSError(err, os.strerror(err), os.fsdecode(shard))
+        if self.over:
+            self._free_runs()
 
     def misfit_shards(self) -> list:
         """Shard directories holding something that is not of the layout."""
@@ -538,7 +660,7 @@ cdef class FlatScan:
         cdef fl_run *r
         cdef fl_item *it
         cdef fl_item *bi
-        if self.runs == NULL or not self.want_keys:
+        if self.runs == NULL or not self.want_keys or self.over:
             raise RuntimeError("FlatScan.keys: run() with keys=True first")
         for t in range(nr):
             total += self.runs[t].n

@@ -16,7 +16,7 @@ store). No Python object is made per name until a sorted list is handed out.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint8_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memcpy, memmove, memset, strlen
@@ -24,7 +24,11 @@ from libc.string cimport memcpy, memmove, memset, strlen
 from flatname cimport SHARD_NEXT_TO_LAST, SHARD_PREFIX, SHARD_SUFFIX, in_place
 from frameutil cimport key_cmp
 from libposixdir cimport (
+    AT_SYMLINK_NOFOLLOW,
     DIR,
+    DT_DIR,
+    DT_REG,
+    DT_UNKNOWN,
     EINTR,
     ENOENT,
     ENOMEM,
@@ -38,11 +42,16 @@ from libposixdir cimport (
     close,
     closedir,
     dirent,
+    dirfd,
     errno,
     fdopendir,
     openat,
     read,
     readdir,
+    S_ISDIR,
+    S_ISREG,
+    fstatat,
+    stat,
     write,
 )
 
@@ -88,6 +97,50 @@ def read_sorted(int dir_fd, bytes fname, str spill_dir="") -> list:
             raise_read_error(&r, fname, spill_dir)
         return sorted_list(&s)
     finally:
+        close_reader(&r)
+        ns_free(&s)
+
+
+def read_sorted_records(int dir_fd, bytes fname, str spill_dir="") -> tuple:
+    """``(records, count)``: the names of one bucket file in increasing order as one
+    ``bytes`` of records ``len:u8 | name`` (no object per name; ``FlatKeys.from_records``)."""
+    cdef reader r
+    cdef nameset s
+    cdef const unsigned char *name
+    cdef const unsigned char **ptrs = NULL
+    cdef size_t nlen, i, pos = 0, L
+    cdef int got = 0, nomem = 0
+    cdef char *buf
+    memset(&s, 0, sizeof(nameset))
+    open_reader(&r, dir_fd, fname, spill_dir)
+    try:
+        with nogil:
+            while True:
+                got = rd_next(&r, &name, &nlen)
+                if got <= 0:
+                    break
+                if ns_add(&s, name, nlen) < 0:
+                    nomem = 1
+                    break
+        if nomem:
+            raise MemoryError("flatspill: no memory for a bucket's names")
+        if got < 0:
+            raise_read_error(&r, fname, spill_dir)
+        close_reader(&r)
+        with nogil:
+            ptrs = ns_sorted(&s)
+        if ptrs == NULL:
+            raise MemoryError("flatspill: no memory to sort the names")
+        out = PyBytes_FromStringAndSize(NULL, s.alen)
+        buf = PyBytes_AS_STRING(out)
+        with nogil:
+            for i in range(s.n):
+                L = 1 + ptrs[i][0]
+                memcpy(buf + pos, ptrs[i], L)
+                pos += L
+        return out, s.n
+    finally:
+        free(ptrs)
         close_reader(&r)
         ns_free(&s)
 
@@ -199,10 +252,12 @@ cdef class SpillScan:
     cdef long err_shard
     cdef readonly size_t peak      # most names held at once
     cdef object check              # called between shard directories (may raise), or None
+    cdef bint typed                # names carry a type byte; misfits are noted (see spill)
+    cdef uint8_t *misfit           # typed: per shard, 1 when it holds a name not in place
 
     def __cinit__(self, int root_fd, list shards, str kind, int param, bytes name_prefix,
                   bytes lo, object hi, size_t max_names, bytes root_name=b"",
-                  object check=None):
+                  object check=None, bint typed=False):
         if kind not in KINDS:
             raise ValueError(f"unknown shard function {kind!r}")
         if param < 1 or param > MAX_PARAM:
@@ -217,8 +272,11 @@ cdef class SpillScan:
         self.nshards = len(self._names)
         self.shard_ptr = <const char **>malloc((self.nshards + 1) * sizeof(char *))
         self.shard_len = <size_t *>malloc((self.nshards + 1) * sizeof(size_t))
-        if self.shard_ptr == NULL or self.shard_len == NULL:
+        self.misfit = <uint8_t *>malloc(self.nshards + 1)
+        self.typed = typed
+        if self.shard_ptr == NULL or self.shard_len == NULL or self.misfit == NULL:
             raise MemoryError("flatspill: no memory for the shard list")
+        memset(self.misfit, 0, self.nshards + 1)
         for i, s in enumerate(self._names):
             self.shard_ptr[i] = PyBytes_AS_STRING(s)
             self.shard_len[i] = PyBytes_GET_SIZE(s)
@@ -250,6 +308,11 @@ cdef class SpillScan:
         part_free(&self.part)
         free(self.shard_ptr)
         free(self.shard_len)
+        free(self.misfit)
+
+    def misfit_shards(self) -> list:
+        """Typed: the shard directories listed so far that hold something not in place."""
+        return [self._names[i] for i in range(self.nshards) if self.misfit[i]]
 
     @property
     def position(self) -> tuple:
@@ -273,8 +336,13 @@ cdef class SpillScan:
 
     cdef int step(self) noexcept nogil:
         """List (the rest of) shard ``cur``: 0 when done with it, 1 when the held set is
-        full (the directory stays open), -1 on an error."""
-        cdef int fd, r
+        full (the directory stays open), -1 on an error. Typed: only names in place that
+        are not directories, each with a byte after it, 1 for a regular file, else 0 (no
+        valid name character is below 2: the order stays the names' order); a shard holding
+        anything else is marked a misfit, as FlatScan marks it (ext/flatlist.pyx)."""
+        cdef int fd, r, typ = 0
+        cdef stat st
+        cdef unsigned char tname[256]
         cdef dirent *e
         cdef const unsigned char *name
         cdef size_t nlen, L
@@ -306,15 +374,33 @@ cdef class SpillScan:
                 break
             name = <const unsigned char *>e.d_name
             nlen = strlen(e.d_name)
-            if not in_place(name, nlen, <const unsigned char *>shard, slen, self.kind,
-                            self.param, pfx, plen):
+            if self.typed:
+                if name[0] == c'.' and (nlen == 1 or (nlen == 2 and name[1] == c'.')):
+                    continue
+                typ = e.d_type
+                if typ == DT_UNKNOWN:
+                    if fstatat(dirfd(self.dir), e.d_name, &st, AT_SYMLINK_NOFOLLOW) != 0:
+                        continue  # vanished
+                    typ = DT_REG if S_ISREG(st.st_mode) else (
+                        DT_DIR if S_ISDIR(st.st_mode) else DT_UNKNOWN)
+                if typ == DT_DIR or not in_place(name, nlen, <const unsigned char *>shard,
+                                                 slen, self.kind, self.param, pfx, plen):
+                    self.misfit[self.cur] = 1
+                    continue
+            elif not in_place(name, nlen, <const unsigned char *>shard, slen, self.kind,
+                              self.param, pfx, plen):
                 continue
             L = nlen - 5
             if lolen and key_cmp(name, L, lo, lolen) < 0:
                 continue
             if self.has_hi and key_cmp(name, L, hi, hilen) >= 0:
                 continue
-            r = self.take(name, L)
+            if self.typed:
+                memcpy(tname, name, L)
+                tname[L] = 1 if typ == DT_REG else 0
+                r = self.take(tname, L + 1)
+            else:
+                r = self.take(name, L)
             if r:
                 return r
         closedir(self.dir)

@@ -72,5 +72,9 @@ cdef extern from * nogil:
     static inline long ds_atomic_next(long *p) {
         return __atomic_fetch_add(p, 1, __ATOMIC_RELAXED);
     }
+    static inline long ds_atomic_add(long *p, long n) {
+        return __atomic_add_fetch(p, n, __ATOMIC_RELAXED);
+    }
     """
     long ds_atomic_next(long *p)
+    long ds_atomic_add(long *p, long n)

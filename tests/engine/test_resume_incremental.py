@@ -219,10 +219,13 @@ def test_a_parent_chunk_gone_from_between_stored_chunks_cuts_before_them(tmp_pat
         assert restored(tmp_path, final) == contents(ds)
 
 
-def test_a_flatfs_incremental_is_resumed(tmp_path):
-    """The flatfs path (listing speed): the clean chunks are found from the cut's key on."""
+@pytest.mark.parametrize("max_names", [None, 40])
+def test_a_flatfs_incremental_is_resumed(tmp_path, max_names):
+    """The flatfs path (listing speed): the clean chunks are found from the cut's key on; over
+    max_names, bucket by bucket from the cut's key on (engine/flatfs_buckets.py)."""
     rng = random.Random(5)
     uri = f"flatfs:{tmp_path / 'src'}"
+    run = uri if max_names is None else f"{uri}?max_names={max_names}"
 
     def blocks(n):
         out = {}
@@ -243,11 +246,11 @@ def test_a_flatfs_incremental_is_resumed(tmp_path):
         for k in rng.sample(sorted(recs), 8):
             ds.delete(k)
     want = tmp_path / "want.tar.gz"
-    BackupManager(BackupConfig(**cfg)).create_backup(uri, want, parent=full)
+    BackupManager(BackupConfig(**cfg)).create_backup(run, want, parent=full)
     seqs = stored(want)
     final = tmp_path / "a.tar.gz"
     killed_at(want, final, seqs[len(seqs) // 2], extra=50)
-    resume(uri, final, full, **cfg)
+    resume(run, final, full, **cfg)
     assert verify_archive(final, deep=True).ok
     summary = same_as(final, want)
     assert summary["resumed"] == [{"epoch": 1, "from_seq": seqs[len(seqs) // 2] + 1,

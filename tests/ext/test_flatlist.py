@@ -192,3 +192,47 @@ def test_listing_releases_the_gil(tmp_path):
         if best > 0.7:  # settled: the assertion below holds
             break
     assert best > 0.7, f"native listings did not overlap ({best:.2f})"
+
+
+def _flat(keys) -> list[tuple[bytes, bool]]:
+    return [(keys.key(i), keys.trusted(i)) for i in range(len(keys))]
+
+
+def test_a_bounded_run_stops_over_max_keys(tmp_path):
+    shard = ShardFunc("next-to-last", 2)
+    rng = random.Random(2)
+    make_tree(tmp_path, [mh_name(rng.randbytes(8)) for _ in range(300)], shard)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        shards = sorted(e.name.encode() for e in os.scandir(tmp_path))
+        for max_keys, over in ((299, True), (300, False), (0, False)):
+            s = FlatScan(fd, shards, shard.kind, shard.param, b"", True)
+            s.run(2, max_keys)
+            assert s.over == over
+            if over:
+                with pytest.raises(RuntimeError):
+                    s.keys()
+            else:
+                assert len(s.keys()) == 300
+    finally:
+        os.close(fd)
+
+
+def test_keys_from_typed_names_and_records_and_joined():
+    from dsbackup._ext.flatlist import FlatKeys
+
+    h1, h2 = sorted(mh_name(bytes([i])) for i in range(2))
+    names = [b"P" + h1 + b"\x01", b"P" + h2 + b"\x00", b"P" + b"ZZNOTAHASH" + b"\x01"]
+    want = [(b"/" + h1, True), (b"/" + h2, False), (b"/ZZNOTAHASH", False)]
+    assert _flat(FlatKeys.from_names(names, 1)) == want
+    records = b"".join(bytes([len(n)]) + n for n in names)
+    a = FlatKeys.from_records(records, 3, 1)
+    assert _flat(a) == want
+    with pytest.raises(ValueError):
+        FlatKeys.from_records(records[:-1], 3, 1)  # torn
+    with pytest.raises(ValueError):
+        FlatKeys.from_records(records, 2, 1)  # more than counted
+    assert _flat(a.join(1, FlatKeys.from_names([b"P" + b"ZZZ" + b"\x01"], 1))) == \
+        want[1:] + [(b"/ZZZ", False)]
+    assert _flat(a.join(3, a)) == want
+    assert len(FlatKeys.from_names([], 0).join(0, FlatKeys.from_names([], 0))) == 0

@@ -50,6 +50,7 @@ from dsbackup.datastores.base import (
 )
 from dsbackup.datastores.flatfs_audit import FileAudit, SkippedFiles
 from dsbackup.datastores.flatfs_fastlist import FlatListing, list_flatfs
+from dsbackup.datastores.flatfs_keybuckets import KeyBuckets
 from dsbackup.datastores.flatfs_layout import (
     ACCURACY_EXACT,
     DEFAULT_SHARD,
@@ -549,14 +550,25 @@ class FlatfsDatastore(BaseDatastore):
         name by name."""
         return self.listing(keys=False).audit
 
-    def listing(self, threads: int | None = None, *, keys: bool = True) -> FlatListing:
+    def listing(self, threads: int | None = None, *, keys: bool = True,
+                bounded: bool = False) -> FlatListing:
         """Every key in increasing order (``FlatKeys``, native, no Python object per key) and
         the file audit, from one listing of the shard directories in ``threads`` native
-        threads (default: the CPU count)."""
+        threads (default: the CPU count). ``bounded``: not over ``max_names`` keys; a
+        larger store gives ``over`` (list it with :meth:`key_buckets` instead)."""
         self._check_open()
         return list_flatfs(self._root, self.shard, name_prefix=self.name_prefix,
                            go_layout=self.go_layout, threads=threads or os.cpu_count() or 1,
-                           keys=keys)
+                           keys=keys, max_keys=self.max_names if bounded and keys else 0)
+
+    def key_buckets(self, start: bytes = b"",
+                    should_stop: Callable[[], bool] | None = None) -> KeyBuckets:
+        """The keys from ``start`` on, a sorted bucket at a time, and the file audit, from
+        one listing that holds at most about ``max_names`` names (flatfs_keybuckets.py);
+        open: the caller closes it (its spill directory goes)."""
+        self._check_open()
+        return KeyBuckets(self._lister, go_layout=self.go_layout, start=start,
+                          should_stop=should_stop).open()
 
     def read_keys(self, keys: list[bytes], *, max_records: int = DEFAULT_MAX_RECORDS,
                   max_bytes: int = DEFAULT_MAX_BYTES

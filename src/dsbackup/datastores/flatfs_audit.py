@@ -180,6 +180,13 @@ def _is_writer_temp(name: bytes, shard: ShardFunc, shard_dir: bytes, prefix: byt
     return m is not None and _in_place(m.group(1), shard, shard_dir, prefix)
 
 
+def _has_dir(path: bytes) -> bool:
+    """A directory among the entries of ``path`` (named like a record or not: its files
+    are not records). Asked only of a shard the native listing flagged (it flags one)."""
+    with os.scandir(path) as it:
+        return any(e.is_dir(follow_symlinks=False) for e in it)
+
+
 def _audit_shard(path: bytes, shard_dir: bytes, shard: ShardFunc, prefix: bytes,
                  audit: FileAudit, misplaced: list[tuple[bytes, bytes]],
                  go_layout: bool = True) -> None:
@@ -191,7 +198,7 @@ def _audit_shard(path: bytes, shard_dir: bytes, shard: ShardFunc, prefix: bytes,
         return
     joined = b"\x00".join(names) + b"\x00"
     found = _shard_pattern(shard, prefix).findall(joined)
-    if len(found) == len(names) and set(found) == {shard_dir}:
+    if len(found) == len(names) and set(found) == {shard_dir} and not _has_dir(path):
         return  # every name is in place: no per-name work
     with os.scandir(path) as it:
         for e in it:

@@ -22,10 +22,12 @@ __all__ = ["FlatListing", "list_flatfs", "shard_dirs"]
 @dataclass
 class FlatListing:
     """``keys``: every key of the store in increasing order (None when not asked for);
-    ``audit``: the files a scan does not read (see flatfs_audit.py)."""
+    ``audit``: the files a scan does not read (see flatfs_audit.py); ``over``: the store
+    holds more keys than the listing was to hold (``max_keys``): neither is given."""
 
     keys: FlatKeys | None
     audit: FileAudit
+    over: bool = False
 
 
 def shard_dirs(root: bytes) -> list[bytes]:
@@ -40,15 +42,20 @@ def shard_dirs(root: bytes) -> list[bytes]:
 
 
 def list_flatfs(root: bytes, shard: ShardFunc, *, name_prefix: bytes = b"",
-                go_layout: bool = True, threads: int = 1, keys: bool = True) -> FlatListing:
-    """List ``root`` once (``threads`` native threads): its keys and its file audit."""
+                go_layout: bool = True, threads: int = 1, keys: bool = True,
+                max_keys: int = 0) -> FlatListing:
+    """List ``root`` once (``threads`` native threads): its keys and its file audit. With
+    ``max_keys`` the listing stops once it has listed more keys than that (counted a shard
+    directory at a time): ``over`` is then True (no keys, no audit)."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         shards = shard_dirs(root)
         scan = FlatScan(fd, shards, shard.kind, shard.param, name_prefix, keys)
-        scan.run(threads)
+        scan.run(threads, max_keys)
     finally:
         os.close(fd)
+    if scan.over:
+        return FlatListing(None, FileAudit(), over=True)
     misfit = set(scan.misfit_shards())
     clean = {s for s in shards if s not in misfit}
     audit = audit_flatfs(root, shard, name_prefix=name_prefix, go_layout=go_layout,

@@ -23,11 +23,26 @@ from dsbackup.datastores.flatfs_layout import EXTENSION, ShardFunc, is_valid_nam
 from dsbackup.datastores.flatfs_spill import SpillDir, spill_root
 from dsbackup.errors import Cancelled, DatastoreError
 
-__all__ = ["ShardLister"]
+__all__ = ["ShardLister", "spill_error"]
 
 _EXT_LEN = len(EXTENSION)
 SAMPLE_MAX = 1 << 18  # names sampled to cut an oversized bucket
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def spill_error(e: OSError, where: str, max_names: int) -> BaseException:
+    """The error to raise for ``e`` met by a listing spilling into directory ``where``: a
+    DatastoreError when a spill file's (the disk full, ...), else ``e`` itself (a shard
+    directory's, named by the error)."""
+    if not (where and isinstance(e.filename, str) and e.filename.startswith(where + os.sep)):
+        return e
+    verb = "write" if e.errno in _WRITE_ERRORS else "write or read"
+    return DatastoreError(
+        f"{e.filename}: cannot {verb} the spill file of a flatfs listing: "
+        f"{e.strerror} (a listing of more than max_names={max_names} names "
+        "sorts them on disk, about (name length + 1) bytes a name; free space "
+        "there or set TMPDIR, or the flatfs URI's spill_dir=, to a larger disk; "
+        "docs/DATASTORES.md)")
 
 
 class ShardLister:
@@ -171,16 +186,7 @@ class ShardLister:
                     self._held(len(names))
                     yield names
         except OSError as e:
-            if not (where and isinstance(e.filename, str)
-                    and e.filename.startswith(where + os.sep)):
-                raise  # not a spill file's: a shard directory's, named by the error
-            verb = "write" if e.errno in _WRITE_ERRORS else "write or read"
-            raise DatastoreError(
-                f"{e.filename}: cannot {verb} the spill file of a flatfs listing: "
-                f"{e.strerror} (a listing of more than max_names={self.max_names} names "
-                "sorts them on disk, about (name length + 1) bytes a name; free space "
-                "there or set TMPDIR, or the flatfs URI's spill_dir=, to a larger disk; "
-                "docs/DATASTORES.md)") from None
+            raise spill_error(e, where, self.max_names) from None
         finally:
             if root_fd >= 0:
                 os.close(root_fd)

@@ -24,12 +24,16 @@ The chunker then cuts exactly the parent's chunk there (its rules see only these
 settings), and each range between clean chunks starts and ends at a cut, so it is chunked on
 its own. Nothing else is assumed; any other key (a symbolic link, a name that is not a hash)
 makes its chunk be read and compared.
+
+A store over the flatfs URI's ``max_names`` keys is not held whole: the bounded listing stops
+(``FlatScan``'s ``max_keys``) and the same rules run bucket by bucket beside the parent's
+index (dsbackup.engine.flatfs_buckets), writing the same archive.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,6 +41,7 @@ from dsbackup._ext.flatlist import FlatKeys
 from dsbackup._ext.framing import Chunker
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.engine.config import BackupConfig
+from dsbackup.engine.flatfs_buckets import Emit, Marks, parent_pages, walk
 from dsbackup.engine.write import References, store_or_reference
 from dsbackup.errors import BackupError
 
@@ -68,20 +73,6 @@ def applies(source: Any, cfg: BackupConfig) -> bool:
     return cfg.trust_content_keys and not cfg.exclude_patterns and _is_flatfs(source)
 
 
-def _parent_pages(index: Any) -> Iterator[tuple[list[bytes], list[bytes], list[int],
-                                                  list[int], list[int]]]:
-    """(first keys, last keys, records, key digests, payload lengths) of the chunks of a
-    parent index, a block (page) at a time, read from its arrays (no entry objects)."""
-    for _, table, blob in index.blocks():
-        keys = blob.tobytes()
-        ko, fl = table["keys_off"].tolist(), table["first_len"].tolist()
-        ends = (table["keys_off"] + table["first_len"] + table["last_len"]).tolist()
-        mids = [o + f for o, f in zip(ko, fl)]
-        yield ([keys[o:m] for o, m in zip(ko, mids)], [keys[m:e] for m, e in zip(mids, ends)],
-               table["records"].tolist(), table["keys_xxh3"].tolist(),
-               table["payload_len"].tolist())
-
-
 def clean_chunks(keys: FlatKeys, index: Any, chunk_size: int,
                  first: int = 0) -> list[tuple[int, int, int, int]]:
     """``(parent seq, first and end listing index, payload length)`` of every chunk of the
@@ -93,7 +84,7 @@ def clean_chunks(keys: FlatKeys, index: Any, chunk_size: int,
     prev_hi = -1
     check, boundary, trusted, equals = (keys.check_chunk, keys.is_boundary, keys.trusted,
                                         keys.equals)
-    pages = _parent_pages(index)
+    pages = parent_pages(index)
     page = next(pages, None)
     j = 0
     while page is not None:
@@ -122,26 +113,57 @@ class FlatfsIncremental:
 
     def __init__(self, ds: Any, preader: ArchiveReader, cfg: BackupConfig, chunk_size: int,
                  chunk_max_bytes: int, usable: bool, start: bytes = b"",
-                 below: bytearray | None = None) -> None:
+                 below: bytearray | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         """`start`: back up the keys from `start` on only (a resumed backup's rest); `below`:
         the parent chunks its kept part refers to (marks), whose raw bytes the clean chunks'
-        share then carries (dsbackup.engine.resume)."""
+        share then carries (dsbackup.engine.resume); `should_stop`: asked while a store over
+        ``max_names`` keys is listed (True stops it: Cancelled)."""
         self.ds = ds
         self.cs, self.cmb = chunk_size, chunk_max_bytes
-        listing = ds.listing(cfg.effective_workers)
+        self.index = preader.index
+        self.buckets: Any = None  # a store over max_names keys (flatfs_buckets.py)
+        self.usable = usable
+        listing = ds.listing(cfg.effective_workers, bounded=True)
+        if listing.over:
+            self._init_buckets(preader, cfg, usable, start, below, should_stop)
+            return
         self.audit = listing.audit
-        if self.audit.count and not cfg.skip_foreign:
-            raise BackupError(self.audit.message(ds.uri) + "; nothing was written (pass "
-                              "--skip-foreign to back up the rest: the backup then ends "
-                              "with warnings, exit 1)")
+        self._check_audit(cfg)
         self.keys: FlatKeys = listing.keys  # type: ignore[assignment]
         self.first = self.keys.find(start) if start else 0
-        self.index = preader.index
         self.clean = (clean_chunks(self.keys, self.index, chunk_size, self.first) if usable
                       else [])
         self.clean_raw = self._clean_raw(preader, below)
 
-    def _clean_raw(self, preader: ArchiveReader, also: bytearray | None) -> int:
+    def _check_audit(self, cfg: BackupConfig) -> None:
+        if self.audit.count and not cfg.skip_foreign:
+            raise BackupError(self.audit.message(self.ds.uri) + "; nothing was written (pass "
+                              "--skip-foreign to back up the rest: the backup then ends "
+                              "with warnings, exit 1)")
+
+    def _init_buckets(self, preader: ArchiveReader, cfg: BackupConfig, usable: bool,
+                      start: bytes, below: bytearray | None,
+                      should_stop: Callable[[], bool] | None) -> None:
+        """A store over max_names keys: listed into buckets, the clean chunks marked by a
+        first walk (dsbackup.engine.flatfs_buckets)."""
+        self.buckets = self.ds.key_buckets(start, should_stop)
+        try:
+            self.audit = self.buckets.audit
+            self._check_audit(cfg)
+            marks = Marks(len(self.index))
+            if usable:
+                for _ in walk(self.buckets.buckets(), self.index, self.cs, marks):
+                    pass
+            self.clean_payload = marks.payload
+            self.clean = []
+            self.clean_raw = self._clean_raw(preader, below, marks.wanted)
+        except BaseException:
+            self.close()
+            raise
+
+    def _clean_raw(self, preader: ArchiveReader, also: bytearray | None,
+                   wanted: bytearray | None = None) -> int:
         """Key and value bytes of the clean chunks (the summary's raw_bytes needs them; the
         index does not hold them), and of the parent chunks marked in `also` (a resumed
         backup's references below its cut): read from the parent (dsbackup.engine.parentraw;
@@ -152,13 +174,17 @@ class FlatfsIncremental:
 
         from dsbackup.engine.parentraw import marks, raw_bytes_of
 
-        wanted = marks(len(self.index), [c[0] for c in self.clean])
+        if wanted is None:
+            wanted = marks(len(self.index), [c[0] for c in self.clean])
         if also is not None:
             np.frombuffer(wanted, np.uint8)[:] |= np.frombuffer(also, np.uint8)
         return raw_bytes_of(preader, wanted)
 
     def close(self) -> None:
-        """The datastore belongs to the caller."""
+        """The spill files go (a store over max_names keys); the datastore belongs to the
+        caller. Idempotent."""
+        if self.buckets is not None:
+            self.buckets.close()
 
     def _frame(self, lo: int, hi: int, catalog: bool) -> Iterator[Any]:
         chunker = Chunker(self.cs, self.cmb, catalog=catalog)
@@ -174,6 +200,12 @@ class FlatfsIncremental:
         """In key order: References (runs of consecutive parent chunks, with their raw
         bytes) or the Future of a compressed chunk, as engine.incremental.IncrementalStream
         yields them."""
+        if self.buckets is not None:
+            emit = Emit(self.ds, self.index, self.cs, self.cmb, match, pool, level, catalog,
+                        counts, self.clean_raw, self.clean_payload)
+            yield from walk(self.buckets.buckets(), self.index if self.usable else None,
+                            self.cs, emit)
+            return
         payload = sum(c[3] for c in self.clean)
         left_raw, left_payload = self.clean_raw, payload
         pos = self.first

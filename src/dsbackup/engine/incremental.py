@@ -298,7 +298,11 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
             if plan.resume is not None:
                 plan.resume.sink.release()  # nothing written yet: the file stays resumable
             raise
-        return write_archive(plan, stream)
+        try:
+            return write_archive(plan, stream)
+        finally:
+            if isinstance(stream.src, flatfs_incremental.FlatfsIncremental):
+                stream.src.close()  # its spill files, also when the writer never started
     finally:
         preader.close()
         if owned is not None:
@@ -375,7 +379,7 @@ def _stream(where: _Where, plan: BackupPlan, preader: ArchiveReader, cfg: Backup
     if flatfs_incremental.applies(where.ds, cfg):  # listing speed (engine/flatfs_incremental.py)
         src = flatfs_incremental.FlatfsIncremental(
             where.ds, preader, cfg, chunk_size, cmb, usable, start,
-            None if resumption is None else resumption.below)
+            None if resumption is None else resumption.below, plan.cancel.is_set)
     elif where.lmdb_path is not None:
         src = LmdbSource(where.lmdb_path, settings,
                          claim_for="dsbackup.engine.incremental (liblmdb)")
