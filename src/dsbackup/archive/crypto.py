@@ -3,8 +3,9 @@
 Primitives come from `cryptography` (AES-256-GCM for the key wrap, for encrypting chunks and
 catalogs and for opening members, scrypt for passphrases, HKDF-SHA256 for the key check) and
 from OpenSSL's EVP through ``dsbackup._ext.seal`` (AES-256-GCM sealing of the single members,
-fused with their stored-block framing and checksums). Secrets live in private pages left out of core files (``secret_buffer``) that
-``close`` zeroes; their reprs and every message name no secret.
+fused with their stored-block framing and checksums). Secrets live in private pages left out
+of core files (``secret_buffer``) that ``close`` zeroes; their reprs and every message name no
+secret.
 """
 
 from __future__ import annotations
