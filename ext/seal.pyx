@@ -159,10 +159,13 @@ cdef EVP_CIPHER_CTX *_context(const unsigned char *key, const unsigned char *non
 cdef int _seal_c(const unsigned char *key, const unsigned char *nonce,
                  const unsigned char *aad, size_t aad_len, const unsigned char *data, size_t n,
                  size_t total, unsigned char *out, uint32_t *crc_out,
-                 uint64_t *xxh_out) noexcept nogil:
+                 uint64_t *xxh_out, const unsigned char *given_tag=NULL) noexcept nogil:
     """Stored blocks of ``ciphertext || tag || zeros`` (``total`` bytes) into ``out``, block
     after block: encrypt into the block, append the tag once the ciphertext ends, pad, then
-    CRC and XXH3 the block while it is in cache."""
+    CRC and XXH3 the block while it is in cache. With ``given_tag``, the ciphertext of n
+    bytes is already in the blocks' data (another AES-GCM engine wrote it there, see
+    ``frame_into``) and ``given_tag`` is its tag: only the framing, tag, padding and
+    checksums are done (``key``, ``nonce``, ``aad`` and ``data`` are not used)."""
     cdef size_t slen = n + TAG_BYTES, off = 0, o = 0, blk, end, a, b
     cdef unsigned char tag[TAG_BYTES]
     cdef bint finished = False
@@ -173,10 +176,13 @@ cdef int _seal_c(const unsigned char *key, const unsigned char *nonce,
     cdef EVP_CIPHER_CTX *ctx = NULL
     if st == NULL:
         return E_NOMEM
-    ctx = _context(key, nonce, aad, aad_len, True)
-    if ctx == NULL:
-        XXH3_freeState(st)
-        return E_SSL
+    if given_tag != NULL:
+        memcpy(tag, given_tag, TAG_BYTES)
+    else:
+        ctx = _context(key, nonce, aad, aad_len, True)
+        if ctx == NULL:
+            XXH3_freeState(st)
+            return E_SSL
     XXH3_64bits_reset(st)
     while off < total:
         blk = total - off
@@ -189,13 +195,13 @@ cdef int _seal_c(const unsigned char *key, const unsigned char *nonce,
         out[o + 3] = (~blk) & 0xff
         out[o + 4] = ((~blk) >> 8) & 0xff
         p = out + o + 5
-        if off < n:                               # ciphertext
+        if off < n and ctx != NULL:               # ciphertext
             a = (n if n < end else end) - off
             if EVP_EncryptUpdate(ctx, p, &outl, data + off, <int>a) != 1 or <size_t>outl != a:
                 r = E_SSL
                 break
         if not finished and end >= n:             # the ciphertext ends in this block
-            if (EVP_EncryptFinal_ex(ctx, tag, &outl) != 1
+            if ctx != NULL and (EVP_EncryptFinal_ex(ctx, tag, &outl) != 1
                     or EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_BYTES, tag) != 1):
                 r = E_SSL
                 break
@@ -215,7 +221,8 @@ cdef int _seal_c(const unsigned char *key, const unsigned char *nonce,
     if r == OK:
         crc_out[0] = crc
         xxh_out[0] = XXH3_64bits_digest(st)
-    EVP_CIPHER_CTX_free(ctx)
+    if ctx != NULL:
+        EVP_CIPHER_CTX_free(ctx)
     OPENSSL_cleanse(tag, TAG_BYTES)
     XXH3_freeState(st)
     return r
@@ -325,6 +332,45 @@ def seal_into(GcmKey key not None, const unsigned char[::1] nonce not None,
     return need, crc, total, data.shape[0] + TAG_BYTES, xxh
 
 
+def data_offsets(size_t n):
+    """The (start, end) offsets in a sealed member body (``seal_into``'s layout) where the
+    ciphertext of n bytes of data lies: one range per stored block it reaches, in order.
+    Another AES-GCM engine writes the ciphertext there, then ``frame_into`` completes the
+    body."""
+    cdef size_t off = 0, o = 5, a
+    out = []
+    while off < n:
+        a = n - off if n - off < STORED_MAX else STORED_MAX
+        out.append((o, o + a))
+        off += a
+        o += 5 + STORED_MAX
+    return out
+
+
+def frame_into(const unsigned char[::1] tag not None, size_t n, unsigned char[::1] out not None,
+               size_t pad_to=512):
+    """Complete a sealed member body in ``out`` whose ciphertext (n bytes) is already at
+    ``data_offsets(n)`` and whose GCM tag is ``tag``: the stored blocks' headers, the tag,
+    the zero padding, the CRC-32 and the XXH3 (GIL released). Returns what ``seal_into``
+    returns; the bytes are the same as ``seal_into`` writes for that ciphertext and tag.
+    ValueError when ``out`` is shorter than ``sealed_size(n, pad_to)``."""
+    cdef size_t total = _sealed_total(n, pad_to)
+    cdef size_t need = _stored_size(total)
+    cdef uint32_t crc = 0
+    cdef uint64_t xxh = 0
+    cdef int r
+    if tag.shape[0] != TAG_BYTES:
+        raise ValueError(f"a tag has {TAG_BYTES} bytes")
+    if <size_t>out.shape[0] < need:
+        raise ValueError(f"frame_into: the output buffer has {out.shape[0]} bytes, "
+                         f"{need} are needed")
+    with nogil:
+        r = _seal_c(NULL, NULL, NULL, 0, NULL, n, total, &out[0], &crc, &xxh, &tag[0])
+    if r == E_NOMEM:
+        raise MemoryError("sealing: out of memory")
+    return need, crc, total, n + TAG_BYTES, xxh
+
+
 def open_stored(GcmKey key not None, const unsigned char[::1] nonce not None,
                 const unsigned char[::1] aad not None, const unsigned char[::1] stored not None):
     """The plaintext of ``stored`` (ciphertext || tag), or None when the tag does not match
@@ -384,6 +430,8 @@ cdef struct SealJob:
     uint32_t crc
     uint64_t xxh
     int rc
+    bint framed                 # the ciphertext is in ``out`` already, its tag here:
+    unsigned char tag[TAG_BYTES]  # only the framing and checksums are left (frame_into)
 
 
 cdef class SealRing:
@@ -441,7 +489,7 @@ cdef class SealRing:
             j = &self.jobs[self.done % RING]
             pthread_mutex_unlock(&self.mu)
             j.rc = _seal_c(key, j.nonce, j.aad if j.aad_len else NULL, j.aad_len, j.data, j.n,
-                           j.total, j.out, &j.crc, &j.xxh)
+                           j.total, j.out, &j.crc, &j.xxh, j.tag if j.framed else NULL)
             pthread_mutex_lock(&self.mu)
             self.done += 1
             pthread_cond_broadcast(&self.cv)
@@ -479,6 +527,7 @@ cdef class SealRing:
                 j.aad_len = aad.shape[0]
                 if j.aad_len:
                     memcpy(j.aad, &aad[0], j.aad_len)
+                j.framed = False
                 j.rc = OK
             pthread_mutex_unlock(&self.mu)
         if stopping:
@@ -486,6 +535,47 @@ cdef class SealRing:
         if full:
             raise RuntimeError(f"the sealing ring holds {RING} jobs not collected")
         self.refs[i % RING] = (data, out, d, o)  # exported until collected
+        with nogil:
+            pthread_mutex_lock(&self.mu)
+            self.submitted += 1
+            pthread_cond_broadcast(&self.cv)
+            pthread_mutex_unlock(&self.mu)
+        return i
+
+    def submit_framed(self, const unsigned char[::1] tag not None, size_t n, out not None) -> int:
+        """Queue ``frame_into(tag, n, out)``: the ciphertext of n bytes is already in ``out``
+        (at ``data_offsets(n)``); its job number."""
+        cdef unsigned char[::1] o = out
+        cdef size_t total, i
+        cdef SealJob *j
+        cdef bint full, stopping
+        if tag.shape[0] != TAG_BYTES:
+            raise ValueError(f"a tag has {TAG_BYTES} bytes")
+        total = _sealed_total(n, 512)
+        if <size_t>o.shape[0] < _stored_size(total):
+            raise ValueError(f"SealRing.submit_framed: the output buffer has {o.shape[0]} "
+                             f"bytes, {_stored_size(total)} are needed")
+        with nogil:
+            pthread_mutex_lock(&self.mu)
+            full = self.submitted - self.collected >= RING
+            stopping = self.stopping
+            i = self.submitted
+            if not full and not stopping:
+                j = &self.jobs[i % RING]
+                j.data = NULL
+                j.n = n
+                j.total = total
+                j.out = &o[0]
+                j.aad_len = 0
+                j.framed = True
+                memcpy(j.tag, &tag[0], TAG_BYTES)
+                j.rc = OK
+            pthread_mutex_unlock(&self.mu)
+        if stopping:
+            raise RuntimeError("the sealing ring has stopped")
+        if full:
+            raise RuntimeError(f"the sealing ring holds {RING} jobs not collected")
+        self.refs[i % RING] = (out, o)  # exported until collected
         with nogil:
             pthread_mutex_lock(&self.mu)
             self.submitted += 1

@@ -1,7 +1,7 @@
 """archive/sealer.py and the encrypted writer's use of it: chunks sealed by one native thread
 in order, the same bytes as seal_into; appended as they are sealed, at most SEAL_AHEAD behind;
-a held worker slot given back once sealed; errors raised in the caller's thread; members
-identical however the bodies were handed over."""
+no worker slot held (a body is encrypted before add_chunk returns); errors raised in the
+caller's thread; members identical however the bodies were handed over."""
 
 from __future__ import annotations
 
@@ -77,37 +77,40 @@ def _chunks(n_records: int = 3000) -> list[ReadyChunk]:
 
 
 class Slots:
-    """Bodies in a reused buffer, as a parallel scan's worker slots: a held slot is
-    overwritten (reused) as soon as it is released."""
+    """Bodies in a reused buffer, as a parallel scan's worker slots: a slot is reused
+    (overwritten) as soon as add_chunk returns, unless the writer holds it (BodyView.hold),
+    then once it is released. The encrypted writer reads a body before add_chunk returns, so
+    it never holds one."""
 
     def __init__(self) -> None:
+        self.held = 0
         self.outstanding = 0
-        self.most = 0
-        self.released = 0
         self.lock = threading.Lock()
 
-    def view(self, c: ReadyChunk) -> ReadyChunk:
+    def add(self, w: ArchiveWriter, c: ReadyChunk) -> None:
         buf = bytearray(c.body.data)
         state = {"held": False}
 
         def release():
             with self.lock:
                 self.outstanding -= 1
-                self.released += 1
-            buf[:] = bytes(len(buf))  # the worker reuses the slot
+            buf[:] = bytes(len(buf))
 
         def hold():
             assert not state["held"]
             state["held"] = True
             with self.lock:
+                self.held += 1
                 self.outstanding += 1
-                self.most = max(self.most, self.outstanding)
             return release
 
         b = c.body
         body = BodyView(memoryview(buf), b.crc32, b.size, b.input_len, hold)
-        return ReadyChunk(c.record_count, c.first_key, c.last_key, c.keys_xxh3,
-                          c.payload_xxh3, c.raw_bytes, body, c.catalog_body, c.catalog_xxh3)
+        w.add_chunk(ReadyChunk(c.record_count, c.first_key, c.last_key, c.keys_xxh3,
+                               c.payload_xxh3, c.raw_bytes, body, c.catalog_body,
+                               c.catalog_xxh3), c.catalog_body, c.catalog_xxh3)
+        if not state["held"]:
+            buf[:] = bytes(len(buf))  # the worker reuses the slot at once
 
 
 def _write(path, chunks):
@@ -128,23 +131,31 @@ def fixed_key(monkeypatch):
     monkeypatch.setattr(crypto, "_random", lambda n: fixed[n])
 
 
-def test_held_slots_are_given_back_once_sealed_and_members_are_the_same(tmp_path, fixed_key,
-                                                                         monkeypatch):
-    """Bodies in bytes, in held slots (reused once released) and in a plain memoryview (copied):
-    the same archive bytes; each slot released once, at most SEAL_AHEAD held at a time."""
+def test_slots_are_not_held_and_members_are_the_same(tmp_path, fixed_key, monkeypatch):
+    """Bodies in bytes, in worker slots (reused once add_chunk returns) and in a plain
+    memoryview (reused at once by its owner): the same archive bytes; no slot is held, even
+    while the sealing thread lags and add_chunk waits for it."""
     cs = _chunks()
     assert len(cs) > 3 * SEAL_AHEAD
     reference = _write(tmp_path / "bytes.tar.gz", cs)
     ref_bytes = (tmp_path / "bytes.tar.gz").read_bytes()
 
-    # the sealing thread seems to lag: add_chunk must wait, not hold more
+    # the sealing thread seems to lag: add_chunk must wait, not queue more
     monkeypatch.setattr(sealer.SealingThread, "done",
                         property(lambda self: max(0, self._ring.done - 3)))
     slots = Slots()
-    assert _write(tmp_path / "slots.tar.gz", [slots.view(c) for c in cs]) == reference
-    assert slots.released == len(cs) and slots.outstanding == 0
-    assert 1 < slots.most <= SEAL_AHEAD + 1  # the one being handed over, and those queued
+    material = crypto.KeyMaterial(key=KEY)
+    with ArchiveWriter(tmp_path / "slots.tar.gz", manifest={"t": 1}, key=material,
+                       created=1_700_000_000) as w:
+        for c in cs:
+            slots.add(w, c)
+            assert w._submitted - w._appended <= SEAL_AHEAD
+        w.finish()
+    assert slots.held == 0 and slots.outstanding == 0
     assert (tmp_path / "slots.tar.gz").read_bytes() == ref_bytes
+    with ArchiveReader(tmp_path / "slots.tar.gz", key=material) as r:
+        assert [(r.read_member(i), r.read_catalog_member(i))
+                for i in range(r.chunk_count)] == reference
 
     views = []
     for c in cs:  # a buffer without hold: copied before add_chunk returns
@@ -166,7 +177,7 @@ def test_held_slots_are_given_back_once_sealed_and_members_are_the_same(tmp_path
 
 def test_a_write_error_in_the_sealing_thread_fails_the_backup(tmp_path, monkeypatch):
     """The sink fails while a sealed chunk is appended: add_chunk or finish raises that
-    error, every held slot comes back, no archive appears."""
+    error, no slot is held, no archive appears."""
     cs = _chunks()
     slots = Slots()
     path = tmp_path / "a.tar.gz"
@@ -184,9 +195,9 @@ def test_a_write_error_in_the_sealing_thread_fails_the_backup(tmp_path, monkeypa
 
         monkeypatch.setattr(w._sink, "write", failing)
         for c in cs:
-            w.add_chunk(slots.view(c), c.catalog_body, c.catalog_xxh3)
+            slots.add(w, c)
         w.finish()
-    assert slots.outstanding == 0 and slots.released > 0
+    assert slots.held == 0 and calls[0] >= 6
     assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -204,8 +215,8 @@ def test_chunk_count_counts_queued_chunks(tmp_path):
 
 def test_a_seal_error_in_the_thread_fails_the_backup(tmp_path, monkeypatch):
     """OpenSSL fails on a chunk in the sealing thread (its error is raised when the result
-    is collected): the writer raises that error, every held slot comes back (the chunks
-    queued behind it are dropped), no archive appears."""
+    is collected): the writer raises that error (the chunks queued behind it are dropped),
+    no slot is held, no archive appears."""
     cs = _chunks()
     slots = Slots()
     result = sealer.SealingThread.result
@@ -222,7 +233,7 @@ def test_a_seal_error_in_the_thread_fails_the_backup(tmp_path, monkeypatch):
     with (pytest.raises(ArchiveError, match="could not encrypt"),
           ArchiveWriter(path, manifest={"t": 1}, key=crypto.KeyMaterial(key=KEY)) as w):
         for c in cs:
-            w.add_chunk(slots.view(c), c.catalog_body, c.catalog_xxh3)
+            slots.add(w, c)
         w.finish()
-    assert slots.outstanding == 0 and 0 < slots.released < len(cs)
+    assert slots.held == 0 and calls[0] == 5
     assert list(tmp_path.iterdir()) == []

@@ -1,10 +1,11 @@
 """Encrypted archives (docs/FORMAT.md §11.4): key material, the key header, sealing members.
 
-Primitives come from `cryptography` (AES-256-GCM for the key wrap and for opening members,
-scrypt for passphrases, HKDF-SHA256 for the key check) and from OpenSSL's EVP through
-``dsbackup._ext.seal`` (AES-256-GCM sealing of members, fused with their stored-block framing
-and checksums). Secrets live in private pages left out of core files (``secret_buffer``) that
-``close`` zeroes; their reprs and every message name no secret.
+Primitives come from `cryptography` (AES-256-GCM for the key wrap, for encrypting chunks and
+catalogs and for opening members, scrypt for passphrases, HKDF-SHA256 for the key check) and
+from OpenSSL's EVP through ``dsbackup._ext.seal`` (AES-256-GCM sealing of the single members,
+fused with their stored-block framing and checksums). Secrets live in private pages left out
+of core files (``secret_buffer``) that ``close`` zeroes; their reprs and every message name no
+secret.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 KEY_BYTES = 32
 TAG_BYTES = 16
+STORED_BLOCK = 65535  # bytes of data per stored deflate block of a sealed member
 NONCE_BYTES = 12
 ID_BYTES = 16
 SALT_BYTES = 16
@@ -270,13 +272,15 @@ def sealed_size(n: int) -> int:
 class ArchiveCipher:
     """One archive's data key: seals and opens its members (docs/FORMAT.md §11.4).
 
-    The data key is kept in a secret buffer; a writer seals with OpenSSL's EVP in one native
-    pass per member (``dsbackup._ext.seal``: encryption, stored blocks, CRC-32 and XXH3
-    together), a reader opens with `cryptography` (whose AES-GCM was measured faster here
-    than the system OpenSSL's): AESGCM for the single members, its streaming GCM for chunks
-    and catalogs, read in place from their stored blocks (``open_pieces``). Each engine is
-    made on first use, so a writer never holds the `cryptography` copy of the key and a
-    reader never the native one."""
+    The data key is kept in a secret buffer. A writer encrypts chunks and catalogs with
+    `cryptography`'s streaming AES-GCM (measured twice as fast here as the system OpenSSL's)
+    straight into their stored blocks (``encrypt_stored``; the native ``frame_into`` adds the
+    framing and checksums) and seals the single members with OpenSSL's EVP in one native
+    pass (``dsbackup._ext.seal``: encryption, stored blocks, CRC-32 and XXH3 together). A
+    reader opens with `cryptography`: AESGCM for the single members, its streaming GCM for
+    chunks and catalogs, read in place from their stored blocks (``open_pieces``). Each
+    engine is made on first use: a reader never holds the native key, and neither holds
+    AESGCM's own copy of the key but a reader."""
 
     def __init__(self, archive_id: bytes, dk: bytearray | memoryview, version: int) -> None:
         self.archive_id = archive_id
@@ -287,7 +291,9 @@ class ArchiveCipher:
         self._seal: Any = None  # dsbackup._ext.seal.seal_stored, imported with the key
         self._seal_into: Any = None  # and seal_into
         self._aead: AESGCM | None = None
-        self._alg: Any = None
+        self._alg: Any = None  # cryptography's AES (and its Cipher and GCM classes)
+        self._cipher_cls: Any = None
+        self._gcm_cls: Any = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -325,10 +331,59 @@ class ArchiveCipher:
         return self._seal_into(gcm, self.nonce(mtype, seq, epoch),
                                self.aad(mtype, seq, len(plaintext), epoch), plaintext, out)
 
+    def encrypt_stored(self, mtype: int, seq: int, plaintext: Any, out: Any,
+                       epoch: int = 0) -> bytes:
+        """The first half of ``seal_into`` by `cryptography`'s AES-GCM (measured 2-2.5x as
+        fast here as the system OpenSSL's, docs/PERFORMANCE.md): the ciphertext of
+        `plaintext` written straight into the data of the stored blocks of `out` (at
+        ``dsbackup._ext.seal.data_offsets``), one ``update_into`` per block, the GIL
+        released in each; returns the tag. ``frame_into`` (or the sealing ring) completes
+        the body: the same bytes as ``seal_into``. `out` holds at least
+        ``sealed_size(len(plaintext))`` bytes."""
+        alg = self._alg if self._alg is not None else self._algorithm()
+        src = memoryview(plaintext).cast("B")
+        dst = memoryview(out)
+        n = len(src)
+        if len(dst) < sealed_size(n):
+            raise ValueError(f"encrypt_stored: the output buffer has {len(dst)} bytes, "
+                             f"{sealed_size(n)} are needed")
+        try:
+            enc = self._cipher_cls(alg, self._gcm_cls(self.nonce(mtype, seq, epoch))).encryptor()
+            enc.authenticate_additional_data(self.aad(mtype, seq, n, epoch))
+            off, o = 0, 5
+            while off < n:  # block k's data starts at 5 + 65540 k (FORMAT.md §11.4)
+                end = off + STORED_BLOCK
+                enc.update_into(src[off:end], dst[o:])
+                off, o = end, o + STORED_BLOCK + 5
+            enc.finalize()
+            return enc.tag
+        except (ValueError, TypeError, MemoryError):
+            raise
+        except Exception as exc:  # the library refused (no secret in its message)
+            from dsbackup._ext.seal import SealError
+
+            raise SealError(f"cryptography could not encrypt {n} bytes (AES-256-GCM): "
+                            f"{type(exc).__name__}") from None
+
+    def _algorithm(self) -> Any:
+        """`cryptography`'s AES over the data key, made on first use: it refers to the
+        secret buffer (no copy); each encryptor's or decryptor's context (the expanded key)
+        is freed when it finalizes."""
+        with self._lock:
+            if self._alg is None:
+                from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+                self._cipher_cls, self._gcm_cls = Cipher, modes.GCM
+                self._alg = algorithms.AES(self._dk)
+            return self._alg
+
     def prepare(self) -> None:
-        """Make the native key and load the sealing module now (a writer, in a thread)."""
+        """Make the native key and `cryptography`'s AES, and load their modules now (a
+        writer, in a thread)."""
         if self._gcm is None:
             self._native()
+        if self._alg is None:
+            self._algorithm()
 
     def sealing_key(self) -> GcmKey:
         """The native key, for a writer's sealing thread (archive.sealer)."""
@@ -374,23 +429,16 @@ class ArchiveCipher:
         reused buffer by `cryptography`'s streaming AES-GCM, nothing copied before. Returns the
         plaintext as a view of that buffer, valid until this thread's next ``open_pieces``,
         and only once the tag matched (IntegrityError naming `where` otherwise)."""
-        from cryptography.hazmat.primitives.ciphers import Cipher, modes
-
         n = sum(len(p) for p in pieces) - TAG_BYTES
         if n < 0:
             raise IntegrityError(f"{where}: encrypted data shorter than its tag",
                                  chunk=chunk, part=part)
         out = _plain_buffer(n + TAG_BYTES)  # slack: update_into's bound in older versions
-        alg = self._alg
-        if alg is None:
-            from cryptography.hazmat.primitives.ciphers import algorithms
-
-            # holds a reference to the secret buffer, no copy; each decryptor's context
-            # (the expanded key) is freed when it finalizes
-            alg = self._alg = algorithms.AES(self._dk)
+        alg = self._alg if self._alg is not None else self._algorithm()
         tag = b"".join(_last_bytes(pieces, TAG_BYTES))
         try:
-            dec = Cipher(alg, modes.GCM(self.nonce(mtype, seq, epoch), tag)).decryptor()
+            dec = self._cipher_cls(alg, self._gcm_cls(self.nonce(mtype, seq, epoch),
+                                                      tag)).decryptor()
             dec.authenticate_additional_data(self.aad(mtype, seq, n, epoch))
             off = 0
             for p in pieces:  # one call per 64 KiB stored block

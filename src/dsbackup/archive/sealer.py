@@ -47,6 +47,11 @@ class SealingThread:
         (exported) until the job is collected or the thread is closed."""
         return self._ring.submit(nonce, aad, data, out)
 
+    def submit_framed(self, tag: bytes, n: int, out: bytearray) -> int:
+        """Queue ``frame_into(tag, n, out)``: `out` holds the ciphertext of n bytes already
+        (``ArchiveCipher.encrypt_stored``); it is held until the job is collected."""
+        return self._ring.submit_framed(tag, n, out)
+
     def result(self, job: int) -> tuple[int, int, int, int, int]:
         """(written, crc32, size, input_len, xxh3) of ``job``, as ``seal_into``; waits for it
         (the GIL released). Its error (SealError, MemoryError) is raised here."""

@@ -320,11 +320,12 @@ class ArchiveWriter:
 
     def _add_sealed(self, chunk: ChunkLike, catalog_body: Body | None,
                     catalog_xxh3: int | None) -> None:
-        """The encrypted add_chunk (docs/FORMAT.md §11.4): the chunk goes to the sealing
-        thread; the chunks it has sealed meanwhile are appended, in order; this waits for a
-        seal only when SEAL_AHEAD chunks are not yet appended. A body in a worker's slot is
-        held (BodyView.hold) until its chunk is appended; other bodies are kept (bytes) or
-        copied."""
+        """The encrypted add_chunk (docs/FORMAT.md §11.4): the chunk is encrypted here into a
+        reused buffer and goes to the sealing thread for the rest of its seal (stored-block
+        framing, tag, padding, CRC-32, XXH3); the chunks it has sealed meanwhile are appended,
+        in order; this waits for a seal only when SEAL_AHEAD chunks are not yet appended. The
+        body is read only before this returns: a worker's slot is not held (BodyView.hold),
+        no body is copied."""
         seq = self.chunk_count
         has_catalog = catalog_body is not None
         if has_catalog and catalog_xxh3 is None:
@@ -338,23 +339,17 @@ class ArchiveWriter:
             self._append_next()  # (its buffers are the next chunk's)
         body = chunk.body
         plen = self._payload_len(seq, body)
-        hold = getattr(body, "hold", None)
-        release = hold() if hold is not None else None
-        data = body.data if release is not None else _kept(body.data)
         turn = self._submitted % SEAL_AHEAD
-        try:
-            job = self._submit(fmt.TYPE_CHUNK, seq, data, 0, turn)
-            cjob = (None if catalog_body is None
-                    else self._submit(fmt.TYPE_CATALOG, seq, _kept(catalog_body.data), 1, turn))
-        except BaseException:
-            if release is not None:
-                release()
-            raise
+        # the bodies are encrypted here, before this returns: a worker's slot (or the
+        # caller's buffer) is free again once this returns
+        job = self._submit(fmt.TYPE_CHUNK, seq, body.data, 0, turn)
+        cjob = (None if catalog_body is None
+                else self._submit(fmt.TYPE_CATALOG, seq, catalog_body.data, 1, turn))
         last_key = bytes(chunk.last_key)
         self._sealing.append((seq, chunk.record_count, plen, chunk.payload_xxh3,
                               chunk.keys_xxh3, bytes(chunk.first_key), last_key, job, cjob,
                               catalog_xxh3, catalog_body.input_len if has_catalog else 0,
-                              release, job[0] if cjob is None else cjob[0]))
+                              job[0] if cjob is None else cjob[0]))
         self._submitted += 1
         done = self._sealer.done
         while self._sealing and self._sealing[0][-1] < done:
@@ -367,30 +362,26 @@ class ArchiveWriter:
 
     def _submit(self, mtype: int, seq: int, data: Any, which: int, turn: int,
                 ) -> tuple[int, bytearray]:
-        """Give `data` to the sealing thread, to be sealed into buffer `turn` of kind `which`
-        (grown when too small; reused, so no fresh pages per member): (job, buffer)."""
+        """Encrypt `data` into buffer `turn` of kind `which` (grown when too small; reused, so
+        no fresh pages per member) with `cryptography`'s AES-GCM, the GIL released, then give
+        the buffer to the sealing thread for its framing, CRC-32 and XXH3: (job, buffer)."""
         buf = self._out[which][turn]
         need = sealed_size(len(data))
         if len(buf) < need:  # a new one: the old one may still be viewed by a written body
             buf = self._out[which][turn] = bytearray(need + (need >> 3))
-        c = self._cipher
-        job = self._sealer.submit(c.nonce(mtype, seq, self._epoch),
-                                  c.aad(mtype, seq, len(data), self._epoch), data, buf)
-        return job, buf
+        n = len(memoryview(data).cast("B"))
+        tag = self._cipher.encrypt_stored(mtype, seq, data, buf, self._epoch)
+        return self._sealer.submit_framed(tag, n, buf), buf
 
     def _append_next(self) -> None:
         """Append the next chunk submitted (waiting for its seal): its members, and index
-        it. The worker's slot it held is given back once its seal is done."""
+        it."""
         seq, records, plen, pxxh, kxxh, first, last, (job, buf), csealed, cat_xxh3, \
-            cat_len, release, _ = self._sealing.popleft()
+            cat_len, _ = self._sealing.popleft()
         self._appended += 1
-        try:
-            n, crc, size, input_len, sxxh = self._sealer.result(job)
-            if csealed is not None:
-                cn, ccrc, csize, cinput, cs = self._sealer.result(csealed[0])
-        finally:
-            if release is not None:
-                release()  # sealed (or failed, or the thread stopped): the worker's again
+        n, crc, size, input_len, sxxh = self._sealer.result(job)
+        if csealed is not None:
+            cn, ccrc, csize, cinput, cs = self._sealer.result(csealed[0])
         sbody = NativeBody(memoryview(buf)[:n], crc, size, input_len)
         sub = fmt.chunk_subfield(seq, 0, sbody.input_len, sxxh, self.version, self.flags)
         off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, sbody)
@@ -427,15 +418,12 @@ class ArchiveWriter:
         return isinstance(self._index, PagedIndexBuilder)
 
     def _stop_sealer(self) -> None:
-        """Stop the sealing thread, then give back the slots of the chunks not appended."""
+        """Stop the sealing thread and drop the chunks not appended."""
         if self._sealer is not None:
             self._sealer.close()
             self._sealer = None
-        pending, self._sealing = self._sealing, deque()
+        self._sealing = deque()
         self._submitted = self._appended = 0
-        for item in pending:
-            if item[11] is not None:
-                item[11]()
 
     # -- the sealing state a --resume of an encrypted temp file needs (docs/FORMAT.md §11.4) ---
 
@@ -610,11 +598,3 @@ class ArchiveWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self._closed:
             self.abort()
-
-
-
-def _kept(data: Any) -> Any:
-    """A body's bytes as the sealing thread may read them later: bytes as they are (no one
-    changes them), any other buffer copied (its owner may reuse it once add_chunk returns)."""
-    return data if isinstance(data, bytes) else bytes(data)
-

@@ -16,9 +16,9 @@ class BodyView:
     """A compressed tar-entry body whose bytes may live in shared memory.
 
     ``hold``: set when ``data`` is a worker's slot, which is reused once the consumer's call
-    returns; a consumer that reads the bytes later (the encrypted archive writer, whose
-    sealing thread reads them) calls ``hold()`` before it returns and the function it gets
-    once it is done with them."""
+    returns; a consumer that reads the bytes later calls ``hold()`` before it returns and the
+    function it gets once it is done with them (no consumer of the project does since the
+    encrypted writer encrypts a body before ``add_chunk`` returns)."""
 
     data: Any  # bytes or memoryview
     crc32: int

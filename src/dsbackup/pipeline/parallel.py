@@ -18,8 +18,8 @@ reading the planner while QUEUED_STRIPES stripes per worker wait for one, so the
 in send and at most that many stripes' keys (and one read's worth of messages) are held here.
 
 A chunk's slot is freed once the consumer's call returns, unless the consumer holds the body
-(BodyView.hold: the encrypted archive writer seals it in a thread, at most a few chunks
-behind); a held slot is freed when the consumer releases it, from any thread, which wakes the
+(BodyView.hold, for a consumer that reads the bytes after its call returns; the encrypted
+archive writer no longer does: it encrypts a body before add_chunk returns); a held slot is freed when the consumer releases it, from any thread, which wakes the
 loop if it is waiting for the workers.
 """
 
