@@ -364,6 +364,18 @@ cdef class LmdbRangeScanner:
         this stripe and starts the next. None when the store ends first."""
         return walk_stripe_end(self, min_records, min_bytes)
 
+    def stripe_hints(self, uint64_t min_records, uint64_t min_bytes):
+        """Planning without a walk of every key: the first key of every few leaf pages (about
+        ``min_records`` records or ``min_bytes`` bytes apart), read from the snapshot's branch
+        pages; None when this store's layout is not one read so (lmdbhints.pxi). Each hint
+        becomes a stripe end through ``snap``."""
+        return walk_leaf_hints(self, min_records, min_bytes)
+
+    def snap(self, bytes key):
+        """The first natural chunk boundary >= ``key`` that the exclude patterns keep (where
+        a scan's chunk starts), or None when the store ends first."""
+        return walk_snap(self, key)
+
     def boundary_after(self, bytes key, end=None, uint64_t max_keys=200000):
         """The first key >= ``key`` and < ``end`` where a chunk starts by content
         (XXH3-64(k) % chunk_size == 0), looking at most ``max_keys`` keys; or None."""
@@ -582,3 +594,4 @@ cdef class LmdbRangeScanner:
 
 
 include "lmdbplan.pxi"
+include "lmdbhints.pxi"
