@@ -83,7 +83,7 @@ cdef object walk_leaf_hints(LmdbRangeScanner s, uint64_t min_records, uint64_t m
     cdef uint64_t stack_pg[64]
     cdef unsigned int stack_i[64]
     s._check()
-    if s.dbi != MAIN_DBI:
+    if s.dbi != MAIN_DBI or sizeof(size_t) != 8:  # (the offsets above are a 64-bit build's)
         return None
     if mdb_env_stat(s.env, &st) or st.ms_psize != PAGE:
         return None
