@@ -265,3 +265,23 @@ def test_the_command_freezes_its_start_up_objects_and_collects_after(tmp_path):
     assert main.main(["verify", "--quick", str(tmp_path / "missing.tar.gz")]) != 0
     assert __import__("gc").get_freeze_count() == before
     assert __import__("gc").isenabled()
+
+
+def test_a_verify_imports_neither_the_go_reader_nor_hashlib(tmp_path):
+    """Start-up of `verify` (docs/PERFORMANCE.md, small records at scale 0.5): a dsbackup
+    archive is told from the Go tool's by its head (compat/gohead.py), and nothing on the
+    reading path loads hashlib (OpenSSL): archive/node.py writes its uvarints itself,
+    storage/tempfiles.py names temporary files with os.urandom."""
+    store = tmp_path / "src"
+    datasets.write_lmdb(str(store), datasets.iter_small(500))
+    arc = tmp_path / "a.tar.gz"
+    assert main.main(["backup", f"lmdb:{store}", str(arc)]) == 0
+    code = ("import sys\nfrom dsbackup.cli.main import main\n"
+            "rc = main(['verify', sys.argv[1]])\n"
+            "print(rc, *(m in sys.modules for m in ('dsbackup.compat.goformat', 'hashlib',"
+            " 'tarfile', 'sqlite3')))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code, str(arc)], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-5:] == ["0", "False", "False", "False", "False"], r.stdout
