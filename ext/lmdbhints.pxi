@@ -13,8 +13,9 @@
 # walk_leaf_hints return None and the caller walk every key as before.
 
 from libc.string cimport memcpy
+from posix.mman cimport MS_ASYNC, msync
 
-from liblmdb cimport MDB_envinfo, MDB_stat, mdb_env_info, mdb_env_stat
+from liblmdb cimport MDB_stat, mdb_env_get_fd, mdb_env_stat
 
 cdef size_t PAGEHDRSZ = 16       # mp_pgno 8, mp_pad 2, mp_flags 2, mp_lower 2, mp_upper 2
 cdef unsigned int P_BRANCH = 0x01
@@ -79,6 +80,7 @@ cdef object walk_leaf_hints(LmdbRangeScanner s, uint64_t min_records, uint64_t m
     cdef const unsigned char *node
     cdef uint64_t pgno, last_pg, leaves, entries, per_leaf, want, count = 0, visited = 0
     cdef uint64_t branch_pages
+    cdef int fd = -1
     cdef unsigned int depth, n, lower, upper, off, ksize
     cdef uint64_t stack_pg[64]
     cdef unsigned int stack_i[64]
@@ -104,16 +106,27 @@ cdef object walk_leaf_hints(LmdbRangeScanner s, uint64_t min_records, uint64_t m
     if not (_u16(leaf + 10) & P_LEAF) or pgno < 2 or pgno > (<size_t>leaf) // PAGE:
         return None
     base = leaf - pgno * PAGE
+    # a page number in a damaged header must not send the reads below outside the map: the
+    # meta pages and the snapshot's last page must be mapped (msync fails on an unmapped
+    # range) and in the file (a mapped page past its end would raise SIGBUS)
+    if msync(<void *>base, 2 * PAGE, MS_ASYNC) != 0:
+        return None
     meta = _meta_of(base, mdb_txn_id(s.txn))
     if meta == NULL:
         return None
     last_pg = _u64(meta + META_LAST_PG)
+    if (last_pg < pgno or last_pg > (<size_t>-1) // PAGE - (<size_t>base) // PAGE - 1
+            or msync(<void *>(base + last_pg * PAGE), PAGE, MS_ASYNC) != 0
+            or mdb_env_get_fd(s.env, &fd) != 0 or fd < 0):
+        return None
+    if os.fstat(fd).st_size < (last_pg + 1) * PAGE:
+        return None
     db = meta + META_DBS + MAIN_DBI * DB_SIZE
     depth = _u16(db + 6)
     branch_pages = _u64(db + 8)
     leaves = _u64(db + 16)
     entries = _u64(db + 32)
-    if (pgno > last_pg or _u16(db + 4) & DB_KEY_FLAGS or _u64(db + 24) != 0
+    if (_u16(db + 4) & DB_KEY_FLAGS or _u64(db + 24) != 0
             or depth < 2 or depth > MAX_DEPTH or leaves == 0):
         return None  # (values in overflow pages: a leaf's bytes say nothing of a stripe's)
     per_leaf = entries // leaves if entries >= leaves else 1

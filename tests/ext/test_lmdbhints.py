@@ -121,3 +121,44 @@ def test_an_empty_store_has_no_hints(tmp_path):
     with scanner(tmp_path / "env") as s:
         assert s.stripe_hints(4, 4096) == []
         assert s.snap(b"") is None
+
+
+@pytest.mark.parametrize("pgno", [0, 1, 3, 1 << 34, (1 << 64) - 1])
+def test_a_damaged_leaf_page_number_gives_no_hints_and_no_crash(store, tmp_path, pgno):
+    """The map's base comes from the first leaf's own page number; a damaged one must not
+    send the branch walk outside the map (it checks the pages are mapped and in the file):
+    the planner then walks every key as before. In a child process, so that a crash fails
+    the test instead of ending the run."""
+    import os
+    import shutil
+    import struct
+    import subprocess
+    import sys
+
+    path, keys, _ = store
+    dam = tmp_path / "env"
+    shutil.copytree(path, dam)
+    data = bytearray((dam / "data.mdb").read_bytes())
+    for off in range(2 * 4096, len(data), 4096):  # every leaf page's mp_pgno
+        if struct.unpack_from("<H", data, off + 10)[0] & 0x02:
+            struct.pack_into("<Q", data, off, pgno)
+    (dam / "data.mdb").write_bytes(bytes(data))
+    code = (
+        "import sys\n"
+        "from dsbackup._ext import lmdbscan\n"
+        "from dsbackup._ext.framing import is_boundary\n"
+        "s = lmdbscan.LmdbRangeScanner(sys.argv[1], chunk_size=50, chunk_max_bytes=1 << 20,"
+        " level=1)\n"
+        "print(s.stripe_hints(200, 1 << 30))\n"
+        "n = 0\n"
+        "while (k := s.next_stripe_end(200, 1 << 30)) is not None:\n"
+        "    assert is_boundary(k, 50)\n"
+        "    n += 1\n"
+        "print(n)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code, str(dam)], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    hints, n = r.stdout.split()
+    assert hints == "None"
+    assert int(n) > 40
