@@ -3,12 +3,15 @@
 Usage: python benchmarks/small_backup_ab.py LMDB_DIR ROUNDS TREE[:ENV=V,...] TREE[:ENV=V,...] ...
 Each TREE is a checkout (its src/ goes on PYTHONPATH; compiled to .pyc first, as an installed
 package is). Every round runs each spec's `python -m dsbackup backup` (order reversed every
-other round, `sync` before each; wall time of the whole process), then
-`compare.py --child isal-procs` (ISA-L level 1 in 2 forked processes: the ceiling). With
-``--cpu`` it measures instead the total CPU seconds of the backup's processes
-(`perf stat -e task-clock`, children included), which the machine's load changes far less.
-``AB_NICE=-19`` runs the timed processes at that niceness. Medians of the rounds; the first
-spec is the baseline of the per-round ratios.
+other round, `sync` before each) under `perf stat -e task-clock`, which gives the total CPU
+seconds of the backup's processes (children included; the machine's load changes it far
+less than the wall time), and the wall time of the whole process; then `compare.py --child
+isal-procs` (ISA-L level 1 in 2 forked processes: the ceiling), its wall time and the CPU
+seconds of its two compressing processes. Both are reported, with ours against the ceiling
+on each measure (ceiling / ours: 1.0 would be as fast as the ceiling). ``--cpu`` is accepted
+for older command lines (both are always measured). ``AB_NICE=-19`` runs the timed
+processes at that niceness. Medians of the rounds; the first spec is the baseline of the
+per-round ratios.
 """
 
 from __future__ import annotations
@@ -36,63 +39,75 @@ def _env(spec: str) -> tuple[str, dict[str, str]]:
     return tree, env
 
 
-def _backup(spec: str, src: str, out: str, cpu: bool) -> float:
+def _backup(spec: str, src: str, out: str) -> tuple[float, float]:
+    """(wall s, total CPU s) of one backup."""
     _, env = _env(spec)
     if os.path.exists(out):
         os.unlink(out)
     subprocess.run(["sync"], check=True)
     cmd = [PY, "-m", "dsbackup", "backup", "lmdb:" + src, out]
-    if cpu:
-        p = subprocess.run(["perf", "stat", "-x,", "-e", "task-clock", *cmd], env=env,
-                           capture_output=True, text=True, check=True)
-        line = next(x for x in p.stderr.splitlines() if "task-clock" in x)
-        return float(line.split(",")[0]) / 1000
     t0 = time.perf_counter()
-    subprocess.run(NICE + cmd, env=env, check=True, capture_output=True)
-    return time.perf_counter() - t0
+    p = subprocess.run(NICE + ["perf", "stat", "-x,", "-e", "task-clock", *cmd], env=env,
+                       capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t0
+    line = next(x for x in p.stderr.splitlines() if "task-clock" in x)
+    return wall, float(line.split(",")[0]) / 1000
 
 
-def _ceiling(src: str, work: str) -> float:
+def _ceiling(src: str, work: str) -> tuple[float, float]:
+    """(wall s, CPU s) of ISA-L level 1 in 2 processes on the same values."""
     p = subprocess.run(NICE + [PY, str(HERE / "compare.py"), "--child", "isal-procs",
                                "lmdb:" + src, "2", os.path.join(work, "isalp.size")],
                        env=ENV0, capture_output=True, text=True, check=True)
-    return json.loads(p.stdout.strip().splitlines()[-1])["seconds"]
+    info = json.loads(p.stdout.strip().splitlines()[-1])
+    return info["seconds"], info["cpu"]
+
+
+def _report(what: str, res: dict[str, list[float]], ceil: list[float]) -> None:
+    specs = list(res)
+    mc = statistics.median(ceil)
+    print(f"-- {what}")
+    print(f"isal-1 in 2 processes (ceiling): median {mc:.3f} {[round(x, 3) for x in ceil]}")
+    for s in specs:
+        m = statistics.median(res[s])
+        per = [c / x for c, x in zip(ceil, res[s])]
+        print(f"{s}: median {m:.3f}  of ceiling {mc / m:.3f} (per round: median "
+              f"{statistics.median(per):.3f})  {[round(x, 3) for x in res[s]]}")
+    for s in specs[1:]:
+        rs = [b / a for a, b in zip(res[specs[0]], res[s])]
+        print(f"{s} / {specs[0]}: per-round ratio median {statistics.median(rs):.3f}, "
+              f"lower in {sum(x < 1 for x in rs)}/{len(rs)}")
 
 
 def main(argv: list[str]) -> None:
-    cpu = "--cpu" in argv
     argv = [a for a in argv if a != "--cpu"]
     src, rounds, specs = argv[0], int(argv[1]), argv[2:]
     work = os.environ.get("TMPDIR", "/tmp")
     out = os.path.join(work, f"small-ab-{os.getpid()}.dsb")
     for tree in {_env(s)[0] for s in specs}:
-        subprocess.run([PY, "-m", "compileall", "-q", f"{tree}/src/dsbackup"], check=True)
+        subprocess.run([PY, "-m", "compileall", "-q", f"{tree}/src/dsbackup"], check=True,
+                       env=ENV0)
     for f in os.listdir(src):  # warm: the store in the page cache
         with open(os.path.join(src, f), "rb") as fh:
             while fh.read(1 << 24):
                 pass
-    res: dict[str, list[float]] = {s: [] for s in specs}
-    ceil: list[float] = []
+    wall: dict[str, list[float]] = {s: [] for s in specs}
+    cpu: dict[str, list[float]] = {s: [] for s in specs}
+    cwall: list[float] = []
+    ccpu: list[float] = []
     for r in range(rounds):
         for s in specs if r % 2 == 0 else specs[::-1]:
-            res[s].append(_backup(s, src, out, cpu))
-        if not cpu:
-            ceil.append(_ceiling(src, work))
+            w, c = _backup(s, src, out)
+            wall[s].append(w)
+            cpu[s].append(c)
+        w, c = _ceiling(src, work)
+        cwall.append(w)
+        ccpu.append(c)
     if os.path.exists(out):
         os.unlink(out)
-    what = "total CPU s" if cpu else "wall s"
-    print(f"load average {os.getloadavg()}; {rounds} rounds; {what}")
-    mc = statistics.median(ceil) if ceil else None
-    if mc:
-        print(f"isal-1 in 2 processes (ceiling): median {mc:.3f} {[round(x, 3) for x in ceil]}")
-    for s in specs:
-        m = statistics.median(res[s])
-        of = f"  of ceiling {mc / m:.3f}" if mc else ""
-        print(f"{s}: median {m:.3f}{of}  {[round(x, 3) for x in res[s]]}")
-    for s in specs[1:]:
-        rs = [b / a for a, b in zip(res[specs[0]], res[s])]
-        print(f"{s} / {specs[0]}: per-round ratio median {statistics.median(rs):.3f}, "
-              f"lower in {sum(x < 1 for x in rs)}/{len(rs)}")
+    print(f"load average {os.getloadavg()}; {rounds} rounds")
+    _report("total CPU s (perf stat task-clock; the ceiling: its 2 processes)", cpu, ccpu)
+    _report("wall s", wall, cwall)
 
 
 if __name__ == "__main__":

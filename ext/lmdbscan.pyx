@@ -15,7 +15,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 from posix.mman cimport MADV_DONTNEED, madvise
 
 from compiler cimport __builtin_prefetch
@@ -125,6 +125,53 @@ cdef inline const unsigned char *nodes_ahead(const unsigned char *key, size_t kl
     if (<size_t>pf & ~(PAGE - 1)) != (<size_t>key & ~(PAGE - 1)):
         return NULL
     return pf
+
+
+cdef unsigned int AHEAD = 3  # records: a framed record costs ~100 ns, a miss about as much
+
+
+cdef inline unsigned int page_u16(const unsigned char *p) noexcept nogil:
+    cdef unsigned short v
+    memcpy(&v, p, 2)
+    return v
+
+
+cdef inline const unsigned char *node_ahead(const unsigned char *key, size_t *page,
+                                            unsigned int *ki) noexcept nogil:
+    """Where the node AHEAD records after the one holding ``key`` starts, worth a prefetch;
+    NULL past the end of its leaf page. A leaf page lists its nodes' offsets in key order
+    (LMDB's mp_ptrs, after the 16-byte page header), whatever order they were written in:
+    a store filled in random order keeps them scattered in the page, where nodes_ahead's
+    guess misses. ``page`` and ``ki`` carry the position from one call to the next (a walk
+    steps through a page one index at a time). Reads only the page the key lies in; a wrong
+    answer costs a useless prefetch, never a fault."""
+    cdef size_t base = <size_t>key & ~(PAGE - 1)
+    cdef const unsigned char *p = <const unsigned char *>base
+    cdef size_t off = <size_t>key - 8 - base  # the node header is 8 bytes before its key
+    cdef unsigned int lower, n, i
+    if <size_t>key < base + 8:
+        return NULL
+    lower = page_u16(p + 12)
+    if lower < 16 or lower > PAGE:
+        return NULL
+    n = (lower - 16) >> 1
+    if base == page[0] and ki[0] + 1 < n and page_u16(p + 16 + 2 * (ki[0] + 1)) == off:
+        ki[0] += 1
+    else:
+        i = 0
+        while i < n and page_u16(p + 16 + 2 * i) != off:
+            i += 1
+        if i == n:
+            page[0] = 0
+            return NULL
+        page[0] = base
+        ki[0] = i
+    if ki[0] + AHEAD >= n:
+        return NULL
+    off = page_u16(p + 16 + 2 * (ki[0] + AHEAD))
+    if off < 16 or off + 8 > PAGE:
+        return NULL
+    return p + off
 
 
 cdef inline int key_order(const unsigned char *a, size_t alen, const unsigned char *b,
@@ -364,6 +411,18 @@ cdef class LmdbRangeScanner:
         this stripe and starts the next. None when the store ends first."""
         return walk_stripe_end(self, min_records, min_bytes)
 
+    def stripe_hints(self, uint64_t min_records, uint64_t min_bytes):
+        """Planning without a walk of every key: the first key of every few leaf pages (about
+        ``min_records`` records or ``min_bytes`` bytes apart), read from the snapshot's branch
+        pages; None when this store's layout is not one read so (lmdbhints.pxi). Each hint
+        becomes a stripe end through ``snap``."""
+        return walk_leaf_hints(self, min_records, min_bytes)
+
+    def snap(self, bytes key):
+        """The first natural chunk boundary >= ``key`` that the exclude patterns keep (where
+        a scan's chunk starts), or None when the store ends first."""
+        return walk_snap(self, key)
+
     def boundary_after(self, bytes key, end=None, uint64_t max_keys=200000):
         """The first key >= ``key`` and < ``end`` where a chunk starts by content
         (XXH3-64(k) % chunk_size == 0), looking at most ``max_keys`` keys; or None."""
@@ -417,6 +476,8 @@ cdef class LmdbRangeScanner:
         cdef size_t endn = 0, n, startn = len(self.start), prevn = 0
         cdef const unsigned char *prevp = NULL
         cdef const unsigned char *pf
+        cdef size_t pf_page = 0
+        cdef unsigned int pf_ki = 0
         self._check()
         if self.busy:
             raise RuntimeError(f"{self.path}: scanner is being used by another thread")
@@ -468,7 +529,7 @@ cdef class LmdbRangeScanner:
                         break
                     prevp = <const unsigned char *>k.mv_data
                     prevn = k.mv_size
-                    pf = nodes_ahead(<const unsigned char *>k.mv_data, k.mv_size, v.mv_size)
+                    pf = node_ahead(<const unsigned char *>k.mv_data, &pf_page, &pf_ki)
                     if pf != NULL:  # whole nodes: their values are copied too
                         __builtin_prefetch(pf)
                         __builtin_prefetch(pf + 64)
@@ -582,3 +643,4 @@ cdef class LmdbRangeScanner:
 
 
 include "lmdbplan.pxi"
+include "lmdbhints.pxi"

@@ -55,7 +55,7 @@ _LAZY = {
     "restore_archive": "dsbackup.engine.restore",
     "verify_archive": "dsbackup.archive.verify",
     # the Go tool's format (docs/GOFORMAT.md)
-    "is_go_archive": "dsbackup.compat.goformat",
+    "is_go_archive": "dsbackup.compat.gohead",  # goformat's, without its imports for ours
     "inspect_go": "dsbackup.compat.gocompat",
     "list_go": "dsbackup.compat.gocompat",
     "verify_go": "dsbackup.compat.gocompat",

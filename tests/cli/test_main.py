@@ -239,3 +239,49 @@ def test_every_command_and_option_is_in_cli_md():
         opts = {o for a in p._actions for o in a.option_strings if o.startswith("--")}
         missing = sorted(o for o in opts - {"--help", "--json"} if f"`{o}" not in doc)
         assert not missing, f"{mod.COMMAND}: {missing} not in docs/CLI.md"
+
+
+def test_the_command_freezes_its_start_up_objects_and_collects_after(tmp_path):
+    """cli/_entry.py loads the modules with garbage collection off; main() then freezes them
+    (gc.freeze: no collection walks them again, nor the one at exit) and turns collection back
+    on, also when the arguments are wrong. main() called in-process freezes nothing."""
+    code = (
+        "import gc, sys\n"
+        "from dsbackup.cli import _entry\n"
+        "sys.argv = ['dsbackup'] + sys.argv[1:]\n"
+        "try:\n"
+        "    _entry.run()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(gc.isenabled(), gc.get_freeze_count())\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for args in (["verify", "--quick", str(tmp_path / "missing.tar.gz")], ["--nosuchflag"]):
+        r = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                           text=True, check=True)
+        enabled, frozen = r.stdout.split()
+        assert enabled == "True"
+        assert int(frozen) > 10_000, r.stdout
+    before = __import__("gc").get_freeze_count()
+    assert main.main(["verify", "--quick", str(tmp_path / "missing.tar.gz")]) != 0
+    assert __import__("gc").get_freeze_count() == before
+    assert __import__("gc").isenabled()
+
+
+def test_a_verify_imports_neither_the_go_reader_nor_hashlib(tmp_path):
+    """Start-up of `verify` (docs/PERFORMANCE.md, small records at scale 0.5): a dsbackup
+    archive is told from the Go tool's by its head (compat/gohead.py), and nothing on the
+    reading path loads hashlib (OpenSSL): archive/node.py writes its uvarints itself,
+    storage/tempfiles.py names temporary files with os.urandom."""
+    store = tmp_path / "src"
+    datasets.write_lmdb(str(store), datasets.iter_small(500))
+    arc = tmp_path / "a.tar.gz"
+    assert main.main(["backup", f"lmdb:{store}", str(arc)]) == 0
+    code = ("import sys\nfrom dsbackup.cli.main import main\n"
+            "rc = main(['verify', sys.argv[1]])\n"
+            "print(rc, *(m in sys.modules for m in ('dsbackup.compat.goformat', 'hashlib',"
+            " 'tarfile', 'sqlite3')))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code, str(arc)], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-5:] == ["0", "False", "False", "False", "False"], r.stdout

@@ -307,3 +307,14 @@ def read_uvarint(buf: memoryview, pos: int, where: str, part: str | None = None
             return n, pos + i + 1
         shift += 7
     raise IntegrityError(f"{where}: varint longer than 10 bytes at offset {pos}", part=part)
+
+
+def write_uvarint(n: int) -> bytes:
+    """The minimal uvarint of `n` (§4; the same bytes as multiformats.uvarint, which readers
+    of archives do not import: it loads hashlib and OpenSSL)."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from dsbackup.archive.format import read_uvarint
+from dsbackup.archive.format import read_uvarint, write_uvarint
 from dsbackup.errors import IntegrityError
-from dsbackup.multiformats import uvarint
 
 NODE_MAGIC = b"DSN1"
 KIND_FILE = 0
@@ -69,9 +68,9 @@ def encode_node(files: list[NodeFile]) -> bytes:
         if f.kind not in (KIND_FILE, KIND_DIR) or (f.kind == KIND_DIR and f.data):
             raise ValueError(f"node file {f.path!r}: bad kind {f.kind} or data")
         prev = f.path
-        parts += [uvarint(len(f.path)), f.path, _FIXED.pack(f.kind, f.mode & 0o7777,
+        parts += [write_uvarint(len(f.path)), f.path, _FIXED.pack(f.kind, f.mode & 0o7777,
                                                              f.mtime_ns),
-                  uvarint(len(f.data)), f.data]
+                  write_uvarint(len(f.data)), f.data]
     return b"".join(parts)
 
 

@@ -231,7 +231,7 @@ def restore_archive(
         raise ConfigError(f"restore mode must be one of {', '.join(MODES)}, got {mode!r}")
     cancel = cancel or threading.Event()
     t0 = time.perf_counter()
-    from dsbackup.compat.goformat import is_go_archive
+    from dsbackup.compat.gohead import is_go_archive
 
     guard.check_target_outside(target, [path])
     if not is_remote(path) and is_go_archive(path):

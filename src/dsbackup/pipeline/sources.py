@@ -239,8 +239,22 @@ class LmdbSource:
         return self.scanner.next_chunk(into)
 
     def stripes(self, min_records: int, min_bytes: int) -> Iterator[bytes]:
-        """Planning: natural boundaries after at least `min_records` records or `min_bytes`
-        bytes (value sizes come from LMDB's node headers; values are not read)."""
+        """Planning: natural boundaries about `min_records` records or `min_bytes` bytes
+        apart. Values inline in the leaves: from hints read off the branch pages, each moved
+        to the next natural boundary (a walk of ~chunk_size keys a stripe, not of every key);
+        otherwise a walk of every key and value size (values are not read)."""
+        hints = self.scanner.stripe_hints(min_records, min_bytes)
+        if hints is not None:
+            last = b""
+            for h in hints:
+                if h <= last:
+                    continue  # the previous stripe end is past this hint already
+                k = self.scanner.snap(h)
+                if k is None:
+                    return
+                yield k
+                last = k
+            return
         while True:
             k = self.scanner.next_stripe_end(min_records, min_bytes)
             if k is None:

@@ -14,14 +14,13 @@ import fcntl
 import logging
 import os
 import re
-import secrets
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
 def temp_path_for(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}")
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{os.urandom(6).hex()}")
 
 
 def _pid_alive(pid: int) -> bool:
