@@ -49,6 +49,19 @@ def _check_catalog_keys(reader: ArchiveReader, i: int, e: ChunkEntry,
                              "with the index (count, order, key range or key digest)", chunk=i)
 
 
+def _member_ranges(reader: ArchiveReader, chunks: range, catalog: bool,
+                   ) -> Iterator[tuple[int, int]]:
+    """(offset, length) of the members the listing reads from this file, in order: each
+    chunk's catalog (or the chunk), pulled by the source as it fetches ahead (an S3 archive
+    then downloads the catalogs, not the chunks). Those in a parent are read there."""
+    for i in chunks:
+        e = reader.entry(i)
+        if e.in_parent:
+            continue
+        m = reader.index.catalog(i) if catalog else e
+        yield m.offset, m.length
+
+
 def iter_listing(reader: ArchiveReader, start: bytes = b"", end: bytes | None = None,
                  ) -> Iterator[tuple[bytes, int, int | None]]:
     """(key, value size, value XXH3 or None) for keys in [start, end), in key order.
@@ -62,7 +75,9 @@ def iter_listing(reader: ArchiveReader, start: bytes = b"", end: bytes | None = 
 def _rows(reader: ArchiveReader, start: bytes, end: bytes | None,
           ) -> Iterator[tuple[bytes, int, int | None]]:
     use_catalog = reader.index.catalog_count > 0
-    for i in reader.index.chunks_overlapping(start, end):
+    chunks = reader.index.chunks_overlapping(start, end)
+    reader.plan_reads(_member_ranges(reader, chunks, use_catalog))
+    for i in chunks:
         where = f"{reader.path}: chunk {i}"
         e = reader.entry(i)
         if use_catalog:

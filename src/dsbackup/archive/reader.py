@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from dsbackup._ext.checksum import xxh3_64
@@ -217,6 +218,14 @@ class ArchiveReader:
                 f"{self.path}: read of {length} bytes at {offset} lies outside the "
                 f"{self.size}-byte file")
         return self._src.read(offset, length)
+
+    def plan_reads(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Tell the source the (offset, length) of the members about to be read, in order,
+        pulled as it goes: an S3 archive then fetches just those (its sparse fetch, docs/
+        STORAGE.md "Reading"); a local file or a spooled stream has no use for it."""
+        plan = getattr(self._src, "plan", None)
+        if plan is not None:
+            plan(ranges)
 
     def close(self) -> None:
         if getattr(self, "_chain", None) is not None:
