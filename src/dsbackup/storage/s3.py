@@ -562,6 +562,21 @@ class S3Source:
         finally:
             self._unpin(blocks)
 
+    def read_once(self, offset: int, length: int) -> bytes:
+        """A read apart from the others (the manifest, the node member, an index page): its
+        own GET of just these bytes, not a block (``ls`` and ``inspect`` would fetch 8 MiB for
+        a manifest of a few hundred bytes), unless the tail or the plan holds them."""
+        if length == 0:
+            return b""
+        self._check(offset, length)
+        if offset >= self._tail_start or length >= BLOCK:
+            return self.read(offset, length)
+        if self._plan is not None:
+            planned = self._plan.serve(offset, length, bytes)
+            if planned is not None:
+                return planned
+        return self._get(offset, offset + length)
+
     def xxh3(self, offset: int, length: int) -> int:
         """Hashed in its block where it lies in one (no copy), else read and hashed."""
         if length == 0 or offset >= self._tail_start or length >= BLOCK or (

@@ -166,8 +166,8 @@ class SparsePlan:
         return r
 
     def _peek(self) -> tuple[int, int] | None:
-        """The next planned range worth a span (not empty, under a block, before the tail the
-        open fetched); None at the plan's end. A failing iterator (a damaged index page) ends
+        """The next planned range worth a span (not empty, under a block, starting before the
+        tail the open fetched); None at the plan's end. A failing iterator (a damaged index page) ends
         the plan: the reader meets the damage itself when it reads there."""
         while self._next is None and self._it is not None:
             try:
@@ -178,8 +178,8 @@ class SparsePlan:
             except Exception:  # noqa: BLE001 - a hint only; the reader reports the damage
                 self._it = None
                 break
-            if 0 < length < self._span_max and offset >= 0 and \
-                    offset + length <= self._src._tail_start:
+            if 0 < length < self._span_max and 0 <= offset < self._src._tail_start and \
+                    offset + length <= self._src.size:
                 self._next = (offset, offset + length)
         return self._next
 
