@@ -457,7 +457,7 @@ class S3Source:
         if blk.cached or blk.pins or blk.buf is None:
             return
         buf, blk.buf = blk.buf, None
-        if not isinstance(buf, mmap.mmap):  # a small span's own bytearray
+        if isinstance(buf, bytearray):  # a small span's own
             return
         if len(self._free) < CACHE_BLOCKS:
             self._free.append(buf)

@@ -15,7 +15,6 @@ through the blocks as before: the plan is a hint, never the only way to a byte.
 
 from __future__ import annotations
 
-import mmap
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -192,4 +191,4 @@ class SparsePlan:
 
 
 def _size(buf: Any) -> int:
-    return len(buf) if isinstance(buf, (bytearray, mmap.mmap)) else 0
+    return 0 if buf is None else len(buf)
