@@ -83,7 +83,7 @@ def test_ls_downloads_the_catalogs_not_the_chunks(s3, store, tmp_path, proxy, pa
         chunks = rd.index.chunk_count
         in_b = len(rd.index.chunks_overlapping(*prefix_bounds("/b")))
     size = local.stat().st_size
-    for gap in ("0", None):  # each catalog its own GET; the default (chunks under 256 KiB too)
+    for gap in ("0", None):  # each catalog its own GET; the default (chunks under 64 KiB too)
         env = dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint)
         if gap is not None:
             env["DSBACKUP_S3_GAP_KB"] = gap

@@ -58,7 +58,7 @@ def test_adjacent_ranges_share_a_get_and_reads_outside_the_plan_use_blocks(s3):
                 assert src.read(5, 17) == data[5:22]
             assert src.read(off, n) == data[off:off + n]
             assert src.xxh3(off, n) == s3mod.xxh3_64(data[off:off + n])
-        # 4 KiB apart, below the 256 KiB gap: one GET (its buffer a block's) for all of them
+        # 4 KiB apart, below the 64 KiB gap: one GET (its buffer a block's) for all of them
         assert src._plan.gets == 1 and src._fetches == 1
     finally:
         src.close()

@@ -57,7 +57,7 @@ class S3Settings:
     concurrency: int = 2  # parts in flight per upload (memory: part_size x (this + 1))
     read_concurrency: int = 4  # ranged GETs in flight per open archive
     # planned ranges (ls's catalogs) less than this apart share one GET (s3plan.py)
-    read_gap_kb: int = 256
+    read_gap_kb: int = 64
     retries: int = 5
     timeout_s: float = 60.0  # per request, and the retry window
     # unfinished uploads of a prefix idle this long are aborted (None: never; s3stale.py)

@@ -2,7 +2,7 @@
 (``S3Source.plan``, e.g. `ls`'s catalog members), fetched ahead by ranged GETs of just those
 ranges instead of whole 8 MiB blocks (docs/STORAGE.md "Reading").
 
-Ranges less than the gap apart (``DSBACKUP_S3_GAP_KB``, default 256 KiB) share one GET, up to
+Ranges less than the gap apart (``DSBACKUP_S3_GAP_KB``, default 64 KiB) share one GET, up to
 a block's size; each span is fetched by the source's own GET into a buffer of its own (a
 reused block buffer from 1 MiB on), on the source's pool of ``DSBACKUP_S3_READ_CONCURRENCY``
 threads, with every check and retry of :mod:`dsbackup.storage.s3get`. At most ``AHEAD_BYTES``
