@@ -6,6 +6,7 @@ middle are retried, and a range the object no longer has is exit 3."""
 from __future__ import annotations
 
 import random
+import shutil
 import subprocess
 import sys
 
@@ -142,3 +143,30 @@ def test_ls_faults_in_the_middle_are_retried_and_a_shrunk_object_is_exit_3(
     s3.client.put_object(Bucket=s3.bucket, Key="t.dsb", Body=data[:len(data) // 2])
     r = cli(env, "ls", s3.url("t.dsb"))
     assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_ls_of_an_incremental_reads_its_parents_catalogs_not_their_chunks(
+        s3, store, tmp_path, proxy):
+    src = shutil.copytree(store, tmp_path / "src")
+    full, _ = _archive(s3, src, tmp_path, "full.dsb", "--include-metadata")
+    env = lmdb.open(str(src), map_size=1 << 30, subdir=True)
+    with env.begin(write=True) as txn:  # after every key: the parent's chunks are referenced
+        for i in range(200):
+            txn.put(f"/d/{i:05d}".encode(), random.Random(i).randbytes(8192))
+    env.close()
+    inc, _ = _archive(s3, src, tmp_path, "inc.dsb", "--include-metadata", "--parent",
+                      str(full))
+    sizes = {}
+    with ArchiveReader(str(inc)) as rd:
+        assert 0 < sum(rd.entry(i).in_parent for i in range(rd.index.chunk_count)) \
+            < rd.index.chunk_count
+        for r in (rd, *rd.open_parents().levels):
+            sizes[r.path.name] = sum(r.index.catalog(i).length
+                                     for i in range(r.index.catalog_count))
+    r = cli(dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint, DSBACKUP_S3_GAP_KB="0"), "ls", "-l",
+            s3.url("inc.dsb"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == cli(s3.env, "ls", "-l", str(inc)).stdout and r.stdout.count("\n") == 1700
+    for name in ("full.dsb", "inc.dsb"):
+        _, got = _fetched(proxy, f"/{name}")
+        assert got <= sizes[name] + s3mod.TAIL_BYTES + (16 << 10), (name, got, sizes)

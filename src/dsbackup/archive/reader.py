@@ -351,6 +351,11 @@ class ArchiveReader:
     def is_incremental(self) -> bool:
         return self.manifest.get("parent") is not None
 
+    @property
+    def parents_opened(self) -> ParentChain | None:
+        """The ancestors if already opened (open_parents), else None: never opens them."""
+        return self._chain
+
     def open_parents(self) -> ParentChain | None:
         """Find, open and check every ancestor (MissingParentError names a missing one);
         None for a full backup. Done lazily on the first referenced chunk otherwise."""
