@@ -10,7 +10,9 @@ of spans and ``AHEAD_PER_THREAD`` x the concurrency of them are held or in fligh
 bounded however many ranges the plan holds (the ranges are pulled from the caller's iterator
 only as the fetch runs ahead). A read served by a span drops the spans before it (the reader
 moved past them); a read outside the spans held (an index page, a read out of order) goes
-through the blocks as before: the plan is a hint, never the only way to a byte.
+through the blocks as before: the plan is a hint, never the only way to a byte. Each planned
+range is meant to be read once, by one reader moving forward (`ls`): a second read of it, or
+a read by another thread after the reader moved past it, goes through the blocks.
 """
 
 from __future__ import annotations
