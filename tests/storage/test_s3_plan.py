@@ -41,6 +41,7 @@ def test_planned_ranges_each_their_own_get_below_the_gap_and_pulled_lazily(s3, m
         for off, n in ranges:
             assert src.read(off, n) == data[off:off + n]
             assert len(src._plan._spans) <= ahead
+            assert src._plan._held <= s3plan.AHEAD_BYTES
         assert src._plan.gets == len(ranges) and src._plan.bytes == 100 * len(ranges)
         assert src._fetches == 0  # no block was fetched
     finally:
