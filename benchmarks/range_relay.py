@@ -46,24 +46,29 @@ def _headers(head: bytes) -> dict[str, str]:
     return out
 
 
-def _relay(src: socket.socket, dst: socket.socket, first: bytes, length: int | None) -> None:
-    """Send `first` then `length` more bytes in all (None: until EOF) from src to dst."""
+def _relay(src: socket.socket, dst: socket.socket, first: bytes, length: int | None) -> int:
+    """Send `first` then `length` more bytes in all (None: until EOF) from src to dst; returns
+    the bytes sent."""
     if first:
         dst.sendall(first)
+    sent = len(first)
     left = None if length is None else length - len(first)
     buf = bytearray(BUF)
     view = memoryview(buf)
     while left is None or left > 0:
         n = src.recv_into(view, BUF if left is None else min(BUF, left))
         if not n:
-            return
+            return sent
         dst.sendall(view[:n])
+        sent += n
         if left is not None:
             left -= n
+    return sent
 
 
 def _serve(client: socket.socket, upstream: tuple[str, int],
-           tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None) -> None:
+           tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None) -> tuple[bytes, int]:
+    """Relay one request: (its method, the response body's bytes sent back)."""
     up = socket.create_connection(upstream)
     if tls is not None:
         client = tls[0].wrap_socket(client, server_side=True)
@@ -71,7 +76,7 @@ def _serve(client: socket.socket, upstream: tuple[str, int],
     with client, up:
         head, rest = _read_head(client)
         if not head:
-            return
+            return b"", 0
         method = head.split(b" ", 1)[0].upper()
         h = _headers(head)
         req = [ln for ln in head[:-4].split(b"\r\n")
@@ -80,7 +85,7 @@ def _serve(client: socket.socket, upstream: tuple[str, int],
         _relay(client, up, rest, int(h.get("content-length", "0")))
         rhead, rrest = _read_head(up)
         if not rhead:
-            return
+            return method, 0
         lines = rhead[:-4].split(b"\r\n")
         rh = _headers(rhead)
         if lines[0].split(b" ")[1:2] == [b"200"] and "content-range" in rh:
@@ -88,9 +93,9 @@ def _serve(client: socket.socket, upstream: tuple[str, int],
         lines = [ln for ln in lines if not ln.lower().startswith(b"connection:")]
         client.sendall(b"\r\n".join([*lines, b"Connection: close", b"", b""]))
         if method == b"HEAD":
-            return
+            return method, 0
         length = rh.get("content-length")
-        _relay(up, client, rrest, int(length) if length is not None else None)
+        return method, _relay(up, client, rrest, int(length) if length is not None else None)
 
 
 class RangeRelay:
@@ -103,6 +108,9 @@ class RangeRelay:
         self.endpoint = f"{scheme}://127.0.0.1:{self._sock.getsockname()[1]}"
         self._upstream = ("127.0.0.1", upstream_port)
         self._tls = tls
+        self.gets = 0  # GETs relayed and the bytes of their bodies (benchmarks/s3_ls.py)
+        self.get_bytes = 0
+        self._count = threading.Lock()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
@@ -116,7 +124,11 @@ class RangeRelay:
 
     def _one(self, c: socket.socket) -> None:
         try:
-            _serve(c, self._upstream, self._tls)
+            method, n = _serve(c, self._upstream, self._tls)
+            if method == b"GET":
+                with self._count:
+                    self.gets += 1
+                    self.get_bytes += n
         except OSError:
             pass  # the client or the server went away: the request fails on its side
 

@@ -23,7 +23,7 @@ def _run(cli_env, extra: dict[str, str], *argv: str) -> subprocess.CompletedProc
     ("DSBACKUP_S3_TIMEOUT", "-1"), ("DSBACKUP_S3_TIMEOUT", "nan"),
     ("DSBACKUP_S3_TIMEOUT", "99999999999999999999"), ("DSBACKUP_S3_PART_MB", "99999999999"),
     ("DSBACKUP_S3_CONCURRENCY", "0"), ("DSBACKUP_S3_READ_CONCURRENCY", "-1"),
-    ("DSBACKUP_S3_RETRIES", "abc"),
+    ("DSBACKUP_S3_RETRIES", "abc"), ("DSBACKUP_S3_GAP_KB", "-1"), ("DSBACKUP_S3_GAP_KB", "9000"),
 ])
 def test_a_tuning_value_out_of_range_is_exit_2_naming_it(cli_env, name, value):
     r = _run(cli_env, {name: value}, "--s3-endpoint", ENDPOINT, "verify", "s3://bucket/a.dsb")

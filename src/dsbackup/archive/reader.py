@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from dsbackup._ext.checksum import xxh3_64
@@ -85,7 +86,7 @@ class ArchiveReader:
             try:
                 self.trailer = fmt.Trailer.decode(tail, self.size)
             except IntegrityError as exc:
-                head = self.pread(0, min(2, self.size))
+                head = self.pread_once(0, min(2, self.size))
                 if not b"\x1f\x8b".startswith(head):
                     raise ArchiveError(f"{self.path}: not a gzip file (and not a dsbackup "
                                        "archive)") from None
@@ -148,7 +149,7 @@ class ArchiveReader:
     def _read_key_header(self) -> dict[str, Any]:
         """The plaintext key header at offset 0 (no key needed)."""
         where = f"{self.path}: key header"
-        head = self.pread(0, min(self.size, fmt.SUBFIELD_OFFSET + fmt.DATA_SUBLEN))
+        head = self.pread_once(0, min(self.size, fmt.SUBFIELD_OFFSET + fmt.DATA_SUBLEN))
         try:
             sub = fmt.parse_member_head(head + b"\0" * 8, where)
         except IntegrityError as exc:
@@ -160,7 +161,7 @@ class ArchiveReader:
         length = fmt.key_header_length(sub.data_len)
         if length > self.trailer.index_offset:
             raise IntegrityError(f"{where}: runs past the index", part="key")
-        _, data = decode_member(self.pread(0, length), where, expected_type=fmt.TYPE_KEY,
+        _, data = decode_member(self.pread_once(0, length), where, expected_type=fmt.TYPE_KEY,
                                 expected_name=fmt.KEY_NAME, part="key",
                                 version=self.version, flags=self.flags)
         self.base = length
@@ -183,7 +184,7 @@ class ArchiveReader:
         """Index page `page`'s data (docs/FORMAT.md §11.3): its member read with one pread,
         checked against the root's member XXH3 and by its own header, decrypted."""
         where = f"{self.path}: index page {page}"
-        raw = self.pread(offset, length)
+        raw = self.pread_once(offset, length)
         if xxh3_64(raw) != member_xxh3:
             raise IntegrityError(f"{where}: member checksum mismatch", part="index")
         _, data = decode_member(raw, where, expected_type=fmt.TYPE_PAGE,
@@ -218,6 +219,27 @@ class ArchiveReader:
                 f"{self.size}-byte file")
         return self._src.read(offset, length)
 
+    def pread_once(self, offset: int, length: int) -> bytes:
+        """A member read once, apart from what the readers read next (the key header, the
+        manifest, the node member, an index page): an S3 archive fetches just its bytes
+        rather than the 8 MiB block around it (``read_once``); a file reads it as pread."""
+        once = getattr(self._src, "read_once", None)
+        if once is None:
+            return self.pread(offset, length)
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise IntegrityError(
+                f"{self.path}: read of {length} bytes at {offset} lies outside the "
+                f"{self.size}-byte file")
+        return once(offset, length)
+
+    def plan_reads(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Tell the source the (offset, length) of the members about to be read, in order,
+        pulled as it goes: an S3 archive then fetches just those (its sparse fetch, docs/
+        STORAGE.md "Reading"); a local file or a spooled stream has no use for it."""
+        plan = getattr(self._src, "plan", None)
+        if plan is not None:
+            plan(ranges)
+
     def close(self) -> None:
         if getattr(self, "_chain", None) is not None:
             self._chain.close()
@@ -242,7 +264,7 @@ class ArchiveReader:
 
     def _json_member(self, offset: int, length: int, expected_xxh3: int, mtype: int,
                      name: bytes, part: str) -> dict[str, Any]:
-        raw = self.pread(offset, length)
+        raw = self.pread_once(offset, length)
         if xxh3_64(raw) != expected_xxh3:
             raise IntegrityError(f"{self.path}: {part} member checksum mismatch", part=part)
         sub, data = decode_member(raw, f"{self.path}: {part}", expected_type=mtype,
@@ -294,7 +316,7 @@ class ArchiveReader:
                 and off + length <= self.trailer.index_offset):
             raise IntegrityError(f"{self.path}: node member range {off}+{length} is not "
                                  "between the manifest and the chunks", part="node")
-        return self.pread(off, length)
+        return self.pread_once(off, length)
 
     def node_data(self) -> memoryview:
         """The node member's data after the member checks (CRC, sizes, data XXH3, name,
@@ -328,6 +350,11 @@ class ArchiveReader:
     @property
     def is_incremental(self) -> bool:
         return self.manifest.get("parent") is not None
+
+    @property
+    def parents_opened(self) -> ParentChain | None:
+        """The ancestors if already opened (open_parents), else None: never opens them."""
+        return self._chain
 
     def open_parents(self) -> ParentChain | None:
         """Find, open and check every ancestor (MissingParentError names a missing one);

@@ -31,6 +31,12 @@ class Source(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional, looked up with getattr (the S3 source has them; a file or a spooled stream
+    # reads as well without): ``plan(ranges)``, the (offset, length) of the members about
+    # to be read, in order, an iterable pulled as the source fetches ahead; and
+    # ``read_once(offset, length)``, a read apart from the rest (the manifest, an index
+    # page) worth a request of its own rather than a block (docs/STORAGE.md "Reading").
+
 
 class Sink(Protocol):
     """A new archive: bytes appended in order; nothing at the location before commit."""

@@ -18,7 +18,7 @@ import mmap
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -42,6 +42,7 @@ from dsbackup.storage.s3api import S3Api
 from dsbackup.storage.s3config import client_config, scrub, settings
 from dsbackup.storage.s3get import NOT_PARTIAL, get_into
 from dsbackup.storage.s3multipart import Conflict, KeyTaken, MultipartUpload
+from dsbackup.storage.s3plan import Span, SparsePlan
 from dsbackup.storage.s3stale import clean_before_backup
 from dsbackup.storage.s3tls import ca_bundle
 from dsbackup.storage.sent import SentRecord, SentSource
@@ -374,6 +375,18 @@ class S3Source:
         self._pool: ThreadPoolExecutor | None = None
         self._max_block = -2
         self._fetches = 0  # blocks fetched (a block fetched twice: the cache was too small)
+        self._plan: SparsePlan | None = None
+
+    def plan(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """The (offset, length) of the members about to be read, in order (pulled lazily):
+        fetched by ranged GETs of just those ranges, adjacent ones coalesced
+        (:mod:`dsbackup.storage.s3plan`); reads elsewhere still go through the blocks. A new
+        plan replaces the last."""
+        old, self._plan = self._plan, SparsePlan(
+            self, ranges, settings().read_gap_kb << 10, BLOCK, settings().read_concurrency)
+        if old is not None:
+            old.close()
+        self._plan.top_up()
 
     def _tail_after_416(self) -> tuple[bytes, int]:
         """(tail, size) when the suffix GET was refused as unsatisfiable: S3 does that for an
@@ -404,7 +417,7 @@ class S3Source:
                  str(self.location))
         return bytes(buf)
 
-    def _fill(self, blk: _Block, start: int, end: int) -> None:
+    def _fill(self, blk: _Block | Span, start: int, end: int) -> None:
         """Fetch [start, end) into the block's buffer, then drop the fetch's pin."""
         try:
             assert blk.buf is not None
@@ -438,11 +451,14 @@ class S3Source:
             raise IntegrityError(f"{self.location}: short read at offset {start} (object "
                                  "changed?)")
 
-    def _release(self, blk: _Block) -> None:
-        """An evicted block nothing pins gives its buffer back; caller holds the lock."""
+    def _release(self, blk: _Block | Span) -> None:
+        """An evicted block (or a plan's span) nothing pins gives its buffer back; caller
+        holds the lock."""
         if blk.cached or blk.pins or blk.buf is None:
             return
         buf, blk.buf = blk.buf, None
+        if isinstance(buf, bytearray):  # a small span's own
+            return
         if len(self._free) < CACHE_BLOCKS:
             self._free.append(buf)
         else:
@@ -459,15 +475,10 @@ class S3Source:
             self._blocks.move_to_end(b)
             blk.pins += 1
             return blk
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(settings().read_concurrency,
-                                            thread_name_prefix="dsbackup-s3get")
-        # a reused buffer: a fresh mapping per block cost more CPU than its fetch (zeroed,
-        # faulted in and unmapped again, ~0.5 s/GB)
-        blk = _Block(self._free.pop() if self._free else
-                     mmap.mmap(-1, min(BLOCK, self.size), flags=_MAP_FLAGS))
+        blk = _Block(self._take_buffer())
         start = b * BLOCK
-        blk.future = self._pool.submit(self._fill, blk, start, min(self.size, start + BLOCK))
+        blk.future = self._executor().submit(self._fill, blk, start,
+                                             min(self.size, start + BLOCK))
         self._fetches += 1
         self._blocks[b] = blk
         while len(self._blocks) > CACHE_BLOCKS:
@@ -476,6 +487,20 @@ class S3Source:
             self._release(old)
         blk.pins += 1
         return blk
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """The GETs' threads (made on first use); caller holds the lock."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(settings().read_concurrency,
+                                            thread_name_prefix="dsbackup-s3get")
+        return self._pool
+
+    def _take_buffer(self) -> mmap.mmap:
+        """A block buffer: one given back, else a new mapping (a fresh mapping per block
+        cost more CPU than its fetch: zeroed, faulted in and unmapped again, ~0.5 s/GB);
+        caller holds the lock."""
+        return self._free.pop() if self._free else \
+            mmap.mmap(-1, min(BLOCK, self.size), flags=_MAP_FLAGS)
 
     def _unpin(self, blocks: list[_Block]) -> None:
         with self._lock:
@@ -520,6 +545,10 @@ class S3Source:
         self._check(offset, length)
         if offset >= self._tail_start:
             return self._tail[offset - self._tail_start:offset - self._tail_start + length]
+        if self._plan is not None:
+            planned = self._plan.serve(offset, length, bytes)
+            if planned is not None:
+                return planned
         if length >= BLOCK:
             return self._get(offset, offset + length)
         first, blocks = self._pinned(offset, length)
@@ -533,12 +562,31 @@ class S3Source:
         finally:
             self._unpin(blocks)
 
+    def read_once(self, offset: int, length: int) -> bytes:
+        """A read apart from the others (the manifest, the node member, an index page): its
+        own GET of just these bytes, not a block (``ls`` and ``inspect`` would fetch 8 MiB for
+        a manifest of a few hundred bytes), unless the tail or the plan holds them."""
+        if length == 0:
+            return b""
+        self._check(offset, length)
+        if offset >= self._tail_start or length >= BLOCK:
+            return self.read(offset, length)
+        if self._plan is not None:
+            planned = self._plan.serve(offset, length, bytes)
+            if planned is not None:
+                return planned
+        return self._get(offset, offset + length)
+
     def xxh3(self, offset: int, length: int) -> int:
         """Hashed in its block where it lies in one (no copy), else read and hashed."""
         if length == 0 or offset >= self._tail_start or length >= BLOCK or (
                 offset // BLOCK != (offset + length - 1) // BLOCK):
             return xxh3_64(self.read(offset, length))
         self._check(offset, length)
+        if self._plan is not None:
+            planned = self._plan.serve(offset, length, xxh3_64)
+            if planned is not None:
+                return planned
         first, blocks = self._pinned(offset, length)
         try:
             lo = offset - first * BLOCK
@@ -551,6 +599,10 @@ class S3Source:
         if self._fetches:
             log.debug("%s: %d blocks of %d fetched", self.location, self._fetches,
                       (self.size - 1) // BLOCK + 1)
+        plan, self._plan = self._plan, None
+        if plan is not None:
+            log.debug("%s: %d planned GETs, %d bytes", self.location, plan.gets, plan.bytes)
+            plan.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)

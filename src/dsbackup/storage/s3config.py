@@ -56,6 +56,8 @@ class S3Settings:
     part_size: int = 8 << 20  # bytes per uploaded part (S3 minimum: 5 MiB)
     concurrency: int = 2  # parts in flight per upload (memory: part_size x (this + 1))
     read_concurrency: int = 4  # ranged GETs in flight per open archive
+    # planned ranges (ls's catalogs) less than this apart share one GET (s3plan.py)
+    read_gap_kb: int = 64
     retries: int = 5
     timeout_s: float = 60.0  # per request, and the retry window
     # unfinished uploads of a prefix idle this long are aborted (None: never; s3stale.py)
@@ -112,6 +114,7 @@ _ENV_TUNING: tuple[tuple[str, str, type, float, float], ...] = (
     ("DSBACKUP_S3_PART_MB", "part_size", int, 5, 5 << 10),
     ("DSBACKUP_S3_CONCURRENCY", "concurrency", int, 1, 256),
     ("DSBACKUP_S3_READ_CONCURRENCY", "read_concurrency", int, 1, 256),
+    ("DSBACKUP_S3_GAP_KB", "read_gap_kb", int, 0, 8 << 10),
 )
 
 
