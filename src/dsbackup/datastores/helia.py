@@ -108,4 +108,4 @@ def open_helia(path: str, *, readonly: bool = False, datastore: str | None = Non
     from dsbackup.datastores.registry import _bool_param
 
     return HeliaDatastore(path, readonly=readonly, datastore=datastore or None,
-                          sync=_bool_param(sync))
+                          sync=_bool_param(sync, "sync"))

@@ -198,4 +198,4 @@ def open_leveldb(path: str, *, readonly: bool = False, sync: bool | str = False
                  ) -> LevelDbDatastore:
     from dsbackup.datastores.registry import _bool_param
 
-    return LevelDbDatastore(path, readonly=readonly, sync=_bool_param(sync))
+    return LevelDbDatastore(path, readonly=readonly, sync=_bool_param(sync, "sync"))
