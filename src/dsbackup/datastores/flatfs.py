@@ -72,6 +72,7 @@ from dsbackup.storage.writeback import start_writeback
 __all__ = ["FlatfsDatastore", "open_flatfs", "DEFAULT_MAX_NAMES"]
 
 DEFAULT_MAX_NAMES = 1_000_000
+MAX_MAX_NAMES = 2**63 - 1  # the native scan's size_t (past it: an OverflowError)
 DEFAULT_READ_AHEAD = 16
 MAX_READ_AHEAD = 256  # descriptors held open at once: well under the usual 1024 limit
 _EXT_LEN = len(EXTENSION)
@@ -695,8 +696,9 @@ def _checked_max_names(value: object) -> int:
             else value
     except ValueError:
         n = None
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise DatastoreError(f"flatfs max_names must be a positive integer, got {value!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_MAX_NAMES:
+        raise DatastoreError(f"flatfs max_names must be an integer 1-{MAX_MAX_NAMES}, got "
+                             f"{value!r}")
     return n
 
 
