@@ -180,6 +180,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def check_message(msg: str, f: Path, fragments: list[str], secret: str | None) -> None:
     assert str(f) in msg and "\n" not in msg.strip()
+    # named once: a [schedule.backup] error said 'F: [[schedule]] #1 "ipfs": F: [schedule...'
+    assert msg.count(str(f)) == 1, msg
     for frag in fragments:
         assert frag in msg, (frag, msg)
     if secret:
