@@ -187,14 +187,44 @@ def progress_bar(enabled: bool, description: str) -> Iterator[Any]:
         yield update
 
 
+def _stop_signals() -> list[signal.Signals]:
+    """SIGTERM, SIGINT and SIGHUP (a closed terminal), less those ignored (``nohup``: the
+    caller wants the command to outlive the terminal)."""
+    return [s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            if signal.getsignal(s) is not signal.SIG_IGN]
+
+
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop any command as Ctrl-C does (KeyboardInterrupt: its temp files
+    removed, exit 130) instead of killing it where it stands (exit 143/129, an archive's
+    temp file left behind). Commands with their own handling (cancel_on_signals) override it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = {s: signal.getsignal(s) for s in _stop_signals() if s != signal.SIGINT}
+    for s in old:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 @contextmanager
 def cancel_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM and SIGINT set the returned event so the operation stops cleanly."""
+    """SIGTERM, SIGINT and SIGHUP (unless ignored) set the returned event so the operation
+    stops cleanly."""
     cancel = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield cancel
         return
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    old = {s: signal.getsignal(s) for s in _stop_signals()}
 
     def handler(signum: int, frame: Any) -> None:
         cancel.set()

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from dsbackup import cli, filemodes
 from dsbackup._version import __version__
 from dsbackup.allocator import single_arena, tune_allocator
-from dsbackup.cli._common import emit_json, escape_text
+from dsbackup.cli._common import emit_json, escape_text, stop_signals_interrupt
 from dsbackup.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, DsBackupError
 
 log = logging.getLogger("dsbackup")
@@ -197,7 +197,8 @@ def _operands_of(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        return _main(argv)
+        with stop_signals_interrupt():
+            return _main(argv)
     except KeyboardInterrupt:  # Ctrl-C while the command's modules are imported (numpy ...)
         with contextlib.suppress(OSError):
             print("dsbackup: interrupted", file=sys.stderr)
