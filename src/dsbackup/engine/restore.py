@@ -28,6 +28,7 @@ from dsbackup.archive.verify import check_layout, check_payload
 from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.engine.restore_journal import JournalSync, write_journal
 from dsbackup.engine.restore_node import restore_node
+from dsbackup.engine.targetdir import refuse_foreign_directory
 from dsbackup.engine.targetlock import TargetLock, store_path
 from dsbackup.errors import (
     ConfigError,
@@ -234,6 +235,7 @@ def restore_archive(
     from dsbackup.compat.goformat import is_go_archive
 
     guard.check_target_outside(target, [path])
+    refuse_foreign_directory(target)  # lmdb:~ by mistake: data.mdb among someone's files
     if not is_remote(path) and is_go_archive(path):
         from dsbackup.compat.restore_go import restore_go_archive
 
