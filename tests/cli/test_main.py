@@ -239,3 +239,22 @@ def test_every_command_and_option_is_in_cli_md():
         opts = {o for a in p._actions for o in a.option_strings if o.startswith("--")}
         missing = sorted(o for o in opts - {"--help", "--json"} if f"`{o}" not in doc)
         assert not missing, f"{mod.COMMAND}: {missing} not in docs/CLI.md"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_json_output_to_a_full_disk_is_one_line_exit_2(tmp_path, cli_env):
+    # `inspect --json A > /dev/full`: the error path wrote its JSON error object to the same
+    # full stdout and crashed with two tracebacks (exit 1)
+    datasets.write_lmdb(str(tmp_path / "s"), iter([(b"/k", b"v")]))
+    BackupManager().create_backup(f"lmdb:{tmp_path / 's'}", tmp_path / "a.tar.gz")
+    for argv in (["inspect", "--json", tmp_path / "a.tar.gz"],
+                 ["verify", "--json", tmp_path / "a.tar.gz"],
+                 ["inspect", "--json", tmp_path / "nosuch.tar.gz"]):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([sys.executable, "-m", "dsbackup", *map(str, argv)], env=cli_env,
+                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("dsbackup: error: "), r.stderr
+        if "nosuch" not in str(argv[-1]):
+            assert lines[0] == "dsbackup: error: standard output: no space left on device"

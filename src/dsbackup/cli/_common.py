@@ -23,9 +23,14 @@ log = logging.getLogger("dsbackup.cli")
 def emit_json(command: str, payload: dict[str, Any]) -> None:
     """Machine output: one JSON object on stdout with a stable, versioned shape."""
     out = {"schema": JSON_SCHEMA_VERSION, "command": command, **payload}
-    json.dump(out, sys.stdout, default=_default, sort_keys=True)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    try:
+        json.dump(out, sys.stdout, default=_default, sort_keys=True)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader went away: the error path ends quietly
+    except OSError as exc:  # > /dev/full, a full disk: name it, not the command's operands
+        raise OSError(exc.errno, exc.strerror, "standard output") from exc
 
 
 def _default(o: Any) -> Any:

@@ -288,7 +288,7 @@ def _fail(exc: BaseException, args: argparse.Namespace) -> int:
         try:
             emit_json(_command_label(args), {"ok": False, "error": type(exc).__name__,
                                              "message": message, "exit_code": code})
-        except BrokenPipeError:
+        except OSError:  # a closed pipe, a full disk (> /dev/full): stderr still says it
             _quiet_stdout()
     with contextlib.suppress(OSError):  # stderr may be a closed pipe too
         # a message may quote a hostile key or path: no control character reaches the terminal
