@@ -392,3 +392,29 @@ def test_a_key_the_target_cannot_hold_leaves_no_journal_behind(workspace, cli_en
     assert not (w / "keyfail.dsbackup-restore.json").exists()
     r = restore("upper.tar.gz")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_restore_refused_for_space_leaves_no_journal_in_an_empty_target(workspace, cli_env,
+                                                                         tmp_path):
+    # the first batch did not fit: nothing was written, but the journal stayed and refused
+    # any other archive into the (empty) target as "an unfinished restore of another archive"
+    full = tmp_path / "full"
+    if not _mount(full, "size=128k"):
+        pytest.skip("needs a tmpfs mount (root and mount(8)); none could be made")
+    small = tmp_path / "small"
+    datasets.write_lmdb(str(small), iter([(b"/K0", b"small")]))
+    BackupManager(BackupConfig(workers=1)).create_backup(f"lmdb:{small}", tmp_path / "s.tar.gz")
+
+    def restore(archive: Path, target: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dsbackup", "restore", str(archive),
+                               target], env=cli_env, capture_output=True, text=True,
+                              timeout=120)
+
+    try:
+        r = restore(workspace["w"] / "upper.tar.gz", f"flatfs:{full / 't'}")
+        assert r.returncode == 2 and "no space left on" in r.stderr, r.stderr
+        assert sorted(os.listdir(full)) == ["t"]  # the empty store, no journal
+        r = restore(tmp_path / "s.tar.gz", f"flatfs:{full / 't'}")
+        assert r.returncode == 0, r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(full)], capture_output=True)

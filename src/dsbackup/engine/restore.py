@@ -292,6 +292,8 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
         owned = True
     if batch_bytes is None:
         batch_bytes = NATIVE_BATCH_BYTES if native is not None else DEFAULT_BATCH_BYTES
+    jpath = _journal_path(target)
+    fresh = jpath is not None and not jpath.exists()  # this run writes the journal
     try:
         result = _restore(reader, target, workers=workers, mode=mode, prefix=prefix,
                           pattern=pattern, progress=progress, cancel=cancel,
@@ -300,15 +302,28 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
         # the archive holds a key this kind of store cannot (flatfs: /pins/...): resuming
         # would fail at the same key, and the journal would only block another restore into
         # the target ("an unfinished restore of another archive")
-        jpath = _journal_path(target)
         if jpath is not None:
             jpath.unlink(missing_ok=True)
+        raise
+    except BaseException:
+        # failed (a disk too small for the first batch) or stopped before any record was
+        # written: an empty target needs no journal, which would only refuse a restore of
+        # another archive into it
+        if fresh and mode == "empty" and _still_empty(target):
+            jpath.unlink(missing_ok=True)  # type: ignore[union-attr]
         raise
     finally:
         if owned:
             target.close()
     result.node_files, result.node_note = node_files, node_note
     return result
+
+
+def _still_empty(target: Any) -> bool:
+    try:
+        return bool(target.is_empty())
+    except Exception:  # noqa: BLE001 - cannot tell: the journal stays
+        return False
 
 
 def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
