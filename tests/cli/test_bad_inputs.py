@@ -180,6 +180,10 @@ CASES = [
          "full.tar.gz"),
     Case("restore-pattern-unanchored", ["restore", "{w}/good.tar.gz", "lmdb:{w}/r9",
                                         "--pattern", "pins/*"], 1, "pins/*"),
+    Case("restore-pattern-empty", ["restore", "{w}/good.tar.gz", "lmdb:{w}/r14", "--pattern", ""],
+         2, "empty pattern"),
+    Case("backup-exclude-empty", ["backup", "lmdb:{w}/store", "{w}/o17.tar.gz", "--exclude",
+                                  ""], 2, "empty exclude pattern"),
     Case("restore-prefix-nothing", ["restore", "{w}/good.tar.gz", "lmdb:{w}/r10",
                                     "--prefix", "/nothing"], 1, "--prefix /nothing"),
     Case("restore-overwrite-and-skip", ["restore", "{w}/good.tar.gz", "lmdb:{w}/r11",
@@ -418,3 +422,18 @@ def test_a_restore_refused_for_space_leaves_no_journal_in_an_empty_target(worksp
         assert r.returncode == 0, r.stderr
     finally:
         subprocess.run(["umount", "-l", str(full)], capture_output=True)
+
+
+def test_an_empty_glob_is_one_error_line_and_touches_nothing(workspace, cli_env):
+    # restore --pattern '' restored nothing into a new store and said exit 1; both it and
+    # backup --exclude '' first warned "can match no key ... (did you mean '/'?)"
+    w = workspace["w"]
+    for argv in (["restore", str(w / "good.tar.gz"), f"lmdb:{w / 'r15'}", "--pattern", ""],
+                 ["restore", str(w / "go.tar.gz"), f"lmdb:{w / 'r15'}", "--pattern", "/a",
+                  "--pattern", ""],
+                 ["backup", f"lmdb:{w / 'store'}", str(w / "o18.tar.gz"), "--exclude", ""]):
+        r = subprocess.run([sys.executable, "-m", "dsbackup", *argv], env=cli_env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (w / "r15").exists() and not (w / "o18.tar.gz").exists()

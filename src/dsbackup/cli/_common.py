@@ -138,7 +138,8 @@ def port(text: str) -> int:
 def warn_unanchored(option: str, patterns: list[str]) -> bool:
     """Warn about each glob that can match no key (keys start with /); True if there was one.
     A glob matches a whole key, so it must start with / or *."""
-    bad = [p for p in patterns if not p.startswith(("/", "*"))]
+    # an empty glob is an error of its own (BackupConfig, key_matcher): no "did you mean '/'?"
+    bad = [p for p in patterns if p and not p.startswith(("/", "*"))]
     for p in bad:
         log.warning("%s %r can match no key: keys start with / (did you mean %r?)",
                     option, p, "/" + p)

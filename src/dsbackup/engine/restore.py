@@ -230,6 +230,9 @@ def restore_archive(
     """
     if mode not in MODES:
         raise ConfigError(f"restore mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if pattern is not None and "" in ([pattern] if isinstance(pattern, str) else pattern):
+        # as an empty exclude pattern is: it restored nothing into a new store, exit 1
+        raise ConfigError("empty pattern (a glob of whole keys, such as /blocks/**)")
     cancel = cancel or threading.Event()
     t0 = time.perf_counter()
     from dsbackup.compat.goformat import is_go_archive
