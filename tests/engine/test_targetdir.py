@@ -64,3 +64,24 @@ def test_the_cli_says_it_in_one_line(tmp_path, archive, run_cli):
         f"dsbackup: error: {tmp_path / 'home'}: directory holds other files (.bashrc) and no "
         "LMDB store; restore into a new or empty directory, or into an existing store"]
     assert os.listdir(tmp_path / "home") == [".bashrc"]
+
+
+def test_a_migration_into_a_directory_of_other_files_is_refused(tmp_path, run_cli):
+    src = tmp_path / "s"
+    datasets.write_lmdb(str(src), iter([(b"/k%03d" % i, b"v") for i in range(20)]))
+    plan = tmp_path / "plan.toml"
+    plan.write_text('id = "c"\nversion = "1"\n[[steps]]\nid = "copy"\ntype = "copy"\n')
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine\n")
+    r = run_cli("migrate", plan, f"lmdb:{src}", f"lmdb:{tmp_path / 'home'}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"dsbackup: error: {tmp_path / 'home'}: directory holds other files (notes.txt) and no "
+        "LMDB store; migrate into a new or empty directory, or into an existing store"]
+    assert os.listdir(tmp_path / "home") == ["notes.txt"]
+    assert not (tmp_path / "home.dsmigrate").exists()
+    # its own --state-dir inside the new target is not "other files"
+    (tmp_path / "t" / "st").mkdir(parents=True)
+    r = run_cli("migrate", plan, f"lmdb:{src}", f"lmdb:{tmp_path / 't'}", "--state-dir",
+                tmp_path / "t" / "st")
+    assert r.returncode == 0, r.stderr

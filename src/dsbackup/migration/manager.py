@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dsbackup.engine.targetdir import refuse_foreign_directory
 from dsbackup.errors import (
     EXIT_ERROR,
     EXIT_WARNING,
@@ -93,6 +94,9 @@ class MigrationManager:
             journal, _ = state_files(plan, cfg, target)
             kubo.preflight(started=journal is not None and journal.read().started,
                            dry_run=cfg.dry_run)
+        if not cfg.dry_run:
+            # lmdb:~ by mistake: not among someone's files (a --state-dir inside is ours)
+            refuse_foreign_directory(target, cfg.state_dir, doing="migrate")
         locks = ExitStack() if cfg.dry_run else lock_stores(plan, cfg, source, target)
         stores = RunStores(readonly=cfg.dry_run)
         try:
