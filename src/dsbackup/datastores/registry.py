@@ -120,6 +120,27 @@ def open_datastore(uri: str | os.PathLike[str], *, readonly: bool = False,
     return opener(path, readonly=readonly, **params)
 
 
+def check_uri_params(uri: str) -> None:
+    """ConfigError for a URI parameter its backend does not take, or a boolean one that is
+    not 1/0, true/false, yes/no or on/off, without opening anything (a scheduler config is
+    checked at load, not at its first run). An unknown scheme is left to the caller."""
+    import inspect
+
+    scheme, _path, params = parse_uri(uri)
+    if scheme is None or not params or (scheme not in SCHEMES and scheme not in _CUSTOM):
+        return
+    opener = _resolve(scheme)
+    _check_params(uri, opener, params)
+    try:
+        sig = inspect.signature(opener).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in params.items():
+        p = sig.get(key)
+        if p is not None and isinstance(p.default, bool):
+            _bool_param(value, key)
+
+
 def _check_params(uri: str, opener: Opener, params: dict[str, str]) -> None:
     """A URI parameter the backend does not take (``?max_name=10``, ``?bogus=1``) is a
     ConfigError naming it, not the opener's TypeError."""

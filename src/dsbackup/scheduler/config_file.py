@@ -252,7 +252,7 @@ def _check_scheme(t: Table, source: str) -> None:
     """A typo in the datastore scheme (``lmbd:``) is refused now, not at the first run."""
     import difflib
 
-    from dsbackup.datastores.registry import _CUSTOM, SCHEMES, parse_uri
+    from dsbackup.datastores.registry import _CUSTOM, SCHEMES, check_uri_params, parse_uri
 
     scheme, _path, _params = parse_uri(source)
     known = sorted({*SCHEMES, *_CUSTOM})
@@ -260,6 +260,10 @@ def _check_scheme(t: Table, source: str) -> None:
         close = difflib.get_close_matches(scheme, known, n=1)
         hint = f"did you mean '{close[0]}:'?" if close else f"known: {', '.join(known)}"
         raise t.error("source", f"unknown datastore scheme '{scheme}:' ({hint})")
+    try:  # ?sycn=0, ?sync=ture: refused now, not at every run
+        check_uri_params(source)
+    except ConfigError as exc:
+        raise t.error("source", str(exc)) from None
 
 
 def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
