@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -18,6 +19,27 @@ from dsbackup.metadata import Progress
 JSON_SCHEMA_VERSION = 1
 
 log = logging.getLogger("dsbackup.cli")
+
+
+def reopen_closed_std_fds() -> set[int]:
+    """Standard input, output or error closed by the caller (``2>&-``, a daemon's closed
+    descriptors) made every command fail with an internal AttributeError on ``None`` (a
+    backup with ``2>&-`` wrote no archive), and left descriptors 0-2 free for the next open
+    file (an archive's temp file as descriptor 1). Each closed one is opened on /dev/null;
+    the set of those that were closed is returned."""
+    closed = set()
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            closed.add(fd)
+        null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - for the process
+    return closed
 
 
 def emit_json(command: str, payload: dict[str, Any]) -> None:

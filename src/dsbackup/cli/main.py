@@ -18,8 +18,13 @@ from typing import Any, NoReturn
 from dsbackup import cli, filemodes
 from dsbackup._version import __version__
 from dsbackup.allocator import single_arena, tune_allocator
-from dsbackup.cli._common import emit_json, escape_text, stop_signals_interrupt
-from dsbackup.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, DsBackupError
+from dsbackup.cli._common import (
+    emit_json,
+    escape_text,
+    reopen_closed_std_fds,
+    stop_signals_interrupt,
+)
+from dsbackup.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ConfigError, DsBackupError
 
 log = logging.getLogger("dsbackup")
 
@@ -196,19 +201,23 @@ def _operands_of(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    closed = reopen_closed_std_fds()
     try:
         with stop_signals_interrupt():
-            return _main(argv)
+            return _main(argv, closed)
     except KeyboardInterrupt:  # Ctrl-C while the command's modules are imported (numpy ...)
         with contextlib.suppress(OSError):
             print("dsbackup: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None, closed: set[int] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
+    refused = _refuse_closed_stream(args, closed) if closed else None
+    if refused is not None:
+        return refused
     _setup_logging(args.verbose)
     if args.umask is not None:
         filemodes.set_private_umask(args.umask)
@@ -256,6 +265,22 @@ def _main(argv: Sequence[str] | None) -> int:
         raise
     except BaseException as exc:  # a panic in a Rust extension (pyo3's PanicException) is no
         return _fail(exc, args)   # Exception: still a bug of one line, not a traceback
+
+
+def _refuse_closed_stream(args: argparse.Namespace, closed: set[int]) -> int | None:
+    """`-` for an archive read from a closed standard input, or written to a closed
+    standard output (now /dev/null: the archive would be thrown away and called done)."""
+    writes = {"backup": "archive", "consolidate": "out"}.get(args.command)
+    for dest in ("archive", "out"):
+        if getattr(args, dest, None) != "-":
+            continue
+        if dest == writes and 1 in closed:
+            return _fail(ConfigError("-: standard output is closed; redirect it to a file or "
+                                     "a pipe"), args)
+        if dest != writes and 0 in closed:
+            return _fail(ConfigError("-: standard input is closed; pipe an archive into it"),
+                         args)
+    return None
 
 
 def _run_with_key(args: argparse.Namespace) -> int:
