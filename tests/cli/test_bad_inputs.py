@@ -232,6 +232,13 @@ CASES = [
     Case("ls-dir", ["ls", "{w}/adir.tar.gz"], 2, "is a directory"),
     Case("ls-fifo", ["ls", "{w}/fifo.tar.gz"], 2, "{w}/fifo.tar.gz: is a pipe"),
     Case("ls-garbage", ["ls", "{w}/garbage.tar.gz"], 2, "{w}/garbage.tar.gz"),
+    # a key prefix is not a prefix of keys: --prefix /blocks/K00 has no children here (the
+    # hint said "keys start with /", which it does)
+    Case("ls-prefix-not-a-key", ["ls", "{w}/good.tar.gz", "--prefix", "/blocks/K00"], 1,
+         "selects the children of KEY (/blocks/K00/...)"),
+    Case("restore-prefix-not-a-key", ["restore", "{w}/good.tar.gz", "lmdb:{w}/r16", "--prefix",
+                                      "blocks/K00"], 1,
+         "selects the children of KEY (/blocks/K00/...)"),
     Case("ls-prefix-nothing", ["ls", "{w}/good.tar.gz", "--prefix", "/nothing"], 1,
          "--prefix /nothing"),
     Case("ls-missing-parent", ["ls", "{w}/inc.tar.gz"], 2, "full.tar.gz"),

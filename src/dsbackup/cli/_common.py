@@ -168,8 +168,15 @@ def warn_unanchored(option: str, patterns: list[str]) -> bool:
     return bool(bad)
 
 
-def warn_matched_nothing(what: str) -> None:
-    log.warning("%s matched no key; keys start with /", what)
+def warn_matched_nothing(what: str, prefix: str | None = None) -> None:
+    """`prefix`: the --prefix given (alone): the hint is then that it selects the children
+    of a key, not keys that start with it ("keys start with /" was wrong: blocks/K01 is
+    /blocks/K01)."""
+    if prefix is not None and prefix.strip("/"):
+        log.warning("%s matched no key; --prefix KEY selects the children of KEY (%s/...), "
+                    "not keys that start with it", what, "/" + prefix.strip("/"))
+    else:
+        log.warning("%s matched no key; keys start with /", what)
 
 
 PARENT_DIR_HELP = ("incremental archives: where to look for parent archives besides the "
