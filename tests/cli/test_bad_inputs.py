@@ -265,6 +265,8 @@ CASES = [
     Case("prune-missing-dir", ["prune", "{w}/nosuch", "--keep-last", "1"], 2, "{w}/nosuch"),
     Case("prune-file", ["prune", "{w}/afile", "--keep-last", "1"], 2, "{w}/afile"),
     Case("prune-no-rule", ["prune", "{w}/prune"], 2, "--keep-last"),
+    Case("prune-s3-no-bucket", ["prune", "s3://", "--keep-last", "1"], 2,
+         "argument directory: s3://: an S3 location is s3://BUCKET/KEY (no bucket given)"),
     Case("prune-state-missing", ["prune", "{w}/prune", "--keep-last", "1", "--state",
                                  "{w}/nostate"], 2, "{w}/nostate"),
     Case("prune-name-nothing", ["prune", "{w}/prune", "--keep-last", "1", "--name", "nosuch",
