@@ -186,11 +186,14 @@ class MigrationManager:
                     f"{digest[:12]}); roll it back or remove the journal")
             if not cfg.resume:
                 cp = state.checkpoint or {}
+                # between checkpoints (killed early, or after a step ended) it said
+                # 'step ?, phase ?'
+                where = (f"step {cp['id']}, phase {cp.get('phase', '?')}" if cp.get("id")
+                         else f"{len(state.steps_done)} of {len(plan.steps)} steps done")
                 raise MigrationError(
                     f"an unfinished migration of plan {plan.id!r} exists (journal "
-                    f"{journal.path if journal else ''}, step {cp.get('id', '?')}, phase "
-                    f"{cp.get('phase', '?')}); re-run with --resume to continue or "
-                    f"--rollback to undo it")
+                    f"{journal.path if journal else ''}, {where}); re-run with --resume to "
+                    f"continue or --rollback to undo it")
             result.resumed = True
         if journal is not None:
             journal.open()
