@@ -150,3 +150,26 @@ def test_altered_parent_is_named_once_and_verify_says_parent_missing(tmp_path, r
     assert r.returncode == 2 and "DAMAGED" not in r.stderr and "is missing" in r.stderr
     r = run_cli("verify", d / "inc.tar.gz", "--json")
     assert r.returncode == 2 and json.loads(r.stdout)["ok"] is False
+
+
+def test_an_incremental_from_standard_input_says_it_has_no_directory(tmp_path, run_cli):
+    # "-" has no directory of its own: the message said "not found in  (give its directory
+    # with --parent-dir)", an empty list of places
+    src = _store(tmp_path)
+    full, inc = tmp_path / "full.tar.gz", tmp_path / "inc.tar.gz"
+    assert run_cli("backup", f"lmdb:{src}", full, "--chunk-size", "64").returncode == 0
+    _change(src, 1)
+    assert run_cli("backup", f"lmdb:{src}", inc, "--parent", full).returncode == 0
+    for argv in (["consolidate", "-", tmp_path / "c.tar.gz"], ["ls", "-"],
+                 ["restore", "-", f"lmdb:{tmp_path / 'r'}"]):
+        with open(inc, "rb") as f:
+            r = run_cli(*argv, stdin=f)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert "full.tar.gz" in last and "not found in  " not in last, last
+        assert "an archive read from standard input has no directory" in last, last
+    assert not (tmp_path / "c.tar.gz").exists() and not (tmp_path / "r").exists()
+    with open(inc, "rb") as f:
+        r = run_cli("consolidate", "-", tmp_path / "c.tar.gz", "--parent-dir", tmp_path,
+                    stdin=f)
+    assert r.returncode == 0, r.stderr

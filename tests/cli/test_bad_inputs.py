@@ -139,6 +139,9 @@ CASES = [
          2, "timeout must be"),
     Case("backup-parent-missing", ["backup", "lmdb:{w}/store", "{w}/o10.tar.gz", "--parent",
                                    "{w}/nosuch.tar.gz"], 2, "{w}/nosuch.tar.gz"),
+    Case("backup-parent-missing-source", ["backup", "lmdb:{w}/nosuch", "{w}/o19.tar.gz",
+                                          "--parent", "{w}/good.tar.gz"], 2,
+         "{w}/nosuch: no LMDB environment (data.mdb missing)"),
     Case("backup-parent-go-format", ["backup", "lmdb:{w}/store", "{w}/o16.tar.gz", "--parent",
                                      "{w}/go.tar.gz"], 2, "{w}/go.tar.gz: an archive of the Go"),
     Case("backup-parent-garbage", ["backup", "lmdb:{w}/store", "{w}/o11.tar.gz", "--parent",
@@ -180,6 +183,10 @@ CASES = [
          "full.tar.gz"),
     Case("restore-pattern-unanchored", ["restore", "{w}/good.tar.gz", "lmdb:{w}/r9",
                                         "--pattern", "pins/*"], 1, "pins/*"),
+    Case("restore-pattern-empty", ["restore", "{w}/good.tar.gz", "lmdb:{w}/r14", "--pattern", ""],
+         2, "empty pattern"),
+    Case("backup-exclude-empty", ["backup", "lmdb:{w}/store", "{w}/o17.tar.gz", "--exclude",
+                                  ""], 2, "empty exclude pattern"),
     Case("restore-prefix-nothing", ["restore", "{w}/good.tar.gz", "lmdb:{w}/r10",
                                     "--prefix", "/nothing"], 1, "--prefix /nothing"),
     Case("restore-overwrite-and-skip", ["restore", "{w}/good.tar.gz", "lmdb:{w}/r11",
@@ -225,6 +232,13 @@ CASES = [
     Case("ls-dir", ["ls", "{w}/adir.tar.gz"], 2, "is a directory"),
     Case("ls-fifo", ["ls", "{w}/fifo.tar.gz"], 2, "{w}/fifo.tar.gz: is a pipe"),
     Case("ls-garbage", ["ls", "{w}/garbage.tar.gz"], 2, "{w}/garbage.tar.gz"),
+    # a key prefix is not a prefix of keys: --prefix /blocks/K00 has no children here (the
+    # hint said "keys start with /", which it does)
+    Case("ls-prefix-not-a-key", ["ls", "{w}/good.tar.gz", "--prefix", "/blocks/K00"], 1,
+         "selects the children of KEY (/blocks/K00/...)"),
+    Case("restore-prefix-not-a-key", ["restore", "{w}/good.tar.gz", "lmdb:{w}/r16", "--prefix",
+                                      "blocks/K00"], 1,
+         "selects the children of KEY (/blocks/K00/...)"),
     Case("ls-prefix-nothing", ["ls", "{w}/good.tar.gz", "--prefix", "/nothing"], 1,
          "--prefix /nothing"),
     Case("ls-missing-parent", ["ls", "{w}/inc.tar.gz"], 2, "full.tar.gz"),
@@ -251,6 +265,8 @@ CASES = [
     Case("prune-missing-dir", ["prune", "{w}/nosuch", "--keep-last", "1"], 2, "{w}/nosuch"),
     Case("prune-file", ["prune", "{w}/afile", "--keep-last", "1"], 2, "{w}/afile"),
     Case("prune-no-rule", ["prune", "{w}/prune"], 2, "--keep-last"),
+    Case("prune-s3-no-bucket", ["prune", "s3://", "--keep-last", "1"], 2,
+         "argument directory: s3://: an S3 location is s3://BUCKET/KEY (no bucket given)"),
     Case("prune-state-missing", ["prune", "{w}/prune", "--keep-last", "1", "--state",
                                  "{w}/nostate"], 2, "{w}/nostate"),
     Case("prune-name-nothing", ["prune", "{w}/prune", "--keep-last", "1", "--name", "nosuch",
@@ -392,3 +408,44 @@ def test_a_key_the_target_cannot_hold_leaves_no_journal_behind(workspace, cli_en
     assert not (w / "keyfail.dsbackup-restore.json").exists()
     r = restore("upper.tar.gz")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_restore_refused_for_space_leaves_no_journal_in_an_empty_target(workspace, cli_env,
+                                                                         tmp_path):
+    # the first batch did not fit: nothing was written, but the journal stayed and refused
+    # any other archive into the (empty) target as "an unfinished restore of another archive"
+    full = tmp_path / "full"
+    if not _mount(full, "size=128k"):
+        pytest.skip("needs a tmpfs mount (root and mount(8)); none could be made")
+    small = tmp_path / "small"
+    datasets.write_lmdb(str(small), iter([(b"/K0", b"small")]))
+    BackupManager(BackupConfig(workers=1)).create_backup(f"lmdb:{small}", tmp_path / "s.tar.gz")
+
+    def restore(archive: Path, target: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dsbackup", "restore", str(archive),
+                               target], env=cli_env, capture_output=True, text=True,
+                              timeout=120)
+
+    try:
+        r = restore(workspace["w"] / "upper.tar.gz", f"flatfs:{full / 't'}")
+        assert r.returncode == 2 and "no space left on" in r.stderr, r.stderr
+        assert sorted(os.listdir(full)) == ["t"]  # the empty store, no journal
+        r = restore(tmp_path / "s.tar.gz", f"flatfs:{full / 't'}")
+        assert r.returncode == 0, r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(full)], capture_output=True)
+
+
+def test_an_empty_glob_is_one_error_line_and_touches_nothing(workspace, cli_env):
+    # restore --pattern '' restored nothing into a new store and said exit 1; both it and
+    # backup --exclude '' first warned "can match no key ... (did you mean '/'?)"
+    w = workspace["w"]
+    for argv in (["restore", str(w / "good.tar.gz"), f"lmdb:{w / 'r15'}", "--pattern", ""],
+                 ["restore", str(w / "go.tar.gz"), f"lmdb:{w / 'r15'}", "--pattern", "/a",
+                  "--pattern", ""],
+                 ["backup", f"lmdb:{w / 'store'}", str(w / "o18.tar.gz"), "--exclude", ""]):
+        r = subprocess.run([sys.executable, "-m", "dsbackup", *argv], env=cli_env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (w / "r15").exists() and not (w / "o18.tar.gz").exists()

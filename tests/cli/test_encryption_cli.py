@@ -215,3 +215,15 @@ def test_keygen_on_a_full_disk_leaves_no_empty_key_file(tmp_path, run_cli):
         assert run_cli("keygen", kf).returncode == 0 and len(kf.read_bytes()) == 65
     finally:
         subprocess.run(["umount", "-l", str(full)])
+
+
+def test_keygen_dash_is_refused_not_a_file_named_dash(tmp_path, run_cli):
+    # '-' is standard output for every other command; keygen made a key file named '-' in
+    # the working directory and said "-: new key file"
+    r = run_cli("keygen", "-", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("dsbackup: error: keygen writes a key "
+                                                        "file (mode 0600), not standard output")
+    assert r.stdout == "" and list(tmp_path.iterdir()) == []
+    assert run_cli("keygen", "./-", cwd=tmp_path).returncode == 0
+    assert len((tmp_path / "-").read_bytes()) == 65

@@ -285,3 +285,65 @@ def test_a_verify_imports_neither_the_go_reader_nor_hashlib(tmp_path):
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[-5:] == ["0", "False", "False", "False", "False"], r.stdout
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_json_output_to_a_full_disk_is_one_line_exit_2(tmp_path, cli_env):
+    # `inspect --json A > /dev/full`: the error path wrote its JSON error object to the same
+    # full stdout and crashed with two tracebacks (exit 1)
+    datasets.write_lmdb(str(tmp_path / "s"), iter([(b"/k", b"v")]))
+    BackupManager().create_backup(f"lmdb:{tmp_path / 's'}", tmp_path / "a.tar.gz")
+    for argv in (["inspect", "--json", tmp_path / "a.tar.gz"],
+                 ["verify", "--json", tmp_path / "a.tar.gz"],
+                 ["inspect", "--json", tmp_path / "nosuch.tar.gz"]):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([sys.executable, "-m", "dsbackup", *map(str, argv)], env=cli_env,
+                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("dsbackup: error: "), r.stderr
+        if "nosuch" not in str(argv[-1]):
+            assert lines[0] == "dsbackup: error: standard output: no space left on device"
+
+
+def _run_with_closed(cli_env, argv: list[str], closed: tuple[int, ...],
+                     stderr=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    def close() -> None:
+        for fd in closed:
+            os.close(fd)
+
+    return subprocess.run([sys.executable, "-m", "dsbackup", *map(str, argv)], env=cli_env,
+                          preexec_fn=close, stderr=stderr, timeout=120)
+
+
+def test_closed_standard_streams(tmp_path, cli_env):
+    # `backup ... 2>&-` (a cron line, a daemon's closed descriptors) failed with an internal
+    # AttributeError ('NoneType' has no attribute 'isatty') and wrote no archive; `ls >&-`
+    # and `inspect --json >&-` were internal errors too (the latter two tracebacks); `backup -`
+    # with standard output closed must not throw the archive away and say done
+    datasets.write_lmdb(str(tmp_path / "s"), iter([(b"/k%02d" % i, b"v") for i in range(20)]))
+    src = f"lmdb:{tmp_path / 's'}"
+    assert _run_with_closed(cli_env, ["backup", src, tmp_path / "a.tar.gz"], (2,)).returncode == 0
+    assert (tmp_path / "a.tar.gz").is_file()
+    assert _run_with_closed(cli_env, ["backup", src, tmp_path / "b.tar.gz"],
+                            (0, 1, 2)).returncode == 0
+    assert (tmp_path / "b.tar.gz").is_file()
+    r = _run_with_closed(cli_env, ["verify", tmp_path / "b.tar.gz"], (2,))
+    assert r.returncode == 0
+    assert _run_with_closed(cli_env, ["ls", tmp_path / "a.tar.gz"], (1,)).returncode == 0
+    assert _run_with_closed(cli_env, ["inspect", "--json", tmp_path / "a.tar.gz"],
+                            (1,)).returncode == 0
+    assert _run_with_closed(cli_env, ["backup", src, tmp_path / "c.tar.gz"], (2,)).returncode == 0
+    for argv, fd, says in ((["backup", src, "-"], 1, "-: standard output is closed"),
+                           (["consolidate", tmp_path / "a.tar.gz", "-"], 1,
+                            "-: standard output is closed"),
+                           (["restore", "-", f"lmdb:{tmp_path / 'r'}"], 0,
+                            "-: standard input is closed")):
+        r = _run_with_closed(cli_env, argv, (fd,), stderr=subprocess.PIPE)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.decode().strip() == f"dsbackup: error: {says}" + (
+            "; redirect it to a file or a pipe" if fd == 1 else "; pipe an archive into it")
+    assert not (tmp_path / "r").exists()
+    r = _run_with_closed(cli_env, ["backup", f"lmdb:{tmp_path / 'nosuch'}",
+                                   tmp_path / "d.tar.gz"], (2,))
+    assert r.returncode == 2

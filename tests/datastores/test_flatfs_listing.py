@@ -176,11 +176,12 @@ def test_a_listing_stops_between_directories_when_asked(skewed, tmp_path):
     assert _keys(ds) == want
 
 
-@pytest.mark.parametrize("bad", ["0", "-1", "abc", "1.5"])
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "1.5", "99999999999999999999999"])
 def test_max_names_below_1_or_not_an_integer_is_refused_at_open(tmp_path, bad):
     """max_names=0 made every bucket "over max_names" and a 1-name bucket was cut again
     forever (a scan spinning at 100% CPU); -1 an OverflowError traceback from the native
-    scan. Both are a one-line error at open, naming the parameter."""
+    scan, and so was a number past the scan's size_t (2^64 and over). All are a one-line error
+    at open, naming the parameter."""
     import sys
 
     from dsbackup.datastores import open_datastore
@@ -199,5 +200,7 @@ def test_max_names_below_1_or_not_an_integer_is_refused_at_open(tmp_path, bad):
     ds = FlatfsDatastore(tmp_path / "s", readonly=True)
     with pytest.raises(DatastoreError, match="max_names"):
         ds.max_names = 0
+    with pytest.raises(DatastoreError, match="max_names"):
+        ds.max_names = 2**64
     assert ds.max_names > 0
     ds.close()

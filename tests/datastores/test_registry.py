@@ -171,3 +171,34 @@ def test_scheme_and_location_attributes(tmp_path, monkeypatch, scheme):
         assert ds.location == str(tmp_path / name)
     with open_datastore("memory:") as ds:
         assert (ds.scheme, ds.location) == ("memory", "")
+
+
+def test_uri_parameters_are_checked(tmp_path):
+    """A parameter the backend does not take was open_lmdb()'s TypeError ("internal error");
+    a boolean typo (sync=ture) read as false (no fsync); a bad integer was int()'s message
+    without the parameter, or an OverflowError inside py-lmdb (map_size=-1)."""
+    with pytest.raises(ConfigError, match=r"unknown parameter 'max_name' \(did you mean "
+                                          r"'max_names'\?\)"):
+        open_datastore(f"flatfs:{tmp_path / 'f'}?max_name=10")
+    with pytest.raises(ConfigError, match=r"unknown parameter 'bogus' \(known: map_size, sync"):
+        open_datastore(f"lmdb:{tmp_path / 'l'}?bogus=1")
+    with pytest.raises(ConfigError, match="unknown parameter 'x' .it takes none"):
+        open_datastore("memory:?x=1")
+    for uri in (f"lmdb:{tmp_path / 'l'}?sync=ture", f"sqlite:{tmp_path / 's.db'}?sync=2",
+                f"flatfs:{tmp_path / 'f'}?metadata=maybe"):
+        with pytest.raises(ConfigError, match="expected 1/0, true/false, yes/no or on/off"):
+            open_datastore(uri)
+    for uri, name in ((f"lmdb:{tmp_path / 'l'}?map_size=-1", "map_size"),
+                      (f"lmdb:{tmp_path / 'l'}?map_size=99999999999999999999999", "map_size"),
+                      (f"flatfs:{tmp_path / 'f'}?read_ahead=abc", "read_ahead"),
+                      (f"flatfs:{tmp_path / 'f'}?read_ahead=-1", "read_ahead"),
+                      (f"flatfs:{tmp_path / 'f'}?read_ahead=100000", "read_ahead")):
+        with pytest.raises(ConfigError, match=f"parameter {name}: expected an integer"):
+            open_datastore(uri)
+    assert not (tmp_path / "l").exists()
+    (tmp_path / "f").mkdir()
+    with open_datastore(f"flatfs:{tmp_path / 'f'}?sync=off&metadata=No&read_ahead=0"
+                        "&shard=next-to-last/2") as ds:
+        assert ds.read_ahead == 0 and not ds.sync_writes
+    with open_datastore(f"lmdb:{tmp_path / 'l'}?sync=TRUE&map_size=1048576") as ds:
+        ds.put(b"/k", b"v")

@@ -255,3 +255,36 @@ def test_resume_a_kubo_node_keeps_its_node_member(tmp_path, kubo_node_repo):
     new = tmp_path / "restored"
     BackupManager().restore_backup(final, f"kubo:{new}")
     assert kubo_records(new) == kubo_records(kubo_node_repo)
+
+
+def test_resume_while_another_process_writes_the_archive_is_exit_4_in_one_line(tmp_path,
+                                                                               run_cli, cli_env):
+    # it said "no temporary file of an interrupted backup to resume; starting a new backup"
+    # and then "another dsbackup process ... is writing this archive" (exit 4): two lines
+    # that contradict each other; the live writer's file is not an interrupted backup
+    import subprocess
+    import sys
+
+    datasets.write_lmdb(str(tmp_path / "s"), iter([(b"/k%03d" % i, b"v") for i in range(20)]))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path\n"
+         "from dsbackup.storage.local import LocalSink\n"
+         f"s = LocalSink(Path({str(tmp_path / 'a.tar.gz')!r})); print('held', flush=True)\n"
+         "sys.stdin.read()\n"], env=cli_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for extra in ([], ["--parent", str(tmp_path / "p.tar.gz")]):
+            if extra:
+                assert run_cli("backup", f"lmdb:{tmp_path / 's'}", tmp_path / "p.tar.gz"
+                               ).returncode == 0
+            r = run_cli("backup", f"lmdb:{tmp_path / 's'}", tmp_path / "a.tar.gz", "--resume",
+                        *extra)
+            assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and f"(PID {holder.pid})" in lines[0], r.stderr
+            assert "it is not an interrupted backup to resume" in lines[0]
+        assert len(temp_files(tmp_path, "a.tar.gz")) == 1  # the writer's file, untouched
+    finally:
+        holder.stdin.close()
+        holder.wait()

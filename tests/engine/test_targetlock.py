@@ -174,3 +174,30 @@ def test_locking_a_missing_source_creates_nothing(tmp_path):
         MigrationManager().execute_migration(plan, f"lmdb:{tmp_path}/typo/dir/src",
                                              f"lmdb:{tmp_path}/dst")
     assert not (tmp_path / "typo").exists()
+
+
+def test_backup_of_a_store_being_restored_into_is_refused(tmp_path, run_cli, cli_env):
+    # a backup of the target of a running restore read the half-written store and said
+    # "OK, exit 0" (0 records, or some of them); now exit 4 naming the writer, no archive
+    from dsbackup.datastores import open_datastore
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.engine.config import BackupConfig
+
+    src = f"lmdb:{tmp_path / 'src'}"
+    with open_datastore(src) as ds:
+        ds.put_many([k for k, _ in RECORDS], [v for _, v in RECORDS])
+    holder = _hold(cli_env, src)
+    try:
+        for given in (src, str(tmp_path / "src")):  # a URI or the bare path of the store
+            r = run_cli("backup", given, tmp_path / "a.tar.gz")
+            assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+            assert f"PID {holder.pid}, test holder" in r.stderr.splitlines()[-1], r.stderr
+            assert "back it up when that has finished" in r.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "src.dsbackup.lock"]
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    with TargetLock(src, "this process"):  # its own lock (a migration's backup_before)
+        BackupManager(BackupConfig(workers=1)).create_backup(src, tmp_path / "b.tar.gz")
+    r = run_cli("backup", src, tmp_path / "a.tar.gz")
+    assert r.returncode == 0, r.stderr

@@ -477,3 +477,26 @@ def test_a_step_that_crashes_is_one_report_line_not_a_traceback(tmp_path: Path, 
         res = MigrationManager().execute_migration(plan_of(copy_step()), src, dst)
     assert not res.success and res.exit_code == 2 and "Input/output error" in res.error_log[0]
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_an_unfinished_journal_without_a_checkpoint_says_how_far_it_got(tmp_path, run_cli):
+    # a migration killed before its first checkpoint (or between steps) was refused with
+    # "(journal J, step ?, phase ?)"
+    from dsbackup import datasets
+    from dsbackup.migration.journal import Journal
+    from dsbackup.migration.plan import load_plan
+
+    datasets.write_lmdb(str(tmp_path / "s"), iter([(b"/k%02d" % i, b"v") for i in range(10)]))
+    plan_file = tmp_path / "plan.toml"
+    plan_file.write_text('id = "c"\nversion = "1"\n[[steps]]\nid = "copy"\ntype = "copy"\n')
+    plan = load_plan(plan_file)
+    j = Journal(tmp_path / "t.dsmigrate" / "c.journal")
+    j.append({"t": "begin", "plan": "c", "version": "1", "digest": plan.digest()})
+    j.close()
+    r = run_cli("migrate", plan_file, f"lmdb:{tmp_path / 's'}", f"lmdb:{tmp_path / 't'}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "0 of 1 steps done); re-run with --resume" in r.stderr, r.stderr
+    assert "?" not in r.stderr.replace("'?'", "")
+    r = run_cli("migrate", plan_file, f"lmdb:{tmp_path / 's'}", f"lmdb:{tmp_path / 't'}",
+                "--resume")
+    assert r.returncode == 0, r.stderr

@@ -103,6 +103,10 @@ BAD = [
     ("job-timeout-bad", {"job": 'timeout = "soon"'}, ["timeout", "duration"], None),
     ("job-typo", {"job": 'sorce = "memory:"'}, ["did you mean 'source'"], None),
     ("source-int", {"source": "5"}, ["source", "expected a non-empty string"], None),
+    ("source-param-typo", {"source": '"lmdb:/srv/ipfs?sycn=0"'},
+     ["source", "unknown parameter 'sycn' (did you mean 'sync'?)"], None),
+    ("source-bool-typo", {"source": '"flatfs:/srv/ipfs?sync=ture"'},
+     ["source", "parameter sync: expected 1/0", "'ture'"], None),
     ("source-scheme-typo", {"source": '"lmbd:/srv/ipfs"'},
      ["source", "unknown datastore scheme 'lmbd:'", "did you mean 'lmdb:'"], None),
     ("ca-file-missing", {"notifications": SMTP + 'ca_file = "no-such-ca.pem"\n'},
@@ -115,6 +119,10 @@ BAD = [
     ("compression-gzip-range", {"backup": "compression_level = 12"},
      ["compression_level must be 0-9", "12"], None),
     ("codec-typo", {"backup": 'codec = "zst"'}, ["codec must be gzip or zstd", "'zst'"], None),
+    ("encryption-key-file-missing", {"backup": 'encryption = {key_file = "no-such.key"}'},
+     ['[schedule.backup.encryption] of "ipfs" key_file', "no-such.key"], None),
+    ("encryption-unknown-key", {"backup": 'encryption = {keyfile = "k"}'},
+     ['[schedule.backup.encryption] of "ipfs" keyfile: unknown key'], None),
     ("codec-int", {"backup": "codec = 1"}, ["codec must be gzip or zstd"], None),
     ("codec-zstd-level", {"backup": 'codec = "zstd"\ncompression_level = 0'},
      ["compression_level must be 1-19 for codec zstd", "0"], None),
@@ -180,6 +188,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def check_message(msg: str, f: Path, fragments: list[str], secret: str | None) -> None:
     assert str(f) in msg and "\n" not in msg.strip()
+    # named once: a [schedule.backup] error said 'F: [[schedule]] #1 "ipfs": F: [schedule...'
+    assert msg.count(str(f)) == 1, msg
     for frag in fragments:
         assert frag in msg, (frag, msg)
     if secret:

@@ -191,6 +191,10 @@ def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path],
         raise MissingParentError(
             f"{child}: {what} was altered or replaced: {'; '.join(mismatched)}; no other "
             f"archive with that fingerprint in {where}")
+    if not dirs:  # read from standard input: no directory of its own to look in
+        raise MissingParentError(
+            f"{child}: {what} is missing: an archive read from standard input has no "
+            "directory to find its parents in (give theirs with --parent-dir)")
     raise MissingParentError(
         f"{child}: {what} is missing: not found in {where} (give its directory with "
         "--parent-dir)")

@@ -26,6 +26,8 @@ from dsbackup.pipeline.chunks import ReadyChunk
 from dsbackup.poolmap import ordered_map
 from dsbackup.storage import display
 
+MAX_THREADS = 256  # as BackupConfig.workers
+
 
 def _body_of(raw: bytes, payload: memoryview | bytes, level: int,
              zstd: tuple[int, int] | None = None) -> Any:
@@ -82,8 +84,10 @@ def consolidate_archive(path: str | os.PathLike[str], out: str | os.PathLike[str
     already at `out` is not replaced (ArchiveExistsError) unless `overwrite`, and never when
     another archive uses it as its parent (see dsbackup.archive.guard.check_new_archive)."""
     t0 = time.perf_counter()
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"workers must be a positive integer, got {threads!r}")  # as backup
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ConfigError(f"workers must be a positive integer (1 to {MAX_THREADS}), got "
+                          f"{threads!r}")  # as backup
     threads = threads or min(8, os.cpu_count() or 1)
     with ArchiveReader(path, parent_dirs=parent_dirs) as reader:
         chain = reader.open_parents()

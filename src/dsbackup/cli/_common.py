@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -20,12 +21,38 @@ JSON_SCHEMA_VERSION = 1
 log = logging.getLogger("dsbackup.cli")
 
 
+def reopen_closed_std_fds() -> set[int]:
+    """Standard input, output or error closed by the caller (``2>&-``, a daemon's closed
+    descriptors) made every command fail with an internal AttributeError on ``None`` (a
+    backup with ``2>&-`` wrote no archive), and left descriptors 0-2 free for the next open
+    file (an archive's temp file as descriptor 1). Each closed one is opened on /dev/null;
+    the set of those that were closed is returned."""
+    closed = set()
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            closed.add(fd)
+        null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - for the process
+    return closed
+
+
 def emit_json(command: str, payload: dict[str, Any]) -> None:
     """Machine output: one JSON object on stdout with a stable, versioned shape."""
     out = {"schema": JSON_SCHEMA_VERSION, "command": command, **payload}
-    json.dump(out, sys.stdout, default=_default, sort_keys=True)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    try:
+        json.dump(out, sys.stdout, default=_default, sort_keys=True)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader went away: the error path ends quietly
+    except OSError as exc:  # > /dev/full, a full disk: name it, not the command's operands
+        raise OSError(exc.errno, exc.strerror, "standard output") from exc
 
 
 def _default(o: Any) -> Any:
@@ -133,15 +160,23 @@ def port(text: str) -> int:
 def warn_unanchored(option: str, patterns: list[str]) -> bool:
     """Warn about each glob that can match no key (keys start with /); True if there was one.
     A glob matches a whole key, so it must start with / or *."""
-    bad = [p for p in patterns if not p.startswith(("/", "*"))]
+    # an empty glob is an error of its own (BackupConfig, key_matcher): no "did you mean '/'?"
+    bad = [p for p in patterns if p and not p.startswith(("/", "*"))]
     for p in bad:
         log.warning("%s %r can match no key: keys start with / (did you mean %r?)",
                     option, p, "/" + p)
     return bool(bad)
 
 
-def warn_matched_nothing(what: str) -> None:
-    log.warning("%s matched no key; keys start with /", what)
+def warn_matched_nothing(what: str, prefix: str | None = None) -> None:
+    """`prefix`: the --prefix given (alone): the hint is then that it selects the children
+    of a key, not keys that start with it ("keys start with /" was wrong: blocks/K01 is
+    /blocks/K01)."""
+    if prefix is not None and prefix.strip("/"):
+        log.warning("%s matched no key; --prefix KEY selects the children of KEY (%s/...), "
+                    "not keys that start with it", what, "/" + prefix.strip("/"))
+    else:
+        log.warning("%s matched no key; keys start with /", what)
 
 
 PARENT_DIR_HELP = ("incremental archives: where to look for parent archives besides the "
@@ -187,14 +222,44 @@ def progress_bar(enabled: bool, description: str) -> Iterator[Any]:
         yield update
 
 
+def _stop_signals() -> list[signal.Signals]:
+    """SIGTERM, SIGINT and SIGHUP (a closed terminal), less those ignored (``nohup``: the
+    caller wants the command to outlive the terminal)."""
+    return [s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            if signal.getsignal(s) is not signal.SIG_IGN]
+
+
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop any command as Ctrl-C does (KeyboardInterrupt: its temp files
+    removed, exit 130) instead of killing it where it stands (exit 143/129, an archive's
+    temp file left behind). Commands with their own handling (cancel_on_signals) override it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = {s: signal.getsignal(s) for s in _stop_signals() if s != signal.SIGINT}
+    for s in old:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 @contextmanager
 def cancel_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM and SIGINT set the returned event so the operation stops cleanly."""
+    """SIGTERM, SIGINT and SIGHUP (unless ignored) set the returned event so the operation
+    stops cleanly."""
     cancel = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield cancel
         return
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    old = {s: signal.getsignal(s) for s in _stop_signals()}
 
     def handler(signum: int, frame: Any) -> None:
         cancel.set()

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             for k, _size, _x in rows:
                 out.write(escape_key(k) + "\n")
     if args.prefix is not None and not seen[0]:
-        warn_matched_nothing(f"--prefix {args.prefix}")
+        warn_matched_nothing(f"--prefix {args.prefix}", args.prefix)
         return EXIT_WARNING
     return 0
 

@@ -19,8 +19,13 @@ from typing import Any, NoReturn
 from dsbackup import cli, filemodes
 from dsbackup._version import __version__
 from dsbackup.allocator import single_arena, tune_allocator
-from dsbackup.cli._common import emit_json, escape_text
-from dsbackup.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, DsBackupError
+from dsbackup.cli._common import (
+    emit_json,
+    escape_text,
+    reopen_closed_std_fds,
+    stop_signals_interrupt,
+)
+from dsbackup.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ConfigError, DsBackupError
 
 log = logging.getLogger("dsbackup")
 
@@ -199,15 +204,18 @@ def _operands_of(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None, *, freeze_imports: bool = False) -> int:
     """`freeze_imports`: the process is the command (cli/_entry.py), which loaded the modules
     with garbage collection off; see _freeze_imports."""
+    closed = reopen_closed_std_fds()
     try:
-        return _main(argv, freeze_imports)
+        with stop_signals_interrupt():
+            return _main(argv, freeze_imports, closed)
     except KeyboardInterrupt:  # Ctrl-C while the command's modules are imported (numpy ...)
         with contextlib.suppress(OSError):
             print("dsbackup: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
-def _main(argv: Sequence[str] | None, freeze_imports: bool = False) -> int:
+def _main(argv: Sequence[str] | None, freeze_imports: bool = False,
+          closed: set[int] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser = build_parser(_command_in(argv))
@@ -215,6 +223,9 @@ def _main(argv: Sequence[str] | None, freeze_imports: bool = False) -> int:
     finally:
         if freeze_imports:
             _freeze_imports()
+    refused = _refuse_closed_stream(args, closed) if closed else None
+    if refused is not None:
+        return refused
     _setup_logging(args.verbose)
     if args.umask is not None:
         filemodes.set_private_umask(args.umask)
@@ -274,6 +285,22 @@ def _freeze_imports() -> None:
     gc.enable()
 
 
+def _refuse_closed_stream(args: argparse.Namespace, closed: set[int]) -> int | None:
+    """`-` for an archive read from a closed standard input, or written to a closed
+    standard output (now /dev/null: the archive would be thrown away and called done)."""
+    writes = {"backup": "archive", "consolidate": "out"}.get(args.command)
+    for dest in ("archive", "out"):
+        if getattr(args, dest, None) != "-":
+            continue
+        if dest == writes and 1 in closed:
+            return _fail(ConfigError("-: standard output is closed; redirect it to a file or "
+                                     "a pipe"), args)
+        if dest != writes and 0 in closed:
+            return _fail(ConfigError("-: standard input is closed; pipe an archive into it"),
+                         args)
+    return None
+
+
 def _run_with_key(args: argparse.Namespace) -> int:
     """Run the command with its key material (commands with the key options, cli/_keys.py);
     the secrets are zeroed when it ends."""
@@ -304,7 +331,7 @@ def _fail(exc: BaseException, args: argparse.Namespace) -> int:
         try:
             emit_json(_command_label(args), {"ok": False, "error": type(exc).__name__,
                                              "message": message, "exit_code": code})
-        except BrokenPipeError:
+        except OSError:  # a closed pipe, a full disk (> /dev/full): stderr still says it
             _quiet_stdout()
     with contextlib.suppress(OSError):  # stderr may be a closed pipe too
         # a message may quote a hostile key or path: no control character reaches the terminal

@@ -34,8 +34,17 @@ HELP = "delete old archives in a directory by retention rules (borg prune semant
 log = logging.getLogger(__name__)
 
 
+def _location(value: str) -> Any:
+    """as_location with its own message ('s3://: ... no bucket given'), not argparse's
+    'invalid as_location value'."""
+    try:
+        return as_location(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("directory", type=as_location,
+    p.add_argument("directory", type=_location,
                    help="directory (or s3://BUCKET/PREFIX/) of <name>_<YYYYmmdd_HHMMSS>.tar.gz "
                         "archives")
     periods = {"hourly": "hours", "daily": "days", "weekly": "ISO weeks", "monthly": "months",

@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if (filtered and not res.records_written and not res.records_skipped
             and res.resumed_from_chunk is None):
         warn_matched_nothing(" ".join([f"--prefix {args.prefix}"] * (args.prefix is not None)
-                                      + [f"--pattern {p}" for p in args.pattern]))
+                                      + [f"--pattern {p}" for p in args.pattern]),
+                            args.prefix if not args.pattern else None)
         return EXIT_WARNING
     return 0

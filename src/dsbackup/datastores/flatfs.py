@@ -75,7 +75,9 @@ from dsbackup.storage.writeback import start_writeback
 __all__ = ["FlatfsDatastore", "open_flatfs", "DEFAULT_MAX_NAMES"]
 
 DEFAULT_MAX_NAMES = 1_000_000
+MAX_MAX_NAMES = 2**63 - 1  # the native scan's size_t (past it: an OverflowError)
 DEFAULT_READ_AHEAD = 16
+MAX_READ_AHEAD = 256  # descriptors held open at once: well under the usual 1024 limit
 _EXT_LEN = len(EXTENSION)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 NAME_MAX = 255  # longest file name on Linux file systems (a key's file is KEY.data)
@@ -711,8 +713,9 @@ def _checked_max_names(value: object) -> int:
             else value
     except ValueError:
         n = None
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise DatastoreError(f"flatfs max_names must be a positive integer, got {value!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_MAX_NAMES:
+        raise DatastoreError(f"flatfs max_names must be an integer 1-{MAX_MAX_NAMES}, got "
+                             f"{value!r}")
     return n
 
 
@@ -722,10 +725,10 @@ def open_flatfs(path: str, *, readonly: bool = False, shard: str | ShardFunc | N
                 spill_dir: str | None = None) -> FlatfsDatastore:
     """``metadata=0``: a new directory gets no ``SHARDING`` (nor any other metadata file);
     ``spill_dir``: where a listing over ``max_names`` names sorts them (default ``$TMPDIR``)."""
-    from dsbackup.datastores.registry import _bool_param
+    from dsbackup.datastores.registry import _bool_param, _int_param
 
-    return FlatfsDatastore(path, readonly=readonly, shard=shard, sync=_bool_param(sync),
+    return FlatfsDatastore(path, readonly=readonly, shard=shard, sync=_bool_param(sync, "sync"),
                            max_names=_checked_max_names(max_names),
-                           read_ahead=int(read_ahead), metadata=_bool_param(metadata),
+                           read_ahead=_int_param(read_ahead, "read_ahead", 0, MAX_READ_AHEAD), metadata=_bool_param(metadata, "metadata"),
                            spill_dir=spill_dir or None)
 

@@ -242,4 +242,4 @@ class FsDatastore(BaseDatastore):
 def open_fsds(path: str, *, readonly: bool = False, sync: bool | str = True) -> FsDatastore:
     from dsbackup.datastores.registry import _bool_param
 
-    return FsDatastore(path, readonly=readonly, sync=_bool_param(sync))
+    return FsDatastore(path, readonly=readonly, sync=_bool_param(sync, "sync"))

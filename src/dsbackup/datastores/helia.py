@@ -115,7 +115,7 @@ def open_helia(path: str, *, readonly: bool = False, datastore: str | None = Non
     from dsbackup.datastores.registry import _bool_param
 
     return HeliaDatastore(path, readonly=readonly, datastore=datastore or None,
-                          sync=_bool_param(sync), new_datastore=new_datastore or None)
+                          sync=_bool_param(sync, "sync"), new_datastore=new_datastore or None)
 
 
 def source_datastore_kind(source_uri: str) -> str | None:

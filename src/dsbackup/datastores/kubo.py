@@ -159,4 +159,4 @@ def open_kubo(path: str, *, readonly: bool = False, allow_live: bool | str = Fal
               ) -> KuboDatastore:
     from dsbackup.datastores.registry import _bool_param
 
-    return KuboDatastore(path, readonly=readonly, allow_live=_bool_param(allow_live))
+    return KuboDatastore(path, readonly=readonly, allow_live=_bool_param(allow_live, "allow_live"))

@@ -211,5 +211,5 @@ def open_leveldb(path: str, *, readonly: bool = False, sync: bool | str = False,
                  compression: str | None = "snappy") -> LevelDbDatastore:
     from dsbackup.datastores.registry import _bool_param
 
-    return LevelDbDatastore(path, readonly=readonly, sync=_bool_param(sync),
+    return LevelDbDatastore(path, readonly=readonly, sync=_bool_param(sync, "sync"),
                             compression=None if compression == "none" else compression)

@@ -436,8 +436,9 @@ def open_lmdb(path: str, *, readonly: bool = False, map_size: int | str | None =
               sync: bool | str = True) -> LmdbDatastore:
     if not path:
         raise DatastoreError("lmdb: needs a directory path")
-    from dsbackup.datastores.registry import _bool_param
+    from dsbackup.datastores.registry import _bool_param, _int_param
 
     return LmdbDatastore(path, readonly=readonly,
-                         map_size=int(map_size) if map_size is not None else None,
-                         sync=_bool_param(sync))
+                         map_size=(_int_param(map_size, "map_size", 0, 2**63 - 1)
+                                   if map_size is not None else None),
+                         sync=_bool_param(sync, "sync"))

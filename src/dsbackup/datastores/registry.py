@@ -114,11 +114,88 @@ def open_datastore(uri: str | os.PathLike[str], *, readonly: bool = False,
         scheme = detect_scheme(path)
     elif scheme != "memory" and not path:
         raise ConfigError(f"datastore URI {s!r} has no path")
+    opener = _resolve(scheme)
+    _check_params(s, opener, params)
     params.update(kwargs)
-    return _resolve(scheme)(path, readonly=readonly, **params)
+    return opener(path, readonly=readonly, **params)
 
 
-def _bool_param(value: object) -> bool:
+def check_uri_params(uri: str) -> None:
+    """ConfigError for a URI parameter its backend does not take, or a boolean one that is
+    not 1/0, true/false, yes/no or on/off, without opening anything (a scheduler config is
+    checked at load, not at its first run). An unknown scheme is left to the caller."""
+    import inspect
+
+    scheme, _path, params = parse_uri(uri)
+    if scheme is None or not params or (scheme not in SCHEMES and scheme not in _CUSTOM):
+        return
+    opener = _resolve(scheme)
+    _check_params(uri, opener, params)
+    try:
+        sig = inspect.signature(opener).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in params.items():
+        p = sig.get(key)
+        if p is not None and isinstance(p.default, bool):
+            _bool_param(value, key)
+
+
+def _check_params(uri: str, opener: Opener, params: dict[str, str]) -> None:
+    """A URI parameter the backend does not take (``?max_name=10``, ``?bogus=1``) is a
+    ConfigError naming it, not the opener's TypeError."""
+    import difflib
+    import inspect
+
+    if not params:
+        return
+    try:
+        sig = inspect.signature(opener)
+    except (TypeError, ValueError):  # a builtin opener of a custom scheme: it checks
+        return
+    names = [n for n, p in sig.parameters.items()
+             if p.kind is p.KEYWORD_ONLY and n != "readonly"]
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    for key in params:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = (f"did you mean {close[0]!r}?" if close
+                    else f"known: {', '.join(names)}" if names else "it takes none")
+            raise ConfigError(f"{uri}: unknown parameter {key!r} ({hint})")
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool_param(value: object, name: str = "parameter") -> bool:
+    """A URI's boolean (``sync=0``): 1/0, true/false, yes/no, on/off; anything else (a typo
+    such as ``sync=ture``, which read as false) is a ConfigError naming the parameter."""
     if isinstance(value, bool):
         return value
-    return str(value).lower() in {"1", "true", "yes", "on"}
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"datastore parameter {name}: expected 1/0, true/false, yes/no or "
+                      f"on/off, got {value!r}")
+
+
+def _int_param(value: object, name: str, lo: int, hi: int) -> int:
+    """A URI's integer (``read_ahead=16``) in ``[lo, hi]``; a ConfigError naming the parameter
+    otherwise (was int()'s message without it, or an OverflowError deep in a library)."""
+    if isinstance(value, bool):
+        n = None
+    elif isinstance(value, int):
+        n = value
+    else:
+        try:
+            n = int(str(value).strip())
+        except ValueError:
+            n = None
+    if n is None or not lo <= n <= hi:
+        raise ConfigError(f"datastore parameter {name}: expected an integer {lo}-{hi}, "
+                          f"got {value!r}")
+    return n

@@ -233,4 +233,4 @@ def open_sqlite(path: str, *, readonly: bool = False, sync: bool | str = True
                 ) -> SqliteDatastore:
     from dsbackup.datastores.registry import _bool_param
 
-    return SqliteDatastore(path, readonly=readonly, sync=_bool_param(sync))
+    return SqliteDatastore(path, readonly=readonly, sync=_bool_param(sync, "sync"))

@@ -21,6 +21,7 @@ from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.full import plan_full
 from dsbackup.engine.manifest import go_metadata, metadata_from_reader
 from dsbackup.engine.plan import ProgressCallback
+from dsbackup.engine.targetlock import refuse_if_being_written
 from dsbackup.engine.write import write_archive
 from dsbackup.errors import BackupError, Cancelled, ConfigError, DsBackupError, IntegrityError
 from dsbackup.metadata import BackupMetadata, RestoreResult
@@ -133,6 +134,7 @@ class BackupManager:
         t0 = time.perf_counter()
         try:
             guard.check_archive_outside(path, [("source", source)])
+            refuse_if_being_written(source, "back it up")  # a restore into it: half a store
             guard.check_new_archive(path, overwrite=cfg.overwrite,
                                     inputs=[parent] if parent is not None else [],
                                     parent_dirs=parent_dirs or [])

@@ -16,6 +16,8 @@ DEFAULT_CHUNK_MAX_BYTES = 2 << 20
 # records per chunk at most (`--chunk-size`): a chunk is bounded by chunk_max_bytes anyway, and
 # the planner holds the mean in a C unsigned long
 MAX_CHUNK_SIZE = 1 << 32
+# workers: a scan process (or thread) each; --workers 99999999 forked until 'Too many open files'
+MAX_WORKERS = 256
 # With chunk_size=None ("auto") the mean chunk aims at this many payload bytes. Since
 # incompressible segments are stored apart (docs/COMPRESSION.md), 1 MiB chunks compress as
 # small as 256 KiB ones, and a quarter as many chunks cost a quarter of the per-chunk work of
@@ -118,8 +120,10 @@ class BackupConfig:
                                          or not 0 < self.timeout < threading.TIMEOUT_MAX):
             raise ConfigError(f"timeout must be a positive number of seconds, got "
                               f"{self.timeout!r}")  # nan, inf: a timer cannot wait that long
-        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
-            raise ConfigError(f"workers must be a positive integer, got {self.workers!r}")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(
+                self.workers, int) or not 1 <= self.workers <= MAX_WORKERS):
+            raise ConfigError(f"workers must be a positive integer (1 to {MAX_WORKERS}), got "
+                              f"{self.workers!r}")
         if not isinstance(self.overwrite, bool):
             raise ConfigError(f"overwrite must be true or false, got {self.overwrite!r}")
         if not isinstance(self.datastore_only, bool):
@@ -152,7 +156,7 @@ class BackupConfig:
 
     @property
     def effective_workers(self) -> int:
-        return self.workers or os.cpu_count() or 1
+        return self.workers or min(os.cpu_count() or 1, MAX_WORKERS)
 
     def resolve_chunk_size(self, approx_count: int | None, approx_size: int | None) -> int:
         if self.chunk_size is not None:

@@ -19,6 +19,10 @@ from dsbackup.engine.plan import BackupPlan, ProgressCallback
 from dsbackup.pipeline.central import ChunkSettings, ScanStats, central_chunks
 from dsbackup.pipeline.parallel import ParallelScan
 
+# LMDB's reader table has 126 slots shared by every process reading the store (a node, other
+# backups); a scan process past them failed with MDB_READERS_FULL
+LMDB_MAX_SCAN_WORKERS = 64
+
 
 class FullStream:
     """Every chunk of `ds`, compressed, in key order (see dsbackup.engine.write)."""
@@ -90,6 +94,8 @@ def plan_full(ds: Any, path: Path, cfg: BackupConfig, *, parallel_min_bytes: int
                              target_chunk_bytes=max(4096, int(chunk_size * mean_record)))
     scheme = getattr(ds, "scheme", "") or ""
     workers = cfg.effective_workers
+    if scheme == "lmdb":  # each scan process takes a slot of the store's reader table (126)
+        workers = min(workers, LMDB_MAX_SCAN_WORKERS)
     # starting worker processes costs more than a small store takes to scan centrally
     parallel = (workers > 1 and scheme in parallel_schemes
                 and bool(getattr(ds, "parallel_readable", False))

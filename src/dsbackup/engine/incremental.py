@@ -42,7 +42,7 @@ from dsbackup.engine.nodefiles import node_snapshot
 from dsbackup.engine.parentraw import raw_bytes_of
 from dsbackup.engine.plan import BackupPlan, ProgressCallback
 from dsbackup.engine.write import Reference, store_or_reference, write_archive
-from dsbackup.errors import ConfigError, IntegrityError
+from dsbackup.errors import ConfigError, DatastoreError, IntegrityError
 from dsbackup.metadata import BackupMetadata
 from dsbackup.pipeline.central import ChunkSettings
 from dsbackup.pipeline.sources import DatastoreSource, LmdbSource, Plan
@@ -317,6 +317,9 @@ def _open_uri(uri: str) -> _Where:
     if scheme is None:
         scheme = detect_scheme(location)
     if scheme == "lmdb" and not params:
+        if not Path(location, "data.mdb").is_file():  # as LmdbDatastore says it, not errno 2
+            raise DatastoreError(f"{Path(location).absolute()}: no LMDB environment (data.mdb "
+                                 "missing)")
         return _Where(f"lmdb:{location}", "lmdb", lmdb_path=location)
     ds = open_datastore(uri, readonly=True)
     return _Where(getattr(ds, "uri", uri), ds.scheme, ds=ds)

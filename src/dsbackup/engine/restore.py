@@ -28,6 +28,7 @@ from dsbackup.archive.verify import check_layout, check_payload
 from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.engine.restore_journal import JournalSync, write_journal
 from dsbackup.engine.restore_node import restore_node
+from dsbackup.engine.targetdir import refuse_foreign_directory
 from dsbackup.engine.targetlock import TargetLock, store_path
 from dsbackup.errors import (
     ConfigError,
@@ -229,11 +230,15 @@ def restore_archive(
     """
     if mode not in MODES:
         raise ConfigError(f"restore mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if pattern is not None and "" in ([pattern] if isinstance(pattern, str) else pattern):
+        # as an empty exclude pattern is: it restored nothing into a new store, exit 1
+        raise ConfigError("empty pattern (a glob of whole keys, such as /blocks/**)")
     cancel = cancel or threading.Event()
     t0 = time.perf_counter()
     from dsbackup.compat.gohead import is_go_archive
 
     guard.check_target_outside(target, [path])
+    refuse_foreign_directory(target)  # lmdb:~ by mistake: data.mdb among someone's files
     if not is_remote(path) and is_go_archive(path):
         from dsbackup.compat.restore_go import restore_go_archive
 
@@ -306,6 +311,8 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
         owned = True
     if batch_bytes is None:
         batch_bytes = NATIVE_BATCH_BYTES if native is not None else DEFAULT_BATCH_BYTES
+    jpath = _journal_path(target)
+    fresh = jpath is not None and not jpath.exists()  # this run writes the journal
     try:
         result = _restore(reader, target, workers=workers, mode=mode, prefix=prefix,
                           pattern=pattern, progress=progress, cancel=cancel,
@@ -314,15 +321,28 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
         # the archive holds a key this kind of store cannot (flatfs: /pins/...): resuming
         # would fail at the same key, and the journal would only block another restore into
         # the target ("an unfinished restore of another archive")
-        jpath = _journal_path(target)
         if jpath is not None:
             jpath.unlink(missing_ok=True)
+        raise
+    except BaseException:
+        # failed (a disk too small for the first batch) or stopped before any record was
+        # written: an empty target needs no journal, which would only refuse a restore of
+        # another archive into it
+        if fresh and mode == "empty" and _still_empty(target):
+            jpath.unlink(missing_ok=True)  # type: ignore[union-attr]
         raise
     finally:
         if owned:
             target.close()
     result.node_files, result.node_note = node_files, node_note
     return result
+
+
+def _still_empty(target: Any) -> bool:
+    try:
+        return bool(target.is_empty())
+    except Exception:  # noqa: BLE001 - cannot tell: the journal stays
+        return False
 
 
 def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,

@@ -42,12 +42,18 @@ from dsbackup.engine.full import FullStream
 from dsbackup.engine.manifest import ScanOutcome, manifest_for, metadata_from_reader
 from dsbackup.engine.parentraw import marks
 from dsbackup.engine.plan import BackupPlan
-from dsbackup.errors import ArchiveError, IntegrityError, KeyRequiredError, UnsupportedArchive
+from dsbackup.errors import (
+    ArchiveError,
+    IntegrityError,
+    KeyRequiredError,
+    LockedError,
+    UnsupportedArchive,
+)
 from dsbackup.metadata import BackupMetadata
 from dsbackup.pipeline.central import ChunkSettings, central_chunks
 from dsbackup.storage import resumestate
 from dsbackup.storage.local import ResumedSink
-from dsbackup.storage.tempfiles import stale_temp_files, temp_path_for
+from dsbackup.storage.tempfiles import live_writer, stale_temp_files, temp_path_for
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +262,11 @@ def _take(plan: BackupPlan, parent: ArchiveReader | None = None
     None when there is none, or the metadata of a whole archive put in place. `parent`: an
     incremental's parent (its index gives the references below the cut)."""
     final = Path(plan.path)
+    writer = live_writer(final)
+    if writer is not None:  # not "no temporary file ... starting a new backup", then exit 4
+        raise LockedError(f"{final}: another dsbackup process (PID {writer[0]}) is writing "
+                          f"this archive ({writer[1].name}); it is not an interrupted backup "
+                          "to resume: wait for it to finish")
     found = find_temp(final)
     if found is None:
         return None

@@ -7,7 +7,8 @@ lock file (released by the kernel when its holder dies, so a killed run leaves n
 the file holds the holder's PID and what it does. It is removed on release; a waiter that
 locked a file already unlinked retries on the new one. Within one process the lock is
 re-entrant for the thread holding it (a migration's rollback restores into a store the
-migration holds).
+migration holds). A backup of a store another process holds is refused too (exit 4): it would
+read a half-written store (refuse_if_being_written).
 """
 
 from __future__ import annotations
@@ -138,3 +139,27 @@ def _read_holder(fd: int) -> str:
     if text and text[0].isdigit():
         return f"PID {text[0]}" + (f", {' '.join(text[1:])}" if len(text) > 1 else "")
     return "PID unknown"
+
+
+def refuse_if_being_written(store: Any, doing: str) -> None:
+    """LockedError when another process holds `store`'s write lock (a restore or migration
+    into it is running): `doing` it now would read a half-written store and call it done.
+    A lock held by this process (a migration backing up its own source) is no obstacle."""
+    path = lock_path(store)
+    if path is None:
+        return
+    with _held_lock:
+        if str(path) in _held:
+            return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:  # no lock file (the usual case): nobody is writing
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below
+    except BlockingIOError:
+        raise LockedError(
+            f"{store_path(store)}: another dsbackup process ({_read_holder(fd)}) is writing "
+            f"to it; {doing} when that has finished (lock file {path})") from None
+    finally:
+        os.close(fd)

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dsbackup.engine.targetdir import refuse_foreign_directory
 from dsbackup.errors import (
     EXIT_ERROR,
     EXIT_WARNING,
@@ -93,6 +94,9 @@ class MigrationManager:
             journal, _ = state_files(plan, cfg, target)
             kubo.preflight(started=journal is not None and journal.read().started,
                            dry_run=cfg.dry_run)
+        if not cfg.dry_run:
+            # lmdb:~ by mistake: not among someone's files (a --state-dir inside is ours)
+            refuse_foreign_directory(target, cfg.state_dir, doing="migrate")
         locks = ExitStack() if cfg.dry_run else lock_stores(plan, cfg, source, target)
         stores = RunStores(readonly=cfg.dry_run)
         try:
@@ -182,11 +186,14 @@ class MigrationManager:
                     f"{digest[:12]}); roll it back or remove the journal")
             if not cfg.resume:
                 cp = state.checkpoint or {}
+                # between checkpoints (killed early, or after a step ended) it said
+                # 'step ?, phase ?'
+                where = (f"step {cp['id']}, phase {cp.get('phase', '?')}" if cp.get("id")
+                         else f"{len(state.steps_done)} of {len(plan.steps)} steps done")
                 raise MigrationError(
                     f"an unfinished migration of plan {plan.id!r} exists (journal "
-                    f"{journal.path if journal else ''}, step {cp.get('id', '?')}, phase "
-                    f"{cp.get('phase', '?')}); re-run with --resume to continue or "
-                    f"--rollback to undo it")
+                    f"{journal.path if journal else ''}, {where}); re-run with --resume to "
+                    f"continue or --rollback to undo it")
             result.resumed = True
         if journal is not None:
             journal.open()

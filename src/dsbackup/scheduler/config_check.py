@@ -173,8 +173,12 @@ class Table:
         return self.path(key, base, default)
 
     def table(self, key: str) -> Table:
-        return Table(self.file, f"{self.where[:-1]}.{key}]" if self.where.endswith("]")
-                     else f"[{key}]", self.data.get(key, {}))
+        # '[schedule.backup] of "ipfs"' -> '[schedule.backup.encryption] of "ipfs"' (it was
+        # '[encryption]': which schedule's was not said)
+        head, sep, tail = self.where.partition("]")
+        where = (f"{head}.{key}]{tail}" if sep and head.startswith("[")
+                 and not head.startswith("[[") else f"[{key}]")
+        return Table(self.file, where, self.data.get(key, {}))
 
     def email(self, key: str, value: Any) -> str:
         ok = isinstance(value, str) and _EMAIL.fullmatch(value) is not None

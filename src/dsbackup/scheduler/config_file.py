@@ -252,7 +252,7 @@ def _check_scheme(t: Table, source: str) -> None:
     """A typo in the datastore scheme (``lmbd:``) is refused now, not at the first run."""
     import difflib
 
-    from dsbackup.datastores.registry import _CUSTOM, SCHEMES, parse_uri
+    from dsbackup.datastores.registry import _CUSTOM, SCHEMES, check_uri_params, parse_uri
 
     scheme, _path, _params = parse_uri(source)
     known = sorted({*SCHEMES, *_CUSTOM})
@@ -260,6 +260,10 @@ def _check_scheme(t: Table, source: str) -> None:
         close = difflib.get_close_matches(scheme, known, n=1)
         hint = f"did you mean '{close[0]}:'?" if close else f"known: {', '.join(known)}"
         raise t.error("source", f"unknown datastore scheme '{scheme}:' ({hint})")
+    try:  # ?sycn=0, ?sync=ture: refused now, not at every run
+        check_uri_params(source)
+    except ConfigError as exc:
+        raise t.error("source", str(exc)) from None
 
 
 def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
@@ -283,11 +287,16 @@ def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
     backup = Table(file, f'[schedule.backup] of "{sid}"', job.get("backup", {}))
     retention = (parse_retention(Table(file, f'[schedule.retention] of "{sid}"',
                                        job["retention"])) if "retention" in job else None)
+    # checked outside the try: their errors already name the file and table (the try's
+    # prefix doubled them: 'f.toml: [[schedule]] #1 "s": f.toml: [schedule.backup] ...')
+    backup_config = parse_backup_settings(backup, base)
+    name, enabled = t.string("name", sid), t.boolean("enabled", True)
+    backup_dir = t.location("backup_dir", base)
     try:
         return ScheduledBackup(
-            id=sid, name=t.string("name", sid), schedule=cron, source=source,
-            backup_config=parse_backup_settings(backup, base), enabled=t.boolean("enabled", True),
-            backup_dir=t.location("backup_dir", base), retention_policy=retention,
+            id=sid, name=name, schedule=cron, source=source,
+            backup_config=backup_config, enabled=enabled,
+            backup_dir=backup_dir, retention_policy=retention,
             incremental=incremental, full_every=full_every, timeout=timeout)
     except ConfigError as exc:
         raise t.error(None, str(exc)) from None
