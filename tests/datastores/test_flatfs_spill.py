@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from dsbackup.datastores import flatfs_spill as spill_mod
 from dsbackup.datastores.flatfs_spill import SPILL_PREFIX, SpillDir, remove_stale
 from tests.support.deadwriter import dead_pid
 
@@ -87,3 +88,35 @@ def test_another_listing_between_lock_file_and_flock_leaves_it_alone(tmp_path, m
         assert remove_stale(str(tmp_path)) == 0
         assert os.path.isdir(sd.path)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_forked_child_does_not_keep_the_spill_directory_locked(tmp_path):
+    """A worker forked while a listing spills closes its copy of the lock at once: after the
+    listing's process dies, the next listing removes the directory even while such a child
+    still lives (a SIGKILLed backup's workers outlive it for a moment)."""
+    held = SpillDir(str(tmp_path)).open()
+    path = held.path
+    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker: says it runs (its fork hooks have run), lives on until told
+        os.close(w)
+        os.write(ready_w, b"x")
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    os.close(ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"x"
+        # the owner "dies": its own descriptor closes, the directory stays
+        os.close(held._lock)
+        spill_mod._HELD.discard(held._lock)
+        held._lock = -1
+        assert remove_stale(str(tmp_path)) == 1
+        assert not os.path.exists(path)
+    finally:
+        os.close(w)
+        os.close(ready_r)
+        os.waitpid(child, 0)
+        held.path = ""
+        held.close()

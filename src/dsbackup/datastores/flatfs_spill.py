@@ -27,6 +27,19 @@ LOCK_FILE = "lock"
 # a spill directory without its lock file is being created (or its creator died at once):
 # left alone this long
 _YOUNG_S = 60.0
+# lock descriptors this process holds: a forked child closes its copies at once, so that a
+# worker outliving a SIGKILLed listing does not keep its spill directory locked (live)
+_HELD: set[int] = set()
+
+
+def _drop_held_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_in_child)
 
 
 def spill_root(configured: str | None) -> str:
@@ -103,6 +116,7 @@ class SpillDir:
             # lock file free while this process lives (it sees a young directory without one)
             tmp = os.path.join(self.path, LOCK_FILE + ".new")
             self._lock = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            _HELD.add(self._lock)
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(tmp, os.path.join(self.path, LOCK_FILE))
             self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -122,6 +136,7 @@ class SpillDir:
             shutil.rmtree(self.path, ignore_errors=True)
             self.path = self.path if os.path.exists(self.path) else ""
         if self._lock >= 0:
+            _HELD.discard(self._lock)
             with contextlib.suppress(OSError):
                 os.close(self._lock)
             self._lock = -1
