@@ -19,6 +19,7 @@ file the fallback. Local temporary space: 24 bytes per member + the kept members
 
 from __future__ import annotations
 
+import os
 import struct
 import tempfile
 import threading
@@ -36,6 +37,7 @@ _FLUSH = 2730 * REC.size  # records buffered before they go to the spool (64 KiB
 WINDOW = 4096  # records read back at once by the check (96 KiB)
 RECORDS_IN_MEMORY = 1 << 20  # bytes of records held in memory before spilling to $TMPDIR
 KEPT_IN_MEMORY = 4 << 20  # bytes of kept members held in memory before spilling
+IN_MEMORY_ENV = "DSBACKUP_TEST_SENT_IN_MEMORY"  # tests: both limits, in bytes (spill early)
 # docs/FORMAT.md §2.1 (archive.format sits above storage; tests check these agree): gzip ID1
 # ID2 CM, FLG with FEXTRA; 'DS' at 12; the subfield from 16, its byte 1 the member type
 GZIP_MAGIC = b"\x1f\x8b\x08"
@@ -47,13 +49,12 @@ HASHED_TYPES = (2, 6)  # chunk, catalog: hashed only; every other write is kept
 
 def _member_type(pieces: Sequence[bytes | memoryview]) -> int | None:
     """The member type in the write's gzip header, None when it is not a member of ours."""
-    head = b""
-    for p in pieces:
-        if len(head) > TYPE_AT:
-            break
-        head += bytes(p[:TYPE_AT + 1 - len(head)])
-    if (len(head) <= TYPE_AT or head[:3] != GZIP_MAGIC or not head[3] & FEXTRA
-            or head[12:14] != SUBFIELD_ID):
+    head = pieces[0] if pieces else b""  # the writer's: the member head, whole
+    if len(head) <= TYPE_AT:
+        head = b"".join(bytes(p[:TYPE_AT + 1]) for p in pieces)
+        if len(head) <= TYPE_AT:
+            return None
+    if head[:3] != GZIP_MAGIC or not head[3] & FEXTRA or head[12:14] != SUBFIELD_ID:
         return None
     return head[TYPE_AT]
 
@@ -68,26 +69,31 @@ class SentRecord:
         self._buf = bytearray()  # records not yet in the spool
         # unnamed once on disk (O_TMPFILE, or unlinked as soon as made): nothing outlives
         # the process, whatever kills it
+        test_limit = os.environ.get(IN_MEMORY_ENV)
+        limits = ((RECORDS_IN_MEMORY, KEPT_IN_MEMORY) if not test_limit
+                  else (max(1, int(test_limit)),) * 2)
         self._recs: IO[bytes] | None = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            max_size=RECORDS_IN_MEMORY, prefix=".dsbackup-sent-")
+            max_size=limits[0], prefix=".dsbackup-sent-")
         self._kept: IO[bytes] | None = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            max_size=KEPT_IN_MEMORY, prefix=".dsbackup-sent-")
+            max_size=limits[1], prefix=".dsbackup-sent-")
         self._kept_size = 0
         self._lock = threading.Lock()
 
     def add(self, pieces: Sequence[bytes | memoryview], joined: bytes | None = None) -> int:
         """Record one write; `joined` is the pieces' bytes when the caller already has them
         as one object (not joined again)."""
-        n = sum(len(p) for p in pieces)
-        if not n:
-            return 0
         try:
             if _member_type(pieces) in HASHED_TYPES:
                 h = Xxh3_64()
+                n = 0
                 for p in pieces:
                     h.update(p)
+                    n += len(p)
                 self._buf += REC.pack(self.size, n, h.intdigest())
             else:
+                n = sum(len(p) for p in pieces)
+                if not n:
+                    return 0
                 self._buf += REC.pack(self.size, n | KEPT, self._kept_size)
                 assert self._kept is not None, "record closed"
                 if joined is not None:
