@@ -99,3 +99,25 @@ def test_paged_backup_to_stdout_piped_into_restore(cli_env, store, tmp_path):
         r = cli(env, "verify", "-", stdin=f)
     assert r.returncode == 0, r.stderr
     assert list((tmp_path / "tmpdir").iterdir()) == []
+
+
+def test_no_local_temp_space_is_one_line_exit_2_and_nothing_at_the_key(s3, store, tmp_path):
+    """Files the backup may write are capped (RLIMIT_FSIZE, SIGXFSZ ignored: EFBIG, as a full
+    disk gives ENOSPC): the spool of what was sent cannot grow."""
+    import resource
+    import signal
+
+    def cap():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32 << 10, 32 << 10))
+
+    env = paged_env(s3.env, tmp_path)
+    env["DSBACKUP_TEST_SENT_IN_MEMORY"] = "4096"
+    r = cli(env, "backup", f"lmdb:{store}", s3.url("full.dsb"), *OPTS, text=True,
+            preexec_fn=cap)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("dsbackup: error:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "local temporary space" in lines[0] and "File too large" in lines[0]
+    assert s3.objects() == [] and s3.uploads() == []
+    assert list((tmp_path / "tmpdir").iterdir()) == []

@@ -185,3 +185,75 @@ def test_a_corrupted_spilled_page_fails_the_check(s3, tmp_path, tmpdir_spool, mo
     assert hit
     assert s3.objects() == [] and s3.uploads() == []
     assert spool_fds(tmpdir_spool) == [] and os.listdir(tmpdir_spool) == []
+
+
+@pytest.fixture
+def paged_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSBACKUP_TEST_PAGE_ENTRIES", "256")
+    monkeypatch.setenv(sent.IN_MEMORY_ENV, "4096")
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(12000))
+    return src
+
+
+def paged_backup(src, url):
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.engine.config import BackupConfig
+
+    cfg = BackupConfig(chunk_size=8, chunk_max_bytes=4096, workers=1, paged_index="always")
+    return BackupManager(cfg).create_backup(f"lmdb:{src}", url)
+
+
+def test_the_spool_is_gone_after_success_failure_and_ctrl_c(s3, paged_store, tmpdir_spool,
+                                                            monkeypatch):
+    import errno
+
+    from dsbackup.errors import ArchiveError
+
+    seen = []
+    add = SentRecord.add
+
+    def watching(self, pieces, joined=None):
+        n = add(self, pieces, joined)
+        if self.count == 1500:
+            seen.append(len(spool_fds(tmpdir_spool)))
+            if interrupt:
+                raise KeyboardInterrupt
+        return n
+
+    monkeypatch.setattr(SentRecord, "add", watching)
+    interrupt = False
+    paged_backup(paged_store, s3.url("ok.dsb"))
+    assert s3.objects() == ["ok.dsb"]
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        paged_backup(paged_store, s3.url("int.dsb"))
+    assert len(seen) == 2 and min(seen) >= 1  # spilled, unnamed
+    assert spool_fds(tmpdir_spool) == [] and os.listdir(tmpdir_spool) == []
+    assert s3.objects() == ["ok.dsb"] and s3.uploads() == []
+
+    # the local temporary space runs out: one clear error, nothing at the key, no spool left
+    real = tempfile.TemporaryFile
+
+    class Full:
+        def __init__(self, *a, **kw):
+            self.f = real(*a, **kw)
+            self.n = 0
+
+        def write(self, b):
+            self.n += len(b)
+            if self.n > 50_000:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", Full)
+    interrupt = False
+    with pytest.raises(ArchiveError) as e:
+        paged_backup(paged_store, s3.url("full.dsb"))
+    assert not isinstance(e.value, IntegrityError)
+    assert "no space left on" in str(e.value) and "local temporary space" in str(e.value)
+    assert s3.objects() == ["ok.dsb"] and s3.uploads() == []
+    assert spool_fds(tmpdir_spool) == [] and os.listdir(tmpdir_spool) == []
