@@ -116,8 +116,9 @@ class SentRecord:
         return ArchiveError(
             f"{self.location}: keeping the record of what was sent, for the check before the "
             f"upload completes, failed: {why} (a backup to S3 or to standard output needs "
-            "local temporary space: about 24 bytes per member + the index pages); the "
-            "backup was aborted")
+            "local temporary space: about 24 bytes per member + the index pages); "
+            + ("the backup was aborted" if str(self.location) == "-" else
+               "the upload was aborted, nothing was stored at the key"))
 
     def _flush(self) -> None:
         assert self._recs is not None, "record closed"
