@@ -57,8 +57,16 @@ def test_paged_backup_to_s3_checks_restores_and_deep_verifies(s3, store, tmp_pat
     assert r.returncode == 0, r.stderr
     assert read_all(tmp_path / "dst") == read_all(store)
     local = tmp_path / "paged.dsb"
-    local.write_bytes(s3.client.get_object(Bucket=s3.bucket, Key="node/paged.dsb")["Body"].read())
+    local.write_bytes(s3.get("node/paged.dsb"))
     assert pages_of(local) >= 5
+    # an incremental on it, paged too: its pages hold references to the parent's chunks
+    inc = s3.url("node/inc.dsb")
+    r = cli(env, "backup", f"lmdb:{store}", inc, *OPTS, "--parent", url)
+    assert r.returncode == 0, r.stderr
+    r = cli(env, "restore", inc, f"lmdb:{tmp_path / 'dst2'}")
+    assert r.returncode == 0, r.stderr
+    assert read_all(tmp_path / "dst2") == read_all(store)
+    assert s3.uploads() == [] and list((tmp_path / "tmpdir").iterdir()) == []
 
 
 def test_encrypted_paged_backup_to_s3(s3, store, tmp_path):

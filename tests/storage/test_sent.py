@@ -250,7 +250,11 @@ def test_the_spool_is_gone_after_success_failure_and_ctrl_c(s3, paged_store, tmp
     seen = []
     add = SentRecord.add
 
+    records = []
+
     def watching(self, pieces, joined=None):
+        if not self.count:
+            records.append(self)
         n = add(self, pieces, joined)
         if self.count == 1500:
             seen.append(len(spool_fds(tmpdir_spool)))
@@ -262,6 +266,8 @@ def test_the_spool_is_gone_after_success_failure_and_ctrl_c(s3, paged_store, tmp
     interrupt = False
     paged_backup(paged_store, s3.url("ok.dsb"))
     assert s3.objects() == ["ok.dsb"]
+    size = len(s3.get("ok.dsb"))
+    assert records[0].size == size and 0 < records[0]._kept_size < size // 4  # chunks: hashed
     interrupt = True
     with pytest.raises(KeyboardInterrupt):
         paged_backup(paged_store, s3.url("int.dsb"))
