@@ -69,9 +69,9 @@ class SentRecord:
         self._buf = bytearray()  # records not yet in the spool
         # unnamed once on disk (O_TMPFILE, or unlinked as soon as made): nothing outlives
         # the process, whatever kills it
-        test_limit = os.environ.get(IN_MEMORY_ENV)
-        limits = ((RECORDS_IN_MEMORY, KEPT_IN_MEMORY) if not test_limit
-                  else (max(1, int(test_limit)),) * 2)
+        test_limit = os.environ.get(IN_MEMORY_ENV, "")
+        limits = ((max(1, int(test_limit)),) * 2 if test_limit.isdigit()
+                  else (RECORDS_IN_MEMORY, KEPT_IN_MEMORY))
         self._recs: IO[bytes] | None = tempfile.SpooledTemporaryFile(  # noqa: SIM115
             max_size=limits[0], prefix=".dsbackup-sent-")
         self._kept: IO[bytes] | None = tempfile.SpooledTemporaryFile(  # noqa: SIM115
