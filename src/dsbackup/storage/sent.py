@@ -254,6 +254,12 @@ class SentSource:
 
     def xxh3(self, offset: int, length: int) -> int:
         with self._lock:
+            j = (self._cursor + 1 - self._w0) * REC.size  # the common case: the next write
+            if 0 <= j < len(self._win):
+                start, n, digest = REC.unpack_from(self._win, j)
+                if start == offset and n == length:
+                    self._cursor += 1
+                    return digest
             i = self._locate(offset)
             got: Any = self._rec(i) if i is not None else None
         if got is not None and got[0] == offset and got[1] == length:  # hashed, not kept
