@@ -223,7 +223,7 @@ class S3Sink:
                                      "--overwrite to replace an archive no other archive "
                                      "depends on)")
         clean_before_backup(loc)  # unfinished uploads of killed backups under the prefix
-        self._sent = SentRecord()
+        self._sent = SentRecord(loc)
         self._done = False
         # the first part's worth is held here: an archive that fits is one conditional PUT
         # (If-None-Match: *, atomic create); a larger one becomes a multipart upload
@@ -279,8 +279,11 @@ class S3Sink:
         with If-None-Match: * for an archive of one part, else the multipart completion,
         conditional too (but for obstore's, with the instance's credentials: the HEAD is the
         check there)."""
-        if check is not None:
-            check(SentSource(self._sent, self.final))
+        try:
+            if check is not None:
+                check(SentSource(self._sent, self.final))
+        finally:
+            self._sent.close()  # its spool files: checked or not, no longer needed
         try:
             existing = None if self.overwrite else head(self.final)
         except ArchiveError as exc:
@@ -320,6 +323,7 @@ class S3Sink:
             return
         self._done = True
         self._first.clear()
+        self._sent.close()
         if self._w is None:
             return  # nothing was sent
         if isinstance(self._w, MultipartUpload):

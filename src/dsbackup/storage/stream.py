@@ -34,7 +34,7 @@ class StdoutSink:
         if os.isatty(self._fd):
             raise ArchiveError("-: standard output is a terminal; redirect it to a file or a "
                                "pipe to write an archive there")
-        self._sent = SentRecord()
+        self._sent = SentRecord(STREAM_NAME)
 
     def write(self, pieces: Sequence[bytes | memoryview]) -> int:
         n = self._sent.add(pieces)
@@ -56,11 +56,14 @@ class StdoutSink:
         return n
 
     def commit(self, check: Check | None = None) -> None:
-        if check is not None:
-            check(SentSource(self._sent, STREAM_NAME))
+        try:
+            if check is not None:
+                check(SentSource(self._sent, STREAM_NAME))
+        finally:
+            self._sent.close()
 
     def abort(self) -> None:
-        pass  # what was sent is gone; it has no trailer, so no reader accepts it
+        self._sent.close()  # what was sent is gone; it has no trailer: no reader accepts it
 
 
 class _SpooledSource(LocalSource):
