@@ -164,8 +164,11 @@ cdef object _walk_mapped(const unsigned char *base, uint64_t file_pages, size_t 
             continue
         if stack_i[top] == 0:
             visited += 1
-            if visited > branch_pages:
-                return None  # more branch pages than the database has: not a tree
+            # more branch pages than the database has, or than the snapshot's pages (the
+            # meta's count is no bound on a damaged file: a page reached again and again
+            # through a DAG of branch pages made the walk exponential): not a tree
+            if visited > branch_pages or visited > last_pg:
+                return None
         off = _u16(page + PAGEHDRSZ + 2 * stack_i[top])
         if off < upper or off + 8 > PAGE:
             return None
