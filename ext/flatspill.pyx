@@ -72,15 +72,12 @@ cdef enum:
 include "spillbuckets.pxi"
 
 
-def read_sorted(int dir_fd, bytes fname, str spill_dir="") -> list:
-    """The names of one bucket file in increasing order (``spill_dir`` names it in
-    errors)."""
+cdef int _read_names(int dir_fd, bytes fname, str spill_dir, nameset *s) except -1:
+    """Every name of bucket file ``fname`` into ``s`` (MemoryError, or its read error)."""
     cdef reader r
-    cdef nameset s
     cdef const unsigned char *name
     cdef size_t nlen
     cdef int got = 0, nomem = 0
-    memset(&s, 0, sizeof(nameset))
     open_reader(&r, dir_fd, fname, spill_dir)
     try:
         with nogil:
@@ -88,45 +85,40 @@ def read_sorted(int dir_fd, bytes fname, str spill_dir="") -> list:
                 got = rd_next(&r, &name, &nlen)
                 if got <= 0:
                     break
-                if ns_add(&s, name, nlen) < 0:
+                if ns_add(s, name, nlen) < 0:
                     nomem = 1
                     break
         if nomem:
             raise MemoryError("flatspill: no memory for a bucket's names")
         if got < 0:
             raise_read_error(&r, fname, spill_dir)
-        return sorted_list(&s)
     finally:
         close_reader(&r)
+    return 0
+
+
+def read_sorted(int dir_fd, bytes fname, str spill_dir="") -> list:
+    """The names of one bucket file in increasing order (``spill_dir`` names it in
+    errors)."""
+    cdef nameset s
+    memset(&s, 0, sizeof(nameset))
+    try:
+        _read_names(dir_fd, fname, spill_dir, &s)
+        return sorted_list(&s)
+    finally:
         ns_free(&s)
 
 
 def read_sorted_records(int dir_fd, bytes fname, str spill_dir="") -> tuple:
     """``(records, count)``: the names of one bucket file in increasing order as one
     ``bytes`` of records ``len:u8 | name`` (no object per name; ``FlatKeys.from_records``)."""
-    cdef reader r
     cdef nameset s
-    cdef const unsigned char *name
     cdef const unsigned char **ptrs = NULL
-    cdef size_t nlen, i, pos = 0, L
-    cdef int got = 0, nomem = 0
+    cdef size_t i, pos = 0, L
     cdef char *buf
     memset(&s, 0, sizeof(nameset))
-    open_reader(&r, dir_fd, fname, spill_dir)
     try:
-        with nogil:
-            while True:
-                got = rd_next(&r, &name, &nlen)
-                if got <= 0:
-                    break
-                if ns_add(&s, name, nlen) < 0:
-                    nomem = 1
-                    break
-        if nomem:
-            raise MemoryError("flatspill: no memory for a bucket's names")
-        if got < 0:
-            raise_read_error(&r, fname, spill_dir)
-        close_reader(&r)
+        _read_names(dir_fd, fname, spill_dir, &s)
         with nogil:
             ptrs = ns_sorted(&s)
         if ptrs == NULL:
@@ -141,7 +133,6 @@ def read_sorted_records(int dir_fd, bytes fname, str spill_dir="") -> tuple:
         return out, s.n
     finally:
         free(ptrs)
-        close_reader(&r)
         ns_free(&s)
 
 

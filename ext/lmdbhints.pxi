@@ -13,7 +13,7 @@
 # walk_leaf_hints return None and the caller walk every key as before.
 
 from libc.string cimport memcpy
-from posix.mman cimport MS_ASYNC, msync
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, mmap, munmap
 
 from liblmdb cimport MDB_stat, mdb_env_get_fd, mdb_env_stat
 
@@ -71,19 +71,10 @@ cdef object walk_leaf_hints(LmdbRangeScanner s, uint64_t min_records, uint64_t m
     cdef MDB_stat st
     cdef MDB_cursor *cur = NULL
     cdef MDB_val k, v
-    cdef int rc, top
-    cdef const unsigned char *leaf
-    cdef const unsigned char *base
-    cdef const unsigned char *meta
-    cdef const unsigned char *db
-    cdef const unsigned char *page
-    cdef const unsigned char *node
-    cdef uint64_t pgno, last_pg, leaves, entries, per_leaf, want, count = 0, visited = 0
-    cdef uint64_t branch_pages
+    cdef int rc
     cdef int fd = -1
-    cdef unsigned int depth, n, lower, upper, off, ksize
-    cdef uint64_t stack_pg[64]
-    cdef unsigned int stack_i[64]
+    cdef size_t size
+    cdef void *base
     s._check()
     if s.dbi != MAIN_DBI or sizeof(size_t) != 8:  # (the offsets above are a 64-bit build's)
         return None
@@ -100,26 +91,43 @@ cdef object walk_leaf_hints(LmdbRangeScanner s, uint64_t min_records, uint64_t m
         return []
     if rc:
         raise _lmdb_error(rc, f"{s.path}: cursor read failed")
-    # the map's base from the first key's leaf page: its header holds its own page number
-    leaf = <const unsigned char *>(<size_t>k.mv_data & ~(PAGE - 1))
-    pgno = _u64(leaf)
-    if not (_u16(leaf + 10) & P_LEAF) or pgno < 2 or pgno > (<size_t>leaf) // PAGE:
+    # The pages are read through a map of our own of the file as it is now (LMDB never
+    # shortens it): its base and size are known, where LMDB's map base could only be guessed
+    # from a page number in a page header (a damaged one moved the base into the map, and
+    # pages past the file's end, still in LMDB's larger map, raised SIGBUS).
+    if mdb_env_get_fd(s.env, &fd) != 0 or fd < 0:
         return None
-    base = leaf - pgno * PAGE
-    # a page number in a damaged header must not send the reads below outside the map: the
-    # meta pages and the snapshot's last page must be mapped (msync fails on an unmapped
-    # range) and in the file (a mapped page past its end would raise SIGBUS)
-    if msync(<void *>base, 2 * PAGE, MS_ASYNC) != 0:
+    size = os.fstat(fd).st_size
+    if size < 3 * PAGE:
         return None
-    meta = _meta_of(base, mdb_txn_id(s.txn))
+    base = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0)
+    if base == MAP_FAILED:
+        return None
+    try:
+        return _walk_mapped(<const unsigned char *>base, size // PAGE, mdb_txn_id(s.txn),
+                            min_records, min_bytes)
+    finally:
+        munmap(base, size)
+
+
+cdef object _walk_mapped(const unsigned char *base, uint64_t file_pages, size_t txnid,
+                         uint64_t min_records, uint64_t min_bytes):
+    """walk_leaf_hints over the file's first ``file_pages`` pages mapped at ``base``."""
+    cdef int top
+    cdef const unsigned char *meta
+    cdef const unsigned char *db
+    cdef const unsigned char *page
+    cdef const unsigned char *node
+    cdef uint64_t pgno, last_pg, leaves, entries, per_leaf, want, count = 0, visited = 0
+    cdef uint64_t branch_pages
+    cdef unsigned int depth, n, lower, upper, off, ksize
+    cdef uint64_t stack_pg[64]
+    cdef unsigned int stack_i[64]
+    meta = _meta_of(base, txnid)
     if meta == NULL:
         return None
     last_pg = _u64(meta + META_LAST_PG)
-    if (last_pg < pgno or last_pg > (<size_t>-1) // PAGE - (<size_t>base) // PAGE - 1
-            or msync(<void *>(base + last_pg * PAGE), PAGE, MS_ASYNC) != 0
-            or mdb_env_get_fd(s.env, &fd) != 0 or fd < 0):
-        return None
-    if os.fstat(fd).st_size < (last_pg + 1) * PAGE:
+    if last_pg < 2 or last_pg >= file_pages:
         return None
     db = meta + META_DBS + MAIN_DBI * DB_SIZE
     depth = _u16(db + 6)
@@ -156,8 +164,11 @@ cdef object walk_leaf_hints(LmdbRangeScanner s, uint64_t min_records, uint64_t m
             continue
         if stack_i[top] == 0:
             visited += 1
-            if visited > branch_pages:
-                return None  # more branch pages than the database has: not a tree
+            # more branch pages than the database has, or than the snapshot's pages (the
+            # meta's count is no bound on a damaged file: a page reached again and again
+            # through a DAG of branch pages made the walk exponential): not a tree
+            if visited > branch_pages or visited > last_pg:
+                return None
         off = _u16(page + PAGEHDRSZ + 2 * stack_i[top])
         if off < upper or off + 8 > PAGE:
             return None

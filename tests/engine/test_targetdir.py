@@ -85,3 +85,16 @@ def test_a_migration_into_a_directory_of_other_files_is_refused(tmp_path, run_cl
     r = run_cli("migrate", plan, f"lmdb:{src}", f"lmdb:{tmp_path / 't'}", "--state-dir",
                 tmp_path / "t" / "st")
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("scheme", ["lmdb", "leveldb"])
+def test_a_fresh_filesystems_mount_point_is_an_empty_directory(tmp_path, archive, scheme):
+    """A newly made ext2/3/4 filesystem holds only lost+found: restoring onto its mount point
+    was refused as 'holds other files (lost+found)'."""
+    mnt = tmp_path / "mnt"
+    (mnt / "lost+found").mkdir(parents=True)
+    assert restore_archive(archive, f"{scheme}:{mnt}").records_written == 50
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "lost+found").write_text("a file of that name is someone's\n")
+    with pytest.raises(DatastoreError, match=r"holds other files \(lost\+found\)"):
+        restore_archive(archive, f"{scheme}:{tmp_path / 'other'}")

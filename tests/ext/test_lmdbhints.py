@@ -1,6 +1,7 @@
 """dsbackup._ext.lmdbscan: stripe hints read off LMDB's branch pages, and their snap to a
 natural boundary (the planner of a parallel backup without a walk of every key)."""
 
+import ast
 import random
 
 import lmdb
@@ -125,9 +126,8 @@ def test_an_empty_store_has_no_hints(tmp_path):
 
 @pytest.mark.parametrize("pgno", [0, 1, 3, 1 << 34, (1 << 64) - 1])
 def test_a_damaged_leaf_page_number_gives_no_hints_and_no_crash(store, tmp_path, pgno):
-    """The map's base comes from the first leaf's own page number; a damaged one must not
-    send the branch walk outside the map (it checks the pages are mapped and in the file):
-    the planner then walks every key as before. In a child process, so that a crash fails
+    """A damaged leaf page number must not send the branch walk outside the file (the
+    pages are read through a map of the file's own, not located from a page header). In a child process, so that a crash fails
     the test instead of ending the run."""
     import os
     import shutil
@@ -159,6 +159,129 @@ def test_a_damaged_leaf_page_number_gives_no_hints_and_no_crash(store, tmp_path,
     r = subprocess.run([sys.executable, "-c", code, str(dam)], env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    hints, n = r.stdout.split()
-    assert hints == "None"
+    hints, n = r.stdout.splitlines()
+    # the branch walk reads no leaf page: its hints are the intact tree's, or none at all
+    hints = ast.literal_eval(hints)
+    assert hints is None or (hints == sorted(set(hints)) and set(hints) <= set(keys))
     assert int(n) > 40
+
+
+PAGE = 4096
+
+
+def _meta_off(data):
+    """The offset of the newest MDB_meta (after the page header of page 0 or 1)."""
+    import struct
+
+    return max((struct.unpack_from("<Q", data, i * PAGE + 16 + 128)[0], i * PAGE + 16)
+               for i in range(2))[1]
+
+
+def _first_leaf_path(data):
+    """The page numbers from the main database's root down to its first leaf."""
+    import struct
+
+    pg = struct.unpack_from("<Q", data, _meta_off(data) + 24 + 48 + 40)[0]
+    path = [pg]
+    while not struct.unpack_from("<H", data, pg * PAGE + 10)[0] & 0x02:
+        p0 = struct.unpack_from("<H", data, pg * PAGE + 16)[0]
+        lo, hi, fl = struct.unpack_from("<HHH", data, pg * PAGE + p0)
+        pg = lo | hi << 16 | fl << 32
+        path.append(pg)
+    return path
+
+
+def _hints_in_a_child(path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from dsbackup._ext import lmdbscan\n"
+        "s = lmdbscan.LmdbRangeScanner(sys.argv[1], chunk_size=50, chunk_max_bytes=1 << 20,"
+        " level=1)\n"
+        "print(s.stripe_hints(200, 1 << 30))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run([sys.executable, "-c", code, str(path)], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_leaf_page_number_moving_the_base_onto_a_forged_meta_is_no_crash(store, tmp_path):
+    """The first leaf's page number said where the map began; one that points the base at
+    a page of the file holding a copy of the snapshot's meta (same txnid) passed the
+    file-size check relative to that base, and the root it named lay past the file's end
+    in the (larger) map: SIGBUS, the whole backup gone. The pages are now read through a map of our own."""
+    import shutil
+    import struct
+
+    path, keys, _ = store
+    dam = tmp_path / "env"
+    shutil.copytree(path, dam)
+    env = lmdb.open(str(dam), map_size=1 << 30)
+    with env.begin(write=True) as txn:  # the first leaf copied to a page near the end
+        txn.put(b"/a", b"x")
+    env.close()
+    data = bytearray((dam / "data.mdb").read_bytes())
+    n = len(data) // PAGE
+    first = _first_leaf_path(data)
+    leaf, fake = first[-1], 100
+    assert fake not in first and leaf - fake > 2
+    meta = bytearray(data[_meta_off(data):_meta_off(data) + 136])
+    struct.pack_into("<Q", meta, 120, n - 1)  # last page: the file's last
+    struct.pack_into("<Q", meta, 24 + 48 + 40, n - 1)  # root: past the end from that base
+    data[fake * PAGE:fake * PAGE + 16] = struct.pack("<QHHHH", 0, 0, 0x08, 0, 0)
+    data[fake * PAGE + 16:fake * PAGE + 16 + len(meta)] = meta
+    struct.pack_into("<Q", data, leaf * PAGE, leaf - fake)  # the map "begins" at page 100
+    (dam / "data.mdb").write_bytes(bytes(data))
+    r = _hints_in_a_child(dam)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    hints = ast.literal_eval(r.stdout)  # the real tree's, the forged meta never read
+    assert len(hints) > 20 and hints == sorted(set(hints)) and set(hints) <= set(keys)
+
+
+def _branch_page(pgno, child, n):
+    """A branch page ``pgno`` of ``n`` nodes all pointing at page ``child``."""
+    import struct
+
+    page = bytearray(PAGE)
+    upper = PAGE
+    for j in range(n):
+        key = b"" if j == 0 else struct.pack(">H", j)
+        node = struct.pack("<HHHH", child & 0xFFFF, (child >> 16) & 0xFFFF, child >> 32,
+                           len(key)) + key
+        upper -= (len(node) + 1) & ~1
+        page[upper:upper + len(node)] = node
+        struct.pack_into("<H", page, 16 + 2 * j, upper)
+    struct.pack_into("<QHHHH", page, 0, pgno, 0, 0x01, 16 + 2 * n, upper)
+    return page
+
+
+def test_a_dag_of_branch_pages_does_not_hang_the_planner(store, tmp_path):
+    """Branch pages whose 300 nodes all point at the same next page, five levels down to the
+    first leaf (LMDB's own cursor reads the store), with a meta counting 2**62 branch pages:
+    the walk visited 300**4 pages, growing its list of hints without end (the planner hung).
+    It now stops past the snapshot's page count, which the file's size bounds."""
+    import shutil
+    import struct
+
+    path, keys, _ = store
+    dam = tmp_path / "env"
+    shutil.copytree(path, dam)
+    data = bytearray((dam / "data.mdb").read_bytes())
+    first = _first_leaf_path(data)
+    chain = list(range(100, 105))
+    assert not set(chain) & set(first)
+    for i, pgno in enumerate(chain):
+        child = chain[i + 1] if i + 1 < len(chain) else first[-1]
+        data[pgno * PAGE:(pgno + 1) * PAGE] = _branch_page(pgno, child, 300)
+    db = _meta_off(data) + 24 + 48
+    struct.pack_into("<H", data, db + 6, len(chain) + 1)  # depth
+    struct.pack_into("<Q", data, db + 8, 1 << 62)  # branch pages
+    struct.pack_into("<Q", data, db + 40, chain[0])  # root
+    (dam / "data.mdb").write_bytes(bytes(data))
+    with lmdb.open(str(dam), readonly=True, lock=False) as env, env.begin() as txn:
+        assert txn.cursor().first()  # LMDB itself reads the store
+    r = _hints_in_a_child(dam)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert r.stdout.split() == ["None"]

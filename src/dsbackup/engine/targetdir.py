@@ -41,6 +41,8 @@ def refuse_foreign_directory(target: Any, own: str | os.PathLike[str] | None = N
         mine, root = Path(os.path.abspath(own)), Path(os.path.abspath(loc))
         if mine != root and mine.is_relative_to(root):
             names = [n for n in names if n != mine.relative_to(root).parts[0]]
+    if "lost+found" in names and os.path.isdir(os.path.join(loc, "lost+found")):
+        names.remove("lost+found")  # a new filesystem's mount point is an empty directory
     if not names or kind[1].intersection(names):
         return
     shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
