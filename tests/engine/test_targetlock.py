@@ -201,3 +201,21 @@ def test_backup_of_a_store_being_restored_into_is_refused(tmp_path, run_cli, cli
         BackupManager(BackupConfig(workers=1)).create_backup(src, tmp_path / "b.tar.gz")
     r = run_cli("backup", src, tmp_path / "a.tar.gz")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_filesystem_without_flock_does_not_fail_the_backup(tmp_path, monkeypatch):
+    # on a filesystem without flock (ENOLCK on some NFS) the check of a leftover lock file
+    # was a raw OSError out of the backup; no writer can hold such a lock: nothing to refuse
+    import errno
+    import fcntl
+
+    from dsbackup.engine import targetlock
+
+    src = f"lmdb:{tmp_path / 'src'}"
+    lock_path(src).write_text("")  # a lock file left by an earlier restore
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    targetlock.refuse_if_being_written(src, "back it up")

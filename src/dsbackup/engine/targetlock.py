@@ -161,5 +161,7 @@ def refuse_if_being_written(store: Any, doing: str) -> None:
         raise LockedError(
             f"{store_path(store)}: another dsbackup process ({_read_holder(fd)}) is writing "
             f"to it; {doing} when that has finished (lock file {path})") from None
+    except OSError:  # a filesystem without flock (ENOLCK on some NFS): no writer can hold it
+        return
     finally:
         os.close(fd)
