@@ -504,7 +504,6 @@ cdef class SealRing:
         cdef unsigned char[::1] o = out
         cdef size_t n = d.shape[0], total, i
         cdef SealJob *j
-        cdef bint full, stopping
         _check_nonce(nonce)
         if <size_t>aad.shape[0] > AAD_MAX:
             raise ValueError("associated data too long")
@@ -512,34 +511,19 @@ cdef class SealRing:
         if <size_t>o.shape[0] < _stored_size(total):
             raise ValueError(f"SealRing.submit: the output buffer has {o.shape[0]} bytes, "
                              f"{_stored_size(total)} are needed")
-        with nogil:
-            pthread_mutex_lock(&self.mu)
-            full = self.submitted - self.collected >= RING
-            stopping = self.stopping
-            i = self.submitted
-            if not full and not stopping:
-                j = &self.jobs[i % RING]
-                j.data = &d[0] if n else NULL
-                j.n = n
-                j.total = total
-                j.out = &o[0]
-                memcpy(j.nonce, &nonce[0], NONCE_BYTES)
-                j.aad_len = aad.shape[0]
-                if j.aad_len:
-                    memcpy(j.aad, &aad[0], j.aad_len)
-                j.framed = False
-                j.rc = OK
-            pthread_mutex_unlock(&self.mu)
-        if stopping:
-            raise RuntimeError("the sealing ring has stopped")
-        if full:
-            raise RuntimeError(f"the sealing ring holds {RING} jobs not collected")
+        j = self._claim(&i)
+        j.data = &d[0] if n else NULL
+        j.n = n
+        j.total = total
+        j.out = &o[0]
+        memcpy(j.nonce, &nonce[0], NONCE_BYTES)
+        j.aad_len = aad.shape[0]
+        if j.aad_len:
+            memcpy(j.aad, &aad[0], j.aad_len)
+        j.framed = False
+        j.rc = OK
         self.refs[i % RING] = (data, out, d, o)  # exported until collected
-        with nogil:
-            pthread_mutex_lock(&self.mu)
-            self.submitted += 1
-            pthread_cond_broadcast(&self.cv)
-            pthread_mutex_unlock(&self.mu)
+        self._publish()
         return i
 
     def submit_framed(self, const unsigned char[::1] tag not None, size_t n, out not None) -> int:
@@ -548,40 +532,49 @@ cdef class SealRing:
         cdef unsigned char[::1] o = out
         cdef size_t total, i
         cdef SealJob *j
-        cdef bint full, stopping
         if tag.shape[0] != TAG_BYTES:
             raise ValueError(f"a tag has {TAG_BYTES} bytes")
         total = _sealed_total(n, 512)
         if <size_t>o.shape[0] < _stored_size(total):
             raise ValueError(f"SealRing.submit_framed: the output buffer has {o.shape[0]} "
                              f"bytes, {_stored_size(total)} are needed")
+        j = self._claim(&i)
+        j.data = NULL
+        j.n = n
+        j.total = total
+        j.out = &o[0]
+        j.aad_len = 0
+        j.framed = True
+        memcpy(j.tag, &tag[0], TAG_BYTES)
+        j.rc = OK
+        self.refs[i % RING] = (out, o)  # exported until collected
+        self._publish()
+        return i
+
+    cdef SealJob* _claim(self, size_t *i) except NULL:
+        """The next job slot to fill, its number in ``i``; RuntimeError when the ring is full
+        or has stopped. One thread submits (the archive writer): the slot is its own until
+        _publish makes it the worker's, under the lock."""
+        cdef bint full, stopping
         with nogil:
             pthread_mutex_lock(&self.mu)
             full = self.submitted - self.collected >= RING
             stopping = self.stopping
-            i = self.submitted
-            if not full and not stopping:
-                j = &self.jobs[i % RING]
-                j.data = NULL
-                j.n = n
-                j.total = total
-                j.out = &o[0]
-                j.aad_len = 0
-                j.framed = True
-                memcpy(j.tag, &tag[0], TAG_BYTES)
-                j.rc = OK
+            i[0] = self.submitted
             pthread_mutex_unlock(&self.mu)
         if stopping:
             raise RuntimeError("the sealing ring has stopped")
         if full:
             raise RuntimeError(f"the sealing ring holds {RING} jobs not collected")
-        self.refs[i % RING] = (out, o)  # exported until collected
+        return &self.jobs[i[0] % RING]
+
+    cdef void _publish(self) noexcept:
+        """Hand the claimed job to the sealing thread."""
         with nogil:
             pthread_mutex_lock(&self.mu)
             self.submitted += 1
             pthread_cond_broadcast(&self.cv)
             pthread_mutex_unlock(&self.mu)
-        return i
 
     def result(self, size_t i):
         """Wait for job ``i`` (the oldest not collected): (written, crc32, size, input_len,
