@@ -44,7 +44,8 @@ def _command_names() -> list[str]:
 
 
 def _command_modules(only: str | None = None) -> list[ModuleType]:
-    names = [only] if only is not None else _command_names()
+    """Every command's module, or only `only`'s ("": none, for --version)."""
+    names = ([only] if only else []) if only is not None else _command_names()
     mods = []
     for name in names:
         mod = importlib.import_module(f"dsbackup.cli.{name}")
@@ -55,11 +56,14 @@ def _command_modules(only: str | None = None) -> list[ModuleType]:
 
 def _command_in(argv: Sequence[str]) -> str | None:
     """The command named on the command line, when it is a known one: only its module is
-    imported (the others, the scheduler's above all, cost start-up time)."""
+    imported (the others, the scheduler's above all, cost start-up time); "" for --version
+    before any command (no command's module: it prints the version and ends)."""
     args = iter(argv)
     for arg in args:
-        if arg in ("-h", "--help", "--version"):
+        if arg in ("-h", "--help"):
             return None
+        if arg == "--version":
+            return ""
         if arg in ("--umask", "--s3-endpoint", "--s3-stale-hours"):
             next(args, None)  # its value
         elif not arg.startswith("-"):
