@@ -334,6 +334,17 @@ def test_version_before_a_command_imports_no_command_module():
     assert lines[2] == "['dsbackup.cli._common', 'dsbackup.cli.main']", lines[2]
 
 
+def test_command_names_are_the_modules_pkgutil_lists():
+    """main._command_names reads the package directory itself (no pkgutil at start-up)."""
+    import pkgutil
+
+    from dsbackup import cli
+
+    listed = sorted(i.name for i in pkgutil.iter_modules(cli.__path__)
+                    if not i.name.startswith("_") and i.name != "main")
+    assert main._command_names() == listed and "verify" in listed and "restore" in listed
+
+
 def test_help_is_as_wide_as_argparse_makes_it(monkeypatch):
     """argparse's formatter finds the width as shutil.get_terminal_size does (COLUMNS, else
     the terminal, else 80) without importing shutil."""

@@ -7,9 +7,9 @@ import contextlib
 import errno
 import gc
 import importlib
+import importlib.machinery
 import logging
 import os
-import pkgutil
 import select
 import sys
 import threading
@@ -38,9 +38,22 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def _command_names() -> list[str]:
-    """Each command lives in dsbackup/cli/<command>.py."""
-    return sorted(info.name for info in pkgutil.iter_modules(cli.__path__)
-                  if not info.name.startswith("_") and info.name != "main")
+    """Each command lives in dsbackup/cli/<command>.py: the module names of the package's
+    directory, as pkgutil.iter_modules finds them (any module suffix), without importing
+    pkgutil (importlib.util: ~2 ms of the console script's start-up)."""
+    suffixes = sorted(importlib.machinery.all_suffixes(), key=len, reverse=True)
+    names = set()
+    for directory in cli.__path__:
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            continue
+        for entry in entries:
+            suffix = next((s for s in suffixes if entry.endswith(s)), None)
+            name = entry[:-len(suffix)] if suffix else ""
+            if name.isidentifier() and not name.startswith("_") and name != "main":
+                names.add(name)
+    return sorted(names)
 
 
 def _command_modules(only: str | None = None) -> list[ModuleType]:
