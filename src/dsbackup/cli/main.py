@@ -345,11 +345,16 @@ def _exit_without_teardown(rc: int) -> None:
     import atexit
 
     try:
-        atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
     except (OSError, ValueError):
-        return
+        return  # before the exit handlers: the ordinary exit runs them once
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        os._exit(120)  # what the interpreter exits with when its last flush fails
     os._exit(rc)
 
 
