@@ -5,7 +5,6 @@ threads; the native calls release the GIL."""
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -221,6 +220,8 @@ def verify_archive(
                 raise ValueError("sample must be a fraction between 0 and 1")
             n = reader.chunk_count
             k = min(n, max(1 if n and sample > 0 else 0, round(n * sample)))
+            import random  # only a sampled verify draws (not a deep one's start-up)
+
             deep_set = set(random.Random(seed).sample(range(n), k))
         workers = threads or min(8, os.cpu_count() or 1)
         lock = threading.Lock()
