@@ -212,6 +212,21 @@ def test_a_worker_full_of_chunks_waits_for_a_stripe_only_while_the_writer_is_beh
     assert scan._next_worker({0, 1}) == 0
 
 
+def test_a_busy_worker_gets_its_next_stripe_ahead_only_while_few_chunks_wait():
+    """A worker may be handed one stripe beyond the one it scans (no idle round trip between
+    stripes): the one whose stripe started first, never a third, never while the writer is
+    behind or while it holds more than KEEP_SLOTS chunks (no spill of a running stripe)."""
+    scan = ParallelScan("lmdb", "/nonexistent", ChunkSettings(10, 4096, 1), 2,
+                        stats=ScanStats())
+    assert scan._next_ahead([deque([3]), deque([2])]) == 1  # stripe 2 started first
+    assert scan._next_ahead([deque([3]), deque([2, 4])]) == 0  # worker 1 has one ahead
+    assert scan._next_ahead([deque([3, 5]), deque([2, 4])]) is None
+    scan._queued = [0, KEEP_SLOTS + 1]
+    assert scan._next_ahead([deque([3]), deque([2])]) == 0
+    scan._queued = [KEEP_SLOTS + 1, KEEP_SLOTS - 1]  # 2 x KEEP_SLOTS waiting: behind
+    assert scan._next_ahead([deque([3]), deque([2])]) is None
+
+
 def test_a_worker_killed_mid_scan_fails_the_scan_naming_it(tmp_path):
     """A worker that dies (SIGKILL: no message) while the loop reads the others' messages in
     bulk and polls their pipes and sentinels: the scan raises BackupError naming it, at once,
