@@ -124,6 +124,7 @@ class ParallelScan:
         self._wake: tuple[int, int] | None = None
         self._poll: Any = None  # see _poller
         self._skipped = -1  # the process _recv leaves out of the poll object (see _recv)
+        self._reported = False  # every process sent its stats: the scan is complete
         self._fds: dict[int, tuple[int, int]] = {}
         self._readers: list[FrameReader] = []  # every message from the processes, in bulk
         # per worker: its chunks waiting in its slots to be written (_spill_slots reads it)
@@ -206,15 +207,18 @@ class ParallelScan:
         self._wpaths = []
 
     def _stop(self) -> None:
-        for c in self.conns:
+        for c in [] if self._reported else self.conns:
             try:
                 c.send(("stop",))
             except OSError:
                 pass
         if len(self.conns) > self.n:  # a planner waiting in send gets EPIPE and ends now
             self.conns[self.n].close()
+        # after a whole scan every process has released the store and reported (its last
+        # act before it exits: worker.py), so its exit (unmapping the store and the slots)
+        # need not hold up the end of the backup: the zygote (or the fork server) reaps it
         deadline = time.monotonic() + 5
-        for p in self.procs:
+        for p in [] if self._reported else self.procs:
             p.join(max(0.0, deadline - time.monotonic()))
             if p.is_alive():
                 p.kill()
@@ -223,7 +227,7 @@ class ParallelScan:
             if not c.closed:
                 c.close()
         for p in self.procs:
-            with contextlib.suppress(ValueError):  # still running: the kill above failed
+            with contextlib.suppress(ValueError):  # a fork server's process still exiting
                 p.close()
 
     def _cleanup(self) -> None:
@@ -495,6 +499,7 @@ class ParallelScan:
                     self._stats_message(w, msg, pending)
         if pending:
             raise BackupError(f"backup workers {sorted(pending)} did not finish")
+        self._reported = True
 
     def _stats_message(self, w: int, msg: tuple, pending: set[int]) -> None:
         if msg[0] == "error":
