@@ -95,6 +95,27 @@ def _scan(location: str) -> ParallelScan:
     return ParallelScan("lmdb", location, ChunkSettings(20, 1 << 16, 1), 2, consistent=True)
 
 
+def test_a_complete_scan_leaves_no_reader_on_the_store(tmp_path):
+    """The scan no longer waits for its processes to exit once they have all reported: by
+    then each has ended its read transaction and closed the store (worker.py), so no reader
+    of theirs is left in the store's reader table, whether or not they have exited yet."""
+    import lmdb
+
+    location = _lmdb_store(tmp_path / "db")
+    scan = _scan(location)
+    chunks = sum(1 for _ in scan)
+    assert chunks > 1 and scan.stats.worker_cpu_s > 0  # all three reported
+    pids = {str(p.pid) for p in scan.procs}
+    env = lmdb.open(location, readonly=True, lock=True)
+    try:
+        table = env.readers()
+    finally:
+        env.close()
+    holders = {line.split()[0] for line in table.splitlines()[1:] if line.split()}
+    # a released slot keeps no pid (LMDB clears it at mdb_env_close)
+    assert not pids & holders, table
+
+
 def test_held_slots_are_reused_only_once_released(tmp_path):
     """A consumer that holds every chunk's slot and releases it later from another thread
     (the encrypted writer's sealing thread): each body is intact until its release (no
