@@ -215,8 +215,10 @@ class IncrementalStream:
 
 
 def _check_own(tmp: Path, parent: ArchiveReader) -> None:
-    """Before the rename: the new archive's own members and every reference (index checks
-    against the parent chain; the parents' members were checked when they were written)."""
+    """Before the rename: the new archive's own members, every reference (index checks
+    against the parent chain) and the members the references resolve to in the parents (a
+    parent damaged since it was written would make this archive unrestorable: exit 3, see
+    _check_referenced)."""
     from dsbackup.archive.chain import ParentChain
     from dsbackup.archive.verify import VerifyReport, _check_summary
 
@@ -241,6 +243,45 @@ def _check_own(tmp: Path, parent: ArchiveReader) -> None:
                 r.check_member(i)
                 if r.index.catalog_count:
                     r.check_catalog_member(i)
+        _check_referenced(r, chain, stored, tmp)
+
+
+def _check_referenced(r: ArchiveReader, chain: Any, stored: Any, tmp: Path) -> None:
+    """The parent members (and catalogs) that `r`'s references resolve to, hashed against
+    their parents' index (natively, in each parent's file order; an S3 parent fetches just
+    those ranges). The archive is only as restorable as these bytes: a damaged one fails the
+    backup (IntegrityError, exit 3) naming the parent and its chunk. Cost: one read of the
+    referenced members' bytes (docs/INCREMENTAL.md "The check before the rename")."""
+    import numpy as np
+
+    is_ref = np.ones(r.chunk_count, bool)
+    is_ref[stored] = False
+    held: dict[int, tuple[ArchiveReader, list[tuple[int, int]]]] = {}
+    for i in np.flatnonzero(is_ref).tolist():
+        holder, seq = chain.locate(i)
+        held.setdefault(id(holder), (holder, []))[1].append((seq, i))
+    catalog = r.index.catalog_count > 0
+    for holder, pairs in held.values():
+        pairs.sort()
+        ranges = []
+        for seq, _ in pairs:
+            m = holder.entry(seq)
+            ranges.append((m.offset, m.length))
+            if catalog:
+                c = holder.index.catalog(seq)
+                ranges.append((c.offset, c.length))
+        holder.plan_reads(iter(ranges))
+        for seq, i in pairs:
+            try:
+                holder.check_member(seq)
+                if catalog:
+                    holder.check_catalog_member(seq)
+            except IntegrityError as exc:
+                raise IntegrityError(
+                    f"{display(tmp)}: chunk {i} refers to chunk {seq} of parent "
+                    f"{display(holder.path)}, which is damaged ({exc}); this backup could not "
+                    "be restored, so it is not kept: verify and repair or replace that "
+                    "parent, or make a full backup (no --parent)", chunk=i) from None
 
 
 @dataclass(frozen=True)
