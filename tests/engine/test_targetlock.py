@@ -218,4 +218,129 @@ def test_a_filesystem_without_flock_does_not_fail_the_backup(tmp_path, monkeypat
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    targetlock.refuse_if_being_written(src, "back it up")
+    with targetlock.TargetLock(src, "backup", shared=True):
+        pass
+
+
+def _paused(cli_env, code: str) -> subprocess.Popen:
+    """A real backup or restore in another process, paused inside its run (in its progress
+    callback) until its stdin closes; `code` calls it with `progress=pause`."""
+    head = textwrap.dedent("""
+        import sys
+        from dsbackup.engine.backup import BackupManager
+        from dsbackup.engine.config import BackupConfig
+        paused = []
+        def pause(p):
+            if not paused:
+                paused.append(1)
+                print("paused", flush=True)
+                sys.stdin.read()
+    """)
+    p = subprocess.Popen([sys.executable, "-c", head + textwrap.dedent(code)], env=cli_env,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "paused"
+    return p
+
+
+def _store(tmp_path, name: str = "store") -> str:
+    from dsbackup.datastores import open_datastore
+
+    uri = f"lmdb:{tmp_path / name}"
+    with open_datastore(uri) as ds:
+        keys = [b"/k%06d" % i for i in range(3000)]
+        ds.put_many(keys, [os.urandom(300) for _ in keys])
+    return uri
+
+
+def test_restore_into_a_store_being_backed_up_is_refused(tmp_path, make_archive, run_cli,
+                                                         cli_env):
+    """A backup holds its source's lock (shared) while it reads it: `restore --overwrite`
+    into that store is refused with exit 4 naming the backup, the store untouched; once the
+    backup ends (successfully) the restore runs, and no lock file is left."""
+    uri = _store(tmp_path)
+    arch = tmp_path / "other.tar.gz"
+    make_archive(arch, RECORDS)
+    before = (tmp_path / "store" / "data.mdb").read_bytes()
+    backup = _paused(cli_env, f"""
+        BackupManager(BackupConfig(workers=1, chunk_size=16)).create_backup(
+            {uri!r}, {str(tmp_path / 'b.tar.gz')!r}, progress=pause)
+    """)
+    try:
+        r = run_cli("restore", arch, uri, "--overwrite")
+        assert r.returncode == 4, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"PID {backup.pid}, backup to" in lines[0] and "is backing it up" in lines[0]
+        assert (tmp_path / "store" / "data.mdb").read_bytes() == before
+        r2 = run_cli("backup", uri, tmp_path / "c.tar.gz")  # backups share the lock
+        assert r2.returncode == 0, r2.stderr
+        assert lock_path(uri).exists()  # the paused backup still holds it
+    finally:
+        backup.stdin.close()
+        assert backup.wait(timeout=120) == 0
+    assert not lock_path(uri).exists()
+    assert (tmp_path / "b.tar.gz").exists()
+    r = run_cli("restore", arch, uri, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert not lock_path(uri).exists()
+
+
+def test_backup_of_a_store_a_restore_is_writing_is_refused(tmp_path, make_archive, run_cli,
+                                                          cli_env):
+    """The other way round, both real: a restore paused mid-way holds the store; a backup of
+    it is refused (exit 4, one line naming the restore), and no archive appears."""
+    arch = tmp_path / "a.tar.gz"
+    make_archive(arch, [(b"/k%06d" % i, os.urandom(300)) for i in range(20000)])
+    uri = f"lmdb:{tmp_path / 'target'}"
+    restore = _paused(cli_env, f"""
+        BackupManager(BackupConfig(workers=1)).restore_backup(
+            {str(arch)!r}, {uri!r}, progress=pause)
+    """)
+    try:
+        r = run_cli("backup", uri, tmp_path / "b.tar.gz")
+        assert r.returncode == 4, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"PID {restore.pid}, restore of" in lines[0] and "is writing to it" in lines[0]
+        assert not (tmp_path / "b.tar.gz").exists()
+    finally:
+        restore.stdin.close()
+        assert restore.wait(timeout=120) == 0
+    assert run_cli("backup", uri, tmp_path / "b.tar.gz").returncode == 0
+
+
+def test_a_backup_of_a_store_in_a_read_only_directory_needs_no_lock_file(tmp_path,
+                                                                          monkeypatch):
+    """The backup's share of the lock is no reason to fail when the store's directory may
+    not be written (a read-only mount, another user's store; simulated: root may write
+    anywhere): no lock file, the backup done."""
+    import errno
+
+    from dsbackup.engine import targetlock
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.engine.config import BackupConfig
+
+    uri = _store(tmp_path)
+    real = os.open
+
+    def read_only_dir(path, flags, *a, **k):
+        if str(path).endswith(targetlock.SUFFIX) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real(path, flags, *a, **k)
+
+    monkeypatch.setattr(targetlock.os, "open", read_only_dir)
+    BackupManager(BackupConfig(workers=1)).create_backup(uri, tmp_path / "a.tar.gz")
+    assert not lock_path(uri).exists() and (tmp_path / "a.tar.gz").exists()
+
+
+def test_in_one_process_a_restore_into_a_store_being_backed_up_is_refused(tmp_path):
+    uri = f"lmdb:{tmp_path / 's'}"
+    with (TargetLock(uri, "backup", shared=True), TargetLock(uri, "backup 2", shared=True),
+          pytest.raises(LockedError, match="a backup in this process")):
+        TargetLock(uri, "restore").acquire()
+    assert not lock_path(uri).exists()
+    with TargetLock(uri, "restore"):  # free again; a writer's own backup is no obstacle
+        with TargetLock(uri, "backup", shared=True):
+            pass
+        assert lock_path(uri).exists()
+    assert not lock_path(uri).exists()

@@ -7,8 +7,15 @@ lock file (released by the kernel when its holder dies, so a killed run leaves n
 the file holds the holder's PID and what it does. It is removed on release; a waiter that
 locked a file already unlinked retries on the new one. Within one process the lock is
 re-entrant for the thread holding it (a migration's rollback restores into a store the
-migration holds). A backup of a store another process holds is refused too (exit 4): it would
-read a half-written store (refuse_if_being_written).
+migration holds).
+
+A backup holds the same lock shared (``TargetLock(source, "backup ...", shared=True)``) for
+as long as it reads the store: a restore or migration into a store being backed up is refused
+(exit 4), and so is a backup of a store being written (it would read a half-written store);
+backups of one store run side by side. The last shared holder to leave removes the file. A
+store whose directory the backup may not write (a read-only mount, another user's store) is
+locked through an existing lock file when there is one, else not at all: nobody without
+write access there can restore into it either.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dsbackup.errors import LockedError
 SUFFIX = ".dsbackup.lock"
 
 _held: dict[str, tuple[int, int]] = {}  # lock path -> (thread ident, depth)
+_shared: dict[str, int] = {}  # lock path -> shared holders in this process (backups)
 _held_lock = threading.Lock()
 
 
@@ -50,16 +58,19 @@ def lock_path(store: Any) -> Path | None:
 
 class TargetLock:
     """``with TargetLock(store, "restore"):`` — hold the store's write lock (no-op for a
-    store without a filesystem path)."""
+    store without a filesystem path); ``shared=True``: a reader's share of it (a backup)."""
 
-    def __init__(self, store: Any, what: str, *, create_parent: bool = True) -> None:
+    def __init__(self, store: Any, what: str, *, create_parent: bool = True,
+                 shared: bool = False) -> None:
         self.path = lock_path(store)
         self.store = store_path(store)
         self.what = what
         # False for a store that must exist already (a migration's source): when even its
         # directory is missing there is nothing to lock, and nothing is created for it
-        self.create_parent = create_parent
+        self.create_parent = create_parent and not shared
+        self.shared = shared
         self._fd = -1
+        self._mine = False  # whether this object holds a share (release undoes it)
 
     def __enter__(self) -> TargetLock:
         self.acquire()
@@ -71,9 +82,15 @@ class TargetLock:
     def acquire(self) -> None:
         if self.path is None:
             return
+        if self.shared:
+            self._acquire_shared()
+            return
         key = str(self.path)
         me = threading.get_ident()
         with _held_lock:
+            if _shared.get(key):
+                raise LockedError(f"{self.store}: a backup in this process (PID {os.getpid()}) "
+                                  "is reading it; wait for it to finish")
             held = _held.get(key)
             if held is not None:
                 if held[0] != me:
@@ -91,11 +108,9 @@ class TargetLock:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    holder = _read_holder(fd)
+                    msg = _busy(fd, self.store, self.path, "wait for it to finish")
                     os.close(fd)
-                    raise LockedError(
-                        f"{self.store}: another dsbackup process ({holder}) is writing to "
-                        f"it; wait for it to finish (lock file {self.path})") from None
+                    raise LockedError(msg) from None
                 except BaseException:
                     os.close(fd)
                     raise
@@ -111,10 +126,69 @@ class TargetLock:
             self._fd = fd
             _held[key] = (me, 1)
 
+    def _acquire_shared(self) -> None:
+        """A share of the lock: refused (exit 4) while a writer holds it; no-op where this
+        process writes the store itself (a migration backing up its own source)."""
+        assert self.path is not None
+        key = str(self.path)
+        with _held_lock:
+            if key in _held:
+                return
+            while True:
+                fd = _open_for_share(self.path)
+                if fd < 0:  # no lock file and none can be made here: no writer can lock it
+                    return
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    msg = _busy(fd, self.store, self.path, "back it up when that has finished")
+                    os.close(fd)
+                    raise LockedError(msg) from None
+                except OSError:  # a filesystem without flock (ENOLCK, some NFS): no writer
+                    os.close(fd)  # can hold it either
+                    return
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if _same_file(fd, self.path):
+                    break
+                os.close(fd)  # a writer removed it as it left: share the new one
+            try:  # who reads it, for a refused writer's message (first line: the last one)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {self.what}\n".encode(), 0)
+            except OSError:  # opened read-only: the message says "PID unknown"
+                pass
+            self._fd, self._mine = fd, True
+            _shared[key] = _shared.get(key, 0) + 1
+
+    def _release_shared(self, key: str) -> None:
+        with _held_lock:
+            if not self._mine:
+                return
+            self._mine = False
+            n = _shared.get(key, 1) - 1
+            if n:
+                _shared[key] = n
+            else:
+                _shared.pop(key, None)
+            fd, self._fd = self._fd, -1
+            try:  # the last holder removes the file, as a writer does (exclusive: no one
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # else holds it)
+                if _same_file(fd, self.path):
+                    assert self.path is not None
+                    self.path.unlink(missing_ok=True)
+            except OSError:  # another backup still reads the store (or no write access)
+                pass
+            finally:
+                os.close(fd)
+
     def release(self) -> None:
         if self.path is None:
             return
         key = str(self.path)
+        if self.shared:
+            self._release_shared(key)
+            return
         with _held_lock:
             held = _held.get(key)
             if held is None:
@@ -131,37 +205,44 @@ class TargetLock:
                     os.close(fd)
 
 
+def _open_for_share(path: Path) -> int:
+    """The lock file opened to be shared: created when the directory allows, else an existing
+    one read-only; -1 when there is none and none can be made."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        pass
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return -1
+
+
+def _same_file(fd: int, path: Path | None) -> bool:
+    try:
+        return path is not None and os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _busy(fd: int, store: Path | None, path: Path | None, then: str) -> str:
+    """The one line of a refusal: who holds the lock (a backup reading the store, or a
+    restore or migration writing it) and what to do."""
+    holder = _read_holder(fd)
+    try:  # a share granted now: the holders are backups (readers), not a writer
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        reading = True
+    except OSError:
+        reading = False
+    doing = "is backing it up" if reading else "is writing to it"
+    return f"{store}: another dsbackup process ({holder}) {doing}; {then} (lock file {path})"
+
+
 def _read_holder(fd: int) -> str:
     try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").split("\n")[0].split()
     except OSError:
         text = []
     if text and text[0].isdigit():
         return f"PID {text[0]}" + (f", {' '.join(text[1:])}" if len(text) > 1 else "")
     return "PID unknown"
-
-
-def refuse_if_being_written(store: Any, doing: str) -> None:
-    """LockedError when another process holds `store`'s write lock (a restore or migration
-    into it is running): `doing` it now would read a half-written store and call it done.
-    A lock held by this process (a migration backing up its own source) is no obstacle."""
-    path = lock_path(store)
-    if path is None:
-        return
-    with _held_lock:
-        if str(path) in _held:
-            return
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:  # no lock file (the usual case): nobody is writing
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below
-    except BlockingIOError:
-        raise LockedError(
-            f"{store_path(store)}: another dsbackup process ({_read_holder(fd)}) is writing "
-            f"to it; {doing} when that has finished (lock file {path})") from None
-    except OSError:  # a filesystem without flock (ENOLCK on some NFS): no writer can hold it
-        return
-    finally:
-        os.close(fd)
