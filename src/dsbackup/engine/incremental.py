@@ -361,7 +361,9 @@ def _open_uri(uri: str) -> _Where:
         if not Path(location, "data.mdb").is_file():  # as LmdbDatastore says it, not errno 2
             raise DatastoreError(f"{Path(location).absolute()}: no LMDB environment (data.mdb "
                                  "missing)")
-        return _Where(f"lmdb:{location}", "lmdb", lmdb_path=location)
+        # the absolute path, as an opened store records it (LmdbDatastore.uri): a relative
+        # one named another store from another working directory (inspect, --resume)
+        return _Where(f"lmdb:{Path(location).absolute()}", "lmdb", lmdb_path=location)
     ds = open_datastore(uri, readonly=True)
     return _Where(getattr(ds, "uri", uri), ds.scheme, ds=ds)
 
