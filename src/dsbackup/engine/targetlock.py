@@ -9,13 +9,15 @@ locked a file already unlinked retries on the new one. Within one process the lo
 re-entrant for the thread holding it (a migration's rollback restores into a store the
 migration holds).
 
-A backup holds the same lock shared (``TargetLock(source, "backup ...", shared=True)``) for
-as long as it reads the store: a restore or migration into a store being backed up is refused
-(exit 4), and so is a backup of a store being written (it would read a half-written store);
-backups of one store run side by side. The last shared holder to leave removes the file. A
-store whose directory the backup may not write (a read-only mount, another user's store) is
-locked through an existing lock file when there is one, else not at all: nobody without
-write access there can restore into it either.
+A backup must not change its source, so it creates no lock file: it holds a shared ``flock``
+on the store's directory itself (``TargetLock(source, "backup ...", shared=True)``) for as
+long as it reads the store, after checking that no writer holds the lock file. A restore or
+migration takes, after its lock file, an exclusive ``flock`` on the store's directory when it
+exists: so a restore into a store being backed up is refused (exit 4, the backup's PID from
+the kernel's lock table), and so is a backup of a store being written (it would read a
+half-written store); backups of one store run side by side. A store that is one file
+(``sqlite:``) is checked but not held (a lock on the database file itself could meet SQLite's
+own locks on NFS).
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from dsbackup.errors import LockedError
+from dsbackup.storage.locktable import lock_holders
 
 SUFFIX = ".dsbackup.lock"
 
 _held: dict[str, tuple[int, int]] = {}  # lock path -> (thread ident, depth)
-_shared: dict[str, int] = {}  # lock path -> shared holders in this process (backups)
 _held_lock = threading.Lock()
 
 
@@ -70,7 +72,7 @@ class TargetLock:
         self.create_parent = create_parent and not shared
         self.shared = shared
         self._fd = -1
-        self._mine = False  # whether this object holds a share (release undoes it)
+        self._dir_fd = -1  # the store's directory, flocked (shared: a backup; else: a writer)
 
     def __enter__(self) -> TargetLock:
         self.acquire()
@@ -88,9 +90,6 @@ class TargetLock:
         key = str(self.path)
         me = threading.get_ident()
         with _held_lock:
-            if _shared.get(key):
-                raise LockedError(f"{self.store}: a backup in this process (PID {os.getpid()}) "
-                                  "is reading it; wait for it to finish")
             held = _held.get(key)
             if held is not None:
                 if held[0] != me:
@@ -121,73 +120,53 @@ class TargetLock:
                 if same:
                     break
                 os.close(fd)  # the holder removed it while we waited: lock the new one
+            try:
+                self._dir_fd = _lock_dir(self.store, fcntl.LOCK_EX)
+            except BaseException:
+                self.path.unlink(missing_ok=True)  # while locked: no one else holds it
+                os.close(fd)
+                raise
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {self.what}\n".encode())
             self._fd = fd
             _held[key] = (me, 1)
 
     def _acquire_shared(self) -> None:
-        """A share of the lock: refused (exit 4) while a writer holds it; no-op where this
-        process writes the store itself (a migration backing up its own source)."""
+        """A reader's hold (a backup): the lock file checked (not created: the source is not
+        changed), then a shared flock on the store's directory. Refused (exit 4) while a
+        writer holds either; no-op where this process writes the store itself (a migration
+        backing up its own source)."""
         assert self.path is not None
-        key = str(self.path)
         with _held_lock:
-            if key in _held:
+            if str(self.path) in _held:
                 return
-            while True:
-                fd = _open_for_share(self.path)
-                if fd < 0:  # no lock file and none can be made here: no writer can lock it
-                    return
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    msg = _busy(fd, self.store, self.path, "back it up when that has finished")
-                    os.close(fd)
-                    raise LockedError(msg) from None
-                except OSError:  # a filesystem without flock (ENOLCK, some NFS): no writer
-                    os.close(fd)  # can hold it either
-                    return
-                except BaseException:
-                    os.close(fd)
-                    raise
-                if _same_file(fd, self.path):
-                    break
-                os.close(fd)  # a writer removed it as it left: share the new one
-            try:  # who reads it, for a refused writer's message (first line: the last one)
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()} {self.what}\n".encode(), 0)
-            except OSError:  # opened read-only: the message says "PID unknown"
-                pass
-            self._fd, self._mine = fd, True
-            _shared[key] = _shared.get(key, 0) + 1
-
-    def _release_shared(self, key: str) -> None:
-        with _held_lock:
-            if not self._mine:
-                return
-            self._mine = False
-            n = _shared.get(key, 1) - 1
-            if n:
-                _shared[key] = n
-            else:
-                _shared.pop(key, None)
-            fd, self._fd = self._fd, -1
-            try:  # the last holder removes the file, as a writer does (exclusive: no one
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # else holds it)
-                if _same_file(fd, self.path):
-                    assert self.path is not None
-                    self.path.unlink(missing_ok=True)
-            except OSError:  # another backup still reads the store (or no write access)
-                pass
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:  # no lock file (the usual case): no writer holds it
+            fd = -1
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below
+            except BlockingIOError:
+                raise LockedError(_busy(fd, self.store, self.path,
+                                        "back it up when that has finished")) from None
+            except OSError:  # a filesystem without flock (ENOLCK on some NFS): no writer
+                pass  # can hold it either
             finally:
                 os.close(fd)
+        self._dir_fd = _lock_dir(self.store, fcntl.LOCK_SH)  # (a writer's since: refused)
+
+    def _close_dir(self) -> None:
+        fd, self._dir_fd = self._dir_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def release(self) -> None:
         if self.path is None:
             return
         key = str(self.path)
         if self.shared:
-            self._release_shared(key)
+            self._close_dir()
             return
         with _held_lock:
             held = _held.get(key)
@@ -197,6 +176,7 @@ class TargetLock:
                 _held[key] = (held[0], held[1] - 1)
                 return
             del _held[key]
+            self._close_dir()
             if self._fd >= 0:
                 try:
                     self.path.unlink(missing_ok=True)  # while locked: no one else holds it
@@ -205,37 +185,38 @@ class TargetLock:
                     os.close(fd)
 
 
-def _open_for_share(path: Path) -> int:
-    """The lock file opened to be shared: created when the directory allows, else an existing
-    one read-only; -1 when there is none and none can be made."""
+def _lock_dir(store: Path | None, op: int) -> int:
+    """The store's directory opened and flocked (`op`: LOCK_SH for a backup, LOCK_EX for a
+    writer; not waiting), or -1 when there is none (a new store, a one-file store) or the
+    filesystem has no flock. LockedError naming the holders when another process holds it
+    the other way."""
+    if store is None:
+        return -1
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
-        pass
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(store, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return -1
-
-
-def _same_file(fd: int, path: Path | None) -> bool:
     try:
-        return path is not None and os.fstat(fd).st_ino == os.stat(path).st_ino
-    except FileNotFoundError:
-        return False
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holders = lock_holders(os.fstat(fd))
+        os.close(fd)
+        pids = ", ".join(f"PID {p}" for p in sorted(set(holders or ())) if p != os.getpid())
+        if op == fcntl.LOCK_EX:
+            raise LockedError(f"{store}: a dsbackup backup ({pids or 'another process'}) is "
+                              "reading it; wait for it to finish") from None
+        raise LockedError(f"{store}: another dsbackup process ({pids or 'PID unknown'}) is "
+                          "writing to it; back it up when that has finished") from None
+    except OSError:  # no flock here (ENOLCK on some NFS): nobody can hold it either
+        os.close(fd)
+        return -1
+    return fd
 
 
 def _busy(fd: int, store: Path | None, path: Path | None, then: str) -> str:
-    """The one line of a refusal: who holds the lock (a backup reading the store, or a
-    restore or migration writing it) and what to do."""
-    holder = _read_holder(fd)
-    try:  # a share granted now: the holders are backups (readers), not a writer
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        reading = True
-    except OSError:
-        reading = False
-    doing = "is backing it up" if reading else "is writing to it"
-    return f"{store}: another dsbackup process ({holder}) {doing}; {then} (lock file {path})"
+    """The one line of a refusal by the lock file's holder (a restore or migration)."""
+    return (f"{store}: another dsbackup process ({_read_holder(fd)}) is writing to it; {then} "
+            f"(lock file {path})")
 
 
 def _read_holder(fd: int) -> str:

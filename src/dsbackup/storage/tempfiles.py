@@ -18,6 +18,8 @@ import re
 import stat
 from pathlib import Path
 
+from dsbackup.storage.locktable import lock_holders
+
 log = logging.getLogger(__name__)
 
 
@@ -151,21 +153,11 @@ def _locked_unopened(path: Path) -> bool:
         return False
     if not stat.S_ISREG(st.st_mode):
         return False
-    try:
-        with open("/proc/locks", "rb") as f:
-            table = f.read()
-    except OSError:
+    holders = lock_holders(st)
+    if holders is None:
         boot = _boot_time()
         return boot is None or st.st_mtime >= boot
-    for line in table.splitlines():
-        parts = line.split()
-        if len(parts) > 5 and parts[1] != b"->":  # (a waiter's line holds nothing)
-            try:
-                if int(parts[5].rsplit(b":", 1)[1]) == st.st_ino:
-                    return True
-            except (IndexError, ValueError):
-                continue
-    return False
+    return bool(holders)
 
 
 def remove_stale_temp_files(final: Path) -> list[Path]:
