@@ -189,6 +189,7 @@ class BackupManager:
             reading.release()
         s = meta.statistics
         s.foreign_files += foreign.count
+        s.temp_files += foreign.temp_files
         s.skipped_files = [*foreign.examples, *s.skipped_files][:10]
         with self._lock:
             m = self._metrics
