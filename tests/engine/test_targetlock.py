@@ -323,3 +323,23 @@ def test_in_one_process_a_restore_into_a_store_being_backed_up_is_refused(tmp_pa
             pass
         assert lock_path(uri).exists()
     assert not lock_path(uri).exists()
+
+
+def test_a_forked_child_does_not_keep_the_store_held(tmp_path):
+    """A scan worker forked while a backup holds its source closes its copy of the hold at
+    once: one outliving a SIGKILLed backup would otherwise keep restores refused."""
+    uri = _store(tmp_path)
+    with TargetLock(uri, "backup", shared=True):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: wait until the parent has let go, then stay alive a while
+            os.close(w)
+            os.read(r, 1)
+            os._exit(0)
+        os.close(r)
+    try:
+        with TargetLock(uri, "restore"):  # the child still lives: no hold of it left
+            pass
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)

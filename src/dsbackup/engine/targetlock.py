@@ -22,6 +22,7 @@ own locks on NFS).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -35,6 +36,19 @@ SUFFIX = ".dsbackup.lock"
 
 _held: dict[str, tuple[int, int]] = {}  # lock path -> (thread ident, depth)
 _held_lock = threading.Lock()
+# store directories this process holds flocked: a forked child (a scan worker) closes its
+# copies at once, so one outliving a SIGKILLed backup does not keep the store held
+_dir_fds: set[int] = set()
+
+
+def _drop_dirs_in_child() -> None:
+    for fd in _dir_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _dir_fds.clear()
+
+
+os.register_at_fork(after_in_child=_drop_dirs_in_child)
 
 
 def store_path(store: Any) -> Path | None:
@@ -159,6 +173,7 @@ class TargetLock:
     def _close_dir(self) -> None:
         fd, self._dir_fd = self._dir_fd, -1
         if fd >= 0:
+            _dir_fds.discard(fd)
             os.close(fd)
 
     def release(self) -> None:
@@ -210,6 +225,7 @@ def _lock_dir(store: Path | None, op: int) -> int:
     except OSError:  # no flock here (ENOLCK on some NFS): nobody can hold it either
         os.close(fd)
         return -1
+    _dir_fds.add(fd)
     return fd
 
 
