@@ -34,7 +34,7 @@ from dsbackup.archive.chain import ParentRef, index_digest
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.pages import page_entries_after
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.archive.refcheck import suspect_references
+from dsbackup.archive.refcheck import resolved_references, suspect_references
 from dsbackup.engine import flatfs_incremental
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.manifest import ScanOutcome
@@ -243,45 +243,31 @@ def _check_own(tmp: Path, parent: ArchiveReader) -> None:
                 r.check_member(i)
                 if r.index.catalog_count:
                     r.check_catalog_member(i)
-        _check_referenced(r, chain, stored, tmp)
+        _check_referenced(r, levels, tmp)
 
 
-def _check_referenced(r: ArchiveReader, chain: Any, stored: Any, tmp: Path) -> None:
-    """The parent members (and catalogs) that `r`'s references resolve to, hashed against
-    their parents' index (natively, in each parent's file order; an S3 parent fetches just
-    those ranges). The archive is only as restorable as these bytes: a damaged one fails the
-    backup (IntegrityError, exit 3) naming the parent and its chunk. Cost: one read of the
+def _check_referenced(r: ArchiveReader, levels: list[ArchiveReader], tmp: Path) -> None:
+    """The parent members (and catalogs) that `r`'s references resolve to (their entries
+    checked by _check_own first), hashed against the index of the archive that stores each
+    (natively, in its file order, the entries taken in bulk; an S3 parent fetches just those
+    ranges). The archive is only as restorable as these bytes: a damaged one fails the backup
+    (IntegrityError, exit 3) naming the parent and its chunk. Cost: one read of the
     referenced members' bytes (docs/INCREMENTAL.md "The check before the rename")."""
     import numpy as np
 
-    is_ref = np.ones(r.chunk_count, bool)
-    is_ref[stored] = False
-    held: dict[int, tuple[ArchiveReader, list[tuple[int, int]]]] = {}
-    for i in np.flatnonzero(is_ref).tolist():
-        holder, seq = chain.locate(i)
-        held.setdefault(id(holder), (holder, []))[1].append((seq, i))
     catalog = r.index.catalog_count > 0
-    for holder, pairs in held.values():
-        pairs.sort()
-        ranges = []
-        for seq, _ in pairs:
-            m = holder.entry(seq)
-            ranges.append((m.offset, m.length))
-            if catalog:
-                c = holder.index.catalog(seq)
-                ranges.append((c.offset, c.length))
-        holder.plan_reads(iter(ranges))
-        for seq, i in pairs:
-            try:
-                holder.check_member(seq)
-                if catalog:
-                    holder.check_catalog_member(seq)
-            except IntegrityError as exc:
-                raise IntegrityError(
-                    f"{display(tmp)}: chunk {i} refers to chunk {seq} of parent "
-                    f"{display(holder.path)}, which is damaged ({exc}); this backup could not "
-                    "be restored, so it is not kept: verify and repair or replace that "
-                    "parent, or make a full backup (no --parent)", chunk=i) from None
+    for k, seqs, refs in resolved_references(r, levels):
+        holder = levels[k]
+        try:
+            holder.check_stored_members(seqs, catalog=catalog)
+        except IntegrityError as exc:
+            bad = exc.chunk if exc.chunk is not None else int(seqs[0])
+            i = int(refs[int(np.searchsorted(seqs, bad))]) if bad in seqs else None
+            raise IntegrityError(
+                f"{display(tmp)}: chunk {i} refers to chunk {bad} of parent "
+                f"{display(holder.path)}, which is damaged ({exc}); this backup could not "
+                "be restored, so it is not kept: verify and repair or replace that "
+                "parent, or make a full backup (no --parent)", chunk=i) from None
 
 
 @dataclass(frozen=True)
