@@ -138,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         if meta.node_warning:  # not a problem of the backup: the exit code stays 0
             print(f"warning: {meta.node_warning}", file=sys.stderr)
+        if s.temp_files:  # not records: the exit code stays 0
+            print(f"{s.temp_files} temporary files of interrupted writes (the store's writer's "
+                  "or a killed restore's) hold no records and were left out", file=sys.stderr)
         if s.incomplete:
             print(f"warning: not backed up: {s.foreign_files} foreign files, "
                   f"{s.unreadable_files} files that vanished or could not be read "
