@@ -110,3 +110,68 @@ def test_an_incremental_downloads_the_parents_chunks_it_references(s3, proxy, tm
     # was the whole parent through the blocks, its replaced chunks included
     assert referenced <= parent <= referenced + SLACK, (parent, referenced)
     assert own <= child <= own + SLACK, (child, own)
+
+
+@pytest.mark.parametrize("command", ["restore", "verify"])
+def test_a_pool_of_readers_downloads_each_chunk_once(s3, proxy, tmp_path, command):
+    """Small chunks read by 6 threads a window apart (out of order within it): every read
+    is served by its planned GET, none falls back to a block fetched beside the plan."""
+    src = tmp_path / "src"
+    _store(src)
+    r = cli(s3.env, "backup", f"lmdb:{src}", s3.url("full.dsb"), "--level", "0",
+            "--chunk-size", "4", "--include-metadata")
+    assert r.returncode == 0, r.stderr
+    with ArchiveReader(s3.url("full.dsb")) as rd:
+        assert rd.chunk_count > 250
+        size = rd.size
+    env = dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint, DSBACKUP_S3_READ_CONCURRENCY="2")
+    if command == "restore":
+        r = cli(env, "restore", s3.url("full.dsb"), f"lmdb:{tmp_path / 'back'}",
+                "--workers", "6")
+        assert r.returncode == 0, r.stderr
+        assert read_all(tmp_path / "back") == read_all(src)
+    else:
+        r = cli(env, "verify", s3.url("full.dsb"), "--workers", "6")
+        assert r.returncode == 0, r.stderr + r.stdout
+    assert _fetched(proxy, "full.dsb") <= size + SLACK
+
+
+@pytest.mark.parametrize("command", ["restore", "verify"])
+def test_small_spans_and_budget_under_a_pool_of_readers(s3, proxy, tmp_path, monkeypatch,
+                                                        command):
+    """In process, with spans of at most 64 KiB and a 256 KiB budget (many spans, the budget
+    always full): reads out of order within the pool's window, and ahead of the spans
+    started, are all served by their spans (no block fetched, no byte asked for twice)."""
+    from dsbackup import restore_archive, verify_archive
+    from dsbackup.storage import s3config, s3plan
+
+    src = tmp_path / "src"
+    _store(src)
+    r = cli(s3.env, "backup", f"lmdb:{src}", s3.url("full.dsb"), "--level", "0",
+            "--chunk-size", "2")
+    assert r.returncode == 0, r.stderr
+    with ArchiveReader(s3.url("full.dsb")) as rd:
+        size = rd.size
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    monkeypatch.setenv("DSBACKUP_S3_READ_CONCURRENCY", "3")
+    monkeypatch.setattr(s3config, "_settings", s3config.S3Settings())
+    monkeypatch.setattr(s3config, "_tuned", False)
+    monkeypatch.setattr(s3mod, "BLOCK", 64 << 10)
+    monkeypatch.setattr(s3plan, "AHEAD_BYTES", 256 << 10)
+    s3mod.reset()
+    fetches: list[tuple[int, int]] = []
+    close = s3mod.S3Source.close
+
+    def counted(self):
+        fetches.append((self._fetches, self._plan.gets if self._plan else -1))
+        close(self)
+
+    monkeypatch.setattr(s3mod.S3Source, "close", counted)
+    if command == "restore":
+        restore_archive(s3.url("full.dsb"), f"lmdb:{tmp_path / 'back'}", workers=6)
+        assert read_all(tmp_path / "back") == read_all(src)
+    else:
+        report = verify_archive(s3.url("full.dsb"), threads=6)
+        assert report.ok, report.errors
+    assert fetches and fetches[-1][0] == 0 and fetches[-1][1] > 100, fetches
+    assert _fetched(proxy, "full.dsb") <= size + SLACK
