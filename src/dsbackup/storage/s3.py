@@ -45,7 +45,7 @@ from dsbackup.storage.s3get import NOT_PARTIAL, Cancel, closed_message, get_into
 from dsbackup.storage.s3multipart import Conflict, KeyTaken, MultipartUpload
 from dsbackup.storage.s3plan import Span, SparsePlan
 from dsbackup.storage.s3stale import clean_before_backup
-from dsbackup.storage.s3tls import ca_bundle
+from dsbackup.storage.s3tls import CERT_PROBLEMS, ca_bundle
 from dsbackup.storage.sent import SentRecord, SentSource
 
 TAIL_BYTES = 256 << 10  # the open's one GET: trailer, and summary and index when small
@@ -133,22 +133,11 @@ def message(exc: BaseException) -> str:
     return scrub(line)[:400]
 
 
-_CERT_PROBLEMS = {
-    "UnknownIssuer": "signed by a CA that is not trusted; for a private CA, name its "
-                     "certificate in AWS_CA_BUNDLE",
-    "BadSignature": "its signature does not verify",
-    "Expired": "it has expired",
-    "NotValidYet": "it is not valid yet (check the clock)",
-    "NotValidForName": "it is not valid for the endpoint's host name",
-    "Revoked": "it is revoked",
-}
-
-
 def _tls_cause(text: str) -> list[str]:
     """The TLS failure in rustls's debug text, in words (the certificate check, mostly)."""
     m = re.search(r"InvalidCertificate\(\s*(\w+)", text)
     if m:
-        why = _CERT_PROBLEMS.get(m.group(1), m.group(1))
+        why = CERT_PROBLEMS.get(m.group(1), m.group(1))
         return [f"TLS: the server's certificate was rejected: {why}"]
     m = re.search(r"\b(InvalidMessage|AlertReceived|InvalidContentType|CorruptMessage\w*)"
                   r"\(?\s*(\w*)", text)

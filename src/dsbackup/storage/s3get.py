@@ -27,12 +27,14 @@ from __future__ import annotations
 import http.client
 import re
 import socket
+import ssl
 import threading
 import time
 
 from dsbackup.errors import ArchiveUnavailable, IntegrityError
 from dsbackup.storage.s3api import S3Api
 from dsbackup.storage.s3config import scrub
+from dsbackup.storage.s3tls import tls_failure
 
 NOT_PARTIAL = ("the server answered a ranged GET with the whole-object status 200 instead of "
                "206 Partial Content, so it cannot serve an archive's random access (restore, "
@@ -326,5 +328,7 @@ def _error(body: bytes) -> tuple[str, str]:
 
 
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return tls_failure(exc)
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
