@@ -598,6 +598,12 @@ class S3Source:
                                  f"outside the {self.size}-byte object")
 
     def read(self, offset: int, length: int) -> bytes:
+        return self._read(offset, length, True)
+
+    def _read(self, offset: int, length: int, advance: bool) -> bytes:
+        """`advance`: a planned read may start the plan's spans up to it (s3plan); a read
+        apart from the plan (read_once: an index page, perhaps read while the plan's own
+        iterator waits for that page) must not wait for the plan's puller."""
         if length == 0:
             return b""
         self._check(offset, length)
@@ -605,7 +611,7 @@ class S3Source:
             return self._tail[offset - self._tail_start:offset - self._tail_start + length]
         plan = self._plan
         if plan is not None:
-            planned = plan.serve(offset, length, bytes)
+            planned = plan.serve(offset, length, bytes, advance=advance)
             if planned is not None:
                 return planned
         if length >= BLOCK:
@@ -629,10 +635,10 @@ class S3Source:
             return b""
         self._check(offset, length)
         if offset >= self._tail_start or length >= BLOCK:
-            return self.read(offset, length)
+            return self._read(offset, length, False)
         plan = self._plan
         if plan is not None:
-            planned = plan.serve(offset, length, bytes)
+            planned = plan.serve(offset, length, bytes, advance=False)
             if planned is not None:
                 return planned
         return self._get(offset, offset + length)
