@@ -263,7 +263,7 @@ def _once(api: S3Api, path: str, lo: int, view: memoryview, etag: str,
             _refused(api, resp, where, lo)
         first, last, total = _content_range(api, resp, lo, hi, where)
         got_etag = resp.getheader("ETag") or etag
-        if etag and got_etag != etag:  # a server that ignored If-Match: another object
+        if etag and _bare(got_etag) != _bare(etag):  # If-Match ignored: another object
             api.drop_connection()
             raise IntegrityError(f"{where}: the object changed while it was being read (a "
                                  f"GET at offset {lo} answered with another ETag)")
@@ -325,6 +325,12 @@ def _error(body: bytes) -> tuple[str, str]:
     msg = re.search(rb"<Message>([^<]{1,200})</Message>", body)
     return (code.group(1).decode("utf-8", "replace") if code else "",
             msg.group(1).decode("utf-8", "replace") if msg else "")
+
+
+def _bare(etag: str) -> str:
+    """An ETag without the quotes and weak marker some servers add or drop between answers."""
+    etag = etag.strip()
+    return (etag[2:] if etag.startswith("W/") else etag).strip('"')
 
 
 def _why(exc: BaseException) -> str:
