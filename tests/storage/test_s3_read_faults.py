@@ -1,7 +1,7 @@
 """Faults in the middle of a restore from S3, end to end (a real moto server behind a fault
-proxy, the CLI in a subprocess): a block's body cut halfway is fetched again from where it
-stopped, with If-Match, and the restored store is the source; without retries the cut is one
-line, exit 2, no secret."""
+proxy, the CLI in a subprocess): a planned GET's body cut halfway is fetched again from where
+it stopped, with If-Match (the ETag the open saw, as every GET), and the restored store is the
+source; without retries the cut is one line, exit 2, no secret."""
 
 from __future__ import annotations
 
