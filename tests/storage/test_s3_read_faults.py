@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 from lmdb_files import read_all
@@ -80,5 +81,31 @@ def test_a_cut_block_without_retries_is_one_line_exit_2(s3, archive, tmp_path):
         assert f"GET bytes {first}-" in lines[0] and "failed: the connection closed" in \
             lines[0], lines
         assert SECRET_KEY not in r.stderr + r.stdout and "Traceback" not in r.stderr
+    finally:
+        proxy.stop()
+
+
+def test_a_failed_restore_does_not_wait_for_the_gets_still_in_flight(s3, archive, tmp_path):
+    """The first chunks' GET refused (403), the next held 12 s at the proxy: the restore
+    stops at once, exit 2, one line; closing the archive cut the GET held (the process does
+    not wait for it to end, as the GET threads' join at exit would)."""
+    _, first, second = archive
+    proxy = FaultProxy(("127.0.0.1", s3.server.port)).start()
+    try:
+        # refused: the first chunks' planned GET, and the block their read falls back to
+        proxy.rules = [Rule("GET", "/cut.dsb", times=9, status=403, range=f"bytes={first}-"),
+                       Rule("GET", "/cut.dsb", times=9, status=403,
+                            range=f"bytes=0-{BLOCK - 1}"),
+                       Rule("GET", "/cut.dsb", times=1, status=None, delay=12.0,
+                            range=f"bytes={second}-")]
+        env = dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint)
+        t0 = time.monotonic()
+        r = cli(env, "restore", s3.url("cut.dsb"), f"lmdb:{tmp_path / 'back'}")
+        took = time.monotonic() - t0
+        assert r.returncode == 2, r.stderr
+        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("dsbackup: error:")]
+        assert len(lines) == 1 and "access denied" in lines[0], r.stderr
+        assert proxy.rules[0].hits >= 1 and proxy.rules[2].hits == 1
+        assert took < 8, took  # the GET held would have kept it 12 s and more
     finally:
         proxy.stop()
