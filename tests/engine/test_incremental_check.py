@@ -116,3 +116,35 @@ def test_a_damaged_grandparent_member_fails_the_second_incremental(tmp_path):
         mgr.create_backup(ds, tmp_path / "inc2.tar.gz", parent=inc1)
     assert not (tmp_path / "inc2.tar.gz").exists()
     ds.close()
+
+
+def test_trust_parent_skips_the_read_of_parent_members_only(tmp_path):
+    """trust_parent: a damaged parent member is not read, so the backup succeeds; a reference
+    whose index entry does not match its parent still fails it (the entries are checked)."""
+    from dsbackup.archive import writer as writer_mod
+    from dsbackup.archive.reader import ArchiveReader
+
+    rng = random.Random(9)
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    _put(ds, rng, 2000, b"a")
+    mgr = BackupManager(BackupConfig(chunk_size=8, trust_parent=True))
+    parent = tmp_path / "p.tar.gz"
+    mgr.create_backup(ds, parent)
+    with ArchiveReader(parent) as r:
+        m = r.entry(r.chunk_count // 2)
+    _flip(parent, m.offset + m.length // 2)
+    mgr.create_backup(ds, tmp_path / "i.tar.gz", parent=parent)
+    real = writer_mod.ArchiveWriter.add_reference
+
+    def bad(self, parent_seq, entry, raw_bytes, *, catalog=False):
+        return real(self, parent_seq + 1 if self.chunk_count == 30 else parent_seq, entry,
+                    raw_bytes, catalog=catalog)
+
+    writer_mod.ArchiveWriter.add_reference = bad
+    try:
+        with pytest.raises(MissingParentError, match="chunk 30 .*holds other data"):
+            mgr.create_backup(ds, tmp_path / "j.tar.gz", parent=parent)
+    finally:
+        writer_mod.ArchiveWriter.add_reference = real
+    assert not (tmp_path / "j.tar.gz").exists()
+    ds.close()

@@ -214,11 +214,11 @@ class IncrementalStream:
             foreign=getattr(self.src, "audit", None))  # the flatfs path audits its listing
 
 
-def _check_own(tmp: Path, parent: ArchiveReader) -> None:
+def _check_own(tmp: Path, parent: ArchiveReader, *, members: bool = True) -> None:
     """Before the rename: the new archive's own members, every reference (index checks
     against the parent chain) and the members the references resolve to in the parents (a
     parent damaged since it was written would make this archive unrestorable: exit 3, see
-    _check_referenced)."""
+    _check_referenced; `members` False, trust_parent: those bytes are not read)."""
     from dsbackup.archive.chain import ParentChain
     from dsbackup.archive.verify import VerifyReport, _check_summary
 
@@ -243,7 +243,8 @@ def _check_own(tmp: Path, parent: ArchiveReader) -> None:
                 r.check_member(i)
                 if r.index.catalog_count:
                     r.check_catalog_member(i)
-        _check_referenced(r, levels, tmp)
+        if members:
+            _check_referenced(r, levels, tmp)
 
 
 def _check_referenced(r: ArchiveReader, levels: list[ArchiveReader], tmp: Path) -> None:
@@ -387,7 +388,8 @@ def _plan(where: _Where, path: Path, preader: ArchiveReader, cfg: BackupConfig,
         chunk_size=chunk_size, chunk_max_bytes=cmb, node=node, cancel=cancel, t0=t0,
         progress=progress, parent=ref, kdf=kdf,
         page_entries=page_entries_after(cfg.paged_index, preader.index),
-        check=(lambda tmp: _check_own(tmp, preader)) if cfg.verify_integrity else None)
+        check=((lambda tmp: _check_own(tmp, preader, members=not cfg.trust_parent))
+               if cfg.verify_integrity else None))
     return plan
 
 

@@ -236,7 +236,8 @@ def parse_backup_settings(t: Table, base: Path | None = None) -> dict[str, Any] 
             if d is None or d.total_seconds() <= 0:
                 raise t.error(key, "expected a positive duration")
             kw[key] = d.total_seconds()
-        elif key in ("verify_integrity", "include_metadata", "trust_content_keys"):
+        elif key in ("verify_integrity", "include_metadata", "trust_content_keys",
+                     "trust_parent"):
             kw[key] = t.boolean(key)
         elif key == "exclude_patterns":
             v = t.data[key]
