@@ -343,3 +343,19 @@ def test_a_forked_child_does_not_keep_the_store_held(tmp_path):
     finally:
         os.close(w)
         os.waitpid(pid, 0)
+
+
+def test_a_released_hold_is_free_even_while_a_copy_of_its_descriptor_lives(tmp_path):
+    """A forked child holds a copy of the backup's directory descriptor until its at-fork
+    hook closes it, which a loaded machine may run after the parent has released: the
+    release unlocks, so the copy (here a dup in this process) holds nothing."""
+    uri = _store(tmp_path)
+    hold = TargetLock(uri, "backup", shared=True)
+    hold.acquire()
+    copy = os.dup(hold._dir_fd)
+    try:
+        hold.release()
+        with TargetLock(uri, "restore"):
+            pass
+    finally:
+        os.close(copy)

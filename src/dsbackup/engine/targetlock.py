@@ -174,6 +174,11 @@ class TargetLock:
         fd, self._dir_fd = self._dir_fd, -1
         if fd >= 0:
             _dir_fds.discard(fd)
+            # unlocked before it is closed: a child forked meanwhile shares this open file
+            # (and its flock) until it has run _drop_dirs_in_child, which a loaded machine
+            # may not schedule before the next restore asks for the store
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
     def release(self) -> None:
