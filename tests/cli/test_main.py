@@ -359,7 +359,7 @@ def test_help_is_as_wide_as_argparse_makes_it(monkeypatch):
     assert p.formatter_class is main._Formatter
 
 
-def test_a_successful_verify_or_restore_ends_without_teardown_but_runs_exit_handlers(
+def test_a_successful_verify_restore_or_backup_ends_without_teardown_but_runs_exit_handlers(
         tmp_path):
     """The process entry (freeze_imports=True) ends a successful verify or restore with
     os._exit after the exit handlers and flushes (cli/main.py, _exit_without_teardown): the
@@ -391,6 +391,11 @@ def test_a_successful_verify_or_restore_ends_without_teardown_but_runs_exit_hand
     r = run("restore", str(arc), f"lmdb:{tmp_path / 'out'}")
     assert r.returncode == 0 and r.stdout == "atexit ran\n", (r.stdout, r.stderr)
     assert main.main(["verify", "--quick", str(arc)]) == 0
+    r = run("backup", "--json", f"lmdb:{store}", str(tmp_path / "b.tar.gz"))
+    assert r.returncode == 0, r.stderr
+    report, tail = r.stdout.rsplit("\n", 2)[0], r.stdout.strip().splitlines()[-1]
+    assert json.loads(report)["backup"]["total_keys"] == 500 and tail == "atexit ran", r.stdout
+    assert main.main(["verify", str(tmp_path / "b.tar.gz")]) == 0
     r = run("verify", str(bad))
     assert r.returncode == 0 and r.stdout == "after main 3\natexit ran\n", (r.stdout,
                                                                            r.stderr)

@@ -22,6 +22,10 @@ from dsbackup.cli._keys import add_key_options
 from dsbackup.errors import EXIT_WARNING, ConfigError
 
 COMMAND = "backup"
+# done and durable when run() returns (archive synced and renamed, workers and zygote
+# stopped): the process ends without the interpreter's teardown (cli/main.py,
+# _exit_without_teardown)
+EXIT_WITHOUT_TEARDOWN = True
 HELP = "back up a datastore (URI or path) to an archive"
 
 
