@@ -462,13 +462,19 @@ cdef class SealRing:
     def __reduce__(self):
         raise TypeError("a sealing ring cannot be pickled")
 
+    # The submitting thread takes ``mu`` with the GIL held (in ``done``, ``_claim``,
+    # ``_publish`` and ``result``'s first look): the sealing thread holds it only for a few
+    # instructions and never takes the GIL, so this cannot deadlock, and each GIL release
+    # there let another Python thread of the process (the pool's receivers) run first: the
+    # writer then waited ≈ 0.2-0.3 ms per chunk to get it back (docs/PERFORMANCE.md,
+    # "Encryption cost: the writer's GIL"). Only a wait for a job releases it.
+
     @property
     def done(self) -> int:
         cdef size_t d
-        with nogil:
-            pthread_mutex_lock(&self.mu)
-            d = self.done
-            pthread_mutex_unlock(&self.mu)
+        pthread_mutex_lock(&self.mu)
+        d = self.done
+        pthread_mutex_unlock(&self.mu)
         return d
 
     def run(self) -> None:
@@ -556,12 +562,11 @@ cdef class SealRing:
         or has stopped. One thread submits (the archive writer): the slot is its own until
         _publish makes it the worker's, under the lock."""
         cdef bint full, stopping
-        with nogil:
-            pthread_mutex_lock(&self.mu)
-            full = self.submitted - self.collected >= RING
-            stopping = self.stopping
-            i[0] = self.submitted
-            pthread_mutex_unlock(&self.mu)
+        pthread_mutex_lock(&self.mu)
+        full = self.submitted - self.collected >= RING
+        stopping = self.stopping
+        i[0] = self.submitted
+        pthread_mutex_unlock(&self.mu)
         if stopping:
             raise RuntimeError("the sealing ring has stopped")
         if full:
@@ -570,11 +575,10 @@ cdef class SealRing:
 
     cdef void _publish(self) noexcept:
         """Hand the claimed job to the sealing thread."""
-        with nogil:
-            pthread_mutex_lock(&self.mu)
-            self.submitted += 1
-            pthread_cond_broadcast(&self.cv)
-            pthread_mutex_unlock(&self.mu)
+        pthread_mutex_lock(&self.mu)
+        self.submitted += 1
+        pthread_cond_broadcast(&self.cv)
+        pthread_mutex_unlock(&self.mu)
 
     def result(self, size_t i):
         """Wait for job ``i`` (the oldest not collected): (written, crc32, size, input_len,
@@ -583,12 +587,16 @@ cdef class SealRing:
         cdef bint ok
         if i != self.collected or i >= self.submitted:
             raise ValueError(f"job {i} is not the next to collect")
-        with nogil:
-            pthread_mutex_lock(&self.mu)
-            while self.done <= i and not self.stopping:
-                pthread_cond_wait(&self.cv, &self.mu)
-            ok = self.done > i
-            pthread_mutex_unlock(&self.mu)
+        pthread_mutex_lock(&self.mu)
+        ok = self.done > i
+        pthread_mutex_unlock(&self.mu)
+        if not ok:  # not sealed yet: wait, the GIL released
+            with nogil:
+                pthread_mutex_lock(&self.mu)
+                while self.done <= i and not self.stopping:
+                    pthread_cond_wait(&self.cv, &self.mu)
+                ok = self.done > i
+                pthread_mutex_unlock(&self.mu)
         if not ok:
             raise RuntimeError("the sealing ring has stopped")
         j = &self.jobs[i % RING]
