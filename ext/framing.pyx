@@ -176,7 +176,13 @@ cdef int chunker_add(ds_chunker *c, const unsigned char *key, size_t klen,
 
 cdef int chunker_append(ds_chunker *c, const unsigned char *key, size_t klen,
                         const unsigned char *value, size_t vlen, ds_chunk *done) noexcept nogil:
-    """Frame one record whose key was already checked; 1 when it closed a chunk into *done."""
+    """Frame one record whose key was already checked; 1 when it closed a chunk into *done.
+
+    ``value`` NULL (``vlen`` > 0): the value's bytes are left for the caller to write, at once,
+    into the last ``vlen`` bytes of ``c.cur.payload``, and, with a catalog, the value's XXH3-64
+    (little-endian) into the last 8 bytes of ``c.cur.catalog`` (lmdbscan reads large values
+    with ``pread`` straight into the payload). ``c.records`` tells whether it was framed (an
+    excluded record is not)."""
     cdef ds_chunk *ch = &c.cur
     cdef size_t enc, o
     cdef unsigned char *p
@@ -220,7 +226,8 @@ cdef int chunker_append(ds_chunker *c, const unsigned char *key, size_t klen,
     ch.last_len = klen
     memcpy(p + o, key, klen)
     o += klen
-    memcpy(p + o, value, vlen)
+    if value != NULL or vlen == 0:
+        memcpy(p + o, value, vlen)
     ch.payload.len = o + vlen
     keyhash_add(c.keys, key, klen)
     if c.catalog:
@@ -231,7 +238,8 @@ cdef int chunker_append(ds_chunker *c, const unsigned char *key, size_t klen,
         memcpy(p + o, key, klen)
         o += klen
         o += put_uvarint(p + o, vlen)
-        put_u64le(p + o, XXH3_64bits(value, vlen))
+        if value != NULL or vlen == 0:
+            put_u64le(p + o, XXH3_64bits(value, vlen))
         ch.catalog.len = o + 8
     ch.count += 1
     ch.raw_bytes += klen + vlen

@@ -13,10 +13,12 @@ import os
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.pycapsule cimport PyCapsule_GetPointer
+from libc.errno cimport EINTR, errno
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 from posix.mman cimport MADV_DONTNEED, madvise
+from posix.unistd cimport pread
 
 from compiler cimport __builtin_prefetch
 from compress cimport ds_compress_api
@@ -48,6 +50,7 @@ from liblmdb cimport (
     MDB_cursor_op,
     MDB_dbi,
     MDB_env,
+    MDB_stat,
     MDB_txn,
     MDB_val,
     mdb_cursor_close,
@@ -58,7 +61,9 @@ from liblmdb cimport (
     mdb_dbi_open,
     mdb_env_close,
     mdb_env_create,
+    mdb_env_get_fd,
     mdb_env_open,
+    mdb_env_stat,
     mdb_env_set_maxdbs,
     mdb_txn_abort,
     mdb_txn_begin,
@@ -110,6 +115,42 @@ cdef inline void trim_map(size_t lo, size_t hi) noexcept nogil:
     lo = lo & ~(PAGE - 1)
     hi = (hi + PAGE - 1) & ~(PAGE - 1)
     madvise(<void *>lo, hi - lo, MADV_DONTNEED)
+
+
+# Values of PREAD_MIN bytes and more (overflow pages) are read with pread straight into the
+# chunk instead of through the map: no page faults, no page table entries to map and trim,
+# the kernel's copy instead of ours (docs/PERFORMANCE.md, "Blocks backup against the
+# ceiling"). Anything unexpected (another page size, a page that does not look like LMDB's,
+# a failed or short read) falls back to the copy from the map.
+cdef size_t PREAD_MIN = 16384
+cdef size_t OVERFLOW_HDR = 16  # an overflow value starts after its first page's header
+
+
+cdef inline size_t map_base_of(const unsigned char *key) noexcept nogil:
+    """The address of page 0 of the map, from the header of the leaf page that holds `key`
+    (its page number); 0 if that page does not look like a leaf."""
+    cdef size_t page = <size_t>key & ~(PAGE - 1)
+    cdef uint64_t pgno
+    cdef unsigned short flags
+    memcpy(&pgno, <const void *>page, 8)
+    memcpy(&flags, <const void *>(page + 10), 2)
+    if not (flags & 0x02) or pgno > page // PAGE:
+        return 0
+    return page - <size_t>pgno * PAGE
+
+
+cdef inline bint read_full(int fd, unsigned char *dst, size_t n, size_t off) noexcept nogil:
+    cdef ssize_t got
+    while n:
+        got = pread(fd, dst, n, off)
+        if got <= 0:
+            if got < 0 and errno == EINTR:
+                continue
+            return False
+        dst += got
+        n -= got
+        off += got
+    return True
 
 
 cdef inline const unsigned char *nodes_ahead(const unsigned char *key, size_t klen,
@@ -220,6 +261,28 @@ cdef class LmdbRangeScanner:
     # not grow with the store.
     cdef size_t trim_lo, trim_hi  # span of map addresses read since the last trim
     cdef uint64_t since_trim
+    cdef int dfd  # the data file, for pread of large values (-1: read them through the map)
+
+    cdef inline int _append_read(self, const unsigned char *key, size_t klen,
+                                 const MDB_val *v, ds_chunk *out) noexcept nogil:
+        """chunker_append of a large value, read with pread into its place in the chunk."""
+        cdef uint64_t before = self.c.records, h
+        cdef int r = FAPI.chunker_append(&self.c, key, klen, NULL, v.mv_size, out)
+        cdef unsigned char *dst
+        cdef size_t base, addr = <size_t>v.mv_data, i
+        if r < 0 or self.c.records == before:
+            return r  # failed, or excluded: nothing reserved
+        dst = self.c.cur.payload.p + self.c.cur.payload.len - v.mv_size
+        base = map_base_of(key)
+        if (base == 0 or addr <= base or (addr - base) % PAGE != OVERFLOW_HDR
+                or not read_full(self.dfd, dst, v.mv_size, addr - base)):
+            memcpy(dst, v.mv_data, v.mv_size)
+        if self.catalog:
+            h = XXH3_64bits(dst, v.mv_size)
+            dst = self.c.cur.catalog.p + self.c.cur.catalog.len - 8
+            for i in range(8):
+                dst[i] = (h >> (8 * i)) & 0xff
+        return r
 
     cdef inline void _note_read(self, const MDB_val *k, const MDB_val *v) noexcept nogil:
         """Widen the span of the map read since the last trim by a node just read."""
@@ -255,6 +318,7 @@ cdef class LmdbRangeScanner:
         self.trim_lo = <size_t>-1
         self.trim_hi = 0
         self.since_trim = 0
+        self.dfd = -1
 
     def __init__(self, path, bytes start=b"", end=None, *, chunk_size, chunk_max_bytes,
                  int level, exclude=None, bint catalog=False, bint subdir=True,
@@ -264,6 +328,8 @@ cdef class LmdbRangeScanner:
         cdef int rc
         cdef const char *cname = NULL
         cdef bytes bpath, bname
+        cdef int fd
+        cdef MDB_stat st
         if not (-1 <= level <= 9 or 100 < level <= 119 or 200 < level <= 219):
             raise ValueError(f"level must be -1 (frame only), 0..9 or a zstd chunk level "
                              f"(dsbackup.codec), got {level}")
@@ -304,6 +370,9 @@ cdef class LmdbRangeScanner:
             rc = mdb_txn_begin(self.env, NULL, MDB_RDONLY, &self.txn)
             if rc:
                 raise _lmdb_error(rc, f"{self.path}: cannot begin a read transaction")
+            if (mdb_env_get_fd(self.env, &fd) == 0 and mdb_env_stat(self.env, &st) == 0
+                    and st.ms_psize == PAGE and not os.environ.get("DSBACKUP_LMDB_MAP_READS")):
+                self.dfd = fd
             if db_name is not None:
                 bname = db_name if isinstance(db_name, bytes) else str(db_name).encode()
                 cname = bname
@@ -320,6 +389,11 @@ cdef class LmdbRangeScanner:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def preads_values(self) -> bool:
+        """Whether values of PREAD_MIN bytes and more are read with pread (not the map)."""
+        return self.dfd >= 0
 
     @property
     def txn_id(self) -> int:
@@ -464,7 +538,7 @@ cdef class LmdbRangeScanner:
         With ``into`` (a writable contiguous buffer) the body is compressed straight into it
         when it surely fits; the chunk's ``body.data`` is then a memoryview of ``into``
         (otherwise ``bytes``, as without it)."""
-        cdef MDB_val k, v
+        cdef MDB_val k, v, kv
         cdef MDB_cursor_op op
         cdef ds_chunk out
         cdef int rc = 0, r = 0, got = 0, cmp, in_place = 0
@@ -536,9 +610,16 @@ cdef class LmdbRangeScanner:
                         __builtin_prefetch(pf + 128)
                         __builtin_prefetch(pf + 192)
                         __builtin_prefetch(pf + 256)
-                    self._note_read(&k, &v)
-                    r = FAPI.chunker_append(&self.c, prevp, prevn,
-                                            <const unsigned char *>v.mv_data, v.mv_size, &out)
+                    if v.mv_size >= PREAD_MIN and self.dfd >= 0:
+                        kv.mv_size = 0  # only the key is read through the map
+                        kv.mv_data = k.mv_data
+                        self._note_read(&k, &kv)
+                        r = self._append_read(prevp, prevn, &v, &out)
+                    else:
+                        self._note_read(&k, &v)
+                        r = FAPI.chunker_append(&self.c, prevp, prevn,
+                                                <const unsigned char *>v.mv_data, v.mv_size,
+                                                &out)
                     if r < 0:
                         break
                     if r == 1:
@@ -606,6 +687,7 @@ cdef class LmdbRangeScanner:
         self.cur = NULL
         self.txn = NULL
         self.env = NULL
+        self.dfd = -1
         if self.chunker_ready:
             FAPI.chunker_free(&self.c)
             self.chunker_ready = False

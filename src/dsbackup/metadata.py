@@ -58,6 +58,9 @@ class BackupStatistics:
     foreign_files: int = 0
     unreadable_files: int = 0
     skipped_files: list[str] = field(default_factory=list)
+    # the store's writers' own temp files of interrupted writes (Helia's steno .X.tmp,
+    # go-ds-flatfs's put-N, a killed restore's): no records, not backed up, not a warning
+    temp_files: int = 0
 
     @property
     def incomplete(self) -> bool:

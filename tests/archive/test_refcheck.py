@@ -130,3 +130,36 @@ def test_a_single_index_block_is_checked_for_key_order():
     for bad in ([(b"/a", b"/c"), (b"/c", b"/d")], [(b"/b", b"/a")]):
         with pytest.raises(IntegrityError, match="does not follow"):
             index(bad).block(0)
+
+
+def test_resolved_references_lead_where_locate_does_and_members_check(chain):
+    """resolved_references (the incremental's check of the parent members it refers to)
+    gives, for every reference, the archive and seq locate gives, over one and two hops and
+    paged or single indexes; check_stored_members passes them, and names a damaged one."""
+    from dsbackup.archive.refcheck import resolved_references
+
+    full, inc1, inc2, _ = chain
+    levels = [ArchiveReader(inc1), ArchiveReader(full)]
+    try:
+        with ArchiveReader(inc2) as r:
+            walk = ParentChain.of_levels(r, levels)
+            want = {i: walk.locate(i) for i, e in enumerate(r.index.entries()) if e.in_parent}
+            got = {}
+            for k, seqs, refs in resolved_references(r, levels):
+                assert seqs.tolist() == sorted(seqs.tolist())
+                for seq, i in zip(seqs.tolist(), refs.tolist()):
+                    got[i] = (levels[k], seq)
+                levels[k].check_stored_members(seqs)
+            assert got == want and {h.path for h, _ in got.values()} == {inc1, full}
+    finally:
+        for x in levels:
+            x.close()
+    with ArchiveReader(full) as r:
+        e = r.entry(7)
+    with open(full, "r+b") as f:
+        f.seek(e.offset + e.length // 2)
+        b = f.read(1)
+        f.seek(e.offset + e.length // 2)
+        f.write(bytes([b[0] ^ 1]))
+    with ArchiveReader(full) as r, pytest.raises(IntegrityError, match="chunk 7 .*checksum"):
+        r.check_stored_members(list(range(r.chunk_count)))

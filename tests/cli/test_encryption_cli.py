@@ -227,3 +227,33 @@ def test_keygen_dash_is_refused_not_a_file_named_dash(tmp_path, run_cli):
     assert r.stdout == "" and list(tmp_path.iterdir()) == []
     assert run_cli("keygen", "./-", cwd=tmp_path).returncode == 0
     assert len((tmp_path / "-").read_bytes()) == 65
+
+
+@pytest.mark.parametrize(("kind", "mode", "who"), [
+    ("--key-file", 0o644, "group and others"), ("--key-file", 0o604, "others"),
+    ("--passphrase-file", 0o640, "its group"), ("--key-file", 0o600, None),
+    ("--passphrase-file", 0o400, None)])
+def test_a_secret_file_others_can_read_is_used_with_one_warning(tmp_path, env, run_cli,
+                                                                kind, mode, who):
+    """As ssh and gpg: a key or passphrase file that group or others may read gets one line
+    on stderr naming it, its mode and the fix; the backup is made (exit 0: a nightly backup
+    that stopped on a file mode would leave none). An owner-only file: no warning."""
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/a", b"1")]))
+    secret = tmp_path / "secret"
+    if kind == "--key-file":
+        assert run_cli("keygen", secret).returncode == 0
+    else:
+        secret.write_text(PASS + "\n")
+    secret.chmod(mode)
+    r = run_cli("backup", f"lmdb:{tmp_path / 'src'}", tmp_path / "a.tar.gz", "--encrypt", kind,
+                secret, "--json", stdin=-3)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ok"]  # stdout stays the JSON alone
+    lines = [x for x in r.stderr.splitlines() if "accessible" in x]
+    if who is None:
+        assert lines == [], r.stderr
+    else:
+        assert lines == [f"dsbackup: {kind[2:].replace('-', ' ')} {secret} is accessible by "
+                         f"{who} (mode {mode:04o}): anyone who can read it can decrypt the "
+                         f"archives; chmod 600 it"], r.stderr
+    assert PASS not in r.stdout + r.stderr

@@ -287,6 +287,120 @@ def test_a_verify_imports_neither_the_go_reader_nor_hashlib(tmp_path):
     assert r.stdout.split()[-5:] == ["0", "False", "False", "False", "False"], r.stdout
 
 
+# modules the reading commands do without (start-up, docs/PERFORMANCE.md "Start-up of verify
+# and restore"): S3's settings, the progress dataclasses, tempfile/secrets (random, hashlib),
+# shutil (argparse's formatter), getpass (asked only for a passphrase)
+NOT_ON_THE_READING_PATH = ("configparser", "dsbackup.storage.s3config", "shutil", "tempfile",
+                           "secrets", "hashlib", "getpass", "dsbackup.compat.goformat")
+
+
+@pytest.mark.parametrize("command", ["verify", "verify --quick", "restore"])
+def test_the_reading_commands_import_only_what_they_use(tmp_path, command):
+    store = tmp_path / "src"
+    datasets.write_lmdb(str(store), datasets.iter_small(500))
+    arc = tmp_path / "a.tar.gz"
+    assert main.main(["backup", f"lmdb:{store}", str(arc)]) == 0
+    argv = [*command.split(), str(arc)]
+    if command == "restore":
+        argv.append(f"lmdb:{tmp_path / 'out'}")
+    code = ("import json, sys\nfrom dsbackup.cli.main import main\n"
+            "rc = main(sys.argv[1:])\n"
+            f"print(rc, json.dumps([m for m in {NOT_ON_THE_READING_PATH!r} "
+            "if m in sys.modules]))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rc, loaded = r.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert (rc, json.loads(loaded)) == ("0", []), r.stdout
+    if command == "verify":  # the sampled verify still draws its chunks
+        code = code.replace("main(sys.argv[1:])", "main(['verify', '--sample', '0.5', "
+                            "sys.argv[-1]])")
+        r = subprocess.run([sys.executable, "-c", code, str(arc)], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.stdout.strip().splitlines()[-1].startswith("0 "), r.stdout + r.stderr
+
+
+def test_version_before_a_command_imports_no_command_module():
+    code = ("import sys\nfrom dsbackup.cli.main import main\n"
+            "try:\n    main(['--version'])\nexcept SystemExit as e:\n"
+            "    print('exit', e.code)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('dsbackup.cli.')))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120)
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("dsbackup ") and lines[1] == "exit 0", r.stdout + r.stderr
+    assert lines[2] == "['dsbackup.cli._common', 'dsbackup.cli.main']", lines[2]
+
+
+def test_command_names_are_the_modules_pkgutil_lists():
+    """main._command_names reads the package directory itself (no pkgutil at start-up)."""
+    import pkgutil
+
+    from dsbackup import cli
+
+    listed = sorted(i.name for i in pkgutil.iter_modules(cli.__path__)
+                    if not i.name.startswith("_") and i.name != "main")
+    assert main._command_names() == listed and "verify" in listed and "restore" in listed
+
+
+def test_help_is_as_wide_as_argparse_makes_it(monkeypatch):
+    """argparse's formatter finds the width as shutil.get_terminal_size does (COLUMNS, else
+    the terminal, else 80) without importing shutil."""
+    for cols in ("50", "120", "0", "bogus", None):
+        if cols is None:
+            monkeypatch.delenv("COLUMNS", raising=False)
+        else:
+            monkeypatch.setenv("COLUMNS", cols)
+        ours = main._Formatter("dsbackup")
+        assert ours._width == argparse.HelpFormatter("dsbackup")._width, cols
+    p = main.build_parser("verify")
+    assert p.formatter_class is main._Formatter
+
+
+def test_a_successful_verify_restore_or_backup_ends_without_teardown_but_runs_exit_handlers(
+        tmp_path):
+    """The process entry (freeze_imports=True) ends a successful verify or restore with
+    os._exit after the exit handlers and flushes (cli/main.py, _exit_without_teardown): the
+    JSON report is whole, an atexit handler ran, and nothing after main() runs. A failed
+    verify (exit 3) returns as before."""
+    store = tmp_path / "src"
+    datasets.write_lmdb(str(store), datasets.iter_small(500))
+    arc = tmp_path / "a.tar.gz"
+    assert main.main(["backup", f"lmdb:{store}", str(arc)]) == 0
+    bad = tmp_path / "bad.tar.gz"
+    data = bytearray(arc.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    code = ("import atexit, sys\nfrom dsbackup.cli.main import main\n"
+            "atexit.register(lambda: print('atexit ran', flush=True))\n"
+            "rc = main(sys.argv[1:], freeze_imports=True)\n"
+            "print('after main', rc, flush=True)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code, *argv], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    r = run("verify", "--json", str(arc))
+    assert r.returncode == 0, r.stderr
+    report, tail = r.stdout.rsplit("\n", 2)[0], r.stdout.strip().splitlines()[-1]
+    assert json.loads(report)["ok"] is True and tail == "atexit ran", r.stdout
+    assert "after main" not in r.stdout
+    r = run("restore", str(arc), f"lmdb:{tmp_path / 'out'}")
+    assert r.returncode == 0 and r.stdout == "atexit ran\n", (r.stdout, r.stderr)
+    assert main.main(["verify", "--quick", str(arc)]) == 0
+    r = run("backup", "--json", f"lmdb:{store}", str(tmp_path / "b.tar.gz"))
+    assert r.returncode == 0, r.stderr
+    report, tail = r.stdout.rsplit("\n", 2)[0], r.stdout.strip().splitlines()[-1]
+    assert json.loads(report)["backup"]["total_keys"] == 500 and tail == "atexit ran", r.stdout
+    assert main.main(["verify", str(tmp_path / "b.tar.gz")]) == 0
+    r = run("verify", str(bad))
+    assert r.returncode == 0 and r.stdout == "after main 3\natexit ran\n", (r.stdout,
+                                                                           r.stderr)
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 def test_json_output_to_a_full_disk_is_one_line_exit_2(tmp_path, cli_env):
     # `inspect --json A > /dev/full`: the error path wrote its JSON error object to the same

@@ -235,3 +235,48 @@ def test_modes_follow_the_umask_as_node_gives_them(tmp_path):
     assert modes == {"blocks": 0o775, "blocks/AB": 0o775, "blocks/AB/BCIQAAAB.data": 0o664,
                      "datastore": 0o775, "datastore/pins": 0o775,
                      "datastore/pins/CIQA.data": 0o664}
+
+
+@pytest.mark.parametrize("kind", ["level", "fs"])
+def test_a_killed_restores_temp_files_are_ours_not_foreign(tmp_path, go_fixtures, kind):
+    """A restore into a Helia repo killed mid-write leaves this package's own temp files:
+    ``.temp-XXXXXXXX`` in a blockstore shard (flatfs.py _temp_file) and, for datastore-fs,
+    ``.<name>.data.tmp-XXXXXXXX`` (fsds.py _write). They were counted as foreign, so the next
+    backup failed (exit 2) or, with --skip-foreign, warned (exit 1). They are counted in
+    temp_files like the real writers' own, the backup succeeds (exit 0) with every record
+    and says how many it left out (text and --json)."""
+    import tempfile
+
+    from dsbackup.datastores.fsds import OWN_TEMP_INFIX
+    from dsbackup.datastores.helia import open_blockstore
+
+    repo, want = _real_repo(tmp_path, go_fixtures, kind)
+    block = next(p for p in (repo / "blocks").rglob("*.data"))
+    bs = open_blockstore(repo / "blocks", readonly=False)
+    try:
+        fd, _ = bs._temp_file(os.fsencode(block.parent))  # the restore's own temp file
+        os.close(fd)
+    finally:
+        bs.close()
+    n = 1
+    if kind == "fs":
+        value = next((repo / "datastore").rglob("*.data"))
+        fd, _ = tempfile.mkstemp(prefix=b"." + os.fsencode(value.name) + OWN_TEMP_INFIX,
+                                 dir=os.fsencode(value.parent))
+        os.close(fd)
+        n = 2
+    with open_datastore(f"helia:{repo}", readonly=True) as ds:
+        audit = ds.audit_files()
+        assert (audit.count, audit.temp_files) == (0, n)
+    r = cli("backup", f"helia:{repo}", str(tmp_path / "a.tar.gz"), "--json")
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)["backup"]["statistics"]
+    assert (stats["foreign_files"], stats["temp_files"]) == (0, n)
+    assert json.loads(r.stdout)["backup"]["total_keys"] == len(want)
+    r = cli("backup", f"helia:{repo}", str(tmp_path / "b.tar.gz"))
+    assert r.returncode == 0, r.stderr
+    assert (f"{n} temporary files of interrupted writes (the store's writer's or a killed "
+            "restore's) hold no records and were left out") in r.stderr
+    (block.parent / ".temp-123").write_bytes(b"")  # not a name our writer makes
+    with open_datastore(f"helia:{repo}", readonly=True) as ds:
+        assert ds.audit_files().count == 1

@@ -89,3 +89,77 @@ def test_locked_by_another_process(tmp_path: Path) -> None:
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+def _pending_current_db(tmp_path: Path) -> tuple[Path, dict[bytes, bytes], dict[bytes, bytes]]:
+    """A directory as goleveldb leaves it when stopped between writing ``CURRENT.<N>`` (the
+    new manifest's name) and renaming it over ``CURRENT`` (storage/file_storage.go
+    SetMeta): ``CURRENT`` still names the older manifest. Built from a LevelDB at two
+    moments (file numbers are never reused, so the two sets of files merge): `old` is what
+    the older manifest holds, `new` what the newer one holds."""
+    import shutil
+
+    path = tmp_path / "db"
+    data = {f"/k/{i:04d}".encode(): os.urandom(50) for i in range(300)}
+    db = plyvel.DB(str(path), create_if_missing=True)
+    for k, v in list(data.items())[:100]:
+        db.put(k, v)
+    db.close()
+    first = tmp_path / "first"
+    shutil.copytree(path, first)
+    db = plyvel.DB(str(path))
+    for k, v in list(data.items())[100:]:
+        db.put(k, v)
+    db.compact_range()
+    db.close()
+    db = plyvel.DB(str(path))  # a new manifest again, the log replayed into tables
+    db.close()
+    new_current = (path / "CURRENT").read_bytes()
+    old_current = (first / "CURRENT").read_bytes()
+    assert new_current != old_current
+    for p in first.iterdir():
+        if not (path / p.name).exists():
+            shutil.copy2(p, path / p.name)
+    n = int(new_current.strip().split(b"-")[1])
+    (path / f"CURRENT.{n}").write_bytes(new_current)
+    (path / "CURRENT").write_bytes(old_current)
+    return path, dict(list(data.items())[:100]), data
+
+
+def _read(uri: str) -> dict[bytes, bytes]:
+    with open_datastore(uri, readonly=True) as ds:
+        return {k: v for keys, values in ds.scan_batches(b"", None)
+                for k, v in zip(keys, values)}
+
+
+def test_goleveldb_pending_current_is_read_as_goleveldb_would(tmp_path: Path) -> None:
+    """goleveldb's pending ``CURRENT.<N>`` (a stopped Kubo): its next open takes the newest
+    valid CURRENT* and renames it into place; the snapshot read the older ``CURRENT``
+    (here: 100 of 300 records) and, with ``CURRENT`` itself missing, refused the store.
+    Now the copy settles it as goleveldb would; the original stays as it was."""
+    path, old, new = _pending_current_db(tmp_path)
+    before = snapshot(path)
+    assert _read(f"leveldb:{path}") == new
+    assert snapshot(path) == before
+    (path / "CURRENT").unlink()  # stopped before its first CURRENT existed
+    assert _read(f"leveldb:{path}") == new
+    n = next(p for p in path.iterdir() if p.name.startswith("CURRENT."))
+    n.write_bytes(b"MANIFEST-99999\n")  # names no manifest: not valid, nothing to open
+    from dsbackup.errors import DatastoreError
+
+    with pytest.raises(DatastoreError, match=f"{path}: no LevelDB database .*CURRENT"):
+        _read(f"leveldb:{path}")
+
+
+def test_effective_current_follows_goleveldb_rules() -> None:
+    from dsbackup.datastores.leveldb_snapshot import effective_current
+
+    files = {"CURRENT": b"MANIFEST-000005\n", "CURRENT.9": b"MANIFEST-000009\n",
+             "CURRENT.12": b"MANIFEST-00001", "CURRENT.x": b"MANIFEST-000011\n",
+             "MANIFEST-000005": b"", "MANIFEST-000009": b"", "MANIFEST-000011": b""}
+    names = list(files)
+    assert effective_current(names, files.__getitem__) == "CURRENT.9"  # 12: torn; x: no N
+    files["CURRENT.9"] = b"MANIFEST-000005\n"
+    assert effective_current(names, files.__getitem__) == "CURRENT"  # a tie: CURRENT
+    names.remove("MANIFEST-000005")
+    assert effective_current(names, files.__getitem__) is None

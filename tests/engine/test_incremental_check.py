@@ -52,3 +52,99 @@ def test_a_reference_altered_in_the_writer_fails_the_backup_and_leaves_no_archiv
     monkeypatch.setattr(writer_mod.ArchiveWriter, "add_reference", real)
     mgr.create_backup(ds, tmp_path / "i.tar.gz", parent=parent)  # sound again
     ds.close()
+
+
+def _flip(path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x55]))
+
+
+@pytest.mark.parametrize("what", ["chunk", "catalog"])
+def test_a_damaged_parent_member_the_incremental_refers_to_fails_it(tmp_path, what):
+    """A parent whose member (or catalog) bytes were damaged after it was written: its index
+    still matches, so the chunk is referenced, but the new archive could not be restored.
+    The incremental fails (IntegrityError, exit 3) naming the parent and its chunk, and
+    leaves nothing at the final path; untouched, the same backup succeeds."""
+    from dsbackup.archive.reader import ArchiveReader
+    from dsbackup.errors import IntegrityError
+
+    rng = random.Random(7)
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    _put(ds, rng, 2000, b"a")
+    mgr = BackupManager(BackupConfig(chunk_size=8, include_metadata=what == "catalog"))
+    parent = tmp_path / "p.tar.gz"
+    mgr.create_backup(ds, parent)
+    good = parent.read_bytes()
+    with ArchiveReader(parent) as r:
+        n = r.chunk_count
+        m = r.index.catalog(n // 2) if what == "catalog" else r.entry(n // 2)
+        offset = m.offset + m.length // 2
+    _flip(parent, offset)
+    out = tmp_path / "i.tar.gz"
+    with pytest.raises(IntegrityError, match=rf"refers to chunk {n // 2} of parent "
+                                             rf".*p\.tar\.gz, which is damaged") as err:
+        mgr.create_backup(ds, out, parent=parent)
+    assert err.value.exit_code == 3
+    assert not out.exists() and not list(tmp_path.glob(".*i.tar.gz*"))
+    parent.write_bytes(good)
+    mgr.create_backup(ds, out, parent=parent)
+    assert out.exists()
+    ds.close()
+
+
+def test_a_damaged_grandparent_member_fails_the_second_incremental(tmp_path):
+    """The reference resolves two levels down (incremental of an incremental): the member
+    checked is the grandparent's."""
+    from dsbackup.archive.reader import ArchiveReader
+    from dsbackup.errors import IntegrityError
+
+    rng = random.Random(8)
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    _put(ds, rng, 2000, b"a")
+    mgr = BackupManager(BackupConfig(chunk_size=8))
+    full, inc1 = tmp_path / "full.tar.gz", tmp_path / "inc1.tar.gz"
+    mgr.create_backup(ds, full)
+    ds.put(b"/r/99999999", b"new")
+    mgr.create_backup(ds, inc1, parent=full)
+    with ArchiveReader(full) as r:
+        m = r.entry(3)
+        _flip(full, m.offset + m.length // 2)
+    with pytest.raises(IntegrityError, match=r"refers to chunk 3 of parent .*full\.tar\.gz"):
+        mgr.create_backup(ds, tmp_path / "inc2.tar.gz", parent=inc1)
+    assert not (tmp_path / "inc2.tar.gz").exists()
+    ds.close()
+
+
+def test_trust_parent_skips_the_read_of_parent_members_only(tmp_path):
+    """trust_parent: a damaged parent member is not read, so the backup succeeds; a reference
+    whose index entry does not match its parent still fails it (the entries are checked)."""
+    from dsbackup.archive import writer as writer_mod
+    from dsbackup.archive.reader import ArchiveReader
+
+    rng = random.Random(9)
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    _put(ds, rng, 2000, b"a")
+    mgr = BackupManager(BackupConfig(chunk_size=8, trust_parent=True))
+    parent = tmp_path / "p.tar.gz"
+    mgr.create_backup(ds, parent)
+    with ArchiveReader(parent) as r:
+        m = r.entry(r.chunk_count // 2)
+    _flip(parent, m.offset + m.length // 2)
+    mgr.create_backup(ds, tmp_path / "i.tar.gz", parent=parent)
+    real = writer_mod.ArchiveWriter.add_reference
+
+    def bad(self, parent_seq, entry, raw_bytes, *, catalog=False):
+        return real(self, parent_seq + 1 if self.chunk_count == 30 else parent_seq, entry,
+                    raw_bytes, catalog=catalog)
+
+    writer_mod.ArchiveWriter.add_reference = bad
+    try:
+        with pytest.raises(MissingParentError, match="chunk 30 .*holds other data"):
+            mgr.create_backup(ds, tmp_path / "j.tar.gz", parent=parent)
+    finally:
+        writer_mod.ArchiveWriter.add_reference = real
+    assert not (tmp_path / "j.tar.gz").exists()
+    ds.close()

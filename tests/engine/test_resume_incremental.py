@@ -426,3 +426,36 @@ def test_an_encrypted_paged_incremental_is_resumed(tmp_path, monkeypatch):
         assert r.summary["resumed"][0]["from_seq"] == 512
     BackupManager(BackupConfig(encryption=key)).restore_backup(final, f"lmdb:{tmp_path / 'd'}")
     assert contents_of(f"lmdb:{tmp_path / 'd'}") == contents_of(uri)
+
+
+def test_a_relative_source_names_the_same_store_from_another_directory(tmp_path, monkeypatch):
+    """An incremental of a relative LMDB URI recorded it as given (`lmdb:s`): `inspect` did
+    not say which store it was, and `--resume` from another working directory took another
+    store of the same relative name as the killed run's, mixing two stores in one archive.
+    The manifest records the absolute path (as a full backup does); a resume from elsewhere
+    is refused (exit 2, the file kept) and one from the same directory goes on."""
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    for d, seed in ((a, 1), (b, 2)):
+        d.mkdir()
+        rng = random.Random(seed)
+        datasets.write_lmdb(str(d / "s"), ((b"/r/%06d" % i, rng.randbytes(100))
+                                          for i in range(3000)))
+    out.mkdir()
+    mgr = BackupManager(BackupConfig(workers=1, chunk_size=CHUNK))
+    monkeypatch.chdir(a)
+    mgr.create_backup("lmdb:s", out / "full.tar.gz")
+    change("lmdb:s", 3)
+    want = out / "want.tar.gz"
+    mgr.create_backup("lmdb:s", want, parent=out / "full.tar.gz")
+    with ArchiveReader(want) as r:
+        assert r.manifest["source"]["uri"] == f"lmdb:{a / 's'}"
+    final = out / "inc.tar.gz"
+    tmp = killed_at(want, final, stored(want)[0])
+    monkeypatch.chdir(b)
+    with pytest.raises(ArchiveError, match=r"cannot resume .*source uri is .*a/s.* there, "
+                                           r".*b/s.* now"):
+        resume("lmdb:s", final, out / "full.tar.gz", chunk_size=CHUNK)
+    assert tmp.exists() and not final.exists()
+    monkeypatch.chdir(a)
+    resume("lmdb:s", final, out / "full.tar.gz", chunk_size=CHUNK)
+    assert verify_archive(final).ok

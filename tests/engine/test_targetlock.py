@@ -218,4 +218,128 @@ def test_a_filesystem_without_flock_does_not_fail_the_backup(tmp_path, monkeypat
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    targetlock.refuse_if_being_written(src, "back it up")
+    with targetlock.TargetLock(src, "backup", shared=True):
+        pass
+
+
+def _paused(cli_env, code: str) -> subprocess.Popen:
+    """A real backup or restore in another process, paused inside its run (in its progress
+    callback) until its stdin closes; `code` calls it with `progress=pause`."""
+    head = textwrap.dedent("""
+        import sys
+        from dsbackup.engine.backup import BackupManager
+        from dsbackup.engine.config import BackupConfig
+        paused = []
+        def pause(p):
+            if not paused:
+                paused.append(1)
+                print("paused", flush=True)
+                sys.stdin.read()
+    """)
+    p = subprocess.Popen([sys.executable, "-c", head + textwrap.dedent(code)], env=cli_env,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "paused"
+    return p
+
+
+def _store(tmp_path, name: str = "store") -> str:
+    from dsbackup.datastores import open_datastore
+
+    uri = f"lmdb:{tmp_path / name}"
+    with open_datastore(uri) as ds:
+        keys = [b"/k%06d" % i for i in range(3000)]
+        ds.put_many(keys, [os.urandom(300) for _ in keys])
+    return uri
+
+
+def test_restore_into_a_store_being_backed_up_is_refused(tmp_path, make_archive, run_cli,
+                                                         cli_env):
+    """A backup holds its source (a shared flock on the store's directory: nothing is created
+    beside or in it) while it reads it: `restore --overwrite` into that store is refused with
+    exit 4 naming the backup's PID, the store untouched; a second backup runs beside it; once
+    the backup ends (successfully) the restore runs."""
+    uri = _store(tmp_path)
+    arch = tmp_path / "other.tar.gz"
+    make_archive(arch, RECORDS)
+    before = (tmp_path / "store" / "data.mdb").read_bytes()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    backup = _paused(cli_env, f"""
+        BackupManager(BackupConfig(workers=1, chunk_size=16)).create_backup(
+            {uri!r}, {str(tmp_path / 'b.tar.gz')!r}, progress=pause)
+    """)
+    try:
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".b.tar")) \
+            == names  # the source's directory and its parent unchanged (no lock file)
+        r = run_cli("restore", arch, uri, "--overwrite")
+        assert r.returncode == 4, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"a dsbackup backup (PID {backup.pid}) is reading it" in lines[0], lines
+        assert (tmp_path / "store" / "data.mdb").read_bytes() == before
+        assert not lock_path(uri).exists()  # the refused restore's lock file is gone
+        r2 = run_cli("backup", uri, tmp_path / "c.tar.gz")  # backups share the store
+        assert r2.returncode == 0, r2.stderr
+    finally:
+        backup.stdin.close()
+        assert backup.wait(timeout=120) == 0
+    assert (tmp_path / "b.tar.gz").exists()
+    r = run_cli("restore", arch, uri, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert not lock_path(uri).exists()
+
+
+def test_backup_of_a_store_a_restore_is_writing_is_refused(tmp_path, make_archive, run_cli,
+                                                          cli_env):
+    """The other way round, both real: a restore paused mid-way holds the store; a backup of
+    it is refused (exit 4, one line naming the restore), and no archive appears."""
+    arch = tmp_path / "a.tar.gz"
+    make_archive(arch, [(b"/k%06d" % i, os.urandom(300)) for i in range(20000)])
+    uri = f"lmdb:{tmp_path / 'target'}"
+    restore = _paused(cli_env, f"""
+        BackupManager(BackupConfig(workers=1)).restore_backup(
+            {str(arch)!r}, {uri!r}, progress=pause)
+    """)
+    try:
+        r = run_cli("backup", uri, tmp_path / "b.tar.gz")
+        assert r.returncode == 4, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"PID {restore.pid}, restore of" in lines[0] and "is writing to it" in lines[0]
+        assert not (tmp_path / "b.tar.gz").exists()
+    finally:
+        restore.stdin.close()
+        assert restore.wait(timeout=120) == 0
+    assert run_cli("backup", uri, tmp_path / "b.tar.gz").returncode == 0
+
+
+def test_in_one_process_a_restore_into_a_store_being_backed_up_is_refused(tmp_path):
+    uri = _store(tmp_path)
+    with (TargetLock(uri, "backup", shared=True), TargetLock(uri, "backup 2", shared=True),
+          pytest.raises(LockedError, match="a dsbackup backup .* is reading it")):
+        TargetLock(uri, "restore").acquire()
+    assert not lock_path(uri).exists()
+    with TargetLock(uri, "restore"):  # free again; a writer's own backup is no obstacle
+        with TargetLock(uri, "backup", shared=True):
+            pass
+        assert lock_path(uri).exists()
+    assert not lock_path(uri).exists()
+
+
+def test_a_forked_child_does_not_keep_the_store_held(tmp_path):
+    """A scan worker forked while a backup holds its source closes its copy of the hold at
+    once: one outliving a SIGKILLed backup would otherwise keep restores refused."""
+    uri = _store(tmp_path)
+    with TargetLock(uri, "backup", shared=True):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: wait until the parent has let go, then stay alive a while
+            os.close(w)
+            os.read(r, 1)
+            os._exit(0)
+        os.close(r)
+    try:
+        with TargetLock(uri, "restore"):  # the child still lives: no hold of it left
+            pass
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)

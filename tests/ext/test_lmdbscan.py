@@ -149,6 +149,37 @@ def test_exclude_catalog_subdir_and_named_db(tmp_path):
         scan(tmp_path / "named", db_name=b"missing")
 
 
+@pytest.mark.parametrize("catalog", [False, True])
+def test_large_values_read_with_pread_equal_the_map(tmp_path, monkeypatch, catalog):
+    """Values of 16 KiB and more are read with pread into the chunk (overflow pages): the
+    chunks, catalogs and bodies equal the Chunker's and the map-reading scan's, excluded large
+    values included (nothing reserved for them)."""
+    rnd = random.Random(11)
+    sizes = [16383, 16384, 16385, 70_000, 5, 300_000, 40_000, 0, 1 << 20]
+    recs = sorted((b"/%s/%04d" % (b"skip" if i % 5 == 3 else b"keep", i),
+                   rnd.randbytes(sizes[i % len(sizes)])) for i in range(60))
+    make_env(tmp_path / "env", recs)
+    keys, values = [k for k, _ in recs], [v for _, v in recs]
+    kw = dict(chunk_size=7, chunk_max_bytes=2 << 20, level=1, catalog=catalog)
+
+    def run(**extra):
+        with lmdbscan.LmdbRangeScanner(str(tmp_path / "env"), **kw, **extra) as s:
+            return s.preads_values, [(c.payload, c.catalog, c.body.data, c.keys_xxh3)
+                                     for c in s]
+
+    preads, got = run()
+    assert preads
+    ch = framing.Chunker(7, 2 << 20, catalog=catalog)
+    ref = ch.add_compress(keys, values, 1) + [ch.finish_compress(1)]
+    assert got == [(c.payload, c.catalog, c.body.data, c.keys_xxh3) for c in ref]
+    m = framing.KeyMatcher(["/skip/*"])
+    _, excl = run(exclude=m)
+    monkeypatch.setenv("DSBACKUP_LMDB_MAP_READS", "1")
+    preads, mapped = run(exclude=m)
+    assert not preads and excl == mapped
+    assert sum(len(framing.decode_records(p)[0]) for p, *_ in excl) == 48
+
+
 def test_double_open_guard(dataset, tmp_path):
     path, _, _ = dataset
     kw = {"chunk_size": 10, "chunk_max_bytes": 1 << 20, "level": -1}

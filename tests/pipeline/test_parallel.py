@@ -95,6 +95,27 @@ def _scan(location: str) -> ParallelScan:
     return ParallelScan("lmdb", location, ChunkSettings(20, 1 << 16, 1), 2, consistent=True)
 
 
+def test_a_complete_scan_leaves_no_reader_on_the_store(tmp_path):
+    """The scan no longer waits for its processes to exit once they have all reported: by
+    then each has ended its read transaction and closed the store (worker.py), so no reader
+    of theirs is left in the store's reader table, whether or not they have exited yet."""
+    import lmdb
+
+    location = _lmdb_store(tmp_path / "db")
+    scan = _scan(location)
+    chunks = sum(1 for _ in scan)
+    assert chunks > 1 and scan.stats.worker_cpu_s > 0  # all three reported
+    pids = {str(p.pid) for p in scan.procs}
+    env = lmdb.open(location, readonly=True, lock=True)
+    try:
+        table = env.readers()
+    finally:
+        env.close()
+    holders = {line.split()[0] for line in table.splitlines()[1:] if line.split()}
+    # a released slot keeps no pid (LMDB clears it at mdb_env_close)
+    assert not pids & holders, table
+
+
 def test_held_slots_are_reused_only_once_released(tmp_path):
     """A consumer that holds every chunk's slot and releases it later from another thread
     (the encrypted writer's sealing thread): each body is intact until its release (no
@@ -210,6 +231,21 @@ def test_a_worker_full_of_chunks_waits_for_a_stripe_only_while_the_writer_is_beh
     assert scan._next_worker({0, 1}) == 1  # one that holds few takes it
     scan._queued = [KEEP_SLOTS, KEEP_SLOTS + 5]
     assert scan._next_worker({0, 1}) == 0
+
+
+def test_a_busy_worker_gets_its_next_stripe_ahead_only_while_few_chunks_wait():
+    """A worker may be handed one stripe beyond the one it scans (no idle round trip between
+    stripes): the one whose stripe started first, never a third, never while the writer is
+    behind or while it holds more than KEEP_SLOTS chunks (no spill of a running stripe)."""
+    scan = ParallelScan("lmdb", "/nonexistent", ChunkSettings(10, 4096, 1), 2,
+                        stats=ScanStats())
+    assert scan._next_ahead([deque([3]), deque([2])]) == 1  # stripe 2 started first
+    assert scan._next_ahead([deque([3]), deque([2, 4])]) == 0  # worker 1 has one ahead
+    assert scan._next_ahead([deque([3, 5]), deque([2, 4])]) is None
+    scan._queued = [0, KEEP_SLOTS + 1]
+    assert scan._next_ahead([deque([3]), deque([2])]) == 0
+    scan._queued = [KEEP_SLOTS + 1, KEEP_SLOTS - 1]  # 2 x KEEP_SLOTS waiting: behind
+    assert scan._next_ahead([deque([3]), deque([2])]) is None
 
 
 def test_a_worker_killed_mid_scan_fails_the_scan_naming_it(tmp_path):

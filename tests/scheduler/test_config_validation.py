@@ -324,3 +324,26 @@ def test_the_python_api_refuses_wrong_types_too(tmp_path, kw):
 
     with pytest.raises(ConfigError, match=next(iter(kw)) if "time_zone" not in kw else "zone"):
         SchedulerConfig(state_path=tmp_path / "st", **kw)
+
+
+def test_workers_above_the_bound_in_an_old_config_is_clamped_with_one_warning(tmp_path,
+                                                                             run_cli):
+    """A config file written before --workers had its bound (1 to 256) with `workers = 512`
+    stopped the daemon at start (every schedule refused): a performance setting from an old
+    file now runs at 256 with one warning line naming the file and the schedule; a run-once
+    of it makes its backup. Not a positive integer is still refused."""
+    from dsbackup import datasets
+
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/a", b"1")]))
+    f = write(tmp_path, config_text(backup="workers = 512",
+                                    source=json.dumps(f"lmdb:{tmp_path / 'src'}")))
+    (job,) = load_config(f).schedules
+    assert job.backup_config == {"workers": 256}
+    r = run_cli("schedule", "run-once", "ipfs", "--config", f)
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if "workers" in x]
+    assert lines == [f'dsbackup: {f}: [schedule.backup] of "ipfs" workers = 512 is more than '
+                     "dsbackup runs (1 to 256); using 256"], r.stderr
+    assert len(list((tmp_path / "b").glob("ipfs_*.tar.gz"))) == 1
+    with pytest.raises(ConfigError, match="workers"):
+        load_config(write(tmp_path, config_text(backup="workers = 0")))

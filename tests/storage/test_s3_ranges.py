@@ -100,7 +100,11 @@ class _Server(http.server.BaseHTTPRequestHandler):
         if r:
             self.send_header("Content-Range", f"bytes {lo}-{hi}/{len(BODY)}")
         self.send_header("Content-Length", str(hi - lo + 1))
-        self.send_header("ETag", '"e"')
+        suffix = rng.startswith("bytes=-")
+        # "etag-other": blocks answered from another object, If-Match ignored; "etag-bare":
+        # the same ETag, unquoted and weak
+        etag = {"etag-other": '"f"', "etag-bare": "W/e"}.get(self.mode, '"e"')
+        self.send_header("ETag", '"e"' if suffix else etag)
         self.send_header("Last-Modified", email.utils.formatdate(usegmt=True))
         self.end_headers()
         if body:
@@ -222,9 +226,10 @@ def test_a_block_cut_off_midway_resumes_where_it_stopped(server, monkeypatch):
     assert src.read(1000, 1000) == BODY[1000:2000]
     gets = [g for g in server.handlers[0].gets if g["range"].startswith("bytes=0-")]
     assert gets[0]["range"] == "bytes=0-1023"
-    resumed = [g for g in server.handlers[0].gets if g.get("if-match")]
-    assert resumed and resumed[0]["range"] == "bytes=512-1023"
-    assert resumed[0]["if-match"] == '"e"'
+    # every GET carries the ETag the open saw (the suffix GET's): one object throughout
+    assert all(g.get("if-match") == '"e"' for g in server.handlers[0].gets)
+    resumed = [g for g in server.handlers[0].gets if g["range"] == "bytes=512-1023"]
+    assert len(resumed) == 1
     src.close()
 
 
@@ -316,4 +321,21 @@ def test_block_buffers_are_reused_not_remapped(server, monkeypatch):
         assert src.read(pos, 700) == BODY[pos:pos + 700]
     assert src._fetches >= 30
     assert len(made) <= s3mod.CACHE_BLOCKS + s3config.settings().read_concurrency
+    src.close()
+
+
+def test_a_block_of_another_object_is_refused_though_if_match_was_ignored(server, monkeypatch):
+    _small_blocks(monkeypatch)
+    server("etag-other")
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    with pytest.raises(IntegrityError, match=r"the object changed while it was being read"):
+        src.read(0, 100)
+    src.close()
+
+
+def test_the_same_etag_quoted_otherwise_is_the_same_object(server, monkeypatch):
+    _small_blocks(monkeypatch)
+    server("etag-bare")
+    src = s3mod.S3Source(S3Location("b", "a.dsb"))
+    assert src.read(0, 2000) == BODY[:2000]
     src.close()

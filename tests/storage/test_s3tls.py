@@ -196,3 +196,38 @@ def test_ca_bundle_adds_to_the_system_roots(monkeypatch, pki, tmp_path):
     b = s3tls.ca_bundle()
     assert b is not None and b.source == "AWS_CA_BUNDLE" and b.pem == pki.ca.read_bytes()
     assert s3tls.ssl_context().cert_store_stats()["x509_ca"] == system + 1
+
+
+def test_our_own_gets_name_tls_failures_as_the_obstore_client_does():
+    """s3get's errors (the open's GET, blocks, spans) use the same words: an https endpoint
+    that speaks plain http, a certificate nobody trusts."""
+    import http.client
+    import http.server
+    import ssl
+    import threading
+
+    from dsbackup.storage.s3tls import tls_failure
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        conn = http.client.HTTPSConnection("127.0.0.1", srv.server_address[1], timeout=5,
+                                           context=ssl.create_default_context())
+        with pytest.raises(ssl.SSLError) as exc:
+            conn.request("GET", "/")
+        assert tls_failure(exc.value).startswith("TLS handshake failed: ")
+        assert tls_failure(exc.value).endswith("(is the endpoint really https?)")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    err = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    err.verify_code, err.verify_message = 20, "unable to get local issuer certificate"
+    assert tls_failure(err) == ("TLS: the server's certificate was rejected: signed by a CA "
+                                "that is not trusted; for a private CA, name its certificate "
+                                "in AWS_CA_BUNDLE")
+    err.verify_code, err.verify_message = 10, "certificate has expired"
+    assert tls_failure(err).endswith("rejected: it has expired")

@@ -143,3 +143,64 @@ def test_a_second_writer_of_the_same_archive_is_refused_up_front(tmp_path, cli_e
         holder.stdin.close()
         holder.wait(timeout=30)
     assert live_writer(tmp_path / "a.tar.gz") is None  # its writer is gone: a leftover
+
+
+def _unopenable(monkeypatch, path: Path) -> None:
+    """`path` cannot be opened by this process (another user's mode-0600 file; tests may run
+    as root, who opens anything)."""
+    from dsbackup.storage import tempfiles
+
+    real = os.open
+
+    def refuse(p, flags, *a, **k):
+        if os.fspath(p) == os.fspath(path):
+            raise PermissionError(13, "Permission denied", os.fspath(p))
+        return real(p, flags, *a, **k)
+
+    monkeypatch.setattr(tempfiles.os, "open", refuse)
+
+
+def test_an_unopenable_leftover_of_a_reused_pid_is_no_live_writer(tmp_path, monkeypatch):
+    """A temp file this process may not open, named for a PID that now belongs to another
+    process (here: our parent) and locked by nobody, was taken for a live writer: every
+    backup to that archive was refused (exit 4) until someone removed it. The kernel's lock
+    table says nobody holds it; a real holder is still found."""
+    from dsbackup.storage.tempfiles import live_writer
+
+    final = tmp_path / "a.tar.gz"
+    tmp = tmp_path / f".a.tar.gz.tmp-{os.getppid()}-0123456789ab"
+    tmp.write_bytes(b"partial")
+    _unopenable(monkeypatch, tmp)
+    assert live_writer(final) is None
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY);"
+         " fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+         str(tmp)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert live_writer(final) == (os.getppid(), tmp)  # locked: a writer's
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert live_writer(final) is None
+
+
+def test_a_fifo_or_symlink_under_a_temp_name_is_no_writer_and_does_not_block(tmp_path):
+    """A FIFO named like a temp file of a live PID blocked the check forever (a read-only
+    open of a FIFO waits for a writer); a symlink is no writer's file either."""
+    from dsbackup.storage.tempfiles import live_writer
+
+    os.mkfifo(tmp_path / f".a.tar.gz.tmp-{os.getppid()}-0123456789ab")
+    (tmp_path / "t").write_bytes(b"x")
+    os.symlink(tmp_path / "t", tmp_path / f".b.tar.gz.tmp-{os.getppid()}-0123456789ab")
+    def hung(*_):
+        raise TimeoutError("live_writer blocked on the FIFO")
+
+    before = signal.signal(signal.SIGALRM, hung)  # a hang fails the test, not the run
+    signal.alarm(20)
+    try:
+        assert live_writer(tmp_path / "a.tar.gz") is None
+        assert live_writer(tmp_path / "b.tar.gz") is None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)

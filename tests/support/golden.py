@@ -9,9 +9,10 @@ in `outdir`, named as in ARCHIVES. What would differ between two runs is fixed t
   parallel scan's fork server;
 - the encryption's randomness: `dsbackup.archive.crypto._random` returns fixed bytes (the data
   key, archive id and nonce prefix), and the key is a raw key (no scrypt salt);
-- the source's path, which the manifest records (`source.uri`): stores live in the generator's
-  working directory and are named by relative URIs (a native LMDB incremental records the URI it
-  is given; an opened store's `uri` is set to the relative one);
+- the source's path, which the manifest records (`source.uri`, absolute): stores live in the
+  generator's working directory and are named by relative URIs, and the relative one is
+  recorded (an opened store's `uri` is set to it; a native LMDB incremental's is, by
+  `_relative_lmdb_uris`);
 - a Kubo node's file modes and mtimes are set to fixed values.
 
 One field stays timing-dependent: the parallel scan's summary `spilled_chunks` (the test
@@ -111,6 +112,22 @@ def _opened(uri: str):
     return ds
 
 
+def _relative_lmdb_uris() -> None:
+    """A native LMDB incremental records its source's absolute path (engine/incremental.py
+    _open_uri); the generator's stores are recorded by the relative URI it gives, as an
+    opened store's are (`_opened`), so the archives do not depend on where it runs."""
+    import dataclasses
+
+    from dsbackup.engine import incremental
+
+    real = incremental._open_uri
+
+    def relative(uri: str):
+        return dataclasses.replace(real(uri), uri=uri)
+
+    incremental._open_uri = relative
+
+
 def _backup(out: Path, name: str, source, *, parent: str | None = None, fmt: str = "dsbackup",
             **config) -> None:
     from dsbackup.engine.backup import BackupManager
@@ -158,6 +175,7 @@ def _inside(out: Path) -> None:
     from dsbackup.engine import backup
 
     crypto._random = lambda n: FIXED_RANDOM[n]
+    _relative_lmdb_uris()
     a = _records(1)
     b = _changed(a, 2)
     datasets.write_lmdb("lmdb-a", iter(a.items()))

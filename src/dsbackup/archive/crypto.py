@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import mmap
 import os
 import struct
@@ -21,6 +22,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from dsbackup.errors import ConfigError, IntegrityError, WrongKeyError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -186,10 +189,33 @@ class KeyMaterial:
             self._keks.clear()
 
 
+_warned: set[tuple[str, int]] = set()  # (path, mode) said once per process (a scheduler)
+
+
+def _warn_if_exposed(f: Any, path: str | os.PathLike[str], what: str) -> None:
+    """One line on stderr when the secret file `f` (opened) gives group or others any
+    access, as ssh and gpg do. A warning, not a refusal: a nightly backup that stopped on a
+    key file's mode would leave no backup at all, and a restore must read its archives."""
+    try:
+        mode = os.fstat(f.fileno()).st_mode
+    except OSError:
+        return
+    bits = mode & 0o077
+    if not bits or (str(path), mode) in _warned:
+        return
+    _warned.add((str(path), mode))
+    log.warning("%s %s is accessible by %s (mode %04o): anyone who can read it can "
+                "decrypt the archives; chmod 600 it", what, os.fspath(path),
+                "group and others" if bits & 0o070 and bits & 0o007 else
+                "its group" if bits & 0o070 else "others", mode & 0o7777)
+
+
 def load_key_file(path: str | os.PathLike[str]) -> KeyMaterial:
-    """A key file: 32 raw bytes, or 64 hex digits (one trailing newline allowed)."""
+    """A key file: 32 raw bytes, or 64 hex digits (one trailing newline allowed). A file
+    that group or others may access is used, with a warning on stderr."""
     try:
         with open(path, "rb") as f:
+            _warn_if_exposed(f, path, "key file")
             data = bytearray(f.read(4096))
     except OSError as exc:
         raise ConfigError(f"key file {path}: cannot read: {exc.strerror}") from None
@@ -243,9 +269,11 @@ def write_key_file(path: str | os.PathLike[str]) -> None:
 
 
 def load_passphrase_file(path: str | os.PathLike[str]) -> KeyMaterial:
-    """A passphrase file: its bytes, without one trailing newline."""
+    """A passphrase file: its bytes, without one trailing newline (a file group or others
+    may access: a warning, as for a key file)."""
     try:
         with open(path, "rb") as f:
+            _warn_if_exposed(f, path, "passphrase file")
             data = bytearray(f.read(1 << 20))
     except OSError as exc:
         raise ConfigError(f"passphrase file {path}: cannot read: {exc.strerror}") from None

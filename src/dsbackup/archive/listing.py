@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup._ext.framing import FramingError, decode_keys_sizes
 from dsbackup.archive.format import read_uvarint
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.readplan import plan_chunk_reads
 from dsbackup.archive.verify import check_layout, check_payload
-from dsbackup.errors import DsBackupError, IntegrityError
-
-if TYPE_CHECKING:
-    from dsbackup.archive.chain import ParentChain
+from dsbackup.errors import IntegrityError
 
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
@@ -53,36 +50,6 @@ def _check_catalog_keys(reader: ArchiveReader, i: int, e: ChunkEntry,
                              "with the index (count, order, key range or key digest)", chunk=i)
 
 
-def _member_ranges(reader: ArchiveReader, chunks: range, catalog: bool,
-                   ) -> Iterator[tuple[int, int]]:
-    """(offset, length) of the members the listing reads from this file, in order: each
-    chunk's catalog (or the chunk), pulled by the source as it fetches ahead (an S3 archive
-    then downloads the catalogs, not the chunks). Those in a parent are read there."""
-    for i in chunks:
-        e = reader.entry(i)
-        if e.in_parent:
-            continue
-        m = reader.index.catalog(i) if catalog else e
-        yield m.offset, m.length
-
-
-def _held_ranges(reader: ArchiveReader, chain: ParentChain, holder: ArchiveReader,
-                 chunks: range, catalog: bool) -> Iterator[tuple[int, int]]:
-    """The same for one parent of an incremental: the members of the chunks listed that it
-    holds (an S3 parent downloads those catalogs, not the whole parent). A chunk the chain
-    cannot place ends the plan: the listing meets the error itself."""
-    for i in chunks:
-        if not reader.entry(i).in_parent:
-            continue
-        try:
-            h, seq = chain.locate(i)
-        except DsBackupError:
-            return
-        if h is holder and not (catalog and seq >= h.index.catalog_count):
-            m = h.index.catalog(seq) if catalog else h.entry(seq)
-            yield m.offset, m.length
-
-
 def iter_listing(reader: ArchiveReader, start: bytes = b"", end: bytes | None = None,
                  ) -> Iterator[tuple[bytes, int, int | None]]:
     """(key, value size, value XXH3 or None) for keys in [start, end), in key order.
@@ -97,10 +64,8 @@ def _rows(reader: ArchiveReader, start: bytes, end: bytes | None,
           ) -> Iterator[tuple[bytes, int, int | None]]:
     use_catalog = reader.index.catalog_count > 0
     chunks = reader.index.chunks_overlapping(start, end)
-    reader.plan_reads(_member_ranges(reader, chunks, use_catalog))
-    chain = reader.parents_opened
-    for holder in chain.levels if chain is not None else ():
-        holder.plan_reads(_held_ranges(reader, chain, holder, chunks, use_catalog))
+    # the S3 source fetches the catalogs (or chunks) listed, not the archive
+    plan_chunk_reads(reader, chunks, members=not use_catalog, catalogs=use_catalog)
     for i in chunks:
         where = f"{reader.path}: chunk {i}"
         e = reader.entry(i)

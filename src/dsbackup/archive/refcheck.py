@@ -118,3 +118,45 @@ def _same_keys(a: np.ndarray, a_off: np.ndarray, b: np.ndarray, b_off: np.ndarra
 def _runs_on(off: np.ndarray, lens: np.ndarray) -> bool:
     """Whether each row's bytes start where the previous row's end."""
     return bool((off[1:] == off[:-1] + lens[:-1]).all())
+
+
+def resolved_references(reader: Any, levels: Sequence[Any]
+                        ) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Where `reader`'s references lead: for each level k that stores some of them,
+    (k, the seqs in ``levels[k]`` that store the chunks, increasing; the reader's seqs that
+    refer to them, in the same order). The walk is locate's, in bulk, without its checks: run
+    it on references that passed suspect_references (or locate). IntegrityError for a
+    reference that leads past a level's end or below the last level."""
+    own: list[np.ndarray] = []
+    off: list[np.ndarray] = []
+    for first, tab, _keys in reader.index.blocks():
+        rows = np.flatnonzero((tab["flags"] & np.uint32(FLAG_PARENT)) != 0)
+        own.append(rows.astype(np.int64) + first)
+        off.append(tab["offset"][rows].astype(np.int64))
+    live = np.concatenate(own) if own else np.empty(0, np.int64)
+    target = np.concatenate(off) if off else np.empty(0, np.int64)
+    out: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for k, p in enumerate(levels):
+        if not live.size:
+            break
+        if int(target.max()) >= p.chunk_count or int(target.min()) < 0:
+            raise IntegrityError(f"{reader.path}: a reference leads past the end of {p.path}")
+        order = np.argsort(target, kind="stable")
+        live, target = live[order], target[order]
+        deeper = np.zeros(live.size, bool)
+        nxt = np.zeros(live.size, np.int64)
+        pos = 0
+        while pos < live.size:
+            first, tab, _keys = p.index.block(int(target[pos]))
+            stop = int(np.searchsorted(target, first + len(tab)))
+            pe = tab[target[pos:stop] - first]
+            deeper[pos:stop] = (pe["flags"] & np.uint32(FLAG_PARENT)) != 0
+            nxt[pos:stop] = pe["offset"].astype(np.int64)
+            pos = stop
+        if (~deeper).any():
+            out.append((k, target[~deeper], live[~deeper]))
+        live, target = live[deeper], nxt[deeper]
+    if live.size:
+        raise IntegrityError(f"{reader.path}: chunk {int(live[0])} still refers to a parent "
+                             "below the last archive of its chain")
+    return out

@@ -5,7 +5,6 @@ threads; the native calls release the GIL."""
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from dsbackup._ext.checksum import Xxh3_128
 from dsbackup._ext.framing import FramingError, scan_payload
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.readplan import plan_chunk_reads
 from dsbackup.errors import (
     ArchiveError,
     ArchiveUnavailable,
@@ -221,9 +221,14 @@ def verify_archive(
                 raise ValueError("sample must be a fraction between 0 and 1")
             n = reader.chunk_count
             k = min(n, max(1 if n and sample > 0 else 0, round(n * sample)))
+            import random  # only a sampled verify draws (not a deep one's start-up)
+
             deep_set = set(random.Random(seed).sample(range(n), k))
         workers = threads or min(8, os.cpu_count() or 1)
         lock = threading.Lock()
+        # every chunk's member and catalog, in order: an S3 archive and its S3 parents fetch
+        # just those (of a parent, the chunks referenced), coalesced
+        plan_chunk_reads(reader, range(reader.chunk_count), catalogs=True)
 
         def task(i: int) -> tuple[int, int, IntegrityError | None]:
             d = deep if deep_set is None else i in deep_set

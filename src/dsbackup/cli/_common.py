@@ -12,9 +12,10 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dsbackup.metadata import Progress
+if TYPE_CHECKING:  # annotations only: metadata (dataclasses, datetime) is not start-up's
+    from dsbackup.metadata import Progress
 
 JSON_SCHEMA_VERSION = 1
 

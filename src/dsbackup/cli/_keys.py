@@ -6,7 +6,6 @@ visible to every user in /proc/PID/cmdline."""
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 from collections.abc import Callable
@@ -30,6 +29,8 @@ def add_key_options(p: argparse.ArgumentParser, *, encrypt: bool = False) -> Non
 def _prompt(confirm: bool) -> Callable[[], dsbackup.KeyMaterial]:
     def ask() -> dsbackup.KeyMaterial:
         try:
+            import getpass  # termios: only when a passphrase is asked for
+
             first = getpass.getpass("passphrase: ").encode()
             if confirm and getpass.getpass("passphrase again: ").encode() != first:
                 raise ConfigError("the passphrases differ")

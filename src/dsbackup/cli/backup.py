@@ -22,6 +22,10 @@ from dsbackup.cli._keys import add_key_options
 from dsbackup.errors import EXIT_WARNING, ConfigError
 
 COMMAND = "backup"
+# done and durable when run() returns (archive synced and renamed, workers and zygote
+# stopped): the process ends without the interpreter's teardown (cli/main.py,
+# _exit_without_teardown)
+EXIT_WITHOUT_TEARDOWN = True
 HELP = "back up a datastore (URI or path) to an archive"
 
 
@@ -47,6 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=None, help="give up after SECONDS")
     p.add_argument("--no-verify", action="store_true",
                    help="skip re-reading the archive's checksums before it is renamed into place")
+    p.add_argument("--trust-parent", action="store_true",
+                   help="incremental: do not re-read the parent members this backup refers to "
+                        "before the rename (their index entries are still checked); for chains "
+                        "verified on a schedule of their own")
     p.add_argument("--parent", default=None,
                    help="parent archive: make an incremental backup that references the "
                    "parent's unchanged chunks")
@@ -104,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     level = 1 if args.level is None else args.level
     cfg = BackupConfig(compression_level=level, codec=args.codec, chunk_size=args.chunk_size,
                        chunk_max_bytes=args.chunk_max_bytes, timeout=args.timeout,
-                       verify_integrity=not args.no_verify,
+                       verify_integrity=not args.no_verify, trust_parent=args.trust_parent,
                        include_metadata=args.include_metadata,
                        exclude_patterns=args.exclude, workers=args.workers,
                        trust_content_keys=not args.no_trust_content_keys,
@@ -138,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         if meta.node_warning:  # not a problem of the backup: the exit code stays 0
             print(f"warning: {meta.node_warning}", file=sys.stderr)
+        if s.temp_files:  # not records: the exit code stays 0
+            print(f"{s.temp_files} temporary files of interrupted writes (the store's writer's "
+                  "or a killed restore's) hold no records and were left out", file=sys.stderr)
         if s.incomplete:
             print(f"warning: not backed up: {s.foreign_files} foreign files, "
                   f"{s.unreadable_files} files that vanished or could not be read "

@@ -7,11 +7,12 @@ import contextlib
 import errno
 import gc
 import importlib
+import importlib.machinery
 import logging
 import os
-import pkgutil
 import select
 import sys
+import threading
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, NoReturn
@@ -37,13 +38,27 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def _command_names() -> list[str]:
-    """Each command lives in dsbackup/cli/<command>.py."""
-    return sorted(info.name for info in pkgutil.iter_modules(cli.__path__)
-                  if not info.name.startswith("_") and info.name != "main")
+    """Each command lives in dsbackup/cli/<command>.py: the module names of the package's
+    directory, as pkgutil.iter_modules finds them (any module suffix), without importing
+    pkgutil (importlib.util: ~2 ms of the console script's start-up)."""
+    suffixes = sorted(importlib.machinery.all_suffixes(), key=len, reverse=True)
+    names = set()
+    for directory in cli.__path__:
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            continue
+        for entry in entries:
+            suffix = next((s for s in suffixes if entry.endswith(s)), None)
+            name = entry[:-len(suffix)] if suffix else ""
+            if name.isidentifier() and not name.startswith("_") and name != "main":
+                names.add(name)
+    return sorted(names)
 
 
 def _command_modules(only: str | None = None) -> list[ModuleType]:
-    names = [only] if only is not None else _command_names()
+    """Every command's module, or only `only`'s ("": none, for --version)."""
+    names = ([only] if only else []) if only is not None else _command_names()
     mods = []
     for name in names:
         mod = importlib.import_module(f"dsbackup.cli.{name}")
@@ -54,11 +69,14 @@ def _command_modules(only: str | None = None) -> list[ModuleType]:
 
 def _command_in(argv: Sequence[str]) -> str | None:
     """The command named on the command line, when it is a known one: only its module is
-    imported (the others, the scheduler's above all, cost start-up time)."""
+    imported (the others, the scheduler's above all, cost start-up time); "" for --version
+    before any command (no command's module: it prints the version and ends)."""
     args = iter(argv)
     for arg in args:
-        if arg in ("-h", "--help", "--version"):
+        if arg in ("-h", "--help"):
             return None
+        if arg == "--version":
+            return ""
         if arg in ("--umask", "--s3-endpoint", "--s3-stale-hours"):
             next(args, None)  # its value
         elif not arg.startswith("-"):
@@ -66,8 +84,35 @@ def _command_in(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _terminal_columns() -> int:
+    """shutil.get_terminal_size().columns (COLUMNS, else the terminal of stdout, else 80)
+    without importing shutil (bz2, lzma, fnmatch), which argparse's formatter imports for it
+    at every add_argument: a few ms of every command's start-up."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _terminal_columns() - 2 if width is None else width)
+
+
 class _Parser(argparse.ArgumentParser):
     """A usage error is one line on stderr (exit 2), naming the command and its --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -117,7 +162,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         operands = [a.dest for a in p._actions
                     if not a.option_strings and a.dest != argparse.SUPPRESS]
         p.set_defaults(_run=mod.run, _operands=operands,
-                       _prepare=getattr(mod, "prepare", None))
+                       _prepare=getattr(mod, "prepare", None),
+                       _no_teardown=getattr(mod, "EXIT_WITHOUT_TEARDOWN", False))
     return parser
 
 
@@ -258,6 +304,8 @@ def _main(argv: Sequence[str] | None, freeze_imports: bool = False,
         with prepare(args) if prepare else contextlib.nullcontext():
             rc = int(_run_with_key(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        if freeze_imports and rc == EXIT_OK and getattr(args, "_no_teardown", False):
+            _exit_without_teardown(rc)
         return rc
     except KeyboardInterrupt:
         print("dsbackup: interrupted", file=sys.stderr)
@@ -283,6 +331,31 @@ def _freeze_imports() -> None:
     shared. The command's entry (cli/_entry.py) turned collection off while they loaded."""
     gc.freeze()
     gc.enable()
+
+
+def _exit_without_teardown(rc: int) -> None:
+    """End the process now, as the interpreter would, less its teardown: with no other thread
+    left, the exit handlers run (logging's flush ...) and both streams are flushed, then
+    os._exit skips freeing every module, object and arena one by one (5-10 ms at the end of a
+    verify or restore, docs/PERFORMANCE.md). For commands whose every file is closed and
+    synced when they return (EXIT_WITHOUT_TEARDOWN in their module), on success only;
+    returns (the ordinary exit follows) when another thread runs or a stream cannot flush."""
+    if threading.active_count() > 1:
+        return
+    import atexit
+
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return  # before the exit handlers: the ordinary exit runs them once
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        os._exit(120)  # what the interpreter exits with when its last flush fails
+    os._exit(rc)
 
 
 def _refuse_closed_stream(args: argparse.Namespace, closed: set[int]) -> int | None:

@@ -20,6 +20,9 @@ from dsbackup.cli._keys import add_key_options
 from dsbackup.errors import EXIT_WARNING, TargetNotEmpty
 
 COMMAND = "restore"
+# done and durable when run() returns: the process ends without the interpreter's teardown
+# (cli/main.py, _exit_without_teardown)
+EXIT_WITHOUT_TEARDOWN = True
 HELP = "restore an archive into a datastore (empty by default)"
 
 

@@ -19,6 +19,9 @@ from dsbackup.cli._keys import add_key_options
 from dsbackup.errors import EXIT_ERROR, EXIT_INTEGRITY
 
 COMMAND = "verify"
+# done and durable when run() returns: the process ends without the interpreter's teardown
+# (cli/main.py, _exit_without_teardown)
+EXIT_WITHOUT_TEARDOWN = True
 HELP = "verify an archive: quick (checksums), deep (default: inflate and parse) or sampled"
 
 

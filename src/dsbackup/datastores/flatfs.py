@@ -56,6 +56,7 @@ from dsbackup.datastores.flatfs_layout import (
     DEFAULT_SHARD,
     DISK_USAGE_FILE,
     EXTENSION,
+    OWN_TEMP_PREFIX,
     SHARDING_FILE,
     TEMP_DIR,
     ShardFunc,
@@ -282,7 +283,7 @@ class FlatfsDatastore(BaseDatastore):
 
     def _temp_file(self, shard_dir: bytes) -> tuple[int, bytes]:
         where = self._temp if self.go_layout else shard_dir
-        prefix = b"temp-" if self.go_layout else b".temp-"
+        prefix = b"temp-" if self.go_layout else OWN_TEMP_PREFIX  # (audit: OWN_TEMP)
         return tempfile.mkstemp(prefix=prefix, dir=where)
 
     def _write_temp(self, name: bytes, value: bytes, *, sync: bool = True

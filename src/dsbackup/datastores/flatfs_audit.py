@@ -3,8 +3,9 @@
 :func:`audit_flatfs` lists a flatfs root once and counts the files a scan will not read:
 wrong shard directory, invalid names, files without ``.data``, stray temp files, nested
 directories, symbolic links. The temp files the real writers leave when stopped mid-write
-(go-ds-flatfs's old ``put-N``/``du-N``, Helia's steno ``.<file>.tmp``) are not records and
-their readers ignore them: they are counted in ``temp_files``, not as foreign. A shard directory is checked with one regular expression over
+(go-ds-flatfs's old ``put-N``/``du-N``, Helia's steno ``.<file>.tmp``), and those of this
+package's own writer (a killed restore's), are not records and their readers ignore them:
+they are counted in ``temp_files``, not as foreign. A shard directory is checked with one regular expression over
 all its names, which captures the shard each name maps to (the common case, every name in
 place, costs no per-name Python work); only a shard with a misfit is looked at name by name. The misplaced names also tell which shard
 function (and whether Helia's ``B`` name prefix) would fit, for the hint in the error.
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from dsbackup.datastores.flatfs_layout import (
     DISK_USAGE_FILE,
     EXTENSION,
+    OWN_TEMP,
     README_FILE,
     SHARDING_FILE,
     TEMP_DIR,
@@ -173,9 +175,12 @@ def audit_flatfs(root: bytes, shard: ShardFunc, *, name_prefix: bytes = b"",
 def _is_writer_temp(name: bytes, shard: ShardFunc, shard_dir: bytes, prefix: bytes,
                     go_layout: bool) -> bool:
     """A temp file the real writer of this layout leaves in a shard directory: go-ds-flatfs's
-    old ``put-N``, or steno's ``.<file>.tmp`` of a file that belongs here (Helia)."""
+    old ``put-N``, or steno's ``.<file>.tmp`` of a file that belongs here (Helia), or our own
+    restore's ``.temp-XXXXXXXX`` (Helia layout; go layout: in ``.temp/``, never looked at)."""
     if go_layout:
         return _GO_SHARD_TEMP.fullmatch(name) is not None
+    if OWN_TEMP.fullmatch(name):
+        return True
     m = STENO_TEMP.fullmatch(name)
     return m is not None and _in_place(m.group(1), shard, shard_dir, prefix)
 

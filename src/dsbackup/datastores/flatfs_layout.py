@@ -26,6 +26,10 @@ SHARDING_FILE = "SHARDING"
 README_FILE = "_README"
 DISK_USAGE_FILE = "diskUsage.cache"
 TEMP_DIR = ".temp"
+# this package's own temp file in a shard directory of a Helia-layout store (flatfs.py
+# _temp_file: mkstemp's 8 random characters), left there by a killed restore
+OWN_TEMP_PREFIX = b".temp-"
+OWN_TEMP = re.compile(rb"\.temp-[a-z0-9_]{8}")
 EXTENSION = b".data"
 SHARD_PREFIX = "/repo/flatfs/shard/v1"
 DEFAULT_SHARD = f"{SHARD_PREFIX}/next-to-last/2"

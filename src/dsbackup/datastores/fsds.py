@@ -15,13 +15,15 @@ datastores this layout serves are small) and read files in key order; files that
 or cannot be read are counted in :attr:`FsDatastore.skipped`. :meth:`audit_files` names
 every file that is not a record (no ``.data`` suffix, a stray temp file, a symlink), except
 the ``.<name>.data.tmp`` files datastore-fs's writer (steno) leaves when stopped mid-write,
-which are counted in ``temp_files``.
+and this package's own ``.<name>.data.tmp-XXXXXXXX`` (a killed restore's), which are counted
+in ``temp_files``.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,11 @@ from dsbackup.datastores.base import (
 from dsbackup.datastores.flatfs_audit import STENO_TEMP, FileAudit, SkippedFiles
 from dsbackup.errors import DatastoreError, InvalidKey, NotFound
 from dsbackup.storage.tempfiles import fsync_dir
+
+# this package's own temp file beside a value file (_write: mkstemp's 8 random characters),
+# left by a killed restore: counted in temp_files as steno's are
+OWN_TEMP_INFIX = b".tmp-"
+OWN_TEMP = re.compile(rb"\.(.+)\.tmp-[a-z0-9_]{8}")
 
 __all__ = ["FsDatastore", "open_fsds", "EXTENSION"]
 
@@ -123,7 +130,8 @@ class FsDatastore(BaseDatastore):
             raise InvalidKey(f"key {key[:120]!r}: a parent namespace of it is stored as a "
                              f"value file in {self.path}, so it cannot be a directory") \
                 from None
-        fd, tmp = tempfile.mkstemp(prefix=b"." + os.path.basename(path) + b".tmp-", dir=d)
+        fd, tmp = tempfile.mkstemp(prefix=b"." + os.path.basename(path) + OWN_TEMP_INFIX,
+                                   dir=d)  # (the audit knows it: OWN_TEMP)
         try:
             os.fchmod(fd, self._mode)
             view = memoryview(value)
@@ -180,10 +188,10 @@ class FsDatastore(BaseDatastore):
                             and len(name) > len(EXTENSION)):
                         keys.append(rel[:-len(EXTENSION)])
                     elif audit is not None:
-                        m = STENO_TEMP.fullmatch(name)
+                        m = STENO_TEMP.fullmatch(name) or OWN_TEMP.fullmatch(name)
                         if (m and m.group(1).endswith(EXTENSION)
                                 and e.is_file(follow_symlinks=False)):
-                            audit.temp_files += 1  # datastore-fs's (steno's) leftover
+                            audit.temp_files += 1  # datastore-fs's (steno's) or ours
                         else:
                             audit.add(os.fsdecode(rel[1:]))
         keys.sort()

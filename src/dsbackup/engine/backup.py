@@ -21,7 +21,7 @@ from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.full import plan_full
 from dsbackup.engine.manifest import go_metadata, metadata_from_reader
 from dsbackup.engine.plan import ProgressCallback
-from dsbackup.engine.targetlock import refuse_if_being_written
+from dsbackup.engine.targetlock import TargetLock
 from dsbackup.engine.write import write_archive
 from dsbackup.errors import BackupError, Cancelled, ConfigError, DsBackupError, IntegrityError
 from dsbackup.metadata import BackupMetadata, RestoreResult
@@ -132,18 +132,27 @@ class BackupManager:
         cancel = cancel or threading.Event()
         deadline = _Deadline(cancel, cfg.timeout)
         t0 = time.perf_counter()
+        # the source's lock, shared, while it is read: a restore or migration into it is
+        # refused (exit 4), and a backup of a store being written (half a store) too
+        reading = TargetLock(source, f"backup to {path}", shared=True)
         try:
             guard.check_archive_outside(path, [("source", source)])
-            refuse_if_being_written(source, "back it up")  # a restore into it: half a store
+            reading.acquire()
             guard.check_new_archive(path, overwrite=cfg.overwrite,
                                     inputs=[parent] if parent is not None else [],
                                     parent_dirs=parent_dirs or [])
-        except DsBackupError:
+        except BaseException as exc:
+            reading.release()
             deadline.stop()
-            self._count("backups_failed")
+            if isinstance(exc, DsBackupError):
+                self._count("backups_failed")
             raise
-        # an incremental opens a URI source itself (LMDB: natively, in this process)
-        ds, owned = _open_source(source) if parent is None else (source, False)
+        try:  # an incremental opens a URI source itself (LMDB: natively, in this process)
+            ds, owned = _open_source(source) if parent is None else (source, False)
+        except BaseException:
+            reading.release()
+            deadline.stop()
+            raise
         try:
             foreign = (FileAudit() if parent is not None and format == "dsbackup"
                        and flatfs_incremental.applies(source, cfg)  # audits from its listing
@@ -177,8 +186,10 @@ class BackupManager:
             deadline.stop()
             if owned:
                 ds.close()
+            reading.release()
         s = meta.statistics
         s.foreign_files += foreign.count
+        s.temp_files += foreign.temp_files
         s.skipped_files = [*foreign.examples, *s.skipped_files][:10]
         with self._lock:
             m = self._metrics

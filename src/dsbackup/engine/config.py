@@ -70,6 +70,11 @@ class BackupConfig:
     - ``codec`` (default ``gzip``): ``zstd`` stores each chunk as a zstd frame (format
       version 2, flag bit 2, docs/FORMAT.md §11.6; faster to restore, smaller); then
       ``compression_level`` is zstd's, 1-19 (default 1). Catalogs stay deflate.
+    - ``trust_parent`` (default False): an incremental's check before the rename re-reads
+      the parent members its references resolve to (docs/INCREMENTAL.md "The check before
+      the rename": for an unchanged store, about the parent chain's size); True skips that
+      read only (the references are still checked against the parents' indexes), for chains
+      verified on a schedule of their own.
     - ``resume`` (default False): continue the temp file a killed full backup left for the
       same archive path (docs/FORMAT.md §11.5); a normal backup when there is none.
     """
@@ -89,6 +94,7 @@ class BackupConfig:
     datastore_only: bool = False
     paged_index: str = "auto"
     resume: bool = False
+    trust_parent: bool = False
     # key material (dsbackup.archive.crypto.KeyMaterial): write encrypted archives
     # (docs/ENCRYPTION.md); never printed, never in to_dict()
     encryption: Any = field(default=None, repr=False, compare=False)

@@ -34,7 +34,7 @@ from dsbackup.archive.chain import ParentRef, index_digest
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.pages import page_entries_after
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.archive.refcheck import suspect_references
+from dsbackup.archive.refcheck import resolved_references, suspect_references
 from dsbackup.engine import flatfs_incremental
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.manifest import ScanOutcome
@@ -214,9 +214,11 @@ class IncrementalStream:
             foreign=getattr(self.src, "audit", None))  # the flatfs path audits its listing
 
 
-def _check_own(tmp: Path, parent: ArchiveReader) -> None:
-    """Before the rename: the new archive's own members and every reference (index checks
-    against the parent chain; the parents' members were checked when they were written)."""
+def _check_own(tmp: Path, parent: ArchiveReader, *, members: bool = True) -> None:
+    """Before the rename: the new archive's own members, every reference (index checks
+    against the parent chain) and the members the references resolve to in the parents (a
+    parent damaged since it was written would make this archive unrestorable: exit 3, see
+    _check_referenced; `members` False, trust_parent: those bytes are not read)."""
     from dsbackup.archive.chain import ParentChain
     from dsbackup.archive.verify import VerifyReport, _check_summary
 
@@ -241,6 +243,32 @@ def _check_own(tmp: Path, parent: ArchiveReader) -> None:
                 r.check_member(i)
                 if r.index.catalog_count:
                     r.check_catalog_member(i)
+        if members:
+            _check_referenced(r, levels, tmp)
+
+
+def _check_referenced(r: ArchiveReader, levels: list[ArchiveReader], tmp: Path) -> None:
+    """The parent members (and catalogs) that `r`'s references resolve to (their entries
+    checked by _check_own first), hashed against the index of the archive that stores each
+    (natively, in its file order, the entries taken in bulk; an S3 parent fetches just those
+    ranges). The archive is only as restorable as these bytes: a damaged one fails the backup
+    (IntegrityError, exit 3) naming the parent and its chunk. Cost: one read of the
+    referenced members' bytes (docs/INCREMENTAL.md "The check before the rename")."""
+    import numpy as np
+
+    catalog = r.index.catalog_count > 0
+    for k, seqs, refs in resolved_references(r, levels):
+        holder = levels[k]
+        try:
+            holder.check_stored_members(seqs, catalog=catalog)
+        except IntegrityError as exc:
+            bad = exc.chunk if exc.chunk is not None else int(seqs[0])
+            i = int(refs[int(np.searchsorted(seqs, bad))]) if bad in seqs else None
+            raise IntegrityError(
+                f"{display(tmp)}: chunk {i} refers to chunk {bad} of parent "
+                f"{display(holder.path)}, which is damaged ({exc}); this backup could not "
+                "be restored, so it is not kept: verify and repair or replace that "
+                "parent, or make a full backup (no --parent)", chunk=i) from None
 
 
 @dataclass(frozen=True)
@@ -320,7 +348,9 @@ def _open_uri(uri: str) -> _Where:
         if not Path(location, "data.mdb").is_file():  # as LmdbDatastore says it, not errno 2
             raise DatastoreError(f"{Path(location).absolute()}: no LMDB environment (data.mdb "
                                  "missing)")
-        return _Where(f"lmdb:{location}", "lmdb", lmdb_path=location)
+        # the absolute path, as an opened store records it (LmdbDatastore.uri): a relative
+        # one named another store from another working directory (inspect, --resume)
+        return _Where(f"lmdb:{Path(location).absolute()}", "lmdb", lmdb_path=location)
     ds = open_datastore(uri, readonly=True)
     return _Where(getattr(ds, "uri", uri), ds.scheme, ds=ds)
 
@@ -358,7 +388,8 @@ def _plan(where: _Where, path: Path, preader: ArchiveReader, cfg: BackupConfig,
         chunk_size=chunk_size, chunk_max_bytes=cmb, node=node, cancel=cancel, t0=t0,
         progress=progress, parent=ref, kdf=kdf,
         page_entries=page_entries_after(cfg.paged_index, preader.index),
-        check=(lambda tmp: _check_own(tmp, preader)) if cfg.verify_integrity else None)
+        check=((lambda tmp: _check_own(tmp, preader, members=not cfg.trust_parent))
+               if cfg.verify_integrity else None))
     return plan
 
 

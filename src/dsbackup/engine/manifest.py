@@ -94,6 +94,7 @@ def metadata_for(plan: BackupPlan, manifest: dict[str, Any], version: int,
         skipped_files=list(outcome.unreadable_examples))
     if outcome.foreign is not None:
         stats.foreign_files = outcome.foreign.count
+        stats.temp_files = outcome.foreign.temp_files
         stats.skipped_files = [*outcome.foreign.examples, *stats.skipped_files][:10]
     node = plan.node
     return BackupMetadata(

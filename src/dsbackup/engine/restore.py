@@ -24,6 +24,7 @@ from typing import Any
 from dsbackup._ext.framing import FramingError, decode_records
 from dsbackup.archive import guard
 from dsbackup.archive.reader import ArchiveReader
+from dsbackup.archive.readplan import plan_chunk_reads
 from dsbackup.archive.verify import check_layout, check_payload
 from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.engine.restore_journal import JournalSync, write_journal
@@ -388,6 +389,9 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
         write_journal(jpath, state)
     span = reader.index.chunks_overlapping(start, end)  # a range: O(1) memory at any size
     selected = range(max(span.start, first_chunk), max(span.stop, first_chunk))
+    # an S3 archive (and each S3 parent) fetches exactly these chunks' members, coalesced,
+    # not 8 MiB blocks and their read-ahead past a prefix's end (docs/STORAGE.md "Reading")
+    plan_chunk_reads(reader, selected)
     if native is not None:
         _write_native(reader, native, selected, first_chunk, workers=workers, cancel=cancel,
                       progress=progress, batch_bytes=batch_bytes, jpath=jpath, state=state,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,18 @@ from dsbackup.filemodes import private_mode
 
 def write_journal(path: Path, state: dict[str, Any]) -> None:
     """Replace the journal at `path` with `state` (written, fsynced, renamed)."""
-    # a temp name of this process and call: never shared with another writer
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
-    except OSError as exc:
-        raise _journal_error(path, exc) from None
+    # a temp name of this process and call, made as tempfile.mkstemp makes one (O_EXCL, mode
+    # 0600) without importing tempfile (random, shutil: a restore's start-up)
+    while True:
+        tmp = path.with_name(f"{path.name}.tmp-{os.urandom(6).hex()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, 0o600)
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _journal_error(path, exc) from None
     try:
         os.fchmod(fd, private_mode())
         with open(fd, "w") as f:
@@ -36,7 +42,7 @@ def write_journal(path: Path, state: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise _journal_error(path, exc) from None
         raise

@@ -6,7 +6,6 @@ written to a temp file, fsynced and renamed."""
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,7 +114,7 @@ def write_node_files(root: Path, files: list[NodeFile], *, umask: int | None = N
             if f.is_dir:
                 _dir_fd(root, fds, f.path)
                 continue
-            tmp = b".%s.dsbackup-tmp-%s" % (name[:100], secrets.token_hex(6).encode())
+            tmp = b".%s.dsbackup-tmp-%s" % (name[:100], os.urandom(6).hex().encode())
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=pfd)
             try:

@@ -7,12 +7,22 @@ lock file (released by the kernel when its holder dies, so a killed run leaves n
 the file holds the holder's PID and what it does. It is removed on release; a waiter that
 locked a file already unlinked retries on the new one. Within one process the lock is
 re-entrant for the thread holding it (a migration's rollback restores into a store the
-migration holds). A backup of a store another process holds is refused too (exit 4): it would
-read a half-written store (refuse_if_being_written).
+migration holds).
+
+A backup must not change its source, so it creates no lock file: it holds a shared ``flock``
+on the store's directory itself (``TargetLock(source, "backup ...", shared=True)``) for as
+long as it reads the store, after checking that no writer holds the lock file. A restore or
+migration takes, after its lock file, an exclusive ``flock`` on the store's directory when it
+exists: so a restore into a store being backed up is refused (exit 4, the backup's PID from
+the kernel's lock table), and so is a backup of a store being written (it would read a
+half-written store); backups of one store run side by side. A store that is one file
+(``sqlite:``) is checked but not held (a lock on the database file itself could meet SQLite's
+own locks on NFS).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -20,11 +30,25 @@ from pathlib import Path
 from typing import Any
 
 from dsbackup.errors import LockedError
+from dsbackup.storage.locktable import lock_holders
 
 SUFFIX = ".dsbackup.lock"
 
 _held: dict[str, tuple[int, int]] = {}  # lock path -> (thread ident, depth)
 _held_lock = threading.Lock()
+# store directories this process holds flocked: a forked child (a scan worker) closes its
+# copies at once, so one outliving a SIGKILLed backup does not keep the store held
+_dir_fds: set[int] = set()
+
+
+def _drop_dirs_in_child() -> None:
+    for fd in _dir_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _dir_fds.clear()
+
+
+os.register_at_fork(after_in_child=_drop_dirs_in_child)
 
 
 def store_path(store: Any) -> Path | None:
@@ -50,16 +74,19 @@ def lock_path(store: Any) -> Path | None:
 
 class TargetLock:
     """``with TargetLock(store, "restore"):`` — hold the store's write lock (no-op for a
-    store without a filesystem path)."""
+    store without a filesystem path); ``shared=True``: a reader's share of it (a backup)."""
 
-    def __init__(self, store: Any, what: str, *, create_parent: bool = True) -> None:
+    def __init__(self, store: Any, what: str, *, create_parent: bool = True,
+                 shared: bool = False) -> None:
         self.path = lock_path(store)
         self.store = store_path(store)
         self.what = what
         # False for a store that must exist already (a migration's source): when even its
         # directory is missing there is nothing to lock, and nothing is created for it
-        self.create_parent = create_parent
+        self.create_parent = create_parent and not shared
+        self.shared = shared
         self._fd = -1
+        self._dir_fd = -1  # the store's directory, flocked (shared: a backup; else: a writer)
 
     def __enter__(self) -> TargetLock:
         self.acquire()
@@ -70,6 +97,9 @@ class TargetLock:
 
     def acquire(self) -> None:
         if self.path is None:
+            return
+        if self.shared:
+            self._acquire_shared()
             return
         key = str(self.path)
         me = threading.get_ident()
@@ -91,11 +121,9 @@ class TargetLock:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    holder = _read_holder(fd)
+                    msg = _busy(fd, self.store, self.path, "wait for it to finish")
                     os.close(fd)
-                    raise LockedError(
-                        f"{self.store}: another dsbackup process ({holder}) is writing to "
-                        f"it; wait for it to finish (lock file {self.path})") from None
+                    raise LockedError(msg) from None
                 except BaseException:
                     os.close(fd)
                     raise
@@ -106,15 +134,55 @@ class TargetLock:
                 if same:
                     break
                 os.close(fd)  # the holder removed it while we waited: lock the new one
+            try:
+                self._dir_fd = _lock_dir(self.store, fcntl.LOCK_EX)
+            except BaseException:
+                self.path.unlink(missing_ok=True)  # while locked: no one else holds it
+                os.close(fd)
+                raise
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {self.what}\n".encode())
             self._fd = fd
             _held[key] = (me, 1)
 
+    def _acquire_shared(self) -> None:
+        """A reader's hold (a backup): the lock file checked (not created: the source is not
+        changed), then a shared flock on the store's directory. Refused (exit 4) while a
+        writer holds either; no-op where this process writes the store itself (a migration
+        backing up its own source)."""
+        assert self.path is not None
+        with _held_lock:
+            if str(self.path) in _held:
+                return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:  # no lock file (the usual case): no writer holds it
+            fd = -1
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below
+            except BlockingIOError:
+                raise LockedError(_busy(fd, self.store, self.path,
+                                        "back it up when that has finished")) from None
+            except OSError:  # a filesystem without flock (ENOLCK on some NFS): no writer
+                pass  # can hold it either
+            finally:
+                os.close(fd)
+        self._dir_fd = _lock_dir(self.store, fcntl.LOCK_SH)  # (a writer's since: refused)
+
+    def _close_dir(self) -> None:
+        fd, self._dir_fd = self._dir_fd, -1
+        if fd >= 0:
+            _dir_fds.discard(fd)
+            os.close(fd)
+
     def release(self) -> None:
         if self.path is None:
             return
         key = str(self.path)
+        if self.shared:
+            self._close_dir()
+            return
         with _held_lock:
             held = _held.get(key)
             if held is None:
@@ -123,6 +191,7 @@ class TargetLock:
                 _held[key] = (held[0], held[1] - 1)
                 return
             del _held[key]
+            self._close_dir()
             if self._fd >= 0:
                 try:
                     self.path.unlink(missing_ok=True)  # while locked: no one else holds it
@@ -131,37 +200,46 @@ class TargetLock:
                     os.close(fd)
 
 
+def _lock_dir(store: Path | None, op: int) -> int:
+    """The store's directory opened and flocked (`op`: LOCK_SH for a backup, LOCK_EX for a
+    writer; not waiting), or -1 when there is none (a new store, a one-file store) or the
+    filesystem has no flock. LockedError naming the holders when another process holds it
+    the other way."""
+    if store is None:
+        return -1
+    try:
+        fd = os.open(store, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holders = lock_holders(os.fstat(fd))
+        os.close(fd)
+        pids = ", ".join(f"PID {p}" for p in sorted(set(holders or ())) if p != os.getpid())
+        if op == fcntl.LOCK_EX:
+            raise LockedError(f"{store}: a dsbackup backup ({pids or 'another process'}) is "
+                              "reading it; wait for it to finish") from None
+        raise LockedError(f"{store}: another dsbackup process ({pids or 'PID unknown'}) is "
+                          "writing to it; back it up when that has finished") from None
+    except OSError:  # no flock here (ENOLCK on some NFS): nobody can hold it either
+        os.close(fd)
+        return -1
+    _dir_fds.add(fd)
+    return fd
+
+
+def _busy(fd: int, store: Path | None, path: Path | None, then: str) -> str:
+    """The one line of a refusal by the lock file's holder (a restore or migration)."""
+    return (f"{store}: another dsbackup process ({_read_holder(fd)}) is writing to it; {then} "
+            f"(lock file {path})")
+
+
 def _read_holder(fd: int) -> str:
     try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").split("\n")[0].split()
     except OSError:
         text = []
     if text and text[0].isdigit():
         return f"PID {text[0]}" + (f", {' '.join(text[1:])}" if len(text) > 1 else "")
     return "PID unknown"
-
-
-def refuse_if_being_written(store: Any, doing: str) -> None:
-    """LockedError when another process holds `store`'s write lock (a restore or migration
-    into it is running): `doing` it now would read a half-written store and call it done.
-    A lock held by this process (a migration backing up its own source) is no obstacle."""
-    path = lock_path(store)
-    if path is None:
-        return
-    with _held_lock:
-        if str(path) in _held:
-            return
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:  # no lock file (the usual case): nobody is writing
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below
-    except BlockingIOError:
-        raise LockedError(
-            f"{store_path(store)}: another dsbackup process ({_read_holder(fd)}) is writing "
-            f"to it; {doing} when that has finished (lock file {path})") from None
-    except OSError:  # a filesystem without flock (ENOLCK on some NFS): no writer can hold it
-        return
-    finally:
-        os.close(fd)

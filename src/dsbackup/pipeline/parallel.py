@@ -58,6 +58,7 @@ FREE_BATCH = 4  # freed slots per message to a worker (each message wakes a proc
 SNAPSHOT_RETRIES = 50
 SPILLED = -2  # chunk moved from a worker's slot to the spill file
 QUEUED_STRIPES = 2  # keyed stripes waiting per worker before the planner is left to wait
+AHEAD = 1  # stripes handed to a busy worker before it asks, waiting in its pipe (see dispatch)
 
 
 @dataclass
@@ -123,6 +124,7 @@ class ParallelScan:
         self._wake: tuple[int, int] | None = None
         self._poll: Any = None  # see _poller
         self._skipped = -1  # the process _recv leaves out of the poll object (see _recv)
+        self._reported = False  # every process sent its stats: the scan is complete
         self._fds: dict[int, tuple[int, int]] = {}
         self._readers: list[FrameReader] = []  # every message from the processes, in bulk
         # per worker: its chunks waiting in its slots to be written (_spill_slots reads it)
@@ -205,15 +207,18 @@ class ParallelScan:
         self._wpaths = []
 
     def _stop(self) -> None:
-        for c in self.conns:
+        for c in [] if self._reported else self.conns:
             try:
                 c.send(("stop",))
             except OSError:
                 pass
         if len(self.conns) > self.n:  # a planner waiting in send gets EPIPE and ends now
             self.conns[self.n].close()
+        # after a whole scan every process has released the store and reported (its last
+        # act before it exits: worker.py), so its exit (unmapping the store and the slots)
+        # need not hold up the end of the backup: the zygote (or the fork server) reaps it
         deadline = time.monotonic() + 5
-        for p in self.procs:
+        for p in [] if self._reported else self.procs:
             p.join(max(0.0, deadline - time.monotonic()))
             if p.is_alive():
                 p.kill()
@@ -222,7 +227,7 @@ class ParallelScan:
             if not c.closed:
                 c.close()
         for p in self.procs:
-            with contextlib.suppress(ValueError):  # still running: the kill above failed
+            with contextlib.suppress(ValueError):  # a fork server's process still exiting
                 p.close()
 
     def _cleanup(self) -> None:
@@ -372,6 +377,9 @@ class ParallelScan:
         by_id: dict[int, _Range] = {}
         unassigned: deque[_Range] = deque()
         idle = set(range(self.n))
+        # per worker: the stripes handed to it and not done, in key order (it scans them in
+        # that order: the first one now, the rest waiting in its pipe)
+        taken: list[deque[int]] = [deque() for _ in range(self.n)]
         next_start: bytes | None = b""  # start of the stripe the planner has not closed yet
         planned = False
 
@@ -382,12 +390,18 @@ class ParallelScan:
             unassigned.append(r)
 
         def dispatch() -> None:
-            while idle and unassigned:
-                w = self._next_worker(idle)
+            while unassigned:
+                w = self._next_worker(idle) if idle else None
                 if w is None:
-                    return  # the loop dispatches again after each message, and before it sleeps
+                    # no idle worker may take it: a busy one may get it ahead, so that it
+                    # goes on from its stripe to the next without a round trip to this loop
+                    w = None if idle or (planned and len(unassigned) <= self.n) else (
+                        self._next_ahead(taken))
+                    if w is None:
+                        return  # the loop dispatches again after each message, and before it sleeps
                 r = unassigned.popleft()
                 idle.discard(w)
+                taken[w].append(r.rid)
                 self._spill_slots(w, ranges)
                 r.worker = w
                 # with the slots freed since the last message to it: one message, one wake-up
@@ -425,7 +439,8 @@ class ParallelScan:
                     w, slot, meta, inline, catalog = head.chunks.popleft()
                     if slot >= 0:
                         self._queued[w] -= 1
-                        if self._queued[w] == KEEP_SLOTS and w in idle and unassigned:
+                        if (self._queued[w] == KEEP_SLOTS and unassigned
+                                and len(taken[w]) <= AHEAD):
                             dispatch()  # a worker waiting for a stripe (_next_worker) may go on
                     held: list[bool] = []
                     yield self._ready_chunk(w, slot, meta, inline, catalog, held)
@@ -451,7 +466,11 @@ class ParallelScan:
                         self._queued[w] += 1
                 elif op == "done":
                     by_id[msg[1]].done = True
-                    idle.add(w)
+                    taken[w].popleft()
+                    if not taken[w]:
+                        idle.add(w)
+                    elif sum(self._queued) < KEEP_SLOTS * self.n:
+                        self._spill_slots(w, ranges)  # as if handed its next stripe now
                 elif op == "stripes":
                     lists = msg[2] if len(msg) > 2 else [None] * len(msg[1])
                     keyed = keyed or len(msg) > 2
@@ -480,6 +499,7 @@ class ParallelScan:
                     self._stats_message(w, msg, pending)
         if pending:
             raise BackupError(f"backup workers {sorted(pending)} did not finish")
+        self._reported = True
 
     def _stats_message(self, w: int, msg: tuple, pending: set[int]) -> None:
         if msg[0] == "error":
@@ -511,6 +531,24 @@ class ParallelScan:
             if not behind or self._queued[w] <= KEEP_SLOTS:
                 return w
         return None
+
+    def _next_ahead(self, taken: list[deque[int]]) -> int | None:
+        """The busy worker to be handed the next stripe before it has finished its own, or
+        None. Each stripe means a message to this loop ("done") and one back ("range"); a
+        worker that waited for the answer sat idle for that round trip, which is longer
+        while this loop writes chunks (~2 ms a stripe, 5-7 % of a small-record backup's
+        stream, docs/PERFORMANCE.md). So a worker may hold AHEAD stripes besides the one
+        it scans — the one whose stripe started first, as it will probably finish first —
+        but only while the writer is not behind and it holds at most KEEP_SLOTS chunks
+        (its stripe then never makes _spill_slots move chunks it is still producing)."""
+        if sum(self._queued) >= KEEP_SLOTS * self.n:
+            return None
+        best = None
+        for w, rids in enumerate(taken):
+            if (rids and len(rids) <= AHEAD and self._queued[w] <= KEEP_SLOTS
+                    and (best is None or rids[0] < taken[best][0])):
+                best = w
+        return best
 
     def _spill_slots(self, w: int, ranges: deque[_Range]) -> None:
         """Make room in worker w's slots for the stripe it is about to take.

@@ -181,14 +181,17 @@ class _Worker:
                 self.conn.send(("ready", self.source.snapshot_id))
             elif op == "stop":
                 break
-        ru = resource.getrusage(resource.RUSAGE_SELF)
         ds = getattr(self.source, "ds", None)
         skipped = getattr(ds, "skipped", None)
-        self.conn.send(("stats", self.source.excluded_records, self.source.excluded_bytes,
-                        ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024,
-                        skipped.count if skipped else 0, skipped.examples if skipped else [],
-                        getattr(ds, "listing_passes", 0)))
+        stats = (self.source.excluded_records, self.source.excluded_bytes,
+                 skipped.count if skipped else 0, skipped.examples if skipped else [],
+                 getattr(ds, "listing_passes", 0))
+        # the store is released (LMDB: the read transaction ended) before the parent hears
+        # of it: once it has every process's stats it need not wait for their exits
         self.source.close()
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        self.conn.send(("stats", stats[0], stats[1], ru.ru_utime + ru.ru_stime,
+                        ru.ru_maxrss * 1024, *stats[2:]))
 
 
 def worker_main(conn: Any, shm_path: str | None, nslots: int, slot_size: int, kind: str,

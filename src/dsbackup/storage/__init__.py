@@ -23,7 +23,21 @@ from dsbackup.storage.location import (
     is_stream,
     relative_hint,
 )
-from dsbackup.storage.s3config import check_endpoint, configure, parse_stale_hours, scrub
+
+# S3's settings (configparser, ipaddress, the AWS files) load when first asked for: a local
+# archive's verify or restore never needs them (start-up, docs/PERFORMANCE.md)
+_S3CONFIG_NAMES = ("check_endpoint", "configure", "parse_stale_hours", "scrub")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _S3CONFIG_NAMES:
+        from dsbackup.storage import s3config
+
+        value = getattr(s3config, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["STREAM", "S3Location", "Sink", "Source", "abort_stale_uploads", "as_location", "check_endpoint", "configure",
            "delete", "display", "exists", "identity", "is_file", "is_remote", "is_s3",

@@ -132,19 +132,23 @@ class LocalSink:
 
     def commit(self, check: Check | None = None) -> None:
         """fsync, meanwhile `check(temp_path)`; link into place once both are done."""
-        try:
-            self._writeback.close()
-        except OSError as exc:
-            raise self._no_space(exc) from exc
-        synced = _Fsync(self._fd)  # the check reads the file back while fsync waits
+        # the check reads the file back while fsync waits; neither waits for an early sync
+        # still running (it ends before the final fsync can, and its error is raised below)
+        synced = _Fsync(self._fd)
         try:
             if check is not None:
                 check(self.tmp)
         finally:
+            early: OSError | None = None
+            try:
+                self._writeback.close()
+            except OSError as exc:
+                early = exc  # raised once the final fsync has ended, before its error
             try:
                 synced.wait()
-            except OSError as exc:
-                raise self._no_space(exc) from exc
+            finally:
+                if early is not None:
+                    raise self._no_space(early) from early
         resumestate.clear(self._fd)  # the resume notes of the temp file (none: a no-op)
         self._place()
         os.close(self._fd)

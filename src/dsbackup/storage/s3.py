@@ -19,7 +19,8 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,11 +41,11 @@ from dsbackup.storage.base import Check
 from dsbackup.storage.location import S3Location
 from dsbackup.storage.s3api import S3Api
 from dsbackup.storage.s3config import client_config, scrub, settings
-from dsbackup.storage.s3get import NOT_PARTIAL, get_into
+from dsbackup.storage.s3get import NOT_PARTIAL, Cancel, closed_message, get_into, get_tail
 from dsbackup.storage.s3multipart import Conflict, KeyTaken, MultipartUpload
 from dsbackup.storage.s3plan import Span, SparsePlan
 from dsbackup.storage.s3stale import clean_before_backup
-from dsbackup.storage.s3tls import ca_bundle
+from dsbackup.storage.s3tls import CERT_PROBLEMS, ca_bundle
 from dsbackup.storage.sent import SentRecord, SentSource
 
 TAIL_BYTES = 256 << 10  # the open's one GET: trailer, and summary and index when small
@@ -58,6 +59,7 @@ PIECE = 256 << 10  # a block's body arrives in pieces of this size, copied into 
 # its pages made present in one call (MAP_POPULATE, Linux) rather than faulted in one by one
 _MAP_FLAGS = mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0) | getattr(mmap, "MAP_POPULATE", 0)
 NEAR = 4  # a read this many blocks behind the furthest one still counts as moving forward
+CLOSE_WAIT_S = 5.0  # close() waits this long at most for the GETs it cancelled to end
 
 log = logging.getLogger(__name__)
 _stores: dict[str, S3Store] = {}
@@ -131,22 +133,11 @@ def message(exc: BaseException) -> str:
     return scrub(line)[:400]
 
 
-_CERT_PROBLEMS = {
-    "UnknownIssuer": "signed by a CA that is not trusted; for a private CA, name its "
-                     "certificate in AWS_CA_BUNDLE",
-    "BadSignature": "its signature does not verify",
-    "Expired": "it has expired",
-    "NotValidYet": "it is not valid yet (check the clock)",
-    "NotValidForName": "it is not valid for the endpoint's host name",
-    "Revoked": "it is revoked",
-}
-
-
 def _tls_cause(text: str) -> list[str]:
     """The TLS failure in rustls's debug text, in words (the certificate check, mostly)."""
     m = re.search(r"InvalidCertificate\(\s*(\w+)", text)
     if m:
-        why = _CERT_PROBLEMS.get(m.group(1), m.group(1))
+        why = CERT_PROBLEMS.get(m.group(1), m.group(1))
         return [f"TLS: the server's certificate was rejected: {why}"]
     m = re.search(r"\b(InvalidMessage|AlertReceived|InvalidContentType|CorruptMessage\w*)"
                   r"\(?\s*(\w*)", text)
@@ -168,6 +159,9 @@ def _unavailable(loc: S3Location, what: str, exc: BaseException) -> DsBackupErro
         return ArchiveUnavailable(f"{loc}: no such archive (object not found)")
     if "non-partial response" in str(exc):  # object_store's refusal of a 200 to a range
         return ArchiveUnavailable(f"{loc}: {what} failed: {NOT_PARTIAL}")
+    if isinstance(exc, obstore.exceptions.PreconditionError):  # If-Match: another object
+        return IntegrityError(f"{loc}: the object changed while it was being read ({what} "
+                              "no longer matches its ETag)")
     if isinstance(exc, (obstore.exceptions.PermissionDeniedError,
                         obstore.exceptions.UnauthenticatedError)):
         return ArchiveUnavailable(f"{loc}: {what}: access denied ({message(exc)})")
@@ -342,9 +336,10 @@ class _Block:
     its pins (the fetch, each reader copying out of it). An evicted block's buffer goes back
     to the source only when nothing pins it: never refilled under a reader."""
 
-    __slots__ = ("buf", "future", "pins", "cached")
+    __slots__ = ("index", "buf", "future", "pins", "cached")
 
-    def __init__(self, buf: mmap.mmap) -> None:
+    def __init__(self, index: int, buf: mmap.mmap) -> None:
+        self.index = index
         self.buf: mmap.mmap | None = buf
         self.future: Future[None] | None = None
         self.pins = 1  # the fetch's
@@ -352,11 +347,14 @@ class _Block:
 
 
 class S3Source:
-    """Random access to an object: the open is one suffix GET (size and tail); later reads
-    go through a block cache with read-ahead, so a restore reading chunks in order makes
-    one request per few MiB with a few in flight. Each block's GET reads its body straight
-    into one of a few reused buffers (:mod:`dsbackup.storage.s3get`; the obstore client's
-    stream, copied in, with the instance's own credentials)."""
+    """Random access to an object: the open is one suffix GET (size, tail and the ETag every
+    later GET must match); later reads go through a block cache with read-ahead, so a
+    restore reading chunks in order makes one request per few MiB with a few in flight, or
+    through a plan of the members about to be read (:meth:`plan`). Each GET reads its body
+    straight into one of a few reused buffers (:mod:`dsbackup.storage.s3get`; the obstore
+    client's stream, copied in, with the instance's own credentials). A failed fetch is not
+    kept: the next read of its bytes fetches them again. :meth:`close` cancels every GET
+    queued or in flight and waits (briefly) for them to end."""
 
     def __init__(self, loc: S3Location) -> None:
         if loc.is_prefix:
@@ -364,14 +362,28 @@ class S3Source:
         self.location = loc
         self._store = store(loc.bucket)
         self._api = reader_api()
-        try:
-            got = obstore.get(self._store, loc.key, options={"range": {"suffix": TAIL_BYTES}})
-            self._tail = bytes(got.bytes())
-            self.size = int(got.meta["size"])
-        except Exception as exc:  # noqa: BLE001 - mapped
-            if "Range Not Satisfiable" not in str(exc) and "416" not in str(exc):
-                raise _unavailable(loc, "GET", exc) from None
-            self._tail, self.size = self._tail_after_416()
+        self._cancel = Cancel(str(loc))
+        self._closed = False
+        self._etag = ""  # the object's, from the open: every later GET must match it
+        self._inflight: set[Future[None]] = set()
+        if self._api is not None:  # the same signed GETs, checks and retries as the blocks'
+            got = get_tail(self._api, loc.bucket, loc.key, TAIL_BYTES, str(loc),
+                           cancel=self._cancel)
+            if got is None:
+                self._tail, self.size = self._tail_after_416()
+            else:
+                self._tail, self.size, self._etag = got
+        else:
+            try:
+                res = obstore.get(self._store, loc.key,
+                                  options={"range": {"suffix": TAIL_BYTES}})
+                self._tail = bytes(res.bytes())
+                self.size = int(res.meta["size"])
+                self._etag = res.meta.get("e_tag") or ""
+            except Exception as exc:  # noqa: BLE001 - mapped
+                if "Range Not Satisfiable" not in str(exc) and "416" not in str(exc):
+                    raise _unavailable(loc, "GET", exc) from None
+                self._tail, self.size = self._tail_after_416()
         self._tail_start = self.size - len(self._tail)
         self._blocks: OrderedDict[int, _Block] = OrderedDict()
         self._free: list[mmap.mmap] = []  # buffers of evicted blocks, for the next ones
@@ -386,11 +398,15 @@ class S3Source:
         fetched by ranged GETs of just those ranges, adjacent ones coalesced
         (:mod:`dsbackup.storage.s3plan`); reads elsewhere still go through the blocks. A new
         plan replaces the last."""
-        old, self._plan = self._plan, SparsePlan(
-            self, ranges, settings().read_gap_kb << 10, BLOCK, settings().read_concurrency)
+        new = SparsePlan(self, ranges, settings().read_gap_kb << 10, BLOCK,
+                         settings().read_concurrency)
+        with self._lock:
+            if self._closed:
+                raise ArchiveUnavailable(closed_message(str(self.location)))
+            old, self._plan = self._plan, new
         if old is not None:
             old.close()
-        self._plan.top_up()
+        new.top_up()
 
     def _tail_after_416(self) -> tuple[bytes, int]:
         """(tail, size) when the suffix GET was refused as unsatisfiable: S3 does that for an
@@ -408,47 +424,84 @@ class S3Source:
     def _get(self, start: int, end: int) -> bytes:
         """The bytes at [start, end), outside the cache (a read of a block or more)."""
         if self._api is None:
-            try:
-                data = obstore.get_range(self._store, self.location.key, start=start, end=end)
-            except Exception as exc:  # noqa: BLE001 - mapped
-                raise _unavailable(self.location, f"GET bytes {start}-{end}", exc) from None
-            if len(data) != end - start:
-                raise IntegrityError(f"{self.location}: short read at offset {start} (object "
-                                     "changed?)")
-            return bytes(data)
+            buf = bytearray(end - start)
+            self._stream_into(memoryview(buf), start, end)
+            return bytes(buf)
         buf = bytearray(end - start)
-        get_into(self._api, self.location.bucket, self.location.key, start, memoryview(buf),
-                 str(self.location))
+        etag = get_into(self._api, self.location.bucket, self.location.key, start,
+                        memoryview(buf), str(self.location), etag=self._etag,
+                        cancel=self._cancel)
+        if not self._etag:  # the open's bounded range (after a 416): its ETag is the pin
+            self._etag = etag
         return bytes(buf)
 
     def _fill(self, blk: _Block | Span, start: int, end: int) -> None:
-        """Fetch [start, end) into the block's buffer, then drop the fetch's pin."""
+        """Fetch [start, end) into the block's buffer, then drop the fetch's pin. A failed
+        fetch leaves the cache (or the plan): the readers waiting on it get its error, and
+        the next read of these bytes fetches them again (never the same error replayed,
+        never the half-filled buffer)."""
+        ok = False
         try:
             assert blk.buf is not None
             with memoryview(blk.buf) as view:
                 if self._api is not None:
                     get_into(self._api, self.location.bucket, self.location.key, start,
-                             view[:end - start], str(self.location))
+                             view[:end - start], str(self.location), etag=self._etag,
+                             cancel=self._cancel)
                 else:
                     self._stream_into(view[:end - start], start, end)
+            ok = True
         finally:
             with self._lock:
+                if not ok:
+                    self._forget(blk)
                 blk.pins -= 1
                 self._release(blk)
+
+    def _forget(self, blk: _Block | Span) -> None:
+        """Take a failed fetch out of the cache or the plan; caller holds the lock."""
+        if isinstance(blk, _Block):
+            if self._blocks.get(blk.index) is blk:
+                del self._blocks[blk.index]
+                blk.cached = False
+        elif self._plan is not None:
+            self._plan.forget(blk)
+
+    def _wait(self, future: Future[None] | None) -> None:
+        """A fetch's outcome: its error, or "closed" when close() cancelled it first."""
+        assert future is not None
+        try:
+            future.result()
+        except CancelledError:
+            raise ArchiveUnavailable(closed_message(str(self.location))) from None
+
+    def _submit(self, blk: _Block | Span, start: int, end: int) -> Future[None]:
+        """Start a fetch on the GETs' threads; caller holds the lock."""
+        fut = self._executor().submit(self._fill, blk, start, end)
+        self._inflight.add(fut)
+        fut.add_done_callback(self._inflight.discard)
+        return fut
 
     def _stream_into(self, view: memoryview, start: int, end: int) -> None:
         """The obstore client's GET of [start, end), its body copied in piece by piece."""
         pos = 0
+        self._cancel.check()
+        options: dict[str, Any] = {"range": (start, end)}
+        if self._etag:
+            options["if_match"] = self._etag
         try:
             got = obstore.get(self._store, self.location.key,
-                              options={"range": (start, end)})
+                              options=options)  # type: ignore[arg-type]
             for piece in got.stream(min_chunk_size=PIECE):
+                self._cancel.check()
                 n = len(piece)
                 if pos + n > len(view):
                     pos += n
                     break
                 view[pos:pos + n] = piece
                 pos += n
+        except DsBackupError:
+            raise
         except Exception as exc:  # noqa: BLE001 - mapped
             raise _unavailable(self.location, f"GET bytes {start}-{end}", exc) from None
         if pos != end - start:
@@ -479,10 +532,9 @@ class S3Source:
             self._blocks.move_to_end(b)
             blk.pins += 1
             return blk
-        blk = _Block(self._take_buffer())
+        blk = _Block(b, self._take_buffer())
         start = b * BLOCK
-        blk.future = self._executor().submit(self._fill, blk, start,
-                                             min(self.size, start + BLOCK))
+        blk.future = self._submit(blk, start, min(self.size, start + BLOCK))
         self._fetches += 1
         self._blocks[b] = blk
         while len(self._blocks) > CACHE_BLOCKS:
@@ -493,7 +545,10 @@ class S3Source:
         return blk
 
     def _executor(self) -> ThreadPoolExecutor:
-        """The GETs' threads (made on first use); caller holds the lock."""
+        """The GETs' threads (made on first use); caller holds the lock. None after close:
+        a read then is an error, and starts no thread."""
+        if self._closed:
+            raise ArchiveUnavailable(closed_message(str(self.location)))
         if self._pool is None:
             self._pool = ThreadPoolExecutor(settings().read_concurrency,
                                             thread_name_prefix="dsbackup-s3get")
@@ -527,8 +582,7 @@ class S3Source:
                         self._unpin_locked(self._block(b))
                 self._max_block = max(self._max_block, last)
             for blk in blocks:
-                assert blk.future is not None
-                blk.future.result()
+                self._wait(blk.future)
         except BaseException:
             self._unpin(blocks)
             raise
@@ -544,13 +598,20 @@ class S3Source:
                                  f"outside the {self.size}-byte object")
 
     def read(self, offset: int, length: int) -> bytes:
+        return self._read(offset, length, True)
+
+    def _read(self, offset: int, length: int, advance: bool) -> bytes:
+        """`advance`: a planned read may start the plan's spans up to it (s3plan); a read
+        apart from the plan (read_once: an index page, perhaps read while the plan's own
+        iterator waits for that page) must not wait for the plan's puller."""
         if length == 0:
             return b""
         self._check(offset, length)
         if offset >= self._tail_start:
             return self._tail[offset - self._tail_start:offset - self._tail_start + length]
-        if self._plan is not None:
-            planned = self._plan.serve(offset, length, bytes)
+        plan = self._plan
+        if plan is not None:
+            planned = plan.serve(offset, length, bytes, advance=advance)
             if planned is not None:
                 return planned
         if length >= BLOCK:
@@ -574,9 +635,10 @@ class S3Source:
             return b""
         self._check(offset, length)
         if offset >= self._tail_start or length >= BLOCK:
-            return self.read(offset, length)
-        if self._plan is not None:
-            planned = self._plan.serve(offset, length, bytes)
+            return self._read(offset, length, False)
+        plan = self._plan
+        if plan is not None:
+            planned = plan.serve(offset, length, bytes, advance=False)
             if planned is not None:
                 return planned
         return self._get(offset, offset + length)
@@ -587,8 +649,9 @@ class S3Source:
                 offset // BLOCK != (offset + length - 1) // BLOCK):
             return xxh3_64(self.read(offset, length))
         self._check(offset, length)
-        if self._plan is not None:
-            planned = self._plan.serve(offset, length, xxh3_64)
+        plan = self._plan
+        if plan is not None:
+            planned = plan.serve(offset, length, xxh3_64)
             if planned is not None:
                 return planned
         first, blocks = self._pinned(offset, length)
@@ -600,6 +663,14 @@ class S3Source:
             self._unpin(blocks)
 
     def close(self) -> None:
+        """Cancel every GET queued or in flight (a body being read stops at once: its
+        connection is shut down), wait up to CLOSE_WAIT_S for them to end, free the buffers.
+        Reads after close are errors (exit 2) and start nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._cancel.set()
         if self._fetches:
             log.debug("%s: %d blocks of %d fetched", self.location, self._fetches,
                       (self.size - 1) // BLOCK + 1)
@@ -610,6 +681,7 @@ class S3Source:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+            wait_futures(list(self._inflight), timeout=CLOSE_WAIT_S)
         with self._lock:
             for blk in self._blocks.values():
                 blk.cached = False

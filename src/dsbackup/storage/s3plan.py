@@ -8,11 +8,14 @@ reused block buffer from 1 MiB on), on the source's pool of ``DSBACKUP_S3_READ_C
 threads, with every check and retry of :mod:`dsbackup.storage.s3get`. At most ``AHEAD_BYTES``
 of spans and ``AHEAD_PER_THREAD`` x the concurrency of them are held or in flight: memory is
 bounded however many ranges the plan holds (the ranges are pulled from the caller's iterator
-only as the fetch runs ahead). A read served by a span drops the spans before it (the reader
-moved past them); a read outside the spans held (an index page, a read out of order) goes
-through the blocks as before: the plan is a hint, never the only way to a byte. Each planned
-range is meant to be read once, by one reader moving forward (`ls`): a second read of it, or
-a read by another thread after the reader moved past it, goes through the blocks.
+only as the fetch runs ahead). Each planned range is meant to be read once, in about the
+planned order: by one reader (`ls`) or by a pool of readers a window apart (restore, verify).
+A span leaves the plan when all its ranges were read, when its fetch failed (its reads then
+go through the blocks, fetched again), or when reads have moved more than ``AHEAD_BYTES``
+past it; a read ahead of every span started (a reader of the pool a few members ahead)
+starts the spans up to it at once, at most ``AHEAD_BYTES`` past the budget, so memory stays
+under twice the budget. A read outside the spans held (an index page, a second read of a
+range) goes through the blocks as before: the plan is a hint, never the only way to a byte.
 """
 
 from __future__ import annotations
@@ -56,19 +59,26 @@ class SparsePlan:
         self._gap, self._span_max = gap, span_max
         self._max_spans = AHEAD_PER_THREAD * threads
         self._pulling = threading.Lock()  # one thread pulls the caller's iterator at a time
+        self._puller = 0  # the thread pulling now (its own reads must not pull again)
+        self._frontier = 0  # the end of the furthest span started
+        self._closed = False
         self.gets = 0  # spans fetched
         self.bytes = 0
 
     # -- reading -------------------------------------------------------------------------
 
-    def serve(self, offset: int, length: int, use: Callable[[memoryview], T]) -> T | None:
-        """`use` of the planned bytes [offset, offset+length), or None when no span held
-        covers them (the caller reads them through its blocks)."""
-        sp = self._pin(offset, length)
+    def serve(self, offset: int, length: int, use: Callable[[memoryview], T], *,
+              advance: bool = True) -> T | None:
+        """`use` of the planned bytes [offset, offset+length), or None when no span covers
+        them (the caller reads them through its blocks). `advance`: a read ahead of every
+        span fetched starts the spans up to it now, past the budget if need be (a pool of
+        readers, one of them a few members ahead); a read apart from the plan (an index
+        page) passes False and only uses a span already there."""
+        sp = self._pin(offset, length, advance)
         if sp is None:
             return None
         try:
-            sp.future.result()
+            self._src._wait(sp.future)
             lo = offset - sp.start
             with memoryview(sp.buf) as view:
                 return use(view[lo:lo + length])
@@ -83,35 +93,44 @@ class SparsePlan:
                     self._src._release(sp)
             self.top_up()
 
-    def _pin(self, offset: int, length: int) -> Span | None:
+    def _pin(self, offset: int, length: int, advance: bool) -> Span | None:
         end = offset + length
         with self._src._lock:
             sp = self._find(offset, end)
-            if sp is not None or self._next is None:
+            if sp is not None or not advance or self._closed or offset < self._frontier or (
+                    self._it is None and self._next is None):
                 return sp
-            # past every span held, and the next planned range: the reader moved on
-            s, e = self._next
-            if not (s <= offset and end <= e) or (
-                    self._spans and offset < self._spans[-1].end):
-                return None
-            while self._spans:
-                self._drop(self._spans.popleft())
-        self.top_up()
+        # ahead of every span started: another reader of the pool is behind this one, or
+        # the budget is held by spans whose reads are still to come; start the spans up to
+        # this read (at most AHEAD_BYTES past the budget), so neither goes to the blocks
+        if not self._advance(offset, end):
+            return None
         with self._src._lock:
             return self._find(offset, end)
 
     def _find(self, offset: int, end: int) -> Span | None:
-        """The span holding [offset, end), pinned, the spans before it dropped; caller holds
-        the source's lock."""
-        for k, sp in enumerate(self._spans):
+        """The span holding [offset, end), pinned; spans more than AHEAD_BYTES behind it
+        are dropped (their reads went elsewhere, or never came: readers of a pool stay
+        within a window of each other); caller holds the source's lock."""
+        for sp in self._spans:
             if sp.start <= offset and end <= sp.end:
-                for _ in range(k):
+                while self._spans[0] is not sp and self._spans[0].end + AHEAD_BYTES <= offset:
                     self._drop(self._spans.popleft())
                 sp.pins += 1
                 return sp
             if sp.start > offset:
                 break
         return None
+
+    def forget(self, sp: Span) -> None:
+        """A span whose fetch failed leaves the plan: its reads go through the blocks (a
+        fresh GET each), never its error again; caller holds the source's lock."""
+        if sp.cached:
+            try:
+                self._spans.remove(sp)
+            except ValueError:
+                return
+            self._drop(sp)
 
     def _drop(self, sp: Span) -> None:
         """A span out of the plan: its buffer goes back when nothing pins it; caller holds
@@ -128,32 +147,69 @@ class SparsePlan:
         read it makes that lands here again does not pull."""
         if not self._pulling.acquire(blocking=False):
             return
+        self._puller = threading.get_ident()
         try:
             while True:
                 with self._src._lock:
                     if self._held >= AHEAD_BYTES or len(self._spans) >= self._max_spans:
                         return
-                first = self._take()
-                if first is None:
+                if not self._pull_one():
                     return
-                start, end = first
-                left = 1
-                while (nxt := self._peek()) is not None:
-                    s, e = nxt
-                    if s < end or s - end > self._gap or e - start > self._span_max:
-                        break
-                    self._next, end, left = None, e, left + 1
-                self._start(Span(start, end, left, self._buffer(end - start)))
         finally:
+            self._puller = 0
             self._pulling.release()
+
+    def _advance(self, offset: int, end: int) -> bool:
+        """Start the spans up to the one holding [offset, end), past the budget by at most
+        AHEAD_BYTES; False when this thread is the one pulling (the plan's own iterator
+        reading an index page) or the plan is closed."""
+        if self._puller == threading.get_ident():
+            return False
+        with self._pulling:
+            self._puller = threading.get_ident()
+            try:
+                extra = 0
+                while extra < AHEAD_BYTES and not self._closed:
+                    with self._src._lock:
+                        last = self._spans[-1] if self._spans else None
+                        if last is not None and (last.start > offset or end <= last.end):
+                            return True  # it, or the spans past it, are started
+                    nxt = self._peek()
+                    if nxt is None or nxt[0] > offset:
+                        return True  # not planned (the plan's next range starts later)
+                    if not self._pull_one():
+                        return True
+                    extra += self._spans[-1].end - self._spans[-1].start if self._spans else 0
+                return True
+            finally:
+                self._puller = 0
+
+    def _pull_one(self) -> bool:
+        """Pull the next span's ranges from the plan and start its fetch; False at its end;
+        caller holds the pulling lock."""
+        first = self._take()
+        if first is None:
+            return False
+        start, end = first
+        left = 1
+        while (nxt := self._peek()) is not None:
+            s, e = nxt
+            if s < end or s - end > self._gap or e - start > self._span_max:
+                break
+            self._next, end, left = None, e, left + 1
+        self._start(Span(start, end, left, self._buffer(end - start)))
+        return True
 
     def _start(self, sp: Span) -> None:
         with self._src._lock:
+            if self._closed:  # closed while this span was being pulled: never fetched
+                return
+            sp.future = self._src._submit(sp, sp.start, sp.end)  # raises once closed
             self._spans.append(sp)
+            self._frontier = max(self._frontier, sp.end)
             self._held += _size(sp.buf)
             self.gets += 1
             self.bytes += sp.end - sp.start
-            sp.future = self._src._executor().submit(self._src._fill, sp, sp.start, sp.end)
 
     def _buffer(self, n: int) -> Any:
         if n < SMALL_SPAN:
@@ -187,6 +243,7 @@ class SparsePlan:
     def close(self) -> None:
         """Forget the plan: its spans' buffers go back once nothing pins them."""
         with self._src._lock:
+            self._closed = True
             self._it, self._next = None, None
             while self._spans:
                 self._drop(self._spans.popleft())

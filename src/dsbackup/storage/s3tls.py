@@ -62,6 +62,35 @@ def ca_bundle() -> CaBundle | None:
     return CaBundle(path, source, pem)
 
 
+# a rejected server certificate, in words (rustls's names, for the obstore client's errors)
+CERT_PROBLEMS = {
+    "UnknownIssuer": "signed by a CA that is not trusted; for a private CA, name its "
+                     "certificate in AWS_CA_BUNDLE",
+    "BadSignature": "its signature does not verify",
+    "Expired": "it has expired",
+    "NotValidYet": "it is not valid yet (check the clock)",
+    "NotValidForName": "it is not valid for the endpoint's host name",
+    "Revoked": "it is revoked",
+}
+# OpenSSL's verify codes (X509_V_ERR_*) for the same, for our own requests' errors
+_VERIFY_CODES = {2: "UnknownIssuer", 18: "UnknownIssuer", 19: "UnknownIssuer",
+                 20: "UnknownIssuer", 21: "UnknownIssuer", 7: "BadSignature", 10: "Expired",
+                 9: "NotValidYet", 62: "NotValidForName", 23: "Revoked"}
+
+
+def tls_failure(exc: ssl.SSLError) -> str:
+    """An ssl error of our own requests in the words the obstore client's get (s3.py)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        name = _VERIFY_CODES.get(getattr(exc, "verify_code", 0) or 0)
+        why = CERT_PROBLEMS[name] if name else (getattr(exc, "verify_message", "") or
+                                                 str(exc).split(" (_ssl")[0])
+        return f"TLS: the server's certificate was rejected: {why}"
+    reason = getattr(exc, "reason", None) or str(exc).split(" (_ssl")[0]
+    plain = reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL")
+    return f"TLS handshake failed: {reason}" + (" (is the endpoint really https?)"
+                                                 if plain else "")
+
+
 def ssl_context() -> ssl.SSLContext:
     """The system's trusted roots, plus the configured CA bundle's certificates."""
     ctx = ssl.create_default_context()

@@ -10,11 +10,15 @@ each time). A live writer's file is never removed: its lock is held, and its PID
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import re
+import stat
 from pathlib import Path
+
+from dsbackup.storage.locktable import lock_holders
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +105,14 @@ def stale_temp_files(directory: Path) -> list[Path]:
 
 def live_writer(final: Path) -> tuple[int, Path] | None:
     """(PID, temp file) of another process writing an archive to `final` right now: its temp
-    file's lock is held and its PID exists; None when there is none."""
+    file's lock is held and its PID exists; None when there is none.
+
+    A temp file this process may not open (another user's, mode 0600) cannot be test-locked:
+    the kernel's lock table (/proc/locks) says whether anyone holds a lock on it, so a
+    leftover whose PID was reused by an unrelated process is not taken for a writer (the
+    backup it refused would never run). Without that table, a file written before the last
+    boot is a leftover, any other one a writer. A name that is no regular file (a symlink, a
+    FIFO) is no writer's."""
     prefix = f".{final.name}.tmp-"
     try:
         names = [n for n in os.listdir(final.parent) if n.startswith(prefix)]
@@ -112,12 +123,41 @@ def live_writer(final: Path) -> tuple[int, Path] | None:
         if not m or int(m.group("pid")) == os.getpid() or not _pid_alive(int(m.group("pid"))):
             continue
         path = final.parent / name
-        fd = _unlocked(path)
-        if fd is not None:  # nobody holds it: a leftover, not a writer
-            os.close(fd)
-        elif path.exists():
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:  # renamed into place or removed meanwhile
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or not _locked_unopened(path):
+                continue
             return int(m.group("pid")), path
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a writer has it open
+            if path.exists():
+                return int(m.group("pid")), path
+        finally:
+            os.close(fd)  # (a test lock taken here goes with it)
     return None
+
+
+def _locked_unopened(path: Path) -> bool:
+    """Whether some process holds a lock on `path`, a file this process cannot open: per
+    /proc/locks (matched by inode: a match on another filesystem errs towards 'locked'), else
+    unless it was last written before the system booted."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    holders = lock_holders(st)
+    if holders is None:
+        boot = _boot_time()
+        return boot is None or st.st_mtime >= boot
+    return bool(holders)
 
 
 def remove_stale_temp_files(final: Path) -> list[Path]:

@@ -1,0 +1,29 @@
+"""The kernel's table of file locks (Linux ``/proc/locks``): who holds a lock on a file this
+process cannot test-lock itself (another user's temp file it may not open, a store directory a
+backup holds shared), to judge a leftover or to name the holder in a refusal."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["lock_holders"]
+
+
+def lock_holders(st: os.stat_result) -> list[int] | None:
+    """The PIDs holding a lock on the file `st` describes (matched by inode number: a match on
+    another filesystem errs towards 'held'), or None when the table cannot be read."""
+    try:
+        with open("/proc/locks", "rb") as f:
+            table = f.read()
+    except OSError:
+        return None
+    pids = []
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) > 5 and parts[1] != b"->":  # (a waiter's line holds nothing)
+            try:
+                if int(parts[5].rsplit(b":", 1)[1]) == st.st_ino:
+                    pids.append(int(parts[4]))
+            except (IndexError, ValueError):
+                continue
+    return pids
