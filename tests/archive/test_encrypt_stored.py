@@ -1,5 +1,5 @@
 """The writer's sealing split in two (archive/crypto.py ``ArchiveCipher.encrypt_stored``, then
-``frame_into`` or the sealing ring's ``submit_framed``): `cryptography`'s AES-GCM writes the
+``frame_into``): `cryptography`'s AES-GCM writes the
 ciphertext into the stored blocks' data, native code adds the framing, tag, padding, CRC-32
 and XXH3. The bytes and fields equal the one native pass (``seal_into``) for every size around
 the block and padding edges; the member opens only with the right key and unaltered bytes."""
@@ -13,7 +13,6 @@ import pytest
 from dsbackup._ext import seal
 from dsbackup._ext.seal import GcmKey, data_offsets, frame_into, seal_into, sealed_size
 from dsbackup.archive import crypto
-from dsbackup.archive.sealer import SealingThread
 from dsbackup.errors import IntegrityError
 
 STORED = 65535
@@ -54,28 +53,6 @@ def test_encrypt_then_frame_equals_seal_into(n):
                                                    for i in range(0, n, STORED)]
 
 
-def test_the_ring_frames_in_order_as_seal_into_seals():
-    c = _cipher()
-    t = SealingThread(GcmKey(KEY))
-    try:
-        pending = []
-        for seq, n in enumerate([0, 100, STORED - 16, STORED + 3, 400_000, 17, 2 * STORED] * 3):
-            if len(pending) == 8:  # the ring holds 8 jobs not collected
-                job, out, (fields, ref) = pending.pop(0)
-                assert t.result(job) == fields
-                assert out[:len(ref)] == ref
-            data = random.Random(seq).randbytes(n)
-            out = bytearray(sealed_size(n) + 5)
-            tag = c.encrypt_stored(2, seq, data, out)
-            pending.append((t.submit_framed(tag, n, out), out, _native(c, 2, seq, data)))
-            assert pending[-1][0] == seq
-        for job, out, (fields, ref) in pending:
-            assert t.result(job) == fields
-            assert out[:len(ref)] == ref
-    finally:
-        t.close()
-
-
 def test_a_body_in_a_memoryview_of_another_shape_and_bad_arguments():
     c = _cipher()
     data = random.Random(1).randbytes(4096)
@@ -89,14 +66,8 @@ def test_a_body_in_a_memoryview_of_another_shape_and_bad_arguments():
         frame_into(tag, 4096, bytearray(sealed_size(4096) - 1))
     with pytest.raises(ValueError, match="tag"):
         frame_into(tag[:15], 4096, out)
-    t = SealingThread(GcmKey(KEY))
-    try:
-        with pytest.raises(ValueError, match="output buffer"):
-            t.submit_framed(tag, 4096, bytearray(100))
-        with pytest.raises(ValueError, match="tag"):
-            t.submit_framed(b"", 4096, out)
-    finally:
-        t.close()
+    with pytest.raises(ValueError, match="tag"):
+        frame_into(b"", 4096, out)
 
 
 def _open(c: crypto.ArchiveCipher, body: bytes | bytearray, n: int, seq: int = 5) -> bytes:

@@ -365,7 +365,7 @@ class ArchiveCipher:
         fast here as the system OpenSSL's, docs/PERFORMANCE.md): the ciphertext of
         `plaintext` written straight into the data of the stored blocks of `out` (at
         ``dsbackup._ext.seal.data_offsets``), one ``update_into`` per block, the GIL
-        released in each; returns the tag. ``frame_into`` (or the sealing ring) completes
+        released in each; returns the tag. ``frame_into`` completes
         the body: the same bytes as ``seal_into``. `out` holds at least
         ``sealed_size(len(plaintext))`` bytes."""
         alg = self._alg if self._alg is not None else self._algorithm()
@@ -412,10 +412,6 @@ class ArchiveCipher:
             self._native()
         if self._alg is None:
             self._algorithm()
-
-    def sealing_key(self) -> GcmKey:
-        """The native key, for a writer's sealing thread (archive.sealer)."""
-        return self._gcm if self._gcm is not None else self._native()
 
     def _native(self) -> GcmKey:
         """The native key (dsbackup._ext.seal), made on first use."""

@@ -7,7 +7,6 @@ import json
 import os
 import struct
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ from dsbackup.archive.crypto import KeyMaterial, PendingKey, sealed_size
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.pages import PagedIndexBuilder
 from dsbackup.archive.resume import ResumeState
-from dsbackup.archive.sealer import SEAL_AHEAD, SealingThread
 from dsbackup.errors import ArchiveError
 from dsbackup.storage import S3Location, open_sink
 from dsbackup.storage.resumestate import FINISHING, WRITING
@@ -142,14 +140,10 @@ class ArchiveWriter:
                       | (fmt.FLAG_PAGED if page_entries is not None else 0)
                       | (fmt.FLAG_ZSTD if zstd else 0))
         self._cipher = None
-        # encrypted: a thread seals chunks (archive.sealer), this one appends them
-        self._sealer: SealingThread | None = None
-        self._submitted = self._appended = 0  # chunks given to it, and appended since
-        self._sealing: deque[tuple] = deque()  # submitted, not yet appended
         self._sealed_catalog: bool | None = None
-        # the sealed chunks' and catalogs' buffers, reused in turn: one per chunk submitted
-        # and not yet appended
-        self._out = [[bytearray() for _ in range(SEAL_AHEAD)] for _ in range(2)]
+        # encrypted: the sealed chunk's and catalog's buffers, reused from chunk to chunk
+        self._out = [bytearray(), bytearray()]
+        self._frame_into: Any = None  # dsbackup._ext.seal.frame_into, loaded with the key
         self._base = 0  # length of the key header (the manifest follows it)
         self._pending_key: PendingKey | None = None  # the data key, being made (encrypted)
         self._head: tuple[bytes, bytes | None] | None = None  # manifest and node, till then
@@ -192,6 +186,7 @@ class ArchiveWriter:
         if pending is None:
             return
         header, self._cipher = pending.result()
+        self._load_framing()
         body = deflate_body(header, 0)
         sub = fmt.data_subfield(fmt.TYPE_KEY, len(header), xxh3_64(header), self.version,
                                 self.flags)
@@ -205,6 +200,8 @@ class ArchiveWriter:
         self.version, self.flags = st.version, st.flags
         self._pos = st.end
         self._base, self._cipher, self._epoch = st.base, st.cipher, st.epoch
+        if self._cipher is not None:
+            self._load_framing()
         self._manifest_length, self._manifest_xxh3 = st.manifest_length, st.manifest_xxh3
         self._node_offset, self._node_length = st.node_offset, st.node_length
         self._index = st.index  # the kept chunks (and pages) already in it
@@ -246,7 +243,7 @@ class ArchiveWriter:
 
     @property
     def chunk_count(self) -> int:
-        return self._index.count + self._submitted - self._appended
+        return self._index.count
 
     @property
     def bytes_written(self) -> int:
@@ -255,7 +252,7 @@ class ArchiveWriter:
     def add_chunk(self, chunk: ChunkLike, catalog_body: Body | None = None,
                   catalog_xxh3: int | None = None) -> ChunkEntry | None:
         """Append a compressed chunk (and its catalog member when the archive has a catalog);
-        its index entry (None in an encrypted archive: the sealing thread appends it)."""
+        its index entry."""
         if self._closed:
             raise ArchiveError("archive writer is closed")
         if self._pending_key is not None:
@@ -316,89 +313,64 @@ class ArchiveWriter:
                                f"{self.codec} archive needs kind {want} (internal error)")
         return getattr(body, "content_len", body.input_len) if self.zstd else body.input_len
 
-    # -- encrypted archives: chunks are sealed by a thread, appended here as they are ready ---
+    # -- encrypted archives (docs/FORMAT.md §11.4) ---------------------------------------------
+
+    def _load_framing(self) -> None:
+        from dsbackup._ext.seal import frame_into  # loaded with the key (cipher.prepare)
+
+        self._frame_into = frame_into
 
     def _add_sealed(self, chunk: ChunkLike, catalog_body: Body | None,
-                    catalog_xxh3: int | None) -> None:
-        """The encrypted add_chunk (docs/FORMAT.md §11.4): the chunk is encrypted here into a
-        reused buffer and goes to the sealing thread for the rest of its seal (stored-block
-        framing, tag, padding, CRC-32, XXH3); the chunks it has sealed meanwhile are appended,
-        in order; this waits for a seal only when SEAL_AHEAD chunks are not yet appended. The
-        body is read only before this returns: a worker's slot is not held (BodyView.hold),
-        no body is copied."""
-        seq = self.chunk_count
+                    catalog_xxh3: int | None) -> ChunkEntry:
+        """The encrypted add_chunk: the chunk (and its catalog) encrypted into a reused buffer
+        as the stored blocks of its member, framed and written, all in this thread and before
+        this returns: a worker's slot is not held (BodyView.hold), no body is copied. (A
+        sealing thread for the framing cost more than it saved: docs/PERFORMANCE.md,
+        "Encryption cost: framing in the writer's thread".)"""
+        seq = self._index.count
         has_catalog = catalog_body is not None
         if has_catalog and catalog_xxh3 is None:
             raise ValueError("catalog_xxh3 is required with catalog_body")
         if self._sealed_catalog is not None and has_catalog != self._sealed_catalog:
             raise ArchiveError(f"chunk {seq}: catalog presence changed")
         self._sealed_catalog = has_catalog
-        if self._sealer is None:
-            self._sealer = SealingThread(self._cipher.sealing_key())
-        while self._submitted - self._appended >= SEAL_AHEAD:
-            self._append_next()  # (its buffers are the next chunk's)
         body = chunk.body
         plen = self._payload_len(seq, body)
-        turn = self._submitted % SEAL_AHEAD
-        # the bodies are encrypted here, before this returns: a worker's slot (or the
-        # caller's buffer) is free again once this returns
-        job = self._submit(fmt.TYPE_CHUNK, seq, body.data, 0, turn)
-        cjob = (None if catalog_body is None
-                else self._submit(fmt.TYPE_CATALOG, seq, catalog_body.data, 1, turn))
-        last_key = bytes(chunk.last_key)
-        self._sealing.append((seq, chunk.record_count, plen, chunk.payload_xxh3,
-                              chunk.keys_xxh3, bytes(chunk.first_key), last_key, job, cjob,
-                              catalog_xxh3, catalog_body.input_len if has_catalog else 0,
-                              job[0] if cjob is None else cjob[0]))
-        self._submitted += 1
-        done = self._sealer.done
-        while self._sealing and self._sealing[0][-1] < done:
-            self._append_next()
-        self._prev_last = last_key
+        sbody, sxxh = self._seal_body(fmt.TYPE_CHUNK, seq, body.data, 0)
+        sub = fmt.chunk_subfield(seq, 0, sbody.input_len, sxxh, self.version, self.flags)
+        off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, sbody)
+        entry = ChunkEntry(seq, off, length, plen, chunk.record_count, chunk.payload_xxh3,
+                           mxxh, chunk.keys_xxh3, bytes(chunk.first_key),
+                           bytes(chunk.last_key), 0, self._epoch)
+        self._index.add_chunk(entry)
+        if catalog_body is not None:
+            cbody, cs = self._seal_body(fmt.TYPE_CATALOG, seq, catalog_body.data, 1)
+            csub = fmt.data_subfield(fmt.TYPE_CATALOG, cbody.input_len, cs, self.version,
+                                     self.flags)
+            coff, clen, cmx = self._write_member(csub, fmt.catalog_name(seq), 0, cbody)
+            self._index.add_catalog(CatalogEntry(coff, clen, cmx, catalog_body.input_len,
+                                                 catalog_xxh3))
+        self._page_out()
+        self._prev_last = entry.last_key
         self._fingerprint.update(_U64.pack(chunk.payload_xxh3))
         self._records += chunk.record_count
         self._raw_bytes += chunk.raw_bytes
         self._payload_bytes += plen
+        return entry
 
-    def _submit(self, mtype: int, seq: int, data: Any, which: int, turn: int,
-                ) -> tuple[int, bytearray]:
-        """Encrypt `data` into buffer `turn` of kind `which` (grown when too small; reused, so
-        no fresh pages per member) with `cryptography`'s AES-GCM, the GIL released, then give
-        the buffer to the sealing thread for its framing, CRC-32 and XXH3: (job, buffer)."""
-        buf = self._out[which][turn]
-        need = sealed_size(len(data))
-        if len(buf) < need:  # a new one: the old one may still be viewed by a written body
-            buf = self._out[which][turn] = bytearray(need + (need >> 3))
+    def _seal_body(self, mtype: int, seq: int, data: Any, which: int) -> tuple[NativeBody, int]:
+        """`data` encrypted with `cryptography`'s AES-GCM (the GIL released) into this
+        writer's buffer `which` (grown when too small), then framed natively (stored-block
+        headers, tag, padding, CRC-32 and XXH3, while the ciphertext is in this core's
+        cache): the member's body and the XXH3 of its sealed bytes."""
         n = len(memoryview(data).cast("B"))
+        buf = self._out[which]
+        need = sealed_size(n)
+        if len(buf) < need:  # a new one: the old one may still be exported
+            buf = self._out[which] = bytearray(need + (need >> 3))
         tag = self._cipher.encrypt_stored(mtype, seq, data, buf, self._epoch)
-        return self._sealer.submit_framed(tag, n, buf), buf
-
-    def _append_next(self) -> None:
-        """Append the next chunk submitted (waiting for its seal): its members, and index
-        it."""
-        seq, records, plen, pxxh, kxxh, first, last, (job, buf), csealed, cat_xxh3, \
-            cat_len, _ = self._sealing.popleft()
-        self._appended += 1
-        n, crc, size, input_len, sxxh = self._sealer.result(job)
-        if csealed is not None:
-            cn, ccrc, csize, cinput, cs = self._sealer.result(csealed[0])
-        sbody = NativeBody(memoryview(buf)[:n], crc, size, input_len)
-        sub = fmt.chunk_subfield(seq, 0, sbody.input_len, sxxh, self.version, self.flags)
-        off, length, mxxh = self._write_member(sub, fmt.chunk_name(seq), 0, sbody)
-        self._index.add_chunk(ChunkEntry(seq, off, length, plen, records, pxxh, mxxh, kxxh,
-                                         first, last, 0, self._epoch))
-        if csealed is not None:
-            cbody = NativeBody(memoryview(csealed[1])[:cn], ccrc, csize, cinput)
-            csub = fmt.data_subfield(fmt.TYPE_CATALOG, cbody.input_len, cs, self.version,
-                                     self.flags)
-            coff, clen, cmx = self._write_member(csub, fmt.catalog_name(seq), 0, cbody)
-            self._index.add_catalog(CatalogEntry(coff, clen, cmx, cat_len, cat_xxh3))
-        self._page_out()
-
-    def _drain(self) -> None:
-        """Append every chunk submitted (a sealing error is raised here)."""
-        while self._sealing:
-            self._append_next()
+        written, crc, size, input_len, sxxh = self._frame_into(tag, n, buf)
+        return NativeBody(memoryview(buf)[:written], crc, size, input_len), sxxh
 
     # -- paged index (docs/FORMAT.md §11.3): a page after the chunks it describes ---------------
 
@@ -416,14 +388,6 @@ class ArchiveWriter:
     @property
     def paged(self) -> bool:
         return isinstance(self._index, PagedIndexBuilder)
-
-    def _stop_sealer(self) -> None:
-        """Stop the sealing thread and drop the chunks not appended."""
-        if self._sealer is not None:
-            self._sealer.close()
-            self._sealer = None
-        self._sealing = deque()
-        self._submitted = self._appended = 0
 
     # -- the sealing state a --resume of an encrypted temp file needs (docs/FORMAT.md §11.4) ---
 
@@ -455,7 +419,6 @@ class ArchiveWriter:
             raise ArchiveError("a chunk reference needs a parent (parent_fingerprint)")
         if self._pending_key is not None:
             self._head_out()
-        self._drain()  # members and index entries stay in seq order
         if self._prev_last is not None and entry.first_key <= self._prev_last:
             raise ArchiveError(
                 f"chunk {self._index.count}: first key {entry.first_key!r} does not follow "
@@ -492,7 +455,6 @@ class ArchiveWriter:
             return 0
         if self._pending_key is not None:
             self._head_out()
-        self._drain()  # members and index entries stay in seq order
         k0 = int(parent["keys_off"][0])
         first_key = bytes(parent_keys[k0:k0 + int(parent["first_len"][0])])
         if self._prev_last is not None and first_key <= self._prev_last:
@@ -536,8 +498,6 @@ class ArchiveWriter:
             raise ArchiveError("archive writer is closed")
         try:
             self._head_out()
-            self._drain()
-            self._stop_sealer()
             self._page_out(final=True)
             if self._cipher is not None:
                 self._finishing()
@@ -584,7 +544,6 @@ class ArchiveWriter:
         final location."""
         if not self._closed:
             self._closed = True
-            self._stop_sealer()
             if self._pending_key is not None:
                 self._pending_key.cancel()
                 self._pending_key = None
