@@ -123,7 +123,11 @@ def rclone_binary() -> str | None:
 
 
 def go_binary() -> str | None:
-    """The Go toolchain's ``go`` (PATH, else /usr/local/go/bin/go), or None."""
+    """The Go toolchain's ``go``: ``$GO`` when set (None when that is not an executable),
+    else PATH's, else /usr/local/go/bin/go; None without one."""
+    if "GO" in os.environ:
+        exe = os.environ["GO"]
+        return exe if exe and os.access(exe, os.X_OK) else None
     return shutil.which("go") or next((p for p in ("/usr/local/go/bin/go", "/usr/bin/go")
                                        if os.access(p, os.X_OK)), None)
 
@@ -480,8 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.servers.split(",") if s.strip()]
     if "go" in names and go_binary() is None:
-        print("s3.py: no Go toolchain (go not on PATH nor in /usr/local/go/bin): the go "
-              "column (benchmarks/s3server) is skipped", file=sys.stderr)
+        print("s3.py: no Go toolchain (no go on PATH, in /usr/local/go/bin or at $GO): the "
+              "go column (benchmarks/s3server) is skipped", file=sys.stderr)
         names.remove("go")
         if not names:
             raise SystemExit("s3.py: no server left to measure")

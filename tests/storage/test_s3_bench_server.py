@@ -202,3 +202,29 @@ def test_our_client_backs_up_and_restores(server, tmp_path):
     assert r.returncode == 0, r.stderr
     r = cli("verify", str(bucket_dir / "c" / "one.dsb"))  # the file itself: a whole archive
     assert r.returncode == 0, r.stderr
+
+
+def test_benchmark_go_column_tiny(tmp_path, cli_env):
+    """benchmarks/s3.py's go column end to end at 2 MiB; without a toolchain ($GO naming
+    none) the column is skipped with a message, the others still run."""
+    if bench.go_binary() is None:
+        pytest.skip("no Go toolchain")
+    out = tmp_path / "s3.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "s3.py"), "--mb", "2", "--rounds", "1",
+           "--work-dir", str(tmp_path)]
+    r = subprocess.run(cmd + ["--servers", "go", "--json", str(out)], env=cli_env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    doc = json.loads(out.read_text())
+    assert set(doc["ratios"]) == {"go"} and all(v > 0 for v in doc["ratios"]["go"].values())
+    assert "benchmarks/s3server" in doc["servers"]["go"]
+    # durable by itself: the benchmark's own fsync is not needed (recorded as 0)
+    assert doc["median_server_fsync_s"]["backup-s3:go"] == 0.0
+    assert doc["server_peak_rss_bytes"]["go"] > 0
+    r = subprocess.run(cmd + ["--servers", "go"], env=dict(cli_env, GO="/nonexistent/go"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "go column (benchmarks/s3server) is skipped" in r.stderr
+    assert "no server left" in r.stderr
+    assert not list(tmp_path.glob("dsbackup-s3bench-*")), "work directory left behind"
