@@ -11,7 +11,8 @@
 // (If-None-Match: * → 412 when the key exists, If-Match: ETAG → 412 unless it matches);
 // HeadObject and GetObject with one Range (206 + Content-Range, 416 + "bytes */SIZE" outside
 // the object or on an empty one; an unparsable Range is ignored: 200), If-Match (412) and
-// If-None-Match (304); DeleteObject (204, also for a missing key); ListObjectsV2 and
+// If-None-Match (304); DeleteObject (204, also for a missing key) and DeleteObjects (the
+// POST ?delete obstore's delete sends); ListObjectsV2 and
 // ListObjects (prefix, delimiter, start-after / marker, continuation, max-keys,
 // encoding-type=url); multipart: CreateMultipartUpload, UploadPart, CompleteMultipartUpload
 // (conditional like PutObject; parts checked: ascending, known, ETags equal, all but the last
@@ -31,7 +32,7 @@
 //     finds it equal. Objects written before the server started get an ETag made of the
 //     file's inode, mtime and size.
 //   - no versioning, ACLs, tags, user metadata (x-amz-meta-* are dropped), storage classes,
-//     CopyObject, DeleteObjects, presigned URLs, virtual-host addressing.
+//     CopyObject, presigned URLs, virtual-host addressing, HTTP/2.
 //   - keys must map to files: no empty, "." or ".." segment, no trailing "/", at most 1024
 //     bytes; a key that is a "directory" of another ("a" beside "a/b") is refused (409).
 //
@@ -122,7 +123,6 @@ type completed struct {
 type server struct {
 	root    string
 	tmp     string
-	logger  *log.Logger
 	seq     uint64
 	mu      sync.Mutex // uploads, completed, etags; a commit's check and rename
 	uploads map[string]*upload
