@@ -1,0 +1,3 @@
+module dsbackup/benchmarks/s3server
+
+go 1.19
