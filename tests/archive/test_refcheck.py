@@ -163,3 +163,58 @@ def test_resolved_references_lead_where_locate_does_and_members_check(chain):
         f.write(bytes([b[0] ^ 1]))
     with ArchiveReader(full) as r, pytest.raises(IntegrityError, match="chunk 7 .*checksum"):
         r.check_stored_members(list(range(r.chunk_count)))
+
+
+def test_check_stored_members_holds_a_bounded_batch_of_entries(tmp_path, monkeypatch):
+    """The parent members an incremental refers to are checked a batch of index entries at a
+    time: memory does not grow with the chain's chunk count (it held every offset, length,
+    digest and catalog entry as Python objects at once: gigabytes for millions of chunks).
+    Every chunk and catalog is still checked, and a damaged catalog past the first batch is
+    named."""
+    import random
+    import tracemalloc
+
+    import numpy as np
+
+    from dsbackup.archive import reader as reader_mod
+    from dsbackup.datastores import open_datastore
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.engine.config import BackupConfig
+
+    rng = random.Random(3)
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    keys = [b"/k/%06d" % i for i in range(12000)]
+    ds.put_many(keys, [rng.randbytes(8) for _ in keys])
+    path = tmp_path / "a.tar.gz"
+    BackupManager(BackupConfig(chunk_size=1, include_metadata=True, workers=1, paged_index="never")).create_backup(
+        ds, path)
+    ds.close()
+    monkeypatch.setattr(reader_mod, "STORED_BATCH", 256)
+    with ArchiveReader(path) as r:
+        n = r.chunk_count
+        assert n > 8000 and r.index.catalog_count == n
+        seen = [0]
+        real = r._src.xxh3
+
+        def counted(o: int, length: int) -> int:
+            seen[0] += 1
+            return real(o, length)
+
+        monkeypatch.setattr(r._src, "xxh3", counted)
+        r.index.block(0)  # (the index's own first-use cost is not the check's)
+        tracemalloc.start()
+        try:
+            r.check_stored_members(np.arange(n), catalog=True)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert seen[0] == 2 * n  # each member and each catalog hashed once
+        assert peak < 400_000, peak  # (every entry at once: ~3 MB here)
+        c = r.index.catalog(n - 5)
+    with open(path, "r+b") as f:
+        f.seek(c.offset + c.length // 2)
+        b = f.read(1)
+        f.seek(c.offset + c.length // 2)
+        f.write(bytes([b[0] ^ 1]))
+    with ArchiveReader(path) as r, pytest.raises(IntegrityError, match=f"catalog {n - 5}: "):
+        r.check_stored_members(range(n), catalog=True)

@@ -331,12 +331,18 @@ def test_a_forked_child_does_not_keep_the_store_held(tmp_path):
     uri = _store(tmp_path)
     with TargetLock(uri, "backup", shared=True):
         r, w = os.pipe()
+        started_r, started_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: wait until the parent has let go, then stay alive a while
             os.close(w)
+            os.write(started_w, b"s")  # (its fork handlers have run: it runs Python code)
             os.read(r, 1)
             os._exit(0)
         os.close(r)
+        os.close(started_w)
+    # a child not yet scheduled since the fork still shares the hold (a loaded machine)
+    assert os.read(started_r, 1) == b"s"
+    os.close(started_r)
     try:
         with TargetLock(uri, "restore"):  # the child still lives: no hold of it left
             pass

@@ -34,6 +34,9 @@ from dsbackup.storage import (
     open_source,
 )
 
+# chunks whose index entries check_stored_members holds as Python objects at a time
+STORED_BATCH = 4096
+
 if TYPE_CHECKING:
     from dsbackup.archive.chain import ParentChain
     from dsbackup.archive.pagedindex import PagedIndex
@@ -467,47 +470,56 @@ class ArchiveReader:
         each — its member's range and XXH3 against the index — with their entries taken from
         the index in bulk (no object per chunk); with `catalog`, their catalog members too.
         An S3 archive is told the ranges first (plan_reads). IntegrityError for the first
-        that fails, naming it."""
+        that fails, naming it. Memory stays bounded at any count: the entries are taken
+        STORED_BATCH at a time, for the plan as for the check."""
         import numpy as np
 
         seqs = np.asarray(seqs, np.int64)
-        rows: list[np.ndarray] = []
-        pos = 0
-        while pos < seqs.size:
-            first, tab, _keys = self.index.block(int(seqs[pos]))
-            stop = int(np.searchsorted(seqs, first + len(tab)))
-            rows.append(tab[seqs[pos:stop] - first])
-            pos = stop
-        if not rows:
-            return
-        t = np.concatenate(rows)
-        offs, lens = t["offset"].tolist(), t["length"].tolist()
-        digests, refs = t["member_xxh3"].tolist(), t["flags"] & np.uint32(FLAG_PARENT)
-        if refs.any():
-            raise IntegrityError(f"{self.path}: chunk {int(seqs[np.flatnonzero(refs)[0]])} is "
-                                 "a reference, not a member of this archive")
-        cats = [self.index.catalog(i) for i in seqs.tolist()] if catalog else []
+
+        def batches(check: bool = True
+                    ) -> Iterator[tuple[list[int], list[int], list[int], list[int]]]:
+            """(seqs, offsets, lengths, member XXH3s) of up to STORED_BATCH chunks at a time,
+            in order; `check`: IntegrityError for one that is itself a reference (the plan's
+            ranges do not raise: the check meets it)."""
+            pos = 0
+            while pos < seqs.size:
+                first, tab, _keys = self.index.block(int(seqs[pos]))
+                stop = min(int(np.searchsorted(seqs, first + len(tab))), pos + STORED_BATCH)
+                part = seqs[pos:stop]
+                t = tab[part - first]
+                refs = t["flags"] & np.uint32(FLAG_PARENT)
+                if check and refs.any():
+                    raise IntegrityError(f"{self.path}: chunk {int(part[np.flatnonzero(refs)[0]])}"
+                                         " is a reference, not a member of this archive")
+                yield (part.tolist(), t["offset"].tolist(), t["length"].tolist(),
+                       t["member_xxh3"].tolist())
+                pos = stop
 
         def ranges() -> Iterator[tuple[int, int]]:
-            for j, (o, n) in enumerate(zip(offs, lens)):
-                yield o, n
-                if catalog:
-                    yield cats[j].offset, cats[j].length
+            for idx, offs, lens, _ in batches(False):
+                for i, o, n in zip(idx, offs, lens):
+                    yield o, n
+                    if catalog:
+                        c = self.index.catalog(i)
+                        yield c.offset, c.length
 
+        if not seqs.size:
+            return
         self.plan_reads(ranges())
         xxh3 = self._src.xxh3
-        for j, i in enumerate(seqs.tolist()):
-            self._check_member_range(i, offs[j], lens[j], "chunk")
-            if xxh3(offs[j], lens[j]) != digests[j]:
-                e = self.entry(i)
-                raise IntegrityError(f"{self.path}: chunk {i} {e.key_range}: member checksum "
-                                     "mismatch", chunk=i)
-            if catalog:
-                c = cats[j]
-                self._check_member_range(i, c.offset, c.length, "catalog")
-                if xxh3(c.offset, c.length) != c.member_xxh3:
-                    raise IntegrityError(f"{self.path}: catalog {i}: member checksum mismatch",
-                                         chunk=i)
+        for idx, offs, lens, digests in batches():
+            for i, o, n, d in zip(idx, offs, lens, digests):
+                self._check_member_range(i, o, n, "chunk")
+                if xxh3(o, n) != d:
+                    e = self.entry(i)
+                    raise IntegrityError(f"{self.path}: chunk {i} {e.key_range}: member "
+                                         "checksum mismatch", chunk=i)
+                if catalog:
+                    c = self.index.catalog(i)
+                    self._check_member_range(i, c.offset, c.length, "catalog")
+                    if xxh3(c.offset, c.length) != c.member_xxh3:
+                        raise IntegrityError(f"{self.path}: catalog {i}: member checksum "
+                                             "mismatch", chunk=i)
 
     def _catalog_holder(self, i: int) -> tuple[ArchiveReader, int]:
         """(archive, seq) holding chunk i's catalog: MissingParentError when the parent chain

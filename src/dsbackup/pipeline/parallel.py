@@ -59,6 +59,10 @@ SNAPSHOT_RETRIES = 50
 SPILLED = -2  # chunk moved from a worker's slot to the spill file
 QUEUED_STRIPES = 2  # keyed stripes waiting per worker before the planner is left to wait
 AHEAD = 1  # stripes handed to a busy worker before it asks, waiting in its pipe (see dispatch)
+# a stripe handed ahead carries at most this many bytes of keys: its message waits unread in
+# the worker's pipe, and one the pipe cannot hold blocks the loop in send while the busy
+# worker may block sending its chunks (catalogs) to the loop: both wait for ever
+AHEAD_KEY_BYTES = 16 << 10
 
 
 @dataclass
@@ -76,6 +80,14 @@ def _shm_dir() -> str:
     if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
         return "/dev/shm"
     return tempfile.gettempdir()
+
+
+def _fits_ahead(r: _Range) -> bool:
+    """Whether stripe r's message is small enough to wait in a busy worker's pipe
+    (AHEAD_KEY_BYTES): no keys, or a few short ones (a flatfs stripe's are sent with it)."""
+    keys = r.keys
+    return keys is None or (len(keys) <= AHEAD_KEY_BYTES // 32
+                            and sum(map(len, keys)) + 8 * len(keys) <= AHEAD_KEY_BYTES)
 
 
 def _remove_stale_slot_files() -> None:
@@ -395,8 +407,8 @@ class ParallelScan:
                 if w is None:
                     # no idle worker may take it: a busy one may get it ahead, so that it
                     # goes on from its stripe to the next without a round trip to this loop
-                    w = None if idle or (planned and len(unassigned) <= self.n) else (
-                        self._next_ahead(taken))
+                    w = None if idle or (planned and len(unassigned) <= self.n) or (
+                        not _fits_ahead(unassigned[0])) else self._next_ahead(taken)
                     if w is None:
                         return  # the loop dispatches again after each message, and before it sleeps
                 r = unassigned.popleft()
