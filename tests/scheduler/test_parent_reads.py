@@ -223,3 +223,49 @@ def test_a_fake_runner_is_told_to_trust_after_a_verify_of_the_chain(make_schedul
         clock.set(datetime(2026, 1, day, 3, 0, tzinfo=UTC))
         s.run_pending(wait=True)
     assert runner.trusted == [False, True, True, False]  # full, inc, inc, full
+
+
+@pytest.fixture
+def passphrase(tmp_path: Path, monkeypatch) -> Path:
+    from dsbackup.archive import crypto
+
+    monkeypatch.setenv(crypto.TEST_LOG2_N_ENV, "14")
+    monkeypatch.setattr(crypto, "_keyring", [])  # the process's keyring, this test's own
+    (tmp_path / "pass").write_text("parent-reads-passphrase\n")
+    return tmp_path / "pass"
+
+
+def test_an_encrypted_schedule_reads_each_parent_member_once(make_scheduler, clock,
+                                                             lmdb_source, member_checks,
+                                                             passphrase):
+    """The schedule's key is in the runner's keyring: its quick verify opens the chain."""
+    s = make_scheduler(runner=ManagerRunner(), verify_after_backup=False)
+    s.add_schedule(schedule(lmdb_source, encryption={"passphrase_file": str(passphrase)}))
+    full = run_day(s, clock, lmdb_source, 6)
+    member_checks.clear()
+    inc = run_day(s, clock, lmdb_source, 7)
+    assert inc.parent == full.archive and inc.exit_code == 0
+    reads = reads_of(member_checks, full.archive)
+    assert reads and set(reads.values()) == {1}
+
+
+def test_a_verify_without_the_key_gives_no_trust(make_scheduler, clock, lmdb_source,
+                                                 member_checks, passphrase):
+    """A BackupConfig carrying the key is not in the keyring: the quick verify before the run
+    is the sealed walk, which does not read the parents, so the backup reads them itself."""
+    from dsbackup.archive import crypto
+
+    cfg = BackupConfig(chunk_size=40, encryption=crypto.load_passphrase_file(passphrase))
+    s = make_scheduler(runner=ManagerRunner(), verify_after_backup=False)
+    s.add_schedule(ScheduledBackup(id="db", name="ipfs", schedule="0 3 * * *",
+                                   source=f"lmdb:{lmdb_source}", backup_config=cfg,
+                                   incremental=True, full_every=7))
+    full = run_day(s, clock, lmdb_source, 6)
+    member_checks.clear()
+    inc = run_day(s, clock, lmdb_source, 7)
+    assert inc.parent == full.archive and inc.exit_code == 0
+    reads = reads_of(member_checks, full.archive)
+    assert reads and set(reads.values()) == {1}  # by the backup's check only
+    with ArchiveReader(inc.archive, key=cfg.encryption) as r:
+        refs = {r.entry(i).offset for i in range(r.chunk_count) if r.entry(i).in_parent}
+    assert set(reads) == refs
