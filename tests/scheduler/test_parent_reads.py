@@ -269,3 +269,37 @@ def test_a_verify_without_the_key_gives_no_trust(make_scheduler, clock, lmdb_sou
     with ArchiveReader(inc.archive, key=cfg.encryption) as r:
         refs = {r.entry(i).offset for i in range(r.chunk_count) if r.entry(i).in_parent}
     assert set(reads) == refs
+
+
+class DamagingRunner(ManagerRunner):
+    """Damages the middle chunk member of the parent after the quick verify passed, just
+    before a trusted incremental reads it."""
+
+    def run(self, schedule, archive_path, cancel_event, parent=None, *, trust_parent=False):
+        if parent is not None and trust_parent:
+            with ArchiveReader(parent) as r:
+                e = r.entry(r.chunk_count // 2)
+            data = bytearray(parent.read_bytes())
+            data[e.offset + e.length // 2] ^= 0xFF
+            parent.write_bytes(bytes(data))
+        return super().run(schedule, archive_path, cancel_event, parent,
+                           trust_parent=trust_parent)
+
+
+def test_a_parent_damaged_after_the_verify_fails_the_verify_after_backup(make_scheduler, clock,
+                                                                         lmdb_source):
+    """The trusted backup does not see it; the new archive's own quick verify does (exit 3,
+    kept as .unverified), and the next run heals with a full backup."""
+    s = make_scheduler(runner=DamagingRunner())
+    s.add_schedule(schedule(lmdb_source))
+    full = run_day(s, clock, lmdb_source, 6)
+    change_store(lmdb_source, 7)
+    clock.set(datetime(2026, 1, 7, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    failed = s.get_schedule("db").last_result
+    assert not failed.ok and failed.exit_code == 3 and "failed verification" in failed.error
+    assert Path(failed.archive + ".unverified").is_file() and not Path(failed.archive).exists()
+    healed = run_day(s, clock, lmdb_source, 8)
+    assert healed.parent is None and healed.exit_code == 1
+    assert Path(full.archive).name in healed.fallback
+    assert "failed a quick verify" in healed.fallback
