@@ -31,10 +31,13 @@ class FakeRunner:
         self.verify_ok = True
         self.verifies: list[tuple[Path, bool, float | None]] = []
         self.fingerprints: dict[str, str] = {}
+        self.trusted: list[bool] = []  # trust_parent of each run, in order
         self._lock = threading.Lock()
 
-    def run(self, schedule, archive_path: Path, cancel_event: threading.Event, parent=None):
+    def run(self, schedule, archive_path: Path, cancel_event: threading.Event, parent=None, *,
+            trust_parent: bool = False):
         with self._lock:
+            self.trusted.append(trust_parent)
             self.calls += 1
             n = self.calls
             self.active += 1

@@ -129,12 +129,13 @@ def test_missing_parent_outside_the_catalog_is_found_by_verify(make_scheduler, c
 class ChainBreakingRunner(FakeRunner):
     """An incremental whose parent chain breaks while it runs (the parent passed the check)."""
 
-    def run(self, schedule, archive_path, cancel_event, parent=None):
+    def run(self, schedule, archive_path, cancel_event, parent=None, *, trust_parent=False):
         if parent is not None and self.calls == 1:
             self.calls += 1
             raise MissingParentError(f"{archive_path}: parent archive x is missing: not found "
                                      "in /b (give its directory with --parent-dir)")
-        return super().run(schedule, archive_path, cancel_event, parent)
+        return super().run(schedule, archive_path, cancel_event, parent,
+                           trust_parent=trust_parent)
 
 
 def test_an_incremental_failing_on_its_chain_is_made_again_as_full(make_scheduler, clock):

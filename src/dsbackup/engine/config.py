@@ -74,7 +74,8 @@ class BackupConfig:
       the parent members its references resolve to (docs/INCREMENTAL.md "The check before
       the rename": for an unchanged store, about the parent chain's size); True skips that
       read only (the references are still checked against the parents' indexes), for chains
-      verified on a schedule of their own.
+      verified on a schedule of their own (the scheduler sets it for an incremental whose
+      parent just passed its quick verify, docs/SCHEDULER.md).
     - ``resume`` (default False): continue the temp file a killed full backup left for the
       same archive path (docs/FORMAT.md §11.5); a normal backup when there is none.
     """

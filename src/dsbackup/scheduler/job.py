@@ -7,9 +7,11 @@ scheduler's bookkeeping (see :mod:`dsbackup.scheduler.scheduler`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -49,10 +51,13 @@ class JobOutcome:
 @dataclass
 class ParentChoice:
     """The parent of the next run (None: a full backup) and, when an incremental was due but
-    cannot be made safely, why a full backup is made instead (``fallback``)."""
+    cannot be made safely, why a full backup is made instead (``fallback``). ``verified``:
+    the parent just passed a verify that hashed every member of its chain it describes (the
+    members the incremental's references resolve to among them)."""
 
     parent: ArchiveEntry | None
     fallback: str | None = None
+    verified: bool = False
 
 
 def _chain_gap(newest: ArchiveEntry, archives: list[ArchiveEntry]) -> str | None:
@@ -104,7 +109,23 @@ def choose_parent(schedule: ScheduledBackup, archives: list[ArchiveEntry],
             else:
                 why = f"it failed a quick verify ({'; '.join(report.errors[:3]) or 'damaged'})"
             return ParentChoice(None, f"the newest archive {name} cannot be a parent: {why}")
+        return ParentChoice(newest, verified=report.chain_checked)
     return ParentChoice(newest)
+
+
+def trust_parent(schedule: ScheduledBackup, runner: BackupRunner, choice: ParentChoice) -> bool:
+    """Whether the incremental runs with trust_parent: its parent's chain was just verified
+    member by member (so the backup's check would read the same bytes again), the schedule's
+    settings do not say ``trust_parent = false`` (they win either way; ``true`` reaches the
+    backup through them) and the runner takes the keyword."""
+    settings = schedule.backup_config
+    if not choice.verified or (isinstance(settings, Mapping) and "trust_parent" in settings):
+        return False
+    try:
+        params = inspect.signature(runner.run).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: call it as before
+        return False
+    return any(p.name == "trust_parent" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def retention_items(archives: list[ArchiveEntry]) -> list[RetentionItem]:
@@ -226,9 +247,10 @@ def _make_archive(schedule: ScheduledBackup, runner: BackupRunner, path: Path,
     """Make the archive; an incremental that fails on its parent chain (a parent missing or
     damaged) is made again as a full backup, so a schedule never sticks on a broken chain."""
     parent = choice.parent
+    trusted = {"trust_parent": True} if trust_parent(schedule, runner, choice) else {}
     try:
         return runner.run(schedule, path, cancel,
-                          parent=as_location(parent.path) if parent else None), \
+                          parent=as_location(parent.path) if parent else None, **trusted), \
             choice
     except (MissingParentError, IntegrityError) as exc:
         if parent is None or cancel.is_set():

@@ -7,6 +7,7 @@ own runner to ``BackupScheduler(config, runner=...)``.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +38,11 @@ class VerifyResult:
     errors: list[str] = field(default_factory=list)
     bad_chunks: list[int] = field(default_factory=list)
     missing_parent: bool = False  # an archive of the parent chain could not be found
+    # every chunk member the archive describes was hashed, those its references resolve to
+    # in the parent chain included (a quick, sampled or deep verify with the key; not the
+    # sealed walk of an archive whose key is missing): what lets an incremental on it skip
+    # its own read of those members (trust_parent, docs/SCHEDULER.md)
+    chain_checked: bool = False
 
 
 @dataclass
@@ -49,8 +55,12 @@ class ArchiveInfo:
 
 class BackupRunner(Protocol):
     def run(self, schedule: Any, archive_path: Path, cancel_event: threading.Event,
-            parent: Path | None = None) -> RunResult:
-        """Back up ``schedule.source`` to ``archive_path``; raise a DsBackupError on failure."""
+            parent: Path | None = None, *, trust_parent: bool = False) -> RunResult:
+        """Back up ``schedule.source`` to ``archive_path``; raise a DsBackupError on failure.
+        ``trust_parent``: the parent's chain has just passed a verify that hashed every
+        member it describes, so the backup's check need not read them again
+        (BackupConfig.trust_parent). A runner may leave it out of its signature; it is then
+        never passed."""
         ...
 
     def verify(self, path: Path, deep: bool, sample: float | None) -> VerifyResult: ...
@@ -103,25 +113,28 @@ class ManagerRunner:
             cache[ident] = material
         return cache[ident]
 
-    def _manager(self, backup_config: Any = None) -> Any:
+    def _manager(self, backup_config: Any = None, *, trust_parent: bool = False) -> Any:
         manager_cls, config_cls = _manager_api()
         if backup_config is None:
-            cfg = config_cls()
+            cfg = config_cls(trust_parent=trust_parent)
         elif isinstance(backup_config, config_cls):
-            cfg = backup_config
+            cfg = (dataclasses.replace(backup_config, trust_parent=True) if trust_parent
+                   else backup_config)
         else:
             try:
                 kw = dict(backup_config)
                 if isinstance(kw.get("encryption"), dict):
                     kw["encryption"] = self._key(kw["encryption"])
+                if trust_parent:
+                    kw["trust_parent"] = True
                 cfg = config_cls(**kw)
             except TypeError as exc:
                 raise SchedulerError(f"invalid backup settings: {exc}") from exc
         return manager_cls(cfg)
 
     def run(self, schedule: Any, archive_path: Path, cancel_event: threading.Event,
-            parent: Path | None = None) -> RunResult:
-        mgr = self._manager(schedule.backup_config)
+            parent: Path | None = None, *, trust_parent: bool = False) -> RunResult:
+        mgr = self._manager(schedule.backup_config, trust_parent=trust_parent)
         meta = mgr.create_backup(schedule.source, archive_path, parent=parent, cancel=cancel_event)
         path = as_location(getattr(meta, "path", None) or archive_path)
         return RunResult(
@@ -135,7 +148,9 @@ class ManagerRunner:
         report = self._manager().verify_backup(path, deep=deep, sample=sample)
         return VerifyResult(bool(report.ok), list(report.errors),
                             list(getattr(report, "bad_chunks", []) or []),
-                            "parent" in (getattr(report, "bad_parts", None) or []))
+                            "parent" in (getattr(report, "bad_parts", None) or []),
+                            chain_checked=bool(report.ok) and report.mode != "quick-sealed"
+                            and report.checked_chunks == report.chunks)
 
     def inspect(self, path: Path) -> ArchiveInfo:
         meta = self._manager().inspect(path)
