@@ -21,7 +21,6 @@ from dsbackup.archive.writer import ArchiveWriter
 from dsbackup.datastores import open_datastore
 from dsbackup.engine.backup import BackupManager
 from dsbackup.engine.config import BackupConfig
-from dsbackup.pipeline.chunks import BodyView
 
 KEY = crypto.KeyMaterial(key=b"k" * 32)
 
