@@ -21,10 +21,15 @@ cdef enum:
     DS_ZSTD_STORED = 100
     DS_ZSTD_FRAME = 200
     DS_ZSTD_MAX_LEVEL = 19
+    # DS_DEFLATE_SEALED + L: deflate level L without the CRC-32 (ds_body.crc = 0): the
+    # plaintext sealed in an encrypted archive, whose member CRC covers the ciphertext
+    # (docs/FORMAT.md §11.4); never the body of an unencrypted archive's member
+    DS_DEFLATE_SEALED = 300
     # ds_body.codec
     DS_CODEC_DEFLATE = 0
     DS_CODEC_ZSTD_STORED = 1
     DS_CODEC_ZSTD_FRAME = 2
+    DS_CODEC_DEFLATE_SEALED = 3  # deflate without its CRC-32 (DS_DEFLATE_SEALED)
     # the library call behind a DS_EENGINE (ds_deflater.lib)
     DS_LIB_ISAL_DEFLATE = 1
     DS_LIB_Z_RESET = 2
@@ -37,7 +42,7 @@ ctypedef struct ds_body:
     unsigned char *data      # raw deflate blocks (malloc'd), the last with BFINAL = 1
     size_t len
     size_t cap               # allocated bytes at data (reused by the next deflate_body)
-    uint32_t crc             # CRC-32 of input || padding
+    uint32_t crc             # CRC-32 of input || padding (0 for DS_CODEC_DEFLATE_SEALED)
     uint64_t size            # input length + zero padding
     uint64_t input_len       # bytes of the tar entry data (a zstd body: the frame's length)
     uint64_t content_len     # the chunk payload's length (= input_len for deflate)

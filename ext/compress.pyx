@@ -44,6 +44,8 @@ from compress cimport (
     DS_CODEC_DEFLATE,
     DS_CODEC_ZSTD_STORED,
     DS_CODEC_ZSTD_FRAME,
+    DS_CODEC_DEFLATE_SEALED,
+    DS_DEFLATE_SEALED,
     ds_body,
     ds_compress_api,
     ds_deflater,
@@ -192,11 +194,12 @@ cdef inline size_t stored_len(uint64_t total) noexcept nogil:
 
 cdef uint32_t write_stored(const unsigned char *data, size_t n, size_t pad, unsigned char *out,
                            size_t *out_len, bint final_run=True,
-                           uint32_t crc=0) noexcept nogil:
+                           uint32_t crc=0, bint with_crc=True) noexcept nogil:
     """Stored blocks of ``data || pad zeros`` into ``out`` (capacity stored_len(n + pad)).
 
     The last block has BFINAL set when ``final_run``. Returns the CRC-32 continued from
-    ``crc`` over ``data || pad zeros``, computed block by block while it is in cache.
+    ``crc`` over ``data || pad zeros``, computed block by block while it is in cache
+    (``crc`` unchanged when not ``with_crc``).
     """
     cdef size_t total = n + pad, off = 0, blk, from_data, o = 0
     cdef int final
@@ -221,7 +224,8 @@ cdef uint32_t write_stored(const unsigned char *data, size_t n, size_t pad, unsi
             memcpy(out + o, data + off, from_data)
         if blk > from_data:
             memset(out + o + from_data, 0, blk - from_data)
-        crc = crc32_gzip_refl(crc, out + o, blk)
+        if with_crc:
+            crc = crc32_gzip_refl(crc, out + o, blk)
         o += blk
         off += blk
     out_len[0] = o
@@ -482,9 +486,9 @@ cdef int _isal_run(ds_deflater *ws, const unsigned char *data, size_t n, size_t 
 
 cdef int _deflate_segmented(ds_deflater *ws, const unsigned char *data, size_t n, size_t pad,
                             int level, unsigned char *out, size_t cap, size_t *out_len,
-                            uint32_t *crc_out) noexcept nogil:
+                            uint32_t *crc_out, bint with_crc) noexcept nogil:
     """Mixed runs of stored and ISA-L-compressed segments (see above); 1 if the output fit
-    in ``cap``, 0 if not, <0 on error."""
+    in ``cap``, 0 if not, <0 on error. The CRC-32 (0 when not ``with_crc``) in crc_out."""
     cdef size_t total = n + pad, a = 0, b, produced = 0, dn, slen
     cdef bint kind, next_kind, last
     cdef uint32_t crc = 0
@@ -504,14 +508,16 @@ cdef int _deflate_segmented(ds_deflater *ws, const unsigned char *data, size_t n
             dn = (b if b < n else n) - a if a < n else 0
             if produced + stored_len(b - a) > cap:
                 return 0
-            crc = write_stored(data + a, dn, (b - a) - dn, out + produced, &slen, last, crc)
+            crc = write_stored(data + a, dn, (b - a) - dn, out + produced, &slen, last, crc,
+                               with_crc)
             produced += slen
         else:
             r = _isal_run(ws, data, n, a, b, level, last, IGZIP_DEFLATE, out, cap,
                           &produced)
             if r != 1:
                 return r
-            crc = _crc_range(ws, data, n, a, b, crc)
+            if with_crc:
+                crc = _crc_range(ws, data, n, a, b, crc)
         a = b
         if not last:
             kind = next_kind
@@ -595,15 +601,24 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
     computes the CRC while it compresses (gzip mode without header: the 8-byte trailer it
     appends is read and dropped); the other engines get a separate CRC pass. At levels 1-3,
     incompressible segments are stored (see _deflate_segmented).
+
+    A ``level`` of DS_DEFLATE_SEALED + L compresses at level L to the same bytes but computes
+    no CRC-32 (out.crc = 0, out.codec DS_CODEC_DEFLATE_SEALED): the body an encrypted archive
+    seals, whose member CRC covers the ciphertext (docs/FORMAT.md §11.4).
     """
     cdef size_t pad = 0, total, cap
     cdef unsigned char *buf
     cdef unsigned char *t
     cdef int r = 1, mix = 0
+    cdef bint with_crc = True
     out.len = 0
-    if level >= DS_ZSTD_STORED:
+    out.crc = 0
+    if DS_DEFLATE_SEALED <= level <= DS_DEFLATE_SEALED + 9:
+        level -= DS_DEFLATE_SEALED
+        with_crc = False
+    elif level >= DS_ZSTD_STORED:
         return zstd_body_c(ws, data, n, level, out)
-    out.codec = DS_CODEC_DEFLATE
+    out.codec = DS_CODEC_DEFLATE if with_crc else DS_CODEC_DEFLATE_SEALED
     out.xxh3 = 0
     if level < 0 or level > 9:
         return DS_ELEVEL
@@ -629,11 +644,17 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
         if mix == 2 and n + SEGMENT > total:   # all incompressible (padding < one segment)
             r = 0
         elif mix:
-            r = _deflate_segmented(ws, data, n, pad, level, out.data, cap, &out.len, &out.crc)
+            r = _deflate_segmented(ws, data, n, pad, level, out.data, cap, &out.len, &out.crc,
+                                   with_crc)
+        elif not with_crc:             # the same deflate stream, without the trailer
+            r = _isal_run(ws, data, n, 0, total, level, True, IGZIP_DEFLATE, out.data, cap,
+                          &out.len)
+            if r == 1 and out.len + 8 > cap:   # stored when the gzip run's would have been
+                r = 0
         else:
             r = _isal_run(ws, data, n, 0, total, level, True, IGZIP_GZIP_NO_HDR, out.data,
                           cap + 8, &out.len)
-        if r == 1 and not mix:
+        if r == 1 and not mix and with_crc:
             if out.len > cap:          # deflate + trailer larger than stored blocks
                 r = 0
             else:
@@ -643,12 +664,12 @@ cdef int deflate_body_c(ds_deflater *ws, const unsigned char *data, size_t n, in
                            | (<uint32_t>t[3] << 24))
     else:
         r = _deflate_zlib(ws, data, n, pad, level, out.data, cap, &out.len)
-        if r == 1:
+        if r == 1 and with_crc:
             out.crc = _crc_range(ws, data, n, 0, total, 0)
     if r < 0:
         return r
     if r == 0:
-        out.crc = write_stored(data, n, pad, out.data, &out.len)
+        out.crc = write_stored(data, n, pad, out.data, &out.len, True, 0, with_crc)
     out.content_len = n
     return DS_OK
 
@@ -711,15 +732,18 @@ _tls = threading.local()
 
 def deflate_body(const unsigned char[::1] data, int level, size_t pad_to=512) -> Body:
     """Compress ``data || zero padding to a multiple of pad_to`` as raw deflate blocks; a
-    ``level`` of DS_ZSTD_STORED/DS_ZSTD_FRAME + L gives a zstd body (see Body)."""
+    ``level`` of DS_ZSTD_STORED/DS_ZSTD_FRAME + L gives a zstd body (see Body), one of
+    DS_DEFLATE_SEALED + L the deflate body without its CRC-32 (see deflate_body_c)."""
     cdef _Deflater d
     cdef size_t n = data.shape[0]
     cdef const unsigned char *p = &data[0] if n else NULL
     cdef int r
     if not (0 <= level <= 9 or DS_ZSTD_STORED < level <= DS_ZSTD_STORED + DS_ZSTD_MAX_LEVEL
-            or DS_ZSTD_FRAME < level <= DS_ZSTD_FRAME + DS_ZSTD_MAX_LEVEL):
-        raise ValueError(f"compression level must be 0..9 (deflate) or a zstd chunk level "
-                         f"(dsbackup.codec: {DS_ZSTD_STORED}+1..19, {DS_ZSTD_FRAME}+1..19), got {level}")
+            or DS_ZSTD_FRAME < level <= DS_ZSTD_FRAME + DS_ZSTD_MAX_LEVEL
+            or DS_DEFLATE_SEALED <= level <= DS_DEFLATE_SEALED + 9):
+        raise ValueError(f"compression level must be 0..9 (deflate) or a chunk level "
+                         f"(dsbackup.codec: {DS_ZSTD_STORED}+1..19, {DS_ZSTD_FRAME}+1..19, "
+                         f"{DS_DEFLATE_SEALED}+0..9), got {level}")
     if pad_to == 0:
         raise ValueError("pad_to must be >= 1")
     d = getattr(_tls, "deflater", None)

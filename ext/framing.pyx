@@ -23,6 +23,7 @@ from libc.string cimport memcmp, memcpy, memset
 
 from compiler cimport __builtin_prefetch
 from compress cimport (
+    DS_DEFLATE_SEALED,
     DS_ENOMEM,
     DS_OK,
     DS_ZSTD_FRAME,

@@ -330,8 +330,9 @@ cdef class LmdbRangeScanner:
         cdef bytes bpath, bname
         cdef int fd
         cdef MDB_stat st
-        if not (-1 <= level <= 9 or 100 < level <= 119 or 200 < level <= 219):
-            raise ValueError(f"level must be -1 (frame only), 0..9 or a zstd chunk level "
+        if not (-1 <= level <= 9 or 100 < level <= 119 or 200 < level <= 219
+                or 300 <= level <= 309):
+            raise ValueError(f"level must be -1 (frame only), 0..9 or a chunk level "
                              f"(dsbackup.codec), got {level}")
         if chunk_size < 1 or chunk_max_bytes < 1:
             raise ValueError("chunk_size and chunk_max_bytes must be >= 1")

@@ -57,7 +57,7 @@ def _load(reader: ArchiveReader, i: int, level: int, chunk_level: int) -> ReadyC
     raw = holder.read_member(seq)
     payload = holder.decode_chunk_member(seq, raw)
     info = check_payload(holder.path, seq, e, payload)
-    out_zstd = chunk_level >= codecs.ZSTD_STORED
+    out_zstd = codecs.is_zstd(chunk_level)
     if holder.encrypted or out_zstd != (holder.codec == codecs.ZSTD):
         body = deflate_body(payload, chunk_level)  # sealed again, or in the other codec
     else:

@@ -308,6 +308,8 @@ class ArchiveWriter:
         have = getattr(body, "codec", codecs.BODY_DEFLATE)
         want = (codecs.BODY_DEFLATE if not self.zstd else codecs.BODY_ZSTD_FRAME
                 if self._cipher is not None else codecs.BODY_ZSTD_STORED)
+        if have == codecs.BODY_DEFLATE_SEALED and self._cipher is not None and not self.zstd:
+            have = want  # sealed: its missing CRC-32 is never read (a plain archive refuses it)
         if have != want:
             raise ArchiveError(f"chunk {seq}: compressed as body kind {have}, this "
                                f"{self.codec} archive needs kind {want} (internal error)")
