@@ -43,3 +43,24 @@ def test_a_failed_sync_leaves_the_journal_and_is_raised(tmp_path):
         os.close(r)
         os.close(w)
     assert json.loads(journal.read_text()) == {"next_chunk": 3}
+
+
+def test_a_store_with_an_unfinished_restore_is_not_backed_up(tmp_path):
+    """The journal a killed restore leaves beside its target: the store may hold part of an
+    archive, so a backup of it is refused (exit 2, naming the journal) and writes nothing;
+    once the restore is finished (its journal gone) the backup runs."""
+    from dsbackup import datasets
+    from dsbackup.engine.backup import BackupManager
+
+    store = tmp_path / "store"
+    datasets.write_lmdb(str(store), datasets.iter_small(100))
+    journal = tmp_path / "store.dsbackup-restore.json"
+    journal.write_text('{"next_chunk": 1}')
+    arc = tmp_path / "a.tar.gz"
+    with pytest.raises(DatastoreError, match="a restore into it did not finish") as err:
+        BackupManager().create_backup(f"lmdb:{store}", arc)
+    assert err.value.exit_code == 2 and str(journal) in str(err.value)
+    assert set(tmp_path.iterdir()) == {store, journal}  # no archive, no temp file
+    journal.unlink()
+    BackupManager().create_backup(f"lmdb:{store}", arc)
+    assert arc.exists()

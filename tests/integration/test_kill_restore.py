@@ -27,6 +27,7 @@ def test_sigkill_restore_then_rerun(tmp_path, cli_env):
     assert r.returncode == 0, r.stderr
     full = time.monotonic() - t
     rng = random.Random(99)
+    checked_backup = None
     for i in range(5):
         dst = tmp_path / f"dst{i}"
         cmd = base + ["restore", str(archive), f"lmdb:{dst}", "--workers", "2"]
@@ -41,6 +42,16 @@ def test_sigkill_restore_then_rerun(tmp_path, cli_env):
         p.send_signal(signal.SIGKILL)
         p.wait()
         journal = tmp_path / f"dst{i}.dsbackup-restore.json"
+        if journal.exists() and not checked_backup:
+            # half a store: a backup of it is refused (exit 2, one line naming the journal),
+            # no archive; the rerun below finishes it, and then it backs up
+            arc = tmp_path / f"half{i}.tar.gz"
+            b = subprocess.run(base + ["backup", f"lmdb:{dst}", str(arc)], env=cli_env,
+                               capture_output=True, text=True)
+            assert b.returncode == 2, b.stderr
+            assert b.stderr.count("\n") == 1 and "did not finish" in b.stderr, b.stderr
+            assert str(journal) in b.stderr and not arc.exists()
+            checked_backup = arc
         r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True)
         if r.returncode == 2 and "not empty" in r.stderr and not journal.exists():
             # the kill landed after the restore had finished (journal already removed):
@@ -50,3 +61,7 @@ def test_sigkill_restore_then_rerun(tmp_path, cli_env):
         assert r.returncode == 0, (i, time.monotonic() - t, r.stderr)
         assert store_digest(f"lmdb:{dst}") == want
         assert not (tmp_path / f"dst{i}.dsbackup-restore.json").exists()
+        if checked_backup is not None and checked_backup.name == f"half{i}.tar.gz":
+            b = subprocess.run(base + ["backup", f"lmdb:{dst}", str(checked_backup)],
+                               env=cli_env, capture_output=True, text=True)
+            assert b.returncode == 0, b.stderr

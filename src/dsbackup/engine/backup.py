@@ -21,7 +21,8 @@ from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.full import plan_full
 from dsbackup.engine.manifest import go_metadata, metadata_from_reader
 from dsbackup.engine.plan import ProgressCallback
-from dsbackup.engine.targetlock import TargetLock
+from dsbackup.engine.restore_journal import refuse_unfinished_restore
+from dsbackup.engine.targetlock import TargetLock, store_path
 from dsbackup.engine.write import write_archive
 from dsbackup.errors import BackupError, Cancelled, ConfigError, DsBackupError, IntegrityError
 from dsbackup.metadata import BackupMetadata, RestoreResult
@@ -138,6 +139,7 @@ class BackupManager:
         try:
             guard.check_archive_outside(path, [("source", source)])
             reading.acquire()
+            refuse_unfinished_restore(store_path(source), "back it up")
             guard.check_new_archive(path, overwrite=cfg.overwrite,
                                     inputs=[parent] if parent is not None else [],
                                     parent_dirs=parent_dirs or [])

@@ -27,7 +27,7 @@ from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.readplan import plan_chunk_reads
 from dsbackup.archive.verify import check_layout, check_payload
 from dsbackup.diskspace import is_no_space, no_space_message
-from dsbackup.engine.restore_journal import JournalSync, write_journal
+from dsbackup.engine.restore_journal import JournalSync, journal_path, write_journal
 from dsbackup.engine.restore_node import restore_node
 from dsbackup.engine.targetdir import refuse_foreign_directory
 from dsbackup.engine.targetlock import TargetLock, store_path
@@ -67,8 +67,7 @@ def prefix_bounds(prefix: str | bytes | None) -> tuple[bytes, bytes | None]:
 def _journal_path(target: Any) -> Path | None:
     """`<target>.dsbackup-restore.json` beside the target's filesystem path (from the URI's
     location: never its `?k=v` parameters); None for a memory store."""
-    p = store_path(target)
-    return None if p is None else p.with_name(p.name + ".dsbackup-restore.json")
+    return journal_path(store_path(target))
 
 
 @contextmanager

@@ -20,6 +20,25 @@ from dsbackup.errors import DatastoreError
 from dsbackup.filemodes import private_mode
 
 
+def journal_path(store_dir: Path | None) -> Path | None:
+    """`<target>.dsbackup-restore.json` beside a store's filesystem path (None: a memory
+    store, no journal)."""
+    return None if store_dir is None else store_dir.with_name(
+        store_dir.name + ".dsbackup-restore.json")
+
+
+def refuse_unfinished_restore(store_dir: Path | None, what: str) -> None:
+    """A store that a restore began and did not finish holds part of an archive: backing it
+    up would archive half a store and call it done (a nightly schedule would then rotate
+    the good backups out). DatastoreError (exit 2) naming the journal."""
+    jpath = journal_path(store_dir)
+    if jpath is not None and jpath.exists():
+        raise DatastoreError(
+            f"{store_dir}: a restore into it did not finish ({jpath} is its journal), so it "
+            f"may hold part of an archive; run that restore again to finish it before you "
+            f"{what}, or remove the journal once the store is known to be whole")
+
+
 def write_journal(path: Path, state: dict[str, Any]) -> None:
     """Replace the journal at `path` with `state` (written, fsynced, renamed)."""
     # a temp name of this process and call, made as tempfile.mkstemp makes one (O_EXCL, mode
