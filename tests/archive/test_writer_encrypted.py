@@ -187,3 +187,20 @@ def test_a_seal_error_fails_the_backup(tmp_path, monkeypatch):
         w.finish()
     assert slots.held == 0 and calls[0] == 5
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_encrypted_file_is_synced_early_more_often(tmp_path):
+    """Its writer fsyncs the file before sealing the index (`finishing`), on the critical
+    path: early syncs every SEALING_SYNC_STEP leave that fsync less to wait for."""
+    from dsbackup.storage.writeback import SEALING_SYNC_STEP
+
+    plain = ArchiveWriter(tmp_path / "p.tar.gz", manifest={"t": 1})
+    enc = ArchiveWriter(tmp_path / "e.tar.gz", manifest={"t": 1},
+                        key=crypto.KeyMaterial(key=KEY))
+    try:
+        assert plain._sink._writeback.sync_step is None
+        assert enc._sink._writeback.sync_step == SEALING_SYNC_STEP
+    finally:
+        plain.abort()
+        enc.abort()
+    assert list(tmp_path.iterdir()) == []

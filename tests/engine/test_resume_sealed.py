@@ -246,3 +246,25 @@ def test_a_whole_archive_in_the_temp_file_is_checked_and_put_in_place(tmp_path, 
     assert final.read_bytes() == full.read_bytes() and not tmp.exists()
     assert meta.total_keys == 12000 and os.listxattr(final) == []
     assert BackupManager().verify_backup(final, deep=True, key=key).ok
+
+
+def test_a_resumed_encrypted_file_is_synced_early_more_often(tmp_path, store, monkeypatch):
+    """Like a new one (tests/archive/test_writer_encrypted.py): the `finishing` fsync before
+    the index is on the critical path, so early syncs run every SEALING_SYNC_STEP."""
+    from dsbackup.archive.writer import ArchiveWriter
+    from dsbackup.storage.writeback import SEALING_SYNC_STEP
+
+    full = tmp_path / "full.tar.gz"
+    backup(store, full)
+    final = tmp_path / "a.tar.gz"
+    killed_copy(full.read_bytes()[:member_end_of(full, 20) + 777], final)
+    seen = []
+    real = ArchiveWriter._finishing
+
+    def spy(self):
+        seen.append((type(self._sink).__name__, self._sink._writeback.sync_step))
+        return real(self)
+
+    monkeypatch.setattr(ArchiveWriter, "_finishing", spy)
+    backup(store, final, resume=True)
+    assert seen == [("ResumedSink", SEALING_SYNC_STEP)]

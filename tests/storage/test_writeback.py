@@ -1,6 +1,7 @@
 """Early writeback and early syncs of an archive being written (dsbackup.storage.writeback)."""
 
 import os
+import time
 
 import pytest
 
@@ -63,5 +64,27 @@ def test_start_writeback_reports_support(tmp_path):
     try:
         os.write(fd, b"x" * 8192)
         assert writeback.start_writeback(fd) == (writeback._sync_file_range is not None)
+    finally:
+        os.close(fd)
+
+
+def test_a_smaller_sync_step_syncs_sooner(tmp_path, monkeypatch):
+    monkeypatch.delenv("DSBACKUP_NO_WRITEBACK", raising=False)
+    fd = os.open(tmp_path / "a", os.O_WRONLY | os.O_CREAT)
+    try:
+        wb = Writeback(fd)
+        wb.advance(writeback.SEALING_SYNC_STEP)
+        assert wb._thread is None  # below SYNC_STEP: no early sync yet
+        wb.close()
+        wb = Writeback(fd)
+        wb.sync_step = writeback.SEALING_SYNC_STEP  # an encrypted archive's file
+        wb.advance(writeback.SEALING_SYNC_STEP)
+        assert wb._thread is not None
+        for _ in range(1000):  # the thread's sync (close would stop it before it ran)
+            if wb.syncs:
+                break
+            time.sleep(0.01)
+        wb.close()
+        assert wb.syncs == 1
     finally:
         os.close(fd)

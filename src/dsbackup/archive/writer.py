@@ -162,6 +162,7 @@ class ArchiveWriter:
                 raise ArchiveError(f"{self.final}: manifest too large")
             if key is not None:
                 self._mark_sealing(WRITING)  # a later --resume needs it (resumestate)
+                self._sync_sooner()
                 # the data key is made in a thread while the caller starts its scan; the key
                 # header, manifest and node member are written once it is there (_head_out)
                 self._head = (data, node)
@@ -202,6 +203,7 @@ class ArchiveWriter:
         self._base, self._cipher, self._epoch = st.base, st.cipher, st.epoch
         if self._cipher is not None:
             self._load_framing()
+            self._sync_sooner()
         self._manifest_length, self._manifest_xxh3 = st.manifest_length, st.manifest_xxh3
         self._node_offset, self._node_length = st.node_offset, st.node_length
         self._index = st.index  # the kept chunks (and pages) already in it
@@ -397,6 +399,13 @@ class ArchiveWriter:
         mark = getattr(self._sink, "set_sealing", None)  # local temp files only
         if mark is not None:
             mark(state)
+
+    def _sync_sooner(self) -> None:
+        """Early syncs of the file more often (local temp files): `_finishing`'s fsync is on
+        the backup's critical path and then has less to wait for (docs/PERFORMANCE.md)."""
+        sooner = getattr(self._sink, "sync_sooner", None)
+        if sooner is not None:
+            sooner()
 
     def _finishing(self) -> None:
         """Before the index and the summary are sealed (under epoch 0, once in the archive's

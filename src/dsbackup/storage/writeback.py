@@ -6,7 +6,9 @@ then waits for the whole archive to reach the disk. Two things move that work ea
 - `sync_file_range(SYNC_FILE_RANGE_WRITE)` every WRITEBACK_STEP starts the writeback of what
   is already written without waiting for it (Linux only; elsewhere, or when the call is
   missing, it does nothing).
-- A thread `fdatasync`s the file every SYNC_STEP (at most one at a time). Even with the data
+- A thread `fdatasync`s the file every SYNC_STEP (at most one at a time; SEALING_SYNC_STEP
+  for an encrypted archive's file, whose writer fsyncs it before sealing its index, on the
+  backup's critical path: that fsync then waits for 16 MiB at most, not 64). Even with the data
   written back, the final fsync of a freshly written file still had to commit its block
   allocations, which early syncs take over (docs/PERFORMANCE.md, "Measurements behind the
   code"). The thread only waits for the disk; the writer never waits for it until `close`.
@@ -29,6 +31,7 @@ from dsbackup._libc import libc
 SYNC_FILE_RANGE_WRITE = 2
 WRITEBACK_STEP = 32 << 20
 SYNC_STEP = 64 << 20
+SEALING_SYNC_STEP = 16 << 20
 
 _sync_file_range = getattr(libc(), "sync_file_range", None)
 if _sync_file_range is not None:
@@ -52,6 +55,7 @@ class Writeback:
         self._want = False
         self._stop = False
         self._thread: threading.Thread | None = None  # started at the first SYNC_STEP
+        self.sync_step: int | None = None  # between early syncs; None: SYNC_STEP
 
     def advance(self, position: int) -> None:
         if self.enabled and position - self._started >= WRITEBACK_STEP:
@@ -59,7 +63,8 @@ class Writeback:
                 self._started = position
             else:
                 self.enabled = False  # not supported here
-        if self._sync_early and position - self._synced_at >= SYNC_STEP:
+        step = SYNC_STEP if self.sync_step is None else self.sync_step
+        if self._sync_early and position - self._synced_at >= step:
             self._synced_at = position
             if self._thread is None:
                 self._thread = threading.Thread(target=self._sync_loop, daemon=True,
