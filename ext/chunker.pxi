@@ -285,9 +285,7 @@ cdef int _validate_batch(ds_chunker *c, const unsigned char **kp, size_t *kl, Py
 cdef _check_level(int level):
     # a deflate level, a zstd chunk level (DS_ZSTD_STORED/DS_ZSTD_FRAME + 1..19) or a sealed
     # deflate one (DS_DEFLATE_SEALED + 0..9)
-    if not (0 <= level <= 9 or DS_ZSTD_STORED < level <= DS_ZSTD_STORED + DS_ZSTD_MAX_LEVEL
-            or DS_ZSTD_FRAME < level <= DS_ZSTD_FRAME + DS_ZSTD_MAX_LEVEL
-            or DS_DEFLATE_SEALED <= level <= DS_DEFLATE_SEALED + 9):
+    if not ds_chunk_level_ok(level):
         raise ValueError(f"compression level must be 0..9 (deflate) or a chunk level "
                          f"(dsbackup.codec: {DS_ZSTD_STORED}+1..19, {DS_ZSTD_FRAME}+1..19, "
                          f"{DS_DEFLATE_SEALED}+0..9), got {level}")

@@ -1,7 +1,7 @@
 # C-level types shared by compress.pyx and the modules that compress chunks in native code
-# (framing.pyx, lmdbscan.pyx). Types only: the functions are reached through the capsule
-# ``dsbackup._ext.compress._C_API`` (a ds_compress_api*), so no module is imported by its
-# bare name at run time.
+# (framing.pyx, lmdbscan.pyx). Types (and one inline check) only: the functions are reached
+# through the capsule ``dsbackup._ext.compress._C_API`` (a ds_compress_api*), so no module is
+# imported by its bare name at run time.
 from libc.stdint cimport uint32_t, uint64_t
 
 from libisal cimport isal_zstream
@@ -37,6 +37,14 @@ cdef enum:
     DS_LIB_Z_DEFLATE = 4
     DS_LIB_ZSTD = 5
 
+
+
+cdef inline bint ds_chunk_level_ok(int level) noexcept nogil:
+    """A deflate level (0..9) or a chunk level of dsbackup.codec: DS_ZSTD_STORED or
+    DS_ZSTD_FRAME + 1..19, DS_DEFLATE_SEALED + 0..9 (the one check of every native entry)."""
+    return (0 <= level <= 9 or DS_ZSTD_STORED < level <= DS_ZSTD_STORED + DS_ZSTD_MAX_LEVEL
+            or DS_ZSTD_FRAME < level <= DS_ZSTD_FRAME + DS_ZSTD_MAX_LEVEL
+            or DS_DEFLATE_SEALED <= level <= DS_DEFLATE_SEALED + 9)
 
 ctypedef struct ds_body:
     unsigned char *data      # raw deflate blocks (malloc'd), the last with BFINAL = 1

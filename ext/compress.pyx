@@ -40,13 +40,13 @@ from compress cimport (
     DS_OK,
     DS_ZSTD_STORED,
     DS_ZSTD_FRAME,
-    DS_ZSTD_MAX_LEVEL,
     DS_CODEC_DEFLATE,
     DS_CODEC_ZSTD_STORED,
     DS_CODEC_ZSTD_FRAME,
     DS_CODEC_DEFLATE_SEALED,
     DS_DEFLATE_SEALED,
     ds_body,
+    ds_chunk_level_ok,
     ds_compress_api,
     ds_deflater,
 )
@@ -738,9 +738,7 @@ def deflate_body(const unsigned char[::1] data, int level, size_t pad_to=512) ->
     cdef size_t n = data.shape[0]
     cdef const unsigned char *p = &data[0] if n else NULL
     cdef int r
-    if not (0 <= level <= 9 or DS_ZSTD_STORED < level <= DS_ZSTD_STORED + DS_ZSTD_MAX_LEVEL
-            or DS_ZSTD_FRAME < level <= DS_ZSTD_FRAME + DS_ZSTD_MAX_LEVEL
-            or DS_DEFLATE_SEALED <= level <= DS_DEFLATE_SEALED + 9):
+    if not ds_chunk_level_ok(level):
         raise ValueError(f"compression level must be 0..9 (deflate) or a chunk level "
                          f"(dsbackup.codec: {DS_ZSTD_STORED}+1..19, {DS_ZSTD_FRAME}+1..19, "
                          f"{DS_DEFLATE_SEALED}+0..9), got {level}")

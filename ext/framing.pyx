@@ -27,8 +27,8 @@ from compress cimport (
     DS_ENOMEM,
     DS_OK,
     DS_ZSTD_FRAME,
-    DS_ZSTD_MAX_LEVEL,
     DS_ZSTD_STORED,
+    ds_chunk_level_ok,
     ds_compress_api,
 )
 from framing cimport (

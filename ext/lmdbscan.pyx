@@ -21,7 +21,7 @@ from posix.mman cimport MADV_DONTNEED, madvise
 from posix.unistd cimport pread
 
 from compiler cimport __builtin_prefetch
-from compress cimport ds_compress_api
+from compress cimport ds_chunk_level_ok, ds_compress_api
 from framing cimport (
     FR_EKEYLEN,
     FR_ENOMEM,
@@ -330,8 +330,7 @@ cdef class LmdbRangeScanner:
         cdef bytes bpath, bname
         cdef int fd
         cdef MDB_stat st
-        if not (-1 <= level <= 9 or 100 < level <= 119 or 200 < level <= 219
-                or 300 <= level <= 309):
+        if not (level == -1 or ds_chunk_level_ok(level)):
             raise ValueError(f"level must be -1 (frame only), 0..9 or a chunk level "
                              f"(dsbackup.codec), got {level}")
         if chunk_size < 1 or chunk_max_bytes < 1:
