@@ -40,6 +40,7 @@ from compress cimport (
     DS_OK,
     DS_ZSTD_STORED,
     DS_ZSTD_FRAME,
+    DS_ZSTD_MAX_LEVEL,
     DS_CODEC_DEFLATE,
     DS_CODEC_ZSTD_STORED,
     DS_CODEC_ZSTD_FRAME,
