@@ -8,6 +8,9 @@ members to both).
 
 Usage: python benchmarks/sched_parent_reads.py [ROUNDS] [DIR]
 Set COLD=1 to evict the parent from the page cache (posix_fadvise DONTNEED) before each run.
+Set VERIFY=1 to run with verify_after_backup on, and a third mode ``reread``: a runner whose
+verify does not take ``trusted_chain`` (so the verify after the backup reads the referenced
+parent members again, as before that keyword) beside ``auto``, where it does not.
 Size: 6,000 blocks of 16 KiB (content keys: values not read), a ~98 MB parent.
 """
 
@@ -69,6 +72,13 @@ def main() -> None:
     datasets.write_lmdb(str(src), ((b"/blocks/K%07d" % i, rng.randbytes(16384))
                                    for i in range(6000)))
     runner = ManagerRunner()
+
+    class Rereading(ManagerRunner):
+        def verify(self, path, deep, sample):  # no trusted_chain keyword: reads the chain
+            return super().verify(path, deep, sample)
+
+    verify = bool(os.environ.get("VERIFY"))
+    modes = ("auto", "false", "reread") if verify else ("auto", "false")
     full = runner.run(ScheduledBackup(id="b", name="b", schedule="@daily",
                                       source=f"lmdb:{src}"), d / "full.tar.gz",
                       threading.Event())
@@ -76,11 +86,11 @@ def main() -> None:
                          fingerprint=full.fingerprint, parent=None, verified=True)
     hashed = _count_parent_bytes("full.tar.gz")
     clock = ManualClock(datetime(2026, 1, 5, tzinfo=timezone.utc))
-    wall: dict[str, list[float]] = {"auto": [], "false": []}
-    cpu: dict[str, list[float]] = {"auto": [], "false": []}
+    wall: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
     nbytes: dict[str, int] = {}
     for rnd in range(rounds):
-        for mode in ("auto", "false") if rnd % 2 == 0 else ("false", "auto"):
+        for mode in modes if rnd % 2 == 0 else modes[::-1]:
             sched = ScheduledBackup(id="b", name=f"b{mode}{rnd}", schedule="@daily",
                                     source=f"lmdb:{src}", incremental=True, full_every=7,
                                     backup_config={"trust_parent": False} if mode == "false"
@@ -91,15 +101,16 @@ def main() -> None:
                 os.close(fd)
             hashed[0] = 0
             c, t = _cpu(), time.perf_counter()
-            out = run_job(sched, [entry], runner=runner, clock=clock, backup_dir=d / "out",
+            out = run_job(sched, [entry], runner=Rereading() if mode == "reread" else runner,
+                          clock=clock, backup_dir=d / "out",
                           policy=RetentionPolicy(keep_last=1000), tz=ZoneInfo("UTC"),
-                          verify=False, trigger="bench", cancel=threading.Event())
+                          verify=verify, trigger="bench", cancel=threading.Event())
             wall[mode].append(time.perf_counter() - t)
             cpu[mode].append(_cpu() - c)
             assert out.record.ok and out.record.parent, out.record
             nbytes[mode] = hashed[0]
             os.unlink(out.record.archive)
-    print(json.dumps({"cold": bool(os.environ.get("COLD")),
+    print(json.dumps({"cold": bool(os.environ.get("COLD")), "verify_after_backup": verify,
                       "parent_bytes": full.path.stat().st_size,
                       "parent_bytes_hashed": nbytes,
                       "wall_median": {k: statistics.median(v) for k, v in wall.items()},

@@ -222,6 +222,12 @@ class ArchiveReader:
                 f"{self.size}-byte file")
         return self._src.read(offset, length)
 
+    def file_identity(self) -> str | None:
+        """The archive file's identity (LocalSource.identity) as it is now, through the open
+        descriptor; None for an archive that is not a local file (S3, standard input)."""
+        identity = getattr(self._src, "identity", None)
+        return identity() if identity is not None else None
+
     def pread_once(self, offset: int, length: int) -> bytes:
         """A member read once, apart from what the readers read next (the key header, the
         manifest, the node member, an index page): an S3 archive fetches just its bytes
@@ -521,7 +527,7 @@ class ArchiveReader:
                         raise IntegrityError(f"{self.path}: catalog {i}: member checksum "
                                              "mismatch", chunk=i)
 
-    def _catalog_holder(self, i: int) -> tuple[ArchiveReader, int]:
+    def catalog_holder(self, i: int) -> tuple[ArchiveReader, int]:
         """(archive, seq) holding chunk i's catalog: MissingParentError when the parent chain
         found has no catalog for it (a twin made without --include-metadata)."""
         holder, seq = self.locate(i)
@@ -534,14 +540,14 @@ class ArchiveReader:
     def check_catalog_member(self, i: int) -> int:
         """Check chunk i's catalog member like check_member; returns its length."""
         if self.entry(i).in_parent:
-            holder, seq = self._catalog_holder(i)
+            holder, seq = self.catalog_holder(i)
             return holder.check_catalog_member(seq)
         return self._checked_member(i, catalog=True, keep=False)
 
     def read_catalog_member(self, i: int) -> bytes:
         """The raw bytes of chunk i's catalog member, checked against the index."""
         if self.entry(i).in_parent:
-            holder, seq = self._catalog_holder(i)
+            holder, seq = self.catalog_holder(i)
             return holder.read_catalog_member(seq)
         return self._checked_member(i, catalog=True, keep=True)
 
@@ -567,7 +573,7 @@ class ArchiveReader:
     def read_catalog(self, i: int) -> memoryview:
         """Chunk i's key catalog data, after every check."""
         if self.entry(i).in_parent:
-            holder, seq = self._catalog_holder(i)
+            holder, seq = self.catalog_holder(i)
             return holder.read_catalog(seq)
         c = self.index.catalog(i)
         raw = self.read_catalog_member(i)

@@ -19,11 +19,12 @@ from dsbackup.errors import DsBackupError
 
 
 def plan_chunk_reads(reader: ArchiveReader, chunks: range, *, members: bool = True,
-                     catalogs: bool = False) -> None:
+                     catalogs: bool = False, parents: bool = True) -> None:
     """Plan the reads of `chunks` (in order): each one's chunk member (`members`) and its
-    catalog member (`catalogs`, where it has one), on the archive and on every parent."""
+    catalog member (`catalogs`, where it has one), on the archive and (`parents`) on every
+    parent."""
     reader.plan_reads(own_ranges(reader, chunks, members, catalogs))
-    chain = reader.parents_opened
+    chain = reader.parents_opened if parents else None
     for holder in chain.levels if chain is not None else ():
         holder.plan_reads(held_ranges(reader, chain, holder, chunks, members, catalogs))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +40,14 @@ class VerifyReport:
     deep_checked_chunks: int = 0
     referenced_chunks: int = 0
     parents: list[str] = field(default_factory=list)
+    # references whose members were not read: they resolve into a chain the caller had just
+    # verified (`trusted_chain`); each one's entry was still compared hop by hop
+    trusted_chunks: int = 0
+    # this archive and its parents (this one first), each as the identity of its file before
+    # the members were read (`chain_identity`), when every chunk's member was
+    # hashed by this verify, those its references resolve to included (local files only):
+    # what `trusted_chain` takes
+    checked_chain: list[str] = field(default_factory=list)
     blocks_checked: int = 0
     # block keys --check-blocks could not re-hash, by reason (see dsbackup.blockcheck)
     blocks_unchecked: dict[str, int] = field(default_factory=dict)
@@ -79,6 +87,7 @@ class VerifyReport:
             "checked_chunks": self.checked_chunks,
             "deep_checked_chunks": self.deep_checked_chunks,
             "referenced_chunks": self.referenced_chunks, "parents": self.parents,
+            "trusted_chunks": self.trusted_chunks,
             "blocks_checked": self.blocks_checked,
             "blocks_unchecked": dict(self.blocks_unchecked),
             "blocks_unchecked_examples": dict(self.blocks_unchecked_examples),
@@ -120,10 +129,27 @@ def check_layout(reader: ArchiveReader, start: bytes = b"", end: bytes | None = 
                              chunk=first.chunk, part=first.part)
 
 
+def chain_identity(readers: Sequence[ArchiveReader]) -> list[str] | None:
+    """Each open archive's file identity (`ArchiveReader.file_identity`: device, inode, size,
+    modification and change times of the file it reads, not its path: a parent is found as
+    `DIR/../p.tar.gz` from its child's directory). A file written since, even in place at its
+    old size, or another file no longer matches. None when one is not a local file (an S3
+    object is not trusted this way)."""
+    out = [r.file_identity() for r in readers]
+    return None if None in out else out  # type: ignore[return-value]
+
+
 def _check_chunk(reader: ArchiveReader, i: int, deep: bool,
-                 blocks: list[Any] | None = None) -> tuple[int, int]:
-    """Check chunk i; returns (bytes read, records). Raises IntegrityError naming the chunk."""
+                 blocks: list[Any] | None = None, trusted: bool = False) -> tuple[int, int]:
+    """Check chunk i; returns (bytes read, records). Raises IntegrityError naming the chunk.
+    `trusted` (quick only): a reference into a chain just verified by the caller: its entry is
+    compared hop by hop with the chunk it resolves to and its catalog is found, nothing read."""
     e = reader.entry(i)
+    if trusted and e.in_parent and not deep:
+        reader.locate(i)
+        if reader.index.catalog_count:
+            reader.catalog_holder(i)
+        return 0, e.records
     if not deep:
         n = reader.check_member(i)
         if reader.index.catalog_count:
@@ -153,13 +179,20 @@ def verify_archive(
     progress: Callable[[int, int], None] | None = None,
     parent_dirs: list[str | os.PathLike[str]] | None = None,
     check_blocks: bool = False,
+    trusted_chain: Sequence[str] | None = None,
 ) -> VerifyReport:
     """Verify an archive; never raises for damage — the report lists every problem found
     (`ArchiveUnavailable` when there is no archive at `path`: missing, a directory).
 
     An incremental archive is checked with its parent chain (found beside it or in
     `parent_dirs`): referenced chunks are read from the parents. `check_blocks` (deep only)
-    also re-hashes every `/blocks/<base32 sha2-256 multihash>` value against its key."""
+    also re-hashes every `/blocks/<base32 sha2-256 multihash>` value against its key.
+
+    `trusted_chain` (a quick verify only): the `checked_chain` of a verify that has just hashed,
+    member by member, every chunk of this archive's parent. When this archive's parent chain is
+    exactly those files, none of them written since (`chain_identity`), its references are
+    resolved and compared with the entries they point to but their members are not read again
+    (`trusted_chunks`); otherwise it is ignored and they are read."""
     t0 = time.perf_counter()
     mode = "deep" if deep and sample is None else ("sampled" if sample is not None else "quick")
     report = VerifyReport(path=display(path), mode=mode)
@@ -200,12 +233,16 @@ def verify_archive(
             report.add(exc)
         if report.ok:
             _check_summary(reader, report)
+        trusted, identity = False, None
         if report.ok:
             try:
                 chain = reader.open_parents()
                 if chain is not None:
                     chain.require_catalogs()
                 report.parents = [str(p) for p in chain.paths] if chain else []
+                identity = chain_identity([reader, *(chain.levels if chain else ())])
+                trusted = (not deep and sample is None and bool(trusted_chain)
+                           and identity is not None and identity[1:] == list(trusted_chain))
                 report.referenced_chunks = sum(refs for _, _, refs in reader.index.totals())
             except (MissingParentError, IntegrityError) as exc:
                 report.add(exc)
@@ -228,13 +265,14 @@ def verify_archive(
         lock = threading.Lock()
         # every chunk's member and catalog, in order: an S3 archive and its S3 parents fetch
         # just those (of a parent, the chunks referenced), coalesced
-        plan_chunk_reads(reader, range(reader.chunk_count), catalogs=True)
+        plan_chunk_reads(reader, range(reader.chunk_count), catalogs=True,
+                         parents=not trusted)
 
         def task(i: int) -> tuple[int, int, IntegrityError | None]:
             d = deep if deep_set is None else i in deep_set
             blocks: list[Any] | None = [] if check_blocks and d else None
             try:
-                nbytes, recs = _check_chunk(reader, i, d, blocks)
+                nbytes, recs = _check_chunk(reader, i, d, blocks, trusted)
                 if blocks:
                     with lock:
                         tally = blocks[0]
@@ -260,6 +298,8 @@ def verify_archive(
                 else:
                     report.checked_chunks += 1
                     report.bytes_checked += nbytes
+                    if trusted and reader.entry(i).in_parent:
+                        report.trusted_chunks += 1
                     if recs or (deep and deep_set is None) or (deep_set and i in deep_set):
                         report.deep_checked_chunks += 1
                         report.records += recs
@@ -269,6 +309,9 @@ def verify_archive(
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
     report.bad_chunks.sort()
+    if (report.ok and report.checked_chunks == report.chunks and not report.trusted_chunks
+            and identity is not None):
+        report.checked_chain = identity
     report.duration_s = time.perf_counter() - t0
     return report
 

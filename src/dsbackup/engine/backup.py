@@ -246,15 +246,19 @@ class BackupManager:
                       sample: float | None = None, *,
                       parent_dirs: list[str | os.PathLike[str]] | None = None,
                       check_blocks: bool = False,
-                      key: KeyMaterial | None = None) -> VerifyReport:
+                      key: KeyMaterial | None = None,
+                      trusted_chain: list[str] | None = None) -> VerifyReport:
         """Check an archive. quick (deep=False): structure and every member checksum; deep:
         also inflate and parse every chunk; sample=f: quick plus deep on a fraction f.
         Incremental archives are checked with their parent chain (`parent_dirs`);
-        `check_blocks` re-hashes /blocks values against their keys (deep)."""
+        `check_blocks` re-hashes /blocks values against their keys (deep); `trusted_chain`:
+        a chain just verified (the `checked_chain` of its report), whose members a quick
+        verify of an incremental on it does not read again."""
         with using_key(key or self.config.encryption):
             report = verify_archive(path, deep=deep, sample=sample,
                                     threads=self.config.effective_workers,
-                                    parent_dirs=parent_dirs, check_blocks=check_blocks)
+                                    parent_dirs=parent_dirs, check_blocks=check_blocks,
+                                    trusted_chain=trusted_chain)
         with self._lock:
             self._metrics["verifies_total"] += 1
             if not report.ok:

@@ -53,11 +53,13 @@ class ParentChoice:
     """The parent of the next run (None: a full backup) and, when an incremental was due but
     cannot be made safely, why a full backup is made instead (``fallback``). ``verified``:
     the parent just passed a verify that hashed every member of its chain it describes (the
-    members the incremental's references resolve to among them)."""
+    members the incremental's references resolve to among them); ``checked_chain``: the files
+    of that chain, parent first, as that verify opened them."""
 
     parent: ArchiveEntry | None
     fallback: str | None = None
     verified: bool = False
+    checked_chain: list[str] = field(default_factory=list)
 
 
 def _chain_gap(newest: ArchiveEntry, archives: list[ArchiveEntry]) -> str | None:
@@ -109,7 +111,8 @@ def choose_parent(schedule: ScheduledBackup, archives: list[ArchiveEntry],
             else:
                 why = f"it failed a quick verify ({'; '.join(report.errors[:3]) or 'damaged'})"
             return ParentChoice(None, f"the newest archive {name} cannot be a parent: {why}")
-        return ParentChoice(newest, verified=report.chain_checked)
+        return ParentChoice(newest, verified=report.chain_checked,
+                            checked_chain=list(report.checked_chain))
     return ParentChoice(newest)
 
 
@@ -121,11 +124,28 @@ def trust_parent(schedule: ScheduledBackup, runner: BackupRunner, choice: Parent
     settings = schedule.backup_config
     if not choice.verified or (isinstance(settings, Mapping) and "trust_parent" in settings):
         return False
+    return _takes(runner.run, "trust_parent")
+
+
+def _takes(method: object, name: str) -> bool:
+    """Whether a runner's method takes the keyword `name` (runners may predate it)."""
     try:
-        params = inspect.signature(runner.run).parameters.values()
+        params = inspect.signature(method).parameters.values()  # type: ignore[arg-type]
     except (TypeError, ValueError):  # no signature to read: call it as before
         return False
-    return any(p.name == "trust_parent" or p.kind is p.VAR_KEYWORD for p in params)
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def trusted_chain(runner: BackupRunner, choice: ParentChoice) -> dict[str, list[str]]:
+    """The keyword for the quick verify after an incremental on a parent whose chain was
+    just verified member by member: the new archive's references resolve into exactly those
+    members, so the verify compares them with the chain's entries without reading them again
+    (it still reads every member of the new archive). Empty otherwise."""
+    if choice.parent is None or not choice.verified or not choice.checked_chain:
+        return {}
+    if not _takes(runner.verify, "trusted_chain"):
+        return {}
+    return {"trusted_chain": list(choice.checked_chain)}
 
 
 def retention_items(archives: list[ArchiveEntry]) -> list[RetentionItem]:
@@ -189,7 +209,8 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
         res, choice = _make_archive(schedule, runner, path, cancel, choice)
         verified: bool | None = None
         if verify:
-            report = runner.verify(res.path, deep=False, sample=None)
+            report = runner.verify(res.path, deep=False, sample=None,
+                                   **trusted_chain(runner, choice))
             if not report.ok and not isinstance(res.path, Path):  # an object: not renamed
                 raise IntegrityError(f"{res.path}: new archive failed verification "
                                      f"({'; '.join(report.errors) or 'no detail'})")

@@ -43,6 +43,9 @@ class VerifyResult:
     # sealed walk of an archive whose key is missing): what lets an incremental on it skip
     # its own read of those members (trust_parent, docs/SCHEDULER.md)
     chain_checked: bool = False
+    # the archive and its parents when chain_checked (its report's checked_chain): passed
+    # back as `trusted_chain` to the quick verify of an incremental made on it
+    checked_chain: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -63,7 +66,13 @@ class BackupRunner(Protocol):
         never passed."""
         ...
 
-    def verify(self, path: Path, deep: bool, sample: float | None) -> VerifyResult: ...
+    def verify(self, path: Path, deep: bool, sample: float | None, *,
+               trusted_chain: list[str] | None = None) -> VerifyResult:
+        """Verify an archive. ``trusted_chain``: the ``checked_chain`` of a verify that has
+        just passed on this archive's parent; a quick verify then does not read the members
+        its references resolve to there again. A runner may leave it out of its signature;
+        it is then never passed."""
+        ...
 
     def inspect(self, path: Path) -> ArchiveInfo: ...
 
@@ -144,13 +153,17 @@ class ManagerRunner:
             incomplete=_incomplete(getattr(meta, "statistics", None)),
         )
 
-    def verify(self, path: Path, deep: bool, sample: float | None) -> VerifyResult:
-        report = self._manager().verify_backup(path, deep=deep, sample=sample)
+    def verify(self, path: Path, deep: bool, sample: float | None, *,
+               trusted_chain: list[str] | None = None) -> VerifyResult:
+        report = self._manager().verify_backup(path, deep=deep, sample=sample,
+                                               trusted_chain=trusted_chain)
+        checked = bool(report.ok) and report.mode != "quick-sealed" and bool(
+            report.checked_chain)
         return VerifyResult(bool(report.ok), list(report.errors),
                             list(getattr(report, "bad_chunks", []) or []),
                             "parent" in (getattr(report, "bad_parts", None) or []),
-                            chain_checked=bool(report.ok) and report.mode != "quick-sealed"
-                            and report.checked_chunks == report.chunks)
+                            chain_checked=checked,
+                            checked_chain=list(report.checked_chain) if checked else [])
 
     def inspect(self, path: Path) -> ArchiveInfo:
         meta = self._manager().inspect(path)

@@ -259,6 +259,12 @@ class LocalSource:
         os.set_blocking(self._fd, True)
         self.size = st.st_size
 
+    def identity(self) -> str:
+        """The open file's device, inode, size and modification and change times (fstat): it
+        differs once the file is written (even in place at its old size) or is another file."""
+        st = os.fstat(self._fd)
+        return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
     def read(self, offset: int, length: int) -> bytes:
         data = os.pread(self._fd, length, offset)
         if len(data) != length:
