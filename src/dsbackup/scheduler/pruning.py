@@ -21,6 +21,7 @@ from dsbackup.scheduler.retention import (
     RetentionPolicy,
     RetentionResult,
     apply_retention,
+    keep_anyway,
     protect_ancestors,
 )
 
@@ -34,10 +35,12 @@ def parent_ids(pool: Iterable[Path]) -> dict[str, list[str]]:
 def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable[Path],
                    policy: RetentionPolicy, now: datetime, tz: tzinfo | None = None, *,
                    fallback_parents: Mapping[str, Sequence[str]] | None = None,
-                   ) -> dict[str, RetentionResult]:
+                   newest: str | None = None) -> dict[str, RetentionResult]:
     """Decisions per group. Item ids are file names; `pool`: every archive file that may be a
     link of a chain (the groups' files and their neighbours). `fallback_parents`: parents for
-    ids whose file cannot be read (e.g. from the scheduler's state)."""
+    ids whose file cannot be read (e.g. from the scheduler's state). `newest`: the archive the
+    calling run has just made, kept whatever the rules say (after a clock stepped back, older
+    archives carry later times than it, and the rules would keep them instead)."""
     pool = list(pool)
     parents = parent_ids(pool)
     for k, v in (fallback_parents or {}).items():
@@ -45,6 +48,9 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
             parents[k] = list(v)
     results = {g: apply_retention([replace(i, parent=None) for i in items], policy, now, tz)
                for g, items in groups.items()}
+    if newest is not None:
+        for res in results.values():
+            keep_anyway(res, newest, "this-run", "the archive this run has just made")
     grouped = {i.id for items in groups.values() for i in items}
     unmanaged = sorted({p.name for p in pool} - grouped)
     protect_ancestors(list(results.values()), parents, also_kept=unmanaged)

@@ -196,6 +196,15 @@ def apply_retention(backups: Iterable[Any], policy: RetentionPolicy, now: dateti
     return result
 
 
+def keep_anyway(result: RetentionResult, id: str, rule: str, reason: str) -> None:
+    """Turn the pruned decision of `id` in `result`, if any, into a kept one."""
+    for d in result.pruned:
+        if d.id == id:
+            result.pruned.remove(d)
+            result.kept.append(Decision(d.id, d.timestamp, True, rule, 1, reason))
+            return
+
+
 def protect_ancestors(results: Sequence[RetentionResult],
                       parents: Mapping[str, Sequence[str]],
                       also_kept: Iterable[str] = ()) -> None:
