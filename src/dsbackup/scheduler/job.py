@@ -136,12 +136,13 @@ def retention_items(archives: list[ArchiveEntry]) -> list[RetentionItem]:
 
 def _state_parents(archives: list[ArchiveEntry]) -> dict[str, list[str]]:
     """Parents from the state's fingerprints, for archives whose file cannot be read: every
-    archive carrying the parent fingerprint (twins are all kept)."""
+    archive carrying the parent fingerprint (twins are all kept); [] for a full backup."""
     by_fp: dict[str, list[str]] = {}
     for a in archives:
         if a.fingerprint:
             by_fp.setdefault(a.fingerprint, []).append(os.path.basename(a.path))
-    return {os.path.basename(a.path): by_fp.get(a.parent, []) for a in archives if a.parent}
+    return {os.path.basename(a.path): by_fp.get(a.parent, []) if a.parent else []
+            for a in archives}
 
 
 def prune_catalog(archives: list[ArchiveEntry], policy: RetentionPolicy, now: datetime,
