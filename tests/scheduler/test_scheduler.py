@@ -237,6 +237,23 @@ def test_a_clock_stepped_back_does_not_repeat_a_run(make_scheduler, clock):
     assert runner.calls == 1
 
 
+def test_a_clock_stepped_back_by_a_year_does_not_stop_the_backups(make_scheduler, clock):
+    """The clock ran a year ahead, a run served the 2027 slot, then the clock was set right:
+    the schedule waited for 2027-06-02 (no backup for a year); now it goes on by the clock."""
+    runner = FakeRunner(clock)
+    s = make_scheduler(runner=runner)
+    s.add_schedule(daily())
+    clock.set(datetime(2027, 6, 1, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    assert runner.calls == 1
+    clock.set(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    assert runner.calls == 1 and s.get_schedule("db").next_run < datetime(2026, 6, 3, tzinfo=UTC)
+    clock.set(datetime(2026, 6, 2, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    assert runner.calls == 2
+
+
 def test_a_second_scheduler_on_the_same_state_dir_is_refused(make_scheduler):
     make_scheduler()
     with pytest.raises(LockedError) as info:
