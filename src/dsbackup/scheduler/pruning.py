@@ -16,14 +16,7 @@ from dataclasses import replace
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 
-from dsbackup.archive.lineage import ArchiveInfo, parent_links, read_infos
-from dsbackup.errors import (
-    ArchiveError,
-    IntegrityError,
-    KeyRequiredError,
-    UnsupportedArchive,
-    WrongKeyError,
-)
+from dsbackup.archive.lineage import parent_links, read_infos, read_lineage
 from dsbackup.scheduler.retention import (
     RetentionItem,
     RetentionPolicy,
@@ -41,17 +34,9 @@ def parent_ids(pool: Iterable[Path]) -> dict[str, list[str]]:
 
 
 def _lineage(pool: Iterable[Path]) -> tuple[dict[str, list[str]], list[Path]]:
-    """(file name -> its parents' file names, the archives whose parents cannot be known: an
-    encrypted archive without its key, one of a format this build does not read). Files that
-    are no archive or are damaged have no parents here (a damaged child cannot be restored)."""
-    infos, opaque = [], []
-    for p in pool:
-        try:
-            infos.append(ArchiveInfo.read(p))
-        except (KeyRequiredError, WrongKeyError, UnsupportedArchive):
-            opaque.append(p)
-        except (ArchiveError, IntegrityError, OSError, ValueError, TypeError):
-            pass
+    """(file name -> its parents' file names, the archives whose parents cannot be known:
+    :func:`dsbackup.archive.lineage.read_lineage`)."""
+    infos, opaque = read_lineage(pool)
     return {p.name: [q.name for q in ps] for p, ps in parent_links(infos).items()}, opaque
 
 
