@@ -132,6 +132,9 @@ BAD = [
     ("exclude-int", {"backup": "exclude_patterns = 5"}, ["exclude_patterns", "list"], None),
     ("include-metadata-str", {"backup": 'include_metadata = "true"'},
      ["include_metadata", "boolean"], None),
+    # "no" was truthy: the schedule's backups skipped foreign files instead of failing
+    ("skip-foreign-str", {"backup": 'skip_foreign = "no"'}, ["skip_foreign", "boolean"], None),
+    ("resume-int", {"backup": "resume = 1"}, ["resume", "boolean"], None),
     ("notify-timeout-bool", {"notifications": "timeout = true"},
      ["[notifications] timeout", "duration"], None),
     ("email-password-int", {"notifications": SMTP + "username = 'u'\npassword = 12345678\n"},

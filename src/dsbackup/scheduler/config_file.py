@@ -237,7 +237,7 @@ def parse_backup_settings(t: Table, base: Path | None = None) -> dict[str, Any] 
                 raise t.error(key, "expected a positive duration")
             kw[key] = d.total_seconds()
         elif key in ("verify_integrity", "include_metadata", "trust_content_keys",
-                     "trust_parent"):
+                     "trust_parent", "skip_foreign", "overwrite", "datastore_only", "resume"):
             kw[key] = t.boolean(key)
         elif key == "exclude_patterns":
             v = t.data[key]
