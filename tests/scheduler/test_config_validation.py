@@ -73,6 +73,11 @@ BAD = [
     ("poll-str", {"scheduler": 'poll_interval = "30"'}, ["poll_interval", "expected a number"],
      None),
     ("poll-negative", {"scheduler": "poll_interval = -1"}, ["poll_interval", "> 0"], None),
+    # a grace of 0 skipped every slot the loop noticed a moment late (all of them, nearly)
+    ("misfire-zero", {"scheduler": "misfire_grace_time = 0"},
+     ["misfire_grace_time", "positive duration"], None),
+    ("misfire-zero-s", {"scheduler": 'misfire_grace_time = "0s"'},
+     ["misfire_grace_time", "positive duration"], None),
     ("deep-sample-str", {"scheduler": 'health_deep_sample = "0.1"'},
      ["health_deep_sample", "expected a number in 0..1"], None),
     ("deep-sample-range", {"scheduler": "health_deep_sample = 1.5"},

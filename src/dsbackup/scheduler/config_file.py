@@ -184,6 +184,8 @@ def parse_scheduler(t: Table, base: Path) -> dict[str, Any]:
             raise t.error("health_check_interval", 'expected a positive duration or "off"')
     if t.has("misfire_grace_time"):
         kw["misfire_grace_time"] = t.duration("misfire_grace_time")
+        if not kw["misfire_grace_time"]:  # 0 skipped every run noticed after its second
+            raise t.error("misfire_grace_time", "expected a positive duration")
     return kw
 
 
