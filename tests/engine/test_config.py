@@ -13,7 +13,8 @@ from dsbackup.errors import ConfigError
     {"timeout": 0}, {"timeout": -1.0}, {"timeout": float("nan")}, {"timeout": float("inf")},
     {"timeout": 1e300}, {"timeout": "60"}, {"workers": 0}, {"compression_level": 12},
     {"chunk_max_bytes": 10 ** 20}, {"workers": MAX_WORKERS + 1}, {"workers": 10 ** 20},
-    {"workers": True},
+    {"workers": True}, {"skip_foreign": "no"}, {"trust_parent": "false"},
+    {"verify_integrity": "false"}, {"include_metadata": 1}, {"trust_content_keys": None},
 ], ids=repr)
 def test_refused(kw):
     with pytest.raises(ConfigError):

@@ -148,3 +148,34 @@ def test_writer_never_replaces_a_file_that_appears_while_it_writes(tmp_path):
         w.finish({})
     assert out.read_bytes() == b"someone else's"
     assert [p.name for p in tmp_path.iterdir()] == ["a.tar.gz"]
+
+
+def test_overwrite_spares_a_parent_of_an_encrypted_archive_it_cannot_read(tmp_path, run_cli,
+                                                                          chain):
+    """An encrypted incremental of full.tar.gz, its key not given: backup --overwrite could
+    not read its parent reference and replaced full.tar.gz (exit 0), the incremental then
+    unrestorable ("parent ... was altered or replaced")."""
+    src, d = chain
+    for p in ("i1.tar.gz", "i2.tar.gz"):
+        (d / p).unlink()
+    key = tmp_path / "pass"
+    key.write_text("secret\n")
+    key.chmod(0o600)
+    enc = d / "enc.tar.gz"
+    r = run_cli("backup", f"lmdb:{src}", enc, "--parent", d / "full.tar.gz", "--encrypt",
+                "--passphrase-file", key)
+    assert r.returncode == 0, r.stderr
+    sha = _sha(d / "full.tar.gz")
+    r = run_cli("backup", f"lmdb:{src}", d / "full.tar.gz", "--overwrite")
+    assert r.returncode == 2 and "enc.tar.gz may use it as its parent" in r.stderr, r.stderr
+    assert _sha(d / "full.tar.gz") == sha
+    # with the key the reference is read: refused as any dependent is
+    r = run_cli("backup", f"lmdb:{src}", d / "full.tar.gz", "--overwrite", "--encrypt",
+                "--passphrase-file", key)
+    assert r.returncode == 2 and "use it as their parent (" in r.stderr, r.stderr
+    # an encrypted archive written before the one replaced cannot be its child
+    os.utime(enc, (1, 1))
+    r = run_cli("backup", f"lmdb:{src}", d / "full.tar.gz", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("restore", enc, f"lmdb:{tmp_path / 'r'}", "--passphrase-file", key)
+    assert r.returncode == 2 and "altered or replaced" in r.stderr  # what the guard prevents

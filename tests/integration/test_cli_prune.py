@@ -87,3 +87,40 @@ def test_twins_resolved_by_the_archive_the_child_references(tmp_path, run_cli):
     r = run_cli("ls", child)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.split()) == 1500
+
+
+def test_an_encrypted_incremental_without_its_key_keeps_every_older_archive(tmp_path, run_cli):
+    """prune cannot read the parent of an encrypted archive without its key: before, it
+    deleted the plain full backup an encrypted incremental of another name was made on (exit
+    0), and the incremental could no longer be restored."""
+    src = _store(tmp_path)
+    d = tmp_path / "d"
+    d.mkdir()
+    key = tmp_path / "pass"
+    key.write_text("secret\n")
+    key.chmod(0o600)
+    full1, inc, full2 = (d / "x_20260105_000000.tar.gz", d / "y_20260106_000000.tar.gz",
+                         d / "x_20260107_000000.tar.gz")
+    assert run_cli("backup", f"lmdb:{src}", full1).returncode == 0
+    _change(src, 1)
+    r = run_cli("backup", f"lmdb:{src}", inc, "--parent", full1, "--encrypt",
+                "--passphrase-file", key)
+    assert r.returncode == 0, r.stderr
+    _change(src, 2)
+    assert run_cli("backup", f"lmdb:{src}", full2).returncode == 0
+
+    r = run_cli("prune", d, "--keep-last", "1", "--name", "x", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["deleted"] == []
+    kept = {x["id"]: x for x in out["groups"]["x"]}
+    assert kept[full1.name]["rule"] == "maybe-parent" and inc.name in kept[full1.name]["reason"]
+    assert full1.exists()
+    r = run_cli("restore", inc, f"lmdb:{tmp_path / 'r'}", "--passphrase-file", key)
+    assert r.returncode == 0, r.stderr
+    # an archive newer than the encrypted one cannot be its parent: pruned as before
+    _change(src, 3)
+    full3 = d / "x_20260108_000000.tar.gz"
+    assert run_cli("backup", f"lmdb:{src}", full3).returncode == 0
+    r = run_cli("prune", d, "--keep-last", "1", "--name", "x", "--json")
+    assert json.loads(r.stdout)["deleted"] == [str(full2)]

@@ -217,6 +217,21 @@ def test_copy_into_a_new_kubo_repo(repo, tmp_path: Path) -> None:
     assert leveldb_records(new / "datastore") == repo.records
 
 
+def test_the_in_place_plan_between_two_repos_is_refused(repo, run_cli, tmp_path: Path) -> None:
+    """kubo-11-to-12 works on TARGET alone: run from one repo into a new one it ignored the
+    source and said ok, leaving an empty repo at version 12 with the old node's identity."""
+    before = snapshot(repo.path)
+    new = tmp_path / "new-ipfs"
+    res = migrate(run_cli, "kubo-11-to-12", f"kubo:{repo.path}", f"kubo:{new}")
+    assert res.returncode == 2, res.stderr
+    assert "never reads its SOURCE" in res.stderr and "--kubo 11-to-12 REPO" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not new.exists() and not (tmp_path / "new-ipfs.dsmigrate").exists()
+    assert snapshot(repo.path) == before
+    res = migrate(run_cli, "kubo-11-to-12", f"kubo:{repo.path}", f"kubo:{new}", "--dry-run")
+    assert res.returncode == 2 and not new.exists()
+
+
 def test_rollback_with_nothing_to_revert_exits_1(repo, run_cli) -> None:
     res = migrate(run_cli, "--kubo", "11-to-12", repo.path, "--rollback")
     assert res.returncode == 1

@@ -500,3 +500,21 @@ def test_an_unfinished_journal_without_a_checkpoint_says_how_far_it_got(tmp_path
     r = run_cli("migrate", plan_file, f"lmdb:{tmp_path / 's'}", f"lmdb:{tmp_path / 't'}",
                 "--resume")
     assert r.returncode == 0, r.stderr
+
+
+def test_an_in_place_plan_into_a_new_target_is_refused(tmp_path: Path) -> None:
+    """Every step works on TARGET: between a source and a target that does not exist yet the
+    source was ignored, an empty store made and the run said ok (records=0)."""
+    fill(f"lmdb:{tmp_path}/src", kv_items(50))
+    plan = plan_of(MigrationStep(id="z", type="transform", source="target", target="target",
+                                 transform=TransformationConfig(value_transform="gzip")))
+    for dry in (False, True):
+        with pytest.raises(MigrationError, match="never reads its SOURCE"):
+            MigrationManager(MigrationConfig(dry_run=dry)).execute_migration(
+                plan, f"lmdb:{tmp_path}/src", f"lmdb:{tmp_path}/new")
+        assert not (tmp_path / "new").exists() and not (tmp_path / "new.dsmigrate").exists()
+    # on an existing target it is the in-place plan it always was (the source unused)
+    fill(f"lmdb:{tmp_path}/dst", kv_items(5))
+    res = MigrationManager().execute_migration(plan, f"lmdb:{tmp_path}/src",
+                                               f"lmdb:{tmp_path}/dst")
+    assert res.success and res.steps[0].changed == 5

@@ -101,6 +101,13 @@ def test_digest_ignores_description_and_run_config() -> None:
     (lambda d: d["steps"][0].update(type="move"), "a move needs different source and target"),
     (lambda d: d["config"].update(batch_size=0), "batch_size"),
     (lambda d: d["config"].update(colour=1), "unknown setting"),
+    # wrong types in [config]: before, an internal error (TypeError) once the run began
+    (lambda d: d["config"].update(state_dir=5), "config: state_dir must be a path"),
+    (lambda d: d["config"].update(backup_dir=True), "config: backup_dir must be a path"),
+    (lambda d: d["config"].update(checkpoint_interval="1"), "config: checkpoint_interval"),
+    (lambda d: d["config"].update(sample_size="3"), "config: sample_size"),
+    (lambda d: d["config"].update(batch_size=True), "config: batch_size"),
+    (lambda d: d["config"].update(timeout=True), "config: timeout"),
     (lambda d: d["steps"][1]["transform"].update(validators=[]), "needs validators"),
     (lambda d: d["steps"][0].update(source="nowhere"), "steps[0].source"),
 ])

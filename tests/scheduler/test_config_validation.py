@@ -73,6 +73,11 @@ BAD = [
     ("poll-str", {"scheduler": 'poll_interval = "30"'}, ["poll_interval", "expected a number"],
      None),
     ("poll-negative", {"scheduler": "poll_interval = -1"}, ["poll_interval", "> 0"], None),
+    # a grace of 0 skipped every slot the loop noticed a moment late (all of them, nearly)
+    ("misfire-zero", {"scheduler": "misfire_grace_time = 0"},
+     ["misfire_grace_time", "positive duration"], None),
+    ("misfire-zero-s", {"scheduler": 'misfire_grace_time = "0s"'},
+     ["misfire_grace_time", "positive duration"], None),
     ("deep-sample-str", {"scheduler": 'health_deep_sample = "0.1"'},
      ["health_deep_sample", "expected a number in 0..1"], None),
     ("deep-sample-range", {"scheduler": "health_deep_sample = 1.5"},
@@ -132,6 +137,9 @@ BAD = [
     ("exclude-int", {"backup": "exclude_patterns = 5"}, ["exclude_patterns", "list"], None),
     ("include-metadata-str", {"backup": 'include_metadata = "true"'},
      ["include_metadata", "boolean"], None),
+    # "no" was truthy: the schedule's backups skipped foreign files instead of failing
+    ("skip-foreign-str", {"backup": 'skip_foreign = "no"'}, ["skip_foreign", "boolean"], None),
+    ("resume-int", {"backup": "resume = 1"}, ["resume", "boolean"], None),
     ("notify-timeout-bool", {"notifications": "timeout = true"},
      ["[notifications] timeout", "duration"], None),
     ("email-password-int", {"notifications": SMTP + "username = 'u'\npassword = 12345678\n"},

@@ -8,7 +8,7 @@ from notifiers import Recorder
 
 from dsbackup.scheduler import ScheduledBackup
 from dsbackup.scheduler.cron import CronSchedule
-from dsbackup.scheduler.health import check_free_space, check_staleness
+from dsbackup.scheduler.health import HealthTimer, check_free_space, check_staleness
 
 from .conftest import FakeRunner
 
@@ -79,6 +79,29 @@ def test_staleness_uses_twice_the_longest_gap_of_the_schedule():
     sched.statistics.last_success = None
     sched.statistics.failures = 1
     assert not check_staleness(sched, cron, now).ok
+
+
+def test_a_last_success_in_the_future_is_stale():
+    """Backups made while the clock ran a year ahead: once it is set right no backup runs
+    until the clock gets there again, and staleness said ok all that time."""
+    sched = ScheduledBackup(id="d", name="d", schedule="@daily", source="memory:")
+    cron = CronSchedule(sched.schedule)
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    sched.statistics.last_success = now + timedelta(days=365)
+    res = check_staleness(sched, cron, now)
+    assert not res.ok and "in the future" in res.message
+    sched.statistics.last_success = now + timedelta(hours=1)  # a small step: not stale
+    assert check_staleness(sched, cron, now).ok
+
+
+def test_the_health_timer_survives_a_clock_stepped_back():
+    ran = []
+    timer = HealthTimer(timedelta(hours=1), lambda: ran.append(1))
+    timer.tick(datetime(2027, 6, 1, tzinfo=UTC))
+    timer.tick(datetime(2026, 6, 1, tzinfo=UTC))  # set right: due an hour from now, not 2027
+    assert timer.next_due == datetime(2026, 6, 1, 1, tzinfo=UTC)
+    timer.tick(datetime(2026, 6, 1, 1, 1, tzinfo=UTC))
+    assert timer.join(5) and ran == [1]
 
 
 def test_free_space_check_walks_up_to_an_existing_directory(tmp_path):

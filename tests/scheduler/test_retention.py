@@ -155,6 +155,19 @@ def test_max_age_prunes_old_backups_before_the_rules():
     assert only_age.kept_ids == {"d60", "d70", "d80", "d90"}
 
 
+def test_max_age_never_prunes_every_backup():
+    """Backups stopped 40 days ago and a cron job prunes with max_age 35d: before, every
+    archive was deleted, the last good one included."""
+    items = _items(list(range(0, 30, 10)))
+    now = items[-1].timestamp + timedelta(days=40)
+    for policy in (RetentionPolicy(keep_daily=7, max_age=timedelta(days=35)),
+                   RetentionPolicy(max_age=timedelta(days=35))):
+        res = apply_retention(items, policy, now)
+        assert res.kept_ids == {"d20"}
+        assert {d.id: d.rule for d in res.kept}["d20"] == "newest"
+        assert {d.reason for d in res.pruned} == {"older than max_age"}
+
+
 def test_max_age_reaching_before_year_one_keeps_everything():
     items = _items(list(range(0, 100, 10)))
     now = items[-1].timestamp

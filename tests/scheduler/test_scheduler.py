@@ -207,6 +207,23 @@ def test_retention_runs_after_each_backup(make_scheduler, clock, tmp_path):
     assert s.get_schedule("db").last_result.pruned == ["db_20260108_030000.tar.gz"]
 
 
+def test_retention_never_prunes_the_archive_the_run_just_made(make_scheduler, clock):
+    """A clock that ran a year ahead and was then set right: the older archives carry later
+    times than the new one, and keep_last would keep them and delete the new archive (the
+    run said OK, its archive gone)."""
+    s = make_scheduler(retention_policy=RetentionPolicy(keep_last=2))
+    s.add_schedule(daily())
+    clock.set(datetime(2027, 6, 1, 3, 0, tzinfo=UTC))
+    s.execute_backup("db")
+    clock.advance(60)
+    s.execute_backup("db")
+    clock.set(datetime(2026, 6, 1, 3, 0, tzinfo=UTC))
+    rec = s.execute_backup("db")
+    assert rec.ok and Path(rec.archive).exists()
+    assert rec.pruned == []  # keep_last keeps the two 2027 ones, the run keeps its own
+    assert Path(rec.archive).name in [Path(a.path).name for a in s.archives("db")]
+
+
 def test_a_clock_stepped_back_does_not_repeat_a_run(make_scheduler, clock):
     runner = FakeRunner(clock)
     s = make_scheduler(runner=runner)
@@ -218,6 +235,23 @@ def test_a_clock_stepped_back_does_not_repeat_a_run(make_scheduler, clock):
     clock.set(datetime(2026, 1, 6, 3, 30, tzinfo=UTC))
     s.run_pending(wait=True)
     assert runner.calls == 1
+
+
+def test_a_clock_stepped_back_by_a_year_does_not_stop_the_backups(make_scheduler, clock):
+    """The clock ran a year ahead, a run served the 2027 slot, then the clock was set right:
+    the schedule waited for 2027-06-02 (no backup for a year); now it goes on by the clock."""
+    runner = FakeRunner(clock)
+    s = make_scheduler(runner=runner)
+    s.add_schedule(daily())
+    clock.set(datetime(2027, 6, 1, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    assert runner.calls == 1
+    clock.set(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    assert runner.calls == 1 and s.get_schedule("db").next_run < datetime(2026, 6, 3, tzinfo=UTC)
+    clock.set(datetime(2026, 6, 2, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    assert runner.calls == 2
 
 
 def test_a_second_scheduler_on_the_same_state_dir_is_refused(make_scheduler):

@@ -155,20 +155,39 @@ def check_new_archive(out: str | os.PathLike[str], *, overwrite: bool = False,
 def _refuse_if_depended_on(target: Any, parent_dirs: Iterable[Any]) -> None:
     """ArchiveExistsError when an archive beside `target` (its directory or S3 prefix) or in
     `parent_dirs` names it as its parent."""
-    from dsbackup.archive.lineage import dependents, directory_archives, read_infos
+    from dsbackup.archive.lineage import dependents, directory_archives, read_lineage
     from dsbackup.errors import ArchiveExistsError
     from dsbackup.storage import as_location
 
     pool = directory_archives(target.parent)
     for d in parent_dirs:
         pool += directory_archives(as_location(d))
-    infos, _ = read_infos(pool)
+    infos, opaque = read_lineage(pool)
     deps = dependents(target, infos)
     if deps:
         shown = ", ".join(str(p) for p in deps[:5]) + (" ..." if len(deps) > 5 else "")
         raise ArchiveExistsError(
             f"{target}: not replaced, although --overwrite was given: {len(deps)} archive(s) "
             f"use it as their parent ({shown}); replacing it would make them unrestorable")
+    # an archive whose parent cannot be read (encrypted without its key, a newer format) may
+    # use the target, unless it was written before the target was
+    maybe = [p for p in opaque if identity(p) != identity(target)
+             and not _written_before(p, target)]
+    if maybe:
+        raise ArchiveExistsError(
+            f"{target}: not replaced, although --overwrite was given: {maybe[0]} may use it as "
+            "its parent (its parent cannot be read: encrypted without its key, or a newer "
+            "format); give its key, or write the new archive to another path")
+
+
+def _written_before(a: Any, b: Any) -> bool:
+    """Whether local file `a` was last written before local file `b` (False when unknown)."""
+    if not (isinstance(a, Path) and isinstance(b, Path)):
+        return False
+    try:
+        return os.stat(a).st_mtime_ns < os.stat(b).st_mtime_ns
+    except OSError:
+        return False
 
 
 def _check_new_remote(out: Any, *, overwrite: bool, inputs: Iterable[Any],

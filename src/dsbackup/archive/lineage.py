@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsbackup.archive.chain import ParentRef, index_digest, parent_rank
-from dsbackup.errors import ArchiveError, IntegrityError
+from dsbackup.errors import (
+    ArchiveError,
+    IntegrityError,
+    KeyRequiredError,
+    UnsupportedArchive,
+    WrongKeyError,
+)
 from dsbackup.storage import as_location, identity
 from dsbackup.storage import list_archives as _list_archives
 
@@ -59,6 +65,22 @@ def read_infos(paths: Iterable[str | os.PathLike[str]],
         except (ArchiveError, IntegrityError, OSError, ValueError, TypeError) as exc:
             bad.append((as_location(p), str(exc)))
     return infos, bad
+
+
+def read_lineage(paths: Iterable[str | os.PathLike[str]],
+                 ) -> tuple[list[ArchiveInfo], list[Path]]:
+    """(infos of the readable archives, the archives whose parent cannot be known here: an
+    encrypted archive without its key, one of a format this build does not read). Files that
+    are no archive, or damaged ones, are in neither (a damaged child cannot be restored)."""
+    infos, opaque = [], []
+    for p in paths:
+        try:
+            infos.append(ArchiveInfo.read(p))
+        except (KeyRequiredError, WrongKeyError, UnsupportedArchive):
+            opaque.append(as_location(p))
+        except (ArchiveError, IntegrityError, OSError, ValueError, TypeError):
+            pass
+    return infos, opaque
 
 
 def directory_archives(directory: Path) -> list[Path]:

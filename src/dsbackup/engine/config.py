@@ -131,13 +131,11 @@ class BackupConfig:
                 self.workers, int) or not 1 <= self.workers <= MAX_WORKERS):
             raise ConfigError(f"workers must be a positive integer (1 to {MAX_WORKERS}), got "
                               f"{self.workers!r}")
-        if not isinstance(self.overwrite, bool):
-            raise ConfigError(f"overwrite must be true or false, got {self.overwrite!r}")
-        if not isinstance(self.datastore_only, bool):
-            raise ConfigError(f"datastore_only must be true or false, got "
-                              f"{self.datastore_only!r}")
-        if not isinstance(self.resume, bool):
-            raise ConfigError(f"resume must be true or false, got {self.resume!r}")
+        # skip_foreign = "no" (a config file) was truthy: foreign files skipped, not refused
+        for name in ("verify_integrity", "include_metadata", "trust_content_keys", "overwrite",
+                     "skip_foreign", "datastore_only", "resume", "trust_parent"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.paged_index not in ("auto", "always", "never"):
             raise ConfigError(f"paged_index must be auto, always or never, got "
                               f"{self.paged_index!r}")

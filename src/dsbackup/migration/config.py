@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -53,20 +54,27 @@ class MigrationConfig:
     def validate(self) -> None:
         # at most 2^32: the native copy holds both in C unsigned longs (an OverflowError there
         # crashed the step); a batch is bounded by batch_bytes long before either limit
-        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 1 << 32:
+        if not _is_int(self.batch_size) or not 1 <= self.batch_size <= 1 << 32:
             raise ConfigError(f"batch_size must be an integer from 1 to {1 << 32}, got "
                               f"{self.batch_size!r}")
-        if not isinstance(self.batch_bytes, int) or not 1 <= self.batch_bytes <= 1 << 32:
+        if not _is_int(self.batch_bytes) or not 1 <= self.batch_bytes <= 1 << 32:
             raise ConfigError(f"batch_bytes must be an integer from 1 to {1 << 32}, got "
                               f"{self.batch_bytes!r}")
-        if self.timeout is not None and (not isinstance(self.timeout, (int, float))
+        if self.timeout is not None and (not _is_number(self.timeout)
                                          or not 0 < self.timeout < math.inf):  # nan too
             raise ConfigError(f"timeout must be a positive number of seconds, got "
                               f"{self.timeout!r}")
-        if self.checkpoint_interval < 0:
-            raise ConfigError("checkpoint_interval must be >= 0")
-        if self.sample_size < 0:
-            raise ConfigError("sample_size must be >= 0")
+        # a string or a boolean here failed later, as an internal error (TypeError)
+        if not _is_number(self.checkpoint_interval) or not 0 <= self.checkpoint_interval < \
+                math.inf:
+            raise ConfigError(f"checkpoint_interval must be a number of seconds >= 0, got "
+                              f"{self.checkpoint_interval!r}")
+        if not _is_int(self.sample_size) or self.sample_size < 0:
+            raise ConfigError(f"sample_size must be an integer >= 0, got {self.sample_size!r}")
+        for name in ("state_dir", "backup_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise ConfigError(f"{name} must be a path (a string), got {value!r}")
         for name in ("verify_migration", "backup_before", "dry_run", "resume",
                      "rollback_on_failure"):
             if not isinstance(getattr(self, name), bool):
@@ -86,3 +94,11 @@ class MigrationConfig:
             else:
                 values[k] = v
         return MigrationConfig(**values)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

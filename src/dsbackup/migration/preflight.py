@@ -19,7 +19,8 @@ from dsbackup.migration.plan import SOURCE, TARGET, MigrationPlan, MigrationType
 from dsbackup.migration.result import MigrationResult, StepResult
 from dsbackup.migration.stores import StoreLike, refs_written, same_uri, store_path
 
-__all__ = ["already_done", "kubo_run", "load", "lock_stores", "state_files", "writes_source"]
+__all__ = ["already_done", "kubo_run", "load", "lock_stores", "refuse_unread_source",
+           "state_files", "writes_source"]
 
 
 def load(plan: MigrationPlan | str | os.PathLike[str]) -> MigrationPlan:
@@ -127,3 +128,31 @@ def writes_source(plan: MigrationPlan, cfg: MigrationConfig, source: Any,
             if ref == SOURCE or (ref not in (SOURCE, TARGET) and same_uri(ref, src_uri)):
                 return True
     return False
+
+
+def refuse_unread_source(plan: MigrationPlan, source: Any, target: Any) -> None:
+    """A plan none of whose steps reads or writes the source, run between two stores into a
+    new target (or a Kubo plan, which makes a new repo from the source's files), would ignore
+    the source: `migrate kubo-11-to-12 kubo:OLD kubo:NEW` made NEW an empty repo at version
+    12 (OLD's config and identity, none of its blocks) and said ok. Refused (exit 2) before
+    anything is opened. (An in-place plan on an existing target, the source given only
+    because the command takes one, runs as before.)"""
+    if source is target:
+        return
+    if isinstance(source, (str, os.PathLike)) and isinstance(target, (str, os.PathLike)):
+        src, dst = os.fspath(source), os.fspath(target)
+        if same_uri(src, dst):
+            return
+        for step in plan.steps:
+            for ref in (step.source, step.target):
+                if ref == SOURCE or (ref != TARGET and same_uri(ref, src)):
+                    return
+        where = store_path(dst)
+        if plan.kubo is None and (where is None or where.exists()):
+            return
+        raise MigrationError(
+            f"plan {plan.id!r} never reads its SOURCE: every step works on TARGET alone, so "
+            f"{src} would be ignored and {dst} left without its records; run it in place "
+            f"(the same store as SOURCE and TARGET"
+            + (f", or migrate --kubo {plan.kubo.from_version}-to-{plan.kubo.to_version} REPO"
+               if plan.kubo is not None else "") + "), or use a plan that copies SOURCE")

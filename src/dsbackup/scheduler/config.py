@@ -121,6 +121,12 @@ class SchedulerConfig:
             raise ConfigError("health_deep_sample must be within 0..1")
         if self.poll_interval <= 0:
             raise ConfigError("poll_interval must be positive")
+        if self.misfire_grace_time is not None and (
+                not isinstance(self.misfire_grace_time, timedelta)
+                or self.misfire_grace_time <= timedelta(0)):
+            # 0 skipped every run the loop noticed a moment after its slot
+            raise ConfigError(f"misfire_grace_time must be a positive duration (None: always "
+                              f"catch up), not {self.misfire_grace_time!r}")
 
 
 def _typed(name: str, value: Any, kinds: type | tuple[type, ...]) -> None:

@@ -184,6 +184,8 @@ def parse_scheduler(t: Table, base: Path) -> dict[str, Any]:
             raise t.error("health_check_interval", 'expected a positive duration or "off"')
     if t.has("misfire_grace_time"):
         kw["misfire_grace_time"] = t.duration("misfire_grace_time")
+        if not kw["misfire_grace_time"]:  # 0 skipped every run noticed after its second
+            raise t.error("misfire_grace_time", "expected a positive duration")
     return kw
 
 
@@ -237,7 +239,7 @@ def parse_backup_settings(t: Table, base: Path | None = None) -> dict[str, Any] 
                 raise t.error(key, "expected a positive duration")
             kw[key] = d.total_seconds()
         elif key in ("verify_integrity", "include_metadata", "trust_content_keys",
-                     "trust_parent"):
+                     "trust_parent", "skip_foreign", "overwrite", "datastore_only", "resume"):
             kw[key] = t.boolean(key)
         elif key == "exclude_patterns":
             v = t.data[key]

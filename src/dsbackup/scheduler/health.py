@@ -71,6 +71,10 @@ def check_staleness(schedule: ScheduledBackup, cron: CronSchedule, now: datetime
             return CheckResult("staleness", schedule.id, False, "no backup has succeeded yet")
         return CheckResult("staleness", schedule.id, True, "no run yet")
     age = now - stats.last_success
+    if -age > limit:  # else not stale for as long as the clock lags behind
+        return CheckResult("staleness", schedule.id, False,
+                           f"last success {stats.last_success.isoformat()} is in the future "
+                           f"(the clock was stepped back?)")
     if age > limit:
         return CheckResult("staleness", schedule.id, False,
                            f"last success {stats.last_success.isoformat()} is older than "
@@ -135,8 +139,8 @@ class HealthTimer:
     def tick(self, now: datetime) -> None:
         if self.interval is None:
             return
-        if self.next_due is None:
-            self.next_due = now + self.interval
+        if self.next_due is None or self.next_due > now + self.interval:
+            self.next_due = now + self.interval  # (a clock stepped back: not a year's pause)
             return
         busy = self._thread is not None and self._thread.is_alive()
         if now >= self.next_due and not busy:

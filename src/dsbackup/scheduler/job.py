@@ -156,24 +156,28 @@ def retention_items(archives: list[ArchiveEntry]) -> list[RetentionItem]:
 
 def _state_parents(archives: list[ArchiveEntry]) -> dict[str, list[str]]:
     """Parents from the state's fingerprints, for archives whose file cannot be read: every
-    archive carrying the parent fingerprint (twins are all kept)."""
+    archive carrying the parent fingerprint (twins are all kept); [] for a full backup."""
     by_fp: dict[str, list[str]] = {}
     for a in archives:
         if a.fingerprint:
             by_fp.setdefault(a.fingerprint, []).append(os.path.basename(a.path))
-    return {os.path.basename(a.path): by_fp.get(a.parent, []) for a in archives if a.parent}
+    return {os.path.basename(a.path): by_fp.get(a.parent, []) if a.parent else []
+            for a in archives}
 
 
 def prune_catalog(archives: list[ArchiveEntry], policy: RetentionPolicy, now: datetime,
-                  tz: tzinfo) -> tuple[list[ArchiveEntry], RetentionResult, list[str]]:
+                  tz: tzinfo, new: ArchiveEntry | None = None,
+                  ) -> tuple[list[ArchiveEntry], RetentionResult, list[str]]:
     """Apply retention to a schedule's archives and delete the pruned files. The same code
     path as `dsbackup prune` (dsbackup.scheduler.pruning): an ancestor of a kept archive, or
-    of any other archive in the same directories, is kept whatever its name."""
+    of any other archive in the same directories, is kept whatever its name. `new`, the
+    archive the run has just made, is never pruned (nor, through it, its parents)."""
     dirs = sorted({as_location(a.path).parent for a in archives}, key=str)
     pool = sorted({*(as_location(a.path) for a in archives if is_file(a.path)),
                    *(p for d in dirs for p in directory_archives(d))}, key=str)
     result = plan_retention({"schedule": retention_items(archives)}, pool, policy, now, tz,
-                            fallback_parents=_state_parents(archives))["schedule"]
+                            fallback_parents=_state_parents(archives),
+                            newest=os.path.basename(new.path) if new else None)["schedule"]
     pruned = result.pruned_ids
     kept, warnings = [], []
     for a in archives:
@@ -251,7 +255,7 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
     if incomplete:
         outcome.warnings.append(incomplete)
     try:
-        kept, result, warnings = prune_catalog(archives, policy, record.finished, tz)
+        kept, result, warnings = prune_catalog(archives, policy, record.finished, tz, entry)
         outcome.archives, outcome.retention = kept, result
         outcome.warnings += warnings
         record.pruned = sorted(result.pruned_ids)

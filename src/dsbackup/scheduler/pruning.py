@@ -10,17 +10,19 @@ names, hand-named archives) are not deleted by the run, so their ancestors are k
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, tzinfo
+from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 
-from dsbackup.archive.lineage import parent_links, read_infos
+from dsbackup.archive.lineage import parent_links, read_infos, read_lineage
 from dsbackup.scheduler.retention import (
     RetentionItem,
     RetentionPolicy,
     RetentionResult,
     apply_retention,
+    keep_anyway,
     protect_ancestors,
 )
 
@@ -31,20 +33,58 @@ def parent_ids(pool: Iterable[Path]) -> dict[str, list[str]]:
     return {p.name: [q.name for q in ps] for p, ps in parent_links(infos).items()}
 
 
+def _lineage(pool: Iterable[Path]) -> tuple[dict[str, list[str]], list[Path]]:
+    """(file name -> its parents' file names, the archives whose parents cannot be known:
+    :func:`dsbackup.archive.lineage.read_lineage`)."""
+    infos, opaque = read_lineage(pool)
+    return {p.name: [q.name for q in ps] for p, ps in parent_links(infos).items()}, opaque
+
+
+def _written_by(path: Path) -> datetime | None:
+    """When `path` was written at the latest (its mtime, or its scheduled name's time when
+    later), None when unknown (an object without a scheduled name): its parents were all
+    created before."""
+    from dsbackup.scheduler.archives import parse_archive_name
+
+    named = parse_archive_name(path.name)
+    times = [named[1]] if named else []
+    if isinstance(path, Path):
+        try:
+            times.append(datetime.fromtimestamp(os.stat(path).st_mtime, timezone.utc))
+        except OSError:
+            return None
+    return max(times) if times else None
+
+
 def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable[Path],
                    policy: RetentionPolicy, now: datetime, tz: tzinfo | None = None, *,
                    fallback_parents: Mapping[str, Sequence[str]] | None = None,
-                   ) -> dict[str, RetentionResult]:
+                   newest: str | None = None) -> dict[str, RetentionResult]:
     """Decisions per group. Item ids are file names; `pool`: every archive file that may be a
     link of a chain (the groups' files and their neighbours). `fallback_parents`: parents for
-    ids whose file cannot be read (e.g. from the scheduler's state)."""
+    ids whose file cannot be read (e.g. from the scheduler's state). `newest`: the archive the
+    calling run has just made, kept whatever the rules say (after a clock stepped back, older
+    archives carry later times than it, and the rules would keep them instead)."""
     pool = list(pool)
-    parents = parent_ids(pool)
+    parents, opaque = _lineage(pool)
     for k, v in (fallback_parents or {}).items():
         if not parents.get(k):
             parents[k] = list(v)
     results = {g: apply_retention([replace(i, parent=None) for i in items], policy, now, tz)
                for g, items in groups.items()}
+    if newest is not None:
+        for res in results.values():
+            keep_anyway(res, newest, "this-run", "the archive this run has just made")
+    for unknown in opaque:  # any older archive may be its parent: none is deleted
+        if unknown.name in (fallback_parents or {}):
+            continue
+        when = _written_by(unknown)
+        for res in results.values():
+            for d in list(res.pruned):
+                if when is None or d.timestamp <= when:
+                    keep_anyway(res, d.id, "maybe-parent",
+                                f"may be the parent of {unknown.name}, whose parent cannot be "
+                                "read (encrypted without its key, or a newer format)")
     grouped = {i.id for items in groups.values() for i in items}
     unmanaged = sorted({p.name for p in pool} - grouped)
     protect_ancestors(list(results.values()), parents, also_kept=unmanaged)

@@ -14,7 +14,8 @@ Semantics are those of ``borg prune``:
 On top of borg:
 
 - ``max_age``: backups older than ``now - max_age`` are not candidates for any rule (with no
-  keep_* rule set, every backup within ``max_age`` is kept);
+  keep_* rule set, every backup within ``max_age`` is kept); when every backup is older, the
+  newest is kept (rule ``newest``): max_age never prunes them all;
 - the newest backup that passed verification is never pruned;
 - a kept incremental backup keeps its parent (and that parent's parent, …), whatever group
   (archive name) the parent is in: :func:`protect_ancestors`.
@@ -154,6 +155,11 @@ def apply_retention(backups: Iterable[Any], policy: RetentionPolicy, now: dateti
         except OverflowError:  # before year 1 (`--max-age 10000y`): no backup is that old
             cutoff = None
     candidates = [i for i in items if cutoff is None or i.timestamp >= cutoff]
+    if items and not candidates:
+        # every backup is older than max_age (backups stopped a while ago): the newest stays,
+        # or a prune run from cron would delete the last backup there is
+        kept[items[0].id] = ("newest", 1, "the newest backup: every backup is older than "
+                                          "max_age, and max_age never prunes them all")
     local = {i.id: i.timestamp.astimezone(tz) for i in candidates}
     rules = [(r, getattr(policy, f"keep_{r}")) for r in RULES if getattr(policy, f"keep_{r}")]
     if not rules:
@@ -194,6 +200,15 @@ def apply_retention(backups: Iterable[Any], policy: RetentionPolicy, now: dateti
                                           "not kept by any rule"))
     protect_ancestors([result], {i.id: [i.parent] for i in items if i.parent is not None})
     return result
+
+
+def keep_anyway(result: RetentionResult, id: str, rule: str, reason: str) -> None:
+    """Turn the pruned decision of `id` in `result`, if any, into a kept one."""
+    for d in result.pruned:
+        if d.id == id:
+            result.pruned.remove(d)
+            result.kept.append(Decision(d.id, d.timestamp, True, rule, 1, reason))
+            return
 
 
 def protect_ancestors(results: Sequence[RetentionResult],

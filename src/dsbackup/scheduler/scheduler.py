@@ -204,6 +204,15 @@ class BackupScheduler:
                 if sched.next_run is None:  # enabled since it was added
                     sched.next_run = cron.next_after(now)
                     continue
+                if sched.next_run > now + 2 * cron.period():
+                    # the clock was stepped back by more than the schedule's period (it had run
+                    # ahead): waiting for the slot after the last one served would stop every
+                    # backup until the clock got there again (a year, after a bad RTC)
+                    log.warning("schedule %s: next run %s is more than twice its period ahead "
+                                "of the clock (stepped back?); next run %s instead", sid,
+                                sched.next_run.isoformat(), cron.next_after(now).isoformat())
+                    sched.next_run = cron.next_after(now)
+                    self._save()
                 if sched.next_run > now:
                     continue
                 grace = self.config.misfire_grace_time
