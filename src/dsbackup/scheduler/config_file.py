@@ -44,6 +44,10 @@ class LoadedConfig:
 def parse_retention(t: Table) -> RetentionPolicy:
     t.check_keys({f"keep_{r}" for r in RULES} | {"max_age"})
     kw: dict[str, Any] = {f"keep_{r}": t.integer(f"keep_{r}", 0, lo=-1) for r in RULES}
+    if t.has("max_age") and not isinstance(t.data["max_age"], str):
+        # a bare number would be seconds: `max_age = 30` meaning days prunes nearly every
+        # archive, so a unit is required here (elsewhere numbers are seconds)
+        raise t.error("max_age", 'expected a duration with its unit ("30d", "12w", "1y")')
     max_age = t.duration("max_age")
     if max_age is not None and max_age.total_seconds() <= 0:
         raise t.error("max_age", "expected a positive duration")
