@@ -357,12 +357,14 @@ def test_workers_above_the_bound_in_an_old_config_is_clamped_with_one_warning(tm
         load_config(write(tmp_path, config_text(backup="workers = 0")))
 
 
-@pytest.mark.parametrize("value", ["30", "30.5", "true"])
+@pytest.mark.parametrize("value", ["30", "30.5", "true", "3600"])
 def test_max_age_needs_its_unit(tmp_path, value):
     """A bare number elsewhere is seconds; as a retention horizon ``max_age = 30`` (meant as
-    days) would make every archive but the newest a candidate for pruning: refused."""
+    days) would make every archive but the newest a candidate for pruning: under a day it is
+    refused."""
     f = write(tmp_path, config_text(retention=f"keep_daily = 7\nmax_age = {value}"))
     with pytest.raises(ConfigError, match=r"max_age.*unit"):
         load_config(f)
-    f = write(tmp_path, config_text(retention='keep_daily = 7\nmax_age = "30d"'))
-    assert load_config(f).scheduler.retention_policy.max_age.days == 30
+    for ok in ('"30d"', "2592000"):  # a day or more in seconds stays (configs written so)
+        f = write(tmp_path, config_text(retention=f"keep_daily = 7\nmax_age = {ok}"))
+        assert load_config(f).scheduler.retention_policy.max_age.days == 30

@@ -44,10 +44,14 @@ class LoadedConfig:
 def parse_retention(t: Table) -> RetentionPolicy:
     t.check_keys({f"keep_{r}" for r in RULES} | {"max_age"})
     kw: dict[str, Any] = {f"keep_{r}": t.integer(f"keep_{r}", 0, lo=-1) for r in RULES}
-    if t.has("max_age") and not isinstance(t.data["max_age"], str):
-        # a bare number would be seconds: `max_age = 30` meaning days prunes nearly every
-        # archive, so a unit is required here (elsewhere numbers are seconds)
-        raise t.error("max_age", 'expected a duration with its unit ("30d", "12w", "1y")')
+    raw = t.data.get("max_age")
+    if isinstance(raw, (bool, int, float)) and not (
+            not isinstance(raw, bool) and raw >= 86400):
+        # a bare number is seconds: `max_age = 30` meant as days would prune nearly every
+        # archive, so under a day (or a boolean) it needs its unit; a day or more in seconds
+        # (configs written so before) stays
+        raise t.error("max_age", 'expected a duration with its unit ("30d", "12w", "1y"); a '
+                                 'bare number is seconds')
     max_age = t.duration("max_age")
     if max_age is not None and max_age.total_seconds() <= 0:
         raise t.error("max_age", "expected a positive duration")
