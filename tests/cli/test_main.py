@@ -461,3 +461,39 @@ def test_closed_standard_streams(tmp_path, cli_env):
     r = _run_with_closed(cli_env, ["backup", f"lmdb:{tmp_path / 'nosuch'}",
                                    tmp_path / "d.tar.gz"], (2,))
     assert r.returncode == 2
+
+
+# modules a full backup of a local store does without (start-up, docs/PERFORMANCE.md "Start-up
+# of a backup"): multiprocessing (the zygote's workers talk over pipeline/channel.py), the
+# fork server, flatfs's audit and incremental code, the query types, --resume's rescan, the
+# hint of an unknown URI parameter
+NOT_ON_THE_BACKUP_PATH = ("multiprocessing", "multiprocessing.connection", "subprocess",
+                          "dsbackup.pipeline.forkserver", "dsbackup.engine.flatfs_incremental",
+                          "dsbackup.datastores.flatfs_audit", "dsbackup.datastores.query",
+                          "dsbackup.archive.resume", "difflib")
+# and, without the check before the rename (--no-verify), no archive reading code at all
+NOT_WITHOUT_THE_CHECK = ("dsbackup.archive.reader", "dsbackup.archive.verify")
+
+
+@pytest.mark.parametrize("no_verify", [False, True])
+def test_a_backup_imports_only_what_it_uses(tmp_path, no_verify):
+    """The CLI's backup of an LMDB store large enough for the parallel scan (>= 32 MiB: the
+    zygote forks its workers), run as the command runs."""
+    store = tmp_path / "src"
+    datasets.write_lmdb(str(store), datasets.iter_blocks(136))  # 34 MiB of values
+    argv = ["-vv", "backup", f"lmdb:{store}", str(tmp_path / "a.tar.gz")]
+    unwanted = NOT_ON_THE_BACKUP_PATH
+    if no_verify:
+        argv.append("--no-verify")
+        unwanted += NOT_WITHOUT_THE_CHECK
+    code = ("import json, sys\nfrom dsbackup.cli.main import main\n"
+            "rc = main(sys.argv[1:])\n"
+            f"print(rc, json.dumps([m for m in {unwanted!r} if m in sys.modules]))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("DSBACKUP_ZYGOTE", None)
+    r = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "processes forked from zygote" in r.stderr, r.stderr  # the parallel scan ran
+    rc, loaded = r.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert (rc, json.loads(loaded)) == ("0", []), r.stdout

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dsbackup import codec as codecs
 from dsbackup._ext.checksum import Xxh3_128, stored_tar_member, xxh3_64
@@ -20,10 +20,12 @@ from dsbackup.archive import format as fmt
 from dsbackup.archive.crypto import KeyMaterial, PendingKey, sealed_size
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.pages import PagedIndexBuilder
-from dsbackup.archive.resume import ResumeState
 from dsbackup.errors import ArchiveError
 from dsbackup.storage import S3Location, open_sink
 from dsbackup.storage.resumestate import FINISHING, WRITING
+
+if TYPE_CHECKING:  # a --resume's (engine/resume.py): not every backup's start-up
+    from dsbackup.archive.resume import ResumeState
 
 _U64 = struct.Struct("<Q")
 

@@ -20,19 +20,13 @@ from __future__ import annotations
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from typing import ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from dsbackup.datastores.query import (
-    Entry,
-    OrderByKey,
-    OrderByKeyDescending,
-    Query,
-    Results,
-    naive_apply,
-    prefix_range,
-)
 from dsbackup.errors import DatastoreError, NotFound
 from dsbackup.keys import KeyLike, key_bytes, key_str
+
+if TYPE_CHECKING:  # queries import it where they run: a backup or restore makes none
+    from dsbackup.datastores.query import Entry, Query, Results
 
 __all__ = [
     "BaseDatastore",
@@ -275,12 +269,16 @@ class BaseDatastore(ABC):
 
     def query(self, q: Query) -> Results:
         """Run a query. Results come in key order unless ``q.orders`` says otherwise."""
+        from dsbackup.datastores.query import Results, naive_apply, prefix_range
+
         self._check_open()
         start, end = prefix_range(q.prefix)
         return Results(q, naive_apply(q, self._query_entries(q, start, end),
                                       prefix_done=True, ordered_by_key=True))
 
     def _query_entries(self, q: Query, start: bytes, end: bytes | None) -> Iterator[Entry]:
+        from dsbackup.datastores.query import Entry
+
         needs_values = not q.keys_only or any(
             not hasattr(f, "key") and not hasattr(f, "prefix") for f in q.filters
         ) or any(not _key_order(o) for o in q.orders)
@@ -375,4 +373,6 @@ class BaseDatastore(ABC):
 
 
 def _key_order(o: object) -> bool:
+    from dsbackup.datastores.query import OrderByKey, OrderByKeyDescending
+
     return isinstance(o, (OrderByKey, OrderByKeyDescending))

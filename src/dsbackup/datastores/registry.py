@@ -144,11 +144,11 @@ def check_uri_params(uri: str) -> None:
 def _check_params(uri: str, opener: Opener, params: dict[str, str]) -> None:
     """A URI parameter the backend does not take (``?max_name=10``, ``?bogus=1``) is a
     ConfigError naming it, not the opener's TypeError."""
-    import difflib
-    import inspect
-
     if not params:
         return
+    import difflib  # for the hint of an unknown parameter; not at every backup's start
+    import inspect
+
     try:
         sig = inspect.signature(opener)
     except (TypeError, ValueError):  # a builtin opener of a custom scheme: it checks

@@ -9,14 +9,10 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsbackup.archive import guard
 from dsbackup.archive.crypto import KeyMaterial, using_key
-from dsbackup.archive.reader import ArchiveReader
-from dsbackup.archive.verify import VerifyReport, verify_archive
-from dsbackup.datastores.flatfs_audit import FileAudit
-from dsbackup.engine import flatfs_incremental
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.full import plan_full
 from dsbackup.engine.manifest import go_metadata, metadata_from_reader
@@ -28,6 +24,14 @@ from dsbackup.errors import BackupError, Cancelled, ConfigError, DsBackupError, 
 from dsbackup.metadata import BackupMetadata, RestoreResult
 from dsbackup.pipeline.scanchoice import PARALLEL_MIN_BYTES, PARALLEL_SCHEMES
 from dsbackup.storage import as_location, display, is_remote, is_stream
+
+if TYPE_CHECKING:
+    from dsbackup.archive.verify import VerifyReport
+    from dsbackup.datastores.flatfs_audit import FileAudit
+
+# Not imported here (start-up of `dsbackup backup`, docs/PERFORMANCE.md): the archive reader,
+# the verifier (the check before the rename imports it), flatfs's audit and incremental code;
+# each where it is used. tests/cli/test_main.py lists them.
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +160,8 @@ class BackupManager:
             deadline.stop()
             raise
         try:
-            foreign = (FileAudit() if parent is not None and format == "dsbackup"
-                       and flatfs_incremental.applies(source, cfg)  # audits from its listing
+            foreign = (None if parent is not None and format == "dsbackup"
+                       and _flatfs_incremental_applies(source, cfg)  # audits from its listing
                        else audit_source(ds, cfg.skip_foreign))
             if format == "go":
                 meta = _create_go(ds, Path(path), cfg, cancel, t0)
@@ -190,9 +194,10 @@ class BackupManager:
                 ds.close()
             reading.release()
         s = meta.statistics
-        s.foreign_files += foreign.count
-        s.temp_files += foreign.temp_files
-        s.skipped_files = [*foreign.examples, *s.skipped_files][:10]
+        if foreign is not None:
+            s.foreign_files += foreign.count
+            s.temp_files += foreign.temp_files
+        s.skipped_files = [*(foreign.examples if foreign is not None else ()), *s.skipped_files][:10]
         with self._lock:
             m = self._metrics
             m["backups_total"] += 1
@@ -254,6 +259,8 @@ class BackupManager:
         `check_blocks` re-hashes /blocks values against their keys (deep); `trusted_chain`:
         a chain just verified (the `checked_chain` of its report), whose members a quick
         verify of an incremental on it does not read again."""
+        from dsbackup.archive.verify import verify_archive
+
         with using_key(key or self.config.encryption):
             report = verify_archive(path, deep=deep, sample=sample,
                                     threads=self.config.effective_workers,
@@ -269,6 +276,8 @@ class BackupManager:
                 key: KeyMaterial | None = None) -> BackupMetadata:
         """Metadata from the manifest and summary (O(1): reads no chunk). An encrypted
         archive needs `key` (default: the config's ``encryption``)."""
+        from dsbackup.archive.reader import ArchiveReader
+
         with ArchiveReader(path, key=key or self.config.encryption) as r:
             return metadata_from_reader(r)
 
@@ -307,26 +316,33 @@ def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,
 _AUDITED_SCHEMES = ("flatfs", "helia", "fsds", "kubo")
 
 
-def audit_source(source: Any, skip_foreign: bool) -> FileAudit:
+def _flatfs_incremental_applies(source: Any, cfg: BackupConfig) -> bool:
+    from dsbackup.engine import flatfs_incremental
+
+    return flatfs_incremental.applies(source, cfg)
+
+
+def audit_source(source: Any, skip_foreign: bool) -> FileAudit | None:
     """Account for every file of a file-per-key store before it is backed up: files that
     are not of its layout raise BackupError (exit 2) naming them and the likely right URI,
     unless ``skip_foreign``. A URI (an incremental's source) is opened read-only for it
-    when its scheme maps files to keys."""
+    when its scheme maps files to keys. None for a store that maps no files to keys (LMDB,
+    LevelDB, SQLite ...: nothing to audit)."""
     ds, owned = source, False
     if isinstance(source, (str, os.PathLike)):
         from dsbackup.datastores.registry import detect_scheme, parse_uri
 
         scheme, path, _ = parse_uri(os.fspath(source))
         if (scheme or detect_scheme(path)) not in _AUDITED_SCHEMES:
-            return FileAudit()
+            return None
         ds, owned = _open_source(source)
     try:
         fn = getattr(ds, "audit_files", None)
-        audit = fn() if fn is not None else FileAudit()
+        audit = fn() if fn is not None else None
     finally:
         if owned:
             ds.close()
-    if audit.count and not skip_foreign:
+    if audit is not None and audit.count and not skip_foreign:
         where = getattr(ds, "uri", str(source))
         raise BackupError(audit.message(where) + "; nothing was written (pass "
                           "--skip-foreign to back up the rest: the backup then ends with "
@@ -336,6 +352,8 @@ def audit_source(source: Any, skip_foreign: bool) -> FileAudit:
 
 def _quick_check(tmp_path: Any) -> None:
     """A temp file's path, or a Source over the bytes an upload sent."""
+    from dsbackup.archive.verify import verify_archive
+
     report = verify_archive(tmp_path, deep=False, threads=2)
     if not report.ok:
         raise IntegrityError(f"{display(tmp_path)}: the archive just written failed its check: "

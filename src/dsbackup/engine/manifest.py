@@ -8,16 +8,18 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsbackup._version import __version__
-from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.writer import WrittenArchive
 from dsbackup.engine.config import BackupConfig
 from dsbackup.engine.nodefiles import holds_private_key, private_key_warning
 from dsbackup.engine.plan import BackupPlan
 from dsbackup.errors import IntegrityError
 from dsbackup.metadata import BackupMetadata, BackupStatistics, parse_timestamp
+
+if TYPE_CHECKING:  # a backup does not read archives (start-up, docs/PERFORMANCE.md)
+    from dsbackup.archive.reader import ArchiveReader
 
 TOOL = f"dsbackup {__version__}"
 

@@ -31,17 +31,15 @@ import mmap
 import os
 import pickle
 import select
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Pipe, wait
 from typing import Any
 
 from dsbackup.errors import BackupError, Cancelled
-from dsbackup.pipeline import forkserver, zygote
+from dsbackup.pipeline import channel, zygote
 from dsbackup.pipeline.central import ChunkSettings, ScanStats
 from dsbackup.pipeline.chunks import BodyView, ReadyChunk
 from dsbackup.pipeline.frames import FrameReader
@@ -79,7 +77,27 @@ class _Range:
 def _shm_dir() -> str:
     if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
         return "/dev/shm"
+    import tempfile
+
     return tempfile.gettempdir()
+
+
+def _slot_files_base() -> str:
+    """A new name in the shared-memory directory for this backup's slot files (BASE.wN), as
+    tempfile.mkstemp chooses one (created with O_EXCL, a random part, retried on a clash),
+    then removed, without importing tempfile (start-up, docs/PERFORMANCE.md)."""
+    d = _shm_dir()
+    for _ in range(100):
+        base = os.path.join(d, f"dsbackup-slots-{os.getpid()}-{os.urandom(6).hex()}")
+        try:
+            fd = os.open(base, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        os.unlink(base)
+        return base
+    raise FileExistsError(f"{d}: no free name for the backup's slot files")
 
 
 def _fits_ahead(r: _Range) -> bool:
@@ -151,11 +169,9 @@ class ParallelScan:
 
     def _start(self) -> None:
         _remove_stale_slot_files()
-        fd, base = tempfile.mkstemp(prefix=f"dsbackup-slots-{os.getpid()}-", dir=_shm_dir())
-        os.close(fd)
-        os.unlink(base)
+        base = _slot_files_base()
         per = SLOTS_PER_WORKER * self.slot_size
-        launch = self._launcher()
+        launch, pipe = self._launcher()
         for w in range(self.n + 1):  # the last one is the planner
             path: str | None = None
             if w < self.n:
@@ -167,7 +183,7 @@ class ParallelScan:
                     self._wmaps.append(mmap.mmap(fd, per))
                 finally:
                     os.close(fd)
-            parent, child = Pipe()
+            parent, child = pipe()
             try:
                 p = launch(child, "dsbackup-planner" if w == self.n else f"dsbackup-worker-{w}",
                            (path, SLOTS_PER_WORKER, self.slot_size, self.kind, self.location,
@@ -180,9 +196,11 @@ class ParallelScan:
         self._readers = [FrameReader(c.fileno()) for c in self.conns]
         log.debug("%d processes forked from %s", len(self.procs), self._origin())
 
-    def _launcher(self) -> Callable[[Any, str, tuple], Any]:
-        """How the processes start: forks of the zygote the CLI started (zygote.py), else of
-        the fork server (running already if the CLI prestarted it)."""
+    def _launcher(self) -> tuple[Callable[[Any, str, tuple], Any], Callable[[], tuple]]:
+        """How the processes start, and the pipes they get: forks of the zygote the CLI
+        started (zygote.py) on a channel.pipe(), else of the fork server (running already if
+        the CLI prestarted it) on a multiprocessing Pipe (its end is pickled through the
+        server). Only the second imports multiprocessing."""
         z = zygote.running()
         if z is not None and len(pickle.dumps(
                 (self.kind, self.location, self.settings))) < zygote.MAX_REQUEST // 2:
@@ -193,7 +211,11 @@ class ParallelScan:
                     raise BackupError(f"cannot start backup worker {name}: {exc.strerror}"
                                       ) from None
 
-            return from_zygote
+            return from_zygote, channel.pipe
+        from multiprocessing.connection import Pipe
+
+        from dsbackup.pipeline import forkserver
+
         ctx = forkserver.context()
 
         def from_server(conn: Any, name: str, args: tuple) -> Any:
@@ -202,12 +224,14 @@ class ParallelScan:
                 p.start()
             return p
 
-        return from_server
+        return from_server, Pipe
 
     def _origin(self) -> str:
         z = zygote.running()
         if self.procs and isinstance(self.procs[0], zygote.WorkerProcess) and z is not None:
             return f"zygote {z.pid}"
+        from dsbackup.pipeline import forkserver
+
         return f"fork server {forkserver.server_pid()}"
 
     def _unlink_slot_files(self) -> None:
@@ -501,7 +525,7 @@ class ParallelScan:
         pending = set(range(len(self.conns)))
         deadline = time.monotonic() + 30
         while pending and time.monotonic() < deadline:
-            for r in wait([self.conns[w] for w in pending], 0.2):
+            for r in channel.wait([self.conns[w] for w in pending], 0.2):
                 w = self.conns.index(r)
                 try:
                     msgs = self._readers[w].read()
@@ -582,6 +606,8 @@ class ParallelScan:
         for r, j in reversed(held[KEEP_SLOTS:]):
             cw, slot, meta, _inline, catalog = r.chunks[j]
             if self._spill is None:
+                import tempfile
+
                 self._spill = tempfile.TemporaryFile(prefix="dsbackup-spill-")  # noqa: SIM115
             blen = meta[-1]
             off = slot * self.slot_size

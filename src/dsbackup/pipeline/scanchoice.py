@@ -47,8 +47,6 @@ def prestart_workers(source: str, *, workers: int | None = None, incremental: bo
     only where it has one thread and no LMDB environment open; pass it only before opening
     anything, as the CLI does). Else, where cores are to spare
     (dsbackup.pipeline.forkserver.prestart_wanted), boot the fork server."""
-    from dsbackup.pipeline import forkserver
-
     if workers == 1 or incremental or format != "dsbackup":
         return False
     if fork_zygote:
@@ -56,6 +54,8 @@ def prestart_workers(source: str, *, workers: int | None = None, incremental: bo
 
         if zygote.wanted() and likely_parallel(source) and zygote.start() is not None:
             return True
+    from dsbackup.pipeline import forkserver  # multiprocessing: only where no zygote runs
+
     if not forkserver.prestart_wanted() or not likely_parallel(source):
         return False
     forkserver.prestart()
