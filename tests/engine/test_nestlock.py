@@ -207,3 +207,25 @@ def test_in_one_process_nesting_both_ways(tmp_path):
         with TargetLock(uri, "restore"):
             pass
     assert _tree(tmp_path) == ["repo", "repo/blocks"]
+
+
+def test_a_repo_whose_blocks_are_a_symlink_to_another_disk(tmp_path, repo, arch, run_cli,
+                                                           cli_env):
+    """REPO/blocks -> elsewhere/blocks (a bigger disk): a backup of the blocks directory by
+    its own path and a restore into the repo still exclude each other, both ways."""
+    away = tmp_path / "disk2"
+    away.mkdir()
+    (repo / "blocks").rename(away / "blocks")
+    (repo / "blocks").symlink_to(away / "blocks")
+    backup = backing_up(cli_env, f"flatfs:{away / 'blocks'}", str(tmp_path / "b.tar.gz"))
+    try:
+        r = run_cli("restore", arch, f"kubo:{repo}", "--overwrite")
+        _refused(r, f"{away / 'blocks'}: a dsbackup backup (PID {backup.pid}) is reading it")
+    finally:
+        assert finish(backup) == 0
+    with TargetLock(f"kubo:{repo}", "restore"), pytest.raises(LockedError, match="writing"):
+        TargetLock(f"flatfs:{away / 'blocks'}", "backup", shared=True).acquire()
+    with TargetLock(f"kubo:{repo}", "backup", shared=True), \
+            pytest.raises(LockedError, match="is reading it"):
+        TargetLock(f"flatfs:{away / 'blocks'}", "restore").acquire()
+    assert run_cli("restore", arch, f"kubo:{repo}", "--overwrite").returncode == 0

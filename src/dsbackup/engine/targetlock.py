@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dsbackup.engine import nestlock
-from dsbackup.errors import LockedError
+from dsbackup.errors import DsBackupError, LockedError
 from dsbackup.storage.locktable import lock_holders
 
 SUFFIX = nestlock.SUFFIX
@@ -70,6 +70,41 @@ def store_path(store: Any) -> Path | None:
     return Path(loc).absolute()
 
 
+def outside_dirs(store: Any) -> list[Path]:
+    """The directories of a ``kubo:``/``helia:`` store's sub-stores (its blocks, its
+    datastore) that lie outside its own directory, symlinks resolved (a blocks directory
+    moved to another disk): held as the store is. [] for other stores."""
+    from dsbackup.datastores.registry import detect_scheme, parse_uri
+
+    uri = os.fspath(store) if isinstance(store, (str, os.PathLike)) else getattr(store, "uri",
+                                                                                 None)
+    if not isinstance(uri, str) or not uri:
+        return []
+    scheme, loc, _ = parse_uri(uri)
+    if scheme is None and os.path.isdir(loc):
+        try:
+            scheme = detect_scheme(loc)
+        except DsBackupError:
+            return []
+    if scheme == "kubo":
+        from dsbackup.datastores.kubo import mount_dirs
+
+        dirs = mount_dirs(loc)
+    elif scheme == "helia":
+        from dsbackup.datastores.helia import BLOCKS_DIR, DATASTORE_DIR
+
+        dirs = [Path(loc) / BLOCKS_DIR, Path(loc) / DATASTORE_DIR]
+    else:
+        return []
+    root = Path(os.path.realpath(loc))
+    out = []
+    for d in dirs:
+        real = Path(os.path.realpath(d))
+        if real != root and root not in real.parents and real.is_dir() and real not in out:
+            out.append(real)
+    return out
+
+
 def lock_path(store: Any) -> Path | None:
     p = store_path(store)
     return None if p is None else p.with_name(p.name + SUFFIX)
@@ -83,6 +118,7 @@ class TargetLock:
                  shared: bool = False) -> None:
         self.path = lock_path(store)
         self.store = store_path(store)
+        self.store_uri = store
         self.what = what
         # False for a store that must exist already (a migration's source): when even its
         # directory is missing there is nothing to lock, and nothing is created for it
@@ -142,6 +178,9 @@ class TargetLock:
                 self._dir_fd = _lock_dir(self.store, fcntl.LOCK_EX)
                 if self.store is not None:  # a backup of a store above it: refused
                     self._nest = _track(nestlock.writer_marks(self.store))
+                for d in outside_dirs(self.store_uri):  # (held the same way)
+                    self._nest += _track([_lock_dir(d, fcntl.LOCK_EX)])
+                    self._nest += _track(nestlock.writer_marks(d))
             except BaseException:
                 self._close_dir()
                 self.path.unlink(missing_ok=True)  # while locked: no one else holds it
@@ -180,6 +219,10 @@ class TargetLock:
             return
         try:  # a writer of a store inside it or of a directory above it: refused
             self._nest = _track(nestlock.reader_marks(self.store, self._dir_fd))
+            for d in outside_dirs(self.store_uri):  # (held the same way)
+                fd = _lock_dir(d, fcntl.LOCK_SH)
+                self._nest += _track([fd])
+                self._nest += _track(nestlock.reader_marks(d, fd))
         except BaseException:
             self._close_dir()
             raise
@@ -218,6 +261,7 @@ class TargetLock:
 
 
 def _track(fds: list[int]) -> list[int]:
+    fds = [fd for fd in fds if fd >= 0]
     _dir_fds.update(fds)
     return fds
 
