@@ -319,3 +319,22 @@ def test_only_tls_failures_no_retry_mends_are_permanent():
     assert not permanent(ssl.SSLEOFError(8, "EOF occurred in violation of protocol"))
     assert not permanent(ConnectionResetError(104, "reset"))
     assert not permanent(ConnectionRefusedError(111, "refused"))
+
+
+def test_the_handshake_check_names_the_endpoint_and_leaves_proxies_alone(pki, monkeypatch):
+    from dsbackup.errors import ArchiveUnavailable
+    from dsbackup.storage.s3tls import check_endpoint
+
+    srv = _Listener(pki.server_context())
+    try:
+        for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(v, raising=False)
+        monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+        monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+        with pytest.raises(ArchiveUnavailable, match=rf"S3 endpoint https://127.0.0.1:"
+                                                     rf"{srv.port}: TLS: the server's"):
+            check_endpoint(f"https://127.0.0.1:{srv.port}", "127.0.0.1", srv.port)
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # the client's way
+        check_endpoint(f"https://127.0.0.1:{srv.port}", "127.0.0.1", srv.port)
+    finally:
+        srv.close()

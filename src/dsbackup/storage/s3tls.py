@@ -111,6 +111,7 @@ _PERMANENT = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN
                         "SSLV3_ALERT_HANDSHAKE_FAILURE", "TLSV1_ALERT_UNKNOWN_CA",
                         "SSLV3_ALERT_BAD_CERTIFICATE", "TLSV1_UNRECOGNIZED_NAME",
                         "TLSV1_ALERT_INTERNAL_ERROR", "WRONG_SSL_VERSION"})
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 _checked: set[tuple[str, int]] = set()  # endpoints whose handshake succeeded once
 
 
@@ -131,9 +132,10 @@ def check_endpoint(endpoint: str, host: str, port: int | None,
     """One TLS handshake with an https endpoint before its first request (once per process):
     a certificate it rejects or a server that does not speak TLS is an ArchiveUnavailable
     (exit 2) naming the endpoint at once, not after the clients' retry window. Anything
-    else (refused, a timeout, an EOF) is left to the requests and their retries."""
+    else (refused, a timeout, an EOF) is left to the requests and their retries, and so is
+    an endpoint reached through a proxy (``HTTPS_PROXY``: the client's way, not this one)."""
     key = (host, port or 443)
-    if key in _checked:
+    if key in _checked or any(os.environ.get(v) for v in _PROXY_VARS):
         return
     try:
         with socket.create_connection(key, timeout=timeout) as sock, \
