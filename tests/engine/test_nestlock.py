@@ -158,6 +158,13 @@ def test_sqlite_backup_and_restore_exclude_each_other(tmp_path, make_archive, ru
         _refused(r, f"{db}: a dsbackup backup (PID {backup.pid}) is reading it")
         assert db.read_bytes() == before
         assert run_cli("backup", uri, tmp_path / "c.tar.gz").returncode == 0  # side by side
+        # SQLite's own locking is untouched: another program still writes the database
+        import sqlite3
+
+        con = sqlite3.connect(db, timeout=30)
+        con.execute("INSERT INTO datastore VALUES (?, ?)", (b"/other", b"x"))
+        con.commit()
+        con.close()
     finally:
         assert finish(backup) == 0
     assert not lock_path(uri).exists()
