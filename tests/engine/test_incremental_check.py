@@ -11,7 +11,7 @@ import pytest
 from dsbackup.datastores import open_datastore
 from dsbackup.engine.backup import BackupManager
 from dsbackup.engine.config import BackupConfig
-from dsbackup.errors import MissingParentError
+from dsbackup.errors import IntegrityError, MissingParentError
 
 
 def _put(ds, rng: random.Random, n: int, tag: bytes) -> None:
@@ -148,3 +148,79 @@ def test_trust_parent_skips_the_read_of_parent_members_only(tmp_path):
         writer_mod.ArchiveWriter.add_reference = real
     assert not (tmp_path / "j.tar.gz").exists()
     ds.close()
+
+
+def _overlapping_parent(src, dst) -> int:
+    """`src` (a format-1 archive, one index) rewritten so that every chunk's index entry names
+    the same member range — all the chunk members together, with that range's XXH3, so each
+    one "checks" — every other field and member as it was: a hostile parent whose check
+    would hash the whole archive once per referenced chunk. Returns the chunk count."""
+    from crafted import honest_member
+
+    from dsbackup._ext.checksum import xxh3_64
+    from dsbackup.archive import format as fmt
+    from dsbackup.archive.index import ChunkEntry, IndexBuilder
+    from dsbackup.archive.reader import ArchiveReader
+
+    data = src.read_bytes()
+    with ArchiveReader(src) as r:
+        mend, t = r.manifest_end, r.trailer
+        assert r.index.catalog_count == 0 and not r.index.node_length
+        entries = list(r.index.entries())
+    span = (mend, t.index_offset - mend)
+    ib = IndexBuilder()
+    for e in entries:
+        ib.add_chunk(ChunkEntry(e.seq, *span, e.payload_len, e.records, e.payload_xxh3,
+                                xxh3_64(data[mend:t.index_offset]), e.keys_xxh3,
+                                e.first_key, e.last_key))
+    im = honest_member(ib.encode(mend, xxh3_64(data[:mend])), fmt.TYPE_INDEX, fmt.INDEX_NAME)
+    out = bytearray(data[:t.index_offset]) + im
+    sm = data[t.summary_offset:t.summary_offset + t.summary_length]
+    soff = len(out)
+    out += sm
+    out += fmt.Trailer(t.index_offset, len(im), xxh3_64(im), soff, len(sm), xxh3_64(sm),
+                       t.chunk_count, len(out)).encode()
+    dst.write_bytes(bytes(out))
+    return len(entries)
+
+
+def test_a_parent_whose_entries_overlap_is_refused_without_hashing_them_all(
+        tmp_path, run_cli, monkeypatch):
+    """A crafted parent whose index entries all name one range (the whole archive): the
+    check before the rename hashed those bytes once per referenced chunk (a slow backup at
+    the parent's will) and said OK. The format forbids it (docs/FORMAT.md §5): exit 3 before
+    any member is hashed, nothing kept; verify says so too."""
+    from dsbackup.archive import reader as reader_mod
+
+    rng = random.Random(9)
+    src = f"lmdb:{tmp_path / 's'}"
+    with open_datastore(src) as ds:
+        _put(ds, rng, 3000, b"a")
+    honest = tmp_path / "honest.tar.gz"
+    assert run_cli("backup", src, honest, "--chunk-size", "8").returncode == 0
+    parent = tmp_path / "p.tar.gz"
+    n = _overlapping_parent(honest, parent)
+    assert n > 100
+    out = tmp_path / "i.tar.gz"
+    r = run_cli("backup", src, out, "--parent", parent)
+    assert r.returncode == 3, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "overlaps an earlier chunk's" in lines[0] and str(parent) in lines[0], lines
+    assert not out.exists() and not list(tmp_path.glob(".i.tar.gz*"))
+    r = run_cli("verify", "--quick", parent)
+    assert r.returncode == 3 and "overlaps the previous member" in r.stderr, r.stderr
+
+    # in-process: not one member hashed (the refusal comes before the first read)
+    hashed: list[int] = []
+    real = reader_mod.ArchiveReader._check_member_range
+
+    def counting(self, i, *a, **kw):
+        hashed.append(i)
+        return real(self, i, *a, **kw)
+
+    monkeypatch.setattr(reader_mod.ArchiveReader, "_check_member_range", counting)
+    with open_datastore(src, readonly=True) as ds, \
+            pytest.raises(IntegrityError, match="overlaps an earlier chunk's"):
+        BackupManager(BackupConfig(workers=1)).create_backup(ds, out, parent=parent)
+    assert hashed == [] and not out.exists()

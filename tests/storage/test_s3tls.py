@@ -231,3 +231,110 @@ def test_our_own_gets_name_tls_failures_as_the_obstore_client_does():
                                 "in AWS_CA_BUNDLE")
     err.verify_code, err.verify_message = 10, "certificate has expired"
     assert tls_failure(err).endswith("rejected: it has expired")
+
+
+# -- a TLS failure is not retried ------------------------------------------------------------
+
+
+class _Listener:
+    """A server on 127.0.0.1 that answers each connection with a TLS handshake (`tls`: its
+    context) or a plain-http 400; counts the connections."""
+
+    def __init__(self, tls=None) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.tls, self.connections = tls, 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import contextlib
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with contextlib.suppress(OSError), conn:
+                conn.settimeout(5)
+                if self.tls is not None:
+                    with self.tls.wrap_socket(conn, server_side=True) as s:
+                        s.recv(100)
+                else:
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                                 b"Connection: close\r\n\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("server", ["untrusted-certificate", "plain-http"])
+def test_a_tls_failure_fails_at_once_naming_the_endpoint(tmp_path, pki, store, server,
+                                                         cli_env):
+    """A certificate nobody trusts (the run's self-signed CA, not named) or an https endpoint
+    that speaks plain http was retried for the whole retry window (here 30 s, 100 retries)
+    before exit 2; now: exit 2 at once, one line naming the endpoint and the TLS error."""
+    import time
+
+    srv = _Listener(pki.server_context() if server != "plain-http" else None)
+    endpoint = f"https://127.0.0.1:{srv.port}"
+    env = {k: v for k, v in cli_env.items() if not k.startswith(("AWS_", "DSBACKUP_S3"))}
+    env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=ACCESS_KEY,
+               AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_DEFAULT_REGION="us-east-1",
+               AWS_CONFIG_FILE=str(tmp_path / "none"), DSBACKUP_S3_RETRIES="100",
+               DSBACKUP_S3_TIMEOUT="30")
+    want = ("TLS: the server's certificate was rejected: signed by a CA that is not trusted"
+            if server != "plain-http" else "(is the endpoint really https?)")
+    try:
+        for cmd in (("backup", f"lmdb:{store}", "s3://tls-bucket/x.dsb"),
+                    ("verify", "s3://tls-bucket/x.dsb"), ("ls", "s3://tls-bucket/x.dsb"),
+                    ("prune", "s3://tls-bucket/", "--keep-last", "1")):
+            t0 = time.monotonic()
+            r = cli(env, *cmd)
+            took = time.monotonic() - t0
+            assert took < 10, (cmd, took, r.stderr)  # the retry window is 30 s
+            assert r.returncode == 2, (cmd, r.stderr)
+            line = [ln for ln in r.stderr.splitlines() if ln.strip()]
+            assert len(line) == 1 and "Traceback" not in r.stderr, r.stderr
+            assert f"S3 endpoint {endpoint}: " in line[0] and want in line[0], line
+            no_secret(r)
+    finally:
+        srv.close()
+
+
+def test_only_tls_failures_no_retry_mends_are_permanent():
+    import ssl
+
+    from dsbackup.storage.s3tls import permanent
+
+    assert permanent(ssl.SSLCertVerificationError(1, "certificate verify failed"))
+    wrong = ssl.SSLError(1, "wrong version number")
+    wrong.reason = "WRONG_VERSION_NUMBER"
+    assert permanent(wrong)
+    # a connection cut during the handshake, a reset, a refusal: retried as before
+    assert not permanent(ssl.SSLEOFError(8, "EOF occurred in violation of protocol"))
+    assert not permanent(ConnectionResetError(104, "reset"))
+    assert not permanent(ConnectionRefusedError(111, "refused"))
+
+
+def test_the_handshake_check_names_the_endpoint_and_leaves_proxies_alone(pki, monkeypatch):
+    from dsbackup.errors import ArchiveUnavailable
+    from dsbackup.storage.s3tls import check_endpoint
+
+    srv = _Listener(pki.server_context())
+    try:
+        for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(v, raising=False)
+        monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+        monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+        with pytest.raises(ArchiveUnavailable, match=rf"S3 endpoint https://127.0.0.1:"
+                                                     rf"{srv.port}: TLS: the server's"):
+            check_endpoint(f"https://127.0.0.1:{srv.port}", "127.0.0.1", srv.port)
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # the client's way
+        check_endpoint(f"https://127.0.0.1:{srv.port}", "127.0.0.1", srv.port)
+    finally:
+        srv.close()

@@ -370,8 +370,9 @@ class Index:
         for off, length, kind, i in members:
             if off != pos or length <= 0:
                 label = "node" if kind == "node" else f"{kind} {i}"
+                how = "overlaps" if off < pos else "does not follow"
                 problems.append(IntegrityError(
-                    f"{label}: member at offset {off} (length {length}) does not follow the "
+                    f"{label}: member at offset {off} (length {length}) {how} the "
                     f"previous member ending at {pos}", chunk=None if kind == "node" else i,
                     part="node" if kind == "node" else None))
             pos = max(pos, off + length)

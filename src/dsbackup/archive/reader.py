@@ -482,12 +482,26 @@ class ArchiveReader:
 
         seqs = np.asarray(seqs, np.int64)
 
+        def overlapping(part: np.ndarray, offs: np.ndarray, lens: np.ndarray,
+                        end: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            """(mask, ends): the members (in seq order) that start before an earlier one
+            ends, and where that is (`end`: where the batches before ended, updated). §5 has
+            them in seq order, tiling the file: entries that share bytes are a malformed
+            (hostile) index, and hashing them would read the same bytes again and again."""
+            starts = offs.astype(np.int64)
+            stops = starts + lens.astype(np.int64)
+            prev = np.concatenate(([end[0]], np.maximum.accumulate(stops)[:-1]))
+            prev = np.maximum(prev, end[0])
+            if stops.size:
+                end[0] = max(end[0], int(stops.max()))
+            return starts < prev, prev
+
         def batches(check: bool = True
                     ) -> Iterator[tuple[list[int], list[int], list[int], list[int]]]:
             """(seqs, offsets, lengths, member XXH3s) of up to STORED_BATCH chunks at a time,
             in order; `check`: IntegrityError for one that is itself a reference (the plan's
             ranges do not raise: the check meets it)."""
-            pos = 0
+            pos, end = 0, [0]
             while pos < seqs.size:
                 first, tab, _keys = self.index.block(int(seqs[pos]))
                 stop = min(int(np.searchsorted(seqs, first + len(tab))), pos + STORED_BATCH)
@@ -497,6 +511,17 @@ class ArchiveReader:
                 if check and refs.any():
                     raise IntegrityError(f"{self.path}: chunk {int(part[np.flatnonzero(refs)[0]])}"
                                          " is a reference, not a member of this archive")
+                over, ends = overlapping(part, t["offset"], t["length"], end)
+                if check and over.any():
+                    j = int(np.flatnonzero(over)[0])
+                    raise IntegrityError(
+                        f"{self.path}: chunk {int(part[j])}: its member at offset "
+                        f"{int(t['offset'][j])} overlaps an earlier chunk's (ending at "
+                        f"{int(ends[j])}); the index is malformed (docs/FORMAT.md §5: "
+                        "members in seq order, not overlapping)", chunk=int(part[j]))
+                if over.any():  # the plan's pass: such bytes are not fetched twice
+                    keep = ~over
+                    part, t = part[keep], t[keep]
                 yield (part.tolist(), t["offset"].tolist(), t["length"].tolist(),
                        t["member_xxh3"].tolist())
                 pos = stop
@@ -511,6 +536,8 @@ class ArchiveReader:
 
         if not seqs.size:
             return
+        if np.any(seqs[1:] <= seqs[:-1]):
+            seqs = np.unique(seqs)  # each chunk once
         self.plan_reads(ranges())
         xxh3 = self._src.xxh3
         for idx, offs, lens, digests in batches():

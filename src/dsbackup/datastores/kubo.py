@@ -27,7 +27,7 @@ from dsbackup.datastores.base import BaseDatastore
 from dsbackup.datastores.mount import MountDatastore
 from dsbackup.errors import DatastoreError, LockedError
 
-__all__ = ["KuboDatastore", "open_kubo", "probe_repo_lock", "LOCK_FILE", "SPEC_FILE"]
+__all__ = ["KuboDatastore", "mount_dirs", "open_kubo", "probe_repo_lock", "LOCK_FILE", "SPEC_FILE"]
 
 LOCK_FILE = "repo.lock"
 SPEC_FILE = "datastore_spec"
@@ -153,6 +153,24 @@ class KuboDatastore(MountDatastore):
             super().close()
         finally:
             self._release_lock()
+
+
+def mount_dirs(repo: str | os.PathLike[str]) -> list[Path]:
+    """The directories ``datastore_spec`` mounts (``blocks``, ``datastore``, ...; one may be
+    a symlink to another disk), without opening them; [] when there is no readable spec."""
+    root = Path(repo).absolute()
+    try:
+        spec = KuboDatastore._unwrap(json.loads((root / SPEC_FILE).read_text()))
+    except (OSError, ValueError, AttributeError):
+        return []
+    mounts = spec.get("mounts", []) if spec.get("type") == "mount" else [spec]
+    out = []
+    for m in mounts if isinstance(mounts, list) else []:
+        child = KuboDatastore._unwrap(m.get("child", m)) if isinstance(m, dict) else {}
+        rel = child.get("path") if isinstance(child, dict) else None
+        if isinstance(rel, str) and rel:
+            out.append(root / rel)
+    return out
 
 
 def open_kubo(path: str, *, readonly: bool = False, allow_live: bool | str = False

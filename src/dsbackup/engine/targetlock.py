@@ -15,9 +15,10 @@ long as it reads the store, after checking that no writer holds the lock file. A
 migration takes, after its lock file, an exclusive ``flock`` on the store's directory when it
 exists: so a restore into a store being backed up is refused (exit 4, the backup's PID from
 the kernel's lock table), and so is a backup of a store being written (it would read a
-half-written store); backups of one store run side by side. A store that is one file
-(``sqlite:``) is checked but not held (a lock on the database file itself could meet SQLite's
-own locks on NFS).
+half-written store); backups of one store run side by side. Stores that overlap (one inside
+the other: ``flatfs:REPO/blocks`` and ``kubo:REPO``) and one-file stores (``sqlite:``, whose
+database file is not locked: that could meet SQLite's own locks) are excluded the same way by
+nestlock.py, with marks on the directories above the store.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from dsbackup.errors import LockedError
+from dsbackup.engine import nestlock
+from dsbackup.errors import DsBackupError, LockedError
 from dsbackup.storage.locktable import lock_holders
 
-SUFFIX = ".dsbackup.lock"
+SUFFIX = nestlock.SUFFIX
+_read_holder = nestlock.read_holder
 
 _held: dict[str, tuple[int, int]] = {}  # lock path -> (thread ident, depth)
 _held_lock = threading.Lock()
@@ -67,6 +70,41 @@ def store_path(store: Any) -> Path | None:
     return Path(loc).absolute()
 
 
+def outside_dirs(store: Any) -> list[Path]:
+    """The directories of a ``kubo:``/``helia:`` store's sub-stores (its blocks, its
+    datastore) that lie outside its own directory, symlinks resolved (a blocks directory
+    moved to another disk): held as the store is. [] for other stores."""
+    from dsbackup.datastores.registry import detect_scheme, parse_uri
+
+    uri = os.fspath(store) if isinstance(store, (str, os.PathLike)) else getattr(store, "uri",
+                                                                                 None)
+    if not isinstance(uri, str) or not uri:
+        return []
+    scheme, loc, _ = parse_uri(uri)
+    if scheme is None and os.path.isdir(loc):
+        try:
+            scheme = detect_scheme(loc)
+        except DsBackupError:
+            return []
+    if scheme == "kubo":
+        from dsbackup.datastores.kubo import mount_dirs
+
+        dirs = mount_dirs(loc)
+    elif scheme == "helia":
+        from dsbackup.datastores.helia import BLOCKS_DIR, DATASTORE_DIR
+
+        dirs = [Path(loc) / BLOCKS_DIR, Path(loc) / DATASTORE_DIR]
+    else:
+        return []
+    root = Path(os.path.realpath(loc))
+    out = []
+    for d in dirs:
+        real = Path(os.path.realpath(d))
+        if real != root and root not in real.parents and real.is_dir() and real not in out:
+            out.append(real)
+    return out
+
+
 def lock_path(store: Any) -> Path | None:
     p = store_path(store)
     return None if p is None else p.with_name(p.name + SUFFIX)
@@ -80,6 +118,7 @@ class TargetLock:
                  shared: bool = False) -> None:
         self.path = lock_path(store)
         self.store = store_path(store)
+        self.store_uri = store
         self.what = what
         # False for a store that must exist already (a migration's source): when even its
         # directory is missing there is nothing to lock, and nothing is created for it
@@ -87,6 +126,7 @@ class TargetLock:
         self.shared = shared
         self._fd = -1
         self._dir_fd = -1  # the store's directory, flocked (shared: a backup; else: a writer)
+        self._nest: list[int] = []  # the directories above it (nestlock.py)
 
     def __enter__(self) -> TargetLock:
         self.acquire()
@@ -136,7 +176,13 @@ class TargetLock:
                 os.close(fd)  # the holder removed it while we waited: lock the new one
             try:
                 self._dir_fd = _lock_dir(self.store, fcntl.LOCK_EX)
+                if self.store is not None:  # a backup of a store above it: refused
+                    self._nest = _track(nestlock.writer_marks(self.store))
+                for d in outside_dirs(self.store_uri):  # (held the same way)
+                    self._nest += _track([_lock_dir(d, fcntl.LOCK_EX)])
+                    self._nest += _track(nestlock.writer_marks(d))
             except BaseException:
+                self._close_dir()
                 self.path.unlink(missing_ok=True)  # while locked: no one else holds it
                 os.close(fd)
                 raise
@@ -169,17 +215,26 @@ class TargetLock:
             finally:
                 os.close(fd)
         self._dir_fd = _lock_dir(self.store, fcntl.LOCK_SH)  # (a writer's since: refused)
+        if self.store is None:
+            return
+        try:  # a writer of a store inside it or of a directory above it: refused
+            self._nest = _track(nestlock.reader_marks(self.store, self._dir_fd))
+            for d in outside_dirs(self.store_uri):  # (held the same way)
+                fd = _lock_dir(d, fcntl.LOCK_SH)
+                self._nest += _track([fd])
+                self._nest += _track(nestlock.reader_marks(d, fd))
+        except BaseException:
+            self._close_dir()
+            raise
 
     def _close_dir(self) -> None:
         fd, self._dir_fd = self._dir_fd, -1
-        if fd >= 0:
-            _dir_fds.discard(fd)
-            # unlocked before it is closed: a child forked meanwhile shares this open file
-            # (and its flock) until it has run _drop_dirs_in_child, which a loaded machine
-            # may not schedule before the next restore asks for the store
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        fds, self._nest = ([fd] if fd >= 0 else []) + self._nest, []
+        _dir_fds.difference_update(fds)
+        # unlocked before they are closed: a child forked meanwhile shares these open files
+        # (and their locks) until it has run _drop_dirs_in_child, which a loaded machine
+        # may not schedule before the next restore asks for the store
+        nestlock.release(fds)
 
     def release(self) -> None:
         if self.path is None:
@@ -203,6 +258,12 @@ class TargetLock:
                 finally:
                     fd, self._fd = self._fd, -1
                     os.close(fd)
+
+
+def _track(fds: list[int]) -> list[int]:
+    fds = [fd for fd in fds if fd >= 0]
+    _dir_fds.update(fds)
+    return fds
 
 
 def _lock_dir(store: Path | None, op: int) -> int:
@@ -238,13 +299,3 @@ def _busy(fd: int, store: Path | None, path: Path | None, then: str) -> str:
     """The one line of a refusal by the lock file's holder (a restore or migration)."""
     return (f"{store}: another dsbackup process ({_read_holder(fd)}) is writing to it; {then} "
             f"(lock file {path})")
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").split("\n")[0].split()
-    except OSError:
-        text = []
-    if text and text[0].isdigit():
-        return f"PID {text[0]}" + (f", {' '.join(text[1:])}" if len(text) > 1 else "")
-    return "PID unknown"

@@ -22,8 +22,9 @@ def lock_holders(st: os.stat_result) -> list[int] | None:
         parts = line.split()
         if len(parts) > 5 and parts[1] != b"->":  # (a waiter's line holds nothing)
             try:
-                if int(parts[5].rsplit(b":", 1)[1]) == st.st_ino:
-                    pids.append(int(parts[4]))
+                pid = int(parts[4])  # (-1: an open file's lock, OFDLCK, names no process)
+                if int(parts[5].rsplit(b":", 1)[1]) == st.st_ino and pid > 0:
+                    pids.append(pid)
             except (IndexError, ValueError):
                 continue
     return pids

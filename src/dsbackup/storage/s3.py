@@ -45,7 +45,7 @@ from dsbackup.storage.s3get import NOT_PARTIAL, Cancel, closed_message, get_into
 from dsbackup.storage.s3multipart import Conflict, KeyTaken, MultipartUpload
 from dsbackup.storage.s3plan import Span, SparsePlan
 from dsbackup.storage.s3stale import clean_before_backup
-from dsbackup.storage.s3tls import CERT_PROBLEMS, ca_bundle
+from dsbackup.storage.s3tls import CERT_PROBLEMS, ca_bundle, check_endpoint
 from dsbackup.storage.sent import SentRecord, SentSource
 
 TAIL_BYTES = 256 << 10  # the open's one GET: trailer, and summary and index when small
@@ -80,6 +80,10 @@ def store(bucket: str) -> S3Store:
             options: dict[str, Any] = {"allow_http": not https, "timeout": timeout,
                                        "connect_timeout": timedelta(seconds=10)}
             bundle = ca_bundle() if https else None  # a private CA's certificates: trusted too
+            endpoint = urlsplit(cfg.get("endpoint") or "")
+            if https and endpoint.hostname:  # a rejected certificate: at once, not retried
+                check_endpoint(f"https://{endpoint.netloc.rpartition('@')[2]}",
+                               endpoint.hostname, endpoint.port)
             if bundle is not None:
                 options["root_certificate"] = bundle.pem
             try:

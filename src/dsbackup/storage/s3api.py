@@ -38,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 from dsbackup.errors import ArchiveUnavailable, ConfigError, S3ApiError
 from dsbackup.storage.s3config import client_config, scrub, settings
-from dsbackup.storage.s3tls import ssl_context
+from dsbackup.storage.s3tls import permanent, ssl_context, tls_error
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -181,6 +181,7 @@ class S3Api:
         self.hostname = u.hostname
         self.port = u.port
         self.base = u.path.rstrip("/")
+        self.endpoint = f"{u.scheme}://{self.netloc}{self.base}"  # (no userinfo: messages)
         self.timeout_s = timeout_s
         self.retries = retries
         self._local = threading.local()  # each thread's kept-alive connection
@@ -311,6 +312,8 @@ class S3Api:
             try:
                 r = self._once(method, path, params, body, headers)
             except (OSError, http.client.HTTPException) as exc:
+                if permanent(exc):  # a rejected certificate, not TLS: no retry mends it
+                    raise tls_error(self.endpoint, exc) from None  # type: ignore[arg-type]
                 if last:
                     raise _failed(f"{what} failed: {type(exc).__name__}: {exc}") from None
             else:

@@ -34,7 +34,7 @@ import time
 from dsbackup.errors import ArchiveUnavailable, IntegrityError
 from dsbackup.storage.s3api import S3Api
 from dsbackup.storage.s3config import scrub
-from dsbackup.storage.s3tls import tls_failure
+from dsbackup.storage.s3tls import permanent, tls_error, tls_failure
 
 NOT_PARTIAL = ("the server answered a ranged GET with the whole-object status 200 instead of "
                "206 Partial Content, so it cannot serve an archive's random access (restore, "
@@ -220,6 +220,8 @@ def _request(api: S3Api, path: str, headers: dict[str, str], cancel: Cancel
     except (OSError, http.client.HTTPException) as exc:
         cancel.unwatch(conn)
         api.drop_connection()
+        if permanent(exc):  # a rejected certificate, not TLS: no retry mends it
+            raise tls_error(api.endpoint, exc) from None  # type: ignore[arg-type]
         raise _Transient(_why(exc)) from None
     except BaseException:
         cancel.unwatch(conn)

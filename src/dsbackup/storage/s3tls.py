@@ -4,16 +4,19 @@ server behind a private CA, named as the AWS tools name it, ``AWS_CA_BUNDLE``, e
 system's trusted roots, for obstore (its ``root_certificate`` client option) and for our own
 requests (:mod:`dsbackup.storage.s3api`, an ``ssl`` context). A bundle that cannot be read or
 holds no valid PEM certificate is a :class:`~dsbackup.errors.ConfigError` (exit 2) naming it.
+A server certificate that is rejected, or an https endpoint that does not speak TLS, is not
+retried: one line naming the endpoint, exit 2 (``check_endpoint``, ``permanent``).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsbackup.errors import ConfigError
+from dsbackup.errors import ArchiveUnavailable, ConfigError
 from dsbackup.storage.s3config import profile_config
 
 PEM_CERT = b"-----BEGIN CERTIFICATE-----"
@@ -98,3 +101,50 @@ def ssl_context() -> ssl.SSLContext:
     if bundle is not None:
         ctx.load_verify_locations(cadata=bundle.pem.decode("ascii", errors="replace"))
     return ctx
+
+
+# handshake failures no retry can mend: the server's protocol (plain http on an https port,
+# an old TLS version) or its certificate; an EOF or reset mid-handshake is transient
+_PERMANENT = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL",
+                        "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS_AVAILABLE", "PACKET_LENGTH_TOO_LONG",
+                        "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "TLSV1_ALERT_PROTOCOL_VERSION",
+                        "SSLV3_ALERT_HANDSHAKE_FAILURE", "TLSV1_ALERT_UNKNOWN_CA",
+                        "SSLV3_ALERT_BAD_CERTIFICATE", "TLSV1_UNRECOGNIZED_NAME",
+                        "TLSV1_ALERT_INTERNAL_ERROR", "WRONG_SSL_VERSION"})
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+_checked: set[tuple[str, int]] = set()  # endpoints whose handshake succeeded once
+
+
+def permanent(exc: BaseException) -> bool:
+    """Whether `exc` is a TLS failure that retrying cannot mend (fail at once)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True
+    return isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None) in _PERMANENT
+
+
+def tls_error(endpoint: str, exc: ssl.SSLError) -> ArchiveUnavailable:
+    """The one line (exit 2) of a permanent TLS failure, naming the endpoint."""
+    return ArchiveUnavailable(f"S3 endpoint {endpoint}: {tls_failure(exc)} (not retried)")
+
+
+def check_endpoint(endpoint: str, host: str, port: int | None,
+                   context: ssl.SSLContext | None = None, timeout: float = 10.0) -> None:
+    """One TLS handshake with an https endpoint before its first request (once per process):
+    a certificate it rejects or a server that does not speak TLS is an ArchiveUnavailable
+    (exit 2) naming the endpoint at once, not after the clients' retry window. Anything
+    else (refused, a timeout, an EOF) is left to the requests and their retries, and so is
+    an endpoint reached through a proxy (``HTTPS_PROXY``: the client's way, not this one)."""
+    key = (host, port or 443)
+    if key in _checked or any(os.environ.get(v) for v in _PROXY_VARS):
+        return
+    try:
+        with socket.create_connection(key, timeout=timeout) as sock, \
+                (context or ssl_context()).wrap_socket(sock, server_hostname=host):
+            pass
+    except ssl.SSLError as exc:
+        if permanent(exc):
+            raise tls_error(endpoint, exc) from None
+        return
+    except OSError:
+        return
+    _checked.add(key)
