@@ -538,7 +538,7 @@ cdef class LmdbRangeScanner:
         With ``into`` (a writable contiguous buffer) the body is compressed straight into it
         when it surely fits; the chunk's ``body.data`` is then a memoryview of ``into``
         (otherwise ``bytes``, as without it)."""
-        cdef MDB_val k, v, kv
+        cdef MDB_val k, v
         cdef MDB_cursor_op op
         cdef ds_chunk out
         cdef int rc = 0, r = 0, got = 0, cmp, in_place = 0
@@ -611,9 +611,11 @@ cdef class LmdbRangeScanner:
                         __builtin_prefetch(pf + 192)
                         __builtin_prefetch(pf + 256)
                     if v.mv_size >= PREAD_MIN and self.dfd >= 0:
-                        kv.mv_size = 0  # only the key is read through the map
-                        kv.mv_data = k.mv_data
-                        self._note_read(&k, &kv)
+                        # the value is read with pread, but its first overflow page was
+                        # faulted in through the map (the cursor read its header), and with
+                        # it the kernel maps cached neighbours (fault-around): its span and
+                        # size count toward the next trim as a value read from the map does
+                        self._note_read(&k, &v)
                         r = self._append_read(prevp, prevn, &v, &out)
                     else:
                         self._note_read(&k, &v)

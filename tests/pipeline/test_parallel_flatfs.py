@@ -229,3 +229,68 @@ def test_the_parent_stops_reading_a_planner_that_runs_ahead():
     assert tally["received"] == stripes
     bound = parallel.QUEUED_STRIPES * scan.n + 1  # waiting stripes and one message's
     assert bound < 10 and tally["held"] <= bound, tally
+
+
+def test_the_parent_stops_reading_a_boundary_planner_that_runs_ahead():
+    """Stripes given by their boundaries alone (LMDB) are read ahead only up to
+    QUEUED_BOUNDARIES waiting: before, the parent read the planner's whole walk at once and
+    kept every stripe until the end, memory that grew with the store (~9,400 stripes at
+    32 GiB: +5 MiB; a terabyte store ~250,000). Here 3,000 stripes in messages of 256, a
+    worker taking 1 ms each."""
+    import multiprocessing
+    import threading
+    import time
+
+    from dsbackup.pipeline import parallel
+
+    scan = ParallelScan("lmdb", "/nonexistent", ChunkSettings(4, 1 << 16, 1), 1)
+    tally = {"received": 0, "sent": 0, "held": 0}
+    wp, wc = multiprocessing.Pipe()
+    pp, pc = multiprocessing.Pipe()
+    scan.conns = [_CountingConn(wp, tally), _CountingConn(pp, tally)]
+    scan._readers = [FrameReader(wp.fileno()), _CountingReader(pp.fileno(), tally)]
+    never = [os.pipe() for _ in range(2)]  # the processes' sentinels: they never end
+
+    class Proc:
+        def __init__(self, fd: int) -> None:
+            self.sentinel = fd
+
+    scan.procs = [Proc(r) for r, _ in never]
+    stripes, per_message = 3000, 256
+    pad = b"p" * (READ_SIZE // per_message + 1)  # a message longer than one read
+
+    def key(i: int) -> bytes:
+        return b"/K%05d" % i + pad
+
+    def planner() -> None:
+        assert pc.recv()[0] == "plan"
+        for lo in range(1, stripes, per_message):
+            pc.send(("stripes", [key(i) for i in range(lo, min(lo + per_message, stripes))]))
+        pc.send(("plan_done",))
+
+    def worker() -> None:
+        while (msg := wc.recv())[0] == "range":
+            _, rid, start, _end, _freed, keys = msg
+            assert keys is None
+            time.sleep(0.001)
+            first = start or key(0)
+            meta = (1, first, first, 0, 0, 1, 0, 1, 1, 1, 0, 0, 1)
+            wc.send(("chunk", rid, -1, meta, b"x", None))
+            wc.send(("done", rid))
+
+    threads = [threading.Thread(target=planner), threading.Thread(target=worker)]
+    for t in threads:
+        t.start()
+    try:
+        firsts = [bytes(c.first_key) for c in scan._schedule()]
+    finally:
+        wp.send(("stop",))
+        for t in threads:
+            t.join(30)
+        for r, w in never:
+            os.close(r)
+            os.close(w)
+    assert firsts == [key(i) for i in range(stripes)]
+    assert tally["received"] == stripes
+    bound = parallel.QUEUED_BOUNDARIES + per_message  # waiting stripes and one message's
+    assert bound < stripes and tally["held"] <= bound, tally

@@ -16,6 +16,8 @@ A store read by key list (flatfs) gets each stripe's keys from the planner's one
 hands them to the worker with the stripe, so no worker lists the store. The parent stops
 reading the planner while QUEUED_STRIPES stripes per worker wait for one, so the planner waits
 in send and at most that many stripes' keys (and one read's worth of messages) are held here.
+Stripes given by their boundaries alone (LMDB) are read ahead up to QUEUED_BOUNDARIES: the
+parent's memory does not grow with the store's size (a 32 GiB store has ~9,400 stripes).
 
 A chunk's slot is freed once the consumer's call returns, unless the consumer holds the body
 (BodyView.hold, for a consumer that reads the bytes after its call returns; the encrypted
@@ -26,6 +28,7 @@ loop if it is waiting for the workers.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import mmap
 import os
@@ -56,6 +59,10 @@ FREE_BATCH = 4  # freed slots per message to a worker (each message wakes a proc
 SNAPSHOT_RETRIES = 50
 SPILLED = -2  # chunk moved from a worker's slot to the spill file
 QUEUED_STRIPES = 2  # keyed stripes waiting per worker before the planner is left to wait
+# stripes given by their boundaries alone (LMDB) waiting before the planner is left to wait:
+# a few of its messages (256 stripes each), so the parent holds ~ a thousand stripes at most
+# whatever the store's size, and the planner still runs ahead of the workers
+QUEUED_BOUNDARIES = 1024
 AHEAD = 1  # stripes handed to a busy worker before it asks, waiting in its pipe (see dispatch)
 # a stripe handed ahead carries at most this many bytes of keys: its message waits unread in
 # the worker's pipe, and one the pipe cannot hold blocks the loop in send while the busy
@@ -410,7 +417,8 @@ class ParallelScan:
     def _schedule(self) -> Iterator[ReadyChunk]:
         planner = self.n
         ranges: deque[_Range] = deque()  # in key order; ranges[0] is being written
-        by_id: dict[int, _Range] = {}
+        by_id: dict[int, _Range] = {}  # the ranges not yet written (those in `ranges`)
+        rids = itertools.count()
         unassigned: deque[_Range] = deque()
         idle = set(range(self.n))
         # per worker: the stripes handed to it and not done, in key order (it scans them in
@@ -420,7 +428,7 @@ class ParallelScan:
         planned = False
 
         def add_range(start: bytes, end: bytes | None, keys: list[bytes] | None) -> None:
-            r = _Range(len(by_id), start, end, keys=keys)
+            r = _Range(next(rids), start, end, keys=keys)
             by_id[r.rid] = r
             ranges.append(r)
             unassigned.append(r)
@@ -486,14 +494,15 @@ class ParallelScan:
                         free(*released.popleft())
                 if not head.done:
                     break
-                ranges.popleft()
+                del by_id[ranges.popleft().rid]  # done and written: no message names it now
             if planned and not ranges:
                 return
             while released:
                 free(*released.popleft())
             # freed slots go out in batches while chunks keep coming, the rest (flush) only
             # before the loop sleeps: one message wakes a process
-            pause = keyed and not planned and len(unassigned) >= queued_max
+            pause = not planned and len(unassigned) >= (queued_max if keyed
+                                                         else QUEUED_BOUNDARIES)
             for w, msg in self._recv(0.1, flush, planner if pause else -1):
                 op = msg[0]
                 if op == "chunk":
