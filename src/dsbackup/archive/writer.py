@@ -116,41 +116,46 @@ class ArchiveWriter:
             raise ValueError("resume needs its sink")
         # the IO boundary: a local temp file, an S3 multipart upload or stdout
         self._sink = sink if sink is not None else open_sink(path, overwrite=overwrite)
-        self.final = self._sink.final
-        self.tmp = self._sink.tmp  # a local temp file's path (None elsewhere)
-        self.removed_leftovers = self._sink.removed_leftovers
-        self.level = level
-        self.created = int(created if created is not None else time.time())
-        self._pos = 0
-        self._index: IndexBuilder | PagedIndexBuilder = (
-            IndexBuilder() if page_entries is None else PagedIndexBuilder(page_entries))
-        self._page_bytes = 0  # index page members (not counted in chunk_bytes)
-        self._fingerprint = Xxh3_128()
-        self._records = 0
-        self._raw_bytes = 0
-        self._payload_bytes = 0
-        self._closed = False
-        self._prev_last: bytes | None = None
-        # incremental archives: the fingerprint also covers the parent's (docs/FORMAT.md §7)
-        self.parent_fingerprint = parent_fingerprint
-        self.referenced_chunks = 0
-        encrypted = key is not None
-        zstd = codecs.check_codec(codec) == codecs.ZSTD
-        self.version = (fmt.FORMAT_VERSION if node is None and not encrypted and not zstd
-                        and page_entries is None else fmt.NODE_FORMAT_VERSION)
-        self.flags = ((fmt.FLAG_ENCRYPTED if encrypted else 0)
-                      | (fmt.FLAG_PAGED if page_entries is not None else 0)
-                      | (fmt.FLAG_ZSTD if zstd else 0))
-        self._cipher = None
-        self._sealed_catalog: bool | None = None
-        # encrypted: the sealed chunk's and catalog's buffers, reused from chunk to chunk
-        self._out = [bytearray(), bytearray()]
-        self._frame_into: Any = None  # dsbackup._ext.seal.frame_into, loaded with the key
-        self._base = 0  # length of the key header (the manifest follows it)
-        self._pending_key: PendingKey | None = None  # the data key, being made (encrypted)
-        self._head: tuple[bytes, bytes | None] | None = None  # manifest and node, till then
-        self._node_offset = self._node_length = 0
-        self._epoch = 0  # the nonce epoch of chunks, catalogs and pages this run seals (§11.4)
+        try:  # a signal before the head's own try below must not leave the temp file
+            self.final = self._sink.final
+            self.tmp = self._sink.tmp  # a local temp file's path (None elsewhere)
+            self.removed_leftovers = self._sink.removed_leftovers
+            self.level = level
+            self.created = int(created if created is not None else time.time())
+            self._pos = 0
+            self._index: IndexBuilder | PagedIndexBuilder = (
+                IndexBuilder() if page_entries is None else PagedIndexBuilder(page_entries))
+            self._page_bytes = 0  # index page members (not counted in chunk_bytes)
+            self._fingerprint = Xxh3_128()
+            self._records = 0
+            self._raw_bytes = 0
+            self._payload_bytes = 0
+            self._closed = False
+            self._prev_last: bytes | None = None
+            # incremental archives: the fingerprint also covers the parent's (docs/FORMAT.md §7)
+            self.parent_fingerprint = parent_fingerprint
+            self.referenced_chunks = 0
+            encrypted = key is not None
+            zstd = codecs.check_codec(codec) == codecs.ZSTD
+            self.version = (fmt.FORMAT_VERSION if node is None and not encrypted and not zstd
+                            and page_entries is None else fmt.NODE_FORMAT_VERSION)
+            self.flags = ((fmt.FLAG_ENCRYPTED if encrypted else 0)
+                          | (fmt.FLAG_PAGED if page_entries is not None else 0)
+                          | (fmt.FLAG_ZSTD if zstd else 0))
+            self._cipher = None
+            self._sealed_catalog: bool | None = None
+            # encrypted: the sealed chunk's and catalog's buffers, reused from chunk to chunk
+            self._out = [bytearray(), bytearray()]
+            self._frame_into: Any = None  # dsbackup._ext.seal.frame_into, loaded with the key
+            self._base = 0  # length of the key header (the manifest follows it)
+            self._pending_key: PendingKey | None = None  # the data key, being made (encrypted)
+            self._head: tuple[bytes, bytes | None] | None = None  # manifest and node, till then
+            self._node_offset = self._node_length = 0
+            self._epoch = 0  # the nonce epoch of chunks, catalogs and pages this run seals (§11.4)
+        except BaseException:
+            if resume is None:  # (a resumed file is the user's: kept)
+                self._sink.abort()
+            raise
         if resume is not None:
             self._resume(resume)
             return

@@ -3,6 +3,7 @@ fsynced, then linked into place (never replacing a file unless asked); reads wit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -92,18 +93,33 @@ class LocalSink:
                               f"this archive ({writer[1].name}); wait for it to finish")
         self.removed_leftovers = remove_stale_temp_files(path)
         self.tmp = temp_path_for(path)
+        self._fd = -1
         try:
             self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                                private_mode())  # 0600 unless --umask says otherwise
+            try:
+                lock_temp_file(self._fd)  # marks a live writer: leftover cleanup skips it
+            except OSError:
+                pass  # a filesystem without flock: the PID in the name still protects it
+            self._pos = 0
+            self._closed = False
+            self._writeback = Writeback(self._fd)
         except OSError as exc:
+            if self._fd >= 0:  # made, then failed: not left behind
+                self._discard_unopened()
             raise ArchiveError(f"{path}: cannot create temporary file: {exc}") from exc
-        try:
-            lock_temp_file(self._fd)  # marks a live writer: leftover cleanup skips the file
-        except OSError:
-            pass  # a filesystem without flock: the PID in the name still protects the file
-        self._pos = 0
-        self._closed = False
-        self._writeback = Writeback(self._fd)
+        except BaseException:  # a signal (Ctrl-C, SIGTERM) before the caller holds us
+            self._discard_unopened()
+            raise
+
+    def _discard_unopened(self) -> None:
+        """Close and remove the temp file of a constructor that did not finish (its name
+        holds our PID and a random part: if it exists, it is ours)."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
 
     def write(self, pieces: Sequence[bytes | memoryview]) -> int:
         views = [memoryview(p) for p in pieces if len(p)]
