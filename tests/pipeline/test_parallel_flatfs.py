@@ -229,3 +229,25 @@ def test_the_parent_stops_reading_a_planner_that_runs_ahead():
     assert tally["received"] == stripes
     bound = parallel.QUEUED_STRIPES * scan.n + 1  # waiting stripes and one message's
     assert bound < 10 and tally["held"] <= bound, tally
+
+
+def test_a_scan_abandoned_with_workers_blocked_in_send_stops_at_once(tmp_path):
+    """A scan left early (an error, Ctrl-C, a worker killed) while the other workers are
+    blocked writing chunk messages (with their key catalogs) into full pipes: they cannot read
+    the "stop" sent to them, so the scan closes its ends and they end on EPIPE at once.
+    Before, it waited 5 s for their exit, then SIGKILLed them (a Ctrl-C took 5 s)."""
+    import time
+
+    rng = random.Random(5)
+    ds = open_datastore(f"flatfs:{tmp_path / 's'}")
+    keys = sorted({_key(i) for i in range(40000)})
+    ds.put_many(keys, [rng.randbytes(100) for _ in keys])
+    ds.close()
+    scan = ParallelScan("datastore", f"flatfs:{tmp_path / 's'}",
+                        ChunkSettings(1500, 1 << 20, 1, (), True), 2)
+    it = iter(scan)
+    next(it)
+    time.sleep(1.5)  # the workers fill their pipes with the chunks not read
+    t0 = time.monotonic()
+    it.close()
+    assert time.monotonic() - t0 < 3.0
