@@ -238,11 +238,9 @@ def test_a_scan_abandoned_with_workers_blocked_in_send_stops_at_once(tmp_path):
     Before, it waited 5 s for their exit, then SIGKILLed them (a Ctrl-C took 5 s)."""
     import time
 
-    rng = random.Random(5)
-    ds = open_datastore(f"flatfs:{tmp_path / 's'}")
-    keys = sorted({_key(i) for i in range(40000)})
-    ds.put_many(keys, [rng.randbytes(100) for _ in keys])
-    ds.close()
+    from tests.support.flatfs_files import random_names, write_store
+
+    write_store(tmp_path / "s", random_names(40000), lambda n: n.encode() * 3)
     scan = ParallelScan("datastore", f"flatfs:{tmp_path / 's'}",
                         ChunkSettings(1500, 1 << 20, 1, (), True), 2)
     it = iter(scan)
