@@ -294,3 +294,23 @@ def test_the_parent_stops_reading_a_boundary_planner_that_runs_ahead():
     assert tally["received"] == stripes
     bound = parallel.QUEUED_BOUNDARIES + per_message  # waiting stripes and one message's
     assert bound < stripes and tally["held"] <= bound, tally
+
+
+def test_a_scan_abandoned_with_workers_blocked_in_send_stops_at_once(tmp_path):
+    """A scan left early (an error, Ctrl-C, a worker killed) while the other workers are
+    blocked writing chunk messages (with their key catalogs) into full pipes: they cannot read
+    the "stop" sent to them, so the scan closes its ends and they end on EPIPE at once.
+    Before, it waited 5 s for their exit, then SIGKILLed them (a Ctrl-C took 5 s)."""
+    import time
+
+    from tests.support.flatfs_files import random_names, write_store
+
+    write_store(tmp_path / "s", random_names(40000), lambda n: n.encode() * 3)
+    scan = ParallelScan("datastore", f"flatfs:{tmp_path / 's'}",
+                        ChunkSettings(1500, 1 << 20, 1, (), True), 2)
+    it = iter(scan)
+    next(it)
+    time.sleep(1.5)  # the workers fill their pipes with the chunks not read
+    t0 = time.monotonic()
+    it.close()
+    assert time.monotonic() - t0 < 3.0

@@ -255,8 +255,13 @@ class ParallelScan:
                 c.send(("stop",))
             except OSError:
                 pass
-        if len(self.conns) > self.n:  # a planner waiting in send gets EPIPE and ends now
-            self.conns[self.n].close()
+        # a scan left early (an error, Ctrl-C, a worker killed): nothing more is read, and a
+        # process blocked writing into its full pipe (a chunk with its catalog, the planner's
+        # stripes) cannot read "stop": closing our ends gives it EPIPE and it ends now (it
+        # waited 5 s for the kill below). After a whole scan only the planner's is closed.
+        for c in self.conns if not self._reported else self.conns[self.n:]:
+            if not c.closed:
+                c.close()
         # after a whole scan every process has released the store and reported (its last
         # act before it exits: worker.py), so its exit (unmapping the store and the slots)
         # need not hold up the end of the backup: the zygote (or the fork server) reaps it
