@@ -7,6 +7,8 @@ know where the bytes live (docs/STORAGE.md). Locations: see :mod:`dsbackup.stora
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["STREAM", "S3Location", "Sink", "Source", "abort_stale_uploads", "as_location", "check_endpoint", "configure",
            "delete", "display", "exists", "identity", "is_file", "is_remote", "is_s3",
-           "is_stream", "list_archives", "open_sink", "open_source", "parse_stale_hours",
+           "is_stream", "list_archives", "live_writes", "open_sink", "open_source", "parse_stale_hours",
            "relative_hint", "scrub"]
 
 AnyLocation = str | os.PathLike[str] | S3Location
@@ -110,6 +112,46 @@ def list_archives(directory: AnyLocation) -> list[Path] | list[S3Location]:
     from dsbackup.storage.local import list_archives as local_list
 
     return local_list(Path(loc))
+
+
+@dataclass(frozen=True)
+class LiveWrite:
+    """An archive being written now: `location`, where its bytes are so far (a local temp file,
+    whose head can be read; the key of an S3 multipart upload, whose parts cannot), `final`,
+    the archive's name, `started`, a time no earlier than the run began (its parent was made
+    before), and `who`, for messages."""
+
+    location: Path | S3Location
+    final: str
+    started: datetime
+    who: str
+
+
+def live_writes(directory: AnyLocation) -> list[LiveWrite]:
+    """The archives being written in a directory (temp files whose writer is alive) or under
+    an S3 prefix (multipart uploads that are not stale, :func:`dsbackup.storage.s3stale.
+    live_uploads`): prune keeps their parents. ArchiveError/ConfigError when an S3 listing
+    fails. An archive on S3 smaller than one part is not seen: it is held in memory until one
+    PUT (docs/CLI.md `prune`)."""
+    loc = as_location(directory)
+    if isinstance(loc, S3Location):
+        from dsbackup.storage.s3stale import live_uploads
+
+        return [LiveWrite(u.location, u.location.name, u.initiated,
+                          f"multipart upload {u.upload_id[:16]}")
+                for u in live_uploads(S3Location(loc.bucket, loc.prefix))]
+    if loc == STREAM:
+        return []
+    from dsbackup.storage.tempfiles import live_temp_files
+
+    out = []
+    for pid, tmp in live_temp_files(Path(loc)):
+        try:
+            when = datetime.fromtimestamp(tmp.stat().st_mtime, timezone.utc)
+        except OSError:  # renamed into place meanwhile: a final archive now
+            continue
+        out.append(LiveWrite(tmp, tmp.name[1:].rsplit(".tmp-", 1)[0], when, f"PID {pid}"))
+    return out
 
 
 def delete(location: AnyLocation) -> None:
