@@ -137,7 +137,9 @@ def live_writes(directory: AnyLocation) -> list[LiveWrite]:
     if isinstance(loc, S3Location):
         from dsbackup.storage.s3stale import live_uploads
 
-        return [LiveWrite(u.location, u.location.name, u.initiated,
+        # its last activity (the newest part, else the initiation): later than its start,
+        # so no possible parent is missed (some servers report odd initiation times)
+        return [LiveWrite(u.location, u.location.name, u.last_activity,
                           f"multipart upload {u.upload_id[:16]}")
                 for u in live_uploads(S3Location(loc.bucket, loc.prefix))]
     if loc == STREAM:
