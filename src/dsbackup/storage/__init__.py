@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dsbackup.errors import ConfigError
+from dsbackup.errors import ConfigError, DsBackupError
 from dsbackup.storage.base import Sink, Source
 from dsbackup.storage.location import (
     STREAM,
@@ -44,7 +44,7 @@ def __getattr__(name: str) -> Any:
 __all__ = ["STREAM", "S3Location", "Sink", "Source", "abort_stale_uploads", "as_location", "check_endpoint", "configure",
            "delete", "display", "exists", "identity", "is_file", "is_remote", "is_s3",
            "is_stream", "list_archives", "live_writes", "open_sink", "open_source", "parse_stale_hours",
-           "relative_hint", "scrub"]
+           "relative_hint", "scrub", "set_aside"]
 
 AnyLocation = str | os.PathLike[str] | S3Location
 
@@ -166,6 +166,29 @@ def delete(location: AnyLocation) -> None:
     if loc == STREAM:
         raise ConfigError("'-' (a stream) cannot be deleted")
     os.unlink(loc)
+
+
+def set_aside(location: AnyLocation, suffix: str) -> str:
+    """Move an archive away from its name, to the name plus `suffix` (a file: renamed; an
+    object: copied, then deleted, :func:`dsbackup.storage.s3.set_aside`), so that retention
+    and prune no longer count it; returns what happened ("kept as NAME", or why not), for a
+    message. An object whose copy fails is deleted; a file whose rename fails stays."""
+    loc = as_location(location)
+    if isinstance(loc, S3Location):
+        from dsbackup.storage.s3 import set_aside as s3_set_aside
+
+        try:
+            return s3_set_aside(loc, suffix)
+        except DsBackupError as exc:
+            return f"it could not be deleted either ({exc}): it is still at its name"
+    if loc == STREAM:
+        raise ConfigError("'-' (a stream) cannot be renamed")
+    aside = Path(loc).with_name(Path(loc).name + suffix)
+    try:
+        os.rename(loc, aside)
+    except OSError as exc:
+        return f"it could not be renamed to {aside} ({exc.strerror}): it is still at its name"
+    return f"kept as {aside}"
 
 
 def abort_stale_uploads(prefix: S3Location, *, dry_run: bool = False) -> list[Any]:
