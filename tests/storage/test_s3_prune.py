@@ -53,7 +53,8 @@ def test_prune_of_a_prefix_matches_the_local_prune(s3, tmp_path):
 def test_an_upload_in_progress_keeps_every_older_archive(s3, tmp_path):
     """A backup to the prefix being uploaded (an unfinished multipart upload at its key, not
     stale) may be an incremental on any older archive, and its parts cannot be read: prune
-    keeps every archive created before the upload started (rule maybe-parent). Before, it
+    keeps every archive created before the upload's last activity, with an hour's margin
+    for the clocks (rule maybe-parent). Before, it
     deleted them. A stale upload (a killed backup's) protects nothing and is aborted."""
     src = tmp_path / "src"
     datasets.write_lmdb(str(src), datasets.iter_small(500))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,9 @@ def list_archives(directory: AnyLocation) -> list[Path] | list[S3Location]:
     return local_list(Path(loc))
 
 
+_S3_CLOCK_MARGIN = timedelta(hours=1)
+
+
 @dataclass(frozen=True)
 class LiveWrite:
     """An archive being written now: `location`, where its bytes are so far (a local temp file,
@@ -137,9 +140,10 @@ def live_writes(directory: AnyLocation) -> list[LiveWrite]:
     if isinstance(loc, S3Location):
         from dsbackup.storage.s3stale import live_uploads
 
-        # its last activity (the newest part, else the initiation): later than its start,
-        # so no possible parent is missed (some servers report odd initiation times)
-        return [LiveWrite(u.location, u.location.name, u.last_activity,
+        # its last activity (the newest part, else the initiation: some servers report odd
+        # initiation times), later than its start, plus a margin: the server's clock, in whole
+        # seconds, against the archives' creation times on the backup hosts' clocks
+        return [LiveWrite(u.location, u.location.name, u.last_activity + _S3_CLOCK_MARGIN,
                           f"multipart upload {u.upload_id[:16]}")
                 for u in live_uploads(S3Location(loc.bucket, loc.prefix))]
     if loc == STREAM:
