@@ -77,7 +77,7 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
     pool = list(pool)
     # archives being written now (a live writer's temp file, an S3 upload that is not stale)
     # are children too: their parents stay (docs/CLI.md `prune`)
-    known, unknown = in_progress(sorted({p.parent for p in pool}, key=str))
+    known, unread = in_progress(sorted({p.parent for p in pool}, key=str))
     parents, opaque = _lineage(pool, [info for _, info in known])
     for k, v in (fallback_parents or {}).items():
         if not parents.get(k):
@@ -102,7 +102,7 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
             for res in results.values():
                 keep_anyway(res, parent, "in-progress",
                             f"parent of {w.final}, being written now ({w.who})")
-    for w in unknown:
+    for w in unread:
         for res in results.values():
             for d in list(res.pruned):
                 if d.timestamp <= w.started:
