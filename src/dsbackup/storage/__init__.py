@@ -184,7 +184,7 @@ def set_aside(location: AnyLocation, suffix: str) -> str:
         try:
             return s3_set_aside(loc, suffix)
         except DsBackupError as exc:
-            return f"it could not be deleted either ({exc}): it is still at its name"
+            return f"it could not be deleted from its name ({exc}): it is still there"
     if loc == STREAM:
         raise ConfigError("'-' (a stream) cannot be renamed")
     aside = Path(loc).with_name(Path(loc).name + suffix)
