@@ -124,3 +124,43 @@ def test_a_full_backup_being_written_protects_nothing(chain, writer, run_cli):
     d, full1, _, full2 = chain
     writer(d / "y_20260108_000000.tar.gz", full2)  # the head of a full backup: no parent
     assert _prune(run_cli, d)["deleted"] == [str(full1)]
+
+
+def test_prune_beside_a_real_incremental_backup_keeps_its_parent(tmp_path, run_cli, cli_env):
+    """End to end: a real `dsbackup backup --parent`, stopped (SIGSTOP) once its temp file holds
+    its manifest; prune --keep-last 1 keeps the parent; the backup then finishes, verified."""
+    src = tmp_path / "s"
+    datasets.write_lmdb(str(src), datasets.iter_blocks(120))
+    d = tmp_path / "d"
+    d.mkdir()
+    parent, newer = d / "x_20260105_000000.tar.gz", d / "x_20260107_000000.tar.gz"
+    assert run_cli("backup", f"lmdb:{src}", parent, "--level", "0").returncode == 0
+    assert run_cli("backup", f"lmdb:{src}", newer, "--level", "0").returncode == 0
+    datasets.write_lmdb(str(src), datasets.iter_small(30000, seed=9))  # new chunks to write
+    child = d / "y_20260108_000000.tar.gz"
+    p = subprocess.Popen([sys.executable, "-m", "dsbackup", "backup", f"lmdb:{src}", child,
+                          "--parent", parent, "--workers", "1", "--level", "9"],
+                         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            tmps = [t for t in d.iterdir() if t.name.startswith(f".{child.name}.tmp-")]
+            try:  # the manifest (a few hundred bytes) and a chunk or more: written
+                if tmps and tmps[0].stat().st_size >= 65536:
+                    break
+            except OSError:
+                pass
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.kill(p.pid, signal.SIGSTOP)
+        out = _prune(run_cli, d)
+        assert out["deleted"] == [] and parent.exists()
+        x = {e["id"]: e for e in out["groups"]["x"]}
+        assert x[parent.name]["rule"] == "in-progress" and child.name in x[parent.name]["reason"]
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    r = run_cli("verify", child)
+    assert r.returncode == 0, r.stderr + r.stdout
