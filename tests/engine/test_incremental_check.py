@@ -224,3 +224,30 @@ def test_a_parent_whose_entries_overlap_is_refused_without_hashing_them_all(
             pytest.raises(IntegrityError, match="overlaps an earlier chunk's"):
         BackupManager(BackupConfig(workers=1)).create_backup(ds, out, parent=parent)
     assert hashed == [] and not out.exists()
+
+
+@pytest.mark.parametrize("verify_integrity", [True, False])
+def test_a_parent_deleted_while_the_backup_runs_fails_it_and_leaves_no_archive(
+        tmp_path, verify_integrity):
+    """A prune beside the backup, before its temp file exists (while the store is planned),
+    may delete the parent: the backup reads on from its open file, so before, the archive was
+    put in place without its parent (exit 0). Now the check before the rename sees the chain
+    is gone: MissingParentError, nothing at the final path."""
+    from dsbackup.engine.incremental import create_incremental
+
+    rng = random.Random(7)
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    _put(ds, rng, 2000, b"a")
+    parent, child = tmp_path / "p.tar.gz", tmp_path / "c.tar.gz"
+    BackupManager(BackupConfig(chunk_size=4)).create_backup(ds, parent)
+    _put(ds, rng, 50, b"b")
+
+    def prune_it(_progress) -> None:
+        parent.unlink(missing_ok=True)
+
+    cfg = BackupConfig(chunk_size=4, verify_integrity=verify_integrity)
+    with pytest.raises(MissingParentError, match="was deleted while this backup ran"):
+        create_incremental(ds, child, parent, cfg, progress=prune_it)
+    assert not child.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".c.tar.gz")] == []
+    ds.close()

@@ -59,3 +59,44 @@ def test_schedule_retention_keeps_the_referenced_twin_and_cross_name_parents(tmp
     assert result.pruned_ids == {b.name}  # the newer twin, not the one c references
     assert not b.exists() and a.exists()
     assert [Path(k.path).name for k in kept] == [a.name, c.name]
+
+
+def test_schedule_retention_keeps_the_parent_of_a_backup_being_written(tmp_path):
+    """Another schedule's incremental in progress (here in this process, as the scheduler's
+    concurrent jobs run: a live LocalSink, its lock held) protects its parent, whose
+    retention would prune it; once the sink is gone, the parent is pruned."""
+    from dsbackup.archive.member import member_end
+    from dsbackup.storage.local import LocalSink
+
+    src = tmp_path / "s"
+    datasets.write_lmdb(str(src), ((b"/r/%05d" % i, b"v%d" % i) for i in range(1200)))
+    d = tmp_path / "backups"
+    d.mkdir()
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    mgr = BackupManager(BackupConfig(chunk_size=32))
+    a, b = d / "job_20260101_000000.tar.gz", d / "job_20260102_000000.tar.gz"
+    ma = mgr.create_backup(f"lmdb:{src}", a)
+    with open_datastore(f"lmdb:{src}") as ds:
+        ds.put(b"/r/00003", b"changed")
+    inc = tmp_path / "inc.tar.gz"
+    mgr.create_backup(f"lmdb:{src}", inc, parent=a)
+    with open_datastore(f"lmdb:{src}") as ds:
+        ds.put(b"/r/00004", b"changed")
+    mb = mgr.create_backup(f"lmdb:{src}", b)
+    archives = [_entry(a, ma, t0), _entry(b, mb, t0 + timedelta(days=1))]
+
+    sink = LocalSink(d / "other_20260103_000000.tar.gz")
+    try:
+        data = inc.read_bytes()
+        sink.write([data[:member_end(memoryview(data), 0)[1]]])
+        kept, result, _ = prune_catalog(list(archives), RetentionPolicy(keep_last=1),
+                                        t0 + timedelta(days=3), timezone.utc)
+        why = {x.id: x for x in result.kept}
+        assert why[a.name].rule == "in-progress"
+        assert "other_20260103_000000.tar.gz" in why[a.name].reason
+        assert a.exists() and result.pruned_ids == set()
+    finally:
+        sink.abort()
+    kept, result, _ = prune_catalog(list(archives), RetentionPolicy(keep_last=1),
+                                    t0 + timedelta(days=3), timezone.utc)
+    assert result.pruned_ids == {a.name} and not a.exists()

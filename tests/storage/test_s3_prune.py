@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from dsbackup import datasets
 
@@ -47,3 +48,41 @@ def test_prune_of_a_prefix_matches_the_local_prune(s3, tmp_path):
     assert s3.objects("node/") == [f"node/{names[0]}", f"node/{names[3]}"]  # + the ancestor
     assert s3.objects("other/") == ["other/ipfs_20260101_000001.tar.gz"]
     assert sorted(p.name for p in d.iterdir()) == [names[0], names[3]]
+
+
+def test_an_upload_in_progress_keeps_every_older_archive(s3, tmp_path):
+    """A backup to the prefix being uploaded (an unfinished multipart upload at its key, not
+    stale) may be an incremental on any older archive, and its parts cannot be read: prune
+    keeps every archive created before the upload's last activity, with an hour's margin
+    for the clocks (rule maybe-parent). Before, it
+    deleted them. A stale upload (a killed backup's) protects nothing and is aborted."""
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(500))
+    d = tmp_path / "arch"
+    d.mkdir()
+    names = ["ipfs_20260101_000001.tar.gz", "ipfs_20260102_000001.tar.gz"]
+    for n in names:
+        r = cli(s3.env, "backup", f"lmdb:{src}", d / n)
+        assert r.returncode == 0, r.stderr
+        s3.client.upload_file(str(d / n), s3.bucket, f"node/{n}")
+    running = "node/ipfs_20260103_000001.tar.gz"
+    up = s3.client.create_multipart_upload(Bucket=s3.bucket, Key=running)["UploadId"]
+    s3.client.upload_part(Bucket=s3.bucket, Key=running, UploadId=up, PartNumber=1,
+                          Body=b"\x1f\x8b" + b"\0" * 100)
+
+    r = cli(s3.env, "prune", s3.url("node/"), "--keep-last", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["deleted"] == [] and out["stale_uploads"] == []
+    kept = {x["id"]: x for x in out["groups"]["ipfs"]}
+    assert kept[names[0]]["rule"] == "maybe-parent"
+    assert "ipfs_20260103_000001.tar.gz" in kept[names[0]]["reason"]
+    assert s3.objects("node/") == [f"node/{n}" for n in names]
+
+    time.sleep(1.5)  # idle for more than a second: stale at DSBACKUP_S3_STALE_HOURS=1 s
+    env = dict(s3.env, DSBACKUP_S3_STALE_HOURS=str(1 / 3600))
+    r = cli(env, "prune", s3.url("node/"), "--keep-last", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [x["aborted"] for x in out["stale_uploads"]] == [True]
+    assert out["deleted"] == [s3.url(f"node/{names[0]}")]

@@ -85,3 +85,65 @@ def test_scheduler_s3_stale_hours_aborts_killed_runs_uploads(s3, tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"s3://{s3.bucket}/{key}: aborted an unfinished multipart upload" in r.stderr
     assert s3.uploads() == []
+
+
+class _DamagingRunner:
+    """The real runner; the object it has just uploaded gets one byte of its middle chunk
+    flipped (rewritten in the bucket) before the run's quick verify reads it."""
+
+    def __new__(cls, client, bucket):
+        from dsbackup.archive.reader import ArchiveReader
+        from dsbackup.scheduler.runner import ManagerRunner
+
+        class Runner(ManagerRunner):
+            def run(self, schedule, archive_path, cancel_event, parent=None, **kw):
+                res = super().run(schedule, archive_path, cancel_event, parent, **kw)
+                with ArchiveReader(res.path) as r:
+                    e = r.entry(r.chunk_count // 2)
+                key = res.path.key
+                data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+                data[e.offset + e.length // 2] ^= 0xFF
+                client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+                return res
+
+        return Runner()
+
+
+def test_a_new_archive_failing_its_verify_leaves_its_name_on_s3(s3, tmp_path):
+    """As a local file is renamed to ….unverified, the object is copied there and deleted:
+    before, it stayed at its archive name, and `prune --keep-last 1` without --state kept the
+    damaged archive (the newest) and deleted the good one."""
+    import threading
+    from datetime import datetime, timezone
+
+    from dsbackup.scheduler.clock import ManualClock
+    from dsbackup.scheduler.config import ScheduledBackup
+    from dsbackup.scheduler.job import run_job
+    from dsbackup.scheduler.retention import RetentionPolicy
+    from dsbackup.scheduler.runner import ManagerRunner
+    from dsbackup.storage import as_location
+
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(1500))
+    sched = ScheduledBackup(id="ipfs", name="ipfs-node", schedule="@daily", source=f"lmdb:{src}")
+    prefix = as_location(s3.url("nodes/a/"))
+    common = dict(backup_dir=prefix, policy=RetentionPolicy(keep_last=5), tz=timezone.utc,
+                  verify=True, trigger="test", cancel=threading.Event())
+    good = run_job(sched, [], runner=ManagerRunner(),
+                   clock=ManualClock(datetime(2026, 1, 1, tzinfo=timezone.utc)), **common)
+    assert good.record.ok, good.record.error
+    bad = run_job(sched, good.archives, runner=_DamagingRunner(s3.client, s3.bucket),
+                  clock=ManualClock(datetime(2026, 1, 2, tzinfo=timezone.utc)), **common)
+    assert not bad.record.ok and bad.record.exit_code == 3
+    assert "failed verification" in bad.record.error
+    key = bad.record.archive.split(f"{s3.bucket}/", 1)[1]
+    assert s3.objects("nodes/a/") == sorted([good.record.archive.split(f"{s3.bucket}/", 1)[1],
+                                             key + ".unverified"])
+    assert f"kept as {bad.record.archive}.unverified" in bad.record.error
+
+    r = subprocess.run([sys.executable, "-m", "dsbackup", "prune", s3.url("nodes/a/"),
+                        "--keep-last", "1", "--json"], env=s3.env, capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["deleted"] == []
+    assert good.record.archive.split(f"{s3.bucket}/", 1)[1] in s3.objects("nodes/a/")

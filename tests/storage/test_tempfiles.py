@@ -204,3 +204,30 @@ def test_a_fifo_or_symlink_under_a_temp_name_is_no_writer_and_does_not_block(tmp
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, before)
+
+
+def test_live_temp_files_lists_live_writers_of_any_name_and_not_dead_ones(tmp_path, cli_env):
+    """What prune keeps parents for: a live writer's temp file (another process, or this one),
+    whatever its final name; not the leftover of a SIGKILLed writer."""
+    from dsbackup.storage import live_writes
+    from dsbackup.storage.local import LocalSink
+    from dsbackup.storage.tempfiles import live_temp_files
+
+    live, live_tmp = _start_writer(tmp_path / "a_20260101_000000.tar.gz", cli_env)
+    killed, killed_tmp = _start_writer(tmp_path / "b_20260101_000000.tar.gz", cli_env)
+    own = LocalSink(tmp_path / "c.tar.gz")
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        assert killed_tmp.exists()
+        assert live_temp_files(tmp_path) == sorted([(live.pid, live_tmp),
+                                                    (os.getpid(), own.tmp)],
+                                                   key=lambda t: t[1].name)
+        finals = {w.final: w.who for w in live_writes(tmp_path)}
+        assert finals == {"a_20260101_000000.tar.gz": f"PID {live.pid}",
+                          "c.tar.gz": f"PID {os.getpid()}"}
+    finally:
+        own.abort()
+        live.kill()
+        live.wait()
+    assert live_temp_files(tmp_path) == []

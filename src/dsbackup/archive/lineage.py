@@ -15,6 +15,7 @@ chain by fingerprints that the scheduler's own choice uses as well.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,12 +25,13 @@ from pathlib import Path
 from dsbackup.archive.chain import ParentRef, index_digest, parent_rank
 from dsbackup.errors import (
     ArchiveError,
+    DsBackupError,
     IntegrityError,
     KeyRequiredError,
     UnsupportedArchive,
     WrongKeyError,
 )
-from dsbackup.storage import as_location, identity
+from dsbackup.storage import LiveWrite, as_location, identity, live_writes
 from dsbackup.storage import list_archives as _list_archives
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,65 @@ def read_lineage(paths: Iterable[str | os.PathLike[str]],
         except (ArchiveError, IntegrityError, OSError, ValueError, TypeError):
             pass
     return infos, opaque
+
+
+_HEAD_READ = 4 << 20  # a manifest member is a few KiB; a longer head is not read
+
+
+def _temp_parent(path: Path) -> ParentRef | None:
+    """The parent named by the manifest a running backup has written first to its temp file
+    (docs/FORMAT.md §1: member 0; None for a full backup). ValueError when it cannot be read
+    yet (no whole manifest written) or at all (encrypted: the key header comes first and the
+    manifest is sealed)."""
+    from dsbackup.archive import format as fmt
+    from dsbackup.archive.member import decode_member, member_end
+
+    with open(path, "rb") as f:
+        head = f.read(_HEAD_READ)
+    try:
+        sub, end = member_end(memoryview(head), 0)
+        if sub.member_type != fmt.TYPE_MANIFEST:
+            raise ValueError(f"{path.name}: the first member is of type {sub.member_type}")
+        _, data = decode_member(head[:end], f"{path}: manifest",
+                                expected_type=fmt.TYPE_MANIFEST,
+                                expected_name=fmt.MANIFEST_NAME)
+        manifest = json.loads(bytes(data))
+    except IntegrityError as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path.name}: the manifest is not a JSON object")
+    return ParentRef.from_manifest(manifest, str(path))
+
+
+def in_progress(directories: Iterable[Path],
+                ) -> tuple[list[tuple[LiveWrite, ArchiveInfo]], list[LiveWrite]]:
+    """The archives being written in `directories` (:func:`dsbackup.storage.live_writes`):
+    ([(write, info)] of those whose parent is known — info has the parent, no fingerprint, so
+    it is nobody's parent —, [writes whose parent cannot be known]: an S3 upload, an encrypted
+    temp file, one whose manifest is not whole yet). A directory (prefix) whose listing fails
+    is warned about and skipped."""
+    known: list[tuple[LiveWrite, ArchiveInfo]] = []
+    unknown: list[LiveWrite] = []
+    for d in directories:
+        try:
+            writes = live_writes(d)
+        except DsBackupError as exc:
+            log.warning("%s: cannot see the backups being written there (%s); prune keeps "
+                        "no parent for them", d, exc)
+            continue
+        for w in writes:
+            if not isinstance(w.location, Path):
+                unknown.append(w)
+                continue
+            try:
+                ref = _temp_parent(w.location)
+            except (OSError, ValueError, TypeError, ArchiveError) as exc:
+                log.info("%s: parent not readable (%s): every older archive is kept",
+                         w.location, exc)
+                unknown.append(w)
+                continue
+            known.append((w, ArchiveInfo(w.location, "", "", ref, False)))
+    return known, unknown
 
 
 def directory_archives(directory: Path) -> list[Path]:

@@ -42,11 +42,11 @@ from dsbackup.engine.nodefiles import node_snapshot
 from dsbackup.engine.parentraw import raw_bytes_of
 from dsbackup.engine.plan import BackupPlan, ProgressCallback
 from dsbackup.engine.write import Reference, store_or_reference, write_archive
-from dsbackup.errors import ConfigError, DatastoreError, IntegrityError
+from dsbackup.errors import ConfigError, DatastoreError, IntegrityError, MissingParentError
 from dsbackup.metadata import BackupMetadata
 from dsbackup.pipeline.central import ChunkSettings
 from dsbackup.pipeline.sources import DatastoreSource, LmdbSource, Plan
-from dsbackup.storage import display, identity, relative_hint
+from dsbackup.storage import display, exists, identity, relative_hint
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +247,27 @@ def _check_own(tmp: Path, parent: ArchiveReader, *, members: bool = True) -> Non
             _check_referenced(r, levels, tmp)
 
 
+def _check_before_commit(tmp: Path, parent: ArchiveReader, cfg: BackupConfig) -> None:
+    """The check before the rename: _check_own (unless verify_integrity is off), then that
+    the parent chain is still at its locations (_parents_still_there)."""
+    if cfg.verify_integrity:
+        _check_own(tmp, parent, members=not cfg.trust_parent)
+    _parents_still_there(tmp, parent)
+
+
+def _parents_still_there(tmp: Path, parent: ArchiveReader) -> None:
+    """MissingParentError when an archive of the parent chain was deleted while this backup
+    read it from its open file: a prune running beside the backup before its temp file (which
+    prune sees, docs/CLI.md `prune`) existed. The new archive would lack its parent; nothing
+    is stored. (One stat, or a HEAD on S3, per archive of the chain.)"""
+    upper = parent.open_parents()
+    for lv in [parent] + (upper.levels if upper else []):
+        if not exists(lv.path):
+            raise MissingParentError(f"{display(tmp)}: the parent archive {display(lv.path)} "
+                                     "was deleted while this backup ran (by a prune?); nothing "
+                                     "was stored: run the backup again")
+
+
 def _check_referenced(r: ArchiveReader, levels: list[ArchiveReader], tmp: Path) -> None:
     """The parent members (and catalogs) that `r`'s references resolve to (their entries
     checked by _check_own first), hashed against the index of the archive that stores each
@@ -388,8 +409,7 @@ def _plan(where: _Where, path: Path, preader: ArchiveReader, cfg: BackupConfig,
         chunk_size=chunk_size, chunk_max_bytes=cmb, node=node, cancel=cancel, t0=t0,
         progress=progress, parent=ref, kdf=kdf,
         page_entries=page_entries_after(cfg.paged_index, preader.index),
-        check=((lambda tmp: _check_own(tmp, preader, members=not cfg.trust_parent))
-               if cfg.verify_integrity else None))
+        check=lambda tmp: _check_before_commit(tmp, preader, cfg))
     return plan
 
 

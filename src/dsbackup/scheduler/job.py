@@ -6,7 +6,6 @@ scheduler's bookkeeping (see :mod:`dsbackup.scheduler.scheduler`).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import os
@@ -35,7 +34,7 @@ from dsbackup.scheduler.retention import (
 )
 from dsbackup.scheduler.runner import BackupRunner, RunResult, VerifyResult
 from dsbackup.scheduler.state import ArchiveEntry
-from dsbackup.storage import as_location, delete, exists, is_file
+from dsbackup.storage import as_location, delete, exists, is_file, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -215,15 +214,11 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
         if verify:
             report = runner.verify(res.path, deep=False, sample=None,
                                    **trusted_chain(runner, choice))
-            if not report.ok and not isinstance(res.path, Path):  # an object: not renamed
+            if not report.ok:  # renamed (an object: copied, then deleted): not counted
+                # as an archive by retention or prune any more (docs/SCHEDULER.md)
+                where = set_aside(res.path, ".unverified")
                 raise IntegrityError(f"{res.path}: new archive failed verification "
-                                     f"({'; '.join(report.errors) or 'no detail'})")
-            if not report.ok:
-                bad = res.path.with_name(res.path.name + ".unverified")
-                with contextlib.suppress(OSError):
-                    res.path.rename(bad)
-                raise IntegrityError(f"{res.path}: new archive failed verification "
-                                     f"({'; '.join(report.errors) or 'no detail'}); kept as {bad}")
+                                     f"({'; '.join(report.errors) or 'no detail'}); {where}")
             verified = True
         incomplete = getattr(res, "incomplete", None)  # files left out: a warning, exit 1
         entry = ArchiveEntry(path=str(res.path), created=res.created, fingerprint=res.fingerprint,

@@ -16,7 +16,13 @@ from dataclasses import replace
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 
-from dsbackup.archive.lineage import parent_links, read_infos, read_lineage
+from dsbackup.archive.lineage import (
+    ArchiveInfo,
+    in_progress,
+    parent_links,
+    read_infos,
+    read_lineage,
+)
 from dsbackup.scheduler.retention import (
     RetentionItem,
     RetentionPolicy,
@@ -33,11 +39,14 @@ def parent_ids(pool: Iterable[Path]) -> dict[str, list[str]]:
     return {p.name: [q.name for q in ps] for p, ps in parent_links(infos).items()}
 
 
-def _lineage(pool: Iterable[Path]) -> tuple[dict[str, list[str]], list[Path]]:
+def _lineage(pool: Iterable[Path], live: Sequence[ArchiveInfo] = (),
+             ) -> tuple[dict[str, list[str]], list[Path]]:
     """(file name -> its parents' file names, the archives whose parents cannot be known:
-    :func:`dsbackup.archive.lineage.read_lineage`)."""
+    :func:`dsbackup.archive.lineage.read_lineage`). `live`: archives being written, whose
+    parents are resolved among the pool too."""
     infos, opaque = read_lineage(pool)
-    return {p.name: [q.name for q in ps] for p, ps in parent_links(infos).items()}, opaque
+    links = parent_links([*infos, *live])
+    return {p.name: [q.name for q in ps] for p, ps in links.items()}, opaque
 
 
 def _written_by(path: Path) -> datetime | None:
@@ -66,7 +75,10 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
     calling run has just made, kept whatever the rules say (after a clock stepped back, older
     archives carry later times than it, and the rules would keep them instead)."""
     pool = list(pool)
-    parents, opaque = _lineage(pool)
+    # archives being written now (a live writer's temp file, an S3 upload that is not stale)
+    # are children too: their parents stay (docs/CLI.md `prune`)
+    known, unread = in_progress(sorted({p.parent for p in pool}, key=str))
+    parents, opaque = _lineage(pool, [info for _, info in known])
     for k, v in (fallback_parents or {}).items():
         if not parents.get(k):
             parents[k] = list(v)
@@ -85,7 +97,19 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
                     keep_anyway(res, d.id, "maybe-parent",
                                 f"may be the parent of {unknown.name}, whose parent cannot be "
                                 "read (encrypted without its key, or a newer format)")
+    for w, info in known:
+        for parent in parents.get(info.path.name, []):
+            for res in results.values():
+                keep_anyway(res, parent, "in-progress",
+                            f"parent of {w.final}, being written now ({w.who})")
+    for w in unread:
+        for res in results.values():
+            for d in list(res.pruned):
+                if d.timestamp <= w.started:
+                    keep_anyway(res, d.id, "maybe-parent",
+                                f"may be the parent of {w.final}, being written now "
+                                f"({w.who}), whose parent cannot be read yet")
     grouped = {i.id for items in groups.values() for i in items}
-    unmanaged = sorted({p.name for p in pool} - grouped)
+    unmanaged = sorted({p.name for p in pool} - grouped) + [i.path.name for _, i in known]
     protect_ancestors(list(results.values()), parents, also_kept=unmanaged)
     return results

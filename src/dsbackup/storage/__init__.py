@@ -7,10 +7,12 @@ know where the bytes live (docs/STORAGE.md). Locations: see :mod:`dsbackup.stora
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from dsbackup.errors import ConfigError
+from dsbackup.errors import ConfigError, DsBackupError
 from dsbackup.storage.base import Sink, Source
 from dsbackup.storage.location import (
     STREAM,
@@ -41,8 +43,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["STREAM", "S3Location", "Sink", "Source", "abort_stale_uploads", "as_location", "check_endpoint", "configure",
            "delete", "display", "exists", "identity", "is_file", "is_remote", "is_s3",
-           "is_stream", "list_archives", "open_sink", "open_source", "parse_stale_hours",
-           "relative_hint", "scrub"]
+           "is_stream", "list_archives", "live_writes", "open_sink", "open_source", "parse_stale_hours",
+           "relative_hint", "scrub", "set_aside"]
 
 AnyLocation = str | os.PathLike[str] | S3Location
 
@@ -112,6 +114,52 @@ def list_archives(directory: AnyLocation) -> list[Path] | list[S3Location]:
     return local_list(Path(loc))
 
 
+_S3_CLOCK_MARGIN = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class LiveWrite:
+    """An archive being written now: `location`, where its bytes are so far (a local temp file,
+    whose head can be read; the key of an S3 multipart upload, whose parts cannot), `final`,
+    the archive's name, `started`, a time no earlier than the run began (its parent was made
+    before), and `who`, for messages."""
+
+    location: Path | S3Location
+    final: str
+    started: datetime
+    who: str
+
+
+def live_writes(directory: AnyLocation) -> list[LiveWrite]:
+    """The archives being written in a directory (temp files whose writer is alive) or under
+    an S3 prefix (multipart uploads that are not stale, :func:`dsbackup.storage.s3stale.
+    live_uploads`): prune keeps their parents. ArchiveError/ConfigError when an S3 listing
+    fails. An archive on S3 smaller than one part is not seen: it is held in memory until one
+    PUT (docs/CLI.md `prune`)."""
+    loc = as_location(directory)
+    if isinstance(loc, S3Location):
+        from dsbackup.storage.s3stale import live_uploads
+
+        # its last activity (the newest part, else the initiation: some servers report odd
+        # initiation times), later than its start, plus a margin: the server's clock, in whole
+        # seconds, against the archives' creation times on the backup hosts' clocks
+        return [LiveWrite(u.location, u.location.name, u.last_activity + _S3_CLOCK_MARGIN,
+                          f"multipart upload {u.upload_id[:16]}")
+                for u in live_uploads(S3Location(loc.bucket, loc.prefix))]
+    if loc == STREAM:
+        return []
+    from dsbackup.storage.tempfiles import live_temp_files
+
+    out = []
+    for pid, tmp in live_temp_files(Path(loc)):
+        try:
+            when = datetime.fromtimestamp(tmp.stat().st_mtime, timezone.utc)
+        except OSError:  # renamed into place meanwhile: a final archive now
+            continue
+        out.append(LiveWrite(tmp, tmp.name[1:].rsplit(".tmp-", 1)[0], when, f"PID {pid}"))
+    return out
+
+
 def delete(location: AnyLocation) -> None:
     loc = as_location(location)
     if isinstance(loc, S3Location):
@@ -122,6 +170,29 @@ def delete(location: AnyLocation) -> None:
     if loc == STREAM:
         raise ConfigError("'-' (a stream) cannot be deleted")
     os.unlink(loc)
+
+
+def set_aside(location: AnyLocation, suffix: str) -> str:
+    """Move an archive away from its name, to the name plus `suffix` (a file: renamed; an
+    object: copied, then deleted, :func:`dsbackup.storage.s3.set_aside`), so that retention
+    and prune no longer count it; returns what happened ("kept as NAME", or why not), for a
+    message. An object whose copy fails is deleted; a file whose rename fails stays."""
+    loc = as_location(location)
+    if isinstance(loc, S3Location):
+        from dsbackup.storage.s3 import set_aside as s3_set_aside
+
+        try:
+            return s3_set_aside(loc, suffix)
+        except DsBackupError as exc:
+            return f"it could not be deleted from its name ({exc}): it is still there"
+    if loc == STREAM:
+        raise ConfigError("'-' (a stream) cannot be renamed")
+    aside = Path(loc).with_name(Path(loc).name + suffix)
+    try:
+        os.rename(loc, aside)
+    except OSError as exc:
+        return f"it could not be renamed to {aside} ({exc.strerror}): it is still at its name"
+    return f"kept as {aside}"
 
 
 def abort_stale_uploads(prefix: S3Location, *, dry_run: bool = False) -> list[Any]:

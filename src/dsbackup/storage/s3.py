@@ -204,6 +204,21 @@ def delete(loc: S3Location) -> None:
         raise _unavailable(loc, "DELETE", exc) from None
 
 
+def set_aside(loc: S3Location, suffix: str) -> str:
+    """Take the object at `loc` away from its archive name: a server-side copy to the key plus
+    `suffix`, then a DELETE of the original (S3 has no rename); when the copy fails (an object
+    over 5 GiB, a server without CopyObject) the original is deleted all the same. Returns
+    what happened, for a message; ArchiveError when the DELETE fails (the object stays)."""
+    aside = S3Location(loc.bucket, loc.key + suffix)
+    try:
+        obstore.copy(store(loc.bucket), loc.key, aside.key, overwrite=True)
+        kept = f"kept as {aside}"
+    except Exception as exc:  # noqa: BLE001 - mapped: deleted all the same
+        kept = f"deleted (it could not be copied to {aside}: {message(exc)})"
+    delete(loc)
+    return kept
+
+
 class S3Sink:
     """A multipart upload fed member by member (``part_size`` parts, ``concurrency`` in
     flight: memory bounded whatever the archive's size)."""

@@ -19,6 +19,7 @@ dsbackup's, and stale:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -59,15 +60,19 @@ def is_own(prefix: S3Location, key: str) -> bool:
     return bool(name) and "/" not in name and not name.startswith(".")
 
 
-def find_stale(prefix: S3Location, hours: float, api: S3Api | None = None,
-               ) -> list[StaleUpload]:
-    """dsbackup's unfinished uploads under `prefix` idle for `hours` or more."""
-    api = api or S3Api.from_config()
+def _uploads(prefix: S3Location, hours: float, api: S3Api,
+             ) -> Iterator[tuple[StaleUpload, bool]]:
+    """dsbackup's unfinished uploads under `prefix`, each with whether it is stale (idle for
+    `hours` or more); the parts of a recently started one are not listed (it is live)."""
     limit = timedelta(hours=hours)
-    out = []
     for up, now in api.list_multipart_uploads(prefix.bucket, prefix.prefix):
-        if not is_own(prefix, up.key) or now - up.initiated < limit:
-            continue  # not ours, or started recently: live
+        if not is_own(prefix, up.key):
+            continue
+        loc = S3Location(prefix.bucket, up.key)
+        if now - up.initiated < limit:  # started recently: live
+            yield StaleUpload(loc, up.upload_id, up.initiated, up.initiated,
+                              now - up.initiated, 0, 0), False
+            continue
         last, count, size = up.initiated, 0, 0
         try:
             for part in api.list_parts(prefix.bucket, up.key, up.upload_id):
@@ -78,10 +83,24 @@ def find_stale(prefix: S3Location, hours: float, api: S3Api | None = None,
             if exc.status == 404:  # finished or aborted meanwhile
                 continue
             raise
-        if now - last >= limit:
-            out.append(StaleUpload(S3Location(prefix.bucket, up.key), up.upload_id,
-                                   up.initiated, last, now - last, count, size))
-    return out
+        yield StaleUpload(loc, up.upload_id, up.initiated, last, now - last, count,
+                          size), now - last >= limit
+
+
+def find_stale(prefix: S3Location, hours: float, api: S3Api | None = None,
+               ) -> list[StaleUpload]:
+    """dsbackup's unfinished uploads under `prefix` idle for `hours` or more."""
+    return [u for u, stale in _uploads(prefix, hours, api or S3Api.from_config()) if stale]
+
+
+def live_uploads(prefix: S3Location, api: S3Api | None = None) -> list[StaleUpload]:
+    """dsbackup's unfinished uploads under `prefix` that are not stale: backups being written
+    now, whose parent prune keeps (docs/CLI.md `prune`). Stale is judged by the configured
+    hours, 24 when they are ``off`` (a killed backup's upload then stops protecting older
+    archives after a day, though nothing aborts it)."""
+    hours = settings().stale_hours
+    return [u for u, stale in _uploads(prefix, 24.0 if hours is None else hours,
+                                       api or S3Api.from_config()) if not stale]
 
 
 def abort_stale(prefix: S3Location, *, dry_run: bool = False, api: S3Api | None = None,

@@ -120,27 +120,51 @@ def live_writer(final: Path) -> tuple[int, Path] | None:
         return None
     for name in names:
         m = _TEMP_NAME.match(name)
-        if not m or int(m.group("pid")) == os.getpid() or not _pid_alive(int(m.group("pid"))):
+        if not m or int(m.group("pid")) == os.getpid():
             continue
-        path = final.parent / name
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except FileNotFoundError:  # renamed into place or removed meanwhile
-            continue
-        except OSError as exc:
-            if exc.errno == errno.ELOOP or not _locked_unopened(path):
-                continue
-            return int(m.group("pid")), path
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                continue
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: a writer has it open
-            if path.exists():
-                return int(m.group("pid")), path
-        finally:
-            os.close(fd)  # (a test lock taken here goes with it)
+        if _held(final.parent / name, int(m.group("pid"))):
+            return int(m.group("pid")), final.parent / name
     return None
+
+
+def live_temp_files(directory: Path) -> list[tuple[int, Path]]:
+    """(PID, temp file) of every archive being written in `directory` right now, whatever its
+    final name, this process's own writers (other threads) included: the test of
+    :func:`live_writer` (the file's lock is held and its PID exists). A dead writer's
+    leftover is not listed. Prune keeps the parent of each (docs/CLI.md `prune`)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        m = _TEMP_NAME.match(name)
+        if m and _held(directory / name, int(m.group("pid"))):
+            out.append((int(m.group("pid")), directory / name))
+    return out
+
+
+def _held(path: Path, pid: int) -> bool:
+    """Whether the temp file `path`, named with `pid`, is being written: `pid` exists and
+    someone holds the file's lock (a new open file description cannot take it, even in this
+    process)."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:  # renamed into place or removed meanwhile
+        return False
+    except OSError as exc:
+        return exc.errno != errno.ELOOP and _locked_unopened(path)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: a writer has it open
+        return path.exists()
+    finally:
+        os.close(fd)  # (a test lock taken here goes with it)
+    return False
 
 
 def _locked_unopened(path: Path) -> bool:
