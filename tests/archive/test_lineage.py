@@ -69,3 +69,26 @@ def test_a_temp_files_head_is_read_without_blocking_or_inflating_a_bomb(tmp_path
     with pytest.raises(ValueError, match="a manifest of"):
         _temp_parent(bomb)
     assert inflated == []
+
+
+def test_a_manifest_nested_too_deep_is_unreadable_not_a_crash(tmp_path, monkeypatch):
+    """A manifest of 100,000 nested lists (someone's file at a temp name, or a hostile
+    archive) raised RecursionError out of json.loads, which neither _temp_parent's caller
+    (prune, in_progress) nor read_lineage caught: prune died with a traceback. Now it is an
+    unreadable manifest like any other (every older archive kept / the archive skipped)."""
+    import json
+
+    import pytest
+
+    from dsbackup.archive import writer as writer_mod
+    from dsbackup.archive.lineage import _temp_parent, read_lineage
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    monkeypatch.setattr(writer_mod.json, "dumps", lambda *a, **k: deep.decode())
+    w = writer_mod.ArchiveWriter(tmp_path / "x.tar.gz", manifest={})
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="too deeply"):
+        _temp_parent(w.tmp)
+    w.finish({"fingerprint": "0" * 32})
+    assert json.loads(b"[]") == []
+    assert read_lineage([tmp_path / "x.tar.gz"]) == ([], [])

@@ -116,6 +116,8 @@ def _temp_parent(path: Path) -> ParentRef | None:
         manifest = json.loads(bytes(data))
     except IntegrityError as exc:
         raise ValueError(str(exc)) from None
+    except RecursionError:
+        raise ValueError(f"{path.name}: the manifest is nested too deeply") from None
     if not isinstance(manifest, dict):
         raise ValueError(f"{path.name}: the manifest is not a JSON object")
     return ParentRef.from_manifest(manifest, str(path))
