@@ -251,3 +251,29 @@ def test_a_parent_deleted_while_the_backup_runs_fails_it_and_leaves_no_archive(
     assert not child.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".c.tar.gz")] == []
     ds.close()
+
+
+def test_a_symlinked_parent_whose_target_was_deleted_fails_the_backup(tmp_path):
+    """The parent given as a symlink (--parent link.tar.gz) whose target a prune of the
+    target's directory deletes while the backup runs: the link is left dangling, and the check
+    before the rename used to look at the link only (lexists), so the archive was put in
+    place without its parent. Now the link is followed: MissingParentError, no archive."""
+    from dsbackup.engine.incremental import create_incremental
+
+    rng = random.Random(8)
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    _put(ds, rng, 2000, b"a")
+    (tmp_path / "real").mkdir()
+    target, link, child = (tmp_path / "real" / "p.tar.gz", tmp_path / "p.tar.gz",
+                           tmp_path / "c.tar.gz")
+    BackupManager(BackupConfig(chunk_size=4)).create_backup(ds, target)
+    link.symlink_to(target)
+    _put(ds, rng, 50, b"b")
+
+    def prune_it(_progress) -> None:
+        target.unlink(missing_ok=True)
+
+    with pytest.raises(MissingParentError, match="was deleted while this backup ran"):
+        create_incremental(ds, child, link, BackupConfig(chunk_size=4), progress=prune_it)
+    assert not child.exists()
+    ds.close()

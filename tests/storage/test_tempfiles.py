@@ -231,3 +231,25 @@ def test_live_temp_files_lists_live_writers_of_any_name_and_not_dead_ones(tmp_pa
         live.kill()
         live.wait()
     assert live_temp_files(tmp_path) == []
+
+
+def test_a_resumed_writer_of_a_dead_pids_temp_file_is_live_for_prune(tmp_path, cli_env):
+    """`backup --resume` continues a SIGKILLed writer's temp file under its name, which
+    carries the dead PID (storage/local.py ResumedSink). live_temp_files required that PID to
+    exist, so prune took the resumed backup for a leftover and deleted its parent. The lock
+    the resumer holds is what counts; a leftover nobody holds is still not listed."""
+    from dsbackup.engine.resume import find_temp
+    from dsbackup.storage.tempfiles import live_temp_files
+
+    final = tmp_path / "a_20260101_000000.tar.gz"
+    killed, tmp = _start_writer(final, cli_env)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert live_temp_files(tmp_path) == []
+    found = find_temp(final)  # what --resume takes: the file, its lock held
+    assert found is not None and found[0] == tmp
+    try:
+        assert live_temp_files(tmp_path) == [(killed.pid, tmp)]
+    finally:
+        os.close(found[1])
+    assert live_temp_files(tmp_path) == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,18 +97,27 @@ def _temp_parent(path: Path) -> ParentRef | None:
     from dsbackup.archive import format as fmt
     from dsbackup.archive.member import decode_member, member_end
 
-    with open(path, "rb") as f:
+    # not blocking on a FIFO, nor following a symlink, put at the name since it was found live
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path.name}: not a regular file")
         head = f.read(_HEAD_READ)
     try:
-        sub, end = member_end(memoryview(head), 0)
+        sub = fmt.parse_member_head(head, f"{path}: manifest")
         if sub.member_type != fmt.TYPE_MANIFEST:
             raise ValueError(f"{path.name}: the first member is of type {sub.member_type}")
+        if sub.data_len > fmt.MAX_JSON_BYTES:  # not inflated (a bomb in someone's file)
+            raise ValueError(f"{path.name}: a manifest of {sub.data_len} bytes")
+        _, end = member_end(memoryview(head), 0)
         _, data = decode_member(head[:end], f"{path}: manifest",
                                 expected_type=fmt.TYPE_MANIFEST,
                                 expected_name=fmt.MANIFEST_NAME)
         manifest = json.loads(bytes(data))
     except IntegrityError as exc:
         raise ValueError(str(exc)) from None
+    except RecursionError:
+        raise ValueError(f"{path.name}: the manifest is nested too deeply") from None
     if not isinstance(manifest, dict):
         raise ValueError(f"{path.name}: the manifest is not a JSON object")
     return ParentRef.from_manifest(manifest, str(path))

@@ -284,7 +284,7 @@ class ArchiveReader:
             raise IntegrityError(f"{self.path}: {part} is larger than 16 MiB", part=part)
         try:
             obj = json.loads(bytes(data))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise IntegrityError(f"{self.path}: {part} is not valid JSON: {exc}",
                                  part=part) from None
         if not isinstance(obj, dict):

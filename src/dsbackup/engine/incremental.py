@@ -46,7 +46,7 @@ from dsbackup.errors import ConfigError, DatastoreError, IntegrityError, Missing
 from dsbackup.metadata import BackupMetadata
 from dsbackup.pipeline.central import ChunkSettings
 from dsbackup.pipeline.sources import DatastoreSource, LmdbSource, Plan
-from dsbackup.storage import display, exists, identity, relative_hint
+from dsbackup.storage import as_location, display, exists, identity, relative_hint
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,8 @@ def _parents_still_there(tmp: Path, parent: ArchiveReader) -> None:
     is stored. (One stat, or a HEAD on S3, per archive of the chain.)"""
     upper = parent.open_parents()
     for lv in [parent] + (upper.levels if upper else []):
-        if not exists(lv.path):
+        loc = as_location(lv.path)  # a local symlink is followed: a dangling one is gone
+        if not (os.path.exists(loc) if isinstance(loc, Path) else exists(loc)):
             raise MissingParentError(f"{display(tmp)}: the parent archive {display(lv.path)} "
                                      "was deleted while this backup ran (by a prune?); nothing "
                                      "was stored: run the backup again")

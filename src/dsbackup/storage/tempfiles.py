@@ -131,7 +131,9 @@ def live_temp_files(directory: Path) -> list[tuple[int, Path]]:
     """(PID, temp file) of every archive being written in `directory` right now, whatever its
     final name, this process's own writers (other threads) included: the test of
     :func:`live_writer` (the file's lock is held and its PID exists). A dead writer's
-    leftover is not listed. Prune keeps the parent of each (docs/CLI.md `prune`)."""
+    leftover is not listed. Prune keeps the parent of each (docs/CLI.md `prune`). The PID need
+    not exist: a `backup --resume` continues a dead writer's file under its name, holding its
+    lock (a test lock taken by another process at that instant only keeps more)."""
     try:
         names = sorted(os.listdir(directory))
     except OSError:
@@ -139,16 +141,16 @@ def live_temp_files(directory: Path) -> list[tuple[int, Path]]:
     out = []
     for name in names:
         m = _TEMP_NAME.match(name)
-        if m and _held(directory / name, int(m.group("pid"))):
+        if m and _held(directory / name, int(m.group("pid")), by_pid=False):
             out.append((int(m.group("pid")), directory / name))
     return out
 
 
-def _held(path: Path, pid: int) -> bool:
-    """Whether the temp file `path`, named with `pid`, is being written: `pid` exists and
-    someone holds the file's lock (a new open file description cannot take it, even in this
-    process)."""
-    if not _pid_alive(pid):
+def _held(path: Path, pid: int, *, by_pid: bool = True) -> bool:
+    """Whether the temp file `path`, named with `pid`, is being written: `pid` exists (unless
+    not `by_pid`) and someone holds the file's lock (a new open file description cannot take
+    it, even in this process)."""
+    if by_pid and not _pid_alive(pid):
         return False
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
