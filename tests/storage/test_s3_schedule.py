@@ -147,3 +147,36 @@ def test_a_new_archive_failing_its_verify_leaves_its_name_on_s3(s3, tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["deleted"] == []
     assert good.record.archive.split(f"{s3.bucket}/", 1)[1] in s3.objects("nodes/a/")
+
+
+def test_an_object_that_cannot_be_copied_aside_stays_at_its_name(s3, tmp_path, monkeypatch):
+    """The copy to ….unverified fails (an object over 5 GiB, a server without CopyObject):
+    the object is left where it is, as a file whose rename fails is, and the run's error says
+    so; it was deleted before (one bad chunk or a missing parent lost the whole archive)."""
+    import threading
+    from datetime import datetime, timezone
+
+    from dsbackup.scheduler.clock import ManualClock
+    from dsbackup.scheduler.config import ScheduledBackup
+    from dsbackup.scheduler.job import run_job
+    from dsbackup.scheduler.retention import RetentionPolicy
+    from dsbackup.storage import as_location
+    from dsbackup.storage import s3 as s3mod
+
+    def no_copy(*_a, **_k):
+        raise RuntimeError("CopyObject not implemented")
+
+    monkeypatch.setattr(s3mod.obstore, "copy", no_copy)
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(1500))
+    sched = ScheduledBackup(id="ipfs", name="ipfs-node", schedule="@daily", source=f"lmdb:{src}")
+    bad = run_job(sched, [], runner=_DamagingRunner(s3.client, s3.bucket),
+                  clock=ManualClock(datetime(2026, 1, 2, tzinfo=timezone.utc)),
+                  backup_dir=as_location(s3.url("nodes/b/")),
+                  policy=RetentionPolicy(keep_last=5), tz=timezone.utc, verify=True,
+                  trigger="test", cancel=threading.Event())
+    assert not bad.record.ok and bad.record.exit_code == 3
+    key = bad.record.archive.split(f"{s3.bucket}/", 1)[1]
+    assert s3.objects("nodes/b/") == [key]
+    assert "could not be copied" in bad.record.error and "still at its name" in \
+        bad.record.error

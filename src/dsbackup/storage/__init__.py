@@ -176,7 +176,7 @@ def set_aside(location: AnyLocation, suffix: str) -> str:
     """Move an archive away from its name, to the name plus `suffix` (a file: renamed; an
     object: copied, then deleted, :func:`dsbackup.storage.s3.set_aside`), so that retention
     and prune no longer count it; returns what happened ("kept as NAME", or why not), for a
-    message. An object whose copy fails is deleted; a file whose rename fails stays."""
+    message. An object whose copy fails stays, as a file whose rename fails does."""
     loc = as_location(location)
     if isinstance(loc, S3Location):
         from dsbackup.storage.s3 import set_aside as s3_set_aside

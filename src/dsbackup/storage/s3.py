@@ -206,17 +206,19 @@ def delete(loc: S3Location) -> None:
 
 def set_aside(loc: S3Location, suffix: str) -> str:
     """Take the object at `loc` away from its archive name: a server-side copy to the key plus
-    `suffix`, then a DELETE of the original (S3 has no rename); when the copy fails (an object
-    over 5 GiB, a server without CopyObject) the original is deleted all the same. Returns
-    what happened, for a message; ArchiveError when the DELETE fails (the object stays)."""
+    `suffix`, then a DELETE of the original (S3 has no rename). When the copy fails (an object
+    over 5 GiB, a server without CopyObject) the original stays where it is, as a file whose
+    rename fails does: a failed verify may be a missing parent or one bad chunk, and the
+    object is the only copy of the rest. Returns what happened, for a message; ArchiveError
+    when the DELETE fails (the object stays, the copy too)."""
     aside = S3Location(loc.bucket, loc.key + suffix)
     try:
         obstore.copy(store(loc.bucket), loc.key, aside.key, overwrite=True)
-        kept = f"kept as {aside}"
-    except Exception as exc:  # noqa: BLE001 - mapped: deleted all the same
-        kept = f"deleted (it could not be copied to {aside}: {message(exc)})"
+    except Exception as exc:  # noqa: BLE001 - mapped: the object is left at its name
+        return (f"it could not be copied to {aside} ({message(exc)}): it is still at its name; "
+                "delete or rename it before a prune, which would count it as an archive")
     delete(loc)
-    return kept
+    return f"kept as {aside}"
 
 
 class S3Sink:
