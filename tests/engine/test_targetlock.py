@@ -11,6 +11,7 @@ import textwrap
 import threading
 
 import pytest
+from paused import paused
 
 from dsbackup.engine.restore import _journal_path
 from dsbackup.engine.targetlock import TargetLock, lock_path
@@ -222,26 +223,6 @@ def test_a_filesystem_without_flock_does_not_fail_the_backup(tmp_path, monkeypat
         pass
 
 
-def _paused(cli_env, code: str) -> subprocess.Popen:
-    """A real backup or restore in another process, paused inside its run (in its progress
-    callback) until its stdin closes; `code` calls it with `progress=pause`."""
-    head = textwrap.dedent("""
-        import sys
-        from dsbackup.engine.backup import BackupManager
-        from dsbackup.engine.config import BackupConfig
-        paused = []
-        def pause(p):
-            if not paused:
-                paused.append(1)
-                print("paused", flush=True)
-                sys.stdin.read()
-    """)
-    p = subprocess.Popen([sys.executable, "-c", head + textwrap.dedent(code)], env=cli_env,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "paused"
-    return p
-
-
 def _store(tmp_path, name: str = "store") -> str:
     from dsbackup.datastores import open_datastore
 
@@ -263,7 +244,7 @@ def test_restore_into_a_store_being_backed_up_is_refused(tmp_path, make_archive,
     make_archive(arch, RECORDS)
     before = (tmp_path / "store" / "data.mdb").read_bytes()
     names = sorted(p.name for p in tmp_path.iterdir())
-    backup = _paused(cli_env, f"""
+    backup = paused(cli_env, f"""
         BackupManager(BackupConfig(workers=1, chunk_size=16)).create_backup(
             {uri!r}, {str(tmp_path / 'b.tar.gz')!r}, progress=pause)
     """)
@@ -295,7 +276,7 @@ def test_backup_of_a_store_a_restore_is_writing_is_refused(tmp_path, make_archiv
     arch = tmp_path / "a.tar.gz"
     make_archive(arch, [(b"/k%06d" % i, os.urandom(300)) for i in range(20000)])
     uri = f"lmdb:{tmp_path / 'target'}"
-    restore = _paused(cli_env, f"""
+    restore = paused(cli_env, f"""
         BackupManager(BackupConfig(workers=1)).restore_backup(
             {str(arch)!r}, {uri!r}, progress=pause)
     """)
