@@ -230,7 +230,8 @@ def restore_archive(
     pattern: globs as in exclude_patterns). An incremental archive needs its parent chain
     (beside it or in `parent_dirs`); a missing parent fails before the target is touched.
     batch_bytes: payload bytes per write (default NATIVE_BATCH_BYTES for the native LMDB
-    writer, else DEFAULT_BATCH_BYTES).
+    writer, which holds at most (NATIVE_BATCHES_AHEAD + 1) × batch_bytes of payloads, else
+    DEFAULT_BATCH_BYTES).
     """
     if mode not in MODES:
         raise ConfigError(f"restore mode must be one of {', '.join(MODES)}, got {mode!r}")
