@@ -414,6 +414,14 @@ class S3Source:
         self._fetches = 0  # blocks fetched (a block fetched twice: the cache was too small)
         self._plan: SparsePlan | None = None
 
+    def still_at_location(self) -> bool:
+        """Whether the key still holds the object opened (one HEAD): the same size and, where
+        the open saw one, the same ETag; False once it was deleted or replaced."""
+        meta = head(self.location)
+        if meta is None or int(meta.get("size", -1)) != self.size:
+            return False
+        return not self._etag or (meta.get("e_tag") or "") == self._etag
+
     def plan(self, ranges: Iterable[tuple[int, int]]) -> None:
         """The (offset, length) of the members about to be read, in order (pulled lazily):
         fetched by ranged GETs of just those ranges, adjacent ones coalesced
