@@ -94,10 +94,18 @@ def test_parent_of_an_incremental_being_written_is_kept(chain, writer, run_cli):
     assert _prune(run_cli, d)["deleted"] == []  # (before: x_05 deleted)
     assert full1.exists() and tmp.exists()
 
-    # the writer killed: its leftover no longer protects anything
+    # the writer killed: its leftover, which `backup --resume` can finish, keeps the parent
+    # (rule resumable, naming the file; before, it protected nothing and x_05 was deleted)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert tmp.exists()
+    out = _prune(run_cli, d)
+    assert out["deleted"] == []
+    x = {e["id"]: e for e in out["groups"]["x"]}
+    assert x[full1.name]["rule"] == "resumable" and tmp.name in x[full1.name]["reason"]
+    assert "delete that file" in x[full1.name]["reason"]
+    # the leftover deleted: nothing protects x_05 any more
+    tmp.unlink()
     assert _prune(run_cli, d)["deleted"] == [str(full1)]
     assert full2.exists()
 
@@ -162,5 +170,37 @@ def test_prune_beside_a_real_incremental_backup_keeps_its_parent(tmp_path, run_c
         os.kill(p.pid, signal.SIGCONT)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
+    r = run_cli("verify", child)
+    assert r.returncode == 0, r.stderr + r.stdout
+
+
+def test_prune_keeps_the_chain_of_a_killed_incremental_until_it_is_resumed(tmp_path, run_cli,
+                                                                           cli_env):
+    """A real `dsbackup backup --parent` killed (SIGKILL) mid-way leaves a temp file that
+    `backup --resume` continues. prune used to delete the parent meanwhile (a dead writer's
+    leftover protected nothing), and the resume then failed ("no such archive"), the hours
+    the killed run had written lost. Now the leftover keeps the parent chain (rule resumable,
+    its reason naming the file and how to let it go); the resume finishes, verified."""
+    from tests.support.deadwriter import sigkill_when_temp_over
+
+    src = tmp_path / "s"
+    datasets.write_lmdb(str(src), datasets.iter_blocks(120))
+    d = tmp_path / "d"
+    d.mkdir()
+    parent, newer = d / "x_20260105_000000.tar.gz", d / "x_20260107_000000.tar.gz"
+    assert run_cli("backup", f"lmdb:{src}", parent, "--level", "0").returncode == 0
+    assert run_cli("backup", f"lmdb:{src}", newer, "--level", "0").returncode == 0
+    datasets.write_lmdb(str(src), datasets.iter_small(30000, seed=9))
+    child = d / "y_20260108_000000.tar.gz"
+    opts = ["--parent", str(parent), "--workers", "1", "--level", "9"]
+    tmp = sigkill_when_temp_over([sys.executable, "-m", "dsbackup", "backup", f"lmdb:{src}",
+                                  str(child), *opts], cli_env, d, child.name, 65536)
+    r = run_cli("prune", d, "--keep-last", "1")
+    assert r.returncode == 0, r.stderr
+    assert parent.exists() and tmp.exists()
+    line = next(x for x in r.stdout.splitlines() if parent.name in x)
+    assert "rule resumable" in line and tmp.name in line and "backup --resume" in line
+    r = run_cli("backup", "--resume", f"lmdb:{src}", child, *opts)
+    assert r.returncode == 0, r.stderr
     r = run_cli("verify", child)
     assert r.returncode == 0, r.stderr + r.stdout

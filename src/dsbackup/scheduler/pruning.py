@@ -18,10 +18,12 @@ from pathlib import Path
 
 from dsbackup.archive.lineage import (
     ArchiveInfo,
+    Leftover,
     in_progress,
     parent_links,
     read_infos,
     read_lineage,
+    resumable_leftovers,
 )
 from dsbackup.scheduler.retention import (
     RetentionItem,
@@ -65,6 +67,11 @@ def _written_by(path: Path) -> datetime | None:
     return max(times) if times else None
 
 
+def _resumable_reason(lo: Leftover) -> str:
+    return (f"parent of {lo.final}, whose killed backup left {lo.path} for `backup --resume` "
+            "to finish (delete that file to let this archive go)")
+
+
 def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable[Path],
                    policy: RetentionPolicy, now: datetime, tz: tzinfo | None = None, *,
                    fallback_parents: Mapping[str, Sequence[str]] | None = None,
@@ -77,8 +84,12 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
     pool = list(pool)
     # archives being written now (a live writer's temp file, an S3 upload that is not stale)
     # are children too: their parents stay (docs/CLI.md `prune`)
-    known, unread = in_progress(sorted({p.parent for p in pool}, key=str))
-    parents, opaque = _lineage(pool, [info for _, info in known])
+    directories = sorted({p.parent for p in pool}, key=str)
+    known, unread = in_progress(directories)
+    # and a killed incremental that `backup --resume` can finish: its parent chain stays
+    # while its temp file is there (docs/CLI.md `prune`, rule resumable)
+    left, left_sealed = resumable_leftovers(directories)
+    parents, opaque = _lineage(pool, [info for _, info in known] + [i for _, i in left])
     for k, v in (fallback_parents or {}).items():
         if not parents.get(k):
             parents[k] = list(v)
@@ -109,7 +120,18 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
                     keep_anyway(res, d.id, "maybe-parent",
                                 f"may be the parent of {w.final}, being written now "
                                 f"({w.who}), whose parent cannot be read yet")
+    for lo, info in left:
+        for parent in parents.get(info.path.name, []):
+            for res in results.values():
+                keep_anyway(res, parent, "resumable", _resumable_reason(lo))
+    for lo in left_sealed:
+        for res in results.values():
+            for d in list(res.pruned):
+                if d.timestamp <= lo.written:
+                    keep_anyway(res, d.id, "resumable", "may be the " + _resumable_reason(lo)
+                                + "; it is encrypted, so its parent cannot be read")
     grouped = {i.id for items in groups.values() for i in items}
-    unmanaged = sorted({p.name for p in pool} - grouped) + [i.path.name for _, i in known]
+    unmanaged = (sorted({p.name for p in pool} - grouped) + [i.path.name for _, i in known]
+                 + [i.path.name for _, i in left])
     protect_ancestors(list(results.values()), parents, also_kept=unmanaged)
     return results
