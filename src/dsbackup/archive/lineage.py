@@ -125,20 +125,24 @@ def _temp_parent(path: Path) -> ParentRef | None:
 
 
 def in_progress(directories: Iterable[Path],
-                ) -> tuple[list[tuple[LiveWrite, ArchiveInfo]], list[LiveWrite]]:
+                ) -> tuple[list[tuple[LiveWrite, ArchiveInfo]], list[LiveWrite],
+                           list[tuple[Path, str]]]:
     """The archives being written in `directories` (:func:`dsbackup.storage.live_writes`):
     ([(write, info)] of those whose parent is known — info has the parent, no fingerprint, so
     it is nobody's parent —, [writes whose parent cannot be known]: an S3 upload, an encrypted
-    temp file, one whose manifest is not whole yet). A directory (prefix) whose listing fails
-    is warned about and skipped."""
+    temp file, one whose manifest is not whole yet, [(directory, error)] of the directories
+    (prefixes) whose listing failed: any archive there may be the parent of a backup being
+    written that cannot be seen (e.g. no s3:ListBucketMultipartUploads permission))."""
     known: list[tuple[LiveWrite, ArchiveInfo]] = []
     unknown: list[LiveWrite] = []
+    blind: list[tuple[Path, str]] = []
     for d in directories:
         try:
             writes = live_writes(d)
         except DsBackupError as exc:
-            log.warning("%s: cannot see the backups being written there (%s); prune keeps "
-                        "no parent for them", d, exc)
+            log.warning("%s: cannot see the backups being written there (%s): every archive "
+                        "there is kept, any of them may be the parent of one", d, exc)
+            blind.append((d, str(exc)))
             continue
         for w in writes:
             if not isinstance(w.location, Path):
@@ -152,7 +156,7 @@ def in_progress(directories: Iterable[Path],
                 unknown.append(w)
                 continue
             known.append((w, ArchiveInfo(w.location, "", "", ref, False)))
-    return known, unknown
+    return known, unknown, blind
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,11 @@ def _written_by(path: Path) -> datetime | None:
     return max(times) if times else None
 
 
+def _within(name: str, where: Path, pool: Sequence[Path]) -> bool:
+    """Whether the archive file `name` of `pool` lies in the directory (prefix) `where`."""
+    return any(p.name == name and p.parent == where for p in pool)
+
+
 def _resumable_reason(lo: Leftover) -> str:
     return (f"parent of {lo.final}, whose killed backup left {lo.path} for `backup --resume` "
             "to finish (delete that file to let this archive go)")
@@ -75,17 +80,20 @@ def _resumable_reason(lo: Leftover) -> str:
 def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable[Path],
                    policy: RetentionPolicy, now: datetime, tz: tzinfo | None = None, *,
                    fallback_parents: Mapping[str, Sequence[str]] | None = None,
-                   newest: str | None = None) -> dict[str, RetentionResult]:
+                   newest: str | None = None, unseen: list[str] | None = None,
+                   ) -> dict[str, RetentionResult]:
     """Decisions per group. Item ids are file names; `pool`: every archive file that may be a
     link of a chain (the groups' files and their neighbours). `fallback_parents`: parents for
     ids whose file cannot be read (e.g. from the scheduler's state). `newest`: the archive the
     calling run has just made, kept whatever the rules say (after a clock stepped back, older
-    archives carry later times than it, and the rules would keep them instead)."""
+    archives carry later times than it, and the rules would keep them instead). `unseen`:
+    gets one message per directory (prefix) whose running backups could not be listed (its
+    archives are all kept)."""
     pool = list(pool)
     # archives being written now (a live writer's temp file, an S3 upload that is not stale)
     # are children too: their parents stay (docs/CLI.md `prune`)
     directories = sorted({p.parent for p in pool}, key=str)
-    known, unread = in_progress(directories)
+    known, unread, blind = in_progress(directories)
     # and a killed incremental that `backup --resume` can finish: its parent chain stays
     # while its temp file is there (docs/CLI.md `prune`, rule resumable)
     left, left_sealed = resumable_leftovers(directories)
@@ -120,6 +128,15 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
                     keep_anyway(res, d.id, "maybe-parent",
                                 f"may be the parent of {w.final}, being written now "
                                 f"({w.who}), whose parent cannot be read yet")
+    for where, err in blind:  # its running backups cannot be seen: any archive may be a parent
+        if unseen is not None:
+            unseen.append(f"{where}: cannot see the backups being written there ({err})")
+        for res in results.values():
+            for d in list(res.pruned):
+                if _within(d.id, where, pool):
+                    keep_anyway(res, d.id, "maybe-parent",
+                                f"may be the parent of a backup being written to {where}, "
+                                f"whose unfinished uploads cannot be listed ({err})")
     for lo, info in left:
         for parent in parents.get(info.path.name, []):
             for res in results.values():
