@@ -47,6 +47,7 @@ from dsbackup.metadata import BackupMetadata
 from dsbackup.pipeline.central import ChunkSettings
 from dsbackup.pipeline.sources import DatastoreSource, LmdbSource, Plan
 from dsbackup.storage import as_location, display, exists, identity, relative_hint
+from dsbackup.storage.holds import hold_chain
 
 log = logging.getLogger(__name__)
 
@@ -325,8 +326,12 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
     cancel = cancel or threading.Event()
     preader = ArchiveReader(parent, parent_dirs=parent_dirs)
     owned = None
+    holds = None
     try:
         chain = preader.open_parents()  # every ancestor must be there before we rely on it
+        # held against a prune of their directories while this backup runs (storage/holds.py)
+        holds = hold_chain([as_location(p) for p in
+                            [preader.path] + (chain.paths if chain else [])], display(path))
         if chain is not None and cfg.include_metadata and preader.index.catalog_count:
             chain.require_catalogs()  # referenced catalogs must exist all the way down
         target = identity(path)
@@ -367,6 +372,8 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
         preader.close()
         if owned is not None:
             owned.close()
+        if holds is not None:
+            holds.release()
 
 
 def _open_uri(uri: str) -> _Where:

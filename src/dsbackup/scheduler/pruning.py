@@ -33,6 +33,7 @@ from dsbackup.scheduler.retention import (
     keep_anyway,
     protect_ancestors,
 )
+from dsbackup.storage.holds import holds_in
 
 
 def parent_ids(pool: Iterable[Path]) -> dict[str, list[str]]:
@@ -73,7 +74,7 @@ def _within(name: str, where: Path, pool: Sequence[Path]) -> bool:
 
 
 def _resumable_reason(lo: Leftover) -> str:
-    return (f"parent of {lo.final}, whose killed backup left {lo.path} for `backup --resume` "
+    return (f"parent of {lo.final}, whose killed backup left {lo.path} for backup --resume "
             "to finish (delete that file to let this archive go)")
 
 
@@ -96,7 +97,14 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
     known, unread, blind = in_progress(directories)
     # and a killed incremental that `backup --resume` can finish: its parent chain stays
     # while its temp file is there (docs/CLI.md `prune`, rule resumable)
+    holds = [h for d in directories if isinstance(d, Path) for h in holds_in(d)]
+    # a killed backup writing elsewhere, whose dead hold names its archive: its temp file too
+    elsewhere = {(Path(h.child).parent, Path(h.child).name) for h in holds
+                 if not h.live and h.child}
     left, left_sealed = resumable_leftovers(directories)
+    more, more_sealed = resumable_leftovers(sorted({d for d, _ in elsewhere} - set(directories)))
+    left += [(lo, i) for lo, i in more if (lo.path.parent, lo.final) in elsewhere]
+    left_sealed += [lo for lo in more_sealed if (lo.path.parent, lo.final) in elsewhere]
     parents, opaque = _lineage(pool, [info for _, info in known] + [i for _, i in left])
     for k, v in (fallback_parents or {}).items():
         if not parents.get(k):
@@ -137,6 +145,12 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
                     keep_anyway(res, d.id, "maybe-parent",
                                 f"may be the parent of a backup being written to {where}, "
                                 f"whose unfinished uploads cannot be listed ({err})")
+    for h in holds:  # an archive a backup elsewhere reads as its parent (storage/holds.py)
+        if h.live:
+            for res in results.values():
+                keep_anyway(res, h.archive, "in-progress",
+                            f"parent of {h.child or 'a backup'}, being written now "
+                            f"(PID {h.pid})")
     for lo, info in left:
         for parent in parents.get(info.path.name, []):
             for res in results.values():
