@@ -367,6 +367,12 @@ class _Block:
         self.cached = True
 
 
+def _bare_etag(etag: str) -> str:
+    """An ETag without its quotes or weak mark (servers and clients differ in which they
+    keep)."""
+    return etag.removeprefix("W/").strip('"')
+
+
 class S3Source:
     """Random access to an object: the open is one suffix GET (size, tail and the ETag every
     later GET must match); later reads go through a block cache with read-ahead, so a
@@ -420,7 +426,7 @@ class S3Source:
         meta = head(self.location)
         if meta is None or int(meta.get("size", -1)) != self.size:
             return False
-        return not self._etag or (meta.get("e_tag") or "") == self._etag
+        return not self._etag or _bare_etag(meta.get("e_tag") or "") == _bare_etag(self._etag)
 
     def plan(self, ranges: Iterable[tuple[int, int]]) -> None:
         """The (offset, length) of the members about to be read, in order (pulled lazily):
