@@ -79,3 +79,13 @@ def test_a_symlinked_parent_is_held_at_its_link_and_its_file(tmp_path):
         assert all(x.live for x in holds_in(real) + holds_in(links))
     assert holds_in(real) == holds_in(links) == []
     assert sorted(os.listdir(real)) == ["x.tar.gz"]
+
+
+def test_a_hold_names_its_child_by_absolute_path(tmp_path, monkeypatch):
+    """A backup given a relative path (`backup S B/y.tar.gz`): its hold names the archive by
+    its absolute path, which a prune run from another directory can find (its temp file)."""
+    (tmp_path / "x.tar.gz").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    with hold_chain([Path("x.tar.gz")], Path("B") / "y.tar.gz"):
+        [h] = holds_in(tmp_path)
+        assert h.child == str(tmp_path / "B" / "y.tar.gz")

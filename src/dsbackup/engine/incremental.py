@@ -331,7 +331,8 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
         chain = preader.open_parents()  # every ancestor must be there before we rely on it
         # held against a prune of their directories while this backup runs (storage/holds.py)
         holds = hold_chain([as_location(p) for p in
-                            [preader.path] + (chain.paths if chain else [])], display(path))
+                            [preader.path] + (chain.paths if chain else [])],
+                           as_location(path))
         if chain is not None and cfg.include_metadata and preader.index.catalog_count:
             chain.require_catalogs()  # referenced catalogs must exist all the way down
         target = identity(path)

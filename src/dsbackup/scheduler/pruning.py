@@ -100,7 +100,7 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
     holds = [h for d in directories if isinstance(d, Path) for h in holds_in(d)]
     # a killed backup writing elsewhere, whose dead hold names its archive: its temp file too
     elsewhere = {(Path(h.child).parent, Path(h.child).name) for h in holds
-                 if not h.live and h.child}
+                 if not h.live and os.path.isabs(h.child)}  # (a local archive's)
     left, left_sealed = resumable_leftovers(directories)
     more, more_sealed = resumable_leftovers(sorted({d for d, _ in elsewhere} - set(directories)))
     left += [(lo, i) for lo, i in more if (lo.path.parent, lo.final) in elsewhere]

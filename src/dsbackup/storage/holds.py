@@ -164,7 +164,7 @@ def _child_of(path: Path) -> str:
 
 def _left_temp_file(child: str) -> bool:
     """Whether a temp file of the archive `child` is in its directory."""
-    if not child:
+    if not os.path.isabs(child):  # unreadable, or not a local archive (S3, -)
         return False
     final = Path(child)
     try:
