@@ -119,7 +119,11 @@ def run(args: argparse.Namespace) -> int:
                               "skipped": skipped, "deleted": [], "errors": []}
     # every ancestor of a kept archive stays, whatever its name (one code path with the
     # scheduler: dsbackup.scheduler.pruning)
-    results = plan_retention(groups, directory_archives(args.directory), policy, now, tz)
+    unseen: list[str] = []  # a prefix whose uploads cannot be listed: all of it is kept
+    results = plan_retention(groups, directory_archives(args.directory), policy, now, tz,
+                             unseen=unseen)
+    if unseen:
+        report["live_writes_error"] = "; ".join(unseen)
     for name, result in sorted(results.items()):
         report["groups"][name] = [d.to_json() for d in result.decisions()]
         for d in result.decisions():
@@ -155,4 +159,5 @@ def run(args: argparse.Namespace) -> int:
               + json.dumps([s["path"] for s in skipped]), file=sys.stderr)
     if report["errors"]:
         return 2
-    return EXIT_WARNING if skipped or stale_failed or (args.name and not found) else EXIT_OK
+    return (EXIT_WARNING if skipped or stale_failed or unseen or (args.name and not found)
+            else EXIT_OK)
