@@ -120,6 +120,20 @@ def test_a_prefix_whose_uploads_cannot_be_listed_keeps_every_archive(s3, tmp_pat
     assert "cannot be listed" in kept[names[0]]["reason"]
     assert "cannot see the backups being written there" in r.stderr
     assert s3.objects("node/") == [f"node/{n}" for n in names]
+    # the user knows nothing is being uploaded there (e.g. an instance role, whose
+    # credentials our signed listing cannot use): --assume-no-uploads prunes as usual
+    proxy = FaultProxy(("127.0.0.1", s3.server.port)).start()
+    proxy.rules = [Rule("GET", "?uploads", times=100, status=403)]
+    env = dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint)
+    try:
+        r = cli(env, "prune", s3.url("node/"), "--keep-last", "1", "--dry-run",
+                "--assume-no-uploads", "--json")
+    finally:
+        proxy.stop()
+    out = json.loads(r.stdout)
+    assert "live_writes_error" not in out and "pruned as if none were" in r.stderr
+    assert {x["id"]: x["keep"] for x in out["groups"]["ipfs"]} == {names[0]: False,
+                                                                    names[1]: True}
     # the listing answers again: the usual retention
     r = cli(s3.env, "prune", s3.url("node/"), "--keep-last", "1", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["deleted"] == [s3.url(f"node/{names[0]}")]

@@ -139,9 +139,7 @@ def in_progress(directories: Iterable[Path],
     for d in directories:
         try:
             writes = live_writes(d)
-        except DsBackupError as exc:
-            log.warning("%s: cannot see the backups being written there (%s): every archive "
-                        "there is kept, any of them may be the parent of one", d, exc)
+        except DsBackupError as exc:  # (the caller says what it does about it)
             blind.append((d, str(exc)))
             continue
         for w in writes:

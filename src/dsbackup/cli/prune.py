@@ -62,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", type=Path, default=None,
                    help="scheduler state directory: its verified flags protect the newest "
                         "verified archive")
+    p.add_argument("--assume-no-uploads", action="store_true",
+                   help="s3:// only: when the prefix's unfinished uploads cannot be listed (no "
+                        "s3:ListBucketMultipartUploads, an instance role), prune as if no "
+                        "backup were being uploaded there (default: keep every archive)")
     p.add_argument("--dry-run", "-n", action="store_true", help="delete nothing")
     add_json_flag(p)
 
@@ -121,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     # scheduler: dsbackup.scheduler.pruning)
     unseen: list[str] = []  # a prefix whose uploads cannot be listed: all of it is kept
     results = plan_retention(groups, directory_archives(args.directory), policy, now, tz,
-                             unseen=unseen)
+                             unseen=unseen, assume_no_uploads=args.assume_no_uploads)
     if unseen:
         report["live_writes_error"] = "; ".join(unseen)
     for name, result in sorted(results.items()):

@@ -10,6 +10,7 @@ names, hand-named archives) are not deleted by the run, so their ancestors are k
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -34,6 +35,8 @@ from dsbackup.scheduler.retention import (
     protect_ancestors,
 )
 from dsbackup.storage.holds import holds_in
+
+log = logging.getLogger(__name__)
 
 
 def parent_ids(pool: Iterable[Path]) -> dict[str, list[str]]:
@@ -82,14 +85,15 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
                    policy: RetentionPolicy, now: datetime, tz: tzinfo | None = None, *,
                    fallback_parents: Mapping[str, Sequence[str]] | None = None,
                    newest: str | None = None, unseen: list[str] | None = None,
-                   ) -> dict[str, RetentionResult]:
+                   assume_no_uploads: bool = False) -> dict[str, RetentionResult]:
     """Decisions per group. Item ids are file names; `pool`: every archive file that may be a
     link of a chain (the groups' files and their neighbours). `fallback_parents`: parents for
     ids whose file cannot be read (e.g. from the scheduler's state). `newest`: the archive the
     calling run has just made, kept whatever the rules say (after a clock stepped back, older
     archives carry later times than it, and the rules would keep them instead). `unseen`:
     gets one message per directory (prefix) whose running backups could not be listed (its
-    archives are all kept)."""
+    archives are all kept, unless `assume_no_uploads`: the user knows none is being written
+    there, and the message says its archives were pruned as usual)."""
     pool = list(pool)
     # archives being written now (a live writer's temp file, an S3 upload that is not stale)
     # are children too: their parents stay (docs/CLI.md `prune`)
@@ -137,6 +141,13 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
                                 f"may be the parent of {w.final}, being written now "
                                 f"({w.who}), whose parent cannot be read yet")
     for where, err in blind:  # its running backups cannot be seen: any archive may be a parent
+        if assume_no_uploads:
+            log.warning("%s: cannot see the backups being written there (%s); pruned as if "
+                        "none were (--assume-no-uploads)", where, err)
+            continue
+        log.warning("%s: cannot see the backups being written there (%s): every archive there "
+                    "is kept, any of them may be the parent of one (prune --assume-no-uploads "
+                    "if none is)", where, err)
         if unseen is not None:
             unseen.append(f"{where}: cannot see the backups being written there ({err})")
         for res in results.values():
