@@ -29,6 +29,7 @@ from dsbackup.scheduler.retention import (
     RetentionResult,
     apply_retention,
     keep_anyway,
+    newest_written,
     protect_ancestors,
 )
 
@@ -87,6 +88,11 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
     if newest is not None:
         for res in results.values():
             keep_anyway(res, newest, "this-run", "the archive this run has just made")
+    # after a clock stepped back the latest-dated archive need not be the last written
+    dated = {i.id: i.timestamp for items in groups.values() for i in items}
+    for g, items in groups.items():
+        for id_, why in newest_written(items, parents, dated, now).items():
+            keep_anyway(results[g], id_, "newest-written", why)
     for unknown in opaque:  # any older archive may be its parent: none is deleted
         if unknown.name in (fallback_parents or {}):
             continue
