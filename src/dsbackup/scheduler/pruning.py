@@ -102,7 +102,8 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
                 if when is None or d.timestamp <= when:
                     keep_anyway(res, d.id, "maybe-parent",
                                 f"may be the parent of {unknown.name}, whose parent cannot be "
-                                "read (encrypted without its key, or a newer format)")
+                                "read (encrypted without its key, or a newer format)",
+                                unknown.name)
     for w, info in known:
         for parent in parents.get(info.path.name, []):
             for res in results.values():
@@ -114,7 +115,7 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
                 if d.timestamp <= w.started:
                     keep_anyway(res, d.id, "maybe-parent",
                                 f"may be the parent of {w.final}, being written now "
-                                f"({w.who}), whose parent cannot be read yet")
+                                f"({w.who}), whose parent cannot be read yet", str(w.final))
     grouped = {i.id for items in groups.values() for i in items}
     unmanaged = sorted({p.name for p in pool} - grouped) + [i.path.name for _, i in known]
     protect_ancestors(list(results.values()), parents, also_kept=unmanaged)

@@ -81,10 +81,14 @@ class Decision:
     rule: str | None
     number: int
     reason: str
+    forced_by: str | None = None  # (rule maybe-parent) the archive whose parent is unknown
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "timestamp": self.timestamp.isoformat(), "keep": self.keep,
-                "rule": self.rule, "number": self.number, "reason": self.reason}
+        out = {"id": self.id, "timestamp": self.timestamp.isoformat(), "keep": self.keep,
+               "rule": self.rule, "number": self.number, "reason": self.reason}
+        if self.forced_by is not None:
+            out["forced_by"] = self.forced_by
+        return out
 
 
 @dataclass
@@ -204,13 +208,25 @@ def apply_retention(backups: Iterable[Any], policy: RetentionPolicy, now: dateti
     return result
 
 
-def keep_anyway(result: RetentionResult, id: str, rule: str, reason: str) -> None:
+def keep_anyway(result: RetentionResult, id: str, rule: str, reason: str,
+                forced_by: str | None = None) -> None:
     """Turn the pruned decision of `id` in `result`, if any, into a kept one."""
     for d in result.pruned:
         if d.id == id:
             result.pruned.remove(d)
-            result.kept.append(Decision(d.id, d.timestamp, True, rule, 1, reason))
+            result.kept.append(Decision(d.id, d.timestamp, True, rule, 1, reason, forced_by))
             return
+
+
+def forced_kept(results: Iterable[RetentionResult]) -> dict[str, int]:
+    """Archive -> how many archives the rules would have pruned are kept only because its
+    parent cannot be read (rule maybe-parent), any of them possibly being it."""
+    out: dict[str, int] = {}
+    for res in results:
+        for d in res.kept:
+            if d.forced_by is not None:
+                out[d.forced_by] = out.get(d.forced_by, 0) + 1
+    return out
 
 
 def newest_written(items: Sequence[RetentionItem], parents: Mapping[str, Sequence[str]],
