@@ -98,3 +98,30 @@ def test_a_fresh_filesystems_mount_point_is_an_empty_directory(tmp_path, archive
     (tmp_path / "other" / "lost+found").write_text("a file of that name is someone's\n")
     with pytest.raises(DatastoreError, match=r"holds other files \(lost\+found\)"):
         restore_archive(archive, f"{scheme}:{tmp_path / 'other'}")
+
+
+def test_an_fsds_restore_into_a_directory_of_other_files_is_refused(tmp_path, archive,
+                                                                    run_cli):
+    """``restore A fsds:~``: the records went in as k000.data files among a home directory's
+    files, exit 0 (LMDB and LevelDB were refused already)."""
+    home = tmp_path / "home"
+    (home / ".cache").mkdir(parents=True)
+    (home / ".bashrc").write_text("")
+    (home / "notes.txt").write_text("mine\n")
+    for mode in ("empty", "overwrite"):
+        with pytest.raises(DatastoreError, match=r"home: directory holds other files "
+                                                 r"\(.bashrc, notes.txt\) and no fsds record"):
+            restore_archive(archive, f"fsds:{home}", mode=mode)
+    r = run_cli("restore", archive, f"fsds:{home}", "--overwrite")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert sorted(os.listdir(home)) == [".bashrc", ".cache", "notes.txt"]
+    # a store with a stray file, a store of namespaces only, an empty or new directory: fine
+    store = tmp_path / "store"
+    (store / "pins").mkdir(parents=True)
+    (store / "pins" / "x.data").write_bytes(b"v")
+    (store / "README").write_text("mine\n")
+    (tmp_path / "empty").mkdir()
+    for d in (store, tmp_path / "empty", tmp_path / "new"):
+        restore_archive(archive, f"fsds:{d}", mode="overwrite")
+        assert (d / "k000.data").read_bytes() == b"v"
+    assert (store / "README").read_text() == "mine\n"
