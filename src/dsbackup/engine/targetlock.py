@@ -190,8 +190,11 @@ class TargetLock:
                 self.path.unlink(missing_ok=True)  # while locked: no one else holds it
                 os.close(fd)
                 raise
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {self.what}\n".encode())
+            try:  # who holds it, for a refusal's message (a full disk: 'PID unknown')
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {self.what}\n".encode())
+            except OSError:
+                pass
             self._fd = fd
             _held[key] = (me, 1)
 
