@@ -185,6 +185,8 @@ class TargetLock:
                     dfd = _lock_dir(d, fcntl.LOCK_EX)
                     self._nest += _track([dfd])
                     self._nest += _track(nestlock.writer_marks(d, dfd))
+                if self.store is not None:
+                    _refuse_live_repo_above(self.store)
             except BaseException:
                 self._close_dir()
                 self.path.unlink(missing_ok=True)  # while locked: no one else holds it
@@ -315,3 +317,23 @@ def _busy(fd: int, store: Path | None, path: Path | None, then: str) -> str:
     """The one line of a refusal by the lock file's holder (a restore or migration)."""
     return (f"{store}: another dsbackup process ({_read_holder(fd)}) is writing to it; {then} "
             f"(lock file {path})")
+
+
+def _refuse_live_repo_above(store: Path) -> None:
+    """LockedError when `store` lies inside a Kubo repository whose daemon is running (its
+    ``repo.lock`` held): ``restore A flatfs:REPO/blocks`` wrote under the live node. (A
+    ``kubo:REPO`` target itself is refused when opened, datastores/kubo.py.)"""
+    from dsbackup.datastores.kubo import LOCK_FILE, SPEC_FILE, probe_repo_lock
+
+    for up in Path(os.path.realpath(store)).parents:
+        if not ((up / LOCK_FILE).is_file() and (up / SPEC_FILE).is_file()):
+            continue
+        try:
+            fd = probe_repo_lock(up)
+        except LockedError:
+            raise LockedError(f"{store}: inside the Kubo repo {up}, whose daemon is running "
+                              f"({LOCK_FILE} is held); stop the daemon first") from None
+        except DsBackupError:
+            continue
+        if fd is not None:
+            os.close(fd)
