@@ -125,3 +125,17 @@ def test_an_fsds_restore_into_a_directory_of_other_files_is_refused(tmp_path, ar
         restore_archive(archive, f"fsds:{d}", mode="overwrite")
         assert (d / "k000.data").read_bytes() == b"v"
     assert (store / "README").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("scheme", ["lmdb", "fsds", "leveldb", "flatfs", "kubo"])
+def test_a_dangling_symlink_target_is_named(tmp_path, archive, run_cli, scheme):
+    """A target that is a symlink to a missing directory: 'PATH: File exists' (mkdir's
+    error) or a LevelDB 'NotFound: .../LOCK'; now one line saying what it is."""
+    link = tmp_path / "t"
+    link.symlink_to(tmp_path / "gone")
+    r = run_cli("restore", archive, f"{scheme}:{link}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"dsbackup: error: {link}: a symlink to {tmp_path / 'gone'}, which does not exist; "
+        "create that directory, or restore into another path"]
+    assert sorted(os.listdir(tmp_path)) == ["a.tar.gz", "s", "t"]

@@ -30,6 +30,10 @@ def refuse_foreign_directory(target: Any, own: str | os.PathLike[str] | None = N
     from dsbackup.datastores.registry import parse_uri
 
     scheme, loc, _ = parse_uri(os.fspath(target))
+    if loc and scheme not in (None, "sqlite", "memory") and os.path.islink(loc) \
+            and not os.path.exists(loc):  # (mkdir said only "File exists")
+        raise DatastoreError(f"{loc}: a symlink to {os.readlink(loc)}, which does not exist; "
+                             f"create that directory, or {doing} into another path")
     if scheme == "fsds" and loc:
         _refuse_foreign_fsds(loc, own, doing)
         return
