@@ -139,3 +139,11 @@ def test_a_dangling_symlink_target_is_named(tmp_path, archive, run_cli, scheme):
         f"dsbackup: error: {link}: a symlink to {tmp_path / 'gone'}, which does not exist; "
         "create that directory, or restore into another path"]
     assert sorted(os.listdir(tmp_path)) == ["a.tar.gz", "s", "t"]
+
+
+def test_a_sqlite_target_that_is_a_directory_is_named(tmp_path, archive, run_cli):
+    (tmp_path / "d").mkdir()
+    r = run_cli("restore", archive, f"sqlite:{tmp_path / 'd'}")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"dsbackup: error: {tmp_path / 'd'}: a directory, not an SQLite database file"]
+    assert os.listdir(tmp_path / "d") == []

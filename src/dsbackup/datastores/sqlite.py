@@ -43,6 +43,8 @@ class SqliteDatastore(BaseDatastore):
                          location=str(self.path))
         self._timeout = timeout
         self._lock = threading.RLock()
+        if self.path.is_dir():  # (SQLite says only "unable to open database file")
+            raise DatastoreError(f"{self.path}: a directory, not an SQLite database file")
         if readonly and not self.path.is_file():
             raise DatastoreError(f"{self.path}: no SQLite database")
         new = not readonly and not os.path.lexists(self.path)
