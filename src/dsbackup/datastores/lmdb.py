@@ -211,8 +211,10 @@ class LmdbDatastore(BaseDatastore):
                     return _lmdb.open(str(self.path), **kwargs)
                 except _lmdb.Error as e2:
                     raise DatastoreError(f"{self.path}: cannot open LMDB: {e2}") from e2
-            hint = (" (readers need write access to lock.mdb to register in the reader "
-                    "table)" if "Permission denied" in str(e) else "")
+            hint = ("" if "Permission denied" not in str(e)
+                    else " (readers need write access to lock.mdb to register in the reader "
+                    "table)" if readonly else " (a writer needs write access to the store's "
+                    "directory, data.mdb and lock.mdb)")
             raise DatastoreError(f"{self.path}: cannot open LMDB: {e}{hint}") from e
 
     # -- transactions --------------------------------------------------------------------
