@@ -48,6 +48,7 @@ def refuse_foreign_directory(target: Any, own: str | os.PathLike[str] | None = N
         mine, root = Path(os.path.abspath(own)), Path(os.path.abspath(loc))
         if mine != root and mine.is_relative_to(root):
             names = [n for n in names if n != mine.relative_to(root).parts[0]]
+    names = [n for n in names if not _bookkeeping(n)]
     if "lost+found" in names and os.path.isdir(os.path.join(loc, "lost+found")):
         names.remove("lost+found")  # a new filesystem's mount point is an empty directory
     if not names or kind[1].intersection(names):
@@ -98,4 +99,10 @@ def _fsds_own(entry: os.DirEntry[str]) -> bool:
     except OSError:
         return False
     n = entry.name
-    return n.endswith(".data") or (n.startswith(".") and ".data.tmp" in n)
+    return n.endswith(".data") or (n.startswith(".") and ".data.tmp" in n) or _bookkeeping(n)
+
+
+def _bookkeeping(name: str) -> bool:
+    """dsbackup's own files beside a store inside the directory (its writer's lock file,
+    a restore's journal and its temp files): not someone else's files."""
+    return name.endswith(".dsbackup.lock") or ".dsbackup-restore.json" in name
