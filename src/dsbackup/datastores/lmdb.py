@@ -61,7 +61,9 @@ def reserve_lock_file(path: str | os.PathLike[str]) -> None:
     except OSError:
         return
     try:
-        size = max(os.fstat(fd).st_size, LOCK_FILE_BYTES)
+        # an existing lock file keeps its size: another process may map it, and its reader
+        # table's size is what every opener after the first reads from it
+        size = os.fstat(fd).st_size or LOCK_FILE_BYTES
         os.posix_fallocate(fd, 0, size)
     except OSError as e:
         from dsbackup.diskspace import is_no_space, no_space_message
