@@ -21,12 +21,12 @@ from dsbackup.scheduler import (
     RULES,
     RetentionItem,
     RetentionPolicy,
+    forced_kept,
     get_zone,
     list_archives,
     parse_duration,
     plan_retention,
 )
-from dsbackup.scheduler.retention import forced_kept
 from dsbackup.storage import S3Location, abort_stale_uploads, as_location, delete, is_stream
 
 COMMAND = "prune"
