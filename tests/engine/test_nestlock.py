@@ -236,3 +236,95 @@ def test_a_repo_whose_blocks_are_a_symlink_to_another_disk(tmp_path, repo, arch,
             pytest.raises(LockedError, match="is reading it"):
         TargetLock(f"flatfs:{away / 'blocks'}", "restore").acquire()
     assert run_cli("restore", arch, f"kubo:{repo}", "--overwrite").returncode == 0
+
+
+# -- two writers of stores that overlap -----------------------------------------------------
+
+
+@pytest.fixture
+def small(tmp_path, make_archive) -> Path:
+    """An archive whose restore pauses after its first batch (many small chunks)."""
+    a = tmp_path / "small.tar.gz"
+    make_archive(a, [(b"/k%06d" % i, os.urandom(300)) for i in range(400)])
+    return a
+
+
+def _plan(tmp_path: Path) -> Path:
+    plan = tmp_path / "copy.toml"
+    plan.write_text('id = "copy"\nversion = "1"\n[[steps]]\nid = "copy"\ntype = "copy"\n'
+                    'source = "source"\ntarget = "target"\n')
+    return plan
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-store", "existing-store"])
+def test_a_writer_inside_or_above_a_store_being_written(tmp_path, small, run_cli, cli_env,
+                                                        existing):
+    """A restore into x/store held mid-way; a restore or migration into a store inside it
+    (x/store/sub, x/store/s.db) or into x (holding it) is refused, exit 4, one line naming
+    the other writer — before, each ran and wrote into the store being written."""
+    x = tmp_path / "x"
+    x.mkdir()
+    store = x / "store"
+    if existing:
+        assert run_cli("restore", small, f"fsds:{store}").returncode == 0
+    src = tmp_path / "src.db"
+    assert run_cli("restore", small, f"sqlite:{src}").returncode == 0
+    restore = restoring(cli_env, str(small), f"fsds:{store}", overwrite=existing)
+    try:
+        before = _tree(x)
+        for args in (("restore", small, f"lmdb:{store / 'sub'}"),
+                     ("restore", small, f"sqlite:{store / 's.db'}", "--overwrite"),
+                     ("migrate", _plan(tmp_path), f"sqlite:{src}", f"lmdb:{store / 'sub'}")):
+            r = run_cli(*args)
+            _refused(r, f"(PID {restore.pid}", f"is writing to {store}, which holds it")
+        r = run_cli("restore", small, f"fsds:{x}", "--overwrite")
+        _refused(r, f"{x}: another dsbackup process (PID {restore.pid}) is writing to a "
+                    f"store inside it ({store})")
+        r = run_cli("migrate", _plan(tmp_path), f"sqlite:{src}", f"fsds:{x}")
+        _refused(r, f"(PID {restore.pid}) is writing to a store inside it")
+        # nothing was made in the store being written (no sub/, no lock files)
+        assert sorted(p for p in _tree(x) if "sub" in p or p.endswith(".lock")) == \
+            ["store.dsbackup.lock"]
+        assert set(_tree(x)) >= set(before) - {"store.dsbackup.lock"}
+    finally:
+        assert finish(restore) == 0
+    assert run_cli("verify", small).returncode == 0
+    assert run_cli("restore", small, f"lmdb:{store / 'sub'}").returncode == 0
+
+
+def test_a_writer_of_a_store_holding_one_being_written(tmp_path, small, run_cli, cli_env):
+    """The other order: a restore into x/store/sub held mid-way refuses restores into
+    x/store and x (exit 4, naming x/store/sub)."""
+    store = tmp_path / "x" / "store"
+    restore = restoring(cli_env, str(small), f"lmdb:{store / 'sub'}")
+    try:
+        for uri in (f"fsds:{store}", f"fsds:{tmp_path / 'x'}"):
+            r = run_cli("restore", small, uri, "--overwrite")
+            _refused(r, f"another dsbackup process (PID {restore.pid}) is writing to a store "
+                        f"inside it ({store / 'sub'})")
+    finally:
+        assert finish(restore) == 0
+    assert run_cli("restore", small, f"fsds:{tmp_path / 'x'}", "--overwrite").returncode == 0
+
+
+def test_one_store_written_by_two_paths(tmp_path, small, run_cli, cli_env):
+    """x/alias -> x/store: the lock files differ (alias.dsbackup.lock), the store is one."""
+    store = tmp_path / "store"
+    assert run_cli("restore", small, f"lmdb:{store}").returncode == 0
+    (tmp_path / "alias").symlink_to(store)
+    restore = restoring(cli_env, str(small), f"lmdb:{store}", overwrite=True)
+    try:
+        r = run_cli("restore", small, f"lmdb:{tmp_path / 'alias'}", "--overwrite")
+        _refused(r, f"another dsbackup process (PID {restore.pid}) is writing to it")
+    finally:
+        assert finish(restore) == 0
+
+
+def test_one_process_writing_two_nested_stores(tmp_path):
+    """A migration may write two stores that overlap: its own locks do not refuse it."""
+    outer, inner = tmp_path / "repo", tmp_path / "repo" / "blocks"
+    with TargetLock(f"fsds:{outer}", "migration"), TargetLock(f"flatfs:{inner}", "migration"):
+        pass
+    with TargetLock(f"flatfs:{inner}", "migration"), TargetLock(f"fsds:{outer}", "migration"):
+        pass
+    assert _tree(tmp_path) == ["repo"]

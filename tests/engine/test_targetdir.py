@@ -98,3 +98,52 @@ def test_a_fresh_filesystems_mount_point_is_an_empty_directory(tmp_path, archive
     (tmp_path / "other" / "lost+found").write_text("a file of that name is someone's\n")
     with pytest.raises(DatastoreError, match=r"holds other files \(lost\+found\)"):
         restore_archive(archive, f"{scheme}:{tmp_path / 'other'}")
+
+
+def test_an_fsds_restore_into_a_directory_of_other_files_is_refused(tmp_path, archive,
+                                                                    run_cli):
+    """``restore A fsds:~``: the records went in as k000.data files among a home directory's
+    files, exit 0 (LMDB and LevelDB were refused already)."""
+    home = tmp_path / "home"
+    (home / ".cache").mkdir(parents=True)
+    (home / ".bashrc").write_text("")
+    (home / "notes.txt").write_text("mine\n")
+    for mode in ("empty", "overwrite"):
+        with pytest.raises(DatastoreError, match=r"home: directory holds other files "
+                                                 r"\(.bashrc, notes.txt\) and no fsds record"):
+            restore_archive(archive, f"fsds:{home}", mode=mode)
+    r = run_cli("restore", archive, f"fsds:{home}", "--overwrite")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert sorted(os.listdir(home)) == [".bashrc", ".cache", "notes.txt"]
+    # a store with a stray file, a store of namespaces only, an empty or new directory: fine
+    store = tmp_path / "store"
+    (store / "pins").mkdir(parents=True)
+    (store / "pins" / "x.data").write_bytes(b"v")
+    (store / "README").write_text("mine\n")
+    (tmp_path / "empty").mkdir()
+    for d in (store, tmp_path / "empty", tmp_path / "new"):
+        restore_archive(archive, f"fsds:{d}", mode="overwrite")
+        assert (d / "k000.data").read_bytes() == b"v"
+    assert (store / "README").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("scheme", ["lmdb", "fsds", "leveldb", "flatfs", "kubo"])
+def test_a_dangling_symlink_target_is_named(tmp_path, archive, run_cli, scheme):
+    """A target that is a symlink to a missing directory: 'PATH: File exists' (mkdir's
+    error) or a LevelDB 'NotFound: .../LOCK'; now one line saying what it is."""
+    link = tmp_path / "t"
+    link.symlink_to(tmp_path / "gone")
+    r = run_cli("restore", archive, f"{scheme}:{link}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"dsbackup: error: {link}: a symlink to {tmp_path / 'gone'}, which does not exist; "
+        "create that directory, or restore into another path"]
+    assert sorted(os.listdir(tmp_path)) == ["a.tar.gz", "s", "t"]
+
+
+def test_a_sqlite_target_that_is_a_directory_is_named(tmp_path, archive, run_cli):
+    (tmp_path / "d").mkdir()
+    r = run_cli("restore", archive, f"sqlite:{tmp_path / 'd'}")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"dsbackup: error: {tmp_path / 'd'}: a directory, not an SQLite database file"]
+    assert os.listdir(tmp_path / "d") == []

@@ -346,3 +346,37 @@ def test_a_released_hold_is_free_even_while_a_copy_of_its_descriptor_lives(tmp_p
             pass
     finally:
         os.close(copy)
+
+
+def test_a_store_inside_a_live_kubo_repo_is_refused(tmp_path, kubo_node_repo, make_archive,
+                                                    run_cli):
+    """A daemon holds REPO/repo.lock (a POSIX lock, in another process): a restore into
+    kubo:REPO was refused, but one into leveldb:REPO/datastore or a store under REPO/blocks
+    wrote under the live node, exit 0. Now exit 4, one line, nothing written."""
+    repo = kubo_node_repo
+    arch = tmp_path / "a.tar.gz"
+    make_archive(arch, [(b"/x%03d" % i, b"v") for i in range(20)])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import fcntl, os, sys
+            fd = os.open({str(repo / 'repo.lock')!r}, os.O_RDWR)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            print("held", flush=True)
+            sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (repo / "datastore").mkdir(exist_ok=True)
+        before = sorted(str(p) for p in repo.rglob("*"))
+        for uri in (f"leveldb:{repo / 'datastore'}", f"fsds:{repo / 'blocks' / 'x'}"):
+            r = run_cli("restore", arch, uri, "--overwrite")
+            assert r.returncode == 4, r.stderr
+            assert r.stderr.strip().splitlines() == [
+                f"dsbackup: error: {uri.split(':', 1)[1]}: inside the Kubo repo {repo}, whose "
+                "daemon is running (repo.lock is held); stop the daemon first"]
+        assert sorted(str(p) for p in repo.rglob("*")) == before
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    r = run_cli("restore", arch, f"fsds:{repo / 'blocks' / 'x'}")
+    assert r.returncode == 0, r.stderr

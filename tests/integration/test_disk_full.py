@@ -192,3 +192,29 @@ def test_migrate_on_a_full_disk(tmp_path, small_fs, run_on):
         r = run_on(fs, "migrate", plan, src, dst)
     assert r.returncode == 0, r.stderr
     assert _content(dst) == dict(recs)
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "lmdb", "fsds", "leveldb", "flatfs"])
+def test_restore_into_a_new_store_on_a_disk_already_full(tmp_path, small_fs, make_archive,
+                                                         run_on, scheme):
+    """The disk is full before the store is made: one line naming the filesystem (a sqlite:
+    target said 'not a dsbackup SQLite datastore: database or disk is full' and left an
+    empty database file behind, an lmdb: one died of SIGBUS, and the store's lock file was
+    left when its PID line could not be written), and a rerun once there is space restores everything."""
+    recs = _records(n=300, upper=scheme == "flatfs")
+    arch = tmp_path / "a.tar.gz"
+    make_archive(arch, recs, chunk_size=64)
+    fs = small_fs(4 * MiB)
+    if fs.limited:
+        pytest.skip("needs a real full filesystem (root and mount)")
+    uri = f"{scheme}:{fs.path / 't'}" + (".db" if scheme == "sqlite" else "")
+    if scheme == "flatfs":
+        uri += "?shard=/repo/flatfs/shard/v1/next-to-last/2"
+    fs.fill(0)
+    r = run_on(fs, "restore", arch, uri)
+    _assert_clean_failure(r, fs)
+    assert sorted(p.name for p in fs.path.iterdir() if p.name != "filler") in ([], ["t"])
+    fs.unfill()
+    r = run_on(fs, "restore", arch, uri)
+    assert r.returncode == 0, r.stderr
+    assert _content(uri) == dict(recs)

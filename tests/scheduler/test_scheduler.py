@@ -387,3 +387,48 @@ def test_runs_still_queued_when_the_scheduler_stops_are_not_started(make_schedul
     assert ran.statistics.runs == 1 and queued.statistics.runs == 0
     assert queued.next_run == datetime(2026, 1, 6, 3, 0, tzinfo=UTC)  # served after a restart
     assert not s.is_running(queued.id)
+
+
+@pytest.mark.parametrize("cron, tz, first, later", [
+    # every minute of weekday working hours: the weekend gap is longer than twice the
+    # longest gap period() sees in its first 2000 slots (a night)
+    ("* 9-17 * * 1-5", "UTC", datetime(2026, 1, 9, 17, 59, 0, tzinfo=UTC),
+     datetime(2026, 1, 10, 12, 0, tzinfo=UTC)),
+    # every minute in Berlin across the autumn fall-back: the repeated wall hour fires once,
+    # so after 02:59 CEST the next slot is an hour away
+    ("* * * * *", "Europe/Berlin", datetime(2026, 10, 25, 0, 59, 0, tzinfo=UTC),
+     datetime(2026, 10, 25, 1, 30, tzinfo=UTC)),
+])
+def test_dense_schedules_warn_of_no_clock_step(make_scheduler, clock, caplog, cron, tz, first,
+                                               later):
+    """The scheduler warned "more than twice its period ahead of the clock (stepped back?)"
+    on every tick of a long natural gap between slots: the next run was the next slot by the
+    clock, and nothing had stepped back. It warns only when a slot lies between now and the
+    next run (the clock really went back past slots)."""
+    runner = FakeRunner(clock)
+    s = make_scheduler(runner=runner, time_zone=tz)
+    s.add_schedule(daily(cron=cron))
+    clock.set(first)
+    s.run_pending(wait=True)
+    assert runner.calls == 1
+    nxt = s.get_schedule("db").next_run
+    for minutes in range(0, 30, 5):
+        clock.set(later + timedelta(minutes=minutes))
+        s.run_pending(wait=True)
+    assert "stepped back" not in caplog.text
+    assert runner.calls == 1 and s.get_schedule("db").next_run == nxt
+    clock.set(nxt)
+    s.run_pending(wait=True)
+    assert runner.calls == 2
+
+
+def test_a_dense_schedule_still_sees_a_real_step_back(make_scheduler, clock, caplog):
+    runner = FakeRunner(clock)
+    s = make_scheduler(runner=runner)
+    s.add_schedule(daily(cron="* * * * *"))
+    clock.set(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    clock.set(datetime(2026, 3, 1, 11, 0, 30, tzinfo=UTC))  # an hour back
+    s.run_pending(wait=True)
+    assert "stepped back" in caplog.text
+    assert s.get_schedule("db").next_run == datetime(2026, 3, 1, 11, 1, tzinfo=UTC)

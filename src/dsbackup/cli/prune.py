@@ -21,6 +21,7 @@ from dsbackup.scheduler import (
     RULES,
     RetentionItem,
     RetentionPolicy,
+    forced_kept,
     get_zone,
     list_archives,
     parse_duration,
@@ -144,6 +145,13 @@ def run(args: argparse.Namespace) -> int:
                 except (OSError, DsBackupError) as exc:
                     report["errors"].append(f"{paths[d.id]}: {exc}")
                     log.error("%s: cannot delete: %s", paths[d.id], exc)
+    # archives kept only because an archive's parent cannot be read: said, not silent
+    forced = forced_kept(results.values())
+    report["maybe_parent"] = [{"archive": a, "kept": n} for a, n in sorted(forced.items())]
+    for a, n in sorted(forced.items()):
+        log.warning("%d archive(s) kept that the rules would prune (rule maybe-parent): the "
+                    "parent of %s cannot be read (encrypted, prune has no key; or a newer "
+                    "format; or still being written), and any of them may be it", n, a)
     stale_failed = False
     if isinstance(args.directory, S3Location):  # killed backups' unfinished uploads
         try:

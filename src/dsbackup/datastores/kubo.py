@@ -50,7 +50,7 @@ def probe_repo_lock(repo: str | os.PathLike[str]) -> int | None:
         if e.errno in (errno.EAGAIN, errno.EACCES):
             raise LockedError(
                 f"{repo}: Kubo repo is locked ({LOCK_FILE} is held, is the daemon running?); "
-                "stop the daemon, or pass allow_live to read it anyway") from None
+                "stop the daemon first (the API's allow_live=True reads it anyway)") from None
         raise DatastoreError(f"{path}: cannot probe lock: {e}") from e
     return fd
 

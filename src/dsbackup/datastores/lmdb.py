@@ -40,6 +40,43 @@ from dsbackup.errors import DatastoreError, InvalidKey, LockedError, NotFound
 __all__ = ["LmdbDatastore", "claim", "is_open", "open_lmdb", "INITIAL_MAP_SIZE"]
 
 INITIAL_MAP_SIZE = 64 << 20
+LOCK_FILE_BYTES = 8192  # LMDB's lock.mdb for its default 126 readers
+
+
+def reserve_lock_file(path: str | os.PathLike[str]) -> None:
+    """Allocate the blocks of ``PATH/lock.mdb`` before LMDB opens it for writing. LMDB
+    sizes that file with ftruncate and writes its reader table through a shared map: on a
+    full filesystem the first store to that map killed the process with SIGBUS (no message,
+    exit -7). A DatastoreError naming the filesystem instead; a lock file this call made and
+    could not fill is removed."""
+    lock = os.path.join(os.fspath(path), "lock.mdb")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        made = True
+    except FileExistsError:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return  # (LMDB's open says what is wrong)
+        made = False
+    except OSError:
+        return
+    try:
+        # an existing lock file keeps its size: another process may map it, and its reader
+        # table's size is what every opener after the first reads from it
+        size = os.fstat(fd).st_size or LOCK_FILE_BYTES
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        from dsbackup.diskspace import is_no_space, no_space_message
+
+        if made:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+        if is_no_space(e):
+            raise DatastoreError(no_space_message(path)) from None
+        # (a filesystem without fallocate, EOPNOTSUPP: left to LMDB as before)
+    finally:
+        os.close(fd)
 _MAX_GROWTHS = 40
 
 # the registry of open environments, shared with the native LMDB code (lmdbclaims.py)
@@ -127,6 +164,7 @@ class LmdbDatastore(BaseDatastore):
             if self.path.exists() and not self.path.is_dir():  # mkdir would say "File exists"
                 raise DatastoreError(f"{self.path}: not a directory (LMDB is a directory)")
             self.path.mkdir(parents=True, exist_ok=True)
+            reserve_lock_file(self.path)  # a full disk: a message, not SIGBUS
         if map_size is None:
             used = data.stat().st_size if data.is_file() else 0
             map_size = max(INITIAL_MAP_SIZE, 2 * used)
@@ -144,8 +182,10 @@ class LmdbDatastore(BaseDatastore):
                     return _lmdb.open(str(self.path), **kwargs)
                 except _lmdb.Error as e2:
                     raise DatastoreError(f"{self.path}: cannot open LMDB: {e2}") from e2
-            hint = (" (readers need write access to lock.mdb to register in the reader "
-                    "table)" if "Permission denied" in str(e) else "")
+            hint = ("" if "Permission denied" not in str(e)
+                    else " (readers need write access to lock.mdb to register in the reader "
+                    "table)" if readonly else " (a writer needs write access to the store's "
+                    "directory, data.mdb and lock.mdb)")
             raise DatastoreError(f"{self.path}: cannot open LMDB: {e}{hint}") from e
 
     # -- transactions --------------------------------------------------------------------

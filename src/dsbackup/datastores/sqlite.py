@@ -7,6 +7,7 @@ Several processes may read at once (WAL); each scan is one statement, hence one 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sqlite3
@@ -42,8 +43,11 @@ class SqliteDatastore(BaseDatastore):
                          location=str(self.path))
         self._timeout = timeout
         self._lock = threading.RLock()
+        if self.path.is_dir():  # (SQLite says only "unable to open database file")
+            raise DatastoreError(f"{self.path}: a directory, not an SQLite database file")
         if readonly and not self.path.is_file():
             raise DatastoreError(f"{self.path}: no SQLite database")
+        new = not readonly and not os.path.lexists(self.path)
         try:
             self._conn = self._connect()
             if not readonly:
@@ -51,12 +55,27 @@ class SqliteDatastore(BaseDatastore):
                 self._conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'OFF'}")
                 self._conn.execute(_SCHEMA)
             self._conn.execute(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchall()
-        except sqlite3.OperationalError as e:
+        except sqlite3.DatabaseError as e:
+            if new:  # a database this open made and could not set up: not left behind
+                self._discard_new()
+            if getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL:  # (creating it)
+                from dsbackup.diskspace import no_space_message
+
+                raise DatastoreError(no_space_message(self.path)) from None
+            if not isinstance(e, sqlite3.OperationalError):
+                raise DatastoreError(f"{self.path}: cannot open SQLite database: {e}") from e
             if "locked" in str(e) or "busy" in str(e):
                 raise LockedError(f"{self.path}: SQLite database is locked: {e}") from e
             raise DatastoreError(f"{self.path}: not a dsbackup SQLite datastore: {e}") from e
-        except sqlite3.DatabaseError as e:
-            raise DatastoreError(f"{self.path}: cannot open SQLite database: {e}") from e
+
+    def _discard_new(self) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(OSError):
+                os.unlink(f"{self.path}{suffix}")
 
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:

@@ -20,6 +20,13 @@ creating nothing:
   (``F_OFD_GETLK``) for the other's, so of two starting at once at least one sees the other
   (both may: both exit 4, and a rerun works). The offset names the holder's PID.
 
+Two writers of stores that overlap exclude each other the same way: a writer tests the
+directories above its store for a writer's lock file or exclusive ``flock`` (a writer of a
+store holding it), its store's directory for ``WRITER_BELOW`` (a writer of a store inside
+it) and its parent for ``WRITER_NAMED`` (the same store by another path), after its own
+marks and lock file are set. A writer's own other stores (a migration writing two) are not
+counted: the probes skip this process's PID.
+
 The kernel drops all of these with their holder's descriptors (a killed run leaves nothing).
 """
 
@@ -35,7 +42,8 @@ from pathlib import Path
 from dsbackup.errors import LockedError
 from dsbackup.storage.locktable import lock_holders
 
-__all__ = ["SUFFIX", "read_holder", "reader_marks", "release", "writer_marks"]
+__all__ = ["SUFFIX", "read_holder", "reader_marks", "release", "writer_above",
+           "writer_marks"]
 
 SUFFIX = ".dsbackup.lock"  # a writer's lock file beside its store (targetlock.py)
 
@@ -75,6 +83,39 @@ def _probe(fd: int, base: int) -> int | None:
     return None if kind == fcntl.F_UNLCK else start - base
 
 
+def _probe_other(fd: int, base: int) -> int | None:
+    """As `_probe`, this process's own mark (another store it writes) left out."""
+    me = os.getpid()
+    for start, length in ((base, me), (base + me + 1, _PIDS - me - 1)):
+        try:
+            got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK,
+                              struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, start, length, 0))
+        except OSError:
+            continue
+        kind, _, at, _, _ = struct.unpack(_FLOCK, got)
+        if kind != fcntl.F_UNLCK:
+            return at - base
+    return None
+
+
+def writing_below(pid: int, under: Path) -> str:
+    """' (STORE)' when process `pid` holds the lock file of a store inside `under` (read
+    from /proc/PID/fd: a process of this user), else ''."""
+    prefix = str(under).rstrip("/") + "/"
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return ""
+    for n in names:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{n}")
+        except OSError:
+            continue
+        if target.endswith(SUFFIX) and target.startswith(prefix):
+            return f" ({target[:-len(SUFFIX)]})"
+    return ""
+
+
 def release(fds: list[int]) -> None:
     """Unlock and close: unlocked first, as a forked child may share these open files."""
     for fd in fds:
@@ -93,9 +134,11 @@ def _ancestors(store: Path) -> tuple[str, list[tuple[Path, int]]]:
     return real.name, [(up, _open_dir(up)) for up in real.parents]
 
 
-def writer_marks(store: Path) -> list[int]:
-    """Mark the directories above `store`, about to be written; LockedError when it or a
-    directory above it is being backed up. The descriptors to `release`."""
+def writer_marks(store: Path, dir_fd: int = -1) -> list[int]:
+    """Mark the directories above `store` (its directory open as `dir_fd`, -1 for a new or
+    one-file store), about to be written; LockedError when it or a directory above it is
+    being backed up, or another process writes it (by another path), a store inside it or a
+    store above it. The descriptors to `release` (not `dir_fd`)."""
     name, ups = _ancestors(store)
     fds = [fd for _, fd in ups if fd >= 0]
     try:
@@ -113,10 +156,70 @@ def writer_marks(store: Path) -> list[int]:
             if pid is not None:
                 raise LockedError(f"{store}: a dsbackup backup (PID {pid}) is reading it "
                                   f"(as part of {up}); wait for it to finish")
+        pid = None if not ups or ups[0][1] < 0 or not name \
+            else _probe_other(ups[0][1], WRITER_NAMED + _slot(name))
+        if pid is not None:
+            raise LockedError(f"{store}: another dsbackup process (PID {pid}) is writing to "
+                              "it (by another path); wait for it to finish")
+        pid = None if dir_fd < 0 else _probe_other(dir_fd, WRITER_BELOW)
+        if pid is not None:
+            real = Path(os.path.realpath(store))
+            raise LockedError(f"{store}: another dsbackup process (PID {pid}) is writing to "
+                              f"a store inside it{writing_below(pid, real)}; wait for it to "
+                              "finish")
+        _refuse_writer_above(store, ups, "wait for it to finish", own=True)
     except BaseException:
         release(fds)
         raise
     return fds
+
+
+def writer_above(store: Path) -> None:
+    """LockedError when another process writes a store that holds `store` (its lock file
+    or its directory's exclusive ``flock`` held): tested before a writer creates anything
+    for `store` (the directories of its lock file); writer_marks tests again."""
+    _, ups = _ancestors(store)
+    try:
+        _refuse_writer_above(store, ups, "wait for it to finish", own=True)
+    finally:
+        release([fd for _, fd in ups if fd >= 0])
+
+
+def _refuse_writer_above(store: Path, ups: list[tuple[Path, int]], then: str, *,
+                         own: bool = False) -> None:
+    """LockedError when a directory above `store` is being written: a writer of a new store
+    holds its lock file, a writer of an existing one its exclusive ``flock`` (probed with a
+    shared one, released at once when `own`, else kept: a backup's hold). `own`: this
+    process's own locks do not count."""
+    me = os.getpid()
+    for up, fd in ups:
+        holder = None
+        if up.name:  # a writer of a new store above: its lock file, held
+            with contextlib.suppress(OSError):
+                lfd = os.open(up.with_name(up.name + SUFFIX),
+                              os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                try:
+                    fcntl.flock(lfd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = read_holder(lfd)
+                    if own and holder.split(",")[0] == f"PID {me}":
+                        holder = None
+                finally:
+                    os.close(lfd)
+        if holder is None and fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                if own:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                pids = sorted(set(lock_holders(os.fstat(fd)) or ()))
+                if not (own and pids == [me]):
+                    holder = ", ".join(f"PID {p}" for p in pids) or "PID unknown"
+            except OSError:  # no flock here (ENOLCK on some NFS): no writer holds it
+                pass
+        if holder is not None:
+            raise LockedError(f"{store}: another dsbackup process ({holder}) is writing "
+                              f"to {up}, which holds it; {then}")
 
 
 def reader_marks(store: Path, dir_fd: int) -> list[int]:
@@ -137,32 +240,11 @@ def reader_marks(store: Path, dir_fd: int) -> list[int]:
                               "it; back it up when that has finished")
         pid = None if dir_fd < 0 else _probe(dir_fd, WRITER_BELOW)
         if pid is not None:
+            real = Path(os.path.realpath(store))
             raise LockedError(f"{store}: another dsbackup process (PID {pid}) is writing to "
-                              "a store inside it; back it up when that has finished")
-        for up, fd in ups:
-            holder = None
-            if up.name:  # a writer of a new store above: its lock file, held
-                with contextlib.suppress(OSError):
-                    lfd = os.open(up.with_name(up.name + SUFFIX),
-                                  os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-                    try:
-                        fcntl.flock(lfd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        holder = read_holder(lfd)
-                    finally:
-                        os.close(lfd)
-            if holder is None and fd >= 0:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    pids = sorted(set(lock_holders(os.fstat(fd)) or ()))
-                    holder = ", ".join(f"PID {p}" for p in pids) or "PID unknown"
-                except OSError:  # no flock here (ENOLCK on some NFS): no writer holds it
-                    pass
-            if holder is not None:
-                raise LockedError(f"{store}: another dsbackup process ({holder}) is writing "
-                                  f"to {up}, which holds it; back it up when that has "
-                                  "finished")
+                              f"a store inside it{writing_below(pid, real)}; back it up when "
+                              "that has finished")
+        _refuse_writer_above(store, ups, "back it up when that has finished")
     except BaseException:
         release(fds)
         raise

@@ -158,6 +158,10 @@ class _NativeLmdbTarget:
         self.uri = f"lmdb:{p}"
         if p.exists() and not p.is_dir():  # its mkdir would say "File exists"
             raise DatastoreError(f"{p}: not a directory (LMDB is a directory)")
+        from dsbackup.datastores.lmdb import reserve_lock_file
+
+        p.mkdir(parents=True, exist_ok=True)
+        reserve_lock_file(p)  # a full disk: a message, not SIGBUS in LMDB's open
         # its errors (LmdbWriteError, DoubleOpenError) are DatastoreErrors naming the path;
         # pages are copied into LMDB's dirty pages and written with pwrite, not through the
         # map: a write fault on a mapped page makes the kernel zero (read) it first, which

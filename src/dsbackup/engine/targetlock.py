@@ -18,7 +18,8 @@ the kernel's lock table), and so is a backup of a store being written (it would 
 half-written store); backups of one store run side by side. Stores that overlap (one inside
 the other: ``flatfs:REPO/blocks`` and ``kubo:REPO``) and one-file stores (``sqlite:``, whose
 database file is not locked: that could meet SQLite's own locks) are excluded the same way by
-nestlock.py, with marks on the directories above the store.
+nestlock.py, with marks on the directories above the store; so are two writers of stores
+that overlap (a restore into ``x/store`` and one into ``x/store/sub`` or ``x``).
 """
 
 from __future__ import annotations
@@ -155,6 +156,8 @@ class TargetLock:
                 if not self.create_parent:
                     self.path = None  # release() is then a no-op too
                     return
+                if self.store is not None:  # a store above it being written: refused
+                    nestlock.writer_above(self.store)  # before anything is made for it
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             while True:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -176,18 +179,24 @@ class TargetLock:
                 os.close(fd)  # the holder removed it while we waited: lock the new one
             try:
                 self._dir_fd = _lock_dir(self.store, fcntl.LOCK_EX)
-                if self.store is not None:  # a backup of a store above it: refused
-                    self._nest = _track(nestlock.writer_marks(self.store))
+                if self.store is not None:  # a backup or writer of a store that overlaps
+                    self._nest = _track(nestlock.writer_marks(self.store, self._dir_fd))
                 for d in outside_dirs(self.store_uri):  # (held the same way)
-                    self._nest += _track([_lock_dir(d, fcntl.LOCK_EX)])
-                    self._nest += _track(nestlock.writer_marks(d))
+                    dfd = _lock_dir(d, fcntl.LOCK_EX)
+                    self._nest += _track([dfd])
+                    self._nest += _track(nestlock.writer_marks(d, dfd))
+                if self.store is not None:
+                    _refuse_live_repo_above(self.store)
             except BaseException:
                 self._close_dir()
                 self.path.unlink(missing_ok=True)  # while locked: no one else holds it
                 os.close(fd)
                 raise
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {self.what}\n".encode())
+            try:  # who holds it, for a refusal's message (a full disk: 'PID unknown')
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {self.what}\n".encode())
+            except OSError:
+                pass
             self._fd = fd
             _held[key] = (me, 1)
 
@@ -281,11 +290,20 @@ def _lock_dir(store: Path | None, op: int) -> int:
         fcntl.flock(fd, op | fcntl.LOCK_NB)
     except BlockingIOError:
         holders = lock_holders(os.fstat(fd))
+        writer = op == fcntl.LOCK_SH
+        if not writer:  # held shared (backups) or exclusive (a writer by another path)?
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                writer = True
         os.close(fd)
         pids = ", ".join(f"PID {p}" for p in sorted(set(holders or ())) if p != os.getpid())
-        if op == fcntl.LOCK_EX:
+        if op == fcntl.LOCK_EX and not writer:
             raise LockedError(f"{store}: a dsbackup backup ({pids or 'another process'}) is "
                               "reading it; wait for it to finish") from None
+        if op == fcntl.LOCK_EX:
+            raise LockedError(f"{store}: another dsbackup process ({pids or 'PID unknown'}) "
+                              "is writing to it; wait for it to finish") from None
         raise LockedError(f"{store}: another dsbackup process ({pids or 'PID unknown'}) is "
                           "writing to it; back it up when that has finished") from None
     except OSError:  # no flock here (ENOLCK on some NFS): nobody can hold it either
@@ -299,3 +317,23 @@ def _busy(fd: int, store: Path | None, path: Path | None, then: str) -> str:
     """The one line of a refusal by the lock file's holder (a restore or migration)."""
     return (f"{store}: another dsbackup process ({_read_holder(fd)}) is writing to it; {then} "
             f"(lock file {path})")
+
+
+def _refuse_live_repo_above(store: Path) -> None:
+    """LockedError when `store` lies inside a Kubo repository whose daemon is running (its
+    ``repo.lock`` held): ``restore A flatfs:REPO/blocks`` wrote under the live node. (A
+    ``kubo:REPO`` target itself is refused when opened, datastores/kubo.py.)"""
+    from dsbackup.datastores.kubo import LOCK_FILE, SPEC_FILE, probe_repo_lock
+
+    for up in Path(os.path.realpath(store)).parents:
+        if not ((up / LOCK_FILE).is_file() and (up / SPEC_FILE).is_file()):
+            continue
+        try:
+            fd = probe_repo_lock(up)
+        except LockedError:
+            raise LockedError(f"{store}: inside the Kubo repo {up}, whose daemon is running "
+                              f"({LOCK_FILE} is held); stop the daemon first") from None
+        except DsBackupError:
+            continue
+        if fd is not None:
+            os.close(fd)

@@ -17,7 +17,13 @@ from dsbackup.scheduler.cron import CronSchedule, get_zone
 from dsbackup.scheduler.durations import parse_duration
 from dsbackup.scheduler.notify.redact import Redactor
 from dsbackup.scheduler.pruning import plan_retention
-from dsbackup.scheduler.retention import RULES, RetentionItem, RetentionPolicy, apply_retention
+from dsbackup.scheduler.retention import (
+    RULES,
+    RetentionItem,
+    RetentionPolicy,
+    apply_retention,
+    forced_kept,
+)
 from dsbackup.scheduler.runner import ManagerRunner
 from dsbackup.scheduler.scheduler import BackupScheduler
 from dsbackup.scheduler.state import DaemonLock, StateStore, pid_alive
@@ -45,4 +51,5 @@ __all__ = [
     "ScheduledBackup",
     "SchedulerConfig",
     "apply_retention",
+    "forced_kept",
 ]

@@ -31,6 +31,7 @@ from dsbackup.scheduler.retention import (
     RetentionItem,
     RetentionPolicy,
     RetentionResult,
+    forced_kept,
 )
 from dsbackup.scheduler.runner import BackupRunner, RunResult, VerifyResult
 from dsbackup.scheduler.state import ArchiveEntry
@@ -177,6 +178,9 @@ def prune_catalog(archives: list[ArchiveEntry], policy: RetentionPolicy, now: da
     result = plan_retention({"schedule": retention_items(archives)}, pool, policy, now, tz,
                             fallback_parents=_state_parents(archives),
                             newest=os.path.basename(new.path) if new else None)["schedule"]
+    for unknown, n in sorted(forced_kept([result]).items()):
+        log.warning("retention keeps %d archive(s) it would prune (rule maybe-parent): the "
+                    "parent of %s cannot be read, and any of them may be it", n, unknown)
     pruned = result.pruned_ids
     kept, warnings = [], []
     for a in archives:

@@ -32,6 +32,7 @@ from dsbackup.scheduler.retention import (
     RetentionResult,
     apply_retention,
     keep_anyway,
+    newest_written,
     protect_ancestors,
 )
 from dsbackup.storage.holds import holds_in
@@ -118,6 +119,11 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
     if newest is not None:
         for res in results.values():
             keep_anyway(res, newest, "this-run", "the archive this run has just made")
+    # after a clock stepped back the latest-dated archive need not be the last written
+    dated = {i.id: i.timestamp for items in groups.values() for i in items}
+    for g, items in groups.items():
+        for id_, why in newest_written(items, parents, dated, now).items():
+            keep_anyway(results[g], id_, "newest-written", why)
     for unknown in opaque:  # any older archive may be its parent: none is deleted
         if unknown.name in (fallback_parents or {}):
             continue
@@ -127,7 +133,8 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
                 if when is None or d.timestamp <= when:
                     keep_anyway(res, d.id, "maybe-parent",
                                 f"may be the parent of {unknown.name}, whose parent cannot be "
-                                "read (encrypted without its key, or a newer format)")
+                                "read (encrypted without its key, or a newer format)",
+                                unknown.name)
     for w, info in known:
         for parent in parents.get(info.path.name, []):
             for res in results.values():
@@ -139,7 +146,7 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
                 if d.timestamp <= w.started:
                     keep_anyway(res, d.id, "maybe-parent",
                                 f"may be the parent of {w.final}, being written now "
-                                f"({w.who}), whose parent cannot be read yet")
+                                f"({w.who}), whose parent cannot be read yet", str(w.final))
     for where, err in blind:  # its running backups cannot be seen: any archive may be a parent
         if assume_no_uploads:
             log.warning("%s: cannot see the backups being written there (%s); pruned as if "
@@ -171,7 +178,7 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
             for d in list(res.pruned):
                 if d.timestamp <= lo.written:
                     keep_anyway(res, d.id, "resumable", "may be the " + _resumable_reason(lo)
-                                + "; it is encrypted, so its parent cannot be read")
+                                + "; it is encrypted, so its parent cannot be read", str(lo.path))
     grouped = {i.id for items in groups.values() for i in items}
     unmanaged = (sorted({p.name for p in pool} - grouped) + [i.path.name for _, i in known]
                  + [i.path.name for _, i in left])

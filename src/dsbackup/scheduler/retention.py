@@ -17,6 +17,8 @@ On top of borg:
   keep_* rule set, every backup within ``max_age`` is kept); when every backup is older, the
   newest is kept (rule ``newest``): max_age never prunes them all;
 - the newest backup that passed verification is never pruned;
+- after a clock stepped back, the backup that may have been written last although others
+  carry later times: :func:`newest_written` (applied by dsbackup.scheduler.pruning);
 - a kept incremental backup keeps its parent (and that parent's parent, …), whatever group
   (archive name) the parent is in: :func:`protect_ancestors`.
 """
@@ -79,10 +81,14 @@ class Decision:
     rule: str | None
     number: int
     reason: str
+    forced_by: str | None = None  # (rule maybe-parent) the archive whose parent is unknown
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "timestamp": self.timestamp.isoformat(), "keep": self.keep,
-                "rule": self.rule, "number": self.number, "reason": self.reason}
+        out = {"id": self.id, "timestamp": self.timestamp.isoformat(), "keep": self.keep,
+               "rule": self.rule, "number": self.number, "reason": self.reason}
+        if self.forced_by is not None:
+            out["forced_by"] = self.forced_by
+        return out
 
 
 @dataclass
@@ -202,13 +208,65 @@ def apply_retention(backups: Iterable[Any], policy: RetentionPolicy, now: dateti
     return result
 
 
-def keep_anyway(result: RetentionResult, id: str, rule: str, reason: str) -> None:
+def keep_anyway(result: RetentionResult, id: str, rule: str, reason: str,
+                forced_by: str | None = None) -> None:
     """Turn the pruned decision of `id` in `result`, if any, into a kept one."""
     for d in result.pruned:
         if d.id == id:
             result.pruned.remove(d)
-            result.kept.append(Decision(d.id, d.timestamp, True, rule, 1, reason))
+            result.kept.append(Decision(d.id, d.timestamp, True, rule, 1, reason, forced_by))
             return
+
+
+def forced_kept(results: Iterable[RetentionResult]) -> dict[str, int]:
+    """Archive -> how many archives the rules would have pruned are kept only because its
+    parent cannot be read (rule maybe-parent), any of them possibly being it."""
+    out: dict[str, int] = {}
+    for res in results:
+        for d in res.kept:
+            if d.forced_by is not None:
+                out[d.forced_by] = out.get(d.forced_by, 0) + 1
+    return out
+
+
+def newest_written(items: Sequence[RetentionItem], parents: Mapping[str, Sequence[str]],
+                   dated: Mapping[str, datetime], now: datetime) -> dict[str, str]:
+    """The archives of one group that may have been written last although others carry
+    later times (the clock was stepped back between them), id -> why: the rules, going by
+    time, would keep the later-dated ones and delete these.
+
+    - some archive is dated after `now`: it was written while the clock ran ahead, so the
+      latest-dated one at or before `now` may be the last written;
+    - an archive dated before its own parent (`dated`: every known archive's time) was
+      written after it, whatever the times say: so were its descendants, the latest-dated
+      of which may be the last written."""
+    out: dict[str, str] = {}
+    ahead = [i for i in items if i.timestamp > now]
+    if ahead:
+        by_now = max((i for i in items if i.timestamp <= now),
+                     key=lambda i: (i.timestamp, i.id), default=None)
+        if by_now is not None:
+            out[by_now.id] = (f"the newest archive dated before now: {len(ahead)} carry later "
+                              "times, written while the clock ran ahead (it was set back)")
+    mine = {i.id: i for i in items}
+    children: dict[str, list[str]] = {}
+    for child, ps in parents.items():
+        for q in ps:
+            children.setdefault(q, []).append(child)
+    for i in items:
+        later = [q for q in parents.get(i.id, ()) if q in dated and dated[q] > i.timestamp]
+        if not later:
+            continue
+        seen, todo = {i.id}, [i.id]
+        while todo:
+            for c in children.get(todo.pop(), ()):
+                if c not in seen:
+                    seen.add(c)
+                    todo.append(c)
+        last = max((mine[c] for c in seen if c in mine), key=lambda j: (j.timestamp, j.id))
+        out.setdefault(last.id, f"written after {later[0]} (an ancestor of it), which "
+                                "carries a later time (the clock was set back)")
+    return out
 
 
 def protect_ancestors(results: Sequence[RetentionResult],

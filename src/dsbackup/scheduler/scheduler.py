@@ -204,14 +204,18 @@ class BackupScheduler:
                 if sched.next_run is None:  # enabled since it was added
                     sched.next_run = cron.next_after(now)
                     continue
-                if sched.next_run > now + 2 * cron.period():
+                by_clock = (cron.next_after(now) if sched.next_run > now + 2 * cron.period()
+                            else sched.next_run)
+                if by_clock < sched.next_run:
                     # the clock was stepped back by more than the schedule's period (it had run
                     # ahead): waiting for the slot after the last one served would stop every
-                    # backup until the clock got there again (a year, after a bad RTC)
+                    # backup until the clock got there again (a year, after a bad RTC). Only
+                    # then: slots lie between now and the next run. A long natural gap (a
+                    # weekend, the repeated hour of a DST fall-back) is no step back.
                     log.warning("schedule %s: next run %s is more than twice its period ahead "
                                 "of the clock (stepped back?); next run %s instead", sid,
-                                sched.next_run.isoformat(), cron.next_after(now).isoformat())
-                    sched.next_run = cron.next_after(now)
+                                sched.next_run.isoformat(), by_clock.isoformat())
+                    sched.next_run = by_clock
                     self._save()
                 if sched.next_run > now:
                     continue
