@@ -158,7 +158,7 @@ class _NativeLmdbTarget:
         self.uri = f"lmdb:{p}"
         if p.exists() and not p.is_dir():  # its mkdir would say "File exists"
             raise DatastoreError(f"{p}: not a directory (LMDB is a directory)")
-        from dsbackup.datastores.lmdb import reserve_lock_file
+        from dsbackup.datastores.lmdblockfile import reserve_lock_file
 
         p.mkdir(parents=True, exist_ok=True)
         reserve_lock_file(p)  # a full disk: a message, not SIGBUS in LMDB's open
