@@ -32,6 +32,7 @@ class Member:
     tar_type: bytes = b"0"
     stored: bool = False     # re-encode with stored blocks (zstd chunks, tables)
     pinned: set[int] = field(default_factory=set)  # data offsets the fix-up must not write
+    sealed: bool = False     # `data` is the plaintext of a sealed member (sealed on write)
 
     def expected_name(self) -> bytes:
         t = self.mtype
@@ -95,10 +96,41 @@ def encode_member(m: Member, level: int = 6) -> bytes:
             + fmt.member_tail(crc, 512 + len(body)))
 
 
+class Sealer:
+    """AES-256-GCM of one archive's members under its data key (docs/FORMAT.md §11.4), for
+    archives whose key file the fuzzer holds (a raw key: kdf "raw"). Epoch 0 only."""
+
+    def __init__(self, key_header: bytes, raw_key: bytes, version: int) -> None:
+        import json
+
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        h = json.loads(key_header)
+        self.aid = bytes.fromhex(h["archive_id"])
+        w = bytes.fromhex(h["wrapped_key"])
+        dk = AESGCM(raw_key).decrypt(w[:12], w[12:], b"dsbackup-key-v1" + self.aid)
+        self.aead = AESGCM(dk)
+        self.version = version
+
+    def _na(self, mtype: int, seq: int, n: int) -> tuple[bytes, bytes]:
+        nonce = bytes((mtype,)) + bytes(3) + U64.pack(seq)
+        aad = self.aid + bytes((self.version, mtype)) + bytes(3) + U64.pack(seq) + U64.pack(n)
+        return nonce, aad
+
+    def open(self, mtype: int, seq: int, sealed: bytes) -> bytes:
+        nonce, aad = self._na(mtype, seq, len(sealed) - 16)
+        return self.aead.decrypt(nonce, sealed, aad)
+
+    def seal(self, mtype: int, seq: int, plain: bytes) -> bytes:
+        nonce, aad = self._na(mtype, seq, len(plain))
+        return self.aead.encrypt(nonce, plain, aad)
+
+
 @dataclass
 class Archive:
     members: list[Member]
     trailer: fmt.Trailer
+    sealer: Sealer | None = None
 
     @property
     def encrypted(self) -> bool:
@@ -118,8 +150,9 @@ class Archive:
         return [m for m in self.members if m.mtype == mtype]
 
 
-def parse(buf: bytes) -> Archive:
-    """Split a valid archive into members (inflating each to find its end)."""
+def parse(buf: bytes, raw_key: bytes | None = None) -> Archive:
+    """Split a valid archive into members (inflating each to find its end); an encrypted
+    one's members are opened with `raw_key` when given."""
     t = fmt.Trailer.decode(buf[-fmt.TRAILER_SIZE:], len(buf))
     members = []
     off = 0
@@ -141,14 +174,27 @@ def parse(buf: bytes) -> Archive:
         members.append(Member(sub.member_type, seq, raw, data, sub.records or 0, sub.version,
                               sub.flags, stored=stored or bool(sub.flags & fmt.FLAG_ENCRYPTED)))
         off += mlen
-    return Archive(members, t)
+    a = Archive(members, t)
+    if a.encrypted and raw_key is not None and members and members[0].mtype == fmt.TYPE_KEY:
+        a.sealer = Sealer(members[0].data, raw_key, t.version)
+        for m in members[1:]:
+            m.data = a.sealer.open(m.mtype, m.seq if m.seq is not None else 0, m.data)
+            m.sealed = True
+    return a
 
 
 def _layout(a: Archive) -> list[int]:
     offs, off = [], 0
     for m in a.members:
         if m.dirty:
-            m.raw = encode_member(m)
+            if m.sealed:
+                plain = m.data
+                m.data = a.sealer.seal(m.mtype, m.seq if m.seq is not None else 0, plain)
+                m.stored = True
+                m.raw = encode_member(m)
+                m.data = plain
+            else:
+                m.raw = encode_member(m)
             m.dirty = False
         offs.append(off)
         off += len(m.raw)
@@ -187,7 +233,7 @@ def serialize(a: Archive, fix: bool = True) -> bytes:
     """The archive's bytes; with `fix`, every table field that locates or hashes a member is
     recomputed (except pinned ones) so only the mutation itself is inconsistent. Plaintext
     archives only (a sealed member cannot be re-encoded without its key)."""
-    if fix and not a.encrypted:
+    if fix and (not a.encrypted or a.sealer is not None):
         for _ in range(3):  # tables move when pages before them change length
             offs = _layout(a)
             where = {}

@@ -217,7 +217,14 @@ class Mutator:
         if not chunks:
             return "payload.none"
         m = rng.choice(chunks)
-        payload = _unzstd(m.data) if a.zstd else m.data
+        sealed_deflate = m.sealed and not a.zstd  # a sealed chunk holds a raw deflate stream
+        if a.zstd:
+            payload = _unzstd(m.data)
+        elif sealed_deflate:
+            plen = _entry_field(a, m.seq, 24)
+            payload = None if plen is None else zlib.decompressobj(-15).decompress(m.data)[:plen]
+        else:
+            payload = m.data
         if payload is None:
             return "payload.none"
         recs = model.parse_records(payload)
@@ -264,6 +271,8 @@ class Mutator:
             size = rng.choice([64 << 20, 512 << 20])
             if a.zstd:
                 m.data = BOMBS["zstd_" + str(size)]
+            elif sealed_deflate:
+                m.data = BOMBS["deflate_" + str(size)]
             else:
                 m.data = b"\0" * 100  # placeholder; the member is built by hand below
                 m.raw = _deflate_bomb_member(m, size)
@@ -272,8 +281,16 @@ class Mutator:
         else:
             if raw_payload is None:
                 raw_payload = model.encode_records(recs, count)
-            m.data = _zstd(raw_payload) if a.zstd else raw_payload
-            m.records = len(recs) if count is None else count % 2**64
+            if a.zstd:
+                m.data = _zstd(raw_payload)
+            elif sealed_deflate:
+                c = zlib.compressobj(6, zlib.DEFLATED, -15)
+                m.data = c.compress(raw_payload + bytes(fmt.padded(len(raw_payload))
+                                                       - len(raw_payload))) + c.flush()
+            else:
+                m.data = raw_payload
+            if not m.sealed:
+                m.records = len(recs) if count is None else count % 2**64
         m.dirty = True
         sync = rng.randrange(3)
         self._sync(a, m, raw_payload if raw_payload is not None else b"", recs, sync)
@@ -447,6 +464,38 @@ class Mutator:
         m.dirty = True
         return f"node.{op}"
 
+    # -- the key header of an encrypted archive (§11.4) ----------------------------------
+
+    def key_header(self, a: Archive) -> str:
+        rng = self.rng
+        m = a.find(fmt.TYPE_KEY)
+        if m is None:
+            return "keyhdr.none"
+        h = json.loads(m.data)
+        op = rng.choice(["scrypt", "scrypt", "kdf_type", "field", "drop", "hex", "size"])
+        if op == "scrypt":
+            h["kdf"] = {"name": "scrypt", "salt": rng.choice(["00" * 16, "00" * 15, "zz" * 16]),
+                        "n": rng.choice([1 << 14, 1 << 22, 1 << 23, 3, 0, -1, 2**64, "16384",
+                                         1.5, True, None]),
+                        "r": rng.choice([1, 8, 64, 65, 0, -8, 2**40, "8"]),
+                        "p": rng.choice([1, 64, 0, -1, 2**40])}
+        elif op == "kdf_type":
+            h["kdf"] = rng.choice([None, [], "raw", {"name": "argon2"}, {"name": None}, {}])
+        elif op == "field":
+            f = rng.choice(sorted(h))
+            h[f] = rng.choice([None, 1, [], {}, "", "zz", "00" * 100])
+        elif op == "drop":
+            h.pop(rng.choice(sorted(h)))
+        elif op == "hex":
+            f = rng.choice(["archive_id", "wrapped_key", "key_check"])
+            h[f] = h[f][:-2] + ("00" if h[f][-2:] != "00" else "11")
+        else:
+            h["pad"] = "x" * rng.choice([3000, 5000, 17 << 20])
+        m.data = json.dumps(h).encode()
+        m.stored = True
+        m.dirty = True
+        return f"keyhdr.{op}"
+
     # -- tar headers --------------------------------------------------------------------
 
     def tar(self, a: Archive) -> str:
@@ -467,6 +516,19 @@ class Mutator:
             m.tar_name = rng.choice([fmt.chunk_name(999), fmt.INDEX_NAME, fmt.MANIFEST_NAME])
         m.dirty = True
         return f"tar.{op}.{fmt.TYPE_NAMES.get(m.mtype)}"
+
+
+def _entry_field(a: Archive, seq: int, off: int) -> int | None:
+    """A field of chunk `seq`'s index entry (single index or pages)."""
+    for t in a.members:
+        if t.mtype not in (fmt.TYPE_INDEX, fmt.TYPE_PAGE) or t.data[:4] == b"DSR1":
+            continue
+        count = t.get(24 if t.data[:4] == b"DSP1" else 8)
+        for i in range(min(count, 1 << 20)):
+            e = 64 + i * ENTRY
+            if t.get(e) == seq and not t.get(e + 80, 4) & 1:
+                return t.get(e + off)
+    return None
 
 
 BOMBS: dict[str, bytes] = {}
