@@ -312,6 +312,17 @@ class ArchiveReader:
                                               fmt.SUMMARY_NAME, "summary")
         return self._summary
 
+    @property
+    def fingerprint(self) -> str:
+        """The summary's `fingerprint` (docs/FORMAT.md §7: 32 lowercase hex digits); an
+        archive without one is damage (a child would name a parent no reader can find)."""
+        fp = self.summary.get("fingerprint")
+        if not (isinstance(fp, str) and len(fp) == 32
+                and all(c in "0123456789abcdef" for c in fp)):
+            raise IntegrityError(f"{self.path}: summary has no valid fingerprint "
+                                 f"({str(fp)[:40]!r}; 32 hex digits expected)", part="summary")
+        return fp
+
     # -- the node's own files (docs/FORMAT.md §11.2) ----------------------------------------
 
     @property
