@@ -130,7 +130,7 @@ def build_seeds(work: Path) -> tuple[dict[str, Seed], Path, Path]:
         (work / "pass.txt").chmod(0o600)
         for p in GOLDEN.glob("*.tar.gz"):
             shutil.copy(p, sd / p.name)
-        recs = dict(datasets.iter_small(200, seed=5))
+        recs = dict(datasets.iter_small(520, seed=5))  # 560 chunks of 1: 3 index pages
         recs.update(datasets.iter_blocks(40, seed=6, block_size=700))
         ds = open_datastore(f"lmdb:{src}")
         ds.put_many(sorted(recs), [recs[k] for k in sorted(recs)])
@@ -448,6 +448,9 @@ def chk_argv(r: Result) -> list[str]:
 def mutate(s: Seed, rng: random.Random, name: str) -> tuple[bytes, str]:
     mut = Mutator(rng, s.data, len(s.data))
     mut.name = name
+    if s.go and rng.random() < 0.7:
+        from fuzzlib.mutate import go_mutate
+        return go_mutate(rng, s.data)
     if s.go or rng.random() < 0.25:
         try:
             return mut.raw()

@@ -551,3 +551,86 @@ def _deflate_bomb_member(m: Member, size: int) -> bytes:
                              m.flags)
     return (fmt.member_head(sub) + fmt.STORED_TAR_PREFIX + tar_header(m.expected_name(), 100, 0)
             + deflate + fmt.member_tail(0, 0))
+
+
+# -- archives of the Go tool (docs/GOFORMAT.md): one gzip stream of one tar --------------------
+
+
+def go_mutate(rng: random.Random, data: bytes) -> tuple[bytes, str]:
+    import gzip
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as t:
+        members = [(m, t.extractfile(m).read() if m.isfile() else b"") for m in t.getmembers()]
+    i = rng.randrange(len(members))
+    m, body = members[i]
+    op = rng.choice(["json", "json", "meta", "symlink", "hardlink", "dir", "name", "longname",
+                     "dup", "drop", "bomb", "pax", "fifo"])
+    info = tarfile.TarInfo(m.name)
+    info.size, info.mode = len(body), 0o644
+    if op == "json":
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            obj = {}
+        if isinstance(obj, dict) and obj and not m.name.startswith("metadata"):
+            k = rng.choice(sorted(obj))
+            v = rng.choice(["!!!notbase64", None, 5, [], "A" * 3, "", {"x": 1}])
+            obj[rng.choice([k, "", "nokeyslash", "/" + "k" * 70000, k + "\u2028"])] = v
+            body = json.dumps(obj).encode()
+        else:
+            body = rng.choice([b"[" * 100000, b"1e99999", b"\xff", b"{}", b'{"/a": "AAAA"'])
+    elif op == "meta":
+        mi = next((j for j, (x, _) in enumerate(members) if x.name == "metadata.json"), i)
+        m, body = members[mi]
+        i = mi
+        info = tarfile.TarInfo(m.name)
+        try:
+            obj = json.loads(body)
+            f = rng.choice(sorted(obj))
+            obj[f] = rng.choice([None, -1, 2**70, "x", [], {}, 1e308])
+            body = json.dumps(obj).encode()
+        except ValueError:
+            body = b"{"
+    elif op == "symlink":
+        info.type, info.linkname, body = tarfile.SYMTYPE, "../../../etc/passwd", b""
+    elif op == "hardlink":
+        info.type, info.linkname, body = tarfile.LNKTYPE, "/etc/passwd", b""
+    elif op == "dir":
+        info.type, body = tarfile.DIRTYPE, b""
+    elif op == "fifo":
+        info.type, body = tarfile.FIFOTYPE, b""
+    elif op == "name":
+        info.name = rng.choice(["../" + m.name, "/tmp/" + m.name, "chunk_-1.chunk",
+                                "chunk_99999999999999999999.chunk", "x/../chunk_1.chunk"])
+    elif op == "longname":
+        info.name = "a/" * 80 + m.name
+    elif op == "dup":
+        members.insert(i, (m, body))
+    elif op == "drop":
+        del members[i]
+        return _go_write(members, rng), f"go.{op}"
+    elif op == "bomb":
+        body = b"{" + b" " * (rng.choice([64, 512]) << 20)
+    elif op == "pax":
+        info.pax_headers = {"path": "../../escape", "size": str(2**40)}
+    info.size = len(body)
+    members[i] = (info, body)
+    return _go_write(members, rng, pax=op == "pax"), f"go.{op}"
+
+
+def _go_write(members, rng, pax: bool = False) -> bytes:
+    import gzip
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    fmt_ = tarfile.PAX_FORMAT if pax else tarfile.GNU_FORMAT
+    with tarfile.open(fileobj=buf, mode="w", format=fmt_) as t:
+        for info, body in members:
+            if not isinstance(info, tarfile.TarInfo):
+                continue
+            info.size = len(body) if info.isfile() else 0
+            t.addfile(info, io.BytesIO(body) if info.isfile() else None)
+    return gzip.compress(buf.getvalue(), compresslevel=rng.choice([1, 6]))
