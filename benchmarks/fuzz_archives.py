@@ -343,7 +343,6 @@ def case(seeds: dict[str, Seed], seed: Seed, rng: random.Random, work: Path, key
     stats.mutations[".".join(kind.split("+")[0].split(".")[:2])] += 1
     for n in [seed.name, *chain]:
         (box / n).write_bytes(data if n == victim else seeds[n].data)
-    before = tree(box)
     A = seed.name
     k = ["--key-file", str(key)] if seed.encrypted else []
     truth = seed.truth or {}
@@ -368,6 +367,18 @@ def case(seeds: dict[str, Seed], seed: Seed, rng: random.Random, work: Path, key
         readers.append(("restore-flatfs", ["restore", A, "flatfs:out/f", *k, *w]))
     if seed.node:
         readers.append(("restore-kubo", ["restore", A, "kubo:out/k/repo", *k, *w]))
+        # a target whose entries are symlinks out of it: nothing may be written through them
+        (box / "victim").mkdir()
+        (box / "victim" / "file").write_text("victim\n")
+        repo = box / "out" / "ks" / "repo"
+        repo.mkdir(parents=True)
+        for n, target in (("config", "../../../victim/file"), ("keystore", "../../../victim"),
+                          ("version", "/etc/hostname"), ("datastore", "../../../victim")):
+            (repo / n).symlink_to(target)
+        readers.append(("restore-kubo-symlinks", ["restore", A, "kubo:out/ks/repo",
+                                                  "--overwrite", *k, *w]))
+    if rng.random() < 0.4:  # keys become file paths
+        readers.append(("restore-fsds", ["restore", A, "fsds:out/fs", *k, *w]))
     if seed.paged or rng.random() < 0.3:
         readers.append(("restore-prefix", ["restore", "--prefix", prefix, A, "lmdb:out/lp",
                                            *k, *w]))
@@ -377,6 +388,7 @@ def case(seeds: dict[str, Seed], seed: Seed, rng: random.Random, work: Path, key
         enc = ["--encrypt", *k] if seed.encrypted else []
         readers.append(("backup-parent", ["backup", f"lmdb:{src}", "out/b.tar.gz", "--parent",
                                           A, "--workers", "1", *enc]))
+    before = tree(box)
     results = {}
     for name, argv in readers:
         r = run_reader(name, argv, box, args.timeout, args.max_rss_mb)
