@@ -524,6 +524,13 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    import fcntl
+
+    lock = open(args.work / ".lock", "w")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"{args.work}: another fuzz_archives.py run uses it") from None
     seeds, key, src = build_seeds(args.work)
     init_bombs()
     prewarm()
