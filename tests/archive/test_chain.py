@@ -173,3 +173,19 @@ def test_an_incremental_from_standard_input_says_it_has_no_directory(tmp_path, r
         r = run_cli("consolidate", "-", tmp_path / "c.tar.gz", "--parent-dir", tmp_path,
                     stdin=f)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("name", ["z" * 5000, "loop"], ids=["name-too-long", "symlink-loop"])
+def test_a_parent_name_no_file_can_have_is_a_missing_parent(tmp_path, name):
+    """A manifest may name its parent anything (a hostile archive; found by
+    benchmarks/fuzz_archives.py): a name longer than the filesystem allows, or a symlink loop,
+    is a candidate that is not there — the search goes on and ends in MissingParentError
+    (exit 2, one line), not "File name too long" raised from a stat."""
+    from dsbackup.archive.chain import ParentRef, find_parent
+    from dsbackup.archive.reader import ArchiveReader
+    from dsbackup.errors import MissingParentError
+
+    (tmp_path / "loop").symlink_to("loop")
+    ref = ParentRef("0" * 32, name, None, name)
+    with pytest.raises(MissingParentError, match="is missing"):
+        find_parent(ref, tmp_path / "child.tar.gz", [], ArchiveReader)

@@ -468,3 +468,50 @@ def test_the_data_key_is_made_while_the_writer_goes_on(tmp_path, monkeypatch):
     with pytest.raises(IntegrityError, match="kdf parameters out of bounds"):
         w.finish()
     assert list(tmp_path.iterdir()) == [tmp_path / "a.tar.gz"]
+
+
+def test_hostile_kdf_memory_is_refused_before_scrypt_runs(monkeypatch):
+    """A key header may ask scrypt for n = 2^22 and r = 64 (r·p within 64): 32 GiB. Found by
+    benchmarks/fuzz_archives.py: the reader ran scrypt on it ("internal error: MemoryError"
+    under a memory limit; an allocation of 32 GiB without one). Readers refuse more than any
+    writer uses (n <= 2^22 with r = 8: 4 GiB), before scrypt is called."""
+    from cryptography.hazmat.primitives.kdf import scrypt
+
+    called = []
+
+    class Spy:
+        def __init__(self, **kw):
+            called.append(kw)
+
+        def derive(self, secret):
+            raise AssertionError("scrypt ran")
+
+    monkeypatch.setattr(scrypt, "Scrypt", Spy)
+    material = crypto.KeyMaterial(passphrase=PASS)
+    for n, r, p in ((1 << 22, 64, 1), (1 << 22, 16, 4), (1 << 21, 32, 2)):
+        kdf = {"name": "scrypt", "salt": "00" * 16, "n": n, "r": r, "p": p}
+        with pytest.raises(IntegrityError, match="kdf parameters out of bounds"):
+            material.kek(kdf, "a.tar.gz")
+    assert called == []
+
+
+def test_scrypt_out_of_memory_is_one_clear_error(monkeypatch):
+    """Parameters within the bounds on a machine without the memory: an error of the
+    environment (exit 2) naming the need, not an internal error."""
+    from cryptography.hazmat.primitives.kdf import scrypt
+
+    from dsbackup.errors import DsBackupError
+
+    class Short:
+        def __init__(self, **kw):
+            pass
+
+        def derive(self, secret):
+            raise MemoryError("Not enough memory to derive key.")
+
+    monkeypatch.setattr(scrypt, "Scrypt", Short)
+    kdf = {"name": "scrypt", "salt": "00" * 16, "n": 1 << 22, "r": 8, "p": 1}
+    with pytest.raises(DsBackupError) as ei:
+        crypto.KeyMaterial(passphrase=PASS).kek(kdf, "a.tar.gz")
+    assert ei.value.exit_code == 2
+    assert "a.tar.gz" in str(ei.value) and "4096 MiB" in str(ei.value)

@@ -260,3 +260,66 @@ def test_fuzz_mutated_archives(tmp_path_factory, make_archive, data):
     except DsBackupError:
         pass
 
+
+
+def _with_manifest(path, manifest: bytes) -> None:
+    """Replace a paged archive's manifest member (every offset after it moved, every checksum
+    right): only the manifest's content is hostile. benchmarks/fuzzlib does the re-layout."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from fuzzlib import model
+
+    a = model.parse(path.read_bytes())
+    m = a.find(fmt.TYPE_MANIFEST)
+    m.data, m.dirty = manifest, True
+    path.write_bytes(model.serialize(a))
+
+
+@pytest.mark.parametrize("manifest", [b'{"format": "dsbackup", "x": "' + b"x" * (17 << 20) + b'"}',
+                                      b"not json" * 300000],
+                         ids=["over-16-MiB", "not-json"])
+def test_a_bad_manifest_is_read_once_not_per_chunk(tmp_path, monkeypatch, manifest,
+                                                   rss_guard):
+    """Found by benchmarks/fuzz_archives.py: every chunk a verify read asked whether the
+    archive is incremental, which read the manifest again: a 17 MiB manifest (over the 16 MiB
+    limit, refused only after it was inflated) was inflated once per chunk and each failure,
+    kept in the report, held its buffers: 1.9 GB and 13 s for 560 chunks. The limit is now
+    checked from the subfield before inflating, and a manifest that fails is read once."""
+    import time
+
+    from dsbackup.archive import member
+    from dsbackup.datastores import open_datastore
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.engine.config import BackupConfig
+
+    monkeypatch.setenv("DSBACKUP_TEST_PAGE_ENTRIES", "256")
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    ds.put_many([b"/k%04d" % i for i in range(600)], [b"v"] * 600)
+    mgr = BackupManager(BackupConfig(chunk_size=1, workers=1, paged_index="always"))
+    mgr.create_backup(ds, tmp_path / "p.tar.gz")
+    ds.put(b"/k0300", b"changed")
+    path = tmp_path / "a.tar.gz"  # an incremental: its references make each read ask
+    mgr.create_backup(ds, path, parent=tmp_path / "p.tar.gz")
+    ds.close()
+    _with_manifest(path, manifest)
+    inflated = []
+    real = member._inflate_exactly
+
+    def counting(deflate, declared, *a):
+        inflated.append(declared)
+        return real(deflate, declared, *a)
+
+    member._inflate_exactly = counting
+    try:
+        t0 = time.monotonic()
+        report = verify_archive(path, threads=2)
+        took = time.monotonic() - t0
+    finally:
+        member._inflate_exactly = real
+    assert not report.ok
+    assert any("manifest" in e for e in report.errors)
+    big = [d for d in inflated if d > 1 << 20]
+    assert len(big) <= 1, f"the manifest was inflated {len(big)} times"
+    assert took < 30

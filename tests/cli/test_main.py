@@ -137,6 +137,17 @@ def test_os_and_value_errors_become_one_line_with_exit_2():
     assert code == 2 and msg.startswith("internal error: KeyError") and "\n" not in msg
 
 
+def test_out_of_memory_is_an_error_of_the_environment():
+    """A MemoryError (a ulimit, a small machine: an archive of the Go tool parses each chunk
+    member, up to 1 GiB, in memory; benchmarks/fuzz_archives.py ran readers under 1.5 GiB)
+    is exit 2 naming the command, not an "internal error" asking for a bug report."""
+    args = main.build_parser().parse_args(["verify", "a.tar.gz"])
+    msg, code = main.describe_error(MemoryError(), args)
+    assert code == 2 and msg == "verify a.tar.gz: not enough memory"
+    msg, code = main.describe_error(MemoryError("Not enough memory to derive key."), args)
+    assert msg == "verify a.tar.gz: not enough memory (Not enough memory to derive key.)"
+
+
 class _Panic(BaseException):
     """What pyo3 raises for a panic in a Rust extension (obstore): no Exception subclass."""
 

@@ -398,3 +398,36 @@ def test_reference_without_a_parent_in_the_manifest_is_an_integrity_error(tmp_pa
             r.read_chunk(0)
     rep = verify_archive(tmp_path / "h.tar.gz")
     assert not rep.ok and any("fingerprint" in e for e in rep.errors)
+
+
+@pytest.mark.parametrize("settings", ["fast", ["x"], {"compression_level": "9"},
+                                      {"compression_level": True}])
+def test_consolidate_takes_a_manifest_settings_of_any_shape(tmp_path, settings):
+    """The manifest's `settings` is informative (FORMAT.md §6): one of another shape (a
+    hostile or hand-written archive; benchmarks/fuzz_archives.py) gives the default level,
+    as an out-of-range level already did; it was 'internal error: AttributeError'."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from fuzzlib import model
+
+    from dsbackup.archive.format import TYPE_MANIFEST
+    from dsbackup.archive.verify import verify_archive
+
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    ds.put_many([b"/k%04d" % i for i in range(300)], [b"v%d" % i for i in range(300)])
+    mgr = BackupManager(BackupConfig(chunk_size=8, workers=1))
+    mgr.create_backup(ds, tmp_path / "p.tar.gz")
+    ds.put(b"/k0150", b"changed")
+    mgr.create_backup(ds, tmp_path / "i.tar.gz", parent=tmp_path / "p.tar.gz")
+    ds.close()
+    a = model.parse((tmp_path / "i.tar.gz").read_bytes())
+    m = a.find(TYPE_MANIFEST)
+    doc = json.loads(m.data)
+    doc["settings"] = settings
+    m.data, m.dirty = json.dumps(doc).encode(), True
+    (tmp_path / "i.tar.gz").write_bytes(model.serialize(a))
+    consolidate_archive(tmp_path / "i.tar.gz", tmp_path / "c.tar.gz")
+    assert verify_archive(tmp_path / "c.tar.gz").ok

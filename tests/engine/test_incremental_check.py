@@ -350,3 +350,62 @@ def test_an_s3_parent_replaced_at_its_key_while_the_backup_runs_fails_it(tmp_pat
     assert done and not child.exists()
     ds.close()
     other.close()
+
+
+def _resummarize(path, change) -> None:
+    """Rewrite an archive's summary (its member, and the trailer that locates it) with every
+    checksum right: only the summary's content is hostile."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+    from crafted import honest_member
+
+    from dsbackup._ext.checksum import xxh3_64
+    from dsbackup.archive import format as fmt
+    from dsbackup.archive.reader import ArchiveReader
+
+    data = path.read_bytes()
+    with ArchiveReader(path) as r:
+        summary = dict(r.summary)
+        t = r.trailer
+    change(summary)
+    sm = honest_member(json.dumps(summary).encode(), fmt.TYPE_SUMMARY, fmt.SUMMARY_NAME)
+    head = data[:t.summary_offset] + sm
+    path.write_bytes(head + fmt.Trailer(t.index_offset, t.index_length, t.index_xxh3,
+                                        t.summary_offset, len(sm), xxh3_64(sm), t.chunk_count,
+                                        len(head)).encode())
+
+
+@pytest.mark.parametrize("fingerprint", [None, 5, "zz" * 16, "0" * 31],
+                         ids=["missing", "number", "not-hex", "short"])
+def test_a_parent_summary_without_a_fingerprint_is_damage(tmp_path, fingerprint):
+    """A parent whose summary has no fingerprint, or one that is not 32 hex digits (a
+    hostile archive; benchmarks/fuzz_archives.py): the backup fails with exit 3 naming the
+    parent's summary, nothing written (it was 'internal error: KeyError', or a child naming
+    a fingerprint no reader can use)."""
+    from dsbackup.archive.lineage import archive_fingerprint
+
+    rng = random.Random(3)
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    _put(ds, rng, 300, b"a")
+    mgr = BackupManager(BackupConfig(chunk_size=8, workers=1))
+    parent = tmp_path / "p.tar.gz"
+    mgr.create_backup(ds, parent)
+
+    def change(s):
+        if fingerprint is None:
+            del s["fingerprint"]
+        else:
+            s["fingerprint"] = fingerprint
+
+    _resummarize(parent, change)
+    out = tmp_path / "i.tar.gz"
+    with pytest.raises(IntegrityError, match=r"p\.tar\.gz: summary.* fingerprint") as err:
+        mgr.create_backup(ds, out, parent=parent)
+    assert err.value.exit_code == 3
+    assert not out.exists() and not list(tmp_path.glob(".*i.tar.gz*"))
+    with pytest.raises(IntegrityError, match="fingerprint"):
+        archive_fingerprint(parent)
+    ds.close()

@@ -124,6 +124,17 @@ def _unique_dirs(dirs: list[Any]) -> list[Any]:
     return out
 
 
+def _is_file(cand: Any) -> bool:
+    """Whether a named candidate is a file; a name no file can have (longer than the
+    filesystem allows: the manifest naming it is untrusted) is not one."""
+    try:
+        return is_file(cand)
+    except OSError:
+        if isinstance(cand, Path):  # a local name; an S3 error stays an error
+            return False
+        raise
+
+
 def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path],
                 opener: Callable[[Path], ArchiveReader], *,
                 needs_catalog: bool = False) -> ArchiveReader:
@@ -141,7 +152,7 @@ def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path],
     def consider(cand: Any, named: bool) -> int | None:
         nonlocal best
         key = identity(cand)
-        if key in seen or (named and not is_file(cand)):
+        if key in seen or (named and not _is_file(cand)):
             return None
         seen.add(key)
         r = _open_if_archive(cand, opener)

@@ -104,10 +104,11 @@ def consolidate_archive(path: str | os.PathLike[str], out: str | os.PathLike[str
             m["consolidated_from"] = {"name": getattr(reader.path, "name", str(reader.path)),
                                       "fingerprint": s.get("fingerprint"),
                                       "parents": [p.name for p in chain.paths] if chain else []}
-        level = int((m.get("settings") or {}).get("compression_level", 1))
+        settings = m.get("settings")
+        level = settings.get("compression_level") if isinstance(settings, dict) else None
         codec = reader.codec  # the output's: the top archive's (§11.6)
         lo, hi = codecs.LEVELS[codec]
-        if not lo <= level <= hi:  # (a manifest written by hand)
+        if type(level) is not int or not lo <= level <= hi:  # (a manifest written by hand)
             level = codecs.DEFAULT_LEVEL[codec]
         chunk_level = codecs.chunk_level(codec, level, sealed=reader.encrypted)
         level = codecs.deflate_level(chunk_level)  # of the catalogs and other members

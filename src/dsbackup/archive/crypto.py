@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from dsbackup.errors import ConfigError, IntegrityError, WrongKeyError
+from dsbackup.errors import ArchiveError, ConfigError, IntegrityError, WrongKeyError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ SALT_BYTES = 16
 # scrypt defaults (128 MiB; docs/ENCRYPTION.md records the time measured) and reader bounds
 DEFAULT_LOG2_N, DEFAULT_R, DEFAULT_P = 17, 8, 1
 MIN_LOG2_N, MAX_LOG2_N, MAX_RP = 14, 22, 64
+# scrypt's memory is 128·n·r bytes: readers refuse more than a writer's largest (n = 2^22 with
+# r = 8: 4 GiB); n, r and r·p within their own bounds could otherwise ask for 32 GiB
+MAX_SCRYPT_MEMORY = 128 * (1 << MAX_LOG2_N) * DEFAULT_R
 # test-only: a smaller scrypt n for writers (bounded below by the readers' minimum)
 TEST_LOG2_N_ENV = "DSBACKUP_TEST_SCRYPT_LOG2N"
 PASSPHRASE_ENV = "DSBACKUP_PASSPHRASE"
@@ -166,7 +169,7 @@ class KeyMaterial:
             raise IntegrityError(f"{where}: key header has invalid kdf parameters",
                                  part="key") from None
         if (len(salt) != SALT_BYTES or n & (n - 1) or not 1 << MIN_LOG2_N <= n <= 1 << MAX_LOG2_N
-                or r < 1 or p < 1 or r * p > MAX_RP):
+                or r < 1 or p < 1 or r * p > MAX_RP or 128 * n * r > MAX_SCRYPT_MEMORY):
             raise IntegrityError(f"{where}: key header kdf parameters out of bounds "
                                  f"(n={n}, r={r}, p={p})", part="key")
         ident = (salt, n, r, p)
@@ -177,8 +180,13 @@ class KeyMaterial:
 
                 # the derived key is returned as bytes by the library: copied into a secret
                 # buffer and dropped at once
-                kek = self._keks[ident] = secret_buffer(
-                    Scrypt(salt=salt, length=KEY_BYTES, n=n, r=r, p=p).derive(self._secret))
+                try:
+                    derived = Scrypt(salt=salt, length=KEY_BYTES, n=n, r=r, p=p).derive(
+                        self._secret)
+                except MemoryError:
+                    raise ArchiveError(f"{where}: not enough memory to derive the key (scrypt "
+                                       f"n={n}, r={r} needs {128 * n * r >> 20} MiB)") from None
+                kek = self._keks[ident] = secret_buffer(derived)
         return kek
 
     def close(self) -> None:

@@ -259,7 +259,7 @@ def archive_fingerprint(path: str | os.PathLike[str]) -> str:
     from dsbackup.archive.reader import ArchiveReader
 
     with ArchiveReader(path) as r:
-        return str(r.summary["fingerprint"])
+        return r.fingerprint
 
 
 def parent_of(path: str | os.PathLike[str]) -> str | None:
@@ -303,7 +303,7 @@ def choose_parent(archives: Sequence[str | os.PathLike[str]], full_every: int,
             with ArchiveReader(a) as r:
                 ref = ParentRef.from_manifest(r.manifest, str(a))
                 info.append((str(r.manifest.get("created", "")), Path(a),
-                             str(r.summary["fingerprint"]), ref.fingerprint if ref else None))
+                             r.fingerprint, ref.fingerprint if ref else None))
         except (OSError, IntegrityError, KeyError, ValueError) as exc:
             log.info("choose_parent: ignoring %s (%s)", a, exc)
         except Exception as exc:  # ArchiveError and the like: not a usable parent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -67,6 +68,7 @@ class ArchiveReader:
         self.base = 0  # the key header's length: the manifest starts there
         self.locked = False
         self._manifest: dict[str, Any] | None = None
+        self._manifest_error: IntegrityError | None = None
         self._summary: dict[str, Any] | None = None
         self._node: list[NodeFile] | None = None
         self._runs: list[tuple[int, int]] | None = None  # resumed runs (encrypted, paged)
@@ -282,6 +284,12 @@ class ArchiveReader:
         raw = self.pread_once(offset, length)
         if xxh3_64(raw) != expected_xxh3:
             raise IntegrityError(f"{self.path}: {part} member checksum mismatch", part=part)
+        try:  # the 16 MiB limit (§9) from the subfield, before anything is inflated
+            declared = fmt.parse_member_head(raw, part).data_len
+        except IntegrityError:
+            declared = 0  # decode_member says what is wrong, naming the part
+        if declared > fmt.MAX_JSON_BYTES + crypto.TAG_BYTES:
+            raise IntegrityError(f"{self.path}: {part} is larger than 16 MiB", part=part)
         sub, data = decode_member(raw, f"{self.path}: {part}", expected_type=mtype,
                                   expected_name=name, part=part, version=self.version,
                                   flags=self.flags)
@@ -300,14 +308,23 @@ class ArchiveReader:
     @property
     def manifest(self) -> dict[str, Any]:
         if self._manifest is None:
-            m = self._json_member(self.base, self.index.manifest_length, self.index.manifest_xxh3,
-                                  fmt.TYPE_MANIFEST, fmt.MANIFEST_NAME, "manifest")
-            if m.get("format") != "dsbackup" or m.get("version") != self.version:
-                raise IntegrityError(f"{self.path}: manifest names format "
-                                     f"{m.get('format')!r} version {m.get('version')!r}",
-                                     part="manifest")
-            self._manifest = m
+            if self._manifest_error is not None:  # read once: asked again for every chunk
+                raise copy.copy(self._manifest_error) from None
+            try:
+                self._manifest = self._read_manifest()
+            except IntegrityError as exc:
+                self._manifest_error = copy.copy(exc)  # no traceback: no buffer kept
+                raise
         return self._manifest
+
+    def _read_manifest(self) -> dict[str, Any]:
+        m = self._json_member(self.base, self.index.manifest_length, self.index.manifest_xxh3,
+                              fmt.TYPE_MANIFEST, fmt.MANIFEST_NAME, "manifest")
+        if m.get("format") != "dsbackup" or m.get("version") != self.version:
+            raise IntegrityError(f"{self.path}: manifest names format "
+                                 f"{m.get('format')!r} version {m.get('version')!r}",
+                                 part="manifest")
+        return m
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -317,6 +334,17 @@ class ArchiveReader:
                                               t.summary_xxh3, fmt.TYPE_SUMMARY,
                                               fmt.SUMMARY_NAME, "summary")
         return self._summary
+
+    @property
+    def fingerprint(self) -> str:
+        """The summary's `fingerprint` (docs/FORMAT.md §7: 32 lowercase hex digits); an
+        archive without one is damage (a child would name a parent no reader can find)."""
+        fp = self.summary.get("fingerprint")
+        if not (isinstance(fp, str) and len(fp) == 32
+                and all(c in "0123456789abcdef" for c in fp)):
+            raise IntegrityError(f"{self.path}: summary has no valid fingerprint "
+                                 f"({str(fp)[:40]!r}; 32 hex digits expected)", part="summary")
+        return fp
 
     # -- the node's own files (docs/FORMAT.md §11.2) ----------------------------------------
 

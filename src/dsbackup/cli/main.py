@@ -222,7 +222,8 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[str, i
     """One line and an exit code for an exception that reached the command line: the
     package's errors carry their own code; an OSError or ValueError is an error of the
     environment or an input (exit 2), named by its file or, without one, by the command's
-    operands; anything else is a bug, shown as one line (the traceback with -v)."""
+    operands, and so is a MemoryError; anything else is a bug, shown as one line (the
+    traceback with -v)."""
     if isinstance(exc, DsBackupError):
         return str(exc), exc.exit_code
     if isinstance(exc, OSError):
@@ -237,6 +238,9 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[str, i
         return f"{_operands_of(args)}: {what}", EXIT_ERROR
     if isinstance(exc, ValueError):
         return f"{_operands_of(args)}: {exc}", EXIT_ERROR
+    if isinstance(exc, MemoryError):  # a ulimit, a small machine: the environment's
+        detail = f" ({exc})" if str(exc) else ""
+        return f"{_operands_of(args)}: not enough memory{detail}", EXIT_ERROR
     return (f"internal error: {type(exc).__name__}: {exc} (a bug: rerun with -v for the "
             "traceback and report it)"), EXIT_ERROR
 

@@ -409,7 +409,7 @@ def _plan(where: _Where, path: Path, preader: ArchiveReader, cfg: BackupConfig,
     if not _usable(preader, cfg):
         log.warning("%s: the parent has no key catalog, so no chunk can be referenced",
                     preader.path)
-    ref = ParentRef(str(preader.summary["fingerprint"]), preader.path.name,
+    ref = ParentRef(preader.fingerprint, preader.path.name,
                     index_digest(preader),
                     relative_hint(preader.path, path))
     created = datetime.now(timezone.utc)
