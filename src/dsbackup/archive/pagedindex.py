@@ -35,6 +35,7 @@ from dsbackup.archive.pages import (
     MIN_PAGE_ENTRIES,
     PAGE_MAGIC,
     ROOT_MAGIC,
+    SEQUENTIAL_PAGES,
     valid_page_entries,
 )
 from dsbackup.errors import IntegrityError
@@ -121,6 +122,8 @@ class PagedIndex:
         self._keys = bytes(data[_ROOT_HEADER.size + pages * ROOT_DTYPE.itemsize :])
         self._read_page = read_page
         self._cache: OrderedDict[int, _Page] = OrderedDict()
+        self.cache_pages = CACHE_PAGES  # pages held, the one being loaded included
+        self._loading: dict[int, threading.Event] = {}  # pages a thread is loading
         self._bad: dict[int, IntegrityError] = {}
         self._lock = threading.Lock()
         self._check_root()
@@ -191,26 +194,45 @@ class PagedIndex:
 
     # -- pages ---------------------------------------------------------------------------------
 
+    def sequential(self) -> None:
+        """The reader goes through the chunks in order (restore, verify, ls): cache
+        SEQUENTIAL_PAGES, not CACHE_PAGES, so its memory does not grow with the page count."""
+        self.cache_pages = SEQUENTIAL_PAGES
+
     def page(self, p: int) -> _Page:
-        """Page p, read and checked (cached); IntegrityError when it is damaged."""
-        with self._lock:
-            pg = self._cache.get(p)
-            if pg is not None:
-                self._cache.move_to_end(p)
-                return pg
-            if p in self._bad:
-                raise self._bad[p]
+        """Page p, read and checked (cached); IntegrityError when it is damaged. A page is
+        loaded by one thread at a time (the others wait for it), after the least recently
+        used pages beyond `cache_pages` - 1 are dropped: at most `cache_pages` decoded."""
+        while True:
+            with self._lock:
+                pg = self._cache.get(p)
+                if pg is not None:
+                    self._cache.move_to_end(p)
+                    return pg
+                if p in self._bad:
+                    raise self._bad[p]
+                loading = self._loading.get(p)
+                if loading is None:
+                    done = self._loading[p] = threading.Event()
+                    while self._cache and len(self._cache) >= self.cache_pages:
+                        self._cache.popitem(last=False)
+                    break
+            loading.wait()
         try:
             pg = self._load(p)
+            with self._lock:
+                self._cache[p] = pg
+                while len(self._cache) > self.cache_pages:
+                    self._cache.popitem(last=False)
         except IntegrityError as exc:
             exc.part = "index"
             with self._lock:
                 self._bad[p] = exc
             raise
-        with self._lock:
-            self._cache[p] = pg
-            while len(self._cache) > CACHE_PAGES:
-                self._cache.popitem(last=False)
+        finally:
+            with self._lock:
+                del self._loading[p]
+            done.set()
         return pg
 
     def _load(self, p: int) -> _Page:
