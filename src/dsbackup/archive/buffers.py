@@ -23,7 +23,14 @@ Taker = Callable[[int], memoryview]
 
 
 def _mapped(n: int) -> memoryview:
-    return memoryview(mmap.mmap(-1, max(n, 1)))
+    return memoryview(mmap.mmap(-1, max(n, 1), flags=mmap.MAP_PRIVATE))  # counted as anonymous
+
+
+def grown(buf: memoryview | None, n: int) -> memoryview:
+    """`buf` if it holds n bytes, else a new mapping of n bytes rounded up to GRAIN."""
+    if buf is not None and len(buf) >= n:
+        return buf
+    return _mapped(-(-n // GRAIN) * GRAIN)
 
 
 class ThreadBuffers:
@@ -43,7 +50,7 @@ class ThreadBuffers:
         if buf is None or len(buf) < n:
             if n > KEEP_MAX:
                 return _mapped(n)[:n]
-            buf = bufs[slot] = _mapped(-(-n // GRAIN) * GRAIN)
+            buf = bufs[slot] = grown(None, n)
         return buf[:n]
 
     def taker(self, slot: int) -> Taker:

@@ -53,20 +53,21 @@ assert ROOT_DTYPE.itemsize == _ROOT_ENTRY.size == 64
 class _Page:
     __slots__ = ("entries", "catalogs", "keys")
 
-    def __init__(self, entries: np.ndarray, catalogs: np.ndarray, keys: bytes) -> None:
+    def __init__(self, entries: np.ndarray, catalogs: np.ndarray,
+                 keys: bytes | memoryview) -> None:
         self.entries = entries
         self.catalogs = catalogs
-        self.keys = keys
+        self.keys = keys  # a view of the page's own bytes (no copy), or bytes
 
     def first_key(self, j: int) -> bytes:
         e = self.entries[j]
         k = int(e["keys_off"])
-        return self.keys[k : k + int(e["first_len"])]
+        return bytes(self.keys[k : k + int(e["first_len"])])
 
     def last_key(self, j: int) -> bytes:
         e = self.entries[j]
         k = int(e["keys_off"]) + int(e["first_len"])
-        return self.keys[k : k + int(e["last_len"])]
+        return bytes(self.keys[k : k + int(e["last_len"])])
 
 
 PageReader = Callable[[int, int, int, int], "bytes | memoryview"]
@@ -256,9 +257,10 @@ class PagedIndex:
         if kbase + keys_len != len(data):
             raise self._err(f"header declares {kbase + keys_len} bytes but the page has "
                             f"{len(data)}", p)
-        data = bytes(data)  # owned: the arrays below are views of it
+        if not isinstance(data, bytes) and not isinstance(getattr(data, "obj", None), bytes):
+            data = bytes(data)  # owned: the arrays below are views of it (bytes never change)
         pg = _Page(np.frombuffer(data, ENTRY_DTYPE, count, tbase),
-                   np.frombuffer(data, CATALOG_DTYPE, ccount, cbase), data[kbase:])
+                   np.frombuffer(data, CATALOG_DTYPE, ccount, cbase), memoryview(data)[kbase:])
         self._check_page(p, pg)
         return pg
 
@@ -475,7 +477,8 @@ def _entry(pg: _Page, j: int) -> ChunkEntry:
     (seq, off, length, plen, recs, pxxh, mxxh, kxxh, koff, flen, llen, flags,
      epoch) = pg.entries[j].tolist()
     return ChunkEntry(seq, off, length, plen, recs, pxxh, mxxh, kxxh,
-                      pg.keys[koff : koff + flen], pg.keys[koff + flen : koff + flen + llen],
+                      bytes(pg.keys[koff : koff + flen]),
+                      bytes(pg.keys[koff + flen : koff + flen + llen]),
                       flags, epoch)
 
 
@@ -483,7 +486,8 @@ _PAD_LIMIT = 256  # longest key compared as a padded array; longer pages are com
 _BLOCK_ROWS = 4096  # rows compared at once
 
 
-def _first_unordered(keys: bytes, offs: np.ndarray, flen: np.ndarray, llen: np.ndarray,
+def _first_unordered(keys: bytes | memoryview, offs: np.ndarray, flen: np.ndarray,
+                     llen: np.ndarray,
                      ) -> int | None:
     """The first j whose first key (keys[offs[j]:+flen[j]]) > its last key (right after it),
     or whose first key <= the previous last key; None when the key ranges increase strictly.
@@ -496,8 +500,8 @@ def _first_unordered(keys: bytes, offs: np.ndarray, flen: np.ndarray, llen: np.n
     if width > _PAD_LIMIT:
         prev = None
         for j in range(n):
-            f = keys[fo[j] : fo[j] + flen[j]]
-            last = keys[fo[j] + flen[j] : fo[j] + flen[j] + llen[j]]
+            f = bytes(keys[fo[j] : fo[j] + flen[j]])
+            last = bytes(keys[fo[j] + flen[j] : fo[j] + flen[j] + llen[j]])
             if f > last or (prev is not None and f <= prev):
                 return j
             prev = last

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup.archive import crypto
 from dsbackup.archive import format as fmt
-from dsbackup.archive.buffers import Taker, ThreadBuffers
+from dsbackup.archive.buffers import KEEP_MAX, Taker, ThreadBuffers, grown
 from dsbackup.archive.chunkcodec import decode_zstd_chunk
 from dsbackup.archive.epochs import epoch_at, resumed_runs
 from dsbackup.archive.index import FLAG_PARENT, ChunkEntry, Index
@@ -85,6 +85,10 @@ class ArchiveReader:
         self._chain_lock = threading.Lock()
         # each thread's chunk member and decoded payload, reused (archive.buffers)
         self._buffers = ThreadBuffers(2)
+        # one buffer for index page members, whichever thread loads a page (under the lock):
+        # per thread, the threads that happen to meet a page boundary would each keep one
+        self._page_buf: memoryview | None = None
+        self._page_lock = threading.Lock()
         self.reused_payload: Taker = self._buffers.taker(_PAYLOAD)
         # the IO boundary: every byte is read through the source (file, object, stdin)
         self._src: Source | None = source if source is not None else open_source(self.path)
@@ -192,7 +196,21 @@ class ArchiveReader:
         """Index page `page`'s data (docs/FORMAT.md §11.3): its member read with one pread,
         checked against the root's member XXH3 and by its own header, decrypted."""
         where = f"{self.path}: index page {page}"
-        raw = self.pread_once(offset, length)
+        read_into = getattr(self._src, "read_into", None)
+        if read_into is None or not (length >= 0 and 0 <= offset <= self.size - length):
+            raw: bytes | memoryview = self.pread_once(offset, length)
+            return self._page_data(page, raw, member_xxh3, where)
+        with self._page_lock:  # the member in the reader's page buffer, decoded to new bytes
+            if length > KEEP_MAX:
+                raw = memoryview(bytearray(length))
+            else:
+                self._page_buf = grown(self._page_buf, length)
+                raw = self._page_buf[:length]
+            read_into(offset, raw)
+            return self._page_data(page, raw, member_xxh3, where)
+
+    def _page_data(self, page: int, raw: bytes | memoryview, member_xxh3: int,
+                   where: str) -> memoryview:
         if xxh3_64(raw) != member_xxh3:
             raise IntegrityError(f"{where}: member checksum mismatch", part="index")
         _, data = decode_member(raw, where, expected_type=fmt.TYPE_PAGE,

@@ -59,10 +59,11 @@ NATIVE_BATCH_BYTES = 8 << 20
 # batches are written every DEFAULT_BATCH_BYTES, synced and journaled at most this often (for
 # LMDB targets in a thread while the restore goes on: restore_journal.JournalSync).
 JOURNAL_INTERVAL_S = 1.0
-# the payload ring's room beyond 2 x batch_bytes: the chunk that crosses a batch's end, the
-# one held back by the budget, each decoded with its tar header and padding, and the end of
-# the ring a region does not fit into (archive.buffers.PayloadRing)
-RING_SLACK = 6 << 20
+# the payload ring's room beyond 2 x batch_bytes, for the chunk that crosses a batch's end,
+# the one held back by the budget, tar headers and padding, and the end of the ring a region
+# does not fit into. Tight on purpose: its pages are all resident once it has gone round; a
+# region that does not fit gets a mapping of its own (5 of 2,320 chunks of 256 KiB blocks)
+RING_SLACK = 2 << 20
 
 
 def prefix_bounds(prefix: str | bytes | None) -> tuple[bytes, bytes | None]:
