@@ -28,7 +28,7 @@ transaction the file's growth is reserved with ``posix_fallocate`` (twice the pa
 plus 2 MiB past the pages in use; ``RESERVE_FACTOR``): a full disk is then ``ENOSPC`` from
 the reservation, raised as :class:`LmdbNoSpace` before anything of the transaction is
 written. Like lmdbscan and lmdbcopy this is a separate copy of LMDB
-from py-lmdb's: the writer claims its path (:func:`dsbackup.datastores.lmdb.claim` and
+from py-lmdb's: the writer claims its path (:func:`dsbackup.datastores.lmdbclaims.claim` and
 :func:`dsbackup._ext.lmdbregistry.register_foreign_open`), so opening it twice in this process, by
 any of them, raises.
 """
@@ -404,12 +404,12 @@ cdef class LmdbPayloadWriter:
     def __init__(self, path, *, size_t map_size=0, bint writemap=True):
         cdef int rc
         from dsbackup._ext import lmdbregistry
-        from dsbackup.datastores import lmdb as lmdb_backend
+        from dsbackup.datastores import lmdbclaims
 
         self.path = os.path.abspath(os.fsdecode(os.fspath(path)))
         self._pid = os.getpid()
         os.makedirs(self.path, exist_ok=True)
-        claim = lmdb_backend.claim(self.path, "dsbackup._ext.lmdbwrite")
+        claim = lmdbclaims.claim(self.path, "dsbackup._ext.lmdbwrite")
         claim.__enter__()
         self._claim = claim
         try:

@@ -162,3 +162,49 @@ def test_store_paths_and_checks_as_functions(tmp_path):
     with pytest.raises(PathConflictError, match="contains the archive"):
         check_target_outside(f"flatfs:{tmp_path}", [d / "a.tar.gz"])
     check_target_outside(f"flatfs:{tmp_path / 'other'}", [d / "a.tar.gz"])
+
+
+def test_overwrite_of_an_archive_a_running_backup_holds_is_refused(tmp_path, run_cli, cli_env):
+    """`backup --overwrite` onto the parent of an incremental being written elsewhere (a
+    real backup, stopped with SIGSTOP, holding its parent): before, the parent was replaced
+    and the incremental then referred to chunks no longer there; now exit 4, one line naming
+    the holder's PID, the parent untouched; once the backup ends, --overwrite works."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src, other = tmp_path / "s", tmp_path / "o"
+    datasets.write_lmdb(str(src), datasets.iter_blocks(120))
+    datasets.write_lmdb(str(other), datasets.iter_small(300, seed=4))
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    parent = a / "p.tar.gz"
+    assert run_cli("backup", f"lmdb:{src}", parent, "--level", "0").returncode == 0
+    before = parent.read_bytes()
+    datasets.write_lmdb(str(src), datasets.iter_small(30000, seed=9))
+    p = subprocess.Popen([sys.executable, "-m", "dsbackup", "backup", f"lmdb:{src}",
+                          b / "c.tar.gz", "--parent", parent, "--workers", "1", "--level", "9"],
+                         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(".hold-" in n for n in os.listdir(a)):
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.kill(p.pid, signal.SIGSTOP)
+        r = run_cli("backup", f"lmdb:{other}", parent, "--overwrite")
+        assert r.returncode == 4, r.stderr
+        assert f"PID {p.pid}" in r.stderr and str(b / "c.tar.gz") in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert parent.read_bytes() == before
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    # c, written, depends on it: a --parent-dir shows that (exit 2); the hold is gone
+    assert run_cli("backup", f"lmdb:{other}", parent, "--overwrite", "--parent-dir",
+                   b).returncode == 2
+    assert [n for n in os.listdir(a) if ".hold-" in n] == []
+    assert run_cli("backup", f"lmdb:{other}", parent, "--overwrite").returncode == 0

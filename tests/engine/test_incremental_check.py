@@ -277,3 +277,76 @@ def test_a_symlinked_parent_whose_target_was_deleted_fails_the_backup(tmp_path):
         create_incremental(ds, child, link, BackupConfig(chunk_size=4), progress=prune_it)
     assert not child.exists()
     ds.close()
+
+
+def test_a_parent_replaced_at_its_name_while_the_backup_runs_fails_it(tmp_path):
+    """The parent's name taken by another archive while the backup runs (another archive
+    renamed there; `backup --overwrite` of it, which its guard now refuses while the backup
+    holds the parent, exit 4, but which may have passed that guard before the hold): the file
+    still exists, so the check before the rename, which looked at existence only, put in
+    place an incremental whose references point at chunks the archive now at that name does
+    not hold (exit 0; verify then says the parent was "altered or replaced"). Now the
+    identity is checked: the inode and size of the file read, MissingParentError, nothing at
+    the final path."""
+    import os
+
+    from dsbackup.engine.incremental import create_incremental
+    from dsbackup.errors import LockedError
+
+    rng = random.Random(9)
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    other = open_datastore(f"lmdb:{tmp_path / 'o'}")
+    _put(ds, rng, 2000, b"a")
+    _put(other, rng, 300, b"z")
+    parent, child, stranger = (tmp_path / "p.tar.gz", tmp_path / "c.tar.gz",
+                               tmp_path / "q.tar.gz")
+    BackupManager(BackupConfig(chunk_size=4)).create_backup(ds, parent)
+    _put(ds, rng, 50, b"b")
+
+    def replace_it(_progress) -> None:
+        if not stranger.exists():
+            with pytest.raises(LockedError, match="is writing .*c.tar.gz with it as its parent"):
+                BackupManager(BackupConfig(chunk_size=4, overwrite=True)).create_backup(
+                    other, parent)
+            BackupManager(BackupConfig(chunk_size=4)).create_backup(other, stranger)
+            os.link(stranger, tmp_path / "q2.tar.gz")
+            os.rename(tmp_path / "q2.tar.gz", parent)
+
+    with pytest.raises(MissingParentError, match="was replaced by another archive"):
+        create_incremental(ds, child, parent, BackupConfig(chunk_size=4), progress=replace_it)
+    assert stranger.exists() and not child.exists()
+    ds.close()
+    other.close()
+
+
+def test_an_s3_parent_replaced_at_its_key_while_the_backup_runs_fails_it(tmp_path, s3):
+    """The same on S3: the parent object replaced at its key (another archive PUT there) while
+    the backup runs: one HEAD per archive of the chain compares ETag and size with the object
+    read; before, a HEAD saw only that an object was there. (--trust-parent: the parent's
+    members are not read again, a read which would see the new ETag too.)"""
+    from dsbackup.engine.incremental import create_incremental
+
+    rng = random.Random(10)
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    other = open_datastore(f"lmdb:{tmp_path / 'o'}")
+    _put(ds, rng, 2000, b"a")
+    _put(other, rng, 300, b"z")
+    local, stranger = tmp_path / "p.tar.gz", tmp_path / "q.tar.gz"
+    BackupManager(BackupConfig(chunk_size=4)).create_backup(ds, local)
+    BackupManager(BackupConfig(chunk_size=4)).create_backup(other, stranger)
+    s3.client.upload_file(str(local), s3.bucket, "n/p.tar.gz")
+    _put(ds, rng, 50, b"b")
+    done = []
+
+    def replace_it(_progress) -> None:
+        if not done:
+            s3.client.upload_file(str(stranger), s3.bucket, "n/p.tar.gz")
+            done.append(1)
+
+    child = tmp_path / "c.tar.gz"
+    with pytest.raises(MissingParentError, match="was replaced by another archive"):
+        create_incremental(ds, child, s3.url("n/p.tar.gz"),
+                           BackupConfig(chunk_size=4, trust_parent=True), progress=replace_it)
+    assert done and not child.exists()
+    ds.close()
+    other.close()

@@ -100,3 +100,38 @@ def test_schedule_retention_keeps_the_parent_of_a_backup_being_written(tmp_path)
     kept, result, _ = prune_catalog(list(archives), RetentionPolicy(keep_last=1),
                                     t0 + timedelta(days=3), timezone.utc)
     assert result.pruned_ids == {a.name} and not a.exists()
+
+
+def test_an_encrypted_leftover_keeps_older_archives_only_while_it_can_be_resumed(tmp_path):
+    """A killed encrypted backup's temp file (its manifest sealed: the parent cannot be read)
+    whose sealing state says its chunks were being written can be resumed: every archive
+    created before it was last written is kept (rule resumable). One killed while writing its
+    index ("finishing") cannot be resumed and keeps nothing."""
+    import os
+
+    from dsbackup.archive.crypto import KeyMaterial
+    from dsbackup.storage import resumestate
+    from tests.support.deadwriter import dead_writer_file
+
+    src = tmp_path / "s"
+    datasets.write_lmdb(str(src), ((b"/r/%05d" % i, b"v%d" % i) for i in range(1200)))
+    d = tmp_path / "backups"
+    d.mkdir()
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    mgr = BackupManager(BackupConfig(chunk_size=32))
+    a, b = d / "job_20260101_000000.tar.gz", d / "job_20260102_000000.tar.gz"
+    ma, mb = mgr.create_backup(f"lmdb:{src}", a), mgr.create_backup(f"lmdb:{src}", b)
+    enc = tmp_path / "enc.tar.gz"
+    BackupManager(BackupConfig(chunk_size=32, encryption=KeyMaterial(key=b"k" * 32))
+                  ).create_backup(f"lmdb:{src}", enc)
+    left = dead_writer_file(d / "other_20260103_000000.tar.gz", enc.read_bytes()[:4096],
+                            sealing=resumestate.WRITING)
+    archives = [_entry(a, ma, t0), _entry(b, mb, t0 + timedelta(days=1))]
+    policy, now = RetentionPolicy(keep_last=1), t0 + timedelta(days=3)
+    _, result, _ = prune_catalog(list(archives), policy, now, timezone.utc)
+    why = {x.id: x for x in result.kept}
+    assert why[a.name].rule == "resumable" and left.name in why[a.name].reason
+    assert result.pruned_ids == set() and a.exists()
+    os.setxattr(left, resumestate.SEALING_XATTR, resumestate.FINISHING)
+    _, result, _ = prune_catalog(list(archives), policy, now, timezone.utc)
+    assert result.pruned_ids == {a.name} and not a.exists()

@@ -86,3 +86,54 @@ def test_an_upload_in_progress_keeps_every_older_archive(s3, tmp_path):
     out = json.loads(r.stdout)
     assert [x["aborted"] for x in out["stale_uploads"]] == [True]
     assert out["deleted"] == [s3.url(f"node/{names[0]}")]
+
+
+def test_a_prefix_whose_uploads_cannot_be_listed_keeps_every_archive(s3, tmp_path):
+    """Without s3:ListBucketMultipartUploads (here: the listing answered 403), the running
+    uploads under the prefix cannot be seen, and any archive there may be the parent of one.
+    Before, prune warned and went on: the parent of a backup being uploaded was deleted. Now
+    every archive of the prefix is kept (rule maybe-parent, the reason naming the failure),
+    one warning line, exit 1 (`live_writes_error` in --json)."""
+    from s3server import FaultProxy, Rule
+
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(500))
+    d = tmp_path / "arch"
+    d.mkdir()
+    names = ["ipfs_20260101_000001.tar.gz", "ipfs_20260102_000001.tar.gz"]
+    for n in names:
+        r = cli(s3.env, "backup", f"lmdb:{src}", d / n)
+        assert r.returncode == 0, r.stderr
+        s3.client.upload_file(str(d / n), s3.bucket, f"node/{n}")
+    proxy = FaultProxy(("127.0.0.1", s3.server.port)).start()
+    proxy.rules = [Rule("GET", "?uploads", times=100, status=403)]  # (the bucket's name
+    env = dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint)                 # has "uploads" in it)
+    try:
+        r = cli(env, "prune", s3.url("node/"), "--keep-last", "1", "--json")
+    finally:
+        proxy.stop()
+    assert r.returncode == 1, r.stderr
+    out = json.loads(r.stdout)
+    assert out["deleted"] == [] and "HTTP 403" in out["live_writes_error"]
+    kept = {x["id"]: x for x in out["groups"]["ipfs"]}
+    assert kept[names[0]]["keep"] and kept[names[0]]["rule"] == "maybe-parent"
+    assert "cannot be listed" in kept[names[0]]["reason"]
+    assert "cannot see the backups being written there" in r.stderr
+    assert s3.objects("node/") == [f"node/{n}" for n in names]
+    # the user knows nothing is being uploaded there (e.g. an instance role, whose
+    # credentials our signed listing cannot use): --assume-no-uploads prunes as usual
+    proxy = FaultProxy(("127.0.0.1", s3.server.port)).start()
+    proxy.rules = [Rule("GET", "?uploads", times=100, status=403)]
+    env = dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint)
+    try:
+        r = cli(env, "prune", s3.url("node/"), "--keep-last", "1", "--dry-run",
+                "--assume-no-uploads", "--json")
+    finally:
+        proxy.stop()
+    out = json.loads(r.stdout)
+    assert "live_writes_error" not in out and "pruned as if none were" in r.stderr
+    assert {x["id"]: x["keep"] for x in out["groups"]["ipfs"]} == {names[0]: False,
+                                                                    names[1]: True}
+    # the listing answers again: the usual retention
+    r = cli(s3.env, "prune", s3.url("node/"), "--keep-last", "1", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["deleted"] == [s3.url(f"node/{names[0]}")]

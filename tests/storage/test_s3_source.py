@@ -236,3 +236,21 @@ def test_the_obstore_client_pins_the_etag_too(s3, monkeypatch):
         src.close()
     with pytest.raises(ArchiveUnavailable, match="closed while it was being read"):
         src.read(0, 100)
+
+
+def test_still_at_location_tells_the_object_opened_from_one_put_there_since(s3):
+    """The check before an incremental's rename (engine/incremental.py): one HEAD, the same
+    ETag and size as the object opened; another object PUT at the key, or none, is not it."""
+    from dsbackup.storage import as_location
+    from dsbackup.storage.s3 import S3Source
+
+    s3.client.put_object(Bucket=s3.bucket, Key="n/a", Body=b"x" * 100000)
+    src = S3Source(as_location(s3.url("n/a")))
+    try:
+        assert src.still_at_location()
+        s3.client.put_object(Bucket=s3.bucket, Key="n/a", Body=b"y" * 100000)  # same size
+        assert not src.still_at_location()
+        s3.client.delete_object(Bucket=s3.bucket, Key="n/a")
+        assert not src.still_at_location()
+    finally:
+        src.close()

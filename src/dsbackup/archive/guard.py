@@ -154,11 +154,22 @@ def check_new_archive(out: str | os.PathLike[str], *, overwrite: bool = False,
 
 def _refuse_if_depended_on(target: Any, parent_dirs: Iterable[Any]) -> None:
     """ArchiveExistsError when an archive beside `target` (its directory or S3 prefix) or in
-    `parent_dirs` names it as its parent."""
+    `parent_dirs` names it as its parent; LockedError when a running backup holds it
+    (dsbackup.storage.holds: it reads it as its parent)."""
     from dsbackup.archive.lineage import dependents, directory_archives, read_lineage
     from dsbackup.errors import ArchiveExistsError
     from dsbackup.storage import as_location
 
+    if isinstance(target, Path):  # a running incremental reads it as its parent
+        from dsbackup.errors import LockedError
+        from dsbackup.storage.holds import holds_in
+
+        for h in holds_in(target.parent):
+            if h.live and h.archive == target.name:
+                raise LockedError(
+                    f"{target}: not replaced, although --overwrite was given: a backup (PID "
+                    f"{h.pid}) is writing {h.child or 'an archive'} with it as its parent; "
+                    "wait for it to finish")
     pool = directory_archives(target.parent)
     for d in parent_dirs:
         pool += directory_archives(as_location(d))

@@ -21,6 +21,7 @@ import os
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from dsbackup.archive.chain import ParentRef, index_digest, parent_rank
@@ -124,20 +125,22 @@ def _temp_parent(path: Path) -> ParentRef | None:
 
 
 def in_progress(directories: Iterable[Path],
-                ) -> tuple[list[tuple[LiveWrite, ArchiveInfo]], list[LiveWrite]]:
+                ) -> tuple[list[tuple[LiveWrite, ArchiveInfo]], list[LiveWrite],
+                           list[tuple[Path, str]]]:
     """The archives being written in `directories` (:func:`dsbackup.storage.live_writes`):
     ([(write, info)] of those whose parent is known — info has the parent, no fingerprint, so
     it is nobody's parent —, [writes whose parent cannot be known]: an S3 upload, an encrypted
-    temp file, one whose manifest is not whole yet). A directory (prefix) whose listing fails
-    is warned about and skipped."""
+    temp file, one whose manifest is not whole yet, [(directory, error)] of the directories
+    (prefixes) whose listing failed: any archive there may be the parent of a backup being
+    written that cannot be seen (e.g. no s3:ListBucketMultipartUploads permission))."""
     known: list[tuple[LiveWrite, ArchiveInfo]] = []
     unknown: list[LiveWrite] = []
+    blind: list[tuple[Path, str]] = []
     for d in directories:
         try:
             writes = live_writes(d)
-        except DsBackupError as exc:
-            log.warning("%s: cannot see the backups being written there (%s); prune keeps "
-                        "no parent for them", d, exc)
+        except DsBackupError as exc:  # (the caller says what it does about it)
+            blind.append((d, str(exc)))
             continue
         for w in writes:
             if not isinstance(w.location, Path):
@@ -151,7 +154,62 @@ def in_progress(directories: Iterable[Path],
                 unknown.append(w)
                 continue
             known.append((w, ArchiveInfo(w.location, "", "", ref, False)))
-    return known, unknown
+    return known, unknown, blind
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A killed backup's temp file that `backup --resume` can continue (docs/CLI.md `prune`):
+    `path`, the temp file; `final`, the archive's name; `written`, when it was last written
+    (its parent was created before)."""
+
+    path: Path
+    final: str
+    written: datetime
+
+
+def resumable_leftovers(directories: Iterable[Path],
+                        ) -> tuple[list[tuple[Leftover, ArchiveInfo]], list[Leftover]]:
+    """The dead writers' temp files in `directories` that an incremental `backup --resume`
+    can continue: ([(leftover, info)] of those whose manifest names a parent, [encrypted ones
+    whose sealing state says they are resumable]: their parent cannot be read). A full
+    backup's leftover, and one that cannot be resumed (no whole manifest; an encrypted one
+    killed while writing its index, or without a sealing state), are in neither."""
+    from dsbackup.archive.resume import is_encrypted
+    from dsbackup.storage import resumestate
+    from dsbackup.storage.tempfiles import stale_temp_files
+
+    known: list[tuple[Leftover, ArchiveInfo]] = []
+    sealed: list[Leftover] = []
+    for d in directories:
+        if not isinstance(d, Path):
+            continue  # S3: a backup there cannot be resumed
+        for tmp in stale_temp_files(d):
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                left = Leftover(tmp, tmp.name[1:].rsplit(".tmp-", 1)[0],
+                                datetime.fromtimestamp(st.st_mtime, timezone.utc))
+                if is_encrypted(fd):
+                    if resumestate.sealing(fd) == resumestate.WRITING:
+                        sealed.append(left)
+                    continue
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            try:
+                ref = _temp_parent(tmp)
+            except (OSError, ValueError, TypeError, ArchiveError):
+                continue  # no whole manifest: nothing to resume
+            if ref is not None:
+                known.append((left, ArchiveInfo(tmp, "", "", ref, False)))
+    return known, sealed
 
 
 def directory_archives(directory: Path) -> list[Path]:

@@ -251,6 +251,12 @@ class ArchiveReader:
         identity = getattr(self._src, "identity", None)
         return identity() if identity is not None else None
 
+    def still_at_its_path(self) -> bool | None:
+        """Whether the archive's location still holds the archive this reader opened (the
+        source's ``still_at_location``); None where that cannot be told (standard input)."""
+        check = getattr(self._src, "still_at_location", None)
+        return check() if check is not None else None
+
     def pread_once(self, offset: int, length: int) -> bytes:
         """A member read once, apart from what the readers read next (the key header, the
         manifest, the node member, an index page): an S3 archive fetches just its bytes

@@ -62,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", type=Path, default=None,
                    help="scheduler state directory: its verified flags protect the newest "
                         "verified archive")
+    p.add_argument("--assume-no-uploads", action="store_true",
+                   help="s3:// only: when the prefix's unfinished uploads cannot be listed (no "
+                        "s3:ListBucketMultipartUploads, an instance role), prune as if no "
+                        "backup were being uploaded there (default: keep every archive)")
     p.add_argument("--dry-run", "-n", action="store_true", help="delete nothing")
     add_json_flag(p)
 
@@ -119,7 +123,11 @@ def run(args: argparse.Namespace) -> int:
                               "skipped": skipped, "deleted": [], "errors": []}
     # every ancestor of a kept archive stays, whatever its name (one code path with the
     # scheduler: dsbackup.scheduler.pruning)
-    results = plan_retention(groups, directory_archives(args.directory), policy, now, tz)
+    unseen: list[str] = []  # a prefix whose uploads cannot be listed: all of it is kept
+    results = plan_retention(groups, directory_archives(args.directory), policy, now, tz,
+                             unseen=unseen, assume_no_uploads=args.assume_no_uploads)
+    if unseen:
+        report["live_writes_error"] = "; ".join(unseen)
     for name, result in sorted(results.items()):
         report["groups"][name] = [d.to_json() for d in result.decisions()]
         for d in result.decisions():
@@ -155,4 +163,5 @@ def run(args: argparse.Namespace) -> int:
               + json.dumps([s["path"] for s in skipped]), file=sys.stderr)
     if report["errors"]:
         return 2
-    return EXIT_WARNING if skipped or stale_failed or (args.name and not found) else EXIT_OK
+    return (EXIT_WARNING if skipped or stale_failed or unseen or (args.name and not found)
+            else EXIT_OK)

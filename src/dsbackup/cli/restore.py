@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsbackup import BackupConfig, restore_archive
+from dsbackup import restore_archive
 from dsbackup.cli._common import (
     add_json_flag,
     add_parent_dir_option,
@@ -18,6 +18,7 @@ from dsbackup.cli._common import (
 )
 from dsbackup.cli._keys import add_key_options
 from dsbackup.errors import EXIT_WARNING, TargetNotEmpty
+from dsbackup.workers import effective_workers
 
 COMMAND = "restore"
 # done and durable when run() returns: the process ends without the interpreter's teardown
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     # restore_archive itself, not BackupManager: the backup engine's imports (the pipeline,
     # multiprocessing, the writer) would cost a small restore a large share of its time; the
     # key is already in place (cli/main.py: _run_with_key)
-    workers = BackupConfig(workers=args.workers).effective_workers
+    workers = effective_workers(args.workers)
     try:
         with cancel_on_signals() as cancel, progress_bar(not args.json, "restore") as bar:
             res = restore_archive(args.archive, args.target, workers=workers, mode=mode,

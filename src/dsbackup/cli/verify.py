@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsbackup import BackupConfig, VerifyReport, verify_archive
+from dsbackup import VerifyReport, verify_archive
 from dsbackup.cli._common import (
     add_json_flag,
     add_parent_dir_option,
@@ -17,6 +17,7 @@ from dsbackup.cli._common import (
 )
 from dsbackup.cli._keys import add_key_options
 from dsbackup.errors import EXIT_ERROR, EXIT_INTEGRITY
+from dsbackup.workers import effective_workers
 
 COMMAND = "verify"
 # done and durable when run() returns: the process ends without the interpreter's teardown
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         # verify_archive itself, not BackupManager: see cli/restore.py (start-up)
         report = verify_archive(args.archive, deep=not args.quick, sample=args.sample,
-                                threads=BackupConfig(workers=args.workers).effective_workers,
+                                threads=effective_workers(args.workers),
                                 parent_dirs=args.parent_dir, check_blocks=args.check_blocks)
     if args.json:
         emit_json(COMMAND, {**report.to_json(), "format": "go" if go else "dsbackup"})

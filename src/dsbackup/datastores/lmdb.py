@@ -28,6 +28,7 @@ from pathlib import Path
 
 import lmdb as _lmdb
 
+from dsbackup.datastores import lmdbclaims
 from dsbackup.datastores.base import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_RECORDS,
@@ -41,45 +42,13 @@ __all__ = ["LmdbDatastore", "claim", "is_open", "open_lmdb", "INITIAL_MAP_SIZE"]
 INITIAL_MAP_SIZE = 64 << 20
 _MAX_GROWTHS = 40
 
-_registry_lock = threading.Lock()
-_open_envs: dict[str, weakref.ref[LmdbDatastore]] = {}
-
-
-def _env_id(path: str | os.PathLike[str]) -> str:
-    return os.path.realpath(os.fspath(path))
-
-
-_claims: dict[str, str] = {}  # env id -> owner, for environments opened by other code
-
-
-def is_open(path: str | os.PathLike[str]) -> bool:
-    """True when this process holds the LMDB environment at ``path`` open, through this
-    backend (py-lmdb) or through a :func:`claim` (e.g. the native scanner's liblmdb)."""
-    env_id = _env_id(path)
-    with _registry_lock:
-        ref = _open_envs.get(env_id)
-        return env_id in _claims or (ref is not None and ref() is not None)
-
-
-@contextlib.contextmanager
-def claim(path: str | os.PathLike[str], owner: str) -> Iterator[None]:
-    """Mark ``path`` as open in this process by ``owner`` (code with its own liblmdb) for
-    the duration of the block; opening it here meanwhile raises :class:`DatastoreError`,
-    and claiming a path that is already open raises too."""
-    env_id = _env_id(path)
-    with _registry_lock:
-        ref = _open_envs.get(env_id)
-        if env_id in _claims or (ref is not None and ref() is not None):
-            holder = _claims.get(env_id, "dsbackup.datastores.lmdb")
-            raise DatastoreError(f"LMDB environment {path} is already open in this process "
-                                 f"(by {holder}); LMDB environments may be opened once per "
-                                 "process")
-        _claims[env_id] = owner
-    try:
-        yield
-    finally:
-        with _registry_lock:
-            _claims.pop(env_id, None)
+# the registry of open environments, shared with the native LMDB code (lmdbclaims.py)
+_registry_lock = lmdbclaims.registry_lock
+_open_envs = lmdbclaims.open_envs
+_claims = lmdbclaims.claims
+_env_id = lmdbclaims.env_id
+is_open = lmdbclaims.is_open
+claim = lmdbclaims.claim
 
 
 def _after_fork_in_child() -> None:

@@ -11,13 +11,12 @@ from dsbackup import codec as codecs
 from dsbackup._ext.compress import ENGINES
 from dsbackup.errors import ConfigError
 from dsbackup.patterns import key_matcher
+from dsbackup.workers import MAX_WORKERS, check_workers
 
 DEFAULT_CHUNK_MAX_BYTES = 2 << 20
 # records per chunk at most (`--chunk-size`): a chunk is bounded by chunk_max_bytes anyway, and
 # the planner holds the mean in a C unsigned long
 MAX_CHUNK_SIZE = 1 << 32
-# workers: a scan process (or thread) each; --workers 99999999 forked until 'Too many open files'
-MAX_WORKERS = 256
 # With chunk_size=None ("auto") the mean chunk aims at this many payload bytes. Since
 # incompressible segments are stored apart (docs/COMPRESSION.md), 1 MiB chunks compress as
 # small as 256 KiB ones, and a quarter as many chunks cost a quarter of the per-chunk work of
@@ -127,10 +126,7 @@ class BackupConfig:
                                          or not 0 < self.timeout < threading.TIMEOUT_MAX):
             raise ConfigError(f"timeout must be a positive number of seconds, got "
                               f"{self.timeout!r}")  # nan, inf: a timer cannot wait that long
-        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(
-                self.workers, int) or not 1 <= self.workers <= MAX_WORKERS):
-            raise ConfigError(f"workers must be a positive integer (1 to {MAX_WORKERS}), got "
-                              f"{self.workers!r}")
+        check_workers(self.workers)
         # skip_foreign = "no" (a config file) was truthy: foreign files skipped, not refused
         for name in ("verify_integrity", "include_metadata", "trust_content_keys", "overwrite",
                      "skip_foreign", "datastore_only", "resume", "trust_parent"):

@@ -47,6 +47,7 @@ from dsbackup.metadata import BackupMetadata
 from dsbackup.pipeline.central import ChunkSettings
 from dsbackup.pipeline.sources import DatastoreSource, LmdbSource, Plan
 from dsbackup.storage import as_location, display, exists, identity, relative_hint
+from dsbackup.storage.holds import hold_chain
 
 log = logging.getLogger(__name__)
 
@@ -256,17 +257,27 @@ def _check_before_commit(tmp: Path, parent: ArchiveReader, cfg: BackupConfig) ->
 
 
 def _parents_still_there(tmp: Path, parent: ArchiveReader) -> None:
-    """MissingParentError when an archive of the parent chain was deleted while this backup
-    read it from its open file: a prune running beside the backup before its temp file (which
-    prune sees, docs/CLI.md `prune`) existed. The new archive would lack its parent; nothing
-    is stored. (One stat, or a HEAD on S3, per archive of the chain.)"""
+    """MissingParentError when an archive of the parent chain is no longer at its location
+    as the archive this backup read from its open file: deleted (a prune the backup's holds
+    did not reach), or replaced by another archive at the same name (`backup --overwrite`,
+    `consolidate --overwrite`, a rename) whose chunks are not the ones referenced. The new
+    archive would lack its parent; nothing is stored. Identity, not existence: a file's inode
+    and size, an object's ETag and size (one stat, or one HEAD on S3, per archive)."""
     upper = parent.open_parents()
     for lv in [parent] + (upper.levels if upper else []):
+        same = lv.still_at_its_path()
+        if same is None:  # no location to look at again
+            loc = as_location(lv.path)
+            same = os.path.exists(loc) if isinstance(loc, Path) else exists(loc)
+        if same:
+            continue
         loc = as_location(lv.path)  # a local symlink is followed: a dangling one is gone
-        if not (os.path.exists(loc) if isinstance(loc, Path) else exists(loc)):
-            raise MissingParentError(f"{display(tmp)}: the parent archive {display(lv.path)} "
-                                     "was deleted while this backup ran (by a prune?); nothing "
-                                     "was stored: run the backup again")
+        gone = not (os.path.exists(loc) if isinstance(loc, Path) else exists(loc))
+        what = ("was deleted while this backup ran (by a prune?)" if gone else
+                "was replaced by another archive while this backup ran (--overwrite, or a "
+                "rename), so the chunks this backup refers to are no longer there")
+        raise MissingParentError(f"{display(tmp)}: the parent archive {display(lv.path)} "
+                                 f"{what}; nothing was stored: run the backup again")
 
 
 def _check_referenced(r: ArchiveReader, levels: list[ArchiveReader], tmp: Path) -> None:
@@ -315,8 +326,13 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
     cancel = cancel or threading.Event()
     preader = ArchiveReader(parent, parent_dirs=parent_dirs)
     owned = None
+    holds = None
     try:
         chain = preader.open_parents()  # every ancestor must be there before we rely on it
+        # held against a prune of their directories while this backup runs (storage/holds.py)
+        holds = hold_chain([as_location(p) for p in
+                            [preader.path] + (chain.paths if chain else [])],
+                           as_location(path))
         if chain is not None and cfg.include_metadata and preader.index.catalog_count:
             chain.require_catalogs()  # referenced catalogs must exist all the way down
         target = identity(path)
@@ -357,6 +373,8 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
         preader.close()
         if owned is not None:
             owned.close()
+        if holds is not None:
+            holds.release()
 
 
 def _open_uri(uri: str) -> _Where:

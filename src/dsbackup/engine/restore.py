@@ -54,12 +54,16 @@ MODES = ("empty", "overwrite", "skip_existing")
 DEFAULT_BATCH_BYTES = 64 << 20
 # the native LMDB writer's transactions: small, so the first is written while the pool still
 # inflates and LMDB's dirty pages (malloc'd, pwritten at commit) are reused, not faulted in
-NATIVE_BATCH_BYTES = 8 << 20
+NATIVE_BATCH_BYTES = 4 << 20
+# payload bytes the pool may hold ahead of the batch being written, in batches: with one, the
+# pool stopped whenever it was a batch ahead and one core idled while the batch was written
+# (docs/PERFORMANCE.md, "Restore and deep verify at quarter scale, fresh profile")
+NATIVE_BATCHES_AHEAD = 3
 # The journal records progress only after a sync of the target, and a sync waits for the disk:
 # batches are written every DEFAULT_BATCH_BYTES, synced and journaled at most this often (for
 # LMDB targets in a thread while the restore goes on: restore_journal.JournalSync).
 JOURNAL_INTERVAL_S = 1.0
-# the payload ring's room beyond 2 x batch_bytes, for the chunk that crosses a batch's end,
+# the payload ring's room beyond the payloads ahead and the batch, for the chunk that crosses a batch's end,
 # the one held back by the budget, tar headers and padding, and the end of the ring a region
 # does not fit into. Tight on purpose: its pages are all resident once it has gone round; a
 # region that does not fit gets a mapping of its own (5 of 2,320 chunks of 256 KiB blocks)
@@ -247,7 +251,8 @@ def restore_archive(
     pattern: globs as in exclude_patterns). An incremental archive needs its parent chain
     (beside it or in `parent_dirs`); a missing parent fails before the target is touched.
     batch_bytes: payload bytes per write (default NATIVE_BATCH_BYTES for the native LMDB
-    writer, else DEFAULT_BATCH_BYTES).
+    writer, which holds at most (NATIVE_BATCHES_AHEAD + 1) × batch_bytes of payloads, else
+    DEFAULT_BATCH_BYTES).
     """
     if mode not in MODES:
         raise ConfigError(f"restore mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -481,8 +486,9 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: ra
     payloads: list[memoryview] = []
     chunk_ids: list[int] = []
     # the payloads in flight and in the batch being written, decoded into one mapping
-    # reused from start to end (archive.buffers): at most 2 x batch_bytes and a chunk or two
-    ring = PayloadRing(2 * batch_bytes + RING_SLACK)
+    # reused from start to end (archive.buffers): at most (NATIVE_BATCHES_AHEAD + 1) x
+    # batch_bytes and a chunk or two
+    ring = PayloadRing((NATIVE_BATCHES_AHEAD + 1) * batch_bytes + RING_SLACK)
     token: int | None = None  # the ring token of the batch's last payload
     acc_bytes = acc_records = 0
     last_chunk = first_chunk - 1
@@ -553,16 +559,18 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: ra
                 journaled = time.monotonic()
         payloads, chunk_ids, acc_bytes, acc_records = [], [], 0, 0
 
-    # in flight: at most one batch of payload bytes, so the pool keeps inflating while the
-    # previous batch is written. Memory: at most 2 × batch_bytes of payloads (or a chunk
-    # larger than that), whatever the chunk sizes: bounded by bytes, not by a chunk count
-    # from the average size, under which a longer run meets a larger run of large chunks
-    # and the peak grew with the archive (docs/PERFORMANCE.md, "Memory flat in store size")
+    # in flight: at most NATIVE_BATCHES_AHEAD batches of payload bytes, so the pool keeps
+    # inflating while a batch is written. Memory: at most (NATIVE_BATCHES_AHEAD + 1) ×
+    # batch_bytes of payloads (or a chunk larger than that), whatever the chunk sizes: bounded
+    # by bytes, not by a chunk count from the average size, under which a longer run meets a
+    # larger run of large chunks and the peak grew with the archive (docs/PERFORMANCE.md,
+    # "Memory flat in store size")
+    ahead = NATIVE_BATCHES_AHEAD * batch_bytes
     avg = max(1, int(reader.summary.get("raw_bytes") or 0) // max(1, reader.chunk_count))
-    window = min(256, max(1, 2 * batch_bytes // avg))
+    window = min(256, max(1, 2 * ahead // avg))
     try:
         for i, payload, taken in _checked_payloads(reader, selected, max(1, workers), cancel,
-                                                   window, batch_bytes, ring):
+                                                   window, ahead, ring):
             e = reader.entry(i)
             if payloads and acc_bytes + e.payload_len > batch_bytes:
                 flush()  # a batch holds at most batch_bytes (or one larger chunk)

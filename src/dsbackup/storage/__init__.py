@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsbackup.errors import ConfigError, DsBackupError
 from dsbackup.storage.base import Sink, Source
@@ -25,6 +24,9 @@ from dsbackup.storage.location import (
     is_stream,
     relative_hint,
 )
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 # S3's settings (configparser, ipaddress, the AWS files) load when first asked for: a local
 # archive's verify or restore never needs them (start-up, docs/PERFORMANCE.md)
@@ -114,7 +116,9 @@ def list_archives(directory: AnyLocation) -> list[Path] | list[S3Location]:
     return local_list(Path(loc))
 
 
-_S3_CLOCK_MARGIN = timedelta(hours=1)
+# the S3 server's clock against the backup hosts' (live_writes); datetime is imported there:
+# the reading commands do without it (start-up)
+_S3_CLOCK_MARGIN_S = 3600
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,8 @@ def live_writes(directory: AnyLocation) -> list[LiveWrite]:
     live_uploads`): prune keeps their parents. ArchiveError/ConfigError when an S3 listing
     fails. An archive on S3 smaller than one part is not seen: it is held in memory until one
     PUT (docs/CLI.md `prune`)."""
+    from datetime import datetime, timedelta, timezone
+
     loc = as_location(directory)
     if isinstance(loc, S3Location):
         from dsbackup.storage.s3stale import live_uploads
@@ -143,7 +149,8 @@ def live_writes(directory: AnyLocation) -> list[LiveWrite]:
         # its last activity (the newest part, else the initiation: some servers report odd
         # initiation times), later than its start, plus a margin: the server's clock, in whole
         # seconds, against the archives' creation times on the backup hosts' clocks
-        return [LiveWrite(u.location, u.location.name, u.last_activity + _S3_CLOCK_MARGIN,
+        margin = timedelta(seconds=_S3_CLOCK_MARGIN_S)
+        return [LiveWrite(u.location, u.location.name, u.last_activity + margin,
                           f"multipart upload {u.upload_id[:16]}")
                 for u in live_uploads(S3Location(loc.bucket, loc.prefix))]
     if loc == STREAM:

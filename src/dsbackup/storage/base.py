@@ -35,7 +35,9 @@ class Source(Protocol):
     # reads as well without): ``plan(ranges)``, the (offset, length) of the members about
     # to be read, in order, an iterable pulled as the source fetches ahead; and
     # ``read_once(offset, length)``, a read apart from the rest (the manifest, an index
-    # page) worth a request of its own rather than a block (docs/STORAGE.md "Reading").
+    # page) worth a request of its own rather than a block (docs/STORAGE.md "Reading");
+    # ``still_at_location()``, whether the location still holds the archive this source
+    # opened (a file: the same inode and size; an object: the same ETag and size, one HEAD).
 
 
 class Sink(Protocol):

@@ -281,6 +281,16 @@ class LocalSource:
         st = os.fstat(self._fd)
         return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
+    def still_at_location(self) -> bool:
+        """Whether the path (a symlink followed) still names the file opened, at the size it
+        had then: False once it was deleted, or another file was renamed or linked there."""
+        try:
+            now = os.stat(self.location)
+        except OSError:
+            return False
+        st = os.fstat(self._fd)
+        return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino) and st.st_size == self.size
+
     def read(self, offset: int, length: int) -> bytes:
         data = os.pread(self._fd, length, offset)
         if len(data) != length:

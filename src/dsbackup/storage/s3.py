@@ -367,6 +367,12 @@ class _Block:
         self.cached = True
 
 
+def _bare_etag(etag: str) -> str:
+    """An ETag without its quotes or weak mark (servers and clients differ in which they
+    keep)."""
+    return etag.removeprefix("W/").strip('"')
+
+
 class S3Source:
     """Random access to an object: the open is one suffix GET (size, tail and the ETag every
     later GET must match); later reads go through a block cache with read-ahead, so a
@@ -413,6 +419,14 @@ class S3Source:
         self._max_block = -2
         self._fetches = 0  # blocks fetched (a block fetched twice: the cache was too small)
         self._plan: SparsePlan | None = None
+
+    def still_at_location(self) -> bool:
+        """Whether the key still holds the object opened (one HEAD): the same size and, where
+        the open saw one, the same ETag; False once it was deleted or replaced."""
+        meta = head(self.location)
+        if meta is None or int(meta.get("size", -1)) != self.size:
+            return False
+        return not self._etag or _bare_etag(meta.get("e_tag") or "") == _bare_etag(self._etag)
 
     def plan(self, ranges: Iterable[tuple[int, int]]) -> None:
         """The (offset, length) of the members about to be read, in order (pulled lazily):

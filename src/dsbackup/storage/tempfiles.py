@@ -146,6 +146,13 @@ def live_temp_files(directory: Path) -> list[tuple[int, Path]]:
     return out
 
 
+def held_by_someone(path: Path) -> bool:
+    """Whether some process holds the `flock` of the regular file `path` (another user's
+    file, which this process may not open: per /proc/locks). A hold (dsbackup.storage.holds)
+    is judged so."""
+    return _held(path, 0, by_pid=False)
+
+
 def _held(path: Path, pid: int, *, by_pid: bool = True) -> bool:
     """Whether the temp file `path`, named with `pid`, is being written: `pid` exists (unless
     not `by_pid`) and someone holds the file's lock (a new open file description cannot take
