@@ -141,29 +141,67 @@ def inflate_raw(const unsigned char[::1] buf, size_t max_output, expected_output
     return out, consumed
 
 
-def inflate_raw_into(const unsigned char[::1] buf, unsigned char[::1] out) -> tuple:
+cdef class _Inflater:
+    """A thread's reused inflate state (see inflate_raw_into): one allocation per thread, not
+    one per call."""
+
+    cdef inflate_state *st
+
+    def __cinit__(self):
+        self.st = _new_inflate_state()
+        if self.st == NULL:
+            raise MemoryError("inflate_raw_into: cannot allocate inflate state")
+
+    def __dealloc__(self):
+        free(self.st)
+
+    def __reduce__(self):
+        raise TypeError("inflate state cannot be pickled")
+
+
+def inflate_raw_into(const unsigned char[::1] buf, unsigned char[::1] out,
+                     expected_output=None) -> tuple:
     """Inflate one raw deflate stream at ``buf[0]`` into ``out``; return ``(written, consumed)``.
 
     Raises MemberError if the stream would produce more than ``len(out)`` bytes, or is
-    truncated or invalid.
+    truncated or invalid. With ``expected_output`` (at most ``len(out)``), a stream of another
+    length is an error too, with inflate_raw's messages: a caller inflating into a reused
+    buffer checks exactly what inflate_raw checks. The inflate state is the calling thread's,
+    reused.
     """
     cdef size_t in_len = buf.shape[0], in_pos = 0, out_pos = 0, cap = out.shape[0]
+    cdef size_t expected = 0
     cdef const unsigned char *inp = &buf[0] if in_len else NULL
     cdef unsigned char dummy[1]
     cdef unsigned char *op = &out[0] if cap else dummy
-    cdef inflate_state *st = _new_inflate_state()
+    cdef _Inflater holder
+    cdef inflate_state *st
     cdef int r
-    if st == NULL:
-        raise MemoryError("inflate_raw_into: cannot allocate inflate state")
-    try:
-        with nogil:
-            r = _inflate_run(st, inp, in_len, &in_pos, op, cap, &out_pos)
-            if r == INF_FULL:
-                r = _probe_more(st, inp, in_len, &in_pos)
-        if r == -200:
-            raise MemberError(f"deflate stream inflates to more than the {cap}-byte buffer")
-        if r != INF_DONE:
-            raise _inflate_error(r, in_pos, in_len, out_pos)
-        return out_pos, _consumed(st, in_pos)
-    finally:
-        free(st)
+    cdef bint has_expected = expected_output is not None
+    if has_expected:
+        expected = expected_output
+        if expected > cap:
+            raise MemberError(f"declared size {expected} exceeds the {cap}-byte buffer")
+        cap = expected
+    holder = getattr(_tls, "inflater", None)
+    if holder is None:
+        holder = _Inflater()
+        _tls.inflater = holder
+    st = holder.st
+    isal_inflate_init(st)
+    st.crc_flag = ISAL_DEFLATE
+    st.hist_bits = 0
+    with nogil:
+        r = _inflate_run(st, inp, in_len, &in_pos, op, cap, &out_pos)
+        if r == INF_FULL:
+            r = _probe_more(st, inp, in_len, &in_pos)
+    if r == -200:
+        if has_expected:
+            raise MemberError(f"deflate stream inflates to more than the declared "
+                              f"{expected} bytes")
+        raise MemberError(f"deflate stream inflates to more than the {cap}-byte buffer")
+    if r != INF_DONE:
+        raise _inflate_error(r, in_pos, in_len, out_pos)
+    if has_expected and out_pos != expected:
+        raise MemberError(f"deflate stream inflates to {out_pos} bytes, declared {expected}")
+    return out_pos, _consumed(st, in_pos)

@@ -234,13 +234,15 @@ _ZD_TEXT = {ZD_EBLOCK: "invalid or truncated stored block",
 
 
 def zstd_decode(const unsigned char[::1] buf, uint64_t frame_len, uint64_t content_len,
-                bint stored, uint32_t crc=0) -> tuple:
+                bint stored, uint32_t crc=0, out=None) -> tuple:
     """Decode the one zstd frame of a chunk (docs/FORMAT.md §11.6) into exactly
     ``content_len`` bytes: ``buf`` is the bare frame, or (``stored``) the member's stored
     blocks after the tar header's, read in place. Returns ``(payload, crc, xxh3)``: the CRC-32
     continued from ``crc`` over the blocks' data (frame || padding) and the frame's XXH3-64.
     The frame header is checked before anything is allocated: one frame, content size
-    present and equal to ``content_len``, no dictionary. MemberError on any failure."""
+    present and equal to ``content_len``, no dictionary. MemberError on any failure.
+    ``out``: a writable buffer of ``content_len`` bytes or more to decode into (a reused
+    one); the payload returned is then a view of its first ``content_len`` bytes."""
     cdef size_t n = buf.shape[0], avail, zerr = 0, blk
     cdef const unsigned char *p = &buf[0] if n else NULL
     cdef const unsigned char *first
@@ -252,6 +254,7 @@ def zstd_decode(const unsigned char[::1] buf, uint64_t frame_len, uint64_t conte
     cdef XXH3_state_t *xs
     cdef uint64_t digest
     cdef uint32_t c = crc
+    cdef unsigned char[::1] dst
     if stored:
         if n < 5:
             raise MemberError("zstd chunk: no stored block")
@@ -277,8 +280,16 @@ def zstd_decode(const unsigned char[::1] buf, uint64_t frame_len, uint64_t conte
         raise MemberError("zstd chunk: the frame needs a dictionary")
     while wl < 31 and (<uint64_t>1 << wl) < content_len:
         wl += 1
-    out = PyBytes_FromStringAndSize(NULL, content_len)
-    ob.dst = PyBytes_AS_STRING(out)
+    if out is None:
+        out = PyBytes_FromStringAndSize(NULL, content_len)
+        ob.dst = PyBytes_AS_STRING(out)
+    else:
+        dst = out
+        if <uint64_t>dst.shape[0] < content_len:
+            raise MemberError(f"zstd chunk: {content_len} bytes of content do not fit the "
+                              f"{dst.shape[0]}-byte buffer")
+        out = memoryview(out)[:content_len]
+        ob.dst = &dst[0] if content_len else NULL
     ob.size = content_len
     ob.pos = 0
     holder = getattr(_tls, "dctx", None)

@@ -401,3 +401,30 @@ def test_fixed_width_key_order_check_agrees_with_the_padded_one():
                 break
             prev = last
         assert fixed == expect, (pairs, fixed, expect)
+
+
+def test_sequential_readers_hold_two_decoded_pages(tmp_path, make_archive, monkeypatch):
+    """Deep verify (2 threads) and ls go through the chunks in order: at most 2 decoded pages
+    at a time (the one being loaded counted), whatever the page count, so their memory does
+    not grow with the archive (before: 4 cached and one loading)."""
+    from dsbackup.archive import pagedindex
+
+    paged = make_archive(tmp_path / "paged.tar.gz", RECORDS, page_entries=PE)
+    held: list[int] = []
+    loads: list[int] = []
+    real = pagedindex.PagedIndex._load
+
+    def load(self, p):
+        loads.append(p)
+        held.append(len(self._cache) + len(self._loading))
+        return real(self, p)
+
+    monkeypatch.setattr(pagedindex.PagedIndex, "_load", load)
+    assert verify_archive(paged.path, threads=2).ok
+    with ArchiveReader(paged.path) as r:
+        pages = r.index.page_count
+        assert pages >= 3
+        assert max(held) <= 2 and sorted(set(loads)) == list(range(pages))
+        held.clear()
+        assert len(list(iter_listing(r))) == len(RECORDS)
+    assert max(held) <= 2

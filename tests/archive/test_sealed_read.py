@@ -154,9 +154,9 @@ def test_bit_flips_name_the_chunk_and_never_reach_the_inflate(tmp_path, monkeypa
     inflated: list[int] = []
     real = reader_mod.inflate_sealed_body
 
-    def spy(plain, length, xxh3, where, *, chunk=None, part=None):
+    def spy(plain, length, xxh3, where, *, chunk=None, part=None, into=None):
         inflated.append(chunk)
-        return real(plain, length, xxh3, where, chunk=chunk, part=part)
+        return real(plain, length, xxh3, where, chunk=chunk, part=part, into=into)
 
     monkeypatch.setattr(reader_mod, "inflate_sealed_body", spy)
     with ArchiveReader(path, key=crypto.KeyMaterial(key=DK)) as r:
@@ -210,17 +210,17 @@ def test_restore_writes_nothing_of_a_chunk_whose_tag_fails(tmp_path, monkeypatch
         e = r.entry(bad_chunk)
         first, last = e.first_key, e.last_key
         assert first > records[0][0]
-    real = ArchiveReader.read_member
+    real = ArchiveReader._member_in_buffer  # what read_chunk reads a member with
 
     def damaged(self, i):
         raw = real(self, i)
         if i != bad_chunk:
             return raw
         buf = bytearray(raw)
-        buf[fmt.parse_member_head(raw, "t").deflate_offset + 600] ^= 0x40  # ciphertext
+        buf[fmt.parse_member_head(bytes(raw), "t").deflate_offset + 600] ^= 0x40  # ciphertext
         return with_crc(buf)
 
-    monkeypatch.setattr(ArchiveReader, "read_member", damaged)
+    monkeypatch.setattr(ArchiveReader, "_member_in_buffer", damaged)
     target = tmp_path / "dst"
     for uri in (f"lmdb:{target}", f"sqlite:{tmp_path / 'dst.sqlite'}"):
         with crypto.using_key(material), pytest.raises(IntegrityError) as exc:
@@ -300,9 +300,9 @@ def test_restore_path_leaves_the_ciphertext_crc_to_the_member_xxh3(tmp_path, mon
     inflated: list[int] = []
     real = reader_mod.inflate_sealed_body
 
-    def spy(plain, length, xxh3, where, *, chunk=None, part=None):
+    def spy(plain, length, xxh3, where, *, chunk=None, part=None, into=None):
         inflated.append(chunk)
-        return real(plain, length, xxh3, where, chunk=chunk, part=part)
+        return real(plain, length, xxh3, where, chunk=chunk, part=part, into=into)
 
     monkeypatch.setattr(reader_mod, "inflate_sealed_body", spy)
     i = 1

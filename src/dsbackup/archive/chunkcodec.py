@@ -15,6 +15,7 @@ from dsbackup._ext.compress import (
     zstd_decode,
 )
 from dsbackup.archive import format as fmt
+from dsbackup.archive.buffers import Taker
 from dsbackup.archive.member import _check_head, check_tar_header, sealed_layout_length
 from dsbackup.errors import IntegrityError
 
@@ -24,11 +25,12 @@ ZSTD_MAX_RATIO = 32768
 
 
 def decode_zstd_chunk(reader: Any, i: int, raw: bytes | memoryview, entry: Any,
-                      where: str, gzip_crc: bool = True) -> memoryview:
+                      where: str, gzip_crc: bool = True, into: Taker | None = None
+                      ) -> memoryview:
     """The payload of chunk `i` (index entry `entry`) of `reader`'s zstd archive from its
-    member bytes `raw` (already checked against the index's member XXH3; ``gzip_crc``: as
-    ``ArchiveReader.decode_chunk_member``'s, for an encrypted member): every check of
-    §2/§11.6, IntegrityError naming the chunk on any failure."""
+    member bytes `raw` (already checked against the index's member XXH3; ``gzip_crc`` and
+    ``into``: as ``ArchiveReader.decode_chunk_member``'s): every check of §2/§11.6,
+    IntegrityError naming the chunk on any failure."""
     def fail(msg: str) -> IntegrityError:
         return IntegrityError(f"{where}: {msg}", chunk=i)
 
@@ -36,7 +38,7 @@ def decode_zstd_chunk(reader: Any, i: int, raw: bytes | memoryview, entry: Any,
     if reader.cipher is not None:  # §11.4 with bit 2: the sealed plaintext is the frame
         plain = reader.sealed_plaintext(fmt.TYPE_CHUNK, i, raw, where, name, entry.epoch,
                                         gzip_crc=gzip_crc)
-        payload, _crc, _x = _decode(plain, len(plain), entry, False, 0, fail)
+        payload, _crc, _x = _decode(plain, len(plain), entry, False, 0, fail, into)
         return _checked(payload, entry, fail)
     mv = memoryview(raw)
     try:
@@ -57,7 +59,7 @@ def decode_zstd_chunk(reader: Any, i: int, raw: bytes | memoryview, entry: Any,
     header = mv[off + 5:off + 5 + fmt.TAR_BLOCK]
     check_tar_header(header, sub, name, fail)
     payload, crc, frame_xxh3 = _decode(mv[off + 5 + fmt.TAR_BLOCK:end], sub.data_len, entry,
-                                       True, crc32(header), fail)
+                                       True, crc32(header), fail, into)
     want_crc, isize = _TAIL.unpack_from(mv, end)
     if crc != want_crc:
         raise fail("CRC-32 mismatch")
@@ -69,17 +71,18 @@ def decode_zstd_chunk(reader: Any, i: int, raw: bytes | memoryview, entry: Any,
 
 
 def _decode(buf: Any, frame_len: int, entry: Any, stored: bool, crc: int,
-            fail: Any) -> tuple[bytes, int, int]:
+            fail: Any, into: Taker | None = None) -> tuple[bytes, int, int]:
     if entry.payload_len > ZSTD_MAX_RATIO * frame_len + 1024:
         raise fail(f"declares {entry.payload_len} bytes of payload, impossible from a "
                    f"{frame_len}-byte zstd frame (decompression bomb or damage)")
     try:
-        return zstd_decode(buf, frame_len, entry.payload_len, stored, crc)
+        return zstd_decode(buf, frame_len, entry.payload_len, stored, crc,
+                           None if into is None else into(entry.payload_len))
     except MemberError as exc:
         raise fail(str(exc)) from None
 
 
-def _checked(payload: bytes, entry: Any, fail: Any) -> memoryview:
+def _checked(payload: bytes | memoryview, entry: Any, fail: Any) -> memoryview:
     if xxh3_64(payload) != entry.payload_xxh3:
         raise fail("payload XXH3 mismatch")
     return memoryview(payload)

@@ -222,6 +222,9 @@ class Index:
     def __len__(self) -> int:
         return self.chunk_count
 
+    def sequential(self) -> None:
+        """As PagedIndex.sequential: nothing to do, a flat index is decoded whole."""
+
     def entry(self, i: int) -> ChunkEntry:
         if not 0 <= i < self.chunk_count:
             raise IndexError(f"chunk {i} is not in this archive ({self.chunk_count} chunks)")

@@ -55,7 +55,9 @@ def iter_listing(reader: ArchiveReader, start: bytes = b"", end: bytes | None = 
     """(key, value size, value XXH3 or None) for keys in [start, end), in key order.
     The index's layout is checked at once (before the caller prints anything) and each
     chunk's keys before any of them is yielded (as verify checks them). A paged index reads
-    only the pages holding [start, end) (docs/FORMAT.md §11.3)."""
+    only the pages holding [start, end) (docs/FORMAT.md §11.3), caching two at a time
+    (``sequential``)."""
+    reader.index.sequential()
     check_layout(reader, start, end)
     return _rows(reader, start, end)
 
@@ -74,7 +76,8 @@ def _rows(reader: ArchiveReader, start: bytes, end: bytes | None,
             _check_catalog_keys(reader, i, e, cat)
             rows: Iterator[tuple[bytes, int, int | None]] = iter(cat)
         else:
-            payload = reader.read_chunk(i)
+            # reused buffers: the keys and sizes below are copies, the payload is not kept
+            payload = reader.read_chunk(i, into=reader.reused_payload)
             check_payload(reader.path, i, e, payload)
             try:
                 keys, sizes = decode_keys_sizes(payload)

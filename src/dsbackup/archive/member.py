@@ -6,8 +6,9 @@ import struct
 from collections.abc import Callable
 
 from dsbackup._ext.checksum import crc32, xxh3_64
-from dsbackup._ext.compress import MemberError, inflate_raw, parse_tar_header
+from dsbackup._ext.compress import MemberError, inflate_raw, inflate_raw_into, parse_tar_header
 from dsbackup.archive import format as fmt
+from dsbackup.archive.buffers import Taker
 from dsbackup.errors import IntegrityError
 
 _TAIL = struct.Struct("<II")
@@ -24,8 +25,11 @@ def decode_member(
     version: int | None = None,
     flags: int | None = None,
     data_digest: bool = True,
+    into: Taker | None = None,
 ) -> tuple[fmt.Subfield, memoryview]:
     """Check a whole member held in `buf`; return its subfield and its tar entry's data.
+    `into`: where to inflate (a reused buffer of the requested size, archive.buffers);
+    default a new bytes object.
     `version`: the archive's format version (from its trailer); a member of another version
     is damage (§11.1: members never mix versions); so is one whose subfield flags differ from
     `flags` (the trailer's).
@@ -43,7 +47,8 @@ def decode_member(
     _check_head(sub, fail, expected_type, version, flags)
     mv = memoryview(buf)
     declared = fmt.TAR_BLOCK + fmt.padded(sub.data_len)
-    out = _inflate_exactly(mv[sub.deflate_offset : len(mv) - 8], declared, sub.data_len, fail)
+    out = _inflate_exactly(mv[sub.deflate_offset : len(mv) - 8], declared, sub.data_len, fail,
+                           into)
     return sub, _check_inflated(sub, out, mv[len(mv) - 8:], fail, expected_name, data_digest)
 
 
@@ -107,7 +112,7 @@ def check_tar_header(header: bytes | memoryview, sub: fmt.Subfield,
         raise fail(f"tar entry size {size} differs from the declared {sub.data_len}")
 
 
-def _check_inflated(sub: fmt.Subfield, out: bytes, tail: memoryview,
+def _check_inflated(sub: fmt.Subfield, out: bytes | memoryview, tail: memoryview,
                     fail: Callable[[str], IntegrityError], expected_name: bytes | None,
                     data_digest: bool) -> memoryview:
     """The checks of a member after its inflate: CRC-32, ISIZE, tar header and padding, the
@@ -120,7 +125,7 @@ def _check_inflated(sub: fmt.Subfield, out: bytes, tail: memoryview,
         raise fail(f"ISIZE {isize} does not match the declared size {declared}")
     check_tar_header(out[: fmt.TAR_BLOCK], sub, expected_name, fail)
     end = fmt.TAR_BLOCK + sub.data_len
-    if out[end:].count(0) != len(out) - end:
+    if bytes(out[end:]).count(0) != len(out) - end:  # under 512 bytes
         raise fail("non-zero tar padding")
     data = memoryview(out)[fmt.TAR_BLOCK : end]
     # data_digest=False: a sealed member whose bytes were checked against the index's member
@@ -131,14 +136,16 @@ def _check_inflated(sub: fmt.Subfield, out: bytes, tail: memoryview,
 
 
 def inflate_sealed_body(plain: bytes | memoryview, length: int, xxh3: int, where: str, *,
-                        chunk: int | None = None, part: str | None = None) -> memoryview:
+                        chunk: int | None = None, part: str | None = None,
+                        into: Taker | None = None) -> memoryview:
     """The data of an encrypted chunk or catalog (docs/FORMAT.md §11.4): `plain` is the raw
-    deflate stream of data || padding; `length` and `xxh3` come from the index."""
+    deflate stream of data || padding; `length` and `xxh3` come from the index. `into`: as
+    decode_member's."""
     def fail(msg: str) -> IntegrityError:
         return IntegrityError(f"{where}: {msg}", chunk=chunk, part=part)
 
-    out = _inflate_exactly(plain, fmt.padded(length), length, fail)
-    if out[length:].count(0) != len(out) - length:
+    out = _inflate_exactly(plain, fmt.padded(length), length, fail, into)
+    if bytes(out[length:]).count(0) != len(out) - length:
         raise fail("non-zero tar padding")
     data = memoryview(out)[:length]
     if xxh3_64(data) != xxh3:
@@ -147,15 +154,20 @@ def inflate_sealed_body(plain: bytes | memoryview, length: int, xxh3: int, where
 
 
 def _inflate_exactly(deflate: memoryview | bytes, declared: int, data_len: int,
-                     fail: Callable[[str], IntegrityError]) -> bytes:
+                     fail: Callable[[str], IntegrityError],
+                     into: Taker | None = None) -> bytes | memoryview:
     """Inflate a raw deflate stream that must give exactly `declared` bytes and end where
-    `deflate` ends; a declared size beyond deflate's maximum ratio is refused before any
-    work (decompression bomb or damage)."""
+    `deflate` ends (into `into(declared)` when given); a declared size beyond deflate's
+    maximum ratio is refused before any work (decompression bomb or damage)."""
     if declared > fmt.DEFLATE_MAX_RATIO * len(deflate) + 1024:
         raise fail(f"declares {data_len} bytes of data, impossible from "
                    f"{len(deflate)} compressed bytes (decompression bomb or damage)")
     try:
-        out, consumed = inflate_raw(deflate, declared, declared)
+        if into is None:
+            out, consumed = inflate_raw(deflate, declared, declared)
+        else:
+            out = into(declared)
+            consumed = inflate_raw_into(deflate, out, declared)[1]
     except MemberError as exc:
         raise fail(f"cannot inflate: {exc}") from None
     if consumed != len(deflate):

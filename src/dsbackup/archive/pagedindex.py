@@ -35,6 +35,7 @@ from dsbackup.archive.pages import (
     MIN_PAGE_ENTRIES,
     PAGE_MAGIC,
     ROOT_MAGIC,
+    SEQUENTIAL_PAGES,
     valid_page_entries,
 )
 from dsbackup.errors import IntegrityError
@@ -52,20 +53,21 @@ assert ROOT_DTYPE.itemsize == _ROOT_ENTRY.size == 64
 class _Page:
     __slots__ = ("entries", "catalogs", "keys")
 
-    def __init__(self, entries: np.ndarray, catalogs: np.ndarray, keys: bytes) -> None:
+    def __init__(self, entries: np.ndarray, catalogs: np.ndarray,
+                 keys: bytes | memoryview) -> None:
         self.entries = entries
         self.catalogs = catalogs
-        self.keys = keys
+        self.keys = keys  # a view of the page's own bytes (no copy), or bytes
 
     def first_key(self, j: int) -> bytes:
         e = self.entries[j]
         k = int(e["keys_off"])
-        return self.keys[k : k + int(e["first_len"])]
+        return bytes(self.keys[k : k + int(e["first_len"])])
 
     def last_key(self, j: int) -> bytes:
         e = self.entries[j]
         k = int(e["keys_off"]) + int(e["first_len"])
-        return self.keys[k : k + int(e["last_len"])]
+        return bytes(self.keys[k : k + int(e["last_len"])])
 
 
 PageReader = Callable[[int, int, int, int], "bytes | memoryview"]
@@ -121,6 +123,8 @@ class PagedIndex:
         self._keys = bytes(data[_ROOT_HEADER.size + pages * ROOT_DTYPE.itemsize :])
         self._read_page = read_page
         self._cache: OrderedDict[int, _Page] = OrderedDict()
+        self.cache_pages = CACHE_PAGES  # pages held, the one being loaded included
+        self._loading: dict[int, threading.Event] = {}  # pages a thread is loading
         self._bad: dict[int, IntegrityError] = {}
         self._lock = threading.Lock()
         self._check_root()
@@ -191,26 +195,45 @@ class PagedIndex:
 
     # -- pages ---------------------------------------------------------------------------------
 
+    def sequential(self) -> None:
+        """The reader goes through the chunks in order (restore, verify, ls): cache
+        SEQUENTIAL_PAGES, not CACHE_PAGES, so its memory does not grow with the page count."""
+        self.cache_pages = SEQUENTIAL_PAGES
+
     def page(self, p: int) -> _Page:
-        """Page p, read and checked (cached); IntegrityError when it is damaged."""
-        with self._lock:
-            pg = self._cache.get(p)
-            if pg is not None:
-                self._cache.move_to_end(p)
-                return pg
-            if p in self._bad:
-                raise self._bad[p]
+        """Page p, read and checked (cached); IntegrityError when it is damaged. A page is
+        loaded by one thread at a time (the others wait for it), after the least recently
+        used pages beyond `cache_pages` - 1 are dropped: at most `cache_pages` decoded."""
+        while True:
+            with self._lock:
+                pg = self._cache.get(p)
+                if pg is not None:
+                    self._cache.move_to_end(p)
+                    return pg
+                if p in self._bad:
+                    raise self._bad[p]
+                loading = self._loading.get(p)
+                if loading is None:
+                    done = self._loading[p] = threading.Event()
+                    while self._cache and len(self._cache) >= self.cache_pages:
+                        self._cache.popitem(last=False)
+                    break
+            loading.wait()
         try:
             pg = self._load(p)
+            with self._lock:
+                self._cache[p] = pg
+                while len(self._cache) > self.cache_pages:
+                    self._cache.popitem(last=False)
         except IntegrityError as exc:
             exc.part = "index"
             with self._lock:
                 self._bad[p] = exc
             raise
-        with self._lock:
-            self._cache[p] = pg
-            while len(self._cache) > CACHE_PAGES:
-                self._cache.popitem(last=False)
+        finally:
+            with self._lock:
+                del self._loading[p]
+            done.set()
         return pg
 
     def _load(self, p: int) -> _Page:
@@ -234,9 +257,10 @@ class PagedIndex:
         if kbase + keys_len != len(data):
             raise self._err(f"header declares {kbase + keys_len} bytes but the page has "
                             f"{len(data)}", p)
-        data = bytes(data)  # owned: the arrays below are views of it
+        if not isinstance(data, bytes) and not isinstance(getattr(data, "obj", None), bytes):
+            data = bytes(data)  # owned: the arrays below are views of it (bytes never change)
         pg = _Page(np.frombuffer(data, ENTRY_DTYPE, count, tbase),
-                   np.frombuffer(data, CATALOG_DTYPE, ccount, cbase), data[kbase:])
+                   np.frombuffer(data, CATALOG_DTYPE, ccount, cbase), memoryview(data)[kbase:])
         self._check_page(p, pg)
         return pg
 
@@ -453,7 +477,8 @@ def _entry(pg: _Page, j: int) -> ChunkEntry:
     (seq, off, length, plen, recs, pxxh, mxxh, kxxh, koff, flen, llen, flags,
      epoch) = pg.entries[j].tolist()
     return ChunkEntry(seq, off, length, plen, recs, pxxh, mxxh, kxxh,
-                      pg.keys[koff : koff + flen], pg.keys[koff + flen : koff + flen + llen],
+                      bytes(pg.keys[koff : koff + flen]),
+                      bytes(pg.keys[koff + flen : koff + flen + llen]),
                       flags, epoch)
 
 
@@ -461,7 +486,8 @@ _PAD_LIMIT = 256  # longest key compared as a padded array; longer pages are com
 _BLOCK_ROWS = 4096  # rows compared at once
 
 
-def _first_unordered(keys: bytes, offs: np.ndarray, flen: np.ndarray, llen: np.ndarray,
+def _first_unordered(keys: bytes | memoryview, offs: np.ndarray, flen: np.ndarray,
+                     llen: np.ndarray,
                      ) -> int | None:
     """The first j whose first key (keys[offs[j]:+flen[j]]) > its last key (right after it),
     or whose first key <= the previous last key; None when the key ranges increase strictly.
@@ -474,8 +500,8 @@ def _first_unordered(keys: bytes, offs: np.ndarray, flen: np.ndarray, llen: np.n
     if width > _PAD_LIMIT:
         prev = None
         for j in range(n):
-            f = keys[fo[j] : fo[j] + flen[j]]
-            last = keys[fo[j] + flen[j] : fo[j] + flen[j] + llen[j]]
+            f = bytes(keys[fo[j] : fo[j] + flen[j]])
+            last = bytes(keys[fo[j] + flen[j] : fo[j] + flen[j] + llen[j]])
             if f > last or (prev is not None and f <= prev):
                 return j
             prev = last

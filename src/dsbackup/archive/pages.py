@@ -30,7 +30,10 @@ ROOT_MAGIC = b"DSR1"
 DEFAULT_PAGE_ENTRIES = 4096
 MIN_PAGE_ENTRIES = 256
 MAX_PAGE_ENTRIES = 65536
-CACHE_PAGES = 4  # decoded pages kept (a page of 4096 entries is ~0.4 MB): sequential readers use 1-2
+CACHE_PAGES = 4  # decoded pages kept (a page of 4096 entries is ~0.85 MB): random lookups
+# restore, verify and ls read chunks in order (their threads a few chunks apart): the page in
+# use and the next one; more would only make their memory grow with the archive's page count
+SEQUENTIAL_PAGES = 2
 
 # magic, flags, page number, first seq, entry count, keys blob length, catalog count, reserved
 _PAGE_HEADER = struct.Struct("<4sIQQQQQQQ")  # 64 bytes

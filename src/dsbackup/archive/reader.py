@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from dsbackup._ext.checksum import xxh3_64
 from dsbackup.archive import crypto
 from dsbackup.archive import format as fmt
+from dsbackup.archive.buffers import KEEP_MAX, Taker, ThreadBuffers, grown
 from dsbackup.archive.chunkcodec import decode_zstd_chunk
 from dsbackup.archive.epochs import epoch_at, resumed_runs
 from dsbackup.archive.index import FLAG_PARENT, ChunkEntry, Index
@@ -37,6 +38,7 @@ from dsbackup.storage import (
 
 # chunks whose index entries check_stored_members holds as Python objects at a time
 STORED_BATCH = 4096
+_MEMBER, _PAYLOAD = 0, 1  # slots of the reader's per-thread buffers
 
 if TYPE_CHECKING:
     from dsbackup.archive.chain import ParentChain
@@ -83,6 +85,13 @@ class ArchiveReader:
                                   f"{'is not a directory' if d.exists() else 'does not exist'}")
         self._chain: ParentChain | None = None
         self._chain_lock = threading.Lock()
+        # each thread's chunk member and decoded payload, reused (archive.buffers)
+        self._buffers = ThreadBuffers(2)
+        # one buffer for index page members, whichever thread loads a page (under the lock):
+        # per thread, the threads that happen to meet a page boundary would each keep one
+        self._page_buf: memoryview | None = None
+        self._page_lock = threading.Lock()
+        self.reused_payload: Taker = self._buffers.taker(_PAYLOAD)
         # the IO boundary: every byte is read through the source (file, object, stdin)
         self._src: Source | None = source if source is not None else open_source(self.path)
         try:
@@ -189,7 +198,21 @@ class ArchiveReader:
         """Index page `page`'s data (docs/FORMAT.md §11.3): its member read with one pread,
         checked against the root's member XXH3 and by its own header, decrypted."""
         where = f"{self.path}: index page {page}"
-        raw = self.pread_once(offset, length)
+        read_into = getattr(self._src, "read_into", None)
+        if read_into is None or not (length >= 0 and 0 <= offset <= self.size - length):
+            raw: bytes | memoryview = self.pread_once(offset, length)
+            return self._page_data(page, raw, member_xxh3, where)
+        with self._page_lock:  # the member in the reader's page buffer, decoded to new bytes
+            if length > KEEP_MAX:
+                raw = memoryview(bytearray(length))
+            else:
+                self._page_buf = grown(self._page_buf, length)
+                raw = self._page_buf[:length]
+            read_into(offset, raw)
+            return self._page_data(page, raw, member_xxh3, where)
+
+    def _page_data(self, page: int, raw: bytes | memoryview, member_xxh3: int,
+                   where: str) -> memoryview:
         if xxh3_64(raw) != member_xxh3:
             raise IntegrityError(f"{where}: member checksum mismatch", part="index")
         _, data = decode_member(raw, where, expected_type=fmt.TYPE_PAGE,
@@ -444,23 +467,26 @@ class ArchiveReader:
             return holder.read_member(seq)
         return self._checked_member(i, catalog=False, keep=True)
 
-    def decode_chunk_member(self, i: int, raw: bytes, *, gzip_crc: bool = True) -> memoryview:
+    def decode_chunk_member(self, i: int, raw: bytes | memoryview, *, gzip_crc: bool = True,
+                            into: Taker | None = None) -> memoryview:
         """Inflate and check a chunk member read by read_member (whose member XXH3 it
         trusts); return the payload. ``gzip_crc=False`` (restore): an encrypted member's
-        CRC-32 of its ciphertext is not recomputed (``member.sealed_pieces``)."""
+        CRC-32 of its ciphertext is not recomputed (``member.sealed_pieces``). `into`: where
+        the payload is decoded (``into(n)``: a writable buffer of n bytes, archive.buffers;
+        the payload is a view of it), default a new bytes object."""
         e = self.entry(i)
         if e.in_parent:
             holder, seq = self.locate(i)  # checks every hop describes this same chunk
-            return holder.decode_chunk_member(seq, raw, gzip_crc=gzip_crc)
+            return holder.decode_chunk_member(seq, raw, gzip_crc=gzip_crc, into=into)
         where = f"{self.path}: chunk {i} {e.key_range}"
         if self.flags & fmt.FLAG_ZSTD:  # by the codec (§11.6): archive.chunkcodec
-            return decode_zstd_chunk(self, i, raw, e, where, gzip_crc)
+            return decode_zstd_chunk(self, i, raw, e, where, gzip_crc, into)
         if self.cipher is not None:
             return self._open_sealed(fmt.TYPE_CHUNK, i, raw, where, fmt.chunk_name(i),
-                                     e.payload_len, e.payload_xxh3, e.epoch, gzip_crc)
+                                     e.payload_len, e.payload_xxh3, e.epoch, gzip_crc, into)
         sub, payload = decode_member(raw, where, expected_type=fmt.TYPE_CHUNK,
                                      expected_name=fmt.chunk_name(i), chunk=i,
-                                     version=self.version, flags=self.flags)
+                                     version=self.version, flags=self.flags, into=into)
         if (sub.seq, sub.records, sub.data_len, sub.data_xxh3) != (
                 i, e.records, e.payload_len, e.payload_xxh3):
             raise IntegrityError(
@@ -468,14 +494,15 @@ class ArchiveReader:
                 chunk=i)
         return payload
 
-    def _open_sealed(self, mtype: int, i: int, raw: bytes, where: str, name: bytes,
-                     length: int, xxh3: int, epoch: int, gzip_crc: bool = True) -> memoryview:
+    def _open_sealed(self, mtype: int, i: int, raw: bytes | memoryview, where: str,
+                     name: bytes, length: int, xxh3: int, epoch: int, gzip_crc: bool = True,
+                     into: Taker | None = None) -> memoryview:
         """The data of an encrypted chunk or catalog member (docs/FORMAT.md §11.4) whose raw
         bytes were checked against the index: its stored blocks checked in place, their
         ``ciphertext || tag`` authenticated and decrypted into a reused buffer, and only
         then inflated and checked against the index's `length` and `xxh3`."""
         plain = self.sealed_plaintext(mtype, i, raw, where, name, epoch, gzip_crc=gzip_crc)
-        return inflate_sealed_body(plain, length, xxh3, where, chunk=i)
+        return inflate_sealed_body(plain, length, xxh3, where, chunk=i, into=into)
 
     def sealed_plaintext(self, mtype: int, i: int, raw: bytes | memoryview, where: str,
                          name: bytes, epoch: int, *, gzip_crc: bool = True) -> memoryview:
@@ -491,11 +518,35 @@ class ArchiveReader:
             raise IntegrityError(f"{where}: member header disagrees with the index", chunk=i)
         return self.cipher.open_pieces(mtype, i, pieces, where, chunk=i, epoch=epoch)
 
-    def read_chunk(self, i: int) -> memoryview:
+    def read_chunk(self, i: int, *, into: Taker | None = None,
+                   gzip_crc: bool = False) -> memoryview:
         """Chunk i's payload, after every check (member XXH3, CRC, sizes, payload XXH3); of an
-        encrypted member, the CRC-32 of its ciphertext is left to verify: the member XXH3
-        just checked covers the same bytes, and the tag authenticates them."""
-        return self.decode_chunk_member(i, self.read_member(i), gzip_crc=False)
+        encrypted member, the CRC-32 of its ciphertext is left to verify (``gzip_crc``): the
+        member XXH3 just checked covers the same bytes, and the tag authenticates them.
+        The member is read into this thread's reused buffer; `into`: where the payload goes
+        (``decode_chunk_member``), e.g. ``self.reused_payload``: this thread's reused
+        buffer, the payload valid until the thread's next such read."""
+        if self.entry(i).in_parent:
+            holder, seq = self.locate(i)
+            raw = holder._member_in_buffer(seq)
+        else:
+            raw = self._member_in_buffer(i)
+        return self.decode_chunk_member(i, raw, gzip_crc=gzip_crc, into=into)
+
+    def _member_in_buffer(self, i: int) -> bytes | memoryview:
+        """Chunk i's member (stored here), checked against the index's member XXH3, read into
+        this thread's reused buffer where the source reads into buffers (a local file)."""
+        read_into = getattr(self._src, "read_into", None)
+        if read_into is None:
+            return self._checked_member(i, catalog=False, keep=True)
+        m = self.entry(i)
+        self._check_member_range(i, m.offset, m.length, "chunk")
+        raw = self._buffers.take(_MEMBER, m.length)
+        read_into(m.offset, raw)
+        if xxh3_64(raw) != m.member_xxh3:
+            raise IntegrityError(f"{self.path}: chunk {i} {m.key_range}: member checksum "
+                                 "mismatch", chunk=i)
+        return raw
 
     def check_member(self, i: int) -> int:
         """Check chunk i's member against the index's member XXH3 without keeping its bytes

@@ -15,14 +15,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dsbackup._ext.framing import FramingError, decode_records
+from dsbackup.archive import format as fmt
 from dsbackup.archive import guard
+from dsbackup.archive.buffers import PayloadRing
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.readplan import plan_chunk_reads
 from dsbackup.archive.verify import check_layout, check_payload
@@ -61,6 +63,11 @@ NATIVE_BATCHES_AHEAD = 3
 # batches are written every DEFAULT_BATCH_BYTES, synced and journaled at most this often (for
 # LMDB targets in a thread while the restore goes on: restore_journal.JournalSync).
 JOURNAL_INTERVAL_S = 1.0
+# the payload ring's room beyond the payloads ahead and the batch, for the chunk that crosses a batch's end,
+# the one held back by the budget, tar headers and padding, and the end of the ring a region
+# does not fit into. Tight on purpose: its pages are all resident once it has gone round; a
+# region that does not fit gets a mapping of its own (5 of 2,320 chunks of 256 KiB blocks)
+RING_SLACK = 2 << 20
 
 
 def prefix_bounds(prefix: str | bytes | None) -> tuple[bytes, bytes | None]:
@@ -96,7 +103,8 @@ def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
     """Decode chunks in parallel, yield them in order; at most 2 × threads in flight."""
 
     def work(i: int) -> tuple[int, list[bytes], list[bytes]]:
-        payload = reader.read_chunk(i)
+        # decoded in this thread's reused buffer: decode_records copies keys and values out
+        payload = reader.read_chunk(i, into=reader.reused_payload)
         e = reader.entry(i)
         check_payload(reader.path, i, e, payload)  # keys in range, in order, digest
         try:
@@ -118,27 +126,40 @@ def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
 
 
 def _checked_payloads(reader: ArchiveReader, chunk_ids: range, threads: int,
-                      cancel: threading.Event, window: int, budget: int,
-                      ) -> Iterator[tuple[int, memoryview]]:
-    """Verified chunk payloads in order, not decoded (the native LMDB writer parses them);
-    at most `window` chunks and `budget` payload bytes (one chunk at least) in flight, so the
-    pool keeps inflating while a batch is written and its memory does not depend on how
-    large a run of consecutive chunks happens to be."""
+                      cancel: threading.Event, window: int, budget: int, ring: PayloadRing,
+                      ) -> Iterator[tuple[int, memoryview, int | None]]:
+    """Verified chunk payloads in order, not decoded (the native LMDB writer parses them),
+    each with its `ring` token (release it once the payload is written); at most `window`
+    chunks and `budget` payload bytes (one chunk at least) in flight, so the pool keeps
+    inflating while a batch is written and its memory does not depend on how large a run of
+    consecutive chunks happens to be. Each chunk is decoded into a region of `ring` taken
+    here, in chunk order, as the chunk is submitted: no allocation per chunk."""
 
-    def work(i: int) -> tuple[int, memoryview]:
-        payload = reader.read_chunk(i)
+    def work(item: tuple[int, memoryview, int | None]) -> tuple[int, memoryview, int | None]:
+        i, region, token = item
+
+        def into(n: int) -> memoryview:  # n is at most the region's size (the codecs' sizes)
+            return region[:n] if n <= len(region) else memoryview(bytearray(n))
+
+        payload = reader.read_chunk(i, into=into)
         # count, keys in order and inside the chunk's range, key digest: natively, GIL
         # released, before the writer sees the chunk
         check_payload(reader.path, i, reader.entry(i), payload)
-        return i, payload
+        return i, payload, token
 
-    return _in_order(work, chunk_ids, threads, cancel, window,
-                     lambda i: reader.entry(i).payload_len, budget)
+    def regions() -> Iterator[tuple[int, memoryview, int | None]]:
+        for i in chunk_ids:
+            # what any codec decodes a chunk into: the tar entry (header, payload, padding)
+            region, token = ring.take(fmt.TAR_BLOCK + fmt.padded(reader.entry(i).payload_len))
+            yield i, region, token
+
+    return _in_order(work, regions(), threads, cancel, window,
+                     lambda item: reader.entry(item[0]).payload_len, budget)
 
 
-def _in_order(work: Callable[[int], Any], chunk_ids: range, threads: int,
+def _in_order(work: Callable[[Any], Any], chunk_ids: Iterable[Any], threads: int,
               cancel: threading.Event, window_size: int = 0,
-              cost: Callable[[int], int] | None = None, budget: int = 0) -> Iterator[Any]:
+              cost: Callable[[Any], int] | None = None, budget: int = 0) -> Iterator[Any]:
     """Run work(i) in a thread pool, yield the results in order; at most window_size
     (default 2 × threads) in flight, and at most `budget` of cost(i) when given."""
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dsbackup-inflate") as pool:
@@ -256,6 +277,7 @@ def restore_archive(
                                       pattern=pattern,
                                       batch_bytes=batch_bytes or DEFAULT_BATCH_BYTES)
     reader = ArchiveReader(path, parent_dirs=parent_dirs)
+    reader.index.sequential()  # chunks in order: two index pages cached, not four
     try:
         # chunk ranges ordered and disjoint, before the target is touched (of a paged index:
         # the pages holding the prefix, docs/FORMAT.md §11.3)
@@ -467,6 +489,11 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: ra
     total_bytes = reader.summary.get("raw_bytes")
     payloads: list[memoryview] = []
     chunk_ids: list[int] = []
+    # the payloads in flight and in the batch being written, decoded into one mapping
+    # reused from start to end (archive.buffers): at most (NATIVE_BATCHES_AHEAD + 1) x
+    # batch_bytes and a chunk or two
+    ring = PayloadRing((NATIVE_BATCHES_AHEAD + 1) * batch_bytes + RING_SLACK)
+    token: int | None = None  # the ring token of the batch's last payload
     acc_bytes = acc_records = 0
     last_chunk = first_chunk - 1
     journaled = time.monotonic()
@@ -481,7 +508,7 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: ra
         write_journal(jpath, state)
 
     def flush(final: bool = False) -> None:
-        nonlocal payloads, chunk_ids, acc_bytes, acc_records, journaled, first_journal
+        nonlocal payloads, chunk_ids, acc_bytes, acc_records, journaled, first_journal, token
         if first_journal and syncer is not None:
             syncer.wait()
             first_journal = False
@@ -517,6 +544,8 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: ra
             result.records_written += n
             result.bytes_written += nbytes
             native.start_writeback()
+            ring.release(token)  # the writer copied the values: their regions are free
+            token = None
         if final:
             # everything is written: one sync, then _finish removes the journal (a journal
             # update here would be replaced by nothing a moment later)
@@ -544,12 +573,13 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: ra
     avg = max(1, int(reader.summary.get("raw_bytes") or 0) // max(1, reader.chunk_count))
     window = min(256, max(1, 2 * ahead // avg))
     try:
-        for i, payload in _checked_payloads(reader, selected, max(1, workers), cancel, window,
-                                            ahead):
+        for i, payload, taken in _checked_payloads(reader, selected, max(1, workers), cancel,
+                                                   window, ahead, ring):
             e = reader.entry(i)
             if payloads and acc_bytes + e.payload_len > batch_bytes:
                 flush()  # a batch holds at most batch_bytes (or one larger chunk)
             payloads.append(payload)
+            token = taken if taken is not None else token
             chunk_ids.append(i)
             acc_bytes += e.payload_len
             acc_records += e.records

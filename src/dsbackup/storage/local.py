@@ -298,6 +298,12 @@ class LocalSource:
                                  "changed?)")
         return data
 
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        """`read` into `buf` (all of it): a reader's reused buffer, no bytes object."""
+        if os.preadv(self._fd, [buf], offset) != len(buf):
+            raise IntegrityError(f"{self.location}: short read at offset {offset} (file "
+                                 "changed?)")
+
     def xxh3(self, offset: int, length: int) -> int:
         try:
             return xxh3_64_file(self._fd, offset, length)
