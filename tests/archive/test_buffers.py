@@ -100,3 +100,32 @@ def test_ring_full_to_the_oldest_region_hands_out_nothing_over_it():
     ring.release(tb)
     e, te = ring.take(2)  # b's region is free again
     assert te is not None and bytes(c) == b"cc"
+
+
+def test_ring_regions_never_overlap_live_ones():
+    """The restore's pattern (sizes in 512-byte steps, a few distinct ones as chunks of equal
+    blocks give; a batch released up to its last token now and then): a region handed out
+    never overlaps one still live."""
+    import random
+
+    rng = random.Random(5)
+    for _ in range(200):
+        ring = PayloadRing(512 * rng.randint(4, 40))
+        sizes = [512 * rng.randint(1, 6) for _ in range(rng.randint(1, 3))]
+        live: list[tuple[int, int, int]] = []  # (token, start, end) in the ring
+        base = memoryview(ring._buf).obj
+        for _ in range(300):
+            if live and rng.random() < 0.3:
+                upto = live[rng.randrange(len(live))][0]
+                ring.release(upto)
+                live = [x for x in live if x[0] > upto]
+                continue
+            view, token = ring.take(rng.choice(sizes))
+            if token is None:
+                continue
+            assert view.obj is base
+            start = ring._head - len(view)
+            end = ring._head
+            for _, s, e in live:
+                assert end <= s or start >= e, (start, end, s, e)
+            live.append((token, start, end))
