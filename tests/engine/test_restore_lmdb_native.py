@@ -224,3 +224,17 @@ def test_restore_with_the_payload_ring_going_round_loses_nothing(tmp_path, monke
     res = restore_archive(path, f"lmdb:{tmp_path / 'dst'}", batch_bytes=64 << 10, workers=2)
     assert res.records_written == 4000
     assert read_all(tmp_path / "dst") == read_all(src)
+
+
+def test_restore_at_default_settings_of_equal_small_chunks_loses_nothing(tmp_path):
+    """The same at the default batch and ring: 60,000 chunks of one 225-byte record each
+    (`backup --chunk-size 1` of equal records) fill the ring so that a wrapped region ends
+    exactly at the oldest live one. Before the fix: 'OK', 60,000 records written, 255 of
+    them missing from the target."""
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_blocks(60000, seed=3, block_size=142))
+    path = tmp_path / "a.tar.gz"
+    BackupManager(BackupConfig(workers=1, chunk_size=1)).create_backup(f"lmdb:{src}", path)
+    res = restore_archive(path, f"lmdb:{tmp_path / 'dst'}", workers=2)
+    assert res.records_written == 60000
+    assert read_all(tmp_path / "dst") == read_all(src)
