@@ -79,3 +79,53 @@ def test_reused_payload_is_the_same_buffer_from_chunk_to_chunk(tmp_path):
         views = [r.read_chunk(i, into=r.reused_payload) for i in range(2)]
         assert views[0].obj is views[1].obj  # the second chunk overwrote the first
         assert bytes(r.read_chunk(1)) == bytes(views[1])
+
+
+def test_ring_full_to_the_oldest_region_hands_out_nothing_over_it():
+    """A wrapped region that ends exactly where the oldest live region starts fills the
+    ring (head == tail): the next request must not be given the oldest region's bytes. Equal
+    chunk sizes make this exact fit the normal case once the ring goes round."""
+    ring = PayloadRing(4)
+    a, ta = ring.take(2)
+    b, tb = ring.take(2)
+    ring.release(ta)  # live: b at [2, 4)
+    b[:] = b"bb"
+    c, tc = ring.take(2)  # wraps to [0, 2): ends exactly at b's start
+    c[:] = b"cc"
+    assert tc is not None
+    d, td = ring.take(2)  # the ring is full: its own buffer, not b's region
+    d[:] = b"dd"
+    assert bytes(b) == b"bb" and bytes(c) == b"cc"
+    assert td is None and ring.overflows == 1
+    ring.release(tb)
+    e, te = ring.take(2)  # b's region is free again
+    assert te is not None and bytes(c) == b"cc"
+
+
+def test_ring_regions_never_overlap_live_ones():
+    """The restore's pattern (sizes in 512-byte steps, a few distinct ones as chunks of equal
+    blocks give; a batch released up to its last token now and then): a region handed out
+    never overlaps one still live."""
+    import random
+
+    rng = random.Random(5)
+    for _ in range(200):
+        ring = PayloadRing(512 * rng.randint(4, 40))
+        sizes = [512 * rng.randint(1, 6) for _ in range(rng.randint(1, 3))]
+        live: list[tuple[int, int, int]] = []  # (token, start, end) in the ring
+        base = memoryview(ring._buf).obj
+        for _ in range(300):
+            if live and rng.random() < 0.3:
+                upto = live[rng.randrange(len(live))][0]
+                ring.release(upto)
+                live = [x for x in live if x[0] > upto]
+                continue
+            view, token = ring.take(rng.choice(sizes))
+            if token is None:
+                continue
+            assert view.obj is base
+            start = ring._head - len(view)
+            end = ring._head
+            for _, s, e in live:
+                assert end <= s or start >= e, (start, end, s, e)
+            live.append((token, start, end))

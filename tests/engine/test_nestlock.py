@@ -328,3 +328,33 @@ def test_one_process_writing_two_nested_stores(tmp_path):
     with TargetLock(f"flatfs:{inner}", "migration"), TargetLock(f"fsds:{outer}", "migration"):
         pass
     assert _tree(tmp_path) == ["repo"]
+
+
+def test_a_sibling_with_the_same_name_prefix_is_not_refused(tmp_path, small, run_cli,
+                                                           cli_env):
+    """x/store held mid-way by a restore: x/store2, x/store.db and x/store.d are other stores
+    beside it (a common name prefix, not a path inside it), written at the same time."""
+    x = tmp_path / "x"
+    x.mkdir()
+    restore = restoring(cli_env, str(small), f"fsds:{x / 'store'}")
+    try:
+        for uri in (f"lmdb:{x / 'store2'}", f"sqlite:{x / 'store.db'}", f"fsds:{x / 'store.d'}"):
+            r = run_cli("restore", small, uri)
+            assert r.returncode == 0, (uri, r.stderr)
+    finally:
+        assert finish(restore) == 0
+
+
+def test_a_backup_and_a_writer_of_siblings_with_a_name_prefix(tmp_path, small, run_cli,
+                                                             cli_env):
+    """A backup of x/a held mid-way: a restore into x/ab (a name prefix) is not refused."""
+    a = tmp_path / "x" / "a"
+    with open_datastore(f"lmdb:{a}") as ds:
+        keys = [b"/k%06d" % i for i in range(3000)]
+        ds.put_many(keys, [os.urandom(200) for _ in keys])
+    backup = backing_up(cli_env, f"lmdb:{a}", str(tmp_path / "a.tar.gz"))
+    try:
+        r = run_cli("restore", small, f"lmdb:{tmp_path / 'x' / 'ab'}")
+        assert r.returncode == 0, r.stderr
+    finally:
+        assert finish(backup) == 0

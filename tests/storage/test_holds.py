@@ -89,3 +89,43 @@ def test_a_hold_names_its_child_by_absolute_path(tmp_path, monkeypatch):
     with hold_chain([Path("x.tar.gz")], Path("B") / "y.tar.gz"):
         [h] = holds_in(tmp_path)
         assert h.child == str(tmp_path / "B" / "y.tar.gz")
+
+
+def test_a_hold_locked_by_a_dead_hold_cleaner_before_its_owner_is_made_again(tmp_path,
+                                                                             monkeypatch):
+    """Another backup's dead-hold cleanup may open and lock a new hold between its creation
+    and its owner's flock (it then removes it: empty, no child). The owner's flock fails
+    then; it must make another hold, not go on without one (a prune could delete the
+    parent of the running backup)."""
+    import fcntl as real_fcntl
+
+    from dsbackup.storage import holds as holds_mod
+
+    (tmp_path / "x.tar.gz").write_bytes(b"x")
+    cleaners: list[int] = []
+
+    class Racing:
+        LOCK_EX, LOCK_NB, LOCK_UN = real_fcntl.LOCK_EX, real_fcntl.LOCK_NB, real_fcntl.LOCK_UN
+
+        @staticmethod
+        def flock(fd, op):
+            if not cleaners:  # the other backup's remove_dead_holds, right now
+                name = next(n for n in os.listdir(tmp_path) if ".hold-" in n)
+                other = os.open(tmp_path / name, os.O_RDONLY)
+                real_fcntl.flock(other, real_fcntl.LOCK_EX | real_fcntl.LOCK_NB)
+                os.unlink(tmp_path / name)
+                cleaners.append(other)  # still locked when the owner tries
+            return real_fcntl.flock(fd, op)
+
+    monkeypatch.setattr(holds_mod, "fcntl", Racing)
+    try:
+        h = hold_chain([tmp_path / "x.tar.gz"], tmp_path / "y.tar.gz")
+    finally:
+        for fd in cleaners:
+            os.close(fd)
+    try:
+        assert len(h.paths) == 1 and h.paths[0].exists()
+        [held] = holds_in(tmp_path)
+        assert held.live and held.child == str(tmp_path / "y.tar.gz")
+    finally:
+        h.release()

@@ -91,7 +91,9 @@ class PayloadRing:
             self._head = 0
             return 0 if n <= self.capacity else None
         tail = self._live[0][0]
-        if self._head >= tail:  # free: [head, capacity) and [0, tail)
+        if self._head == tail:  # wrapped round to the oldest live region: full
+            return None
+        if self._head > tail:  # free: [head, capacity) and [0, tail)
             if self._head + n <= self.capacity:
                 return self._head
             return 0 if n <= tail else None

@@ -89,7 +89,12 @@ class Holds:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
                          | os.O_NOFOLLOW, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a dead-hold cleanup has it locked: it removes it
+                    os.close(fd)
+                    _unlink(path)
+                    continue
                 if os.fstat(fd).st_nlink == 0:  # removed as a dead hold before we locked it
                     os.close(fd)
                     continue
