@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 _ROOT = Path(__file__).resolve().parents[1]
+
+# The signal tests send SIGINT/SIGHUP to CLI children and expect a terminal's defaults there.
+# A suite started in the background by a script (`make test &`: SIGINT ignored) or under
+# `nohup` (SIGHUP ignored) would hand its children the ignored signals (a backup under nohup
+# rightly runs on), so the children get the defaults back, whatever started the suite.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 FIXTURES_DIR = _ROOT / "tests" / "fixtures"

@@ -33,11 +33,8 @@ def large(tmp_path_factory) -> Path:
 
 def _signal_once_temp_exists(argv: list[str], env: dict, d: Path, name: str, sig: int,
                              prefix: list[str] | None = None) -> subprocess.CompletedProcess:
-    # SIGHUP at its default, as in a terminal, even when the suite itself runs under nohup
-    # (an ignored SIGHUP is inherited, and a backup under nohup rightly runs on)
     p = subprocess.Popen([*(prefix or []), sys.executable, "-m", "dsbackup", *argv], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not any(n.startswith(f".{name}.tmp-") for n in os.listdir(d)):
         assert p.poll() is None, p.communicate()[1]
