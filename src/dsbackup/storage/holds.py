@@ -132,7 +132,6 @@ def hold_chain(archives: Iterable[object], child: object) -> Holds:
     return holds
 
 
-
 def holds_in(directory: Path) -> list[Held]:
     """The holds on archives of `directory`: live ones (their lock is held) and dead ones."""
     try:
