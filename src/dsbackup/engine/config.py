@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -11,7 +10,8 @@ from dsbackup import codec as codecs
 from dsbackup._ext.compress import ENGINES
 from dsbackup.errors import ConfigError
 from dsbackup.patterns import key_matcher
-from dsbackup.workers import MAX_WORKERS, check_workers
+from dsbackup.workers import MAX_WORKERS as MAX_WORKERS  # (re-exported: config_file, tests)
+from dsbackup.workers import check_workers, effective_workers
 
 DEFAULT_CHUNK_MAX_BYTES = 2 << 20
 # records per chunk at most (`--chunk-size`): a chunk is bounded by chunk_max_bytes anyway, and
@@ -157,7 +157,7 @@ class BackupConfig:
 
     @property
     def effective_workers(self) -> int:
-        return self.workers or min(os.cpu_count() or 1, MAX_WORKERS)
+        return effective_workers(self.workers)
 
     def resolve_chunk_size(self, approx_count: int | None, approx_size: int | None) -> int:
         if self.chunk_size is not None:

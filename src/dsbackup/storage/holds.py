@@ -9,8 +9,9 @@ its backup was writing, and while that backup's temp file is there for `backup -
 prune keeps its parent chain (rule resumable; dsbackup.scheduler.pruning). The next backup
 holding an archive of that directory removes a dead hold whose backup left no temp file
 (taking its lock first, so a hold being created — created, then locked — is never taken for a
-dead one: its owner finds its file unlinked and makes another). Local archives only: an object store has no locks (a parent deleted under an
-S3 prefix fails the backup at its check before the rename, nothing stored).
+dead one: its owner finds its file unlinked and makes another). Local archives only: an object
+store has no locks (a parent deleted under an S3 prefix fails the backup at its check before
+the rename, nothing stored).
 """
 
 from __future__ import annotations
