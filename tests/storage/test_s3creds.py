@@ -221,6 +221,7 @@ def test_credentials_are_refreshed_before_they_expire(moto_auth, role_env, monke
     from dsbackup.storage.s3api import S3Api
 
     life = timedelta(seconds=s3creds.ADVISORY_REFRESH_S + 3)
+    monkeypatch.setattr(s3creds, "ADVISORY_RETRY_S", 0.0)
     imds = CredServer(rotating(moto_auth.keys, life))
     monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
     api = S3Api.from_config()

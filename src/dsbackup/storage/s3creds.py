@@ -29,7 +29,7 @@ The first source whose variables are set is the source (a failing web identity d
 through to the instance's role, as in the SDKs); instance metadata is tried when none is set.
 Its credentials are kept in the process, shared by every thread and both clients, and
 fetched again 15 minutes before they expire (botocore's advisory margin: one thread
-refreshes, the others go on with the current ones; within 10 minutes, the mandatory margin,
+refreshes, at most every 30 s, the others go on with the current ones; within 10 minutes, the mandatory margin,
 every caller waits for the refresh, and its failure is theirs). A failure is one line naming
 the source and why (:class:`~dsbackup.errors.S3ApiError`, exit 2) and is remembered for a few
 seconds, so many requests do not each wait for a service that is not there. Every secret (keys,
@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 ADVISORY_REFRESH_S = 15 * 60  # refresh this long before expiry, keeping the old on failure
 MANDATORY_REFRESH_S = 10 * 60  # within this, every caller waits for fresh credentials
 FAILURE_MEMORY_S = 10.0  # a failed fetch is answered from memory this long
+# an advisory refresh is tried at most this often (a source that hands out the same
+# credentials until shortly before they expire is not asked again at every request)
+ADVISORY_RETRY_S = 30.0
 IMDS_DEFAULT = "http://169.254.169.254"
 IMDS_DEFAULT_V6 = "http://[fd00:ec2::254]"
 IMDS_TOKEN_TTL = "21600"
@@ -403,6 +406,7 @@ class TemporaryCredentials:
         self._lock = threading.Lock()
         self._creds: Credentials | None = None
         self._failure: tuple[float, str] | None = None  # (when, message) of the last failure
+        self._fetched = 0.0  # time.monotonic() of the last fetch
 
     def _remembered(self) -> str | None:
         """The last failure's message while it is remembered."""
@@ -416,6 +420,7 @@ class TemporaryCredentials:
         remembered = self._remembered()
         if remembered is not None:
             raise S3ApiError(remembered)
+        self._fetched = time.monotonic()
         try:
             if self._source is None:
                 self._source = _source()
@@ -452,8 +457,9 @@ class TemporaryCredentials:
             if not self._lock.acquire(blocking=False):
                 return creds
             try:
-                if self._creds is creds and self._remembered() is None:  # a warning per try
-                    self._fetch()
+                if self._creds is creds and self._remembered() is None and (
+                        time.monotonic() - self._fetched >= ADVISORY_RETRY_S):
+                    self._fetch()  # (a failure: one warning per try)
             except S3ApiError as exc:
                 log.warning("%s; using the current ones until %s", exc, _when(creds.expires))
             finally:
