@@ -333,11 +333,15 @@ class InstanceMetadata:
         except _Failed as exc:
             raise _Failed(f"{exc} (not on EC2? inside a container on EC2 the instance's "
                           "metadata hop limit must be 2 or more for IMDSv2)") from None
-        if status != 200 or not token.strip():
+        if status in (403, 404, 405):  # no IMDSv2 here (or the service is turned off)
             raise _Failed(f"the session token request (IMDSv2) was answered HTTP {status}; "
                           "dsbackup does not fall back to IMDSv1: enable IMDSv2 on the "
                           "instance (HttpTokens optional or required)")
-        headers = {"x-aws-ec2-metadata-token": token.decode("ascii", "replace").strip()}
+        if status != 200 or not token.strip():
+            raise _Failed(f"the session token request (IMDSv2) was answered HTTP {status}")
+        session = token.decode("ascii", "replace").strip()
+        register_secret(session)
+        headers = {"x-aws-ec2-metadata-token": session}
         path = "/latest/meta-data/iam/security-credentials/"
         status, names = self._request("GET", path, headers)
         if status == 404:
