@@ -120,8 +120,8 @@ def test_a_prefix_whose_uploads_cannot_be_listed_keeps_every_archive(s3, tmp_pat
     assert "cannot be listed" in kept[names[0]]["reason"]
     assert "cannot see the backups being written there" in r.stderr
     assert s3.objects("node/") == [f"node/{n}" for n in names]
-    # the user knows nothing is being uploaded there (e.g. an instance role, whose
-    # credentials our signed listing cannot use): --assume-no-uploads prunes as usual
+    # the user knows nothing is being uploaded there (a server or policy without the
+    # permission): --assume-no-uploads prunes as usual
     proxy = FaultProxy(("127.0.0.1", s3.server.port)).start()
     proxy.rules = [Rule("GET", "?uploads", times=100, status=403)]
     env = dict(s3.env, AWS_ENDPOINT_URL=proxy.endpoint)

@@ -219,25 +219,6 @@ def test_an_object_replaced_while_it_is_read_is_an_integrity_error(s3, proxy):
     assert tags and None not in tags
 
 
-def test_the_obstore_client_pins_the_etag_too(s3, monkeypatch):
-    """Without keys of our own (an instance's role), the obstore client reads: the same
-    ETag pin (its If-Match), the same exit 3."""
-    data = _object(s3)
-    monkeypatch.setattr(s3mod, "reader_api", lambda: None)
-    src = _source(s3)
-    try:
-        assert src._api is None and src._etag
-        assert src.read(SIZE - 100, 100) == data[-100:]
-        assert src.read_once(1000, 100) == data[1000:1100]
-        _object(s3, seed=8)
-        with pytest.raises(IntegrityError, match="the object changed while it was being read"):
-            src.read(0, 100)
-    finally:
-        src.close()
-    with pytest.raises(ArchiveUnavailable, match="closed while it was being read"):
-        src.read(0, 100)
-
-
 def test_still_at_location_tells_the_object_opened_from_one_put_there_since(s3):
     """The check before an incremental's rename (engine/incremental.py): one HEAD, the same
     ETag and size as the object opened; another object PUT at the key, or none, is not it."""

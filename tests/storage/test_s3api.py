@@ -13,7 +13,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from s3server import ACCESS_KEY, SECRET_KEY
 
-from dsbackup.errors import ConfigError
 from dsbackup.storage.s3api import (
     EMPTY_SHA256,
     Credentials,
@@ -83,9 +82,20 @@ def test_secrets_are_not_in_reprs():
     assert "very-secret-key" not in repr(c) and "a-session-token" not in repr(c)
 
 
-def test_no_keys_is_a_config_error():
-    with pytest.raises(ConfigError, match="no S3 access key"):
-        S3Api({"region": "us-east-1"})
+def test_no_keys_and_no_source_is_one_line_at_the_first_request(monkeypatch):
+    """Without keys the client asks the AWS chain (s3creds.py) at its first request; with
+    nothing set up and instance metadata disabled that is one line, S3ApiError (exit 2)."""
+    from dsbackup.storage import s3creds
+
+    for name in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr(s3creds, "_chain", None)
+    api = S3Api({"region": "us-east-1"})
+    with pytest.raises(S3ApiError, match=r"^no S3 credentials: none in the environment"):
+        api.signed_headers("GET", "/b", ())
 
 
 def _api(s3) -> S3Api:

@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "verified archive")
     p.add_argument("--assume-no-uploads", action="store_true",
                    help="s3:// only: when the prefix's unfinished uploads cannot be listed (no "
-                        "s3:ListBucketMultipartUploads, an instance role), prune as if no "
+                        "s3:ListBucketMultipartUploads permission), prune as if no "
                         "backup were being uploaded there (default: keep every archive)")
     p.add_argument("--dry-run", "-n", action="store_true", help="delete nothing")
     add_json_flag(p)

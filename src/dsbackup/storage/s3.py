@@ -5,10 +5,10 @@ share one request; a few requests in flight), list by prefix, delete.
 Write-once as on disk: a HEAD before the upload starts and again before it completes refuses
 an existing object; an archive of one part is then one PUT with ``If-None-Match: *`` (the server
 refuses to replace, 412), a larger one a multipart upload of our own whose completion carries
-the same header (:mod:`dsbackup.storage.s3multipart`; obstore cannot send it there). Only with
-credentials the obstore client finds itself (an instance's role), which our signed requests
-cannot use, is the multipart upload obstore's and the HEAD the check (docs/STORAGE.md). A
-failed or interrupted upload is aborted.
+the same header (:mod:`dsbackup.storage.s3multipart`; obstore cannot send it there). A failed
+or interrupted upload is aborted. Both clients sign with the same credentials: the keys of the
+environment or ``~/.aws``, else the AWS chain's (:mod:`dsbackup.storage.s3creds`), which the
+obstore client is given as its credential provider.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from dsbackup.storage.base import Check
 from dsbackup.storage.location import S3Location
 from dsbackup.storage.s3api import S3Api
 from dsbackup.storage.s3config import client_config, scrub, settings
+from dsbackup.storage.s3creds import chain
+from dsbackup.storage.s3creds import reset as reset_credentials
 from dsbackup.storage.s3get import NOT_PARTIAL, Cancel, closed_message, get_into, get_tail
 from dsbackup.storage.s3multipart import Conflict, KeyTaken, MultipartUpload
 from dsbackup.storage.s3plan import Span, SparsePlan
@@ -55,7 +57,6 @@ READ_AHEAD = 3  # blocks fetched ahead of a reader moving forward
 # (a forward restore or deep verify never needs more: no block fetched twice, measured with 2
 # and 4 workers; one less than READ_AHEAD + 1 and the read-ahead evicts the block being read)
 CACHE_BLOCKS = READ_AHEAD + 2  # 40 MiB at most per open archive
-PIECE = 256 << 10  # a block's body arrives in pieces of this size, copied into its mapping
 # its pages made present in one call (MAP_POPULATE, Linux) rather than faulted in one by one
 _MAP_FLAGS = mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0) | getattr(mmap, "MAP_POPULATE", 0)
 NEAR = 4  # a read this many blocks behind the furthest one still counts as moving forward
@@ -65,7 +66,6 @@ log = logging.getLogger(__name__)
 _stores: dict[str, S3Store] = {}
 _stores_lock = threading.Lock()
 _api: S3Api | None = None
-_api_made = False
 
 
 def store(bucket: str) -> S3Store:
@@ -86,9 +86,13 @@ def store(bucket: str) -> S3Store:
                                endpoint.hostname, endpoint.port)
             if bundle is not None:
                 options["root_certificate"] = bundle.pem
+            # without keys of the environment or ~/.aws: the chain our signed requests use
+            # (one cache, the same sources and variables; obstore's own chain reads others)
+            provider = None if "secret_access_key" in cfg else chain().obstore
             try:
                 st = S3Store(bucket, config=cfg,  # type: ignore[arg-type]
                              client_options=options,  # type: ignore[arg-type]
+                             credential_provider=provider,  # type: ignore[arg-type]
                              retry_config={"max_retries": s.retries, "retry_timeout": timeout,
                                            "backoff": {"init_backoff": timedelta(seconds=0.1),
                                                        "max_backoff": timedelta(seconds=5),
@@ -100,27 +104,23 @@ def store(bucket: str) -> S3Store:
         return st
 
 
-def reader_api() -> S3Api | None:
+def reader_api() -> S3Api:
     """The signed client of the ranged GETs into blocks (one per process: its connections
-    are kept alive per thread), or None without keys of our own (an instance's role: the
-    obstore client's GETs then)."""
-    global _api, _api_made
+    are kept alive per thread)."""
+    global _api
     with _stores_lock:
-        if not _api_made:
-            try:
-                _api = S3Api.from_config()
-            except ConfigError:
-                _api = None
-            _api_made = True
+        if _api is None:
+            _api = S3Api.from_config()
         return _api
 
 
 def reset() -> None:
     """Forget the clients (after the endpoint or credentials changed: tests, scheduler)."""
-    global _api, _api_made
+    global _api
     with _stores_lock:
         _stores.clear()
-        _api, _api_made = None, False
+        _api = None
+    reset_credentials()
 
 
 def message(exc: BaseException) -> str:
@@ -161,6 +161,9 @@ def _unavailable(loc: S3Location, what: str, exc: BaseException) -> DsBackupErro
         return exc
     if _not_found(exc):
         return ArchiveUnavailable(f"{loc}: no such archive (object not found)")
+    cred = re.search(r"External AWS credential provider: \w+: ([^\n]+)", str(exc))
+    if cred:  # our chain's failure (s3creds.py), raised in obstore's call of it: its line
+        return ArchiveUnavailable(scrub(f"{loc}: {what} failed: {cred.group(1).strip()}"))
     if "non-partial response" in str(exc):  # object_store's refusal of a 200 to a range
         return ArchiveUnavailable(f"{loc}: {what} failed: {NOT_PARTIAL}")
     if isinstance(exc, obstore.exceptions.PreconditionError):  # If-Match: another object
@@ -244,22 +247,13 @@ class S3Sink:
         # (If-None-Match: *, atomic create); a larger one becomes a multipart upload
         self._first: list[bytes] = []
         self._first_size = 0
-        self._w: Any = None
+        self._w: MultipartUpload | None = None
 
     def _open_writer(self) -> None:
         s = settings()
         try:
-            api = S3Api.from_config()
-        except ConfigError:  # no keys of our own: the instance's role, through obstore
-            api = None
-        try:
-            if api is not None:
-                self._w = MultipartUpload(api, self.final.bucket, self.final.key,
-                                          part_size=s.part_size, concurrency=s.concurrency)
-            else:
-                self._w = obstore.open_writer(store(self.final.bucket), self.final.key,
-                                              buffer_size=s.part_size,
-                                              max_concurrency=s.concurrency)
+            self._w = MultipartUpload(S3Api.from_config(), self.final.bucket, self.final.key,
+                                      part_size=s.part_size, concurrency=s.concurrency)
             for data in self._first:
                 self._w.write(data)
         except Exception as exc:  # noqa: BLE001 - mapped
@@ -292,8 +286,7 @@ class S3Sink:
     def commit(self, check: Check | None = None) -> None:
         """Check the bytes sent (no download), HEAD again, then complete the upload: one PUT
         with If-None-Match: * for an archive of one part, else the multipart completion,
-        conditional too (but for obstore's, with the instance's credentials: the HEAD is the
-        check there)."""
+        conditional too."""
         try:
             if check is not None:
                 check(SentSource(self._sent, self.final))
@@ -312,12 +305,10 @@ class S3Sink:
                 obstore.put(store(self.final.bucket), self.final.key, b"".join(self._first),
                             mode="overwrite" if self.overwrite else "create",
                             use_multipart=False)
-            elif isinstance(self._w, MultipartUpload):
-                self._w.complete(replace=self.overwrite)
             else:
-                self._w.close()
+                self._w.complete(replace=self.overwrite)
         except (obstore.exceptions.AlreadyExistsError, KeyTaken, Conflict):  # 412, 409
-            if isinstance(self._w, MultipartUpload):
+            if self._w is not None:
                 self._w.abort()  # a refused completion leaves the upload and its parts
             self._done = True
             if head(self.final) is None:  # 409 ConditionalRequestConflict: nothing landed
@@ -341,15 +332,7 @@ class S3Sink:
         self._sent.close()
         if self._w is None:
             return  # nothing was sent
-        if isinstance(self._w, MultipartUpload):
-            self._w.abort()  # logs a failure itself
-            return
-        try:  # obstore aborts the multipart upload when its writer exits with an error
-            self._w.__exit__(ArchiveError, ArchiveError("aborted"), None)
-        except Exception as exc:  # noqa: BLE001 - the server may be gone
-            log.warning("%s: could not abort the multipart upload (%s); its parts stay until "
-                        "the bucket's lifecycle rule removes incomplete uploads", self.final,
-                        message(exc))
+        self._w.abort()  # logs a failure itself
 
 
 class _Block:
@@ -378,8 +361,7 @@ class S3Source:
     later GET must match); later reads go through a block cache with read-ahead, so a
     restore reading chunks in order makes one request per few MiB with a few in flight, or
     through a plan of the members about to be read (:meth:`plan`). Each GET reads its body
-    straight into one of a few reused buffers (:mod:`dsbackup.storage.s3get`; the obstore
-    client's stream, copied in, with the instance's own credentials). A failed fetch is not
+    straight into one of a few reused buffers (:mod:`dsbackup.storage.s3get`). A failed fetch is not
     kept: the next read of its bytes fetches them again. :meth:`close` cancels every GET
     queued or in flight and waits (briefly) for them to end."""
 
@@ -387,30 +369,19 @@ class S3Source:
         if loc.is_prefix:
             raise ArchiveUnavailable(f"{loc}: names a prefix, not an archive")
         self.location = loc
-        self._store = store(loc.bucket)
+        store(loc.bucket)  # the client's set-up and its checks (CA bundle, certificate)
         self._api = reader_api()
         self._cancel = Cancel(str(loc))
         self._closed = False
         self._etag = ""  # the object's, from the open: every later GET must match it
         self._inflight: set[Future[None]] = set()
-        if self._api is not None:  # the same signed GETs, checks and retries as the blocks'
-            got = get_tail(self._api, loc.bucket, loc.key, TAIL_BYTES, str(loc),
-                           cancel=self._cancel)
-            if got is None:
-                self._tail, self.size = self._tail_after_416()
-            else:
-                self._tail, self.size, self._etag = got
+        # the same signed GETs, checks and retries as the blocks'
+        got = get_tail(self._api, loc.bucket, loc.key, TAIL_BYTES, str(loc),
+                       cancel=self._cancel)
+        if got is None:
+            self._tail, self.size = self._tail_after_416()
         else:
-            try:
-                res = obstore.get(self._store, loc.key,
-                                  options={"range": {"suffix": TAIL_BYTES}})
-                self._tail = bytes(res.bytes())
-                self.size = int(res.meta["size"])
-                self._etag = res.meta.get("e_tag") or ""
-            except Exception as exc:  # noqa: BLE001 - mapped
-                if "Range Not Satisfiable" not in str(exc) and "416" not in str(exc):
-                    raise _unavailable(loc, "GET", exc) from None
-                self._tail, self.size = self._tail_after_416()
+            self._tail, self.size, self._etag = got
         self._tail_start = self.size - len(self._tail)
         self._blocks: OrderedDict[int, _Block] = OrderedDict()
         self._free: list[mmap.mmap] = []  # buffers of evicted blocks, for the next ones
@@ -458,10 +429,6 @@ class S3Source:
 
     def _get(self, start: int, end: int) -> bytes:
         """The bytes at [start, end), outside the cache (a read of a block or more)."""
-        if self._api is None:
-            buf = bytearray(end - start)
-            self._stream_into(memoryview(buf), start, end)
-            return bytes(buf)
         buf = bytearray(end - start)
         etag = get_into(self._api, self.location.bucket, self.location.key, start,
                         memoryview(buf), str(self.location), etag=self._etag,
@@ -479,12 +446,9 @@ class S3Source:
         try:
             assert blk.buf is not None
             with memoryview(blk.buf) as view:
-                if self._api is not None:
-                    get_into(self._api, self.location.bucket, self.location.key, start,
-                             view[:end - start], str(self.location), etag=self._etag,
-                             cancel=self._cancel)
-                else:
-                    self._stream_into(view[:end - start], start, end)
+                get_into(self._api, self.location.bucket, self.location.key, start,
+                         view[:end - start], str(self.location), etag=self._etag,
+                         cancel=self._cancel)
             ok = True
         finally:
             with self._lock:
@@ -516,32 +480,6 @@ class S3Source:
         self._inflight.add(fut)
         fut.add_done_callback(self._inflight.discard)
         return fut
-
-    def _stream_into(self, view: memoryview, start: int, end: int) -> None:
-        """The obstore client's GET of [start, end), its body copied in piece by piece."""
-        pos = 0
-        self._cancel.check()
-        options: dict[str, Any] = {"range": (start, end)}
-        if self._etag:
-            options["if_match"] = self._etag
-        try:
-            got = obstore.get(self._store, self.location.key,
-                              options=options)  # type: ignore[arg-type]
-            for piece in got.stream(min_chunk_size=PIECE):
-                self._cancel.check()
-                n = len(piece)
-                if pos + n > len(view):
-                    pos += n
-                    break
-                view[pos:pos + n] = piece
-                pos += n
-        except DsBackupError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped
-            raise _unavailable(self.location, f"GET bytes {start}-{end}", exc) from None
-        if pos != end - start:
-            raise IntegrityError(f"{self.location}: short read at offset {start} (object "
-                                 "changed?)")
 
     def _release(self, blk: _Block | Span) -> None:
         """An evicted block (or a plan's span) nothing pins gives its buffer back; caller

@@ -16,7 +16,8 @@ obstore client's ``UNSIGNED-PAYLOAD`` over https saves hashing its parts; there 
 save here). The settings are exactly the obstore client's
 (:func:`dsbackup.storage.s3config.client_config`: credentials, region, endpoint with path-style
 addressing; AWS itself path-style as obstore does), its timeout and retries, and its trusted
-CAs (:mod:`dsbackup.storage.s3tls`). Nothing secret leaves this module: the Authorization
+CAs (:mod:`dsbackup.storage.s3tls`); without keys, both sign with a role's temporary
+credentials from one cache (:mod:`dsbackup.storage.s3creds`), fetched at the first request. Nothing secret leaves this module: the Authorization
 header, the secret key and the session token are never part of a message or an exception, and
 every message from the server passes :func:`dsbackup.storage.s3config.scrub`.
 """
@@ -31,26 +32,20 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit
 
 from dsbackup.errors import ArchiveUnavailable, ConfigError, S3ApiError
 from dsbackup.storage.s3config import client_config, scrub, settings
+from dsbackup.storage.s3creds import Credentials, chain, static
 from dsbackup.storage.s3tls import permanent, ssl_context, tls_error
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 MAX_RESPONSE = 16 << 20  # a listing page of 1000 entries is well under 1 MiB
 CONNECT_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class Credentials:
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
-    session_token: str | None = field(default=None, repr=False)
 
 
 def uri_encode(text: str, *, keep_slash: bool = False) -> str:
@@ -166,11 +161,10 @@ class S3Api:
     """Signed requests to one endpoint with the client's credentials, timeout and retries."""
 
     def __init__(self, cfg: dict[str, str], *, timeout_s: float = 60.0, retries: int = 5) -> None:
-        if not (cfg.get("access_key_id") and cfg.get("secret_access_key")):
-            raise ConfigError("no S3 access key in the environment or ~/.aws files (the "
-                              "instance's own credentials are not used for this request)")
-        self.creds = Credentials(cfg["access_key_id"], cfg["secret_access_key"],
-                                 cfg.get("session_token"))
+        # the keys of the environment or ~/.aws, else the AWS chain's temporary credentials
+        # (s3creds.py: web identity, container, instance metadata), fetched at the first
+        # request and refreshed before they expire
+        self._creds = static(cfg) or chain()
         self.region = cfg.get("region") or "us-east-1"
         endpoint = cfg.get("endpoint") or f"https://s3.{self.region}.amazonaws.com"
         u = urlsplit(endpoint)
@@ -191,6 +185,11 @@ class S3Api:
         # plain http, or everywhere when asked
         self.sign_payload = cfg.get("unsigned_payload",
                                     "true" if self.https else "false") != "true"
+
+    @property
+    def creds(self) -> Credentials:
+        """The credentials to sign with now (S3ApiError, one line, when none can be had)."""
+        return self._creds()
 
     @classmethod
     def from_config(cls) -> S3Api:
@@ -237,13 +236,14 @@ class S3Api:
                        extra: dict[str, str] | None = None) -> dict[str, str]:
         """A request's headers, `extra` (a Range ...) included, and its Authorization."""
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        creds = self.creds
         headers = {"host": self.netloc, "x-amz-date": amz_date,
                    "x-amz-content-sha256": payload_sha256}
-        if self.creds.session_token:
-            headers["x-amz-security-token"] = self.creds.session_token
+        if creds.session_token:
+            headers["x-amz-security-token"] = creds.session_token
         headers.update(extra or {})
         headers["Authorization"] = authorization(method, path, params, headers,
-                                                 payload_sha256, self.creds, self.region,
+                                                 payload_sha256, creds, self.region,
                                                  amz_date)
         return headers
 

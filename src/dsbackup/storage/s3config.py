@@ -5,8 +5,9 @@ standard AWS environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_K
 ``AWS_SESSION_TOKEN``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` /
 ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``); then the shared files (``~/.aws/credentials`` and
 ``~/.aws/config``, or ``AWS_SHARED_CREDENTIALS_FILE`` / ``AWS_CONFIG_FILE``), for the profile
-``AWS_PROFILE`` or ``default``. Without keys from either, the client's own chain (instance
-metadata, web identity) is used. Request bodies are signed over plain http only
+``AWS_PROFILE`` or ``default``. Without keys from either, a role's temporary credentials
+from the AWS chain (:mod:`dsbackup.storage.s3creds`: web identity, container credentials,
+instance metadata) sign every request, ours and obstore's. Request bodies are signed over plain http only
 (:func:`sign_payload`); the CA bundle of a private CA is :mod:`dsbackup.storage.s3tls`'s.
 
 Every secret value found is registered with :func:`scrub`, which every error message from

@@ -27,7 +27,7 @@ from typing import Any
 from dsbackup.errors import DsBackupError, S3ApiError
 from dsbackup.storage.location import S3Location
 from dsbackup.storage.s3api import S3Api
-from dsbackup.storage.s3config import client_config, scrub, settings
+from dsbackup.storage.s3config import scrub, settings
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +128,10 @@ def abort_stale(prefix: S3Location, *, dry_run: bool = False, api: S3Api | None 
 
 def clean_before_backup(loc: S3Location) -> None:
     """The backup's turn: abort stale uploads of `loc`'s prefix; a failure is a warning (the
-    backup goes on), and without keys of our own (instance credentials) a note at -v."""
+    backup goes on)."""
     if settings().stale_hours is None:
         return
     try:
-        if not client_config().get("secret_access_key"):
-            log.info("%s: stale multipart uploads not checked (needs keys from the "
-                     "environment or ~/.aws; a lifecycle rule can remove them)", loc.parent)
-            return
         abort_stale(loc.parent)
     except DsBackupError as exc:
         log.warning("%s: could not check for stale multipart uploads (%s); the backup goes "
