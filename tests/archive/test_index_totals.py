@@ -33,9 +33,12 @@ def test_totals_agree_with_the_arrays() -> None:
     for n, seed in ((0, 1), (1, 2), (7, 3), (4096, 4)):
         ix = _index(n, seed)
         got = list(ix.totals())
-        digests = b"".join(d for d, _, _ in got)
-        records = sum(r for _, r, _ in got)
-        refs = sum(x for _, _, x in got)
+        digests = b"".join(d for d, _, _, _ in got)
+        records = sum(r for _, r, _, _ in got)
+        refs = sum(x for _, _, x, _ in got)
+        payload = sum(b for _, _, _, b in got)
+        assert payload == sum(e.payload_len for e in ix.entries())
+        assert ix.reference_seqs() == [e.seq for e in ix.entries() if e.in_parent]
         tables = list(ix.tables())
         assert digests == b"".join(t["payload_xxh3"].astype("<u8").tobytes() for t in tables)
         assert records == sum(int(t["records"].sum(dtype=np.uint64)) for t in tables)

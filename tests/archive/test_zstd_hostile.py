@@ -48,7 +48,7 @@ def write_archive(path: Path, n: int = 3) -> Path:
             info = scan_payload(p)
             w.add_chunk(ReadyChunk(info.record_count, bytes(info.first_key),
                                    bytes(info.last_key), info.keys_xxh3, xxh3_64(p),
-                                   len(p), deflate_body(p, 101)))
+                                   info.raw_bytes, deflate_body(p, 101)))
         w.finish({})
     return path
 

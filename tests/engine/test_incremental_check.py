@@ -409,3 +409,33 @@ def test_a_parent_summary_without_a_fingerprint_is_damage(tmp_path, fingerprint)
     with pytest.raises(IntegrityError, match="fingerprint"):
         archive_fingerprint(parent)
     ds.close()
+
+
+def test_a_parent_pruned_before_its_hold_fails_the_backup_at_its_start(tmp_path, monkeypatch):
+    """A prune that ran between the opening of the parent and its hold (it saw no hold) may
+    have deleted it: the backup says so right after taking its holds, before planning the
+    store, not after the whole backup (it used to fail only at its end)."""
+    from dsbackup import datasets
+    from dsbackup.engine import incremental as inc
+
+    datasets.write_lmdb(str(tmp_path / "s"), datasets.iter_small(300))
+    parent = tmp_path / "full.tar.gz"
+    BackupManager().create_backup(f"lmdb:{tmp_path / 's'}", parent)
+    real_hold, planned = inc.hold_chain, []
+
+    def pruned_first(archives, child):
+        parent.unlink()  # the prune, an instant before the hold
+        return real_hold(archives, child)
+
+    monkeypatch.setattr(inc, "hold_chain", pruned_first)
+
+    def plan(*a, **kw):
+        planned.append(1)
+        raise AssertionError("the store was planned although the parent was gone")
+
+    monkeypatch.setattr(inc, "_plan", plan)
+    out = tmp_path / "inc.tar.gz"
+    with pytest.raises(MissingParentError, match="was deleted while this backup ran"):
+        BackupManager().create_backup(f"lmdb:{tmp_path / 's'}", out, parent=parent)
+    assert not planned and not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no hold, no temp file left

@@ -129,3 +129,72 @@ def test_a_hold_locked_by_a_dead_hold_cleaner_before_its_owner_is_made_again(tmp
         assert held.live and held.child == str(tmp_path / "y.tar.gz")
     finally:
         h.release()
+
+
+def test_a_prune_never_sees_a_running_backup_s_hold_unlocked(tmp_path, cli_env, monkeypatch):
+    """A hold used to be created under its name, then locked: a prune listing the directory in
+    between saw an unlocked (empty) hold, took it for a dead backup's and deleted the parent
+    of the running incremental, which then failed (exit 2, "deleted while this backup ran").
+    The prune is run here at the instant a hold's name first appears in the directory (after
+    the call that makes it: the file's creation on the old code, its rename into place now):
+    it must keep the parent (rule in-progress) and the backup succeed. Fails on the old code
+    (the parent deleted, MissingParentError)."""
+    import json
+    import re
+    import subprocess
+    import sys
+    import time
+
+    from dsbackup import datasets
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.storage import holds as holds_mod
+
+    store, d, e = tmp_path / "store", tmp_path / "D", tmp_path / "E"
+    d.mkdir()
+    e.mkdir()
+    datasets.write_lmdb(str(store), datasets.iter_small(200))
+    parent, newer = d / "n_20260101_000000.tar.gz", d / "n_20260102_000000.tar.gz"
+    BackupManager().create_backup(f"lmdb:{store}", parent)
+    time.sleep(0.01)  # a later creation time in the manifest
+    BackupManager().create_backup(f"lmdb:{store}", newer)
+    pruned: list[dict] = []
+    hold = re.compile(r"^\.n_20260101_000000\.tar\.gz\.hold-\d+-[0-9a-f]{12}$")
+
+    def prune_when_a_hold_appears() -> None:
+        if not pruned and any(hold.match(n) for n in os.listdir(d)):
+            r = subprocess.run([sys.executable, "-m", "dsbackup", "prune", str(d),
+                                "--keep-last", "1", "--json"], env=cli_env,
+                               capture_output=True, text=True, timeout=120)
+            pruned.append(json.loads(r.stdout))
+
+    class RacingOs:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def open(*a, **kw):
+            fd = os.open(*a, **kw)
+            prune_when_a_hold_appears()
+            return fd
+
+        @staticmethod
+        def rename(*a, **kw):
+            os.rename(*a, **kw)
+            prune_when_a_hold_appears()
+
+    monkeypatch.setattr(holds_mod, "os", RacingOs())
+    BackupManager().create_backup(f"lmdb:{store}", e / "inc.tar.gz", parent=parent)
+    assert pruned, "the prune did not run"
+    assert parent.exists() and (e / "inc.tar.gz").exists()
+    [decision] = [x for x in _dicts(pruned[0]) if x.get("id") == parent.name]
+    assert decision["keep"] and decision["rule"] == "in-progress", decision
+    assert holds_in(d) == []  # released at the end
+
+
+def _dicts(obj):
+    if isinstance(obj, dict):
+        yield obj
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        for x in obj:
+            yield from _dicts(x)

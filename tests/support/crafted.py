@@ -36,7 +36,7 @@ def craft(path: Path, chunks: list[dict]) -> Path:
     mlen = len(out)
     ib = IndexBuilder()
     fp = Xxh3_128()
-    total = 0
+    total = raw_bytes = 0
     for seq, c in enumerate(chunks):
         recs = c["records"]
         data = encode_records([k for k, _ in recs], [v for _, v in recs])
@@ -48,13 +48,14 @@ def craft(path: Path, chunks: list[dict]) -> Path:
                                 c.get("first", info.first_key), c.get("last", info.last_key)))
         fp.update(xxh3_64(data).to_bytes(8, "little"))
         total += len(recs)
+        raw_bytes += sum(len(k) + len(v) for k, v in recs)
         out += raw
     idx = ib.encode(mlen, xxh3_64(bytes(out[:mlen])))
     ioff = len(out)
     im = honest_member(idx, fmt.TYPE_INDEX, fmt.INDEX_NAME)
     out += im
     summary = json.dumps({"chunks": len(chunks), "records": total,
-                          "fingerprint": fp.hexdigest(), "raw_bytes": 1000}).encode()
+                          "fingerprint": fp.hexdigest(), "raw_bytes": raw_bytes}).encode()
     soff = len(out)
     sm = honest_member(summary, fmt.TYPE_SUMMARY, fmt.SUMMARY_NAME)
     out += sm

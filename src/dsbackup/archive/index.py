@@ -248,24 +248,37 @@ class Index:
             self._entries = [self._decode(i) for i in range(self.chunk_count)]
         return self._entries
 
-    def totals(self) -> Iterator[tuple[bytes, int, int]]:
-        """(payload XXH3s as little-endian u64 bytes, records, parent references) of the
-        chunk table — what the summary check and verify's reference count need — read through
-        strided memoryviews of the table (no numpy import, no Python object per entry)."""
+    def totals(self) -> Iterator[tuple[bytes, int, int, int]]:
+        """(payload XXH3s as little-endian u64 bytes, records, parent references, payload
+        bytes) of the chunk table — what the summary check and verify's reference count need —
+        read through strided memoryviews of the table (no numpy import, no Python object per
+        entry)."""
         n = self.chunk_count
         if n == 0:
             return
         if sys.byteorder != "little":  # the table is little-endian; decode it as arrays
             for t in self.tables():
                 yield (t["payload_xxh3"].astype("<u8").tobytes(), int(t["records"].sum()),
-                       int((t["flags"] & FLAG_PARENT).astype(bool).sum()))
+                       int((t["flags"] & FLAG_PARENT).astype(bool).sum()),
+                       int(t["payload_len"].sum()))
             return
-        table = memoryview(self._data)[HEADER_SIZE:HEADER_SIZE + n * ENTRY_SIZE]
-        u64, u32 = table.cast("Q"), table.cast("I")
+        u64, u32 = self._fields()
         w64, w32 = ENTRY_SIZE // 8, ENTRY_SIZE // 4
-        # fields as §5: records is u64 4, payload_xxh3 u64 5, flags u32 20 of each entry
+        # fields as §5: payload length u64 3, records u64 4, payload_xxh3 u64 5, flags u32 20
         yield (u64[5::w64].tobytes(), sum(u64[4::w64]),
-               sum(map(FLAG_PARENT.__and__, u32[20::w32])))
+               sum(map(FLAG_PARENT.__and__, u32[20::w32])), sum(u64[3::w64]))
+
+    def _fields(self) -> tuple[memoryview, memoryview]:
+        """The chunk table as u64 and u32 words (native order: little-endian machines)."""
+        table = memoryview(self._data)[HEADER_SIZE:HEADER_SIZE + self.chunk_count * ENTRY_SIZE]
+        return table.cast("Q"), table.cast("I")
+
+    def reference_seqs(self) -> list[int]:
+        """The seqs of the parent references (§10.2), in order, without decoding entries."""
+        if sys.byteorder != "little" or not self.chunk_count:
+            return [e.seq for e in self.entries() if e.in_parent]
+        flags = self._fields()[1][20::ENTRY_SIZE // 4]
+        return [i for i, f in enumerate(flags) if f & FLAG_PARENT]
 
     def tables(self) -> Iterator[np.ndarray]:
         """The chunk table as one structured array (ENTRY_DTYPE), like PagedIndex.tables."""

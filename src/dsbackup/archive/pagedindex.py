@@ -382,12 +382,14 @@ class PagedIndex:
             for j in range(len(pg.entries)):
                 yield _entry(pg, j)
 
-    def totals(self) -> Iterator[tuple[bytes, int, int]]:
-        """Per page: (payload XXH3s as little-endian u64 bytes, records, parent references)."""
+    def totals(self) -> Iterator[tuple[bytes, int, int, int]]:
+        """Per page: (payload XXH3s as little-endian u64 bytes, records, parent references,
+        payload bytes)."""
         for t in self.tables():
             yield (t["payload_xxh3"].astype("<u8").tobytes(),
                    int(t["records"].sum(dtype=np.uint64)),
-                   int(np.count_nonzero(t["flags"] & FLAG_PARENT)))
+                   int(np.count_nonzero(t["flags"] & FLAG_PARENT)),
+                   int(t["payload_len"].sum(dtype=np.uint64)))
 
     def tables(self) -> Iterator[np.ndarray]:
         """The chunk table page by page, as structured arrays (ENTRY_DTYPE)."""

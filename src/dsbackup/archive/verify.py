@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsbackup._ext.checksum import Xxh3_128
 from dsbackup._ext.framing import FramingError, scan_payload
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.readplan import plan_chunk_reads
+from dsbackup.archive.summarycheck import summary_problems
 from dsbackup.errors import (
     ArchiveError,
     ArchiveUnavailable,
@@ -139,9 +139,10 @@ def chain_identity(readers: Sequence[ArchiveReader]) -> list[str] | None:
     return None if None in out else out  # type: ignore[return-value]
 
 
-def _check_chunk(reader: ArchiveReader, i: int, deep: bool,
-                 blocks: list[Any] | None = None, trusted: bool = False) -> tuple[int, int]:
-    """Check chunk i; returns (bytes read, records). Raises IntegrityError naming the chunk.
+def _check_chunk(reader: ArchiveReader, i: int, deep: bool, blocks: list[Any] | None = None,
+                 trusted: bool = False) -> tuple[int, int, int]:
+    """Check chunk i; returns (bytes read, records, key and value bytes: 0 unless deep).
+    Raises IntegrityError naming the chunk.
     `trusted` (quick only): a reference into a chain just verified by the caller: its entry is
     compared hop by hop with the chunk it resolves to and its catalog is found, nothing read."""
     e = reader.entry(i)
@@ -149,15 +150,15 @@ def _check_chunk(reader: ArchiveReader, i: int, deep: bool,
         reader.locate(i)
         if reader.index.catalog_count:
             reader.catalog_holder(i)
-        return 0, e.records
+        return 0, e.records, 0
     if not deep:
         n = reader.check_member(i)
         if reader.index.catalog_count:
             reader.check_catalog_member(i)
-        return n, e.records
+        return n, e.records, 0
     # the member and the payload in this thread's reused buffers (archive.buffers)
     payload = reader.read_chunk(i, into=reader.reused_payload, gzip_crc=True)
-    check_payload(reader.path, i, e, payload)
+    raw = check_payload(reader.path, i, e, payload).raw_bytes
     if reader.index.catalog_count:
         reader.read_catalog(i)
     if blocks is not None:
@@ -168,8 +169,8 @@ def _check_chunk(reader: ArchiveReader, i: int, deep: bool,
         blocks.append(tally)
     if e.in_parent:
         holder, seq = reader.locate(i)
-        return holder.entry(seq).length, e.records
-    return e.length, e.records
+        return holder.entry(seq).length, e.records, raw
+    return e.length, e.records, raw
 
 
 def verify_archive(
@@ -247,7 +248,7 @@ def verify_archive(
                 identity = chain_identity([reader, *(chain.levels if chain else ())])
                 trusted = (not deep and sample is None and bool(trusted_chain)
                            and identity is not None and identity[1:] == list(trusted_chain))
-                report.referenced_chunks = sum(refs for _, _, refs in reader.index.totals())
+                report.referenced_chunks = sum(refs for _, _, refs, _ in reader.index.totals())
             except (MissingParentError, IntegrityError) as exc:
                 report.add(exc)
                 if isinstance(exc, MissingParentError):
@@ -272,11 +273,11 @@ def verify_archive(
         plan_chunk_reads(reader, range(reader.chunk_count), catalogs=True,
                          parents=not trusted)
 
-        def task(i: int) -> tuple[int, int, IntegrityError | None]:
+        def task(i: int) -> tuple[int, int, int, IntegrityError | None]:
             d = deep if deep_set is None else i in deep_set
             blocks: list[Any] | None = [] if check_blocks and d else None
             try:
-                nbytes, recs = _check_chunk(reader, i, d, blocks, trusted)
+                nbytes, recs, raw = _check_chunk(reader, i, d, blocks, trusted)
                 if blocks:
                     with lock:
                         tally = blocks[0]
@@ -286,22 +287,23 @@ def verify_archive(
                                 report.blocks_unchecked.get(reason, 0) + cnt
                             report.blocks_unchecked_examples.setdefault(
                                 reason, tally.examples[reason].decode("ascii", "replace"))
-                return nbytes, recs if d else 0, None
+                return nbytes, recs if d else 0, raw, None
             except (IntegrityError, MissingParentError) as exc:
-                return 0, 0, exc
+                return 0, 0, 0, exc
 
-        done = 0
+        done = raw_bytes = 0
         pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
         results = (ordered_map(pool, task, range(reader.chunk_count), 4 * workers)
                    if pool is not None else map(task, range(reader.chunk_count)))
         try:
-            for i, (nbytes, recs, exc) in enumerate(results):
+            for i, (nbytes, recs, raw, exc) in enumerate(results):
                 done += 1
                 if exc is not None:
                     report.add(exc, reader)
                 else:
                     report.checked_chunks += 1
                     report.bytes_checked += nbytes
+                    raw_bytes += raw
                     if trusted and reader.entry(i).in_parent:
                         report.trusted_chunks += 1
                     if recs or (deep and deep_set is None) or (deep_set and i in deep_set):
@@ -312,6 +314,12 @@ def verify_archive(
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+    said = reader.summary.get("raw_bytes") if report.ok else None
+    if (deep and deep_set is None and report.checked_chunks == report.chunks
+            and isinstance(said, int) and said != raw_bytes):
+        # what no index field holds: the records' key and value bytes (docs/FORMAT.md §7)
+        report.add(IntegrityError(f"{reader.path}: summary says raw_bytes={said!r} but the "
+                                  f"chunks hold {raw_bytes!r}", part="summary"))
     report.bad_chunks.sort()
     if (report.ok and report.checked_chunks == report.chunks and not report.trusted_chunks
             and identity is not None):
@@ -336,30 +344,5 @@ def _check_node(reader: ArchiveReader, report: VerifyReport, *, deep: bool) -> N
 
 
 def _check_summary(reader: ArchiveReader, report: VerifyReport) -> None:
-    try:
-        s = reader.summary
-    except IntegrityError:
-        return
-    fp = Xxh3_128()
-    records = 0
-    try:
-        for digests, recs, _ in reader.index.totals():  # page by page, no object per entry
-            fp.update(digests)
-            records += recs
-    except IntegrityError:
-        return  # a damaged page: reported by the layout check
-    expect = {"chunks": reader.chunk_count, "records": records}
-    parent = reader.manifest.get("parent") if "manifest" not in report.bad_parts else None
-    if isinstance(parent, dict) and isinstance(parent.get("fingerprint"), str):
-        # incremental: the content digest, then the parent's fingerprint (docs/FORMAT.md §7)
-        expect["content_fingerprint"] = fp.hexdigest()
-        try:
-            fp.update(bytes.fromhex(parent["fingerprint"]))
-        except ValueError:
-            pass
-    expect["fingerprint"] = fp.hexdigest()
-    for k, v in expect.items():
-        if s.get(k) != v:
-            report.add(IntegrityError(
-                f"{reader.path}: summary says {k}={s.get(k)!r} but the index gives {v!r}",
-                part="summary"))
+    for problem in summary_problems(reader, "manifest" not in report.bad_parts):
+        report.add(problem)

@@ -176,6 +176,9 @@ class BaseDatastore(ABC):
 
     scheme: ClassVar[str] = ""
     parallel_readable: bool = False
+    # put_many applies a batch whole or not at all (one transaction): a failed call left
+    # nothing of it (a restore that failed so leaves the target as it was, engine/restore.py)
+    atomic_put_many: ClassVar[bool] = False
 
     def __init__(self, uri: str, *, readonly: bool = False, location: str = "") -> None:
         self.uri = uri

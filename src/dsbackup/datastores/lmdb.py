@@ -94,6 +94,7 @@ class LmdbDatastore(BaseDatastore):
     """An LMDB environment directory (``data.mdb`` + ``lock.mdb``)."""
 
     scheme = "lmdb"
+    atomic_put_many = True  # one transaction (write batch) a call
     parallel_readable = True
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,

@@ -34,6 +34,7 @@ _SCHEMA = f"CREATE TABLE IF NOT EXISTS {TABLE} (key BLOB PRIMARY KEY, value BLOB
 
 class SqliteDatastore(BaseDatastore):
     scheme = "sqlite"
+    atomic_put_many = True  # one transaction (write batch) a call
     parallel_readable = True
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,

@@ -256,15 +256,19 @@ def _check_before_commit(tmp: Path, parent: ArchiveReader, cfg: BackupConfig) ->
     _parents_still_there(tmp, parent)
 
 
-def _parents_still_there(tmp: Path, parent: ArchiveReader) -> None:
+def _parents_still_there(tmp: Path, parent: ArchiveReader, *, local_only: bool = False
+                         ) -> None:
     """MissingParentError when an archive of the parent chain is no longer at its location
     as the archive this backup read from its open file: deleted (a prune the backup's holds
     did not reach), or replaced by another archive at the same name (`backup --overwrite`,
     `consolidate --overwrite`, a rename) whose chunks are not the ones referenced. The new
     archive would lack its parent; nothing is stored. Identity, not existence: a file's inode
-    and size, an object's ETag and size (one stat, or one HEAD on S3, per archive)."""
+    and size, an object's ETag and size (one stat, or one HEAD on S3, per archive;
+    `local_only`: files only)."""
     upper = parent.open_parents()
     for lv in [parent] + (upper.levels if upper else []):
+        if local_only and not isinstance(as_location(lv.path), Path):
+            continue
         same = lv.still_at_its_path()
         if same is None:  # no location to look at again
             loc = as_location(lv.path)
@@ -333,6 +337,9 @@ def create_incremental(source: Any, path: Path, parent: Path, cfg: BackupConfig,
         holds = hold_chain([as_location(p) for p in
                             [preader.path] + (chain.paths if chain else [])],
                            as_location(path))
+        # a prune between the opening and the holds may have deleted one: say so now, not
+        # after the whole backup (local archives: the ones holds protect; one stat each)
+        _parents_still_there(path, preader, local_only=True)
         if chain is not None and cfg.include_metadata and preader.index.catalog_count:
             chain.require_catalogs()  # referenced catalogs must exist all the way down
         target = identity(path)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from dsbackup.archive import guard
 from dsbackup.archive.buffers import PayloadRing
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.readplan import plan_chunk_reads
+from dsbackup.archive.summarycheck import check_references, check_summary
 from dsbackup.archive.verify import check_layout, check_payload
 from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.engine.restore_journal import JournalSync, journal_path, write_journal
@@ -68,6 +70,20 @@ JOURNAL_INTERVAL_S = 1.0
 # does not fit into. Tight on purpose: its pages are all resident once it has gone round; a
 # region that does not fit gets a mapping of its own (5 of 2,320 chunks of 256 KiB blocks)
 RING_SLACK = 2 << 20
+
+
+@dataclass
+class _Writes:
+    """What one run did: `started`, whether a write into the target was made that may have
+    left records in it (a failed put_many of a store whose batches are not atomic
+    included); `records` and `nbytes`, the archive's records (and their key and value bytes)
+    it put or, with skip_existing, skipped; `expected`, the records of the chunks it went
+    through (their index entries)."""
+
+    started: bool = False
+    records: int = 0
+    nbytes: int = 0
+    expected: int = 0
 
 
 def prefix_bounds(prefix: str | bytes | None) -> tuple[bytes, bytes | None]:
@@ -282,9 +298,22 @@ def restore_archive(
         # chunk ranges ordered and disjoint, before the target is touched (of a paged index:
         # the pages holding the prefix, docs/FORMAT.md §11.3)
         check_layout(reader, *prefix_bounds(prefix))
+        # the summary against the index (a chunk rewritten with its checksums: docs/FORMAT.md
+        # §7): O(chunks), no payload read; a prefix restore of a paged index would read
+        # every page for it, so unless its range spans them all it checks only the chunks
+        # it restores, each against its page (docs/CLI.md restore)
+        whole = (prefix is None or not reader.index.paged or reader.index.chunks_overlapping(
+            *prefix_bounds(prefix)) == range(reader.chunk_count))
+        if whole:
+            check_summary(reader, "nothing was restored")
         reader.node_files()  # a damaged or hostile node member: exit 3 before anything is written
         chain = reader.open_parents()
         guard.check_target_outside(target, chain.paths if chain else [])
+        if chain is not None and whole and (prefix is None or not any(
+                r.index.paged for r in chain.levels)):
+            # every reference against the entry it names, hop by hop, before anything is
+            # written (locate checks each again as its chunk is read)
+            check_references(reader, chain, "nothing was restored")
     except BaseException:
         reader.close()
         raise
@@ -344,10 +373,12 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
         batch_bytes = NATIVE_BATCH_BYTES if native is not None else DEFAULT_BATCH_BYTES
     jpath = _journal_path(target)
     fresh = jpath is not None and not jpath.exists()  # this run writes the journal
+    writes = _Writes()
     try:
         result = _restore(reader, target, workers=workers, mode=mode, prefix=prefix,
                           pattern=pattern, progress=progress, cancel=cancel,
-                          batch_bytes=batch_bytes, resume=resume, t0=t0, native=native)
+                          batch_bytes=batch_bytes, resume=resume, t0=t0, native=native,
+                          writes=writes)
     except InvalidKey:
         # the archive holds a key this kind of store cannot (flatfs: /pins/...): resuming
         # would fail at the same key, and the journal would only block another restore into
@@ -356,10 +387,14 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
             jpath.unlink(missing_ok=True)
         raise
     except BaseException:
-        # failed (a disk too small for the first batch) or stopped before any record was
-        # written: an empty target needs no journal, which would only refuse a restore of
-        # another archive into it
-        if fresh and mode == "empty" and _still_empty(target):
+        # failed or stopped before this run wrote anything (a damaged first chunk, Ctrl-C,
+        # a first batch the disk refused whole), into any target, --overwrite included: the
+        # target is as it was, and its journal would only refuse a backup of it and a
+        # restore of another archive into it. An empty target, whatever was tried. Kept when
+        # a write may have left records (or the node's files were replaced): the target then
+        # holds part of the archive, and a rerun finishes it (docs/CLI.md restore)
+        if fresh and (not writes.started and not node_files
+                      or mode == "empty" and _still_empty(target)):
             jpath.unlink(missing_ok=True)  # type: ignore[union-attr]
         raise
     finally:
@@ -380,7 +415,9 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
              prefix: str | bytes | None, pattern: str | list[str] | None,
              progress: Callable[[Progress], None] | None, cancel: threading.Event,
              batch_bytes: int, resume: bool, t0: float,
-             native: _NativeLmdbTarget | None = None) -> RestoreResult:
+             native: _NativeLmdbTarget | None = None,
+             writes: _Writes | None = None) -> RestoreResult:
+    writes = writes if writes is not None else _Writes()
     fingerprint = reader.summary.get("fingerprint", "")
     result = RestoreResult(archive=str(reader.path), target=getattr(target, "uri", str(target)),
                            chunks_total=reader.chunk_count, fingerprint=fingerprint)
@@ -391,7 +428,8 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
                "pattern": patterns}
     jpath = _journal_path(target)
     first_chunk = 0
-    if jpath is not None and jpath.exists():
+    resumed = jpath is not None and jpath.exists()
+    if resumed:
         try:
             state = json.loads(jpath.read_text())
         except (OSError, ValueError) as exc:
@@ -422,10 +460,14 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
     # an S3 archive (and each S3 parent) fetches exactly these chunks' members, coalesced,
     # not 8 MiB blocks and their read-ahead past a prefix's end (docs/STORAGE.md "Reading")
     plan_chunk_reads(reader, selected)
+    whole = prefix is None and not patterns  # what the summary's totals describe
     if native is not None:
         _write_native(reader, native, selected, first_chunk, workers=workers, cancel=cancel,
                       progress=progress, batch_bytes=batch_bytes, jpath=jpath, state=state,
-                      result=result, t0=t0)
+                      result=result, t0=t0, writes=writes)
+        if whole:
+            _check_counts(reader, result, writes, selected, first_chunk,
+                          jpath if writes.started or resumed else None, state)
         return _finish(target, jpath, result, t0)
     total_bytes = reader.summary.get("raw_bytes")
     keys_acc: list[bytes] = []
@@ -445,10 +487,19 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
                 keys_w, values_w = keys_acc, values_acc
             nbytes = sum(map(len, keys_w)) + sum(map(len, values_w))
             if keys_w:
-                with _no_space_is_an_error(target, nbytes):
-                    target.put_many(keys_w, values_w)
+                before, writes.started = writes.started, True
+                try:
+                    with _no_space_is_an_error(target, nbytes):
+                        target.put_many(keys_w, values_w)
+                except BaseException:
+                    if getattr(target, "atomic_put_many", False):
+                        writes.started = before  # nothing of this batch is in the target
+                    raise
             result.records_written += len(keys_w)
             result.bytes_written += nbytes
+            writes.records += len(keys_acc)
+            writes.nbytes += nbytes if keys_w is keys_acc else (
+                sum(map(len, keys_acc)) + sum(map(len, values_acc)))
         if jpath is not None:
             with _no_space_is_an_error(target):
                 target.sync("/")
@@ -460,7 +511,9 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
                                            matcher, cancel):
         keys_acc += keys
         values_acc += values
-        acc_bytes += reader.entry(i).payload_len
+        e = reader.entry(i)
+        acc_bytes += e.payload_len
+        writes.expected += e.records
         last_chunk = i
         result.chunks += 1
         if acc_bytes >= batch_bytes:
@@ -473,14 +526,52 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
     if selected:
         last_chunk = max(last_chunk, selected[-1])
     flush()
+    if whole:
+        _check_counts(reader, result, writes, selected, first_chunk,
+                      jpath if writes.started or resumed else None, state)
     return _finish(target, jpath, result, t0)
+
+
+def _check_counts(reader: ArchiveReader, result: RestoreResult, writes: _Writes,
+                  selected: range, first_chunk: int, jpath: Path | None,
+                  state: dict[str, Any]) -> None:
+    """A whole restore (no prefix or pattern) went through every chunk and the archive's
+    records: from chunk 0, the summary's `records` and `raw_bytes` (key and value bytes);
+    resumed, the records its chunks' index entries count. Otherwise the target need not hold
+    the archive's state, whatever each chunk's checks said (a restore that lost or repeated
+    records, a summary that does not describe these chunks): IntegrityError (exit 3), not
+    "OK". `jpath`: the journal when the target holds records of this restore (this run
+    wrote some, or an earlier one): set back to chunk 0 and kept, so the target is not
+    backed up as whole and a rerun restores and counts everything again."""
+    s = reader.summary
+    want: list[tuple[str, object, int]] = [("chunks", len(selected), result.chunks)]
+    if first_chunk == 0:
+        want.append(("records", s.get("records"), writes.records))
+        if isinstance(s.get("raw_bytes"), int):
+            want.append(("key and value bytes", s["raw_bytes"], writes.nbytes))
+    else:
+        want.append(("records", writes.expected, writes.records))
+    wrong = [f"{got:,} {what} where {'its summary' if first_chunk == 0 else 'the index'} "
+             f"says {expected:,}" for what, expected, got in want
+             if got != expected and isinstance(expected, int)]
+    if not wrong:
+        return
+    kept = "; nothing was written into it"
+    if jpath is not None:
+        write_journal(jpath, {**state, "next_chunk": 0})
+        kept = (f"; its restore journal {jpath} is kept (a backup of the target is refused "
+                "while it is there): run dsbackup verify on the archive, then the same "
+                "restore again (it starts over)")
+    raise IntegrityError(f"{result.target}: the restore of {reader.path} went through "
+                         f"{'; '.join(wrong)}: the target may not hold the archive's state"
+                         f"{kept}", part="summary")
 
 
 def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: range,
                   first_chunk: int, *, workers: int, cancel: threading.Event,
                   progress: Callable[[Progress], None] | None, batch_bytes: int,
                   jpath: Path | None, state: dict[str, Any], result: RestoreResult,
-                  t0: float) -> None:
+                  t0: float, writes: _Writes) -> None:
     """The restore loop of an LMDB target written natively: verified payloads are batched
     (batch_bytes) into one LmdbPayloadWriter.write each — no Python object per record —
     then synced and journaled like the datastore path."""
@@ -513,6 +604,7 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: ra
             syncer.wait()
             first_journal = False
         if payloads:
+            writes.started = True  # (a target of mode empty: _still_empty says the rest)
             try:
                 try:
                     n, nbytes = native.writer.write(payloads, append=True, overwrite=True)
@@ -543,6 +635,8 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: ra
             # any other LmdbWriteError is a DatastoreError naming the path and LMDB's code
             result.records_written += n
             result.bytes_written += nbytes
+            writes.records += n
+            writes.nbytes += nbytes
             native.start_writeback()
             ring.release(token)  # the writer copied the values: their regions are free
             token = None
@@ -583,6 +677,7 @@ def _write_native(reader: ArchiveReader, native: _NativeLmdbTarget, selected: ra
             chunk_ids.append(i)
             acc_bytes += e.payload_len
             acc_records += e.records
+            writes.expected += e.records
             last_chunk = i
             result.chunks += 1
             if acc_bytes >= batch_bytes:

@@ -8,10 +8,14 @@ backup's hold is not locked any more: it keeps nothing by itself, but it names t
 its backup was writing, and while that backup's temp file is there for `backup --resume`,
 prune keeps its parent chain (rule resumable; dsbackup.scheduler.pruning). The next backup
 holding an archive of that directory removes a dead hold whose backup left no temp file
-(taking its lock first, so a hold being created — created, then locked — is never taken for a
-dead one: its owner finds its file unlinked and makes another). Local archives only: an object
-store has no locks (a parent deleted under an S3 prefix fails the backup at its check before
-the rename, nothing stored).
+(taking its lock first). A hold is created under a pending name (`<hold name>.new`, which
+prune does not read), locked, written, and only then renamed to its name: whoever lists the
+directory never sees a running backup's hold unlocked or empty, which a prune would take for
+a dead backup's and delete the archive it holds. A dead-hold cleanup may still lock a pending
+hold between its creation and its owner's flock (it removes it then, as a killed backup's
+leftover): its owner finds its file locked or unlinked and makes another. Local archives
+only: an object store has no locks (a parent deleted under an S3 prefix fails the backup at
+its check before the rename, nothing stored).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from dsbackup.storage.tempfiles import held_by_someone
 log = logging.getLogger(__name__)
 
 _HOLD_NAME = re.compile(r"^\.(?P<name>.+)\.hold-(?P<pid>\d+)-[0-9a-f]{12}$")
+# a hold being made (or a killed backup's, from before it was renamed into place)
+_PENDING_NAME = re.compile(r"^\.(?P<name>.+)\.hold-(?P<pid>\d+)-[0-9a-f]{12}\.new$")
 _READ = 4096  # a hold's JSON is a path and a PID
 
 
@@ -87,22 +93,26 @@ class Holds:
         for _ in range(8):
             path = archive.with_name(f".{archive.name}.hold-{os.getpid()}-"
                                      f"{os.urandom(6).hex()}")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            pending = path.with_name(path.name + ".new")  # not a hold's name: prune skips it
+            fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
                          | os.O_NOFOLLOW, 0o600)
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:  # a dead-hold cleanup has it locked: it removes it
                     os.close(fd)
-                    _unlink(path)
+                    _unlink(pending)
                     continue
                 if os.fstat(fd).st_nlink == 0:  # removed as a dead hold before we locked it
                     os.close(fd)
                     continue
                 os.write(fd, data)
+                # visible only now, locked and naming its backup (the lock stays with the
+                # file): a prune listing the directory sees it live, or not at all
+                os.rename(pending, path)
             except BaseException:
                 os.close(fd)
-                _unlink(path)
+                _unlink(pending)
                 raise
             self._files.append((path, fd))
             return
@@ -185,7 +195,7 @@ def remove_dead_holds(directory: Path) -> None:
     except OSError:
         return
     for name in names:
-        m = _HOLD_NAME.match(name)
+        m = _HOLD_NAME.match(name) or _PENDING_NAME.match(name)
         if not m or int(m.group("pid")) == os.getpid():
             continue
         path = directory / name
@@ -200,7 +210,9 @@ def remove_dead_holds(directory: Path) -> None:
         except OSError:
             continue  # held: its backup runs
         else:
-            if not _left_temp_file(_child_of(path)):  # else resumable: it keeps the chain
+            # else resumable: it keeps the chain; a pending hold is a killed backup's (its
+            # owner holds its lock until it renames it) and names nothing prune reads
+            if name.endswith(".new") or not _left_temp_file(_child_of(path)):
                 _unlink(path)  # while holding its lock
         finally:
             os.close(fd)

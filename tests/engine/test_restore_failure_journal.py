@@ -1,0 +1,107 @@
+"""A restore that fails before it has written anything leaves the target and its directory as
+they were: no journal beside it (dsbackup.engine.restore). The journal makes a later `backup`
+of the store refuse it ("a restore into it did not finish") and a restore of another archive
+into it too; left by a restore that changed nothing, it broke a nightly backup for nothing.
+
+Before this fix only a restore into an *empty* target removed it: `restore --overwrite` (or
+`--skip-existing`) of an archive whose first chunk is damaged, into an existing store, left it
+(exit 3, nothing written, and the next `backup` of that store exit 2)."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from dsbackup.archive.reader import ArchiveReader
+from dsbackup.datastores import open_datastore
+from dsbackup.datastores.lmdb import LmdbDatastore
+from dsbackup.engine.restore import restore_archive
+from dsbackup.errors import DatastoreError
+
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
+
+
+def _damaged_first_chunk(src: Path, dst: Path) -> Path:
+    """A copy of `src` with a byte of chunk 0's member flipped (its member XXH3 no longer
+    matches: found when the chunk is read, after the journal is written)."""
+    with ArchiveReader(src) as r:
+        e = r.entry(0)
+    data = bytearray(src.read_bytes())
+    data[e.offset + e.length // 2] ^= 0x10
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def _records(uri: str) -> dict[bytes, bytes]:
+    ds = open_datastore(uri, readonly=True)
+    try:
+        out = {}
+        for keys, values in ds.scan_batches(b"", None, max_records=1000, max_bytes=1 << 30):
+            out.update(zip(keys, values))
+        return out
+    finally:
+        ds.close()
+
+
+@pytest.mark.parametrize("mode", ["--overwrite", "--skip-existing"])
+@pytest.mark.parametrize("scheme", ["lmdb", "sqlite", "flatfs"])
+def test_a_damaged_first_chunk_leaves_no_journal_beside_an_existing_store(tmp_path, run_cli,
+                                                                         scheme, mode):
+    name = "flatfs-full.tar.gz" if scheme == "flatfs" else "full.tar.gz"
+    good = GOLDEN / ("flatfs-incr.tar.gz" if scheme == "flatfs" else "exclude.tar.gz")
+    target = tmp_path / "store"
+    spec = f"{scheme}:{target}"
+    assert run_cli("restore", good, spec).returncode == 0
+    before = _records(spec)
+    bad = _damaged_first_chunk(GOLDEN / name, tmp_path / "bad.tar.gz")
+    r = run_cli("restore", bad, spec, mode)
+    assert r.returncode == 3, r.stderr
+    assert "chunk 0" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("store")) == \
+        ["store"]  # no journal (nor lock) beside it
+    assert _records(spec) == before
+    r = run_cli("backup", spec, tmp_path / "b.tar.gz")  # the nightly backup still runs
+    assert r.returncode == 0, r.stderr
+
+
+def _fail_first_put(monkeypatch):
+    calls = []
+
+    def put_many(self, keys, values):
+        calls.append(len(keys))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(LmdbDatastore, "put_many", put_many)
+    return calls
+
+
+def test_a_first_batch_refused_whole_leaves_no_journal(tmp_path, monkeypatch):
+    """--overwrite into an existing LMDB store whose first batch the disk refuses: LMDB
+    applies a batch in one transaction (atomic_put_many), so nothing was written: no
+    journal."""
+    uri = f"lmdb:{tmp_path / 'store'}"
+    restore_archive(GOLDEN / "exclude.tar.gz", uri)
+    before = _records(uri)
+    calls = _fail_first_put(monkeypatch)
+    with pytest.raises(DatastoreError, match="no space left"):
+        restore_archive(GOLDEN / "full.tar.gz", uri, mode="overwrite")
+    assert calls and not (tmp_path / "store.dsbackup-restore.json").exists()
+    monkeypatch.undo()
+    assert _records(uri) == before
+
+
+def test_a_failed_write_of_a_store_without_atomic_batches_keeps_the_journal(tmp_path,
+                                                                          monkeypatch):
+    """A store that writes a batch record by record (flatfs) may hold part of a batch whose
+    write failed: the journal stays, naming the restore to run again (docs/CLI.md)."""
+    uri = f"lmdb:{tmp_path / 'store'}"
+    restore_archive(GOLDEN / "exclude.tar.gz", uri)
+    _fail_first_put(monkeypatch)
+    monkeypatch.setattr(LmdbDatastore, "atomic_put_many", False)
+    with pytest.raises(DatastoreError):
+        restore_archive(GOLDEN / "full.tar.gz", uri, mode="overwrite")
+    journal = tmp_path / "store.dsbackup-restore.json"
+    assert json.loads(journal.read_text())["next_chunk"] == 0
