@@ -296,3 +296,33 @@ def test_run_once_into_a_backup_dir_that_is_a_file_is_one_line(tmp_path, lmdb_so
     res = run_cli("schedule", "run-once", "ipfs", "--config", cfg)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert f"{tmp_path / 'backups'}: File exists" in res.stderr
+
+
+def test_sighup_stops_the_daemon_as_sigterm_does_and_a_second_one_cancels_cleanly(
+        tmp_path, cli_env):
+    """A closed terminal (SIGHUP) raised KeyboardInterrupt in the daemon: it waited silently
+    for the running backup, then exited 130; a second SIGHUP killed the backup where it
+    stood (its temp file left, the state saying it still ran). Now SIGHUP is SIGTERM: a
+    message, running backups finish or, at a second signal, are cancelled; exit 0."""
+    src = tmp_path / "big-lmdb"
+    datasets.write_lmdb(str(src), ((b"/blocks/K%06d" % i, os.urandom(2000))
+                                   for i in range(20_000)))
+    cfg = write_config(tmp_path, src, cron="* * * * * */2",
+                       tail="compression_level = 9\nworkers = 1")
+    d = Daemon(cfg, cli_env)
+    backups = tmp_path / "backups"
+    try:
+        assert wait_until(lambda: backups.is_dir() and any(
+            ".tmp-" in p.name for p in backups.iterdir())), d.text
+        d.proc.send_signal(signal.SIGHUP)
+        assert d.wait_for_text("SIGHUP: stopping", timeout=10), d.text
+        d.proc.send_signal(signal.SIGHUP)
+        rc = d.finish(timeout=60)
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.finish()
+    assert rc == 0, d.text
+    assert "scheduler stopped" in d.text and "Traceback" not in d.text
+    assert not [p.name for p in backups.iterdir() if ".tmp-" in p.name]
+    assert state_of(tmp_path)["running"] is None

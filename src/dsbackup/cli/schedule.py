@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dsbackup.cli._common import add_json_flag, emit_json, port
+from dsbackup.cli._common import add_json_flag, emit_json, port, stop_signals
 from dsbackup.errors import EXIT_OK
 from dsbackup.scheduler import (
     CronSchedule,
@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    run = sub.add_parser("run", help="run the scheduler in the foreground (SIGTERM/SIGINT stop "
-                                     "it gracefully; a second signal cancels running backups)")
+    run = sub.add_parser("run", help="run the scheduler in the foreground (SIGTERM/SIGINT/SIGHUP "
+                                     "stop it gracefully; a second signal cancels running "
+                                     "backups)")
     run.add_argument("--config", required=True, type=Path, help="TOML configuration file")
     run.add_argument("--metrics-port", type=port, default=None,
                      help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any port)")
@@ -84,7 +85,10 @@ def _run_daemon(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             n = scheduler.cancel_running()
             print(f"dsbackup: cancelling {n} running backup(s)", file=sys.stderr, flush=True)
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP (a closed terminal) as SIGTERM, unless ignored (nohup): it raised
+    # KeyboardInterrupt, so a second one left the running backups where they stood
+    old = {s: signal.signal(s, on_signal)
+           for s in {signal.SIGTERM, signal.SIGINT, *stop_signals()}}
     try:
         for sched in loaded.schedules:
             scheduler.add_schedule(sched)
