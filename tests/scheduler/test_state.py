@@ -39,6 +39,12 @@ def test_unreadable_or_future_state_is_an_error(tmp_path):
     (tmp_path / "state.json").write_text('{"version": 99}')
     with pytest.raises(SchedulerError, match="version"):
         StateStore(tmp_path).load()
+    # valid JSON of another shape: an AttributeError, 'internal error (a bug)' from the CLI
+    for other in ('[]', '{"version": 1, "schedules": []}', '{"version": 1, "schedules": {"a": 5}}',
+                  '"text"'):
+        (tmp_path / "state.json").write_text(other)
+        with pytest.raises(SchedulerError, match="unreadable"):
+            StateStore(tmp_path).load()
 
 
 HOLD = """

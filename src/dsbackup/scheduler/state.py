@@ -151,7 +151,7 @@ class StateStore:
             return {}
         try:
             return decode_state(json.loads(raw))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (JSON of another shape)
             raise SchedulerError(f"{self.path}: unreadable scheduler state ({exc})") from exc
 
     def save(self, schedules: dict[str, ScheduleState]) -> None:
