@@ -155,10 +155,14 @@ class StateStore:
             raise SchedulerError(f"{self.path}: unreadable scheduler state ({exc})") from exc
 
     def save(self, schedules: dict[str, ScheduleState]) -> None:
+        """Raises OSError naming ``state.json`` (a full disk's write error names none)."""
         data = json.dumps(encode_state(schedules), separators=(",", ":")).encode()
         with self._lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, data)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                atomic_write(self.path, data)
+            except OSError as exc:  # (not the temp file's name, which changes each time)
+                raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
 
 
 def pid_alive(pid: int) -> bool:
