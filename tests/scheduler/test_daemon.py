@@ -326,3 +326,36 @@ def test_sighup_stops_the_daemon_as_sigterm_does_and_a_second_one_cancels_cleanl
     assert "scheduler stopped" in d.text and "Traceback" not in d.text
     assert not [p.name for p in backups.iterdir() if ".tmp-" in p.name]
     assert state_of(tmp_path)["running"] is None
+
+
+def test_runs_from_another_directory_find_the_archives_of_earlier_runs(
+        tmp_path, lmdb_source, run_cli):
+    """`run-once --config ../conf/s.toml` from one directory, then from another (or the
+    daemon, at /): the state recorded archive paths relative to the first directory, so the
+    second run's retention 'pruned' an archive it could not find (left on disk, dropped from
+    the catalog: never pruned again), the health check called it missing and an incremental
+    found no parent. Paths of the file are now the file's directory's, absolute, and so is a
+    relative source (`lmdb:store`)."""
+    conf, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
+    conf.mkdir()
+    elsewhere.mkdir()
+    (conf / "store").symlink_to(lmdb_source)
+    cfg = write_config(conf, Path("store"))  # source = "lmdb:store"
+    first = run_cli("schedule", "run-once", "ipfs", "--config", "../conf/scheduler.toml",
+                    "--json", cwd=elsewhere)
+    assert first.returncode == 0, first.stderr
+    time.sleep(1.1)  # the next archive name
+    second = run_cli("schedule", "run-once", "ipfs", "--config", "conf/scheduler.toml",
+                     "--json", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    third = run_cli("schedule", "run-once", "ipfs", "--config", cfg, "--json", cwd="/")
+    assert third.returncode == 0, third.stderr
+    made = [json.loads(r.stdout)["archive"] for r in (first, second, third)]
+    assert all(Path(a).is_absolute() for a in made), made
+    # keep_last = 2: the third run pruned the first archive, really
+    runs = [r.stdout + r.stderr for r in (first, second, third)]
+    assert json.loads(third.stdout)["pruned"] == [Path(made[0]).name], runs
+    assert sorted(p.name for p in (conf / "backups").iterdir()) == [
+        Path(a).name for a in made[1:]]
+    kept = [a["path"] for a in state_of(conf)["archives"]]
+    assert kept == made[1:]

@@ -285,6 +285,22 @@ def _check_scheme(t: Table, source: str) -> None:
         raise t.error("source", str(exc)) from None
 
 
+def _source_from(base: Path, source: str) -> str:
+    """The datastore URI with a relative path made relative to the config file's directory
+    (as every path of the file is), not to the directory the daemon happens to run in."""
+    from dsbackup.datastores.registry import parse_uri
+
+    scheme, _path, _params = parse_uri(source)
+    if scheme == "memory":
+        return source
+    prefix = source[:len(scheme) + 1] if scheme is not None else ""
+    rest = source[len(prefix):]
+    path, q, query = rest.partition("?") if scheme is not None else (rest, "", "")
+    if not path or path.startswith(("/", "~")):
+        return source
+    return f"{prefix}{base / path}{q}{query}"
+
+
 def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
     t = Table(file, f"[[schedule]] #{i + 1}", job)
     if isinstance(job.get("id"), str) and job["id"]:
@@ -296,7 +312,7 @@ def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
         CronSchedule(cron)
     except ConfigError as exc:
         raise t.error("cron", str(exc)) from None
-    source = t.string("source")
+    source = _source_from(base, t.string("source"))
     _check_scheme(t, source)
     full_every = t.integer("full_every", 7, lo=1)
     incremental = t.boolean("incremental", False)
@@ -339,7 +355,9 @@ def load_config(path: str | Path, *, require_schedules: bool = True) -> LoadedCo
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     top = Table(path, "top level", doc)
     top.check_keys({"scheduler", "retention", "notifications", "schedule"})
-    base = path.parent
+    # absolute: the paths go into the state (archives of the catalog), which a run from
+    # another directory (`--config ../x.toml`, the daemon at /) must find again
+    base = path.absolute().parent.resolve()  # one spelling whatever the cwd (other/../x)
     kw = parse_scheduler(Table(path, "[scheduler]", doc.get("scheduler", {})), base)
     kw["retention_policy"] = parse_retention(Table(path, "[retention]", doc.get("retention", {})))
     kw["notification_config"] = parse_notifications(
