@@ -477,3 +477,34 @@ def test_a_state_that_cannot_be_saved_stops_neither_backups_nor_their_notificati
     assert s.state_error is None
     assert not [r for r in caplog.records if r.exc_info]
     assert len([r for r in caplog.records if "textfile" in r.getMessage()]) == 1
+
+
+def test_a_backup_dir_gone_with_its_disk_is_not_made_again_elsewhere(make_scheduler, clock,
+                                                                     tmp_path):
+    """The disk of the backups not mounted: the run made the directory again (on the root
+    file system, under the mount point), wrote the backup there, and retention dropped the
+    absent archives from the catalog (never pruned once the disk was back)."""
+    mount = tmp_path / "mnt" / "usb"
+    backups = mount / "backups"
+    rec = Recorder()
+    s = make_scheduler(notifiers=[rec], default_backup_dir=backups,
+                       retention_policy=RetentionPolicy(keep_last=1))
+    s.add_schedule(daily())
+    clock.set(datetime(2026, 1, 6, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    first = s.archives("db")[0].path
+    gone = tmp_path / "unmounted"
+    backups.parent.rename(gone)  # the disk's files go away with it
+    clock.set(datetime(2026, 1, 7, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    last = s.get_schedule("db").last_result
+    assert not last.ok and "backup directory is missing" in last.error, last.error
+    assert "not mounted" in rec.events[-1].message
+    assert not backups.exists() and not mount.exists()
+    assert [a.path for a in s.archives("db")] == [first]  # still in the catalog
+    gone.rename(backups.parent)  # mounted again
+    clock.set(datetime(2026, 1, 8, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    assert s.get_schedule("db").last_result.ok
+    assert not Path(first).exists()  # pruned by keep_last = 1, really
+    assert [p.name for p in backups.iterdir()] == [Path(s.archives("db")[0].path).name]
