@@ -337,6 +337,23 @@ def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
         raise t.error(None, str(exc)) from None
 
 
+def _warn_replaced_retention(path: Path, default: Any, job: Any, sid: str) -> None:
+    """``[schedule.retention]`` replaces ``[retention]`` whole: ``keep_daily = 14`` alone
+    keeps no weekly, monthly or yearly archive of that schedule, whatever ``[retention]``
+    says. Said at load when a keep_* rule of ``[retention]`` is not in the schedule's table
+    (giving it there, 0 included, says the replacement is meant)."""
+    own = job.get("retention") if isinstance(job, dict) else None
+    if not isinstance(own, dict) or not isinstance(default, dict):
+        return
+    dropped = [k for k, v in default.items()
+               if k.startswith("keep_") and k not in own and v not in (0, None)]
+    if dropped:  # (a max_age not given keeps more: no warning)
+        log.warning('%s: [schedule.retention] of "%s" replaces [retention] whole: its %s '
+                    "do not apply to this schedule, whose archives they would keep (give "
+                    "them in [schedule.retention] too, or as 0 to say so)", path, sid,
+                    ", ".join(f"{k} = {default[k]}" for k in dropped))
+
+
 def load_config(path: str | Path, *, require_schedules: bool = True) -> LoadedConfig:
     """Parse and check a TOML configuration file; relative paths are relative to the file.
 
@@ -375,6 +392,7 @@ def load_config(path: str | Path, *, require_schedules: bool = True) -> LoadedCo
     seen: set[str] = set()
     for i, job in enumerate(jobs):
         sched = parse_schedule(path, i, job, base)
+        _warn_replaced_retention(path, doc.get("retention", {}), job, sched.id)
         if sched.id in seen:
             raise ConfigError(f"{path}: [[schedule]] #{i + 1}: duplicate id {sched.id!r}")
         seen.add(sched.id)
