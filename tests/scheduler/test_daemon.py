@@ -359,3 +359,17 @@ def test_runs_from_another_directory_find_the_archives_of_earlier_runs(
         Path(a).name for a in made[1:]]
     kept = [a["path"] for a in state_of(conf)["archives"]]
     assert kept == made[1:]
+
+
+def test_list_after_the_cron_expression_was_edited_shows_the_run_to_come(
+        tmp_path, lmdb_source, run_cli):
+    """`schedule list` showed the new expression with the next run of the old one (from the
+    state), while a daemon started now serves the new one; a daemon running keeps the old
+    one until restarted, which the list now says."""
+    cfg = write_config(tmp_path, lmdb_source, cron="0 3 * * *")  # Europe/Berlin
+    assert run_cli("schedule", "run-once", "ipfs", "--config", cfg).returncode == 0
+    cfg.write_text(cfg.read_text().replace('cron = "0 3 * * *"', 'cron = "17 22 * * *"'))
+    row = json.loads(run_cli("schedule", "list", "--config", cfg, "--json").stdout)[
+        "schedules"][0]
+    assert row["next_run"].split("T")[1].startswith("22:17:00"), row["next_run"]
+    assert row["restart_needed"] is False

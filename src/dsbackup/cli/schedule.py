@@ -131,13 +131,21 @@ def schedule_rows(loaded: LoadedConfig, daemon_alive: bool) -> list[dict[str, An
     for s in loaded.schedules:
         st = state.get(s.id)
         stats = st.statistics if st and st.statistics else s.statistics
-        nxt = st.next_run if st and st.next_run else CronSchedule(s.schedule, tz).next_after(now)
+        # the expression or zone edited since next_run was computed: the daemon recomputes it
+        # when it starts (a daemon running now keeps the old one until restarted)
+        changed = bool(st and st.timing and st.timing != f"{s.schedule} {cfg.time_zone}")
+        if st and st.next_run and (daemon_alive or not changed):
+            nxt = st.next_run
+        else:
+            last_run = st.last_run if st and st.last_run else now
+            nxt = CronSchedule(s.schedule, tz).next_after(max(now, last_run))
         last = st.last_result if st else None
         rows.append({
             "id": s.id, "name": s.name, "cron": s.schedule, "time_zone": cfg.time_zone,
             "source": redact(s.source_label()), "enabled": s.enabled,
             "backup_dir": str(s.backup_dir or cfg.default_backup_dir),
             "next_run": _iso(nxt, tz) if s.enabled else None,
+            "restart_needed": changed and daemon_alive,  # it serves the previous expression
             "last_run": _iso(st.last_run if st else None, tz),
             "last_result": None if last is None else {
                 "ok": last.ok, "trigger": last.trigger, "archive": last.archive,
@@ -173,6 +181,8 @@ def _list(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         if last is not None and last["fallback"]:
             outcome = f"ok, full backup instead of incremental: {last['fallback']}"
         rate = f"{st['success_rate']:.0%}" if st["success_rate"] is not None else "-"
+        if r["restart_needed"]:
+            outcome += "; the daemon runs the previous cron expression until restarted"
         print(f"{r['id']}  [{r['cron']}]{'' if r['enabled'] else ' (disabled)'}  "
               f"next {r['next_run'] or '-'}  last {r['last_run'] or '-'} ({outcome})  "
               f"runs {st['runs']}, success {rate}, archives {r['archives']}")
