@@ -150,3 +150,26 @@ def test_office_hours_every_minute_is_not_stale_over_the_weekend(make_scheduler,
     assert not [e for e in rec.events if e.kind == "health"]
     clock.set(datetime(2026, 1, 15, 18, 0, tzinfo=UTC))  # Thursday, no success since Friday
     assert not [r for r in s.run_health_checks() if r.check == "staleness"][0].ok
+
+
+def test_a_first_backup_that_hangs_is_stale(make_scheduler, clock):
+    """A first backup hanging (a source on a dead mount, no timeout set): no success and no
+    failure, so staleness said 'no run yet', ok, for as long as it hung: never an alert."""
+    import threading
+
+    runner = FakeRunner(clock)
+    runner.gate = threading.Event()
+    rec = Recorder()
+    s = make_scheduler(runner=runner, notifiers=[rec], min_free_ratio=None)
+    s.add_schedule(ScheduledBackup(id="db", name="db", schedule="@daily", source="memory:"))
+    clock.set(datetime(2026, 1, 6, tzinfo=UTC))
+    try:
+        assert s.run_pending() == ["db"]
+        clock.set(datetime(2026, 1, 7, 12, tzinfo=UTC))  # 1.5 days: within 2 x period
+        assert [r for r in s.run_health_checks() if r.check == "staleness"][0].ok
+        clock.set(datetime(2026, 1, 8, 1, tzinfo=UTC))
+        res = [r for r in s.run_health_checks() if r.check == "staleness"][0]
+        assert not res.ok and "still going" in res.message, res
+        assert [e for e in rec.events if e.kind == "health"]
+    finally:
+        runner.gate.set()

@@ -373,8 +373,10 @@ class BackupScheduler:
         now = self.clock.now()
         with self._lock:
             crons = dict(self._crons)
+            since = {sid: datetime.fromisoformat(r.marker["started"])
+                     for sid, r in self._running.items() if r.marker.get("started")}
         results, free = run_checks(self.list_schedules(), self.archives, crons, self.runner,
-                                   self.config, now)
+                                   self.config, now, since)
         with self._lock:
             self._save()  # the verified flags changed; and was the state saved?
             if self.state_error is not None:
