@@ -96,6 +96,7 @@ class BackupScheduler:
         self._store = StateStore(config.state_path)
         try:
             self._persisted = self._store.load()
+            self._store.remove_leftovers()  # of a daemon killed while it saved
         except BaseException:
             self._daemon_lock.release()
             raise

@@ -154,6 +154,16 @@ class StateStore:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (JSON of another shape)
             raise SchedulerError(f"{self.path}: unreadable scheduler state ({exc})") from exc
 
+    def remove_leftovers(self) -> list[Path]:
+        """Remove the temp files of saves killed midway (``.state.json.PID.TID.tmp``); call
+        it holding the daemon lock, when no other process saves here."""
+        removed = []
+        for tmp in self.directory.glob(f".{self.path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+        return removed
+
     def save(self, schedules: dict[str, ScheduleState]) -> None:
         """Raises OSError naming ``state.json`` (a full disk's write error names none)."""
         data = json.dumps(encode_state(schedules), separators=(",", ":")).encode()
