@@ -373,3 +373,38 @@ def test_list_after_the_cron_expression_was_edited_shows_the_run_to_come(
         "schedules"][0]
     assert row["next_run"].split("T")[1].startswith("22:17:00"), row["next_run"]
     assert row["restart_needed"] is False
+
+
+def test_a_source_emptied_by_a_missing_mount_prunes_nothing(tmp_path, run_cli):
+    """A flatfs store whose disk is not mounted is an empty directory: with the shard given in
+    the URI each run backed it up as an archive of 0 records, 'ok', and its retention
+    pruned the archives that held the data (keep_last = 1: at the first such run)."""
+    from dsbackup.datastores import open_datastore
+
+    store = tmp_path / "ff"
+    ds = open_datastore(f"flatfs:{store}")
+    ds.put_many([b"/CIQK%03d" % i for i in range(50)], [b"v%d" % i for i in range(50)])
+    ds.close()
+    shard = (store / "SHARDING").read_text().strip().removeprefix("/repo/flatfs/shard/v1/")
+    cfg = tmp_path / "scheduler.toml"
+    cfg.write_text(f'[scheduler]\nbackup_dir = "backups"\nstate_dir = "state"\n'
+                   f'health_check_interval = "off"\n[retention]\nkeep_last = 1\n\n'
+                   f'[[schedule]]\nid = "ff"\ncron = "@daily"\n'
+                   f'source = "flatfs:{store}?shard={shard}"\n')
+    first = run_cli("schedule", "run-once", "ff", "--config", cfg, "--json")
+    assert first.returncode == 0 and json.loads(first.stdout)["keys"] == 50, first.stderr
+    store.rename(tmp_path / "ff-disk")
+    store.mkdir()  # the mount point, empty
+    for _ in range(2):
+        time.sleep(1.05)
+        res = run_cli("schedule", "run-once", "ff", "--config", cfg, "--json")
+        out = json.loads(res.stdout)
+        assert res.returncode == 1 and out["keys"] == 0 and out["pruned"] == [], res.stderr
+        assert "the source is empty (0 records)" in res.stderr
+    assert Path(json.loads(first.stdout)["archive"]).exists()
+    store.rmdir()
+    (tmp_path / "ff-disk").rename(store)  # mounted again: retention as before
+    time.sleep(1.05)
+    res = run_cli("schedule", "run-once", "ff", "--config", cfg, "--json")
+    assert res.returncode == 0 and len(json.loads(res.stdout)["pruned"]) == 3, res.stdout
+    assert len(list((tmp_path / "backups").iterdir())) == 1
