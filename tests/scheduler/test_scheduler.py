@@ -508,3 +508,31 @@ def test_a_backup_dir_gone_with_its_disk_is_not_made_again_elsewhere(make_schedu
     assert s.get_schedule("db").last_result.ok
     assert not Path(first).exists()  # pruned by keep_last = 1, really
     assert [p.name for p in backups.iterdir()] == [Path(s.archives("db")[0].path).name]
+
+
+def test_an_empty_backup_after_full_ones_reaches_those_who_want_failures(make_scheduler,
+                                                                         clock):
+    """The empty-source warning (nothing pruned) went only to services that want successes:
+    with the usual on_failure-only e-mail, nobody heard that the store was empty."""
+    from dataclasses import replace
+
+    from dsbackup.scheduler.notify.email import build_message
+    from dsbackup.scheduler.notify.event import wants_result
+
+    class EmptyLater(FakeRunner):
+        def run(self, *a, **kw):
+            res = super().run(*a, **kw)
+            return res if self.calls == 1 else replace(res, keys=0)
+
+    rec = Recorder()
+    s = make_scheduler(runner=EmptyLater(clock), notifiers=[rec],
+                       retention_policy=RetentionPolicy(keep_last=1))
+    s.add_schedule(daily())
+    for day in (6, 7):
+        clock.set(datetime(2026, 1, day, 3, 0, tzinfo=UTC))
+        s.run_pending(wait=True)
+    assert len(s.archives("db")) == 2  # the archive with records is kept
+    event = rec.events[-1]
+    assert event.kind == "success" and "the source is empty" in event.details["empty_source"]
+    assert wants_result(event, on_success=False, on_failure=True)
+    assert "SOURCE EMPTY" in build_message(event, "a@b.org", ["c@d.org"])["Subject"]
