@@ -223,7 +223,7 @@ def progress_bar(enabled: bool, description: str) -> Iterator[Any]:
         yield update
 
 
-def stop_signals() -> list[signal.Signals]:
+def _stop_signals() -> list[signal.Signals]:
     """SIGTERM, SIGINT and SIGHUP (a closed terminal), less those ignored (``nohup``: the
     caller wants the command to outlive the terminal)."""
     return [s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -242,7 +242,7 @@ def stop_signals_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    old = {s: signal.getsignal(s) for s in stop_signals() if s != signal.SIGINT}
+    old = {s: signal.getsignal(s) for s in _stop_signals() if s != signal.SIGINT}
     for s in old:
         signal.signal(s, handler)
     try:
@@ -260,7 +260,7 @@ def cancel_on_signals() -> Iterator[threading.Event]:
     if threading.current_thread() is not threading.main_thread():
         yield cancel
         return
-    old = {s: signal.getsignal(s) for s in stop_signals()}
+    old = {s: signal.getsignal(s) for s in _stop_signals()}
 
     def handler(signum: int, frame: Any) -> None:
         cancel.set()

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dsbackup.cli._common import add_json_flag, emit_json, port, stop_signals
+from dsbackup.cli._common import _stop_signals, add_json_flag, emit_json, port
 from dsbackup.errors import EXIT_OK
 from dsbackup.scheduler import (
     CronSchedule,
@@ -88,7 +88,7 @@ def _run_daemon(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     # SIGHUP (a closed terminal) as SIGTERM, unless ignored (nohup): it raised
     # KeyboardInterrupt, so a second one left the running backups where they stood
     old = {s: signal.signal(s, on_signal)
-           for s in {signal.SIGTERM, signal.SIGINT, *stop_signals()}}
+           for s in {signal.SIGTERM, signal.SIGINT, *_stop_signals()}}
     try:
         for sched in loaded.schedules:
             scheduler.add_schedule(sched)
