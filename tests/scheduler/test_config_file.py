@@ -119,3 +119,27 @@ def test_durations_and_sizes():
     assert parse_size(123) == 123
     with pytest.raises(ConfigError):
         parse_size("lots")
+
+
+def test_a_schedule_retention_that_drops_rules_of_the_default_says_so(tmp_path, caplog):
+    """`[schedule.retention] keep_daily = 14`, as docs/SCHEDULER.md's example had it under
+    '# overrides [retention]', replaces the table whole: the schedule kept 14 daily archives
+    and no weekly, monthly or yearly one (the default's keep_monthly = 12 ... gone at the
+    next run's retention), without a word."""
+    head = ('[scheduler]\nbackup_dir = "b"\nstate_dir = "s"\n[retention]\nkeep_last = 3\n'
+            'keep_daily = 7\nkeep_monthly = 12\nkeep_yearly = -1\nmax_age = "3y"\n'
+            '[[schedule]]\nid = "ipfs"\ncron = "@daily"\nsource = "memory:"\n'
+            '[schedule.retention]\nkeep_daily = 14\n')
+    f = tmp_path / "s.toml"
+    f.write_text(head)
+    policy = load_config(f).schedules[0].retention_policy
+    assert (policy.keep_daily, policy.keep_monthly, policy.keep_yearly) == (14, 0, 0)
+    warned = [r.getMessage() for r in caplog.records if "replaces [retention]" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert all(k in warned[0] for k in ("keep_last = 3", "keep_monthly = 12",
+                                        "keep_yearly = -1", '"ipfs"', str(f)))
+    assert "keep_daily" not in warned[0] and "max_age" not in warned[0]
+    caplog.clear()
+    f.write_text(head + "keep_last = 0\nkeep_monthly = 0\nkeep_yearly = 0\n")  # meant so
+    load_config(f)
+    assert not [r for r in caplog.records if "replaces [retention]" in r.getMessage()]

@@ -50,7 +50,8 @@ def test_next_run_comes_from_the_expression_not_from_now_plus_interval():
     nxt = c.next_after(datetime(2026, 5, 15, 15, 50, tzinfo=UTC))
     assert nxt == datetime(2026, 5, 18, 7, 0, tzinfo=UTC)
     assert c.next_after(nxt) == datetime(2026, 5, 18, 7, 15, tzinfo=UTC)
-    assert c.period() == timedelta(days=2, hours=15, minutes=15)
+    # Friday 17:45 to Monday 09:00, an hour longer over the weekend clocks go back
+    assert c.period() == timedelta(days=2, hours=16, minutes=15)
 
 
 @pytest.mark.parametrize("zone,spring,autumn", [
@@ -99,3 +100,47 @@ def test_asking_from_inside_the_repeated_hour_does_not_repeat_a_run():
 def test_naive_datetimes_are_refused():
     with pytest.raises(ValueError):
         CronSchedule("@daily").next_after(datetime(2026, 1, 1))
+
+
+def _longest_gap_run_by_run(expr: str, zone: str) -> timedelta:
+    """What ``period`` means, the slow way: every run of the year from its anchor."""
+    c = CronSchedule(expr, zone)
+    t = c.next_after(datetime(2001, 1, 1, tzinfo=UTC))
+    end, longest = t + timedelta(days=366), timedelta(0)
+    while t <= end:
+        nxt = c.next_after(t)
+        longest, t = max(longest, nxt - t), nxt
+    return longest
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "Australia/Lord_Howe"])
+@pytest.mark.parametrize("expr", ["0 * * * *", "30 2 * * *", "*/20 1-3 * * *", "0 2 * * 1-5",
+                                  "15 0,2,23 * * *", "*/45 2 * 3,10 *", "0 0 29 2 *"])
+def test_period_is_the_longest_gap_of_the_year(expr, zone):
+    assert CronSchedule(expr, zone).period() == _longest_gap_run_by_run(expr, zone)
+
+
+@pytest.mark.parametrize("expr,gap", [
+    ("* 9-17 * * 1-5", timedelta(days=2, hours=15, minutes=1)),  # Friday 17:59 -> Monday 09:00
+    ("*/5 * * * 1-5", timedelta(days=2, minutes=5)),
+    ("*/2 * 1-3 * *", timedelta(days=28, minutes=2)),            # January 3rd -> February 1st
+    ("* * 1,2 1 *", timedelta(days=363, minutes=1)),              # January 2nd -> next year
+    ("* * * * *", timedelta(minutes=1)),
+])
+def test_period_of_dense_irregular_schedules(expr, gap):
+    """The period counted only the first 2,000 runs: 15 h 1 min for office hours every minute
+    (the weekend unseen), 1 min for every minute of two days a year; the staleness check then
+    failed every weekend, and every day, of such schedules."""
+    assert CronSchedule(expr).period() == gap
+
+
+def test_missed_slots_after_weeks_down_find_the_latest_over_a_weekend():
+    """More than 10,000 missed runs: the latest is searched from ``now - 2 x period``, which
+    found none on a Sunday with the underestimated period and reported a run weeks old as
+    the latest (so the grace time refused the catch-up of Friday's slot)."""
+    c = CronSchedule("* 9-17 * * 1-5")
+    first = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)  # a Monday
+    now = datetime(2026, 2, 15, 12, 0, tzinfo=UTC)  # a Sunday, six weeks later
+    count, latest = c.missed_slots(first, now)
+    assert count == 10_000
+    assert latest == datetime(2026, 2, 13, 17, 59, tzinfo=UTC)

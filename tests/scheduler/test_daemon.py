@@ -296,3 +296,116 @@ def test_run_once_into_a_backup_dir_that_is_a_file_is_one_line(tmp_path, lmdb_so
     res = run_cli("schedule", "run-once", "ipfs", "--config", cfg)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert f"{tmp_path / 'backups'}: File exists" in res.stderr
+
+
+def test_sighup_stops_the_daemon_as_sigterm_does_and_a_second_one_cancels_cleanly(
+        tmp_path, cli_env):
+    """A closed terminal (SIGHUP) raised KeyboardInterrupt in the daemon: it waited silently
+    for the running backup, then exited 130; a second SIGHUP killed the backup where it
+    stood (its temp file left, the state saying it still ran). Now SIGHUP is SIGTERM: a
+    message, running backups finish or, at a second signal, are cancelled; exit 0."""
+    src = tmp_path / "big-lmdb"
+    datasets.write_lmdb(str(src), ((b"/blocks/K%06d" % i, os.urandom(2000))
+                                   for i in range(20_000)))
+    cfg = write_config(tmp_path, src, cron="* * * * * */2",
+                       tail="compression_level = 9\nworkers = 1")
+    d = Daemon(cfg, cli_env)
+    backups = tmp_path / "backups"
+    try:
+        assert wait_until(lambda: backups.is_dir() and any(
+            ".tmp-" in p.name for p in backups.iterdir())), d.text
+        d.proc.send_signal(signal.SIGHUP)
+        assert d.wait_for_text("SIGHUP: stopping", timeout=10), d.text
+        d.proc.send_signal(signal.SIGHUP)
+        rc = d.finish(timeout=60)
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.finish()
+    assert rc == 0, d.text
+    assert "scheduler stopped" in d.text and "Traceback" not in d.text
+    assert not [p.name for p in backups.iterdir() if ".tmp-" in p.name]
+    assert state_of(tmp_path)["running"] is None
+
+
+def test_runs_from_another_directory_find_the_archives_of_earlier_runs(
+        tmp_path, lmdb_source, run_cli):
+    """`run-once --config ../conf/s.toml` from one directory, then from another (or the
+    daemon, at /): the state recorded archive paths relative to the first directory, so the
+    second run's retention 'pruned' an archive it could not find (left on disk, dropped from
+    the catalog: never pruned again), the health check called it missing and an incremental
+    found no parent. Paths of the file are now the file's directory's, absolute, and so is a
+    relative source (`lmdb:store`)."""
+    conf, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
+    conf.mkdir()
+    elsewhere.mkdir()
+    (conf / "store").symlink_to(lmdb_source)
+    cfg = write_config(conf, Path("store"))  # source = "lmdb:store"
+    first = run_cli("schedule", "run-once", "ipfs", "--config", "../conf/scheduler.toml",
+                    "--json", cwd=elsewhere)
+    assert first.returncode == 0, first.stderr
+    time.sleep(1.1)  # the next archive name
+    second = run_cli("schedule", "run-once", "ipfs", "--config", "conf/scheduler.toml",
+                     "--json", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    time.sleep(1.1)  # keep_last counts seconds, as borg's: two archives of one second are one
+    third = run_cli("schedule", "run-once", "ipfs", "--config", cfg, "--json", cwd="/")
+    assert third.returncode == 0, third.stderr
+    made = [json.loads(r.stdout)["archive"] for r in (first, second, third)]
+    assert all(Path(a).is_absolute() for a in made), made
+    # keep_last = 2: the third run pruned the first archive, really
+    runs = [r.stdout + r.stderr for r in (first, second, third)]
+    assert json.loads(third.stdout)["pruned"] == [Path(made[0]).name], runs
+    assert sorted(p.name for p in (conf / "backups").iterdir()) == [
+        Path(a).name for a in made[1:]]
+    kept = [a["path"] for a in state_of(conf)["archives"]]
+    assert kept == made[1:]
+
+
+def test_list_after_the_cron_expression_was_edited_shows_the_run_to_come(
+        tmp_path, lmdb_source, run_cli):
+    """`schedule list` showed the new expression with the next run of the old one (from the
+    state), while a daemon started now serves the new one; a daemon running keeps the old
+    one until restarted, which the list now says."""
+    cfg = write_config(tmp_path, lmdb_source, cron="0 3 * * *")  # Europe/Berlin
+    assert run_cli("schedule", "run-once", "ipfs", "--config", cfg).returncode == 0
+    cfg.write_text(cfg.read_text().replace('cron = "0 3 * * *"', 'cron = "17 22 * * *"'))
+    row = json.loads(run_cli("schedule", "list", "--config", cfg, "--json").stdout)[
+        "schedules"][0]
+    assert row["next_run"].split("T")[1].startswith("22:17:00"), row["next_run"]
+    assert row["restart_needed"] is False
+
+
+def test_a_source_emptied_by_a_missing_mount_prunes_nothing(tmp_path, run_cli):
+    """A flatfs store whose disk is not mounted is an empty directory: with the shard given in
+    the URI each run backed it up as an archive of 0 records, 'ok', and its retention
+    pruned the archives that held the data (keep_last = 1: at the first such run)."""
+    from dsbackup.datastores import open_datastore
+
+    store = tmp_path / "ff"
+    ds = open_datastore(f"flatfs:{store}")
+    ds.put_many([b"/CIQK%03d" % i for i in range(50)], [b"v%d" % i for i in range(50)])
+    ds.close()
+    shard = (store / "SHARDING").read_text().strip().removeprefix("/repo/flatfs/shard/v1/")
+    cfg = tmp_path / "scheduler.toml"
+    cfg.write_text(f'[scheduler]\nbackup_dir = "backups"\nstate_dir = "state"\n'
+                   f'health_check_interval = "off"\n[retention]\nkeep_last = 1\n\n'
+                   f'[[schedule]]\nid = "ff"\ncron = "@daily"\n'
+                   f'source = "flatfs:{store}?shard={shard}"\n')
+    first = run_cli("schedule", "run-once", "ff", "--config", cfg, "--json")
+    assert first.returncode == 0 and json.loads(first.stdout)["keys"] == 50, first.stderr
+    store.rename(tmp_path / "ff-disk")
+    store.mkdir()  # the mount point, empty
+    for _ in range(2):
+        time.sleep(1.05)
+        res = run_cli("schedule", "run-once", "ff", "--config", cfg, "--json")
+        out = json.loads(res.stdout)
+        assert res.returncode == 1 and out["keys"] == 0 and out["pruned"] == [], res.stderr
+        assert "the source is empty (0 records)" in res.stderr
+    assert Path(json.loads(first.stdout)["archive"]).exists()
+    store.rmdir()
+    (tmp_path / "ff-disk").rename(store)  # mounted again: retention as before
+    time.sleep(1.05)
+    res = run_cli("schedule", "run-once", "ff", "--config", cfg, "--json")
+    assert res.returncode == 0 and len(json.loads(res.stdout)["pruned"]) == 3, res.stdout
+    assert len(list((tmp_path / "backups").iterdir())) == 1

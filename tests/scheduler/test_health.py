@@ -128,3 +128,48 @@ def test_the_loop_runs_health_checks_every_interval(make_scheduler, clock):
     assert s.stop(wait=True, timeout=5)
     assert s.last_health_check == clock.now()
     assert {r.check for r in s.health} == {"verify", "staleness", "free_space"}
+
+
+def test_office_hours_every_minute_is_not_stale_over_the_weekend(make_scheduler, clock):
+    """``* 9-17 * * 1-5``: a backup every minute of office hours. Its longest gap is Friday
+    17:59 to Monday 09:00; the period counted only its first 2,000 runs (Monday to Thursday),
+    said 15 h 1 min, and the health checks reported it stale (a 'health' failure sent) every
+    weekend from Sunday 00:01 on."""
+    rec = Recorder()
+    s = make_scheduler(notifiers=[rec], min_free_ratio=None)
+    clock.set(datetime(2026, 1, 9, 17, 58, 30, tzinfo=UTC))  # a Friday
+    s.add_schedule(ScheduledBackup(id="office", name="office", schedule="* 9-17 * * 1-5",
+                                   source="memory:"))
+    clock.set(datetime(2026, 1, 9, 17, 59, 1, tzinfo=UTC))  # its last slot of the week
+    s.run_pending(wait=True)
+    assert s.get_schedule("office").statistics.successes == 1
+    clock.set(datetime(2026, 1, 11, 18, 0, tzinfo=UTC))  # Sunday evening
+    results = s.run_health_checks()
+    assert [(r.check, r.ok) for r in results if r.check == "staleness"] == [
+        ("staleness", True)], results
+    assert not [e for e in rec.events if e.kind == "health"]
+    clock.set(datetime(2026, 1, 15, 18, 0, tzinfo=UTC))  # Thursday, no success since Friday
+    assert not [r for r in s.run_health_checks() if r.check == "staleness"][0].ok
+
+
+def test_a_first_backup_that_hangs_is_stale(make_scheduler, clock):
+    """A first backup hanging (a source on a dead mount, no timeout set): no success and no
+    failure, so staleness said 'no run yet', ok, for as long as it hung: never an alert."""
+    import threading
+
+    runner = FakeRunner(clock)
+    runner.gate = threading.Event()
+    rec = Recorder()
+    s = make_scheduler(runner=runner, notifiers=[rec], min_free_ratio=None)
+    s.add_schedule(ScheduledBackup(id="db", name="db", schedule="@daily", source="memory:"))
+    clock.set(datetime(2026, 1, 6, tzinfo=UTC))
+    try:
+        assert s.run_pending() == ["db"]
+        clock.set(datetime(2026, 1, 7, 12, tzinfo=UTC))  # 1.5 days: within 2 x period
+        assert [r for r in s.run_health_checks() if r.check == "staleness"][0].ok
+        clock.set(datetime(2026, 1, 8, 1, tzinfo=UTC))
+        res = [r for r in s.run_health_checks() if r.check == "staleness"][0]
+        assert not res.ok and "still going" in res.message, res
+        assert [e for e in rec.events if e.kind == "health"]
+    finally:
+        runner.gate.set()

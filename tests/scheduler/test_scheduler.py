@@ -432,3 +432,107 @@ def test_a_dense_schedule_still_sees_a_real_step_back(make_scheduler, clock, cap
     s.run_pending(wait=True)
     assert "stepped back" in caplog.text
     assert s.get_schedule("db").next_run == datetime(2026, 3, 1, 11, 1, tzinfo=UTC)
+
+
+def test_a_state_that_cannot_be_saved_stops_neither_backups_nor_their_notifications(
+        make_scheduler, clock, tmp_path, caplog):
+    """A full (or read-only) state disk: the save after a run raised OSError in the job
+    thread ('Exception in thread backup-db' and a traceback), so the failure of that run was
+    never notified, and the loop logged a traceback at every poll. Now one error line, the
+    runs and their notifications go on, a health check says so, and the state is written
+    whole once it can be again."""
+    runner = FakeRunner(clock)
+    runner.fail = {2, 3}
+    rec = Recorder()
+    s = make_scheduler(runner=runner, notifiers=[rec], min_free_ratio=None,
+                       metrics_textfile=tmp_path / "metrics" / "dsbackup.prom")
+    s.add_schedule(daily())
+    clock.set(datetime(2026, 1, 6, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    state = tmp_path / "state" / "state.json"
+    state.unlink()
+    state.mkdir()  # the rename onto it fails (EISDIR), as a full disk's write would fail
+    for day in (7, 8):
+        clock.set(datetime(2026, 1, day, 3, 0, tzinfo=UTC))
+        s.run_pending(wait=True)
+    assert [e.kind for e in rec.events] == ["start", "success"] + ["start", "failure"] * 2
+    assert s.get_schedule("db").statistics.failures == 2
+    errors = [r.getMessage() for r in caplog.records if "state not saved" in r.getMessage()]
+    assert len(errors) == 1 and str(state) in errors[0], errors  # once, naming the file
+    assert not [r for r in caplog.records if r.exc_info]
+    health = [r for r in s.run_health_checks() if r.check == "state"]
+    assert len(health) == 1 and not health[0].ok
+    assert "state not saved" in rec.events[-1].message or any(
+        c["check"] == "state" for c in rec.events[-1].details["checks"])
+    state.rmdir()
+    (tmp_path / "metrics").write_text("a file where the textfile's directory belongs")
+    s.start()  # the loop: a textfile it cannot write is one line too, not a traceback
+    clock.set(datetime(2026, 1, 9, 3, 0, tzinfo=UTC))
+    s.wake()
+    assert wait_for(lambda: s.get_schedule("db").statistics.runs == 4)
+    assert s.stop(wait=True, timeout=5)
+    import json
+    saved = json.loads(state.read_text())["schedules"]["db"]["statistics"]
+    assert (saved["runs"], saved["failures"]) == (4, 2)
+    assert s.state_error is None
+    assert not [r for r in caplog.records if r.exc_info]
+    assert len([r for r in caplog.records if "textfile" in r.getMessage()]) == 1
+
+
+def test_a_backup_dir_gone_with_its_disk_is_not_made_again_elsewhere(make_scheduler, clock,
+                                                                     tmp_path):
+    """The disk of the backups not mounted: the run made the directory again (on the root
+    file system, under the mount point), wrote the backup there, and retention dropped the
+    absent archives from the catalog (never pruned once the disk was back)."""
+    mount = tmp_path / "mnt" / "usb"
+    backups = mount / "backups"
+    rec = Recorder()
+    s = make_scheduler(notifiers=[rec], default_backup_dir=backups,
+                       retention_policy=RetentionPolicy(keep_last=1))
+    s.add_schedule(daily())
+    clock.set(datetime(2026, 1, 6, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    first = s.archives("db")[0].path
+    gone = tmp_path / "unmounted"
+    backups.parent.rename(gone)  # the disk's files go away with it
+    clock.set(datetime(2026, 1, 7, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    last = s.get_schedule("db").last_result
+    assert not last.ok and "backup directory is missing" in last.error, last.error
+    assert "not mounted" in rec.events[-1].message
+    assert not backups.exists() and not mount.exists()
+    assert [a.path for a in s.archives("db")] == [first]  # still in the catalog
+    gone.rename(backups.parent)  # mounted again
+    clock.set(datetime(2026, 1, 8, 3, 0, tzinfo=UTC))
+    s.run_pending(wait=True)
+    assert s.get_schedule("db").last_result.ok
+    assert not Path(first).exists()  # pruned by keep_last = 1, really
+    assert [p.name for p in backups.iterdir()] == [Path(s.archives("db")[0].path).name]
+
+
+def test_an_empty_backup_after_full_ones_reaches_those_who_want_failures(make_scheduler,
+                                                                         clock):
+    """The empty-source warning (nothing pruned) went only to services that want successes:
+    with the usual on_failure-only e-mail, nobody heard that the store was empty."""
+    from dataclasses import replace
+
+    from dsbackup.scheduler.notify.email import build_message
+    from dsbackup.scheduler.notify.event import wants_result
+
+    class EmptyLater(FakeRunner):
+        def run(self, *a, **kw):
+            res = super().run(*a, **kw)
+            return res if self.calls == 1 else replace(res, keys=0)
+
+    rec = Recorder()
+    s = make_scheduler(runner=EmptyLater(clock), notifiers=[rec],
+                       retention_policy=RetentionPolicy(keep_last=1))
+    s.add_schedule(daily())
+    for day in (6, 7):
+        clock.set(datetime(2026, 1, day, 3, 0, tzinfo=UTC))
+        s.run_pending(wait=True)
+    assert len(s.archives("db")) == 2  # the archive with records is kept
+    event = rec.events[-1]
+    assert event.kind == "success" and "the source is empty" in event.details["empty_source"]
+    assert wants_result(event, on_success=False, on_failure=True)
+    assert "SOURCE EMPTY" in build_message(event, "a@b.org", ["c@d.org"])["Subject"]

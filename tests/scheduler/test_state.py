@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -39,6 +40,12 @@ def test_unreadable_or_future_state_is_an_error(tmp_path):
     (tmp_path / "state.json").write_text('{"version": 99}')
     with pytest.raises(SchedulerError, match="version"):
         StateStore(tmp_path).load()
+    # valid JSON of another shape: an AttributeError, 'internal error (a bug)' from the CLI
+    for other in ('[]', '{"version": 1, "schedules": []}', '{"version": 1, "schedules": {"a": 5}}',
+                  '"text"'):
+        (tmp_path / "state.json").write_text(other)
+        with pytest.raises(SchedulerError, match="unreadable"):
+            StateStore(tmp_path).load()
 
 
 HOLD = """
@@ -74,3 +81,39 @@ def test_lock_held_by_another_process_and_taken_over_after_its_death(tmp_path):
     again.acquire()
     assert again.stale_pid is None  # released cleanly: nothing stale
     again.release()
+
+
+KILLED_IN_SAVE = """
+import resource, signal, sys
+sys.path.insert(0, sys.argv[2])
+from datetime import datetime, timezone
+from dsbackup.scheduler.state import ArchiveEntry, ScheduleState, StateStore
+t = datetime(2026, 1, 6, tzinfo=timezone.utc)
+def state(n):
+    return {"db": ScheduleState(archives=[ArchiveEntry(path="/b/x%06d.tar.gz" % i, created=t)
+                                          for i in range(n)])}
+store = StateStore(sys.argv[1])
+store.save(state(10))
+# the kernel kills the process (SIGXFSZ, which Python ignores) in the middle of writing
+# the next, larger state: as a SIGKILL at that moment would
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+store.save(state(5000))
+"""
+
+
+def test_temp_files_of_a_daemon_killed_while_saving_are_removed_by_the_next(tmp_path):
+    """A daemon killed during a save left `.state.json.PID.TID.tmp` (MBs with many archives)
+    in the state directory for good: no later daemon removed it."""
+    from dsbackup.scheduler import BackupScheduler, SchedulerConfig
+
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+    proc = subprocess.run([sys.executable, "-c", KILLED_IN_SAVE, str(tmp_path), src])
+    assert proc.returncode == -signal.SIGXFSZ
+    assert [p.stat().st_size for p in tmp_path.glob(".state.json.*.tmp")] == [100_000]
+    assert len(StateStore(tmp_path).load()["db"].archives) == 10  # the last whole state
+    s = BackupScheduler(SchedulerConfig(default_backup_dir=tmp_path / "b", state_path=tmp_path,
+                                        health_check_interval=None))
+    s.close()
+    assert not list(tmp_path.glob(".state.json.*.tmp"))
+    assert len(StateStore(tmp_path).load()["db"].archives) == 10

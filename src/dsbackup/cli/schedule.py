@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dsbackup.cli._common import add_json_flag, emit_json, port
+from dsbackup.cli._common import _stop_signals, add_json_flag, emit_json, port
 from dsbackup.errors import EXIT_OK
 from dsbackup.scheduler import (
     CronSchedule,
@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    run = sub.add_parser("run", help="run the scheduler in the foreground (SIGTERM/SIGINT stop "
-                                     "it gracefully; a second signal cancels running backups)")
+    run = sub.add_parser("run", help="run the scheduler in the foreground (SIGTERM/SIGINT/SIGHUP "
+                                     "stop it gracefully; a second signal cancels running "
+                                     "backups)")
     run.add_argument("--config", required=True, type=Path, help="TOML configuration file")
     run.add_argument("--metrics-port", type=port, default=None,
                      help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any port)")
@@ -84,7 +85,10 @@ def _run_daemon(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             n = scheduler.cancel_running()
             print(f"dsbackup: cancelling {n} running backup(s)", file=sys.stderr, flush=True)
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP (a closed terminal) as SIGTERM, unless ignored (nohup): it raised
+    # KeyboardInterrupt, so a second one left the running backups where they stood
+    old = {s: signal.signal(s, on_signal)
+           for s in {signal.SIGTERM, signal.SIGINT, *_stop_signals()}}
     try:
         for sched in loaded.schedules:
             scheduler.add_schedule(sched)
@@ -127,13 +131,21 @@ def schedule_rows(loaded: LoadedConfig, daemon_alive: bool) -> list[dict[str, An
     for s in loaded.schedules:
         st = state.get(s.id)
         stats = st.statistics if st and st.statistics else s.statistics
-        nxt = st.next_run if st and st.next_run else CronSchedule(s.schedule, tz).next_after(now)
+        # the expression or zone edited since next_run was computed: the daemon recomputes it
+        # when it starts (a daemon running now keeps the old one until restarted)
+        changed = bool(st and st.timing and st.timing != f"{s.schedule} {cfg.time_zone}")
+        if st and st.next_run and (daemon_alive or not changed):
+            nxt = st.next_run
+        else:
+            last_run = st.last_run if st and st.last_run else now
+            nxt = CronSchedule(s.schedule, tz).next_after(max(now, last_run))
         last = st.last_result if st else None
         rows.append({
             "id": s.id, "name": s.name, "cron": s.schedule, "time_zone": cfg.time_zone,
             "source": redact(s.source_label()), "enabled": s.enabled,
             "backup_dir": str(s.backup_dir or cfg.default_backup_dir),
             "next_run": _iso(nxt, tz) if s.enabled else None,
+            "restart_needed": changed and daemon_alive,  # it serves the previous expression
             "last_run": _iso(st.last_run if st else None, tz),
             "last_result": None if last is None else {
                 "ok": last.ok, "trigger": last.trigger, "archive": last.archive,
@@ -169,6 +181,8 @@ def _list(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         if last is not None and last["fallback"]:
             outcome = f"ok, full backup instead of incremental: {last['fallback']}"
         rate = f"{st['success_rate']:.0%}" if st["success_rate"] is not None else "-"
+        if r["restart_needed"]:
+            outcome += "; the daemon runs the previous cron expression until restarted"
         print(f"{r['id']}  [{r['cron']}]{'' if r['enabled'] else ' (disabled)'}  "
               f"next {r['next_run'] or '-'}  last {r['last_run'] or '-'} ({outcome})  "
               f"runs {st['runs']}, success {rate}, archives {r['archives']}")

@@ -285,6 +285,22 @@ def _check_scheme(t: Table, source: str) -> None:
         raise t.error("source", str(exc)) from None
 
 
+def _source_from(base: Path, source: str) -> str:
+    """The datastore URI with a relative path made relative to the config file's directory
+    (as every path of the file is), not to the directory the daemon happens to run in."""
+    from dsbackup.datastores.registry import parse_uri
+
+    scheme, _path, _params = parse_uri(source)
+    if scheme == "memory":
+        return source
+    prefix = source[:len(scheme) + 1] if scheme is not None else ""
+    rest = source[len(prefix):]
+    path, q, query = rest.partition("?") if scheme is not None else (rest, "", "")
+    if not path or path.startswith(("/", "~")):
+        return source
+    return f"{prefix}{base / path}{q}{query}"
+
+
 def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
     t = Table(file, f"[[schedule]] #{i + 1}", job)
     if isinstance(job.get("id"), str) and job["id"]:
@@ -296,7 +312,7 @@ def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
         CronSchedule(cron)
     except ConfigError as exc:
         raise t.error("cron", str(exc)) from None
-    source = t.string("source")
+    source = _source_from(base, t.string("source"))
     _check_scheme(t, source)
     full_every = t.integer("full_every", 7, lo=1)
     incremental = t.boolean("incremental", False)
@@ -321,6 +337,23 @@ def parse_schedule(file: Path, i: int, job: Any, base: Path) -> ScheduledBackup:
         raise t.error(None, str(exc)) from None
 
 
+def _warn_replaced_retention(path: Path, default: Any, job: Any, sid: str) -> None:
+    """``[schedule.retention]`` replaces ``[retention]`` whole: ``keep_daily = 14`` alone
+    keeps no weekly, monthly or yearly archive of that schedule, whatever ``[retention]``
+    says. Said at load when a keep_* rule of ``[retention]`` is not in the schedule's table
+    (giving it there, 0 included, says the replacement is meant)."""
+    own = job.get("retention") if isinstance(job, dict) else None
+    if not isinstance(own, dict) or not isinstance(default, dict):
+        return
+    dropped = [k for k, v in default.items()
+               if k.startswith("keep_") and k not in own and v not in (0, None)]
+    if dropped:  # (a max_age not given keeps more: no warning)
+        log.warning('%s: [schedule.retention] of "%s" replaces [retention] whole: its %s '
+                    "do not apply to this schedule, whose archives they would keep (give "
+                    "them in [schedule.retention] too, or as 0 to say so)", path, sid,
+                    ", ".join(f"{k} = {default[k]}" for k in dropped))
+
+
 def load_config(path: str | Path, *, require_schedules: bool = True) -> LoadedConfig:
     """Parse and check a TOML configuration file; relative paths are relative to the file.
 
@@ -339,7 +372,9 @@ def load_config(path: str | Path, *, require_schedules: bool = True) -> LoadedCo
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     top = Table(path, "top level", doc)
     top.check_keys({"scheduler", "retention", "notifications", "schedule"})
-    base = path.parent
+    # absolute: the paths go into the state (archives of the catalog), which a run from
+    # another directory (`--config ../x.toml`, the daemon at /) must find again
+    base = path.absolute().parent.resolve()  # one spelling whatever the cwd (other/../x)
     kw = parse_scheduler(Table(path, "[scheduler]", doc.get("scheduler", {})), base)
     kw["retention_policy"] = parse_retention(Table(path, "[retention]", doc.get("retention", {})))
     kw["notification_config"] = parse_notifications(
@@ -357,6 +392,7 @@ def load_config(path: str | Path, *, require_schedules: bool = True) -> LoadedCo
     seen: set[str] = set()
     for i, job in enumerate(jobs):
         sched = parse_schedule(path, i, job, base)
+        _warn_replaced_retention(path, doc.get("retention", {}), job, sched.id)
         if sched.id in seen:
             raise ConfigError(f"{path}: [[schedule]] #{i + 1}: duplicate id {sched.id!r}")
         seen.add(sched.id)

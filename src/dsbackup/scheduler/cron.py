@@ -119,17 +119,68 @@ class CronSchedule:
     def period(self) -> timedelta:
         """The longest gap between consecutive runs over a year of runs from a fixed anchor.
 
-        Used for staleness ("no success within 2 × period"): for ``0 2 * * 1-5`` it is 3 days.
+        Used for staleness ("no success within 2 × period"): for ``0 2 * * 1-5`` it is 3 days,
+        for ``* 9-17 * * 1-5`` (every minute of office hours) 2 days 15 h 1 min (Friday 17:59
+        to Monday 09:00). The runs of a firing day are the same wall times every day (the
+        minute, hour and second fields), so the year is walked a day at a time: the gap from
+        each day's last run to the next run, and the widest gap between a day's wall times;
+        a day whose UTC offset changes (DST) is walked run by run.
         """
         if self._period is None:
-            t = self.next_after(datetime(2001, 1, 1, tzinfo=timezone.utc))
-            end = t + timedelta(days=366)
-            longest = timedelta(0)
-            for _ in range(2000):
-                nxt = self.next_after(t)
-                longest = max(longest, nxt - t)
-                t = nxt
-                if t > end:
-                    break
-            self._period = longest
+            self._period = self._longest_gap()
         return self._period
+
+    def _day_times(self) -> list[int]:
+        """The wall times of a firing day, in seconds after midnight, sorted."""
+        fields = croniter(self.expression).expanded
+        minutes, hours = fields[0], fields[1]
+        seconds = fields[5] if len(fields) > 5 else [0]
+
+        def full(values: list, n: int) -> list[int]:
+            return list(range(n)) if "*" in values else sorted(int(v) for v in values)
+
+        return sorted(h * 3600 + m * 60 + sec for h in full(hours, 24)
+                      for m in full(minutes, 60) for sec in full(seconds, 60))
+
+    def _first_run_after_day(self, last_wall: datetime, last: datetime) -> datetime:
+        """The first run after ``last``, a day's last run at wall time ``last_wall``:
+        croniter's next wall time when no UTC offset change lies between (``next_after``,
+        which starts an hour early on the wall clock, costs 60 steps more for a job of every
+        minute), else ``next_after``."""
+        wall = croniter(self.expression, last_wall).get_next(datetime)
+        cand = self._localize(wall)
+        if cand > last and cand.astimezone(self.tz).utcoffset() == \
+                last.astimezone(self.tz).utcoffset():
+            return cand
+        return self.next_after(last)
+
+    def _longest_gap(self) -> timedelta:
+        times = self._day_times()
+        within = max((b - a for a, b in zip(times, times[1:])), default=0)
+        longest = timedelta(seconds=within)
+        last_wall = timedelta(seconds=times[-1])
+        t = self.next_after(datetime(2001, 1, 1, tzinfo=timezone.utc))
+        end = t + timedelta(days=366)
+        for _ in range(1000):  # firing days of a year (366 at most), and a last step past it
+            day = datetime.combine(t.astimezone(self.tz).date(), datetime.min.time())
+            start = day.replace(tzinfo=self.tz).utcoffset()
+            if start != (day + timedelta(days=1)).replace(tzinfo=self.tz).utcoffset():
+                # a DST day: its gaps are not those of the wall times; walk its runs (a
+                # day of more runs than this: the wall gap plus the shift bounds them)
+                shift = abs(start - (day + timedelta(days=1)).replace(tzinfo=self.tz)
+                            .utcoffset())
+                if len(times) > 1500:
+                    longest = max(longest, timedelta(seconds=within) + shift)
+                else:
+                    day_end = self._localize(day + timedelta(days=1))
+                    nxt = self.next_after(t)
+                    while nxt < day_end:
+                        longest = max(longest, nxt - t)
+                        t, nxt = nxt, self.next_after(nxt)
+            last = max(t, self._localize(day + last_wall))
+            nxt = self._first_run_after_day(day + last_wall, last)
+            longest = max(longest, nxt - last)
+            if nxt > end:
+                break
+            t = nxt
+        return longest

@@ -62,13 +62,21 @@ def check_newest_archive(schedule: ScheduledBackup, archives: list[ArchiveEntry]
     return CheckResult("verify", schedule.id, False, f"{path}: verification failed: {detail}")
 
 
-def check_staleness(schedule: ScheduledBackup, cron: CronSchedule, now: datetime) -> CheckResult:
-    """Stale: no success within twice the schedule's period (its longest gap between runs)."""
+def check_staleness(schedule: ScheduledBackup, cron: CronSchedule, now: datetime,
+                    running_since: datetime | None = None) -> CheckResult:
+    """Stale: no success within twice the schedule's period (its longest gap between runs);
+    with no success yet, a failure, or a run going for longer than that (a first backup
+    hanging on a dead mount has no last success to age)."""
     stats = schedule.statistics
     limit = 2 * cron.period()
     if stats.last_success is None:
         if stats.failures:
             return CheckResult("staleness", schedule.id, False, "no backup has succeeded yet")
+        if running_since is not None and now - running_since > limit:
+            return CheckResult("staleness", schedule.id, False,
+                               f"no backup has succeeded yet; the run started "
+                               f"{running_since.isoformat()} is still going, longer than "
+                               f"2 x period ({limit})")
         return CheckResult("staleness", schedule.id, True, "no run yet")
     age = now - stats.last_success
     if -age > limit:  # else not stale for as long as the clock lags behind
@@ -107,16 +115,20 @@ def check_free_space(directory: Path, min_free_bytes: int | None,
 
 def run_checks(schedules: list[ScheduledBackup], archives: Callable[[str], list[ArchiveEntry]],
                crons: Mapping[str, CronSchedule], runner: BackupRunner,
-               config: SchedulerConfig, now: datetime) -> tuple[list[CheckResult], int | None]:
+               config: SchedulerConfig, now: datetime,
+               running_since: Mapping[str, datetime] | None = None,
+               ) -> tuple[list[CheckResult], int | None]:
     """Every check: the newest archive and staleness of each schedule, free space of each
-    backup directory. Returns the results and the least free bytes of those directories."""
+    backup directory. Returns the results and the least free bytes of those directories.
+    ``running_since``: the start of each schedule's run going now."""
     results: list[CheckResult] = []
     dirs: set[Path] = set()
     for sched in schedules:
         results.append(check_newest_archive(sched, archives(sched.id), runner,
                                             config.health_deep_sample))
         if sched.enabled:
-            results.append(check_staleness(sched, crons[sched.id], now))
+            results.append(check_staleness(sched, crons[sched.id], now,
+                                           (running_since or {}).get(sched.id)))
         dirs.add(sched.backup_dir or config.default_backup_dir)
     free = None
     for d in sorted(dirs or {config.default_backup_dir}, key=str):

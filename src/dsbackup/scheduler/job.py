@@ -19,6 +19,7 @@ from dsbackup.archive.lineage import chain_depth, directory_archives
 from dsbackup.errors import (
     EXIT_OK,
     EXIT_WARNING,
+    BackupError,
     DsBackupError,
     IntegrityError,
     MissingParentError,
@@ -197,6 +198,38 @@ def prune_catalog(archives: list[ArchiveEntry], policy: RetentionPolicy, now: da
     return kept, result, warnings
 
 
+def _emptied(entry: ArchiveEntry, archives: list[ArchiveEntry]) -> str | None:
+    """Why retention is not applied after a backup of no record when an archive of the
+    schedule has records: a store not mounted (an empty mount point as flatfs or fsds
+    directory) backs up as an empty archive, run after run, until retention has pruned every
+    archive that held the data. None when the backup has records, or none ever had."""
+    if entry.keys != 0:
+        return None
+    full = [a for a in archives if a.keys and a is not entry]
+    if not full:
+        return None
+    last = max(full, key=lambda a: a.created)
+    return (f"the source is empty (0 records), while {os.path.basename(last.path)} has "
+            f"{last.keys}: a store not mounted?; retention not applied, the archives are kept "
+            "until a backup has records again")
+
+
+def _refuse_vanished_dir(backup_dir: Path, archives: list[ArchiveEntry]) -> None:
+    """A backup directory that holds archives of the schedule and is gone now is a disk not
+    mounted (or a directory deleted): creating it again would put the backups on another
+    disk (the root file system, under the mount point) and make retention drop the absent
+    archives from the catalog, never to prune them once the disk is back."""
+    if backup_dir.exists():
+        return
+    where = os.path.abspath(backup_dir)
+    made = [a for a in archives if os.path.dirname(os.path.abspath(a.path)) == where]
+    if made:
+        raise BackupError(
+            f"{backup_dir}: the backup directory is missing, but {len(made)} archive(s) of "
+            "this schedule were made there (a disk not mounted?); not creating it: mount "
+            "the disk, or create the directory to start afresh")
+
+
 def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: BackupRunner,
             clock: Clock, backup_dir: Path, policy: RetentionPolicy, tz: tzinfo,
             verify: bool, trigger: str, cancel: threading.Event) -> JobOutcome:
@@ -210,6 +243,7 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
         timer.start()
     try:
         if isinstance(backup_dir, Path):  # an s3:// prefix needs no directory
+            _refuse_vanished_dir(backup_dir, archives)
             backup_dir.mkdir(parents=True, exist_ok=True)
         path = free_archive_path(backup_dir, schedule.name, started)
         choice = choose_parent(schedule, archives, runner)
@@ -253,6 +287,13 @@ def run_job(schedule: ScheduledBackup, archives: list[ArchiveEntry], *, runner: 
         outcome.warnings.append(f"full backup instead of an incremental: {choice.fallback}")
     if incomplete:
         outcome.warnings.append(incomplete)
+    emptied = _emptied(entry, archives)
+    if emptied is not None:
+        record.exit_code = EXIT_WARNING
+        outcome.warnings.append(emptied)
+        for w in outcome.warnings:
+            log.warning("schedule %s: %s", schedule.id, w)
+        return outcome
     try:
         kept, result, warnings = prune_catalog(archives, policy, record.finished, tz, entry)
         outcome.archives, outcome.retention = kept, result

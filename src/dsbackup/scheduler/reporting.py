@@ -54,6 +54,10 @@ class RunReporter:
             if incomplete:  # files of the store are missing from the archive
                 details["incomplete"] = incomplete[0]
                 message += f" (with warnings: {incomplete[0]})"
+            empty = [w for w in warnings if w.startswith("the source is empty")]
+            if empty:  # a store not mounted? nothing was pruned (scheduler/job.py)
+                details["empty_source"] = empty[0]
+                message += f" (with warnings: {empty[0]})"
             return self.notify("success", sched, message, details)
         details.update(error=rec.error, error_type=rec.error_type, exit_code=rec.exit_code)
         log.error("schedule %s: backup failed: %s", sched.id, rec.error)

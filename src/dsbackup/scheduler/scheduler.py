@@ -51,6 +51,11 @@ class _Running:
     done: threading.Event = field(default_factory=threading.Event)
 
 
+def _os_error(exc: OSError) -> str:
+    what = exc.strerror or str(exc)
+    return f"{exc.filename}: {what}" if exc.filename is not None else what
+
+
 class BackupScheduler:
     """Schedules backups. Holds the lock of ``config.state_path`` from creation to :meth:`close`.
 
@@ -84,11 +89,14 @@ class BackupScheduler:
         self.health: list[CheckResult] = []
         self.last_health_check: datetime | None = None
         self._free_bytes: int | None = None
+        self.state_error: str | None = None  # why the last save of the state failed
+        self._textfile_error: str | None = None
         self._daemon_lock = DaemonLock(config.state_path)
         self._daemon_lock.acquire()
         self._store = StateStore(config.state_path)
         try:
             self._persisted = self._store.load()
+            self._store.remove_leftovers()  # of a daemon killed while it saved
         except BaseException:
             self._daemon_lock.release()
             raise
@@ -184,7 +192,20 @@ class BackupScheduler:
                     statistics=s.statistics, archives=self._archives.get(sid, []),
                     running=run.marker if run else None, timing=self._timing(s),
                 )
-            self._store.save(self._persisted)
+            try:
+                self._store.save(self._persisted)
+            except OSError as exc:
+                # a full or read-only state disk: the backups (often on another disk) go on,
+                # and so do their notifications; the next save writes the whole state again
+                error = f"state not saved: {_os_error(exc)}"
+                if error != self.state_error:
+                    log.error("%s (backups continue; the state is saved at the next change "
+                              "that succeeds)", error)
+                self.state_error = error
+            else:
+                if self.state_error is not None:
+                    log.warning("state saved again (%s)", self._store.path)
+                self.state_error = None
 
     # ---- timing ----------------------------------------------------------------------------
 
@@ -353,11 +374,16 @@ class BackupScheduler:
         now = self.clock.now()
         with self._lock:
             crons = dict(self._crons)
+            since = {sid: datetime.fromisoformat(r.marker["started"])
+                     for sid, r in self._running.items() if r.marker.get("started")}
         results, free = run_checks(self.list_schedules(), self.archives, crons, self.runner,
-                                   self.config, now)
+                                   self.config, now, since)
         with self._lock:
+            self._save()  # the verified flags changed; and was the state saved?
+            if self.state_error is not None:
+                results.append(CheckResult("state", str(self._store.path), False,
+                                           self.state_error))
             self.health, self.last_health_check, self._free_bytes = results, now, free
-            self._save()
         self.reporter.health(results)
         return results
 
@@ -414,12 +440,25 @@ class BackupScheduler:
                 now = self.clock.now()
                 self._health_timer.tick(now)
                 if self.config.metrics_textfile is not None:
-                    write_textfile(self.config.metrics_textfile, self.prometheus_text())
+                    self._write_textfile()
                 pause = self._pause(now)
             except Exception:  # noqa: BLE001 - keep serving; the error is logged
                 log.exception("scheduler loop error")
                 pause = self.config.poll_interval
             self._wake.wait(pause)
+
+    def _write_textfile(self) -> None:
+        path = self.config.metrics_textfile
+        assert path is not None
+        try:
+            write_textfile(path, self.prometheus_text())
+        except OSError as exc:  # a full disk: one line, not a traceback every loop
+            error = f"metrics textfile {path} not written: {_os_error(exc)}"
+            if error != self._textfile_error:
+                log.error("%s", error)
+            self._textfile_error = error
+        else:
+            self._textfile_error = None
 
     def _pause(self, now: datetime) -> float:
         with self._lock:

@@ -151,14 +151,28 @@ class StateStore:
             return {}
         try:
             return decode_state(json.loads(raw))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (JSON of another shape)
             raise SchedulerError(f"{self.path}: unreadable scheduler state ({exc})") from exc
 
+    def remove_leftovers(self) -> list[Path]:
+        """Remove the temp files of saves killed midway (``.state.json.PID.TID.tmp``); call
+        it holding the daemon lock, when no other process saves here."""
+        removed = []
+        for tmp in self.directory.glob(f".{self.path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+        return removed
+
     def save(self, schedules: dict[str, ScheduleState]) -> None:
+        """Raises OSError naming ``state.json`` (a full disk's write error names none)."""
         data = json.dumps(encode_state(schedules), separators=(",", ":")).encode()
         with self._lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, data)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                atomic_write(self.path, data)
+            except OSError as exc:  # (not the temp file's name, which changes each time)
+                raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
 
 
 def pid_alive(pid: int) -> bool:

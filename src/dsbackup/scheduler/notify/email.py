@@ -30,6 +30,8 @@ def build_message(event: Event, sender: str, recipients: list[str]) -> EmailMess
         subject = "OK (FULL BACKUP INSTEAD OF INCREMENTAL)"
     elif event.kind == "success" and event.details.get("incomplete"):
         subject = "OK (FILES NOT BACKED UP)"
+    elif event.kind == "success" and event.details.get("empty_source"):
+        subject = "OK (SOURCE EMPTY, NOTHING PRUNED)"
     msg["Subject"] = f"[dsbackup] {subject}: {what}"
     msg["From"] = sender
     msg["To"] = ", ".join(recipients)

@@ -46,9 +46,10 @@ class Notifier(Protocol):
 
 def wants_result(event: Event, on_success: bool, on_failure: bool) -> bool:
     """Whether a service with these switches reports ``event``: a success that needed a
-    fallback (a full backup instead of an incremental) or left files of the store out goes to
-    those who want failures too."""
+    fallback (a full backup instead of an incremental), left files of the store out or found
+    the store empty goes to those who want failures too."""
     if event.kind == "success":
         return on_success or (on_failure and bool(event.details.get("fallback")
-                                                  or event.details.get("incomplete")))
+                                                  or event.details.get("incomplete")
+                                                  or event.details.get("empty_source")))
     return event.kind in ("failure", "health") and on_failure
