@@ -2,7 +2,9 @@
 
 Schema: ``CREATE TABLE datastore (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT
 ROWID``. BLOB keys compare with ``memcmp``, so ``ORDER BY key`` is the bytewise key order.
-Several processes may read at once (WAL); each scan is one statement, hence one snapshot.
+Several processes may read at once (WAL); each scan is one statement, hence one snapshot,
+and after ``pin_snapshot()`` every scan reads the one snapshot pinned (a backup's planning walk,
+its value reads and its parallel workers, see dsbackup.pipeline).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class SqliteDatastore(BaseDatastore):
                          location=str(self.path))
         self._timeout = timeout
         self._lock = threading.RLock()
+        self._pinned: sqlite3.Connection | None = None  # see pin_snapshot
         if self.path.is_dir():  # (SQLite says only "unable to open database file")
             raise DatastoreError(f"{self.path}: a directory, not an SQLite database file")
         if readonly and not self.path.is_file():
@@ -163,11 +166,43 @@ class SqliteDatastore(BaseDatastore):
                 raise
             self._commit()
 
-    def _select(self, cols: str, start: bytes, end: bytes | None, batch: int
-                ) -> Iterator[list[tuple]]:
-        """Rows in key order from a dedicated connection (one statement: one snapshot)."""
+    def pin_snapshot(self) -> None:
+        """Read every later scan in one read transaction begun now (again: a new one), on a
+        connection of its own held until unpin_snapshot() or close(): the planning walk and
+        the value reads of one backup then see one state of the store, not each its own
+        while an application writes it."""
+        self.unpin_snapshot()
         self._check_open()
         conn = self._connect()
+        try:
+            conn.execute("BEGIN")
+            # (a read transaction takes its snapshot at its first read)
+            conn.execute(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchall()
+        except sqlite3.Error as e:
+            conn.close()
+            raise DatastoreError(f"{self.path}: cannot begin an SQLite read: {e}") from e
+        self._pinned = conn
+
+    def unpin_snapshot(self) -> None:
+        conn, self._pinned = self._pinned, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version`` of this object's own connection: it changes
+        exactly when another connection commits (so two equal reads prove no commit came
+        between them)."""
+        row = self._one("PRAGMA data_version")
+        return int(row[0]) if row else 0
+
+    def _select(self, cols: str, start: bytes, end: bytes | None, batch: int
+                ) -> Iterator[list[tuple]]:
+        """Rows in key order from a dedicated connection (one statement: one snapshot), or
+        from the pinned snapshot's."""
+        self._check_open()
+        pinned = self._pinned
+        conn = pinned if pinned is not None else self._connect()
         try:
             if end is None:
                 cur = conn.execute(f"SELECT {cols} FROM {TABLE} WHERE key >= ? ORDER BY key",
@@ -181,7 +216,8 @@ class SqliteDatastore(BaseDatastore):
                     return
                 yield rows
         finally:
-            conn.close()
+            if conn is not pinned:
+                conn.close()
 
     def _iter_items(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         for rows in self._select("key, value", start, end, 1024):
@@ -245,6 +281,7 @@ class SqliteDatastore(BaseDatastore):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self.unpin_snapshot()
             self._conn.close()
 
 

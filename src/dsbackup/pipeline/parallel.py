@@ -139,12 +139,20 @@ class ParallelScan:
 
     def __init__(self, kind: str, location: str, settings: ChunkSettings, workers: int,
                  *, cancel: threading.Event | None = None, stats: ScanStats | None = None,
-                 consistent: bool = False) -> None:
+                 consistent: bool = False,
+                 data_version: Callable[[], int] | None = None) -> None:
+        """`consistent`: every process must read one LMDB transaction (the ids they report
+        equal). `data_version`: a store whose processes each pin a snapshot of their own
+        (SQLite): a counter that changes with every commit (SqliteDatastore.data_version),
+        read before they begin their snapshots and after; they are retried until it did
+        not change in between, so all read one state."""
         self.kind, self.location, self.settings = kind, location, settings
         self.n = max(1, workers)
         self.cancel = cancel
         self.stats = stats if stats is not None else ScanStats()
-        self.consistent = consistent
+        self.consistent = consistent or data_version is not None
+        self._data_version = data_version
+        self._version: int | None = None  # data_version before the snapshots were begun
         self.slot_size = settings.chunk_max_bytes + settings.chunk_max_bytes // 64 + 65536
         self.snapshot_id: int | None = None
         self._spill: Any = None
@@ -394,10 +402,13 @@ class ParallelScan:
                     if msg[0] == "ready":
                         ids[w] = msg[1]
             distinct = set(ids.values())
-            if not self.consistent or len(distinct) == 1:
+            if not self.consistent or (len(distinct) == 1 and self._no_commit()):
                 self.snapshot_id = next(iter(distinct))
                 return
-            log.info("workers saw different snapshots %s; retrying (%d)", distinct, attempt + 1)
+            if len(distinct) > 1:
+                log.info("workers saw different snapshots %s", distinct)
+            log.info("retrying the snapshots (%d)", attempt + 1)
+            self._mark_version()
             for w in range(total):
                 self._send(w, ("resnap",))
         raise BackupError(
@@ -405,11 +416,26 @@ class ParallelScan:
             f"after {SNAPSHOT_RETRIES} tries (the store is being written too fast); retry, "
             "or use workers=1")
 
+    def _mark_version(self) -> None:
+        if self._data_version is not None:
+            self._version = self._data_version()
+
+    def _no_commit(self) -> bool:
+        """No commit since _mark_version (always true without a data_version)."""
+        if self._data_version is None:
+            return True
+        version = self._data_version()
+        if version == self._version:
+            return True
+        log.info("a commit came while the processes began their snapshots")
+        return False
+
     # -- main loop -----------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[ReadyChunk]:
         try:
             self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._mark_version()  # before any process begins its snapshot
             self._start()
             self._await_ready()
             self._unlink_slot_files()  # mapped everywhere now; nothing to leave behind
