@@ -445,3 +445,57 @@ def test_sqlite_snapshots_are_retried_while_commits_come(monkeypatch, tmp_path):
                         data_version=lambda: next(counter))
     with pytest.raises(BackupError, match="could not get one consistent snapshot"):
         list(scan)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not __import__("shutil").which("unshare"),
+                    reason="mounts a small /dev/shm in a mount namespace of its own (root)")
+def test_a_small_dev_shm_does_not_kill_the_workers(tmp_path, cli_env):
+    """The workers write their chunks into maps of slot files in /dev/shm, sized for the
+    largest chunks (16 slots of ~2 MiB a worker) but filled as written: when /dev/shm was
+    smaller (Docker's default is 64 MiB: 6 workers and more), a worker writing into a page
+    the filesystem could not give died of SIGBUS and the backup failed, `backup worker 0
+    died (exit code -7)`. The slots now go to TMPDIR, reserved, when /dev/shm has no room
+    for all of them, with one warning line."""
+    import subprocess
+    import sys
+
+    import lmdb
+
+    store = tmp_path / "db"
+    env = lmdb.open(str(store), map_size=1 << 30)
+    rng = random.Random(3)
+    with env.begin(write=True) as txn:
+        for i in range(80_000):
+            txn.put(b"/k/%08d" % i, rng.randbytes(500))
+    env.close()
+    out = tmp_path / "a.tar.gz"
+    script = ('mount -t tmpfs -o size=16m tmpfs /dev/shm && exec "$0" -m dsbackup backup '
+              '"$1" "$2" --workers 2')
+    env = dict(cli_env, TMPDIR=str(tmp_path))
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script, sys.executable, f"lmdb:{store}",
+                        str(out)], env=env, capture_output=True, text=True, timeout=120)
+    if r.returncode and "unshare" in r.stderr:
+        pytest.skip(f"no mount namespace here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    assert "/dev/shm has 16.0 MiB free, less than the" in r.stderr
+    assert f"they are in {tmp_path} instead" in r.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("dsbackup-slots-")]
+    v = subprocess.run([sys.executable, "-m", "dsbackup", "verify", str(out)], env=cli_env,
+                       capture_output=True, text=True, timeout=120)
+    assert v.returncode == 0, v.stderr
+
+
+def test_no_room_for_the_slots_anywhere_is_one_clear_error(monkeypatch, tmp_path):
+    from dsbackup.errors import BackupError
+
+    monkeypatch.setattr(parallel, "_free_bytes", lambda d: 10 << 20)
+    monkeypatch.setattr(parallel, "_tmp_dir", lambda: str(tmp_path))
+    with pytest.raises(BackupError, match=r"^no room for the chunk slots of 8 backup workers "
+                       r"\(800\.0 MiB\): /dev/shm has 10\.0 MiB free, .* 10\.0 MiB; give "
+                       r"fewer --workers"):
+        parallel._slot_dir(800 << 20, 8)
+    monkeypatch.setattr(parallel, "_free_bytes", lambda d: (10 if d == parallel.SHM else 900)
+                        << 20)
+    assert parallel._slot_dir(800 << 20, 8) == (str(tmp_path), True)
+    monkeypatch.setattr(parallel, "_free_bytes", lambda d: 900 << 20)
+    assert parallel._slot_dir(800 << 20, 8) == (parallel.SHM, False)

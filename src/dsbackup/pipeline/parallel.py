@@ -34,6 +34,7 @@ import mmap
 import os
 import pickle
 import select
+import signal
 import threading
 import time
 from collections import deque
@@ -81,19 +82,57 @@ class _Range:
     keys: list[bytes] | None = None  # the stripe's keys (keyed stores) until dispatched
 
 
-def _shm_dir() -> str:
-    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-        return "/dev/shm"
+SHM = "/dev/shm"
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _free_bytes(d: str) -> int:
+    try:
+        st = os.statvfs(d)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def _tmp_dir() -> str:
     import tempfile
 
     return tempfile.gettempdir()
 
 
-def _slot_files_base() -> str:
-    """A new name in the shared-memory directory for this backup's slot files (BASE.wN), as
+def _slot_dir(needed: int, workers: int) -> tuple[str, bool]:
+    """(directory, reserve) for slot files of `needed` bytes in all: /dev/shm when it has room
+    for them; else the temporary directory, the files reserved (fallocate). The workers write
+    chunks into maps of these files, and a map whose filesystem is full kills its writer with
+    SIGBUS: with Docker's default /dev/shm of 64 MiB a backup with 6 workers or more died
+    (`backup worker 2 died (exit code -7)`). Neither with room: BackupError saying so."""
+    if os.path.isdir(SHM) and os.access(SHM, os.W_OK):
+        free = _free_bytes(SHM)
+        if free >= needed:
+            return SHM, False
+        shm = f"{SHM} has {_mib(free)} free"
+    else:
+        shm = f"{SHM} cannot be used"
+    tmp = _tmp_dir()
+    if _free_bytes(tmp) < needed:
+        raise BackupError(
+            f"no room for the chunk slots of {workers} backup workers ({_mib(needed)}): "
+            f"{shm}, {tmp} {_mib(_free_bytes(tmp))}; give fewer --workers, a larger "
+            f"{SHM} (docker run --shm-size) or TMPDIR=/a/larger/disk")
+    log.warning("%s, less than the %s the chunk slots of %d backup workers need: they are "
+                "in %s instead (on its disk: give a larger %s, e.g. docker run --shm-size, or "
+                "fewer --workers)", shm, _mib(needed), workers, tmp, SHM)
+    _remove_stale_slot_files(tmp)
+    return tmp, True
+
+
+def _slot_files_base(d: str) -> str:
+    """A new name in directory `d` for this backup's slot files (BASE.wN), as
     tempfile.mkstemp chooses one (created with O_EXCL, a random part, retried on a clash),
     then removed, without importing tempfile (start-up, docs/PERFORMANCE.md)."""
-    d = _shm_dir()
     for _ in range(100):
         base = os.path.join(d, f"dsbackup-slots-{os.getpid()}-{os.urandom(6).hex()}")
         try:
@@ -115,11 +154,14 @@ def _fits_ahead(r: _Range) -> bool:
                             and sum(map(len, keys)) + 8 * len(keys) <= AHEAD_KEY_BYTES)
 
 
-def _remove_stale_slot_files() -> None:
+def _remove_stale_slot_files(d: str = SHM) -> None:
     """Slot files of a backup killed before its workers started (normally they are unlinked
     as soon as every worker has mapped them)."""
-    d = _shm_dir()
-    for name in os.listdir(d):
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for name in names:
         if not name.startswith("dsbackup-slots-"):
             continue
         try:
@@ -184,8 +226,9 @@ class ParallelScan:
 
     def _start(self) -> None:
         _remove_stale_slot_files()
-        base = _slot_files_base()
         per = SLOTS_PER_WORKER * self.slot_size
+        where, reserve = _slot_dir(self.n * per, self.n)
+        base = _slot_files_base(where)
         launch, pipe = self._launcher()
         for w in range(self.n + 1):  # the last one is the planner
             path: str | None = None
@@ -194,7 +237,10 @@ class ParallelScan:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
                 self._wpaths.append(path)
                 try:
-                    os.ftruncate(fd, per)
+                    if reserve:  # (on disk: a full disk is ENOSPC here, not SIGBUS later)
+                        os.posix_fallocate(fd, 0, per)
+                    else:
+                        os.ftruncate(fd, per)
                     self._wmaps.append(mmap.mmap(fd, per))
                 finally:
                     os.close(fd)
@@ -381,6 +427,10 @@ class ParallelScan:
         if w < len(self.procs):
             self.procs[w].join(1.0)  # its pipe closed as it exited: its code comes at once
             code = self.procs[w].exitcode
+            if code == -signal.SIGBUS:  # its chunk slots' filesystem (or the store) shrank
+                return BackupError(
+                    f"backup worker {w} died of SIGBUS (a full {SHM} or TMPDIR under its "
+                    "chunk slots, or a store file truncated while it was read)")
             if code:
                 return BackupError(f"backup worker {w} died (exit code {code})")
         return BackupError(f"backup worker {w} exited unexpectedly")
