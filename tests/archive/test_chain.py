@@ -189,3 +189,35 @@ def test_a_parent_name_no_file_can_have_is_a_missing_parent(tmp_path, name):
     ref = ParentRef("0" * 32, name, None, name)
     with pytest.raises(MissingParentError, match="is missing"):
         find_parent(ref, tmp_path / "child.tar.gz", [], ArchiveReader)
+
+
+@pytest.mark.parametrize("parent", ["without a catalog", "of an empty store"])
+def test_an_incremental_with_a_catalog_over_a_parent_holding_none_of_it_is_usable(
+        tmp_path, run_cli, parent):
+    """`backup --include-metadata --parent P` where P has no key catalog (made without
+    --include-metadata, or of an empty store, which has no chunks and so no catalog even
+    with it) refers to no chunk of P: it stores every chunk with its catalog. The backup
+    said OK, but verify, ls and consolidate refused the archive, exit 2, "its key catalog
+    continues in parent P, which has none (an archive of the same data made without
+    --include-metadata was found in place of the one referenced)" — P being the very
+    archive referenced. (A new node's first scheduled backup with include_metadata is of an
+    empty store.)"""
+    src = _store(tmp_path)
+    empty = tmp_path / "empty"
+    datasets.write_lmdb(str(empty), iter(()))
+    p = tmp_path / "p.tar.gz"
+    args = ([f"lmdb:{src}", p] if parent == "without a catalog"
+            else [f"lmdb:{empty}", p, "--include-metadata"])
+    assert run_cli("backup", *args).returncode == 0
+    child = tmp_path / "child.tar.gz"
+    r = run_cli("backup", f"lmdb:{src}", child, "--parent", p, "--include-metadata")
+    assert r.returncode == 0, r.stderr
+    grandchild = tmp_path / "gc.tar.gz"
+    for cmd in (["verify", child], ["ls", child], ["consolidate", child, tmp_path / "c.tar.gz"],
+                ["backup", f"lmdb:{src}", grandchild, "--parent", child, "--include-metadata"],
+                ["verify", grandchild], ["ls", "-l", grandchild, "--prefix", "/r"]):
+        r = run_cli(*cmd)
+        assert r.returncode == 0, (cmd, r.stderr)
+        assert "key catalog" not in r.stderr
+        if cmd[0] == "ls":
+            assert len(r.stdout.splitlines()) == N

@@ -255,10 +255,14 @@ class ParentChain:
 
     def require_catalogs(self) -> None:
         """Raise MissingParentError when the archive has a key catalog but an ancestor that
-        holds some of its chunks has none (a twin made without --include-metadata)."""
+        holds some of its chunks has none (a twin made without --include-metadata). An
+        ancestor without chunks, or one its child refers to no chunk of (an incremental with
+        --include-metadata of a parent without a catalog stores every chunk), holds none of
+        them: such archives were refused by verify, ls and consolidate, though whole."""
         above = self.reader
         for p in self.levels:
-            if above.index.catalog_count and not p.index.catalog_count:
+            if (above.index.catalog_count and not p.index.catalog_count and p.chunk_count
+                    and _refers_to_parent(above)):
                 raise MissingParentError(catalog_missing_message(above.path, p.path))
             above = p
 
@@ -293,6 +297,11 @@ class ParentChain:
         for r in self.levels:
             r.close()
         self.levels = []
+
+
+def _refers_to_parent(r: ArchiveReader) -> bool:
+    """Whether any chunk of `r` is a reference to its parent (its index's flags)."""
+    return any(refs for _, _, refs in r.index.totals())
 
 
 def catalog_missing_message(child: Path, parent: Path) -> str:
