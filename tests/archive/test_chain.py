@@ -221,3 +221,41 @@ def test_an_incremental_with_a_catalog_over_a_parent_holding_none_of_it_is_usabl
         assert "key catalog" not in r.stderr
         if cmd[0] == "ls":
             assert len(r.stdout.splitlines()) == N
+
+
+def test_too_many_open_files_is_said_not_taken_for_an_altered_parent(tmp_path):
+    """Every archive of a parent chain is held open: a chain longer than the open-file limit
+    allows (ulimit -n) made verify, ls, restore and backup --parent say "parent archive P
+    was altered or replaced: P (not a readable archive)", sending the user after a damage
+    that is not there. The open error is now said as it is, exit 2."""
+    import resource
+    import subprocess
+    import sys
+
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.engine.config import BackupConfig
+
+    mgr = BackupManager(BackupConfig(workers=1))
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    prev = None
+    for i in range(40):
+        ds.put(b"/n/%02d" % i, b"v%d" % i)
+        cur = tmp_path / f"a{i:02d}.tar.gz"
+        mgr.create_backup(ds, cur, parent=prev)
+        prev = cur
+    ds.close()
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1]))
+
+    env = dict(__import__("os").environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
+    for cmd in (["verify", prev], ["ls", prev], ["restore", prev, f"lmdb:{tmp_path / 'r'}"],
+                ["backup", f"lmdb:{tmp_path / 's'}", tmp_path / "n.tar.gz", "--parent", prev]):
+        r = subprocess.run([sys.executable, "-m", "dsbackup", *map(str, cmd)], env=env,
+                           capture_output=True, text=True, timeout=120, preexec_fn=low_limit)
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert "cannot open: Too many open files" in r.stderr and "ulimit -n" in r.stderr, (
+            cmd, r.stderr)
+        assert "altered or replaced" not in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "n.tar.gz").exists()

@@ -18,6 +18,7 @@ are ranked by content identity (:func:`parent_rank`): the very archive the child
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,9 @@ def _open_if_archive(path: Path, opener: Callable[[Path], ArchiveReader]
                      ) -> ArchiveReader | None:
     try:
         return opener(path)
-    except (ArchiveError, OSError):
+    except (ArchiveError, OSError) as exc:
+        if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE):
+            raise  # too many files open here: says nothing of the candidate
         return None
 
 
