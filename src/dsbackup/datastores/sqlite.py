@@ -51,6 +51,7 @@ class SqliteDatastore(BaseDatastore):
         if readonly and not self.path.is_file():
             raise DatastoreError(f"{self.path}: no SQLite database")
         new = not readonly and not os.path.lexists(self.path)
+        self._immutable = False  # see _open_on_read_only_fs
         try:
             self._conn = self._connect()
             if not readonly:
@@ -69,6 +70,34 @@ class SqliteDatastore(BaseDatastore):
                 raise DatastoreError(f"{self.path}: cannot open SQLite database: {e}") from e
             if "locked" in str(e) or "busy" in str(e):
                 raise LockedError(f"{self.path}: SQLite database is locked: {e}") from e
+            if not (readonly and _on_read_only_fs(self.path)):
+                raise DatastoreError(f"{self.path}: not a dsbackup SQLite datastore: {e}") \
+                    from e
+            self._open_on_read_only_fs()
+
+    def _open_on_read_only_fs(self) -> None:
+        """A WAL database on a read-only filesystem (a snapshot mounted read-only) without its
+        ``-shm`` file: SQLite cannot make one, and refused ``mode=ro`` ("unable to open
+        database file", said as "not a dsbackup SQLite datastore"). Without a ``-wal`` file
+        either, every committed row is in the database file, which nothing can change:
+        opened ``immutable=1`` (no locks, no shared memory). With one, refused: an immutable
+        open would not read the WAL, and its rows would be missing from the backup."""
+        wal = Path(f"{self.path}-wal")
+        try:
+            wal_size = wal.stat().st_size
+        except FileNotFoundError:
+            wal_size = 0
+        if wal_size:
+            raise DatastoreError(
+                f"{self.path}: on a read-only filesystem with its WAL ({wal.name}, "
+                f"{wal_size} bytes) but no {self.path.name}-shm, which SQLite needs to read "
+                "the WAL: copy the database with its -wal file to a writable place and back "
+                "up that copy") from None
+        self._immutable = True
+        try:
+            self._conn = self._connect()
+            self._conn.execute(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as e:
             raise DatastoreError(f"{self.path}: not a dsbackup SQLite datastore: {e}") from e
 
     def _discard_new(self) -> None:
@@ -83,6 +112,8 @@ class SqliteDatastore(BaseDatastore):
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
             uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=ro"
+            if self._immutable:
+                uri += "&immutable=1"
             return sqlite3.connect(uri, uri=True, isolation_level=None,
                                    check_same_thread=False, timeout=self._timeout)
         return sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
@@ -283,6 +314,13 @@ class SqliteDatastore(BaseDatastore):
             self._closed = True
             self.unpin_snapshot()
             self._conn.close()
+
+
+def _on_read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def open_sqlite(path: str, *, readonly: bool = False, sync: bool | str = True
