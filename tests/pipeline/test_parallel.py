@@ -499,3 +499,20 @@ def test_no_room_for_the_slots_anywhere_is_one_clear_error(monkeypatch, tmp_path
     assert parallel._slot_dir(800 << 20, 8) == (str(tmp_path), True)
     monkeypatch.setattr(parallel, "_free_bytes", lambda d: 900 << 20)
     assert parallel._slot_dir(800 << 20, 8) == (parallel.SHM, False)
+
+
+def test_a_slot_file_the_disk_cannot_hold_is_one_clear_error(monkeypatch, tmp_path):
+    """The free space was checked, but another process took it before the reservation."""
+    from dsbackup.errors import BackupError
+
+    def full(fd, offset, size):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(parallel.os, "posix_fallocate", full)
+    fd = os.open(tmp_path / "slots", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(BackupError, match=rf"^no room for the chunk slots of the backup "
+                                              rf"workers in {tmp_path}: No space left"):
+            parallel._reserve(fd, 1 << 20, str(tmp_path))
+    finally:
+        os.close(fd)

@@ -28,6 +28,7 @@ loop if it is waiting for the workers.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import mmap
@@ -127,6 +128,20 @@ def _slot_dir(needed: int, workers: int) -> tuple[str, bool]:
                 "fewer --workers)", shm, _mib(needed), workers, tmp, SHM)
     _remove_stale_slot_files(tmp)
     return tmp, True
+
+
+def _reserve(fd: int, size: int, where: str) -> None:
+    """Allocate the slot file `fd` whole (its free space was checked; another process may
+    have taken it since): a full disk is one clear error."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            os.ftruncate(fd, size)  # (no fallocate here: the space was there a moment ago)
+            return
+        raise BackupError(f"no room for the chunk slots of the backup workers in {where}: "
+                          f"{exc.strerror}; give fewer --workers, a larger {SHM} or "
+                          "TMPDIR=/a/larger/disk") from None
 
 
 def _slot_files_base(d: str) -> str:
@@ -238,7 +253,7 @@ class ParallelScan:
                 self._wpaths.append(path)
                 try:
                     if reserve:  # (on disk: a full disk is ENOSPC here, not SIGBUS later)
-                        os.posix_fallocate(fd, 0, per)
+                        _reserve(fd, per, where)
                     else:
                         os.ftruncate(fd, per)
                     self._wmaps.append(mmap.mmap(fd, per))
