@@ -189,3 +189,73 @@ def test_a_parent_name_no_file_can_have_is_a_missing_parent(tmp_path, name):
     ref = ParentRef("0" * 32, name, None, name)
     with pytest.raises(MissingParentError, match="is missing"):
         find_parent(ref, tmp_path / "child.tar.gz", [], ArchiveReader)
+
+
+@pytest.mark.parametrize("parent", ["without a catalog", "of an empty store"])
+def test_an_incremental_with_a_catalog_over_a_parent_holding_none_of_it_is_usable(
+        tmp_path, run_cli, parent):
+    """`backup --include-metadata --parent P` where P has no key catalog (made without
+    --include-metadata, or of an empty store, which has no chunks and so no catalog even
+    with it) refers to no chunk of P: it stores every chunk with its catalog. The backup
+    said OK, but verify, ls and consolidate refused the archive, exit 2, "its key catalog
+    continues in parent P, which has none (an archive of the same data made without
+    --include-metadata was found in place of the one referenced)" — P being the very
+    archive referenced. (A new node's first scheduled backup with include_metadata is of an
+    empty store.)"""
+    src = _store(tmp_path)
+    empty = tmp_path / "empty"
+    datasets.write_lmdb(str(empty), iter(()))
+    p = tmp_path / "p.tar.gz"
+    args = ([f"lmdb:{src}", p] if parent == "without a catalog"
+            else [f"lmdb:{empty}", p, "--include-metadata"])
+    assert run_cli("backup", *args).returncode == 0
+    child = tmp_path / "child.tar.gz"
+    r = run_cli("backup", f"lmdb:{src}", child, "--parent", p, "--include-metadata")
+    assert r.returncode == 0, r.stderr
+    grandchild = tmp_path / "gc.tar.gz"
+    for cmd in (["verify", child], ["ls", child], ["consolidate", child, tmp_path / "c.tar.gz"],
+                ["backup", f"lmdb:{src}", grandchild, "--parent", child, "--include-metadata"],
+                ["verify", grandchild], ["ls", "-l", grandchild, "--prefix", "/r"]):
+        r = run_cli(*cmd)
+        assert r.returncode == 0, (cmd, r.stderr)
+        assert "key catalog" not in r.stderr
+        if cmd[0] == "ls":
+            assert len(r.stdout.splitlines()) == N
+
+
+def test_too_many_open_files_is_said_not_taken_for_an_altered_parent(tmp_path):
+    """Every archive of a parent chain is held open: a chain longer than the open-file limit
+    allows (ulimit -n) made verify, ls, restore and backup --parent say "parent archive P
+    was altered or replaced: P (not a readable archive)", sending the user after a damage
+    that is not there. The open error is now said as it is, exit 2."""
+    import resource
+    import subprocess
+    import sys
+
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.engine.config import BackupConfig
+
+    mgr = BackupManager(BackupConfig(workers=1))
+    ds = open_datastore(f"lmdb:{tmp_path / 's'}")
+    prev = None
+    for i in range(40):
+        ds.put(b"/n/%02d" % i, b"v%d" % i)
+        cur = tmp_path / f"a{i:02d}.tar.gz"
+        mgr.create_backup(ds, cur, parent=prev)
+        prev = cur
+    ds.close()
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1]))
+
+    env = dict(__import__("os").environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
+    for cmd in (["verify", prev], ["ls", prev], ["restore", prev, f"lmdb:{tmp_path / 'r'}"],
+                ["backup", f"lmdb:{tmp_path / 's'}", tmp_path / "n.tar.gz", "--parent", prev]):
+        r = subprocess.run([sys.executable, "-m", "dsbackup", *map(str, cmd)], env=env,
+                           capture_output=True, text=True, timeout=120, preexec_fn=low_limit)
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert "cannot open: Too many open files" in r.stderr and "ulimit -n" in r.stderr, (
+            cmd, r.stderr)
+        assert "altered or replaced" not in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "n.tar.gz").exists()

@@ -139,11 +139,14 @@ def test_resume_with_catalogs_cuts_a_chunk_whose_catalog_is_torn(tmp_path, store
         assert restored(tmp_path, final) == contents(ds)
 
 
-def test_resume_when_only_the_manifest_survived(tmp_path, store):
+def test_resume_when_only_the_manifest_survived(tmp_path, store, caplog):
     full = full_archive(tmp_path, store)
     final = tmp_path / "a.tar.gz"
     killed_at(full, final, 0, extra=-1)  # chunk 0 one byte short
+    caplog.set_level(logging.WARNING, "dsbackup")
     resume(tmp_path, store, final)
+    # (it said "scanning on from the key after None")
+    assert "scanning on from the first key" in caplog.text and "None" not in caplog.text
     assert verify_archive(final, deep=True).ok
     with ArchiveReader(final) as r:
         assert r.summary["resumed"][0]["from_seq"] == 0
@@ -205,6 +208,14 @@ def test_a_temp_file_without_a_manifest_is_refused(tmp_path, store):
     final = tmp_path / "a.tar.gz"
     killed_at(tmp_path, final, 0, data=b"\x1f\x8b" + b"x" * 300)
     with pytest.raises(ArchiveError, match="cannot resume: .* has no whole manifest"):
+        resume(tmp_path, store, final)
+
+
+def test_an_empty_temp_file_is_refused_saying_what_to_do(tmp_path, store):
+    final = tmp_path / "a.tar.gz"
+    killed_at(tmp_path, final, 0, data=b"")
+    with pytest.raises(ArchiveError, match="cannot resume: .* is empty; leave out --resume "
+                                           "to start again"):
         resume(tmp_path, store, final)
 
 

@@ -368,3 +368,151 @@ def test_a_keyed_stripe_is_not_handed_ahead_into_a_full_pipe(tmp_path, cli_env):
     except subprocess.TimeoutExpired:
         pytest.fail("the parallel backup of a flatfs store hung (stripe handed ahead)")
     assert out.is_file()
+
+
+def _commit_sqlite(path, ops) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for k, v in ops:
+            conn.execute("UPDATE datastore SET value = ? WHERE key = ?", (v, k))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def test_sqlite_workers_read_one_state_while_the_store_is_written(tmp_path):
+    """The processes of a parallel SQLite scan each read a stripe as one statement, each its
+    own snapshot: a transaction committed meanwhile (the first and last keys rewritten
+    together, as an application's one update) reached the archive half done, exit 0 (seen:
+    `/a/gen` 347 and `/z/gen` 383 with a writer running). Each process now reads all its
+    stripes in one read transaction, begun while no commit came (ParallelScan checks
+    SQLite's data_version around them and retries)."""
+    from dsbackup.datastores import open_datastore
+
+    path = tmp_path / "s.db"
+    ds = open_datastore(f"sqlite:{path}")
+    keys = [b"/k/%05d" % i for i in range(3000)]
+    ds.put_many(keys, [b"old-" + k for k in keys])
+    ds.close()
+    ds = open_datastore(f"sqlite:{path}", readonly=True)
+    try:
+        # one worker, ~150 chunks: it can run at most its slots ahead of the first chunk
+        scan = ParallelScan("datastore", f"sqlite:{path}", ChunkSettings(20, 1 << 16, 0), 1,
+                            data_version=ds.data_version)
+        bodies = []
+        for c in scan:
+            if not bodies:
+                _commit_sqlite(path, [(keys[0], b"new-first"), (keys[-1], b"new-last")])
+            bodies.append(bytes(c.body.data))
+    finally:
+        ds.close()
+    everything = b"".join(bodies)
+    assert len(bodies) > 100
+    assert b"new-" not in everything and everything.count(b"old-") == len(keys)
+
+
+def test_sqlite_snapshots_are_retried_while_commits_come(monkeypatch, tmp_path):
+    """A commit between the data_version read before the processes began their snapshots
+    and the one after: they begin them again; when commits never stop, the scan fails with
+    one clear error (not an archive of mixed states)."""
+    from dsbackup.datastores import open_datastore
+    from dsbackup.errors import BackupError
+
+    path = tmp_path / "s.db"
+    ds = open_datastore(f"sqlite:{path}")
+    ds.put_many([b"/k/%04d" % i for i in range(200)], [b"v" * 50] * 200)
+    ds.close()
+    versions = iter([1, 2, 2, 2])  # read before, after: a commit in the first round only
+    scan = ParallelScan("datastore", f"sqlite:{path}", ChunkSettings(20, 1 << 16, 0), 1,
+                        data_version=lambda: next(versions))
+    resnaps = []
+    real_send = ParallelScan._send
+
+    def send(self, w, msg):
+        if msg[0] == "resnap":
+            resnaps.append(w)
+        real_send(self, w, msg)
+
+    monkeypatch.setattr(ParallelScan, "_send", send)
+    assert sum(c.record_count for c in scan) == 200
+    assert resnaps == [0, 1]  # the worker and the planner, once
+    monkeypatch.setattr(parallel, "SNAPSHOT_RETRIES", 3)
+    counter = iter(range(100))
+    scan = ParallelScan("datastore", f"sqlite:{path}", ChunkSettings(20, 1 << 16, 0), 1,
+                        data_version=lambda: next(counter))
+    with pytest.raises(BackupError, match="could not get one consistent snapshot"):
+        list(scan)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not __import__("shutil").which("unshare"),
+                    reason="mounts a small /dev/shm in a mount namespace of its own (root)")
+def test_a_small_dev_shm_does_not_kill_the_workers(tmp_path, cli_env):
+    """The workers write their chunks into maps of slot files in /dev/shm, sized for the
+    largest chunks (16 slots of ~2 MiB a worker) but filled as written: when /dev/shm was
+    smaller (Docker's default is 64 MiB: 6 workers and more), a worker writing into a page
+    the filesystem could not give died of SIGBUS and the backup failed, `backup worker 0
+    died (exit code -7)`. The slots now go to TMPDIR, reserved, when /dev/shm has no room
+    for all of them, with one warning line."""
+    import subprocess
+    import sys
+
+    import lmdb
+
+    store = tmp_path / "db"
+    env = lmdb.open(str(store), map_size=1 << 30)
+    rng = random.Random(3)
+    with env.begin(write=True) as txn:
+        for i in range(80_000):
+            txn.put(b"/k/%08d" % i, rng.randbytes(500))
+    env.close()
+    out = tmp_path / "a.tar.gz"
+    script = ('mount -t tmpfs -o size=16m tmpfs /dev/shm && exec "$0" -m dsbackup backup '
+              '"$1" "$2" --workers 2')
+    env = dict(cli_env, TMPDIR=str(tmp_path))
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script, sys.executable, f"lmdb:{store}",
+                        str(out)], env=env, capture_output=True, text=True, timeout=120)
+    if r.returncode and "unshare" in r.stderr:
+        pytest.skip(f"no mount namespace here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    assert "/dev/shm has 16.0 MiB free, less than the" in r.stderr
+    assert f"they are in {tmp_path} instead" in r.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("dsbackup-slots-")]
+    v = subprocess.run([sys.executable, "-m", "dsbackup", "verify", str(out)], env=cli_env,
+                       capture_output=True, text=True, timeout=120)
+    assert v.returncode == 0, v.stderr
+
+
+def test_no_room_for_the_slots_anywhere_is_one_clear_error(monkeypatch, tmp_path):
+    from dsbackup.errors import BackupError
+
+    monkeypatch.setattr(parallel, "_free_bytes", lambda d: 10 << 20)
+    monkeypatch.setattr(parallel, "_tmp_dir", lambda: str(tmp_path))
+    with pytest.raises(BackupError, match=r"^no room for the chunk slots of 8 backup workers "
+                       r"\(800\.0 MiB\): /dev/shm has 10\.0 MiB free, .* 10\.0 MiB; give "
+                       r"fewer --workers"):
+        parallel._slot_dir(800 << 20, 8)
+    monkeypatch.setattr(parallel, "_free_bytes", lambda d: (10 if d == parallel.SHM else 900)
+                        << 20)
+    assert parallel._slot_dir(800 << 20, 8) == (str(tmp_path), True)
+    monkeypatch.setattr(parallel, "_free_bytes", lambda d: 900 << 20)
+    assert parallel._slot_dir(800 << 20, 8) == (parallel.SHM, False)
+
+
+def test_a_slot_file_the_disk_cannot_hold_is_one_clear_error(monkeypatch, tmp_path):
+    """The free space was checked, but another process took it before the reservation."""
+    from dsbackup.errors import BackupError
+
+    def full(fd, offset, size):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(parallel.os, "posix_fallocate", full)
+    fd = os.open(tmp_path / "slots", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(BackupError, match=rf"^no room for the chunk slots of the backup "
+                                              rf"workers in {tmp_path}: No space left"):
+            parallel._reserve(fd, 1 << 20, str(tmp_path))
+    finally:
+        os.close(fd)

@@ -68,3 +68,35 @@ def test_dash_is_refused_where_an_archive_is_opened_by_name(cli_env, src, tmp_pa
         r = run(cli_env, *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         assert r.returncode == 2, (args, r.stderr)
         assert msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_an_incremental_to_stdout_that_fails_its_check_leaves_no_whole_archive(
+        cli_env, src, tmp_path):
+    """The check before the "rename" of a backup to `-` ran after the trailer was sent: an
+    incremental referring to a damaged parent member failed, exit 3 ("this backup could not
+    be restored, so it is not kept"), but its output was a whole archive, which `inspect`
+    read with exit 0 (and `| aws s3 cp - ...` stored). The stream's last byte is now sent
+    only once the check has passed: the failed output's trailer is cut, refused (exit 3)."""
+    from dsbackup.archive.reader import ArchiveReader
+
+    parent = tmp_path / "p.dsb"
+    assert run(cli_env, "backup", f"lmdb:{src}", parent).returncode == 0
+    with ArchiveReader(parent) as r:
+        m = r.entry(0)
+    good = parent.read_bytes()
+    bad = bytearray(good)
+    bad[m.offset + m.length // 2] ^= 0x55
+    parent.write_bytes(bad)
+    out = tmp_path / "i.dsb"
+    with open(out, "wb") as f:
+        r = run(cli_env, "backup", f"lmdb:{src}", "-", "--parent", parent, stdout=f)
+    assert r.returncode == 3 and "which is damaged" in r.stderr, r.stderr
+    assert out.stat().st_size > 1000
+    r = run(cli_env, "inspect", out)
+    assert r.returncode == 3 and "trailer" in r.stderr, (r.returncode, r.stderr)
+    parent.write_bytes(good)  # the same backup, the parent whole: complete, and it verifies
+    with open(out, "wb") as f:
+        r = run(cli_env, "backup", f"lmdb:{src}", "-", "--parent", parent, stdout=f)
+    assert r.returncode == 0, r.stderr
+    r = run(cli_env, "verify", out)
+    assert r.returncode == 0, r.stderr

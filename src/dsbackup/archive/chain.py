@@ -18,6 +18,7 @@ are ranked by content identity (:func:`parent_rank`): the very archive the child
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,9 @@ def _open_if_archive(path: Path, opener: Callable[[Path], ArchiveReader]
                      ) -> ArchiveReader | None:
     try:
         return opener(path)
-    except (ArchiveError, OSError):
+    except (ArchiveError, OSError) as exc:
+        if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE):
+            raise  # too many files open here: says nothing of the candidate
         return None
 
 
@@ -255,10 +258,14 @@ class ParentChain:
 
     def require_catalogs(self) -> None:
         """Raise MissingParentError when the archive has a key catalog but an ancestor that
-        holds some of its chunks has none (a twin made without --include-metadata)."""
+        holds some of its chunks has none (a twin made without --include-metadata). An
+        ancestor without chunks, or one its child refers to no chunk of (an incremental with
+        --include-metadata of a parent without a catalog stores every chunk), holds none of
+        them: such archives were refused by verify, ls and consolidate, though whole."""
         above = self.reader
         for p in self.levels:
-            if above.index.catalog_count and not p.index.catalog_count:
+            if (above.index.catalog_count and not p.index.catalog_count and p.chunk_count
+                    and _refers_to_parent(above)):
                 raise MissingParentError(catalog_missing_message(above.path, p.path))
             above = p
 
@@ -293,6 +300,11 @@ class ParentChain:
         for r in self.levels:
             r.close()
         self.levels = []
+
+
+def _refers_to_parent(r: ArchiveReader) -> bool:
+    """Whether any chunk of `r` is a reference to its parent (its index's flags)."""
+    return any(refs for _, _, refs in r.index.totals())
 
 
 def catalog_missing_message(child: Path, parent: Path) -> str:

@@ -121,7 +121,7 @@ def rescan(fd: int, where: str, *, key: KeyMaterial | None = None,
     entry) of an incremental file, whose references are derived from it (module doc)."""
     size = os.fstat(fd).st_size
     if size == 0:
-        raise ArchiveError(f"cannot resume: {where} is empty")
+        raise ArchiveError(f"cannot resume: {where} is empty; leave out --resume to start again")
     mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
     state: ResumeState | None = None
     try:

@@ -2,7 +2,9 @@
 
 Schema: ``CREATE TABLE datastore (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT
 ROWID``. BLOB keys compare with ``memcmp``, so ``ORDER BY key`` is the bytewise key order.
-Several processes may read at once (WAL); each scan is one statement, hence one snapshot.
+Several processes may read at once (WAL); each scan is one statement, hence one snapshot,
+and after ``pin_snapshot()`` every scan reads the one snapshot pinned (a backup's planning walk,
+its value reads and its parallel workers, see dsbackup.pipeline).
 """
 
 from __future__ import annotations
@@ -44,11 +46,13 @@ class SqliteDatastore(BaseDatastore):
                          location=str(self.path))
         self._timeout = timeout
         self._lock = threading.RLock()
+        self._pinned: sqlite3.Connection | None = None  # see pin_snapshot
         if self.path.is_dir():  # (SQLite says only "unable to open database file")
             raise DatastoreError(f"{self.path}: a directory, not an SQLite database file")
         if readonly and not self.path.is_file():
             raise DatastoreError(f"{self.path}: no SQLite database")
         new = not readonly and not os.path.lexists(self.path)
+        self._immutable = False  # see _open_on_read_only_fs
         try:
             self._conn = self._connect()
             if not readonly:
@@ -67,6 +71,34 @@ class SqliteDatastore(BaseDatastore):
                 raise DatastoreError(f"{self.path}: cannot open SQLite database: {e}") from e
             if "locked" in str(e) or "busy" in str(e):
                 raise LockedError(f"{self.path}: SQLite database is locked: {e}") from e
+            if not (readonly and _on_read_only_fs(self.path)):
+                raise DatastoreError(f"{self.path}: not a dsbackup SQLite datastore: {e}") \
+                    from e
+            self._open_on_read_only_fs()
+
+    def _open_on_read_only_fs(self) -> None:
+        """A WAL database on a read-only filesystem (a snapshot mounted read-only) without its
+        ``-shm`` file: SQLite cannot make one, and refused ``mode=ro`` ("unable to open
+        database file", said as "not a dsbackup SQLite datastore"). Without a ``-wal`` file
+        either, every committed row is in the database file, which nothing can change:
+        opened ``immutable=1`` (no locks, no shared memory). With one, refused: an immutable
+        open would not read the WAL, and its rows would be missing from the backup."""
+        wal = Path(f"{self.path}-wal")
+        try:
+            wal_size = wal.stat().st_size
+        except FileNotFoundError:
+            wal_size = 0
+        if wal_size:
+            raise DatastoreError(
+                f"{self.path}: on a read-only filesystem with its WAL ({wal.name}, "
+                f"{wal_size} bytes) but no {self.path.name}-shm, which SQLite needs to read "
+                "the WAL: copy the database with its -wal file to a writable place and back "
+                "up that copy") from None
+        self._immutable = True
+        try:
+            self._conn = self._connect()
+            self._conn.execute(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as e:
             raise DatastoreError(f"{self.path}: not a dsbackup SQLite datastore: {e}") from e
 
     def _discard_new(self) -> None:
@@ -81,6 +113,8 @@ class SqliteDatastore(BaseDatastore):
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
             uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=ro"
+            if self._immutable:
+                uri += "&immutable=1"
             return sqlite3.connect(uri, uri=True, isolation_level=None,
                                    check_same_thread=False, timeout=self._timeout)
         return sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
@@ -164,11 +198,43 @@ class SqliteDatastore(BaseDatastore):
                 raise
             self._commit()
 
-    def _select(self, cols: str, start: bytes, end: bytes | None, batch: int
-                ) -> Iterator[list[tuple]]:
-        """Rows in key order from a dedicated connection (one statement: one snapshot)."""
+    def pin_snapshot(self) -> None:
+        """Read every later scan in one read transaction begun now (again: a new one), on a
+        connection of its own held until unpin_snapshot() or close(): the planning walk and
+        the value reads of one backup then see one state of the store, not each its own
+        while an application writes it."""
+        self.unpin_snapshot()
         self._check_open()
         conn = self._connect()
+        try:
+            conn.execute("BEGIN")
+            # (a read transaction takes its snapshot at its first read)
+            conn.execute(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchall()
+        except sqlite3.Error as e:
+            conn.close()
+            raise DatastoreError(f"{self.path}: cannot begin an SQLite read: {e}") from e
+        self._pinned = conn
+
+    def unpin_snapshot(self) -> None:
+        conn, self._pinned = self._pinned, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version`` of this object's own connection: it changes
+        exactly when another connection commits (so two equal reads prove no commit came
+        between them)."""
+        row = self._one("PRAGMA data_version")
+        return int(row[0]) if row else 0
+
+    def _select(self, cols: str, start: bytes, end: bytes | None, batch: int
+                ) -> Iterator[list[tuple]]:
+        """Rows in key order from a dedicated connection (one statement: one snapshot), or
+        from the pinned snapshot's."""
+        self._check_open()
+        pinned = self._pinned
+        conn = pinned if pinned is not None else self._connect()
         try:
             if end is None:
                 cur = conn.execute(f"SELECT {cols} FROM {TABLE} WHERE key >= ? ORDER BY key",
@@ -182,7 +248,8 @@ class SqliteDatastore(BaseDatastore):
                     return
                 yield rows
         finally:
-            conn.close()
+            if conn is not pinned:
+                conn.close()
 
     def _iter_items(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         for rows in self._select("key, value", start, end, 1024):
@@ -246,7 +313,15 @@ class SqliteDatastore(BaseDatastore):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self.unpin_snapshot()
             self._conn.close()
+
+
+def _on_read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def open_sqlite(path: str, *, readonly: bool = False, sync: bool | str = True

@@ -47,8 +47,11 @@ class FullStream:
         if self.parallel:
             kind = "lmdb" if ds.scheme == "lmdb" else "datastore"
             loc = ds.location if kind == "lmdb" else getattr(ds, "open_uri", ds.uri)
+            # SQLite: the processes' snapshots are one state when no commit came while
+            # they were begun (ParallelScan retries until then)
             self._chunks = ParallelScan(kind, loc, s, self.workers, cancel=self.cancel,
-                                        stats=self.stats, consistent=(kind == "lmdb"))
+                                        stats=self.stats, consistent=(kind == "lmdb"),
+                                        data_version=getattr(ds, "data_version", None))
         else:
             self._chunks = central_chunks(ds, s, threads=self.workers, stats=self.stats,
                                           cancel=self.cancel)

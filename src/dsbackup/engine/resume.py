@@ -327,9 +327,10 @@ def _take(plan: BackupPlan, parent: ArchiveReader | None = None
             state.cipher.close()
         raise
     log.warning("resuming %s from %s: %d chunks (%d records%s) kept, %d bytes after them "
-                "dropped; scanning on from the key after %r", final, tmp.name, state.next_seq,
+                "dropped; scanning on from %s", final, tmp.name, state.next_seq,
                 state.records, f", {state.referenced} of them references" if parent else "",
-                state.dropped, state.last_key)
+                state.dropped, "the first key" if state.last_key is None
+                else f"the key after {state.last_key!r}")
     return dataclasses.replace(plan, created=created, source=old["source"], page_entries=None,
                                resume=Resumption(state, sink, epoch, fd))
 

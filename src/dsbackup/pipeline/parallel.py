@@ -28,12 +28,14 @@ loop if it is waiting for the workers.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import mmap
 import os
 import pickle
 import select
+import signal
 import threading
 import time
 from collections import deque
@@ -81,19 +83,71 @@ class _Range:
     keys: list[bytes] | None = None  # the stripe's keys (keyed stores) until dispatched
 
 
-def _shm_dir() -> str:
-    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-        return "/dev/shm"
+SHM = "/dev/shm"
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _free_bytes(d: str) -> int:
+    try:
+        st = os.statvfs(d)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def _tmp_dir() -> str:
     import tempfile
 
     return tempfile.gettempdir()
 
 
-def _slot_files_base() -> str:
-    """A new name in the shared-memory directory for this backup's slot files (BASE.wN), as
+def _slot_dir(needed: int, workers: int) -> tuple[str, bool]:
+    """(directory, reserve) for slot files of `needed` bytes in all: /dev/shm when it has room
+    for them; else the temporary directory, the files reserved (fallocate). The workers write
+    chunks into maps of these files, and a map whose filesystem is full kills its writer with
+    SIGBUS: with Docker's default /dev/shm of 64 MiB a backup with 6 workers or more died
+    (`backup worker 2 died (exit code -7)`). Neither with room: BackupError saying so."""
+    if os.path.isdir(SHM) and os.access(SHM, os.W_OK):
+        free = _free_bytes(SHM)
+        if free >= needed:
+            return SHM, False
+        shm = f"{SHM} has {_mib(free)} free"
+    else:
+        shm = f"{SHM} cannot be used"
+    tmp = _tmp_dir()
+    if _free_bytes(tmp) < needed:
+        raise BackupError(
+            f"no room for the chunk slots of {workers} backup workers ({_mib(needed)}): "
+            f"{shm}, {tmp} {_mib(_free_bytes(tmp))}; give fewer --workers, a larger "
+            f"{SHM} (docker run --shm-size) or TMPDIR=/a/larger/disk")
+    log.warning("%s, less than the %s the chunk slots of %d backup workers need: they are "
+                "in %s instead (on its disk: give a larger %s, e.g. docker run --shm-size, or "
+                "fewer --workers)", shm, _mib(needed), workers, tmp, SHM)
+    _remove_stale_slot_files(tmp)
+    return tmp, True
+
+
+def _reserve(fd: int, size: int, where: str) -> None:
+    """Allocate the slot file `fd` whole (its free space was checked; another process may
+    have taken it since): a full disk is one clear error."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            os.ftruncate(fd, size)  # (no fallocate here: the space was there a moment ago)
+            return
+        raise BackupError(f"no room for the chunk slots of the backup workers in {where}: "
+                          f"{exc.strerror}; give fewer --workers, a larger {SHM} or "
+                          "TMPDIR=/a/larger/disk") from None
+
+
+def _slot_files_base(d: str) -> str:
+    """A new name in directory `d` for this backup's slot files (BASE.wN), as
     tempfile.mkstemp chooses one (created with O_EXCL, a random part, retried on a clash),
     then removed, without importing tempfile (start-up, docs/PERFORMANCE.md)."""
-    d = _shm_dir()
     for _ in range(100):
         base = os.path.join(d, f"dsbackup-slots-{os.getpid()}-{os.urandom(6).hex()}")
         try:
@@ -115,11 +169,14 @@ def _fits_ahead(r: _Range) -> bool:
                             and sum(map(len, keys)) + 8 * len(keys) <= AHEAD_KEY_BYTES)
 
 
-def _remove_stale_slot_files() -> None:
+def _remove_stale_slot_files(d: str = SHM) -> None:
     """Slot files of a backup killed before its workers started (normally they are unlinked
     as soon as every worker has mapped them)."""
-    d = _shm_dir()
-    for name in os.listdir(d):
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for name in names:
         if not name.startswith("dsbackup-slots-"):
             continue
         try:
@@ -139,12 +196,20 @@ class ParallelScan:
 
     def __init__(self, kind: str, location: str, settings: ChunkSettings, workers: int,
                  *, cancel: threading.Event | None = None, stats: ScanStats | None = None,
-                 consistent: bool = False) -> None:
+                 consistent: bool = False,
+                 data_version: Callable[[], int] | None = None) -> None:
+        """`consistent`: every process must read one LMDB transaction (the ids they report
+        equal). `data_version`: a store whose processes each pin a snapshot of their own
+        (SQLite): a counter that changes with every commit (SqliteDatastore.data_version),
+        read before they begin their snapshots and after; they are retried until it did
+        not change in between, so all read one state."""
         self.kind, self.location, self.settings = kind, location, settings
         self.n = max(1, workers)
         self.cancel = cancel
         self.stats = stats if stats is not None else ScanStats()
-        self.consistent = consistent
+        self.consistent = consistent or data_version is not None
+        self._data_version = data_version
+        self._version: int | None = None  # data_version before the snapshots were begun
         self.slot_size = settings.chunk_max_bytes + settings.chunk_max_bytes // 64 + 65536
         self.snapshot_id: int | None = None
         self._spill: Any = None
@@ -176,8 +241,9 @@ class ParallelScan:
 
     def _start(self) -> None:
         _remove_stale_slot_files()
-        base = _slot_files_base()
         per = SLOTS_PER_WORKER * self.slot_size
+        where, reserve = _slot_dir(self.n * per, self.n)
+        base = _slot_files_base(where)
         launch, pipe = self._launcher()
         for w in range(self.n + 1):  # the last one is the planner
             path: str | None = None
@@ -186,7 +252,10 @@ class ParallelScan:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
                 self._wpaths.append(path)
                 try:
-                    os.ftruncate(fd, per)
+                    if reserve:  # (on disk: a full disk is ENOSPC here, not SIGBUS later)
+                        _reserve(fd, per, where)
+                    else:
+                        os.ftruncate(fd, per)
                     self._wmaps.append(mmap.mmap(fd, per))
                 finally:
                     os.close(fd)
@@ -373,6 +442,10 @@ class ParallelScan:
         if w < len(self.procs):
             self.procs[w].join(1.0)  # its pipe closed as it exited: its code comes at once
             code = self.procs[w].exitcode
+            if code == -signal.SIGBUS:  # its chunk slots' filesystem (or the store) shrank
+                return BackupError(
+                    f"backup worker {w} died of SIGBUS (a full {SHM} or TMPDIR under its "
+                    "chunk slots, or a store file truncated while it was read)")
             if code:
                 return BackupError(f"backup worker {w} died (exit code {code})")
         return BackupError(f"backup worker {w} exited unexpectedly")
@@ -394,10 +467,13 @@ class ParallelScan:
                     if msg[0] == "ready":
                         ids[w] = msg[1]
             distinct = set(ids.values())
-            if not self.consistent or len(distinct) == 1:
+            if not self.consistent or (len(distinct) == 1 and self._no_commit()):
                 self.snapshot_id = next(iter(distinct))
                 return
-            log.info("workers saw different snapshots %s; retrying (%d)", distinct, attempt + 1)
+            if len(distinct) > 1:
+                log.info("workers saw different snapshots %s", distinct)
+            log.info("retrying the snapshots (%d)", attempt + 1)
+            self._mark_version()
             for w in range(total):
                 self._send(w, ("resnap",))
         raise BackupError(
@@ -405,11 +481,26 @@ class ParallelScan:
             f"after {SNAPSHOT_RETRIES} tries (the store is being written too fast); retry, "
             "or use workers=1")
 
+    def _mark_version(self) -> None:
+        if self._data_version is not None:
+            self._version = self._data_version()
+
+    def _no_commit(self) -> bool:
+        """No commit since _mark_version (always true without a data_version)."""
+        if self._data_version is None:
+            return True
+        version = self._data_version()
+        if version == self._version:
+            return True
+        log.info("a commit came while the processes began their snapshots")
+        return False
+
     # -- main loop -----------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[ReadyChunk]:
         try:
             self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._mark_version()  # before any process begins its snapshot
             self._start()
             self._await_ready()
             self._unlink_slot_files()  # mapped everywhere now; nothing to leave behind

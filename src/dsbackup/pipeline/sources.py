@@ -57,9 +57,17 @@ class DatastoreSource:
         # stripes carry their keys (the store lists them in order, reads a list of keys)
         self.keyed = callable(getattr(self.ds, "scan_keys", None)) and callable(
             getattr(self.ds, "read_keys", None))
+        # SQLite: every scan of this source in one read transaction (the planning walk and
+        # the value reads of an incremental; a parallel worker's stripes, see ParallelScan)
+        self._pin = getattr(self.ds, "pin_snapshot", None)
+        if self._pin is not None:
+            self._pin()
 
     def resnap(self) -> None:
-        """No cross-process snapshot for these backends (see docs/ARCHITECTURE.md)."""
+        """A new snapshot where the store pins one (SQLite: ParallelScan retries until no
+        commit came while its processes began theirs); flatfs has none."""
+        if self._pin is not None:
+            self._pin()
 
     def begin(self, start: bytes, end: bytes | None, keys: list[bytes] | None = None
               ) -> None:
@@ -186,6 +194,8 @@ class DatastoreSource:
     def close(self) -> None:
         if self._owned:
             self.ds.close()
+        elif self._pin is not None:
+            self.ds.unpin_snapshot()
 
 
 class LmdbSource:

@@ -4,6 +4,7 @@ fsynced, then linked into place (never replacing a file unless asked); reads wit
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -250,6 +251,21 @@ class ResumedSink(LocalSink):
                 os.close(self._fd)
 
 
+OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
+
+
+def out_of_files(path: Path, exc: OSError) -> ArchiveUnavailable:
+    """The error for an archive that could not be opened because this process (EMFILE) or
+    the system (ENFILE) has too many files open, with its errno: not a sign of a missing or
+    damaged archive, so the search for a parent archive does not take it for one (it said
+    "parent archive P was altered or replaced: P (not a readable archive)")."""
+    err = ArchiveUnavailable(
+        f"{path}: cannot open: {exc.strerror} (every archive of a parent chain is held open: "
+        "raise the open-file limit, ulimit -n)")
+    err.errno = exc.errno  # type: ignore[attr-defined]
+    return err
+
+
 class LocalSource:
     """An archive file opened for pread (no shared cursor: thread-safe)."""
 
@@ -263,6 +279,8 @@ class LocalSource:
         except IsADirectoryError:
             raise ArchiveUnavailable(f"{path}: is a directory, not an archive") from None
         except OSError as exc:
+            if exc.errno in OUT_OF_FILES:
+                raise out_of_files(path, exc) from None
             raise ArchiveUnavailable(f"{path}: cannot open: {exc.strerror}") from None
         st = os.fstat(self._fd)
         if stat.S_ISDIR(st.st_mode):  # open(2) accepts a directory; read(2) would not

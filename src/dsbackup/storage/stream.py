@@ -2,7 +2,8 @@
 
 Writing streams: members go to stdout as they are made; the quick check runs on the bytes
 sent (dsbackup.storage.sent). A stream cannot be withdrawn: a failed backup to ``-`` exits
-non-zero and its output has no trailer, which every reader refuses.
+non-zero and its output has no whole trailer, which every reader refuses: the stream's last
+byte is held back until the check before the "rename" has passed.
 
 Reading needs random access (the trailer comes first), so standard input is spooled to an
 unnamed temporary file (``$TMPDIR``; as much free space as the archive) and read from there.
@@ -35,13 +36,25 @@ class StdoutSink:
             raise ArchiveError("-: standard output is a terminal; redirect it to a file or a "
                                "pipe to write an archive there")
         self._sent = SentRecord(STREAM_NAME)
+        self._held = b""  # the last byte written, not sent yet (see commit)
 
     def write(self, pieces: Sequence[bytes | memoryview]) -> int:
         n = self._sent.add(pieces)
-        views = [memoryview(p) for p in pieces if len(p)]
+        views = [memoryview(p).cast("B") for p in pieces if len(p)]
+        if not views:
+            return n
+        held, views[-1] = bytes(views[-1][-1:]), views[-1][:-1]
+        if self._held:
+            views.insert(0, memoryview(self._held))
+        self._send(views)
+        self._held = held
+        return n
+
+    def _send(self, views: list[memoryview]) -> None:
+        views = [v for v in views if len(v)]
         try:
             while views:
-                k = os.writev(self._fd, views)
+                k = os.writev(self._fd, views[:1024])  # (IOV_MAX)
                 while views and k >= len(views[0]):
                     k -= len(views[0])
                     views.pop(0)
@@ -53,17 +66,23 @@ class StdoutSink:
         except OSError as exc:
             raise ArchiveError(f"-: writing to standard output failed: {exc.strerror}") \
                 from None
-        return n
 
     def commit(self, check: Check | None = None) -> None:
+        """Check what was sent, then send its last byte: an archive whose check failed (a
+        damaged parent member it refers to, a member not as written) ends without it, so
+        its trailer is cut and every reader refuses it. (It was sent whole, and a failed
+        backup with exit 3 left an archive that `inspect` took and `verify` found damaged.)"""
         try:
             if check is not None:
                 check(SentSource(self._sent, STREAM_NAME))
+            self._send([memoryview(self._held)])
+            self._held = b""
         finally:
             self._sent.close()
 
     def abort(self) -> None:
         self._sent.close()  # what was sent is gone; it has no trailer: no reader accepts it
+        self._held = b""
 
 
 class _SpooledSource(LocalSource):
