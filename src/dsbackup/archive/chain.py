@@ -304,7 +304,7 @@ class ParentChain:
 
 def _refers_to_parent(r: ArchiveReader) -> bool:
     """Whether any chunk of `r` is a reference to its parent (its index's flags)."""
-    return any(refs for _, _, refs in r.index.totals())
+    return any(refs for _, _, refs, _ in r.index.totals())
 
 
 def catalog_missing_message(child: Path, parent: Path) -> str:
