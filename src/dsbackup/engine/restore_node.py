@@ -5,6 +5,7 @@ written to a temp file, fsynced and renamed."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ def restore_node(reader: ArchiveReader, target: Any, mode: str, jpath: Path | No
             return 0, None  # a rerun after the node files were written: nothing to say
         return 0, (f"{root} already holds a repository: its config, keystore/ and other node "
                    f"files were kept ({count} in the archive; --overwrite replaces them)")
+    refuse_outside_mounts(root, files)
     try:
         return write_node_files(root, files), None
     except OSError as exc:
@@ -54,6 +56,62 @@ def restore_node(reader: ArchiveReader, target: Any, mode: str, jpath: Path | No
             raise
         raise DatastoreError(no_space_message(root, None, what="free some space and rerun "
                                               "the same restore")) from None
+
+
+def _spec_mount_paths(spec_bytes: bytes) -> list[tuple[str, str]]:
+    """(mountpoint, path) of every flatfs/levelds store a ``datastore_spec`` names."""
+    try:
+        spec = json.loads(spec_bytes)
+    except ValueError:
+        return []  # Kubo cannot open it either; opening the kubo: target names it
+    out: list[tuple[str, str]] = []
+
+    def walk(node: object, mountpoint: str) -> None:
+        if isinstance(node, dict):
+            mp = node.get("mountpoint")
+            mountpoint = mp if isinstance(mp, str) else mountpoint
+            path = node.get("path")
+            if node.get("type") in ("flatfs", "levelds") and isinstance(path, str):
+                out.append((mountpoint, path))
+            for v in node.values():
+                walk(v, mountpoint)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, mountpoint)
+
+    walk(spec, "/")
+    return out
+
+
+def _leaves(root: Path, path: str) -> bool:
+    """True when a store at `path` (datastore_spec's, relative to `root` unless absolute, as
+    Kubo joins it) lies outside `root`."""
+    full = os.path.normpath(os.path.join(os.fspath(root), path))
+    return os.path.commonpath([full, os.path.normpath(root)]) != os.path.normpath(root)
+
+
+def refuse_outside_mounts(root: Path, files: list[NodeFile]) -> None:
+    """Refuse (RestoreError, exit 2, nothing written) node files whose ``datastore_spec``
+    puts a store outside the target directory (an absolute path, or ``..``): the records
+    would then be written there, outside the target, into whatever directory it names (a
+    hostile archive: any directory; a node whose blocks lived on another disk: that disk's
+    live store). Allowed when the target's own ``datastore_spec`` already names that path
+    (the user made that repository)."""
+    spec = next((f for f in files if f.path == b"datastore_spec" and not f.is_dir), None)
+    if spec is None:
+        return
+    try:
+        own = {p for _, p in _spec_mount_paths((root / "datastore_spec").read_bytes())}
+    except OSError:
+        own = set()
+    for mountpoint, path in _spec_mount_paths(spec.data):
+        if _leaves(root, path) and path not in own:
+            raise RestoreError(
+                f"{root}: the archive's datastore_spec puts the {mountpoint} store at "
+                f"{path!r}, outside the target directory; a restore writes only under its "
+                "target, so nothing was written (to restore this node, make a repository "
+                "whose own datastore_spec names that path, e.g. ipfs init with the same "
+                "Datastore.Spec, and restore into it with --overwrite)")
 
 
 def _in_place(root: Path, files: list[NodeFile]) -> bool:
