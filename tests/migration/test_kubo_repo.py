@@ -412,3 +412,36 @@ def test_the_real_v11_repotest_migrates_and_rolls_back(tmp_path, run_cli) -> Non
     assert res.returncode == 0, res.stderr
     assert (repo / "version").read_bytes() == b"11\n"
     assert block_files(repo) == before
+
+
+def test_a_new_repo_sharing_the_sources_blocks_is_refused(repo, run_cli, tmp_path: Path) -> None:
+    """A repo whose blocks live on another disk (datastore_spec's path absolute, as Kubo
+    allows): a copy into a new kubo: repo gave it the same datastore_spec, so its /blocks was
+    the source's store, and the copy wrote the re-keyed blocks into the source (exit 0)."""
+    blocks = tmp_path / "other-disk" / "blocks"
+    blocks.parent.mkdir()
+    shutil.move(repo.path / "blocks", blocks)
+    spec = json.loads((repo.path / "datastore_spec").read_text())
+    spec["mounts"][0]["path"] = str(blocks)
+    (repo.path / "datastore_spec").write_text(json.dumps(spec))
+    plan = tmp_path / "copy.toml"
+    plan.write_text('id = "copy"\nversion = 12\n[kubo]\nfrom_version = 11\nto_version = 12\n'
+                    '[[steps]]\nid = "copy"\ntype = "copy"\nsource = "source"\n'
+                    'target = "target"\n'
+                    'transform = { key_transform = "cid_to_multihash:/blocks" }\n')
+    before, blocks_before = snapshot(repo.path), snapshot(blocks)
+    new = tmp_path / "new-ipfs"
+    res = migrate(run_cli, plan, f"kubo:{repo.path}", f"kubo:{new}")
+    assert res.returncode == 2, res.stderr
+    assert f"both use {blocks}" in res.stderr and "copied from the source" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert snapshot(blocks) == blocks_before and snapshot(repo.path) == before
+    assert not new.exists()
+    # a store inside the source repo (its LevelDB): refused too, nothing written
+    res = migrate(run_cli, plan, f"kubo:{repo.path}", f"leveldb:{repo.path / 'datastore'}")
+    assert res.returncode == 2 and "lies inside" in res.stderr, res.stderr
+    assert snapshot(repo.path) == before
+    # apart from the source it runs
+    res = migrate(run_cli, plan, f"kubo:{repo.path}", f"lmdb:{tmp_path / 'elsewhere'}")
+    assert res.returncode == 0, res.stderr
+    assert snapshot(blocks) == blocks_before

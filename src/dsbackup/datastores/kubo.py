@@ -155,12 +155,15 @@ class KuboDatastore(MountDatastore):
             self._release_lock()
 
 
-def mount_dirs(repo: str | os.PathLike[str]) -> list[Path]:
+def mount_dirs(repo: str | os.PathLike[str], spec_repo: str | os.PathLike[str] | None = None
+               ) -> list[Path]:
     """The directories ``datastore_spec`` mounts (``blocks``, ``datastore``, ...; one may be
-    a symlink to another disk), without opening them; [] when there is no readable spec."""
+    a symlink to another disk), without opening them; [] when there is no readable spec.
+    ``spec_repo``: read the spec there instead (a new repo that will get that spec)."""
     root = Path(repo).absolute()
     try:
-        spec = KuboDatastore._unwrap(json.loads((root / SPEC_FILE).read_text()))
+        spec = KuboDatastore._unwrap(json.loads(
+            (Path(spec_repo or root).absolute() / SPEC_FILE).read_text()))
     except (OSError, ValueError, AttributeError):
         return []
     mounts = spec.get("mounts", []) if spec.get("type") == "mount" else [spec]

@@ -43,6 +43,7 @@ from dsbackup.migration.preflight import (
     kubo_run,
     load,
     lock_stores,
+    refuse_overlap,
     refuse_unread_source,
     state_files,
     writes_source,
@@ -84,6 +85,7 @@ class MigrationManager:
         plan = load(plan)
         cfg = self.config.with_overrides(plan.config)
         refuse_unread_source(plan, source, target)
+        refuse_overlap(plan, source, target)
         result = MigrationResult(plan.id, plan.version, _now(), dry_run=cfg.dry_run)
         kubo = kubo_run(plan, cfg, source, target)
         if not cfg.dry_run and already_done(plan, cfg, target, result):
