@@ -445,3 +445,60 @@ def test_a_new_repo_sharing_the_sources_blocks_is_refused(repo, run_cli, tmp_pat
     res = migrate(run_cli, plan, f"kubo:{repo.path}", f"lmdb:{tmp_path / 'elsewhere'}")
     assert res.returncode == 0, res.stderr
     assert snapshot(blocks) == blocks_before
+
+
+_COPY_PLAN = ('id = "copy"\nversion = 12\n[kubo]\nfrom_version = 11\nto_version = 12\n'
+              '[[steps]]\nid = "copy"\ntype = "copy"\nsource = "source"\ntarget = "target"\n'
+              'transform = { key_transform = "cid_to_multihash:/blocks" }\n')
+_HOLD_LOCK = ("import fcntl, os, sys\n"
+              "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"
+              "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()\n")
+
+
+def test_a_new_repo_refused_before_it_began_is_taken_back(repo, run_cli, tmp_path: Path) -> None:
+    """The source's daemon running (repo.lock held): the copy into a new repo was refused
+    (exit 4) after NEW got OLD's config, datastore_spec and version 11, and every later run
+    refused NEW as 'an existing repo at version 11' (exit 2, 'nothing was changed')."""
+    import subprocess
+    import sys
+
+    plan = tmp_path / "copy.toml"
+    plan.write_text(_COPY_PLAN)
+    new = tmp_path / "new-ipfs"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(repo.path / "repo.lock")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        res = migrate(run_cli, plan, f"kubo:{repo.path}", f"kubo:{new}")
+        assert res.returncode == 4, res.stderr
+        assert not new.exists()
+        new.mkdir()  # an empty directory stays one
+        res = migrate(run_cli, plan, f"kubo:{repo.path}", f"kubo:{new}")
+        assert res.returncode == 4 and list(new.iterdir()) == [], res.stderr
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    res = migrate(run_cli, plan, f"kubo:{repo.path}", f"kubo:{new}")
+    assert res.returncode == 0, res.stderr
+    assert (new / "version").read_bytes() == b"12\n"
+    assert block_files(new) == expected_files(repo.after)
+
+
+def test_a_new_repo_left_by_a_kill_while_it_was_made_is_taken(repo, run_cli, tmp_path: Path
+                                                              ) -> None:
+    """Killed while copying the repo's files (before the journal began): NEW holds some of
+    OLD's files and nothing else; the rerun refused it ('version is None'), now it goes on."""
+    plan = tmp_path / "copy.toml"
+    plan.write_text(_COPY_PLAN)
+    new = tmp_path / "new-ipfs"
+    new.mkdir()
+    shutil.copy2(repo.path / "config", new / "config")
+    res = migrate(run_cli, plan, f"kubo:{repo.path}", f"kubo:{new}")
+    assert res.returncode == 0, res.stderr
+    assert block_files(new) == expected_files(repo.after)
+    # a file of its own (or another config) is still an existing repo: refused
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config").write_text("{}")
+    res = migrate(run_cli, plan, f"kubo:{repo.path}", f"kubo:{other}")
+    assert res.returncode == 2 and "version is None" in res.stderr, res.stderr

@@ -106,6 +106,29 @@ def _is_empty_or_missing(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
+def _holds_only_copies(source_repo: Path, target_repo: Path) -> bool:
+    """True when `target_repo` holds nothing but copies (same bytes) of the source repo's
+    files that :func:`copy_repo_files` makes, some possibly missing: what a run killed while
+    making the new repo, before its journal began, leaves."""
+    if not target_repo.is_dir() or target_repo.is_symlink():
+        return False
+    for dirpath, dirnames, filenames in os.walk(target_repo):
+        rel = Path(dirpath).relative_to(target_repo)
+        for name in dirnames:
+            if (rel / name).parts[0] != "keystore":
+                return False
+        for name in filenames:
+            r = rel / name
+            if not (r.parts[0] == "keystore" or (len(r.parts) == 1 and name in REPO_FILES)):
+                return False
+            try:
+                if (target_repo / r).read_bytes() != (source_repo / r).read_bytes():
+                    return False
+            except OSError:
+                return False
+    return True
+
+
 def copy_repo_files(source_repo: Path, target_repo: Path) -> list[str]:
     """Give a missing or empty target repo the source repo's ``config``, ``datastore_spec``,
     ``version`` and ``keystore/`` (modes and mtimes kept); returns what was copied."""
@@ -121,7 +144,7 @@ def copy_repo_files(source_repo: Path, target_repo: Path) -> list[str]:
         copied.append(name)
     keystore = source_repo / "keystore"
     if keystore.is_dir():
-        shutil.copytree(keystore, target_repo / "keystore")
+        shutil.copytree(keystore, target_repo / "keystore", dirs_exist_ok=True)
         copied.append("keystore")
     fsync_dir(target_repo, best_effort=True)
     return copied
@@ -306,6 +329,7 @@ class KuboRun:
         self.in_place = (self.source_repo is not None and self.source_repo == self.target_repo)
         self.kept_path = (state_dir / f"{plan.id}.kubo-kept") if state_dir else None
         self.created_files: list[str] = []
+        self._new_repo: bool | None = None  # a new target repo to make: was it missing?
 
     @property
     def log(self) -> RevertLog | None:
@@ -340,19 +364,16 @@ class KuboRun:
         tgt = self.target_repo
         if tgt is None or self.in_place:
             pass
-        elif _is_empty_or_missing(tgt):
+        elif _is_empty_or_missing(tgt) or (
+                not started and self.source_repo is not None
+                and _holds_only_copies(self.source_repo, tgt)):
+            # (the second: the files an earlier run copied before it was killed)
             if self.source_repo is None:
                 raise MigrationError(f"{tgt}: a new Kubo repo takes its config, datastore_spec "
                                      f"and version from a kubo: source; create it with "
                                      f"'ipfs init' first; nothing was changed")
             if not dry_run:
-                try:
-                    self.created_files = copy_repo_files(self.source_repo, tgt)
-                except OSError as exc:
-                    raise MigrationError(f"{tgt}: cannot create the new Kubo repo's files: "
-                                         f"{exc}") from None
-                log.info("new Kubo repo %s: copied %s from %s", tgt,
-                         ", ".join(self.created_files), self.source_repo)
+                self._new_repo = not tgt.exists()  # made by make_new_repo, under the locks
         else:
             tv = read_repo_version(tgt)
             if not (tv == to or (started and tv == want)):
@@ -362,6 +383,40 @@ class KuboRun:
                                      f"nothing was changed")
         if not started and not dry_run and self.kept_path is not None:
             self.kept_path.unlink(missing_ok=True)  # a record of an earlier, finished run
+
+    def make_new_repo(self) -> None:
+        """Give the new target repo (found by :meth:`preflight`) the source repo's files;
+        called once the run holds its stores' locks, before any store is opened."""
+        tgt = self.target_repo
+        if self._new_repo is None or tgt is None or self.source_repo is None:
+            return
+        try:
+            self.created_files = copy_repo_files(self.source_repo, tgt)
+        except OSError as exc:
+            self.undo_new_repo()
+            raise MigrationError(f"{tgt}: cannot create the new Kubo repo's files: "
+                                 f"{exc}") from None
+        log.info("new Kubo repo %s: copied %s from %s", tgt, ", ".join(self.created_files),
+                 self.source_repo)
+
+    def undo_new_repo(self) -> None:
+        """A run that made the new target repo and failed before its journal began (the
+        source's daemon running, a store that does not open): the target goes back to what
+        it was (missing, or an empty directory), so a later run takes it as new again."""
+        tgt = self.target_repo
+        if self._new_repo is None or tgt is None:
+            return
+        if self._new_repo:
+            shutil.rmtree(tgt, ignore_errors=True)
+        else:
+            for e in list(os.scandir(tgt)):
+                if e.is_dir(follow_symlinks=False):
+                    shutil.rmtree(e.path, ignore_errors=True)
+                else:
+                    os.unlink(e.path)
+        fsync_dir(tgt if tgt.exists() else tgt.parent, best_effort=True)
+        self.created_files = []
+        self._new_repo = None
 
     def check_still_migrated(self, stamp: str | None) -> None:
         """Our stamp says done: refuse when the repo's version says otherwise (Kubo's own

@@ -103,7 +103,10 @@ class MigrationManager:
             refuse_foreign_directory(target, cfg.state_dir, doing="migrate")
         locks = ExitStack() if cfg.dry_run else lock_stores(plan, cfg, source, target)
         stores = RunStores(readonly=cfg.dry_run)
+        undo_new_repo = False
         try:
+            if kubo is not None and not cfg.dry_run:
+                kubo.make_new_repo()  # a new kubo: target: the source repo's files, locked
             src = stores.add(SOURCE, source, must_exist=True,
                              readonly=not writes_source(plan, cfg, source, target))
             dst = stores.add(TARGET, target, must_exist=False)
@@ -113,8 +116,18 @@ class MigrationManager:
                 result.message = "dry run: nothing was written"
             else:
                 self._execute(plan, cfg, stores, src, dst, result, progress, cancel, kubo)
+        except BaseException:
+            # refused before the journal began (the source's daemon running, a store that
+            # does not open): a new repo this run made is taken back, or every later run
+            # would refuse it as an existing repo at the old version
+            journal, _ = state_files(plan, cfg, target)
+            undo_new_repo = (kubo is not None and not cfg.dry_run
+                             and not (journal is not None and journal.read().started))
+            raise
         finally:
             stores.close()
+            if undo_new_repo:
+                kubo.undo_new_repo()  # type: ignore[union-attr]
             locks.close()
             result.finished_at = result.finished_at or _now()
             self._metrics.record(result)
