@@ -328,6 +328,9 @@ class KuboRun:
                                  f"source nor target is a kubo: repository")
         self.in_place = (self.source_repo is not None and self.source_repo == self.target_repo)
         self.kept_path = (state_dir / f"{plan.id}.kubo-kept") if state_dir else None
+        # this plan made the target repo (from the source's files): a run that failed once
+        # the copy began (a full disk) leaves it at from_version, and a rerun goes on in it
+        self.new_path = (state_dir / f"{plan.id}.kubo-new") if state_dir else None
         self.created_files: list[str] = []
         self._new_repo: bool | None = None  # a new target repo to make: was it missing?
 
@@ -376,7 +379,8 @@ class KuboRun:
                 self._new_repo = not tgt.exists()  # made by make_new_repo, under the locks
         else:
             tv = read_repo_version(tgt)
-            if not (tv == to or (started and tv == want)):
+            if not (tv == to or (started and tv == want)
+                    or (tv == want and self._made_here(tgt))):
                 raise MigrationError(f"{tgt}/{VERSION_FILE} is {tv!r}: a copy goes into a new "
                                      f"(missing or empty) Kubo repo or one already at version "
                                      f"{to} (the target's own records are not migrated); "
@@ -384,12 +388,26 @@ class KuboRun:
         if not started and not dry_run and self.kept_path is not None:
             self.kept_path.unlink(missing_ok=True)  # a record of an earlier, finished run
 
+    def _made_here(self, tgt: Path) -> bool:
+        """True when this plan made `tgt` from the source repo (our ``.kubo-new`` record)."""
+        if self.new_path is None or self.source_repo is None:
+            return False
+        try:
+            doc = json.loads(self.new_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return (isinstance(doc, dict) and doc.get("source") == str(self.source_repo)
+                and doc.get("target") == str(tgt))
+
     def make_new_repo(self) -> None:
         """Give the new target repo (found by :meth:`preflight`) the source repo's files;
         called once the run holds its stores' locks, before any store is opened."""
         tgt = self.target_repo
         if self._new_repo is None or tgt is None or self.source_repo is None:
             return
+        if self.new_path is not None:
+            _write_record(self.new_path, {"source": str(self.source_repo),
+                                          "target": str(tgt)})
         try:
             self.created_files = copy_repo_files(self.source_repo, tgt)
         except OSError as exc:
@@ -417,6 +435,12 @@ class KuboRun:
         fsync_dir(tgt if tgt.exists() else tgt.parent, best_effort=True)
         self.created_files = []
         self._new_repo = None
+        if self.new_path is not None:
+            self.new_path.unlink(missing_ok=True)
+            try:
+                self.new_path.parent.rmdir()  # made for the record alone
+            except OSError:
+                pass
 
     def check_still_migrated(self, stamp: str | None) -> None:
         """Our stamp says done: refuse when the repo's version says otherwise (Kubo's own
@@ -483,6 +507,8 @@ class KuboRun:
         if self.target_repo is None:
             return None
         write_repo_version(self.target_repo, self.spec.to_version)
+        if self.new_path is not None:
+            self.new_path.unlink(missing_ok=True)  # migrated: the stamp speaks from now on
         return self.target_repo / VERSION_FILE
 
     # -- rollback -----------------------------------------------------------------------------

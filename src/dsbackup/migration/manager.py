@@ -23,12 +23,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.engine.targetdir import refuse_foreign_directory
 from dsbackup.errors import (
     EXIT_ERROR,
     EXIT_WARNING,
     Cancelled,
     ConfigError,
+    DatastoreError,
     DsBackupError,
     MigrationError,
 )
@@ -52,7 +54,7 @@ from dsbackup.migration.result import MigrationResult, RollbackReport, StepResul
 from dsbackup.migration.rollback import rollback
 from dsbackup.migration.runtime import ProgressEvent
 from dsbackup.migration.steps import run_steps
-from dsbackup.migration.stores import RunStores, StoreLike
+from dsbackup.migration.stores import RunStores, StoreLike, store_path
 
 __all__ = ["MigrationManager"]
 
@@ -264,6 +266,12 @@ class MigrationManager:
               exc: BaseException, kubo: KuboRun | None = None) -> None:
         if stamp_path is not None and not stamp_path.exists():
             result.stamp_path = None  # never name a stamp that was not written
+        if isinstance(exc, OSError) and is_no_space(exc):
+            # one line naming the filesystem, as a restore's (was '[Errno 28] No space ...')
+            where = store_path(stores.by_name.get(TARGET)) or (
+                stamp_path.parent if stamp_path is not None else Path.cwd())
+            exc = DatastoreError(no_space_message(
+                where, what="free some space and rerun the migration"))
         result.error = type(exc).__name__
         result.exit_code = getattr(exc, "exit_code", EXIT_ERROR)
         result.error_log.append(f"{type(exc).__name__}: {exc}")
