@@ -45,6 +45,7 @@ from dsbackup.migration.preflight import (
     kubo_run,
     load,
     lock_stores,
+    refuse_foreign_files,
     refuse_overlap,
     refuse_unread_source,
     state_files,
@@ -111,7 +112,9 @@ class MigrationManager:
                 kubo.make_new_repo()  # a new kubo: target: the source repo's files, locked
             src = stores.add(SOURCE, source, must_exist=True,
                              readonly=not writes_source(plan, cfg, source, target))
+            refuse_foreign_files(plan, stores.by_name, SOURCE)  # records no scan would list
             dst = stores.add(TARGET, target, must_exist=False)
+            refuse_foreign_files(plan, stores.by_name, TARGET)
             if cfg.dry_run:
                 run_steps(plan, cfg, stores, result, None, JournalState(), progress, cancel)
                 result.success = result.error is None

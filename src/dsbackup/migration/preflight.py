@@ -19,8 +19,8 @@ from dsbackup.migration.plan import SOURCE, TARGET, MigrationPlan, MigrationType
 from dsbackup.migration.result import MigrationResult, StepResult
 from dsbackup.migration.stores import StoreLike, refs_written, same_uri, store_path
 
-__all__ = ["already_done", "kubo_run", "load", "lock_stores", "refuse_overlap",
-           "refuse_unread_source", "state_files", "writes_source"]
+__all__ = ["already_done", "kubo_run", "load", "lock_stores", "refuse_foreign_files",
+           "refuse_overlap", "refuse_unread_source", "state_files", "writes_source"]
 
 
 def load(plan: MigrationPlan | str | os.PathLike[str]) -> MigrationPlan:
@@ -206,3 +206,29 @@ def refuse_overlap(plan: MigrationPlan, source: Any, target: Any) -> None:
                     f"source (a Kubo repo's datastore_spec paths included: a new repo gets "
                     f"the source's), or run in place (the same store as SOURCE and TARGET); "
                     f"nothing was changed")
+
+
+def refuse_foreign_files(plan: MigrationPlan, by_name: dict[str, Any], name: str) -> None:
+    """Files of a file-per-key store a step reads (flatfs, a kubo:/helia: node's blocks,
+    fsds) that are not of its layout (wrong shard, invalid name, no ``.data``, nested
+    directories) hold records no scan lists: a migration would leave them behind and say ok
+    (a Helia blockstore given as ``flatfs:P?shard=next-to-last/2``: 0 records copied, exit
+    0), as a backup would not (it refuses them). Refused, MigrationError (exit 2) naming
+    them and the likely right URI, before any step runs (the source before the target is
+    even opened). `name`: the store of the run to check (``source`` or ``target``), when a
+    step reads it."""
+    ds = by_name.get(name)
+    if ds is None:
+        return
+    names = {name}
+    if name == TARGET and by_name.get(SOURCE) is ds:  # in place
+        if any(step.source == SOURCE for step in plan.steps):
+            return  # checked as the source
+        names.add(SOURCE)
+    if any(step.source in names for step in plan.steps):
+        fn = getattr(ds, "audit_files", None)
+        audit = fn() if fn is not None else None
+        if audit is not None and audit.count:
+            raise MigrationError(audit.message(getattr(ds, "uri", name), "migrated")
+                                 + "; nothing was changed (move them out of the store, or "
+                                 "give the URI of its real layout)")
