@@ -203,14 +203,24 @@ def test_copy_into_a_new_kubo_repo(repo, tmp_path: Path) -> None:
     plan.kubo.revert_log = None
     plan.steps = [MigrationStep(id="copy", type="transform", transform=TransformationConfig(
         key_transform="cid_to_multihash"))]
+    # a private network's key, a plugin's files: the node's own files, as a backup takes
+    # them (only config, datastore_spec, version and keystore/ were copied: the new repo of a
+    # private-network node had no swarm.key and joined the public network; hostile review)
+    (repo.path / "swarm.key").write_text("/key/swarm/psk/1.0.0/\n/base16/\n" + "ab" * 32 + "\n")
+    (repo.path / "swarm.key").chmod(0o600)
+    (repo.path / "plugins").mkdir()
+    (repo.path / "plugins" / "p.so").write_bytes(b"\x7fELF")
+    (repo.path / "repo.lock").write_bytes(b"")
     before = snapshot(repo.path)
     new = tmp_path / "new-ipfs"
     res = MigrationManager().execute_migration(plan, f"kubo:{repo.path}", f"kubo:{new}")
     assert res.success, res.error_log
     assert snapshot(repo.path) == before          # the source: not a byte, mode or mtime
     assert not (repo.path / "blocks" / ".temp").exists()
-    for name in ("config", "datastore_spec"):
+    for name in ("config", "datastore_spec", "swarm.key", "plugins/p.so"):
         assert (new / name).read_bytes() == (repo.path / name).read_bytes()
+    assert (new / "swarm.key").stat().st_mode & 0o777 == 0o600
+    assert not (new / "repo.lock").exists()
     assert (new / "version").read_bytes() == b"12\n"
     assert (new / "config").stat().st_mode & 0o777 == 0o600
     assert block_files(new) == expected_files(repo.after)

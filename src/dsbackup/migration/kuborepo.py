@@ -51,7 +51,6 @@ __all__ = ["KuboRun", "RevertReport", "kubo_repo_path", "read_repo_version",
 log = logging.getLogger(__name__)
 
 VERSION_FILE = "version"
-REPO_FILES = ("config", "datastore_spec", VERSION_FILE)  # what a new repo gets from its source
 _BATCH = 1000
 
 
@@ -106,23 +105,44 @@ def _is_empty_or_missing(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
+_NEW_REPO_ADVICE = "make the new repo yourself (ipfs init) and copy into it"
+
+
+def _source_node_files(source_repo: Path) -> list[Any]:
+    """The source repo's node files (docs/DATASTORES.md, "What a kubo backup holds"):
+    everything but its datastores, ``repo.lock``, ``api``, ``gateway`` and temp files."""
+    from dsbackup.engine.nodefiles import collect_kubo
+    from dsbackup.errors import BackupError
+
+    try:
+        return collect_kubo(source_repo, advice=_NEW_REPO_ADVICE).files
+    except BackupError as exc:
+        raise MigrationError(f"cannot give a new Kubo repo the files of {source_repo}: "
+                             f"{exc}; nothing was changed") from None
+
+
 def _holds_only_copies(source_repo: Path, target_repo: Path) -> bool:
     """True when `target_repo` holds nothing but copies (same bytes) of the source repo's
-    files that :func:`copy_repo_files` makes, some possibly missing: what a run killed while
-    making the new repo, before its journal began, leaves."""
+    node files that :func:`copy_repo_files` makes, some possibly missing, and its temp
+    files: what a run killed while making the new repo, before its journal began, leaves."""
     if not target_repo.is_dir() or target_repo.is_symlink():
+        return False
+    try:
+        files = {os.fsdecode(f.path): f for f in _source_node_files(source_repo)}
+    except MigrationError:
         return False
     for dirpath, dirnames, filenames in os.walk(target_repo):
         rel = Path(dirpath).relative_to(target_repo)
         for name in dirnames:
-            if (rel / name).parts[0] != "keystore":
+            f = files.get(str(rel / name))
+            if f is None or not f.is_dir:
                 return False
         for name in filenames:
-            r = rel / name
-            if not (r.parts[0] == "keystore" or (len(r.parts) == 1 and name in REPO_FILES)):
-                return False
+            if ".dsbackup-tmp-" in name:
+                continue  # write_node_files' temp file, cut short
+            f = files.get(str(rel / name))
             try:
-                if (target_repo / r).read_bytes() != (source_repo / r).read_bytes():
+                if f is None or f.is_dir or (target_repo / rel / name).read_bytes() != f.data:
                     return False
             except OSError:
                 return False
@@ -130,24 +150,18 @@ def _holds_only_copies(source_repo: Path, target_repo: Path) -> bool:
 
 
 def copy_repo_files(source_repo: Path, target_repo: Path) -> list[str]:
-    """Give a missing or empty target repo the source repo's ``config``, ``datastore_spec``,
-    ``version`` and ``keystore/`` (modes and mtimes kept); returns what was copied."""
+    """Give a missing or empty target repo the source repo's node files — ``config``,
+    ``datastore_spec``, ``version``, ``keystore/``, ``swarm.key`` and whatever else Kubo or
+    its plugins keep there, as a backup of ``kubo:`` takes them (modes and mtimes kept, each
+    written to a temp file, fsynced and renamed); returns the top-level names copied."""
+    from dsbackup.engine.restore_node import write_node_files
+
+    if not (source_repo / "datastore_spec").is_file():
+        raise MigrationError(f"{source_repo}: not a Kubo repo (datastore_spec missing)")
+    files = _source_node_files(source_repo)
     target_repo.mkdir(mode=0o755, parents=True, exist_ok=True)
-    copied = []
-    for name in REPO_FILES:
-        src = source_repo / name
-        if not src.is_file():
-            if name == "datastore_spec":
-                raise MigrationError(f"{source_repo}: not a Kubo repo (datastore_spec missing)")
-            continue
-        shutil.copy2(src, target_repo / name)
-        copied.append(name)
-    keystore = source_repo / "keystore"
-    if keystore.is_dir():
-        shutil.copytree(keystore, target_repo / "keystore", dirs_exist_ok=True)
-        copied.append("keystore")
-    fsync_dir(target_repo, best_effort=True)
-    return copied
+    write_node_files(target_repo, files)
+    return sorted({os.fsdecode(f.path.split(b"/")[0]) for f in files})
 
 
 def _mh_key(old: bytes) -> bytes | None:
