@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,7 @@ def restore_node(reader: ArchiveReader, target: Any, mode: str, jpath: Path | No
                    f"files were kept ({count} in the archive; --overwrite replaces them)")
     refuse_outside_mounts(root, files)
     try:
+        _remove_stale_temps(root)  # of a node restore killed while writing a file
         return write_node_files(root, files), None
     except OSError as exc:
         if not is_no_space(exc):
@@ -137,18 +139,38 @@ def is_empty_dir(path: Path) -> bool:
         return False
 
 
+# write_node_files' temp file: ".<name>.dsbackup-tmp-<12 hex digits>"
+_TEMP_NAME = re.compile(rb"\..+\.dsbackup-tmp-[0-9a-f]{12}", re.DOTALL)
+
+
 def holds_only(path: Path, files: list[NodeFile]) -> bool:
-    """True when every entry under `path` is one of `files` (a node restore cut short)."""
+    """True when every entry under `path` is one of `files` or the temp file of one being
+    written (a node restore cut short, by a kill too)."""
     if not path.is_dir():
         return False
     known = {f.path for f in files}
     for dirpath, dirnames, filenames in os.walk(path):
         rel = os.path.relpath(dirpath, path)
         for name in dirnames + filenames:
+            if name in filenames and _TEMP_NAME.fullmatch(os.fsencode(name)):
+                continue
             p = os.fsencode(name if rel == "." else os.path.join(rel, name))
             if p not in known:
                 return False
     return True
+
+
+def _remove_stale_temps(root: Path) -> None:
+    """Remove the temp files a killed node restore left under `root` (never following a
+    symlinked directory)."""
+    if not root.is_dir():
+        return
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if _TEMP_NAME.fullmatch(os.fsencode(name)):
+                p = os.path.join(dirpath, name)
+                if os.path.isfile(p) and not os.path.islink(p):
+                    os.unlink(p)
 
 
 def write_node_files(root: Path, files: list[NodeFile], *, umask: int | None = None) -> int:
