@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsbackup.archive.node import KIND_DIR, KIND_FILE, MAX_NODE_BYTES, NodeFile, encode_node
+from dsbackup.archive.node import (
+    KIND_DIR,
+    KIND_FILE,
+    MAX_NODE_BYTES,
+    NodeFile,
+    encode_node,
+    path_problem,
+)
 from dsbackup.errors import BackupError
 
 RUNTIME_FILES = frozenset({b"repo.lock", b"api", b"gateway"})
@@ -126,6 +133,11 @@ def collect_kubo(repo: str | os.PathLike[str], *, advice: str = DATASTORE_ONLY) 
         walk(root, b"")
     except OSError as exc:
         raise BackupError(f"{root}: cannot read the node's files: {exc}") from None
+    for f in files:  # a name the node member cannot hold (not UTF-8, a backslash ...)
+        problem = path_problem(f.path)
+        if problem is not None:
+            raise BackupError(f"{root / os.fsdecode(f.path)}: {problem}: cannot be kept as a "
+                              f"node file; rename or remove it, or {advice}")
     return NodeSnapshot("kubo", files, encode_node(files))
 
 
