@@ -125,14 +125,21 @@ class MigrationManager:
             # refused before the journal began (the source's daemon running, a store that
             # does not open): a new repo this run made is taken back, or every later run
             # would refuse it as an existing repo at the old version
-            journal, _ = state_files(plan, cfg, target)
-            undo_new_repo = (kubo is not None and not cfg.dry_run
-                             and not (journal is not None and journal.read().started))
+            if kubo is not None and not cfg.dry_run:
+                try:
+                    journal, _ = state_files(plan, cfg, target)
+                    undo_new_repo = not (journal is not None and journal.read().started)
+                except Exception:  # noqa: BLE001 - a journal we cannot read: keep everything
+                    undo_new_repo = False
             raise
         finally:
             stores.close()
             if undo_new_repo:
-                kubo.undo_new_repo()  # type: ignore[union-attr]
+                try:
+                    kubo.undo_new_repo()  # type: ignore[union-attr]
+                except OSError as exc:  # the refusal is the news; this is said beside it
+                    log.warning("could not remove the new Kubo repo %s: %s",
+                                kubo.target_repo, exc)  # type: ignore[union-attr]
             locks.close()
             result.finished_at = result.finished_at or _now()
             self._metrics.record(result)
