@@ -145,6 +145,26 @@ def test_bad_specs(tmp_path, repo):
         open_datastore(f"kubo:{repo}", readonly=True)
 
 
+@pytest.mark.parametrize("spec", [
+    [1, 2], "x", {"type": "mount", "mounts": [1]}, {"type": "mount", "mounts": "ab"},
+    {"type": "mount", "mounts": [{"mountpoint": "/", "child": 3}]},
+    {"type": "mount", "mounts": [{"mountpoint": "/blocks", "path": 5, "type": "flatfs"}]},
+    {"type": "mount", "mounts": [{"mountpoint": "/blocks", "path": "blocks", "shardFunc": 5,
+                                  "type": "flatfs"}]},
+    {"type": "mount", "mounts": [{"mountpoint": 5, "path": "blocks", "type": "flatfs"}]},
+])
+def test_a_datastore_spec_of_the_wrong_shape_is_one_line(repo, run_cli, tmp_path, spec):
+    # valid JSON of another shape (hand-edited, damaged) was an internal AttributeError or
+    # TypeError ('list' object has no attribute 'get'), exit 2 with "a bug" (hostile review)
+    (repo / "datastore_spec").write_text(json.dumps(spec))
+    with pytest.raises(DatastoreError, match="datastore_spec: .*not a datastore_spec Kubo"):
+        open_datastore(f"kubo:{repo}", readonly=True)
+    if spec == [1, 2]:
+        r = run_cli("backup", f"kubo:{repo}", tmp_path / "a.tar.gz")
+        assert r.returncode == 2 and "internal error" not in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1
+
+
 def test_measure_wrappers_are_unwrapped(repo):
     spec = json.loads((repo / "datastore_spec").read_text())
     spec["mounts"] = [{"mountpoint": m["mountpoint"],

@@ -213,3 +213,14 @@ def test_an_encrypted_node_backup_seals_the_private_key(tmp_path, repo, run_cli,
     r = run_cli("restore", archive, f"kubo:{out}", "--passphrase-file", tmp_path / "pass")
     assert r.returncode == 0, r.stderr
     assert (out / "config").read_bytes() == (repo / "config").read_bytes()
+
+
+def test_a_name_the_node_member_cannot_hold_fails_the_backup_naming_it(tmp_path, repo, run_cli):
+    # a stray file whose name is not UTF-8 (or holds a backslash) in the repository: the
+    # error was "node file b'bad\xffname': path is not UTF-8", without the repository's path
+    # or what to do (hostile review)
+    (repo / os.fsdecode(b"bad\xffname")).write_bytes(b"")
+    r = run_cli("backup", f"kubo:{repo}", tmp_path / "a.tar.gz")
+    assert r.returncode == 2, r.stderr
+    assert str(repo) in r.stderr and "not UTF-8" in r.stderr and "--datastore-only" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "a.tar.gz").exists()

@@ -106,3 +106,53 @@ def test_a_file_where_a_directory_belongs_is_refused(tmp_path):
     with pytest.raises(RestoreError, match="keystore: not a directory"):
         write_node_files(root, [NodeFile(b"keystore/k", KIND_FILE, 0o400, 0, b"k")])
     assert (root / "keystore").read_text() == "not a directory"
+
+
+def test_a_datastore_spec_placing_a_store_outside_the_target_is_refused(tmp_path, repo, run_cli):
+    # The archive's datastore_spec decides where the records go: '../blocks-elsewhere' (or an
+    # absolute path) made the restore write block files into a directory outside kubo:DIR,
+    # among a user's files, exit 0 (hostile review)
+    shutil.move(repo / "blocks", tmp_path / "blocks-elsewhere")
+    spec = (repo / "datastore_spec").read_text()
+    (repo / "datastore_spec").write_text(spec.replace('"path":"blocks"',
+                                                      '"path":"../blocks-elsewhere"'))
+    archive = tmp_path / "node.tar.gz"
+    assert run_cli("backup", f"kubo:{repo}", archive).returncode == 0
+    victim = tmp_path / "x" / "blocks-elsewhere"
+    victim.mkdir(parents=True)
+    (victim / "notes.txt").write_text("mine")
+    target = tmp_path / "x" / "t"
+    r = run_cli("restore", archive, f"kubo:{target}")
+    assert r.returncode == 2, r.stderr
+    assert "outside the target directory" in r.stderr and "../blocks-elsewhere" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in victim.rglob("*")) == ["notes.txt"]
+    assert not target.exists()
+    # a repository whose own datastore_spec names that path takes it (--overwrite)
+    target.mkdir()
+    shutil.copy(repo / "datastore_spec", target / "datastore_spec")
+    shutil.rmtree(victim)
+    r = run_cli("restore", "--overwrite", archive, f"kubo:{target}")
+    assert r.returncode == 0, r.stderr
+    assert kubo_records(target) == kubo_records(repo)
+
+
+def test_a_node_restore_killed_while_writing_a_file_is_completed(tmp_path, repo, run_cli):
+    # what a SIGKILL in write_node_files leaves: the files written so far and the temp file
+    # of the one being written. The rerun called that an existing repository, kept its node
+    # files (no keystore key, no version) and restored the records: exit 0 with a note, a
+    # repository Kubo cannot open (hostile review)
+    archive = tmp_path / "node.tar.gz"
+    assert run_cli("backup", f"kubo:{repo}", archive).returncode == 0
+    new = tmp_path / "new"
+    (new / "keystore").mkdir(parents=True)
+    for name in ("config", "datastore_spec"):
+        shutil.copy2(repo / name, new / name)
+    (new / "keystore" / ".key_mykey.dsbackup-tmp-0123456789ab").write_bytes(b"\x08")
+    r = run_cli("restore", archive, f"kubo:{new}")
+    assert r.returncode == 0, r.stderr
+    assert "note:" not in r.stderr and "node: wrote 4" in r.stderr, r.stderr
+    for name in ("config", "version", "keystore/key_mykey"):
+        assert (new / name).read_bytes() == (repo / name).read_bytes()
+    assert sorted(p.name for p in (new / "keystore").iterdir()) == ["key_mykey"]
+    assert kubo_records(new) == kubo_records(repo)

@@ -218,3 +218,35 @@ def test_restore_into_a_new_store_on_a_disk_already_full(tmp_path, small_fs, mak
     r = run_on(fs, "restore", arch, uri)
     assert r.returncode == 0, r.stderr
     assert _content(uri) == dict(recs)
+
+
+def test_migrate_into_a_new_kubo_repo_on_a_full_disk(tmp_path, small_fs, run_on):
+    """A copy into a new kubo: repo that fills the disk: one line naming the filesystem
+    (it was '[Errno 28] No space left on device'), and once space is freed the same command
+    finishes the repo. Before, NEW was left at version 11 with part of the records and every
+    rerun was refused as 'an existing repo at version 11', '--resume' too (hostile review)."""
+    from tests.migration.kubo_v11 import block_files, expected_files, make_v11_repo
+
+    repo = make_v11_repo(tmp_path / "ipfs", n=300)
+    plan = tmp_path / "plan.toml"
+    plan.write_text('id = "c"\nversion = 12\n[kubo]\nfrom_version = 11\nto_version = 12\n'
+                    '[[steps]]\nid = "copy"\ntype = "copy"\nsource = "source"\n'
+                    'target = "target"\n'
+                    'transform = { key_transform = "cid_to_multihash:/blocks" }\n')
+    fs = small_fs(8 * MiB)
+    if fs.limited:
+        pytest.skip("RLIMIT_FSIZE limits each file: flatfs's small files never reach it")
+    fs.fill(512 << 10)  # the blocks alone take ~1.2 MiB (one page a file)
+    new = fs.path / "new"
+    r = run_on(fs, "migrate", plan, f"kubo:{repo.path}", f"kubo:{new}")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    error = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert error and "no space left on" in error[0] and str(fs.path) in error[0], r.stderr
+    assert (new / "version").read_text() == "11\n"
+    fs.unfill()
+    r = run_on(fs, "migrate", plan, f"kubo:{repo.path}", f"kubo:{new}")
+    assert r.returncode == 0, r.stderr
+    assert (new / "version").read_bytes() == b"12\n"
+    assert block_files(new) == expected_files(repo.after)
+    assert not (fs.path / "new.dsmigrate" / "c.kubo-new").exists()

@@ -118,3 +118,36 @@ def test_unfinished_journal_needs_resume(tmp_path: Path, run_cli) -> None:
     p = run_cli("migrate", plan, src, dst, "--resume")
     assert p.returncode == 2 and "journal" in p.stderr and "corrupt" not in p.stdout
     assert not (tmp_path / "dst.dsmigrate" / "cli-demo.version").exists()
+
+
+def test_a_store_with_files_no_scan_lists_is_refused(tmp_path: Path, run_cli, go_fixtures) -> None:
+    """A Helia blockstore given with the wrong shard function, or a flatfs store with files
+    in the wrong shard: the copy listed none of them and said ok, 'records=0', exit 0, as a
+    backup (which refuses them) would not. Refused now, naming them and the right URI."""
+    import shutil
+
+    blocks = tmp_path / "blocks"
+    shutil.copytree(go_fixtures / "helia-js-stores" / "fs" / "blocks", blocks)
+    before = dir_hash(blocks)
+    plan = tmp_path / "plan.toml"
+    plan.write_text('id = "c"\nversion = 1\n[[steps]]\nid = "copy"\ntype = "copy"\n'
+                    'source = "source"\ntarget = "target"\n')
+    target = tmp_path / "out"
+    for extra in ([], ["--dry-run"]):
+        r = run_cli("migrate", *extra, plan, f"flatfs:{blocks}?shard=next-to-last/2",
+                    f"lmdb:{target}")
+        assert r.returncode == 2, r.stderr
+        assert "6 files do not belong" in r.stderr and "would not be migrated" in r.stderr
+        assert "shard=suffix/2" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+        assert not target.exists() and dir_hash(blocks) == before
+    r = run_cli("migrate", plan, f"flatfs:{blocks}?shard=suffix/2", f"lmdb:{target}")
+    assert r.returncode == 0 and "records=6" in r.stderr, r.stderr
+    # in place (the shipped Kubo plan works on TARGET alone): a misnamed block file too
+    repo = tmp_path / "ipfs"
+    shutil.copytree(go_fixtures / "kubo-v11-repotest", repo)
+    for p in [repo, *repo.rglob("*")]:  # (the fixtures may be read-only)
+        p.chmod(p.stat().st_mode | 0o200)
+    (repo / "blocks" / "3Q" / "lowercase.data").write_bytes(b"x")
+    r = run_cli("migrate", "--kubo", "11-to-12", repo)
+    assert r.returncode == 2 and "lowercase.data" in r.stderr, r.stderr
+    assert (repo / "version").read_text().strip() == "11"

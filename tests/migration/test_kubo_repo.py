@@ -203,14 +203,24 @@ def test_copy_into_a_new_kubo_repo(repo, tmp_path: Path) -> None:
     plan.kubo.revert_log = None
     plan.steps = [MigrationStep(id="copy", type="transform", transform=TransformationConfig(
         key_transform="cid_to_multihash"))]
+    # a private network's key, a plugin's files: the node's own files, as a backup takes
+    # them (only config, datastore_spec, version and keystore/ were copied: the new repo of a
+    # private-network node had no swarm.key and joined the public network; hostile review)
+    (repo.path / "swarm.key").write_text("/key/swarm/psk/1.0.0/\n/base16/\n" + "ab" * 32 + "\n")
+    (repo.path / "swarm.key").chmod(0o600)
+    (repo.path / "plugins").mkdir()
+    (repo.path / "plugins" / "p.so").write_bytes(b"\x7fELF")
+    (repo.path / "repo.lock").write_bytes(b"")
     before = snapshot(repo.path)
     new = tmp_path / "new-ipfs"
     res = MigrationManager().execute_migration(plan, f"kubo:{repo.path}", f"kubo:{new}")
     assert res.success, res.error_log
     assert snapshot(repo.path) == before          # the source: not a byte, mode or mtime
     assert not (repo.path / "blocks" / ".temp").exists()
-    for name in ("config", "datastore_spec"):
+    for name in ("config", "datastore_spec", "swarm.key", "plugins/p.so"):
         assert (new / name).read_bytes() == (repo.path / name).read_bytes()
+    assert (new / "swarm.key").stat().st_mode & 0o777 == 0o600
+    assert not (new / "repo.lock").exists()
     assert (new / "version").read_bytes() == b"12\n"
     assert (new / "config").stat().st_mode & 0o777 == 0o600
     assert block_files(new) == expected_files(repo.after)
@@ -412,3 +422,93 @@ def test_the_real_v11_repotest_migrates_and_rolls_back(tmp_path, run_cli) -> Non
     assert res.returncode == 0, res.stderr
     assert (repo / "version").read_bytes() == b"11\n"
     assert block_files(repo) == before
+
+
+def test_a_new_repo_sharing_the_sources_blocks_is_refused(repo, run_cli, tmp_path: Path) -> None:
+    """A repo whose blocks live on another disk (datastore_spec's path absolute, as Kubo
+    allows): a copy into a new kubo: repo gave it the same datastore_spec, so its /blocks was
+    the source's store, and the copy wrote the re-keyed blocks into the source (exit 0)."""
+    blocks = tmp_path / "other-disk" / "blocks"
+    blocks.parent.mkdir()
+    shutil.move(repo.path / "blocks", blocks)
+    spec = json.loads((repo.path / "datastore_spec").read_text())
+    spec["mounts"][0]["path"] = str(blocks)
+    (repo.path / "datastore_spec").write_text(json.dumps(spec))
+    plan = tmp_path / "copy.toml"
+    plan.write_text('id = "copy"\nversion = 12\n[kubo]\nfrom_version = 11\nto_version = 12\n'
+                    '[[steps]]\nid = "copy"\ntype = "copy"\nsource = "source"\n'
+                    'target = "target"\n'
+                    'transform = { key_transform = "cid_to_multihash:/blocks" }\n')
+    before, blocks_before = snapshot(repo.path), snapshot(blocks)
+    new = tmp_path / "new-ipfs"
+    res = migrate(run_cli, plan, f"kubo:{repo.path}", f"kubo:{new}")
+    assert res.returncode == 2, res.stderr
+    assert f"both use {blocks}" in res.stderr and "copied from the source" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert snapshot(blocks) == blocks_before and snapshot(repo.path) == before
+    assert not new.exists()
+    # a store inside the source repo (its LevelDB): refused too, nothing written
+    res = migrate(run_cli, plan, f"kubo:{repo.path}", f"leveldb:{repo.path / 'datastore'}")
+    assert res.returncode == 2 and "lies inside" in res.stderr, res.stderr
+    assert snapshot(repo.path) == before
+    # apart from the source it runs
+    res = migrate(run_cli, plan, f"kubo:{repo.path}", f"lmdb:{tmp_path / 'elsewhere'}")
+    assert res.returncode == 0, res.stderr
+    assert snapshot(blocks) == blocks_before
+
+
+_COPY_PLAN = ('id = "copy"\nversion = 12\n[kubo]\nfrom_version = 11\nto_version = 12\n'
+              '[[steps]]\nid = "copy"\ntype = "copy"\nsource = "source"\ntarget = "target"\n'
+              'transform = { key_transform = "cid_to_multihash:/blocks" }\n')
+_HOLD_LOCK = ("import fcntl, os, sys\n"
+              "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"
+              "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()\n")
+
+
+def test_a_new_repo_refused_before_it_began_is_taken_back(repo, run_cli, tmp_path: Path) -> None:
+    """The source's daemon running (repo.lock held): the copy into a new repo was refused
+    (exit 4) after NEW got OLD's config, datastore_spec and version 11, and every later run
+    refused NEW as 'an existing repo at version 11' (exit 2, 'nothing was changed')."""
+    import subprocess
+    import sys
+
+    plan = tmp_path / "copy.toml"
+    plan.write_text(_COPY_PLAN)
+    new = tmp_path / "new-ipfs"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(repo.path / "repo.lock")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        res = migrate(run_cli, plan, f"kubo:{repo.path}", f"kubo:{new}")
+        assert res.returncode == 4, res.stderr
+        assert not new.exists()
+        new.mkdir()  # an empty directory stays one
+        res = migrate(run_cli, plan, f"kubo:{repo.path}", f"kubo:{new}")
+        assert res.returncode == 4 and list(new.iterdir()) == [], res.stderr
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    res = migrate(run_cli, plan, f"kubo:{repo.path}", f"kubo:{new}")
+    assert res.returncode == 0, res.stderr
+    assert (new / "version").read_bytes() == b"12\n"
+    assert block_files(new) == expected_files(repo.after)
+
+
+def test_a_new_repo_left_by_a_kill_while_it_was_made_is_taken(repo, run_cli, tmp_path: Path
+                                                              ) -> None:
+    """Killed while copying the repo's files (before the journal began): NEW holds some of
+    OLD's files and nothing else; the rerun refused it ('version is None'), now it goes on."""
+    plan = tmp_path / "copy.toml"
+    plan.write_text(_COPY_PLAN)
+    new = tmp_path / "new-ipfs"
+    new.mkdir()
+    shutil.copy2(repo.path / "config", new / "config")
+    res = migrate(run_cli, plan, f"kubo:{repo.path}", f"kubo:{new}")
+    assert res.returncode == 0, res.stderr
+    assert block_files(new) == expected_files(repo.after)
+    # a file of its own (or another config) is still an existing repo: refused
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config").write_text("{}")
+    res = migrate(run_cli, plan, f"kubo:{repo.path}", f"kubo:{other}")
+    assert res.returncode == 2 and "version is None" in res.stderr, res.stderr

@@ -72,10 +72,10 @@ class FileAudit:
         if other.hint and not self.hint:
             self.hint = other.hint
 
-    def message(self, root: str) -> str:
+    def message(self, root: str, doing: str = "backed up") -> str:
         first = ", ".join(self.examples)
         text = (f"{root}: {self.count} file{'s' if self.count != 1 else ''} do not belong "
-                f"to the store's layout and would not be backed up (first: {first})")
+                f"to the store's layout and would not be {doing} (first: {first})")
         return f"{text}; {self.hint}" if self.hint else text
 
 

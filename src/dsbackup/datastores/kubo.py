@@ -88,19 +88,35 @@ class KuboDatastore(MountDatastore):
 
     @staticmethod
     def _unwrap(spec: dict[str, Any]) -> dict[str, Any]:
-        while spec.get("type") in _WRAPPERS and "child" in spec:
+        while (isinstance(spec, dict) and spec.get("type") in _WRAPPERS
+               and isinstance(spec.get("child"), dict)):
             spec = spec["child"]
         return spec
 
-    def _mount_specs(self, spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    def _bad_spec(self, what: str) -> DatastoreError:
+        return DatastoreError(f"{self.repo}/{SPEC_FILE}: {what}; not a datastore_spec Kubo "
+                              "writes (it mirrors config's Datastore.Spec)")
+
+    def _mount_specs(self, spec: Any) -> list[tuple[str, dict[str, Any]]]:
         spec = self._unwrap(spec)
+        if not isinstance(spec, dict):
+            raise self._bad_spec(f"a JSON {type(spec).__name__}, not an object")
         if spec.get("type") == "mount":
+            mounts = spec.get("mounts", [])
+            if not isinstance(mounts, list):
+                raise self._bad_spec("'mounts' is not a list")
             out = []
-            for m in spec.get("mounts", []):
+            for m in mounts:
+                if not isinstance(m, dict):
+                    raise self._bad_spec(f"a mount is {m!r}, not an object")
                 child = self._unwrap(m.get("child", m))
+                if not isinstance(child, dict):
+                    raise self._bad_spec(f"a mount's child is {child!r}, not an object")
                 mp = m.get("mountpoint") or child.get("mountpoint")
                 if not mp:
                     raise DatastoreError(f"{self.repo}/{SPEC_FILE}: mount without mountpoint")
+                if not isinstance(mp, str):
+                    raise self._bad_spec(f"mountpoint {mp!r} is not a string")
                 out.append((mp, child))
             return out
         return [("/", spec)]
@@ -110,11 +126,16 @@ class KuboDatastore(MountDatastore):
         rel = spec.get("path")
         if not rel and kind in ("flatfs", "levelds"):
             raise DatastoreError(f"{self.repo}/{SPEC_FILE}: {kind} mount without a path")
+        if rel is not None and not isinstance(rel, str):
+            raise self._bad_spec(f"the {kind} mount's path {rel!r} is not a string")
+        shard = spec.get("shardFunc")
+        if kind == "flatfs" and shard is not None and not isinstance(shard, str):
+            raise self._bad_spec(f"shardFunc {shard!r} is not a string")
         path = self.repo / rel if rel else self.repo
         if kind == "flatfs":
             from dsbackup.datastores.flatfs import FlatfsDatastore
 
-            return FlatfsDatastore(path, readonly=readonly, shard=spec.get("shardFunc"),
+            return FlatfsDatastore(path, readonly=readonly, shard=shard,
                                    sync=bool(spec.get("sync", True)))
         if kind == "levelds":
             from dsbackup.datastores.leveldb import LevelDbDatastore
@@ -155,13 +176,18 @@ class KuboDatastore(MountDatastore):
             self._release_lock()
 
 
-def mount_dirs(repo: str | os.PathLike[str]) -> list[Path]:
+def mount_dirs(repo: str | os.PathLike[str], spec_repo: str | os.PathLike[str] | None = None
+               ) -> list[Path]:
     """The directories ``datastore_spec`` mounts (``blocks``, ``datastore``, ...; one may be
-    a symlink to another disk), without opening them; [] when there is no readable spec."""
+    a symlink to another disk), without opening them; [] when there is no readable spec.
+    ``spec_repo``: read the spec there instead (a new repo that will get that spec)."""
     root = Path(repo).absolute()
     try:
-        spec = KuboDatastore._unwrap(json.loads((root / SPEC_FILE).read_text()))
+        spec = KuboDatastore._unwrap(json.loads(
+            (Path(spec_repo or root).absolute() / SPEC_FILE).read_text()))
     except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(spec, dict):
         return []
     mounts = spec.get("mounts", []) if spec.get("type") == "mount" else [spec]
     out = []

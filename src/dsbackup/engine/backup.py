@@ -310,7 +310,17 @@ def _create_go(ds: Any, path: Path, cfg: BackupConfig, cancel: threading.Event,
     r = write_go_archive(ds, path, level=cfg.compression_level, chunk_size=chunk_size,
                          exclude=list(cfg.exclude_patterns), threads=cfg.effective_workers,
                          cancel=cancel, check=cfg.verify_integrity, overwrite=cfg.overwrite)
-    return go_metadata(ds, path, cfg, r, created, chunk_size, t0)
+    meta = go_metadata(ds, path, cfg, r, created, chunk_size, t0)
+    if getattr(ds, "scheme", None) == "kubo" and not cfg.datastore_only:
+        meta.node_warning = GO_NODE_WARNING
+    return meta
+
+
+# a kubo: backup otherwise holds the node's files: said, not silently dropped
+GO_NODE_WARNING = ("the Go format holds datastore records only: the node's own files (config "
+                   "with its identity, keystore/, datastore_spec, version) are not in this "
+                   "archive, and restoring it makes no Kubo repository; back up the whole "
+                   "node in the dsbackup format (or say --datastore-only)")
 
 
 _AUDITED_SCHEMES = ("flatfs", "helia", "fsds", "kubo")

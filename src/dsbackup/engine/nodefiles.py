@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsbackup.archive.node import KIND_DIR, KIND_FILE, MAX_NODE_BYTES, NodeFile, encode_node
+from dsbackup.archive.node import (
+    KIND_DIR,
+    KIND_FILE,
+    MAX_NODE_BYTES,
+    NodeFile,
+    encode_node,
+    path_problem,
+)
 from dsbackup.errors import BackupError
 
 RUNTIME_FILES = frozenset({b"repo.lock", b"api", b"gateway"})
@@ -80,9 +87,13 @@ def datastore_paths(repo: Path, spec: dict[str, Any]) -> set[bytes]:
     return out
 
 
-def collect_kubo(repo: str | os.PathLike[str]) -> NodeSnapshot:
+DATASTORE_ONLY = "back up with --datastore-only"
+
+
+def collect_kubo(repo: str | os.PathLike[str], *, advice: str = DATASTORE_ONLY) -> NodeSnapshot:
     """The node files of the Kubo repository `repo`: BackupError (exit 2) naming the path for
-    a symlink or special file, a file that keeps changing, or more than 16 MiB in all."""
+    a symlink or special file, a file that keeps changing, or more than 16 MiB in all
+    (`advice`: what the message offers instead)."""
     root = Path(repo).absolute()
     try:
         spec = json.loads((root / "datastore_spec").read_text())
@@ -111,17 +122,22 @@ def collect_kubo(repo: str | os.PathLike[str]) -> NodeSnapshot:
                 if total > MAX_NODE_BYTES - (1 << 20):
                     raise BackupError(f"{root}: the node's own files exceed 15 MiB (at "
                                       f"{e.path}); the node member holds at most 16 MiB: "
-                                      "back up with --datastore-only")
+                                      f"{advice}")
                 files.append(f)
             else:
                 what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-                raise BackupError(f"{e.path}: {what} in the Kubo repository: not backed up "
-                                  "as a node file; remove it or back up with --datastore-only")
+                raise BackupError(f"{e.path}: {what} in the Kubo repository: not a node file "
+                                  f"dsbackup takes; remove it or {advice}")
 
     try:
         walk(root, b"")
     except OSError as exc:
         raise BackupError(f"{root}: cannot read the node's files: {exc}") from None
+    for f in files:  # a name the node member cannot hold (not UTF-8, a backslash ...)
+        problem = path_problem(f.path)
+        if problem is not None:
+            raise BackupError(f"{root / os.fsdecode(f.path)}: {problem}: cannot be kept as a "
+                              f"node file; rename or remove it, or {advice}")
     return NodeSnapshot("kubo", files, encode_node(files))
 
 

@@ -5,7 +5,9 @@ written to a temp file, fsynced and renamed."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,13 +49,71 @@ def restore_node(reader: ArchiveReader, target: Any, mode: str, jpath: Path | No
             return 0, None  # a rerun after the node files were written: nothing to say
         return 0, (f"{root} already holds a repository: its config, keystore/ and other node "
                    f"files were kept ({count} in the archive; --overwrite replaces them)")
+    refuse_outside_mounts(root, files)
     try:
+        _remove_stale_temps(root)  # of a node restore killed while writing a file
         return write_node_files(root, files), None
     except OSError as exc:
         if not is_no_space(exc):
             raise
         raise DatastoreError(no_space_message(root, None, what="free some space and rerun "
                                               "the same restore")) from None
+
+
+def _spec_mount_paths(spec_bytes: bytes) -> list[tuple[str, str]]:
+    """(mountpoint, path) of every flatfs/levelds store a ``datastore_spec`` names."""
+    try:
+        spec = json.loads(spec_bytes)
+    except ValueError:
+        return []  # Kubo cannot open it either; opening the kubo: target names it
+    out: list[tuple[str, str]] = []
+
+    def walk(node: object, mountpoint: str) -> None:
+        if isinstance(node, dict):
+            mp = node.get("mountpoint")
+            mountpoint = mp if isinstance(mp, str) else mountpoint
+            path = node.get("path")
+            if node.get("type") in ("flatfs", "levelds") and isinstance(path, str):
+                out.append((mountpoint, path))
+            for v in node.values():
+                walk(v, mountpoint)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, mountpoint)
+
+    walk(spec, "/")
+    return out
+
+
+def _leaves(root: Path, path: str) -> bool:
+    """True when a store at `path` (datastore_spec's, relative to `root` unless absolute, as
+    Kubo joins it) lies outside `root`."""
+    full = os.path.normpath(os.path.join(os.fspath(root), path))
+    return os.path.commonpath([full, os.path.normpath(root)]) != os.path.normpath(root)
+
+
+def refuse_outside_mounts(root: Path, files: list[NodeFile]) -> None:
+    """Refuse (RestoreError, exit 2, nothing written) node files whose ``datastore_spec``
+    puts a store outside the target directory (an absolute path, or ``..``): the records
+    would then be written there, outside the target, into whatever directory it names (a
+    hostile archive: any directory; a node whose blocks lived on another disk: that disk's
+    live store). Allowed when the target's own ``datastore_spec`` already names that path
+    (the user made that repository)."""
+    spec = next((f for f in files if f.path == b"datastore_spec" and not f.is_dir), None)
+    if spec is None:
+        return
+    try:
+        own = {p for _, p in _spec_mount_paths((root / "datastore_spec").read_bytes())}
+    except OSError:
+        own = set()
+    for mountpoint, path in _spec_mount_paths(spec.data):
+        if _leaves(root, path) and path not in own:
+            raise RestoreError(
+                f"{root}: the archive's datastore_spec puts the {mountpoint} store at "
+                f"{path!r}, outside the target directory; a restore writes only under its "
+                "target, so nothing was written (to restore this node, make a repository "
+                "whose own datastore_spec names that path, e.g. ipfs init with the same "
+                "Datastore.Spec, and restore into it with --overwrite)")
 
 
 def _in_place(root: Path, files: list[NodeFile]) -> bool:
@@ -79,18 +139,38 @@ def is_empty_dir(path: Path) -> bool:
         return False
 
 
+# write_node_files' temp file: ".<name>.dsbackup-tmp-<12 hex digits>"
+_TEMP_NAME = re.compile(rb"\..+\.dsbackup-tmp-[0-9a-f]{12}", re.DOTALL)
+
+
 def holds_only(path: Path, files: list[NodeFile]) -> bool:
-    """True when every entry under `path` is one of `files` (a node restore cut short)."""
+    """True when every entry under `path` is one of `files` or the temp file of one being
+    written (a node restore cut short, by a kill too)."""
     if not path.is_dir():
         return False
     known = {f.path for f in files}
     for dirpath, dirnames, filenames in os.walk(path):
         rel = os.path.relpath(dirpath, path)
         for name in dirnames + filenames:
+            if name in filenames and _TEMP_NAME.fullmatch(os.fsencode(name)):
+                continue
             p = os.fsencode(name if rel == "." else os.path.join(rel, name))
             if p not in known:
                 return False
     return True
+
+
+def _remove_stale_temps(root: Path) -> None:
+    """Remove the temp files a killed node restore left under `root` (never following a
+    symlinked directory)."""
+    if not root.is_dir():
+        return
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if _TEMP_NAME.fullmatch(os.fsencode(name)):
+                p = os.path.join(dirpath, name)
+                if os.path.isfile(p) and not os.path.islink(p):
+                    os.unlink(p)
 
 
 def write_node_files(root: Path, files: list[NodeFile], *, umask: int | None = None) -> int:

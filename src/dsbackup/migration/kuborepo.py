@@ -51,7 +51,6 @@ __all__ = ["KuboRun", "RevertReport", "kubo_repo_path", "read_repo_version",
 log = logging.getLogger(__name__)
 
 VERSION_FILE = "version"
-REPO_FILES = ("config", "datastore_spec", VERSION_FILE)  # what a new repo gets from its source
 _BATCH = 1000
 
 
@@ -106,25 +105,63 @@ def _is_empty_or_missing(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
+_NEW_REPO_ADVICE = "make the new repo yourself (ipfs init) and copy into it"
+
+
+def _source_node_files(source_repo: Path) -> list[Any]:
+    """The source repo's node files (docs/DATASTORES.md, "What a kubo backup holds"):
+    everything but its datastores, ``repo.lock``, ``api``, ``gateway`` and temp files."""
+    from dsbackup.engine.nodefiles import collect_kubo
+    from dsbackup.errors import BackupError
+
+    try:
+        return collect_kubo(source_repo, advice=_NEW_REPO_ADVICE).files
+    except BackupError as exc:
+        raise MigrationError(f"cannot give a new Kubo repo the files of {source_repo}: "
+                             f"{exc}; nothing was changed") from None
+
+
+def _holds_only_copies(source_repo: Path, target_repo: Path) -> bool:
+    """True when `target_repo` holds nothing but copies (same bytes) of the source repo's
+    node files that :func:`copy_repo_files` makes, some possibly missing, and its temp
+    files: what a run killed while making the new repo, before its journal began, leaves."""
+    if not target_repo.is_dir() or target_repo.is_symlink():
+        return False
+    try:
+        files = {os.fsdecode(f.path): f for f in _source_node_files(source_repo)}
+    except MigrationError:
+        return False
+    for dirpath, dirnames, filenames in os.walk(target_repo):
+        rel = Path(dirpath).relative_to(target_repo)
+        for name in dirnames:
+            f = files.get(str(rel / name))
+            if f is None or not f.is_dir:
+                return False
+        for name in filenames:
+            if ".dsbackup-tmp-" in name:
+                continue  # write_node_files' temp file, cut short
+            f = files.get(str(rel / name))
+            try:
+                if f is None or f.is_dir or (target_repo / rel / name).read_bytes() != f.data:
+                    return False
+            except OSError:
+                return False
+    return True
+
+
 def copy_repo_files(source_repo: Path, target_repo: Path) -> list[str]:
-    """Give a missing or empty target repo the source repo's ``config``, ``datastore_spec``,
-    ``version`` and ``keystore/`` (modes and mtimes kept); returns what was copied."""
+    """Give a missing or empty target repo the source repo's node files — ``config``,
+    ``datastore_spec``, ``version``, ``keystore/``, ``swarm.key`` and whatever else Kubo or
+    its plugins keep there, as a backup of ``kubo:`` takes them (modes and mtimes kept, each
+    written to a temp file, fsynced and renamed); returns the top-level names copied."""
+    from dsbackup.engine.restore_node import write_node_files
+
+    if not (source_repo / "datastore_spec").is_file():
+        raise MigrationError(f"{source_repo}: not a Kubo repo (datastore_spec missing)")
+    files = _source_node_files(source_repo)
     target_repo.mkdir(mode=0o755, parents=True, exist_ok=True)
-    copied = []
-    for name in REPO_FILES:
-        src = source_repo / name
-        if not src.is_file():
-            if name == "datastore_spec":
-                raise MigrationError(f"{source_repo}: not a Kubo repo (datastore_spec missing)")
-            continue
-        shutil.copy2(src, target_repo / name)
-        copied.append(name)
-    keystore = source_repo / "keystore"
-    if keystore.is_dir():
-        shutil.copytree(keystore, target_repo / "keystore")
-        copied.append("keystore")
-    fsync_dir(target_repo, best_effort=True)
-    return copied
+    write_node_files(target_repo, files)
+    return sorted({os.fsdecode(f.path.split(b"/")[0]) for f in files})
 
 
 def _mh_key(old: bytes) -> bytes | None:
@@ -305,7 +342,11 @@ class KuboRun:
                                  f"source nor target is a kubo: repository")
         self.in_place = (self.source_repo is not None and self.source_repo == self.target_repo)
         self.kept_path = (state_dir / f"{plan.id}.kubo-kept") if state_dir else None
+        # this plan made the target repo (from the source's files): a run that failed once
+        # the copy began (a full disk) leaves it at from_version, and a rerun goes on in it
+        self.new_path = (state_dir / f"{plan.id}.kubo-new") if state_dir else None
         self.created_files: list[str] = []
+        self._new_repo: bool | None = None  # a new target repo to make: was it missing?
 
     @property
     def log(self) -> RevertLog | None:
@@ -340,28 +381,80 @@ class KuboRun:
         tgt = self.target_repo
         if tgt is None or self.in_place:
             pass
-        elif _is_empty_or_missing(tgt):
+        elif _is_empty_or_missing(tgt) or (
+                not started and self.source_repo is not None
+                and _holds_only_copies(self.source_repo, tgt)):
+            # (the second: the files an earlier run copied before it was killed)
             if self.source_repo is None:
                 raise MigrationError(f"{tgt}: a new Kubo repo takes its config, datastore_spec "
                                      f"and version from a kubo: source; create it with "
                                      f"'ipfs init' first; nothing was changed")
             if not dry_run:
-                try:
-                    self.created_files = copy_repo_files(self.source_repo, tgt)
-                except OSError as exc:
-                    raise MigrationError(f"{tgt}: cannot create the new Kubo repo's files: "
-                                         f"{exc}") from None
-                log.info("new Kubo repo %s: copied %s from %s", tgt,
-                         ", ".join(self.created_files), self.source_repo)
+                self._new_repo = not tgt.exists()  # made by make_new_repo, under the locks
         else:
             tv = read_repo_version(tgt)
-            if not (tv == to or (started and tv == want)):
+            if not (tv == to or (started and tv == want)
+                    or (tv == want and self._made_here(tgt))):
                 raise MigrationError(f"{tgt}/{VERSION_FILE} is {tv!r}: a copy goes into a new "
                                      f"(missing or empty) Kubo repo or one already at version "
                                      f"{to} (the target's own records are not migrated); "
                                      f"nothing was changed")
         if not started and not dry_run and self.kept_path is not None:
             self.kept_path.unlink(missing_ok=True)  # a record of an earlier, finished run
+
+    def _made_here(self, tgt: Path) -> bool:
+        """True when this plan made `tgt` from the source repo (our ``.kubo-new`` record)."""
+        if self.new_path is None or self.source_repo is None:
+            return False
+        try:
+            doc = json.loads(self.new_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return (isinstance(doc, dict) and doc.get("source") == str(self.source_repo)
+                and doc.get("target") == str(tgt))
+
+    def make_new_repo(self) -> None:
+        """Give the new target repo (found by :meth:`preflight`) the source repo's files;
+        called once the run holds its stores' locks, before any store is opened."""
+        tgt = self.target_repo
+        if self._new_repo is None or tgt is None or self.source_repo is None:
+            return
+        if self.new_path is not None:
+            _write_record(self.new_path, {"source": str(self.source_repo),
+                                          "target": str(tgt)})
+        try:
+            self.created_files = copy_repo_files(self.source_repo, tgt)
+        except OSError as exc:
+            self.undo_new_repo()
+            raise MigrationError(f"{tgt}: cannot create the new Kubo repo's files: "
+                                 f"{exc}") from None
+        log.info("new Kubo repo %s: copied %s from %s", tgt, ", ".join(self.created_files),
+                 self.source_repo)
+
+    def undo_new_repo(self) -> None:
+        """A run that made the new target repo and failed before its journal began (the
+        source's daemon running, a store that does not open): the target goes back to what
+        it was (missing, or an empty directory), so a later run takes it as new again."""
+        tgt = self.target_repo
+        if self._new_repo is None or tgt is None:
+            return
+        if self._new_repo:
+            shutil.rmtree(tgt, ignore_errors=True)
+        else:
+            for e in list(os.scandir(tgt)):
+                if e.is_dir(follow_symlinks=False):
+                    shutil.rmtree(e.path, ignore_errors=True)
+                else:
+                    os.unlink(e.path)
+        fsync_dir(tgt if tgt.exists() else tgt.parent, best_effort=True)
+        self.created_files = []
+        self._new_repo = None
+        if self.new_path is not None:
+            self.new_path.unlink(missing_ok=True)
+            try:
+                self.new_path.parent.rmdir()  # made for the record alone
+            except OSError:
+                pass
 
     def check_still_migrated(self, stamp: str | None) -> None:
         """Our stamp says done: refuse when the repo's version says otherwise (Kubo's own
@@ -428,6 +521,8 @@ class KuboRun:
         if self.target_repo is None:
             return None
         write_repo_version(self.target_repo, self.spec.to_version)
+        if self.new_path is not None:
+            self.new_path.unlink(missing_ok=True)  # migrated: the stamp speaks from now on
         return self.target_repo / VERSION_FILE
 
     # -- rollback -----------------------------------------------------------------------------

@@ -23,12 +23,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.engine.targetdir import refuse_foreign_directory
 from dsbackup.errors import (
     EXIT_ERROR,
     EXIT_WARNING,
     Cancelled,
     ConfigError,
+    DatastoreError,
     DsBackupError,
     MigrationError,
 )
@@ -43,6 +45,8 @@ from dsbackup.migration.preflight import (
     kubo_run,
     load,
     lock_stores,
+    refuse_foreign_files,
+    refuse_overlap,
     refuse_unread_source,
     state_files,
     writes_source,
@@ -51,7 +55,7 @@ from dsbackup.migration.result import MigrationResult, RollbackReport, StepResul
 from dsbackup.migration.rollback import rollback
 from dsbackup.migration.runtime import ProgressEvent
 from dsbackup.migration.steps import run_steps
-from dsbackup.migration.stores import RunStores, StoreLike
+from dsbackup.migration.stores import RunStores, StoreLike, store_path
 
 __all__ = ["MigrationManager"]
 
@@ -84,6 +88,7 @@ class MigrationManager:
         plan = load(plan)
         cfg = self.config.with_overrides(plan.config)
         refuse_unread_source(plan, source, target)
+        refuse_overlap(plan, source, target)
         result = MigrationResult(plan.id, plan.version, _now(), dry_run=cfg.dry_run)
         kubo = kubo_run(plan, cfg, source, target)
         if not cfg.dry_run and already_done(plan, cfg, target, result):
@@ -101,18 +106,40 @@ class MigrationManager:
             refuse_foreign_directory(target, cfg.state_dir, doing="migrate")
         locks = ExitStack() if cfg.dry_run else lock_stores(plan, cfg, source, target)
         stores = RunStores(readonly=cfg.dry_run)
+        undo_new_repo = False
         try:
+            if kubo is not None and not cfg.dry_run:
+                kubo.make_new_repo()  # a new kubo: target: the source repo's files, locked
             src = stores.add(SOURCE, source, must_exist=True,
                              readonly=not writes_source(plan, cfg, source, target))
+            refuse_foreign_files(plan, stores.by_name, SOURCE)  # records no scan would list
             dst = stores.add(TARGET, target, must_exist=False)
+            refuse_foreign_files(plan, stores.by_name, TARGET)
             if cfg.dry_run:
                 run_steps(plan, cfg, stores, result, None, JournalState(), progress, cancel)
                 result.success = result.error is None
                 result.message = "dry run: nothing was written"
             else:
                 self._execute(plan, cfg, stores, src, dst, result, progress, cancel, kubo)
+        except BaseException:
+            # refused before the journal began (the source's daemon running, a store that
+            # does not open): a new repo this run made is taken back, or every later run
+            # would refuse it as an existing repo at the old version
+            if kubo is not None and not cfg.dry_run:
+                try:
+                    journal, _ = state_files(plan, cfg, target)
+                    undo_new_repo = not (journal is not None and journal.read().started)
+                except Exception:  # noqa: BLE001 - a journal we cannot read: keep everything
+                    undo_new_repo = False
+            raise
         finally:
             stores.close()
+            if undo_new_repo:
+                try:
+                    kubo.undo_new_repo()  # type: ignore[union-attr]
+                except OSError as exc:  # the refusal is the news; this is said beside it
+                    log.warning("could not remove the new Kubo repo %s: %s",
+                                kubo.target_repo, exc)  # type: ignore[union-attr]
             locks.close()
             result.finished_at = result.finished_at or _now()
             self._metrics.record(result)
@@ -249,6 +276,12 @@ class MigrationManager:
               exc: BaseException, kubo: KuboRun | None = None) -> None:
         if stamp_path is not None and not stamp_path.exists():
             result.stamp_path = None  # never name a stamp that was not written
+        if isinstance(exc, OSError) and is_no_space(exc):
+            # one line naming the filesystem, as a restore's (was '[Errno 28] No space ...')
+            where = store_path(stores.by_name.get(TARGET)) or (
+                stamp_path.parent if stamp_path is not None else Path.cwd())
+            exc = DatastoreError(no_space_message(
+                where, what="free some space and rerun the migration"))
         result.error = type(exc).__name__
         result.exit_code = getattr(exc, "exit_code", EXIT_ERROR)
         result.error_log.append(f"{type(exc).__name__}: {exc}")

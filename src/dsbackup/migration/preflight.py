@@ -19,8 +19,8 @@ from dsbackup.migration.plan import SOURCE, TARGET, MigrationPlan, MigrationType
 from dsbackup.migration.result import MigrationResult, StepResult
 from dsbackup.migration.stores import StoreLike, refs_written, same_uri, store_path
 
-__all__ = ["already_done", "kubo_run", "load", "lock_stores", "refuse_unread_source",
-           "state_files", "writes_source"]
+__all__ = ["already_done", "kubo_run", "load", "lock_stores", "refuse_foreign_files",
+           "refuse_overlap", "refuse_unread_source", "state_files", "writes_source"]
 
 
 def load(plan: MigrationPlan | str | os.PathLike[str]) -> MigrationPlan:
@@ -156,3 +156,79 @@ def refuse_unread_source(plan: MigrationPlan, source: Any, target: Any) -> None:
             f"(the same store as SOURCE and TARGET"
             + (f", or migrate --kubo {plan.kubo.from_version}-to-{plan.kubo.to_version} REPO"
                if plan.kubo is not None else "") + "), or use a plan that copies SOURCE")
+
+
+def _footprint(uri: str, spec_repo: Path | None = None) -> list[tuple[Path, str]]:
+    """The directories (or file) a store URI writes, each with what it is: the store's path
+    and, for a Kubo repo, every directory its ``datastore_spec`` mounts (``spec_repo``: the
+    repo whose spec a new repo will be given)."""
+    from dsbackup.datastores.kubo import SPEC_FILE, mount_dirs
+
+    scheme, path, _ = parse_uri(uri)
+    if scheme == "memory" or not path:
+        return []
+    root = Path(os.path.realpath(path))
+    out = [(root, uri)]
+    if scheme == "kubo" or (scheme is None and (root / SPEC_FILE).is_file()):
+        spec_from = spec_repo if spec_repo is not None and not (root / SPEC_FILE).is_file() \
+            else None
+        for d in mount_dirs(path, spec_from):
+            out.append((Path(os.path.realpath(d)), f"a mount of {uri}'s datastore_spec"
+                        + (", copied from the source" if spec_from else "")))
+    return out
+
+
+def refuse_overlap(plan: MigrationPlan, source: Any, target: Any) -> None:
+    """Between two stores, refuse (exit 2, before anything is opened) a target that lies in
+    the source, holds it, or shares a directory with it (a Kubo repo's mounts included): the
+    run would write into the source, which a copy leaves untouched. `migrate PLAN kubo:OLD
+    kubo:NEW` with OLD's blocks at an absolute path (another disk) gave NEW OLD's
+    datastore_spec, so NEW's /blocks was OLD's store: the copy wrote its re-keyed blocks into
+    the source (and a rollback's cleanup would have deleted from it)."""
+    if not (isinstance(source, (str, os.PathLike)) and isinstance(target, (str, os.PathLike))):
+        return
+    src, dst = os.fspath(source), os.fspath(target)
+    if same_uri(src, dst) or not refs_written(plan.steps + plan.rollback):
+        return
+    from dsbackup.migration.kuborepo import kubo_repo_path
+
+    src_fp = _footprint(src)
+    dst_fp = _footprint(dst, kubo_repo_path(src))
+    for t, t_what in dst_fp:
+        for s, s_what in src_fp:
+            if t == s or s in t.parents or t in s.parents:
+                how = (f"both use {t} ({t_what}; {s_what})" if t == s
+                       else f"{t} ({t_what}) lies inside {s} ({s_what})" if s in t.parents
+                       else f"{t} ({t_what}) holds {s} ({s_what})")
+                raise MigrationError(
+                    f"target {dst} overlaps source {src}: {how}; a migration between two "
+                    f"stores would write into its source. Give a target apart from the "
+                    f"source (a Kubo repo's datastore_spec paths included: a new repo gets "
+                    f"the source's), or run in place (the same store as SOURCE and TARGET); "
+                    f"nothing was changed")
+
+
+def refuse_foreign_files(plan: MigrationPlan, by_name: dict[str, Any], name: str) -> None:
+    """Files of a file-per-key store a step reads (flatfs, a kubo:/helia: node's blocks,
+    fsds) that are not of its layout (wrong shard, invalid name, no ``.data``, nested
+    directories) hold records no scan lists: a migration would leave them behind and say ok
+    (a Helia blockstore given as ``flatfs:P?shard=next-to-last/2``: 0 records copied, exit
+    0), as a backup would not (it refuses them). Refused, MigrationError (exit 2) naming
+    them and the likely right URI, before any step runs (the source before the target is
+    even opened). `name`: the store of the run to check (``source`` or ``target``), when a
+    step reads it."""
+    ds = by_name.get(name)
+    if ds is None:
+        return
+    names = {name}
+    if name == TARGET and by_name.get(SOURCE) is ds:  # in place
+        if any(step.source == SOURCE for step in plan.steps):
+            return  # checked as the source
+        names.add(SOURCE)
+    if any(step.source in names for step in plan.steps):
+        fn = getattr(ds, "audit_files", None)
+        audit = fn() if fn is not None else None
+        if audit is not None and audit.count:
+            raise MigrationError(audit.message(getattr(ds, "uri", name), "migrated")
+                                 + "; nothing was changed (move them out of the store, or "
+                                 "give the URI of its real layout)")
