@@ -522,10 +522,22 @@ _THREAD_HEAPS = r"""
 import sys
 from dsbackup.cli.main import main
 rc = main(sys.argv[1:])
-n = 0  # glibc's per-thread heaps: anonymous rw mappings aligned to 64 MiB (HEAP_MAX_SIZE)
+# glibc's per-thread heaps: a 64 MiB (HEAP_MAX_SIZE) aligned anonymous reservation whose
+# used part is rw-p and whose rest is ---p. Other anonymous maps (the readers' buffers) may
+# start at a 64 MiB boundary by chance, so the shape is checked, not the address alone.
+H = 64 << 20
+maps = []
 for line in open("/proc/self/maps"):
     f = line.split()
-    if len(f) == 5 and int(f[0].split("-")[0], 16) % (64 << 20) == 0 and f[1] == "rw-p":
+    if len(f) == 5:
+        lo, hi = (int(x, 16) for x in f[0].split("-"))
+        maps.append((lo, hi, f[1]))
+n = 0
+for i, (lo, hi, perm) in enumerate(maps):
+    if lo % H or perm != "rw-p":
+        continue
+    nxt = maps[i + 1] if i + 1 < len(maps) else None
+    if hi - lo == H or (nxt and nxt[0] == hi and nxt[2] == "---p" and nxt[1] == lo + H):
         n += 1
 print(rc, n)
 """
