@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dsbackup.datastores import open_datastore
 from dsbackup.datastores import flatfs as flatfs_mod
+from dsbackup.datastores import open_datastore
 from dsbackup.datastores.flatfs import FlatfsDatastore
 from dsbackup.errors import InvalidKey, NotFound
 
@@ -157,3 +157,27 @@ def test_a_kubo_repo_stages_its_blocks_and_holds_the_other_records(tmp_path, go_
         ds.commit_staged([staged])
         assert [ds.get(k) for k in keys] == [b"a", b"b", b"root"]
     assert (repo / "blocks" / "CK" / "CIQNEWBLOCKA.data").read_bytes() == b"a"
+
+
+def test_a_new_stores_metadata_files_are_durable(tmp_path, monkeypatch):
+    """SHARDING and _README are fsynced when a store is made (an empty SHARDING after a
+    crash: go-ds-flatfs refuses the store), then the root; diskUsage.cache's rename is
+    followed by a root fsync (not the old count after a crash). sync=0 fsyncs nothing."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    root = tmp_path / "f"
+    ds = FlatfsDatastore(root)
+    assert synced == [str(root / "SHARDING"), str(root / "_README"), str(root)]
+    ds.put(b"/CIQA", b"x")
+    synced.clear()
+    ds.close()
+    assert synced[-1] == str(root) and synced[-2].startswith(str(root / ".temp" / "du-"))
+    synced.clear()
+    FlatfsDatastore(tmp_path / "nosync", sync=False).close()
+    assert synced == []

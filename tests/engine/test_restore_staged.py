@@ -82,7 +82,6 @@ def test_the_journal_names_only_chunks_whose_files_are_in_place(tmp_path, archiv
     """At every journal update, each record of every chunk before `next_chunk` is in its
     file with its whole value (the commit has renamed it in before the journal moves)."""
     path, _, recs = archive
-    values = dict(recs)
     with ArchiveReader(path) as reader:
         last_keys = [reader.entry(i).last_key for i in range(reader.chunk_count)]
     dst = tmp_path / "dst"
@@ -96,7 +95,7 @@ def test_the_journal_names_only_chunks_whose_files_are_in_place(tmp_path, archiv
                 if k > last_keys[n - 1]:
                     break
                 f = dst / k[-3:-1].decode() / (k[1:].decode() + ".data")
-                assert f.read_bytes() == values[k], (n, k)
+                assert f.read_bytes() == v, (n, k)
         seen.append(n)
         real(jpath, state)
 

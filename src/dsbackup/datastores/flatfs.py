@@ -37,6 +37,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from pathlib import Path
 from urllib.parse import quote
 
@@ -82,6 +83,7 @@ MAX_READ_AHEAD = 256  # descriptors held open at once: well under the usual 1024
 _EXT_LEN = len(EXTENSION)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 NAME_MAX = 255  # longest file name on Linux file systems (a key's file is KEY.data)
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 
 
 class StagedFiles:
@@ -174,6 +176,7 @@ class FlatfsDatastore(BaseDatastore):
         self._root_dirty = False
         self._tls = threading.local()
         self._thread_temps: list[bytes] = []
+        self._syncers: Executor | None = None
 
     @property
     def open_uri(self) -> str:
@@ -200,7 +203,9 @@ class FlatfsDatastore(BaseDatastore):
 
     # -- writable set-up, disk usage -----------------------------------------------------
     def _write_sharding(self) -> None:
-        write_sharding(str(self.path), self.shard)
+        write_sharding(str(self.path), self.shard, sync=self.sync_writes)
+        if self.sync_writes:
+            fsync_dir(self._root)
         self._pending_sharding = False
 
     def _ensure_writable(self) -> None:
@@ -235,6 +240,8 @@ class FlatfsDatastore(BaseDatastore):
         finally:
             os.close(fd)
         os.rename(tmp, os.path.join(self._root, DISK_USAGE_FILE.encode()))
+        if self.sync_writes:
+            fsync_dir(self._root)  # the new count in place, not the old one after a crash
         self._du_dirty = False
 
     def _add_usage(self, delta: int) -> None:
@@ -312,14 +319,27 @@ class FlatfsDatastore(BaseDatastore):
         return d
 
     def _temp_file(self, shard_dir: bytes, staged: bool = False) -> tuple[int, bytes]:
-        if not self.go_layout:
-            where = shard_dir
-        elif staged:
-            where = self._thread_temp_dir()
-        else:
-            where = self._temp
+        if staged and self.go_layout:
+            return self._thread_temp_file()
+        where = self._temp if self.go_layout else shard_dir
         prefix = b"temp-" if self.go_layout else OWN_TEMP_PREFIX  # (audit: OWN_TEMP)
         return tempfile.mkstemp(prefix=prefix, dir=where)
+
+    def _thread_temp_file(self) -> tuple[int, bytes]:
+        """A new file ``temp-<n>`` in this thread's directory of ``.temp/`` (mode 0600, as
+        mkstemp's and Go's os.CreateTemp's), numbered in the thread: no random name per file."""
+        tls = self._tls
+        d = getattr(tls, "temp", None)
+        if d is None:
+            d = tls.temp = self._thread_temp_dir()
+            tls.n = 0
+        while True:
+            tls.n += 1
+            path = b"%s/temp-%d" % (d, tls.n)
+            try:
+                return os.open(path, _TEMP_FLAGS, 0o600), path
+            except FileExistsError:
+                continue
 
     def _write_temp(self, name: bytes, value: bytes, *, sync: bool = True,
                     staged: bool = False) -> tuple[bytes, bytes, bytes]:
@@ -444,8 +464,9 @@ class FlatfsDatastore(BaseDatastore):
         the root, after a new shard directory) fsynced. A record's name never holds a
         partial value, and when this returns every record of `batches` is on disk."""
         files = [f for b in batches for f in b.files]
+        pool = self._sync_pool()
         if self.sync_writes:
-            _sync_all([tmp for tmp, _ in files], os.O_RDONLY)
+            _sync_all([tmp for tmp, _ in files], os.O_RDONLY, pool)
         dirs: set[bytes] = set()
         for b in batches:
             dirs |= b.dirs
@@ -456,20 +477,25 @@ class FlatfsDatastore(BaseDatastore):
             if self._root_dirty:
                 self._root_dirty = False  # cleared before the fsync: a later mkdir sets it
                 dirs.add(self._root)
-            _sync_all(sorted(dirs), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            _sync_all(sorted(dirs), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0), pool)
+
+    def _sync_pool(self) -> Executor | None:
+        """The threads that fsync staged batches (made once, shut down by close)."""
+        if self._syncers is None and self.sync_writes:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="dsbackup-fsync")
+        return self._syncers
 
     def _thread_temp_dir(self) -> bytes:
         """This thread's directory in ``.temp/`` for staged temp files: creating a file holds
         its directory's lock while the file system picks an inode (on ext4 without a journal,
         past every inode freed in the last minute), so threads creating in one directory took
         turns; ``close`` removes these directories."""
-        d: bytes | None = getattr(self._tls, "temp", None)
-        if d is None:
-            with self._lock:
-                d = b"%s/%d" % (self._temp, len(self._thread_temps))
-                self._thread_temps.append(d)
-            os.makedirs(d, 0o755, exist_ok=True)
-            self._tls.temp = d
+        with self._lock:
+            d = b"%s/%d" % (self._temp, len(self._thread_temps))
+            self._thread_temps.append(d)
+        os.makedirs(d, 0o755, exist_ok=True)
         return d
 
     def discard_staged(self) -> None:
@@ -729,6 +755,9 @@ class FlatfsDatastore(BaseDatastore):
     def close(self) -> None:
         if self._closed:
             return
+        if self._syncers is not None:
+            self._syncers.shutdown()
+            self._syncers = None
         for d in self._thread_temps:  # empty unless a commit failed (go-ds-flatfs's open
             shutil.rmtree(d, ignore_errors=True)  # and ours empty .temp/ anyway)
         self._thread_temps.clear()
@@ -783,9 +812,9 @@ def _is_empty_dir(path: Path) -> bool:
 SYNC_THREADS = 8
 
 
-def _sync_all(paths: list[bytes], flags: int) -> None:
-    """fsync every path (opened with `flags`), SYNC_THREADS at a time; the first error is
-    raised once all have ended."""
+def _sync_all(paths: list[bytes], flags: int, pool: Executor | None = None) -> None:
+    """fsync every path (opened with `flags`), SYNC_THREADS at a time (in `pool` when given,
+    else in threads of its own); the first error is raised once all have ended."""
     def one(path: bytes) -> None:
         fd = os.open(path, flags | os.O_CLOEXEC)
         try:
@@ -796,6 +825,10 @@ def _sync_all(paths: list[bytes], flags: int) -> None:
     if len(paths) <= 1:
         for p in paths:
             one(p)
+        return
+    if pool is not None:
+        for _ in pool.map(one, paths):
+            pass
         return
     from concurrent.futures import ThreadPoolExecutor
 
