@@ -179,3 +179,32 @@ def test_restore_into_a_kubo_repo_stages_its_blocks(tmp_path, go_fixtures, archi
     restore_archive(arc, f"kubo:{dst}", workers=2)
     assert sum(staged) == 201  # the fixture's one block and ours
     assert store_digest(f"kubo:{dst}") == store_digest(f"kubo:{kubo_src}")
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "skip_existing"])
+def test_patterns_and_merging_modes(tmp_path, archive, mode):
+    """A pattern cuts the staged restore as it cuts the datastore path's; into a
+    store holding other values, overwrite (staged) replaces them, skip_existing (the
+    datastore path, a stat per key) keeps them; progress counts every record once."""
+    path, _, recs = archive
+    values = dict(recs)
+    dst = tmp_path / "dst"
+    r = restore_archive(path, f"flatfs:{dst}", workers=2, pattern="/CIQA*")
+    want = {k for k in values if k.startswith(b"/CIQA")}
+    assert r.records_written == len(want) > 0
+    with FlatfsDatastore(dst, readonly=True) as ds:
+        assert {k for ks, _ in ds.scan_batches() for k in ks} == want
+    old = sorted(values)[len(values) // 2]
+    with FlatfsDatastore(dst) as ds:
+        ds.put(old, b"kept or replaced")
+    seen = []
+    r = restore_archive(path, f"flatfs:{dst}", workers=2, mode=mode,
+                        pattern="/CIQ[B-D]*", batch_bytes=64 << 10,
+                        progress=lambda p: seen.append(p.records))
+    more = {k for k in values if k[4:5] in b"BCD"}
+    assert seen == sorted(seen) and seen[-1] == r.records_written + r.records_skipped
+    with FlatfsDatastore(dst, readonly=True) as ds:
+        got = dict(kv for ks, vs in ds.scan_batches() for kv in zip(ks, vs))
+    assert set(got) == want | more | {old}
+    assert got[old] == (b"kept or replaced" if mode == "skip_existing" or old not in more
+                        else values[old])

@@ -9,7 +9,6 @@ checksums pass.
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import os
@@ -21,7 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dsbackup._ext.framing import FramingError, decode_records
 from dsbackup.archive import format as fmt
 from dsbackup.archive import guard
 from dsbackup.archive.buffers import PayloadRing
@@ -31,6 +29,7 @@ from dsbackup.archive.verify import check_layout, check_payload
 from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.engine.restore_journal import JournalSync, journal_path, write_journal
 from dsbackup.engine.restore_node import restore_node
+from dsbackup.engine.restore_records import chunk_records
 from dsbackup.engine.restore_staged import STAGED_BATCH_BYTES, write_staged
 from dsbackup.engine.targetdir import refuse_foreign_directory
 from dsbackup.engine.targetlock import TargetLock, store_path
@@ -104,24 +103,7 @@ def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
     """Decode chunks in parallel, yield them in order; at most 2 × threads in flight."""
 
     def work(i: int) -> tuple[int, list[bytes], list[bytes]]:
-        # decoded in this thread's reused buffer: decode_records copies keys and values out
-        payload = reader.read_chunk(i, into=reader.reused_payload)
-        e = reader.entry(i)
-        check_payload(reader.path, i, e, payload)  # keys in range, in order, digest
-        try:
-            keys, values = decode_records(payload, e.records)
-        except FramingError as exc:
-            raise IntegrityError(f"{reader.path}: chunk {i} {e.key_range}: {exc}",
-                                 chunk=i) from None
-        if start or end is not None:
-            lo = bisect.bisect_left(keys, start)
-            hi = len(keys) if end is None else bisect.bisect_left(keys, end)
-            keys, values = keys[lo:hi], values[lo:hi]
-        if matcher is not None:
-            keep = [j for j, k in enumerate(keys) if matcher.match(k)]
-            keys = [keys[j] for j in keep]
-            values = [values[j] for j in keep]
-        return i, keys, values
+        return (i, *chunk_records(reader, i, start, end, matcher))
 
     return _in_order(work, chunk_ids, threads, cancel)
 

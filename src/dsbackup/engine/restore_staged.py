@@ -15,7 +15,6 @@ in ``.temp/``, which the next writable open empties, as go-ds-flatfs's does).
 
 from __future__ import annotations
 
-import bisect
 import threading
 import time
 from collections.abc import Callable
@@ -23,11 +22,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from dsbackup._ext.framing import FramingError, decode_records
 from dsbackup.archive.reader import ArchiveReader
-from dsbackup.archive.verify import check_payload
 from dsbackup.engine.restore_journal import write_journal
-from dsbackup.errors import IntegrityError
+from dsbackup.engine.restore_records import chunk_records
 from dsbackup.metadata import Progress, RestoreResult
 from dsbackup.patterns import KeyMatcher
 from dsbackup.poolmap import ordered_map
@@ -53,22 +50,7 @@ def write_staged(reader: ArchiveReader, target: Any, selected: range, *, workers
     total_bytes = reader.summary.get("raw_bytes")
 
     def work(i: int) -> tuple[int, Any, int, int]:
-        payload = reader.read_chunk(i, into=reader.reused_payload)
-        e = reader.entry(i)
-        check_payload(reader.path, i, e, payload)  # keys in range, in order, digest
-        try:
-            keys, values = decode_records(payload, e.records)
-        except FramingError as exc:
-            raise IntegrityError(f"{reader.path}: chunk {i} {e.key_range}: {exc}",
-                                 chunk=i) from None
-        if start or end is not None:
-            lo = bisect.bisect_left(keys, start)
-            hi = len(keys) if end is None else bisect.bisect_left(keys, end)
-            keys, values = keys[lo:hi], values[lo:hi]
-        if matcher is not None:
-            keep = [j for j, k in enumerate(keys) if matcher.match(k)]
-            keys = [keys[j] for j in keep]
-            values = [values[j] for j in keep]
+        keys, values = chunk_records(reader, i, start, end, matcher)
         nbytes = sum(map(len, keys)) + sum(map(len, values))
         if not keys:
             return i, None, 0, 0
@@ -80,6 +62,7 @@ def write_staged(reader: ArchiveReader, target: Any, selected: range, *, workers
     batch: list[Any] = []
     acc_bytes = acc_records = 0
     acc_payload = 0
+    sent_records = sent_bytes = 0  # handed to the committer (progress counts them)
     last_chunk = selected.start - 1
     threads = max(1, workers)
     try:
@@ -97,10 +80,12 @@ def write_staged(reader: ArchiveReader, target: Any, selected: range, *, workers
                 result.chunks += 1
                 if acc_payload >= batch_bytes:
                     committer.submit(batch, acc_records, acc_bytes, last_chunk + 1)
+                    sent_records += acc_records
+                    sent_bytes += acc_bytes
                     batch, acc_records, acc_bytes, acc_payload = [], 0, 0, 0
                 if progress is not None:
-                    progress(Progress(result.records_written + acc_records,
-                                      result.bytes_written + acc_bytes, result.chunks,
+                    progress(Progress(sent_records + acc_records,
+                                      sent_bytes + acc_bytes, result.chunks,
                                       time.perf_counter() - t0,
                                       reader.summary.get("records"), total_bytes))
         if selected:
