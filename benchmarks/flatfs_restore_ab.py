@@ -2,7 +2,8 @@
 the same flatfs store, in the same rounds (issue #21 item 1).
 
 Usage: python benchmarks/flatfs_restore_ab.py --archive A.tar.gz --tzst STORE.tar.zst
-           [--source STORE] [--rounds N] [--work DIR] [--chrt] [--json FILE] TREE [TREE ...]
+           [--source STORE] [--scheme flatfs|kubo] [--rounds N] [--work DIR] [--chrt]
+           [--json FILE] TREE [TREE ...]
 
 A.tar.gz: our archive of a flatfs store (`dsbackup backup flatfs:STORE A.tar.gz`);
 STORE.tar.zst: `tar -cf - -C STORE . | zstd -T2` of the same store. Every round runs, in an
@@ -10,18 +11,19 @@ order reversed every other round (wall seconds, CPU seconds of every process and
 the row from os.wait4, and the load average when the row starts):
 
 - `python -m dsbackup restore A.tar.gz flatfs:NEW` under each TREE (its src/ on PYTHONPATH,
-  byte-compiled first);
+  byte-compiled first); with `--scheme kubo`, `kubo:NEW` (A.tar.gz then a Kubo repo's
+  archive, STORE its `blocks` directory);
 - `zstd -d -c STORE.tar.zst | tar -xf - -C NEW` and then an fsync of every file and directory
   it wrote (`find NEW -exec sync -- {} + && sync -- WORK`: benchmarks/compare.py's durable
   row).
 
 Each row writes a new directory; the last row's output is removed and `sync` run (untimed)
-before every row. With --source, each tree's first output is compared with STORE (every path,
-mode and size, and the bytes of every .data file): a restore that is fast but not exact fails
-the run. --chrt runs every row under `chrt -f 10` (SCHED_FIFO: other processes of a loaded
-machine do not preempt it; I/O is still shared). Prints medians and, per row, the tar row's
-time over the row's (>= 1: as fast or faster) by the medians and the median of per-round
-ratios, and each tree's time over the first tree's.
+before every row. With --source, each tree's first output (kubo: its blocks/) is compared
+with STORE (every path, mode and size, and the bytes of every .data file): a restore that is
+fast but not exact fails the run. --chrt runs every row under `chrt -f 10` (SCHED_FIFO:
+other processes of a loaded machine do not preempt it; I/O is still shared). Prints medians
+and, per row, the tar row's time over the row's (>= 1: as fast or faster) by the medians and
+the median of per-round ratios, and each tree's time over the first tree's.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--source", default=None)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--work", default="/tmp/flatfs-restore-ab")
+    ap.add_argument("--scheme", choices=("flatfs", "kubo"), default="flatfs")
     ap.add_argument("--chrt", action="store_true")
     ap.add_argument("--json", default=None)
     ap.add_argument("trees", nargs="+")
@@ -105,7 +108,8 @@ def main(argv: list[str]) -> None:
                         f"find '{out}' -exec sync -- {{}} + && sync -- '{a.work}'"], ENV0, out)
     for ti, tree in enumerate(a.trees):
         out = os.path.join(a.work, f"r{ti}")
-        rows[f"T{ti}"] = (pre + [PY, "-m", "dsbackup", "restore", a.archive, f"flatfs:{out}"],
+        rows[f"T{ti}"] = (pre + [PY, "-m", "dsbackup", "restore", a.archive,
+                                 f"{a.scheme}:{out}"],
                           dict(ENV0, PYTHONPATH=f"{tree}/src"), out)
     names = list(rows)
     res: dict[str, list[tuple[float, float, float]]] = {k: [] for k in names}
@@ -120,7 +124,7 @@ def main(argv: list[str]) -> None:
             res[k].append(_timed(cmd, env))
             last = out
             if r == 0 and want is not None and k != TAR:
-                got = _layout(out)
+                got = _layout(out if a.scheme == "flatfs" else os.path.join(out, "blocks"))
                 if got != want:
                     diff = sorted(set(got.items()) ^ set(want.items()))[:5]
                     raise SystemExit(f"{k}: restored tree differs from {a.source}: {diff}")
@@ -149,7 +153,7 @@ def main(argv: list[str]) -> None:
                   f"{[round(x, 3) for x in v]}")
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"trees": a.trees, "rounds": a.rounds, "chrt": a.chrt,
+            json.dump({"trees": a.trees, "rounds": a.rounds, "chrt": a.chrt, "scheme": a.scheme,
                        "archive": a.archive, "tzst": a.tzst, "medians": summary,
                        "all": res}, fh, indent=1)
 
