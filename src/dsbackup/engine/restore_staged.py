@@ -31,7 +31,7 @@ from dsbackup.poolmap import ordered_map
 
 # payload bytes per committed batch: the last batch's commit (its fsyncs) is what the restore
 # waits for at its end, and a batch's directories are fsynced once per batch
-STAGED_BATCH_BYTES = 16 << 20
+STAGED_BATCH_BYTES = 32 << 20
 # the journal (and the target's sync: flatfs's diskUsage.cache) at most this often
 JOURNAL_INTERVAL_S = 1.0
 
