@@ -88,14 +88,13 @@ _TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O
 
 class StagedFiles:
     """Temp files of :meth:`FlatfsDatastore.stage_many`: (temp path, record path) in key
-    order, the shard directories they go into, and the records' key and value bytes."""
+    order, and the shard directories they go into."""
 
-    __slots__ = ("files", "dirs", "nbytes")
+    __slots__ = ("files", "dirs")
 
     def __init__(self) -> None:
         self.files: list[tuple[bytes, bytes]] = []
         self.dirs: set[bytes] = set()
-        self.nbytes = 0
 
     def __len__(self) -> int:
         return len(self.files)
@@ -452,7 +451,6 @@ class FlatfsDatastore(BaseDatastore):
                 self._staged.add(tmp)
                 staged.files.append((tmp, dest))
                 staged.dirs.add(d)
-                staged.nbytes += len(k) + len(v)
         except BaseException:
             self._discard(staged.files)
             raise
@@ -813,8 +811,9 @@ SYNC_THREADS = 8
 
 
 def _sync_all(paths: list[bytes], flags: int, pool: Executor | None = None) -> None:
-    """fsync every path (opened with `flags`), SYNC_THREADS at a time (in `pool` when given,
-    else in threads of its own); the first error is raised once all have ended."""
+    """fsync every path (opened with `flags`), SYNC_THREADS at a time: in threads of its own,
+    the first error raised once all have ended; in `pool` when given, the first error raised
+    when met (the paths not yet started are left)."""
     def one(path: bytes) -> None:
         fd = os.open(path, flags | os.O_CLOEXEC)
         try:
