@@ -27,7 +27,8 @@ Rows (skipped, with the reason, when the tool is missing):
 - ``dsbackup [baseline]``, ``dsbackup (deep) [baseline]`` (with ``--baseline SRC_DIR``): the
   same backup, restore (of the same archive) and deep verify run by another build of dsbackup,
   the package at SRC_DIR (e.g. a copy of ``src`` holding the extension modules from before a
-  change): "x ours" is then that build's time over this one's.
+  change): "x ours" is then that build's time over this one's. On the blocks also
+  ``dsbackup (flatfs copy) [baseline]``: that build's restore of the flatfs copy's archive.
 - ``dsbackup (flatfs copy)`` (blocks): the same of the flatfs copy the file-level tools read,
   restored into a new flatfs directory: files to files, as the tar rows do.
 - ``isal-1 x1``, ``isal-1 xN threads``, ``isal-1 in N processes``: ISA-L alone on the same
@@ -496,6 +497,11 @@ def build_rows(ds_name: str, src_uri: str, src: Path, raw: int, tar_dir: Path,
             rows.append(Row("restore", ds_name, "dsbackup [baseline]",
                             base + ["restore", str(ours_arc), f"lmdb:{w / 'restored-base'}"],
                             raw, w / "restored-base", inputs=(ours_arc,)))
+        if "restore" in ops and flatfs_raw is not None:
+            rows.append(Row("restore", ds_name, f"{flat_label} [baseline]",
+                            base + ["restore", str(flat_arc),
+                                    f"flatfs:{w / 'flatfs-restored-base'}"],
+                            flatfs_raw, w / "flatfs-restored-base", inputs=(flat_arc,)))
         if "verify" in ops:
             rows.append(Row("verify", ds_name, "dsbackup (deep) [baseline]",
                             base + ["verify", str(ours_arc)], raw, inputs=(ours_arc,)))

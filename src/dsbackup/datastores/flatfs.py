@@ -37,6 +37,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from pathlib import Path
 from urllib.parse import quote
 
@@ -73,7 +74,7 @@ from dsbackup.errors import DatastoreError, InvalidKey, NotFound
 from dsbackup.storage.tempfiles import fsync_dir
 from dsbackup.storage.writeback import start_writeback
 
-__all__ = ["FlatfsDatastore", "open_flatfs", "DEFAULT_MAX_NAMES"]
+__all__ = ["FlatfsDatastore", "StagedFiles", "open_flatfs", "DEFAULT_MAX_NAMES"]
 
 DEFAULT_MAX_NAMES = 1_000_000
 MAX_MAX_NAMES = 2**63 - 1  # the native scan's size_t (past it: an OverflowError)
@@ -82,6 +83,21 @@ MAX_READ_AHEAD = 256  # descriptors held open at once: well under the usual 1024
 _EXT_LEN = len(EXTENSION)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 NAME_MAX = 255  # longest file name on Linux file systems (a key's file is KEY.data)
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+
+
+class StagedFiles:
+    """Temp files of :meth:`FlatfsDatastore.stage_many`: (temp path, record path) in key
+    order, and the shard directories they go into."""
+
+    __slots__ = ("files", "dirs")
+
+    def __init__(self) -> None:
+        self.files: list[tuple[bytes, bytes]] = []
+        self.dirs: set[bytes] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
 
 
 class FlatfsDatastore(BaseDatastore):
@@ -151,6 +167,15 @@ class FlatfsDatastore(BaseDatastore):
         self._mode: int | None = None if self.go_layout else _file_mode()
         self._writable_ready = readonly or not self.go_layout
         self.skipped = SkippedFiles()
+        # staged writes (stage_many / commit_staged): shard directories known to exist, the
+        # temp files written and not yet renamed in, and whether a shard directory was made
+        # since the root was last fsynced
+        self._known_dirs: set[bytes] = set()
+        self._staged: set[bytes] = set()
+        self._root_dirty = False
+        self._tls = threading.local()
+        self._thread_temps: list[bytes] = []
+        self._syncers: Executor | None = None
 
     @property
     def open_uri(self) -> str:
@@ -177,7 +202,9 @@ class FlatfsDatastore(BaseDatastore):
 
     # -- writable set-up, disk usage -----------------------------------------------------
     def _write_sharding(self) -> None:
-        write_sharding(str(self.path), self.shard)
+        write_sharding(str(self.path), self.shard, sync=self.sync_writes)
+        if self.sync_writes:
+            fsync_dir(self._root)
         self._pending_sharding = False
 
     def _ensure_writable(self) -> None:
@@ -212,6 +239,8 @@ class FlatfsDatastore(BaseDatastore):
         finally:
             os.close(fd)
         os.rename(tmp, os.path.join(self._root, DISK_USAGE_FILE.encode()))
+        if self.sync_writes:
+            fsync_dir(self._root)  # the new count in place, not the old one after a crash
         self._du_dirty = False
 
     def _add_usage(self, delta: int) -> None:
@@ -270,27 +299,52 @@ class FlatfsDatastore(BaseDatastore):
         except FileNotFoundError:
             raise NotFound(f"key {key!r} not found in {self.uri}") from None
 
-    def _make_shard_dir(self, shard: bytes) -> bytes:
+    def _make_shard_dir(self, shard: bytes, *, staged: bool = False) -> bytes:
+        """`staged`: the root is fsynced by the next commit_staged, not here."""
         d = b"%s/%s" % (self._root, shard)
+        if staged and d in self._known_dirs:
+            return d
         try:  # go-ds-flatfs: Mkdir(dir, 0755); Helia (Node's fs.mkdir): 0777; less the umask
             os.mkdir(d, 0o755 if self.go_layout else 0o777)
         except FileExistsError:
+            self._known_dirs.add(d)
             return d
         self._add_usage(os.stat(d).st_size)
-        if self.sync_writes:
+        if staged:
+            self._root_dirty = True  # set after the mkdir: the next commit's fsync covers it
+        elif self.sync_writes:
             fsync_dir(self._root)
+        self._known_dirs.add(d)
         return d
 
-    def _temp_file(self, shard_dir: bytes) -> tuple[int, bytes]:
+    def _temp_file(self, shard_dir: bytes, staged: bool = False) -> tuple[int, bytes]:
+        if staged and self.go_layout:
+            return self._thread_temp_file()
         where = self._temp if self.go_layout else shard_dir
         prefix = b"temp-" if self.go_layout else OWN_TEMP_PREFIX  # (audit: OWN_TEMP)
         return tempfile.mkstemp(prefix=prefix, dir=where)
 
-    def _write_temp(self, name: bytes, value: bytes, *, sync: bool = True
-                    ) -> tuple[bytes, bytes, bytes]:
+    def _thread_temp_file(self) -> tuple[int, bytes]:
+        """A new file ``temp-<n>`` in this thread's directory of ``.temp/`` (mode 0600, as
+        mkstemp's and Go's os.CreateTemp's), numbered in the thread: no random name per file."""
+        tls = self._tls
+        d = getattr(tls, "temp", None)
+        if d is None:
+            d = tls.temp = self._thread_temp_dir()
+            tls.n = 0
+        while True:
+            tls.n += 1
+            path = b"%s/temp-%d" % (d, tls.n)
+            try:
+                return os.open(path, _TEMP_FLAGS, 0o600), path
+            except FileExistsError:
+                continue
+
+    def _write_temp(self, name: bytes, value: bytes, *, sync: bool = True,
+                    staged: bool = False) -> tuple[bytes, bytes, bytes]:
         """`sync=False`: the caller fsyncs the temp file (a batch: _sync_all)."""
-        d = self._make_shard_dir(self._dir_of(name))
-        fd, tmp = self._temp_file(d)
+        d = self._make_shard_dir(self._dir_of(name), staged=staged)
+        fd, tmp = self._temp_file(d, staged)
         try:
             if self._mode is not None:
                 os.fchmod(fd, self._mode)
@@ -377,6 +431,79 @@ class FlatfsDatastore(BaseDatastore):
                 _unlink_quiet(tmp)
         if self.sync_writes:
             _sync_all(sorted(dirs), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+    # -- staged writes (a restore: files written in its inflate threads) ----------------
+    stages_files = True
+
+    def stage_many(self, keys: list[bytes], values: list[bytes]) -> StagedFiles:
+        """Write a temp file for each record (thread-safe: a restore calls it from its
+        inflate threads), not fsynced, their writeback started; nothing is visible under a
+        record's name until :meth:`commit_staged`. Every key is checked first."""
+        self._check_put_many(keys, values)
+        for k in keys:
+            self._validate_key(k)
+        self._ensure_writable()
+        staged = StagedFiles()
+        prefix = self.name_prefix
+        try:
+            for k, v in zip(keys, values):
+                tmp, dest, d = self._write_temp(prefix + k[1:], v, sync=False, staged=True)
+                self._staged.add(tmp)
+                staged.files.append((tmp, dest))
+                staged.dirs.add(d)
+        except BaseException:
+            self._discard(staged.files)
+            raise
+        return staged
+
+    def commit_staged(self, batches: list[StagedFiles]) -> None:
+        """Put staged files in place, in order, durably when ``sync``: every temp file
+        fsynced, then renamed over its record's name, then each directory holding one (and
+        the root, after a new shard directory) fsynced. A record's name never holds a
+        partial value, and when this returns every record of `batches` is on disk."""
+        files = [f for b in batches for f in b.files]
+        pool = self._sync_pool()
+        if self.sync_writes:
+            _sync_all([tmp for tmp, _ in files], os.O_RDONLY, pool)
+        dirs: set[bytes] = set()
+        for b in batches:
+            dirs |= b.dirs
+        for tmp, dest in files:
+            self._rename_in(tmp, dest)
+            self._staged.discard(tmp)
+        if self.sync_writes:
+            if self._root_dirty:
+                self._root_dirty = False  # cleared before the fsync: a later mkdir sets it
+                dirs.add(self._root)
+            _sync_all(sorted(dirs), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0), pool)
+
+    def _sync_pool(self) -> Executor | None:
+        """The threads that fsync staged batches (made once, shut down by close)."""
+        if self._syncers is None and self.sync_writes:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="dsbackup-fsync")
+        return self._syncers
+
+    def _thread_temp_dir(self) -> bytes:
+        """This thread's directory in ``.temp/`` for staged temp files: creating a file holds
+        its directory's lock while the file system picks an inode (on ext4 without a journal,
+        past every inode freed in the last minute), so threads creating in one directory took
+        turns; ``close`` removes these directories."""
+        with self._lock:
+            d = b"%s/%d" % (self._temp, len(self._thread_temps))
+            self._thread_temps.append(d)
+        os.makedirs(d, 0o755, exist_ok=True)
+        return d
+
+    def discard_staged(self) -> None:
+        """Remove every staged temp file not committed (a restore that stops)."""
+        self._discard([(tmp, b"") for tmp in list(self._staged)])
+
+    def _discard(self, files: list[tuple[bytes, bytes]]) -> None:
+        for tmp, _ in files:
+            _unlink_quiet(tmp)
+            self._staged.discard(tmp)
 
     # -- scans ---------------------------------------------------------------------------
     def scan_batches(self, start: bytes = b"", end: bytes | None = None, *,
@@ -626,6 +753,12 @@ class FlatfsDatastore(BaseDatastore):
     def close(self) -> None:
         if self._closed:
             return
+        if self._syncers is not None:
+            self._syncers.shutdown()
+            self._syncers = None
+        for d in self._thread_temps:  # empty unless a commit failed (go-ds-flatfs's open
+            shutil.rmtree(d, ignore_errors=True)  # and ours empty .temp/ anyway)
+        self._thread_temps.clear()
         try:
             if not self.readonly and self.go_layout and self._du_dirty:
                 self._write_disk_usage()
@@ -677,9 +810,10 @@ def _is_empty_dir(path: Path) -> bool:
 SYNC_THREADS = 8
 
 
-def _sync_all(paths: list[bytes], flags: int) -> None:
-    """fsync every path (opened with `flags`), SYNC_THREADS at a time; the first error is
-    raised once all have ended."""
+def _sync_all(paths: list[bytes], flags: int, pool: Executor | None = None) -> None:
+    """fsync every path (opened with `flags`), SYNC_THREADS at a time: in threads of its own,
+    the first error raised once all have ended; in `pool` when given, the first error raised
+    when met (the paths not yet started are left)."""
     def one(path: bytes) -> None:
         fd = os.open(path, flags | os.O_CLOEXEC)
         try:
@@ -690,6 +824,10 @@ def _sync_all(paths: list[bytes], flags: int) -> None:
     if len(paths) <= 1:
         for p in paths:
             one(p)
+        return
+    if pool is not None:
+        for _ in pool.map(one, paths):
+            pass
         return
     from concurrent.futures import ThreadPoolExecutor
 

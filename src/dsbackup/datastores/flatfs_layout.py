@@ -158,15 +158,23 @@ def read_sharding(root: str) -> ShardFunc | None:
     return ShardFunc.parse(text)
 
 
-def write_sharding(root: str, shard: ShardFunc) -> None:
-    """Write ``SHARDING`` (and ``_README`` for the default function) like go-ds-flatfs."""
+def write_sharding(root: str, shard: ShardFunc, *, sync: bool = False) -> None:
+    """Write ``SHARDING`` (and ``_README`` for the default function) like go-ds-flatfs;
+    `sync`: each fsynced (go-ds-flatfs does not: a crash soon after could leave an empty
+    SHARDING, which it refuses to open; the caller fsyncs the directory)."""
     with open(os.path.join(root, SHARDING_FILE), "wb") as f:
         f.write(str(shard).encode() + b"\n")
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
     if str(shard) == DEFAULT_SHARD:
         path = os.path.join(root, README_FILE)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
         with os.fdopen(fd, "wb") as f:
             f.write(README_DEFAULT_SHARD.encode())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def encode_disk_usage(usage: int, accuracy: str) -> bytes:

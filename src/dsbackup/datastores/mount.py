@@ -165,6 +165,52 @@ class MountDatastore(BaseDatastore):
         for m, ks, vs in groups.values():
             m.datastore.put_many(ks, vs)
 
+    # -- staged writes (a restore: see FlatfsDatastore.stage_many) -----------------------
+    @property
+    def stages_files(self) -> bool:
+        """Whether a child writes files in stage_many (a Kubo repo's flatfs ``/blocks``)."""
+        return any(getattr(m.datastore, "stages_files", False) for m in self.mounts)
+
+    def stage_many(self, keys: list[bytes], values: list[bytes]
+                   ) -> list[tuple[Mount, object]]:
+        """Each child's records: staged by a child that stages files, else held as
+        ``(keys, values)`` until :meth:`commit_staged` puts them."""
+        self._check_put_many(keys, values)
+        groups: dict[int, tuple[Mount, list[bytes], list[bytes]]] = {}
+        for k, v in zip(keys, values):
+            m, ck = self._route(k, write=True)
+            m.datastore._validate_key(ck)
+            g = groups.setdefault(id(m), (m, [], []))
+            g[1].append(ck)
+            g[2].append(v)
+        out: list[tuple[Mount, object]] = []
+        for m, ks, vs in groups.values():
+            if getattr(m.datastore, "stages_files", False):
+                out.append((m, m.datastore.stage_many(ks, vs)))  # type: ignore[attr-defined]
+            else:
+                out.append((m, (ks, vs)))
+        return out
+
+    def commit_staged(self, batches: list[list[tuple[Mount, object]]]) -> None:
+        """Each child's part of `batches`, in order: staged files committed, held records
+        put in one put_many."""
+        parts: dict[int, tuple[Mount, list[object]]] = {}
+        for b in batches:
+            for m, part in b:
+                parts.setdefault(id(m), (m, []))[1].append(part)
+        for m, ps in parts.values():
+            ds = m.datastore
+            if getattr(ds, "stages_files", False):
+                ds.commit_staged(ps)  # type: ignore[attr-defined]
+            else:
+                ds.put_many([k for ks, _ in ps for k in ks],  # type: ignore[misc]
+                            [v for _, vs in ps for v in vs])  # type: ignore[misc]
+
+    def discard_staged(self) -> None:
+        for m in self.mounts:
+            if getattr(m.datastore, "stages_files", False):
+                m.datastore.discard_staged()  # type: ignore[attr-defined]
+
     def _iter_items(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         return unbatch(self.scan_batches(start, end, max_records=1024))
 

@@ -9,7 +9,6 @@ checksums pass.
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import os
@@ -22,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsbackup._ext.framing import FramingError, decode_records
 from dsbackup.archive import format as fmt
 from dsbackup.archive import guard
 from dsbackup.archive.buffers import PayloadRing
@@ -33,6 +31,8 @@ from dsbackup.archive.verify import check_layout, check_payload
 from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.engine.restore_journal import JournalSync, journal_path, write_journal
 from dsbackup.engine.restore_node import restore_node
+from dsbackup.engine.restore_records import chunk_records
+from dsbackup.engine.restore_staged import STAGED_BATCH_BYTES, write_staged
 from dsbackup.engine.targetdir import refuse_foreign_directory
 from dsbackup.engine.targetlock import TargetLock, store_path
 from dsbackup.errors import (
@@ -119,24 +119,7 @@ def _decoded_chunks(reader: ArchiveReader, chunk_ids: list[int], threads: int,
     """Decode chunks in parallel, yield them in order; at most 2 × threads in flight."""
 
     def work(i: int) -> tuple[int, list[bytes], list[bytes]]:
-        # decoded in this thread's reused buffer: decode_records copies keys and values out
-        payload = reader.read_chunk(i, into=reader.reused_payload)
-        e = reader.entry(i)
-        check_payload(reader.path, i, e, payload)  # keys in range, in order, digest
-        try:
-            keys, values = decode_records(payload, e.records)
-        except FramingError as exc:
-            raise IntegrityError(f"{reader.path}: chunk {i} {e.key_range}: {exc}",
-                                 chunk=i) from None
-        if start or end is not None:
-            lo = bisect.bisect_left(keys, start)
-            hi = len(keys) if end is None else bisect.bisect_left(keys, end)
-            keys, values = keys[lo:hi], values[lo:hi]
-        if matcher is not None:
-            keep = [j for j, k in enumerate(keys) if matcher.match(k)]
-            keys = [keys[j] for j in keep]
-            values = [values[j] for j in keep]
-        return i, keys, values
+        return (i, *chunk_records(reader, i, start, end, matcher))
 
     return _in_order(work, chunk_ids, threads, cancel)
 
@@ -271,8 +254,8 @@ def restore_archive(
     pattern: globs as in exclude_patterns). An incremental archive needs its parent chain
     (beside it or in `parent_dirs`); a missing parent fails before the target is touched.
     batch_bytes: payload bytes per write (default NATIVE_BATCH_BYTES for the native LMDB
-    writer, which holds at most (NATIVE_BATCHES_AHEAD + 1) × batch_bytes of payloads, else
-    DEFAULT_BATCH_BYTES).
+    writer, which holds at most (NATIVE_BATCHES_AHEAD + 1) × batch_bytes of payloads;
+    STAGED_BATCH_BYTES per commit into flatfs or a Kubo repo; else DEFAULT_BATCH_BYTES).
     """
     if mode not in MODES:
         raise ConfigError(f"restore mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -370,7 +353,9 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
                                     **_new_repo_params(reader, str(target)))
         owned = True
     if batch_bytes is None:
-        batch_bytes = NATIVE_BATCH_BYTES if native is not None else DEFAULT_BATCH_BYTES
+        batch_bytes = (NATIVE_BATCH_BYTES if native is not None
+                       else STAGED_BATCH_BYTES if _stages_files(target, mode)
+                       else DEFAULT_BATCH_BYTES)
     jpath = _journal_path(target)
     fresh = jpath is not None and not jpath.exists()  # this run writes the journal
     writes = _Writes()
@@ -402,6 +387,12 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
             target.close()
     result.node_files, result.node_note = node_files, node_note
     return result
+
+
+def _stages_files(target: Any, mode: str) -> bool:
+    """A target whose records are files written in the inflate threads (restore_staged.py):
+    flatfs, or a mount holding one (a Kubo repo), unless skip_existing asks about each key."""
+    return bool(getattr(target, "stages_files", False)) and mode != "skip_existing"
 
 
 def _still_empty(target: Any) -> bool:
@@ -468,6 +459,12 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
         if whole:
             _check_counts(reader, result, writes, selected, first_chunk,
                           jpath if writes.started or resumed else None, state)
+        return _finish(target, jpath, result, t0)
+    if _stages_files(target, mode):
+        write_staged(reader, target, selected, workers=workers, cancel=cancel,
+                     progress=progress, batch_bytes=batch_bytes,
+                     jpath=jpath, state=state, result=result, t0=t0, start=start, end=end,
+                     matcher=matcher, no_space=_no_space_is_an_error)
         return _finish(target, jpath, result, t0)
     total_bytes = reader.summary.get("raw_bytes")
     keys_acc: list[bytes] = []
