@@ -41,10 +41,12 @@ def write_staged(reader: ArchiveReader, target: Any, selected: range, *, workers
                  batch_bytes: int, jpath: Path | None, state: dict[str, Any],
                  result: RestoreResult, t0: float, start: bytes, end: bytes | None,
                  matcher: KeyMatcher | None,
-                 no_space: Callable[[Any, int | None], Any]) -> None:
+                 no_space: Callable[[Any, int | None], Any], writes: Any) -> None:
     """Restore the chunks `selected` into `target` (its stage_many / commit_staged /
     discard_staged); `no_space(target, needed)` is the context that turns a full disk into
-    the restore's error."""
+    the restore's error. `writes` (restore.py's _Writes) learns what this run did: whether
+    a commit began (records may be in the target), the records and bytes committed, and
+    the records of the chunks gone through."""
     from concurrent.futures import ThreadPoolExecutor
 
     total_bytes = reader.summary.get("raw_bytes")
@@ -58,7 +60,7 @@ def write_staged(reader: ArchiveReader, target: Any, selected: range, *, workers
             staged = target.stage_many(keys, values)
         return i, staged, len(keys), nbytes
 
-    committer = _Committer(target, jpath, state, result, no_space)
+    committer = _Committer(target, jpath, state, result, no_space, writes)
     batch: list[Any] = []
     acc_bytes = acc_records = 0
     acc_payload = 0
@@ -75,7 +77,9 @@ def write_staged(reader: ArchiveReader, target: Any, selected: range, *, workers
                     batch.append(staged)
                 acc_records += n
                 acc_bytes += nbytes
-                acc_payload += reader.entry(i).payload_len
+                e = reader.entry(i)
+                acc_payload += e.payload_len
+                writes.expected += e.records
                 last_chunk = i
                 result.chunks += 1
                 if acc_payload >= batch_bytes:
@@ -111,8 +115,10 @@ class _Committer:
     commit before it; ``wait`` joins the last and raises its error."""
 
     def __init__(self, target: Any, jpath: Path | None, state: dict[str, Any],
-                 result: RestoreResult, no_space: Callable[[Any, int | None], Any]) -> None:
+                 result: RestoreResult, no_space: Callable[[Any, int | None], Any],
+                 writes: Any) -> None:
         self._target = target
+        self._writes = writes
         self._jpath = jpath
         self._state = state
         self._result = result
@@ -133,10 +139,13 @@ class _Committer:
              final: bool) -> None:
         try:
             if batch:
+                self._writes.started = True  # a failed commit may have renamed some in
                 with self._no_space(self._target, nbytes):
                     self._target.commit_staged(batch)
             self._result.records_written += records
             self._result.bytes_written += nbytes
+            self._writes.records += records
+            self._writes.nbytes += nbytes
             if self._jpath is not None and not final \
                     and time.monotonic() - self._journaled >= JOURNAL_INTERVAL_S:
                 with self._no_space(self._target, None):
