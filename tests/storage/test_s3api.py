@@ -7,10 +7,11 @@ from __future__ import annotations
 import hashlib
 import threading
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from quiethttp import QuietHTTPServer
 from s3server import ACCESS_KEY, SECRET_KEY
 
 from dsbackup.storage.s3api import (
@@ -191,7 +192,7 @@ def test_list_multipart_uploads_follows_the_markers_and_decodes_keys():
             self.end_headers()
             self.wfile.write(data)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         api = S3Api({"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY,

@@ -20,8 +20,10 @@ import threading
 import urllib.request
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
+
+from quiethttp import QuietHTTPServer
 
 ROLE = "dsb-backup-role"
 ROLE_ARN = f"arn:aws:iam::123456789012:role/{ROLE}"
@@ -194,7 +196,7 @@ class CredServer:
 
             do_GET = do_PUT = do_POST = _any
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"

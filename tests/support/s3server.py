@@ -11,11 +11,12 @@ import hashlib
 import http.client
 import socket
 import ssl
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from quiethttp import QuietHTTPServer
 
 # a recognisable secret: tests assert it never appears in any output
 SECRET_KEY = "dsbSECRETkey+Never+Print+This/42xyz"
@@ -45,14 +46,6 @@ class MotoServer:
         if self.running:
             self.running = False
             self._server.stop()
-
-
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request: object, client_address: object) -> None:
-        """A client that gave up (a refused TLS handshake, a cut connection) is no error of
-        the proxy's: no traceback on the test's stderr."""
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -172,7 +165,7 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
-        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self._httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         if self.tls is not None:  # the handshake runs in the request's thread, on first read
             self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True,

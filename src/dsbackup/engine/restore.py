@@ -474,7 +474,7 @@ def _restore(reader: ArchiveReader, target: Any, *, workers: int, mode: str,
                      progress=progress, batch_bytes=batch_bytes,
                      jpath=jpath, state=state, result=result, t0=t0, start=start, end=end,
                      matcher=matcher, no_space=_no_space_is_an_error, writes=writes)
-        if prefix is None and not patterns:
+        if whole:
             _check_counts(reader, result, writes, selected, first_chunk,
                           jpath if writes.started or resumed else None, state)
         return _finish(target, jpath, result, t0)

@@ -44,8 +44,9 @@ def write_staged(reader: ArchiveReader, target: Any, selected: range, *, workers
                  no_space: Callable[[Any, int | None], Any], writes: Any) -> None:
     """Restore the chunks `selected` into `target` (its stage_many / commit_staged /
     discard_staged); `no_space(target, needed)` is the context that turns a full disk into
-    the restore's error; `writes` (restore.py's _Writes) counts what was staged and says
-    whether a commit began (its failure keeps the journal: records may be in place)."""
+    the restore's error. `writes` (restore.py's _Writes) learns what this run did: whether
+    a commit began (records may be in the target), the records and bytes committed, and
+    the records of the chunks gone through."""
     from concurrent.futures import ThreadPoolExecutor
 
     total_bytes = reader.summary.get("raw_bytes")
@@ -78,8 +79,6 @@ def write_staged(reader: ArchiveReader, target: Any, selected: range, *, workers
                 acc_bytes += nbytes
                 e = reader.entry(i)
                 acc_payload += e.payload_len
-                writes.records += n
-                writes.nbytes += nbytes
                 writes.expected += e.records
                 last_chunk = i
                 result.chunks += 1
@@ -140,13 +139,13 @@ class _Committer:
              final: bool) -> None:
         try:
             if batch:
-                # from here records may be in place (renamed in, or put into a mount's
-                # other store): a failure keeps the journal (restore.py)
-                self._writes.started = True
+                self._writes.started = True  # a failed commit may have renamed some in
                 with self._no_space(self._target, nbytes):
                     self._target.commit_staged(batch)
             self._result.records_written += records
             self._result.bytes_written += nbytes
+            self._writes.records += records
+            self._writes.nbytes += nbytes
             if self._jpath is not None and not final \
                     and time.monotonic() - self._journaled >= JOURNAL_INTERVAL_S:
                 with self._no_space(self._target, None):
