@@ -181,3 +181,32 @@ def test_a_new_stores_metadata_files_are_durable(tmp_path, monkeypatch):
     synced.clear()
     FlatfsDatastore(tmp_path / "nosync", sync=False).close()
     assert synced == []
+
+
+@pytest.mark.parametrize("layout", ["go", "helia"])
+def test_a_shard_directory_found_made_gets_the_root_fsynced(tmp_path, monkeypatch, layout):
+    """A shard directory that exists when a record is staged into it was made by a killed
+    restore (its entry in the root never fsynced: a power loss after the resumed restore said
+    OK could take it with every record in it) or by another thread still between its mkdir
+    and setting the root's flag; the commit fsyncs the root for it. Without, only a
+    directory this thread made did (hostile review)."""
+    uri = "flatfs:{}" if layout == "go" else "flatfs:{}?shard=suffix/2&metadata=0"
+    ds = open_datastore(uri.format(tmp_path / "f"), readonly=False)
+    ds.put(b"/CIQFIRST", b"makes the store's own files")
+    keys = _keys(20, seed=7)
+    for k in keys:  # what the killed run made
+        os.makedirs(os.path.join(ds._root, ds._dir_of(ds.name_prefix + k[1:])),
+                    exist_ok=True)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    staged = ds.stage_many(keys, [k * 3 for k in keys])
+    ds.commit_staged([staged])
+    monkeypatch.undo()
+    ds.close()
+    assert str(tmp_path / "f") in synced

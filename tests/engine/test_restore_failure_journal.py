@@ -105,3 +105,31 @@ def test_a_failed_write_of_a_store_without_atomic_batches_keeps_the_journal(tmp_
         restore_archive(GOLDEN / "full.tar.gz", uri, mode="overwrite")
     journal = tmp_path / "store.dsbackup-restore.json"
     assert json.loads(journal.read_text())["next_chunk"] == 0
+
+
+def test_a_key_the_target_cannot_hold_after_records_were_written_keeps_the_journal(
+        tmp_path, run_cli):
+    """An archive whose later key flatfs cannot hold (/pins/x after /CIQ... blocks): the
+    batches before it were committed, but the journal was removed as for a key met first, so
+    the next backup of the half-restored store took it as whole, exit 0 (hostile review).
+    Now the journal stays and the message says what the target holds; a key met before any
+    write still leaves none (tests/cli/test_bad_inputs.py)."""
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.engine.config import BackupConfig
+    from dsbackup.errors import InvalidKey
+
+    src = f"sqlite:{tmp_path / 'src.db'}"
+    ds = open_datastore(src)
+    keys = [b"/CIQ%040d" % i for i in range(300)]
+    ds.put_many(keys, [k * 50 for k in keys])
+    ds.put_many([b"/pins/x"], [b"pin"])
+    ds.close()
+    archive = tmp_path / "a.tar.gz"
+    BackupManager(BackupConfig(chunk_size=20, workers=1)).create_backup(src, archive)
+    spec = f"flatfs:{tmp_path / 't'}"
+    with pytest.raises(InvalidKey, match="holds part of the archive"):
+        restore_archive(archive, spec, workers=2, batch_bytes=16 << 10)
+    assert 0 < len(_records(spec)) < len(keys)
+    assert (tmp_path / "t.dsbackup-restore.json").exists()
+    r = run_cli("backup", spec, tmp_path / "b.tar.gz")
+    assert r.returncode == 2 and "did not finish" in r.stderr, r.stderr

@@ -156,3 +156,36 @@ def test_a_node_restore_killed_while_writing_a_file_is_completed(tmp_path, repo,
         assert (new / name).read_bytes() == (repo / name).read_bytes()
     assert sorted(p.name for p in (new / "keystore").iterdir()) == ["key_mykey"]
     assert kubo_records(new) == kubo_records(repo)
+
+
+def test_an_absolute_datastore_spec_path_through_a_symlinked_repo_is_inside(tmp_path, repo,
+                                                                           run_cli):
+    # ~/.ipfs a symlink to /data/ipfs, the datastore_spec naming /data/ipfs/blocks: a restore
+    # into kubo:~/.ipfs (the path the node uses) was refused as writing outside the target,
+    # though the blocks land inside it (hostile review); so was the other way round
+    real = tmp_path / "data" / "ipfs"
+    real.parent.mkdir()
+    shutil.move(repo, real)
+    link = tmp_path / "home-ipfs"
+    link.symlink_to(real)
+    spec = (real / "datastore_spec").read_text()
+    (real / "datastore_spec").write_text(spec.replace('"path":"blocks"',
+                                                      f'"path":"{real / "blocks"}"'))
+    archive = tmp_path / "node.tar.gz"
+    assert run_cli("backup", f"kubo:{real}", archive).returncode == 0
+    want = kubo_records(real)
+    shutil.rmtree(real)
+    real.mkdir()
+    r = run_cli("restore", archive, f"kubo:{link}")
+    assert r.returncode == 0, r.stderr
+    assert kubo_records(real) == want
+    # the spec naming the link's path, restored into the real directory
+    (real / "datastore_spec").write_text(spec.replace('"path":"blocks"',
+                                                      f'"path":"{link / "blocks"}"'))
+    archive2 = tmp_path / "node2.tar.gz"
+    assert run_cli("backup", f"kubo:{real}", archive2).returncode == 0
+    shutil.rmtree(real)
+    real.mkdir()
+    r = run_cli("restore", archive2, f"kubo:{real}")
+    assert r.returncode == 0, r.stderr
+    assert kubo_records(real) == want

@@ -307,6 +307,11 @@ class FlatfsDatastore(BaseDatastore):
         try:  # go-ds-flatfs: Mkdir(dir, 0755); Helia (Node's fs.mkdir): 0777; less the umask
             os.mkdir(d, 0o755 if self.go_layout else 0o777)
         except FileExistsError:
+            if staged and d not in self._known_dirs:
+                # made by a killed run (its entry in the root maybe never fsynced) or by
+                # another thread still between its mkdir and the flag below: the next commit
+                # fsyncs the root for it too (one fsync a batch at most)
+                self._root_dirty = True
             self._known_dirs.add(d)
             return d
         self._add_usage(os.stat(d).st_size)

@@ -73,10 +73,13 @@ def datastore_paths(repo: Path, spec: dict[str, Any]) -> set[bytes]:
         if isinstance(node, dict):
             p = node.get("path")
             if isinstance(p, str) and p and node.get("type") in ("flatfs", "levelds"):
-                full = os.path.normpath(os.path.join(os.fspath(repo), p))
-                rel = os.path.relpath(full, os.fspath(repo))
-                if rel != "." and not rel.startswith(".."):
-                    out.add(os.fsencode(rel))
+                # as written, and once symlinks are resolved: an absolute path reaching the
+                # repo through a link (/home/u/.ipfs/blocks for /data/ipfs) is its store too
+                full = os.path.join(os.fspath(repo), p)
+                for f in (os.path.normpath, os.path.realpath):
+                    rel = os.path.relpath(f(full), f(os.fspath(repo)))
+                    if rel != "." and not rel.startswith(".."):
+                        out.add(os.fsencode(rel))
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):

@@ -364,13 +364,22 @@ def _open_and_restore(reader: ArchiveReader, target: Any, *, workers: int, mode:
                           pattern=pattern, progress=progress, cancel=cancel,
                           batch_bytes=batch_bytes, resume=resume, t0=t0, native=native,
                           writes=writes)
-    except InvalidKey:
+    except InvalidKey as exc:
         # the archive holds a key this kind of store cannot (flatfs: /pins/...): resuming
         # would fail at the same key, and the journal would only block another restore into
-        # the target ("an unfinished restore of another archive")
-        if jpath is not None:
+        # the target ("an unfinished restore of another archive"). Unless records before it
+        # are in the target: it then holds part of the archive, and the journal keeps a
+        # backup from taking it for a whole store
+        if jpath is None:
+            raise
+        if not (writes.started or not fresh or node_files) or (
+                mode == "empty" and _still_empty(target)):
             jpath.unlink(missing_ok=True)
-        raise
+            raise
+        raise InvalidKey(f"{exc}; the records before it were written, so the target holds "
+                         f"part of the archive: its restore journal {jpath} is kept (a "
+                         "backup of it is refused); restore into a store that takes any key "
+                         "(lmdb:, sqlite:, a kubo: repo), or remove the target") from None
     except BaseException:
         # failed or stopped before this run wrote anything (a damaged first chunk, Ctrl-C,
         # a first batch the disk refused whole), into any target, --overwrite included: the

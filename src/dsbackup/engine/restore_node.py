@@ -87,9 +87,13 @@ def _spec_mount_paths(spec_bytes: bytes) -> list[tuple[str, str]]:
 
 def _leaves(root: Path, path: str) -> bool:
     """True when a store at `path` (datastore_spec's, relative to `root` unless absolute, as
-    Kubo joins it) lies outside `root`."""
-    full = os.path.normpath(os.path.join(os.fspath(root), path))
-    return os.path.commonpath([full, os.path.normpath(root)]) != os.path.normpath(root)
+    Kubo joins it) lies outside `root`, as written and once symlinks are resolved: an
+    absolute path that reaches the target through a symlink (``/data/ipfs/blocks`` for
+    ``kubo:~/.ipfs``, a link to ``/data/ipfs``, or the other way round) is inside; so is a
+    relative ``blocks`` that is a link to another disk, as before."""
+    full = os.path.join(os.fspath(root), path)
+    return all(os.path.commonpath([f(full), f(root)]) != f(root)
+               for f in (os.path.normpath, os.path.realpath))
 
 
 def refuse_outside_mounts(root: Path, files: list[NodeFile]) -> None:
