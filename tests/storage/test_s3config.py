@@ -13,7 +13,7 @@ ENDPOINT = "http://127.0.0.1:1"  # nothing listens: a request would fail differe
 
 
 def _run(cli_env, extra: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
-    env = dict(cli_env, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", **extra)
+    env = {**cli_env, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", **extra}
     return subprocess.run([sys.executable, "-m", "dsbackup", *argv], env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -50,3 +50,16 @@ def test_a_binary_aws_config_file_is_named(cli_env, tmp_path):
              "s3://bucket/a.dsb")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"{conf}: cannot parse: not a text file" in r.stderr
+
+
+@pytest.mark.parametrize("missing", ["AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"])
+def test_one_key_variable_without_the_other_is_refused(cli_env, missing):
+    """A secret lost from a deployment's environment: refused as botocore refuses partial
+    credentials (exit 2, one line naming both), not taken as "no keys" and answered with the
+    instance's role or a profile (the metadata endpoint here would only time out)."""
+    env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:1", missing: ""}
+    r = _run(cli_env, env, "--s3-endpoint", ENDPOINT, "verify", "s3://bucket/a.dsb")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    line = r.stderr.strip()
+    assert r.stderr.splitlines() == [line] and "partial credentials" in line, r.stderr
+    assert missing in line

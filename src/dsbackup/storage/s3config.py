@@ -216,6 +216,17 @@ def sign_payload(endpoint: str | None) -> bool:
     return urlsplit(endpoint).scheme != "https" if endpoint else False
 
 
+def _refuse_partial_keys(env: os._Environ[str] | dict[str, str]) -> None:
+    """One of the two key variables set without the other: a mistake (a secret lost from a
+    deployment's environment), refused as botocore does (PartialCredentialsError), not taken
+    as "no keys here" and answered with some other credentials (a profile's, a role's)."""
+    have = [n for n in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if env.get(n)]
+    if len(have) == 1:
+        other = ({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} - set(have)).pop()
+        raise ConfigError(f"{have[0]} is set but {other} is not (partial credentials): set "
+                          "both, or neither to use a profile or a role's credentials")
+
+
 def client_config() -> dict[str, str]:
     """The obstore S3 config: credentials, region, endpoint (path-style with an endpoint),
     payload signing (:func:`sign_payload`)."""
@@ -227,6 +238,7 @@ def client_config() -> dict[str, str]:
         else {}
     conf, _ = profile_config()
     out: dict[str, str] = {}
+    _refuse_partial_keys(env)
     key_id = env.get("AWS_ACCESS_KEY_ID") or creds.get("aws_access_key_id") or \
         conf.get("aws_access_key_id")
     secret = env.get("AWS_SECRET_ACCESS_KEY") or creds.get("aws_secret_access_key") or \
