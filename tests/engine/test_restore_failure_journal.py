@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+from storerecords import store_records
 
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.datastores import open_datastore
@@ -35,17 +36,6 @@ def _damaged_first_chunk(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _records(uri: str) -> dict[bytes, bytes]:
-    ds = open_datastore(uri, readonly=True)
-    try:
-        out = {}
-        for keys, values in ds.scan_batches(b"", None, max_records=1000, max_bytes=1 << 30):
-            out.update(zip(keys, values))
-        return out
-    finally:
-        ds.close()
-
-
 @pytest.mark.parametrize("mode", ["--overwrite", "--skip-existing"])
 @pytest.mark.parametrize("scheme", ["lmdb", "sqlite", "flatfs"])
 def test_a_damaged_first_chunk_leaves_no_journal_beside_an_existing_store(tmp_path, run_cli,
@@ -55,14 +45,14 @@ def test_a_damaged_first_chunk_leaves_no_journal_beside_an_existing_store(tmp_pa
     target = tmp_path / "store"
     spec = f"{scheme}:{target}"
     assert run_cli("restore", good, spec).returncode == 0
-    before = _records(spec)
+    before = store_records(spec)
     bad = _damaged_first_chunk(GOLDEN / name, tmp_path / "bad.tar.gz")
     r = run_cli("restore", bad, spec, mode)
     assert r.returncode == 3, r.stderr
     assert "chunk 0" in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("store")) == \
         ["store"]  # no journal (nor lock) beside it
-    assert _records(spec) == before
+    assert store_records(spec) == before
     r = run_cli("backup", spec, tmp_path / "b.tar.gz")  # the nightly backup still runs
     assert r.returncode == 0, r.stderr
 
@@ -84,13 +74,13 @@ def test_a_first_batch_refused_whole_leaves_no_journal(tmp_path, monkeypatch):
     journal."""
     uri = f"lmdb:{tmp_path / 'store'}"
     restore_archive(GOLDEN / "exclude.tar.gz", uri)
-    before = _records(uri)
+    before = store_records(uri)
     calls = _fail_first_put(monkeypatch)
     with pytest.raises(DatastoreError, match="no space left"):
         restore_archive(GOLDEN / "full.tar.gz", uri, mode="overwrite")
     assert calls and not (tmp_path / "store.dsbackup-restore.json").exists()
     monkeypatch.undo()
-    assert _records(uri) == before
+    assert store_records(uri) == before
 
 
 def test_a_failed_write_of_a_store_without_atomic_batches_keeps_the_journal(tmp_path,
@@ -129,7 +119,7 @@ def test_a_key_the_target_cannot_hold_after_records_were_written_keeps_the_journ
     spec = f"flatfs:{tmp_path / 't'}"
     with pytest.raises(InvalidKey, match="holds part of the archive"):
         restore_archive(archive, spec, workers=2, batch_bytes=16 << 10)
-    assert 0 < len(_records(spec)) < len(keys)
+    assert 0 < len(store_records(spec)) < len(keys)
     assert (tmp_path / "t.dsbackup-restore.json").exists()
     r = run_cli("backup", spec, tmp_path / "b.tar.gz")
     assert r.returncode == 2 and "did not finish" in r.stderr, r.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from crafted import craft, crafted_archives
+from storerecords import store_records
 
 from dsbackup.archive.verify import verify_archive
 from dsbackup.datastores import open_datastore
@@ -19,17 +20,6 @@ KINDS = ["same_key_twice", "overlapping", "key_outside_range", "wrong_key_digest
 @pytest.fixture
 def archives(tmp_path):
     return crafted_archives(tmp_path)
-
-
-def _records(uri: str) -> dict[bytes, bytes]:
-    ds = open_datastore(uri, readonly=True)
-    try:
-        out = {}
-        for keys, values in ds.scan_batches(b"", None, max_records=1000, max_bytes=1 << 30):
-            out.update(zip(keys, values))
-        return out
-    finally:
-        ds.close()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -47,7 +37,7 @@ def test_restore_refuses_before_writing(archives, tmp_path, kind, scheme):
     if target.exists() or (scheme == "sqlite" and (tmp_path / f"t-{scheme}.db").exists()):
         # a layout lie is refused before the target is touched; a chunk's own lie before
         # anything of that chunk (here the only one) is written
-        assert _records(uri) == {}
+        assert store_records(uri) == {}
 
 
 def test_restore_overwrite_mode_refuses_too(archives, tmp_path):
@@ -57,7 +47,7 @@ def test_restore_overwrite_mode_refuses_too(archives, tmp_path):
     ds.close()
     with pytest.raises(IntegrityError):
         restore_archive(archives["same_key_twice"], uri, mode="overwrite")
-    assert _records(uri) == {b"/A": b"mine"}
+    assert store_records(uri) == {b"/A": b"mine"}
 
 
 def test_good_crafted_archive_restores(tmp_path):
@@ -67,7 +57,7 @@ def test_good_crafted_archive_restores(tmp_path):
     assert verify_archive(good).ok
     uri = f"lmdb:{tmp_path / 't'}"
     restore_archive(good, uri)
-    assert _records(uri) == {b"/A": b"1", b"/B": b"2", b"/C": b"3"}
+    assert store_records(uri) == {b"/A": b"1", b"/B": b"2", b"/C": b"3"}
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from rewritten import rewrite_chunk, rewrite_summary
-
-from dsbackup.datastores import open_datastore
+from storerecords import store_records
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "fixtures" / "golden"
@@ -41,17 +40,6 @@ def _key_file(tmp_path: Path) -> Path:
     k.write_bytes(RAW_KEY)
     k.chmod(0o600)
     return k
-
-
-def _records(uri: str) -> dict[bytes, bytes]:
-    ds = open_datastore(uri, readonly=True)
-    try:
-        out = {}
-        for keys, values in ds.scan_batches(b"", None, max_records=1000, max_bytes=1 << 30):
-            out.update(zip(keys, values))
-        return out
-    finally:
-        ds.close()
 
 
 # name of the archive restored, the archive whose chunk is rewritten, encrypted
@@ -110,7 +98,7 @@ def test_paged_archive_refused_whole_or_by_a_prefix_spanning_it(paged, tmp_path,
     # the summary (docs/CLI.md restore): a range without the rewritten chunk restores
     r = run_cli("restore", paged, f"lmdb:{tmp_path / 'a'}", "--prefix", "/a")
     assert r.returncode == 0, r.stderr
-    assert len(_records(f"lmdb:{tmp_path / 'a'}")) == 600
+    assert len(store_records(f"lmdb:{tmp_path / 'a'}")) == 600
 
 
 def test_a_prefix_restore_of_a_single_index_checks_the_summary(tmp_path, run_cli):
@@ -157,7 +145,7 @@ def test_a_restore_whose_totals_disagree_with_the_summary_is_not_ok(tmp_path, ru
     journal = tmp_path / "t.dsbackup-restore.json"
     assert str(journal) in line
     assert json.loads(journal.read_text())["next_chunk"] == 0
-    assert len(_records(spec)) == _summary(archive)["records"]  # what was written stays
+    assert len(store_records(spec)) == _summary(archive)["records"]  # what was written stays
     r = run_cli("backup", spec, tmp_path / "b.tar.gz")  # not backed up as a whole store
     assert r.returncode == 2 and "did not finish" in _one_error(r)
     r = run_cli("restore", archive, spec, *extra)  # a rerun starts over, and says so again

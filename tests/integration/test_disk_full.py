@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from storerecords import store_records
 
 from dsbackup.datastores import open_datastore
 
@@ -106,17 +107,6 @@ def _records(n: int = 3000, size: int = 3000, upper: bool = False) -> list[tuple
     return [(fmt % i, rnd.randbytes(size)) for i in range(n)]
 
 
-def _content(uri: str) -> dict[bytes, bytes]:
-    ds = open_datastore(uri, readonly=True)
-    try:
-        out: dict[bytes, bytes] = {}
-        for keys, values in ds.scan_batches(b"", None, max_records=1000, max_bytes=1 << 30):
-            out.update(zip(keys, values))
-        return out
-    finally:
-        ds.close()
-
-
 def _assert_clean_failure(r, fs: SmallFs) -> None:
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr, r.stderr
@@ -147,7 +137,7 @@ def test_restore_on_a_full_disk(tmp_path, small_fs, make_archive, run_on, scheme
     fs.unfill()
     r = run_on(fs, "restore", *opts, arch, uri)
     assert r.returncode == 0, r.stderr
-    assert _content(uri) == dict(recs)
+    assert store_records(uri) == dict(recs)
     assert not [p for p in fs.path.iterdir() if "dsbackup" in p.name]
 
 
@@ -168,7 +158,7 @@ def test_backup_on_a_full_disk(tmp_path, small_fs, run_on, run_cli):
     assert r.returncode == 0, r.stderr
     assert run_cli("verify", out).returncode == 0
     r = run_cli("restore", out, f"lmdb:{tmp_path / 'back'}")
-    assert r.returncode == 0 and _content(f"lmdb:{tmp_path / 'back'}") == dict(recs)
+    assert r.returncode == 0 and store_records(f"lmdb:{tmp_path / 'back'}") == dict(recs)
 
 
 def test_migrate_on_a_full_disk(tmp_path, small_fs, run_on):
@@ -191,7 +181,7 @@ def test_migrate_on_a_full_disk(tmp_path, small_fs, run_on):
     if r.returncode != 0:  # a failed copy is rolled back: the run starts afresh
         r = run_on(fs, "migrate", plan, src, dst)
     assert r.returncode == 0, r.stderr
-    assert _content(dst) == dict(recs)
+    assert store_records(dst) == dict(recs)
 
 
 @pytest.mark.parametrize("scheme", ["sqlite", "lmdb", "fsds", "leveldb", "flatfs"])
@@ -217,7 +207,7 @@ def test_restore_into_a_new_store_on_a_disk_already_full(tmp_path, small_fs, mak
     fs.unfill()
     r = run_on(fs, "restore", arch, uri)
     assert r.returncode == 0, r.stderr
-    assert _content(uri) == dict(recs)
+    assert store_records(uri) == dict(recs)
 
 
 def test_migrate_into_a_new_kubo_repo_on_a_full_disk(tmp_path, small_fs, run_on):
