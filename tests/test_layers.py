@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
 BASE = {"dsbackup", "dsbackup._ext", "dsbackup._lazy", "dsbackup._libc", "dsbackup._version",
         "dsbackup.allocator", "dsbackup.blockcheck", "dsbackup.diskspace", "dsbackup.errors",
         "dsbackup.metadata", "dsbackup.multiformats", "dsbackup.poolmap",
-        "dsbackup.filemodes", "dsbackup.keys", "dsbackup.patterns", "dsbackup.codec",
+        "dsbackup.background", "dsbackup.filemodes", "dsbackup.keys", "dsbackup.patterns", "dsbackup.codec",
         "dsbackup.workers"}
 PROGRAMS = {"dsbackup.__main__", "dsbackup.demo", "dsbackup.datasets"}  # the cli group: entry
 # points and the generated data sets of the demo, tests and benchmarks

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
+from dsbackup.background import BackgroundCall
 from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.errors import DatastoreError
 from dsbackup.filemodes import private_mode
@@ -89,38 +89,29 @@ class JournalSync:
         self._journal = journal
         self._state = dict(state)
         self._what = what
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._call = BackgroundCall("dsbackup-restore-sync")
         self.completed = 0  # journal updates done (for tests)
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._call.busy
 
     def start(self, next_chunk: int, *, sync_target: bool = True) -> None:
         """`sync_target=False`: only write the journal (the first one, before anything of
         the target is written)."""
         self.wait()
-        state = {**self._state, "next_chunk": next_chunk}
-        self._thread = threading.Thread(target=self._run, args=(state, sync_target),
-                                        daemon=True, name="dsbackup-restore-sync")
-        self._thread.start()
+        self._call.start(self._run, {**self._state, "next_chunk": next_chunk}, sync_target)
 
     def _run(self, state: dict[str, Any], sync_target: bool) -> None:
-        try:
-            if sync_target:
-                os.fdatasync(self._fd)
-            write_journal(self._journal, state)
-            self.completed += 1
-        except BaseException as exc:  # noqa: BLE001 - raised by wait()
-            self._error = exc
+        if sync_target:
+            os.fdatasync(self._fd)
+        write_journal(self._journal, state)
+        self.completed += 1
 
     def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
+        try:
+            self._call.wait()
+        except Exception as error:  # the thread's: said as the restore's error
             if isinstance(error, DatastoreError):
                 raise error
             if is_no_space(error):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dsbackup.archive.reader import ArchiveReader
+from dsbackup.background import BackgroundCall
 from dsbackup.engine.restore_journal import write_journal
 from dsbackup.engine.restore_records import chunk_records
 from dsbackup.metadata import Progress, RestoreResult
@@ -123,43 +124,30 @@ class _Committer:
         self._state = state
         self._result = result
         self._no_space = no_space
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._call = BackgroundCall("dsbackup-restore-commit")
         self._journaled = time.monotonic()
 
     def submit(self, batch: list[Any], records: int, nbytes: int, next_chunk: int, *,
                final: bool = False) -> None:
-        self.wait()
-        self._thread = threading.Thread(
-            target=self._run, args=(batch, records, nbytes, next_chunk, final),
-            daemon=True, name="dsbackup-restore-commit")
-        self._thread.start()
+        self._call.start(self._run, batch, records, nbytes, next_chunk, final)
 
     def _run(self, batch: list[Any], records: int, nbytes: int, next_chunk: int,
              final: bool) -> None:
-        try:
-            if batch:
-                self._writes.started = True  # a failed commit may have renamed some in
-                with self._no_space(self._target, nbytes):
-                    self._target.commit_staged(batch)
-            self._result.records_written += records
-            self._result.bytes_written += nbytes
-            self._writes.records += records
-            self._writes.nbytes += nbytes
-            if self._jpath is not None and not final \
-                    and time.monotonic() - self._journaled >= JOURNAL_INTERVAL_S:
-                with self._no_space(self._target, None):
-                    self._target.sync("/")
-                self._state["next_chunk"] = next_chunk
-                write_journal(self._jpath, self._state)
-                self._journaled = time.monotonic()
-        except BaseException as exc:  # noqa: BLE001 - raised by wait()
-            self._error = exc
+        if batch:
+            self._writes.started = True  # a failed commit may have renamed some in
+            with self._no_space(self._target, nbytes):
+                self._target.commit_staged(batch)
+        self._result.records_written += records
+        self._result.bytes_written += nbytes
+        self._writes.records += records
+        self._writes.nbytes += nbytes
+        if self._jpath is not None and not final \
+                and time.monotonic() - self._journaled >= JOURNAL_INTERVAL_S:
+            with self._no_space(self._target, None):
+                self._target.sync("/")
+            self._state["next_chunk"] = next_chunk
+            write_journal(self._jpath, self._state)
+            self._journaled = time.monotonic()
 
     def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        self._call.wait()

@@ -7,11 +7,11 @@ import contextlib
 import errno
 import os
 import stat
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from dsbackup._ext.checksum import xxh3_64_file
+from dsbackup.background import BackgroundCall
 from dsbackup.diskspace import free_bytes, is_no_space, no_space_message
 from dsbackup.errors import (
     ArchiveError,
@@ -36,26 +36,6 @@ from dsbackup.storage.writeback import SEALING_SYNC_STEP, Writeback
 def exists_message(path: object) -> str:
     return (f"{path}: already exists; not replacing it (give --overwrite to replace an "
             "archive no other archive depends on)")
-
-
-class _Fsync:
-    """fsync(fd) in a thread (the GIL is released while it waits); wait() re-raises errors."""
-
-    def __init__(self, fd: int) -> None:
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fd,), name="dsbackup-fsync")
-        self._thread.start()
-
-    def _run(self, fd: int) -> None:
-        try:
-            os.fsync(fd)
-        except BaseException as exc:  # noqa: BLE001 - handed to wait()
-            self._error = exc
-
-    def wait(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise ArchiveError(f"fsync of the archive failed: {self._error}") from self._error
 
 
 def _not_a_file(path: Path) -> str | None:
@@ -151,7 +131,8 @@ class LocalSink:
         """fsync, meanwhile `check(temp_path)`; link into place once both are done."""
         # the check reads the file back while fsync waits; neither waits for an early sync
         # still running (it ends before the final fsync can, and its error is raised below)
-        synced = _Fsync(self._fd)
+        synced = BackgroundCall("dsbackup-fsync")  # the GIL is released while it waits
+        synced.start(os.fsync, self._fd)
         try:
             if check is not None:
                 check(self.tmp)
@@ -163,6 +144,8 @@ class LocalSink:
                 early = exc  # raised once the final fsync has ended, before its error
             try:
                 synced.wait()
+            except OSError as exc:
+                raise ArchiveError(f"fsync of the archive failed: {exc}") from exc
             finally:
                 if early is not None:
                     raise self._no_space(early) from early
