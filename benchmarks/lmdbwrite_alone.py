@@ -3,7 +3,7 @@
 Usage: python benchmarks/lmdbwrite_alone.py ARCHIVE [ROUNDS]
 
 Every chunk payload of ARCHIVE (a dsbackup archive of an LMDB store) is decoded once, up
-front, and batched as the restore batches them (4 MiB, restore.NATIVE_BATCH_BYTES); each round
+front, and batched as the restore batches them (restore.NATIVE_BATCH_BYTES); each round
 writes all batches into a new LMDB environment (pwrite path, as restore opens it) and prints
 the writing thread's CPU seconds (time.thread_time: no inflate, no start-up, no other
 thread). Run it under each tree's PYTHONPATH, interleaved, to compare writer builds.
