@@ -308,9 +308,13 @@ NOT_ON_THE_READING_PATH = ("configparser", "dsbackup.storage.s3config", "shutil"
                            "dsbackup.engine.config")
 # and per command (docs/PERFORMANCE.md "Restore and deep verify at quarter scale, fresh
 # profile"): verify reads no time of day; the native restore into LMDB needs neither py-lmdb
-# nor its backend, only the registry of open environments (datastores/lmdbclaims.py)
+# nor its backend, only the registry of open environments (datastores/lmdbclaims.py); nor
+# the Kubo datastore with its mounts and flatfs checks, only the daemon's lock
+# (datastores/kubolock.py: docs/PERFORMANCE.md "Small records: restore and backup bounds")
 NOT_ON_THE_READING_PATH_OF = {"verify": ("datetime",), "verify --quick": ("datetime",),
-                              "restore": ("lmdb", "dsbackup.datastores.lmdb")}
+                              "restore": ("lmdb", "dsbackup.datastores.lmdb",
+                                          "dsbackup.datastores.kubo",
+                                          "dsbackup.datastores.mount")}
 
 
 @pytest.mark.parametrize("command", ["verify", "verify --quick", "restore"])

@@ -16,43 +16,20 @@ default); without a ``config`` (a restore writes it with the node's files) Kubo'
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from dsbackup.datastores.base import BaseDatastore
+from dsbackup.datastores.kubolock import LOCK_FILE, SPEC_FILE, probe_repo_lock
 from dsbackup.datastores.mount import MountDatastore
-from dsbackup.errors import DatastoreError, LockedError
+from dsbackup.errors import DatastoreError
 
 __all__ = ["KuboDatastore", "mount_dirs", "open_kubo", "probe_repo_lock", "LOCK_FILE", "SPEC_FILE"]
 
-LOCK_FILE = "repo.lock"
-SPEC_FILE = "datastore_spec"
 CONFIG_FILE = "config"
 _WRAPPERS = ("measure", "log")
-
-
-def probe_repo_lock(repo: str | os.PathLike[str]) -> int | None:
-    """Take a shared POSIX lock on ``repo.lock`` and return its fd (caller closes it), or
-    None when there is no lock file. Raises :class:`LockedError` if a daemon holds it."""
-    path = os.path.join(os.fspath(repo), LOCK_FILE)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            raise LockedError(
-                f"{repo}: Kubo repo is locked ({LOCK_FILE} is held, is the daemon running?); "
-                "stop the daemon first (the API's allow_live=True reads it anyway)") from None
-        raise DatastoreError(f"{path}: cannot probe lock: {e}") from e
-    return fd
 
 
 class KuboDatastore(MountDatastore):

@@ -55,12 +55,16 @@ log = logging.getLogger(__name__)
 MODES = ("empty", "overwrite", "skip_existing")
 DEFAULT_BATCH_BYTES = 64 << 20
 # the native LMDB writer's transactions: small, so the first is written while the pool still
-# inflates and LMDB's dirty pages (malloc'd, pwritten at commit) are reused, not faulted in
-NATIVE_BATCH_BYTES = 4 << 20
+# inflates and LMDB's dirty pages (malloc'd, pwritten at commit) are reused, not faulted in;
+# 2 MiB rather than 4: the writer reads each payload sooner after it was inflated, and the
+# last batch, written after the pool is done, is shorter (docs/PERFORMANCE.md, "Small
+# records: restore and backup bounds")
+NATIVE_BATCH_BYTES = 2 << 20
 # payload bytes the pool may hold ahead of the batch being written, in batches: with one, the
 # pool stopped whenever it was a batch ahead and one core idled while the batch was written
-# (docs/PERFORMANCE.md, "Restore and deep verify at quarter scale, fresh profile")
-NATIVE_BATCHES_AHEAD = 3
+# (docs/PERFORMANCE.md, "Restore and deep verify at quarter scale, fresh profile"); 6 × 2 MiB
+# is the 12 MiB of the 4 MiB × 3 before
+NATIVE_BATCHES_AHEAD = 6
 # The journal records progress only after a sync of the target, and a sync waits for the disk:
 # batches are written every DEFAULT_BATCH_BYTES, synced and journaled at most this often (for
 # LMDB targets in a thread while the restore goes on: restore_journal.JournalSync).

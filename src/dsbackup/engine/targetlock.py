@@ -323,7 +323,7 @@ def _refuse_live_repo_above(store: Path) -> None:
     """LockedError when `store` lies inside a Kubo repository whose daemon is running (its
     ``repo.lock`` held): ``restore A flatfs:REPO/blocks`` wrote under the live node. (A
     ``kubo:REPO`` target itself is refused when opened, datastores/kubo.py.)"""
-    from dsbackup.datastores.kubo import LOCK_FILE, SPEC_FILE, probe_repo_lock
+    from dsbackup.datastores.kubolock import LOCK_FILE, SPEC_FILE, probe_repo_lock
 
     for up in Path(os.path.realpath(store)).parents:
         if not ((up / LOCK_FILE).is_file() and (up / SPEC_FILE).is_file()):
