@@ -257,3 +257,28 @@ def test_a_secret_file_others_can_read_is_used_with_one_warning(tmp_path, env, r
                          f"{who} (mode {mode:04o}): anyone who can read it can decrypt the "
                          f"archives; chmod 600 it"], r.stderr
     assert PASS not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("kind", ["--passphrase-file", "--key-file"])
+def test_a_key_option_without_encrypt_is_refused_not_a_plain_archive(tmp_path, env, run_cli,
+                                                                     kind):
+    """`backup --passphrase-file P` (or --key-file) without --encrypt wrote a plain archive,
+    exit 0: the user believed it encrypted. Now exit 2 naming the fix, nothing written; the
+    environment variable (often set for every command) only warns."""
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/secret", b"the-value")]))
+    secret = tmp_path / "secret"
+    if kind == "--key-file":
+        assert run_cli("keygen", secret).returncode == 0
+    else:
+        secret.write_text(PASS + "\n")
+        secret.chmod(0o600)
+    arc = tmp_path / "a.tar.gz"
+    r = run_cli("backup", f"lmdb:{tmp_path / 'src'}", arc, kind, secret, stdin=-3)
+    assert r.returncode == 2, r.stderr
+    assert f"{kind} without --encrypt: the archive would not be encrypted" in r.stderr
+    assert not arc.exists()
+    env[crypto.PASSPHRASE_ENV] = PASS
+    r = run_cli("backup", f"lmdb:{tmp_path / 'src'}", arc, stdin=-3)
+    assert r.returncode == 0, r.stderr
+    assert (f"{crypto.PASSPHRASE_ENV} is set, but --encrypt is not given: {arc} is not "
+            "encrypted") in r.stderr
