@@ -282,3 +282,47 @@ def test_a_key_option_without_encrypt_is_refused_not_a_plain_archive(tmp_path, e
     assert r.returncode == 0, r.stderr
     assert (f"{crypto.PASSPHRASE_ENV} is set, but --encrypt is not given: {arc} is not "
             "encrypted") in r.stderr
+
+
+def test_a_plain_archive_given_a_key_option_is_refused(tmp_path, env, monkeypatch,
+                                                      run_cli_inprocess):
+    """An attacker who can write where the archives lie replaces an encrypted archive by a
+    plain one of their making (a dsbackup or a Go-tool archive): restore, verify, ls,
+    inspect and consolidate with --passphrase-file/--key-file read it and said OK, exit 0.
+    Now exit 2 naming the option, nothing restored; a plain parent of an encrypted
+    incremental is still read, and DSBACKUP_PASSPHRASE alone (set for every command)
+    reads a plain archive as before."""
+    monkeypatch.setenv(crypto.TEST_LOG2_N_ENV, "14")
+    monkeypatch.delenv(crypto.PASSPHRASE_ENV, raising=False)
+    run = run_cli_inprocess
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/k/%03d" % i, b"v%d" % i)
+                                                      for i in range(200)]))
+    pf = tmp_path / "pass"
+    pf.write_text(PASS + "\n")
+    pf.chmod(0o600)
+    kf = tmp_path / "key"
+    assert run("keygen", kf).returncode == 0
+    plain, go = tmp_path / "plain.tar.gz", tmp_path / "go.tar.gz"
+    assert run("backup", f"lmdb:{tmp_path / 'src'}", plain).returncode == 0
+    assert run("backup", f"lmdb:{tmp_path / 'src'}", go, "--format", "go").returncode == 0
+    for arc in (plain, go):
+        for option, secret in (("--passphrase-file", pf), ("--key-file", kf)):
+            for args in (["restore", arc, f"lmdb:{tmp_path / 'dst'}"], ["verify", arc],
+                         ["verify", "--quick", arc], ["ls", arc], ["inspect", arc],
+                         ["consolidate", arc, tmp_path / "out.tar.gz"]):
+                if arc == go and args[0] == "consolidate":
+                    continue
+                r = run(*args, option, secret)
+                assert r.returncode == 2, (args, option, r.stdout, r.stderr)
+                assert (f"{arc}: archive is not encrypted, but {option} was given"
+                        in r.stderr), r.stderr
+    assert not (tmp_path / "dst").exists() and not (tmp_path / "out.tar.gz").exists()
+    monkeypatch.setenv(crypto.PASSPHRASE_ENV, PASS)
+    assert run("verify", plain).returncode == 0
+    monkeypatch.delenv(crypto.PASSPHRASE_ENV)
+    child = tmp_path / "child.tar.gz"
+    r = run("backup", f"lmdb:{tmp_path / 'src'}", child, "--encrypt", "--passphrase-file", pf,
+            "--parent", plain)
+    assert r.returncode == 0, r.stderr
+    r = run("restore", child, f"lmdb:{tmp_path / 'dst'}", "--passphrase-file", pf)
+    assert r.returncode == 0, r.stderr

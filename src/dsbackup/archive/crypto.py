@@ -21,7 +21,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from dsbackup.errors import ArchiveError, ConfigError, IntegrityError, WrongKeyError
+from dsbackup.errors import (
+    ArchiveError,
+    ConfigError,
+    IntegrityError,
+    PlainArchiveError,
+    WrongKeyError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -665,6 +671,44 @@ def using_key(material: KeyMaterial | None, *,
     finally:
         with _current_lock:
             _current, _prompt = before
+
+
+_must_be_encrypted: dict[str, str] = {}  # identity -> the key option given for it
+
+
+@contextmanager
+def expecting_encrypted(location: Any, option: str = "a key") -> Iterator[None]:
+    """Inside the block, the archive at `location` (a path, ``s3://`` or ``-``; None: no
+    effect) must be encrypted: a reader finding it plain raises PlainArchiveError (exit 2)
+    naming `option`, what gave its key. A command given a key option for the archive it
+    reads (restore, verify, ls, inspect, consolidate) would otherwise read a plain archive put
+    in the encrypted one's place, exit 0. Its parents are not named: a plain parent of an
+    encrypted incremental is allowed."""
+    if location is None:
+        yield
+        return
+    from dsbackup.storage import as_location, identity
+
+    ident = identity(as_location(location))
+    with _current_lock:
+        before = _must_be_encrypted.get(ident)
+        _must_be_encrypted[ident] = option
+    try:
+        yield
+    finally:
+        with _current_lock:
+            if before is None:
+                _must_be_encrypted.pop(ident, None)
+            else:
+                _must_be_encrypted[ident] = before
+
+
+def refuse_plain(ident: str, where: str) -> None:
+    """PlainArchiveError (exit 2) when the archive at identity `ident`, found not
+    encrypted, was given a key option (``expecting_encrypted``)."""
+    option = _must_be_encrypted.get(ident) if _must_be_encrypted else None
+    if option is not None:
+        raise PlainArchiveError.given(where, option)
 
 
 _keyring: list[KeyMaterial] = []
