@@ -326,3 +326,20 @@ def test_a_plain_archive_given_a_key_option_is_refused(tmp_path, env, monkeypatc
     assert r.returncode == 0, r.stderr
     r = run("restore", child, f"lmdb:{tmp_path / 'dst'}", "--passphrase-file", pf)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_passphrase_not_utf8_is_the_same_from_the_environment(tmp_path, env, run_cli):
+    """A passphrase file holding bytes that are not UTF-8 made an archive that the same bytes
+    in DSBACKUP_PASSPHRASE could not open: 'internal error ... surrogates not allowed'.
+    Both are the same bytes now."""
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/a", b"1")]))
+    raw = b"p\xe4ss-\xff-word"
+    pf = tmp_path / "pass"
+    pf.write_bytes(raw + b"\n")
+    pf.chmod(0o600)
+    arc = tmp_path / "a.tar.gz"
+    r = run_cli("backup", f"lmdb:{tmp_path / 'src'}", arc, "--encrypt", "--passphrase-file", pf)
+    assert r.returncode == 0, r.stderr
+    env[crypto.PASSPHRASE_ENV] = os.fsdecode(raw)  # as a shell passes those bytes
+    r = run_cli("verify", arc, stdin=-3)
+    assert r.returncode == 0, r.stderr

@@ -71,8 +71,8 @@ def key_from_args(args: argparse.Namespace, *, writing: bool = False,
     if kfile:
         return dsbackup.load_key_file(kfile), None
     env = os.environ.get(dsbackup.PASSPHRASE_ENV)
-    if env:
-        return dsbackup.KeyMaterial(passphrase=env.encode()), None
+    if env:  # its bytes, as a passphrase file's (not UTF-8 text: os.environ's surrogates)
+        return dsbackup.KeyMaterial(passphrase=os.fsencode(env)), None
     if sys.stdin.isatty() and sys.stderr.isatty():
         prompt = _prompt(confirm=writing)
         return (prompt(), None) if writing else (None, prompt)
