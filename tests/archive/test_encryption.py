@@ -488,7 +488,10 @@ def test_hostile_kdf_memory_is_refused_before_scrypt_runs(monkeypatch):
 
     monkeypatch.setattr(scrypt, "Scrypt", Spy)
     material = crypto.KeyMaterial(passphrase=PASS)
-    for n, r, p in ((1 << 22, 64, 1), (1 << 22, 16, 4), (1 << 21, 32, 2)):
+    # the last two: within 4 GiB, but 8 and 4 times a writer's largest work (n·r·p = 2^25):
+    # about 2 minutes of CPU here for each key tried, before "wrong passphrase or key"
+    for n, r, p in ((1 << 22, 64, 1), (1 << 22, 16, 4), (1 << 21, 32, 2), (1 << 22, 1, 64),
+                    (1 << 21, 8, 8)):
         kdf = {"name": "scrypt", "salt": "00" * 16, "n": n, "r": r, "p": p}
         with pytest.raises(IntegrityError, match="kdf parameters out of bounds"):
             material.kek(kdf, "a.tar.gz")

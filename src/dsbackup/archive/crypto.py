@@ -51,6 +51,10 @@ MIN_LOG2_N, MAX_LOG2_N, MAX_RP = 14, 22, 64
 # scrypt's memory is 128·n·r bytes: readers refuse more than a writer's largest (n = 2^22 with
 # r = 8: 4 GiB); n, r and r·p within their own bounds could otherwise ask for 32 GiB
 MAX_SCRYPT_MEMORY = 128 * (1 << MAX_LOG2_N) * DEFAULT_R
+# and its work is n·r·p mixing rounds: a writer's largest is n = 2^22 with r = 8, p = 1 (about
+# 30 times the default's); n = 2^22, r = 1, p = 64 passes the other bounds at 8 times that
+# (minutes of CPU for each key tried, before "wrong passphrase or key")
+MAX_SCRYPT_WORK = (1 << MAX_LOG2_N) * DEFAULT_R * DEFAULT_P
 # test-only: a smaller scrypt n for writers (bounded below by the readers' minimum)
 TEST_LOG2_N_ENV = "DSBACKUP_TEST_SCRYPT_LOG2N"
 PASSPHRASE_ENV = "DSBACKUP_PASSPHRASE"
@@ -175,7 +179,8 @@ class KeyMaterial:
             raise IntegrityError(f"{where}: key header has invalid kdf parameters",
                                  part="key") from None
         if (len(salt) != SALT_BYTES or n & (n - 1) or not 1 << MIN_LOG2_N <= n <= 1 << MAX_LOG2_N
-                or r < 1 or p < 1 or r * p > MAX_RP or 128 * n * r > MAX_SCRYPT_MEMORY):
+                or r < 1 or p < 1 or r * p > MAX_RP or 128 * n * r > MAX_SCRYPT_MEMORY
+                or n * r * p > MAX_SCRYPT_WORK):
             raise IntegrityError(f"{where}: key header kdf parameters out of bounds "
                                  f"(n={n}, r={r}, p={p})", part="key")
         ident = (salt, n, r, p)
