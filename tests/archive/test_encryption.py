@@ -518,3 +518,41 @@ def test_scrypt_out_of_memory_is_one_clear_error(monkeypatch):
         crypto.KeyMaterial(passphrase=PASS).kek(kdf, "a.tar.gz")
     assert ei.value.exit_code == 2
     assert "a.tar.gz" in str(ei.value) and "4096 MiB" in str(ei.value)
+
+
+def test_concurrent_blocks_keep_their_own_key(tmp_path):
+    """``using_key`` was one process-wide key: two threads backing up with different keys (a
+    scheduler's concurrent schedules, an application's threads) read their archives with the
+    other's — the check before the rename failed with 'wrong passphrase or key', and one
+    thread leaving its block left the other with none. Each thread now has its own; a thread
+    that opened no block (a block's helper) sees the blocks open, as before."""
+    import threading
+
+    a, b = crypto.KeyMaterial(key=b"a" * 32), crypto.KeyMaterial(key=b"b" * 32)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def first() -> None:
+        with crypto.using_key(a):
+            a_in.set()
+            b_in.wait(10)
+            seen["a while b"] = crypto.current_key()
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(10)
+        with crypto.using_key(b):
+            b_in.set()
+            a_out.wait(10)
+            seen["b after a"] = crypto.current_key()
+            helper = threading.Thread(target=lambda: seen.update(helper=crypto.current_key()))
+            helper.start()
+            helper.join()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert seen == {"a while b": a, "b after a": b, "helper": b}
+    assert crypto.current_key() is None

@@ -653,29 +653,59 @@ def open_archive_key(header: dict[str, Any], material: KeyMaterial, version: int
 
 # -- the key a process uses for the archives it reads or writes ------------------------------
 
-_current: KeyMaterial | None = None
-_prompt: Callable[[], KeyMaterial] | None = None
+class _KeyScope:
+    """One ``using_key`` block: its material (the prompt's answer once asked) and prompt."""
+
+    __slots__ = ("material", "prompt")
+
+    def __init__(self, material: KeyMaterial | None,
+                 prompt: Callable[[], KeyMaterial] | None) -> None:
+        self.material, self.prompt = material, prompt
+
+
+# the blocks open now: each thread's own, in order (what its readers use), and every thread's
+# (what a thread that opened none uses: the readers a block's helper threads open). Per
+# thread, so that concurrent backups with different keys (a scheduler's schedules, threads
+# of an application) never read their archives with each other's key.
+_scopes: list[_KeyScope] = []
+_local = threading.local()
 _current_lock = threading.RLock()
+
+
+def _visible_scopes() -> list[_KeyScope]:
+    mine = getattr(_local, "scopes", None)
+    return list(mine) if mine else list(_scopes)
 
 
 @contextmanager
 def using_key(material: KeyMaterial | None, *,
               prompt: Callable[[], KeyMaterial] | None = None) -> Iterator[KeyMaterial | None]:
     """Make `material` the key of archives opened inside the block (None: keep the current);
-    `prompt`: asked once, when an encrypted archive is opened without one (a terminal)."""
-    global _current, _prompt
+    `prompt`: asked once, when an encrypted archive is opened without one (a terminal). The
+    block is this thread's (and its helper threads', which opened no block of their own)."""
     if material is None and prompt is None:
-        yield _current
+        with _current_lock:
+            current = _material_of(_visible_scopes())
+        yield current
         return
+    scope = _KeyScope(material, prompt)
+    mine = _local.__dict__.setdefault("scopes", [])
     with _current_lock:
-        before = _current, _prompt
-        _current = material if material is not None else _current
-        _prompt = prompt if prompt is not None else _prompt
+        _scopes.append(scope)
+    mine.append(scope)
     try:
         yield material
     finally:
+        mine.remove(scope)
         with _current_lock:
-            _current, _prompt = before
+            _scopes[:] = [s for s in _scopes if s is not scope]
+
+
+def _material_of(scopes: list[_KeyScope]) -> KeyMaterial | None:
+    for scope in reversed(scopes):  # the innermost block that names a key
+        if scope.material is not None:
+            return scope.material
+    return None
 
 
 _must_be_encrypted: dict[str, str] = {}  # identity -> the key option given for it
@@ -738,8 +768,12 @@ def key_candidates() -> list[KeyMaterial]:
 
 def current_key() -> KeyMaterial | None:
     """The key of ``using_key``, asking its prompt the first time one is needed."""
-    global _current
     with _current_lock:
-        if _current is None and _prompt is not None:
-            _current = _prompt()
-        return _current
+        scopes = _visible_scopes()
+        material = _material_of(scopes)
+        if material is None:
+            for scope in reversed(scopes):  # the innermost prompt, asked once
+                if scope.prompt is not None:
+                    scope.material = material = scope.prompt()
+                    break
+        return material
