@@ -556,3 +556,26 @@ def test_concurrent_blocks_keep_their_own_key(tmp_path):
         t.join(30)
     assert seen == {"a while b": a, "b after a": b, "helper": b}
     assert crypto.current_key() is None
+
+
+def test_a_deeply_nested_key_header_is_damage(tmp_path, monkeypatch):
+    """The key header is plaintext behind checksums anyone can recompute: 4 KiB of nested
+    '[' made every command say 'internal error: RecursionError' (exit 2); it is damage of
+    the key header now (exit 3), as any other malformed one."""
+    datasets.write_lmdb(str(tmp_path / "s"), datasets.iter_small(100))
+    made = crypto.new_archive_key
+
+    def hostile(*args, **kw):
+        _, cipher = made(*args, **kw)
+        return b"[" * 2000 + b"]" * 2000, cipher
+
+    monkeypatch.setattr(crypto, "new_archive_key", hostile)
+    arc = tmp_path / "a.tar.gz"
+    k = crypto.KeyMaterial(key=b"k" * 32)
+    BackupManager(BackupConfig(encryption=k, verify_integrity=False)).create_backup(
+        f"lmdb:{tmp_path / 's'}", arc)
+    with pytest.raises(IntegrityError, match="key header is not valid JSON") as exc:
+        ArchiveReader(arc, key=k)
+    assert exc.value.part == "key"
+    report = verify_archive(arc, deep=False)  # without the key
+    assert not report.ok and "key header is not valid JSON" in report.errors[0]

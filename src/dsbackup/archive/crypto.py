@@ -608,7 +608,7 @@ def parse_key_header(data: bytes | memoryview, where: str) -> dict[str, Any]:
     """The key header's JSON, shape-checked (no key needed)."""
     try:
         h = json.loads(bytes(data))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply (4 KiB of '[')
         raise IntegrityError(f"{where}: key header is not valid JSON", part="key") from None
     ok = (isinstance(h, dict) and h.get("format") == "dsbackup-key" and h.get("version") == 1
           and h.get("cipher") == "aes-256-gcm" and isinstance(h.get("kdf"), dict)
