@@ -344,6 +344,10 @@ def test_unencrypted_archives_unchanged(tmp_path):
     {"name": "scrypt", "salt": "00" * 16, "n": 1 << 14, "r": 64, "p": 2},  # r·p > 64
     {"name": "scrypt", "salt": "00" * 8, "n": 1 << 14, "r": 8, "p": 1},  # short salt
     {"name": "argon9"},
+    # numbers a writer never writes: Infinity was 'internal error: OverflowError' (exit 2)
+    {"name": "scrypt", "salt": "00" * 16, "n": float("inf"), "r": 8, "p": 1},
+    {"name": "scrypt", "salt": "00" * 16, "n": 16384.5, "r": 8, "p": 1},
+    {"name": "scrypt", "salt": "00" * 16, "n": 16384, "r": True, "p": 1},
 ])
 def test_hostile_kdf_parameters_are_damage(kdf):
     from dsbackup.errors import IntegrityError

@@ -174,7 +174,9 @@ class KeyMaterial:
             raise WrongKeyError(f"{where}: {WRONG_KEY} (the archive needs a passphrase)")
         try:
             salt = bytes.fromhex(kdf["salt"])
-            n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+            n, r, p = kdf["n"], kdf["r"], kdf["p"]
+            if not all(type(x) is int for x in (n, r, p)):  # not 1e5, Infinity, true (JSON)
+                raise TypeError
         except (KeyError, TypeError, ValueError):
             raise IntegrityError(f"{where}: key header has invalid kdf parameters",
                                  part="key") from None
