@@ -583,3 +583,36 @@ def test_a_deeply_nested_key_header_is_damage(tmp_path, monkeypatch):
     assert exc.value.part == "key"
     report = verify_archive(arc, deep=False)  # without the key
     assert not report.ok and "key header is not valid JSON" in report.errors[0]
+
+
+def test_a_thread_without_a_block_tries_the_keyring_too(tmp_path, monkeypatch):
+    """A scheduler verifies (or prunes) one schedule's archive in a thread of its own while
+    another schedule's backup runs inside ``using_key``: the verify's reader took that other
+    key as the only candidate and failed with 'wrong passphrase or key', leaving the archive
+    unverified. A thread that opened no block now tries the open blocks' keys, then the
+    keyring."""
+    import threading
+
+    monkeypatch.setattr(crypto, "_keyring", [])
+    a, b = crypto.KeyMaterial(key=b"a" * 32), crypto.KeyMaterial(key=b"b" * 32)
+    datasets.write_lmdb(str(tmp_path / "s"), datasets.iter_small(50))
+    arc = tmp_path / "b.tar.gz"
+    BackupManager(BackupConfig(encryption=b)).create_backup(f"lmdb:{tmp_path / 's'}", arc)
+    crypto.add_to_keyring(a)
+    crypto.add_to_keyring(b)
+    inside, done = threading.Event(), threading.Event()
+
+    def backup_of_a() -> None:
+        with crypto.using_key(a):
+            inside.set()
+            done.wait(30)
+
+    t = threading.Thread(target=backup_of_a)
+    t.start()
+    try:
+        assert inside.wait(10)
+        with ArchiveReader(arc) as r:  # this thread opened no block: the keyring's b serves
+            assert r.encrypted and r.key is b
+    finally:
+        done.set()
+        t.join(30)

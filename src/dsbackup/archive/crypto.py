@@ -760,12 +760,19 @@ def add_to_keyring(material: KeyMaterial) -> None:
 
 
 def key_candidates() -> list[KeyMaterial]:
-    """What a reader without an explicit key tries: the ``using_key`` key, else the keyring."""
+    """What a reader without an explicit key tries: this thread's ``using_key`` key; in a
+    thread that opened no block, the keys of the blocks open in other threads (innermost
+    first: a block's helper threads), then the keyring (a scheduler reading one schedule's
+    archive while another schedule's backup holds its block)."""
     k = current_key()
-    if k is not None:
-        return [k]
     with _current_lock:
-        return list(_keyring)
+        if k is not None and getattr(_local, "scopes", None):
+            return [k]
+        out = [k] if k is not None else []
+        for m in [s.material for s in reversed(_scopes)] + _keyring:
+            if m is not None and all(m is not o for o in out):
+                out.append(m)
+        return out
 
 
 def current_key() -> KeyMaterial | None:
