@@ -45,6 +45,7 @@ _LAZY = {
     "load_passphrase_file": "dsbackup.archive.crypto",
     "write_key_file": "dsbackup.archive.crypto",
     "using_key": "dsbackup.archive.crypto",
+    "expecting_encrypted": "dsbackup.archive.crypto",
     "PASSPHRASE_ENV": "dsbackup.archive.crypto",
     "MISSING_KEY": "dsbackup.archive.crypto",
     # reading archives without restoring them

@@ -127,6 +127,20 @@ class WrongKeyError(ArchiveError):
     description = "wrong passphrase or key"
 
 
+class PlainArchiveError(ArchiveError):
+    """A key was given for an archive that is not encrypted: read as it is, an encrypted
+    archive replaced by a plain one would pass unnoticed (docs/ENCRYPTION.md)."""
+
+    description = "archive is not encrypted, but a key was given"
+
+    @classmethod
+    def given(cls, where: str, option: str) -> PlainArchiveError:
+        """The error for archive `where`, read with key option `option`."""
+        return cls(f"{where}: archive is not encrypted, but {option} was given: refusing to "
+                   "read it as if it were authenticated (an encrypted archive replaced by a "
+                   "plain one reads so); leave out the key option to read a plain archive")
+
+
 class ArchiveExistsError(ArchiveError):
     """The output path already holds a file, or an archive other archives depend on."""
 

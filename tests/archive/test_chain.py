@@ -259,3 +259,29 @@ def test_too_many_open_files_is_said_not_taken_for_an_altered_parent(tmp_path):
             cmd, r.stderr)
         assert "altered or replaced" not in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "r").exists() and not (tmp_path / "n.tar.gz").exists()
+
+
+def test_a_parent_under_another_key_is_said_so(tmp_path, monkeypatch):
+    """An encrypted incremental whose parent file was replaced by an archive encrypted under
+    another passphrase (a mix-up of passphrases, or of files): 'P (not a readable archive)'
+    hid the reason; the candidate is now named with 'wrong passphrase or key for it'."""
+    from dsbackup.archive import crypto
+    from dsbackup.engine.backup import BackupManager
+    from dsbackup.engine.config import BackupConfig
+    from dsbackup.errors import MissingParentError
+
+    monkeypatch.setenv(crypto.TEST_LOG2_N_ENV, "14")
+    src = _store(tmp_path)
+    key, other = crypto.KeyMaterial(key=b"a" * 32), crypto.KeyMaterial(key=b"b" * 32)
+    parent, child = tmp_path / "p.tar.gz", tmp_path / "c.tar.gz"
+    BackupManager(BackupConfig(chunk_size=64, encryption=key)).create_backup(f"lmdb:{src}",
+                                                                             parent)
+    _change(src, 3)
+    mgr = BackupManager(BackupConfig(encryption=key))
+    mgr.create_backup(f"lmdb:{src}", child, parent=parent)
+    parent.unlink()
+    BackupManager(BackupConfig(chunk_size=64, encryption=other)).create_backup(
+        f"lmdb:{src}", parent)
+    with pytest.raises(MissingParentError) as exc:
+        mgr.restore_backup(child, f"lmdb:{tmp_path / 'dst'}", key=key)
+    assert f"{parent} (wrong passphrase or key for it)" in str(exc.value)

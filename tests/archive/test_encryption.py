@@ -344,6 +344,10 @@ def test_unencrypted_archives_unchanged(tmp_path):
     {"name": "scrypt", "salt": "00" * 16, "n": 1 << 14, "r": 64, "p": 2},  # r·p > 64
     {"name": "scrypt", "salt": "00" * 8, "n": 1 << 14, "r": 8, "p": 1},  # short salt
     {"name": "argon9"},
+    # numbers a writer never writes: Infinity was 'internal error: OverflowError' (exit 2)
+    {"name": "scrypt", "salt": "00" * 16, "n": float("inf"), "r": 8, "p": 1},
+    {"name": "scrypt", "salt": "00" * 16, "n": 16384.5, "r": 8, "p": 1},
+    {"name": "scrypt", "salt": "00" * 16, "n": 16384, "r": True, "p": 1},
 ])
 def test_hostile_kdf_parameters_are_damage(kdf):
     from dsbackup.errors import IntegrityError
@@ -488,7 +492,10 @@ def test_hostile_kdf_memory_is_refused_before_scrypt_runs(monkeypatch):
 
     monkeypatch.setattr(scrypt, "Scrypt", Spy)
     material = crypto.KeyMaterial(passphrase=PASS)
-    for n, r, p in ((1 << 22, 64, 1), (1 << 22, 16, 4), (1 << 21, 32, 2)):
+    # the last two: within 4 GiB, but 8 and 4 times a writer's largest work (n·r·p = 2^25):
+    # about 2 minutes of CPU here for each key tried, before "wrong passphrase or key"
+    for n, r, p in ((1 << 22, 64, 1), (1 << 22, 16, 4), (1 << 21, 32, 2), (1 << 22, 1, 64),
+                    (1 << 21, 8, 8)):
         kdf = {"name": "scrypt", "salt": "00" * 16, "n": n, "r": r, "p": p}
         with pytest.raises(IntegrityError, match="kdf parameters out of bounds"):
             material.kek(kdf, "a.tar.gz")
@@ -515,3 +522,97 @@ def test_scrypt_out_of_memory_is_one_clear_error(monkeypatch):
         crypto.KeyMaterial(passphrase=PASS).kek(kdf, "a.tar.gz")
     assert ei.value.exit_code == 2
     assert "a.tar.gz" in str(ei.value) and "4096 MiB" in str(ei.value)
+
+
+def test_concurrent_blocks_keep_their_own_key(tmp_path):
+    """``using_key`` was one process-wide key: two threads backing up with different keys (a
+    scheduler's concurrent schedules, an application's threads) read their archives with the
+    other's — the check before the rename failed with 'wrong passphrase or key', and one
+    thread leaving its block left the other with none. Each thread now has its own; a thread
+    that opened no block (a block's helper) sees the blocks open, as before."""
+    import threading
+
+    a, b = crypto.KeyMaterial(key=b"a" * 32), crypto.KeyMaterial(key=b"b" * 32)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def first() -> None:
+        with crypto.using_key(a):
+            a_in.set()
+            b_in.wait(10)
+            seen["a while b"] = crypto.current_key()
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(10)
+        with crypto.using_key(b):
+            b_in.set()
+            a_out.wait(10)
+            seen["b after a"] = crypto.current_key()
+            helper = threading.Thread(target=lambda: seen.update(helper=crypto.current_key()))
+            helper.start()
+            helper.join()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert seen == {"a while b": a, "b after a": b, "helper": b}
+    assert crypto.current_key() is None
+
+
+def test_a_deeply_nested_key_header_is_damage(tmp_path, monkeypatch):
+    """The key header is plaintext behind checksums anyone can recompute: 4 KiB of nested
+    '[' made every command say 'internal error: RecursionError' (exit 2); it is damage of
+    the key header now (exit 3), as any other malformed one."""
+    datasets.write_lmdb(str(tmp_path / "s"), datasets.iter_small(100))
+    made = crypto.new_archive_key
+
+    def hostile(*args, **kw):
+        _, cipher = made(*args, **kw)
+        return b"[" * 2000 + b"]" * 2000, cipher
+
+    monkeypatch.setattr(crypto, "new_archive_key", hostile)
+    arc = tmp_path / "a.tar.gz"
+    k = crypto.KeyMaterial(key=b"k" * 32)
+    BackupManager(BackupConfig(encryption=k, verify_integrity=False)).create_backup(
+        f"lmdb:{tmp_path / 's'}", arc)
+    with pytest.raises(IntegrityError, match="key header is not valid JSON") as exc:
+        ArchiveReader(arc, key=k)
+    assert exc.value.part == "key"
+    report = verify_archive(arc, deep=False)  # without the key
+    assert not report.ok and "key header is not valid JSON" in report.errors[0]
+
+
+def test_a_thread_without_a_block_tries_the_keyring_too(tmp_path, monkeypatch):
+    """A scheduler verifies (or prunes) one schedule's archive in a thread of its own while
+    another schedule's backup runs inside ``using_key``: the verify's reader took that other
+    key as the only candidate and failed with 'wrong passphrase or key', leaving the archive
+    unverified. A thread that opened no block now tries the open blocks' keys, then the
+    keyring."""
+    import threading
+
+    monkeypatch.setattr(crypto, "_keyring", [])
+    a, b = crypto.KeyMaterial(key=b"a" * 32), crypto.KeyMaterial(key=b"b" * 32)
+    datasets.write_lmdb(str(tmp_path / "s"), datasets.iter_small(50))
+    arc = tmp_path / "b.tar.gz"
+    BackupManager(BackupConfig(encryption=b)).create_backup(f"lmdb:{tmp_path / 's'}", arc)
+    crypto.add_to_keyring(a)
+    crypto.add_to_keyring(b)
+    inside, done = threading.Event(), threading.Event()
+
+    def backup_of_a() -> None:
+        with crypto.using_key(a):
+            inside.set()
+            done.wait(30)
+
+    t = threading.Thread(target=backup_of_a)
+    t.start()
+    try:
+        assert inside.wait(10)
+        with ArchiveReader(arc) as r:  # this thread opened no block: the keyring's b serves
+            assert r.encrypted and r.key is b
+    finally:
+        done.set()
+        t.join(30)

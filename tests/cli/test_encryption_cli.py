@@ -257,3 +257,89 @@ def test_a_secret_file_others_can_read_is_used_with_one_warning(tmp_path, env, r
                          f"{who} (mode {mode:04o}): anyone who can read it can decrypt the "
                          f"archives; chmod 600 it"], r.stderr
     assert PASS not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("kind", ["--passphrase-file", "--key-file"])
+def test_a_key_option_without_encrypt_is_refused_not_a_plain_archive(tmp_path, env, run_cli,
+                                                                     kind):
+    """`backup --passphrase-file P` (or --key-file) without --encrypt wrote a plain archive,
+    exit 0: the user believed it encrypted. Now exit 2 naming the fix, nothing written; the
+    environment variable (often set for every command) only warns."""
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/secret", b"the-value")]))
+    secret = tmp_path / "secret"
+    if kind == "--key-file":
+        assert run_cli("keygen", secret).returncode == 0
+    else:
+        secret.write_text(PASS + "\n")
+        secret.chmod(0o600)
+    arc = tmp_path / "a.tar.gz"
+    r = run_cli("backup", f"lmdb:{tmp_path / 'src'}", arc, kind, secret, stdin=-3)
+    assert r.returncode == 2, r.stderr
+    assert f"{kind} without --encrypt: the archive would not be encrypted" in r.stderr
+    assert not arc.exists()
+    env[crypto.PASSPHRASE_ENV] = PASS
+    r = run_cli("backup", f"lmdb:{tmp_path / 'src'}", arc, stdin=-3)
+    assert r.returncode == 0, r.stderr
+    assert (f"{crypto.PASSPHRASE_ENV} is set, but --encrypt is not given: {arc} is not "
+            "encrypted") in r.stderr
+
+
+def test_a_plain_archive_given_a_key_option_is_refused(tmp_path, env, monkeypatch,
+                                                      run_cli_inprocess):
+    """An attacker who can write where the archives lie replaces an encrypted archive by a
+    plain one of their making (a dsbackup or a Go-tool archive): restore, verify, ls,
+    inspect and consolidate with --passphrase-file/--key-file read it and said OK, exit 0.
+    Now exit 2 naming the option, nothing restored; a plain parent of an encrypted
+    incremental is still read, and DSBACKUP_PASSPHRASE alone (set for every command)
+    reads a plain archive as before."""
+    monkeypatch.setenv(crypto.TEST_LOG2_N_ENV, "14")
+    monkeypatch.delenv(crypto.PASSPHRASE_ENV, raising=False)
+    run = run_cli_inprocess
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/k/%03d" % i, b"v%d" % i)
+                                                      for i in range(200)]))
+    pf = tmp_path / "pass"
+    pf.write_text(PASS + "\n")
+    pf.chmod(0o600)
+    kf = tmp_path / "key"
+    assert run("keygen", kf).returncode == 0
+    plain, go = tmp_path / "plain.tar.gz", tmp_path / "go.tar.gz"
+    assert run("backup", f"lmdb:{tmp_path / 'src'}", plain).returncode == 0
+    assert run("backup", f"lmdb:{tmp_path / 'src'}", go, "--format", "go").returncode == 0
+    for arc in (plain, go):
+        for option, secret in (("--passphrase-file", pf), ("--key-file", kf)):
+            for args in (["restore", arc, f"lmdb:{tmp_path / 'dst'}"], ["verify", arc],
+                         ["verify", "--quick", arc], ["ls", arc], ["inspect", arc],
+                         ["consolidate", arc, tmp_path / "out.tar.gz"]):
+                if arc == go and args[0] == "consolidate":
+                    continue
+                r = run(*args, option, secret)
+                assert r.returncode == 2, (args, option, r.stdout, r.stderr)
+                assert (f"{arc}: archive is not encrypted, but {option} was given"
+                        in r.stderr), r.stderr
+    assert not (tmp_path / "dst").exists() and not (tmp_path / "out.tar.gz").exists()
+    monkeypatch.setenv(crypto.PASSPHRASE_ENV, PASS)
+    assert run("verify", plain).returncode == 0
+    monkeypatch.delenv(crypto.PASSPHRASE_ENV)
+    child = tmp_path / "child.tar.gz"
+    r = run("backup", f"lmdb:{tmp_path / 'src'}", child, "--encrypt", "--passphrase-file", pf,
+            "--parent", plain)
+    assert r.returncode == 0, r.stderr
+    r = run("restore", child, f"lmdb:{tmp_path / 'dst'}", "--passphrase-file", pf)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_passphrase_not_utf8_is_the_same_from_the_environment(tmp_path, env, run_cli):
+    """A passphrase file holding bytes that are not UTF-8 made an archive that the same bytes
+    in DSBACKUP_PASSPHRASE could not open: 'internal error ... surrogates not allowed'.
+    Both are the same bytes now."""
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/a", b"1")]))
+    raw = b"p\xe4ss-\xff-word"
+    pf = tmp_path / "pass"
+    pf.write_bytes(raw + b"\n")
+    pf.chmod(0o600)
+    arc = tmp_path / "a.tar.gz"
+    r = run_cli("backup", f"lmdb:{tmp_path / 'src'}", arc, "--encrypt", "--passphrase-file", pf)
+    assert r.returncode == 0, r.stderr
+    env[crypto.PASSPHRASE_ENV] = os.fsdecode(raw)  # as a shell passes those bytes
+    r = run_cli("verify", arc, stdin=-3)
+    assert r.returncode == 0, r.stderr

@@ -3,6 +3,8 @@ verified and pruned by the scheduler; no secret in its state or config errors.""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dsbackup import datasets
@@ -77,3 +79,39 @@ def test_key_file_schedule_keeps_the_key_out_of_state_and_output(tmp_path, run_c
         if p.is_file() and p.name != "k":
             data = p.read_bytes()
             assert raw not in data and secret.encode() not in data, p
+
+
+@pytest.mark.parametrize("turned", ["on", "off"])
+def test_a_parent_of_the_other_kind_gives_a_full_backup(make_scheduler, clock, tmp_path,
+                                                        monkeypatch, turned):
+    """Encryption turned on in an incremental schedule: its next run was an encrypted
+    incremental on the newest plain archive, so its records stayed readable without a key
+    in that parent (and an attacker who planted a plain archive there chose what the new one
+    refers to), contrary to 'every archive of a chain under the same key material'. Turned
+    off: the plain incremental of an encrypted parent failed every run until a full one was
+    due. Either way the run is now a full backup, saying why."""
+    from dsbackup.scheduler.runner import ManagerRunner
+
+    from .test_parent_reads import run_day, schedule
+
+    monkeypatch.setattr(crypto, "_keyring", [])
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), iter([(b"/blocks/K%05d" % i, b"v" * 80) for i in range(300)]))
+    (tmp_path / "pass").write_text(PASS + "\n")
+    spec = {"passphrase_file": str(tmp_path / "pass")}
+    runner = ManagerRunner()
+    s = make_scheduler(runner=runner, verify_after_backup=False)
+    s.add_schedule(schedule(src, **({"encryption": spec} if turned == "off" else {})))
+    first = run_day(s, clock, src, 6)
+    cfg = s.get_schedule("db").backup_config
+    if turned == "on":
+        cfg["encryption"] = spec
+        runner._key(spec)
+    else:
+        del cfg["encryption"]
+    second = run_day(s, clock, src, 7)
+    assert second.parent is None, second
+    assert f"the newest archive {os.path.basename(first.archive)} is " in second.fallback
+    key = crypto.load_passphrase_file(tmp_path / "pass")
+    with ArchiveReader(second.archive, key=key) as r:
+        assert r.encrypted == (turned == "on") and not r.is_incremental

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsbackup.errors import ArchiveError, IntegrityError, MissingParentError
+from dsbackup.errors import (
+    ArchiveError,
+    IntegrityError,
+    KeyRequiredError,
+    MissingParentError,
+    WrongKeyError,
+)
 from dsbackup.storage import as_location, identity, is_file, is_stream, list_archives
 
 if TYPE_CHECKING:
@@ -76,13 +82,18 @@ def index_digest(reader: ArchiveReader) -> str:
 
 
 def _open_if_archive(path: Path, opener: Callable[[Path], ArchiveReader]
-                     ) -> ArchiveReader | None:
+                     ) -> ArchiveReader | str:
+    """The opened archive, or why it is none (for the message naming a candidate)."""
     try:
         return opener(path)
     except (ArchiveError, OSError) as exc:
         if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE):
             raise  # too many files open here: says nothing of the candidate
-        return None
+        if isinstance(exc, WrongKeyError):  # encrypted under another passphrase or key
+            return "wrong passphrase or key for it"
+        if isinstance(exc, KeyRequiredError):
+            return "encrypted, and no key was given"
+        return "not a readable archive"
 
 
 def _fingerprint(reader: ArchiveReader) -> str | None:
@@ -159,9 +170,9 @@ def find_parent(ref: ParentRef, child: Path, search_dirs: list[Path],
             return None
         seen.add(key)
         r = _open_if_archive(cand, opener)
-        if r is None:
+        if isinstance(r, str):
             if named:
-                mismatched.append(f"{cand} (not a readable archive)")
+                mismatched.append(f"{cand} ({r})")
             return None
         rank = _rank(ref, needs_catalog, r)
         if rank is None:

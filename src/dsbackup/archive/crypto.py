@@ -21,7 +21,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from dsbackup.errors import ArchiveError, ConfigError, IntegrityError, WrongKeyError
+from dsbackup.errors import (
+    ArchiveError,
+    ConfigError,
+    IntegrityError,
+    PlainArchiveError,
+    WrongKeyError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,10 @@ MIN_LOG2_N, MAX_LOG2_N, MAX_RP = 14, 22, 64
 # scrypt's memory is 128·n·r bytes: readers refuse more than a writer's largest (n = 2^22 with
 # r = 8: 4 GiB); n, r and r·p within their own bounds could otherwise ask for 32 GiB
 MAX_SCRYPT_MEMORY = 128 * (1 << MAX_LOG2_N) * DEFAULT_R
+# and its work is n·r·p mixing rounds: a writer's largest is n = 2^22 with r = 8, p = 1 (about
+# 30 times the default's); n = 2^22, r = 1, p = 64 passes the other bounds at 8 times that
+# (minutes of CPU for each key tried, before "wrong passphrase or key")
+MAX_SCRYPT_WORK = (1 << MAX_LOG2_N) * DEFAULT_R * DEFAULT_P
 # test-only: a smaller scrypt n for writers (bounded below by the readers' minimum)
 TEST_LOG2_N_ENV = "DSBACKUP_TEST_SCRYPT_LOG2N"
 PASSPHRASE_ENV = "DSBACKUP_PASSPHRASE"
@@ -164,12 +174,15 @@ class KeyMaterial:
             raise WrongKeyError(f"{where}: {WRONG_KEY} (the archive needs a passphrase)")
         try:
             salt = bytes.fromhex(kdf["salt"])
-            n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+            n, r, p = kdf["n"], kdf["r"], kdf["p"]
+            if not all(type(x) is int for x in (n, r, p)):  # not 1e5, Infinity, true (JSON)
+                raise TypeError
         except (KeyError, TypeError, ValueError):
             raise IntegrityError(f"{where}: key header has invalid kdf parameters",
                                  part="key") from None
         if (len(salt) != SALT_BYTES or n & (n - 1) or not 1 << MIN_LOG2_N <= n <= 1 << MAX_LOG2_N
-                or r < 1 or p < 1 or r * p > MAX_RP or 128 * n * r > MAX_SCRYPT_MEMORY):
+                or r < 1 or p < 1 or r * p > MAX_RP or 128 * n * r > MAX_SCRYPT_MEMORY
+                or n * r * p > MAX_SCRYPT_WORK):
             raise IntegrityError(f"{where}: key header kdf parameters out of bounds "
                                  f"(n={n}, r={r}, p={p})", part="key")
         ident = (salt, n, r, p)
@@ -597,7 +610,7 @@ def parse_key_header(data: bytes | memoryview, where: str) -> dict[str, Any]:
     """The key header's JSON, shape-checked (no key needed)."""
     try:
         h = json.loads(bytes(data))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply (4 KiB of '[')
         raise IntegrityError(f"{where}: key header is not valid JSON", part="key") from None
     ok = (isinstance(h, dict) and h.get("format") == "dsbackup-key" and h.get("version") == 1
           and h.get("cipher") == "aes-256-gcm" and isinstance(h.get("kdf"), dict)
@@ -642,29 +655,97 @@ def open_archive_key(header: dict[str, Any], material: KeyMaterial, version: int
 
 # -- the key a process uses for the archives it reads or writes ------------------------------
 
-_current: KeyMaterial | None = None
-_prompt: Callable[[], KeyMaterial] | None = None
+class _KeyScope:
+    """One ``using_key`` block: its material (the prompt's answer once asked) and prompt."""
+
+    __slots__ = ("material", "prompt")
+
+    def __init__(self, material: KeyMaterial | None,
+                 prompt: Callable[[], KeyMaterial] | None) -> None:
+        self.material, self.prompt = material, prompt
+
+
+# the blocks open now: each thread's own, in order (what its readers use), and every thread's
+# (what a thread that opened none uses: the readers a block's helper threads open). Per
+# thread, so that concurrent backups with different keys (a scheduler's schedules, threads
+# of an application) never read their archives with each other's key.
+_scopes: list[_KeyScope] = []
+_local = threading.local()
 _current_lock = threading.RLock()
+
+
+def _visible_scopes() -> list[_KeyScope]:
+    mine = getattr(_local, "scopes", None)
+    return list(mine) if mine else list(_scopes)
 
 
 @contextmanager
 def using_key(material: KeyMaterial | None, *,
               prompt: Callable[[], KeyMaterial] | None = None) -> Iterator[KeyMaterial | None]:
     """Make `material` the key of archives opened inside the block (None: keep the current);
-    `prompt`: asked once, when an encrypted archive is opened without one (a terminal)."""
-    global _current, _prompt
+    `prompt`: asked once, when an encrypted archive is opened without one (a terminal). The
+    block is this thread's (and its helper threads', which opened no block of their own)."""
     if material is None and prompt is None:
-        yield _current
+        with _current_lock:
+            current = _material_of(_visible_scopes())
+        yield current
         return
+    scope = _KeyScope(material, prompt)
+    mine = _local.__dict__.setdefault("scopes", [])
     with _current_lock:
-        before = _current, _prompt
-        _current = material if material is not None else _current
-        _prompt = prompt if prompt is not None else _prompt
+        _scopes.append(scope)
+    mine.append(scope)
     try:
         yield material
     finally:
+        mine.remove(scope)
         with _current_lock:
-            _current, _prompt = before
+            _scopes[:] = [s for s in _scopes if s is not scope]
+
+
+def _material_of(scopes: list[_KeyScope]) -> KeyMaterial | None:
+    for scope in reversed(scopes):  # the innermost block that names a key
+        if scope.material is not None:
+            return scope.material
+    return None
+
+
+_must_be_encrypted: dict[str, str] = {}  # identity -> the key option given for it
+
+
+@contextmanager
+def expecting_encrypted(location: Any, option: str = "a key") -> Iterator[None]:
+    """Inside the block, the archive at `location` (a path, ``s3://`` or ``-``; None: no
+    effect) must be encrypted: a reader finding it plain raises PlainArchiveError (exit 2)
+    naming `option`, what gave its key. A command given a key option for the archive it
+    reads (restore, verify, ls, inspect, consolidate) would otherwise read a plain archive put
+    in the encrypted one's place, exit 0. Its parents are not named: a plain parent of an
+    encrypted incremental is allowed."""
+    if location is None:
+        yield
+        return
+    from dsbackup.storage import as_location, identity
+
+    ident = identity(as_location(location))
+    with _current_lock:
+        before = _must_be_encrypted.get(ident)
+        _must_be_encrypted[ident] = option
+    try:
+        yield
+    finally:
+        with _current_lock:
+            if before is None:
+                _must_be_encrypted.pop(ident, None)
+            else:
+                _must_be_encrypted[ident] = before
+
+
+def refuse_plain(ident: str, where: str) -> None:
+    """PlainArchiveError (exit 2) when the archive at identity `ident`, found not
+    encrypted, was given a key option (``expecting_encrypted``)."""
+    option = _must_be_encrypted.get(ident) if _must_be_encrypted else None
+    if option is not None:
+        raise PlainArchiveError.given(where, option)
 
 
 _keyring: list[KeyMaterial] = []
@@ -679,18 +760,29 @@ def add_to_keyring(material: KeyMaterial) -> None:
 
 
 def key_candidates() -> list[KeyMaterial]:
-    """What a reader without an explicit key tries: the ``using_key`` key, else the keyring."""
+    """What a reader without an explicit key tries: this thread's ``using_key`` key; in a
+    thread that opened no block, the keys of the blocks open in other threads (innermost
+    first: a block's helper threads), then the keyring (a scheduler reading one schedule's
+    archive while another schedule's backup holds its block)."""
     k = current_key()
-    if k is not None:
-        return [k]
     with _current_lock:
-        return list(_keyring)
+        if k is not None and getattr(_local, "scopes", None):
+            return [k]
+        out = [k] if k is not None else []
+        for m in [s.material for s in reversed(_scopes)] + _keyring:
+            if m is not None and all(m is not o for o in out):
+                out.append(m)
+        return out
 
 
 def current_key() -> KeyMaterial | None:
     """The key of ``using_key``, asking its prompt the first time one is needed."""
-    global _current
     with _current_lock:
-        if _current is None and _prompt is not None:
-            _current = _prompt()
-        return _current
+        scopes = _visible_scopes()
+        material = _material_of(scopes)
+        if material is None:
+            for scope in reversed(scopes):  # the innermost prompt, asked once
+                if scope.prompt is not None:
+                    scope.material = material = scope.prompt()
+                    break
+        return material

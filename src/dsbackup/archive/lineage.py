@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from dsbackup.archive.chain import ParentRef, index_digest, parent_rank
 from dsbackup.errors import (
@@ -252,6 +253,21 @@ def dependents(target: Path, infos: list[ArchiveInfo]) -> list[Path]:
 
 
 # -- helpers for schedulers and retention ----------------------------------------------------
+
+
+def archive_encrypted(path: Any) -> bool:
+    """Whether the archive at `path` (a path or ``s3://``) is encrypted, from its trailer
+    alone (no key needed, nothing else read); IntegrityError or OSError when it has none."""
+    from dsbackup.archive import format as fmt
+    from dsbackup.storage import open_source
+
+    src = open_source(as_location(path))
+    try:
+        size = src.size
+        tail = src.read(max(0, size - fmt.TRAILER_SIZE), min(size, fmt.TRAILER_SIZE))
+        return fmt.Trailer.decode(tail, size).encrypted
+    finally:
+        src.close()
 
 
 def archive_fingerprint(path: str | os.PathLike[str]) -> str:

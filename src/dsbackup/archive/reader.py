@@ -31,6 +31,7 @@ from dsbackup.storage import (
     S3Location,
     Source,
     as_location,
+    identity,
     is_remote,
     is_stream,
     open_source,
@@ -110,7 +111,9 @@ class ArchiveReader:
             t = self.trailer
             self.version = t.version  # every member must carry it (§11.1)
             self.flags = t.flags
-            if t.encrypted:
+            if not t.encrypted:
+                crypto.refuse_plain(identity(self.path), str(self.path))
+            else:
                 self.key_header = self._read_key_header()
                 candidates = [key] if key is not None else crypto.key_candidates()
                 if not candidates and locked_ok:

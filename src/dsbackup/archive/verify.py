@@ -23,6 +23,7 @@ from dsbackup.errors import (
     IntegrityError,
     KeyRequiredError,
     MissingParentError,
+    PlainArchiveError,
     UnsupportedArchive,
     WrongKeyError,
 )
@@ -203,7 +204,8 @@ def verify_archive(
     try:
         reader = ArchiveReader(path, parent_dirs=parent_dirs, locked_ok=not deep
                                and sample is None)
-    except (ArchiveUnavailable, UnsupportedArchive, KeyRequiredError, WrongKeyError):
+    except (ArchiveUnavailable, UnsupportedArchive, KeyRequiredError, WrongKeyError,
+            PlainArchiveError):
         raise  # nothing to check (missing, a directory, unreadable, not our version, no key)
     except (IntegrityError, ArchiveError) as exc:
         report.add(exc)

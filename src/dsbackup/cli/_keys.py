@@ -6,12 +6,15 @@ visible to every user in /proc/PID/cmdline."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
 
 import dsbackup
 from dsbackup.errors import ConfigError, KeyRequiredError
+
+log = logging.getLogger("dsbackup.cli")
 
 
 def add_key_options(p: argparse.ArgumentParser, *, encrypt: bool = False) -> None:
@@ -53,13 +56,23 @@ def key_from_args(args: argparse.Namespace, *, writing: bool = False,
     kfile = getattr(args, "key_file", None)
     if pfile and kfile:
         raise ConfigError("give --passphrase-file or --key-file, not both")
+    if hasattr(args, "encrypt") and not writing:
+        # backup: a key option alone would write a plain archive, exit 0, where the user
+        # meant an encrypted one (a parent's key is needed only by an encrypted incremental)
+        if pfile or kfile:
+            raise ConfigError(f"{'--passphrase-file' if pfile else '--key-file'} without "
+                              "--encrypt: the archive would not be encrypted; add --encrypt "
+                              "(or leave the key option out for a plain archive)")
+        if os.environ.get(dsbackup.PASSPHRASE_ENV):
+            log.warning("%s is set, but --encrypt is not given: %s is not encrypted",
+                        dsbackup.PASSPHRASE_ENV, getattr(args, "archive", "the archive"))
     if pfile:
         return dsbackup.load_passphrase_file(pfile), None
     if kfile:
         return dsbackup.load_key_file(kfile), None
     env = os.environ.get(dsbackup.PASSPHRASE_ENV)
-    if env:
-        return dsbackup.KeyMaterial(passphrase=env.encode()), None
+    if env:  # its bytes, as a passphrase file's (not UTF-8 text: os.environ's surrogates)
+        return dsbackup.KeyMaterial(passphrase=os.fsencode(env)), None
     if sys.stdin.isatty() and sys.stderr.isatty():
         prompt = _prompt(confirm=writing)
         return (prompt(), None) if writing else (None, prompt)

@@ -378,19 +378,39 @@ def _refuse_closed_stream(args: argparse.Namespace, closed: set[int]) -> int | N
     return None
 
 
+def _keyed_archive(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(archive, option): the archive a reading command (restore, verify, ls, inspect,
+    consolidate) was given --passphrase-file or --key-file for, which must be encrypted
+    (dsbackup.expecting_encrypted), else None. An archive of the Go tool, never encrypted, is
+    refused here. Not for DSBACKUP_PASSPHRASE, often set for every command, nor for backup."""
+    option = ("--passphrase-file" if getattr(args, "passphrase_file", None) else
+              "--key-file" if getattr(args, "key_file", None) else "")
+    archive = getattr(args, "archive", None)
+    if not option or archive is None or hasattr(args, "encrypt"):
+        return None, option
+    from dsbackup import is_go_archive
+    from dsbackup.errors import PlainArchiveError
+    from dsbackup.storage import as_location, is_remote, is_stream
+
+    loc = as_location(archive)
+    if not is_remote(loc) and not is_stream(loc) and is_go_archive(loc):
+        raise PlainArchiveError.given(str(loc), option)
+    return archive, option
+
+
 def _run_with_key(args: argparse.Namespace) -> int:
     """Run the command with its key material (commands with the key options, cli/_keys.py);
     the secrets are zeroed when it ends."""
     if not hasattr(args, "passphrase_file"):
         return args._run(args)
-    from dsbackup import using_key
+    from dsbackup import expecting_encrypted, using_key
     from dsbackup.cli._keys import key_from_args
 
     writing = bool(getattr(args, "encrypt", False))
     material, prompt = key_from_args(args, writing=writing)
     args.encryption = material if writing else None
     try:
-        with using_key(material, prompt=prompt):
+        with using_key(material, prompt=prompt), expecting_encrypted(*_keyed_archive(args)):
             return args._run(args)
     finally:
         if material is not None:

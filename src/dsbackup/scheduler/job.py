@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
 
-from dsbackup.archive.lineage import chain_depth, directory_archives
+from dsbackup.archive.lineage import archive_encrypted, chain_depth, directory_archives
 from dsbackup.errors import (
     EXIT_OK,
     EXIT_WARNING,
@@ -77,6 +77,27 @@ def _chain_gap(newest: ArchiveEntry, archives: list[ArchiveEntry]) -> str | None
     return None
 
 
+def _encryption_mismatch(schedule: ScheduledBackup, path: str) -> str | None:
+    """Why the archive at `path` cannot be the parent of this schedule's next run as far as
+    encryption goes, or None: an encrypted schedule's incremental on a plain parent would
+    leave the records it refers to readable without a key there (encryption just turned on,
+    or a plain archive put in the newest one's place); a plain schedule cannot make an
+    incremental of an encrypted parent at all (encryption turned off). None too when the
+    trailer cannot be read (the verify that follows says what is wrong)."""
+    settings = schedule.backup_config
+    spec = (settings.get("encryption") if isinstance(settings, Mapping)
+            else getattr(settings, "encryption", None))
+    try:
+        encrypted = archive_encrypted(path)
+    except (DsBackupError, OSError, ValueError):
+        return None
+    if encrypted == bool(spec):
+        return None
+    return ("encrypted, and this schedule's archives are not: a full backup" if encrypted else
+            "not encrypted, and this schedule's archives are: a full backup (an incremental "
+            "would leave the records it refers to readable without the key)")
+
+
 def choose_parent(schedule: ScheduledBackup, archives: list[ArchiveEntry],
                   runner: BackupRunner | None = None) -> ParentChoice:
     """The parent for an incremental run, or a full backup when one is due or when the newest
@@ -100,6 +121,9 @@ def choose_parent(schedule: ScheduledBackup, archives: list[ArchiveEntry],
     gap = _chain_gap(newest, archives)
     if gap is not None:
         return ParentChoice(None, f"the newest archive {name} cannot be a parent: {gap}")
+    mismatch = _encryption_mismatch(schedule, newest.path)
+    if mismatch is not None:
+        return ParentChoice(None, f"the newest archive {name} is {mismatch}")
     if runner is not None:
         try:
             report = runner.verify(as_location(newest.path), deep=False, sample=None)
