@@ -97,8 +97,7 @@ class AssumeRole:
         amz_date = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         payload = hashlib.sha256(body).hexdigest()
         headers = {"host": u.netloc.rpartition("@")[2], "x-amz-date": amz_date,
-                   "content-type": "application/x-www-form-urlencoded; charset=utf-8",
-                   "x-amz-content-sha256": payload}
+                   "content-type": "application/x-www-form-urlencoded; charset=utf-8"}
         if base.session_token:
             headers["x-amz-security-token"] = base.session_token
         headers["Authorization"] = authorization("POST", (u.path or "") + "/", (), headers,
