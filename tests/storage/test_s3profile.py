@@ -480,3 +480,43 @@ def test_the_schedulers_s3_profile_is_used_before_the_environments_keys(moto_aut
     assert runs(state) == 1
     listed = moto_auth.client().list_objects_v2(Bucket=moto_auth.bucket, Prefix=prefix)
     assert [o["Key"].startswith(prefix + "ipfs-node_") for o in listed["Contents"]] == [True]
+
+
+def test_a_role_assumed_from_a_profile_with_a_credential_process(moto_auth, aws, tmp_path,
+                                                                   monkeypatch):
+    """A source profile without keys gives what its credential_process prints (here the
+    user's keys); the role assumed with them lists the bucket, through both clients."""
+    from dsbackup.storage import s3
+    from dsbackup.storage.s3api import S3Api
+
+    script = tmp_path / "user.py"
+    user = moto_auth.user_key
+    script.write_text("import json\nprint(json.dumps({'Version': 1, 'AccessKeyId': "
+                      f"{user['AccessKeyId']!r}, 'SecretAccessKey': "
+                      f"{user['SecretAccessKey']!r}}}))\n")
+    write(aws, f"""
+        [profile tool]
+        credential_process = {sys.executable} {script}
+
+        [profile backup]
+        role_arn = {ROLE_ARN}
+        source_profile = tool
+        """)
+    monkeypatch.setenv("AWS_PROFILE", "backup")
+    assert list(S3Api.from_config().list_multipart_uploads(moto_auth.bucket, "t/")) == []
+    assert s3.list_archives(s3.S3Location(moto_auth.bucket, "t/")) == []
+    creds = s3creds.chain()()
+    assert creds.access_key_id != user["AccessKeyId"] and creds.session_token
+
+
+def test_sso_role_credentials_are_asked_for_again_before_they_expire(moto_auth, aws,
+                                                                     monkeypatch):
+    later = iso(datetime.now(timezone.utc) + timedelta(hours=8))
+    portal, _ = sso_setup(aws, monkeypatch, moto_auth, "corp",
+                          {"accessToken": "sso-access-SECRET-0", "expiresAt": later})
+    portal.creds = rotating(moto_auth.keys, timedelta(seconds=s3creds.MANDATORY_REFRESH_S - 5))
+    monkeypatch.setenv("AWS_PROFILE", "dev")
+    a, b = s3creds.chain()(), s3creds.chain()()
+    assert a.access_key_id != b.access_key_id
+    assert portal.count("GET /federation/credentials") == 2
+    portal.stop()
