@@ -520,3 +520,18 @@ def test_sso_role_credentials_are_asked_for_again_before_they_expire(moto_auth, 
     assert a.access_key_id != b.access_key_id
     assert portal.count("GET /federation/credentials") == 2
     portal.stop()
+
+
+def test_a_credential_process_printing_without_end_is_killed(aws, monkeypatch):
+    """`yes` prints forever: its output is read and dropped past 1 MiB (the memory stays
+    bounded), and it is killed at the timeout."""
+    write(aws, "[default]\ncredential_process = yes not-json\n")
+    monkeypatch.setenv("DSBACKUP_S3_CREDENTIAL_PROCESS_TIMEOUT", "1")
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.monotonic()
+    with pytest.raises(S3ApiError, match=r"gave no credentials within 1 s"):
+        s3creds.chain()()
+    assert time.monotonic() - t < 20
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10  # KiB

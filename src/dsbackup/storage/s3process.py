@@ -20,12 +20,14 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
+from typing import IO
 
 from dsbackup.storage.s3config import register_secret, scrub
 from dsbackup.storage.s3fetch import Credentials, _Failed, _made, _number
 
 TIMEOUT_S = 60.0
-MAX_OUTPUT = 1 << 20
+MAX_OUTPUT = 1 << 20  # bytes of standard output (and of standard error) kept
 
 
 class CredentialProcess:
@@ -48,8 +50,14 @@ class CredentialProcess:
                                     start_new_session=True)
         except OSError as exc:
             raise _Failed(f"cannot run {self.argv[0]}: {exc.strerror or exc}") from None
+        out: list[bytes] = []
+        err: list[bytes] = []
+        readers = [threading.Thread(target=_drain, args=(pipe, into), daemon=True)
+                   for pipe, into in ((proc.stdout, out), (proc.stderr, err))]
+        for r in readers:
+            r.start()
         try:
-            out, err = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill(proc)
             raise _Failed(f"the command gave no credentials within {timeout:g} s "
@@ -57,11 +65,14 @@ class CredentialProcess:
         finally:
             if proc.poll() is None:  # Ctrl-C while waiting: the command ends with us
                 _kill(proc)
-        doc = _parse(out[:MAX_OUTPUT])  # secrets registered before anything is said
+            for r in readers:  # (a child it left holding the pipes: not waited for long)
+                r.join(5)
+        doc = _parse(b"".join(out))  # secrets registered before anything is said
         if proc.returncode != 0:
-            raise _Failed(_exit(proc.returncode) + _last_line(err))
+            raise _Failed(_exit(proc.returncode) + _last_line(b"".join(err)))
         if doc is None:
-            raise _Failed("the command's output is not a JSON object" + _last_line(err))
+            raise _Failed("the command's output is not a JSON object" + _last_line(
+                b"".join(err)))
         version = doc.get("Version")
         if version != 1:
             raise _Failed(f"the command's output has Version {json.dumps(version)[:20]}; "
@@ -71,13 +82,26 @@ class CredentialProcess:
                      lasting=True)
 
 
+def _drain(pipe: IO[bytes] | None, into: list[bytes]) -> None:
+    """Read `pipe` to its end, keeping its first MAX_OUTPUT bytes (a command that prints
+    without end does not fill the memory before its timeout)."""
+    if pipe is None:
+        return
+    kept = 0
+    with pipe:
+        while chunk := pipe.read1(1 << 16):  # type: ignore[attr-defined]
+            if kept < MAX_OUTPUT:
+                into.append(chunk[:MAX_OUTPUT - kept])
+                kept += len(into[-1])
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
         proc.kill()
     try:
-        proc.communicate(timeout=5)
+        proc.wait(5)
     except subprocess.TimeoutExpired:
         pass
 
