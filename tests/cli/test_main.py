@@ -24,6 +24,7 @@ def test_command_is_found_after_global_options():
     assert main._command_in(["-v", "-v", "restore", "a", "b"]) == "restore"
     assert main._command_in(["--verbose", "verify", "a"]) == "verify"
     assert main._command_in(["--umask", "077", "ls", "a"]) == "ls"
+    assert main._command_in(["--s3-profile", "backup", "ls", "a"]) == "ls"  # (its value)
     assert main._command_in(["--help"]) is None
     assert main._command_in(["nosuchcommand"]) is None
     assert main._command_in([]) is None

@@ -14,16 +14,8 @@ import pytest
 from quiethttp import QuietHTTPServer
 from s3server import ACCESS_KEY, SECRET_KEY
 
-from dsbackup.storage.s3api import (
-    EMPTY_SHA256,
-    Credentials,
-    S3Api,
-    S3ApiError,
-    authorization,
-    canonical_query,
-    parse_time,
-    uri_encode,
-)
+from dsbackup.storage.s3api import EMPTY_SHA256, Credentials, S3Api, S3ApiError, parse_time
+from dsbackup.storage.s3sign import authorization, canonical_query, uri_encode
 
 # the examples' credentials and time (AWS S3 API Reference, sig-v4-header-based-auth)
 EXAMPLE = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")

@@ -2,8 +2,10 @@
 
 - :class:`CredServer`, one HTTP server on 127.0.0.1 that plays the EC2 instance metadata
   service (IMDSv2: token, role name, the role's credentials), the ECS/EKS container
-  credentials endpoint and STS (``AssumeRoleWithWebIdentity``), in the formats AWS documents,
-  counting what it is asked;
+  credentials endpoint, STS (``AssumeRoleWithWebIdentity``; an ``AssumeRole`` is answered
+  alike), the IAM Identity Center portal (``GetRoleCredentials``) and its OIDC service
+  (``CreateToken`` with a refresh token), in the formats AWS documents, counting what it is
+  asked;
 - :class:`AuthMoto`, moto's server in a process of its own with IAM authentication on: it
   accepts only the temporary keys of a role (made by its own STS before authentication is
   turned on, handed out by the fake services above) and checks each request's signature and
@@ -27,6 +29,7 @@ from quiethttp import QuietHTTPServer
 
 ROLE = "dsb-backup-role"
 ROLE_ARN = f"arn:aws:iam::123456789012:role/{ROLE}"
+USER = "dsb-backup-user"
 IMDS_TOKEN = "imds-session-token-0123456789"
 
 _MOTO = r"""
@@ -46,8 +49,10 @@ def iso(t: datetime) -> str:
 
 
 class AuthMoto:
-    """moto with IAM authentication: `keys` are temporary credentials of a role allowed s3:*,
-    each a dict (AccessKeyId, SecretAccessKey, SessionToken)."""
+    """moto with IAM authentication: `keys` are temporary credentials of a role allowed s3:*
+    and sts:AssumeRole, each a dict (AccessKeyId, SecretAccessKey, SessionToken);
+    `user_key` (AccessKeyId, SecretAccessKey) the keys of a user allowed sts:AssumeRole
+    only."""
 
     def __init__(self, bucket: str, n_keys: int = 4) -> None:
         env = dict(os.environ)
@@ -69,8 +74,15 @@ class AuthMoto:
             "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*",
                                                     "Principal": {"AWS": "*"}}]}))
         iam.put_role_policy(RoleName=ROLE, PolicyName="s3", PolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*",
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": [
+                "s3:*", "sts:AssumeRole"], "Resource": "*"}]}))  # (a chain: role to role)
+        # a user whose long-term keys may do nothing but assume the role (a source_profile)
+        iam.create_user(UserName=USER)
+        iam.put_user_policy(UserName=USER, PolicyName="assume", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                                                    "Action": "sts:AssumeRole",
                                                     "Resource": "*"}]}))
+        self.user_key = iam.create_access_key(UserName=USER)["AccessKey"]
         sts = boto3.client("sts", **kw)
         self.keys = [sts.assume_role(RoleArn=ROLE_ARN, RoleSessionName=f"s{i}")["Credentials"]
                      for i in range(n_keys)]
@@ -113,6 +125,9 @@ class CredServer:
         self.container_token = ""
         self.sts_error: tuple[str, str] | None = None
         self.sts_forms: list[dict[str, list[str]]] = []
+        self.sso_token = ""  # the SSO portal's valid bearer token
+        self.sso_refresh = ""  # the OIDC service's valid refresh token
+        self.oidc_requests: list[dict[str, str]] = []
         self.lock = threading.Lock()
         server = self
 
@@ -149,6 +164,10 @@ class CredServer:
                     self._send(200, server._json(), "application/json")
                 elif self.command == "POST" and self.path == "/":
                     self._sts(parse_qs(body.decode()))
+                elif self.path.startswith("/federation/credentials"):
+                    self._sso()
+                elif self.command == "POST" and self.path == "/token":
+                    self._oidc(json.loads(body))
                 else:
                     self._send(404, b"not found")
 
@@ -193,6 +212,30 @@ class CredServer:
                        "<ResponseMetadata><RequestId>r</RequestId></ResponseMetadata>"
                        "</AssumeRoleWithWebIdentityResponse>")
                 self._send(200, doc.encode(), "text/xml")
+
+            def _sso(self) -> None:
+                if self.headers.get("x-amz-sso_bearer_token") != server.sso_token:
+                    self._send(401, b'{"message": "Session token not found or invalid"}',
+                               "application/json")
+                    return
+                k, exp = server.creds()
+                self._send(200, json.dumps({"roleCredentials": {
+                    "accessKeyId": k["AccessKeyId"], "secretAccessKey": k["SecretAccessKey"],
+                    "sessionToken": k["SessionToken"],
+                    "expiration": int(exp.timestamp() * 1000)}}).encode(), "application/json")
+
+            def _oidc(self, doc: dict[str, str]) -> None:
+                server.oidc_requests.append(doc)
+                if doc.get("grantType") != "refresh_token" or \
+                        doc.get("refreshToken") != server.sso_refresh:
+                    self._send(400, b'{"error": "invalid_grant"}', "application/json")
+                    return
+                server.sso_token = f"sso-access-SECRET-{len(server.oidc_requests)}"
+                server.sso_refresh = f"sso-refresh-SECRET-{len(server.oidc_requests)}"
+                self._send(200, json.dumps({"accessToken": server.sso_token,
+                                            "tokenType": "Bearer", "expiresIn": 3600,
+                                            "refreshToken": server.sso_refresh}).encode(),
+                           "application/json")
 
             do_GET = do_PUT = do_POST = _any
 

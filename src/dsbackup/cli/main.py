@@ -77,7 +77,7 @@ def _command_in(argv: Sequence[str]) -> str | None:
             return None
         if arg == "--version":
             return ""
-        if arg in ("--umask", "--s3-endpoint", "--s3-stale-hours"):
+        if arg in ("--umask", "--s3-endpoint", "--s3-stale-hours", "--s3-profile"):
             next(args, None)  # its value
         elif not arg.startswith("-"):
             return arg if arg in _command_names() else None
@@ -140,6 +140,11 @@ def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
                    help="endpoint of an S3-compatible server for s3:// locations (path-style "
                         "addressing; http only on the loopback address); default: "
                         "AWS_ENDPOINT_URL or ~/.aws/config (docs/STORAGE.md)")
+    p.add_argument("--s3-profile", default=default, metavar="NAME",
+                   help="the AWS profile of s3:// locations' credentials and settings "
+                        "(keys, role_arn, credential_process, SSO; AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY are then not used); default: AWS_PROFILE or "
+                        "default (docs/STORAGE.md)")
     p.add_argument("--s3-stale-hours", default=default, metavar="HOURS",
                    help="a backup to (or prune of) an s3:// prefix aborts dsbackup's unfinished "
                         "multipart uploads there idle this long (killed backups'); 'off': "
@@ -281,7 +286,8 @@ def _main(argv: Sequence[str] | None, freeze_imports: bool = False,
         filemodes.set_private_umask(args.umask)
     _expand_user_paths(args)
     endpoint, stale = getattr(args, "s3_endpoint", None), getattr(args, "s3_stale_hours", None)
-    if endpoint or stale:
+    profile = getattr(args, "s3_profile", None)
+    if endpoint or stale or profile:
         from dsbackup.storage import check_endpoint, configure, parse_stale_hours
 
         try:
@@ -295,7 +301,7 @@ def _main(argv: Sequence[str] | None, freeze_imports: bool = False,
         except DsBackupError as exc:
             parser.error(f"--s3-stale-hours: {exc}")
         try:  # reads the DSBACKUP_S3_* environment too: a bad value there is one error line
-            configure(endpoint, stale_hours=stale)
+            configure(endpoint, stale_hours=stale, profile=profile)
         except DsBackupError as exc:
             return _fail(exc, args)
     tune_allocator()  # large chunk buffers are reused instead of page-faulted in each time

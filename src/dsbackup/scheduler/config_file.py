@@ -131,7 +131,7 @@ def parse_notifications(t: Table, base: Path) -> NotificationConfig:
     return NotificationConfig(**kw)
 
 
-_SCHED_KEYS = {"backup_dir", "s3_endpoint", "s3_stale_hours", "state_dir", "time_zone", "concurrent_backups",
+_SCHED_KEYS = {"backup_dir", "s3_endpoint", "s3_profile", "s3_stale_hours", "state_dir", "time_zone", "concurrent_backups",
                "health_check_interval", "misfire_grace_time", "verify_after_backup",
                "health_deep_sample", "min_free_bytes", "min_free_ratio", "metrics_port",
                "metrics_textfile", "poll_interval"}
@@ -160,6 +160,12 @@ def parse_scheduler(t: Table, base: Path) -> dict[str, Any]:
         except ConfigError as exc:
             raise t.error("s3_endpoint", str(exc)) from None
         configure(endpoint)
+    profile = t.string("s3_profile", None)
+    if profile is not None:  # the AWS profile of s3:// credentials (as --s3-profile)
+        from dsbackup.storage.s3config import configure
+
+        t.expect("s3_profile", bool(profile.strip()), "a profile name", profile)
+        configure(profile=profile.strip())
     if t.has("s3_stale_hours"):  # killed backups' unfinished uploads: aborted after this
         from dsbackup.storage.s3config import configure, parse_stale_hours
 

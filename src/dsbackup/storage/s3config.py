@@ -5,9 +5,11 @@ standard AWS environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_K
 ``AWS_SESSION_TOKEN``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` /
 ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``); then the shared files (``~/.aws/credentials`` and
 ``~/.aws/config``, or ``AWS_SHARED_CREDENTIALS_FILE`` / ``AWS_CONFIG_FILE``), for the profile
-``AWS_PROFILE`` or ``default``. Without keys from either, a role's temporary credentials
-from the AWS chain (:mod:`dsbackup.storage.s3creds`: web identity, container credentials,
-instance metadata) sign every request, ours and obstore's. Request bodies are signed over plain http only
+``--s3-profile`` (the environment's keys then unused), ``AWS_PROFILE`` or ``default``
+(:mod:`dsbackup.storage.s3profile`). Without keys from either (or with a profile whose role,
+web identity or SSO comes before its keys), temporary credentials from the AWS chain
+(:mod:`dsbackup.storage.s3creds`: the profile's role, SSO or ``credential_process``, web
+identity, container credentials, instance metadata) sign every request, ours and obstore's. Request bodies are signed over plain http only
 (:func:`sign_payload`); the CA bundle of a private CA is :mod:`dsbackup.storage.s3tls`'s.
 
 Every secret value found is registered with :func:`scrub`, which every error message from
@@ -16,15 +18,15 @@ the S3 client passes through: credentials never reach logs, ``--json`` or except
 
 from __future__ import annotations
 
-import configparser
 import ipaddress
 import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from dsbackup.errors import ConfigError
+from dsbackup.storage.s3files import keys_first
+from dsbackup.storage.s3files import load as load_profiles
 
 _secrets: set[str] = set()
 _lock = threading.Lock()
@@ -64,6 +66,8 @@ class S3Settings:
     # unfinished uploads of a prefix idle this long are aborted (None: never; s3stale.py)
     stale_hours: float | None = DEFAULT_STALE_HOURS
     extra: dict[str, str] = field(default_factory=dict)
+    # --s3-profile: the profile named on the command line (the environment's keys unused)
+    profile: str | None = None
 
 
 _settings = S3Settings()
@@ -80,10 +84,13 @@ def settings() -> S3Settings:
     return _settings
 
 
-def configure(endpoint: str | None = None, stale_hours: str | float | None = None) -> None:
-    """Set the endpoint (``--s3-endpoint``) and the stale-upload age (``--s3-stale-hours``);
-    None keeps what the environment gives."""
+def configure(endpoint: str | None = None, stale_hours: str | float | None = None,
+              profile: str | None = None) -> None:
+    """Set the endpoint (``--s3-endpoint``), the stale-upload age (``--s3-stale-hours``) and
+    the profile (``--s3-profile``); None keeps what the environment gives."""
     global _stale_given
+    if profile:
+        _settings.profile = profile
     if endpoint:
         check_endpoint(endpoint)
         _settings.endpoint = endpoint
@@ -165,41 +172,17 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _profile_section(parser: configparser.ConfigParser, profile: str, config: bool,
-                     ) -> dict[str, str]:
-    names = [profile] if not config or profile == "default" else [f"profile {profile}",
-                                                                    profile]
-    for n in names:
-        if parser.has_section(n):
-            return dict(parser.items(n))
-    return {}
-
-
-def _read_ini(path: Path) -> configparser.ConfigParser:
-    p = configparser.ConfigParser(interpolation=None)
-    try:
-        p.read(path)
-    except configparser.Error as exc:
-        raise ConfigError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
-    except UnicodeDecodeError:  # a binary file named by AWS_CONFIG_FILE: not an INI file
-        raise ConfigError(f"{path}: cannot parse: not a text file") from None
-    return p
-
-
-def _conf_file() -> Path:
-    return Path(os.environ.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config")
-
-
-def _profile() -> str:
-    return os.environ.get("AWS_PROFILE") or "default"
+def profile_name() -> str:
+    """``--s3-profile``, else ``AWS_PROFILE``, else ``default``."""
+    return _settings.profile or os.environ.get("AWS_PROFILE") or "default"
 
 
 def profile_config() -> tuple[dict[str, str], str]:
-    """The profile's section of ``~/.aws/config`` (``AWS_CONFIG_FILE``), and a description of
-    where it is for messages (``profile P in FILE``)."""
-    conf_file, profile = _conf_file(), _profile()
-    conf = _profile_section(_read_ini(conf_file), profile, True) if conf_file.is_file() else {}
-    return conf, f"profile {profile} of {conf_file}"
+    """The settings of the profile ``AWS_PROFILE`` (default ``default``) in the shared files
+    (:mod:`dsbackup.storage.s3profile`: botocore's parsing), and where it is for messages
+    (``profile P of FILE``)."""
+    profiles, name = load_profiles(), profile_name()
+    return profiles.get(name) or {}, profiles.where(name)
 
 
 def sign_payload(endpoint: str | None) -> bool:
@@ -231,20 +214,21 @@ def client_config() -> dict[str, str]:
     """The obstore S3 config: credentials, region, endpoint (path-style with an endpoint),
     payload signing (:func:`sign_payload`)."""
     env = os.environ
-    profile = _profile()
-    creds_file = Path(env.get("AWS_SHARED_CREDENTIALS_FILE")
-                      or Path.home() / ".aws" / "credentials")
-    creds = _profile_section(_read_ini(creds_file), profile, False) if creds_file.is_file() \
-        else {}
-    conf, _ = profile_config()
+    profiles, name = load_profiles(), profile_name()
+    conf = profiles.get(name) or {}
     out: dict[str, str] = {}
-    _refuse_partial_keys(env)
-    key_id = env.get("AWS_ACCESS_KEY_ID") or creds.get("aws_access_key_id") or \
-        conf.get("aws_access_key_id")
-    secret = env.get("AWS_SECRET_ACCESS_KEY") or creds.get("aws_secret_access_key") or \
-        conf.get("aws_secret_access_key")
-    token = env.get("AWS_SESSION_TOKEN") or creds.get("aws_session_token") or \
-        conf.get("aws_session_token")
+    key_id = secret = token = None
+    if _settings.profile is None:  # a profile named by --s3-profile: its credentials only
+        _refuse_partial_keys(env)
+        key_id, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+        token = env.get("AWS_SESSION_TOKEN")
+    if not (key_id and secret) and keys_first(profiles, name):
+        # the profile's own keys (a role, web identity, SSO before them: the chain's)
+        keys = profiles.credentials.get(name, {})
+        if not (keys.get("aws_access_key_id") and keys.get("aws_secret_access_key")):
+            keys = profiles.config.get(name, {})
+        key_id, secret = keys["aws_access_key_id"], keys["aws_secret_access_key"]
+        token = keys.get("aws_session_token")
     if key_id and secret:
         out["access_key_id"] = key_id
         out["secret_access_key"] = secret

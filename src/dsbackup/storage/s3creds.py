@@ -3,7 +3,10 @@
 
 Keys from the environment or ``~/.aws`` (:func:`dsbackup.storage.s3config.client_config`)
 are used as they are. Without them, the standard AWS chain, in the order the AWS SDKs
-(botocore) document, supplies temporary credentials:
+(botocore) document, supplies temporary credentials: first the profile's own sources
+(:mod:`dsbackup.storage.s3profile`: a role it assumes, SSO, ``credential_process``; web
+identity among them, in its place), then the environment's roles
+(:mod:`dsbackup.storage.s3sources`):
 
 1. **web identity** (EKS service accounts, any OIDC): ``AWS_WEB_IDENTITY_TOKEN_FILE`` and
    ``AWS_ROLE_ARN`` (``AWS_ROLE_SESSION_NAME``; else the profile's ``web_identity_token_file``,
@@ -39,28 +42,21 @@ session token, web identity token, container authorization token) is registered 
 
 from __future__ import annotations
 
-import http.client
-import ipaddress
-import json
 import logging
-import os
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlencode, urlsplit
 
-from dsbackup.errors import DsBackupError, S3ApiError
-from dsbackup.storage.s3config import (
-    _loopback,
-    client_config,
-    profile_config,
-    register_secret,
-    scrub,
-)
+from dsbackup.errors import ConfigError, DsBackupError, S3ApiError
+from dsbackup.storage import s3profile
+from dsbackup.storage.s3config import client_config, profile_name, scrub
+from dsbackup.storage.s3fetch import Credentials, _env, _Failed
+from dsbackup.storage.s3files import load as load_profiles
+from dsbackup.storage.s3sources import Container, InstanceMetadata
+
+__all__ = ["Container", "Credentials", "TemporaryCredentials", "chain", "reset", "static"]
 
 log = logging.getLogger(__name__)
 
@@ -70,333 +66,25 @@ FAILURE_MEMORY_S = 10.0  # a failed fetch is answered from memory this long
 # an advisory refresh is tried at most this often (a source that hands out the same
 # credentials until shortly before they expire is not asked again at every request)
 ADVISORY_RETRY_S = 30.0
-IMDS_DEFAULT = "http://169.254.169.254"
-IMDS_DEFAULT_V6 = "http://[fd00:ec2::254]"
-IMDS_TOKEN_TTL = "21600"
-CONTAINER_HOST = "http://169.254.170.2"
-# the hosts the SDKs accept in AWS_CONTAINER_CREDENTIALS_FULL_URI besides loopback addresses
-# (ECS, EKS Pod Identity over IPv4 and IPv6)
-CONTAINER_HOSTS = ("169.254.170.2", "169.254.170.23", "fd00:ec2::23", "localhost")
-CONTAINER_TIMEOUT_S, CONTAINER_ATTEMPTS = 2.0, 3  # botocore's
-STS_TIMEOUT_S, STS_ATTEMPTS = 10.0, 3
-MAX_BODY = 1 << 20
-
-
-@dataclass(frozen=True)
-class Credentials:
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
-    session_token: str | None = field(default=None, repr=False)
-    expires: float | None = None  # seconds since the epoch; None: static keys
-
-
-class _Failed(Exception):
-    """A source's request failed: `why` in words; `retry` whether another attempt may help."""
-
-    def __init__(self, why: str, retry: bool = False) -> None:
-        super().__init__(why)
-        self.retry = retry
-
-
-def _env(name: str) -> str:
-    return (os.environ.get(name) or "").strip()
-
-
-def _http(method: str, url: str, headers: dict[str, str], timeout: float,
-          body: bytes | None = None) -> tuple[int, bytes]:
-    """One request: (status, body). _Failed (retry) when the connection fails."""
-    u = urlsplit(url)
-    if u.scheme == "https":
-        from dsbackup.storage.s3tls import ssl_context
-
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            u.hostname or "", u.port, timeout=timeout, context=ssl_context())
-    else:
-        conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=timeout)
-    path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read(MAX_BODY + 1)
-        return resp.status, data[:MAX_BODY]
-    except TimeoutError:
-        raise _Failed(f"no answer within {timeout:g} s", True) from None
-    except (OSError, http.client.HTTPException) as exc:
-        text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise _Failed(f"{type(exc).__name__}: {text}", True) from None
-    finally:
-        conn.close()
-
-
-def _expiry(text: Any, source: str) -> float:
-    if not isinstance(text, str) or not text.strip():
-        raise _Failed(f"{source} gave no Expiration")
-    try:
-        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise _Failed(f"{source} gave an unreadable Expiration {text[:40]!r}") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.timestamp()
-
-
-def _made(key_id: Any, secret: Any, token: Any, expiration: Any, source: str) -> Credentials:
-    """Checked credentials, every secret registered for scrubbing before anything else."""
-    for s in (secret, token, key_id):
-        register_secret(s if isinstance(s, str) else None)
-    if not (isinstance(key_id, str) and key_id and isinstance(secret, str) and secret):
-        raise _Failed(f"{source} gave no AccessKeyId or SecretAccessKey")
-    if token is not None and not isinstance(token, str):
-        raise _Failed(f"{source} gave an unreadable session token")
-    return Credentials(key_id, secret, token or None, _expiry(expiration, source))
-
-
-def _attempts(fetch: Callable[[], Credentials], attempts: int, pause: float) -> Credentials:
-    for i in range(attempts):
-        try:
-            return fetch()
-        except _Failed as exc:
-            if not exc.retry or i == attempts - 1:
-                raise
-        time.sleep(pause)
-    raise AssertionError("unreachable")
-
-
-# -- the sources ---------------------------------------------------------------------------
-
-
-class WebIdentity:
-    def __init__(self, token_file: str, role_arn: str, session: str, region: str) -> None:
-        self.token_file = token_file
-        self.role_arn = role_arn
-        self.session = session or f"dsbackup-{int(time.time() * 1000)}"
-        endpoint = (_env("AWS_ENDPOINT_URL_STS") or _env("AWS_ENDPOINT_URL")
-                    or f"https://sts.{region}.amazonaws.com")
-        u = urlsplit(endpoint)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise _Failed(f"STS endpoint {endpoint!r} is not an http(s) URL")
-        if u.scheme == "http" and not _loopback(u.hostname):
-            raise _Failed(f"STS endpoint {endpoint!r}: plain http is refused except on the "
-                          "loopback address (the token would cross the network unencrypted)")
-        self.endpoint = endpoint.rstrip("/")
-        self.name = f"web identity (AWS_WEB_IDENTITY_TOKEN_FILE {token_file}, STS {self.endpoint})"
-
-    def __call__(self) -> Credentials:
-        try:
-            with open(self.token_file, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as exc:
-            raise _Failed(f"cannot read the token file: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise _Failed("the token file is not text") from None
-        if not token:
-            raise _Failed("the token file is empty")
-        register_secret(token)
-        body = urlencode({"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15",
-                          "RoleArn": self.role_arn, "RoleSessionName": self.session,
-                          "WebIdentityToken": token}).encode()
-        headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
-                   "Accept": "application/xml"}
-        return _attempts(lambda: self._once(body, headers), STS_ATTEMPTS, 0.5)
-
-    def _once(self, body: bytes, headers: dict[str, str]) -> Credentials:
-        status, data = _http("POST", self.endpoint + "/", headers, STS_TIMEOUT_S, body)
-        root = _xml(data)
-        if status != 200:
-            code = _find(root, "Code") if root is not None else ""
-            msg = _find(root, "Message")[:200] if root is not None else ""
-            retry = status >= 500 or status == 429 or code == "IDPCommunicationError"
-            raise _Failed(f"AssumeRoleWithWebIdentity answered HTTP {status} {code}".rstrip()
-                          + (f": {msg}" if msg else ""), retry)
-        if root is None:
-            raise _Failed("AssumeRoleWithWebIdentity answered something that is not XML")
-        creds = root.find(".//Credentials")
-        if creds is None:
-            raise _Failed("AssumeRoleWithWebIdentity answered without Credentials")
-        return _made(_find(creds, "AccessKeyId"), _find(creds, "SecretAccessKey"),
-                     _find(creds, "SessionToken"), _find(creds, "Expiration"), "STS")
-
-
-def _xml(data: bytes) -> ET.Element | None:
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError:
-        return None
-    for el in root.iter():
-        el.tag = el.tag.rpartition("}")[2]
-    return root
-
-
-def _find(root: ET.Element | None, name: str) -> str:
-    el = root.find(f".//{name}") if root is not None else None
-    return (el.text or "").strip() if el is not None else ""
-
-
-class Container:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.name = f"container credentials ({url})"
-
-    @staticmethod
-    def from_env() -> Container | None:
-        rel, full = (_env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
-                     _env("AWS_CONTAINER_CREDENTIALS_FULL_URI"))
-        if rel:
-            return Container(CONTAINER_HOST + ("" if rel.startswith("/") else "/") + rel)
-        if not full:
-            return None
-        u = urlsplit(full)
-        host = u.hostname or ""
-        if u.scheme not in ("http", "https") or not host:
-            raise _Failed(f"AWS_CONTAINER_CREDENTIALS_FULL_URI {full!r} is not an http(s) URL")
-        if not (_loopback(host) or host in CONTAINER_HOSTS or _same_ip(host)):
-            raise _Failed(f"AWS_CONTAINER_CREDENTIALS_FULL_URI {full!r}: the host must be a "
-                          f"loopback address or one of {', '.join(CONTAINER_HOSTS)}")
-        return Container(full)
-
-    def _headers(self) -> dict[str, str]:
-        token_file = _env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
-        if token_file:
-            try:
-                with open(token_file, encoding="utf-8") as f:
-                    token = f.read().strip()
-            except OSError as exc:
-                raise _Failed(f"cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE "
-                              f"{token_file}: {exc.strerror or exc}") from None
-        else:
-            token = _env("AWS_CONTAINER_AUTHORIZATION_TOKEN")
-        headers = {"Accept": "application/json"}
-        if token:
-            register_secret(token)
-            if "\r" in token or "\n" in token:
-                raise _Failed("the container authorization token holds a line break")
-            headers["Authorization"] = token
-        return headers
-
-    def __call__(self) -> Credentials:
-        headers = self._headers()
-        return _attempts(lambda: self._once(headers), CONTAINER_ATTEMPTS, 1.0)
-
-    def _once(self, headers: dict[str, str]) -> Credentials:
-        status, data = _http("GET", self.url, headers, CONTAINER_TIMEOUT_S)
-        if status != 200:
-            raise _Failed(f"HTTP {status}", status >= 500 or status == 429)
-        doc = _json(data, "the container credentials service")
-        return _made(doc.get("AccessKeyId"), doc.get("SecretAccessKey"), doc.get("Token"),
-                     doc.get("Expiration"), "the container credentials service")
-
-
-def _same_ip(host: str) -> bool:
-    """An IPv6 host written another way than in CONTAINER_HOSTS (fd00:ec2:0::23)."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(ip == ipaddress.ip_address(h) for h in CONTAINER_HOSTS if h != "localhost")
-
-
-def _json(data: bytes, who: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise _Failed(f"{who} answered something that is not JSON") from None
-    if not isinstance(doc, dict):
-        raise _Failed(f"{who} answered JSON that is not an object")
-    return doc
-
-
-class InstanceMetadata:
-    def __init__(self) -> None:
-        base = _env("AWS_EC2_METADATA_SERVICE_ENDPOINT")
-        if not base:
-            v6 = _env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE").lower() == "ipv6"
-            base = IMDS_DEFAULT_V6 if v6 else IMDS_DEFAULT
-        self.base = base.rstrip("/")
-        self.timeout = _number("AWS_METADATA_SERVICE_TIMEOUT", 1.0)
-        self.attempts = int(_number("AWS_METADATA_SERVICE_NUM_ATTEMPTS", 1))
-        self.name = f"instance metadata (IMDSv2 at {self.base})"
-
-    def _request(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        for i in range(self.attempts):
-            try:
-                return _http(method, self.base + path, headers, self.timeout)
-            except _Failed:
-                if i == self.attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
-
-    def __call__(self) -> Credentials:
-        try:
-            status, token = self._request("PUT", "/latest/api/token",
-                                          {"x-aws-ec2-metadata-token-ttl-seconds":
-                                           IMDS_TOKEN_TTL})
-        except _Failed as exc:
-            raise _Failed(f"{exc} (not on EC2? inside a container on EC2 the instance's "
-                          "metadata hop limit must be 2 or more for IMDSv2)") from None
-        if status in (403, 404, 405):  # no IMDSv2 here (or the service is turned off)
-            raise _Failed(f"the session token request (IMDSv2) was answered HTTP {status}; "
-                          "dsbackup does not fall back to IMDSv1: enable IMDSv2 on the "
-                          "instance (HttpTokens optional or required)")
-        if status != 200 or not token.strip():
-            raise _Failed(f"the session token request (IMDSv2) was answered HTTP {status}")
-        session = token.decode("ascii", "replace").strip()
-        register_secret(session)
-        headers = {"x-aws-ec2-metadata-token": session}
-        path = "/latest/meta-data/iam/security-credentials/"
-        status, names = self._request("GET", path, headers)
-        if status == 404:
-            raise _Failed("the instance has no IAM role (instance profile) attached")
-        if status != 200:
-            raise _Failed(f"the role's name was answered HTTP {status}")
-        role = names.decode("utf-8", "replace").strip().splitlines()
-        if not role or not role[0].strip():
-            raise _Failed("the instance has no IAM role (instance profile) attached")
-        status, data = self._request("GET", path + role[0].strip(), headers)
-        if status != 200:
-            raise _Failed(f"the credentials of role {role[0].strip()!r} were answered "
-                          f"HTTP {status}")
-        doc = _json(data, "the instance metadata service")
-        if doc.get("Code", "Success") != "Success":
-            raise _Failed(f"the credentials of role {role[0].strip()!r}: "
-                          f"{str(doc.get('Code'))[:80]} {str(doc.get('Message', ''))[:120]}"
-                          .rstrip())
-        return _made(doc.get("AccessKeyId"), doc.get("SecretAccessKey"), doc.get("Token"),
-                     doc.get("Expiration"), "the instance metadata service")
-
-
-def _number(name: str, default: float) -> float:
-    raw = _env(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        raise _Failed(f"{name}={raw!r}: expected a positive number")
-    return value
 
 
 def _source() -> Callable[[], Credentials] | None:
     """The chain's source for this environment (None: instance metadata is disabled and
-    nothing else is set up); _Failed when a source's settings are wrong."""
-    conf, _ = profile_config()
-    token_file = _env("AWS_WEB_IDENTITY_TOKEN_FILE") or conf.get("web_identity_token_file", "")
-    role_arn = _env("AWS_ROLE_ARN") or conf.get("role_arn", "")
-    if token_file:
-        if not role_arn:
-            raise _Failed("web identity: AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN "
-                          "is not")
-        region = client_config()["region"]
-        return WebIdentity(token_file, role_arn, _env("AWS_ROLE_SESSION_NAME")
-                           or conf.get("role_session_name", ""), region)
+    nothing else is set up); _Failed when a source's settings are wrong. The profile's
+    sources (a role, web identity, SSO, credential_process: s3profile.py) come first."""
+    region = client_config()["region"]
+    try:
+        found = s3profile.source(load_profiles(), profile_name(), region, top=True)
+    except ConfigError as exc:
+        raise _Failed(str(exc)) from None
+    if found is not None:
+        return found
     container = Container.from_env()
     if container is not None:
         return container
     if _env("AWS_EC2_METADATA_DISABLED").lower() == "true":
         return None
     return InstanceMetadata()
-
 
 # -- the cache -----------------------------------------------------------------------------
 
