@@ -8,10 +8,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from dsbackup import datasets
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.datastores import open_datastore
-from tests.support.deadwriter import sigkill_when_temp_over, temp_paths
+from tests.support.deadwriter import dead_writer_file, sigkill_when_temp_over, temp_paths
 
 
 def contents(uri):
@@ -87,3 +89,48 @@ def test_resume_without_a_temp_file_says_so(tmp_path, cli_env):
                        env=cli_env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # an incremental: nothing to resume, a new backup
     assert "no temporary file of an interrupted backup to resume" in r.stderr
+
+
+def _flip_in_chunk(archive, seq) -> bytes:
+    """The archive's bytes with one bit flipped inside chunk `seq`'s member."""
+    with ArchiveReader(archive) as a:
+        e = a.index.entry(seq)
+    data = bytearray(archive.read_bytes())
+    data[e.offset + e.length // 2] ^= 0x10
+    return bytes(data)
+
+
+@pytest.mark.parametrize("no_verify", [True, False], ids=["no-verify", "verify"])
+def test_a_damaged_whole_archive_left_by_a_killed_run_is_not_put_in_place(
+        tmp_path, cli_env, no_verify):
+    """A run killed while checking its finished archive leaves a whole archive in its temp
+    file; a chunk of it damaged since (bit rot, a hostile edit) is found before the rename,
+    --no-verify or not (its bytes are not this run's), and the file is resumed from before
+    that chunk: the archive put in place verifies and restores to exactly the store. (It was
+    put in place as it was with --no-verify, exit 0, and deleted with exit 3 without.)"""
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(6000))
+    archive = tmp_path / "a.tar.gz"
+    cmd = [sys.executable, "-m", "dsbackup", "backup", f"lmdb:{src}", str(archive),
+           "--workers", "1", "--chunk-size", "100"]
+    r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    damaged = _flip_in_chunk(archive, 30)
+    archive.unlink()
+    dead_writer_file(archive, damaged)
+
+    r = subprocess.run([*cmd, "--resume", *(["--no-verify"] if no_verify else [])],
+                       env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "fails its check" in r.stderr and "30 chunks" in r.stderr
+    assert temp_paths(tmp_path, archive.name) == []
+    v = subprocess.run([sys.executable, "-m", "dsbackup", "verify", str(archive)],
+                       env=cli_env, capture_output=True, text=True)
+    assert v.returncode == 0, v.stdout + v.stderr
+    with ArchiveReader(archive) as a:
+        assert [e["from_seq"] for e in a.summary["resumed"]] == [30]
+    dst = tmp_path / "dst"
+    r = subprocess.run([sys.executable, "-m", "dsbackup", "restore", str(archive),
+                        f"lmdb:{dst}"], env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert contents(f"lmdb:{dst}") == contents(f"lmdb:{src}")
