@@ -5,8 +5,10 @@ and `inspect` record the resume (docs/FORMAT.md §11.5)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -129,6 +131,66 @@ def test_a_damaged_whole_archive_left_by_a_killed_run_is_not_put_in_place(
     assert v.returncode == 0, v.stdout + v.stderr
     with ArchiveReader(archive) as a:
         assert [e["from_seq"] for e in a.summary["resumed"]] == [30]
+    dst = tmp_path / "dst"
+    r = subprocess.run([sys.executable, "-m", "dsbackup", "restore", str(archive),
+                        f"lmdb:{dst}"], env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert contents(f"lmdb:{dst}") == contents(f"lmdb:{src}")
+
+
+def _signal_when_temp_over(cmd, env, out, name, size, sig):
+    """Start `cmd`, send `sig` once its temp file is over `size` bytes; its exit code and
+    stderr."""
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and p.poll() is None:
+        tmps = temp_paths(out, name)
+        try:
+            if tmps and tmps[0].stat().st_size > size:
+                break
+        except FileNotFoundError:
+            pass
+        time.sleep(0.001)
+    p.send_signal(sig)
+    _, err = p.communicate()
+    return p.returncode, err
+
+
+def test_a_resumed_backup_stopped_by_a_signal_keeps_its_temp_file(tmp_path, cli_env):
+    """A resumed run stopped cleanly (systemd's SIGTERM, Ctrl-C, --timeout) keeps the temp
+    file it continues: it holds the killed run's work too, and the next --resume goes on from
+    there (it was deleted, and with it everything the earlier runs had written)."""
+    src = tmp_path / "src"
+    datasets.write_lmdb(str(src), datasets.iter_small(60000))
+    out = tmp_path / "out"
+    out.mkdir()
+    archive = out / "a.tar.gz"
+    cmd = [sys.executable, "-m", "dsbackup", "backup", f"lmdb:{src}", str(archive),
+           "--workers", "1", "--level", "6", "--chunk-size", "100"]
+    r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    size = archive.stat().st_size
+    archive.unlink()
+    sigkill_when_temp_over(cmd, cli_env, out, archive.name, size // 3)
+
+    rc, err = _signal_when_temp_over([*cmd, "--resume"], cli_env, out, archive.name,
+                                     size * 2 // 3, signal.SIGTERM)
+    assert rc == 130, err
+    assert not archive.exists()
+    [kept] = temp_paths(out, archive.name)
+    assert f"its temporary file {kept.name} is kept: backup --resume continues it" in err
+    assert kept.stat().st_size > size // 3
+
+    r = subprocess.run([*cmd, "--resume"], env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert temp_paths(out, archive.name) == []
+    with ArchiveReader(archive) as a:
+        first, second = a.summary["resumed"]
+    assert 0 < first["from_seq"] < second["from_seq"]
+    v = subprocess.run([sys.executable, "-m", "dsbackup", "verify", str(archive)],
+                       env=cli_env, capture_output=True, text=True)
+    assert v.returncode == 0, v.stdout + v.stderr
     dst = tmp_path / "dst"
     r = subprocess.run([sys.executable, "-m", "dsbackup", "restore", str(archive),
                         f"lmdb:{dst}"], env=cli_env, capture_output=True, text=True)

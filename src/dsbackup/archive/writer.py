@@ -20,7 +20,7 @@ from dsbackup.archive import format as fmt
 from dsbackup.archive.crypto import KeyMaterial, PendingKey, sealed_size
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.pages import PagedIndexBuilder
-from dsbackup.errors import ArchiveError
+from dsbackup.errors import ArchiveError, Cancelled
 from dsbackup.storage import S3Location, open_sink
 from dsbackup.storage.resumestate import FINISHING, WRITING
 
@@ -550,8 +550,8 @@ class ArchiveWriter:
             self._write([trailer.encode()])
             self._sink.commit(before_rename)
             self._closed = True
-        except BaseException:
-            self.abort()
+        except BaseException as exc:
+            self._discard(exc)
             raise
         return WrittenArchive(self.final, self._pos, self._index.count, self._records,
                               self._raw_bytes, self._payload_bytes, chunk_bytes, fingerprint,
@@ -560,6 +560,10 @@ class ArchiveWriter:
     def abort(self) -> None:
         """Discard what was written (temp file, multipart upload). Nothing is left at the
         final location."""
+        self._close_key()
+        self._sink.abort()
+
+    def _close_key(self) -> None:
         if not self._closed:
             self._closed = True
             if self._pending_key is not None:
@@ -567,11 +571,24 @@ class ArchiveWriter:
                 self._pending_key = None
             if self._cipher is not None:
                 self._cipher.close()
-        self._sink.abort()
+
+    def _discard(self, exc: BaseException | None) -> None:
+        """abort(), except that a resumed run's temp file stopped by Ctrl-C, SIGTERM or
+        --timeout (Cancelled) is kept: it holds the earlier runs' work, which the next
+        `backup --resume` continues (cutting off what this run left torn, docs/FORMAT.md
+        §11.5). Nothing is left at the final location either way."""
+        if isinstance(exc, Cancelled) and getattr(self._sink, "keep_when_cancelled", False):
+            self._close_key()
+            try:
+                self._sink.release()
+            except OSError:
+                pass  # an early sync's error: the file is closed and kept all the same
+            return
+        self.abort()
 
     def __enter__(self) -> ArchiveWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self._closed:
-            self.abort()
+            self._discard(exc)
