@@ -110,8 +110,10 @@ class ArchiveWriter:
         resume: ResumeState | None = None,
         sink: Any = None,
         codec: str = codecs.GZIP,
+        keep_when_cancelled: bool = False,
     ) -> None:
         self.overwrite = overwrite
+        self._keep_when_cancelled = keep_when_cancelled  # (a `backup --resume` run's)
         if resume is not None and sink is None:
             raise ValueError("resume needs its sink")
         # the IO boundary: a local temp file, an S3 multipart upload or stdout
@@ -572,12 +574,20 @@ class ArchiveWriter:
             if self._cipher is not None:
                 self._cipher.close()
 
+    def _keeps_when_cancelled(self) -> bool:
+        """A resumed run's file (ResumedSink), or a `backup --resume` run's own local temp
+        file once its manifest is in it (a file without one could not be resumed)."""
+        if getattr(self._sink, "keep_when_cancelled", False):
+            return True
+        return (self._keep_when_cancelled and getattr(self._sink, "release", None) is not None
+                and getattr(self, "_head", 0) is None and self._pos > self._base)
+
     def _discard(self, exc: BaseException | None) -> None:
-        """abort(), except that a resumed run's temp file stopped by Ctrl-C, SIGTERM or
-        --timeout (Cancelled) is kept: it holds the earlier runs' work, which the next
+        """abort(), except that a `backup --resume` run's temp file stopped by Ctrl-C, SIGTERM
+        or --timeout (Cancelled) is kept: it holds its (and earlier runs') work, which the next
         `backup --resume` continues (cutting off what this run left torn, docs/FORMAT.md
         §11.5). Nothing is left at the final location either way."""
-        if isinstance(exc, Cancelled) and getattr(self._sink, "keep_when_cancelled", False):
+        if isinstance(exc, Cancelled) and self._keeps_when_cancelled():
             self._close_key()
             try:
                 self._sink.release()

@@ -185,6 +185,16 @@ class LocalSink:
             return
         os.unlink(self.tmp)
 
+    def release(self) -> None:
+        """Close the file, keeping it: resumable again once this process is gone (cut back
+        to its last whole, checked member by the next resume)."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self._writeback.close()
+            finally:
+                os.close(self._fd)
+
     def abort(self) -> None:
         if not self._closed:
             self._closed = True
@@ -225,16 +235,6 @@ class ResumedSink(LocalSink):
         self.removed_leftovers = remove_stale_temp_files(final)  # ours is locked: kept
         self._pos = length
         self._writeback = Writeback(fd)
-
-    def release(self) -> None:
-        """Close the file, keeping it: resumable again once this process is gone (cut back
-        to its last whole, checked member by the next resume)."""
-        if not self._closed:
-            self._closed = True
-            try:
-                self._writeback.close()
-            finally:
-                os.close(self._fd)
 
 
 OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
