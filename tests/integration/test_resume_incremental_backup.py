@@ -12,7 +12,7 @@ import sys
 from dsbackup import datasets
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.datastores import open_datastore
-from tests.support.deadwriter import sigkill_when_temp_over, temp_paths
+from tests.support.deadwriter import dead_writer_file, sigkill_when_temp_over, temp_paths
 
 
 def contents(uri):
@@ -139,3 +139,49 @@ def test_a_resume_that_fails_before_writing_keeps_the_file(tmp_path, cli_env):
         assert a.summary["fingerprint"] == w.summary["fingerprint"]
         assert a.summary["raw_bytes"] == w.summary["raw_bytes"]
         assert a.summary["resumed"][0]["from_seq"] == seq + 1
+
+
+def test_a_flatfs_incremental_resumed_after_its_last_stored_chunk_counts_its_references(
+        tmp_path, cli_env):
+    """A flatfs incremental killed after its last stored chunk: the resumed run finds no
+    clean chunk after the cut, and the raw bytes of the references kept below it (carried by
+    the clean chunks' share) were never counted: the summary's raw_bytes fell short, and
+    verify and restore said exit 3 of an archive holding every record."""
+    src = tmp_path / "src"
+    uri = f"flatfs:{src}"
+    with open_datastore(uri) as ds:
+        blocks = [(k[len(b"/blocks"):], v) for k, v in datasets.iter_blocks(1500, block_size=600)]
+        ds.put_many([k for k, _ in blocks], [v for _, v in blocks])
+    out = tmp_path / "out"
+    out.mkdir()
+    parent, archive = out / "p.tar.gz", out / "i.tar.gz"
+    base = [sys.executable, "-m", "dsbackup", "backup", uri]
+    r = subprocess.run([*base, str(parent), "--chunk-size", "50"], env=cli_env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with open_datastore(uri) as ds:  # a new last key: the incremental's last chunk is stored
+        ds.put(b"/ZZZZZZZZZZ", b"a block after every other")
+    cmd = [*base, str(archive), "--chunk-size", "50", "--parent", str(parent)]
+    r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with ArchiveReader(archive) as a:
+        last = a.index.entry(a.chunk_count - 1)
+        assert not last.in_parent and a.summary["referenced_chunks"] > 0
+        raw = a.summary["raw_bytes"]
+    data = archive.read_bytes()
+    archive.unlink()
+    dead_writer_file(archive, data[:last.offset + last.length + 100])  # killed in the index
+
+    r = subprocess.run([*cmd, "--resume"], env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    with ArchiveReader(archive) as a:
+        assert a.summary["raw_bytes"] == raw
+    v = subprocess.run([sys.executable, "-m", "dsbackup", "verify", str(archive)],
+                       env=cli_env, capture_output=True, text=True)
+    assert v.returncode == 0, v.stdout + v.stderr
+    dst = tmp_path / "dst"
+    r = subprocess.run([sys.executable, "-m", "dsbackup", "restore", str(archive),
+                        f"lmdb:{dst}"], env=cli_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert contents(f"lmdb:{dst}") == contents(uri)

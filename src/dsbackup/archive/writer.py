@@ -20,7 +20,7 @@ from dsbackup.archive import format as fmt
 from dsbackup.archive.crypto import KeyMaterial, PendingKey, sealed_size
 from dsbackup.archive.index import FLAG_PARENT, CatalogEntry, ChunkEntry, IndexBuilder
 from dsbackup.archive.pages import PagedIndexBuilder
-from dsbackup.errors import ArchiveError
+from dsbackup.errors import ArchiveError, Cancelled
 from dsbackup.storage import S3Location, open_sink
 from dsbackup.storage.resumestate import FINISHING, WRITING
 
@@ -110,8 +110,10 @@ class ArchiveWriter:
         resume: ResumeState | None = None,
         sink: Any = None,
         codec: str = codecs.GZIP,
+        keep_when_cancelled: bool = False,
     ) -> None:
         self.overwrite = overwrite
+        self._keep_when_cancelled = keep_when_cancelled  # (a `backup --resume` run's)
         if resume is not None and sink is None:
             raise ValueError("resume needs its sink")
         # the IO boundary: a local temp file, an S3 multipart upload or stdout
@@ -550,8 +552,8 @@ class ArchiveWriter:
             self._write([trailer.encode()])
             self._sink.commit(before_rename)
             self._closed = True
-        except BaseException:
-            self.abort()
+        except BaseException as exc:
+            self._discard(exc)
             raise
         return WrittenArchive(self.final, self._pos, self._index.count, self._records,
                               self._raw_bytes, self._payload_bytes, chunk_bytes, fingerprint,
@@ -560,6 +562,10 @@ class ArchiveWriter:
     def abort(self) -> None:
         """Discard what was written (temp file, multipart upload). Nothing is left at the
         final location."""
+        self._close_key()
+        self._sink.abort()
+
+    def _close_key(self) -> None:
         if not self._closed:
             self._closed = True
             if self._pending_key is not None:
@@ -567,11 +573,32 @@ class ArchiveWriter:
                 self._pending_key = None
             if self._cipher is not None:
                 self._cipher.close()
-        self._sink.abort()
+
+    def _keeps_when_cancelled(self) -> bool:
+        """A resumed run's file (ResumedSink), or a `backup --resume` run's own local temp
+        file once its manifest is in it (a file without one could not be resumed)."""
+        if getattr(self._sink, "keep_when_cancelled", False):
+            return True
+        return (self._keep_when_cancelled and getattr(self._sink, "release", None) is not None
+                and getattr(self, "_head", 0) is None and self._pos > self._base)
+
+    def _discard(self, exc: BaseException | None) -> None:
+        """abort(), except that a `backup --resume` run's temp file stopped by Ctrl-C, SIGTERM
+        or --timeout (Cancelled) is kept: it holds its (and earlier runs') work, which the next
+        `backup --resume` continues (cutting off what this run left torn, docs/FORMAT.md
+        §11.5). Nothing is left at the final location either way."""
+        if isinstance(exc, Cancelled) and self._keeps_when_cancelled():
+            self._close_key()
+            try:
+                self._sink.release()
+            except OSError:
+                pass  # an early sync's error: the file is closed and kept all the same
+            return
+        self.abort()
 
     def __enter__(self) -> ArchiveWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self._closed:
-            self.abort()
+            self._discard(exc)

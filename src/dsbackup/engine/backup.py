@@ -177,11 +177,14 @@ class BackupManager:
                     meta = self._create(ds, as_location(path), cfg, progress, cancel, t0)
         except Cancelled:
             self._count("backups_failed")
+            kept = _kept_temp(path) if cfg.resume else None
+            tail = "" if kept is None else (f"; its temporary file {kept.name} is kept: "
+                                            "backup --resume continues it")
             if deadline.fired:
                 raise Cancelled(f"{path}: backup timed out after {cfg.timeout}s; nothing was "
-                                "written at the archive path") from None
+                                f"written at the archive path{tail}") from None
             raise Cancelled(f"{path}: backup cancelled; nothing was written at the archive "
-                            "path") from None
+                            f"path{tail}") from None
         except DsBackupError:
             self._count("backups_failed")
             raise
@@ -358,6 +361,20 @@ def audit_source(source: Any, skip_foreign: bool) -> FileAudit | None:
                           "--skip-foreign to back up the rest: the backup then ends with "
                           "warnings, exit 1)")
     return audit
+
+
+def _kept_temp(path: Any) -> Path | None:
+    """The temp file a cancelled resumed run kept for the next --resume (this process's, for
+    the local archive `path`; dsbackup.archive.writer), or None."""
+    if is_remote(path) or is_stream(path):
+        return None
+    final = Path(path)
+    try:
+        names = os.listdir(final.parent)
+    except OSError:
+        return None
+    mine = f".{final.name}.tmp-{os.getpid()}-"
+    return next((final.parent / n for n in sorted(names) if n.startswith(mine)), None)
 
 
 def _quick_check(tmp_path: Any) -> None:

@@ -110,6 +110,9 @@ class FlatfsIncremental:
 
     snapshot_id = None
     excluded = (0, 0)
+    # the part of clean_raw no References carried: all of it when no clean chunk lies after a
+    # resumed backup's cut, which leaves only the kept references' (`below`) to count
+    unsent_raw = 0
 
     def __init__(self, ds: Any, preader: ArchiveReader, cfg: BackupConfig, chunk_size: int,
                  chunk_max_bytes: int, usable: bool, start: bytes = b"",
@@ -205,6 +208,7 @@ class FlatfsIncremental:
                         counts, self.clean_raw, self.clean_payload)
             yield from walk(self.buckets.buckets(), self.index if self.usable else None,
                             self.cs, emit)
+            self.unsent_raw = emit.left_raw
             return
         payload = sum(c[3] for c in self.clean)
         left_raw, left_payload = self.clean_raw, payload
@@ -235,6 +239,7 @@ class FlatfsIncremental:
             pos = hi
         if pos < len(self.keys):
             yield from run(pos, len(self.keys))
+        self.unsent_raw = left_raw
 
     def _runs(self) -> Iterator[tuple[range, int, int]]:
         """The clean chunks as runs: (parent seqs, first and end listing index) of chunks

@@ -206,6 +206,8 @@ class IncrementalStream:
                 r.late_raw_bytes = raw_bytes_of(self.parent, r.below, known=self._above,
                                                 known_raw=self._above_raw,
                                                 threads=self.threads)
+            elif isinstance(self.src, flatfs_incremental.FlatfsIncremental):
+                r.late_raw_bytes = self.src.unsent_raw  # `below`'s, when no References took it
         return ScanOutcome(
             mode="incremental", workers=self.threads, excluded_records=excluded_records,
             excluded_bytes=excluded_bytes, snapshot=getattr(self.src, "snapshot_id", None),

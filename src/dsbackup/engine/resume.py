@@ -212,15 +212,33 @@ def _whole(plan: BackupPlan, tmp: Path, fd: int) -> bool:
     return True
 
 
-def _commit_whole(plan: BackupPlan, final: Path, tmp: Path, fd: int) -> BackupMetadata:
-    """Check a whole archive left in a temp file and put it in place, as it is."""
+def _whole_damage(tmp: Path, parent: ArchiveReader | None) -> str | None:
+    """Why the whole archive in a temp file fails a quick verify (every member's checksums,
+    an incremental's references against its parent chain); None when it passes. Always run,
+    --no-verify or not: its bytes were written by a killed process, at some earlier time."""
+    from dsbackup.archive.verify import verify_archive
+
+    dirs: list[str | os.PathLike[str]] = []
+    if parent is not None:  # where the chain was found (the temp file's directory aside)
+        chain = parent.open_parents()
+        for p in [parent.path, *(chain.paths if chain else [])]:
+            if isinstance(p, Path) and p.parent not in dirs:
+                dirs.append(p.parent)
+    report = verify_archive(tmp, deep=False, threads=2, parent_dirs=dirs)
+    return None if report.ok else "; ".join(report.errors[:3])
+
+
+def _commit_whole(plan: BackupPlan, final: Path, tmp: Path, fd: int,
+                  parent: ArchiveReader | None) -> BackupMetadata:
+    """Put a whole archive left in a temp file in place, as it is (checked before by
+    _whole_damage); an incremental's check before the rename (its parent chain) still runs."""
     log.warning("resuming %s from %s: it is a whole archive (its writer was killed while "
                 "checking or placing it): checked and put in place as it is", final, tmp.name)
     mine = temp_path_for(final)
     os.rename(tmp, mine)
     sink = ResumedSink(final, mine, fd, os.fstat(fd).st_size, overwrite=plan.cfg.overwrite)
     try:
-        sink.commit(plan.check)
+        sink.commit(plan.check if parent is not None else None)  # a full one's: done
     except BaseException:
         sink.abort()  # as a backup whose check fails: nothing at the final path
         raise
@@ -277,7 +295,17 @@ def _take(plan: BackupPlan, parent: ArchiveReader | None = None
         os.close(fd)
         raise
     if whole:
-        return _commit_whole(plan, final, tmp, fd)
+        try:
+            damage = _whole_damage(tmp, parent)
+        except BaseException:
+            os.close(fd)
+            raise
+        if damage is None:
+            return _commit_whole(plan, final, tmp, fd, parent)
+        # resumed as any killed backup's file: cut before its first damaged member
+        log.warning("resuming %s from %s: it is a whole archive but fails its check (%s): "
+                    "its whole, checked members are kept and the rest written again", final,
+                    tmp.name, damage)
     state: ResumeState | None = None
     try:
         epochs = resumestate.load_epochs(fd)

@@ -97,7 +97,8 @@ def write_archive(plan: BackupPlan, stream: ChunkStream) -> BackupMetadata:
                                key=cfg.encryption, kdf=plan.kdf,
                                page_entries=plan.page_entries,
                                resume=None if resume is None else resume.state,
-                               sink=None if resume is None else resume.sink) as writer:
+                               sink=None if resume is None else resume.sink,
+                               keep_when_cancelled=cfg.resume) as writer:
         _copy(plan, stream, writer)
         if plan.cancel.is_set():
             raise Cancelled("backup cancelled")

@@ -185,6 +185,16 @@ class LocalSink:
             return
         os.unlink(self.tmp)
 
+    def release(self) -> None:
+        """Close the file, keeping it: resumable again once this process is gone (cut back
+        to its last whole, checked member by the next resume)."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self._writeback.close()
+            finally:
+                os.close(self._fd)
+
     def abort(self) -> None:
         if not self._closed:
             self._closed = True
@@ -205,7 +215,10 @@ class LocalSink:
 class ResumedSink(LocalSink):
     """A dead writer's temp file taken over to be continued (docs/FORMAT.md §11.5): `fd` is
     open read-write on `tmp` and holds its lock; the file is cut to `length` (the end of its
-    last whole, checked member) and written on from there."""
+    last whole, checked member) and written on from there. A run stopped by Ctrl-C, SIGTERM
+    or --timeout keeps it (ArchiveWriter releases it): it holds earlier runs' work."""
+
+    keep_when_cancelled = True
 
     def __init__(self, final: Path, tmp: Path, fd: int, length: int, *,
                  overwrite: bool = False) -> None:
@@ -222,16 +235,6 @@ class ResumedSink(LocalSink):
         self.removed_leftovers = remove_stale_temp_files(final)  # ours is locked: kept
         self._pos = length
         self._writeback = Writeback(fd)
-
-    def release(self) -> None:
-        """Close the file before anything was written to it, keeping it: cut at a whole
-        member, it is resumable again once this process is gone."""
-        if not self._closed:
-            self._closed = True
-            try:
-                self._writeback.close()
-            finally:
-                os.close(self._fd)
 
 
 OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
