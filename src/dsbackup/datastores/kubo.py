@@ -16,8 +16,6 @@ default); without a ``config`` (a restore writes it with the node's files) Kubo'
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -25,7 +23,8 @@ from typing import Any
 
 from dsbackup.datastores.base import BaseDatastore
 from dsbackup.datastores.mount import MountDatastore
-from dsbackup.errors import DatastoreError, LockedError
+from dsbackup.datastores.sharedlock import SharedLock, hold_shared
+from dsbackup.errors import DatastoreError
 
 __all__ = ["KuboDatastore", "mount_dirs", "open_kubo", "probe_repo_lock", "LOCK_FILE", "SPEC_FILE"]
 
@@ -35,24 +34,16 @@ CONFIG_FILE = "config"
 _WRAPPERS = ("measure", "log")
 
 
-def probe_repo_lock(repo: str | os.PathLike[str]) -> int | None:
-    """Take a shared POSIX lock on ``repo.lock`` and return its fd (caller closes it), or
-    None when there is no lock file. Raises :class:`LockedError` if a daemon holds it."""
-    path = os.path.join(os.fspath(repo), LOCK_FILE)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            raise LockedError(
-                f"{repo}: Kubo repo is locked ({LOCK_FILE} is held, is the daemon running?); "
-                "stop the daemon first (the API's allow_live=True reads it anyway)") from None
-        raise DatastoreError(f"{path}: cannot probe lock: {e}") from e
-    return fd
+def probe_repo_lock(repo: str | os.PathLike[str]) -> SharedLock | None:
+    """Take a shared POSIX lock on ``repo.lock`` (process-wide, sharedlock.py: the caller
+    releases its share) or None when there is no lock file. Raises :class:`LockedError` if a
+    daemon holds it."""
+    return hold_shared(
+        os.path.join(os.fspath(repo), LOCK_FILE),
+        busy=f"{repo}: Kubo repo is locked ({LOCK_FILE} is held, is the daemon running?); "
+             "stop the daemon first (the API's allow_live=True reads it anyway)",
+        busy_here=f"{repo}: Kubo repo is locked by this process ({LOCK_FILE} is held: a "
+                  "daemon or Kubo library runs in it)")
 
 
 class KuboDatastore(MountDatastore):
@@ -71,9 +62,9 @@ class KuboDatastore(MountDatastore):
                 from None
         except ValueError as e:
             raise DatastoreError(f"{spec_path}: invalid JSON: {e}") from e
-        self._lock_fd: int | None = None
+        self._lock: SharedLock | None = None
         if not allow_live:
-            self._lock_fd = probe_repo_lock(self.repo)
+            self._lock = probe_repo_lock(self.repo)
         opened: list[tuple[str, BaseDatastore]] = []
         try:
             for mountpoint, child in self._mount_specs(self.spec):
@@ -165,9 +156,9 @@ class KuboDatastore(MountDatastore):
         return None
 
     def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the fd releases our POSIX lock
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()  # the last share closes the file, which drops the lock
+            self._lock = None
 
     def close(self) -> None:
         try:
