@@ -178,3 +178,33 @@ def test_prestart_workers_only_for_a_full_parallel_dsbackup_backup(tmp_path, mon
     assert started == [1]
     monkeypatch.setenv("DSBACKUP_PRESTART", "0")
     assert not prestart_workers(src, workers=4)
+
+
+def test_start_context_from_two_threads_restores_main_and_pythonpath(monkeypatch):
+    """Two backups starting their workers side by side (a library caller's threads): each
+    start_context restored what the other had set, so __main__ stayed an empty module and
+    PYTHONPATH stayed changed after both were done."""
+    import threading
+
+    monkeypatch.setenv("PYTHONPATH", "/caller/path")
+    main = sys.modules["__main__"]
+    inside = threading.Event()
+
+    def first() -> None:
+        with forkserver.start_context():
+            inside.set()
+            time.sleep(0.2)  # the other thread starts its workers meanwhile
+
+    def second() -> None:
+        inside.wait(5)
+        with forkserver.start_context():
+            time.sleep(0.4)  # and ends after the first
+            assert os.environ["PYTHONPATH"].endswith(os.pathsep + "/caller/path")
+
+    threads = [threading.Thread(target=f) for f in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sys.modules["__main__"] is main
+    assert os.environ["PYTHONPATH"] == "/caller/path"

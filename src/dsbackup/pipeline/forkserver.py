@@ -15,6 +15,7 @@ import logging
 import multiprocessing as mp
 import os
 import sys
+import threading
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ PRELOAD = ["dsbackup.pipeline.worker", "dsbackup.datastores"]
 # prestart only with this many usable CPUs: on fewer the booting server competes with the
 # CLI's own start-up (on 2 cores: no gain on a 256 MiB store)
 PRESTART_MIN_CPUS = 4
+# start_context swaps process-wide state: one thread at a time (re-entrant for nesting)
+_swap_lock = threading.RLock()
 
 
 def context() -> BaseContext:
@@ -48,7 +51,16 @@ def start_context() -> Iterator[None]:
     - Python < 3.12's fork server ignores the parent's sys.path when it preloads modules, so
       it could preload another installed copy of dsbackup: the directory this copy was
       imported from goes first on PYTHONPATH while the fork server starts.
+
+    Both are process-wide, so one thread at a time holds the context: two backups starting
+    their workers side by side each restored what the other had set, and left __main__ an
+    empty module and PYTHONPATH changed for good.
     """
+    with _swap_lock:
+        yield from _swapped()
+
+
+def _swapped() -> Iterator[None]:
     main = sys.modules.get("__main__")
     sys.modules["__main__"] = types.ModuleType("__main__")
     old_path = os.environ.get("PYTHONPATH")
@@ -59,6 +71,8 @@ def start_context() -> Iterator[None]:
     finally:
         if main is not None:
             sys.modules["__main__"] = main
+        else:
+            sys.modules.pop("__main__", None)
         if old_path is None:
             os.environ.pop("PYTHONPATH", None)
         else:
