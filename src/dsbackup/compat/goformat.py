@@ -444,12 +444,17 @@ def _check_metadata(p: str, meta: dict[str, Any] | None, numbers: array[int], re
     config = meta.get("config") or {}
     chunk_size = config.get("ChunkSize")
     if isinstance(total_keys, int) and isinstance(chunk_size, int) and chunk_size > 0:
-        expected = _expected_chunk_numbers(total_keys, chunk_size)
-        unique = list(range(1, -(-total_keys // chunk_size) + 1))  # dsbackup's --format go
-        if numbers.tolist() not in (expected, unique):
+        full, rest = divmod(max(total_keys, 0), chunk_size)
+        implied = full + (1 if rest else 0)
+        # the lists are made only for as many members as the archive holds: a metadata.json
+        # claiming 10**8 records in chunks of 1 made lists of that size (GBs), 10**100 an
+        # OverflowError
+        if len(numbers) != implied or numbers.tolist() not in (
+                _expected_chunk_numbers(total_keys, chunk_size),
+                list(range(1, implied + 1))):  # dsbackup's --format go: unique names
             raise IntegrityError(
                 f"{p}: {METADATA_NAME} (total_keys {total_keys}, ChunkSize {chunk_size}) implies "
-                f"{len(expected)} chunk members, found {len(numbers)} not named as the Go tool "
+                f"{implied} chunk members, found {len(numbers)} not named as the Go tool "
                 "names them (a chunk is missing, added or out of order)", part="metadata")
     for field, declared, found in (("total_keys", total_keys, records),
                                    ("total_size", total_size, value_bytes)):
