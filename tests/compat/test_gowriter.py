@@ -111,6 +111,32 @@ def test_checksum_catches_a_changed_value(tmp_path, source):
     assert r.returncode == 3 and "checksum" in r.stderr
 
 
+
+def test_the_api_verifies_and_inspects_a_go_archive_as_the_cli_does(tmp_path, source):
+    """BackupManager.create_backup(format="go") wrote it and restore_backup read it, but
+    verify_backup reported it damaged ("not a dsbackup trailer", ok False) and inspect raised
+    IntegrityError (exit 3): a library caller checking its backup was told to discard it."""
+    from dsbackup import BackupManager
+
+    uri, recs = source
+    out = tmp_path / "go.tar.gz"
+    mgr = BackupManager()
+    mgr.create_backup(uri, str(out), format="go")
+    for deep in (True, False):
+        report = mgr.verify_backup(str(out), deep=deep)
+        assert report.ok, report.errors
+        assert report.mode == "deep" and report.records == len(recs)
+    meta = mgr.inspect(str(out))
+    assert meta.total_keys == len(recs) and meta.statistics.mode == "go"
+    ms = members(out)  # damage is still found: a changed value breaks the checksum
+    name, body = ms[0]
+    i = body.index(b'":"') + 4
+    swapped = body[:i] + (b"A" if body[i:i + 1] != b"A" else b"B") + body[i + 1:]
+    write_gz(out, tar_bytes([(name, swapped), *ms[1:]]))
+    report = mgr.verify_backup(str(out))
+    assert not report.ok and "checksum" in report.errors[0]
+    assert mgr.get_metrics()["verify_failures_total"] == 1
+
 def test_format_go_refuses_incremental_and_flatfs_source_works(tmp_path):
     ds = open_datastore(f"flatfs:{tmp_path / 'f'}")
     ds.put_many([b"/CIQA", b"/CIQB"], [b"a", b""])
