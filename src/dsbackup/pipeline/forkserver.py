@@ -33,6 +33,30 @@ PRESTART_MIN_CPUS = 4
 _swap_lock = threading.RLock()
 
 
+def _forget_server_in_child() -> None:
+    """After os.fork: the fork server is the parent's child, not ours. multiprocessing keeps
+    its pid, and its next ensure_running() calls waitpid() on it, which fails with ECHILD: a
+    program that forked after a parallel backup had every parallel backup in the child fail
+    ("[Errno 10] No child processes"). The child starts a server of its own instead (the
+    parent's keeps running for the parent); a lock a parent's thread held is made anew."""
+    global _swap_lock
+    _swap_lock = threading.RLock()
+    fs = getattr(sys.modules.get("multiprocessing.forkserver"), "_forkserver", None)
+    if fs is None or getattr(fs, "_forkserver_pid", None) is None:
+        return
+    alive = getattr(fs, "_forkserver_alive_fd", None)
+    if alive is not None:
+        try:
+            os.close(alive)  # our copy only: the server stops when the parent closes its own
+        except OSError:
+            pass
+    fs._forkserver_address = fs._forkserver_alive_fd = fs._forkserver_pid = None
+    fs._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_server_in_child)
+
+
 def context() -> BaseContext:
     """The forkserver context, its server set to preload the worker code."""
     ctx = mp.get_context("forkserver")
