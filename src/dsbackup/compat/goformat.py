@@ -24,12 +24,13 @@ import stat
 import sys
 import tarfile
 import tempfile
+import threading
 import zlib
 from array import array
 from collections.abc import Iterator
 from typing import IO, Any
 
-from dsbackup.errors import ArchiveError, IntegrityError, UnsupportedArchive
+from dsbackup.errors import ArchiveError, Cancelled, IntegrityError, UnsupportedArchive
 from dsbackup.storage import is_remote
 
 try:  # ISA-L inflate is several times faster than zlib's; same API and errors as gzip
@@ -355,6 +356,7 @@ def iter_go_records(
     tmp_dir: str | os.PathLike[str] | None = None,
     metadata_out: dict[str, Any] | None = None,
     counts_out: dict[str, int] | None = None,
+    cancel: threading.Event | None = None,
 ) -> Iterator[tuple[list[bytes], list[bytes]]]:
     """Yield (keys, values) batches of a Go archive in bytewise key order, each key once.
 
@@ -366,7 +368,7 @@ def iter_go_records(
     ``config.ChunkSize`` imply, and hold no more records or value bytes than it declares.
     ``metadata_out``, if given, receives the metadata; ``counts_out`` the number of chunk
     ``members``, ``records`` in them (a repeated key counted each time) and ``value_bytes``.
-    A batch holds
+    ``cancel``, once set, raises Cancelled at the next member read. A batch holds
     at most ``batch_records`` records and stops growing once it reaches ``batch_bytes``."""
     if batch_records < 1 or batch_bytes < 1:
         raise ValueError("batch_records and batch_bytes must be positive")
@@ -380,6 +382,8 @@ def iter_go_records(
         try:
             for kind, name, data in _walk(p, max_member_bytes=max_member_bytes,
                                           read_chunks=True):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled while reading the archive")
                 if kind == "metadata":
                     meta = _parse_metadata(p, name, data)
                     continue
