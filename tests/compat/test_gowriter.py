@@ -238,3 +238,29 @@ def test_a_kubo_node_in_the_go_format_says_its_node_files_are_left_out(tmp_path,
     r = run_cli("backup", "--format", "go", "--datastore-only", f"kubo:{kubo_node_repo}",
                 tmp_path / "i.tar.gz")
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("bad", [b"/k/\xff", b"/a//b", b"/x/./y", b"/x/y/", b"noslash",
+                                 b"/a/../b"])
+def test_a_key_the_go_format_cannot_hold_fails_the_backup(tmp_path, bad):
+    """The Go format's keys are JSON text restored through datastore.NewKey (a cleaned path):
+    a key that is not UTF-8 or not clean came back changed (or merged with another), after a
+    backup and a verify that said OK. Now the backup fails naming the key, nothing left."""
+    from dsbackup import BackupManager
+    from dsbackup.errors import BackupError
+
+    src = tmp_path / "src"
+    keys = sorted({bad, b"/a/b", b"/x/y", b"/ok/\xc3\xa9t\xc3\xa9"})
+    with open_datastore(f"lmdb:{src}") as ds:
+        ds.put_many(keys, [b"v"] * len(keys))
+    out = tmp_path / "go.tar.gz"
+    with pytest.raises(BackupError, match="the Go format cannot hold it") as exc:
+        BackupManager().create_backup(f"lmdb:{src}", str(out), format="go")
+    assert repr(bad)[1:] in str(exc.value) and exc.value.exit_code == 2
+    assert os.listdir(tmp_path) == ["src"]  # no archive, no temp file
+    good = tmp_path / "good"
+    with open_datastore(f"lmdb:{good}") as ds:  # clean UTF-8 keys still go through
+        ds.put_many([b"/", b"/.hidden", b"/a/.b", b"/ok/\xc3\xa9t\xc3\xa9"], [b"v"] * 4)
+    BackupManager().create_backup(f"lmdb:{good}", str(out), format="go")
+    assert [k for ks, _ in iter_go_records(out) for k in ks] == [
+        b"/", b"/.hidden", b"/a/.b", b"/ok/\xc3\xa9t\xc3\xa9"]
