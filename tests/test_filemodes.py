@@ -81,3 +81,27 @@ def test_umask_option_on_the_command_line(tmp_path, run_cli, private_store):
     r = run_cli("consolidate", tmp_path / "a.tar.gz", tmp_path / "c.tar.gz", "--umask", "022")
     assert r.returncode == 0, r.stderr
     assert mode(tmp_path / "c.tar.gz") == 0o644
+
+
+def test_stores_and_node_files_read_the_umask_without_setting_it(tmp_path, monkeypatch):
+    """flatfs, fsds and the node files read the umask by setting it for a moment
+    (os.umask(0o022) / os.umask(0)): in a program with other threads, their files created in
+    that moment got the wrong mode (world-writable under 0). Now it is read from
+    /proc/self/status and the process umask is never changed."""
+    from dsbackup.datastores import open_datastore
+    from dsbackup.engine.restore_node import write_node_files
+
+    old = os.umask(0o027)
+    try:
+        calls = []
+        real = os.umask
+        monkeypatch.setattr(os, "umask", lambda m: calls.append(m) or real(m))
+        with open_datastore(f"flatfs:{tmp_path / 'fs'}") as ds:
+            ds.put(b"/KEY", b"v")
+        with open_datastore(f"fsds:{tmp_path / 'ds'}") as ds:
+            ds.put(b"/a/b", b"v")
+        write_node_files(tmp_path / "node", [])
+        assert calls == []  # old code: [18, 23, 0, 23] (0o022, back, 0, back)
+        assert filemodes.process_umask() == 0o027 and real(0o027) == 0o027
+    finally:
+        os.umask(old)

@@ -8,6 +8,9 @@ follow the process umask alone.
 
 from __future__ import annotations
 
+import os
+import threading
+
 DEFAULT_PRIVATE_UMASK = 0o077
 
 _private_umask = DEFAULT_PRIVATE_UMASK
@@ -24,3 +27,24 @@ def set_private_umask(umask: int) -> None:
 def private_mode() -> int:
     """The mode to create a private file with (``os.open(..., private_mode())``)."""
     return 0o666 & ~_private_umask
+
+
+_umask_guard = threading.Lock()
+
+
+def process_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``Umask:`` in
+    /proc/self/status, Linux 4.7+). Reading it with ``os.umask`` means setting it for a moment,
+    which in a program with other threads makes their files in that moment get the wrong
+    mode (world-writable under ``os.umask(0)``); that fallback is taken under a lock."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_guard:
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask

@@ -298,6 +298,27 @@ def test_totals_checked_without_chunk_size(tmp_path: Path) -> None:
     assert read_all(path) == [(b"/a", b"12"), (b"/b", b"3")]
 
 
+@pytest.mark.parametrize("total_keys", [10 ** 100, 2 * 10 ** 6])
+def test_huge_declared_total_keys_is_refused_in_bounded_memory(tmp_path: Path,
+                                                               total_keys: int) -> None:
+    """A hostile metadata.json claiming many records in chunks of 1: the expected member
+    names were built as lists of that size (10**100: OverflowError, not the package's error;
+    2 * 10**6: ~70 MB of Python ints, 10**9 would take the machine's memory)."""
+    import tracemalloc
+
+    meta = b'{"total_keys":%d,"total_size":1,"config":{"ChunkSize":1}}' % total_keys
+    path = write_gz(tmp_path / "go.tar.gz", tar_bytes(
+        [("chunk_1.chunk", go_chunk({"/a": b"1"})), ("metadata.json", meta)]))
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError, match=f"implies {total_keys} chunk members"):
+            read_all(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+
+
 @pytest.mark.parametrize("metadata", [b"[]", b"{bad", b'{"total_keys":"10"}',
                                       b'{"total_keys":1.5}', b'{"version":true}'])
 def test_bad_metadata(tmp_path: Path, metadata: bytes) -> None:

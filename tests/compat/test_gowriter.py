@@ -111,6 +111,32 @@ def test_checksum_catches_a_changed_value(tmp_path, source):
     assert r.returncode == 3 and "checksum" in r.stderr
 
 
+
+def test_the_api_verifies_and_inspects_a_go_archive_as_the_cli_does(tmp_path, source):
+    """BackupManager.create_backup(format="go") wrote it and restore_backup read it, but
+    verify_backup reported it damaged ("not a dsbackup trailer", ok False) and inspect raised
+    IntegrityError (exit 3): a library caller checking its backup was told to discard it."""
+    from dsbackup import BackupManager
+
+    uri, recs = source
+    out = tmp_path / "go.tar.gz"
+    mgr = BackupManager()
+    mgr.create_backup(uri, str(out), format="go")
+    for deep in (True, False):
+        report = mgr.verify_backup(str(out), deep=deep)
+        assert report.ok, report.errors
+        assert report.mode == "deep" and report.records == len(recs)
+    meta = mgr.inspect(str(out))
+    assert meta.total_keys == len(recs) and meta.statistics.mode == "go"
+    ms = members(out)  # damage is still found: a changed value breaks the checksum
+    name, body = ms[0]
+    i = body.index(b'":"') + 4
+    swapped = body[:i] + (b"A" if body[i:i + 1] != b"A" else b"B") + body[i + 1:]
+    write_gz(out, tar_bytes([(name, swapped), *ms[1:]]))
+    report = mgr.verify_backup(str(out))
+    assert not report.ok and "checksum" in report.errors[0]
+    assert mgr.get_metrics()["verify_failures_total"] == 1
+
 def test_format_go_refuses_incremental_and_flatfs_source_works(tmp_path):
     ds = open_datastore(f"flatfs:{tmp_path / 'f'}")
     ds.put_many([b"/CIQA", b"/CIQB"], [b"a", b""])
@@ -212,3 +238,29 @@ def test_a_kubo_node_in_the_go_format_says_its_node_files_are_left_out(tmp_path,
     r = run_cli("backup", "--format", "go", "--datastore-only", f"kubo:{kubo_node_repo}",
                 tmp_path / "i.tar.gz")
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("bad", [b"/k/\xff", b"/a//b", b"/x/./y", b"/x/y/", b"noslash",
+                                 b"/a/../b"])
+def test_a_key_the_go_format_cannot_hold_fails_the_backup(tmp_path, bad):
+    """The Go format's keys are JSON text restored through datastore.NewKey (a cleaned path):
+    a key that is not UTF-8 or not clean came back changed (or merged with another), after a
+    backup and a verify that said OK. Now the backup fails naming the key, nothing left."""
+    from dsbackup import BackupManager
+    from dsbackup.errors import BackupError
+
+    src = tmp_path / "src"
+    keys = sorted({bad, b"/a/b", b"/x/y", b"/ok/\xc3\xa9t\xc3\xa9"})
+    with open_datastore(f"lmdb:{src}") as ds:
+        ds.put_many(keys, [b"v"] * len(keys))
+    out = tmp_path / "go.tar.gz"
+    with pytest.raises(BackupError, match="the Go format cannot hold it") as exc:
+        BackupManager().create_backup(f"lmdb:{src}", str(out), format="go")
+    assert repr(bad)[1:] in str(exc.value) and exc.value.exit_code == 2
+    assert os.listdir(tmp_path) == ["src"]  # no archive, no temp file
+    good = tmp_path / "good"
+    with open_datastore(f"lmdb:{good}") as ds:  # clean UTF-8 keys still go through
+        ds.put_many([b"/", b"/.hidden", b"/a/.b", b"/ok/\xc3\xa9t\xc3\xa9"], [b"v"] * 4)
+    BackupManager().create_backup(f"lmdb:{good}", str(out), format="go")
+    assert [k for ks, _ in iter_go_records(out) for k in ks] == [
+        b"/", b"/.hidden", b"/a/.b", b"/ok/\xc3\xa9t\xc3\xa9"]

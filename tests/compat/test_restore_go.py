@@ -44,3 +44,28 @@ def test_go_archive_restore_cli_with_prefix(tmp_path, run_cli):
     with open_datastore(f"sqlite:{tmp_path / 'dst.sqlite'}", readonly=True) as ds:
         got = {k: v for keys, values in ds.scan_batches() for k, v in zip(keys, values)}
     assert got == {k: v for k, v in expected().items() if k.startswith(b"/blocks/")}
+
+
+def test_go_archive_restore_honours_cancel_and_reports_progress(tmp_path):
+    """restore_backup's `cancel` and `progress` were not passed to the Go restore: a set
+    cancel (a caller's Ctrl-C handler, a timeout) restored the whole archive anyway, and the
+    callback was never called."""
+    import threading
+
+    import pytest
+
+    from dsbackup.errors import Cancelled
+
+    path = tmp_path / "go-backup.tar.gz"
+    go_archive(path, RECORDS, chunk_size=4)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled) as exc:
+        BackupManager().restore_backup(path, f"lmdb:{tmp_path / 'dst'}", cancel=stop)
+    assert exc.value.exit_code == 130
+    with open_datastore(f"lmdb:{tmp_path / 'dst'}", readonly=True) as ds:
+        assert ds.is_empty()  # nothing written
+    seen = []
+    res = BackupManager().restore_backup(path, f"lmdb:{tmp_path / 'dst'}", progress=seen.append)
+    assert seen and seen[-1].records == res.records_written == len(expected())
+    assert seen[-1].chunks == 4

@@ -118,6 +118,25 @@ def test_open_repo_keeps_a_daemon_from_starting(repo):
     assert probe() == "free"
 
 
+def test_two_opens_of_one_repo_keep_the_lock_until_the_last_closes(repo):
+    """Two readers of one repo in one process (two threads backing it up): the POSIX lock on
+    repo.lock belongs to the process and any close of the file drops it, so the first to
+    close let a daemon start under the second."""
+    (repo / "repo.lock").write_bytes(b"")
+
+    def probe() -> str:
+        return subprocess.run([sys.executable, "-c", _TRY_LOCK, str(repo / "repo.lock")],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    a = open_datastore(f"kubo:{repo}", readonly=True)
+    b = open_datastore(f"kubo:{repo}", readonly=True)
+    a.close()
+    assert probe() == "busy"  # old code: "free"
+    assert b.has(BLOCK_KEY)
+    b.close()
+    assert probe() == "free"
+
+
 def test_flock_holder_is_not_mistaken_for_kubo(repo):
     """flock and fcntl locks are independent on Linux: only an fcntl lock means Kubo."""
     import fcntl

@@ -80,3 +80,57 @@ def _flatten(batches) -> tuple[list[bytes], list[bytes]]:
         keys += ks
         values += vs
     return keys, values
+
+
+_GOLEVELDB_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)  # what goleveldb (Kubo's levelds) holds on LOCK
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+_GOLEVELDB_OPENS = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except OSError:
+    print("locked")
+else:
+    print("opened")
+"""
+
+
+def test_a_store_goleveldb_has_open_is_not_written(tmp_path):
+    """goleveldb locks LOCK with flock, LevelDB's C++ library (plyvel) with a POSIX lock; the
+    two do not see each other, so a restore --overwrite into a LevelDB a Kubo daemon had open
+    wrote beside the daemon (the snapshot of a read-only open already took both kinds)."""
+    from dsbackup import BackupManager
+
+    path = tmp_path / "db"
+    shutil.copytree(Path(__file__).parents[1] / "fixtures" / "goleveldb-kubo" / "db", path)
+    with LevelDbDatastore(path) as ds:
+        ds.put(b"/mine", b"1")
+    arc = tmp_path / "a.tar.gz"
+    BackupManager().create_backup(f"leveldb:{path}", str(arc))
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    holder = subprocess.Popen([sys.executable, "-c", _GOLEVELDB_HOLDER, str(path / "LOCK")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(LockedError, match="locked by another process") as exc:
+            LevelDbDatastore(path)
+        assert exc.value.exit_code == 4
+        with pytest.raises(LockedError):
+            BackupManager().restore_backup(str(arc), f"leveldb:{path}", mode="overwrite")
+        assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    with LevelDbDatastore(path) as ds:  # and while we write it, goleveldb cannot open it
+        assert subprocess.run([sys.executable, "-c", _GOLEVELDB_OPENS, str(path / "LOCK")],
+                              capture_output=True, text=True).stdout.strip() == "locked"
+        ds.put(b"/mine", b"2")
+    assert subprocess.run([sys.executable, "-c", _GOLEVELDB_OPENS, str(path / "LOCK")],
+                          capture_output=True, text=True).stdout.strip() == "opened"

@@ -163,3 +163,63 @@ def test_effective_current_follows_goleveldb_rules() -> None:
     assert effective_current(names, files.__getitem__) == "CURRENT"  # a tie: CURRENT
     names.remove("MANIFEST-000005")
     assert effective_current(names, files.__getitem__) is None
+
+
+_TRY_OPEN = textwrap.dedent("""
+    import plyvel, sys
+    try:
+        plyvel.DB(sys.argv[1])
+    except plyvel.IOError:
+        print("locked")
+    else:
+        print("opened")
+""")
+
+
+def _other_process_opens(path: Path) -> str:
+    return subprocess.run([sys.executable, "-c", _TRY_OPEN, str(path)], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("how", ["plyvel", "dsbackup"])
+def test_leveldb_open_in_this_process_is_refused_and_keeps_its_lock(tmp_path: Path,
+                                                                    how: str) -> None:
+    """A program that has its LevelDB open (plyvel, or a writable leveldb: store) and backs it
+    up through the API: the snapshot's probe opened and closed LOCK, and closing any
+    descriptor of a file drops the process's POSIX locks on it, LevelDB's own included, so
+    another process (a Kubo daemon starting) could then open the store beside its writer."""
+    from dsbackup import BackupManager
+
+    path = tmp_path / "db"
+    make_db(path)
+    db = plyvel.DB(str(path)) if how == "plyvel" else open_datastore(f"leveldb:{path}")
+    try:
+        assert _other_process_opens(path) == "locked"
+        with pytest.raises(LockedError, match="open in this process") as exc:
+            LevelDbDatastore(path, readonly=True)
+        assert exc.value.exit_code == 4
+        with pytest.raises(LockedError, match="open in this process"):
+            BackupManager().create_backup(f"leveldb:{path}", str(tmp_path / "a.tar.gz"))
+        assert not (tmp_path / "a.tar.gz").exists()
+        assert _other_process_opens(path) == "locked"  # old code: "opened"
+    finally:
+        db.close()
+    with LevelDbDatastore(path, readonly=True) as ds:  # closed: readable again
+        assert ds.get(b"/k/0000")
+
+
+def test_two_snapshots_at_once_share_one_lock(tmp_path: Path) -> None:
+    """Two readers of one LevelDB in one process (two threads backing it up): the lock is
+    held once for the process, so one reader closing does not drop the other's."""
+    path = tmp_path / "db"
+    make_db(path)
+    from dsbackup.datastores import leveldb_snapshot, sharedlock
+
+    a = leveldb_snapshot._lock_shared(path)  # two copies under way at once
+    b = leveldb_snapshot._lock_shared(path)
+    assert a is not None and b is not None
+    a.release()
+    assert _other_process_opens(path) == "locked"  # old code: "opened" (lock dropped)
+    b.release()
+    assert not sharedlock._held
+    assert _other_process_opens(path) == "opened"

@@ -178,3 +178,68 @@ def test_prestart_workers_only_for_a_full_parallel_dsbackup_backup(tmp_path, mon
     assert started == [1]
     monkeypatch.setenv("DSBACKUP_PRESTART", "0")
     assert not prestart_workers(src, workers=4)
+
+
+def test_start_context_from_two_threads_restores_main_and_pythonpath(monkeypatch):
+    """Two backups starting their workers side by side (a library caller's threads): each
+    start_context restored what the other had set, so __main__ stayed an empty module and
+    PYTHONPATH stayed changed after both were done."""
+    import threading
+
+    monkeypatch.setenv("PYTHONPATH", "/caller/path")
+    main = sys.modules["__main__"]
+    inside = threading.Event()
+
+    def first() -> None:
+        with forkserver.start_context():
+            inside.set()
+            time.sleep(0.2)  # the other thread starts its workers meanwhile
+
+    def second() -> None:
+        inside.wait(5)
+        with forkserver.start_context():
+            time.sleep(0.4)  # and ends after the first
+            assert os.environ["PYTHONPATH"].endswith(os.pathsep + "/caller/path")
+
+    threads = [threading.Thread(target=f) for f in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sys.modules["__main__"] is main
+    assert os.environ["PYTHONPATH"] == "/caller/path"
+
+
+_FORK_SCRIPT = """
+import os, sys
+from dsbackup import BackupConfig, BackupManager
+mgr = BackupManager(BackupConfig(workers=2))
+print("parent", mgr.create_backup(sys.argv[1], sys.argv[2] + ".p").statistics.mode, flush=True)
+pid = os.fork()
+if pid == 0:
+    try:
+        meta = BackupManager(BackupConfig(workers=2)).create_backup(sys.argv[1], sys.argv[2] + ".c")
+        print("child", meta.statistics.mode, meta.total_keys, flush=True)
+    except BaseException as exc:
+        print("child failed:", type(exc).__name__, exc, flush=True)
+        os._exit(1)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+meta = mgr.create_backup(sys.argv[1], sys.argv[2] + ".q")  # the parent's server still serves
+print("after", os.waitstatus_to_exitcode(status), meta.statistics.mode, flush=True)
+"""
+
+
+def test_a_backup_in_a_process_forked_after_a_parallel_backup(tmp_path):
+    """A program that forks after a parallel backup (a pre-fork server, a job runner): the
+    child inherited multiprocessing's record of the parent's fork server, whose pid is not
+    the child's child, so its next parallel backup failed with '[Errno 10] No child
+    processes'."""
+    store = tmp_path / "src"
+    n, _ = datasets.write_lmdb(str(store), datasets.iter_blocks(160, 3))  # 40 MiB: parallel
+    out = subprocess.run([sys.executable, "-c", _FORK_SCRIPT, f"lmdb:{store}",
+                          str(tmp_path / "a.tar.gz")],
+                         env=_env(), capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["parent parallel", f"child parallel {n}",
+                                       "after 0 parallel"], out.stdout

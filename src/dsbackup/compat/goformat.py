@@ -24,12 +24,13 @@ import stat
 import sys
 import tarfile
 import tempfile
+import threading
 import zlib
 from array import array
 from collections.abc import Iterator
 from typing import IO, Any
 
-from dsbackup.errors import ArchiveError, IntegrityError, UnsupportedArchive
+from dsbackup.errors import ArchiveError, Cancelled, IntegrityError, UnsupportedArchive
 from dsbackup.storage import is_remote
 
 try:  # ISA-L inflate is several times faster than zlib's; same API and errors as gzip
@@ -355,6 +356,7 @@ def iter_go_records(
     tmp_dir: str | os.PathLike[str] | None = None,
     metadata_out: dict[str, Any] | None = None,
     counts_out: dict[str, int] | None = None,
+    cancel: threading.Event | None = None,
 ) -> Iterator[tuple[list[bytes], list[bytes]]]:
     """Yield (keys, values) batches of a Go archive in bytewise key order, each key once.
 
@@ -366,7 +368,7 @@ def iter_go_records(
     ``config.ChunkSize`` imply, and hold no more records or value bytes than it declares.
     ``metadata_out``, if given, receives the metadata; ``counts_out`` the number of chunk
     ``members``, ``records`` in them (a repeated key counted each time) and ``value_bytes``.
-    A batch holds
+    ``cancel``, once set, raises Cancelled at the next member read. A batch holds
     at most ``batch_records`` records and stops growing once it reaches ``batch_bytes``."""
     if batch_records < 1 or batch_bytes < 1:
         raise ValueError("batch_records and batch_bytes must be positive")
@@ -380,6 +382,8 @@ def iter_go_records(
         try:
             for kind, name, data in _walk(p, max_member_bytes=max_member_bytes,
                                           read_chunks=True):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled while reading the archive")
                 if kind == "metadata":
                     meta = _parse_metadata(p, name, data)
                     continue
@@ -444,12 +448,17 @@ def _check_metadata(p: str, meta: dict[str, Any] | None, numbers: array[int], re
     config = meta.get("config") or {}
     chunk_size = config.get("ChunkSize")
     if isinstance(total_keys, int) and isinstance(chunk_size, int) and chunk_size > 0:
-        expected = _expected_chunk_numbers(total_keys, chunk_size)
-        unique = list(range(1, -(-total_keys // chunk_size) + 1))  # dsbackup's --format go
-        if numbers.tolist() not in (expected, unique):
+        full, rest = divmod(max(total_keys, 0), chunk_size)
+        implied = full + (1 if rest else 0)
+        # the lists are made only for as many members as the archive holds: a metadata.json
+        # claiming 10**8 records in chunks of 1 made lists of that size (GBs), 10**100 an
+        # OverflowError
+        if len(numbers) != implied or numbers.tolist() not in (
+                _expected_chunk_numbers(total_keys, chunk_size),
+                list(range(1, implied + 1))):  # dsbackup's --format go: unique names
             raise IntegrityError(
                 f"{p}: {METADATA_NAME} (total_keys {total_keys}, ChunkSize {chunk_size}) implies "
-                f"{len(expected)} chunk members, found {len(numbers)} not named as the Go tool "
+                f"{implied} chunk members, found {len(numbers)} not named as the Go tool "
                 "names them (a chunk is missing, added or out of order)", part="metadata")
     for field, declared, found in (("total_keys", total_keys, records),
                                    ("total_size", total_size, value_bytes)):

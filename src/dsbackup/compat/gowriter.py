@@ -34,7 +34,7 @@ from typing import Any
 from dsbackup._ext.checksum import crc32, crc32_combine
 from dsbackup._ext.compress import STORED_TAR_PREFIX, deflate_body, tar_header
 from dsbackup._ext.gojson import go_chunk_json
-from dsbackup.compat.goformat import CHECKSUM_PREFIX, MAX_MEMBER_BYTES
+from dsbackup.compat.goformat import CHECKSUM_PREFIX, MAX_MEMBER_BYTES, _go_key
 from dsbackup.errors import BackupError, Cancelled, ConfigError
 from dsbackup.patterns import KeyMatcher, key_matcher
 from dsbackup.storage.local import LocalSink
@@ -71,6 +71,7 @@ def _gzip_member(header: bytes, body: bytes, level: int) -> bytes:
 def _chunk_member(number: int, keys: list[bytes], values: list[bytes], level: int
                   ) -> tuple[bytes, bytes, int, int]:
     """(gzip member, sha256 of the body, body length, value bytes) of one chunk."""
+    _check_go_keys(number, keys)
     try:
         body = go_chunk_json(keys, values)
     except ValueError as exc:  # keys out of order: the datastore broke its scan contract
@@ -83,6 +84,35 @@ def _chunk_member(number: int, keys: list[bytes], values: list[bytes], level: in
     header = tar_header(f"chunk_{number}.chunk".encode(), len(body), 0)
     return (_gzip_member(header, body, level), hashlib.sha256(body).digest(), len(body),
             sum(map(len, values)))
+
+
+def _check_go_keys(number: int, keys: list[bytes]) -> None:
+    """BackupError naming a key the Go format cannot give back as it is: a JSON map key is
+    text (Go's json.Marshal writes each invalid UTF-8 byte as U+FFFD) and the Go restore puts
+    ``datastore.NewKey(key)``, a cleaned path. Such keys came back changed, several as one
+    (``/k/\\xff`` and ``/k/\\xfe``; ``/a//b`` and ``/a/b``), after a backup and a verify that
+    said OK. The usual chunk (every key clean) is checked at once on its keys joined by NUL
+    bytes (C-speed scans: 40,000 keys in ~2 ms); else key by key."""
+    joined = b"\0".join(keys) + b"\0"
+    if (joined[:1] == b"/" and joined.count(b"\0/") == len(keys) - 1
+            and joined.count(b"\0") == len(keys)  # (no NUL inside a key)
+            and b"//" not in joined and b"/." not in joined and b"/\0" not in joined):
+        try:
+            joined.decode("utf-8")  # (a NUL ends any sequence a key leaves unfinished)
+            return
+        except UnicodeDecodeError:
+            pass
+    for k in keys:
+        try:
+            cleaned = _go_key(k.decode("utf-8"))
+        except UnicodeDecodeError:
+            why = "it is not UTF-8 (the Go format's JSON would hold U+FFFD for its bytes)"
+        else:
+            if cleaned == k:
+                continue
+            why = f"the Go restore would write it as {cleaned[:200]!r} (a cleaned path)"
+        raise BackupError(f"chunk {number}: key {k[:200]!r}: the Go format cannot hold it: "
+                          f"{why}; back up in the dsbackup format (without --format go)")
 
 
 def _chunks(ds: Any, chunk_size: int, matcher: KeyMatcher | None, stats: dict[str, int]

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dsbackup.compat.goformat import iter_go_records
-from dsbackup.errors import TargetNotEmpty
+from dsbackup.errors import Cancelled, TargetNotEmpty
 from dsbackup.keys import children_range
-from dsbackup.metadata import RestoreResult
+from dsbackup.metadata import Progress, RestoreResult
 from dsbackup.patterns import key_matcher
 
 
 def restore_go_archive(path: str | os.PathLike[str], target: Any, *, mode: str = "empty",
                        prefix: str | bytes | None = None, pattern: str | list[str] | None = None,
-                       batch_bytes: int = 64 << 20) -> RestoreResult:
+                       batch_bytes: int = 64 << 20,
+                       progress: Callable[[Progress], None] | None = None,
+                       cancel: threading.Event | None = None) -> RestoreResult:
+    """`cancel` (set) raises Cancelled: while the archive is read, nothing has been written;
+    later, between batches. `progress` is called after each batch written."""
     t0 = time.perf_counter()
     owned = False
     if isinstance(target, (str, os.PathLike)):
@@ -33,7 +39,9 @@ def restore_go_archive(path: str | os.PathLike[str], target: Any, *, mode: str =
         patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
         matcher = key_matcher(patterns, "pattern")
         counts: dict[str, int] = {}
-        for keys, values in iter_go_records(path, counts_out=counts):
+        for keys, values in iter_go_records(path, counts_out=counts, cancel=cancel):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("restore cancelled")
             pairs = [(k, v) for k, v in zip(keys, values)
                      if k >= start and (end is None or k < end)
                      and (matcher is None or matcher.match(k))]
@@ -45,6 +53,10 @@ def restore_go_archive(path: str | os.PathLike[str], target: Any, *, mode: str =
                 target.put_many([k for k, _ in pairs], [v for _, v in pairs])
                 result.records_written += len(pairs)
                 result.bytes_written += sum(len(k) + len(v) for k, v in pairs)
+            if progress is not None:
+                progress(Progress(result.records_written, result.bytes_written,
+                                  counts.get("members", 0), time.perf_counter() - t0,
+                                  counts.get("records"), counts.get("value_bytes")))
         target.sync("/")
         result.chunks = result.chunks_total = counts.get("members", 0)
         result.duration_s = time.perf_counter() - t0

@@ -71,6 +71,7 @@ from dsbackup.datastores.flatfs_layout import (
 )
 from dsbackup.datastores.flatfs_listing import ShardLister
 from dsbackup.errors import DatastoreError, InvalidKey, NotFound
+from dsbackup.filemodes import process_umask
 from dsbackup.storage.tempfiles import fsync_dir
 from dsbackup.storage.writeback import start_writeback
 
@@ -772,11 +773,8 @@ class FlatfsDatastore(BaseDatastore):
 
 
 def _file_mode() -> int:
-    """0666 less the process umask (read once per open; umask can only be read by setting
-    it, so it is set back at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
+    """0666 less the process umask (read once per open, without changing it)."""
+    return 0o666 & ~process_umask()
 
 
 def _advise(fd: int) -> None:

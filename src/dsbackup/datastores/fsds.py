@@ -36,6 +36,7 @@ from dsbackup.datastores.base import (
 )
 from dsbackup.datastores.flatfs_audit import STENO_TEMP, FileAudit, SkippedFiles
 from dsbackup.errors import DatastoreError, InvalidKey, NotFound
+from dsbackup.filemodes import process_umask
 from dsbackup.storage.tempfiles import fsync_dir
 
 # this package's own temp file beside a value file (_write: mkstemp's 8 random characters),
@@ -50,9 +51,8 @@ _NAME_MAX = 255
 
 
 def _file_mode() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
+    """0666 less the process umask (read once per open, without changing it)."""
+    return 0o666 & ~process_umask()
 
 
 class FsDatastore(BaseDatastore):

@@ -24,6 +24,7 @@ from typing import Any
 from dsbackup.datastores.base import BaseDatastore
 from dsbackup.datastores.kubolock import LOCK_FILE, SPEC_FILE, probe_repo_lock
 from dsbackup.datastores.mount import MountDatastore
+from dsbackup.datastores.sharedlock import SharedLock
 from dsbackup.errors import DatastoreError
 
 __all__ = ["KuboDatastore", "mount_dirs", "open_kubo", "probe_repo_lock", "LOCK_FILE", "SPEC_FILE"]
@@ -48,9 +49,9 @@ class KuboDatastore(MountDatastore):
                 from None
         except ValueError as e:
             raise DatastoreError(f"{spec_path}: invalid JSON: {e}") from e
-        self._lock_fd: int | None = None
+        self._lock: SharedLock | None = None
         if not allow_live:
-            self._lock_fd = probe_repo_lock(self.repo)
+            self._lock = probe_repo_lock(self.repo)
         opened: list[tuple[str, BaseDatastore]] = []
         try:
             for mountpoint, child in self._mount_specs(self.spec):
@@ -142,9 +143,9 @@ class KuboDatastore(MountDatastore):
         return None
 
     def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the fd releases our POSIX lock
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()  # the last share closes the file, which drops the lock
+            self._lock = None
 
     def close(self) -> None:
         try:

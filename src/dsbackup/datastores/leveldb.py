@@ -16,6 +16,9 @@ read whatever this says.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +70,51 @@ def _write_error(path: Path, e: Exception) -> DsBackupError:
     return DatastoreError(f"{path}: LevelDB write failed: {text}")
 
 
+# goleveldb locks held by this process: a forked child closes its copies at once
+_flocks: set[int] = set()
+
+
+def _drop_flocks_in_child() -> None:
+    for fd in _flocks:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _flocks.clear()
+
+
+os.register_at_fork(after_in_child=_drop_flocks_in_child)
+
+
+def _lock_against_goleveldb(path: Path) -> int | None:
+    """An exclusive ``flock`` on ``path/LOCK`` held while the store is open writable, or None
+    when there is no LOCK yet (no LevelDB there). LevelDB's C++ library (plyvel) locks LOCK
+    with a POSIX lock, goleveldb (Kubo's ``levelds``) with ``flock``; the two kinds do not see
+    each other on Linux, so a restore into a LevelDB a Kubo daemon had open wrote beside it.
+    Taken before LevelDB's own lock and dropped after it: the descriptor is closed only once
+    LevelDB has closed (a close drops the process's POSIX locks on the file)."""
+    try:
+        fd = os.open(path / "LOCK", os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise DatastoreError(f"{path}: cannot read LevelDB's LOCK file: {exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            raise LockedError(f"{path}: LevelDB is locked by another process (is the Kubo "
+                              "daemon running?)") from None
+        raise DatastoreError(f"{path}: cannot lock LevelDB's LOCK file: {exc}") from None
+    _flocks.add(fd)
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        _flocks.discard(fd)
+        os.close(fd)
+
+
 class LevelDbDatastore(BaseDatastore):
     scheme = "leveldb"
     parallel_readable = False
@@ -84,8 +132,10 @@ class LevelDbDatastore(BaseDatastore):
                          location=str(self.path))
         self.sync_writes = sync
         self._plyvel_error = plyvel.Error
-        # read-only: open a private snapshot, so LevelDB's log recovery writes only there
+        # read-only: open a private snapshot, so LevelDB's log recovery writes only there;
+        # writable: goleveldb's lock (flock) taken first, which LevelDB's own (POSIX) misses
         self._snapshot: Path | None = take_snapshot(self.path) if readonly else None
+        self._flock: int | None = None if readonly else _lock_against_goleveldb(self.path)
         try:
             self._db = plyvel.DB(str(self._snapshot or self.path),
                                  create_if_missing=not readonly,
@@ -95,6 +145,7 @@ class LevelDbDatastore(BaseDatastore):
         except BaseException as e:
             if self._snapshot is not None:
                 remove_snapshot(self._snapshot)
+            _unlock(self._flock)
             if isinstance(e, plyvel.Error):
                 raise _open_error(self.path, e) from e
             raise
@@ -203,6 +254,8 @@ class LevelDbDatastore(BaseDatastore):
             try:
                 self._db.close()
             finally:
+                _unlock(self._flock)  # after LevelDB let go of its own lock
+                self._flock = None
                 if self._snapshot is not None:
                     remove_snapshot(self._snapshot)
 

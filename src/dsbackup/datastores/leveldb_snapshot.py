@@ -11,7 +11,9 @@ created, changed or locked in the original directory.
 While the snapshot is taken the original's ``LOCK`` file is probed (LevelDB's C++ library
 holds a POSIX lock on it, goleveldb an ``flock``): a directory another process has open is
 refused with :class:`LockedError`, as opening it would be, and a shared lock is held during
-the copy so no writer can start in the middle of it.
+the copy so no writer can start in the middle of it. A LevelDB this process itself has open
+is refused too, without opening its ``LOCK`` (sharedlock.py: closing it would drop LevelDB's
+own lock).
 
 goleveldb (Kubo's ``levelds``) switches manifests by writing ``CURRENT.<N>`` and renaming it
 over ``CURRENT``; stopped in between, it leaves the pending file, and its next open takes the
@@ -23,8 +25,6 @@ pending file is all there is; the original is not touched.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import re
 import shutil
@@ -32,7 +32,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from dsbackup.errors import DatastoreError, LockedError
+from dsbackup.datastores.sharedlock import SharedLock, hold_shared
+from dsbackup.errors import DatastoreError
 
 __all__ = ["take_snapshot", "remove_snapshot"]
 
@@ -62,24 +63,15 @@ def effective_current(names: list[str], read: Callable[[str], bytes]) -> str | N
     return None if best is None else best[2]
 
 
-def _lock_shared(path: Path) -> int | None:
-    """A shared lock on ``path/LOCK`` (both lock kinds), or LockedError; None without LOCK."""
-    try:
-        fd = os.open(path / "LOCK", os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise DatastoreError(f"{path}: cannot read LevelDB's LOCK file: {exc}") from None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            raise LockedError(f"{path}: LevelDB is locked by another process (is the Kubo "
-                              f"daemon running?)") from None
-        raise DatastoreError(f"{path}: cannot probe LevelDB's LOCK file: {exc}") from None
-    return fd
+def _lock_shared(path: Path) -> SharedLock | None:
+    """A shared lock on ``path/LOCK`` (both lock kinds, sharedlock.py), or LockedError; None
+    without LOCK. A LevelDB this process has open itself is refused too: probing its LOCK
+    would drop LevelDB's own lock (POSIX locks go with any close of the file)."""
+    return hold_shared(path / "LOCK", flock=True,
+                       busy=f"{path}: LevelDB is locked by another process (is the Kubo "
+                            "daemon running?)",
+                       busy_here=f"{path}: LevelDB is open in this process (close it "
+                                 "before reading it as another store)")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -94,7 +86,7 @@ def take_snapshot(path: Path) -> Path:
     if not (path / "CURRENT").is_file() and not any(
             _PENDING.fullmatch(n) for n in _names(path)):
         raise DatastoreError(f"{path}: no LevelDB database (CURRENT missing)")
-    fd = _lock_shared(path)
+    held = _lock_shared(path)
     snap = Path(tempfile.mkdtemp(prefix="dsbackup-leveldb-"))
     try:
         for entry in os.scandir(path):
@@ -116,8 +108,8 @@ def take_snapshot(path: Path) -> Path:
         shutil.rmtree(snap, ignore_errors=True)
         raise
     finally:
-        if fd is not None:
-            os.close(fd)  # drops both locks
+        if held is not None:
+            held.release()
     return snap
 
 

@@ -261,14 +261,21 @@ class BackupManager:
         Incremental archives are checked with their parent chain (`parent_dirs`);
         `check_blocks` re-hashes /blocks values against their keys (deep); `trusted_chain`:
         a chain just verified (the `checked_chain` of its report), whose members a quick
-        verify of an incremental on it does not read again."""
+        verify of an incremental on it does not read again. An archive of the Go tool's
+        format (docs/GOFORMAT.md) is checked as `dsbackup verify` checks it: always deep."""
         from dsbackup.archive.verify import verify_archive
+        from dsbackup.compat.gohead import is_go_archive
 
-        with using_key(key or self.config.encryption):
-            report = verify_archive(path, deep=deep, sample=sample,
-                                    threads=self.config.effective_workers,
-                                    parent_dirs=parent_dirs, check_blocks=check_blocks,
-                                    trusted_chain=trusted_chain)
+        if is_go_archive(path):  # as `dsbackup verify` and restore_backup take it: always deep
+            from dsbackup.compat.gocompat import verify_go
+
+            report = verify_go(path)
+        else:
+            with using_key(key or self.config.encryption):
+                report = verify_archive(path, deep=deep, sample=sample,
+                                        threads=self.config.effective_workers,
+                                        parent_dirs=parent_dirs, check_blocks=check_blocks,
+                                        trusted_chain=trusted_chain)
         with self._lock:
             self._metrics["verifies_total"] += 1
             if not report.ok:
@@ -278,9 +285,15 @@ class BackupManager:
     def inspect(self, path: str | os.PathLike[str], *,
                 key: KeyMaterial | None = None) -> BackupMetadata:
         """Metadata from the manifest and summary (O(1): reads no chunk). An encrypted
-        archive needs `key` (default: the config's ``encryption``)."""
+        archive needs `key` (default: the config's ``encryption``). An archive of the Go
+        tool's format: its metadata.json and member count (docs/GOFORMAT.md §3)."""
         from dsbackup.archive.reader import ArchiveReader
+        from dsbackup.compat.gohead import is_go_archive
 
+        if is_go_archive(path):  # as `dsbackup inspect` reads it
+            from dsbackup.compat.gocompat import inspect_go
+
+            return inspect_go(path)
         with ArchiveReader(path, key=key or self.config.encryption) as r:
             return metadata_from_reader(r)
 

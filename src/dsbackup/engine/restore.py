@@ -278,7 +278,8 @@ def restore_archive(
         with TargetLock(target, f"restore of {Path(path).name}"):
             return restore_go_archive(path, target, mode=mode, prefix=prefix,
                                       pattern=pattern,
-                                      batch_bytes=batch_bytes or DEFAULT_BATCH_BYTES)
+                                      batch_bytes=batch_bytes or DEFAULT_BATCH_BYTES,
+                                      progress=progress, cancel=cancel)
     reader = ArchiveReader(path, parent_dirs=parent_dirs)
     reader.index.sequential()  # chunks in order: two index pages cached, not four
     try:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from dsbackup.archive.node import NodeFile
 from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.errors import DatastoreError, RestoreError
+from dsbackup.filemodes import process_umask
 from dsbackup.storage.tempfiles import fsync_dir
 
 if TYPE_CHECKING:
@@ -184,8 +185,7 @@ def write_node_files(root: Path, files: list[NodeFile], *, umask: int | None = N
     modes are ``mode & 0o777 & ~umask``; directories get their modes last. Returns the number
     of regular files written."""
     if umask is None:
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = process_umask()
     root.mkdir(0o700, parents=True, exist_ok=True)  # it will hold the node's private key
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     fds: dict[bytes, int] = {b"": root_fd}

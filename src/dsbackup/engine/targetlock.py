@@ -329,11 +329,11 @@ def _refuse_live_repo_above(store: Path) -> None:
         if not ((up / LOCK_FILE).is_file() and (up / SPEC_FILE).is_file()):
             continue
         try:
-            fd = probe_repo_lock(up)
+            held = probe_repo_lock(up)
         except LockedError:
             raise LockedError(f"{store}: inside the Kubo repo {up}, whose daemon is running "
                               f"({LOCK_FILE} is held); stop the daemon first") from None
         except DsBackupError:
             continue
-        if fd is not None:
-            os.close(fd)
+        if held is not None:
+            held.release()

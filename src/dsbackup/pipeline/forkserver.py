@@ -15,6 +15,7 @@ import logging
 import multiprocessing as mp
 import os
 import sys
+import threading
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,32 @@ PRELOAD = ["dsbackup.pipeline.worker", "dsbackup.datastores"]
 # prestart only with this many usable CPUs: on fewer the booting server competes with the
 # CLI's own start-up (on 2 cores: no gain on a 256 MiB store)
 PRESTART_MIN_CPUS = 4
+# start_context swaps process-wide state: one thread at a time (re-entrant for nesting)
+_swap_lock = threading.RLock()
+
+
+def _forget_server_in_child() -> None:
+    """After os.fork: the fork server is the parent's child, not ours. multiprocessing keeps
+    its pid, and its next ensure_running() calls waitpid() on it, which fails with ECHILD: a
+    program that forked after a parallel backup had every parallel backup in the child fail
+    ("[Errno 10] No child processes"). The child starts a server of its own instead (the
+    parent's keeps running for the parent); a lock a parent's thread held is made anew."""
+    global _swap_lock
+    _swap_lock = threading.RLock()
+    fs = getattr(sys.modules.get("multiprocessing.forkserver"), "_forkserver", None)
+    if fs is None or getattr(fs, "_forkserver_pid", None) is None:
+        return
+    alive = getattr(fs, "_forkserver_alive_fd", None)
+    if alive is not None:
+        try:
+            os.close(alive)  # our copy only: the server stops when the parent closes its own
+        except OSError:
+            pass
+    fs._forkserver_address = fs._forkserver_alive_fd = fs._forkserver_pid = None
+    fs._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_server_in_child)
 
 
 def context() -> BaseContext:
@@ -48,7 +75,16 @@ def start_context() -> Iterator[None]:
     - Python < 3.12's fork server ignores the parent's sys.path when it preloads modules, so
       it could preload another installed copy of dsbackup: the directory this copy was
       imported from goes first on PYTHONPATH while the fork server starts.
+
+    Both are process-wide, so one thread at a time holds the context: two backups starting
+    their workers side by side each restored what the other had set, and left __main__ an
+    empty module and PYTHONPATH changed for good.
     """
+    with _swap_lock:
+        yield from _swapped()
+
+
+def _swapped() -> Iterator[None]:
     main = sys.modules.get("__main__")
     sys.modules["__main__"] = types.ModuleType("__main__")
     old_path = os.environ.get("PYTHONPATH")
@@ -59,6 +95,8 @@ def start_context() -> Iterator[None]:
     finally:
         if main is not None:
             sys.modules["__main__"] = main
+        else:
+            sys.modules.pop("__main__", None)
         if old_path is None:
             os.environ.pop("PYTHONPATH", None)
         else:

@@ -9,9 +9,10 @@ import os
 __all__ = ["lock_holders"]
 
 
-def lock_holders(st: os.stat_result) -> list[int] | None:
+def lock_holders(st: os.stat_result, kind: bytes | None = None) -> list[int] | None:
     """The PIDs holding a lock on the file `st` describes (matched by inode number: a match on
-    another filesystem errs towards 'held'), or None when the table cannot be read."""
+    another filesystem errs towards 'held'), or None when the table cannot be read; with
+    `kind` (``b"POSIX"``, ``b"FLOCK"``) only locks of that kind."""
     try:
         with open("/proc/locks", "rb") as f:
             table = f.read()
@@ -20,7 +21,8 @@ def lock_holders(st: os.stat_result) -> list[int] | None:
     pids = []
     for line in table.splitlines():
         parts = line.split()
-        if len(parts) > 5 and parts[1] != b"->":  # (a waiter's line holds nothing)
+        if len(parts) > 5 and parts[1] != b"->" and kind in (None, parts[1]):
+            # (a waiter's line holds nothing)
             try:
                 pid = int(parts[4])  # (-1: an open file's lock, OFDLCK, names no process)
                 if int(parts[5].rsplit(b":", 1)[1]) == st.st_ino and pid > 0:
