@@ -106,7 +106,8 @@ def test_unreadable_file_in_a_parallel_backup_is_reported(tmp_path):
     """Worker processes report what they could not read; the CLI exits 1 and names it."""
     root = tmp_path / "b"
     ds = open_datastore(f"flatfs:{root}?shard=next-to-last/2&metadata=0")
-    ds.put_many([f"/CIQ{i:04d}".encode() for i in range(400)], [b"v" * 300] * 400)
+    # 36 MB: over PARALLEL_MIN_BYTES by its sampled size (no diskUsage.cache), so parallel
+    ds.put_many([f"/CIQ{i:04d}".encode() for i in range(400)], [b"v" * 90_000] * 400)
     ds.close()
     name = "CIQGONE"
     shard = root / name[-3:-1]

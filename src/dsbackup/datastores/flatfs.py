@@ -70,6 +70,7 @@ from dsbackup.datastores.flatfs_layout import (
     write_sharding,
 )
 from dsbackup.datastores.flatfs_listing import ShardLister
+from dsbackup.datastores.flatfs_sample import sample_mean_size
 from dsbackup.errors import DatastoreError, InvalidKey, NotFound
 from dsbackup.filemodes import process_umask
 from dsbackup.storage.tempfiles import fsync_dir
@@ -162,6 +163,8 @@ class FlatfsDatastore(BaseDatastore):
         self._du: int | None = None
         self._du_accuracy = ACCURACY_EXACT
         self._du_dirty = False
+        # (file count, shard directories) of the last approx_count, taken by approx_size
+        self._counted: tuple[int, list[bytes]] | None = None
         self._temp = os.path.join(self._root, TEMP_DIR.encode())
         # go-ds-flatfs's temp files come from os.CreateTemp (0600) and are renamed as they
         # are; mkstemp gives the same mode. Helia's (Node's writeFile): 0666 less the umask.
@@ -628,21 +631,33 @@ class FlatfsDatastore(BaseDatastore):
     def approx_count(self) -> int:
         """Number of ``.data`` files (one listing, no sort)."""
         total = 0
-        for s in self._lister.shard_dirs():
+        dirs = self._lister.shard_dirs()
+        for s in dirs:
             try:
                 total += sum(1 for n in os.listdir(b"%s/%s" % (self._root, s))
                              if n.endswith(EXTENSION))
             except FileNotFoundError:
                 pass
+        self._counted = (total, dirs)  # for the approx_size call that follows (the engine's)
         return total
 
     def approx_size(self) -> int | None:
-        """``diskUsage.cache`` when present (counts directories too), else the tracked
-        usage, else None."""
+        """The tracked usage, else ``diskUsage.cache`` when present (counts directories
+        too), else the mean size of a sample of block files (flatfs_sample.py: a few hundred
+        files ``lstat``-ed, chosen deterministically) times the file count (the preceding
+        :meth:`approx_count`'s, else counted now); None for a store with no file to sample."""
         if self._du is not None:
             return self._du
         cached = read_disk_usage(str(self.path))
-        return cached[0] if cached else None
+        if cached:
+            return cached[0]
+        counted, self._counted = self._counted, None
+        count, dirs = counted if counted is not None else (self.approx_count(), None)
+        self._counted = None
+        if not count:
+            return 0
+        mean = sample_mean_size(self._lister, dirs)
+        return None if mean is None else round(mean * count)
 
     def _extreme(self, pick: str, lo: bytes = b"") -> bytes | None:
         best: bytes | None = None

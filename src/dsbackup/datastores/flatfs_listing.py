@@ -78,12 +78,17 @@ class ShardLister:
             entries = os.listdir(b"%s/%s" % (self.root, shard))
         except (FileNotFoundError, NotADirectoryError):
             return []
-        dir_of = self.shard.dir_of
         names = [n[:-_EXT_LEN] for n in entries if n.endswith(EXTENSION)]
         if lo:
             names = [n for n in names if n >= lo]
         if hi is not None:
             names = [n for n in names if n < hi]
+        return self.own_names(names, shard)
+
+    def own_names(self, names: list[bytes], shard: bytes) -> list[bytes]:
+        """Those of ``names`` (file names without extension) that are valid and map to
+        ``shard``."""
+        dir_of = self.shard.dir_of
         if self.name_prefix:
             p = self.name_prefix
             return [n for n in names if n.startswith(p) and is_valid_name(n)
