@@ -177,11 +177,14 @@ class BackupManager:
                     meta = self._create(ds, as_location(path), cfg, progress, cancel, t0)
         except Cancelled:
             self._count("backups_failed")
+            # a stream's reader already has what was written: say so, not "nothing"
+            left = ("the archive stream on standard output was cut: what its reader received "
+                    "is not a valid archive" if is_stream(path)
+                    else "nothing was written at the archive path")
             if deadline.fired:
-                raise Cancelled(f"{path}: backup timed out after {cfg.timeout}s; nothing was "
-                                "written at the archive path") from None
-            raise Cancelled(f"{path}: backup cancelled; nothing was written at the archive "
-                            "path") from None
+                raise Cancelled(f"{path}: backup timed out after {cfg.timeout}s; {left}"
+                                ) from None
+            raise Cancelled(f"{path}: backup cancelled; {left}") from None
         except DsBackupError:
             self._count("backups_failed")
             raise
