@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +91,8 @@ class NewTarget:
 
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
+        import shutil  # (not on the restore's start-up path)
+
         shutil.rmtree(p)
     else:
         p.unlink()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -40,6 +39,8 @@ def name_stem(name: str, room: int) -> str:
     raw = os.fsencode(name)
     if len(raw) <= room:
         return name
+    import hashlib  # (not on the reading commands' path: start-up, docs/PERFORMANCE.md)
+
     cut = raw[: room - 17]
     try:
         raw.decode("utf-8")
