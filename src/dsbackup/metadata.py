@@ -131,7 +131,8 @@ class RestoreResult:
     resumed_from_chunk: int | None = None
     fingerprint: str = ""
     node_files: int = 0  # the node's own files written (kubo: targets, docs/CLI.md)
-    node_note: str | None = None  # why the archive's node files were not written, if not
+    node_note: str | None = None  # why the archive's node files were not written, if not;
+    # or, written by --overwrite, the private keys of the target set aside (restore_node)
 
     @property
     def throughput_bytes_s(self) -> float:

@@ -189,3 +189,39 @@ def test_an_absolute_datastore_spec_path_through_a_symlinked_repo_is_inside(tmp_
     r = run_cli("restore", archive2, f"kubo:{real}")
     assert r.returncode == 0, r.stderr
     assert kubo_records(real) == want
+
+
+def test_overwrite_sets_aside_the_private_keys_the_archive_lacks_or_replaces(tmp_path, repo,
+                                                                          run_cli):
+    """`restore --overwrite` makes the target the archived node, but kept keystore keys the
+    archive lacks, silently (the node then held keys it never had), and replaced a key or an
+    identity without a word. Now each key the target would lose is moved aside, named on
+    stderr, and the keystore is the archive's."""
+    archive = tmp_path / "node.tar.gz"
+    assert run_cli("backup", f"kubo:{repo}", archive).returncode == 0
+    other = tmp_path / "other"
+    shutil.copytree(repo, other)
+    ks = other / "keystore"
+    ks.chmod(0o700)
+    (ks / "key_extra").write_bytes(b"extra secret")
+    (ks / "key_mykey").chmod(0o600)
+    (ks / "key_mykey").write_bytes(b"another mykey")
+    config = json.loads((repo / "config").read_text())
+    config["Identity"]["PrivKey"] = "CAESQOTHERKEY"
+    (other / "config").write_text(json.dumps(config))
+    old_config = (other / "config").read_bytes()
+    r = run_cli("restore", "--overwrite", archive, f"kubo:{other}")
+    assert r.returncode == 0, r.stderr
+    [kept] = [p for p in other.iterdir() if p.name.startswith("dsbackup-kept-keys-")]
+    assert "2 keystore keys the archive lacks or holds other bytes for (key_extra, " \
+           "key_mykey) and its former config" in r.stderr and str(kept) in r.stderr, r.stderr
+    assert sorted(p.name for p in ks.iterdir()) == ["key_mykey"]
+    assert (ks / "key_mykey").read_bytes() == (repo / "keystore" / "key_mykey").read_bytes()
+    assert (kept / "keystore" / "key_extra").read_bytes() == b"extra secret"
+    assert (kept / "keystore" / "key_mykey").read_bytes() == b"another mykey"
+    assert (kept / "config").read_bytes() == old_config
+    assert (other / "config").read_bytes() == (repo / "config").read_bytes()
+    assert oct(kept.stat().st_mode & 0o777) == "0o700"
+    # a rerun finds the keys in place: nothing more set aside, no note
+    r = run_cli("restore", "--overwrite", archive, f"kubo:{other}")
+    assert r.returncode == 0 and "set aside" not in r.stderr, r.stderr

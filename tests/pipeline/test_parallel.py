@@ -485,20 +485,34 @@ def test_a_small_dev_shm_does_not_kill_the_workers(tmp_path, cli_env):
     assert v.returncode == 0, v.stderr
 
 
-def test_no_room_for_the_slots_anywhere_is_one_clear_error(monkeypatch, tmp_path):
+def test_slot_layout_uses_what_each_directory_can_hold(monkeypatch, tmp_path):
     from dsbackup.errors import BackupError
 
-    monkeypatch.setattr(parallel, "_free_bytes", lambda d: 10 << 20)
+    size = 2 << 20
+    free = {parallel.SHM: 0, str(tmp_path): 0}
+    monkeypatch.setattr(parallel, "_free_bytes", lambda d: free[d])
     monkeypatch.setattr(parallel, "_tmp_dir", lambda: str(tmp_path))
+    L = parallel.SlotLayout
+    free[parallel.SHM] = 900 << 20
+    assert parallel._slot_layout(8, size) == L(parallel.SHM, False, 16, 8)
+    # 64 MiB: 2 workers get 16 slots there, not TMPDIR (they used to need 32 slots' worth)
+    free[parallel.SHM] = 64 << 20
+    assert parallel._slot_layout(2, size) == L(parallel.SHM, False, 16, 2)
+    free[parallel.SHM] = 50 << 20
+    assert parallel._slot_layout(2, size) == L(parallel.SHM, False, 12, 2)
+    # no room for MIN_SLOTS a worker in /dev/shm: TMPDIR, reserved, as many as fit there
+    free[str(tmp_path)] = 120 << 20
+    assert parallel._slot_layout(4, size) == L(str(tmp_path), True, 15, 4)
+    # room for neither: fewer workers in the roomier one rather than a refusal
+    free[str(tmp_path)] = 10 << 20
+    assert parallel._slot_layout(8, size) == L(parallel.SHM, False, 12, 2)
+    free[parallel.SHM], free[str(tmp_path)] = 10 << 20, 30 << 20
+    assert parallel._slot_layout(8, size) == L(str(tmp_path), True, 12, 1)
+    free[str(tmp_path)] = 10 << 20
     with pytest.raises(BackupError, match=r"^no room for the chunk slots of 8 backup workers "
-                       r"\(800\.0 MiB\): /dev/shm has 10\.0 MiB free, .* 10\.0 MiB; give "
-                       r"fewer --workers"):
-        parallel._slot_dir(800 << 20, 8)
-    monkeypatch.setattr(parallel, "_free_bytes", lambda d: (10 if d == parallel.SHM else 900)
-                        << 20)
-    assert parallel._slot_dir(800 << 20, 8) == (str(tmp_path), True)
-    monkeypatch.setattr(parallel, "_free_bytes", lambda d: 900 << 20)
-    assert parallel._slot_dir(800 << 20, 8) == (parallel.SHM, False)
+                       r"\(192\.0 MiB\), nor of one \(24\.0 MiB\): /dev/shm has 10\.0 MiB "
+                       r"free, .* 10\.0 MiB; give a larger /dev/shm"):
+        parallel._slot_layout(8, size)
 
 
 def test_a_slot_file_the_disk_cannot_hold_is_one_clear_error(monkeypatch, tmp_path):
@@ -516,3 +530,44 @@ def test_a_slot_file_the_disk_cannot_hold_is_one_clear_error(monkeypatch, tmp_pa
             parallel._reserve(fd, 1 << 20, str(tmp_path))
     finally:
         os.close(fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not __import__("shutil").which("unshare"),
+                    reason="mounts small tmpfs in a mount namespace of its own (root)")
+def test_a_small_dev_shm_is_sized_on_what_the_slots_can_hold(tmp_path, cli_env):
+    """The check counted 16 slots a worker: 2 workers (67 MiB) in Docker's 64 MiB /dev/shm
+    went to TMPDIR with a warning, and with TMPDIR small too a backup was refused. Now 2
+    workers take 15 slots each in /dev/shm, quietly; with no room for 2 workers' fewest
+    slots anywhere the backup scans with 1 worker and says so."""
+    import subprocess
+    import sys
+
+    import lmdb
+
+    store = tmp_path / "db"
+    env = lmdb.open(str(store), map_size=1 << 30)
+    rng = random.Random(4)
+    with env.begin(write=True) as txn:  # 35 MB: scanned in parallel (PARALLEL_MIN_BYTES)
+        for i in range(70_000):
+            txn.put(b"/k/%08d" % i, rng.randbytes(500))
+    env.close()
+    small_tmp = tmp_path / "tmp"
+    small_tmp.mkdir()
+    script = ('mount -t tmpfs -o size=64m tmpfs /dev/shm && '
+              '"$0" -m dsbackup backup "$1" "$2/a.tar.gz" --workers 2 && '
+              'mount -t tmpfs -o size=20m tmpfs /dev/shm && '
+              'mount -t tmpfs -o size=30m tmpfs "$3" && '
+              'exec "$0" -m dsbackup backup "$1" "$2/b.tar.gz" --workers 2')
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script, sys.executable, f"lmdb:{store}",
+                        str(tmp_path), str(small_tmp)], env=dict(cli_env, TMPDIR=str(small_tmp)),
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode and "unshare" in r.stderr:
+        pytest.skip(f"no mount namespace here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "chunk slots" in ln]
+    assert len(lines) == 1, r.stderr  # the 64 MiB run said nothing
+    assert "scanning with 1 worker instead, slots in " + str(small_tmp) in lines[0]
+    for name in ("a.tar.gz", "b.tar.gz"):
+        v = subprocess.run([sys.executable, "-m", "dsbackup", "verify", str(tmp_path / name)],
+                           env=cli_env, capture_output=True, text=True, timeout=120)
+        assert v.returncode == 0, v.stderr

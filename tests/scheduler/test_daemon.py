@@ -409,3 +409,32 @@ def test_a_source_emptied_by_a_missing_mount_prunes_nothing(tmp_path, run_cli):
     res = run_cli("schedule", "run-once", "ff", "--config", cfg, "--json")
     assert res.returncode == 0 and len(json.loads(res.stdout)["pruned"]) == 3, res.stdout
     assert len(list((tmp_path / "backups").iterdir())) == 1
+
+
+def test_archive_paths_an_older_state_recorded_relative_to_its_cwd_are_migrated(
+        tmp_path, lmdb_source, run_cli):
+    """A state written before paths were the config file's directory's holds archive paths
+    relative to that run's working directory (`../conf/backups/ipfs-node_...tar.gz`): a run
+    from elsewhere took them for missing archives, 'pruned' them (left on disk, out of the
+    catalog) and the health check called the newest missing. They now name the archives in
+    the schedule's backup directory, and the state is rewritten with absolute paths."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    cfg = write_config(conf, lmdb_source)
+    first = run_cli("schedule", "run-once", "ipfs", "--config", cfg, "--json", cwd=conf)
+    assert first.returncode == 0, first.stderr
+    made = [json.loads(first.stdout)["archive"]]
+    state = json.loads((conf / "state" / "state.json").read_text())
+    [entry] = state["schedules"]["ipfs"]["archives"]
+    entry["path"] = "../conf/backups/" + Path(made[0]).name  # as run from tmp_path/elsewhere
+    (conf / "state" / "state.json").write_text(json.dumps(state))
+    for _ in range(2):
+        time.sleep(1.1)  # the next archive name
+        r = run_cli("schedule", "run-once", "ipfs", "--config", cfg, "--json", cwd="/")
+        assert r.returncode == 0, r.stderr
+        made.append(json.loads(r.stdout)["archive"])
+    # keep_last = 2: the third run pruned the first archive, really (not a phantom of it)
+    assert json.loads(r.stdout)["pruned"] == [Path(made[0]).name], r.stdout
+    assert sorted(p.name for p in (conf / "backups").iterdir()) == [
+        Path(a).name for a in made[1:]]
+    assert [a["path"] for a in state_of(conf)["archives"]] == made[1:]

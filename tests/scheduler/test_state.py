@@ -117,3 +117,24 @@ def test_temp_files_of_a_daemon_killed_while_saving_are_removed_by_the_next(tmp_
     s.close()
     assert not list(tmp_path.glob(".state.json.*.tmp"))
     assert len(StateStore(tmp_path).load()["db"].archives) == 10
+
+
+def test_relative_archive_paths_resolve_in_the_backup_dir_else_from_here(tmp_path, monkeypatch):
+    from datetime import datetime, timezone
+
+    from dsbackup.scheduler.state import ArchiveEntry, resolve_relative_paths
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    backups, moved = tmp_path / "backups", tmp_path / "old"
+    backups.mkdir()
+    moved.mkdir()
+    (backups / "a.tar.gz").write_bytes(b"a")
+    (moved / "b.tar.gz").write_bytes(b"b")
+    monkeypatch.chdir(tmp_path)
+    entries = [ArchiveEntry("../x/backups/a.tar.gz", now), ArchiveEntry("old/b.tar.gz", now),
+               ArchiveEntry("gone/c.tar.gz", now), ArchiveEntry(str(backups / "d.tar.gz"), now),
+               ArchiveEntry("s3://bucket/p/e.tar.gz", now)]
+    assert resolve_relative_paths(entries, backups) == 3
+    assert [e.path for e in entries] == [
+        str(backups / "a.tar.gz"), str(moved / "b.tar.gz"), str(backups / "c.tar.gz"),
+        str(backups / "d.tar.gz"), "s3://bucket/p/e.tar.gz"]

@@ -198,3 +198,15 @@ def _dicts(obj):
     if isinstance(obj, list):
         for x in obj:
             yield from _dicts(x)
+
+
+def test_a_hold_on_an_archive_of_a_250_byte_name_is_found_under_its_name(tmp_path):
+    """`.NAME.hold-PID-RANDOM.new` was too long for a name of 225 bytes or more: the hold
+    failed with a warning and a prune could delete the parent of the running backup."""
+    name = "p" * 243 + ".tar.gz"
+    (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "x.tar.gz").write_bytes(b"x")
+    with hold_chain([tmp_path / name, tmp_path / "x.tar.gz"], tmp_path / "c.tar.gz") as h:
+        assert len(h.paths) == 2
+        assert sorted((x.archive, x.live) for x in holds_in(tmp_path)) == [
+            (name, True), ("x.tar.gz", True)]

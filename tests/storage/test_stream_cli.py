@@ -100,3 +100,22 @@ def test_an_incremental_to_stdout_that_fails_its_check_leaves_no_whole_archive(
     assert r.returncode == 0, r.stderr
     r = run(cli_env, "verify", out)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_stream_cut_by_timeout_says_so_not_that_nothing_was_written(cli_env, tmp_path):
+    """`backup --timeout S SRC -`: the reader already had part of the archive, yet the error
+    said "nothing was written at the archive path"."""
+    import os
+
+    datasets.write_lmdb(str(tmp_path / "big"), ((b"/k/%07d" % i, os.urandom(400))
+                                                for i in range(60_000)))
+    out = tmp_path / "part"
+    with out.open("wb") as f:
+        r = run(cli_env, "backup", f"lmdb:{tmp_path / 'big'}", "-", "--timeout", "0.05",
+                "--workers", "1", stdout=f)
+    assert r.returncode == 130, r.stderr
+    assert ("-: backup timed out after 0.05s; the archive stream on standard output was cut: "
+            "what its reader received is not a valid archive") in r.stderr, r.stderr
+    assert "nothing was written" not in r.stderr
+    v = run(cli_env, "verify", str(out))
+    assert v.returncode in (2, 3), v.stderr  # not an archive

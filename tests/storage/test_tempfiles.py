@@ -253,3 +253,46 @@ def test_a_resumed_writer_of_a_dead_pids_temp_file_is_live_for_prune(tmp_path, c
     finally:
         os.close(found[1])
     assert live_temp_files(tmp_path) == []
+
+
+def test_a_name_too_long_for_a_temp_name_is_shortened_there_uniquely():
+    from dsbackup.storage.tempfiles import TEMP_STEM_ROOM, name_stem, temp_path_for, temp_stem
+
+    assert TEMP_STEM_ROOM == 229
+    assert name_stem("a" * 229, 229) == "a" * 229  # the names every version has used
+    long1, long2 = "a" * 240 + ".tar.gz", "a" * 241 + ".tar.gz"
+    s1, s2 = name_stem(long1, 229), name_stem(long2, 229)
+    assert s1 != s2 and len(s1) <= 229 and s1.startswith("a" * 200)
+    tmp = temp_path_for(Path("/d") / long1)
+    assert len(os.fsencode(tmp.name)) <= 255 and temp_stem(tmp.name) == s1
+    e = "é" * 127  # 254 bytes: cut at a character, never inside one
+    assert name_stem(e, 229).startswith("é" * 106 + "~")
+    assert name_stem(e, 228).startswith("é" * 105 + "~")
+
+
+def test_an_archive_name_of_250_bytes_is_backed_up_and_its_leftover_resumed(tmp_path, cli_env):
+    """Its temp name (`.NAME.tmp-PID-RANDOM`, 26 bytes more) was too long: every backup to
+    a name of 230-255 bytes failed at once, `cannot create temporary file: File name too
+    long`."""
+    datasets.write_lmdb(str(tmp_path / "src"), iter([(b"/k/%04d" % i, b"v" * 100)
+                                                     for i in range(300)]))
+    full, inc, again = ("f" * 243 + ".tar.gz", "i" * 243 + ".tar.gz", "r" * 243 + ".tar.gz")
+
+    def backup(name: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dsbackup", "backup",
+                               f"lmdb:{tmp_path / 'src'}", str(tmp_path / name), *extra],
+                              env=cli_env, capture_output=True, text=True, timeout=120)
+
+    r = backup(full)
+    assert r.returncode == 0, r.stderr
+    r = backup(inc, "--parent", str(tmp_path / full))  # holds its parent: no warning
+    assert r.returncode == 0 and "cannot hold" not in r.stderr, r.stderr
+    # a killed backup's whole temp file (killed in the check before the rename): resumed
+    from dsbackup.storage.tempfiles import temp_prefix
+
+    left = tmp_path / f"{temp_prefix(tmp_path / again)}4194999-0123456789ab"
+    left.write_bytes((tmp_path / full).read_bytes())
+    r = backup(again, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert not left.exists()
+    assert (tmp_path / again).read_bytes() == (tmp_path / full).read_bytes()

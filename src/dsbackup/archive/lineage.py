@@ -161,7 +161,8 @@ def in_progress(directories: Iterable[Path],
 @dataclass(frozen=True)
 class Leftover:
     """A killed backup's temp file that `backup --resume` can continue (docs/CLI.md `prune`):
-    `path`, the temp file; `final`, the archive's name; `written`, when it was last written
+    `path`, the temp file; `final`, the archive's name (its stem when that was too long for
+    a temp name: storage.tempfiles.name_stem); `written`, when it was last written
     (its parent was created before)."""
 
     path: Path
@@ -178,7 +179,7 @@ def resumable_leftovers(directories: Iterable[Path],
     killed while writing its index, or without a sealing state), are in neither."""
     from dsbackup.archive.resume import is_encrypted
     from dsbackup.storage import resumestate
-    from dsbackup.storage.tempfiles import stale_temp_files
+    from dsbackup.storage.tempfiles import stale_temp_files, temp_stem
 
     known: list[tuple[Leftover, ArchiveInfo]] = []
     sealed: list[Leftover] = []
@@ -194,7 +195,7 @@ def resumable_leftovers(directories: Iterable[Path],
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
                     continue
-                left = Leftover(tmp, tmp.name[1:].rsplit(".tmp-", 1)[0],
+                left = Leftover(tmp, temp_stem(tmp.name),
                                 datetime.fromtimestamp(st.st_mtime, timezone.utc))
                 if is_encrypted(fd):
                     if resumestate.sealing(fd) == resumestate.WRITING:

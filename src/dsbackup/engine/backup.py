@@ -180,11 +180,14 @@ class BackupManager:
             kept = _kept_temp(path) if cfg.resume else None
             tail = "" if kept is None else (f"; its temporary file {kept.name} is kept: "
                                             "backup --resume continues it")
+            # a stream's reader already has what was written: say so, not "nothing"
+            left = ("the archive stream on standard output was cut: what its reader received "
+                    "is not a valid archive" if is_stream(path)
+                    else "nothing was written at the archive path")
             if deadline.fired:
-                raise Cancelled(f"{path}: backup timed out after {cfg.timeout}s; nothing was "
-                                f"written at the archive path{tail}") from None
-            raise Cancelled(f"{path}: backup cancelled; nothing was written at the archive "
-                            f"path{tail}") from None
+                raise Cancelled(f"{path}: backup timed out after {cfg.timeout}s; {left}{tail}"
+                                ) from None
+            raise Cancelled(f"{path}: backup cancelled; {left}{tail}") from None
         except DsBackupError:
             self._count("backups_failed")
             raise

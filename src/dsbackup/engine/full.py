@@ -71,7 +71,8 @@ class FullStream:
         stats = self.stats
         return ScanOutcome(
             mode="parallel" if self.parallel else "central",
-            workers=self.workers if self.parallel else 1,
+            # (fewer than asked where /dev/shm and TMPDIR had no room for their slots)
+            workers=getattr(self._chunks, "n", self.workers) if self.parallel else 1,
             excluded_records=stats.excluded_records, excluded_bytes=stats.excluded_bytes,
             snapshot=getattr(self._chunks, "snapshot_id", None),
             extra={

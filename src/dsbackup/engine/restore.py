@@ -29,6 +29,7 @@ from dsbackup.archive.readplan import plan_chunk_reads
 from dsbackup.archive.summarycheck import check_references, check_summary
 from dsbackup.archive.verify import check_layout, check_payload
 from dsbackup.diskspace import is_no_space, no_space_message
+from dsbackup.engine.newtarget import NewTarget
 from dsbackup.engine.restore_journal import JournalSync, journal_path, write_journal
 from dsbackup.engine.restore_node import restore_node
 from dsbackup.engine.restore_records import chunk_records
@@ -272,14 +273,24 @@ def restore_archive(
 
     guard.check_target_outside(target, [path])
     refuse_foreign_directory(target)  # lmdb:~ by mistake: data.mdb among someone's files
+    new = NewTarget(target)  # a failure that left no records leaves the target as it was
     if not is_remote(path) and is_go_archive(path):
         from dsbackup.compat.restore_go import restore_go_archive
 
-        with TargetLock(target, f"restore of {Path(path).name}"):
-            return restore_go_archive(path, target, mode=mode, prefix=prefix,
-                                      pattern=pattern,
-                                      batch_bytes=batch_bytes or DEFAULT_BATCH_BYTES,
-                                      progress=progress, cancel=cancel)
+        try:
+            with TargetLock(target, f"restore of {Path(path).name}"):
+                try:
+                    return restore_go_archive(path, target, mode=mode, prefix=prefix,
+                                              pattern=pattern,
+                                              batch_bytes=batch_bytes or DEFAULT_BATCH_BYTES,
+                                              progress=progress, cancel=cancel)
+                except BaseException:
+                    # no journal, no resume: a new store holds nothing a rerun could use
+                    new.remove_store()
+                    raise
+        except BaseException:
+            new.remove_parents()
+            raise
     reader = ArchiveReader(path, parent_dirs=parent_dirs)
     reader.index.sequential()  # chunks in order: two index pages cached, not four
     try:
@@ -311,13 +322,23 @@ def restore_archive(
     except BaseException:
         reader.close()
         raise
+    failed = False
     try:
         return _open_and_restore(reader, target, workers=workers, mode=mode, prefix=prefix,
                                  pattern=pattern, progress=progress, cancel=cancel,
                                  batch_bytes=batch_bytes, resume=resume, t0=t0)
+    except BaseException:
+        # its journal gone: nothing was written (else it stays, and a rerun finishes)
+        jpath = _journal_path(target)
+        failed = jpath is None or not jpath.exists()
+        if failed:
+            new.remove_store()
+        raise
     finally:
         reader.close()
         lock.release()
+        if failed:
+            new.remove_parents()
 
 
 def _new_repo_params(reader: ArchiveReader, target: str) -> dict[str, str]:

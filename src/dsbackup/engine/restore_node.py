@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,12 +54,91 @@ def restore_node(reader: ArchiveReader, target: Any, mode: str, jpath: Path | No
     refuse_outside_mounts(root, files)
     try:
         _remove_stale_temps(root)  # of a node restore killed while writing a file
-        return write_node_files(root, files), None
+        kept = None
+        if not (is_empty_dir(root) or holds_only(root, files)):  # --overwrite of a repo
+            kept = set_keys_aside(root, files)
+        return write_node_files(root, files), kept
     except OSError as exc:
         if not is_no_space(exc):
             raise
         raise DatastoreError(no_space_message(root, None, what="free some space and rerun "
                                               "the same restore")) from None
+
+
+def _private_key(config: bytes) -> object:
+    """Identity.PrivKey of a Kubo config (None when there is none or it is no JSON)."""
+    try:
+        ident = json.loads(config).get("Identity")
+    except (ValueError, AttributeError):
+        return None
+    return ident.get("PrivKey") if isinstance(ident, dict) else None
+
+
+def set_keys_aside(root: Path, files: list[NodeFile]) -> str | None:
+    """Before ``restore --overwrite`` makes the repository `root` the archived node: move the
+    private keys it would lose — keystore/ files the archive lacks or holds other bytes for,
+    and a config whose Identity.PrivKey differs from the archive's (copied) — into a new
+    ``root/dsbackup-kept-keys-<UTC time>/``. The node then has exactly the archive's keys,
+    and none is destroyed. Returns the note naming them (the summary's ``note:`` line,
+    ``node_note`` in --json), or None when there was nothing to keep."""
+    archived = {f.path: f.data for f in files if not f.is_dir}
+    keys: list[str] = []
+    ks = root / "keystore"
+    if ks.is_dir() and not ks.is_symlink():
+        for entry in sorted(os.scandir(ks), key=lambda e: e.name):
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                data = Path(entry.path).read_bytes()
+            except OSError:
+                data = None
+            if archived.get(b"keystore/" + os.fsencode(entry.name)) != data:
+                keys.append(entry.name)
+    config = None
+    cpath = root / "config"
+    if b"config" in archived and cpath.is_file() and not cpath.is_symlink():
+        config = cpath.read_bytes()
+        old = _private_key(config)
+        if old is None or old == _private_key(archived[b"config"]):
+            config = None
+    if not keys and config is None:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    dest = root / f"dsbackup-kept-keys-{stamp}"
+    n = 1
+    while True:
+        try:
+            dest.mkdir(0o700)
+            break
+        except FileExistsError:
+            n += 1
+            dest = root / f"dsbackup-kept-keys-{stamp}-{n}"
+    if keys:
+        (dest / "keystore").mkdir(0o700)
+        for name in keys:
+            os.rename(ks / name, dest / "keystore" / name)
+        fsync_dir(ks)
+        fsync_dir(dest / "keystore")
+    if config is not None:
+        fd = os.open(dest / "config", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     0o600)
+        try:
+            os.write(fd, config)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(dest)
+    fsync_dir(root)
+    what = []
+    if keys:
+        what.append(f"{len(keys)} keystore key{'s' if len(keys) > 1 else ''} the archive "
+                    f"lacks or holds other bytes for ({', '.join(keys[:5])}"
+                    f"{', ...' if len(keys) > 5 else ''})")
+    if config is not None:
+        what.append("its former config, whose Identity.PrivKey differs from the archive's")
+    return (f"{root}: --overwrite made it the archived node; so as not to destroy private keys, "
+            f"{' and '.join(what)} {'were' if len(keys) + (config is not None) > 1 else 'was'} "
+            f"set aside in {dest} (move a key back into keystore/ to use it again)")
 
 
 def _spec_mount_paths(spec_bytes: bytes) -> list[tuple[str, str]]:

@@ -53,7 +53,12 @@ from dsbackup.metadata import BackupMetadata
 from dsbackup.pipeline.central import ChunkSettings, central_chunks
 from dsbackup.storage import resumestate
 from dsbackup.storage.local import ResumedSink
-from dsbackup.storage.tempfiles import live_writer, stale_temp_files, temp_path_for
+from dsbackup.storage.tempfiles import (
+    live_writer,
+    stale_temp_files,
+    temp_path_for,
+    temp_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +90,7 @@ class Resumption:
 def find_temp(final: Path) -> tuple[Path, int] | None:
     """A dead writer's temp file for `final` and an fd (read-write) holding its lock; the
     largest when there are several. None when there is none."""
-    prefix = f".{final.name}.tmp-"
+    prefix = temp_prefix(final)
     found = sorted((p for p in stale_temp_files(final.parent) if p.name.startswith(prefix)),
                    key=lambda p: p.stat().st_size if p.exists() else -1, reverse=True)
     for p in found:

@@ -6,9 +6,9 @@ stripes in key order and turn them into finished chunks; the parent writes the c
 order. Because every stripe starts at a natural boundary, the chunks are exactly those of a
 single sequential scan, whatever the number of workers.
 
-Bounded memory: each worker owns SLOTS_PER_WORKER slots of a shared memory file (each a little
-over chunk_max_bytes) and waits when they are full, so at most SLOTS_PER_WORKER × workers chunks
-are in flight. Stripes are small (about STRIPE_CHUNKS chunks) so that a worker scanning ahead
+Bounded memory: each worker owns SLOTS_PER_WORKER slots (MIN_SLOTS to that many where /dev/shm
+is small: _slot_layout) of a shared memory file (each a little over chunk_max_bytes) and waits
+when they are full, so at most SLOTS_PER_WORKER × workers chunks are in flight. Stripes are small (about STRIPE_CHUNKS chunks) so that a worker scanning ahead
 of the stripe being written finishes its stripe without waiting. A worker that takes a new stripe while chunks of its previous one still wait
 behind an earlier stripe has those chunks moved to a spill file, so it never waits on itself.
 
@@ -104,30 +104,64 @@ def _tmp_dir() -> str:
     return tempfile.gettempdir()
 
 
-def _slot_dir(needed: int, workers: int) -> tuple[str, bool]:
-    """(directory, reserve) for slot files of `needed` bytes in all: /dev/shm when it has room
-    for them; else the temporary directory, the files reserved (fallocate). The workers write
-    chunks into maps of these files, and a map whose filesystem is full kills its writer with
-    SIGBUS: with Docker's default /dev/shm of 64 MiB a backup with 6 workers or more died
-    (`backup worker 2 died (exit code -7)`). Neither with room: BackupError saying so."""
+MIN_SLOTS = KEEP_SLOTS + STRIPE_CHUNKS  # the fewest a worker gets: the chunks it may keep + a stripe
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """Where the workers' slot files go and how large they are."""
+
+    where: str
+    reserve: bool  # allocate them whole (fallocate): on a disk, not /dev/shm
+    slots: int  # per worker, MIN_SLOTS to SLOTS_PER_WORKER
+    workers: int  # may be fewer than asked when no directory has room for them all
+
+
+def _slot_layout(workers: int, slot_size: int) -> SlotLayout:
+    """Slot files for `workers` workers of up to SLOTS_PER_WORKER slots of `slot_size` bytes.
+
+    The workers write chunks into maps of these files, and a map whose filesystem is full
+    kills its writer with SIGBUS (with Docker's default /dev/shm of 64 MiB a backup with 6
+    workers died, `backup worker 2 died (exit code -7)`): every slot can hold a chunk of the
+    largest size at once, so the files must fit whole where they are. A worker needs no more
+    than MIN_SLOTS to keep pace (the chunks it may keep while it takes a stripe, and a stripe),
+    so a directory with room for fewer than SLOTS_PER_WORKER but at least MIN_SLOTS slots a
+    worker is used with that many (2 workers in a 64 MiB /dev/shm, which once moved them to
+    TMPDIR). In order: /dev/shm; TMPDIR, reserved, with a warning; fewer workers in the roomier
+    of the two, with a warning; else BackupError saying so."""
+    def fit(free: int) -> int:
+        return min(SLOTS_PER_WORKER, free // (workers * slot_size))
+
     if os.path.isdir(SHM) and os.access(SHM, os.W_OK):
-        free = _free_bytes(SHM)
-        if free >= needed:
-            return SHM, False
-        shm = f"{SHM} has {_mib(free)} free"
+        shm_free = _free_bytes(SHM)
+        if fit(shm_free) >= MIN_SLOTS:
+            return SlotLayout(SHM, False, fit(shm_free), workers)
+        shm = f"{SHM} has {_mib(shm_free)} free"
     else:
-        shm = f"{SHM} cannot be used"
+        shm_free, shm = -1, f"{SHM} cannot be used"
     tmp = _tmp_dir()
-    if _free_bytes(tmp) < needed:
+    tmp_free = _free_bytes(tmp)
+    needed = workers * MIN_SLOTS * slot_size
+    if fit(tmp_free) >= MIN_SLOTS:
+        log.warning("%s, less than the %s the chunk slots of %d backup workers need: they are "
+                    "in %s instead (on its disk: give a larger %s, e.g. docker run --shm-size, "
+                    "or fewer --workers)", shm, _mib(needed), workers, tmp, SHM)
+        _remove_stale_slot_files(tmp)
+        return SlotLayout(tmp, True, fit(tmp_free), workers)
+    where, free = (SHM, shm_free) if shm_free >= tmp_free else (tmp, tmp_free)
+    fewer = free // (MIN_SLOTS * slot_size)
+    if fewer < 1:
         raise BackupError(
-            f"no room for the chunk slots of {workers} backup workers ({_mib(needed)}): "
-            f"{shm}, {tmp} {_mib(_free_bytes(tmp))}; give fewer --workers, a larger "
-            f"{SHM} (docker run --shm-size) or TMPDIR=/a/larger/disk")
-    log.warning("%s, less than the %s the chunk slots of %d backup workers need: they are "
-                "in %s instead (on its disk: give a larger %s, e.g. docker run --shm-size, or "
-                "fewer --workers)", shm, _mib(needed), workers, tmp, SHM)
-    _remove_stale_slot_files(tmp)
-    return tmp, True
+            f"no room for the chunk slots of {workers} backup workers ({_mib(needed)}), nor "
+            f"of one ({_mib(MIN_SLOTS * slot_size)}): {shm}, {tmp} {_mib(tmp_free)}; give a "
+            f"larger {SHM} (docker run --shm-size) or TMPDIR=/a/larger/disk")
+    log.warning("%s and %s %s, less than the %s the chunk slots of %d backup workers need: "
+                "scanning with %d worker%s instead, slots in %s (give a larger %s, e.g. docker "
+                "run --shm-size, or TMPDIR=/a/larger/disk)", shm, tmp, _mib(tmp_free),
+                _mib(needed), workers, fewer, "" if fewer == 1 else "s", where, SHM)
+    if where != SHM:
+        _remove_stale_slot_files(tmp)
+    return SlotLayout(where, where != SHM, MIN_SLOTS, fewer)
 
 
 def _reserve(fd: int, size: int, where: str) -> None:
@@ -241,8 +275,12 @@ class ParallelScan:
 
     def _start(self) -> None:
         _remove_stale_slot_files()
-        per = SLOTS_PER_WORKER * self.slot_size
-        where, reserve = _slot_dir(self.n * per, self.n)
+        layout = _slot_layout(self.n, self.slot_size)
+        if layout.workers < self.n:
+            self.n = layout.workers
+            self._queued = [0] * self.n
+        where, reserve = layout.where, layout.reserve
+        per = layout.slots * self.slot_size
         base = _slot_files_base(where)
         launch, pipe = self._launcher()
         for w in range(self.n + 1):  # the last one is the planner
@@ -262,7 +300,7 @@ class ParallelScan:
             parent, child = pipe()
             try:
                 p = launch(child, "dsbackup-planner" if w == self.n else f"dsbackup-worker-{w}",
-                           (path, SLOTS_PER_WORKER, self.slot_size, self.kind, self.location,
+                           (path, layout.slots, self.slot_size, self.kind, self.location,
                             self.settings))
             finally:
                 child.close()

@@ -36,6 +36,7 @@ from dsbackup.scheduler.retention import (
     protect_ancestors,
 )
 from dsbackup.storage.holds import holds_in
+from dsbackup.storage.tempfiles import TEMP_STEM_ROOM, name_stem
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,8 @@ def plan_retention(groups: Mapping[str, Sequence[RetentionItem]], pool: Iterable
     # while its temp file is there (docs/CLI.md `prune`, rule resumable)
     holds = [h for d in directories if isinstance(d, Path) for h in holds_in(d)]
     # a killed backup writing elsewhere, whose dead hold names its archive: its temp file too
-    elsewhere = {(Path(h.child).parent, Path(h.child).name) for h in holds
-                 if not h.live and os.path.isabs(h.child)}  # (a local archive's)
+    elsewhere = {(Path(h.child).parent, name_stem(Path(h.child).name, TEMP_STEM_ROOM))
+                 for h in holds if not h.live and os.path.isabs(h.child)}  # (a local archive's)
     left, left_sealed = resumable_leftovers(directories)
     more, more_sealed = resumable_leftovers(sorted({d for d, _ in elsewhere} - set(directories)))
     left += [(lo, i) for lo, i in more if (lo.path.parent, lo.final) in elsewhere]

@@ -38,7 +38,13 @@ from dsbackup.scheduler.notify.base import Notifier
 from dsbackup.scheduler.reporting import RunReporter
 from dsbackup.scheduler.runner import BackupRunner, ManagerRunner
 from dsbackup.scheduler.slots import DueSlots, passed_while_running
-from dsbackup.scheduler.state import ArchiveEntry, DaemonLock, ScheduleState, StateStore
+from dsbackup.scheduler.state import (
+    ArchiveEntry,
+    DaemonLock,
+    ScheduleState,
+    StateStore,
+    resolve_relative_paths,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +127,14 @@ class BackupScheduler:
                     schedule.next_run = st.next_run
                 schedule.last_result = st.last_result
                 schedule.statistics = st.statistics or ScheduleStatistics()
-                self._archives[schedule.id] = list(st.archives or [])
+                self._archives[schedule.id] = archives = list(st.archives or [])
+                n = resolve_relative_paths(
+                    archives, schedule.backup_dir or self.config.default_backup_dir)
+                if n:  # (saved below: the state then holds absolute paths)
+                    log.info("schedule %s: %d archive path(s) recorded relative to an earlier "
+                             "run's working directory now name the archives in %s",
+                             schedule.id, n, schedule.backup_dir
+                             or self.config.default_backup_dir)
                 if st.running:
                     self._record_interrupted(schedule, st.running)
             else:

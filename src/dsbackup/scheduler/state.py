@@ -83,6 +83,30 @@ def _dec(cls: type, data: dict[str, Any] | None) -> Any:
     return cls(**kwargs)
 
 
+def resolve_relative_paths(entries: list[ArchiveEntry], backup_dir: Any) -> int:
+    """Make the archive paths of `entries` that an older version recorded relative to the
+    working directory of its run (``../conf/backups/ipfs_...tar.gz``, before config paths
+    were the file's directory's) absolute, in place, as they were meant: the archive of that
+    name in the schedule's backup directory `backup_dir` (where every run writes), unless it
+    is not there and the path as recorded finds it from this working directory. Returns the
+    number changed. Absolute paths, and ``s3://`` ones, are left as they are; so are all of
+    them when `backup_dir` is not a local directory."""
+    changed = 0
+    for e in entries:
+        if not isinstance(e.path, str) or not e.path or e.path.startswith("s3://") \
+                or os.path.isabs(e.path):
+            continue
+        meant = Path(os.path.abspath(Path(backup_dir) / Path(e.path).name)) \
+            if isinstance(backup_dir, Path) else None
+        here = Path(os.path.abspath(e.path))
+        if meant is None and not here.exists():
+            continue
+        e.path = str(here if meant is None or (not meant.exists() and here.exists())
+                     else meant)
+        changed += 1
+    return changed
+
+
 def encode_state(schedules: dict[str, ScheduleState]) -> dict[str, Any]:
     out = {}
     for sid, st in schedules.items():

@@ -155,7 +155,7 @@ def live_writes(directory: AnyLocation) -> list[LiveWrite]:
                 for u in live_uploads(S3Location(loc.bucket, loc.prefix))]
     if loc == STREAM:
         return []
-    from dsbackup.storage.tempfiles import live_temp_files
+    from dsbackup.storage.tempfiles import live_temp_files, temp_stem
 
     out = []
     for pid, tmp in live_temp_files(Path(loc)):
@@ -163,7 +163,7 @@ def live_writes(directory: AnyLocation) -> list[LiveWrite]:
             when = datetime.fromtimestamp(tmp.stat().st_mtime, timezone.utc)
         except OSError:  # renamed into place meanwhile: a final archive now
             continue
-        out.append(LiveWrite(tmp, tmp.name[1:].rsplit(".tmp-", 1)[0], when, f"PID {pid}"))
+        out.append(LiveWrite(tmp, temp_stem(tmp.name), when, f"PID {pid}"))
     return out
 
 

@@ -31,10 +31,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsbackup.storage.tempfiles import held_by_someone
+from dsbackup.storage.tempfiles import (
+    NAME_MAX,
+    PID_DIGITS,
+    held_by_someone,
+    name_stem,
+    temp_prefix,
+)
 
 log = logging.getLogger(__name__)
 
+# `.STEM.hold-PID-RANDOM.new`: the room left for the stem of the held archive's name
+HOLD_STEM_ROOM = NAME_MAX - len(".") - len(".hold-") - PID_DIGITS - len("-") - 12 - len(".new")
 _HOLD_NAME = re.compile(r"^\.(?P<name>.+)\.hold-(?P<pid>\d+)-[0-9a-f]{12}$")
 # a hold being made (or a killed backup's, from before it was renamed into place)
 _PENDING_NAME = re.compile(r"^\.(?P<name>.+)\.hold-(?P<pid>\d+)-[0-9a-f]{12}\.new$")
@@ -91,8 +99,8 @@ class Holds:
         remove_dead_holds(archive.parent)
         data = json.dumps({"child": child, "pid": os.getpid()}).encode()
         for _ in range(8):
-            path = archive.with_name(f".{archive.name}.hold-{os.getpid()}-"
-                                     f"{os.urandom(6).hex()}")
+            stem = name_stem(archive.name, HOLD_STEM_ROOM)
+            path = archive.with_name(f".{stem}.hold-{os.getpid()}-{os.urandom(6).hex()}")
             pending = path.with_name(path.name + ".new")  # not a hold's name: prune skips it
             fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
                          | os.O_NOFOLLOW, 0o600)
@@ -150,12 +158,16 @@ def holds_in(directory: Path) -> list[Held]:
     except OSError:
         return []
     out = []
+    # the archives whose names were too long for a hold's: their stems in hold names
+    stems = {name_stem(n, HOLD_STEM_ROOM): n for n in names
+             if len(os.fsencode(n)) > HOLD_STEM_ROOM}
     for name in names:
         m = _HOLD_NAME.match(name)
         if not m:
             continue
         path = directory / name
-        out.append(Held(m.group("name"), _child_of(path), int(m.group("pid")), path,
+        archive = stems.get(m.group("name"), m.group("name"))
+        out.append(Held(archive, _child_of(path), int(m.group("pid")), path,
                         held_by_someone(path)))
     return out
 
@@ -183,7 +195,8 @@ def _left_temp_file(child: str) -> bool:
         return False
     final = Path(child)
     try:
-        return any(n.startswith(f".{final.name}.tmp-") for n in os.listdir(final.parent))
+        prefix = temp_prefix(final)
+        return any(n.startswith(prefix) for n in os.listdir(final.parent))
     except OSError:
         return False
 

@@ -6,6 +6,9 @@ final path never holds a partial archive. A temp file whose writer is gone (its 
 exists, or the file predates the last boot, and nobody holds its lock) is a leftover of a killed run; the next writer in that
 directory removes it, whatever final name it was meant for (scheduled runs write a new name
 each time). A live writer's file is never removed: its lock is held, and its PID exists.
+
+A final name too long for that (over TEMP_STEM_ROOM = 229 bytes: a name may have 255) is
+shortened in the temp name, as in hold names (storage/holds.py): :func:`name_stem`.
 """
 
 from __future__ import annotations
@@ -23,8 +26,43 @@ from dsbackup.storage.locktable import lock_holders
 log = logging.getLogger(__name__)
 
 
+NAME_MAX = 255  # bytes in a file name (Linux filesystems)
+PID_DIGITS = 7  # pid_max is at most 4194304
+# `.STEM.tmp-PID-RANDOM`: the room left for the stem
+TEMP_STEM_ROOM = NAME_MAX - len(".") - len(".tmp-") - PID_DIGITS - len("-") - 12
+
+
+def name_stem(name: str, room: int) -> str:
+    """`name` as it appears in a temp or hold file name that leaves it `room` bytes: itself
+    when it fits (the names all versions have used), else its first bytes (cut at a
+    character), "~" and 16 hex digits of its SHA-256, unique to it."""
+    raw = os.fsencode(name)
+    if len(raw) <= room:
+        return name
+    import hashlib  # (not on the reading commands' path: start-up, docs/PERFORMANCE.md)
+
+    cut = raw[: room - 17]
+    try:
+        raw.decode("utf-8")
+        visible = cut.decode("utf-8", "ignore")  # (drops only a character cut in two)
+    except UnicodeDecodeError:  # a name of other bytes: cut as bytes
+        visible = os.fsdecode(cut)
+    return f"{visible}~{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
+def temp_prefix(final: Path) -> str:
+    """What every temp file name of the archive `final` starts with: `.STEM.tmp-`."""
+    return f".{name_stem(final.name, TEMP_STEM_ROOM)}.tmp-"
+
+
+def temp_stem(temp_name: str) -> str:
+    """The final name's stem in a temp file's name (the final name itself unless it was
+    too long: name_stem)."""
+    return temp_name[1:].rsplit(".tmp-", 1)[0]
+
+
 def temp_path_for(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{os.urandom(6).hex()}")
+    return final.with_name(f"{temp_prefix(final)}{os.getpid()}-{os.urandom(6).hex()}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -113,7 +151,7 @@ def live_writer(final: Path) -> tuple[int, Path] | None:
     backup it refused would never run). Without that table, a file written before the last
     boot is a leftover, any other one a writer. A name that is no regular file (a symlink, a
     FIFO) is no writer's."""
-    prefix = f".{final.name}.tmp-"
+    prefix = temp_prefix(final)
     try:
         names = [n for n in os.listdir(final.parent) if n.startswith(prefix)]
     except OSError:

@@ -105,3 +105,79 @@ def test_secrets_are_redacted():
     msg = r("GET https://hc-ping.com/1234-uuid failed; login pw-abcdef rejected")
     assert msg == "GET https://hc-ping.com/*** failed; login *** rejected"
     assert redact_url("https://u:p@example.org:8443/hook?token=x") == "https://example.org:8443/***"
+
+
+class DripServer:
+    """A server on 127.0.0.1 that reads a request, then sends `head` and drips `drip` a byte
+    every 0.1 s (each read well within any socket timeout)."""
+
+    def __init__(self, head: bytes, drip: bytes) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.stop = threading.Event()
+        self.head, self.drip = head, drip
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096)
+                try:
+                    conn.sendall(self.head)
+                    for b in self.drip:
+                        if self.stop.wait(0.1):
+                            return
+                        conn.sendall(bytes([b]))
+                except OSError:
+                    continue  # the client gave up
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def test_a_server_dripping_its_answer_is_cut_at_the_total_deadline():
+    """Each byte came within the socket timeout, so the notify thread went on reading (300
+    bytes: 30 s) long after the dispatcher's bound; the deadline is now total."""
+    import threading
+
+    srv = DripServer(b"", b"HTTP/1.1 200 " + b"O" * 300 + b"\r\n\r\n")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(HttpFailure, match=r"no whole answer within 1 s"):
+            request(srv.url, data=b"{}", method="POST", timeout=1, retries=2)
+        assert time.monotonic() - t0 < 2.5
+        d = NotificationDispatcher.from_config(NotificationConfig(webhook_url=srv.url,
+                                                                  timeout=1))
+        assert d.dispatch(EVENT) == {"webhook": False}
+        for _ in range(50):  # its thread ended with the deadline, not with the drip
+            if not any(t.name == "notify-webhook" for t in threading.enumerate()):
+                break
+            time.sleep(0.05)
+        assert not any(t.name == "notify-webhook" for t in threading.enumerate())
+        assert "no whole answer within 1 s" in d.last_error["webhook"]
+    finally:
+        srv.close()
+
+
+def test_a_2xx_whose_headers_or_body_drip_is_delivered_at_the_deadline():
+    """Its status came: the server took the notification (http.client ends headers cut
+    short as it does a body)."""
+    srv = DripServer(b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n", b"b" * 300)
+    try:
+        t0 = time.monotonic()
+        assert request(srv.url, data=b"{}", method="POST", timeout=1) == 200
+        assert time.monotonic() - t0 < 2.5
+    finally:
+        srv.close()
