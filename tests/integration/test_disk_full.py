@@ -281,3 +281,33 @@ def test_a_resumed_backup_on_a_full_disk_keeps_the_killed_runs_work(tmp_path, sm
     assert run_cli("verify", out).returncode == 0
     r = run_cli("restore", out, f"lmdb:{tmp_path / 'back'}")
     assert r.returncode == 0 and store_records(f"lmdb:{tmp_path / 'back'}") == dict(recs)
+
+
+def test_a_full_tmpdir_is_one_line_naming_it(tmp_path, small_fs, make_archive, cli_env):
+    """$TMPDIR full: `restore -` (standard input spooled there) and a backup of a LevelDB
+    store on another filesystem (its snapshot copied there) said '[Errno 28] No space left on
+    device: ...'; now one line naming the filesystem and TMPDIR, exit 2, nothing left in
+    it (hostile review)."""
+    import sys
+
+    recs = _records(n=300)
+    arch = tmp_path / "a.tar.gz"
+    make_archive(arch, recs, chunk_size=64)
+    ldb = f"leveldb:{tmp_path / 'ldb'}"
+    with open_datastore(ldb) as ds:
+        ds.put_many([k for k, _ in recs], [v for _, v in recs])
+    fs = small_fs(4 * MiB)
+    if fs.limited:
+        pytest.skip("needs a real full filesystem (root and mount)")
+    fs.fill(64 << 10)
+    env = {**cli_env, "TMPDIR": str(fs.path)}
+    for args, stdin in ((["restore", "-", f"lmdb:{tmp_path / 'back'}"], arch),
+                        (["backup", ldb, tmp_path / "b.tar.gz"], None)):
+        with open(stdin or os.devnull, "rb") as f:
+            r = subprocess.run([sys.executable, "-m", "dsbackup", *map(str, args)], env=env,
+                               stdin=f, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        [line] = r.stderr.splitlines()
+        assert f"no space left on {fs.path}" in line and "TMPDIR=" in line, line
+        assert sorted(p.name for p in fs.path.iterdir()) == ["filler"]
+    assert not (tmp_path / "b.tar.gz").exists()
