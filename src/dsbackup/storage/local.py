@@ -236,13 +236,8 @@ class ResumedSink(LocalSink):
 
     def release(self) -> None:
         """Close the file before anything was written to it, keeping it: cut at a whole
-        member, it is resumable again once this process is gone."""
-        if not self._closed:
-            self._closed = True
-            try:
-                self._writeback.close()
-            finally:
-                os.close(self._fd)
+        member, it is resumable again (under `kept_as`)."""
+        self.abort()
 
     def abort(self) -> None:
         """Close the file, keeping it for the next ``--resume`` (see the class)."""
