@@ -40,6 +40,10 @@ def _size(n: int) -> str:
     return str(n)
 
 
+# the end of a message about a full temporary directory
+TMPDIR_HINT = "free space there, or run with TMPDIR=/a/larger/disk"
+
+
 def no_space_message(path: str | os.PathLike[str], needed: int | None = None,
                      free: int | None = None, *, what: str = "") -> str:
     """`PATH: no space left on MOUNT (needed N, free M)`, plus what a rerun does."""

@@ -380,3 +380,58 @@ def test_a_store_inside_a_live_kubo_repo_is_refused(tmp_path, kubo_node_repo, ma
         holder.wait(timeout=30)
     r = run_cli("restore", arch, f"fsds:{repo / 'blocks' / 'x'}")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_migration_from_a_store_being_written_is_refused(tmp_path, make_archive, run_cli,
+                                                           cli_env):
+    """A migration reads its source as a backup does, so it holds it the same way: from a
+    store a restore is writing it copied the half-written store and said 'ok', exit 0 (9477
+    of 20000 records); from a store whose restore was killed (its journal left) likewise;
+    and a restore into the source of a running migration was not refused. Now exit 4 naming
+    the writer, exit 2 naming the journal, and exit 4 naming the migration (hostile review)."""
+    from dsbackup.datastores import open_datastore
+    from dsbackup.engine.restore_journal import journal_path
+
+    src, dst = f"lmdb:{tmp_path / 'src'}", f"lmdb:{tmp_path / 'dst'}"
+    with open_datastore(src) as ds:
+        ds.put_many([k for k, _ in RECORDS], [v for _, v in RECORDS])
+    plan = tmp_path / "plan.toml"
+    plan.write_text('id = "c"\nversion = "1"\n[[steps]]\nid = "copy"\ntype = "copy"\n')
+    holder = _hold(cli_env, src)
+    try:
+        r = run_cli("migrate", plan, src, dst)
+        assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+        line = r.stderr.splitlines()[-1]
+        assert f"PID {holder.pid}, test holder" in line, r.stderr
+        assert "migrate it when that has finished" in line, line
+        assert not (tmp_path / "dst").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    journal = journal_path(tmp_path / "src")
+    journal.write_text("{}")  # a restore into it was killed
+    r = run_cli("migrate", plan, src, dst)
+    assert r.returncode == 2 and "did not finish" in r.stderr and str(journal) in r.stderr
+    assert not (tmp_path / "dst").exists()
+    journal.unlink()
+    reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from dsbackup.migration.preflight import lock_stores
+        from dsbackup.migration.config import MigrationConfig
+        from dsbackup.migration.plan import load_plan
+        with lock_stores(load_plan({str(plan)!r}), MigrationConfig(), {src!r}, {dst!r}):
+            print("held", flush=True)
+            sys.stdin.read()
+    """)], env=cli_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "held"
+        arch = tmp_path / "a.tar.gz"
+        make_archive(arch, RECORDS[:5])
+        r = run_cli("restore", "--overwrite", arch, src)
+        assert r.returncode == 4 and f"PID {reader.pid}" in r.stderr, r.stderr
+    finally:
+        reader.stdin.close()
+        reader.wait()
+    r = run_cli("migrate", plan, src, dst)
+    assert r.returncode == 0, r.stderr
+    assert not lock_path(dst).exists() and not lock_path(src).exists()

@@ -240,3 +240,74 @@ def test_migrate_into_a_new_kubo_repo_on_a_full_disk(tmp_path, small_fs, run_on)
     assert (new / "version").read_bytes() == b"12\n"
     assert block_files(new) == expected_files(repo.after)
     assert not (fs.path / "new.dsmigrate" / "c.kubo-new").exists()
+
+
+def test_a_resumed_backup_on_a_full_disk_keeps_the_killed_runs_work(tmp_path, small_fs,
+                                                                     run_on, run_cli):
+    """`backup --resume` that fills the disk keeps the temp file it continued, for the next
+    --resume: before, it removed it ('the temporary file is removed') and with it the killed
+    runs' work, so the rerun started from scratch (hostile review)."""
+    from dsbackup.archive.reader import ArchiveReader
+    from tests.support.deadwriter import dead_writer_file, temp_paths
+
+    recs = _records()
+    src = f"lmdb:{tmp_path / 'src'}"
+    ds = open_datastore(src)
+    ds.put_many([k for k, _ in recs], [v for _, v in recs])
+    ds.close()
+    whole = tmp_path / "whole.tar.gz"
+    assert run_cli("backup", src, whole).returncode == 0
+    with ArchiveReader(whole) as r:
+        e = r.index.entry(5)
+    kept = whole.read_bytes()[:e.offset + e.length]
+    fs = small_fs(32 * MiB)
+    out = fs.path / "b.tar.gz"
+    dead_writer_file(out, kept + b"torn")
+    fs.fill(1 * MiB)  # the rest needs ~5 MiB
+    r = run_on(fs, "backup", "--resume", src, out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    [error] = [ln for ln in r.stderr.splitlines() if "error:" in ln]  # (beside 'resuming')
+    assert fs.limited or "no space left" in error, error
+    assert error.endswith("the temporary file is kept: free space and run backup --resume "
+                          "again"), error
+    [left] = temp_paths(fs.path, out.name)
+    assert left.read_bytes()[:len(kept)] == kept  # the killed run's chunks are still there
+    assert not out.exists()
+    fs.unfill()
+    r = run_on(fs, "backup", "--resume", src, out)
+    assert r.returncode == 0, r.stderr
+    assert "6 chunks" in r.stderr and "kept" in r.stderr, r.stderr  # continued, not redone
+    assert temp_paths(fs.path, out.name) == []
+    assert run_cli("verify", out).returncode == 0
+    r = run_cli("restore", out, f"lmdb:{tmp_path / 'back'}")
+    assert r.returncode == 0 and store_records(f"lmdb:{tmp_path / 'back'}") == dict(recs)
+
+
+def test_a_full_tmpdir_is_one_line_naming_it(tmp_path, small_fs, make_archive, cli_env):
+    """$TMPDIR full: `restore -` (standard input spooled there) and a backup of a LevelDB
+    store on another filesystem (its snapshot copied there) said '[Errno 28] No space left on
+    device: ...'; now one line naming the filesystem and TMPDIR, exit 2, nothing left in
+    it (hostile review)."""
+    import sys
+
+    recs = _records(n=300)
+    arch = tmp_path / "a.tar.gz"
+    make_archive(arch, recs, chunk_size=64)
+    ldb = f"leveldb:{tmp_path / 'ldb'}"
+    with open_datastore(ldb) as ds:
+        ds.put_many([k for k, _ in recs], [v for _, v in recs])
+    fs = small_fs(4 * MiB)
+    if fs.limited:
+        pytest.skip("needs a real full filesystem (root and mount)")
+    fs.fill(64 << 10)
+    env = {**cli_env, "TMPDIR": str(fs.path)}
+    for args, stdin in ((["restore", "-", f"lmdb:{tmp_path / 'back'}"], arch),
+                        (["backup", ldb, tmp_path / "b.tar.gz"], None)):
+        with open(stdin or os.devnull, "rb") as f:
+            r = subprocess.run([sys.executable, "-m", "dsbackup", *map(str, args)], env=env,
+                               stdin=f, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        [line] = r.stderr.splitlines()
+        assert f"no space left on {fs.path}" in line and "TMPDIR=" in line, line
+        assert sorted(p.name for p in fs.path.iterdir()) == ["filler"]
+    assert not (tmp_path / "b.tar.gz").exists()

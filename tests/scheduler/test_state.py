@@ -138,3 +138,37 @@ def test_relative_archive_paths_resolve_in_the_backup_dir_else_from_here(tmp_pat
     assert [e.path for e in entries] == [
         str(backups / "a.tar.gz"), str(moved / "b.tar.gz"), str(backups / "c.tar.gz"),
         str(backups / "d.tar.gz"), "s3://bucket/p/e.tar.gz"]
+
+
+def test_a_full_state_directory_is_one_line_naming_it(tmp_path, run_cli):
+    """A state directory on a full filesystem: `schedule run-once` (and `schedule run`) said
+    'schedule run-once run-once: no space left on device' (the daemon lock's PID write, which
+    names no file) and kept the lock taken; now one line naming the lock file and the
+    filesystem, exit 2, the lock let go (hostile review)."""
+    import shutil
+
+    full = tmp_path / "full"
+    full.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)]).returncode:
+        pytest.skip("needs a real full filesystem (root and mount)")
+    try:
+        (full / "st").mkdir()
+        st = os.statvfs(full)
+        (full / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize))
+        cfg = tmp_path / "s.toml"
+        cfg.write_text(f'[scheduler]\nbackup_dir = "{tmp_path}"\nstate_dir = "{full / "st"}"\n'
+                       'health_check_interval = "off"\n[[schedule]]\nid = "s1"\n'
+                       f'cron = "@daily"\nsource = "memory:"\n')
+        r = run_cli("schedule", "run-once", "s1", "--config", cfg)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        [line] = r.stderr.splitlines()
+        assert line.startswith(f"dsbackup: error: {full / 'st' / 'daemon.lock'}: no space "
+                               f"left on {full}"), line
+        with pytest.raises(SchedulerError, match="no space left on"):
+            DaemonLock(full / "st").acquire()
+        (full / "filler").unlink()
+        with DaemonLock(full / "st"):  # not kept by the failed attempt in this process
+            pass
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=False)

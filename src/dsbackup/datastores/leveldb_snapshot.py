@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dsbackup.datastores.sharedlock import SharedLock, hold_shared
+from dsbackup.diskspace import TMPDIR_HINT, is_no_space, no_space_message
 from dsbackup.errors import DatastoreError
 
 __all__ = ["take_snapshot", "remove_snapshot"]
@@ -103,6 +104,9 @@ def take_snapshot(path: Path) -> Path:
                                  "pending CURRENT.<N> names a manifest that is there)")
     except OSError as exc:
         shutil.rmtree(snap, ignore_errors=True)
+        if is_no_space(exc):  # (copies: TMPDIR on another filesystem than the store)
+            raise DatastoreError(f"{path}: cannot take a snapshot of the LevelDB: "
+                                 + no_space_message(snap.parent, what=TMPDIR_HINT)) from None
         raise DatastoreError(f"{path}: cannot take a snapshot of the LevelDB: {exc}") from None
     except BaseException:
         shutil.rmtree(snap, ignore_errors=True)

@@ -222,7 +222,8 @@ def _refuse_writer_above(store: Path, ups: list[tuple[Path, int]], then: str, *,
                               f"to {up}, which holds it; {then}")
 
 
-def reader_marks(store: Path, dir_fd: int) -> list[int]:
+def reader_marks(store: Path, dir_fd: int,
+                 then: str = "back it up when that has finished") -> list[int]:
     """Mark `store` (its directory open as `dir_fd`, -1 for a one-file store) as being backed
     up and share every directory above it; LockedError when it, a store inside it or a
     directory above it is being written. The descriptors to `release` (not `dir_fd`)."""
@@ -237,14 +238,13 @@ def reader_marks(store: Path, dir_fd: int) -> list[int]:
             else _probe(ups[0][1], WRITER_NAMED + _slot(name))
         if pid is not None:
             raise LockedError(f"{store}: another dsbackup process (PID {pid}) is writing to "
-                              "it; back it up when that has finished")
+                              f"it; {then}")
         pid = None if dir_fd < 0 else _probe(dir_fd, WRITER_BELOW)
         if pid is not None:
             real = Path(os.path.realpath(store))
             raise LockedError(f"{store}: another dsbackup process (PID {pid}) is writing to "
-                              f"a store inside it{writing_below(pid, real)}; back it up when "
-                              "that has finished")
-        _refuse_writer_above(store, ups, "back it up when that has finished")
+                              f"a store inside it{writing_below(pid, real)}; {then}")
+        _refuse_writer_above(store, ups, then)
     except BaseException:
         release(fds)
         raise

@@ -245,7 +245,7 @@ def _commit_whole(plan: BackupPlan, final: Path, tmp: Path, fd: int,
     try:
         sink.commit(plan.check if parent is not None else None)  # a full one's: done
     except BaseException:
-        sink.abort()  # as a backup whose check fails: nothing at the final path
+        sink.discard()  # as a backup whose check fails: nothing at the final path
         raise
     with ArchiveReader(final, key=plan.cfg.encryption) as r:
         return metadata_from_reader(r)
@@ -353,7 +353,8 @@ def _take(plan: BackupPlan, parent: ArchiveReader | None = None
                                    f"epoch on the file: {exc.strerror}") from None
         mine = temp_path_for(final)
         os.rename(tmp, mine)  # ours now: its name carries this process's PID
-        sink = ResumedSink(final, mine, fd, state.end, overwrite=plan.cfg.overwrite)
+        sink = ResumedSink(final, mine, fd, state.end, overwrite=plan.cfg.overwrite,
+                           kept_as=tmp)
     except BaseException:
         os.close(fd)  # the file stays as it was (resumable by a run with the right settings)
         if state is not None and state.cipher is not None:

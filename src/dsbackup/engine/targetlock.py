@@ -116,7 +116,8 @@ class TargetLock:
     store without a filesystem path); ``shared=True``: a reader's share of it (a backup)."""
 
     def __init__(self, store: Any, what: str, *, create_parent: bool = True,
-                 shared: bool = False) -> None:
+                 shared: bool = False, then: str = "back it up when that has finished"
+                 ) -> None:
         self.path = lock_path(store)
         self.store = store_path(store)
         self.store_uri = store
@@ -125,6 +126,7 @@ class TargetLock:
         # directory is missing there is nothing to lock, and nothing is created for it
         self.create_parent = create_parent and not shared
         self.shared = shared
+        self.then = then  # what a refused reader is told to do (shared)
         self._fd = -1
         self._dir_fd = -1  # the store's directory, flocked (shared: a backup; else: a writer)
         self._nest: list[int] = []  # the directories above it (nestlock.py)
@@ -217,21 +219,20 @@ class TargetLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below
             except BlockingIOError:
-                raise LockedError(_busy(fd, self.store, self.path,
-                                        "back it up when that has finished")) from None
+                raise LockedError(_busy(fd, self.store, self.path, self.then)) from None
             except OSError:  # a filesystem without flock (ENOLCK on some NFS): no writer
                 pass  # can hold it either
             finally:
                 os.close(fd)
-        self._dir_fd = _lock_dir(self.store, fcntl.LOCK_SH)  # (a writer's since: refused)
+        self._dir_fd = _lock_dir(self.store, fcntl.LOCK_SH, self.then)  # (a writer's since)
         if self.store is None:
             return
         try:  # a writer of a store inside it or of a directory above it: refused
-            self._nest = _track(nestlock.reader_marks(self.store, self._dir_fd))
+            self._nest = _track(nestlock.reader_marks(self.store, self._dir_fd, self.then))
             for d in outside_dirs(self.store_uri):  # (held the same way)
-                fd = _lock_dir(d, fcntl.LOCK_SH)
+                fd = _lock_dir(d, fcntl.LOCK_SH, self.then)
                 self._nest += _track([fd])
-                self._nest += _track(nestlock.reader_marks(d, fd))
+                self._nest += _track(nestlock.reader_marks(d, fd, self.then))
         except BaseException:
             self._close_dir()
             raise
@@ -275,7 +276,8 @@ def _track(fds: list[int]) -> list[int]:
     return fds
 
 
-def _lock_dir(store: Path | None, op: int) -> int:
+def _lock_dir(store: Path | None, op: int,
+              then: str = "back it up when that has finished") -> int:
     """The store's directory opened and flocked (`op`: LOCK_SH for a backup, LOCK_EX for a
     writer; not waiting), or -1 when there is none (a new store, a one-file store) or the
     filesystem has no flock. LockedError naming the holders when another process holds it
@@ -305,7 +307,7 @@ def _lock_dir(store: Path | None, op: int) -> int:
             raise LockedError(f"{store}: another dsbackup process ({pids or 'PID unknown'}) "
                               "is writing to it; wait for it to finish") from None
         raise LockedError(f"{store}: another dsbackup process ({pids or 'PID unknown'}) is "
-                          "writing to it; back it up when that has finished") from None
+                          f"writing to it; {then}") from None
     except OSError:  # no flock here (ENOLCK on some NFS): nobody can hold it either
         os.close(fd)
         return -1

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dsbackup.datastores import parse_uri
+from dsbackup.engine.restore_journal import refuse_unfinished_restore
 from dsbackup.engine.targetlock import TargetLock
 from dsbackup.errors import DsBackupError, MigrationError
 from dsbackup.migration.config import MigrationConfig
@@ -83,8 +84,11 @@ def lock_stores(plan: MigrationPlan, cfg: MigrationConfig, source: StoreLike,
                 target: StoreLike, rollback: bool = False) -> ExitStack:
     """Take the write lock (targetlock.py) of every store this run may write: the
     target, the source when a step, a rollback step or the pre-migration archive's
-    restore may write it, and any other store a step writes. A store another process
-    writes gives LockedError (exit 4) before anything is opened."""
+    restore may write it, and any other store a step writes; a source it only reads is
+    held as a backup holds its source (shared): a restore or migration into it is refused
+    while it is read, and it is not read while one runs or after one was killed (half a
+    store, copied and called done). A store another process writes gives LockedError
+    (exit 4) before anything is opened."""
     refs = refs_written(plan.steps + plan.rollback)
     stack = ExitStack()
     what = f"migration {plan.id}" + (" rollback" if rollback else "")
@@ -92,6 +96,10 @@ def lock_stores(plan: MigrationPlan, cfg: MigrationConfig, source: StoreLike,
         stack.enter_context(TargetLock(target, what))
         if rollback or cfg.backup_before or SOURCE in refs:
             stack.enter_context(TargetLock(source, what, create_parent=False))
+        else:
+            stack.enter_context(TargetLock(source, what, shared=True,
+                                           then="migrate it when that has finished"))
+            refuse_unfinished_restore(store_path(source), "migrate it")
         for ref in sorted(refs - {SOURCE, TARGET}):
             stack.enter_context(TargetLock(ref, what, create_parent=False))
     except BaseException:

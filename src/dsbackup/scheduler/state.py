@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.errors import LockedError, SchedulerError
 from dsbackup.scheduler.config import RunRecord, ScheduleStatistics
 
@@ -250,9 +251,15 @@ class DaemonLock:
             if old is not None and old != os.getpid() and not pid_alive(old):
                 self.stale_pid = old
                 log.warning("%s: stale lock of dead pid %d taken over", self.path, old)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            os.fsync(fd)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                os.fsync(fd)
+            except OSError as exc:  # a full disk: the lock file named, the lock let go
+                os.close(fd)
+                if is_no_space(exc):
+                    raise SchedulerError(no_space_message(self.path)) from None
+                raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from None
             self._fd = fd
             _held_locks.add(key)
 

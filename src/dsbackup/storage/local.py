@@ -55,6 +55,8 @@ class LocalSink:
     """A new archive file. The temp file is locked while written (leftover cleanup skips it);
     leftovers of dead writers in the same directory are removed first (``removed_leftovers``)."""
 
+    _on_failure = "the temporary file is removed"  # what abort() does, said on a full disk
+
     def __init__(self, path: Path, *, overwrite: bool = False) -> None:
         self.final = path
         self.overwrite = overwrite
@@ -125,7 +127,7 @@ class LocalSink:
         if not is_no_space(exc):
             return exc
         return ArchiveError(no_space_message(self.final, free=free_bytes(self.tmp.parent),
-                                             what="the temporary file is removed"))
+                                             what=self._on_failure))
 
     def commit(self, check: Check | None = None) -> None:
         """fsync, meanwhile `check(temp_path)`; link into place once both are done."""
@@ -215,14 +217,22 @@ class LocalSink:
 class ResumedSink(LocalSink):
     """A dead writer's temp file taken over to be continued (docs/FORMAT.md §11.5): `fd` is
     open read-write on `tmp` and holds its lock; the file is cut to `length` (the end of its
-    last whole, checked member) and written on from there. A run stopped by Ctrl-C, SIGTERM
-    or --timeout keeps it (ArchiveWriter releases it): it holds earlier runs' work."""
+    last whole, checked member) and written on from there.
+
+    A resumed run that fails (a full disk, a store error, Ctrl-C, SIGTERM, --timeout) keeps
+    the file: it holds the killed runs' work, which the next ``--resume`` continues (its torn
+    last member cut off, every kept member checked again). It is put back under `kept_as`
+    (the dead writer's name it was taken from), so that this process, if it lives on (the
+    Python API), can resume it too. `discard()` removes it (a whole archive whose check
+    failed)."""
 
     keep_when_cancelled = True
+    _on_failure = "the temporary file is kept: free space and run backup --resume again"
 
     def __init__(self, final: Path, tmp: Path, fd: int, length: int, *,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, kept_as: Path | None = None) -> None:
         self.final, self.tmp, self.overwrite = final, tmp, overwrite
+        self._kept_as = kept_as
         self._fd = fd
         self._closed = False
         try:
@@ -235,6 +245,27 @@ class ResumedSink(LocalSink):
         self.removed_leftovers = remove_stale_temp_files(final)  # ours is locked: kept
         self._pos = length
         self._writeback = Writeback(fd)
+
+    def release(self) -> None:
+        """Close the file before anything was written to it, keeping it: cut at a whole
+        member, it is resumable again (under `kept_as`)."""
+        self.abort()
+
+    def abort(self) -> None:
+        """Close the file, keeping it for the next ``--resume`` (see the class)."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                self._writeback.close()  # (a full disk: its error is the one raised already)
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        if self._kept_as is not None:
+            with contextlib.suppress(OSError):  # (gone: placed, or removed by hand)
+                os.rename(self.tmp, self._kept_as)
+
+    def discard(self) -> None:
+        """Close and remove the file (nothing at the final path either)."""
+        LocalSink.abort(self)
 
 
 OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)

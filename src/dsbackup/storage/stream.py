@@ -18,6 +18,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 
+from dsbackup.diskspace import TMPDIR_HINT, is_no_space, no_space_message
 from dsbackup.errors import ArchiveError, ArchiveUnavailable
 from dsbackup.storage.base import Check
 from dsbackup.storage.local import LocalSource
@@ -110,6 +111,10 @@ def spooled_stdin() -> LocalSource:
                 try:
                     shutil.copyfileobj(src, f, 1 << 20)
                 except OSError as exc:
+                    if is_no_space(exc):  # the filesystem named, and what to do
+                        raise ArchiveUnavailable("-: spooling standard input failed: " + (
+                            no_space_message(tempfile.gettempdir(), what=TMPDIR_HINT))) \
+                            from None
                     raise ArchiveUnavailable(f"-: spooling standard input failed: {exc}") \
                         from None
                 f.flush()
