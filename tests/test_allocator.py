@@ -57,3 +57,32 @@ def test_single_arena_is_left_alone_when_asked(monkeypatch):
     monkeypatch.setattr(allocator, "_one_arena", False)
     monkeypatch.setenv("DSBACKUP_NO_MALLOPT", "1")
     assert allocator.single_arena() is False
+
+
+_LIBRARY_PROBE = r"""
+import sys
+from dsbackup import BackupConfig, BackupManager, open_datastore
+import dsbackup.allocator as allocator
+with open_datastore("flatfs:" + sys.argv[1]) as ds:
+    ds.put_many([b"/CIQA%04d" % i for i in range(64)], [b"v" * 300_000] * 64)
+mgr = BackupManager(BackupConfig(workers=1))
+mgr.create_backup("flatfs:" + sys.argv[1], sys.argv[2])
+assert mgr.verify_backup(sys.argv[2]).ok
+mgr.restore_backup(sys.argv[2], "lmdb:" + sys.argv[3])
+print(allocator._done, allocator._one_arena)
+"""
+
+
+def test_a_library_caller_keeps_its_malloc_settings(tmp_path):
+    """A process using dsbackup as a library keeps its allocator settings: the flatfs scan
+    (here in the caller's process, one worker) set the CLI's 256 MiB trim threshold and
+    32 MiB mmap threshold for its host, which then kept freed heap it had returned before
+    (78 -> 99 MiB RSS over 10 rounds of backup + restore + verify of 150 MB in threads,
+    against 28 -> 33; docs/PERFORMANCE.md, "Memory over rounds in one process")."""
+    env = dict(os.environ, PYTHONPATH=SRC)
+    env.pop("DSBACKUP_NO_MALLOPT", None)
+    r = subprocess.run([sys.executable, "-c", _LIBRARY_PROBE, str(tmp_path / "ff"),
+                        str(tmp_path / "a.tar.gz"), str(tmp_path / "out")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "False"], r.stdout

@@ -1,5 +1,6 @@
 """Process-wide allocator tuning for scans that hand out many large ``bytes`` values (used by
-the CLI at start, scan workers and the flatfs reader: a process-level setting, no layer's).
+the CLI at start and the scan workers: a process-level setting, no layer's; a process that
+uses dsbackup as a library keeps its own settings unless it calls these, docs/API.md "Memory").
 
 With glibc's defaults, each value of 128 KiB or more is its own ``mmap`` and freed memory at
 the top of the heap is returned to the kernel, so every batch of 256 KiB blocks costs fresh

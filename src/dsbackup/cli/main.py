@@ -305,8 +305,11 @@ def _main(argv: Sequence[str] | None, freeze_imports: bool = False,
         except DsBackupError as exc:
             return _fail(exc, args)
     tune_allocator()  # large chunk buffers are reused instead of page-faulted in each time
-    if args.command in ("backup", "restore", "verify"):
-        single_arena()  # buffers allocated and freed in threads: a flat peak (allocator.py)
+    if args.command in ("backup", "restore", "verify", "schedule"):
+        # buffers allocated and freed in threads: a flat peak (allocator.py); the scheduler
+        # daemon runs backups and verifies in threads for months (PERFORMANCE.md, "Memory
+        # over rounds in one process")
+        single_arena()
     if not getattr(args, "_run", None):
         parser.error(f"give a command: {', '.join(_command_names())}")
     prepare = getattr(args, "_prepare", None)  # before the key is read (cli/backup.py)

@@ -41,7 +41,6 @@ from concurrent.futures import Executor
 from pathlib import Path
 from urllib.parse import quote
 
-from dsbackup.allocator import tune_allocator
 from dsbackup.datastores.base import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_RECORDS,
@@ -525,8 +524,9 @@ class FlatfsDatastore(BaseDatastore):
         ``posix_fadvise(WILLNEED)``, so the kernel fetches them concurrently (I/O depth
         without threads); at most ``read_ahead`` descriptors are open at once.
         """
+        # (no tune_allocator() here: a library caller's process keeps its malloc settings;
+        # the CLI and the scan workers tune their own processes, docs/API.md "Memory")
         self._check_open()
-        tune_allocator()
         names = (n for group in self._lister.sorted_names(start, end) for n in group)
         cut = len(self.name_prefix)
         if cut:
