@@ -90,8 +90,14 @@ def plan_full(ds: Any, path: Path, cfg: BackupConfig, *, parallel_min_bytes: int
     """The plan and the chunk stream of a full backup of the opened datastore `ds`."""
     approx_count = _safe(ds, "approx_count")
     approx_size = _safe(ds, "approx_size")
-    chunk_size = cfg.resolve_chunk_size(approx_count, approx_size)
-    mean_record = (approx_size / approx_count) if approx_count and approx_size else 256.0
+    basis_count, basis_size = approx_count, approx_size
+    if approx_count is None and cfg.chunk_size is None:
+        # a mount that cannot count (kubo:'s LevelDB): size by the mounts that can
+        basis = _safe(ds, "chunk_basis")
+        if basis is not None:
+            basis_count, basis_size = basis
+    chunk_size = cfg.resolve_chunk_size(basis_count, basis_size)
+    mean_record = (basis_size / basis_count) if basis_count and basis_size else 256.0
     settings = ChunkSettings(chunk_size, cfg.chunk_max_bytes, cfg.chunk_level,
                              tuple(cfg.exclude_patterns), cfg.include_metadata,
                              target_chunk_bytes=max(4096, int(chunk_size * mean_record)))
@@ -123,7 +129,7 @@ def cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _safe(ds: Any, name: str) -> int | None:
+def _safe(ds: Any, name: str) -> Any:
     fn = getattr(ds, name, None)
     if fn is None:
         return None
