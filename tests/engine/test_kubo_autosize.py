@@ -99,3 +99,20 @@ def test_an_explicit_chunk_size_is_kept(tmp_path, go_fixtures):
         f"kubo:{repo}", tmp_path / "k.tar.gz")
     assert _settings(tmp_path / "k.tar.gz")[0] == 7
     assert os.path.getsize(tmp_path / "k.tar.gz") > 0
+
+
+def test_the_paged_index_estimate_counts_the_blocks(tmp_path, go_fixtures, monkeypatch):
+    """paged_index=auto decides by the expected chunk count: at the blocks' size that is the
+    blocks over the chunk size (~100 / 16), not the bytes over chunk_max_bytes (~3)."""
+    from dsbackup.engine import full
+
+    seen = []
+    real = full.choose_page_entries
+    monkeypatch.setattr(full, "choose_page_entries",
+                        lambda mode, expected: seen.append(expected) or real(mode, expected))
+    repo = _repo(tmp_path, go_fixtures)
+    _put(f"kubo:{repo}", 100, 64 * 1024, 100, 7)
+    BackupManager(BackupConfig(workers=1)).create_backup(f"kubo:{repo}", tmp_path / "k.tar.gz")
+    size, chunks = _settings(tmp_path / "k.tar.gz")
+    assert size in (15, 16) and seen and 100 / 16 <= seen[0] <= 100 / 15 + 0.01
+    assert chunks >= 5

@@ -119,7 +119,7 @@ def plan_full(ds: Any, path: Path, cfg: BackupConfig, *, parallel_min_bytes: int
         node=None if cfg.datastore_only else node_snapshot(ds),  # kubo: the node's files
         cancel=cancel, t0=t0, progress=progress, totals=(approx_count, approx_size),
         page_entries=choose_page_entries(cfg.paged_index, expected_chunks(
-            approx_count, approx_size, chunk_size, cfg.chunk_max_bytes)),
+            basis_count, approx_size, chunk_size, cfg.chunk_max_bytes)),
         check=check if cfg.verify_integrity else None)
     return plan, FullStream(ds, settings, workers, parallel, cancel)
 
