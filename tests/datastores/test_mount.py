@@ -3,6 +3,8 @@ shadow-free merging."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dsbackup.datastores import Query
@@ -89,3 +91,29 @@ def test_last_key_when_root_holds_keys_beyond_a_segment():
     assert m.last_key() == b"/b"
     a.put("/k", b"")
     assert m.last_key() == b"/m/k"
+
+
+def test_chunk_basis_takes_the_counting_mounts_while_the_others_are_small(tmp_path):
+    """The automatic chunk size's (records, bytes): the mounts that count, when a mount that
+    cannot (a LevelDB) holds at most SMALL_PER_COUNTED records per counted record, estimated
+    from its bytes (docs/DATASTORES.md)."""
+    from dsbackup.datastores.leveldb import LevelDbDatastore
+    from dsbackup.datastores.mount import SMALL_PER_COUNTED, SMALL_RECORD_BYTES
+
+    blocks, level = MemoryDatastore(), LevelDbDatastore(tmp_path / "l")
+    blocks.put_many([b"/b%03d" % i for i in range(100)], [b"x" * 4096] * 100)
+    m = MountDatastore([("/blocks", blocks), ("/", level)])
+    assert m.approx_count() is None and m.chunk_basis() is None  # no size asked yet
+    m.approx_size()
+    assert m.chunk_basis() == (100, 409_600)  # an empty LevelDB
+    level.put_many([b"/p%05d" % i for i in range(100)], [os.urandom(200)] * 100)
+    m.approx_count(), m.approx_size()
+    assert m.chunk_basis() == (100, 409_600)  # ~22 KB in its log: few records
+    many = SMALL_PER_COUNTED * SMALL_RECORD_BYTES * 100 // 200 + 1
+    level.put_many([b"/q%05d" % i for i in range(many)], [os.urandom(200)] * many)
+    m.approx_count(), m.approx_size()
+    assert m.chunk_basis() is None  # LevelDB-heavy: the fallback
+    all_count = MountDatastore([("/blocks", blocks), ("/", MemoryDatastore())])
+    all_count.approx_count(), all_count.approx_size()
+    assert all_count.chunk_basis() is None  # approx_count answers: no basis needed
+    m.close()

@@ -29,6 +29,16 @@ from dsbackup.keys import Key, KeyLike, key_bytes
 
 __all__ = ["Mount", "MountDatastore"]
 
+# The automatic chunk size of a mounted store whose mounts do not all count their records
+# (Kubo's LevelDB) is taken from the mounts that count (Kubo's blocks) while the others hold at
+# most SMALL_PER_COUNTED records per counted record, estimating their records as one per
+# SMALL_RECORD_BYTES of their bytes (provider, pin and IPNS records are ~100-500 B): they then
+# add at most SMALL_PER_COUNTED chunks per chunk of the counted records. Each such chunk costs
+# ~120 us of CPU and ~800 B of archive (docs/PERFORMANCE.md, "Automatic chunk size of a Kubo
+# repo"), against ~3 ms and ~0.5 MiB for a 1 MiB chunk of blocks.
+SMALL_RECORD_BYTES = 128
+SMALL_PER_COUNTED = 4
+
 
 @dataclass(frozen=True)
 class Mount:
@@ -272,11 +282,38 @@ class MountDatastore(BaseDatastore):
 
     def approx_count(self) -> int | None:
         counts = [m.datastore.approx_count() for m in self.mounts]
+        self._counts = counts  # for chunk_basis (a flatfs count lists the store)
         return None if any(c is None for c in counts) else sum(counts)  # type: ignore[arg-type]
 
     def approx_size(self) -> int | None:
         sizes = [m.datastore.approx_size() for m in self.mounts]
+        self._sizes = sizes
         return None if any(s is None for s in sizes) else sum(sizes)  # type: ignore[arg-type]
+
+    def chunk_basis(self) -> tuple[int, int] | None:
+        """(records, bytes) of the mounts that can count, to size automatic chunks by, when
+        some mount cannot count (Kubo's LevelDB) and holds few records beside them (at most
+        ``SMALL_PER_COUNTED`` per counted record, estimated from its bytes); else None. Uses
+        the last :meth:`approx_count` and :meth:`approx_size` (the engine calls both first).
+        A mount that cannot count is weighed by the larger of its estimate and its files (a
+        LevelDB's estimate is 0 while its records are still in the log). See
+        docs/DATASTORES.md "Automatic chunk size of a mounted store"."""
+        counts, sizes = getattr(self, "_counts", None), getattr(self, "_sizes", None)
+        if counts is None or sizes is None or all(c is not None for c in counts):
+            return None
+        n = b = other = 0
+        for m, c, s in zip(self.mounts, counts, sizes):
+            if c is not None and s is not None:
+                n, b = n + c, b + s
+                continue
+            du = getattr(m.datastore, "disk_usage", None)
+            try:
+                other += max(s or 0, int(du()) if du is not None else 0)
+            except Exception:  # an estimate only
+                other += s or 0
+        if n <= 0 or b <= 0 or other > SMALL_PER_COUNTED * SMALL_RECORD_BYTES * n:
+            return None
+        return n, b
 
     def disk_usage(self) -> int:
         return sum(int(getattr(m.datastore, "disk_usage", lambda: 0)()) for m in self.mounts)

@@ -33,7 +33,8 @@ class BackupConfig:
       it expands incompressible data), 4-9 zlib levels 4-9. See docs/COMPRESSION.md.
     - ``chunk_size``: the mean number of records per chunk (content-defined boundaries, see
       docs/FORMAT.md §4.1). ``None`` (default) picks it from the store's mean record size so a
-      mean chunk holds about 1 MiB; incremental backups reuse the parent's value.
+      mean chunk holds about 1 MiB (``kubo:``: its blocks' while its LevelDB holds few records,
+      docs/DATASTORES.md); incremental backups reuse the parent's value.
     - ``chunk_max_bytes`` (default 2 MiB): a chunk is cut before it grows past this size, even
       when small records in the same store pull the automatic chunk size up.
     - ``timeout`` seconds (default none): the backup is cancelled when it runs longer;

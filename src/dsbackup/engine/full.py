@@ -91,8 +91,14 @@ def plan_full(ds: Any, path: Path, cfg: BackupConfig, *, parallel_min_bytes: int
     """The plan and the chunk stream of a full backup of the opened datastore `ds`."""
     approx_count = _safe(ds, "approx_count")
     approx_size = _safe(ds, "approx_size")
-    chunk_size = cfg.resolve_chunk_size(approx_count, approx_size)
-    mean_record = (approx_size / approx_count) if approx_count and approx_size else 256.0
+    basis_count, basis_size = approx_count, approx_size
+    if approx_count is None and cfg.chunk_size is None:
+        # a mount that cannot count (kubo:'s LevelDB): size by the mounts that can
+        basis = _safe(ds, "chunk_basis")
+        if basis is not None:
+            basis_count, basis_size = basis
+    chunk_size = cfg.resolve_chunk_size(basis_count, basis_size)
+    mean_record = (basis_size / basis_count) if basis_count and basis_size else 256.0
     settings = ChunkSettings(chunk_size, cfg.chunk_max_bytes, cfg.chunk_level,
                              tuple(cfg.exclude_patterns), cfg.include_metadata,
                              target_chunk_bytes=max(4096, int(chunk_size * mean_record)))
@@ -114,7 +120,7 @@ def plan_full(ds: Any, path: Path, cfg: BackupConfig, *, parallel_min_bytes: int
         node=None if cfg.datastore_only else node_snapshot(ds),  # kubo: the node's files
         cancel=cancel, t0=t0, progress=progress, totals=(approx_count, approx_size),
         page_entries=choose_page_entries(cfg.paged_index, expected_chunks(
-            approx_count, approx_size, chunk_size, cfg.chunk_max_bytes)),
+            basis_count, approx_size, chunk_size, cfg.chunk_max_bytes)),
         check=check if cfg.verify_integrity else None)
     return plan, FullStream(ds, settings, workers, parallel, cancel)
 
@@ -124,7 +130,7 @@ def cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _safe(ds: Any, name: str) -> int | None:
+def _safe(ds: Any, name: str) -> Any:
     fn = getattr(ds, name, None)
     if fn is None:
         return None
