@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-T = TypeVar("T", bound="Plain")
-
 
 class Plain:
     """A mutable record: equality and repr by the fields in the subclass's ``__slots__``."""
@@ -61,6 +59,9 @@ class Frozen(Plain):
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"cannot delete field {name!r}")
+
+
+T = TypeVar("T", bound=Plain)  # not bound="Plain": its ForwardRef compiles the string
 
 
 def fields(obj: Plain | type[Plain]) -> tuple[str, ...]:
