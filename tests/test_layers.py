@@ -30,7 +30,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli",),
 ]
 # The base modules at the package root; every other root module must be a program.
-BASE = {"dsbackup", "dsbackup._ext", "dsbackup._lazy", "dsbackup._libc", "dsbackup._version",
+BASE = {"dsbackup", "dsbackup._ext", "dsbackup._lazy", "dsbackup._libc", "dsbackup._plain",
+        "dsbackup._version",
         "dsbackup.allocator", "dsbackup.blockcheck", "dsbackup.diskspace", "dsbackup.errors",
         "dsbackup.metadata", "dsbackup.multiformats", "dsbackup.poolmap",
         "dsbackup.background", "dsbackup.filemodes", "dsbackup.keys", "dsbackup.patterns", "dsbackup.codec",

@@ -5,7 +5,6 @@ an unknown flag bit is unsupported (exit 2)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 from dsbackup._ext.checksum import crc32, crc32_combine, xxh3_64
 from dsbackup._ext.compress import deflate_body, tar_header
 from dsbackup._ext.framing import encode_records
+from dsbackup._plain import replace
 from dsbackup.archive import format as fmt
 from dsbackup.archive.index import IndexBuilder
 from dsbackup.archive.reader import ArchiveReader
@@ -87,7 +87,7 @@ def rebuilt(src: Path, dst: Path, seq: int, entry_data: bytes, **entry_changes) 
         raw = (chunk_member(e.seq, e.records, entry_data) if e.seq == seq
                else data[e.offset:e.offset + e.length])
         changes = entry_changes if e.seq == seq else {}
-        ib.add_chunk(dataclasses.replace(e, offset=len(out), length=len(raw),
+        ib.add_chunk(replace(e, offset=len(out), length=len(raw),
                                          member_xxh3=xxh3_64(raw), **changes))
         out += raw
     idx = ib.encode(mlen, xxh3_64(bytes(out[:mlen])))
@@ -191,7 +191,7 @@ def test_an_unknown_flag_bit_3_is_unsupported(tmp_path, good):
     data = good.read_bytes()
     t = fmt.Trailer.decode(data[-fmt.TRAILER_SIZE:], len(data))
     p = tmp_path / "bit3.tar.gz"
-    p.write_bytes(data[:-fmt.TRAILER_SIZE] + dataclasses.replace(t, flags=t.flags | 8).encode())
+    p.write_bytes(data[:-fmt.TRAILER_SIZE] + replace(t, flags=t.flags | 8).encode())
     with pytest.raises(UnsupportedArchive, match="unknown subfield flags 0x8"):
         ArchiveReader(p)
     r = cli("verify", str(p))

@@ -306,7 +306,12 @@ def test_a_verify_imports_neither_the_go_reader_nor_hashlib(tmp_path):
 NOT_ON_THE_READING_PATH = ("configparser", "dsbackup.storage.s3config", "shutil", "tempfile",
                            "secrets", "hashlib", "getpass", "dsbackup.compat.goformat",
                            # the backup settings (a worker count is all they need of them)
-                           "dsbackup.engine.config")
+                           "dsbackup.engine.config",
+                           # the structures and result objects are dsbackup._plain classes:
+                           # dataclasses with its inspect, ast and dis cost ~5 ms to import
+                           # and ~10 ms to create the classes (docs/PERFORMANCE.md "Start-up
+                           # without dataclasses")
+                           "dataclasses", "inspect", "ast", "dis")
 # and per command (docs/PERFORMANCE.md "Restore and deep verify at quarter scale, fresh
 # profile"): verify reads no time of day; the native restore into LMDB needs neither py-lmdb
 # nor its backend, only the registry of open environments (datastores/lmdbclaims.py); nor

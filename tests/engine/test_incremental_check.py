@@ -38,7 +38,7 @@ def test_a_reference_altered_in_the_writer_fails_the_backup_and_leaves_no_archiv
         def bad(self, parent_seq, entry, raw_bytes, *, catalog=False, _how=how):
             if self.chunk_count == 300:
                 if _how == "digest":
-                    from dataclasses import replace
+                    from dsbackup._plain import replace
                     entry = replace(entry, payload_xxh3=entry.payload_xxh3 ^ 1)
                 else:
                     parent_seq = parent_seq + 1 if _how == "seq" else 10**9

@@ -3,7 +3,6 @@ target): same records and RestoreResult as the datastore path, resume, the guard
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import pytest
@@ -56,7 +55,7 @@ def test_native_restore_equals_the_datastore_path(tmp_path, archive, monkeypatch
         assert getattr(new, f) == getattr(old, f), f
     assert new.target == f"lmdb:{tmp_path / 'new'}"
     assert not (tmp_path / "new.dsbackup-restore.json").exists()
-    assert dataclasses.asdict(new).keys() == dataclasses.asdict(old).keys()
+    assert new.to_json().keys() == old.to_json().keys()
 
 
 def test_target_not_empty(tmp_path, archive, monkeypatch):

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dsbackup._plain import Frozen
 from dsbackup.errors import (
     ArchiveError,
     IntegrityError,
@@ -39,14 +39,19 @@ if TYPE_CHECKING:
 MAX_CHAIN = 4096
 
 
-@dataclass(frozen=True)
-class ParentRef:
-    """The `parent` object of an incremental archive's manifest."""
+class ParentRef(Frozen):
+    """The `parent` object of an incremental archive's manifest; `path` is a hint: the
+    parent's path relative to the archive's directory."""
 
+    __slots__ = ("fingerprint", "name", "index_xxh3", "path")
     fingerprint: str
     name: str
-    index_xxh3: str | None = None
-    path: str | None = None  # hint: the parent's path relative to the archive's directory
+    index_xxh3: str | None
+    path: str | None
+
+    def __init__(self, fingerprint: str, name: str, index_xxh3: str | None = None,
+                 path: str | None = None) -> None:
+        self._set(fingerprint, name, index_xxh3, path)
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], where: str) -> ParentRef | None:

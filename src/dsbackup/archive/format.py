@@ -4,9 +4,9 @@ is the normative description."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from dsbackup._ext.checksum import xxh3_64
+from dsbackup._plain import Frozen
 from dsbackup.errors import IntegrityError, UnsupportedArchive
 
 FORMAT_VERSION = 1
@@ -128,18 +128,26 @@ def member_tail(crc: int, isize: int) -> bytes:
     return _U32x2.pack(crc & 0xFFFFFFFF, isize & 0xFFFFFFFF)
 
 
-@dataclass(frozen=True)
-class Subfield:
-    """A parsed `DS` subfield. For chunks `data_len` is the payload length."""
+class Subfield(Frozen):
+    """A parsed `DS` subfield. For chunks `data_len` is the payload length; `deflate_offset`
+    is the offset of the deflate stream inside the member."""
 
+    __slots__ = ("member_type", "seq", "records", "data_len", "data_xxh3", "deflate_offset",
+                 "version", "flags")
     member_type: int
     seq: int | None
     records: int | None
     data_len: int
     data_xxh3: int
-    deflate_offset: int  # offset of the deflate stream inside the member
-    version: int = FORMAT_VERSION
-    flags: int = 0
+    deflate_offset: int
+    version: int
+    flags: int
+
+    def __init__(self, member_type: int, seq: int | None, records: int | None, data_len: int,
+                 data_xxh3: int, deflate_offset: int, version: int = FORMAT_VERSION,
+                 flags: int = 0) -> None:
+        self._set(member_type, seq, records, data_len, data_xxh3, deflate_offset, version,
+                  flags)
 
 
 def check_version(where: str, version: int, flags: int) -> None:
@@ -206,8 +214,10 @@ def parse_member_head(buf, where: str) -> Subfield:
     raise IntegrityError(f"{where}: unknown member type {mtype}")
 
 
-@dataclass(frozen=True)
-class Trailer:
+class Trailer(Frozen):
+    __slots__ = ("index_offset", "index_length", "index_xxh3", "summary_offset",
+                 "summary_length", "summary_xxh3", "chunk_count", "trailer_offset", "version",
+                 "flags")
     index_offset: int
     index_length: int
     index_xxh3: int
@@ -216,8 +226,15 @@ class Trailer:
     summary_xxh3: int
     chunk_count: int
     trailer_offset: int
-    version: int = FORMAT_VERSION
-    flags: int = 0
+    version: int
+    flags: int
+
+    def __init__(self, index_offset: int, index_length: int, index_xxh3: int,
+                 summary_offset: int, summary_length: int, summary_xxh3: int,
+                 chunk_count: int, trailer_offset: int, version: int = FORMAT_VERSION,
+                 flags: int = 0) -> None:
+        self._set(index_offset, index_length, index_xxh3, summary_offset, summary_length,
+                  summary_xxh3, chunk_count, trailer_offset, version, flags)
 
     @property
     def encrypted(self) -> bool:

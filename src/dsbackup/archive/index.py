@@ -5,9 +5,9 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dsbackup._plain import Frozen
 from dsbackup.errors import IntegrityError
 
 if TYPE_CHECKING:
@@ -55,8 +55,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkEntry:
+class ChunkEntry(Frozen):
+    """A chunk's index entry (§5). `epoch`, the entry's u32 at offset 84: in an encrypted
+    archive the epoch the chunk and its catalog were sealed under (low 24 bits;
+    docs/FORMAT.md §11.4), else 0."""
+
+    __slots__ = ("seq", "offset", "length", "payload_len", "records", "payload_xxh3",
+                 "member_xxh3", "keys_xxh3", "first_key", "last_key", "flags", "epoch")
     seq: int
     offset: int
     length: int
@@ -67,10 +72,14 @@ class ChunkEntry:
     keys_xxh3: int
     first_key: bytes
     last_key: bytes
-    flags: int = 0
-    # the entry's u32 at offset 84: in an encrypted archive the epoch the chunk and its catalog
-    # were sealed under (low 24 bits; docs/FORMAT.md §11.4), else 0
-    epoch: int = 0
+    flags: int
+    epoch: int
+
+    def __init__(self, seq: int, offset: int, length: int, payload_len: int, records: int,
+                 payload_xxh3: int, member_xxh3: int, keys_xxh3: int, first_key: bytes,
+                 last_key: bytes, flags: int = 0, epoch: int = 0) -> None:
+        self._set(seq, offset, length, payload_len, records, payload_xxh3, member_xxh3,
+                  keys_xxh3, first_key, last_key, flags, epoch)
 
     @property
     def in_parent(self) -> bool:
@@ -82,13 +91,17 @@ class ChunkEntry:
         return f"[{self.first_key!r} .. {self.last_key!r}]"
 
 
-@dataclass(frozen=True, slots=True)
-class CatalogEntry:
+class CatalogEntry(Frozen):
+    __slots__ = ("offset", "length", "member_xxh3", "data_len", "data_xxh3")
     offset: int
     length: int
     member_xxh3: int
     data_len: int
     data_xxh3: int
+
+    def __init__(self, offset: int, length: int, member_xxh3: int, data_len: int,
+                 data_xxh3: int) -> None:
+        self._set(offset, length, member_xxh3, data_len, data_xxh3)
 
 
 def append_chunk_entry(table: bytearray, keys: bytearray, e: ChunkEntry) -> None:

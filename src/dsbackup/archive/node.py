@@ -8,8 +8,8 @@ increasing order (no duplicates), kinds 0/1, permission bits only, sizes inside 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
+from dsbackup._plain import Frozen
 from dsbackup.archive.format import read_uvarint, write_uvarint
 from dsbackup.errors import IntegrityError
 
@@ -22,15 +22,19 @@ _HEADER = struct.Struct("<4sIQ")
 _FIXED = struct.Struct("<BIq")  # kind u8, mode u32, mtime_ns i64
 
 
-@dataclass(frozen=True, slots=True)
-class NodeFile:
+class NodeFile(Frozen):
     """One entry: `path` relative to the repository root (bytes, `/`-separated)."""
 
+    __slots__ = ("path", "kind", "mode", "mtime_ns", "data")
     path: bytes
     kind: int
     mode: int
     mtime_ns: int
-    data: bytes = b""
+    data: bytes
+
+    def __init__(self, path: bytes, kind: int, mode: int, mtime_ns: int,
+                 data: bytes = b"") -> None:
+        self._set(path, kind, mode, mtime_ns, data)
 
     @property
     def is_dir(self) -> bool:

@@ -19,7 +19,6 @@ keys lie strictly between `a`'s last and `b`'s first key, and there must be exac
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import mmap
 import os
@@ -31,6 +30,7 @@ from typing import Any
 from dsbackup._ext.checksum import Xxh3_128, xxh3_64
 from dsbackup._ext.compress import MemberError, inflate_raw
 from dsbackup._ext.framing import FramingError, PayloadInfo, decode_keys_sizes, scan_payload
+from dsbackup._plain import replace
 from dsbackup.archive import format as fmt
 from dsbackup.archive.chunkcodec import frame_payload
 from dsbackup.archive.crypto import (
@@ -459,8 +459,8 @@ def _scan(mv: memoryview, where: str, state: ResumeState, runs: list[tuple[int, 
             break
         index = None if paged and parent is not None else checker if paged else state.index
         for r in refs:  # (not paged: a paged incremental's references come from its pages)
-            r = dataclasses.replace(r, seq=state.next_seq,
-                                    epoch=0 if cipher is None else epoch_at(runs, state.next_seq))
+            r = replace(r, seq=state.next_seq,
+                        epoch=0 if cipher is None else epoch_at(runs, state.next_seq))
             state.index.add_chunk(r)
             if catalog:
                 state.index.add_catalog(_NO_CATALOG)

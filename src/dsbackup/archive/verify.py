@@ -9,10 +9,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from dsbackup._ext.framing import FramingError, scan_payload
+from dsbackup._plain import Plain
 from dsbackup.archive.index import ChunkEntry
 from dsbackup.archive.reader import ArchiveReader
 from dsbackup.archive.readplan import plan_chunk_reads
@@ -31,37 +31,78 @@ from dsbackup.poolmap import ordered_map
 from dsbackup.storage import display
 
 
-@dataclass
-class VerifyReport:
+class VerifyReport(Plain):
+    """What verify_backup found (docs/API.md)."""
+
+    __slots__ = ("path", "ok", "mode", "chunks", "checked_chunks", "deep_checked_chunks",
+                 "referenced_chunks", "parents", "trusted_chunks", "checked_chain",
+                 "blocks_checked", "blocks_unchecked", "blocks_unchecked_examples",
+                 "bytes_checked", "records", "duration_s", "errors", "bad_chunks", "bad_ranges",
+                 "bad_parts", "node_files", "node_bytes")
     path: str
-    ok: bool = True
-    mode: str = "deep"
-    chunks: int = 0
-    checked_chunks: int = 0
-    deep_checked_chunks: int = 0
-    referenced_chunks: int = 0
-    parents: list[str] = field(default_factory=list)
+    ok: bool
+    mode: str
+    chunks: int
+    checked_chunks: int
+    deep_checked_chunks: int
+    referenced_chunks: int
+    parents: list[str]
     # references whose members were not read: they resolve into a chain the caller had just
     # verified (`trusted_chain`); each one's entry was still compared hop by hop
-    trusted_chunks: int = 0
+    trusted_chunks: int
     # this archive and its parents (this one first), each as the identity of its file before
     # the members were read (`chain_identity`), when every chunk's member was
     # hashed by this verify, those its references resolve to included (local files only):
     # what `trusted_chain` takes
-    checked_chain: list[str] = field(default_factory=list)
-    blocks_checked: int = 0
+    checked_chain: list[str]
+    blocks_checked: int
     # block keys --check-blocks could not re-hash, by reason (see dsbackup.blockcheck)
-    blocks_unchecked: dict[str, int] = field(default_factory=dict)
-    blocks_unchecked_examples: dict[str, str] = field(default_factory=dict)
-    bytes_checked: int = 0
-    records: int = 0
-    duration_s: float = 0.0
-    errors: list[str] = field(default_factory=list)
-    bad_chunks: list[int] = field(default_factory=list)
-    bad_ranges: list[dict[str, object]] = field(default_factory=list)
-    bad_parts: list[str] = field(default_factory=list)
-    node_files: int | None = None  # entries of the node member (None: none, or quick)
-    node_bytes: int = 0  # the node member's data length (checked)
+    blocks_unchecked: dict[str, int]
+    blocks_unchecked_examples: dict[str, str]
+    bytes_checked: int
+    records: int
+    duration_s: float
+    errors: list[str]
+    bad_chunks: list[int]
+    bad_ranges: list[dict[str, object]]
+    bad_parts: list[str]
+    node_files: int | None  # entries of the node member (None: none, or quick)
+    node_bytes: int  # the node member's data length (checked)
+
+    def __init__(self, path: str, ok: bool = True, mode: str = "deep", chunks: int = 0,
+                 checked_chunks: int = 0, deep_checked_chunks: int = 0,
+                 referenced_chunks: int = 0, parents: list[str] | None = None,
+                 trusted_chunks: int = 0, checked_chain: list[str] | None = None,
+                 blocks_checked: int = 0, blocks_unchecked: dict[str, int] | None = None,
+                 blocks_unchecked_examples: dict[str, str] | None = None,
+                 bytes_checked: int = 0, records: int = 0, duration_s: float = 0.0,
+                 errors: list[str] | None = None, bad_chunks: list[int] | None = None,
+                 bad_ranges: list[dict[str, object]] | None = None,
+                 bad_parts: list[str] | None = None, node_files: int | None = None,
+                 node_bytes: int = 0) -> None:
+        self.path = path
+        self.ok = ok
+        self.mode = mode
+        self.chunks = chunks
+        self.checked_chunks = checked_chunks
+        self.deep_checked_chunks = deep_checked_chunks
+        self.referenced_chunks = referenced_chunks
+        self.parents = [] if parents is None else parents
+        self.trusted_chunks = trusted_chunks
+        self.checked_chain = [] if checked_chain is None else checked_chain
+        self.blocks_checked = blocks_checked
+        self.blocks_unchecked = {} if blocks_unchecked is None else blocks_unchecked
+        self.blocks_unchecked_examples = (
+            {} if blocks_unchecked_examples is None else blocks_unchecked_examples)
+        self.bytes_checked = bytes_checked
+        self.records = records
+        self.duration_s = duration_s
+        self.errors = [] if errors is None else errors
+        self.bad_chunks = [] if bad_chunks is None else bad_chunks
+        self.bad_ranges = [] if bad_ranges is None else bad_ranges
+        self.bad_parts = [] if bad_parts is None else bad_parts
+        self.node_files = node_files
+        self.node_bytes = node_bytes
 
     def add(self, exc: IntegrityError | ArchiveError, reader: ArchiveReader | None = None) -> None:
         self.ok = False

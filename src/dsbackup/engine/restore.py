@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dsbackup._plain import Plain
 from dsbackup.archive import format as fmt
 from dsbackup.archive import guard
 from dsbackup.archive.buffers import PayloadRing
@@ -77,18 +77,25 @@ JOURNAL_INTERVAL_S = 1.0
 RING_SLACK = 2 << 20
 
 
-@dataclass
-class _Writes:
+class _Writes(Plain):
     """What one run did: `started`, whether a write into the target was made that may have
     left records in it (a failed put_many of a store whose batches are not atomic
     included); `records` and `nbytes`, the archive's records (and their key and value bytes)
     it put or, with skip_existing, skipped; `expected`, the records of the chunks it went
     through (their index entries)."""
 
-    started: bool = False
-    records: int = 0
-    nbytes: int = 0
-    expected: int = 0
+    __slots__ = ("started", "records", "nbytes", "expected")
+    started: bool
+    records: int
+    nbytes: int
+    expected: int
+
+    def __init__(self, started: bool = False, records: int = 0, nbytes: int = 0,
+                 expected: int = 0) -> None:
+        self.started = started
+        self.records = records
+        self.nbytes = nbytes
+        self.expected = expected
 
 
 def prefix_bounds(prefix: str | bytes | None) -> tuple[bytes, bytes | None]:

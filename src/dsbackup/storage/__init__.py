@@ -7,10 +7,10 @@ know where the bytes live (docs/STORAGE.md). Locations: see :mod:`dsbackup.stora
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dsbackup._plain import Frozen
 from dsbackup.errors import ConfigError, DsBackupError
 from dsbackup.storage.base import Sink, Source
 from dsbackup.storage.location import (
@@ -121,17 +121,21 @@ def list_archives(directory: AnyLocation) -> list[Path] | list[S3Location]:
 _S3_CLOCK_MARGIN_S = 3600
 
 
-@dataclass(frozen=True)
-class LiveWrite:
+class LiveWrite(Frozen):
     """An archive being written now: `location`, where its bytes are so far (a local temp file,
     whose head can be read; the key of an S3 multipart upload, whose parts cannot), `final`,
     the archive's name, `started`, a time no earlier than the run began (its parent was made
     before), and `who`, for messages."""
 
+    __slots__ = ("location", "final", "started", "who")
     location: Path | S3Location
     final: str
     started: datetime
     who: str
+
+    def __init__(self, location: Path | S3Location, final: str, started: datetime,
+                 who: str) -> None:
+        self._set(location, final, started, who)
 
 
 def live_writes(directory: AnyLocation) -> list[LiveWrite]:

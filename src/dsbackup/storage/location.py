@@ -10,21 +10,45 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
 from pathlib import Path
 
+from dsbackup._plain import Frozen
 from dsbackup.errors import ConfigError
 
 STREAM = "-"
 S3_SCHEME = "s3://"
 
 
-@dataclass(frozen=True, order=True)  # ordered: lineage sorts tied parents
-class S3Location:
-    """An object (``key``) or a prefix (``key`` empty or ending in ``/``) in a bucket."""
+class S3Location(Frozen):
+    """An object (``key``) or a prefix (``key`` empty or ending in ``/``) in a bucket.
+    Ordered by (bucket, key): lineage sorts tied parents."""
 
+    __slots__ = ("bucket", "key")
     bucket: str
-    key: str = ""
+    key: str
+
+    def __init__(self, bucket: str, key: str = "") -> None:
+        self._set(bucket, key)
+
+    def __lt__(self, other: object) -> bool:
+        if isinstance(other, S3Location):
+            return (self.bucket, self.key) < (other.bucket, other.key)
+        return NotImplemented
+
+    def __le__(self, other: object) -> bool:
+        if isinstance(other, S3Location):
+            return (self.bucket, self.key) <= (other.bucket, other.key)
+        return NotImplemented
+
+    def __gt__(self, other: object) -> bool:
+        if isinstance(other, S3Location):
+            return (self.bucket, self.key) > (other.bucket, other.key)
+        return NotImplemented
+
+    def __ge__(self, other: object) -> bool:
+        if isinstance(other, S3Location):
+            return (self.bucket, self.key) >= (other.bucket, other.key)
+        return NotImplemented
 
     def __str__(self) -> str:
         return f"{S3_SCHEME}{self.bucket}/{self.key}"
