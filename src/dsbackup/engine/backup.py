@@ -380,17 +380,33 @@ def audit_source(source: Any, skip_foreign: bool) -> FileAudit | None:
 
 
 def _kept_temp(path: Any) -> Path | None:
-    """The temp file a cancelled resumed run kept for the next --resume (this process's, for
-    the local archive `path`; dsbackup.archive.writer), or None."""
+    """The temp file a cancelled `--resume` run kept for the next one, for the local archive
+    `path`, or None: this process's own (a first run's, dsbackup.archive.writer), else the
+    newest of the archive's temp files (a resumed run's file goes back under the name of the
+    writer it was taken from, storage.local.ResumedSink)."""
+    from dsbackup.storage.tempfiles import temp_prefix
+
     if is_remote(path) or is_stream(path):
         return None
     final = Path(path)
+    prefix = temp_prefix(final)  # (a long name's is shortened)
     try:
-        names = os.listdir(final.parent)
+        names = sorted(n for n in os.listdir(final.parent) if n.startswith(prefix))
     except OSError:
         return None
-    mine = f".{final.name}.tmp-{os.getpid()}-"
-    return next((final.parent / n for n in sorted(names) if n.startswith(mine)), None)
+    mine = f"{prefix}{os.getpid()}-"
+    own = next((n for n in names if n.startswith(mine)), None)
+    if own is not None:
+        return final.parent / own
+    newest: tuple[float, Path] | None = None
+    for n in names:
+        try:
+            mtime = (final.parent / n).stat().st_mtime
+        except OSError:
+            continue
+        if newest is None or mtime > newest[0]:
+            newest = (mtime, final.parent / n)
+    return None if newest is None else newest[1]
 
 
 def _quick_check(tmp_path: Any) -> None:
