@@ -389,7 +389,9 @@ def _kept_temp(path: Any) -> Path | None:
         names = os.listdir(final.parent)
     except OSError:
         return None
-    mine = f".{final.name}.tmp-{os.getpid()}-"
+    from dsbackup.storage.tempfiles import temp_prefix
+
+    mine = f"{temp_prefix(final)}{os.getpid()}-"  # (a long name's is shortened)
     return next((final.parent / n for n in sorted(names) if n.startswith(mine)), None)
 
 
