@@ -77,3 +77,45 @@ def test_a_restore_that_wrote_records_keeps_them_and_its_journal(tmp_path):
                         batch_bytes=16 << 10)
     assert (tmp_path / "t" / "SHARDING").exists()
     assert (tmp_path / "t.dsbackup-restore.json").exists()
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["go-format", "dsbackup-format"])
+def test_a_store_made_by_another_writer_before_the_lock_is_not_removed(tmp_path, archives,
+                                                                       monkeypatch, which):
+    """The target was missing when the restore began, but another writer (a restore that
+    finished, an `ipfs init`) made it before this one took the lock: the refusal that
+    follows (the target is not empty) must not remove that store."""
+    from dsbackup.engine import restore as restore_mod
+    from dsbackup.engine import targetlock
+    from dsbackup.errors import DsBackupError
+
+    target = f"sqlite:{tmp_path / 'theirs.db'}"
+
+    def other_writer() -> None:
+        ds = open_datastore(target)
+        ds.put_many([b"/theirs"], [b"precious"])
+        ds.close()
+
+    real_acquire = targetlock.TargetLock.acquire
+
+    def acquire(self, *a, **kw):
+        if not (tmp_path / "theirs.db").exists():
+            other_writer()
+        return real_acquire(self, *a, **kw)
+
+    real_enter = targetlock.TargetLock.__enter__
+
+    def enter(self):
+        if not (tmp_path / "theirs.db").exists():
+            other_writer()
+        return real_enter(self)
+
+    monkeypatch.setattr(targetlock.TargetLock, "acquire", acquire)
+    monkeypatch.setattr(targetlock.TargetLock, "__enter__", enter)
+    with pytest.raises(DsBackupError):
+        restore_mod.restore_archive(archives[which], target)
+    ds = open_datastore(target)
+    try:
+        assert ds.get(b"/theirs") == b"precious"
+    finally:
+        ds.close()

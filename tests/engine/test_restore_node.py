@@ -225,3 +225,23 @@ def test_overwrite_sets_aside_the_private_keys_the_archive_lacks_or_replaces(tmp
     # a rerun finds the keys in place: nothing more set aside, no note
     r = run_cli("restore", "--overwrite", archive, f"kubo:{other}")
     assert r.returncode == 0 and "set aside" not in r.stderr, r.stderr
+
+
+def test_keys_set_aside_by_an_overwrite_that_then_fails_are_named(tmp_path, repo, run_cli):
+    """The keys the target would lose were moved aside, then writing the node's files failed
+    (here a directory where the archive has a key; a full disk alike): the error said nothing
+    of where the target's own private keys had gone."""
+    archive = tmp_path / "node.tar.gz"
+    assert run_cli("backup", f"kubo:{repo}", archive).returncode == 0
+    other = tmp_path / "other"
+    shutil.copytree(repo, other)
+    ks = other / "keystore"
+    ks.chmod(0o700)
+    (ks / "key_extra").write_bytes(b"extra secret")
+    (ks / "key_mykey").unlink()
+    (ks / "key_mykey").mkdir()  # the archive's key_mykey cannot be written over it
+    r = run_cli("restore", "--overwrite", archive, f"kubo:{other}")
+    assert r.returncode != 0
+    [kept] = [p for p in other.iterdir() if p.name.startswith("dsbackup-kept-keys-")]
+    assert (kept / "keystore" / "key_extra").read_bytes() == b"extra secret"
+    assert str(kept) in r.stderr and "key_extra" in r.stderr, r.stderr

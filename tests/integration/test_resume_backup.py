@@ -157,7 +157,8 @@ def _signal_when_temp_over(cmd, env, out, name, size, sig):
     return p.returncode, err
 
 
-def test_a_resume_run_stopped_by_a_signal_keeps_its_temp_file(tmp_path, cli_env):
+@pytest.mark.parametrize("name", ["a.tar.gz", "a" * 240 + ".tar.gz"], ids=["short", "long"])
+def test_a_resume_run_stopped_by_a_signal_keeps_its_temp_file(tmp_path, cli_env, name):
     """A `backup --resume` run stopped cleanly (systemd's SIGTERM, Ctrl-C, --timeout) keeps
     its temp file — a first run's once its manifest is written, and a resumed run's, which
     holds the earlier runs' work too — and the next --resume goes on from there (both were
@@ -167,7 +168,7 @@ def test_a_resume_run_stopped_by_a_signal_keeps_its_temp_file(tmp_path, cli_env)
     datasets.write_lmdb(str(src), datasets.iter_small(60000))
     out = tmp_path / "out"
     out.mkdir()
-    archive = out / "a.tar.gz"
+    archive = out / name  # a long name's temp file has a shortened one (storage/tempfiles.py)
     cmd = [sys.executable, "-m", "dsbackup", "backup", f"lmdb:{src}", str(archive),
            "--workers", "1", "--level", "6", "--chunk-size", "100"]
     r = subprocess.run(cmd, env=cli_env, capture_output=True, text=True)

@@ -496,16 +496,20 @@ def test_slot_layout_uses_what_each_directory_can_hold(monkeypatch, tmp_path):
     free[parallel.SHM] = 900 << 20
     assert parallel._slot_layout(8, size) == L(parallel.SHM, False, 16, 8)
     # 64 MiB: 2 workers get 16 slots there, not TMPDIR (they used to need 32 slots' worth)
+    # (more than half of it: reserved, so that a second backup sees the room they took)
     free[parallel.SHM] = 64 << 20
+    assert parallel._slot_layout(2, size) == L(parallel.SHM, True, 16, 2)
+    free[parallel.SHM] = 50 << 20
+    assert parallel._slot_layout(2, size) == L(parallel.SHM, True, 12, 2)
+    free[parallel.SHM] = 128 << 20  # (half of it: sparse)
     assert parallel._slot_layout(2, size) == L(parallel.SHM, False, 16, 2)
     free[parallel.SHM] = 50 << 20
-    assert parallel._slot_layout(2, size) == L(parallel.SHM, False, 12, 2)
     # no room for MIN_SLOTS a worker in /dev/shm: TMPDIR, reserved, as many as fit there
     free[str(tmp_path)] = 120 << 20
     assert parallel._slot_layout(4, size) == L(str(tmp_path), True, 15, 4)
     # room for neither: fewer workers in the roomier one rather than a refusal
     free[str(tmp_path)] = 10 << 20
-    assert parallel._slot_layout(8, size) == L(parallel.SHM, False, 12, 2)
+    assert parallel._slot_layout(8, size) == L(parallel.SHM, True, 12, 2)
     free[parallel.SHM], free[str(tmp_path)] = 10 << 20, 30 << 20
     assert parallel._slot_layout(8, size) == L(str(tmp_path), True, 12, 1)
     free[str(tmp_path)] = 10 << 20
@@ -571,3 +575,4 @@ def test_a_small_dev_shm_is_sized_on_what_the_slots_can_hold(tmp_path, cli_env):
         v = subprocess.run([sys.executable, "-m", "dsbackup", "verify", str(tmp_path / name)],
                            env=cli_env, capture_output=True, text=True, timeout=120)
         assert v.returncode == 0, v.stderr
+

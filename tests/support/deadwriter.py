@@ -26,7 +26,9 @@ def dead_pid() -> int:
 
 def temp_files(d: Path, name: str) -> list[str]:
     """The temp files of archive `name` in directory `d`."""
-    return sorted(n for n in os.listdir(d) if n.startswith(f".{name}.tmp-"))
+    from dsbackup.storage.tempfiles import temp_prefix
+
+    return sorted(n for n in os.listdir(d) if n.startswith(temp_prefix(d / name)))
 
 
 def dead_writer_file(final: Path, data: bytes, *, sealing: bytes | None = None,

@@ -52,6 +52,23 @@ class NewTarget:
         while up != up.parent and not os.path.lexists(up):
             self.top, up = up, up.parent
 
+    def recheck(self) -> None:
+        """Called once the restore holds the target's lock: a store another writer made in
+        the meantime (a restore that finished, an ``ipfs init``) is not this restore's to
+        remove, nor are files put in the empty directory."""
+        p = self.path
+        if p is None:
+            return
+        try:
+            if self.was_empty_dir:
+                same = p.is_dir() and not p.is_symlink() and not os.listdir(p)
+            else:
+                same = not os.path.lexists(p) and not any(os.path.lexists(s) for s in self.sides)
+        except OSError:
+            same = False
+        if not same:
+            self.path, self.sides = None, []
+
     def remove_store(self) -> bool:
         """Remove what the failed restore made of the store (call while holding its lock).
         True when something was removed."""

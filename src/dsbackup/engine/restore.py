@@ -286,6 +286,7 @@ def restore_archive(
 
         try:
             with TargetLock(target, f"restore of {Path(path).name}"):
+                new.recheck()
                 try:
                     return restore_go_archive(path, target, mode=mode, prefix=prefix,
                                               pattern=pattern,
@@ -329,6 +330,7 @@ def restore_archive(
     except BaseException:
         reader.close()
         raise
+    new.recheck()
     failed = False
     try:
         return _open_and_restore(reader, target, workers=workers, mode=mode, prefix=prefix,

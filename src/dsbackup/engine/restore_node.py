@@ -6,6 +6,7 @@ written to a temp file, fsynced and renamed."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from datetime import datetime, timezone
@@ -17,6 +18,8 @@ from dsbackup.diskspace import is_no_space, no_space_message
 from dsbackup.errors import DatastoreError, RestoreError
 from dsbackup.filemodes import process_umask
 from dsbackup.storage.tempfiles import fsync_dir
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from dsbackup.archive.reader import ArchiveReader
@@ -57,12 +60,21 @@ def restore_node(reader: ArchiveReader, target: Any, mode: str, jpath: Path | No
         kept = None
         if not (is_empty_dir(root) or holds_only(root, files)):  # --overwrite of a repo
             kept = set_keys_aside(root, files)
-        return write_node_files(root, files), kept
+        try:
+            return write_node_files(root, files), kept
+        except BaseException:
+            if kept is not None:  # the error that follows does not say where the keys went
+                log.warning("%s", kept.replace(_DONE, _FAILED, 1))
+            raise
     except OSError as exc:
         if not is_no_space(exc):
             raise
         raise DatastoreError(no_space_message(root, None, what="free some space and rerun "
                                               "the same restore")) from None
+
+
+_DONE = "--overwrite made it the archived node"
+_FAILED = "--overwrite failed while making it the archived node (rerun it)"
 
 
 def _private_key(config: bytes) -> object:
@@ -136,7 +148,7 @@ def set_keys_aside(root: Path, files: list[NodeFile]) -> str | None:
                     f"{', ...' if len(keys) > 5 else ''})")
     if config is not None:
         what.append("its former config, whose Identity.PrivKey differs from the archive's")
-    return (f"{root}: --overwrite made it the archived node; so as not to destroy private keys, "
+    return (f"{root}: {_DONE}; so as not to destroy private keys, "
             f"{' and '.join(what)} {'were' if len(keys) + (config is not None) > 1 else 'was'} "
             f"set aside in {dest} (move a key back into keystore/ to use it again)")
 
