@@ -24,11 +24,10 @@ from dsbackup.storage.s3fetch import (
     _attempts,
     _env,
     _Failed,
-    _find,
     _http,
     _made,
-    _xml,
     service_endpoint,
+    sts_credentials,
 )
 from dsbackup.storage.s3sign import authorization
 from dsbackup.storage.s3sources import STS_ATTEMPTS, STS_TIMEOUT_S, Container, InstanceMetadata
@@ -104,17 +103,4 @@ class AssumeRole:
                                                  payload, base, self.region, amz_date, "sts")
         headers["Accept"] = "application/xml"
         status, data = _http("POST", self.endpoint + "/", headers, STS_TIMEOUT_S, body)
-        root = _xml(data)
-        if status != 200:
-            code = _find(root, "Code") if root is not None else ""
-            msg = _find(root, "Message")[:200] if root is not None else ""
-            retry = status >= 500 or status == 429 or code == "Throttling"
-            raise _Failed(f"AssumeRole answered HTTP {status} {code}".rstrip()
-                          + (f": {msg}" if msg else ""), retry)
-        if root is None:
-            raise _Failed("AssumeRole answered something that is not XML")
-        creds = root.find(".//Credentials")
-        if creds is None:
-            raise _Failed("AssumeRole answered without Credentials")
-        return _made(_find(creds, "AccessKeyId"), _find(creds, "SecretAccessKey"),
-                     _find(creds, "SessionToken"), _find(creds, "Expiration"), "STS")
+        return sts_credentials("AssumeRole", status, data, "Throttling")

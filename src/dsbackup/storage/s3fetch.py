@@ -135,6 +135,25 @@ def _find(root: ET.Element | None, name: str) -> str:
     return (el.text or "").strip() if el is not None else ""
 
 
+def sts_credentials(action: str, status: int, data: bytes, retry_code: str) -> Credentials:
+    """The Credentials of an STS answer to `action` (AssumeRole, AssumeRoleWithWebIdentity),
+    or _Failed: retried on 5xx, 429 and the error code `retry_code`."""
+    root = _xml(data)
+    if status != 200:
+        code = _find(root, "Code") if root is not None else ""
+        msg = _find(root, "Message")[:200] if root is not None else ""
+        retry = status >= 500 or status == 429 or code == retry_code
+        raise _Failed(f"{action} answered HTTP {status} {code}".rstrip()
+                      + (f": {msg}" if msg else ""), retry)
+    if root is None:
+        raise _Failed(f"{action} answered something that is not XML")
+    creds = root.find(".//Credentials")
+    if creds is None:
+        raise _Failed(f"{action} answered without Credentials")
+    return _made(_find(creds, "AccessKeyId"), _find(creds, "SecretAccessKey"),
+                 _find(creds, "SessionToken"), _find(creds, "Expiration"), "STS")
+
+
 def _json(data: bytes, who: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)

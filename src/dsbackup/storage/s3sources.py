@@ -15,13 +15,12 @@ from dsbackup.storage.s3fetch import (
     _attempts,
     _env,
     _Failed,
-    _find,
     _http,
     _json,
     _made,
     _number,
-    _xml,
     service_endpoint,
+    sts_credentials,
 )
 
 IMDS_DEFAULT = "http://169.254.169.254"
@@ -63,20 +62,7 @@ class WebIdentity:
 
     def _once(self, body: bytes, headers: dict[str, str]) -> Credentials:
         status, data = _http("POST", self.endpoint + "/", headers, STS_TIMEOUT_S, body)
-        root = _xml(data)
-        if status != 200:
-            code = _find(root, "Code") if root is not None else ""
-            msg = _find(root, "Message")[:200] if root is not None else ""
-            retry = status >= 500 or status == 429 or code == "IDPCommunicationError"
-            raise _Failed(f"AssumeRoleWithWebIdentity answered HTTP {status} {code}".rstrip()
-                          + (f": {msg}" if msg else ""), retry)
-        if root is None:
-            raise _Failed("AssumeRoleWithWebIdentity answered something that is not XML")
-        creds = root.find(".//Credentials")
-        if creds is None:
-            raise _Failed("AssumeRoleWithWebIdentity answered without Credentials")
-        return _made(_find(creds, "AccessKeyId"), _find(creds, "SecretAccessKey"),
-                     _find(creds, "SessionToken"), _find(creds, "Expiration"), "STS")
+        return sts_credentials("AssumeRoleWithWebIdentity", status, data, "IDPCommunicationError")
 
 
 class Container:
