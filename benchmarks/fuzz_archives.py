@@ -184,8 +184,8 @@ def truth_of(seed: Seed, sd: Path, key: Path, work: Path) -> dict[bytes, int]:
     if not (t / ".done").exists():
         shutil.rmtree(t, ignore_errors=True)
         t.parent.mkdir(exist_ok=True)
-        _cli("restore", str(sd / seed.name), f"lmdb:{t}", "--key-file", str(key), "--workers",
-             "1")
+        k = ["--key-file", str(key)] if seed.encrypted else []  # (a plain one is refused)
+        _cli("restore", str(sd / seed.name), f"lmdb:{t}", *k, "--workers", "1")
         (t / ".done").touch()
     return read_lmdb(t)
 
