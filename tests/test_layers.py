@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli",),
 ]
 # The base modules at the package root; every other root module must be a program.
-BASE = {"dsbackup", "dsbackup._ext", "dsbackup._lazy", "dsbackup._libc", "dsbackup._plain",
+BASE = {"dsbackup", "dsbackup._ext", "dsbackup._forkfds", "dsbackup._lazy", "dsbackup._libc", "dsbackup._plain",
         "dsbackup._version",
         "dsbackup.allocator", "dsbackup.blockcheck", "dsbackup.diskspace", "dsbackup.errors",
         "dsbackup.metadata", "dsbackup.multiformats", "dsbackup.poolmap",

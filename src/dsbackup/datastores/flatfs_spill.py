@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 
+from dsbackup._forkfds import closed_in_child
 from dsbackup.errors import DatastoreError
 
 __all__ = ["SPILL_PREFIX", "SpillDir", "remove_stale", "spill_root"]
@@ -29,17 +30,7 @@ LOCK_FILE = "lock"
 _YOUNG_S = 60.0
 # lock descriptors this process holds: a forked child closes its copies at once, so that a
 # worker outliving a SIGKILLed listing does not keep its spill directory locked (live)
-_HELD: set[int] = set()
-
-
-def _drop_held_in_child() -> None:
-    for fd in _HELD:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD.clear()
-
-
-os.register_at_fork(after_in_child=_drop_held_in_child)
+_HELD = closed_in_child()
 
 
 def spill_root(configured: str | None) -> str:

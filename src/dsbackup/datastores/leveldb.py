@@ -16,13 +16,13 @@ read whatever this says.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from dsbackup._forkfds import closed_in_child
 from dsbackup.datastores.base import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_RECORDS,
@@ -71,17 +71,7 @@ def _write_error(path: Path, e: Exception) -> DsBackupError:
 
 
 # goleveldb locks held by this process: a forked child closes its copies at once
-_flocks: set[int] = set()
-
-
-def _drop_flocks_in_child() -> None:
-    for fd in _flocks:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _flocks.clear()
-
-
-os.register_at_fork(after_in_child=_drop_flocks_in_child)
+_flocks = closed_in_child()
 
 
 def _lock_against_goleveldb(path: Path) -> int | None:

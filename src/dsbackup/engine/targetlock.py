@@ -24,13 +24,13 @@ that overlap (a restore into ``x/store`` and one into ``x/store/sub`` or ``x``).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
+from dsbackup._forkfds import closed_in_child
 from dsbackup.engine import nestlock
 from dsbackup.errors import DsBackupError, LockedError
 from dsbackup.storage.locktable import lock_holders
@@ -42,17 +42,7 @@ _held: dict[str, tuple[int, int]] = {}  # lock path -> (thread ident, depth)
 _held_lock = threading.Lock()
 # store directories this process holds flocked: a forked child (a scan worker) closes its
 # copies at once, so one outliving a SIGKILLed backup does not keep the store held
-_dir_fds: set[int] = set()
-
-
-def _drop_dirs_in_child() -> None:
-    for fd in _dir_fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _dir_fds.clear()
-
-
-os.register_at_fork(after_in_child=_drop_dirs_in_child)
+_dir_fds = closed_in_child()
 
 
 def store_path(store: Any) -> Path | None:
